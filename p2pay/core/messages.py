@@ -1,0 +1,976 @@
+"""Wire messages and their signing bytes (specs/protocol.md "Frames", specs/wire.cddl).
+
+Theory of operation
+-------------------
+Four frames travel on a p2pay stream, each one canonical CBOR array whose first item is
+the frame kind:
+
+=========  ================================================  =====================
+kind       array                                             signed by
+=========  ================================================  =====================
+0 hello    ``[0, signed_bytes, signature]``                  the sender
+1 request  ``[1, signed_bytes, signature, body]``            the channel's payer
+2 response ``[2, signed_bytes, signature, body]``            the channel's payee
+3 refusal  ``[3, channel, n, code, message, details]``       nobody (see below)
+=========  ================================================  =====================
+
+`signed_bytes` is itself the canonical CBOR encoding of a map that always carries the
+domain tag ``"p2pay/v1/<kind>"`` (key ``"domain"``) and the ledger id (key ``"ledger"``).
+A signature is Ed25519 over `signed_bytes` exactly as received, so the verifier never
+re-encodes; the strict decoder then guarantees that those bytes are the only encoding of
+their content.
+
+A request's signed map *is* the payment voucher: ``paid`` is the cumulative yocto the
+payer has authorised on the channel, this request included; ``price`` is the most the
+payer agrees to be charged for this one request. A response is the receipt: ``spent``
+is the cumulative yocto the payee has charged on the channel after this request,
+``price`` what it charged for this one (0 unless ``status`` is ``"OK"``).
+
+A refusal is unsigned: it answers frames that could not be authenticated (unknown
+channel, bad signature, wrong ledger, malformed) or whose request number is not fresh
+(REPLAY). Every request that *was* authenticated gets a signed response, whose status is
+then an error code and whose body is ``encode({"message": str, "details": map})``: the
+provider can show it to the settlement contract to defend a claim.
+
+One function per kind builds the signing bytes: `request_signing_bytes`,
+`response_signing_bytes`, `hello_signing_bytes`.
+
+Every constructor validates its fields and raises `LocalProtocolError` for a bad one;
+the same checks on decoded fields raise `DecodeError` (code MALFORMED), so peer input
+surfaces only as `RemoteProtocolError` subclasses. `decode_frame` checks structure
+only; whether a message is on our ledger and signed by the right key is
+`check_signed_by`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+from p2pay.core import codec
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.errors import (
+    DecodeError,
+    ErrorCode,
+    InvalidSignature,
+    LocalProtocolError,
+    RemoteProtocolError,
+    WrongDomain,
+    WrongLedger,
+)
+from p2pay.core.identity import SIGNATURE_SIZE, Keypair, verify
+
+PROTOCOL_VERSION = 1
+PROTOCOL_ID = "/p2pay/1.0.0"
+DOMAIN_HELLO = "p2pay/v1/hello"
+DOMAIN_REQUEST = "p2pay/v1/request"
+DOMAIN_RESPONSE = "p2pay/v1/response"
+
+KIND_HELLO = 0
+KIND_REQUEST = 1
+KIND_RESPONSE = 2
+KIND_REFUSAL = 3
+
+STATUS_OK = "OK"
+HASH_SIZE = 32
+CHANNEL_ID_SIZE = 32
+MAX_LEDGER_ID_SIZE = 64
+MAX_SERVICE_NAME = 64
+MAX_MESSAGE_TEXT = 512
+MAX_REFUSAL_TEXT = 4 * MAX_MESSAGE_TEXT  # bytes of UTF-8: 512 characters at most 4 bytes each
+MAX_SERVICES = 256
+MIN_FRAME_LIMIT = 4096  # the smallest `max_frame` a hello may advertise
+FRAME_MAX_DEPTH = 8  # nesting accepted in a frame (the array is level 1)
+SIGNED_MAX_DEPTH = 4  # nesting accepted in a signed map (the map is level 1)
+MAX_U64 = (1 << 64) - 1
+
+ChannelId = NewType("ChannelId", bytes)
+LedgerId = NewType("LedgerId", bytes)
+
+
+def blake2b256(data: bytes | bytearray | memoryview) -> bytes:
+    """BLAKE2b with a 32-byte digest (no key, no salt): the protocol's one hash.
+
+    Args:
+        data: the bytes to hash.
+
+    Returns:
+        The 32-byte digest.
+    """
+    return hashlib.blake2b(data, digest_size=HASH_SIZE).digest()
+
+
+# ---------------------------------------------------------------------------
+# field checks: LocalProtocolError when we build a message, DecodeError when a peer did
+
+
+def _check(cond: bool, message: str, remote: bool) -> None:
+    if not cond:
+        raise DecodeError(message) if remote else LocalProtocolError(message)
+
+
+def _check_bytes(
+    value: object, name: str, size: int | None, remote: bool, max_size: int = 0
+) -> None:
+    _check(isinstance(value, bytes), f"{name} must be bytes", remote)
+    assert isinstance(value, bytes)
+    if size is not None:
+        _check(len(value) == size, f"{name} must be {size} bytes", remote)
+    else:
+        _check(1 <= len(value) <= max_size, f"{name} must be 1..{max_size} bytes", remote)
+
+
+def _check_uint(value: object, name: str, maximum: int, remote: bool) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum,
+        f"{name} must be an integer in [0, {maximum}]",
+        remote,
+    )
+
+
+def _check_text(
+    value: object, name: str, maximum: int, remote: bool, empty_ok: bool = False
+) -> None:
+    _check(isinstance(value, str), f"{name} must be text", remote)
+    assert isinstance(value, str)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not text CBOR can carry
+        size = -1
+    _check(size >= 0, f"{name} is not valid UTF-8 text", remote)
+    _check(
+        (empty_ok or size >= 1) and size <= maximum,
+        f"{name} must be {'0' if empty_ok else '1'}..{maximum} bytes of text",
+        remote,
+    )
+
+
+def _check_signature(signature: object) -> None:
+    _check(
+        isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
+        f"a signature is {SIGNATURE_SIZE} bytes",
+        False,
+    )
+
+
+def _signed_map(data: bytes, domain: str, keys: frozenset[str]) -> dict[str, Any]:
+    """Strictly decode signing bytes and check the domain tag and the exact key set."""
+    value = codec.decode(data, max_depth=SIGNED_MAX_DEPTH)
+    if not isinstance(value, dict):
+        raise DecodeError("signed part must be a map")
+    tag = value.get("domain")
+    if tag != domain:
+        if isinstance(tag, str):
+            raise WrongDomain(f"domain tag is {tag[:40]!r}, expected {domain!r}")
+        raise DecodeError("signed part has no domain tag")
+    if value.keys() != keys:
+        raise DecodeError(
+            f"signed {domain} has fields {sorted(map(str, value))}, expected {sorted(keys)}"
+        )
+    return {str(k): v for k, v in value.items()}
+
+
+# ---------------------------------------------------------------------------
+# Request: the signed voucher
+
+
+def request_signing_bytes(
+    *,
+    ledger: bytes,
+    channel: bytes,
+    n: int,
+    paid: int,
+    price: int,
+    service: str,
+    body_hash: bytes,
+    deadline: int,
+) -> bytes:
+    """The bytes a payer signs for a request (specs/protocol.md "Request").
+
+    Args:
+        ledger, channel, n, paid, price, service, body_hash, deadline: the voucher fields
+            (not validated here: build a `Request` to validate them).
+
+    Returns:
+        The canonical CBOR map with the domain tag ``"p2pay/v1/request"``.
+
+    Raises:
+        LocalProtocolError: a value cannot be encoded at all (e.g. a float).
+    """
+    return codec.encode(
+        {
+            "domain": DOMAIN_REQUEST,
+            "ledger": ledger,
+            "channel": channel,
+            "n": n,
+            "paid": paid,
+            "price": price,
+            "service": service,
+            "body_hash": body_hash,
+            "deadline": deadline,
+        }
+    )
+
+
+_REQUEST_KEYS = frozenset(
+    ("domain", "ledger", "channel", "n", "paid", "price", "service", "body_hash", "deadline")
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A paid request: the signed voucher fields, the signature, and the body beside them.
+
+    `deadline` is a Unix time in milliseconds after which the payee must not serve it.
+    `signing_bytes` and `hash` are computed once, at construction. `body` does not take
+    part in equality (its hash does).
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of its range.
+    """
+
+    ledger: bytes
+    channel: bytes
+    n: int
+    paid: int
+    price: int
+    service: str
+    body_hash: bytes
+    deadline: int
+    signature: bytes = field(default=b"", repr=False)
+    body: bytes = field(default=b"", repr=False, compare=False)
+    signing_bytes: bytes = field(init=False, repr=False, compare=False)
+    hash: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate(remote=False)
+        signed = request_signing_bytes(
+            ledger=self.ledger,
+            channel=self.channel,
+            n=self.n,
+            paid=self.paid,
+            price=self.price,
+            service=self.service,
+            body_hash=self.body_hash,
+            deadline=self.deadline,
+        )
+        object.__setattr__(self, "signing_bytes", signed)
+        object.__setattr__(self, "hash", blake2b256(signed))
+
+    def _validate(self, *, remote: bool) -> None:
+        _check_bytes(self.ledger, "ledger", None, remote, MAX_LEDGER_ID_SIZE)
+        _check_bytes(self.channel, "channel", CHANNEL_ID_SIZE, remote)
+        _check_uint(self.n, "n", MAX_U64, remote)
+        _check(self.n >= 1, "n starts at 1", remote)
+        _check_uint(self.paid, "paid", MAX_YOCTO, remote)
+        _check_uint(self.price, "price", MAX_YOCTO, remote)
+        _check_text(self.service, "service", MAX_SERVICE_NAME, remote)
+        _check_bytes(self.body_hash, "body_hash", HASH_SIZE, remote)
+        _check_uint(self.deadline, "deadline", MAX_U64, remote)
+        _check(isinstance(self.signature, bytes), "signature must be bytes", remote)
+        _check(isinstance(self.body, bytes), "body must be bytes", remote)
+
+    @classmethod
+    def create(
+        cls,
+        key: Keypair,
+        *,
+        ledger: bytes,
+        channel: bytes,
+        n: int,
+        paid: int,
+        price: int,
+        service: str,
+        body: bytes,
+        deadline: int,
+    ) -> Request:
+        """Build and sign a request with the payer's key.
+
+        Raises:
+            LocalProtocolError: a field is out of its range.
+        """
+        _check(isinstance(body, bytes), "body must be bytes", False)
+        unsigned = cls(
+            ledger=ledger,
+            channel=channel,
+            n=n,
+            paid=paid,
+            price=price,
+            service=service,
+            body_hash=blake2b256(body),
+            deadline=deadline,
+            body=body,
+        )
+        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+
+    def with_signature(self, signature: bytes) -> Request:
+        """The same request carrying `signature` (64 bytes; not verified here).
+
+        Raises:
+            LocalProtocolError: `signature` is not 64 bytes.
+        """
+        _check_signature(signature)
+        out = Request.__new__(Request)
+        for name in Request.__slots__:
+            object.__setattr__(out, name, getattr(self, name))
+        object.__setattr__(out, "signature", signature)
+        return out
+
+    def verify(self, public: bytes) -> bool:
+        """True if `signature` is `public`'s signature of the signing bytes."""
+        return verify(public, self.signing_bytes, self.signature)
+
+    def body_matches(self) -> bool:
+        """True if BLAKE2b-256 of `body` is `body_hash`."""
+        return blake2b256(self.body) == self.body_hash
+
+    @classmethod
+    def from_signed(cls, signed: bytes, signature: bytes, body: bytes) -> Request:
+        """Rebuild a request from received signing bytes (strictly decoded).
+
+        Raises:
+            DecodeError: malformed, non-canonical, a field out of range, or a signature
+                that is not 64 bytes; WrongDomain: another kind's signing bytes.
+        """
+        fields = _signed_map(signed, DOMAIN_REQUEST, _REQUEST_KEYS)
+        del fields["domain"]
+        _check(
+            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
+            "signature must be 64 bytes",
+            True,
+        )
+        try:
+            request = cls(signature=signature, body=body, **fields)
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
+        if request.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
+            raise DecodeError("request signing bytes are not canonical")
+        return request
+
+    def to_frame(self) -> bytes:
+        """The request frame ``[1, signing_bytes, signature, body]``.
+
+        Raises:
+            LocalProtocolError: the request is not signed.
+        """
+        _check_signature(self.signature)
+        return codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, self.body])
+
+
+# ---------------------------------------------------------------------------
+# Response: the signed receipt
+
+
+def response_signing_bytes(
+    *,
+    ledger: bytes,
+    channel: bytes,
+    n: int,
+    request_hash: bytes,
+    status: str,
+    price: int,
+    spent: int,
+    body_hash: bytes,
+) -> bytes:
+    """The bytes a payee signs for a response (specs/protocol.md "Response").
+
+    The request hash travels under the key ``"request"``.
+
+    Returns:
+        The canonical CBOR map with the domain tag ``"p2pay/v1/response"``.
+
+    Raises:
+        LocalProtocolError: a value cannot be encoded at all (e.g. a float).
+    """
+    return codec.encode(
+        {
+            "domain": DOMAIN_RESPONSE,
+            "ledger": ledger,
+            "channel": channel,
+            "n": n,
+            "request": request_hash,
+            "status": status,
+            "price": price,
+            "spent": spent,
+            "body_hash": body_hash,
+        }
+    )
+
+
+_RESPONSE_KEYS = frozenset(
+    ("domain", "ledger", "channel", "n", "request", "status", "price", "spent", "body_hash")
+)
+_STATUSES = frozenset([STATUS_OK, *(code.value for code in ErrorCode)])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A signed receipt for request `n` on `channel`, with the body beside it.
+
+    ``price`` is what this request was charged (0 unless ``status`` is ``"OK"``) and
+    ``spent`` the channel's cumulative charge after it, so ``price <= spent`` always.
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of its range.
+    """
+
+    ledger: bytes
+    channel: bytes
+    n: int
+    request_hash: bytes
+    status: str
+    price: int
+    spent: int
+    body_hash: bytes
+    signature: bytes = field(default=b"", repr=False)
+    body: bytes = field(default=b"", repr=False, compare=False)
+    signing_bytes: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate(remote=False)
+        object.__setattr__(
+            self,
+            "signing_bytes",
+            response_signing_bytes(
+                ledger=self.ledger,
+                channel=self.channel,
+                n=self.n,
+                request_hash=self.request_hash,
+                status=self.status,
+                price=self.price,
+                spent=self.spent,
+                body_hash=self.body_hash,
+            ),
+        )
+
+    def _validate(self, *, remote: bool) -> None:
+        _check_bytes(self.ledger, "ledger", None, remote, MAX_LEDGER_ID_SIZE)
+        _check_bytes(self.channel, "channel", CHANNEL_ID_SIZE, remote)
+        _check_uint(self.n, "n", MAX_U64, remote)
+        _check(self.n >= 1, "n starts at 1", remote)
+        _check_bytes(self.request_hash, "request", HASH_SIZE, remote)
+        # isinstance first: a peer's status may be an (unhashable) array or map
+        _check(
+            isinstance(self.status, str) and self.status in _STATUSES,
+            "status must be OK or an error code",
+            remote,
+        )
+        _check_uint(self.price, "price", MAX_YOCTO, remote)
+        _check(self.status == STATUS_OK or self.price == 0, "a refusal charges nothing", remote)
+        _check_uint(self.spent, "spent", MAX_YOCTO, remote)
+        _check(self.price <= self.spent, "spent includes this response's price", remote)
+        _check_bytes(self.body_hash, "body_hash", HASH_SIZE, remote)
+        _check(isinstance(self.signature, bytes), "signature must be bytes", remote)
+        _check(isinstance(self.body, bytes), "body must be bytes", remote)
+
+    @property
+    def ok(self) -> bool:
+        """True if the request was served (status ``"OK"``)."""
+        return self.status == STATUS_OK
+
+    @property
+    def hash(self) -> bytes:
+        """BLAKE2b-256 of the signing bytes."""
+        return blake2b256(self.signing_bytes)
+
+    @classmethod
+    def create(
+        cls,
+        key: Keypair,
+        *,
+        request: Request,
+        status: str,
+        price: int,
+        spent: int,
+        body: bytes,
+    ) -> Response:
+        """Build and sign the receipt for `request` with the payee's key.
+
+        Raises:
+            LocalProtocolError: a field is out of its range (e.g. a refusal with a price).
+        """
+        _check(isinstance(body, bytes), "body must be bytes", False)
+        unsigned = cls(
+            ledger=request.ledger,
+            channel=request.channel,
+            n=request.n,
+            request_hash=request.hash,
+            status=status,
+            price=price,
+            spent=spent,
+            body_hash=blake2b256(body),
+            body=body,
+        )
+        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+
+    def with_signature(self, signature: bytes) -> Response:
+        """The same response carrying `signature` (64 bytes; not verified here).
+
+        Raises:
+            LocalProtocolError: `signature` is not 64 bytes.
+        """
+        _check_signature(signature)
+        out = Response.__new__(Response)
+        for name in Response.__slots__:
+            object.__setattr__(out, name, getattr(self, name))
+        object.__setattr__(out, "signature", signature)
+        return out
+
+    def verify(self, public: bytes) -> bool:
+        """True if `signature` is `public`'s signature of the signing bytes."""
+        return verify(public, self.signing_bytes, self.signature)
+
+    def body_matches(self) -> bool:
+        """True if BLAKE2b-256 of `body` is `body_hash`."""
+        return blake2b256(self.body) == self.body_hash
+
+    def refusal_info(self) -> tuple[str, dict[str, Any]]:
+        """For a non-OK response: the (message, details) its body carries.
+
+        Returns:
+            ``("", {})`` if the body is not a refusal body (never raises).
+        """
+        try:
+            value = codec.decode(self.body, max_size=4096, max_depth=4)
+        except DecodeError:
+            return ("", {})
+        if not isinstance(value, dict):
+            return ("", {})
+        message = value.get("message")
+        details = value.get("details")
+        return (
+            message if isinstance(message, str) else "",
+            {str(k): v for k, v in details.items()} if isinstance(details, dict) else {},
+        )
+
+    @classmethod
+    def from_signed(cls, signed: bytes, signature: bytes, body: bytes) -> Response:
+        """Rebuild a response from received signing bytes (strictly decoded).
+
+        Raises:
+            DecodeError: malformed, non-canonical, a field out of range, or a signature
+                that is not 64 bytes; WrongDomain: another kind's signing bytes.
+        """
+        fields = _signed_map(signed, DOMAIN_RESPONSE, _RESPONSE_KEYS)
+        del fields["domain"]
+        fields["request_hash"] = fields.pop("request")
+        _check(
+            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
+            "signature must be 64 bytes",
+            True,
+        )
+        try:
+            response = cls(signature=signature, body=body, **fields)
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
+        if response.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
+            raise DecodeError("response signing bytes are not canonical")
+        return response
+
+    def to_frame(self) -> bytes:
+        """The response frame ``[2, signing_bytes, signature, body]``.
+
+        Raises:
+            LocalProtocolError: the response is not signed.
+        """
+        _check_signature(self.signature)
+        return codec.encode([KIND_RESPONSE, self.signing_bytes, self.signature, self.body])
+
+
+def refusal_body(message: str, details: Mapping[str, Any] | None = None) -> bytes:
+    """The body of a signed non-OK response: ``encode({"message", "details"})``.
+
+    Args:
+        message: human-readable reason, cut to `MAX_MESSAGE_TEXT` characters.
+        details: machine-readable details (e.g. ``{"price": int}`` for PAYMENT_REQUIRED).
+
+    Raises:
+        LocalProtocolError: details cannot be encoded.
+    """
+    return codec.encode({"message": message[:MAX_MESSAGE_TEXT], "details": dict(details or {})})
+
+
+# ---------------------------------------------------------------------------
+# Hello
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceTerms:
+    """One service a peer offers: its name, price per request (yocto), largest body."""
+
+    name: str
+    price: int
+    max_body: int
+
+    def __post_init__(self) -> None:
+        _check_text(self.name, "service name", MAX_SERVICE_NAME, False)
+        _check_uint(self.price, "price", MAX_YOCTO, False)
+        _check_uint(self.max_body, "max_body", MAX_U64, False)
+
+    def to_cbor(self) -> dict[str, Any]:
+        """The map ``{name, price, max_body}`` carried in a hello."""
+        return {"name": self.name, "price": self.price, "max_body": self.max_body}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StakeTerms:
+    """What a provider has at stake: amount, penalty per missed request, claim window (ms)."""
+
+    amount: int
+    penalty: int
+    claim_window_ms: int
+
+    def __post_init__(self) -> None:
+        _check_uint(self.amount, "stake amount", MAX_YOCTO, False)
+        _check_uint(self.penalty, "penalty", MAX_YOCTO, False)
+        _check_uint(self.claim_window_ms, "claim_window_ms", MAX_U64, False)
+
+    def to_cbor(self) -> dict[str, Any]:
+        """The map ``{amount, penalty, window}`` carried in a hello."""
+        return {"amount": self.amount, "penalty": self.penalty, "window": self.claim_window_ms}
+
+
+def hello_signing_bytes(
+    *,
+    version: int,
+    ledger: bytes,
+    services: tuple[ServiceTerms, ...],
+    stake: StakeTerms | None,
+    max_in_flight: int,
+    max_frame: int,
+) -> bytes:
+    """The bytes a peer signs for its hello (specs/protocol.md "Hello").
+
+    Returns:
+        The canonical CBOR map with the domain tag ``"p2pay/v1/hello"``.
+    """
+    return codec.encode(
+        {
+            "domain": DOMAIN_HELLO,
+            "version": version,
+            "ledger": ledger,
+            "services": [s.to_cbor() for s in services],
+            "stake": stake.to_cbor() if stake is not None else None,
+            "max_in_flight": max_in_flight,
+            "max_frame": max_frame,
+        }
+    )
+
+
+_HELLO_KEYS = frozenset(
+    ("domain", "version", "ledger", "services", "stake", "max_in_flight", "max_frame")
+)
+_SERVICE_KEYS = frozenset(("name", "price", "max_body"))
+_STAKE_KEYS = frozenset(("amount", "penalty", "window"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """First frame each way on a stream: who I am on which ledger, and my terms.
+
+    `max_in_flight` is how many of the peer's requests the sender will hold unanswered
+    at once (at least 1); `max_frame` the largest frame, in bytes without its length
+    prefix, that the sender accepts (at least `MIN_FRAME_LIMIT`).
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of its range.
+    """
+
+    version: int
+    ledger: bytes
+    services: tuple[ServiceTerms, ...]
+    stake: StakeTerms | None
+    max_in_flight: int
+    max_frame: int
+    signature: bytes = field(default=b"", repr=False)
+    signing_bytes: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_uint(self.version, "version", MAX_U64, False)
+        _check_bytes(self.ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
+        _check(isinstance(self.services, tuple), "services must be a tuple", False)
+        _check(
+            all(isinstance(s, ServiceTerms) for s in self.services),
+            "services must be ServiceTerms",
+            False,
+        )
+        _check(len(self.services) <= MAX_SERVICES, f"more than {MAX_SERVICES} services", False)
+        names = [s.name for s in self.services]
+        _check(len(set(names)) == len(names), "service names must be unique", False)
+        _check(
+            self.stake is None or isinstance(self.stake, StakeTerms),
+            "stake must be StakeTerms or None",
+            False,
+        )
+        _check_uint(self.max_in_flight, "max_in_flight", MAX_U64, False)
+        _check(self.max_in_flight >= 1, "max_in_flight is at least 1", False)
+        _check_uint(self.max_frame, "max_frame", MAX_U64, False)
+        _check(self.max_frame >= MIN_FRAME_LIMIT, f"max_frame is at least {MIN_FRAME_LIMIT}", False)
+        _check(isinstance(self.signature, bytes), "signature must be bytes", False)
+        object.__setattr__(
+            self,
+            "signing_bytes",
+            hello_signing_bytes(
+                version=self.version,
+                ledger=self.ledger,
+                services=self.services,
+                stake=self.stake,
+                max_in_flight=self.max_in_flight,
+                max_frame=self.max_frame,
+            ),
+        )
+
+    def service(self, name: str) -> ServiceTerms | None:
+        """The terms of service `name`, or None if the sender does not offer it."""
+        for terms in self.services:
+            if terms.name == name:
+                return terms
+        return None
+
+    @classmethod
+    def create(
+        cls,
+        key: Keypair,
+        *,
+        ledger: bytes,
+        services: tuple[ServiceTerms, ...] = (),
+        stake: StakeTerms | None = None,
+        max_in_flight: int = 64,
+        max_frame: int = codec.MAX_FRAME_SIZE,
+    ) -> Hello:
+        """Build and sign a hello for `PROTOCOL_VERSION`.
+
+        Raises:
+            LocalProtocolError: a field is out of its range.
+        """
+        unsigned = cls(
+            version=PROTOCOL_VERSION,
+            ledger=ledger,
+            services=services,
+            stake=stake,
+            max_in_flight=max_in_flight,
+            max_frame=max_frame,
+        )
+        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+
+    def with_signature(self, signature: bytes) -> Hello:
+        """The same hello carrying `signature` (64 bytes; not verified here).
+
+        Raises:
+            LocalProtocolError: `signature` is not 64 bytes.
+        """
+        _check_signature(signature)
+        out = Hello.__new__(Hello)
+        for name in Hello.__slots__:
+            object.__setattr__(out, name, getattr(self, name))
+        object.__setattr__(out, "signature", signature)
+        return out
+
+    def verify(self, public: bytes) -> bool:
+        """True if `signature` is `public`'s signature of the signing bytes."""
+        return verify(public, self.signing_bytes, self.signature)
+
+    @classmethod
+    def from_signed(cls, signed: bytes, signature: bytes) -> Hello:
+        """Rebuild a hello from received signing bytes (strictly decoded).
+
+        Raises:
+            DecodeError: malformed, non-canonical, a field out of range, or a signature
+                that is not 64 bytes; WrongDomain: another kind's signing bytes.
+        """
+        fields = _signed_map(signed, DOMAIN_HELLO, _HELLO_KEYS)
+        _check(
+            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
+            "signature must be 64 bytes",
+            True,
+        )
+        services_raw = fields["services"]
+        if not isinstance(services_raw, list):
+            raise DecodeError("services must be an array")
+        if len(services_raw) > MAX_SERVICES:
+            raise DecodeError(f"more than {MAX_SERVICES} services")
+        stake_raw = fields["stake"]
+        try:
+            services = []
+            for item in services_raw:
+                if not isinstance(item, dict) or item.keys() != _SERVICE_KEYS:
+                    raise DecodeError("a service is {name, price, max_body}")
+                services.append(
+                    ServiceTerms(name=item["name"], price=item["price"], max_body=item["max_body"])
+                )
+            stake: StakeTerms | None = None
+            if stake_raw is not None:
+                if not isinstance(stake_raw, dict) or stake_raw.keys() != _STAKE_KEYS:
+                    raise DecodeError("stake is null or {amount, penalty, window}")
+                stake = StakeTerms(
+                    amount=stake_raw["amount"],
+                    penalty=stake_raw["penalty"],
+                    claim_window_ms=stake_raw["window"],
+                )
+            hello = cls(
+                version=fields["version"],
+                ledger=fields["ledger"],
+                services=tuple(services),
+                stake=stake,
+                max_in_flight=fields["max_in_flight"],
+                max_frame=fields["max_frame"],
+                signature=signature,
+            )
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
+        if hello.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
+            raise DecodeError("hello signing bytes are not canonical")
+        return hello
+
+    def to_frame(self) -> bytes:
+        """The hello frame ``[0, signing_bytes, signature]``.
+
+        Raises:
+            LocalProtocolError: the hello is not signed.
+        """
+        _check_signature(self.signature)
+        return codec.encode([KIND_HELLO, self.signing_bytes, self.signature])
+
+
+# ---------------------------------------------------------------------------
+# Refusal (unsigned)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """An unsigned refusal of a frame that could not be authenticated (or was a REPLAY).
+
+    `channel` is empty and `n` is 0 when the frame could not be parsed that far.
+    `details` is a map with text keys (for REPLAY: ``last_n``, ``spent``, ``paid_max``
+    and ``voucher``, see specs/protocol.md "Resync").
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of its range or `details`
+            cannot be encoded.
+    """
+
+    channel: bytes
+    n: int
+    code: ErrorCode
+    message: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.code, ErrorCode), "code must be an ErrorCode", False)
+        _check(
+            isinstance(self.channel, bytes) and len(self.channel) in (0, CHANNEL_ID_SIZE),
+            "channel is empty or 32 bytes",
+            False,
+        )
+        _check_uint(self.n, "n", MAX_U64, False)
+        _check(len(self.channel) > 0 or self.n == 0, "n is 0 when channel is empty", False)
+        _check_text(self.message, "message", MAX_REFUSAL_TEXT, False, empty_ok=True)
+        _check(
+            isinstance(self.details, Mapping) and all(isinstance(k, str) for k in self.details),
+            "details is a map with text keys",
+            False,
+        )
+        # LocalProtocolError now rather than in to_frame; the frame array adds one level, and
+        # `decode_frame` accepts 8 (`FRAME_MAX_DEPTH`), so the details may nest 7 deep.
+        codec.encode(dict(self.details), max_depth=FRAME_MAX_DEPTH - 1)
+
+    def to_frame(self) -> bytes:
+        """The refusal frame ``[3, channel, n, code, message, details]``."""
+        return codec.encode(
+            [KIND_REFUSAL, self.channel, self.n, self.code.value, self.message, dict(self.details)]
+        )
+
+
+Frame = Hello | Request | Response | Refusal
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview, *, max_size: int = codec.MAX_FRAME_SIZE
+) -> Frame:
+    """Parse one frame (without its length prefix). Signatures are *not* checked here.
+
+    Args:
+        data: the frame bytes.
+        max_size: the largest frame accepted.
+
+    Returns:
+        A `Hello`, `Request`, `Response` or `Refusal`.
+
+    Raises:
+        FrameTooLarge: over `max_size`.
+        DecodeError: anything malformed, non-canonical or of an unknown kind.
+        WrongDomain: signed bytes of another kind (e.g. a response inside a request frame).
+    """
+    value = codec.decode(data, max_size=max_size, max_depth=FRAME_MAX_DEPTH)
+    if not isinstance(value, list) or not value or type(value[0]) is not int:
+        raise DecodeError("a frame is an array starting with its kind")
+    kind = value[0]
+    if kind == KIND_REQUEST or kind == KIND_RESPONSE:
+        if len(value) != 4:
+            raise DecodeError("request/response frame is [kind, signed, signature, body]")
+        signed, signature, body = value[1], value[2], value[3]
+        if not (
+            isinstance(signed, bytes) and isinstance(signature, bytes) and isinstance(body, bytes)
+        ):
+            raise DecodeError("request/response frame is [kind, signed, signature, body]")
+        if kind == KIND_REQUEST:
+            return Request.from_signed(signed, signature, body)
+        return Response.from_signed(signed, signature, body)
+    if kind == KIND_HELLO:
+        if len(value) != 3:
+            raise DecodeError("hello frame is [0, signed, signature]")
+        signed, signature = value[1], value[2]
+        if not (isinstance(signed, bytes) and isinstance(signature, bytes)):
+            raise DecodeError("hello frame is [0, signed, signature]")
+        return Hello.from_signed(signed, signature)
+    if kind == KIND_REFUSAL:
+        if len(value) != 6:
+            raise DecodeError("refusal frame is [3, channel, n, code, message, details]")
+        _, channel, n, code, message, details = value
+        if not isinstance(code, str):
+            raise DecodeError("refusal code must be text")
+        try:
+            known = ErrorCode(code)
+        except ValueError:
+            raise DecodeError(f"unknown refusal code {code[:40]!r}") from None
+        if not isinstance(details, dict) or not isinstance(message, str):
+            raise DecodeError("refusal message is text and details a map")
+        if not all(isinstance(k, str) for k in details):
+            raise DecodeError("refusal details keys must be text")
+        if not isinstance(channel, bytes) or not isinstance(n, int) or isinstance(n, bool):
+            raise DecodeError("refusal channel is bytes and n an integer")
+        try:
+            return Refusal(
+                channel=channel,
+                n=n,
+                code=known,
+                message=message,
+                details={str(k): v for k, v in details.items()},
+            )
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
+    raise DecodeError(f"unknown frame kind {kind}")
+
+
+def check_signed_by(message: Request | Response | Hello, public: bytes, ledger: bytes) -> None:
+    """Raise unless `message` is on `ledger` and signed by `public`.
+
+    For a `Hello` the protocol version is checked first.
+
+    Raises:
+        RemoteProtocolError: code VERSION_MISMATCH, a hello of another protocol version.
+        WrongLedger: the message names another ledger.
+        InvalidSignature: the signature is not `public`'s.
+    """
+    if isinstance(message, Hello) and message.version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"peer speaks version {message.version}, we speak {PROTOCOL_VERSION}",
+            code=ErrorCode.VERSION_MISMATCH,
+            details={"version": PROTOCOL_VERSION},
+        )
+    if message.ledger != ledger:
+        raise WrongLedger("message is for another ledger")
+    if not message.verify(public):
+        raise InvalidSignature("signature does not verify")
