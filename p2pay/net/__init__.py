@@ -1,0 +1,57 @@
+"""Transports: authenticated, ordered, framed streams between peers.
+
+`p2pay.net.base` defines the interface (`Transport`, `Stream`) and its semantics;
+`p2pay.net.memory` implements it in-process (simulations, fast tests) and
+`p2pay.net.p2p` over libp2p (TCP, Noise, yamux). py-libp2p is imported only by
+`p2pay.net.p2p`, so importing this package stays cheap; `open_libp2p_transport` is
+loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from p2pay.core.errors import FrameTooLarge
+from p2pay.net.base import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_ID,
+    ConnectError,
+    NetError,
+    Stream,
+    StreamClosed,
+    StreamHandler,
+    Transport,
+)
+from p2pay.net.framing import FrameReader, decode_uvarint, encode_uvarint, frame
+from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
+
+if TYPE_CHECKING:
+    from p2pay.net.p2p import open_libp2p_transport
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_ID",
+    "ConnectError",
+    "FrameReader",
+    "FrameTooLarge",
+    "MemoryNetwork",
+    "NetError",
+    "Stream",
+    "StreamClosed",
+    "StreamHandler",
+    "Transport",
+    "decode_uvarint",
+    "encode_uvarint",
+    "frame",
+    "memory_addr",
+    "open_libp2p_transport",
+    "open_memory_transport",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "open_libp2p_transport":
+        from p2pay.net.p2p import open_libp2p_transport
+
+        return open_libp2p_transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,209 @@
+"""The transport interface: authenticated, ordered, framed, bidirectional streams.
+
+Theory of operation
+-------------------
+A `Transport` gives a node streams to other peers; a `Stream` carries whole frames
+(byte strings) in order, in both directions, between two authenticated peers. The
+transport knows nothing about payments: the node moves frames between a stream and the
+pure core. One long-lived stream per peer pair carries many requests (design.md, "Wire").
+
+Two implementations share this interface and its semantics (the same integration suite
+runs against both): `p2pay.net.p2p` (libp2p: TCP, Noise, yamux) and `p2pay.net.memory`
+(in-process, for simulations and fast tests).
+
+Semantics common to both:
+
+* `send()` writes one frame; concurrent callers are serialized, frames never interleave.
+* `receive()` returns the next frame; `StreamClosed` at end of stream, on reset or when the
+  connection is lost; `FrameTooLarge` (a `DecodeError`) when the peer announces a frame
+  larger than this side's ``max_frame``: the caller may still send (an error frame) and
+  must then `reset()` the stream; further `receive()` calls raise again.
+* **Cancelling** a `receive()`, or a `send()` that has started writing, resets the stream:
+  a cancelled libp2p read can lose buffered bytes and a cancelled write can leave half a
+  frame on the wire, so the stream cannot be trusted afterwards (py-libp2p notes, section
+  4). Read from one long-lived reader task; call `aclose()` before cancelling it if the
+  close should be graceful. A task cancelled while *waiting* for the send lock does not
+  reset anything.
+* `aclose()` is a graceful close: frames already sent are delivered, then the peer reads
+  `StreamClosed` (and its `send()` fails). Afterwards local `send()` / `receive()` raise
+  `StreamClosed`; frames arriving for us are dropped.
+* `reset()` aborts both directions at once: frames not yet read, on either side, are
+  dropped (py-libp2p's yamux discards what the reader has not consumed when an RST
+  arrives without a FIN), and both ends read `StreamClosed`.
+* Inbound streams run ``handler(stream)`` in a task of the transport's own nursery; any
+  exception from the handler is logged (logger ``p2pay.net``). When the handler
+  returns, the stream is closed gracefully; when it raises, it is reset. A handler
+  never takes the transport down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from p2pay.core.errors import LocalProtocolError
+
+PROTOCOL_ID = "/p2pay/1.0.0"
+DEFAULT_MAX_FRAME = 1 << 20
+
+logger = logging.getLogger("p2pay.net")
+
+# Bounds on clean-up work, so shutting down never hangs on a wedged peer.
+RESET_TIMEOUT = 1.0
+CLOSE_TIMEOUT = 2.0
+
+
+class NetError(Exception):
+    """Base of the transport's exceptions."""
+
+
+class StreamClosed(NetError):
+    """The stream ended: EOF, reset by either side, or the connection was lost."""
+
+
+class ConnectError(NetError):
+    """A stream to the peer could not be opened (unreachable, refused, wrong identity...)."""
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """One authenticated, ordered, framed, bidirectional stream to a peer."""
+
+    @property
+    def remote_public(self) -> bytes:
+        """The 32-byte Ed25519 public key of the authenticated remote peer."""
+        ...
+
+    @property
+    def remote_peer_id(self) -> str:
+        """The remote peer's PeerID text ("12D3KooW...")."""
+        ...
+
+    async def send(self, payload: bytes) -> None:
+        """Write one frame.
+
+        Raises:
+            StreamClosed: the stream is closed, reset or its connection is lost.
+        """
+        ...
+
+    async def receive(self) -> bytes:
+        """Return the next frame's payload.
+
+        Raises:
+            StreamClosed: end of stream, reset, or connection lost.
+            FrameTooLarge: the peer announced a frame larger than ``max_frame``.
+        """
+        ...
+
+    async def reset(self) -> None:
+        """Abort the stream in both directions. Idempotent; never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close gracefully (the peer reads what was sent, then EOF). Idempotent; never raises."""
+        ...
+
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Opens streams to peers and hands inbound streams to the handler."""
+
+    @property
+    def public(self) -> bytes:
+        """Our 32-byte Ed25519 public key."""
+        ...
+
+    @property
+    def peer_id(self) -> str:
+        """Our PeerID text."""
+        ...
+
+    @property
+    def addrs(self) -> list[str]:
+        """Our full multiaddrs, each ending in ``/p2p/<peer id>``."""
+        ...
+
+    def add_address(self, peer_id: str, addr: str) -> None:
+        """Remember an address of a peer, so `connect(peer_id)` can dial it.
+
+        Raises:
+            LocalProtocolError: the address is malformed or names another peer.
+        """
+        ...
+
+    async def connect(self, peer: str) -> Stream:
+        """Open a NEW stream under `PROTOCOL_ID` to a peer.
+
+        Args:
+            peer: a multiaddr ending in ``/p2p/<peer id>``, or a bare PeerID whose
+                address is known (`add_address`).
+
+        Raises:
+            ConnectError: the peer cannot be reached, refused the stream, or the address
+                is invalid.
+        """
+        ...
+
+
+def split_p2p(addr: str) -> tuple[str, str]:
+    """Split ``<transport part>/p2p/<peer id>`` into its two parts.
+
+    Raises:
+        LocalProtocolError: `addr` does not end in ``/p2p/<peer id>``.
+    """
+    if not isinstance(addr, str):
+        raise LocalProtocolError("an address is a string")
+    head, sep, peer_id = addr.rpartition("/p2p/")
+    if not sep or not peer_id or "/" in peer_id:
+        raise LocalProtocolError(f"address {addr[:200]!r} does not end in /p2p/<peer id>")
+    return head, peer_id
+
+
+def check_max_frame(max_frame: int) -> int:
+    """Validate a ``max_frame`` argument (an int >= 1)."""
+    if isinstance(max_frame, bool) or not isinstance(max_frame, int) or max_frame < 1:
+        raise LocalProtocolError("max_frame must be a positive int")
+    return max_frame
+
+
+async def run_handler(handler: StreamHandler, stream: Stream) -> None:
+    """Run an inbound-stream handler so that nothing it does can escape.
+
+    Every exception is logged. Afterwards the stream is always finished: closed
+    gracefully if the handler returned (so the frames it sent are delivered: on
+    py-libp2p a bare reset discards what the peer has not read yet), reset if it raised
+    or was cancelled. Both are no-ops on a stream the handler already closed.
+    Cancellation propagates.
+    """
+    returned = False
+    try:
+        await handler(stream)
+        returned = True
+    except Exception:
+        logger.exception("stream handler failed (peer %s)", _peer_of(stream))
+    except BaseExceptionGroup as group:
+        # A group mixing trio.Cancelled with real errors: log the errors, let the
+        # cancellation propagate (an outer scope is being cancelled).
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is not None:
+            logger.error("stream handler failed (peer %s)", _peer_of(stream), exc_info=rest)
+        if cancelled is not None:
+            raise cancelled from None
+    finally:
+        if returned:
+            await stream.aclose()
+        await stream.reset()
+
+
+def _peer_of(stream: Stream) -> str:
+    try:
+        return stream.remote_peer_id
+    except Exception:  # pragma: no cover - a broken Stream implementation
+        return "?"

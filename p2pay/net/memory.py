@@ -1,0 +1,412 @@
+"""In-memory transport: the libp2p stream semantics without sockets, for simulations.
+
+Theory of operation
+-------------------
+A `MemoryNetwork` is a registry of in-process transports, one per simulation or test.
+A stream is two one-way pipes; a pipe is a bounded trio memory channel of whole frames
+(`PIPE_CAPACITY` frames), so a slow reader pushes back on its writer exactly as yamux
+flow control would. Nothing is serialized: a frame is handed over as the immutable
+``bytes`` object the sender passed.
+
+* Authentication is by construction: `remote_public` is the key the remote transport
+  was opened with.
+* ``max_frame`` is enforced by the receiver, as on libp2p: a frame longer than the
+  receiving transport's limit raises `FrameTooLarge` from its `receive()`.
+* Latency: `MemoryNetwork.set_latency` takes ``fn(src_peer_id, dst_peer_id) -> seconds``.
+  Each frame is stamped with ``max(now + fn(...), stamp of the previous frame)`` when it
+  is sent, and the receiver waits until that time, so frames keep their order whatever
+  ``fn`` returns. Connecting costs one round trip. Only trio's clock is used, so it
+  runs unchanged (and instantly) under ``trio.testing.MockClock``.
+* Failures: `MemoryNetwork.disconnect` resets every stream of a peer, as a crash would;
+  `MemoryNetwork.set_online` makes a peer refuse (and fail to make) new connections,
+  without touching its open streams (call both to simulate a peer vanishing).
+* Addresses are ``/memory/<peer id>/p2p/<peer id>``. As with libp2p, `connect` to a bare
+  PeerID works only after `add_address` (or an earlier connect by multiaddr), so code
+  that forgets to learn addresses fails here as it would on a real network.
+
+There is no randomness and no wall clock in this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from p2pay.core.errors import DecodeError, FrameTooLarge, LocalProtocolError
+from p2pay.core.identity import Keypair, public_from_peer_id
+from p2pay.net.base import (
+    DEFAULT_MAX_FRAME,
+    ConnectError,
+    Stream,
+    StreamClosed,
+    StreamHandler,
+    Transport,
+    check_max_frame,
+    run_handler,
+    split_p2p,
+)
+from p2pay.net.framing import renew_error
+
+__all__ = ["PIPE_CAPACITY", "MemoryNetwork", "MemoryStream", "open_memory_transport"]
+
+
+PIPE_CAPACITY = 256
+"""Frames in flight per direction before `send()` blocks (backpressure)."""
+
+LatencyFn = Callable[[str, str], float]
+
+
+class MemoryNetwork:
+    """A registry of in-memory transports that can reach each other."""
+
+    def __init__(self) -> None:
+        self._transports: dict[str, _MemoryTransport] = {}
+        self._offline: set[str] = set()
+        self._latency: LatencyFn | None = None
+
+    def set_latency(self, fn: LatencyFn | None) -> None:
+        """Set the one-way delay ``fn(src_peer_id, dst_peer_id)`` in seconds (None: none).
+
+        Applies to frames sent from now on, and to the round trip of new connections.
+        """
+        self._latency = fn
+
+    def set_online(self, peer_id: str, online: bool) -> None:
+        """Mark a peer offline (refuses and cannot make new connections) or online again.
+
+        Open streams are not touched; use `disconnect` for that.
+        """
+        if online:
+            self._offline.discard(peer_id)
+        else:
+            self._offline.add(peer_id)
+
+    def is_online(self, peer_id: str) -> bool:
+        return peer_id in self._transports and peer_id not in self._offline
+
+    def disconnect(self, peer_id: str) -> None:
+        """Reset every open stream of `peer_id` (both ends see `StreamClosed`)."""
+        transport = self._transports.get(peer_id)
+        if transport is not None:
+            transport._reset_all()
+
+    def delay(self, src: str, dst: str) -> float:
+        """The current one-way delay from `src` to `dst`, in seconds."""
+        if self._latency is None:
+            return 0.0
+        value = float(self._latency(src, dst))
+        if not value >= 0.0 or math.isinf(value):  # also refuses NaN
+            raise LocalProtocolError(f"latency must be a finite number >= 0, got {value!r}")
+        return value
+
+    @property
+    def peers(self) -> list[str]:
+        """PeerIDs of the transports currently open on this network."""
+        return list(self._transports)
+
+    def _register(self, transport: _MemoryTransport) -> None:
+        if transport.peer_id in self._transports:
+            raise LocalProtocolError(f"peer {transport.peer_id} is already on this network")
+        self._transports[transport.peer_id] = transport
+
+    def _unregister(self, transport: _MemoryTransport) -> None:
+        if self._transports.get(transport.peer_id) is transport:
+            del self._transports[transport.peer_id]
+
+
+def memory_addr(peer_id: str) -> str:
+    """The address of a peer on a `MemoryNetwork`."""
+    return f"/memory/{peer_id}/p2p/{peer_id}"
+
+
+class _Pipe:
+    """One direction of a stream: a bounded channel of (arrival time, payload)."""
+
+    __slots__ = ("eof_at", "last_arrival", "recv", "send")
+
+    def __init__(self) -> None:
+        self.send, self.recv = trio.open_memory_channel[tuple[float, bytes]](PIPE_CAPACITY)
+        self.last_arrival = -math.inf
+        self.eof_at = -math.inf
+
+
+class MemoryStream:
+    """One end of an in-memory stream (see `p2pay.net.base.Stream`).
+
+    When this end is closed or reset (or its peer is disconnected) it stops at once:
+    frames sent to it are dropped and the other end's `send()` fails. After `aclose()`
+    the frames it had sent stay readable by the other end, which then reads
+    `StreamClosed`; after a reset they are dropped too. That is what py-libp2p's yamux
+    does with FIN (then RST) and with a bare RST.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: _MemoryTransport,
+        outgoing: _Pipe,
+        incoming: _Pipe,
+        remote_public: bytes,
+        remote_peer_id: str,
+    ) -> None:
+        self._transport = transport
+        self._network = transport._network
+        self._out = outgoing
+        self._in = incoming
+        self._remote_public = remote_public
+        self._remote_peer_id = remote_peer_id
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self._dead = False
+        self._dead_event = trio.Event()
+        self._error: Exception | None = None
+
+    @property
+    def remote_public(self) -> bytes:
+        return self._remote_public
+
+    @property
+    def remote_peer_id(self) -> str:
+        return self._remote_peer_id
+
+    def __repr__(self) -> str:
+        return f"<MemoryStream {self._transport.peer_id[-8:]}->{self._remote_peer_id[-8:]}>"
+
+    async def send(self, payload: bytes) -> None:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise LocalProtocolError("a frame payload is bytes")
+        data = bytes(payload)
+        async with self._send_lock:
+            if self._dead:
+                raise StreamClosed("stream is closed")
+            delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
+            arrival = max(trio.current_time() + delay, self._out.last_arrival)
+            try:
+                await self._out.send.send((arrival, data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise StreamClosed("stream closed by the peer") from None
+            except BaseException:
+                # Cancelled while blocked on backpressure: same rule as libp2p, reset.
+                self._kill()
+                raise
+            self._out.last_arrival = arrival
+
+    async def receive(self) -> bytes:
+        async with self._recv_lock:
+            if self._error is not None:
+                raise renew_error(self._error)
+            if self._dead:
+                raise StreamClosed("stream is closed")
+            try:
+                return await self._receive()
+            except (StreamClosed, DecodeError) as exc:
+                self._error = exc
+                raise
+            except BaseException:
+                self._kill()
+                raise
+
+    async def _receive(self) -> bytes:
+        try:
+            arrival, payload = await self._in.recv.receive()
+        except trio.EndOfChannel:
+            # The peer closed; its close travels as fast as its frames.
+            if self._in.eof_at > trio.current_time():
+                with trio.move_on_at(self._in.eof_at):
+                    await self._dead_event.wait()
+            raise StreamClosed("stream closed by the peer") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StreamClosed("stream is closed") from None
+        if arrival > trio.current_time():
+            with trio.move_on_at(arrival):
+                await self._dead_event.wait()
+        if self._dead:
+            raise StreamClosed("stream is closed")
+        max_frame = self._transport.max_frame
+        if len(payload) > max_frame:
+            raise FrameTooLarge(
+                f"peer sent a {len(payload)}-byte frame, the limit is {max_frame}",
+                details={"size": len(payload), "max": max_frame},
+            )
+        return payload
+
+    async def reset(self) -> None:
+        self._kill(graceful=False)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        self._kill(graceful=True)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _kill(self, *, graceful: bool = False) -> None:
+        """Stop this end (see the class docstring). Idempotent."""
+        if self._dead:
+            return
+        self._dead = True
+        self._dead_event.set()
+        if graceful:
+            delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
+            self._out.eof_at = max(trio.current_time() + delay, self._out.last_arrival)
+        else:
+            self._out.recv.close()  # drop what the peer has not read yet
+        self._out.send.close()
+        self._in.recv.close()
+        self._transport._forget(self)
+
+
+class _MemoryTransport:
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        key: Keypair,
+        handler: StreamHandler,
+        max_frame: int,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._network = network
+        self._key = key
+        self._peer_id = str(key.peer_id)
+        self._handler = handler
+        self.max_frame = max_frame
+        self._nursery = nursery
+        self._streams: set[MemoryStream] = set()
+        self._known: set[str] = set()
+        self._running = True
+
+    @property
+    def public(self) -> bytes:
+        return self._key.public
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        return [memory_addr(self._peer_id)]
+
+    def __repr__(self) -> str:
+        return f"<MemoryTransport {self._peer_id}>"
+
+    def add_address(self, peer_id: str, addr: str) -> None:
+        head, named = split_p2p(addr)
+        if named != peer_id:
+            raise LocalProtocolError(f"address {addr!r} names another peer than {peer_id}")
+        if head != f"/memory/{peer_id}":
+            raise LocalProtocolError(f"not a memory address: {addr!r}")
+        try:
+            public_from_peer_id(peer_id)
+        except DecodeError as exc:
+            raise LocalProtocolError(f"not an Ed25519 PeerID: {peer_id!r}") from exc
+        self._known.add(peer_id)
+
+    async def connect(self, peer: str) -> Stream:
+        if not isinstance(peer, str):
+            raise ConnectError("a peer is a multiaddr or a PeerID string")
+        if peer.startswith("/"):
+            try:
+                _, peer_id = split_p2p(peer)
+                self.add_address(peer_id, peer)
+            except LocalProtocolError as exc:
+                raise ConnectError(f"cannot dial {peer!r}: {exc.message}") from None
+        else:
+            peer_id = peer
+            if peer_id not in self._known:
+                raise ConnectError(f"no known address for peer {peer_id}")
+        if not self._running:
+            raise ConnectError("transport is closed")
+        if peer_id == self._peer_id:
+            raise ConnectError("cannot connect to ourselves")
+        if not self._network.is_online(self._peer_id):
+            raise ConnectError(f"cannot dial {peer_id}: we are offline")
+        rtt = self._network.delay(self._peer_id, peer_id) + self._network.delay(
+            peer_id, self._peer_id
+        )
+        if rtt:
+            await trio.sleep(rtt)
+        else:
+            await trio.lowlevel.checkpoint()
+        remote = self._network._transports.get(peer_id)
+        if remote is None or not remote._running or not self._network.is_online(peer_id):
+            raise ConnectError(f"peer {peer_id} is unreachable")
+        if not self._running:
+            raise ConnectError("transport is closed")
+        forward, backward = _Pipe(), _Pipe()
+        local_end = MemoryStream(
+            transport=self,
+            outgoing=forward,
+            incoming=backward,
+            remote_public=remote.public,
+            remote_peer_id=remote.peer_id,
+        )
+        remote_end = MemoryStream(
+            transport=remote,
+            outgoing=backward,
+            incoming=forward,
+            remote_public=self.public,
+            remote_peer_id=self._peer_id,
+        )
+        self._streams.add(local_end)
+        remote._streams.add(remote_end)
+        try:
+            remote._nursery.start_soon(run_handler, remote._handler, remote_end)
+        except RuntimeError:  # the remote's nursery is closing
+            remote_end._kill()
+            local_end._kill()
+            raise ConnectError(f"peer {peer_id} is shutting down") from None
+        return local_end
+
+    def _forget(self, stream: MemoryStream) -> None:
+        self._streams.discard(stream)
+
+    def _reset_all(self) -> None:
+        for stream in list(self._streams):
+            stream._kill()
+
+
+@asynccontextmanager
+async def open_memory_transport(
+    network: MemoryNetwork,
+    key: Keypair,
+    handler: StreamHandler,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[Transport]:
+    """Join `network` as the peer of `key`; inbound streams go to `handler`.
+
+    Args:
+        network: the simulation's registry.
+        key: this peer's identity.
+        handler: run as ``handler(stream)`` for each inbound stream, in a task of the
+            transport's nursery; its exceptions are logged and the stream is reset.
+        max_frame: largest frame payload this side accepts.
+
+    Yields:
+        The transport (see `p2pay.net.base.Transport`).
+
+    Raises:
+        LocalProtocolError: the peer is already on the network, or `max_frame` is bad.
+    """
+    check_max_frame(max_frame)
+    if str(key.peer_id) in network._transports:  # raise before the nursery wraps it
+        raise LocalProtocolError(f"peer {key.peer_id} is already on this network")
+    # An exception from the caller's block is re-raised outside the nursery, so it
+    # comes out as itself rather than inside an ExceptionGroup.
+    body_error: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        transport = _MemoryTransport(network, key, handler, max_frame, nursery)
+        network._register(transport)
+        try:
+            yield transport
+        except Exception as exc:
+            body_error = exc
+        finally:
+            transport._running = False
+            network._unregister(transport)
+            transport._reset_all()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,544 @@
+"""libp2p transport: TCP, Noise, yamux, one p2pay stream protocol (py-libp2p 0.8.1).
+
+Theory of operation
+-------------------
+The host key *is* the p2pay key (design.md, "Identity"), so the PeerID that Noise
+authenticates is the payer's or payee's Ed25519 public key. Every py-libp2p import of
+p2pay lives in this module; see /work/shared/notes/py-libp2p.md for the measurements
+behind each choice:
+
+* Security is pinned to Noise only. A default host also accepts ``/plaintext/2.0.0``,
+  where a peer can claim any PeerID; with Noise the PeerID is proven by a signature.
+* Muxer: yamux only (mplex deadlocks a reader against a writer on one stream and stalls
+  the connection behind an idle reader). ``max_connections_per_peer=1`` avoids the
+  250 ms happy-eyeballs wait on every connect.
+* The remote identity is ``stream.muxed_conn.peer_id`` (under Noise, the secured
+  connection's "remote public key" is the X25519 Noise key, not the identity). A stream
+  from a peer whose PeerID does not embed an Ed25519 key is refused.
+* Framing is ours (`p2pay.net.framing.FrameReader` over ``read(65536)``): py-libp2p's
+  ``read_exactly`` gives up after 101 short reads.
+* Sends are serialized by a `trio.Lock`, so frames never interleave. Any failure resets
+  the stream; so does cancelling a read or a write (a cancelled yamux read can drop
+  buffered bytes).
+* A handler exception would take the whole py-libp2p host down, so inbound streams are
+  handed to a task in this transport's own nursery that catches and logs everything
+  (`p2pay.net.base.run_handler`); py-libp2p's own handler task just waits for it.
+* After a failed dial py-libp2p refuses the peer for 60 s (negative cache); `connect`
+  lifts that block first, so the node's own retry policy decides. `add_address` and
+  `connect(multiaddr)` *replace* the peer's known addresses: py-libp2p dials only one
+  TCP address per peer, so a stale first address would hide a new one. The
+  AutoConnector (which dials every peer in the peerstore to keep 50-100 connections)
+  is switched off, connection pruning starts only at `MAX_CONNECTIONS`, and a dial
+  is retried once, not three times.
+
+* A bare yamux RST discards what the peer has not read yet, so `aclose()` sends FIN
+  and then RST (py-libp2p keeps data that came before a FIN readable).
+
+Known py-libp2p behaviour the node must live with, which the memory transport does
+not imitate: a yamux write that waits more than 5 s for the peer's window (the peer
+does not read) fails; the stream is then reset and `send()` raises `StreamClosed`.
+Keep a reader task on every stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
+from libp2p.crypto.keys import KeyType
+from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from multiaddr import Multiaddr
+
+from p2pay.core.errors import DecodeError, LocalProtocolError
+from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
+from p2pay.net.base import (
+    CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_ID,
+    RESET_TIMEOUT,
+    ConnectError,
+    StreamClosed,
+    StreamHandler,
+    Transport,
+    check_max_frame,
+    run_handler,
+)
+from p2pay.net.framing import FrameReader, frame
+
+__all__ = ["Libp2pStream", "Libp2pTransport", "open_libp2p_transport"]
+
+logger = logging.getLogger("p2pay.net")
+
+CONNECT_TIMEOUT = 15.0
+"""Upper bound on `connect` (dial, Noise, yamux, protocol negotiation)."""
+MAX_CONNECTIONS = 1000
+"""Connections the host accepts (py-libp2p's resource manager allows 1000 by default)."""
+DIAL_RETRIES = 1
+"""Extra attempts per address when a dial fails (py-libp2p's default is 3)."""
+SHUTDOWN_TIMEOUT = 3.0
+"""Upper bound on closing the host when the transport's context exits."""
+
+_PROTOCOL = TProtocol(PROTOCOL_ID)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        text = f"{text} ({type(cause).__name__}: {cause})"
+    return text[:500]
+
+
+def _ed25519_public(peer_id: Any) -> bytes:
+    """The 32-byte Ed25519 key embedded in a py-libp2p PeerID.
+
+    Raises:
+        DecodeError: the PeerID does not embed an Ed25519 key.
+    """
+    key = peer_id.extract_public_key()
+    if key is None or key.get_type() != KeyType.Ed25519:
+        raise DecodeError(f"peer {peer_id} does not have an Ed25519 identity")
+    raw = key.to_bytes()
+    if not isinstance(raw, bytes) or len(raw) != 32 or peer_id_from_public(raw) != str(peer_id):
+        raise DecodeError(f"peer {peer_id}: malformed Ed25519 identity")
+    return raw
+
+
+class Libp2pStream:
+    """A p2pay stream over a py-libp2p (yamux) stream. See `p2pay.net.base.Stream`."""
+
+    def __init__(
+        self,
+        net_stream: Any,
+        *,
+        remote_public: bytes,
+        max_frame: int,
+        transport: Libp2pTransport,
+    ) -> None:
+        self._net = net_stream
+        self._remote_public = remote_public
+        self._remote_peer_id = peer_id_from_public(remote_public)
+        self._transport = transport
+        self._reader = FrameReader(self._read_some, max_frame)
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self._dead = False  # closed or reset locally: send/receive refuse
+        self._reset_done = False
+        self._read_scope: trio.CancelScope | None = None
+        self._write_scope: trio.CancelScope | None = None
+
+    @property
+    def remote_public(self) -> bytes:
+        return self._remote_public
+
+    @property
+    def remote_peer_id(self) -> str:
+        return self._remote_peer_id
+
+    def __repr__(self) -> str:
+        return f"<Libp2pStream to {self._remote_peer_id}>"
+
+    async def _read_some(self, n: int) -> bytes:
+        # A local yamux reset does not wake a pending read: reset() cancels this scope.
+        with trio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                data: bytes = await self._net.read(n)
+            except StreamEOF:
+                return b""
+            except Exception as exc:  # StreamReset, connection lost, muxer errors...
+                raise StreamClosed(f"stream failed: {_describe(exc)}") from None
+            finally:
+                self._read_scope = None
+            return data
+        raise StreamClosed("stream reset")
+
+    async def send(self, payload: bytes) -> None:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise LocalProtocolError("a frame payload is bytes")
+        data = frame(payload)
+        async with self._send_lock:
+            if self._dead:
+                raise StreamClosed("stream is closed")
+            # A write blocked on the peer's yamux window is not woken by a local
+            # reset either: reset() cancels this scope.
+            with trio.CancelScope() as scope:
+                self._write_scope = scope
+                try:
+                    await self._net.write(data)
+                except Exception as exc:
+                    await self.reset()
+                    raise StreamClosed(f"write failed: {_describe(exc)}") from None
+                except BaseException:
+                    # Cancelled mid-write: part of a frame may be on the wire.
+                    await self.reset()
+                    raise
+                finally:
+                    self._write_scope = None
+                return
+            raise StreamClosed("stream reset")
+
+    async def receive(self) -> bytes:
+        async with self._recv_lock:
+            if self._dead:
+                raise StreamClosed("stream is closed")
+            try:
+                return await self._reader.next()
+            except StreamClosed:
+                if not self._reader.clean_eof:
+                    # Reset by the peer, connection lost, or EOF mid-frame: nothing
+                    # more can come out of this stream.
+                    await self.reset()
+                raise
+            except DecodeError:
+                raise  # FrameTooLarge / bad prefix: the caller answers, then resets
+            except BaseException:
+                # Cancelled: yamux may have dropped bytes it had handed to us.
+                await self.reset()
+                raise
+
+    async def reset(self) -> None:
+        self._dead = True
+        if self._reset_done:
+            return
+        self._reset_done = True
+        self._transport._forget(self)
+        for scope in (self._read_scope, self._write_scope):
+            if scope is not None:
+                scope.cancel()
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+            try:
+                await self._net.reset()
+            except Exception as exc:
+                logger.debug("reset of %r failed: %s", self, _describe(exc))
+
+    async def aclose(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                async with self._send_lock:  # let a frame being written finish
+                    await self._net.close()  # yamux FIN: the peer reads the rest, then EOF
+        except Exception as exc:
+            logger.debug("close of %r failed: %s", self, _describe(exc))
+        finally:
+            # Then RST: frees the yamux stream at once and wakes any local reader.
+            # py-libp2p's yamux still hands out the data that arrived before a FIN
+            # after an RST (not so without the FIN), so nothing sent is lost.
+            await self.reset()
+
+
+class Libp2pTransport:
+    """A py-libp2p host speaking `PROTOCOL_ID`. See `p2pay.net.base.Transport`.
+
+    Use `open_libp2p_transport` to make one.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        key: Keypair,
+        handler: StreamHandler,
+        *,
+        max_frame: int,
+        max_inbound_streams: int,
+    ) -> None:
+        self._host = host
+        self._key = key
+        self._peer_id = str(key.peer_id)
+        self._handler = handler
+        self._max_frame = max_frame
+        self._max_inbound = max_inbound_streams
+        self._inbound = 0
+        self._streams: set[Libp2pStream] = set()
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+
+    @property
+    def public(self) -> bytes:
+        return self._key.public
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        return [str(addr) for addr in self._host.get_addrs()]
+
+    @property
+    def host(self) -> Any:
+        """The underlying py-libp2p host (for diagnostics; do not register handlers)."""
+        return self._host
+
+    @property
+    def open_streams(self) -> int:
+        """Streams of ours not yet closed or reset."""
+        return len(self._streams)
+
+    def __repr__(self) -> str:
+        return f"<Libp2pTransport {self._peer_id}>"
+
+    def add_address(self, peer_id: str, addr: str) -> None:
+        """Remember `addr` for `peer_id`, replacing the addresses known before.
+
+        py-libp2p dials only one TCP address per peer (the first it knows), so a peer
+        that moved would stay unreachable behind its stale address if we appended.
+        """
+        pid, maddr = self._parse(addr, expect=peer_id)
+        self._set_address(pid, maddr)
+
+    def _set_address(self, pid: ID, maddr: Multiaddr) -> None:
+        peerstore = self._host.get_peerstore()
+        peerstore.clear_addrs(pid)
+        peerstore.add_addrs(pid, [maddr], PERMANENT_ADDR_TTL)
+        self._host.get_network().unblock_peer(pid)
+
+    def _parse(self, addr: str, *, expect: str | None) -> tuple[ID, Multiaddr]:
+        """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad."""
+        if not isinstance(addr, str):
+            raise LocalProtocolError("an address is a string")
+        try:
+            maddr = Multiaddr(addr)
+            named = maddr.get_peer_id()
+        except Exception as exc:
+            raise LocalProtocolError(f"invalid multiaddr {addr[:200]!r}: {exc}") from None
+        if expect is None:
+            if named is None:
+                raise LocalProtocolError(f"address {addr[:200]!r} has no /p2p/<peer id>")
+            expect = named
+        elif named is not None and named != expect:
+            raise LocalProtocolError(f"address {addr[:200]!r} names another peer than {expect}")
+        try:
+            public_from_peer_id(expect)
+            pid = ID.from_base58(expect)
+        except (DecodeError, ValueError) as exc:
+            raise LocalProtocolError(f"not an Ed25519 PeerID: {expect[:80]!r}") from exc
+        if named is not None:
+            maddr = maddr.decapsulate(Multiaddr(f"/p2p/{named}"))
+        if not str(maddr):
+            raise LocalProtocolError(f"address {addr[:200]!r} has no transport part")
+        return pid, maddr
+
+    async def connect(self, peer: str) -> Libp2pStream:
+        if not self._running:
+            raise ConnectError("transport is closed")
+        if not isinstance(peer, str):
+            raise ConnectError("a peer is a multiaddr or a PeerID string")
+        try:
+            if peer.startswith("/"):
+                pid, maddr = self._parse(peer, expect=None)
+                self._set_address(pid, maddr)
+            else:
+                public_from_peer_id(peer)
+                pid = ID.from_base58(peer)
+        except (LocalProtocolError, DecodeError, ValueError) as exc:
+            raise ConnectError(f"cannot dial {peer[:200]!r}: {exc}") from None
+        if str(pid) == self._peer_id:
+            raise ConnectError("cannot connect to ourselves")
+        network = self._host.get_network()
+        network.unblock_peer(pid)  # lift the 60 s negative cache of an earlier failure
+        net_stream = None
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            try:
+                net_stream = await self._host.new_stream(pid, [_PROTOCOL])
+            except Exception as exc:
+                raise ConnectError(f"cannot open a stream to {pid}: {_describe(exc)}") from None
+        if net_stream is None:
+            raise ConnectError(f"connecting to {pid} timed out after {CONNECT_TIMEOUT} s")
+        try:
+            remote_public = _ed25519_public(net_stream.muxed_conn.peer_id)
+            if peer_id_from_public(remote_public) != str(pid):
+                raise DecodeError(f"dialled {pid}, reached {net_stream.muxed_conn.peer_id}")
+        except BaseException as exc:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+                try:
+                    await net_stream.reset()
+                except Exception:
+                    pass
+            if isinstance(exc, DecodeError):
+                raise ConnectError(str(exc)) from None
+            raise
+        stream = Libp2pStream(
+            net_stream, remote_public=remote_public, max_frame=self._max_frame, transport=self
+        )
+        self._streams.add(stream)
+        if not self._running:  # closed while we were dialling
+            await stream.reset()
+            raise ConnectError("transport is closed")
+        return stream
+
+    # --- inbound -----------------------------------------------------------------
+
+    async def _on_stream(self, net_stream: Any) -> None:
+        """py-libp2p's handler for `PROTOCOL_ID`; runs in py-libp2p's task, never raises."""
+        try:
+            if not self._running or self._nursery is None:
+                raise _Refused("transport is closing")
+            if self._inbound >= self._max_inbound:
+                raise _Refused(f"{self._inbound} inbound streams open, limit reached")
+            remote_public = _ed25519_public(net_stream.muxed_conn.peer_id)
+        except Exception as exc:
+            logger.info("refused a stream: %s", _describe(exc))
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+                try:
+                    await net_stream.reset()
+                except Exception:
+                    pass
+            return
+        stream = Libp2pStream(
+            net_stream, remote_public=remote_public, max_frame=self._max_frame, transport=self
+        )
+        self._streams.add(stream)
+        self._inbound += 1
+        done = trio.Event()
+        try:
+            self._nursery.start_soon(self._serve, stream, done)
+        except RuntimeError:  # our nursery is closing
+            self._inbound -= 1
+            await stream.reset()
+            return
+        try:
+            await done.wait()
+        finally:
+            if not done.is_set():
+                # py-libp2p cancelled its task (connection closing): stop ours too.
+                await stream.reset()
+
+    async def _serve(self, stream: Libp2pStream, done: trio.Event) -> None:
+        try:
+            await run_handler(self._handler, stream)
+        finally:
+            self._inbound -= 1
+            done.set()
+
+    def _forget(self, stream: Libp2pStream) -> None:
+        self._streams.discard(stream)
+
+    async def _reset_all(self) -> None:
+        for stream in list(self._streams):
+            await stream.reset()
+
+
+class _Refused(Exception):
+    pass
+
+
+def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
+    """A py-libp2p host with the p2pay key, Noise only, yamux only, one connection per peer."""
+    key_pair = ed25519_key_pair(key.seed)
+    if key_pair.public_key.to_bytes() != key.public:  # pragma: no cover - library drift
+        raise RuntimeError("py-libp2p derived another public key from the seed")
+    noise = NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)
+    config = ConnectionConfig(
+        max_connections_per_peer=1,
+        # No pruning below MAX_CONNECTIONS, and no background dialling (see below).
+        max_connections=MAX_CONNECTIONS,
+        high_watermark=MAX_CONNECTIONS,
+        low_watermark=0,
+        min_connections=0,
+    )
+    host: Any = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        connection_config=config,
+        listen_addrs=list(listen),
+    )
+    # py-libp2p's AutoConnector keeps dialling every peer in the peerstore to reach a
+    # connection target; the node decides whom it talks to. It only runs once started.
+    network = host.get_network()
+    network.auto_connector.start = _do_nothing
+    # One retry instead of three (with backoff, 0.7 s to give up on a closed port):
+    # the node has its own retry policy and wants a prompt ConnectError.
+    network.retry_config = RetryConfig(max_retries=DIAL_RETRIES)
+    return host
+
+
+async def _do_nothing() -> None:
+    return None
+
+
+@asynccontextmanager
+async def open_libp2p_transport(
+    key: Keypair,
+    handler: StreamHandler,
+    *,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_inbound_streams: int = 1024,
+) -> AsyncIterator[Transport]:
+    """Start a libp2p host for `key` and serve `PROTOCOL_ID` with `handler`.
+
+    Args:
+        key: this peer's identity; also the libp2p host key.
+        handler: run as ``handler(stream)`` for each inbound stream, in a task of the
+            transport's nursery; its exceptions are logged and the stream is reset.
+        listen: multiaddrs to listen on (port 0 picks a free port; see `addrs`).
+        max_frame: largest frame payload this side accepts.
+        max_inbound_streams: inbound streams served at once; further ones are reset.
+
+    Yields:
+        The transport. Leaving the context resets every stream and closes the host
+        (bounded by `SHUTDOWN_TIMEOUT`).
+
+    Raises:
+        LocalProtocolError: a bad argument (address, limits).
+    """
+    check_max_frame(max_frame)
+    if isinstance(max_inbound_streams, bool) or not isinstance(max_inbound_streams, int):
+        raise LocalProtocolError("max_inbound_streams must be an int")
+    if max_inbound_streams < 1:
+        raise LocalProtocolError("max_inbound_streams must be >= 1")
+    try:
+        listen_addrs = [Multiaddr(addr) for addr in listen]
+    except Exception as exc:
+        raise LocalProtocolError(f"invalid listen address: {exc}") from None
+    if not listen_addrs:
+        raise LocalProtocolError("at least one listen address is needed")
+    host = _new_host(key, listen_addrs)
+    transport = Libp2pTransport(
+        host, key, handler, max_frame=max_frame, max_inbound_streams=max_inbound_streams
+    )
+    # An exception from the caller's block is held here and re-raised once outside
+    # every nursery, so it comes out as itself rather than inside ExceptionGroups.
+    body_error: Exception | None = None
+    async with host.run(listen_addrs=listen_addrs):
+        try:
+            async with trio.open_nursery() as nursery:
+                transport._nursery = nursery
+                transport._running = True
+                host.set_stream_handler(_PROTOCOL, transport._on_stream)
+                try:
+                    yield transport
+                except Exception as exc:
+                    body_error = exc
+                finally:
+                    transport._running = False
+                    host.remove_stream_handler(_PROTOCOL)
+                    with trio.CancelScope(shield=True):
+                        await transport._reset_all()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
+                try:
+                    await host.close()
+                except Exception as exc:
+                    logger.debug("closing the libp2p host failed: %s", _describe(exc))
+    if body_error is not None:
+        raise body_error
