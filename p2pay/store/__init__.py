@@ -1,0 +1,34 @@
+"""The node's durable store: what a node must not forget (design.md "local store").
+
+`Store` is the protocol; `MemoryStore` (tests, simulations) and `SqliteStore` (one file
+per node, WAL, synchronous=FULL, group commit) implement it. `p2pay.store.conformance`
+holds the shared test suite, for anyone writing another backend.
+"""
+
+from p2pay.store.base import (
+    Batch,
+    ClaimRecord,
+    OutgoingRequest,
+    PayeeRecord,
+    PayerRecord,
+    Store,
+    StoreClosed,
+    StoredResponse,
+    StoreError,
+)
+from p2pay.store.memory import MemoryStore
+from p2pay.store.sqlite import SqliteStore
+
+__all__ = [
+    "Batch",
+    "ClaimRecord",
+    "MemoryStore",
+    "OutgoingRequest",
+    "PayeeRecord",
+    "PayerRecord",
+    "SqliteStore",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoredResponse",
+]

@@ -1,0 +1,508 @@
+"""The node's durable store: record types, the write unit (`Batch`) and the `Store` protocol.
+
+Theory of operation
+-------------------
+A node keeps its live channel state in memory (`p2pay.core.channel`) and writes
+*snapshots* of what changed to a store. A snapshot is one of five frozen record kinds,
+each with a primary key:
+
+================  ===============  =====================================================
+record            key              what the node must not forget
+================  ===============  =====================================================
+`PayeeRecord`     ``channel``      highest voucher (``paid_max`` + the signed frame),
+                                   ``spent`` (what it charged), ``last_n``, ``redeemed``
+`PayerRecord`     ``channel``      ``last_n``, ``paid`` (highest it signed), ``spent``
+`OutgoingRequest` ``request_hash`` a request it sent and its fate (for claims)
+`StoredResponse`  ``request_hash`` a signed response, kept until ``expires_at`` (ms)
+`ClaimRecord`     ``claim_id``     a claim it filed or must answer, and its state
+================  ===============  =====================================================
+
+plus a small ``meta`` map (e.g. the watcher's ledger-event cursor).
+
+One `Store.write` takes a `Batch` and returns only once the whole batch is durable
+(all or nothing). Records are *upserted*: a record replaces the stored one with the same
+key. Within one batch, and between batches, the later one wins; ``delete_requests``
+are applied after the batch's upserts. A backend may commit several concurrent batches
+in one transaction (group commit), applying them in the order `write` was called.
+
+Records validate themselves on construction (`LocalProtocolError`, code
+INVALID_ARGUMENT or INVALID_AMOUNT), and a store validates every record of a batch again
+before it accepts the batch, so a record corrupted after construction cannot reach the
+disk either. Checks are the cheap ones: types, sizes, ranges (amounts in
+[0, 2**128 - 1], request numbers in [0, 2**64 - 1]), known states, and two invariants
+whose breach would lose money (a payee never records ``spent`` above the ``paid_max``
+it holds a voucher for, nor a ``paid_max`` without that voucher; a payer never records
+``spent`` above what it signed).
+
+Times (``deadline``, ``expires_at``, ``updated_at``) are Unix milliseconds; they accept
+any integer in [0, 2**128 - 1] so that ``deadline + retention`` computed from a peer's
+(u64) deadline can never overflow the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.errors import AmountError, ErrorCode, LocalProtocolError, P2payError
+
+#: Size of channel ids, request hashes and public keys (accounts).
+ID_SIZE = 32
+#: Largest ledger id (as in `p2pay.core.messages`).
+MAX_LEDGER_ID_SIZE = 64
+#: Largest claim id (a chain may use its own id format; the dev ledgers use a hash).
+MAX_CLAIM_ID_SIZE = 64
+#: Largest request number (u64 on the wire).
+MAX_N = (1 << 64) - 1
+#: Largest time in ms (see the module docstring).
+MAX_TIME = (1 << 128) - 1
+#: Largest meta key, in UTF-8 bytes; and largest claim state name.
+MAX_KEY_SIZE = 255
+
+CHANNEL_STATUSES = frozenset({"open", "closing", "closed"})
+#: awaiting: sent, no answer yet; answered/refused: a signed receipt came back;
+#: claimed -> compensated (claim upheld) or rejected (the provider answered the claim);
+#: unclaimable: unanswered but the provider has no stake; expired: claim window missed.
+REQUEST_STATES = frozenset(
+    {
+        "awaiting",
+        "answered",
+        "refused",
+        "claimed",
+        "compensated",
+        "rejected",
+        "unclaimable",
+        "expired",
+    }
+)
+CLAIM_ROLES = frozenset({"claimant", "respondent"})
+
+
+class StoreError(P2payError):
+    """The store cannot do what was asked: I/O failure, not a p2pay store, in use, closed.
+
+    A failed `Store.write` raises it in every writer whose batch was in the failed
+    transaction; none of those batches was applied. The underlying error, if any, is
+    the exception's ``__cause__``.
+    """
+
+    code = ErrorCode.INTERNAL
+
+
+class StoreClosed(StoreError):
+    """The store was closed (`Store.aclose`) before the operation could run."""
+
+
+# ---------------------------------------------------------------------------
+# cheap field checks (LocalProtocolError: whoever built the record misused the API)
+
+
+def _fail(kind: str, message: str) -> LocalProtocolError:
+    return LocalProtocolError(f"{kind}: {message}")
+
+
+def _bytes(
+    kind: str, name: str, value: object, *, size: int | None = None, max_size: int = 0
+) -> None:
+    if not isinstance(value, bytes):
+        raise _fail(kind, f"{name} must be bytes, not {type(value).__name__}")
+    if size is not None:
+        if len(value) != size:
+            raise _fail(kind, f"{name} must be {size} bytes, not {len(value)}")
+    elif max_size and not 1 <= len(value) <= max_size:
+        raise _fail(kind, f"{name} must be 1..{max_size} bytes, not {len(value)}")
+
+
+def _uint(kind: str, name: str, value: object, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        text = repr(value) if isinstance(value, int) else type(value).__name__
+        message = f"{name} must be an integer in [0, {maximum}], not {text}"
+        raise AmountError(f"{kind}: {message}") if maximum == MAX_YOCTO else _fail(kind, message)
+
+
+def _amount(kind: str, name: str, value: object) -> None:
+    _uint(kind, name, value, MAX_YOCTO)
+
+
+def _choice(kind: str, name: str, value: object, allowed: frozenset[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise _fail(kind, f"{name} must be one of {sorted(allowed)}, not {value!r}")
+    return str.__str__(value)  # a plain str even if given a StrEnum member
+
+
+def _text(kind: str, name: str, value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value.encode("utf-8", "replace")) <= MAX_KEY_SIZE:
+        raise _fail(kind, f"{name} must be 1..{MAX_KEY_SIZE} bytes of text, not {value!r}")
+    return str.__str__(value)
+
+
+# ---------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayeeRecord:
+    """What a payee keeps per channel (see `p2pay.core.channel.PayeeChannel`).
+
+    `best_voucher` is the frame (`Request.to_frame()`) of the voucher whose ``paid`` is
+    `paid_max`, or ``b""`` while `paid_max` is 0.
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range or
+            ``spent > paid_max``, or ``paid_max > 0`` without `best_voucher`.
+    """
+
+    channel: bytes
+    ledger: bytes
+    payer: bytes
+    payee: bytes
+    deposit: int
+    status: str
+    last_n: int
+    paid_max: int
+    best_voucher: bytes
+    spent: int
+    redeemed: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "PayeeRecord"
+        _bytes(k, "channel", self.channel, size=ID_SIZE)
+        _bytes(k, "ledger", self.ledger, max_size=MAX_LEDGER_ID_SIZE)
+        _bytes(k, "payer", self.payer, size=ID_SIZE)
+        _bytes(k, "payee", self.payee, size=ID_SIZE)
+        _amount(k, "deposit", self.deposit)
+        object.__setattr__(self, "status", _choice(k, "status", self.status, CHANNEL_STATUSES))
+        _uint(k, "last_n", self.last_n, MAX_N)
+        _amount(k, "paid_max", self.paid_max)
+        _bytes(k, "best_voucher", self.best_voucher)
+        _amount(k, "spent", self.spent)
+        _amount(k, "redeemed", self.redeemed)
+        if self.spent > self.paid_max:
+            raise _fail(k, f"spent {self.spent} is above paid_max {self.paid_max}")
+        if self.paid_max > 0 and not self.best_voucher:
+            raise _fail(k, "paid_max > 0 needs the voucher that proves it (best_voucher)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayerRecord:
+    """What a payer keeps per channel (see `p2pay.core.channel.PayerChannel`).
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range or ``spent > paid``.
+    """
+
+    channel: bytes
+    ledger: bytes
+    payer: bytes
+    payee: bytes
+    deposit: int
+    status: str
+    last_n: int
+    paid: int
+    spent: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "PayerRecord"
+        _bytes(k, "channel", self.channel, size=ID_SIZE)
+        _bytes(k, "ledger", self.ledger, max_size=MAX_LEDGER_ID_SIZE)
+        _bytes(k, "payer", self.payer, size=ID_SIZE)
+        _bytes(k, "payee", self.payee, size=ID_SIZE)
+        _amount(k, "deposit", self.deposit)
+        object.__setattr__(self, "status", _choice(k, "status", self.status, CHANNEL_STATUSES))
+        _uint(k, "last_n", self.last_n, MAX_N)
+        _amount(k, "paid", self.paid)
+        _amount(k, "spent", self.spent)
+        if self.spent > self.paid:
+            raise _fail(k, f"spent {self.spent} is above paid {self.paid}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingRequest:
+    """A request this node sent as payer, kept until its fate is settled (for claims).
+
+    `frame` is `Request.to_frame()` (body included), or ``b""`` once it is no longer
+    needed. `state` is one of `REQUEST_STATES`; `claim_id` is ``b""`` until a claim is
+    filed.
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range.
+    """
+
+    request_hash: bytes
+    channel: bytes
+    n: int
+    payee: bytes
+    price: int
+    deadline: int
+    frame: bytes
+    state: str
+    claim_id: bytes = b""
+    updated_at: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "OutgoingRequest"
+        _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
+        _bytes(k, "channel", self.channel, size=ID_SIZE)
+        _uint(k, "n", self.n, MAX_N)
+        _bytes(k, "payee", self.payee, size=ID_SIZE)
+        _amount(k, "price", self.price)
+        _uint(k, "deadline", self.deadline, MAX_TIME)
+        _bytes(k, "frame", self.frame)
+        object.__setattr__(self, "state", _choice(k, "state", self.state, REQUEST_STATES))
+        _bytes(k, "claim_id", self.claim_id)
+        if len(self.claim_id) > MAX_CLAIM_ID_SIZE:
+            raise _fail(k, f"claim_id must be at most {MAX_CLAIM_ID_SIZE} bytes")
+        _uint(k, "updated_at", self.updated_at, MAX_TIME)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredResponse:
+    """A signed response (`Response.to_frame()`), kept to defend claims until `expires_at`.
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range or `frame` is empty.
+    """
+
+    request_hash: bytes
+    channel: bytes
+    n: int
+    frame: bytes
+    expires_at: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "StoredResponse"
+        _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
+        _bytes(k, "channel", self.channel, size=ID_SIZE)
+        _uint(k, "n", self.n, MAX_N)
+        _bytes(k, "frame", self.frame)
+        if not self.frame:
+            raise _fail(k, "frame must not be empty")
+        _uint(k, "expires_at", self.expires_at, MAX_TIME)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRecord:
+    """A claim this node filed (``role="claimant"``) or must answer (``"respondent"``).
+
+    `state` is the node's own name for the claim's state (text, 1..255 bytes).
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range.
+    """
+
+    claim_id: bytes
+    role: str
+    state: str
+    request_hash: bytes
+    updated_at: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "ClaimRecord"
+        _bytes(k, "claim_id", self.claim_id, max_size=MAX_CLAIM_ID_SIZE)
+        object.__setattr__(self, "role", _choice(k, "role", self.role, CLAIM_ROLES))
+        object.__setattr__(self, "state", _text(k, "state", self.state))
+        _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
+        _uint(k, "updated_at", self.updated_at, MAX_TIME)
+
+
+@dataclass(slots=True, kw_only=True)
+class Batch:
+    """Everything one durable write contains. Mutable: build it, then hand it to `write`.
+
+    A store copies what it needs when `write` is called; changing the batch afterwards
+    does not change what is written. Upserts are by primary key (module docstring);
+    `delete_requests` (request hashes) are applied after this batch's upserts, and
+    deleting an unknown hash is not an error.
+    """
+
+    payee: list[PayeeRecord] = field(default_factory=list)
+    payer: list[PayerRecord] = field(default_factory=list)
+    requests: list[OutgoingRequest] = field(default_factory=list)
+    responses: list[StoredResponse] = field(default_factory=list)
+    claims: list[ClaimRecord] = field(default_factory=list)
+    meta: dict[str, bytes] = field(default_factory=dict)
+    delete_requests: list[bytes] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.payee
+            or self.payer
+            or self.requests
+            or self.responses
+            or self.claims
+            or self.meta
+            or self.delete_requests
+        )
+
+
+def _records(name: str, items: object, cls: type) -> Iterable[object]:
+    if not isinstance(items, list):
+        raise _fail("Batch", f"{name} must be a list, not {type(items).__name__}")
+    for item in items:
+        if type(item) is not cls:
+            raise _fail("Batch", f"{name} holds a {type(item).__name__}, not a {cls.__name__}")
+    return items
+
+
+def check_meta_key(key: object) -> str:
+    """Validate a meta key: text of 1..255 UTF-8 bytes.
+
+    Returns:
+        The key as a plain str.
+
+    Raises:
+        LocalProtocolError: if it is not.
+    """
+    return _text("meta", "key", key)
+
+
+def check_batch(batch: Batch) -> None:
+    """Validate a whole batch before anything of it is applied.
+
+    Args:
+        batch: the batch a caller handed to `Store.write`.
+
+    Raises:
+        LocalProtocolError: if the batch or any record in it is invalid (including a
+            record corrupted after construction, or of the wrong kind for its list).
+    """
+    if not isinstance(batch, Batch):
+        raise _fail("Batch", f"write takes a Batch, not {type(batch).__name__}")
+    for name, cls in (
+        ("payee", PayeeRecord),
+        ("payer", PayerRecord),
+        ("requests", OutgoingRequest),
+        ("responses", StoredResponse),
+        ("claims", ClaimRecord),
+    ):
+        for record in _records(name, getattr(batch, name), cls):
+            record.validate()  # type: ignore[attr-defined]
+    if not isinstance(batch.meta, dict):
+        raise _fail("Batch", "meta must be a dict")
+    for key, value in batch.meta.items():
+        check_meta_key(key)
+        _bytes("meta", f"value of {key!r}", value)
+    if not isinstance(batch.delete_requests, list):
+        raise _fail("Batch", "delete_requests must be a list")
+    for request_hash in batch.delete_requests:
+        _bytes("Batch", "delete_requests item", request_hash, size=ID_SIZE)
+
+
+def check_request_state(state: object) -> str | None:
+    """Validate the `state` filter of `Store.requests` (None means all states)."""
+    if state is None:
+        return None
+    return _choice("requests", "state", state, REQUEST_STATES)
+
+
+def check_time(name: str, value: object) -> int:
+    """Validate a time argument (ms) such as `prune_responses`'s `now`."""
+    _uint("store", name, value, MAX_TIME)
+    assert isinstance(value, int)
+    return int(value)
+
+
+# ---------------------------------------------------------------------------
+# the protocol
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A node's durable store. Two backends: `MemoryStore` and `SqliteStore`.
+
+    Read methods return snapshots; lists are sorted by primary key (requests by
+    ``(channel, n, request_hash)``), the same on every backend.
+    """
+
+    async def write(self, batch: Batch) -> None:
+        """Make `batch` durable; return only once it is.
+
+        Concurrent writers may share one transaction (group commit); batches are applied
+        in the order `write` was called, so the later one wins for the same key.
+
+        Raises:
+            LocalProtocolError: the batch is invalid; nothing of it was applied.
+            StoreError: the commit failed (nothing of the batch was applied), or the
+                store is closed.
+            trio.Cancelled: the write was cancelled. It was not acknowledged; it is
+                applied only if a commit had already taken it (then the cancel is
+                delivered once that commit finished).
+        """
+        ...
+
+    async def payee_channel(self, channel: bytes) -> PayeeRecord | None: ...
+
+    async def payee_channels(self) -> list[PayeeRecord]: ...
+
+    async def payer_channel(self, channel: bytes) -> PayerRecord | None: ...
+
+    async def payer_channels(self) -> list[PayerRecord]: ...
+
+    async def request(self, request_hash: bytes) -> OutgoingRequest | None: ...
+
+    async def requests(self, state: str | None = None) -> list[OutgoingRequest]: ...
+
+    async def response(self, request_hash: bytes) -> StoredResponse | None: ...
+
+    async def claims(self) -> list[ClaimRecord]: ...
+
+    async def get_meta(self, key: str) -> bytes | None: ...
+
+    async def prune_responses(self, now: int) -> int:
+        """Delete responses with ``expires_at < now``; return how many were deleted."""
+        ...
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far by this store object."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish pending writes and release the store; idempotent."""
+        ...
+
+
+__all__ = [
+    "CHANNEL_STATUSES",
+    "CLAIM_ROLES",
+    "ID_SIZE",
+    "MAX_CLAIM_ID_SIZE",
+    "MAX_N",
+    "MAX_TIME",
+    "REQUEST_STATES",
+    "Batch",
+    "ClaimRecord",
+    "OutgoingRequest",
+    "PayeeRecord",
+    "PayerRecord",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoredResponse",
+    "check_batch",
+    "check_meta_key",
+    "check_request_state",
+    "check_time",
+]

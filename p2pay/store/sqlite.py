@@ -1,0 +1,617 @@
+"""SQLite store: one file per node, WAL, synchronous=FULL, group commit.
+
+Theory of operation
+-------------------
+*Durability.* The file is in WAL mode with ``synchronous=FULL``: a transaction is on
+disk (the WAL fsynced) when COMMIT returns. `SqliteStore.write` returns only after the
+transaction holding its batch committed, so a node that waits for `write` before it
+sends a receipt never sends a receipt for a charge it could forget.
+
+*Group commit, without a background task.* Each `write` validates and encodes its batch,
+appends it to ``_pending`` and takes ``_lock`` (a fair `trio.Lock`). Whoever holds the
+lock takes *all* pending batches, marks them taken, and commits them in one transaction
+(one fsync) in a worker thread; it then marks each one done (a `trio.Event` per batch)
+and releases the lock. A writer that gets the lock and finds its batch already done
+returns at once. While one commit runs, new batches pile up, and the next lock holder
+commits all of them: under load, the number of fsyncs per second stays about constant
+while the batches per commit grow. Batches are applied in the order `write` was
+called (the pending list is FIFO), so the later one wins for the same key.
+
+*Failure and cancellation.* The transaction either commits or is rolled back; on
+failure every writer whose batch was in it raises `StoreError` (the cause chained), and
+none of those batches is applied. The commit runs in ``trio.to_thread.run_sync`` inside
+a shielded cancel scope, so it is never abandoned half-way. A writer cancelled while
+its batch is still pending withdraws it (it was never acknowledged); a writer
+cancelled after a commit took its batch waits (shielded) for that commit to finish,
+then raises `trio.Cancelled`: the batch is then durable although `write` did not
+return.
+
+*One connection.* All SQL runs on one connection, opened with
+``check_same_thread=False`` and used by one worker thread at a time: reads take the same
+lock as commits. The connection holds the file with ``locking_mode=EXCLUSIVE``, so a
+second process (or connection) cannot open the same store while this one is open:
+two nodes writing one store would be a double-spending accident.
+
+*Encoding.* SQLite integers are signed 64-bit and amounts reach 2**128 - 1, so every
+integer column (amounts, request numbers, times) is a 16-byte big-endian unsigned BLOB.
+Equal-length BLOBs compare with memcmp, which for big-endian is numeric order, so
+``expires_at < ?`` and ``ORDER BY n`` work in SQL. CHECK constraints repeat the sizes.
+
+*Identity.* A store file has ``PRAGMA application_id`` = `APPLICATION_ID` and a
+``store_info`` table with ``format = 'p2pay-store'`` and ``schema_version``; `open`
+refuses any other file (a foreign SQLite database, or not a database at all) without
+modifying it, and refuses a schema version it does not know.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from p2pay.store.base import (
+    Batch,
+    ClaimRecord,
+    OutgoingRequest,
+    PayeeRecord,
+    PayerRecord,
+    StoreClosed,
+    StoredResponse,
+    StoreError,
+    check_batch,
+    check_meta_key,
+    check_request_state,
+    check_time,
+)
+
+#: ``PRAGMA application_id`` of a p2pay store: the ASCII bytes "p2ps".
+APPLICATION_ID = int.from_bytes(b"p2ps", "big")
+STORE_FORMAT = "p2pay-store"
+SCHEMA_VERSION = 1
+#: Width of every integer column (bytes, big-endian, unsigned).
+INT_SIZE = 16
+
+_T = TypeVar("_T")
+
+_SCHEMA = f"""
+CREATE TABLE store_info (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE TABLE payee_channels (
+    channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
+    ledger BLOB NOT NULL,
+    payer BLOB NOT NULL CHECK (length(payer) = 32),
+    payee BLOB NOT NULL CHECK (length(payee) = 32),
+    deposit BLOB NOT NULL CHECK (length(deposit) = {INT_SIZE}),
+    status TEXT NOT NULL CHECK (status IN ('open', 'closing', 'closed')),
+    last_n BLOB NOT NULL CHECK (length(last_n) = {INT_SIZE}),
+    paid_max BLOB NOT NULL CHECK (length(paid_max) = {INT_SIZE}),
+    best_voucher BLOB NOT NULL,
+    spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid_max),
+    redeemed BLOB NOT NULL CHECK (length(redeemed) = {INT_SIZE})
+);
+CREATE TABLE payer_channels (
+    channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
+    ledger BLOB NOT NULL,
+    payer BLOB NOT NULL CHECK (length(payer) = 32),
+    payee BLOB NOT NULL CHECK (length(payee) = 32),
+    deposit BLOB NOT NULL CHECK (length(deposit) = {INT_SIZE}),
+    status TEXT NOT NULL CHECK (status IN ('open', 'closing', 'closed')),
+    last_n BLOB NOT NULL CHECK (length(last_n) = {INT_SIZE}),
+    paid BLOB NOT NULL CHECK (length(paid) = {INT_SIZE}),
+    spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid)
+);
+CREATE TABLE requests (
+    request_hash BLOB PRIMARY KEY NOT NULL CHECK (length(request_hash) = 32),
+    channel BLOB NOT NULL CHECK (length(channel) = 32),
+    n BLOB NOT NULL CHECK (length(n) = {INT_SIZE}),
+    payee BLOB NOT NULL CHECK (length(payee) = 32),
+    price BLOB NOT NULL CHECK (length(price) = {INT_SIZE}),
+    deadline BLOB NOT NULL CHECK (length(deadline) = {INT_SIZE}),
+    frame BLOB NOT NULL,
+    state TEXT NOT NULL,
+    claim_id BLOB NOT NULL,
+    updated_at BLOB NOT NULL CHECK (length(updated_at) = {INT_SIZE})
+);
+CREATE INDEX requests_by_state ON requests (state, channel, n);
+CREATE TABLE responses (
+    request_hash BLOB PRIMARY KEY NOT NULL CHECK (length(request_hash) = 32),
+    channel BLOB NOT NULL CHECK (length(channel) = 32),
+    n BLOB NOT NULL CHECK (length(n) = {INT_SIZE}),
+    frame BLOB NOT NULL,
+    expires_at BLOB NOT NULL CHECK (length(expires_at) = {INT_SIZE})
+);
+CREATE INDEX responses_by_expiry ON responses (expires_at);
+CREATE TABLE claims (
+    claim_id BLOB PRIMARY KEY NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('claimant', 'respondent')),
+    state TEXT NOT NULL,
+    request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),
+    updated_at BLOB NOT NULL CHECK (length(updated_at) = {INT_SIZE})
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL
+);
+"""
+_TABLES = frozenset(
+    {"store_info", "payee_channels", "payer_channels", "requests", "responses", "claims", "meta"}
+)
+
+_PAYEE_COLS = (
+    "channel, ledger, payer, payee, deposit, status, last_n, paid_max, best_voucher, spent, "
+    "redeemed"
+)
+_PAYER_COLS = "channel, ledger, payer, payee, deposit, status, last_n, paid, spent"
+_REQUEST_COLS = (
+    "request_hash, channel, n, payee, price, deadline, frame, state, claim_id, updated_at"
+)
+_RESPONSE_COLS = "request_hash, channel, n, frame, expires_at"
+_CLAIM_COLS = "claim_id, role, state, request_hash, updated_at"
+
+
+def _insert(table: str, cols: str) -> str:
+    marks = ", ".join("?" * (cols.count(",") + 1))
+    return f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})"
+
+
+_INSERT_PAYEE = _insert("payee_channels", _PAYEE_COLS)
+_INSERT_PAYER = _insert("payer_channels", _PAYER_COLS)
+_INSERT_REQUEST = _insert("requests", _REQUEST_COLS)
+_INSERT_RESPONSE = _insert("responses", _RESPONSE_COLS)
+_INSERT_CLAIM = _insert("claims", _CLAIM_COLS)
+_INSERT_META = _insert("meta", "key, value")
+
+
+def _u(value: int) -> bytes:
+    return value.to_bytes(INT_SIZE, "big")
+
+
+def _int(value: object, column: str) -> int:
+    if not isinstance(value, bytes) or len(value) != INT_SIZE:
+        raise StoreError(f"corrupt store: column {column} is not a {INT_SIZE}-byte integer")
+    return int.from_bytes(value, "big")
+
+
+Row = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _Rows:
+    """One batch, encoded (a snapshot taken when `write` was called)."""
+
+    payee: list[Row]
+    payer: list[Row]
+    requests: list[Row]
+    responses: list[Row]
+    claims: list[Row]
+    meta: list[Row]
+    delete_requests: list[bytes]
+
+
+def _encode(batch: Batch) -> _Rows:
+    return _Rows(
+        payee=[
+            (
+                r.channel,
+                r.ledger,
+                r.payer,
+                r.payee,
+                _u(r.deposit),
+                r.status,
+                _u(r.last_n),
+                _u(r.paid_max),
+                r.best_voucher,
+                _u(r.spent),
+                _u(r.redeemed),
+            )
+            for r in batch.payee
+        ],
+        payer=[
+            (
+                r.channel,
+                r.ledger,
+                r.payer,
+                r.payee,
+                _u(r.deposit),
+                r.status,
+                _u(r.last_n),
+                _u(r.paid),
+                _u(r.spent),
+            )
+            for r in batch.payer
+        ],
+        requests=[
+            (
+                r.request_hash,
+                r.channel,
+                _u(r.n),
+                r.payee,
+                _u(r.price),
+                _u(r.deadline),
+                r.frame,
+                r.state,
+                r.claim_id,
+                _u(r.updated_at),
+            )
+            for r in batch.requests
+        ],
+        responses=[
+            (r.request_hash, r.channel, _u(r.n), r.frame, _u(r.expires_at)) for r in batch.responses
+        ],
+        claims=[
+            (r.claim_id, r.role, r.state, r.request_hash, _u(r.updated_at)) for r in batch.claims
+        ],
+        meta=[(str.__str__(k), v) for k, v in batch.meta.items()],
+        delete_requests=list(batch.delete_requests),
+    )
+
+
+def _decode(build: Callable[..., _T], row: Row, names: Sequence[str], ints: frozenset[str]) -> _T:
+    values = {
+        name: _int(value, name) if name in ints else value
+        for name, value in zip(names, row, strict=True)
+    }
+    try:
+        return build(**values)
+    except (ValueError, TypeError) as exc:  # LocalProtocolError is a ValueError
+        raise StoreError(f"corrupt store: {exc}") from exc
+
+
+def _names(cols: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in cols.split(","))
+
+
+_PAYEE_NAMES = _names(_PAYEE_COLS)
+_PAYER_NAMES = _names(_PAYER_COLS)
+_REQUEST_NAMES = _names(_REQUEST_COLS)
+_RESPONSE_NAMES = _names(_RESPONSE_COLS)
+_CLAIM_NAMES = _names(_CLAIM_COLS)
+_PAYEE_INTS = frozenset({"deposit", "last_n", "paid_max", "spent", "redeemed"})
+_PAYER_INTS = frozenset({"deposit", "last_n", "paid", "spent"})
+_REQUEST_INTS = frozenset({"n", "price", "deadline", "updated_at"})
+_RESPONSE_INTS = frozenset({"n", "expires_at"})
+_CLAIM_INTS = frozenset({"updated_at"})
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    rows: _Rows
+    taken: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+def _not_a_store(path: str, why: str) -> StoreError:
+    return StoreError(f"{path} is not a p2pay store ({why}); refusing to open it")
+
+
+def _open_sync(path: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+    try:
+        _prepare(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        # Read-only inspection first: a foreign file must be left exactly as it was.
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(f"store {path} is in use by another process or connection") from exc
+        if "unable to open" in str(exc):
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        raise _not_a_store(path, str(exc)) from exc
+    fresh = app_id == 0 and not tables
+    if not fresh:
+        if app_id != APPLICATION_ID or "store_info" not in tables:
+            raise _not_a_store(path, "it is another SQLite database")
+        info = dict(conn.execute("SELECT key, value FROM store_info").fetchall())
+        if info.get("format") != STORE_FORMAT:
+            raise _not_a_store(path, f"format is {info.get('format')!r}")
+        version = info.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"store {path} has schema version {version}; this p2pay reads version "
+                f"{SCHEMA_VERSION} only"
+            )
+        if not _TABLES <= tables:
+            raise StoreError(f"store {path} is damaged: tables {sorted(_TABLES - tables)} missing")
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"store {path}: the file system does not support WAL ({mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA fullfsync = ON")  # macOS: flush the drive cache too
+        if conn.execute("PRAGMA synchronous").fetchone()[0] != 2:
+            raise StoreError(f"store {path}: cannot set synchronous=FULL")
+        if fresh:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO store_info (key, value) VALUES (?, ?)",
+                [("format", STORE_FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+            )
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        else:
+            # Take the write lock now (EXCLUSIVE mode keeps it), so that a second opener
+            # fails at open time rather than at its first write.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(f"store {path} is in use by another process or connection") from exc
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+
+
+def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
+    """Fold batches (in order) into one set of statements: the later batch wins per key."""
+    payee: dict[bytes, Row] = {}
+    payer: dict[bytes, Row] = {}
+    requests: dict[bytes, Row | None] = {}  # None: delete
+    responses: dict[bytes, Row] = {}
+    claims: dict[bytes, Row] = {}
+    meta: dict[str, Row] = {}
+    for rows in groups:
+        for row in rows.payee:
+            payee[row[0]] = row
+        for row in rows.payer:
+            payer[row[0]] = row
+        for row in rows.requests:
+            requests[row[0]] = row
+        for request_hash in rows.delete_requests:
+            requests[request_hash] = None
+        for row in rows.responses:
+            responses[row[0]] = row
+        for row in rows.claims:
+            claims[row[0]] = row
+        for row in rows.meta:
+            meta[row[0]] = row
+    return {
+        _INSERT_PAYEE: list(payee.values()),
+        _INSERT_PAYER: list(payer.values()),
+        "DELETE FROM requests WHERE request_hash = ?": [
+            (h,) for h, row in requests.items() if row is None
+        ],
+        _INSERT_REQUEST: [row for row in requests.values() if row is not None],
+        _INSERT_RESPONSE: list(responses.values()),
+        _INSERT_CLAIM: list(claims.values()),
+        _INSERT_META: list(meta.values()),
+    }
+
+
+class SqliteStore:
+    """A `Store` in one SQLite file. Open it with `await SqliteStore.open(path)`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        """Use `SqliteStore.open`; this wraps an already prepared connection."""
+        self._conn = conn
+        self._path = path
+        self._lock = trio.Lock()
+        self._pending: list[_Pending] = []
+        self._commits = 0
+        self._closing = False
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
+        """Open the store at `path`, creating it (and its schema) if the file is new.
+
+        Args:
+            path: the store file. The directory must exist.
+
+        Returns:
+            The open store. Close it with `aclose`.
+
+        Raises:
+            StoreError: the file is not a p2pay store, has an unknown schema version, is
+                open elsewhere, or cannot be opened with WAL and synchronous=FULL.
+        """
+        text = os.fspath(path)
+        conn = await trio.to_thread.run_sync(_open_sync, text)
+        return cls(conn, text)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def commits(self) -> int:
+        return self._commits
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise StoreClosed(f"store {self._path} is closed")
+
+    # -- writes
+
+    async def write(self, batch: Batch) -> None:
+        check_batch(batch)
+        self._check_open()
+        if batch.is_empty():
+            await trio.lowlevel.checkpoint()
+            return
+        entry = _Pending(_encode(batch))
+        self._pending.append(entry)
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            if entry.taken:
+                # A commit has our batch: it will finish; report the cancel after it.
+                with trio.CancelScope(shield=True):
+                    await entry.done.wait()
+            else:
+                self._pending.remove(entry)
+            raise
+        try:
+            if not entry.taken:
+                await self._commit_pending()
+        finally:
+            self._lock.release()
+        if entry.error is not None:
+            raise StoreError(f"store {self._path}: commit failed: {entry.error}") from entry.error
+
+    async def _commit_pending(self) -> None:
+        """Commit every pending batch in one transaction. Call with the lock held."""
+        group, self._pending = self._pending, []
+        if not group:
+            return
+        for entry in group:
+            entry.taken = True
+        error: BaseException | None = None
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._commit_sync, [e.rows for e in group])
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # pragma: no cover - KeyboardInterrupt and the like
+            error = exc
+            raise
+        finally:
+            for entry in group:
+                entry.error = error
+                entry.done.set()
+        if error is None:
+            self._commits += 1
+
+    def _commit_sync(self, groups: Sequence[_Rows]) -> None:
+        """In the worker thread: apply all batches in one transaction, or none."""
+        self._transaction(lambda conn: self._apply(conn, _merge(groups)))
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, statements: dict[str, list[Row]]) -> None:
+        for sql, rows in statements.items():
+            if rows:
+                conn.executemany(sql, rows)
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def prune_responses(self, now: int) -> int:
+        limit = _u(check_time("now", now))
+
+        def prune(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute("DELETE FROM responses WHERE expires_at < ?", (limit,))
+            return cursor.rowcount
+
+        count = await self._locked(lambda: self._transaction(prune))
+        self._commits += 1
+        return count
+
+    # -- reads
+
+    async def _locked(self, fn: Callable[[], _T]) -> _T:
+        self._check_open()
+        async with self._lock:
+            self._check_open()
+            try:
+                return await trio.to_thread.run_sync(fn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self._path}: {exc}") from exc
+
+    async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
+        return await self._locked(lambda: self._conn.execute(sql, args).fetchall())
+
+    async def payee_channel(self, channel: bytes) -> PayeeRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_PAYEE_COLS} FROM payee_channels WHERE channel = ?", (channel,)
+        )
+        return _decode(PayeeRecord, rows[0], _PAYEE_NAMES, _PAYEE_INTS) if rows else None
+
+    async def payee_channels(self) -> list[PayeeRecord]:
+        rows = await self._fetch(f"SELECT {_PAYEE_COLS} FROM payee_channels ORDER BY channel")
+        return [_decode(PayeeRecord, row, _PAYEE_NAMES, _PAYEE_INTS) for row in rows]
+
+    async def payer_channel(self, channel: bytes) -> PayerRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_PAYER_COLS} FROM payer_channels WHERE channel = ?", (channel,)
+        )
+        return _decode(PayerRecord, rows[0], _PAYER_NAMES, _PAYER_INTS) if rows else None
+
+    async def payer_channels(self) -> list[PayerRecord]:
+        rows = await self._fetch(f"SELECT {_PAYER_COLS} FROM payer_channels ORDER BY channel")
+        return [_decode(PayerRecord, row, _PAYER_NAMES, _PAYER_INTS) for row in rows]
+
+    async def request(self, request_hash: bytes) -> OutgoingRequest | None:
+        rows = await self._fetch(
+            f"SELECT {_REQUEST_COLS} FROM requests WHERE request_hash = ?", (request_hash,)
+        )
+        return _decode(OutgoingRequest, rows[0], _REQUEST_NAMES, _REQUEST_INTS) if rows else None
+
+    async def requests(self, state: str | None = None) -> list[OutgoingRequest]:
+        wanted = check_request_state(state)
+        order = "ORDER BY channel, n, request_hash"
+        if wanted is None:
+            rows = await self._fetch(f"SELECT {_REQUEST_COLS} FROM requests {order}")
+        else:
+            rows = await self._fetch(
+                f"SELECT {_REQUEST_COLS} FROM requests WHERE state = ? {order}", (wanted,)
+            )
+        return [_decode(OutgoingRequest, row, _REQUEST_NAMES, _REQUEST_INTS) for row in rows]
+
+    async def response(self, request_hash: bytes) -> StoredResponse | None:
+        rows = await self._fetch(
+            f"SELECT {_RESPONSE_COLS} FROM responses WHERE request_hash = ?", (request_hash,)
+        )
+        return _decode(StoredResponse, rows[0], _RESPONSE_NAMES, _RESPONSE_INTS) if rows else None
+
+    async def claims(self) -> list[ClaimRecord]:
+        rows = await self._fetch(f"SELECT {_CLAIM_COLS} FROM claims ORDER BY claim_id")
+        return [_decode(ClaimRecord, row, _CLAIM_NAMES, _CLAIM_INTS) for row in rows]
+
+    async def get_meta(self, key: str) -> bytes | None:
+        check_meta_key(key)
+        rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
+            return None
+        value = rows[0][0]
+        if not isinstance(value, bytes):
+            raise StoreError(f"corrupt store: meta {key!r} is not a BLOB")
+        return value
+
+    # -- closing
+
+    async def aclose(self) -> None:
+        """Commit batches already pending, then close the file. Idempotent, shielded."""
+        if self._closing:
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                await self._commit_pending()
+                self._closed = True
+                await trio.to_thread.run_sync(self._conn.close)
+
+
+__all__ = ["APPLICATION_ID", "INT_SIZE", "SCHEMA_VERSION", "STORE_FORMAT", "SqliteStore"]

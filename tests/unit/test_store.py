@@ -1,0 +1,454 @@
+"""The store: conformance suite on both backends, record validation, SQLite specifics."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.channel import ChannelStatus
+from p2pay.core.errors import AmountError, LocalProtocolError
+from p2pay.store import (
+    Batch,
+    ClaimRecord,
+    MemoryStore,
+    OutgoingRequest,
+    PayeeRecord,
+    PayerRecord,
+    SqliteStore,
+    Store,
+    StoreClosed,
+    StoredResponse,
+    StoreError,
+)
+from p2pay.store.base import MAX_N, MAX_TIME
+from p2pay.store.conformance import (
+    Case,
+    StoreBackend,
+    channel_id,
+    claim_record,
+    outgoing,
+    payee_record,
+    payer_record,
+    store_conformance_cases,
+    stored_response,
+    voucher,
+)
+from p2pay.store.sqlite import APPLICATION_ID, INT_SIZE, _Rows
+
+CASES = store_conformance_cases()
+
+
+def memory_backend(tmp_path: Path) -> StoreBackend:
+    async def create() -> Store:
+        return MemoryStore()
+
+    return StoreBackend(name="memory", create=create)
+
+
+def sqlite_backend(tmp_path: Path) -> StoreBackend:
+    counter = itertools.count()
+
+    async def create() -> Store:
+        return await SqliteStore.open(tmp_path / f"store-{next(counter)}.sqlite")
+
+    async def reopen(store: Store) -> Store:
+        assert isinstance(store, SqliteStore)
+        return await SqliteStore.open(store.path)
+
+    return StoreBackend(name="sqlite", create=create, reopen=reopen, group_commit=True)
+
+
+BACKENDS = {"memory": memory_backend, "sqlite": sqlite_backend}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("case", [case for _, case in CASES], ids=[name for name, _ in CASES])
+async def test_conformance(case: Case, backend: str, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        await case(BACKENDS[backend](tmp_path))
+
+
+def test_suite_has_the_cases_the_brief_asks_for() -> None:
+    names = {name for name, _ in CASES}
+    for wanted in ("atomic_invalid_batch", "group_commit", "later_batch_wins", "reopen", "meta"):
+        assert wanted in names
+
+
+# ---------------------------------------------------------------------------
+# record validation (construction)
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda: payee_record(1, spent=-1), AmountError),
+        (lambda: payee_record(1, deposit=MAX_YOCTO + 1), AmountError),
+        (lambda: payee_record(1, redeemed=1.0), AmountError),
+        (lambda: payee_record(1, channel=b"\x00" * 31), LocalProtocolError),
+        (lambda: payee_record(1, ledger=b""), LocalProtocolError),
+        (lambda: payee_record(1, ledger=b"x" * 65), LocalProtocolError),
+        (lambda: payee_record(1, payer="alice"), LocalProtocolError),
+        (lambda: payee_record(1, status="gone"), LocalProtocolError),
+        (lambda: payee_record(1, last_n=MAX_N + 1), LocalProtocolError),
+        (lambda: payee_record(1, last_n=True), LocalProtocolError),
+        (lambda: payee_record(1, best_voucher=None), LocalProtocolError),
+        (lambda: payee_record(1, paid_max=5, best_voucher=b"v", spent=6), LocalProtocolError),
+        (lambda: payee_record(1, paid_max=5), LocalProtocolError),  # no voucher for it
+        (lambda: payer_record(1, paid=5, spent=6), LocalProtocolError),
+        (lambda: payer_record(1, payee=b"\x00" * 33), LocalProtocolError),
+        (lambda: outgoing(1, state="lost"), LocalProtocolError),
+        (lambda: outgoing(1, request_hash=b"\x00"), LocalProtocolError),
+        (lambda: outgoing(1, price=-5), AmountError),
+        (lambda: outgoing(1, deadline=MAX_TIME + 1), LocalProtocolError),
+        (lambda: outgoing(1, claim_id=b"c" * 65), LocalProtocolError),
+        (lambda: outgoing(1, frame=bytearray(b"x")), LocalProtocolError),
+        (lambda: stored_response(1, frame=b""), LocalProtocolError),
+        (lambda: stored_response(1, expires_at=-1), LocalProtocolError),
+        (lambda: claim_record(1, role="judge"), LocalProtocolError),
+        (lambda: claim_record(1, claim_id=b""), LocalProtocolError),
+        (lambda: claim_record(1, state=""), LocalProtocolError),
+        (lambda: claim_record(1, state="s" * 256), LocalProtocolError),
+    ],
+)
+def test_invalid_records_are_refused(build: Callable[[], object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build()
+
+
+def test_records_are_frozen_and_normalise_enum_text() -> None:
+    record = payee_record(1, status=ChannelStatus.CLOSING)
+    assert record.status == "closing" and type(record.status) is str
+    with pytest.raises(AttributeError):
+        record.spent = 5  # type: ignore[misc]
+    assert type(payer_record(1, status=ChannelStatus.OPEN).status) is str
+    assert outgoing(1).claim_id == b"" and outgoing(1).updated_at == 0
+
+
+def test_record_types_are_exported() -> None:
+    for cls in (PayeeRecord, PayerRecord, OutgoingRequest, StoredResponse, ClaimRecord):
+        assert getattr(cls, "__dataclass_params__").frozen  # noqa: B009
+    assert isinstance(MemoryStore(), Store)
+
+
+# ---------------------------------------------------------------------------
+# SQLite specifics
+
+
+async def test_sqlite_pragmas_and_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await SqliteStore.open(path)
+    try:
+        conn = store._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        record = payee_record(
+            1, paid_max=MAX_YOCTO, best_voucher=voucher().to_frame(), spent=2**64 + 1
+        )
+        await store.write(Batch(payee=[record]))
+    finally:
+        await store.aclose()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        info = dict(raw.execute("SELECT key, value FROM store_info"))
+        assert info == {"format": "p2pay-store", "schema_version": "1"}
+        spent, paid_max = raw.execute("SELECT spent, paid_max FROM payee_channels").fetchone()
+        # Amounts are 16-byte big-endian unsigned BLOBs (SQLite INTEGER is only 64-bit).
+        assert spent == (2**64 + 1).to_bytes(INT_SIZE, "big")
+        assert paid_max == b"\xff" * 16
+    finally:
+        raw.close()
+
+
+async def test_sqlite_refuses_files_that_are_not_stores(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not a database at all, " * 200)
+    with pytest.raises(StoreError, match="not a p2pay store"):
+        await SqliteStore.open(garbage)
+    assert garbage.read_bytes() == b"not a database at all, " * 200
+
+    foreign = tmp_path / "foreign.sqlite"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    with pytest.raises(StoreError, match="not a p2pay store"):
+        await SqliteStore.open(foreign)
+    assert foreign.read_bytes() == before, "a foreign database must be left untouched"
+    assert not (tmp_path / "foreign.sqlite-wal").exists()
+
+    with pytest.raises(StoreError, match="cannot open"):
+        await SqliteStore.open(tmp_path / "no" / "such" / "dir.sqlite")
+    with pytest.raises(StoreError, match="cannot open"):
+        await SqliteStore.open(tmp_path)  # a directory
+
+
+async def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    await (await SqliteStore.open(path)).aclose()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE store_info SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        await SqliteStore.open(path)
+
+
+async def test_sqlite_one_opener_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    first = await SqliteStore.open(path)
+    try:
+        await first.write(Batch(meta={"k": b"1"}))
+        with pytest.raises(StoreError, match="in use"):
+            await SqliteStore.open(path)
+    finally:
+        await first.aclose()
+    second = await SqliteStore.open(path)
+    try:
+        assert await second.get_meta("k") == b"1"
+        with pytest.raises(StoreError, match="in use"):
+            await SqliteStore.open(path)
+    finally:
+        await second.aclose()
+
+
+async def test_sqlite_corrupt_rows_raise_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await SqliteStore.open(path)
+    await store.write(Batch(claims=[claim_record(1)], meta={"k": b"v"}))
+    await store.aclose()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE claims SET state = ''")
+    conn.execute("UPDATE meta SET value = 'text'")
+    conn.commit()
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        with pytest.raises(StoreError, match="corrupt"):
+            await store.claims()
+        with pytest.raises(StoreError, match="corrupt"):
+            await store.get_meta("k")
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_pending_batches_share_one_transaction(tmp_path: Path) -> None:
+    """Batches pending while a commit runs go in one transaction, applied in call order."""
+    store = await SqliteStore.open(tmp_path / "s.sqlite")
+    try:
+        commits = store.commits
+        async with trio.open_nursery() as nursery:
+            async with store._lock:  # as if a long commit were running
+                for i in range(30):
+                    nursery.start_soon(
+                        store.write,
+                        Batch(
+                            payer=[payer_record(1, last_n=i)],
+                            requests=[outgoing(i)],
+                            delete_requests=[outgoing(i - 1).request_hash] if i else [],
+                        ),
+                    )
+                    await trio.testing.wait_all_tasks_blocked()
+        assert store.commits == commits + 1
+        assert await store.payer_channel(channel_id(1)) == payer_record(1, last_n=29)
+        assert await store.requests() == [outgoing(29)], "deletes and upserts kept their order"
+    finally:
+        await store.aclose()
+
+
+class Gate:
+    """Hold the worker thread of the k-th commit until the test opens gate k."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.original = store._commit_sync
+        self.groups: list[int] = []
+        self.gates = [threading.Event() for _ in range(4)]
+        self.before: dict[int, object] = {}
+        store._commit_sync = self._commit  # type: ignore[method-assign]
+
+    def _commit(self, groups: Sequence[_Rows]) -> None:
+        k = len(self.groups)
+        self.groups.append(len(groups))
+        if not self.gates[k].wait(10):
+            raise RuntimeError("test gate never opened")
+        action = self.before.get(k)
+        if callable(action):
+            action()
+        self.original(groups)
+
+
+async def test_sqlite_failed_commit_fails_every_writer_and_applies_nothing(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.sqlite")
+    try:
+        await store.write(Batch(meta={"before": b"1"}))
+        commits = store.commits
+        gate = Gate(store)
+        conn = store._conn
+
+        def disk_full() -> None:  # runs in the worker thread, inside commit 1
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        gate.before[1] = disk_full
+        outcomes: dict[int, str] = {}
+
+        async def writer(i: int) -> None:
+            try:
+                await store.write(
+                    Batch(
+                        payee=[payee_record(i)],
+                        requests=[outgoing(i, frame=b"\x5a" * 20_000)],
+                        meta={f"w{i}": b"x"},
+                    )
+                )
+                outcomes[i] = "ok"
+            except StoreError as exc:
+                assert isinstance(exc.__cause__, sqlite3.Error)
+                outcomes[i] = "failed"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, 0)
+            await trio.testing.wait_all_tasks_blocked()  # writer 0 is in commit 0
+            for i in range(1, 6):
+                nursery.start_soon(writer, i)
+            await trio.testing.wait_all_tasks_blocked()  # 1..5 pending behind it
+            gate.gates[0].set()
+            gate.gates[1].set()
+        assert gate.groups == [1, 5], "writers 1..5 shared one (failing) transaction"
+        assert outcomes == {
+            0: "ok",
+            1: "failed",
+            2: "failed",
+            3: "failed",
+            4: "failed",
+            5: "failed",
+        }
+        assert store.commits == commits + 1
+        assert [r.channel for r in await store.payee_channels()] == [channel_id(0)]
+        assert [r.request_hash for r in await store.requests()] == [outgoing(0).request_hash]
+        for i in range(1, 6):
+            assert await store.get_meta(f"w{i}") is None
+        # The disk has room again: the store carries on.
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        store._commit_sync = gate.original  # type: ignore[method-assign]
+        await store.write(Batch(payee=[payee_record(1)]))
+        assert len(await store.payee_channels()) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_cancelling_a_pending_writer_withdraws_its_batch(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.sqlite")
+    try:
+        gate = Gate(store)
+        scopes: dict[int, trio.CancelScope] = {}
+        outcomes: dict[int, str] = {}
+
+        async def writer(i: int) -> None:
+            with trio.CancelScope() as scope:
+                scopes[i] = scope
+                await store.write(Batch(meta={f"w{i}": b"x"}))
+                outcomes[i] = "ok"
+            if scope.cancelled_caught:
+                outcomes[i] = "cancelled"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, 0)
+            await trio.testing.wait_all_tasks_blocked()  # 0 is committing
+            nursery.start_soon(writer, 1)
+            nursery.start_soon(writer, 2)
+            await trio.testing.wait_all_tasks_blocked()  # 1, 2 pending
+            scopes[1].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcomes == {1: "cancelled"}, "a pending writer leaves at once"
+            gate.gates[0].set()
+            gate.gates[1].set()
+        assert gate.groups == [1, 1], "writer 1's batch was withdrawn"
+        assert outcomes == {0: "ok", 1: "cancelled", 2: "ok"}
+        assert await store.get_meta("w1") is None
+        assert await store.get_meta("w0") == await store.get_meta("w2") == b"x"
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_cancel_after_the_batch_was_taken_waits_for_the_commit(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "s.sqlite")
+    try:
+        gate = Gate(store)
+        scopes: dict[int, trio.CancelScope] = {}
+        outcomes: dict[int, str] = {}
+
+        async def writer(i: int) -> None:
+            with trio.CancelScope() as scope:
+                scopes[i] = scope
+                await store.write(Batch(meta={f"w{i}": b"x"}))
+                outcomes[i] = "ok"
+            if scope.cancelled_caught:
+                outcomes[i] = "cancelled"
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):  # one after the other: 0 commits, then 1 before 2 waits
+                nursery.start_soon(writer, i)
+                await trio.testing.wait_all_tasks_blocked()
+            gate.gates[0].set()  # commit 0 ends; writer 1 takes the lock, and batches 1 and 2
+            with trio.fail_after(10):
+                while len(gate.groups) < 2:
+                    await trio.sleep(0.001)
+            assert gate.groups == [1, 2]
+            scopes[0].cancel()  # already acknowledged: nothing to cancel
+            for i in (1, 2):
+                scopes[i].cancel()  # both batches are in the running commit
+            await trio.testing.wait_all_tasks_blocked()
+            assert set(outcomes) == {0}, "a writer whose batch is taken waits for the commit"
+            gate.gates[1].set()
+        assert gate.groups == [1, 2]
+        # The commit completed, then the cancel was delivered: writer 1 ran the commit and
+        # returned from write() (its cancel lands at its next checkpoint); writer 2 waited
+        # for writer 1's commit, shielded, and then raised Cancelled.
+        assert outcomes == {0: "ok", 1: "ok", 2: "cancelled"}
+        for i in (0, 1, 2):
+            assert await store.get_meta(f"w{i}") == b"x"
+        assert store.commits == 2
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_aclose_finishes_pending_writes(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await SqliteStore.open(path)
+    done: list[int] = []
+
+    async def writer(i: int) -> None:
+        await store.write(Batch(meta={f"w{i}": b"x"}))
+        done.append(i)
+
+    async with trio.open_nursery() as nursery:
+        async with store._lock:
+            for i in range(5):
+                nursery.start_soon(writer, i)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(store.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(StoreClosed):
+                await store.write(Batch(meta={"late": b"x"}))
+    assert sorted(done) == list(range(5))
+    store = await SqliteStore.open(path)
+    try:
+        for i in range(5):
+            assert await store.get_meta(f"w{i}") == b"x"
+        assert await store.get_meta("late") is None
+    finally:
+        await store.aclose()
