@@ -1,0 +1,1389 @@
+"""The p2pay node: the imperative shell around the core (specs/protocol.md).
+
+Theory of operation
+-------------------
+A node is one identity (an Ed25519 `Keypair`) on one ledger. It serves paid services to
+peers and calls other peers' services, over a `Transport` (libp2p for real use, in-memory
+for simulations and fast tests). The money decisions are all taken by the pure core
+(`p2pay.core.channel`); the node moves frames, runs handlers, and makes state durable
+through a `Persister` (ordered group commit) before anything that depends on it leaves.
+
+Server side, per inbound stream (`_ServerSession`): hello both ways, then a loop that
+reads one frame at a time and asks `PayeeChannel.admit`; admitted requests run their
+handler in a task; every answer (signed receipt, signed refusal, unsigned refusal) is
+appended *synchronously* to the session's outbox right after the decision that produced
+it, and one sender task sends the outbox in order, each item only once its state is
+durable. So receipts leave in charge order and never before the charge is on disk.
+
+Client side, per peer (`_Connection`): one long-lived stream, hello both ways, requests
+pipelined on it. `call` signs the next voucher (`PayerChannel.next_request`), stages the
+outgoing request (kept for claims), and appends it to the connection's outbox, which
+sends in request-number order once durable. One reader task checks every receipt in
+arrival order (`PayerChannel.on_response`) and wakes the waiting call.
+
+The watcher (`p2pay.watcher`) runs in the node's nursery and does the node's duties
+towards the ledger.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pay.core import codec
+from p2pay.core.channel import (
+    Admit,
+    ChannelStatus,
+    PayeeChannel,
+    PayerChannel,
+    Receipt,
+    Refuse,
+)
+from p2pay.core.errors import (
+    DecodeError,
+    ErrorCode,
+    FrameTooLarge,
+    LocalProtocolError,
+    P2payError,
+    PaymentRequired,
+    RemoteProtocolError,
+    UnknownService,
+    remote_error,
+)
+from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
+from p2pay.core.messages import (
+    STATUS_OK,
+    Hello,
+    Refusal,
+    Request,
+    Response,
+    ServiceTerms,
+    StakeTerms,
+    check_signed_by,
+    decode_frame,
+    refusal_body,
+)
+from p2pay.core.settlement import ChannelState
+from p2pay.ledger.base import Ledger
+from p2pay.net.base import StreamClosed
+from p2pay.persist import Persister
+from p2pay.store.base import (
+    OutgoingRequest,
+    PayeeRecord,
+    PayerRecord,
+    Store,
+    StoredResponse,
+)
+from p2pay.store.memory import MemoryStore
+
+log = logging.getLogger("p2pay.node")
+
+Handler = Callable[["Call"], Awaitable[bytes]]
+
+
+class CallTimeout(P2payError, TimeoutError):
+    """No answer within the call's timeout. The request stays on record: if it was paid
+    and never answered, the watcher claims against the provider after its deadline."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class ConnectionLost(P2payError, ConnectionError):
+    """The stream to the peer closed while the call was waiting."""
+
+    code = ErrorCode.OVERLOADED
+
+
+# ---------------------------------------------------------------------------
+# public value types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Limits and policies of a node. Every limit is explicit (specs/protocol.md "Limits")."""
+
+    max_in_flight: int = 64  # admitted, unfinished requests per inbound stream
+    max_outbox: int = 256  # answers queued for sending per stream before reading pauses
+    max_frame: int = 1 << 20
+    hello_timeout: float = 10.0
+    # Hardening limits (specs/threat-model.md "Limits"):
+    max_in_flight_total: int = 1024  # admitted, unfinished requests over all inbound streams
+    max_sessions: int = 512  # inbound streams served at once; more: OVERLOADED, then close
+    max_sessions_per_peer: int = 8  # inbound streams of one remote peer served at once
+    max_refusals_per_s: int = 50  # refused requests per stream per second (token bucket)...
+    refusal_burst: int = 200  # ...with this burst; beyond, the stream is reset
+    idle_timeout: float = 120.0  # reset a stream with no frame in or out and none in flight
+    default_timeout: float = 30.0
+    max_deadline_horizon_ms: int = 3_600_000  # refuse requests whose deadline is further out
+    response_retention_ms: int = 3 * 24 * 3_600_000  # keep signed responses (claims)
+    challenge_ms: int = 60_000  # default challenge period for channels we open
+    watcher: bool = True
+    watch_interval: float = 1.0
+    redeem_threshold: int = 10**21  # redeem once this much is charged and unredeemed
+    auto_claim: bool = True  # file claims for paid requests left unanswered
+    claim_grace_ms: int = 1_000  # wait this long after a deadline before claiming
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_in_flight",
+            "max_outbox",
+            "max_in_flight_total",
+            "max_sessions",
+            "max_sessions_per_peer",
+            "max_refusals_per_s",
+            "refusal_burst",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocalProtocolError(f"NodeConfig.{name} must be an int >= 1, not {value!r}")
+        for name in ("hello_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """What a service handler receives."""
+
+    service: str
+    body: bytes
+    peer_id: str
+    channel: bytes
+    n: int
+    price: int
+    deadline: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallResult:
+    """A successful paid call: the response body, what it cost, and the signed receipt."""
+
+    body: bytes
+    price: int
+    n: int
+    channel: bytes
+    spent: int
+    receipt: Response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelInfo:
+    channel: bytes
+    role: str  # "payer" | "payee"
+    peer: str  # the counterparty's PeerID
+    deposit: int
+    status: str
+    paid: int  # payer: highest signed; payee: highest voucher held
+    spent: int
+    redeemed: int
+    last_n: int
+
+
+@dataclass
+class Counters:
+    """Numbers a user can read (`node.counters`)."""
+
+    calls_served: int = 0
+    charged: int = 0  # yocto charged for served calls
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    calls_made: int = 0
+    calls_ok: int = 0
+    paid: int = 0  # yocto paid for calls made
+    call_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    timeouts: int = 0
+    claims_filed: int = 0
+    claims_answered: int = 0
+    claims_won: int = 0
+    redeemed: int = 0
+    connections: int = 0
+    protocol_violations: int = 0
+    sessions_refused: int = 0  # inbound streams refused (max_sessions, max_sessions_per_peer)
+    rate_limited: int = 0  # inbound streams reset: refused requests above the allowed rate
+    idle_resets: int = 0  # inbound streams reset by idle_timeout (idle or slow-loris peers)
+
+
+class Behaviour:
+    """Hooks that make a node misbehave, for simulations and the demo. Honest by default.
+
+    Subclass and pass ``behaviour=`` to `open_node`.
+    """
+
+    #: whether the watcher defends claims filed against this node
+    answers_claims: bool = True
+
+    def drop(self, call: Call) -> bool:
+        """True: take this paid request (its voucher is kept) and never answer it."""
+        return False
+
+    async def before_handler(self, call: Call) -> None:
+        """Runs before the handler of an admitted request (e.g. sleep: a slow provider)."""
+
+
+@dataclass
+class _Service:
+    name: str
+    handler: Handler
+    price: int
+    max_body: int
+
+
+def _payee_record(ch: PayeeChannel) -> PayeeRecord:
+    return PayeeRecord(
+        channel=ch.channel,
+        ledger=ch.ledger,
+        payer=ch.payer,
+        payee=ch.payee,
+        deposit=ch.deposit,
+        status=ch.status.value,
+        last_n=ch.last_n,
+        paid_max=ch.paid_max,
+        best_voucher=ch.best.to_frame() if ch.best is not None else b"",
+        spent=ch.spent,
+        redeemed=ch.redeemed,
+    )
+
+
+def _payer_record(ch: PayerChannel) -> PayerRecord:
+    return PayerRecord(
+        channel=ch.channel,
+        ledger=ch.ledger,
+        payer=ch.payer,
+        payee=ch.payee,
+        deposit=ch.deposit,
+        status=ch.status.value,
+        last_n=ch.last_n,
+        paid=ch.paid,
+        spent=ch.spent,
+    )
+
+
+def _status_of(state: ChannelState | str) -> ChannelStatus:
+    return ChannelStatus(str(state))
+
+
+def split_peer(peer: str) -> tuple[str, str | None]:
+    """``"/ip4/.../p2p/<id>"`` -> (id, addr); a bare PeerID -> (id, None).
+
+    Raises:
+        LocalProtocolError: if no Ed25519 PeerID can be found.
+    """
+    if "/p2p/" in peer:
+        peer_id = peer.rsplit("/p2p/", 1)[1].strip("/")
+        addr: str | None = peer
+    else:
+        peer_id, addr = peer, None
+    try:
+        public_from_peer_id(peer_id)
+    except DecodeError as exc:
+        raise LocalProtocolError(
+            f"not a peer address or PeerID: {peer!r} ({exc.message})"
+        ) from None
+    return peer_id, addr
+
+
+# ---------------------------------------------------------------------------
+# the node
+
+
+class Node:
+    """A running p2pay node. Make one with `open_node`."""
+
+    def __init__(
+        self,
+        *,
+        key: Keypair,
+        ledger: Ledger,
+        store: Store,
+        config: NodeConfig,
+        clock: Callable[[], int] | None,
+    ) -> None:
+        self.key = key
+        self.ledger = ledger
+        self.store = store
+        self.config = config
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self.persister = Persister(store)
+        self.counters = Counters()
+        self.services: dict[str, _Service] = {}
+        self.payee_channels: dict[bytes, PayeeChannel] = {}
+        self.payer_channels: dict[bytes, PayerChannel] = {}
+        self._connections: dict[str, _Connection] = {}
+        self._connect_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+        self._channel_locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
+        self._sessions = 0  # inbound streams being served
+        self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
+        self._in_flight_total = 0  # admitted, unfinished requests over all sessions
+        self._transport: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._stake: StakeTerms | None = None
+        self.watcher: Any = None
+        self.behaviour: Behaviour = Behaviour()
+
+    # -- identity
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.key.peer_id
+
+    @property
+    def account(self) -> bytes:
+        return self.key.account
+
+    @property
+    def addrs(self) -> list[str]:
+        return list(self._transport.addrs) if self._transport is not None else []
+
+    def now(self) -> int:
+        """The node's clock, Unix ms (injected in simulations)."""
+        return self._clock()
+
+    # -- startup
+
+    async def _load(self) -> None:
+        for rec in await self.store.payee_channels():
+            ch = PayeeChannel(
+                ledger=rec.ledger,
+                channel=rec.channel,
+                payer=rec.payer,
+                payee=rec.payee,
+                deposit=rec.deposit,
+                status=ChannelStatus(rec.status),
+                last_n=rec.last_n,
+                paid_max=rec.paid_max,
+                spent=rec.spent,
+                redeemed=rec.redeemed,
+            )
+            if rec.best_voucher:
+                best = decode_frame(rec.best_voucher)
+                if isinstance(best, Request):
+                    ch.best = best
+            self.payee_channels[rec.channel] = ch
+        for prec in await self.store.payer_channels():
+            self.payer_channels[prec.channel] = PayerChannel(
+                ledger=prec.ledger,
+                channel=prec.channel,
+                payer=prec.payer,
+                payee=prec.payee,
+                deposit=prec.deposit,
+                status=ChannelStatus(prec.status),
+                last_n=prec.last_n,
+                paid=prec.paid,
+                spent=prec.spent,
+            )
+        await self._adopt_ledger_channels()
+        await self.refresh_stake()
+
+    async def _adopt_ledger_channels(self) -> None:
+        """Channels we pay on that the ledger knows and our store does not (a lost or new
+        store): adopt them with empty state; the first call resyncs from the payee."""
+        for info in await self.ledger.channels_of(self.account):
+            if info.payer != self.account or info.id in self.payer_channels:
+                continue
+            if info.state is ChannelState.CLOSED:
+                continue
+            ch = PayerChannel(
+                ledger=self.ledger.ledger_id,
+                channel=info.id,
+                payer=self.account,
+                payee=info.payee,
+                deposit=info.deposit,
+                status=_status_of(info.state),
+            )
+            self.payer_channels[info.id] = ch
+            self.persister.stage(payer=_payer_record(ch))
+
+    async def refresh_stake(self) -> StakeTerms | None:
+        stake = await self.ledger.stake_of(self.account)
+        if stake is None or stake.amount == 0 or stake.unbonding_at:
+            self._stake = None
+        else:
+            self._stake = StakeTerms(
+                amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
+            )
+        return self._stake
+
+    def hello(self) -> Hello:
+        return Hello.create(
+            self.key,
+            ledger=self.ledger.ledger_id,
+            services=tuple(
+                ServiceTerms(name=s.name, price=s.price, max_body=s.max_body)
+                for s in sorted(self.services.values(), key=lambda s: s.name)
+            ),
+            stake=self._stake,
+            max_in_flight=self.config.max_in_flight,
+            max_frame=self.config.max_frame,
+        )
+
+    # -- serving
+
+    def serve(self, name: str, handler: Handler, *, price: int, max_body: int = 1 << 16) -> None:
+        """Offer a paid service. `handler(call)` returns the response body (bytes).
+
+        A handler that raises is not charged: the caller gets HANDLER_ERROR.
+        """
+        ServiceTerms(name=name, price=price, max_body=max_body)  # validates
+        if max_body > self.config.max_frame:
+            raise LocalProtocolError("max_body cannot exceed the node's max_frame")
+        self.services[name] = _Service(name, handler, price, max_body)
+
+    async def _handle_stream(self, stream: Any) -> None:
+        peer: bytes = stream.remote_public
+        cfg = self.config
+        if self._sessions >= cfg.max_sessions or self._sessions_of[peer] >= (
+            cfg.max_sessions_per_peer
+        ):
+            # Connection flood (specs/threat-model.md): refuse before reading anything.
+            self.counters.sessions_refused += 1
+            log.info("refused a session peer=%s sessions=%d", stream.remote_peer_id, self._sessions)
+            with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                await stream.send(
+                    Refusal(
+                        channel=b"",
+                        n=0,
+                        code=ErrorCode.OVERLOADED,
+                        message="too many sessions; retry later",
+                    ).to_frame()
+                )
+            return  # the transport closes the stream gracefully: the refusal is delivered
+        self._sessions += 1
+        self._sessions_of[peer] += 1
+        try:
+            await _ServerSession(self, stream).run()
+        finally:
+            self._sessions -= 1
+            self._sessions_of[peer] -= 1
+            if self._sessions_of[peer] <= 0:
+                del self._sessions_of[peer]
+
+    async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
+        ch = self.payee_channels.get(request.channel)
+        if ch is not None:
+            return ch
+        if peer == self.account:
+            return None
+        lock = self._channel_locks[request.channel]
+        try:
+            async with lock:
+                ch = self.payee_channels.get(request.channel)
+                if ch is not None:
+                    return ch
+                info = await self.ledger.channel(request.channel)
+                if info is None or info.payee != self.account:
+                    return None
+                ch = PayeeChannel(
+                    ledger=self.ledger.ledger_id,
+                    channel=info.id,
+                    payer=info.payer,
+                    payee=self.account,
+                    deposit=info.deposit,
+                    status=_status_of(info.state),
+                    redeemed=info.redeemed,
+                )
+                self.payee_channels[ch.channel] = ch
+                self.persister.stage(payee=_payee_record(ch))
+                return ch
+        finally:
+            # One lock per channel id a peer names would grow without bound under a flood
+            # of made-up ids: drop it once nobody holds or waits for it (a task waiting on
+            # it keeps using this object, so two lookups of one id never run at once).
+            if (
+                not lock.locked()
+                and lock.statistics().tasks_waiting == 0
+                and self._channel_locks.get(request.channel) is lock
+            ):
+                del self._channel_locks[request.channel]
+
+    async def refresh_channel(self, channel: bytes) -> None:
+        """Re-read a channel's deposit, state and redeemed total from the ledger."""
+        info = await self.ledger.channel(channel)
+        if info is None:
+            return
+        for ch in (self.payee_channels.get(channel), self.payer_channels.get(channel)):
+            if ch is None:
+                continue
+            ch.deposit = max(ch.deposit, info.deposit)
+            status = _status_of(info.state)
+            if status is not ChannelStatus.OPEN or ch.status is ChannelStatus.OPEN:
+                ch.status = status
+            if isinstance(ch, PayeeChannel):
+                ch.redeemed = max(ch.redeemed, info.redeemed)
+                self.persister.stage(payee=_payee_record(ch))
+            else:
+                self.persister.stage(payer=_payer_record(ch))
+
+    # -- calling
+
+    def _payer_channel_to(self, payee: bytes) -> PayerChannel | None:
+        best: PayerChannel | None = None
+        for ch in self.payer_channels.values():
+            if ch.payee == payee and ch.status is ChannelStatus.OPEN:
+                if best is None or ch.available > best.available:
+                    best = ch
+        return best
+
+    async def open_channel(
+        self, peer: str, *, deposit: int, challenge_ms: int | None = None
+    ) -> ChannelInfo:
+        """Escrow `deposit` yocto on the ledger for calls to `peer` (a multiaddr or PeerID)."""
+        peer_id, addr = split_peer(peer)
+        if addr is not None and self._transport is not None:
+            self._transport.add_address(peer_id, addr)
+        payee = public_from_peer_id(peer_id)
+        channel = await self.ledger.open_channel(
+            self.key, payee, deposit, challenge_ms or self.config.challenge_ms
+        )
+        ch = PayerChannel(
+            ledger=self.ledger.ledger_id,
+            channel=channel,
+            payer=self.account,
+            payee=payee,
+            deposit=deposit,
+        )
+        self.payer_channels[channel] = ch
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def top_up(self, channel: bytes, amount: int) -> ChannelInfo:
+        ch = self.payer_channels.get(channel)
+        if ch is None:
+            raise LocalProtocolError("not a channel we pay on", code=ErrorCode.UNKNOWN_CHANNEL)
+        await self.ledger.top_up(self.key, channel, amount)
+        ch.deposit += amount
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def close_channel(self, channel: bytes) -> ChannelInfo:
+        """Close a channel: as payee at once (redeeming what was charged); as payer, start
+        the challenge period (the watcher finalizes it when it ends)."""
+        pch = self.payee_channels.get(channel)
+        if pch is not None:
+            voucher = pch.best if pch.spent > pch.redeemed else None
+            await self.ledger.payee_close(
+                self.key, channel, voucher, pch.spent if voucher else None
+            )
+            if voucher is not None:
+                self.counters.redeemed += pch.spent - pch.redeemed
+                pch.redeemed = pch.spent
+            pch.status = ChannelStatus.CLOSED
+            await self.persister.durable(self.persister.stage(payee=_payee_record(pch)))
+            return self._info_payee(pch)
+        ch = self.payer_channels.get(channel)
+        if ch is None:
+            raise LocalProtocolError("unknown channel", code=ErrorCode.UNKNOWN_CHANNEL)
+        await self.ledger.start_close(self.key, channel)
+        ch.status = ChannelStatus.CLOSING
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def stake(self, amount: int, *, penalty: int, claim_window_ms: int) -> StakeTerms | None:
+        """Stake collateral that answers for this node's paid requests."""
+        await self.ledger.stake(self.key, amount, penalty, claim_window_ms)
+        return await self.refresh_stake()
+
+    def channels(self) -> list[ChannelInfo]:
+        return [self._info_payer(c) for c in self.payer_channels.values()] + [
+            self._info_payee(c) for c in self.payee_channels.values()
+        ]
+
+    def _info_payer(self, ch: PayerChannel) -> ChannelInfo:
+        return ChannelInfo(
+            channel=ch.channel,
+            role="payer",
+            peer=peer_id_from_public(ch.payee),
+            deposit=ch.deposit,
+            status=ch.status.value,
+            paid=ch.paid,
+            spent=ch.spent,
+            redeemed=0,
+            last_n=ch.last_n,
+        )
+
+    def _info_payee(self, ch: PayeeChannel) -> ChannelInfo:
+        return ChannelInfo(
+            channel=ch.channel,
+            role="payee",
+            peer=peer_id_from_public(ch.payer),
+            deposit=ch.deposit,
+            status=ch.status.value,
+            paid=ch.paid_max,
+            spent=ch.spent,
+            redeemed=ch.redeemed,
+            last_n=ch.last_n,
+        )
+
+    async def connect(self, peer: str) -> Hello:
+        """Connect (if not yet) and return the peer's hello: its services, prices, stake."""
+        peer_id, addr = split_peer(peer)
+        if addr is not None:
+            self._transport.add_address(peer_id, addr)
+        conn = await self._connection(peer_id)
+        return conn.hello
+
+    async def _connection(self, peer_id: str) -> _Connection:
+        conn = self._connections.get(peer_id)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._connect_locks[peer_id]:
+            conn = self._connections.get(peer_id)
+            if conn is not None and not conn.closed:
+                return conn
+            stream = await self._transport.connect(peer_id)
+            try:
+                with trio.fail_after(self.config.hello_timeout):
+                    await stream.send(self.hello().to_frame())
+                    first = decode_frame(await stream.receive(), max_size=self.config.max_frame)
+                    if isinstance(first, Refusal):  # e.g. OVERLOADED: too many sessions
+                        raise remote_error(first.code, first.message, first.details)
+                    hello = _check_hello(first, stream.remote_public, self.ledger.ledger_id)
+            except BaseException:
+                await stream.reset()
+                raise
+            conn = _Connection(self, stream, hello, peer_id)
+            assert self._nursery is not None
+            self._nursery.start_soon(conn.run)
+            self._connections[peer_id] = conn
+            self.counters.connections += 1
+            return conn
+
+    async def call(
+        self,
+        peer: str,
+        service: str,
+        body: bytes,
+        *,
+        max_price: int,
+        timeout: float | None = None,
+    ) -> CallResult:
+        """Call `service` on `peer`, paying its price from our channel to it.
+
+        Args:
+            peer: a multiaddr ending in /p2p/<id>, or a PeerID already known.
+            service: the service name.
+            body: request bytes.
+            max_price: the most this call may cost (yocto); a higher price is refused
+                locally with PaymentRequired before anything is signed.
+            timeout: seconds to wait for the answer; it is also the request's deadline.
+
+        Returns:
+            CallResult with the body, the price charged and the signed receipt.
+
+        Raises:
+            PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
+            ConnectionLost, or the RemoteProtocolError for the code the provider answered.
+        """
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise LocalProtocolError("body must be bytes")
+        body = bytes(body)
+        peer_id, addr = split_peer(peer)
+        if addr is not None:
+            self._transport.add_address(peer_id, addr)
+        timeout = self.config.default_timeout if timeout is None else timeout
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise LocalProtocolError("timeout must be a positive number of seconds")
+        payee = public_from_peer_id(peer_id)
+        self.counters.calls_made += 1
+        try:
+            result = await self._call(peer_id, payee, service, body, max_price, timeout)
+        except P2payError as exc:
+            self.counters.call_errors[exc.code.value] += 1
+            raise
+        self.counters.calls_ok += 1
+        self.counters.paid += result.price
+        return result
+
+    async def _call(
+        self, peer_id: str, payee: bytes, service: str, body: bytes, max_price: int, timeout: float
+    ) -> CallResult:
+        conn = await self._connection(peer_id)
+        terms = conn.hello.service(service)
+        if terms is None:
+            raise UnknownService(f"{peer_id} offers no service {service!r}")
+        if terms.price > max_price:
+            raise PaymentRequired(
+                f"{service!r} costs {terms.price}, above max_price {max_price}",
+                details={"price": terms.price},
+            )
+        if len(body) > terms.max_body:
+            raise LocalProtocolError(
+                f"body of {len(body)} bytes is over the service's {terms.max_body}",
+                code=ErrorCode.BODY_TOO_LARGE,
+            )
+        for attempt in range(2):
+            ch = self._payer_channel_to(payee)
+            if ch is None:
+                raise LocalProtocolError(
+                    f"no open channel to {peer_id}: open_channel first",
+                    code=ErrorCode.UNKNOWN_CHANNEL,
+                )
+            async with conn.slots:
+                slot = conn.send_request(ch, service, body, terms.price, timeout)
+                with trio.move_on_after(timeout + 0.05):
+                    await slot.done.wait()
+                if not slot.done.is_set():
+                    conn.abandon(ch, slot)
+                    self.counters.timeouts += 1
+                    raise CallTimeout(f"no answer from {peer_id} within {timeout} s")
+            if slot.generation:
+                await self.persister.durable(slot.generation)
+            if slot.resync is not None and attempt == 0:
+                ch.resync(**slot.resync)
+                await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+                continue
+            if slot.error is not None:
+                raise slot.error
+            receipt = slot.receipt
+            assert receipt is not None
+            response = receipt.response
+            if response.status != STATUS_OK:
+                message, details = response.refusal_info()
+                raise remote_error(response.status, message, details)
+            return CallResult(
+                body=response.body,
+                price=receipt.charged,
+                n=receipt.n,
+                channel=response.channel,
+                spent=receipt.spent,
+                receipt=response,
+            )
+        raise RemoteProtocolError("resync did not converge", code=ErrorCode.REPLAY)
+
+
+def _check_hello(frame: object, remote: bytes, ledger: bytes) -> Hello:
+    """The first frame must be a hello on our ledger, signed by the stream's peer."""
+    if not isinstance(frame, Hello):
+        raise DecodeError("expected a hello first")
+    check_signed_by(frame, remote, ledger)
+    return frame
+
+
+# ---------------------------------------------------------------------------
+# server side
+
+
+class _Outbox:
+    """Answers in decision order; each is sent once its generation is durable."""
+
+    def __init__(self) -> None:
+        self.items: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.changed = trio.Event()
+        self.closed = False
+        self.last_sent = trio.current_time()  # when a frame last left (idle_timeout)
+
+    def put(self, generation: int, frame: bytes) -> None:
+        if not self.closed:
+            self.items.append((generation, frame))
+            self.changed.set()
+
+    async def wait_below(self, limit: int) -> None:
+        while len(self.items) >= limit and not self.closed:
+            self.changed = trio.Event()
+            await self.changed.wait()
+
+    async def pump(self, node: Node, stream: Any) -> None:
+        try:
+            while True:
+                while not self.items:
+                    self.changed = trio.Event()
+                    await self.changed.wait()
+                generation, frame = self.items[0]
+                if generation:
+                    await node.persister.durable(generation)
+                await stream.send(frame)
+                self.last_sent = trio.current_time()
+                self.items.popleft()
+                self.changed.set()
+        finally:
+            self.closed = True
+            self.changed.set()
+
+
+class _ServerSession:
+    def __init__(self, node: Node, stream: Any) -> None:
+        self.node = node
+        self.stream = stream
+        self.peer: bytes = stream.remote_public
+        self.peer_id = peer_id_from_public(self.peer)
+        self.outbox = _Outbox()
+        self.in_flight = 0
+        self.last_received = trio.current_time()  # when a whole frame last arrived
+        # Token bucket of refused requests (specs/threat-model.md "Limits"), in thousandths
+        # of a token so that refilling at `max_refusals_per_s` per 1000 ms stays integral.
+        self._tokens = node.config.refusal_burst * 1000
+        self._tokens_at = node.now()
+        self.flooded = False
+
+    async def run(self) -> None:
+        node = self.node
+        try:
+            with trio.fail_after(node.config.hello_timeout):
+                first = await self.stream.receive()
+            hello = _check_hello(
+                decode_frame(first, max_size=node.config.max_frame),
+                self.peer,
+                node.ledger.ledger_id,
+            )
+        except StreamClosed:
+            return  # the peer left (or reset) before its hello: nothing to answer
+        except (RemoteProtocolError, trio.TooSlowError) as exc:
+            code = exc.code if isinstance(exc, RemoteProtocolError) else ErrorCode.DEADLINE_EXCEEDED
+            node.counters.refused[code.value] += 1
+            with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                await self.stream.send(
+                    Refusal(channel=b"", n=0, code=code, message=str(exc)[:200]).to_frame()
+                )
+            return
+        del hello
+        try:
+            await self.stream.send(node.hello().to_frame())
+        except StreamClosed:
+            return
+        log.info("peer connected peer=%s", self.peer_id)
+        self.last_received = self.outbox.last_sent = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_then_cancel, nursery.cancel_scope)
+            nursery.start_soon(self._watch_idle, nursery.cancel_scope)
+            async with trio.open_nursery() as handlers:
+                await self._read_loop(handlers)
+                handlers.cancel_scope.cancel()
+            # let queued answers go out (bounded), then stop the pump
+            with trio.move_on_after(2):
+                await self.outbox.wait_below(1)
+            nursery.cancel_scope.cancel()
+
+    async def _pump_then_cancel(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.outbox.pump(self.node, self.stream)
+        except (StreamClosed, P2payError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async def _watch_idle(self, scope: trio.CancelScope) -> None:
+        """Reset the stream once nothing moved for `idle_timeout` while nothing was in flight.
+
+        "Moved" is a whole frame received or a frame sent. An idle peer, a slow-loris
+        (bytes of a frame that never completes) and a peer that stops reading its answers
+        all end here, so no stream holds a session, its read buffer or its queued answers
+        for longer than `idle_timeout` after its last request was answered.
+        """
+        timeout = self.node.config.idle_timeout
+        while True:
+            now = trio.current_time()
+            if self.in_flight > 0:  # busy: its answers will count as activity when sent
+                await trio.sleep_until(now + timeout)
+                continue
+            deadline = max(self.last_received, self.outbox.last_sent) + timeout
+            if now < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            self.node.counters.idle_resets += 1
+            log.info("idle stream reset peer=%s", self.peer_id)
+            await self.stream.reset()
+            scope.cancel()
+            return
+
+    def _take_refusal_token(self) -> bool:
+        """Count one refused request against the peer's budget; False once it is spent."""
+        cfg = self.node.config
+        now = self.node.now()
+        elapsed = max(0, now - self._tokens_at)  # a clock that steps back refills nothing
+        self._tokens_at = max(self._tokens_at, now)
+        refill = elapsed * cfg.max_refusals_per_s  # thousandths: rate per s = per 1000 ms
+        self._tokens = min(cfg.refusal_burst * 1000, self._tokens + refill)
+        if self._tokens < 1000:
+            self.flooded = True
+            return False
+        self._tokens -= 1000
+        return True
+
+    def _refuse_unauthenticated(
+        self,
+        channel: bytes,
+        n: int,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.node.counters.refused[code.value] += 1
+        log.info("refused peer=%s code=%s n=%d", self.peer_id, code.value, n)
+        self.outbox.put(
+            0,
+            Refusal(
+                channel=channel, n=n, code=code, message=message[:500], details=details or {}
+            ).to_frame(),
+        )
+
+    async def _read_loop(self, handlers: trio.Nursery) -> None:
+        node = self.node
+        while True:
+            await self.outbox.wait_below(node.config.max_outbox)
+            if self.outbox.closed:
+                return
+            try:
+                payload = await self.stream.receive()
+            except StreamClosed:
+                return
+            except FrameTooLarge as exc:
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
+                return
+            self.last_received = trio.current_time()
+            try:
+                message = decode_frame(payload, max_size=node.config.max_frame)
+            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
+                return
+            if not isinstance(message, Request):
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, ErrorCode.MALFORMED, "expected a request")
+                return
+            await self._on_request(message, handlers)
+            if self.flooded:
+                # Unpaid request flood (specs/threat-model.md): the peer's refused requests
+                # outran `max_refusals_per_s` / `refusal_burst`. Reset: nothing it sent
+                # after this is read, and its admitted requests are cancelled unpaid.
+                node.counters.rate_limited += 1
+                log.warning("stream reset: too many refused requests peer=%s", self.peer_id)
+                await self.stream.reset()
+                return
+
+    async def _on_request(self, request: Request, handlers: trio.Nursery) -> None:
+        node = self.node
+        ch = await node._payee_channel_for(request, self.peer)
+        if ch is None:
+            self._take_refusal_token()
+            self._refuse_unauthenticated(
+                request.channel,
+                request.n,
+                ErrorCode.UNKNOWN_CHANNEL,
+                "no such channel to this payee",
+            )
+            return
+        if request.paid > ch.deposit and self.peer == ch.payer:
+            await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen yet
+        service = node.services.get(request.service)
+        now = node.now()
+        node_busy = node._in_flight_total >= node.config.max_in_flight_total
+        decision = ch.admit(
+            request,
+            peer=self.peer,
+            price=service.price if service is not None else None,
+            max_body=service.max_body if service is not None else 0,
+            now=now,
+            overloaded=self.in_flight >= node.config.max_in_flight or node_busy,
+            max_deadline=now + node.config.max_deadline_horizon_ms,
+        )
+        if isinstance(decision, Refuse):
+            # Every refusal costs the peer a token, except OVERLOADED when the whole node
+            # (not this peer) is at its limit: an honest client is not cut off for that.
+            if not (
+                decision.code is ErrorCode.OVERLOADED
+                and node_busy
+                and self.in_flight < node.config.max_in_flight
+            ):
+                self._take_refusal_token()
+            if not decision.authenticated:
+                self._refuse_unauthenticated(
+                    request.channel, request.n, decision.code, decision.message, decision.details
+                )
+                return
+            node.counters.refused[decision.code.value] += 1
+            self._answer(
+                ch,
+                request,
+                decision.code.value,
+                0,
+                ch.spent,
+                refusal_body(decision.message, decision.details),
+            )
+            return
+        assert isinstance(decision, Admit) and service is not None
+        if decision.voucher_improved:
+            node.persister.stage(payee=_payee_record(ch))
+        call = Call(
+            service=request.service,
+            body=request.body,
+            peer_id=self.peer_id,
+            channel=request.channel,
+            n=request.n,
+            price=decision.price,
+            deadline=request.deadline,
+        )
+        if node.behaviour.drop(call):
+            ch.complete(request.n, ok=False)  # keeps the voucher, charges nothing, never answers
+            node.counters.refused["DROPPED"] += 1
+            return
+        self.in_flight += 1
+        node._in_flight_total += 1
+        handlers.start_soon(self._run_handler, ch, request, service, call)
+
+    def _answer(
+        self, ch: PayeeChannel, request: Request, status: str, price: int, spent: int, body: bytes
+    ) -> None:
+        """Sign, stage and queue the answer to an authenticated request (synchronous)."""
+        node = self.node
+        response = Response.create(
+            node.key, request=request, status=status, price=price, spent=spent, body=body
+        )
+        frame = response.to_frame()
+        generation = node.persister.stage(
+            payee=_payee_record(ch),
+            response=StoredResponse(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                frame=frame,
+                expires_at=request.deadline + node.config.response_retention_ms,
+            ),
+        )
+        self.outbox.put(generation, frame)
+
+    async def _run_handler(
+        self, ch: PayeeChannel, request: Request, service: _Service, call: Call
+    ) -> None:
+        node = self.node
+        ok = False
+        body = b""
+        error = "handler failed"
+        try:
+            await node.behaviour.before_handler(call)
+            result = await service.handler(call)
+            if not isinstance(result, bytes | bytearray | memoryview):
+                error = f"handler returned {type(result).__name__}, not bytes"
+            elif len(result) > node.config.max_frame - 4096:
+                error = "handler response too large"
+            else:
+                body = bytes(result)
+                ok = True
+        except trio.Cancelled:
+            error = "stream closed before the handler finished"
+            raise
+        except Exception as exc:  # a handler's failure is the caller's HANDLER_ERROR, never ours
+            log.warning("handler %s failed: %r", request.service, exc)
+            error = f"handler failed: {type(exc).__name__}"
+        finally:
+            self.in_flight -= 1
+            node._in_flight_total -= 1
+            charged, spent = ch.complete(request.n, ok=ok)
+            if ok:
+                node.counters.calls_served += 1
+                node.counters.charged += charged
+                self._answer(ch, request, STATUS_OK, charged, spent, body)
+            else:
+                node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
+                self._answer(
+                    ch, request, ErrorCode.HANDLER_ERROR.value, 0, spent, refusal_body(error)
+                )
+
+
+# ---------------------------------------------------------------------------
+# client side
+
+
+@dataclass
+class _Slot:
+    channel: bytes
+    n: int
+    request: Request
+    done: trio.Event = field(default_factory=trio.Event)
+    receipt: Receipt | None = None
+    error: P2payError | None = None
+    resync: dict[str, Any] | None = None
+    generation: int = 0
+
+
+class _Connection:
+    def __init__(self, node: Node, stream: Any, hello: Hello, peer_id: str) -> None:
+        self.node = node
+        self.stream = stream
+        self.hello = hello
+        self.peer_id = peer_id
+        self.closed = False
+        self.slots = trio.Semaphore(max(1, min(hello.max_in_flight, 1024)))
+        self.pending: dict[tuple[bytes, int], _Slot] = {}
+        self.outbox = _Outbox()
+
+    def send_request(
+        self, ch: PayerChannel, service: str, body: bytes, price: int, timeout: float
+    ) -> _Slot:
+        """Sign the next request, stage it, queue it (synchronous: keeps n order on the wire)."""
+        node = self.node
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.peer_id} is closed")
+        deadline = node.now() + max(1, int(timeout * 1000))
+        request = ch.next_request(
+            node.key, service=service, body=body, price=price, deadline=deadline
+        )
+        frame = request.to_frame()
+        generation = node.persister.stage(
+            payer=_payer_record(ch),
+            request=OutgoingRequest(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                payee=ch.payee,
+                price=price,
+                deadline=deadline,
+                frame=frame,
+                state="awaiting",
+                updated_at=node.now(),
+            ),
+        )
+        slot = _Slot(channel=ch.channel, n=request.n, request=request)
+        self.pending[(ch.channel, request.n)] = slot
+        self.outbox.put(generation, frame)
+        return slot
+
+    def abandon(self, ch: PayerChannel, slot: _Slot) -> None:
+        self.pending.pop((slot.channel, slot.n), None)
+        ch.abandon(slot.n)
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, nursery.cancel_scope)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # never let one peer's failure take the node down
+            log.warning("connection to %s failed: %r", self.peer_id, exc)
+        finally:
+            self.closed = True
+            self.outbox.closed = True
+            if self.node._connections.get(self.peer_id) is self:
+                del self.node._connections[self.peer_id]
+            for key, slot in list(self.pending.items()):
+                ch = self.node.payer_channels.get(slot.channel)
+                if ch is not None:
+                    ch.abandon(slot.n)
+                slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
+                slot.done.set()
+                del self.pending[key]
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.reset()
+
+    async def _pump(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.outbox.pump(self.node, self.stream)
+        except (StreamClosed, P2payError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.stream.reset()
+
+    async def _read_loop(self) -> None:
+        node = self.node
+        while True:
+            try:
+                payload = await self.stream.receive()
+            except (StreamClosed, FrameTooLarge):
+                return
+            try:
+                message = decode_frame(payload, max_size=node.config.max_frame)
+            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
+                log.warning("bad frame from %s: %s", self.peer_id, exc)
+                node.counters.protocol_violations += 1
+                return
+            if isinstance(message, Response):
+                if not self._on_response(message):
+                    return
+            elif isinstance(message, Refusal):
+                self._on_refusal(message)
+            else:
+                node.counters.protocol_violations += 1
+                return
+
+    def _on_response(self, response: Response) -> bool:
+        node = self.node
+        ch = node.payer_channels.get(response.channel)
+        slot = self.pending.pop((response.channel, response.n), None)
+        if ch is None or ch.payee != self.stream.remote_public:
+            node.counters.protocol_violations += 1
+            return False
+        try:
+            receipt = ch.on_response(response)
+        except RemoteProtocolError as exc:
+            log.warning("bad receipt from %s: %s", self.peer_id, exc)
+            node.counters.protocol_violations += 1
+            if slot is not None:
+                slot.error = exc
+                slot.done.set()
+            return False
+        generation = node.persister.stage(
+            payer=_payer_record(ch),
+            request=OutgoingRequest(
+                request_hash=response.request_hash,
+                channel=response.channel,
+                n=response.n,
+                payee=ch.payee,
+                price=response.price,
+                deadline=slot.request.deadline if slot is not None else 0,
+                frame=slot.request.to_frame() if slot is not None else b"",
+                state="answered" if response.ok else "refused",
+                updated_at=node.now(),
+            ),
+        )
+        if slot is not None:
+            slot.receipt = receipt
+            slot.generation = generation
+            slot.done.set()
+        return True
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        node = self.node
+        slot = self.pending.pop((refusal.channel, refusal.n), None)
+        ch = node.payer_channels.get(refusal.channel)
+        if slot is None or ch is None:
+            return  # a refusal of something we did not send: nothing to account
+        ch.on_refusal(refusal.n)
+        slot.generation = node.persister.stage(
+            delete_request=slot.request.hash, payer=_payer_record(ch)
+        )
+        if refusal.code is ErrorCode.REPLAY:
+            slot.resync = _resync_args(refusal.details)
+        if slot.resync is None:
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        slot.done.set()
+
+
+def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    last_n, spent, voucher = details.get("last_n"), details.get("spent"), details.get("voucher")
+    if type(last_n) is not int or type(spent) is not int:
+        return None
+    parsed: Request | None = None
+    if isinstance(voucher, bytes):
+        try:
+            frame = decode_frame(voucher)
+        except DecodeError:
+            return None
+        if not isinstance(frame, Request):
+            return None
+        parsed = frame
+    return {"last_n": last_n, "spent": spent, "voucher": parsed}
+
+
+# ---------------------------------------------------------------------------
+# opening a node
+
+
+@asynccontextmanager
+async def open_node(
+    *,
+    key: Keypair,
+    ledger: Ledger,
+    store: Store | None = None,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    network: Any = None,
+    config: NodeConfig | None = None,
+    clock: Callable[[], int] | None = None,
+    behaviour: Behaviour | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the ``async with`` block.
+
+    Args:
+        key: the node's identity (libp2p host key, voucher key, ledger account).
+        ledger: the settlement ledger (`MemoryLedger`, `SqliteLedger`, ...).
+        store: where the node keeps what it must not forget (default: in memory).
+        listen: libp2p multiaddrs to listen on.
+        network: a `p2pay.net.memory.MemoryNetwork` to use the in-memory transport instead
+            of libp2p (simulations, fast tests).
+        config: limits and policies.
+        clock: Unix-ms clock (simulations inject trio's).
+        behaviour: misbehaviour hooks (simulations, demo); honest by default.
+    """
+    from p2pay.watcher import Watcher
+
+    node = Node(
+        key=key,
+        ledger=ledger,
+        store=store or MemoryStore(),
+        config=config or NodeConfig(),
+        clock=clock,
+    )
+    if behaviour is not None:
+        node.behaviour = behaviour
+    await node._load()
+    if network is not None:
+        from p2pay.net.memory import open_memory_transport
+
+        transport_cm: Any = open_memory_transport(
+            network, key, node._handle_stream, max_frame=node.config.max_frame
+        )
+    else:
+        from p2pay.net.p2p import open_libp2p_transport
+
+        transport_cm = open_libp2p_transport(
+            key, node._handle_stream, listen=listen, max_frame=node.config.max_frame
+        )
+    body_error: BaseException | None = None
+    try:
+        # Order matters: no scope that encloses the transport is cancelled while an
+        # exception from the body is on its way out (a Cancelled raised during the
+        # transport's cleanup would replace it and be swallowed by that scope).
+        async with trio.open_nursery() as outer:
+            await outer.start(node.persister.run)
+            try:
+                async with transport_cm as transport:
+                    node._transport = transport
+                    async with trio.open_nursery() as nursery:
+                        node._nursery = nursery
+                        if node.config.watcher:
+                            node.watcher = Watcher(node)
+                            await nursery.start(node.watcher.run)
+                        try:
+                            yield node
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            for conn in list(node._connections.values()):
+                                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                                    await conn.close()
+                            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await node.persister.flush()
+                outer.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Give the caller back the exception its own code raised, not a group of it.
+        if body_error is not None and _only(group, body_error):
+            raise body_error from None
+        raise
+
+
+def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """True if every leaf of `group` is `error` or a trio.Cancelled."""
+    for leaf in group.exceptions:
+        if isinstance(leaf, BaseExceptionGroup):
+            if not _only(leaf, error):
+                return False
+        elif leaf is not error and not isinstance(leaf, trio.Cancelled):
+            return False
+    return True
+
+
+__all__ = [
+    "Behaviour",
+    "Call",
+    "CallResult",
+    "CallTimeout",
+    "ChannelInfo",
+    "ConnectionLost",
+    "Counters",
+    "Node",
+    "NodeConfig",
+    "codec",
+    "open_node",
+]

@@ -1,0 +1,177 @@
+"""Ordered group commit of the node's state to its store (specs/protocol.md "Durability").
+
+Theory of operation
+-------------------
+The node decides synchronously (core state machines, no await between a decision and
+recording it) and *stages* the records that changed here. One flusher task writes
+everything staged since its last write as one `Batch` (one transaction, one fsync),
+then marks that generation durable. Whoever must not act before a change is durable (a
+receipt must not leave before its charge is on disk) waits with `await durable(gen)`.
+
+Because a single task writes, generations commit in order, and within a generation the
+latest snapshot of a record wins: a later state can never be overwritten by an older
+one. Concurrent requests share commits, so durability costs one fsync per batch, not
+per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pay.store.base import (
+    Batch,
+    ClaimRecord,
+    OutgoingRequest,
+    PayeeRecord,
+    PayerRecord,
+    Store,
+    StoredResponse,
+)
+
+log = logging.getLogger("p2pay.persist")
+
+
+@dataclass
+class _Staged:
+    payee: dict[bytes, PayeeRecord] = field(default_factory=dict)
+    payer: dict[bytes, PayerRecord] = field(default_factory=dict)
+    requests: dict[bytes, OutgoingRequest] = field(default_factory=dict)
+    responses: dict[bytes, StoredResponse] = field(default_factory=dict)
+    claims: dict[bytes, ClaimRecord] = field(default_factory=dict)
+    meta: dict[str, bytes] = field(default_factory=dict)
+    delete_requests: set[bytes] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        return not (
+            self.payee
+            or self.payer
+            or self.requests
+            or self.responses
+            or self.claims
+            or self.meta
+            or self.delete_requests
+        )
+
+    def batch(self) -> Batch:
+        return Batch(
+            payee=list(self.payee.values()),
+            payer=list(self.payer.values()),
+            requests=list(self.requests.values()),
+            responses=list(self.responses.values()),
+            claims=list(self.claims.values()),
+            meta=dict(self.meta),
+            delete_requests=list(self.delete_requests),
+        )
+
+
+class StoreFailed(Exception):
+    """The store could not commit: the node stops acknowledging anything."""
+
+
+class Persister:
+    """Stage records synchronously; one task commits them in order, many per fsync."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._staged = _Staged()
+        self._generation = 1  # the generation now being staged
+        self._durable = 0  # highest generation known durable
+        self._changed = trio.Event()
+        self._failed: BaseException | None = None
+        self._waiters: dict[int, trio.Event] = {}
+        self.commits = 0
+
+    # -- staging (synchronous: call right after the decision, with no await between)
+
+    def stage(
+        self,
+        *,
+        payee: PayeeRecord | None = None,
+        payer: PayerRecord | None = None,
+        request: OutgoingRequest | None = None,
+        response: StoredResponse | None = None,
+        claim: ClaimRecord | None = None,
+        meta: dict[str, bytes] | None = None,
+        delete_request: bytes | None = None,
+    ) -> int:
+        """Record changes; returns the generation to wait for with `durable`."""
+        s = self._staged
+        if payee is not None:
+            s.payee[payee.channel] = payee
+        if payer is not None:
+            s.payer[payer.channel] = payer
+        if request is not None:
+            s.requests[request.request_hash] = request
+            s.delete_requests.discard(request.request_hash)
+        if response is not None:
+            s.responses[response.request_hash] = response
+        if claim is not None:
+            s.claims[claim.claim_id] = claim
+        if meta:
+            s.meta.update(meta)
+        if delete_request is not None:
+            s.requests.pop(delete_request, None)
+            s.delete_requests.add(delete_request)
+        self._changed.set()
+        return self._generation
+
+    async def durable(self, generation: int) -> None:
+        """Wait until everything staged up to `generation` is committed.
+
+        Raises:
+            StoreFailed: the store failed; nothing staged after the last good commit is
+                durable.
+        """
+        while self._durable < generation:
+            if self._failed is not None:
+                raise StoreFailed(str(self._failed)) from self._failed
+            event = self._waiters.get(generation)
+            if event is None:
+                event = self._waiters[generation] = trio.Event()
+            await event.wait()
+        if self._failed is not None and self._durable < generation:
+            raise StoreFailed(str(self._failed))
+
+    async def flush(self) -> None:
+        """Make everything staged so far durable."""
+        if not self._staged.empty():
+            await self.durable(self._generation)
+
+    # -- the one writer
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._changed.wait()
+                await self._commit_staged()
+        finally:
+            # On cancellation (node closing) write what is staged, shielded, so a clean
+            # stop leaves everything acknowledged-or-not on disk.
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                if self._failed is None and not self._staged.empty():
+                    await self._commit_staged()
+
+    async def _commit_staged(self) -> None:
+        self._changed = trio.Event()
+        if self._staged.empty():
+            return
+        staged, self._staged = self._staged, _Staged()
+        generation = self._generation
+        self._generation += 1
+        try:
+            await self.store.write(staged.batch())
+        except BaseException as exc:
+            self._failed = exc
+            log.error("store write failed: %s", exc)
+            for event in self._waiters.values():
+                event.set()
+            raise
+        self.commits += 1
+        self._durable = generation
+        for gen in [g for g in self._waiters if g <= generation]:
+            self._waiters.pop(gen).set()
