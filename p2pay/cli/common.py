@@ -1,0 +1,293 @@
+"""What the commands share: parameter types, common options, the home, short-lived nodes.
+
+Theory of operation
+-------------------
+`Settings` (the click context object) carries the resolved home. Every command that
+needs it accepts ``--home`` too (`home_option`), so ``p2pay --home A cmd`` and
+``p2pay cmd --home A`` mean the same. Amounts are read by `AMOUNT`
+(`p2pay.core.amounts.parse_amount`: an integer of yocto, or a number and a unit), durations
+by `DURATION` (`p2pay.cli.home.parse_duration_ms`); a bad value is a click usage error.
+
+`short_node` runs a node for one command (``channel open``/``close``, ``call``): the
+home's key, ledger and store, listening on 127.0.0.1 with any free port and no watcher.
+When it exits the node's persister has flushed and the store is closed, so the state the
+command changed is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import trio
+
+from p2pay.cli import render
+from p2pay.cli.home import (
+    CliError,
+    Config,
+    Home,
+    check_node_overrides,
+    open_ledger,
+    parse_duration_ms,
+)
+from p2pay.core.amounts import parse_amount
+from p2pay.core.errors import AmountError
+from p2pay.core.identity import peer_id_from_public
+from p2pay.core.settlement import ChannelState, ClaimState, stake_status
+
+if TYPE_CHECKING:  # keeps `p2pay --help` from importing the node and the store
+    from p2pay.ledger.base import Ledger
+    from p2pay.node import Node
+    from p2pay.store.sqlite import SqliteStore
+
+log = logging.getLogger("p2pay.cli")
+T = TypeVar("T")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+
+
+# ---------------------------------------------------------------------------
+# parameter types
+
+
+class AmountType(click.ParamType):
+    """An amount: an integer of yocto, or a number and a unit ("1.5 token", "3 milli")."""
+
+    name = "AMOUNT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return parse_amount(str(value))
+        except AmountError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class DurationType(click.ParamType):
+    """A duration in ms: "1500", "250ms", "2s", "5m", "1h"."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return parse_duration_ms(str(value))
+        except CliError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+AMOUNT = AmountType()
+DURATION = DurationType()
+
+
+# ---------------------------------------------------------------------------
+# shared options and helpers
+
+
+@dataclass
+class Settings:
+    home: Home
+    verbose: int = 0
+
+
+def settings() -> Settings:
+    return click.get_current_context().ensure_object(Settings)
+
+
+def _set_home(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Settings).home = Home(value.expanduser().absolute())
+
+
+def home_option(f: Callable[..., T]) -> Callable[..., T]:
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_set_home,
+        help="Home folder (default: $P2PAY_HOME, else the user data folder).",
+    )(f)
+
+
+def json_option(f: Callable[..., T]) -> Callable[..., T]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+    )(f)
+
+
+def ledger_option(f: Callable[..., T]) -> Callable[..., T]:
+    return click.option(
+        "--ledger",
+        "ledger",
+        metavar="sqlite:PATH",
+        help="Act on this ledger instead of the home's configured one.",
+    )(f)
+
+
+def run(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run an async function under trio."""
+    return trio.run(fn, *args)
+
+
+def echo(text: str = "") -> None:
+    render.stdout.print(text, markup=False)
+
+
+def node_config(config: Config, **fixed: Any) -> Any:
+    """The home's `NodeConfig` (config.toml's ``[node]``), with `fixed` on top."""
+    from p2pay.node import NodeConfig
+
+    values = check_node_overrides(config.node, "config.toml")
+    values.update(fixed)
+    try:
+        return NodeConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"config.toml [node]: {exc}") from None
+
+
+async def open_store(home: Home) -> SqliteStore:
+    """Open the home's store, explaining the usual reason it is busy."""
+    from p2pay.store.base import StoreError
+    from p2pay.store.sqlite import SqliteStore
+
+    try:
+        return await SqliteStore.open(home.store_path)
+    except StoreError as exc:
+        raise CliError(
+            f"{exc.message} (a home is used by one process at a time: is `p2pay node run` "
+            "running on it? use a second home for the client)"
+        ) from None
+
+
+@asynccontextmanager
+async def short_node(
+    home: Home, ledger_text: str | None, *, offline: bool = False
+) -> AsyncIterator[Node]:
+    """A node in this process for one command: no watcher, state durable after.
+
+    Args:
+        home: whose key, ledger and store.
+        ledger_text: ``--ledger``, or None for the home's.
+        offline: the command only needs the ledger and the store (``channel open`` /
+            ``close`` / ``top-up``): the node gets a private in-memory transport instead
+            of a libp2p host, which saves importing and starting libp2p (seconds).
+    """
+    from p2pay.node import open_node
+
+    key = home.key()
+    config = home.config()
+    spec = home.ledger_spec(ledger_text)
+    cfg = node_config(config, watcher=False)
+    transport: dict[str, Any] = {"listen": EPHEMERAL_LISTEN}
+    if offline:
+        from p2pay.net.memory import MemoryNetwork
+
+        transport = {"network": MemoryNetwork()}
+    async with open_ledger(spec) as ledger:
+        store = await open_store(home)
+        try:
+            async with open_node(
+                key=key, ledger=ledger, store=store, config=cfg, **transport
+            ) as node:
+                yield node
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+class Guard:
+    """The outcome of a block run inside `open_node`, kept where the block runs.
+
+    An error of the block then reaches the user as itself (not wrapped in trio's
+    exception groups), and a block that ended without finishing (the node was torn down
+    under it) is reported, never taken as a success.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.done = False
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            value = await fn(*args)
+        except Exception as exc:
+            self.error = exc
+            raise
+        self.done = True
+        return value
+
+    def check(self) -> None:
+        """Raises the block's error, or CliError if the block never finished."""
+        if self.error is not None:
+            raise self.error
+        if not self.done:
+            raise CliError("the node stopped before the command finished (run with -v)")
+
+
+def run_with_node(
+    home: Home, ledger_text: str | None, fn: Callable[[Node], Any], *, offline: bool = False
+) -> Any:
+    """Run ``await fn(node)`` in a `short_node` (see `Guard`) and return its value.
+
+    Raises:
+        whatever `fn` raised; CliError if the node stopped before `fn` finished.
+    """
+    guard = Guard()
+    box: list[Any] = []
+
+    async def body() -> None:
+        async with short_node(home, ledger_text, offline=offline) as node:
+            box.append(await guard.run(fn, node))
+
+    try:
+        run(body)
+    except BaseException:
+        if guard.error is not None:
+            raise guard.error from None
+        raise
+    guard.check()
+    return box[0]
+
+
+def parse_channel_id(text: str) -> bytes:
+    text = text.strip().removeprefix("0x")
+    if len(text) != 64:
+        raise CliError(f"channel id {text[:80]!r}: expected 64 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"channel id {text[:80]!r}: expected 64 hex digits") from None
+
+
+async def account_summary(led: Ledger, account: bytes) -> dict[str, Any]:
+    """Balance, stake and channel totals of one account (what `balance --json` prints)."""
+    balance = await led.balance(account)
+    stake = await led.stake_of(account)
+    channels = await led.channels_of(account)
+    claims = await led.claims_of(account)
+    escrow_out = sum(c.escrow for c in channels if c.payer == account)
+    escrow_in = sum(c.escrow for c in channels if c.payee == account)
+    bonds = sum(c.bond for c in claims if c.claimant == account and c.state is ClaimState.OPEN)
+    return {
+        "account": account,
+        "peer_id": peer_id_from_public(account),
+        "balance": balance,
+        "staked": stake.amount if stake is not None else 0,
+        "stake_status": stake_status(stake).value,
+        "penalty": stake.penalty if stake is not None else 0,
+        "claim_window_ms": stake.claim_window_ms if stake is not None else 0,
+        "unbonding_at": stake.unbonding_at if stake is not None else 0,
+        "open_claims_against": stake.open_claims if stake is not None else 0,
+        "escrow_out": escrow_out,
+        "escrow_in": escrow_in,
+        "bonds": bonds,
+        "channels_open": sum(1 for c in channels if c.state is not ChannelState.CLOSED),
+    }

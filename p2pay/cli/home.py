@@ -1,0 +1,419 @@
+"""A p2pay home folder: the key, ``config.toml`` and the node's store.
+
+Theory of operation
+-------------------
+A home is one identity. It holds
+
+* ``key``: the Ed25519 secret key, mode 0600 (`p2pay.keys` writes and reads it);
+* ``config.toml``: a few keys, read with `tomllib` and written by `write_config`
+  (the ledger spec, the listen addresses, the services `node run` offers, and ``[node]``
+  overrides of `p2pay.node.NodeConfig`);
+* ``store.sqlite``: the node's `SqliteStore`. SQLite opens it exclusively, so one process
+  at a time uses a home: while ``p2pay node run`` runs on a home, the commands that need
+  its store (``call``, ``channel open``/``close``) must use another home.
+
+Which home: ``--home DIR``, else ``$P2PAY_HOME``, else the platform's user data folder
+(platformdirs). A ledger is named by a spec, ``sqlite:PATH`` for the embedded SQLite
+ledger; `parse_ledger_spec` is the one place a new kind (``evm:...``) gets added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from p2pay.core.errors import DecodeError, ErrorCode, P2payError
+from p2pay.core.identity import Keypair, public_from_peer_id
+from p2pay.ledger.base import Ledger, LedgerFileError
+
+ENV_HOME = "P2PAY_HOME"
+KEY_FILE = "key"
+CONFIG_FILE = "config.toml"
+STORE_FILE = "store.sqlite"
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+
+
+class CliError(P2payError):
+    """A command cannot do what was asked; the message is the one line the user sees."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+# ---------------------------------------------------------------------------
+# ledger specs
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSpec:
+    """Which ledger: ``kind`` ("sqlite") and its target (an absolute path for sqlite)."""
+
+    kind: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
+    """Read ``sqlite:PATH`` (PATH relative to `base`, default the working directory).
+
+    Args:
+        text: the spec as typed or as stored in config.toml.
+        base: the folder a relative path is relative to.
+
+    Returns:
+        The spec, with an absolute path.
+
+    Raises:
+        CliError: an unknown kind, or no target.
+    """
+    kind, sep, target = text.partition(":")
+    if not sep or not target:
+        raise CliError(f"ledger {text!r}: expected sqlite:PATH")
+    kind = kind.lower()
+    if kind == "sqlite":
+        path = Path(target).expanduser()
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        return LedgerSpec("sqlite", str(path.resolve()))
+    if kind == "evm":
+        raise CliError("evm ledgers are not supported yet; use sqlite:PATH")
+    raise CliError(f"ledger {text!r}: unknown kind {kind!r}; expected sqlite:PATH")
+
+
+@asynccontextmanager
+async def open_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
+    """Open the ledger a spec names, and close it afterwards.
+
+    Raises:
+        CliError: the ledger does not exist or is not a ledger.
+    """
+    if spec.kind != "sqlite":  # pragma: no cover - parse_ledger_spec refuses the others
+        raise CliError(f"unsupported ledger kind {spec.kind!r}")
+    from p2pay.ledger.sqlite import SqliteLedger
+
+    try:
+        ledger = await SqliteLedger.open(spec.target)
+    except FileNotFoundError:
+        raise CliError(
+            f"no ledger at {spec.target} (create one with: p2pay ledger create PATH --dev)"
+        ) from None
+    except LedgerFileError as exc:
+        raise CliError(exc.message) from None
+    try:
+        yield ledger
+    finally:
+        await ledger.aclose()
+
+
+# ---------------------------------------------------------------------------
+# parsing helpers shared by the commands
+
+
+def parse_account(text: str) -> bytes:
+    """A ledger account: 64 hex digits, a PeerID, or a multiaddr ending in /p2p/<PeerID>.
+
+    Raises:
+        CliError: anything else.
+    """
+    text = text.strip()
+    if re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text.removeprefix("0x"))
+    if "/p2p/" in text:
+        text = text.rsplit("/p2p/", 1)[1].strip("/")
+    try:
+        return public_from_peer_id(text)
+    except DecodeError:
+        raise CliError(
+            f"account {text[:80]!r}: expected 64 hex digits, a PeerID or a /p2p/ multiaddr"
+        ) from None
+
+
+_DURATION_RE = re.compile(r"\s*([0-9]+)(?:\.([0-9]+))?\s*(ms|s|m|h|d)?\s*")
+_DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """A duration as ms: ``"1500"`` (ms), ``"250ms"``, ``"2s"``, ``"1.5s"``, ``"5m"``, ``"1h"``.
+
+    Exact integer arithmetic; a duration that is not a whole number of ms is refused.
+
+    Raises:
+        CliError: anything else.
+    """
+    match = _DURATION_RE.fullmatch(text) if len(text) <= 64 else None
+    if match is None:
+        raise CliError(f"duration {text[:64]!r}: use ms (1500) or a unit: 250ms, 10s, 5m, 1h, 1d")
+    whole, frac, unit = match.group(1), match.group(2) or "", match.group(3) or "ms"
+    scale = _DURATION_MS[unit]
+    if len(whole) > 18:
+        raise CliError(f"duration {text[:64]!r} is too long")
+    numerator = int(whole + frac) * scale
+    denominator = 10 ** len(frac)
+    if numerator % denominator:
+        raise CliError(f"duration {text[:64]!r} is not a whole number of milliseconds")
+    return numerator // denominator
+
+
+def format_ms(ms: int) -> str:
+    """``2000 -> "2s"``, ``1500 -> "1500ms"``, ``300000 -> "5m"``."""
+    for unit in ("d", "h", "m", "s"):
+        scale = _DURATION_MS[unit]
+        if ms and ms % scale == 0:
+            return f"{ms // scale}{unit}"
+    return f"{ms}ms"
+
+
+# ---------------------------------------------------------------------------
+# config.toml
+
+
+@dataclass(slots=True)
+class Config:
+    """What ``config.toml`` holds (all optional)."""
+
+    ledger: str | None = None
+    listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
+    services: list[str] = field(default_factory=list)
+    node: dict[str, Any] = field(default_factory=dict)
+
+
+_TOP_KEYS = {"ledger", "listen", "services", "node"}
+
+
+def node_config_fields() -> dict[str, type]:
+    """`NodeConfig` field names and types that ``[node]`` in config.toml may set."""
+    from p2pay.node import NodeConfig
+
+    types = {"int": int, "float": float, "bool": bool}
+    out: dict[str, type] = {}
+    for f in dataclasses.fields(NodeConfig):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in types:
+            out[f.name] = types[kind]
+    return out
+
+
+def check_node_overrides(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Validate ``[node]`` overrides against `NodeConfig`'s fields.
+
+    Raises:
+        CliError: an unknown key or a value of the wrong type.
+    """
+    if not values:
+        return {}
+    allowed = node_config_fields()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = allowed.get(key)
+        if kind is None:
+            raise CliError(f"{where}: [node] has no setting {key!r}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is bool and not isinstance(value, bool):
+            raise CliError(f"{where}: [node] {key} must be true or false")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CliError(f"{where}: [node] {key} must be an integer")
+        if kind is float and not (isinstance(value, float) and math.isfinite(value)):
+            raise CliError(f"{where}: [node] {key} must be a number")
+        out[key] = value
+    return out
+
+
+def read_config(path: Path) -> Config:
+    """Read and check ``config.toml``.
+
+    Raises:
+        CliError: the file is not valid TOML or holds unknown keys / wrong types.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Config()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise CliError(f"{path}: unknown setting {sorted(unknown)[0]!r}")
+    config = Config()
+    ledger = data.get("ledger")
+    if ledger is not None and not isinstance(ledger, str):
+        raise CliError(f"{path}: ledger must be a string such as sqlite:PATH")
+    config.ledger = ledger
+    for name in ("listen", "services"):
+        if name in data:
+            value = data[name]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise CliError(f"{path}: {name} must be a list of strings")
+            setattr(config, name, list(value))
+    node = data.get("node", {})
+    if not isinstance(node, dict):
+        raise CliError(f"{path}: [node] must be a table")
+    config.node = check_node_overrides(node, str(path))
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in escaped)
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to config.toml")
+
+
+def render_config(config: Config) -> str:
+    """The TOML text of a config (comments say what each key is)."""
+    lines = [
+        "# p2pay home configuration (written by `p2pay init`; edit freely).",
+        "# ledger: which settlement ledger this home uses (sqlite:PATH).",
+    ]
+    if config.ledger is not None:
+        lines.append(f"ledger = {_toml_value(config.ledger)}")
+    else:
+        lines.append('# ledger = "sqlite:/path/to/ledger.sqlite"')
+    lines += [
+        "# listen: libp2p multiaddrs `p2pay node run` listens on (port 0 = any free port).",
+        f"listen = {_toml_value(config.listen)}",
+        "# services: what `p2pay node run` offers: NAME=PRICE[:module:function].",
+        f"services = {_toml_value(config.services)}",
+    ]
+    if config.node:
+        lines += ["", "# Overrides of p2pay.node.NodeConfig.", "[node]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in config.node.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, config: Config) -> None:
+    """Write config.toml atomically (temporary file, then rename)."""
+    text = render_config(config)
+    tomllib.loads(text)  # never write a file we could not read back
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# the home
+
+
+def default_home() -> Path:
+    """``$P2PAY_HOME``, else the platform's user data folder for p2pay."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("p2pay", appauthor=False))
+
+
+@dataclass(slots=True)
+class Home:
+    """A home folder (see the module docstring)."""
+
+    path: Path
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / STORE_FILE
+
+    def exists(self) -> bool:
+        return self.key_path.is_file()
+
+    def require(self) -> None:
+        """Raises CliError unless the home has a key."""
+        if not self.path.is_dir():
+            raise CliError(f"no p2pay home at {self.path} (run: p2pay --home DIR init)")
+        if not self.exists():
+            raise CliError(f"no key in {self.path} (run: p2pay --home DIR init)")
+
+    def config(self) -> Config:
+        return read_config(self.config_path)
+
+    def key(self) -> Keypair:
+        """Load the home's key.
+
+        Raises:
+            CliError: no home, or the key file is unreadable or not a key.
+        """
+        self.require()
+        from p2pay import keys
+
+        try:
+            return keys.load_key(self.key_path)
+        except P2payError as exc:
+            raise CliError(exc.message) from None
+
+    def init(self, config: Config) -> Keypair:
+        """Create the folder (0700), a new key (0600) and config.toml.
+
+        Raises:
+            CliError: a key is already there (it is never overwritten).
+        """
+        if self.key_path.exists():
+            raise CliError(f"{self.key_path} already exists; refusing to overwrite a key")
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        from p2pay import keys
+
+        try:
+            key = keys.create_key(self.key_path)
+        except P2payError as exc:
+            raise CliError(exc.message) from None
+        write_config(self.config_path, config)
+        return key
+
+    def ledger_spec(self, override: str | None) -> LedgerSpec:
+        """The ledger to act on: `override` (``--ledger``), else the configured one.
+
+        Raises:
+            CliError: neither is given.
+        """
+        if override:
+            return parse_ledger_spec(override)
+        if not self.path.is_dir():
+            raise CliError(
+                f"no p2pay home at {self.path}: run p2pay init, or pass --ledger sqlite:PATH"
+            )
+        config = self.config()
+        if config.ledger is None:
+            raise CliError(
+                f"no ledger configured in {self.config_path}: pass --ledger sqlite:PATH "
+                "or run p2pay init --ledger sqlite:PATH"
+            )
+        return parse_ledger_spec(config.ledger, base=self.path)
+
+
+def listen_addrs(values: Sequence[str]) -> list[str]:
+    """Check multiaddrs a little (the transport parses them for real)."""
+    out = []
+    for value in values:
+        if not value.startswith("/"):
+            raise CliError(f"listen address {value!r} is not a multiaddr (/ip4/127.0.0.1/tcp/0)")
+        out.append(value)
+    return out

@@ -1,0 +1,898 @@
+"""The ``p2pay`` command line (click): thin, it parses, calls the library and renders.
+
+Theory of operation
+-------------------
+Each command resolves the home (`p2pay.cli.home`), opens what it needs (the ledger, the
+store, a node) inside one ``trio.run``, and hands a plain dict to `p2pay.cli.render`
+(``--json``: one JSON document on stdout; otherwise tables for a person). `main` is the
+console script: it turns every expected failure (a `P2payError`, a bad file, a click
+usage error) into ONE line on stderr and a non-zero exit code, never a traceback
+(``P2PAY_DEBUG=1`` shows it).
+
+Commands that need a running node for a moment (``channel open``/``close``, ``call``)
+start a short-lived node in this process on 127.0.0.1 with the home's key, ledger and
+store, do their work and stop it; their state is durable when they exit. The store is
+opened exclusively, so they cannot share a home with a running ``p2pay node run``:
+use one home per identity (a provider home and a client home).
+
+Exit codes: 0 success, 1 error, 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+import trio
+
+from p2pay import __version__
+from p2pay.cli import render
+from p2pay.cli.common import (
+    AMOUNT,
+    CONTEXT,
+    DURATION,
+    Settings,
+    account_summary,
+    echo,
+    home_option,
+    json_option,
+    ledger_option,
+    open_store,
+    parse_channel_id,
+    run,
+    run_with_node,
+    settings,
+)
+from p2pay.cli.home import (
+    CliError,
+    Config,
+    Home,
+    default_home,
+    format_ms,
+    listen_addrs,
+    open_ledger,
+    parse_account,
+    parse_ledger_spec,
+    write_config,
+)
+from p2pay.cli.services import parse_service
+from p2pay.core.errors import P2payError
+from p2pay.core.identity import Keypair, peer_id_from_public
+from p2pay.core.settlement import ChannelState
+
+if TYPE_CHECKING:
+    from p2pay.node import Node
+
+log = logging.getLogger("p2pay.cli")
+
+
+# ---------------------------------------------------------------------------
+# the group
+
+
+@click.group(context_settings=CONTEXT)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Home folder (default: $P2PAY_HOME, else the user data folder).",
+)
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="p2pay")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, verbose: int) -> None:
+    """p2pay: peer-to-peer messaging where every request carries its own payment.
+
+    Amounts are integers of yocto (1 token = 10**24 yocto) or a number and a unit
+    ("1.5 token", "3 milli", "250 micro"). A home folder holds one identity: its key,
+    config.toml and its node's store. Use one home per process: a provider home runs
+    `p2pay node run`, a client home makes calls.
+    """
+    path = home if home is not None else default_home()
+    ctx.obj = Settings(home=Home(path.expanduser().absolute()), verbose=verbose)
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose > 1:
+        level = logging.DEBUG
+    render.setup_logging(level)
+
+
+# ---------------------------------------------------------------------------
+# init / id
+
+
+@cli.command()
+@click.option("--ledger", "ledger", metavar="sqlite:PATH", help="The ledger this home uses.")
+@click.option(
+    "--listen", multiple=True, metavar="MULTIADDR", help="Where `node run` listens (repeatable)."
+)
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    metavar="NAME=PRICE[:module:function]",
+    help="A service `node run` offers (repeatable).",
+)
+@home_option
+@json_option
+def init(
+    ledger: str | None, listen: tuple[str, ...], services: tuple[str, ...], as_json: bool
+) -> None:
+    """Create a home: a new key (0600) and config.toml. Never overwrites a key."""
+    home = settings().home
+    spec = parse_ledger_spec(ledger) if ledger else None
+    for text in services:
+        parse_service(text)
+    config = Config(ledger=str(spec) if spec else None, services=list(services))
+    if listen:
+        config.listen = listen_addrs(listen)
+    key = home.init(config)
+    doc = {
+        "home": str(home.path),
+        "peer_id": key.peer_id,
+        "account": key.account,
+        "ledger": config.ledger,
+        "listen": config.listen,
+        "services": config.services,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"created home {home.path}")
+    echo(f"peer id  {key.peer_id}")
+    echo(f"account  {key.account.hex()}")
+    echo(f"ledger   {config.ledger or '(none: p2pay init --ledger sqlite:PATH, or --ledger)'}")
+
+
+@cli.command("id")
+@home_option
+@json_option
+def id_(as_json: bool) -> None:
+    """Show this home's peer id, ledger account and listen addresses."""
+    home = settings().home
+    key = home.key()
+    config = home.config()
+    doc = {
+        "home": str(home.path),
+        "peer_id": key.peer_id,
+        "account": key.account,
+        "listen": config.listen,
+        "ledger": config.ledger,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"peer id  {key.peer_id}")
+    echo(f"account  {key.account.hex()}")
+    echo(f"listen   {' '.join(config.listen)}")
+    echo(f"ledger   {config.ledger or '(none)'}")
+    echo(f"home     {home.path}")
+
+
+# ---------------------------------------------------------------------------
+# ledger
+
+
+@cli.group()
+def ledger() -> None:
+    """Create and inspect a ledger (the embedded SQLite settlement contract)."""
+
+
+@ledger.command("create")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dev", is_flag=True, help="A development ledger: `ledger mint` allowed.")
+@click.option("--claim-bond", type=AMOUNT, help="Bond a claimant deposits per claim.")
+@click.option("--min-challenge", type=DURATION, help="Shortest channel challenge period.")
+@click.option("--min-claim-window", type=DURATION, help="Shortest claim window of a stake.")
+@click.option(
+    "--max-deadline-horizon", type=DURATION, help="Furthest request deadline; sets unbonding."
+)
+@click.option("--use", is_flag=True, help="Also make it this home's ledger (config.toml).")
+@home_option
+@json_option
+def ledger_create(
+    path: Path,
+    dev: bool,
+    claim_bond: int | None,
+    min_challenge: int | None,
+    min_claim_window: int | None,
+    max_deadline_horizon: int | None,
+    use: bool,
+    as_json: bool,
+) -> None:
+    """Create a new SQLite ledger file at PATH."""
+    overrides: dict[str, Any] = {}
+    for name, value in (
+        ("claim_bond", claim_bond),
+        ("min_challenge_ms", min_challenge),
+        ("min_claim_window_ms", min_claim_window),
+        ("max_deadline_horizon_ms", max_deadline_horizon),
+    ):
+        if value is not None:
+            overrides[name] = value
+    spec = parse_ledger_spec(f"sqlite:{path}")
+    home = settings().home
+    if use:
+        home.require()
+
+    async def create() -> Any:
+        from p2pay.ledger.sqlite import SqliteLedger
+
+        try:
+            made = await SqliteLedger.create(spec.target, dev=dev, **overrides)
+        except FileExistsError:
+            raise CliError(
+                f"{spec.target} already exists; refusing to overwrite a ledger"
+            ) from None
+        except FileNotFoundError:
+            raise CliError(f"cannot create {spec.target}: no such folder") from None
+        try:
+            return made.params
+        finally:
+            await made.aclose()
+
+    params = run(create)
+    if use:
+        config = home.config()
+        config.ledger = str(spec)
+        write_config(home.config_path, config)
+    doc = {
+        "ledger": str(spec),
+        "ledger_id": params.ledger_id,
+        "dev": params.dev,
+        "claim_bond": params.claim_bond,
+        "slash_to_claimant_bps": params.slash_to_claimant_bps,
+        "min_challenge_ms": params.min_challenge_ms,
+        "min_claim_window_ms": params.min_claim_window_ms,
+        "max_deadline_horizon_ms": params.max_deadline_horizon_ms,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"created {'dev ' if dev else ''}ledger {spec}")
+    echo(f"ledger id {params.ledger_id.hex()}")
+
+
+@ledger.command("mint")
+@click.argument("account")
+@click.argument("amount", type=AMOUNT)
+@ledger_option
+@home_option
+@json_option
+def ledger_mint(account: str, amount: int, ledger: str | None, as_json: bool) -> None:
+    """Create AMOUNT on ACCOUNT (hex account, PeerID or /p2p/ multiaddr). Dev ledgers only."""
+    home = settings().home
+    target = parse_account(account)
+    spec = home.ledger_spec(ledger)
+    # Any sender may mint on a dev ledger; use the home's key when there is one.
+    sender = home.key() if home.exists() else Keypair.from_seed(os.urandom(32))
+
+    async def mint() -> int:
+        async with open_ledger(spec) as led:
+            await led.mint(sender, target, amount)
+            return await led.balance(target)
+
+    balance = run(mint)
+    doc = {
+        "account": target,
+        "peer_id": peer_id_from_public(target),
+        "amount": amount,
+        "balance": balance,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"minted {render.amount_text(amount)} to {target.hex()}")
+    echo(f"balance {render.amount_text(balance)}")
+
+
+@ledger.command("events")
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Only events after seq N.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, help="At most N events.")
+@ledger_option
+@home_option
+@json_option
+def ledger_events(after: int, limit: int, ledger: str | None, as_json: bool) -> None:
+    """List the ledger's events (every operation emits at least one)."""
+    spec = settings().home.ledger_spec(ledger)
+
+    async def read() -> list[Any]:
+        async with open_ledger(spec) as led:
+            return await led.events(after=after, limit=limit)
+
+    events = run(read)
+    doc = {
+        "ledger": str(spec),
+        "events": [
+            {"seq": e.seq, "at": e.at, "kind": e.kind, "fields": dict(e.fields)} for e in events
+        ],
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    rows = []
+    for e in events:
+        fields = " ".join(
+            f"{k}={render.short(v) if isinstance(v, bytes) else v}" for k, v in e.fields.items()
+        )
+        rows.append((e.seq, e.at, e.kind, fields))
+    render.stdout.print(render.table(f"events of {spec}", ("seq", "at", "kind", "fields"), rows))
+
+
+@ledger.command("totals")
+@ledger_option
+@home_option
+@json_option
+def ledger_totals(ledger: str | None, as_json: bool) -> None:
+    """Where every yocto is: supply = balances + escrow + stakes + bonds + burnt."""
+    spec = settings().home.ledger_spec(ledger)
+
+    async def read() -> Any:
+        async with open_ledger(spec) as led:
+            return await led.totals()
+
+    totals = run(read)
+    doc = {
+        "ledger": str(spec),
+        "supply": totals.supply,
+        "balances": totals.balances,
+        "escrow": totals.escrow,
+        "stakes": totals.stakes,
+        "bonds": totals.bonds,
+        "burnt": totals.burnt,
+        "conserved": totals.conserved,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    names = ("supply", "balances", "escrow", "stakes", "bonds", "burnt")
+    render.stdout.print(
+        render.table(None, names, [[getattr(totals, n) for n in names]], amounts=names)
+    )
+    echo("conserved" if totals.conserved else "NOT CONSERVED")
+
+
+# ---------------------------------------------------------------------------
+# balance / stake / unstake
+
+
+@cli.command()
+@click.option("--account", "account_text", help="Another account (hex, PeerID or multiaddr).")
+@ledger_option
+@home_option
+@json_option
+def balance(account_text: str | None, ledger: str | None, as_json: bool) -> None:
+    """Show the account's free balance, stake and channel escrow."""
+    home = settings().home
+    account = parse_account(account_text) if account_text else home.key().account
+    spec = home.ledger_spec(ledger)
+
+    async def read() -> dict[str, Any]:
+        async with open_ledger(spec) as led:
+            return await account_summary(led, account)
+
+    doc = run(read)
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"account  {account.hex()}")
+    names = ("balance", "staked", "escrow_out", "escrow_in", "bonds")
+    render.stdout.print(render.table(None, names, [[doc[n] for n in names]], amounts=names))
+    echo(f"stake    {doc['stake_status']}, channels open {doc['channels_open']}")
+
+
+@cli.command()
+@click.argument("amount", type=AMOUNT)
+@click.option("--penalty", type=AMOUNT, help="Slashed per upheld claim (default: current).")
+@click.option(
+    "--claim-window", type=DURATION, help="How long claims stay open: 1500 (ms), 10s, 5m."
+)
+@ledger_option
+@home_option
+@json_option
+def stake(
+    amount: int, penalty: int | None, claim_window: int | None, ledger: str | None, as_json: bool
+) -> None:
+    """Stake AMOUNT as collateral for the paid requests this identity serves."""
+    home = settings().home
+    key = home.key()
+    spec = home.ledger_spec(ledger)
+
+    async def do() -> dict[str, Any]:
+        async with open_ledger(spec) as led:
+            current = await led.stake_of(key.account)
+            pen, window = penalty, claim_window
+            if current is not None and current.amount > 0:
+                pen = current.penalty if pen is None else pen
+                window = current.claim_window_ms if window is None else window
+            if pen is None or window is None:
+                raise CliError("a first stake needs --penalty AMOUNT and --claim-window DURATION")
+            await led.stake(key, amount, pen, window)
+            return await account_summary(led, key.account)
+
+    doc = run(do)
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"staked {render.amount_text(doc['staked'])} in total")
+    echo(
+        f"penalty {render.amount_text(doc['penalty'])} per upheld claim, "
+        f"claim window {format_ms(doc['claim_window_ms'])}"
+    )
+
+
+@cli.command()
+@click.option("--withdraw", is_flag=True, help="Withdraw a stake whose unbonding has ended.")
+@ledger_option
+@home_option
+@json_option
+def unstake(withdraw: bool, ledger: str | None, as_json: bool) -> None:
+    """Request unstaking (starts the unbonding period), or --withdraw after it."""
+    home = settings().home
+    key = home.key()
+    spec = home.ledger_spec(ledger)
+
+    async def do() -> dict[str, Any]:
+        async with open_ledger(spec) as led:
+            before = await led.stake_of(key.account)
+            if withdraw:
+                await led.withdraw_stake(key)
+            else:
+                await led.request_unstake(key)
+            doc = await account_summary(led, key.account)
+            doc["withdrawn"] = before.amount if (withdraw and before is not None) else 0
+            return doc
+
+    doc = run(do)
+    if as_json:
+        render.print_json(doc)
+        return
+    if withdraw:
+        echo(f"withdrew {render.amount_text(doc['withdrawn'])}")
+        echo(f"balance {render.amount_text(doc['balance'])}")
+    else:
+        echo(f"unbonding {render.amount_text(doc['staked'])}")
+        echo(f"withdraw with `p2pay unstake --withdraw` after {doc['unbonding_at']} (Unix ms)")
+
+
+# ---------------------------------------------------------------------------
+# channels
+
+
+@cli.group()
+def channel() -> None:
+    """Open, list and close payment channels."""
+
+
+def _channel_row(ch: Any, me: bytes, local: dict[bytes, Any]) -> dict[str, Any]:
+    role = "payer" if ch.payer == me else "payee"
+    other = ch.payee if role == "payer" else ch.payer
+    rec = local.get(ch.id)
+    return {
+        "channel": ch.id,
+        "role": role,
+        "peer": peer_id_from_public(other),
+        "state": str(ch.state),
+        "deposit": ch.deposit,
+        "redeemed": ch.redeemed,
+        "escrow": ch.escrow,
+        "challenge_ms": ch.challenge_ms,
+        "closes_at": ch.closes_at,
+        "paid": (rec.paid if role == "payer" else rec.paid_max) if rec is not None else None,
+        "spent": rec.spent if rec is not None else None,
+        "last_n": rec.last_n if rec is not None else None,
+    }
+
+
+@channel.command("list")
+@ledger_option
+@home_option
+@json_option
+def channel_list(ledger: str | None, as_json: bool) -> None:
+    """List this identity's channels (ledger state, and what the local store knows)."""
+    home = settings().home
+    key = home.key()
+    spec = home.ledger_spec(ledger)
+
+    async def read() -> dict[str, Any]:
+        local: dict[bytes, Any] = {}
+        store_note = None
+        if home.store_path.exists():
+            try:
+                store = await open_store(home)
+            except CliError as exc:
+                store_note = exc.message
+                log.warning("local store not read: %s", exc.message)
+            else:
+                try:
+                    for payer_rec in await store.payer_channels():
+                        local[payer_rec.channel] = payer_rec
+                    for payee_rec in await store.payee_channels():
+                        local[payee_rec.channel] = payee_rec
+                finally:
+                    await store.aclose()
+        async with open_ledger(spec) as led:
+            chans = await led.channels_of(key.account)
+        return {
+            "account": key.account,
+            "channels": [_channel_row(c, key.account, local) for c in chans],
+            "store": "read" if store_note is None else "busy",
+        }
+
+    doc = run(read)
+    if as_json:
+        render.print_json(doc)
+        return
+    cols = ("channel", "role", "peer", "state", "deposit", "spent", "redeemed", "escrow")
+    rows = [
+        [
+            bytes(c["channel"]),
+            c["role"],
+            render.short(c["peer"]),
+            c["state"],
+            c["deposit"],
+            c["spent"],
+            c["redeemed"],
+            c["escrow"],
+        ]
+        for c in doc["channels"]
+    ]
+    money = ("deposit", "spent", "redeemed", "escrow")
+    render.stdout.print(render.table("channels", cols, rows, amounts=money))
+    for c in doc["channels"]:
+        echo(f"{c['channel'].hex()}  {c['role']}  {c['state']}")
+
+
+@channel.command("open")
+@click.argument("peer")
+@click.option("--deposit", type=AMOUNT, required=True, help="Escrow for calls to PEER.")
+@click.option(
+    "--challenge", type=DURATION, help="Challenge period of a payer close (default: config)."
+)
+@ledger_option
+@home_option
+@json_option
+def channel_open(
+    peer: str, deposit: int, challenge: int | None, ledger: str | None, as_json: bool
+) -> None:
+    """Open a channel to PEER (a multiaddr ending in /p2p/<PeerID>, or a PeerID)."""
+    home = settings().home
+
+    # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
+    peer_id = peer_id_from_public(parse_account(peer))
+
+    async def do(node: Node) -> Any:
+        return await node.open_channel(peer_id, deposit=deposit, challenge_ms=challenge)
+
+    info = run_with_node(home, ledger, do, offline=True)
+    doc = {
+        "channel": info.channel,
+        "role": info.role,
+        "peer": info.peer,
+        "deposit": info.deposit,
+        "state": info.status,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"opened channel {info.channel.hex()}")
+    echo(f"to {info.peer}, deposit {render.amount_text(info.deposit)}")
+
+
+@channel.command("top-up")
+@click.argument("channel_id")
+@click.argument("amount", type=AMOUNT)
+@ledger_option
+@home_option
+@json_option
+def channel_top_up(channel_id: str, amount: int, ledger: str | None, as_json: bool) -> None:
+    """Add AMOUNT to the escrow of a channel this identity pays on."""
+    home = settings().home
+    cid = parse_channel_id(channel_id)
+
+    async def do(node: Node) -> Any:
+        return await node.top_up(cid, amount)
+
+    info = run_with_node(home, ledger, do, offline=True)
+    doc = {"channel": info.channel, "deposit": info.deposit, "state": info.status}
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"channel {info.channel.hex()} deposit {render.amount_text(info.deposit)}")
+
+
+@channel.command("close")
+@click.argument("channel_id")
+@click.option("--wait", is_flag=True, help="As payer, wait for the challenge period and finalize.")
+@ledger_option
+@home_option
+@json_option
+def channel_close(channel_id: str, wait: bool, ledger: str | None, as_json: bool) -> None:
+    """Close a channel: as payee at once (redeeming what was charged); as payer start the
+    challenge period, and finalize once it has passed (run again, or use --wait)."""
+    home = settings().home
+    cid = parse_channel_id(channel_id)
+
+    async def do(node: Node) -> dict[str, Any]:
+        return await close_channel(node, cid, wait=wait)
+
+    doc = run_with_node(home, ledger, do, offline=True)
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"channel {cid.hex()} {doc['state']}")
+    if doc["state"] == "closing":
+        echo(f"finalize after {doc['closes_at']} (Unix ms): run this again, or use --wait")
+    else:
+        echo(f"redeemed {render.amount_text(doc['redeemed'])} to the payee in total")
+
+
+async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]:
+    """Close `cid` as whichever party `node` is; finalize a payer close when due."""
+    led = node.ledger
+    info = await led.channel(cid)
+    if info is None:
+        raise CliError(f"no channel {cid.hex()} on this ledger")
+    me = node.account
+    if info.payee == me:
+        if info.state is not ChannelState.CLOSED:
+            if cid in node.payee_channels:
+                await node.close_channel(cid)
+            else:  # never served on it: nothing charged, close at once
+                await led.payee_close(node.key, cid)
+    elif info.payer == me:
+        if info.state is ChannelState.OPEN:
+            if cid in node.payer_channels:
+                await node.close_channel(cid)
+            else:
+                await led.start_close(node.key, cid)
+        info = await led.channel(cid)
+        assert info is not None
+        if info.state is ChannelState.CLOSING:
+            now = await led.now()
+            if wait and now < info.closes_at:
+                await trio.sleep((info.closes_at - now) / 1000 + 0.05)
+                for _ in range(100):  # ledger time is the writer's clock: bounded re-check
+                    if await led.now() >= info.closes_at:
+                        break
+                    await trio.sleep(0.05)
+            if await led.now() >= info.closes_at:
+                await led.finalize_close(node.key, cid)
+    else:
+        raise CliError(f"channel {cid.hex()} is not this identity's (neither payer nor payee)")
+    await node.refresh_channel(cid)
+    await node.persister.flush()
+    final = await led.channel(cid)
+    assert final is not None
+    return {
+        "channel": cid,
+        "role": "payee" if final.payee == me else "payer",
+        "state": str(final.state),
+        "deposit": final.deposit,
+        "redeemed": final.redeemed,
+        "refunded": final.deposit - final.redeemed if final.state is ChannelState.CLOSED else 0,
+        "closes_at": final.closes_at,
+    }
+
+
+# ---------------------------------------------------------------------------
+# call
+
+
+def call_document(result: Any) -> dict[str, Any]:
+    """The JSON of a paid call: body, price, n, channel and the signed receipt."""
+    receipt = result.receipt
+    try:
+        text: str | None = result.body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "body": text,
+        "body_hex": result.body,
+        "price": result.price,
+        "n": result.n,
+        "channel": result.channel,
+        "spent": result.spent,
+        "receipt": {
+            "frame": receipt.to_frame(),
+            "ledger": receipt.ledger,
+            "channel": receipt.channel,
+            "n": receipt.n,
+            "request_hash": receipt.request_hash,
+            "status": receipt.status,
+            "price": receipt.price,
+            "spent": receipt.spent,
+            "body_hash": receipt.body_hash,
+            "signature": receipt.signature,
+        },
+    }
+
+
+@cli.command()
+@click.argument("peer")
+@click.argument("service")
+@click.argument("data", required=False)
+@click.option("--max-price", type=AMOUNT, required=True, help="The most this call may cost.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait; also the request's deadline.",
+)
+@ledger_option
+@home_option
+@json_option
+def call(
+    peer: str,
+    service: str,
+    data: str | None,
+    max_price: int,
+    timeout: float,
+    ledger: str | None,
+    as_json: bool,
+) -> None:
+    """Call SERVICE on PEER with DATA (text; "-" reads stdin) and print the response body.
+
+    Needs an open channel to PEER (p2pay channel open). A paid request left unanswered is
+    claimed by this home's watcher: run `p2pay node run` on this home before the
+    provider's claim window (after the request's deadline) ends. Not while `node run`
+    runs on this same home: a home is used by one process at a time.
+    """
+    home = settings().home
+    if data == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        body = (data or "").encode("utf-8", "surrogateescape")
+
+    async def do(node: Node) -> Any:
+        from p2pay.node import CallTimeout
+
+        try:
+            return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
+        except CallTimeout as exc:
+            raise CliError(
+                f"{exc.message}; the paid request is on record: run `p2pay node run` on "
+                "this home within the provider's claim window to claim against it"
+            ) from None
+
+    result = run_with_node(home, ledger, do)
+    if as_json:
+        render.print_json(call_document(result))
+        return
+    out = sys.stdout.buffer
+    out.write(result.body)
+    if sys.stdout.isatty() and not result.body.endswith(b"\n"):
+        out.write(b"\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------
+# claims
+
+
+@cli.group()
+def claims() -> None:
+    """Claims filed by or against this identity."""
+
+
+@claims.command("list")
+@ledger_option
+@home_option
+@json_option
+def claims_list(ledger: str | None, as_json: bool) -> None:
+    """List claims where this identity is claimant or respondent."""
+    home = settings().home
+    key = home.key()
+    spec = home.ledger_spec(ledger)
+
+    async def read() -> list[dict[str, Any]]:
+        async with open_ledger(spec) as led:
+            found = await led.claims_of(key.account)
+        return [
+            {
+                "claim": c.id,
+                "role": "claimant" if c.claimant == key.account else "respondent",
+                "state": str(c.state),
+                "claimant": peer_id_from_public(c.claimant),
+                "respondent": peer_id_from_public(c.respondent),
+                "channel": c.channel,
+                "n": c.n,
+                "bond": c.bond,
+                "filed_at": c.filed_at,
+                "window_ends": c.window_ends,
+                "slashed": c.slashed,
+            }
+            for c in found
+        ]
+
+    rows = run(read)
+    if as_json:
+        render.print_json({"account": key.account, "claims": rows})
+        return
+    cols = ("claim", "role", "state", "channel", "n", "bond", "slashed", "window_ends")
+    render.stdout.print(
+        render.table(
+            "claims",
+            cols,
+            [[r[c] for c in cols] for r in rows],
+            amounts=("bond", "slashed"),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# node run
+
+from p2pay.cli.demo import demo, demo_client  # noqa: E402 - after `cli` exists
+from p2pay.cli.node_run import node_group  # noqa: E402
+
+cli.add_command(node_group)
+cli.add_command(demo)
+cli.add_command(demo_client)
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The exception to report out of trio's exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = list(exc.exceptions)
+        preferred = [e for e in leaves if isinstance(e, P2payError | click.ClickException)]
+        exc = (preferred or leaves)[0]
+    return exc
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.write(f"p2pay: error: {_one_line(message)}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console script entry point: run the CLI, one line on stderr for any failure."""
+    try:
+        rv = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="p2pay", standalone_mode=False
+        )
+    except BaseException as raised:  # every failure becomes one line
+        exc = _leaf(raised)
+        if os.environ.get("P2PAY_DEBUG") and not isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, SystemExit):
+            raise exc from None
+        if isinstance(exc, click.UsageError):
+            hint = ""
+            if exc.ctx is not None:
+                hint = f" (see: {exc.ctx.command_path} --help)"
+            _fail(exc.format_message() + hint, exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            _fail(exc.format_message(), exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, KeyboardInterrupt | click.Abort):
+            _fail("interrupted", 130)
+        if isinstance(exc, CliError):
+            _fail(exc.message, 1)
+        if isinstance(exc, P2payError):
+            _fail(f"{exc.code.value}: {exc.message}", 1)
+        if isinstance(exc, OSError):
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", 1)
+        _fail(f"unexpected {type(exc).__name__}: {exc} (P2PAY_DEBUG=1 shows the traceback)", 1)
+    raise SystemExit(rv if isinstance(rv, int) else 0)
+
+
+__all__ = ["cli", "main"]

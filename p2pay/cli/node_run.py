@@ -1,0 +1,412 @@
+"""``p2pay node run``: a long-running node that serves paid services and does its duties.
+
+Theory of operation
+-------------------
+The node opens the home's ledger and store, listens, registers its services, then prints
+one line per listen address on stdout, ``listening /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...``,
+and flushes: a script reads that line to learn where to connect. Everything else goes to
+stderr as one ``key=value`` line per notable event (start, peers, claims, stop).
+
+The signal receiver (SIGINT, SIGTERM) is installed before anything is printed, so a
+signal sent as soon as the address is read already stops the node cleanly: the node's
+nursery is cancelled, `open_node` flushes the persister, and the store is closed, so
+everything the node acknowledged is on disk when the process exits with status 0.
+
+``--metrics HOST:PORT`` serves Prometheus text metrics (prometheus_client, in its own
+daemon thread). The collector reads a snapshot that a trio task refreshes every
+`METRICS_INTERVAL` seconds, so the HTTP thread never touches the node's live objects.
+Counters in yocto are exported as floats (Prometheus has no integers): exact below
+2**53 yocto, approximate above; the exact figures are in ``p2pay balance``.
+
+Hidden ``--drop-rate P`` / ``--behaviour drop:P`` make a dishonest provider for the demo:
+it takes a paid request with probability P and never answers it, and it never defends
+a claim (`p2pay.node.Behaviour`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import trio
+
+from p2pay.cli import render
+from p2pay.cli.common import (
+    Guard,
+    home_option,
+    json_option,
+    ledger_option,
+    node_config,
+    open_store,
+    run,
+    settings,
+)
+from p2pay.cli.home import CliError, Home, listen_addrs, open_ledger
+from p2pay.cli.services import Handler, ServiceSpec, load_handler, parse_service
+
+log = logging.getLogger("p2pay.cli.node")
+METRICS_INTERVAL = 0.5
+
+
+def _behaviour_class() -> Any:
+    from p2pay.node import Behaviour
+
+    class DropBehaviour(Behaviour):
+        """Takes a paid request with probability `rate` and never answers it; never
+        defends a claim."""
+
+        answers_claims = False
+
+        def __init__(self, rate: float) -> None:
+            self.rate = rate
+            self._random = random.Random()
+
+        def drop(self, call: Any) -> bool:
+            dropped = self._random.random() < self.rate
+            if dropped:
+                render.event(log, "dropped", service=call.service, n=call.n, peer=call.peer_id)
+            return dropped
+
+    return DropBehaviour
+
+
+def parse_behaviour(behaviour: str | None, drop_rate: float | None) -> float:
+    """The drop rate in [0, 1] from ``--behaviour drop:P`` or ``--drop-rate P``."""
+    rate = drop_rate or 0.0
+    if behaviour:
+        kind, _, arg = behaviour.partition(":")
+        if kind == "honest" and not arg:
+            rate = 0.0
+        elif kind == "drop":
+            try:
+                rate = float(arg) if arg else 1.0
+            except ValueError:
+                raise CliError(
+                    f"behaviour {behaviour!r}: expected drop:P with P in [0, 1]"
+                ) from None
+        else:
+            raise CliError(f"unknown behaviour {behaviour!r} (honest, drop:P)")
+    if not 0.0 <= rate <= 1.0:
+        raise CliError(f"drop rate {rate} is not in [0, 1]")
+    return rate
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise CliError(f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
+def full_addrs(node: Any) -> list[str]:
+    """The node's listen addresses, each ending in /p2p/<PeerID>."""
+    out = []
+    for addr in node.addrs:
+        text = str(addr)
+        if "/p2p/" not in text:
+            text = f"{text}/p2p/{node.peer_id}"
+        out.append(text)
+    return out
+
+
+class _InFlight:
+    """Counts handlers running right now (exported as a gauge)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def wrap(self, name: str, handler: Handler) -> Handler:
+        async def counted(call: Any) -> bytes:
+            self.value += 1
+            try:
+                return await handler(call)
+            finally:
+                self.value -= 1
+                render.event(
+                    log,
+                    "served",
+                    logging.DEBUG,
+                    service=name,
+                    n=call.n,
+                    price=call.price,
+                    peer=call.peer_id,
+                )
+
+        return counted
+
+
+class _Metrics:
+    """A prometheus_client collector over a snapshot of the node's counters."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def refresh(self, node: Any, in_flight: _InFlight) -> None:
+        c = node.counters
+        self.snapshot = {
+            "calls_served": c.calls_served,
+            "charged": c.charged,
+            "refused": dict(c.refused),
+            "in_flight": in_flight.value,
+            "calls_made": c.calls_made,
+            "calls_ok": c.calls_ok,
+            "paid": c.paid,
+            "timeouts": c.timeouts,
+            "claims_filed": c.claims_filed,
+            "claims_answered": c.claims_answered,
+            "claims_won": c.claims_won,
+            "redeemed": c.redeemed,
+            "connections": c.connections,
+            "protocol_violations": c.protocol_violations,
+        }
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.snapshot
+        if not snap:
+            return
+        simple = (
+            ("calls_served", "Paid calls served (handler answered OK)."),
+            ("charged", "Yocto charged for calls served."),
+            ("calls_made", "Calls this node made."),
+            ("calls_ok", "Calls this node made that succeeded."),
+            ("paid", "Yocto paid for calls made."),
+            ("timeouts", "Calls made that timed out."),
+            ("claims_filed", "Claims filed by this node."),
+            ("claims_answered", "Claims against this node it answered."),
+            ("claims_won", "Claims filed by this node that were upheld."),
+            ("redeemed", "Yocto redeemed from channels."),
+            ("connections", "Outbound connections opened."),
+            ("protocol_violations", "Frames from peers that broke the protocol."),
+        )
+        for name, doc in simple:
+            yield CounterMetricFamily(f"p2pay_{name}", doc, value=float(snap[name]))
+        refusals = CounterMetricFamily(
+            "p2pay_refusals", "Requests refused, by error code.", labels=["code"]
+        )
+        for code, count in sorted(snap["refused"].items()):
+            refusals.add_metric([code], float(count))
+        yield refusals
+        yield GaugeMetricFamily(
+            "p2pay_in_flight", "Handlers running now.", value=float(snap["in_flight"])
+        )
+
+
+@dataclass
+class _Serving:
+    """What `_serve` needs besides the node."""
+
+    spec: str
+    services: Sequence[ServiceSpec]
+    handlers: Sequence[Handler]
+    metrics: tuple[str, int] | None
+    drop_rate: float
+    as_json: bool
+    signals: Any
+    in_flight: _InFlight = field(default_factory=_InFlight)
+    collector: _Metrics = field(default_factory=_Metrics)
+    server: Any = None
+
+
+async def run_node(
+    home: Home,
+    *,
+    ledger_text: str | None,
+    listen: Sequence[str],
+    services: Sequence[ServiceSpec],
+    handlers: Sequence[Handler],
+    metrics: tuple[str, int] | None,
+    drop_rate: float,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Run until SIGINT/SIGTERM; return the final counters."""
+    from p2pay.node import open_node
+
+    # First thing: from here on SIGINT/SIGTERM are ours (a clean stop), not an exception.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        key = home.key()
+        config = home.config()
+        spec = home.ledger_spec(ledger_text)
+        cfg = node_config(config)
+        behaviour = _behaviour_class()(drop_rate) if drop_rate > 0 else None
+        serving = _Serving(str(spec), services, handlers, metrics, drop_rate, as_json, signals)
+        guard = Guard()
+        async with open_ledger(spec) as ledger:
+            store = await open_store(home)
+            try:
+                async with open_node(
+                    key=key,
+                    ledger=ledger,
+                    store=store,
+                    listen=list(listen),
+                    config=cfg,
+                    behaviour=behaviour,
+                ) as node:
+                    counters = await guard.run(_serve, node, serving)
+            except BaseException:
+                if guard.error is not None:
+                    raise guard.error from None
+                raise
+            finally:
+                if serving.server is not None:
+                    serving.server.shutdown()
+                    serving.server.server_close()
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
+        guard.check()
+    summary = {
+        "calls_served": counters.calls_served,
+        "charged": counters.charged,
+        "refused": sum(counters.refused.values()),
+        "claims_answered": counters.claims_answered,
+        "claims_filed": counters.claims_filed,
+        "redeemed": counters.redeemed,
+    }
+    render.event(log, "stopped", **summary)
+    return summary
+
+
+async def _serve(node: Any, s: _Serving) -> Any:
+    """Register the services, announce the address, wait for a signal."""
+    for svc, handler in zip(s.services, s.handlers, strict=True):
+        node.serve(svc.name, s.in_flight.wrap(svc.name, handler), price=svc.price)
+    addrs = full_addrs(node)
+    stake = await node.refresh_stake()
+    if s.metrics is not None:
+        s.server = _start_metrics(s.collector, s.metrics)
+        s.collector.refresh(node, s.in_flight)
+    if s.as_json:
+        render.print_json(
+            {
+                "peer_id": node.peer_id,
+                "account": node.account,
+                "listening": addrs,
+                "services": {svc.name: svc.price for svc in s.services},
+            },
+            compact=True,  # one line: a script reads it as it reads `listening ...`
+        )
+    else:
+        for addr in addrs:
+            sys.stdout.write(f"listening {addr}\n")
+        sys.stdout.flush()
+    render.event(
+        log,
+        "started",
+        peer_id=node.peer_id,
+        ledger=s.spec,
+        services=",".join(f"{svc.name}={svc.price}" for svc in s.services) or "-",
+        staked=stake.amount if stake is not None else 0,
+        drop_rate=s.drop_rate,
+        addr=addrs[0] if addrs else "-",
+    )
+    if s.services and stake is None:
+        render.event(
+            log,
+            "not staked",
+            logging.WARNING,
+            hint="clients cannot claim against an unstaked provider",
+        )
+    async with trio.open_nursery() as nursery:
+        if s.metrics is not None:
+            nursery.start_soon(_refresh_metrics, s.collector, node, s.in_flight)
+        async for signum in s.signals:
+            render.event(log, "stopping", signal=signal.Signals(signum).name)
+            nursery.cancel_scope.cancel()
+            break
+    return node.counters
+
+
+def _start_metrics(collector: _Metrics, where: tuple[str, int]) -> Any:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)  # type: ignore[arg-type]
+    try:
+        server, _thread = start_http_server(where[1], addr=where[0], registry=registry)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {where[0]}:{where[1]}: {exc.strerror}") from None
+    port = int(server.server_address[1])
+    render.event(log, "metrics", url=f"http://{where[0]}:{port}/metrics")
+    return server
+
+
+async def _refresh_metrics(collector: _Metrics, node: Any, in_flight: _InFlight) -> None:
+    while True:
+        collector.refresh(node, in_flight)
+        await trio.sleep(METRICS_INTERVAL)
+
+
+@click.group("node")
+def node_group() -> None:
+    """Run a node."""
+
+
+@node_group.command("run")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen address, e.g. /ip4/127.0.0.1/tcp/4001 (repeatable; default: config).",
+)
+@click.option(
+    "--service",
+    "service_texts",
+    multiple=True,
+    metavar="NAME=PRICE[:module:function]",
+    help="Offer a service (repeatable; default: config). Built-ins: echo, upper.",
+)
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics there.")
+@click.option("--drop-rate", type=click.FloatRange(0.0, 1.0), hidden=True)
+@click.option("--behaviour", hidden=True)
+@ledger_option
+@home_option
+@json_option
+def node_run(
+    listen: tuple[str, ...],
+    service_texts: tuple[str, ...],
+    metrics: str | None,
+    drop_rate: float | None,
+    behaviour: str | None,
+    ledger: str | None,
+    as_json: bool,
+) -> None:
+    """Serve paid services until SIGINT/SIGTERM; print `listening <multiaddr>` on start.
+
+    The node's watcher redeems what it earned, defends claims against it, and files claims
+    for paid requests this home sent that were never answered. A home is used by one
+    process at a time: make calls from another home.
+    """
+    home = settings().home
+    started = time.monotonic()
+    rate = parse_behaviour(behaviour, drop_rate)
+    config = home.config()
+    addrs = listen_addrs(listen or config.listen)
+    specs = [parse_service(text) for text in (service_texts or config.services)]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise CliError("a service name is given twice")
+    handlers = [load_handler(s) for s in specs]
+    metrics_at = parse_hostport(metrics) if metrics else None
+    if logging.getLogger("p2pay").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("p2pay").setLevel(logging.INFO)
+    run(
+        lambda: run_node(
+            home,
+            ledger_text=ledger,
+            listen=addrs,
+            services=specs,
+            handlers=handlers,
+            metrics=metrics_at,
+            drop_rate=rate,
+            as_json=as_json,
+        )
+    )
+    log.debug("ran for %.1f s", time.monotonic() - started)

@@ -1,0 +1,196 @@
+"""Output for the command line: one JSON document, or rich tables; logs to stderr.
+
+Every command that prints data builds a plain ``dict`` (amounts as ints, bytes as bytes)
+and hands it to `emit`. With ``--json`` the dict becomes ONE JSON document on stdout and
+nothing else goes there: amounts (the keys listed in `AMOUNT_KEYS`) become decimal
+strings of yocto (JSON numbers lose precision past 2**53), bytes become lowercase hex.
+Without ``--json`` the command's own renderer prints a table or a few lines for a person.
+
+Logs are one ``key=value`` line per event on stderr (`setup_logging`), so that a node's
+stdout carries only what a script reads (its ``listening ...`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from p2pay.core.amounts import format_tokens
+
+#: Keys whose int values are amounts of yocto: JSON gives them as decimal strings.
+AMOUNT_KEYS = frozenset(
+    {
+        "amount",
+        "balance",
+        "bond",
+        "burnt",
+        "charged",
+        "claim_bond",
+        "deposit",
+        "escrow",
+        "escrow_in",
+        "escrow_out",
+        "held",
+        "paid",
+        "paid_max",
+        "penalty",
+        "price",
+        "max_price",
+        "redeemed",
+        "refunded",
+        "slashed",
+        "spent",
+        "staked",
+        "stakes",
+        "supply",
+        "to_claimant",
+        "total",
+        "balances",
+        "bonds",
+    }
+)
+
+#: Tables hold 40-digit yocto amounts: when the output is not a terminal (a pipe, a file,
+#: a test), draw them 160 columns wide instead of rich's default 80.
+WIDE = 160
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else WIDE)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def jsonable(value: Any, key: str | None = None) -> Any:
+    """Turn a result into JSON-ready values (amounts -> decimal strings, bytes -> hex).
+
+    Args:
+        value: dicts, lists, tuples, ints, bytes, str, bool, None (nested).
+        key: the dict key `value` is stored under (decides whether an int is an amount).
+
+    Returns:
+        The same structure with only JSON types.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, float | str):
+        return value
+    if isinstance(value, int):
+        return str(value) if key in AMOUNT_KEYS else value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v, key) for v in value]
+    return str(value)
+
+
+def print_json(document: Mapping[str, Any], *, compact: bool = False) -> None:
+    """Print ONE JSON document on stdout (and a newline); `compact`: on one line."""
+    text = json.dumps(jsonable(document), indent=None if compact else 2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def amount_text(amount: int) -> str:
+    """``"1500000000000000000000 (0.0015 token)"``: exact yocto, and tokens for a person."""
+    return f"{amount} ({format_tokens(amount)} token)"
+
+
+def short(data: bytes | str, keep: int = 8) -> str:
+    """A short form of a hex id or PeerID for tables (the JSON always has the full one)."""
+    text = data.hex() if isinstance(data, bytes) else data
+    return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
+
+
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    amounts: Iterable[str] = (),
+) -> Table:
+    """A rich table; columns named in `amounts` show yocto and tokens, right-aligned."""
+    money = set(amounts)
+    t = Table(title=title, title_justify="left")
+    for name in columns:
+        t.add_column(name, justify="right" if name in money else "left", overflow="fold")
+    for row in rows:
+        cells = []
+        for name, cell in zip(columns, row, strict=True):
+            if name in money and isinstance(cell, int) and not isinstance(cell, bool):
+                cells.append(f"{cell}\n[dim]{format_tokens(cell)} token[/dim]")
+            elif isinstance(cell, bytes):
+                cells.append(short(cell))
+            else:
+                cells.append("" if cell is None else str(cell))
+        t.add_row(*cells)
+    return t
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per record: ``t=... level=info logger=p2pay.node msg="..." key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        millis = int(record.msecs)
+        parts = [
+            f"t={stamp}.{millis:03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={_quote(record.getMessage())}",
+        ]
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            parts.extend(f"{k}={_quote(str(v))}" for k, v in fields.items())
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            parts.append(f"error={_quote(f'{type(exc).__name__}: {exc}')}")
+            if os.environ.get("P2PAY_DEBUG"):  # the traceback, on the lines after
+                return " ".join(parts) + "\n" + self.formatException(record.exc_info)
+        return " ".join(parts)
+
+
+def _quote(text: str) -> str:
+    text = text.replace("\n", " ").replace("\r", " ")
+    if text and all(c not in text for c in ' "=\\'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of the record (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(level: int) -> None:
+    """Send every log record to stderr, one key=value line each."""
+    handler = _StderrHandler()
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, _StderrHandler):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("p2pay").setLevel(level)
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event: ``msg=<name> key=value ...`` (amounts as yocto ints)."""
+    logger.log(level, name, extra={"fields": {k: _field(v) for k, v in fields.items()}})
+
+
+def _field(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
