@@ -1,0 +1,530 @@
+"""Channel accounting for both sides (specs/protocol.md "Paid call", "Credit rule").
+
+Theory of operation
+-------------------
+A channel is escrowed on the ledger by the payer for one payee. Off-chain, each side
+keeps a small state and the core decides; the node only runs the decisions.
+
+Payee (`PayeeChannel`), per channel:
+
+* ``last_n``: the highest request number it has authenticated; a request must carry a
+  larger one (else REPLAY).
+* ``paid_max`` and ``best``: the highest cumulative ``paid`` it holds a valid voucher for,
+  never above the deposit, and that voucher with its signature (what it redeems).
+* ``spent``: the sum of the prices it has charged. ``reserved``: prices of admitted
+  requests whose handler has not finished.
+
+`PayeeChannel.admit` applies the checks of specs/protocol.md in a fixed order and returns
+`Admit` or `Refuse` (values, never exceptions, for anything a peer caused). The credit
+rule reserves the price when ``max(paid_max, paid) - spent - reserved >= price``. When
+the handler finishes, `PayeeChannel.complete` turns the reservation into a charge
+(success) or releases it (failure: the refund), and returns the ``spent`` the receipt
+must carry. The node makes that state durable before the receipt leaves, and sends
+receipts in the order `complete`/`refused` produced them, so ``spent`` only grows along
+the stream.
+
+Payer (`PayerChannel`), per channel: ``last_n``, ``paid`` (highest it signed),
+``spent`` (from receipts), requests in flight and requests abandoned (timed out). The
+next request signs ``paid = max(paid, spent + in_flight + abandoned + price)``: credit
+left by refused requests is reused, and the payer never signs more than
+``spent`` plus what is in flight, so a cheating payee can take at most the prices of
+requests in flight. `PayerChannel.on_response` checks each receipt: signed by the
+payee, for the request it answers, charging at most that request's ``price``, and
+``spent`` moving by exactly the charged price (more only by prices of abandoned
+requests, which the payee may have charged before their receipts were lost).
+
+Each abandoned price can explain such a jump once: the payer counts the yocto of jumps
+it accepted in ``absorbed`` (kept at most the sum of abandoned prices), subtracts them
+from what abandoned requests still hold back, and refuses a jump beyond the abandoned
+prices not yet absorbed. Without that, one abandoned request would let a payee raise
+``spent`` by its price on every later receipt, up to the deposit. (Which abandoned
+request a jump charged is unknown, so a late receipt of an abandoned request is still
+accepted; a cheating payee can thus take an abandoned request's price once beyond what
+it served, which is the bound above: the prices of outstanding requests.)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.errors import (
+    ErrorCode,
+    InsufficientDeposit,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import MAX_U64, Request, Response
+
+
+class ChannelStatus(enum.StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"  # payer started a close: the payee may still redeem, not serve more
+    CLOSED = "closed"
+
+
+# ---------------------------------------------------------------------------
+# payee side
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Serve the request: `price` is reserved against the channel's credit."""
+
+    n: int
+    price: int
+    voucher_improved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Do not serve. If `authenticated`, answer with a signed response carrying `code`."""
+
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    authenticated: bool = False
+    voucher_improved: bool = False
+
+
+Decision = Admit | Refuse
+
+
+@dataclass(slots=True, kw_only=True)
+class PayeeChannel:
+    """The payee's view of one channel. Mutated only through its methods."""
+
+    ledger: bytes
+    channel: bytes
+    payer: bytes
+    payee: bytes
+    deposit: int
+    status: ChannelStatus = ChannelStatus.OPEN
+    last_n: int = 0
+    paid_max: int = 0
+    best: Request | None = None
+    spent: int = 0
+    reserved: int = 0
+    redeemed: int = 0
+    pending: dict[int, int] = field(default_factory=dict)  # n -> reserved price
+
+    @property
+    def credit(self) -> int:
+        """Yocto the payer has authorised and the payee has neither charged nor reserved."""
+        return self.paid_max - self.spent - self.reserved
+
+    @property
+    def unredeemed(self) -> int:
+        """What the payee has charged and not yet redeemed on the ledger."""
+        return max(0, self.spent - self.redeemed)
+
+    def admit(
+        self,
+        request: Request,
+        *,
+        peer: bytes,
+        price: int | None,
+        max_body: int,
+        now: int,
+        signature_ok: bool | None = None,
+        overloaded: bool = False,
+        max_deadline: int | None = None,
+    ) -> Decision:
+        """Decide whether to serve `request` (checks in the order of specs/protocol.md).
+
+        Args:
+            request: as decoded from the wire.
+            peer: public key of the authenticated remote end of the stream.
+            price: the service's current price, or None if the service is unknown.
+            max_body: the service's largest accepted body.
+            now: Unix time in milliseconds.
+            signature_ok: the result of checking the signature if the caller already did
+                (e.g. in a batch); None makes `admit` check it.
+            overloaded: the node has too many requests in flight from this peer: refuse
+                with OVERLOADED (signed, so the refusal answers any claim).
+            max_deadline: the latest deadline the node accepts (now + its horizon); a
+                request whose deadline is later is refused (DEADLINE_EXCEEDED), since
+                claims for it could outlive the provider's unbonding period.
+
+        Returns:
+            `Admit` (price reserved) or `Refuse`. An authenticated refusal consumes `n`.
+
+        Raises:
+            LocalProtocolError: `price` is neither None nor an amount, or `max_body` is
+                not a non-negative integer (a negative price would create yocto).
+        """
+        if price is not None and not _is_uint(price, MAX_YOCTO):
+            raise LocalProtocolError(f"a service price must be an amount, not {price!r}")
+        if not _is_uint(max_body, MAX_U64):
+            raise LocalProtocolError(f"max_body must be a non-negative integer, not {max_body!r}")
+        if request.ledger != self.ledger:
+            return Refuse(ErrorCode.WRONG_LEDGER, "request is for another ledger")
+        if request.channel != self.channel:
+            return Refuse(ErrorCode.UNKNOWN_CHANNEL, "request is for another channel")
+        if peer != self.payer:
+            return Refuse(ErrorCode.UNAUTHORIZED, "only the channel's payer may use it")
+        if signature_ok is None:
+            signature_ok = request.verify(self.payer)
+        if not signature_ok:
+            return Refuse(ErrorCode.INVALID_SIGNATURE, "voucher signature does not verify")
+        if request.n <= self.last_n:
+            return Refuse(
+                ErrorCode.REPLAY,
+                f"request number {request.n} is not above {self.last_n}",
+                self.resync_details(),
+            )
+        # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
+        self.last_n = request.n
+        improved = False
+        if request.paid > self.deposit:
+            return Refuse(
+                ErrorCode.INSUFFICIENT_DEPOSIT,
+                f"voucher pays {request.paid} but the deposit is {self.deposit}",
+                {"deposit": self.deposit, "paid_max": self.paid_max, "spent": self.spent},
+                authenticated=True,
+            )
+        if request.paid > self.paid_max:
+            self.paid_max = request.paid
+            self.best = request
+            improved = True
+
+        def refuse(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Refuse:
+            return Refuse(
+                code, message, details or {}, authenticated=True, voucher_improved=improved
+            )
+
+        if self.status is not ChannelStatus.OPEN:
+            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
+        if now > request.deadline:
+            return refuse(ErrorCode.DEADLINE_EXCEEDED, "request deadline has passed")
+        if max_deadline is not None and request.deadline > max_deadline:
+            return refuse(
+                ErrorCode.DEADLINE_EXCEEDED,
+                "request deadline is too far ahead",
+                {"max_deadline": max_deadline},
+            )
+        if overloaded:
+            return refuse(ErrorCode.OVERLOADED, "too many requests in flight; retry later")
+        if price is None:
+            return refuse(ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}")
+        if len(request.body) > max_body:
+            return refuse(
+                ErrorCode.BODY_TOO_LARGE, f"body over {max_body} bytes", {"max_body": max_body}
+            )
+        if not request.body_matches():
+            return refuse(ErrorCode.MALFORMED, "body does not match its hash")
+        if request.price < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"service costs {price}, request allows {request.price}",
+                {"price": price},
+            )
+        if self.credit < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"credit {self.credit} is below the price {price}",
+                {"price": price, "credit": self.credit, "spent": self.spent},
+            )
+        self.reserved += price
+        self.pending[request.n] = price
+        return Admit(request.n, price, improved)
+
+    def complete(self, n: int, *, ok: bool) -> tuple[int, int]:
+        """The handler for admitted request `n` finished.
+
+        Args:
+            n: the request number `admit` returned in `Admit`.
+            ok: True if the handler succeeded (charge the reserved price), False if it
+                failed (release the reservation: nothing is charged).
+
+        Returns:
+            ``(charged, spent)``: the price charged (0 on failure) and the cumulative
+            spent the receipt carries.
+
+        Raises:
+            LocalProtocolError: if `n` was not admitted or is already complete.
+        """
+        price = self.pending.pop(n, None)
+        if price is None:
+            raise LocalProtocolError(f"request {n} is not awaiting completion")
+        self.reserved -= price
+        if not ok:
+            return (0, self.spent)
+        self.spent += price
+        return (price, self.spent)
+
+    def resync_details(self) -> dict[str, Any]:
+        """What a payer that lost its state needs (sent with REPLAY refusals)."""
+        details: dict[str, Any] = {
+            "last_n": self.last_n,
+            "spent": self.spent,
+            "paid_max": self.paid_max,
+        }
+        if self.best is not None:
+            details["voucher"] = self.best.to_frame()
+        return details
+
+
+# ---------------------------------------------------------------------------
+# payer side
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    request: Request
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A receipt the payer accepted: what it paid for `n` and the signed response."""
+
+    n: int
+    charged: int
+    spent: int
+    response: Response
+
+
+@dataclass(slots=True, kw_only=True)
+class PayerChannel:
+    """The payer's view of one channel. Mutated only through its methods."""
+
+    ledger: bytes
+    channel: bytes
+    payer: bytes
+    payee: bytes
+    deposit: int
+    status: ChannelStatus = ChannelStatus.OPEN
+    last_n: int = 0
+    paid: int = 0
+    spent: int = 0
+    in_flight: dict[int, Pending] = field(default_factory=dict)
+    abandoned: dict[int, Pending] = field(default_factory=dict)
+    #: yocto of ``spent`` jumps accepted as charges of abandoned requests whose receipts
+    #: were lost; never above the sum of ``abandoned`` prices.
+    absorbed: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        """Prices of requests sent and not yet answered (in flight, or abandoned and not
+        already accounted for by a ``spent`` jump)."""
+        abandoned = sum(p.price for p in self.abandoned.values())
+        return sum(p.price for p in self.in_flight.values()) + max(0, abandoned - self.absorbed)
+
+    def _settle_abandoned(self) -> None:
+        """Keep ``absorbed`` within the prices still abandoned."""
+        self.absorbed = min(self.absorbed, sum(p.price for p in self.abandoned.values()))
+
+    @property
+    def available(self) -> int:
+        """The most the next request may cost before the deposit is exhausted."""
+        return max(0, self.deposit - max(self.paid, self.spent + self.outstanding))
+
+    def next_request(
+        self, key: Keypair, *, service: str, body: bytes, price: int, deadline: int
+    ) -> Request:
+        """Sign the next request on this channel (it is then in flight).
+
+        Args:
+            key: the payer's key pair.
+            service: the service name.
+            body: the request body (its BLAKE2b-256 is signed).
+            price: the most this request may be charged (the service's advertised price).
+            deadline: Unix time in milliseconds after which the payee must not serve it.
+
+        Returns:
+            The signed request, numbered ``last_n + 1``, with
+            ``paid = max(paid, spent + outstanding + price)``.
+
+        Raises:
+            LocalProtocolError: the channel is not open, or `key` is not the payer.
+            InsufficientDeposit: the deposit cannot cover this request; top up first.
+        """
+        if self.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(
+                f"channel is {self.status.value}", code=ErrorCode.CHANNEL_CLOSED
+            )
+        if key.public != self.payer:
+            raise LocalProtocolError("only the payer signs requests on a channel")
+        paid = max(self.paid, self.spent + self.outstanding + price)
+        if paid > self.deposit:
+            raise InsufficientDeposit(
+                f"request needs paid={paid} but the deposit is {self.deposit}",
+                details={"deposit": self.deposit, "needed": paid},
+            )
+        request = Request.create(
+            key,
+            ledger=self.ledger,
+            channel=self.channel,
+            n=self.last_n + 1,
+            paid=paid,
+            price=price,
+            service=service,
+            body=body,
+            deadline=deadline,
+        )
+        self.last_n = request.n
+        self.paid = paid
+        self.in_flight[request.n] = Pending(request, price)
+        return request
+
+    def abandon(self, n: int) -> Pending | None:
+        """Give up waiting for `n` (timeout or lost stream). It may still have been charged.
+
+        Args:
+            n: a request number.
+
+        Returns:
+            The abandoned request, or None if `n` was not in flight.
+        """
+        pending = self.in_flight.pop(n, None)
+        if pending is not None:
+            self.abandoned[n] = pending
+        return pending
+
+    def on_response(self, response: Response, *, signature_ok: bool | None = None) -> Receipt:
+        """Check a receipt and account for it.
+
+        Args:
+            response: a decoded response frame.
+            signature_ok: the result of checking its signature if the caller already did;
+                None makes `on_response` check it against the payee's key.
+
+        Returns:
+            The accepted `Receipt`; the request is no longer in flight or abandoned.
+
+        Raises:
+            RemoteProtocolError: (code MALFORMED / INVALID_SIGNATURE) the receipt is not
+                for a request we sent, is not the payee's, or charges more than allowed.
+                The channel state is unchanged then.
+        """
+        pending = self.in_flight.get(response.n) or self.abandoned.get(response.n)
+        if response.ledger != self.ledger or response.channel != self.channel or pending is None:
+            raise RemoteProtocolError(
+                "receipt is not for a request in flight", code=ErrorCode.MALFORMED
+            )
+        if response.request_hash != pending.request.hash:
+            raise RemoteProtocolError("receipt answers another request", code=ErrorCode.MALFORMED)
+        if signature_ok is None:
+            signature_ok = response.verify(self.payee)
+        if not signature_ok:
+            raise RemoteProtocolError(
+                "receipt signature does not verify", code=ErrorCode.INVALID_SIGNATURE
+            )
+        if not response.body_matches():
+            raise RemoteProtocolError(
+                "response body does not match its hash", code=ErrorCode.MALFORMED
+            )
+        if response.price > pending.price:
+            raise RemoteProtocolError(
+                f"receipt charges {response.price}, the request allowed {pending.price}",
+                code=ErrorCode.MALFORMED,
+            )
+        if response.spent > self.paid:
+            raise RemoteProtocolError(
+                f"receipt says spent {response.spent}, above the {self.paid} we signed",
+                code=ErrorCode.MALFORMED,
+            )
+        expected = self.spent + response.price
+        # A jump above `expected` can only be charges of *other* abandoned requests whose
+        # receipts were lost (specs/protocol.md 14.3 rule 7), and each abandoned price
+        # explains at most one jump: `absorbed` counts the yocto already explained.
+        abandoned_others = sum(p.price for k, p in self.abandoned.items() if k != response.n)
+        headroom = max(0, abandoned_others - self.absorbed)
+        jump = response.spent - expected
+        if not 0 <= jump <= headroom:
+            raise RemoteProtocolError(
+                f"receipt spent {response.spent}, expected {expected}"
+                + (f" (+ at most {headroom} for abandoned requests)" if headroom else ""),
+                code=ErrorCode.MALFORMED,
+            )
+        self.in_flight.pop(response.n, None)
+        self.abandoned.pop(response.n, None)
+        self.absorbed += jump
+        self._settle_abandoned()
+        self.spent = response.spent
+        return Receipt(response.n, response.price, response.spent, response)
+
+    def on_refusal(self, n: int) -> Pending | None:
+        """An unsigned refusal for `n`: nothing was charged and the voucher was not kept.
+
+        That holds for refusals before authentication (WRONG_LEDGER, UNKNOWN_CHANNEL,
+        UNAUTHORIZED, INVALID_SIGNATURE). A REPLAY refusal does not prove it: the payee
+        had already seen an ``n`` at least this high, possibly this very request (a
+        duplicate, or a retry on a new stream) which it served. For REPLAY of a request
+        whose state was not lost, call `abandon` instead (it may have been charged).
+
+        Args:
+            n: the refused request number.
+
+        Returns:
+            The request, or None if `n` was neither in flight nor abandoned.
+        """
+        pending = self.in_flight.pop(n, None) or self.abandoned.pop(n, None)
+        self._settle_abandoned()
+        return pending
+
+    def resync(
+        self,
+        *,
+        last_n: int,
+        spent: int,
+        voucher: Request | None,
+        paid_max: int | None = None,
+    ) -> None:
+        """Adopt the payee's view after losing state (from a REPLAY refusal's details).
+
+        The voucher must be one we signed for this channel; the payee's `spent` can never
+        exceed the voucher's `paid` (so a lying payee gains nothing we did not sign).
+        Values only grow: a resync never lowers ``last_n``, ``paid`` or ``spent``.
+
+        Args:
+            last_n: the payee's ``last_n`` (untrusted: from the refusal's details).
+            spent: the payee's ``spent`` (untrusted).
+            voucher: the payee's best voucher, decoded from details["voucher"], or None.
+            paid_max: the payee's ``paid_max`` if the caller has it; it must then equal
+                the voucher's ``paid`` (0 without a voucher), specs/protocol.md 15 step 2.
+
+        Raises:
+            RemoteProtocolError: the voucher is not ours or the numbers are inconsistent.
+        """
+        if not _is_uint(last_n, MAX_U64) or not _is_uint(spent, MAX_YOCTO):
+            raise RemoteProtocolError(
+                "resync last_n and spent must be non-negative integers", code=ErrorCode.MALFORMED
+            )
+        paid = 0
+        if voucher is not None:
+            if (
+                not isinstance(voucher, Request)
+                or voucher.ledger != self.ledger
+                or voucher.channel != self.channel
+                or not voucher.verify(self.payer)
+            ):
+                raise RemoteProtocolError(
+                    "resync voucher is not ours", code=ErrorCode.INVALID_SIGNATURE
+                )
+            if voucher.n > last_n:
+                raise RemoteProtocolError(
+                    f"resync voucher n={voucher.n} is above last_n={last_n}",
+                    code=ErrorCode.MALFORMED,
+                )
+            paid = voucher.paid
+        if spent > paid:
+            raise RemoteProtocolError(
+                f"resync spent {spent} is above the voucher's paid {paid}",
+                code=ErrorCode.MALFORMED,
+            )
+        if paid_max is not None and (not _is_uint(paid_max, MAX_YOCTO) or paid_max != paid):
+            raise RemoteProtocolError(
+                "resync paid_max is not the voucher's paid", code=ErrorCode.MALFORMED
+            )
+        self.last_n = max(self.last_n, last_n)
+        self.paid = max(self.paid, paid)
+        self.spent = max(self.spent, spent)
+
+
+def _is_uint(value: object, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum

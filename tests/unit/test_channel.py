@@ -1,0 +1,890 @@
+"""Unit tests for p2pay.core.channel: payee admission and payer receipt accounting."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from p2pay.core.channel import (
+    Admit,
+    ChannelStatus,
+    PayeeChannel,
+    PayerChannel,
+    Refuse,
+)
+from p2pay.core.errors import (
+    ErrorCode,
+    InsufficientDeposit,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import (
+    STATUS_OK,
+    Request,
+    Response,
+    blake2b256,
+    decode_frame,
+    refusal_body,
+)
+
+ALICE = Keypair.from_seed(bytes([1]) * 32)  # payer
+BOB = Keypair.from_seed(bytes([2]) * 32)  # payee
+CAROL = Keypair.from_seed(bytes([3]) * 32)
+MALLORY = Keypair.from_seed(bytes([4]) * 32)
+
+LEDGER = b"p2pay-test-ledger"
+CHANNEL = blake2b256(b"channel alice->bob")
+OTHER_CHANNEL = blake2b256(b"channel carol->bob")
+NOW = 1_700_000_000_000
+LATER = NOW + 60_000
+PRICE = 10
+DEPOSIT = 100
+MAX_BODY = 1024
+
+
+def payee(deposit: int = DEPOSIT) -> PayeeChannel:
+    return PayeeChannel(
+        ledger=LEDGER, channel=CHANNEL, payer=ALICE.public, payee=BOB.public, deposit=deposit
+    )
+
+
+def payer(deposit: int = DEPOSIT) -> PayerChannel:
+    return PayerChannel(
+        ledger=LEDGER, channel=CHANNEL, payer=ALICE.public, payee=BOB.public, deposit=deposit
+    )
+
+
+def request(
+    n: int = 1,
+    paid: int = PRICE,
+    *,
+    price: int = PRICE,
+    key: Keypair = ALICE,
+    ledger: bytes = LEDGER,
+    channel: bytes = CHANNEL,
+    service: str = "echo",
+    body: bytes = b"hello",
+    deadline: int = LATER,
+) -> Request:
+    return Request.create(
+        key,
+        ledger=ledger,
+        channel=channel,
+        n=n,
+        paid=paid,
+        price=price,
+        service=service,
+        body=body,
+        deadline=deadline,
+    )
+
+
+def admit(
+    channel: PayeeChannel,
+    req: Request,
+    *,
+    peer: bytes = ALICE.public,
+    price: int | None = PRICE,
+    max_body: int = MAX_BODY,
+    now: int = NOW,
+    signature_ok: bool | None = None,
+) -> Admit | Refuse:
+    return channel.admit(
+        req, peer=peer, price=price, max_body=max_body, now=now, signature_ok=signature_ok
+    )
+
+
+def snapshot(channel: PayeeChannel | PayerChannel) -> dict[str, Any]:
+    state = {f.name: getattr(channel, f.name) for f in dataclasses.fields(channel)}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            state[key] = dict(value)
+    return state
+
+
+def receipt(
+    req: Request,
+    *,
+    price: int,
+    spent: int,
+    status: str = STATUS_OK,
+    key: Keypair = BOB,
+    body: bytes = b"answer",
+) -> Response:
+    return Response.create(key, request=req, status=status, price=price, spent=spent, body=body)
+
+
+def refusal_receipt(req: Request, code: ErrorCode, spent: int) -> Response:
+    return Response.create(
+        BOB, request=req, status=code.value, price=0, spent=spent, body=refusal_body("no")
+    )
+
+
+# ============================================================================ payee
+
+
+def test_admit_reserves_then_complete_charges() -> None:
+    ch = payee()
+    decision = admit(ch, request(1, PRICE))
+    assert decision == Admit(n=1, price=PRICE, voucher_improved=True)
+    assert (ch.last_n, ch.paid_max, ch.spent, ch.reserved) == (1, PRICE, 0, PRICE)
+    assert ch.pending == {1: PRICE}
+    assert ch.credit == 0
+    assert ch.best == request(1, PRICE)
+    assert ch.complete(1, ok=True) == (PRICE, PRICE)
+    assert (ch.spent, ch.reserved, ch.pending, ch.credit) == (PRICE, 0, {}, 0)
+    assert ch.unredeemed == PRICE
+
+
+def test_complete_failure_refunds_the_reservation() -> None:
+    ch = payee()
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    assert ch.complete(1, ok=False) == (0, 0)
+    assert (ch.spent, ch.reserved, ch.credit) == (0, 0, PRICE)
+    # the refunded credit serves the next request without a higher voucher
+    decision = admit(ch, request(2, PRICE))
+    assert decision == Admit(n=2, price=PRICE, voucher_improved=False)
+
+
+def test_complete_refuses_unknown_or_repeated_n() -> None:
+    ch = payee()
+    with pytest.raises(LocalProtocolError):
+        ch.complete(1, ok=True)
+    admit(ch, request(1, PRICE))
+    ch.complete(1, ok=True)
+    with pytest.raises(LocalProtocolError):
+        ch.complete(1, ok=True)
+    assert (ch.spent, ch.reserved) == (PRICE, 0)
+
+
+def test_reservations_count_against_credit() -> None:
+    ch = payee()
+    assert isinstance(admit(ch, request(1, 10)), Admit)
+    assert isinstance(admit(ch, request(2, 20)), Admit)
+    assert (ch.reserved, ch.credit) == (20, 0)
+    # credit exhausted by reservations: refused, nothing reserved
+    third = admit(ch, request(3, 20))
+    assert isinstance(third, Refuse) and third.code is ErrorCode.PAYMENT_REQUIRED
+    assert third.details["price"] == PRICE
+    assert ch.reserved == 20
+    # out-of-order completion: 2 succeeds, 1 fails
+    assert ch.complete(2, ok=True) == (PRICE, PRICE)
+    assert ch.complete(1, ok=False) == (0, PRICE)
+    assert (ch.spent, ch.reserved, ch.credit) == (PRICE, 0, 10)
+    assert isinstance(admit(ch, request(4, 20)), Admit)
+
+
+def test_price_charged_is_the_service_price_not_the_request_cap() -> None:
+    ch = payee()
+    decision = admit(ch, request(1, 50, price=50), price=7)
+    assert decision == Admit(n=1, price=7, voucher_improved=True)
+    assert ch.complete(1, ok=True) == (7, 7)
+    assert ch.credit == 43
+
+
+def test_older_voucher_never_lowers_paid_max() -> None:
+    ch = payee()
+    admit(ch, request(1, 40))
+    ch.complete(1, ok=True)
+    decision = admit(ch, request(2, 30))  # lower cumulative paid: adds nothing, no error
+    assert decision == Admit(n=2, price=PRICE, voucher_improved=False)
+    assert ch.paid_max == 40
+    assert ch.best == request(1, 40)
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def assert_refused(decision: Admit | Refuse, code: ErrorCode, *, authenticated: bool) -> Refuse:
+    assert isinstance(decision, Refuse), decision
+    assert decision.code is code, decision
+    assert decision.authenticated is authenticated
+    assert decision.message
+    return decision
+
+
+UNAUTHENTICATED = [
+    ("wrong ledger", ErrorCode.WRONG_LEDGER, {"req": {"ledger": b"another-ledger"}}),
+    ("other channel", ErrorCode.UNKNOWN_CHANNEL, {"req": {"channel": OTHER_CHANNEL}}),
+    ("wrong peer", ErrorCode.UNAUTHORIZED, {"admit": {"peer": MALLORY.public}}),
+    ("bad signature", ErrorCode.INVALID_SIGNATURE, {"req": {"key": MALLORY}}),
+    ("caller says bad signature", ErrorCode.INVALID_SIGNATURE, {"admit": {"signature_ok": False}}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "change"), UNAUTHENTICATED, ids=[c[0] for c in UNAUTHENTICATED]
+)
+def test_unauthenticated_refusals_change_nothing(
+    case: str, code: ErrorCode, change: dict[str, dict[str, Any]]
+) -> None:
+    ch = payee()
+    before = snapshot(ch)
+    decision = admit(ch, request(1, PRICE, **change.get("req", {})), **change.get("admit", {}))
+    refused = assert_refused(decision, code, authenticated=False)
+    assert refused.voucher_improved is False
+    assert snapshot(ch) == before
+    # n was not consumed: the genuine request with the same n is served
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+
+
+def test_wrong_peer_replaying_the_payers_frame_is_unauthorized() -> None:
+    ch = payee()
+    genuine = request(1, PRICE)
+    assert isinstance(admit(ch, genuine), Admit)
+    before = snapshot(ch)
+    copy = decode_frame(genuine.to_frame())
+    assert isinstance(copy, Request)
+    assert_refused(
+        admit(ch, copy, peer=MALLORY.public), ErrorCode.UNAUTHORIZED, authenticated=False
+    )
+    assert snapshot(ch) == before
+
+
+def test_tampered_signature_is_refused() -> None:
+    ch = payee()
+    good = request(1, PRICE)
+    sig = bytearray(good.signature)
+    sig[0] ^= 1
+    bad = good.with_signature(bytes(sig))
+    assert_refused(admit(ch, bad), ErrorCode.INVALID_SIGNATURE, authenticated=False)
+    # a payer-signed voucher with a higher paid but a signature from someone else
+    forged = request(1, DEPOSIT, key=MALLORY)
+    assert_refused(admit(ch, forged), ErrorCode.INVALID_SIGNATURE, authenticated=False)
+    assert (ch.last_n, ch.paid_max) == (0, 0)
+
+
+def test_replay_is_refused_with_resync_details() -> None:
+    ch = payee()
+    first = request(1, 30)
+    admit(ch, first)
+    ch.complete(1, ok=True)
+    admit(ch, request(2, 30))  # reserved, not complete
+    before = snapshot(ch)
+    for stale in (first, request(1, 30), request(2, 90), request(1, 99)):
+        refused = assert_refused(admit(ch, stale), ErrorCode.REPLAY, authenticated=False)
+        assert refused.details["last_n"] == 2
+        assert refused.details["spent"] == PRICE
+        assert refused.details["paid_max"] == 30
+        voucher = decode_frame(refused.details["voucher"])
+        assert voucher == first and voucher.verify(ALICE.public)
+        assert snapshot(ch) == before  # a replayed higher voucher is not taken either
+
+
+def test_replay_before_any_voucher_has_no_voucher_detail() -> None:
+    ch = payee()
+    admit(ch, request(1, 0), price=0)
+    refused = assert_refused(admit(ch, request(1, 0)), ErrorCode.REPLAY, authenticated=False)
+    assert refused.details == {"last_n": 1, "spent": 0, "paid_max": 0}
+
+
+def test_paid_beyond_deposit_is_refused_and_not_kept() -> None:
+    ch = payee()
+    refused = assert_refused(
+        admit(ch, request(1, DEPOSIT + 1)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=True
+    )
+    assert refused.details == {"deposit": DEPOSIT, "paid_max": 0, "spent": 0}
+    assert refused.voucher_improved is False
+    assert (ch.last_n, ch.paid_max, ch.best, ch.reserved) == (1, 0, None, 0)
+    # exactly the deposit is fine
+    assert isinstance(admit(ch, request(2, DEPOSIT)), Admit)
+    assert ch.paid_max == DEPOSIT
+
+
+def test_top_up_raises_the_ceiling() -> None:
+    ch = payee()
+    assert_refused(admit(ch, request(1, 150)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=True)
+    ch.deposit = 200
+    assert isinstance(admit(ch, request(2, 150)), Admit)
+    assert ch.paid_max == 150
+
+
+@pytest.mark.parametrize("status", [ChannelStatus.CLOSING, ChannelStatus.CLOSED])
+def test_closed_channel_refuses_but_keeps_the_voucher(status: ChannelStatus) -> None:
+    ch = payee()
+    ch.status = status
+    refused = assert_refused(
+        admit(ch, request(1, 30)), ErrorCode.CHANNEL_CLOSED, authenticated=True
+    )
+    assert refused.voucher_improved is True
+    assert (ch.last_n, ch.paid_max, ch.reserved) == (1, 30, 0)
+
+
+def test_deadline() -> None:
+    ch = payee()
+    assert isinstance(admit(ch, request(1, PRICE, deadline=NOW)), Admit)  # deadline == now: ok
+    refused = assert_refused(
+        admit(ch, request(2, 2 * PRICE, deadline=NOW - 1)),
+        ErrorCode.DEADLINE_EXCEEDED,
+        authenticated=True,
+    )
+    assert refused.voucher_improved is True
+    assert (ch.last_n, ch.paid_max, ch.reserved) == (2, 2 * PRICE, PRICE)
+
+
+def test_unknown_service() -> None:
+    ch = payee()
+    assert_refused(admit(ch, request(1), price=None), ErrorCode.UNKNOWN_SERVICE, authenticated=True)
+    assert (ch.last_n, ch.reserved) == (1, 0)
+
+
+def test_body_too_large() -> None:
+    ch = payee()
+    body = b"x" * 11
+    assert isinstance(admit(ch, request(1, body=body), max_body=11), Admit)
+    refused = assert_refused(
+        admit(ch, request(2, 2 * PRICE, body=body), max_body=10),
+        ErrorCode.BODY_TOO_LARGE,
+        authenticated=True,
+    )
+    assert refused.details == {"max_body": 10}
+    assert ch.last_n == 2
+
+
+def test_body_hash_mismatch() -> None:
+    ch = payee()
+    good = request(1)
+    swapped = Request.from_signed(good.signing_bytes, good.signature, b"another body")
+    assert swapped.verify(ALICE.public)  # the voucher is genuine, only the body is not
+    assert_refused(admit(ch, swapped), ErrorCode.MALFORMED, authenticated=True)
+    assert (ch.last_n, ch.paid_max, ch.reserved) == (1, PRICE, 0)
+
+
+def test_price_above_the_requests_price() -> None:
+    ch = payee()
+    refused = assert_refused(
+        admit(ch, request(1, 50, price=5), price=PRICE),
+        ErrorCode.PAYMENT_REQUIRED,
+        authenticated=True,
+    )
+    assert refused.details["price"] == PRICE
+    assert (ch.last_n, ch.paid_max, ch.reserved) == (1, 50, 0)
+
+
+def test_credit_too_low() -> None:
+    ch = payee()
+    refused = assert_refused(
+        admit(ch, request(1, PRICE - 1)), ErrorCode.PAYMENT_REQUIRED, authenticated=True
+    )
+    assert refused.details["price"] == PRICE
+    assert refused.details["credit"] == PRICE - 1
+    assert refused.voucher_improved is True
+    assert (ch.last_n, ch.paid_max, ch.reserved, ch.spent) == (1, PRICE - 1, 0, 0)
+
+
+def test_authenticated_refusal_consumes_n() -> None:
+    ch = payee()
+    admit(ch, request(1, PRICE), price=None)  # UNKNOWN_SERVICE, authenticated
+    assert_refused(admit(ch, request(1, PRICE)), ErrorCode.REPLAY, authenticated=False)
+    assert isinstance(admit(ch, request(2, PRICE)), Admit)
+
+
+def test_request_numbers_may_skip() -> None:
+    ch = payee()
+    assert isinstance(admit(ch, request(5, PRICE)), Admit)
+    assert_refused(admit(ch, request(3, 2 * PRICE)), ErrorCode.REPLAY, authenticated=False)
+    assert isinstance(admit(ch, request(9, 2 * PRICE)), Admit)
+
+
+@pytest.mark.parametrize(
+    ("price", "max_body"), [(-1, MAX_BODY), (True, MAX_BODY), (1.5, MAX_BODY), (PRICE, -1)]
+)
+def test_admit_refuses_caller_misuse(price: Any, max_body: Any) -> None:
+    ch = payee()
+    before = snapshot(ch)
+    with pytest.raises(LocalProtocolError):
+        admit(ch, request(1, PRICE), price=price, max_body=max_body)
+    assert snapshot(ch) == before
+
+
+def test_deadline_too_far_ahead() -> None:
+    ch = payee()
+    decision = ch.admit(
+        request(1, PRICE, deadline=LATER),
+        peer=ALICE.public,
+        price=PRICE,
+        max_body=MAX_BODY,
+        now=NOW,
+        max_deadline=LATER - 1,
+    )
+    refused = assert_refused(decision, ErrorCode.DEADLINE_EXCEEDED, authenticated=True)
+    assert refused.details == {"max_deadline": LATER - 1}
+    assert (ch.last_n, ch.paid_max, ch.reserved) == (1, PRICE, 0)
+    decision = ch.admit(
+        request(2, PRICE, deadline=LATER),
+        peer=ALICE.public,
+        price=PRICE,
+        max_body=MAX_BODY,
+        now=NOW,
+        max_deadline=LATER,
+    )
+    assert isinstance(decision, Admit)
+
+
+def test_overloaded_is_a_signed_refusal_that_reserves_nothing() -> None:
+    ch = payee()
+    decision = ch.admit(
+        request(1, PRICE),
+        peer=ALICE.public,
+        price=PRICE,
+        max_body=MAX_BODY,
+        now=NOW,
+        overloaded=True,
+    )
+    refused = assert_refused(decision, ErrorCode.OVERLOADED, authenticated=True)
+    assert refused.voucher_improved is True
+    assert (ch.last_n, ch.paid_max, ch.reserved, ch.credit) == (1, PRICE, 0, PRICE)
+    # the credit it left serves the next request
+    assert isinstance(admit(ch, request(2, PRICE)), Admit)
+
+
+def test_signature_ok_true_skips_verification() -> None:
+    # A batch verifier that already checked the signature passes the result in.
+    ch = payee()
+    unsigned = request(1).with_signature(bytes(64))
+    assert isinstance(admit(ch, unsigned, signature_ok=True), Admit)
+
+
+# The refusal order of specs/protocol.md: each case fails its own check and every later
+# one, so the code returned must be the first failing check.
+ORDER = [
+    ErrorCode.WRONG_LEDGER,
+    ErrorCode.UNKNOWN_CHANNEL,
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.INVALID_SIGNATURE,
+    ErrorCode.REPLAY,
+    ErrorCode.INSUFFICIENT_DEPOSIT,
+    ErrorCode.CHANNEL_CLOSED,
+    ErrorCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNKNOWN_SERVICE,
+    ErrorCode.BODY_TOO_LARGE,
+    ErrorCode.MALFORMED,
+    ErrorCode.PAYMENT_REQUIRED,  # price above the request's price
+    ErrorCode.PAYMENT_REQUIRED,  # credit too low
+]
+
+
+def _failing_from(index: int) -> tuple[PayeeChannel, Request, dict[str, Any]]:
+    """A channel and request that fail check `index` and every check after it."""
+    ch = payee()
+    admit(ch, request(5, 0), price=0)  # last_n = 5
+    ch.complete(5, ok=True)
+    fails = set(range(index, len(ORDER)))
+    # checks 6..12 run on a fresh, authenticated request: n above last_n
+    n = 3 if 4 in fails else 6
+    # INSUFFICIENT_DEPOSIT wins over the rest only if paid > deposit; credit too low
+    # needs a paid that leaves less credit than the price.
+    paid = DEPOSIT + 1 if 5 in fails else (PRICE - 1 if 12 in fails else 50)
+    req = request(
+        n,
+        paid,
+        ledger=b"other" if 0 in fails else LEDGER,
+        channel=OTHER_CHANNEL if 1 in fails else CHANNEL,
+        key=MALLORY if 3 in fails else ALICE,
+        deadline=NOW - 1 if 7 in fails else LATER,
+        body=b"x" * 20,
+        price=PRICE - 1 if 11 in fails else PRICE,
+    )
+    if 10 in fails:
+        req = Request.from_signed(req.signing_bytes, req.signature, b"y" * 20)
+    if 6 in fails:
+        ch.status = ChannelStatus.CLOSING
+    kwargs: dict[str, Any] = {
+        "peer": MALLORY.public if 2 in fails else ALICE.public,
+        "price": None if 8 in fails else PRICE,
+        "max_body": 10 if 9 in fails else MAX_BODY,
+    }
+    return ch, req, kwargs
+
+
+@pytest.mark.parametrize("index", range(len(ORDER)), ids=[f"{i}-{c}" for i, c in enumerate(ORDER)])
+def test_refusal_order(index: int) -> None:
+    ch, req, kwargs = _failing_from(index)
+    decision = admit(ch, req, **kwargs)
+    assert isinstance(decision, Refuse)
+    assert decision.code is ORDER[index]
+    assert decision.authenticated is (index >= 5)
+    if index == 11:
+        assert "request allows" in decision.message
+    if index == 12:
+        assert "credit" in decision.message
+
+
+def test_failing_from_the_end_passes_everything() -> None:
+    ch, req, kwargs = _failing_from(len(ORDER))
+    assert isinstance(admit(ch, req, **kwargs), Admit)
+
+
+# ============================================================================ payer
+
+
+def test_next_request_signs_the_paid_formula() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"a", price=10, deadline=LATER)
+    assert (r1.n, r1.paid, r1.price) == (1, 10, 10)
+    assert r1.verify(ALICE.public)
+    r2 = ch.next_request(ALICE, service="echo", body=b"b", price=20, deadline=LATER)
+    assert (r2.n, r2.paid) == (2, 30)  # spent 0 + in flight 10 + 20
+    assert ch.outstanding == 30
+    assert ch.available == DEPOSIT - 30
+    # 1 is refused with a signed refusal (nothing charged): its credit is reused
+    ch.on_response(refusal_receipt(r1, ErrorCode.DEADLINE_EXCEEDED, spent=0))
+    r3 = ch.next_request(ALICE, service="echo", body=b"c", price=10, deadline=LATER)
+    assert (r3.n, r3.paid) == (3, 30)  # max(30, 0 + 20 + 10)
+    ch.on_response(receipt(r2, price=20, spent=20))
+    ch.on_response(receipt(r3, price=10, spent=30))
+    r4 = ch.next_request(ALICE, service="echo", body=b"d", price=5, deadline=LATER)
+    assert (r4.n, r4.paid) == (4, 35)
+    assert (ch.paid, ch.spent, ch.last_n) == (35, 30, 4)
+
+
+def test_paid_never_decreases() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=50, deadline=LATER)
+    ch.on_response(refusal_receipt(r1, ErrorCode.UNKNOWN_SERVICE, spent=0))
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=1, deadline=LATER)
+    assert r2.paid == 50
+
+
+def test_deposit_exhaustion_raises_before_signing() -> None:
+    ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=60, deadline=LATER)
+    before = snapshot(ch)
+
+    class RecordingKey:
+        public = ALICE.public
+        signed: list[bytes] = []
+
+        def sign(self, message: bytes) -> bytes:
+            self.signed.append(message)
+            return ALICE.sign(message)
+
+    key = RecordingKey()
+    with pytest.raises(InsufficientDeposit) as info:
+        ch.next_request(key, service="echo", body=b"", price=41, deadline=LATER)  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.INSUFFICIENT_DEPOSIT
+    assert info.value.details == {"deposit": DEPOSIT, "needed": 101}
+    assert key.signed == []
+    assert snapshot(ch) == before
+    # exactly the deposit is allowed
+    r = ch.next_request(key, service="echo", body=b"", price=40, deadline=LATER)  # type: ignore[arg-type]
+    assert r.paid == DEPOSIT and len(key.signed) == 1
+    assert ch.available == 0
+
+
+def test_top_up_lets_the_payer_continue() -> None:
+    ch = payer()
+    with pytest.raises(InsufficientDeposit):
+        ch.next_request(ALICE, service="echo", body=b"", price=150, deadline=LATER)
+    ch.deposit = 200
+    assert ch.next_request(ALICE, service="echo", body=b"", price=150, deadline=LATER).paid == 150
+
+
+def test_next_request_refuses_misuse() -> None:
+    ch = payer()
+    with pytest.raises(LocalProtocolError, match="payer"):
+        ch.next_request(BOB, service="echo", body=b"", price=1, deadline=LATER)
+    ch.status = ChannelStatus.CLOSING
+    with pytest.raises(LocalProtocolError) as info:
+        ch.next_request(ALICE, service="echo", body=b"", price=1, deadline=LATER)
+    assert info.value.code is ErrorCode.CHANNEL_CLOSED
+    ch.status = ChannelStatus.OPEN
+    for bad_price in (-1, True):
+        with pytest.raises(LocalProtocolError):
+            ch.next_request(ALICE, service="echo", body=b"", price=bad_price, deadline=LATER)
+    assert (ch.last_n, ch.paid, ch.in_flight) == (0, 0, {})
+
+
+def test_on_response_accepts_a_correct_receipt() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    response = receipt(r1, price=7, spent=7)
+    accepted = ch.on_response(decode_frame(response.to_frame()))  # type: ignore[arg-type]
+    assert (accepted.n, accepted.charged, accepted.spent) == (1, 7, 7)
+    assert accepted.response == response
+    assert (ch.spent, ch.in_flight, ch.abandoned) == (7, {}, {})
+
+
+def _receipt_refused(ch: PayerChannel, response: Response, code: ErrorCode) -> None:
+    before = snapshot(ch)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.on_response(response)
+    assert info.value.code is code
+    assert snapshot(ch) == before
+
+
+def test_on_response_refusals_leave_the_state_unchanged() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    other = request(1, 10, channel=OTHER_CHANNEL)
+    bad = ErrorCode.MALFORMED
+    # wrong channel, wrong ledger
+    _receipt_refused(ch, receipt(other, price=10, spent=10), bad)
+    _receipt_refused(ch, receipt(request(1, 10, ledger=b"other"), price=10, spent=10), bad)
+    # unknown n
+    _receipt_refused(ch, receipt(request(3, 10), price=10, spent=10), bad)
+    # right n, another request's hash
+    _receipt_refused(ch, receipt(request(1, 11), price=10, spent=10), bad)
+    # signed by someone else, or a corrupted signature
+    _receipt_refused(ch, receipt(r1, price=10, spent=10, key=MALLORY), ErrorCode.INVALID_SIGNATURE)
+    good = receipt(r1, price=10, spent=10)
+    _receipt_refused(ch, good.with_signature(bytes(64)), ErrorCode.INVALID_SIGNATURE)
+    # body swapped
+    swapped = Response.from_signed(good.signing_bytes, good.signature, b"other body")
+    _receipt_refused(ch, swapped, bad)
+    # overcharge: above the request's price
+    _receipt_refused(ch, receipt(r1, price=11, spent=11), bad)
+    # spent above what the payer signed (r2.paid == 20)
+    _receipt_refused(ch, receipt(r1, price=10, spent=21), bad)
+    # spent jump with nothing abandoned
+    _receipt_refused(ch, receipt(r1, price=10, spent=20), bad)
+    # a refusal that does not move spent is fine, but one that moves it is a jump
+    _receipt_refused(ch, refusal_receipt(r1, ErrorCode.OVERLOADED, spent=10), bad)
+    assert ch.on_response(good).spent == 10
+    # the same receipt twice: the request is no longer in flight
+    _receipt_refused(ch, good, bad)
+    # spent moves by less than the charged price
+    _receipt_refused(ch, receipt(r2, price=10, spent=15), bad)
+    assert ch.on_response(receipt(r2, price=10, spent=20)).spent == 20
+
+
+def test_signature_ok_false_refuses_a_receipt() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    before = snapshot(ch)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.on_response(receipt(r1, price=10, spent=10), signature_ok=False)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
+    assert snapshot(ch) == before
+
+
+def test_abandon_then_a_late_receipt() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert ch.abandon(1) is not None
+    assert ch.abandon(1) is None  # already abandoned
+    assert ch.abandon(99) is None
+    assert (ch.in_flight, set(ch.abandoned)) == ({}, {1})
+    assert ch.outstanding == 10  # it may still be charged
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert r2.paid == 20
+    late = ch.on_response(receipt(r1, price=10, spent=10))
+    assert late.charged == 10 and ch.abandoned == {}
+    ch.on_response(receipt(r2, price=10, spent=20))
+    assert (ch.spent, ch.outstanding) == (20, 0)
+
+
+def test_spent_jump_explained_by_an_abandoned_request_once() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)  # its receipt was lost after the payee charged it
+    _receipt_refused(ch, receipt(r2, price=10, spent=21), ErrorCode.MALFORMED)  # above 20
+    ch.on_response(receipt(r2, price=10, spent=20))
+    assert (ch.spent, ch.absorbed, ch.outstanding) == (20, 10, 0)
+    # r1's price explained one jump: it cannot explain another one
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert r3.paid == 30  # spent 20 + 10; the absorbed abandoned price is not reserved twice
+    _receipt_refused(ch, receipt(r3, price=10, spent=40), ErrorCode.MALFORMED)
+    ch.on_response(receipt(r3, price=10, spent=30))
+
+
+def test_an_absorbed_abandoned_price_cannot_be_charged_again_and_again() -> None:
+    # The lead's version accepted a jump of the abandoned prices on *every* receipt.
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.on_response(receipt(r2, price=10, spent=20))  # the jump: r1 charged, receipt lost
+    assert (ch.absorbed, ch.outstanding) == (10, 0)
+    spent = 20
+    for _ in range(5):
+        nxt = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+        assert nxt.paid == spent + 10  # never more than what is in flight
+        _receipt_refused(ch, receipt(nxt, price=10, spent=spent + 20), ErrorCode.MALFORMED)
+        spent += 10
+        ch.on_response(receipt(nxt, price=10, spent=spent))
+    assert (ch.spent, ch.paid, ch.absorbed) == (70, 70, 10)
+
+
+def test_late_receipt_of_an_absorbed_request_is_accepted_once() -> None:
+    # Which abandoned request a jump charged is unknown (receipts of several streams may
+    # interleave), so r1's late receipt is accepted; then nothing is left to explain jumps.
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.on_response(receipt(r2, price=10, spent=20))
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert r3.paid == 30
+    ch.on_response(receipt(r1, price=10, spent=30))
+    assert (ch.abandoned, ch.absorbed, ch.outstanding, ch.spent) == ({}, 0, 10, 30)
+    _receipt_refused(ch, receipt(r3, price=10, spent=40), ErrorCode.MALFORMED)  # > paid
+    r4 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert r4.paid == 50
+    _receipt_refused(ch, receipt(r3, price=10, spent=50), ErrorCode.MALFORMED)  # jump
+    ch.on_response(receipt(r3, price=10, spent=40))
+
+
+def test_a_late_abandoned_receipt_is_accepted_when_another_explains_the_jump() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(1)
+    ch.abandon(2)
+    ch.on_response(receipt(r3, price=10, spent=20))  # r2 was charged, its receipt lost
+    assert ch.absorbed == 10
+    ch.on_response(receipt(r1, price=10, spent=30))  # r1 completes late
+    assert (set(ch.abandoned), ch.absorbed, ch.outstanding, ch.spent) == ({2}, 10, 0, 30)
+
+
+def test_unsigned_refusal_of_an_abandoned_request_keeps_absorbed_bounded() -> None:
+    ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(1)
+    ch.on_response(receipt(r2, price=10, spent=20))
+    assert ch.on_refusal(1) is not None
+    assert (ch.abandoned, ch.absorbed, ch.outstanding) == ({}, 0, 0)
+
+
+def test_jump_bounded_by_abandoned_prices_not_yet_absorbed() -> None:
+    ch = payer()
+    reqs = [
+        ch.next_request(ALICE, service="echo", body=b"", price=p, deadline=LATER)
+        for p in (10, 20, 5)
+    ]
+    ch.abandon(1)
+    ch.abandon(2)
+    assert ch.outstanding == 35
+    ch.on_response(receipt(reqs[2], price=5, spent=15))  # jump 10: r1 (or part of r2)
+    assert (ch.absorbed, ch.outstanding) == (10, 20)
+    r4 = ch.next_request(ALICE, service="echo", body=b"", price=5, deadline=LATER)
+    _receipt_refused(ch, receipt(r4, price=5, spent=41), ErrorCode.MALFORMED)  # 20 left
+    ch.on_response(receipt(r4, price=5, spent=40))
+    assert (ch.spent, ch.absorbed, ch.outstanding) == (40, 30, 0)
+
+
+def test_on_refusal() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r2.n)
+    assert ch.on_refusal(1) is not None and ch.on_refusal(2) is not None
+    assert ch.on_refusal(1) is None
+    assert (ch.in_flight, ch.abandoned, ch.outstanding) == ({}, {}, 0)
+    assert r1.paid == 10 and ch.paid == 20
+    # the refused requests' credit is reused
+    assert ch.next_request(ALICE, service="echo", body=b"", price=20, deadline=LATER).paid == 20
+
+
+# ---------------------------------------------------------------------------- resync
+
+
+def _replay_details(payee_ch: PayeeChannel, stale: Request) -> dict[str, Any]:
+    refused = admit(payee_ch, stale)
+    assert isinstance(refused, Refuse) and refused.code is ErrorCode.REPLAY
+    return refused.details
+
+
+def test_resync_from_a_replay_refusal() -> None:
+    bob = payee()
+    old = payer()
+    for _ in range(3):
+        req = old.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+        assert isinstance(admit(bob, req), Admit)
+        charged, spent = bob.complete(req.n, ok=True)
+        old.on_response(receipt(req, price=charged, spent=spent))
+    # the payer loses its state and starts again
+    fresh = payer()
+    first = fresh.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    details = _replay_details(bob, first)
+    voucher = decode_frame(details["voucher"])
+    assert isinstance(voucher, Request)
+    fresh.on_refusal(first.n)
+    fresh.resync(
+        last_n=details["last_n"],
+        spent=details["spent"],
+        voucher=voucher,
+        paid_max=details["paid_max"],
+    )
+    assert (fresh.last_n, fresh.paid, fresh.spent) == (3, 30, 30)
+    nxt = fresh.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert (nxt.n, nxt.paid) == (4, 40)
+    assert isinstance(admit(bob, nxt), Admit)
+    charged, spent = bob.complete(nxt.n, ok=True)
+    assert fresh.on_response(receipt(nxt, price=charged, spent=spent)).spent == 40
+
+
+def test_resync_refuses_a_voucher_signed_by_someone_else() -> None:
+    ch = payer()
+    before = snapshot(ch)
+    forged = request(3, 90, key=MALLORY)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.resync(last_n=3, spent=90, voucher=forged)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
+    # ours, but for another channel or ledger
+    for voucher in (request(3, 90, channel=OTHER_CHANNEL), request(3, 90, ledger=b"x")):
+        with pytest.raises(RemoteProtocolError):
+            ch.resync(last_n=3, spent=90, voucher=voucher)
+    assert snapshot(ch) == before
+
+
+@pytest.mark.parametrize(
+    ("last_n", "spent", "voucher"),
+    [
+        (3, 91, request(3, 90)),  # spent above what we signed
+        (3, 1, None),  # spent without any voucher
+        (2, 10, request(3, 90)),  # voucher newer than last_n
+        (-1, 0, None),
+        (3, -1, request(3, 90)),
+        ("3", 10, request(3, 90)),
+        (3, "10", request(3, 90)),
+        (True, 0, None),
+        (3, 10.0, request(3, 90)),
+        (None, 0, None),
+        (2**64, 0, None),
+        (3, 2**128, request(3, 90)),
+        (3, 10, request(3, 90).to_frame()),  # undecoded bytes are not a voucher
+    ],
+)
+def test_resync_refuses_inconsistent_details(last_n: Any, spent: Any, voucher: Any) -> None:
+    ch = payer()
+    before = snapshot(ch)
+    with pytest.raises(RemoteProtocolError):
+        ch.resync(last_n=last_n, spent=spent, voucher=voucher)
+    assert snapshot(ch) == before
+
+
+@pytest.mark.parametrize("paid_max", [89, 91, 0, -1, True, "90"])
+def test_resync_checks_paid_max_against_the_voucher(paid_max: Any) -> None:
+    ch = payer()
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.resync(last_n=3, spent=10, voucher=request(3, 90), paid_max=paid_max)
+    assert info.value.code is ErrorCode.MALFORMED
+    assert (ch.last_n, ch.paid, ch.spent) == (0, 0, 0)
+    ch.resync(last_n=3, spent=10, voucher=request(3, 90), paid_max=90)
+    assert (ch.last_n, ch.paid, ch.spent) == (3, 90, 10)
+
+
+def test_resync_without_voucher_means_paid_max_zero() -> None:
+    ch = payer()
+    ch.resync(last_n=4, spent=0, voucher=None, paid_max=0)
+    assert ch.last_n == 4
+    with pytest.raises(RemoteProtocolError):
+        ch.resync(last_n=4, spent=0, voucher=None, paid_max=5)
+
+
+def test_resync_never_lowers_anything() -> None:
+    ch = payer()
+    for _ in range(2):
+        ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.resync(last_n=1, spent=5, voucher=request(1, 10))
+    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 5)
+    ch.resync(last_n=0, spent=0, voucher=None)
+    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 5)
