@@ -1,0 +1,1298 @@
+"""Settlement contract rules as a pure state machine (specs/settlement.md).
+
+Theory of operation
+-------------------
+The settlement contract is one deterministic function, `apply(state, op, now)`. A ledger
+backend (memory, SQLite, EVM mirror) authenticates `op.sender`, supplies the time `now` in
+Unix milliseconds, hands over a `State` holding at least the entities the op touches, and
+stores what comes back: the mutated entities and a list of `Event`s. If a precondition
+fails, `apply` raises `SettlementError` with a stable `ErrorCode` and the state is exactly as
+it was: every handler checks everything first and mutates only after the last check
+(invariant S-4). Money is integers only, every amount lies in ``[0, 2**128)`` and no credit
+may push a balance, deposit or stake beyond ``2**128 - 1``.
+
+The life cycles of a channel and of a claim are tables (`CHANNEL_TABLE`, `CLAIM_TABLE`):
+each maps a (state, operation) pair to the next state or to the refusal code, so the legal
+transitions sit in one place and a test walks every pair. A stake's status (NONE, BONDED,
+UNBONDING) is derived from its fields by `stake_status`.
+
+`touches(op)` names what an op reads or writes so a backend can load just that; parties
+that are only known once a channel or claim is loaded (a channel's payer and payee, a
+claim's claimant and respondent) are added by `touches_loaded(op, state)`
+(specs/settlement.md section 8).
+
+The section numbers in comments refer to specs/settlement.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.messages import MAX_LEDGER_ID_SIZE, Request, Response
+
+__all__ = [
+    "BPS",
+    "CHANNEL_DOMAIN",
+    "CHANNEL_TABLE",
+    "CLAIM_TABLE",
+    "MAX_AMOUNT",
+    "AnswerClaim",
+    "Channel",
+    "ChannelOpKind",
+    "ChannelState",
+    "Claim",
+    "ClaimOpKind",
+    "ClaimState",
+    "Event",
+    "EventKind",
+    "FileClaim",
+    "FinalizeClose",
+    "Mint",
+    "Op",
+    "OpenChannel",
+    "Params",
+    "PayeeClose",
+    "Redeem",
+    "RequestUnstake",
+    "ResolveClaim",
+    "Stake",
+    "StakeOp",
+    "StakeStatus",
+    "StartClose",
+    "State",
+    "TopUp",
+    "Touches",
+    "Transfer",
+    "Withdraw",
+    "WithdrawStake",
+    "apply",
+    "channel_id",
+    "channel_transition",
+    "claim_transition",
+    "invariant_violations",
+    "stake_status",
+    "touches",
+    "touches_loaded",
+    "unbonding_period",
+]
+
+MAX_AMOUNT = MAX_YOCTO  # 2**128 - 1
+BPS = 10_000
+CHANNEL_DOMAIN = b"p2pay/v1/channel"
+ACCOUNT_SIZE = 32
+ID_SIZE = 32
+_MAX_NONCE = (1 << 64) - 1
+
+# ---------------------------------------------------------------------------
+# parameters and state
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Params:
+    """Fixed when a ledger is created (specs/settlement.md 1.2). Validated on construction.
+
+    Raises:
+        LocalProtocolError: a field is outside its documented range.
+    """
+
+    ledger_id: bytes
+    dev: bool = False
+    claim_bond: int = 10**18
+    slash_to_claimant_bps: int = 5_000  # share of a slash paid to the claimant, rest burnt
+    min_challenge_ms: int = 1_000
+    max_challenge_ms: int = 30 * 24 * 3_600_000
+    min_claim_window_ms: int = 1_000
+    max_claim_window_ms: int = 30 * 24 * 3_600_000
+    max_deadline_horizon_ms: int = 3_600_000  # see specs/settlement.md "Unbonding"
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise LocalProtocolError(f"Params: {message}")
+
+        need(
+            isinstance(self.ledger_id, bytes) and 1 <= len(self.ledger_id) <= MAX_LEDGER_ID_SIZE,
+            f"ledger_id must be 1..{MAX_LEDGER_ID_SIZE} bytes",
+        )
+        need(isinstance(self.dev, bool), "dev must be a bool")
+        need(
+            _is_int(self.claim_bond) and 0 <= self.claim_bond <= MAX_AMOUNT,
+            "claim_bond must be in [0, 2**128)",
+        )
+        need(
+            _is_int(self.slash_to_claimant_bps) and 0 <= self.slash_to_claimant_bps <= BPS,
+            "slash_to_claimant_bps must be in [0, 10000]",
+        )
+        for low, high, name in (
+            (self.min_challenge_ms, self.max_challenge_ms, "challenge"),
+            (self.min_claim_window_ms, self.max_claim_window_ms, "claim_window"),
+        ):
+            need(
+                _is_int(low) and _is_int(high) and 1 <= low <= high, f"need 1 <= min <= max {name}"
+            )
+        need(
+            _is_int(self.max_deadline_horizon_ms) and self.max_deadline_horizon_ms >= 0,
+            "max_deadline_horizon_ms must be an int >= 0",
+        )
+
+
+class ChannelState(enum.StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True, kw_only=True)
+class Channel:
+    id: bytes
+    payer: bytes
+    payee: bytes
+    deposit: int  # total ever escrowed (open + top ups)
+    redeemed: int  # total paid out to the payee
+    challenge_ms: int
+    state: ChannelState = ChannelState.OPEN
+    closes_at: int = 0  # when a payer's close may be finalized
+
+    @property
+    def escrow(self) -> int:
+        return self.deposit - self.redeemed if self.state is not ChannelState.CLOSED else 0
+
+
+@dataclass(slots=True, kw_only=True)
+class Stake:
+    account: bytes
+    amount: int
+    penalty: int
+    claim_window_ms: int
+    unbonding_at: int = 0  # 0 = bonded; else when withdraw_stake becomes possible
+    open_claims: int = 0
+
+
+class StakeStatus(enum.StrEnum):
+    """Derived from a `Stake`'s fields (specs/settlement.md 1.1)."""
+
+    NONE = "none"
+    BONDED = "bonded"
+    UNBONDING = "unbonding"
+
+
+def stake_status(stake: Stake | None) -> StakeStatus:
+    """The status of a stake record (None = no record).
+
+    Args:
+        stake: the record, or None.
+
+    Returns:
+        UNBONDING if ``unbonding_at > 0``, else BONDED if ``amount > 0``, else NONE.
+    """
+    if stake is None:
+        return StakeStatus.NONE
+    if stake.unbonding_at > 0:
+        return StakeStatus.UNBONDING
+    return StakeStatus.BONDED if stake.amount > 0 else StakeStatus.NONE
+
+
+def unbonding_period(params: Params, claim_window_ms: int) -> int:
+    """How long an unstaked amount stays claimable (specs/settlement.md section 6).
+
+    Args:
+        params: the ledger's parameters.
+        claim_window_ms: the stake's claim window.
+
+    Returns:
+        ``params.max_deadline_horizon_ms + 2 * claim_window_ms``.
+    """
+    return params.max_deadline_horizon_ms + 2 * claim_window_ms
+
+
+class ClaimState(enum.StrEnum):
+    OPEN = "open"
+    ANSWERED = "answered"  # rejected: respondent answered in time, bond to respondent
+    UPHELD = "upheld"  # resolved after the window: respondent slashed
+
+
+@dataclass(slots=True, kw_only=True)
+class Claim:
+    id: bytes  # the request hash
+    claimant: bytes
+    respondent: bytes
+    channel: bytes
+    n: int
+    bond: int
+    filed_at: int
+    window_ends: int
+    state: ClaimState = ClaimState.OPEN
+    request_frame: bytes = b""
+    response_frame: bytes = b""  # the answer, readable by the claimant
+    slashed: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class State:
+    """Everything the contract holds. Backends may load only the entities an op touches."""
+
+    params: Params
+    balances: dict[bytes, int] = field(default_factory=dict)
+    channels: dict[bytes, Channel] = field(default_factory=dict)
+    stakes: dict[bytes, Stake] = field(default_factory=dict)
+    claims: dict[bytes, Claim] = field(default_factory=dict)
+    supply: int = 0  # minted - withdrawn
+    burnt: int = 0
+    nonce: int = 0  # channels opened so far (feeds channel ids)
+
+
+class EventKind(enum.StrEnum):
+    """Event kinds (specs/settlement.md section 7). `Event.kind` holds the plain str value."""
+
+    MINTED = "Minted"
+    TRANSFERRED = "Transferred"
+    WITHDRAWN = "Withdrawn"
+    CHANNEL_OPENED = "ChannelOpened"
+    TOPPED_UP = "ToppedUp"
+    REDEEMED = "Redeemed"
+    CHANNEL_CLOSING = "ChannelClosing"
+    CHANNEL_CLOSED = "ChannelClosed"
+    STAKED = "Staked"
+    UNSTAKE_REQUESTED = "UnstakeRequested"
+    STAKE_WITHDRAWN = "StakeWithdrawn"
+    CLAIM_FILED = "ClaimFiled"
+    CLAIM_ANSWERED = "ClaimAnswered"
+    CLAIM_UPHELD = "ClaimUpheld"
+    SLASHED = "Slashed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """What an operation did. `seq` is assigned by the backend when stored."""
+
+    kind: str
+    fields: dict[str, Any]
+    at: int
+    seq: int = 0
+
+
+# ---------------------------------------------------------------------------
+# operations: `sender` is the account (32-byte public key) that authorised the op
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mint:
+    sender: bytes
+    account: bytes
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    sender: bytes
+    to: bytes
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Withdraw:
+    sender: bytes
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenChannel:
+    sender: bytes  # the payer
+    payee: bytes
+    deposit: int
+    challenge_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopUp:
+    sender: bytes
+    channel: bytes
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redeem:
+    sender: bytes  # the payee
+    voucher: Request
+    amount: int | None = None  # cumulative cap (the payee's `spent`); also capped by paid
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayeeClose:
+    sender: bytes
+    channel: bytes
+    voucher: Request | None = None
+    amount: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartClose:
+    sender: bytes  # the payer
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinalizeClose:
+    sender: bytes
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StakeOp:
+    sender: bytes
+    amount: int
+    penalty: int
+    claim_window_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestUnstake:
+    sender: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WithdrawStake:
+    sender: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileClaim:
+    sender: bytes
+    request: Request  # with signature and body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerClaim:
+    sender: bytes
+    claim: bytes
+    response: Response  # with signature and body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolveClaim:
+    sender: bytes
+    claim: bytes
+
+
+Op = (
+    Mint
+    | Transfer
+    | Withdraw
+    | OpenChannel
+    | TopUp
+    | Redeem
+    | PayeeClose
+    | StartClose
+    | FinalizeClose
+    | StakeOp
+    | RequestUnstake
+    | WithdrawStake
+    | FileClaim
+    | AnswerClaim
+    | ResolveClaim
+)
+
+
+# ---------------------------------------------------------------------------
+# state machines (specs/settlement.md 4.2 and 5.1)
+
+
+class ChannelOpKind(enum.StrEnum):
+    TOP_UP = "top_up"
+    REDEEM = "redeem"
+    PAYEE_CLOSE = "payee_close"
+    START_CLOSE = "start_close"
+    FINALIZE_CLOSE = "finalize_close"
+    FILE_CLAIM = "file_claim"
+
+
+_O, _C, _X = ChannelState.OPEN, ChannelState.CLOSING, ChannelState.CLOSED
+_K = ChannelOpKind
+
+#: (channel state, op) -> next state, or the code of the refusal. FinalizeClose from
+#: CLOSING also needs ``now >= closes_at`` (CHALLENGE_PENDING), checked by its handler.
+CHANNEL_TABLE: dict[tuple[ChannelState, ChannelOpKind], ChannelState | ErrorCode] = {
+    (_O, _K.TOP_UP): _O,
+    (_O, _K.REDEEM): _O,
+    (_O, _K.PAYEE_CLOSE): _X,
+    (_O, _K.START_CLOSE): _C,
+    (_O, _K.FINALIZE_CLOSE): ErrorCode.CHANNEL_NOT_CLOSING,
+    (_O, _K.FILE_CLAIM): _O,
+    (_C, _K.TOP_UP): ErrorCode.CHANNEL_CLOSED,
+    (_C, _K.REDEEM): _C,
+    (_C, _K.PAYEE_CLOSE): _X,
+    (_C, _K.START_CLOSE): ErrorCode.CHALLENGE_PENDING,
+    (_C, _K.FINALIZE_CLOSE): _X,
+    (_C, _K.FILE_CLAIM): _C,
+    (_X, _K.TOP_UP): ErrorCode.CHANNEL_CLOSED,
+    (_X, _K.REDEEM): ErrorCode.CHANNEL_CLOSED,
+    (_X, _K.PAYEE_CLOSE): ErrorCode.CHANNEL_CLOSED,
+    (_X, _K.START_CLOSE): ErrorCode.CHANNEL_CLOSED,
+    (_X, _K.FINALIZE_CLOSE): ErrorCode.CHANNEL_CLOSED,
+    (_X, _K.FILE_CLAIM): _X,
+}
+
+
+class ClaimOpKind(enum.StrEnum):
+    ANSWER = "answer"
+    RESOLVE = "resolve"
+
+
+#: (claim state, op) -> next state, or the code of the refusal. FileClaim creates OPEN.
+CLAIM_TABLE: dict[tuple[ClaimState, ClaimOpKind], ClaimState | ErrorCode] = {
+    (ClaimState.OPEN, ClaimOpKind.ANSWER): ClaimState.ANSWERED,
+    (ClaimState.OPEN, ClaimOpKind.RESOLVE): ClaimState.UPHELD,
+    (ClaimState.ANSWERED, ClaimOpKind.ANSWER): ErrorCode.CLAIM_CLOSED,
+    (ClaimState.ANSWERED, ClaimOpKind.RESOLVE): ErrorCode.CLAIM_CLOSED,
+    (ClaimState.UPHELD, ClaimOpKind.ANSWER): ErrorCode.CLAIM_CLOSED,
+    (ClaimState.UPHELD, ClaimOpKind.RESOLVE): ErrorCode.CLAIM_CLOSED,
+}
+
+
+def channel_transition(state: ChannelState, op: ChannelOpKind) -> ChannelState:
+    """The state a channel moves to under `op`.
+
+    Args:
+        state: the channel's current state.
+        op: the operation kind.
+
+    Returns:
+        The next state (possibly the same).
+
+    Raises:
+        SettlementError: the transition is illegal; its code comes from `CHANNEL_TABLE`.
+    """
+    outcome = CHANNEL_TABLE[(state, op)]
+    if isinstance(outcome, ErrorCode):
+        raise SettlementError(f"{op.value} not allowed on a {state.value} channel", code=outcome)
+    return outcome
+
+
+def claim_transition(state: ClaimState, op: ClaimOpKind) -> ClaimState:
+    """The state a claim moves to under `op`.
+
+    Args:
+        state: the claim's current state.
+        op: the operation kind.
+
+    Returns:
+        The next state.
+
+    Raises:
+        SettlementError: the transition is illegal; its code comes from `CLAIM_TABLE`.
+    """
+    outcome = CLAIM_TABLE[(state, op)]
+    if isinstance(outcome, ErrorCode):
+        raise SettlementError(f"{op.value} not allowed on a {state.value} claim", code=outcome)
+    return outcome
+
+
+# ---------------------------------------------------------------------------
+# touches
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Touches:
+    """The entities an op reads or writes, so a backend can load just those."""
+
+    accounts: frozenset[bytes] = frozenset()
+    channels: frozenset[bytes] = frozenset()
+    stakes: frozenset[bytes] = frozenset()
+    claims: frozenset[bytes] = frozenset()
+    new_channel: bool = False
+
+
+def _keys(*values: object) -> frozenset[bytes]:
+    # malformed (non-bytes) values are left out: `apply` refuses the op anyway
+    return frozenset(v for v in values if isinstance(v, bytes))
+
+
+def touches(op: Op) -> Touches:
+    """Which balances, channels, stakes and claims `op` names directly.
+
+    A backend that loads partial state must also load the parties of every touched channel
+    and claim: call `touches_loaded` once those are loaded (specs/settlement.md section 8).
+    `State.supply`, `burnt`, `nonce` and `params` are always needed.
+
+    Args:
+        op: the operation.
+
+    Returns:
+        The directly named entities; ``new_channel`` for OpenChannel (inserts a channel and
+        increments ``nonce``).
+
+    Raises:
+        SettlementError: INVALID_ARGUMENT if `op` is not an operation type.
+    """
+    if isinstance(op, Mint):
+        return Touches(accounts=_keys(op.account))
+    if isinstance(op, Transfer):
+        return Touches(accounts=_keys(op.sender, op.to))
+    if isinstance(op, Withdraw):
+        return Touches(accounts=_keys(op.sender))
+    if isinstance(op, OpenChannel):
+        return Touches(accounts=_keys(op.sender), new_channel=True)
+    if isinstance(op, TopUp):
+        return Touches(accounts=_keys(op.sender), channels=_keys(op.channel))
+    if isinstance(op, Redeem):
+        voucher = op.voucher.channel if isinstance(op.voucher, Request) else None
+        return Touches(accounts=_keys(op.sender), channels=_keys(voucher))
+    if isinstance(op, PayeeClose):
+        return Touches(accounts=_keys(op.sender), channels=_keys(op.channel))
+    if isinstance(op, StartClose | FinalizeClose):
+        return Touches(channels=_keys(op.channel))
+    if isinstance(op, StakeOp | WithdrawStake):
+        return Touches(accounts=_keys(op.sender), stakes=_keys(op.sender))
+    if isinstance(op, RequestUnstake):
+        return Touches(stakes=_keys(op.sender))
+    if isinstance(op, FileClaim):
+        if not isinstance(op.request, Request):
+            return Touches(accounts=_keys(op.sender))
+        return Touches(
+            accounts=_keys(op.sender),
+            channels=_keys(op.request.channel),
+            claims=_keys(op.request.hash),
+        )
+    if isinstance(op, AnswerClaim):
+        return Touches(accounts=_keys(op.sender), stakes=_keys(op.sender), claims=_keys(op.claim))
+    if isinstance(op, ResolveClaim):
+        return Touches(claims=_keys(op.claim))
+    raise SettlementError(f"not a settlement operation: {type(op).__name__}")
+
+
+def touches_loaded(op: Op, state: State) -> Touches:
+    """`touches(op)` plus the parties of the touched channels and claims loaded in `state`.
+
+    A backend loads ``touches(op)``, then the extra accounts and stakes this returns, then
+    calls `apply`. Channels or claims not in `state` add nothing (apply will refuse them).
+
+    Args:
+        op: the operation.
+        state: a state holding at least the channels and claims of ``touches(op)``.
+
+    Returns:
+        The complete set of entities `apply` may read or write for `op`.
+
+    Raises:
+        SettlementError: INVALID_ARGUMENT if `op` is not an operation type.
+    """
+    direct = touches(op)
+    accounts = set(direct.accounts)
+    for cid in direct.channels:
+        channel = state.channels.get(cid)
+        if channel is not None:
+            accounts.update((channel.payer, channel.payee))
+    for claim_id in direct.claims:
+        claim = state.claims.get(claim_id)
+        if claim is not None:
+            accounts.update((claim.claimant, claim.respondent))
+    return Touches(
+        accounts=frozenset(accounts),
+        channels=direct.channels,
+        stakes=direct.stakes | accounts,
+        claims=direct.claims,
+        new_channel=direct.new_channel,
+    )
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def channel_id(ledger_id: bytes, payer: bytes, payee: bytes, nonce: int) -> bytes:
+    """The id of the `nonce`-th channel opened on a ledger (specs/settlement.md 4.1).
+
+    Args:
+        ledger_id: the ledger's id.
+        payer: the payer's 32-byte account.
+        payee: the payee's 32-byte account.
+        nonce: ``state.nonce`` when the channel was opened, in ``[0, 2**64)``.
+
+    Returns:
+        ``BLAKE2b-256(b"p2pay/v1/channel" + ledger_id + payer + payee + u64be(nonce))``.
+
+    Raises:
+        LocalProtocolError: an argument has the wrong type or size.
+    """
+    if not isinstance(ledger_id, bytes) or not 1 <= len(ledger_id) <= MAX_LEDGER_ID_SIZE:
+        raise LocalProtocolError(f"ledger_id must be 1..{MAX_LEDGER_ID_SIZE} bytes")
+    for name, account in (("payer", payer), ("payee", payee)):
+        if not isinstance(account, bytes) or len(account) != ACCOUNT_SIZE:
+            raise LocalProtocolError(f"{name} must be a 32-byte account")
+    if not _is_int(nonce) or not 0 <= nonce <= _MAX_NONCE:
+        raise LocalProtocolError("nonce must be an integer in [0, 2**64)")
+    data = CHANNEL_DOMAIN + ledger_id + payer + payee + nonce.to_bytes(8, "big")
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def _fail(code: ErrorCode, message: str) -> SettlementError:
+    return SettlementError(message, code=code)
+
+
+def _need(cond: bool, code: ErrorCode, message: str) -> None:
+    if not cond:
+        raise _fail(code, message)
+
+
+def _check_amount(value: object, name: str, *, zero_ok: bool = False) -> int:
+    low = 0 if zero_ok else 1
+    if not _is_int(value) or not low <= value <= MAX_AMOUNT:  # type: ignore[operator]
+        raise _fail(ErrorCode.INVALID_AMOUNT, f"{name} must be an integer in [{low}, 2**128)")
+    assert isinstance(value, int)
+    return value
+
+
+def _check_account(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != ACCOUNT_SIZE:
+        raise _fail(ErrorCode.INVALID_ARGUMENT, f"{name} must be a 32-byte account")
+    return value
+
+
+def _check_id(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != ID_SIZE:
+        raise _fail(ErrorCode.INVALID_ARGUMENT, f"{name} must be a 32-byte id")
+    return value
+
+
+def _check_range(value: object, low: int, high: int, name: str) -> int:
+    if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        raise _fail(ErrorCode.INVALID_ARGUMENT, f"{name} must be an integer in [{low}, {high}]")
+    assert isinstance(value, int)
+    return value
+
+
+class _Balances:
+    """Pending balance changes: checked as they are planned, written by `commit` only."""
+
+    __slots__ = ("_new", "_state")
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+        self._new: dict[bytes, int] = {}
+
+    def get(self, account: bytes) -> int:
+        if account in self._new:
+            return self._new[account]
+        return self._state.balances.get(account, 0)
+
+    def debit(self, account: bytes, amount: int) -> None:
+        balance = self.get(account)
+        _need(
+            balance >= amount,
+            ErrorCode.INSUFFICIENT_FUNDS,
+            f"balance {balance} is below {amount}",
+        )
+        self._new[account] = balance - amount
+
+    def credit(self, account: bytes, amount: int) -> None:
+        balance = self.get(account)
+        _need(
+            balance + amount <= MAX_AMOUNT,
+            ErrorCode.INVALID_AMOUNT,
+            "credit would push a balance above 2**128 - 1",
+        )
+        self._new[account] = balance + amount
+
+    def commit(self) -> None:
+        for account, balance in self._new.items():
+            if balance != self._state.balances.get(account, 0) or account in self._state.balances:
+                self._state.balances[account] = balance
+
+
+def _channel(state: State, cid: object) -> Channel:
+    cid = _check_id(cid, "channel")
+    channel = state.channels.get(cid)
+    if channel is None:
+        raise _fail(ErrorCode.UNKNOWN_CHANNEL, "no such channel")
+    return channel
+
+
+def _claim(state: State, claim_id: object) -> Claim:
+    claim_id = _check_id(claim_id, "claim")
+    claim = state.claims.get(claim_id)
+    if claim is None:
+        raise _fail(ErrorCode.UNKNOWN_CLAIM, "no such claim")
+    return claim
+
+
+def _voucher_pay(channel: Channel, voucher: Request, amount: int | None) -> int:
+    """What redeeming `voucher` (capped by `amount`) pays now (specs 4, Redeem step 7)."""
+    target = min(voucher.paid, channel.deposit)
+    if amount is not None:
+        target = min(target, amount)
+    return max(0, target - channel.redeemed)
+
+
+def _event(kind: EventKind, now: int, **fields: Any) -> Event:
+    return Event(kind=kind.value, fields=fields, at=now)
+
+
+# ---------------------------------------------------------------------------
+# handlers: each checks everything, then commits (no raise after the first mutation)
+
+_Result = tuple[Any, list[Event]]
+
+
+def _mint(state: State, op: Mint, now: int) -> _Result:
+    amount = _check_amount(op.amount, "amount")
+    account = _check_account(op.account, "account")
+    _need(state.params.dev, ErrorCode.NOT_DEV_LEDGER, "minting is only for dev ledgers")
+    balances = _Balances(state)
+    balances.credit(account, amount)
+    balances.commit()
+    state.supply += amount
+    return None, [_event(EventKind.MINTED, now, account=account, amount=amount)]
+
+
+def _transfer(state: State, op: Transfer, now: int) -> _Result:
+    amount = _check_amount(op.amount, "amount")
+    to = _check_account(op.to, "to")
+    balances = _Balances(state)
+    balances.debit(op.sender, amount)
+    balances.credit(to, amount)
+    balances.commit()
+    event = _event(EventKind.TRANSFERRED, now, to=to, amount=amount, **{"from": op.sender})
+    return None, [event]
+
+
+def _withdraw(state: State, op: Withdraw, now: int) -> _Result:
+    amount = _check_amount(op.amount, "amount")
+    balances = _Balances(state)
+    balances.debit(op.sender, amount)
+    balances.commit()
+    state.supply -= amount
+    return None, [_event(EventKind.WITHDRAWN, now, account=op.sender, amount=amount)]
+
+
+def _open_channel(state: State, op: OpenChannel, now: int) -> _Result:
+    params = state.params
+    deposit = _check_amount(op.deposit, "deposit")
+    payee = _check_account(op.payee, "payee")
+    _need(payee != op.sender, ErrorCode.INVALID_ARGUMENT, "payee must differ from payer")
+    challenge = _check_range(
+        op.challenge_ms, params.min_challenge_ms, params.max_challenge_ms, "challenge_ms"
+    )
+    balances = _Balances(state)
+    balances.debit(op.sender, deposit)
+    _need(state.nonce <= _MAX_NONCE, ErrorCode.INTERNAL, "channel nonce exhausted")
+    cid = channel_id(params.ledger_id, op.sender, payee, state.nonce)
+    _need(cid not in state.channels, ErrorCode.CHANNEL_EXISTS, "channel id already taken")
+    balances.commit()
+    state.channels[cid] = Channel(
+        id=cid, payer=op.sender, payee=payee, deposit=deposit, redeemed=0, challenge_ms=challenge
+    )
+    state.nonce += 1
+    event = _event(
+        EventKind.CHANNEL_OPENED,
+        now,
+        channel=cid,
+        payer=op.sender,
+        payee=payee,
+        deposit=deposit,
+        challenge_ms=challenge,
+    )
+    return cid, [event]
+
+
+def _top_up(state: State, op: TopUp, now: int) -> _Result:
+    amount = _check_amount(op.amount, "amount")
+    channel = _channel(state, op.channel)
+    _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the payer tops up")
+    channel_transition(channel.state, ChannelOpKind.TOP_UP)
+    balances = _Balances(state)
+    balances.debit(op.sender, amount)
+    _need(
+        channel.deposit + amount <= MAX_AMOUNT,
+        ErrorCode.INVALID_AMOUNT,
+        "deposit would exceed 2**128 - 1",
+    )
+    balances.commit()
+    channel.deposit += amount
+    event = _event(
+        EventKind.TOPPED_UP,
+        now,
+        channel=channel.id,
+        payer=channel.payer,
+        amount=amount,
+        deposit=channel.deposit,
+    )
+    return None, [event]
+
+
+def _redeemed_event(channel: Channel, voucher: Request, pay: int, now: int) -> Event:
+    return _event(
+        EventKind.REDEEMED,
+        now,
+        channel=channel.id,
+        payer=channel.payer,
+        payee=channel.payee,
+        amount=pay,
+        redeemed=channel.redeemed,
+        n=voucher.n,
+        paid=voucher.paid,
+    )
+
+
+def _check_voucher_ledger(state: State, voucher: object) -> Request:
+    if not isinstance(voucher, Request):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "a voucher is a signed Request")
+    _need(
+        voucher.ledger == state.params.ledger_id,
+        ErrorCode.WRONG_LEDGER,
+        "voucher is for another ledger",
+    )
+    return voucher
+
+
+def _redeem(state: State, op: Redeem, now: int) -> _Result:
+    if not isinstance(op.voucher, Request):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "a voucher is a signed Request")
+    cap = None if op.amount is None else _check_amount(op.amount, "amount", zero_ok=True)
+    voucher = _check_voucher_ledger(state, op.voucher)
+    channel = _channel(state, voucher.channel)
+    _need(op.sender == channel.payee, ErrorCode.NOT_PARTY, "only the payee redeems")
+    channel_transition(channel.state, ChannelOpKind.REDEEM)
+    _need(
+        voucher.verify(channel.payer),
+        ErrorCode.INVALID_SIGNATURE,
+        "voucher is not signed by the channel's payer",
+    )
+    pay = _voucher_pay(channel, voucher, cap)
+    balances = _Balances(state)
+    balances.credit(channel.payee, pay)
+    balances.commit()
+    if pay == 0:
+        return 0, []
+    channel.redeemed += pay
+    return pay, [_redeemed_event(channel, voucher, pay, now)]
+
+
+def _payee_close(state: State, op: PayeeClose, now: int) -> _Result:
+    cap = None if op.amount is None else _check_amount(op.amount, "amount", zero_ok=True)
+    cid = _check_id(op.channel, "channel")
+    voucher: Request | None = None
+    if op.voucher is not None:
+        voucher = op.voucher
+        if not isinstance(voucher, Request) or voucher.channel != cid:
+            raise _fail(ErrorCode.INVALID_ARGUMENT, "voucher must be a Request for this channel")
+        voucher = _check_voucher_ledger(state, voucher)
+    elif cap is not None:
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "amount given without a voucher")
+    channel = _channel(state, cid)
+    _need(op.sender == channel.payee, ErrorCode.NOT_PARTY, "only the payee closes this way")
+    new_state = channel_transition(channel.state, ChannelOpKind.PAYEE_CLOSE)
+    pay = 0
+    if voucher is not None:
+        _need(
+            voucher.verify(channel.payer),
+            ErrorCode.INVALID_SIGNATURE,
+            "voucher is not signed by the channel's payer",
+        )
+        pay = _voucher_pay(channel, voucher, cap)
+    refund = channel.deposit - channel.redeemed - pay
+    balances = _Balances(state)
+    balances.credit(channel.payee, pay)
+    balances.credit(channel.payer, refund)
+    balances.commit()
+    events: list[Event] = []
+    if pay > 0:
+        assert voucher is not None
+        channel.redeemed += pay
+        events.append(_redeemed_event(channel, voucher, pay, now))
+    channel.state = new_state
+    events.append(_closed_event(channel, "payee", refund, now))
+    return pay, events
+
+
+def _closed_event(channel: Channel, by: str, refund: int, now: int) -> Event:
+    return _event(
+        EventKind.CHANNEL_CLOSED,
+        now,
+        channel=channel.id,
+        payer=channel.payer,
+        payee=channel.payee,
+        by=by,
+        redeemed=channel.redeemed,
+        refunded=refund,
+    )
+
+
+def _start_close(state: State, op: StartClose, now: int) -> _Result:
+    channel = _channel(state, op.channel)
+    _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the payer starts a close")
+    new_state = channel_transition(channel.state, ChannelOpKind.START_CLOSE)
+    channel.state = new_state
+    channel.closes_at = now + channel.challenge_ms
+    event = _event(
+        EventKind.CHANNEL_CLOSING,
+        now,
+        channel=channel.id,
+        payer=channel.payer,
+        payee=channel.payee,
+        closes_at=channel.closes_at,
+    )
+    return None, [event]
+
+
+def _finalize_close(state: State, op: FinalizeClose, now: int) -> _Result:
+    channel = _channel(state, op.channel)
+    new_state = channel_transition(channel.state, ChannelOpKind.FINALIZE_CLOSE)
+    _need(
+        now >= channel.closes_at,
+        ErrorCode.CHALLENGE_PENDING,
+        f"challenge period runs until {channel.closes_at}",
+    )
+    refund = channel.deposit - channel.redeemed
+    balances = _Balances(state)
+    balances.credit(channel.payer, refund)
+    balances.commit()
+    channel.state = new_state
+    return None, [_closed_event(channel, "payer", refund, now)]
+
+
+def _stake(state: State, op: StakeOp, now: int) -> _Result:
+    params = state.params
+    amount = _check_amount(op.amount, "amount")
+    penalty = _check_amount(op.penalty, "penalty")
+    window = _check_range(
+        op.claim_window_ms, params.min_claim_window_ms, params.max_claim_window_ms, "window"
+    )
+    stake = state.stakes.get(op.sender)
+    _need(
+        stake_status(stake) is not StakeStatus.UNBONDING,
+        ErrorCode.UNBONDING,
+        "stake is unbonding",
+    )
+    held = stake.amount if stake is not None else 0
+    _need(penalty <= held + amount, ErrorCode.INVALID_ARGUMENT, "penalty exceeds the stake")
+    if stake is not None and stake.open_claims > 0:
+        _need(
+            penalty == stake.penalty and window == stake.claim_window_ms,
+            ErrorCode.STAKE_LOCKED,
+            "penalty and window cannot change while claims are open",
+        )
+    if stake_status(stake) is StakeStatus.BONDED:
+        assert stake is not None
+        _need(
+            penalty >= stake.penalty and window >= stake.claim_window_ms,
+            ErrorCode.STAKE_LOCKED,
+            "a bonded stake's penalty and window can only grow (unstake to lower them)",
+        )
+    balances = _Balances(state)
+    balances.debit(op.sender, amount)
+    _need(held + amount <= MAX_AMOUNT, ErrorCode.INVALID_AMOUNT, "stake would exceed 2**128 - 1")
+    balances.commit()
+    if stake is None:
+        stake = Stake(account=op.sender, amount=0, penalty=penalty, claim_window_ms=window)
+        state.stakes[op.sender] = stake
+    stake.amount += amount
+    stake.penalty = penalty
+    stake.claim_window_ms = window
+    event = _event(
+        EventKind.STAKED,
+        now,
+        account=op.sender,
+        amount=amount,
+        total=stake.amount,
+        penalty=penalty,
+        claim_window_ms=window,
+    )
+    return None, [event]
+
+
+def _request_unstake(state: State, op: RequestUnstake, now: int) -> _Result:
+    stake = state.stakes.get(op.sender)
+    status = stake_status(stake)
+    _need(status is not StakeStatus.NONE, ErrorCode.NOT_STAKED, "no stake")
+    _need(status is StakeStatus.BONDED, ErrorCode.UNBONDING, "already unbonding")
+    assert stake is not None
+    stake.unbonding_at = now + unbonding_period(state.params, stake.claim_window_ms)
+    event = _event(
+        EventKind.UNSTAKE_REQUESTED,
+        now,
+        account=op.sender,
+        amount=stake.amount,
+        unbonding_at=stake.unbonding_at,
+    )
+    return None, [event]
+
+
+def _withdraw_stake(state: State, op: WithdrawStake, now: int) -> _Result:
+    stake = state.stakes.get(op.sender)
+    _need(
+        stake_status(stake) is StakeStatus.UNBONDING,
+        ErrorCode.NOT_STAKED,
+        "no unbonding stake (request unstake first)",
+    )
+    assert stake is not None
+    _need(
+        now >= stake.unbonding_at,
+        ErrorCode.STAKE_LOCKED,
+        f"stake unbonds at {stake.unbonding_at}",
+    )
+    _need(stake.open_claims == 0, ErrorCode.STAKE_LOCKED, "claims against the stake are open")
+    amount = stake.amount
+    balances = _Balances(state)
+    balances.credit(op.sender, amount)
+    balances.commit()
+    stake.amount = 0
+    stake.unbonding_at = 0
+    return None, [_event(EventKind.STAKE_WITHDRAWN, now, account=op.sender, amount=amount)]
+
+
+def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
+    request = op.request
+    if not isinstance(request, Request):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "a claim carries a signed Request")
+    _need(
+        request.ledger == state.params.ledger_id,
+        ErrorCode.WRONG_LEDGER,
+        "request is for another ledger",
+    )
+    channel = _channel(state, request.channel)
+    _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the channel's payer claims")
+    channel_transition(channel.state, ChannelOpKind.FILE_CLAIM)
+    _need(
+        request.verify(channel.payer),
+        ErrorCode.INVALID_SIGNATURE,
+        "request is not signed by the channel's payer",
+    )
+    _need(request.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
+    stake = state.stakes.get(channel.payee)
+    _need(
+        stake is not None and stake.amount > 0,
+        ErrorCode.NOT_STAKED,
+        "the payee has no stake to claim against",
+    )
+    assert stake is not None
+    _need(now > request.deadline, ErrorCode.DEADLINE_NOT_PASSED, "deadline has not passed")
+    _need(
+        now <= request.deadline + stake.claim_window_ms,
+        ErrorCode.WINDOW_CLOSED,
+        "claims must be filed within one claim window after the deadline",
+    )
+    claim_id = request.hash
+    _need(claim_id not in state.claims, ErrorCode.CLAIM_EXISTS, "request already claimed")
+    bond = state.params.claim_bond
+    balances = _Balances(state)
+    balances.debit(op.sender, bond)
+    balances.commit()
+    claim = Claim(
+        id=claim_id,
+        claimant=op.sender,
+        respondent=channel.payee,
+        channel=channel.id,
+        n=request.n,
+        bond=bond,
+        filed_at=now,
+        window_ends=now + stake.claim_window_ms,
+        request_frame=request.to_frame(),
+    )
+    state.claims[claim_id] = claim
+    stake.open_claims += 1
+    event = _event(
+        EventKind.CLAIM_FILED,
+        now,
+        claim=claim_id,
+        claimant=claim.claimant,
+        respondent=claim.respondent,
+        channel=claim.channel,
+        n=claim.n,
+        deadline=request.deadline,
+        bond=bond,
+        window_ends=claim.window_ends,
+    )
+    return claim_id, [event]
+
+
+def _respondent_stake(state: State, claim: Claim) -> Stake:
+    stake = state.stakes.get(claim.respondent)
+    _need(stake is not None, ErrorCode.INTERNAL, "respondent stake not loaded")
+    assert stake is not None
+    return stake
+
+
+def _answer_claim(state: State, op: AnswerClaim, now: int) -> _Result:
+    response = op.response
+    if not isinstance(response, Response):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "an answer carries a signed Response")
+    claim = _claim(state, op.claim)
+    _need(op.sender == claim.respondent, ErrorCode.NOT_PARTY, "only the respondent answers")
+    new_state = claim_transition(claim.state, ClaimOpKind.ANSWER)
+    _need(now <= claim.window_ends, ErrorCode.WINDOW_CLOSED, "answer window has ended")
+    _need(
+        response.verify(claim.respondent),
+        ErrorCode.INVALID_SIGNATURE,
+        "response is not signed by the respondent",
+    )
+    _need(
+        response.request_hash == claim.id
+        and response.channel == claim.channel
+        and response.n == claim.n
+        and response.ledger == state.params.ledger_id,
+        ErrorCode.RESPONSE_MISMATCH,
+        "response is not for the claimed request",
+    )
+    _need(response.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
+    stake = _respondent_stake(state, claim)
+    balances = _Balances(state)
+    balances.credit(claim.respondent, claim.bond)
+    balances.commit()
+    claim.state = new_state
+    claim.response_frame = response.to_frame()
+    stake.open_claims -= 1
+    event = _event(
+        EventKind.CLAIM_ANSWERED,
+        now,
+        claim=claim.id,
+        claimant=claim.claimant,
+        respondent=claim.respondent,
+        status=response.status,
+        bond=claim.bond,
+    )
+    return None, [event]
+
+
+def _resolve_claim(state: State, op: ResolveClaim, now: int) -> _Result:
+    claim = _claim(state, op.claim)
+    new_state = claim_transition(claim.state, ClaimOpKind.RESOLVE)
+    _need(now > claim.window_ends, ErrorCode.WINDOW_OPEN, "the respondent may still answer")
+    stake = _respondent_stake(state, claim)
+    slash = min(stake.penalty, stake.amount)
+    to_claimant = slash * state.params.slash_to_claimant_bps // BPS
+    burn = slash - to_claimant
+    balances = _Balances(state)
+    balances.credit(claim.claimant, to_claimant + claim.bond)
+    balances.commit()
+    stake.amount -= slash
+    stake.open_claims -= 1
+    state.burnt += burn
+    claim.state = new_state
+    claim.slashed = slash
+    events = [
+        _event(
+            EventKind.CLAIM_UPHELD,
+            now,
+            claim=claim.id,
+            claimant=claim.claimant,
+            respondent=claim.respondent,
+            slashed=slash,
+            to_claimant=to_claimant,
+            burnt=burn,
+            bond=claim.bond,
+        )
+    ]
+    if slash > 0:
+        events.append(
+            _event(EventKind.SLASHED, now, account=claim.respondent, amount=slash, claim=claim.id)
+        )
+    return None, events
+
+
+_HANDLERS: dict[type, Callable[[State, Any, int], _Result]] = {
+    Mint: _mint,
+    Transfer: _transfer,
+    Withdraw: _withdraw,
+    OpenChannel: _open_channel,
+    TopUp: _top_up,
+    Redeem: _redeem,
+    PayeeClose: _payee_close,
+    StartClose: _start_close,
+    FinalizeClose: _finalize_close,
+    StakeOp: _stake,
+    RequestUnstake: _request_unstake,
+    WithdrawStake: _withdraw_stake,
+    FileClaim: _file_claim,
+    AnswerClaim: _answer_claim,
+    ResolveClaim: _resolve_claim,
+}
+
+
+def apply(state: State, op: Op, now: int) -> tuple[Any, list[Event]]:
+    """Apply `op` at time `now` (ms). Mutates `state` only on success.
+
+    `state` may hold more entities than the op touches (memory backend) or just those of
+    `touches_loaded` (SQLite backend); a missing balance counts as 0, a missing stake as
+    none, a missing channel or claim as unknown.
+
+    Args:
+        state: the contract state; mutated in place on success.
+        op: the operation, authorised by ``op.sender``.
+        now: Unix time in milliseconds, from the backend.
+
+    Returns:
+        ``(result, events)``: result is the new channel id for OpenChannel, the claim id for
+        FileClaim, the amount paid for Redeem and PayeeClose, else None.
+
+    Raises:
+        SettlementError: a precondition failed; `state` is unchanged.
+    """
+    handler = _HANDLERS.get(type(op))
+    if handler is None:
+        raise _fail(ErrorCode.INVALID_ARGUMENT, f"not a settlement operation: {type(op).__name__}")
+    if not _is_int(now) or now < 0:
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "now must be an integer >= 0 (Unix ms)")
+    _check_account(op.sender, "sender")
+    return handler(state, op, now)
+
+
+# ---------------------------------------------------------------------------
+# invariants (specs/settlement.md section 9)
+
+
+def invariant_violations(state: State) -> list[str]:
+    """Check the state-only invariants S-1 (conservation), S-2 (bounds) and S-3 (claims).
+
+    Only meaningful on a complete state (all entities loaded). Tests and the ledger
+    conformance suite call it after every operation.
+
+    Args:
+        state: a complete contract state.
+
+    Returns:
+        One message per violation, each starting with the invariant's name; empty if none.
+    """
+    out: list[str] = []
+    escrow = sum(c.escrow for c in state.channels.values())
+    staked = sum(s.amount for s in state.stakes.values())
+    bonds = sum(c.bond for c in state.claims.values() if c.state is ClaimState.OPEN)
+    held = sum(state.balances.values()) + escrow + staked + bonds + state.burnt
+    if held != state.supply:
+        out.append(f"S-1 supply {state.supply} != held {held}")
+
+    def bounded(value: int) -> bool:
+        return _is_int(value) and 0 <= value <= MAX_AMOUNT
+
+    for account, balance in state.balances.items():
+        if not bounded(balance):
+            out.append(f"S-2 balance of {account.hex()} is {balance}")
+    for channel in state.channels.values():
+        if not (bounded(channel.deposit) and bounded(channel.redeemed)):
+            out.append(f"S-2 channel {channel.id.hex()} amounts out of range")
+        elif channel.redeemed > channel.deposit:
+            out.append(f"S-2 channel {channel.id.hex()} redeemed more than its deposit")
+    for stake in state.stakes.values():
+        if not bounded(stake.amount) or stake.penalty <= 0:
+            out.append(f"S-2 stake of {stake.account.hex()} out of range")
+    if state.burnt < 0 or state.supply < 0:
+        out.append("S-2 burnt or supply negative")
+    open_by: dict[bytes, int] = {}
+    for claim in state.claims.values():
+        if claim.state is ClaimState.OPEN:
+            open_by[claim.respondent] = open_by.get(claim.respondent, 0) + 1
+    for account in set(open_by) | set(state.stakes):
+        record = state.stakes.get(account)
+        counted = record.open_claims if record is not None else 0
+        if counted != open_by.get(account, 0):
+            out.append(f"S-3 stake of {account.hex()} counts {counted} open claims")
+    return out

@@ -1,0 +1,546 @@
+"""Hypothesis state machine over the pure settlement contract (specs/settlement.md section 9).
+
+ALICE, BOB, CAROL and MALLORY perform random operations on one dev ledger, valid and
+invalid alike: any of them may try any op on any channel, stake or claim (MALLORY is simply
+the one who is never a legitimate party unless hypothesis makes her one), sign vouchers with
+the wrong key, present them on the wrong ledger, tamper with bodies, answer late, and so on.
+After every step the named invariants are asserted:
+
+* S-1..S-3 via `invariant_violations` (conservation, bounds, open-claim counts);
+* S-4 a refused op left the state exactly as it was, a successful one emitted events;
+* S-5 monotonicity (deposit, redeemed, nonce, burnt; final states; fixed parties);
+* S-6 no third party moved another's money, except S-6a/b/c;
+* S-7 a payee never got more than the best voucher its payer signed, nor than the deposit;
+* T-1 `apply` on the partial state a backend loads from `touches_loaded` behaves exactly as
+  on the full state (same outcome, same entities written): `touches` is complete.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
+
+from p2pay.core.errors import ErrorCode, SettlementError
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request, Response
+from p2pay.core.settlement import (
+    MAX_AMOUNT,
+    AnswerClaim,
+    ChannelState,
+    ClaimState,
+    Event,
+    FileClaim,
+    FinalizeClose,
+    Mint,
+    Op,
+    OpenChannel,
+    Params,
+    PayeeClose,
+    Redeem,
+    RequestUnstake,
+    ResolveClaim,
+    StakeOp,
+    StartClose,
+    State,
+    TopUp,
+    Transfer,
+    Withdraw,
+    WithdrawStake,
+    apply,
+    invariant_violations,
+    touches,
+    touches_loaded,
+)
+
+ALICE = Keypair.from_seed(bytes([1]) * 32)
+BOB = Keypair.from_seed(bytes([2]) * 32)
+CAROL = Keypair.from_seed(bytes([3]) * 32)
+MALLORY = Keypair.from_seed(bytes([4]) * 32)
+KEYS = [ALICE, BOB, CAROL, MALLORY]
+BY_ACCOUNT = {k.public: k for k in KEYS}
+
+LEDGER = b"prop-ledger"
+OTHER_LEDGER = b"elsewhere"
+NOWHERE = bytes([9]) * 32
+PARAMS = Params(
+    ledger_id=LEDGER,
+    dev=True,
+    claim_bond=50,
+    slash_to_claimant_bps=4_000,
+    min_challenge_ms=1,
+    max_challenge_ms=100,
+    min_claim_window_ms=1,
+    max_claim_window_ms=100,
+    max_deadline_horizon_ms=100,
+)
+
+keys = st.sampled_from(KEYS)
+accounts = st.one_of(keys.map(lambda k: k.public), keys.map(lambda k: k.public), st.just(NOWHERE))
+# mostly valid values, with the edges (0, negative, 2**128 - 1, 2**128) mixed in
+small = st.integers(1, 400)
+amounts = st.one_of(
+    small, small, small, st.sampled_from([0, -1, MAX_AMOUNT, MAX_AMOUNT - 1, MAX_AMOUNT + 1])
+)
+caps = st.one_of(st.none(), st.integers(-1, 400))
+periods = st.one_of(st.integers(1, 100), st.integers(1, 100), st.sampled_from([0, 101]))
+
+
+def partial(full: State, op: Op) -> State:
+    """What a backend loading only `touches_loaded(op)` hands to `apply`."""
+    first = touches(op)
+    out = State(params=full.params, supply=full.supply, burnt=full.burnt, nonce=full.nonce)
+    for cid in first.channels & full.channels.keys():
+        out.channels[cid] = copy.deepcopy(full.channels[cid])
+    for claim_id in first.claims & full.claims.keys():
+        out.claims[claim_id] = copy.deepcopy(full.claims[claim_id])
+    complete = touches_loaded(op, out)
+    for account in complete.accounts & full.balances.keys():
+        out.balances[account] = full.balances[account]
+    for account in complete.stakes & full.stakes.keys():
+        out.stakes[account] = copy.deepcopy(full.stakes[account])
+    return out
+
+
+def escrow_of(state: State) -> dict[bytes, int]:
+    return {cid: c.escrow for cid, c in state.channels.items()}
+
+
+class SettlementMachine(RuleBasedStateMachine):
+    channels = Bundle("channels")
+    requests = Bundle("requests")
+    claims = Bundle("claims")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = State(params=PARAMS)
+        self.now = 1_000
+        self.n = 0
+        # S-7: highest `paid` the real payer signed per channel, on this ledger
+        self.signed_max: dict[bytes, int] = {}
+        self.claim_requests: dict[bytes, Request] = {}
+
+    @initialize(target=channels)
+    def setup(self) -> Any:
+        """Everyone holds 5_000; BOB and CAROL are staked providers with a customer each."""
+        for key in KEYS:
+            self.do(Mint(sender=key.public, account=key.public, amount=5_000))
+        self.do(StakeOp(sender=BOB.public, amount=1_000, penalty=150, claim_window_ms=50))
+        self.do(StakeOp(sender=CAROL.public, amount=300, penalty=200, claim_window_ms=80))
+        return multiple(
+            self.do(
+                OpenChannel(sender=ALICE.public, payee=BOB.public, deposit=900, challenge_ms=40)
+            ),
+            self.do(
+                OpenChannel(sender=MALLORY.public, payee=CAROL.public, deposit=500, challenge_ms=1)
+            ),
+        )
+
+    # ------------------------------------------------------------------ the checked step
+
+    def do(self, op: Op) -> Any:
+        before = copy.deepcopy(self.state)
+        small = partial(before, op)
+        try:
+            result, events = apply(self.state, op, self.now)
+        except SettlementError as exc:
+            event(f"{type(op).__name__} refused {exc.code.value}")
+            assert self.state == before, "S-4: a refused op changed the state"
+            self.check_partial_refused(small, op, exc.code)
+            return None
+        event(f"{type(op).__name__} ok")
+        self.check_partial_ok(small, op, result, events)
+        self.check_events(op, result, events)
+        self.check_monotonic(before)
+        self.check_no_third_party(before, op, events)
+        self.check_vouchers()
+        return result
+
+    def check_partial_refused(self, small: State, op: Op, code: ErrorCode) -> None:
+        try:
+            apply(small, op, self.now)
+        except SettlementError as exc:
+            assert exc.code is code, f"T-1: partial state refused with {exc.code}, full {code}"
+        else:
+            raise AssertionError("T-1: partial state accepted an op the full state refused")
+
+    def check_partial_ok(self, small: State, op: Op, result: Any, events: list[Event]) -> None:
+        assert apply(small, op, self.now) == (result, events), "T-1: partial outcome differs"
+        full = self.state
+        assert (small.supply, small.burnt, small.nonce) == (full.supply, full.burnt, full.nonce)
+        for name in ("balances", "channels", "stakes", "claims"):
+            part, whole = getattr(small, name), getattr(full, name)
+            for key, value in part.items():
+                assert whole[key] == value, f"T-1: {name} entry differs"
+
+    def check_events(self, op: Op, result: Any, events: list[Event]) -> None:
+        # S-4: every successful op emits an event, except a Redeem that paid nothing
+        if not (isinstance(op, Redeem) and result == 0):
+            assert events, "S-4: success without an event"
+        for item in events:
+            assert item.at == self.now
+            assert all(isinstance(v, bytes | int | str) for v in item.fields.values())
+
+    def check_monotonic(self, before: State) -> None:
+        after = self.state
+        assert after.nonce >= before.nonce and after.burnt >= before.burnt, "S-5"
+        for cid, old in before.channels.items():
+            new = after.channels[cid]
+            assert new.deposit >= old.deposit and new.redeemed >= old.redeemed, "S-5 channel"
+            assert (new.payer, new.payee, new.challenge_ms) == (
+                old.payer,
+                old.payee,
+                old.challenge_ms,
+            )
+            if old.state is ChannelState.CLOSED:
+                assert new == old, "S-5: CLOSED is final"
+        for claim_id, old_claim in before.claims.items():
+            new_claim = after.claims[claim_id]
+            assert (new_claim.claimant, new_claim.respondent) == (
+                old_claim.claimant,
+                old_claim.respondent,
+            )
+            if old_claim.state is not ClaimState.OPEN:
+                assert new_claim == old_claim, "S-5: ANSWERED and UPHELD are final"
+
+    def check_no_third_party(self, before: State, op: Op, events: list[Event]) -> None:
+        after = self.state
+        sender = op.sender
+
+        def gained(account: bytes) -> int:
+            return after.balances.get(account, 0) - before.balances.get(account, 0)
+
+        # S-6: balances only go down for the sender
+        for account in before.balances.keys() | after.balances.keys():
+            if gained(account) < 0:
+                assert account == sender, "S-6: a balance fell through another's op"
+
+        # escrow leaves a channel only to its payer or payee, by the rightful op
+        old_escrow, new_escrow = escrow_of(before), escrow_of(after)
+        for cid, old in old_escrow.items():
+            lost = old - new_escrow[cid]
+            if lost <= 0:
+                continue
+            channel = after.channels[cid]
+            if isinstance(op, Redeem):  # S-6a
+                assert sender == channel.payee and gained(channel.payee) == lost
+            elif isinstance(op, PayeeClose):  # S-6a
+                assert sender == channel.payee
+                assert gained(channel.payee) + gained(channel.payer) == lost
+            elif isinstance(op, FinalizeClose):  # S-6b
+                assert before.channels[cid].closes_at <= self.now
+                assert gained(channel.payer) == lost
+            else:
+                raise AssertionError(f"S-6: {type(op).__name__} took escrow")
+
+        # a stake shrinks only by its owner's withdrawal or a slash after the window
+        for account, old_stake in before.stakes.items():
+            lost = old_stake.amount - after.stakes[account].amount
+            if lost <= 0:
+                continue
+            if isinstance(op, WithdrawStake):
+                assert sender == account and gained(account) == lost, "S-6 withdraw"
+            elif isinstance(op, ResolveClaim):  # S-6c
+                claim = before.claims[op.claim]
+                assert claim.respondent == account and self.now > claim.window_ends
+                assert lost <= old_stake.penalty
+                to_claimant = lost * PARAMS.slash_to_claimant_bps // 10_000
+                assert gained(claim.claimant) == to_claimant + claim.bond
+                assert after.burnt - before.burnt == lost - to_claimant
+            else:
+                raise AssertionError(f"S-6: {type(op).__name__} took a stake")
+
+    def check_vouchers(self) -> None:
+        for cid, channel in self.state.channels.items():
+            best = self.signed_max.get(cid, 0)
+            assert channel.redeemed <= min(best, channel.deposit), "S-7: paid beyond a voucher"
+
+    @invariant()
+    def state_invariants(self) -> None:
+        assert invariant_violations(self.state) == []
+
+    # ------------------------------------------------------------------ time
+
+    @rule(ms=st.one_of(st.integers(0, 30), st.integers(0, 150)))
+    def tick(self, ms: int) -> None:
+        self.now += ms
+
+    # ------------------------------------------------------------------ accounts
+
+    @rule(key=keys, to=accounts, amount=st.one_of(st.integers(1, 3_000), amounts))
+    def mint(self, key: Keypair, to: bytes, amount: int) -> None:
+        self.do(Mint(sender=key.public, account=to, amount=amount))
+
+    @rule(key=keys, to=accounts, amount=amounts)
+    def transfer(self, key: Keypair, to: bytes, amount: int) -> None:
+        self.do(Transfer(sender=key.public, to=to, amount=amount))
+
+    @rule(key=keys, amount=amounts)
+    def withdraw(self, key: Keypair, amount: int) -> None:
+        self.do(Withdraw(sender=key.public, amount=amount))
+
+    # ------------------------------------------------------------------ channels
+
+    def party(self, key: Keypair, cid: bytes, role: str | None) -> bytes:
+        """`role` ("payer"/"payee") of channel `cid` if asked and known, else `key`."""
+        channel = self.state.channels.get(cid)
+        if role is None or channel is None:
+            return key.public
+        return channel.payer if role == "payer" else channel.payee
+
+    @rule(target=channels, key=keys, payee=accounts, deposit=amounts, challenge=periods)
+    def open_channel(self, key: Keypair, payee: bytes, deposit: int, challenge: int) -> Any:
+        op = OpenChannel(sender=key.public, payee=payee, deposit=deposit, challenge_ms=challenge)
+        cid = self.do(op)
+        return multiple() if cid is None else cid
+
+    @rule(target=channels, payer=keys, payee=keys, deposit=st.integers(1, 800))
+    def honest_open(self, payer: Keypair, payee: Keypair, deposit: int) -> Any:
+        if payer == payee:
+            return multiple()
+        op = OpenChannel(sender=payer.public, payee=payee.public, deposit=deposit, challenge_ms=30)
+        cid = self.do(op)
+        return multiple() if cid is None else cid
+
+    def make_request(
+        self, cid: bytes, key: Keypair, paid: int, deadline: int, *, ledger: bytes = LEDGER
+    ) -> Request:
+        """`key` signs a request on `cid` for cumulative `paid`, due `deadline` ms from now."""
+        self.n += 1
+        request = Request.create(
+            key,
+            ledger=ledger,
+            channel=cid,
+            n=self.n,
+            paid=min(paid, MAX_AMOUNT),
+            price=1,
+            service="svc",
+            body=b"body %d" % self.n,
+            deadline=max(0, self.now + deadline),
+        )
+        channel = self.state.channels.get(cid)
+        if channel is not None and key.public == channel.payer and ledger == LEDGER:
+            self.signed_max[cid] = max(self.signed_max.get(cid, 0), request.paid)
+        return request
+
+    def fresh_voucher(self, cid: bytes, extra: int, deadline: int) -> Request:
+        """The payer signs a little more than it signed before (what honest payers do)."""
+        payer = BY_ACCOUNT[self.state.channels[cid].payer]
+        return self.make_request(cid, payer, self.signed_max.get(cid, 0) + extra, deadline)
+
+    @rule(target=requests, cid=channels, extra=st.integers(0, 200), deadline=st.integers(-40, 40))
+    def honest_voucher(self, cid: bytes, extra: int, deadline: int) -> Request:
+        return self.fresh_voucher(cid, extra, deadline)
+
+    @rule(key=keys, cid=channels, amount=amounts, role=st.sampled_from([None, "payer"]))
+    def top_up(self, key: Keypair, cid: bytes, amount: int, role: str | None) -> None:
+        self.do(TopUp(sender=self.party(key, cid, role), channel=cid, amount=amount))
+
+    @rule(
+        target=requests,
+        cid=st.one_of(channels, channels, channels, st.just(NOWHERE)),
+        by_payer=st.sampled_from([True, True, True, False]),
+        other=keys,
+        paid=st.one_of(st.integers(0, 600), st.just(MAX_AMOUNT)),
+        deadline=st.integers(-60, 150),
+        foreign=st.integers(0, 9),
+        bad_body=st.integers(0, 9),
+    )
+    def sign(
+        self,
+        cid: bytes,
+        by_payer: bool,
+        other: Keypair,
+        paid: int,
+        deadline: int,
+        foreign: int,
+        bad_body: int,
+    ) -> Request:
+        channel = self.state.channels.get(cid)
+        key = BY_ACCOUNT[channel.payer] if by_payer and channel is not None else other
+        ledger = OTHER_LEDGER if foreign == 0 else LEDGER
+        request = self.make_request(cid, key, paid, deadline, ledger=ledger)
+        if bad_body == 0:
+            request = Request.from_signed(request.signing_bytes, request.signature, b"tampered")
+        return request
+
+    @rule(cid=channels, key=keys, extra=st.integers(1, 300))
+    def outsider_redeem(self, cid: bytes, key: Keypair, extra: int) -> None:
+        """Someone other than the payee presents a fresh, valid voucher."""
+        voucher = self.fresh_voucher(cid, extra, 10)
+        if key.public == self.state.channels[cid].payee:
+            key = MALLORY if key != MALLORY else ALICE
+        self.do(Redeem(sender=key.public, voucher=voucher))
+
+    @rule(cid=channels, forger=keys, extra=st.integers(1, 300), close=st.booleans())
+    def forged_redeem(self, cid: bytes, forger: Keypair, extra: int, close: bool) -> None:
+        """The payee presents a voucher for more, signed by someone other than the payer."""
+        channel = self.state.channels[cid]
+        if forger.public == channel.payer:
+            forger = MALLORY if forger != MALLORY else CAROL
+        voucher = self.make_request(cid, forger, self.signed_max.get(cid, 0) + extra, 10)
+        if close:
+            self.do(PayeeClose(sender=channel.payee, channel=cid, voucher=voucher))
+        else:
+            self.do(Redeem(sender=channel.payee, voucher=voucher))
+
+    @rule(cid=channels, extra=st.integers(0, 400), cap=caps)
+    def honest_redeem(self, cid: bytes, extra: int, cap: int | None) -> None:
+        """The payee redeems a fresh voucher, possibly above the deposit."""
+        voucher = self.fresh_voucher(cid, extra, 10)
+        self.do(Redeem(sender=self.state.channels[cid].payee, voucher=voucher, amount=cap))
+
+    @rule(key=keys, voucher=requests, cap=caps, role=st.sampled_from([None, "payee", "payee"]))
+    def redeem(self, key: Keypair, voucher: Request, cap: int | None, role: str | None) -> None:
+        sender = self.party(key, voucher.channel, role)
+        self.do(Redeem(sender=sender, voucher=voucher, amount=cap))
+
+    @rule(
+        key=keys,
+        cid=channels,
+        voucher=st.one_of(st.none(), requests),
+        cap=caps,
+        role=st.sampled_from([None, "payee"]),
+    )
+    def payee_close(
+        self, key: Keypair, cid: bytes, voucher: Request | None, cap: int | None, role: str | None
+    ) -> None:
+        if voucher is not None and role is not None:
+            cid = voucher.channel  # mostly a voucher for the channel being closed
+        sender = self.party(key, cid, role)
+        self.do(PayeeClose(sender=sender, channel=cid, voucher=voucher, amount=cap))
+
+    @rule(key=keys, cid=channels, role=st.sampled_from([None, "payer"]))
+    def start_close(self, key: Keypair, cid: bytes, role: str | None) -> None:
+        self.do(StartClose(sender=self.party(key, cid, role), channel=cid))
+
+    @rule(key=keys, cid=st.one_of(channels, channels, st.just(NOWHERE)))
+    def finalize_close(self, key: Keypair, cid: bytes) -> None:
+        self.do(FinalizeClose(sender=key.public, channel=cid))
+
+    # ------------------------------------------------------------------ stakes
+
+    @rule(key=keys, amount=amounts, penalty=st.one_of(st.integers(1, 60), amounts), window=periods)
+    def stake(self, key: Keypair, amount: int, penalty: int, window: int) -> None:
+        self.do(StakeOp(sender=key.public, amount=amount, penalty=penalty, claim_window_ms=window))
+
+    @rule(key=keys)
+    def request_unstake(self, key: Keypair) -> None:
+        self.do(RequestUnstake(sender=key.public))
+
+    @rule(key=keys)
+    def withdraw_stake(self, key: Keypair) -> None:
+        self.do(WithdrawStake(sender=key.public))
+
+    # ------------------------------------------------------------------ claims
+
+    @rule(target=claims, key=keys, request=requests, by_payer=st.booleans())
+    def file_claim(self, key: Keypair, request: Request, by_payer: bool) -> Any:
+        channel = self.state.channels.get(request.channel)
+        sender = channel.payer if by_payer and channel is not None else key.public
+        claim_id = self.claim(sender, request)
+        return multiple() if claim_id is None else claim_id
+
+    def claim(self, sender: bytes, request: Request) -> bytes | None:
+        claim_id = self.do(FileClaim(sender=sender, request=request))
+        if claim_id is not None:
+            self.claim_requests[claim_id] = request
+        return claim_id  # type: ignore[no-any-return]
+
+    # the "honest" rules below pick a fitting entity by index so that complete flows (claim,
+    # answer, slash) happen in most runs; the adversarial rules around them try everything else
+
+    @rule(target=claims, pick=st.integers(0, 1_000), late=st.integers(1, 45))
+    def honest_claim(self, pick: int, late: int) -> Any:
+        """A payer claims a request to a staked payee whose deadline passed `late` ms ago."""
+        fitting = sorted(
+            cid
+            for cid, c in self.state.channels.items()
+            if self.state.stakes.get(c.payee) is not None and self.state.stakes[c.payee].amount > 0
+        )
+        if not fitting:
+            return multiple()
+        cid = fitting[pick % len(fitting)]
+        request = self.fresh_voucher(cid, 0, -late)
+        claim_id = self.claim(self.state.channels[cid].payer, request)
+        return multiple() if claim_id is None else claim_id
+
+    def open_claims(self) -> list[bytes]:
+        return sorted(i for i, c in self.state.claims.items() if c.state is ClaimState.OPEN)
+
+    @rule(pick=st.integers(0, 1_000), status=st.sampled_from(["OK", "OVERLOADED"]))
+    def honest_answer(self, pick: int, status: str) -> None:
+        """The respondent answers an open claim with its signed response."""
+        open_ids = self.open_claims()
+        if open_ids:
+            claim_id = open_ids[pick % len(open_ids)]
+            respondent = self.state.claims[claim_id].respondent
+            self.answer_claim(MALLORY, claim_id, True, BY_ACCOUNT[respondent], status, None)
+
+    @rule(key=keys, pick=st.integers(0, 1_000))
+    def wait_and_resolve(self, key: Keypair, pick: int) -> None:
+        """Anyone resolves an open claim once its window has passed."""
+        open_ids = self.open_claims()
+        if open_ids:
+            claim_id = open_ids[pick % len(open_ids)]
+            self.now = max(self.now, self.state.claims[claim_id].window_ends + 1)
+            self.resolve_claim(key, claim_id)
+
+    @rule(
+        key=keys,
+        claim_id=st.one_of(claims, st.just(NOWHERE)),
+        by_respondent=st.booleans(),
+        signer=keys,
+        status=st.sampled_from(["OK", "OVERLOADED", "DEADLINE_EXCEEDED"]),
+        other=st.one_of(st.none(), st.none(), st.none(), requests),
+    )
+    def answer_claim(
+        self,
+        key: Keypair,
+        claim_id: bytes,
+        by_respondent: bool,
+        signer: Keypair,
+        status: str,
+        other: Request | None,
+    ) -> None:
+        claim = self.state.claims.get(claim_id)
+        request = other if other is not None else self.claim_requests.get(claim_id)
+        if request is None:
+            request = (
+                self.claim_requests[next(iter(self.claim_requests))]
+                if self.claim_requests
+                else None
+            )
+        if request is None:
+            return
+        sender = key.public
+        if by_respondent and claim is not None:
+            sender = claim.respondent
+            signer = BY_ACCOUNT[claim.respondent]
+        response = Response.create(
+            signer,
+            request=request,
+            status=status,
+            price=1 if status == "OK" else 0,
+            spent=1,
+            body=b"answer",
+        )
+        self.do(AnswerClaim(sender=sender, claim=claim_id, response=response))
+
+    @rule(key=keys, claim_id=st.one_of(claims, st.just(NOWHERE)))
+    def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
+        self.do(ResolveClaim(sender=key.public, claim=claim_id))
+
+
+TestSettlementMachine = SettlementMachine.TestCase
+TestSettlementMachine.settings = settings(stateful_step_count=60, deadline=None)

@@ -1,0 +1,1248 @@
+"""Unit tests for p2pay.core.settlement against specs/settlement.md.
+
+Every operation's success path, every refusal with its code (and the state left exactly as it
+was: S-4), the events, the claim flow both ways, the challenge-period defence, unbonding vs
+claims, voucher replay across channels and ledgers, and amounts at 2**128 - 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+import pytest
+
+from p2pay.core import codec
+from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request, Response
+from p2pay.core.settlement import (
+    CHANNEL_TABLE,
+    CLAIM_TABLE,
+    MAX_AMOUNT,
+    AnswerClaim,
+    Channel,
+    ChannelOpKind,
+    ChannelState,
+    Claim,
+    ClaimOpKind,
+    ClaimState,
+    Event,
+    FileClaim,
+    FinalizeClose,
+    Mint,
+    Op,
+    OpenChannel,
+    Params,
+    PayeeClose,
+    Redeem,
+    RequestUnstake,
+    ResolveClaim,
+    Stake,
+    StakeOp,
+    StakeStatus,
+    StartClose,
+    State,
+    TopUp,
+    Touches,
+    Transfer,
+    Withdraw,
+    WithdrawStake,
+    apply,
+    channel_id,
+    channel_transition,
+    claim_transition,
+    invariant_violations,
+    stake_status,
+    touches,
+    touches_loaded,
+    unbonding_period,
+)
+
+ALICE = Keypair.from_seed(bytes([1]) * 32)
+BOB = Keypair.from_seed(bytes([2]) * 32)
+CAROL = Keypair.from_seed(bytes([3]) * 32)
+MALLORY = Keypair.from_seed(bytes([4]) * 32)
+A, B, C, M = ALICE.public, BOB.public, CAROL.public, MALLORY.public
+
+LEDGER = b"test-ledger"
+OTHER_LEDGER = b"other-ledger"
+BOND = 100
+CHALLENGE = 1_000
+WINDOW = 2_000
+HORIZON = 10_000
+T0 = 1_000_000
+NOWHERE = bytes([9]) * 32
+
+
+def make_params(**overrides: Any) -> Params:
+    values: dict[str, Any] = {
+        "ledger_id": LEDGER,
+        "dev": True,
+        "claim_bond": BOND,
+        "slash_to_claimant_bps": 5_000,
+        "min_challenge_ms": 1_000,
+        "max_challenge_ms": 100_000,
+        "min_claim_window_ms": 1_000,
+        "max_claim_window_ms": 100_000,
+        "max_deadline_horizon_ms": HORIZON,
+    }
+    values.update(overrides)
+    return Params(**values)
+
+
+def fresh(**overrides: Any) -> State:
+    """A dev ledger where ALICE, BOB, CAROL and MALLORY hold 10_000 each."""
+    state = State(params=make_params(**overrides))
+    for account in (A, B, C, M):
+        state.balances[account] = 10_000
+    state.supply = 40_000
+    return state
+
+
+def ok(state: State, op: Op, now: int = T0) -> tuple[Any, list[Event]]:
+    result, events = apply(state, op, now)
+    assert events, "every successful op that changes something emits an event"
+    for event in events:
+        assert event.at == now
+        codec.encode(event.fields)  # plain CBOR-able values only
+        assert all(isinstance(v, bytes | int | str) for v in event.fields.values())
+    assert invariant_violations(state) == []
+    return result, events
+
+
+def refused(state: State, op: Op, code: ErrorCode, now: int = T0) -> SettlementError:
+    """The op is refused with `code` and the state is left exactly as it was (S-4)."""
+    before = copy.deepcopy(state)
+    with pytest.raises(SettlementError) as info:
+        apply(state, op, now)
+    assert info.value.code is code, info.value
+    assert state == before
+    return info.value
+
+
+def open_channel(state: State, payer: bytes = A, payee: bytes = B, deposit: int = 1_000) -> bytes:
+    cid, _ = ok(
+        state, OpenChannel(sender=payer, payee=payee, deposit=deposit, challenge_ms=CHALLENGE)
+    )
+    assert isinstance(cid, bytes)
+    return cid
+
+
+def voucher(
+    cid: bytes,
+    paid: int,
+    *,
+    key: Keypair = ALICE,
+    n: int = 1,
+    ledger: bytes = LEDGER,
+    deadline: int = T0 + 5_000,
+    body: bytes = b"hello",
+) -> Request:
+    return Request.create(
+        key,
+        ledger=ledger,
+        channel=cid,
+        n=n,
+        paid=paid,
+        price=10,
+        service="echo",
+        body=body,
+        deadline=deadline,
+    )
+
+
+def answer(request: Request, *, key: Keypair = BOB, status: str = "OK", **kw: Any) -> Response:
+    price = 10 if status == "OK" else 0
+    return Response.create(
+        key, request=request, status=status, price=price, spent=10, body=b"r", **kw
+    )
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind for e in events]
+
+
+# ----------------------------------------------------------------------------- params, ids
+
+
+def test_params_defaults_are_valid() -> None:
+    Params(ledger_id=LEDGER)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ledger_id": b""},
+        {"ledger_id": b"x" * 65},
+        {"ledger_id": "text"},
+        {"claim_bond": -1},
+        {"claim_bond": MAX_AMOUNT + 1},
+        {"slash_to_claimant_bps": 10_001},
+        {"slash_to_claimant_bps": -1},
+        {"min_challenge_ms": 0},
+        {"min_challenge_ms": 10, "max_challenge_ms": 9},
+        {"min_claim_window_ms": 0},
+        {"min_claim_window_ms": 10, "max_claim_window_ms": 9},
+        {"max_deadline_horizon_ms": -1},
+        {"dev": 1},
+        {"claim_bond": 1.0},
+    ],
+)
+def test_params_refuse_out_of_range(overrides: dict[str, Any]) -> None:
+    with pytest.raises(LocalProtocolError):
+        make_params(**overrides)
+
+
+def test_channel_id_formula() -> None:
+    expected = hashlib.blake2b(
+        b"p2pay/v1/channel" + LEDGER + A + B + (7).to_bytes(8, "big"), digest_size=32
+    ).digest()
+    assert channel_id(LEDGER, A, B, 7) == expected
+    ids = {
+        channel_id(LEDGER, A, B, 0),
+        channel_id(LEDGER, A, B, 1),
+        channel_id(LEDGER, B, A, 0),
+        channel_id(OTHER_LEDGER, A, B, 0),
+        channel_id(LEDGER, A, C, 0),
+    }
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"", A, B, 0),
+        (LEDGER, A[:31], B, 0),
+        (LEDGER, A, "b", 0),
+        (LEDGER, A, B, -1),
+        (LEDGER, A, B, 2**64),
+    ],
+)
+def test_channel_id_refuses_bad_input(args: tuple[Any, ...]) -> None:
+    with pytest.raises(LocalProtocolError):
+        channel_id(*args)
+
+
+# ----------------------------------------------------------------------------- generic refusals
+
+
+def test_apply_refuses_non_ops_bad_sender_and_bad_now() -> None:
+    state = fresh()
+    refused(state, "mint", ErrorCode.INVALID_ARGUMENT)  # type: ignore[arg-type]
+    refused(state, Transfer(sender=A[:31], to=B, amount=1), ErrorCode.INVALID_ARGUMENT)
+    refused(state, Transfer(sender="alice", to=B, amount=1), ErrorCode.INVALID_ARGUMENT)  # type: ignore[arg-type]
+    refused(state, Transfer(sender=A, to=B, amount=1), ErrorCode.INVALID_ARGUMENT, now=-1)
+    refused(state, Transfer(sender=A, to=B, amount=1), ErrorCode.INVALID_ARGUMENT, now=True)
+    with pytest.raises(SettlementError) as info:
+        touches("mint")  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("amount", [0, -1, MAX_AMOUNT + 1, 1.0, True, None, "5"])
+def test_amounts_must_be_ints_in_range(amount: Any) -> None:
+    state = fresh()
+    cid = open_channel(state)
+    for op in (
+        Mint(sender=A, account=A, amount=amount),
+        Transfer(sender=A, to=B, amount=amount),
+        Withdraw(sender=A, amount=amount),
+        OpenChannel(sender=A, payee=B, deposit=amount, challenge_ms=CHALLENGE),
+        TopUp(sender=A, channel=cid, amount=amount),
+        StakeOp(sender=B, amount=amount, penalty=1, claim_window_ms=WINDOW),
+        StakeOp(sender=B, amount=100, penalty=amount, claim_window_ms=WINDOW),
+    ):
+        refused(state, op, ErrorCode.INVALID_AMOUNT)
+
+
+# ----------------------------------------------------------------------------- accounts
+
+
+def test_mint_on_dev_ledger_any_sender_any_account() -> None:
+    state = fresh()
+    _, events = ok(state, Mint(sender=M, account=C, amount=5))
+    assert state.balances[C] == 10_005 and state.supply == 40_005
+    assert events == [Event(kind="Minted", fields={"account": C, "amount": 5}, at=T0)]
+
+
+def test_mint_refused_off_dev_ledger() -> None:
+    state = fresh(dev=False)
+    refused(state, Mint(sender=A, account=A, amount=5), ErrorCode.NOT_DEV_LEDGER)
+
+
+def test_mint_bad_account() -> None:
+    refused(fresh(), Mint(sender=A, account=b"short", amount=5), ErrorCode.INVALID_ARGUMENT)
+
+
+def test_mint_to_max_then_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=A, account=A, amount=MAX_AMOUNT))
+    assert state.balances[A] == MAX_AMOUNT
+    refused(state, Mint(sender=A, account=A, amount=1), ErrorCode.INVALID_AMOUNT)
+    ok(state, Mint(sender=A, account=B, amount=MAX_AMOUNT))
+    refused(state, Transfer(sender=B, to=A, amount=1), ErrorCode.INVALID_AMOUNT)
+    ok(state, Transfer(sender=A, to=A, amount=MAX_AMOUNT))  # self transfer: a no-op
+    assert state.balances[A] == MAX_AMOUNT
+
+
+def test_transfer() -> None:
+    state = fresh()
+    _, events = ok(state, Transfer(sender=A, to=C, amount=300))
+    assert state.balances[A] == 9_700 and state.balances[C] == 10_300
+    assert events[0].kind == "Transferred"
+    assert events[0].fields == {"from": A, "to": C, "amount": 300}
+    ok(state, Transfer(sender=A, to=bytes([7]) * 32, amount=9_700))
+    assert state.balances[A] == 0
+    refused(state, Transfer(sender=A, to=C, amount=1), ErrorCode.INSUFFICIENT_FUNDS)
+    refused(state, Transfer(sender=B, to=b"x", amount=1), ErrorCode.INVALID_ARGUMENT)
+    refused(state, Transfer(sender=NOWHERE, to=B, amount=1), ErrorCode.INSUFFICIENT_FUNDS)
+
+
+def test_self_transfer_cannot_exceed_balance() -> None:
+    refused(fresh(), Transfer(sender=A, to=A, amount=10_001), ErrorCode.INSUFFICIENT_FUNDS)
+
+
+def test_withdraw_decreases_supply() -> None:
+    state = fresh()
+    _, events = ok(state, Withdraw(sender=A, amount=400))
+    assert state.balances[A] == 9_600 and state.supply == 39_600
+    assert events[0].kind == "Withdrawn" and events[0].fields == {"account": A, "amount": 400}
+    refused(state, Withdraw(sender=A, amount=9_601), ErrorCode.INSUFFICIENT_FUNDS)
+
+
+# ----------------------------------------------------------------------------- channels
+
+
+def test_open_channel() -> None:
+    state = fresh()
+    cid, events = ok(state, OpenChannel(sender=A, payee=B, deposit=1_000, challenge_ms=CHALLENGE))
+    assert cid == channel_id(LEDGER, A, B, 0)
+    assert state.nonce == 1 and state.balances[A] == 9_000
+    assert state.channels[cid] == Channel(
+        id=cid, payer=A, payee=B, deposit=1_000, redeemed=0, challenge_ms=CHALLENGE
+    )
+    assert events[0].kind == "ChannelOpened"
+    assert events[0].fields == {
+        "channel": cid,
+        "payer": A,
+        "payee": B,
+        "deposit": 1_000,
+        "challenge_ms": CHALLENGE,
+    }
+    second = open_channel(state)
+    assert second == channel_id(LEDGER, A, B, 1) != cid
+
+
+def test_open_channel_refusals() -> None:
+    state = fresh()
+    refused(
+        state,
+        OpenChannel(sender=A, payee=A, deposit=1, challenge_ms=CHALLENGE),
+        ErrorCode.INVALID_ARGUMENT,
+    )
+    refused(
+        state,
+        OpenChannel(sender=A, payee=b"b", deposit=1, challenge_ms=CHALLENGE),
+        ErrorCode.INVALID_ARGUMENT,
+    )
+    for challenge in (999, 100_001, 1_000.0, None):
+        op = OpenChannel(sender=A, payee=B, deposit=1, challenge_ms=challenge)  # type: ignore[arg-type]
+        refused(state, op, ErrorCode.INVALID_ARGUMENT)
+    refused(
+        state,
+        OpenChannel(sender=A, payee=B, deposit=10_001, challenge_ms=CHALLENGE),
+        ErrorCode.INSUFFICIENT_FUNDS,
+    )
+    ok(state, OpenChannel(sender=A, payee=B, deposit=1, challenge_ms=1_000))
+    ok(state, OpenChannel(sender=A, payee=B, deposit=1, challenge_ms=100_000))
+
+
+def test_open_channel_id_collision_is_refused() -> None:
+    state = fresh()
+    taken = channel_id(LEDGER, A, B, 0)
+    state.channels[taken] = Channel(
+        id=taken, payer=A, payee=B, deposit=0, redeemed=0, challenge_ms=CHALLENGE
+    )
+    refused(
+        state,
+        OpenChannel(sender=A, payee=B, deposit=1, challenge_ms=CHALLENGE),
+        ErrorCode.CHANNEL_EXISTS,
+    )
+
+
+def test_top_up() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    _, events = ok(state, TopUp(sender=A, channel=cid, amount=500))
+    assert state.channels[cid].deposit == 1_500 and state.balances[A] == 8_500
+    assert events[0].kind == "ToppedUp"
+    assert events[0].fields == {"channel": cid, "payer": A, "amount": 500, "deposit": 1_500}
+    refused(state, TopUp(sender=B, channel=cid, amount=1), ErrorCode.NOT_PARTY)
+    refused(state, TopUp(sender=M, channel=cid, amount=1), ErrorCode.NOT_PARTY)
+    refused(state, TopUp(sender=A, channel=NOWHERE, amount=1), ErrorCode.UNKNOWN_CHANNEL)
+    refused(state, TopUp(sender=A, channel=b"short", amount=1), ErrorCode.INVALID_ARGUMENT)
+    refused(state, TopUp(sender=A, channel=cid, amount=8_501), ErrorCode.INSUFFICIENT_FUNDS)
+    ok(state, StartClose(sender=A, channel=cid))
+    refused(state, TopUp(sender=A, channel=cid, amount=1), ErrorCode.CHANNEL_CLOSED)
+    ok(state, FinalizeClose(sender=A, channel=cid), now=T0 + CHALLENGE)
+    refused(state, TopUp(sender=A, channel=cid, amount=1), ErrorCode.CHANNEL_CLOSED)
+
+
+def test_top_up_deposit_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=A, account=A, amount=MAX_AMOUNT))
+    cid = open_channel(state, deposit=MAX_AMOUNT)
+    assert state.channels[cid].deposit == MAX_AMOUNT
+    # Bob redeems it all and gives it back to Alice: the deposit total cannot grow further.
+    ok(state, Redeem(sender=B, voucher=voucher(cid, MAX_AMOUNT)))
+    ok(state, Transfer(sender=B, to=A, amount=1))
+    refused(state, TopUp(sender=A, channel=cid, amount=1), ErrorCode.INVALID_AMOUNT)
+
+
+def test_redeem_pays_up_to_the_voucher_and_is_idempotent() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    v1 = voucher(cid, 300, n=1)
+    paid, events = ok(state, Redeem(sender=B, voucher=v1))
+    assert paid == 300 and state.balances[B] == 10_300 and state.channels[cid].redeemed == 300
+    assert events[0].kind == "Redeemed"
+    assert events[0].fields == {
+        "channel": cid,
+        "payer": A,
+        "payee": B,
+        "amount": 300,
+        "redeemed": 300,
+        "n": 1,
+        "paid": 300,
+    }
+    # the same voucher again, or an older one: pays 0, no event, not an error
+    before = copy.deepcopy(state)
+    assert apply(state, Redeem(sender=B, voucher=v1), T0) == (0, [])
+    assert apply(state, Redeem(sender=B, voucher=voucher(cid, 200, n=2)), T0) == (0, [])
+    assert state == before
+    paid, _ = ok(state, Redeem(sender=B, voucher=voucher(cid, 450, n=3)))
+    assert paid == 150 and state.channels[cid].redeemed == 450
+
+
+def test_a_zero_payout_writes_nothing() -> None:
+    state = fresh()
+    cid = open_channel(state, payer=A, payee=bytes([7]) * 32)
+    before = copy.deepcopy(state)
+    assert apply(state, PayeeClose(sender=bytes([7]) * 32, channel=cid), T0)[0] == 0
+    assert bytes([7]) * 32 not in state.balances
+    assert state.balances[A] == before.balances[A] + 1_000
+
+
+def test_redeem_amount_caps_the_payout() -> None:
+    """An honest payee redeems only `spent`, below the voucher's `paid` (specs 4, 'Why amount')."""
+    state = fresh()
+    cid = open_channel(state)
+    v = voucher(cid, 500)
+    paid, _ = ok(state, Redeem(sender=B, voucher=v, amount=320))
+    assert paid == 320 and state.channels[cid].redeemed == 320
+    assert apply(state, Redeem(sender=B, voucher=v, amount=0), T0) == (0, [])
+    paid, _ = ok(state, Redeem(sender=B, voucher=v, amount=10**9))  # cap above paid: paid wins
+    assert paid == 180
+    bad: Any
+    for bad in (-1, MAX_AMOUNT + 1, 1.5, True):
+        refused(state, Redeem(sender=B, voucher=v, amount=bad), ErrorCode.INVALID_AMOUNT)
+
+
+def test_redeem_never_pays_beyond_the_deposit() -> None:
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    paid, _ = ok(state, Redeem(sender=B, voucher=voucher(cid, 5_000)))
+    assert paid == 1_000 and state.channels[cid].escrow == 0
+    ok(state, TopUp(sender=A, channel=cid, amount=100))
+    paid, _ = ok(state, Redeem(sender=B, voucher=voucher(cid, 5_000)))
+    assert paid == 100
+
+
+def test_redeem_refusals() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    v = voucher(cid, 300)
+    refused(state, Redeem(sender=B, voucher="v"), ErrorCode.INVALID_ARGUMENT)  # type: ignore[arg-type]
+    refused(
+        state,
+        Redeem(sender=B, voucher=voucher(cid, 300, ledger=OTHER_LEDGER)),
+        ErrorCode.WRONG_LEDGER,
+    )
+    refused(state, Redeem(sender=B, voucher=voucher(NOWHERE, 300)), ErrorCode.UNKNOWN_CHANNEL)
+    refused(state, Redeem(sender=A, voucher=v), ErrorCode.NOT_PARTY)
+    refused(state, Redeem(sender=M, voucher=v), ErrorCode.NOT_PARTY)
+    refused(
+        state, Redeem(sender=B, voucher=voucher(cid, 300, key=MALLORY)), ErrorCode.INVALID_SIGNATURE
+    )
+    refused(
+        state, Redeem(sender=B, voucher=voucher(cid, 300, key=BOB)), ErrorCode.INVALID_SIGNATURE
+    )
+    tampered = voucher(cid, 100).with_signature(v.signature)  # paid changed after signing
+    refused(state, Redeem(sender=B, voucher=tampered), ErrorCode.INVALID_SIGNATURE)
+    ok(state, PayeeClose(sender=B, channel=cid))
+    refused(state, Redeem(sender=B, voucher=v), ErrorCode.CHANNEL_CLOSED)
+
+
+def test_voucher_replay_across_channels_and_ledgers() -> None:
+    """The channel id and ledger id are inside the signed voucher (specs 4.1)."""
+    state = fresh()
+    alice_to_bob = open_channel(state, A, B)
+    carol_to_bob = open_channel(state, C, B)
+    # Alice's voucher names Alice's channel: presented, it can only pay from that channel.
+    v = voucher(alice_to_bob, 200)
+    ok(state, Redeem(sender=B, voucher=v))
+    assert state.channels[carol_to_bob].redeemed == 0
+    # Re-signing Alice's voucher fields for Carol's channel with Alice's key fails: only
+    # Carol can sign for Carol's channel.
+    forged = voucher(carol_to_bob, 200, key=ALICE)
+    refused(state, Redeem(sender=B, voucher=forged), ErrorCode.INVALID_SIGNATURE)
+    refused(state, FileClaim(sender=C, request=forged), ErrorCode.INVALID_SIGNATURE)
+    # Alice's signature transplanted onto a voucher for Carol's channel fails too.
+    transplanted = voucher(carol_to_bob, 200, key=CAROL).with_signature(v.signature)
+    refused(state, Redeem(sender=B, voucher=transplanted), ErrorCode.INVALID_SIGNATURE)
+    # A voucher signed for the same channel id on another ledger is refused as such.
+    elsewhere = voucher(alice_to_bob, 900, ledger=OTHER_LEDGER)
+    refused(state, Redeem(sender=B, voucher=elsewhere), ErrorCode.WRONG_LEDGER)
+    refused(
+        state, PayeeClose(sender=B, channel=alice_to_bob, voucher=elsewhere), ErrorCode.WRONG_LEDGER
+    )
+
+
+def test_redeem_payee_balance_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=A, account=A, amount=10))
+    ok(state, Mint(sender=A, account=B, amount=MAX_AMOUNT))
+    cid = open_channel(state, deposit=10)
+    refused(state, Redeem(sender=B, voucher=voucher(cid, 1)), ErrorCode.INVALID_AMOUNT)
+    refused(
+        state, PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 1)), ErrorCode.INVALID_AMOUNT
+    )
+    assert apply(state, Redeem(sender=B, voucher=voucher(cid, 1), amount=0), T0) == (0, [])
+
+
+def test_payee_close_with_voucher_and_amount() -> None:
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    ok(state, Redeem(sender=B, voucher=voucher(cid, 100)))
+    paid, events = ok(
+        state, PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 700, n=5), amount=400)
+    )
+    assert paid == 300
+    assert kinds(events) == ["Redeemed", "ChannelClosed"]
+    assert events[1].fields == {
+        "channel": cid,
+        "payer": A,
+        "payee": B,
+        "by": "payee",
+        "redeemed": 400,
+        "refunded": 600,
+    }
+    assert state.balances[B] == 10_400 and state.balances[A] == 9_600
+    assert state.channels[cid].state is ChannelState.CLOSED and state.channels[cid].escrow == 0
+
+
+def test_payee_close_without_voucher_refunds_everything() -> None:
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    paid, events = ok(state, PayeeClose(sender=B, channel=cid))
+    assert paid == 0 and kinds(events) == ["ChannelClosed"]
+    assert events[0].fields["refunded"] == 1_000 and state.balances[A] == 10_000
+
+
+def test_payee_close_refusals() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    other = open_channel(state, A, C)
+    refused(state, PayeeClose(sender=B, channel=cid, amount=5), ErrorCode.INVALID_ARGUMENT)
+    refused(
+        state,
+        PayeeClose(sender=B, channel=cid, voucher=voucher(other, 5)),
+        ErrorCode.INVALID_ARGUMENT,
+    )
+    refused(state, PayeeClose(sender=B, channel=cid, voucher="v"), ErrorCode.INVALID_ARGUMENT)  # type: ignore[arg-type]
+    refused(
+        state,
+        PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 5), amount=-1),
+        ErrorCode.INVALID_AMOUNT,
+    )
+    refused(state, PayeeClose(sender=B, channel=NOWHERE), ErrorCode.UNKNOWN_CHANNEL)
+    refused(state, PayeeClose(sender=A, channel=cid), ErrorCode.NOT_PARTY)
+    refused(state, PayeeClose(sender=M, channel=cid), ErrorCode.NOT_PARTY)
+    refused(
+        state,
+        PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 5, key=MALLORY)),
+        ErrorCode.INVALID_SIGNATURE,
+    )
+    ok(state, PayeeClose(sender=B, channel=cid))
+    refused(state, PayeeClose(sender=B, channel=cid), ErrorCode.CHANNEL_CLOSED)
+
+
+def test_payer_close_and_the_challenge_period_defence() -> None:
+    """Alice starts a close; Bob redeems his best voucher during CLOSING and loses nothing."""
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    _, events = ok(state, StartClose(sender=A, channel=cid))
+    closes_at = T0 + CHALLENGE
+    assert state.channels[cid].state is ChannelState.CLOSING
+    assert state.channels[cid].closes_at == closes_at
+    assert events[0].kind == "ChannelClosing"
+    assert events[0].fields == {"channel": cid, "payer": A, "payee": B, "closes_at": closes_at}
+    refused(
+        state, FinalizeClose(sender=A, channel=cid), ErrorCode.CHALLENGE_PENDING, now=closes_at - 1
+    )
+    paid, _ = ok(state, Redeem(sender=B, voucher=voucher(cid, 650)), now=closes_at - 1)
+    assert paid == 650
+    # anyone may finalise; the remainder goes to the payer only
+    _, events = ok(state, FinalizeClose(sender=M, channel=cid), now=closes_at)
+    assert events[0].kind == "ChannelClosed"
+    assert events[0].fields == {
+        "channel": cid,
+        "payer": A,
+        "payee": B,
+        "by": "payer",
+        "redeemed": 650,
+        "refunded": 350,
+    }
+    assert (
+        state.balances[A] == 9_350 and state.balances[B] == 10_650 and state.balances[M] == 10_000
+    )
+    refused(
+        state, Redeem(sender=B, voucher=voucher(cid, 900)), ErrorCode.CHANNEL_CLOSED, now=closes_at
+    )
+
+
+def test_payee_close_during_closing() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    ok(state, StartClose(sender=A, channel=cid))
+    paid, _ = ok(state, PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 10)))
+    assert paid == 10 and state.channels[cid].state is ChannelState.CLOSED
+
+
+def test_start_close_refusals() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    refused(state, StartClose(sender=A, channel=NOWHERE), ErrorCode.UNKNOWN_CHANNEL)
+    refused(state, StartClose(sender=B, channel=cid), ErrorCode.NOT_PARTY)
+    refused(state, StartClose(sender=M, channel=cid), ErrorCode.NOT_PARTY)
+    ok(state, StartClose(sender=A, channel=cid))
+    refused(state, StartClose(sender=A, channel=cid), ErrorCode.CHALLENGE_PENDING)
+    ok(state, FinalizeClose(sender=A, channel=cid), now=T0 + CHALLENGE)
+    refused(state, StartClose(sender=A, channel=cid), ErrorCode.CHANNEL_CLOSED)
+
+
+def test_finalize_close_refusals() -> None:
+    state = fresh()
+    cid = open_channel(state)
+    refused(state, FinalizeClose(sender=A, channel=NOWHERE), ErrorCode.UNKNOWN_CHANNEL)
+    refused(state, FinalizeClose(sender=A, channel=cid), ErrorCode.CHANNEL_NOT_CLOSING)
+    ok(state, PayeeClose(sender=B, channel=cid))
+    refused(state, FinalizeClose(sender=A, channel=cid), ErrorCode.CHANNEL_CLOSED)
+
+
+def test_finalize_close_refund_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=A, account=A, amount=10))
+    cid = open_channel(state, deposit=10)
+    ok(state, Mint(sender=A, account=A, amount=MAX_AMOUNT))
+    ok(state, StartClose(sender=A, channel=cid))
+    refused(
+        state, FinalizeClose(sender=A, channel=cid), ErrorCode.INVALID_AMOUNT, now=T0 + CHALLENGE
+    )
+    ok(state, Withdraw(sender=A, amount=10))
+    ok(state, FinalizeClose(sender=A, channel=cid), now=T0 + CHALLENGE)
+    assert state.balances[A] == MAX_AMOUNT
+
+
+# ----------------------------------------------------------------------------- state tables
+
+
+def test_channel_table_is_complete_and_matches_the_spec() -> None:
+    assert set(CHANNEL_TABLE) == {(s, o) for s in ChannelState for o in ChannelOpKind}
+    for (state, op), outcome in CHANNEL_TABLE.items():
+        if isinstance(outcome, ErrorCode):
+            with pytest.raises(SettlementError) as info:
+                channel_transition(state, op)
+            assert info.value.code is outcome
+        else:
+            assert channel_transition(state, op) is outcome
+    for op in ChannelOpKind:  # CLOSED is final
+        outcome = CHANNEL_TABLE[(ChannelState.CLOSED, op)]
+        assert outcome in (ErrorCode.CHANNEL_CLOSED, ChannelState.CLOSED)
+
+
+def test_claim_table_is_complete_and_final_states_are_final() -> None:
+    assert set(CLAIM_TABLE) == {(s, o) for s in ClaimState for o in ClaimOpKind}
+    assert claim_transition(ClaimState.OPEN, ClaimOpKind.ANSWER) is ClaimState.ANSWERED
+    assert claim_transition(ClaimState.OPEN, ClaimOpKind.RESOLVE) is ClaimState.UPHELD
+    for final in (ClaimState.ANSWERED, ClaimState.UPHELD):
+        for op in ClaimOpKind:
+            with pytest.raises(SettlementError) as info:
+                claim_transition(final, op)
+            assert info.value.code is ErrorCode.CLAIM_CLOSED
+
+
+# ----------------------------------------------------------------------------- stakes
+
+
+def test_stake_and_restake() -> None:
+    state = fresh()
+    assert stake_status(state.stakes.get(B)) is StakeStatus.NONE
+    _, events = ok(state, StakeOp(sender=B, amount=1_000, penalty=100, claim_window_ms=WINDOW))
+    assert state.stakes[B] == Stake(account=B, amount=1_000, penalty=100, claim_window_ms=WINDOW)
+    assert stake_status(state.stakes[B]) is StakeStatus.BONDED
+    assert state.balances[B] == 9_000
+    assert events[0].kind == "Staked"
+    assert events[0].fields == {
+        "account": B,
+        "amount": 1_000,
+        "total": 1_000,
+        "penalty": 100,
+        "claim_window_ms": WINDOW,
+    }
+    ok(state, StakeOp(sender=B, amount=500, penalty=1_500, claim_window_ms=3_000))
+    assert state.stakes[B].amount == 1_500 and state.stakes[B].penalty == 1_500
+    assert state.stakes[B].claim_window_ms == 3_000
+
+
+def test_bonded_stake_terms_cannot_be_weakened() -> None:
+    """Lowering penalty or window would shrink the protection of requests already served."""
+    state = fresh()
+    ok(state, StakeOp(sender=B, amount=1_000, penalty=100, claim_window_ms=WINDOW))
+    weaker_penalty = StakeOp(sender=B, amount=1, penalty=99, claim_window_ms=WINDOW)
+    shorter_window = StakeOp(sender=B, amount=1, penalty=100, claim_window_ms=WINDOW - 1)
+    refused(state, weaker_penalty, ErrorCode.STAKE_LOCKED)
+    refused(state, shorter_window, ErrorCode.STAKE_LOCKED)
+    # to lower them the provider unstakes, waits out the unbonding period, and stakes again
+    ok(state, RequestUnstake(sender=B))
+    ok(state, WithdrawStake(sender=B), now=T0 + HORIZON + 2 * WINDOW)
+    restake = StakeOp(sender=B, amount=500, penalty=99, claim_window_ms=WINDOW - 1)
+    ok(state, restake, now=T0 + HORIZON + 2 * WINDOW)
+    assert (state.stakes[B].penalty, state.stakes[B].claim_window_ms) == (99, WINDOW - 1)
+
+
+def test_stake_refusals() -> None:
+    state = fresh()
+    for window in (999, 100_001, None):
+        op = StakeOp(sender=B, amount=10, penalty=1, claim_window_ms=window)  # type: ignore[arg-type]
+        refused(state, op, ErrorCode.INVALID_ARGUMENT)
+    refused(
+        state,
+        StakeOp(sender=B, amount=10, penalty=11, claim_window_ms=WINDOW),
+        ErrorCode.INVALID_ARGUMENT,
+    )
+    refused(
+        state,
+        StakeOp(sender=B, amount=10_001, penalty=1, claim_window_ms=WINDOW),
+        ErrorCode.INSUFFICIENT_FUNDS,
+    )
+    ok(state, StakeOp(sender=B, amount=10, penalty=10, claim_window_ms=WINDOW))
+    ok(state, RequestUnstake(sender=B))
+    refused(
+        state, StakeOp(sender=B, amount=10, penalty=1, claim_window_ms=WINDOW), ErrorCode.UNBONDING
+    )
+
+
+def test_stake_amount_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=B, account=B, amount=MAX_AMOUNT))
+    ok(state, StakeOp(sender=B, amount=MAX_AMOUNT, penalty=1, claim_window_ms=WINDOW))
+    ok(state, Mint(sender=B, account=B, amount=1))
+    refused(
+        state,
+        StakeOp(sender=B, amount=1, penalty=1, claim_window_ms=WINDOW),
+        ErrorCode.INVALID_AMOUNT,
+    )
+
+
+def test_unstake_and_withdraw() -> None:
+    state = fresh()
+    refused(state, RequestUnstake(sender=B), ErrorCode.NOT_STAKED)
+    refused(state, WithdrawStake(sender=B), ErrorCode.NOT_STAKED)
+    ok(state, StakeOp(sender=B, amount=1_000, penalty=100, claim_window_ms=WINDOW))
+    refused(state, WithdrawStake(sender=B), ErrorCode.NOT_STAKED)  # not unbonding yet
+    _, events = ok(state, RequestUnstake(sender=B))
+    period = HORIZON + 2 * WINDOW
+    assert unbonding_period(state.params, WINDOW) == period
+    assert state.stakes[B].unbonding_at == T0 + period
+    assert events[0].fields == {"account": B, "amount": 1_000, "unbonding_at": T0 + period}
+    assert stake_status(state.stakes[B]) is StakeStatus.UNBONDING
+    refused(state, RequestUnstake(sender=B), ErrorCode.UNBONDING)
+    refused(state, WithdrawStake(sender=B), ErrorCode.STAKE_LOCKED, now=T0 + period - 1)
+    _, events = ok(state, WithdrawStake(sender=B), now=T0 + period)
+    assert events[0].kind == "StakeWithdrawn" and events[0].fields == {
+        "account": B,
+        "amount": 1_000,
+    }
+    assert state.balances[B] == 10_000
+    assert stake_status(state.stakes[B]) is StakeStatus.NONE
+    refused(state, WithdrawStake(sender=B), ErrorCode.NOT_STAKED)
+    refused(state, RequestUnstake(sender=B), ErrorCode.NOT_STAKED)
+    ok(state, StakeOp(sender=B, amount=5, penalty=5, claim_window_ms=WINDOW))  # stake again
+    assert state.stakes[B].amount == 5
+
+
+def test_withdraw_stake_overflow() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=B, account=B, amount=10))
+    ok(state, StakeOp(sender=B, amount=10, penalty=1, claim_window_ms=WINDOW))
+    ok(state, RequestUnstake(sender=B))
+    ok(state, Mint(sender=B, account=B, amount=MAX_AMOUNT))
+    later = T0 + HORIZON + 2 * WINDOW
+    refused(state, WithdrawStake(sender=B), ErrorCode.INVALID_AMOUNT, now=later)
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def claim_world(**overrides: Any) -> tuple[State, bytes, Request]:
+    """Alice has a channel to Bob; Bob is staked; a request of Alice's went unanswered."""
+    state = fresh(**overrides)
+    cid = open_channel(state)
+    ok(state, StakeOp(sender=B, amount=1_000, penalty=300, claim_window_ms=WINDOW))
+    return state, cid, voucher(cid, 10, n=7, deadline=T0 + 5_000)
+
+
+AFTER = T0 + 5_001  # just after the request's deadline
+
+
+def test_file_claim() -> None:
+    state, cid, request = claim_world()
+    claim_id, events = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    assert claim_id == request.hash
+    assert state.claims[claim_id] == Claim(
+        id=claim_id,
+        claimant=A,
+        respondent=B,
+        channel=cid,
+        n=7,
+        bond=BOND,
+        filed_at=AFTER,
+        window_ends=AFTER + WINDOW,
+        request_frame=request.to_frame(),
+    )
+    assert state.balances[A] == 9_000 - BOND and state.stakes[B].open_claims == 1
+    assert events[0].kind == "ClaimFiled"
+    assert events[0].fields == {
+        "claim": claim_id,
+        "claimant": A,
+        "respondent": B,
+        "channel": cid,
+        "n": 7,
+        "deadline": T0 + 5_000,
+        "bond": BOND,
+        "window_ends": AFTER + WINDOW,
+    }
+
+
+def test_file_claim_refusals() -> None:
+    state, cid, request = claim_world()
+    ok(state, OpenChannel(sender=A, payee=C, deposit=10, challenge_ms=CHALLENGE))
+    unstaked = voucher(channel_id(LEDGER, A, C, 1), 1, deadline=T0)
+    refused(state, FileClaim(sender=A, request="r"), ErrorCode.INVALID_ARGUMENT, now=AFTER)  # type: ignore[arg-type]
+    foreign = voucher(cid, 10, ledger=OTHER_LEDGER, deadline=T0)
+    refused(state, FileClaim(sender=A, request=foreign), ErrorCode.WRONG_LEDGER, now=AFTER)
+    refused(
+        state,
+        FileClaim(sender=A, request=voucher(NOWHERE, 1, deadline=T0)),
+        ErrorCode.UNKNOWN_CHANNEL,
+        now=AFTER,
+    )
+    refused(state, FileClaim(sender=M, request=request), ErrorCode.NOT_PARTY, now=AFTER)
+    refused(state, FileClaim(sender=B, request=request), ErrorCode.NOT_PARTY, now=AFTER)
+    forged = voucher(cid, 10, key=MALLORY, deadline=T0)
+    refused(state, FileClaim(sender=A, request=forged), ErrorCode.INVALID_SIGNATURE, now=AFTER)
+    no_body = Request.from_signed(request.signing_bytes, request.signature, b"other body")
+    refused(state, FileClaim(sender=A, request=no_body), ErrorCode.MALFORMED, now=AFTER)
+    refused(state, FileClaim(sender=A, request=unstaked), ErrorCode.NOT_STAKED, now=AFTER)
+    refused(
+        state, FileClaim(sender=A, request=request), ErrorCode.DEADLINE_NOT_PASSED, now=T0 + 5_000
+    )
+    last = T0 + 5_000 + WINDOW
+    refused(state, FileClaim(sender=A, request=request), ErrorCode.WINDOW_CLOSED, now=last + 1)
+    ok(state, Transfer(sender=A, to=C, amount=state.balances[A] - BOND + 1))
+    refused(state, FileClaim(sender=A, request=request), ErrorCode.INSUFFICIENT_FUNDS, now=last)
+    ok(state, Transfer(sender=C, to=A, amount=1))
+    ok(state, FileClaim(sender=A, request=request), now=last)
+    refused(state, FileClaim(sender=A, request=request), ErrorCode.CLAIM_EXISTS, now=last)
+
+
+def test_file_claim_on_closed_channel_and_zero_bond() -> None:
+    state, cid, request = claim_world(claim_bond=0)
+    ok(state, PayeeClose(sender=B, channel=cid))
+    ok(state, Transfer(sender=A, to=C, amount=state.balances[A]))
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    assert state.claims[claim_id].bond == 0
+
+
+def test_claim_answered_in_time() -> None:
+    state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    response = answer(request)
+    _, events = ok(
+        state, AnswerClaim(sender=B, claim=claim_id, response=response), now=AFTER + WINDOW
+    )
+    claim = state.claims[claim_id]
+    assert claim.state is ClaimState.ANSWERED and claim.response_frame == response.to_frame()
+    assert state.balances[B] == 9_000 + BOND and state.stakes[B].amount == 1_000
+    assert state.stakes[B].open_claims == 0
+    assert events[0].kind == "ClaimAnswered"
+    assert events[0].fields == {
+        "claim": claim_id,
+        "claimant": A,
+        "respondent": B,
+        "status": "OK",
+        "bond": BOND,
+    }
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=response),
+        ErrorCode.CLAIM_CLOSED,
+        now=AFTER,
+    )
+    refused(
+        state,
+        ResolveClaim(sender=A, claim=claim_id),
+        ErrorCode.CLAIM_CLOSED,
+        now=AFTER + WINDOW + 1,
+    )
+
+
+def test_a_signed_refusal_is_an_answer() -> None:
+    state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    refusal = answer(request, status=ErrorCode.OVERLOADED.value)
+    _, events = ok(state, AnswerClaim(sender=B, claim=claim_id, response=refusal), now=AFTER)
+    assert events[0].fields["status"] == "OVERLOADED"
+
+
+def test_answer_claim_refusals() -> None:
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    good = answer(request)
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response="r"),  # type: ignore[arg-type]
+        ErrorCode.INVALID_ARGUMENT,
+        now=AFTER,
+    )  # type: ignore[arg-type]
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=NOWHERE, response=good),
+        ErrorCode.UNKNOWN_CLAIM,
+        now=AFTER,
+    )
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=b"x", response=good),
+        ErrorCode.INVALID_ARGUMENT,
+        now=AFTER,
+    )
+    refused(
+        state, AnswerClaim(sender=M, claim=claim_id, response=good), ErrorCode.NOT_PARTY, now=AFTER
+    )
+    refused(
+        state, AnswerClaim(sender=A, claim=claim_id, response=good), ErrorCode.NOT_PARTY, now=AFTER
+    )
+    late = AFTER + WINDOW + 1
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=good),
+        ErrorCode.WINDOW_CLOSED,
+        now=late,
+    )
+    by_mallory = answer(request, key=MALLORY)
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=by_mallory),
+        ErrorCode.INVALID_SIGNATURE,
+        now=AFTER,
+    )
+    other_request = voucher(cid, 10, n=8, deadline=T0 + 5_000)
+    for wrong in (
+        answer(other_request),  # another request (hash, n)
+        Response.create(
+            BOB,
+            request=voucher(cid, 10, n=7, deadline=T0 + 5_001),
+            status="OK",
+            price=1,
+            spent=1,
+            body=b"",
+        ),  # same n, another hash
+        Response.create(
+            BOB,
+            request=voucher(cid, 10, n=7, ledger=OTHER_LEDGER, deadline=T0 + 5_000),
+            status="OK",
+            price=1,
+            spent=1,
+            body=b"",
+        ),  # another ledger
+    ):
+        refused(
+            state,
+            AnswerClaim(sender=B, claim=claim_id, response=wrong),
+            ErrorCode.RESPONSE_MISMATCH,
+            now=AFTER,
+        )
+    forged_fields = Response(
+        ledger=LEDGER,
+        channel=NOWHERE,
+        n=7,
+        request_hash=request.hash,
+        status="OK",
+        price=1,
+        spent=1,
+        body_hash=good.body_hash,
+    )
+    wrong_channel = forged_fields.with_signature(BOB.sign(forged_fields.signing_bytes))
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=wrong_channel),
+        ErrorCode.RESPONSE_MISMATCH,
+        now=AFTER,
+    )
+    bad_body = Response.from_signed(good.signing_bytes, good.signature, b"not the body")
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=bad_body),
+        ErrorCode.MALFORMED,
+        now=AFTER,
+    )
+
+
+def test_answer_claim_bond_overflow() -> None:
+    state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    ok(state, Mint(sender=B, account=B, amount=MAX_AMOUNT - state.balances[B]))
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=answer(request)),
+        ErrorCode.INVALID_AMOUNT,
+        now=AFTER,
+    )
+
+
+def test_claim_upheld_after_the_window() -> None:
+    state, _, request = claim_world(slash_to_claimant_bps=3_333)
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    window_ends = AFTER + WINDOW
+    refused(state, ResolveClaim(sender=M, claim=claim_id), ErrorCode.WINDOW_OPEN, now=window_ends)
+    refused(
+        state, ResolveClaim(sender=M, claim=NOWHERE), ErrorCode.UNKNOWN_CLAIM, now=window_ends + 1
+    )
+    alice_before = state.balances[A]
+    _, events = ok(state, ResolveClaim(sender=M, claim=claim_id), now=window_ends + 1)
+    to_claimant = 300 * 3_333 // 10_000
+    assert to_claimant == 99
+    assert state.balances[A] == alice_before + to_claimant + BOND
+    assert state.stakes[B].amount == 700 and state.stakes[B].open_claims == 0
+    assert state.burnt == 300 - to_claimant
+    assert (
+        state.claims[claim_id].state is ClaimState.UPHELD and state.claims[claim_id].slashed == 300
+    )
+    assert kinds(events) == ["ClaimUpheld", "Slashed"]
+    assert events[0].fields == {
+        "claim": claim_id,
+        "claimant": A,
+        "respondent": B,
+        "slashed": 300,
+        "to_claimant": 99,
+        "burnt": 201,
+        "bond": BOND,
+    }
+    assert events[1].fields == {"account": B, "amount": 300, "claim": claim_id}
+    refused(
+        state, ResolveClaim(sender=M, claim=claim_id), ErrorCode.CLAIM_CLOSED, now=window_ends + 1
+    )
+    late = answer(request)
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=late),
+        ErrorCode.CLAIM_CLOSED,
+        now=window_ends,
+    )
+
+
+def test_slash_is_capped_by_what_is_left() -> None:
+    state, cid, _ = claim_world()
+    ids = []
+    for n in range(1, 6):  # 5 claims x penalty 300 against a 1_000 stake
+        request = voucher(cid, 10, n=n, deadline=T0)
+        claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=T0 + 1)
+        ids.append(claim_id)
+    slashes = []
+    for claim_id in ids:
+        _, events = ok(state, ResolveClaim(sender=C, claim=claim_id), now=T0 + 1 + WINDOW + 1)
+        slashes.append(events[0].fields["slashed"])
+        assert kinds(events) == (["ClaimUpheld", "Slashed"] if slashes[-1] else ["ClaimUpheld"])
+    assert slashes == [300, 300, 300, 100, 0]
+    assert state.stakes[B].amount == 0
+    # a stake slashed to nothing cannot be claimed against
+    refused(
+        state,
+        FileClaim(sender=A, request=voucher(cid, 10, n=9, deadline=T0)),
+        ErrorCode.NOT_STAKED,
+        now=T0 + 1,
+    )
+
+
+def test_resolve_with_missing_stake_is_internal() -> None:
+    state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    del state.stakes[B]  # a backend that failed to load the respondent's stake
+    refused(
+        state, ResolveClaim(sender=A, claim=claim_id), ErrorCode.INTERNAL, now=AFTER + WINDOW + 1
+    )
+
+
+def test_claims_lock_the_stake_terms_but_not_top_ups() -> None:
+    state, _, request = claim_world()
+    ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    refused(
+        state,
+        StakeOp(sender=B, amount=1, penalty=301, claim_window_ms=WINDOW),
+        ErrorCode.STAKE_LOCKED,
+        now=AFTER,
+    )
+    refused(
+        state,
+        StakeOp(sender=B, amount=1, penalty=300, claim_window_ms=WINDOW + 1),
+        ErrorCode.STAKE_LOCKED,
+        now=AFTER,
+    )
+    ok(state, StakeOp(sender=B, amount=1, penalty=300, claim_window_ms=WINDOW), now=AFTER)
+    assert state.stakes[B].amount == 1_001
+
+
+def test_unbonding_stake_stays_claimable_until_withdrawn() -> None:
+    """A request served before RequestUnstake can still be claimed and slashed (specs 6)."""
+    state, cid, _ = claim_world()
+    served_at = T0
+    request = voucher(cid, 10, n=3, deadline=served_at + HORIZON)  # the farthest deadline
+    ok(state, RequestUnstake(sender=B), now=served_at)
+    unbonding_at = state.stakes[B].unbonding_at
+    assert unbonding_at == served_at + HORIZON + 2 * WINDOW
+    last_filing = request.deadline + WINDOW
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=last_filing)
+    window_ends = state.claims[claim_id].window_ends
+    assert window_ends <= unbonding_at  # resolvable (after the window) from unbonding_at on
+    refused(state, WithdrawStake(sender=B), ErrorCode.STAKE_LOCKED, now=unbonding_at)
+    ok(state, ResolveClaim(sender=A, claim=claim_id), now=window_ends + 1)
+    _, events = ok(state, WithdrawStake(sender=B), now=max(unbonding_at, window_ends + 1))
+    assert events[0].fields["amount"] == 700
+    refused(
+        state,
+        FileClaim(sender=A, request=voucher(cid, 10, n=4, deadline=unbonding_at)),
+        ErrorCode.NOT_STAKED,
+        now=unbonding_at + 1,
+    )
+
+
+# ----------------------------------------------------------------------------- touches
+
+
+def test_touches_names_what_each_op_uses() -> None:
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    response = answer(request)
+    assert touches(Mint(sender=M, account=A, amount=1)) == Touches(accounts=frozenset({A}))
+    assert touches(Transfer(sender=A, to=B, amount=1)) == Touches(accounts=frozenset({A, B}))
+    assert touches(Withdraw(sender=A, amount=1)) == Touches(accounts=frozenset({A}))
+    assert touches(OpenChannel(sender=A, payee=B, deposit=1, challenge_ms=1)) == Touches(
+        accounts=frozenset({A}), new_channel=True
+    )
+    one = frozenset({cid})
+    assert touches(TopUp(sender=A, channel=cid, amount=1)) == Touches(
+        accounts=frozenset({A}), channels=one
+    )
+    assert touches(Redeem(sender=B, voucher=request)) == Touches(
+        accounts=frozenset({B}), channels=one
+    )
+    assert touches(PayeeClose(sender=B, channel=cid)) == Touches(
+        accounts=frozenset({B}), channels=one
+    )
+    assert touches(StartClose(sender=A, channel=cid)) == Touches(channels=one)
+    assert touches(FinalizeClose(sender=M, channel=cid)) == Touches(channels=one)
+    assert touches(StakeOp(sender=B, amount=1, penalty=1, claim_window_ms=1)) == Touches(
+        accounts=frozenset({B}), stakes=frozenset({B})
+    )
+    assert touches(RequestUnstake(sender=B)) == Touches(stakes=frozenset({B}))
+    assert touches(WithdrawStake(sender=B)) == Touches(
+        accounts=frozenset({B}), stakes=frozenset({B})
+    )
+    assert touches(FileClaim(sender=A, request=request)) == Touches(
+        accounts=frozenset({A}), channels=one, claims=frozenset({claim_id})
+    )
+    assert touches(AnswerClaim(sender=B, claim=claim_id, response=response)) == Touches(
+        accounts=frozenset({B}), stakes=frozenset({B}), claims=frozenset({claim_id})
+    )
+    assert touches(ResolveClaim(sender=M, claim=claim_id)) == Touches(claims=frozenset({claim_id}))
+    # malformed fields are left out rather than crashing the backend
+    assert touches(TopUp(sender=A, channel=[1], amount=1)) == Touches(accounts=frozenset({A}))  # type: ignore[arg-type]
+    assert touches(Redeem(sender=B, voucher=None)) == Touches(accounts=frozenset({B}))  # type: ignore[arg-type]
+    assert touches(FileClaim(sender=A, request=None)) == Touches(accounts=frozenset({A}))  # type: ignore[arg-type]
+    # derived parties
+    full = touches_loaded(ResolveClaim(sender=M, claim=claim_id), state)
+    assert full.accounts == {A, B} and full.stakes == {A, B} and full.claims == {claim_id}
+    full = touches_loaded(FinalizeClose(sender=M, channel=cid), state)
+    assert full.accounts == {A, B} and full.stakes == {A, B} and full.channels == one
+    assert touches_loaded(
+        FinalizeClose(sender=M, channel=NOWHERE), State(params=state.params)
+    ) == Touches(channels=frozenset({NOWHERE}))
+
+
+def partial(full: State, op: Op) -> State:
+    """The state a backend that loads only `touches_loaded(op)` would hand to apply."""
+    first = touches(op)
+    out = State(params=full.params, supply=full.supply, burnt=full.burnt, nonce=full.nonce)
+    for cid in first.channels & full.channels.keys():
+        out.channels[cid] = copy.deepcopy(full.channels[cid])
+    for claim_id in first.claims & full.claims.keys():
+        out.claims[claim_id] = copy.deepcopy(full.claims[claim_id])
+    complete = touches_loaded(op, out)
+    for account in complete.accounts & full.balances.keys():
+        out.balances[account] = full.balances[account]
+    for account in complete.stakes & full.stakes.keys():
+        out.stakes[account] = copy.deepcopy(full.stakes[account])
+    return out
+
+
+def test_apply_on_partial_state_matches_full_state() -> None:
+    state, cid, request = claim_world()
+    claim_id = request.hash
+    script: list[tuple[Op, int]] = [
+        (Mint(sender=M, account=C, amount=5), T0),
+        (Transfer(sender=A, to=C, amount=5), T0),
+        (TopUp(sender=A, channel=cid, amount=5), T0),
+        (Redeem(sender=B, voucher=voucher(cid, 50)), T0),
+        (FileClaim(sender=A, request=request), AFTER),
+        (ResolveClaim(sender=M, claim=claim_id), AFTER + WINDOW + 1),
+        (StartClose(sender=A, channel=cid), AFTER),
+        (FinalizeClose(sender=M, channel=cid), AFTER + CHALLENGE),
+        (RequestUnstake(sender=B), AFTER),
+        (WithdrawStake(sender=B), AFTER + HORIZON + 2 * WINDOW),
+        (OpenChannel(sender=C, payee=B, deposit=5, challenge_ms=CHALLENGE), AFTER),
+    ]
+    for op, now in script:
+        small = partial(state, op)
+        small_result = apply(small, op, now)
+        result = apply(state, op, now)
+        assert small_result == result
+        assert all(state.balances[k] == v for k, v in small.balances.items())
+        assert all(state.channels[k] == v for k, v in small.channels.items())
+        assert all(state.stakes[k] == v for k, v in small.stakes.items())
+        assert all(state.claims[k] == v for k, v in small.claims.items())
+        assert (small.supply, small.burnt, small.nonce) == (state.supply, state.burnt, state.nonce)
+        assert invariant_violations(state) == []
+
+
+def test_invariant_violations_reports_each_invariant() -> None:
+    state, _, request = claim_world()
+    ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    assert invariant_violations(state) == []
+    state.balances[C] += 1
+    state.stakes[B].open_claims = 0
+    state.channels[request.channel].redeemed = state.channels[request.channel].deposit + 1
+    found = {v.split()[0] for v in invariant_violations(state)}
+    assert found == {"S-1", "S-2", "S-3"}
