@@ -1,0 +1,356 @@
+"""The `Ledger` interface every settlement backend implements (specs/settlement.md).
+
+Theory of operation
+-------------------
+The contract's rules live in one place, `p2pay.core.settlement.apply`, a pure function
+``(state, op, now) -> (result, events)``. A ledger backend is an adapter around it: it
+holds the state somewhere (a dict, a SQLite file, a chain), and for each operation it
+
+1. reads its clock (``now``, milliseconds; never earlier than the time of the last
+   operation it applied, so ledger time does not run backwards),
+2. loads the entities the op touches (`p2pay.core.settlement.touches`),
+3. calls `apply`, which either refuses with `SettlementError` (nothing changes) or
+   mutates the state and returns the op's result and events,
+4. stores the new state and the events, numbered ``seq = 1, 2, 3 ...`` without gaps,
+   atomically: an operation is applied entirely or not at all.
+
+A backend never re-implements a rule; `OpLedger` builds the op dataclasses from the
+public methods' arguments so that a backend only writes `_submit` and the reads.
+
+`Ledger` is the async protocol (trio-native) the node, the watcher, the CLI and the
+simulator use. The `key` argument of an operation is the sender's `Keypair`; in-process
+backends only use ``key.account`` as the op's sender (whoever holds the ledger object is
+trusted to act for the keys it holds), a chain backend signs the transaction with it.
+
+`Totals` is the audit of invariant INV-conservation: every yocto minted and not
+withdrawn is in exactly one place, ``supply == balances + escrow + stakes + bonds +
+burnt``. `totals_of` computes it from a full `State`; every backend uses it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from p2pay.core.errors import ErrorCode, LocalProtocolError
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request, Response
+from p2pay.core.settlement import (
+    AnswerClaim,
+    Channel,
+    Claim,
+    ClaimState,
+    Event,
+    FileClaim,
+    FinalizeClose,
+    Mint,
+    Op,
+    OpenChannel,
+    Params,
+    PayeeClose,
+    Redeem,
+    RequestUnstake,
+    ResolveClaim,
+    Stake,
+    StakeOp,
+    StartClose,
+    State,
+    TopUp,
+    Transfer,
+    Withdraw,
+    WithdrawStake,
+)
+
+__all__ = [
+    "Ledger",
+    "LedgerFileError",
+    "OpLedger",
+    "Receipt",
+    "Totals",
+    "totals_of",
+]
+
+
+class LedgerFileError(LocalProtocolError):
+    """A file given as a ledger is not one (or is of an unknown format version)."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Totals:
+    """Where every yocto is. `conserved` is the conservation invariant."""
+
+    supply: int  # minted minus withdrawn
+    balances: int  # sum of account balances
+    escrow: int  # sum of channel escrow (deposit - redeemed of channels not closed)
+    stakes: int  # sum of stake amounts (bonded or unbonding)
+    bonds: int  # sum of claim bonds of open claims
+    burnt: int  # slashed and not paid to claimants
+
+    @property
+    def held(self) -> int:
+        """Everything held somewhere: balances + escrow + stakes + bonds + burnt."""
+        return self.balances + self.escrow + self.stakes + self.bonds + self.burnt
+
+    @property
+    def conserved(self) -> bool:
+        return self.supply == self.held
+
+
+def totals_of(state: State) -> Totals:
+    """Audit a full `State`.
+
+    Args:
+        state: every entity of the ledger (not a partial state).
+
+    Returns:
+        The `Totals`; a closed channel holds no escrow, an answered or upheld claim no bond.
+    """
+    return Totals(
+        supply=state.supply,
+        balances=sum(state.balances.values()),
+        escrow=sum(ch.escrow for ch in state.channels.values()),
+        stakes=sum(st.amount for st in state.stakes.values()),
+        bonds=sum(c.bond for c in state.claims.values() if c.state is ClaimState.OPEN),
+        burnt=state.burnt,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What one applied operation gave: its result and its stored events (with `seq`)."""
+
+    result: Any
+    events: tuple[Event, ...]
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """A settlement instance, seen asynchronously. All amounts are yocto ints, times ms.
+
+    Every operation raises `p2pay.core.errors.SettlementError` (with its code) when the
+    contract refuses it; then nothing changed.
+    """
+
+    @property
+    def ledger_id(self) -> bytes:
+        """Which settlement instance; goes inside every signed message."""
+        ...
+
+    @property
+    def params(self) -> Params: ...
+
+    @property
+    def tx_count(self) -> int:
+        """Operations this object applied successfully (for benchmarks)."""
+        ...
+
+    async def now(self) -> int:
+        """The ledger's clock, in ms."""
+        ...
+
+    # --- reads
+    async def balance(self, account: bytes) -> int: ...
+    async def channel(self, channel_id: bytes) -> Channel | None: ...
+    async def stake_of(self, account: bytes) -> Stake | None: ...
+    async def claim(self, claim_id: bytes) -> Claim | None: ...
+    async def channels_of(self, account: bytes) -> list[Channel]:
+        """Channels where `account` is payer or payee, in the order they were opened."""
+        ...
+
+    async def claims_of(self, account: bytes) -> list[Claim]:
+        """Claims where `account` is claimant or respondent, in the order they were filed."""
+        ...
+
+    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with ``seq > after``, ascending, at most `limit`; seq starts at 1, no gaps."""
+        ...
+
+    async def totals(self) -> Totals: ...
+
+    # --- operations
+    async def mint(self, key: Keypair, account: bytes, amount: int) -> None: ...
+    async def transfer(self, key: Keypair, to: bytes, amount: int) -> None: ...
+    async def withdraw(self, key: Keypair, amount: int) -> None: ...
+    async def open_channel(
+        self, key: Keypair, payee: bytes, deposit: int, challenge_ms: int
+    ) -> bytes: ...
+    async def top_up(self, key: Keypair, channel_id: bytes, amount: int) -> None: ...
+    async def redeem(self, key: Keypair, voucher: Request, amount: int | None = None) -> int: ...
+    async def payee_close(
+        self,
+        key: Keypair,
+        channel_id: bytes,
+        voucher: Request | None = None,
+        amount: int | None = None,
+    ) -> int:
+        """Payee closes at once, redeeming `voucher` first if given; returns its payout."""
+        ...
+
+    async def start_close(self, key: Keypair, channel_id: bytes) -> None: ...
+    async def finalize_close(self, key: Keypair, channel_id: bytes) -> None: ...
+    async def stake(
+        self, key: Keypair, amount: int, penalty: int, claim_window_ms: int
+    ) -> None: ...
+    async def request_unstake(self, key: Keypair) -> None: ...
+    async def withdraw_stake(self, key: Keypair) -> None: ...
+    async def file_claim(self, key: Keypair, request: Request) -> bytes: ...
+    async def answer_claim(self, key: Keypair, claim_id: bytes, response: Response) -> None: ...
+    async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class OpLedger(abc.ABC):
+    """Shared plumbing: public operations build an op and hand it to `_submit`.
+
+    A backend implements `_submit` (apply one op atomically, return its `Receipt`), the
+    reads, `now`, `ledger_id`, `params` and `aclose`.
+    """
+
+    def __init__(self) -> None:
+        self._tx_count = 0
+
+    @property
+    def tx_count(self) -> int:
+        """Operations this object applied successfully (refusals are not counted)."""
+        return self._tx_count
+
+    @property
+    @abc.abstractmethod
+    def ledger_id(self) -> bytes: ...
+
+    @property
+    @abc.abstractmethod
+    def params(self) -> Params: ...
+
+    @abc.abstractmethod
+    async def now(self) -> int: ...
+
+    @abc.abstractmethod
+    async def _submit(self, op: Op) -> Receipt:
+        """Apply `op` atomically; raise `SettlementError` unchanged when refused."""
+
+    async def submit(self, op: Op) -> Receipt:
+        """Apply a pre-built op and return its result and stored events.
+
+        The op's ``sender`` is trusted as given: this is for tests, simulations and
+        replays that build ops themselves. Everyone else uses the named operations.
+
+        Raises:
+            SettlementError: the contract refused the op; nothing changed.
+        """
+        receipt = await self._submit(op)
+        self._tx_count += 1
+        return receipt
+
+    # --- reads every backend provides
+    @abc.abstractmethod
+    async def balance(self, account: bytes) -> int: ...
+    @abc.abstractmethod
+    async def channel(self, channel_id: bytes) -> Channel | None: ...
+    @abc.abstractmethod
+    async def stake_of(self, account: bytes) -> Stake | None: ...
+    @abc.abstractmethod
+    async def claim(self, claim_id: bytes) -> Claim | None: ...
+    @abc.abstractmethod
+    async def channels_of(self, account: bytes) -> list[Channel]: ...
+    @abc.abstractmethod
+    async def claims_of(self, account: bytes) -> list[Claim]: ...
+    @abc.abstractmethod
+    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]: ...
+    @abc.abstractmethod
+    async def totals(self) -> Totals: ...
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> OpLedger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- operations
+    async def _do(self, op: Op) -> Any:
+        return (await self.submit(op)).result
+
+    async def mint(self, key: Keypair, account: bytes, amount: int) -> None:
+        """Create `amount` yocto on `account` (dev ledgers only)."""
+        await self._do(Mint(sender=key.account, account=account, amount=amount))
+
+    async def transfer(self, key: Keypair, to: bytes, amount: int) -> None:
+        await self._do(Transfer(sender=key.account, to=to, amount=amount))
+
+    async def withdraw(self, key: Keypair, amount: int) -> None:
+        """Take `amount` out of the ledger (supply decreases)."""
+        await self._do(Withdraw(sender=key.account, amount=amount))
+
+    async def open_channel(
+        self, key: Keypair, payee: bytes, deposit: int, challenge_ms: int
+    ) -> bytes:
+        """Open a channel from ``key.account`` to `payee`; returns the channel id."""
+        result: bytes = await self._do(
+            OpenChannel(sender=key.account, payee=payee, deposit=deposit, challenge_ms=challenge_ms)
+        )
+        return result
+
+    async def top_up(self, key: Keypair, channel_id: bytes, amount: int) -> None:
+        await self._do(TopUp(sender=key.account, channel=channel_id, amount=amount))
+
+    async def redeem(self, key: Keypair, voucher: Request, amount: int | None = None) -> int:
+        """Payee collects up to ``voucher.paid`` (or `amount`); returns what was paid now."""
+        result: int = await self._do(Redeem(sender=key.account, voucher=voucher, amount=amount))
+        return result
+
+    async def payee_close(
+        self,
+        key: Keypair,
+        channel_id: bytes,
+        voucher: Request | None = None,
+        amount: int | None = None,
+    ) -> int:
+        """Payee closes at once, redeeming `voucher` first if given; returns its payout."""
+        result: int = await self._do(
+            PayeeClose(sender=key.account, channel=channel_id, voucher=voucher, amount=amount)
+        )
+        return result
+
+    async def start_close(self, key: Keypair, channel_id: bytes) -> None:
+        await self._do(StartClose(sender=key.account, channel=channel_id))
+
+    async def finalize_close(self, key: Keypair, channel_id: bytes) -> None:
+        await self._do(FinalizeClose(sender=key.account, channel=channel_id))
+
+    async def stake(self, key: Keypair, amount: int, penalty: int, claim_window_ms: int) -> None:
+        await self._do(
+            StakeOp(
+                sender=key.account,
+                amount=amount,
+                penalty=penalty,
+                claim_window_ms=claim_window_ms,
+            )
+        )
+
+    async def request_unstake(self, key: Keypair) -> None:
+        await self._do(RequestUnstake(sender=key.account))
+
+    async def withdraw_stake(self, key: Keypair) -> None:
+        await self._do(WithdrawStake(sender=key.account))
+
+    async def file_claim(self, key: Keypair, request: Request) -> bytes:
+        """File a claim with a signed request (and its body); returns the claim id."""
+        result: bytes = await self._do(FileClaim(sender=key.account, request=request))
+        return result
+
+    async def answer_claim(self, key: Keypair, claim_id: bytes, response: Response) -> None:
+        await self._do(AnswerClaim(sender=key.account, claim=claim_id, response=response))
+
+    async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
+        await self._do(ResolveClaim(sender=key.account, claim=claim_id))
+
+
+def copy_entity(entity: Any) -> Any:
+    """A shallow copy of a Channel/Stake/Claim (all their fields are immutable values)."""
+    return dataclasses.replace(entity)

@@ -1,0 +1,186 @@
+"""In-memory ledger: the whole contract `State` in a Python object.
+
+Theory of operation
+-------------------
+`MemoryLedger` keeps one full `p2pay.core.settlement.State` and a list of events. An
+operation is one synchronous call to `apply` between two trio checkpoints, so under trio
+it is atomic with respect to every other task: nothing can observe a half-applied op,
+and a refused op (`SettlementError`) leaves the state untouched (apply's contract).
+
+Reads return copies, so a caller that mutates a returned `Channel` cannot corrupt the
+ledger. Event fields are passed through the canonical CBOR codec once when stored, so
+they have exactly the representation the SQLite backend gives back (and an event that
+could not be stored durably fails here too).
+
+The clock defaults to the wall clock; simulations inject
+``lambda: int(trio.current_time() * 1000)`` to run on trio's (mock) clock. The time an
+operation sees is ``max(clock(), time of the last operation)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pay.core import codec
+from p2pay.core.errors import LocalProtocolError
+from p2pay.core.settlement import (
+    Channel,
+    Claim,
+    Event,
+    Op,
+    Params,
+    Stake,
+    State,
+    apply,
+)
+from p2pay.ledger.base import OpLedger, Receipt, Totals, copy_entity, totals_of
+
+__all__ = ["MemoryLedger", "wall_clock_ms"]
+
+
+def wall_clock_ms() -> int:
+    """Unix time in whole milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def normalize_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Event fields as they come back from canonical CBOR storage."""
+    data = codec.encode(fields)
+    value = codec.decode(data, max_size=max(len(data), 1), max_depth=codec.MAX_DEPTH)
+    assert isinstance(value, dict)
+    return {str(k): v for k, v in value.items()}
+
+
+class MemoryLedger(OpLedger):
+    """A ledger held in memory: for tests and simulations.
+
+    Args:
+        params: the contract parameters; default ``Params(ledger_id=..., dev=dev)``.
+        clock: returns the ledger time in ms; default the wall clock.
+        dev: whether `mint` is allowed (ignored when `params` is given).
+        ledger_id: default ``b"p2pay:memory:" + 16 random bytes`` (ignored when `params`
+            is given, unless it disagrees with ``params.ledger_id``: then an error).
+
+    Raises:
+        LocalProtocolError: `ledger_id` contradicts `params`.
+    """
+
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+        dev: bool = True,
+        ledger_id: bytes | None = None,
+    ) -> None:
+        super().__init__()
+        if params is None:
+            if ledger_id is None:
+                ledger_id = b"p2pay:memory:" + os.urandom(16)
+            params = Params(ledger_id=ledger_id, dev=dev)
+        elif ledger_id is not None and ledger_id != params.ledger_id:
+            raise LocalProtocolError("ledger_id differs from params.ledger_id")
+        self._params = params
+        self._clock = clock if clock is not None else wall_clock_ms
+        self._state = State(params=params)
+        self._events: list[Event] = []
+        self._last_at = 0
+        self._closed = False
+
+    @property
+    def ledger_id(self) -> bytes:
+        return self._params.ledger_id
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    @property
+    def state(self) -> State:
+        """The live state (read it, never mutate it: use operations)."""
+        return self._state
+
+    def _time(self) -> int:
+        self._last_at = max(self._last_at, int(self._clock()))
+        return self._last_at
+
+    async def now(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._time()
+
+    async def _submit(self, op: Op) -> Receipt:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise LocalProtocolError("ledger is closed")
+        result, events = apply(self._state, op, self._time())
+        stored: list[Event] = []
+        for event in events:
+            event = Event(
+                kind=event.kind,
+                fields=normalize_fields(event.fields),
+                at=event.at,
+                seq=len(self._events) + 1,
+            )
+            self._events.append(event)
+            stored.append(event)
+        return Receipt(result, tuple(stored))
+
+    # --- reads
+    async def balance(self, account: bytes) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._state.balances.get(account, 0)
+
+    async def channel(self, channel_id: bytes) -> Channel | None:
+        await trio.lowlevel.checkpoint()
+        found = self._state.channels.get(channel_id)
+        return None if found is None else copy_entity(found)
+
+    async def stake_of(self, account: bytes) -> Stake | None:
+        await trio.lowlevel.checkpoint()
+        found = self._state.stakes.get(account)
+        return None if found is None else copy_entity(found)
+
+    async def claim(self, claim_id: bytes) -> Claim | None:
+        await trio.lowlevel.checkpoint()
+        found = self._state.claims.get(claim_id)
+        return None if found is None else copy_entity(found)
+
+    async def channels_of(self, account: bytes) -> list[Channel]:
+        await trio.lowlevel.checkpoint()
+        return [
+            copy_entity(ch)
+            for ch in self._state.channels.values()
+            if account in (ch.payer, ch.payee)
+        ]
+
+    async def claims_of(self, account: bytes) -> list[Claim]:
+        await trio.lowlevel.checkpoint()
+        return [
+            copy_entity(c)
+            for c in self._state.claims.values()
+            if account in (c.claimant, c.respondent)
+        ]
+
+    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        if after < 0 or limit < 0:
+            raise LocalProtocolError("after and limit must be >= 0")
+        # seq == index + 1, so the events after `after` start at index `after`.
+        return [
+            dataclasses.replace(e, fields=dict(e.fields))
+            for e in self._events[after : after + limit]
+        ]
+
+    async def totals(self) -> Totals:
+        await trio.lowlevel.checkpoint()
+        return totals_of(self._state)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._closed = True

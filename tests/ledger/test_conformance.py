@@ -1,0 +1,248 @@
+"""Ledger conformance (p2pay.testing) on every backend, plus SQLite-specific behaviour."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import p2pay.ledger.sqlite as sqlite_backend
+from p2pay.core.errors import ErrorCode, SettlementError
+from p2pay.core.settlement import Params, touches
+from p2pay.ledger import LedgerFileError, MemoryLedger, SqliteLedger
+from p2pay.ledger.memory import wall_clock_ms
+from p2pay.testing import ALICE, BOB, CAROL, TOKEN, ManualClock, ledger_conformance_cases
+
+pytestmark = pytest.mark.trio
+
+CASES = ledger_conformance_cases()
+
+
+@pytest.mark.parametrize(("name", "case"), CASES, ids=[name for name, _ in CASES])
+async def test_ledger_conformance(ledger_factory: Any, name: str, case: Any) -> None:
+    await case(ledger_factory)
+    assert ledger_factory.made, "the case made no ledger"
+    for ledger in ledger_factory.made:
+        # SQLite loads what touches()/touches_loaded() name; apply needed nothing else
+        assert getattr(ledger, "lazy_loads", 0) == 0, f"{name}: apply read unannounced entities"
+
+
+async def test_run_ledger_conformance_reports_the_failing_case() -> None:
+    """The suite fails a backend that breaks a rule, and names the case."""
+    from p2pay.testing import LedgerConformanceError, run_ledger_conformance
+
+    class Leaky(MemoryLedger):
+        async def withdraw(self, key: Any, amount: int) -> None:  # forgets to lower supply
+            self.state.balances[key.account] = self.state.balances.get(key.account, 0) - amount
+            self.state.supply += 0
+
+    async def factory(clock: Any, *, dev: bool = True) -> MemoryLedger:
+        return Leaky(clock=clock, dev=dev)
+
+    with pytest.raises(LedgerConformanceError, match="'withdraw' failed"):
+        await run_ledger_conformance(factory)
+
+
+async def test_memory_ledger_defaults() -> None:
+    ledger = MemoryLedger()
+    assert ledger.ledger_id.startswith(b"p2pay:memory:") and len(ledger.ledger_id) == 29
+    assert MemoryLedger().ledger_id != ledger.ledger_id
+    assert ledger.params.dev is True
+    assert abs(await ledger.now() - wall_clock_ms()) < 60_000  # default clock: wall time
+    with pytest.raises(Exception, match="differs"):
+        MemoryLedger(Params(ledger_id=b"a"), ledger_id=b"b")
+    await ledger.aclose()
+    with pytest.raises(Exception, match="closed"):
+        await ledger.mint(ALICE, ALICE.account, 1)
+
+
+# ---------------------------------------------------------------------------
+# SQLite: files, persistence, concurrency, atomicity
+
+
+async def test_sqlite_create_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    clock = ManualClock()
+    ledger = await SqliteLedger.create(path, dev=True, clock=clock, claim_bond=7)
+    lid = ledger.ledger_id
+    assert lid.startswith(b"p2pay:sqlite:") and len(lid) == 29
+    assert ledger.params == Params(ledger_id=lid, dev=True, claim_bond=7)
+    await ledger.mint(ALICE, ALICE.account, 2**128 - 1)
+    await ledger.mint(ALICE, BOB.account, 2**128 - 1)  # supply now above 2**128
+    cid = await ledger.open_channel(ALICE, CAROL.account, 5, 1_000)
+    await ledger.stake(BOB, 10, 3, 1_000)
+    events = await ledger.events()
+    totals = await ledger.totals()
+    await ledger.aclose()
+    with pytest.raises(Exception, match="closed"):
+        await ledger.balance(ALICE.account)
+
+    again = await SqliteLedger.open(path, clock=clock)
+    assert again.ledger_id == lid and again.params == ledger.params
+    assert await again.events() == events
+    assert await again.totals() == totals and totals.supply == 2 * (2**128 - 1)
+    assert await again.balance(ALICE.account) == 2**128 - 1 - 5
+    assert (await again.channel(cid)) is not None
+    stake = await again.stake_of(BOB.account)
+    assert stake is not None and (stake.amount, stake.penalty) == (10, 3)
+    # amounts are 16-byte big-endian blobs
+    raw = sqlite3.connect(path).execute("SELECT amount FROM balances").fetchall()
+    assert all(isinstance(r[0], bytes) and len(r[0]) == 16 for r in raw)
+    # the clock is injected: events carry it
+    clock.advance(5)
+    await again.transfer(ALICE, BOB.account, 1)
+    assert (await again.events())[-1].at == clock.ms
+    await again.aclose()
+
+
+async def test_sqlite_file_settings(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.create(tmp_path / "l.db", dev=True)
+    conn = ledger._conn
+    assert conn is not None
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    await ledger.aclose()
+    other = sqlite3.connect(tmp_path / "l.db")
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+
+
+async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None:
+    existing = tmp_path / "exists.db"
+    existing.write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        await SqliteLedger.create(existing)
+    assert existing.read_bytes() == b""  # untouched
+    with pytest.raises(FileNotFoundError):
+        await SqliteLedger.open(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"hello, this is not a database" * 100)
+    with pytest.raises(LedgerFileError, match="not a p2pay ledger"):
+        await SqliteLedger.open(junk)
+    with pytest.raises(LedgerFileError, match="not a p2pay ledger"):
+        await SqliteLedger.open(existing)  # empty file
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE meta (key TEXT, value BLOB)")
+    conn.execute("INSERT INTO meta VALUES ('format', x'00')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerFileError, match="not a p2pay ledger"):
+        await SqliteLedger.open(other)
+    future = tmp_path / "future.db"
+    await (await SqliteLedger.create(future)).aclose()
+    conn = sqlite3.connect(future)
+    conn.execute("UPDATE meta SET value = x'02' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerFileError, match="unknown version"):
+        await SqliteLedger.open(future)
+    with pytest.raises(Exception, match="claim_bond"):
+        await SqliteLedger.create(tmp_path / "bad.db", claim_bond=-1)
+    with pytest.raises(Exception, match="bad ledger parameters"):
+        await SqliteLedger.create(tmp_path / "bad2.db", no_such_param=1)
+    assert not (tmp_path / "bad.db").exists() and not (tmp_path / "bad2.db").exists()
+
+
+async def test_sqlite_failed_operation_rolls_back(tmp_path: Path, monkeypatch: Any) -> None:
+    """An exception after apply (e.g. a crash mid-write) leaves no trace in the file."""
+    ledger = await SqliteLedger.create(tmp_path / "l.db", dev=True)
+    await ledger.mint(ALICE, ALICE.account, 100)
+    before = (await ledger.events(), await ledger.totals(), await ledger.balance(BOB.account))
+    real_write = sqlite_backend._write_entities
+
+    def broken(conn: Any, lazy: Any, table: str, *args: Any) -> None:
+        real_write(conn, lazy, table, *args)
+        if table == "claims":
+            raise OSError("disk on fire")
+
+    monkeypatch.setattr(sqlite_backend, "_write_entities", broken)
+    with pytest.raises(OSError, match="disk on fire"):
+        await ledger.transfer(ALICE, BOB.account, 40)
+    monkeypatch.undo()
+    after = (await ledger.events(), await ledger.totals(), await ledger.balance(BOB.account))
+    assert after == before
+    assert ledger.tx_count == 1
+    await ledger.transfer(ALICE, BOB.account, 40)  # and the ledger still works
+    assert [e.seq for e in await ledger.events()] == [1, 2]
+    await ledger.aclose()
+
+
+async def test_sqlite_lazy_loading_backs_up_touches(tmp_path: Path, monkeypatch: Any) -> None:
+    """If touches_loaded() forgot an entity, apply still sees the stored value."""
+    ledger = await SqliteLedger.create(tmp_path / "l.db", dev=True)
+    await ledger.mint(ALICE, ALICE.account, 100)
+    await ledger.mint(BOB, BOB.account, 100)
+    cid = await ledger.open_channel(ALICE, BOB.account, 50, 1_000)
+    monkeypatch.setattr(sqlite_backend, "touches_loaded", lambda op, state: touches(op))
+    await ledger.start_close(ALICE, cid)  # touches names the channel only
+    assert ledger.lazy_loads == 0
+    await ledger.payee_close(BOB, cid)  # refund to ALICE: her balance was not prefetched
+    assert ledger.lazy_loads > 0
+    assert await ledger.balance(ALICE.account) == 100
+    assert (await ledger.totals()).conserved
+    await ledger.aclose()
+
+
+async def test_sqlite_two_objects_and_many_tasks(tmp_path: Path) -> None:
+    """Two ledger objects on one file, each used by many trio tasks at once."""
+    path = tmp_path / "l.db"
+    first = await SqliteLedger.create(path, dev=True)
+    second = await SqliteLedger.open(path)
+    await first.mint(ALICE, ALICE.account, 1_000)
+    await second.mint(BOB, BOB.account, 1_000)
+    assert await first.balance(BOB.account) == 1_000  # sees the other object's write
+    refused = 0
+
+    async def pay(ledger: SqliteLedger, key: Any, to: bytes, rounds: int) -> None:
+        nonlocal refused
+        for _ in range(rounds):
+            try:
+                await ledger.transfer(key, to, 7)
+            except SettlementError as exc:
+                assert exc.code is ErrorCode.INSUFFICIENT_FUNDS
+                refused += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            ledger = first if i % 2 else second
+            nursery.start_soon(pay, ledger, ALICE, BOB.account, 20)
+            nursery.start_soon(pay, ledger, BOB, CAROL.account, 20)
+    events = await first.events(limit=10_000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert len(events) == 2 + 240 - refused == 2 + first.tx_count + second.tx_count - 2
+    totals = await second.totals()
+    assert totals.conserved and totals.supply == 2_000
+    balances = [await first.balance(k.account) for k in (ALICE, BOB, CAROL)]
+    assert sum(balances) == 2_000
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_sqlite_cancellation_never_half_applies(tmp_path: Path) -> None:
+    ledger = await SqliteLedger.create(tmp_path / "l.db", dev=True)
+    await ledger.mint(ALICE, ALICE.account, 10 * TOKEN)
+    done = 0
+
+    async def pay() -> None:
+        nonlocal done
+        while True:
+            await ledger.transfer(ALICE, BOB.account, 1)
+            done += 1
+
+    with trio.move_on_after(0.2):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(pay)
+    # every transfer that committed is an event; each either fully happened or not at all
+    events = await ledger.events(limit=100_000)
+    transfers = ledger.tx_count - 1  # the mint
+    assert len(events) == ledger.tx_count  # an op whose commit happened is counted as done
+    assert transfers >= done > 0
+    assert await ledger.balance(BOB.account) == transfers
+    assert (await ledger.totals()).conserved
+    await ledger.aclose()
