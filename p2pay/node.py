@@ -40,18 +40,19 @@ from typing import Any
 import trio
 
 from p2pay.core import codec
+from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import (
     Admit,
     ChannelStatus,
     PayeeChannel,
     PayerChannel,
+    Pending,
     Receipt,
     Refuse,
 )
 from p2pay.core.errors import (
     DecodeError,
     ErrorCode,
-    FrameTooLarge,
     LocalProtocolError,
     P2payError,
     PaymentRequired,
@@ -380,6 +381,16 @@ class Node:
                 paid=prec.paid,
                 spent=prec.spent,
             )
+        # Requests that were in flight when we stopped: their receipts are lost, but the
+        # payee may have charged them, so count them as abandoned (a later receipt may
+        # then show spent above ours by at most their prices).
+        for record in await self.store.requests(state="awaiting"):
+            payer_ch = self.payer_channels.get(record.channel)
+            if payer_ch is None or not record.frame:
+                continue
+            sent = decode_frame(record.frame)
+            if isinstance(sent, Request) and sent.n <= payer_ch.last_n:
+                payer_ch.abandoned[sent.n] = Pending(sent, record.price)
         await self._adopt_ledger_channels()
         await self.refresh_stake()
 
@@ -709,10 +720,11 @@ class Node:
         terms = conn.hello.service(service)
         if terms is None:
             raise UnknownService(f"{peer_id} offers no service {service!r}")
-        if terms.price > max_price:
+        price = conn.prices.get(service, terms.price)  # the hello's, or the latest we saw
+        if price > max_price:
             raise PaymentRequired(
-                f"{service!r} costs {terms.price}, above max_price {max_price}",
-                details={"price": terms.price},
+                f"{service!r} costs {price}, above max_price {max_price}",
+                details={"price": price},
             )
         if len(body) > terms.max_body:
             raise LocalProtocolError(
@@ -727,7 +739,7 @@ class Node:
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
             async with conn.slots:
-                slot = conn.send_request(ch, service, body, terms.price, timeout)
+                slot = conn.send_request(ch, service, body, price, timeout)
                 with trio.move_on_after(timeout + 0.05):
                     await slot.done.wait()
                 if not slot.done.is_set():
@@ -747,7 +759,15 @@ class Node:
             response = receipt.response
             if response.status != STATUS_OK:
                 message, details = response.refusal_info()
+                asked = details.get("price")
+                if response.status == ErrorCode.PAYMENT_REQUIRED and type(asked) is int:
+                    if asked != price and 0 <= asked <= MAX_YOCTO:
+                        conn.prices[service] = asked  # the provider changed its price
+                        if asked <= max_price and attempt == 0:
+                            price = asked
+                            continue
                 raise remote_error(response.status, message, details)
+            conn.prices[service] = receipt.charged
             return CallResult(
                 body=response.body,
                 price=receipt.charged,
@@ -933,7 +953,7 @@ class _ServerSession:
                 payload = await self.stream.receive()
             except StreamClosed:
                 return
-            except FrameTooLarge as exc:
+            except DecodeError as exc:  # FrameTooLarge, or a bad length prefix (5.2)
                 node.counters.protocol_violations += 1
                 self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
                 return
@@ -1113,6 +1133,7 @@ class _Connection:
         self.slots = trio.Semaphore(max(1, min(hello.max_in_flight, 1024)))
         self.pending: dict[tuple[bytes, int], _Slot] = {}
         self.outbox = _Outbox()
+        self.prices: dict[str, int] = {}  # prices learnt since the hello
 
     def send_request(
         self, ch: PayerChannel, service: str, body: bytes, price: int, timeout: float
@@ -1188,7 +1209,7 @@ class _Connection:
         while True:
             try:
                 payload = await self.stream.receive()
-            except (StreamClosed, FrameTooLarge):
+            except (StreamClosed, DecodeError):  # FrameTooLarge, or a bad length prefix
                 return
             try:
                 message = decode_frame(payload, max_size=node.config.max_frame)

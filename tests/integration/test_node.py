@@ -127,19 +127,25 @@ async def test_refusals_are_not_charged() -> None:
         assert info.value.price == PRICE
         with pytest.raises(UnknownService):
             await alice.call(bob.peer_id, "nope", b"x", max_price=PRICE)
-        # refused by the provider: price raised after the hello
+        # price raised after the hello, still within max_price: refused once, then paid
         bob.serve("echo", echo, price=5 * PRICE)
+        raised = await alice.call(bob.peer_id, "echo", b"x", max_price=10 * PRICE)
+        assert raised.price == 5 * PRICE
+        # raised beyond max_price: refused by the provider, then locally
+        bob.serve("echo", echo, price=20 * PRICE)
         with pytest.raises(PaymentRequired) as info:
             await alice.call(bob.peer_id, "echo", b"x", max_price=10 * PRICE)
-        assert info.value.price == 5 * PRICE
+        assert info.value.price == 20 * PRICE
+        with pytest.raises(PaymentRequired):
+            await alice.call(bob.peer_id, "echo", b"x", max_price=10 * PRICE)
         # refused by the provider: service withdrawn after the hello
         del bob.services["echo"]
         with pytest.raises(UnknownService):
-            await alice.call(bob.peer_id, "echo", b"x", max_price=10 * PRICE)
+            await alice.call(bob.peer_id, "echo", b"x", max_price=100 * PRICE)
         payee = bob.payee_channels[ch.channel]
-        assert payee.spent == PRICE
-        assert alice.payer_channels[ch.channel].spent == PRICE
-        assert bob.counters.refused[ErrorCode.PAYMENT_REQUIRED.value] == 1
+        assert payee.spent == 6 * PRICE
+        assert alice.payer_channels[ch.channel].spent == 6 * PRICE
+        assert bob.counters.refused[ErrorCode.PAYMENT_REQUIRED.value] == 2
         assert bob.counters.refused[ErrorCode.UNKNOWN_SERVICE.value] == 1
 
 
@@ -412,3 +418,31 @@ async def test_overload_is_refused_with_a_signed_answer_and_not_charged() -> Non
         assert sum(1 for o in outcomes if not isinstance(o, Exception)) == 2
         assert bob.payee_channels[ch.channel].spent == 2 * PRICE
         assert alice.payer_channels[ch.channel].spent == 2 * PRICE
+
+
+async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2pay import node as node_module
+
+    ledger = make_ledger()
+    await fund(ledger, ALICE, BOB)
+    path = tmp_path / "alice.sqlite"
+    async with provider(ledger) as bob:
+        store = await SqliteStore.open(path)
+        async with client(ledger, store=store) as alice:
+            ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+            # the client "crashes" between the provider's charge and reading the receipt
+            monkeypatch.setattr(node_module._Connection, "_on_response", lambda self, r: True)
+            with pytest.raises(CallTimeout):
+                await alice.call(bob.peer_id, "echo", b"lost", max_price=PRICE, timeout=0.5)
+            monkeypatch.undo()
+        await store.aclose()
+        assert bob.payee_channels[ch.channel].spent == PRICE
+        store = await SqliteStore.open(path)
+        async with client(ledger, store=store) as alice:
+            assert list(alice.payer_channels[ch.channel].abandoned) == [1]
+            result = await alice.call(bob.addrs[0], "echo", b"after", max_price=PRICE)
+            assert result.body == b"after"
+            assert result.spent == 2 * PRICE  # the lost receipt's charge is accounted for
+        await store.aclose()
