@@ -64,6 +64,7 @@ from p2pay.cli.services import parse_service
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public
 from p2pay.core.settlement import ChannelState
+from p2pay.sim.cli import simulate
 
 if TYPE_CHECKING:
     from p2pay.node import Node
@@ -255,6 +256,81 @@ def ledger_create(
         render.print_json(doc)
         return
     echo(f"created {'dev ' if dev else ''}ledger {spec}")
+    echo(f"ledger id {params.ledger_id.hex()}")
+
+
+@ledger.command("deploy")
+@click.argument("rpc_url")
+@click.option("--dev", is_flag=True, help="A development ledger: `ledger mint` allowed.")
+@click.option("--token", metavar="0xADDRESS", help="The ERC-20 (24 decimals) to settle in.")
+@click.option("--claim-bond", type=AMOUNT, help="Bond a claimant deposits per claim.")
+@click.option(
+    "--fund-dev-gas", is_flag=True, help="Dev chains (anvil): give the deployer gas money first."
+)
+@click.option("--use", is_flag=True, help="Also make it this home's ledger (config.toml).")
+@home_option
+@json_option
+def ledger_deploy(
+    rpc_url: str,
+    dev: bool,
+    token: str | None,
+    claim_bond: int | None,
+    fund_dev_gas: bool,
+    use: bool,
+    as_json: bool,
+) -> None:
+    """Deploy a settlement contract on the EVM chain at RPC_URL (signed by this home's key).
+
+    Without --token a test token (anyone may mint) is deployed too: for dev chains only.
+    """
+    home = settings().home
+    key = home.key()
+    overrides: dict[str, Any] = {} if claim_bond is None else {"claim_bond": claim_bond}
+    token_address: bytes | None = None
+    if token is not None:
+        if not (token.startswith("0x") and len(token) == 42):
+            raise CliError(f"--token {token!r}: expected 0x and 40 hex digits")
+        try:
+            token_address = bytes.fromhex(token[2:])
+        except ValueError:
+            raise CliError(f"--token {token!r}: expected 0x and 40 hex digits") from None
+
+    async def deploy() -> Any:
+        try:
+            from p2pay.core.evmsig import EvmKey
+            from p2pay.ledger.evm import EvmLedger, Web3Chain
+        except ImportError as exc:  # pragma: no cover - the evm extra is missing
+            raise CliError(f"needs the evm extra (pip install 'p2pay[evm]'): {exc}") from None
+        chain = Web3Chain(rpc_url)
+        try:
+            if fund_dev_gas:
+                chain.fund(EvmKey.derive(key).address)
+            made = await EvmLedger.deploy(chain, key, dev=dev, token=token_address, **overrides)
+        except OSError as exc:
+            raise CliError(f"cannot reach {rpc_url}: {exc}") from None
+        try:
+            return made.address, made.params
+        finally:
+            await made.aclose()
+
+    address, params = run(deploy)
+    spec = parse_ledger_spec(f"evm:{rpc_url}:0x{address.hex()}")
+    if use:
+        home.require()
+        config = home.config()
+        config.ledger = str(spec)
+        write_config(home.config_path, config)
+    doc = {
+        "ledger": str(spec),
+        "ledger_id": params.ledger_id,
+        "dev": params.dev,
+        "claim_bond": params.claim_bond,
+        "slash_to_claimant_bps": params.slash_to_claimant_bps,
+    }
+    if as_json:
+        render.print_json(doc)
+        return
+    echo(f"deployed {'dev ' if dev else ''}ledger {spec}")
     echo(f"ledger id {params.ledger_id.hex()}")
 
 
@@ -835,6 +911,7 @@ from p2pay.cli.node_run import node_group  # noqa: E402
 cli.add_command(node_group)
 cli.add_command(demo)
 cli.add_command(demo_client)
+cli.add_command(simulate)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+"""The report of a run: `report.json` (schema in simulations/README.md) and the terminal
+summary.
+
+Theory of operation
+-------------------
+`Series` samples the run at fixed simulated instants (cumulative counters, ledger
+figures, holdings per peer group). `build_report` turns a finished `Simulation` into one
+JSON-ready dict; amounts are exact ints of yocto (JSON integers: Python's json reads
+them back exactly; other readers may need a big-integer mode). Every figure except
+those under ``"wall"`` is a function of the scenario and its seed. `print_summary`
+renders the same dict with rich.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from p2pay.core.amounts import format_tokens
+from p2pay.core.settlement import ClaimState
+from p2pay.sim.invariants import holdings_parts
+
+if TYPE_CHECKING:
+    from p2pay.sim.engine import Simulation
+
+__all__ = ["SCHEMA", "Series", "build_report", "print_summary", "write_report"]
+
+SCHEMA = "p2pay.sim.report/1"
+
+
+class Series:
+    """Time series sampled during a run (lists of equal length, one entry per sample)."""
+
+    COUNTERS = ("arrivals", "sent", "ok", "failed", "missed_offline")
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.counts: dict[str, list[int]] = {k: [] for k in self.COUNTERS}
+        self.money: dict[str, list[int]] = {
+            k: [] for k in ("paid", "redeemed", "slashed", "burnt", "escrow")
+        }
+        self.claims: dict[str, list[int]] = {k: [] for k in ("filed", "answered", "upheld")}
+        self.groups: dict[str, dict[str, list[int]]] = {}
+
+    def sample(self, sim: Simulation, t: float) -> None:
+        state = sim.ledger.state
+        self.t.append(round(t, 3))
+        for k in self.COUNTERS:
+            self.counts[k].append(sim.counts[k])
+        self.money["paid"].append(sim.paid_ok)
+        self.money["redeemed"].append(sum(ch.redeemed for ch in state.channels.values()))
+        self.money["slashed"].append(sum(c.slashed for c in state.claims.values()))
+        self.money["burnt"].append(state.burnt)
+        self.money["escrow"].append(sum(ch.escrow for ch in state.channels.values()))
+        states = collections.Counter(c.state for c in state.claims.values())
+        self.claims["filed"].append(len(state.claims))
+        self.claims["answered"].append(states[ClaimState.ANSWERED])
+        self.claims["upheld"].append(states[ClaimState.UPHELD])
+        parts = holdings_parts(state)
+        sums: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+        for peer in sim.peers:
+            p = parts.get(peer.account)
+            if p is not None:
+                g = sums[peer.group.group]
+                for i in range(4):
+                    g[i] += p[i]
+        for group in sim.scenario.groups:
+            g = sums[group.group]
+            series = self.groups.setdefault(
+                group.group, {"balance": [], "escrow": [], "stake": [], "bonds": []}
+            )
+            for i, key in enumerate(("balance", "escrow", "stake", "bonds")):
+                series[key].append(g[i])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "requests": self.counts,
+            "money": self.money,
+            "claims": self.claims,
+            "groups": self.groups,
+        }
+
+
+def build_report(sim: Simulation) -> dict[str, Any]:
+    """Everything a finished run measured, as a JSON-ready dict (see the README schema)."""
+    s = sim.scenario
+    state = sim.ledger.state
+    bps = state.params.slash_to_claimant_bps
+    claims = list(state.claims.values())
+    by_state = collections.Counter(c.state.value for c in claims)
+    provider_refused: collections.Counter[str] = collections.Counter()
+    outcomes: collections.Counter[str] = collections.Counter()
+    node_totals: collections.Counter[str] = collections.Counter()
+    for peer in sim.peers:
+        provider_refused.update(peer.refused)
+        outcomes.update(peer.outcomes)
+        node_totals.update(peer.totals)
+    totals = _totals(sim)
+    honest = {p.account for p in sim.clients if p.behaviour.honest}
+
+    groups = []
+    for group in s.groups:
+        members = [p for p in sim.peers if p.group is group]
+        stats: collections.Counter[str] = collections.Counter()
+        g_outcomes: collections.Counter[str] = collections.Counter()
+        g_refused: collections.Counter[str] = collections.Counter()
+        g_totals: collections.Counter[str] = collections.Counter()
+        for p in members:
+            stats.update(p.behaviour.stats)
+            g_outcomes.update(p.outcomes)
+            g_refused.update(p.refused)
+            g_totals.update(p.totals)
+        figures = [sim.invariants.peer_figures(p) for p in members]
+        groups.append(
+            {
+                "group": group.group,
+                "role": group.role,
+                "behaviour": group.behaviour,
+                "count": group.count,
+                "holdings_start": sum(f.get("holdings_start", 0) for f in figures),
+                "holdings_end": sum(f.get("holdings_end", 0) for f in figures),
+                "gain": sum(f.get("gain", 0) for f in figures),
+                "requests": dict(sorted(g_outcomes.items())),
+                "served": g_totals["calls_served"],
+                "charged": g_totals["charged"],
+                "refused": dict(sorted(g_refused.items())),
+                "claims_filed": g_totals["claims_filed"],
+                "claims_answered": g_totals["claims_answered"],
+                "claims_won": g_totals["claims_won"],
+                "behaviour_stats": dict(sorted(stats.items())),
+            }
+        )
+
+    peers = []
+    for p in sim.peers:
+        f = sim.invariants.peer_figures(p)
+        peers.append(
+            {
+                "name": p.name,
+                "group": p.group.group,
+                "role": p.role,
+                "behaviour": p.behaviour.kind,
+                "account": p.account.hex(),
+                "incarnations": p.incarnations,
+                "down_periods": [
+                    [round(d.start_s, 3), round(d.end_s, 3), d.mode] for d in p.periods
+                ],
+                "requests": dict(sorted(p.outcomes.items())),
+                "paid": p.paid_ok,
+                "served": p.totals["calls_served"],
+                "charged": p.totals["charged"],
+                "refused": dict(sorted(p.refused.items())),
+                **f,
+            }
+        )
+
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "scenario": {
+            "name": s.name,
+            "description": s.description,
+            "source": s.source,
+            "seed": s.seed,
+            "transport": sim.transport,
+            "peers": s.peer_count,
+            "providers": len(sim.providers),
+            "clients": len(sim.clients),
+        },
+        "time": {
+            "workload_s": s.duration_s,
+            "drain_s": round(sim.drain_s, 3),
+            "simulated_s": round(sim.sim_end_s, 3),
+            "time_scale": sim.scale,
+        },
+        "requests": {
+            "arrivals": sim.counts["arrivals"],
+            "sent": sim.counts["sent"],
+            "ok": sim.counts["ok"],
+            "failed": sim.counts["failed"],
+            "missed_offline": sim.counts["missed_offline"],
+            "missed_backlog": sim.counts["missed_backlog"],
+            "missed_no_channel": sim.counts["missed_no_channel"],
+            "by_outcome": dict(sorted(outcomes.items())),
+            "served_by_providers": node_totals["calls_served"],
+            "refused_by_providers": dict(sorted(provider_refused.items())),
+        },
+        "money": {
+            "minted": state.supply,
+            "paid": sim.paid_ok,
+            "charged": node_totals["charged"],
+            "redeemed": sum(ch.redeemed for ch in state.channels.values()),
+            "slashed": sum(c.slashed for c in claims),
+            "burnt": state.burnt,
+            "to_claimants": sum(c.slashed * bps // 10_000 for c in claims),
+            "bonds_forfeited": sum(c.bond for c in claims if c.state is ClaimState.ANSWERED),
+            "bonds_forfeited_by_honest_clients": sum(
+                c.bond for c in claims if c.state is ClaimState.ANSWERED and c.claimant in honest
+            ),
+            "top_ups": sim.counts["top_ups"],
+            "price_changes": sim.counts["price_changes"],
+        },
+        "claims": {
+            "filed": len(claims),
+            "answered": by_state.get("answered", 0),
+            "upheld": by_state.get("upheld", 0),
+            "open": by_state.get("open", 0),
+            "filed_by_watchers": node_totals["claims_filed"],
+            "answered_by_watchers": node_totals["claims_answered"],
+            "false_claims_filed": sum(p.behaviour.stats["false_claims_filed"] for p in sim.peers),
+        },
+        "ledger": {
+            "transactions": sim.ledger.tx_count,
+            "setup_transactions": sim.setup_tx,
+            "events": sim.event_count,
+            "totals": totals,
+        },
+        "invariants": sim.invariants.as_list(),
+        "invariants_ok": sim.invariants.all_ok,
+        "errors": dict(sorted(sim.errors.items())),
+        "groups": groups,
+        "peers": peers,
+        "series": sim.series.as_dict(),
+        "wall": {
+            "seconds": round(sim.wall_s, 3),
+            "cpu_seconds": round(sim.cpu_s, 3),
+            "ok_requests_per_second": round(sim.counts["ok"] / sim.wall_s, 1) if sim.wall_s else 0,
+        },
+    }
+    return report
+
+
+def _totals(sim: Simulation) -> dict[str, Any]:
+    from p2pay.ledger.base import totals_of
+
+    t = totals_of(sim.ledger.state)
+    return {
+        "supply": t.supply,
+        "balances": t.balances,
+        "escrow": t.escrow,
+        "stakes": t.stakes,
+        "bonds": t.bonds,
+        "burnt": t.burnt,
+        "conserved": t.conserved,
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``report.json`` into `out_dir` (created); returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _tok(amount: int) -> str:
+    return format_tokens(amount)
+
+
+def _signed(amount: int) -> str:
+    if amount > 0:
+        return "+" + format_tokens(amount)
+    if amount < 0:
+        return "-" + format_tokens(-amount)
+    return "0"
+
+
+def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
+    """Render the report's main figures, groups and invariants as rich tables."""
+    console = console or Console()
+    sc, rq, mo, cl = report["scenario"], report["requests"], report["money"], report["claims"]
+    tm, wall = report["time"], report["wall"]
+
+    head = Table(title=f"p2pay simulation: {sc['name']} (seed {sc['seed']}, {sc['transport']})")
+    head.add_column("figure")
+    head.add_column("value", justify="right")
+    rows = [
+        ("peers (providers / clients)", f"{sc['peers']} ({sc['providers']} / {sc['clients']})"),
+        ("simulated time", f"{tm['simulated_s']:,.1f} s (workload {tm['workload_s']:,.0f} s)"),
+        ("wall time (CPU time)", f"{wall['seconds']:,.2f} s ({wall['cpu_seconds']:,.2f} s)"),
+        ("requests sent / OK / failed", f"{rq['sent']:,} / {rq['ok']:,} / {rq['failed']:,}"),
+        (
+            "missed (offline / backlog / no channel)",
+            f"{rq['missed_offline']:,} / {rq['missed_backlog']:,} / {rq['missed_no_channel']:,}",
+        ),
+        ("paid (OK receipts)", _tok(mo["paid"])),
+        ("charged by providers", _tok(mo["charged"])),
+        ("redeemed on the ledger", _tok(mo["redeemed"])),
+        (
+            "bonds forfeited (by honest clients)",
+            f"{_tok(mo['bonds_forfeited'])} ({_tok(mo['bonds_forfeited_by_honest_clients'])})",
+        ),
+        (
+            "slashed / burnt / to claimants",
+            f"{_tok(mo['slashed'])} / {_tok(mo['burnt'])} / {_tok(mo['to_claimants'])}",
+        ),
+        (
+            "claims filed / answered / upheld / open",
+            f"{cl['filed']} / {cl['answered']} / {cl['upheld']} / {cl['open']}",
+        ),
+        ("ledger transactions", f"{report['ledger']['transactions']:,}"),
+        ("OK requests per wall second", f"{wall['ok_requests_per_second']:,.0f}"),
+    ]
+    for name, value in rows:
+        head.add_row(name, value)
+    console.print(head)
+
+    if rq["by_outcome"]:
+        out = Table(title="request outcomes (client side) and refusals (provider side)")
+        out.add_column("code")
+        out.add_column("clients saw", justify="right")
+        out.add_column("providers refused", justify="right")
+        codes = sorted(set(rq["by_outcome"]) | set(rq["refused_by_providers"]))
+        for code in codes:
+            out.add_row(
+                code,
+                f"{rq['by_outcome'].get(code, 0):,}",
+                f"{rq['refused_by_providers'].get(code, 0):,}",
+            )
+        console.print(out)
+
+    groups = Table(title="peer groups (amounts in tokens)")
+    groups.add_column("group")
+    groups.add_column("role")
+    groups.add_column("behaviour")
+    groups.add_column("n", justify="right")
+    groups.add_column("holdings change", justify="right")
+    groups.add_column("gain", justify="right")
+    for g in report["groups"]:
+        groups.add_row(
+            g["group"],
+            g["role"],
+            g["behaviour"],
+            str(g["count"]),
+            _signed(g["holdings_end"] - g["holdings_start"]),
+            _signed(g["gain"]),
+        )
+    console.print(groups)
+    figures = [
+        (g["group"], k, v) for g in report["groups"] for k, v in g["behaviour_stats"].items()
+    ]
+    if figures:
+        beh = Table(title="what the behaviours did")
+        beh.add_column("group")
+        beh.add_column("figure")
+        beh.add_column("count", justify="right")
+        for group, key, value in figures:
+            beh.add_row(group, key, f"{value:,}")
+        console.print(beh)
+
+    inv = Table(title="invariants")
+    inv.add_column("invariant")
+    inv.add_column("result")
+    inv.add_column("checks", justify="right")
+    inv.add_column("violations", justify="right")
+    for r in report["invariants"]:
+        if r.get("skipped"):
+            result = "[dim]skipped[/dim]"
+        else:
+            result = "[green]ok[/green]" if r["ok"] else "[red]VIOLATED[/red]"
+        inv.add_row(r["name"], result, str(r["checks"]), str(r["violations"]))
+    console.print(inv)
+    for r in report["invariants"]:
+        for d in r["details"][:3]:
+            console.print(f"  [red]{r['name']}[/red]: {d}")
