@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import Any, NewType, TypeVar
 
 from p2pay.core import codec, evmsig
 from p2pay.core.amounts import MAX_YOCTO
@@ -239,6 +239,20 @@ _REQUEST_KEYS = frozenset(
 )
 
 
+_Signed = TypeVar("_Signed", "Request", "Response", "Hello")
+
+
+def _with_signature(message: _Signed, signature: bytes) -> _Signed:
+    """A copy of a frozen, slotted signed message with another signature; the signing
+    bytes computed at construction are reused, not rebuilt."""
+    cls = type(message)
+    out = cls.__new__(cls)
+    for name in cls.__slots__:
+        object.__setattr__(out, name, getattr(message, name))
+    object.__setattr__(out, "signature", signature)
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     """A paid request: the signed voucher fields, the signature, and the body beside them.
@@ -336,11 +350,7 @@ class Request:
             LocalProtocolError: `signature` is not 64 bytes (65 allowed on an EVM ledger).
         """
         _check_message_signature(self.ledger, signature, False)
-        out = Request.__new__(Request)
-        for name in Request.__slots__:
-            object.__setattr__(out, name, getattr(self, name))
-        object.__setattr__(out, "signature", signature)
-        return out
+        return _with_signature(self, signature)
 
     def verify(self, public: bytes) -> bool:
         """True if `signature` is `public`'s signature under the ledger's scheme.
@@ -551,11 +561,7 @@ class Response:
             LocalProtocolError: `signature` is not 64 bytes (65 allowed on an EVM ledger).
         """
         _check_message_signature(self.ledger, signature, False)
-        out = Response.__new__(Response)
-        for name in Response.__slots__:
-            object.__setattr__(out, name, getattr(self, name))
-        object.__setattr__(out, "signature", signature)
-        return out
+        return _with_signature(self, signature)
 
     def verify(self, public: bytes) -> bool:
         """True if `signature` is `public`'s signature under the ledger's scheme.
@@ -816,11 +822,7 @@ class Hello:
             LocalProtocolError: `signature` is not 64 bytes.
         """
         _check_signature(signature)
-        out = Hello.__new__(Hello)
-        for name in Hello.__slots__:
-            object.__setattr__(out, name, getattr(self, name))
-        object.__setattr__(out, "signature", signature)
-        return out
+        return _with_signature(self, signature)
 
     def verify(self, public: bytes) -> bool:
         """True if `signature` is `public`'s signature of the signing bytes."""
