@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import trio
 
 from p2pay.core import codec
-from p2pay.core.errors import DecodeError, LocalProtocolError
+from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, SettlementError
 from p2pay.core.settlement import (
     Channel,
     Claim,
@@ -451,7 +451,14 @@ class SqliteLedger(OpLedger):
 
     async def _submit(self, op: Op) -> Receipt:
         clock_now = self._time()  # read the clock in the trio thread (it may be trio's)
-        receipt: Receipt = await self._run(self._submit_sync, op, clock_now)
+        try:
+            receipt: Receipt = await self._run(self._submit_sync, op, clock_now)
+        except sqlite3.OperationalError as exc:
+            # e.g. "database is locked" after busy_timeout: the transaction was rolled
+            # back, nothing moved, and the same operation may simply be retried.
+            raise SettlementError(
+                f"ledger file busy, operation not applied: {exc}", code=ErrorCode.OVERLOADED
+            ) from exc
         if receipt.events:
             self._last_at = max(self._last_at, receipt.events[-1].at)
         return receipt

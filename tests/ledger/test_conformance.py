@@ -246,3 +246,25 @@ async def test_sqlite_cancellation_never_half_applies(tmp_path: Path) -> None:
     assert await ledger.balance(BOB.account) == transfers
     assert (await ledger.totals()).conserved
     await ledger.aclose()
+
+
+async def test_sqlite_ledger_busy_file_is_a_typed_refusal_and_moves_nothing(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "busy.sqlite"
+    ledger = await SqliteLedger.create(path, dev=True)
+    await ledger.mint(ALICE, ALICE.account, 1_000)
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    ledger._conn.execute("PRAGMA busy_timeout=50")
+    try:
+        with pytest.raises(SettlementError) as info:
+            await ledger.transfer(ALICE, BOB.account, 10)
+        assert info.value.code is ErrorCode.OVERLOADED
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await ledger.balance(ALICE.account) == 1_000
+    await ledger.transfer(ALICE, BOB.account, 10)  # and the retry goes through
+    assert await ledger.balance(BOB.account) == 10
+    await ledger.aclose()
