@@ -69,14 +69,17 @@ class Watcher:
         """One pass: follow events, then do the periodic duties."""
         node = self.node
         while True:
-            events = await node.ledger.events(after=self.cursor, limit=500)
+            events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
             for event in events:
                 try:
                     await self._on_event(event)
                 except (P2payError, OSError) as exc:
                     log.warning("event %s #%d: %s", event.kind, event.seq, exc)
                 self.cursor = event.seq
-            if events:
+            if cursor > self.cursor:
+                self.cursor = cursor
+                node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
+            elif events:
                 node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
             if len(events) < 500:
                 break

@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
@@ -169,6 +169,13 @@ class Ledger(Protocol):
         """Events with ``seq > after``, ascending, at most `limit`; seq starts at 1, no gaps."""
         ...
 
+    async def events_for(
+        self, account: bytes, after: int = 0, limit: int = 1000
+    ) -> tuple[list[Event], int]:
+        """Events after `after` that name `account` in a field, and the cursor to resume
+        from (the last seq examined): what one watcher needs, without every event."""
+        ...
+
     async def totals(self) -> Totals: ...
 
     # --- operations
@@ -201,6 +208,11 @@ class Ledger(Protocol):
     async def answer_claim(self, key: Keypair, claim_id: bytes, response: Response) -> None: ...
     async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None: ...
     async def aclose(self) -> None: ...
+
+
+def names_account(event: Event, account: bytes) -> bool:
+    """True if any field of `event` is `account` (payer, payee, claimant, to, ...)."""
+    return any(value == account for value in event.fields.values())
 
 
 class OpLedger(abc.ABC):
@@ -261,12 +273,34 @@ class OpLedger(abc.ABC):
     async def claims_of(self, account: bytes) -> list[Claim]: ...
     @abc.abstractmethod
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    async def events_for(
+        self, account: bytes, after: int = 0, limit: int = 1000
+    ) -> tuple[list[Event], int]:
+        """Events after `after` naming `account`, and the last seq examined.
+
+        This default pages through `events`; a backend may answer from an index.
+        """
+        found: list[Event] = []
+        cursor = after
+        while len(found) < limit:
+            page = await self.events(after=cursor, limit=1000)
+            if not page:
+                break
+            for event in page:
+                cursor = event.seq
+                if names_account(event, account):
+                    found.append(event)
+                    if len(found) >= limit:
+                        break
+        return found, cursor
+
     @abc.abstractmethod
     async def totals(self) -> Totals: ...
     @abc.abstractmethod
     async def aclose(self) -> None: ...
 
-    async def __aenter__(self) -> OpLedger:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

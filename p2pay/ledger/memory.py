@@ -19,6 +19,7 @@ operation sees is ``max(clock(), time of the last operation)``.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import time
@@ -90,6 +91,7 @@ class MemoryLedger(OpLedger):
         self._clock = clock if clock is not None else wall_clock_ms
         self._state = State(params=params)
         self._events: list[Event] = []
+        self._by_account: dict[bytes, list[Event]] = {}  # events naming an account
         self._last_at = 0
         self._closed = False
 
@@ -128,6 +130,8 @@ class MemoryLedger(OpLedger):
                 seq=len(self._events) + 1,
             )
             self._events.append(event)
+            for value in {v for v in event.fields.values() if isinstance(v, bytes)}:
+                self._by_account.setdefault(value, []).append(event)
             stored.append(event)
         return Receipt(result, tuple(stored))
 
@@ -176,6 +180,19 @@ class MemoryLedger(OpLedger):
             dataclasses.replace(e, fields=dict(e.fields))
             for e in self._events[after : after + limit]
         ]
+
+    async def events_for(
+        self, account: bytes, after: int = 0, limit: int = 1000
+    ) -> tuple[list[Event], int]:
+        """Indexed: O(matching events), not O(all events), per call."""
+        await trio.lowlevel.checkpoint()
+        if after < 0 or limit < 0:
+            raise LocalProtocolError("after and limit must be >= 0")
+        mine = self._by_account.get(account, [])
+        start = bisect.bisect_right(mine, after, key=lambda e: e.seq)
+        page = [dataclasses.replace(e, fields=dict(e.fields)) for e in mine[start : start + limit]]
+        cursor = page[-1].seq if len(page) == limit else max(after, len(self._events))
+        return page, cursor
 
     async def totals(self) -> Totals:
         await trio.lowlevel.checkpoint()

@@ -268,3 +268,31 @@ async def test_sqlite_ledger_busy_file_is_a_typed_refusal_and_moves_nothing(
     await ledger.transfer(ALICE, BOB.account, 10)  # and the retry goes through
     assert await ledger.balance(BOB.account) == 10
     await ledger.aclose()
+
+
+async def test_events_for_an_account_match_filtering_all_events(ledger_factory: Any) -> None:
+    """What a watcher reads (events naming its account) is exactly the filtered log, and
+    paging with the returned cursor loses and repeats nothing."""
+    from p2pay.ledger.base import names_account
+
+    clock = ManualClock()
+    ledger = await ledger_factory(clock)
+    for key in (ALICE, BOB, CAROL):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    for _ in range(7):
+        await ledger.open_channel(ALICE, BOB.account, TOKEN // 100, 10_000)
+        await ledger.transfer(CAROL, ALICE.account, 5)
+        await ledger.open_channel(CAROL, ALICE.account, TOKEN // 100, 10_000)
+    everything = await ledger.events(after=0, limit=10_000)
+    for key in (ALICE, BOB, CAROL):
+        expected = [e.seq for e in everything if names_account(e, key.account)]
+        got: list[int] = []
+        cursor = 0
+        for _ in range(100):  # bounded paging, 3 at a time
+            page, cursor = await ledger.events_for(key.account, cursor, 3)
+            got.extend(e.seq for e in page)
+            if len(page) < 3:
+                break
+        assert got == expected
+        assert cursor == everything[-1].seq
+    assert (await ledger.events_for(BOB.account, everything[-1].seq, 10))[0] == []
