@@ -1,0 +1,316 @@
+"""A hostile provider, and claims as a weapon (issue 7; INV-11, INV-12, INV-13).
+
+BOB here is a fake provider speaking raw frames on the memory transport: it overcharges,
+jumps `spent`, signs with the wrong key, answers another request, lies in resync details.
+ALICE's node must refuse every such receipt with a typed error, leave its accounting
+unchanged, and BOB can never redeem more than the prices of the requests ALICE sent.
+Then ALICE turns against an honest, staked BOB with a burst of false claims: each is
+answered by BOB's watcher and costs ALICE its bond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from hardening_support import ALICE, BOB, MALLORY, PRICE, TOKEN, echo, make_ledger
+
+from p2pay.core import codec
+from p2pay.core.errors import ErrorCode, RemoteProtocolError, SettlementError
+from p2pay.core.messages import (
+    Hello,
+    Refusal,
+    Request,
+    Response,
+    ServiceTerms,
+    decode_frame,
+    refusal_body,
+)
+from p2pay.core.settlement import ClaimState
+from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.net.base import StreamClosed
+from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
+from p2pay.node import Node, NodeConfig, open_node
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+Answer = Callable[[Request, int], Awaitable[bytes]]  # (request, honest spent) -> frame
+
+
+@asynccontextmanager
+async def cheating_provider(answer: Answer) -> AsyncIterator[tuple[Node, MemoryLedger, bytes]]:
+    """A fake BOB that answers each request with `answer(request, spent_so_far)`."""
+    network = MemoryNetwork()
+    ledger = make_ledger()
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    spent = 0
+
+    async def serve(stream: Any) -> None:
+        nonlocal spent
+        first = decode_frame(await stream.receive())
+        assert isinstance(first, Hello)
+        terms = (ServiceTerms(name="echo", price=PRICE, max_body=1000),)
+        await stream.send(Hello.create(BOB, ledger=ledger.ledger_id, services=terms).to_frame())
+        while True:
+            try:
+                request = decode_frame(await stream.receive())
+            except StreamClosed:
+                return  # ALICE dropped the connection
+            assert isinstance(request, Request)
+            await stream.send(await answer(request, spent))
+            spent += PRICE
+
+    config = NodeConfig(watcher=False, default_timeout=2.0)
+    async with (
+        open_memory_transport(network, BOB, serve),
+        open_node(key=ALICE, ledger=ledger, network=network, config=config) as alice,
+    ):
+        info = await alice.open_channel(memory_addr(str(BOB.peer_id)), deposit=10**6)
+        yield alice, ledger, info.channel
+
+
+def receipt(request: Request, *, price: int, spent: int, key: Any = BOB, **kw: Any) -> bytes:
+    return Response.create(
+        key,
+        request=request,
+        status=kw.get("status", "OK"),
+        price=price,
+        spent=spent,
+        body=kw.get("body", request.body),
+    ).to_frame()
+
+
+async def overcharge(request: Request, spent: int) -> bytes:
+    return receipt(request, price=2 * PRICE, spent=spent + 2 * PRICE)
+
+
+async def jump_spent(request: Request, spent: int) -> bytes:
+    return receipt(request, price=PRICE, spent=spent + 5 * PRICE)
+
+
+async def wrong_signer(request: Request, spent: int) -> bytes:
+    return receipt(request, price=PRICE, spent=spent + PRICE, key=MALLORY)
+
+
+async def other_request(request: Request, spent: int) -> bytes:
+    other = Request.create(
+        ALICE,
+        ledger=request.ledger,
+        channel=request.channel,
+        n=request.n,
+        paid=request.paid,
+        price=request.price,
+        service="echo",
+        body=b"not what was asked",
+        deadline=request.deadline,
+    )
+    return receipt(other, price=PRICE, spent=spent + PRICE)
+
+
+async def body_swapped(request: Request, spent: int) -> bytes:
+    good = Response.create(
+        BOB, request=request, status="OK", price=PRICE, spent=spent + PRICE, body=b"paid"
+    )
+    return codec.encode([2, good.signing_bytes, good.signature, b"swapped"])
+
+
+async def refusal_that_charges(request: Request, spent: int) -> bytes:
+    """Not constructible with the API: a non-OK status with a price, signed by BOB."""
+    good = Response.create(
+        BOB, request=request, status="OK", price=PRICE, spent=spent + PRICE, body=b""
+    )
+    signed = good.signing_bytes.replace(b"fstatusbOK", b"fstatusnHANDLER_ERROR")
+    return codec.encode([2, signed, BOB.sign(signed), b""])
+
+
+@pytest.mark.parametrize(
+    ("cheat", "code"),
+    [
+        (overcharge, ErrorCode.MALFORMED),
+        (jump_spent, ErrorCode.MALFORMED),
+        (wrong_signer, ErrorCode.INVALID_SIGNATURE),
+        (other_request, ErrorCode.MALFORMED),
+        (body_swapped, ErrorCode.MALFORMED),
+        (refusal_that_charges, None),  # undecodable: the connection is dropped
+    ],
+)
+async def test_cheating_receipts_are_refused_and_bounded(cheat: Answer, code: Any) -> None:
+    """Every cheating receipt is refused (INV-12) and leaves the payer's `spent` alone; all
+    the payee can redeem is what ALICE signed: the prices of the requests she sent (INV-11)."""
+    async with cheating_provider(cheat) as (alice, ledger, channel):
+        calls = 4
+        for _ in range(calls):
+            await trio.sleep(0.01)  # ALICE drops a connection that gave a bad receipt
+            with pytest.raises(Exception) as info:
+                await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
+            if code is not None:
+                assert isinstance(info.value, RemoteProtocolError)
+                assert info.value.code is code
+            else:
+                assert getattr(info.value, "code", None) in (
+                    ErrorCode.OVERLOADED,  # ConnectionLost
+                    ErrorCode.DEADLINE_EXCEEDED,  # CallTimeout
+                )
+        ch = alice.payer_channels[channel]
+        assert ch.spent == 0 and alice.counters.paid == 0
+        assert ch.paid <= calls * PRICE
+        assert alice.counters.protocol_violations >= calls
+        # the most BOB can take with the best voucher it was sent
+        best = max(
+            (decode_frame(r.frame) for r in await alice.store.requests()),
+            key=lambda r: r.paid,
+        )
+        before = await ledger.balance(BOB.account)
+        await ledger.redeem(BOB, best)
+        assert await ledger.balance(BOB.account) - before == best.paid <= calls * PRICE
+
+
+async def lying_replay(details: dict[str, Any]) -> Answer:
+    async def answer(request: Request, spent: int) -> bytes:
+        fields = {k: (v(request) if callable(v) else v) for k, v in details.items()}
+        return Refusal(
+            channel=request.channel, n=request.n, code=ErrorCode.REPLAY, details=fields
+        ).to_frame()
+
+    return answer
+
+
+def foreign_voucher(request: Request) -> bytes:
+    return Request.create(
+        MALLORY,
+        ledger=request.ledger,
+        channel=request.channel,
+        n=1,
+        paid=10**6,
+        price=PRICE,
+        service="echo",
+        body=b"",
+        deadline=0,
+    ).to_frame()
+
+
+@pytest.mark.parametrize(
+    ("details", "code"),
+    [
+        # spent above the voucher the payer signed
+        (
+            {"last_n": 1, "spent": 10 * PRICE, "voucher": lambda r: r.to_frame()},
+            ErrorCode.MALFORMED,
+        ),
+        # a voucher the payer never signed
+        ({"last_n": 1, "spent": 10**6, "voucher": foreign_voucher}, ErrorCode.INVALID_SIGNATURE),
+        # spent without any voucher
+        ({"last_n": 5, "spent": PRICE}, ErrorCode.MALFORMED),
+        # voucher n above the claimed last_n
+        ({"last_n": 0, "spent": 0, "voucher": lambda r: r.to_frame()}, ErrorCode.MALFORMED),
+        # not numbers at all
+        ({"last_n": "many", "spent": -1}, ErrorCode.REPLAY),
+    ],
+)
+async def test_lying_resync_details_are_refused(details: dict[str, Any], code: ErrorCode) -> None:
+    """A payee lying in REPLAY details (spec 15) moves nothing: the payer believes only its
+    own signature and never lowers or inflates its numbers beyond what it signed (INV-13)."""
+    async with cheating_provider(await lying_replay(details)) as (alice, _ledger, channel):
+        with pytest.raises(RemoteProtocolError) as info:
+            await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
+        assert info.value.code is code
+        ch = alice.payer_channels[channel]
+        assert ch.spent == 0 and ch.paid == PRICE and ch.last_n == 1
+
+
+async def test_resync_adopts_only_what_the_payer_signed() -> None:
+    """A consistent resync (its own voucher, spent <= paid) is adopted, once; then the fake
+    payee serves honestly and the receipts chain from the adopted spent."""
+    state = {"replayed": False}
+
+    async def answer(request: Request, spent: int) -> bytes:
+        if not state["replayed"]:
+            state["replayed"] = True
+            return Refusal(
+                channel=request.channel,
+                n=request.n,
+                code=ErrorCode.REPLAY,
+                details={"last_n": 40, "spent": PRICE, "voucher": request.to_frame()},
+            ).to_frame()
+        return receipt(request, price=PRICE, spent=2 * PRICE)
+
+    async with cheating_provider(answer) as (alice, _ledger, channel):
+        result = await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
+        assert result.n == 41 and result.spent == 2 * PRICE and result.price == PRICE
+        ch = alice.payer_channels[channel]
+        assert ch.spent == 2 * PRICE and ch.paid == 2 * PRICE
+
+
+# ---------------------------------------------------------------------------
+# false claims and claim spam against an honest, staked provider
+
+
+async def test_claim_spam_costs_the_claimant_its_bonds() -> None:
+    """ALICE files claims for answered requests and for signed requests BOB never saw. BOB's
+    watcher answers every one (with the stored receipt, or by serving it free); each bond
+    goes to BOB, its stake is untouched; refiling or filing early is refused."""
+    ledger = make_ledger()
+    network = MemoryNetwork()
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    bond = ledger.params.claim_bond
+    stake, penalty = 10**20, 10**19
+    fast = NodeConfig(watch_interval=0.05, claim_grace_ms=50, redeem_threshold=10**30)
+    async with (
+        open_node(key=BOB, ledger=ledger, network=network, config=fast) as bob,
+        open_node(key=ALICE, ledger=ledger, network=network, config=fast) as alice,
+    ):
+        bob.serve("echo", echo, price=PRICE)
+        await bob.stake(stake, penalty=penalty, claim_window_ms=5_000)
+        info = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        answered = []
+        for _ in range(3):
+            result = await alice.call(bob.addrs[0], "echo", b"x", max_price=PRICE, timeout=0.2)
+            answered.append(
+                decode_frame((await alice.store.request(result.receipt.request_hash)).frame)
+            )
+        never_sent = [
+            Request.create(
+                ALICE,
+                ledger=ledger.ledger_id,
+                channel=info.channel,
+                n=100 + i,
+                paid=PRICE,
+                price=PRICE,
+                service=service,
+                body=b"never sent",
+                deadline=wall_clock_ms() + 100,
+            )
+            for i, service in enumerate(("echo", "nope"))
+        ]
+        with pytest.raises(SettlementError) as early:
+            await ledger.file_claim(ALICE, never_sent[0])
+        assert early.value.code is ErrorCode.DEADLINE_NOT_PASSED
+        await trio.sleep(0.3)
+        alice_before = await ledger.balance(ALICE.account)
+        bob_before = await ledger.balance(BOB.account)
+        claims = [await ledger.file_claim(ALICE, r) for r in [*answered, *never_sent]]
+        with pytest.raises(SettlementError) as again:
+            await ledger.file_claim(ALICE, answered[0])
+        assert again.value.code is ErrorCode.CLAIM_EXISTS
+        with trio.fail_after(10):
+            while True:
+                states = [(await ledger.claim(c)).state for c in claims]
+                if all(s is ClaimState.ANSWERED for s in states):
+                    break
+                await trio.sleep(0.05)
+        assert await ledger.balance(ALICE.account) == alice_before - len(claims) * bond
+        assert await ledger.balance(BOB.account) == bob_before + len(claims) * bond
+        assert (await ledger.stake_of(BOB.account)).amount == stake
+        for claim_id, request in zip(claims, [*answered, *never_sent], strict=True):
+            answer = decode_frame((await ledger.claim(claim_id)).response_frame)
+            assert isinstance(answer, Response) and answer.verify(BOB.public)
+            assert answer.request_hash == request.hash
+        # the never-sent requests were answered without charge
+        assert bob.payee_channels[info.channel].spent == 3 * PRICE
+        assert (await ledger.totals()).conserved
+        assert refusal_body("x")  # (the refusal body helper stays importable)
