@@ -64,3 +64,24 @@ def test_two_node_walkthrough_runs(tmp_path: Path) -> None:
     assert "hello, p2pay" in out.stdout
     assert '"price": "1000"' in out.stdout
     assert "redeemed 2000" in out.stdout  # the provider's watcher redeemed both calls
+
+
+@pytest.mark.slow
+def test_readme_simulation_command_runs(tmp_path: Path) -> None:
+    import json
+
+    (command,) = [line for b in _blocks("sh") for line in b.splitlines() if "simulate" in line]
+    args = command.split()[1:]  # drop "p2pay"
+    args[args.index("--out") + 1] = str(tmp_path / "sim")
+    out = subprocess.run(
+        [sys.executable, "-m", "p2pay", *args, "-q", "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "sim" / "report.json").read_text())
+    assert report["invariants"] and all(inv["ok"] for inv in report["invariants"])
+    assert report["requests"]["ok"] > 1000
