@@ -165,6 +165,9 @@ class _Metrics:
             "redeemed": c.redeemed,
             "connections": c.connections,
             "protocol_violations": c.protocol_violations,
+            "sessions_refused": c.sessions_refused,
+            "rate_limited": c.rate_limited,
+            "idle_resets": c.idle_resets,
         }
 
     def collect(self) -> Any:
@@ -186,6 +189,9 @@ class _Metrics:
             ("redeemed", "Yocto redeemed from channels."),
             ("connections", "Outbound connections opened."),
             ("protocol_violations", "Frames from peers that broke the protocol."),
+            ("sessions_refused", "Inbound sessions refused (max_sessions limits)."),
+            ("rate_limited", "Streams reset for too many refused requests."),
+            ("idle_resets", "Streams reset as idle or slow-loris."),
         )
         for name, doc in simple:
             yield CounterMetricFamily(f"p2pay_{name}", doc, value=float(snap[name]))
