@@ -75,7 +75,7 @@ from p2pay.core.messages import (
 )
 from p2pay.core.settlement import ChannelState
 from p2pay.ledger.base import Ledger
-from p2pay.net.base import StreamClosed
+from p2pay.net.base import NetError, StreamClosed
 from p2pay.persist import Persister
 from p2pay.store.base import (
     OutgoingRequest,
@@ -99,7 +99,10 @@ class CallTimeout(P2payError, TimeoutError):
 
 
 class ConnectionLost(P2payError, ConnectionError):
-    """The stream to the peer closed while the call was waiting."""
+    """The peer could not be reached, or its stream closed while the call was waiting.
+
+    Nothing was charged for a call that never left; for one in flight, see `CallTimeout`.
+    """
 
     code = ErrorCode.OVERLOADED
 
@@ -649,7 +652,10 @@ class Node:
             conn = self._connections.get(peer_id)
             if conn is not None and not conn.closed:
                 return conn
-            stream = await self._transport.connect(peer_id)
+            try:
+                stream = await self._transport.connect(peer_id)
+            except NetError as exc:
+                raise ConnectionLost(f"cannot reach {peer_id}: {exc}") from exc
             try:
                 with trio.fail_after(self.config.hello_timeout):
                     await stream.send(self.hello().to_frame())
@@ -657,6 +663,12 @@ class Node:
                     if isinstance(first, Refusal):  # e.g. OVERLOADED: too many sessions
                         raise remote_error(first.code, first.message, first.details)
                     hello = _check_hello(first, stream.remote_public, self.ledger.ledger_id)
+            except NetError as exc:
+                await stream.reset()
+                raise ConnectionLost(f"{peer_id} closed the stream during the hello") from exc
+            except trio.TooSlowError as exc:
+                await stream.reset()
+                raise ConnectionLost(f"no hello from {peer_id} in time") from exc
             except BaseException:
                 await stream.reset()
                 raise

@@ -446,3 +446,17 @@ async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel
             assert result.body == b"after"
             assert result.spent == 2 * PRICE  # the lost receipt's charge is accounted for
         await store.aclose()
+
+
+async def test_an_unreachable_peer_is_a_typed_error() -> None:
+    from p2pay.node import ConnectionLost
+
+    ledger = make_ledger()
+    await fund(ledger, ALICE, BOB)
+    async with provider(ledger) as bob:
+        addr = bob.addrs[0]
+    async with client(ledger) as alice:
+        await alice.open_channel(addr, deposit=10**6)
+        with trio.fail_after(10), pytest.raises(ConnectionLost):
+            await alice.call(addr, "echo", b"x", max_price=PRICE)
+        assert alice.counters.call_errors[ErrorCode.OVERLOADED.value] == 1
