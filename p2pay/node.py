@@ -1304,7 +1304,11 @@ def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
         if not isinstance(frame, Request):
             return None
         parsed = frame
-    return {"last_n": last_n, "spent": spent, "voucher": parsed}
+    args: dict[str, Any] = {"last_n": last_n, "spent": spent, "voucher": parsed}
+    paid_max = details.get("paid_max")
+    if type(paid_max) is int:
+        args["paid_max"] = paid_max  # checked against the voucher (protocol.md 15)
+    return args
 
 
 # ---------------------------------------------------------------------------
