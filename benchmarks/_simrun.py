@@ -1,0 +1,67 @@
+"""Run one simulator scenario, optionally rescaled, and print its summary as JSON.
+
+``python -m benchmarks._simrun SCENARIO [--peers N] [--duration SECONDS]``: the peer groups
+are scaled in proportion to reach N peers (each group keeps at least one peer), the
+simulated duration is replaced if given; the run uses the simulator's library interface
+(`p2pay.sim.parse_scenario` + `run_scenario`, no plots, no files). The benchmark runs this
+in a child process to read its wall time, CPU time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+def scaled(data: dict[str, Any], peers: int | None, duration: float | None) -> dict[str, Any]:
+    data = dict(data)
+    if peers is not None:
+        groups = [dict(g) for g in data.get("peers", [])]
+        total = sum(int(g.get("count", 1)) for g in groups)
+        for g in groups:
+            g["count"] = max(1, round(int(g.get("count", 1)) * peers / total))
+        data["peers"] = groups
+        data["name"] = f"{data.get('name', 'scenario')}-{peers}"
+    if duration is not None:
+        data["duration"] = duration
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._simrun")
+    parser.add_argument("scenario", type=Path)
+    parser.add_argument("--peers", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.CRITICAL)
+    from p2pay.sim import parse_scenario, run_scenario
+
+    data = scaled(
+        tomllib.loads(args.scenario.read_text(encoding="utf-8")), args.peers, args.duration
+    )
+    spec = parse_scenario(data, source=str(args.scenario))
+    t0 = time.perf_counter()
+    report = run_scenario(spec, plots=False)
+    wall = time.perf_counter() - t0
+    out = {
+        "peers": spec.peer_count,
+        "duration_s": spec.duration_s,
+        "wall_s": wall,
+        "requests": report.get("requests", {}),
+        "invariants_ok": report.get("invariants_ok"),
+        "report_wall": report.get("wall", {}),
+    }
+    json.dump(out, sys.stdout, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
