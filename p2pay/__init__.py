@@ -42,6 +42,7 @@ _EXPORTS = {
     "ConnectionLost": "p2pay.node",
     "Node": "p2pay.node",
     "NodeConfig": "p2pay.node",
+    "PeerUnreachable": "p2pay.node",
     "open_node": "p2pay.node",
 }
 
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         ConnectionLost,
         Node,
         NodeConfig,
+        PeerUnreachable,
         open_node,
     )
 
@@ -101,6 +103,7 @@ __all__ = [
     "Overloaded",
     "P2payError",
     "PaymentRequired",
+    "PeerUnreachable",
     "RemoteProtocolError",
     "SettlementError",
     "UnknownService",

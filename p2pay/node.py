@@ -107,6 +107,12 @@ class ConnectionLost(P2payError, ConnectionError):
     code = ErrorCode.OVERLOADED
 
 
+class PeerUnreachable(ConnectionLost):
+    """No stream to the peer could be opened, or it did not complete the hello.
+
+    Nothing was signed or sent for the call."""
+
+
 # ---------------------------------------------------------------------------
 # public value types
 
@@ -655,7 +661,7 @@ class Node:
             try:
                 stream = await self._transport.connect(peer_id)
             except NetError as exc:
-                raise ConnectionLost(f"cannot reach {peer_id}: {exc}") from exc
+                raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
             try:
                 with trio.fail_after(self.config.hello_timeout):
                     await stream.send(self.hello().to_frame())
@@ -665,10 +671,10 @@ class Node:
                     hello = _check_hello(first, stream.remote_public, self.ledger.ledger_id)
             except NetError as exc:
                 await stream.reset()
-                raise ConnectionLost(f"{peer_id} closed the stream during the hello") from exc
+                raise PeerUnreachable(f"{peer_id} closed the stream during the hello") from exc
             except trio.TooSlowError as exc:
                 await stream.reset()
-                raise ConnectionLost(f"no hello from {peer_id} in time") from exc
+                raise PeerUnreachable(f"no hello from {peer_id} in time") from exc
             except BaseException:
                 await stream.reset()
                 raise
@@ -1421,6 +1427,7 @@ __all__ = [
     "Counters",
     "Node",
     "NodeConfig",
+    "PeerUnreachable",
     "codec",
     "open_node",
 ]

@@ -56,7 +56,15 @@ from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.base import NetError
 from p2pay.net.memory import MemoryNetwork, memory_addr
-from p2pay.node import Call, CallTimeout, ConnectionLost, Node, NodeConfig, open_node
+from p2pay.node import (
+    Call,
+    CallTimeout,
+    ConnectionLost,
+    Node,
+    NodeConfig,
+    PeerUnreachable,
+    open_node,
+)
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ScenarioError, ServiceSpec
 from p2pay.store.memory import MemoryStore
@@ -583,6 +591,8 @@ class Simulation:
                 return "INSUFFICIENT_DEPOSIT"
             except CallTimeout:
                 return "TIMEOUT"
+            except PeerUnreachable:
+                return "UNREACHABLE"
             except ConnectionLost:
                 return "CONNECTION_LOST"
             except P2payError as exc:

@@ -449,7 +449,7 @@ async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel
 
 
 async def test_an_unreachable_peer_is_a_typed_error() -> None:
-    from p2pay.node import ConnectionLost
+    from p2pay.node import PeerUnreachable
 
     ledger = make_ledger()
     await fund(ledger, ALICE, BOB)
@@ -457,6 +457,6 @@ async def test_an_unreachable_peer_is_a_typed_error() -> None:
         addr = bob.addrs[0]
     async with client(ledger) as alice:
         await alice.open_channel(addr, deposit=10**6)
-        with trio.fail_after(10), pytest.raises(ConnectionLost):
+        with trio.fail_after(10), pytest.raises(PeerUnreachable):
             await alice.call(addr, "echo", b"x", max_price=PRICE)
         assert alice.counters.call_errors[ErrorCode.OVERLOADED.value] == 1
