@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, runtime_checkable
+
+import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
@@ -66,6 +69,7 @@ from p2pay.core.settlement import (
 __all__ = [
     "Ledger",
     "LedgerFileError",
+    "LocalLedger",
     "OpLedger",
     "Receipt",
     "Totals",
@@ -388,3 +392,33 @@ class OpLedger(abc.ABC):
 def copy_entity(entity: Any) -> Any:
     """A shallow copy of a Channel/Stake/Claim (all their fields are immutable values)."""
     return dataclasses.replace(entity)
+
+
+class LocalLedger(OpLedger):
+    """An OpLedger that keeps its own `Params` and clock (the memory and SQLite backends).
+
+    Ledger time is ``max(clock(), time of the last operation)``: it never goes back.
+    """
+
+    def __init__(self, params: Params, clock: Callable[[], int]) -> None:
+        super().__init__()
+        self._params = params
+        self._clock = clock
+        self._last_at = 0
+
+    @property
+    def ledger_id(self) -> bytes:
+        return self._params.ledger_id
+
+    @property
+    def params(self) -> Params:
+        return self._params
+
+    def _time(self) -> int:
+        self._last_at = max(self._last_at, int(self._clock()))
+        return self._last_at
+
+    async def now(self) -> int:
+        """The clock in ms (never earlier than the last operation this object applied)."""
+        await trio.lowlevel.checkpoint()
+        return self._time()

@@ -40,7 +40,7 @@ from p2pay.core.settlement import (
     State,
     apply,
 )
-from p2pay.ledger.base import OpLedger, Receipt, Totals, copy_entity, totals_of
+from p2pay.ledger.base import LocalLedger, Receipt, Totals, copy_entity, totals_of
 
 __all__ = ["MemoryLedger", "wall_clock_ms"]
 
@@ -58,7 +58,7 @@ def normalize_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
-class MemoryLedger(OpLedger):
+class MemoryLedger(LocalLedger):
     """A ledger held in memory: for tests and simulations.
 
     Args:
@@ -80,41 +80,22 @@ class MemoryLedger(OpLedger):
         dev: bool = True,
         ledger_id: bytes | None = None,
     ) -> None:
-        super().__init__()
         if params is None:
             if ledger_id is None:
                 ledger_id = b"p2pay:memory:" + os.urandom(16)
             params = Params(ledger_id=ledger_id, dev=dev)
         elif ledger_id is not None and ledger_id != params.ledger_id:
             raise LocalProtocolError("ledger_id differs from params.ledger_id")
-        self._params = params
-        self._clock = clock if clock is not None else wall_clock_ms
+        super().__init__(params, clock if clock is not None else wall_clock_ms)
         self._state = State(params=params)
         self._events: list[Event] = []
         self._by_account: dict[bytes, list[Event]] = {}  # events naming an account
-        self._last_at = 0
         self._closed = False
-
-    @property
-    def ledger_id(self) -> bytes:
-        return self._params.ledger_id
-
-    @property
-    def params(self) -> Params:
-        return self._params
 
     @property
     def state(self) -> State:
         """The live state (read it, never mutate it: use operations)."""
         return self._state
-
-    def _time(self) -> int:
-        self._last_at = max(self._last_at, int(self._clock()))
-        return self._last_at
-
-    async def now(self) -> int:
-        await trio.lowlevel.checkpoint()
-        return self._time()
 
     async def _submit(self, op: Op) -> Receipt:
         await trio.lowlevel.checkpoint()

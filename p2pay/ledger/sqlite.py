@@ -76,7 +76,7 @@ from p2pay.core.settlement import (
 )
 from p2pay.ledger.base import (
     LedgerFileError,
-    OpLedger,
+    LocalLedger,
     Receipt,
     Totals,
     copy_entity,
@@ -275,7 +275,7 @@ class _Lazy(dict[Any, Any]):
 # the backend
 
 
-class SqliteLedger(OpLedger):
+class SqliteLedger(LocalLedger):
     """A ledger in one SQLite file. Make one with `create`, reopen it with `open`."""
 
     def __init__(
@@ -286,13 +286,10 @@ class SqliteLedger(OpLedger):
         clock: Callable[[], int] | None,
     ) -> None:
         """Internal: use `SqliteLedger.create` or `SqliteLedger.open`."""
-        super().__init__()
+        super().__init__(params, clock if clock is not None else wall_clock_ms)
         self._conn: sqlite3.Connection | None = conn
         self._path = path
-        self._params = params
-        self._clock = clock if clock is not None else wall_clock_ms
         self._lock = threading.Lock()
-        self._last_at = 0
         self.lazy_loads = 0
         """Entities `apply` needed that `touches`/`touches_loaded` did not name."""
 
@@ -408,25 +405,8 @@ class SqliteLedger(OpLedger):
     # --- properties
 
     @property
-    def ledger_id(self) -> bytes:
-        return self._params.ledger_id
-
-    @property
-    def params(self) -> Params:
-        return self._params
-
-    @property
     def path(self) -> Path:
         return self._path
-
-    def _time(self) -> int:
-        self._last_at = max(self._last_at, int(self._clock()))
-        return self._last_at
-
-    async def now(self) -> int:
-        """The clock in ms (never earlier than the last operation this object applied)."""
-        await trio.lowlevel.checkpoint()
-        return self._time()
 
     # --- plumbing
 
