@@ -8,6 +8,10 @@ This machine is shared and noisy, so no benchmark has an absolute-time target: e
 measures the thing and its baseline in the same process, in alternating rounds, and
 reports the median of the per-round ratios; absolute figures are printed beside it.
 
+Two more tools measure evidence rather than a target: ``python -m benchmarks.ablations``
+(CPU saved per paid call by patching one cost out, in-process only) and
+``python -m benchmarks.libp2p_io`` (Noise and yamux operations per call).
+
 Each benchmark module has a ``NAME`` and ``run(size, profile_dir) -> list[Result]``,
 where ``size`` is ``"smoke"`` (seconds; used by the smoke test, figures meaningless),
 ``"quick"`` or ``"full"``, and ``profile_dir`` (or None) is where it writes its cProfile

@@ -79,6 +79,7 @@ class Phase:
     calls: int
     elapsed: float  # wall seconds, including the tail of calls in flight
     cpu: float  # CPU seconds of this process (all threads) over the phase
+    main_cpu: float = 0.0  # CPU seconds of the calling (trio) thread alone
 
     @property
     def rate(self) -> float:
@@ -105,10 +106,11 @@ async def run_callers(fn: Callable[[], Awaitable[Any]], concurrency: int, durati
 
     t0 = time.perf_counter()
     c0 = time.process_time()
+    m0 = time.thread_time()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    return Phase(count, time.perf_counter() - t0, time.process_time() - c0)
+    return Phase(count, time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0)
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,8 @@ class Comparison:
     a_cpu_us: list[float] = field(default_factory=list)  # CPU us per call, one per round
     b_cpu_us: list[float] = field(default_factory=list)
     cpu_ratios: list[float] = field(default_factory=list)  # (b cpu/call) / (a cpu/call)
+    a_main_cpu_us: list[float] = field(default_factory=list)  # trio thread only
+    b_main_cpu_us: list[float] = field(default_factory=list)
     a_calls: int = 0
     b_calls: int = 0
     load: list[list[float]] = field(default_factory=list)
@@ -74,6 +76,8 @@ async def compare(
         out.a_cpu_us.append(a_phase.cpu_us)
         out.b_cpu_us.append(b_phase.cpu_us)
         out.cpu_ratios.append(b_phase.cpu_us / a_phase.cpu_us)
+        out.a_main_cpu_us.append(a_phase.main_cpu / max(1, a_phase.calls) * 1e6)
+        out.b_main_cpu_us.append(b_phase.main_cpu / max(1, b_phase.calls) * 1e6)
     out.load.append([round(x, 2) for x in load_average()])
     return out
 

@@ -91,13 +91,14 @@ async def _pair(
     provider: Keypair,
     client: Keypair,
     ledger: MemoryLedger,
+    first_deposit: int = MICRO * 1_000_000,
 ) -> tuple[Node, Node, str]:
     await ledger.mint(client, client.account, 10 * TOKEN)
     prov = await stack.enter_async_context(open_node(key=provider, ledger=ledger, network=net))
     prov.serve(SERVICE, echo, price=MICRO)
     cli = await stack.enter_async_context(open_node(key=client, ledger=ledger, network=net))
     addr = prov.addrs[0]
-    await cli.open_channel(addr, deposit=MICRO * 1_000_000)
+    await cli.open_channel(addr, deposit=first_deposit)
     await cli.call(addr, SERVICE, BODY, max_price=MICRO, timeout=60)
     return prov, cli, addr
 
@@ -109,7 +110,11 @@ async def _channels(n: int, traced: bool, keys: tuple[Keypair, Keypair]) -> tupl
     out: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         ledger = MemoryLedger()
-        prov, cli, addr = await _pair(stack, MemoryNetwork(), keys[0], keys[1], ledger)
+        # The first channel holds less than the new ones, and a call pays from the open
+        # channel with the most credit left, so the n calls below use each new channel once.
+        prov, cli, addr = await _pair(
+            stack, MemoryNetwork(), keys[0], keys[1], ledger, first_deposit=MICRO * 10
+        )
         m = _Measure(traced)
         m.start()
         for _ in range(n):
@@ -122,6 +127,8 @@ async def _channels(n: int, traced: bool, keys: tuple[Keypair, Keypair]) -> tupl
             await cli.call(prov.peer_id, SERVICE, BODY, max_price=MICRO, timeout=60)
         out["used_once"] = m2.stop()
         out["payee_channels_added"] = len(prov.payee_channels) - before
+        if out["payee_channels_added"] != n:
+            raise RuntimeError(f"{n} calls reached {out['payee_channels_added']} new channels")
     return out, m
 
 
