@@ -353,6 +353,8 @@ async def test_key_material_never_reaches_logs_or_reprs(caplog: pytest.LogCaptur
     """With DEBUG logging on, through calls, refusals, hostile frames and errors, no log
     line holds a secret key seed (the key file's 0600 mode: tests/unit/test_keys.py)."""
     caplog.set_level(logging.DEBUG)
+    # the CLI's in-process tests set the "p2pay" logger's own level; override it here
+    caplog.set_level(logging.DEBUG, logger="p2pay")
     async with provider_world() as world, raw_peer(world) as mallory:
         await mallory.exchange(b"\x00garbage")
         await mallory.exchange(unknown_channel_request(world, 7))
