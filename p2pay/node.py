@@ -390,10 +390,13 @@ class Node:
                 paid=prec.paid,
                 spent=prec.spent,
             )
-        # Requests that were in flight when we stopped: their receipts are lost, but the
-        # payee may have charged them, so count them as abandoned (a later receipt may
-        # then show spent above ours by at most their prices).
-        for record in await self.store.requests(state="awaiting"):
+        # Requests that never got a receipt (in flight when we stopped, or since marked
+        # unclaimable, expired or claimed by the watcher): the payee may have charged
+        # them, so count them as abandoned (a later receipt may then show spent above
+        # ours by at most their prices).
+        for record in await self.store.requests():
+            if record.state in ("answered", "refused"):
+                continue  # a receipt came back: accounted for
             payer_ch = self.payer_channels.get(record.channel)
             if payer_ch is None or not record.frame:
                 continue

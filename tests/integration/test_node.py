@@ -437,6 +437,11 @@ async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel
             with pytest.raises(CallTimeout):
                 await alice.call(bob.peer_id, "echo", b"lost", max_price=PRICE, timeout=0.5)
             monkeypatch.undo()
+
+            async def marked_unclaimable() -> bool:  # bob has no stake: the watcher says so
+                return [r.state for r in await alice.store.requests()] == ["unclaimable"]
+
+            await wait_until(marked_unclaimable)
         await store.aclose()
         assert bob.payee_channels[ch.channel].spent == PRICE
         store = await SqliteStore.open(path)
