@@ -823,6 +823,7 @@ class EvmLedger(OpLedger):
         self._keys: dict[bytes, EvmKey] = {}
         self._last_at = 0
         self._closed = False
+        self._sync_lock = trio.Lock()
         self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
 
     # --- construction
@@ -986,7 +987,14 @@ class EvmLedger(OpLedger):
         return self._abi.decode_output(name, res.output)
 
     async def sync(self) -> int:
-        """Index the contract's logs up to ``head - confirmations``; returns the cursor."""
+        """Index the contract's logs up to ``head - confirmations``; returns the cursor.
+
+        One sync at a time: two tasks (e.g. two watchers sharing this ledger) reading the
+        same cursor would index the same logs twice and number them twice."""
+        async with self._sync_lock:
+            return await self._sync()
+
+    async def _sync(self) -> int:
         head = await self._call_chain(self.chain.head)
         target = head - self._confirmations
         cursor = self._index.cursor

@@ -13,24 +13,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trio
 
 pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[dev]'")
 pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
 
 from p2pay import testing
-from p2pay.core.evmsig import EvmKey
 from p2pay.core.identity import Keypair
 from p2pay.ledger import Ledger
 from p2pay.ledger.evm import BoaChain, EvmLedger
-from p2pay.testing import ledger_conformance_cases
+from p2pay.testing import ManualClock, ledger_conformance_cases
 
 pytestmark = pytest.mark.trio
 
 CASES = ledger_conformance_cases()
-DEPLOYER = EvmKey.from_secret(bytes([9]) * 32)
-EVM_KEYS = {
-    name: EvmKey.derive(getattr(testing, name)) for name in ("ALICE", "BOB", "CAROL", "MALLORY")
-}
+DEPLOYER, EVM_KEYS = testing.evm_test_keys()
 
 
 @pytest.fixture
@@ -64,3 +61,27 @@ async def test_evm_ledger_conformance(boa_factory: Any, name: str, case: Any) ->
     factory, made = boa_factory
     await case(factory)
     assert made, "the case made no ledger"
+
+
+async def test_concurrent_syncs_index_each_log_once() -> None:
+    """Two watchers sharing one EvmLedger read events at once: each log is indexed once."""
+    chain = BoaChain()
+    alice = EVM_KEYS["ALICE"]
+    ledger = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=ManualClock())
+    for _ in range(3):
+        await ledger.mint(alice, alice.account, testing.TOKEN)
+    expected = await ledger.events()
+    fresh = await EvmLedger.connect(chain, ledger.address)  # its index starts empty
+    pages: list[list[Any]] = []
+
+    async def read() -> None:
+        pages.append(await fresh.events())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(read)
+    assert [e.seq for e in expected] == list(range(1, len(expected) + 1))
+    assert all(page == expected for page in pages)
+    assert await fresh.events() == expected
+    await fresh.aclose()
+    await ledger.aclose()
