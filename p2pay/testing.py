@@ -41,6 +41,17 @@ CAROL = Keypair.from_seed(bytes([3]) * 32)
 MALLORY = Keypair.from_seed(bytes([4]) * 32)
 
 
+def evm_test_keys() -> tuple[Any, dict[str, Any]]:
+    """The EVM ledger tests' keys: a deployer (secret ``09 * 32``) and the settlement keys
+    derived from ALICE, BOB, CAROL and MALLORY (`EvmKey.derive`). Needs the evm extra."""
+    from p2pay.core.evmsig import EvmKey
+
+    derived = {
+        name: EvmKey.derive(globals()[name]) for name in ("ALICE", "BOB", "CAROL", "MALLORY")
+    }
+    return EvmKey.from_secret(bytes([9]) * 32), derived
+
+
 # ===========================================================================
 # Ledger conformance suite (specs/settlement.md)
 # ===========================================================================
@@ -1455,6 +1466,7 @@ __all__ = [
     "LedgerFactory",
     "LedgerHarness",
     "ManualClock",
+    "evm_test_keys",
     "expect",
     "expect_eq",
     "ledger_conformance_cases",

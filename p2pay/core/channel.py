@@ -56,8 +56,8 @@ from p2pay.core.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from p2pay.core.identity import Keypair
 from p2pay.core.messages import MAX_U64, Request, Response
+from p2pay.core.signing import Signer, account_for
 
 
 class ChannelStatus(enum.StrEnum):
@@ -324,12 +324,13 @@ class PayerChannel:
         return max(0, self.deposit - max(self.paid, self.spent + self.outstanding))
 
     def next_request(
-        self, key: Keypair, *, service: str, body: bytes, price: int, deadline: int
+        self, key: Signer, *, service: str, body: bytes, price: int, deadline: int
     ) -> Request:
         """Sign the next request on this channel (it is then in flight).
 
         Args:
-            key: the payer's key pair.
+            key: the payer's key: a `Keypair`, or on an EVM ledger its `EvmKey` (faster:
+                a `Keypair` derives it per request).
             service: the service name.
             body: the request body (its BLAKE2b-256 is signed).
             price: the most this request may be charged (the service's advertised price).
@@ -347,7 +348,7 @@ class PayerChannel:
             raise LocalProtocolError(
                 f"channel is {self.status.value}", code=ErrorCode.CHANNEL_CLOSED
             )
-        if key.public != self.payer:
+        if account_for(key, self.ledger) != self.payer:
             raise LocalProtocolError("only the payer signs requests on a channel")
         paid = max(self.paid, self.spent + self.outstanding + price)
         if paid > self.deposit:

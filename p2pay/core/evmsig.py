@@ -15,9 +15,11 @@ On an EVM ledger an account is an address, written as a 32-byte account: 12 zero
 the 20-byte address (the ABI encoding of an address). The zero address is never an account.
 
 A peer keeps its Ed25519 key as its libp2p identity. Its settlement key `EvmKey` is either
-its own secp256k1 secret or derived from the Ed25519 seed (`EvmKey.derive`), and an
-`AddressBinding` is the Ed25519-signed statement "my account on ledger L is A" that peers
-check before they open a channel to, or accept vouchers from, that account.
+its own secp256k1 secret or derived from the Ed25519 seed (`EvmKey.derive`). The two are
+bound both ways in the peer's hello (specs/protocol.md §9 rule 7): the hello, signed with
+the Ed25519 key, names the account, and carries the account key's `binding_proof` (its
+signature of `binding_digest(ledger, peer)`), so a peer can neither name an account whose
+key it does not hold nor have its account named by another identity.
 
 Signatures are 65 bytes ``r || s || v`` with ``v`` in {27, 28}; a signature whose ``s`` is
 above half the curve order (malleable twin) is refused, as is one recovering no address.
@@ -28,11 +30,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from p2pay.core import codec
-from p2pay.core.errors import DecodeError, LocalProtocolError
-from p2pay.core.identity import Keypair, verify
+from p2pay.core.errors import LocalProtocolError
+from p2pay.core.identity import Keypair
 
 __all__ = [
     "ADDRESS_SIZE",
@@ -40,10 +41,12 @@ __all__ = [
     "EVM_LEDGER_ID_SIZE",
     "EVM_LEDGER_PREFIX",
     "EVM_SIGNATURE_SIZE",
-    "AddressBinding",
     "EvmKey",
     "account_of_address",
     "address_of_account",
+    "binding_digest",
+    "binding_proof",
+    "check_binding",
     "domain_separator",
     "evm_ledger_id",
     "is_evm_ledger",
@@ -397,86 +400,45 @@ def response_digest(
 # binding an Ed25519 identity to a settlement account
 
 
-def _binding_signing_bytes(ledger: bytes, peer: bytes, account: bytes) -> bytes:
-    return codec.encode({"domain": DOMAIN_BIND, "ledger": ledger, "peer": peer, "account": account})
+def binding_digest(ledger: bytes, peer: bytes) -> bytes:
+    """What a settlement key signs to consent to being bound to the identity `peer`.
 
+    ``keccak256(canonical CBOR {domain: "p2pay/v1/bind", ledger, peer})``.
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AddressBinding:
-    """ "The Ed25519 key `peer` settles on `ledger` as `account`", signed by `peer`.
+    Args:
+        ledger: the EVM ledger id.
+        peer: the 32-byte Ed25519 public key (of the PeerID) the account is bound to.
 
-    A peer sends it (e.g. beside its hello) so that the other side can map the PeerID the
-    Noise handshake authenticated to the account that signs its vouchers or receipts on
-    an EVM ledger. Check it with `verify` before trusting `account`.
+    Returns:
+        The 32-byte digest.
 
     Raises:
-        LocalProtocolError: on construction, if a field has the wrong size.
+        LocalProtocolError: `ledger` is not an EVM ledger id, or `peer` is not 32 bytes.
     """
+    if not is_evm_ledger(ledger):
+        raise LocalProtocolError("a binding names an EVM ledger")
+    if not isinstance(peer, bytes) or len(peer) != 32:
+        raise LocalProtocolError("peer is a 32-byte Ed25519 public key")
+    return keccak256(codec.encode({"domain": DOMAIN_BIND, "ledger": ledger, "peer": peer}))
 
-    ledger: bytes
-    peer: bytes
-    account: bytes
-    signature: bytes = field(default=b"", repr=False)
 
-    def __post_init__(self) -> None:
-        if not is_evm_ledger(self.ledger):
-            raise LocalProtocolError("a binding names an EVM ledger")
-        if not isinstance(self.peer, bytes) or len(self.peer) != 32:
-            raise LocalProtocolError("peer is a 32-byte Ed25519 public key")
-        if address_of_account(self.account) is None or len(self.account) != 32:
-            raise LocalProtocolError("account is a 32-byte EVM account")
-        if not isinstance(self.signature, bytes):
-            raise LocalProtocolError("signature must be bytes")
+def binding_proof(key: EvmKey, ledger: bytes, peer: bytes) -> bytes:
+    """`key`'s 65-byte signature of `binding_digest(ledger, peer)`.
 
-    @property
-    def signing_bytes(self) -> bytes:
-        """Canonical CBOR ``{domain: "p2pay/v1/bind", ledger, peer, account}``."""
-        return _binding_signing_bytes(self.ledger, self.peer, self.account)
+    Raises:
+        LocalProtocolError: as `binding_digest`.
+    """
+    return key.sign_digest(binding_digest(ledger, peer))
 
-    @classmethod
-    def create(cls, identity: Keypair, ledger: bytes, account: bytes) -> AddressBinding:
-        """Sign the binding of `identity` to `account` on `ledger`.
 
-        Raises:
-            LocalProtocolError: a field is invalid.
-        """
-        unsigned = cls(ledger=ledger, peer=identity.public, account=account)
-        return cls(
-            ledger=ledger,
-            peer=identity.public,
-            account=account,
-            signature=identity.sign(unsigned.signing_bytes),
-        )
+def check_binding(account: bytes, ledger: bytes, peer: bytes, proof: bytes) -> bool:
+    """True if `proof` is the signature of `account`'s key binding it to `peer` on `ledger`.
 
-    def verify(self) -> bool:
-        """True if `signature` is the Ed25519 signature of `peer` over the signing bytes."""
-        return verify(self.peer, self.signing_bytes, self.signature)
-
-    def to_cbor(self) -> dict[str, Any]:
-        """``{ledger, peer, account, signature}`` for a wire map."""
-        return {
-            "ledger": self.ledger,
-            "peer": self.peer,
-            "account": self.account,
-            "signature": self.signature,
-        }
-
-    @classmethod
-    def from_cbor(cls, value: object) -> AddressBinding:
-        """Rebuild a binding received from a peer (the signature is not checked here).
-
-        Raises:
-            DecodeError: not a map with exactly the four fields, or a field is invalid.
-        """
-        keys = {"ledger", "peer", "account", "signature"}
-        if not isinstance(value, dict) or set(value) != keys:
-            raise DecodeError("a binding is {ledger, peer, account, signature}")
-        try:
-            return cls(
-                ledger=value["ledger"],
-                peer=value["peer"],
-                account=value["account"],
-                signature=value["signature"],
-            )
-        except LocalProtocolError as exc:
-            raise DecodeError(exc.message) from None
+    Never raises: a malformed account, ledger, peer or proof gives False.
+    """
+    address = address_of_account(account)
+    if address is None or not is_evm_ledger(ledger):
+        return False
+    if not isinstance(peer, bytes) or len(peer) != 32:
+        return False
+    return recover(binding_digest(ledger, peer), proof) == address

@@ -67,6 +67,7 @@ from p2pay.core.signing import (
     Signer,
     scheme_for,
     sign_message,
+    signer_for,
     verify_message,
 )
 
@@ -700,6 +701,8 @@ def hello_signing_bytes(
     stake: StakeTerms | None,
     max_in_flight: int,
     max_frame: int,
+    account: bytes,
+    account_proof: bytes,
 ) -> bytes:
     """The bytes a peer signs for its hello (specs/protocol.md "Hello").
 
@@ -715,12 +718,24 @@ def hello_signing_bytes(
             "stake": stake.to_cbor() if stake is not None else None,
             "max_in_flight": max_in_flight,
             "max_frame": max_frame,
+            "account": account,
+            "account_proof": account_proof,
         }
     )
 
 
 _HELLO_KEYS = frozenset(
-    ("domain", "version", "ledger", "services", "stake", "max_in_flight", "max_frame")
+    (
+        "domain",
+        "version",
+        "ledger",
+        "services",
+        "stake",
+        "max_in_flight",
+        "max_frame",
+        "account",
+        "account_proof",
+    )
 )
 _SERVICE_KEYS = frozenset(("name", "price", "max_body"))
 _STAKE_KEYS = frozenset(("amount", "penalty", "window"))
@@ -732,7 +747,11 @@ class Hello:
 
     `max_in_flight` is how many of the peer's requests the sender will hold unanswered
     at once (at least 1); `max_frame` the largest frame, in bytes without its length
-    prefix, that the sender accepts (at least `MIN_FRAME_LIMIT`).
+    prefix, that the sender accepts (at least `MIN_FRAME_LIMIT`). `account` is the sender's
+    settlement account on `ledger`: its Ed25519 public key on an Ed25519 ledger (and
+    `account_proof` empty), its EVM account on an EVM ledger (and `account_proof` that
+    account key's `evmsig.binding_proof` for the sender's PeerID key). Signed with the PeerID
+    key, the hello binds the PeerID and the account both ways (specs/protocol.md §9).
 
     Raises:
         LocalProtocolError: on construction, if a field is out of its range.
@@ -744,12 +763,29 @@ class Hello:
     stake: StakeTerms | None
     max_in_flight: int
     max_frame: int
+    account: bytes
+    account_proof: bytes
     signature: bytes = field(default=b"", repr=False)
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_uint(self.version, "version", MAX_U64, False)
         _check_bytes(self.ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
+        _check_bytes(self.account, "account", 32, False)
+        _check(isinstance(self.account_proof, bytes), "account_proof must be bytes", False)
+        if evmsig.is_evm_ledger(self.ledger):
+            _check(
+                evmsig.address_of_account(self.account) is not None,
+                "account on an EVM ledger is 12 zero bytes then a non-zero address",
+                False,
+            )
+            _check(
+                len(self.account_proof) == evmsig.EVM_SIGNATURE_SIZE,
+                "account_proof on an EVM ledger is a 65-byte signature",
+                False,
+            )
+        else:
+            _check(self.account_proof == b"", "account_proof is empty on this ledger", False)
         _check(isinstance(self.services, tuple), "services must be a tuple", False)
         _check(
             all(isinstance(s, ServiceTerms) for s in self.services),
@@ -779,6 +815,8 @@ class Hello:
                 stake=self.stake,
                 max_in_flight=self.max_in_flight,
                 max_frame=self.max_frame,
+                account=self.account,
+                account_proof=self.account_proof,
             ),
         )
 
@@ -799,12 +837,22 @@ class Hello:
         stake: StakeTerms | None = None,
         max_in_flight: int = 64,
         max_frame: int = codec.MAX_FRAME_SIZE,
+        settlement_key: Signer | None = None,
     ) -> Hello:
         """Build and sign a hello for `PROTOCOL_VERSION`.
 
+        `settlement_key` is the key that signs vouchers and receipts on `ledger` (default
+        `signing.signer_for(key, ledger)`); the hello names its account and, on an EVM
+        ledger, carries its binding proof for `key`.
+
         Raises:
-            LocalProtocolError: a field is out of its range.
+            LocalProtocolError: a field is out of its range, or the settlement key cannot
+                act on `ledger`.
         """
+        settler = signer_for(key if settlement_key is None else settlement_key, ledger)
+        proof = b""
+        if isinstance(settler, evmsig.EvmKey):
+            proof = evmsig.binding_proof(settler, ledger, key.public)
         unsigned = cls(
             version=PROTOCOL_VERSION,
             ledger=ledger,
@@ -812,6 +860,8 @@ class Hello:
             stake=stake,
             max_in_flight=max_in_flight,
             max_frame=max_frame,
+            account=settler.account,
+            account_proof=proof,
         )
         return unsigned.with_signature(key.sign(unsigned.signing_bytes))
 
@@ -872,6 +922,8 @@ class Hello:
                 stake=stake,
                 max_in_flight=fields["max_in_flight"],
                 max_frame=fields["max_frame"],
+                account=fields["account"],
+                account_proof=fields["account_proof"],
                 signature=signature,
             )
         except LocalProtocolError as exc:
@@ -1013,10 +1065,13 @@ def decode_frame(
 def check_signed_by(message: Request | Response | Hello, public: bytes, ledger: bytes) -> None:
     """Raise unless `message` is on `ledger` and signed by `public`.
 
-    For a `Hello` the protocol version is checked first.
+    For a `Hello` the protocol version is checked first, and last its `account`: on an
+    Ed25519 ledger it must be `public` itself; on an EVM ledger `account_proof` must be the
+    account key's binding proof for `public` (`evmsig.check_binding`).
 
     Raises:
-        RemoteProtocolError: code VERSION_MISMATCH, a hello of another protocol version.
+        RemoteProtocolError: code VERSION_MISMATCH, a hello of another protocol version;
+            code UNAUTHORIZED, a hello naming an account not bound to `public`.
         WrongLedger: the message names another ledger.
         InvalidSignature: the signature is not `public`'s.
     """
@@ -1030,3 +1085,15 @@ def check_signed_by(message: Request | Response | Hello, public: bytes, ledger: 
         raise WrongLedger("message is for another ledger")
     if not message.verify(public):
         raise InvalidSignature("signature does not verify")
+    if isinstance(message, Hello):
+        if scheme_for(ledger) is Scheme.ED25519:
+            if message.account != public:
+                raise RemoteProtocolError(
+                    "on an Ed25519 ledger a hello's account is its sender's public key",
+                    code=ErrorCode.UNAUTHORIZED,
+                )
+        elif not evmsig.check_binding(message.account, ledger, public, message.account_proof):
+            raise RemoteProtocolError(
+                "the hello's account_proof does not bind its account to the sender",
+                code=ErrorCode.UNAUTHORIZED,
+            )

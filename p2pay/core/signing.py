@@ -38,6 +38,7 @@ __all__ = [
     "account_for",
     "scheme_for",
     "sign_message",
+    "signer_for",
     "verify_message",
 ]
 
@@ -109,6 +110,28 @@ def account_for(key: Signer, ledger: bytes) -> bytes:
     if scheme_for(ledger) is Scheme.EIP712:
         return _evm_key(key).account
     return key.account
+
+
+def signer_for(key: Signer, ledger: bytes) -> Signer:
+    """The key that signs vouchers and receipts naming `ledger`.
+
+    Under EIP-712 a `Keypair` is replaced by its derived `EvmKey` once here, so that a node
+    signing many messages does not derive it for each; its ``public`` and ``account`` are
+    then the account on that ledger.
+
+    Args:
+        key: a `Keypair` or an `EvmKey`.
+        ledger: the ledger id.
+
+    Returns:
+        `key` under Ed25519; its `EvmKey` under EIP-712.
+
+    Raises:
+        LocalProtocolError: the key cannot act on that ledger.
+    """
+    if scheme_for(ledger) is Scheme.EIP712:
+        return _evm_key(key)
+    return key
 
 
 def sign_message(key: Signer, message: SignedMessage) -> bytes:

@@ -8,12 +8,7 @@ its PID. Without anvil these tests skip and say so.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,8 +17,8 @@ pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'"
 
 from p2pay import testing
 from p2pay.core.errors import ErrorCode, SettlementError
-from p2pay.core.evmsig import AddressBinding, EvmKey
-from p2pay.core.messages import Request, Response
+from p2pay.core.evmsig import EvmKey
+from p2pay.core.messages import Hello, Request, Response, check_signed_by
 from p2pay.core.settlement import ChannelState, ClaimState
 from p2pay.ledger import Ledger
 from p2pay.ledger.evm import EvmLedger, Web3Chain
@@ -31,66 +26,8 @@ from p2pay.testing import ALICE, BOB, TOKEN, ManualClock, ledger_conformance_cas
 
 pytestmark = pytest.mark.trio
 
-DEPLOYER = EvmKey.from_secret(bytes([9]) * 32)
-EVM_KEYS = {n: EvmKey.derive(getattr(testing, n)) for n in ("ALICE", "BOB", "CAROL", "MALLORY")}
+DEPLOYER, EVM_KEYS = testing.evm_test_keys()
 CASES = ledger_conformance_cases()
-
-
-def _anvil_binary() -> str | None:
-    return os.environ.get("P2PAY_ANVIL") or shutil.which("anvil")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def anvil_url() -> Iterator[str]:
-    binary = _anvil_binary()
-    if binary is None:
-        pytest.skip(
-            "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL"
-        )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        chain = Web3Chain(url, timed=True, timeout_s=5)
-        while True:  # bounded by the deadline
-            try:
-                chain.chain_id()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"anvil did not start on {url}")
-                time.sleep(0.1)
-        for key in (DEPLOYER, *EVM_KEYS.values()):
-            chain.fund(key.address)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture
-def chain(anvil_url: str) -> Iterator[Web3Chain]:
-    chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
-    snapshot = chain._rpc("evm_snapshot", [])
-    try:
-        yield chain
-    finally:
-        chain._rpc("evm_revert", [snapshot])
 
 
 @pytest.fixture
@@ -125,21 +62,19 @@ async def test_paid_call_and_slash_on_anvil(chain: Web3Chain) -> None:
     for key in (alice, bob):
         chain.fund(key.address)
     L = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=clock)
-    # each peer publishes an Ed25519-signed binding of its identity to its account
-    bind_a = AddressBinding.create(ALICE, L.ledger_id, alice.account)
-    bind_b = AddressBinding.create(BOB, L.ledger_id, bob.account)
-    assert bind_a.verify() and bind_b.verify()
-    forged = AddressBinding(
-        ledger=L.ledger_id, peer=BOB.public, account=alice.account, signature=bind_a.signature
-    )
-    assert not forged.verify()
+    # each peer's hello binds its PeerID key and its settlement account both ways
+    hello_a = Hello.create(ALICE, ledger=L.ledger_id)
+    hello_b = Hello.create(BOB, ledger=L.ledger_id)
+    check_signed_by(hello_a, ALICE.public, L.ledger_id)
+    check_signed_by(hello_b, BOB.public, L.ledger_id)
+    assert (hello_a.account, hello_b.account) == (alice.account, bob.account)
     # money in: a dev mint for ALICE, a token deposit for BOB (approve + deposit)
     await L.mint(ALICE, alice.account, 10 * TOKEN)
     await L.mint(BOB, bob.account, 20 * TOKEN)
     await L.withdraw(BOB, 5 * TOKEN)  # tokens out to BOB's address ...
     await L.deposit(BOB, 5 * TOKEN)  # ... and back in
     await L.stake(BOB, 10 * TOKEN, 3 * TOKEN, 10_000)
-    cid = await L.open_channel(ALICE, bind_b.account, TOKEN, 5_000)
+    cid = await L.open_channel(ALICE, hello_b.account, TOKEN, 5_000)
     # a paid call: the request is the voucher (EIP-712 signed by ALICE's settlement key)
     price = 10**21
     req1 = Request.create(
@@ -153,10 +88,10 @@ async def test_paid_call_and_slash_on_anvil(chain: Web3Chain) -> None:
         body=b"ping",
         deadline=clock.ms + 1_000,
     )
-    assert len(req1.signature) == 65 and req1.verify(bind_a.account)
+    assert len(req1.signature) == 65 and req1.verify(hello_a.account)
     assert not req1.verify(ALICE.public)
     resp1 = Response.create(BOB, request=req1, status="OK", price=price, spent=price, body=b"ping")
-    assert resp1.verify(bind_b.account)
+    assert resp1.verify(hello_b.account)
     assert await L.redeem(BOB, req1, resp1.spent) == price
     # a second paid request that BOB never answers: ALICE claims, BOB is slashed
     req2 = Request.create(

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
 from p2pay.core.evmsig import (
-    AddressBinding,
     EvmKey,
     account_of_address,
     address_of_account,
+    binding_proof,
+    check_binding,
     evm_ledger_id,
     parse_evm_ledger_id,
     recover,
@@ -212,22 +213,25 @@ def test_sign_and_verify_on_an_evm_ledger() -> None:
         ed.with_signature(bytes(65))
 
 
-def test_address_binding() -> None:
-    binding = AddressBinding.create(ALICE, LEDGER, A.account)
-    assert binding.verify()
-    assert AddressBinding.from_cbor(binding.to_cbor()) == binding
-    assert not AddressBinding(
-        ledger=LEDGER, peer=BOB.public, account=A.account, signature=binding.signature
-    ).verify()
-    assert not AddressBinding(
-        ledger=LEDGER, peer=ALICE.public, account=B.account, signature=binding.signature
-    ).verify()
+def test_binding_proof() -> None:
+    """The settlement key's consent to being bound to a PeerID key (hello `account_proof`)."""
+    proof = binding_proof(A, LEDGER, ALICE.public)
+    assert len(proof) == 65 and check_binding(A.account, LEDGER, ALICE.public, proof)
+    assert check_binding(A.address, LEDGER, ALICE.public, proof)  # a bare address works too
+    assert not check_binding(A.account, LEDGER, BOB.public, proof)  # another PeerID
+    assert not check_binding(B.account, LEDGER, ALICE.public, proof)  # another account
+    other = evm_ledger_id(1, LEDGER[-20:])
+    assert not check_binding(A.account, other, ALICE.public, proof)  # another ledger
+    assert not check_binding(A.account, LEDGER, ALICE.public, proof[:64])
+    assert not check_binding(bytes(32), LEDGER, ALICE.public, proof)
+    assert not check_binding(A.account, b"p2pay:memory:x", ALICE.public, proof)
+    assert not check_binding(A.account, LEDGER, ALICE.public[:31], proof)
+    high_s = proof[:32] + (N - int.from_bytes(proof[32:64], "big")).to_bytes(32, "big")
+    assert not check_binding(A.account, LEDGER, ALICE.public, high_s + bytes([proof[64] ^ 1]))
     with pytest.raises(LocalProtocolError):
-        AddressBinding.create(ALICE, b"p2pay:memory:x", A.account)
+        binding_proof(A, b"p2pay:memory:x", ALICE.public)
     with pytest.raises(LocalProtocolError):
-        AddressBinding.create(ALICE, LEDGER, bytes(32))
-    with pytest.raises(DecodeError):
-        AddressBinding.from_cbor({"ledger": LEDGER})
+        binding_proof(A, LEDGER, b"short")
 
 
 # --- the contract ------------------------------------------------------------------------

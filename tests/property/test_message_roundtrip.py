@@ -95,6 +95,8 @@ def hellos(draw: st.DrawFn) -> tuple[Hello, Keypair]:
         stake=draw(st.none() | stake_terms),
         max_in_flight=draw(st.integers(1, MAX_U64)),
         max_frame=draw(st.integers(MIN_FRAME_LIMIT, MAX_U64)),
+        account=key.public,
+        account_proof=b"",
     )
     return unsigned.with_signature(key.sign(unsigned.signing_bytes)), key
 

@@ -556,6 +556,7 @@ def test_deposit_exhaustion_raises_before_signing() -> None:
 
     class RecordingKey:
         public = ALICE.public
+        account = ALICE.account
         signed: list[bytes] = []
 
         def sign(self, message: bytes) -> bytes:

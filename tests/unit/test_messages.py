@@ -17,6 +17,7 @@ from p2pay.core.errors import (
     WrongDomain,
     WrongLedger,
 )
+from p2pay.core.evmsig import EvmKey, binding_proof, evm_ledger_id
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
     DOMAIN_HELLO,
@@ -242,6 +243,8 @@ def hello_kwargs(**overrides: Any) -> dict[str, Any]:
         "stake": None,
         "max_in_flight": 1,
         "max_frame": MIN_FRAME_LIMIT,
+        "account": ALICE.public,
+        "account_proof": b"",
     }
     kwargs.update(overrides)
     return kwargs
@@ -262,6 +265,11 @@ BAD_HELLO_FIELDS = [
     ("max_in_flight", 2**64),
     ("max_frame", MIN_FRAME_LIMIT - 1),
     ("max_frame", 2**64),
+    ("account", ALICE.public[:31]),
+    ("account", ALICE.public + b"\x00"),
+    ("account", None),
+    ("account_proof", bytes(65)),  # a proof only on an EVM ledger
+    ("account_proof", None),
     ("signature", None),
 ]
 
@@ -397,6 +405,8 @@ def test_hello_signing_bytes() -> None:
         stake=hello.stake,
         max_in_flight=64,
         max_frame=codec.MAX_FRAME_SIZE,
+        account=ALICE.public,
+        account_proof=b"",
     )
     decoded = codec.decode(hello.signing_bytes)
     assert isinstance(decoded, dict)
@@ -707,6 +717,64 @@ def test_check_signed_by_refuses_another_hello_version() -> None:
         check_signed_by(decoded, ALICE.public, b"elsewhere")  # version before ledger
     assert info.value.code is ErrorCode.VERSION_MISMATCH
     assert info.value.details == {"version": PROTOCOL_VERSION}
+
+
+def test_hello_binds_the_sender_to_its_account() -> None:
+    # Ed25519 ledger: the account is the signer's own key, anything else is UNAUTHORIZED
+    hello = make_hello()
+    assert hello.account == ALICE.public and hello.account_proof == b""
+    check_signed_by(decode_frame(hello.to_frame()), ALICE.public, LEDGER)  # type: ignore[arg-type]
+    claims_bob = Hello(**hello_kwargs(account=BOB.public))
+    claims_bob = claims_bob.with_signature(ALICE.sign(claims_bob.signing_bytes))
+    with pytest.raises(RemoteProtocolError) as info:
+        check_signed_by(claims_bob, ALICE.public, LEDGER)
+    assert info.value.code is ErrorCode.UNAUTHORIZED
+    # EVM ledger: the account is an EVM account, bound both ways: the hello is signed by the
+    # PeerID key and carries the account key's proof for that PeerID key
+    evm_ledger = evm_ledger_id(31337, bytes(range(1, 21)))
+    alice_evm = EvmKey.derive(ALICE)
+    evm_hello = make_hello(ledger=evm_ledger)
+    assert evm_hello.account == alice_evm.account and len(evm_hello.account_proof) == 65
+    decoded = decode_frame(evm_hello.to_frame())
+    check_signed_by(decoded, ALICE.public, evm_ledger)  # type: ignore[arg-type]
+    assert isinstance(decoded, Hello) and decoded.account == evm_hello.account
+    proof = evm_hello.account_proof
+    for not_evm in (ALICE.public, bytes(32), bytes(11) + b"\x01" + bytes(20)):
+        with pytest.raises(LocalProtocolError):
+            Hello(**hello_kwargs(ledger=evm_ledger, account=not_evm, account_proof=proof))
+    with pytest.raises(LocalProtocolError):  # an EVM hello needs a 65-byte proof
+        Hello(**hello_kwargs(ledger=evm_ledger, account=alice_evm.account))
+
+    def signed_by(key: Keypair, **overrides: Any) -> Hello:
+        unsigned = Hello(**hello_kwargs(ledger=evm_ledger, **overrides))
+        return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+
+    # BOB names ALICE's account: it has ALICE's proof, but that proof binds ALICE's PeerID
+    stolen = signed_by(BOB, account=alice_evm.account, account_proof=proof)
+    check_signed_by(evm_hello, ALICE.public, evm_ledger)
+    with pytest.raises(RemoteProtocolError) as info:
+        check_signed_by(stolen, BOB.public, evm_ledger)
+    assert info.value.code is ErrorCode.UNAUTHORIZED
+    # a proof for another ledger, or by another key, binds nothing here
+    other_ledger = evm_ledger_id(1, bytes(range(1, 21)))
+    for bad_proof in (
+        binding_proof(alice_evm, other_ledger, ALICE.public),
+        binding_proof(EvmKey.derive(BOB), evm_ledger, ALICE.public),
+        bytes(65),
+    ):
+        with pytest.raises(RemoteProtocolError) as info:
+            check_signed_by(
+                signed_by(ALICE, account=alice_evm.account, account_proof=bad_proof),
+                ALICE.public,
+                evm_ledger,
+            )
+        assert info.value.code is ErrorCode.UNAUTHORIZED
+    # ... and a hello signed by another PeerID key is INVALID_SIGNATURE, as on any ledger
+    with pytest.raises(RemoteProtocolError) as info:
+        check_signed_by(
+            signed_by(BOB, account=alice_evm.account, account_proof=proof), ALICE.public, evm_ledger
+        )
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
 
 
 def test_signatures_do_not_cross_ledgers() -> None:
