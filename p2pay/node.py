@@ -74,6 +74,7 @@ from p2pay.core.messages import (
     refusal_body,
 )
 from p2pay.core.settlement import ChannelState
+from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
 from p2pay.net.base import NetError, StreamClosed
 from p2pay.persist import Persister
@@ -305,6 +306,10 @@ def split_peer(peer: str) -> tuple[str, str | None]:
 # the node
 
 
+#: how many account -> PeerID bindings (EVM ledgers) a node remembers, newest kept
+_MAX_BOUND_PEERS = 4096
+
+
 class Node:
     """A running p2pay node. Make one with `open_node`."""
 
@@ -319,6 +324,12 @@ class Node:
     ) -> None:
         self.key = key
         self.ledger = ledger
+        # What signs vouchers and receipts, and the account channels name: the key itself
+        # on an Ed25519 ledger, its derived EVM key on an EVM ledger (signing.signer_for).
+        self.signer = signer_for(key, ledger.ledger_id)
+        self._account = self.signer.account
+        # PeerIDs of the accounts peers bound in their hellos (an EVM account is not a key)
+        self._peer_of_account: dict[bytes, PeerId] = {}
         self.store = store
         self.config = config
         self._clock = clock or (lambda: int(time.time() * 1000))
@@ -347,7 +358,41 @@ class Node:
 
     @property
     def account(self) -> bytes:
-        return self.key.account
+        """This node's account on its ledger (what channels name as payer or payee)."""
+        return self._account
+
+    def peer_of(self, account: bytes) -> str:
+        """The PeerID of a ledger account: its key's on an Ed25519 ledger; on an EVM ledger
+        the PeerID whose hello bound it (``0x`` and the address while none has)."""
+        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            return peer_id_from_public(account)
+        known = self._peer_of_account.get(account)
+        return known if known is not None else "0x" + account[12:].hex()
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes:
+        """Remember the account a checked hello binds to `peer_id`, and return it."""
+        if scheme_for(self.ledger.ledger_id) is Scheme.EIP712:
+            known = self._peer_of_account
+            known.pop(hello.account, None)
+            known[hello.account] = PeerId(peer_id)
+            if len(known) > _MAX_BOUND_PEERS:  # made-up identities cannot grow it forever
+                del known[next(iter(known))]
+        return hello.account
+
+    async def account_of(self, peer: str) -> bytes:
+        """The ledger account of `peer` (a multiaddr or PeerID): the key of its PeerID on an
+        Ed25519 ledger; on an EVM ledger the account its hello binds (this connects).
+
+        Raises:
+            PeerUnreachable: an EVM ledger and the peer cannot be reached.
+        """
+        peer_id, addr = split_peer(peer)
+        if addr is not None and self._transport is not None:
+            self._transport.add_address(peer_id, addr)
+        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            return public_from_peer_id(peer_id)
+        conn = await self._connection(peer_id)
+        return conn.account
 
     @property
     def addrs(self) -> list[str]:
@@ -446,6 +491,7 @@ class Node:
             stake=self._stake,
             max_in_flight=self.config.max_in_flight,
             max_frame=self.config.max_frame,
+            settlement_key=self.signer,
         )
 
     # -- serving
@@ -559,10 +605,7 @@ class Node:
         self, peer: str, *, deposit: int, challenge_ms: int | None = None
     ) -> ChannelInfo:
         """Escrow `deposit` yocto on the ledger for calls to `peer` (a multiaddr or PeerID)."""
-        peer_id, addr = split_peer(peer)
-        if addr is not None and self._transport is not None:
-            self._transport.add_address(peer_id, addr)
-        payee = public_from_peer_id(peer_id)
+        payee = await self.account_of(peer)
         channel = await self.ledger.open_channel(
             self.key, payee, deposit, challenge_ms or self.config.challenge_ms
         )
@@ -623,7 +666,7 @@ class Node:
         return ChannelInfo(
             channel=ch.channel,
             role="payer",
-            peer=peer_id_from_public(ch.payee),
+            peer=self.peer_of(ch.payee),
             deposit=ch.deposit,
             status=ch.status.value,
             paid=ch.paid,
@@ -636,7 +679,7 @@ class Node:
         return ChannelInfo(
             channel=ch.channel,
             role="payee",
-            peer=peer_id_from_public(ch.payer),
+            peer=self.peer_of(ch.payer),
             deposit=ch.deposit,
             status=ch.status.value,
             paid=ch.paid_max,
@@ -723,10 +766,9 @@ class Node:
         timeout = self.config.default_timeout if timeout is None else timeout
         if not (timeout > 0 and math.isfinite(timeout)):
             raise LocalProtocolError("timeout must be a positive number of seconds")
-        payee = public_from_peer_id(peer_id)
         self.counters.calls_made += 1
         try:
-            result = await self._call(peer_id, payee, service, body, max_price, timeout)
+            result = await self._call(peer_id, service, body, max_price, timeout)
         except P2payError as exc:
             self.counters.call_errors[exc.code.value] += 1
             raise
@@ -735,9 +777,10 @@ class Node:
         return result
 
     async def _call(
-        self, peer_id: str, payee: bytes, service: str, body: bytes, max_price: int, timeout: float
+        self, peer_id: str, service: str, body: bytes, max_price: int, timeout: float
     ) -> CallResult:
         conn = await self._connection(peer_id)
+        payee = conn.account
         terms = conn.hello.service(service)
         if terms is None:
             raise UnknownService(f"{peer_id} offers no service {service!r}")
@@ -855,6 +898,8 @@ class _ServerSession:
         self.stream = stream
         self.peer: bytes = stream.remote_public
         self.peer_id = peer_id_from_public(self.peer)
+        # the peer's account on our ledger, bound by its hello (set once the hello checks)
+        self.account = b""
         self.outbox = _Outbox()
         self.in_flight = 0
         self.last_received = trio.current_time()  # when a whole frame last arrived
@@ -884,7 +929,7 @@ class _ServerSession:
                     Refusal(channel=b"", n=0, code=code, message=str(exc)[:200]).to_frame()
                 )
             return
-        del hello
+        self.account = node._bound(hello, self.peer_id)
         try:
             await self.stream.send(node.hello().to_frame())
         except StreamClosed:
@@ -1001,7 +1046,7 @@ class _ServerSession:
 
     async def _on_request(self, request: Request, handlers: trio.Nursery) -> None:
         node = self.node
-        ch = await node._payee_channel_for(request, self.peer)
+        ch = await node._payee_channel_for(request, self.account)
         if ch is None:
             self._take_refusal_token()
             self._refuse_unauthenticated(
@@ -1011,14 +1056,14 @@ class _ServerSession:
                 "no such channel to this payee",
             )
             return
-        if request.paid > ch.deposit and self.peer == ch.payer:
+        if request.paid > ch.deposit and self.account == ch.payer:
             await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen yet
         service = node.services.get(request.service)
         now = node.now()
         node_busy = node._in_flight_total >= node.config.max_in_flight_total
         decision = ch.admit(
             request,
-            peer=self.peer,
+            peer=self.account,
             price=service.price if service is not None else None,
             max_body=service.max_body if service is not None else 0,
             now=now,
@@ -1075,7 +1120,7 @@ class _ServerSession:
         """Sign, stage and queue the answer to an authenticated request (synchronous)."""
         node = self.node
         response = Response.create(
-            node.key, request=request, status=status, price=price, spent=spent, body=body
+            node.signer, request=request, status=status, price=price, spent=spent, body=body
         )
         frame = response.to_frame()
         generation = node.persister.stage(
@@ -1150,6 +1195,7 @@ class _Connection:
         self.stream = stream
         self.hello = hello
         self.peer_id = peer_id
+        self.account = node._bound(hello, peer_id)  # the payee's account on our ledger
         self.closed = False
         self.slots = trio.Semaphore(max(1, min(hello.max_in_flight, 1024)))
         self.pending: dict[tuple[bytes, int], _Slot] = {}
@@ -1165,7 +1211,7 @@ class _Connection:
             raise ConnectionLost(f"connection to {self.peer_id} is closed")
         deadline = node.now() + max(1, int(timeout * 1000))
         request = ch.next_request(
-            node.key, service=service, body=body, price=price, deadline=deadline
+            node.signer, service=service, body=body, price=price, deadline=deadline
         )
         frame = request.to_frame()
         generation = node.persister.stage(
@@ -1251,7 +1297,7 @@ class _Connection:
         node = self.node
         ch = node.payer_channels.get(response.channel)
         slot = self.pending.pop((response.channel, response.n), None)
-        if ch is None or ch.payee != self.stream.remote_public:
+        if ch is None or ch.payee != self.account:
             node.counters.protocol_violations += 1
             return False
         try:

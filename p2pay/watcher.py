@@ -185,14 +185,13 @@ class Watcher:
         service = node.services.get(request.service)
         if service is None:
             return Response.create(
-                node.key,
+                node.signer,
                 request=request,
                 status=ErrorCode.UNKNOWN_SERVICE.value,
                 price=0,
                 spent=spent,
                 body=refusal_body(f"no service {request.service!r}"),
             )
-        from p2pay.core.identity import peer_id_from_public
         from p2pay.node import Call
 
         try:
@@ -201,7 +200,7 @@ class Watcher:
                     Call(
                         service=request.service,
                         body=request.body,
-                        peer_id=peer_id_from_public(ch.payer) if ch is not None else "",
+                        peer_id=node.peer_of(ch.payer) if ch is not None else "",
                         channel=request.channel,
                         n=request.n,
                         price=0,
@@ -213,7 +212,7 @@ class Watcher:
             log.warning("handler failed while answering a claim: %r", exc)
             status, body = ErrorCode.HANDLER_ERROR.value, refusal_body("handler failed")
         return Response.create(
-            node.key, request=request, status=status, price=0, spent=spent, body=body
+            node.signer, request=request, status=status, price=0, spent=spent, body=body
         )
 
     # -- periodic duties

@@ -39,6 +39,7 @@ from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import AmountError
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status
+from p2pay.core.signing import Scheme, scheme_for
 
 if TYPE_CHECKING:  # keeps `p2pay --help` from importing the node and the store
     from p2pay.ledger.base import Ledger
@@ -278,7 +279,12 @@ async def account_summary(led: Ledger, account: bytes) -> dict[str, Any]:
     bonds = sum(c.bond for c in claims if c.claimant == account and c.state is ClaimState.OPEN)
     return {
         "account": account,
-        "peer_id": peer_id_from_public(account),
+        # an EVM account is an address that no PeerID names: shown as 0x + address
+        "peer_id": (
+            peer_id_from_public(account)
+            if scheme_for(led.ledger_id) is Scheme.ED25519
+            else "0x" + account[12:].hex()
+        ),
         "balance": balance,
         "staked": stake.amount if stake is not None else 0,
         "stake_status": stake_status(stake).value,

@@ -33,7 +33,7 @@ from typing import Any
 import platformdirs
 
 from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
-from p2pay.core.identity import Keypair, public_from_peer_id
+from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
 
 ENV_HOME = "P2PAY_HOME"
@@ -153,15 +153,57 @@ async def _open_evm_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
 # parsing helpers shared by the commands
 
 
-def parse_account(text: str) -> bytes:
-    """A ledger account: 64 hex digits, a PeerID, or a multiaddr ending in /p2p/<PeerID>.
+def account_of_key(key: Keypair, spec: LedgerSpec | None) -> bytes:
+    """The ledger account `key` settles as on the ledger `spec` names.
+
+    On an EVM ledger it is the account of the settlement key derived from the home's key
+    (`EvmKey.derive`: no chain access needed); otherwise the Ed25519 public key.
+
+    Raises:
+        CliError: an EVM ledger without the evm extra installed.
+    """
+    if spec is None or spec.kind != "evm":
+        return key.account
+    try:
+        from p2pay.core.evmsig import EvmKey
+
+        return EvmKey.derive(key).account
+    except ImportError as exc:  # pragma: no cover - the evm extra is missing
+        raise CliError(
+            f"evm ledgers need the evm extra (pip install 'p2pay[evm]'): {exc}"
+        ) from None
+
+
+def account_label(account: bytes, spec: LedgerSpec | None) -> str:
+    """How an account is shown: its PeerID on an Ed25519 ledger, ``0x`` + address on EVM."""
+    if spec is not None and spec.kind == "evm":
+        return "0x" + account[12:].hex()
+    return peer_id_from_public(account)
+
+
+def parse_account(text: str, spec: LedgerSpec | None = None) -> bytes:
+    """A ledger account: 64 hex digits, or (EVM ledgers) a 0x address, or (other ledgers) a
+    PeerID or a multiaddr ending in /p2p/<PeerID>.
+
+    On an EVM ledger an account is an address that a PeerID does not determine (the peer's
+    hello binds them): `p2pay id` on the peer's home shows it.
 
     Raises:
         CliError: anything else.
     """
     text = text.strip()
+    evm = spec is not None and spec.kind == "evm"
     if re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", text):
         return bytes.fromhex(text.removeprefix("0x"))
+    if re.fullmatch(r"0x[0-9a-fA-F]{40}", text):
+        if not evm:
+            raise CliError(f"account {text!r}: a 0x address names an account on an EVM ledger")
+        return bytes(12) + bytes.fromhex(text[2:])
+    if evm:
+        raise CliError(
+            f"account {text[:80]!r}: on an EVM ledger give the 0x address or 64 hex digits "
+            "(`p2pay id` on that home shows its account); a PeerID does not name one"
+        )
     if "/p2p/" in text:
         text = text.rsplit("/p2p/", 1)[1].strip("/")
     try:

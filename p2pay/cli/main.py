@@ -52,6 +52,9 @@ from p2pay.cli.home import (
     CliError,
     Config,
     Home,
+    LedgerSpec,
+    account_label,
+    account_of_key,
     default_home,
     format_ms,
     listen_addrs,
@@ -133,10 +136,11 @@ def init(
     if listen:
         config.listen = listen_addrs(listen)
     key = home.init(config)
+    account = account_of_key(key, spec)
     doc = {
         "home": str(home.path),
         "peer_id": key.peer_id,
-        "account": key.account,
+        "account": account,
         "ledger": config.ledger,
         "listen": config.listen,
         "services": config.services,
@@ -146,7 +150,7 @@ def init(
         return
     echo(f"created home {home.path}")
     echo(f"peer id  {key.peer_id}")
-    echo(f"account  {key.account.hex()}")
+    echo(f"account  {account.hex()}")
     echo(f"ledger   {config.ledger or '(none: p2pay init --ledger sqlite:PATH, or --ledger)'}")
 
 
@@ -158,10 +162,12 @@ def id_(as_json: bool) -> None:
     home = settings().home
     key = home.key()
     config = home.config()
+    spec = parse_ledger_spec(config.ledger) if config.ledger else None
+    account = account_of_key(key, spec)
     doc = {
         "home": str(home.path),
         "peer_id": key.peer_id,
-        "account": key.account,
+        "account": account,
         "listen": config.listen,
         "ledger": config.ledger,
     }
@@ -169,7 +175,7 @@ def id_(as_json: bool) -> None:
         render.print_json(doc)
         return
     echo(f"peer id  {key.peer_id}")
-    echo(f"account  {key.account.hex()}")
+    echo(f"account  {account.hex()}")
     echo(f"listen   {' '.join(config.listen)}")
     echo(f"ledger   {config.ledger or '(none)'}")
     echo(f"home     {home.path}")
@@ -337,26 +343,46 @@ def ledger_deploy(
 @ledger.command("mint")
 @click.argument("account")
 @click.argument("amount", type=AMOUNT)
+@click.option(
+    "--fund-dev-gas",
+    is_flag=True,
+    help="EVM dev chains (anvil): first give the sender and ACCOUNT gas money.",
+)
 @ledger_option
 @home_option
 @json_option
-def ledger_mint(account: str, amount: int, ledger: str | None, as_json: bool) -> None:
-    """Create AMOUNT on ACCOUNT (hex account, PeerID or /p2p/ multiaddr). Dev ledgers only."""
+def ledger_mint(
+    account: str, amount: int, fund_dev_gas: bool, ledger: str | None, as_json: bool
+) -> None:
+    """Create AMOUNT on ACCOUNT (hex account; a PeerID or /p2p/ multiaddr, or on an EVM
+    ledger a 0x address). Dev ledgers only."""
     home = settings().home
-    target = parse_account(account)
     spec = home.ledger_spec(ledger)
+    target = parse_account(account, spec)
+    if fund_dev_gas and spec.kind != "evm":
+        raise CliError("--fund-dev-gas is for EVM dev chains (evm:RPC_URL:0xCONTRACT)")
     # Any sender may mint on a dev ledger; use the home's key when there is one.
     sender = home.key() if home.exists() else Keypair.from_seed(os.urandom(32))
 
     async def mint() -> int:
         async with open_ledger(spec) as led:
+            if fund_dev_gas:
+                chain: Any = getattr(led, "chain", None)
+                sender_account = account_of_key(sender, spec)
+                try:
+                    for who in (sender_account, target):
+                        await trio.to_thread.run_sync(chain.fund, who[12:])
+                except Exception as exc:
+                    raise CliError(
+                        f"cannot fund gas on this chain (dev chains only): {exc}"
+                    ) from None
             await led.mint(sender, target, amount)
             return await led.balance(target)
 
     balance = run(mint)
     doc = {
         "account": target,
-        "peer_id": peer_id_from_public(target),
+        "peer_id": account_label(target, spec),
         "amount": amount,
         "balance": balance,
     }
@@ -445,8 +471,11 @@ def ledger_totals(ledger: str | None, as_json: bool) -> None:
 def balance(account_text: str | None, ledger: str | None, as_json: bool) -> None:
     """Show the account's free balance, stake and channel escrow."""
     home = settings().home
-    account = parse_account(account_text) if account_text else home.key().account
     spec = home.ledger_spec(ledger)
+    if account_text:
+        account = parse_account(account_text, spec)
+    else:
+        account = account_of_key(home.key(), spec)
 
     async def read() -> dict[str, Any]:
         async with open_ledger(spec) as led:
@@ -478,10 +507,11 @@ def stake(
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
+    me = account_of_key(key, spec)
 
     async def do() -> dict[str, Any]:
         async with open_ledger(spec) as led:
-            current = await led.stake_of(key.account)
+            current = await led.stake_of(me)
             pen, window = penalty, claim_window
             if current is not None and current.amount > 0:
                 pen = current.penalty if pen is None else pen
@@ -489,7 +519,7 @@ def stake(
             if pen is None or window is None:
                 raise CliError("a first stake needs --penalty AMOUNT and --claim-window DURATION")
             await led.stake(key, amount, pen, window)
-            return await account_summary(led, key.account)
+            return await account_summary(led, me)
 
     doc = run(do)
     if as_json:
@@ -512,15 +542,16 @@ def unstake(withdraw: bool, ledger: str | None, as_json: bool) -> None:
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
+    me = account_of_key(key, spec)
 
     async def do() -> dict[str, Any]:
         async with open_ledger(spec) as led:
-            before = await led.stake_of(key.account)
+            before = await led.stake_of(me)
             if withdraw:
                 await led.withdraw_stake(key)
             else:
                 await led.request_unstake(key)
-            doc = await account_summary(led, key.account)
+            doc = await account_summary(led, me)
             doc["withdrawn"] = before.amount if (withdraw and before is not None) else 0
             return doc
 
@@ -545,14 +576,14 @@ def channel() -> None:
     """Open, list and close payment channels."""
 
 
-def _channel_row(ch: Any, me: bytes, local: dict[bytes, Any]) -> dict[str, Any]:
+def _channel_row(ch: Any, me: bytes, local: dict[bytes, Any], spec: LedgerSpec) -> dict[str, Any]:
     role = "payer" if ch.payer == me else "payee"
     other = ch.payee if role == "payer" else ch.payer
     rec = local.get(ch.id)
     return {
         "channel": ch.id,
         "role": role,
-        "peer": peer_id_from_public(other),
+        "peer": account_label(other, spec),
         "state": str(ch.state),
         "deposit": ch.deposit,
         "redeemed": ch.redeemed,
@@ -574,6 +605,7 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
+    me = account_of_key(key, spec)
 
     async def read() -> dict[str, Any]:
         local: dict[bytes, Any] = {}
@@ -593,10 +625,10 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
                 finally:
                     await store.aclose()
         async with open_ledger(spec) as led:
-            chans = await led.channels_of(key.account)
+            chans = await led.channels_of(me)
         return {
-            "account": key.account,
-            "channels": [_channel_row(c, key.account, local) for c in chans],
+            "account": me,
+            "channels": [_channel_row(c, me, local, spec) for c in chans],
             "store": "read" if store_note is None else "busy",
         }
 
@@ -638,14 +670,19 @@ def channel_open(
 ) -> None:
     """Open a channel to PEER (a multiaddr ending in /p2p/<PeerID>, or a PeerID)."""
     home = settings().home
-
-    # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
-    peer_id = peer_id_from_public(parse_account(peer))
+    spec = home.ledger_spec(ledger)
+    if spec.kind == "evm":
+        # The payee's account is an address its PeerID does not determine: connect and
+        # take the account its hello binds (PEER must then be a /p2p/ multiaddr).
+        target, offline = peer, False
+    else:
+        # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
+        target, offline = peer_id_from_public(parse_account(peer, spec)), True
 
     async def do(node: Node) -> Any:
-        return await node.open_channel(peer_id, deposit=deposit, challenge_ms=challenge)
+        return await node.open_channel(target, deposit=deposit, challenge_ms=challenge)
 
-    info = run_with_node(home, ledger, do, offline=True)
+    info = run_with_node(home, ledger, do, offline=offline)
     doc = {
         "channel": info.channel,
         "role": info.role,
@@ -866,17 +903,18 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
+    me = account_of_key(key, spec)
 
     async def read() -> list[dict[str, Any]]:
         async with open_ledger(spec) as led:
-            found = await led.claims_of(key.account)
+            found = await led.claims_of(me)
         return [
             {
                 "claim": c.id,
-                "role": "claimant" if c.claimant == key.account else "respondent",
+                "role": "claimant" if c.claimant == me else "respondent",
                 "state": str(c.state),
-                "claimant": peer_id_from_public(c.claimant),
-                "respondent": peer_id_from_public(c.respondent),
+                "claimant": account_label(c.claimant, spec),
+                "respondent": account_label(c.respondent, spec),
                 "channel": c.channel,
                 "n": c.n,
                 "bond": c.bond,
@@ -889,7 +927,7 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
 
     rows = run(read)
     if as_json:
-        render.print_json({"account": key.account, "claims": rows})
+        render.print_json({"account": me, "claims": rows})
         return
     cols = ("claim", "role", "state", "channel", "n", "bond", "slashed", "window_ends")
     render.stdout.print(
