@@ -20,8 +20,10 @@ def _blocks(lang: str) -> list[str]:
 
 def test_readme_quotes_the_tested_files_verbatim() -> None:
     walkthrough = (ROOT / "examples" / "walkthrough.sh").read_text()
+    evm_walkthrough = (ROOT / "examples" / "walkthrough-evm.sh").read_text()
     library = (ROOT / "examples" / "library.py").read_text()
     assert walkthrough in _blocks("bash"), "README must quote examples/walkthrough.sh exactly"
+    assert evm_walkthrough in _blocks("bash"), "README must quote walkthrough-evm.sh exactly"
     assert library in _blocks("python"), "README must quote examples/library.py exactly"
 
 
@@ -64,6 +66,42 @@ def test_two_node_walkthrough_runs(tmp_path: Path) -> None:
     assert "hello, p2pay" in out.stdout
     assert '"price": "1000"' in out.stdout
     assert "redeemed 2000" in out.stdout  # the provider's watcher redeemed both calls
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_evm_walkthrough_runs(tmp_path: Path) -> None:
+    """Two CLI nodes settle through the contract on anvil, as the README shows."""
+    import shutil
+
+    pytest.importorskip("web3", reason="the evm extra is not installed")
+    env = _env()
+    anvil = os.environ.get("P2PAY_ANVIL") or shutil.which("anvil")
+    if anvil is None:
+        pytest.skip("anvil not found: npm install @foundry-rs/anvil (.ci/run does)")
+    env["PATH"] = f"{Path(anvil).parent}{os.pathsep}{env['PATH']}"
+    env["ANVIL_PORT"] = str(_free_port())
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "walkthrough-evm.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "deployed dev ledger evm:http://127.0.0.1:" in out.stdout
+    assert "hello, p2pay" in out.stdout and '"price": "1000"' in out.stdout
+    assert "redeemed 2000" in out.stdout  # the provider's watcher redeemed both calls on chain
+    # the provider ends with its 1 token, minus its 0.5 token stake, plus the 2000 yocto
+    assert "500000000000000000002000" in out.stdout.rsplit("account ", 1)[-1]
 
 
 @pytest.mark.slow
