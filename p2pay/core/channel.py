@@ -14,11 +14,13 @@ Payee (`PayeeChannel`), per channel:
 * ``spent``: the sum of the prices it has charged. ``reserved``: prices of admitted
   requests whose handler has not finished.
 * ``verified``: the newest voucher whose signature the payee has checked. Under deferred
-  verification (specs/protocol.md 13.4) ``best`` may be a voucher admitted unchecked;
-  ``verified`` is what the payee redeems, closes with, stores and shows (`verified_voucher`
-  checks ``best`` first). The credit extended beyond ``verified.paid`` (prices charged or
-  reserved on unchecked vouchers) never exceeds ``unverified_credit_limit`` (INV-21): that
-  is the most a payer sending bad signatures can take. Limit 0 checks every voucher.
+  verification (specs/protocol.md 13.4) ``best`` may be a voucher admitted unchecked (the
+  node stores it: it backs the receipts' charges, and checks it at start-up);
+  ``verified`` is the only voucher the payee redeems, closes with or shows
+  (`verified_voucher` checks ``best`` first). The credit extended beyond ``verified.paid``
+  (prices charged or reserved on unchecked vouchers) never exceeds
+  ``unverified_credit_limit`` (INV-21): the most a payer sending bad signatures can take
+  per channel. Limit 0 checks every voucher on arrival.
 
 `PayeeChannel.admit` applies the checks of specs/protocol.md in a fixed order and returns
 `Admit` or `Refuse` (values, never exceptions, for anything a peer caused). The credit
@@ -152,7 +154,7 @@ class PayeeChannel:
     def verified_voucher(self) -> Request | None:
         """The newest voucher known to carry the payer's signature, checking ``best`` first.
 
-        This is the only voucher the payee may redeem, close with, store or show (specs/
+        This is the only voucher the payee may redeem, close with or show (specs/
         protocol.md 13.4 rule b): vouchers are cumulative, so a checked ``best`` covers every
         earlier credit. If ``best`` fails its check, the payer cheated: ``best`` falls back
         to the last checked voucher and the channel extends no more unchecked credit.
@@ -406,7 +408,7 @@ class PayeeChannel:
         details: dict[str, Any] = {
             "last_n": self.last_n,
             "spent": self.spent,
-            # = paid_max, unless unchecked credit was lost (restart) or failed its check
+            # = paid_max, unless a deferred check failed (13.4 rule c)
             "paid_max": voucher.paid if voucher is not None else 0,
         }
         if voucher is not None:

@@ -543,6 +543,50 @@ def test_resync_details_show_only_a_checked_voucher() -> None:
     assert decode_frame(replay.details["voucher"]) == request(3, 3 * PRICE)
 
 
+def test_deferred_checks_under_eip712() -> None:
+    """On an EVM ledger the same rule holds with EIP-712 signatures (signing.verify_message):
+    the payer is the account of its settlement key; MALLORY's key signs the bad vouchers."""
+    from p2pay.core.evmsig import EvmKey, evm_ledger_id
+
+    ledger = evm_ledger_id(31337, bytes(range(20)))
+    alice, mallory = EvmKey.derive(ALICE), EvmKey.derive(MALLORY)
+    ch = PayeeChannel(
+        ledger=ledger,
+        channel=CHANNEL,
+        payer=alice.account,
+        payee=EvmKey.derive(BOB).account,
+        deposit=DEPOSIT,
+        unverified_credit_limit=2 * PRICE,
+    )
+
+    def evm_request(n: int, key: EvmKey) -> Request:
+        return Request.create(
+            key,
+            ledger=ledger,
+            channel=CHANNEL,
+            n=n,
+            paid=n * PRICE,
+            price=PRICE,
+            service="echo",
+            body=b"x",
+            deadline=NOW + 60_000,
+        )
+
+    decisions = []
+    for n, key in ((1, alice), (2, mallory), (3, mallory), (4, mallory), (5, mallory)):
+        decision = ch.admit(
+            evm_request(n, key), peer=alice.account, price=PRICE, max_body=MAX_BODY, now=NOW
+        )
+        decisions.append(decision)
+        if isinstance(decision, Admit):
+            ch.complete(n, ok=True)
+    assert [isinstance(d, Admit) for d in decisions] == [True, True, True, False, False]
+    assert ch.deferral_revoked and ch.spent == 3 * PRICE
+    voucher = ch.verified_voucher()
+    assert voucher is not None and voucher.n == 1 and voucher.verify(alice.account)
+    assert ch.spent - voucher.paid == 2 * PRICE  # the limit
+
+
 def test_limit_zero_checks_every_voucher() -> None:
     ch = payee(DEPOSIT, limit=0)
     assert isinstance(admit(ch, request(1, PRICE)), Admit)
