@@ -42,6 +42,7 @@ import trio
 from p2pay.core import codec
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import (
+    DEFAULT_UNVERIFIED_CREDIT_LIMIT,
     Admit,
     ChannelStatus,
     PayeeChannel,
@@ -142,6 +143,10 @@ class NodeConfig:
     redeem_threshold: int = 10**21  # redeem once this much is charged and unredeemed
     auto_claim: bool = True  # file claims for paid requests left unanswered
     claim_grace_ms: int = 1_000  # wait this long after a deadline before claiming
+    # Deferred voucher checks (specs/protocol.md 13.4): yocto of service per channel on
+    # vouchers whose signature is not yet checked; the most a cheating payer can take from
+    # this payee per channel (INV-21). 0: check every voucher's signature on arrival.
+    unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
 
     def __post_init__(self) -> None:
         for name in (
@@ -160,6 +165,11 @@ class NodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
+        limit = self.unverified_credit_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_YOCTO:
+            raise LocalProtocolError(
+                f"NodeConfig.unverified_credit_limit must be an amount, not {limit!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -417,11 +427,14 @@ class Node:
                 paid_max=rec.paid_max,
                 spent=rec.spent,
                 redeemed=rec.redeemed,
+                unverified_credit_limit=self.config.unverified_credit_limit,
             )
             if rec.best_voucher:
                 best = decode_frame(rec.best_voucher)
                 if isinstance(best, Request):
-                    ch.best = best
+                    ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
+                    if ch.verified_voucher() is None:
+                        log.error("stored voucher of channel %s does not verify", ch.channel.hex())
             self.payee_channels[rec.channel] = ch
         for prec in await self.store.payer_channels():
             self.payer_channels[prec.channel] = PayerChannel(
@@ -558,6 +571,7 @@ class Node:
                     deposit=info.deposit,
                     status=_status_of(info.state),
                     redeemed=info.redeemed,
+                    unverified_credit_limit=self.config.unverified_credit_limit,
                 )
                 self.payee_channels[ch.channel] = ch
                 self.persister.stage(payee=_payee_record(ch))
@@ -634,13 +648,15 @@ class Node:
         the challenge period (the watcher finalizes it when it ends)."""
         pch = self.payee_channels.get(channel)
         if pch is not None:
-            voucher = pch.best if pch.spent > pch.redeemed else None
+            # only a checked voucher goes to the ledger (protocol.md 13.4 rule b)
+            voucher = pch.verified_voucher() if pch.spent > pch.redeemed else None
             await self.ledger.payee_close(
                 self.key, channel, voucher, pch.spent if voucher else None
             )
             if voucher is not None:
-                self.counters.redeemed += pch.spent - pch.redeemed
-                pch.redeemed = pch.spent
+                redeemed = max(pch.redeemed, min(pch.spent, voucher.paid))
+                self.counters.redeemed += redeemed - pch.redeemed
+                pch.redeemed = redeemed
             pch.status = ChannelStatus.CLOSED
             await self.persister.durable(self.persister.stage(payee=_payee_record(pch)))
             return self._info_payee(pch)
@@ -1079,6 +1095,8 @@ class _ServerSession:
                 and self.in_flight < node.config.max_in_flight
             ):
                 self._take_refusal_token()
+            if decision.code is ErrorCode.INVALID_SIGNATURE:
+                node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
             if not decision.authenticated:
                 self._refuse_unauthenticated(
                     request.channel, request.n, decision.code, decision.message, decision.details

@@ -225,15 +225,18 @@ class Watcher:
         if not force and due < node.config.redeem_threshold and ch.status is ChannelStatus.OPEN:
             return
         await node.persister.flush()  # never redeem a charge that is not durable
+        voucher = ch.verified_voucher()  # checked first (protocol.md 13.4 rule b)
+        if voucher is None or voucher.paid <= ch.redeemed:
+            return
         try:
-            paid = await node.ledger.redeem(node.key, ch.best, ch.spent)
+            paid = await node.ledger.redeem(node.key, voucher, ch.spent)
         except SettlementError as exc:
             log.warning("redeem on %s refused: %s", ch.channel.hex(), exc)
             if exc.code is ErrorCode.CHANNEL_CLOSED:
                 await node.refresh_channel(ch.channel)
             return
         node.counters.redeemed += paid
-        ch.redeemed = max(ch.redeemed, ch.spent)
+        ch.redeemed = max(ch.redeemed, min(ch.spent, voucher.paid))
         await node.refresh_channel(ch.channel)
         log.info("redeemed channel=%s amount=%d", ch.channel.hex(), paid)
 

@@ -13,6 +13,14 @@ Payee (`PayeeChannel`), per channel:
   never above the deposit, and that voucher with its signature (what it redeems).
 * ``spent``: the sum of the prices it has charged. ``reserved``: prices of admitted
   requests whose handler has not finished.
+* ``verified``: the newest voucher whose signature the payee has checked. Under deferred
+  verification (specs/protocol.md 13.4) ``best`` may be a voucher admitted unchecked (the
+  node stores it: it backs the receipts' charges, and checks it at start-up);
+  ``verified`` is the only voucher the payee redeems, closes with or shows
+  (`verified_voucher` checks ``best`` first). The credit extended beyond ``verified.paid``
+  (prices charged or reserved on unchecked vouchers) never exceeds
+  ``unverified_credit_limit`` (INV-21): the most a payer sending bad signatures can take
+  per channel. Limit 0 checks every voucher on arrival.
 
 `PayeeChannel.admit` applies the checks of specs/protocol.md in a fixed order and returns
 `Admit` or `Refuse` (values, never exceptions, for anything a peer caused). The credit
@@ -92,6 +100,13 @@ class Refuse:
 
 Decision = Admit | Refuse
 
+#: Default `PayeeChannel.unverified_credit_limit` (and `NodeConfig.unverified_credit_limit`):
+#: 10**20 yocto = 0.0001 token of service a payer may get on vouchers whose signatures the
+#: payee has not checked yet (specs/protocol.md 13.4). At a price of 10**18 yocto per request
+#: that is one signature check per 100 requests; it is also the most a payer sending bad
+#: signatures can take from a payee per channel (INV-21).
+DEFAULT_UNVERIFIED_CREDIT_LIMIT = 10**20
+
 
 @dataclass(slots=True, kw_only=True)
 class PayeeChannel:
@@ -110,11 +125,125 @@ class PayeeChannel:
     reserved: int = 0
     redeemed: int = 0
     pending: dict[int, int] = field(default_factory=dict)  # n -> reserved price
+    #: the newest voucher whose signature was checked (``best`` once it is checked)
+    verified: Request | None = None
+    #: most yocto charged or reserved beyond ``verified.paid`` (0: check every voucher)
+    unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
+    #: a voucher of this channel failed its check: no more credit on unchecked vouchers
+    deferral_revoked: bool = False
 
     @property
     def credit(self) -> int:
         """Yocto the payer has authorised and the payee has neither charged nor reserved."""
         return self.paid_max - self.spent - self.reserved
+
+    @property
+    def verified_paid(self) -> int:
+        """The ``paid`` of the newest voucher whose signature was checked (0 if none)."""
+        return self.verified.paid if self.verified is not None else 0
+
+    @property
+    def unverified_credit(self) -> int:
+        """Yocto charged or reserved beyond the newest checked voucher (INV-21)."""
+        return max(0, self.spent + self.reserved - self.verified_paid)
+
+    def _allowance(self) -> int:
+        """Credit this channel may still extend on unchecked vouchers (protocol.md 13.4)."""
+        return 0 if self.deferral_revoked else self.unverified_credit_limit
+
+    def verified_voucher(self) -> Request | None:
+        """The newest voucher known to carry the payer's signature, checking ``best`` first.
+
+        This is the only voucher the payee may redeem, close with or show (specs/
+        protocol.md 13.4 rule b): vouchers are cumulative, so a checked ``best`` covers every
+        earlier credit. If ``best`` fails its check, the payer cheated: ``best`` falls back
+        to the last checked voucher and the channel extends no more unchecked credit.
+
+        Returns:
+            The checked voucher (``best`` if its signature verifies), or None if none.
+        """
+        self._check_best()
+        return self.verified
+
+    def _check_best(self) -> bool:
+        """Check ``best`` if it is unchecked; False if it failed (and fall back)."""
+        best = self.best
+        if best is None or best is self.verified:
+            return True
+        if best.verify(self.payer):
+            self.verified = best
+            return True
+        self.deferral_revoked = True
+        self.best = self.verified
+        return False
+
+    def _deferrable(
+        self,
+        request: Request,
+        price: int | None,
+        max_body: int,
+        now: int,
+        overloaded: bool,
+        max_deadline: int | None,
+    ) -> bool:
+        """True if `request` would be admitted and its price fits within the credit this
+        channel may extend on unchecked vouchers (protocol.md 13.4 rule a)."""
+        allowance = self._allowance()
+        if not allowance or price is None or self.verified is None or request.n <= self.last_n:
+            return False  # limit 0: every voucher is checked (13.2 check 4)
+        if request.paid > self.deposit:
+            return False
+        if self.spent + self.reserved + price > self.verified_paid + allowance:
+            return False
+        paid_max = max(self.paid_max, request.paid)
+        return (
+            self._service_refusal(request, price, max_body, now, overloaded, max_deadline, paid_max)
+            is None
+        )
+
+    def _service_refusal(
+        self,
+        request: Request,
+        price: int | None,
+        max_body: int,
+        now: int,
+        overloaded: bool,
+        max_deadline: int | None,
+        paid_max: int,
+    ) -> tuple[ErrorCode, str, dict[str, Any]] | None:
+        """Checks 7-13 of protocol.md 13.2 (pure): the refusal, or None to admit."""
+        if self.status is not ChannelStatus.OPEN:
+            return (ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}", {})
+        if now > request.deadline:
+            return (ErrorCode.DEADLINE_EXCEEDED, "request deadline has passed", {})
+        if max_deadline is not None and request.deadline > max_deadline:
+            return (
+                ErrorCode.DEADLINE_EXCEEDED,
+                "request deadline is too far ahead",
+                {"max_deadline": max_deadline},
+            )
+        if overloaded:
+            return (ErrorCode.OVERLOADED, "too many requests in flight; retry later", {})
+        if price is None:
+            return (ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}", {})
+        if len(request.body) > max_body:
+            return (ErrorCode.BODY_TOO_LARGE, f"body over {max_body} bytes", {"max_body": max_body})
+        if not request.body_matches():
+            return (ErrorCode.MALFORMED, "body does not match its hash", {})
+        if request.price < price:
+            return (
+                ErrorCode.PAYMENT_REQUIRED,
+                f"service costs {price}, request allows {request.price}",
+                {"price": price},
+            )
+        credit = paid_max - self.spent - self.reserved
+        if credit < price:
+            return (
+                ErrorCode.PAYMENT_REQUIRED,
+                f"credit {credit} is below the price {price}",
+                {"price": price, "credit": credit, "spent": self.spent},
+            )
+        return None
 
     @property
     def unredeemed(self) -> int:
@@ -142,7 +271,9 @@ class PayeeChannel:
             max_body: the service's largest accepted body.
             now: Unix time in milliseconds.
             signature_ok: the result of checking the signature if the caller already did
-                (e.g. in a batch); None makes `admit` check it.
+                (e.g. in a batch); None makes `admit` check it, or defer the check while
+                the request would be admitted within ``unverified_credit_limit``
+                (specs/protocol.md 13.4: the stream is the payer's, check 3).
             overloaded: the node has too many requests in flight from this peer: refuse
                 with OVERLOADED (signed, so the refusal answers any claim).
             max_deadline: the latest deadline the node accepts (now + its horizon); a
@@ -166,9 +297,25 @@ class PayeeChannel:
             return Refuse(ErrorCode.UNKNOWN_CHANNEL, "request is for another channel")
         if peer != self.payer:
             return Refuse(ErrorCode.UNAUTHORIZED, "only the channel's payer may use it")
+        if signature_ok is None and self._deferrable(
+            request, price, max_body, now, overloaded, max_deadline
+        ):
+            # protocol.md 13.4: the stream is the payer's (check 3); the signature is checked
+            # when the unchecked credit would pass the limit, or before any ledger use.
+            assert price is not None
+            self.last_n = request.n
+            improved = request.paid > self.paid_max
+            if improved:
+                self.paid_max = request.paid
+                self.best = request
+            self.reserved += price
+            self.pending[request.n] = price
+            return Admit(request.n, price, improved)
         if signature_ok is None:
             signature_ok = request.verify(self.payer)
         if not signature_ok:
+            if self.unverified_credit_limit:
+                self.deferral_revoked = True  # 13.4 rule c: no more unchecked credit
             return Refuse(ErrorCode.INVALID_SIGNATURE, "voucher signature does not verify")
         if request.n <= self.last_n:
             return Refuse(
@@ -190,44 +337,40 @@ class PayeeChannel:
             self.paid_max = request.paid
             self.best = request
             improved = True
+        if request.paid > self.verified_paid:  # checked: it covers every earlier credit
+            self.verified = request
+            improved = True
+            if self.best is None or request.paid >= self.best.paid:
+                self.best = request
 
         def refuse(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Refuse:
             return Refuse(
                 code, message, details or {}, authenticated=True, voucher_improved=improved
             )
 
-        if self.status is not ChannelStatus.OPEN:
-            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
-        if now > request.deadline:
-            return refuse(ErrorCode.DEADLINE_EXCEEDED, "request deadline has passed")
-        if max_deadline is not None and request.deadline > max_deadline:
-            return refuse(
-                ErrorCode.DEADLINE_EXCEEDED,
-                "request deadline is too far ahead",
-                {"max_deadline": max_deadline},
-            )
-        if overloaded:
-            return refuse(ErrorCode.OVERLOADED, "too many requests in flight; retry later")
-        if price is None:
-            return refuse(ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}")
-        if len(request.body) > max_body:
-            return refuse(
-                ErrorCode.BODY_TOO_LARGE, f"body over {max_body} bytes", {"max_body": max_body}
-            )
-        if not request.body_matches():
-            return refuse(ErrorCode.MALFORMED, "body does not match its hash")
-        if request.price < price:
-            return refuse(
-                ErrorCode.PAYMENT_REQUIRED,
-                f"service costs {price}, request allows {request.price}",
-                {"price": price},
-            )
-        if self.credit < price:
-            return refuse(
-                ErrorCode.PAYMENT_REQUIRED,
-                f"credit {self.credit} is below the price {price}",
-                {"price": price, "credit": self.credit, "spent": self.spent},
-            )
+        refusal = self._service_refusal(
+            request, price, max_body, now, overloaded, max_deadline, self.paid_max
+        )
+        if refusal is not None:
+            return refuse(*refusal)
+        assert price is not None
+        if self.spent + self.reserved + price > self.verified_paid + self._allowance():
+            # Only under deferred verification: check the newest voucher (13.4 rule c).
+            before = self.verified
+            ok = self._check_best()
+            improved = improved or self.verified is not before or not ok
+            if not ok:
+                return refuse(
+                    ErrorCode.INVALID_SIGNATURE,
+                    "a voucher admitted earlier on this channel does not verify",
+                )
+            checked = self.verified_paid + self._allowance() - self.spent - self.reserved
+            if checked < price:
+                return refuse(
+                    ErrorCode.PAYMENT_REQUIRED,
+                    f"credit on checked vouchers {checked} is below the price {price}",
+                    {"price": price, "credit": checked, "spent": self.spent},
+                )
         self.reserved += price
         self.pending[request.n] = price
         return Admit(request.n, price, improved)
@@ -258,13 +401,18 @@ class PayeeChannel:
 
     def resync_details(self) -> dict[str, Any]:
         """What a payer that lost its state needs (sent with REPLAY refusals)."""
+        # Never show an unchecked voucher (13.4 rule b). Pure: a REPLAY changes no state.
+        voucher = self.verified
+        if self.best is not None and self.best is not voucher and self.best.verify(self.payer):
+            voucher = self.best
         details: dict[str, Any] = {
             "last_n": self.last_n,
             "spent": self.spent,
-            "paid_max": self.paid_max,
+            # = paid_max, unless a deferred check failed (13.4 rule c)
+            "paid_max": voucher.paid if voucher is not None else 0,
         }
-        if self.best is not None:
-            details["voucher"] = self.best.to_frame()
+        if voucher is not None:
+            details["voucher"] = voucher.to_frame()
         return details
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "UINT128_MAX",
     "CborKey",
     "CborValue",
+    "MapLayout",
     "decode",
     "encode",
 ]
@@ -220,6 +221,51 @@ def encode(value: object, *, max_depth: int = MAX_DEPTH) -> bytes:
         return _encode(value, 0, max_depth)
     except RecursionError:
         raise LocalProtocolError("value nests too deeply to encode") from None
+
+
+class MapLayout:
+    """A map with a fixed set of text keys, encoded without sorting them each time.
+
+    The keys are encoded and put in canonical order once; `encode` then writes each value
+    after its key. ``layout.encode(values) == encode(dict(values))`` for every mapping with
+    exactly these keys (the signing bytes of every message kind have fixed keys).
+
+    Raises:
+        LocalProtocolError: (construction) duplicate keys.
+    """
+
+    __slots__ = ("_encoded", "_head", "keys")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        pairs = sorted((_encode_text(key), key) for key in keys)
+        if len({encoded for encoded, _ in pairs}) != len(pairs):
+            raise LocalProtocolError("a map layout's keys must be distinct")
+        self.keys: tuple[str, ...] = tuple(key for _, key in pairs)
+        self._encoded = tuple(encoded for encoded, _ in pairs)
+        self._head = _head(_MT_MAP, len(pairs))
+
+    def encode(self, values: dict[str, object], *, max_depth: int = MAX_DEPTH) -> bytes:
+        """Encode `values`, whose keys must be exactly the layout's.
+
+        Raises:
+            LocalProtocolError: other keys, or a value `encode` refuses.
+        """
+        if len(values) != len(self.keys):
+            raise LocalProtocolError(f"map has keys {sorted(values)}, expected {sorted(self.keys)}")
+        if max_depth < 1:
+            raise LocalProtocolError(f"map nests deeper than {max_depth} levels")
+        parts = [self._head]
+        try:
+            for key, encoded in zip(self.keys, self._encoded, strict=True):
+                parts.append(encoded)
+                parts.append(_encode(values[key], 1, max_depth))
+        except KeyError:
+            raise LocalProtocolError(
+                f"map has keys {sorted(values)}, expected {sorted(self.keys)}"
+            ) from None
+        except RecursionError:
+            raise LocalProtocolError("value nests too deeply to encode") from None
+        return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- decoding

@@ -121,8 +121,17 @@ def peer_id_from_public(public: bytes) -> PeerId:
     Raises:
         LocalProtocolError: if `public` is not 32 bytes.
     """
-    if not isinstance(public, bytes) or len(public) != PUBLIC_KEY_SIZE:
-        raise LocalProtocolError("an Ed25519 public key is exactly 32 bytes")
+    if type(public) is not bytes or len(public) != PUBLIC_KEY_SIZE:
+        if not isinstance(public, bytes) or len(public) != PUBLIC_KEY_SIZE:
+            raise LocalProtocolError("an Ed25519 public key is exactly 32 bytes")
+        public = bytes(public)  # a bytes subclass: cache by its value
+    return _peer_id_of(public)
+
+
+# The node converts between keys and PeerIDs on every call and every stream (base58 is
+# ~40 us each way); both caches are bounded, and hold only valid pairs.
+@functools.lru_cache(maxsize=4096)
+def _peer_id_of(public: bytes) -> PeerId:
     return PeerId(base58.b58encode(_PEER_ID_PREFIX + public).decode("ascii"))
 
 
@@ -144,6 +153,12 @@ def public_from_peer_id(peer_id: str) -> bytes:
     """
     if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 64:
         raise DecodeError("not an Ed25519 PeerID")
+    return _public_of(str(peer_id))
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_of(peer_id: str) -> bytes:
+    """`public_from_peer_id` of a plain str (errors are raised, so never cached)."""
     try:
         raw = base58.b58decode(peer_id.encode("ascii"))
     except ValueError as exc:

@@ -220,7 +220,7 @@ def request_signing_bytes(
     Raises:
         LocalProtocolError: a value cannot be encoded at all (e.g. a float).
     """
-    return codec.encode(
+    return _REQUEST_LAYOUT.encode(
         {
             "domain": DOMAIN_REQUEST,
             "ledger": ledger,
@@ -238,6 +238,51 @@ def request_signing_bytes(
 _REQUEST_KEYS = frozenset(
     ("domain", "ledger", "channel", "n", "paid", "price", "service", "body_hash", "deadline")
 )
+_REQUEST_LAYOUT = codec.MapLayout(tuple(sorted(_REQUEST_KEYS)))
+_REQUEST_FIELDS = ("ledger", "channel", "n", "paid", "price", "service", "body_hash", "deadline")
+
+
+def _fields_ok(message: Request | Response) -> bool:
+    """One pass over the fields of the common, plain case (exact types, ASCII service
+    name); False sends the caller to the detailed checks, which name the bad field."""
+    ledger, channel, n, body_hash = message.ledger, message.channel, message.n, message.body_hash
+    if not (
+        type(ledger) is bytes
+        and 1 <= len(ledger) <= MAX_LEDGER_ID_SIZE
+        and type(channel) is bytes
+        and len(channel) == CHANNEL_ID_SIZE
+        and type(n) is int
+        and 1 <= n <= MAX_U64
+        and type(body_hash) is bytes
+        and len(body_hash) == HASH_SIZE
+        and type(message.signature) is bytes
+        and type(message.body) is bytes
+    ):
+        return False
+    price = message.price
+    if type(price) is not int or not 0 <= price <= MAX_YOCTO:
+        return False
+    if isinstance(message, Request):
+        paid, service, deadline = message.paid, message.service, message.deadline
+        return (
+            type(paid) is int
+            and 0 <= paid <= MAX_YOCTO
+            and type(service) is str
+            and 1 <= len(service) <= MAX_SERVICE_NAME
+            and service.isascii()
+            and type(deadline) is int
+            and 0 <= deadline <= MAX_U64
+        )
+    status, spent, request_hash = message.status, message.spent, message.request_hash
+    return (
+        type(status) is str
+        and status in _STATUSES
+        and (price == 0 or status == STATUS_OK)
+        and type(spent) is int
+        and price <= spent <= MAX_YOCTO
+        and type(request_hash) is bytes
+        and len(request_hash) == HASH_SIZE
+    )
 
 
 _Signed = TypeVar("_Signed", "Request", "Response", "Hello")
@@ -280,7 +325,8 @@ class Request:
     hash: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._validate(remote=False)
+        if not _fields_ok(self):
+            self._validate(remote=False)
         signed = request_signing_bytes(
             ledger=self.ledger,
             channel=self.channel,
@@ -331,7 +377,7 @@ class Request:
             LocalProtocolError: a field is out of its range.
         """
         _check(isinstance(body, bytes), "body must be bytes", False)
-        unsigned = cls(
+        request = cls(
             ledger=ledger,
             channel=channel,
             n=n,
@@ -342,7 +388,10 @@ class Request:
             deadline=deadline,
             body=body,
         )
-        return unsigned.with_signature(sign_message(key, unsigned))
+        signature = sign_message(key, request)
+        _check_message_signature(request.ledger, signature, False)
+        object.__setattr__(request, "signature", signature)  # new, not yet seen by anyone
+        return request
 
     def with_signature(self, signature: bytes) -> Request:
         """The same request carrying `signature` (not verified here).
@@ -389,14 +438,20 @@ class Request:
                 that is not 64 bytes; WrongDomain: another kind's signing bytes.
         """
         fields = _signed_map(signed, DOMAIN_REQUEST, _REQUEST_KEYS)
-        del fields["domain"]
         _check_message_signature(fields["ledger"], signature, True)
-        try:
-            request = cls(signature=signature, body=body, **fields)
-        except LocalProtocolError as exc:
-            raise DecodeError(exc.message) from None
-        if request.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
-            raise DecodeError("request signing bytes are not canonical")
+        # The strict decoder accepted `signed`, so it is the only encoding of these fields
+        # (INV-17): keep the received bytes rather than encoding them again.
+        signed = bytes(signed)
+        request = cls.__new__(cls)
+        setattr_ = object.__setattr__
+        for name in _REQUEST_FIELDS:
+            setattr_(request, name, fields[name])
+        setattr_(request, "signature", signature)
+        setattr_(request, "body", body)
+        setattr_(request, "signing_bytes", signed)
+        setattr_(request, "hash", blake2b256(signed))
+        if not _fields_ok(request):
+            request._validate(remote=True)
         return request
 
     def to_frame(self) -> bytes:
@@ -434,7 +489,7 @@ def response_signing_bytes(
     Raises:
         LocalProtocolError: a value cannot be encoded at all (e.g. a float).
     """
-    return codec.encode(
+    return _RESPONSE_LAYOUT.encode(
         {
             "domain": DOMAIN_RESPONSE,
             "ledger": ledger,
@@ -452,7 +507,9 @@ def response_signing_bytes(
 _RESPONSE_KEYS = frozenset(
     ("domain", "ledger", "channel", "n", "request", "status", "price", "spent", "body_hash")
 )
+_RESPONSE_LAYOUT = codec.MapLayout(tuple(sorted(_RESPONSE_KEYS)))
 _STATUSES = frozenset([STATUS_OK, *(code.value for code in ErrorCode)])
+_RESPONSE_FIELDS = ("ledger", "channel", "n", "status", "price", "spent", "body_hash")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -479,7 +536,8 @@ class Response:
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._validate(remote=False)
+        if not _fields_ok(self):
+            self._validate(remote=False)
         object.__setattr__(
             self,
             "signing_bytes",
@@ -542,7 +600,8 @@ class Response:
             LocalProtocolError: a field is out of its range (e.g. a refusal with a price).
         """
         _check(isinstance(body, bytes), "body must be bytes", False)
-        unsigned = cls(
+        _check(isinstance(request, Request), "request must be a Request", False)
+        response = cls(
             ledger=request.ledger,
             channel=request.channel,
             n=request.n,
@@ -553,7 +612,10 @@ class Response:
             body_hash=blake2b256(body),
             body=body,
         )
-        return unsigned.with_signature(sign_message(key, unsigned))
+        signature = sign_message(key, response)
+        _check_message_signature(response.ledger, signature, False)
+        object.__setattr__(response, "signature", signature)  # new, not yet seen by anyone
+        return response
 
     def with_signature(self, signature: bytes) -> Response:
         """The same response carrying `signature` (not verified here).
@@ -619,15 +681,18 @@ class Response:
                 that is not 64 bytes; WrongDomain: another kind's signing bytes.
         """
         fields = _signed_map(signed, DOMAIN_RESPONSE, _RESPONSE_KEYS)
-        del fields["domain"]
-        fields["request_hash"] = fields.pop("request")
         _check_message_signature(fields["ledger"], signature, True)
-        try:
-            response = cls(signature=signature, body=body, **fields)
-        except LocalProtocolError as exc:
-            raise DecodeError(exc.message) from None
-        if response.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
-            raise DecodeError("response signing bytes are not canonical")
+        # As for requests: the strict decoder's bytes are the only encoding (INV-17).
+        response = cls.__new__(cls)
+        setattr_ = object.__setattr__
+        for name in _RESPONSE_FIELDS:
+            setattr_(response, name, fields[name])
+        setattr_(response, "request_hash", fields["request"])
+        setattr_(response, "signature", signature)
+        setattr_(response, "body", body)
+        setattr_(response, "signing_bytes", bytes(signed))
+        if not _fields_ok(response):
+            response._validate(remote=True)
         return response
 
     def to_frame(self) -> bytes:

@@ -234,8 +234,13 @@ async def test_third_party_replaying_and_forging_changes_nothing() -> None:
 
 async def test_tampered_signature_and_cross_channel_voucher() -> None:
     """A voucher signed for one channel presented for another (cross-channel replay),
-    and a tampered signature: INVALID_SIGNATURE, no state change on either channel."""
-    async with provider_world() as world, raw_peer(world) as mallory:
+    and a tampered signature: INVALID_SIGNATURE, no state change on either channel.
+
+    With every voucher checked on arrival (limit 0); under deferred checks (protocol.md
+    13.4) the payer's own tampered voucher may be served within the limit, see
+    integration/test_node.py::test_deferred_checks_bound_what_bad_vouchers_get."""
+    config = NodeConfig(watcher=False, default_timeout=5.0, unverified_credit_limit=0)
+    async with provider_world(config) as world, raw_peer(world) as mallory:
         second = await world.ledger.open_channel(MALLORY, BOB.public, 10**9, 60_000)
         good = world.mallory_request(1)
         assert isinstance(await mallory.exchange(good.to_frame()), Response)

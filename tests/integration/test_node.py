@@ -21,7 +21,7 @@ from p2pay.core.errors import (
     UnknownService,
 )
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Hello, Refusal, Request, decode_frame
+from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
 from p2pay.core.settlement import ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.p2p import open_libp2p_transport
@@ -176,6 +176,101 @@ async def test_deposit_exhausted_then_top_up() -> None:
         payee = bob.payee_channels[ch.channel]
         assert payee.spent == 5 * PRICE
         assert payee.paid_max <= payee.deposit == 5 * PRICE
+
+
+async def test_deferred_checks_bound_what_bad_vouchers_get() -> None:
+    """Deferred voucher checks on real libp2p nodes (protocol.md 13.4, INV-21).
+
+    ALICE's own authenticated stream carries vouchers signed by CAROL's key for ALICE's
+    channel. BOB, with a limit of 3 prices of unchecked credit, serves at most the limit's
+    worth of them, then refuses INVALID_SIGNATURE and stops deferring on the channel; his
+    close shows the ledger only the voucher that verifies, so it pays the checked credit.
+    """
+    limit = 3 * PRICE
+    ledger = make_ledger()
+    await fund(ledger, ALICE, BOB)
+    config = NodeConfig(
+        watcher=False, default_timeout=5.0, redeem_threshold=10**30, unverified_credit_limit=limit
+    )
+
+    async def ignore(stream: Any) -> None:
+        await stream.aclose()
+
+    async with open_node(key=BOB, ledger=ledger, config=config) as bob:
+        bob.serve("echo", echo, price=PRICE)
+        channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
+        deadline = wall_clock_ms() + 30_000
+
+        def voucher(n: int, key: Keypair) -> bytes:
+            return Request.create(
+                key,
+                ledger=ledger.ledger_id,
+                channel=channel,
+                n=n,
+                paid=n * PRICE,
+                price=PRICE,
+                service="echo",
+                body=b"x",
+                deadline=deadline,
+            ).to_frame()
+
+        answers: list[object] = []
+        async with open_libp2p_transport(ALICE, ignore) as alice:
+            stream = await alice.connect(bob.addrs[0])
+            with trio.fail_after(10):
+                await stream.send(Hello.create(ALICE, ledger=ledger.ledger_id).to_frame())
+                assert isinstance(decode_frame(await stream.receive()), Hello)
+                await stream.send(voucher(1, ALICE))  # the first voucher is always checked
+                first = decode_frame(await stream.receive())
+                assert isinstance(first, Response) and first.ok
+                for n in range(2, 10):  # then ALICE cheats
+                    await stream.send(voucher(n, CAROL))
+                    answers.append(decode_frame(await stream.receive()))
+            await stream.reset()
+        served = [a for a in answers if isinstance(a, Response) and a.ok]
+        refused = [a for a in answers if isinstance(a, Refusal)]
+        assert 0 < len(served) * PRICE <= limit
+        assert len(served) + len(refused) == len(answers)
+        assert {r.code for r in refused} == {ErrorCode.INVALID_SIGNATURE}
+        payee = bob.payee_channels[channel]
+        assert payee.deferral_revoked and bob.counters.protocol_violations >= 1
+        checked = payee.verified_voucher()
+        assert checked is not None and checked.verify(ALICE.public) and checked.paid == PRICE
+        assert payee.spent - checked.paid == len(served) * PRICE <= limit  # the loss
+        before = await ledger.balance(BOB.account)
+        await bob.close_channel(channel)
+        assert await ledger.balance(BOB.account) == before + PRICE  # only checked credit
+        assert payee.redeemed == PRICE
+
+
+async def test_deferred_checks_honest_payer_is_paid_in_full_after_a_restart(
+    tmp_path: Any,
+) -> None:
+    """An honest payer under deferred checks, with a payee restart in between: the payee's
+    store keeps the newest voucher (checked at start-up), so nothing is lost (13.4)."""
+    ledger = make_ledger()
+    await fund(ledger, ALICE, BOB)
+    config = NodeConfig(watcher=False, default_timeout=5.0, unverified_credit_limit=10**6)
+    path = tmp_path / "bob.sqlite"
+    async with client(ledger) as alice:
+        store = await SqliteStore.open(path)
+        async with open_node(key=BOB, ledger=ledger, store=store, config=config) as bob:
+            bob.serve("echo", echo, price=PRICE)
+            ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+            for _ in range(5):
+                await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
+            payee = bob.payee_channels[ch.channel]
+            assert payee.best is not None and payee.best is not payee.verified  # deferred
+            assert payee.verified is not None and payee.verified.paid == PRICE
+        await store.aclose()
+        before = await ledger.balance(BOB.account)
+        store = await SqliteStore.open(path)
+        async with open_node(key=BOB, ledger=ledger, store=store, config=config) as bob:
+            payee = bob.payee_channels[ch.channel]
+            assert payee.verified is payee.best and payee.verified.paid == 5 * PRICE
+            await bob.close_channel(ch.channel)
+        await store.aclose()
+        assert await ledger.balance(BOB.account) == before + 5 * PRICE
 
 
 async def test_third_party_cannot_forge_or_replay() -> None:

@@ -46,6 +46,15 @@ And properties specs/invariants.md does not number (yet):
           to the payee's ``spent``; the payer never believes more was spent than was.
 * HONEST-CREDIT  ALICE's requests are never refused for lack of credit.
 * ABSORBED-BOUNDED  ``payer.absorbed`` never exceeds the abandoned prices.
+
+`ChannelMachine` checks every voucher (``unverified_credit_limit = 0``: the check order of
+protocol.md 13.2). `DeferredChannelMachine` runs the same model under deferred verification
+(13.4, a limit of ``DEFERRED_LIMIT``) and adds a cheating ALICE: on her own authenticated
+stream she sends vouchers signed by MALLORY's key. Before she cheats every decision is the
+same as without deferral; after, the honest-payer model no longer applies and the machine
+asserts INV-21 instead: ``spent + reserved <= verified.paid + limit``, ``verified`` is
+ALICE-signed and never above what she signed, and a bad voucher is never what the payee
+would redeem (`verified_voucher`).
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ MAX_BODY = 32
 T0 = 1_700_000_000_000
 #: service name -> price; "nope" is not offered by BOB
 SERVICES: dict[str, int] = {"echo": 10, "big": 25, "free": 0}
+DEFERRED_LIMIT = 35  # three "echo" requests, or one "big" and one "echo", unchecked
 
 
 def snapshot(channel: PayeeChannel | PayerChannel) -> dict[str, Any]:
@@ -108,12 +118,20 @@ class Wire:
 
 
 class ChannelMachine(RuleBasedStateMachine):
+    LIMIT = 0  # the payee's unverified_credit_limit
+
     def __init__(self) -> None:
         super().__init__()
         self.now = T0
         self.payee = PayeeChannel(
-            ledger=LEDGER, channel=CHANNEL, payer=ALICE.public, payee=BOB.public, deposit=DEPOSIT
+            ledger=LEDGER,
+            channel=CHANNEL,
+            payer=ALICE.public,
+            payee=BOB.public,
+            deposit=DEPOSIT,
+            unverified_credit_limit=self.LIMIT,
         )
+        self.cheated = False  # ALICE sent a voucher that is not hers (deferred machine)
         self.payer = self._new_payer(DEPOSIT)
         self.top_ups: list[int] = []  # on the ledger, not yet seen by the payee
         self.forward: list[tuple[bytes, bytes]] = []  # (stream's remote peer, frame)
@@ -206,6 +224,8 @@ class ChannelMachine(RuleBasedStateMachine):
     def _payer_receives_one(self) -> None:
         wire = self._receive_back()
         message = decode_frame(wire.data)
+        if self.cheated:
+            return  # ALICE's own accounting after she cheated is not modelled
         if isinstance(message, Refusal):
             # ALICE's requests are authentic: the only unsigned refusal she gets is REPLAY
             # (a duplicate or a reordered older frame). The request may have been served
@@ -303,7 +323,7 @@ class ChannelMachine(RuleBasedStateMachine):
         ledger). If the payee has authenticated anything, the new process's first request
         reuses a consumed n and gets REPLAY, whose details it resyncs from.
         """
-        if chance:
+        if chance or self.cheated:
             return  # rarer than the other rules
         event("payer: lost state")
         self.forward = [(peer, frame) for peer, frame in self.forward if peer != ALICE.public]
@@ -396,14 +416,20 @@ class ChannelMachine(RuleBasedStateMachine):
             assert decode_frame(refusal.to_frame()) == refusal  # goes back to MALLORY
             event("payee: refused MALLORY")
             return
-        expected = self._expected_decision(request, before, price)
         assert self.payee.spent == before["spent"]  # INV-4
+        if self.cheated:
+            self._after_cheating(request, decision, before)
+            return
+        expected = self._expected_decision(request, before, price)
         if isinstance(decision, Admit) or decision.authenticated:
             assert self.payee.last_n == request.n  # INV-6
         if isinstance(decision, Admit):
             assert expected is None, (expected, decision)
             assert price is not None and decision.price == price <= request.price
-            assert decision.voucher_improved == (request.paid > before["paid_max"])
+            if self.LIMIT:  # also when a checked voucher catches up with `best`
+                assert decision.voucher_improved >= (request.paid > before["paid_max"])
+            else:
+                assert decision.voucher_improved == (request.paid > before["paid_max"])
             self.admitted[request.n] = request
             event("payee: admitted")
             return
@@ -423,6 +449,32 @@ class ChannelMachine(RuleBasedStateMachine):
             return
         assert self.payee.last_n == request.n
         assert self.payee.reserved == before["reserved"], "INV-5"
+        response = Response.create(
+            BOB,
+            request=request,
+            status=decision.code.value,
+            price=0,
+            spent=self.payee.spent,
+            body=refusal_body(decision.message, decision.details),
+        )
+        self._send_back(response.to_frame(), request.n, 0)
+
+    def _after_cheating(
+        self, request: Request, decision: Admit | Refuse, before: dict[str, Any]
+    ) -> None:
+        """ALICE has cheated: no model of the decision, only what 13.4 promises."""
+        if isinstance(decision, Admit):
+            self.admitted[request.n] = request
+            event("payee: admitted after ALICE cheated")
+            if not request.verify(ALICE.public):
+                event("payee: admitted a bad voucher unchecked")
+                assert not before["deferral_revoked"], "13.4 rule c"
+            return
+        event(f"payee: refused {decision.code.value} after ALICE cheated")
+        if decision.code is ErrorCode.INVALID_SIGNATURE:
+            assert self.payee.deferral_revoked, "13.4 rule c"
+        if not decision.authenticated:
+            return
         response = Response.create(
             BOB,
             request=request,
@@ -496,7 +548,8 @@ class ChannelMachine(RuleBasedStateMachine):
         while self.reverse:
             self._payer_receives_one()
         assert self.payee.reserved == 0
-        assert self.payer.spent + self.unaccounted + self.tail_carry == self.payee.spent
+        if not self.cheated:
+            assert self.payer.spent + self.unaccounted + self.tail_carry == self.payee.spent
 
     @precondition(lambda self: bool(self.forward or self.payee.pending or self.reverse))
     @rule(data=st.data())
@@ -587,13 +640,27 @@ class ChannelMachine(RuleBasedStateMachine):
     def inv_2_best_voucher(self) -> None:
         ch = self.payee
         if ch.paid_max == 0:
-            assert ch.best is None, "INV-2"
+            assert ch.best is None and ch.verified is None, "INV-2"
         else:
             assert ch.best is not None, "INV-2"
-            assert ch.best.paid == ch.paid_max and ch.best.verify(ALICE.public), "INV-2"
+            if not ch.deferral_revoked:  # a failed check drops `best` back to `verified`
+                assert ch.best.paid == ch.paid_max, "INV-2"
             assert (ch.best.ledger, ch.best.channel) == (LEDGER, CHANNEL), "INV-2"
+            if not self.cheated:
+                assert ch.best.verify(ALICE.public), "INV-2"
+        if ch.verified is not None:  # what the payee would redeem: ALICE signed it
+            assert ch.verified.verify(ALICE.public), "INV-2"
+            assert ch.verified.paid <= min(ch.paid_max, self.max_signed), "INV-2"
+        if not self.LIMIT:
+            assert ch.verified is ch.best, "INV-2: every voucher is checked"
         assert ch.paid_max >= self.payee_paid_max_floor, "INV-2"
         self.payee_paid_max_floor = ch.paid_max
+
+    @invariant()
+    def inv_21_unchecked_credit_bounded(self) -> None:
+        ch = self.payee
+        assert ch.spent + ch.reserved <= ch.verified_paid + self.LIMIT, "INV-21"
+        assert ch.unverified_credit <= self.LIMIT, "INV-21"
 
     @invariant()
     def inv_6_request_numbers(self) -> None:
@@ -602,6 +669,8 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @invariant()
     def redeemable_was_signed(self) -> None:
+        if self.cheated:  # the payee's loss is bounded by INV-21 instead
+            return
         assert self.payee.paid_max <= self.max_signed
         assert self.payee.spent <= self.payer.paid
         assert self.payee.last_n <= self.max_n_signed
@@ -614,6 +683,8 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @invariant()
     def spent_conserved(self) -> None:
+        if self.cheated:
+            return
         on_wire = sum(w.charged + w.carry for w in self.reverse) + self.tail_carry
         assert self.payer.spent + self.unaccounted + on_wire == self.payee.spent
         assert self.payer.spent <= self.payee.spent
@@ -628,6 +699,45 @@ class ChannelMachine(RuleBasedStateMachine):
         assert not set(self.payer.in_flight) & set(self.payer.abandoned)
 
 
+class DeferredChannelMachine(ChannelMachine):
+    LIMIT = DEFERRED_LIMIT
+
+    @rule(
+        ahead=st.integers(min_value=1, max_value=2),
+        extra=st.integers(min_value=0, max_value=60),
+        service=st.sampled_from(["echo", "big"]),
+    )
+    def alice_cheats(self, ahead: int, extra: int, service: str) -> None:
+        """ALICE sends, on her own authenticated stream, a voucher MALLORY's key signed
+        (a bad signature): paid above anything she signed, so it looks like fresh credit."""
+        event("ALICE cheats")
+        self.cheated = True
+        price = SERVICES[service]
+        forged = Request.create(
+            MALLORY,
+            ledger=LEDGER,
+            channel=CHANNEL,
+            n=max(self.payee.last_n, self.max_n_signed) + ahead,
+            paid=min(self.payee.deposit, max(self.payee.paid_max, self.max_signed) + price + extra),
+            price=price,
+            service=service,
+            body=b"gimme",
+            deadline=self.now + 1000,
+        )
+        self.max_n_signed = max(self.max_n_signed, forged.n)
+        self.forward.append((ALICE.public, forged.to_frame()))
+
+    @invariant()
+    def bad_voucher_never_redeemed(self) -> None:
+        ch = self.payee
+        voucher = dataclasses.replace(ch).verified_voucher()  # a copy: checking changes state
+        assert voucher is None or voucher.verify(ALICE.public), "13.4 rule b"
+        if voucher is not None:
+            assert voucher.paid <= self.max_signed
+            # the payee's loss (charged, not redeemable) is at most the limit
+            assert ch.spent - min(ch.spent, voucher.paid) <= self.LIMIT, "INV-21"
+
+
 ChannelMachine.TestCase.settings = settings(
     max_examples=250,
     stateful_step_count=50,
@@ -635,6 +745,8 @@ ChannelMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestChannelMachine = ChannelMachine.TestCase
+DeferredChannelMachine.TestCase.settings = ChannelMachine.TestCase.settings
+TestDeferredChannelMachine = DeferredChannelMachine.TestCase
 
 
 #: The same machine with many more and longer runs: ``pytest -m slow``.

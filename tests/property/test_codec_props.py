@@ -8,8 +8,8 @@ import cbor2
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from p2pay.core.codec import decode, encode
-from p2pay.core.errors import DecodeError
+from p2pay.core.codec import MapLayout, decode, encode
+from p2pay.core.errors import DecodeError, LocalProtocolError
 
 # Generous limits so that nesting produced by hypothesis never trips them; the limits
 # themselves are covered by the unit tests.
@@ -127,6 +127,24 @@ def test_map_order_is_bytewise_order_of_encoded_keys(value: dict[int | str, Any]
     head = bytearray(cbor2.dumps(len(entries)))
     head[0] |= 0xA0
     assert encode(value) == bytes(head) + b"".join(k + v for k, v in entries)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(texts, values, min_size=1, max_size=12), st.data())
+def test_map_layout_encodes_like_encode(value: dict[str, Any], data: st.DataObject) -> None:
+    """The fixed-key encoder of signing bytes is `encode`, without sorting per call."""
+    keys = tuple(data.draw(st.permutations(sorted(value)), label="declared order"))
+    layout = MapLayout(keys)
+    assert sorted(layout.keys) == sorted(value)
+    assert layout.encode(value) == encode(value)
+    missing = dict(value)
+    missing.pop(keys[0])
+    for wrong in (missing, {**missing, keys[0] + "x": 1} if keys[0] + "x" not in value else {}):
+        try:
+            layout.encode(wrong)
+        except LocalProtocolError:
+            continue
+        raise AssertionError(f"a map without key {keys[0]!r} was encoded")
 
 
 @settings(max_examples=1000, deadline=None)

@@ -45,9 +45,16 @@ DEPOSIT = 100
 MAX_BODY = 1024
 
 
-def payee(deposit: int = DEPOSIT) -> PayeeChannel:
+def payee(deposit: int = DEPOSIT, *, limit: int = 0) -> PayeeChannel:
+    """A payee channel; `limit` is its unverified_credit_limit (0: check every voucher, the
+    order of specs/protocol.md 13.2 these tests pin; deferred checks are tested below)."""
     return PayeeChannel(
-        ledger=LEDGER, channel=CHANNEL, payer=ALICE.public, payee=BOB.public, deposit=deposit
+        ledger=LEDGER,
+        channel=CHANNEL,
+        payer=ALICE.public,
+        payee=BOB.public,
+        deposit=deposit,
+        unverified_credit_limit=limit,
     )
 
 
@@ -439,6 +446,153 @@ def test_overloaded_is_a_signed_refusal_that_reserves_nothing() -> None:
     assert (ch.last_n, ch.paid_max, ch.reserved, ch.credit) == (1, PRICE, 0, PRICE)
     # the credit it left serves the next request
     assert isinstance(admit(ch, request(2, PRICE)), Admit)
+
+
+# ---------------------------------------------------------------- deferred checks (13.4)
+
+
+def test_deferred_bad_signatures_get_at_most_the_limit() -> None:
+    """A payer sending bad signatures on its own stream is served at most the limit's
+    worth, then refused INVALID_SIGNATURE; only its checked voucher is ever redeemable."""
+    limit = 3 * PRICE
+    ch = payee(DEPOSIT, limit=limit)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)  # the first one is checked
+    assert ch.verified is ch.best
+    ch.complete(1, ok=True)
+    served = 0
+    answers = []
+    for n in range(2, 10):
+        decision = admit(ch, request(n, n * PRICE, key=MALLORY))
+        answers.append(decision)
+        if isinstance(decision, Admit):
+            served += 1
+            ch.complete(n, ok=True)
+        assert ch.spent + ch.reserved <= ch.verified_paid + limit  # INV-21
+    assert 0 < served * PRICE <= limit
+    refused = [d for d in answers if isinstance(d, Refuse)]
+    assert refused and {d.code for d in refused} == {ErrorCode.INVALID_SIGNATURE}
+    assert ch.deferral_revoked
+    voucher = ch.verified_voucher()
+    assert voucher == request(1, PRICE) and voucher.verify(ALICE.public)
+    assert ch.best is voucher  # the bad one is dropped, never redeemed
+    assert ch.spent - voucher.paid == served * PRICE <= limit  # the payee's loss
+    # no more unchecked credit; a voucher of ALICE's covering everything is served
+    bad = admit(ch, request(20, 95, key=MALLORY))
+    assert_refused(bad, ErrorCode.INVALID_SIGNATURE, authenticated=False)
+    good = request(21, ch.spent + PRICE)
+    assert isinstance(admit(ch, good), Admit)
+    assert ch.verified is good and ch.best is good
+
+
+def test_deferred_honest_vouchers_are_checked_before_use() -> None:
+    ch = payee(DEPOSIT, limit=DEPOSIT)
+    for n in range(1, 5):
+        assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
+        ch.complete(n, ok=True)
+    assert ch.verified == request(1, PRICE) and ch.best == request(4, 4 * PRICE)
+    assert ch.unverified_credit == 3 * PRICE
+    voucher = ch.verified_voucher()  # what redeem and close use
+    assert voucher is ch.best and ch.verified is voucher and not ch.deferral_revoked
+    assert ch.unverified_credit == 0
+
+
+def test_deferred_check_when_the_limit_would_be_passed() -> None:
+    ch = payee(DEPOSIT, limit=2 * PRICE)
+    for n in range(1, 8):
+        assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
+        assert ch.spent + ch.reserved <= ch.verified_paid + 2 * PRICE
+    # 1 checked, 2-3 deferred, 4 checked (it would pass the limit), 5-6 deferred, 7 checked
+    assert ch.verified == request(7, 7 * PRICE)
+
+
+def test_deferred_requests_that_would_be_refused_are_checked_first() -> None:
+    ch = payee(DEPOSIT, limit=DEPOSIT)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    before = snapshot(ch)
+    late = request(2, 2 * PRICE, key=MALLORY, deadline=NOW - 1)
+    assert_refused(admit(ch, late), ErrorCode.INVALID_SIGNATURE, authenticated=False)
+    assert snapshot(ch) == {**before, "deferral_revoked": True}  # INV-7's one exception
+
+
+def test_an_earlier_bad_voucher_is_caught_by_a_later_check() -> None:
+    """A bad voucher admitted unchecked, then an honest one below it: checking the newest
+    fails: signed INVALID_SIGNATURE, `best` falls back to the checked voucher."""
+    ch = payee(DEPOSIT, limit=PRICE)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    assert isinstance(admit(ch, request(2, 5 * PRICE, key=MALLORY)), Admit)  # unchecked
+    decision = admit(ch, request(3, PRICE))  # would pass the limit: best is checked
+    assert_refused(decision, ErrorCode.INVALID_SIGNATURE, authenticated=True)
+    assert ch.best == request(1, PRICE) == ch.verified and ch.deferral_revoked
+    assert ch.last_n == 3 and ch.reserved == 2 * PRICE and ch.paid_max == 5 * PRICE
+
+
+def test_resync_details_show_only_a_checked_voucher() -> None:
+    ch = payee(DEPOSIT, limit=DEPOSIT)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    assert isinstance(admit(ch, request(2, 2 * PRICE, key=MALLORY)), Admit)  # unchecked
+    before = snapshot(ch)
+    refused = admit(ch, request(1, PRICE))
+    assert_refused(refused, ErrorCode.REPLAY, authenticated=False)
+    assert isinstance(refused, Refuse)
+    assert decode_frame(refused.details["voucher"]) == request(1, PRICE)
+    assert refused.details["paid_max"] == PRICE
+    assert snapshot(ch) == before  # INV-7: a REPLAY changes nothing
+    assert isinstance(admit(ch, request(3, 3 * PRICE)), Admit)
+    replay = admit(ch, request(3, 3 * PRICE))
+    assert isinstance(replay, Refuse)
+    assert decode_frame(replay.details["voucher"]) == request(3, 3 * PRICE)
+
+
+def test_deferred_checks_under_eip712() -> None:
+    """On an EVM ledger the same rule holds with EIP-712 signatures (signing.verify_message):
+    the payer is the account of its settlement key; MALLORY's key signs the bad vouchers."""
+    from p2pay.core.evmsig import EvmKey, evm_ledger_id
+
+    ledger = evm_ledger_id(31337, bytes(range(20)))
+    alice, mallory = EvmKey.derive(ALICE), EvmKey.derive(MALLORY)
+    ch = PayeeChannel(
+        ledger=ledger,
+        channel=CHANNEL,
+        payer=alice.account,
+        payee=EvmKey.derive(BOB).account,
+        deposit=DEPOSIT,
+        unverified_credit_limit=2 * PRICE,
+    )
+
+    def evm_request(n: int, key: EvmKey) -> Request:
+        return Request.create(
+            key,
+            ledger=ledger,
+            channel=CHANNEL,
+            n=n,
+            paid=n * PRICE,
+            price=PRICE,
+            service="echo",
+            body=b"x",
+            deadline=NOW + 60_000,
+        )
+
+    decisions = []
+    for n, key in ((1, alice), (2, mallory), (3, mallory), (4, mallory), (5, mallory)):
+        decision = ch.admit(
+            evm_request(n, key), peer=alice.account, price=PRICE, max_body=MAX_BODY, now=NOW
+        )
+        decisions.append(decision)
+        if isinstance(decision, Admit):
+            ch.complete(n, ok=True)
+    assert [isinstance(d, Admit) for d in decisions] == [True, True, True, False, False]
+    assert ch.deferral_revoked and ch.spent == 3 * PRICE
+    voucher = ch.verified_voucher()
+    assert voucher is not None and voucher.n == 1 and voucher.verify(alice.account)
+    assert ch.spent - voucher.paid == 2 * PRICE  # the limit
+
+
+def test_limit_zero_checks_every_voucher() -> None:
+    ch = payee(DEPOSIT, limit=0)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    bad = admit(ch, request(2, 2 * PRICE, key=MALLORY))
+    assert_refused(bad, ErrorCode.INVALID_SIGNATURE, authenticated=False)
+    assert not ch.deferral_revoked and ch.verified is ch.best
 
 
 def test_signature_ok_true_skips_verification() -> None:

@@ -267,3 +267,17 @@ def test_peer_id_round_trip_fixed_keys() -> None:
     for seed in (bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32, bytes([4]) * 32):
         key = Keypair.from_seed(seed)
         assert public_from_peer_id(key.peer_id) == key.public
+
+
+def test_peer_id_conversions_are_memoised_and_still_refuse_bad_input() -> None:
+    key = Keypair.from_seed(bytes([9]) * 32)
+    first = peer_id_from_public(key.public)
+    assert peer_id_from_public(key.public) is first  # served from the cache
+    assert public_from_peer_id(first) == key.public
+    assert public_from_peer_id(first) is public_from_peer_id(first)
+    for bad_key in (bytearray(key.public), [1] * 32, key.public[:31], None):
+        with pytest.raises(LocalProtocolError):
+            peer_id_from_public(bad_key)  # type: ignore[arg-type]
+    for bad_id in ([first], first + " ", first[:-1] + "0", None):
+        with pytest.raises(DecodeError):
+            public_from_peer_id(bad_id)  # type: ignore[arg-type]
