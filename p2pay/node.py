@@ -138,7 +138,14 @@ class NodeConfig:
     challenge_ms: int = 60_000  # default challenge period for channels we open
     watcher: bool = True
     watch_interval: float = 1.0
-    redeem_threshold: int = 10**21  # redeem once this much is charged and unredeemed
+    # Redeem policy (specs/protocol.md 17.1): redeem a payee channel when what it charged
+    # and has not redeemed reaches this share of its escrow (basis points; 0: off), or
+    # `redeem_threshold` yocto (0: off), or has waited `redeem_max_age_ms`; but not again
+    # within `min_redeem_interval_ms` of the channel's last redeem, unless it is closing.
+    redeem_fraction_bps: int = 5_000
+    redeem_threshold: int = 0
+    redeem_max_age_ms: int = 24 * 3_600_000
+    min_redeem_interval_ms: int = 300_000
     auto_claim: bool = True  # file claims for paid requests left unanswered
     claim_grace_ms: int = 1_000  # wait this long after a deadline before claiming
 
@@ -159,6 +166,17 @@ class NodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
+        for name, low, high in (
+            ("redeem_fraction_bps", 0, 10_000),
+            ("redeem_threshold", 0, MAX_YOCTO),
+            ("redeem_max_age_ms", 1, MAX_YOCTO),
+            ("min_redeem_interval_ms", 0, MAX_YOCTO),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LocalProtocolError(
+                    f"NodeConfig.{name} must be an int in [{low}, {high}], not {value!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
