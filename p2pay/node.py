@@ -81,6 +81,7 @@ from p2pay.store.base import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     Store,
     StoredResponse,
 )
@@ -1283,14 +1284,9 @@ class _Connection:
             return False
         generation = node.persister.stage(
             payer=_payer_record(ch),
-            request=OutgoingRequest(
+            # the request row (frame included) was written when it was sent: mark it only
+            request_update=RequestUpdate(
                 request_hash=response.request_hash,
-                channel=response.channel,
-                n=response.n,
-                payee=ch.payee,
-                price=response.price,
-                deadline=slot.request.deadline if slot is not None else 0,
-                frame=slot.request.to_frame() if slot is not None else b"",
                 state="answered" if response.ok else "refused",
                 updated_at=node.now(),
             ),

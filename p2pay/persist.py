@@ -28,6 +28,7 @@ from p2pay.store.base import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     Store,
     StoredResponse,
 )
@@ -44,6 +45,7 @@ class _Staged:
     claims: dict[bytes, ClaimRecord] = field(default_factory=dict)
     meta: dict[str, bytes] = field(default_factory=dict)
     delete_requests: set[bytes] = field(default_factory=set)
+    request_updates: dict[bytes, RequestUpdate] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
@@ -54,6 +56,7 @@ class _Staged:
             or self.claims
             or self.meta
             or self.delete_requests
+            or self.request_updates
         )
 
     def batch(self) -> Batch:
@@ -65,6 +68,7 @@ class _Staged:
             claims=list(self.claims.values()),
             meta=dict(self.meta),
             delete_requests=list(self.delete_requests),
+            request_updates=list(self.request_updates.values()),
         )
 
 
@@ -97,8 +101,14 @@ class Persister:
         claim: ClaimRecord | None = None,
         meta: dict[str, bytes] | None = None,
         delete_request: bytes | None = None,
+        request_update: RequestUpdate | None = None,
     ) -> int:
-        """Record changes; returns the generation to wait for with `durable`."""
+        """Record changes; returns the generation to wait for with `durable`.
+
+        A `request_update` changes the request as staged or stored when it is applied:
+        it folds into a request staged in this generation, is dropped if the request is
+        to be deleted, and otherwise goes to the store as a narrow update.
+        """
         s = self._staged
         if payee is not None:
             s.payee[payee.channel] = payee
@@ -107,6 +117,13 @@ class Persister:
         if request is not None:
             s.requests[request.request_hash] = request
             s.delete_requests.discard(request.request_hash)
+            s.request_updates.pop(request.request_hash, None)
+        if request_update is not None:
+            key = request_update.request_hash
+            if key in s.requests:
+                s.requests[key] = request_update.apply(s.requests[key])
+            elif key not in s.delete_requests:
+                s.request_updates[key] = request_update
         if response is not None:
             s.responses[response.request_hash] = response
         if claim is not None:
@@ -115,6 +132,7 @@ class Persister:
             s.meta.update(meta)
         if delete_request is not None:
             s.requests.pop(delete_request, None)
+            s.request_updates.pop(delete_request, None)
             s.delete_requests.add(delete_request)
         self._changed.set()
         return self._generation

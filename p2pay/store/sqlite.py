@@ -166,6 +166,7 @@ _INSERT_REQUEST = _insert("requests", _REQUEST_COLS)
 _INSERT_RESPONSE = _insert("responses", _RESPONSE_COLS)
 _INSERT_CLAIM = _insert("claims", _CLAIM_COLS)
 _INSERT_META = _insert("meta", "key, value")
+_UPDATE_REQUEST = "UPDATE requests SET state = ?, updated_at = ? WHERE request_hash = ?"
 
 
 def _u(value: int) -> bytes:
@@ -192,6 +193,7 @@ class _Rows:
     claims: list[Row]
     meta: list[Row]
     delete_requests: list[bytes]
+    request_updates: list[Row]  # (request_hash, state, updated_at)
 
 
 def _encode(batch: Batch) -> _Rows:
@@ -249,6 +251,9 @@ def _encode(batch: Batch) -> _Rows:
         ],
         meta=[(str.__str__(k), v) for k, v in batch.meta.items()],
         delete_requests=list(batch.delete_requests),
+        request_updates=[
+            (u.request_hash, u.state, _u(u.updated_at)) for u in batch.request_updates
+        ],
     )
 
 
@@ -371,6 +376,7 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
     payee: dict[bytes, Row] = {}
     payer: dict[bytes, Row] = {}
     requests: dict[bytes, Row | None] = {}  # None: delete
+    updates: dict[bytes, Row] = {}  # narrow updates of requests not upserted in the group
     responses: dict[bytes, Row] = {}
     claims: dict[bytes, Row] = {}
     meta: dict[str, Row] = {}
@@ -381,8 +387,16 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
             payer[row[0]] = row
         for row in rows.requests:
             requests[row[0]] = row
+            updates.pop(row[0], None)
+        for update in rows.request_updates:
+            request_hash = update[0]
+            if request_hash not in requests:
+                updates[request_hash] = update
+            elif (row := requests[request_hash]) is not None:  # fold into the upsert
+                requests[request_hash] = (*row[:7], update[1], row[8], update[2])
         for request_hash in rows.delete_requests:
             requests[request_hash] = None
+            updates.pop(request_hash, None)
         for row in rows.responses:
             responses[row[0]] = row
         for row in rows.claims:
@@ -396,6 +410,7 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
             (h,) for h, row in requests.items() if row is None
         ],
         _INSERT_REQUEST: [row for row in requests.values() if row is not None],
+        _UPDATE_REQUEST: [(state, at, h) for h, state, at in updates.values()],
         _INSERT_RESPONSE: list(responses.values()),
         _INSERT_CLAIM: list(claims.values()),
         _INSERT_META: list(meta.values()),
