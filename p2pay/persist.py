@@ -11,7 +11,9 @@ receipt must not leave before its charge is on disk) waits with `await durable(g
 Because a single task writes, generations commit in order, and within a generation the
 latest snapshot of a record wins: a later state can never be overwritten by an older
 one. Concurrent requests share commits, so durability costs one fsync per batch, not
-per request.
+per request. Before it takes a batch the flusher lets the tasks that are ready to run
+stage what they will (a few scheduler passes, ending as soon as none is runnable), so
+that a busy node makes fewer, larger commits; an idle one waits one pass.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from p2pay.store.base import (
 )
 
 log = logging.getLogger("p2pay.persist")
+
+#: Scheduler passes a commit waits at most for ready tasks to stage more (`_gather`).
+GATHER_TICKS = 8
 
 
 @dataclass
@@ -166,6 +171,7 @@ class Persister:
         try:
             while True:
                 await self._changed.wait()
+                await self._gather()
                 await self._commit_staged()
         finally:
             # On cancellation (node closing) write what is staged, shielded, so a clean
@@ -173,6 +179,21 @@ class Persister:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 if self._failed is None and not self._staged.empty():
                     await self._commit_staged()
+
+    async def _gather(self) -> None:
+        """Let the tasks that are ready to run stage what they will before we commit.
+
+        Larger groups, fewer commits (fsyncs) per record when the node is busy; when it
+        is idle this costs one scheduler pass. Bounded: at most `GATHER_TICKS` passes,
+        ending at the first after which no other task is runnable.
+        """
+        quiet = 0
+        for _ in range(GATHER_TICKS):
+            await trio.lowlevel.checkpoint()  # the rest of this pass runs (and stages)
+            # Tasks of the current pass not yet run are not counted: two quiet passes.
+            quiet = quiet + 1 if trio.lowlevel.current_statistics().tasks_runnable == 0 else 0
+            if quiet == 2:
+                return
 
     async def _commit_staged(self) -> None:
         self._changed = trio.Event()
