@@ -7,15 +7,17 @@ disk (the WAL fsynced) when COMMIT returns. `SqliteStore.write` returns only aft
 transaction holding its batch committed, so a node that waits for `write` before it
 sends a receipt never sends a receipt for a charge it could forget.
 
-*Group commit, without a background task.* Each `write` validates and encodes its batch,
+*Group commit, without a background task.* Each `write` copies its batch's lists,
 appends it to ``_pending`` and takes ``_lock`` (a fair `trio.Lock`). Whoever holds the
-lock takes *all* pending batches, marks them taken, and commits them in one transaction
-(one fsync) in a worker thread; it then marks each one done (a `trio.Event` per batch)
-and releases the lock. A writer that gets the lock and finds its batch already done
-returns at once. While one commit runs, new batches pile up, and the next lock holder
-commits all of them: under load, the number of fsyncs per second stays about constant
-while the batches per commit grow. Batches are applied in the order `write` was
-called (the pending list is FIFO), so the later one wins for the same key.
+lock takes *all* pending batches, marks them taken, and in a worker thread (off trio's)
+validates and encodes each one, leaving an invalid one out (its writer gets the
+`LocalProtocolError`), and commits the rest in one transaction (one fsync); it then
+marks each one done (a `trio.Event` per batch) and releases the lock. A writer that gets
+the lock and finds its batch already done returns at once. While one commit runs, new
+batches pile up, and the next lock holder commits all of them: under load, the number of
+fsyncs per second stays about constant while the batches per commit grow. Batches are
+applied in the order `write` was called (the pending list is FIFO), so the later one
+wins for the same key.
 
 *Failure and cancellation.* The transaction either commits or is rolled back; on
 failure every writer whose batch was in it raises `StoreError` (the cause chained), and
@@ -53,6 +55,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from p2pay.core.errors import LocalProtocolError
 from p2pay.store.base import (
     Batch,
     ClaimRecord,
@@ -286,10 +289,44 @@ _CLAIM_INTS = frozenset({"updated_at"})
 
 @dataclass(eq=False, slots=True)
 class _Pending:
-    rows: _Rows
-    taken: bool = False
+    batch: Batch  # a shallow copy taken when `write` was called; validated and encoded
+    taken: bool = False  # in the worker thread by the commit that takes it
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    invalid: LocalProtocolError | None = None
+
+
+def _copy(batch: Batch) -> Batch:
+    """The batch's lists and map copied (records are frozen), so that the caller changing
+    its batch after `write` was called does not change what is written.
+
+    Raises:
+        LocalProtocolError: `batch` is not a Batch, or a field is not a list (a dict for
+            meta). The records themselves are checked in the worker (`check_batch`).
+    """
+    if not isinstance(batch, Batch):
+        raise LocalProtocolError(f"Batch: write takes a Batch, not {type(batch).__name__}")
+    copied = Batch()
+    for name in _BATCH_LISTS:
+        items = getattr(batch, name)
+        if not isinstance(items, list):
+            raise LocalProtocolError(f"Batch: {name} must be a list, not {type(items).__name__}")
+        setattr(copied, name, list(items))
+    if not isinstance(batch.meta, dict):
+        raise LocalProtocolError("Batch: meta must be a dict")
+    copied.meta = dict(batch.meta)
+    return copied
+
+
+_BATCH_LISTS = (
+    "payee",
+    "payer",
+    "requests",
+    "responses",
+    "claims",
+    "delete_requests",
+    "request_updates",
+)
 
 
 def _not_a_store(path: str, why: str) -> StoreError:
@@ -463,12 +500,15 @@ class SqliteStore:
     # -- writes
 
     async def write(self, batch: Batch) -> None:
-        check_batch(batch)
+        # Only the copy is made here; checking and encoding the records happen in the
+        # worker thread, off trio's (an invalid batch is left out of the transaction).
+        copied = _copy(batch)
         self._check_open()
-        if batch.is_empty():
+        if copied.is_empty():
+            check_batch(copied)
             await trio.lowlevel.checkpoint()
             return
-        entry = _Pending(_encode(batch))
+        entry = _Pending(copied)
         self._pending.append(entry)
         try:
             await self._lock.acquire()
@@ -485,6 +525,8 @@ class SqliteStore:
                 await self._commit_pending()
         finally:
             self._lock.release()
+        if entry.invalid is not None:
+            raise entry.invalid
         if entry.error is not None:
             raise StoreError(f"store {self._path}: commit failed: {entry.error}") from entry.error
 
@@ -496,9 +538,10 @@ class SqliteStore:
         for entry in group:
             entry.taken = True
         error: BaseException | None = None
+        committed = False
         try:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._commit_sync, [e.rows for e in group])
+                committed = await trio.to_thread.run_sync(self._commit_sync, group)
         except Exception as exc:
             error = exc
         except BaseException as exc:  # pragma: no cover - KeyboardInterrupt and the like
@@ -508,12 +551,23 @@ class SqliteStore:
             for entry in group:
                 entry.error = error
                 entry.done.set()
-        if error is None:
+        if committed:
             self._commits += 1
 
-    def _commit_sync(self, groups: Sequence[_Rows]) -> None:
-        """In the worker thread: apply all batches in one transaction, or none."""
-        self._transaction(lambda conn: self._apply(conn, _merge(groups)))
+    def _commit_sync(self, group: Sequence[_Pending]) -> bool:
+        """In the worker thread: check and encode each batch, then apply the valid ones
+        in one transaction, or none. Returns whether a transaction committed."""
+        valid: list[_Rows] = []
+        for entry in group:
+            try:
+                check_batch(entry.batch)
+                valid.append(_encode(entry.batch))
+            except LocalProtocolError as exc:
+                entry.invalid = exc
+        if not valid:
+            return False
+        self._transaction(lambda conn: self._apply(conn, _merge(valid)))
+        return True
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, statements: dict[str, list[Row]]) -> None:
