@@ -141,10 +141,11 @@ class NodeConfig:
     watch_interval: float = 1.0
     # Redeem policy (specs/protocol.md 17.1): redeem a payee channel when what it charged
     # and has not redeemed reaches this share of its escrow (basis points; 0: off), or
-    # `redeem_threshold` yocto (0: off), or has waited `redeem_max_age_ms`; but not again
-    # within `min_redeem_interval_ms` of the channel's last redeem, unless it is closing.
+    # `redeem_threshold` yocto (default 2**128 - 1: off), or has waited
+    # `redeem_max_age_ms`; but not again within `min_redeem_interval_ms` of the
+    # channel's last redeem, unless it is closing.
     redeem_fraction_bps: int = 5_000
-    redeem_threshold: int = 0
+    redeem_threshold: int = MAX_YOCTO
     redeem_max_age_ms: int = 24 * 3_600_000
     min_redeem_interval_ms: int = 300_000
     auto_claim: bool = True  # file claims for paid requests left unanswered

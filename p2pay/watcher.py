@@ -77,7 +77,7 @@ def redeem_reason(
     bps = config.redeem_fraction_bps
     if bps and unredeemed * 10_000 >= bps * escrow:
         return "fraction"
-    if config.redeem_threshold and unredeemed >= config.redeem_threshold:
+    if unredeemed >= config.redeem_threshold:
         return "threshold"
     if now - unredeemed_since >= config.redeem_max_age_ms:
         return "age"

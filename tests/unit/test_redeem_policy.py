@@ -48,7 +48,7 @@ def reason(
 
 def test_defaults_are_proportional_rate_limited_and_time_bounded() -> None:
     assert DEFAULT.redeem_fraction_bps == 5_000
-    assert DEFAULT.redeem_threshold == 0  # no absolute threshold unless configured
+    assert DEFAULT.redeem_threshold == (1 << 128) - 1  # no absolute threshold unless set
     assert DEFAULT.min_redeem_interval_ms == 5 * MINUTE
     assert DEFAULT.redeem_max_age_ms == DAY
 
@@ -81,6 +81,10 @@ def test_absolute_threshold_when_configured() -> None:
     assert reason(99, 10**9, config=config) is None
     assert reason(100, 10**9, config=config) == "threshold"
     assert reason(100, 10**9) is None  # default: no absolute threshold
+    # 0: whatever is owed, once per minimum interval
+    anything = NodeConfig(redeem_threshold=0, redeem_fraction_bps=0)
+    assert reason(1, 10**9, config=anything) == "threshold"
+    assert reason(1, 10**9, now=10 * DAY, last=10 * DAY - MINUTE, config=anything) is None
 
 
 def test_oldest_unredeemed_charge_has_a_maximum_age() -> None:
