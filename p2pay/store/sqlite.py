@@ -429,8 +429,8 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
             request_hash = update[0]
             if request_hash not in requests:
                 updates[request_hash] = update
-            elif (row := requests[request_hash]) is not None:  # fold into the upsert
-                requests[request_hash] = (*row[:7], update[1], row[8], update[2])
+            elif (upsert := requests[request_hash]) is not None:  # fold into the upsert
+                requests[request_hash] = (*upsert[:7], update[1], upsert[8], update[2])
         for request_hash in rows.delete_requests:
             requests[request_hash] = None
             updates.pop(request_hash, None)
