@@ -83,6 +83,7 @@ from p2pay.store.base import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     Store,
     StoredResponse,
 )
@@ -140,7 +141,15 @@ class NodeConfig:
     challenge_ms: int = 60_000  # default challenge period for channels we open
     watcher: bool = True
     watch_interval: float = 1.0
-    redeem_threshold: int = 10**21  # redeem once this much is charged and unredeemed
+    # Redeem policy (specs/protocol.md 17.1): redeem a payee channel when what it charged
+    # and has not redeemed reaches this share of its escrow (basis points; 0: off), or
+    # `redeem_threshold` yocto (default 2**128 - 1: off), or has waited
+    # `redeem_max_age_ms`; but not again within `min_redeem_interval_ms` of the
+    # channel's last redeem, unless it is closing.
+    redeem_fraction_bps: int = 5_000
+    redeem_threshold: int = MAX_YOCTO
+    redeem_max_age_ms: int = 24 * 3_600_000
+    min_redeem_interval_ms: int = 300_000
     auto_claim: bool = True  # file claims for paid requests left unanswered
     claim_grace_ms: int = 1_000  # wait this long after a deadline before claiming
     # Deferred voucher checks (specs/protocol.md 13.4): yocto of service per channel on
@@ -170,6 +179,17 @@ class NodeConfig:
             raise LocalProtocolError(
                 f"NodeConfig.unverified_credit_limit must be an amount, not {limit!r}"
             )
+        for name, low, high in (
+            ("redeem_fraction_bps", 0, 10_000),
+            ("redeem_threshold", 0, MAX_YOCTO),
+            ("redeem_max_age_ms", 1, MAX_YOCTO),
+            ("min_redeem_interval_ms", 0, MAX_YOCTO),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LocalProtocolError(
+                    f"NodeConfig.{name} must be an int in [{low}, {high}], not {value!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1329,14 +1349,9 @@ class _Connection:
             return False
         generation = node.persister.stage(
             payer=_payer_record(ch),
-            request=OutgoingRequest(
+            # the request row (frame included) was written when it was sent: mark it only
+            request_update=RequestUpdate(
                 request_hash=response.request_hash,
-                channel=response.channel,
-                n=response.n,
-                payee=ch.payee,
-                price=response.price,
-                deadline=slot.request.deadline if slot is not None else 0,
-                frame=slot.request.to_frame() if slot is not None else b"",
                 state="answered" if response.ok else "refused",
                 updated_at=node.now(),
             ),

@@ -11,7 +11,9 @@ receipt must not leave before its charge is on disk) waits with `await durable(g
 Because a single task writes, generations commit in order, and within a generation the
 latest snapshot of a record wins: a later state can never be overwritten by an older
 one. Concurrent requests share commits, so durability costs one fsync per batch, not
-per request.
+per request. Before it takes a batch the flusher lets the tasks that are ready to run
+stage what they will (a few scheduler passes, ending as soon as none is runnable), so
+that a busy node makes fewer, larger commits; an idle one waits one pass.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ from p2pay.store.base import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     Store,
     StoredResponse,
 )
 
 log = logging.getLogger("p2pay.persist")
+
+#: Scheduler passes a commit waits at most for ready tasks to stage more (`_gather`).
+GATHER_TICKS = 8
 
 
 @dataclass
@@ -44,6 +50,7 @@ class _Staged:
     claims: dict[bytes, ClaimRecord] = field(default_factory=dict)
     meta: dict[str, bytes] = field(default_factory=dict)
     delete_requests: set[bytes] = field(default_factory=set)
+    request_updates: dict[bytes, RequestUpdate] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (
@@ -54,6 +61,7 @@ class _Staged:
             or self.claims
             or self.meta
             or self.delete_requests
+            or self.request_updates
         )
 
     def batch(self) -> Batch:
@@ -65,6 +73,7 @@ class _Staged:
             claims=list(self.claims.values()),
             meta=dict(self.meta),
             delete_requests=list(self.delete_requests),
+            request_updates=list(self.request_updates.values()),
         )
 
 
@@ -97,8 +106,14 @@ class Persister:
         claim: ClaimRecord | None = None,
         meta: dict[str, bytes] | None = None,
         delete_request: bytes | None = None,
+        request_update: RequestUpdate | None = None,
     ) -> int:
-        """Record changes; returns the generation to wait for with `durable`."""
+        """Record changes; returns the generation to wait for with `durable`.
+
+        A `request_update` changes the request as staged or stored when it is applied:
+        it folds into a request staged in this generation, is dropped if the request is
+        to be deleted, and otherwise goes to the store as a narrow update.
+        """
         s = self._staged
         if payee is not None:
             s.payee[payee.channel] = payee
@@ -107,6 +122,13 @@ class Persister:
         if request is not None:
             s.requests[request.request_hash] = request
             s.delete_requests.discard(request.request_hash)
+            s.request_updates.pop(request.request_hash, None)
+        if request_update is not None:
+            key = request_update.request_hash
+            if key in s.requests:
+                s.requests[key] = request_update.apply(s.requests[key])
+            elif key not in s.delete_requests:
+                s.request_updates[key] = request_update
         if response is not None:
             s.responses[response.request_hash] = response
         if claim is not None:
@@ -115,6 +137,7 @@ class Persister:
             s.meta.update(meta)
         if delete_request is not None:
             s.requests.pop(delete_request, None)
+            s.request_updates.pop(delete_request, None)
             s.delete_requests.add(delete_request)
         self._changed.set()
         return self._generation
@@ -148,6 +171,7 @@ class Persister:
         try:
             while True:
                 await self._changed.wait()
+                await self._gather()
                 await self._commit_staged()
         finally:
             # On cancellation (node closing) write what is staged, shielded, so a clean
@@ -155,6 +179,21 @@ class Persister:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 if self._failed is None and not self._staged.empty():
                     await self._commit_staged()
+
+    async def _gather(self) -> None:
+        """Let the tasks that are ready to run stage what they will before we commit.
+
+        Larger groups, fewer commits (fsyncs) per record when the node is busy; when it
+        is idle this costs one scheduler pass. Bounded: at most `GATHER_TICKS` passes,
+        ending at the first after which no other task is runnable.
+        """
+        quiet = 0
+        for _ in range(GATHER_TICKS):
+            await trio.lowlevel.checkpoint()  # the rest of this pass runs (and stages)
+            # Tasks of the current pass not yet run are not counted: two quiet passes.
+            quiet = quiet + 1 if trio.lowlevel.current_statistics().tasks_runnable == 0 else 0
+            if quiet == 2:
+                return
 
     async def _commit_staged(self) -> None:
         self._changed = trio.Event()

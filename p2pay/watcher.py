@@ -9,11 +9,13 @@ The watcher runs inside the node's nursery. Each step it
    redeem at once (the challenge-period defence); a `ClaimFiled` against us is answered
    from the signed response we stored, or, if the request never reached us, by running
    the handler on the request the claim carries;
-2. does its periodic duties: redeem when what we charged and have not redeemed passes
-   `redeem_threshold`; finalize our payer closes whose challenge period ended; file a
-   claim (with the signed request) for every paid request we sent that is still
-   unanswered past its deadline plus a grace period, while the claim window is open;
-   resolve our claims whose answer window has passed; prune old stored responses.
+2. does its periodic duties: redeem what we charged when the policy says so
+   (`redeem_reason`, specs/protocol.md 17.1: closing, a share of the escrow, an
+   optional absolute threshold, or age; at most once per channel per
+   `min_redeem_interval_ms` unless closing); finalize our payer closes whose challenge
+   period ended; file a claim (with the signed request) for every paid request we sent
+   that is still unanswered past its deadline plus a grace period, while the claim window
+   is open; resolve our claims whose answer window has passed; prune old stored responses.
 
 Every handler is idempotent, because after a crash events after the last persisted
 cursor are seen again. Failures of one duty are logged and retried next step; they never
@@ -22,6 +24,7 @@ stop the node.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +37,51 @@ from p2pay.core.settlement import ChannelState, ClaimState, Event
 from p2pay.store.base import ClaimRecord, OutgoingRequest
 
 if TYPE_CHECKING:
-    from p2pay.node import Node
+    from p2pay.node import Node, NodeConfig
 
 log = logging.getLogger("p2pay.watcher")
 
 CURSOR_KEY = "ledger_cursor"
+
+
+def redeem_reason(
+    *,
+    unredeemed: int,
+    escrow: int,
+    closing: bool,
+    now: int,
+    unredeemed_since: int,
+    last_redeem: int | None,
+    config: NodeConfig,
+) -> str | None:
+    """Why a payee channel must be redeemed now, or None (specs/protocol.md 17.1).
+
+    Args:
+        unredeemed: what the payee charged and has not redeemed (yocto).
+        escrow: the channel's ``deposit - redeemed`` (yocto).
+        closing: the ledger shows the channel CLOSING (the payer started a close).
+        now: the node's clock (ms).
+        unredeemed_since: when the oldest unredeemed charge was first seen (ms).
+        last_redeem: when this node last redeemed the channel (ms), None if never.
+        config: the node's redeem settings.
+
+    Returns:
+        ``"closing"``, ``"fraction"``, ``"threshold"``, ``"age"``, or None.
+    """
+    if unredeemed <= 0:
+        return None
+    if closing:
+        return "closing"  # the challenge-period defence: never rate limited
+    if last_redeem is not None and not now - last_redeem >= config.min_redeem_interval_ms:
+        return None
+    bps = config.redeem_fraction_bps
+    if bps and unredeemed * 10_000 >= bps * escrow:
+        return "fraction"
+    if unredeemed >= config.redeem_threshold:
+        return "threshold"
+    if now - unredeemed_since >= config.redeem_max_age_ms:
+        return "age"
+    return None
 
 
 class Watcher:
@@ -47,6 +90,9 @@ class Watcher:
         self.cursor = 0
         self.steps = 0
         self._wake = trio.Event()
+        self.redeems: collections.Counter[str] = collections.Counter()  # by reason
+        self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
+        self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
 
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
@@ -221,22 +267,43 @@ class Watcher:
         node = self.node
         due = ch.spent - ch.redeemed
         if ch.best is None or due <= 0 or ch.status is ChannelStatus.CLOSED:
+            self._unredeemed_since.pop(ch.channel, None)
             return
-        if not force and due < node.config.redeem_threshold and ch.status is ChannelStatus.OPEN:
+        now = node.now()
+        since = self._unredeemed_since.setdefault(ch.channel, now)
+        reason = "closing" if force else None
+        reason = reason or redeem_reason(
+            unredeemed=due,
+            escrow=ch.deposit - ch.redeemed,
+            closing=ch.status is ChannelStatus.CLOSING,
+            now=now,
+            unredeemed_since=since,
+            last_redeem=self._last_redeem.get(ch.channel),
+            config=node.config,
+        )
+        if reason is None:
             return
+        # Charges made while we wait below are not durable yet: redeem what was charged now.
+        amount = ch.spent
         await node.persister.flush()  # never redeem a charge that is not durable
         voucher = ch.verified_voucher()  # checked first (protocol.md 13.4 rule b)
-        if voucher is None or voucher.paid <= ch.redeemed:
+        if voucher is None:
+            return
+        amount = min(amount, voucher.paid)  # never more than a checked voucher covers
+        if amount <= ch.redeemed:
             return
         try:
-            paid = await node.ledger.redeem(node.key, voucher, ch.spent)
+            paid = await node.ledger.redeem(node.key, voucher, amount)
         except SettlementError as exc:
             log.warning("redeem on %s refused: %s", ch.channel.hex(), exc)
             if exc.code is ErrorCode.CHANNEL_CLOSED:
                 await node.refresh_channel(ch.channel)
             return
         node.counters.redeemed += paid
-        ch.redeemed = max(ch.redeemed, min(ch.spent, voucher.paid))
+        self.redeems[reason] += 1
+        self._last_redeem[ch.channel] = now
+        self._unredeemed_since.pop(ch.channel, None)
+        ch.redeemed = max(ch.redeemed, amount)
         await node.refresh_channel(ch.channel)
         log.info("redeemed channel=%s amount=%d", ch.channel.hex(), paid)
 

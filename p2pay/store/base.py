@@ -17,7 +17,9 @@ record            key              what the node must not forget
 `ClaimRecord`     ``claim_id``     a claim it filed or must answer, and its state
 ================  ===============  =====================================================
 
-plus a small ``meta`` map (e.g. the watcher's ledger-event cursor).
+plus a small ``meta`` map (e.g. the watcher's ledger-event cursor), and one narrow
+change, `RequestUpdate`: a stored request's state and time, without rewriting it (a
+receipt arrived; the request and its frame were written when it was sent).
 
 One `Store.write` takes a `Batch` and returns only once the whole batch is durable
 (all or nothing). Records are *upserted*: a record replaces the stored one with the same
@@ -270,6 +272,48 @@ class OutgoingRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RequestUpdate:
+    """A narrow change to a stored `OutgoingRequest`: its `state` and `updated_at` only.
+
+    The payer records a receipt's arrival with it instead of writing the whole request
+    (frame included) again. It applies to the stored request with the same
+    `request_hash`, keeping every other field; if there is none, it does nothing.
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range.
+    """
+
+    request_hash: bytes
+    state: str
+    updated_at: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (a store calls it before accepting the record)."""
+        k = "RequestUpdate"
+        _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
+        object.__setattr__(self, "state", _choice(k, "state", self.state, REQUEST_STATES))
+        _uint(k, "updated_at", self.updated_at, MAX_TIME)
+
+    def apply(self, record: OutgoingRequest) -> OutgoingRequest:
+        """`record` with this update's state and time."""
+        return OutgoingRequest(
+            request_hash=record.request_hash,
+            channel=record.channel,
+            n=record.n,
+            payee=record.payee,
+            price=record.price,
+            deadline=record.deadline,
+            frame=record.frame,
+            state=self.state,
+            claim_id=record.claim_id,
+            updated_at=self.updated_at,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredResponse:
     """A signed response (`Response.to_frame()`), kept to defend claims until `expires_at`.
 
@@ -333,8 +377,9 @@ class Batch:
 
     A store copies what it needs when `write` is called; changing the batch afterwards
     does not change what is written. Upserts are by primary key (module docstring);
-    `delete_requests` (request hashes) are applied after this batch's upserts, and
-    deleting an unknown hash is not an error.
+    `request_updates` are applied after this batch's upserts (in list order; one for a
+    hash the store does not hold does nothing), then `delete_requests` (request
+    hashes; deleting an unknown hash is not an error).
     """
 
     payee: list[PayeeRecord] = field(default_factory=list)
@@ -344,6 +389,7 @@ class Batch:
     claims: list[ClaimRecord] = field(default_factory=list)
     meta: dict[str, bytes] = field(default_factory=dict)
     delete_requests: list[bytes] = field(default_factory=list)
+    request_updates: list[RequestUpdate] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (
@@ -354,6 +400,7 @@ class Batch:
             or self.claims
             or self.meta
             or self.delete_requests
+            or self.request_updates
         )
 
 
@@ -396,6 +443,7 @@ def check_batch(batch: Batch) -> None:
         ("requests", OutgoingRequest),
         ("responses", StoredResponse),
         ("claims", ClaimRecord),
+        ("request_updates", RequestUpdate),
     ):
         for record in _records(name, getattr(batch, name), cls):
             record.validate()  # type: ignore[attr-defined]
@@ -497,6 +545,7 @@ __all__ = [
     "OutgoingRequest",
     "PayeeRecord",
     "PayerRecord",
+    "RequestUpdate",
     "Store",
     "StoreClosed",
     "StoreError",

@@ -46,6 +46,7 @@ from p2pay.store.base import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     Store,
     StoreClosed,
     StoredResponse,
@@ -431,6 +432,73 @@ async def case_delete_requests(backend: StoreBackend) -> None:
         assert await store.response(_id("request", 3)) == stored_response(3)
 
 
+async def case_request_updates(backend: StoreBackend) -> None:
+    """A RequestUpdate changes a stored request's state and time, and nothing else."""
+
+    def update(i: int, state: str = "answered", at: int = 5) -> RequestUpdate:
+        return RequestUpdate(request_hash=_id("request", i), state=state, updated_at=at)
+
+    async with _Open(backend) as store:
+        stored = [outgoing(i) for i in range(3)] + [outgoing(3, state="claimed", claim_id=b"c")]
+        await store.write(Batch(requests=stored))
+        commits = store.commits
+        await store.write(Batch(request_updates=[update(0), update(3, "rejected", 9)]))
+        assert store.commits == commits + 1
+        assert await store.request(_id("request", 0)) == outgoing(0, state="answered", updated_at=5)
+        assert await store.request(_id("request", 3)) == outgoing(
+            3, state="rejected", claim_id=b"c", updated_at=9
+        ), "the frame, deadline and claim id are kept"
+        # a hash the store does not hold: nothing happens, and it is not an error
+        before = await _snapshot(store)
+        await store.write(Batch(request_updates=[update(77)]))
+        assert await _snapshot(store) == before
+        # within one batch: upserts, then updates (in order), then deletes
+        await store.write(
+            Batch(
+                requests=[outgoing(1, frame=b"new"), outgoing(8)],
+                request_updates=[update(1, "refused", 6), update(1, "answered", 7), update(8)],
+                delete_requests=[_id("request", 8)],
+            )
+        )
+        assert await store.request(_id("request", 1)) == outgoing(
+            1, frame=b"new", state="answered", updated_at=7
+        )
+        assert await store.request(_id("request", 8)) is None
+        # concurrent writers, started one after another: applied in that order, whatever
+        # the grouping into transactions
+        batches = [
+            Batch(requests=[outgoing(5)]),
+            Batch(request_updates=[update(5, at=11)]),
+            Batch(delete_requests=[_id("request", 2)]),
+            Batch(request_updates=[update(2)]),
+            Batch(request_updates=[update(0, "claimed", 12)]),
+            Batch(requests=[outgoing(0, state="expired")]),
+            Batch(request_updates=[update(6)]),
+            Batch(requests=[outgoing(6)]),
+        ]
+        async with trio.open_nursery() as nursery:
+            for batch in batches:
+                nursery.start_soon(store.write, batch)
+                await trio.testing.wait_all_tasks_blocked()
+        assert await store.request(_id("request", 5)) == outgoing(
+            5, state="answered", updated_at=11
+        )
+        assert await store.request(_id("request", 2)) is None, "an update does not revive"
+        assert await store.request(_id("request", 0)) == outgoing(0, state="expired")
+        assert await store.request(_id("request", 6)) == outgoing(6)
+        answered = {r.request_hash for r in await store.requests(state="answered")}
+        assert answered == {_id("request", 1), _id("request", 5)}, "the state index follows"
+        expected = await _snapshot(store)
+        if backend.reopen is None:
+            return
+        await store.aclose()
+        again = await backend.reopen(store)
+        try:
+            assert await _snapshot(again) == expected, "updates are durable"
+        finally:
+            await again.aclose()
+
+
 def _invalid_batches() -> list[tuple[str, Callable[[], Batch]]]:
     good = payee_record(1)
 
@@ -476,6 +544,19 @@ def _invalid_batches() -> list[tuple[str, Callable[[], Batch]]]:
         ("meta value not bytes", with_(meta={"bad": "text"})),
         ("empty meta key", with_(meta={"": b"x"})),
         ("short delete hash", with_(delete_requests=[b"\x00" * 31])),
+        (
+            "update to an unknown state",
+            with_(
+                request_updates=[
+                    _corrupt(
+                        RequestUpdate(request_hash=_id("request", 1), state="answered"),
+                        "state",
+                        "lost",
+                    )
+                ]
+            ),
+        ),
+        ("update of the wrong kind", with_(request_updates=[outgoing(1)])),
         ("records not in a list", with_(claims=(claim_record(2),))),
     ]
 
@@ -676,6 +757,7 @@ def store_conformance_cases() -> list[tuple[str, Case]]:
         case_meta,
         case_upsert,
         case_delete_requests,
+        case_request_updates,
         case_atomic_invalid_batch,
         case_batch_is_snapshot,
         case_group_commit,

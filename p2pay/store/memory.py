@@ -69,6 +69,10 @@ class MemoryStore:
             self._claims[claim.claim_id] = claim
         for key, value in batch.meta.items():
             self._meta[str.__str__(key)] = value
+        for update in batch.request_updates:
+            stored = self._requests.get(update.request_hash)
+            if stored is not None:
+                self._requests[update.request_hash] = update.apply(stored)
         for request_hash in batch.delete_requests:
             self._requests.pop(request_hash, None)
         self._commits += 1

@@ -7,15 +7,17 @@ disk (the WAL fsynced) when COMMIT returns. `SqliteStore.write` returns only aft
 transaction holding its batch committed, so a node that waits for `write` before it
 sends a receipt never sends a receipt for a charge it could forget.
 
-*Group commit, without a background task.* Each `write` validates and encodes its batch,
+*Group commit, without a background task.* Each `write` copies its batch's lists,
 appends it to ``_pending`` and takes ``_lock`` (a fair `trio.Lock`). Whoever holds the
-lock takes *all* pending batches, marks them taken, and commits them in one transaction
-(one fsync) in a worker thread; it then marks each one done (a `trio.Event` per batch)
-and releases the lock. A writer that gets the lock and finds its batch already done
-returns at once. While one commit runs, new batches pile up, and the next lock holder
-commits all of them: under load, the number of fsyncs per second stays about constant
-while the batches per commit grow. Batches are applied in the order `write` was
-called (the pending list is FIFO), so the later one wins for the same key.
+lock takes *all* pending batches, marks them taken, and in a worker thread (off trio's)
+validates and encodes each one, leaving an invalid one out (its writer gets the
+`LocalProtocolError`), and commits the rest in one transaction (one fsync); it then
+marks each one done (a `trio.Event` per batch) and releases the lock. A writer that gets
+the lock and finds its batch already done returns at once. While one commit runs, new
+batches pile up, and the next lock holder commits all of them: under load, the number of
+fsyncs per second stays about constant while the batches per commit grow. Batches are
+applied in the order `write` was called (the pending list is FIFO), so the later one
+wins for the same key.
 
 *Failure and cancellation.* The transaction either commits or is rolled back; on
 failure every writer whose batch was in it raises `StoreError` (the cause chained), and
@@ -53,6 +55,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from p2pay.core.errors import LocalProtocolError
 from p2pay.store.base import (
     Batch,
     ClaimRecord,
@@ -166,6 +169,7 @@ _INSERT_REQUEST = _insert("requests", _REQUEST_COLS)
 _INSERT_RESPONSE = _insert("responses", _RESPONSE_COLS)
 _INSERT_CLAIM = _insert("claims", _CLAIM_COLS)
 _INSERT_META = _insert("meta", "key, value")
+_UPDATE_REQUEST = "UPDATE requests SET state = ?, updated_at = ? WHERE request_hash = ?"
 
 
 def _u(value: int) -> bytes:
@@ -192,6 +196,7 @@ class _Rows:
     claims: list[Row]
     meta: list[Row]
     delete_requests: list[bytes]
+    request_updates: list[Row]  # (request_hash, state, updated_at)
 
 
 def _encode(batch: Batch) -> _Rows:
@@ -249,6 +254,9 @@ def _encode(batch: Batch) -> _Rows:
         ],
         meta=[(str.__str__(k), v) for k, v in batch.meta.items()],
         delete_requests=list(batch.delete_requests),
+        request_updates=[
+            (u.request_hash, u.state, _u(u.updated_at)) for u in batch.request_updates
+        ],
     )
 
 
@@ -281,10 +289,44 @@ _CLAIM_INTS = frozenset({"updated_at"})
 
 @dataclass(eq=False, slots=True)
 class _Pending:
-    rows: _Rows
-    taken: bool = False
+    batch: Batch  # a shallow copy taken when `write` was called; validated and encoded
+    taken: bool = False  # in the worker thread by the commit that takes it
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    invalid: LocalProtocolError | None = None
+
+
+def _copy(batch: Batch) -> Batch:
+    """The batch's lists and map copied (records are frozen), so that the caller changing
+    its batch after `write` was called does not change what is written.
+
+    Raises:
+        LocalProtocolError: `batch` is not a Batch, or a field is not a list (a dict for
+            meta). The records themselves are checked in the worker (`check_batch`).
+    """
+    if not isinstance(batch, Batch):
+        raise LocalProtocolError(f"Batch: write takes a Batch, not {type(batch).__name__}")
+    copied = Batch()
+    for name in _BATCH_LISTS:
+        items = getattr(batch, name)
+        if not isinstance(items, list):
+            raise LocalProtocolError(f"Batch: {name} must be a list, not {type(items).__name__}")
+        setattr(copied, name, list(items))
+    if not isinstance(batch.meta, dict):
+        raise LocalProtocolError("Batch: meta must be a dict")
+    copied.meta = dict(batch.meta)
+    return copied
+
+
+_BATCH_LISTS = (
+    "payee",
+    "payer",
+    "requests",
+    "responses",
+    "claims",
+    "delete_requests",
+    "request_updates",
+)
 
 
 def _not_a_store(path: str, why: str) -> StoreError:
@@ -371,6 +413,7 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
     payee: dict[bytes, Row] = {}
     payer: dict[bytes, Row] = {}
     requests: dict[bytes, Row | None] = {}  # None: delete
+    updates: dict[bytes, Row] = {}  # narrow updates of requests not upserted in the group
     responses: dict[bytes, Row] = {}
     claims: dict[bytes, Row] = {}
     meta: dict[str, Row] = {}
@@ -381,8 +424,16 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
             payer[row[0]] = row
         for row in rows.requests:
             requests[row[0]] = row
+            updates.pop(row[0], None)
+        for update in rows.request_updates:
+            request_hash = update[0]
+            if request_hash not in requests:
+                updates[request_hash] = update
+            elif (upsert := requests[request_hash]) is not None:  # fold into the upsert
+                requests[request_hash] = (*upsert[:7], update[1], upsert[8], update[2])
         for request_hash in rows.delete_requests:
             requests[request_hash] = None
+            updates.pop(request_hash, None)
         for row in rows.responses:
             responses[row[0]] = row
         for row in rows.claims:
@@ -396,6 +447,7 @@ def _merge(groups: Sequence[_Rows]) -> dict[str, list[Row]]:
             (h,) for h, row in requests.items() if row is None
         ],
         _INSERT_REQUEST: [row for row in requests.values() if row is not None],
+        _UPDATE_REQUEST: [(state, at, h) for h, state, at in updates.values()],
         _INSERT_RESPONSE: list(responses.values()),
         _INSERT_CLAIM: list(claims.values()),
         _INSERT_META: list(meta.values()),
@@ -448,12 +500,15 @@ class SqliteStore:
     # -- writes
 
     async def write(self, batch: Batch) -> None:
-        check_batch(batch)
+        # Only the copy is made here; checking and encoding the records happen in the
+        # worker thread, off trio's (an invalid batch is left out of the transaction).
+        copied = _copy(batch)
         self._check_open()
-        if batch.is_empty():
+        if copied.is_empty():
+            check_batch(copied)
             await trio.lowlevel.checkpoint()
             return
-        entry = _Pending(_encode(batch))
+        entry = _Pending(copied)
         self._pending.append(entry)
         try:
             await self._lock.acquire()
@@ -470,6 +525,8 @@ class SqliteStore:
                 await self._commit_pending()
         finally:
             self._lock.release()
+        if entry.invalid is not None:
+            raise entry.invalid
         if entry.error is not None:
             raise StoreError(f"store {self._path}: commit failed: {entry.error}") from entry.error
 
@@ -481,9 +538,10 @@ class SqliteStore:
         for entry in group:
             entry.taken = True
         error: BaseException | None = None
+        committed = False
         try:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._commit_sync, [e.rows for e in group])
+                committed = await trio.to_thread.run_sync(self._commit_sync, group)
         except Exception as exc:
             error = exc
         except BaseException as exc:  # pragma: no cover - KeyboardInterrupt and the like
@@ -493,12 +551,23 @@ class SqliteStore:
             for entry in group:
                 entry.error = error
                 entry.done.set()
-        if error is None:
+        if committed:
             self._commits += 1
 
-    def _commit_sync(self, groups: Sequence[_Rows]) -> None:
-        """In the worker thread: apply all batches in one transaction, or none."""
-        self._transaction(lambda conn: self._apply(conn, _merge(groups)))
+    def _commit_sync(self, group: Sequence[_Pending]) -> bool:
+        """In the worker thread: check and encode each batch, then apply the valid ones
+        in one transaction, or none. Returns whether a transaction committed."""
+        valid: list[_Rows] = []
+        for entry in group:
+            try:
+                check_batch(entry.batch)
+                valid.append(_encode(entry.batch))
+            except LocalProtocolError as exc:
+                entry.invalid = exc
+        if not valid:
+            return False
+        self._transaction(lambda conn: self._apply(conn, _merge(valid)))
+        return True
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, statements: dict[str, list[Row]]) -> None:

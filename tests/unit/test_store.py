@@ -41,7 +41,7 @@ from p2pay.store.conformance import (
     stored_response,
     voucher,
 )
-from p2pay.store.sqlite import APPLICATION_ID, INT_SIZE, _Rows
+from p2pay.store.sqlite import APPLICATION_ID, INT_SIZE, _Pending
 
 CASES = store_conformance_cases()
 
@@ -277,7 +277,7 @@ class Gate:
         self.before: dict[int, object] = {}
         store._commit_sync = self._commit  # type: ignore[method-assign]
 
-    def _commit(self, groups: Sequence[_Rows]) -> None:
+    def _commit(self, groups: Sequence[_Pending]) -> bool:
         k = len(self.groups)
         self.groups.append(len(groups))
         if not self.gates[k].wait(10):
@@ -285,7 +285,53 @@ class Gate:
         action = self.before.get(k)
         if callable(action):
             action()
-        self.original(groups)
+        return self.original(groups)
+
+
+async def test_sqlite_an_invalid_batch_in_a_group_fails_alone(tmp_path: Path) -> None:
+    """Records are checked in the worker thread, per batch: a batch corrupted after its
+    records were built is refused (LocalProtocolError) and left out of the transaction
+    it was grouped in; the other batches of that group commit."""
+    store = await SqliteStore.open(tmp_path / "s.sqlite")
+    try:
+        commits = store.commits
+        gate = Gate(store)
+        outcomes: dict[int, str] = {}
+
+        async def writer(i: int) -> None:
+            record = payee_record(i)
+            if i == 2:
+                object.__setattr__(record, "spent", -1)  # a bug bypassing validation
+            try:
+                await store.write(Batch(payee=[record], meta={f"w{i}": b"x"}))
+                outcomes[i] = "ok"
+            except LocalProtocolError:
+                outcomes[i] = "refused"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, 0)
+            await trio.testing.wait_all_tasks_blocked()  # writer 0 is in commit 0
+            for i in range(1, 4):
+                nursery.start_soon(writer, i)
+            await trio.testing.wait_all_tasks_blocked()  # 1..3 pending behind it
+            gate.gates[0].set()
+            gate.gates[1].set()
+        assert gate.groups == [1, 3], "writers 1..3 shared one transaction"
+        assert outcomes == {0: "ok", 1: "ok", 2: "refused", 3: "ok"}
+        assert store.commits == commits + 2
+        assert {r.channel for r in await store.payee_channels()} == {
+            channel_id(i) for i in (0, 1, 3)
+        }
+        assert await store.get_meta("w2") is None
+        # a group of invalid batches only: no transaction at all
+        gate.gates[2].set()
+        bad = payee_record(9)
+        object.__setattr__(bad, "deposit", MAX_YOCTO + 1)
+        with pytest.raises(LocalProtocolError):
+            await store.write(Batch(payee=[bad]))
+        assert store.commits == commits + 2
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_failed_commit_fails_every_writer_and_applies_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,185 @@
+"""The persister's staging of narrow request updates, and the payer writing each request
+row once (specs/protocol.md "Durability"; p2pay/persist.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, NodeConfig, open_node
+from p2pay.persist import Persister
+from p2pay.store.base import Batch, RequestUpdate
+from p2pay.store.conformance import ALICE, BOB, outgoing
+from p2pay.store.memory import MemoryStore
+
+
+class RecordingStore(MemoryStore):
+    """A MemoryStore that keeps every batch it was asked to write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[Batch] = []
+
+    async def write(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        await super().write(batch)
+
+
+def update(i: int, state: str = "answered", at: int = 3) -> RequestUpdate:
+    return RequestUpdate(request_hash=outgoing(i).request_hash, state=state, updated_at=at)
+
+
+async def commit(persister: Persister, generation: int) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(persister.run)
+        await persister.durable(generation)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_update_staged_with_its_request_folds_into_it() -> None:
+    store = RecordingStore()
+    persister = Persister(store)
+    persister.stage(request=outgoing(1))
+    generation = persister.stage(request_update=update(1))
+    await commit(persister, generation)
+    (batch,) = store.batches
+    assert batch.requests == [outgoing(1, state="answered", updated_at=3)]
+    assert batch.request_updates == []
+    assert await store.request(outgoing(1).request_hash) == outgoing(
+        1, state="answered", updated_at=3
+    )
+
+
+async def test_an_update_of_a_stored_request_is_narrow() -> None:
+    store = RecordingStore()
+    persister = Persister(store)
+    await commit(persister, persister.stage(request=outgoing(1, claim_id=b"c")))
+    generation = persister.stage(request_update=update(1))
+    await commit(persister, generation)
+    batch = store.batches[-1]
+    assert batch.requests == [] and batch.request_updates == [update(1)]
+    assert await store.request(outgoing(1).request_hash) == outgoing(
+        1, claim_id=b"c", state="answered", updated_at=3
+    )
+
+
+async def test_staging_order_decides_between_upsert_update_and_delete() -> None:
+    store = RecordingStore()
+    persister = Persister(store)
+    await commit(persister, persister.stage(request=outgoing(1)))
+    await commit(persister, persister.stage(request=outgoing(2)))
+    persister.stage(delete_request=outgoing(1).request_hash)
+    persister.stage(request_update=update(1))  # after the delete: nothing to update
+    persister.stage(request_update=update(2))
+    persister.stage(request=outgoing(2, state="expired"))  # a later full record wins
+    persister.stage(request_update=update(3))
+    generation = persister.stage(delete_request=outgoing(3).request_hash)  # a later delete wins
+    await commit(persister, generation)
+    batch = store.batches[-1]
+    assert batch.request_updates == []
+    assert batch.requests == [outgoing(2, state="expired")]
+    assert sorted(batch.delete_requests) == sorted(
+        [outgoing(1).request_hash, outgoing(3).request_hash]
+    )
+    assert await store.requests() == [outgoing(2, state="expired")]
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+async def test_the_payer_writes_each_request_once_and_marks_its_answer() -> None:
+    ledger = MemoryLedger()
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10**24)
+    net = MemoryNetwork()
+    store = RecordingStore()
+    config = NodeConfig(watch_interval=0.05)
+    results: list[Any] = []
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=config) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, store=store, config=config) as alice,
+    ):
+        bob.serve("echo", echo, price=1_000)
+        await alice.open_channel(bob.addrs[0], deposit=10**9)
+
+        async def one(i: int) -> None:
+            results.append(await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=1_000))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+    assert len(results) == 20
+    upserts = [r for b in store.batches for r in b.requests]
+    updates = [u for b in store.batches for u in b.request_updates]
+    assert len(upserts) == 20, "one full row per request, written before it was sent"
+    assert all(r.state == "awaiting" and r.frame for r in upserts)
+    assert sorted(u.request_hash for u in updates) == sorted(
+        r.receipt.request_hash for r in results
+    )
+    assert {u.state for u in updates} == {"answered"}
+    stored = await store.requests()
+    assert len(stored) == 20 and {r.state for r in stored} == {"answered"}
+    assert all(
+        r.frame == up.frame for r, up in zip(stored, sorted(upserts, key=_order), strict=True)
+    )
+
+
+def _order(record: Any) -> tuple[bytes, int, bytes]:
+    return (record.channel, record.n, record.request_hash)
+
+
+async def test_the_flusher_lets_ready_tasks_stage_into_the_same_commit() -> None:
+    """A chain of tasks, each staging and then waking the next: one or two commits, not one
+    per pass (the flusher waits while other tasks are runnable, for a bounded number of
+    scheduler passes)."""
+    store = RecordingStore()
+    persister = Persister(store)
+    chain = 5
+    events = [trio.Event() for _ in range(chain)]
+    generations: list[int] = []
+
+    async def link(i: int) -> None:
+        await events[i].wait()
+        generations.append(persister.stage(request=outgoing(i)))
+        if i + 1 < chain:
+            events[i + 1].set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(persister.run)
+        for i in range(chain):
+            nursery.start_soon(link, i)
+        await trio.testing.wait_all_tasks_blocked()
+        events[0].set()
+        with trio.fail_after(5):
+            await persister.durable(max(generations, default=1))
+            while len(generations) < chain:
+                await trio.sleep(0)
+            await persister.durable(max(generations))
+        nursery.cancel_scope.cancel()
+    assert len(generations) == chain
+    # Without gathering, the flusher commits every pass or so: 3 batches (200 runs out of
+    # 200 when measured); with it, 1 (80 %) or 2. Trio orders tasks of a pass randomly.
+    assert len(store.batches) <= 2, [len(b.requests) for b in store.batches]
+    assert sum(len(b.requests) for b in store.batches) == chain
+
+
+async def test_the_flusher_waits_a_bounded_number_of_passes() -> None:
+    """A task that is always runnable does not hold commits back for ever."""
+    store = RecordingStore()
+    persister = Persister(store)
+
+    async def spinner() -> None:
+        while True:
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spinner)
+        nursery.start_soon(persister.run)
+        with trio.fail_after(5):
+            await persister.durable(persister.stage(request=outgoing(1)))
+        nursery.cancel_scope.cancel()
+    assert [len(b.requests) for b in store.batches] == [1]
