@@ -223,7 +223,13 @@ class Libp2pStream:
     async def receive(self) -> bytes:
         if not self._dead and not self._recv_lock.locked():
             # Frames already buffered (several arrive in one read when the peer writes
-            # them together) come out without a read, a lock or a scheduler round trip.
+            # them together) come out without a read, a lock or a scheduler round trip;
+            # a cancelled caller still stops here, as at any trio checkpoint.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                await self.reset()  # as for any cancelled receive (see base.py)
+                raise
             payload = self._reader.next_nowait()  # FrameTooLarge / bad prefix: as below
             if payload is not None:
                 return payload

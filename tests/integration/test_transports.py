@@ -884,3 +884,24 @@ async def test_memory_same_key_twice_is_refused() -> None:
             async with open_memory_transport(network, BOB, echo):
                 pass
     assert network.peers == []
+
+
+async def test_libp2p_a_cancelled_reader_stops_even_with_frames_buffered() -> None:
+    """Buffered frames come out of `receive` without a read; a cancelled caller still
+    gets Cancelled there (and the stream is reset, as for any cancelled receive)."""
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            await send_frames(client, [b"1", b"2", b"3"])
+            server = await acceptor.accept()
+            assert await server.receive() == b"1"  # "2" and "3" are buffered now
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.receive()
+            assert scope.cancelled_caught
+            with pytest.raises(StreamClosed):
+                await server.receive()
