@@ -38,15 +38,7 @@ import logging
 import math
 import time
 import types
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Generator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -1199,9 +1191,7 @@ class _ServerSession:
 
 
 @types.coroutine
-def _resume(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context, trap: Any
-) -> Generator[Any, Any, None]:
+def _resume(coro: Any, context: contextvars.Context, trap: Any) -> Any:
     """Drive `coro`, which suspended at `trap` in the current task, to its end: what
     ``await coro`` does (trio's traps pass up through here unchanged, their results and
     exceptions, cancellation included, go back down), each step in `context`."""
