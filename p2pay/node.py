@@ -9,17 +9,20 @@ for simulations and fast tests). The money decisions are all taken by the pure c
 through a `Persister` (ordered group commit) before anything that depends on it leaves.
 
 Server side, per inbound stream (`_ServerSession`): hello both ways, then a loop that
-reads one frame at a time and asks `PayeeChannel.admit`; admitted requests run their
-handler in a task; every answer (signed receipt, signed refusal, unsigned refusal) is
+reads one frame at a time and asks `PayeeChannel.admit`; admitted requests start their
+handler in admission order, in one runner task (a handler that does not suspend runs to
+its end there; one that suspends keeps that task, and a new runner takes the rest);
+every answer (signed receipt, signed refusal, unsigned refusal) is
 appended *synchronously* to the session's outbox right after the decision that produced
 it, and one sender task sends the outbox in order, each item only once its state is
-durable. So receipts leave in charge order and never before the charge is on disk.
+durable, every durable item queued at that moment in one write. So receipts leave in
+charge order and never before the charge is on disk.
 
 Client side, per peer (`_Connection`): one long-lived stream, hello both ways, requests
 pipelined on it. `call` signs the next voucher (`PayerChannel.next_request`), stages the
 outgoing request (kept for claims), and appends it to the connection's outbox, which
-sends in request-number order once durable. One reader task checks every receipt in
-arrival order (`PayerChannel.on_response`) and wakes the waiting call.
+sends in request-number order once durable (several per write). One reader task checks
+every receipt in arrival order (`PayerChannel.on_response`) and wakes the waiting call.
 
 The watcher (`p2pay.watcher`) runs in the node's nursery and does the node's duties
 towards the ledger.
@@ -29,9 +32,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
+import functools
 import logging
 import math
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -77,7 +83,7 @@ from p2pay.core.messages import (
 from p2pay.core.settlement import ChannelState
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
-from p2pay.net.base import NetError, StreamClosed
+from p2pay.net.base import NetError, StreamClosed, send_frames
 from p2pay.persist import Persister
 from p2pay.store.base import (
     OutgoingRequest,
@@ -891,6 +897,11 @@ def _check_hello(frame: object, remote: bytes, ledger: bytes) -> Hello:
 # server side
 
 
+_OUTBOX_WRITE_BYTES = 48 * 1024
+"""Most bytes of queued frames one outbox write carries (a frame alone may be larger):
+under one yamux frame (64 KiB) and one Noise frame (65,519 bytes of plaintext)."""
+
+
 class _Outbox:
     """Answers in decision order; each is sent once its generation is durable."""
 
@@ -911,17 +922,30 @@ class _Outbox:
             await self.changed.wait()
 
     async def pump(self, node: Node, stream: Any) -> None:
+        durable = 0  # every generation up to this one is known durable
         try:
             while True:
                 while not self.items:
                     self.changed = trio.Event()
                     await self.changed.wait()
-                generation, frame = self.items[0]
-                if generation:
+                generation = self.items[0][0]
+                if generation > durable:
                     await node.persister.durable(generation)
-                await stream.send(frame)
+                    durable = generation
+                # Everything queued behind it whose generation is durable too goes in the
+                # same write (in order, stopping at the first that is not): one yamux
+                # frame and one Noise frame for a burst of answers or requests.
+                batch: list[bytes] = []
+                size = 0
+                for gen, frame in self.items:
+                    if gen > durable or (batch and size + len(frame) > _OUTBOX_WRITE_BYTES):
+                        break
+                    batch.append(frame)
+                    size += len(frame)
+                await send_frames(stream, batch)
                 self.last_sent = trio.current_time()
-                self.items.popleft()
+                for _ in batch:
+                    self.items.popleft()
                 self.changed.set()
         finally:
             self.closed = True
@@ -944,6 +968,11 @@ class _ServerSession:
         self._tokens = node.config.refusal_burst * 1000
         self._tokens_at = node.now()
         self.flooded = False
+        # Admitted requests whose handler has not started yet, and whether a task runs them.
+        self._ready: collections.deque[tuple[PayeeChannel, Request, _Service, Call]] = (
+            collections.deque()
+        )
+        self._runner = False
 
     async def run(self) -> None:
         node = self.node
@@ -1150,7 +1179,40 @@ class _ServerSession:
             return
         self.in_flight += 1
         node._in_flight_total += 1
-        handlers.start_soon(self._run_handler, ch, request, service, call)
+        self._ready.append((ch, request, service, call))
+        if not self._runner:
+            self._runner = True
+            handlers.start_soon(self._run_ready, handlers)
+
+    async def _run_ready(self, handlers: trio.Nursery) -> None:
+        """Start the admitted requests' handlers, in admission order, in this one task.
+
+        A handler that finishes without suspending (echo-like: no await that blocks)
+        runs to its end right here, so a burst of requests costs one task, not one
+        each, and such handlers are charged in the order they were admitted. The first
+        handler that does suspend keeps this task (it is resumed here, as an ``await``
+        would), and a new runner takes over the requests still waiting.
+        """
+        ready = self._ready
+        runner = True  # this task runs the queue (until a handler suspends in it)
+        try:
+            while ready:
+                coro = self._run_handler(*ready.popleft())
+                context = contextvars.copy_context()  # as a task of its own would have
+                try:
+                    trap = context.run(coro.send, None)
+                except StopIteration:
+                    continue
+                runner = False
+                if ready:
+                    handlers.start_soon(self._run_ready, handlers)  # the next runner
+                else:
+                    self._runner = False
+                await _resume(coro, context, trap)
+                return
+        finally:
+            if runner:
+                self._runner = False
 
     def _answer(
         self, ch: PayeeChannel, request: Request, status: str, price: int, spent: int, body: bytes
@@ -1209,6 +1271,27 @@ class _ServerSession:
                 self._answer(
                     ch, request, ErrorCode.HANDLER_ERROR.value, 0, spent, refusal_body(error)
                 )
+
+
+@types.coroutine
+def _resume(coro: Any, context: contextvars.Context, trap: Any) -> Any:
+    """Drive `coro`, which suspended at `trap` in the current task, to its end: what
+    ``await coro`` does (trio's traps pass up through here unchanged, their results and
+    exceptions, cancellation included, go back down), each step in `context`."""
+    while True:
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            step = functools.partial(coro.throw, exc)
+        else:
+            step = functools.partial(coro.send, value)
+        try:
+            trap = context.run(step)
+        except StopIteration:
+            return
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,8 @@ runs against both): `p2pay.net.p2p` (libp2p: TCP, Noise, yamux) and `p2pay.net.m
 Semantics common to both:
 
 * `send()` writes one frame; concurrent callers are serialized, frames never interleave.
+* A stream may also offer ``send_many(payloads)``: the same frames as one `send()` each,
+  written at once (libp2p: one yamux write); `send_frames` uses it when there is one.
 * `receive()` returns the next frame; `StreamClosed` at end of stream, on reset or when the
   connection is lost; `FrameTooLarge` (a `DecodeError`) when the peer announces a frame
   larger than this side's ``max_frame``: the caller may still send (an error frame) and
@@ -39,7 +41,7 @@ Semantics common to both:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -171,6 +173,21 @@ def check_max_frame(max_frame: int) -> int:
     if isinstance(max_frame, bool) or not isinstance(max_frame, int) or max_frame < 1:
         raise LocalProtocolError("max_frame must be a positive int")
     return max_frame
+
+
+async def send_frames(stream: Stream, payloads: Sequence[bytes]) -> None:
+    """Send `payloads` in order: in one write if the stream has ``send_many``, else one
+    `send()` each.
+
+    Raises:
+        StreamClosed: as `Stream.send`.
+    """
+    send_many = getattr(stream, "send_many", None)
+    if send_many is not None and len(payloads) > 1:
+        await send_many(payloads)
+        return
+    for payload in payloads:
+        await stream.send(payload)
 
 
 async def run_handler(handler: StreamHandler, stream: Stream) -> None:

@@ -22,7 +22,7 @@ Errors are sticky: after `StreamClosed`, `FrameTooLarge` or `DecodeError`, every
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from p2pay.core.errors import DecodeError, FrameTooLarge, LocalProtocolError
 from p2pay.net.base import StreamClosed, check_max_frame
@@ -92,6 +92,15 @@ def frame(payload: bytes | bytearray | memoryview) -> bytes:
     return encode_uvarint(len(payload)) + bytes(payload)
 
 
+def frames(payloads: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """Return the frames of several payloads, back to back: one write for all of them."""
+    parts: list[bytes | bytearray | memoryview] = []
+    for payload in payloads:
+        parts.append(encode_uvarint(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
 ReadSome = Callable[[int], Awaitable[bytes]]
 
 
@@ -137,22 +146,47 @@ class FrameReader:
             self._error = exc
             raise
 
+    def next_nowait(self) -> bytes | None:
+        """Return the next frame's payload if it is already buffered, else None.
+
+        Never reads: a peer that sent several frames in one write (or one read brought
+        several) gets them all out of one read, without a wait per frame.
+
+        Raises:
+            FrameTooLarge, DecodeError: as `next` (and sticky as there); also the sticky
+                error of an earlier `next`.
+        """
+        if self._error is not None:
+            raise renew_error(self._error)
+        try:
+            return self._take()
+        except DecodeError as exc:
+            self._error = exc
+            raise
+
+    def _take(self) -> bytes | None:
+        buf = self._buf
+        header = decode_uvarint(buf, self._pos)
+        if header is None:
+            return None
+        length, body = header
+        if length > self._max_frame:
+            raise FrameTooLarge(
+                f"peer announced a {length}-byte frame, the limit is {self._max_frame}",
+                details={"size": length, "max": self._max_frame},
+            )
+        end = body + length
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[body:end])
+        self._consume(end)
+        return payload
+
     async def _next(self) -> bytes:
         while True:
-            buf = self._buf
-            header = decode_uvarint(buf, self._pos)
-            if header is not None:
-                length, body = header
-                if length > self._max_frame:
-                    raise FrameTooLarge(
-                        f"peer announced a {length}-byte frame, the limit is {self._max_frame}",
-                        details={"size": length, "max": self._max_frame},
-                    )
-                end = body + length
-                if len(buf) >= end:
-                    payload = bytes(buf[body:end])
-                    self._consume(end)
-                    return payload
+            payload = self._take()
+            if payload is not None:
+                return payload
             chunk = await self._read_some(READ_SIZE)
             if not chunk:
                 if self.buffered:

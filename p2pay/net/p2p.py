@@ -17,9 +17,13 @@ behind each choice:
   from a peer whose PeerID does not embed an Ed25519 key is refused.
 * Framing is ours (`p2pay.net.framing.FrameReader` over ``read(65536)``): py-libp2p's
   ``read_exactly`` gives up after 101 short reads.
-* Sends are serialized by a `trio.Lock`, so frames never interleave. Any failure resets
-  the stream; so does cancelling a read or a write (a cancelled yamux read can drop
-  buffered bytes).
+* Sends are serialized by a `trio.Lock`, so frames never interleave; `send_many` writes
+  several frames as one yamux write. Any failure resets the stream; so does cancelling a
+  read or a write (a cancelled yamux read can drop buffered bytes).
+* `receive` returns a frame already buffered (several frames often arrive in one read)
+  at once, without a lock or a checkpoint; it reads only when no whole frame is buffered.
+* Reads made here return yamux window credit in bulk, not after every read (see
+  ``_BULK_WINDOW_UPDATES`` below): fewer WINDOW_UPDATE frames, same flow control.
 * A handler exception would take the whole py-libp2p host down, so inbound streams are
   handed to a task in this transport's own nursery that catches and logs everything
   (`p2pay.net.base.run_handler`); py-libp2p's own handler task just waits for it.
@@ -42,7 +46,9 @@ Keep a reader task on every stream.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,6 +65,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
@@ -77,7 +84,7 @@ from p2pay.net.base import (
     check_max_frame,
     run_handler,
 )
-from p2pay.net.framing import FrameReader, frame
+from p2pay.net.framing import FrameReader, frame, frames
 
 __all__ = ["Libp2pStream", "Libp2pTransport", "open_libp2p_transport"]
 
@@ -156,6 +163,7 @@ class Libp2pStream:
         # A local yamux reset does not wake a pending read: reset() cancels this scope.
         with trio.CancelScope() as scope:
             self._read_scope = scope
+            bulk = _BULK_WINDOW_UPDATES.set(True)  # see _yamux_release_on_read below
             try:
                 data: bytes = await self._net.read(n)
             except StreamEOF:
@@ -163,6 +171,7 @@ class Libp2pStream:
             except Exception as exc:  # StreamReset, connection lost, muxer errors...
                 raise StreamClosed(f"stream failed: {_describe(exc)}") from None
             finally:
+                _BULK_WINDOW_UPDATES.reset(bulk)
                 self._read_scope = None
             return data
         raise StreamClosed("stream reset")
@@ -170,8 +179,25 @@ class Libp2pStream:
     async def send(self, payload: bytes) -> None:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise LocalProtocolError("a frame payload is bytes")
-        data = frame(payload)
-        async with self._send_lock:
+        await self._write(frame(payload))
+
+    async def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Write several frames, in order, as ONE yamux write (one yamux frame and one
+        Noise frame while they fit in 64 KiB): the peer's `receive` returns them one by
+        one. Same semantics as `send` for each of them."""
+        for payload in payloads:
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise LocalProtocolError("a frame payload is bytes")
+        if payloads:
+            await self._write(frames(payloads))
+
+    async def _write(self, data: bytes) -> None:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # uncontended: no scheduler round trip for the lock
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._dead:
                 raise StreamClosed("stream is closed")
             # A write blocked on the peer's yamux window is not woken by a local
@@ -191,8 +217,22 @@ class Libp2pStream:
                     self._write_scope = None
                 return
             raise StreamClosed("stream reset")
+        finally:
+            lock.release()
 
     async def receive(self) -> bytes:
+        if not self._dead and not self._recv_lock.locked():
+            # Frames already buffered (several arrive in one read when the peer writes
+            # them together) come out without a read, a lock or a scheduler round trip;
+            # a cancelled caller still stops here, as at any trio checkpoint.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                await self.reset()  # as for any cancelled receive (see base.py)
+                raise
+            payload = self._reader.next_nowait()  # FrameTooLarge / bad prefix: as below
+            if payload is not None:
+                return payload
         async with self._recv_lock:
             if self._dead:
                 raise StreamClosed("stream is closed")
@@ -437,6 +477,44 @@ class Libp2pTransport:
 
 class _Refused(Exception):
     pass
+
+
+# --- yamux window updates ---------------------------------------------------------
+#
+# py-libp2p 0.8.1's yamux returns receive-window credit after EVERY read by default
+# (``PY_YAMUX_RELEASE_ON_READ``, read from the environment at each read): one
+# WINDOW_UPDATE frame, i.e. one more Noise frame written here and read there, per read.
+# p2pay's streams read small frames often, so for reads made by `Libp2pStream` only we
+# switch that off: credit then goes back by py-libp2p's hysteresis rules alone (once
+# half the window is consumed, or a small top-up while the window is below its target).
+# Flow control is the same (the writer still stops at a full window and py-libp2p's
+# 5 s write timeout is unchanged); only the number of updates drops (by about a third
+# on one-frame-per-read traffic: tests/integration/test_transports.py).
+# The policy is chosen per read through a context variable, so other users of
+# py-libp2p in the same process keep their setting, and a process that sets
+# ``PY_YAMUX_RELEASE_ON_READ`` itself keeps its choice for p2pay's streams too.
+
+_BULK_WINDOW_UPDATES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "p2pay_bulk_window_updates", default=False
+)
+
+
+def _install_window_update_policy() -> None:
+    original = getattr(_yamux_module, "_yamux_release_on_read", None)
+    if original is None or getattr(original, "p2pay_policy", False):
+        return  # another py-libp2p version (then its default applies), or installed
+
+    def release_on_read() -> bool:
+        if _BULK_WINDOW_UPDATES.get() and _RELEASE_ON_READ_ENV not in os.environ:
+            return False
+        return bool(original())
+
+    release_on_read.p2pay_policy = True  # type: ignore[attr-defined]
+    _yamux_module._yamux_release_on_read = release_on_read
+
+
+_RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
+_install_window_update_policy()
 
 
 def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:

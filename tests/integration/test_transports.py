@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pay.core.errors import FrameTooLarge
+from p2pay.core.errors import FrameTooLarge, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.net import (
     DEFAULT_MAX_FRAME,
@@ -28,8 +28,9 @@ from p2pay.net import (
     memory_addr,
     open_memory_transport,
 )
+from p2pay.net.base import send_frames
 from p2pay.net.memory import PIPE_CAPACITY
-from p2pay.net.p2p import Libp2pTransport, open_libp2p_transport
+from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)
 BOB = Keypair.from_seed(bytes([2]) * 32)
@@ -185,6 +186,23 @@ async def test_pipelined_200_frames_each_way_concurrently(net: Net) -> None:
                 nursery.start_soon(drain, server, "server")
         assert got["server"] == [b"C" + i.to_bytes(4, "big") * (1 + i % 50) for i in range(n)]
         assert got["client"] == [b"S" + i.to_bytes(4, "big") * (1 + i % 50) for i in range(n)]
+
+
+async def test_send_frames_delivers_each_frame_in_order(net: Net) -> None:
+    batch = [b"", b"one", b"two" * 100, bytes(range(256)) * 300]  # the last one: 75 KiB
+    async with pair(net) as (alice, bob, acceptor):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            await send_frames(client, batch)
+            await send_frames(client, [])  # nothing to send: nothing sent
+            await send_frames(client, [b"single"])
+            await client.send(b"last")
+            server = await acceptor.accept()
+            for expected in [*batch, b"single", b"last"]:
+                assert await server.receive() == expected
+            await client.reset()
+            with pytest.raises(StreamClosed):
+                await send_frames(client, [b"a", b"b"])
 
 
 async def test_max_frame_exact_ok_and_one_more_refused_by_receiver(net: Net) -> None:
@@ -557,6 +575,106 @@ async def test_libp2p_concurrent_clients(clients: int) -> None:
                 await trio.sleep(0.01)
 
 
+async def test_libp2p_send_many_is_one_write_and_the_peer_reads_every_frame() -> None:
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            assert isinstance(client, Libp2pStream)
+            writes: list[int] = []
+            write = client._net.write
+
+            async def counted(data: bytes) -> None:
+                writes.append(len(data))
+                await write(data)
+
+            client._net.write = counted
+            payloads = [i.to_bytes(2, "big") * (1 + i) for i in range(100)]
+            await client.send_many(payloads)
+            assert len(writes) == 1  # one yamux write for the hundred frames
+            server = await acceptor.accept()
+            assert [await server.receive() for _ in payloads] == payloads
+            # A bad payload is refused before anything is written.
+            with pytest.raises(LocalProtocolError):
+                await client.send_many([b"fine", "not bytes"])  # type: ignore[list-item]
+            await client.send_many([])
+            assert len(writes) == 1
+            await client.send(b"after")
+            assert await server.receive() == b"after"
+
+
+async def test_libp2p_window_credit_goes_back_in_bulk_for_p2pay_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """py-libp2p's yamux sends a WINDOW_UPDATE after every read by default
+    (PY_YAMUX_RELEASE_ON_READ); reads made by a Libp2pStream return the credit in bulk,
+    unless the process sets the variable itself."""
+    from libp2p.stream_muxer.yamux import yamux
+
+    updates: list[int] = []
+    original = yamux.YamuxStream.send_window_update
+
+    async def counted(self: Any, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(yamux.YamuxStream, "send_window_update", counted)
+
+    async def ping_pong(rounds: int) -> None:
+        async with (
+            open_libp2p_transport(BOB, echo) as bob,
+            open_libp2p_transport(ALICE, echo) as alice,
+        ):
+            with trio.fail_after(T):
+                stream = await alice.connect(bob.addrs[0])
+                for i in range(rounds):  # one frame per read on each side
+                    await stream.send(b"p" * 100 + i.to_bytes(2, "big"))
+                    assert await stream.receive() == b"p" * 100 + i.to_bytes(2, "big")
+                await stream.aclose()
+
+    monkeypatch.delenv("PY_YAMUX_RELEASE_ON_READ", raising=False)
+    await ping_pong(50)
+    bulk = len(updates)
+    # The policy applies to p2pay's own reads only: elsewhere py-libp2p's default holds.
+    assert yamux._yamux_release_on_read() is True
+    updates.clear()
+    monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", "1")  # the process's own choice wins
+    await ping_pong(50)
+    per_read = len(updates)
+    assert per_read >= 100  # at least one per read, on both sides
+    # py-libp2p still returns small credit on some reads (its "partial slack" rule, when
+    # the window is below its target), so bulk is not zero: about 84 against 130 here.
+    assert bulk <= 0.75 * per_read
+
+
+async def test_libp2p_bulk_window_credit_still_moves_megabytes() -> None:
+    """With credit returned in bulk, a writer that fills the window is unblocked once the
+    reader has consumed half of it: 4 MiB in 64 KiB frames, both ways at once."""
+    chunk = bytes(range(256)) * 256
+    async with (
+        open_libp2p_transport(BOB, echo) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(3 * T):
+            stream = await alice.connect(bob.addrs[0])
+            got = 0
+
+            async def read() -> None:
+                nonlocal got
+                for _ in range(64):
+                    assert await stream.receive() == chunk
+                    got += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for _ in range(64):
+                    await stream.send(chunk)
+    assert got == 64
+
+
 async def test_libp2p_dialling_an_address_with_the_wrong_peer_id_fails() -> None:
     async with (
         open_libp2p_transport(BOB, echo) as bob,
@@ -766,3 +884,24 @@ async def test_memory_same_key_twice_is_refused() -> None:
             async with open_memory_transport(network, BOB, echo):
                 pass
     assert network.peers == []
+
+
+async def test_libp2p_a_cancelled_reader_stops_even_with_frames_buffered() -> None:
+    """Buffered frames come out of `receive` without a read; a cancelled caller still
+    gets Cancelled there (and the stream is reset, as for any cancelled receive)."""
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            await send_frames(client, [b"1", b"2", b"3"])
+            server = await acceptor.accept()
+            assert await server.receive() == b"1"  # "2" and "3" are buffered now
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.receive()
+            assert scope.cancelled_caught
+            with pytest.raises(StreamClosed):
+                await server.receive()

@@ -19,6 +19,7 @@ from p2pay.net.framing import (
     decode_uvarint,
     encode_uvarint,
     frame,
+    frames,
 )
 
 # --- uvarint ---------------------------------------------------------------------
@@ -103,6 +104,13 @@ def test_frame_is_prefix_plus_payload() -> None:
     assert frame(b"abc") == b"\x03abc"
     assert frame(bytearray(b"x" * 200)) == b"\xc8\x01" + b"x" * 200
     assert frame(memoryview(b"hi")) == b"\x02hi"
+
+
+def test_frames_is_the_frames_back_to_back() -> None:
+    payloads = [b"", b"abc", b"x" * 200, bytearray(b"yz"), memoryview(b"hi")]
+    assert frames(payloads) == b"".join(frame(p) for p in payloads)
+    assert frames([]) == b""
+    assert frames(iter([b"a", b"b"])) == b"\x01a\x01b"
 
 
 # --- FrameReader ------------------------------------------------------------------
@@ -237,6 +245,46 @@ async def test_reader_propagates_read_errors() -> None:
     with pytest.raises(StreamClosed, match="reset by peer"):
         await reader.next()
     assert not reader.clean_eof
+
+
+async def test_next_nowait_returns_buffered_frames_and_never_reads() -> None:
+    payloads = [b"one", b"", b"three" * 10]
+    wire = frames(payloads) + frame(b"partial")[:4]
+    source = ChunkSource([wire, frame(b"partial")[4:]])
+    reader = FrameReader(source.read_some, 1000)
+    assert reader.next_nowait() is None  # nothing buffered yet: None, and no read
+    assert source.calls == 0
+    assert await reader.next() == b"one"  # one read brings everything above
+    assert reader.next_nowait() == b""
+    assert reader.next_nowait() == b"three" * 10
+    assert reader.next_nowait() is None  # "partial" is incomplete: it waits for a read
+    assert source.calls == 1
+    assert await reader.next() == b"partial"
+    assert reader.next_nowait() is None
+    assert reader.buffered == 0
+
+
+async def test_next_nowait_errors_are_sticky_and_shared_with_next() -> None:
+    source = ChunkSource([frame(b"ok") + encode_uvarint(1001)])
+    reader = FrameReader(source.read_some, 1000)
+    assert await reader.next() == b"ok"
+    with pytest.raises(FrameTooLarge) as info:
+        reader.next_nowait()  # the oversized prefix is refused from the buffer
+    assert info.value.details == {"size": 1001, "max": 1000}
+    with pytest.raises(FrameTooLarge):
+        await reader.next()
+    with pytest.raises(FrameTooLarge):
+        reader.next_nowait()
+    bad = FrameReader(ChunkSource([b"\x80\x00"]).read_some, 1000)
+    with pytest.raises(DecodeError):
+        await bad.next()  # non-minimal prefix
+    with pytest.raises(DecodeError):
+        bad.next_nowait()
+    closed = FrameReader(ChunkSource([]).read_some, 1000)
+    with pytest.raises(StreamClosed):
+        await closed.next()
+    with pytest.raises(StreamClosed):
+        closed.next_nowait()  # end of stream is sticky too
 
 
 def test_reader_refuses_bad_max_frame() -> None:
