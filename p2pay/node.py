@@ -297,6 +297,12 @@ def _payee_record(ch: PayeeChannel) -> PayeeRecord:
         best_voucher=ch.best.to_frame() if ch.best is not None else b"",
         spent=ch.spent,
         redeemed=ch.redeemed,
+        # the last checked voucher, when best is not checked yet (protocol.md 13.4)
+        verified_voucher=(
+            ch.verified.to_frame()
+            if ch.verified is not None and ch.verified is not ch.best
+            else b""
+        ),
     )
 
 
@@ -455,12 +461,22 @@ class Node:
                 redeemed=rec.redeemed,
                 unverified_credit_limit=self.config.unverified_credit_limit,
             )
+            if rec.verified_voucher:  # the last checked voucher, best being unchecked
+                verified = decode_frame(rec.verified_voucher)
+                if isinstance(verified, Request) and verified.verify(ch.payer):
+                    ch.verified = ch.best = verified
             if rec.best_voucher:
                 best = decode_frame(rec.best_voucher)
                 if isinstance(best, Request):
                     ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
-                    if ch.verified_voucher() is None:
-                        log.error("stored voucher of channel %s does not verify", ch.channel.hex())
+                    if ch.verified_voucher() is not best:
+                        log.error(
+                            "stored voucher of channel %s does not verify: %d yocto charged "
+                            "on unchecked vouchers are lost (at most the unverified credit "
+                            "limit)",
+                            ch.channel.hex(),
+                            ch.spent - ch.verified_paid,
+                        )
             self.payee_channels[rec.channel] = ch
         for prec in await self.store.payer_channels():
             self.payer_channels[prec.channel] = PayerChannel(

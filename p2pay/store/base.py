@@ -148,8 +148,14 @@ def _text(kind: str, name: str, value: object) -> str:
 class PayeeRecord:
     """What a payee keeps per channel (see `p2pay.core.channel.PayeeChannel`).
 
-    `best_voucher` is the frame (`Request.to_frame()`) of the voucher whose ``paid`` is
-    `paid_max`, or ``b""`` while `paid_max` is 0.
+    `best_voucher` is the frame (`Request.to_frame()`) of the newest voucher the payee
+    holds: its ``paid`` is `paid_max` (lower only after a failed deferred check, which
+    falls back to the last checked voucher), or ``b""`` while `paid_max` is 0. Under
+    deferred verification (specs/protocol.md 13.4) it may not be checked yet; then
+    `verified_voucher` is the frame of the newest voucher whose signature the payee
+    checked (``b""`` when `best_voucher` is itself checked, or none is), so that a restart
+    on a `best_voucher` that fails its check falls back to it and loses at most the
+    unchecked credit (INV-21).
 
     Raises:
         LocalProtocolError: on construction, if a field is out of range or
@@ -167,6 +173,7 @@ class PayeeRecord:
     best_voucher: bytes
     spent: int
     redeemed: int
+    verified_voucher: bytes = b""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -185,6 +192,7 @@ class PayeeRecord:
         _bytes(k, "best_voucher", self.best_voucher)
         _amount(k, "spent", self.spent)
         _amount(k, "redeemed", self.redeemed)
+        _bytes(k, "verified_voucher", self.verified_voucher)
         if self.spent > self.paid_max:
             raise _fail(k, f"spent {self.spent} is above paid_max {self.paid_max}")
         if self.paid_max > 0 and not self.best_voucher:

@@ -256,7 +256,14 @@ async def case_payee_round_trip(backend: StoreBackend) -> None:
         redeemed=MAX_YOCTO,
     )
     zero = payee_record(2, deposit=0, last_n=0, status="closed")
-    mid = payee_record(3, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3, redeemed=2)
+    mid = payee_record(
+        3,
+        paid_max=5,
+        best_voucher=voucher(paid=5).to_frame(),
+        spent=3,
+        redeemed=2,
+        verified_voucher=voucher(paid=4).to_frame(),  # best not checked yet (13.4)
+    )
     async with _Open(backend) as store:
         commits = store.commits
         await store.write(Batch(payee=[top, zero, mid]))
@@ -265,6 +272,8 @@ async def case_payee_round_trip(backend: StoreBackend) -> None:
         assert got == top, f"{got} != {top}"
         assert got is not None and got.best_voucher == best.to_frame()
         assert await store.payee_channel(zero.channel) == zero
+        got_mid = await store.payee_channel(mid.channel)
+        assert got_mid == mid and got_mid.verified_voucher == mid.verified_voucher
         listed = await store.payee_channels()
         assert listed == sorted([top, zero, mid], key=lambda r: r.channel)
         assert await store.payer_channel(top.channel) is None, "payee and payer are apart"

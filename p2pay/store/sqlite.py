@@ -74,7 +74,11 @@ from p2pay.store.base import (
 #: ``PRAGMA application_id`` of a p2pay store: the ASCII bytes "p2ps".
 APPLICATION_ID = int.from_bytes(b"p2ps", "big")
 STORE_FORMAT = "p2pay-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions `open` upgrades in place (1 -> 2 adds payee_channels.verified_voucher)
+_UPGRADES = {
+    "1": "ALTER TABLE payee_channels ADD COLUMN verified_voucher BLOB NOT NULL DEFAULT x''",
+}
 #: Width of every integer column (bytes, big-endian, unsigned).
 INT_SIZE = 16
 
@@ -96,7 +100,8 @@ CREATE TABLE payee_channels (
     paid_max BLOB NOT NULL CHECK (length(paid_max) = {INT_SIZE}),
     best_voucher BLOB NOT NULL,
     spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid_max),
-    redeemed BLOB NOT NULL CHECK (length(redeemed) = {INT_SIZE})
+    redeemed BLOB NOT NULL CHECK (length(redeemed) = {INT_SIZE}),
+    verified_voucher BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE payer_channels (
     channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
@@ -148,7 +153,7 @@ _TABLES = frozenset(
 
 _PAYEE_COLS = (
     "channel, ledger, payer, payee, deposit, status, last_n, paid_max, best_voucher, spent, "
-    "redeemed"
+    "redeemed, verified_voucher"
 )
 _PAYER_COLS = "channel, ledger, payer, payee, deposit, status, last_n, paid, spent"
 _REQUEST_COLS = (
@@ -214,6 +219,7 @@ def _encode(batch: Batch) -> _Rows:
                 r.best_voucher,
                 _u(r.spent),
                 _u(r.redeemed),
+                r.verified_voucher,
             )
             for r in batch.payee
         ],
@@ -361,6 +367,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         raise _not_a_store(path, str(exc)) from exc
     fresh = app_id == 0 and not tables
+    version: str | None = None
     if not fresh:
         if app_id != APPLICATION_ID or "store_info" not in tables:
             raise _not_a_store(path, "it is another SQLite database")
@@ -368,10 +375,10 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
         if info.get("format") != STORE_FORMAT:
             raise _not_a_store(path, f"format is {info.get('format')!r}")
         version = info.get("schema_version")
-        if version != str(SCHEMA_VERSION):
+        if version != str(SCHEMA_VERSION) and version not in _UPGRADES:
             raise StoreError(
                 f"store {path} has schema version {version}; this p2pay reads version "
-                f"{SCHEMA_VERSION} only"
+                f"{SCHEMA_VERSION} (and upgrades {', '.join(sorted(_UPGRADES))})"
             )
         if not _TABLES <= tables:
             raise StoreError(f"store {path} is damaged: tables {sorted(_TABLES - tables)} missing")
@@ -399,6 +406,13 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
             # Take the write lock now (EXCLUSIVE mode keeps it), so that a second opener
             # fails at open time rather than at its first write.
             conn.execute("BEGIN IMMEDIATE")
+            if version in _UPGRADES:  # one transaction: upgraded whole, or not at all
+                conn.execute(_UPGRADES[version])
+                conn.execute(
+                    "UPDATE store_info SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:

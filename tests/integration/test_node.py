@@ -273,6 +273,75 @@ async def test_deferred_checks_honest_payer_is_paid_in_full_after_a_restart(
         assert await ledger.balance(BOB.account) == before + 5 * PRICE
 
 
+async def test_deferred_checks_a_restart_on_a_bad_voucher_loses_at_most_the_limit(
+    tmp_path: Any,
+) -> None:
+    """The payee stops while its newest voucher is an unchecked bad one (INV-21, 13.4): its
+    store also keeps the last checked voucher, so after the restart it falls back to it and
+    redeems everything but the unchecked credit, which the limit bounds."""
+    limit = 3 * PRICE
+    ledger = make_ledger()
+    await fund(ledger, ALICE, BOB)
+    config = NodeConfig(
+        watcher=False, default_timeout=5.0, redeem_threshold=10**30, unverified_credit_limit=limit
+    )
+    path = tmp_path / "bob.sqlite"
+
+    async def ignore(stream: Any) -> None:
+        await stream.aclose()
+
+    channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
+    deadline = wall_clock_ms() + 30_000
+
+    def voucher(n: int, key: Keypair) -> bytes:
+        return Request.create(
+            key,
+            ledger=ledger.ledger_id,
+            channel=channel,
+            n=n,
+            paid=n * PRICE,
+            price=PRICE,
+            service="echo",
+            body=b"x",
+            deadline=deadline,
+        ).to_frame()
+
+    store = await SqliteStore.open(path)
+    async with open_node(key=BOB, ledger=ledger, store=store, config=config) as bob:
+        bob.serve("echo", echo, price=PRICE)
+        async with open_libp2p_transport(ALICE, ignore) as alice:
+            stream = await alice.connect(bob.addrs[0])
+            with trio.fail_after(10):
+                await stream.send(Hello.create(ALICE, ledger=ledger.ledger_id).to_frame())
+                assert isinstance(decode_frame(await stream.receive()), Hello)
+                # honest vouchers 1..5: the limit is passed at 5, which is then checked
+                for n in range(1, 6):
+                    await stream.send(voucher(n, ALICE))
+                    answer = decode_frame(await stream.receive())
+                    assert isinstance(answer, Response) and answer.ok
+                # then two bad ones within the limit: served unchecked
+                for n in (6, 7):
+                    await stream.send(voucher(n, CAROL))
+                    answer = decode_frame(await stream.receive())
+                    assert isinstance(answer, Response) and answer.ok
+            await stream.reset()
+        payee = bob.payee_channels[channel]
+        assert payee.verified is not None and payee.verified.paid == 5 * PRICE
+        assert payee.best is not None and payee.best.paid == 7 * PRICE  # unchecked, bad
+        assert payee.spent == 7 * PRICE
+    await store.aclose()
+    before = await ledger.balance(BOB.account)
+    store = await SqliteStore.open(path)
+    async with open_node(key=BOB, ledger=ledger, store=store, config=config) as bob:
+        payee = bob.payee_channels[channel]
+        assert payee.best is payee.verified and payee.verified is not None
+        assert payee.verified.paid == 5 * PRICE and payee.deferral_revoked
+        await bob.close_channel(channel)
+    await store.aclose()
+    redeemed = await ledger.balance(BOB.account) - before
+    assert redeemed == 5 * PRICE and 7 * PRICE - redeemed <= limit
+
+
 async def test_third_party_cannot_forge_or_replay() -> None:
     ledger = make_ledger()
     await fund(ledger, ALICE, BOB)

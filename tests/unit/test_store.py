@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sqlite3
 import threading
@@ -158,9 +159,9 @@ async def test_sqlite_pragmas_and_encoding(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
         info = dict(raw.execute("SELECT key, value FROM store_info"))
-        assert info == {"format": "p2pay-store", "schema_version": "1"}
+        assert info == {"format": "p2pay-store", "schema_version": "2"}
         spent, paid_max = raw.execute("SELECT spent, paid_max FROM payee_channels").fetchone()
         # Amounts are 16-byte big-endian unsigned BLOBs (SQLite INTEGER is only 64-bit).
         assert spent == (2**64 + 1).to_bytes(INT_SIZE, "big")
@@ -202,6 +203,38 @@ async def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         await SqliteStore.open(path)
+
+
+async def test_sqlite_upgrades_a_version_1_store_in_place(tmp_path: Path) -> None:
+    """Version 1 had no payee_channels.verified_voucher: open adds it, keeping every row."""
+    path = tmp_path / "s.sqlite"
+    record = payee_record(1, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3)
+    store = await SqliteStore.open(path)
+    await store.write(Batch(payee=[record], meta={"k": b"1"}))
+    await store.aclose()
+    conn = sqlite3.connect(path)  # make it what version 1 wrote
+    conn.execute("ALTER TABLE payee_channels DROP COLUMN verified_voucher")
+    conn.execute("UPDATE store_info SET value = '1' WHERE key = 'schema_version'")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.payee_channel(record.channel) == record
+        assert await store.get_meta("k") == b"1"
+        checked = voucher(paid=4).to_frame()
+        upgraded = dataclasses.replace(record, verified_voucher=checked)
+        await store.write(Batch(payee=[upgraded]))
+        assert await store.payee_channel(record.channel) == upgraded
+    finally:
+        await store.aclose()
+    raw = sqlite3.connect(path)
+    try:
+        info = dict(raw.execute("SELECT key, value FROM store_info"))
+        assert info["schema_version"] == "2"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        raw.close()
 
 
 async def test_sqlite_one_opener_at_a_time(tmp_path: Path) -> None:
