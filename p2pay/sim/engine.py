@@ -135,6 +135,9 @@ class Simulation:
         scenario: what to build and run.
         transport: "memory" or "libp2p" (default: the scenario's).
         on_progress: called with (simulated seconds, total simulated seconds).
+        shard, shards: build only member i of each group with i % shards == shard (one
+            independent sub-market; see `p2pay.sim.run`); peers keep their unsharded
+            index, name, key and RNGs.
     """
 
     def __init__(
@@ -143,8 +146,13 @@ class Simulation:
         *,
         transport: str | None = None,
         on_progress: Callable[[float, float], None] | None = None,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
+        if not 0 <= shard < shards:
+            raise ScenarioError(f"shard {shard} of {shards}")
         self.scenario = scenario
+        self.shard = shard
         self.transport = transport or scenario.transport
         if self.transport not in ("memory", "libp2p"):
             raise ScenarioError("transport: memory or libp2p")
@@ -178,9 +186,13 @@ class Simulation:
         )
         self.network = MemoryNetwork() if self.transport == "memory" else None
         self.peers: list[SimPeer] = []
+        index = -1
         for group in scenario.groups:
             for i in range(group.count):
-                index = len(self.peers)
+                # A peer's index, name, key and RNGs are those of the unsharded run.
+                index += 1
+                if i % shards != shard:
+                    continue
                 behaviour = make_behaviour(group.behaviour, dict(group.behaviour_params))
                 peer = SimPeer(
                     index=index,
