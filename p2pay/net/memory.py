@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import trio
 
@@ -162,6 +163,7 @@ class MemoryStream:
         self._recv_lock = trio.Lock()
         self._dead = False
         self._dead_event = trio.Event()
+        self._sleeper: trio.lowlevel.Task | None = None  # a receive() waiting for arrival
         self._error: Exception | None = None
 
     @property
@@ -175,17 +177,34 @@ class MemoryStream:
     def __repr__(self) -> str:
         return f"<MemoryStream {self._transport.peer_id[-8:]}->{self._remote_peer_id[-8:]}>"
 
+    # Every frame of a simulation goes through send() and receive(), so both take the
+    # cheap path when they can: the lock without a checkpoint when it is free, the pipe
+    # without blocking when it has room or a frame, and one checkpoint per call (as
+    # trio's own channels do); waiting for a frame's arrival time is a bare deadline
+    # (`_sleep_until`), not a cancellation caught.
+
     async def send(self, payload: bytes) -> None:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise LocalProtocolError("a frame payload is bytes")
         data = bytes(payload)
-        async with self._send_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             if self._dead:
                 raise StreamClosed("stream is closed")
             delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
             arrival = max(trio.current_time() + delay, self._out.last_arrival)
             try:
-                await self._out.send.send((arrival, data))
+                try:
+                    self._out.send.send_nowait((arrival, data))
+                    blocked = False
+                except trio.WouldBlock:
+                    blocked = True
+                    await self._out.send.send((arrival, data))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise StreamClosed("stream closed by the peer") from None
             except BaseException:
@@ -193,9 +212,19 @@ class MemoryStream:
                 self._kill()
                 raise
             self._out.last_arrival = arrival
+        finally:
+            lock.release()
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self) -> bytes:
-        async with self._recv_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._recv_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             if self._error is not None:
                 raise renew_error(self._error)
             if self._dead:
@@ -208,21 +237,31 @@ class MemoryStream:
             except BaseException:
                 self._kill()
                 raise
+        finally:
+            lock.release()
 
     async def _receive(self) -> bytes:
         try:
-            arrival, payload = await self._in.recv.receive()
+            try:
+                arrival, payload = self._in.recv.receive_nowait()
+                waited = False
+            except trio.WouldBlock:
+                waited = True
+                arrival, payload = await self._in.recv.receive()
         except trio.EndOfChannel:
             # The peer closed; its close travels as fast as its frames.
             if self._in.eof_at > trio.current_time():
                 with trio.move_on_at(self._in.eof_at):
                     await self._dead_event.wait()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             raise StreamClosed("stream closed by the peer") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StreamClosed("stream is closed") from None
         if arrival > trio.current_time():
-            with trio.move_on_at(arrival):
-                await self._dead_event.wait()
+            await self._sleep_until(arrival)
+        elif not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         if self._dead:
             raise StreamClosed("stream is closed")
         max_frame = self._transport.max_frame
@@ -232,6 +271,25 @@ class MemoryStream:
                 details={"size": len(payload), "max": max_frame},
             )
         return payload
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until `deadline` or until this end is killed, whichever comes first.
+
+        Our own deadline passing reschedules the task without raising (no `Cancelled` is
+        created and caught per frame); a cancellation from outside is raised as usual.
+        """
+        task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+            self._sleeper = None
+            if trio.current_time() >= deadline:  # our deadline, not an outer cancel
+                trio.lowlevel.reschedule(task)
+                return trio.lowlevel.Abort.FAILED
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        with trio.CancelScope(deadline=deadline):
+            self._sleeper = task
+            await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def reset(self) -> None:
         self._kill(graceful=False)
@@ -247,6 +305,9 @@ class MemoryStream:
             return
         self._dead = True
         self._dead_event.set()
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            trio.lowlevel.reschedule(sleeper)
         if graceful:
             delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
             self._out.eof_at = max(trio.current_time() + delay, self._out.last_arrival)
@@ -292,6 +353,8 @@ class _MemoryTransport:
         return f"<MemoryTransport {self._peer_id}>"
 
     def add_address(self, peer_id: str, addr: str) -> None:
+        if peer_id in self._known and addr == memory_addr(peer_id):
+            return  # checked already (nodes add the address on every call)
         head, named = split_p2p(addr)
         if named != peer_id:
             raise LocalProtocolError(f"address {addr!r} names another peer than {peer_id}")

@@ -41,6 +41,12 @@ __all__ = ["main", "simulate"]
     help="memory: simulated time (fast); libp2p: real hosts on 127.0.0.1, wall clock, "
     "scaled times.",
 )
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Override the scenario's shards: independent sub-markets run in parallel processes.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
 @click.option("--verbose", "-v", is_flag=True, help="Show the nodes' warnings (logged to stderr).")
@@ -49,6 +55,7 @@ def simulate(
     out_dir: Path | None,
     seed: int | None,
     transport: str | None,
+    shards: int | None,
     no_plots: bool,
     quiet: bool,
     verbose: bool,
@@ -56,7 +63,7 @@ def simulate(
     """Run the simulation SCENARIO (a TOML file, see simulations/README.md)."""
     logging.basicConfig(level=logging.WARNING if verbose else logging.CRITICAL, stream=sys.stderr)
     try:
-        spec = load_scenario(scenario).with_overrides(seed=seed, transport=transport)
+        spec = load_scenario(scenario).with_overrides(seed=seed, transport=transport, shards=shards)
     except ScenarioError as exc:
         raise click.UsageError(str(exc)) from None
     if out_dir is None:

@@ -46,7 +46,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -86,6 +86,23 @@ def seeded(seed: int, *parts: object) -> bytes:
     for part in parts:
         h.update(repr(part).encode())
     return h.digest()
+
+
+async def sleep_until(deadline: float) -> None:
+    """`trio.sleep_until`, cheaper: when the deadline passes the task is rescheduled
+    instead of a `Cancelled` being raised and caught (every arrival and every handler's
+    work is one such sleep). A cancellation from outside is raised as usual."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    task = trio.lowlevel.current_task()
+
+    def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+        if trio.current_time() >= deadline:  # our deadline, not an outer cancel
+            trio.lowlevel.reschedule(task)
+            return trio.lowlevel.Abort.FAILED
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    with trio.CancelScope(deadline=deadline):
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 @dataclass(eq=False)
@@ -135,6 +152,9 @@ class Simulation:
         scenario: what to build and run.
         transport: "memory" or "libp2p" (default: the scenario's).
         on_progress: called with (simulated seconds, total simulated seconds).
+        shard, shards: build only member i of each group with i % shards == shard (one
+            independent sub-market; see `p2pay.sim.run`); peers keep their unsharded
+            index, name, key and RNGs.
     """
 
     def __init__(
@@ -143,8 +163,13 @@ class Simulation:
         *,
         transport: str | None = None,
         on_progress: Callable[[float, float], None] | None = None,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
+        if not 0 <= shard < shards:
+            raise ScenarioError(f"shard {shard} of {shards}")
         self.scenario = scenario
+        self.shard = shard
         self.transport = transport or scenario.transport
         if self.transport not in ("memory", "libp2p"):
             raise ScenarioError("transport: memory or libp2p")
@@ -178,9 +203,13 @@ class Simulation:
         )
         self.network = MemoryNetwork() if self.transport == "memory" else None
         self.peers: list[SimPeer] = []
+        index = -1
         for group in scenario.groups:
             for i in range(group.count):
-                index = len(self.peers)
+                # A peer's index, name, key and RNGs are those of the unsharded run.
+                index += 1
+                if i % shards != shard:
+                    continue
                 behaviour = make_behaviour(group.behaviour, dict(group.behaviour_params))
                 peer = SimPeer(
                     index=index,
@@ -239,10 +268,10 @@ class Simulation:
         return EPOCH_MS + int(trio.current_time() * 1000)
 
     async def sleep(self, seconds: float) -> None:
-        await trio.sleep(max(0.0, seconds) * self.scale)
+        await sleep_until(trio.current_time() + max(0.0, seconds) * self.scale)
 
     async def sleep_until(self, t: float) -> None:
-        await trio.sleep_until(self.t0 + t * self.scale)
+        await sleep_until(self.t0 + t * self.scale)
 
     def rng(self, peer: SimPeer, purpose: str) -> random.Random:
         """A `random.Random` for one peer and purpose, seeded from the scenario seed."""
@@ -326,7 +355,7 @@ class Simulation:
 
         async def handler(call: Call) -> bytes:
             if work > 0:
-                await trio.sleep(work)
+                await sleep_until(trio.current_time() + work)
             return body
 
         return handler

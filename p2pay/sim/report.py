@@ -23,12 +23,12 @@ from rich.table import Table
 
 from p2pay.core.amounts import format_tokens
 from p2pay.core.settlement import ClaimState
-from p2pay.sim.invariants import holdings_parts
+from p2pay.sim.invariants import MAX_DETAILS, holdings_parts
 
 if TYPE_CHECKING:
     from p2pay.sim.engine import Simulation
 
-__all__ = ["SCHEMA", "Series", "build_report", "print_summary", "write_report"]
+__all__ = ["SCHEMA", "Series", "build_report", "merge_reports", "print_summary", "write_report"]
 
 SCHEMA = "p2pay.sim.report/1"
 
@@ -122,7 +122,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
                 "group": group.group,
                 "role": group.role,
                 "behaviour": group.behaviour,
-                "count": group.count,
+                "count": len(members),
                 "holdings_start": sum(f.get("holdings_start", 0) for f in figures),
                 "holdings_end": sum(f.get("holdings_end", 0) for f in figures),
                 "gain": sum(f.get("gain", 0) for f in figures),
@@ -171,6 +171,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
             "peers": s.peer_count,
             "providers": len(sim.providers),
             "clients": len(sim.clients),
+            "shards": s.shards,
         },
         "time": {
             "workload_s": s.duration_s,
@@ -233,6 +234,117 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         },
     }
     return report
+
+
+def merge_reports(reports: list[dict[str, Any]], *, wall_s: float) -> dict[str, Any]:
+    """One report for a market run as independent shards (see `p2pay.sim.run`).
+
+    Counts and amounts are summed (the series sample by sample); the ledger totals are
+    summed and conservation is checked once more on the sums, for the whole market;
+    invariant results are combined (checks and violations summed, details tagged with
+    their shard); peers are listed in the order of the unsharded run. `wall_s` is the
+    wall time of the whole run; CPU seconds are summed over the shards.
+    """
+    if not reports:
+        raise ValueError("no shard reports to merge")
+    first = reports[0]
+    scenario = dict(first["scenario"])
+    for key in ("providers", "clients"):
+        scenario[key] = sum(r["scenario"][key] for r in reports)
+    time_ = dict(first["time"])
+    time_["simulated_s"] = max(r["time"]["simulated_s"] for r in reports)
+    ledger = _sum_tree([r["ledger"] for r in reports])
+    t = ledger["totals"]
+    held = t["balances"] + t["escrow"] + t["stakes"] + t["bonds"] + t["burnt"]
+    t["conserved"] = t["supply"] == held
+
+    invariants = []
+    for i, r0 in enumerate(first["invariants"]):
+        results = [r["invariants"][i] for r in reports]
+        if any(x["name"] != r0["name"] for x in results):
+            raise ValueError(f"shard reports list different invariants at {i}")
+        merged: dict[str, Any] = {
+            "name": r0["name"],
+            "ok": True,
+            "definition": r0["definition"],
+            "checks": sum(x["checks"] for x in results),
+            "violations": sum(x["violations"] for x in results),
+            "details": [{**d, "shard": k} for k, x in enumerate(results) for d in x["details"]][
+                :MAX_DETAILS
+            ],
+        }
+        if r0["name"] == "conservation":  # the whole market, on the summed totals
+            merged["checks"] += 1
+            if not t["conserved"]:
+                merged["violations"] += 1
+                merged["details"] = [
+                    {"market": True, "supply": t["supply"], "held": held},
+                    *merged["details"],
+                ][:MAX_DETAILS]
+        merged["ok"] = merged["violations"] == 0
+        if all(x.get("skipped") for x in results):
+            merged["skipped"] = r0["skipped"]
+        invariants.append(merged)
+
+    order = {g["group"]: i for i, g in enumerate(first["groups"])}
+    peers = sorted(
+        (p for r in reports for p in r["peers"]),
+        key=lambda p: (order[p["group"]], int(p["name"].rsplit("-", 1)[1])),
+    )
+    series = [r["series"] for r in reports]
+    ok = sum(r["requests"]["ok"] for r in reports)
+    return {
+        "schema": SCHEMA,
+        "scenario": scenario,
+        "time": time_,
+        "requests": _sum_tree([r["requests"] for r in reports]),
+        "money": _sum_tree([r["money"] for r in reports]),
+        "claims": _sum_tree([r["claims"] for r in reports]),
+        "ledger": ledger,
+        "invariants": invariants,
+        "invariants_ok": all(x["ok"] for x in invariants),
+        "errors": _sum_tree([r["errors"] for r in reports]),
+        "groups": [_sum_tree(list(gs)) for gs in zip(*(r["groups"] for r in reports), strict=True)],
+        "peers": peers,
+        "series": {
+            "t": [max(ts) for ts in zip(*(s["t"] for s in series), strict=True)],
+            **_sum_tree([{k: v for k, v in s.items() if k != "t"} for s in series]),
+        },
+        "wall": {
+            "seconds": round(wall_s, 3),
+            "cpu_seconds": round(sum(r["wall"]["cpu_seconds"] for r in reports), 3),
+            "ok_requests_per_second": round(ok / wall_s, 1) if wall_s else 0,
+            "shard_seconds": [r["wall"]["seconds"] for r in reports],
+        },
+    }
+
+
+def _sum_tree(values: list[Any]) -> Any:
+    """Sum same-shaped JSON trees: ints added, lists element by element, dicts key by key
+    (a key missing from one counts as 0), booleans and-ed, texts must be equal."""
+    v0 = values[0]
+    if isinstance(v0, bool):
+        return all(values)
+    if isinstance(v0, int):
+        return sum(values)
+    if isinstance(v0, str):
+        if any(v != v0 for v in values):
+            raise ValueError(f"shard reports differ: {sorted(set(values))}")
+        return v0
+    if isinstance(v0, list):
+        return [_sum_tree(list(xs)) for xs in zip(*values, strict=True)]
+    if isinstance(v0, dict):
+        keys = list(v0)
+        for v in values[1:]:
+            keys += [k for k in v if k not in keys]
+        if all(list(v) == sorted(v) for v in values):
+            keys.sort()
+        out = {}
+        for k in keys:
+            present = [v[k] for v in values if k in v]
+            out[k] = _sum_tree(present)
+        return out
+    raise ValueError(f"cannot merge {type(v0).__name__} values")
 
 
 def _totals(sim: Simulation) -> dict[str, Any]:

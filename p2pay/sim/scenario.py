@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,16 +232,21 @@ class Scenario:
     libp2p: Libp2pSpec
     services: dict[str, ServiceSpec]
     groups: tuple[PeerGroup, ...] = field(default=())
+    shards: int = 1  # independent sub-markets run in parallel processes (memory transport)
 
     @property
     def peer_count(self) -> int:
         return sum(g.count for g in self.groups)
 
-    def with_overrides(self, *, seed: int | None = None, transport: str | None = None) -> Scenario:
-        """The same scenario with another seed or transport (the CLI's options)."""
+    def with_overrides(
+        self, *, seed: int | None = None, transport: str | None = None, shards: int | None = None
+    ) -> Scenario:
+        """The same scenario with another seed, transport or shard count (the CLI's options)."""
         changes: dict[str, Any] = {}
         if seed is not None:
             changes["seed"] = _int(seed, "seed", high=2**63 - 1)
+        if shards is not None:
+            changes["shards"] = _check_shards(shards, self.groups)
         if transport is not None:
             if transport not in ("memory", "libp2p"):
                 raise ScenarioError("transport: memory or libp2p")
@@ -261,6 +267,7 @@ _TOP = {
     "check_every",
     "settle",
     "transport",
+    "shards",
     "ledger",
     "node",
     "network",
@@ -381,7 +388,23 @@ def parse_scenario(data: dict[str, Any], *, source: str = "<scenario>") -> Scena
         libp2p=libp2p,
         services=services,
         groups=tuple(groups),
+        shards=_check_shards(data.get("shards", 1), groups),
     )
+
+
+MAX_SHARDS = 64
+
+
+def _check_shards(value: object, groups: Sequence[PeerGroup]) -> int:
+    """A shard count: every group must have a peer in every shard."""
+    shards = _int(value, "shards", low=1, high=MAX_SHARDS)
+    small = [g.group for g in groups if g.count < shards]
+    if small:
+        raise ScenarioError(
+            f"shards = {shards}: every group needs at least {shards} peers "
+            f"({', '.join(small)} has fewer)"
+        )
+    return shards
 
 
 def _parse_ledger(t: dict[str, Any]) -> LedgerSpec:

@@ -782,6 +782,90 @@ async def test_memory_latency_preserves_order_under_mock_clock(
             assert trio.current_time() - before == pytest.approx(2.0)
 
 
+async def test_memory_frame_in_flight_wait_ends_on_reset_or_cancel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader waiting for a frame's arrival time wakes at once when its stream dies,
+    raises Cancelled when cancelled from outside, and is not woken early otherwise."""
+    network = MemoryNetwork()
+    network.set_latency(lambda src, dst: 10.0)
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(1000):
+            client = await alice.connect(bob.addrs[0])
+            await client.send(b"first")
+            server = await acceptor.accept()
+            assert await server.receive() == b"first"
+            await client.send(b"slow")  # arrives 10 s from now
+            # An outer deadline before the arrival: Cancelled, the stream is reset.
+            before = trio.current_time()
+            with trio.move_on_after(3.0) as scope:
+                await server.receive()
+            assert scope.cancelled_caught
+            assert trio.current_time() - before == pytest.approx(3.0)
+            with pytest.raises(StreamClosed):
+                await server.receive()
+            # A reset of the reader's stream wakes it before the arrival time.
+            second = await alice.connect(bob.addrs[0])
+            await second.send(b"x")
+            server2 = await acceptor.accept()
+            assert await server2.receive() == b"x"
+            await second.send(b"in flight")
+            woke: list[float] = []
+
+            async def reader() -> None:
+                with pytest.raises(StreamClosed):
+                    await server2.receive()
+                woke.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.sleep(4.0)
+                assert woke == []
+                reset_at = trio.current_time()
+                network.disconnect(BOB.peer_id)
+            assert woke == [reset_at]
+            # Without a reset or a cancel, a frame is read at its arrival time exactly.
+            third = await alice.connect(bob.addrs[0])
+            await third.send(b"on time")
+            server3 = await acceptor.accept()
+            assert await server3.receive() == b"on time"
+            sent_at = trio.current_time()
+            await third.send(b"again")
+            assert await server3.receive() == b"again"
+            assert trio.current_time() - sent_at == pytest.approx(10.0)
+
+
+async def test_memory_send_and_receive_are_checkpoints_and_respect_cancel() -> None:
+    network = MemoryNetwork()
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            with trio.testing.assert_checkpoints():
+                await client.send(b"one")
+            server = await acceptor.accept()
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_checkpoints():
+                assert await server.receive() == b"one"  # already there: no wait
+            # Cancelled before it starts, a send sends nothing and the stream lives on;
+            # so does a receive.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.send(b"never")
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.receive()
+            await client.send(b"two")
+            assert await server.receive() == b"two"
+
+
 async def test_memory_disconnect_resets_every_stream_of_the_peer() -> None:
     network = MemoryNetwork()
     acceptor = Acceptor()
