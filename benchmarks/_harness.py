@@ -13,6 +13,12 @@ so ``C`` requests are in flight on one long-lived stream):
 * raw libp2p: py-libp2p hosts with the same security and muxer (Noise + yamux, one
   connection per peer), fixed-size records on a bare yamux stream, no p2pay code at all,
   `raw_libp2p_echo`.
+
+The node writes every answer (and every request) that is ready in ONE stream write
+(`p2pay.node._Outbox.pump` via `p2pay.net.base.send_frames`); the two echoes above write
+one frame per answer. So each echo also has a batching twin that writes the same way on
+both ends: every frame already read is answered in one write, and the client's queued
+requests go out in one write (`batching_unpaid_echo`, `batching_raw_libp2p_echo`).
 """
 
 from __future__ import annotations
@@ -251,6 +257,107 @@ async def unpaid_echo(
         await stream.reset()
 
 
+class BatchingClient:
+    """Like `FifoClient`, but requests are queued and one pump task writes everything
+    queued in one write (as the node's outbox does for a client's requests)."""
+
+    def __init__(self, send_many: Callable[[list[bytes]], Awaitable[Any]], payload: bytes):
+        self._send_many = send_many
+        self._payload = payload
+        self._waiting: collections.deque[trio.Event] = collections.deque()
+        self._queued: list[bytes] = []
+        self._wake = trio.Event()
+        self.writes = 0  # stream writes made by the pump
+        self.sent = 0  # requests those writes carried
+
+    def answered(self) -> None:
+        self._waiting.popleft().set()
+
+    async def call(self) -> None:
+        done = trio.Event()
+        self._waiting.append(done)
+        self._queued.append(self._payload)
+        self._wake.set()
+        await done.wait()
+
+    async def pump(self) -> None:
+        while True:
+            while not self._queued:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            batch, self._queued = self._queued, []
+            await self._send_many(batch)
+            self.writes += 1
+            self.sent += len(batch)
+
+
+@contextlib.asynccontextmanager
+async def batching_unpaid_echo(request_size: int, reply_size: int) -> AsyncIterator[Any]:
+    """`unpaid_echo` over libp2p, writing like the node: the server's reader takes every
+    frame already received (`Libp2pStream.receive` returns buffered frames without a
+    read) and queues one reply each; its pump answers everything queued in ONE write
+    (`p2pay.net.base.send_frames`, i.e. `Libp2pStream.send_many`); the client queues its
+    requests and writes everything queued in one write. No vouchers, receipts,
+    signatures or store."""
+    from p2pay.net.base import send_frames
+    from p2pay.net.p2p import open_libp2p_transport
+
+    reply = b"r" * reply_size
+
+    async def server(stream: Any) -> None:
+        queued: list[bytes] = []
+        wake = trio.Event()
+
+        async def pump() -> None:
+            nonlocal queued, wake
+            while True:
+                while not queued:
+                    wake = trio.Event()
+                    await wake.wait()
+                batch, queued = queued, []
+                await send_frames(stream, batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            while True:
+                try:
+                    await stream.receive()
+                except StreamClosed:
+                    break
+                queued.append(reply)
+                wake.set()
+            nursery.cancel_scope.cancel()
+
+    async def nothing(stream: Any) -> None:
+        await stream.reset()
+
+    async with (
+        open_libp2p_transport(CAROL, server) as srv,
+        open_libp2p_transport(MALLORY, nothing) as cli,
+    ):
+        stream = await cli.connect(srv.addrs[0])
+
+        async def send_many(batch: list[bytes]) -> None:
+            await send_frames(stream, batch)
+
+        client = BatchingClient(send_many, b"q" * request_size)
+
+        async def reader() -> None:
+            while True:
+                try:
+                    await stream.receive()
+                except StreamClosed:
+                    return
+                client.answered()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(client.pump)
+            yield client
+            nursery.cancel_scope.cancel()
+        await stream.reset()
+
+
 # ---------------------------------------------------------------------------
 # raw py-libp2p echo
 
@@ -336,6 +443,77 @@ async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[F
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(reader)
+                yield client
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(3), contextlib.suppress(Exception):
+                await net_stream.reset()
+            for host in (cli_host, srv_host):
+                with trio.move_on_after(3), contextlib.suppress(Exception):
+                    await host.close()
+
+
+@contextlib.asynccontextmanager
+async def batching_raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[Any]:
+    """`raw_libp2p_echo`, writing like the node: the server answers every whole record of
+    each read with ONE yamux write (all the replies concatenated); the client queues its
+    requests and one pump writes everything queued in one yamux write. No p2pay code
+    (py-libp2p's default yamux window policy)."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    proto = TProtocol("/p2pay-bench/raw-batching-echo/1")
+    reply = b"r" * reply_size
+    listen = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+    async def server(net_stream: Any) -> None:
+        pending = 0
+        try:
+            while True:
+                data = await net_stream.read(65536)
+                if not data:
+                    return
+                pending += len(data)
+                ready, pending = divmod(pending, request_size)
+                if ready:
+                    await net_stream.write(reply * ready)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await net_stream.reset()
+
+    srv_host = _raw_host(CAROL)
+    cli_host = _raw_host(MALLORY)
+    async with srv_host.run(listen_addrs=listen), cli_host.run(listen_addrs=listen):
+        srv_host.set_stream_handler(proto, server)
+        addr = srv_host.get_addrs()[0]
+        info = info_from_p2p_addr(Multiaddr(str(addr)))
+        await cli_host.connect(info)
+        net_stream = await cli_host.new_stream(info.peer_id, [proto])
+
+        async def send_many(batch: list[bytes]) -> None:
+            await net_stream.write(b"".join(batch))
+
+        client = BatchingClient(send_many, b"q" * request_size)
+
+        async def reader() -> None:
+            got = 0
+            while True:
+                try:
+                    data = await net_stream.read(65536)
+                except Exception:
+                    return
+                if not data:
+                    return
+                got += len(data)
+                while got >= reply_size:
+                    got -= reply_size
+                    client.answered()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                nursery.start_soon(client.pump)
                 yield client
                 nursery.cancel_scope.cancel()
         finally:

@@ -1,9 +1,11 @@
 """Run one simulator scenario, optionally rescaled, and print its summary as JSON.
 
-``python -m benchmarks._simrun SCENARIO [--peers N] [--duration SECONDS]``: the peer groups
-are scaled in proportion to reach N peers (each group keeps at least one peer), the
-simulated duration is replaced if given; the run uses the simulator's library interface
-(`p2pay.sim.parse_scenario` + `run_scenario`, no plots, no files). The benchmark runs this
+``python -m benchmarks._simrun SCENARIO [--peers N] [--duration SECONDS] [--shards K]``: the
+peer groups are scaled in proportion to reach N peers (each group keeps at least one
+peer), the simulated duration is replaced if given, and ``--shards K`` runs it as K
+independent sub-markets in K processes (as the CLI's ``--shards``); the run uses the
+simulator's library interface (`p2pay.sim.parse_scenario` + `run_scenario`, no plots, no
+files). The benchmark runs this
 in a child process to read its wall time, CPU time and peak RSS.
 """
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--peers", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--shards", type=int, default=None)
     args = parser.parse_args(argv)
     import logging
 
@@ -47,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         tomllib.loads(args.scenario.read_text(encoding="utf-8")), args.peers, args.duration
     )
     spec = parse_scenario(data, source=str(args.scenario))
+    if args.shards is not None:
+        spec = spec.with_overrides(shards=args.shards)
     t0 = time.perf_counter()
     report = run_scenario(spec, plots=False)
     wall = time.perf_counter() - t0
     out = {
         "peers": spec.peer_count,
         "duration_s": spec.duration_s,
+        "shards": spec.shards,
         "wall_s": wall,
         "requests": report.get("requests", {}),
         "invariants_ok": report.get("invariants_ok"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,48 @@ async def compare(
     return out
 
 
+@dataclass
+class MultiComparison:
+    """Per-label figures of `compare_many`: calls/s and CPU us per call, one per round."""
+
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    load: list[list[float]] = field(default_factory=list)
+
+    def ratios(self, a: str, b: str) -> list[float]:
+        """(a calls/s) / (b calls/s), per round."""
+        return [x / y for x, y in zip(self.rates[a], self.rates[b], strict=True)]
+
+    def cpu_ratios(self, a: str, b: str) -> list[float]:
+        """(b CPU per call) / (a CPU per call), per round."""
+        return [y / x for x, y in zip(self.cpu_us[a], self.cpu_us[b], strict=True)]
+
+
+async def compare_many(
+    callers: dict[str, Caller], *, concurrency: int, duration: float, rounds: int, warmup: float
+) -> MultiComparison:
+    """Like `compare` for several ways of calling: each round runs every one of them for
+    `duration` seconds, in the listed order on even rounds and reversed on odd rounds
+    (ABC CBA ...), so every ratio is taken between phases of the same round."""
+    out = MultiComparison()
+    for label, fn in callers.items():
+        await run_callers(fn, concurrency, warmup)
+        out.rates[label], out.cpu_us[label], out.calls[label] = [], [], 0
+    for r in range(rounds):
+        out.load.append([round(x, 2) for x in load_average()])
+        order = list(callers.items())
+        if r % 2:
+            order.reverse()
+        for label, fn in order:
+            phase = await run_callers(fn, concurrency, duration)
+            out.rates[label].append(phase.rate)
+            out.cpu_us[label].append(phase.cpu_us)
+            out.calls[label] += phase.calls
+    out.load.append([round(x, 2) for x in load_average()])
+    return out
+
+
 async def profile_phase(
     fn: Caller,
     *,
@@ -116,80 +159,117 @@ LIBP2P_SIZE: dict[str, dict[str, Any]] = {
 }
 
 
-async def paid_vs_baseline(
-    *,
-    name: str,
-    title: str,
-    target: float,
-    baseline: Any,  # async context manager factory: (request_size, reply_size) -> FifoClient
-    baseline_label: str,
-    size: str,
-    profile_dir: Any,
-) -> Result:
-    """Benchmarks 1 and 2: paid `Node.call` over libp2p against an echo baseline."""
+@dataclass
+class Baseline:
+    """One baseline of benchmark 1 or 2: `factory(request_size, reply_size)` is an async
+    context manager yielding an object with ``call()``; its ratio is reported as the
+    result `name` against `target`."""
+
+    name: str
+    title: str
+    label: str
+    factory: Any
+    how: str  # how the baseline writes, for the verdict line
+
+
+async def paid_vs_baselines(
+    *, target: float, baselines: list[Baseline], size: str, profile_dir: Any
+) -> list[Result]:
+    """Benchmarks 1 and 2: paid `Node.call` over libp2p against echo baselines, all in the
+    same alternating rounds (ABC CBA ...); one Result per baseline, each with its verdict,
+    and a line in every result saying which baseline passes and which fails."""
     from benchmarks._harness import frame_sizes, paid_pair
 
     p = LIBP2P_SIZE[size]
     req, rep = frame_sizes()
-    async with paid_pair() as pair, baseline(req, rep) as echo:
-        cmp = await compare(
-            pair.call,
-            echo.call,
+    async with contextlib.AsyncExitStack() as stack:
+        pair = await stack.enter_async_context(paid_pair())
+        echoes = {b.label: await stack.enter_async_context(b.factory(req, rep)) for b in baselines}
+        callers: dict[str, Caller] = {"paid": pair.call}
+        callers.update({label: e.call for label, e in echoes.items()})
+        cmp = await compare_many(
+            callers,
             concurrency=p["concurrency"],
             duration=p["duration"],
             rounds=p["rounds"],
             warmup=p["warmup"],
         )
-        paid_us = 1e6 / median(cmp.a_rates)
-        base_us = 1e6 / median(cmp.b_rates)
+        paid_us = 1e6 / median(cmp.rates["paid"])
+        paid_cpu = median(cmp.cpu_us["paid"])
+        profiles: dict[str, tuple[str | None, list[str]]] = {}
+        if profile_dir is not None:
+            for label, fn in callers.items():
+                path, top, _per_call = await profile_phase(
+                    fn,
+                    concurrency=p["concurrency"],
+                    duration=p["prof"],
+                    title=f"{baselines[0].name}: {label} calls over libp2p, both ends in one "
+                    "process",
+                    profile_dir=profile_dir,
+                    filename=f"{baselines[0].name}.{label}.txt",
+                )
+                profiles[label] = (path, top)
+        ledger_tx = pair.ledger.tx_count
+        per_write = {
+            label: e.sent / e.writes for label, e in echoes.items() if getattr(e, "writes", 0)
+        }
+    ratios = {b.label: median(cmp.ratios("paid", b.label)) for b in baselines}
+    verdicts = [
+        f"{b.label} ({b.how}): {ratios[b.label]:.3f} "
+        f"{'PASS' if ratios[b.label] >= target else 'FAIL'} (target >= {target})"
+        for b in baselines
+    ]
+    results = []
+    for b in baselines:
+        label = b.label
+        base_us = 1e6 / median(cmp.rates[label])
+        base_cpu = median(cmp.cpu_us[label])
+        cpu_ratio = median(cmp.cpu_ratios("paid", label))
         figures: dict[str, Any] = {
-            "paid_calls_per_s": spread(cmp.a_rates),
-            f"{baseline_label}_calls_per_s": spread(cmp.b_rates),
-            "ratio_per_round": [round(r, 3) for r in cmp.ratios],
+            "paid_calls_per_s": spread(cmp.rates["paid"]),
+            f"{label}_calls_per_s": spread(cmp.rates[label]),
+            "ratio_per_round": [round(r, 3) for r in cmp.ratios("paid", label)],
             "paid_us_per_call": round(paid_us, 1),
-            f"{baseline_label}_us_per_call": round(base_us, 1),
-            "paid_cpu_us_per_call": round(median(cmp.a_cpu_us), 1),
-            f"{baseline_label}_cpu_us_per_call": round(median(cmp.b_cpu_us), 1),
-            "cpu_ratio": round(cmp.cpu_ratio, 3),
-            "cpu_ratio_per_round": [round(r, 3) for r in cmp.cpu_ratios],
+            f"{label}_us_per_call": round(base_us, 1),
+            "paid_cpu_us_per_call": round(paid_cpu, 1),
+            f"{label}_cpu_us_per_call": round(base_cpu, 1),
+            "cpu_ratio": round(cpu_ratio, 3),
+            "cpu_ratio_per_round": [round(r, 3) for r in cmp.cpu_ratios("paid", label)],
             "concurrency": p["concurrency"],
             "phase_s": p["duration"],
             "rounds": p["rounds"],
             "request_frame_bytes": req,
             "receipt_frame_bytes": rep,
-            "paid_calls": cmp.a_calls,
-            f"{baseline_label}_calls": cmp.b_calls,
-            "ledger_tx_during_run": pair.ledger.tx_count,
+            "paid_calls": cmp.calls["paid"],
+            f"{label}_calls": cmp.calls[label],
+            "ledger_tx_during_run": ledger_tx,
             "loadavg_per_round": cmp.load,
         }
+        if label in per_write:  # over the whole run (warm-up and profile included)
+            figures[f"{label}_client_requests_per_write"] = round(per_write[label], 1)
         notes = [
-            f"paid {paid_us:,.0f} us/call vs {baseline_label} {base_us:,.0f} us/call "
+            "verdict per baseline, same rounds: " + "; ".join(verdicts),
+            f"paid {paid_us:,.0f} us/call vs {label} {base_us:,.0f} us/call "
             f"(medians; both ends of each pair on one core): the paid path adds "
             f"{paid_us - base_us:,.0f} us/call",
             f"CPU per call (process_time, immune to other processes): paid "
-            f"{median(cmp.a_cpu_us):,.0f} us, {baseline_label} {median(cmp.b_cpu_us):,.0f} us; "
-            f"their ratio {cmp.cpu_ratio:.3f} is what the throughput ratio would be on an "
-            f"idle core",
+            f"{paid_cpu:,.0f} us, {label} {base_cpu:,.0f} us; their ratio {cpu_ratio:.3f} is "
+            f"what the throughput ratio would be on an idle core",
         ]
-        if profile_dir is not None:
-            for label, fn in (("paid", pair.call), (baseline_label, echo.call)):
-                path, top, _per_call = await profile_phase(
-                    fn,
-                    concurrency=p["concurrency"],
-                    duration=p["prof"],
-                    title=f"{name}: {label} calls over libp2p, both ends in one process",
-                    profile_dir=profile_dir,
-                    filename=f"{name}.{label}.txt",
-                )
-                figures[f"profile_{label}"] = path
-                notes.append(f"{label} profile, self time: " + ", ".join(top))
-    return Result(
-        name=name,
-        title=title,
-        target_op=">=",
-        target=target,
-        ratio=cmp.ratio,
-        ratio_desc=f"median over rounds of (paid calls/s) / ({baseline_label} calls/s)",
-        figures=figures,
-        notes=notes,
-    )
+        for lab in ("paid", label):
+            if lab in profiles:
+                figures[f"profile_{lab}"] = profiles[lab][0]
+                notes.append(f"{lab} profile, self time: " + ", ".join(profiles[lab][1]))
+        results.append(
+            Result(
+                name=b.name,
+                title=b.title,
+                target_op=">=",
+                target=target,
+                ratio=ratios[label],
+                ratio_desc=f"median over rounds of (paid calls/s) / ({label} calls/s)",
+                figures=figures,
+                notes=notes,
+            )
+        )
+    return results

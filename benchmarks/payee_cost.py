@@ -1,16 +1,26 @@
 """3. Payee CPU cost per paid request / one raw Ed25519 verify of the same bytes (<= 1.3).
 
 The payee's work per request, on the request frame as it comes off the stream:
-``decode_frame`` -> ``PayeeChannel.admit`` (with the signature check) -> ``complete``
--> ``Response.create`` (signs the receipt). The baseline is one raw PyNaCl
-``VerifyKey.verify`` of the same signing bytes and signature (key object built once).
+``decode_frame`` -> ``PayeeChannel.admit`` -> ``complete`` -> ``Response.create`` (signs
+the receipt). The baseline is one raw PyNaCl ``VerifyKey.verify`` of the same signing
+bytes and signature (key object built once).
 
-Every component is also timed alone on the same requests (decode_frame, and inside it the
-bare CBOR decode and the re-encoding of the signing bytes that `Request` construction
-does; admit with and without the signature check; complete; Response.create; the
-receipt's to_frame; a raw sign), in
-alternating repetitions; each figure is the median over repetitions of the time per
-request. Pure CPU, no I/O: this is the floor under benchmarks 1 and 2.
+Two results, from the same repetitions:
+
+* ``payee_cost``: the channel as the node builds it, with the default
+  ``unverified_credit_limit`` (10**20 yocto, specs/protocol.md 13.4 deferred
+  verification): ``admit`` checks the first voucher and then one voucher each time the
+  unchecked credit would pass the limit (at 1 micro-token per request: about one in 100);
+* ``payee_cost_verify_all``: the same pipeline with ``unverified_credit_limit = 0``:
+  every voucher's signature is checked on arrival.
+
+Every component is also timed alone on the same requests (decode_frame; the bare CBOR
+decode inside it; building the signing bytes from the fields, which decode_frame no
+longer does since it keeps the received bytes; admit at the default limit, at
+limit 0 and with the signature taken as checked; complete; Response.create; the
+receipt's to_frame; a raw sign), in alternating repetitions; each figure is the median
+over repetitions of the time per request. Pure CPU, no I/O: this is the floor under
+benchmarks 1 and 2.
 """
 
 from __future__ import annotations
@@ -47,7 +57,8 @@ from p2pay.core.messages import (
 )
 
 NAME = "payee_cost"
-TITLE = "payee CPU per request (decode+admit+verify+complete+sign) / one raw verify"
+TITLE = "payee CPU per request (decode+admit+complete+sign), default deferral / one verify"
+TITLE_ALL = "payee CPU per request, every voucher verified (limit 0) / one raw verify"
 TARGET = 1.3
 
 SIZE: dict[str, dict[str, int]] = {
@@ -80,14 +91,18 @@ def _requests(count: int) -> list[Request]:
     ]
 
 
-def _channel() -> PayeeChannel:
-    return PayeeChannel(
+def _channel(limit: int | None = None) -> PayeeChannel:
+    """A payee channel; `limit`: its unverified_credit_limit (None: the default)."""
+    ch = PayeeChannel(
         ledger=LEDGER,
         channel=CHANNEL,
         payer=Keypair.from_seed(ALICE_SEED).public,
         payee=Keypair.from_seed(BOB_SEED).public,
         deposit=TOKEN,
     )
+    if limit is not None:
+        ch.unverified_credit_limit = limit
+    return ch
 
 
 def _admit(ch: PayeeChannel, req: Request, signature_ok: bool | None) -> None:
@@ -104,9 +119,12 @@ def _admit(ch: PayeeChannel, req: Request, signature_ok: bool | None) -> None:
         raise RuntimeError(f"benchmark request refused: {decision}")
 
 
-def _pipeline(frames: list[bytes], payee: Keypair, *, verify: bool = True) -> None:
-    """What the node does per request, minus I/O and the handler (echo)."""
-    ch = _channel()
+def _pipeline(
+    frames: list[bytes], payee: Keypair, *, verify: bool = True, limit: int | None = None
+) -> None:
+    """What the node does per request, minus I/O and the handler (echo). `verify=False`
+    takes every signature as checked; `limit`: the channel's unverified_credit_limit."""
+    ch = _channel(limit)
     ok = None if verify else True
     for frame in frames:
         req = decode_frame(frame)
@@ -169,8 +187,13 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
                 deadline=r.deadline,
             )
 
-    def admit_verify() -> None:
+    def admit_default() -> None:
         ch = _channel()
+        for r in reqs:
+            _admit(ch, r, None)
+
+    def admit_verify_all() -> None:
+        ch = _channel(0)
         for r in reqs:
             _admit(ch, r, None)
 
@@ -201,25 +224,31 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
     def pipeline() -> None:
         _pipeline(frames, payee)
 
-    def pipeline_deferred() -> None:
+    def pipeline_verify_all() -> None:
+        _pipeline(frames, payee, limit=0)
+
+    def pipeline_no_verify() -> None:
         _pipeline(frames, payee, verify=False)
 
     parts: dict[str, Callable[[], None]] = {
         "raw_verify": raw_verify,
         "payee_pipeline": pipeline,
+        "payee_pipeline_verify_all": pipeline_verify_all,
         "raw_sign": raw_sign,
         "decode_frame": decode,
         "codec_decode_only": codec_decode,
         "signing_bytes_encode": reencode,
-        "admit_with_verify": admit_verify,
+        "admit_default_limit": admit_default,
+        "admit_verify_all": admit_verify_all,
         "admit_no_verify": admit_no_verify,
         "complete": complete,
         "response_create": create_response,
         "receipt_to_frame": to_frame,
-        "pipeline_without_verify": pipeline_deferred,
+        "pipeline_without_verify": pipeline_no_verify,
     }
     times: dict[str, list[float]] = {k: [] for k in parts}
     ratios: list[float] = []
+    ratios_all: list[float] = []
     for fn in parts.values():  # warm-up
         fn()
     for rep in range(p["reps"]):
@@ -234,6 +263,7 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
             this[name] = elapsed / count * 1e6
             times[name].append(this[name])
         ratios.append(this["payee_pipeline"] / this["raw_verify"])
+        ratios_all.append(this["payee_pipeline_verify_all"] / this["raw_verify"])
     us = {k: median(v) for k, v in times.items()}
     verify_us = us["raw_verify"]
     figures: dict[str, Any] = {f"{k}_us": round(v, 2) for k, v in us.items()}
@@ -242,14 +272,18 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
             "requests_per_rep": count,
             "reps": p["reps"],
             "ratio_per_rep": [round(r, 3) for r in ratios],
-            "verify_inside_admit_us": round(us["admit_with_verify"] - us["admit_no_verify"], 2),
+            "verify_all_ratio_per_rep": [round(r, 3) for r in ratios_all],
+            "verify_inside_admit_us": round(us["admit_verify_all"] - us["admit_no_verify"], 2),
+            "default_limit_admit_extra_us": round(
+                us["admit_default_limit"] - us["admit_no_verify"], 2
+            ),
             "pipeline_without_verify_over_verify": round(
                 us["pipeline_without_verify"] / verify_us, 3
             ),
             "raw_sign_over_verify": round(us["raw_sign"] / verify_us, 3),
             "sum_of_parts_us": round(
                 us["decode_frame"]
-                + us["admit_with_verify"]
+                + us["admit_default_limit"]
                 + us["complete"]
                 + us["response_create"],
                 2,
@@ -264,7 +298,8 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
                 "decode_frame",
                 "codec_decode_only",
                 "signing_bytes_encode",
-                "admit_with_verify",
+                "admit_default_limit",
+                "admit_verify_all",
                 "admit_no_verify",
                 "complete",
                 "response_create",
@@ -272,26 +307,44 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
                 "receipt_to_frame",
             )
         ),
-        f"with deferred verification (admit signature_ok=True) the pipeline is "
-        f"{us['pipeline_without_verify'] / verify_us:.2f} verify",
+        f"pipeline per request: default limit {us['payee_pipeline']:.1f} us "
+        f"({us['payee_pipeline'] / verify_us:.2f} verify), every voucher checked "
+        f"{us['payee_pipeline_verify_all']:.1f} us "
+        f"({us['payee_pipeline_verify_all'] / verify_us:.2f} verify), no signature check at "
+        f"all {us['pipeline_without_verify']:.1f} us "
+        f"({us['pipeline_without_verify'] / verify_us:.2f} verify)",
     ]
+    verdicts = "; ".join(
+        f"{label}: {median(rs):.3f} {'PASS' if median(rs) <= TARGET else 'FAIL'} "
+        f"(target <= {TARGET})"
+        for label, rs in (
+            ("default unverified_credit_limit 10**20", ratios),
+            ("unverified_credit_limit 0", ratios_all),
+        )
+    )
+    notes.insert(0, f"verdict per configuration, same reps: {verdicts}")
     if profile_dir is not None:
         reps_prof = max(1, min(5000, 3 * count) // count)
-        prof = new_profiler(cpu_clock=False)
-        prof.enable()
-        for _ in range(reps_prof):
-            _pipeline(frames, payee)
-        prof.disable()
-        per = count * reps_prof
-        text, rows = profile_text(
-            prof,
-            f"{NAME}: payee pipeline, {per:,} requests",
-            per=per,
-            per_label="request",
-            timer="cProfile's wall clock (a tight CPU loop, nothing waits)",
-        )
-        figures["profile"] = write_profile(profile_dir, f"{NAME}.txt", text)
-        notes.append("pipeline profile, self time: " + ", ".join(top_buckets(rows, 8)))
+        for suffix, limit, label in (("", None, "default limit"), (".verify_all", 0, "limit 0")):
+            prof = new_profiler(cpu_clock=False)
+            prof.enable()
+            for _ in range(reps_prof):
+                _pipeline(frames, payee, limit=limit)
+            prof.disable()
+            per = count * reps_prof
+            text, rows = profile_text(
+                prof,
+                f"{NAME}: payee pipeline ({label}), {per:,} requests",
+                per=per,
+                per_label="request",
+                timer="cProfile's wall clock (a tight CPU loop, nothing waits)",
+            )
+            figures[f"profile{suffix.replace('.', '_')}"] = write_profile(
+                profile_dir, f"{NAME}{suffix}.txt", text
+            )
+            notes.append(
+                f"pipeline profile ({label}), self time: " + ", ".join(top_buckets(rows, 8))
+            )
     return [
         Result(
             name=NAME,
@@ -299,8 +352,25 @@ def run(size: str, profile_dir: Path | None) -> list[Result]:
             target_op="<=",
             target=TARGET,
             ratio=median(ratios),
-            ratio_desc="median over reps of (payee pipeline time) / (raw verify time), per request",
+            ratio_desc="median over reps of (payee pipeline time, default unverified credit "
+            "limit) / (raw verify time), per request",
             figures=figures,
             notes=notes,
-        )
+        ),
+        Result(
+            name=f"{NAME}_verify_all",
+            title=TITLE_ALL,
+            target_op="<=",
+            target=TARGET,
+            ratio=median(ratios_all),
+            ratio_desc="median over reps of (payee pipeline time, unverified_credit_limit 0) "
+            "/ (raw verify time), per request",
+            figures={
+                "payee_pipeline_verify_all_us": round(us["payee_pipeline_verify_all"], 2),
+                "raw_verify_us": round(verify_us, 2),
+                "admit_verify_all_us": round(us["admit_verify_all"], 2),
+                "verify_all_ratio_per_rep": [round(r, 3) for r in ratios_all],
+            },
+            notes=list(notes),
+        ),
     ]

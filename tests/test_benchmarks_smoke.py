@@ -19,14 +19,16 @@ ROW = re.compile(
     r"\s+(?P<verdict>PASS|FAIL|NOT MEASURED)\b"
 )
 
-#: the results each benchmark module returns (memory_footprint reports three)
+#: the results each benchmark module returns: benchmarks 1 and 2 one per baseline (one
+#: write per frame, batching), 3 one per unverified_credit_limit (default, 0), 6 one per
+#: way of running scale-1000 (one market, 2 shards); memory_footprint three
 EXPECTED = {
-    "paid_vs_unpaid": ["paid_vs_unpaid"],
-    "paid_vs_libp2p": ["paid_vs_libp2p"],
-    "payee_cost": ["payee_cost"],
+    "paid_vs_unpaid": ["paid_vs_unpaid", "paid_vs_unpaid_batched"],
+    "paid_vs_libp2p": ["paid_vs_libp2p", "paid_vs_libp2p_batched"],
+    "payee_cost": ["payee_cost", "payee_cost_verify_all"],
     "sqlite_vs_memory": ["sqlite_vs_memory"],
     "ledger_tx": ["ledger_tx"],
-    "simulator": ["simulator"],
+    "simulator": ["simulator", "simulator_shards2"],
     "memory_footprint": ["memory_channel", "memory_sim_peer", "memory_libp2p_peer"],
 }
 
@@ -94,19 +96,40 @@ def test_all_benchmarks_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         if r["status"] == NOT_MEASURED:
             # only the simulator may be legitimately unmeasurable (not ready), and then
             # it says so instead of printing a number
-            assert name == "simulator" and r["ratio"] is None, r
+            assert name.startswith("simulator") and r["ratio"] is None, r
             assert any(n.startswith("not measured") for n in r["notes"])
             assert rows[name]["ratio"] == "n/a"
         else:
             assert isinstance(r["ratio"], float) and r["ratio"] >= 0, r
             assert rows[name]["ratio"] != "n/a"
         assert r["figures"], f"{name} printed no absolute figures"
+    # each pair of results says which configuration passes and which fails, and the
+    # verdict it prints for each is that result's own status
+    for first, second, key in (
+        ("paid_vs_unpaid", "paid_vs_unpaid_batched", "verdict per baseline"),
+        ("paid_vs_libp2p", "paid_vs_libp2p_batched", "verdict per baseline"),
+        ("payee_cost", "payee_cost_verify_all", "verdict per configuration"),
+    ):
+        line = next(n for n in by_name[first]["notes"] if n.startswith(key))
+        assert line in by_name[second]["notes"]
+        parts = line.split(": ", 1)[1].split("; ")
+        assert [p.split(" (target")[0].rsplit(" ", 1)[1] for p in parts] == [
+            by_name[first]["status"],
+            by_name[second]["status"],
+        ], line
+    # the simulator's growth points ran, unsharded and in 2 shards
+    growth = by_name["simulator"]["figures"]["growth"]
+    assert [g.get("shards") for g in growth] == [1, 2], growth
+    assert all(g["invariants_ok"] and g["requests_sent_ok"][1] > 0 for g in growth), growth
     # each measured benchmark with a profile pass wrote its text profile
     written = {p.name for p in profiles.glob("*.txt")}
     for expected in (
         "paid_vs_unpaid.paid.txt",
+        "paid_vs_unpaid.batching_unpaid.txt",
         "paid_vs_libp2p.raw_libp2p.txt",
+        "paid_vs_libp2p.batching_raw_libp2p.txt",
         "payee_cost.txt",
+        "payee_cost.verify_all.txt",
         "sqlite_vs_memory.sqlite.txt",
         "ledger_tx.txt",
         "memory_footprint.txt",
