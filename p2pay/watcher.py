@@ -25,6 +25,7 @@ stop the node.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -391,18 +392,8 @@ class Watcher:
 def _with_state(
     record: OutgoingRequest, state: str, now: int, *, claim_id: bytes | None = None
 ) -> OutgoingRequest:
-    return OutgoingRequest(
-        request_hash=record.request_hash,
-        channel=record.channel,
-        n=record.n,
-        payee=record.payee,
-        price=record.price,
-        deadline=record.deadline,
-        frame=record.frame,
-        state=state,
-        claim_id=claim_id if claim_id is not None else record.claim_id,
-        updated_at=now,
-    )
+    claim = record.claim_id if claim_id is None else claim_id
+    return dataclasses.replace(record, state=state, updated_at=now, claim_id=claim)
 
 
 __all__ = ["Watcher"]

@@ -43,6 +43,7 @@ any integer in [0, 2**128 - 1] so that ``deadline + retention`` computed from a 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -306,19 +307,8 @@ class RequestUpdate:
         _uint(k, "updated_at", self.updated_at, MAX_TIME)
 
     def apply(self, record: OutgoingRequest) -> OutgoingRequest:
-        """`record` with this update's state and time."""
-        return OutgoingRequest(
-            request_hash=record.request_hash,
-            channel=record.channel,
-            n=record.n,
-            payee=record.payee,
-            price=record.price,
-            deadline=record.deadline,
-            frame=record.frame,
-            state=self.state,
-            claim_id=record.claim_id,
-            updated_at=self.updated_at,
-        )
+        """`record` with this update's state and time (validated again)."""
+        return dataclasses.replace(record, state=self.state, updated_at=self.updated_at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
