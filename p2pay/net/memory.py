@@ -127,14 +127,36 @@ def memory_addr(peer_id: str) -> str:
 
 
 class _Pipe:
-    """One direction of a stream: a bounded channel of (arrival time, payload)."""
+    """One direction of a stream: a bounded channel of (arrival time, payload).
 
-    __slots__ = ("eof_at", "last_arrival", "recv", "send")
+    A reader finding it empty parks (`MemoryStream._park`) instead of blocking on the
+    channel: the writer sets the parked reader's deadline to the frame's arrival time,
+    so the reader wakes once per frame (not once on the send, then again at arrival).
+    """
+
+    __slots__ = ("eof_at", "last_arrival", "recv", "send", "waiter")
 
     def __init__(self) -> None:
         self.send, self.recv = trio.open_memory_channel[tuple[float, bytes]](PIPE_CAPACITY)
         self.last_arrival = -math.inf
         self.eof_at = -math.inf
+        self.waiter: tuple[trio.lowlevel.Task, trio.CancelScope] | None = None
+
+    def notify(self, arrival: float) -> None:
+        """A frame was put in: a parked reader wakes at its arrival time."""
+        waiter = self.waiter
+        if waiter is not None:
+            if arrival <= trio.current_time():
+                self.waiter = None
+                trio.lowlevel.reschedule(waiter[0])
+            elif arrival < waiter[1].deadline:
+                waiter[1].deadline = arrival
+
+    def wake(self) -> None:
+        """Wake a parked reader now (an end is closing)."""
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter[0])
 
 
 class MemoryStream:
@@ -216,6 +238,7 @@ class MemoryStream:
                 self._kill()
                 raise
             self._out.last_arrival = arrival
+            self._out.notify(arrival)
         finally:
             lock.release()
         if not blocked:
@@ -254,6 +277,7 @@ class MemoryStream:
                         blocked = True
                         await out.send.send((arrival, item))
                     out.last_arrival = arrival
+                    out.notify(arrival)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise StreamClosed("stream closed by the peer") from None
             except BaseException:
@@ -317,7 +341,11 @@ class MemoryStream:
                 waited = False
             except trio.WouldBlock:
                 waited = True
-                arrival, payload = await self._in.recv.receive()
+                await self._park()
+                try:
+                    arrival, payload = self._in.recv.receive_nowait()
+                except trio.WouldBlock:  # not expected (see _park): wait as usual
+                    arrival, payload = await self._in.recv.receive()
         except trio.EndOfChannel:
             # The peer closed; its close travels as fast as its frames.
             if self._in.eof_at > trio.current_time():
@@ -341,6 +369,25 @@ class MemoryStream:
                 details={"size": len(payload), "max": max_frame},
             )
         return payload
+
+    async def _park(self) -> None:
+        """With our pipe empty, wait until a frame sent to us has arrived (the writer
+        sets our deadline to its arrival time, `_Pipe.notify`) or an end is closing
+        (`_Pipe.wake`). Reaching that deadline reschedules without raising; a
+        cancellation from outside is raised as usual."""
+        pipe = self._in
+        task = trio.lowlevel.current_task()
+        with trio.CancelScope() as scope:
+
+            def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+                pipe.waiter = None
+                if trio.current_time() >= scope.deadline:  # a frame's arrival
+                    trio.lowlevel.reschedule(task)
+                    return trio.lowlevel.Abort.FAILED
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            pipe.waiter = (task, scope)
+            await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until `deadline` or until this end is killed, whichever comes first.
@@ -378,6 +425,8 @@ class MemoryStream:
         sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
+        self._in.wake()  # our parked reader, if any: it reads StreamClosed
+        self._out.wake()  # the peer's: it reads what is left, then StreamClosed
         if graceful:
             delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
             self._out.eof_at = max(trio.current_time() + delay, self._out.last_arrival)

@@ -1099,3 +1099,72 @@ async def test_memory_a_frame_too_large_in_a_burst_is_raised_every_time() -> Non
             for _ in range(2):
                 with pytest.raises(FrameTooLarge):
                     await server.receive()
+
+
+async def test_memory_a_reader_waiting_on_an_empty_stream_wakes_at_arrival(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader already waiting when a frame is sent wakes at the frame's arrival time
+    exactly; it wakes at once when its stream or the peer's end is reset, after the
+    close's travel time on a graceful close, and raises Cancelled when cancelled."""
+    network = MemoryNetwork()
+    network.set_latency(lambda src, dst: 2.0)
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(1000):
+
+            async def read_at(stream: Stream, out: list[tuple[object, float]]) -> None:
+                try:
+                    out.append((await stream.receive(), trio.current_time()))
+                except StreamClosed:
+                    out.append((StreamClosed, trio.current_time()))
+
+            streams = []
+            for _ in range(4):
+                client = await alice.connect(bob.addrs[0])
+                await client.send(b"hello")
+                server = await acceptor.accept()
+                assert await server.receive() == b"hello"
+                streams.append((client, server))
+            (c1, s1), (c2, s2), (c3, s3), (c4, s4) = streams
+            got: list[tuple[object, float]] = []
+            async with trio.open_nursery() as nursery:
+                for s in (s1, s2, s3):
+                    nursery.start_soon(read_at, s, got)
+                await trio.sleep(1.0)
+                t = trio.current_time()
+                await c1.send(b"a")  # arrives at t + 2
+                await c1.send(b"b")
+                await c2.reset()  # s2's reader wakes now
+                await c3.aclose()  # s3's reader sees the close at t + 2
+                await trio.sleep(0.5)
+                assert got == [(StreamClosed, t)]
+            assert sorted(got, key=repr) == sorted(
+                [(StreamClosed, t), (b"a", t + 2.0), (StreamClosed, t + 2.0)], key=repr
+            )
+            assert await s1.receive() == b"b"  # arrived with "a": no wait
+            assert trio.current_time() == t + 2.0
+            # Cancelled while waiting: Cancelled, and the stream is reset.
+            with trio.move_on_after(3.0) as scope:
+                await s4.receive()
+            assert scope.cancelled_caught
+            with pytest.raises(StreamClosed):
+                await c4.receive()
+            # A reader of a live stream is not woken by another stream's traffic.
+            again = await alice.connect(bob.addrs[0])
+            await again.send(b"x")
+            s5 = await acceptor.accept()
+            assert await s5.receive() == b"x"
+            late: list[tuple[object, float]] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_at, s5, late)
+                await trio.sleep(5.0)
+                await s1.send(b"elsewhere")
+                assert await c1.receive() == b"elsewhere"
+                assert late == []
+                sent = trio.current_time()
+                await again.send(b"y")
+            assert late == [(b"y", sent + 2.0)]
