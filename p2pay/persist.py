@@ -92,6 +92,7 @@ class Persister:
         self._changed = trio.Event()
         self._failed: BaseException | None = None
         self._waiters: dict[int, trio.Event] = {}
+        self._stages = 0  # stage() calls so far (`_gather` watches it)
         self.commits = 0
 
     # -- staging (synchronous: call right after the decision, with no await between)
@@ -115,6 +116,7 @@ class Persister:
         to be deleted, and otherwise goes to the store as a narrow update.
         """
         s = self._staged
+        self._stages += 1
         if payee is not None:
             s.payee[payee.channel] = payee
         if payer is not None:
@@ -185,13 +187,19 @@ class Persister:
 
         Larger groups, fewer commits (fsyncs) per record when the node is busy; when it
         is idle this costs one scheduler pass. Bounded: at most `GATHER_TICKS` passes,
-        ending at the first after which no other task is runnable.
+        ending after two quiet ones: no other task runnable, or nothing staged (other
+        tasks may be runnable without staging here: in a simulation, the other nodes').
         """
         quiet = 0
+        seen = self._stages
         for _ in range(GATHER_TICKS):
             await trio.lowlevel.checkpoint()  # the rest of this pass runs (and stages)
             # Tasks of the current pass not yet run are not counted: two quiet passes.
-            quiet = quiet + 1 if trio.lowlevel.current_statistics().tasks_runnable == 0 else 0
+            if self._stages == seen or trio.lowlevel.current_statistics().tasks_runnable == 0:
+                quiet += 1
+            else:
+                quiet = 0
+            seen = self._stages
             if quiet == 2:
                 return
 

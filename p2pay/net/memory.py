@@ -15,8 +15,11 @@ flow control would. Nothing is serialized: a frame is handed over as the immutab
 * Latency: `MemoryNetwork.set_latency` takes ``fn(src_peer_id, dst_peer_id) -> seconds``.
   Each frame is stamped with ``max(now + fn(...), stamp of the previous frame)`` when it
   is sent, and the receiver waits until that time, so frames keep their order whatever
-  ``fn`` returns. Connecting costs one round trip. Only trio's clock is used, so it
-  runs unchanged (and instantly) under ``trio.testing.MockClock``.
+  ``fn`` returns. `MemoryStream.send_many` stamps a burst once (its frames leave at the
+  same instant), so the receiver wakes once for the burst; a `receive()` finding a frame
+  that has already arrived returns it without a scheduler round trip. Connecting costs
+  one round trip. Only trio's clock is used, so it runs unchanged (and instantly) under
+  ``trio.testing.MockClock``.
 * Failures: `MemoryNetwork.disconnect` resets every stream of a peer, as a crash would;
   `MemoryNetwork.set_online` makes a peer refuse (and fail to make) new connections,
   without touching its open streams (call both to simulate a peer vanishing).
@@ -30,7 +33,7 @@ There is no randomness and no wall clock in this module.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
@@ -124,14 +127,36 @@ def memory_addr(peer_id: str) -> str:
 
 
 class _Pipe:
-    """One direction of a stream: a bounded channel of (arrival time, payload)."""
+    """One direction of a stream: a bounded channel of (arrival time, payload).
 
-    __slots__ = ("eof_at", "last_arrival", "recv", "send")
+    A reader finding it empty parks (`MemoryStream._park`) instead of blocking on the
+    channel: the writer sets the parked reader's deadline to the frame's arrival time,
+    so the reader wakes once per frame (not once on the send, then again at arrival).
+    """
+
+    __slots__ = ("eof_at", "last_arrival", "recv", "send", "waiter")
 
     def __init__(self) -> None:
         self.send, self.recv = trio.open_memory_channel[tuple[float, bytes]](PIPE_CAPACITY)
         self.last_arrival = -math.inf
         self.eof_at = -math.inf
+        self.waiter: tuple[trio.lowlevel.Task, trio.CancelScope] | None = None
+
+    def notify(self, arrival: float) -> None:
+        """A frame was put in: a parked reader wakes at its arrival time."""
+        waiter = self.waiter
+        if waiter is not None:
+            if arrival <= trio.current_time():
+                self.waiter = None
+                trio.lowlevel.reschedule(waiter[0])
+            elif arrival < waiter[1].deadline:
+                waiter[1].deadline = arrival
+
+    def wake(self) -> None:
+        """Wake a parked reader now (an end is closing)."""
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter[0])
 
 
 class MemoryStream:
@@ -164,6 +189,7 @@ class MemoryStream:
         self._dead = False
         self._dead_event = trio.Event()
         self._sleeper: trio.lowlevel.Task | None = None  # a receive() waiting for arrival
+        self._held: tuple[float, bytes] | None = None  # taken by receive()'s fast path
         self._error: Exception | None = None
 
     @property
@@ -212,6 +238,51 @@ class MemoryStream:
                 self._kill()
                 raise
             self._out.last_arrival = arrival
+            self._out.notify(arrival)
+        finally:
+            lock.release()
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Send several frames in order, as one `send()` each would, but in one go: one
+        lock, one latency look-up and one arrival time for the burst (its frames leave
+        at the same instant), one checkpoint. Blocked by backpressure part-way, the
+        rest is stamped when it leaves, as separate sends would be."""
+        data = []
+        for payload in payloads:
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise LocalProtocolError("a frame payload is bytes")
+            data.append(bytes(payload))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        blocked = False
+        try:
+            if self._dead:
+                raise StreamClosed("stream is closed")
+            out, src, dst = self._out, self._transport.peer_id, self._remote_peer_id
+            arrival = max(trio.current_time() + self._network.delay(src, dst), out.last_arrival)
+            try:
+                for item in data:
+                    if blocked:  # time may have passed: stamp as a later send() would
+                        now = trio.current_time() + self._network.delay(src, dst)
+                        arrival = max(now, out.last_arrival)
+                    try:
+                        out.send.send_nowait((arrival, item))
+                    except trio.WouldBlock:
+                        blocked = True
+                        await out.send.send((arrival, item))
+                    out.last_arrival = arrival
+                    out.notify(arrival)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise StreamClosed("stream closed by the peer") from None
+            except BaseException:
+                self._kill()  # cancelled while blocked on backpressure: reset, as send()
+                raise
         finally:
             lock.release()
         if not blocked:
@@ -219,6 +290,26 @@ class MemoryStream:
 
     async def receive(self) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
+        if (
+            self._held is None
+            and self._error is None
+            and not self._dead
+            and not self._recv_lock.locked()
+        ):
+            # Fast path: a frame that has already arrived (the rest of a burst) comes
+            # out without the lock or a scheduler round trip; the cancellation check
+            # above is the checkpoint (as in p2p.py). Anything else is held for the
+            # slow path below, which waits for its arrival or raises as usual.
+            try:
+                item = self._in.recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # the slow path raises StreamClosed
+            else:
+                if item[0] <= trio.current_time() and len(item[1]) <= self._transport.max_frame:
+                    return item[1]
+                self._held = item
         lock = self._recv_lock
         if lock.locked():
             await lock.acquire()
@@ -243,11 +334,18 @@ class MemoryStream:
     async def _receive(self) -> bytes:
         try:
             try:
-                arrival, payload = self._in.recv.receive_nowait()
+                if self._held is not None:
+                    (arrival, payload), self._held = self._held, None
+                else:
+                    arrival, payload = self._in.recv.receive_nowait()
                 waited = False
             except trio.WouldBlock:
                 waited = True
-                arrival, payload = await self._in.recv.receive()
+                await self._park()
+                try:
+                    arrival, payload = self._in.recv.receive_nowait()
+                except trio.WouldBlock:  # not expected (see _park): wait as usual
+                    arrival, payload = await self._in.recv.receive()
         except trio.EndOfChannel:
             # The peer closed; its close travels as fast as its frames.
             if self._in.eof_at > trio.current_time():
@@ -271,6 +369,25 @@ class MemoryStream:
                 details={"size": len(payload), "max": max_frame},
             )
         return payload
+
+    async def _park(self) -> None:
+        """With our pipe empty, wait until a frame sent to us has arrived (the writer
+        sets our deadline to its arrival time, `_Pipe.notify`) or an end is closing
+        (`_Pipe.wake`). Reaching that deadline reschedules without raising; a
+        cancellation from outside is raised as usual."""
+        pipe = self._in
+        task = trio.lowlevel.current_task()
+        with trio.CancelScope() as scope:
+
+            def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+                pipe.waiter = None
+                if trio.current_time() >= scope.deadline:  # a frame's arrival
+                    trio.lowlevel.reschedule(task)
+                    return trio.lowlevel.Abort.FAILED
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            pipe.waiter = (task, scope)
+            await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until `deadline` or until this end is killed, whichever comes first.
@@ -308,6 +425,8 @@ class MemoryStream:
         sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
+        self._in.wake()  # our parked reader, if any: it reads StreamClosed
+        self._out.wake()  # the peer's: it reads what is left, then StreamClosed
         if graceful:
             delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
             self._out.eof_at = max(trio.current_time() + delay, self._out.last_arrival)

@@ -29,7 +29,7 @@ from p2pay.net import (
     open_memory_transport,
 )
 from p2pay.net.base import send_frames
-from p2pay.net.memory import PIPE_CAPACITY
+from p2pay.net.memory import PIPE_CAPACITY, MemoryStream
 from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)
@@ -848,14 +848,29 @@ async def test_memory_send_and_receive_are_checkpoints_and_respect_cancel() -> N
     ):
         with trio.fail_after(T):
             client = await alice.connect(bob.addrs[0])
+            assert isinstance(client, MemoryStream)
             with trio.testing.assert_checkpoints():
                 await client.send(b"one")
             server = await acceptor.accept()
             await trio.testing.wait_all_tasks_blocked()
+            # A frame already there comes out without a scheduler round trip, but the
+            # receive is still a cancellation point (below).
+            assert await server.receive() == b"one"
             with trio.testing.assert_checkpoints():
-                assert await server.receive() == b"one"  # already there: no wait
+                await client.send_many([b"a", b"b"])
             # Cancelled before it starts, a send sends nothing and the stream lives on;
-            # so does a receive.
+            # so does a receive, even with frames already there.
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.send_many([b"never"])
+            assert scope.cancelled_caught
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.receive()
+            assert scope.cancelled_caught
+            assert await server.receive() == b"a"
+            assert await server.receive() == b"b"
             with trio.CancelScope() as scope:
                 scope.cancel()
                 await client.send(b"never")
@@ -989,3 +1004,167 @@ async def test_libp2p_a_cancelled_reader_stops_even_with_frames_buffered() -> No
             assert scope.cancelled_caught
             with pytest.raises(StreamClosed):
                 await server.receive()
+
+
+async def test_memory_send_many_is_one_arrival_and_keeps_order_and_latency(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A burst leaves at once: its frames arrive together, in order, no earlier than the
+    frames sent before it; a close still travels behind it."""
+    network = MemoryNetwork()
+    network.set_latency(lambda src, dst: 1.0)
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(100):
+            client = await alice.connect(bob.addrs[0])
+            assert isinstance(client, MemoryStream)
+            network.set_latency(lambda src, dst: 3.0)
+            sent_at = trio.current_time()
+            await client.send(b"before")
+            network.set_latency(lambda src, dst: 1.0)  # cannot overtake "before"
+            await client.send_many([b"x%d" % i for i in range(5)])
+            server = await acceptor.accept()
+            got = []
+            for _ in range(6):
+                got.append((await server.receive(), trio.current_time() - sent_at))
+            assert got == [
+                (b"before", pytest.approx(3.0)),
+                *((b"x%d" % i, pytest.approx(3.0)) for i in range(5)),
+            ]
+            await client.send_many([b"y", bytearray(b"z")])  # sent at 3 s, arrives at 4 s
+            await client.aclose()
+            assert await server.receive() == b"y"
+            assert await server.receive() == b"z"
+            assert trio.current_time() - sent_at == pytest.approx(4.0)
+            with pytest.raises(StreamClosed):
+                await server.receive()
+            assert trio.current_time() - sent_at == pytest.approx(4.0)
+
+
+async def test_memory_send_many_backpressure_reset_and_bad_payloads() -> None:
+    network = MemoryNetwork()
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            assert isinstance(client, MemoryStream)
+            with pytest.raises(LocalProtocolError):
+                await client.send_many([b"ok", "not bytes"])  # type: ignore[list-item]
+            burst = [i.to_bytes(2, "big") for i in range(PIPE_CAPACITY + 10)]
+            done = trio.Event()
+
+            async def sender() -> None:
+                await client.send_many(burst)
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not done.is_set()  # the pipe is full: the burst waits
+                server = await acceptor.accept()
+                got = [await server.receive() for _ in range(len(burst))]
+                await done.wait()
+            assert got == burst  # the bad burst sent nothing, this one all in order
+            # A reset drops what was not read yet; send_many then fails.
+            await client.send_many([b"lost", b"too"])
+            await server.reset()
+            with pytest.raises(StreamClosed):
+                await server.receive()
+            with pytest.raises(StreamClosed):
+                await client.send_many([b"a", b"b"])
+            with pytest.raises(StreamClosed):
+                await client.receive()
+
+
+async def test_memory_a_frame_too_large_in_a_burst_is_raised_every_time() -> None:
+    network = MemoryNetwork()
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler, max_frame=1024) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            assert isinstance(client, MemoryStream)
+            await client.send_many([b"fine", b"x" * 1025, b"after"])
+            server = await acceptor.accept()
+            await trio.testing.wait_all_tasks_blocked()
+            assert await server.receive() == b"fine"
+            for _ in range(2):
+                with pytest.raises(FrameTooLarge):
+                    await server.receive()
+
+
+async def test_memory_a_reader_waiting_on_an_empty_stream_wakes_at_arrival(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader already waiting when a frame is sent wakes at the frame's arrival time
+    exactly; it wakes at once when its stream or the peer's end is reset, after the
+    close's travel time on a graceful close, and raises Cancelled when cancelled."""
+    network = MemoryNetwork()
+    network.set_latency(lambda src, dst: 2.0)
+    acceptor = Acceptor()
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+    ):
+        with trio.fail_after(1000):
+
+            async def read_at(stream: Stream, out: list[tuple[object, float]]) -> None:
+                try:
+                    out.append((await stream.receive(), trio.current_time()))
+                except StreamClosed:
+                    out.append((StreamClosed, trio.current_time()))
+
+            streams = []
+            for _ in range(4):
+                client = await alice.connect(bob.addrs[0])
+                await client.send(b"hello")
+                server = await acceptor.accept()
+                assert await server.receive() == b"hello"
+                streams.append((client, server))
+            (c1, s1), (c2, s2), (c3, s3), (c4, s4) = streams
+            got: list[tuple[object, float]] = []
+            async with trio.open_nursery() as nursery:
+                for s in (s1, s2, s3):
+                    nursery.start_soon(read_at, s, got)
+                await trio.sleep(1.0)
+                t = trio.current_time()
+                await c1.send(b"a")  # arrives at t + 2
+                await c1.send(b"b")
+                await c2.reset()  # s2's reader wakes now
+                await c3.aclose()  # s3's reader sees the close at t + 2
+                await trio.sleep(0.5)
+                assert got == [(StreamClosed, t)]
+            assert sorted(got, key=repr) == sorted(
+                [(StreamClosed, t), (b"a", t + 2.0), (StreamClosed, t + 2.0)], key=repr
+            )
+            assert await s1.receive() == b"b"  # arrived with "a": no wait
+            assert trio.current_time() == t + 2.0
+            # Cancelled while waiting: Cancelled, and the stream is reset.
+            with trio.move_on_after(3.0) as scope:
+                await s4.receive()
+            assert scope.cancelled_caught
+            with pytest.raises(StreamClosed):
+                await c4.receive()
+            # A reader of a live stream is not woken by another stream's traffic.
+            again = await alice.connect(bob.addrs[0])
+            await again.send(b"x")
+            s5 = await acceptor.accept()
+            assert await s5.receive() == b"x"
+            late: list[tuple[object, float]] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_at, s5, late)
+                await trio.sleep(5.0)
+                await s1.send(b"elsewhere")
+                assert await c1.receive() == b"elsewhere"
+                assert late == []
+                sent = trio.current_time()
+                await again.send(b"y")
+            assert late == [(b"y", sent + 2.0)]
