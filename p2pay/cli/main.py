@@ -244,6 +244,26 @@ def ledger_create(
             await made.aclose()
 
     params = run(create)
+    extra = {
+        "min_challenge_ms": params.min_challenge_ms,
+        "min_claim_window_ms": params.min_claim_window_ms,
+        "max_deadline_horizon_ms": params.max_deadline_horizon_ms,
+    }
+    _adopt_and_report(home, spec, params, "created", use=use, as_json=as_json, extra=extra)
+
+
+def _adopt_and_report(
+    home: Home,
+    spec: LedgerSpec,
+    params: Any,
+    verb: str,
+    *,
+    use: bool,
+    as_json: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """After ``ledger create``/``deploy``: make `spec` the home's ledger if `use`, then
+    print the new ledger's spec and parameters (``extra``: more fields for --json)."""
     if use:
         config = home.config()
         config.ledger = str(spec)
@@ -254,14 +274,12 @@ def ledger_create(
         "dev": params.dev,
         "claim_bond": params.claim_bond,
         "slash_to_claimant_bps": params.slash_to_claimant_bps,
-        "min_challenge_ms": params.min_challenge_ms,
-        "min_claim_window_ms": params.min_claim_window_ms,
-        "max_deadline_horizon_ms": params.max_deadline_horizon_ms,
+        **(extra or {}),
     }
     if as_json:
         render.print_json(doc)
         return
-    echo(f"created {'dev ' if dev else ''}ledger {spec}")
+    echo(f"{verb} {'dev ' if params.dev else ''}ledger {spec}")
     echo(f"ledger id {params.ledger_id.hex()}")
 
 
@@ -323,21 +341,7 @@ def ledger_deploy(
     spec = parse_ledger_spec(f"evm:{rpc_url}:0x{address.hex()}")
     if use:
         home.require()
-        config = home.config()
-        config.ledger = str(spec)
-        write_config(home.config_path, config)
-    doc = {
-        "ledger": str(spec),
-        "ledger_id": params.ledger_id,
-        "dev": params.dev,
-        "claim_bond": params.claim_bond,
-        "slash_to_claimant_bps": params.slash_to_claimant_bps,
-    }
-    if as_json:
-        render.print_json(doc)
-        return
-    echo(f"deployed {'dev ' if dev else ''}ledger {spec}")
-    echo(f"ledger id {params.ledger_id.hex()}")
+    _adopt_and_report(home, spec, params, "deployed", use=use, as_json=as_json)
 
 
 @ledger.command("mint")
