@@ -384,16 +384,56 @@ def _raw_host(key: Keypair) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[FifoClient]:
-    """Two bare py-libp2p hosts: fixed-size `request_size`-byte records on one yamux
-    stream, each answered by one `reply_size`-byte write; no framing, no p2pay code."""
+async def _raw_stream(
+    protocol: str, server: Callable[[Any], Awaitable[None]]
+) -> AsyncIterator[Any]:
+    """Two bare py-libp2p hosts, CAROL serving `server` on `protocol` and MALLORY dialling
+    it: yields MALLORY's stream; resets it and closes both hosts (bounded) on exit."""
     from libp2p.custom_types import TProtocol
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from multiaddr import Multiaddr
 
-    proto = TProtocol("/p2pay-bench/raw-echo/1")
-    reply = b"r" * reply_size
+    proto = TProtocol(protocol)
     listen = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    srv_host = _raw_host(CAROL)
+    cli_host = _raw_host(MALLORY)
+    async with srv_host.run(listen_addrs=listen), cli_host.run(listen_addrs=listen):
+        srv_host.set_stream_handler(proto, server)
+        addr = srv_host.get_addrs()[0]
+        info = info_from_p2p_addr(Multiaddr(str(addr)))
+        await cli_host.connect(info)
+        net_stream = await cli_host.new_stream(info.peer_id, [proto])
+        try:
+            yield net_stream
+        finally:
+            with trio.move_on_after(3), contextlib.suppress(Exception):
+                await net_stream.reset()
+            for host in (cli_host, srv_host):
+                with trio.move_on_after(3), contextlib.suppress(Exception):
+                    await host.close()
+
+
+async def _count_replies(net_stream: Any, reply_size: int, client: Any) -> None:
+    """Read fixed-size replies until the stream ends, telling `client` of each one."""
+    got = 0
+    while True:
+        try:
+            data = await net_stream.read(65536)
+        except Exception:
+            return
+        if not data:
+            return
+        got += len(data)
+        while got >= reply_size:
+            got -= reply_size
+            client.answered()
+
+
+@contextlib.asynccontextmanager
+async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[FifoClient]:
+    """Two bare py-libp2p hosts: fixed-size `request_size`-byte records on one yamux
+    stream, each answered by one `reply_size`-byte write; no framing, no p2pay code."""
+    reply = b"r" * reply_size
 
     async def server(net_stream: Any) -> None:
         pending = 0
@@ -410,14 +450,7 @@ async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[F
             with contextlib.suppress(Exception):
                 await net_stream.reset()
 
-    srv_host = _raw_host(CAROL)
-    cli_host = _raw_host(MALLORY)
-    async with srv_host.run(listen_addrs=listen), cli_host.run(listen_addrs=listen):
-        srv_host.set_stream_handler(proto, server)
-        addr = srv_host.get_addrs()[0]
-        info = info_from_p2p_addr(Multiaddr(str(addr)))
-        await cli_host.connect(info)
-        net_stream = await cli_host.new_stream(info.peer_id, [proto])
+    async with _raw_stream("/p2pay-bench/raw-echo/1", server) as net_stream:
         lock = trio.Lock()
 
         async def send(data: bytes) -> None:
@@ -425,32 +458,10 @@ async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[F
                 await net_stream.write(data)
 
         client = FifoClient(send, b"q" * request_size)
-
-        async def reader() -> None:
-            got = 0
-            while True:
-                try:
-                    data = await net_stream.read(65536)
-                except Exception:
-                    return
-                if not data:
-                    return
-                got += len(data)
-                while got >= reply_size:
-                    got -= reply_size
-                    client.answered()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
-                yield client
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.move_on_after(3), contextlib.suppress(Exception):
-                await net_stream.reset()
-            for host in (cli_host, srv_host):
-                with trio.move_on_after(3), contextlib.suppress(Exception):
-                    await host.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_count_replies, net_stream, reply_size, client)
+            yield client
+            nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -459,13 +470,7 @@ async def batching_raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncI
     each read with ONE yamux write (all the replies concatenated); the client queues its
     requests and one pump writes everything queued in one yamux write. No p2pay code
     (py-libp2p's default yamux window policy)."""
-    from libp2p.custom_types import TProtocol
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-    from multiaddr import Multiaddr
-
-    proto = TProtocol("/p2pay-bench/raw-batching-echo/1")
     reply = b"r" * reply_size
-    listen = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 
     async def server(net_stream: Any) -> None:
         pending = 0
@@ -482,43 +487,14 @@ async def batching_raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncI
             with contextlib.suppress(Exception):
                 await net_stream.reset()
 
-    srv_host = _raw_host(CAROL)
-    cli_host = _raw_host(MALLORY)
-    async with srv_host.run(listen_addrs=listen), cli_host.run(listen_addrs=listen):
-        srv_host.set_stream_handler(proto, server)
-        addr = srv_host.get_addrs()[0]
-        info = info_from_p2p_addr(Multiaddr(str(addr)))
-        await cli_host.connect(info)
-        net_stream = await cli_host.new_stream(info.peer_id, [proto])
+    async with _raw_stream("/p2pay-bench/raw-batching-echo/1", server) as net_stream:
 
         async def send_many(batch: list[bytes]) -> None:
             await net_stream.write(b"".join(batch))
 
         client = BatchingClient(send_many, b"q" * request_size)
-
-        async def reader() -> None:
-            got = 0
-            while True:
-                try:
-                    data = await net_stream.read(65536)
-                except Exception:
-                    return
-                if not data:
-                    return
-                got += len(data)
-                while got >= reply_size:
-                    got -= reply_size
-                    client.answered()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
-                nursery.start_soon(client.pump)
-                yield client
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.move_on_after(3), contextlib.suppress(Exception):
-                await net_stream.reset()
-            for host in (cli_host, srv_host):
-                with trio.move_on_after(3), contextlib.suppress(Exception):
-                    await host.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_count_replies, net_stream, reply_size, client)
+            nursery.start_soon(client.pump)
+            yield client
+            nursery.cancel_scope.cancel()
