@@ -5,6 +5,7 @@ figures at this size mean nothing."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def test_all_benchmarks_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             assert any(n.startswith("not measured") for n in r["notes"])
             assert rows[name]["ratio"] == "n/a"
         else:
-            assert isinstance(r["ratio"], float) and r["ratio"] >= 0, r
+            # a ratio is a measurement: memory deltas may come out slightly negative under
+            # noise, so only its form is checked here (the figures live in RESULTS.md)
+            assert isinstance(r["ratio"], float) and math.isfinite(r["ratio"]), r
             assert rows[name]["ratio"] != "n/a"
         assert r["figures"], f"{name} printed no absolute figures"
     # each pair of results says which configuration passes and which fails, and the
