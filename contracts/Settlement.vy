@@ -20,8 +20,11 @@ interface Token:
 MAX: constant(uint256) = 2**128 - 1
 MAX_U64: constant(uint256) = 2**64 - 1
 BPS: constant(uint256) = 10000
-MAX_BODY: constant(uint256) = 8192  # largest request/response body a claim can carry
-MAX_BLOCKS: constant(uint256) = 65  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
+MAX_BODY: constant(uint256) = 32768  # largest request/response body a claim can carry
+MAX_BLOCKS: constant(uint256) = 257  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
+MAX_SHORT: constant(uint256) = 512  # largest short input hashed (signing bytes, channel ids)
+MAX_SERVICE: constant(uint256) = 64  # p2pay.core.messages.MAX_SERVICE_NAME (UTF-8 bytes)
+STATUS_OK: constant(String[2]) = "OK"
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
 # --- channel and claim states ---------------------------------------------------------
@@ -29,8 +32,17 @@ S_NONE: constant(uint8) = 0
 S_OPEN: constant(uint8) = 1
 S_CLOSING: constant(uint8) = 2
 S_CLOSED: constant(uint8) = 3
-S_ANSWERED: constant(uint8) = 2
-S_UPHELD: constant(uint8) = 3
+# claim outcomes (specs/claims.md section 3); every state but S_OPEN is final
+S_DELIVERED: constant(uint8) = 2
+S_REFUSED: constant(uint8) = 3
+S_FRIVOLOUS: constant(uint8) = 4
+S_UPHELD: constant(uint8) = 5
+
+# the version of these rules (specs/settlement.md section 10): 2 = the claim game of
+# specs/claims.md (paid slices, four outcomes, refunds and clawbacks)
+VERSION: public(constant(uint256)) = 2
+# Params.max_claim_body on this binding
+max_claim_body: public(constant(uint256)) = MAX_BODY
 
 # --- hashing constants ------------------------------------------------------------------
 # BLAKE2b-256 initial state: IV with h0 ^= 0x01010020 (digest 32 bytes, no key), LE words
@@ -84,6 +96,9 @@ struct Channel:
     challenge_ms: uint256
     state: uint8
     closes_at: uint256
+    paid_seen: uint256  # highest `paid` of a payer-signed request seen (redeemed or claimed)
+    refunded: uint256  # sum of claim refunds
+    clawed: uint256  # taken back from the payee's stake for refunds it had redeemed
 
 struct Stake:
     amount: uint256
@@ -91,17 +106,23 @@ struct Stake:
     claim_window_ms: uint256
     unbonding_at: uint256
     open_claims: uint256
+    unstake_requested_at: uint256
 
 struct Claim:
     claimant: address
     respondent: address
     channel: bytes32
     n: uint64
+    price: uint256  # the claimed request's price, paid and deadline (copied at filing)
+    paid: uint256
+    deadline: uint64
     bond: uint256
     filed_at: uint256
     window_ends: uint256
     state: uint8
     slashed: uint256
+    refund: uint256
+    clawed: uint256
 
 struct Totals:
     supply: uint256
@@ -217,14 +238,20 @@ event ClaimFiled:
     deadline: uint64
     bond: uint256
     window_ends: uint256
+    price: uint256
+    paid: uint256
     at: uint256
 
 event ClaimAnswered:
     claim: bytes32
     claimant: address
     respondent: address
-    status: String[32]
+    outcome: String[9]  # "delivered" | "refused" | "frivolous"
+    status: String[32]  # the response's status, "" for frivolous
     bond: uint256
+    bond_to: address
+    refund: uint256
+    clawed: uint256
     at: uint256
 
 event ClaimUpheld:
@@ -235,6 +262,8 @@ event ClaimUpheld:
     to_claimant: uint256
     burnt: uint256
     bond: uint256
+    refund: uint256
+    clawed: uint256
     at: uint256
 
 event Slashed:
@@ -243,8 +272,9 @@ event Slashed:
     claim: bytes32
     at: uint256
 
-# Not settlement events: the signed request / response of a claim, so that readers can
-# rebuild `Claim.request_frame` / `response_frame` from the logs (they are not stored).
+# Not settlement events: the signed request / response / conflicting request of a claim, so
+# that readers can rebuild `Claim.request_frame` / `response_frame` / `evidence_frame` from
+# the logs (they are not stored).
 event RequestEvidence:
     claim: indexed(bytes32)
     voucher: Voucher
@@ -253,6 +283,11 @@ event RequestEvidence:
 event ResponseEvidence:
     claim: indexed(bytes32)
     answer: Answer
+    body: Bytes[MAX_BODY]
+
+event ConflictEvidence:
+    claim: indexed(bytes32)
+    voucher: Voucher
     body: Bytes[MAX_BODY]
 
 
@@ -347,12 +382,61 @@ def _check_amount(x: uint256):
 @internal
 @view
 def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
-    """BLAKE2b-256 (no key) of `data` with the EIP-152 compression precompile."""
+    """BLAKE2b-256 (no key) of `data` with the EIP-152 compression precompile. Reads the
+    input in place (no zero-padded copy): the words past the end are zero, the last
+    partial word is assembled byte by byte."""
     size: uint256 = len(data)
-    padded: Bytes[8320] = concat(data, empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
     h: Bytes[64] = concat(B2B_H0, B2B_H1)
     blocks: uint256 = max((size + 127) // 128, 1)
     for i: uint256 in range(blocks, bound=MAX_BLOCKS):
+        off: uint256 = i * 128
+        last: bool = i + 1 == blocks
+        counter: uint256 = off + 128
+        if last:
+            counter = size
+        le: uint256 = 0
+        for k: uint256 in range(8):
+            le |= ((counter >> (8 * k)) & 255) << (8 * (31 - k))
+        flag: Bytes[1] = b"\x00"
+        if last:
+            flag = b"\x01"
+        words: bytes32[4] = empty(bytes32[4])
+        for j: uint256 in range(4):
+            start: uint256 = off + 32 * j
+            if start + 32 <= size:
+                words[j] = extract32(data, start)
+            elif start < size:
+                w: uint256 = 0
+                for t: uint256 in range(32):
+                    if start + t >= size:
+                        break
+                    w |= convert(slice(data, start + t, 1), uint256) << (8 * (31 - t))
+                words[j] = convert(w, bytes32)
+        call_data: Bytes[213] = concat(
+            b"\x00\x00\x00\x0c",
+            h,
+            words[0],
+            words[1],
+            words[2],
+            words[3],
+            slice(convert(le, bytes32), 0, 16),
+            flag,
+        )
+        h = raw_call(BLAKE2F, call_data, max_outsize=64, is_static_call=True)
+    return extract32(h, 0)
+
+
+@internal
+@view
+def _blake2b256_short(data: Bytes[MAX_SHORT]) -> bytes32:
+    """BLAKE2b-256 of a short input (signing bytes, channel id preimages)."""
+    size: uint256 = len(data)
+    padded: Bytes[MAX_SHORT + 128] = concat(
+        data, empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32)
+    )
+    h: Bytes[64] = concat(B2B_H0, B2B_H1)
+    blocks: uint256 = max((size + 127) // 128, 1)
+    for i: uint256 in range(blocks, bound=MAX_SHORT // 128 + 1):
         off: uint256 = i * 128
         last: bool = i + 1 == blocks
         counter: uint256 = off + 128
@@ -376,6 +460,58 @@ def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
         )
         h = raw_call(BLAKE2F, call_data, max_outsize=64, is_static_call=True)
     return extract32(h, 0)
+
+
+@internal
+@pure
+def _valid_utf8(text: Bytes[MAX_SERVICE]) -> bool:
+    """Strict UTF-8 (as Python decodes it): no overlong forms, surrogates or > U+10FFFF."""
+    need: uint256 = 0
+    lo: uint256 = 128
+    hi: uint256 = 191
+    for i: uint256 in range(len(text), bound=MAX_SERVICE):
+        b: uint256 = convert(slice(text, i, 1), uint256)
+        if need == 0:
+            lo = 128
+            hi = 191
+            if b < 128:
+                continue
+            elif b >= 194 and b <= 223:
+                need = 1
+            elif b == 224:
+                need = 2
+                lo = 160
+            elif b == 237:
+                need = 2
+                hi = 159
+            elif b >= 225 and b <= 239:
+                need = 2
+            elif b == 240:
+                need = 3
+                lo = 144
+            elif b >= 241 and b <= 243:
+                need = 3
+            elif b == 244:
+                need = 3
+                hi = 143
+            else:
+                return False
+        else:
+            if b < lo or b > hi:
+                return False
+            need -= 1
+            lo = 128
+            hi = 191
+    return need == 0
+
+
+@internal
+@pure
+def _check_text(text: String[MAX_SERVICE], empty_ok: bool):
+    """A service name (or status): 1..64 bytes (0.. if `empty_ok`) of valid UTF-8, so no
+    log carries text a reader cannot decode (issue 14)."""
+    raw: Bytes[MAX_SERVICE] = convert(text, Bytes[MAX_SERVICE])
+    assert (empty_ok or len(raw) > 0) and self._valid_utf8(raw), "INVALID_ARGUMENT"
 
 
 @internal
@@ -429,7 +565,7 @@ def _request_hash(v: Voucher) -> bytes32:
         b"\x68deadline", self._uint(convert(v.deadline, uint256)),
         b"\x69body_hash", b"\x58\x20", v.body_hash,
     )
-    return self._blake2b256(signed)
+    return self._blake2b256_short(signed)
 
 
 @internal
@@ -529,11 +665,23 @@ def _channel(cid: bytes32) -> Channel:
 
 
 @internal
-@view
+@pure
+def _entitled(paid_seen: uint256, refunded: uint256) -> uint256:
+    """The most the payee may hold from a channel: max(0, paid_seen - refunded)."""
+    if paid_seen <= refunded:
+        return 0
+    return paid_seen - refunded
+
+
+@internal
+@pure
 def _voucher_pay(ch: Channel, v: Voucher, has_amount: bool, amount: uint256) -> uint256:
+    """What redeeming `v` (capped by `amount`) pays now: up to the voucher, the deposit,
+    the cap, and the payee's entitlement (it holds `redeemed - clawed`)."""
     target: uint256 = min(v.paid, ch.deposit)
     if has_amount:
         target = min(target, amount)
+    target = min(target, self._entitled(max(ch.paid_seen, v.paid), ch.refunded) + ch.clawed)
     if target <= ch.redeemed:
         return 0
     return target - ch.redeemed
@@ -599,7 +747,7 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
     self._debit(msg.sender, deposit)
     nonce: uint256 = self.nonce
     assert nonce <= MAX_U64, "INTERNAL"
-    cid: bytes32 = self._blake2b256(
+    cid: bytes32 = self._blake2b256_short(
         concat(
             CHANNEL_DOMAIN,
             self._ledger_id(),
@@ -617,6 +765,9 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
         challenge_ms=challenge_ms,
         state=S_OPEN,
         closes_at=0,
+        paid_seen=0,
+        refunded=0,
+        clawed=0,
     )
     self.nonce = nonce + 1
     self.totals.balances -= deposit
@@ -674,6 +825,8 @@ def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
     assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
     pay: uint256 = self._voucher_pay(ch, v, has_amount, amount)
     self._credit(ch.payee, pay)
+    if v.paid > ch.paid_seen:
+        self.channels[v.channel].paid_seen = v.paid
     if pay > 0:
         self._pay_voucher(v.channel, ch, v, pay)
     return pay
@@ -699,6 +852,8 @@ def payee_close(
     self._credit(ch.payee, pay)
     self._credit(ch.payer, refund)
     redeemed: uint256 = ch.redeemed
+    if has_voucher and v.paid > ch.paid_seen:
+        self.channels[channel].paid_seen = v.paid
     if pay > 0:
         redeemed = self._pay_voucher(channel, ch, v, pay)
     self.channels[channel].state = S_CLOSED
@@ -779,6 +934,7 @@ def request_unstake():
     assert st.unbonding_at == 0, "UNBONDING"
     unbonding_at: uint256 = self._now() + max_deadline_horizon_ms + 2 * st.claim_window_ms
     self.stakes[msg.sender].unbonding_at = unbonding_at
+    self.stakes[msg.sender].unstake_requested_at = self._now()
     log UnstakeRequested(
         account=msg.sender, amount=st.amount, unbonding_at=unbonding_at, at=self._now()
     )
@@ -793,6 +949,7 @@ def withdraw_stake():
     self._credit(msg.sender, st.amount)
     self.stakes[msg.sender].amount = 0
     self.stakes[msg.sender].unbonding_at = 0
+    self.stakes[msg.sender].unstake_requested_at = 0
     self.totals.stakes -= st.amount
     self.totals.balances += st.amount
     log StakeWithdrawn(account=msg.sender, amount=st.amount, at=self._now())
@@ -802,17 +959,27 @@ def withdraw_stake():
 # claims (section 5)
 
 
+
+
 @external
 def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
+    # arguments: a claimable request takes a fresh paid slice (specs/claims.md 2); the body
+    # is at most MAX_BODY bytes (the ABI type: a longer one does not decode)
+    assert v.n >= 1 and v.price >= 1 and v.paid >= v.price, "INVALID_ARGUMENT"
+    self._check_text(v.service, False)
     self._check_voucher_ledger(v)
     ch: Channel = self._channel(v.channel)
     assert msg.sender == ch.payer, "NOT_PARTY"
     assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
     assert self._blake2b256(body) == v.body_hash, "MALFORMED"
+    assert v.paid <= ch.deposit, "VOUCHER_EXCEEDS_DEPOSIT"
     st: Stake = self.stakes[ch.payee]
     assert st.amount > 0, "NOT_STAKED"
-    now: uint256 = self._now()
     deadline: uint256 = convert(v.deadline, uint256)
+    if st.unbonding_at > 0:
+        # C-9: a request dated after unbonding began was not served under the bonded terms
+        assert deadline <= st.unstake_requested_at + max_deadline_horizon_ms, "UNBONDING"
+    now: uint256 = self._now()
     assert now > deadline, "DEADLINE_NOT_PASSED"
     assert now <= deadline + st.claim_window_ms, "WINDOW_CLOSED"
     cid: bytes32 = self._request_hash(v)
@@ -824,30 +991,71 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
         respondent=ch.payee,
         channel=v.channel,
         n=v.n,
+        price=v.price,
+        paid=v.paid,
+        deadline=v.deadline,
         bond=claim_bond,
         filed_at=now,
         window_ends=window_ends,
         state=S_OPEN,
         slashed=0,
+        refund=0,
+        clawed=0,
     )
+    if v.paid > ch.paid_seen:
+        self.channels[v.channel].paid_seen = v.paid
     self.stakes[ch.payee].open_claims = st.open_claims + 1
     self.totals.balances -= claim_bond
     self.totals.bonds += claim_bond
     log ClaimFiled(
         claim=cid, claimant=msg.sender, respondent=ch.payee, channel=v.channel, n=v.n,
-        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, at=now
+        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, price=v.price,
+        paid=v.paid, at=now
     )
     log RequestEvidence(claim=cid, voucher=v, body=body)
     return cid
 
 
-@external
-def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
+@internal
+@view
+def _open_claim(claim: bytes32) -> Claim:
+    """The claim the respondent (the sender) answers, still open and in its window."""
     c: Claim = self.claims[claim]
     assert c.state != S_NONE, "UNKNOWN_CLAIM"
     assert msg.sender == c.respondent, "NOT_PARTY"
     assert c.state == S_OPEN, "CLAIM_CLOSED"
     assert self._now() <= c.window_ends, "WINDOW_CLOSED"
+    return c
+
+
+@internal
+def _refund(claim: bytes32, c: Claim, stake_left: uint256) -> uint256:
+    """Refund the claimed price (specs/claims.md 3): `refunded += price`; what the payee
+    already holds beyond its new entitlement (at most the price, at most `stake_left`) is
+    taken from its stake and paid to the claimant. Returns that clawback."""
+    ch: Channel = self.channels[c.channel]
+    refunded: uint256 = ch.refunded + c.price
+    entitled: uint256 = self._entitled(ch.paid_seen, refunded)
+    held: uint256 = ch.redeemed - ch.clawed
+    claw: uint256 = 0
+    if held > entitled:
+        claw = min(min(held - entitled, c.price), stake_left)
+    self._credit(c.claimant, claw)
+    self.channels[c.channel].refunded = refunded
+    self.channels[c.channel].clawed = ch.clawed + claw
+    self.claims[claim].refund = c.price
+    self.claims[claim].clawed = claw
+    self.totals.stakes -= claw
+    self.totals.balances += claw
+    return claw
+
+
+@external
+def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
+    """Answer with the signed response: OK -> DELIVERED, any other status -> REFUSED
+    (the price is refunded); the bond goes back to the claimant either way."""
+    self._check_text(a.status, False)
+    c: Claim = self._open_claim(claim)
     assert self._answer_signer(a) == c.respondent, "INVALID_SIGNATURE"
     assert (
         a.request_hash == claim
@@ -858,16 +1066,73 @@ def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
     assert self._blake2b256(body) == a.body_hash, "MALFORMED"
     st: Stake = self.stakes[c.respondent]
     assert st.penalty > 0, "INTERNAL"
-    self._credit(c.respondent, c.bond)
-    self.claims[claim].state = S_ANSWERED
+    self._credit(c.claimant, c.bond)
+    state: uint8 = S_DELIVERED
+    outcome: String[9] = "delivered"
+    refund: uint256 = 0
+    claw: uint256 = 0
+    if a.status != STATUS_OK:
+        state = S_REFUSED
+        outcome = "refused"
+        refund = c.price
+        claw = self._refund(claim, c, st.amount)
+    self.claims[claim].state = state
+    self.stakes[c.respondent].amount = st.amount - claw
     self.stakes[c.respondent].open_claims = st.open_claims - 1
     self.totals.bonds -= c.bond
     self.totals.balances += c.bond
     log ClaimAnswered(
-        claim=claim, claimant=c.claimant, respondent=c.respondent, status=a.status,
-        bond=c.bond, at=self._now()
+        claim=claim, claimant=c.claimant, respondent=c.respondent, outcome=outcome,
+        status=a.status, bond=c.bond, bond_to=c.claimant, refund=refund, clawed=claw,
+        at=self._now()
     )
     log ResponseEvidence(claim=claim, answer=a, body=body)
+
+
+@internal
+@view
+def _conflicts(claim: bytes32, c: Claim, e: Voucher) -> bool:
+    """tiling_conflict(claimed, evidence, horizon) of p2pay/core/settlement.py."""
+    if e.n == c.n:
+        return self._request_hash(e) != claim
+    a_paid: uint256 = c.paid
+    a_deadline: uint256 = convert(c.deadline, uint256)
+    b_paid: uint256 = e.paid
+    b_price: uint256 = e.price
+    b_deadline: uint256 = convert(e.deadline, uint256)
+    if e.n < c.n:
+        a_paid = e.paid
+        a_deadline = convert(e.deadline, uint256)
+        b_paid = c.paid
+        b_price = c.price
+        b_deadline = convert(c.deadline, uint256)
+    # a.paid > b.paid - b.price (without going below zero), or a post-dated
+    return a_paid + b_price > b_paid or a_deadline > b_deadline + max_deadline_horizon_ms
+
+
+@external
+def answer_claim_evidence(claim: bytes32, e: Voucher, body: Bytes[MAX_BODY]):
+    """Answer with a payer-signed request of the same channel in tiling conflict with the
+    claimed one (specs/claims.md 2): FRIVOLOUS, the bond goes to the respondent."""
+    self._check_text(e.service, False)
+    c: Claim = self._open_claim(claim)
+    self._check_voucher_ledger(e)
+    assert self._voucher_signer(e) == c.claimant, "INVALID_SIGNATURE"
+    assert e.channel == c.channel, "RESPONSE_MISMATCH"
+    assert self._blake2b256(body) == e.body_hash, "MALFORMED"
+    assert self._conflicts(claim, c, e), "RESPONSE_MISMATCH"
+    st: Stake = self.stakes[c.respondent]
+    assert st.penalty > 0, "INTERNAL"
+    self._credit(c.respondent, c.bond)
+    self.claims[claim].state = S_FRIVOLOUS
+    self.stakes[c.respondent].open_claims = st.open_claims - 1
+    self.totals.bonds -= c.bond
+    self.totals.balances += c.bond
+    log ClaimAnswered(
+        claim=claim, claimant=c.claimant, respondent=c.respondent, outcome="frivolous",
+        status="", bond=c.bond, bond_to=c.respondent, refund=0, clawed=0, at=self._now()
+    )
+    log ConflictEvidence(claim=claim, voucher=e, body=body)
 
 
 @external
@@ -882,7 +1147,8 @@ def resolve_claim(claim: bytes32):
     to_claimant: uint256 = slash * slash_to_claimant_bps // BPS
     burn: uint256 = slash - to_claimant
     self._credit(c.claimant, to_claimant + c.bond)
-    self.stakes[c.respondent].amount = st.amount - slash
+    claw: uint256 = self._refund(claim, c, st.amount - slash)
+    self.stakes[c.respondent].amount = st.amount - slash - claw
     self.stakes[c.respondent].open_claims = st.open_claims - 1
     self.claims[claim].state = S_UPHELD
     self.claims[claim].slashed = slash
@@ -892,7 +1158,8 @@ def resolve_claim(claim: bytes32):
     self.totals.balances += to_claimant + c.bond
     log ClaimUpheld(
         claim=claim, claimant=c.claimant, respondent=c.respondent, slashed=slash,
-        to_claimant=to_claimant, burnt=burn, bond=c.bond, at=self._now()
+        to_claimant=to_claimant, burnt=burn, bond=c.bond, refund=c.price, clawed=claw,
+        at=self._now()
     )
     if slash > 0:
         log Slashed(account=c.respondent, amount=slash, claim=claim, at=self._now())
