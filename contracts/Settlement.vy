@@ -1,5 +1,6 @@
 # pragma version ~=0.4.3
 # pragma evm-version cancun
+# pragma optimize codesize
 """
 @title p2pay settlement contract (specs/settlement.md, section "EVM binding")
 @notice The rules of p2pay/core/settlement.py on an EVM chain. Every refusal reverts with
@@ -22,7 +23,6 @@ MAX_U64: constant(uint256) = 2**64 - 1
 BPS: constant(uint256) = 10000
 MAX_BODY: constant(uint256) = 32768  # largest request/response body a claim can carry
 MAX_BLOCKS: constant(uint256) = 257  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
-MAX_SHORT: constant(uint256) = 512  # largest short input hashed (signing bytes, channel ids)
 MAX_SERVICE: constant(uint256) = 64  # p2pay.core.messages.MAX_SERVICE_NAME (UTF-8 bytes)
 STATUS_OK: constant(String[2]) = "OK"
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
@@ -288,7 +288,39 @@ event ResponseEvidence:
 event ConflictEvidence:
     claim: indexed(bytes32)
     voucher: Voucher
-    body: Bytes[MAX_BODY]
+
+
+# --- revert reasons ----------------------------------------------------------------------
+# Every refusal reverts with `Error(string)` carrying the ErrorCode's text. The texts sit in
+# one table read by `_need` (one copy of the encoding instead of one per check: EIP-170).
+E_CHALLENGE_PENDING: constant(uint256) = 0
+E_CHANNEL_CLOSED: constant(uint256) = 1
+E_CHANNEL_EXISTS: constant(uint256) = 2
+E_CHANNEL_NOT_CLOSING: constant(uint256) = 3
+E_CLAIM_CLOSED: constant(uint256) = 4
+E_CLAIM_EXISTS: constant(uint256) = 5
+E_DEADLINE_NOT_PASSED: constant(uint256) = 6
+E_INSUFFICIENT_FUNDS: constant(uint256) = 7
+E_INTERNAL: constant(uint256) = 8
+E_INVALID_AMOUNT: constant(uint256) = 9
+E_INVALID_ARGUMENT: constant(uint256) = 10
+E_INVALID_SIGNATURE: constant(uint256) = 11
+E_MALFORMED: constant(uint256) = 12
+E_NOT_DEV_LEDGER: constant(uint256) = 13
+E_NOT_PARTY: constant(uint256) = 14
+E_NOT_STAKED: constant(uint256) = 15
+E_RESPONSE_MISMATCH: constant(uint256) = 16
+E_STAKE_LOCKED: constant(uint256) = 17
+E_UNBONDING: constant(uint256) = 18
+E_UNKNOWN_CHANNEL: constant(uint256) = 19
+E_UNKNOWN_CLAIM: constant(uint256) = 20
+E_VOUCHER_EXCEEDS_DEPOSIT: constant(uint256) = 21
+E_WINDOW_CLOSED: constant(uint256) = 22
+E_WINDOW_OPEN: constant(uint256) = 23
+E_WRONG_LEDGER: constant(uint256) = 24
+ERROR_WIDTH: constant(uint256) = 23
+ERROR_NAMES: constant(String[575]) = "CHALLENGE_PENDING      CHANNEL_CLOSED         CHANNEL_EXISTS         CHANNEL_NOT_CLOSING    CLAIM_CLOSED           CLAIM_EXISTS           DEADLINE_NOT_PASSED    INSUFFICIENT_FUNDS     INTERNAL               INVALID_AMOUNT         INVALID_ARGUMENT       INVALID_SIGNATURE      MALFORMED              NOT_DEV_LEDGER         NOT_PARTY              NOT_STAKED             RESPONSE_MISMATCH      STAKE_LOCKED           UNBONDING              UNKNOWN_CHANNEL        UNKNOWN_CLAIM          VOUCHER_EXCEEDS_DEPOSITWINDOW_CLOSED          WINDOW_OPEN            WRONG_LEDGER           "
+ERROR_LENGTHS: constant(uint256) = 16425483113897711846146583866909506001  # 5 bits per code
 
 
 @deploy
@@ -334,6 +366,15 @@ def __init__(
 
 
 @internal
+@pure
+def _need(ok: bool, code: uint256):
+    """Revert with the ErrorCode text of `code` unless `ok`."""
+    if not ok:
+        size: uint256 = (ERROR_LENGTHS >> (5 * code)) & 31
+        raise slice(ERROR_NAMES, code * ERROR_WIDTH, size)
+
+
+@internal
 @view
 def _ledger_id() -> Bytes[38]:
     """b"p2pay:evm:" || u64be(chain id) || address (specs/settlement.md, EVM binding)."""
@@ -363,7 +404,7 @@ def now_ms() -> uint256:
 def _account(x: bytes32) -> address:
     """A 32-byte account must be 12 zero bytes then a non-zero address."""
     raw: uint256 = convert(x, uint256)
-    assert raw != 0 and raw < 2**160, "INVALID_ARGUMENT"
+    self._need(raw != 0 and raw < 2**160, E_INVALID_ARGUMENT)
     return convert(convert(raw, uint160), address)
 
 
@@ -376,7 +417,7 @@ def _padded(a: address) -> bytes32:
 @internal
 @pure
 def _check_amount(x: uint256):
-    assert x >= 1 and x <= MAX, "INVALID_AMOUNT"
+    self._need(x >= 1 and x <= MAX, E_INVALID_AMOUNT)
 
 
 @internal
@@ -419,42 +460,6 @@ def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
             words[1],
             words[2],
             words[3],
-            slice(convert(le, bytes32), 0, 16),
-            flag,
-        )
-        h = raw_call(BLAKE2F, call_data, max_outsize=64, is_static_call=True)
-    return extract32(h, 0)
-
-
-@internal
-@view
-def _blake2b256_short(data: Bytes[MAX_SHORT]) -> bytes32:
-    """BLAKE2b-256 of a short input (signing bytes, channel id preimages)."""
-    size: uint256 = len(data)
-    padded: Bytes[MAX_SHORT + 128] = concat(
-        data, empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32)
-    )
-    h: Bytes[64] = concat(B2B_H0, B2B_H1)
-    blocks: uint256 = max((size + 127) // 128, 1)
-    for i: uint256 in range(blocks, bound=MAX_SHORT // 128 + 1):
-        off: uint256 = i * 128
-        last: bool = i + 1 == blocks
-        counter: uint256 = off + 128
-        if last:
-            counter = size
-        le: uint256 = 0
-        for k: uint256 in range(8):
-            le |= ((counter >> (8 * k)) & 255) << (8 * (31 - k))
-        flag: Bytes[1] = b"\x00"
-        if last:
-            flag = b"\x01"
-        call_data: Bytes[213] = concat(
-            b"\x00\x00\x00\x0c",
-            h,
-            extract32(padded, off),
-            extract32(padded, off + 32),
-            extract32(padded, off + 64),
-            extract32(padded, off + 96),
             slice(convert(le, bytes32), 0, 16),
             flag,
         )
@@ -511,7 +516,7 @@ def _check_text(text: String[MAX_SERVICE], empty_ok: bool):
     """A service name (or status): 1..64 bytes (0.. if `empty_ok`) of valid UTF-8, so no
     log carries text a reader cannot decode (issue 14)."""
     raw: Bytes[MAX_SERVICE] = convert(text, Bytes[MAX_SERVICE])
-    assert (empty_ok or len(raw) > 0) and self._valid_utf8(raw), "INVALID_ARGUMENT"
+    self._need((empty_ok or len(raw) > 0) and self._valid_utf8(raw), E_INVALID_ARGUMENT)
 
 
 @internal
@@ -565,7 +570,7 @@ def _request_hash(v: Voucher) -> bytes32:
         b"\x68deadline", self._uint(convert(v.deadline, uint256)),
         b"\x69body_hash", b"\x58\x20", v.body_hash,
     )
-    return self._blake2b256_short(signed)
+    return self._blake2b256(signed)
 
 
 @internal
@@ -646,13 +651,13 @@ def _answer_signer(a: Answer) -> address:
 
 @internal
 def _credit(account: address, amount: uint256):
-    assert self.balances[account] + amount <= MAX, "INVALID_AMOUNT"
+    self._need(self.balances[account] + amount <= MAX, E_INVALID_AMOUNT)
     self.balances[account] += amount
 
 
 @internal
 def _debit(account: address, amount: uint256):
-    assert self.balances[account] >= amount, "INSUFFICIENT_FUNDS"
+    self._need(self.balances[account] >= amount, E_INSUFFICIENT_FUNDS)
     self.balances[account] -= amount
 
 
@@ -660,7 +665,7 @@ def _debit(account: address, amount: uint256):
 @view
 def _channel(cid: bytes32) -> Channel:
     ch: Channel = self.channels[cid]
-    assert ch.state != S_NONE, "UNKNOWN_CHANNEL"
+    self._need(ch.state != S_NONE, E_UNKNOWN_CHANNEL)
     return ch
 
 
@@ -676,15 +681,16 @@ def _entitled(paid_seen: uint256, refunded: uint256) -> uint256:
 @internal
 @pure
 def _voucher_pay(ch: Channel, v: Voucher, has_amount: bool, amount: uint256) -> uint256:
-    """What redeeming `v` (capped by `amount`) pays now: up to the voucher, the deposit,
-    the cap, and the payee's entitlement (it holds `redeemed - clawed`)."""
-    target: uint256 = min(v.paid, ch.deposit)
+    """What redeeming `v` (capped by `amount`) pays now (section 4, Redeem step 7): the
+    payee may hold at most its entitlement `max(paid_seen, v.paid) - refunded`, never more
+    than the deposit (or the cap); it holds `redeemed - clawed`."""
+    target: uint256 = min(self._entitled(max(ch.paid_seen, v.paid), ch.refunded), ch.deposit)
     if has_amount:
         target = min(target, amount)
-    target = min(target, self._entitled(max(ch.paid_seen, v.paid), ch.refunded) + ch.clawed)
-    if target <= ch.redeemed:
+    held: uint256 = ch.redeemed - ch.clawed
+    if target <= held:
         return 0
-    return target - ch.redeemed
+    return min(target - held, ch.deposit - ch.redeemed)
 
 
 # ======================================================================================
@@ -696,7 +702,7 @@ def mint(account: bytes32, amount: uint256):
     """Development ledgers only: create `amount` (test tokens minted to this contract)."""
     self._check_amount(amount)
     to: address = self._account(account)
-    assert dev, "NOT_DEV_LEDGER"
+    self._need(dev, E_NOT_DEV_LEDGER)
     self._credit(to, amount)
     self.totals.supply += amount
     self.totals.balances += amount
@@ -711,7 +717,7 @@ def deposit(amount: uint256):
     self._credit(msg.sender, amount)
     self.totals.supply += amount
     self.totals.balances += amount
-    assert extcall Token(token).transferFrom(msg.sender, self, amount), "INTERNAL"
+    self._need(extcall Token(token).transferFrom(msg.sender, self, amount), E_INTERNAL)
     log Minted(account=msg.sender, amount=amount, at=self._now())
 
 
@@ -730,7 +736,7 @@ def withdraw(amount: uint256):
     self._debit(msg.sender, amount)
     self.totals.supply -= amount
     self.totals.balances -= amount
-    assert extcall Token(token).transfer(msg.sender, amount), "INTERNAL"
+    self._need(extcall Token(token).transfer(msg.sender, amount), E_INTERNAL)
     log Withdrawn(account=msg.sender, amount=amount, at=self._now())
 
 
@@ -742,12 +748,12 @@ def withdraw(amount: uint256):
 def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> bytes32:
     self._check_amount(deposit)
     to: address = self._account(payee)
-    assert to != msg.sender, "INVALID_ARGUMENT"
-    assert challenge_ms >= min_challenge_ms and challenge_ms <= max_challenge_ms, "INVALID_ARGUMENT"
+    self._need(to != msg.sender, E_INVALID_ARGUMENT)
+    self._need(challenge_ms >= min_challenge_ms and challenge_ms <= max_challenge_ms, E_INVALID_ARGUMENT)
     self._debit(msg.sender, deposit)
     nonce: uint256 = self.nonce
-    assert nonce <= MAX_U64, "INTERNAL"
-    cid: bytes32 = self._blake2b256_short(
+    self._need(nonce <= MAX_U64, E_INTERNAL)
+    cid: bytes32 = self._blake2b256(
         concat(
             CHANNEL_DOMAIN,
             self._ledger_id(),
@@ -756,7 +762,7 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
             slice(convert(nonce, bytes32), 24, 8),
         )
     )
-    assert self.channels[cid].state == S_NONE, "CHANNEL_EXISTS"
+    self._need(self.channels[cid].state == S_NONE, E_CHANNEL_EXISTS)
     self.channels[cid] = Channel(
         payer=msg.sender,
         payee=to,
@@ -783,10 +789,10 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
 def top_up(channel: bytes32, amount: uint256):
     self._check_amount(amount)
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert ch.state == S_OPEN, "CHANNEL_CLOSED"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(ch.state == S_OPEN, E_CHANNEL_CLOSED)
     self._debit(msg.sender, amount)
-    assert ch.deposit + amount <= MAX, "INVALID_AMOUNT"
+    self._need(ch.deposit + amount <= MAX, E_INVALID_AMOUNT)
     self.channels[channel].deposit = ch.deposit + amount
     self.totals.balances -= amount
     self.totals.escrow += amount
@@ -798,7 +804,7 @@ def top_up(channel: bytes32, amount: uint256):
 
 @internal
 def _check_voucher_ledger(v: Voucher):
-    assert keccak256(v.ledger) == LEDGER_HASH, "WRONG_LEDGER"
+    self._need(keccak256(v.ledger) == LEDGER_HASH, E_WRONG_LEDGER)
 
 
 @internal
@@ -806,6 +812,8 @@ def _pay_voucher(cid: bytes32, ch: Channel, v: Voucher, pay: uint256) -> uint256
     """Redeem `pay` (> 0) on the channel; returns the new `redeemed`."""
     redeemed: uint256 = ch.redeemed + pay
     self.channels[cid].redeemed = redeemed
+    if v.paid > ch.paid_seen:
+        self.channels[cid].paid_seen = v.paid
     self.totals.escrow -= pay
     self.totals.balances += pay
     log Redeemed(
@@ -817,16 +825,14 @@ def _pay_voucher(cid: bytes32, ch: Channel, v: Voucher, pay: uint256) -> uint256
 
 @external
 def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
-    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
+    self._need(not has_amount or amount <= MAX, E_INVALID_AMOUNT)
     self._check_voucher_ledger(v)
     ch: Channel = self._channel(v.channel)
-    assert msg.sender == ch.payee, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+    self._need(msg.sender == ch.payee, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
     pay: uint256 = self._voucher_pay(ch, v, has_amount, amount)
     self._credit(ch.payee, pay)
-    if v.paid > ch.paid_seen:
-        self.channels[v.channel].paid_seen = v.paid
     if pay > 0:
         self._pay_voucher(v.channel, ch, v, pay)
     return pay
@@ -836,24 +842,22 @@ def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
 def payee_close(
     channel: bytes32, has_voucher: bool, v: Voucher, has_amount: bool, amount: uint256
 ) -> uint256:
-    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
-    assert has_voucher or not has_amount, "INVALID_ARGUMENT"
+    self._need(not has_amount or amount <= MAX, E_INVALID_AMOUNT)
+    self._need(has_voucher or not has_amount, E_INVALID_ARGUMENT)
     if has_voucher:
-        assert v.channel == channel, "INVALID_ARGUMENT"
+        self._need(v.channel == channel, E_INVALID_ARGUMENT)
         self._check_voucher_ledger(v)
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payee, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    self._need(msg.sender == ch.payee, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
     pay: uint256 = 0
     if has_voucher:
-        assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+        self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
         pay = self._voucher_pay(ch, v, has_amount, amount)
     refund: uint256 = ch.deposit - ch.redeemed - pay
     self._credit(ch.payee, pay)
     self._credit(ch.payer, refund)
     redeemed: uint256 = ch.redeemed
-    if has_voucher and v.paid > ch.paid_seen:
-        self.channels[channel].paid_seen = v.paid
     if pay > 0:
         redeemed = self._pay_voucher(channel, ch, v, pay)
     self.channels[channel].state = S_CLOSED
@@ -869,9 +873,9 @@ def payee_close(
 @external
 def start_close(channel: bytes32):
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert ch.state == S_OPEN, "CHALLENGE_PENDING"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(ch.state == S_OPEN, E_CHALLENGE_PENDING)
     closes_at: uint256 = self._now() + ch.challenge_ms
     self.channels[channel].state = S_CLOSING
     self.channels[channel].closes_at = closes_at
@@ -883,9 +887,9 @@ def start_close(channel: bytes32):
 @external
 def finalize_close(channel: bytes32):
     ch: Channel = self._channel(channel)
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert ch.state == S_CLOSING, "CHANNEL_NOT_CLOSING"
-    assert self._now() >= ch.closes_at, "CHALLENGE_PENDING"
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(ch.state == S_CLOSING, E_CHANNEL_NOT_CLOSING)
+    self._need(self._now() >= ch.closes_at, E_CHALLENGE_PENDING)
     refund: uint256 = ch.deposit - ch.redeemed
     self._credit(ch.payer, refund)
     self.channels[channel].state = S_CLOSED
@@ -905,16 +909,16 @@ def finalize_close(channel: bytes32):
 def stake(amount: uint256, penalty: uint256, claim_window_ms: uint256):
     self._check_amount(amount)
     self._check_amount(penalty)
-    assert claim_window_ms >= min_claim_window_ms and claim_window_ms <= max_claim_window_ms, "INVALID_ARGUMENT"
+    self._need(claim_window_ms >= min_claim_window_ms and claim_window_ms <= max_claim_window_ms, E_INVALID_ARGUMENT)
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at == 0, "UNBONDING"
-    assert penalty <= st.amount + amount, "INVALID_ARGUMENT"
+    self._need(st.unbonding_at == 0, E_UNBONDING)
+    self._need(penalty <= st.amount + amount, E_INVALID_ARGUMENT)
     if st.open_claims > 0:
-        assert penalty == st.penalty and claim_window_ms == st.claim_window_ms, "STAKE_LOCKED"
+        self._need(penalty == st.penalty and claim_window_ms == st.claim_window_ms, E_STAKE_LOCKED)
     if st.amount > 0:  # BONDED (not unbonding, checked above)
-        assert penalty >= st.penalty and claim_window_ms >= st.claim_window_ms, "STAKE_LOCKED"
+        self._need(penalty >= st.penalty and claim_window_ms >= st.claim_window_ms, E_STAKE_LOCKED)
     self._debit(msg.sender, amount)
-    assert st.amount + amount <= MAX, "INVALID_AMOUNT"
+    self._need(st.amount + amount <= MAX, E_INVALID_AMOUNT)
     total: uint256 = st.amount + amount
     self.stakes[msg.sender].amount = total
     self.stakes[msg.sender].penalty = penalty
@@ -930,8 +934,8 @@ def stake(amount: uint256, penalty: uint256, claim_window_ms: uint256):
 @external
 def request_unstake():
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at > 0 or st.amount > 0, "NOT_STAKED"
-    assert st.unbonding_at == 0, "UNBONDING"
+    self._need(st.unbonding_at > 0 or st.amount > 0, E_NOT_STAKED)
+    self._need(st.unbonding_at == 0, E_UNBONDING)
     unbonding_at: uint256 = self._now() + max_deadline_horizon_ms + 2 * st.claim_window_ms
     self.stakes[msg.sender].unbonding_at = unbonding_at
     self.stakes[msg.sender].unstake_requested_at = self._now()
@@ -943,9 +947,9 @@ def request_unstake():
 @external
 def withdraw_stake():
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at > 0, "NOT_STAKED"
-    assert self._now() >= st.unbonding_at, "STAKE_LOCKED"
-    assert st.open_claims == 0, "STAKE_LOCKED"
+    self._need(st.unbonding_at > 0, E_NOT_STAKED)
+    self._need(self._now() >= st.unbonding_at, E_STAKE_LOCKED)
+    self._need(st.open_claims == 0, E_STAKE_LOCKED)
     self._credit(msg.sender, st.amount)
     self.stakes[msg.sender].amount = 0
     self.stakes[msg.sender].unbonding_at = 0
@@ -965,25 +969,25 @@ def withdraw_stake():
 def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
     # arguments: a claimable request takes a fresh paid slice (specs/claims.md 2); the body
     # is at most MAX_BODY bytes (the ABI type: a longer one does not decode)
-    assert v.n >= 1 and v.price >= 1 and v.paid >= v.price, "INVALID_ARGUMENT"
+    self._need(v.n >= 1 and v.price >= 1 and v.paid >= v.price, E_INVALID_ARGUMENT)
     self._check_text(v.service, False)
     self._check_voucher_ledger(v)
     ch: Channel = self._channel(v.channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
-    assert self._blake2b256(body) == v.body_hash, "MALFORMED"
-    assert v.paid <= ch.deposit, "VOUCHER_EXCEEDS_DEPOSIT"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
+    self._need(self._blake2b256(body) == v.body_hash, E_MALFORMED)
+    self._need(v.paid <= ch.deposit, E_VOUCHER_EXCEEDS_DEPOSIT)
     st: Stake = self.stakes[ch.payee]
-    assert st.amount > 0, "NOT_STAKED"
+    self._need(st.amount > 0, E_NOT_STAKED)
     deadline: uint256 = convert(v.deadline, uint256)
     if st.unbonding_at > 0:
         # C-9: a request dated after unbonding began was not served under the bonded terms
-        assert deadline <= st.unstake_requested_at + max_deadline_horizon_ms, "UNBONDING"
+        self._need(deadline <= st.unstake_requested_at + max_deadline_horizon_ms, E_UNBONDING)
     now: uint256 = self._now()
-    assert now > deadline, "DEADLINE_NOT_PASSED"
-    assert now <= deadline + st.claim_window_ms, "WINDOW_CLOSED"
+    self._need(now > deadline, E_DEADLINE_NOT_PASSED)
+    self._need(now <= deadline + st.claim_window_ms, E_WINDOW_CLOSED)
     cid: bytes32 = self._request_hash(v)
-    assert self.claims[cid].state == S_NONE, "CLAIM_EXISTS"
+    self._need(self.claims[cid].state == S_NONE, E_CLAIM_EXISTS)
     self._debit(msg.sender, claim_bond)
     window_ends: uint256 = now + st.claim_window_ms
     self.claims[cid] = Claim(
@@ -1021,10 +1025,10 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
 def _open_claim(claim: bytes32) -> Claim:
     """The claim the respondent (the sender) answers, still open and in its window."""
     c: Claim = self.claims[claim]
-    assert c.state != S_NONE, "UNKNOWN_CLAIM"
-    assert msg.sender == c.respondent, "NOT_PARTY"
-    assert c.state == S_OPEN, "CLAIM_CLOSED"
-    assert self._now() <= c.window_ends, "WINDOW_CLOSED"
+    self._need(c.state != S_NONE, E_UNKNOWN_CLAIM)
+    self._need(msg.sender == c.respondent, E_NOT_PARTY)
+    self._need(c.state == S_OPEN, E_CLAIM_CLOSED)
+    self._need(self._now() <= c.window_ends, E_WINDOW_CLOSED)
     return c
 
 
@@ -1034,7 +1038,9 @@ def _refund(claim: bytes32, c: Claim, stake_left: uint256) -> uint256:
     already holds beyond its new entitlement (at most the price, at most `stake_left`) is
     taken from its stake and paid to the claimant. Returns that clawback."""
     ch: Channel = self.channels[c.channel]
-    refunded: uint256 = ch.refunded + c.price
+    # saturates at MAX: the entitlement is 0 beyond paid_seen <= MAX anyway, so a refund
+    # never fails (and never locks the claim) on the sum
+    refunded: uint256 = min(ch.refunded + c.price, MAX)
     entitled: uint256 = self._entitled(ch.paid_seen, refunded)
     held: uint256 = ch.redeemed - ch.clawed
     claw: uint256 = 0
@@ -1056,16 +1062,23 @@ def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
     (the price is refunded); the bond goes back to the claimant either way."""
     self._check_text(a.status, False)
     c: Claim = self._open_claim(claim)
-    assert self._answer_signer(a) == c.respondent, "INVALID_SIGNATURE"
-    assert (
+    self._need(self._answer_signer(a) == c.respondent, E_INVALID_SIGNATURE)
+    self._need(
+        (
         a.request_hash == claim
         and a.channel == c.channel
         and a.n == c.n
         and keccak256(a.ledger) == LEDGER_HASH
-    ), "RESPONSE_MISMATCH"
-    assert self._blake2b256(body) == a.body_hash, "MALFORMED"
+    ),
+        E_RESPONSE_MISMATCH,
+    )
+    self._need(self._blake2b256(body) == a.body_hash, E_MALFORMED)
+    if a.status == STATUS_OK:
+        self._need(a.price <= c.price, E_RESPONSE_MISMATCH)  # charges at most the request's price
+    else:
+        self._need(a.price == 0, E_RESPONSE_MISMATCH)  # a refusal charges nothing
     st: Stake = self.stakes[c.respondent]
-    assert st.penalty > 0, "INTERNAL"
+    self._need(st.penalty > 0, E_INTERNAL)
     self._credit(c.claimant, c.bond)
     state: uint8 = S_DELIVERED
     outcome: String[9] = "delivered"
@@ -1111,18 +1124,19 @@ def _conflicts(claim: bytes32, c: Claim, e: Voucher) -> bool:
 
 
 @external
-def answer_claim_evidence(claim: bytes32, e: Voucher, body: Bytes[MAX_BODY]):
+def answer_claim_evidence(claim: bytes32, e: Voucher):
     """Answer with a payer-signed request of the same channel in tiling conflict with the
-    claimed one (specs/claims.md 2): FRIVOLOUS, the bond goes to the respondent."""
+    claimed one (specs/claims.md 2): FRIVOLOUS, the bond goes to the respondent. Its body
+    is neither needed nor checked: the signature is the evidence."""
     self._check_text(e.service, False)
     c: Claim = self._open_claim(claim)
     self._check_voucher_ledger(e)
-    assert self._voucher_signer(e) == c.claimant, "INVALID_SIGNATURE"
-    assert e.channel == c.channel, "RESPONSE_MISMATCH"
-    assert self._blake2b256(body) == e.body_hash, "MALFORMED"
-    assert self._conflicts(claim, c, e), "RESPONSE_MISMATCH"
+    self._need(e.channel == c.channel, E_RESPONSE_MISMATCH)
+    # the claimant is the channel's payer (FileClaim)
+    self._need(self._voucher_signer(e) == c.claimant, E_INVALID_SIGNATURE)
+    self._need(self._conflicts(claim, c, e), E_RESPONSE_MISMATCH)
     st: Stake = self.stakes[c.respondent]
-    assert st.penalty > 0, "INTERNAL"
+    self._need(st.penalty > 0, E_INTERNAL)
     self._credit(c.respondent, c.bond)
     self.claims[claim].state = S_FRIVOLOUS
     self.stakes[c.respondent].open_claims = st.open_claims - 1
@@ -1132,17 +1146,17 @@ def answer_claim_evidence(claim: bytes32, e: Voucher, body: Bytes[MAX_BODY]):
         claim=claim, claimant=c.claimant, respondent=c.respondent, outcome="frivolous",
         status="", bond=c.bond, bond_to=c.respondent, refund=0, clawed=0, at=self._now()
     )
-    log ConflictEvidence(claim=claim, voucher=e, body=body)
+    log ConflictEvidence(claim=claim, voucher=e)
 
 
 @external
 def resolve_claim(claim: bytes32):
     c: Claim = self.claims[claim]
-    assert c.state != S_NONE, "UNKNOWN_CLAIM"
-    assert c.state == S_OPEN, "CLAIM_CLOSED"
-    assert self._now() > c.window_ends, "WINDOW_OPEN"
+    self._need(c.state != S_NONE, E_UNKNOWN_CLAIM)
+    self._need(c.state == S_OPEN, E_CLAIM_CLOSED)
+    self._need(self._now() > c.window_ends, E_WINDOW_OPEN)
     st: Stake = self.stakes[c.respondent]
-    assert st.penalty > 0, "INTERNAL"
+    self._need(st.penalty > 0, E_INTERNAL)
     slash: uint256 = min(st.penalty, st.amount)
     to_claimant: uint256 = slash * slash_to_claimant_bps // BPS
     burn: uint256 = slash - to_claimant

@@ -37,8 +37,10 @@ that turns the `Ledger` operations into contract calls and the contract's logs b
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -89,6 +91,7 @@ from p2pay.core.settlement import (
 from p2pay.ledger.base import OpLedger, Receipt, Totals
 
 __all__ = [
+    "CONTRACT_VERSION",
     "MAX_BODY",
     "BoaChain",
     "Chain",
@@ -99,15 +102,25 @@ __all__ = [
     "load_artifact",
 ]
 
-MAX_BODY = 8192  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
+MAX_BODY = 32768  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
+MAX_SERVICE_BYTES = 64  # contracts/Settlement.vy MAX_SERVICE (= messages.MAX_SERVICE_NAME)
+CONTRACT_VERSION = 2  # contracts/Settlement.vy VERSION: the rules this adapter speaks
 _U256 = (1 << 256) - 1
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")
 _VOUCHER_T = "(bytes,bytes32,uint64,uint256,uint256,string,bytes32,uint64,bytes)"
 _ANSWER_T = "(bytes,bytes32,uint64,bytes32,string,uint256,uint256,bytes32,bytes)"
 _CHANNEL_STATES = {1: ChannelState.OPEN, 2: ChannelState.CLOSING, 3: ChannelState.CLOSED}
-_CLAIM_STATES = {1: ClaimState.OPEN, 2: ClaimState.ANSWERED, 3: ClaimState.UPHELD}
+_CLAIM_STATES = {
+    1: ClaimState.OPEN,
+    2: ClaimState.DELIVERED,
+    3: ClaimState.REFUSED,
+    4: ClaimState.FRIVOLOUS,
+    5: ClaimState.UPHELD,
+}
 _FIELD_NAMES = {"src": "from", "dst": "to"}
-_EVIDENCE = ("RequestEvidence", "ResponseEvidence")
+_EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
+
+log = logging.getLogger("p2pay.ledger.evm")
 
 
 def _contracts_dir() -> Path:
@@ -562,39 +575,39 @@ class _Index:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def add(self, decoded: list[tuple[str, dict[str, Any]]], cursor: int) -> None:
+    def add(self, decoded: Sequence[tuple[Any, str, dict[str, Any]]], cursor: int) -> list[Any]:
+        """Index decoded logs ``(log, name, fields)`` and move the cursor to `cursor`.
+
+        Each entry is checked completely before anything of it is written; an entry that
+        does not make a valid event or frame (a request with ``n = 0``, a field of the
+        wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
+        advances: one bad log never stops the index (issue 14)."""
+        skipped: list[Any] = []
         seq = self.last_seq()
         with self.db:
-            for name, fields in decoded:
-                if name == "RequestEvidence":
-                    self._frame(fields["claim"], "request", _request_of(fields))
+            for lg, name, fields in decoded:
+                try:
+                    row = _index_row(name, fields)
+                except Exception as exc:  # a hostile log is skipped, never fatal
+                    skipped.append((lg, f"{name}: {type(exc).__name__}: {exc}"))
                     continue
-                if name == "ResponseEvidence":
-                    self._frame(fields["claim"], "response", _response_of(fields))
+                if isinstance(row, _FrameRow):
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO frames VALUES (?, ?, ?)",
+                        (row.claim, row.kind, row.frame),
+                    )
                     continue
                 seq += 1
-                at = int(fields.pop("at"))
                 self.db.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?)",
-                    (seq, name, codec.encode(fields), at),
+                    "INSERT INTO events VALUES (?, ?, ?, ?)", (seq, name, row.fields, row.at)
                 )
-                if name == "ChannelOpened":
-                    for party in (fields["payer"], fields["payee"]):
-                        self._party("channel", party, fields["channel"], seq)
-                elif name == "ClaimFiled":
-                    for party in (fields["claimant"], fields["respondent"]):
-                        self._party("claim", party, fields["claim"], seq)
+                for kind, account, id_ in row.parties:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO parties VALUES (?, ?, ?, ?)",
+                        (kind, account, id_, seq),
+                    )
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (cursor,))
-
-    def _party(self, kind: str, account: bytes, id_: bytes, order: int) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO parties VALUES (?, ?, ?, ?)", (kind, account, id_, order)
-        )
-
-    def _frame(self, claim: bytes, kind: str, message: Request | Response) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO frames VALUES (?, ?, ?)", (claim, kind, message.to_frame())
-        )
+        return skipped
 
     def events(self, after: int, limit: int) -> list[Event]:
         rows = self.db.execute(
@@ -624,6 +637,60 @@ class _Index:
 
     def close(self) -> None:
         self.db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _FrameRow:
+    claim: bytes
+    kind: str  # "request" | "response" | "evidence"
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _EventRow:
+    fields: bytes  # canonical CBOR
+    at: int
+    parties: tuple[tuple[str, bytes, bytes], ...]  # (kind, account, id) to index
+
+
+_ID_FIELDS = {"ChannelOpened": ("channel", "payer", "payee"), "ClaimFiled": ("claim",)}
+
+
+def _index_row(name: str, fields: dict[str, Any]) -> _FrameRow | _EventRow:
+    """What one decoded log adds to the index; raises if it is not a valid event or frame."""
+    if name in _EVIDENCE:
+        claim = fields["claim"]
+        if not isinstance(claim, bytes) or len(claim) != 32:
+            raise LocalProtocolError("evidence for a malformed claim id")
+        if name == "RequestEvidence":
+            return _FrameRow(claim, "request", _request_of(fields).to_frame())
+        if name == "ResponseEvidence":
+            return _FrameRow(claim, "response", _response_of(fields).to_frame())
+        # the evidence frame carries no body (p2pay.core.settlement: the signature is the
+        # evidence)
+        return _FrameRow(claim, "evidence", _request_of({**fields, "body": b""}).to_frame())
+    fields = dict(fields)
+    at = fields.pop("at")
+    if not isinstance(at, int) or at < 0:
+        raise LocalProtocolError("event time is not an int >= 0")
+    for key, value in fields.items():
+        if not isinstance(value, bytes | int | str) or isinstance(value, bool):
+            raise LocalProtocolError(f"event field {key} has an unexpected type")
+    for key in _ID_FIELDS.get(name, ()):
+        if not isinstance(fields.get(key), bytes) or len(fields[key]) != 32:
+            raise LocalProtocolError(f"{name}.{key} is not 32 bytes")
+    if name == "ClaimFiled" and not (isinstance(fields.get("n"), int) and fields["n"] >= 1):
+        raise LocalProtocolError("ClaimFiled with n < 1")  # never a claimable request
+    parties: tuple[tuple[str, bytes, bytes], ...] = ()
+    if name == "ChannelOpened":
+        parties = tuple(("channel", fields[p], fields["channel"]) for p in ("payer", "payee"))
+    elif name == "ClaimFiled":
+        parties = tuple(
+            ("claim", fields[p], fields["claim"])
+            for p in ("claimant", "respondent")
+            if isinstance(fields.get(p), bytes)
+        )
+    return _EventRow(codec.encode(fields), at, parties)
 
 
 def _request_of(fields: dict[str, Any]) -> Request:
@@ -691,6 +758,12 @@ def _voucher(value: object) -> tuple[Any, ...]:
     if not isinstance(value, Request):
         raise _Unencodable
     r = value
+    try:
+        service = r.service.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        raise _Unencodable from None
+    if len(service) > MAX_SERVICE_BYTES:
+        raise _Unencodable  # the contract's String[64] could not carry it
     return (
         r.ledger,
         r.channel,
@@ -758,7 +831,9 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
         return "file_claim", [voucher, _body(op.request.body)]
     if isinstance(op, AnswerClaim):
         r = op.response
-        if not isinstance(r, Response):
+        if r is None and op.evidence is not None:
+            return "answer_claim_evidence", [_b32(op.claim), _voucher(op.evidence)]
+        if not isinstance(r, Response) or op.evidence is not None:
             raise _Unencodable
         answer = (
             r.ledger,
@@ -825,6 +900,8 @@ class EvmLedger(OpLedger):
         self._closed = False
         self._sync_lock = trio.Lock()
         self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
+        self.skipped_logs = 0  # logs of the contract that could not be indexed (issue 14)
+        self.skipped: collections.deque[str] = collections.deque(maxlen=100)  # their reasons
 
     # --- construction
     @classmethod
@@ -859,6 +936,9 @@ class EvmLedger(OpLedger):
             LocalProtocolError: a deployment failed or a parameter is invalid.
         """
         key = _as_evm_key(deployer)
+        if overrides.get("max_claim_body", MAX_BODY) != MAX_BODY:
+            raise LocalProtocolError(f"an EVM ledger's max_claim_body is {MAX_BODY}")
+        overrides.pop("max_claim_body", None)
         defaults = Params(ledger_id=b"x", dev=dev, **overrides)  # validates the overrides
         if token is None:
             token_art = load_artifact("TestToken")
@@ -922,6 +1002,12 @@ class EvmLedger(OpLedger):
         ledger_id = evm_ledger_id(chain_id, address)
         if bytes(await get("ledger_id")) != ledger_id:
             raise LocalProtocolError("the contract reports another ledger id")
+        version = int(await get("VERSION"))
+        if version != CONTRACT_VERSION:
+            raise LocalProtocolError(
+                f"the settlement contract at 0x{address.hex()} speaks rules version {version}; "
+                f"this node needs {CONTRACT_VERSION} (deploy a new contract)"
+            )
         params = Params(
             ledger_id=ledger_id,
             dev=bool(await get("dev")),
@@ -932,6 +1018,7 @@ class EvmLedger(OpLedger):
             min_claim_window_ms=int(await get("min_claim_window_ms")),
             max_claim_window_ms=int(await get("max_claim_window_ms")),
             max_deadline_horizon_ms=int(await get("max_deadline_horizon_ms")),
+            max_claim_body=int(await get("max_claim_body")),
         )
         return cls(
             chain,
@@ -1001,17 +1088,31 @@ class EvmLedger(OpLedger):
         if target <= cursor:
             return cursor
         logs = await self._call_chain(self.chain.logs, self.address, cursor + 1, target)
-        decoded = []
+        decoded: list[tuple[Log, str, dict[str, Any]]] = []
         for lg in logs:
-            found = self._abi.decode_log(lg.topics, lg.data)
+            try:
+                found = self._abi.decode_log(lg.topics, lg.data)
+            except Exception as exc:  # any malformed log: skipped, never fatal
+                self._skip(lg, f"undecodable log: {type(exc).__name__}: {exc}")
+                continue
             if found is None:
+                self._skip(lg, "unknown event")
                 continue
             name, fields = found
             if name not in _EVIDENCE:
                 fields = _plain(fields)
-            decoded.append((name, fields))
-        self._index.add(decoded, target)
+            decoded.append((lg, name, fields))
+        for lg, reason in self._index.add(decoded, target):
+            self._skip(lg, reason)
         return target
+
+    def _skip(self, lg: Log, reason: str) -> None:
+        """Record a log that cannot be indexed (issue 14): logged, counted, skipped; the
+        cursor moves past it all the same, so one hostile log never stops a reader."""
+        self.skipped_logs += 1
+        where = f"block {lg.block} log {lg.index}"
+        self.skipped.append(f"{where}: {reason}"[:300])
+        log.warning("EVM ledger 0x%s: skipped %s: %s", self.address.hex(), where, reason[:300])
 
     async def _submit(self, op: Op) -> Receipt:
         if self._closed:
@@ -1113,8 +1214,19 @@ class EvmLedger(OpLedger):
     async def file_claim(self, key: Any, request: Request) -> bytes:
         return await super().file_claim(self._k(key), request)
 
-    async def answer_claim(self, key: Any, claim_id: bytes, response: Response) -> None:
-        await super().answer_claim(self._k(key), claim_id, response)
+    async def answer_claim(
+        self,
+        key: Any,
+        claim_id: bytes,
+        response: Response | None = None,
+        evidence: Request | None = None,
+    ) -> None:
+        """Answer with the signed response, or with `evidence` (a payer-signed request in
+        tiling conflict with the claimed one)."""
+        sender = self._k(key).account
+        await self._do(
+            AnswerClaim(sender=sender, claim=claim_id, response=response, evidence=evidence)
+        )
 
     async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
         await super().resolve_claim(self._k(key), claim_id)
@@ -1164,10 +1276,19 @@ class EvmLedger(OpLedger):
     async def channel(self, channel_id: bytes) -> Channel | None:
         if not isinstance(channel_id, bytes) or len(channel_id) != 32:
             return None
-        payer, payee, deposit, redeemed, challenge, state, closes_at = (
-            await self._view("channels", channel_id)
-        )[0]
-        if state == 0:
+        (
+            payer,
+            payee,
+            deposit,
+            redeemed,
+            challenge,
+            state,
+            closes_at,
+            paid_seen,
+            refunded,
+            clawed,
+        ) = (await self._view("channels", channel_id))[0]
+        if state not in _CHANNEL_STATES:
             return None
         return Channel(
             id=channel_id,
@@ -1178,6 +1299,9 @@ class EvmLedger(OpLedger):
             challenge_ms=int(challenge),
             state=_CHANNEL_STATES[int(state)],
             closes_at=int(closes_at),
+            paid_seen=int(paid_seen),
+            refunded=int(refunded),
+            clawed=int(clawed),
         )
 
     async def stake_of(self, account: bytes) -> Stake | None:
@@ -1188,7 +1312,7 @@ class EvmLedger(OpLedger):
         )
         if address is None:
             return None
-        amount, penalty, window, unbonding_at, open_claims = (
+        amount, penalty, window, unbonding_at, open_claims, requested_at = (
             await self._view("stakes", "0x" + address.hex())
         )[0]
         if penalty == 0:
@@ -1200,15 +1324,29 @@ class EvmLedger(OpLedger):
             claim_window_ms=int(window),
             unbonding_at=int(unbonding_at),
             open_claims=int(open_claims),
+            unstake_requested_at=int(requested_at),
         )
 
     async def claim(self, claim_id: bytes) -> Claim | None:
         if not isinstance(claim_id, bytes) or len(claim_id) != 32:
             return None
-        claimant, respondent, channel, n, bond, filed_at, window_ends, state, slashed = (
-            await self._view("claims", claim_id)
-        )[0]
-        if state == 0:
+        (
+            claimant,
+            respondent,
+            channel,
+            n,
+            price,
+            paid,
+            deadline,
+            bond,
+            filed_at,
+            window_ends,
+            state,
+            slashed,
+            refund,
+            clawed,
+        ) = (await self._view("claims", claim_id))[0]
+        if state not in _CLAIM_STATES:
             return None
         await self.sync()
         return Claim(
@@ -1217,13 +1355,19 @@ class EvmLedger(OpLedger):
             respondent=account_of_address(bytes.fromhex(respondent[2:])),
             channel=bytes(channel),
             n=int(n),
+            price=int(price),
+            paid=int(paid),
+            deadline=int(deadline),
             bond=int(bond),
             filed_at=int(filed_at),
             window_ends=int(window_ends),
             state=_CLAIM_STATES[int(state)],
             request_frame=self._index.frame(claim_id, "request"),
             response_frame=self._index.frame(claim_id, "response"),
+            evidence_frame=self._index.frame(claim_id, "evidence"),
             slashed=int(slashed),
+            refund=int(refund),
+            clawed=int(clawed),
         )
 
     async def channels_of(self, account: bytes) -> list[Channel]:
