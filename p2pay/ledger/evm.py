@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from typing import Any
 import trio
 
 from p2pay.core import codec
-from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError, SettlementError
 from p2pay.core.evmsig import (
     EvmKey,
     account_of_address,
@@ -95,8 +96,12 @@ __all__ = [
     "MAX_BODY",
     "BoaChain",
     "Chain",
+    "ChainError",
+    "ChainUnavailable",
     "EvmLedger",
+    "InsufficientGasFunds",
     "Log",
+    "TransactionTimeout",
     "TxResult",
     "Web3Chain",
     "load_artifact",
@@ -357,30 +362,117 @@ class BoaChain(Chain):
         return [lg for lg in self._logs if lg.address == address and first <= lg.block <= last]
 
 
+class ChainError(P2payError):
+    """The chain could not carry out a call or transaction (never a rule's refusal: those
+    are `SettlementError`). Nothing of a failed transaction is known to have been applied
+    unless the subclass says so."""
+
+    code = ErrorCode.INTERNAL
+
+
+class ChainUnavailable(ChainError):
+    """The RPC endpoint failed (connection refused, reset, stalled, a bad reply) on every
+    retry."""
+
+
+class InsufficientGasFunds(ChainError):
+    """The sender's address cannot pay the gas of the transaction (nothing was sent)."""
+
+
+class TransactionTimeout(ChainError):
+    """A sent transaction was not mined in time, re-priced or not. It may still be mined
+    later: its nonce stays reserved, and the next transaction of the sender replaces it if
+    it is still pending (same nonce, higher fees)."""
+
+
 class Web3Chain(Chain):
     """A JSON-RPC chain through web3.py; transactions are signed locally.
+
+    Robust against a misbehaving endpoint and a congested chain (issue 14):
+
+    * every RPC is retried with exponential backoff on connection errors, timeouts and
+      unreadable replies (`rpc_retries` times), then fails with `ChainUnavailable`; an RPC
+      error *reply* (a revert, a refusal) is not retried;
+    * transactions carry EIP-1559 fees (``maxFeePerGas = 2 * baseFee + tip``) and an
+      explicit nonce kept per sender (re-read from the chain after a nonce race);
+    * a transaction not mined after `reprice_after_s` is sent again with the same nonce and
+      both fees raised by `fee_bump` (at least the 10 % nodes require), up to the overall
+      `timeout_s`, then `TransactionTimeout`;
+    * before sending, the sender's gas balance is checked: too little for this transaction
+      is `InsufficientGasFunds` (nothing sent); less than `low_gas_txs` such transactions
+      logs a warning.
 
     Args:
         url: the RPC endpoint (``http://127.0.0.1:8545``).
         timed: the ledger times blocks itself (anvil: ``evm_setNextBlockTimestamp``).
-        timeout_s: how long to wait for a receipt.
+        timeout_s: how long to wait for a transaction's receipt, re-pricing included.
+        rpc_timeout_s: how long one RPC may take before it counts as failed.
+        rpc_retries: retries of a failed RPC (connection errors, timeouts).
+        reprice_after_s: resend with higher fees after this long without a receipt.
+        fee_bump: factor applied to both fees at each re-pricing.
+        poll_s: receipt polling interval.
+        low_gas_txs: warn when the gas balance pays for fewer transactions than this.
     """
 
     blocking_io = True
 
-    def __init__(self, url: str, *, timed: bool = False, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timed: bool = False,
+        timeout_s: float = 60.0,
+        rpc_timeout_s: float = 10.0,
+        rpc_retries: int = 4,
+        reprice_after_s: float = 15.0,
+        fee_bump: float = 1.25,
+        poll_s: float = 0.05,
+        low_gas_txs: int = 20,
+    ) -> None:
         from web3 import HTTPProvider, Web3
 
-        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+        if fee_bump < 1.1 or rpc_retries < 0 or poll_s <= 0:
+            raise LocalProtocolError("need fee_bump >= 1.1, rpc_retries >= 0, poll_s > 0")
+        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": rpc_timeout_s}))
+        self.url = url
         self.timed = timed
         self.timeout_s = timeout_s
+        self.rpc_retries = rpc_retries
+        self.reprice_after_s = reprice_after_s
+        self.fee_bump = fee_bump
+        self.poll_s = poll_s
+        self.low_gas_txs = low_gas_txs
         self._chain_id: int | None = None
+        self._nonces: dict[bytes, int] = {}  # next nonce per sender address
+        # what happened (tests, metrics): RPC retries, re-priced sends, low-gas warnings
+        self.stats = {"rpc_retries": 0, "repriced": 0, "low_gas_warnings": 0, "nonce_races": 0}
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
-        reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
-        if "error" in reply:
-            raise _RpcError(reply["error"])
-        return reply["result"]
+        delay = 0.05
+        for attempt in range(self.rpc_retries + 1):  # bounded
+            try:
+                reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+            except Exception as exc:  # connection refused / reset, timeout, bad JSON
+                if attempt == self.rpc_retries:
+                    raise ChainUnavailable(
+                        f"{method} failed {attempt + 1} times on {self.url}: "
+                        f"{type(exc).__name__}: {str(exc)[:200]}"
+                    ) from None
+                self.stats["rpc_retries"] += 1
+                log.info("RPC %s failed (%s), retrying in %.2f s", method, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if not isinstance(reply, dict) or ("error" not in reply and "result" not in reply):
+                if attempt == self.rpc_retries:
+                    raise ChainUnavailable(f"{method}: unreadable reply from {self.url}")
+                self.stats["rpc_retries"] += 1
+                time.sleep(delay)
+                continue
+            if "error" in reply:
+                raise _RpcError(reply["error"])
+            return reply["result"]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def chain_id(self) -> int:
         if self._chain_id is None:
@@ -413,6 +505,48 @@ class Web3Chain(Chain):
         """Give `address` gas money (dev chains: ``anvil_setBalance``)."""
         self._rpc("anvil_setBalance", ["0x" + address.hex(), hex(wei)])
 
+    def _fees(self) -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas) for the next block (EIP-1559)."""
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        try:
+            tip = int(self._rpc("eth_maxPriorityFeePerGas", []), 16)
+        except _RpcError:
+            tip = 10**9
+        tip = max(tip, 1)
+        return 2 * base + tip, tip
+
+    def _next_nonce(self, address: bytes, *, refresh: bool = False) -> int:
+        chain = int(self._rpc("eth_getTransactionCount", ["0x" + address.hex(), "pending"]), 16)
+        known = self._nonces.get(address, 0)
+        nonce = chain if refresh else max(chain, known)
+        self._nonces[address] = nonce
+        return nonce
+
+    def _check_gas_funds(self, address: bytes, cost: int) -> None:
+        balance = int(self._rpc("eth_getBalance", ["0x" + address.hex(), "latest"]), 16)
+        if balance < cost:
+            raise InsufficientGasFunds(
+                f"0x{address.hex()} holds {balance} wei, the transaction may cost {cost}: "
+                "fund the address",
+                details={"address": "0x" + address.hex(), "balance": balance, "cost": cost},
+            )
+        if balance < cost * self.low_gas_txs:
+            self.stats["low_gas_warnings"] += 1
+            log.warning(
+                "gas balance of 0x%s is low: %d wei, about %d transactions left",
+                address.hex(),
+                balance,
+                balance // max(cost, 1),
+            )
+
+    def _receipt(self, hashes: Sequence[str]) -> dict[str, Any] | None:
+        for tx_hash in hashes:
+            receipt = self._rpc("eth_getTransactionReceipt", [tx_hash])
+            if receipt:
+                return dict(receipt)
+        return None
+
     def transact(
         self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
     ) -> TxResult:
@@ -436,14 +570,13 @@ class Web3Chain(Chain):
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
             # next block's time succeeded, so give it a generous limit
             gas = 4_000_000
-        nonce = int(self._rpc("eth_getTransactionCount", [sender, "pending"]), 16)
-        gas_price = int(self._rpc("eth_gasPrice", []), 16)
-        unsigned = {
+        gas_limit = gas * 13 // 10 + 50_000
+        max_fee, tip = self._fees()
+        self._check_gas_funds(key.address, gas_limit * max_fee)
+        nonce = self._next_nonce(key.address)
+        unsigned: dict[str, Any] = {
             "chainId": self.chain_id(),
-            "nonce": nonce,
-            "gas": gas * 13 // 10 + 50_000,
-            "maxFeePerGas": 2 * gas_price + 1,
-            "maxPriorityFeePerGas": 1,
+            "gas": gas_limit,
             "data": data,
             "value": 0,
         }
@@ -451,26 +584,74 @@ class Web3Chain(Chain):
             from eth_utils import to_checksum_address
 
             unsigned["to"] = to_checksum_address("0x" + to.hex())
-        signed = Account.sign_transaction(unsigned, key.secret)
-        if timestamp is not None:
-            self._rpc("evm_setNextBlockTimestamp", [timestamp])
-        tx_hash = self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
-        block = int(receipt["blockNumber"])
-        if int(receipt["status"]) != 1:
+        sent: list[str] = []
+        deadline = time.monotonic() + self.timeout_s
+        receipt: dict[str, Any] | None = None
+        for _round in range(64):  # bounded: each round waits reprice_after_s or ends
+            unsigned.update(nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
+            signed = Account.sign_transaction(unsigned, key.secret)
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            if timestamp is not None:
+                self._rpc("evm_setNextBlockTimestamp", [timestamp])
+            # known before it is sent: if the reply is lost and the retry hears "nonce too
+            # low" or "already known", the receipt of this hash tells whether it went in
+            if tx_hash not in sent:
+                sent.append(tx_hash)
+            try:
+                self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+            except _RpcError as exc:
+                text = str(exc).lower()
+                if "insufficient funds" in text:
+                    if len(sent) == 1:  # else an earlier price of it is pending: wait for it
+                        raise InsufficientGasFunds(f"{sender} cannot pay the gas: {exc}") from None
+                elif "already known" in text or "already imported" in text:
+                    pass  # an earlier try of this very send got through
+                elif "nonce too low" in text or "nonce too high" in text:
+                    receipt = self._receipt(sent)
+                    if receipt is not None:
+                        break
+                    # another transaction took the nonce (another process with this key)
+                    self.stats["nonce_races"] += 1
+                    nonce = self._next_nonce(key.address, refresh=True)
+                    continue
+                elif "underpriced" in text:
+                    max_fee = int(max_fee * self.fee_bump) + 1
+                    tip = int(tip * self.fee_bump) + 1
+                    continue
+                else:
+                    raise ChainUnavailable(f"eth_sendRawTransaction refused: {exc}") from None
+            reprice_at = time.monotonic() + self.reprice_after_s
+            while receipt is None and time.monotonic() < min(reprice_at, deadline):  # bounded
+                receipt = self._receipt(sent)
+                if receipt is None:
+                    time.sleep(self.poll_s)
+            if receipt is not None or time.monotonic() >= deadline:
+                break
+            # not mined in time: the same nonce again with higher fees replaces it
+            self.stats["repriced"] += 1
+            max_fee = int(max_fee * self.fee_bump) + 1
+            tip = int(tip * self.fee_bump) + 1
+            log.warning(
+                "transaction %s not mined after %.1f s: re-priced", tx_hash, self.reprice_after_s
+            )
+        if receipt is None:
+            self._nonces[key.address] = nonce + 1  # the nonce stays reserved by what was sent
+            raise TransactionTimeout(
+                f"transaction of {sender} (nonce {nonce}) not mined within {self.timeout_s} s",
+                details={"hashes": sent, "nonce": nonce},
+            )
+        self._nonces[key.address] = nonce + 1
+        block = int(receipt["blockNumber"], 16)
+        if int(receipt["status"], 16) != 1:
             again = self._eth_call(tx, None)
             return TxResult(ok=False, output=again.output, block=block)
         logs = tuple(
             Log(
                 block=block,
-                index=int(lg["logIndex"]),
-                address=bytes(
-                    lg["address"]
-                    if isinstance(lg["address"], bytes)
-                    else bytes.fromhex(lg["address"][2:])
-                ),
-                topics=tuple(bytes(t) for t in lg["topics"]),
-                data=bytes(lg["data"]),
+                index=int(lg["logIndex"], 16),
+                address=bytes.fromhex(lg["address"][2:]),
+                topics=tuple(bytes.fromhex(t[2:]) for t in lg["topics"]),
+                data=bytes.fromhex(lg["data"][2:]),
             )
             for lg in receipt["logs"]
         )
@@ -478,7 +659,7 @@ class Web3Chain(Chain):
         if to is None:
             output = bytes.fromhex(str(receipt["contractAddress"])[2:])
         return TxResult(
-            ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"]), block=block
+            ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
 
     def logs(self, address: bytes, first: int, last: int) -> list[Log]:
