@@ -433,7 +433,11 @@ class Web3Chain(Chain):
 
         if fee_bump < 1.1 or rpc_retries < 0 or poll_s <= 0:
             raise LocalProtocolError("need fee_bump >= 1.1, rpc_retries >= 0, poll_s > 0")
-        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": rpc_timeout_s}))
+        # web3's own retries off: `_rpc` is the one place that retries (and counts)
+        provider = HTTPProvider(
+            url, request_kwargs={"timeout": rpc_timeout_s}, exception_retry_configuration=None
+        )
+        self.w3 = Web3(provider)
         self.url = url
         self.timed = timed
         self.timeout_s = timeout_s
