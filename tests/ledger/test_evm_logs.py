@@ -175,3 +175,49 @@ async def test_hostile_logs_are_skipped_and_the_cursor_moves(
     assert (await L.totals()).conserved
     await fresh.aclose()
     await L.aclose()
+
+
+async def test_the_contract_refuses_a_service_that_is_not_utf8() -> None:
+    """No log can carry undecodable text: FileClaim and evidence refuse a service that is
+    not strict UTF-8 (checked before anything else), and accept any valid one."""
+    from p2pay.core.errors import ErrorCode
+    from p2pay.ledger.evm import revert_code
+
+    chain = BoaChain()
+    clock = ManualClock()
+    L = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=clock)
+    await L.mint(A, A.account, 10 * TOKEN)
+    await L.mint(B, B.account, 10 * TOKEN)
+    await L.stake(B, TOKEN, TOKEN // 10, 1_000)
+    cid = await L.open_channel(A, B.account, TOKEN, 1_000)
+    voucher = (L.ledger_id, cid, 1, 5, 5, "x", bytes(32), 1, b"\x01" * 65)
+    control = chain.transact(A, L.address, L._abi.calldata("file_claim", [voucher, b""]))
+    assert revert_code(control.output)[0] is ErrorCode.INVALID_SIGNATURE  # text was fine
+    for bad in (
+        b"\xff",
+        b"\xc3\x28",
+        b"\xed\xa0\x80",
+        b"\xc0\xaf",
+        b"\xf4\x90\x80\x80",
+        b"\xe2\x82",
+    ):
+        data = L._abi.calldata("file_claim", [voucher, b""])
+        data = data.replace(b"\x01x" + bytes(31), bytes([len(bad)]) + bad + bytes(32 - len(bad)))
+        res = chain.transact(A, L.address, data)
+        assert not res.ok and revert_code(res.output)[0] is ErrorCode.INVALID_ARGUMENT, bad
+    # any valid UTF-8 service is claimable, and hashed as the off-chain request
+    req = Request.create(
+        A,
+        ledger=L.ledger_id,
+        channel=cid,
+        n=1,
+        paid=100,
+        price=100,
+        service="\u00e9\u20ac\U0001f600/echo",
+        body=b"ping",
+        deadline=clock.ms + 10,
+    )
+    clock.advance(11)
+    assert await L.file_claim(A, req) == req.hash
+    assert L.skipped_logs == 0
+    await L.aclose()
