@@ -1404,14 +1404,12 @@ class EvmLedger(OpLedger):
         key: Any,
         claim_id: bytes,
         response: Response | None = None,
+        *,
         evidence: Request | None = None,
     ) -> None:
         """Answer with the signed response, or with `evidence` (a payer-signed request in
         tiling conflict with the claimed one)."""
-        sender = self._k(key).account
-        await self._do(
-            AnswerClaim(sender=sender, claim=claim_id, response=response, evidence=evidence)
-        )
+        await super().answer_claim(self._k(key), claim_id, response, evidence=evidence)
 
     async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
         await super().resolve_claim(self._k(key), claim_id)
