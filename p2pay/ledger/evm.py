@@ -370,9 +370,10 @@ class ChainError(P2payError):
     code = ErrorCode.INTERNAL
 
 
-class ChainUnavailable(ChainError):
+class ChainUnavailable(ChainError, OSError):
     """The RPC endpoint failed (connection refused, reset, stalled, a bad reply) on every
-    retry."""
+    retry. Also an `OSError`: callers that treat an unreachable endpoint as I/O (the CLI's
+    "cannot reach") keep doing so."""
 
 
 class InsufficientGasFunds(ChainError):
