@@ -101,6 +101,7 @@ __all__ = [
     "EvmLedger",
     "InsufficientGasFunds",
     "Log",
+    "RpcErrorReply",
     "TransactionTimeout",
     "TxResult",
     "Web3Chain",
@@ -475,7 +476,7 @@ class Web3Chain(Chain):
                 time.sleep(delay)
                 continue
             if "error" in reply:
-                raise _RpcError(reply["error"])
+                raise RpcErrorReply(reply["error"])
             return reply["result"]
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -497,7 +498,7 @@ class Web3Chain(Chain):
             params += [{}, {"time": hex(timestamp)}]
         try:
             return TxResult(ok=True, output=bytes.fromhex(self._rpc("eth_call", params)[2:]))
-        except _RpcError as exc:
+        except RpcErrorReply as exc:
             return TxResult(ok=False, output=exc.revert_data())
 
     def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
@@ -516,7 +517,7 @@ class Web3Chain(Chain):
         base = int(block.get("baseFeePerGas") or "0x0", 16)
         try:
             tip = int(self._rpc("eth_maxPriorityFeePerGas", []), 16)
-        except _RpcError:
+        except RpcErrorReply:
             tip = 10**9
         tip = max(tip, 1)
         return 2 * base + tip, tip
@@ -570,7 +571,7 @@ class Web3Chain(Chain):
             return simulated
         try:
             gas = int(self._rpc("eth_estimateGas", [tx, "latest"]), 16)
-        except _RpcError:
+        except RpcErrorReply:
             # a timed test chain: the estimate runs at the latest block's time, where the
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
             # next block's time succeeded, so give it a generous limit
@@ -604,7 +605,7 @@ class Web3Chain(Chain):
                 sent.append(tx_hash)
             try:
                 self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
-            except _RpcError as exc:
+            except RpcErrorReply as exc:
                 text = str(exc).lower()
                 if "insufficient funds" in text:
                     if len(sent) == 1:  # else an earlier price of it is pending: wait for it
@@ -690,9 +691,12 @@ class Web3Chain(Chain):
         return out
 
 
-class _RpcError(Exception):
+class RpcErrorReply(ChainError):
+    """The endpoint answered an RPC with an error (a revert is read from it where a
+    revert is expected; anywhere else it reaches the caller as this typed error)."""
+
     def __init__(self, error: Any) -> None:
-        super().__init__(str(error))
+        super().__init__(str(error)[:500], details={"error": error})
         self.error = error
 
     def revert_data(self) -> bytes:
