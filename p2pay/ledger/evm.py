@@ -641,7 +641,9 @@ class Web3Chain(Chain):
                 "transaction %s not mined after %.1f s: re-priced", tx_hash, self.reprice_after_s
             )
         if receipt is None:
-            self._nonces[key.address] = nonce + 1  # the nonce stays reserved by what was sent
+            # next time the chain's pending count decides: nonce + 1 while this one is still
+            # pending (it may yet be mined), nonce again if the node dropped it
+            self._nonces[key.address] = nonce
             raise TransactionTimeout(
                 f"transaction of {sender} (nonce {nonce}) not mined within {self.timeout_s} s",
                 details={"hashes": sent, "nonce": nonce},

@@ -226,3 +226,40 @@ async def test_a_flaky_rpc_endpoint_is_retried_and_a_lost_reply_not_resent(
             await L.transfer(A, B.account, 1)
             assert await L.balance(B.account) == 10
         await L.aclose()
+
+
+async def test_nonce_races_and_dropped_transactions(fresh: Web3Chain, anvil_url: str) -> None:
+    """Another process sending with the same key, and a timed-out transaction the node then
+    drops: the next operation still finds a usable nonce."""
+    from eth_account import Account
+    from eth_utils import to_checksum_address
+
+    chain = Web3Chain(anvil_url, timed=True, timeout_s=0.6, reprice_after_s=0.3, poll_s=0.02)
+    L = await deploy(chain)
+    await L.transfer(A, B.account, 1)  # the chain caches A's next nonce
+    # another process with A's key sends a plain transaction (a nonce the cache lacks)
+    nonce = int(chain._rpc("eth_getTransactionCount", ["0x" + A.address.hex(), "pending"]), 16)
+    tx = {
+        "chainId": chain.chain_id(),
+        "nonce": nonce,
+        "gas": 21_000,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 1,
+        "to": to_checksum_address("0x" + B.address.hex()),
+        "value": 1,
+        "data": b"",
+    }
+    raw = bytes(Account.sign_transaction(tx, A.secret).raw_transaction)
+    chain._rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
+    await L.transfer(A, B.account, 1)
+    assert await L.balance(B.account) == 2
+    # a transaction that times out and is then dropped by the node: its nonce is reused
+    chain._rpc("evm_setAutomine", [False])
+    with trio.fail_after(20), pytest.raises(TransactionTimeout):
+        await L.transfer(A, B.account, 100)
+    chain._rpc("anvil_dropAllTransactions", [])
+    chain._rpc("evm_setAutomine", [True])
+    with trio.fail_after(20):
+        await L.transfer(A, B.account, 1)
+    assert await L.balance(B.account) == 3  # the dropped one never happened
+    await L.aclose()
