@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
 pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[dev]'")
 pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
@@ -174,6 +175,28 @@ async def test_hostile_logs_are_skipped_and_the_cursor_moves(
     assert L.skipped_logs == 6
     assert (await L.totals()).conserved
     await fresh.aclose()
+    await L.aclose()
+
+
+async def test_a_node_starts_on_a_contract_with_hostile_logs() -> None:
+    """Node start reads the ledger's channels (`channels_of`): a hostile log in the history
+    must not stop it (before, it raised on every start)."""
+    from p2pay.node import open_node
+
+    chain = HostileChain()
+    clock = ManualClock()
+    L = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=clock)
+    await L.mint(A, A.account, 10 * TOKEN)
+    cid = await L.open_channel(A, B.account, TOKEN, 1_000)
+    chain.extra = hostile_logs(L.address, chain.head() + 1, b"\x05" * 32, cid)
+    await L.mint(A, A.account, 1)
+    ledger = await EvmLedger.connect(chain, L.address)
+    with trio.fail_after(30):
+        async with open_node(key=testing.ALICE, ledger=ledger) as node:
+            assert node.account == A.account
+            assert cid in node.payer_channels  # adopted from the ledger's history
+    assert ledger.skipped_logs == 6
+    await ledger.aclose()
     await L.aclose()
 
 
