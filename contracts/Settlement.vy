@@ -1,5 +1,6 @@
 # pragma version ~=0.4.3
 # pragma evm-version cancun
+# pragma optimize codesize
 """
 @title p2pay settlement contract (specs/settlement.md, section "EVM binding")
 @notice The rules of p2pay/core/settlement.py on an EVM chain. Every refusal reverts with
@@ -20,8 +21,10 @@ interface Token:
 MAX: constant(uint256) = 2**128 - 1
 MAX_U64: constant(uint256) = 2**64 - 1
 BPS: constant(uint256) = 10000
-MAX_BODY: constant(uint256) = 8192  # largest request/response body a claim can carry
-MAX_BLOCKS: constant(uint256) = 65  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
+MAX_BODY: constant(uint256) = 32768  # largest request/response body a claim can carry
+MAX_BLOCKS: constant(uint256) = 257  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
+MAX_SERVICE: constant(uint256) = 64  # p2pay.core.messages.MAX_SERVICE_NAME (UTF-8 bytes)
+STATUS_OK: constant(String[2]) = "OK"
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
 # --- channel and claim states ---------------------------------------------------------
@@ -29,8 +32,17 @@ S_NONE: constant(uint8) = 0
 S_OPEN: constant(uint8) = 1
 S_CLOSING: constant(uint8) = 2
 S_CLOSED: constant(uint8) = 3
-S_ANSWERED: constant(uint8) = 2
-S_UPHELD: constant(uint8) = 3
+# claim outcomes (specs/claims.md section 3); every state but S_OPEN is final
+S_DELIVERED: constant(uint8) = 2
+S_REFUSED: constant(uint8) = 3
+S_FRIVOLOUS: constant(uint8) = 4
+S_UPHELD: constant(uint8) = 5
+
+# the version of these rules (specs/settlement.md section 10): 2 = the claim game of
+# specs/claims.md (paid slices, four outcomes, refunds and clawbacks)
+VERSION: public(constant(uint256)) = 2
+# Params.max_claim_body on this binding
+max_claim_body: public(constant(uint256)) = MAX_BODY
 
 # --- hashing constants ------------------------------------------------------------------
 # BLAKE2b-256 initial state: IV with h0 ^= 0x01010020 (digest 32 bytes, no key), LE words
@@ -84,6 +96,9 @@ struct Channel:
     challenge_ms: uint256
     state: uint8
     closes_at: uint256
+    paid_seen: uint256  # highest `paid` of a payer-signed request seen (redeemed or claimed)
+    refunded: uint256  # sum of claim refunds
+    clawed: uint256  # taken back from the payee's stake for refunds it had redeemed
 
 struct Stake:
     amount: uint256
@@ -91,17 +106,23 @@ struct Stake:
     claim_window_ms: uint256
     unbonding_at: uint256
     open_claims: uint256
+    unstake_requested_at: uint256
 
 struct Claim:
     claimant: address
     respondent: address
     channel: bytes32
     n: uint64
+    price: uint256  # the claimed request's price, paid and deadline (copied at filing)
+    paid: uint256
+    deadline: uint64
     bond: uint256
     filed_at: uint256
     window_ends: uint256
     state: uint8
     slashed: uint256
+    refund: uint256
+    clawed: uint256
 
 struct Totals:
     supply: uint256
@@ -217,14 +238,20 @@ event ClaimFiled:
     deadline: uint64
     bond: uint256
     window_ends: uint256
+    price: uint256
+    paid: uint256
     at: uint256
 
 event ClaimAnswered:
     claim: bytes32
     claimant: address
     respondent: address
-    status: String[32]
+    outcome: String[9]  # "delivered" | "refused" | "frivolous"
+    status: String[32]  # the response's status, "" for frivolous
     bond: uint256
+    bond_to: address
+    refund: uint256
+    clawed: uint256
     at: uint256
 
 event ClaimUpheld:
@@ -235,6 +262,8 @@ event ClaimUpheld:
     to_claimant: uint256
     burnt: uint256
     bond: uint256
+    refund: uint256
+    clawed: uint256
     at: uint256
 
 event Slashed:
@@ -243,8 +272,9 @@ event Slashed:
     claim: bytes32
     at: uint256
 
-# Not settlement events: the signed request / response of a claim, so that readers can
-# rebuild `Claim.request_frame` / `response_frame` from the logs (they are not stored).
+# Not settlement events: the signed request / response / conflicting request of a claim, so
+# that readers can rebuild `Claim.request_frame` / `response_frame` / `evidence_frame` from
+# the logs (they are not stored).
 event RequestEvidence:
     claim: indexed(bytes32)
     voucher: Voucher
@@ -254,6 +284,43 @@ event ResponseEvidence:
     claim: indexed(bytes32)
     answer: Answer
     body: Bytes[MAX_BODY]
+
+event ConflictEvidence:
+    claim: indexed(bytes32)
+    voucher: Voucher
+
+
+# --- revert reasons ----------------------------------------------------------------------
+# Every refusal reverts with `Error(string)` carrying the ErrorCode's text. The texts sit in
+# one table read by `_need` (one copy of the encoding instead of one per check: EIP-170).
+E_CHALLENGE_PENDING: constant(uint256) = 0
+E_CHANNEL_CLOSED: constant(uint256) = 1
+E_CHANNEL_EXISTS: constant(uint256) = 2
+E_CHANNEL_NOT_CLOSING: constant(uint256) = 3
+E_CLAIM_CLOSED: constant(uint256) = 4
+E_CLAIM_EXISTS: constant(uint256) = 5
+E_DEADLINE_NOT_PASSED: constant(uint256) = 6
+E_INSUFFICIENT_FUNDS: constant(uint256) = 7
+E_INTERNAL: constant(uint256) = 8
+E_INVALID_AMOUNT: constant(uint256) = 9
+E_INVALID_ARGUMENT: constant(uint256) = 10
+E_INVALID_SIGNATURE: constant(uint256) = 11
+E_MALFORMED: constant(uint256) = 12
+E_NOT_DEV_LEDGER: constant(uint256) = 13
+E_NOT_PARTY: constant(uint256) = 14
+E_NOT_STAKED: constant(uint256) = 15
+E_RESPONSE_MISMATCH: constant(uint256) = 16
+E_STAKE_LOCKED: constant(uint256) = 17
+E_UNBONDING: constant(uint256) = 18
+E_UNKNOWN_CHANNEL: constant(uint256) = 19
+E_UNKNOWN_CLAIM: constant(uint256) = 20
+E_VOUCHER_EXCEEDS_DEPOSIT: constant(uint256) = 21
+E_WINDOW_CLOSED: constant(uint256) = 22
+E_WINDOW_OPEN: constant(uint256) = 23
+E_WRONG_LEDGER: constant(uint256) = 24
+ERROR_WIDTH: constant(uint256) = 23
+ERROR_NAMES: constant(String[575]) = "CHALLENGE_PENDING      CHANNEL_CLOSED         CHANNEL_EXISTS         CHANNEL_NOT_CLOSING    CLAIM_CLOSED           CLAIM_EXISTS           DEADLINE_NOT_PASSED    INSUFFICIENT_FUNDS     INTERNAL               INVALID_AMOUNT         INVALID_ARGUMENT       INVALID_SIGNATURE      MALFORMED              NOT_DEV_LEDGER         NOT_PARTY              NOT_STAKED             RESPONSE_MISMATCH      STAKE_LOCKED           UNBONDING              UNKNOWN_CHANNEL        UNKNOWN_CLAIM          VOUCHER_EXCEEDS_DEPOSITWINDOW_CLOSED          WINDOW_OPEN            WRONG_LEDGER           "
+ERROR_LENGTHS: constant(uint256) = 16425483113897711846146583866909506001  # 5 bits per code
 
 
 @deploy
@@ -299,6 +366,15 @@ def __init__(
 
 
 @internal
+@pure
+def _need(ok: bool, code: uint256):
+    """Revert with the ErrorCode text of `code` unless `ok`."""
+    if not ok:
+        size: uint256 = (ERROR_LENGTHS >> (5 * code)) & 31
+        raise slice(ERROR_NAMES, code * ERROR_WIDTH, size)
+
+
+@internal
 @view
 def _ledger_id() -> Bytes[38]:
     """b"p2pay:evm:" || u64be(chain id) || address (specs/settlement.md, EVM binding)."""
@@ -328,7 +404,7 @@ def now_ms() -> uint256:
 def _account(x: bytes32) -> address:
     """A 32-byte account must be 12 zero bytes then a non-zero address."""
     raw: uint256 = convert(x, uint256)
-    assert raw != 0 and raw < 2**160, "INVALID_ARGUMENT"
+    self._need(raw != 0 and raw < 2**160, E_INVALID_ARGUMENT)
     return convert(convert(raw, uint160), address)
 
 
@@ -341,15 +417,16 @@ def _padded(a: address) -> bytes32:
 @internal
 @pure
 def _check_amount(x: uint256):
-    assert x >= 1 and x <= MAX, "INVALID_AMOUNT"
+    self._need(x >= 1 and x <= MAX, E_INVALID_AMOUNT)
 
 
 @internal
 @view
 def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
-    """BLAKE2b-256 (no key) of `data` with the EIP-152 compression precompile."""
+    """BLAKE2b-256 (no key) of `data` with the EIP-152 compression precompile. Reads the
+    input in place (no zero-padded copy): the words past the end are zero, the last
+    partial word is assembled byte by byte."""
     size: uint256 = len(data)
-    padded: Bytes[8320] = concat(data, empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
     h: Bytes[64] = concat(B2B_H0, B2B_H1)
     blocks: uint256 = max((size + 127) // 128, 1)
     for i: uint256 in range(blocks, bound=MAX_BLOCKS):
@@ -364,18 +441,82 @@ def _blake2b256(data: Bytes[MAX_BODY]) -> bytes32:
         flag: Bytes[1] = b"\x00"
         if last:
             flag = b"\x01"
+        words: bytes32[4] = empty(bytes32[4])
+        for j: uint256 in range(4):
+            start: uint256 = off + 32 * j
+            if start + 32 <= size:
+                words[j] = extract32(data, start)
+            elif start < size:
+                w: uint256 = 0
+                for t: uint256 in range(32):
+                    if start + t >= size:
+                        break
+                    w |= convert(slice(data, start + t, 1), uint256) << (8 * (31 - t))
+                words[j] = convert(w, bytes32)
         call_data: Bytes[213] = concat(
             b"\x00\x00\x00\x0c",
             h,
-            extract32(padded, off),
-            extract32(padded, off + 32),
-            extract32(padded, off + 64),
-            extract32(padded, off + 96),
+            words[0],
+            words[1],
+            words[2],
+            words[3],
             slice(convert(le, bytes32), 0, 16),
             flag,
         )
         h = raw_call(BLAKE2F, call_data, max_outsize=64, is_static_call=True)
     return extract32(h, 0)
+
+
+@internal
+@pure
+def _valid_utf8(text: Bytes[MAX_SERVICE]) -> bool:
+    """Strict UTF-8 (as Python decodes it): no overlong forms, surrogates or > U+10FFFF."""
+    need: uint256 = 0
+    lo: uint256 = 128
+    hi: uint256 = 191
+    for i: uint256 in range(len(text), bound=MAX_SERVICE):
+        b: uint256 = convert(slice(text, i, 1), uint256)
+        if need == 0:
+            lo = 128
+            hi = 191
+            if b < 128:
+                continue
+            elif b >= 194 and b <= 223:
+                need = 1
+            elif b == 224:
+                need = 2
+                lo = 160
+            elif b == 237:
+                need = 2
+                hi = 159
+            elif b >= 225 and b <= 239:
+                need = 2
+            elif b == 240:
+                need = 3
+                lo = 144
+            elif b >= 241 and b <= 243:
+                need = 3
+            elif b == 244:
+                need = 3
+                hi = 143
+            else:
+                return False
+        else:
+            if b < lo or b > hi:
+                return False
+            need -= 1
+            lo = 128
+            hi = 191
+    return need == 0
+
+
+@internal
+@pure
+def _check_text(text: String[MAX_SERVICE], empty_ok: bool):
+    """A service name (or status): 1..64 bytes (0.. if `empty_ok`) of valid UTF-8, so no
+    log carries text a reader cannot decode (issue 14)."""
+    raw: Bytes[MAX_SERVICE] = convert(text, Bytes[MAX_SERVICE])
+    self._need((empty_ok or len(raw) > 0) and self._valid_utf8(raw), E_INVALID_ARGUMENT)
 
 
 @internal
@@ -510,13 +651,13 @@ def _answer_signer(a: Answer) -> address:
 
 @internal
 def _credit(account: address, amount: uint256):
-    assert self.balances[account] + amount <= MAX, "INVALID_AMOUNT"
+    self._need(self.balances[account] + amount <= MAX, E_INVALID_AMOUNT)
     self.balances[account] += amount
 
 
 @internal
 def _debit(account: address, amount: uint256):
-    assert self.balances[account] >= amount, "INSUFFICIENT_FUNDS"
+    self._need(self.balances[account] >= amount, E_INSUFFICIENT_FUNDS)
     self.balances[account] -= amount
 
 
@@ -524,19 +665,32 @@ def _debit(account: address, amount: uint256):
 @view
 def _channel(cid: bytes32) -> Channel:
     ch: Channel = self.channels[cid]
-    assert ch.state != S_NONE, "UNKNOWN_CHANNEL"
+    self._need(ch.state != S_NONE, E_UNKNOWN_CHANNEL)
     return ch
 
 
 @internal
-@view
+@pure
+def _entitled(paid_seen: uint256, refunded: uint256) -> uint256:
+    """The most the payee may hold from a channel: max(0, paid_seen - refunded)."""
+    if paid_seen <= refunded:
+        return 0
+    return paid_seen - refunded
+
+
+@internal
+@pure
 def _voucher_pay(ch: Channel, v: Voucher, has_amount: bool, amount: uint256) -> uint256:
-    target: uint256 = min(v.paid, ch.deposit)
+    """What redeeming `v` (capped by `amount`) pays now (section 4, Redeem step 7): the
+    payee may hold at most its entitlement `max(paid_seen, v.paid) - refunded`, never more
+    than the deposit (or the cap); it holds `redeemed - clawed`."""
+    target: uint256 = min(self._entitled(max(ch.paid_seen, v.paid), ch.refunded), ch.deposit)
     if has_amount:
         target = min(target, amount)
-    if target <= ch.redeemed:
+    held: uint256 = ch.redeemed - ch.clawed
+    if target <= held:
         return 0
-    return target - ch.redeemed
+    return min(target - held, ch.deposit - ch.redeemed)
 
 
 # ======================================================================================
@@ -548,7 +702,7 @@ def mint(account: bytes32, amount: uint256):
     """Development ledgers only: create `amount` (test tokens minted to this contract)."""
     self._check_amount(amount)
     to: address = self._account(account)
-    assert dev, "NOT_DEV_LEDGER"
+    self._need(dev, E_NOT_DEV_LEDGER)
     self._credit(to, amount)
     self.totals.supply += amount
     self.totals.balances += amount
@@ -563,7 +717,7 @@ def deposit(amount: uint256):
     self._credit(msg.sender, amount)
     self.totals.supply += amount
     self.totals.balances += amount
-    assert extcall Token(token).transferFrom(msg.sender, self, amount), "INTERNAL"
+    self._need(extcall Token(token).transferFrom(msg.sender, self, amount), E_INTERNAL)
     log Minted(account=msg.sender, amount=amount, at=self._now())
 
 
@@ -582,7 +736,7 @@ def withdraw(amount: uint256):
     self._debit(msg.sender, amount)
     self.totals.supply -= amount
     self.totals.balances -= amount
-    assert extcall Token(token).transfer(msg.sender, amount), "INTERNAL"
+    self._need(extcall Token(token).transfer(msg.sender, amount), E_INTERNAL)
     log Withdrawn(account=msg.sender, amount=amount, at=self._now())
 
 
@@ -594,11 +748,11 @@ def withdraw(amount: uint256):
 def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> bytes32:
     self._check_amount(deposit)
     to: address = self._account(payee)
-    assert to != msg.sender, "INVALID_ARGUMENT"
-    assert challenge_ms >= min_challenge_ms and challenge_ms <= max_challenge_ms, "INVALID_ARGUMENT"
+    self._need(to != msg.sender, E_INVALID_ARGUMENT)
+    self._need(challenge_ms >= min_challenge_ms and challenge_ms <= max_challenge_ms, E_INVALID_ARGUMENT)
     self._debit(msg.sender, deposit)
     nonce: uint256 = self.nonce
-    assert nonce <= MAX_U64, "INTERNAL"
+    self._need(nonce <= MAX_U64, E_INTERNAL)
     cid: bytes32 = self._blake2b256(
         concat(
             CHANNEL_DOMAIN,
@@ -608,7 +762,7 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
             slice(convert(nonce, bytes32), 24, 8),
         )
     )
-    assert self.channels[cid].state == S_NONE, "CHANNEL_EXISTS"
+    self._need(self.channels[cid].state == S_NONE, E_CHANNEL_EXISTS)
     self.channels[cid] = Channel(
         payer=msg.sender,
         payee=to,
@@ -617,6 +771,9 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
         challenge_ms=challenge_ms,
         state=S_OPEN,
         closes_at=0,
+        paid_seen=0,
+        refunded=0,
+        clawed=0,
     )
     self.nonce = nonce + 1
     self.totals.balances -= deposit
@@ -632,10 +789,10 @@ def open_channel(payee: bytes32, deposit: uint256, challenge_ms: uint256) -> byt
 def top_up(channel: bytes32, amount: uint256):
     self._check_amount(amount)
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert ch.state == S_OPEN, "CHANNEL_CLOSED"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(ch.state == S_OPEN, E_CHANNEL_CLOSED)
     self._debit(msg.sender, amount)
-    assert ch.deposit + amount <= MAX, "INVALID_AMOUNT"
+    self._need(ch.deposit + amount <= MAX, E_INVALID_AMOUNT)
     self.channels[channel].deposit = ch.deposit + amount
     self.totals.balances -= amount
     self.totals.escrow += amount
@@ -647,7 +804,7 @@ def top_up(channel: bytes32, amount: uint256):
 
 @internal
 def _check_voucher_ledger(v: Voucher):
-    assert keccak256(v.ledger) == LEDGER_HASH, "WRONG_LEDGER"
+    self._need(keccak256(v.ledger) == LEDGER_HASH, E_WRONG_LEDGER)
 
 
 @internal
@@ -655,6 +812,8 @@ def _pay_voucher(cid: bytes32, ch: Channel, v: Voucher, pay: uint256) -> uint256
     """Redeem `pay` (> 0) on the channel; returns the new `redeemed`."""
     redeemed: uint256 = ch.redeemed + pay
     self.channels[cid].redeemed = redeemed
+    if v.paid > ch.paid_seen:
+        self.channels[cid].paid_seen = v.paid
     self.totals.escrow -= pay
     self.totals.balances += pay
     log Redeemed(
@@ -666,12 +825,12 @@ def _pay_voucher(cid: bytes32, ch: Channel, v: Voucher, pay: uint256) -> uint256
 
 @external
 def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
-    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
+    self._need(not has_amount or amount <= MAX, E_INVALID_AMOUNT)
     self._check_voucher_ledger(v)
     ch: Channel = self._channel(v.channel)
-    assert msg.sender == ch.payee, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+    self._need(msg.sender == ch.payee, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
     pay: uint256 = self._voucher_pay(ch, v, has_amount, amount)
     self._credit(ch.payee, pay)
     if pay > 0:
@@ -683,17 +842,17 @@ def redeem(v: Voucher, has_amount: bool, amount: uint256) -> uint256:
 def payee_close(
     channel: bytes32, has_voucher: bool, v: Voucher, has_amount: bool, amount: uint256
 ) -> uint256:
-    assert not has_amount or amount <= MAX, "INVALID_AMOUNT"
-    assert has_voucher or not has_amount, "INVALID_ARGUMENT"
+    self._need(not has_amount or amount <= MAX, E_INVALID_AMOUNT)
+    self._need(has_voucher or not has_amount, E_INVALID_ARGUMENT)
     if has_voucher:
-        assert v.channel == channel, "INVALID_ARGUMENT"
+        self._need(v.channel == channel, E_INVALID_ARGUMENT)
         self._check_voucher_ledger(v)
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payee, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
+    self._need(msg.sender == ch.payee, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
     pay: uint256 = 0
     if has_voucher:
-        assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
+        self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
         pay = self._voucher_pay(ch, v, has_amount, amount)
     refund: uint256 = ch.deposit - ch.redeemed - pay
     self._credit(ch.payee, pay)
@@ -714,9 +873,9 @@ def payee_close(
 @external
 def start_close(channel: bytes32):
     ch: Channel = self._channel(channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert ch.state == S_OPEN, "CHALLENGE_PENDING"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(ch.state == S_OPEN, E_CHALLENGE_PENDING)
     closes_at: uint256 = self._now() + ch.challenge_ms
     self.channels[channel].state = S_CLOSING
     self.channels[channel].closes_at = closes_at
@@ -728,9 +887,9 @@ def start_close(channel: bytes32):
 @external
 def finalize_close(channel: bytes32):
     ch: Channel = self._channel(channel)
-    assert ch.state != S_CLOSED, "CHANNEL_CLOSED"
-    assert ch.state == S_CLOSING, "CHANNEL_NOT_CLOSING"
-    assert self._now() >= ch.closes_at, "CHALLENGE_PENDING"
+    self._need(ch.state != S_CLOSED, E_CHANNEL_CLOSED)
+    self._need(ch.state == S_CLOSING, E_CHANNEL_NOT_CLOSING)
+    self._need(self._now() >= ch.closes_at, E_CHALLENGE_PENDING)
     refund: uint256 = ch.deposit - ch.redeemed
     self._credit(ch.payer, refund)
     self.channels[channel].state = S_CLOSED
@@ -750,16 +909,16 @@ def finalize_close(channel: bytes32):
 def stake(amount: uint256, penalty: uint256, claim_window_ms: uint256):
     self._check_amount(amount)
     self._check_amount(penalty)
-    assert claim_window_ms >= min_claim_window_ms and claim_window_ms <= max_claim_window_ms, "INVALID_ARGUMENT"
+    self._need(claim_window_ms >= min_claim_window_ms and claim_window_ms <= max_claim_window_ms, E_INVALID_ARGUMENT)
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at == 0, "UNBONDING"
-    assert penalty <= st.amount + amount, "INVALID_ARGUMENT"
+    self._need(st.unbonding_at == 0, E_UNBONDING)
+    self._need(penalty <= st.amount + amount, E_INVALID_ARGUMENT)
     if st.open_claims > 0:
-        assert penalty == st.penalty and claim_window_ms == st.claim_window_ms, "STAKE_LOCKED"
+        self._need(penalty == st.penalty and claim_window_ms == st.claim_window_ms, E_STAKE_LOCKED)
     if st.amount > 0:  # BONDED (not unbonding, checked above)
-        assert penalty >= st.penalty and claim_window_ms >= st.claim_window_ms, "STAKE_LOCKED"
+        self._need(penalty >= st.penalty and claim_window_ms >= st.claim_window_ms, E_STAKE_LOCKED)
     self._debit(msg.sender, amount)
-    assert st.amount + amount <= MAX, "INVALID_AMOUNT"
+    self._need(st.amount + amount <= MAX, E_INVALID_AMOUNT)
     total: uint256 = st.amount + amount
     self.stakes[msg.sender].amount = total
     self.stakes[msg.sender].penalty = penalty
@@ -775,10 +934,11 @@ def stake(amount: uint256, penalty: uint256, claim_window_ms: uint256):
 @external
 def request_unstake():
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at > 0 or st.amount > 0, "NOT_STAKED"
-    assert st.unbonding_at == 0, "UNBONDING"
+    self._need(st.unbonding_at > 0 or st.amount > 0, E_NOT_STAKED)
+    self._need(st.unbonding_at == 0, E_UNBONDING)
     unbonding_at: uint256 = self._now() + max_deadline_horizon_ms + 2 * st.claim_window_ms
     self.stakes[msg.sender].unbonding_at = unbonding_at
+    self.stakes[msg.sender].unstake_requested_at = self._now()
     log UnstakeRequested(
         account=msg.sender, amount=st.amount, unbonding_at=unbonding_at, at=self._now()
     )
@@ -787,12 +947,13 @@ def request_unstake():
 @external
 def withdraw_stake():
     st: Stake = self.stakes[msg.sender]
-    assert st.unbonding_at > 0, "NOT_STAKED"
-    assert self._now() >= st.unbonding_at, "STAKE_LOCKED"
-    assert st.open_claims == 0, "STAKE_LOCKED"
+    self._need(st.unbonding_at > 0, E_NOT_STAKED)
+    self._need(self._now() >= st.unbonding_at, E_STAKE_LOCKED)
+    self._need(st.open_claims == 0, E_STAKE_LOCKED)
     self._credit(msg.sender, st.amount)
     self.stakes[msg.sender].amount = 0
     self.stakes[msg.sender].unbonding_at = 0
+    self.stakes[msg.sender].unstake_requested_at = 0
     self.totals.stakes -= st.amount
     self.totals.balances += st.amount
     log StakeWithdrawn(account=msg.sender, amount=st.amount, at=self._now())
@@ -802,21 +963,31 @@ def withdraw_stake():
 # claims (section 5)
 
 
+
+
 @external
 def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
+    # arguments: a claimable request takes a fresh paid slice (specs/claims.md 2); the body
+    # is at most MAX_BODY bytes (the ABI type: a longer one does not decode)
+    self._need(v.n >= 1 and v.price >= 1 and v.paid >= v.price, E_INVALID_ARGUMENT)
+    self._check_text(v.service, False)
     self._check_voucher_ledger(v)
     ch: Channel = self._channel(v.channel)
-    assert msg.sender == ch.payer, "NOT_PARTY"
-    assert self._voucher_signer(v) == ch.payer, "INVALID_SIGNATURE"
-    assert self._blake2b256(body) == v.body_hash, "MALFORMED"
+    self._need(msg.sender == ch.payer, E_NOT_PARTY)
+    self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
+    self._need(self._blake2b256(body) == v.body_hash, E_MALFORMED)
+    self._need(v.paid <= ch.deposit, E_VOUCHER_EXCEEDS_DEPOSIT)
     st: Stake = self.stakes[ch.payee]
-    assert st.amount > 0, "NOT_STAKED"
-    now: uint256 = self._now()
+    self._need(st.amount > 0, E_NOT_STAKED)
     deadline: uint256 = convert(v.deadline, uint256)
-    assert now > deadline, "DEADLINE_NOT_PASSED"
-    assert now <= deadline + st.claim_window_ms, "WINDOW_CLOSED"
+    if st.unbonding_at > 0:
+        # C-9: a request dated after unbonding began was not served under the bonded terms
+        self._need(deadline <= st.unstake_requested_at + max_deadline_horizon_ms, E_UNBONDING)
+    now: uint256 = self._now()
+    self._need(now > deadline, E_DEADLINE_NOT_PASSED)
+    self._need(now <= deadline + st.claim_window_ms, E_WINDOW_CLOSED)
     cid: bytes32 = self._request_hash(v)
-    assert self.claims[cid].state == S_NONE, "CLAIM_EXISTS"
+    self._need(self.claims[cid].state == S_NONE, E_CLAIM_EXISTS)
     self._debit(msg.sender, claim_bond)
     window_ends: uint256 = now + st.claim_window_ms
     self.claims[cid] = Claim(
@@ -824,65 +995,174 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
         respondent=ch.payee,
         channel=v.channel,
         n=v.n,
+        price=v.price,
+        paid=v.paid,
+        deadline=v.deadline,
         bond=claim_bond,
         filed_at=now,
         window_ends=window_ends,
         state=S_OPEN,
         slashed=0,
+        refund=0,
+        clawed=0,
     )
+    if v.paid > ch.paid_seen:
+        self.channels[v.channel].paid_seen = v.paid
     self.stakes[ch.payee].open_claims = st.open_claims + 1
     self.totals.balances -= claim_bond
     self.totals.bonds += claim_bond
     log ClaimFiled(
         claim=cid, claimant=msg.sender, respondent=ch.payee, channel=v.channel, n=v.n,
-        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, at=now
+        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, price=v.price,
+        paid=v.paid, at=now
     )
     log RequestEvidence(claim=cid, voucher=v, body=body)
     return cid
 
 
+@internal
+@view
+def _open_claim(claim: bytes32) -> Claim:
+    """The claim the respondent (the sender) answers, still open and in its window."""
+    c: Claim = self.claims[claim]
+    self._need(c.state != S_NONE, E_UNKNOWN_CLAIM)
+    self._need(msg.sender == c.respondent, E_NOT_PARTY)
+    self._need(c.state == S_OPEN, E_CLAIM_CLOSED)
+    self._need(self._now() <= c.window_ends, E_WINDOW_CLOSED)
+    return c
+
+
+@internal
+def _refund(claim: bytes32, c: Claim, stake_left: uint256) -> uint256:
+    """Refund the claimed price (specs/claims.md 3): `refunded += price`; what the payee
+    already holds beyond its new entitlement (at most the price, at most `stake_left`) is
+    taken from its stake and paid to the claimant. Returns that clawback."""
+    ch: Channel = self.channels[c.channel]
+    # saturates at MAX: the entitlement is 0 beyond paid_seen <= MAX anyway, so a refund
+    # never fails (and never locks the claim) on the sum
+    refunded: uint256 = min(ch.refunded + c.price, MAX)
+    entitled: uint256 = self._entitled(ch.paid_seen, refunded)
+    held: uint256 = ch.redeemed - ch.clawed
+    claw: uint256 = 0
+    if held > entitled:
+        claw = min(min(held - entitled, c.price), stake_left)
+    self._credit(c.claimant, claw)
+    self.channels[c.channel].refunded = refunded
+    self.channels[c.channel].clawed = ch.clawed + claw
+    self.claims[claim].refund = c.price
+    self.claims[claim].clawed = claw
+    self.totals.stakes -= claw
+    self.totals.balances += claw
+    return claw
+
+
 @external
 def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
-    c: Claim = self.claims[claim]
-    assert c.state != S_NONE, "UNKNOWN_CLAIM"
-    assert msg.sender == c.respondent, "NOT_PARTY"
-    assert c.state == S_OPEN, "CLAIM_CLOSED"
-    assert self._now() <= c.window_ends, "WINDOW_CLOSED"
-    assert self._answer_signer(a) == c.respondent, "INVALID_SIGNATURE"
-    assert (
+    """Answer with the signed response: OK -> DELIVERED, any other status -> REFUSED
+    (the price is refunded); the bond goes back to the claimant either way."""
+    self._check_text(a.status, False)
+    c: Claim = self._open_claim(claim)
+    self._need(self._answer_signer(a) == c.respondent, E_INVALID_SIGNATURE)
+    self._need(
+        (
         a.request_hash == claim
         and a.channel == c.channel
         and a.n == c.n
         and keccak256(a.ledger) == LEDGER_HASH
-    ), "RESPONSE_MISMATCH"
-    assert self._blake2b256(body) == a.body_hash, "MALFORMED"
+    ),
+        E_RESPONSE_MISMATCH,
+    )
+    self._need(self._blake2b256(body) == a.body_hash, E_MALFORMED)
+    if a.status == STATUS_OK:
+        self._need(a.price <= c.price, E_RESPONSE_MISMATCH)  # charges at most the request's price
+    else:
+        self._need(a.price == 0, E_RESPONSE_MISMATCH)  # a refusal charges nothing
     st: Stake = self.stakes[c.respondent]
-    assert st.penalty > 0, "INTERNAL"
-    self._credit(c.respondent, c.bond)
-    self.claims[claim].state = S_ANSWERED
+    self._need(st.penalty > 0, E_INTERNAL)
+    self._credit(c.claimant, c.bond)
+    state: uint8 = S_DELIVERED
+    outcome: String[9] = "delivered"
+    refund: uint256 = 0
+    claw: uint256 = 0
+    if a.status != STATUS_OK:
+        state = S_REFUSED
+        outcome = "refused"
+        refund = c.price
+        claw = self._refund(claim, c, st.amount)
+    self.claims[claim].state = state
+    self.stakes[c.respondent].amount = st.amount - claw
     self.stakes[c.respondent].open_claims = st.open_claims - 1
     self.totals.bonds -= c.bond
     self.totals.balances += c.bond
     log ClaimAnswered(
-        claim=claim, claimant=c.claimant, respondent=c.respondent, status=a.status,
-        bond=c.bond, at=self._now()
+        claim=claim, claimant=c.claimant, respondent=c.respondent, outcome=outcome,
+        status=a.status, bond=c.bond, bond_to=c.claimant, refund=refund, clawed=claw,
+        at=self._now()
     )
     log ResponseEvidence(claim=claim, answer=a, body=body)
+
+
+@internal
+@view
+def _conflicts(claim: bytes32, c: Claim, e: Voucher) -> bool:
+    """tiling_conflict(claimed, evidence, horizon) of p2pay/core/settlement.py."""
+    if e.n == c.n:
+        return self._request_hash(e) != claim
+    a_paid: uint256 = c.paid
+    a_deadline: uint256 = convert(c.deadline, uint256)
+    b_paid: uint256 = e.paid
+    b_price: uint256 = e.price
+    b_deadline: uint256 = convert(e.deadline, uint256)
+    if e.n < c.n:
+        a_paid = e.paid
+        a_deadline = convert(e.deadline, uint256)
+        b_paid = c.paid
+        b_price = c.price
+        b_deadline = convert(c.deadline, uint256)
+    # a.paid > b.paid - b.price (without going below zero), or a post-dated
+    return a_paid + b_price > b_paid or a_deadline > b_deadline + max_deadline_horizon_ms
+
+
+@external
+def answer_claim_evidence(claim: bytes32, e: Voucher):
+    """Answer with a payer-signed request of the same channel in tiling conflict with the
+    claimed one (specs/claims.md 2): FRIVOLOUS, the bond goes to the respondent. Its body
+    is neither needed nor checked: the signature is the evidence."""
+    self._check_text(e.service, False)
+    c: Claim = self._open_claim(claim)
+    self._check_voucher_ledger(e)
+    self._need(e.channel == c.channel, E_RESPONSE_MISMATCH)
+    # the claimant is the channel's payer (FileClaim)
+    self._need(self._voucher_signer(e) == c.claimant, E_INVALID_SIGNATURE)
+    self._need(self._conflicts(claim, c, e), E_RESPONSE_MISMATCH)
+    st: Stake = self.stakes[c.respondent]
+    self._need(st.penalty > 0, E_INTERNAL)
+    self._credit(c.respondent, c.bond)
+    self.claims[claim].state = S_FRIVOLOUS
+    self.stakes[c.respondent].open_claims = st.open_claims - 1
+    self.totals.bonds -= c.bond
+    self.totals.balances += c.bond
+    log ClaimAnswered(
+        claim=claim, claimant=c.claimant, respondent=c.respondent, outcome="frivolous",
+        status="", bond=c.bond, bond_to=c.respondent, refund=0, clawed=0, at=self._now()
+    )
+    log ConflictEvidence(claim=claim, voucher=e)
 
 
 @external
 def resolve_claim(claim: bytes32):
     c: Claim = self.claims[claim]
-    assert c.state != S_NONE, "UNKNOWN_CLAIM"
-    assert c.state == S_OPEN, "CLAIM_CLOSED"
-    assert self._now() > c.window_ends, "WINDOW_OPEN"
+    self._need(c.state != S_NONE, E_UNKNOWN_CLAIM)
+    self._need(c.state == S_OPEN, E_CLAIM_CLOSED)
+    self._need(self._now() > c.window_ends, E_WINDOW_OPEN)
     st: Stake = self.stakes[c.respondent]
-    assert st.penalty > 0, "INTERNAL"
+    self._need(st.penalty > 0, E_INTERNAL)
     slash: uint256 = min(st.penalty, st.amount)
     to_claimant: uint256 = slash * slash_to_claimant_bps // BPS
     burn: uint256 = slash - to_claimant
     self._credit(c.claimant, to_claimant + c.bond)
-    self.stakes[c.respondent].amount = st.amount - slash
+    claw: uint256 = self._refund(claim, c, st.amount - slash)
+    self.stakes[c.respondent].amount = st.amount - slash - claw
     self.stakes[c.respondent].open_claims = st.open_claims - 1
     self.claims[claim].state = S_UPHELD
     self.claims[claim].slashed = slash
@@ -892,7 +1172,8 @@ def resolve_claim(claim: bytes32):
     self.totals.balances += to_claimant + c.bond
     log ClaimUpheld(
         claim=claim, claimant=c.claimant, respondent=c.respondent, slashed=slash,
-        to_claimant=to_claimant, burnt=burn, bond=c.bond, at=self._now()
+        to_claimant=to_claimant, burnt=burn, bond=c.bond, refund=c.price, clawed=claw,
+        at=self._now()
     )
     if slash > 0:
         log Slashed(account=c.respondent, amount=slash, claim=claim, at=self._now())

@@ -37,10 +37,13 @@ that turns the `Ledger` operations into contract calls and the contract's logs b
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,7 @@ from typing import Any
 import trio
 
 from p2pay.core import codec
-from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError, SettlementError
 from p2pay.core.evmsig import (
     EvmKey,
     account_of_address,
@@ -89,25 +92,41 @@ from p2pay.core.settlement import (
 from p2pay.ledger.base import OpLedger, Receipt, Totals
 
 __all__ = [
+    "CONTRACT_VERSION",
     "MAX_BODY",
     "BoaChain",
     "Chain",
+    "ChainError",
+    "ChainUnavailable",
     "EvmLedger",
+    "InsufficientGasFunds",
     "Log",
+    "RpcErrorReply",
+    "TransactionTimeout",
     "TxResult",
     "Web3Chain",
     "load_artifact",
 ]
 
-MAX_BODY = 8192  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
+MAX_BODY = 32768  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
+MAX_SERVICE_BYTES = 64  # contracts/Settlement.vy MAX_SERVICE (= messages.MAX_SERVICE_NAME)
+CONTRACT_VERSION = 2  # contracts/Settlement.vy VERSION: the rules this adapter speaks
 _U256 = (1 << 256) - 1
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")
 _VOUCHER_T = "(bytes,bytes32,uint64,uint256,uint256,string,bytes32,uint64,bytes)"
 _ANSWER_T = "(bytes,bytes32,uint64,bytes32,string,uint256,uint256,bytes32,bytes)"
 _CHANNEL_STATES = {1: ChannelState.OPEN, 2: ChannelState.CLOSING, 3: ChannelState.CLOSED}
-_CLAIM_STATES = {1: ClaimState.OPEN, 2: ClaimState.ANSWERED, 3: ClaimState.UPHELD}
+_CLAIM_STATES = {
+    1: ClaimState.OPEN,
+    2: ClaimState.DELIVERED,
+    3: ClaimState.REFUSED,
+    4: ClaimState.FRIVOLOUS,
+    5: ClaimState.UPHELD,
+}
 _FIELD_NAMES = {"src": "from", "dst": "to"}
-_EVIDENCE = ("RequestEvidence", "ResponseEvidence")
+_EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
+
+log = logging.getLogger("p2pay.ledger.evm")
 
 
 def _contracts_dir() -> Path:
@@ -344,30 +363,122 @@ class BoaChain(Chain):
         return [lg for lg in self._logs if lg.address == address and first <= lg.block <= last]
 
 
+class ChainError(P2payError):
+    """The chain could not carry out a call or transaction (never a rule's refusal: those
+    are `SettlementError`). Nothing of a failed transaction is known to have been applied
+    unless the subclass says so."""
+
+    code = ErrorCode.INTERNAL
+
+
+class ChainUnavailable(ChainError, OSError):
+    """The RPC endpoint failed (connection refused, reset, stalled, a bad reply) on every
+    retry. Also an `OSError`: callers that treat an unreachable endpoint as I/O (the CLI's
+    "cannot reach") keep doing so."""
+
+
+class InsufficientGasFunds(ChainError):
+    """The sender's address cannot pay the gas of the transaction (nothing was sent)."""
+
+
+class TransactionTimeout(ChainError):
+    """A sent transaction was not mined in time, re-priced or not. It may still be mined
+    later: its nonce stays reserved, and the next transaction of the sender replaces it if
+    it is still pending (same nonce, higher fees)."""
+
+
 class Web3Chain(Chain):
     """A JSON-RPC chain through web3.py; transactions are signed locally.
+
+    Robust against a misbehaving endpoint and a congested chain (issue 14):
+
+    * every RPC is retried with exponential backoff on connection errors, timeouts and
+      unreadable replies (`rpc_retries` times), then fails with `ChainUnavailable`; an RPC
+      error *reply* (a revert, a refusal) is not retried;
+    * transactions carry EIP-1559 fees (``maxFeePerGas = 2 * baseFee + tip``) and an
+      explicit nonce kept per sender (re-read from the chain after a nonce race);
+    * a transaction not mined after `reprice_after_s` is sent again with the same nonce and
+      both fees raised by `fee_bump` (at least the 10 % nodes require), up to the overall
+      `timeout_s`, then `TransactionTimeout`;
+    * before sending, the sender's gas balance is checked: too little for this transaction
+      is `InsufficientGasFunds` (nothing sent); less than `low_gas_txs` such transactions
+      logs a warning.
 
     Args:
         url: the RPC endpoint (``http://127.0.0.1:8545``).
         timed: the ledger times blocks itself (anvil: ``evm_setNextBlockTimestamp``).
-        timeout_s: how long to wait for a receipt.
+        timeout_s: how long to wait for a transaction's receipt, re-pricing included.
+        rpc_timeout_s: how long one RPC may take before it counts as failed.
+        rpc_retries: retries of a failed RPC (connection errors, timeouts).
+        reprice_after_s: resend with higher fees after this long without a receipt.
+        fee_bump: factor applied to both fees at each re-pricing.
+        poll_s: receipt polling interval.
+        low_gas_txs: warn when the gas balance pays for fewer transactions than this.
     """
 
     blocking_io = True
 
-    def __init__(self, url: str, *, timed: bool = False, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timed: bool = False,
+        timeout_s: float = 60.0,
+        rpc_timeout_s: float = 10.0,
+        rpc_retries: int = 4,
+        reprice_after_s: float = 15.0,
+        fee_bump: float = 1.25,
+        poll_s: float = 0.05,
+        low_gas_txs: int = 20,
+    ) -> None:
         from web3 import HTTPProvider, Web3
 
-        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+        if fee_bump < 1.1 or rpc_retries < 0 or poll_s <= 0:
+            raise LocalProtocolError("need fee_bump >= 1.1, rpc_retries >= 0, poll_s > 0")
+        # web3's own retries off: `_rpc` is the one place that retries (and counts)
+        provider = HTTPProvider(
+            url, request_kwargs={"timeout": rpc_timeout_s}, exception_retry_configuration=None
+        )
+        self.w3 = Web3(provider)
+        self.url = url
         self.timed = timed
         self.timeout_s = timeout_s
+        self.rpc_retries = rpc_retries
+        self.reprice_after_s = reprice_after_s
+        self.fee_bump = fee_bump
+        self.poll_s = poll_s
+        self.low_gas_txs = low_gas_txs
         self._chain_id: int | None = None
+        self._nonces: dict[bytes, int] = {}  # next nonce per sender address
+        # what happened (tests, metrics): RPC retries, re-priced sends, low-gas warnings
+        self.stats = {"rpc_retries": 0, "repriced": 0, "low_gas_warnings": 0, "nonce_races": 0}
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
-        reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
-        if "error" in reply:
-            raise _RpcError(reply["error"])
-        return reply["result"]
+        delay = 0.05
+        for attempt in range(self.rpc_retries + 1):  # bounded
+            try:
+                reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+            except Exception as exc:  # connection refused / reset, timeout, bad JSON
+                if attempt == self.rpc_retries:
+                    raise ChainUnavailable(
+                        f"{method} failed {attempt + 1} times on {self.url}: "
+                        f"{type(exc).__name__}: {str(exc)[:200]}"
+                    ) from None
+                self.stats["rpc_retries"] += 1
+                log.info("RPC %s failed (%s), retrying in %.2f s", method, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if not isinstance(reply, dict) or ("error" not in reply and "result" not in reply):
+                if attempt == self.rpc_retries:
+                    raise ChainUnavailable(f"{method}: unreadable reply from {self.url}")
+                self.stats["rpc_retries"] += 1
+                time.sleep(delay)
+                continue
+            if "error" in reply:
+                raise RpcErrorReply(reply["error"])
+            return reply["result"]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def chain_id(self) -> int:
         if self._chain_id is None:
@@ -387,7 +498,7 @@ class Web3Chain(Chain):
             params += [{}, {"time": hex(timestamp)}]
         try:
             return TxResult(ok=True, output=bytes.fromhex(self._rpc("eth_call", params)[2:]))
-        except _RpcError as exc:
+        except RpcErrorReply as exc:
             return TxResult(ok=False, output=exc.revert_data())
 
     def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
@@ -399,6 +510,48 @@ class Web3Chain(Chain):
     def fund(self, address: bytes, wei: int = 10**21) -> None:
         """Give `address` gas money (dev chains: ``anvil_setBalance``)."""
         self._rpc("anvil_setBalance", ["0x" + address.hex(), hex(wei)])
+
+    def _fees(self) -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas) for the next block (EIP-1559)."""
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        try:
+            tip = int(self._rpc("eth_maxPriorityFeePerGas", []), 16)
+        except RpcErrorReply:
+            tip = 10**9
+        tip = max(tip, 1)
+        return 2 * base + tip, tip
+
+    def _next_nonce(self, address: bytes, *, refresh: bool = False) -> int:
+        chain = int(self._rpc("eth_getTransactionCount", ["0x" + address.hex(), "pending"]), 16)
+        known = self._nonces.get(address, 0)
+        nonce = chain if refresh else max(chain, known)
+        self._nonces[address] = nonce
+        return nonce
+
+    def _check_gas_funds(self, address: bytes, cost: int) -> None:
+        balance = int(self._rpc("eth_getBalance", ["0x" + address.hex(), "latest"]), 16)
+        if balance < cost:
+            raise InsufficientGasFunds(
+                f"0x{address.hex()} holds {balance} wei, the transaction may cost {cost}: "
+                "fund the address",
+                details={"address": "0x" + address.hex(), "balance": balance, "cost": cost},
+            )
+        if balance < cost * self.low_gas_txs:
+            self.stats["low_gas_warnings"] += 1
+            log.warning(
+                "gas balance of 0x%s is low: %d wei, about %d transactions left",
+                address.hex(),
+                balance,
+                balance // max(cost, 1),
+            )
+
+    def _receipt(self, hashes: Sequence[str]) -> dict[str, Any] | None:
+        for tx_hash in hashes:
+            receipt = self._rpc("eth_getTransactionReceipt", [tx_hash])
+            if receipt:
+                return dict(receipt)
+        return None
 
     def transact(
         self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
@@ -418,19 +571,18 @@ class Web3Chain(Chain):
             return simulated
         try:
             gas = int(self._rpc("eth_estimateGas", [tx, "latest"]), 16)
-        except _RpcError:
+        except RpcErrorReply:
             # a timed test chain: the estimate runs at the latest block's time, where the
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
             # next block's time succeeded, so give it a generous limit
             gas = 4_000_000
-        nonce = int(self._rpc("eth_getTransactionCount", [sender, "pending"]), 16)
-        gas_price = int(self._rpc("eth_gasPrice", []), 16)
-        unsigned = {
+        gas_limit = gas * 13 // 10 + 50_000
+        max_fee, tip = self._fees()
+        self._check_gas_funds(key.address, gas_limit * max_fee)
+        nonce = self._next_nonce(key.address)
+        unsigned: dict[str, Any] = {
             "chainId": self.chain_id(),
-            "nonce": nonce,
-            "gas": gas * 13 // 10 + 50_000,
-            "maxFeePerGas": 2 * gas_price + 1,
-            "maxPriorityFeePerGas": 1,
+            "gas": gas_limit,
             "data": data,
             "value": 0,
         }
@@ -438,26 +590,76 @@ class Web3Chain(Chain):
             from eth_utils import to_checksum_address
 
             unsigned["to"] = to_checksum_address("0x" + to.hex())
-        signed = Account.sign_transaction(unsigned, key.secret)
-        if timestamp is not None:
-            self._rpc("evm_setNextBlockTimestamp", [timestamp])
-        tx_hash = self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout_s)
-        block = int(receipt["blockNumber"])
-        if int(receipt["status"]) != 1:
+        sent: list[str] = []
+        deadline = time.monotonic() + self.timeout_s
+        receipt: dict[str, Any] | None = None
+        for _round in range(64):  # bounded: each round waits reprice_after_s or ends
+            unsigned.update(nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
+            signed = Account.sign_transaction(unsigned, key.secret)
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            if timestamp is not None:
+                self._rpc("evm_setNextBlockTimestamp", [timestamp])
+            # known before it is sent: if the reply is lost and the retry hears "nonce too
+            # low" or "already known", the receipt of this hash tells whether it went in
+            if tx_hash not in sent:
+                sent.append(tx_hash)
+            try:
+                self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+            except RpcErrorReply as exc:
+                text = str(exc).lower()
+                if "insufficient funds" in text:
+                    if len(sent) == 1:  # else an earlier price of it is pending: wait for it
+                        raise InsufficientGasFunds(f"{sender} cannot pay the gas: {exc}") from None
+                elif "already known" in text or "already imported" in text:
+                    pass  # an earlier try of this very send got through
+                elif "nonce too low" in text or "nonce too high" in text:
+                    receipt = self._receipt(sent)
+                    if receipt is not None:
+                        break
+                    # another transaction took the nonce (another process with this key)
+                    self.stats["nonce_races"] += 1
+                    nonce = self._next_nonce(key.address, refresh=True)
+                    continue
+                elif "underpriced" in text:
+                    max_fee = int(max_fee * self.fee_bump) + 1
+                    tip = int(tip * self.fee_bump) + 1
+                    continue
+                else:
+                    raise ChainUnavailable(f"eth_sendRawTransaction refused: {exc}") from None
+            reprice_at = time.monotonic() + self.reprice_after_s
+            while receipt is None and time.monotonic() < min(reprice_at, deadline):  # bounded
+                receipt = self._receipt(sent)
+                if receipt is None:
+                    time.sleep(self.poll_s)
+            if receipt is not None or time.monotonic() >= deadline:
+                break
+            # not mined in time: the same nonce again with higher fees replaces it
+            self.stats["repriced"] += 1
+            max_fee = int(max_fee * self.fee_bump) + 1
+            tip = int(tip * self.fee_bump) + 1
+            log.warning(
+                "transaction %s not mined after %.1f s: re-priced", tx_hash, self.reprice_after_s
+            )
+        if receipt is None:
+            # next time the chain's pending count decides: nonce + 1 while this one is still
+            # pending (it may yet be mined), nonce again if the node dropped it
+            self._nonces[key.address] = nonce
+            raise TransactionTimeout(
+                f"transaction of {sender} (nonce {nonce}) not mined within {self.timeout_s} s",
+                details={"hashes": sent, "nonce": nonce},
+            )
+        self._nonces[key.address] = nonce + 1
+        block = int(receipt["blockNumber"], 16)
+        if int(receipt["status"], 16) != 1:
             again = self._eth_call(tx, None)
             return TxResult(ok=False, output=again.output, block=block)
         logs = tuple(
             Log(
                 block=block,
-                index=int(lg["logIndex"]),
-                address=bytes(
-                    lg["address"]
-                    if isinstance(lg["address"], bytes)
-                    else bytes.fromhex(lg["address"][2:])
-                ),
-                topics=tuple(bytes(t) for t in lg["topics"]),
-                data=bytes(lg["data"]),
+                index=int(lg["logIndex"], 16),
+                address=bytes.fromhex(lg["address"][2:]),
+                topics=tuple(bytes.fromhex(t[2:]) for t in lg["topics"]),
+                data=bytes.fromhex(lg["data"][2:]),
             )
             for lg in receipt["logs"]
         )
@@ -465,7 +667,7 @@ class Web3Chain(Chain):
         if to is None:
             output = bytes.fromhex(str(receipt["contractAddress"])[2:])
         return TxResult(
-            ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"]), block=block
+            ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
 
     def logs(self, address: bytes, first: int, last: int) -> list[Log]:
@@ -491,9 +693,12 @@ class Web3Chain(Chain):
         return out
 
 
-class _RpcError(Exception):
+class RpcErrorReply(ChainError):
+    """The endpoint answered an RPC with an error (a revert is read from it where a
+    revert is expected; anywhere else it reaches the caller as this typed error)."""
+
     def __init__(self, error: Any) -> None:
-        super().__init__(str(error))
+        super().__init__(str(error)[:500], details={"error": error})
         self.error = error
 
     def revert_data(self) -> bytes:
@@ -562,39 +767,39 @@ class _Index:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def add(self, decoded: list[tuple[str, dict[str, Any]]], cursor: int) -> None:
+    def add(self, decoded: Sequence[tuple[Any, str, dict[str, Any]]], cursor: int) -> list[Any]:
+        """Index decoded logs ``(log, name, fields)`` and move the cursor to `cursor`.
+
+        Each entry is checked completely before anything of it is written; an entry that
+        does not make a valid event or frame (a request with ``n = 0``, a field of the
+        wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
+        advances: one bad log never stops the index (issue 14)."""
+        skipped: list[Any] = []
         seq = self.last_seq()
         with self.db:
-            for name, fields in decoded:
-                if name == "RequestEvidence":
-                    self._frame(fields["claim"], "request", _request_of(fields))
+            for lg, name, fields in decoded:
+                try:
+                    row = _index_row(name, fields)
+                except Exception as exc:  # a hostile log is skipped, never fatal
+                    skipped.append((lg, f"{name}: {type(exc).__name__}: {exc}"))
                     continue
-                if name == "ResponseEvidence":
-                    self._frame(fields["claim"], "response", _response_of(fields))
+                if isinstance(row, _FrameRow):
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO frames VALUES (?, ?, ?)",
+                        (row.claim, row.kind, row.frame),
+                    )
                     continue
                 seq += 1
-                at = int(fields.pop("at"))
                 self.db.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?)",
-                    (seq, name, codec.encode(fields), at),
+                    "INSERT INTO events VALUES (?, ?, ?, ?)", (seq, name, row.fields, row.at)
                 )
-                if name == "ChannelOpened":
-                    for party in (fields["payer"], fields["payee"]):
-                        self._party("channel", party, fields["channel"], seq)
-                elif name == "ClaimFiled":
-                    for party in (fields["claimant"], fields["respondent"]):
-                        self._party("claim", party, fields["claim"], seq)
+                for kind, account, id_ in row.parties:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO parties VALUES (?, ?, ?, ?)",
+                        (kind, account, id_, seq),
+                    )
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (cursor,))
-
-    def _party(self, kind: str, account: bytes, id_: bytes, order: int) -> None:
-        self.db.execute(
-            "INSERT OR IGNORE INTO parties VALUES (?, ?, ?, ?)", (kind, account, id_, order)
-        )
-
-    def _frame(self, claim: bytes, kind: str, message: Request | Response) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO frames VALUES (?, ?, ?)", (claim, kind, message.to_frame())
-        )
+        return skipped
 
     def events(self, after: int, limit: int) -> list[Event]:
         rows = self.db.execute(
@@ -624,6 +829,60 @@ class _Index:
 
     def close(self) -> None:
         self.db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _FrameRow:
+    claim: bytes
+    kind: str  # "request" | "response" | "evidence"
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _EventRow:
+    fields: bytes  # canonical CBOR
+    at: int
+    parties: tuple[tuple[str, bytes, bytes], ...]  # (kind, account, id) to index
+
+
+_ID_FIELDS = {"ChannelOpened": ("channel", "payer", "payee"), "ClaimFiled": ("claim",)}
+
+
+def _index_row(name: str, fields: dict[str, Any]) -> _FrameRow | _EventRow:
+    """What one decoded log adds to the index; raises if it is not a valid event or frame."""
+    if name in _EVIDENCE:
+        claim = fields["claim"]
+        if not isinstance(claim, bytes) or len(claim) != 32:
+            raise LocalProtocolError("evidence for a malformed claim id")
+        if name == "RequestEvidence":
+            return _FrameRow(claim, "request", _request_of(fields).to_frame())
+        if name == "ResponseEvidence":
+            return _FrameRow(claim, "response", _response_of(fields).to_frame())
+        # the evidence frame carries no body (p2pay.core.settlement: the signature is the
+        # evidence)
+        return _FrameRow(claim, "evidence", _request_of({**fields, "body": b""}).to_frame())
+    fields = dict(fields)
+    at = fields.pop("at")
+    if not isinstance(at, int) or at < 0:
+        raise LocalProtocolError("event time is not an int >= 0")
+    for key, value in fields.items():
+        if not isinstance(value, bytes | int | str) or isinstance(value, bool):
+            raise LocalProtocolError(f"event field {key} has an unexpected type")
+    for key in _ID_FIELDS.get(name, ()):
+        if not isinstance(fields.get(key), bytes) or len(fields[key]) != 32:
+            raise LocalProtocolError(f"{name}.{key} is not 32 bytes")
+    if name == "ClaimFiled" and not (isinstance(fields.get("n"), int) and fields["n"] >= 1):
+        raise LocalProtocolError("ClaimFiled with n < 1")  # never a claimable request
+    parties: tuple[tuple[str, bytes, bytes], ...] = ()
+    if name == "ChannelOpened":
+        parties = tuple(("channel", fields[p], fields["channel"]) for p in ("payer", "payee"))
+    elif name == "ClaimFiled":
+        parties = tuple(
+            ("claim", fields[p], fields["claim"])
+            for p in ("claimant", "respondent")
+            if isinstance(fields.get(p), bytes)
+        )
+    return _EventRow(codec.encode(fields), at, parties)
 
 
 def _request_of(fields: dict[str, Any]) -> Request:
@@ -691,6 +950,12 @@ def _voucher(value: object) -> tuple[Any, ...]:
     if not isinstance(value, Request):
         raise _Unencodable
     r = value
+    try:
+        service = r.service.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        raise _Unencodable from None
+    if len(service) > MAX_SERVICE_BYTES:
+        raise _Unencodable  # the contract's String[64] could not carry it
     return (
         r.ledger,
         r.channel,
@@ -758,7 +1023,9 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
         return "file_claim", [voucher, _body(op.request.body)]
     if isinstance(op, AnswerClaim):
         r = op.response
-        if not isinstance(r, Response):
+        if r is None and op.evidence is not None:
+            return "answer_claim_evidence", [_b32(op.claim), _voucher(op.evidence)]
+        if not isinstance(r, Response) or op.evidence is not None:
             raise _Unencodable
         answer = (
             r.ledger,
@@ -825,6 +1092,8 @@ class EvmLedger(OpLedger):
         self._closed = False
         self._sync_lock = trio.Lock()
         self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
+        self.skipped_logs = 0  # logs of the contract that could not be indexed (issue 14)
+        self.skipped: collections.deque[str] = collections.deque(maxlen=100)  # their reasons
 
     # --- construction
     @classmethod
@@ -859,6 +1128,9 @@ class EvmLedger(OpLedger):
             LocalProtocolError: a deployment failed or a parameter is invalid.
         """
         key = _as_evm_key(deployer)
+        if overrides.get("max_claim_body", MAX_BODY) != MAX_BODY:
+            raise LocalProtocolError(f"an EVM ledger's max_claim_body is {MAX_BODY}")
+        overrides.pop("max_claim_body", None)
         defaults = Params(ledger_id=b"x", dev=dev, **overrides)  # validates the overrides
         if token is None:
             token_art = load_artifact("TestToken")
@@ -922,6 +1194,12 @@ class EvmLedger(OpLedger):
         ledger_id = evm_ledger_id(chain_id, address)
         if bytes(await get("ledger_id")) != ledger_id:
             raise LocalProtocolError("the contract reports another ledger id")
+        version = int(await get("VERSION"))
+        if version != CONTRACT_VERSION:
+            raise LocalProtocolError(
+                f"the settlement contract at 0x{address.hex()} speaks rules version {version}; "
+                f"this node needs {CONTRACT_VERSION} (deploy a new contract)"
+            )
         params = Params(
             ledger_id=ledger_id,
             dev=bool(await get("dev")),
@@ -932,6 +1210,7 @@ class EvmLedger(OpLedger):
             min_claim_window_ms=int(await get("min_claim_window_ms")),
             max_claim_window_ms=int(await get("max_claim_window_ms")),
             max_deadline_horizon_ms=int(await get("max_deadline_horizon_ms")),
+            max_claim_body=int(await get("max_claim_body")),
         )
         return cls(
             chain,
@@ -1001,17 +1280,31 @@ class EvmLedger(OpLedger):
         if target <= cursor:
             return cursor
         logs = await self._call_chain(self.chain.logs, self.address, cursor + 1, target)
-        decoded = []
+        decoded: list[tuple[Log, str, dict[str, Any]]] = []
         for lg in logs:
-            found = self._abi.decode_log(lg.topics, lg.data)
+            try:
+                found = self._abi.decode_log(lg.topics, lg.data)
+            except Exception as exc:  # any malformed log: skipped, never fatal
+                self._skip(lg, f"undecodable log: {type(exc).__name__}: {exc}")
+                continue
             if found is None:
+                self._skip(lg, "unknown event")
                 continue
             name, fields = found
             if name not in _EVIDENCE:
                 fields = _plain(fields)
-            decoded.append((name, fields))
-        self._index.add(decoded, target)
+            decoded.append((lg, name, fields))
+        for lg, reason in self._index.add(decoded, target):
+            self._skip(lg, reason)
         return target
+
+    def _skip(self, lg: Log, reason: str) -> None:
+        """Record a log that cannot be indexed (issue 14): logged, counted, skipped; the
+        cursor moves past it all the same, so one hostile log never stops a reader."""
+        self.skipped_logs += 1
+        where = f"block {lg.block} log {lg.index}"
+        self.skipped.append(f"{where}: {reason}"[:300])
+        log.warning("EVM ledger 0x%s: skipped %s: %s", self.address.hex(), where, reason[:300])
 
     async def _submit(self, op: Op) -> Receipt:
         if self._closed:
@@ -1113,8 +1406,17 @@ class EvmLedger(OpLedger):
     async def file_claim(self, key: Any, request: Request) -> bytes:
         return await super().file_claim(self._k(key), request)
 
-    async def answer_claim(self, key: Any, claim_id: bytes, response: Response) -> None:
-        await super().answer_claim(self._k(key), claim_id, response)
+    async def answer_claim(
+        self,
+        key: Any,
+        claim_id: bytes,
+        response: Response | None = None,
+        *,
+        evidence: Request | None = None,
+    ) -> None:
+        """Answer with the signed response, or with `evidence` (a payer-signed request in
+        tiling conflict with the claimed one)."""
+        await super().answer_claim(self._k(key), claim_id, response, evidence=evidence)
 
     async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
         await super().resolve_claim(self._k(key), claim_id)
@@ -1164,10 +1466,19 @@ class EvmLedger(OpLedger):
     async def channel(self, channel_id: bytes) -> Channel | None:
         if not isinstance(channel_id, bytes) or len(channel_id) != 32:
             return None
-        payer, payee, deposit, redeemed, challenge, state, closes_at = (
-            await self._view("channels", channel_id)
-        )[0]
-        if state == 0:
+        (
+            payer,
+            payee,
+            deposit,
+            redeemed,
+            challenge,
+            state,
+            closes_at,
+            paid_seen,
+            refunded,
+            clawed,
+        ) = (await self._view("channels", channel_id))[0]
+        if state not in _CHANNEL_STATES:
             return None
         return Channel(
             id=channel_id,
@@ -1178,6 +1489,9 @@ class EvmLedger(OpLedger):
             challenge_ms=int(challenge),
             state=_CHANNEL_STATES[int(state)],
             closes_at=int(closes_at),
+            paid_seen=int(paid_seen),
+            refunded=int(refunded),
+            clawed=int(clawed),
         )
 
     async def stake_of(self, account: bytes) -> Stake | None:
@@ -1188,7 +1502,7 @@ class EvmLedger(OpLedger):
         )
         if address is None:
             return None
-        amount, penalty, window, unbonding_at, open_claims = (
+        amount, penalty, window, unbonding_at, open_claims, requested_at = (
             await self._view("stakes", "0x" + address.hex())
         )[0]
         if penalty == 0:
@@ -1200,15 +1514,29 @@ class EvmLedger(OpLedger):
             claim_window_ms=int(window),
             unbonding_at=int(unbonding_at),
             open_claims=int(open_claims),
+            unstake_requested_at=int(requested_at),
         )
 
     async def claim(self, claim_id: bytes) -> Claim | None:
         if not isinstance(claim_id, bytes) or len(claim_id) != 32:
             return None
-        claimant, respondent, channel, n, bond, filed_at, window_ends, state, slashed = (
-            await self._view("claims", claim_id)
-        )[0]
-        if state == 0:
+        (
+            claimant,
+            respondent,
+            channel,
+            n,
+            price,
+            paid,
+            deadline,
+            bond,
+            filed_at,
+            window_ends,
+            state,
+            slashed,
+            refund,
+            clawed,
+        ) = (await self._view("claims", claim_id))[0]
+        if state not in _CLAIM_STATES:
             return None
         await self.sync()
         return Claim(
@@ -1217,13 +1545,19 @@ class EvmLedger(OpLedger):
             respondent=account_of_address(bytes.fromhex(respondent[2:])),
             channel=bytes(channel),
             n=int(n),
+            price=int(price),
+            paid=int(paid),
+            deadline=int(deadline),
             bond=int(bond),
             filed_at=int(filed_at),
             window_ends=int(window_ends),
             state=_CLAIM_STATES[int(state)],
             request_frame=self._index.frame(claim_id, "request"),
             response_frame=self._index.frame(claim_id, "response"),
+            evidence_frame=self._index.frame(claim_id, "evidence"),
             slashed=int(slashed),
+            refund=int(refund),
+            clawed=int(clawed),
         )
 
     async def channels_of(self, account: bytes) -> list[Channel]:

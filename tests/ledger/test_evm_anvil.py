@@ -123,7 +123,7 @@ async def test_paid_call_and_slash_on_anvil(chain: Web3Chain) -> None:
     assert await L.balance(alice.account) == alice_before + 3 * TOKEN // 2 + bond
     st = await L.stake_of(bob.account)
     assert st is not None and st.amount == 7 * TOKEN
-    # a third request, answered in time: BOB keeps its stake and wins the bond
+    # a third request, answered in time: DELIVERED, BOB keeps its stake, the bond goes back
     req3 = Request.create(
         ALICE,
         ledger=L.ledger_id,
@@ -143,7 +143,9 @@ async def test_paid_call_and_slash_on_anvil(chain: Web3Chain) -> None:
     await L.answer_claim(BOB, claim3, resp3)
     c3 = await L.claim(claim3)
     assert (
-        c3 is not None and c3.state is ClaimState.ANSWERED and c3.response_frame == resp3.to_frame()
+        c3 is not None
+        and c3.state is ClaimState.DELIVERED
+        and c3.response_frame == resp3.to_frame()
     )
     # BOB closes with the best voucher, capped at what it charged
     assert await L.payee_close(BOB, cid, req3, 2 * price) == price

@@ -274,13 +274,13 @@ async def test_contract_refuses_high_s_zero_address_and_hashes_bignums() -> None
         is ErrorCode.INVALID_SIGNATURE
     )
     assert await L.redeem(B, v) == 100
-    # the claim id is Request.hash, computed on chain from CBOR (bignum paid, long service)
+    # the claim id is Request.hash, computed on chain from CBOR (bignums, a long service)
     big = Request.create(
         A,
         ledger=L.ledger_id,
         channel=cid,
         n=2**40,
-        paid=2**128 - 1,
+        paid=TOKEN,  # above 2**64: a CBOR bignum, and within the deposit (FileClaim)
         price=2**70,
         service="s" * 64,
         body=b"b" * 300,

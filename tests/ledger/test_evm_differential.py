@@ -1,0 +1,291 @@
+"""The contract and the pure rules side by side: same ops, same results, same state.
+
+contracts/Settlement.vy must implement p2pay/core/settlement.py exactly (specs/settlement.md
+section 10): the same checks in the same order (so the same refusal code), the same effects
+and the same events. These tests run one seeded random sequence of operations (channels,
+vouchers, claims with every outcome: delivered, refused, frivolous, upheld, with refunds and
+clawbacks) on an `EvmLedger` (titanoboa) and on a `MemoryLedger` with the same ledger id (so
+the same EIP-712 signatures verify on both), and compare after every op: the result or the
+error code, every channel, stake and claim, every balance, and finally the event streams.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[dev]'")
+pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
+
+from p2pay import testing
+from p2pay.core.errors import SettlementError
+from p2pay.core.evmsig import EvmKey
+from p2pay.core.messages import Request, Response
+from p2pay.core.settlement import AnswerClaim, Params
+from p2pay.ledger import MemoryLedger
+from p2pay.ledger.evm import MAX_BODY, BoaChain, EvmLedger
+from p2pay.testing import ManualClock
+
+pytestmark = pytest.mark.trio
+
+DEPLOYER, KEYS = testing.evm_test_keys()
+A, B, C = KEYS["ALICE"], KEYS["BOB"], KEYS["CAROL"]
+TOKEN = 10**24
+PARAMS = {
+    "claim_bond": 10**18,
+    "min_claim_window_ms": 10,
+    "min_challenge_ms": 10,
+    "max_deadline_horizon_ms": 2_000,
+}
+REFUSALS = ("OVERLOADED", "UNKNOWN_SERVICE", "DEADLINE_EXCEEDED", "HANDLER_ERROR")
+
+
+class Pair:
+    """One EVM ledger and one memory ledger with the same ledger id and parameters."""
+
+    def __init__(self, evm: EvmLedger, mem: MemoryLedger, clock: ManualClock) -> None:
+        self.evm, self.mem, self.clock = evm, mem, clock
+        self.ops = 0
+
+    async def both(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the op on both; the outcomes (result or error code) must agree."""
+        outcomes = []
+        for ledger in (self.evm, self.mem):
+            try:
+                if name == "_answer_op":
+                    outcomes.append(("ok", (await ledger.submit(*args)).result))
+                    continue
+                outcomes.append(("ok", await getattr(ledger, name)(*args, **kwargs)))
+            except SettlementError as exc:
+                outcomes.append(("refused", exc.code))
+        assert outcomes[0] == outcomes[1], (
+            f"op {self.ops} {name}: evm {outcomes[0]} != {outcomes[1]}"
+        )
+        self.ops += 1
+        return outcomes[0]
+
+    async def answer(
+        self,
+        key: EvmKey,
+        claim_id: bytes,
+        response: Response | None = None,
+        evidence: Request | None = None,
+    ) -> Any:
+        """AnswerClaim with a response or with evidence, as a pre-built op on both."""
+        self.evm.register_key(key)
+        op = AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence)
+        return await self.both("_answer_op", op)
+
+    async def same_state(self, channels: list[bytes], claims: list[bytes]) -> None:
+        for account in (A.account, B.account, C.account):
+            assert await self.evm.balance(account) == await self.mem.balance(account)
+            assert await self.evm.stake_of(account) == await self.mem.stake_of(account)
+        for cid in channels:
+            assert await self.evm.channel(cid) == await self.mem.channel(cid), "channel"
+        for claim_id in claims:
+            assert await self.evm.claim(claim_id) == await self.mem.claim(claim_id), "claim"
+        totals = await self.evm.totals()
+        assert totals.conserved and totals == await self.mem.totals()
+
+
+async def make_pair() -> Pair:
+    clock = ManualClock()
+    evm = await EvmLedger.deploy(
+        BoaChain(), DEPLOYER, dev=True, time_unit_us=1, clock=clock, **PARAMS
+    )
+    params = Params(ledger_id=evm.ledger_id, dev=True, max_claim_body=MAX_BODY, **PARAMS)
+    assert evm.params == params
+    mem = MemoryLedger(params, clock=clock)
+    return Pair(evm, mem, clock)
+
+
+def request(
+    key: EvmKey,
+    ledger: bytes,
+    cid: bytes,
+    n: int,
+    paid: int,
+    price: int,
+    deadline: int,
+    body: bytes = b"ping",
+    service: str = "echo",
+) -> Request:
+    return Request.create(
+        key,
+        ledger=ledger,
+        channel=cid,
+        n=n,
+        paid=paid,
+        price=price,
+        service=service,
+        body=body,
+        deadline=deadline,
+    )
+
+
+async def test_claim_outcomes_match_the_pure_rules() -> None:
+    """Each outcome once, by hand: the codes and states agree on both ledgers."""
+    p = await make_pair()
+    lid, clock = p.evm.ledger_id, p.clock
+    for key in (A, B, C):
+        await p.both("mint", key, key.account, 10 * TOKEN)
+    await p.both("stake", B, 5 * TOKEN, TOKEN, 1_000)
+    _, cid = await p.both("open_channel", A, B.account, 1_000, 50)
+    price = 100
+    r1 = request(A, lid, cid, 1, 100, price, clock.ms + 100)
+    r2 = request(A, lid, cid, 2, 200, price, clock.ms + 100)
+    r3 = request(A, lid, cid, 3, 300, price, clock.ms + 100, body=b"x" * MAX_BODY)
+    r4 = request(A, lid, cid, 4, 400, price, clock.ms + 100)
+    dup = request(A, lid, cid, 4, 450, 50, clock.ms + 100)  # same n: a conflict
+    await p.both("redeem", B, r2, 200)  # B redeemed slices 1 and 2
+    clock.advance(101)
+    # FileClaim argument checks, then the deposit and the body limit of this binding
+    await p.both("file_claim", A, request(A, lid, cid, 5, 2_000, price, clock.ms - 1))
+    big = request(A, lid, cid, 5, 500, price, clock.ms - 1, body=b"x" * (MAX_BODY + 1))
+    await p.both("file_claim", A, big)
+    ids = []
+    for r in (r1, r2):
+        ids.append((await p.both("file_claim", A, r))[1])
+    await p.same_state([cid], ids)
+    # DELIVERED: an OK answer; REFUSED: a refusal. B had redeemed slice 2, which it now
+    # says it never charged: the refund is clawed back from its stake
+    ok = Response.create(B, request=r1, status="OK", price=price, spent=price, body=b"pong")
+    await p.answer(B, ids[0], ok)
+    over = Response.create(B, request=r2, status="OK", price=price + 1, spent=price + 1, body=b"")
+    await p.answer(B, ids[1], over)  # charges more than the price
+    no = Response.create(B, request=r2, status="OVERLOADED", price=0, spent=price, body=b"")
+    await p.answer(B, ids[1], no)
+    for r in (r3, r4):
+        ids.append((await p.both("file_claim", A, r))[1])
+    # the 32 KiB body reached the ledger, and the answer to it may be as big
+    big_ok = Response.create(
+        B, request=r3, status="OK", price=price, spent=2 * price, body=b"y" * MAX_BODY
+    )
+    await p.answer(B, ids[2], big_ok)
+    # FRIVOLOUS: evidence in tiling conflict; a non-conflicting one is refused first
+    await p.answer(B, ids[3], evidence=r1)
+    await p.answer(B, ids[3], evidence=r4)
+    await p.answer(B, ids[3], evidence=dup)
+    await p.same_state([cid], ids)
+    evm_claims = [await p.evm.claim(i) for i in ids]
+    assert [c.state.value for c in evm_claims if c] == [
+        "delivered",
+        "refused",
+        "delivered",
+        "frivolous",
+    ]
+    assert evm_claims[1] is not None and evm_claims[1].clawed == price
+    assert evm_claims[3] is not None and evm_claims[3].evidence_frame
+    # UPHELD with a refund
+    r6 = request(A, lid, cid, 6, 600, price, clock.ms + 10)
+    clock.advance(11)
+    c6 = (await p.both("file_claim", A, r6))[1]
+    clock.advance(1_001)
+    await p.both("resolve_claim", C, c6)
+    await p.same_state([cid], [*ids, c6])
+    assert await p.evm.events() == await p.mem.events()
+
+
+async def test_random_operations_match_the_pure_rules() -> None:
+    """Seeded random rounds over every claim and channel op, compared op by op: each round
+    signs a request (mostly a fresh slice, sometimes a conflicting or bad one), may redeem
+    it, files a claim when its deadline has passed, and answers it (OK, refusal, evidence,
+    a wrong answer) or lets it be resolved; closes, top ups, unbonding are mixed in."""
+    rng = random.Random(13)
+    p = await make_pair()
+    lid, clock = p.evm.ledger_id, p.clock
+    for key in (A, B, C):
+        await p.both("mint", key, key.account, 10 * TOKEN)
+    await p.both("stake", B, 20_000, 300, 1_000)
+    channels = [(await p.both("open_channel", A, B.account, 30_000, 50))[1]]
+    claims: list[bytes] = []
+    open_claims: list[tuple[bytes, Request]] = []
+    signed: dict[bytes, list[Request]] = {channels[0]: []}
+    top: dict[bytes, tuple[int, int]] = {channels[0]: (0, 0)}  # last n, last paid
+    for step in range(90):  # bounded
+        cid = rng.choice(channels)
+        n, paid = top[cid]
+        price = rng.choice([1, 50, 100, 400])
+        kind = rng.random()
+        if kind < 0.7:  # an honest fresh slice
+            r = request(
+                A, lid, cid, n + 1, paid + price + rng.choice([0, 0, 7]), price, clock.ms + 20
+            )
+            top[cid] = (r.n, r.paid)
+        elif kind < 0.85 and signed[cid]:  # a conflict: same n, or overlapping / post-dated
+            old = rng.choice(signed[cid])
+            r = request(
+                A,
+                lid,
+                cid,
+                rng.choice([old.n, n + 1]),
+                old.paid,
+                price,
+                clock.ms + rng.choice([20, 5_000]),
+            )
+        else:  # bad: another signer, zero price edge, above the deposit
+            r = request(
+                rng.choice([A, C]),
+                lid,
+                cid,
+                n + 1,
+                rng.choice([price - 1 if price > 1 else 1, 40_000]),
+                price,
+                clock.ms + 20,
+            )
+        signed[cid].append(r)
+        if rng.random() < 0.4:
+            amount = rng.choice([None, 0, r.price, r.paid, rng.randint(0, 30_000)])
+            await p.both("redeem", B, rng.choice(signed[cid]), amount)
+        clock.advance(21)
+        outcome = await p.both("file_claim", rng.choice([A, A, A, A, C]), r)
+        if outcome[0] == "ok":
+            claims.append(outcome[1])
+            open_claims.append((outcome[1], r))
+        if open_claims and rng.random() < 0.8:
+            claim_id, claimed = open_claims.pop(rng.randrange(len(open_claims)))
+            move = rng.random()
+            if move < 0.3:
+                await p.answer(B, claim_id, evidence=rng.choice(signed[claimed.channel]))
+            elif move < 0.85:
+                status = "OK" if rng.random() < 0.5 else rng.choice(REFUSALS)
+                charged = rng.choice([claimed.price, claimed.price, claimed.price + 1])
+                charged = charged if status == "OK" else 0
+                response = Response.create(
+                    rng.choice([B, B, B, C]),
+                    request=claimed,
+                    status=status,
+                    price=charged,
+                    spent=charged,
+                    body=b"pong",
+                )
+                await p.answer(B, claim_id, response)
+            # else: left open, resolved later
+        extra = rng.random()
+        if extra < 0.08:
+            await p.both("start_close", A, cid)
+        elif extra < 0.12:
+            await p.both("finalize_close", C, cid)
+        elif extra < 0.15:
+            await p.both("payee_close", B, cid, rng.choice(signed[cid]), rng.choice([None, 100]))
+        elif extra < 0.22:
+            await p.both("top_up", A, cid, rng.randint(1, 500))
+        elif extra < 0.27:
+            cid = (await p.both("open_channel", A, B.account, 30_000, 50))[1]
+            channels.append(cid)
+            signed[cid], top[cid] = [], (0, 0)
+        elif extra < 0.45:
+            clock.advance(rng.choice([60, 500, 1_100]))
+            for claim_id in claims[-6:]:
+                await p.both("resolve_claim", C, claim_id)
+        elif extra < 0.48 and step > 70:  # unbonding (C-9) late in the walk
+            await p.both("request_unstake" if extra < 0.47 else "withdraw_stake", B)
+        await p.same_state(channels, claims)
+    assert await p.evm.events() == await p.mem.events()
+    # the walk reached every outcome (else the seed or the weights need a look)
+    states = {c.state.value for c in [await p.mem.claim(i) for i in claims] if c}
+    assert {"delivered", "refused", "frivolous", "upheld"} <= states, states
+    clawed = [c.clawed for c in [await p.mem.claim(i) for i in claims] if c]
+    assert any(clawed), "no clawback happened"
