@@ -18,7 +18,8 @@ specs/invariants.md asserted here, after every step or at the step that can brea
 * INV-2   ``best`` is absent iff ``paid_max == 0``, else ALICE-signed with ``paid == paid_max``
           and on the channel's ledger; ``paid_max`` never decreases.
 * INV-3   a charge is the service price, at most the request's ``price``.
-* INV-4   ``admit`` never changes ``spent``; ``complete`` changes it by the reserved price or 0.
+* INV-4   ``admit`` never changes ``spent``; ``complete`` changes it by the reserved price or 0,
+          and by 0 whenever it runs after the request's deadline (C-4).
 * INV-5   refused requests reserve nothing and their signed responses carry ``price = 0``.
 * INV-6   the payee's ``last_n`` never decreases; admission and every authenticated
           refusal set it to the request's ``n``.
@@ -548,10 +549,26 @@ class ChannelMachine(RuleBasedStateMachine):
         request = self.admitted[n]
         reserved = self.payee.pending[n]
         spent_before = self.payee.spent
-        charged, spent = self.payee.complete(n, ok=ok)
-        assert charged == (reserved if ok else 0) and charged <= request.price, "INV-3"
+        assert self.payee.deadlines[n] == request.deadline
+        done = self.payee.complete(n, ok=ok, now=self.now)
+        charged, spent = done
+        late = self.now > request.deadline  # C-4: a late answer is never charged
+        assert (done.refusal is ErrorCode.DEADLINE_EXCEEDED) is late, "INV-4"
+        if late:
+            event("payee: late answer, not charged")
+        assert charged == (reserved if ok and not late else 0), "INV-3/INV-4"
+        assert charged <= request.price, "INV-3"
         assert spent == spent_before + charged == self.payee.spent, "INV-4"
-        if ok:
+        if late:
+            response = Response.create(
+                BOB,
+                request=request,
+                status=ErrorCode.DEADLINE_EXCEEDED.value,
+                price=0,
+                spent=spent,
+                body=refusal_body("late"),
+            )
+        elif ok:
             response = Response.create(
                 BOB, request=request, status=STATUS_OK, price=charged, spent=spent, body=b"ok"
             )
@@ -664,6 +681,7 @@ class ChannelMachine(RuleBasedStateMachine):
         assert 0 <= ch.spent and 0 <= ch.reserved, "INV-1"
         assert ch.spent + ch.reserved <= ch.paid_max <= ch.deposit, "INV-1"
         assert ch.reserved == sum(ch.pending.values()), "INV-1"
+        assert set(ch.deadlines) == set(ch.pending), "INV-4: each reservation has its deadline"
 
     @invariant()
     def inv_2_best_voucher(self) -> None:
