@@ -1007,7 +1007,12 @@ class Node:
             RequestInDoubt: REPLAY again, no answer, or any unsigned refusal: the request
                 is abandoned (it stays on record, claimable).
         """
-        again = conn.resend(ch, slot.request)
+        try:
+            again = conn.resend(ch, slot.request)
+        except ConnectionLost:
+            again = _Slot(channel=ch.channel, n=slot.n, request=slot.request, resent=True)
+            again.error = ConnectionLost(f"connection to {conn.peer_id} lost")
+            again.done.set()
         wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
         answered = await self._wait(again, wait)
         if answered and (again.receipt is not None or again.replay is Replay.SUPERSEDED):
