@@ -55,6 +55,7 @@ class SessionFuzzer:
         self.rng = rng
         self.n = 0  # MALLORY's highest request number sent
         self.ok_paid = 0  # prices of OK receipts MALLORY got
+        self.answered: dict[bytes, bytes] = {}  # request hash -> the signed answer's frame
         self.counts: dict[str, int] = {}
         self.corpus: list[bytes] = []
 
@@ -116,6 +117,13 @@ class SessionFuzzer:
         assert isinstance(request, Request)
         assert answer.request_hash == request.hash and answer.n == request.n
         assert answer.channel == self.world.channels["mallory"], "answered for another channel"
+        if answer.request_hash in self.answered:
+            # the same request re-sent: the stored answer again, never a second charge
+            # (protocol v2, C-4)
+            assert answer.to_frame() == self.answered[answer.request_hash]
+            self.count("answered-again")
+            return
+        self.answered[answer.request_hash] = answer.to_frame()
         if answer.ok:
             assert answer.price == PRICE
             self.ok_paid += answer.price
@@ -278,20 +286,26 @@ async def test_cross_ledger_request_is_wrong_ledger() -> None:
 
 
 async def test_replayed_and_reordered_requests_are_replay_with_resync() -> None:
-    """The payer's own requests replayed or reordered: the older number is REPLAY (with the
-    resync details), unsigned, not served twice, not charged (INV-6)."""
+    """The payer's own requests replayed or reordered: an answered one gets its stored
+    answer again, byte for byte (protocol v2, C-4); a number skipped and never answered is
+    REPLAY (with the resync details), unsigned. Nothing is served or charged twice (INV-6,
+    INV-10)."""
     async with provider_world() as world, raw_peer(world) as mallory:
         r1, r2, r3 = (world.mallory_request(n) for n in (1, 2, 3))
-        assert isinstance(await mallory.exchange(r1.to_frame()), Response)
-        assert isinstance(await mallory.exchange(r3.to_frame()), Response)  # skips n=2
+        a1 = await mallory.exchange(r1.to_frame())
+        a3 = await mallory.exchange(r3.to_frame())  # skips n=2
+        assert isinstance(a1, Response) and isinstance(a3, Response)
         spent = world.bob.payee_channels[world.channels["mallory"]].spent
-        for old in (r2, r1, r3):
-            answer = await mallory.exchange(old.to_frame())
-            assert isinstance(answer, Refusal) and answer.code is ErrorCode.REPLAY
-            assert answer.details["last_n"] == 3 and answer.details["spent"] == spent
-            voucher = decode_frame(answer.details["voucher"])
-            assert isinstance(voucher, Request) and voucher.verify(MALLORY.public)
+        answer = await mallory.exchange(r2.to_frame())
+        assert isinstance(answer, Refusal) and answer.code is ErrorCode.REPLAY
+        assert answer.details["last_n"] == 3 and answer.details["spent"] == spent
+        voucher = decode_frame(answer.details["voucher"])
+        assert isinstance(voucher, Request) and voucher.verify(MALLORY.public)
+        for old, first in ((r1, a1), (r3, a3)):
+            again = await mallory.exchange(old.to_frame())
+            assert isinstance(again, Response) and again.to_frame() == first.to_frame()
         assert world.bob.payee_channels[world.channels["mallory"]].spent == 2 * PRICE
+        assert world.bob.counters.answers_resent == 2
 
 
 async def test_voucher_beyond_the_deposit_is_refused_and_never_kept() -> None:
