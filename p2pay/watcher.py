@@ -446,11 +446,14 @@ class Watcher:
 
         node = self.node
         service = node.services.get(request.service)
+        margin = min(node.config.claim_answer_margin_ms, (claim.window_ends - claim.filed_at) // 3)
+        deadline = claim.window_ends - margin
         decision = ch.admit_claimed(
             request,
             price=service.price if service is not None else None,
             max_body=service.max_body if service is not None else 0,
             seen=seen,
+            deadline=deadline,
         )
         if isinstance(decision, Refuse):
             node.counters.refused[decision.code.value] += 1
@@ -458,8 +461,6 @@ class Watcher:
             body = refusal_body(decision.message, decision.details)
             return await self._store_answer(ch, request, claim, decision.code.value, 0, body)
         assert service is not None
-        margin = min(node.config.claim_answer_margin_ms, (claim.window_ends - claim.filed_at) // 3)
-        deadline = claim.window_ends - margin
         call = Call(
             service=request.service,
             body=request.body,
@@ -469,26 +470,29 @@ class Watcher:
             price=decision.price,
             deadline=deadline,
         )
-        ok, body, error, late = False, b"", "no time left before the claim's window ends", True
+        ok, body, error = False, b"", ""
         try:
             now = await node.ledger.now()
-            with trio.move_on_after(max(0, deadline - now) / 1000):
+            with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
                 ok, body, error = await run_service(node, service, call)
-                late = False
-            if ok and await node.ledger.now() > deadline:  # C-4: never charged late
-                ok, late = False, True
+            done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
         except BaseException:
-            ch.complete(request.n, ok=False)  # release the reservation, nothing charged
+            if request.n in ch.pending:
+                ch.complete(request.n, ok=False)  # release the reservation: nothing charged
             raise
-        charged, spent = ch.complete(request.n, ok=ok)
-        if ok:
+        if ok and done.refusal is None:
             node.counters.calls_served += 1
-            node.counters.charged += charged
-            return await self._store_answer(ch, request, claim, STATUS_OK, charged, body, spent)
-        code = ErrorCode.DEADLINE_EXCEEDED if late else ErrorCode.HANDLER_ERROR
+            node.counters.charged += done.charged
+            return await self._store_answer(
+                ch, request, claim, STATUS_OK, done.charged, body, done.spent
+            )
+        if done.refusal is not None or scope.cancelled_caught:
+            code, error = ErrorCode.DEADLINE_EXCEEDED, "not answered before the claim's deadline"
+        else:
+            code = ErrorCode.HANDLER_ERROR
         node.counters.refused[code.value] += 1
-        body = refusal_body(error or "too late")
-        return await self._store_answer(ch, request, claim, code.value, 0, body, spent)
+        body = refusal_body(error)
+        return await self._store_answer(ch, request, claim, code.value, 0, body, done.spent)
 
     async def _store_answer(
         self,

@@ -475,6 +475,7 @@ class PayeeChannel:
         price: int | None,
         max_body: int,
         seen: bool,
+        deadline: int,
     ) -> Decision:
         """Decide whether to serve a request that reached us through a claim (claims.md C-6).
 
@@ -494,6 +495,8 @@ class PayeeChannel:
             max_body: the service's largest accepted body.
             seen: the caller already answered this request or holds another request
                 numbered ``request.n`` on this channel.
+            deadline: Unix ms by which the handler must finish to be charged (the
+                claim's window end minus the answer margin; `complete` checks it).
 
         Returns:
             `Admit` (price reserved: finish with `complete`) or a `Refuse` the caller
@@ -564,6 +567,7 @@ class PayeeChannel:
             improved = True
         self.reserved += price
         self.pending[request.n] = price
+        self.deadlines[request.n] = deadline
         return Admit(request.n, price, improved)
 
 
