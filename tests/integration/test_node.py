@@ -464,14 +464,17 @@ async def test_answered_provider_defends_a_false_claim() -> None:
         assert isinstance(request, Request)
         await trio.sleep(0.25)  # past the deadline
         bob_before = await ledger.balance(BOB.account)
+        alice_before = await ledger.balance(ALICE.account)
         claim_id = await ledger.file_claim(ALICE, request)  # a false claim: it was answered
 
         async def answered() -> bool:
             claim = await ledger.claim(claim_id)
-            return claim is not None and claim.state is ClaimState.ANSWERED
+            return claim is not None and claim.state is ClaimState.DELIVERED
 
         await wait_until(answered)
-        assert await ledger.balance(BOB.account) == bob_before + BOND
+        # DELIVERED: the answer is on the ledger, the bond goes back, nobody gains (claims.md 3)
+        assert await ledger.balance(BOB.account) == bob_before
+        assert await ledger.balance(ALICE.account) == alice_before
         assert (await ledger.stake_of(BOB.account)).amount == 10**20
         claim = await ledger.claim(claim_id)
         answer = decode_frame(claim.response_frame)
