@@ -103,8 +103,10 @@ Handler = Callable[["Call"], Awaitable[bytes]]
 
 
 class CallTimeout(P2payError, TimeoutError):
-    """No answer within the call's timeout. The request stays on record: if it was paid
-    and never answered, the watcher claims against the provider after its deadline."""
+    """No answer within the call's timeout. The request stays on record: after its deadline
+    the watcher re-sends it (the provider answers again from its store) and, only if that
+    brings no answer and the provider has a stake, claims it, locking the ledger's claim
+    bond until the provider answers or the window ends (specs/claims.md 6)."""
 
     code = ErrorCode.DEADLINE_EXCEEDED
 

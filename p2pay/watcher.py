@@ -360,6 +360,10 @@ class Watcher:
                     log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
                 except (P2payError, OSError) as exc:
                     log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
+                except Exception as exc:  # a bug or a backend's surprise: never the node's end
+                    log.error("answer to claim %s failed: %r", claim_id.hex(), exc)
+                    if answer is not None and answer.evidence is not None:
+                        answer, use_evidence = None, False  # answer with a response instead
                 await trio.sleep(delay)
                 delay = min(2 * delay, BACKOFF_MAX)
         finally:
@@ -662,6 +666,9 @@ class Watcher:
             return
         except (P2payError, OSError) as exc:
             log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
+            return
+        except Exception as exc:  # a bug or a backend's surprise: never the node's end
+            log.error("claim for n=%d failed: %r", record.n, exc)
             return
         finally:
             self._claiming.discard(record.request_hash)
