@@ -441,8 +441,9 @@ class Forger(_Attacker):
 
 
 class Replayer(_Attacker):
-    """Re-sends captured request frames: its own, already answered (REPLAY expected),
-    and another client's, as an eavesdropper would have them (UNAUTHORIZED expected)."""
+    """Re-sends captured request frames: its own, already answered (the stored answer
+    expected, never a second charge: protocol v2, C-4), and another client's, as an
+    eavesdropper would have them (UNAUTHORIZED expected)."""
 
     kind = "replayer"
 
@@ -463,7 +464,23 @@ class Replayer(_Attacker):
             return
         record = records[self.rng.randrange(len(records))]
         what = "replayed_own" if source is self.peer else "replayed_other"
-        await self._send(target_by_key[record.payee], record.frame, what)
+        target = target_by_key[record.payee]
+        if source is not self.peer:
+            await self._send(target, record.frame, what)
+            return
+        # Its own answered request, re-sent: protocol v2 answers it with the stored
+        # answer (C-4), never a second charge; count that apart from a fresh service.
+        timeout = self.sim.wall(10.0)
+        session = await RawSession.open(self.peer, target, timeout)
+        try:
+            self.stats[f"{what}_sent"] += 1
+            answer = await session.exchange(record.frame, timeout)
+        finally:
+            await session.close()
+        if isinstance(answer, Response) and answer.request_hash == record.request_hash:
+            self.stats[f"{what}:STORED_ANSWER"] += 1
+        else:
+            self._count(answer, what)
 
 
 class Overspender(_Attacker):
