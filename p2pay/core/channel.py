@@ -468,6 +468,108 @@ class PayeeChannel:
             details["voucher"] = voucher.to_frame()
         return details
 
+    def admit_claimed(
+        self,
+        request: Request,
+        *,
+        price: int | None,
+        max_body: int,
+        seen: bool,
+        deadline: int,
+    ) -> Decision:
+        """Decide whether to serve a request that reached us through a claim (claims.md C-6).
+
+        The same checks as `admit` except those that a claim makes moot: the request's
+        own deadline has passed (the claim's answer window bounds the handler instead),
+        and the stream is the ledger's (the ledger checked the payer's signature; it is
+        checked again here). A request numbered above ``last_n`` must take a fresh slice
+        (``paid - price >= paid_max``) and consumes ``n``; one numbered at or below
+        ``last_n`` is admitted only in a gap: the caller found neither an answer to it
+        nor another request numbered ``n`` (``seen`` False) and no tiling conflict with a
+        request it holds. Either way the charge stays within the credit the vouchers
+        cover (``max(paid_max, paid) - spent - reserved >= price``).
+
+        Args:
+            request: the claimed request (decoded from the claim).
+            price: the service's current price, or None if the service is unknown.
+            max_body: the service's largest accepted body.
+            seen: the caller already answered this request or holds another request
+                numbered ``request.n`` on this channel.
+            deadline: Unix ms by which the handler must finish to be charged (the
+                claim's window end minus the answer margin; `complete` checks it).
+
+        Returns:
+            `Admit` (price reserved: finish with `complete`) or a `Refuse` the caller
+            answers with a signed refusal (``price = 0``; every claimed refusal is signed).
+
+        Raises:
+            LocalProtocolError: `price` or `max_body` is not a valid value.
+        """
+        if price is not None and not _is_uint(price, MAX_YOCTO):
+            raise LocalProtocolError(f"a service price must be an amount, not {price!r}")
+        if not _is_uint(max_body, MAX_U64):
+            raise LocalProtocolError(f"max_body must be a non-negative integer, not {max_body!r}")
+
+        def refuse(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Refuse:
+            return Refuse(code, message, details or {}, authenticated=True)
+
+        if request.ledger != self.ledger or request.channel != self.channel:
+            return refuse(ErrorCode.UNKNOWN_CHANNEL, "request is for another channel")
+        if not request.verify(self.payer):
+            return refuse(ErrorCode.INVALID_SIGNATURE, "request is not signed by the payer")
+        fresh = request.n > self.last_n
+        if not fresh and (seen or request.n in self.pending):
+            return refuse(ErrorCode.REPLAY, f"request number {request.n} was already used")
+        if fresh:
+            self.last_n = request.n  # consumed, as by any authenticated answer
+        if self.status is not ChannelStatus.OPEN:
+            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
+        if request.paid > self.deposit:
+            return refuse(
+                ErrorCode.INSUFFICIENT_DEPOSIT,
+                f"voucher pays {request.paid} but the deposit is {self.deposit}",
+                {"deposit": self.deposit},
+            )
+        if price is None:
+            return refuse(ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}")
+        if len(request.body) > max_body:
+            return refuse(
+                ErrorCode.BODY_TOO_LARGE, f"body over {max_body} bytes", {"max_body": max_body}
+            )
+        if not request.body_matches():
+            return refuse(ErrorCode.MALFORMED, "body does not match its hash")
+        if request.price < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"service costs {price}, request allows {request.price}",
+                {"price": price},
+            )
+        if fresh and request.paid - request.price < self.paid_max:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"the request's slice starts below paid_max {self.paid_max}",
+                {"price": price, "paid_max": self.paid_max},
+            )
+        credit = max(self.paid_max, request.paid) - self.spent - self.reserved
+        if credit < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"credit {credit} is below the price {price}",
+                {"price": price, "credit": credit, "spent": self.spent},
+            )
+        improved = False
+        if request.paid > self.paid_max:
+            self.paid_max = request.paid
+            self.best = request
+            improved = True
+        if request.paid > self.verified_paid:  # checked above: it covers earlier credit
+            self.verified = request
+            improved = True
+        self.reserved += price
+        self.pending[request.n] = price
+        self.deadlines[request.n] = deadline
+        return Admit(request.n, price, improved)
+
 
 # ---------------------------------------------------------------------------
 # payer side
