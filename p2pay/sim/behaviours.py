@@ -115,6 +115,8 @@ class PeerBehaviour(Behaviour):
     honest: ClassVar[bool] = True
     #: in the no-gain invariant (ends with no more than an honest twin)
     adversary: ClassVar[bool] = False
+    #: the engine passes the node's outgoing answers through `answer_filter`
+    filters_answers: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -150,6 +152,15 @@ class PeerBehaviour(Behaviour):
 
     async def run(self) -> None:
         """Runs while the node is up; cancelled when it goes down or the run ends."""
+
+    def channel_challenge_ms(self, default_ms: int) -> int:
+        """Clients: the challenge period of the channels it opens in the setup."""
+        return default_ms
+
+    def answer_filter(self, frame: bytes) -> bytes | None:
+        """Providers with ``filters_answers``: the frame sent instead of `frame` on an
+        inbound stream (None: send nothing). Memory transport only."""
+        return frame
 
     async def settle(self) -> None:
         """End of run, providers: close every payee channel, redeeming what was charged."""
@@ -659,3 +670,7 @@ def check_behaviour(kind: str, role: str, params: dict[str, Any]) -> None:
     behaviour = make_behaviour(kind, params)
     if role not in behaviour.roles:
         raise ValueError(f"{kind} applies to {' or '.join(behaviour.roles)}, not {role}")
+
+
+# The cheaters of specs/claims.md register themselves (they subclass the classes above).
+import p2pay.sim.cheaters  # noqa: E402, F401
