@@ -34,6 +34,7 @@ import collections
 import contextlib
 import contextvars
 import functools
+import json
 import logging
 import math
 import time
@@ -157,7 +158,17 @@ class NodeConfig:
     redeem_max_age_ms: int = 24 * 3_600_000
     min_redeem_interval_ms: int = 300_000
     auto_claim: bool = True  # file claims for paid requests left unanswered
-    claim_grace_ms: int = 1_000  # wait this long after a deadline before claiming
+    claim_grace_ms: int = 5_000  # wait this long after a deadline before claiming
+    # Claims (specs/claims.md): before claiming, re-send the same signed request and wait
+    # this long (s) for the stored answer; answer claims against us with at most
+    # `max_claim_answers` handlers/ledger submissions at once, a handler serving a request
+    # through a claim having until the claim's window end minus `claim_answer_margin_ms`
+    # (at most a third of the window); refuse channels whose challenge period is shorter
+    # than `min_challenge_ms` (the payee's time to redeem when the payer closes, C-8).
+    redeliver_timeout: float = 5.0
+    max_claim_answers: int = 16
+    claim_answer_margin_ms: int = 10_000
+    min_challenge_ms: int = 60_000
     # Deferred voucher checks (specs/protocol.md 13.4): yocto of service per channel on
     # vouchers whose signature is not yet checked; the most a cheating payer can take from
     # this payee per channel (INV-21). 0: check every voucher's signature on arrival.
@@ -176,7 +187,7 @@ class NodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LocalProtocolError(f"NodeConfig.{name} must be an int >= 1, not {value!r}")
-        for name in ("hello_timeout", "idle_timeout"):
+        for name in ("hello_timeout", "idle_timeout", "redeliver_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
@@ -190,6 +201,10 @@ class NodeConfig:
             ("redeem_threshold", 0, MAX_YOCTO),
             ("redeem_max_age_ms", 1, MAX_YOCTO),
             ("min_redeem_interval_ms", 0, MAX_YOCTO),
+            ("max_claim_answers", 1, 1 << 16),
+            ("claim_answer_margin_ms", 0, MAX_YOCTO),
+            ("min_challenge_ms", 0, MAX_YOCTO),
+            ("claim_grace_ms", 0, MAX_YOCTO),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -234,6 +249,35 @@ class ChannelInfo:
     spent: int
     redeemed: int
     last_n: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimInfo:
+    """A claim this node filed or answered, and its outcome (`Node.claims`).
+
+    ``outcome`` is open, delivered, refused, frivolous or upheld (specs/claims.md 3).
+    For our own claims (role claimant) once decided: the answer's ``status`` ("" if
+    none), whether our ``bond`` came back, the ``refund`` of the request's price, the part
+    of it ``clawed`` from the provider's stake, the provider's ``slashed`` amount, and the
+    signed ``response`` it answered with, checked like a receipt (its ``body`` is the
+    answer), None if there is none or it failed the check.
+    """
+
+    claim_id: bytes
+    role: str
+    outcome: str
+    request_hash: bytes
+    status: str = ""
+    bond: int = 0
+    bond_returned: bool | None = None
+    refund: int = 0
+    clawed: int = 0
+    slashed: int = 0
+    response: Response | None = None
+
+    @property
+    def body(self) -> bytes | None:
+        return self.response.body if self.response is not None else None
 
 
 @dataclass
@@ -605,6 +649,14 @@ class Node:
                 info = await self.ledger.channel(request.channel)
                 if info is None or info.payee != self.account:
                     return None
+                if info.challenge_ms < self.config.min_challenge_ms:
+                    # C-8: a payer could close it faster than we can redeem
+                    raise RemoteProtocolError(
+                        f"challenge period {info.challenge_ms} ms is below this payee's "
+                        f"minimum {self.config.min_challenge_ms} ms",
+                        code=ErrorCode.CHALLENGE_TOO_SHORT,
+                        details={"min_challenge_ms": self.config.min_challenge_ms},
+                    )
                 ch = PayeeChannel(
                     ledger=self.ledger.ledger_id,
                     channel=info.id,
@@ -714,6 +766,71 @@ class Node:
         """Stake collateral that answers for this node's paid requests."""
         await self.ledger.stake(self.key, amount, penalty, claim_window_ms)
         return await self.refresh_stake()
+
+    async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None:
+        """Re-send a paid request left unanswered, the same signed frame, and wait at most
+        `timeout` s for the payee's stored answer (specs/claims.md section 6).
+
+        Returns:
+            The checked signed response (its record is then marked answered or refused),
+            or None if the payee could not be reached, refused it unsigned, or did not
+            answer in time: the request stays on record (claimable).
+        """
+        try:
+            request = decode_frame(record.frame)
+        except DecodeError:
+            return None
+        if not isinstance(request, Request) or request.channel not in self.payer_channels:
+            return None
+        with trio.move_on_after(timeout):
+            try:
+                conn = await self._connection(self.peer_of(record.payee))
+            except (P2payError, NetError, ValueError):
+                return None
+            if conn.account != record.payee:
+                return None
+            return await conn.resend(request)
+        return None
+
+    async def claims(self) -> list[ClaimInfo]:
+        """Claims this node filed or answered, with their outcomes (specs/claims.md 6)."""
+        from p2pay.watcher import outcome_key
+
+        await self.persister.flush()
+        out = []
+        for record in await self.store.claims():
+            raw = await self.store.get_meta(outcome_key(record.claim_id))
+            if record.role != "claimant" or raw is None:
+                out.append(
+                    ClaimInfo(
+                        claim_id=record.claim_id,
+                        role=record.role,
+                        outcome=record.state,
+                        request_hash=record.request_hash,
+                    )
+                )
+                continue
+            doc = json.loads(raw)
+            response: Response | None = None
+            if doc.get("response"):
+                frame = decode_frame(bytes.fromhex(doc["response"]))
+                response = frame if isinstance(frame, Response) else None
+            out.append(
+                ClaimInfo(
+                    claim_id=record.claim_id,
+                    role=record.role,
+                    outcome=doc["outcome"],
+                    request_hash=record.request_hash,
+                    status=doc["status"],
+                    bond=int(doc["bond"]),
+                    bond_returned=bool(doc["bond_returned"]),
+                    refund=int(doc["refund"]),
+                    clawed=int(doc["clawed"]),
+                    slashed=int(doc["slashed"]),
+                    response=response,
+                )
+            )
+        return out
 
     def channels(self) -> list[ChannelInfo]:
         return [self._info_payer(c) for c in self.payer_channels.values()] + [
@@ -1127,7 +1244,14 @@ class _ServerSession:
 
     async def _on_request(self, request: Request, handlers: trio.Nursery) -> None:
         node = self.node
-        ch = await node._payee_channel_for(request, self.account)
+        try:
+            ch = await node._payee_channel_for(request, self.account)
+        except RemoteProtocolError as exc:  # CHALLENGE_TOO_SHORT: not adopted, nothing kept
+            self._take_refusal_token()
+            self._refuse_unauthenticated(
+                request.channel, request.n, exc.code, exc.message, exc.details
+            )
+            return
         if ch is None:
             self._take_refusal_token()
             self._refuse_unauthenticated(
@@ -1289,6 +1413,30 @@ class _ServerSession:
                 )
 
 
+async def run_service(node: Node, service: _Service, call: Call) -> tuple[bool, bytes, str]:
+    """Run `service`'s handler for an admitted `call` (a request on a stream, or one
+    served through a claim by the watcher, specs/claims.md C-6).
+
+    Returns:
+        ``(ok, body, error)``: ``ok`` with the body the response carries, or False and
+        why (the handler raised, returned something else than bytes, or too much).
+        A cancellation (stream closed, deadline) propagates.
+    """
+    try:
+        await node.behaviour.before_handler(call)
+        result = await service.handler(call)
+    except trio.Cancelled:
+        raise
+    except Exception as exc:  # a handler's failure is the caller's HANDLER_ERROR, never ours
+        log.warning("handler %s failed: %r", call.service, exc)
+        return False, b"", f"handler failed: {type(exc).__name__}"
+    if not isinstance(result, bytes | bytearray | memoryview):
+        return False, b"", f"handler returned {type(result).__name__}, not bytes"
+    if len(result) > node.config.max_frame - 4096:
+        return False, b"", "handler response too large"
+    return True, bytes(result), ""
+
+
 @types.coroutine
 def _resume(coro: Any, context: contextvars.Context, trap: Any) -> Any:
     """Drive `coro`, which suspended at `trap` in the current task, to its end: what
@@ -1324,6 +1472,7 @@ class _Slot:
     error: P2payError | None = None
     resync: dict[str, Any] | None = None
     generation: int = 0
+    resend: bool = False  # a re-delivery of a request already sent (`Node.redeliver`)
 
 
 class _Connection:
@@ -1369,6 +1518,27 @@ class _Connection:
         self.pending[(ch.channel, request.n)] = slot
         self.outbox.put(generation, frame)
         return slot
+
+    async def resend(self, request: Request) -> Response | None:
+        """Send `request` (already signed and on record) again and wait for its answer.
+
+        Returns:
+            The checked signed response, or None if the payee refused it unsigned.
+        """
+        key = (request.channel, request.n)
+        if key in self.pending or self.closed:
+            return None  # in flight already, or no stream
+        slot = _Slot(channel=request.channel, n=request.n, request=request, resend=True)
+        self.pending[key] = slot
+        try:
+            self.outbox.put(0, request.to_frame())
+            await slot.done.wait()
+        finally:
+            if self.pending.get(key) is slot:
+                del self.pending[key]
+        if slot.generation:
+            await self.node.persister.durable(slot.generation)
+        return slot.receipt.response if slot.receipt is not None else None
 
     def abandon(self, ch: PayerChannel, slot: _Slot) -> None:
         self.pending.pop((slot.channel, slot.n), None)
@@ -1467,6 +1637,10 @@ class _Connection:
         ch = node.payer_channels.get(refusal.channel)
         if slot is None or ch is None:
             return  # a refusal of something we did not send: nothing to account
+        if slot.resend:  # the payee saw it before (REPLAY): it stays on record, claimable
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+            slot.done.set()
+            return
         ch.on_refusal(refusal.n)
         slot.generation = node.persister.stage(
             delete_request=slot.request.hash, payer=_payer_record(ch)
@@ -1604,6 +1778,7 @@ __all__ = [
     "CallResult",
     "CallTimeout",
     "ChannelInfo",
+    "ClaimInfo",
     "ConnectionLost",
     "Counters",
     "Node",

@@ -1,21 +1,33 @@
-"""The node's duties towards the ledger (specs/protocol.md "Watcher", specs/settlement.md).
+"""The node's duties towards the ledger (specs/protocol.md 16-17, specs/claims.md).
 
 Theory of operation
 -------------------
 The watcher runs inside the node's nursery. Each step it
 
-1. reads ledger events after its persisted cursor and updates the node's view: top-ups,
-   redeems, closes; a payer's `ChannelClosing` on a channel we are paid on makes us
-   redeem at once (the challenge-period defence); a `ClaimFiled` against us is answered
-   from the signed response we stored, or, if the request never reached us, by running
-   the handler on the request the claim carries;
+1. reads ledger events after its persisted cursor. A payer's `ChannelClosing` on a
+   channel we are paid on comes first: we redeem at once, before any other event or duty
+   of the step (C-8). Then the others, in order: top-ups, redeems and closes update the
+   node's view; a `ClaimFiled` against us starts an answer task; `ClaimAnswered` and
+   `ClaimUpheld` of our own claims record their outcome and the checked answer;
 2. does its periodic duties: redeem what we charged when the policy says so
    (`redeem_reason`, specs/protocol.md 17.1: closing, a share of the escrow, an
    optional absolute threshold, or age; at most once per channel per
    `min_redeem_interval_ms` unless closing); finalize our payer closes whose challenge
-   period ended; file a claim (with the signed request) for every paid request we sent
-   that is still unanswered past its deadline plus a grace period, while the claim window
-   is open; resolve our claims whose answer window has passed; prune old stored responses.
+   period ended; for every paid request we sent that is still unanswered past its
+   deadline plus a grace period, start a claimant task; resolve our claims whose answer
+   window has passed; re-read the open claims against us now and then; prune old
+   stored responses.
+
+Claim work never runs in the loop itself (C-7): each claim against us gets one task in
+the watcher's nursery. It answers with the signed response we stored (OK or refusal), or
+with a payer-signed request in tiling conflict with the claimed one (evidence), or else
+admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed`),
+serves it with the handler until the claim's window end minus a margin, charges durably
+and answers with the signed result (or a signed refusal). At most `max_claim_answers`
+tasks prepare answers at once; a submission that fails for a transient reason is
+retried with backoff until the window ends. Each claimant task first re-sends the same
+signed request to the provider (`Node.redeliver`) and files the claim only if that
+brings no answer, the provider has a stake and the window is open.
 
 Every handler is idempotent, because after a crash events after the last persisted
 cursor are seen again. Failures of one duty are logged and retried next step; they never
@@ -26,16 +38,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pay.core.channel import ChannelStatus, PayeeChannel
-from p2pay.core.errors import ErrorCode, P2payError, SettlementError
+from p2pay.core.channel import ChannelStatus, PayeeChannel, Refuse
+from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
 from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
-from p2pay.core.settlement import ChannelState, ClaimState, Event
-from p2pay.store.base import ClaimRecord, OutgoingRequest
+from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event
+from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
 
 if TYPE_CHECKING:
     from p2pay.node import Node, NodeConfig
@@ -85,6 +98,83 @@ def redeem_reason(
     return None
 
 
+#: Ledger refusals after which answering a claim again cannot succeed.
+_FINAL = frozenset(
+    {ErrorCode.CLAIM_CLOSED, ErrorCode.UNKNOWN_CLAIM, ErrorCode.WINDOW_CLOSED, ErrorCode.NOT_PARTY}
+)
+#: Ledger refusals of the answer itself: sending the same answer again is pointless.
+_BAD_ANSWER = frozenset(
+    {
+        ErrorCode.RESPONSE_MISMATCH,
+        ErrorCode.INVALID_SIGNATURE,
+        ErrorCode.MALFORMED,
+        ErrorCode.INVALID_ARGUMENT,
+    }
+)
+#: FileClaim refusals that will not change by trying again (the request is unclaimable).
+_UNCLAIMABLE = frozenset(
+    {
+        ErrorCode.NOT_STAKED,
+        ErrorCode.UNBONDING,
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.VOUCHER_EXCEEDS_DEPOSIT,
+        ErrorCode.INVALID_SIGNATURE,
+        ErrorCode.MALFORMED,
+        ErrorCode.NOT_PARTY,
+        ErrorCode.CHANNEL_CLOSED,
+        ErrorCode.UNKNOWN_CHANNEL,
+        ErrorCode.WRONG_LEDGER,
+    }
+)
+#: Retry delays of a failed ledger submission (seconds; doubled up to the maximum).
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+#: Every this many steps the watcher re-reads the open claims against it from the ledger
+#: (after a restart, or an event whose answer task ended early).
+RESCAN_STEPS = 20
+
+#: Request state after a claim's outcome (store.base.REQUEST_STATES).
+_REQUEST_STATE = {
+    "delivered": "answered",
+    "refused": "refused",
+    "frivolous": "rejected",
+    "upheld": "compensated",
+}
+
+
+def outcome_key(claim_id: bytes) -> str:
+    """The meta key under which a claimant node keeps a claim's outcome (`Node.claims`)."""
+    return "claim/" + claim_id.hex()
+
+
+def claim_outcome(claim: Claim) -> str:
+    """A claim's outcome: its state (open, delivered, refused, frivolous, upheld)."""
+    state = str(claim.state)
+    if state == "answered":  # a ledger of the first claim game: tell by the answer
+        try:
+            response = decode_frame(claim.response_frame)
+        except P2payError:
+            return "refused"
+        ok = isinstance(response, Response) and response.status == STATUS_OK
+        return "delivered" if ok else "refused"
+    return state
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What we post for a claim against us: a signed response, or conflicting evidence."""
+
+    response: Response | None = None
+    evidence: Request | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.evidence is not None:
+            return "frivolous"
+        assert self.response is not None
+        return "delivered" if self.response.status == STATUS_OK else "refused"
+
+
 class Watcher:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -92,8 +182,13 @@ class Watcher:
         self.steps = 0
         self._wake = trio.Event()
         self.redeems: collections.Counter[str] = collections.Counter()  # by reason
+        self.answers: collections.Counter[str] = collections.Counter()  # claims, by outcome
         self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
+        self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
+        self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        self._defending: set[bytes] = set()  # claims against us with an answer task
+        self._claiming: set[bytes] = set()  # our requests with a claimant task
 
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
@@ -102,21 +197,33 @@ class Watcher:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         raw = await self.node.store.get_meta(CURSOR_KEY)
         self.cursor = int.from_bytes(raw, "big") if raw else 0
-        task_status.started()
-        while True:
-            try:
-                await self.step()
-            except (P2payError, OSError) as exc:
-                log.warning("watcher step failed: %s", exc)
-            with trio.move_on_after(self.node.config.watch_interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            while True:
+                try:
+                    await self.step()
+                except (P2payError, OSError) as exc:
+                    log.warning("watcher step failed: %s", exc)
+                with trio.move_on_after(self.node.config.watch_interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
 
     async def step(self) -> None:
-        """One pass: follow events, then do the periodic duties."""
+        """One pass: follow events (closes first), then do the periodic duties."""
         node = self.node
         while True:
             events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
+            # C-8: a payer closing a channel we are paid on is answered before anything else
+            closing = [e for e in events if e.kind == "ChannelClosing"]
+            for event in closing:
+                channel = event.fields.get("channel")
+                if isinstance(channel, bytes) and channel in node.payee_channels:
+                    try:
+                        await node.refresh_channel(channel)
+                        await self._redeem(node.payee_channels[channel], force=True)
+                    except (P2payError, OSError) as exc:
+                        log.warning("redeem on close of %s: %s", channel.hex(), exc)
             for event in events:
                 try:
                     await self._on_event(event)
@@ -130,6 +237,8 @@ class Watcher:
                 node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
             if len(events) < 500:
                 break
+        if self.steps % RESCAN_STEPS == 0:
+            await self._defend_open_claims()
         await self._redeem_due()
         await self._finalize_closes()
         await self._file_claims()
@@ -151,21 +260,18 @@ class Watcher:
                 channel in node.payee_channels or channel in node.payer_channels
             ):
                 await node.refresh_channel(channel)
-                if kind == "ChannelClosing" and channel in node.payee_channels:
-                    await self._redeem(node.payee_channels[channel], force=True)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
-            await self._answer_claim(f["claim"])
+            self._defend_soon(f["claim"])
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
         elif kind == "ClaimAnswered" and f.get("claimant") == me:
-            self._claim_state(f["claim"], "claimant", "answered")
-            await self._request_state(f["claim"], "rejected")
+            await self._record_outcome(f["claim"])
         elif kind == "ClaimAnswered" and f.get("respondent") == me:
-            self._claim_state(f["claim"], "respondent", "answered")
+            outcome = f.get("outcome")
+            self._claim_state(f["claim"], "respondent", str(outcome or "answered"))
         elif kind == "ClaimUpheld" and f.get("claimant") == me:
             node.counters.claims_won += 1
-            self._claim_state(f["claim"], "claimant", "upheld")
-            await self._request_state(f["claim"], "compensated")
+            await self._record_outcome(f["claim"])
         elif kind == "ClaimUpheld" and f.get("respondent") == me:
             self._claim_state(f["claim"], "respondent", "upheld")
             log.warning("slashed for claim %s", f["claim"].hex())
@@ -173,13 +279,15 @@ class Watcher:
         elif kind in ("Staked", "UnstakeRequested", "StakeWithdrawn") and f.get("account") == me:
             await node.refresh_stake()
 
-    def _claim_state(self, claim_id: bytes, role: str, state: str) -> None:
+    def _claim_state(
+        self, claim_id: bytes, role: str, state: str, request_hash: bytes | None = None
+    ) -> None:
         self.node.persister.stage(
             claim=ClaimRecord(
                 claim_id=claim_id,
                 role=role,
                 state=state,
-                request_hash=claim_id,
+                request_hash=claim_id if request_hash is None else request_hash,
                 updated_at=self.node.now(),
             )
         )
@@ -189,78 +297,238 @@ class Watcher:
         if record is not None and record.state != state:
             self.node.persister.stage(request=_with_state(record, state, self.node.now()))
 
-    async def _answer_claim(self, claim_id: bytes) -> None:
-        """Defend a claim against us with the stored response, or by serving it now."""
+    # -- claims against us (respondent): answered concurrently, retried (C-6, C-7)
+
+    def _defend_soon(self, claim_id: bytes) -> None:
+        """Start the answer task of a claim against us, unless one runs already."""
+        if not self.node.behaviour.answers_claims or self._tasks is None:
+            return
+        if claim_id in self._defending:
+            return
+        self._defending.add(claim_id)
+        self._tasks.start_soon(self._defend, claim_id)
+
+    async def _defend_open_claims(self) -> None:
         node = self.node
         if not node.behaviour.answers_claims:
             return
-        claim = await node.ledger.claim(claim_id)
-        if claim is None or claim.state is not ClaimState.OPEN:
-            return
+        for claim in await node.ledger.claims_of(node.account):
+            if claim.respondent == node.account and claim.state is ClaimState.OPEN:
+                self._defend_soon(claim.id)
+
+    async def _defend(self, claim_id: bytes) -> None:
+        """Answer one claim against us, retrying with backoff until its window ends."""
+        node = self.node
+        answer: _Answer | None = None
+        use_evidence = True
+        delay = BACKOFF_MIN
+        try:
+            while True:
+                try:
+                    claim = await node.ledger.claim(claim_id)
+                    if claim is None or claim.state is not ClaimState.OPEN:
+                        return
+                    if await node.ledger.now() > claim.window_ends:
+                        log.error("claim %s: its window ended unanswered", claim_id.hex())
+                        return
+                    if answer is None:
+                        async with self._limiter:  # at most max_claim_answers at once
+                            answer = await self._prepare_answer(claim, use_evidence)
+                    if answer is not None:
+                        if answer.evidence is not None:
+                            await node.ledger.answer_claim(
+                                node.key,
+                                claim_id,
+                                evidence=answer.evidence,  # type: ignore[call-arg]
+                            )
+                        else:
+                            assert answer.response is not None
+                            await node.ledger.answer_claim(node.key, claim_id, answer.response)
+                        node.counters.claims_answered += 1
+                        self.answers[answer.outcome] += 1
+                        self._claim_state(claim_id, "respondent", answer.outcome)
+                        log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
+                        return
+                except SettlementError as exc:
+                    if exc.code in _FINAL:
+                        log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
+                        return
+                    if exc.code in _BAD_ANSWER:
+                        if answer is not None and answer.evidence is not None:
+                            answer, use_evidence = None, False  # answer with a response
+                            continue
+                        log.error("answer to claim %s refused: %s", claim_id.hex(), exc)
+                        return
+                    log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
+                except (P2payError, OSError) as exc:
+                    log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
+                await trio.sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX)
+        finally:
+            self._defending.discard(claim_id)
+
+    async def _prepare_answer(self, claim: Claim, use_evidence: bool) -> _Answer | None:
+        """The answer to a claim against us, or None to try again later.
+
+        In order: the signed answer we stored for the request (OK or refusal); a request
+        the payer signed that conflicts with the claimed one (evidence); else the request
+        never reached us: admit it by the rules of a stream (`PayeeChannel.admit_claimed`)
+        and serve it, or refuse it, with a signed response.
+        """
+        node = self.node
+        try:
+            request = decode_frame(claim.request_frame)
+        except P2payError as exc:
+            log.error("claim %s carries no usable request: %s", claim.id.hex(), exc)
+            return None
+        if not isinstance(request, Request):
+            log.error("claim %s carries no request", claim.id.hex())
+            return None
         await node.persister.flush()
-        stored = await node.store.response(claim_id)
-        response: Response | None = None
+        stored = await node.store.response(request.hash)
         if stored is not None:
             frame = decode_frame(stored.frame)
             if isinstance(frame, Response):
-                response = frame
-        if response is None:
-            response = await self._serve_claimed(claim.request_frame)
-        if response is None:
-            log.error("cannot answer claim %s: no response and request unusable", claim_id.hex())
-            return
+                return _Answer(response=frame)
         try:
-            await node.ledger.answer_claim(node.key, claim_id, response)
-        except SettlementError as exc:
-            log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
-            return
-        node.counters.claims_answered += 1
-        self._claim_state(claim_id, "respondent", "answered")
-        log.info("answered claim %s", claim_id.hex())
-
-    async def _serve_claimed(self, request_frame: bytes) -> Response | None:
-        """The request never reached us (or we lost it): answer it now, charging nothing."""
-        node = self.node
-        try:
-            request = decode_frame(request_frame)
-        except P2payError:
-            return None
-        if not isinstance(request, Request):
-            return None
-        ch = node.payee_channels.get(request.channel)
-        spent = ch.spent if ch is not None else 0
-        service = node.services.get(request.service)
-        if service is None:
-            return Response.create(
+            ch = await node._payee_channel_for(request, claim.claimant)
+        except RemoteProtocolError as exc:  # e.g. CHALLENGE_TOO_SHORT: never adopted
+            response = Response.create(
                 node.signer,
                 request=request,
-                status=ErrorCode.UNKNOWN_SERVICE.value,
+                status=exc.code.value,
                 price=0,
-                spent=spent,
-                body=refusal_body(f"no service {request.service!r}"),
+                spent=0,
+                body=refusal_body(exc.message, exc.details),
             )
-        from p2pay.node import Call
+            return _Answer(response=response)
+        if ch is None:
+            log.error("claim %s is on a channel we are not paid on", claim.id.hex())
+            return None
+        if request.n in ch.pending:
+            return None  # being served on a stream: its stored answer comes when it ends
+        seen: list[Request] = []
+        for other in await self._known_requests(ch):
+            if other.hash != request.hash and other.channel == request.channel:
+                seen.append(other)
+        if use_evidence:
+            evidence = self._evidence(ch, request, seen)
+            if evidence is not None:
+                return _Answer(evidence=evidence)
+        same_n = any(other.n == request.n for other in seen)
+        return _Answer(response=await self._serve_claimed(ch, request, claim, same_n))
 
+    async def _known_requests(self, ch: PayeeChannel) -> list[Request]:
+        """Payer-signed requests of `ch` this node holds (candidates for evidence)."""
+        return [r for r in (ch.verified, ch.best) if r is not None]
+
+    def _evidence(self, ch: PayeeChannel, request: Request, seen: list[Request]) -> Request | None:
+        """A request the payer signed in tiling conflict with `request` (claims.md 2)."""
         try:
-            with trio.fail_after(node.config.default_timeout):
-                body = await service.handler(
-                    Call(
-                        service=request.service,
-                        body=request.body,
-                        peer_id=node.peer_of(ch.payer) if ch is not None else "",
-                        channel=request.channel,
-                        n=request.n,
-                        price=0,
-                        deadline=request.deadline,
-                    )
-                )
-            status, body = STATUS_OK, bytes(body)
-        except Exception as exc:  # the handler's failure is still a signed answer
-            log.warning("handler failed while answering a claim: %r", exc)
-            status, body = ErrorCode.HANDLER_ERROR.value, refusal_body("handler failed")
-        return Response.create(
-            node.signer, request=request, status=status, price=0, spent=spent, body=body
+            from p2pay.core.settlement import tiling_conflict  # type: ignore[attr-defined]
+        except ImportError:  # a ledger of the first claim game has no evidence
+            return None
+        horizon = self.node.ledger.params.max_deadline_horizon_ms
+        for other in seen:
+            if tiling_conflict(request, other, horizon) and other.verify(ch.payer):
+                return other  # type: ignore[no-any-return]
+        return None
+
+    async def _serve_claimed(
+        self, ch: PayeeChannel, request: Request, claim: Claim, seen: bool
+    ) -> Response:
+        """Serve (or refuse) a request that reached us only through a claim (C-6).
+
+        The same admission as on a stream; the handler's deadline is the claim's window
+        end minus the answer margin; the charge is durable before the answer is signed.
+        """
+        from p2pay.node import Call, run_service
+
+        node = self.node
+        service = node.services.get(request.service)
+        margin = min(node.config.claim_answer_margin_ms, (claim.window_ends - claim.filed_at) // 3)
+        deadline = claim.window_ends - margin
+        decision = ch.admit_claimed(
+            request,
+            price=service.price if service is not None else None,
+            max_body=service.max_body if service is not None else 0,
+            seen=seen,
+            deadline=deadline,
         )
+        if isinstance(decision, Refuse):
+            node.counters.refused[decision.code.value] += 1
+            log.info("claim %s refused: %s", claim.id.hex(), decision.code.value)
+            body = refusal_body(decision.message, decision.details)
+            return await self._store_answer(ch, request, claim, decision.code.value, 0, body)
+        assert service is not None
+        call = Call(
+            service=request.service,
+            body=request.body,
+            peer_id=node.peer_of(ch.payer),
+            channel=request.channel,
+            n=request.n,
+            price=decision.price,
+            deadline=deadline,
+        )
+        ok, body, error = False, b"", ""
+        try:
+            now = await node.ledger.now()
+            with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
+                ok, body, error = await run_service(node, service, call)
+            done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
+        except BaseException:
+            if request.n in ch.pending:
+                ch.complete(request.n, ok=False)  # release the reservation: nothing charged
+            raise
+        if ok and done.refusal is None:
+            node.counters.calls_served += 1
+            node.counters.charged += done.charged
+            return await self._store_answer(
+                ch, request, claim, STATUS_OK, done.charged, body, done.spent
+            )
+        if done.refusal is not None or scope.cancelled_caught:
+            code, error = ErrorCode.DEADLINE_EXCEEDED, "not answered before the claim's deadline"
+        else:
+            code = ErrorCode.HANDLER_ERROR
+        node.counters.refused[code.value] += 1
+        body = refusal_body(error)
+        return await self._store_answer(ch, request, claim, code.value, 0, body, done.spent)
+
+    async def _store_answer(
+        self,
+        ch: PayeeChannel,
+        request: Request,
+        claim: Claim,
+        status: str,
+        price: int,
+        body: bytes,
+        spent: int | None = None,
+    ) -> Response:
+        """Sign an answer and make it (and the charge) durable before it is posted."""
+        from p2pay.node import _payee_record
+
+        node = self.node
+        response = Response.create(
+            node.signer,
+            request=request,
+            status=status,
+            price=price,
+            spent=ch.spent if spent is None else spent,
+            body=body,
+        )
+        generation = node.persister.stage(
+            payee=_payee_record(ch),
+            response=StoredResponse(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                frame=response.to_frame(),
+                expires_at=max(request.deadline, claim.window_ends)
+                + node.config.response_retention_ms,
+            ),
+        )
+        await node.persister.durable(generation)
+        return response
 
     # -- periodic duties
 
@@ -330,9 +598,11 @@ class Watcher:
                     continue
             await node.refresh_channel(ch.channel)
 
+    # -- our claims (claimant): re-deliver first, then claim; read outcomes (claims.md 6)
+
     async def _file_claims(self) -> None:
         node = self.node
-        if not node.config.auto_claim:
+        if not node.config.auto_claim or self._tasks is None:
             return
         await node.persister.flush()
         awaiting = await node.store.requests(state="awaiting")
@@ -342,35 +612,98 @@ class Watcher:
         for record in awaiting:
             if now <= record.deadline + node.config.claim_grace_ms:
                 continue
+            if record.request_hash in self._claiming:
+                continue
+            self._claiming.add(record.request_hash)
+            self._tasks.start_soon(self._claim, record)
+
+    async def _claim(self, record: OutgoingRequest) -> None:
+        """Re-send an unanswered paid request; claim it if that fails (one task each)."""
+        node = self.node
+        try:
             stake = await node.ledger.stake_of(record.payee)
             if stake is None or stake.amount == 0:
                 node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
-                continue
-            if now > record.deadline + stake.claim_window_ms:
+                return
+            if await node.ledger.now() > record.deadline + stake.claim_window_ms:
                 node.persister.stage(request=_with_state(record, "expired", node.now()))
-                continue
-            try:
-                request = decode_frame(record.frame)
-                assert isinstance(request, Request)
-                claim_id = await node.ledger.file_claim(node.key, request)
-            except SettlementError as exc:
-                if exc.code is ErrorCode.CLAIM_EXISTS:
-                    node.persister.stage(request=_with_state(record, "claimed", node.now()))
-                else:
-                    log.warning("claim for n=%d refused: %s", record.n, exc)
-                continue
-            node.counters.claims_filed += 1
-            log.info("filed claim %s for n=%d", claim_id.hex(), record.n)
-            node.persister.stage(
-                request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
-                claim=ClaimRecord(
-                    claim_id=claim_id,
-                    role="claimant",
-                    state="open",
-                    request_hash=record.request_hash,
-                    updated_at=node.now(),
-                ),
-            )
+                return
+            answer = await node.redeliver(record, timeout=node.config.redeliver_timeout)
+            if answer is not None:  # its record is now answered or refused: no claim
+                log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
+                return
+            if await node.ledger.now() > record.deadline + stake.claim_window_ms:
+                node.persister.stage(request=_with_state(record, "expired", node.now()))
+                return
+            request = decode_frame(record.frame)
+            if not isinstance(request, Request):
+                return
+            claim_id = await node.ledger.file_claim(node.key, request)
+        except SettlementError as exc:
+            if exc.code is ErrorCode.CLAIM_EXISTS:
+                node.persister.stage(request=_with_state(record, "claimed", node.now()))
+            elif exc.code is ErrorCode.WINDOW_CLOSED:
+                node.persister.stage(request=_with_state(record, "expired", node.now()))
+            elif exc.code in _UNCLAIMABLE:
+                log.warning("claim for n=%d refused: %s", record.n, exc)
+                node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
+            else:
+                log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
+            return
+        except (P2payError, OSError) as exc:
+            log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
+            return
+        finally:
+            self._claiming.discard(record.request_hash)
+        node.counters.claims_filed += 1
+        log.info("filed claim %s for n=%d", claim_id.hex(), record.n)
+        node.persister.stage(
+            request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
+            claim=ClaimRecord(
+                claim_id=claim_id,
+                role="claimant",
+                state="open",
+                request_hash=record.request_hash,
+                updated_at=node.now(),
+            ),
+        )
+
+    async def _record_outcome(self, claim_id: bytes) -> None:
+        """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it."""
+        node = self.node
+        claim = await node.ledger.claim(claim_id)
+        if claim is None or claim.state is ClaimState.OPEN:
+            return
+        outcome = claim_outcome(claim)
+        request = decode_frame(claim.request_frame)
+        if not isinstance(request, Request):
+            return
+        status, response = "", b""
+        if claim.response_frame:
+            checked = check_claim_answer(claim, request)
+            status = checked.status if checked is not None else "INVALID"
+            response = claim.response_frame if checked is not None else b""
+        doc = {
+            "outcome": outcome,
+            "status": status,
+            "bond": str(claim.bond),
+            "bond_returned": outcome != "frivolous",
+            "refund": str(getattr(claim, "refund", 0)),
+            "clawed": str(getattr(claim, "clawed", 0)),
+            "slashed": str(claim.slashed),
+            "response": response.hex(),
+        }
+        node.persister.stage(
+            claim=ClaimRecord(
+                claim_id=claim_id,
+                role="claimant",
+                state=outcome,
+                request_hash=request.hash,
+                updated_at=node.now(),
+            ),
+            meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
+        )
+        await self._request_state(request.hash, _REQUEST_STATE.get(outcome, "claimed"))
 
     async def _resolve_claims(self) -> None:
         node = self.node
@@ -382,11 +715,39 @@ class Watcher:
             claim = await node.ledger.claim(record.claim_id)
             if claim is None:
                 continue
-            if claim.state is ClaimState.OPEN and now > claim.window_ends:
+            if claim.state is not ClaimState.OPEN:  # an outcome event we missed
+                await self._record_outcome(record.claim_id)
+            elif now > claim.window_ends:
                 try:
                     await node.ledger.resolve_claim(node.key, record.claim_id)
                 except SettlementError as exc:
                     log.warning("resolve %s refused: %s", record.claim_id.hex(), exc)
+
+
+def check_claim_answer(claim: Claim, request: Request) -> Response | None:
+    """The response a claim was answered with, checked like a receipt (C-5), or None.
+
+    Signed by the respondent, for the claimed request, body matching its hash, charging
+    at most the request's price (and nothing unless OK).
+    """
+    try:
+        response = decode_frame(claim.response_frame)
+    except P2payError:
+        return None
+    if not isinstance(response, Response):
+        return None
+    if (
+        response.request_hash != request.hash
+        or response.channel != request.channel
+        or response.n != request.n
+        or response.ledger != request.ledger
+        or not response.body_matches()
+        or response.price > request.price
+        or (response.status != STATUS_OK and response.price != 0)
+        or not response.verify(claim.respondent)
+    ):
+        return None
+    return response
 
 
 def _with_state(

@@ -78,6 +78,7 @@ DEMO_NODE = {
     "watch_interval": 0.2,
     "claim_grace_ms": 200,
     "challenge_ms": CHALLENGE_MS,
+    "min_challenge_ms": CHALLENGE_MS,  # demo-sized: the demo's ledger allows short ones
     "hello_timeout": 5.0,
 }
 START_TIMEOUT = 30.0  # a provider prints its address within this

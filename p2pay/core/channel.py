@@ -23,37 +23,45 @@ Payee (`PayeeChannel`), per channel:
   per channel. Limit 0 checks every voucher on arrival.
 
 `PayeeChannel.admit` applies the checks of specs/protocol.md in a fixed order and returns
-`Admit` or `Refuse` (values, never exceptions, for anything a peer caused). The credit
-rule reserves the price when ``max(paid_max, paid) - spent - reserved >= price``. When
-the handler finishes, `PayeeChannel.complete` turns the reservation into a charge
-(success) or releases it (failure: the refund), and returns the ``spent`` the receipt
-must carry. The node makes that state durable before the receipt leaves, and sends
-receipts in the order `complete`/`refused` produced them, so ``spent`` only grows along
-the stream.
+`Admit` or `Refuse` (values, never exceptions, for anything a peer caused). From protocol
+version 2 the credit rule is the **slice rule** (specs/claims.md section 2): every fresh
+request takes a fresh slice ``(paid - price, paid]`` of the paid line, so it is admitted
+only if ``request.paid - request.price >= paid_max`` (``paid_max`` before this request);
+the service's price is then reserved inside that slice. When the handler finishes,
+`PayeeChannel.complete` turns the reservation into a charge (success, in time) or releases
+it (failure, or the request's deadline passed meanwhile: a late answer is never charged,
+C-4), and returns the ``spent`` the receipt must carry. The node makes that state durable
+before the receipt leaves, and sends receipts in the order `complete`/`refused` produced
+them, so ``spent`` only grows along the stream.
 
-Payer (`PayerChannel`), per channel: ``last_n``, ``paid`` (highest it signed),
-``spent`` (from receipts), requests in flight and requests abandoned (timed out). The
-next request signs ``paid = max(paid, spent + in_flight + abandoned + price)``: credit
-left by refused requests is reused, and the payer never signs more than
-``spent`` plus what is in flight, so a cheating payee can take at most the prices of
-requests in flight. `PayerChannel.on_response` checks each receipt: signed by the
+Payer (`PayerChannel`), per channel: ``last_n``, ``paid`` (the end of the highest slice it
+signed, or the payee's checked ``paid_max`` it learnt from a resync), ``spent`` (from
+receipts), requests in flight and requests abandoned (timed out). The next request signs
+``paid = paid + price``: credit of refused or abandoned requests is **never** reused, so
+the slices of one channel are disjoint and ordered by ``n`` and a refusal or a claim can be
+checked against them. `PayerChannel.on_response` checks each receipt: signed by the
 payee, for the request it answers, charging at most that request's ``price``, and
 ``spent`` moving by exactly the charged price (more only by prices of abandoned
-requests, which the payee may have charged before their receipts were lost).
+requests, which the payee may have charged before their receipts were lost; a receipt
+the payee serves again from its store, with the ``spent`` of its time, moves nothing).
 
 Each abandoned price can explain such a jump once: the payer counts the yocto of jumps
-it accepted in ``absorbed`` (kept at most the sum of abandoned prices), subtracts them
-from what abandoned requests still hold back, and refuses a jump beyond the abandoned
-prices not yet absorbed. Without that, one abandoned request would let a payee raise
-``spent`` by its price on every later receipt, up to the deposit. (Which abandoned
-request a jump charged is unknown, so a late receipt of an abandoned request is still
-accepted; a cheating payee can thus take an abandoned request's price once beyond what
-it served, which is the bound above: the prices of outstanding requests.)
+it accepted in ``absorbed`` (kept at most the sum of abandoned prices and ``forgotten``),
+subtracts them from what abandoned requests still hold back, and refuses a jump beyond the
+abandoned prices not yet absorbed. Without that, one abandoned request would let a payee
+raise ``spent`` by its price on every later receipt, up to the deposit. ``forgotten`` is
+the part of a checked resync voucher's ``paid`` this payer cannot account for after it
+lost its state (slices it signed in a life it forgot): the payee may have charged them.
+
+An unsigned REPLAY proves nothing (`PayerChannel.on_replay`): the request stays on record
+(in flight, then abandoned: claimable) unless the payer's *own signature* on the payee's
+resync voucher proves the request was superseded by one it signed and forgot.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +108,22 @@ class Refuse:
 
 Decision = Admit | Refuse
 
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What `PayeeChannel.complete` decided: ``charged`` (0 if nothing was), the ``spent``
+    the answer carries, and ``refusal``: DEADLINE_EXCEEDED when the handler finished after
+    the request's deadline (the node then sends that signed refusal, not the answer), else
+    None. Unpacks as ``(charged, spent)``."""
+
+    charged: int
+    spent: int
+    refusal: ErrorCode | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.charged, self.spent))
+
+
 #: Default `PayeeChannel.unverified_credit_limit` (and `NodeConfig.unverified_credit_limit`):
 #: 10**20 yocto = 0.0001 token of service a payer may get on vouchers whose signatures the
 #: payee has not checked yet (specs/protocol.md 13.4). At a price of 10**18 yocto per request
@@ -125,6 +149,8 @@ class PayeeChannel:
     reserved: int = 0
     redeemed: int = 0
     pending: dict[int, int] = field(default_factory=dict)  # n -> reserved price
+    #: n -> deadline of each pending request (checked again at completion, C-4)
+    deadlines: dict[int, int] = field(default_factory=dict)
     #: the newest voucher whose signature was checked (``best`` once it is checked)
     verified: Request | None = None
     #: most yocto charged or reserved beyond ``verified.paid`` (0: check every voucher)
@@ -196,10 +222,10 @@ class PayeeChannel:
         if self.spent + self.reserved + price > self.verified_paid + allowance:
             return False
         paid_max = max(self.paid_max, request.paid)
-        return (
-            self._service_refusal(request, price, max_body, now, overloaded, max_deadline, paid_max)
-            is None
+        refusal = self._service_refusal(
+            request, price, max_body, now, overloaded, max_deadline, paid_max, self.paid_max
         )
+        return refusal is None
 
     def _service_refusal(
         self,
@@ -210,8 +236,13 @@ class PayeeChannel:
         overloaded: bool,
         max_deadline: int | None,
         paid_max: int,
+        floor: int,
     ) -> tuple[ErrorCode, str, dict[str, Any]] | None:
-        """Checks 7-13 of protocol.md 13.2 (pure): the refusal, or None to admit."""
+        """Checks 7-13 of protocol.md 13.2 (pure): the refusal, or None to admit.
+
+        `paid_max` is the payee's after this request (raised to its ``paid``), `floor`
+        the one before it: the request's slice must start at or above `floor`.
+        """
         if self.status is not ChannelStatus.OPEN:
             return (ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}", {})
         if now > request.deadline:
@@ -236,8 +267,17 @@ class PayeeChannel:
                 f"service costs {price}, request allows {request.price}",
                 {"price": price},
             )
+        if request.paid - request.price < floor:
+            # The slice rule (protocol.md 14.1, claims.md 2): a fresh request never reuses
+            # credit, its slice (paid - price, paid] lies above every voucher seen.
+            return (
+                ErrorCode.PAYMENT_REQUIRED,
+                f"request's slice starts at {request.paid - request.price}, below the "
+                f"paid_max {floor} already authorised: sign paid >= {floor + request.price}",
+                {"price": price, "paid_max": floor, "spent": self.spent},
+            )
         credit = paid_max - self.spent - self.reserved
-        if credit < price:
+        if credit < price:  # implied by the slice rule while INV-1 holds; kept as a guard
             return (
                 ErrorCode.PAYMENT_REQUIRED,
                 f"credit {credit} is below the price {price}",
@@ -308,8 +348,7 @@ class PayeeChannel:
             if improved:
                 self.paid_max = request.paid
                 self.best = request
-            self.reserved += price
-            self.pending[request.n] = price
+            self._reserve(request, price)
             return Admit(request.n, price, improved)
         if signature_ok is None:
             signature_ok = request.verify(self.payer)
@@ -325,6 +364,7 @@ class PayeeChannel:
             )
         # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
         self.last_n = request.n
+        floor = self.paid_max  # the slice rule compares with paid_max before this request
         improved = False
         if request.paid > self.deposit:
             return Refuse(
@@ -349,7 +389,7 @@ class PayeeChannel:
             )
 
         refusal = self._service_refusal(
-            request, price, max_body, now, overloaded, max_deadline, self.paid_max
+            request, price, max_body, now, overloaded, max_deadline, self.paid_max, floor
         )
         if refusal is not None:
             return refuse(*refusal)
@@ -371,21 +411,31 @@ class PayeeChannel:
                     f"credit on checked vouchers {checked} is below the price {price}",
                     {"price": price, "credit": checked, "spent": self.spent},
                 )
-        self.reserved += price
-        self.pending[request.n] = price
+        self._reserve(request, price)
         return Admit(request.n, price, improved)
 
-    def complete(self, n: int, *, ok: bool) -> tuple[int, int]:
+    def _reserve(self, request: Request, price: int) -> None:
+        self.reserved += price
+        self.pending[request.n] = price
+        self.deadlines[request.n] = request.deadline
+
+    def complete(self, n: int, *, ok: bool, now: int | None = None) -> Completion:
         """The handler for admitted request `n` finished.
 
         Args:
             n: the request number `admit` returned in `Admit`.
             ok: True if the handler succeeded (charge the reserved price), False if it
                 failed (release the reservation: nothing is charged).
+            now: Unix ms when it finished. If it is past the request's deadline, nothing
+                is charged whatever `ok` says (C-4: a late answer is not charged): the
+                result's ``refusal`` is DEADLINE_EXCEEDED and the node sends that signed
+                refusal instead of the answer. None skips the check (callers that
+                release a reservation without answering).
 
         Returns:
-            ``(charged, spent)``: the price charged (0 on failure) and the cumulative
-            spent the receipt carries.
+            A `Completion`: the price charged (0 unless served in time), the cumulative
+            spent the receipt carries, and the refusal code when the answer was late.
+            It unpacks as ``(charged, spent)``.
 
         Raises:
             LocalProtocolError: if `n` was not admitted or is already complete.
@@ -393,11 +443,14 @@ class PayeeChannel:
         price = self.pending.pop(n, None)
         if price is None:
             raise LocalProtocolError(f"request {n} is not awaiting completion")
+        deadline = self.deadlines.pop(n, None)
         self.reserved -= price
+        if now is not None and deadline is not None and now > deadline:
+            return Completion(0, self.spent, ErrorCode.DEADLINE_EXCEEDED)
         if not ok:
-            return (0, self.spent)
+            return Completion(0, self.spent)
         self.spent += price
-        return (price, self.spent)
+        return Completion(price, self.spent)
 
     def resync_details(self) -> dict[str, Any]:
         """What a payer that lost its state needs (sent with REPLAY refusals)."""
@@ -414,6 +467,108 @@ class PayeeChannel:
         if voucher is not None:
             details["voucher"] = voucher.to_frame()
         return details
+
+    def admit_claimed(
+        self,
+        request: Request,
+        *,
+        price: int | None,
+        max_body: int,
+        seen: bool,
+        deadline: int,
+    ) -> Decision:
+        """Decide whether to serve a request that reached us through a claim (claims.md C-6).
+
+        The same checks as `admit` except those that a claim makes moot: the request's
+        own deadline has passed (the claim's answer window bounds the handler instead),
+        and the stream is the ledger's (the ledger checked the payer's signature; it is
+        checked again here). A request numbered above ``last_n`` must take a fresh slice
+        (``paid - price >= paid_max``) and consumes ``n``; one numbered at or below
+        ``last_n`` is admitted only in a gap: the caller found neither an answer to it
+        nor another request numbered ``n`` (``seen`` False) and no tiling conflict with a
+        request it holds. Either way the charge stays within the credit the vouchers
+        cover (``max(paid_max, paid) - spent - reserved >= price``).
+
+        Args:
+            request: the claimed request (decoded from the claim).
+            price: the service's current price, or None if the service is unknown.
+            max_body: the service's largest accepted body.
+            seen: the caller already answered this request or holds another request
+                numbered ``request.n`` on this channel.
+            deadline: Unix ms by which the handler must finish to be charged (the
+                claim's window end minus the answer margin; `complete` checks it).
+
+        Returns:
+            `Admit` (price reserved: finish with `complete`) or a `Refuse` the caller
+            answers with a signed refusal (``price = 0``; every claimed refusal is signed).
+
+        Raises:
+            LocalProtocolError: `price` or `max_body` is not a valid value.
+        """
+        if price is not None and not _is_uint(price, MAX_YOCTO):
+            raise LocalProtocolError(f"a service price must be an amount, not {price!r}")
+        if not _is_uint(max_body, MAX_U64):
+            raise LocalProtocolError(f"max_body must be a non-negative integer, not {max_body!r}")
+
+        def refuse(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> Refuse:
+            return Refuse(code, message, details or {}, authenticated=True)
+
+        if request.ledger != self.ledger or request.channel != self.channel:
+            return refuse(ErrorCode.UNKNOWN_CHANNEL, "request is for another channel")
+        if not request.verify(self.payer):
+            return refuse(ErrorCode.INVALID_SIGNATURE, "request is not signed by the payer")
+        fresh = request.n > self.last_n
+        if not fresh and (seen or request.n in self.pending):
+            return refuse(ErrorCode.REPLAY, f"request number {request.n} was already used")
+        if fresh:
+            self.last_n = request.n  # consumed, as by any authenticated answer
+        if self.status is not ChannelStatus.OPEN:
+            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
+        if request.paid > self.deposit:
+            return refuse(
+                ErrorCode.INSUFFICIENT_DEPOSIT,
+                f"voucher pays {request.paid} but the deposit is {self.deposit}",
+                {"deposit": self.deposit},
+            )
+        if price is None:
+            return refuse(ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}")
+        if len(request.body) > max_body:
+            return refuse(
+                ErrorCode.BODY_TOO_LARGE, f"body over {max_body} bytes", {"max_body": max_body}
+            )
+        if not request.body_matches():
+            return refuse(ErrorCode.MALFORMED, "body does not match its hash")
+        if request.price < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"service costs {price}, request allows {request.price}",
+                {"price": price},
+            )
+        if fresh and request.paid - request.price < self.paid_max:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"the request's slice starts below paid_max {self.paid_max}",
+                {"price": price, "paid_max": self.paid_max},
+            )
+        credit = max(self.paid_max, request.paid) - self.spent - self.reserved
+        if credit < price:
+            return refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"credit {credit} is below the price {price}",
+                {"price": price, "credit": credit, "spent": self.spent},
+            )
+        improved = False
+        if request.paid > self.paid_max:
+            self.paid_max = request.paid
+            self.best = request
+            improved = True
+        if request.paid > self.verified_paid:  # checked above: it covers earlier credit
+            self.verified = request
+            improved = True
+        self.reserved += price
+        self.pending[request.n] = price
+        self.deadlines[request.n] = deadline
+        return Admit(request.n, price, improved)
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +591,21 @@ class Receipt:
     response: Response
 
 
+class Replay(enum.StrEnum):
+    """What an unsigned REPLAY refusal means for the request it names (`on_replay`)."""
+
+    #: The payee may have served (and charged) it: it stays on record, in flight. Re-send
+    #: the same signed request once; an honest payee answers with its stored response.
+    IN_DOUBT = "in_doubt"
+    #: Our own signature proves we lost state: the payee holds a request of ours with a
+    #: number we no longer remember, the same number, or a slice above this one's start.
+    #: This request can never be charged honestly, and a claim on it would be frivolous:
+    #: it is dropped, and the call goes on with a fresh request.
+    SUPERSEDED = "superseded"
+    #: Not a request in flight or abandoned on this channel: nothing to do.
+    UNKNOWN = "unknown"
+
+
 @dataclass(slots=True, kw_only=True)
 class PayerChannel:
     """The payer's view of one channel. Mutated only through its methods."""
@@ -451,20 +621,27 @@ class PayerChannel:
     spent: int = 0
     in_flight: dict[int, Pending] = field(default_factory=dict)
     abandoned: dict[int, Pending] = field(default_factory=dict)
-    #: yocto of ``spent`` jumps accepted as charges of abandoned requests whose receipts
-    #: were lost; never above the sum of ``abandoned`` prices.
+    #: yocto of ``spent`` jumps accepted as charges of abandoned (or forgotten) requests
+    #: whose receipts were lost; never above the abandoned prices plus ``forgotten``.
     absorbed: int = 0
+    #: yocto of a checked resync voucher's ``paid`` this payer could not account for
+    #: after losing its state: the payee may have charged it on requests we forgot.
+    forgotten: int = 0
+
+    def _pool(self) -> int:
+        """What lost receipts may still have charged: abandoned prices and forgotten."""
+        return sum(p.price for p in self.abandoned.values()) + self.forgotten
 
     @property
     def outstanding(self) -> int:
         """Prices of requests sent and not yet answered (in flight, or abandoned and not
-        already accounted for by a ``spent`` jump)."""
-        abandoned = sum(p.price for p in self.abandoned.values())
-        return sum(p.price for p in self.in_flight.values()) + max(0, abandoned - self.absorbed)
+        already accounted for by a ``spent`` jump), plus forgotten credit not absorbed."""
+        in_flight = sum(p.price for p in self.in_flight.values())
+        return in_flight + max(0, self._pool() - self.absorbed)
 
     def _settle_abandoned(self) -> None:
-        """Keep ``absorbed`` within the prices still abandoned."""
-        self.absorbed = min(self.absorbed, sum(p.price for p in self.abandoned.values()))
+        """Keep ``absorbed`` within what lost receipts may still have charged."""
+        self.absorbed = min(self.absorbed, self._pool())
 
     @property
     def available(self) -> int:
@@ -482,14 +659,17 @@ class PayerChannel:
             service: the service name.
             body: the request body (its BLAKE2b-256 is signed).
             price: the most this request may be charged (the service's advertised price).
-            deadline: Unix time in milliseconds after which the payee must not serve it.
+            deadline: Unix time in milliseconds after which the payee must not serve it
+                (the node caps it at ``now + max_deadline_horizon_ms``, claims.md 2).
 
         Returns:
-            The signed request, numbered ``last_n + 1``, with
-            ``paid = max(paid, spent + outstanding + price)``.
+            The signed request, numbered ``last_n + 1``, with ``paid = paid + price``:
+            a fresh slice ``(paid, paid + price]`` above every slice signed or learnt
+            from a resync (protocol.md 14.2; credit is never reused).
 
         Raises:
-            LocalProtocolError: the channel is not open, or `key` is not the payer.
+            LocalProtocolError: the channel is not open, or `key` is not the payer, or
+                `price` is not an amount.
             InsufficientDeposit: the deposit cannot cover this request; top up first.
         """
         if self.status is not ChannelStatus.OPEN:
@@ -498,7 +678,9 @@ class PayerChannel:
             )
         if account_for(key, self.ledger) != self.payer:
             raise LocalProtocolError("only the payer signs requests on a channel")
-        paid = max(self.paid, self.spent + self.outstanding + price)
+        if not _is_uint(price, MAX_YOCTO):
+            raise LocalProtocolError(f"a price must be an amount, not {price!r}")
+        paid = self.paid + price
         if paid > self.deposit:
             raise InsufficientDeposit(
                 f"request needs paid={paid} but the deposit is {self.deposit}",
@@ -535,7 +717,13 @@ class PayerChannel:
         return pending
 
     def on_response(self, response: Response, *, signature_ok: bool | None = None) -> Receipt:
-        """Check a receipt and account for it.
+        """Check a receipt and account for it (specs/protocol.md 14.3).
+
+        A receipt moves ``spent`` by the price it charges (plus a jump explained by lost
+        receipts of abandoned requests). A receipt the payee serves again from its store
+        (a re-sent request, C-4) carries the ``spent`` of its time: if that is at or below
+        ours, its charge is already inside ``spent`` (a jump absorbed it), so it moves
+        nothing and takes its price back out of ``absorbed``.
 
         Args:
             response: a decoded response frame.
@@ -578,13 +766,27 @@ class PayerChannel:
                 code=ErrorCode.MALFORMED,
             )
         expected = self.spent + response.price
+        if response.spent < expected:
+            # A stored receipt served again (protocol.md 14.3 rule 8): its charge lies
+            # inside our spent already, which only a jump we absorbed can explain.
+            if response.spent > self.spent or response.price > self.absorbed:
+                raise RemoteProtocolError(
+                    f"receipt spent {response.spent}, expected {expected} (or a stored "
+                    f"receipt with spent <= {self.spent} charging <= {self.absorbed})",
+                    code=ErrorCode.MALFORMED,
+                )
+            self.in_flight.pop(response.n, None)
+            self.abandoned.pop(response.n, None)
+            self.absorbed -= response.price
+            self._settle_abandoned()
+            return Receipt(response.n, response.price, response.spent, response)
         # A jump above `expected` can only be charges of *other* abandoned requests whose
         # receipts were lost (specs/protocol.md 14.3 rule 7), and each abandoned price
         # explains at most one jump: `absorbed` counts the yocto already explained.
-        abandoned_others = sum(p.price for k, p in self.abandoned.items() if k != response.n)
-        headroom = max(0, abandoned_others - self.absorbed)
+        others = self._pool() - (pending.price if response.n in self.abandoned else 0)
+        headroom = max(0, others - self.absorbed)
         jump = response.spent - expected
-        if not 0 <= jump <= headroom:
+        if jump > headroom:
             raise RemoteProtocolError(
                 f"receipt spent {response.spent}, expected {expected}"
                 + (f" (+ at most {headroom} for abandoned requests)" if headroom else ""),
@@ -598,13 +800,13 @@ class PayerChannel:
         return Receipt(response.n, response.price, response.spent, response)
 
     def on_refusal(self, n: int) -> Pending | None:
-        """An unsigned refusal for `n`: nothing was charged and the voucher was not kept.
+        """An unsigned refusal for `n` other than REPLAY: nothing was charged and the
+        voucher was not kept.
 
         That holds for refusals before authentication (WRONG_LEDGER, UNKNOWN_CHANNEL,
-        UNAUTHORIZED, INVALID_SIGNATURE). A REPLAY refusal does not prove it: the payee
-        had already seen an ``n`` at least this high, possibly this very request (a
-        duplicate, or a retry on a new stream) which it served. For REPLAY of a request
-        whose state was not lost, call `abandon` instead (it may have been charged).
+        UNAUTHORIZED, INVALID_SIGNATURE, OVERLOADED before admission). A REPLAY refusal
+        does not prove it: call `on_replay`. The request's slice is not reused (the next
+        request still starts above it).
 
         Args:
             n: the refused request number.
@@ -616,35 +818,48 @@ class PayerChannel:
         self._settle_abandoned()
         return pending
 
-    def resync(
+    def on_replay(
         self,
+        n: int,
         *,
         last_n: int,
-        spent: int,
         voucher: Request | None,
         paid_max: int | None = None,
-    ) -> None:
-        """Adopt the payee's view after losing state (from a REPLAY refusal's details).
+    ) -> Replay:
+        """An unsigned REPLAY refusal of our request `n`, with the payee's resync details
+        (specs/protocol.md 15).
 
-        The voucher must be one we signed for this channel; the payee's `spent` can never
-        exceed the voucher's `paid` (so a lying payee gains nothing we did not sign).
-        Values only grow: a resync never lowers ``last_n``, ``paid`` or ``spent``.
+        The refusal is unsigned, so it never proves that `n` was not charged: the request
+        stays in flight (the caller re-sends it once, then abandons it: claimable), and
+        ``spent`` is never taken from the details. The payer adopts ``last_n`` (numbers
+        only grow; a lying payee can only exhaust them) and, from the voucher only if it
+        carries **our own** signature, its ``paid`` (so that it never signs a slice below
+        the payee's ``paid_max``). The voucher also tells whether we lost state: if we
+        signed it with a number above our ``last_n``, with `n` and another hash, or with a
+        ``paid`` above the start of `n`'s slice, then `n` was signed in ignorance of it:
+        it is dropped (`Replay.SUPERSEDED`) and the part of the voucher's ``paid`` we
+        cannot account for becomes ``forgotten`` (the payee may have charged it).
 
         Args:
-            last_n: the payee's ``last_n`` (untrusted: from the refusal's details).
-            spent: the payee's ``spent`` (untrusted).
-            voucher: the payee's best voucher, decoded from details["voucher"], or None.
-            paid_max: the payee's ``paid_max`` if the caller has it; it must then equal
-                the voucher's ``paid`` (0 without a voucher), specs/protocol.md 15 step 2.
+            n: the number of the refused request.
+            last_n: the payee's ``last_n`` (untrusted).
+            voucher: the payee's newest checked voucher, decoded from details["voucher"],
+                or None.
+            paid_max: the payee's ``paid_max`` if the details carry it; it must then equal
+                the voucher's ``paid`` (0 without a voucher).
+
+        Returns:
+            `Replay.IN_DOUBT`, `Replay.SUPERSEDED` or `Replay.UNKNOWN` (`n` is neither in
+            flight nor abandoned: the details are still adopted).
 
         Raises:
-            RemoteProtocolError: the voucher is not ours or the numbers are inconsistent.
+            RemoteProtocolError: the voucher is not ours or the numbers are inconsistent;
+                nothing was adopted and the request stays as it was.
         """
-        if not _is_uint(last_n, MAX_U64) or not _is_uint(spent, MAX_YOCTO):
+        if not _is_uint(last_n, MAX_U64):
             raise RemoteProtocolError(
-                "resync last_n and spent must be non-negative integers", code=ErrorCode.MALFORMED
+                "resync last_n must be a request number", code=ErrorCode.MALFORMED
             )
-        paid = 0
         if voucher is not None:
             if (
                 not isinstance(voucher, Request)
@@ -660,19 +875,34 @@ class PayerChannel:
                     f"resync voucher n={voucher.n} is above last_n={last_n}",
                     code=ErrorCode.MALFORMED,
                 )
-            paid = voucher.paid
-        if spent > paid:
-            raise RemoteProtocolError(
-                f"resync spent {spent} is above the voucher's paid {paid}",
-                code=ErrorCode.MALFORMED,
-            )
-        if paid_max is not None and (not _is_uint(paid_max, MAX_YOCTO) or paid_max != paid):
+        shown = voucher.paid if voucher is not None else 0
+        if paid_max is not None and (not _is_uint(paid_max, MAX_YOCTO) or paid_max != shown):
             raise RemoteProtocolError(
                 "resync paid_max is not the voucher's paid", code=ErrorCode.MALFORMED
             )
+        pending = self.in_flight.get(n) or self.abandoned.get(n)
+        outcome = Replay.UNKNOWN if pending is None else Replay.IN_DOUBT
+        if voucher is not None:
+            lost = voucher.n > self.last_n
+            if pending is not None:
+                mine = pending.request
+                lost = (
+                    lost
+                    or (voucher.n == mine.n and voucher.hash != mine.hash)
+                    or (voucher.n < mine.n and voucher.paid > mine.paid - mine.price)
+                )
+                if lost:
+                    outcome = Replay.SUPERSEDED
+                    self.in_flight.pop(n, None)
+                    self.abandoned.pop(n, None)
+                    self._settle_abandoned()
+            if lost:
+                # slices we signed and forgot: the payee may have charged them
+                known = self.spent + self.outstanding
+                self.forgotten += max(0, voucher.paid - known)
+            self.paid = max(self.paid, voucher.paid)
         self.last_n = max(self.last_n, last_n)
-        self.paid = max(self.paid, paid)
-        self.spent = max(self.spent, spent)
+        return outcome
 
 
 def _is_uint(value: object, maximum: int) -> bool:

@@ -48,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     HANDLER_ERROR = "HANDLER_ERROR"
     PRICE_CHANGED = "PRICE_CHANGED"
     VERSION_MISMATCH = "VERSION_MISMATCH"
+    CHALLENGE_TOO_SHORT = "CHALLENGE_TOO_SHORT"  # channel challenge_ms below the payee's minimum
     # --- settlement refusals (specs/settlement.md) ---
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INVALID_AMOUNT = "INVALID_AMOUNT"

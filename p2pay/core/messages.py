@@ -71,8 +71,8 @@ from p2pay.core.signing import (
     verify_message,
 )
 
-PROTOCOL_VERSION = 1
-PROTOCOL_ID = "/p2pay/1.0.0"
+PROTOCOL_VERSION = 2  # 2: paid slices (specs/claims.md 2), idempotent re-sends
+PROTOCOL_ID = "/p2pay/2.0.0"
 DOMAIN_HELLO = "p2pay/v1/hello"
 DOMAIN_REQUEST = "p2pay/v1/request"
 DOMAIN_RESPONSE = "p2pay/v1/response"

@@ -30,11 +30,12 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from p2pay.core import codec
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
-from p2pay.core.messages import MAX_LEDGER_ID_SIZE, Request, Response
+from p2pay.core.messages import KIND_REQUEST, MAX_LEDGER_ID_SIZE, STATUS_OK, Request, Response
 
 __all__ = [
     "BPS",
@@ -42,6 +43,7 @@ __all__ = [
     "CHANNEL_TABLE",
     "CLAIM_TABLE",
     "MAX_AMOUNT",
+    "MAX_CLAIM_BODY_LIMIT",
     "AnswerClaim",
     "Channel",
     "ChannelOpKind",
@@ -77,6 +79,7 @@ __all__ = [
     "claim_transition",
     "invariant_violations",
     "stake_status",
+    "tiling_conflict",
     "touches",
     "touches_loaded",
     "unbonding_period",
@@ -88,6 +91,7 @@ CHANNEL_DOMAIN = b"p2pay/v1/channel"
 ACCOUNT_SIZE = 32
 ID_SIZE = 32
 _MAX_NONCE = (1 << 64) - 1
+MAX_CLAIM_BODY_LIMIT = 1 << 32  # upper bound of Params.max_claim_body
 
 # ---------------------------------------------------------------------------
 # parameters and state
@@ -114,6 +118,7 @@ class Params:
     min_claim_window_ms: int = 1_000
     max_claim_window_ms: int = 30 * 24 * 3_600_000
     max_deadline_horizon_ms: int = 3_600_000  # see specs/settlement.md "Unbonding"
+    max_claim_body: int = 1 << 20  # largest body of a claimed request (bytes)
 
     def __post_init__(self) -> None:
         def need(cond: bool, message: str) -> None:
@@ -144,6 +149,10 @@ class Params:
             _is_int(self.max_deadline_horizon_ms) and self.max_deadline_horizon_ms >= 0,
             "max_deadline_horizon_ms must be an int >= 0",
         )
+        need(
+            _is_int(self.max_claim_body) and 1 <= self.max_claim_body <= MAX_CLAIM_BODY_LIMIT,
+            "max_claim_body must be an int in [1, 2**32]",
+        )
 
 
 class ChannelState(enum.StrEnum):
@@ -162,6 +171,14 @@ class Channel:
     challenge_ms: int
     state: ChannelState = ChannelState.OPEN
     closes_at: int = 0  # when a payer's close may be finalized
+    paid_seen: int = 0  # highest `paid` of a payer-signed request seen (redeemed or claimed)
+    refunded: int = 0  # sum of claim refunds (REFUSED and UPHELD claims' prices)
+    clawed: int = 0  # taken back from the payee's stake for refunds it had redeemed
+
+    @property
+    def entitled(self) -> int:
+        """The most the payee may hold from this channel: ``max(0, paid_seen - refunded)``."""
+        return max(0, self.paid_seen - self.refunded)
 
     @property
     def escrow(self) -> int:
@@ -176,6 +193,7 @@ class Stake:
     claim_window_ms: int
     unbonding_at: int = 0  # 0 = bonded; else when withdraw_stake becomes possible
     open_claims: int = 0
+    unstake_requested_at: int = 0  # when RequestUnstake ran (0 = not unbonding)
 
 
 class StakeStatus(enum.StrEnum):
@@ -216,9 +234,13 @@ def unbonding_period(params: Params, claim_window_ms: int) -> int:
 
 
 class ClaimState(enum.StrEnum):
+    """A claim's outcome (specs/claims.md section 3). All but OPEN are final."""
+
     OPEN = "open"
-    ANSWERED = "answered"  # rejected: respondent answered in time, bond to respondent
-    UPHELD = "upheld"  # resolved after the window: respondent slashed
+    DELIVERED = "delivered"  # answered with an OK response: bond back to the claimant
+    REFUSED = "refused"  # answered with a refusal: bond back, price refunded
+    FRIVOLOUS = "frivolous"  # answered with conflicting payer-signed evidence: bond to respondent
+    UPHELD = "upheld"  # nothing answered in the window: slash, price refunded, bond back
 
 
 @dataclass(slots=True, kw_only=True)
@@ -228,13 +250,19 @@ class Claim:
     respondent: bytes
     channel: bytes
     n: int
+    price: int  # the claimed request's price, paid and deadline (copied at filing)
+    paid: int
+    deadline: int
     bond: int
     filed_at: int
     window_ends: int
     state: ClaimState = ClaimState.OPEN
     request_frame: bytes = b""
-    response_frame: bytes = b""  # the answer, readable by the claimant
+    response_frame: bytes = b""  # the answer (DELIVERED / REFUSED), readable by the claimant
     slashed: int = 0
+    refund: int = 0  # price refunded to the claimant (REFUSED / UPHELD)
+    clawed: int = 0  # part of the refund taken from the respondent's stake
+    evidence_frame: bytes = b""  # FRIVOLOUS: the conflicting payer-signed request (frame)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -373,9 +401,12 @@ class FileClaim:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AnswerClaim:
+    """Answer a claim with exactly one of `response` or `evidence` (specs/settlement.md 5)."""
+
     sender: bytes
     claim: bytes
-    response: Response  # with signature and body
+    response: Response | None = None  # signed by the respondent, with its body
+    evidence: Request | None = None  # payer-signed request in tiling conflict with the claim
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -449,13 +480,19 @@ class ClaimOpKind(enum.StrEnum):
 
 
 #: (claim state, op) -> next state, or the code of the refusal. FileClaim creates OPEN.
-CLAIM_TABLE: dict[tuple[ClaimState, ClaimOpKind], ClaimState | ErrorCode] = {
-    (ClaimState.OPEN, ClaimOpKind.ANSWER): ClaimState.ANSWERED,
-    (ClaimState.OPEN, ClaimOpKind.RESOLVE): ClaimState.UPHELD,
-    (ClaimState.ANSWERED, ClaimOpKind.ANSWER): ErrorCode.CLAIM_CLOSED,
-    (ClaimState.ANSWERED, ClaimOpKind.RESOLVE): ErrorCode.CLAIM_CLOSED,
-    (ClaimState.UPHELD, ClaimOpKind.ANSWER): ErrorCode.CLAIM_CLOSED,
-    (ClaimState.UPHELD, ClaimOpKind.RESOLVE): ErrorCode.CLAIM_CLOSED,
+#: ANSWER from OPEN leads to DELIVERED, REFUSED or FRIVOLOUS: the answer decides which
+#: (`ANSWER_OUTCOMES`); the table holds the set of allowed outcomes.
+CLAIM_TABLE: dict[tuple[ClaimState, ClaimOpKind], frozenset[ClaimState] | ErrorCode] = {
+    (ClaimState.OPEN, ClaimOpKind.ANSWER): frozenset(
+        {ClaimState.DELIVERED, ClaimState.REFUSED, ClaimState.FRIVOLOUS}
+    ),
+    (ClaimState.OPEN, ClaimOpKind.RESOLVE): frozenset({ClaimState.UPHELD}),
+    **{
+        (final, op): ErrorCode.CLAIM_CLOSED
+        for final in ClaimState
+        if final is not ClaimState.OPEN
+        for op in ClaimOpKind
+    },
 }
 
 
@@ -478,15 +515,16 @@ def channel_transition(state: ChannelState, op: ChannelOpKind) -> ChannelState:
     return outcome
 
 
-def claim_transition(state: ClaimState, op: ClaimOpKind) -> ClaimState:
-    """The state a claim moves to under `op`.
+def claim_transition(state: ClaimState, op: ClaimOpKind) -> frozenset[ClaimState]:
+    """The states a claim may move to under `op` (the answer itself picks one).
 
     Args:
         state: the claim's current state.
         op: the operation kind.
 
     Returns:
-        The next state.
+        The allowed next states: DELIVERED, REFUSED, FRIVOLOUS for ANSWER on an OPEN claim,
+        UPHELD for RESOLVE on an OPEN claim.
 
     Raises:
         SettlementError: the transition is illegal; its code comes from `CLAIM_TABLE`.
@@ -495,6 +533,47 @@ def claim_transition(state: ClaimState, op: ClaimOpKind) -> ClaimState:
     if isinstance(outcome, ErrorCode):
         raise SettlementError(f"{op.value} not allowed on a {state.value} claim", code=outcome)
     return outcome
+
+
+def tiling_conflict(claimed: Request, other: Request, horizon_ms: int) -> bool:
+    """True if two payer-signed requests of one channel are in tiling conflict.
+
+    specs/claims.md section 2: with ``(a, b)`` the pair ordered by ``n``, a conflict is the
+    same ``n`` with different hashes, or ``a.n < b.n`` and either ``a.paid > b.paid -
+    b.price`` (the slices overlap or are out of order) or ``a.deadline > b.deadline +
+    horizon_ms`` (``a`` is post-dated). An honest payer never signs a conflict. Pure: the
+    caller checks that both are signed by the channel's payer and name the same channel.
+
+    Args:
+        claimed: one request (the claimed one, in AnswerClaim).
+        other: the other request (the evidence).
+        horizon_ms: the ledger's ``max_deadline_horizon_ms``.
+
+    Returns:
+        Whether the two requests conflict.
+    """
+    return _slices_conflict(_Slice.of(claimed), _Slice.of(other), horizon_ms)
+
+
+class _Slice(NamedTuple):
+    """What a tiling conflict compares of a request (its stored copy in a `Claim` too)."""
+
+    n: int
+    paid: int
+    price: int
+    deadline: int
+    hash: bytes
+
+    @classmethod
+    def of(cls, request: Request) -> _Slice:
+        return cls(request.n, request.paid, request.price, request.deadline, request.hash)
+
+
+def _slices_conflict(x: _Slice, y: _Slice, horizon_ms: int) -> bool:
+    if x.n == y.n:
+        return x.hash != y.hash
+    a, b = (x, y) if x.n < y.n else (y, x)
+    return a.paid > b.paid - b.price or a.deadline > b.deadline + horizon_ms
 
 
 # ---------------------------------------------------------------------------
@@ -588,6 +667,7 @@ def touches_loaded(op: Op, state: State) -> Touches:
     """
     direct = touches(op)
     accounts = set(direct.accounts)
+    channels = set(direct.channels)
     for cid in direct.channels:
         channel = state.channels.get(cid)
         if channel is not None:
@@ -595,10 +675,13 @@ def touches_loaded(op: Op, state: State) -> Touches:
     for claim_id in direct.claims:
         claim = state.claims.get(claim_id)
         if claim is not None:
+            # a claim's channel has the claimant as payer and the respondent as payee
+            # (FileClaim), so loading it adds no further parties
             accounts.update((claim.claimant, claim.respondent))
+            channels.add(claim.channel)
     return Touches(
         accounts=frozenset(accounts),
-        channels=direct.channels,
+        channels=frozenset(channels),
         stakes=direct.stakes | accounts,
         claims=direct.claims,
         new_channel=direct.new_channel,
@@ -726,11 +809,18 @@ def _claim(state: State, claim_id: object) -> Claim:
 
 
 def _voucher_pay(channel: Channel, voucher: Request, amount: int | None) -> int:
-    """What redeeming `voucher` (capped by `amount`) pays now (specs 4, Redeem step 7)."""
-    target = min(voucher.paid, channel.deposit)
+    """What redeeming `voucher` (capped by `amount`) pays now (specs 4, Redeem step 7).
+
+    The payee may hold at most its entitlement ``max(paid_seen, voucher.paid) - refunded``
+    (refunded slices are not its money), never more than the deposit, and what it holds is
+    ``redeemed - clawed`` (clawbacks went back to claimants).
+    """
+    entitled = max(0, max(channel.paid_seen, voucher.paid) - channel.refunded)
+    target = min(entitled, channel.deposit)
     if amount is not None:
         target = min(target, amount)
-    return max(0, target - channel.redeemed)
+    held = channel.redeemed - channel.clawed
+    return max(0, min(target - held, channel.deposit - channel.redeemed))
 
 
 def _event(kind: EventKind, now: int, **fields: Any) -> Event:
@@ -874,6 +964,7 @@ def _redeem(state: State, op: Redeem, now: int) -> _Result:
     if pay == 0:
         return 0, []
     channel.redeemed += pay
+    channel.paid_seen = max(channel.paid_seen, voucher.paid)
     return pay, [_redeemed_event(channel, voucher, pay, now)]
 
 
@@ -908,6 +999,7 @@ def _payee_close(state: State, op: PayeeClose, now: int) -> _Result:
     if pay > 0:
         assert voucher is not None
         channel.redeemed += pay
+        channel.paid_seen = max(channel.paid_seen, voucher.paid)
         events.append(_redeemed_event(channel, voucher, pay, now))
     channel.state = new_state
     events.append(_closed_event(channel, "payee", refund, now))
@@ -1017,6 +1109,7 @@ def _request_unstake(state: State, op: RequestUnstake, now: int) -> _Result:
     _need(status is StakeStatus.BONDED, ErrorCode.UNBONDING, "already unbonding")
     assert stake is not None
     stake.unbonding_at = now + unbonding_period(state.params, stake.claim_window_ms)
+    stake.unstake_requested_at = now
     event = _event(
         EventKind.UNSTAKE_REQUESTED,
         now,
@@ -1047,17 +1140,43 @@ def _withdraw_stake(state: State, op: WithdrawStake, now: int) -> _Result:
     balances.commit()
     stake.amount = 0
     stake.unbonding_at = 0
+    stake.unstake_requested_at = 0
     return None, [_event(EventKind.STAKE_WITHDRAWN, now, account=op.sender, amount=amount)]
 
 
-def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
-    request = op.request
+def _check_claimed_request(state: State, request: object) -> Request:
+    """FileClaim's argument checks (specs/settlement.md 5, FileClaim step 1)."""
     if not isinstance(request, Request):
         raise _fail(ErrorCode.INVALID_ARGUMENT, "a claim carries a signed Request")
+    _need(_is_int(request.n) and request.n >= 1, ErrorCode.INVALID_ARGUMENT, "n starts at 1")
     _need(
-        request.ledger == state.params.ledger_id,
-        ErrorCode.WRONG_LEDGER,
-        "request is for another ledger",
+        _is_int(request.price) and request.price >= 1,
+        ErrorCode.INVALID_ARGUMENT,
+        "a claimed request has a price (a free request cannot be claimed)",
+    )
+    _need(
+        _is_int(request.paid) and request.paid >= request.price,
+        ErrorCode.INVALID_ARGUMENT,
+        "paid must cover the request's price",
+    )
+    _need(
+        isinstance(request.service, str) and request.service != "",
+        ErrorCode.INVALID_ARGUMENT,
+        "a claimed request names a service",
+    )
+    _need(
+        isinstance(request.body, bytes) and len(request.body) <= state.params.max_claim_body,
+        ErrorCode.INVALID_ARGUMENT,
+        f"a claimed request's body is at most {state.params.max_claim_body} bytes",
+    )
+    return request
+
+
+def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
+    params = state.params
+    request = _check_claimed_request(state, op.request)
+    _need(
+        request.ledger == params.ledger_id, ErrorCode.WRONG_LEDGER, "request is for another ledger"
     )
     channel = _channel(state, request.channel)
     _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the channel's payer claims")
@@ -1068,6 +1187,11 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         "request is not signed by the channel's payer",
     )
     _need(request.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
+    _need(
+        request.paid <= channel.deposit,
+        ErrorCode.VOUCHER_EXCEEDS_DEPOSIT,
+        "the request's paid exceeds the channel's deposit",
+    )
     stake = state.stakes.get(channel.payee)
     _need(
         stake is not None and stake.amount > 0,
@@ -1075,6 +1199,12 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         "the payee has no stake to claim against",
     )
     assert stake is not None
+    if stake_status(stake) is StakeStatus.UNBONDING:
+        _need(
+            request.deadline <= stake.unstake_requested_at + params.max_deadline_horizon_ms,
+            ErrorCode.UNBONDING,
+            "the request was made after the stake began unbonding (claims.md C-9)",
+        )
     _need(now > request.deadline, ErrorCode.DEADLINE_NOT_PASSED, "deadline has not passed")
     _need(
         now <= request.deadline + stake.claim_window_ms,
@@ -1083,7 +1213,7 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     )
     claim_id = request.hash
     _need(claim_id not in state.claims, ErrorCode.CLAIM_EXISTS, "request already claimed")
-    bond = state.params.claim_bond
+    bond = params.claim_bond
     balances = _Balances(state)
     balances.debit(op.sender, bond)
     balances.commit()
@@ -1093,6 +1223,9 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         respondent=channel.payee,
         channel=channel.id,
         n=request.n,
+        price=request.price,
+        paid=request.paid,
+        deadline=request.deadline,
         bond=bond,
         filed_at=now,
         window_ends=now + stake.claim_window_ms,
@@ -1100,6 +1233,7 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     )
     state.claims[claim_id] = claim
     stake.open_claims += 1
+    channel.paid_seen = max(channel.paid_seen, request.paid)
     event = _event(
         EventKind.CLAIM_FILED,
         now,
@@ -1108,6 +1242,8 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         respondent=claim.respondent,
         channel=claim.channel,
         n=claim.n,
+        price=claim.price,
+        paid=claim.paid,
         deadline=request.deadline,
         bond=bond,
         window_ends=claim.window_ends,
@@ -1122,34 +1258,133 @@ def _respondent_stake(state: State, claim: Claim) -> Stake:
     return stake
 
 
+def _claim_channel(state: State, claim: Claim) -> Channel:
+    channel = state.channels.get(claim.channel)
+    _need(channel is not None, ErrorCode.INTERNAL, "the claim's channel is not loaded")
+    assert channel is not None
+    return channel
+
+
+def _conflicts(claim: Claim, evidence: Request, horizon_ms: int) -> bool:
+    """`tiling_conflict` between the claimed request (its stored fields) and `evidence`."""
+    claimed = _Slice(claim.n, claim.paid, claim.price, claim.deadline, claim.id)
+    return _slices_conflict(claimed, _Slice.of(evidence), horizon_ms)
+
+
+@dataclass(slots=True)
+class _Refund:
+    """A planned refund of a claim's price (specs/settlement.md 5.2): checked, not applied."""
+
+    refunded: int  # the channel's new `refunded`
+    claw: int  # taken from the respondent's stake, paid to the claimant
+
+
+def _plan_refund(channel: Channel, claim: Claim, stake_left: int) -> _Refund:
+    # `refunded` saturates at MAX: the entitlement is already 0 beyond paid_seen <= MAX, so a
+    # saturated sum changes nothing and a refund can never fail (and lock the claim) on it.
+    refunded = min(MAX_AMOUNT, channel.refunded + claim.price)
+    entitled = max(0, channel.paid_seen - refunded)
+    excess = max(0, channel.redeemed - channel.clawed - entitled)
+    return _Refund(refunded=refunded, claw=min(excess, claim.price, stake_left))
+
+
+def _apply_refund(channel: Channel, claim: Claim, stake: Stake, refund: _Refund) -> None:
+    channel.refunded = refund.refunded
+    channel.clawed += refund.claw
+    stake.amount -= refund.claw
+    claim.refund = claim.price
+    claim.clawed = refund.claw
+
+
+def _check_answer(op: AnswerClaim) -> Response | Request:
+    response, evidence = op.response, op.evidence
+    _need(
+        (response is None) != (evidence is None),
+        ErrorCode.INVALID_ARGUMENT,
+        "an answer carries exactly one of a response or evidence",
+    )
+    if response is not None:
+        if not isinstance(response, Response):
+            raise _fail(ErrorCode.INVALID_ARGUMENT, "a response is a signed Response")
+        return response
+    if not isinstance(evidence, Request):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "evidence is a payer-signed Request")
+    return evidence
+
+
 def _answer_claim(state: State, op: AnswerClaim, now: int) -> _Result:
-    response = op.response
-    if not isinstance(response, Response):
-        raise _fail(ErrorCode.INVALID_ARGUMENT, "an answer carries a signed Response")
+    answer = _check_answer(op)
     claim = _claim(state, op.claim)
     _need(op.sender == claim.respondent, ErrorCode.NOT_PARTY, "only the respondent answers")
-    new_state = claim_transition(claim.state, ClaimOpKind.ANSWER)
+    allowed = claim_transition(claim.state, ClaimOpKind.ANSWER)
     _need(now <= claim.window_ends, ErrorCode.WINDOW_CLOSED, "answer window has ended")
-    _need(
-        response.verify(claim.respondent),
-        ErrorCode.INVALID_SIGNATURE,
-        "response is not signed by the respondent",
-    )
-    _need(
-        response.request_hash == claim.id
-        and response.channel == claim.channel
-        and response.n == claim.n
-        and response.ledger == state.params.ledger_id,
-        ErrorCode.RESPONSE_MISMATCH,
-        "response is not for the claimed request",
-    )
-    _need(response.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
+    params = state.params
+    channel = _claim_channel(state, claim)
+    status = ""
+    if isinstance(answer, Response):
+        _need(
+            answer.verify(claim.respondent),
+            ErrorCode.INVALID_SIGNATURE,
+            "response is not signed by the respondent",
+        )
+        _need(
+            answer.request_hash == claim.id
+            and answer.channel == claim.channel
+            and answer.n == claim.n
+            and answer.ledger == params.ledger_id,
+            ErrorCode.RESPONSE_MISMATCH,
+            "response is not for the claimed request",
+        )
+        _need(answer.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
+        status = answer.status
+        if status == STATUS_OK:
+            _need(
+                answer.price <= claim.price,
+                ErrorCode.RESPONSE_MISMATCH,
+                "the response charges more than the request's price",
+            )
+            outcome = ClaimState.DELIVERED
+        else:
+            _need(answer.price == 0, ErrorCode.RESPONSE_MISMATCH, "a refusal charges nothing")
+            outcome = ClaimState.REFUSED
+    else:
+        _need(
+            answer.ledger == params.ledger_id,
+            ErrorCode.WRONG_LEDGER,
+            "evidence is for another ledger",
+        )
+        _need(
+            answer.channel == claim.channel,
+            ErrorCode.RESPONSE_MISMATCH,
+            "evidence is for another channel",
+        )
+        _need(
+            answer.verify(channel.payer),
+            ErrorCode.INVALID_SIGNATURE,
+            "evidence is not signed by the channel's payer",
+        )
+        _need(
+            answer.hash != claim.id and _conflicts(claim, answer, params.max_deadline_horizon_ms),
+            ErrorCode.RESPONSE_MISMATCH,
+            "evidence is not in tiling conflict with the claimed request",
+        )
+        outcome = ClaimState.FRIVOLOUS
+    assert outcome in allowed
     stake = _respondent_stake(state, claim)
+    refund = _plan_refund(channel, claim, stake.amount) if outcome is ClaimState.REFUSED else None
+    bond_to = claim.respondent if outcome is ClaimState.FRIVOLOUS else claim.claimant
     balances = _Balances(state)
-    balances.credit(claim.respondent, claim.bond)
+    balances.credit(bond_to, claim.bond)
+    if refund is not None:
+        balances.credit(claim.claimant, refund.claw)
     balances.commit()
-    claim.state = new_state
-    claim.response_frame = response.to_frame()
+    if refund is not None:
+        _apply_refund(channel, claim, stake, refund)
+    if isinstance(answer, Response):
+        claim.response_frame = answer.to_frame()
+    else:
+        claim.evidence_frame = _evidence_frame(answer)
+    claim.state = outcome
     stake.open_claims -= 1
     event = _event(
         EventKind.CLAIM_ANSWERED,
@@ -1157,26 +1392,41 @@ def _answer_claim(state: State, op: AnswerClaim, now: int) -> _Result:
         claim=claim.id,
         claimant=claim.claimant,
         respondent=claim.respondent,
-        status=response.status,
+        outcome=outcome.value,
+        status=status,
         bond=claim.bond,
+        bond_to=bond_to,
+        refund=claim.refund,
+        clawed=claim.clawed,
     )
     return None, [event]
 
 
+def _evidence_frame(evidence: Request) -> bytes:
+    """The evidence's frame without its body: the signature is the evidence, the body is
+    neither checked nor stored (so a FRIVOLOUS answer costs no more than its signed fields)."""
+    return codec.encode([KIND_REQUEST, evidence.signing_bytes, evidence.signature, b""])
+
+
 def _resolve_claim(state: State, op: ResolveClaim, now: int) -> _Result:
     claim = _claim(state, op.claim)
-    new_state = claim_transition(claim.state, ClaimOpKind.RESOLVE)
+    allowed = claim_transition(claim.state, ClaimOpKind.RESOLVE)
     _need(now > claim.window_ends, ErrorCode.WINDOW_OPEN, "the respondent may still answer")
+    (new_state,) = allowed
     stake = _respondent_stake(state, claim)
+    channel = _claim_channel(state, claim)
     slash = min(stake.penalty, stake.amount)
     to_claimant = slash * state.params.slash_to_claimant_bps // BPS
     burn = slash - to_claimant
+    refund = _plan_refund(channel, claim, stake.amount - slash)
     balances = _Balances(state)
     balances.credit(claim.claimant, to_claimant + claim.bond)
+    balances.credit(claim.claimant, refund.claw)
     balances.commit()
     stake.amount -= slash
     stake.open_claims -= 1
     state.burnt += burn
+    _apply_refund(channel, claim, stake, refund)
     claim.state = new_state
     claim.slashed = slash
     events = [
@@ -1190,6 +1440,8 @@ def _resolve_claim(state: State, op: ResolveClaim, now: int) -> _Result:
             to_claimant=to_claimant,
             burnt=burn,
             bond=claim.bond,
+            refund=claim.refund,
+            clawed=claim.clawed,
         )
     ]
     if slash > 0:
@@ -1277,10 +1529,13 @@ def invariant_violations(state: State) -> list[str]:
         if not bounded(balance):
             out.append(f"S-2 balance of {account.hex()} is {balance}")
     for channel in state.channels.values():
-        if not (bounded(channel.deposit) and bounded(channel.redeemed)):
+        amounts = (channel.deposit, channel.redeemed, channel.paid_seen, channel.refunded)
+        if not (all(bounded(v) for v in amounts) and bounded(channel.clawed)):
             out.append(f"S-2 channel {channel.id.hex()} amounts out of range")
         elif channel.redeemed > channel.deposit:
             out.append(f"S-2 channel {channel.id.hex()} redeemed more than its deposit")
+        elif channel.clawed > channel.redeemed:
+            out.append(f"S-2 channel {channel.id.hex()} clawed more than was redeemed")
     for stake in state.stakes.values():
         if not bounded(stake.amount) or stake.penalty <= 0:
             out.append(f"S-2 stake of {stake.account.hex()} out of range")

@@ -48,7 +48,7 @@ import trio
 
 from p2pay.core.errors import LocalProtocolError
 
-PROTOCOL_ID = "/p2pay/1.0.0"
+PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
 
 logger = logging.getLogger("p2pay.net")

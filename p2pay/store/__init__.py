@@ -8,6 +8,7 @@ holds the shared test suite, for anyone writing another backend.
 from p2pay.store.base import (
     Batch,
     ClaimRecord,
+    FloorVoucher,
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
@@ -23,6 +24,7 @@ from p2pay.store.sqlite import SqliteStore
 __all__ = [
     "Batch",
     "ClaimRecord",
+    "FloorVoucher",
     "MemoryStore",
     "OutgoingRequest",
     "PayeeRecord",

@@ -13,8 +13,10 @@ record            key              what the node must not forget
                                    ``spent`` (what it charged), ``last_n``, ``redeemed``
 `PayerRecord`     ``channel``      ``last_n``, ``paid`` (highest it signed), ``spent``
 `OutgoingRequest` ``request_hash`` a request it sent and its fate (for claims)
-`StoredResponse`  ``request_hash`` a signed response, kept until ``expires_at`` (ms)
+`StoredResponse`  ``request_hash`` a signed response (OK or refusal) and the payer-signed
+                                   request it answers, kept until ``expires_at`` (ms)
 `ClaimRecord`     ``claim_id``     a claim it filed or must answer, and its state
+`FloorVoucher`    ``channel``      the highest-``n`` request frame among pruned responses
 ================  ===============  =====================================================
 
 plus a small ``meta`` map (e.g. the watcher's ledger-event cursor), and one narrow
@@ -26,6 +28,18 @@ One `Store.write` takes a `Batch` and returns only once the whole batch is durab
 key. Within one batch, and between batches, the later one wins; ``delete_requests``
 are applied after the batch's upserts. A backend may commit several concurrent batches
 in one transaction (group commit), applying them in the order `write` was called.
+
+*Vouchers kept as evidence (specs/claims.md 2-3).* A payee stores, beside each signed
+response, the frame of the payer-signed request it answers (`StoredResponse.request_frame`).
+Those requests are the payee's evidence against a claim in *tiling conflict* with them (a
+FRIVOLOUS answer): `Store.vouchers` and `Store.vouchers_near` list them per channel by
+``n``. The node keeps each until ``deadline + max(retention, max_deadline_horizon + 2 *
+claim_window)``. When `Store.prune_responses` deletes responses, it keeps, per channel, the
+request frame with the highest ``n`` among those it pruned (if above the one it already
+kept) as the channel's **floor voucher** (`Store.floor_voucher`): any claimed request
+numbered below it that post-dates it by more than the horizon, or whose slice overlaps it,
+is still in conflict with it, so old claims stay answerable after pruning. The floor
+voucher is not written through a `Batch`; only pruning sets it.
 
 Records validate themselves on construction (`LocalProtocolError`, code
 INVALID_ARGUMENT or INVALID_AMOUNT), and a store validates every record of a batch again
@@ -315,6 +329,11 @@ class RequestUpdate:
 class StoredResponse:
     """A signed response (`Response.to_frame()`), kept to defend claims until `expires_at`.
 
+    `request_frame` is the frame (`Request.to_frame()`) of the payer-signed request the
+    response answers, or ``b""`` if it was not kept; with it the node serves a re-sent
+    request its stored answer again (C-4) and answers claims in conflict with it (the
+    module docstring).
+
     Raises:
         LocalProtocolError: on construction, if a field is out of range or `frame` is empty.
     """
@@ -324,6 +343,7 @@ class StoredResponse:
     n: int
     frame: bytes
     expires_at: int
+    request_frame: bytes = b""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -338,6 +358,72 @@ class StoredResponse:
         if not self.frame:
             raise _fail(k, "frame must not be empty")
         _uint(k, "expires_at", self.expires_at, MAX_TIME)
+        _bytes(k, "request_frame", self.request_frame)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FloorVoucher:
+    """Per channel, the request frame with the highest ``n`` among pruned responses.
+
+    Set only by `Store.prune_responses` (module docstring).
+
+    Raises:
+        LocalProtocolError: on construction, if a field is out of range or the frame is
+            empty.
+    """
+
+    channel: bytes
+    n: int
+    request_hash: bytes
+    request_frame: bytes
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again."""
+        k = "FloorVoucher"
+        _bytes(k, "channel", self.channel, size=ID_SIZE)
+        _uint(k, "n", self.n, MAX_N)
+        _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
+        _bytes(k, "request_frame", self.request_frame)
+        if not self.request_frame:
+            raise _fail(k, "request_frame must not be empty")
+
+
+def floor_after_prune(
+    current: FloorVoucher | None, pruned: Iterable[StoredResponse]
+) -> FloorVoucher | None:
+    """The floor voucher of one channel once `pruned` (its responses being deleted) are
+    gone: the one with the highest ``(n, request_hash)`` among `current` and the pruned
+    responses that carry a request frame.
+
+    Returns:
+        The new floor voucher (`current` if none of `pruned` is above it), or None.
+    """
+    best = current
+    for response in pruned:
+        if not response.request_frame:
+            continue
+        if best is None or (response.n, response.request_hash) > (best.n, best.request_hash):
+            best = FloorVoucher(
+                channel=response.channel,
+                n=response.n,
+                request_hash=response.request_hash,
+                request_frame=response.request_frame,
+            )
+    return best
+
+
+def check_vouchers_args(channel: object, n: object = 0, limit: object = 1) -> None:
+    """Validate the arguments of `Store.vouchers` / `vouchers_near` / `floor_voucher`.
+
+    Raises:
+        LocalProtocolError: if one is out of range.
+    """
+    _bytes("store", "channel", channel, size=ID_SIZE)
+    _uint("store", "n", n, MAX_N)
+    _uint("store", "limit", limit, 1 << 16)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -510,14 +596,40 @@ class Store(Protocol):
 
     async def requests(self, state: str | None = None) -> list[OutgoingRequest]: ...
 
-    async def response(self, request_hash: bytes) -> StoredResponse | None: ...
+    async def response(self, request_hash: bytes) -> StoredResponse | None:
+        """The stored signed response to the request with this hash (OK or refusal),
+        with the request's frame beside it, or None."""
+        ...
+
+    async def vouchers(self, channel: bytes) -> list[StoredResponse]:
+        """Every stored response of `channel` that keeps its request frame, ordered by
+        ``(n, request_hash)``: the payer-signed requests the payee still holds."""
+        ...
+
+    async def vouchers_near(self, channel: bytes, n: int, limit: int = 4) -> list[StoredResponse]:
+        """The stored responses of `channel` that keep their request frame, with number
+        `n`, plus the `limit` nearest below `n` and the `limit` nearest above it, ordered
+        by ``(n, request_hash)``: the candidates for a tiling conflict with a claimed
+        request numbered `n` (specs/claims.md 2).
+
+        Raises:
+            LocalProtocolError: `channel`, `n` or `limit` (0..65536) out of range.
+        """
+        ...
+
+    async def floor_voucher(self, channel: bytes) -> FloorVoucher | None:
+        """The channel's floor voucher (module docstring), or None."""
+        ...
 
     async def claims(self) -> list[ClaimRecord]: ...
 
     async def get_meta(self, key: str) -> bytes | None: ...
 
     async def prune_responses(self, now: int) -> int:
-        """Delete responses with ``expires_at < now``; return how many were deleted."""
+        """Delete responses with ``expires_at < now``; return how many were deleted.
+
+        In the same transaction, raise each channel's floor voucher to the highest-``n``
+        request frame among the deleted responses (`floor_after_prune`)."""
         ...
 
     @property
@@ -540,6 +652,7 @@ __all__ = [
     "REQUEST_STATES",
     "Batch",
     "ClaimRecord",
+    "FloorVoucher",
     "OutgoingRequest",
     "PayeeRecord",
     "PayerRecord",
@@ -552,4 +665,6 @@ __all__ = [
     "check_meta_key",
     "check_request_state",
     "check_time",
+    "check_vouchers_args",
+    "floor_after_prune",
 ]

@@ -350,6 +350,70 @@ async def case_responses_and_prune(backend: StoreBackend) -> None:
         assert await store.response(records[5].request_hash) == records[5]
 
 
+async def case_vouchers_and_floor(backend: StoreBackend) -> None:
+    """Responses keep their request frames; `vouchers` / `vouchers_near` list them by n;
+    `prune_responses` keeps the highest-n pruned frame per channel as the floor voucher."""
+    ch, other = channel_id(0), channel_id(1)
+    frames = {n: voucher(n=n, paid=10 * n).to_frame() for n in range(1, 9)}
+    on_ch = [
+        stored_response(100 + n, channel=ch, n=n, request_frame=frames[n], expires_at=10 * n)
+        for n in range(1, 9)
+    ]
+    same_n = stored_response(
+        201, channel=ch, n=4, request_frame=voucher(n=4, paid=7).to_frame(), expires_at=1000
+    )
+    bare = stored_response(200, channel=ch, n=5, expires_at=1)  # no request frame kept
+    elsewhere = stored_response(202, channel=other, n=3, request_frame=frames[3], expires_at=5)
+
+    def key(r: StoredResponse) -> tuple[int, bytes]:
+        return (r.n, r.request_hash)
+
+    async with _Open(backend) as store:
+        await store.write(Batch(responses=[*on_ch, same_n, bare, elsewhere]))
+        assert await store.response(same_n.request_hash) == same_n
+        assert await store.response(bare.request_hash) == bare
+        every = sorted([*on_ch, same_n], key=key)
+        assert await store.vouchers(ch) == every, "vouchers(): frames kept, by (n, hash)"
+        assert await store.vouchers(other) == [elsewhere]
+        assert await store.vouchers(channel_id(7)) == []
+        fours = sorted([on_ch[3], same_n], key=key)
+        near = await store.vouchers_near(ch, 4, 2)
+        assert near == [on_ch[1], on_ch[2], *fours, on_ch[4], on_ch[5]], near
+        assert await store.vouchers_near(ch, 4, 0) == fours
+        assert await store.vouchers_near(ch, 100, 2) == [on_ch[6], on_ch[7]]
+        assert await store.vouchers_near(ch, 0, 3) == on_ch[:3]
+        for bad in (
+            lambda: store.vouchers(b"short"),
+            lambda: store.vouchers_near(ch, -1),
+            lambda: store.vouchers_near(ch, 1, 1 << 17),
+            lambda: store.floor_voucher(b""),
+        ):
+            try:
+                await bad()
+            except LocalProtocolError:
+                pass
+            else:
+                raise _fail(backend, "a bad vouchers argument did not raise")
+        assert await store.floor_voucher(ch) is None
+        assert await store.prune_responses(35) == 5, "n 1-3 of ch, the bare one, elsewhere"
+        floor = await store.floor_voucher(ch)
+        assert floor is not None and (floor.n, floor.request_frame) == (3, frames[3]), floor
+        assert floor.request_hash == on_ch[2].request_hash and floor.channel == ch
+        got = await store.floor_voucher(other)
+        assert got is not None and (got.n, got.request_frame) == (3, frames[3])
+        assert await store.vouchers(ch) == every[3:]
+        assert await store.prune_responses(36) == 0
+        assert await store.floor_voucher(ch) == floor
+        assert await store.prune_responses(MAX_TIME) == 6
+        floor = await store.floor_voucher(ch)
+        assert floor is not None and (floor.n, floor.request_frame) == (8, frames[8])
+        assert await store.vouchers(ch) == []
+        # a later prune of lower numbers never lowers the floor
+        await store.write(Batch(responses=[on_ch[0]]))
+        assert await store.prune_responses(MAX_TIME) == 1
+        assert await store.floor_voucher(ch) == floor
+
+
 async def case_claims_round_trip(backend: StoreBackend) -> None:
     """Claims round-trip, are listed by claim id, and upsert by claim id."""
     records = [claim_record(i) for i in range(5)]
@@ -718,6 +782,11 @@ async def case_reopen(backend: StoreBackend) -> None:
     payers = [payer_record(0, paid=MAX_YOCTO, spent=7, last_n=MAX_N)]
     requests = [outgoing(i, state=s) for i, s in enumerate(sorted(REQUEST_STATES))]
     responses = [stored_response(i, expires_at=MAX_TIME - i) for i in range(3)]
+    responses.append(
+        stored_response(
+            7, channel=channel_id(2), n=9, request_frame=voucher(n=9).to_frame(), expires_at=3
+        )
+    )
     claims = [claim_record(i) for i in range(3)]
     store = await backend.create()
     try:
@@ -727,6 +796,10 @@ async def case_reopen(backend: StoreBackend) -> None:
             for i in range(50):
                 nursery.start_soon(store.write, Batch(meta={f"g{i}": bytes([i])}))
         await store.write(Batch(delete_requests=[requests[0].request_hash]))
+        kept = responses.pop()
+        assert await store.prune_responses(4) == 1
+        floor = await store.floor_voucher(kept.channel)
+        assert floor is not None and floor.request_frame == kept.request_frame
         expected = await _snapshot(store)
     finally:
         await store.aclose()
@@ -737,6 +810,7 @@ async def case_reopen(backend: StoreBackend) -> None:
         assert await again.request(requests[0].request_hash) is None
         for response in responses:
             assert await again.response(response.request_hash) == response
+        assert await again.floor_voucher(kept.channel) == floor, "the floor voucher is kept"
         assert await again.get_meta("cursor") == b"\x07" * 16
         for i in range(50):
             assert await again.get_meta(f"g{i}") == bytes([i])
@@ -762,6 +836,7 @@ def store_conformance_cases() -> list[tuple[str, Case]]:
         case_payer_round_trip,
         case_requests_round_trip,
         case_responses_and_prune,
+        case_vouchers_and_floor,
         case_claims_round_trip,
         case_meta,
         case_upsert,

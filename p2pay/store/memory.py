@@ -16,6 +16,7 @@ import trio
 from p2pay.store.base import (
     Batch,
     ClaimRecord,
+    FloorVoucher,
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
@@ -25,6 +26,8 @@ from p2pay.store.base import (
     check_meta_key,
     check_request_state,
     check_time,
+    check_vouchers_args,
+    floor_after_prune,
 )
 
 
@@ -37,6 +40,7 @@ class MemoryStore:
         self._requests: dict[bytes, OutgoingRequest] = {}
         self._responses: dict[bytes, StoredResponse] = {}
         self._claims: dict[bytes, ClaimRecord] = {}
+        self._floors: dict[bytes, FloorVoucher] = {}
         self._meta: dict[str, bytes] = {}
         self._commits = 0
         self._closed = False
@@ -113,6 +117,26 @@ class MemoryStore:
         await self._read()
         return self._responses.get(request_hash)
 
+    async def vouchers(self, channel: bytes) -> list[StoredResponse]:
+        check_vouchers_args(channel)
+        await self._read()
+        found = [r for r in self._responses.values() if r.channel == channel and r.request_frame]
+        found.sort(key=lambda r: (r.n, r.request_hash))
+        return found
+
+    async def vouchers_near(self, channel: bytes, n: int, limit: int = 4) -> list[StoredResponse]:
+        check_vouchers_args(channel, n, limit)
+        every = await self.vouchers(channel)
+        below = [r for r in every if r.n < n]
+        above = [r for r in every if r.n > n]
+        same = [r for r in every if r.n == n]
+        return (below[-limit:] if limit else []) + same + above[:limit]
+
+    async def floor_voucher(self, channel: bytes) -> FloorVoucher | None:
+        check_vouchers_args(channel)
+        await self._read()
+        return self._floors.get(channel)
+
     async def claims(self) -> list[ClaimRecord]:
         await self._read()
         return [self._claims[k] for k in sorted(self._claims)]
@@ -126,8 +150,14 @@ class MemoryStore:
         limit = check_time("now", now)
         await self._read()
         expired = [h for h, r in self._responses.items() if r.expires_at < limit]
+        by_channel: dict[bytes, list[StoredResponse]] = {}
         for request_hash in expired:
-            del self._responses[request_hash]
+            response = self._responses.pop(request_hash)
+            by_channel.setdefault(response.channel, []).append(response)
+        for channel, pruned in by_channel.items():
+            floor = floor_after_prune(self._floors.get(channel), pruned)
+            if floor is not None:
+                self._floors[channel] = floor
         if expired:
             self._commits += 1
         return len(expired)

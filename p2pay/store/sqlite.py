@@ -59,6 +59,7 @@ from p2pay.core.errors import LocalProtocolError
 from p2pay.store.base import (
     Batch,
     ClaimRecord,
+    FloorVoucher,
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
@@ -69,16 +70,29 @@ from p2pay.store.base import (
     check_meta_key,
     check_request_state,
     check_time,
+    check_vouchers_args,
+    floor_after_prune,
 )
 
 #: ``PRAGMA application_id`` of a p2pay store: the ASCII bytes "p2ps".
 APPLICATION_ID = int.from_bytes(b"p2ps", "big")
 STORE_FORMAT = "p2pay-store"
-SCHEMA_VERSION = 2
-#: schema versions `open` upgrades in place (1 -> 2 adds payee_channels.verified_voucher)
-_UPGRADES = {
-    "1": "ALTER TABLE payee_channels ADD COLUMN verified_voucher BLOB NOT NULL DEFAULT x''",
-}
+SCHEMA_VERSION = 3
+_TO_V2 = ["ALTER TABLE payee_channels ADD COLUMN verified_voucher BLOB NOT NULL DEFAULT x''"]
+_TO_V3 = [
+    "ALTER TABLE responses ADD COLUMN request_frame BLOB NOT NULL DEFAULT x''",
+    "CREATE INDEX responses_by_channel ON responses (channel, n)",
+    """CREATE TABLE floor_vouchers (
+    channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
+    n BLOB NOT NULL CHECK (length(n) = 16),
+    request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),
+    request_frame BLOB NOT NULL
+)""",
+]
+#: schema versions `open` upgrades in place, each in one transaction (1 -> 2 adds
+#: payee_channels.verified_voucher; 2 -> 3 adds responses.request_frame, the index of
+#: responses by (channel, n) and the floor_vouchers table)
+_UPGRADES = {"1": _TO_V2 + _TO_V3, "2": _TO_V3}
 #: Width of every integer column (bytes, big-endian, unsigned).
 INT_SIZE = 16
 
@@ -132,9 +146,17 @@ CREATE TABLE responses (
     channel BLOB NOT NULL CHECK (length(channel) = 32),
     n BLOB NOT NULL CHECK (length(n) = {INT_SIZE}),
     frame BLOB NOT NULL,
-    expires_at BLOB NOT NULL CHECK (length(expires_at) = {INT_SIZE})
+    expires_at BLOB NOT NULL CHECK (length(expires_at) = {INT_SIZE}),
+    request_frame BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX responses_by_expiry ON responses (expires_at);
+CREATE INDEX responses_by_channel ON responses (channel, n);
+CREATE TABLE floor_vouchers (
+    channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
+    n BLOB NOT NULL CHECK (length(n) = {INT_SIZE}),
+    request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),
+    request_frame BLOB NOT NULL
+);
 CREATE TABLE claims (
     claim_id BLOB PRIMARY KEY NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('claimant', 'respondent')),
@@ -150,6 +172,8 @@ CREATE TABLE meta (
 _TABLES = frozenset(
     {"store_info", "payee_channels", "payer_channels", "requests", "responses", "claims", "meta"}
 )
+#: tables a store of this schema version has (an upgraded one gains them on open)
+_TABLES_NOW = _TABLES | {"floor_vouchers"}
 
 _PAYEE_COLS = (
     "channel, ledger, payer, payee, deposit, status, last_n, paid_max, best_voucher, spent, "
@@ -159,7 +183,8 @@ _PAYER_COLS = "channel, ledger, payer, payee, deposit, status, last_n, paid, spe
 _REQUEST_COLS = (
     "request_hash, channel, n, payee, price, deadline, frame, state, claim_id, updated_at"
 )
-_RESPONSE_COLS = "request_hash, channel, n, frame, expires_at"
+_RESPONSE_COLS = "request_hash, channel, n, frame, expires_at, request_frame"
+_FLOOR_COLS = "channel, n, request_hash, request_frame"
 _CLAIM_COLS = "claim_id, role, state, request_hash, updated_at"
 
 
@@ -173,6 +198,7 @@ _INSERT_PAYER = _insert("payer_channels", _PAYER_COLS)
 _INSERT_REQUEST = _insert("requests", _REQUEST_COLS)
 _INSERT_RESPONSE = _insert("responses", _RESPONSE_COLS)
 _INSERT_CLAIM = _insert("claims", _CLAIM_COLS)
+_INSERT_FLOOR = _insert("floor_vouchers", _FLOOR_COLS)
 _INSERT_META = _insert("meta", "key, value")
 _UPDATE_REQUEST = "UPDATE requests SET state = ?, updated_at = ? WHERE request_hash = ?"
 
@@ -253,7 +279,8 @@ def _encode(batch: Batch) -> _Rows:
             for r in batch.requests
         ],
         responses=[
-            (r.request_hash, r.channel, _u(r.n), r.frame, _u(r.expires_at)) for r in batch.responses
+            (r.request_hash, r.channel, _u(r.n), r.frame, _u(r.expires_at), r.request_frame)
+            for r in batch.responses
         ],
         claims=[
             (r.claim_id, r.role, r.state, r.request_hash, _u(r.updated_at)) for r in batch.claims
@@ -286,11 +313,13 @@ _PAYER_NAMES = _names(_PAYER_COLS)
 _REQUEST_NAMES = _names(_REQUEST_COLS)
 _RESPONSE_NAMES = _names(_RESPONSE_COLS)
 _CLAIM_NAMES = _names(_CLAIM_COLS)
+_FLOOR_NAMES = _names(_FLOOR_COLS)
 _PAYEE_INTS = frozenset({"deposit", "last_n", "paid_max", "spent", "redeemed"})
 _PAYER_INTS = frozenset({"deposit", "last_n", "paid", "spent"})
 _REQUEST_INTS = frozenset({"n", "price", "deadline", "updated_at"})
 _RESPONSE_INTS = frozenset({"n", "expires_at"})
 _CLAIM_INTS = frozenset({"updated_at"})
+_FLOOR_INTS = frozenset({"n"})
 
 
 @dataclass(eq=False, slots=True)
@@ -380,8 +409,9 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
                 f"store {path} has schema version {version}; this p2pay reads version "
                 f"{SCHEMA_VERSION} (and upgrades {', '.join(sorted(_UPGRADES))})"
             )
-        if not _TABLES <= tables:
-            raise StoreError(f"store {path} is damaged: tables {sorted(_TABLES - tables)} missing")
+        required = _TABLES_NOW if version == str(SCHEMA_VERSION) else _TABLES
+        if not required <= tables:
+            raise StoreError(f"store {path} is damaged: tables {sorted(required - tables)} missing")
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -407,7 +437,8 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
             # fails at open time rather than at its first write.
             conn.execute("BEGIN IMMEDIATE")
             if version in _UPGRADES:  # one transaction: upgraded whole, or not at all
-                conn.execute(_UPGRADES[version])
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
                 conn.execute(
                     "UPDATE store_info SET value = ? WHERE key = 'schema_version'",
                     (str(SCHEMA_VERSION),),
@@ -605,6 +636,32 @@ class SqliteStore:
         limit = _u(check_time("now", now))
 
         def prune(conn: sqlite3.Connection) -> int:
+            # Per channel, the highest (n, hash) among the pruned ones that keep their
+            # request frame may become the channel's floor voucher (store.base).
+            rows = conn.execute(
+                f"SELECT {_RESPONSE_COLS} FROM responses WHERE expires_at < ? "
+                "AND length(request_frame) > 0 ORDER BY channel, n DESC, request_hash DESC",
+                (limit,),
+            ).fetchall()
+            tops: dict[bytes, StoredResponse] = {}
+            for row in rows:
+                if row[1] not in tops:
+                    tops[row[1]] = _decode(StoredResponse, row, _RESPONSE_NAMES, _RESPONSE_INTS)
+            for channel, top in tops.items():
+                current = conn.execute(
+                    f"SELECT {_FLOOR_COLS} FROM floor_vouchers WHERE channel = ?", (channel,)
+                ).fetchall()
+                floor = (
+                    _decode(FloorVoucher, current[0], _FLOOR_NAMES, _FLOOR_INTS)
+                    if current
+                    else None
+                )
+                new = floor_after_prune(floor, [top])
+                if new is not None and new is not floor:
+                    conn.execute(
+                        _INSERT_FLOOR,
+                        (new.channel, _u(new.n), new.request_hash, new.request_frame),
+                    )
             cursor = conn.execute("DELETE FROM responses WHERE expires_at < ?", (limit,))
             return cursor.rowcount
 
@@ -668,6 +725,44 @@ class SqliteStore:
             f"SELECT {_RESPONSE_COLS} FROM responses WHERE request_hash = ?", (request_hash,)
         )
         return _decode(StoredResponse, rows[0], _RESPONSE_NAMES, _RESPONSE_INTS) if rows else None
+
+    async def vouchers(self, channel: bytes) -> list[StoredResponse]:
+        check_vouchers_args(channel)
+        rows = await self._fetch(
+            f"SELECT {_RESPONSE_COLS} FROM responses WHERE channel = ? "
+            "AND length(request_frame) > 0 ORDER BY n, request_hash",
+            (channel,),
+        )
+        return [_decode(StoredResponse, row, _RESPONSE_NAMES, _RESPONSE_INTS) for row in rows]
+
+    async def vouchers_near(self, channel: bytes, n: int, limit: int = 4) -> list[StoredResponse]:
+        check_vouchers_args(channel, n, limit)
+        where = f"SELECT {_RESPONSE_COLS} FROM responses WHERE channel = ? " + (
+            "AND length(request_frame) > 0 AND n "
+        )
+
+        def read() -> list[Row]:
+            key = _u(n)
+            below = self._conn.execute(
+                where + "< ? ORDER BY n DESC, request_hash DESC LIMIT ?", (channel, key, limit)
+            ).fetchall()
+            same = self._conn.execute(
+                where + "= ? ORDER BY request_hash", (channel, key)
+            ).fetchall()
+            above = self._conn.execute(
+                where + "> ? ORDER BY n, request_hash LIMIT ?", (channel, key, limit)
+            ).fetchall()
+            return below[::-1] + same + above
+
+        rows = await self._locked(read)
+        return [_decode(StoredResponse, row, _RESPONSE_NAMES, _RESPONSE_INTS) for row in rows]
+
+    async def floor_voucher(self, channel: bytes) -> FloorVoucher | None:
+        check_vouchers_args(channel)
+        rows = await self._fetch(
+            f"SELECT {_FLOOR_COLS} FROM floor_vouchers WHERE channel = ?", (channel,)
+        )
+        return _decode(FloorVoucher, rows[0], _FLOOR_NAMES, _FLOOR_INTS) if rows else None
 
     async def claims(self) -> list[ClaimRecord]:
         rows = await self._fetch(f"SELECT {_CLAIM_COLS} FROM claims ORDER BY claim_id")

@@ -40,6 +40,7 @@ FAST = NodeConfig(
     watch_interval=0.05,
     claim_grace_ms=50,
     redeem_threshold=10**30,  # redeem only when a duty forces it
+    min_challenge_ms=50,  # the tests' channels close in well under a second
     default_timeout=5.0,
 )
 

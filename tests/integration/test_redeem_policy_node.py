@@ -87,7 +87,8 @@ async def test_a_long_run_makes_few_redeems_and_the_close_redeems_the_rest(
     payer_closes: bool,
 ) -> None:
     # watcher steps every 20 ms: the old per-threshold policy redeemed at nearly each one
-    out = await lifetime(NodeConfig(watch_interval=0.02), payer_closes=payer_closes)
+    config = NodeConfig(watch_interval=0.02, min_challenge_ms=200)
+    out = await lifetime(config, payer_closes=payer_closes)
     assert out["charged"] == CALLS * PRICE
     # one redeem when half the escrow was charged, none more within the minimum interval
     assert out["during"] == 1
@@ -112,6 +113,7 @@ async def test_an_absolute_threshold_without_interval_redeems_at_every_step() ->
         redeem_fraction_bps=0,
         redeem_threshold=10 * PRICE,
         min_redeem_interval_ms=0,
+        min_challenge_ms=200,
     )
     out = await lifetime(config, payer_closes=False)
     assert out["reasons"].get("threshold", 0) >= 5

@@ -530,7 +530,7 @@ async def test_libp2p_plaintext_dialer_is_refused() -> None:
             with trio.fail_after(T):
                 with pytest.raises(SwarmException) as info:
                     await plain.connect(info_from_p2p_addr(Multiaddr(bob.addrs[0])))
-                    await plain.new_stream(bob.host.get_id(), [TProtocol("/p2pay/1.0.0")])
+                    await plain.new_stream(bob.host.get_id(), [TProtocol("/p2pay/2.0.0")])
                 chain = f"{info.value} {info.value.__cause__}"
                 assert "failed to negotiate the secure protocol" in chain
             with trio.move_on_after(2):

@@ -480,7 +480,7 @@ def test_hello_round_trip() -> None:
         assert decoded.verify(ALICE.public)
         check_signed_by(decoded, ALICE.public, LEDGER)
     hello = make_hello()
-    assert hello.version == PROTOCOL_VERSION == 1
+    assert hello.version == PROTOCOL_VERSION == 2
     assert hello.service("big") == ServiceTerms(name="big", price=MAX_YOCTO, max_body=MAX_U64)
     assert hello.service("nope") is None
 

@@ -113,6 +113,7 @@ def test_suite_has_the_cases_the_brief_asks_for() -> None:
         (lambda: outgoing(1, frame=bytearray(b"x")), LocalProtocolError),
         (lambda: stored_response(1, frame=b""), LocalProtocolError),
         (lambda: stored_response(1, expires_at=-1), LocalProtocolError),
+        (lambda: stored_response(1, request_frame="frame"), LocalProtocolError),
         (lambda: claim_record(1, role="judge"), LocalProtocolError),
         (lambda: claim_record(1, claim_id=b""), LocalProtocolError),
         (lambda: claim_record(1, state=""), LocalProtocolError),
@@ -159,9 +160,9 @@ async def test_sqlite_pragmas_and_encoding(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
         info = dict(raw.execute("SELECT key, value FROM store_info"))
-        assert info == {"format": "p2pay-store", "schema_version": "2"}
+        assert info == {"format": "p2pay-store", "schema_version": "3"}
         spent, paid_max = raw.execute("SELECT spent, paid_max FROM payee_channels").fetchone()
         # Amounts are 16-byte big-endian unsigned BLOBs (SQLite INTEGER is only 64-bit).
         assert spent == (2**64 + 1).to_bytes(INT_SIZE, "big")
@@ -205,36 +206,58 @@ async def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
         await SqliteStore.open(path)
 
 
-async def test_sqlite_upgrades_a_version_1_store_in_place(tmp_path: Path) -> None:
-    """Version 1 had no payee_channels.verified_voucher: open adds it, keeping every row."""
-    path = tmp_path / "s.sqlite"
-    record = payee_record(1, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3)
-    store = await SqliteStore.open(path)
-    await store.write(Batch(payee=[record], meta={"k": b"1"}))
-    await store.aclose()
-    conn = sqlite3.connect(path)  # make it what version 1 wrote
-    conn.execute("ALTER TABLE payee_channels DROP COLUMN verified_voucher")
-    conn.execute("UPDATE store_info SET value = '1' WHERE key = 'schema_version'")
-    conn.execute("PRAGMA user_version = 1")
+def _downgrade(path: Path, version: int) -> None:
+    """Make a fresh store file what `version` wrote (its rows kept)."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE floor_vouchers")  # 2 -> 3
+    conn.execute("DROP INDEX responses_by_channel")
+    conn.execute("ALTER TABLE responses DROP COLUMN request_frame")
+    if version < 2:
+        conn.execute("ALTER TABLE payee_channels DROP COLUMN verified_voucher")
+    conn.execute(f"UPDATE store_info SET value = '{version}' WHERE key = 'schema_version'")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
-    store = await SqliteStore.open(path)
-    try:
-        assert await store.payee_channel(record.channel) == record
-        assert await store.get_meta("k") == b"1"
-        checked = voucher(paid=4).to_frame()
-        upgraded = dataclasses.replace(record, verified_voucher=checked)
-        await store.write(Batch(payee=[upgraded]))
-        assert await store.payee_channel(record.channel) == upgraded
-    finally:
-        await store.aclose()
+
+
+def _assert_version(path: Path, version: int) -> None:
     raw = sqlite3.connect(path)
     try:
         info = dict(raw.execute("SELECT key, value FROM store_info"))
-        assert info["schema_version"] == "2"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert info["schema_version"] == str(version)
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == version
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("old", [1, 2])
+async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -> None:
+    """Version 1 had no payee_channels.verified_voucher, version 2 no request frames beside
+    stored responses nor floor vouchers: open adds them, keeping every row."""
+    path = tmp_path / "s.sqlite"
+    record = payee_record(1, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3)
+    response = stored_response(3, expires_at=10)
+    store = await SqliteStore.open(path)
+    await store.write(Batch(payee=[record], responses=[response], meta={"k": b"1"}))
+    await store.aclose()
+    _downgrade(path, old)
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.payee_channel(record.channel) == record
+        assert await store.response(response.request_hash) == response
+        assert await store.get_meta("k") == b"1"
+        checked = voucher(paid=4).to_frame()
+        upgraded = dataclasses.replace(record, verified_voucher=checked)
+        framed = stored_response(4, request_frame=voucher(n=2).to_frame(), expires_at=10)
+        await store.write(Batch(payee=[upgraded], responses=[framed]))
+        assert await store.payee_channel(record.channel) == upgraded
+        assert await store.vouchers(framed.channel) == [framed]
+        assert await store.prune_responses(11) == 2
+        floor = await store.floor_voucher(framed.channel)
+        assert floor is not None and floor.request_frame == framed.request_frame
+    finally:
+        await store.aclose()
+    _assert_version(path, 3)
 
 
 async def test_sqlite_one_opener_at_a_time(tmp_path: Path) -> None:
