@@ -326,8 +326,6 @@ class Simulation:
             default_timeout=self.wall(timeout),
             max_deadline_horizon_ms=n.max_deadline_horizon_ms,
             challenge_ms=max(1, int(n.challenge_ms * self.scale)),
-            # the scenario's own (scaled) challenge period is what its payees accept
-            min_challenge_ms=max(1, int(n.challenge_ms * self.scale)),
             watch_interval=self.wall(n.watch_interval_s),
             redeem_threshold=n.redeem_threshold,
             claim_grace_ms=max(1, int(n.claim_grace_ms * self.scale)),
