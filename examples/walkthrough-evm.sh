@@ -25,7 +25,7 @@ done
 
 # the provider deploys a dev Settlement contract (and its test token) and uses it
 p2pay --home provider init
-p2pay --home provider ledger deploy "$RPC" --dev --fund-dev-gas --use
+p2pay --home provider ledger deploy "$RPC" --dev --fund-dev-gas --use --min-challenge 1s --min-claim-window 1s
 LEDGER=$(p2pay --home provider id --json | field ledger)
 p2pay --home client init --ledger "$LEDGER"
 
@@ -35,7 +35,7 @@ p2pay --home provider ledger mint "$(p2pay --home provider id --json | field acc
 
 # the provider stakes collateral and serves "echo" at 1000 yocto a call
 p2pay --home provider stake "0.5 token" --penalty "0.1 token" --claim-window 30s
-p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 >provider.out &
+p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 --min-challenge 2s >provider.out &
 for _ in $(seq 150); do grep -q '^listening' provider.out && break; sleep 0.2; done
 PEER=$(sed -n 's/^listening //p' provider.out)
 

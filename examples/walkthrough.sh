@@ -11,8 +11,8 @@ for k in sys.argv[1:]:
 print(d)' "$@"
 }
 
-# a development ledger (it can mint) and two homes, each with its own key
-p2pay ledger create ledger.sqlite --dev
+# a development ledger (it can mint; walkthrough-sized periods) and two homes
+p2pay ledger create ledger.sqlite --dev --min-challenge 1s --min-claim-window 1s
 p2pay --home provider init --ledger sqlite:ledger.sqlite
 p2pay --home client init --ledger sqlite:ledger.sqlite
 p2pay --home client ledger mint "$(p2pay --home client id --json | field peer_id)" "1 token"
@@ -20,7 +20,8 @@ p2pay --home provider ledger mint "$(p2pay --home provider id --json | field pee
 
 # the provider stakes collateral and serves "echo" at 1000 yocto a call
 p2pay --home provider stake "0.5 token" --penalty "0.1 token" --claim-window 30s
-p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 >provider.out &
+# (it accepts channels with a challenge period of 2 s or more: 60 s unless told)
+p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 --min-challenge 2s >provider.out &
 for _ in $(seq 150); do grep -q '^listening' provider.out && break; sleep 0.2; done
 PEER=$(sed -n 's/^listening //p' provider.out)
 

@@ -43,6 +43,7 @@ _EXPORTS = {
     "Node": "p2pay.node",
     "NodeConfig": "p2pay.node",
     "PeerUnreachable": "p2pay.node",
+    "RequestInDoubt": "p2pay.node",
     "open_node": "p2pay.node",
 }
 
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         Node,
         NodeConfig,
         PeerUnreachable,
+        RequestInDoubt,
         open_node,
     )
 
@@ -105,6 +107,7 @@ __all__ = [
     "PaymentRequired",
     "PeerUnreachable",
     "RemoteProtocolError",
+    "RequestInDoubt",
     "SettlementError",
     "UnknownService",
     "format_tokens",

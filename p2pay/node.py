@@ -57,6 +57,7 @@ from p2pay.core.channel import (
     Pending,
     Receipt,
     Refuse,
+    Replay,
 )
 from p2pay.core.errors import (
     DecodeError,
@@ -106,6 +107,22 @@ class CallTimeout(P2payError, TimeoutError):
     and never answered, the watcher claims against the provider after its deadline."""
 
     code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class RequestInDoubt(CallTimeout):
+    """The provider answered the request only with an unsigned REPLAY (twice: it was
+    re-sent once), or not at all after a REPLAY: it may have served and charged it.
+
+    A REPLAY is unsigned, so it proves nothing (issue 13 item 2): the request is not
+    forgotten. It stays on record as unanswered, hence claimable: if the provider has a
+    stake, the watcher files a claim after the request's deadline. That claim locks the
+    ledger's claim bond until it is answered or resolved, and costs a ledger transaction;
+    the bond comes back unless the provider proves the claim frivolous (which it cannot for
+    a request this node signed in order). Its price may have been charged: the provider
+    must then deliver the answer through the claim, or refund it (and be slashed if it
+    stays silent)."""
+
+    code = ErrorCode.REPLAY
 
 
 class ConnectionLost(P2payError, ConnectionError):
@@ -301,6 +318,9 @@ class Counters:
     sessions_refused: int = 0  # inbound streams refused (max_sessions, max_sessions_per_peer)
     rate_limited: int = 0  # inbound streams reset: refused requests above the allowed rate
     idle_resets: int = 0  # inbound streams reset by idle_timeout (idle or slow-loris peers)
+    answers_resent: int = 0  # re-sent requests answered with the stored answer (C-4)
+    late_answers: int = 0  # handlers that finished after the deadline: not charged (C-4)
+    in_doubt: int = 0  # calls ended with RequestInDoubt (the request stays claimable)
 
 
 class Behaviour:
@@ -430,6 +450,9 @@ class Node:
         self._sessions = 0  # inbound streams being served
         self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
         self._in_flight_total = 0  # admitted, unfinished requests over all sessions
+        # Admitted requests not answered yet, by request hash: the outboxes of the
+        # sessions where the payer re-sent one (each gets the answer too, C-4).
+        self._unanswered: dict[bytes, list[_Outbox]] = {}
         self._transport: Any = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -487,6 +510,21 @@ class Node:
     def now(self) -> int:
         """The node's clock, Unix ms (injected in simulations)."""
         return self._clock()
+
+    def _ledger_param(self, name: str) -> int | None:
+        """A ledger parameter if this ledger has it (e.g. ``max_claim_body``), else None."""
+        value = getattr(self.ledger.params, name, None)
+        return value if type(value) is int and value >= 0 else None
+
+    def response_expiry(self, deadline: int) -> int:
+        """When a signed response (and the request beside it) to a request with this
+        `deadline` may be pruned: a claim can be filed on it until its deadline plus the
+        claim window, and it serves as evidence against claimed requests dated up to
+        ``max_deadline_horizon_ms`` later (claims.md 2), whose claims run a window more.
+        So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
+        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        window = self._stake.claim_window_ms if self._stake is not None else 0
+        return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
 
     # -- startup
 
@@ -789,7 +827,7 @@ class Node:
                 return None
             if conn.account != record.payee:
                 return None
-            return await conn.resend(request)
+            return await conn.redeliver(request)
         return None
 
     async def claims(self) -> list[ClaimInfo]:
@@ -970,7 +1008,9 @@ class Node:
                 f"body of {len(body)} bytes is over the service's {terms.max_body}",
                 code=ErrorCode.BODY_TOO_LARGE,
             )
-        for attempt in range(2):
+        give_up_at = trio.current_time() + timeout
+        price_retried = resynced = False
+        while True:
             ch = self._payer_channel_to(payee)
             if ch is None:
                 raise LocalProtocolError(
@@ -979,22 +1019,28 @@ class Node:
                 )
             async with conn.slots:
                 slot = conn.send_request(ch, service, body, price, timeout)
-                with trio.move_on_after(timeout + 0.05):
-                    await slot.done.wait()
-                if not slot.done.is_set():
+                if not await self._wait(slot, timeout + 0.05):
                     conn.abandon(ch, slot)
                     self.counters.timeouts += 1
                     raise CallTimeout(f"no answer from {peer_id} within {timeout} s")
-            if slot.generation:
-                await self.persister.durable(slot.generation)
-            if slot.resync is not None and attempt == 0:
-                ch.resync(**slot.resync)
-                await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+                if slot.replay is Replay.IN_DOUBT:
+                    # Unsigned: it may have been served. Ask once more with the same signed
+                    # request; an honest payee answers with what it stored (C-4).
+                    slot = await self._resend_once(conn, ch, slot, give_up_at, timeout)
+            if slot.replay is Replay.SUPERSEDED:
+                # Our own signature shows we lost state: numbers and slices are adopted
+                # (on_replay); a fresh request follows, once.
+                if resynced:
+                    raise RemoteProtocolError("resync did not converge", code=ErrorCode.REPLAY)
+                resynced = True
                 continue
             if slot.error is not None:
                 raise slot.error
             receipt = slot.receipt
-            assert receipt is not None
+            if receipt is None:  # every path sets one of the three; never assert on a peer
+                raise RemoteProtocolError(
+                    f"no receipt for request {slot.n}", code=ErrorCode.INTERNAL
+                )
             response = receipt.response
             if response.status != STATUS_OK:
                 message, details = response.refusal_info()
@@ -1002,7 +1048,8 @@ class Node:
                 if response.status == ErrorCode.PAYMENT_REQUIRED and type(asked) is int:
                     if asked != price and 0 <= asked <= MAX_YOCTO:
                         conn.prices[service] = asked  # the provider changed its price
-                        if asked <= max_price and attempt == 0:
+                        if asked <= max_price and not price_retried:
+                            price_retried = True
                             price = asked
                             continue
                 raise remote_error(response.status, message, details)
@@ -1015,7 +1062,47 @@ class Node:
                 spent=receipt.spent,
                 receipt=response,
             )
-        raise RemoteProtocolError("resync did not converge", code=ErrorCode.REPLAY)
+
+    async def _wait(self, slot: _Slot, seconds: float) -> bool:
+        """Wait for `slot`'s answer (and its state to be durable); False on timeout."""
+        with trio.move_on_after(seconds):
+            await slot.done.wait()
+        if not slot.done.is_set():
+            return False
+        if slot.generation:
+            await self.persister.durable(slot.generation)
+        return True
+
+    async def _resend_once(
+        self, conn: _Connection, ch: PayerChannel, slot: _Slot, give_up_at: float, timeout: float
+    ) -> _Slot:
+        """Re-send the very request `slot` carried, after an unsigned REPLAY of it.
+
+        Returns:
+            The new slot, answered by a receipt, or SUPERSEDED (lost state proven).
+
+        Raises:
+            RequestInDoubt: REPLAY again, no answer, or any unsigned refusal: the request
+                is abandoned (it stays on record, claimable).
+        """
+        again = conn.resend(ch, slot.request)
+        wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
+        answered = await self._wait(again, wait)
+        if answered and (again.receipt is not None or again.replay is Replay.SUPERSEDED):
+            return again
+        conn.abandon(ch, again)
+        self.counters.in_doubt += 1
+        why = "no answer"
+        if answered:
+            why = again.error.code.value if again.error is not None else "REPLAY"
+        raise RequestInDoubt(
+            f"{conn.peer_id} answered request {slot.n} only with an unsigned REPLAY, then "
+            f"{why} to the same request re-sent: it may have served and charged it. The "
+            "request stays on record and is claimable: if the provider has a stake, the "
+            "watcher claims it after its deadline (the claim bond is locked until the "
+            "claim ends, and returned unless the provider proves the claim frivolous; the "
+            "provider must then deliver the answer through the ledger or refund the price)"
+        )
 
 
 def _check_hello(frame: object, remote: bytes, ledger: bytes) -> Hello:
@@ -1286,6 +1373,8 @@ class _ServerSession:
                 self._take_refusal_token()
             if decision.code is ErrorCode.INVALID_SIGNATURE:
                 node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
+            if decision.code is ErrorCode.REPLAY and await self._answer_again(request):
+                return
             if not decision.authenticated:
                 self._refuse_unauthenticated(
                     request.channel, request.n, decision.code, decision.message, decision.details
@@ -1319,10 +1408,32 @@ class _ServerSession:
             return
         self.in_flight += 1
         node._in_flight_total += 1
+        node._unanswered[request.hash] = []
         self._ready.append((ch, request, service, call))
         if not self._runner:
             self._runner = True
             handlers.start_soon(self._run_ready, handlers)
+
+    async def _answer_again(self, request: Request) -> bool:
+        """A request re-sent by its payer (authenticated, ``n`` not fresh): if we admitted
+        it, it gets what we answered, or will answer, not REPLAY and never a second
+        charge (C-4, protocol.md 13.5). False if we never answered this very request.
+        """
+        node = self.node
+        for _ in range(2):
+            waiters = node._unanswered.get(request.hash)
+            if waiters is not None:  # its handler is still running
+                waiters.append(self.outbox)
+                node.counters.answers_resent += 1
+                return True
+            await node.persister.flush()  # the answer may be staged, not stored yet
+            stored = await node.store.response(request.hash)
+            if stored is not None and (stored.channel, stored.n) == (request.channel, request.n):
+                self.outbox.put(0, stored.frame)  # durable: it was stored
+                node.counters.answers_resent += 1
+                log.info("answered a re-sent request again peer=%s n=%d", self.peer_id, request.n)
+                return True
+        return False
 
     async def _run_ready(self, handlers: trio.Nursery) -> None:
         """Start the admitted requests' handlers, in admission order, in this one task.
@@ -1370,10 +1481,15 @@ class _ServerSession:
                 channel=request.channel,
                 n=request.n,
                 frame=frame,
-                expires_at=request.deadline + node.config.response_retention_ms,
+                expires_at=node.response_expiry(request.deadline),
+                # the payer-signed request beside its answer: re-sends and claim evidence
+                request_frame=request.to_frame(),
             ),
         )
         self.outbox.put(generation, frame)
+        for outbox in node._unanswered.pop(request.hash, ()):
+            if outbox is not self.outbox:
+                outbox.put(generation, frame)  # where the payer re-sent it
 
     async def _run_handler(
         self, ch: PayeeChannel, request: Request, service: _Service, call: Call
@@ -1382,45 +1498,57 @@ class _ServerSession:
         ok = False
         body = b""
         error = "handler failed"
+        details: dict[str, Any] = {}
         try:
-            await node.behaviour.before_handler(call)
-            result = await service.handler(call)
-            if not isinstance(result, bytes | bytearray | memoryview):
-                error = f"handler returned {type(result).__name__}, not bytes"
-            elif len(result) > node.config.max_frame - 4096:
-                error = "handler response too large"
-            else:
-                body = bytes(result)
-                ok = True
+            ok, body, error, details = await run_service(node, service, call)
         except trio.Cancelled:
             error = "stream closed before the handler finished"
             raise
-        except Exception as exc:  # a handler's failure is the caller's HANDLER_ERROR, never ours
-            log.warning("handler %s failed: %r", request.service, exc)
-            error = f"handler failed: {type(exc).__name__}"
         finally:
             self.in_flight -= 1
             node._in_flight_total -= 1
-            charged, spent = ch.complete(request.n, ok=ok)
-            if ok:
+            done = ch.complete(request.n, ok=ok, now=node.now())
+            if done.refusal is not None:
+                # C-4: finished after the deadline: not charged, a signed refusal instead
+                node.counters.late_answers += 1
+                node.counters.refused[done.refusal.value] += 1
+                late = "the answer was ready after the request's deadline; nothing charged"
+                self._answer(
+                    ch,
+                    request,
+                    done.refusal.value,
+                    0,
+                    done.spent,
+                    refusal_body(late, {"deadline": request.deadline}),
+                )
+            elif ok:
                 node.counters.calls_served += 1
-                node.counters.charged += charged
-                self._answer(ch, request, STATUS_OK, charged, spent, body)
+                node.counters.charged += done.charged
+                self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
             else:
                 node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
                 self._answer(
-                    ch, request, ErrorCode.HANDLER_ERROR.value, 0, spent, refusal_body(error)
+                    ch,
+                    request,
+                    ErrorCode.HANDLER_ERROR.value,
+                    0,
+                    done.spent,
+                    refusal_body(error, details),
                 )
 
 
-async def run_service(node: Node, service: _Service, call: Call) -> tuple[bool, bytes, str]:
-    """Run `service`'s handler for an admitted `call` (a request on a stream, or one
-    served through a claim by the watcher, specs/claims.md C-6).
+async def run_service(
+    node: Node, service: _Service, call: Call
+) -> tuple[bool, bytes, str, dict[str, Any]]:
+    """Run `service`'s handler for an admitted `call`: a request on a stream, or one served
+    through a claim by the watcher (specs/claims.md C-6). One function, so both check the
+    handler's result alike.
 
     Returns:
-        ``(ok, body, error)``: ``ok`` with the body the response carries, or False and
-        why (the handler raised, returned something else than bytes, or too much).
-        A cancellation (stream closed, deadline) propagates.
+        ``(ok, body, error, details)``: ``ok`` with the body the response carries, or
+        False with why (the handler raised, returned something else than bytes, too much
+        for a frame, or more than the ledger accepts in a claim answer) and the refusal's
+        details. A cancellation (stream closed, deadline) propagates.
     """
     try:
         await node.behaviour.before_handler(call)
@@ -1429,12 +1557,21 @@ async def run_service(node: Node, service: _Service, call: Call) -> tuple[bool, 
         raise
     except Exception as exc:  # a handler's failure is the caller's HANDLER_ERROR, never ours
         log.warning("handler %s failed: %r", call.service, exc)
-        return False, b"", f"handler failed: {type(exc).__name__}"
+        return False, b"", f"handler failed: {type(exc).__name__}", {}
+    claim_limit = node._ledger_param("max_claim_body")
     if not isinstance(result, bytes | bytearray | memoryview):
-        return False, b"", f"handler returned {type(result).__name__}, not bytes"
+        return False, b"", f"handler returned {type(result).__name__}, not bytes", {}
     if len(result) > node.config.max_frame - 4096:
-        return False, b"", "handler response too large"
-    return True, bytes(result), ""
+        return False, b"", "handler response too large", {}
+    if claim_limit is not None and len(result) > claim_limit:
+        # Never charge an answer we could not post to the ledger if it is claimed
+        # (issue 13 item 7): refuse it, signed and uncharged.
+        error = (
+            f"answer of {len(result)} bytes is over the ledger's claim body limit "
+            f"of {claim_limit} bytes"
+        )
+        return False, b"", error, {"max_body": claim_limit}
+    return True, bytes(result), "", {}
 
 
 @types.coroutine
@@ -1470,9 +1607,10 @@ class _Slot:
     done: trio.Event = field(default_factory=trio.Event)
     receipt: Receipt | None = None
     error: P2payError | None = None
-    resync: dict[str, Any] | None = None
+    replay: Replay | None = None  # what an unsigned REPLAY of it meant (on_replay)
+    resent: bool = False  # the same request sent again after a REPLAY
     generation: int = 0
-    resend: bool = False  # a re-delivery of a request already sent (`Node.redeliver`)
+    redelivery: bool = False  # a re-delivery by the watcher (`Node.redeliver`)
 
 
 class _Connection:
@@ -1495,7 +1633,11 @@ class _Connection:
         node = self.node
         if self.closed:
             raise ConnectionLost(f"connection to {self.peer_id} is closed")
-        deadline = node.now() + max(1, int(timeout * 1000))
+        now = node.now()
+        deadline = now + max(1, int(timeout * 1000))
+        horizon = node._ledger_param("max_deadline_horizon_ms")
+        if horizon is not None:  # never post-dated beyond the horizon (claims.md 2)
+            deadline = min(deadline, now + horizon)
         request = ch.next_request(
             node.signer, service=service, body=body, price=price, deadline=deadline
         )
@@ -1519,7 +1661,16 @@ class _Connection:
         self.outbox.put(generation, frame)
         return slot
 
-    async def resend(self, request: Request) -> Response | None:
+    def resend(self, ch: PayerChannel, request: Request) -> _Slot:
+        """Send `request` (still in flight on `ch`) once more, unchanged (C-4)."""
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.peer_id} is closed")
+        slot = _Slot(channel=ch.channel, n=request.n, request=request, resent=True)
+        self.pending[(ch.channel, request.n)] = slot
+        self.outbox.put(0, request.to_frame())  # durable since it was first sent
+        return slot
+
+    async def redeliver(self, request: Request) -> Response | None:
         """Send `request` (already signed and on record) again and wait for its answer.
 
         Returns:
@@ -1528,7 +1679,7 @@ class _Connection:
         key = (request.channel, request.n)
         if key in self.pending or self.closed:
             return None  # in flight already, or no stream
-        slot = _Slot(channel=request.channel, n=request.n, request=request, resend=True)
+        slot = _Slot(channel=request.channel, n=request.n, request=request, redelivery=True)
         self.pending[key] = slot
         try:
             self.outbox.put(0, request.to_frame())
@@ -1637,24 +1788,52 @@ class _Connection:
         ch = node.payer_channels.get(refusal.channel)
         if slot is None or ch is None:
             return  # a refusal of something we did not send: nothing to account
-        if slot.resend:  # the payee saw it before (REPLAY): it stays on record, claimable
+        if slot.redelivery:  # the payee refused our re-delivery: it stays on record, claimable
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
             slot.done.set()
             return
-        ch.on_refusal(refusal.n)
-        slot.generation = node.persister.stage(
-            delete_request=slot.request.hash, payer=_payer_record(ch)
-        )
         if refusal.code is ErrorCode.REPLAY:
-            slot.resync = _resync_args(refusal.details)
-        if slot.resync is None:
+            self._on_replay(ch, slot, refusal)
+        elif slot.resent:
+            # An unsigned word about a request in doubt proves nothing either: keep it.
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        else:
+            # Refused before authentication: nothing charged, the voucher not kept.
+            ch.on_refusal(refusal.n)
+            slot.generation = node.persister.stage(
+                delete_request=slot.request.hash, payer=_payer_record(ch)
+            )
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
         slot.done.set()
 
+    def _on_replay(self, ch: PayerChannel, slot: _Slot, refusal: Refusal) -> None:
+        """An unsigned REPLAY: never forget the request on its word (claims.md 6)."""
+        node = self.node
+        args = _resync_args(refusal.details)
+        outcome = Replay.IN_DOUBT if slot.n in ch.in_flight else Replay.UNKNOWN
+        if args is not None:
+            try:
+                outcome = ch.on_replay(refusal.n, **args)
+            except RemoteProtocolError as exc:  # not our voucher, or inconsistent numbers
+                log.warning("bad resync details from %s: %s", self.peer_id, exc)
+                node.counters.protocol_violations += 1
+        if outcome is Replay.SUPERSEDED:
+            # our own signature proves it was never chargeable: a claim would be frivolous
+            slot.generation = node.persister.stage(
+                delete_request=slot.request.hash, payer=_payer_record(ch)
+            )
+        else:
+            slot.generation = node.persister.stage(payer=_payer_record(ch))
+        if outcome is Replay.UNKNOWN:
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        slot.replay = outcome
+
 
 def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
-    last_n, spent, voucher = details.get("last_n"), details.get("spent"), details.get("voucher")
-    if type(last_n) is not int or type(spent) is not int:
+    """on_replay's arguments from a REPLAY's details (the unsigned ``spent`` is never
+    taken, claims.md 6), or None if they are unusable."""
+    last_n, voucher = details.get("last_n"), details.get("voucher")
+    if type(last_n) is not int:
         return None
     parsed: Request | None = None
     if isinstance(voucher, bytes):
@@ -1665,7 +1844,7 @@ def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
         if not isinstance(frame, Request):
             return None
         parsed = frame
-    args: dict[str, Any] = {"last_n": last_n, "spent": spent, "voucher": parsed}
+    args: dict[str, Any] = {"last_n": last_n, "voucher": parsed}
     paid_max = details.get("paid_max")
     if type(paid_max) is int:
         args["paid_max"] = paid_max  # checked against the voucher (protocol.md 15)
@@ -1784,6 +1963,7 @@ __all__ = [
     "Node",
     "NodeConfig",
     "PeerUnreachable",
+    "RequestInDoubt",
     "codec",
     "open_node",
 ]

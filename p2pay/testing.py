@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Request, Response, decode_frame
+from p2pay.core.messages import (
+    Request,
+    Response,
+    blake2b256,
+    decode_frame,
+    request_signing_bytes,
+    response_signing_bytes,
+)
+from p2pay.core.signing import sign_message
 from p2pay.core.settlement import (
     MAX_AMOUNT,
     Channel,
@@ -39,6 +47,68 @@ ALICE = Keypair.from_seed(bytes([1]) * 32)
 BOB = Keypair.from_seed(bytes([2]) * 32)
 CAROL = Keypair.from_seed(bytes([3]) * 32)
 MALLORY = Keypair.from_seed(bytes([4]) * 32)
+
+
+def unchecked_request(
+    key: Any,
+    *,
+    ledger: bytes,
+    channel: bytes,
+    n: int,
+    paid: int,
+    price: int,
+    service: str,
+    body: bytes,
+    deadline: int,
+) -> Request:
+    """A signed `Request` built without its own range checks (``n = 0``, an empty service):
+    the tests use it to check that a ledger refuses such requests itself (a peer or a
+    contract caller is not bound by our constructor). `key` signs as in `Request.create`."""
+    request = Request.__new__(Request)
+    values: dict[str, Any] = {
+        "ledger": ledger,
+        "channel": channel,
+        "n": n,
+        "paid": paid,
+        "price": price,
+        "service": service,
+        "body_hash": blake2b256(body),
+        "deadline": deadline,
+    }
+    for name, value in values.items():
+        object.__setattr__(request, name, value)
+    signed = request_signing_bytes(**values)
+    object.__setattr__(request, "signing_bytes", signed)
+    object.__setattr__(request, "hash", blake2b256(signed))
+    object.__setattr__(request, "body", body)
+    object.__setattr__(request, "signature", b"")
+    object.__setattr__(request, "signature", sign_message(key, request))
+    return request
+
+
+def unchecked_response(
+    key: Any, *, request: Request, status: str, price: int, spent: int, body: bytes
+) -> Response:
+    """A signed `Response` to `request` built without its own checks (a refusal that charges
+    a price): for checking that a ledger refuses it itself."""
+    response = Response.__new__(Response)
+    values: dict[str, Any] = {
+        "ledger": request.ledger,
+        "channel": request.channel,
+        "n": request.n,
+        "request_hash": request.hash,
+        "status": status,
+        "price": price,
+        "spent": spent,
+        "body_hash": blake2b256(body),
+    }
+    for name, value in values.items():
+        object.__setattr__(response, name, value)
+    object.__setattr__(response, "signing_bytes", response_signing_bytes(**values))
+    object.__setattr__(response, "body", body)
+    object.__setattr__(response, "signature", b"")
+    object.__setattr__(response, "signature", sign_message(key, response))
+    return response
 
 
 def evm_test_keys() -> tuple[Any, dict[str, Any]]:
@@ -1471,4 +1541,6 @@ __all__ = [
     "expect_eq",
     "ledger_conformance_cases",
     "run_ledger_conformance",
+    "unchecked_request",
+    "unchecked_response",
 ]

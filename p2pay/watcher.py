@@ -408,7 +408,7 @@ class Watcher:
         if request.n in ch.pending:
             return None  # being served on a stream: its stored answer comes when it ends
         seen: list[Request] = []
-        for other in await self._known_requests(ch):
+        for other in await self._known_requests(ch, request):
             if other.hash != request.hash and other.channel == request.channel:
                 seen.append(other)
         if use_evidence:
@@ -418,9 +418,24 @@ class Watcher:
         same_n = any(other.n == request.n for other in seen)
         return _Answer(response=await self._serve_claimed(ch, request, claim, same_n))
 
-    async def _known_requests(self, ch: PayeeChannel) -> list[Request]:
-        """Payer-signed requests of `ch` this node holds (candidates for evidence)."""
-        return [r for r in (ch.verified, ch.best) if r is not None]
+    async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
+        """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
+        the stored ones numbered near it, the channel's floor voucher (the highest pruned),
+        and its best vouchers (candidates for evidence, claims.md 2)."""
+        node = self.node
+        frames = [s.request_frame for s in await node.store.vouchers_near(ch.channel, claimed.n)]
+        floor = await node.store.floor_voucher(ch.channel)
+        if floor is not None:
+            frames.append(floor.request_frame)
+        found = [r for r in (ch.verified, ch.best) if r is not None]
+        for frame in frames:
+            try:
+                request = decode_frame(frame)
+            except P2payError:
+                continue
+            if isinstance(request, Request):
+                found.append(request)
+        return found
 
     def _evidence(self, ch: PayeeChannel, request: Request, seen: list[Request]) -> Request | None:
         """A request the payer signed in tiling conflict with `request` (claims.md 2)."""
@@ -471,10 +486,11 @@ class Watcher:
             deadline=deadline,
         )
         ok, body, error = False, b"", ""
+        details: dict[str, Any] = {}
         try:
             now = await node.ledger.now()
             with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
-                ok, body, error = await run_service(node, service, call)
+                ok, body, error, details = await run_service(node, service, call)
             done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
         except BaseException:
             if request.n in ch.pending:
@@ -491,7 +507,7 @@ class Watcher:
         else:
             code = ErrorCode.HANDLER_ERROR
         node.counters.refused[code.value] += 1
-        body = refusal_body(error)
+        body = refusal_body(error, details)
         return await self._store_answer(ch, request, claim, code.value, 0, body, done.spent)
 
     async def _store_answer(
@@ -523,8 +539,11 @@ class Watcher:
                 channel=request.channel,
                 n=request.n,
                 frame=response.to_frame(),
-                expires_at=max(request.deadline, claim.window_ends)
-                + node.config.response_retention_ms,
+                expires_at=max(
+                    node.response_expiry(request.deadline),
+                    claim.window_ends + node.config.response_retention_ms,
+                ),
+                request_frame=request.to_frame(),  # re-sends and evidence (claims.md 2)
             ),
         )
         await node.persister.durable(generation)

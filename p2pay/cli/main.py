@@ -185,6 +185,13 @@ def id_(as_json: bool) -> None:
 # ledger
 
 
+#: Default shortest challenge period and claim window of a new SQLite ledger (ms): the
+#: time a payee has to redeem when its payer closes, and a provider to answer a claim.
+SAFE_MIN_PERIOD_MS = 60_000
+#: The same on a chain: 30 block intervals of 12 s.
+EVM_MIN_PERIOD_MS = 30 * 12_000
+
+
 @cli.group()
 def ledger() -> None:
     """Create and inspect a ledger (the embedded SQLite settlement contract)."""
@@ -194,8 +201,16 @@ def ledger() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dev", is_flag=True, help="A development ledger: `ledger mint` allowed.")
 @click.option("--claim-bond", type=AMOUNT, help="Bond a claimant deposits per claim.")
-@click.option("--min-challenge", type=DURATION, help="Shortest channel challenge period.")
-@click.option("--min-claim-window", type=DURATION, help="Shortest claim window of a stake.")
+@click.option(
+    "--min-challenge",
+    type=DURATION,
+    help="Shortest channel challenge period (default 60s: a payee's time to redeem).",
+)
+@click.option(
+    "--min-claim-window",
+    type=DURATION,
+    help="Shortest claim window of a stake (default 60s: a provider's time to answer).",
+)
 @click.option(
     "--max-deadline-horizon", type=DURATION, help="Furthest request deadline; sets unbonding."
 )
@@ -216,8 +231,11 @@ def ledger_create(
     overrides: dict[str, Any] = {}
     for name, value in (
         ("claim_bond", claim_bond),
-        ("min_challenge_ms", min_challenge),
-        ("min_claim_window_ms", min_claim_window),
+        ("min_challenge_ms", SAFE_MIN_PERIOD_MS if min_challenge is None else min_challenge),
+        (
+            "min_claim_window_ms",
+            SAFE_MIN_PERIOD_MS if min_claim_window is None else min_claim_window,
+        ),
         ("max_deadline_horizon_ms", max_deadline_horizon),
     ):
         if value is not None:
@@ -289,6 +307,16 @@ def _adopt_and_report(
 @click.option("--token", metavar="0xADDRESS", help="The ERC-20 (24 decimals) to settle in.")
 @click.option("--claim-bond", type=AMOUNT, help="Bond a claimant deposits per claim.")
 @click.option(
+    "--min-challenge",
+    type=DURATION,
+    help="Shortest channel challenge period (default 6m: 30 blocks of 12 s).",
+)
+@click.option(
+    "--min-claim-window",
+    type=DURATION,
+    help="Shortest claim window of a stake (default 6m: 30 blocks of 12 s).",
+)
+@click.option(
     "--fund-dev-gas", is_flag=True, help="Dev chains (anvil): give the deployer gas money first."
 )
 @click.option("--use", is_flag=True, help="Also make it this home's ledger (config.toml).")
@@ -299,6 +327,8 @@ def ledger_deploy(
     dev: bool,
     token: str | None,
     claim_bond: int | None,
+    min_challenge: int | None,
+    min_claim_window: int | None,
     fund_dev_gas: bool,
     use: bool,
     as_json: bool,
@@ -310,6 +340,12 @@ def ledger_deploy(
     home = settings().home
     key = home.key()
     overrides: dict[str, Any] = {} if claim_bond is None else {"claim_bond": claim_bond}
+    # a payee must see a close, and a provider a claim, and get a transaction in: at least
+    # 30 block intervals (specs/claims.md C-8)
+    overrides["min_challenge_ms"] = EVM_MIN_PERIOD_MS if min_challenge is None else min_challenge
+    overrides["min_claim_window_ms"] = (
+        EVM_MIN_PERIOD_MS if min_claim_window is None else min_claim_window
+    )
     token_address: bytes | None = None
     if token is not None:
         if not (token.startswith("0x") and len(token) == 42):
@@ -341,7 +377,12 @@ def ledger_deploy(
     spec = parse_ledger_spec(f"evm:{rpc_url}:0x{address.hex()}")
     if use:
         home.require()
-    _adopt_and_report(home, spec, params, "deployed", use=use, as_json=as_json)
+    extra = {
+        "min_challenge_ms": params.min_challenge_ms,
+        "min_claim_window_ms": params.min_claim_window_ms,
+        "max_deadline_horizon_ms": params.max_deadline_horizon_ms,
+    }
+    _adopt_and_report(home, spec, params, "deployed", use=use, as_json=as_json, extra=extra)
 
 
 @ledger.command("mint")
@@ -830,6 +871,28 @@ def call_document(result: Any) -> dict[str, Any]:
     }
 
 
+async def timeout_advice(node: Node, peer: str, message: str) -> str:
+    """What `call` says when a paid request got no answer: what a claim would risk."""
+    try:
+        stake = await node.ledger.stake_of(await node.account_of(peer))
+    except P2payError:
+        stake = None
+    if stake is None or stake.amount == 0 or stake.unbonding_at:
+        return (
+            f"{message}; the provider has no bonded stake, so this request cannot be claimed "
+            "(it may still answer: `p2pay node run` on this home re-sends it and keeps a late "
+            "answer)"
+        )
+    bond = render.amount_text(node.ledger.params.claim_bond)
+    return (
+        f"{message}; the paid request is on record: `p2pay node run` on this home re-sends it "
+        "and, only if that brings no answer, claims it within the provider's claim window "
+        f"({format_ms(stake.claim_window_ms)} after its deadline). A claim locks a bond of "
+        f"{bond} until the provider answers or the window ends; the bond comes back unless "
+        "the claim is frivolous (in conflict with another request you signed)"
+    )
+
+
 @cli.command()
 @click.argument("peer")
 @click.argument("service")
@@ -856,10 +919,12 @@ def call(
 ) -> None:
     """Call SERVICE on PEER with DATA (text; "-" reads stdin) and print the response body.
 
-    Needs an open channel to PEER (p2pay channel open). A paid request left unanswered is
-    claimed by this home's watcher: run `p2pay node run` on this home before the
-    provider's claim window (after the request's deadline) ends. Not while `node run`
-    runs on this same home: a home is used by one process at a time.
+    Needs an open channel to PEER (p2pay channel open). A paid request left unanswered
+    stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
+    answer and the provider has a stake, claims it within the provider's claim window. A
+    claim locks the ledger's claim bond until the provider answers or the window ends; the
+    bond comes back unless the claim is frivolous. Not while `node run` runs on this same
+    home: a home is used by one process at a time.
     """
     home = settings().home
     if data == "-":
@@ -873,10 +938,7 @@ def call(
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
         except CallTimeout as exc:
-            raise CliError(
-                f"{exc.message}; the paid request is on record: run `p2pay node run` on "
-                "this home within the provider's claim window to claim against it"
-            ) from None
+            raise CliError(await timeout_advice(node, peer, exc.message)) from None
 
     result = run_with_node(home, ledger, do)
     if as_json:
@@ -903,7 +965,15 @@ def claims() -> None:
 @home_option
 @json_option
 def claims_list(ledger: str | None, as_json: bool) -> None:
-    """List claims where this identity is claimant or respondent."""
+    """List claims where this identity is claimant or respondent, with their outcomes.
+
+    outcome: open, delivered (answered with the answer), refused (answered with a signed
+    refusal: the request's price refunded), frivolous (answered with a conflicting request
+    the claimant signed: its bond lost), upheld (not answered in time: the provider slashed,
+    the price refunded). bond_to: who got the bond (empty while open); status: the
+    answer's status; refund, clawed (the part of the refund taken from the provider's
+    stake) and slashed are amounts.
+    """
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
@@ -912,36 +982,61 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     async def read() -> list[dict[str, Any]]:
         async with open_ledger(spec) as led:
             found = await led.claims_of(me)
-        return [
-            {
-                "claim": c.id,
-                "role": "claimant" if c.claimant == me else "respondent",
-                "state": str(c.state),
-                "claimant": account_label(c.claimant, spec),
-                "respondent": account_label(c.respondent, spec),
-                "channel": c.channel,
-                "n": c.n,
-                "bond": c.bond,
-                "filed_at": c.filed_at,
-                "window_ends": c.window_ends,
-                "slashed": c.slashed,
-            }
-            for c in found
-        ]
+        return [claim_row(c, me, spec) for c in found]
 
     rows = run(read)
     if as_json:
         render.print_json({"account": me, "claims": rows})
         return
-    cols = ("claim", "role", "state", "channel", "n", "bond", "slashed", "window_ends")
+    cols = (
+        "claim", "role", "outcome", "status", "n", "bond", "bond_to", "refund", "slashed",
+        "window_ends",
+    )  # fmt: skip
     render.stdout.print(
         render.table(
             "claims",
             cols,
             [[r[c] for c in cols] for r in rows],
-            amounts=("bond", "slashed"),
+            amounts=("bond", "refund", "slashed"),
         )
     )
+
+
+def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
+    """One claim for `claims list` (amounts as ints: --json prints them as strings)."""
+    from p2pay.core.messages import Response, decode_frame
+    from p2pay.watcher import claim_outcome
+
+    outcome = claim_outcome(claim)
+    status = ""
+    if claim.response_frame:
+        try:
+            response = decode_frame(claim.response_frame)
+        except P2payError:
+            response = None
+        status = response.status if isinstance(response, Response) else "INVALID"
+    bond_to = {"open": ""}.get(outcome, "respondent" if outcome == "frivolous" else "claimant")
+    claimant = claim.claimant == me
+    return {
+        "claim": claim.id,
+        "role": "claimant" if claimant else "respondent",
+        "outcome": outcome,
+        "state": outcome,
+        "status": status,
+        "claimant": account_label(claim.claimant, spec),
+        "respondent": account_label(claim.respondent, spec),
+        "channel": claim.channel,
+        "n": claim.n,
+        "price": getattr(claim, "price", 0),
+        "bond": claim.bond,
+        "bond_to": bond_to,
+        "bond_returned": None if outcome == "open" else bond_to == "claimant",
+        "refund": getattr(claim, "refund", 0),
+        "clawed": getattr(claim, "clawed", 0),
+        "slashed": claim.slashed,
+        "filed_at": claim.filed_at,
+        "window_ends": claim.window_ends,
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import trio
 
 from p2pay.cli import render
 from p2pay.cli.common import (
+    DURATION,
     Guard,
     home_option,
     json_option,
@@ -232,6 +233,7 @@ async def run_node(
     metrics: tuple[str, int] | None,
     drop_rate: float,
     as_json: bool,
+    min_challenge_ms: int | None = None,
 ) -> dict[str, Any]:
     """Run until SIGINT/SIGTERM; return the final counters."""
     from p2pay.node import open_node
@@ -241,7 +243,8 @@ async def run_node(
         key = home.key()
         config = home.config()
         spec = home.ledger_spec(ledger_text)
-        cfg = node_config(config)
+        fixed = {} if min_challenge_ms is None else {"min_challenge_ms": min_challenge_ms}
+        cfg = node_config(config, **fixed)
         behaviour = _behaviour_class()(drop_rate) if drop_rate > 0 else None
         serving = _Serving(str(spec), services, handlers, metrics, drop_rate, as_json, signals)
         guard = Guard()
@@ -370,6 +373,11 @@ def node_group() -> None:
     help="Offer a service (repeatable; default: config). Built-ins: echo, upper.",
 )
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics there.")
+@click.option(
+    "--min-challenge",
+    type=DURATION,
+    help="Refuse channels whose challenge period is shorter (default: config, else 60s).",
+)
 @click.option("--drop-rate", type=click.FloatRange(0.0, 1.0), hidden=True)
 @click.option("--behaviour", hidden=True)
 @ledger_option
@@ -379,6 +387,7 @@ def node_run(
     listen: tuple[str, ...],
     service_texts: tuple[str, ...],
     metrics: str | None,
+    min_challenge: int | None,
     drop_rate: float | None,
     behaviour: str | None,
     ledger: str | None,
@@ -413,6 +422,7 @@ def node_run(
             metrics=metrics_at,
             drop_rate=rate,
             as_json=as_json,
+            min_challenge_ms=min_challenge,
         )
     )
     log.debug("ran for %.1f s", time.monotonic() - started)

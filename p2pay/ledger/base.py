@@ -209,7 +209,16 @@ class Ledger(Protocol):
     async def request_unstake(self, key: Keypair) -> None: ...
     async def withdraw_stake(self, key: Keypair) -> None: ...
     async def file_claim(self, key: Keypair, request: Request) -> bytes: ...
-    async def answer_claim(self, key: Keypair, claim_id: bytes, response: Response) -> None: ...
+    async def answer_claim(
+        self,
+        key: Keypair,
+        claim_id: bytes,
+        response: Response | None = None,
+        *,
+        evidence: Request | None = None,
+    ) -> None:
+        """Answer a claim with a signed response, or with `evidence` (a payer-signed request
+        in tiling conflict with the claimed one): exactly one (specs/settlement.md 5)."""
     async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -382,8 +391,17 @@ class OpLedger(abc.ABC):
         result: bytes = await self._do(FileClaim(sender=key.account, request=request))
         return result
 
-    async def answer_claim(self, key: Keypair, claim_id: bytes, response: Response) -> None:
-        await self._do(AnswerClaim(sender=key.account, claim=claim_id, response=response))
+    async def answer_claim(
+        self,
+        key: Keypair,
+        claim_id: bytes,
+        response: Response | None = None,
+        *,
+        evidence: Request | None = None,
+    ) -> None:
+        await self._do(
+            AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence)
+        )
 
     async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
         await self._do(ResolveClaim(sender=key.account, claim=claim_id))

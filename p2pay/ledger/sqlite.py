@@ -25,7 +25,12 @@ reached the disk before it is acknowledged. ``busy_timeout`` (10 s) lets concurr
 writers queue instead of failing. Readers never block writers (WAL snapshots); `totals`
 reads every table inside one read transaction, so it sees one consistent state.
 
-Storage (format ``p2pay-ledger``, version 1):
+Storage (format ``p2pay-ledger``, version 2; version 2 added the claim game of issue 13:
+``Channel.paid_seen/refunded/clawed``, ``Stake.unstake_requested_at``, the claim outcomes and
+``Claim.price/paid/deadline/refund/clawed/evidence_frame``). A version 1 file is refused
+with `LedgerVersionError`: its claims were settled under the old rules (any answer won the
+bond) and cannot be restated under the new ones, so a development ledger is simply created
+again (``p2pay ledger create``).
 
 * ``meta(key, value)``: format marker, version, params (canonical CBOR map), ledger id,
   and the globals, every value canonical CBOR.
@@ -84,10 +89,18 @@ from p2pay.ledger.base import (
 )
 from p2pay.ledger.memory import wall_clock_ms
 
-__all__ = ["SqliteLedger"]
+__all__ = ["LedgerVersionError", "SqliteLedger"]
 
 FORMAT = b"p2pay-ledger"
-VERSION = 1
+VERSION = 2
+
+
+class LedgerVersionError(LedgerFileError):
+    """A p2pay ledger file of another format version (e.g. version 1, before issue 13)."""
+
+    def __init__(self, message: str, *, version: object) -> None:
+        super().__init__(message)
+        self.version = version
 AMOUNT_BYTES = 16
 BUSY_TIMEOUT_MS = 10_000
 _MAX_STORED = 1 << 30  # a sanity cap on a stored CBOR value's size when decoding
@@ -389,8 +402,17 @@ class SqliteLedger(LocalLedger):
             if rows.get("format") is None or _uncbor(rows["format"]) != FORMAT:
                 raise LedgerFileError(f"{path} is not a p2pay ledger")
             version = _uncbor(rows.get("version"))
+            if version == 1:
+                raise LedgerVersionError(
+                    f"{path} is a version 1 p2pay ledger (claim rules before issue 13); this "
+                    f"p2pay reads version {VERSION} only: create a new dev ledger "
+                    "(p2pay ledger create) and fund it again",
+                    version=version,
+                )
             if version != VERSION:
-                raise LedgerFileError(f"{path} is a p2pay ledger of unknown version {version!r}")
+                raise LedgerVersionError(
+                    f"{path} is a p2pay ledger of unknown version {version!r}", version=version
+                )
             stored = _uncbor(rows.get("params"))
             try:
                 params = Params(**stored)

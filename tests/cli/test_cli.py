@@ -137,7 +137,9 @@ def cli(
 @pytest.fixture
 def world(cli: InProcess, tmp_path: Path) -> dict[str, Any]:
     """A dev ledger and two homes on it (provider `p`, client `c`), with money."""
-    cli.ok("ledger", "create", "ledger.sqlite", "--dev")
+    # test-sized periods: the default shortest challenge period and claim window are 60 s
+    cli.ok("ledger", "create", "ledger.sqlite", "--dev", "--min-challenge", "1s",
+           "--min-claim-window", "1s")  # fmt: skip
     homes = {}
     for name in ("p", "c"):
         doc = cli.js("--home", name, "init", "--ledger", "sqlite:ledger.sqlite")
@@ -354,7 +356,7 @@ def test_bad_arguments_give_one_line(cli: InProcess) -> None:
     assert "needs --penalty" in cli.fails("--home", "h", "stake", "1", *led)
     assert "NOT_STAKED" in cli.fails("--home", "h", "unstake", *led)
     assert "INSUFFICIENT_FUNDS" in cli.fails(
-        "--home", "h", "stake", "1", "--penalty", "1", "--claim-window", "1s", *led
+        "--home", "h", "stake", "1", "--penalty", "1", "--claim-window", "60s", *led
     )
     assert "expected NAME=PRICE" in cli.fails("--home", "h", "node", "run", "--service", "echo")
     assert "no built-in" in cli.fails("--home", "h", "node", "run", "--service", "cat=1")

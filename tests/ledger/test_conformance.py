@@ -14,6 +14,7 @@ from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.settlement import Params, touches
 from p2pay.ledger import LedgerFileError, MemoryLedger, SqliteLedger
 from p2pay.ledger.memory import wall_clock_ms
+from p2pay.ledger.sqlite import LedgerVersionError
 from p2pay.testing import ALICE, BOB, CAROL, TOKEN, ManualClock, ledger_conformance_cases
 
 pytestmark = pytest.mark.trio
@@ -136,16 +137,37 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     future = tmp_path / "future.db"
     await (await SqliteLedger.create(future)).aclose()
     conn = sqlite3.connect(future)
-    conn.execute("UPDATE meta SET value = x'02' WHERE key = 'version'")
+    conn.execute("UPDATE meta SET value = x'03' WHERE key = 'version'")
     conn.commit()
     conn.close()
-    with pytest.raises(LedgerFileError, match="unknown version"):
+    with pytest.raises(LedgerVersionError, match="unknown version") as info:
         await SqliteLedger.open(future)
+    assert info.value.version == 3
     with pytest.raises(Exception, match="claim_bond"):
         await SqliteLedger.create(tmp_path / "bad.db", claim_bond=-1)
     with pytest.raises(Exception, match="bad ledger parameters"):
         await SqliteLedger.create(tmp_path / "bad2.db", no_such_param=1)
     assert not (tmp_path / "bad.db").exists() and not (tmp_path / "bad2.db").exists()
+
+
+async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(tmp_path: Path) -> None:
+    """Version 1 files (claim rules before issue 13) are refused with a typed error that
+    tells the user to create a new dev ledger; the file is left exactly as it was."""
+    assert sqlite_backend.VERSION == 2
+    old = tmp_path / "v1.db"
+    ledger = await SqliteLedger.create(old, dev=True)
+    await ledger.mint(ALICE, ALICE.account, 5)
+    await ledger.aclose()
+    conn = sqlite3.connect(old)
+    conn.execute("UPDATE meta SET value = x'01' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+    before = old.read_bytes()
+    with pytest.raises(LedgerVersionError, match="version 1 .*create a new dev ledger") as info:
+        await SqliteLedger.open(old)
+    assert info.value.version == 1 and isinstance(info.value, LedgerFileError)
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+    assert old.read_bytes() == before
 
 
 async def test_sqlite_failed_operation_rolls_back(tmp_path: Path, monkeypatch: Any) -> None:

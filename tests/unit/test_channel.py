@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from p2pay.core.channel import (
     PayeeChannel,
     PayerChannel,
     Refuse,
+    Replay,
 )
 from p2pay.core.errors import (
     ErrorCode,
@@ -141,7 +143,7 @@ def test_admit_reserves_then_complete_charges() -> None:
     assert ch.pending == {1: PRICE}
     assert ch.credit == 0
     assert ch.best == request(1, PRICE)
-    assert ch.complete(1, ok=True) == (PRICE, PRICE)
+    assert tuple(ch.complete(1, ok=True)) == (PRICE, PRICE)
     assert (ch.spent, ch.reserved, ch.pending, ch.credit) == (PRICE, 0, {}, 0)
     assert ch.unredeemed == PRICE
 
@@ -149,11 +151,36 @@ def test_admit_reserves_then_complete_charges() -> None:
 def test_complete_failure_refunds_the_reservation() -> None:
     ch = payee()
     assert isinstance(admit(ch, request(1, PRICE)), Admit)
-    assert ch.complete(1, ok=False) == (0, 0)
+    assert tuple(ch.complete(1, ok=False)) == (0, 0)
     assert (ch.spent, ch.reserved, ch.credit) == (0, 0, PRICE)
-    # the refunded credit serves the next request without a higher voucher
-    decision = admit(ch, request(2, PRICE))
-    assert decision == Admit(n=2, price=PRICE, voucher_improved=False)
+    # v2: the refunded slice is never reused (it goes back to the payer at close) ...
+    reused = admit(ch, request(2, PRICE))
+    assert isinstance(reused, Refuse) and reused.code is ErrorCode.PAYMENT_REQUIRED
+    assert reused.authenticated and reused.details["paid_max"] == PRICE
+    # ... the next request takes the next slice
+    decision = admit(ch, request(3, 2 * PRICE))
+    assert decision == Admit(n=3, price=PRICE, voucher_improved=True)
+
+
+def test_complete_after_the_deadline_charges_nothing() -> None:
+    """C-4, issue 13 item 3: a handler that finishes after the deadline is not charged,
+    whatever it returned; the reservation is released and the node sends a signed
+    DEADLINE_EXCEEDED. Before v2, `complete` charged it (the deadline was only checked at
+    admission)."""
+    ch = payee()
+    assert isinstance(admit(ch, request(1, PRICE, deadline=LATER)), Admit)
+    assert isinstance(admit(ch, request(2, 2 * PRICE, deadline=LATER)), Admit)
+    assert ch.deadlines == {1: LATER, 2: LATER}
+    late = ch.complete(1, ok=True, now=LATER + 1)
+    assert (late.charged, late.spent, late.refusal) == (0, 0, ErrorCode.DEADLINE_EXCEEDED)
+    assert (ch.spent, ch.reserved, ch.pending, ch.deadlines) == (0, PRICE, {2: PRICE}, {2: LATER})
+    on_time = ch.complete(2, ok=True, now=LATER)  # deadline == now: still in time
+    assert (on_time.charged, on_time.spent, on_time.refusal) == (PRICE, PRICE, None)
+    assert (ch.spent, ch.reserved, ch.deadlines) == (PRICE, 0, {})
+    # a failed handler after the deadline is late too (the refusal says why)
+    assert isinstance(admit(ch, request(3, 3 * PRICE, deadline=LATER)), Admit)
+    assert ch.complete(3, ok=False, now=LATER + 5).refusal is ErrorCode.DEADLINE_EXCEEDED
+    assert ch.spent == PRICE
 
 
 def test_complete_refuses_unknown_or_repeated_n() -> None:
@@ -172,23 +199,25 @@ def test_reservations_count_against_credit() -> None:
     assert isinstance(admit(ch, request(1, 10)), Admit)
     assert isinstance(admit(ch, request(2, 20)), Admit)
     assert (ch.reserved, ch.credit) == (20, 0)
-    # credit exhausted by reservations: refused, nothing reserved
+    # a slice overlapping the reserved ones: refused, nothing reserved
     third = admit(ch, request(3, 20))
     assert isinstance(third, Refuse) and third.code is ErrorCode.PAYMENT_REQUIRED
-    assert third.details["price"] == PRICE
+    assert third.details == {"price": PRICE, "paid_max": 20, "spent": 0}
     assert ch.reserved == 20
     # out-of-order completion: 2 succeeds, 1 fails
-    assert ch.complete(2, ok=True) == (PRICE, PRICE)
-    assert ch.complete(1, ok=False) == (0, PRICE)
+    assert tuple(ch.complete(2, ok=True)) == (PRICE, PRICE)
+    assert tuple(ch.complete(1, ok=False)) == (0, PRICE)
     assert (ch.spent, ch.reserved, ch.credit) == (PRICE, 0, 10)
-    assert isinstance(admit(ch, request(4, 20)), Admit)
+    # the credit 1 left is not reused: only a fresh slice above 20 is served
+    assert isinstance(admit(ch, request(4, 20)), Refuse)
+    assert isinstance(admit(ch, request(5, 30)), Admit)
 
 
 def test_price_charged_is_the_service_price_not_the_request_cap() -> None:
     ch = payee()
     decision = admit(ch, request(1, 50, price=50), price=7)
     assert decision == Admit(n=1, price=7, voucher_improved=True)
-    assert ch.complete(1, ok=True) == (7, 7)
+    assert tuple(ch.complete(1, ok=True)) == (7, 7)
     assert ch.credit == 43
 
 
@@ -196,10 +225,38 @@ def test_older_voucher_never_lowers_paid_max() -> None:
     ch = payee()
     admit(ch, request(1, 40))
     ch.complete(1, ok=True)
-    decision = admit(ch, request(2, 30))  # lower cumulative paid: adds nothing, no error
-    assert decision == Admit(n=2, price=PRICE, voucher_improved=False)
+    decision = admit(ch, request(2, 30))  # lower cumulative paid: refused, adds nothing
+    assert isinstance(decision, Refuse) and decision.code is ErrorCode.PAYMENT_REQUIRED
+    assert decision.voucher_improved is False
     assert ch.paid_max == 40
     assert ch.best == request(1, 40)
+
+
+@pytest.mark.parametrize(
+    ("paid", "price", "admitted"),
+    [
+        (40, PRICE, False),  # slice (30, 40]: overlaps the first (0, 40] entirely
+        (45, PRICE, False),  # (35, 45] straddles paid_max 40
+        (49, PRICE, False),  # (39, 49]: one yocto of overlap is enough
+        (50, PRICE, True),  # (40, 50]: starts exactly at paid_max
+        (90, PRICE, True),  # a gap below the slice is fine (the payer's to claim back)
+        (45, 5, True),  # (40, 45] with a request price of 5 (the service costs 10: below)
+    ],
+)
+def test_payee_refuses_overlapping_slices(paid: int, price: int, admitted: bool) -> None:
+    """Protocol v2, claims.md 2: a fresh request is admitted only if its slice
+    (paid - price, paid] starts at or above paid_max; else PAYMENT_REQUIRED, signed."""
+    ch = payee()
+    admit(ch, request(1, 40, price=40), price=40)
+    ch.complete(1, ok=True)
+    decision = admit(ch, request(2, paid, price=price), price=min(price, PRICE))
+    assert isinstance(decision, Admit) is admitted, decision
+    if not admitted:
+        assert isinstance(decision, Refuse)
+        assert decision.code is ErrorCode.PAYMENT_REQUIRED and decision.authenticated
+        assert decision.details == {"price": PRICE, "paid_max": 40, "spent": 40}
+        assert (ch.last_n, ch.reserved) == (2, 0)  # n consumed, nothing reserved
+        assert ch.paid_max == max(40, paid)  # a valid voucher within the deposit is kept
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -376,8 +433,8 @@ def test_credit_too_low() -> None:
     refused = assert_refused(
         admit(ch, request(1, PRICE - 1)), ErrorCode.PAYMENT_REQUIRED, authenticated=True
     )
-    assert refused.details["price"] == PRICE
-    assert refused.details["credit"] == PRICE - 1
+    # paid - price < 0 = paid_max: the slice rule refuses it first
+    assert refused.details == {"price": PRICE, "paid_max": 0, "spent": 0}
     assert refused.voucher_improved is True
     assert (ch.last_n, ch.paid_max, ch.reserved, ch.spent) == (1, PRICE - 1, 0, 0)
 
@@ -386,7 +443,7 @@ def test_authenticated_refusal_consumes_n() -> None:
     ch = payee()
     admit(ch, request(1, PRICE), price=None)  # UNKNOWN_SERVICE, authenticated
     assert_refused(admit(ch, request(1, PRICE)), ErrorCode.REPLAY, authenticated=False)
-    assert isinstance(admit(ch, request(2, PRICE)), Admit)
+    assert isinstance(admit(ch, request(2, 2 * PRICE)), Admit)  # the next slice
 
 
 def test_request_numbers_may_skip() -> None:
@@ -421,7 +478,7 @@ def test_deadline_too_far_ahead() -> None:
     assert refused.details == {"max_deadline": LATER - 1}
     assert (ch.last_n, ch.paid_max, ch.reserved) == (1, PRICE, 0)
     decision = ch.admit(
-        request(2, PRICE, deadline=LATER),
+        request(2, 2 * PRICE, deadline=LATER),
         peer=ALICE.public,
         price=PRICE,
         max_body=MAX_BODY,
@@ -444,8 +501,9 @@ def test_overloaded_is_a_signed_refusal_that_reserves_nothing() -> None:
     refused = assert_refused(decision, ErrorCode.OVERLOADED, authenticated=True)
     assert refused.voucher_improved is True
     assert (ch.last_n, ch.paid_max, ch.reserved, ch.credit) == (1, PRICE, 0, PRICE)
-    # the credit it left serves the next request
-    assert isinstance(admit(ch, request(2, PRICE)), Admit)
+    # its slice is not reused: the next slice is served
+    assert isinstance(admit(ch, request(2, PRICE)), Refuse)
+    assert isinstance(admit(ch, request(3, 2 * PRICE)), Admit)
 
 
 # ---------------------------------------------------------------- deferred checks (13.4)
@@ -515,15 +573,22 @@ def test_deferred_requests_that_would_be_refused_are_checked_first() -> None:
 
 
 def test_an_earlier_bad_voucher_is_caught_by_a_later_check() -> None:
-    """A bad voucher admitted unchecked, then an honest one below it: checking the newest
-    fails: signed INVALID_SIGNATURE, `best` falls back to the checked voucher."""
+    """A bad voucher admitted unchecked, then an honest one below it: v2 refuses the lower
+    slice before any credit is extended (PAYMENT_REQUIRED, signed); the bad voucher is
+    caught when checked before any use: `best` falls back to the checked voucher. An
+    honest voucher above it covers everything."""
     ch = payee(DEPOSIT, limit=PRICE)
     assert isinstance(admit(ch, request(1, PRICE)), Admit)
     assert isinstance(admit(ch, request(2, 5 * PRICE, key=MALLORY)), Admit)  # unchecked
-    decision = admit(ch, request(3, PRICE))  # would pass the limit: best is checked
-    assert_refused(decision, ErrorCode.INVALID_SIGNATURE, authenticated=True)
-    assert ch.best == request(1, PRICE) == ch.verified and ch.deferral_revoked
+    decision = admit(ch, request(3, PRICE))  # below paid_max: no credit on it
+    assert_refused(decision, ErrorCode.PAYMENT_REQUIRED, authenticated=True)
     assert ch.last_n == 3 and ch.reserved == 2 * PRICE and ch.paid_max == 5 * PRICE
+    checked = dataclasses.replace(ch)
+    assert checked.verified_voucher() == request(1, PRICE) == checked.best
+    assert checked.deferral_revoked
+    above = request(4, 6 * PRICE)
+    assert isinstance(admit(ch, above), Admit)  # checked: it is newer than the bad one
+    assert ch.verified is above and ch.best is above
 
 
 def test_resync_details_show_only_a_checked_voucher() -> None:
@@ -624,7 +689,7 @@ ORDER = [
 def _failing_from(index: int) -> tuple[PayeeChannel, Request, dict[str, Any]]:
     """A channel and request that fail check `index` and every check after it."""
     ch = payee()
-    admit(ch, request(5, 0), price=0)  # last_n = 5
+    admit(ch, request(5, 0, price=0), price=0)  # last_n = 5
     ch.complete(5, ok=True)
     fails = set(range(index, len(ORDER)))
     # checks 6..12 run on a fresh, authenticated request: n above last_n
@@ -664,7 +729,7 @@ def test_refusal_order(index: int) -> None:
     if index == 11:
         assert "request allows" in decision.message
     if index == 12:
-        assert "credit" in decision.message
+        assert "slice" in decision.message
 
 
 def test_failing_from_the_end_passes_everything() -> None:
@@ -681,18 +746,49 @@ def test_next_request_signs_the_paid_formula() -> None:
     assert (r1.n, r1.paid, r1.price) == (1, 10, 10)
     assert r1.verify(ALICE.public)
     r2 = ch.next_request(ALICE, service="echo", body=b"b", price=20, deadline=LATER)
-    assert (r2.n, r2.paid) == (2, 30)  # spent 0 + in flight 10 + 20
+    assert (r2.n, r2.paid) == (2, 30)  # slice (10, 30]
     assert ch.outstanding == 30
     assert ch.available == DEPOSIT - 30
-    # 1 is refused with a signed refusal (nothing charged): its credit is reused
+    # 1 is refused with a signed refusal (nothing charged): v2 never reuses its slice
     ch.on_response(refusal_receipt(r1, ErrorCode.DEADLINE_EXCEEDED, spent=0))
     r3 = ch.next_request(ALICE, service="echo", body=b"c", price=10, deadline=LATER)
-    assert (r3.n, r3.paid) == (3, 30)  # max(30, 0 + 20 + 10)
+    assert (r3.n, r3.paid) == (3, 40)  # slice (30, 40], not (20, 30]
     ch.on_response(receipt(r2, price=20, spent=20))
     ch.on_response(receipt(r3, price=10, spent=30))
     r4 = ch.next_request(ALICE, service="echo", body=b"d", price=5, deadline=LATER)
-    assert (r4.n, r4.paid) == (4, 35)
-    assert (ch.paid, ch.spent, ch.last_n) == (35, 30, 4)
+    assert (r4.n, r4.paid) == (4, 45)
+    assert (ch.paid, ch.spent, ch.last_n) == (45, 30, 4)
+    assert ch.available == DEPOSIT - 45
+
+
+def test_payer_slices_never_overlap() -> None:
+    """Whatever happens to its requests (answered, refused, abandoned, refused unsigned,
+    REPLAYed), every request a payer signs starts its slice at or above the end of every
+    earlier one: no two of them are in tiling conflict (claims.md 2)."""
+    ch = payer(10**6)
+    signed: list[Request] = []
+
+    def send(price: int) -> Request:
+        r = ch.next_request(ALICE, service="echo", body=b"", price=price, deadline=LATER)
+        signed.append(r)
+        return r
+
+    r = send(10)
+    ch.on_response(receipt(r, price=10, spent=10))
+    r = send(7)
+    ch.on_response(refusal_receipt(r, ErrorCode.UNKNOWN_SERVICE, spent=10))
+    r = send(10)
+    ch.abandon(r.n)
+    r = send(3)
+    ch.on_refusal(r.n)  # e.g. an unsigned OVERLOADED
+    r = send(10)
+    ch.on_replay(r.n, last_n=r.n, voucher=r, paid_max=r.paid)
+    send(0)
+    send(25)
+    for a, b in itertools.pairwise(signed):
+        assert b.n == a.n + 1
+        assert b.paid - b.price >= a.paid, (a, b)
+    assert ch.paid == signed[-1].paid == sum(x.price for x in signed)
 
 
 def test_paid_never_decreases() -> None:
@@ -700,7 +796,7 @@ def test_paid_never_decreases() -> None:
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=50, deadline=LATER)
     ch.on_response(refusal_receipt(r1, ErrorCode.UNKNOWN_SERVICE, spent=0))
     r2 = ch.next_request(ALICE, service="echo", body=b"", price=1, deadline=LATER)
-    assert r2.paid == 50
+    assert r2.paid == 51
 
 
 def test_deposit_exhaustion_raises_before_signing() -> None:
@@ -880,8 +976,8 @@ def test_late_receipt_of_an_absorbed_request_is_accepted_once() -> None:
     assert (ch.abandoned, ch.absorbed, ch.outstanding, ch.spent) == ({}, 0, 10, 30)
     _receipt_refused(ch, receipt(r3, price=10, spent=40), ErrorCode.MALFORMED)  # > paid
     r4 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
-    assert r4.paid == 50
-    _receipt_refused(ch, receipt(r3, price=10, spent=50), ErrorCode.MALFORMED)  # jump
+    assert r4.paid == 40
+    _receipt_refused(ch, receipt(r3, price=10, spent=50), ErrorCode.MALFORMED)  # > paid
     ch.on_response(receipt(r3, price=10, spent=40))
 
 
@@ -934,8 +1030,46 @@ def test_on_refusal() -> None:
     assert ch.on_refusal(1) is None
     assert (ch.in_flight, ch.abandoned, ch.outstanding) == ({}, {}, 0)
     assert r1.paid == 10 and ch.paid == 20
-    # the refused requests' credit is reused
-    assert ch.next_request(ALICE, service="echo", body=b"", price=20, deadline=LATER).paid == 20
+    # v2: the refused requests' slices are not reused
+    assert ch.next_request(ALICE, service="echo", body=b"", price=20, deadline=LATER).paid == 40
+
+
+# ---------------------------------------------------------------------------- stored receipts
+
+
+def test_a_stored_receipt_served_again_moves_nothing() -> None:
+    """C-4: a re-sent request gets the payee's stored receipt, with the spent of its time.
+    Its charge is already inside spent (a jump absorbed it): accepted, spent unchanged."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)  # charged at spent 10, the receipt lost
+    ch.on_response(receipt(r2, price=10, spent=20))  # the jump: r1's 10 absorbed
+    assert (ch.spent, ch.absorbed) == (20, 10)
+    again = ch.on_response(receipt(r1, price=10, spent=10))  # r1 re-sent, stored receipt
+    assert (again.charged, again.spent) == (10, 10)
+    assert (ch.spent, ch.absorbed, ch.abandoned, ch.outstanding) == (20, 0, {}, 0)
+
+
+def test_a_stored_refusal_served_again_is_accepted() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.on_response(receipt(r2, price=10, spent=10))
+    ch.on_response(refusal_receipt(r1, ErrorCode.HANDLER_ERROR, spent=0))  # stored, old spent
+    assert (ch.spent, ch.absorbed, ch.abandoned) == (10, 0, {})
+
+
+def test_a_stale_receipt_must_be_explained_by_an_absorbed_jump() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.on_response(receipt(r2, price=10, spent=10))  # no jump: nothing absorbed
+    # r1 "charged" inside a spent the payer already accepted: nothing explains it
+    _receipt_refused(ch, receipt(r1, price=10, spent=10), ErrorCode.MALFORMED)
+    _receipt_refused(ch, receipt(r1, price=10, spent=15), ErrorCode.MALFORMED)  # in between
+    ch.on_response(receipt(r1, price=10, spent=20))
 
 
 # ---------------------------------------------------------------------------- resync
@@ -947,7 +1081,14 @@ def _replay_details(payee_ch: PayeeChannel, stale: Request) -> dict[str, Any]:
     return refused.details
 
 
-def test_resync_from_a_replay_refusal() -> None:
+def _replay_args(details: dict[str, Any]) -> dict[str, Any]:
+    raw = details.get("voucher")
+    voucher = decode_frame(raw) if isinstance(raw, bytes) else None
+    assert voucher is None or isinstance(voucher, Request)
+    return {"last_n": details["last_n"], "voucher": voucher, "paid_max": details["paid_max"]}
+
+
+def test_lost_state_resync_from_a_replay_refusal() -> None:
     bob = payee()
     old = payer()
     for _ in range(3):
@@ -959,87 +1100,147 @@ def test_resync_from_a_replay_refusal() -> None:
     fresh = payer()
     first = fresh.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     details = _replay_details(bob, first)
-    voucher = decode_frame(details["voucher"])
-    assert isinstance(voucher, Request)
-    fresh.on_refusal(first.n)
-    fresh.resync(
-        last_n=details["last_n"],
-        spent=details["spent"],
-        voucher=voucher,
-        paid_max=details["paid_max"],
-    )
-    assert (fresh.last_n, fresh.paid, fresh.spent) == (3, 30, 30)
+    outcome = fresh.on_replay(first.n, **_replay_args(details))
+    # our own signature on voucher n=3 (above our last_n 1) proves we lost state: the
+    # first request was never chargeable, it is dropped
+    assert outcome is Replay.SUPERSEDED
+    assert (fresh.last_n, fresh.paid, fresh.spent, fresh.in_flight) == (3, 30, 0, {})
+    assert fresh.forgotten == 30  # slices we signed and forgot: the payee may have charged
     nxt = fresh.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     assert (nxt.n, nxt.paid) == (4, 40)
     assert isinstance(admit(bob, nxt), Admit)
     charged, spent = bob.complete(nxt.n, ok=True)
     assert fresh.on_response(receipt(nxt, price=charged, spent=spent)).spent == 40
+    assert (fresh.spent, fresh.absorbed) == (40, 30)
+    # the forgotten credit explained one jump; it explains no other
+    r5 = fresh.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    _receipt_refused(fresh, receipt(r5, price=10, spent=50 + 1), ErrorCode.MALFORMED)
 
 
-def test_resync_refuses_a_voucher_signed_by_someone_else() -> None:
+def test_restored_backup_same_n_is_superseded() -> None:
     ch = payer()
+    old = ch.next_request(ALICE, service="echo", body=b"old", price=10, deadline=LATER)
+    ch.on_response(receipt(old, price=10, spent=10))
+    backup = payer()  # restored from before `old` was sent
+    again = backup.next_request(ALICE, service="echo", body=b"new", price=10, deadline=LATER)
+    assert again.n == old.n and again.hash != old.hash
+    assert backup.on_replay(again.n, last_n=1, voucher=old) is Replay.SUPERSEDED
+    assert backup.in_flight == {} and backup.paid == 10
+
+
+def test_fake_replay_keeps_the_request_in_doubt() -> None:
+    """Issue 13 item 2: the payee served and charged n, then sent an unsigned REPLAY with
+    genuine resync data. The payer keeps n in flight, adopts no spent, never signs a slice
+    below the voucher, and still accepts n's receipt when it comes (re-send)."""
+    bob = payee()
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert isinstance(admit(bob, r1), Admit)
+    charged, spent = bob.complete(r1.n, ok=True)
+    details = _replay_details(bob, r1)  # what the cheat sends instead of the receipt
+    assert details["spent"] == 10
+    assert ch.on_replay(r1.n, **_replay_args(details)) is Replay.IN_DOUBT
+    assert (ch.last_n, ch.paid, ch.spent, set(ch.in_flight)) == (1, 10, 0, {1})
+    # the same request re-sent: its receipt is accepted, charged once
+    accepted = ch.on_response(receipt(r1, price=charged, spent=spent))
+    assert (accepted.charged, ch.spent, ch.paid) == (10, 10, 10)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert (r2.n, r2.paid) == (2, 20)
+
+
+def test_in_doubt_request_abandoned_stays_claimable_and_explains_a_jump() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert ch.on_replay(r1.n, last_n=1, voucher=r1, paid_max=10) is Replay.IN_DOUBT
+    assert ch.on_replay(r1.n, last_n=1, voucher=r1) is Replay.IN_DOUBT  # again: in doubt
+    ch.abandon(r1.n)  # RequestInDoubt: kept as abandoned
+    assert set(ch.abandoned) == {1} and ch.forgotten == 0
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.on_response(receipt(r2, price=10, spent=20))  # the payee did charge r1: a jump
+    assert (ch.spent, ch.absorbed) == (20, 10)
+
+
+def test_replay_with_a_later_voucher_adopts_its_paid() -> None:
+    """A payee's voucher above what we remember (we lost a tail of our state): the next
+    slice starts above it, never below the payee's paid_max."""
+    ch = payer()
+    signed = [
+        ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER) for _ in range(3)
+    ]
+    backup = payer()
+    backup.last_n, backup.paid = 1, 10
+    r2 = backup.next_request(ALICE, service="echo", body=b"x", price=10, deadline=LATER)
+    assert backup.on_replay(r2.n, last_n=3, voucher=signed[2]) is Replay.SUPERSEDED
+    nxt = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert (nxt.n, nxt.paid - nxt.price) == (4, 30)
+
+
+def test_replay_of_an_unknown_request_adopts_numbers_only() -> None:
+    ch = payer()
+    assert ch.on_replay(7, last_n=9, voucher=None, paid_max=0) is Replay.UNKNOWN
+    assert (ch.last_n, ch.paid, ch.spent) == (9, 0, 0)
+
+
+def test_on_replay_refuses_a_voucher_signed_by_someone_else() -> None:
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     before = snapshot(ch)
     forged = request(3, 90, key=MALLORY)
     with pytest.raises(RemoteProtocolError) as info:
-        ch.resync(last_n=3, spent=90, voucher=forged)
+        ch.on_replay(r1.n, last_n=3, voucher=forged)
     assert info.value.code is ErrorCode.INVALID_SIGNATURE
     # ours, but for another channel or ledger
     for voucher in (request(3, 90, channel=OTHER_CHANNEL), request(3, 90, ledger=b"x")):
         with pytest.raises(RemoteProtocolError):
-            ch.resync(last_n=3, spent=90, voucher=voucher)
+            ch.on_replay(r1.n, last_n=3, voucher=voucher)
     assert snapshot(ch) == before
 
 
 @pytest.mark.parametrize(
-    ("last_n", "spent", "voucher"),
+    ("last_n", "voucher"),
     [
-        (3, 91, request(3, 90)),  # spent above what we signed
-        (3, 1, None),  # spent without any voucher
-        (2, 10, request(3, 90)),  # voucher newer than last_n
-        (-1, 0, None),
-        (3, -1, request(3, 90)),
-        ("3", 10, request(3, 90)),
-        (3, "10", request(3, 90)),
-        (True, 0, None),
-        (3, 10.0, request(3, 90)),
-        (None, 0, None),
-        (2**64, 0, None),
-        (3, 2**128, request(3, 90)),
-        (3, 10, request(3, 90).to_frame()),  # undecoded bytes are not a voucher
+        (2, request(3, 90)),  # voucher newer than last_n
+        (-1, None),
+        ("3", request(3, 90)),
+        (True, None),
+        (None, None),
+        (2**64, None),
+        (3, request(3, 90).to_frame()),  # undecoded bytes are not a voucher
     ],
 )
-def test_resync_refuses_inconsistent_details(last_n: Any, spent: Any, voucher: Any) -> None:
+def test_on_replay_refuses_inconsistent_details(last_n: Any, voucher: Any) -> None:
     ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     before = snapshot(ch)
     with pytest.raises(RemoteProtocolError):
-        ch.resync(last_n=last_n, spent=spent, voucher=voucher)
+        ch.on_replay(1, last_n=last_n, voucher=voucher)
     assert snapshot(ch) == before
 
 
 @pytest.mark.parametrize("paid_max", [89, 91, 0, -1, True, "90"])
-def test_resync_checks_paid_max_against_the_voucher(paid_max: Any) -> None:
+def test_on_replay_checks_paid_max_against_the_voucher(paid_max: Any) -> None:
     ch = payer()
     with pytest.raises(RemoteProtocolError) as info:
-        ch.resync(last_n=3, spent=10, voucher=request(3, 90), paid_max=paid_max)
+        ch.on_replay(1, last_n=3, voucher=request(3, 90), paid_max=paid_max)
     assert info.value.code is ErrorCode.MALFORMED
     assert (ch.last_n, ch.paid, ch.spent) == (0, 0, 0)
-    ch.resync(last_n=3, spent=10, voucher=request(3, 90), paid_max=90)
-    assert (ch.last_n, ch.paid, ch.spent) == (3, 90, 10)
+    ch.on_replay(1, last_n=3, voucher=request(3, 90), paid_max=90)
+    assert (ch.last_n, ch.paid, ch.spent) == (3, 90, 0)  # spent is never adopted
 
 
-def test_resync_without_voucher_means_paid_max_zero() -> None:
+def test_on_replay_without_voucher_means_paid_max_zero() -> None:
     ch = payer()
-    ch.resync(last_n=4, spent=0, voucher=None, paid_max=0)
+    ch.on_replay(1, last_n=4, voucher=None, paid_max=0)
     assert ch.last_n == 4
     with pytest.raises(RemoteProtocolError):
-        ch.resync(last_n=4, spent=0, voucher=None, paid_max=5)
+        ch.on_replay(1, last_n=4, voucher=None, paid_max=5)
 
 
-def test_resync_never_lowers_anything() -> None:
+def test_on_replay_never_lowers_anything() -> None:
     ch = payer()
     for _ in range(2):
         ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
-    ch.resync(last_n=1, spent=5, voucher=request(1, 10))
-    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 5)
-    ch.resync(last_n=0, spent=0, voucher=None)
-    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 5)
+    ch.on_replay(2, last_n=1, voucher=request(1, 10))
+    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)
+    ch.on_replay(2, last_n=0, voucher=None)
+    assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)

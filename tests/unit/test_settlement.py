@@ -16,7 +16,7 @@ import pytest
 from p2pay.core import codec
 from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Request, Response
+from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.core.settlement import (
     CHANNEL_TABLE,
     CLAIM_TABLE,
@@ -55,10 +55,12 @@ from p2pay.core.settlement import (
     claim_transition,
     invariant_violations,
     stake_status,
+    tiling_conflict,
     touches,
     touches_loaded,
     unbonding_period,
 )
+from p2pay.testing import unchecked_request, unchecked_response
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)
 BOB = Keypair.from_seed(bytes([2]) * 32)
@@ -168,7 +170,10 @@ def kinds(events: list[Event]) -> list[str]:
 
 
 def test_params_defaults_are_valid() -> None:
-    Params(ledger_id=LEDGER)
+    params = Params(ledger_id=LEDGER)
+    assert params.max_claim_body == 1 << 20
+    assert make_params(max_claim_body=2**32).max_claim_body == 2**32
+    assert make_params(max_claim_body=1).max_claim_body == 1
 
 
 @pytest.mark.parametrize(
@@ -188,6 +193,9 @@ def test_params_defaults_are_valid() -> None:
         {"max_deadline_horizon_ms": -1},
         {"dev": 1},
         {"claim_bond": 1.0},
+        {"max_claim_body": 0},
+        {"max_claim_body": 2**32 + 1},
+        {"max_claim_body": True},
     ],
 )
 def test_params_refuse_out_of_range(overrides: dict[str, Any]) -> None:
@@ -674,9 +682,20 @@ def test_channel_table_is_complete_and_matches_the_spec() -> None:
 
 def test_claim_table_is_complete_and_final_states_are_final() -> None:
     assert set(CLAIM_TABLE) == {(s, o) for s in ClaimState for o in ClaimOpKind}
-    assert claim_transition(ClaimState.OPEN, ClaimOpKind.ANSWER) is ClaimState.ANSWERED
-    assert claim_transition(ClaimState.OPEN, ClaimOpKind.RESOLVE) is ClaimState.UPHELD
-    for final in (ClaimState.ANSWERED, ClaimState.UPHELD):
+    assert {s.value for s in ClaimState} == {
+        "open",
+        "delivered",
+        "refused",
+        "frivolous",
+        "upheld",
+    }
+    assert claim_transition(ClaimState.OPEN, ClaimOpKind.ANSWER) == {
+        ClaimState.DELIVERED,
+        ClaimState.REFUSED,
+        ClaimState.FRIVOLOUS,
+    }
+    assert claim_transition(ClaimState.OPEN, ClaimOpKind.RESOLVE) == {ClaimState.UPHELD}
+    for final in set(ClaimState) - {ClaimState.OPEN}:
         for op in ClaimOpKind:
             with pytest.raises(SettlementError) as info:
                 claim_transition(final, op)
@@ -807,6 +826,32 @@ def claim_world(**overrides: Any) -> tuple[State, bytes, Request]:
 AFTER = T0 + 5_001  # just after the request's deadline
 
 
+def request_with(
+    cid: bytes,
+    *,
+    n: int = 7,
+    paid: int = 10,
+    price: int = 10,
+    service: str = "echo",
+    body: bytes = b"hello",
+    deadline: int = T0 + 5_000,
+    key: Keypair = ALICE,
+    ledger: bytes = LEDGER,
+) -> Request:
+    """A signed request with any fields, even ones `Request` itself refuses (n = 0, ...)."""
+    return unchecked_request(
+        key,
+        ledger=ledger,
+        channel=cid,
+        n=n,
+        paid=paid,
+        price=price,
+        service=service,
+        body=body,
+        deadline=deadline,
+    )
+
+
 def test_file_claim() -> None:
     state, cid, request = claim_world()
     claim_id, events = ok(state, FileClaim(sender=A, request=request), now=AFTER)
@@ -817,12 +862,16 @@ def test_file_claim() -> None:
         respondent=B,
         channel=cid,
         n=7,
+        price=10,
+        paid=10,
+        deadline=T0 + 5_000,
         bond=BOND,
         filed_at=AFTER,
         window_ends=AFTER + WINDOW,
         request_frame=request.to_frame(),
     )
     assert state.balances[A] == 9_000 - BOND and state.stakes[B].open_claims == 1
+    assert state.channels[cid].paid_seen == 10  # a claimed request is a payer-signed voucher
     assert events[0].kind == "ClaimFiled"
     assert events[0].fields == {
         "claim": claim_id,
@@ -830,6 +879,8 @@ def test_file_claim() -> None:
         "respondent": B,
         "channel": cid,
         "n": 7,
+        "price": 10,
+        "paid": 10,
         "deadline": T0 + 5_000,
         "bond": BOND,
         "window_ends": AFTER + WINDOW,
@@ -839,13 +890,13 @@ def test_file_claim() -> None:
 def test_file_claim_refusals() -> None:
     state, cid, request = claim_world()
     ok(state, OpenChannel(sender=A, payee=C, deposit=10, challenge_ms=CHALLENGE))
-    unstaked = voucher(channel_id(LEDGER, A, C, 1), 1, deadline=T0)
+    unstaked = voucher(channel_id(LEDGER, A, C, 1), 10, deadline=T0)
     refused(state, FileClaim(sender=A, request="r"), ErrorCode.INVALID_ARGUMENT, now=AFTER)  # type: ignore[arg-type]
     foreign = voucher(cid, 10, ledger=OTHER_LEDGER, deadline=T0)
     refused(state, FileClaim(sender=A, request=foreign), ErrorCode.WRONG_LEDGER, now=AFTER)
     refused(
         state,
-        FileClaim(sender=A, request=voucher(NOWHERE, 1, deadline=T0)),
+        FileClaim(sender=A, request=voucher(NOWHERE, 10, deadline=T0)),
         ErrorCode.UNKNOWN_CHANNEL,
         now=AFTER,
     )
@@ -855,6 +906,8 @@ def test_file_claim_refusals() -> None:
     refused(state, FileClaim(sender=A, request=forged), ErrorCode.INVALID_SIGNATURE, now=AFTER)
     no_body = Request.from_signed(request.signing_bytes, request.signature, b"other body")
     refused(state, FileClaim(sender=A, request=no_body), ErrorCode.MALFORMED, now=AFTER)
+    above = voucher(cid, 1_001, deadline=T0)  # more than the channel's deposit of 1_000
+    refused(state, FileClaim(sender=A, request=above), ErrorCode.VOUCHER_EXCEEDS_DEPOSIT, now=AFTER)
     refused(state, FileClaim(sender=A, request=unstaked), ErrorCode.NOT_STAKED, now=AFTER)
     refused(
         state, FileClaim(sender=A, request=request), ErrorCode.DEADLINE_NOT_PASSED, now=T0 + 5_000
@@ -866,6 +919,52 @@ def test_file_claim_refusals() -> None:
     ok(state, Transfer(sender=C, to=A, amount=1))
     ok(state, FileClaim(sender=A, request=request), now=last)
     refused(state, FileClaim(sender=A, request=request), ErrorCode.CLAIM_EXISTS, now=last)
+    ok(state, Transfer(sender=C, to=A, amount=BOND))
+    ok(state, FileClaim(sender=A, request=voucher(cid, 1_000, n=8, deadline=T0 + 5_000)), now=last)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"n": 0},
+        {"price": 0},
+        {"price": 0, "paid": 0},
+        {"paid": 9},  # paid < price: the slice would start below zero
+        {"service": ""},
+        {"body": b"x" * 6},  # max_claim_body is 5 here
+    ],
+    ids=["n0", "price0", "free", "paid-below-price", "no-service", "body-too-big"],
+)
+def test_file_claim_argument_refusals(fields: dict[str, Any]) -> None:
+    """claims.md 4.2: requests no honest payee signs are refused before anything else."""
+    state, cid, _ = claim_world(max_claim_body=5)
+    bad = request_with(cid, **fields)
+    refused(state, FileClaim(sender=A, request=bad), ErrorCode.INVALID_ARGUMENT, now=AFTER)
+    # argument checks come first: even on another ledger, from a stranger, unsigned by Alice
+    worse = request_with(cid, key=MALLORY, ledger=OTHER_LEDGER, **fields)
+    refused(state, FileClaim(sender=M, request=worse), ErrorCode.INVALID_ARGUMENT, now=AFTER)
+
+
+def test_file_claim_limits_are_inclusive() -> None:
+    state, cid, _ = claim_world(max_claim_body=5)
+    ok(state, FileClaim(sender=A, request=request_with(cid, body=b"x" * 5)), now=AFTER)
+    edge = request_with(cid, n=1, paid=1_000, price=1_000)  # paid == price == deposit
+    ok(state, FileClaim(sender=A, request=edge), now=AFTER)
+    assert state.channels[cid].paid_seen == 1_000
+
+
+def test_unbonding_stake_cannot_be_held_hostage() -> None:
+    """C-9: a request dated after unbonding began could not have been accepted under the
+    bonded terms, so it cannot be claimed against the unbonding stake."""
+    state, cid, _ = claim_world()
+    asked = T0 + 100
+    ok(state, RequestUnstake(sender=B), now=asked)
+    assert state.stakes[B].unstake_requested_at == asked
+    last_ok = asked + HORIZON
+    hostage = voucher(cid, 20, n=9, deadline=last_ok + 1)
+    refused(state, FileClaim(sender=A, request=hostage), ErrorCode.UNBONDING, now=last_ok + 2)
+    served = voucher(cid, 10, n=8, deadline=last_ok)
+    ok(state, FileClaim(sender=A, request=served), now=last_ok + 1)
 
 
 def test_file_claim_on_closed_channel_and_zero_bond() -> None:
@@ -876,25 +975,36 @@ def test_file_claim_on_closed_channel_and_zero_bond() -> None:
     assert state.claims[claim_id].bond == 0
 
 
-def test_claim_answered_in_time() -> None:
-    state, _, request = claim_world()
+def answered_fields(claim_id: bytes, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "claim": claim_id,
+        "claimant": A,
+        "respondent": B,
+        "bond": BOND,
+        "refund": 0,
+        "clawed": 0,
+    }
+    base.update(fields)
+    return base
+
+
+def test_claim_delivered_in_time_returns_the_bond() -> None:
+    state, cid, request = claim_world()
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
     response = answer(request)
     _, events = ok(
         state, AnswerClaim(sender=B, claim=claim_id, response=response), now=AFTER + WINDOW
     )
     claim = state.claims[claim_id]
-    assert claim.state is ClaimState.ANSWERED and claim.response_frame == response.to_frame()
-    assert state.balances[B] == 9_000 + BOND and state.stakes[B].amount == 1_000
-    assert state.stakes[B].open_claims == 0
+    assert claim.state is ClaimState.DELIVERED and claim.response_frame == response.to_frame()
+    assert (claim.refund, claim.clawed, claim.evidence_frame) == (0, 0, b"")
+    assert state.balances[A] == 9_000 and state.balances[B] == 9_000  # bond back to Alice
+    assert state.stakes[B].amount == 1_000 and state.stakes[B].open_claims == 0
+    assert state.channels[cid].refunded == 0
     assert events[0].kind == "ClaimAnswered"
-    assert events[0].fields == {
-        "claim": claim_id,
-        "claimant": A,
-        "respondent": B,
-        "status": "OK",
-        "bond": BOND,
-    }
+    assert events[0].fields == answered_fields(
+        claim_id, outcome="delivered", status="OK", bond_to=A
+    )
     refused(
         state,
         AnswerClaim(sender=B, claim=claim_id, response=response),
@@ -909,12 +1019,251 @@ def test_claim_answered_in_time() -> None:
     )
 
 
-def test_a_signed_refusal_is_an_answer() -> None:
+def test_an_ok_answer_may_charge_less_but_not_more_than_the_price() -> None:
     state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    dearer = Response.create(BOB, request=request, status="OK", price=11, spent=11, body=b"r")
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=dearer),
+        ErrorCode.RESPONSE_MISMATCH,
+        now=AFTER,
+    )
+    cheaper = Response.create(BOB, request=request, status="OK", price=3, spent=3, body=b"r")
+    ok(state, AnswerClaim(sender=B, claim=claim_id, response=cheaper), now=AFTER)
+    assert state.claims[claim_id].state is ClaimState.DELIVERED
+
+
+def test_bond_harvesting_is_gone_a_refusal_refunds_the_price() -> None:
+    """Issue 13: a signed refusal used to win the bond. Now it returns the bond to the
+    claimant and refunds the request's slice (here still in escrow: no clawback)."""
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    refusal = answer(request, status=ErrorCode.HANDLER_ERROR.value)
+    _, events = ok(state, AnswerClaim(sender=B, claim=claim_id, response=refusal), now=AFTER)
+    claim = state.claims[claim_id]
+    assert claim.state is ClaimState.REFUSED and claim.response_frame == refusal.to_frame()
+    assert (claim.refund, claim.clawed) == (10, 0)
+    assert state.balances[A] == 9_000 and state.balances[B] == 9_000
+    assert state.stakes[B].amount == 1_000
+    channel = state.channels[cid]
+    assert (channel.paid_seen, channel.refunded, channel.clawed) == (10, 10, 0)
+    assert events[0].fields == answered_fields(
+        claim_id, outcome="refused", status="HANDLER_ERROR", bond_to=A, refund=10
+    )
+    # the refunded slice cannot be redeemed any more: it goes back to Alice at close
+    assert apply(state, Redeem(sender=B, voucher=request), AFTER) == (0, [])
+    ok(state, PayeeClose(sender=B, channel=cid), now=AFTER)
+    assert state.balances[A] == 10_000 and state.balances[B] == 9_000
+
+
+def test_a_refusal_after_redeeming_the_slice_is_clawed_back() -> None:
+    """The withholder redeemed the price, then answers with a refusal: the slice it now
+    says it never charged is taken back from its stake and paid to the claimant."""
+    state, cid, request = claim_world()
+    paid, _ = ok(state, Redeem(sender=B, voucher=request), now=T0)
+    assert paid == 10
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
     refusal = answer(request, status=ErrorCode.OVERLOADED.value)
     _, events = ok(state, AnswerClaim(sender=B, claim=claim_id, response=refusal), now=AFTER)
-    assert events[0].fields["status"] == "OVERLOADED"
+    assert events[0].fields == answered_fields(
+        claim_id, outcome="refused", status="OVERLOADED", bond_to=A, refund=10, clawed=10
+    )
+    assert state.balances[A] == 9_000 + 10 and state.balances[B] == 9_000 + 10
+    assert state.stakes[B].amount == 990
+    channel = state.channels[cid]
+    assert (channel.redeemed, channel.refunded, channel.clawed) == (10, 10, 10)
+    assert state.claims[claim_id].clawed == 10
+    # a second voucher cannot win the slice back: the payee holds 0 and is entitled to 0
+    assert apply(state, Redeem(sender=B, voucher=request), AFTER) == (0, [])
+
+
+def test_a_refusal_that_charges_is_a_mismatch() -> None:
+    state, _, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    greedy = unchecked_response(
+        BOB, request=request, status=ErrorCode.OVERLOADED.value, price=1, spent=1, body=b""
+    )
+    refused(
+        state,
+        AnswerClaim(sender=B, claim=claim_id, response=greedy),
+        ErrorCode.RESPONSE_MISMATCH,
+        now=AFTER,
+    )
+
+
+def test_clawback_is_capped_by_the_stake() -> None:
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    ok(state, StakeOp(sender=B, amount=400, penalty=300, claim_window_ms=WINDOW))
+    big = voucher(cid, 1_000, n=1, deadline=T0)
+    big = request_with(cid, n=1, paid=1_000, price=1_000, deadline=T0)
+    other = request_with(cid, n=2, paid=1_000, price=1_000, deadline=T0, body=b"2")
+    ok(state, Redeem(sender=B, voucher=big), now=T0)
+    c1, _ = ok(state, FileClaim(sender=A, request=big), now=T0 + 1)
+    c2, _ = ok(state, FileClaim(sender=A, request=other), now=T0 + 1)
+    ok(state, AnswerClaim(sender=B, claim=c1, response=answer(big, status="OVERLOADED")), T0 + 1)
+    assert state.claims[c1].clawed == 400 and state.stakes[B].amount == 0
+    assert state.channels[cid].clawed == 400
+    # the second refund finds nothing left to claw (and the stake is empty)
+    _, events = ok(state, ResolveClaim(sender=M, claim=c2), now=T0 + 1 + WINDOW + 1)
+    assert events[0].fields["slashed"] == 0 and events[0].fields["clawed"] == 0
+    assert events[0].fields["refund"] == 1_000
+
+
+def test_upheld_claim_slashes_then_claws_what_is_left() -> None:
+    state = fresh()
+    cid = open_channel(state, deposit=1_000)
+    ok(state, StakeOp(sender=B, amount=400, penalty=300, claim_window_ms=WINDOW))
+    big = request_with(cid, n=1, paid=1_000, price=1_000, deadline=T0)
+    ok(state, Redeem(sender=B, voucher=big), now=T0)
+    claim_id, _ = ok(state, FileClaim(sender=A, request=big), now=T0 + 1)
+    alice = state.balances[A]
+    _, events = ok(state, ResolveClaim(sender=M, claim=claim_id), now=T0 + 1 + WINDOW + 1)
+    fields = events[0].fields
+    assert (fields["slashed"], fields["to_claimant"], fields["clawed"]) == (300, 150, 100)
+    assert state.balances[A] == alice + 150 + 100 + BOND
+    assert state.stakes[B].amount == 0 and state.burnt == 150
+
+
+def test_redeem_is_capped_at_paid_seen_minus_refunded() -> None:
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    ok(state, AnswerClaim(sender=B, claim=claim_id, response=answer(request, status="OVERLOADED")))
+    later = voucher(cid, 30, n=8)  # slice (20, 30]
+    paid, events = ok(state, Redeem(sender=B, voucher=later), now=AFTER)
+    assert paid == 20  # 30 seen, 10 refunded
+    assert state.channels[cid].paid_seen == 30
+    assert events[0].fields["paid"] == 30 and events[0].fields["amount"] == 20
+    # PayeeClose applies the same cap, and what the payee may not take goes to the payer
+    _, events = ok(state, PayeeClose(sender=B, channel=cid, voucher=voucher(cid, 50, n=9)), AFTER)
+    assert kinds(events) == ["Redeemed", "ChannelClosed"] and events[0].fields["amount"] == 20
+    assert state.balances[B] == 9_000 + 40 and state.balances[A] == 10_000 - 40
+
+
+def test_an_honest_payee_is_never_clawed() -> None:
+    """C-2: the payee charged n=1 and n=3, refused n=2 (not charged) and redeemed `spent`.
+    Claims on every request: n=2 is REFUSED without a clawback, the others DELIVERED."""
+    state, cid, _ = claim_world()
+    r1 = request_with(cid, n=1, paid=10, price=10, deadline=T0)
+    r2 = request_with(cid, n=2, paid=25, price=15, deadline=T0)  # refused: (10, 25] unearned
+    r3 = request_with(cid, n=3, paid=35, price=10, deadline=T0)
+    spent = r1.price + r3.price
+    ok(state, Redeem(sender=B, voucher=r3, amount=spent), now=T0)
+    ids = [ok(state, FileClaim(sender=A, request=r), now=T0 + 1)[0] for r in (r1, r2, r3)]
+    ok(state, AnswerClaim(sender=B, claim=ids[1], response=answer(r2, status="OVERLOADED")))
+    for claim_id, r in ((ids[0], r1), (ids[2], r3)):
+        ok(state, AnswerClaim(sender=B, claim=claim_id, response=answer(r)), now=T0 + 1)
+    channel = state.channels[cid]
+    assert channel.clawed == 0 and state.stakes[B].amount == 1_000
+    assert channel.paid_seen - channel.refunded >= spent
+    assert [state.claims[i].state for i in ids] == [
+        ClaimState.DELIVERED,
+        ClaimState.REFUSED,
+        ClaimState.DELIVERED,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("evidence_fields", "why"),
+    [
+        ({"n": 7, "paid": 10, "price": 10, "body": b"other"}, "same n, another hash"),
+        ({"n": 6, "paid": 5, "price": 5}, "earlier request overlaps the claimed slice"),
+        ({"n": 8, "paid": 15, "price": 10}, "later request overlaps the claimed slice"),
+        ({"n": 6, "paid": 0, "price": 0, "deadline": T0 + 5_000 + HORIZON + 1}, "post-dated"),
+        (
+            {"n": 8, "paid": 20, "price": 10, "deadline": T0 + 5_000 - HORIZON - 1},
+            "claim post-dated",
+        ),
+    ],
+)
+def test_a_frivolous_claim_loses_its_bond(evidence_fields: dict[str, Any], why: str) -> None:
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    evidence = request_with(cid, **evidence_fields)
+    assert tiling_conflict(request, evidence, HORIZON), why
+    _, events = ok(state, AnswerClaim(sender=B, claim=claim_id, evidence=evidence), now=AFTER)
+    claim = state.claims[claim_id]
+    assert claim.state is ClaimState.FRIVOLOUS and claim.response_frame == b""
+    stored = decode_frame(claim.evidence_frame)
+    assert isinstance(stored, Request) and stored.hash == evidence.hash
+    assert stored.body == b"" and stored.verify(A)  # the body is not kept
+    assert state.balances[B] == 9_000 + BOND and state.balances[A] == 9_000 - BOND
+    assert state.stakes[B].amount == 1_000 and state.stakes[B].open_claims == 0
+    assert state.channels[cid].refunded == 0
+    assert events[0].fields == answered_fields(claim_id, outcome="frivolous", status="", bond_to=B)
+
+
+def test_evidence_refusals() -> None:
+    state, cid, request = claim_world()
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    ok(state, OpenChannel(sender=A, payee=B, deposit=10, challenge_ms=CHALLENGE))
+    second = channel_id(LEDGER, A, B, 1)
+    conflict = {"n": 7, "body": b"other"}
+
+    def no(code: ErrorCode, **kw: Any) -> None:
+        refused(state, AnswerClaim(sender=B, claim=claim_id, **kw), code, now=AFTER)
+
+    no(ErrorCode.INVALID_ARGUMENT)  # neither
+    no(ErrorCode.INVALID_ARGUMENT, response=answer(request), evidence=request_with(cid, **conflict))
+    no(ErrorCode.INVALID_ARGUMENT, evidence=answer(request))
+    no(ErrorCode.INVALID_ARGUMENT, evidence="junk")
+    no(ErrorCode.WRONG_LEDGER, evidence=request_with(cid, ledger=OTHER_LEDGER, **conflict))
+    no(ErrorCode.RESPONSE_MISMATCH, evidence=request_with(second, **conflict))
+    no(ErrorCode.INVALID_SIGNATURE, evidence=request_with(cid, key=MALLORY, **conflict))
+    no(ErrorCode.INVALID_SIGNATURE, evidence=request_with(cid, key=BOB, **conflict))
+    no(ErrorCode.RESPONSE_MISMATCH, evidence=request)  # the claimed request itself
+    no(ErrorCode.RESPONSE_MISMATCH, evidence=request_with(cid, n=8, paid=20, price=10))
+    no(ErrorCode.RESPONSE_MISMATCH, evidence=request_with(cid, n=6, paid=0, price=0))
+    edge = T0 + 5_000 + HORIZON  # exactly the horizon: no conflict
+    no(ErrorCode.RESPONSE_MISMATCH, evidence=request_with(cid, n=6, paid=0, price=0, deadline=edge))
+    # a state check still comes before the evidence's own checks
+    refused(
+        state,
+        AnswerClaim(sender=M, claim=claim_id, evidence=request_with(cid, **conflict)),
+        ErrorCode.NOT_PARTY,
+        now=AFTER,
+    )
+    # an evidence body that does not match is fine: the signature is the evidence
+    odd = request_with(cid, **conflict)
+    odd_body = Request.from_signed(odd.signing_bytes, odd.signature, b"not the body")
+    ok(state, AnswerClaim(sender=B, claim=claim_id, evidence=odd_body), now=AFTER)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "conflict"),
+    [
+        ((1, 10, 10, 100), (2, 20, 10, 100), False),  # adjacent slices (0,10], (10,20]
+        ((1, 10, 10, 100), (3, 50, 5, 100), False),  # a gap between slices
+        ((1, 10, 10, 100), (2, 19, 10, 100), True),  # overlap by one
+        ((2, 20, 10, 100), (1, 10, 10, 100), False),  # order of the arguments is irrelevant
+        ((2, 19, 10, 100), (1, 10, 10, 100), True),
+        ((1, 30, 10, 100), (2, 20, 10, 100), True),  # out of order
+        ((1, 10, 10, 100 + HORIZON), (2, 20, 10, 100), False),  # deadline at the horizon
+        ((1, 10, 10, 101 + HORIZON), (2, 20, 10, 100), True),  # post-dated
+        ((2, 20, 10, 100), (1, 10, 10, 101 + HORIZON), True),
+        ((1, 10, 10, 50), (2, 20, 10, 100 + HORIZON), False),  # later deadlines are fine
+        ((1, 0, 0, 100), (2, 0, 0, 100), False),  # free requests take empty slices
+    ],
+)
+def test_tiling_conflict(
+    a: tuple[int, int, int, int], b: tuple[int, int, int, int], conflict: bool
+) -> None:
+    ra = voucher_fields(*a)
+    rb = voucher_fields(*b)
+    assert tiling_conflict(ra, rb, HORIZON) is conflict
+    assert tiling_conflict(rb, ra, HORIZON) is conflict
+
+
+def voucher_fields(n: int, paid: int, price: int, deadline: int) -> Request:
+    return request_with(NOWHERE, n=n, paid=paid, price=price, deadline=deadline)
+
+
+def test_tiling_conflict_same_n() -> None:
+    one = voucher_fields(3, 10, 10, 100)
+    assert tiling_conflict(one, one, HORIZON) is False  # the same request
+    assert tiling_conflict(one, voucher_fields(3, 10, 10, 101), HORIZON) is True
+    assert tiling_conflict(one, voucher_fields(3, 10, 10, 100), HORIZON) is False  # same hash
 
 
 def test_answer_claim_refusals() -> None:
@@ -926,7 +1275,7 @@ def test_answer_claim_refusals() -> None:
         AnswerClaim(sender=B, claim=claim_id, response="r"),  # type: ignore[arg-type]
         ErrorCode.INVALID_ARGUMENT,
         now=AFTER,
-    )  # type: ignore[arg-type]
+    )
     refused(
         state,
         AnswerClaim(sender=B, claim=NOWHERE, response=good),
@@ -1012,19 +1361,30 @@ def test_answer_claim_refusals() -> None:
 
 
 def test_answer_claim_bond_overflow() -> None:
-    state, _, request = claim_world()
+    """The bond goes back to the claimant (DELIVERED, REFUSED) or to the respondent
+    (FRIVOLOUS); a credit past 2**128 - 1 is refused either way."""
+    state, cid, request = claim_world()
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    ok(state, Mint(sender=A, account=A, amount=MAX_AMOUNT - state.balances[A]))
+    for response in (answer(request), answer(request, status="OVERLOADED")):
+        refused(
+            state,
+            AnswerClaim(sender=B, claim=claim_id, response=response),
+            ErrorCode.INVALID_AMOUNT,
+            now=AFTER,
+        )
     ok(state, Mint(sender=B, account=B, amount=MAX_AMOUNT - state.balances[B]))
+    evidence = request_with(cid, body=b"other")
     refused(
         state,
-        AnswerClaim(sender=B, claim=claim_id, response=answer(request)),
+        AnswerClaim(sender=B, claim=claim_id, evidence=evidence),
         ErrorCode.INVALID_AMOUNT,
         now=AFTER,
     )
 
 
 def test_claim_upheld_after_the_window() -> None:
-    state, _, request = claim_world(slash_to_claimant_bps=3_333)
+    state, cid, request = claim_world(slash_to_claimant_bps=3_333)
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
     window_ends = AFTER + WINDOW
     refused(state, ResolveClaim(sender=M, claim=claim_id), ErrorCode.WINDOW_OPEN, now=window_ends)
@@ -1038,9 +1398,9 @@ def test_claim_upheld_after_the_window() -> None:
     assert state.balances[A] == alice_before + to_claimant + BOND
     assert state.stakes[B].amount == 700 and state.stakes[B].open_claims == 0
     assert state.burnt == 300 - to_claimant
-    assert (
-        state.claims[claim_id].state is ClaimState.UPHELD and state.claims[claim_id].slashed == 300
-    )
+    claim = state.claims[claim_id]
+    assert claim.state is ClaimState.UPHELD and claim.slashed == 300
+    assert (claim.refund, claim.clawed, state.channels[cid].refunded) == (10, 0, 10)
     assert kinds(events) == ["ClaimUpheld", "Slashed"]
     assert events[0].fields == {
         "claim": claim_id,
@@ -1050,6 +1410,8 @@ def test_claim_upheld_after_the_window() -> None:
         "to_claimant": 99,
         "burnt": 201,
         "bond": BOND,
+        "refund": 10,
+        "clawed": 0,
     }
     assert events[1].fields == {"account": B, "amount": 300, "claim": claim_id}
     refused(
@@ -1087,9 +1449,38 @@ def test_slash_is_capped_by_what_is_left() -> None:
     )
 
 
-def test_resolve_with_missing_stake_is_internal() -> None:
-    state, _, request = claim_world()
+def test_refunded_saturates_and_never_blocks_a_refund() -> None:
+    state = State(params=make_params())
+    ok(state, Mint(sender=A, account=A, amount=MAX_AMOUNT))
+    ok(state, Mint(sender=B, account=B, amount=10))
+    cid = open_channel(state, deposit=MAX_AMOUNT - 2 * BOND)
+    ok(state, StakeOp(sender=B, amount=10, penalty=1, claim_window_ms=WINDOW))
+    top = MAX_AMOUNT - 2 * BOND
+    ids = []
+    for n in (1, 2):
+        request = request_with(cid, n=n, paid=top, price=top, deadline=T0, body=bytes([n]))
+        ids.append(ok(state, FileClaim(sender=A, request=request), now=T0 + 1)[0])
+    for claim_id in ids:
+        ok(state, ResolveClaim(sender=M, claim=claim_id), now=T0 + 2 + WINDOW)
+    assert state.channels[cid].refunded == MAX_AMOUNT
+    assert [state.claims[i].refund for i in ids] == [top, top]
+
+
+def test_resolve_with_missing_stake_or_channel_is_internal() -> None:
+    state, cid, request = claim_world()
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    without_channel = copy.deepcopy(state)
+    del without_channel.channels[cid]  # a backend that failed to load the claim's channel
+    for broken in (without_channel,):
+        refused(
+            broken, ResolveClaim(sender=A, claim=claim_id), ErrorCode.INTERNAL, AFTER + WINDOW + 1
+        )
+        refused(
+            broken,
+            AnswerClaim(sender=B, claim=claim_id, response=answer(request)),
+            ErrorCode.INTERNAL,
+            AFTER,
+        )
     del state.stakes[B]  # a backend that failed to load the respondent's stake
     refused(
         state, ResolveClaim(sender=A, claim=claim_id), ErrorCode.INTERNAL, now=AFTER + WINDOW + 1
@@ -1131,6 +1522,7 @@ def test_unbonding_stake_stays_claimable_until_withdrawn() -> None:
     ok(state, ResolveClaim(sender=A, claim=claim_id), now=window_ends + 1)
     _, events = ok(state, WithdrawStake(sender=B), now=max(unbonding_at, window_ends + 1))
     assert events[0].fields["amount"] == 700
+    assert state.stakes[B].unstake_requested_at == 0
     refused(
         state,
         FileClaim(sender=A, request=voucher(cid, 10, n=4, deadline=unbonding_at)),
@@ -1185,6 +1577,9 @@ def test_touches_names_what_each_op_uses() -> None:
     # derived parties
     full = touches_loaded(ResolveClaim(sender=M, claim=claim_id), state)
     assert full.accounts == {A, B} and full.stakes == {A, B} and full.claims == {claim_id}
+    assert full.channels == one  # a claim's refund and clawback touch its channel
+    full = touches_loaded(AnswerClaim(sender=B, claim=claim_id, response=response), state)
+    assert full.accounts == {A, B} and full.channels == one
     full = touches_loaded(FinalizeClose(sender=M, channel=cid), state)
     assert full.accounts == {A, B} and full.stakes == {A, B} and full.channels == one
     assert touches_loaded(
@@ -1201,6 +1596,8 @@ def partial(full: State, op: Op) -> State:
     for claim_id in first.claims & full.claims.keys():
         out.claims[claim_id] = copy.deepcopy(full.claims[claim_id])
     complete = touches_loaded(op, out)
+    for cid in complete.channels & full.channels.keys():  # the channels of touched claims
+        out.channels.setdefault(cid, copy.deepcopy(full.channels[cid]))
     for account in complete.accounts & full.balances.keys():
         out.balances[account] = full.balances[account]
     for account in complete.stakes & full.stakes.keys():
@@ -1211,12 +1608,24 @@ def partial(full: State, op: Op) -> State:
 def test_apply_on_partial_state_matches_full_state() -> None:
     state, cid, request = claim_world()
     claim_id = request.hash
+    refused_req = request_with(cid, n=2, paid=60, price=10, deadline=T0 + 5_000)
+    frivolous = request_with(cid, n=3, paid=65, price=10, deadline=T0 + 5_000)
     script: list[tuple[Op, int]] = [
         (Mint(sender=M, account=C, amount=5), T0),
         (Transfer(sender=A, to=C, amount=5), T0),
         (TopUp(sender=A, channel=cid, amount=5), T0),
         (Redeem(sender=B, voucher=voucher(cid, 50)), T0),
         (FileClaim(sender=A, request=request), AFTER),
+        (Redeem(sender=B, voucher=refused_req), AFTER),
+        (FileClaim(sender=A, request=refused_req), AFTER),
+        (
+            AnswerClaim(
+                sender=B, claim=refused_req.hash, response=answer(refused_req, status="OVERLOADED")
+            ),
+            AFTER,
+        ),
+        (FileClaim(sender=A, request=frivolous), AFTER),
+        (AnswerClaim(sender=B, claim=frivolous.hash, evidence=refused_req), AFTER),
         (ResolveClaim(sender=M, claim=claim_id), AFTER + WINDOW + 1),
         (StartClose(sender=A, channel=cid), AFTER),
         (FinalizeClose(sender=M, channel=cid), AFTER + CHALLENGE),
