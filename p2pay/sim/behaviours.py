@@ -452,8 +452,9 @@ class Forger(_Attacker):
 
 
 class Replayer(_Attacker):
-    """Re-sends captured request frames: its own, already answered (REPLAY expected),
-    and another client's, as an eavesdropper would have them (UNAUTHORIZED expected)."""
+    """Re-sends captured request frames: its own, already answered (its stored answer
+    again, nothing charged: protocol v2; REPLAY on nodes before it), and another
+    client's, as an eavesdropper would have them (UNAUTHORIZED expected)."""
 
     kind = "replayer"
 
@@ -473,8 +474,25 @@ class Replayer(_Attacker):
         if not records:
             return
         record = records[self.rng.randrange(len(records))]
-        what = "replayed_own" if source is self.peer else "replayed_other"
-        await self._send(target_by_key[record.payee], record.frame, what)
+        target = target_by_key[record.payee]
+        if source is not self.peer:
+            await self._send(target, record.frame, "replayed_other")
+            return
+        # Its own answered request sent again: under protocol v2 (claims.md C-4) the payee
+        # re-sends the answer it stored, charging nothing again; anything else is a fault.
+        timeout = self.sim.wall(10.0)
+        session = await RawSession.open(self.peer, target, timeout)
+        try:
+            self.stats["replayed_own_sent"] += 1
+            answer = await session.exchange(record.frame, timeout)
+        finally:
+            await session.close()
+        if isinstance(answer, Response) and answer.ok:
+            stored = await target.store.response(record.request_hash)
+            if stored is not None and stored.frame == answer.to_frame():
+                self.stats["replayed_own:STORED_ANSWER"] += 1
+                return
+        self._count(answer, "replayed_own")
 
 
 class Overspender(_Attacker):
@@ -547,15 +565,13 @@ class Overspender(_Attacker):
             ch.on_refusal(request.n)
             self.stats[f"{what}:{answer.code.value}"] += 1
             return
-        ch.on_response(answer)
+        receipt = ch.on_response(answer)
         self.stats[f"{what}:{answer.status}"] += 1
-        if answer.ok and beyond:
-            self.stats["served_illegitimately"] += 1
-
-    @property
-    def extra_received(self) -> int:
-        """Yocto of service received outside the node (receipts on the attack channel)."""
-        return self.channel.spent if self.channel is not None else 0
+        if answer.ok:
+            # service received outside the node: counted like the node's answers
+            self.peer.delivered[request.hash] = (self.target.account, receipt.charged)
+            if beyond:
+                self.stats["served_illegitimately"] += 1
 
 
 class StaleCloser(_Attacker):

@@ -19,7 +19,8 @@ money formula):
 * ``honest_providers_never_clawed``: no refund is ever taken from an honest provider's
   stake (claims.md C-2: ``Claim.clawed`` is 0 on every claim against it). Periodic + final.
 * ``refunds_never_touch_earnings`` (final, ledgers with ``Channel.paid_seen``): on every
-  channel of an honest payee, ``paid_seen - refunded >= charged`` (claims.md C-2).
+  channel of an honest payee, ``max(paid_seen, its best voucher's paid) - refunded >=
+  charged`` (claims.md C-2).
 * ``honest_clients_pay_only_for_answers``: for every honest client,
   ``sum over its channels of (redeemed - clawed) <= value of the answers it got``: every
   paid request is answered or refunded. The value of the answers is the sum, over the
@@ -32,7 +33,8 @@ money formula):
   value received - value provided - compensation <= 0``. Holdings are balance + escrow
   of the channels it pays + stake + bonds of its open claims; value received and value
   provided are the values of answers (as above) it got as a payer and gave as a payee
-  (plus a behaviour's own off-node channels, e.g. the overspender's); compensation is its
+  (a behaviour records answers it gets off its node, e.g. the overspender's, in
+  ``peer.delivered``); compensation is its
   share of slashes for claims its node filed on requests it sent and never got an
   answer to (a real failure: an honest twin gets the same). An honest twin running the
   same workload pays exactly for the answers it gets: its gain is 0. A positive gain is
@@ -83,7 +85,8 @@ DEFINITIONS = {
     "honest_providers_never_slashed": "no claim against an honest provider is upheld",
     "honest_providers_never_clawed": "no refund is ever clawed from an honest provider's stake",
     "refunds_never_touch_earnings": (
-        "per channel of an honest payee: paid_seen - refunded >= what it charged"
+        "per channel of an honest payee: max(paid_seen, its voucher's paid) - refunded >= "
+        "what it charged"
     ),
     "honest_clients_pay_only_for_answers": (
         "per honest client: sum over its channels of (redeemed - clawed) <= value of the "
@@ -256,8 +259,6 @@ class Invariants:
         for payer, payee, price in delivered_answers(sim).values():
             received[payer] += price
             provided[payee] += price
-        for peer in sim.peers:
-            received[peer.account] += int(getattr(peer.behaviour, "extra_received", 0))
 
         # compensation for real failures: slashes on claims the node filed for requests
         # it sent and never got an answer to on time
@@ -361,18 +362,18 @@ class Invariants:
                 ch = by_id.get(record.channel)
                 if ch is None:
                     continue
-                entitled = int(getattr(ch, "paid_seen", 0)) - int(getattr(ch, "refunded", 0))
-                # what the ledger has seen bounds what can be redeemed: compare with what
-                # was redeemed, and with everything charged once the channel is settled
-                earned = record.spent if ch.state is ChannelState.CLOSED else ch.redeemed
+                # what the payee may hold: the highest paid the ledger has seen or the
+                # payee holds a voucher for, minus the refunds (settlement Redeem)
+                seen = max(int(getattr(ch, "paid_seen", 0)), record.paid_max)
+                entitled = seen - int(getattr(ch, "refunded", 0))
                 result.record(
-                    entitled >= earned,
+                    entitled >= record.spent,
                     {
                         "peer": peer.name,
                         "channel": ch.id.hex()[:16],
-                        "paid_seen": int(getattr(ch, "paid_seen", 0)),
+                        "paid_seen": seen,
                         "refunded": int(getattr(ch, "refunded", 0)),
-                        "earned": earned,
+                        "charged": record.spent,
                     },
                 )
         if not result.checks:

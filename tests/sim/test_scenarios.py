@@ -144,7 +144,8 @@ def test_adversarial_clients() -> None:
     over, claimers = stats(report, "overspenders"), stats(report, "false-claimers")
     assert forgers["forged_other_channel:UNAUTHORIZED"] == forgers["forged_other_channel_sent"] > 0
     assert forgers["forged_signature:INVALID_SIGNATURE"] == forgers["forged_signature_sent"] > 0
-    assert replayers["replayed_own:REPLAY"] == replayers["replayed_own_sent"] > 0
+    # own answered requests sent again get the stored answer, never a second charge (C-4)
+    assert replayers["replayed_own:STORED_ANSWER"] == replayers["replayed_own_sent"] > 0
     assert replayers["replayed_other:UNAUTHORIZED"] == replayers["replayed_other_sent"] > 0
     assert over["over_deposit:INSUFFICIENT_DEPOSIT"] == over["over_deposit_sent"] > 0
     assert over["within_deposit:OK"] == over["within_deposit_sent"] > 0
