@@ -103,8 +103,10 @@ Handler = Callable[["Call"], Awaitable[bytes]]
 
 
 class CallTimeout(P2payError, TimeoutError):
-    """No answer within the call's timeout. The request stays on record: if it was paid
-    and never answered, the watcher claims against the provider after its deadline."""
+    """No answer within the call's timeout. The request stays on record: after its deadline
+    the watcher re-sends it (the provider answers again from its store) and, only if that
+    brings no answer and the provider has a stake, claims it, locking the ledger's claim
+    bond until the provider answers or the window ends (specs/claims.md 6)."""
 
     code = ErrorCode.DEADLINE_EXCEEDED
 
@@ -1488,8 +1490,7 @@ class _ServerSession:
         )
         self.outbox.put(generation, frame)
         for outbox in node._unanswered.pop(request.hash, ()):
-            if outbox is not self.outbox:
-                outbox.put(generation, frame)  # where the payer re-sent it
+            outbox.put(generation, frame)  # once more for each re-send, where it came
 
     async def _run_handler(
         self, ch: PayeeChannel, request: Request, service: _Service, call: Call
@@ -1758,6 +1759,11 @@ class _Connection:
         if ch is None or ch.payee != self.account:
             node.counters.protocol_violations += 1
             return False
+        if slot is None and response.n not in ch.in_flight and response.n not in ch.abandoned:
+            # A second answer to a request re-sent while its handler ran (C-4), or to one
+            # already settled: it changes nothing.
+            log.info("ignored an answer to a settled request from %s", self.peer_id)
+            return True
         try:
             receipt = ch.on_response(response)
         except RemoteProtocolError as exc:

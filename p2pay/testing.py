@@ -25,7 +25,6 @@ from p2pay.core.messages import (
     request_signing_bytes,
     response_signing_bytes,
 )
-from p2pay.core.signing import sign_message
 from p2pay.core.settlement import (
     MAX_AMOUNT,
     Channel,
@@ -38,6 +37,7 @@ from p2pay.core.settlement import (
     channel_id,
     unbonding_period,
 )
+from p2pay.core.signing import sign_message
 from p2pay.ledger.base import Ledger, Totals
 
 # ---------------------------------------------------------------------------
@@ -164,11 +164,44 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {
     EventKind.UNSTAKE_REQUESTED: frozenset({"account", "amount", "unbonding_at"}),
     EventKind.STAKE_WITHDRAWN: frozenset({"account", "amount"}),
     EventKind.CLAIM_FILED: frozenset(
-        {"claim", "claimant", "respondent", "channel", "n", "deadline", "bond", "window_ends"}
+        {
+            "claim",
+            "claimant",
+            "respondent",
+            "channel",
+            "n",
+            "price",
+            "paid",
+            "deadline",
+            "bond",
+            "window_ends",
+        }
     ),
-    EventKind.CLAIM_ANSWERED: frozenset({"claim", "claimant", "respondent", "status", "bond"}),
+    EventKind.CLAIM_ANSWERED: frozenset(
+        {
+            "claim",
+            "claimant",
+            "respondent",
+            "outcome",
+            "status",
+            "bond",
+            "bond_to",
+            "refund",
+            "clawed",
+        }
+    ),
     EventKind.CLAIM_UPHELD: frozenset(
-        {"claim", "claimant", "respondent", "slashed", "to_claimant", "burnt", "bond"}
+        {
+            "claim",
+            "claimant",
+            "respondent",
+            "slashed",
+            "to_claimant",
+            "burnt",
+            "bond",
+            "refund",
+            "clawed",
+        }
     ),
     EventKind.SLASHED: frozenset({"account", "amount", "claim"}),
 }
@@ -418,17 +451,20 @@ class LedgerHarness:
         ledger: bytes | None = None,
         deadline: int | None = None,
         body: bytes = b"hello",
-        price: int = 0,
+        price: int | None = None,
+        service: str = "echo",
     ) -> Request:
-        """A request signed by `key` (the voucher): deadline defaults to now + 1 s."""
-        return Request.create(
+        """A request signed by `key` (the voucher): deadline defaults to now + 1 s, price to
+        ``min(paid, 1)``. Fields `Request` itself refuses (``n = 0``, an empty service) are
+        signed as given (`unchecked_request`), so a case can check the ledger refuses them."""
+        return unchecked_request(
             key,
             ledger=ledger if ledger is not None else self.ledger.ledger_id,
             channel=channel,
             n=n,
             paid=paid,
-            price=price,
-            service="echo",
+            price=min(paid, 1) if price is None else price,
+            service=service,
             body=body,
             deadline=deadline if deadline is not None else self.clock.ms + 1_000,
         )
@@ -653,8 +689,12 @@ async def _case_redeem(h: LedgerHarness) -> None:
     h.event_is("Redeemed", amount=200, redeemed=500, n=5, paid=700)
     expect_eq(await L.redeem(BOB, v2, 400), 0, "amount below redeemed pays 0")
     expect_eq(await L.redeem(BOB, v2, 0), 0, "amount 0 pays 0")
-    expect_eq(await L.redeem(BOB, v1), 0, "older voucher pays 0")
-    expect_eq(await L.redeem(BOB, v2), 200, "rest of the voucher")
+    expect_eq(await L.redeem(BOB, v1, 500), 0, "older voucher, same cap, pays 0")
+    # the ledger has seen the payer sign paid = 700 (paid_seen): an older voucher is
+    # evidence enough for what is left of it (the payee could present v2 just as well)
+    expect_eq(await L.redeem(BOB, v1), 200, "older voucher pays up to paid_seen")
+    h.event_is("Redeemed", amount=200, redeemed=700, n=1, paid=300)
+    expect_eq(await L.redeem(BOB, v2), 0, "nothing left of the voucher")
     # a voucher above the deposit pays up to the deposit, never more
     v3 = h.voucher(ALICE, cid, n=9, paid=5_000)
     expect_eq(await L.redeem(BOB, v3), 300, "voucher above deposit pays up to deposit")
@@ -1087,6 +1127,8 @@ async def _case_file_claim(h: LedgerHarness) -> None:
         respondent=BOB.account,
         channel=s.cid,
         n=1,
+        price=100,
+        paid=100,
         deadline=req.deadline,
         bond=bond,
         window_ends=now + s.window,
@@ -1100,11 +1142,17 @@ async def _case_file_claim(h: LedgerHarness) -> None:
             c.respondent,
             c.channel,
             c.n,
+            c.price,
+            c.paid,
+            c.deadline,
             c.bond,
             c.filed_at,
             c.window_ends,
             c.state,
             c.slashed,
+            c.refund,
+            c.clawed,
+            c.evidence_frame,
         ),
         (
             claim_id,
@@ -1112,14 +1160,23 @@ async def _case_file_claim(h: LedgerHarness) -> None:
             BOB.account,
             s.cid,
             1,
+            100,
+            100,
+            req.deadline,
             bond,
             now,
             now + s.window,
             ClaimState.OPEN,
             0,
+            0,
+            0,
+            b"",
         ),
         "claim record",
     )
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq(ch.paid_seen, 100, "a claimed request counts as a voucher seen (paid_seen)")
     frame = decode_frame(c.request_frame)
     expect(isinstance(frame, Request) and frame == req and frame.body == b"ping", "request frame")
     expect_eq(c.response_frame, b"", "no response yet")
@@ -1141,7 +1198,9 @@ async def _case_file_claim(h: LedgerHarness) -> None:
 
 
 @_case
-async def _case_claim_answered_in_time(h: LedgerHarness) -> None:
+async def _case_delivering_answer_returns_the_bond(h: LedgerHarness) -> None:
+    """An OK answer (the response with its body) ends the claim DELIVERED: no slash, no
+    refund, and the bond goes back to the claimant (issue 13: no bond harvesting)."""
     L = h.ledger
     s = await _ClaimSetup(h).setup()
     claim_id = await s.file()
@@ -1155,13 +1214,17 @@ async def _case_claim_answered_in_time(h: LedgerHarness) -> None:
         claim=claim_id,
         claimant=ALICE.account,
         respondent=BOB.account,
+        outcome="delivered",
         status="OK",
         bond=bond,
+        bond_to=ALICE.account,
+        refund=0,
+        clawed=0,
     )
-    expect_eq(await h.balances(ALICE, BOB), [alice0, bob0 + bond], "claimant loses the bond")
+    expect_eq(await h.balances(ALICE, BOB), [alice0 + bond, bob0], "the bond goes back")
     c = await L.claim(claim_id)
     assert c is not None
-    expect_eq((c.state, c.slashed), (ClaimState.ANSWERED, 0), "answered claim")
+    expect_eq((c.state, c.slashed, c.refund), (ClaimState.DELIVERED, 0, 0), "delivered claim")
     answer = decode_frame(c.response_frame)
     expect(isinstance(answer, Response) and answer == response, "claimant reads the response")
     assert isinstance(answer, Response)
@@ -1203,6 +1266,8 @@ async def _case_claim_unanswered_is_upheld(h: LedgerHarness) -> None:
         to_claimant=to_claimant,
         burnt=slash - to_claimant,
         bond=bond,
+        refund=100,
+        clawed=0,
     )
     h.event_is("Slashed", 1, account=BOB.account, amount=slash, claim=claim_id)
     expect_eq(
@@ -1217,7 +1282,10 @@ async def _case_claim_unanswered_is_upheld(h: LedgerHarness) -> None:
     expect_eq((st.amount, st.open_claims), (s.stake - slash, 0), "slashed stake")
     c = await L.claim(claim_id)
     assert c is not None
-    expect_eq((c.state, c.slashed), (ClaimState.UPHELD, slash), "upheld claim")
+    expect_eq((c.state, c.slashed, c.refund), (ClaimState.UPHELD, slash, 100), "upheld claim")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.refunded, ch.clawed), (100, 0), "the unredeemed slice stays in escrow")
     await h.refused(ErrorCode.CLAIM_CLOSED, L.resolve_claim, ALICE, claim_id)
     await h.refused(ErrorCode.CLAIM_CLOSED, L.answer_claim, BOB, claim_id, s.response())
 
@@ -1265,15 +1333,296 @@ async def _case_answer_refusals(h: LedgerHarness) -> None:
 
 
 @_case
-async def _case_signed_refusal_is_an_answer(h: LedgerHarness) -> None:
+async def _case_bond_harvesting_refusal_refunds_the_price(h: LedgerHarness) -> None:
+    """Issue 13 bond harvesting: the provider withholds, then answers the claim with a signed
+    refusal. Now: REFUSED, the bond goes back to the claimant and the price is refunded;
+    the slice was never redeemed, so it stays in escrow (no clawback) and goes back to the
+    payer at close: the provider cannot redeem it any more."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    claim_id = await s.file()
+    bond = L.params.claim_bond
+    alice0, bob0 = await h.balances(ALICE, BOB)
+    refusal = s.response(status=ErrorCode.HANDLER_ERROR.value)
+    await L.answer_claim(BOB, claim_id, refusal)
+    h.event_is(
+        "ClaimAnswered",
+        claim=claim_id,
+        outcome="refused",
+        status="HANDLER_ERROR",
+        bond=bond,
+        bond_to=ALICE.account,
+        refund=100,
+        clawed=0,
+    )
+    expect_eq(await h.balances(ALICE, BOB), [alice0 + bond, bob0], "the bond goes back")
+    c = await L.claim(claim_id)
+    assert c is not None
+    expect_eq((c.state, c.refund, c.clawed), (ClaimState.REFUSED, 100, 0), "refused claim")
+    answer = decode_frame(c.response_frame)
+    expect(isinstance(answer, Response) and answer == refusal, "the refusal is stored")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.paid_seen, ch.refunded, ch.clawed), (100, 100, 0), "channel refund")
+    expect_eq(await L.redeem(BOB, s.request), 0, "a refunded slice cannot be redeemed")
+    await L.payee_close(BOB, s.cid)
+    expect_eq(await L.balance(ALICE.account), alice0 + bond + TOKEN, "escrow back to the payer")
+
+
+@_case
+async def _case_bond_harvesting_after_redeem_is_clawed_back(h: LedgerHarness) -> None:
+    """The withholder redeemed the price, then refuses in the claim: the slice it now says it
+    never charged is taken from its stake and paid to the claimant at once."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    expect_eq(await L.redeem(BOB, s.request), 100, "the withholder redeems the price")
+    claim_id = await s.file()
+    bond = L.params.claim_bond
+    alice0, bob0 = await h.balances(ALICE, BOB)
+    await L.answer_claim(BOB, claim_id, s.response(status=ErrorCode.OVERLOADED.value))
+    h.event_is("ClaimAnswered", outcome="refused", bond_to=ALICE.account, refund=100, clawed=100)
+    expect_eq(await h.balances(ALICE, BOB), [alice0 + bond + 100, bob0], "refund from the stake")
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq((st.amount, st.open_claims), (s.stake - 100, 0), "stake after the clawback")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.redeemed, ch.refunded, ch.clawed), (100, 100, 100), "channel after clawback")
+    expect_eq(await L.redeem(BOB, s.request), 0, "the slice cannot be redeemed again")
+
+
+@_case
+async def _case_refusal_with_a_price_refused(h: LedgerHarness) -> None:
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    claim_id = await s.file()
+    greedy = unchecked_response(
+        BOB, request=s.request, status=ErrorCode.OVERLOADED.value, price=1, spent=1, body=b""
+    )
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.answer_claim, BOB, claim_id, greedy)
+    dear = Response.create(BOB, request=s.request, status="OK", price=101, spent=101, body=b"")
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.answer_claim, BOB, claim_id, dear)
+    await L.answer_claim(BOB, claim_id, s.response())
+
+
+async def _frivolous(h: LedgerHarness, evidence_of: Callable[[_ClaimSetup], Request]) -> None:
+    """File the setup's request, answer with `evidence_of(setup)`: FRIVOLOUS."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    claim_id = await s.file()
+    bond = L.params.claim_bond
+    alice0, bob0 = await h.balances(ALICE, BOB)
+    evidence = evidence_of(s)
+    await L.answer_claim(BOB, claim_id, evidence=evidence)
+    h.event_is(
+        "ClaimAnswered",
+        claim=claim_id,
+        claimant=ALICE.account,
+        respondent=BOB.account,
+        outcome="frivolous",
+        status="",
+        bond=bond,
+        bond_to=BOB.account,
+        refund=0,
+        clawed=0,
+    )
+    expect_eq(await h.balances(ALICE, BOB), [alice0, bob0 + bond], "the bond goes to BOB")
+    c = await L.claim(claim_id)
+    assert c is not None
+    expect_eq((c.state, c.refund, c.response_frame), (ClaimState.FRIVOLOUS, 0, b""), "claim")
+    stored = decode_frame(c.evidence_frame)
+    expect(
+        isinstance(stored, Request) and stored == evidence and stored.verify(ALICE.account),
+        "the evidence (its signed fields) is stored",
+    )
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq((st.amount, st.open_claims), (s.stake, 0), "stake untouched")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq(ch.refunded, 0, "nothing refunded")
+
+
+@_case
+async def _case_frivolous_claim_overlapping_evidence(h: LedgerHarness) -> None:
+    """The claimed slice (0, 100] overlaps a later request's (50, 150]."""
+    await _frivolous(
+        h,
+        lambda s: h.voucher(
+            ALICE, s.cid, n=2, paid=150, price=100, deadline=s.request.deadline, body=b"b"
+        ),
+    )
+
+
+@_case
+async def _case_frivolous_claim_same_n_evidence(h: LedgerHarness) -> None:
+    """Another request under the claimed number n = 1."""
+    await _frivolous(
+        h,
+        lambda s: h.voucher(
+            ALICE, s.cid, n=1, paid=100, price=100, deadline=s.request.deadline, body=b"twin"
+        ),
+    )
+
+
+@_case
+async def _case_frivolous_claim_post_dated_evidence(h: LedgerHarness) -> None:
+    """The claimed request (n = 1) is dated beyond a later request's deadline + horizon."""
+    horizon = h.ledger.params.max_deadline_horizon_ms
+    await _frivolous(
+        h,
+        lambda s: h.voucher(
+            ALICE,
+            s.cid,
+            n=2,
+            paid=200,
+            price=100,
+            deadline=s.request.deadline - horizon - 1,
+            body=b"b",
+        ),
+    )
+
+
+@_case
+async def _case_evidence_without_conflict_refused(h: LedgerHarness) -> None:
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    claim_id = await s.file()
+    deadline = s.request.deadline
+    horizon = L.params.max_deadline_horizon_ms
+    conflicting = h.voucher(ALICE, s.cid, n=1, paid=100, price=100, deadline=deadline, body=b"x")
+    for fine in (
+        h.voucher(ALICE, s.cid, n=2, paid=200, price=100, deadline=deadline),  # adjacent slice
+        h.voucher(ALICE, s.cid, n=2, paid=200, price=100, deadline=deadline - horizon),
+        s.request,  # the claimed request itself
+    ):
+        await h.refused(ErrorCode.RESPONSE_MISMATCH, L.answer_claim, BOB, claim_id, evidence=fine)
+    other = h.voucher(ALICE, s.cid, n=1, paid=100, price=100, deadline=deadline, ledger=b"x")
+    await h.refused(ErrorCode.WRONG_LEDGER, L.answer_claim, BOB, claim_id, evidence=other)
+    await L.mint(CAROL, ALICE.account, TOKEN)
+    second = await L.open_channel(ALICE, BOB.account, TOKEN, 5_000)
+    elsewhere = h.voucher(ALICE, second, n=1, paid=100, price=100, deadline=deadline, body=b"x")
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.answer_claim, BOB, claim_id, evidence=elsewhere)
+    for signer in (BOB, MALLORY):
+        forged = h.voucher(signer, s.cid, n=1, paid=100, price=100, deadline=deadline, body=b"x")
+        await h.refused(ErrorCode.INVALID_SIGNATURE, L.answer_claim, BOB, claim_id, evidence=forged)
+    await h.refused(
+        ErrorCode.INVALID_ARGUMENT,
+        L.answer_claim,
+        BOB,
+        claim_id,
+        s.response(),
+        evidence=conflicting,
+    )
+    await h.refused(ErrorCode.INVALID_ARGUMENT, L.answer_claim, BOB, claim_id)
+    await h.refused(ErrorCode.NOT_PARTY, L.answer_claim, MALLORY, claim_id, evidence=conflicting)
+    await L.answer_claim(BOB, claim_id, evidence=conflicting)
+    await h.refused(ErrorCode.CLAIM_CLOSED, L.answer_claim, BOB, claim_id, evidence=conflicting)
+
+
+@_case
+async def _case_file_claim_argument_refusals(h: LedgerHarness) -> None:
+    """Requests no honest payer signs cannot be claimed: n = 0, price = 0, paid < price, an
+    empty service, a body over max_claim_body (INVALID_ARGUMENT), paid above the deposit
+    (VOUCHER_EXCEEDS_DEPOSIT)."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    deadline = s.request.deadline
+    limit = L.params.max_claim_body
+
+    def req(**fields: Any) -> Request:
+        values: dict[str, Any] = {"n": 5, "paid": 100, "price": 100, "deadline": deadline}
+        values.update(fields)
+        return h.voucher(ALICE, s.cid, **values)
+
+    h.clock.ms = deadline + 1
+    for bad in (
+        req(n=0),
+        req(price=0),
+        req(paid=0, price=0),
+        req(paid=99),
+        req(service=""),
+        req(body=b"\0" * (limit + 1)),
+    ):
+        await h.refused(ErrorCode.INVALID_ARGUMENT, L.file_claim, ALICE, bad)
+    await h.refused(ErrorCode.VOUCHER_EXCEEDS_DEPOSIT, L.file_claim, ALICE, req(paid=TOKEN + 1))
+    await L.file_claim(ALICE, req(n=6, paid=TOKEN, price=TOKEN))  # at the deposit: fine
+    await L.file_claim(ALICE, req(n=7, price=1, paid=1))  # the smallest claimable request
+
+
+@_case
+async def _case_unbonding_hostage_refused(h: LedgerHarness) -> None:
+    """C-9: against an UNBONDING stake, only requests dated at most unstake_requested_at +
+    max_deadline_horizon_ms can be claimed."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    await L.request_unstake(BOB)
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    asked = st.unstake_requested_at
+    expect_eq(asked, h.ledger.last_events[0].at, "unstake_requested_at is the op's time")
+    last = asked + L.params.max_deadline_horizon_ms
+    served = h.voucher(ALICE, s.cid, n=2, paid=100, price=100, deadline=last)
+    hostage = h.voucher(ALICE, s.cid, n=3, paid=200, price=100, deadline=last + 1)
+    h.clock.ms = last + 2
+    await h.refused(ErrorCode.UNBONDING, L.file_claim, ALICE, hostage)
+    claim_id = await L.file_claim(ALICE, served)
+    expect_eq(claim_id, served.hash, "a request from before unbonding is claimable")
+
+
+@_case
+async def _case_redeem_capped_at_paid_seen_minus_refunded(h: LedgerHarness) -> None:
     L = h.ledger
     s = await _ClaimSetup(h).setup()
     claim_id = await s.file()
     await L.answer_claim(BOB, claim_id, s.response(status=ErrorCode.OVERLOADED.value))
-    h.event_is("ClaimAnswered", status="OVERLOADED")
+    later = h.voucher(ALICE, s.cid, n=2, paid=300, price=100)
+    expect_eq(await L.redeem(BOB, later), 200, "paid 300 seen, 100 refunded")
+    h.event_is("Redeemed", amount=200, redeemed=200, n=2, paid=300)
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.paid_seen, ch.refunded, ch.redeemed), (300, 100, 200), "channel")
+    expect_eq(await L.redeem(BOB, later), 0, "nothing more")
+    closing = h.voucher(ALICE, s.cid, n=3, paid=500, price=100)
+    expect_eq(await L.payee_close(BOB, s.cid, closing), 200, "payee_close has the same cap")
+
+
+@_case
+async def _case_clawback_capped_by_stake(h: LedgerHarness) -> None:
+    """A clawback takes at most what is left of the stake after the slash."""
+    L = h.ledger
+    s = _ClaimSetup(h)
+    s.stake, s.penalty = 3 * TOKEN + TOKEN // 2, 3 * TOKEN
+    await s.setup()
+    big = h.voucher(ALICE, s.cid, n=1, paid=TOKEN, price=TOKEN, body=b"big")
+    expect_eq(await L.redeem(BOB, big), TOKEN, "the payee redeems the whole deposit")
+    claim_id = await s.file(big)
+    h.clock.advance(s.window + 1)
+    alice0 = await L.balance(ALICE.account)
+    await L.resolve_claim(MALLORY, claim_id)
+    to_claimant = 3 * TOKEN * L.params.slash_to_claimant_bps // 10_000
+    h.event_is(
+        "ClaimUpheld",
+        0,
+        slashed=3 * TOKEN,
+        to_claimant=to_claimant,
+        refund=TOKEN,
+        clawed=TOKEN // 2,
+    )
+    expect_eq(
+        await L.balance(ALICE.account),
+        alice0 + to_claimant + L.params.claim_bond + TOKEN // 2,
+        "claimant: share of the slash, bond, and the clawback the stake could pay",
+    )
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq(st.amount, 0, "stake exhausted")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.redeemed, ch.refunded, ch.clawed), (TOKEN, TOKEN, TOKEN // 2), "channel")
     c = await L.claim(claim_id)
     assert c is not None
-    expect_eq(c.state, ClaimState.ANSWERED, "a signed refusal answers the claim")
+    expect_eq((c.refund, c.clawed), (TOKEN, TOKEN // 2), "claim refund and clawback")
 
 
 @_case
@@ -1438,7 +1787,7 @@ async def _case_reads_are_copies(h: LedgerHarness) -> None:
     assert ch is not None and st is not None and cl is not None
     ch.deposit, ch.redeemed, ch.state = 0, 0, ChannelState.CLOSED
     st.amount, st.open_claims = 0, 0
-    cl.state, cl.bond = ClaimState.ANSWERED, 0
+    cl.state, cl.bond = ClaimState.DELIVERED, 0
     (await L.channels_of(ALICE.account))[0].deposit = 1
     events = await L.events()
     events[0].fields["amount"] = 0

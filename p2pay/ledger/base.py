@@ -219,6 +219,7 @@ class Ledger(Protocol):
     ) -> None:
         """Answer a claim with a signed response, or with `evidence` (a payer-signed request
         in tiling conflict with the claimed one): exactly one (specs/settlement.md 5)."""
+
     async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None: ...
     async def aclose(self) -> None: ...
 

@@ -101,6 +101,8 @@ class LedgerVersionError(LedgerFileError):
     def __init__(self, message: str, *, version: object) -> None:
         super().__init__(message)
         self.version = version
+
+
 AMOUNT_BYTES = 16
 BUSY_TIMEOUT_MS = 10_000
 _MAX_STORED = 1 << 30  # a sanity cap on a stored CBOR value's size when decoding

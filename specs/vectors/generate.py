@@ -346,7 +346,7 @@ def build_requests() -> tuple[list[dict[str, Any]], list[tuple[bytes, dict[str, 
     )
     hello = {
         "domain": "p2pay/v1/hello",
-        "version": 1,
+        "version": 2,  # PROTOCOL_VERSION (paid slices)
         "ledger": LEDGER,
         "services": [{"name": "echo", "price": 1000, "max_body": 65536}],
         "stake": None,

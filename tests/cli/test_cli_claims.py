@@ -89,7 +89,8 @@ def test_claims_list_shows_outcome_status_bond_refund_and_slash(
         "HANDLER_ERROR",
         True,
     )
-    assert isinstance(refused["refund"], str) and isinstance(refused["clawed"], str)
+    # a refusal refunds the request's price (from escrow: nothing was redeemed, none clawed)
+    assert (refused["refund"], refused["clawed"]) == (str(PRICE), "0")
     assert (pending["outcome"], pending["status"], pending["bond_to"]) == ("open", "", "")
     assert pending["bond_returned"] is None
     text = c.ok("--home", "c", "claims", "list")

@@ -464,14 +464,17 @@ async def test_answered_provider_defends_a_false_claim() -> None:
         assert isinstance(request, Request)
         await trio.sleep(0.25)  # past the deadline
         bob_before = await ledger.balance(BOB.account)
+        alice_before = await ledger.balance(ALICE.account)
         claim_id = await ledger.file_claim(ALICE, request)  # a false claim: it was answered
 
         async def answered() -> bool:
             claim = await ledger.claim(claim_id)
-            return claim is not None and claim.state is ClaimState.ANSWERED
+            return claim is not None and claim.state is ClaimState.DELIVERED
 
         await wait_until(answered)
-        assert await ledger.balance(BOB.account) == bob_before + BOND
+        # DELIVERED: the answer is on the ledger, the bond goes back, nobody gains (claims.md 3)
+        assert await ledger.balance(BOB.account) == bob_before
+        assert await ledger.balance(ALICE.account) == alice_before
         assert (await ledger.stake_of(BOB.account)).amount == 10**20
         claim = await ledger.claim(claim_id)
         answer = decode_frame(claim.response_frame)
@@ -603,15 +606,16 @@ async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel
                 await alice.call(bob.peer_id, "echo", b"lost", max_price=PRICE, timeout=0.5)
             monkeypatch.undo()
 
-            async def marked_unclaimable() -> bool:  # bob has no stake: the watcher says so
-                return [r.state for r in await alice.store.requests()] == ["unclaimable"]
+            async def redelivered() -> bool:  # the watcher re-sent it: bob's stored receipt
+                return [r.state for r in await alice.store.requests()] == ["answered"]
 
-            await wait_until(marked_unclaimable)
+            await wait_until(redelivered)
         await store.aclose()
         assert bob.payee_channels[ch.channel].spent == PRICE
         store = await SqliteStore.open(path)
         async with client(ledger, store=store) as alice:
-            assert list(alice.payer_channels[ch.channel].abandoned) == [1]
+            assert alice.payer_channels[ch.channel].spent == PRICE
+            assert list(alice.payer_channels[ch.channel].abandoned) == []
             result = await alice.call(bob.addrs[0], "echo", b"after", max_price=PRICE)
             assert result.body == b"after"
             assert result.spent == 2 * PRICE  # the lost receipt's charge is accounted for

@@ -20,7 +20,7 @@ from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.core.settlement import Claim, ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Behaviour, Call, CallTimeout, Node, NodeConfig, open_node
+from p2pay.node import Behaviour, Call, CallTimeout, ConnectionLost, Node, NodeConfig, open_node
 from p2pay.watcher import claim_outcome
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
@@ -353,6 +353,82 @@ async def test_the_client_records_an_upheld_claim_with_its_slash_and_bond() -> N
         await wait_until(outcome)
         [info] = await alice.claims()
         assert info.bond_returned is True and info.slashed == PENALTY
+        assert (info.refund, info.clawed) == (PRICE, 0)  # never redeemed: from escrow
         assert info.status == "" and info.response is None
         [record] = await alice.store.requests()
         assert record.state == "compensated"
+
+
+async def test_a_re_delivered_request_gets_the_stored_answer_and_no_claim() -> None:
+    """The answer is lost with the connection; the client's watcher re-sends the request,
+    the provider answers it again from its store, charging nothing more: no claim, no bond
+    locked (issue 13 item 1)."""
+    ledger = make_ledger()
+    release = trio.Event()
+    started = trio.Event()
+
+    async def held(call: Call) -> bytes:
+        started.set()
+        # finishes even though its stream is gone: the answer is charged, stored, then lost
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            await release.wait()
+        return b"kept:" + call.body
+
+    async with pair(ledger) as (alice, bob):
+        bob.serve("held", held, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+
+        async def call() -> None:
+            with pytest.raises(ConnectionLost):
+                await alice.call(bob.peer_id, "held", b"x", max_price=PRICE, timeout=3.0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            with trio.fail_after(10):
+                await started.wait()
+            await alice._connections[bob.peer_id].close()  # the answer has nowhere to go
+        release.set()
+
+        async def settled() -> bool:
+            return [r.state for r in await alice.store.requests()] == ["answered"]
+
+        await wait_until(settled)
+        assert alice.counters.claims_filed == 0 and await ledger.claims_of(ALICE.account) == []
+        assert bob.payee_channels[ch.channel].spent == PRICE  # charged once
+        assert bob.counters.answers_resent == 1
+
+
+@pytest.mark.parametrize("conflict", ["same_n", "overlapping_slice"])
+async def test_a_claim_in_conflict_with_a_served_request_is_frivolous(conflict: str) -> None:
+    """A made-up request reusing a served number, or a slice already paid for, is answered
+    with the served request as evidence: the bond goes to the provider (claims.md 2-3)."""
+    ledger = make_ledger()
+    async with pair(ledger) as (alice, bob):
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        served = await alice.call(bob.peer_id, "echo", b"real", max_price=PRICE)
+        assert served.n == 1
+        now = await ledger.now()
+        if conflict == "same_n":
+            made_up = claimed_request(ch.channel, 1, deadline=now - 1, body=b"other")
+        else:  # n=2 taking the slice (0, PRICE] that n=1 paid
+            made_up = claimed_request(ch.channel, 2, deadline=now - 1, paid=PRICE)
+        bob_before = await ledger.balance(BOB.account)
+        claim_id = await ledger.file_claim(ALICE, made_up)
+        await wait_until(lambda: decided(ledger, [claim_id]))
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.state is ClaimState.FRIVOLOUS
+        evidence = decode_frame(claim.evidence_frame)
+        assert isinstance(evidence, Request)
+        assert evidence.hash == served.receipt.request_hash  # the request it served
+        assert await ledger.balance(BOB.account) == bob_before + BOND
+        assert bob.payee_channels[ch.channel].spent == PRICE  # nothing served for it
+        assert bob.watcher.answers["frivolous"] == 1
+
+        async def recorded() -> bool:
+            return any(c.outcome == "frivolous" for c in await alice.claims())
+
+        await wait_until(recorded)
+        [info] = await alice.claims()
+        assert info.bond_returned is False and info.refund == 0

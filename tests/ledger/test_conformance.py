@@ -163,7 +163,7 @@ async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(tmp_path: P
     conn.commit()
     conn.close()
     before = old.read_bytes()
-    with pytest.raises(LedgerVersionError, match="version 1 .*create a new dev ledger") as info:
+    with pytest.raises(LedgerVersionError, match=r"version 1 .*create a new dev ledger") as info:
         await SqliteLedger.open(old)
     assert info.value.version == 1 and isinstance(info.value, LedgerFileError)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT

@@ -85,6 +85,11 @@ def holdings(state: State, account: bytes) -> int:
     return total
 
 
+def clawed_from(state: State, account: bytes) -> int:
+    """Refunds taken back from `account`'s stake so far (over the claims against it)."""
+    return sum(c.clawed for c in state.claims.values() if c.respondent == account)
+
+
 class LockstepLedgers(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -117,13 +122,14 @@ class LockstepLedgers(RuleBasedStateMachine):
 
     # --- plumbing
 
-    def both(self, name: str, key: Keypair, *args: Any) -> Any:
+    def both(self, name: str, key: Keypair, *args: Any, **kwargs: Any) -> Any:
         before = self.mem.state
         held = {k.account: holdings(before, k.account) for k in HONEST}
+        clawed_before = {k.account: clawed_from(before, k.account) for k in HONEST}
         stakes = {
             a: (s.amount, s.penalty) for a, s in before.stakes.items() if a != MALLORY.account
         }
-        outcomes = run(self._both, name, key, args)
+        outcomes = run(self._both, name, key, args, kwargs)
         assert outcomes[0] == outcomes[1], f"{name}: memory {outcomes[0]} != sqlite {outcomes[1]}"
         label = f"{name}:{outcomes[0][0] if outcomes[0][0] == 'ok' else outcomes[0][1]}"
         self.outcomes[label] = self.outcomes.get(label, 0) + 1
@@ -138,15 +144,20 @@ class LockstepLedgers(RuleBasedStateMachine):
                     f"MALLORY's {name} {outcomes[0]} reduced holdings of {k.account.hex()[:8]}"
                     f" from {held[k.account]} to {now_held}"
                 )
+                # ... plus the clawback of a refund it had already redeemed (specs 5)
                 amount, penalty = stakes[k.account]
-                assert held[k.account] - now_held <= min(amount, penalty)
+                clawed = clawed_from(after, k.account) - clawed_before[k.account]
+                assert clawed <= amount - min(amount, penalty)
+                assert held[k.account] - now_held <= min(amount, penalty) + clawed
         return outcomes[0][1] if outcomes[0][0] == "ok" else None
 
-    async def _both(self, name: str, key: Keypair, args: tuple[Any, ...]) -> list[Any]:
+    async def _both(
+        self, name: str, key: Keypair, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Any]:
         outcomes: list[Any] = []
         for ledger in (self.mem, self.sql):
             try:
-                outcomes.append(("ok", await getattr(ledger, name)(key, *args)))
+                outcomes.append(("ok", await getattr(ledger, name)(key, *args, **kwargs)))
             except SettlementError as exc:
                 outcomes.append(("refused", exc.code))
         return outcomes
@@ -353,7 +364,7 @@ class LockstepLedgers(RuleBasedStateMachine):
             ledger=LEDGER_ID,
             channel=cid,
             n=data.draw(st.integers(1, 1_000)),
-            paid=data.draw(st.integers(0, 3_000)),
+            paid=data.draw(st.integers(10, 2_200)),  # the deposits are 2_000
             price=10,
             service="svc",
             body=b"q",
@@ -373,6 +384,10 @@ class LockstepLedgers(RuleBasedStateMachine):
         request = next(r for r in self.requests if r.hash == claim_id)
         if data.draw(st.integers(0, 5)) == 0:
             request = data.draw(st.sampled_from(self.requests))  # answer the wrong request
+        if data.draw(st.integers(0, 3)) == 0:  # evidence: another request of the payer
+            evidence = data.draw(st.sampled_from(self.requests))
+            self.both("answer_claim", key, claim_id, evidence=evidence)
+            return
         respondent = next((k for k in KEYS if k.account == claim.respondent), MALLORY)
         signer = respondent if data.draw(st.integers(0, 4)) > 0 else data.draw(keys)
         ok = data.draw(st.booleans())
@@ -476,8 +491,8 @@ def test_lockstep_scripted() -> None:
     m = LockstepLedgers()
     ok: set[str] = set()
 
-    def step(name: str, key: Keypair, *args: Any) -> Any:
-        result = m.both(name, key, *args)
+    def step(name: str, key: Keypair, *args: Any, **kwargs: Any) -> Any:
+        result = m.both(name, key, *args, **kwargs)
         assert m.outcomes.get(f"{name}:ok"), f"{name} was refused: {m.outcomes}"
         ok.add(name)
         m.identical_and_conserved()
@@ -514,6 +529,22 @@ def test_lockstep_scripted() -> None:
         claim3 = step("file_claim", ALICE, r3)
         m.clock.advance(4_001)
         step("resolve_claim", MALLORY, claim3)
+        assert m.mem.state.claims[claim3].refund == 10
+        # a refusal after redeeming the slice: REFUSED, refund clawed back from the stake
+        r4 = request(ALICE, cid, 4, 600, m.clock.ms)
+        assert step("redeem", BOB, r4, None) == 290  # paid_seen 600 - refunded 10 - held 300
+        m.clock.advance(1)
+        claim4 = step("file_claim", ALICE, r4)
+        refusal = Response.create(BOB, request=r4, status="OVERLOADED", price=0, spent=0, body=b"")
+        step("answer_claim", BOB, claim4, refusal)
+        c4 = m.mem.state.claims[claim4]
+        assert (c4.state, c4.refund, c4.clawed) == (ClaimState.REFUSED, 10, 10)
+        # a claim on a request overlapping r4's slice: the payee shows r4, FRIVOLOUS
+        r5 = request(ALICE, cid, 5, 600, m.clock.ms)
+        m.clock.advance(1)
+        claim5 = step("file_claim", ALICE, r5)
+        step("answer_claim", BOB, claim5, evidence=r4)
+        assert m.mem.state.claims[claim5].state is ClaimState.FRIVOLOUS
         step("start_close", ALICE, cid)
         m.clock.advance(2_000)
         step("finalize_close", MALLORY, cid)

@@ -27,15 +27,19 @@ specs/invariants.md asserted here, after every step or at the step that can brea
           are refused UNAUTHORIZED and change no payee state.
 * INV-9   the signed responses BOB sends along the reverse stream form a chain:
           ``r2.spent == r1.spent + r2.price``.
-* INV-11  each request signs ``paid = max(paid, spent + outstanding + price) <= deposit``;
-          ``payer.paid`` never decreases (within one life of the payer's state), ``n``
-          strictly increases.
+* INV-11  each request signs ``paid = paid + price <= deposit`` (protocol v2: a fresh
+          slice, credit never reused); ``payer.paid`` never decreases (within one life of
+          the payer's state), ``n`` strictly increases.
+* SLICES  ALICE's fresh requests reach the payee with ``paid - price >= paid_max``, so the
+          slice rule never refuses them; the slices she signs never overlap.
 * INV-12  every receipt the payer accepts has ``spent`` = previous accepted ``spent`` + its
           price + exactly the charges of receipts lost before it; a refused receipt
           leaves the payer unchanged, and an honest receipt is refused only while a lost
           receipt's request is still in flight (not yet abandoned).
 * INV-13  after losing its state the payer resyncs from REPLAY details to exactly the
-          payee's ``last_n``, ``paid_max`` and ``spent``.
+          payee's ``last_n`` and ``paid_max`` (from the voucher its own key checks), never
+          adopting the unsigned ``spent``: the payee's charges it forgot explain the next
+          receipt's jump instead. A REPLAY of a request the payer still has never drops it.
 
 And properties specs/invariants.md does not number (yet):
 
@@ -45,7 +49,8 @@ And properties specs/invariants.md does not number (yet):
           ``== payee.spent``; with no receipt lost, the prices the payer accepted add up
           to the payee's ``spent``; the payer never believes more was spent than was.
 * HONEST-CREDIT  ALICE's requests are never refused for lack of credit.
-* ABSORBED-BOUNDED  ``payer.absorbed`` never exceeds the abandoned prices.
+* ABSORBED-BOUNDED  ``payer.absorbed`` never exceeds the abandoned prices plus
+          ``forgotten``.
 
 `ChannelMachine` checks every voucher (``unverified_credit_limit = 0``: the check order of
 protocol.md 13.2). `DeferredChannelMachine` runs the same model under deferred verification
@@ -72,7 +77,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from p2pay.core.channel import Admit, PayeeChannel, PayerChannel, Refuse
+from p2pay.core.channel import Admit, PayeeChannel, PayerChannel, Refuse, Replay
 from p2pay.core.errors import ErrorCode, InsufficientDeposit, RemoteProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
@@ -184,12 +189,11 @@ class ChannelMachine(RuleBasedStateMachine):
             event("payer: deposit exhausted")
             assert snapshot(self.payer) == before
             assert exc.details["needed"] > self.payer.deposit
-            assert exc.details["needed"] == max(
-                before["paid"], before["spent"] + outstanding + price
-            )
+            assert exc.details["needed"] == before["paid"] + price
             return
         assert request.n == before["last_n"] + 1, "INV-11"
-        assert request.paid == max(before["paid"], before["spent"] + outstanding + price), "INV-11"
+        assert request.paid == before["paid"] + price, "INV-11"
+        assert request.paid >= before["spent"] + outstanding + price, "INV-11"
         assert request.paid <= self.payer.deposit, "INV-11"
         assert request.verify(ALICE.public)
         self.max_signed = max(self.max_signed, request.paid)
@@ -233,6 +237,21 @@ class ChannelMachine(RuleBasedStateMachine):
             assert message.code is ErrorCode.REPLAY
             assert message.channel == CHANNEL
             event("payer: REPLAY refusal")
+            before = snapshot(self.payer)
+            raw = message.details.get("voucher")
+            voucher = decode_frame(raw) if isinstance(raw, bytes) else None
+            assert voucher is None or isinstance(voucher, Request)
+            outcome = self.payer.on_replay(
+                message.n,
+                last_n=message.details["last_n"],
+                voucher=voucher,
+                paid_max=message.details["paid_max"],
+            )
+            # INV-13: ALICE kept her state: the unsigned REPLAY drops nothing, moves no
+            # spent; the node re-sends once, then abandons it (in doubt, claimable)
+            assert outcome is not Replay.SUPERSEDED, outcome
+            assert self.payer.spent == before["spent"]
+            assert self.payer.forgotten == before["forgotten"]
             if message.n in self.payer.in_flight:
                 self.payer.abandon(message.n)
             return
@@ -358,28 +377,36 @@ class ChannelMachine(RuleBasedStateMachine):
                 ).to_frame()
             )
             assert isinstance(refusal, Refusal)
-            assert fresh.on_refusal(refusal.n) is not None
             raw = refusal.details.get("voucher")
             voucher = decode_frame(raw) if isinstance(raw, bytes) else None
             assert voucher is None or isinstance(voucher, Request)
-            fresh.resync(
+            outcome = fresh.on_replay(
+                refusal.n,
                 last_n=refusal.details["last_n"],
-                spent=refusal.details["spent"],
                 voucher=voucher,
                 paid_max=refusal.details["paid_max"],
             )
-            event("payer: resynced from REPLAY")
+            if voucher is None:
+                # nothing signed proves we lost state: the probe stays in doubt
+                assert outcome is Replay.IN_DOUBT
+                fresh.abandon(probe.n)
+            else:
+                assert outcome is Replay.SUPERSEDED, (outcome, voucher, probe)
+                assert probe.n not in fresh.in_flight
+            event(f"payer: resynced from REPLAY ({outcome.value})")
         assert (fresh.last_n, fresh.paid, fresh.spent) == (  # INV-13
             self.payee.last_n,
             self.payee.paid_max,
-            self.payee.spent,
+            0,  # the unsigned spent is never adopted
         )
+        assert fresh.forgotten == self.payee.paid_max  # all of it signed in a forgotten life
         self.payer = fresh
-        self.unaccounted = self.tail_carry = 0
+        self.tail_carry = 0
+        self.unaccounted = self.payee.spent  # the next accepted receipt jumps by it
         self.lost.clear()
         self.tail_ns.clear()
         self.paid_floor = fresh.paid
-        self.life_dropped = False
+        self.life_dropped = self.payee.spent > 0
         self.life_accepted = 0
         self.life_base = fresh.spent
 
@@ -501,6 +528,8 @@ class ChannelMachine(RuleBasedStateMachine):
             return ErrorCode.BODY_TOO_LARGE
         if request.price < price:
             return ErrorCode.PAYMENT_REQUIRED
+        # SLICES: an honest payer's fresh request never overlaps what the payee has seen
+        assert request.paid - request.price >= before["paid_max"], (request, before)
         credit = max(before["paid_max"], request.paid) - before["spent"] - before["reserved"]
         # HONEST-CREDIT: ALICE signs paid >= spent + outstanding + price, and everything
         # the payee charged or reserved is in her spent or outstanding.
@@ -695,7 +724,8 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @invariant()
     def absorbed_bounded(self) -> None:
-        assert 0 <= self.payer.absorbed <= sum(p.price for p in self.payer.abandoned.values())
+        pool = sum(p.price for p in self.payer.abandoned.values()) + self.payer.forgotten
+        assert 0 <= self.payer.absorbed <= pool
         assert not set(self.payer.in_flight) & set(self.payer.abandoned)
 
 

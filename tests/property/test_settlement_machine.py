@@ -8,9 +8,14 @@ After every step the named invariants are asserted:
 
 * S-1..S-3 via `invariant_violations` (conservation, bounds, open-claim counts);
 * S-4 a refused op left the state exactly as it was, a successful one emitted events;
-* S-5 monotonicity (deposit, redeemed, nonce, burnt; final states; fixed parties);
-* S-6 no third party moved another's money, except S-6a/b/c;
+* S-5 monotonicity (deposit, redeemed, paid_seen, refunded, clawed, nonce, burnt; final
+  states; fixed parties and claimed terms);
+* S-6 no third party moved another's money, except S-6a/b/c/d;
 * S-7 a payee never got more than the best voucher its payer signed, nor than the deposit;
+* C-2 (specs/claims.md) an honest payee on its own channel (HONEST, who serves or refuses
+  fresh slices, redeems only what it charged and answers every claim at once: with the
+  response, the refusal, or conflicting evidence) is never clawed back nor slashed, and
+  ``paid_seen - refunded >= spent`` always holds on its channel;
 * T-1 `apply` on the partial state a backend loads from `touches_loaded` behaves exactly as
   on the full state (same outcome, same entities written): `touches` is complete.
 """
@@ -33,7 +38,7 @@ from hypothesis.stateful import (
 
 from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Request, Response
+from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame
 from p2pay.core.settlement import (
     MAX_AMOUNT,
     AnswerClaim,
@@ -59,6 +64,7 @@ from p2pay.core.settlement import (
     WithdrawStake,
     apply,
     invariant_violations,
+    tiling_conflict,
     touches,
     touches_loaded,
 )
@@ -67,8 +73,9 @@ ALICE = Keypair.from_seed(bytes([1]) * 32)
 BOB = Keypair.from_seed(bytes([2]) * 32)
 CAROL = Keypair.from_seed(bytes([3]) * 32)
 MALLORY = Keypair.from_seed(bytes([4]) * 32)
+HONEST = Keypair.from_seed(bytes([5]) * 32)  # an honest payee, never driven by random rules
 KEYS = [ALICE, BOB, CAROL, MALLORY]
-BY_ACCOUNT = {k.public: k for k in KEYS}
+BY_ACCOUNT = {k.public: k for k in [*KEYS, HONEST]}
 
 LEDGER = b"prop-ledger"
 OTHER_LEDGER = b"elsewhere"
@@ -105,6 +112,8 @@ def partial(full: State, op: Op) -> State:
     for claim_id in first.claims & full.claims.keys():
         out.claims[claim_id] = copy.deepcopy(full.claims[claim_id])
     complete = touches_loaded(op, out)
+    for cid in complete.channels & full.channels.keys():  # the channels of touched claims
+        out.channels.setdefault(cid, copy.deepcopy(full.channels[cid]))
     for account in complete.accounts & full.balances.keys():
         out.balances[account] = full.balances[account]
     for account in complete.stakes & full.stakes.keys():
@@ -129,6 +138,12 @@ class SettlementMachine(RuleBasedStateMachine):
         # S-7: highest `paid` the real payer signed per channel, on this ledger
         self.signed_max: dict[bytes, int] = {}
         self.claim_requests: dict[bytes, Request] = {}
+        # C-2: ALICE pays HONEST on `honest_cid`; HONEST's view of what it served
+        self.honest_cid = b""
+        self.honest_seen: list[Request] = []  # every request HONEST received, in order
+        self.honest_answers: dict[bytes, Response] = {}  # request hash -> its answer
+        self.honest_spent = 0
+        self.honest_claims: list[bytes] = []
 
     @initialize(target=channels)
     def setup(self) -> Any:
@@ -137,6 +152,11 @@ class SettlementMachine(RuleBasedStateMachine):
             self.do(Mint(sender=key.public, account=key.public, amount=5_000))
         self.do(StakeOp(sender=BOB.public, amount=1_000, penalty=150, claim_window_ms=50))
         self.do(StakeOp(sender=CAROL.public, amount=300, penalty=200, claim_window_ms=80))
+        self.do(Mint(sender=HONEST.public, account=HONEST.public, amount=5_000))
+        self.do(StakeOp(sender=HONEST.public, amount=1_000, penalty=150, claim_window_ms=100))
+        self.honest_cid = self.do(
+            OpenChannel(sender=ALICE.public, payee=HONEST.public, deposit=2_000, challenge_ms=40)
+        )
         return multiple(
             self.do(
                 OpenChannel(sender=ALICE.public, payee=BOB.public, deposit=900, challenge_ms=40)
@@ -197,21 +217,25 @@ class SettlementMachine(RuleBasedStateMachine):
         for cid, old in before.channels.items():
             new = after.channels[cid]
             assert new.deposit >= old.deposit and new.redeemed >= old.redeemed, "S-5 channel"
+            assert new.paid_seen >= old.paid_seen, "S-5 paid_seen"
+            assert new.refunded >= old.refunded and new.clawed >= old.clawed, "S-5 refunds"
             assert (new.payer, new.payee, new.challenge_ms) == (
                 old.payer,
                 old.payee,
                 old.challenge_ms,
             )
             if old.state is ChannelState.CLOSED:
-                assert new == old, "S-5: CLOSED is final"
+                # final, but claims on it still record what they show and refund
+                # (paid_seen, refunded, clawed): a payee cannot close to escape a clawback
+                moved = ("state", "deposit", "redeemed", "closes_at")
+                assert all(getattr(new, f) == getattr(old, f) for f in moved), "S-5: CLOSED"
         for claim_id, old_claim in before.claims.items():
             new_claim = after.claims[claim_id]
-            assert (new_claim.claimant, new_claim.respondent) == (
-                old_claim.claimant,
-                old_claim.respondent,
-            )
+            fixed = ("claimant", "respondent", "channel", "n", "price", "paid", "deadline", "bond")
+            for name in fixed:
+                assert getattr(new_claim, name) == getattr(old_claim, name), f"S-5 claim {name}"
             if old_claim.state is not ClaimState.OPEN:
-                assert new_claim == old_claim, "S-5: ANSWERED and UPHELD are final"
+                assert new_claim == old_claim, "S-5: DELIVERED/REFUSED/FRIVOLOUS/UPHELD are final"
 
     def check_no_third_party(self, before: State, op: Op, events: list[Event]) -> None:
         after = self.state
@@ -243,7 +267,8 @@ class SettlementMachine(RuleBasedStateMachine):
             else:
                 raise AssertionError(f"S-6: {type(op).__name__} took escrow")
 
-        # a stake shrinks only by its owner's withdrawal or a slash after the window
+        # a stake shrinks only by its owner's withdrawal, a slash after the window, or the
+        # clawback of a refund its owner had already redeemed
         for account, old_stake in before.stakes.items():
             lost = old_stake.amount - after.stakes[account].amount
             if lost <= 0:
@@ -251,19 +276,56 @@ class SettlementMachine(RuleBasedStateMachine):
             if isinstance(op, WithdrawStake):
                 assert sender == account and gained(account) == lost, "S-6 withdraw"
             elif isinstance(op, ResolveClaim):  # S-6c
-                claim = before.claims[op.claim]
+                claim = after.claims[op.claim]
                 assert claim.respondent == account and self.now > claim.window_ends
-                assert lost <= old_stake.penalty
-                to_claimant = lost * PARAMS.slash_to_claimant_bps // 10_000
-                assert gained(claim.claimant) == to_claimant + claim.bond
-                assert after.burnt - before.burnt == lost - to_claimant
+                assert lost == claim.slashed + claim.clawed
+                assert claim.slashed <= old_stake.penalty and claim.clawed <= claim.price
+                to_claimant = claim.slashed * PARAMS.slash_to_claimant_bps // 10_000
+                assert gained(claim.claimant) == to_claimant + claim.bond + claim.clawed
+                assert after.burnt - before.burnt == claim.slashed - to_claimant
+            elif isinstance(op, AnswerClaim):  # S-6d: REFUSED by the respondent itself
+                claim = after.claims[op.claim]
+                assert claim.state is ClaimState.REFUSED and sender == account
+                assert claim.respondent == account and lost == claim.clawed <= claim.price
+                assert gained(claim.claimant) == claim.bond + claim.clawed
             else:
                 raise AssertionError(f"S-6: {type(op).__name__} took a stake")
+        # a claim's bond goes to the claimant unless the payer's own signatures show the
+        # claim is frivolous
+        for claim_id, claim in after.claims.items():
+            old_claim = before.claims.get(claim_id)
+            if old_claim is None or old_claim.state is not ClaimState.OPEN:
+                continue
+            if claim.state is ClaimState.FRIVOLOUS:
+                evidence = decode_frame(claim.evidence_frame)
+                assert isinstance(evidence, Request) and evidence.body == b""
+                channel = after.channels[claim.channel]
+                claimed = self.claim_requests[claim_id]
+                assert evidence.verify(channel.payer) and evidence.channel == claim.channel
+                assert tiling_conflict(claimed, evidence, PARAMS.max_deadline_horizon_ms)
+            elif claim.state is not ClaimState.OPEN:
+                refunded = claim.state in (ClaimState.REFUSED, ClaimState.UPHELD)
+                assert claim.refund == (claim.price if refunded else 0)
 
     def check_vouchers(self) -> None:
         for cid, channel in self.state.channels.items():
             best = self.signed_max.get(cid, 0)
             assert channel.redeemed <= min(best, channel.deposit), "S-7: paid beyond a voucher"
+            assert channel.paid_seen <= best, "S-7: paid_seen beyond what the payer signed"
+
+    @invariant()
+    def honest_payee_never_clawed(self) -> None:
+        """C-2 for HONEST's channel."""
+        if not self.honest_cid:
+            return
+        channel = self.state.channels[self.honest_cid]
+        assert channel.clawed == 0, "C-2: an honest payee was clawed back"
+        assert channel.redeemed == self.honest_spent, "HONEST redeems exactly what it charged"
+        if channel.state is not ChannelState.CLOSED:
+            assert channel.paid_seen - channel.refunded >= self.honest_spent, "C-2"
+        for claim_id in self.honest_claims:
+            claim = self.state.claims[claim_id]
+            assert claim.state is not ClaimState.UPHELD and claim.slashed == 0, "C-1"
 
     @invariant()
     def state_invariants(self) -> None:
@@ -542,5 +604,139 @@ class SettlementMachine(RuleBasedStateMachine):
         self.do(ResolveClaim(sender=key.public, claim=claim_id))
 
 
+class HonestMachine(SettlementMachine):
+    """SettlementMachine plus HONEST's channel: C-2 and the three answers (specs/claims.md)."""
+
+    def honest_request(self, n: int, paid: int, price: int, deadline: int) -> Request:
+        request = Request.create(
+            ALICE,
+            ledger=LEDGER,
+            channel=self.honest_cid,
+            n=n,
+            paid=paid,
+            price=price,
+            service="svc",
+            body=b"q%d" % n,
+            deadline=deadline,
+        )
+        self.signed_max[self.honest_cid] = max(self.signed_max.get(self.honest_cid, 0), paid)
+        return request
+
+    @rule(price=st.integers(1, 60), gap=st.integers(0, 20), charge=st.booleans())
+    def honest_session(self, price: int, gap: int, charge: bool) -> None:
+        """ALICE sends a fresh slice; HONEST charges it (OK) or refuses it (not charged).
+        HONEST admits only slices above every voucher it saw and within the deposit."""
+        paid_max = max((r.paid for r in self.honest_seen), default=0)
+        paid = paid_max + gap + price
+        channel = self.state.channels[self.honest_cid]
+        if paid > channel.deposit or channel.state is not ChannelState.OPEN:
+            return
+        n = len(self.honest_seen) + 1
+        request = self.honest_request(n, paid, price, self.now - 1)  # due: claimable now
+        self.honest_seen.append(request)
+        spent = self.honest_spent + (price if charge else 0)
+        response = Response.create(
+            HONEST,
+            request=request,
+            status=STATUS_OK if charge else "OVERLOADED",
+            price=price if charge else 0,
+            spent=spent,
+            body=b"answer",
+        )
+        self.honest_answers[request.hash] = response
+        self.honest_spent = spent
+        if charge:  # it redeems what it charged, with the newest voucher
+            self.do(Redeem(sender=HONEST.public, voucher=request, amount=spent))
+            event(f"honest redeem, channel state {channel.state.value}")
+
+    def honest_defend(self, claim_id: bytes, claimed: Request) -> None:
+        """HONEST answers a claim at once: its stored answer, else conflicting evidence."""
+        self.honest_claims.append(claim_id)
+        answer = self.honest_answers.get(claimed.hash)
+        if answer is not None:
+            self.do(AnswerClaim(sender=HONEST.public, claim=claim_id, response=answer))
+        else:
+            horizon = PARAMS.max_deadline_horizon_ms
+            evidence = next(
+                r for r in self.honest_seen if tiling_conflict(claimed, r, horizon)
+            )  # an honest payee only sees claims of requests it saw or conflicting ones
+            self.do(AnswerClaim(sender=HONEST.public, claim=claim_id, evidence=evidence))
+        outcome = self.state.claims[claim_id].state
+        event(f"honest claim {outcome.value}")
+        assert outcome is not ClaimState.OPEN, "HONEST failed to answer a claim"
+
+    @rule(pick=st.integers(0, 1_000))
+    def alice_claims_a_sent_request(self, pick: int) -> None:
+        """ALICE claims a request she sent (served or refused): DELIVERED or REFUSED."""
+        if not self.honest_seen:
+            return
+        request = self.honest_seen[pick % len(self.honest_seen)]
+        if request.hash in self.state.claims:
+            return
+        claim_id = self.claim(ALICE.public, request)
+        if claim_id is not None:
+            self.honest_defend(claim_id, request)
+
+    @rule(
+        pick=st.integers(0, 1_000),
+        kind=st.sampled_from(["same_n", "overlap", "post_dated"]),
+        price=st.integers(1, 60),
+    )
+    def alice_claims_a_made_up_request(self, pick: int, kind: str, price: int) -> None:
+        """ALICE makes up a request in tiling conflict with one HONEST saw: FRIVOLOUS."""
+        if not self.honest_seen:
+            return
+        seen = self.honest_seen[pick % len(self.honest_seen)]
+        horizon = PARAMS.max_deadline_horizon_ms
+        if kind == "same_n":
+            fake = self.honest_request(seen.n, seen.paid, max(1, seen.price - 1), self.now - 1)
+        elif kind == "overlap":
+            fake = self.honest_request(seen.n + 1_000, seen.paid + price - 1, price, self.now - 1)
+        else:  # dated beyond a later request's deadline + horizon
+            fake = self.honest_request(
+                max(1, seen.n - 1) if seen.n > 1 else seen.n + 1_000,
+                seen.paid if seen.n > 1 else seen.paid + price,
+                price,
+                seen.deadline + horizon + 1,
+            )
+        if fake.hash in self.honest_answers or not any(
+            tiling_conflict(fake, r, horizon) for r in self.honest_seen
+        ):
+            return
+        self.now = max(self.now, fake.deadline + 1)
+        claim_id = self.claim(ALICE.public, fake)
+        if claim_id is not None:
+            self.honest_defend(claim_id, fake)
+            assert self.state.claims[claim_id].state is ClaimState.FRIVOLOUS
+
+    @rule(pick=st.integers(0, 1_000))
+    def honest_answers_refusal_after_cheating(self, pick: int) -> None:
+        """Contrast (C-3): BOB redeems a whole voucher, then refuses a claim on it: the
+        refund is clawed back from its stake at once."""
+        fitting = sorted(
+            cid
+            for cid, c in self.state.channels.items()
+            if c.payee == BOB.public and c.state is not ChannelState.CLOSED
+        )
+        stake = self.state.stakes.get(BOB.public)
+        if not fitting or stake is None or stake.amount == 0:
+            return
+        cid = fitting[pick % len(fitting)]
+        request = self.fresh_voucher(cid, 5, -1)
+        paid = self.do(Redeem(sender=BOB.public, voucher=request))
+        claim_id = self.claim(self.state.channels[cid].payer, request)
+        if not paid or claim_id is None:
+            return
+        refusal = Response.create(
+            BOB, request=request, status="OVERLOADED", price=0, spent=0, body=b""
+        )
+        self.do(AnswerClaim(sender=BOB.public, claim=claim_id, response=refusal))
+        claim = self.state.claims[claim_id]
+        if claim.state is ClaimState.REFUSED:
+            event(f"cheater clawed {'some' if claim.clawed else 'none'}")
+
+
 TestSettlementMachine = SettlementMachine.TestCase
 TestSettlementMachine.settings = settings(stateful_step_count=60, deadline=None)
+TestHonestMachine = HonestMachine.TestCase
+TestHonestMachine.settings = settings(stateful_step_count=60, deadline=None)

@@ -709,7 +709,7 @@ def test_check_signed_by() -> None:
 
 
 def test_check_signed_by_refuses_another_hello_version() -> None:
-    unsigned = Hello(**hello_kwargs(version=2))
+    unsigned = Hello(**hello_kwargs(version=PROTOCOL_VERSION + 1))
     hello = unsigned.with_signature(ALICE.sign(unsigned.signing_bytes))
     decoded = decode_frame(hello.to_frame())  # decodes: the version is a value
     assert isinstance(decoded, Hello)

@@ -1078,6 +1078,25 @@ def test_a_refusal_after_redeeming_the_slice_is_clawed_back() -> None:
     assert apply(state, Redeem(sender=B, voucher=request), AFTER) == (0, [])
 
 
+def test_closing_the_channel_does_not_escape_the_clawback() -> None:
+    """A withholder that redeemed and closed the channel is still clawed back: claims on a
+    CLOSED channel keep its paid_seen/refunded/clawed accounting (and nothing else)."""
+    state, cid, request = claim_world()
+    ok(state, PayeeClose(sender=B, channel=cid, voucher=request), now=T0)
+    closed = copy.deepcopy(state.channels[cid])
+    claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
+    refusal = answer(request, status=ErrorCode.OVERLOADED.value)
+    _, events = ok(state, AnswerClaim(sender=B, claim=claim_id, response=refusal), now=AFTER)
+    assert events[0].fields["clawed"] == 10 and state.stakes[B].amount == 990
+    channel = state.channels[cid]
+    assert (channel.refunded, channel.clawed) == (10, 10)
+    assert (channel.state, channel.deposit, channel.redeemed) == (
+        closed.state,
+        closed.deposit,
+        closed.redeemed,
+    )
+
+
 def test_a_refusal_that_charges_is_a_mismatch() -> None:
     state, _, request = claim_world()
     claim_id, _ = ok(state, FileClaim(sender=A, request=request), now=AFTER)
