@@ -105,7 +105,10 @@ async def client(args: argparse.Namespace) -> None:
 
 
 async def decided_claim(node: Any) -> dict[str, Any] | None:
-    """The first claim this node filed that has an outcome, as the node reports it."""
+    """The first claim this node filed that has an outcome, as the node reports it
+    (nodes without `Node.claims`, before specs/claims.md: as the ledger has it)."""
+    if not hasattr(node, "claims"):
+        return await decided_claim_on_ledger(node)
     for info in await node.claims():
         if info.role != "claimant" or info.outcome == "open":
             continue
@@ -117,6 +120,26 @@ async def decided_claim(node: Any) -> dict[str, Any] | None:
             "bond_returned": info.bond_returned,
             "slashed": info.slashed,
             "body": response.body.hex() if response is not None else None,
+        }
+    return None
+
+
+async def decided_claim_on_ledger(node: Any) -> dict[str, Any] | None:
+    from p2pay.core.messages import Response, decode_frame
+
+    for claim in await node.ledger.claims_of(node.account):
+        state = str(getattr(claim.state, "value", claim.state))
+        if claim.claimant != node.account or state == "open":
+            continue
+        response = decode_frame(claim.response_frame) if claim.response_frame else None
+        ok = isinstance(response, Response)
+        return {
+            "claim": claim.id.hex(),
+            "outcome": state,
+            "status": response.status if ok else "",
+            "bond_returned": None,
+            "slashed": claim.slashed,
+            "body": response.body.hex() if ok else None,
         }
     return None
 
