@@ -368,6 +368,12 @@ class CheckedLedger:
                     0 <= ch.redeemed <= ch.deposit <= MAX_AMOUNT,
                     f"S-2: channel deposit/redeemed {ch.deposit}/{ch.redeemed} after {name}",
                 )
+                expect(
+                    0 <= ch.clawed <= ch.redeemed
+                    and 0 <= ch.paid_seen <= MAX_AMOUNT
+                    and 0 <= ch.refunded <= MAX_AMOUNT,
+                    f"S-2: channel paid_seen/refunded/clawed out of range after {name}",
+                )
         for account, stake, claims in zip(self.accounts, snap.stakes, snap.claims, strict=True):
             open_against = sum(
                 1 for c in claims if c.respondent == account and c.state is ClaimState.OPEN

@@ -16,6 +16,12 @@ each maps a (state, operation) pair to the next state or to the refusal code, so
 transitions sit in one place and a test walks every pair. A stake's status (NONE, BONDED,
 UNBONDING) is derived from its fields by `stake_status`.
 
+A claim (specs/claims.md) ends DELIVERED, REFUSED or FRIVOLOUS when the respondent answers
+it (with its response, or with a payer-signed request in `tiling_conflict` with the claimed
+one), or UPHELD when it does not. REFUSED and UPHELD refund the claimed price: the channel's
+`refunded` grows, Redeem caps the payee at ``paid_seen - refunded``, and whatever the payee
+already redeemed beyond that is clawed back from its stake to the claimant.
+
 `touches(op)` names what an op reads or writes so a backend can load just that; parties
 that are only known once a channel or claim is loaded (a channel's payer and payee, a
 claim's claimant and respondent) are added by `touches_loaded(op, state)`
@@ -1145,7 +1151,7 @@ def _withdraw_stake(state: State, op: WithdrawStake, now: int) -> _Result:
 
 
 def _check_claimed_request(state: State, request: object) -> Request:
-    """FileClaim's argument checks (specs/settlement.md 5, FileClaim step 1)."""
+    """FileClaim's argument checks (specs/settlement.md 5, FileClaim steps 1-2)."""
     if not isinstance(request, Request):
         raise _fail(ErrorCode.INVALID_ARGUMENT, "a claim carries a signed Request")
     _need(_is_int(request.n) and request.n >= 1, ErrorCode.INVALID_ARGUMENT, "n starts at 1")

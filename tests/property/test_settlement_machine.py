@@ -179,6 +179,10 @@ class SettlementMachine(RuleBasedStateMachine):
             self.check_partial_refused(small, op, exc.code)
             return None
         event(f"{type(op).__name__} ok")
+        if isinstance(op, Redeem | PayeeClose) and result:  # S-7: held <= entitled
+            channel = self.state.channels[events[0].fields["channel"]]
+            held = channel.redeemed - channel.clawed
+            assert held <= max(0, channel.paid_seen - channel.refunded), "S-7 entitlement"
         self.check_partial_ok(small, op, result, events)
         self.check_events(op, result, events)
         self.check_monotonic(before)
