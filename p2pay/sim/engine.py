@@ -329,6 +329,7 @@ class Simulation:
             watch_interval=self.wall(n.watch_interval_s),
             redeem_threshold=n.redeem_threshold,
             claim_grace_ms=max(1, int(n.claim_grace_ms * self.scale)),
+            redeliver_timeout=max(self.wall(5.0), 0.001),  # before a claim (claims.md 6)
             hello_timeout=max(self.wall(10.0), 5.0) if self.transport == "libp2p" else 10.0,
         )
 

@@ -162,6 +162,40 @@ async def test_a_claim_flood_against_a_slow_service_is_all_delivered_none_upheld
         assert (await ledger.totals()).conserved
 
 
+async def test_claim_answers_are_bounded_by_max_claim_answers() -> None:
+    ledger = make_ledger()
+    running = peak = 0
+
+    async def busy(call: Call) -> bytes:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(20):  # let the other answer tasks run meanwhile
+            await trio.sleep(0)
+        running -= 1
+        return call.body
+
+    bounded = NodeConfig(
+        watch_interval=0.05, claim_grace_ms=50, min_challenge_ms=50, max_claim_answers=2
+    )
+    async with pair(ledger, bob_config=bounded) as (alice, bob):
+        bob.serve("busy", busy, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        now = await ledger.now()
+        ids = [
+            await ledger.file_claim(
+                ALICE, claimed_request(ch.channel, n, deadline=now - 1, service="busy")
+            )
+            for n in range(1, 7)
+        ]
+        await wait_until(lambda: decided(ledger, ids))
+        for claim_id in ids:
+            claim = await ledger.claim(claim_id)
+            assert claim is not None and claim.state is ClaimState.DELIVERED
+        assert 1 <= peak <= 2
+
+
 class FlakyLedger(MemoryLedger):
     """Refuses the first answers of every claim as a chain under load would (INTERNAL)."""
 
