@@ -1065,6 +1065,45 @@ class Node:
                 receipt=response,
             )
 
+    async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
+        """Deliver a request this node sent once more, unchanged (claims.md 6: a payer
+        retries delivery before it claims; the payee answers a re-sent request with what it
+        stored, never a second charge, protocol.md 13.5).
+
+        Args:
+            request: the signed request as sent (e.g. decoded from its stored frame). It
+                must still be in flight or abandoned on its channel.
+            timeout: seconds to wait for the answer.
+
+        Returns:
+            The accepted receipt (the request is then settled and its record marked
+            answered or refused), or None: not ours or already settled, the payee is
+            unreachable, it answered REPLAY or nothing. The request then stays as it was
+            (claimable).
+        """
+        ch = self.payer_channels.get(request.channel)
+        if ch is None:
+            return None
+        pending = ch.in_flight.get(request.n) or ch.abandoned.get(request.n)
+        if pending is None or pending.request.hash != request.hash:
+            return None
+        try:
+            conn = await self._connection(self.peer_of(ch.payee))
+        except P2payError as exc:
+            log.info("cannot re-send request %d: %s", request.n, exc)
+            return None
+        key = (ch.channel, request.n)
+        if key in conn.pending or conn.account != ch.payee:
+            return None  # a call is waiting for it already, or not the channel's payee
+        slot = conn.resend(ch, pending.request)
+        try:
+            if not await self._wait(slot, timeout):
+                return None
+        finally:
+            if conn.pending.get(key) is slot:
+                del conn.pending[key]
+        return slot.receipt
+
     async def _wait(self, slot: _Slot, seconds: float) -> bool:
         """Wait for `slot`'s answer (and its state to be durable); False on timeout."""
         with trio.move_on_after(seconds):

@@ -33,7 +33,7 @@ from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.base import StreamClosed
 from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
-from p2pay.node import Node, NodeConfig, open_node
+from p2pay.node import Node, NodeConfig, RequestInDoubt, open_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -194,37 +194,38 @@ def foreign_voucher(request: Request) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("details", "code"),
+    ("details", "last_n"),
     [
-        # spent above the voucher the payer signed
-        (
-            {"last_n": 1, "spent": 10 * PRICE, "voucher": lambda r: r.to_frame()},
-            ErrorCode.MALFORMED,
-        ),
-        # a voucher the payer never signed
-        ({"last_n": 1, "spent": 10**6, "voucher": foreign_voucher}, ErrorCode.INVALID_SIGNATURE),
-        # spent without any voucher
-        ({"last_n": 5, "spent": PRICE}, ErrorCode.MALFORMED),
-        # voucher n above the claimed last_n
-        ({"last_n": 0, "spent": 0, "voucher": lambda r: r.to_frame()}, ErrorCode.MALFORMED),
+        # spent above the voucher the payer signed: spent is never adopted anyway
+        ({"last_n": 1, "spent": 10 * PRICE, "voucher": lambda r: r.to_frame()}, 1),
+        # a voucher the payer never signed: nothing adopted
+        ({"last_n": 7, "spent": 10**6, "voucher": foreign_voucher}, 1),
+        # spent without any voucher: the number (only) is adopted
+        ({"last_n": 5, "spent": PRICE}, 5),
+        # voucher n above the claimed last_n: nothing adopted
+        ({"last_n": 0, "spent": 0, "voucher": lambda r: r.to_frame()}, 1),
         # not numbers at all
-        ({"last_n": "many", "spent": -1}, ErrorCode.REPLAY),
+        ({"last_n": "many", "spent": -1}, 1),
     ],
 )
-async def test_lying_resync_details_are_refused(details: dict[str, Any], code: ErrorCode) -> None:
-    """A payee lying in REPLAY details (spec 15) moves nothing: the payer believes only its
-    own signature and never lowers or inflates its numbers beyond what it signed (INV-13)."""
+async def test_lying_resync_details_move_nothing(details: dict[str, Any], last_n: int) -> None:
+    """A payee lying in REPLAY details (spec 15) moves nothing but request numbers: the
+    payer never adopts `spent`, believes only its own signature for `paid`, and keeps the
+    request: re-sent once, then `RequestInDoubt`, claimable (INV-13, issue 13 item 2)."""
     async with cheating_provider(await lying_replay(details)) as (alice, _ledger, channel):
-        with pytest.raises(RemoteProtocolError) as info:
+        with pytest.raises(RequestInDoubt) as info:
             await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
-        assert info.value.code is code
+        assert info.value.code is ErrorCode.REPLAY
         ch = alice.payer_channels[channel]
-        assert ch.spent == 0 and ch.paid == PRICE and ch.last_n == 1
+        assert (ch.spent, ch.paid, ch.last_n, set(ch.abandoned)) == (0, PRICE, last_n, {1})
+        [record] = await alice.store.requests()
+        assert (record.n, record.state) == (1, "awaiting")
 
 
 async def test_resync_adopts_only_what_the_payer_signed() -> None:
-    """A consistent resync (its own voucher, spent <= paid) is adopted, once; then the fake
-    payee serves honestly and the receipts chain from the adopted spent."""
+    """A REPLAY carrying the payer's own voucher (this very request) and a large last_n:
+    the payer adopts the number and its own `paid`, never `spent`, and re-sends the same
+    request; the receipt that answers the re-send is accepted: one charge for one call."""
     state = {"replayed": False}
 
     async def answer(request: Request, spent: int) -> bytes:
@@ -234,15 +235,18 @@ async def test_resync_adopts_only_what_the_payer_signed() -> None:
                 channel=request.channel,
                 n=request.n,
                 code=ErrorCode.REPLAY,
-                details={"last_n": 40, "spent": PRICE, "voucher": request.to_frame()},
+                details={"last_n": 40, "spent": 7 * PRICE, "voucher": request.to_frame()},
             ).to_frame()
-        return receipt(request, price=PRICE, spent=2 * PRICE)
+        return receipt(request, price=PRICE, spent=PRICE if request.n == 1 else 2 * PRICE)
 
     async with cheating_provider(answer) as (alice, _ledger, channel):
         result = await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
-        assert result.n == 41 and result.spent == 2 * PRICE and result.price == PRICE
+        assert (result.n, result.spent, result.price) == (1, PRICE, PRICE)
         ch = alice.payer_channels[channel]
-        assert ch.spent == 2 * PRICE and ch.paid == 2 * PRICE
+        assert (ch.spent, ch.paid, ch.last_n) == (PRICE, PRICE, 40)
+        again = await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
+        assert (again.n, again.spent) == (41, 2 * PRICE)
+        assert ch.paid == 2 * PRICE
 
 
 # ---------------------------------------------------------------------------

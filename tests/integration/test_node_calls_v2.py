@@ -229,12 +229,17 @@ async def test_a_resent_request_gets_the_stored_answer_not_a_second_charge(
         payer = alice.payer_channels[ch.channel]
         assert set(payer.abandoned) == {1} and bob.payee_channels[ch.channel].spent == PRICE
         # retry delivery of the very same signed request (what a payer does before claiming)
-        conn = await alice._connection(bob.peer_id)
-        slot = conn.resend(payer, payer.abandoned[1].request)
-        with trio.fail_after(5):
-            await slot.done.wait()
-        assert slot.receipt is not None and slot.receipt.response.body == b"once"
+        [record] = await alice.store.requests()
+        sent = decode_frame(record.frame)
+        assert isinstance(sent, Request)
+        with trio.fail_after(10):
+            got = await alice.resend_request(sent, timeout=5)
+        assert got is not None and got.response.body == b"once"
         assert (payer.spent, payer.abandoned) == (PRICE, {})
+        await alice.persister.flush()
+        assert (await alice.store.request(sent.hash)).state == "answered"
+        with trio.fail_after(10):
+            assert await alice.resend_request(sent) is None  # settled: nothing to do
         assert bob.payee_channels[ch.channel].spent == PRICE  # not charged twice
         assert (bob.counters.calls_served, bob.counters.answers_resent) == (1, 1)
 
