@@ -115,6 +115,8 @@ class PeerBehaviour(Behaviour):
     honest: ClassVar[bool] = True
     #: in the no-gain invariant (ends with no more than an honest twin)
     adversary: ClassVar[bool] = False
+    #: the engine passes the node's outgoing answers through `answer_filter`
+    filters_answers: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -150,6 +152,15 @@ class PeerBehaviour(Behaviour):
 
     async def run(self) -> None:
         """Runs while the node is up; cancelled when it goes down or the run ends."""
+
+    def channel_challenge_ms(self, default_ms: int) -> int:
+        """Clients: the challenge period of the channels it opens in the setup."""
+        return default_ms
+
+    def answer_filter(self, frame: bytes) -> bytes | None:
+        """Providers with ``filters_answers``: the frame sent instead of `frame` on an
+        inbound stream (None: send nothing). Memory transport only."""
+        return frame
 
     async def settle(self) -> None:
         """End of run, providers: close every payee channel, redeeming what was charged."""
@@ -441,9 +452,9 @@ class Forger(_Attacker):
 
 
 class Replayer(_Attacker):
-    """Re-sends captured request frames: its own, already answered (the stored answer
-    expected, never a second charge: protocol v2, C-4), and another client's, as an
-    eavesdropper would have them (UNAUTHORIZED expected)."""
+    """Re-sends captured request frames: its own, already answered (its stored answer
+    again, nothing charged: protocol v2; REPLAY on nodes before it), and another
+    client's, as an eavesdropper would have them (UNAUTHORIZED expected)."""
 
     kind = "replayer"
 
@@ -463,24 +474,25 @@ class Replayer(_Attacker):
         if not records:
             return
         record = records[self.rng.randrange(len(records))]
-        what = "replayed_own" if source is self.peer else "replayed_other"
         target = target_by_key[record.payee]
         if source is not self.peer:
-            await self._send(target, record.frame, what)
+            await self._send(target, record.frame, "replayed_other")
             return
-        # Its own answered request, re-sent: protocol v2 answers it with the stored
-        # answer (C-4), never a second charge; count that apart from a fresh service.
+        # Its own answered request sent again: under protocol v2 (claims.md C-4) the payee
+        # re-sends the answer it stored, charging nothing again; anything else is a fault.
         timeout = self.sim.wall(10.0)
         session = await RawSession.open(self.peer, target, timeout)
         try:
-            self.stats[f"{what}_sent"] += 1
+            self.stats["replayed_own_sent"] += 1
             answer = await session.exchange(record.frame, timeout)
         finally:
             await session.close()
-        if isinstance(answer, Response) and answer.request_hash == record.request_hash:
-            self.stats[f"{what}:STORED_ANSWER"] += 1
-        else:
-            self._count(answer, what)
+        if isinstance(answer, Response) and answer.ok:
+            stored = await target.store.response(record.request_hash)
+            if stored is not None and stored.frame == answer.to_frame():
+                self.stats["replayed_own:STORED_ANSWER"] += 1
+                return
+        self._count(answer, "replayed_own")
 
 
 class Overspender(_Attacker):
@@ -553,15 +565,13 @@ class Overspender(_Attacker):
             ch.on_refusal(request.n)
             self.stats[f"{what}:{answer.code.value}"] += 1
             return
-        ch.on_response(answer)
+        receipt = ch.on_response(answer)
         self.stats[f"{what}:{answer.status}"] += 1
-        if answer.ok and beyond:
-            self.stats["served_illegitimately"] += 1
-
-    @property
-    def extra_received(self) -> int:
-        """Yocto of service received outside the node (receipts on the attack channel)."""
-        return self.channel.spent if self.channel is not None else 0
+        if answer.ok:
+            # service received outside the node: counted like the node's answers
+            self.peer.delivered[request.hash] = (self.target.account, receipt.charged)
+            if beyond:
+                self.stats["served_illegitimately"] += 1
 
 
 class StaleCloser(_Attacker):
@@ -676,3 +686,7 @@ def check_behaviour(kind: str, role: str, params: dict[str, Any]) -> None:
     behaviour = make_behaviour(kind, params)
     if role not in behaviour.roles:
         raise ValueError(f"{kind} applies to {' or '.join(behaviour.roles)}, not {role}")
+
+
+# The cheaters of specs/claims.md register themselves (they subclass the classes above).
+import p2pay.sim.cheaters  # noqa: E402, F401

@@ -39,6 +39,7 @@ simulated second), so the same scenario runs in about ``libp2p.max_wall`` second
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import random
@@ -77,6 +78,8 @@ __all__ = ["EPOCH_MS", "SimPeer", "Simulation"]
 EPOCH_MS = 1_700_000_000_000
 #: Samples are taken this far after whole sample instants (see the module docstring).
 SAMPLE_OFFSET_S = 0.000_371
+#: The settings this version of the node has (newer ones are passed only when present).
+_NODE_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(NodeConfig))
 
 
 def seeded(seed: int, *parts: object) -> bytes:
@@ -129,6 +132,8 @@ class SimPeer:
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     paid_ok: int = 0  # prices of calls answered OK (client side)
+    # requests whose call returned OK (on time): request hash -> (payee account, price)
+    delivered: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
     top_up_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -312,13 +317,15 @@ class Simulation:
         n = self.scenario.node
         timeouts = [g.client.timeout_s for g in self.scenario.groups if g.client is not None]
         timeout = peer.group.client.timeout_s if peer.group.client else max(timeouts, default=5.0)
+        extra: dict[str, Any] = {}
+        if "min_challenge_ms" in _NODE_CONFIG_FIELDS:  # claims.md C-8 (scaled like the rest)
+            extra["min_challenge_ms"] = max(1, int(n.min_challenge_ms * self.scale))
         return NodeConfig(
+            **extra,
             max_in_flight=n.max_in_flight,
             default_timeout=self.wall(timeout),
             max_deadline_horizon_ms=n.max_deadline_horizon_ms,
             challenge_ms=max(1, int(n.challenge_ms * self.scale)),
-            # the scenario's own (scaled) challenge period is what its payees accept
-            min_challenge_ms=max(1, int(n.challenge_ms * self.scale)),
             watch_interval=self.wall(n.watch_interval_s),
             redeem_threshold=n.redeem_threshold,
             claim_grace_ms=max(1, int(n.claim_grace_ms * self.scale)),
@@ -449,13 +456,14 @@ class Simulation:
             if not eligible:
                 raise ScenarioError(f"{peer.name}: no provider offers a service of its mix")
             rng = self.rng(peer, "channels")
+            challenge_ms = peer.behaviour.channel_challenge_ms(
+                max(1, int(s.node.challenge_ms * self.scale))
+            )
             for target in sorted(
                 rng.sample(eligible, min(cspec.channels, len(eligible))), key=lambda p: p.index
             ):
                 info = await peer.node.open_channel(
-                    target.addr,
-                    deposit=cspec.deposit,
-                    challenge_ms=max(1, int(s.node.challenge_ms * self.scale)),
+                    target.addr, deposit=cspec.deposit, challenge_ms=challenge_ms
                 )
                 peer.channels.append((target, info.channel))
 
@@ -469,6 +477,8 @@ class Simulation:
             async with self._open(peer) as node:
                 peer.node = node
                 peer.up = True
+                if peer.behaviour.filters_answers:
+                    self._filter_answers(peer, node)
                 peer.incarnations += 1
                 if self.transport == "libp2p":
                     peer.addr = node.addrs[0]
@@ -507,21 +517,39 @@ class Simulation:
                 return
             await self.sleep_until(going_down.end_s)
 
+    def _filter_answers(self, peer: SimPeer, node: Node) -> None:
+        """Pass every frame the node sends on its inbound streams through the behaviour's
+        `answer_filter` (memory transport: the transport's stream handler is wrapped)."""
+        transport = node._transport
+        handler = getattr(transport, "_handler", None)
+        if handler is None:  # libp2p: not supported, the behaviour stays honest
+            peer.behaviour.stats["answer_filter_unsupported"] += 1
+            return
+        behaviour = peer.behaviour
+
+        async def filtered(stream: Any) -> None:
+            await handler(_FilteredStream(stream, behaviour.answer_filter))
+
+        transport._handler = filtered
+
     def _accumulate(self, peer: SimPeer, node: Node) -> None:
         c = node.counters
         t = peer.totals
-        t["calls_served"] += c.calls_served
-        t["charged"] += c.charged
-        t["calls_made"] += c.calls_made
-        t["calls_ok"] += c.calls_ok
-        t["paid"] += c.paid
-        t["timeouts"] += c.timeouts
-        t["claims_filed"] += c.claims_filed
-        t["claims_answered"] += c.claims_answered
-        t["claims_won"] += c.claims_won
-        t["redeemed"] += c.redeemed
-        t["connections"] += c.connections
-        t["protocol_violations"] += c.protocol_violations
+        for name in (
+            "calls_served",
+            "charged",
+            "calls_made",
+            "calls_ok",
+            "paid",
+            "timeouts",
+            "claims_filed",
+            "claims_answered",
+            "claims_won",
+            "redeemed",
+            "connections",
+            "protocol_violations",
+        ):
+            t[name] += int(getattr(c, name, 0))
         peer.refused.update(c.refused)
 
     async def _guarded(self, peer: SimPeer, fn: Callable[[], Awaitable[None]]) -> None:
@@ -632,6 +660,7 @@ class Simulation:
             except (NetError, trio.TooSlowError, trio.BrokenResourceError):
                 return "UNREACHABLE"
             peer.paid_ok += result.price
+            peer.delivered[result.receipt.request_hash] = (target.account, result.price)
             self.paid_ok += result.price
             return "OK"
         return "INSUFFICIENT_DEPOSIT"
@@ -680,6 +709,32 @@ class Simulation:
                 return
             await self.sleep_until(t)
             await self.invariants.check_periodic(t)
+
+
+class _FilteredStream:
+    """A node's inbound stream whose outgoing frames pass through `keep` first (a frame
+    replaced, or dropped when `keep` returns None). Everything else is the stream's."""
+
+    def __init__(self, stream: Any, keep: Callable[[bytes], bytes | None]) -> None:
+        self._stream = stream
+        self._keep = keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def send(self, payload: bytes) -> None:
+        frame = self._keep(bytes(payload))
+        if frame is not None:
+            await self._stream.send(frame)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def send_many(self, payloads: Any) -> None:
+        frames = [f for f in (self._keep(bytes(p)) for p in payloads) if f is not None]
+        if frames:
+            await self._stream.send_many(frames)
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 def _open(node: Node, channel: bytes) -> bool:

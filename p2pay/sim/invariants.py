@@ -7,34 +7,46 @@ how many times it was checked and the violations found (the first 20 in detail, 
 counted). Periodic checks run every ``check_every`` of simulated time; final checks run
 after every node has stopped, on the ledger state and the peers' stores.
 
-Definitions (the report carries them too):
+Definitions (the report carries them too; simulations/README.md "Invariants" explains the
+money formula):
 
 * ``conservation``: ``supply == balances + escrow + stakes + bonds + burnt`` on the ledger
   (`Totals.conserved`), periodically and at the end.
 * ``honest_providers_never_slashed``: no claim against a provider whose behaviour is
-  honest (honest, offline, crasher, slow) is upheld. Periodically and at the end.
-  (A provider that stays down longer than its claim window could legitimately be
-  slashed: scenarios keep outages shorter.)
+  honest (honest, offline, crasher, slow, unbonding) is upheld (claims.md C-1).
+  Periodically and at the end. (A provider that stays down longer than its claim window
+  could legitimately be slashed: scenarios keep outages shorter.)
+* ``honest_providers_never_clawed``: no refund is ever taken from an honest provider's
+  stake (claims.md C-2: ``Claim.clawed`` is 0 on every claim against it). Periodic + final.
+* ``refunds_never_touch_earnings`` (final, ledgers with ``Channel.paid_seen``): on every
+  channel of an honest payee, ``max(paid_seen, its best voucher's paid) - refunded >=
+  charged`` (claims.md C-2).
 * ``honest_clients_pay_only_for_answers``: for every honest client,
-  ``redeemed from its channels <= receipts accepted + answers obtained through claims
-  + compensation``, where receipts accepted is the ``spent`` its payer channels reached
-  through checked receipts (late ones included), answers through claims are the prices
-  in the OK responses providers posted to answer its claims, and compensation is its
-  share of slashes. At the end (in flight, a provider can redeem a charge whose receipt
-  is on its way).
+  ``sum over its channels of (redeemed - clawed) <= value of the answers it got``: every
+  paid request is answered or refunded. The value of the answers is the sum, over the
+  distinct requests it signed, of the price charged for an OK answer it got, either on
+  time (the call returned OK) or through a claim (an OK response on the ledger). A late
+  receipt (after the call gave up) is not an answer. At the end.
 * ``honest_providers_paid_in_full`` (when the scenario settles): every honest provider
   redeemed at least what it charged.
 * ``adversaries_gain_nothing``: for every adversary, ``gain = change of holdings +
   value received - value provided - compensation <= 0``. Holdings are balance + escrow
-  of the channels it pays + stake + bonds of its open claims; value received is the
-  ``spent`` of its payer channels (service it got, at the price it was offered, with the
-  behaviour's own off-node channels, e.g. the overspender's); value provided is what it
-  charged as a payee. An honest twin running the same workload pays exactly for what it
-  receives and gets compensation only for real failures: its gain is 0. So a positive
-  gain is money an adversary got out of the protocol.
+  of the channels it pays + stake + bonds of its open claims; value received and value
+  provided are the values of answers (as above) it got as a payer and gave as a payee
+  (a behaviour records answers it gets off its node, e.g. the overspender's, in
+  ``peer.delivered``); compensation is its
+  share of slashes for claims its node filed on requests it sent and never got an
+  answer to (a real failure: an honest twin gets the same). An honest twin running the
+  same workload pays exactly for the answers it gets: its gain is 0. A positive gain is
+  money an adversary got out of the protocol.
 * ``adversarial_requests_never_served``: no forged, replayed or over-deposit request
   got an OK answer (behaviours count ``served_illegitimately``).
 * ``no_crashes``: no exception escaped a node call or a behaviour hook.
+
+Claim states are read by value (``"open"``, ``"answered"`` of the first claim rules;
+``"delivered"``, ``"refused"``, ``"frivolous"``, ``"upheld"`` of specs/claims.md), and the
+claim and channel fields of specs/claims.md (``refund``, ``clawed``, ``paid_seen``,
+``refunded``) are read when the ledger has them, so the checks run on both rule sets.
 """
 
 from __future__ import annotations
@@ -43,31 +55,109 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from p2pay.core.errors import P2payError
 from p2pay.core.messages import Response, decode_frame
-from p2pay.core.settlement import ChannelState, ClaimState, State
+from p2pay.core.settlement import ChannelState, Claim, State
 
 if TYPE_CHECKING:
     from p2pay.sim.engine import SimPeer, Simulation
 
-__all__ = ["DEFINITIONS", "InvariantResult", "Invariants", "holdings_parts"]
+__all__ = [
+    "ANSWERED_STATES",
+    "DEFINITIONS",
+    "InvariantResult",
+    "Invariants",
+    "bond_to_respondent",
+    "claim_state",
+    "delivered_answers",
+    "holdings_parts",
+    "ok_response",
+]
 
 MAX_DETAILS = 20
+
+#: Claim states in which the respondent answered (first rules: "answered"; claims.md:
+#: "delivered", "refused", "frivolous").
+ANSWERED_STATES = frozenset({"answered", "delivered", "refused", "frivolous"})
 
 DEFINITIONS = {
     "conservation": "ledger supply == balances + escrow + stakes + bonds + burnt",
     "honest_providers_never_slashed": "no claim against an honest provider is upheld",
+    "honest_providers_never_clawed": "no refund is ever clawed from an honest provider's stake",
+    "refunds_never_touch_earnings": (
+        "per channel of an honest payee: max(paid_seen, its voucher's paid) - refunded >= "
+        "what it charged"
+    ),
     "honest_clients_pay_only_for_answers": (
-        "per honest client: redeemed from its channels <= receipts accepted + answers "
-        "obtained through claims + compensation"
+        "per honest client: sum over its channels of (redeemed - clawed) <= value of the "
+        "answers it got (OK on time, or OK through a claim)"
     ),
     "honest_providers_paid_in_full": "per honest provider: redeemed >= charged (after settling)",
     "adversaries_gain_nothing": (
-        "per adversary: change of holdings + value received - value provided - "
-        "compensation <= 0 (an honest twin's is 0)"
+        "per adversary: change of holdings + value of answers received - value of answers "
+        "provided - compensation for real failures <= 0 (an honest twin's is 0)"
     ),
     "adversarial_requests_never_served": "no forged, replayed or over-deposit request answered OK",
     "no_crashes": "no exception escaped a node call or a behaviour hook",
 }
+
+
+def claim_state(claim: Claim) -> str:
+    """A claim's state as text (whatever enum the ledger uses)."""
+    return str(getattr(claim.state, "value", claim.state))
+
+
+def bond_to_respondent(claim: Claim) -> bool:
+    """Whether the claimant's bond went to the respondent: any answer under the first
+    rules ("answered"), a FRIVOLOUS claim under specs/claims.md."""
+    return claim_state(claim) in ("answered", "frivolous")
+
+
+def ok_response(claim: Claim) -> Response | None:
+    """The OK response a respondent posted to answer `claim`, if any."""
+    if claim_state(claim) not in ANSWERED_STATES or not claim.response_frame:
+        return None
+    try:
+        response = decode_frame(claim.response_frame)
+    except P2payError:
+        return None
+    if isinstance(response, Response) and response.ok and response.body_matches():
+        return response
+    return None
+
+
+def delivered_answers(sim: Simulation) -> dict[bytes, tuple[bytes, bytes, int]]:
+    """Every request that got an OK answer to its payer: request hash -> (payer, payee,
+    price charged). On time: the call returned OK (recorded by the engine); through a
+    claim: an OK response on the ledger (the claimant is the channel's payer). A request
+    answered both ways counts once."""
+    out: dict[bytes, tuple[bytes, bytes, int]] = {}
+    for peer in sim.peers:
+        for request_hash, (payee, price) in peer.delivered.items():
+            out[request_hash] = (peer.account, payee, price)
+    for claim in sim.ledger.state.claims.values():
+        if claim.id in out:
+            continue
+        response = ok_response(claim)
+        if response is not None:
+            out[claim.id] = (claim.claimant, claim.respondent, response.price)
+    return out
+
+
+def holdings_parts(state: State) -> dict[bytes, list[int]]:
+    """Per account: [balance, escrow of channels it pays, stake, bonds of its open claims]."""
+    parts: dict[bytes, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+    for account, balance in state.balances.items():
+        parts[account][0] += balance
+    for ch in state.channels.values():
+        if ch.state is not ChannelState.CLOSED:
+            parts[ch.payer][1] += ch.deposit - ch.redeemed
+    for stake in state.stakes.values():
+        parts[stake.account][2] += stake.amount
+    for claim in state.claims.values():
+        if claim_state(claim) == "open":
+            parts[claim.claimant][3] += claim.bond
+    return parts
 
 
 @dataclass
@@ -104,22 +194,6 @@ class InvariantResult:
         return out
 
 
-def holdings_parts(state: State) -> dict[bytes, list[int]]:
-    """Per account: [balance, escrow of channels it pays, stake, bonds of its open claims]."""
-    parts: dict[bytes, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
-    for account, balance in state.balances.items():
-        parts[account][0] += balance
-    for ch in state.channels.values():
-        if ch.state is not ChannelState.CLOSED:
-            parts[ch.payer][1] += ch.deposit - ch.redeemed
-    for stake in state.stakes.values():
-        parts[stake.account][2] += stake.amount
-    for claim in state.claims.values():
-        if claim.state is ClaimState.OPEN:
-            parts[claim.claimant][3] += claim.bond
-    return parts
-
-
 class Invariants:
     """The invariant results of one simulation."""
 
@@ -148,16 +222,24 @@ class Invariants:
 
     def _check_slashes(self, t: float) -> None:
         honest = self._honest_providers()
-        upheld = [
-            c
-            for c in self.sim.ledger.state.claims.values()
-            if c.state is ClaimState.UPHELD and c.respondent in honest
-        ]
+        claims = [c for c in self.sim.ledger.state.claims.values() if c.respondent in honest]
+        upheld = [c for c in claims if claim_state(c) == "upheld"]
         detail = None
         if upheld:
             names = sorted({self._name(c.respondent) for c in upheld})
             detail = {"t": round(t, 3), "upheld": len(upheld), "providers": names[:10]}
         self.results["honest_providers_never_slashed"].record(not upheld, detail)
+        clawed = [c for c in claims if int(getattr(c, "clawed", 0)) > 0]
+        detail = None
+        if clawed:
+            names = sorted({self._name(c.respondent) for c in clawed})
+            detail = {
+                "t": round(t, 3),
+                "clawed": sum(int(getattr(c, "clawed", 0)) for c in clawed),
+                "claims": len(clawed),
+                "providers": names[:10],
+            }
+        self.results["honest_providers_never_clawed"].record(not clawed, detail)
 
     def _name(self, account: bytes) -> str:
         peer = self.sim.peer_by_account(account)
@@ -170,41 +252,51 @@ class Invariants:
         await self.check_periodic(t)
         state = sim.ledger.state
         bps = state.params.slash_to_claimant_bps
-        redeemed_by_payer: collections.Counter[bytes] = collections.Counter()
+
+        # value of the answers each peer got (as payer) and gave (as payee)
+        received: collections.Counter[bytes] = collections.Counter()
+        provided: collections.Counter[bytes] = collections.Counter()
+        for payer, payee, price in delivered_answers(sim).values():
+            received[payer] += price
+            provided[payee] += price
+
+        # compensation for real failures: slashes on claims the node filed for requests
+        # it sent and never got an answer to on time
+        sent: dict[bytes, set[bytes]] = {}
+        charged: dict[bytes, int] = {}
+        for peer in sim.peers:
+            sent[peer.account] = {r.request_hash for r in await peer.store.requests()} - set(
+                peer.delivered
+            )
+            charged[peer.account] = sum(r.spent for r in await peer.store.payee_channels())
+        compensation: collections.Counter[bytes] = collections.Counter()
+        illegitimate: collections.Counter[bytes] = collections.Counter()
+        for claim in state.claims.values():
+            if claim_state(claim) != "upheld":
+                continue
+            share = claim.slashed * bps // 10_000
+            if claim.id in sent.get(claim.claimant, set()):
+                compensation[claim.claimant] += share
+            else:
+                illegitimate[claim.claimant] += share
+
+        net_paid: collections.Counter[bytes] = collections.Counter()
         redeemed_by_payee: collections.Counter[bytes] = collections.Counter()
         for ch in state.channels.values():
-            redeemed_by_payer[ch.payer] += ch.redeemed
+            net_paid[ch.payer] += ch.redeemed - int(getattr(ch, "clawed", 0))
             redeemed_by_payee[ch.payee] += ch.redeemed
-        compensation: collections.Counter[bytes] = collections.Counter()
-        via_claims: collections.Counter[bytes] = collections.Counter()
-        for claim in state.claims.values():
-            if claim.state is ClaimState.UPHELD:
-                compensation[claim.claimant] += claim.slashed * bps // 10_000
-            elif claim.state is ClaimState.ANSWERED and claim.response_frame:
-                response = decode_frame(claim.response_frame)
-                if isinstance(response, Response) and response.ok:
-                    via_claims[claim.claimant] += response.price
-
-        received: dict[bytes, int] = {}
-        provided: dict[bytes, int] = {}
-        for peer in sim.peers:
-            received[peer.account] = sum(r.spent for r in await peer.store.payer_channels())
-            received[peer.account] += int(getattr(peer.behaviour, "extra_received", 0))
-            provided[peer.account] = sum(r.spent for r in await peer.store.payee_channels())
 
         clients = self.results["honest_clients_pay_only_for_answers"]
         for peer in sim.clients:
             if not peer.behaviour.honest:
                 continue
             a = peer.account
-            bound = received[a] + via_claims[a] + compensation[a]
             clients.record(
-                redeemed_by_payer[a] <= bound,
+                net_paid[a] <= received[a],
                 {
                     "peer": peer.name,
-                    "redeemed": redeemed_by_payer[a],
-                    "receipts": received[a],
-                    "answered_via_claims": via_claims[a],
+                    "paid": net_paid[a],
+                    "answers": received[a],
                     "compensation": compensation[a],
                 },
             )
@@ -215,15 +307,17 @@ class Invariants:
                 if peer.behaviour.honest:
                     a = peer.account
                     paid.record(
-                        redeemed_by_payee[a] >= provided[a],
+                        redeemed_by_payee[a] >= charged[a],
                         {
                             "peer": peer.name,
-                            "charged": provided[a],
+                            "charged": charged[a],
                             "redeemed": redeemed_by_payee[a],
                         },
                     )
         else:
             paid.skipped = "the scenario does not settle (settle = false)"
+
+        await self._check_earnings()
 
         end = self.holdings_now()
         gains = self.results["adversaries_gain_nothing"]
@@ -237,7 +331,9 @@ class Invariants:
                 "holdings_end": end.get(a, 0),
                 "received": received[a],
                 "provided": provided[a],
+                "charged": charged[a],
                 "compensation": compensation[a],
+                "compensation_illegitimate": illegitimate[a],
                 "gain": gain,
             }
             if peer.behaviour.adversary:
@@ -249,6 +345,39 @@ class Invariants:
 
         crashes = self.results["no_crashes"]
         crashes.record(not sim.errors, {"errors": dict(sorted(sim.errors.items()))})
+
+    async def _check_earnings(self) -> None:
+        """claims.md C-2 on every channel of an honest payee (ledgers that keep paid_seen)."""
+        sim = self.sim
+        result = self.results["refunds_never_touch_earnings"]
+        channels = list(sim.ledger.state.channels.values())
+        if channels and not hasattr(channels[0], "paid_seen"):
+            result.skipped = "the ledger keeps no paid_seen (rules before specs/claims.md)"
+            return
+        by_id = {ch.id: ch for ch in channels}
+        for peer in sim.providers:
+            if not peer.behaviour.honest:
+                continue
+            for record in await peer.store.payee_channels():
+                ch = by_id.get(record.channel)
+                if ch is None:
+                    continue
+                # what the payee may hold: the highest paid the ledger has seen or the
+                # payee holds a voucher for, minus the refunds (settlement Redeem)
+                seen = max(int(getattr(ch, "paid_seen", 0)), record.paid_max)
+                entitled = seen - int(getattr(ch, "refunded", 0))
+                result.record(
+                    entitled >= record.spent,
+                    {
+                        "peer": peer.name,
+                        "channel": ch.id.hex()[:16],
+                        "paid_seen": seen,
+                        "refunded": int(getattr(ch, "refunded", 0)),
+                        "charged": record.spent,
+                    },
+                )
+        if not result.checks:
+            result.skipped = "no channel of an honest payee"
 
     def peer_figures(self, peer: SimPeer) -> dict[str, Any]:
         figures: dict[str, Any] = self.final.get(peer.name, {})

@@ -6,7 +6,9 @@ Three figures, written next to report.json:
   payments (paid by clients for OK receipts, redeemed on the ledger, slashed, burnt);
 * ``holdings.png``: per peer group, the change of its holdings (balance + escrow of the
   channels it pays + stake + open claim bonds) since the first sample, and its stake;
-* ``claims.png``: claims filed / answered / upheld (cumulative) and the amount slashed.
+* ``claims.png``: claims filed / answered / upheld and, under specs/claims.md, answered
+  delivered / refused / frivolous (cumulative), and the amounts slashed, refunded and
+  clawed back from stakes.
 
 Amounts are plotted in tokens (floats: for drawing only, never for accounting). A dashed
 vertical line marks the end of the workload (after it: the drain, then the settlement).
@@ -107,12 +109,18 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     # claims and slashes
     claims = series["claims"]
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
-    for key in ("filed", "answered", "upheld"):
-        ax1.plot(t, claims[key], label=f"claims {key}")
+    for key in ("filed", "answered", "upheld", "delivered", "refused", "frivolous"):
+        values = claims.get(key)
+        if values is not None and (key in ("filed", "answered", "upheld") or any(values)):
+            ax1.plot(t, values, label=f"claims {key}")
     ax1.set_ylabel("claims (cumulative)")
     ax2 = ax1.twinx()
     ax2.plot(t, _tokens(money["slashed"]), color="black", linestyle=":", label="slashed (tokens)")
-    ax2.set_ylabel("slashed (tokens)")
+    for key, style in (("refunded", "-."), ("clawed", "--")):
+        values = money.get(key)
+        if values is not None and any(values):
+            ax2.plot(t, _tokens(values), color="grey", linestyle=style, label=f"{key} (tokens)")
+    ax2.set_ylabel("slashed, refunded, clawed (tokens)")
     ax2.legend(loc="lower right", fontsize="small")
     finish(fig, [ax1], "claims.png")
     return paths

@@ -22,8 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pay.core.amounts import format_tokens
-from p2pay.core.settlement import ClaimState
-from p2pay.sim.invariants import MAX_DETAILS, holdings_parts
+from p2pay.sim.invariants import (
+    ANSWERED_STATES,
+    MAX_DETAILS,
+    bond_to_respondent,
+    claim_state,
+    holdings_parts,
+)
 
 if TYPE_CHECKING:
     from p2pay.sim.engine import Simulation
@@ -31,6 +36,10 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA", "Series", "build_report", "merge_reports", "print_summary", "write_report"]
 
 SCHEMA = "p2pay.sim.report/1"
+
+
+#: claim counts sampled: filed, answered (any answer), then per state
+CLAIM_SERIES = ("filed", "answered", "upheld", "delivered", "refused", "frivolous")
 
 
 class Series:
@@ -42,9 +51,9 @@ class Series:
         self.t: list[float] = []
         self.counts: dict[str, list[int]] = {k: [] for k in self.COUNTERS}
         self.money: dict[str, list[int]] = {
-            k: [] for k in ("paid", "redeemed", "slashed", "burnt", "escrow")
+            k: [] for k in ("paid", "redeemed", "slashed", "burnt", "escrow", "refunded", "clawed")
         }
-        self.claims: dict[str, list[int]] = {k: [] for k in ("filed", "answered", "upheld")}
+        self.claims: dict[str, list[int]] = {k: [] for k in CLAIM_SERIES}
         self.groups: dict[str, dict[str, list[int]]] = {}
 
     def sample(self, sim: Simulation, t: float) -> None:
@@ -57,10 +66,14 @@ class Series:
         self.money["slashed"].append(sum(c.slashed for c in state.claims.values()))
         self.money["burnt"].append(state.burnt)
         self.money["escrow"].append(sum(ch.escrow for ch in state.channels.values()))
-        states = collections.Counter(c.state for c in state.claims.values())
+        claims = state.claims.values()
+        self.money["refunded"].append(sum(int(getattr(c, "refund", 0)) for c in claims))
+        self.money["clawed"].append(sum(int(getattr(c, "clawed", 0)) for c in claims))
+        states = collections.Counter(claim_state(c) for c in claims)
         self.claims["filed"].append(len(state.claims))
-        self.claims["answered"].append(states[ClaimState.ANSWERED])
-        self.claims["upheld"].append(states[ClaimState.UPHELD])
+        self.claims["answered"].append(sum(states[s] for s in ANSWERED_STATES))
+        for key in CLAIM_SERIES[2:]:
+            self.claims[key].append(states[key])
         parts = holdings_parts(state)
         sums: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
         for peer in sim.peers:
@@ -93,7 +106,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
     state = sim.ledger.state
     bps = state.params.slash_to_claimant_bps
     claims = list(state.claims.values())
-    by_state = collections.Counter(c.state.value for c in claims)
+    by_state = collections.Counter(claim_state(c) for c in claims)
     provider_refused: collections.Counter[str] = collections.Counter()
     outcomes: collections.Counter[str] = collections.Counter()
     node_totals: collections.Counter[str] = collections.Counter()
@@ -199,16 +212,21 @@ def build_report(sim: Simulation) -> dict[str, Any]:
             "slashed": sum(c.slashed for c in claims),
             "burnt": state.burnt,
             "to_claimants": sum(c.slashed * bps // 10_000 for c in claims),
-            "bonds_forfeited": sum(c.bond for c in claims if c.state is ClaimState.ANSWERED),
+            "refunded": sum(int(getattr(c, "refund", 0)) for c in claims),
+            "clawed": sum(int(getattr(c, "clawed", 0)) for c in claims),
+            "bonds_forfeited": sum(c.bond for c in claims if bond_to_respondent(c)),
             "bonds_forfeited_by_honest_clients": sum(
-                c.bond for c in claims if c.state is ClaimState.ANSWERED and c.claimant in honest
+                c.bond for c in claims if bond_to_respondent(c) and c.claimant in honest
             ),
             "top_ups": sim.counts["top_ups"],
             "price_changes": sim.counts["price_changes"],
         },
         "claims": {
             "filed": len(claims),
-            "answered": by_state.get("answered", 0),
+            "answered": sum(by_state.get(s, 0) for s in ANSWERED_STATES),
+            "delivered": by_state.get("delivered", 0),
+            "refused": by_state.get("refused", 0),
+            "frivolous": by_state.get("frivolous", 0),
             "upheld": by_state.get("upheld", 0),
             "open": by_state.get("open", 0),
             "filed_by_watchers": node_totals["claims_filed"],
@@ -414,6 +432,14 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         (
             "claims filed / answered / upheld / open",
             f"{cl['filed']} / {cl['answered']} / {cl['upheld']} / {cl['open']}",
+        ),
+        (
+            "answers delivered / refused / frivolous",
+            f"{cl.get('delivered', 0)} / {cl.get('refused', 0)} / {cl.get('frivolous', 0)}",
+        ),
+        (
+            "refunded / clawed from stakes",
+            f"{_tok(mo.get('refunded', 0))} / {_tok(mo.get('clawed', 0))}",
         ),
         ("ledger transactions", f"{report['ledger']['transactions']:,}"),
         ("OK requests per wall second", f"{wall['ok_requests_per_second']:,.0f}"),

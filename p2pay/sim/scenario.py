@@ -199,6 +199,7 @@ class NodeSpec:
     redeem_threshold: int = 10**21
     max_in_flight: int = 64
     max_deadline_horizon_ms: int = 3_600_000
+    min_challenge_ms: int = 60_000  # payees refuse shorter channels (claims.md C-8)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -423,7 +424,14 @@ def _parse_ledger(t: dict[str, Any]) -> LedgerSpec:
 def _parse_node(t: dict[str, Any], ledger: LedgerSpec) -> NodeSpec:
     _check_keys(
         t,
-        {"watch_interval", "claim_grace", "challenge", "redeem_threshold", "max_in_flight"},
+        {
+            "watch_interval",
+            "claim_grace",
+            "challenge",
+            "min_challenge",
+            "redeem_threshold",
+            "max_in_flight",
+        },
         "node",
     )
     watch = parse_duration(t.get("watch_interval", "5s"), "node.watch_interval")
@@ -439,6 +447,10 @@ def _parse_node(t: dict[str, Any], ledger: LedgerSpec) -> NodeSpec:
         redeem_threshold=_amount(t.get("redeem_threshold", 10**21), "node.redeem_threshold"),
         max_in_flight=_int(t.get("max_in_flight", 64), "node.max_in_flight", low=1, high=1024),
         max_deadline_horizon_ms=ledger.max_deadline_horizon_ms,
+        # default: the node's 60 s, or the scenario's own challenge if that is shorter
+        min_challenge_ms=_ms(t["min_challenge"], "node.min_challenge")
+        if "min_challenge" in t
+        else min(60_000, challenge_ms),
     )
 
 
