@@ -37,6 +37,12 @@ behind each choice:
 
 * A bare yamux RST discards what the peer has not read yet, so `aclose()` sends FIN
   and then RST (py-libp2p keeps data that came before a FIN readable).
+* Listening is exclusive: py-libp2p 0.8.1 binds its TCP listeners with SO_REUSEPORT
+  (for hole punching), so a second node told to listen on a port another one holds
+  would share it, each getting part of the connections. p2pay's listeners are bound
+  without it (see ``_install_exclusive_listeners``): the kernel refuses the bind, and
+  `open_libp2p_transport` raises `AddressInUse` (any other failure: `ListenError`)
+  instead of running with a listener missing.
 
 Known py-libp2p behaviour the node must live with, which the memory transport does
 not imitate: a yamux write that waits more than 5 s for the peer's window (the peer
@@ -47,6 +53,7 @@ Keep a reader task on every stream.
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -68,6 +75,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.exceptions import OpenConnectionError
+from libp2p.transport.tcp import tcp as _tcp_module
 from multiaddr import Multiaddr
 
 from p2pay.core.errors import DecodeError, LocalProtocolError
@@ -77,7 +86,9 @@ from p2pay.net.base import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_ID,
     RESET_TIMEOUT,
+    AddressInUse,
     ConnectError,
+    ListenError,
     StreamClosed,
     StreamHandler,
     Transport,
@@ -517,6 +528,87 @@ _RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
 _install_window_update_policy()
 
 
+# --- exclusive listeners ------------------------------------------------------------
+#
+# py-libp2p 0.8.1 (libp2p/transport/tcp/tcp.py, `_open_reuseport_listeners`, called by
+# `TCPListener.listen`) sets SO_REUSEADDR *and* SO_REUSEPORT on every listening socket,
+# so that hole-punching dials can leave from the listen port. On Linux, SO_REUSEPORT
+# lets any later socket of the same user that also sets it bind the same address and
+# port: a second node "listens" on a port the first holds, and the kernel spreads the
+# incoming connections over both. It also ignores bind failures (`Swarm.listen` logs
+# them at debug level and carries on), so a node could run without its listener.
+#
+# For listeners opened by `open_libp2p_transport` (chosen per task through a context
+# variable, as the yamux window policy is), the sockets are bound by
+# `trio.open_tcp_listeners` instead: SO_REUSEADDR only (restart while old connections
+# sit in TIME_WAIT), IPV6_V6ONLY on IPv6, no SO_REUSEPORT. The bind itself is then
+# exclusive, enforced by the kernel at bind time; there is no check-then-bind race.
+# Another socket holding the port with or without SO_REUSEPORT makes our bind fail
+# with EADDRINUSE, which is recorded here and raised as `AddressInUse` once
+# py-libp2p's listen has returned. p2pay never dials from its listen port (no hole
+# punching), so it loses nothing.
+
+_LISTEN_FAILURES: contextvars.ContextVar[list[tuple[int, OSError]] | None] = contextvars.ContextVar(
+    "p2pay_listen_failures", default=None
+)
+
+
+def _install_exclusive_listeners() -> None:
+    original = getattr(_tcp_module, "_open_reuseport_listeners", None)
+    if original is None or getattr(original, "p2pay_policy", False):
+        return  # another py-libp2p version (see the check in open_libp2p_transport)
+
+    async def open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+        failures = _LISTEN_FAILURES.get()
+        if failures is None:  # not one of ours: py-libp2p's own behaviour
+            listeners: list[trio.SocketListener] = await original(host, port)
+            return listeners
+        try:
+            return await trio.open_tcp_listeners(port, host=host, backlog=128)
+        except OSError as exc:
+            failures.append((port, exc))
+            raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
+
+    open_listeners.p2pay_policy = True  # type: ignore[attr-defined]
+    _tcp_module._open_reuseport_listeners = open_listeners
+    # py-libp2p also logs the failure at ERROR; ours is reported once, as the exception.
+    logging.getLogger(_tcp_module.__name__).addFilter(_drop_our_listen_failures)
+
+
+def _drop_our_listen_failures(record: logging.LogRecord) -> bool:
+    return not (
+        _LISTEN_FAILURES.get() is not None
+        and record.getMessage().startswith("Failed to start TCP listener")
+    )
+
+
+_install_exclusive_listeners()
+
+
+def _listen_error(
+    host: Any, requested: Sequence[Multiaddr], failures: list[tuple[int, OSError]]
+) -> ListenError | None:
+    """The error for the first requested address py-libp2p is not listening on, if any."""
+    listening = host.get_network().listeners
+    for maddr in requested:
+        if str(maddr) in listening:
+            continue
+        try:
+            port = int(maddr.value_for_protocol("tcp"))
+        except Exception:
+            port = -1
+        cause = next((exc for p, exc in failures if p == port), None)
+        if cause is not None and cause.errno == errno.EADDRINUSE:
+            return AddressInUse(
+                f"cannot listen on {maddr}: address already in use "
+                "(another process or node holds this port)",
+                addr=str(maddr),
+            )
+        reason = (cause.strerror or str(cause)) if cause is not None else "not a TCP address?"
+        return ListenError(f"cannot listen on {maddr}: {reason}", addr=str(maddr))
+    return None
+
+
 def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
     """A py-libp2p host with the p2pay key, Noise only, yamux only, one connection per peer."""
     key_pair = ed25519_key_pair(key.seed)
@@ -577,6 +669,9 @@ async def open_libp2p_transport(
 
     Raises:
         LocalProtocolError: a bad argument (address, limits).
+        AddressInUse: a listen address's port is held by another socket (this process
+            or another); p2pay never shares a listening port.
+        ListenError: any other address it cannot listen on.
     """
     check_max_frame(max_frame)
     if isinstance(max_inbound_streams, bool) or not isinstance(max_inbound_streams, int):
@@ -596,27 +691,40 @@ async def open_libp2p_transport(
     # An exception from the caller's block is held here and re-raised once outside
     # every nursery, so it comes out as itself rather than inside ExceptionGroups.
     body_error: Exception | None = None
-    async with host.run(listen_addrs=listen_addrs):
-        try:
-            async with trio.open_nursery() as nursery:
-                transport._nursery = nursery
-                transport._running = True
-                host.set_stream_handler(_PROTOCOL, transport._on_stream)
-                try:
-                    yield transport
-                except Exception as exc:
-                    body_error = exc
-                finally:
-                    transport._running = False
-                    host.remove_stream_handler(_PROTOCOL)
-                    with trio.CancelScope(shield=True):
-                        await transport._reset_all()
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
-                try:
-                    await host.close()
-                except Exception as exc:
-                    logger.debug("closing the libp2p host failed: %s", _describe(exc))
+    listen_error: ListenError | None = None
+    failures: list[tuple[int, OSError]] = []
+    token: contextvars.Token[Any] | None = _LISTEN_FAILURES.set(failures)  # exclusive binds
+    try:
+        async with host.run(listen_addrs=listen_addrs):
+            _LISTEN_FAILURES.reset(token)  # our listeners are bound: back to py-libp2p's
+            token = None
+            listen_error = _listen_error(host, listen_addrs, failures)
+            try:
+                if listen_error is None:
+                    async with trio.open_nursery() as nursery:
+                        transport._nursery = nursery
+                        transport._running = True
+                        host.set_stream_handler(_PROTOCOL, transport._on_stream)
+                        try:
+                            yield transport
+                        except Exception as exc:
+                            body_error = exc
+                        finally:
+                            transport._running = False
+                            host.remove_stream_handler(_PROTOCOL)
+                            with trio.CancelScope(shield=True):
+                                await transport._reset_all()
+                            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
+                    try:
+                        await host.close()
+                    except Exception as exc:
+                        logger.debug("closing the libp2p host failed: %s", _describe(exc))
+    finally:
+        if token is not None:
+            _LISTEN_FAILURES.reset(token)
+    if listen_error is not None:
+        raise listen_error
     if body_error is not None:
         raise body_error

@@ -738,6 +738,49 @@ async def test_libp2p_listen_addresses_and_argument_checks() -> None:
         assert int(alice.addrs[0].split("/")[4]) > 0
 
 
+async def test_libp2p_a_port_in_use_is_an_error_not_a_shared_listener() -> None:
+    """py-libp2p 0.8.1 binds with SO_REUSEPORT, so a second transport on a port another
+    one holds used to listen too (and took part of its connections). Now the bind is
+    exclusive: AddressInUse, whether the holder is a node in this process or any other
+    socket; other listen failures are a ListenError; the first node keeps serving."""
+    from p2pay.net import AddressInUse, ListenError
+
+    async with open_libp2p_transport(ALICE, echo) as alice:
+        port = int(alice.addrs[0].split("/")[4])
+        with pytest.raises(AddressInUse) as caught:
+            async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]):
+                pass
+        assert caught.value.addr == f"/ip4/127.0.0.1/tcp/{port}"
+        assert "already in use" in caught.value.message
+        # one good address and one taken: still an error, nothing half-listening
+        with pytest.raises(AddressInUse):
+            async with open_libp2p_transport(
+                BOB, echo, listen=["/ip4/127.0.0.1/tcp/0", f"/ip4/127.0.0.1/tcp/{port}"]
+            ):
+                pass
+        async with open_libp2p_transport(CAROL, echo) as carol:  # alice still answers
+            with trio.fail_after(T):
+                for _ in range(4):  # new connections too: none lands elsewhere
+                    stream = await carol.connect(alice.addrs[0])
+                    await stream.send(b"still alice")
+                    assert await stream.receive() == b"still alice"
+                    await stream.aclose()
+    with socket.socket() as holder:  # a plain socket (another program) holding a port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(AddressInUse):
+            async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]):
+                pass
+    with pytest.raises(ListenError) as not_ours:  # an address this host does not have
+        async with open_libp2p_transport(BOB, echo, listen=["/ip4/192.0.2.1/tcp/0"]):
+            pass
+    assert not isinstance(not_ours.value, AddressInUse)
+    # released: the port can be listened on again once its holder has gone
+    async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]) as bob:
+        assert bob.addrs[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/")
+
+
 # --- memory only ------------------------------------------------------------------
 
 
