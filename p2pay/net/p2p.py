@@ -43,7 +43,6 @@ behind each choice:
   without it (see ``_install_exclusive_listeners``): the kernel refuses the bind, and
   `open_libp2p_transport` raises `AddressInUse` (any other failure: `ListenError`)
   instead of running with a listener missing.
-
 * py-libp2p 0.8.1 does not enforce yamux flow control on what it receives; p2pay's
   guard does (``_GuardedYamux``): a peer that sends beyond its receive window loses its
   connection, and a stream's window is capped at `RECEIVE_WINDOW` (256 KiB), so the
@@ -51,8 +50,9 @@ behind each choice:
 
 Known py-libp2p behaviour the node must live with, which the memory transport does
 not imitate: a yamux write that waits more than 5 s for the peer's window (the peer
-does not read) fails; the stream is then reset and `send()` raises `StreamClosed`.
-Keep a reader task on every stream.
+does not read) fails; the stream is then reset and `send()` raises `StreamClosed`. A
+frame larger than the window (256 KiB) goes out only as the peer reads it. Keep a
+reader task on every stream.
 """
 
 from __future__ import annotations
