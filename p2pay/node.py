@@ -613,13 +613,19 @@ class Node:
             self._release(session)
 
     def _idle_session(self, eligible: Callable[[_ServerSession], bool]) -> _ServerSession | None:
-        """The eligible session with the oldest useful activity (hello, admitted request,
-        completed request), or None."""
-        best: _ServerSession | None = None
+        """The eligible session to evict, or None: the one whose last useful activity
+        (hello, admitted or completed request) is oldest, taking first those idle for at
+        least `hello_timeout` (a newcomer gets that long, after its hello, to send its
+        first request before older idle sessions stop going first)."""
+        fresh_after = trio.current_time() - self.config.hello_timeout
+        best: tuple[bool, float] | None = None
+        victim: _ServerSession | None = None
         for session in self._live:
-            if eligible(session) and (best is None or session.last_useful < best.last_useful):
-                best = session
-        return best
+            if eligible(session):
+                key = (session.last_useful > fresh_after, session.last_useful)
+                if best is None or key < best:
+                    best, victim = key, session
+        return victim
 
     def _release(self, session: _ServerSession) -> None:
         """Count a session out (once: at its eviction or at its end)."""
