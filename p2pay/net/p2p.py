@@ -586,7 +586,7 @@ def _install_exclusive_listeners() -> None:
             listeners: list[trio.SocketListener] = await original(host, port)
             return listeners
         try:
-            return await trio.open_tcp_listeners(port, host=host, backlog=128)
+            return list(await trio.open_tcp_listeners(port, host=host, backlog=128))
         except OSError as exc:
             failures.append((port, exc))
             raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
@@ -760,7 +760,7 @@ def _install_yamux_guard() -> None:
     # py-libp2p's muxer negotiation builds yamux connections from its module's `Yamux`
     # whatever class the host was given (muxer_multistream.MuxerMultistream.new_conn).
     if getattr(_muxer_multistream_module, "Yamux", None) is Yamux:
-        _muxer_multistream_module.Yamux = _GuardedYamux
+        _muxer_multistream_module.Yamux = _GuardedYamux  # type: ignore[misc]
 
 
 _install_yamux_guard()
@@ -875,7 +875,8 @@ async def open_libp2p_transport(
     body_error: Exception | None = None
     listen_error: ListenError | None = None
     failures: list[tuple[int, OSError]] = []
-    token: contextvars.Token[Any] | None = _LISTEN_FAILURES.set(failures)  # exclusive binds
+    token: contextvars.Token[list[tuple[int, OSError]] | None] | None
+    token = _LISTEN_FAILURES.set(failures)  # exclusive binds
     try:
         async with host.run(listen_addrs=listen_addrs):
             _LISTEN_FAILURES.reset(token)  # our listeners are bound: back to py-libp2p's
