@@ -156,8 +156,12 @@ class NodeConfig:
     hello_timeout: float = 10.0
     # Hardening limits (specs/threat-model.md "Limits"):
     max_in_flight_total: int = 1024  # admitted, unfinished requests over all inbound streams
-    max_sessions: int = 512  # inbound streams served at once; more: OVERLOADED, then close
-    max_sessions_per_peer: int = 8  # inbound streams of one remote peer served at once
+    # Inbound streams served at once; when full, a new one evicts the session without a
+    # channel that has been idle longest, else it is refused (OVERLOADED, then close).
+    max_sessions: int = 512
+    # Inbound streams of one remote peer at once; a new one evicts that peer's longest
+    # idle session with nothing in flight or queued, else it is refused.
+    max_sessions_per_peer: int = 2
     max_refusals_per_s: int = 50  # refused requests per stream per second (token bucket)...
     refusal_burst: int = 200  # ...with this burst; beyond, the stream is reset
     idle_timeout: float = 120.0  # reset a stream with no frame in or out and none in flight
@@ -323,6 +327,7 @@ class Counters:
     answers_resent: int = 0  # re-sent requests answered with the stored answer (C-4)
     late_answers: int = 0  # handlers that finished after the deadline: not charged (C-4)
     in_doubt: int = 0  # calls ended with RequestInDoubt (the request stays claimable)
+    sessions_evicted: int = 0  # inbound sessions reset to make room for a new one
 
 
 class Behaviour:
@@ -451,6 +456,7 @@ class Node:
         self._channel_locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
         self._sessions = 0  # inbound streams being served
         self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
+        self._live: dict[_ServerSession, None] = {}  # sessions counted above, oldest first
         self._in_flight_total = 0  # admitted, unfinished requests over all sessions
         # Admitted requests not answered yet, by request hash: the outboxes of the
         # sessions where the payer re-sent one (each gets the answer too, C-4).
@@ -648,9 +654,22 @@ class Node:
     async def _handle_stream(self, stream: Any) -> None:
         peer: bytes = stream.remote_public
         cfg = self.config
-        if self._sessions >= cfg.max_sessions or self._sessions_of[peer] >= (
-            cfg.max_sessions_per_peer
-        ):
+        session = _ServerSession(self, stream)
+        victim: _ServerSession | None = None
+        if self._sessions_of[peer] >= cfg.max_sessions_per_peer:
+            # A peer holds at most max_sessions_per_peer: a new stream replaces its own
+            # longest idle session (a reconnect after a silent network failure), unless
+            # every one of them has work in flight or queued.
+            victim = self._idle_session(lambda s: s.peer == peer and s.quiet)
+            admitted = victim is not None
+        elif self._sessions >= cfg.max_sessions:
+            # Full (session hoarding, specs/threat-model.md): the session without a
+            # channel idle longest makes room; paying sessions are never evicted for this.
+            victim = self._idle_session(lambda s: not s.has_channel and s.quiet)
+            admitted = victim is not None
+        else:
+            admitted = True
+        if not admitted:
             # Connection flood (specs/threat-model.md): refuse before reading anything.
             self.counters.sessions_refused += 1
             log.info("refused a session peer=%s sessions=%d", stream.remote_peer_id, self._sessions)
@@ -664,15 +683,43 @@ class Node:
                     ).to_frame()
                 )
             return  # the transport closes the stream gracefully: the refusal is delivered
+        if victim is not None:
+            self._release(victim)  # counted out now: the newcomer takes its place
+            self.counters.sessions_evicted += 1
+            log.info("evicted an idle session peer=%s for peer=%s", victim.peer_id, session.peer_id)
+            await victim.stream.reset()  # its run() ends on StreamClosed
         self._sessions += 1
         self._sessions_of[peer] += 1
+        self._live[session] = None
         try:
-            await _ServerSession(self, stream).run()
+            await session.run()
         finally:
-            self._sessions -= 1
-            self._sessions_of[peer] -= 1
-            if self._sessions_of[peer] <= 0:
-                del self._sessions_of[peer]
+            self._release(session)
+
+    def _idle_session(self, eligible: Callable[[_ServerSession], bool]) -> _ServerSession | None:
+        """The eligible session to evict, or None: the one whose last useful activity
+        (hello, admitted or completed request) is oldest, taking first those idle for at
+        least `hello_timeout` (a newcomer gets that long, after its hello, to send its
+        first request before older idle sessions stop going first)."""
+        fresh_after = trio.current_time() - self.config.hello_timeout
+        best: tuple[bool, float] | None = None
+        victim: _ServerSession | None = None
+        for session in self._live:
+            if eligible(session):
+                key = (session.last_useful > fresh_after, session.last_useful)
+                if best is None or key < best:
+                    best, victim = key, session
+        return victim
+
+    def _release(self, session: _ServerSession) -> None:
+        """Count a session out (once: at its eviction or at its end)."""
+        if session not in self._live:
+            return
+        del self._live[session]
+        self._sessions -= 1
+        self._sessions_of[session.peer] -= 1
+        if self._sessions_of[session.peer] <= 0:
+            del self._sessions_of[session.peer]
 
     async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
         ch = self.payee_channels.get(request.channel)
@@ -1228,7 +1275,11 @@ class _ServerSession:
         self.account = b""
         self.outbox = _Outbox()
         self.in_flight = 0
-        self.last_received = trio.current_time()  # when a whole frame last arrived
+        # When this session last did something useful: its hello, an admitted request,
+        # a completed one. Only that keeps it from idle_timeout, and eviction takes the
+        # oldest first; refused or malformed frames and answers leaving do not count.
+        self.last_useful = trio.current_time()
+        self.has_channel = False  # it sent a request on a channel its peer pays
         # Token bucket of refused requests (specs/threat-model.md "Limits"), in thousandths
         # of a token so that refilling at `max_refusals_per_s` per 1000 ms stays integral.
         self._tokens = node.config.refusal_burst * 1000
@@ -1266,7 +1317,7 @@ class _ServerSession:
         except StreamClosed:
             return
         log.info("peer connected peer=%s", self.peer_id)
-        self.last_received = self.outbox.last_sent = trio.current_time()
+        self.last_useful = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_then_cancel, nursery.cancel_scope)
             nursery.start_soon(self._watch_idle, nursery.cancel_scope)
@@ -1285,13 +1336,22 @@ class _ServerSession:
             pass
         scope.cancel()
 
-    async def _watch_idle(self, scope: trio.CancelScope) -> None:
-        """Reset the stream once nothing moved for `idle_timeout` while nothing was in flight.
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight and no answer waiting to leave: resetting loses nothing."""
+        return self.in_flight == 0 and not self.outbox.items
 
-        "Moved" is a whole frame received or a frame sent. An idle peer, a slow-loris
-        (bytes of a frame that never completes) and a peer that stops reading its answers
-        all end here, so no stream holds a session, its read buffer or its queued answers
-        for longer than `idle_timeout` after its last request was answered.
+    async def _watch_idle(self, scope: trio.CancelScope) -> None:
+        """Reset the stream once nothing useful happened for `idle_timeout` while nothing
+        was in flight.
+
+        Useful is the hello, an admitted request or a completed one (`last_useful`);
+        refused or malformed frames, and answers leaving, are not: one refused frame
+        now and then does not keep a session. An idle peer, a slow-loris (bytes of a
+        frame that never completes), a peer sending only refused requests and a peer
+        that stops reading its answers all end here, so no stream holds a session, its
+        read buffer or its queued answers for longer than `idle_timeout` after its last
+        request was answered.
         """
         timeout = self.node.config.idle_timeout
         while True:
@@ -1299,7 +1359,7 @@ class _ServerSession:
             if self.in_flight > 0:  # busy: its answers will count as activity when sent
                 await trio.sleep_until(now + timeout)
                 continue
-            deadline = max(self.last_received, self.outbox.last_sent) + timeout
+            deadline = self.last_useful + timeout
             if now < deadline:
                 await trio.sleep_until(deadline)
                 continue
@@ -1354,7 +1414,6 @@ class _ServerSession:
                 node.counters.protocol_violations += 1
                 self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
                 return
-            self.last_received = trio.current_time()
             try:
                 message = decode_frame(payload, max_size=node.config.max_frame)
             except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
@@ -1385,6 +1444,8 @@ class _ServerSession:
                 request.channel, request.n, exc.code, exc.message, exc.details
             )
             return
+        if ch is not None and ch.payer == self.account:
+            self.has_channel = True  # eviction spares it (Node._handle_stream)
         if ch is None:
             self._take_refusal_token()
             self._refuse_unauthenticated(
@@ -1453,6 +1514,7 @@ class _ServerSession:
             node.counters.refused["DROPPED"] += 1
             return
         self.in_flight += 1
+        self.last_useful = trio.current_time()
         node._in_flight_total += 1
         node._unanswered[request.hash] = []
         self._ready.append((ch, request, service, call))
@@ -1551,6 +1613,7 @@ class _ServerSession:
             raise
         finally:
             self.in_flight -= 1
+            self.last_useful = trio.current_time()
             node._in_flight_total -= 1
             done = ch.complete(request.n, ok=ok, now=node.now())
             if done.refusal is not None:

@@ -260,9 +260,12 @@ async def run_node(
                     behaviour=behaviour,
                 ) as node:
                     counters = await guard.run(_serve, node, serving)
-            except BaseException:
+            except BaseException as exc:
                 if guard.error is not None:
                     raise guard.error from None
+                busy = _listen_error(exc)
+                if busy is not None:  # e.g. the port is another node's: one line, exit 1
+                    raise CliError(busy.message) from None
                 raise
             finally:
                 if serving.server is not None:
@@ -281,6 +284,20 @@ async def run_node(
     }
     render.event(log, "stopped", **summary)
     return summary
+
+
+def _listen_error(exc: BaseException) -> Any:
+    """The transport's `ListenError` in `exc` (maybe inside exception groups), or None."""
+    from p2pay.net.base import ListenError
+
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in exc.exceptions:
+            found = _listen_error(leaf)
+            if found is not None:
+                return found
+    return None
 
 
 async def _serve(node: Any, s: _Serving) -> Any:

@@ -15,7 +15,9 @@ from p2pay.core.errors import FrameTooLarge
 from p2pay.net.base import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_ID,
+    AddressInUse,
     ConnectError,
+    ListenError,
     NetError,
     Stream,
     StreamClosed,
@@ -31,9 +33,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "PROTOCOL_ID",
+    "AddressInUse",
     "ConnectError",
     "FrameReader",
     "FrameTooLarge",
+    "ListenError",
     "MemoryNetwork",
     "NetError",
     "Stream",

@@ -70,6 +70,24 @@ class ConnectError(NetError):
     """A stream to the peer could not be opened (unreachable, refused, wrong identity...)."""
 
 
+class ListenError(NetError):
+    """The transport cannot listen on one of its listen addresses.
+
+    Attributes:
+        addr: the listen address (multiaddr text) that failed.
+    """
+
+    def __init__(self, message: str, *, addr: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.addr = addr
+
+
+class AddressInUse(ListenError):
+    """The listen address's TCP port is held by another socket (another process, or
+    another node in this process). p2pay never shares a listening port."""
+
+
 @runtime_checkable
 class Stream(Protocol):
     """One authenticated, ordered, framed, bidirectional stream to a peer."""

@@ -37,18 +37,31 @@ behind each choice:
 
 * A bare yamux RST discards what the peer has not read yet, so `aclose()` sends FIN
   and then RST (py-libp2p keeps data that came before a FIN readable).
+* Listening is exclusive: py-libp2p 0.8.1 binds its TCP listeners with SO_REUSEPORT
+  (for hole punching), so a second node told to listen on a port another one holds
+  would share it, each getting part of the connections. p2pay's listeners are bound
+  without it (see ``_install_exclusive_listeners``): the kernel refuses the bind, and
+  `open_libp2p_transport` raises `AddressInUse` (any other failure: `ListenError`)
+  instead of running with a listener missing.
+* py-libp2p 0.8.1 does not enforce yamux flow control on what it receives; p2pay's
+  guard does (``_GuardedYamux``): a peer that sends beyond its receive window loses its
+  connection, and a stream's window is capped at `RECEIVE_WINDOW` (256 KiB), so the
+  muxer holds at most `MAX_STREAM_BUFFER` per stream (specs/threat-model.md row 29b).
 
 Known py-libp2p behaviour the node must live with, which the memory transport does
 not imitate: a yamux write that waits more than 5 s for the peer's window (the peer
-does not read) fails; the stream is then reset and `send()` raises `StreamClosed`.
-Keep a reader task on every stream.
+does not read) fails; the stream is then reset and `send()` raises `StreamClosed`. A
+frame larger than the window (256 KiB) goes out only as the peer reads it. Keep a
+reader task on every stream.
 """
 
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import os
+import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,9 +78,12 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer import muxer_multistream as _muxer_multistream_module
 from libp2p.stream_muxer.yamux import yamux as _yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.transport.exceptions import OpenConnectionError
+from libp2p.transport.tcp import tcp as _tcp_module
 from multiaddr import Multiaddr
 
 from p2pay.core.errors import DecodeError, LocalProtocolError
@@ -77,7 +93,9 @@ from p2pay.net.base import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_ID,
     RESET_TIMEOUT,
+    AddressInUse,
     ConnectError,
+    ListenError,
     StreamClosed,
     StreamHandler,
     Transport,
@@ -86,7 +104,13 @@ from p2pay.net.base import (
 )
 from p2pay.net.framing import FrameReader, frame, frames
 
-__all__ = ["Libp2pStream", "Libp2pTransport", "open_libp2p_transport"]
+__all__ = [
+    "MAX_STREAM_BUFFER",
+    "RECEIVE_WINDOW",
+    "Libp2pStream",
+    "Libp2pTransport",
+    "open_libp2p_transport",
+]
 
 logger = logging.getLogger("p2pay.net")
 
@@ -98,6 +122,15 @@ DIAL_RETRIES = 1
 """Extra attempts per address when a dial fails (py-libp2p's default is 3)."""
 SHUTDOWN_TIMEOUT = 3.0
 """Upper bound on closing the host when the transport's context exits."""
+RECEIVE_WINDOW = 256 * 1024
+"""Largest yamux receive window of a stream: what the peer may send that we have not
+read yet. It is yamux's initial window; py-libp2p's auto-tuning would grow it to
+16 MiB per stream, and the node's reader pauses when a session's outbox is full."""
+MAX_STREAM_BUFFER = 2 * RECEIVE_WINDOW
+"""Most bytes the muxer holds for one stream (received, not yet read by the
+`FrameReader`). A peer that respects the window stays below it (py-libp2p's credit
+rules keep granted + buffered under 1.5 x the window plus one 64 KiB read); one that
+does not loses its connection (see ``_GuardedYamux``)."""
 
 _PROTOCOL = TProtocol(PROTOCOL_ID)
 
@@ -517,6 +550,247 @@ _RELEASE_ON_READ_ENV = "PY_YAMUX_RELEASE_ON_READ"
 _install_window_update_policy()
 
 
+# --- exclusive listeners ------------------------------------------------------------
+#
+# py-libp2p 0.8.1 (libp2p/transport/tcp/tcp.py, `_open_reuseport_listeners`, called by
+# `TCPListener.listen`) sets SO_REUSEADDR *and* SO_REUSEPORT on every listening socket,
+# so that hole-punching dials can leave from the listen port. On Linux, SO_REUSEPORT
+# lets any later socket of the same user that also sets it bind the same address and
+# port: a second node "listens" on a port the first holds, and the kernel spreads the
+# incoming connections over both. It also ignores bind failures (`Swarm.listen` logs
+# them at debug level and carries on), so a node could run without its listener.
+#
+# For listeners opened by `open_libp2p_transport` (chosen per task through a context
+# variable, as the yamux window policy is), the sockets are bound by
+# `trio.open_tcp_listeners` instead: SO_REUSEADDR only (restart while old connections
+# sit in TIME_WAIT), IPV6_V6ONLY on IPv6, no SO_REUSEPORT. The bind itself is then
+# exclusive, enforced by the kernel at bind time; there is no check-then-bind race.
+# Another socket holding the port with or without SO_REUSEPORT makes our bind fail
+# with EADDRINUSE, which is recorded here and raised as `AddressInUse` once
+# py-libp2p's listen has returned. p2pay never dials from its listen port (no hole
+# punching), so it loses nothing.
+
+_LISTEN_FAILURES: contextvars.ContextVar[list[tuple[int, OSError]] | None] = contextvars.ContextVar(
+    "p2pay_listen_failures", default=None
+)
+
+
+def _install_exclusive_listeners() -> None:
+    original = getattr(_tcp_module, "_open_reuseport_listeners", None)
+    if original is None or getattr(original, "p2pay_policy", False):
+        return  # another py-libp2p version (see the check in open_libp2p_transport)
+
+    async def open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+        failures = _LISTEN_FAILURES.get()
+        if failures is None:  # not one of ours: py-libp2p's own behaviour
+            listeners: list[trio.SocketListener] = await original(host, port)
+            return listeners
+        try:
+            return list(await trio.open_tcp_listeners(port, host=host, backlog=128))
+        except OSError as exc:
+            failures.append((port, exc))
+            raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
+
+    open_listeners.p2pay_policy = True  # type: ignore[attr-defined]
+    _tcp_module._open_reuseport_listeners = open_listeners
+    # py-libp2p also logs the failure at ERROR; ours is reported once, as the exception.
+    logging.getLogger(_tcp_module.__name__).addFilter(_drop_our_listen_failures)
+
+
+def _drop_our_listen_failures(record: logging.LogRecord) -> bool:
+    return not (
+        _LISTEN_FAILURES.get() is not None
+        and record.getMessage().startswith("Failed to start TCP listener")
+    )
+
+
+_install_exclusive_listeners()
+
+
+def _listen_error(
+    host: Any, requested: Sequence[Multiaddr], failures: list[tuple[int, OSError]]
+) -> ListenError | None:
+    """The error for the first requested address py-libp2p is not listening on, if any."""
+    listening = host.get_network().listeners
+    for maddr in requested:
+        if str(maddr) in listening:
+            continue
+        try:
+            port = int(maddr.value_for_protocol("tcp"))
+        except Exception:
+            port = -1
+        cause = next((exc for p, exc in failures if p == port), None)
+        if cause is not None and cause.errno == errno.EADDRINUSE:
+            return AddressInUse(
+                f"cannot listen on {maddr}: address already in use "
+                "(another process or node holds this port)",
+                addr=str(maddr),
+            )
+        reason = (cause.strerror or str(cause)) if cause is not None else "not a TCP address?"
+        return ListenError(f"cannot listen on {maddr}: {reason}", addr=str(maddr))
+    return None
+
+
+# --- yamux flow control -------------------------------------------------------------
+#
+# py-libp2p 0.8.1 does not enforce yamux flow control on what it receives:
+# `Yamux.handle_incoming` (libp2p/stream_muxer/yamux/yamux.py) appends every DATA
+# frame's body to the stream's buffer (`Yamux.stream_buffers[stream_id]`, a bytearray),
+# then subtracts it from `YamuxStream.recv_window`, and when that goes negative it logs
+# "peer exceeded receive window by N bytes", sets the window to 0 and carries on. A peer
+# that ignores WINDOW_UPDATEs can therefore make us buffer without limit in a stream
+# whose reader is paused (450 MiB in 2 s, measured; the node pauses reading a session
+# whose outbox is full). It also reads a whole DATA frame body, up to 16 MiB, before
+# looking at it.
+#
+# The guard (`_GuardedYamux`, used for every yamux connection of this process: it only
+# enforces the protocol, as go-yamux does):
+#
+# * Each stream's buffer is a `_StreamBuffer`, whose ``extend`` (the only way
+#   `handle_incoming` adds data) refuses a DATA body longer than the stream's remaining
+#   credit (`recv_window`, which py-libp2p raises *before* sending the matching
+#   WINDOW_UPDATE, so an honest peer never exceeds it), or one that would take a p2pay
+#   stream's buffer past `MAX_STREAM_BUFFER`. The data is dropped, never buffered.
+# * A DATA frame announcing more than any credit the connection has granted is refused
+#   before its body is read.
+# * Either way the connection is closed as go-yamux does (ErrRecvWindowExceeded): a
+#   GO_AWAY with "protocol error", then the secured connection is closed, so every
+#   stream of that peer reads a reset. The refusal is raised as `_WindowExceeded`, a
+#   `trio.TooSlowError`: the one exception `handle_incoming` answers by closing the
+#   connection from every DATA path (new stream, ACK, data).
+# * Every stream's window is capped at `RECEIVE_WINDOW` from its creation (py-libp2p's
+#   auto-tuning doubles it on every quick read, to 4 MiB during protocol negotiation
+#   alone, up to 16 MiB), so a paused session holds at most `MAX_STREAM_BUFFER` in the
+#   muxer besides its `FrameReader` buffer.
+#
+# Like the two policies above, this applies to every yamux connection of the process
+# (py-libp2p builds them from a module global); it changes only how much a peer may
+# send ahead, never what an honest peer can send.
+
+
+class _WindowExceeded(trio.TooSlowError):
+    """A peer sent more than the yamux receive window it was given."""
+
+
+class _StreamBuffer(bytearray):
+    """One yamux stream's receive buffer that refuses data beyond the peer's credit."""
+
+    def __init__(self, conn: _GuardedYamux, stream_id: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.stream_id = stream_id
+        self.high = 0  # most bytes held at once
+
+    def extend(self, data: Any) -> None:
+        size = len(data)
+        stream = self.conn.streams.get(self.stream_id)
+        credit = stream.recv_window if stream is not None else 0
+        bound = getattr(stream, "p2pay_buffer_bound", None)
+        if size > credit or (bound is not None and len(self) + size > bound):
+            self.conn.window_exceeded(self.stream_id, size, credit, len(self))
+        super().extend(data)
+        if len(self) > self.high:
+            self.high = len(self)
+            self.conn.max_buffered = max(self.conn.max_buffered, self.high)
+
+
+class _StreamBuffers(dict[int, bytearray]):
+    """`Yamux.stream_buffers`, making each new stream's buffer a `_StreamBuffer`."""
+
+    def __init__(self, conn: _GuardedYamux) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
+        if type(buffer) is bytearray and not buffer:  # a new stream (py-libp2p made it first)
+            buffer = _StreamBuffer(self.conn, stream_id)
+            _limit_receive_window(self.conn.streams.get(stream_id))
+        super().__setitem__(stream_id, buffer)
+
+
+class _GuardedYamux(Yamux):
+    """py-libp2p's yamux with the receive window enforced (see above)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_buffers = _StreamBuffers(self)
+        self.window_violations = 0
+        self.max_buffered = 0  # most bytes any one stream held at once
+
+    def window_exceeded(self, stream_id: int, size: int, credit: int, buffered: int) -> None:
+        self.window_violations += 1
+        logger.warning(
+            "peer %s exceeded its yamux receive window on stream %d (%d bytes sent, "
+            "%d allowed, %d buffered): connection closed",
+            self.peer_id,
+            stream_id,
+            size,
+            max(credit, 0),
+            buffered,
+        )
+        raise _WindowExceeded(f"peer exceeded its receive window on stream {stream_id}")
+
+    async def _read_data_body(self, length: int) -> bytes:
+        if length > _yamux_module.DEFAULT_WINDOW_SIZE:
+            granted = max((s.recv_window for s in self.streams.values()), default=0)
+            if length > granted:  # more than any stream may receive: do not read it
+                self.window_exceeded(-1, length, granted, 0)
+        body: bytes = await super()._read_data_body(length)
+        return body
+
+    async def _cleanup_on_error(self) -> None:
+        if self.window_violations and not self.event_closed.is_set():
+            goaway = struct.pack(
+                _yamux_module.YAMUX_HEADER_FORMAT,
+                0,
+                _yamux_module.TYPE_GO_AWAY,
+                0,
+                0,
+                _yamux_module.GO_AWAY_PROTOCOL_ERROR,
+            )
+            with trio.move_on_after(RESET_TIMEOUT):
+                try:
+                    await self._write_frame(goaway)
+                except Exception as exc:
+                    logger.debug("GO_AWAY to %s failed: %s", self.peer_id, _describe(exc))
+        await super()._cleanup_on_error()
+
+
+def _install_yamux_guard() -> None:
+    # py-libp2p's muxer negotiation builds yamux connections from its module's `Yamux`
+    # whatever class the host was given (muxer_multistream.MuxerMultistream.new_conn).
+    if getattr(_muxer_multistream_module, "Yamux", None) is Yamux:
+        _muxer_multistream_module.Yamux = _GuardedYamux  # type: ignore[misc]
+
+
+_install_yamux_guard()
+
+
+def _limit_receive_window(muxed: Any) -> None:
+    """Cap a new yamux stream's receive window at `RECEIVE_WINDOW` and bound what the
+    muxer may buffer for it at `MAX_STREAM_BUFFER`. Done when the stream is made: its
+    first reads (protocol negotiation) already let py-libp2p grow the window to MiBs."""
+    if not isinstance(muxed, YamuxStream) or getattr(muxed, "p2pay_buffer_bound", None):
+        return
+    muxed.p2pay_buffer_bound = MAX_STREAM_BUFFER  # type: ignore[attr-defined]
+    muxed.target_recv_window = min(muxed.target_recv_window, RECEIVE_WINDOW)
+    grow = muxed._apply_autotune_epoch
+
+    def capped_autotune(buffered: int) -> int:
+        # py-libp2p doubles the target (up to 16 MiB) and grants the difference at once;
+        # keep the target at RECEIVE_WINDOW and take back what it granted beyond it.
+        extra: int = grow(buffered)
+        excess = muxed.target_recv_window - RECEIVE_WINDOW
+        if excess > 0:
+            muxed.target_recv_window = RECEIVE_WINDOW
+            take = min(excess, extra)
+            muxed.recv_window -= take
+            extra -= take
+        return extra
+
+    muxed._apply_autotune_epoch = capped_autotune  # type: ignore[method-assign]
+
+
 def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
     """A py-libp2p host with the p2pay key, Noise only, yamux only, one connection per peer."""
     key_pair = ed25519_key_pair(key.seed)
@@ -534,7 +808,7 @@ def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
     host: Any = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): _GuardedYamux},
         connection_config=config,
         listen_addrs=list(listen),
     )
@@ -577,6 +851,9 @@ async def open_libp2p_transport(
 
     Raises:
         LocalProtocolError: a bad argument (address, limits).
+        AddressInUse: a listen address's port is held by another socket (this process
+            or another); p2pay never shares a listening port.
+        ListenError: any other address it cannot listen on.
     """
     check_max_frame(max_frame)
     if isinstance(max_inbound_streams, bool) or not isinstance(max_inbound_streams, int):
@@ -596,27 +873,41 @@ async def open_libp2p_transport(
     # An exception from the caller's block is held here and re-raised once outside
     # every nursery, so it comes out as itself rather than inside ExceptionGroups.
     body_error: Exception | None = None
-    async with host.run(listen_addrs=listen_addrs):
-        try:
-            async with trio.open_nursery() as nursery:
-                transport._nursery = nursery
-                transport._running = True
-                host.set_stream_handler(_PROTOCOL, transport._on_stream)
-                try:
-                    yield transport
-                except Exception as exc:
-                    body_error = exc
-                finally:
-                    transport._running = False
-                    host.remove_stream_handler(_PROTOCOL)
-                    with trio.CancelScope(shield=True):
-                        await transport._reset_all()
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
-                try:
-                    await host.close()
-                except Exception as exc:
-                    logger.debug("closing the libp2p host failed: %s", _describe(exc))
+    listen_error: ListenError | None = None
+    failures: list[tuple[int, OSError]] = []
+    token: contextvars.Token[list[tuple[int, OSError]] | None] | None
+    token = _LISTEN_FAILURES.set(failures)  # exclusive binds
+    try:
+        async with host.run(listen_addrs=listen_addrs):
+            _LISTEN_FAILURES.reset(token)  # our listeners are bound: back to py-libp2p's
+            token = None
+            listen_error = _listen_error(host, listen_addrs, failures)
+            try:
+                if listen_error is None:
+                    async with trio.open_nursery() as nursery:
+                        transport._nursery = nursery
+                        transport._running = True
+                        host.set_stream_handler(_PROTOCOL, transport._on_stream)
+                        try:
+                            yield transport
+                        except Exception as exc:
+                            body_error = exc
+                        finally:
+                            transport._running = False
+                            host.remove_stream_handler(_PROTOCOL)
+                            with trio.CancelScope(shield=True):
+                                await transport._reset_all()
+                            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
+                    try:
+                        await host.close()
+                    except Exception as exc:
+                        logger.debug("closing the libp2p host failed: %s", _describe(exc))
+    finally:
+        if token is not None:
+            _LISTEN_FAILURES.reset(token)
+    if listen_error is not None:
+        raise listen_error
     if body_error is not None:
         raise body_error

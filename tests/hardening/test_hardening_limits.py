@@ -8,8 +8,10 @@ slow-loris timeout. Every test shows the limit acting and honest peers still ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
 from p2pay.ledger.memory import wall_clock_ms
 from p2pay.net.base import StreamClosed
+from p2pay.net.memory import open_memory_transport
 from p2pay.net.p2p import open_libp2p_transport
 from p2pay.node import Call, NodeConfig, open_node
 
@@ -148,18 +151,32 @@ async def test_node_wide_overload_does_not_cut_honest_streams() -> None:
 
 
 async def test_sessions_per_node_are_limited() -> None:
+    """max_sessions: a newcomer evicts the session without a channel idle longest; when
+    every session has a channel, it is refused OVERLOADED (the client sees Overloaded)."""
     config = NodeConfig(watcher=False, max_sessions=3)
     async with provider_world(config) as world, raw_peer(world) as mallory:
         assert world.bob._sessions == 2  # ALICE, CAROL
-        await mallory.connect()  # the third
+        first = await mallory.connect()  # the third, no request yet: no channel
         extra = await mallory.transport.connect(world.bob_addr)
         with trio.fail_after(5):
             await extra.send(mallory.hello)
-            answer = decode_frame(await extra.receive())
+            assert isinstance(decode_frame(await extra.receive()), Hello)
+            with pytest.raises(StreamClosed):
+                await first.receive()  # evicted to make room
+        assert world.bob.counters.sessions_evicted == 1
+        assert world.bob._sessions == 3
+        mallory.stream = extra  # now a paying session: a request on its channel
+        answer = await mallory.exchange(world.mallory_request(1).to_frame())
+        assert isinstance(answer, Response) and answer.ok
+        # every session has a channel: a newcomer is refused, nobody is evicted
+        probe = await mallory.transport.connect(world.bob_addr)
+        with trio.fail_after(5):
+            answer = decode_frame(await probe.receive())
             assert isinstance(answer, Refusal) and answer.code is ErrorCode.OVERLOADED
             with pytest.raises(StreamClosed):
-                await extra.receive()
+                await probe.receive()
         assert world.bob.counters.sessions_refused == 1
+        assert world.bob.counters.sessions_evicted == 1
         # the library's client sees a typed Overloaded, not a broken hello
         async with open_node(
             key=DAVE, ledger=world.ledger, network=world.network, config=NodeConfig(watcher=False)
@@ -176,28 +193,189 @@ async def test_sessions_per_node_are_limited() -> None:
 
 
 async def test_sessions_per_peer_are_limited() -> None:
+    """max_sessions_per_peer: a peer's new stream replaces its own longest idle session;
+    while all of them have work in flight, the new one is refused."""
+    gate = trio.Event()
+
+    async def hold(call: Call) -> bytes:
+        with trio.fail_after(10):
+            await gate.wait()
+        return b"held"
+
     config = NodeConfig(watcher=False, max_sessions_per_peer=2)
-    async with provider_world(config) as world, raw_peer(world) as mallory:
+    async with (
+        provider_world(config, services={"hold": hold}) as world,
+        raw_peer(world) as mallory,
+    ):
         streams = []
-        for _ in range(2):
-            stream = await mallory.transport.connect(world.bob_addr)
-            await stream.send(mallory.hello)
-            assert isinstance(decode_frame(await stream.receive()), Hello)
-            streams.append(stream)
-        for _ in range(5):
+        for _ in range(7):
             stream = await mallory.transport.connect(world.bob_addr)
             with trio.fail_after(5):
                 await stream.send(mallory.hello)
-                answer = decode_frame(await stream.receive())
-            assert isinstance(answer, Refusal) and answer.code is ErrorCode.OVERLOADED
-        assert world.bob.counters.sessions_refused == 5
+                assert isinstance(decode_frame(await stream.receive()), Hello)
+            streams.append(stream)
+        for old in streams[:5]:  # each newcomer evicted the oldest
+            with trio.fail_after(5), pytest.raises(StreamClosed):
+                await old.receive()
+        assert world.bob.counters.sessions_evicted == 5
+        assert world.bob.counters.sessions_refused == 0
         assert world.bob._sessions == 4 and world.bob._sessions_of[MALLORY.public] == 2
+        # both remaining sessions busy (a request in flight on each): the next is refused
+        for n, stream in enumerate(streams[5:], start=1):
+            await stream.send(world.mallory_request(n, service="hold").to_frame())
+        with trio.fail_after(5):
+            while world.bob._in_flight_total < 2:
+                await trio.sleep(0.01)
+        refused = await mallory.transport.connect(world.bob_addr)
+        with trio.fail_after(5):
+            answer = decode_frame(await refused.receive())
+        assert isinstance(answer, Refusal) and answer.code is ErrorCode.OVERLOADED
+        assert world.bob.counters.sessions_refused == 1
         await world.alice.call(world.bob_addr, "echo", b"x", max_price=PRICE)
-        for stream in streams:
+        gate.set()
+        for stream in streams[5:]:
+            with trio.fail_after(5):
+                answer = decode_frame(await stream.receive())
+            assert isinstance(answer, Response) and answer.body == b"held"
             await stream.reset()
         with trio.fail_after(5):
             while MALLORY.public in world.bob._sessions_of:
                 await trio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------
+# session hoarding: free identities holding idle sessions (issue 14, item 4)
+
+HOARDERS = [Keypair.from_seed(bytes([100 + i]) * 32) for i in range(64)]
+
+
+class Hoarders:
+    """Identities with no channel, each opening idle sessions (hello, then silence)."""
+
+    def __init__(self, world: World, transports: list[Any]) -> None:
+        self.world = world
+        self.transports = transports
+        self.held: list[Any] = []
+        self.refused = 0
+
+    async def grab(self, per_identity: int) -> None:
+        """Each identity tries to open `per_identity` sessions and keeps every one it gets."""
+        for transport in self.transports:
+            hello = Hello.create(transport._key, ledger=self.world.ledger.ledger_id).to_frame()
+            for _ in range(per_identity):
+                stream = await transport.connect(self.world.bob_addr)
+                with trio.fail_after(5):
+                    await stream.send(hello)
+                    try:
+                        answer = decode_frame(await stream.receive())
+                    except StreamClosed:
+                        answer = None
+                if isinstance(answer, Hello):
+                    self.held.append(stream)
+                else:
+                    assert isinstance(answer, Refusal) and answer.code is ErrorCode.OVERLOADED
+                    self.refused += 1
+                    await stream.reset()
+
+    def holding(self) -> list[bytes]:
+        """The hoarders' keys among the node's live sessions, oldest session first."""
+        ours = {key.public for key in HOARDERS}
+        return [s.peer for s in self.world.bob._live if s.peer in ours]
+
+
+@contextlib.asynccontextmanager
+async def hoarders(world: World) -> AsyncIterator[Hoarders]:
+    async def ignore(stream: Any) -> None:
+        await stream.aclose()
+
+    async with contextlib.AsyncExitStack() as stack:
+        transports = [
+            await stack.enter_async_context(open_memory_transport(world.network, key, ignore))
+            for key in HOARDERS
+        ]
+        yield Hoarders(world, transports)
+
+
+async def paying_newcomer(world: World) -> bytes:
+    """DAVE, new to the provider: opens a channel and makes a paid call; its answer body."""
+    async with open_node(
+        key=DAVE, ledger=world.ledger, network=world.network, config=NodeConfig(watcher=False)
+    ) as dave:
+        await world.ledger.mint(DAVE, DAVE.account, 10**24)
+        await dave.open_channel(world.bob_addr, deposit=10**9)
+        result = await dave.call(world.bob_addr, "echo", b"dave pays", max_price=PRICE)
+        return result.body
+
+
+async def test_session_hoarders_with_free_identities_do_not_lock_out_payers() -> None:
+    """64 identities with no channel each try to hold 8 idle sessions (the old per-peer
+    limit; 64 x 8 filled the node's 512): each holds at most max_sessions_per_peer, and a
+    new paying client is served. On the old code DAVE got OVERLOADED."""
+    async with provider_world() as world, hoarders(world) as mob:
+        await mob.grab(per_identity=8)
+        limit = world.bob.config.max_sessions_per_peer
+        assert limit == 2
+        assert len(mob.held) == 64 * 8  # each newcomer replaced that identity's oldest ...
+        assert len(mob.holding()) == 64 * limit  # ... so each holds `limit`
+        assert all(world.bob._sessions_of[key.public] == limit for key in HOARDERS)
+        assert world.bob.counters.sessions_evicted == 64 * (8 - limit)
+        assert world.bob._sessions == 2 + 64 * limit
+        assert await paying_newcomer(world) == b"dave pays"
+        assert world.bob.payee_channels[world.channels["alice"]].spent == 2 * PRICE
+
+
+async def test_a_full_node_evicts_idle_sessions_without_a_channel() -> None:
+    """A node full of idle channel-less sessions admits a newcomer by evicting the one
+    idle longest; sessions of paying peers are never evicted for it."""
+    config = NodeConfig(watcher=False, max_sessions=32)
+    async with provider_world(config) as world, hoarders(world) as mob:
+        alice_stream = world.alice._connections[world.bob.peer_id].stream
+        await mob.grab(per_identity=1)  # 64 identities for 30 free slots
+        assert world.bob._sessions == 32
+        assert mob.refused == 0  # every newcomer took an idle hoarder's place ...
+        assert world.bob.counters.sessions_evicted == 64 - 30
+        # ... the one idle longest first: the last 30 identities remain
+        assert mob.holding() == [key.public for key in HOARDERS[-30:]]
+        with trio.fail_after(5), pytest.raises(StreamClosed):
+            await mob.held[0].receive()  # an evicted hoarder reads the reset
+        assert await paying_newcomer(world) == b"dave pays"
+        assert len(mob.holding()) == 29  # DAVE took the place of the oldest hoarder
+        assert HOARDERS[-30].public not in mob.holding()
+        # ALICE and CAROL (channels) kept their sessions all along
+        assert world.alice._connections[world.bob.peer_id].stream is alice_stream
+        await world.alice.call(world.bob_addr, "echo", b"still here", max_price=PRICE)
+        assert world.bob.counters.sessions_refused == 0
+
+
+async def test_refused_frames_do_not_keep_an_idle_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Only useful frames (an admitted request, the hello) hold off idle_timeout: a peer
+    sending one refused request now and then is reset; one making paid calls is not. On
+    the old code the refused frames kept the session for ever."""
+    config = NodeConfig(watcher=False, idle_timeout=10.0)
+    async with provider_world(config) as world, raw_peer(world) as mallory:
+        await mallory.connect()
+        resets = world.bob.counters.idle_resets
+        refused = 0
+        with trio.fail_after(60):
+            while True:
+                await trio.sleep(4)
+                answer = await mallory.exchange(unknown_channel_request(world, 1 + refused))
+                if answer is None:
+                    break
+                assert isinstance(answer, Refusal) and answer.code is ErrorCode.UNKNOWN_CHANNEL
+                refused += 1
+        assert refused == 2  # at 4 s and 8 s; at 12 s the session was gone (reset at 10 s)
+        assert world.bob.counters.idle_resets == resets + 3  # MALLORY's, ALICE's, CAROL's
+        # paid calls every 4 s for 60 s keep the session
+        await mallory.connect()
+        for n in range(1, 16):
+            await trio.sleep(4)
+            answer = await mallory.exchange(world.mallory_request(n).to_frame())
+            assert isinstance(answer, Response) and answer.ok
+        assert world.bob.counters.idle_resets == resets + 3
+        assert mallory.connects == 2
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +407,9 @@ async def test_idle_streams_are_reset_but_not_while_a_request_is_in_flight() -> 
         with trio.fail_after(5), pytest.raises(StreamClosed):
             await mallory.stream.receive()  # we stay silent: reset after ~0.3 s
         assert world.bob.counters.idle_resets >= 1
+        with trio.fail_after(5):  # ALICE's and CAROL's idle sessions went too, and they saw it
+            while world.bob._sessions or world.alice._connections:
+                await trio.sleep(0.01)
         # a call longer than the idle timeout is not cut (the stream is busy) ...
         result = await world.alice.call(world.bob_addr, "slow", b"", max_price=PRICE)
         assert result.body == b"slow but paid"

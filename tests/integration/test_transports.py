@@ -211,9 +211,19 @@ async def test_max_frame_exact_ok_and_one_more_refused_by_receiver(net: Net) -> 
             client = await alice.connect(bob.addrs[0])
             big = bytes(range(256)) * (DEFAULT_MAX_FRAME // 256)
             assert len(big) == DEFAULT_MAX_FRAME == 1 << 20
-            await client.send(big)
-            server = await acceptor.accept()
-            assert await server.receive() == big
+            server: Stream | None = None
+
+            async def receive_big() -> None:
+                nonlocal server
+                server = await acceptor.accept()
+                assert await server.receive() == big
+
+            # A reader runs meanwhile: on libp2p a frame larger than the yamux receive
+            # window (256 KiB, p2pay.net.p2p.RECEIVE_WINDOW) needs the peer to read.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive_big)
+                await client.send(big)
+            assert server is not None
 
             async def send_too_big() -> None:
                 # The sender does not judge. The receiver refuses on the prefix and never
@@ -736,6 +746,110 @@ async def test_libp2p_listen_addresses_and_argument_checks() -> None:
         assert alice.addrs[0].startswith("/ip4/127.0.0.1/tcp/")
         assert alice.addrs[0].endswith(f"/p2p/{ALICE.peer_id}")
         assert int(alice.addrs[0].split("/")[4]) > 0
+
+
+async def test_libp2p_a_peer_ignoring_the_yamux_window_loses_its_connection() -> None:
+    """py-libp2p 0.8.1 buffers whatever a yamux peer sends ("peer exceeded receive window",
+    then it carries on): 64 MiB pushed into a stream whose reader is paused all sat in
+    memory. Now the connection is closed at the first byte beyond the window, and what
+    the receiver buffered for the stream never exceeds MAX_STREAM_BUFFER."""
+    import struct
+
+    from libp2p.stream_muxer.yamux import yamux
+
+    from p2pay.net.p2p import MAX_STREAM_BUFFER, RECEIVE_WINDOW
+
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(MALLORY, echo) as mallory,
+    ):
+        with trio.fail_after(T):
+            client = await mallory.connect(bob.addrs[0])
+            await client.send(b"hello")
+            server = await acceptor.accept()
+            assert await server.receive() == b"hello"  # then the server reads no more
+        assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+        conn, stream_id = server._net.muxed_conn, server._net.muxed_stream.stream_id
+        raw, raw_id = client._net.muxed_conn, client._net.muxed_stream.stream_id
+        chunk = b"\x01x" * ((65536 - 12) // 2)  # one-byte frames, in 64 KiB yamux frames
+        header = struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_DATA, 0, raw_id, len(chunk))
+        sent = peak = 0
+        with trio.fail_after(6 * T):
+            try:
+                # ignoring WINDOW_UPDATEs: straight to the connection, until it is closed
+                while sent < 64 << 20 and not raw.event_shutting_down.is_set():
+                    await raw._write_frame(header + chunk)
+                    sent += len(chunk)
+                    peak = max(peak, len(conn.stream_buffers.get(stream_id, b"")))
+                    await trio.sleep(0)
+            except Exception:
+                pass  # the receiver closed the connection
+            while not conn.event_closed.is_set():
+                await trio.sleep(0.01)
+        peak = max(peak, getattr(conn, "max_buffered", 0))
+        assert 0 < peak <= MAX_STREAM_BUFFER
+        assert sent < 64 << 20  # stopped by BOB's GO_AWAY, or by the closed socket
+        assert conn.window_violations == 1
+        assert RECEIVE_WINDOW < MAX_STREAM_BUFFER
+        with trio.fail_after(T):  # the whole connection is gone, for both ends
+            while True:
+                try:
+                    await server.receive()
+                except (StreamClosed, FrameTooLarge):
+                    break
+            with pytest.raises(StreamClosed):
+                await client.receive()
+        # an honest peer, on a new connection, is served as before
+        async with open_libp2p_transport(CAROL, echo) as carol:
+            with trio.fail_after(T):
+                stream = await carol.connect(bob.addrs[0])
+                await stream.send(b"honest")
+                again = await acceptor.accept()
+                assert await again.receive() == b"honest"
+
+
+async def test_libp2p_a_port_in_use_is_an_error_not_a_shared_listener() -> None:
+    """py-libp2p 0.8.1 binds with SO_REUSEPORT, so a second transport on a port another
+    one holds used to listen too (and took part of its connections). Now the bind is
+    exclusive: AddressInUse, whether the holder is a node in this process or any other
+    socket; other listen failures are a ListenError; the first node keeps serving."""
+    from p2pay.net import AddressInUse, ListenError
+
+    async with open_libp2p_transport(ALICE, echo) as alice:
+        port = int(alice.addrs[0].split("/")[4])
+        with pytest.raises(AddressInUse) as caught:
+            async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]):
+                pass
+        assert caught.value.addr == f"/ip4/127.0.0.1/tcp/{port}"
+        assert "already in use" in caught.value.message
+        # one good address and one taken: still an error, nothing half-listening
+        with pytest.raises(AddressInUse):
+            async with open_libp2p_transport(
+                BOB, echo, listen=["/ip4/127.0.0.1/tcp/0", f"/ip4/127.0.0.1/tcp/{port}"]
+            ):
+                pass
+        async with open_libp2p_transport(CAROL, echo) as carol:  # alice still answers
+            with trio.fail_after(T):
+                for _ in range(4):  # new connections too: none lands elsewhere
+                    stream = await carol.connect(alice.addrs[0])
+                    await stream.send(b"still alice")
+                    assert await stream.receive() == b"still alice"
+                    await stream.aclose()
+    with socket.socket() as holder:  # a plain socket (another program) holding a port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(AddressInUse):
+            async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]):
+                pass
+    with pytest.raises(ListenError) as not_ours:  # an address this host does not have
+        async with open_libp2p_transport(BOB, echo, listen=["/ip4/192.0.2.1/tcp/0"]):
+            pass
+    assert not isinstance(not_ours.value, AddressInUse)
+    # released: the port can be listened on again once its holder has gone
+    async with open_libp2p_transport(BOB, echo, listen=[f"/ip4/127.0.0.1/tcp/{port}"]) as bob:
+        assert bob.addrs[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/")
 
 
 # --- memory only ------------------------------------------------------------------

@@ -1,0 +1,362 @@
+"""Honest paying clients beside hostile peers, on loopback libp2p (issue 14, item 6).
+
+One provider (BOB, in this process, so its buffers can be inspected) serves ``echo`` over
+libp2p with a small ``max_sessions``. Beside the honest clients run:
+
+* `HOARDERS` identities with no channel, each keeping ``max_sessions_per_peer`` idle
+  sessions open (hello, then silence) and reopening every one the provider resets;
+* one window flooder (MALLORY, with a channel): it sends paid requests without reading
+  the answers until the provider's outbox for it is full and its reader pauses, then
+  writes yamux DATA frames straight to the connection, ignoring the receive window;
+  when the provider cuts it off it reconnects and does it again.
+
+Each honest client (its own key, channel and node) makes `calls` paid calls; a call
+refused OVERLOADED, or lost with its connection before it was admitted, is retried after
+a back-off (at most `MAX_ATTEMPTS` attempts). Reported: the share of honest calls
+answered within their deadline (`DEADLINE` seconds from the first attempt) and their
+latency, how often the provider evicted / refused / cut off, and the most bytes any one
+stream held in the provider's muxer and frame reader.
+
+``python -m benchmarks.hostile_load [--honest N] [--calls C] [--baseline]`` prints one
+JSON line per run (``--baseline`` adds a run without the hostile peers, to compare).
+The slow test ``tests/hardening/test_hardening_hostile_load.py`` runs it with 200 honest
+clients and checks what must hold on any machine: every honest call served, buffers
+within their bounds, every receipt paid exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import resource
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from p2pay.core.errors import Overloaded
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Hello, Request, decode_frame
+from p2pay.core.settlement import Params
+from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.net.base import StreamClosed
+from p2pay.net.p2p import open_libp2p_transport
+from p2pay.node import Call, ConnectionLost, Node, NodeConfig, open_node
+
+PRICE = 1_000
+TOKEN = 10**24
+LEDGER_ID = b"p2pay:bench:hostile"
+BOB = Keypair.from_seed(bytes([2]) * 32)
+MALLORY = Keypair.from_seed(bytes([4]) * 32)
+HOARDERS = 64
+MAX_ATTEMPTS = 60
+DEADLINE = 120.0  # seconds from a call's first attempt to its answer
+BACKOFF = 0.25
+HOARDER_RETRY = 1.0  # a hoarder reopens a session this long after losing one
+
+
+def _key(label: bytes, i: int) -> Keypair:
+    return Keypair.from_seed(hashlib.sha256(b"p2pay hostile load %s %d" % (label, i)).digest())
+
+
+async def _echo(call: Call) -> bytes:
+    return call.body
+
+
+async def _ignore(stream: Any) -> None:
+    await stream.aclose()
+
+
+class Run:
+    """What one run saw."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []  # per honest call, first attempt to answer
+        self.attempts: list[int] = []
+        self.failed: list[str] = []  # honest calls never served (with the last error)
+        self.retry_causes: dict[str, int] = {}
+        self.receipts: dict[bytes, int] = {}  # honest channel -> prices on its receipts
+        self.hoarder_sessions = 0  # sessions the hoarders got (hello answered)
+        self.hoarder_refusals = 0
+        self.floods = 0  # flooder connections cut off by the provider
+        self.flood_bytes = 0
+        self.max_muxer_buffer = 0  # most bytes one stream held in the provider's muxer
+        self.max_reader_buffer = 0  # most bytes one session's FrameReader held
+        self.muxers: set[Any] = set()
+
+
+def _watch_buffers(bob: Node, run: Run) -> None:
+    for session in list(bob._live):
+        net = getattr(session.stream, "_net", None)
+        if net is None:
+            continue
+        run.muxers.add(net.muxed_conn)
+        run.max_reader_buffer = max(run.max_reader_buffer, session.stream._reader.buffered)
+    for conn in run.muxers:
+        run.max_muxer_buffer = max(run.max_muxer_buffer, getattr(conn, "max_buffered", 0))
+        for buffer in list(conn.stream_buffers.values()):
+            run.max_muxer_buffer = max(run.max_muxer_buffer, len(buffer))
+
+
+async def _sampler(bob: Node, run: Run) -> None:
+    while True:
+        _watch_buffers(bob, run)
+        await trio.sleep(0.05)
+
+
+async def _hoarder(key: Keypair, addr: str, per_peer: int, run: Run) -> None:
+    hello = Hello.create(key, ledger=LEDGER_ID).to_frame()
+    async with open_libp2p_transport(key, _ignore) as transport:
+
+        async def hold() -> None:
+            while True:
+                try:
+                    stream = await transport.connect(addr)
+                    with trio.fail_after(10):
+                        await stream.send(hello)
+                        first = decode_frame(await stream.receive())
+                    if isinstance(first, Hello):
+                        run.hoarder_sessions += 1
+                        with contextlib.suppress(StreamClosed):
+                            await stream.receive()  # silence until the provider resets
+                    else:
+                        run.hoarder_refusals += 1
+                    await stream.reset()
+                except Exception:  # NetError, TooSlowError, a refused dial...
+                    pass
+                await trio.sleep(HOARDER_RETRY)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(per_peer):
+                nursery.start_soon(hold)
+
+
+async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None:
+    channel = await ledger.open_channel(MALLORY, BOB.public, 10**15, 60_000)
+    n = 0
+    async with open_libp2p_transport(MALLORY, _ignore) as transport:
+        while True:
+            try:
+                stream: Any = await transport.connect(addr)
+                with trio.fail_after(10):
+                    await stream.send(Hello.create(MALLORY, ledger=LEDGER_ID).to_frame())
+                    if not isinstance(decode_frame(await stream.receive()), Hello):
+                        await stream.reset()
+                        await trio.sleep(0.5)
+                        continue
+                session = next(
+                    (s for s in bob._live if s.stream.remote_public == MALLORY.public), None
+                )
+                if session is None:
+                    await stream.reset()
+                    continue
+                conn = session.stream._net.muxed_conn
+
+                async def requests(stream: Any) -> None:
+                    nonlocal n
+                    with contextlib.suppress(StreamClosed):
+                        for _ in range(40):
+                            n += 1
+                            request = Request.create(
+                                MALLORY,
+                                ledger=LEDGER_ID,
+                                channel=channel,
+                                n=n,
+                                paid=n * PRICE,
+                                price=PRICE,
+                                service="echo",
+                                body=b"m" * 60_000,
+                                deadline=wall_clock_ms() + 60_000,
+                            )
+                            await stream.send(request.to_frame())
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(requests, stream)
+                    with trio.move_on_after(30):  # the provider's outbox for us fills
+                        while len(session.outbox.items) < bob.config.max_outbox:
+                            await trio.sleep(0.01)
+                    raw = stream._net.muxed_conn
+                    header = struct.pack(
+                        "!BBHII", 0, 0, 0, stream._net.muxed_stream.stream_id, 65000
+                    )
+                    chunk = header + b"\x00" * 65000
+                    with trio.move_on_after(30), contextlib.suppress(Exception):
+                        while not raw.event_shutting_down.is_set():
+                            await raw._write_frame(chunk)
+                            run.flood_bytes += 65000
+                            await trio.sleep(0)
+                    nursery.cancel_scope.cancel()
+                if getattr(conn, "window_violations", 0):
+                    run.floods += 1
+                _watch_buffers(bob, run)
+                await stream.reset()
+            except Exception:  # NetError, TooSlowError, a refused dial...
+                pass
+            await trio.sleep(0.5)
+
+
+async def _honest(i: int, ledger: MemoryLedger, addr: str, calls: int, run: Run) -> None:
+    key = _key(b"honest", i)
+    await ledger.mint(key, key.account, TOKEN)
+    config = NodeConfig(watcher=False, default_timeout=30.0)
+    async with open_node(key=key, ledger=ledger, config=config) as node:
+        channel = b""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                channel = (await node.open_channel(addr, deposit=10**12)).channel
+                break
+            except (Overloaded, ConnectionLost) as exc:
+                run.retry_causes[type(exc).__name__] = (
+                    run.retry_causes.get(type(exc).__name__, 0) + 1
+                )
+                await trio.sleep(BACKOFF * min(8, attempt + 1))
+        if not channel:
+            run.failed.append(f"client {i}: no channel")
+            return
+        run.receipts.setdefault(channel, 0)
+        for c in range(calls):
+            began = trio.current_time()
+            last = ""
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    result = await node.call(addr, "echo", b"%d:%d" % (i, c), max_price=PRICE)
+                except (Overloaded, ConnectionLost) as exc:
+                    last = type(exc).__name__
+                    run.retry_causes[last] = run.retry_causes.get(last, 0) + 1
+                    await trio.sleep(BACKOFF * min(8, attempt))
+                    continue
+                assert result.body == b"%d:%d" % (i, c) and result.price == PRICE
+                assert result.receipt.verify(BOB.public)
+                run.receipts[channel] += result.price
+                run.latencies.append(trio.current_time() - began)
+                run.attempts.append(attempt)
+                break
+            else:
+                run.failed.append(f"client {i} call {c}: {last}")
+
+
+@contextlib.asynccontextmanager
+async def provider(config: NodeConfig) -> AsyncIterator[tuple[MemoryLedger, Node]]:
+    ledger = MemoryLedger(
+        Params(ledger_id=LEDGER_ID, dev=True, claim_bond=10**18, max_deadline_horizon_ms=600_000)
+    )
+    for key in (BOB, MALLORY):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    async with open_node(key=BOB, ledger=ledger, config=config) as bob:
+        bob.serve("echo", _echo, price=PRICE)
+        yield ledger, bob
+
+
+async def run_hostile_load(
+    *,
+    honest: int,
+    calls: int = 3,
+    hoarders: int = HOARDERS,
+    max_sessions: int = 96,
+    flooder: bool = True,
+    concurrency: int = 50,
+    idle_timeout: float = 5.0,
+) -> dict[str, Any]:
+    """Run the scenario; honest clients start `concurrency` at a time. Returns the
+    figures (see `Run`) and the provider's channels for the checks."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 20 * (honest + hoarders) + 1024
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    config = NodeConfig(
+        watcher=False, max_sessions=max_sessions, max_outbox=8, idle_timeout=idle_timeout
+    )
+    run = Run()
+    started = time.monotonic()
+    async with provider(config) as (ledger, bob):
+        addr = bob.addrs[0]
+        async with trio.open_nursery() as hostile:
+            hostile.start_soon(_sampler, bob, run)
+            for i in range(hoarders):
+                hostile.start_soon(
+                    _hoarder, _key(b"hoarder", i), addr, config.max_sessions_per_peer, run
+                )
+            if flooder:
+                hostile.start_soon(_flooder, ledger, bob, addr, run)
+            if hoarders or flooder:
+                await trio.sleep(2.0)  # the hostile peers take their sessions first
+            limiter = trio.CapacityLimiter(concurrency)
+
+            async def one(i: int) -> None:
+                async with limiter:
+                    await _honest(i, ledger, addr, calls, run)
+
+            async with trio.open_nursery() as clients:
+                for i in range(honest):
+                    clients.start_soon(one, i)
+            _watch_buffers(bob, run)
+            hostile.cancel_scope.cancel()
+        stored = {
+            ch: (bob.payee_channels[ch].spent, bob.payee_channels[ch].reserved)
+            for ch in run.receipts
+        }
+        counters = bob.counters
+        summary: dict[str, Any] = {
+            "honest_clients": honest,
+            "honest_calls": honest * calls,
+            "served": len(run.latencies),
+            "within_deadline": sum(1 for t in run.latencies if t <= DEADLINE),
+            "failed": run.failed[:10],
+            "latency_ms": _percentiles(run.latencies),
+            "attempts_max": max(run.attempts, default=0),
+            "retry_causes": run.retry_causes,
+            "hoarder_sessions": run.hoarder_sessions,
+            "hoarder_refusals": run.hoarder_refusals,
+            "floods_cut_off": run.floods,
+            "flood_mib": round(run.flood_bytes / (1 << 20), 1),
+            "max_muxer_buffer": run.max_muxer_buffer,
+            "max_reader_buffer": run.max_reader_buffer,
+            "sessions_evicted": counters.sessions_evicted,
+            "sessions_refused": counters.sessions_refused,
+            "idle_resets": counters.idle_resets,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        within = sum(1 for t in run.latencies if t <= DEADLINE)
+        summary["deadline_share"] = within / max(1, honest * calls)
+        return {"summary": summary, "receipts": dict(run.receipts), "stored": stored}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = {q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.9, 0.99)}
+    return {f"p{int(q * 100)}": round(v * 1000, 1) for q, v in pick.items()} | {
+        "max": round(ordered[-1] * 1000, 1)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--honest", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--max-sessions", type=int, default=96)
+    parser.add_argument(
+        "--baseline", action="store_true", help="also run without the hostile peers"
+    )
+    args = parser.parse_args()
+    runs = [("hostile", HOARDERS, True)] + ([("baseline", 0, False)] if args.baseline else [])
+    for label, hoarders, flooder in runs:
+        result = trio.run(
+            lambda h=hoarders, f=flooder: run_hostile_load(
+                honest=args.honest,
+                calls=args.calls,
+                max_sessions=args.max_sessions,
+                hoarders=h,
+                flooder=f,
+            )
+        )
+        print(json.dumps({"run": label} | result["summary"], sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

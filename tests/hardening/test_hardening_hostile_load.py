@@ -1,0 +1,44 @@
+"""Load with hostility (issue 14, item 6): 200 honest paying clients beside 64
+session-hoarding identities and one window-flooding payer, all on loopback libp2p
+against one provider in this process (`benchmarks.hostile_load`).
+
+Asserted only what must hold on any machine, whatever its load (no timing):
+
+* every honest call is eventually served: OVERLOADED refusals and connections lost
+  before admission are retried (at most `MAX_ATTEMPTS` attempts each), then served;
+* memory stays bounded: no stream ever held more than `MAX_STREAM_BUFFER` bytes in the
+  provider's muxer, nor more than ``max_frame`` + 9 + 64 KiB in its frame reader (bytes
+  buffered, measured in the objects, not RSS);
+* the flooder was cut off (its window violation detected) and the hoarders were evicted
+  to make room, never a paying session in flight;
+* nothing lost or made up: per honest channel, what the provider charged equals the
+  prices on the receipts that client holds, and nothing stays reserved.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.hostile_load import MAX_ATTEMPTS, run_hostile_load
+from p2pay.net.framing import READ_SIZE
+from p2pay.net.p2p import MAX_STREAM_BUFFER
+from p2pay.node import NodeConfig
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
+
+
+async def test_two_hundred_honest_clients_beside_hoarders_and_a_flooder() -> None:
+    result = await run_hostile_load(honest=200, calls=3)
+    summary = result["summary"]
+    print("\nhostile load:", summary)
+    assert summary["failed"] == [], summary
+    assert summary["served"] == summary["honest_calls"] == 600
+    assert summary["attempts_max"] <= MAX_ATTEMPTS
+    assert summary["max_muxer_buffer"] <= MAX_STREAM_BUFFER
+    assert summary["max_reader_buffer"] <= NodeConfig().max_frame + 9 + READ_SIZE
+    assert summary["floods_cut_off"] >= 1
+    assert summary["hoarder_sessions"] > 0 and summary["sessions_evicted"] > 0
+    for channel, paid in result["receipts"].items():
+        spent, reserved = result["stored"][channel]
+        assert (spent, reserved) == (paid, 0), channel.hex()
+    assert sum(result["receipts"].values()) == 600 * 1_000
