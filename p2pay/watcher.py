@@ -413,12 +413,31 @@ class Watcher:
         for other in await self._known_requests(ch, request):
             if other.hash != request.hash and other.channel == request.channel:
                 seen.append(other)
+        # Requests of the other claims on this channel are payer-signed too: two claims
+        # whose slices overlap, or that share a number, refute each other (claims.md 2),
+        # even when neither reached us on a stream.
+        seen.extend(await self._claimed_requests(claim, request))
         if use_evidence:
             evidence = self._evidence(ch, request, seen)
             if evidence is not None:
                 return _Answer(evidence=evidence)
         same_n = any(other.n == request.n for other in seen)
-        return _Answer(response=await self._serve_claimed(ch, request, claim, same_n))
+        response = await self._serve_claimed(ch, request, claim, same_n)
+        return None if response is None else _Answer(response=response)
+
+    async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
+        """The requests of the other claims against us on `claimed`'s channel."""
+        found: list[Request] = []
+        for other in await self.node.ledger.claims_of(self.node.account):
+            if other.id == claim.id or other.channel != claimed.channel:
+                continue
+            try:
+                request = decode_frame(other.request_frame)
+            except P2payError:
+                continue
+            if isinstance(request, Request) and request.hash != claimed.hash:
+                found.append(request)
+        return found
 
     async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
         """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
@@ -449,8 +468,12 @@ class Watcher:
 
     async def _serve_claimed(
         self, ch: PayeeChannel, request: Request, claim: Claim, seen: bool
-    ) -> Response:
+    ) -> Response | None:
         """Serve (or refuse) a request that reached us only through a claim (C-6).
+
+        None when its number is taken by a request still in flight (or one whose answer is
+        being stored): a refusal would refund a slice we may have earned (C-2), so the
+        caller tries again, and then finds that request as evidence.
 
         The same admission as on a stream; the handler's deadline is the claim's window
         end minus the answer margin; the charge is durable before the answer is signed.
@@ -468,6 +491,12 @@ class Watcher:
             seen=seen,
             deadline=deadline,
         )
+        if (
+            isinstance(decision, Refuse)
+            and decision.code is ErrorCode.REPLAY
+            and request.n in ch.pending
+        ):
+            return None  # the number is being served: wait for its voucher (evidence)
         if isinstance(decision, Refuse):
             node.counters.refused[decision.code.value] += 1
             log.info("claim %s refused: %s", claim.id.hex(), decision.code.value)
