@@ -466,3 +466,41 @@ async def test_a_claim_in_conflict_with_a_served_request_is_frivolous(conflict: 
         await wait_until(recorded)
         [info] = await alice.claims()
         assert info.bond_returned is False and info.refund == 0
+
+
+async def test_claims_sharing_one_slice_refute_each_other_never_refunding_twice() -> None:
+    """Attack N3: made-up claims on ONE fresh slice, filed at once, for a service the provider
+    does not offer. Answered concurrently from the provider's own store alone, each would be
+    refused and refunded, so the slice would be refunded several times, out of what the
+    provider earned. Another claim's request is payer-signed evidence too (claims.md 2): at
+    most one is refused (its slice was never earned), every other one is frivolous."""
+    ledger = make_ledger()
+    async with pair(ledger) as (alice, bob):
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        served = await alice.call(bob.peer_id, "echo", b"real", max_price=PRICE)
+        assert served.n == 1
+        now = await ledger.now()
+        made_up = [
+            claimed_request(
+                ch.channel, n, deadline=now - 1, paid=2 * PRICE, service="nosuch", body=b"x"
+            )
+            for n in range(2, 8)
+        ]
+        claim_ids = [await ledger.file_claim(ALICE, request) for request in made_up]
+        await wait_until(lambda: decided(ledger, claim_ids))
+        outcomes = []
+        for claim_id in claim_ids:
+            claim = await ledger.claim(claim_id)
+            assert claim is not None
+            outcomes.append(claim.state)
+        assert ClaimState.UPHELD not in outcomes
+        assert outcomes.count(ClaimState.REFUSED) <= 1, outcomes
+        channel = await ledger.channel(ch.channel)
+        assert channel is not None
+        spent = bob.payee_channels[ch.channel].spent
+        assert spent == PRICE
+        assert channel.paid_seen - channel.refunded >= spent  # C-2
+        assert channel.clawed == 0
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None and stake.amount == STAKE
