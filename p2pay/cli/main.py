@@ -583,7 +583,12 @@ def stake(
 @home_option
 @json_option
 def unstake(withdraw: bool, ledger: str | None, as_json: bool) -> None:
-    """Request unstaking (starts the unbonding period), or --withdraw after it."""
+    """Request unstaking (starts the unbonding period), or --withdraw after it.
+
+    Keep `p2pay node run` going until the unbonding period ends: claims can still be filed
+    for requests dated up to the unstake time plus the deadline horizon (specs/claims.md C-9),
+    and only a running watcher answers them.
+    """
     home = settings().home
     key = home.key()
     spec = home.ledger_spec(ledger)
@@ -610,6 +615,10 @@ def unstake(withdraw: bool, ledger: str | None, as_json: bool) -> None:
     else:
         echo(f"unbonding {render.amount_text(doc['staked'])}")
         echo(f"withdraw with `p2pay unstake --withdraw` after {doc['unbonding_at']} (Unix ms)")
+        echo(
+            "keep `p2pay node run` going until then: its watcher answers claims that may "
+            "still be filed against the stake"
+        )
 
 
 # ---------------------------------------------------------------------------
