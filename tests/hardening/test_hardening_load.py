@@ -3,13 +3,17 @@
 The provider is a ``p2pay node run`` process (home and ledger made with the CLI) offering
 a service that takes 20 ms, with a small node-wide in-flight limit
 (``max_in_flight_total``) and a per-stream limit of 2 (``max_in_flight``). N clients, each
-its own key and channel, run in this process and call it as fast as the provider's
-answers allow (two calls at a time each, as its hello permits). Checked:
+its own key and channel, run in this process and each makes a fixed number of paid calls
+(two at a time, as its hello permits), retrying a call refused OVERLOADED (after a short
+back-off) or lost to a transient network error, within a generous bound. Checked, and
+only what must hold however loaded the machine is (issue 16: no throughput or timing
+assertion):
 
-* overload is refused with OVERLOADED (signed, price 0), and never cuts a stream;
+* every client is eventually served all its calls;
 * the provider's resident memory stays under an explicit bound while it serves them;
-* every served request is paid: per channel, the provider's stored `spent` equals the
-  sum of the prices on the receipts that client holds;
+* nothing is lost or created: per channel, the provider's stored `spent` is the sum of
+  the prices on the receipts that client holds, plus at most the prices of calls that
+  timed out on the client (charged, answer lost);
 * the provider still serves after the load stops.
 
 The quick test runs 30 clients; the slow one 200.
@@ -58,7 +62,25 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
-async def run_load(tmp_path: Path, clients: int, seconds: float) -> dict[str, Any]:
+#: paid calls each of a client's two workers must get served
+CALLS = 3
+#: attempts per call before the test gives up on it (OVERLOADED, transient errors)
+MAX_ATTEMPTS = 200
+
+
+async def _connect(node: Any, addr: str) -> None:
+    """Connect, retrying transient failures (a loaded machine times handshakes out)."""
+    for attempt in range(20):
+        try:
+            await node.connect(addr)
+            return
+        except (P2payError, NetError):
+            if attempt == 19:
+                raise
+            await trio.sleep(0.5)
+
+
+async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
     raise_fd_limit(20 * clients + 1024)
     (tmp_path / "hardening_services.py").write_text(SERVICE_MODULE, encoding="utf-8")
     setup = make_provider_home(
@@ -76,6 +98,7 @@ async def run_load(tmp_path: Path, clients: int, seconds: float) -> dict[str, An
     public = public_from_peer_id(setup["peer_id"])
     receipts: dict[bytes, int] = {}
     outcomes = {"ok": 0, "overloaded": 0, "timeouts": 0, "other": 0}
+    served: dict[bytes, int] = {}
     other: dict[str, int] = {}
     rss: list[int] = []
     latency: dict[str, list[float]] = {"ok": [], "overloaded": []}
@@ -108,28 +131,31 @@ async def run_load(tmp_path: Path, clients: int, seconds: float) -> dict[str, An
                 for node in nodes:
                     channels[node.account] = (await node.open_channel(addr, deposit=10**12)).channel
                     receipts[channels[node.account]] = 0
-                stop_at = 0.0
+                    served[channels[node.account]] = 0
 
                 async def worker(node: Any) -> None:
-                    while trio.current_time() < stop_at:
-                        began = trio.current_time()
-                        try:
-                            result = await node.call(addr, "slow", b"load", max_price=PRICE)
-                        except Overloaded:
-                            outcomes["overloaded"] += 1
-                            latency["overloaded"].append(trio.current_time() - began)
-                            await trio.sleep(0.02)  # back off, as a client should
-                        except CallTimeout:
-                            outcomes["timeouts"] += 1
-                        except (P2payError, NetError) as exc:
-                            outcomes["other"] += 1
-                            other[type(exc).__name__] = other.get(type(exc).__name__, 0) + 1
-                            await trio.sleep(0.1)
-                        else:
-                            assert result.receipt.verify(public) and result.price == PRICE
-                            receipts[result.channel] += result.price
-                            outcomes["ok"] += 1
-                            latency["ok"].append(trio.current_time() - began)
+                    for _call in range(CALLS):
+                        for _attempt in range(MAX_ATTEMPTS):
+                            began = trio.current_time()
+                            try:
+                                result = await node.call(addr, "slow", b"load", max_price=PRICE)
+                            except Overloaded:
+                                outcomes["overloaded"] += 1
+                                latency["overloaded"].append(trio.current_time() - began)
+                                await trio.sleep(0.05)  # back off, as a client should
+                            except CallTimeout:
+                                outcomes["timeouts"] += 1
+                            except (P2payError, NetError) as exc:
+                                outcomes["other"] += 1
+                                other[type(exc).__name__] = other.get(type(exc).__name__, 0) + 1
+                                await trio.sleep(0.1)
+                            else:
+                                assert result.receipt.verify(public) and result.price == PRICE
+                                receipts[result.channel] += result.price
+                                served[result.channel] += 1
+                                outcomes["ok"] += 1
+                                latency["ok"].append(trio.current_time() - began)
+                                break
 
                 async def sample() -> None:
                     while True:
@@ -142,16 +168,16 @@ async def run_load(tmp_path: Path, clients: int, seconds: float) -> dict[str, An
                     # connect everyone first (Noise handshakes), then load
                     async with trio.open_nursery() as connecting:
                         for node in nodes:
-                            connecting.start_soon(node.connect, addr)
+                            connecting.start_soon(_connect, node, addr)
                     connect_seconds = time.monotonic() - connected_at
-                    stop_at = trio.current_time() + seconds
                     load_started = trio.current_time()
                     cpu_before = provider.cpu_seconds()
                     own_cpu_before = time.process_time()
-                    async with trio.open_nursery() as load:
-                        for node in nodes:
-                            for _ in range(2):
-                                load.start_soon(worker, node)
+                    with trio.fail_after(900):  # a bound, not a target
+                        async with trio.open_nursery() as load:
+                            for node in nodes:
+                                for _ in range(2):
+                                    load.start_soon(worker, node)
                     load_seconds = trio.current_time() - load_started
                     cpu = (provider.cpu_seconds() - cpu_before) / load_seconds
                     own_cpu = (time.process_time() - own_cpu_before) / load_seconds
@@ -180,6 +206,7 @@ async def run_load(tmp_path: Path, clients: int, seconds: float) -> dict[str, An
         "outcomes": outcomes,
         "other": other,
         "receipts": receipts,
+        "served": served,
         "stored": stored,
         "baseline_rss": baseline,
         "peak_rss": max(rss),
@@ -206,23 +233,22 @@ def _percentiles(values: list[float]) -> str:
 
 def check(result: dict[str, Any], rss_bound: int) -> None:
     outcomes = result["outcomes"]
-    served = sum(1 for paid in result["receipts"].values() if paid > 0)
-    assert outcomes["ok"] >= 2 * result["clients"]
-    assert served >= 0.9 * result["clients"], f"only {served} clients were ever served"
-    assert outcomes["overloaded"] > 0, "the node-wide limit refused nothing"
-    assert outcomes["timeouts"] == 0 and outcomes["other"] == 0, result["other"]
-    assert result["rate_limited"] == 0  # overload is the node's, not the clients' fault
-    # every served request is paid, channel by channel
+    # every client was served every call it made (after retries)
+    starved = {ch.hex()[:8]: n for ch, n in result["served"].items() if n < 2 * CALLS}
+    assert not starved, f"clients not served all their calls: {starved} ({outcomes})"
+    # nothing lost or created, channel by channel: the provider's durable `spent` is what
+    # the client's receipts say, plus at most the calls whose answer the client gave up on
     for channel, paid in result["receipts"].items():
         record = result["stored"][channel]
-        assert record is not None and record.spent == paid, channel.hex()
+        assert record is not None, channel.hex()
+        assert paid <= record.spent <= paid + outcomes["timeouts"] * PRICE, channel.hex()
     assert sum(result["receipts"].values()) == (outcomes["ok"] + 1) * PRICE
     # memory stays bounded
     assert result["peak_rss"] - result["baseline_rss"] < rss_bound, result["peak_rss"]
 
 
 def report(result: dict[str, Any]) -> str:
-    served = sum(1 for paid in result["receipts"].values() if paid > 0)
+    served = sum(1 for n in result["served"].values() if n >= 2 * CALLS)
     return (
         f"{result['clients']} clients ({served} served): {result['outcomes']}, "
         f"{result['rate']:.0f} paid req/s over {result['load_seconds']:.1f} s, "
@@ -234,13 +260,13 @@ def report(result: dict[str, Any]) -> str:
 
 
 async def test_thirty_clients_overload_memory_and_payment(tmp_path: Path) -> None:
-    result = await run_load(tmp_path, clients=30, seconds=3.0)
+    result = await run_load(tmp_path, clients=30)
     print("\nload:", report(result))
     check(result, rss_bound=64 * MIB)
 
 
 @pytest.mark.slow
 async def test_two_hundred_clients(tmp_path: Path) -> None:
-    result = await run_load(tmp_path, clients=200, seconds=8.0)
+    result = await run_load(tmp_path, clients=200)
     print("\nload (slow):", report(result))
     check(result, rss_bound=160 * MIB)
