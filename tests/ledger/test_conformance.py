@@ -137,12 +137,12 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     future = tmp_path / "future.db"
     await (await SqliteLedger.create(future)).aclose()
     conn = sqlite3.connect(future)
-    conn.execute("UPDATE meta SET value = x'03' WHERE key = 'version'")
+    conn.execute("UPDATE meta SET value = x'04' WHERE key = 'version'")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerVersionError, match="unknown version") as info:
         await SqliteLedger.open(future)
-    assert info.value.version == 3
+    assert info.value.version == 4
     with pytest.raises(Exception, match="claim_bond"):
         await SqliteLedger.create(tmp_path / "bad.db", claim_bond=-1)
     with pytest.raises(Exception, match="bad ledger parameters"):
@@ -150,22 +150,28 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     assert not (tmp_path / "bad.db").exists() and not (tmp_path / "bad2.db").exists()
 
 
-async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(tmp_path: Path) -> None:
-    """Version 1 files (claim rules before issue 13) are refused with a typed error that
-    tells the user to create a new dev ledger; the file is left exactly as it was."""
-    assert sqlite_backend.VERSION == 2
-    old = tmp_path / "v1.db"
+@pytest.mark.parametrize("version", [1, 2])
+async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(
+    tmp_path: Path, version: int
+) -> None:
+    """Version 1 files (claim rules before issue 13) and version 2 files (unsigned
+    operations, no nonces, before issue 14) are refused with a typed error that tells the
+    user to create a new dev ledger; the file is left exactly as it was."""
+    assert sqlite_backend.VERSION == 3
+    old = tmp_path / f"v{version}.db"
     ledger = await SqliteLedger.create(old, dev=True)
     await ledger.mint(ALICE, ALICE.account, 5)
     await ledger.aclose()
     conn = sqlite3.connect(old)
-    conn.execute("UPDATE meta SET value = x'01' WHERE key = 'version'")
+    conn.execute(f"UPDATE meta SET value = x'0{version}' WHERE key = 'version'")
     conn.commit()
     conn.close()
     before = old.read_bytes()
-    with pytest.raises(LedgerVersionError, match=r"version 1 .*create a new dev ledger") as info:
+    with pytest.raises(
+        LedgerVersionError, match=rf"version {version} .*create a new dev ledger"
+    ) as info:
         await SqliteLedger.open(old)
-    assert info.value.version == 1 and isinstance(info.value, LedgerFileError)
+    assert info.value.version == version and isinstance(info.value, LedgerFileError)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     assert old.read_bytes() == before
 
