@@ -324,3 +324,85 @@ async def test_events_for_an_account_match_filtering_all_events(ledger_factory: 
         assert got == expected
         assert cursor == everything[-1].seq
     assert (await ledger.events_for(BOB.account, everything[-1].seq, 10))[0] == []
+
+
+async def test_sqlite_another_process_cannot_act_for_the_victim(tmp_path: Path) -> None:
+    """Issue 14 item 6 (regression): two homes share one ledger file (the README set-up);
+    the attacker's own ledger object on that file can neither move the victim's balance
+    nor start its unstaking: not with an impostor key object naming the victim's account
+    (the old ledger trusted ``key.account``), nor with a transaction it signed itself, nor
+    by replaying the victim's own signed transaction."""
+    from p2pay.core.settlement import RequestUnstake, Transfer
+    from p2pay.core.tx import sign_transaction
+    from p2pay.testing import MALLORY
+
+    class Impostor:
+        account = ALICE.account
+        public = ALICE.public
+        sign = staticmethod(MALLORY.sign)
+
+    path = tmp_path / "shared.db"
+    victim = await SqliteLedger.create(path, dev=True)
+    await victim.mint(ALICE, ALICE.account, 10 * TOKEN)
+    await victim.stake(ALICE, 4 * TOKEN, TOKEN, 10_000)
+    paid = sign_transaction(
+        ALICE,
+        victim.ledger_id,
+        await victim.next_nonce(ALICE.account),
+        Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN),
+    )
+    await victim.submit(paid)
+    attacker = await SqliteLedger.open(path)
+    before = (await attacker.totals(), await attacker.events(limit=1 << 20))
+    nonce = await attacker.next_nonce(ALICE.account)
+    attempts = [
+        lambda: attacker.transfer(Impostor(), MALLORY.account, 5 * TOKEN),
+        lambda: attacker.request_unstake(Impostor()),
+        lambda: attacker.submit(
+            sign_transaction(
+                MALLORY,
+                attacker.ledger_id,
+                nonce,
+                Transfer(sender=ALICE.account, to=MALLORY.account, amount=5 * TOKEN),
+            )
+        ),
+        lambda: attacker.submit(
+            sign_transaction(
+                MALLORY, attacker.ledger_id, nonce, RequestUnstake(sender=ALICE.account)
+            )
+        ),
+        lambda: attacker.submit(paid),  # the victim's own transaction, again
+    ]
+    codes = []
+    for attempt in attempts:
+        with pytest.raises(SettlementError) as info:
+            await attempt()
+        codes.append(info.value.code)
+    assert codes == [ErrorCode.INVALID_SIGNATURE] * 4 + [ErrorCode.BAD_NONCE]
+    assert await victim.balance(ALICE.account) == 5 * TOKEN
+    assert await victim.balance(MALLORY.account) == 0
+    stake = await victim.stake_of(ALICE.account)
+    assert stake is not None and (stake.amount, stake.unbonding_at) == (4 * TOKEN, 0)
+    assert (await victim.totals(), await victim.events(limit=1 << 20)) == before
+    assert await victim.next_nonce(ALICE.account) == nonce
+    await victim.aclose()
+    await attacker.aclose()
+
+
+async def test_memory_ledger_refuses_an_impostor_key() -> None:
+    """The memory ledger checks the same signature (no trusted shortcut)."""
+    from p2pay.testing import MALLORY
+
+    class Impostor:
+        account = ALICE.account
+        public = ALICE.public
+        sign = staticmethod(MALLORY.sign)
+
+    ledger = MemoryLedger(dev=True)
+    await ledger.mint(ALICE, ALICE.account, 10)
+    with pytest.raises(SettlementError) as info:
+        await ledger.transfer(Impostor(), MALLORY.account, 10)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
+    assert await ledger.balance(ALICE.account) == 10
+    assert await ledger.next_nonce(ALICE.account) == 2  # the mint was her only transaction
+    await ledger.aclose()
