@@ -15,7 +15,10 @@ holds the state somewhere (a dict, a SQLite file, a chain), and for each operati
    atomically: an operation is applied entirely or not at all.
 
 A backend never re-implements a rule; `OpLedger` builds the op dataclasses from the
-public methods' arguments so that a backend only writes `_submit` and the reads.
+public methods' arguments so that a backend only writes `_submit` and the reads. The
+memory and SQLite backends (`LocalLedger`) write `_submit_signed` instead: in the same
+atomic section as steps 2 to 4 they read the sender's next nonce, have the transaction
+signed for it and check it (`p2pay.core.tx.check_transaction`, specs/settlement.md 11).
 
 `Ledger` is the async protocol (trio-native) the node, the watcher, the CLI and the
 simulator use. The `key` argument of an operation is the sender's key: the op's sender is
