@@ -406,3 +406,56 @@ async def test_memory_ledger_refuses_an_impostor_key() -> None:
     assert await ledger.balance(ALICE.account) == 10
     assert await ledger.next_nonce(ALICE.account) == 2  # the mint was her only transaction
     await ledger.aclose()
+
+
+_ATTACKER = """
+import sys, trio
+from p2pay.core.errors import SettlementError
+from p2pay.ledger import SqliteLedger
+from p2pay.testing import ALICE, MALLORY
+
+class Impostor:  # names the victim's account, holds only the attacker's secret
+    account = ALICE.account
+    public = ALICE.public
+    sign = staticmethod(MALLORY.sign)
+
+async def main():
+    ledger = await SqliteLedger.open(sys.argv[1])
+    for attempt in (
+        lambda: ledger.transfer(Impostor(), MALLORY.account, 1),
+        lambda: ledger.request_unstake(Impostor()),
+    ):
+        try:
+            await attempt()
+            print("APPLIED")
+        except SettlementError as exc:
+            print(exc.code.value)
+    await ledger.aclose()
+
+trio.run(main)
+"""
+
+
+async def test_sqlite_attacker_in_another_process_cannot_act_for_the_victim(
+    tmp_path: Path,
+) -> None:
+    """Issue 14 item 6, as found: a second process on the shared ledger file."""
+    import os
+    import sys
+
+    path = tmp_path / "shared.db"
+    ledger = await SqliteLedger.create(path, dev=True)
+    await ledger.mint(ALICE, ALICE.account, 10)
+    await ledger.stake(ALICE, 4, 1, 10_000)
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, "-c", _ATTACKER, str(path)], env=env, capture_stdout=True
+        )
+    assert done.stdout.decode().split() == ["INVALID_SIGNATURE", "INVALID_SIGNATURE"]
+    assert await ledger.balance(ALICE.account) == 6
+    stake = await ledger.stake_of(ALICE.account)
+    assert stake is not None and (stake.amount, stake.unbonding_at) == (4, 0)
+    assert len(await ledger.events()) == 2
+    await ledger.aclose()
