@@ -1839,6 +1839,174 @@ async def _case_channels_and_claims_of(h: LedgerHarness) -> None:
     expect_eq(await L.claims_of(MALLORY.account), [], "claims of MALLORY")
 
 
+# --- signed transactions (memory and SQLite; specs/settlement.md section 11) -------
+#
+# An EVM ledger authenticates `msg.sender` on chain and orders transactions with the
+# chain's own nonces: run these cases only on backends that take signed transactions
+# (`submit(tx)`, `next_nonce`); an EVM suite skips the names in `SIGNED_TX_CASES`.
+
+SIGNED_TX_CASES: set[str] = set()
+
+
+def _tx_case(fn: CaseFn) -> CaseFn:
+    SIGNED_TX_CASES.add(fn.__name__.removeprefix("_case_"))
+    return _case(fn)
+
+
+class _Impostor:
+    """A key object that names `victim`'s account but signs with `signer`'s secret."""
+
+    def __init__(self, victim: Keypair, signer: Keypair) -> None:
+        self.account = victim.account
+        self.public = victim.public
+        self.sign = signer.sign
+
+
+def _tx_ledger(h: LedgerHarness) -> Any:
+    inner = h.ledger.inner
+    expect(
+        callable(getattr(inner, "submit", None)) and callable(getattr(inner, "next_nonce", None)),
+        "this backend takes no signed transactions (submit/next_nonce): skip SIGNED_TX_CASES",
+    )
+    return inner
+
+
+async def _refused_tx(h: LedgerHarness, code: ErrorCode, tx: Any, what: str) -> None:
+    """`submit(tx)` is refused with `code` and nothing readable changed (S-4)."""
+    inner = _tx_ledger(h)
+    before = await h.ledger.snapshot()
+    nonces = [await inner.next_nonce(a) for a in h.accounts]
+    tx_count = inner.tx_count
+    await h.refused(code, inner.submit, tx)
+    expect_eq(await h.ledger.snapshot(), before, f"S-4: refused {what} changed the ledger")
+    expect_eq([await inner.next_nonce(a) for a in h.accounts], nonces, f"nonces after {what}")
+    expect_eq(inner.tx_count, tx_count, f"tx_count after a refused {what}")
+
+
+@_tx_case
+async def _case_tx_forged_sender_refused(h: LedgerHarness) -> None:
+    """Issue 14: nobody moves the victim's money or starts its unstaking without its key."""
+    from p2pay.core.settlement import RequestUnstake, Transfer
+    from p2pay.core.tx import sign_transaction
+
+    L = h.ledger
+    inner = _tx_ledger(h)
+    await h.funded((ALICE, 10 * TOKEN))
+    await L.stake(ALICE, 4 * TOKEN, TOKEN, 10_000)
+    nonce = await inner.next_nonce(ALICE.account)
+    steal = Transfer(sender=ALICE.account, to=MALLORY.account, amount=6 * TOKEN)
+    unstake = RequestUnstake(sender=ALICE.account)
+    for op in (steal, unstake):
+        forged = sign_transaction(MALLORY, L.ledger_id, nonce, op)
+        await _refused_tx(h, ErrorCode.INVALID_SIGNATURE, forged, "forged transaction")
+        unsigned = dataclasses.replace(forged, signature=b"")
+        await _refused_tx(h, ErrorCode.INVALID_SIGNATURE, unsigned, "unsigned transaction")
+    # the named operations sign with the key they are given: an impostor key fails
+    impostor = _Impostor(ALICE, MALLORY)
+    await h.refused(ErrorCode.INVALID_SIGNATURE, L.transfer, impostor, MALLORY.account, 1)
+    await h.refused(ErrorCode.INVALID_SIGNATURE, L.request_unstake, impostor)
+    await h.refused(ErrorCode.INVALID_SIGNATURE, L.withdraw, impostor, 1)
+    expect_eq(await h.balances(ALICE, MALLORY), [6 * TOKEN, 0], "balances after forgeries")
+    stake = await L.stake_of(ALICE.account)
+    assert stake is not None
+    expect_eq((stake.amount, stake.unbonding_at), (4 * TOKEN, 0), "victim's stake untouched")
+    expect_eq(await inner.next_nonce(ALICE.account), nonce, "victim's nonce untouched")
+    # and the victim's own transaction with that nonce goes through
+    await inner.submit(sign_transaction(ALICE, L.ledger_id, nonce, steal))
+    expect_eq(await h.balances(ALICE, MALLORY), [0, 6 * TOKEN], "the owner's own transfer")
+
+
+@_tx_case
+async def _case_tx_replay_refused(h: LedgerHarness) -> None:
+    from p2pay.core.settlement import Transfer
+    from p2pay.core.tx import sign_transaction
+
+    L = h.ledger
+    inner = _tx_ledger(h)
+    await h.funded((ALICE, 10 * TOKEN))
+    nonce = await inner.next_nonce(ALICE.account)
+    tx = sign_transaction(
+        ALICE, L.ledger_id, nonce, Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN)
+    )
+    receipt = await inner.submit(tx)
+    expect_eq([e.kind for e in receipt.events], ["Transferred"], "events of the transaction")
+    expect_eq(await inner.next_nonce(ALICE.account), nonce + 1, "nonce after a transaction")
+    await _refused_tx(h, ErrorCode.BAD_NONCE, tx, "replayed transaction")
+    await L.transfer(ALICE, BOB.account, TOKEN)  # a named op takes the next nonce
+    await _refused_tx(h, ErrorCode.BAD_NONCE, tx, "replayed transaction")
+    expect_eq(await h.balances(ALICE, BOB), [8 * TOKEN, 2 * TOKEN], "each transfer once")
+
+
+@_tx_case
+async def _case_tx_reordered_refused_then_valid_sequence(h: LedgerHarness) -> None:
+    from p2pay.core.settlement import Transfer, Withdraw
+    from p2pay.core.tx import sign_transaction
+
+    L = h.ledger
+    inner = _tx_ledger(h)
+    await h.funded((ALICE, 10 * TOKEN))
+    n = await inner.next_nonce(ALICE.account)
+    ops = [
+        Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN),
+        Withdraw(sender=ALICE.account, amount=2 * TOKEN),
+        Transfer(sender=ALICE.account, to=CAROL.account, amount=3 * TOKEN),
+    ]
+    txs = [sign_transaction(ALICE, L.ledger_id, n + i, op) for i, op in enumerate(ops)]
+    await _refused_tx(h, ErrorCode.BAD_NONCE, txs[1], "transaction 2 before 1")
+    await _refused_tx(h, ErrorCode.BAD_NONCE, txs[2], "transaction 3 before 1")
+    for i, tx in enumerate(txs):
+        await inner.submit(tx)
+        expect_eq(await inner.next_nonce(ALICE.account), n + i + 1, "nonce in a valid sequence")
+    expect_eq(await h.balances(ALICE, BOB, CAROL), [4 * TOKEN, TOKEN, 3 * TOKEN], "balances")
+    expect_eq((await L.totals()).supply, 8 * TOKEN, "supply after the withdraw")
+    # a refused transaction consumes no nonce: the next one reuses it
+    n = await inner.next_nonce(ALICE.account)
+    too_much = Transfer(sender=ALICE.account, to=BOB.account, amount=5 * TOKEN)
+    await _refused_tx(
+        h,
+        ErrorCode.INSUFFICIENT_FUNDS,
+        sign_transaction(ALICE, L.ledger_id, n, too_much),
+        "transaction the rules refuse",
+    )
+    await L.transfer(ALICE, BOB.account, TOKEN)
+    expect_eq(await inner.next_nonce(ALICE.account), n + 1, "nonce after a refusal and an op")
+    await _refused_tx(
+        h,
+        ErrorCode.BAD_NONCE,
+        sign_transaction(ALICE, L.ledger_id, n, too_much),
+        "stale refused transaction",
+    )
+    # nonces are per sender: CAROL's first transaction is number 1
+    expect_eq(await inner.next_nonce(CAROL.account), 1, "a new sender's first nonce")
+
+
+@_tx_case
+async def _case_tx_for_another_ledger_refused(h: LedgerHarness) -> None:
+    from p2pay.core.settlement import Transfer
+    from p2pay.core.tx import Transaction, sign_transaction
+
+    L = h.ledger
+    inner = _tx_ledger(h)
+    await h.funded((ALICE, 10 * TOKEN))
+    other = await h.new_ledger()  # another ledger where ALICE has the same nonce
+    n = await inner.next_nonce(ALICE.account)
+    expect_eq(await other.inner.next_nonce(ALICE.account), 1, "nonce on a fresh ledger")
+    op = Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN)
+    elsewhere = sign_transaction(ALICE, other.ledger_id, n, op)
+    await _refused_tx(h, ErrorCode.WRONG_LEDGER, elsewhere, "transaction for another ledger")
+    # relabelled for this ledger, its signature no longer holds
+    relabelled = dataclasses.replace(elsewhere, ledger=L.ledger_id)
+    await _refused_tx(h, ErrorCode.INVALID_SIGNATURE, relabelled, "relabelled transaction")
+    for bad in (
+        op,
+        b"not a transaction",
+        Transaction(ledger=L.ledger_id, nonce=0, op=op, signature=b""),
+    ):
+        await _refused_tx(h, ErrorCode.INVALID_ARGUMENT, bad, "malformed transaction")
+    await inner.submit(sign_transaction(ALICE, L.ledger_id, n, op))
+    expect_eq(await h.balances(ALICE, BOB), [9 * TOKEN, TOKEN], "the right transaction applies")
+
+
 # --- running ----------------------------------------------------------------
 
 
@@ -1884,6 +2052,7 @@ __all__ = [
     "CAROL",
     "EVENT_FIELDS",
     "MALLORY",
+    "SIGNED_TX_CASES",
     "T0",
     "TOKEN",
     "CheckedLedger",

@@ -69,6 +69,7 @@ class ErrorCode(enum.StrEnum):
     WINDOW_OPEN = "WINDOW_OPEN"
     WINDOW_CLOSED = "WINDOW_CLOSED"
     RESPONSE_MISMATCH = "RESPONSE_MISMATCH"
+    BAD_NONCE = "BAD_NONCE"  # a ledger transaction replayed, reordered or skipped
     INTERNAL = "INTERNAL"
 
 

@@ -15,12 +15,17 @@ holds the state somewhere (a dict, a SQLite file, a chain), and for each operati
    atomically: an operation is applied entirely or not at all.
 
 A backend never re-implements a rule; `OpLedger` builds the op dataclasses from the
-public methods' arguments so that a backend only writes `_submit` and the reads.
+public methods' arguments so that a backend only writes `_submit` and the reads. The
+memory and SQLite backends (`LocalLedger`) write `_submit_signed` instead: in the same
+atomic section as steps 2 to 4 they read the sender's next nonce, have the transaction
+signed for it and check it (`p2pay.core.tx.check_transaction`, specs/settlement.md 11).
 
 `Ledger` is the async protocol (trio-native) the node, the watcher, the CLI and the
-simulator use. The `key` argument of an operation is the sender's `Keypair`; in-process
-backends only use ``key.account`` as the op's sender (whoever holds the ledger object is
-trusted to act for the keys it holds), a chain backend signs the transaction with it.
+simulator use. The `key` argument of an operation is the sender's key: the op's sender is
+``key.account``, and the backend signs the transaction with `key` (specs/settlement.md
+section 11 on the memory and SQLite ledgers, which check the signature and the sender's
+nonce before applying; a chain backend signs the chain transaction with it). Nobody can
+act for an account without its key: there is no unsigned way to apply an op.
 
 `Totals` is the audit of invariant INV-conservation: every yocto minted and not
 withdrawn is in exactly one place, ``supply == balances + escrow + stakes + bonds +
@@ -37,7 +42,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import trio
 
-from p2pay.core.errors import ErrorCode, LocalProtocolError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import (
@@ -65,6 +70,7 @@ from p2pay.core.settlement import (
     Withdraw,
     WithdrawStake,
 )
+from p2pay.core.tx import FIRST_NONCE, Transaction, check_transaction, sign_transaction
 
 __all__ = [
     "Ledger",
@@ -256,21 +262,9 @@ class OpLedger(abc.ABC):
     async def now(self) -> int: ...
 
     @abc.abstractmethod
-    async def _submit(self, op: Op) -> Receipt:
-        """Apply `op` atomically; raise `SettlementError` unchanged when refused."""
-
-    async def submit(self, op: Op) -> Receipt:
-        """Apply a pre-built op and return its result and stored events.
-
-        The op's ``sender`` is trusted as given: this is for tests, simulations and
-        replays that build ops themselves. Everyone else uses the named operations.
-
-        Raises:
-            SettlementError: the contract refused the op; nothing changed.
-        """
-        receipt = await self._submit(op)
-        self._tx_count += 1
-        return receipt
+    async def _submit(self, op: Op, key: Any) -> Receipt:
+        """Apply `op`, authorised by `key` (the sender's key, ``key.account == op.sender``),
+        atomically; raise `SettlementError` unchanged when refused."""
 
     # --- reads every backend provides
     @abc.abstractmethod
@@ -321,35 +315,42 @@ class OpLedger(abc.ABC):
         await self.aclose()
 
     # --- operations
-    async def _do(self, op: Op) -> Any:
-        return (await self.submit(op)).result
+    async def _do(self, key: Any, op: Op) -> Any:
+        receipt = await self._submit(op, key)
+        self._tx_count += 1
+        return receipt.result
 
     async def mint(self, key: Keypair, account: bytes, amount: int) -> None:
         """Create `amount` yocto on `account` (dev ledgers only)."""
-        await self._do(Mint(sender=key.account, account=account, amount=amount))
+        await self._do(key, Mint(sender=key.account, account=account, amount=amount))
 
     async def transfer(self, key: Keypair, to: bytes, amount: int) -> None:
-        await self._do(Transfer(sender=key.account, to=to, amount=amount))
+        await self._do(key, Transfer(sender=key.account, to=to, amount=amount))
 
     async def withdraw(self, key: Keypair, amount: int) -> None:
         """Take `amount` out of the ledger (supply decreases)."""
-        await self._do(Withdraw(sender=key.account, amount=amount))
+        await self._do(key, Withdraw(sender=key.account, amount=amount))
 
     async def open_channel(
         self, key: Keypair, payee: bytes, deposit: int, challenge_ms: int
     ) -> bytes:
         """Open a channel from ``key.account`` to `payee`; returns the channel id."""
         result: bytes = await self._do(
-            OpenChannel(sender=key.account, payee=payee, deposit=deposit, challenge_ms=challenge_ms)
+            key,
+            OpenChannel(
+                sender=key.account, payee=payee, deposit=deposit, challenge_ms=challenge_ms
+            ),
         )
         return result
 
     async def top_up(self, key: Keypair, channel_id: bytes, amount: int) -> None:
-        await self._do(TopUp(sender=key.account, channel=channel_id, amount=amount))
+        await self._do(key, TopUp(sender=key.account, channel=channel_id, amount=amount))
 
     async def redeem(self, key: Keypair, voucher: Request, amount: int | None = None) -> int:
         """Payee collects up to ``voucher.paid`` (or `amount`); returns what was paid now."""
-        result: int = await self._do(Redeem(sender=key.account, voucher=voucher, amount=amount))
+        result: int = await self._do(
+            key, Redeem(sender=key.account, voucher=voucher, amount=amount)
+        )
         return result
 
     async def payee_close(
@@ -361,35 +362,36 @@ class OpLedger(abc.ABC):
     ) -> int:
         """Payee closes at once, redeeming `voucher` first if given; returns its payout."""
         result: int = await self._do(
-            PayeeClose(sender=key.account, channel=channel_id, voucher=voucher, amount=amount)
+            key, PayeeClose(sender=key.account, channel=channel_id, voucher=voucher, amount=amount)
         )
         return result
 
     async def start_close(self, key: Keypair, channel_id: bytes) -> None:
-        await self._do(StartClose(sender=key.account, channel=channel_id))
+        await self._do(key, StartClose(sender=key.account, channel=channel_id))
 
     async def finalize_close(self, key: Keypair, channel_id: bytes) -> None:
-        await self._do(FinalizeClose(sender=key.account, channel=channel_id))
+        await self._do(key, FinalizeClose(sender=key.account, channel=channel_id))
 
     async def stake(self, key: Keypair, amount: int, penalty: int, claim_window_ms: int) -> None:
         await self._do(
+            key,
             StakeOp(
                 sender=key.account,
                 amount=amount,
                 penalty=penalty,
                 claim_window_ms=claim_window_ms,
-            )
+            ),
         )
 
     async def request_unstake(self, key: Keypair) -> None:
-        await self._do(RequestUnstake(sender=key.account))
+        await self._do(key, RequestUnstake(sender=key.account))
 
     async def withdraw_stake(self, key: Keypair) -> None:
-        await self._do(WithdrawStake(sender=key.account))
+        await self._do(key, WithdrawStake(sender=key.account))
 
     async def file_claim(self, key: Keypair, request: Request) -> bytes:
         """File a claim with a signed request (and its body); returns the claim id."""
-        result: bytes = await self._do(FileClaim(sender=key.account, request=request))
+        result: bytes = await self._do(key, FileClaim(sender=key.account, request=request))
         return result
 
     async def answer_claim(
@@ -401,11 +403,12 @@ class OpLedger(abc.ABC):
         evidence: Request | None = None,
     ) -> None:
         await self._do(
-            AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence)
+            key,
+            AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence),
         )
 
     async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
-        await self._do(ResolveClaim(sender=key.account, claim=claim_id))
+        await self._do(key, ResolveClaim(sender=key.account, claim=claim_id))
 
 
 def copy_entity(entity: Any) -> Any:
@@ -441,3 +444,47 @@ class LocalLedger(OpLedger):
         """The clock in ms (never earlier than the last operation this object applied)."""
         await trio.lowlevel.checkpoint()
         return self._time()
+
+    # --- signed transactions (specs/settlement.md section 11)
+
+    @abc.abstractmethod
+    async def next_nonce(self, account: bytes) -> int:
+        """The nonce `account`'s next transaction must carry (1 for its first)."""
+
+    @abc.abstractmethod
+    async def _submit_signed(self, sender: bytes, make: Callable[[int], Transaction]) -> Receipt:
+        """Inside one atomic section: read `sender`'s next nonce, ``tx = make(nonce)``,
+        `check_transaction`, apply its op, store the nonce; or refuse and change nothing."""
+
+    async def submit(self, tx: Transaction) -> Receipt:
+        """Apply a transaction signed elsewhere (`p2pay.core.tx.sign_transaction`) and
+        return its result and stored events.
+
+        Raises:
+            SettlementError: INVALID_ARGUMENT, WRONG_LEDGER, INVALID_SIGNATURE, BAD_NONCE
+                (specs/settlement.md 11.3) or the op's own refusal; nothing changed.
+        """
+        sender = getattr(getattr(tx, "op", None), "sender", None)
+        if not isinstance(tx, Transaction) or not _is_account(sender):
+            check_transaction(tx, self._params, FIRST_NONCE)  # raises INVALID_ARGUMENT
+            raise SettlementError("not a signed Transaction", code=ErrorCode.INVALID_ARGUMENT)
+        assert isinstance(sender, bytes)
+        receipt = await self._submit_signed(sender, lambda _nonce: tx)
+        self._tx_count += 1
+        return receipt
+
+    async def _submit(self, op: Op, key: Any) -> Receipt:
+        """A named operation: the backend signs `op` with `key` at the sender's next nonce
+        inside its atomic section, then checks it like any transaction."""
+        if not _is_account(op.sender):
+            raise SettlementError("sender must be 32 bytes", code=ErrorCode.INVALID_ARGUMENT)
+        ledger_id, params = self._params.ledger_id, self._params
+
+        def make(nonce: int) -> Transaction:
+            return sign_transaction(key, ledger_id, nonce, op, params)
+
+        return await self._submit_signed(op.sender, make)
+
+
+def _is_account(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 32

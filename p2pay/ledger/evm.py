@@ -1306,7 +1306,8 @@ class EvmLedger(OpLedger):
         self.skipped.append(f"{where}: {reason}"[:300])
         log.warning("EVM ledger 0x%s: skipped %s: %s", self.address.hex(), where, reason[:300])
 
-    async def _submit(self, op: Op) -> Receipt:
+    async def _submit(self, op: Op, key: Any = None) -> Receipt:
+        # the chain transaction is signed with the registered key of op.sender (`_k`)
         if self._closed:
             raise LocalProtocolError("ledger is closed")
         timestamp = self._next_timestamp()

@@ -15,6 +15,11 @@ could not be stored durably fails here too).
 The clock defaults to the wall clock; simulations inject
 ``lambda: int(trio.current_time() * 1000)`` to run on trio's (mock) clock. The time an
 operation sees is ``max(clock(), time of the last operation)``.
+
+Every operation is a signed transaction checked exactly as the SQLite ledger checks it
+(specs/settlement.md section 11): signature of the sender, then its next nonce
+(``_nonces``, the last applied nonce per sender), inside the same synchronous section that
+applies the op.
 """
 
 from __future__ import annotations
@@ -34,12 +39,12 @@ from p2pay.core.settlement import (
     Channel,
     Claim,
     Event,
-    Op,
     Params,
     Stake,
     State,
     apply,
 )
+from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import LocalLedger, Receipt, Totals, copy_entity, totals_of
 
 __all__ = ["MemoryLedger", "wall_clock_ms"]
@@ -90,6 +95,7 @@ class MemoryLedger(LocalLedger):
         self._state = State(params=params)
         self._events: list[Event] = []
         self._by_account: dict[bytes, list[Event]] = {}  # events naming an account
+        self._nonces: dict[bytes, int] = {}  # last applied transaction's nonce per sender
         self._closed = False
 
     @property
@@ -97,11 +103,19 @@ class MemoryLedger(LocalLedger):
         """The live state (read it, never mutate it: use operations)."""
         return self._state
 
-    async def _submit(self, op: Op) -> Receipt:
+    async def next_nonce(self, account: bytes) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._nonces.get(account, 0) + 1
+
+    async def _submit_signed(self, sender: bytes, make: Callable[[int], Transaction]) -> Receipt:
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise LocalProtocolError("ledger is closed")
+        # from here to the end no checkpoint: atomic with respect to every other task
+        nonce = self._nonces.get(sender, 0) + 1
+        op = check_transaction(make(nonce), self._params, nonce)
         result, events = apply(self._state, op, self._time())
+        self._nonces[sender] = nonce
         stored: list[Event] = []
         for event in events:
             event = Event(

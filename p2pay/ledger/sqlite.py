@@ -25,12 +25,20 @@ reached the disk before it is acknowledged. ``busy_timeout`` (10 s) lets concurr
 writers queue instead of failing. Readers never block writers (WAL snapshots); `totals`
 reads every table inside one read transaction, so it sees one consistent state.
 
-Storage (format ``p2pay-ledger``, version 2; version 2 added the claim game of issue 13:
+Storage (format ``p2pay-ledger``, version 3; version 2 added the claim game of issue 13:
 ``Channel.paid_seen/refunded/clawed``, ``Stake.unstake_requested_at``, the claim outcomes and
-``Claim.price/paid/deadline/refund/clawed/evidence_frame``). A version 1 file is refused
-with `LedgerVersionError`: its claims were settled under the old rules (any answer won the
-bond) and cannot be restated under the new ones, so a development ledger is simply created
-again (``p2pay ledger create``).
+``Claim.price/paid/deadline/refund/clawed/evidence_frame``; version 3 the per-account
+transaction nonces of issue 14, table ``nonces``). A version 1 or 2 file is refused with
+`LedgerVersionError`: version 1 claims were settled under the old rules (any answer won the
+bond) and cannot be restated under the new ones, and a version 2 file has no nonces (its
+operations were not signed), so a development ledger is simply created again
+(``p2pay ledger create``).
+
+Signed transactions (specs/settlement.md section 11): the first thing an operation's write
+transaction does is read the sender's next nonce (table ``nonces``), have the transaction
+signed for it (a named operation signs with the caller's key right there, so concurrent
+writers never race for a nonce) and check it with `p2pay.core.tx.check_transaction`
+(ledger id, signature of the sender, nonce); the new nonce is written with the op's effects.
 
 * ``meta(key, value)``: format marker, version, params (canonical CBOR map), ledger id,
   and the globals, every value canonical CBOR.
@@ -41,6 +49,7 @@ again (``p2pay ledger create``).
   `claims_of`) plus ``data``, the entity's fields as a canonical CBOR map (CBOR holds
   integers up to 2**128 - 1 exactly, and the claim's request/response frames).
 * ``events(seq INTEGER PRIMARY KEY, kind, at, fields)``: fields as canonical CBOR.
+* ``nonces(account, last)``: the nonce of each account's last applied transaction.
 
 Threads: the connection is used from trio worker threads (`trio.to_thread.run_sync`, so
 the trio loop never blocks on disk), one thread at a time under a `threading.Lock`. The
@@ -69,7 +78,6 @@ from p2pay.core.settlement import (
     Channel,
     Claim,
     Event,
-    Op,
     OpenChannel,
     Params,
     Stake,
@@ -79,6 +87,7 @@ from p2pay.core.settlement import (
     touches,
     touches_loaded,
 )
+from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import (
     LedgerFileError,
     LocalLedger,
@@ -92,7 +101,7 @@ from p2pay.ledger.memory import wall_clock_ms
 __all__ = ["LedgerVersionError", "SqliteLedger"]
 
 FORMAT = b"p2pay-ledger"
-VERSION = 2
+VERSION = 3
 
 
 class LedgerVersionError(LedgerFileError):
@@ -124,6 +133,7 @@ CREATE INDEX claims_respondent ON claims (respondent);
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, at INTEGER NOT NULL, fields BLOB NOT NULL
 );
+CREATE TABLE nonces (account BLOB PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
 """
 _GLOBALS = ("supply", "burnt", "nonce", "seq", "last_at")
 
@@ -404,9 +414,14 @@ class SqliteLedger(LocalLedger):
             if rows.get("format") is None or _uncbor(rows["format"]) != FORMAT:
                 raise LedgerFileError(f"{path} is not a p2pay ledger")
             version = _uncbor(rows.get("version"))
-            if version == 1:
+            if version in (1, 2):
+                why = (
+                    "claim rules before issue 13"
+                    if version == 1
+                    else "unsigned operations before issue 14"
+                )
                 raise LedgerVersionError(
-                    f"{path} is a version 1 p2pay ledger (claim rules before issue 13); this "
+                    f"{path} is a version {version} p2pay ledger ({why}); this "
                     f"p2pay reads version {VERSION} only: create a new dev ledger "
                     "(p2pay ledger create) and fund it again",
                     version=version,
@@ -453,10 +468,14 @@ class SqliteLedger(LocalLedger):
 
     # --- operations
 
-    async def _submit(self, op: Op) -> Receipt:
+    async def next_nonce(self, account: bytes) -> int:
+        result: int = await self._run(_next_nonce, account)
+        return result
+
+    async def _submit_signed(self, sender: bytes, make: Callable[[int], Transaction]) -> Receipt:
         clock_now = self._time()  # read the clock in the trio thread (it may be trio's)
         try:
-            receipt: Receipt = await self._run(self._submit_sync, op, clock_now)
+            receipt: Receipt = await self._run(self._submit_sync, sender, make, clock_now)
         except sqlite3.OperationalError as exc:
             # e.g. "database is locked" after busy_timeout: the transaction was rolled
             # back, nothing moved, and the same operation may simply be retried.
@@ -467,10 +486,16 @@ class SqliteLedger(LocalLedger):
             self._last_at = max(self._last_at, receipt.events[-1].at)
         return receipt
 
-    def _submit_sync(self, conn: sqlite3.Connection, op: Op, clock_now: int) -> Receipt:
+    def _submit_sync(
+        self,
+        conn: sqlite3.Connection,
+        sender: bytes,
+        make: Callable[[int], Transaction],
+        clock_now: int,
+    ) -> Receipt:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            receipt = self._apply_in_txn(conn, op, clock_now)
+            receipt = self._apply_in_txn(conn, sender, make, clock_now)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -478,7 +503,17 @@ class SqliteLedger(LocalLedger):
             raise
         return receipt
 
-    def _apply_in_txn(self, conn: sqlite3.Connection, op: Op, clock_now: int) -> Receipt:
+    def _apply_in_txn(
+        self,
+        conn: sqlite3.Connection,
+        sender: bytes,
+        make: Callable[[int], Transaction],
+        clock_now: int,
+    ) -> Receipt:
+        # specs/settlement.md 11: the sender's next nonce, read under the write lock; the
+        # transaction is signed (named operations) and checked before anything is loaded.
+        nonce = _next_nonce(conn, sender)
+        op = check_transaction(make(nonce), self._params, nonce)
         g = _read_globals(conn)
         now = max(clock_now, g["last_at"])
 
@@ -549,6 +584,11 @@ class SqliteLedger(LocalLedger):
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(_uint_blob(v), k) for k, v in new_globals.items() if v != g[k]],
+        )
+        conn.execute(
+            "INSERT INTO nonces (account, last) VALUES (?, ?) "
+            "ON CONFLICT (account) DO UPDATE SET last = excluded.last",
+            (sender, nonce),
         )
         return Receipt(result, tuple(stored))
 
@@ -668,6 +708,15 @@ def _read_globals(conn: sqlite3.Connection) -> dict[str, int]:
     if set(values) != set(_GLOBALS):
         raise LedgerFileError("corrupt ledger: globals missing")
     return values
+
+
+def _next_nonce(conn: sqlite3.Connection, account: bytes) -> int:
+    """The nonce `account`'s next transaction must carry (specs/settlement.md 11.2)."""
+    row = conn.execute("SELECT last FROM nonces WHERE account = ?", (account,)).fetchone()
+    last = 0 if row is None else row[0]
+    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        raise LedgerFileError("corrupt ledger: a stored nonce is not an int >= 0")
+    return last + 1
 
 
 def _load_balance(conn: sqlite3.Connection, account: bytes) -> int | None:

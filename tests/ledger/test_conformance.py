@@ -137,12 +137,12 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     future = tmp_path / "future.db"
     await (await SqliteLedger.create(future)).aclose()
     conn = sqlite3.connect(future)
-    conn.execute("UPDATE meta SET value = x'03' WHERE key = 'version'")
+    conn.execute("UPDATE meta SET value = x'04' WHERE key = 'version'")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerVersionError, match="unknown version") as info:
         await SqliteLedger.open(future)
-    assert info.value.version == 3
+    assert info.value.version == 4
     with pytest.raises(Exception, match="claim_bond"):
         await SqliteLedger.create(tmp_path / "bad.db", claim_bond=-1)
     with pytest.raises(Exception, match="bad ledger parameters"):
@@ -150,22 +150,28 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     assert not (tmp_path / "bad.db").exists() and not (tmp_path / "bad2.db").exists()
 
 
-async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(tmp_path: Path) -> None:
-    """Version 1 files (claim rules before issue 13) are refused with a typed error that
-    tells the user to create a new dev ledger; the file is left exactly as it was."""
-    assert sqlite_backend.VERSION == 2
-    old = tmp_path / "v1.db"
+@pytest.mark.parametrize("version", [1, 2])
+async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(
+    tmp_path: Path, version: int
+) -> None:
+    """Version 1 files (claim rules before issue 13) and version 2 files (unsigned
+    operations, no nonces, before issue 14) are refused with a typed error that tells the
+    user to create a new dev ledger; the file is left exactly as it was."""
+    assert sqlite_backend.VERSION == 3
+    old = tmp_path / f"v{version}.db"
     ledger = await SqliteLedger.create(old, dev=True)
     await ledger.mint(ALICE, ALICE.account, 5)
     await ledger.aclose()
     conn = sqlite3.connect(old)
-    conn.execute("UPDATE meta SET value = x'01' WHERE key = 'version'")
+    conn.execute(f"UPDATE meta SET value = x'0{version}' WHERE key = 'version'")
     conn.commit()
     conn.close()
     before = old.read_bytes()
-    with pytest.raises(LedgerVersionError, match=r"version 1 .*create a new dev ledger") as info:
+    with pytest.raises(
+        LedgerVersionError, match=rf"version {version} .*create a new dev ledger"
+    ) as info:
         await SqliteLedger.open(old)
-    assert info.value.version == 1 and isinstance(info.value, LedgerFileError)
+    assert info.value.version == version and isinstance(info.value, LedgerFileError)
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     assert old.read_bytes() == before
 
@@ -318,3 +324,138 @@ async def test_events_for_an_account_match_filtering_all_events(ledger_factory: 
         assert got == expected
         assert cursor == everything[-1].seq
     assert (await ledger.events_for(BOB.account, everything[-1].seq, 10))[0] == []
+
+
+async def test_sqlite_another_process_cannot_act_for_the_victim(tmp_path: Path) -> None:
+    """Issue 14 item 6 (regression): two homes share one ledger file (the README set-up);
+    the attacker's own ledger object on that file can neither move the victim's balance
+    nor start its unstaking: not with an impostor key object naming the victim's account
+    (the old ledger trusted ``key.account``), nor with a transaction it signed itself, nor
+    by replaying the victim's own signed transaction."""
+    from p2pay.core.settlement import RequestUnstake, Transfer
+    from p2pay.core.tx import sign_transaction
+    from p2pay.testing import MALLORY
+
+    class Impostor:
+        account = ALICE.account
+        public = ALICE.public
+        sign = staticmethod(MALLORY.sign)
+
+    path = tmp_path / "shared.db"
+    victim = await SqliteLedger.create(path, dev=True)
+    await victim.mint(ALICE, ALICE.account, 10 * TOKEN)
+    await victim.stake(ALICE, 4 * TOKEN, TOKEN, 10_000)
+    paid = sign_transaction(
+        ALICE,
+        victim.ledger_id,
+        await victim.next_nonce(ALICE.account),
+        Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN),
+    )
+    await victim.submit(paid)
+    attacker = await SqliteLedger.open(path)
+    before = (await attacker.totals(), await attacker.events(limit=1 << 20))
+    nonce = await attacker.next_nonce(ALICE.account)
+    attempts = [
+        lambda: attacker.transfer(Impostor(), MALLORY.account, 5 * TOKEN),
+        lambda: attacker.request_unstake(Impostor()),
+        lambda: attacker.submit(
+            sign_transaction(
+                MALLORY,
+                attacker.ledger_id,
+                nonce,
+                Transfer(sender=ALICE.account, to=MALLORY.account, amount=5 * TOKEN),
+            )
+        ),
+        lambda: attacker.submit(
+            sign_transaction(
+                MALLORY, attacker.ledger_id, nonce, RequestUnstake(sender=ALICE.account)
+            )
+        ),
+        lambda: attacker.submit(paid),  # the victim's own transaction, again
+    ]
+    codes = []
+    for attempt in attempts:
+        with pytest.raises(SettlementError) as info:
+            await attempt()
+        codes.append(info.value.code)
+    assert codes == [ErrorCode.INVALID_SIGNATURE] * 4 + [ErrorCode.BAD_NONCE]
+    assert await victim.balance(ALICE.account) == 5 * TOKEN
+    assert await victim.balance(MALLORY.account) == 0
+    stake = await victim.stake_of(ALICE.account)
+    assert stake is not None and (stake.amount, stake.unbonding_at) == (4 * TOKEN, 0)
+    assert (await victim.totals(), await victim.events(limit=1 << 20)) == before
+    assert await victim.next_nonce(ALICE.account) == nonce
+    await victim.aclose()
+    await attacker.aclose()
+
+
+async def test_memory_ledger_refuses_an_impostor_key() -> None:
+    """The memory ledger checks the same signature (no trusted shortcut)."""
+    from p2pay.testing import MALLORY
+
+    class Impostor:
+        account = ALICE.account
+        public = ALICE.public
+        sign = staticmethod(MALLORY.sign)
+
+    ledger = MemoryLedger(dev=True)
+    await ledger.mint(ALICE, ALICE.account, 10)
+    with pytest.raises(SettlementError) as info:
+        await ledger.transfer(Impostor(), MALLORY.account, 10)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
+    assert await ledger.balance(ALICE.account) == 10
+    assert await ledger.next_nonce(ALICE.account) == 2  # the mint was her only transaction
+    await ledger.aclose()
+
+
+_ATTACKER = """
+import sys, trio
+from p2pay.core.errors import SettlementError
+from p2pay.ledger import SqliteLedger
+from p2pay.testing import ALICE, MALLORY
+
+class Impostor:  # names the victim's account, holds only the attacker's secret
+    account = ALICE.account
+    public = ALICE.public
+    sign = staticmethod(MALLORY.sign)
+
+async def main():
+    ledger = await SqliteLedger.open(sys.argv[1])
+    for attempt in (
+        lambda: ledger.transfer(Impostor(), MALLORY.account, 1),
+        lambda: ledger.request_unstake(Impostor()),
+    ):
+        try:
+            await attempt()
+            print("APPLIED")
+        except SettlementError as exc:
+            print(exc.code.value)
+    await ledger.aclose()
+
+trio.run(main)
+"""
+
+
+async def test_sqlite_attacker_in_another_process_cannot_act_for_the_victim(
+    tmp_path: Path,
+) -> None:
+    """Issue 14 item 6, as found: a second process on the shared ledger file."""
+    import os
+    import sys
+
+    path = tmp_path / "shared.db"
+    ledger = await SqliteLedger.create(path, dev=True)
+    await ledger.mint(ALICE, ALICE.account, 10)
+    await ledger.stake(ALICE, 4, 1, 10_000)
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, "-c", _ATTACKER, str(path)], env=env, capture_stdout=True
+        )
+    assert done.stdout.decode().split() == ["INVALID_SIGNATURE", "INVALID_SIGNATURE"]
+    assert await ledger.balance(ALICE.account) == 6
+    stake = await ledger.stake_of(ALICE.account)
+    assert stake is not None and (stake.amount, stake.unbonding_at) == (4, 0)
+    assert len(await ledger.events()) == 2
+    await ledger.aclose()

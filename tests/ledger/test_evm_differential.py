@@ -23,7 +23,7 @@ from p2pay import testing
 from p2pay.core.errors import SettlementError
 from p2pay.core.evmsig import EvmKey
 from p2pay.core.messages import Request, Response
-from p2pay.core.settlement import AnswerClaim, Params
+from p2pay.core.settlement import Params
 from p2pay.ledger import MemoryLedger
 from p2pay.ledger.evm import MAX_BODY, BoaChain, EvmLedger
 from p2pay.testing import ManualClock
@@ -54,9 +54,6 @@ class Pair:
         outcomes = []
         for ledger in (self.evm, self.mem):
             try:
-                if name == "_answer_op":
-                    outcomes.append(("ok", (await ledger.submit(*args)).result))
-                    continue
                 outcomes.append(("ok", await getattr(ledger, name)(*args, **kwargs)))
             except SettlementError as exc:
                 outcomes.append(("refused", exc.code))
@@ -73,10 +70,8 @@ class Pair:
         response: Response | None = None,
         evidence: Request | None = None,
     ) -> Any:
-        """AnswerClaim with a response or with evidence, as a pre-built op on both."""
-        self.evm.register_key(key)
-        op = AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence)
-        return await self.both("_answer_op", op)
+        """AnswerClaim with a response or with evidence, on both."""
+        return await self.both("answer_claim", key, claim_id, response, evidence=evidence)
 
     async def same_state(self, channels: list[bytes], claims: list[bytes]) -> None:
         for account in (A.account, B.account, C.account):
