@@ -461,6 +461,10 @@ class Node:
         # Admitted requests not answered yet, by request hash: the outboxes of the
         # sessions where the payer re-sent one (each gets the answer too, C-4).
         self._unanswered: dict[bytes, list[_Outbox]] = {}
+        # Requests still being served whose deadline passed and whose claim the watcher
+        # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
+        # frame: the handler's late completion sends it, charges nothing, stores no other.
+        self._late_refused: dict[bytes, bytes] = {}
         self._transport: Any = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -1598,6 +1602,14 @@ class _ServerSession:
         for outbox in node._unanswered.pop(request.hash, ()):
             outbox.put(generation, frame)  # once more for each re-send, where it came
 
+    def _answer_stored(self, ch: PayeeChannel, request: Request, frame: bytes) -> None:
+        """Queue an answer already signed and staged (the watcher's), stage the channel."""
+        node = self.node
+        generation = node.persister.stage(payee=_payee_record(ch))
+        self.outbox.put(generation, frame)
+        for outbox in node._unanswered.pop(request.hash, ()):
+            outbox.put(generation, frame)
+
     async def _run_handler(
         self, ch: PayeeChannel, request: Request, service: _Service, call: Call
     ) -> None:
@@ -1615,34 +1627,55 @@ class _ServerSession:
             self.in_flight -= 1
             self.last_useful = trio.current_time()
             node._in_flight_total -= 1
-            done = ch.complete(request.n, ok=ok, now=node.now())
-            if done.refusal is not None:
-                # C-4: finished after the deadline: not charged, a signed refusal instead
+            late_frame = node._late_refused.pop(request.hash, None)
+            if late_frame is not None:
+                # Its claim was answered with a signed DEADLINE_EXCEEDED (claims.md C-1):
+                # release the reservation uncharged and send that very answer (stored).
+                ch.complete(request.n, ok=False)
                 node.counters.late_answers += 1
-                node.counters.refused[done.refusal.value] += 1
-                late = "the answer was ready after the request's deadline; nothing charged"
-                self._answer(
-                    ch,
-                    request,
-                    done.refusal.value,
-                    0,
-                    done.spent,
-                    refusal_body(late, {"deadline": request.deadline}),
-                )
-            elif ok:
-                node.counters.calls_served += 1
-                node.counters.charged += done.charged
-                self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
+                self._answer_stored(ch, request, late_frame)
             else:
-                node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
-                self._answer(
-                    ch,
-                    request,
-                    ErrorCode.HANDLER_ERROR.value,
-                    0,
-                    done.spent,
-                    refusal_body(error, details),
-                )
+                self._complete(ch, request, ok, body, error, details)
+
+    def _complete(
+        self,
+        ch: PayeeChannel,
+        request: Request,
+        ok: bool,
+        body: bytes,
+        error: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Charge (or not) a finished request and answer it (C-4: late is not charged)."""
+        node = self.node
+        done = ch.complete(request.n, ok=ok, now=node.now())
+        if done.refusal is not None:
+            # C-4: finished after the deadline: not charged, a signed refusal instead
+            node.counters.late_answers += 1
+            node.counters.refused[done.refusal.value] += 1
+            late = "the answer was ready after the request's deadline; nothing charged"
+            self._answer(
+                ch,
+                request,
+                done.refusal.value,
+                0,
+                done.spent,
+                refusal_body(late, {"deadline": request.deadline}),
+            )
+        elif ok:
+            node.counters.calls_served += 1
+            node.counters.charged += done.charged
+            self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
+        else:
+            node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
+            self._answer(
+                ch,
+                request,
+                ErrorCode.HANDLER_ERROR.value,
+                0,
+                done.spent,
+                refusal_body(error, details),
+            )
 
 
 async def run_service(

@@ -1,0 +1,132 @@
+"""Holes found by the adversarial review of the claim game (specs/claims.md; /work/attack
+N8, N9, N11, N12, N13). Nodes on the in-memory transport and a dev MemoryLedger; no test
+asserts on timing, every wait is bounded (`wait_until`, `trio.fail_after`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from p2pay.core.errors import ErrorCode
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Response, decode_frame
+from p2pay.core.settlement import ClaimState, Params
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, CallTimeout, Node, NodeConfig, open_node
+
+ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
+BOB = Keypair.from_seed(bytes([2]) * 32)  # provider
+PRICE = 1_000
+TOKEN = 10**24
+BOND = 10**18
+STAKE, PENALTY = 10**20, 10**19
+LEDGER_ID = b"p2pay:test:holes"
+
+FAST = NodeConfig(
+    watch_interval=0.05,
+    claim_grace_ms=50,
+    redeem_threshold=10**30,  # redeem only when a duty forces it
+    default_timeout=30.0,
+    min_challenge_ms=50,
+    claim_answer_margin_ms=300,
+)
+
+
+def make_ledger(**params: Any) -> MemoryLedger:
+    values: dict[str, Any] = {
+        "ledger_id": LEDGER_ID,
+        "dev": True,
+        "claim_bond": BOND,
+        "min_claim_window_ms": 50,
+        "min_challenge_ms": 50,
+        "max_deadline_horizon_ms": 60_000,
+    }
+    values.update(params)
+    return MemoryLedger(Params(**values))
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return
+            await trio.sleep(0.02)
+
+
+@asynccontextmanager
+async def pair(
+    ledger: MemoryLedger, *, bob_config: NodeConfig = FAST, alice_config: NodeConfig = FAST
+) -> AsyncIterator[tuple[Node, Node]]:
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    net = MemoryNetwork()
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=bob_config) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, config=alice_config) as alice,
+    ):
+        bob.serve("echo", echo, price=PRICE)
+        yield alice, bob
+
+
+async def test_n9_a_hung_handler_past_its_deadline_is_refused_not_slashed() -> None:
+    """N9 (C-1, C-4): a handler that outlives its request's deadline cannot be charged any
+    more; the claim on it is answered at once with a signed DEADLINE_EXCEEDED (the old
+    watcher waited for the handler until the window closed: UPHELD). When the handler
+    finally ends, nothing is charged and the stored answer is not replaced."""
+    ledger = make_ledger()
+    release = trio.Event()
+    started = trio.Event()
+
+    async def hung(call: Call) -> bytes:
+        started.set()
+        with trio.CancelScope(shield=True), trio.fail_after(30):
+            await release.wait()
+        return b"finally"
+
+    async with pair(ledger) as (alice, bob):
+        bob.serve("hung", hung, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=8_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        try:
+            with pytest.raises(CallTimeout):
+                await alice.call(bob.peer_id, "hung", b"x", max_price=PRICE, timeout=0.3)
+
+            async def decided() -> bool:
+                claims = await ledger.claims_of(BOB.account)
+                return bool(claims) and all(c.state is not ClaimState.OPEN for c in claims)
+
+            await wait_until(decided, timeout=30)
+            [claim] = await ledger.claims_of(BOB.account)
+            assert claim.state is ClaimState.REFUSED
+            response = decode_frame(claim.response_frame)
+            assert isinstance(response, Response) and response.verify(BOB.account)
+            assert response.status == ErrorCode.DEADLINE_EXCEEDED.value
+            assert response.price == 0
+            assert claim.slashed == 0
+        finally:
+            release.set()
+        payee = bob.payee_channels[ch.channel]
+
+        async def completed() -> bool:
+            return not payee.pending and not bob._unanswered
+
+        await wait_until(completed)
+        assert (payee.spent, payee.reserved) == (0, 0)  # released, never charged
+        await bob.persister.flush()
+        stored = await bob.store.response(response.request_hash)
+        assert stored is not None and stored.frame == claim.response_frame
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None and stake.amount == STAKE
