@@ -71,6 +71,7 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
+    MAX_SERVICE_NAME,
     STATUS_OK,
     Hello,
     Refusal,
@@ -82,7 +83,7 @@ from p2pay.core.messages import (
     decode_frame,
     refusal_body,
 )
-from p2pay.core.settlement import ChannelState
+from p2pay.core.settlement import ChannelState, Stake, StakeStatus, stake_status
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
 from p2pay.net.base import NetError, StreamClosed, send_frames
@@ -125,6 +126,24 @@ class RequestInDoubt(CallTimeout):
     stays silent)."""
 
     code = ErrorCode.REPLAY
+
+
+class Unclaimable(LocalProtocolError):
+    """A paid request the ledger would refuse to hear as a claim (its body is over the
+    ledger's ``max_claim_body``, or its service name outside the protocol's limits): a
+    provider could charge it, withhold the answer and keep the price (attack N12). Refused
+    locally, before anything is signed; nothing is charged."""
+
+    code = ErrorCode.BODY_TOO_LARGE
+
+
+class ProviderUnbonding(LocalProtocolError):
+    """The provider asked to unstake: the ledger refuses claims on requests whose deadline
+    is after ``unstake_requested_at + max_deadline_horizon_ms`` (claims.md C-9), so such a
+    paid request could be withheld without recourse (attack N11). Refused locally, before
+    anything is signed; nothing is charged."""
+
+    code = ErrorCode.UNBONDING
 
 
 class ConnectionLost(P2payError, ConnectionError):
@@ -465,6 +484,9 @@ class Node:
         # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
         # frame: the handler's late completion sends it, charges nothing, stores no other.
         self._late_refused: dict[bytes, bytes] = {}
+        # The stakes of the providers we pay: account -> (when read, Stake or None), read
+        # from the ledger before a paid call whose deadline the last read does not cover.
+        self._peer_stakes: dict[bytes, tuple[int, Stake | None]] = {}
         self._transport: Any = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -628,6 +650,59 @@ class Node:
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
         return self._stake
+
+    async def refresh_peer_stake(self, account: bytes) -> Stake | None:
+        """Read a provider's stake from the ledger (claims.md C-9: its status decides which
+        paid requests are still claimable) and cache it."""
+        read_at = self.now()  # before the read: the stake was at least this fresh
+        stake = await self.ledger.stake_of(account)
+        self._peer_stakes[account] = (read_at, stake)
+        return stake
+
+    async def _check_claimable(
+        self, payee: bytes, service: str, body: bytes, price: int, timeout: float
+    ) -> None:
+        """Refuse, before signing, a paid request the ledger would not hear as a claim
+        (protocol.md 14.4): a body over ``max_claim_body``, a service name outside the
+        protocol's limits (N12), or a deadline after the unbonding provider's last claimable
+        one, ``unstake_requested_at + max_deadline_horizon_ms`` (C-9, N11)."""
+        if price <= 0:
+            return  # nothing paid, nothing to claim
+        limit = self._ledger_param("max_claim_body")
+        if limit is not None and len(body) > limit:
+            raise Unclaimable(
+                f"a paid body of {len(body)} bytes is over the ledger's max_claim_body of "
+                f"{limit} bytes: it could not be claimed if the provider withheld the answer",
+                details={"max_claim_body": limit},
+            )
+        if not 1 <= len(service.encode()) <= MAX_SERVICE_NAME:
+            raise Unclaimable(
+                f"service name must be 1..{MAX_SERVICE_NAME} bytes to be claimable",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        horizon = self._ledger_param("max_deadline_horizon_ms")
+        if horizon is None:
+            return
+        now = self.now()
+        deadline = min(now + max(1, int(timeout * 1000)), now + horizon)  # as send_request
+        read_at, stake = self._peer_stakes.get(payee, (None, None))
+        # A stake read bonded at `read_at` cannot have started unbonding before it, so a
+        # deadline up to read_at + horizon is claimable whatever happened since; past
+        # that, read it again (once per horizon minus the timeout: rare on real ledgers).
+        if read_at is None or (
+            stake_status(stake) is not StakeStatus.UNBONDING and deadline > read_at + horizon
+        ):
+            stake = await self.refresh_peer_stake(payee)
+        if stake is None or stake_status(stake) is not StakeStatus.UNBONDING:
+            return
+        last = stake.unstake_requested_at + horizon
+        if deadline > last:
+            raise ProviderUnbonding(
+                f"the provider is unstaking (requested at {stake.unstake_requested_at}): "
+                f"a paid request with deadline {deadline} after {last} could not be claimed "
+                "(claims.md C-9); use a shorter timeout or another provider",
+                details={"unstake_requested_at": stake.unstake_requested_at, "last": last},
+            )
 
     def hello(self) -> Hello:
         return Hello.create(
@@ -1071,6 +1146,7 @@ class Node:
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
             async with conn.slots:
+                await self._check_claimable(payee, service, body, price, timeout)
                 slot = conn.send_request(ch, service, body, price, timeout)
                 if not await self._wait(slot, timeout + 0.05):
                     conn.abandon(ch, slot)

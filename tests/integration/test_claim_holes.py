@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from p2pay.core.errors import ErrorCode
+from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Response, decode_frame
 from p2pay.core.settlement import ClaimState, Params
@@ -130,3 +130,54 @@ async def test_n9_a_hung_handler_past_its_deadline_is_refused_not_slashed() -> N
         assert stored is not None and stored.frame == claim.response_frame
         stake = await ledger.stake_of(BOB.account)
         assert stake is not None and stake.amount == STAKE
+
+
+# ---------------------------------------------------------------------------
+# N12: a paid request the ledger would not hear as a claim is never sent
+
+
+async def test_n12_a_paid_body_over_the_ledgers_claim_limit_is_refused_before_signing() -> None:
+    ledger = make_ledger(max_claim_body=4096)
+    async with pair(ledger) as (alice, bob):
+        bob.serve("big", echo, price=PRICE, max_body=1 << 16)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=8_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        with pytest.raises(LocalProtocolError) as info:
+            await alice.call(bob.peer_id, "big", b"x" * 10_240, max_price=PRICE, timeout=5)
+        assert info.value.code is ErrorCode.BODY_TOO_LARGE
+        assert "max_claim_body" in str(info.value) and "4096" in str(info.value)
+        assert await alice.store.requests() == []  # nothing signed, nothing sent
+        assert alice.payer_channels[ch.channel].last_n == 0
+        result = await alice.call(bob.peer_id, "big", b"y" * 4096, max_price=PRICE, timeout=5)
+        assert result.body == b"y" * 4096 and result.price == PRICE
+
+
+# ---------------------------------------------------------------------------
+# N11: no paid request to an unbonding provider that could not be claimed (C-9)
+
+
+async def test_n11_no_paid_request_past_an_unbonding_providers_last_claimable_deadline() -> None:
+    horizon = 30_000
+    ledger = make_ledger(max_deadline_horizon_ms=horizon)
+    async with pair(ledger) as (alice, bob):
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=8_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        await alice.call(bob.peer_id, "echo", b"before", max_price=PRICE, timeout=5)
+        await ledger.request_unstake(BOB)
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None and stake.unstake_requested_at > 0
+        last = stake.unstake_requested_at + horizon
+
+        # a short call is still claimable: its deadline is before `last`
+        ok = await alice.call(bob.peer_id, "echo", b"short", max_price=PRICE, timeout=5)
+        assert ok.body == b"short"
+        sent = len(await alice.store.requests())
+        await wait_until(lambda: alice.now() > stake.unstake_requested_at)  # a ms later
+        # a call whose deadline (capped at now + horizon) is after `last` is not sent
+        with pytest.raises(LocalProtocolError) as info:
+            await alice.call(bob.peer_id, "echo", b"long", max_price=PRICE, timeout=horizon)
+        assert info.value.code is ErrorCode.UNBONDING
+        assert "unstak" in str(info.value)
+        assert len(await alice.store.requests()) == sent  # nothing signed
+        assert alice.payer_channels[ch.channel].last_n == 2
+        assert alice.now() + horizon > last
