@@ -128,6 +128,32 @@ class RequestInDoubt(CallTimeout):
     code = ErrorCode.REPLAY
 
 
+_RETENTION_KEY = "response_retention"
+
+
+@dataclass
+class _Retention:
+    """How long stored answers are kept (`Node._follow_window`), persisted as meta."""
+
+    window: int = 0  # the largest claim window our stake ever had (ms)
+    shift: int = 0  # prune this far behind the clock (ms) ...
+    until: int = 0  # ... until then (Unix ms; 0 = no shift)
+
+    def encode(self) -> bytes:
+        return json.dumps([self.window, self.shift, self.until]).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> _Retention:
+        try:
+            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
+            if all(type(v) is int and v >= 0 for v in (window, shift, until)):
+                return cls(window, shift, until)
+        except (ValueError, TypeError):
+            pass
+        log.error("unreadable %s meta %r: starting over", _RETENTION_KEY, raw)
+        return cls()
+
+
 class Unclaimable(LocalProtocolError):
     """A paid request the ledger would refuse to hear as a claim (its body is over the
     ledger's ``max_claim_body``, or its service name outside the protocol's limits): a
@@ -487,6 +513,7 @@ class Node:
         # The stakes of the providers we pay: account -> (when read, Stake or None), read
         # from the ledger before a paid call whose deadline the last read does not cover.
         self._peer_stakes: dict[bytes, tuple[int, Stake | None]] = {}
+        self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
         self._transport: Any = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -558,6 +585,8 @@ class Node:
         So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
         horizon = self._ledger_param("max_deadline_horizon_ms") or 0
         window = self._stake.claim_window_ms if self._stake is not None else 0
+        if self._retention is not None:  # the largest window we ever had (N13)
+            window = max(window, self._retention.window)
         return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
 
     # -- startup
@@ -649,7 +678,42 @@ class Node:
             self._stake = StakeTerms(
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
+        await self._follow_window(stake)
         return self._stake
+
+    async def _follow_window(self, stake: Stake | None) -> None:
+        """Keep stored answers as long as the claim window now in force needs (N13).
+
+        A claim uses the stake's *current* window, so a response whose expiry was
+        computed with a smaller one would be pruned before a claim on it could end. The
+        node retains with the largest window it ever had (`response_expiry`); when it grows
+        by d, every stored expiry is 2d short: pruning then runs 2d behind the clock
+        (`prune_before`) until every response stored under the old window has expired."""
+        if self._retention is None:
+            raw = await self.store.get_meta(_RETENTION_KEY)
+            self._retention = _Retention.decode(raw)
+        r = self._retention
+        window = stake.claim_window_ms if stake is not None and stake.amount > 0 else 0
+        now = self.now()
+        if r.until and now > r.until:
+            r.shift = r.until = 0
+        if window <= r.window:
+            return
+        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        # every answer stored so far has deadline <= now + horizon (or a claim's window end,
+        # <= now + old window) and expires within max(retention, horizon + 2 * old window)
+        old_left = (
+            horizon + r.window + max(self.config.response_retention_ms, horizon + 2 * r.window)
+        )
+        r.shift += 2 * (window - r.window)
+        r.until = max(r.until, now + old_left + r.shift)
+        r.window = window
+        self.persister.stage(meta={_RETENTION_KEY: r.encode()})
+
+    def prune_before(self) -> int:
+        """The time before which stored responses may be pruned (`_follow_window`)."""
+        shift = self._retention.shift if self._retention is not None else 0
+        return max(0, self.now() - shift)
 
     async def refresh_peer_stake(self, account: bytes) -> Stake | None:
         """Read a provider's stake from the ledger (claims.md C-9: its status decides which

@@ -245,7 +245,7 @@ class Watcher:
         await self._resolve_claims()
         self.steps += 1
         if self.steps % 100 == 1:
-            await node.store.prune_responses(node.now())
+            await node.store.prune_responses(node.prune_before())  # N13
 
     # -- events
 

@@ -5,6 +5,7 @@ asserts on timing, every wait is bounded (`wait_until`, `trio.fail_after`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Response, decode_frame
+from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.core.settlement import ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
@@ -181,3 +182,42 @@ async def test_n11_no_paid_request_past_an_unbonding_providers_last_claimable_de
         assert len(await alice.store.requests()) == sent  # nothing signed
         assert alice.payer_channels[ch.channel].last_n == 2
         assert alice.now() + horizon > last
+
+
+# ---------------------------------------------------------------------------
+# N13: stored answers are kept for the window in force, not the one at answer time
+
+
+async def test_n13_raising_the_claim_window_keeps_earlier_answers_until_their_claims_end() -> None:
+    """Bob answers with a small window, then raises it: a claim (which uses the current
+    window) on an earlier answered request must still find the stored answer after the
+    pruning the old window allowed (the old node pruned it: REFUSED, refund clawed)."""
+    horizon, window, retention = 1_000, 200, 300
+    ledger = make_ledger(max_deadline_horizon_ms=horizon)
+    config = dataclasses.replace(FAST, response_retention_ms=retention)
+    async with pair(ledger, bob_config=config) as (alice, bob):
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=window)
+        await alice.open_channel(bob.addrs[0], deposit=10**6)
+        first = await alice.call(bob.peer_id, "echo", b"one", max_price=PRICE, timeout=5)
+        await alice.call(bob.peer_id, "echo", b"two", max_price=PRICE, timeout=5)
+        await bob.stake(1, penalty=PENALTY, claim_window_ms=60_000)
+        [record] = [r for r in await alice.store.requests() if r.n == first.n]
+        request = decode_frame(record.frame)
+        assert isinstance(request, Request)
+        old_expiry = request.deadline + max(retention, horizon + 2 * window)
+        await wait_until(lambda: bob.now() > old_expiry + 1)  # the old expiry has passed
+        await bob.persister.flush()
+        prune_before = getattr(bob, "prune_before", bob.now)  # what the watcher prunes with
+        await bob.store.prune_responses(prune_before())
+        assert await bob.store.response(request.hash) is not None  # kept for the new window
+
+        claim_id = await ledger.file_claim(ALICE, request)
+
+        async def decided() -> bool:
+            claim = await ledger.claim(claim_id)
+            return claim is not None and claim.state is not ClaimState.OPEN
+
+        await wait_until(decided)
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.state is ClaimState.DELIVERED
+        assert (claim.refund, claim.clawed) == (0, 0)
