@@ -517,7 +517,13 @@ class Watcher:
 
         node = self.node
         service = node.services.get(request.service)
-        margin = min(node.config.claim_answer_margin_ms, (claim.window_ends - claim.filed_at) // 3)
+        # An answer must be mined before the window ends: at least 3 block intervals when
+        # the ledger states its block time (`block_time_ms`; EvmLedger does not yet).
+        block_ms = getattr(node.ledger, "block_time_ms", None)
+        wanted = node.config.claim_answer_margin_ms
+        if type(block_ms) is int and block_ms > 0:
+            wanted = max(wanted, 3 * block_ms)
+        margin = min(wanted, (claim.window_ends - claim.filed_at) // 3)
         deadline = claim.window_ends - margin
         decision = ch.admit_claimed(
             request,

@@ -221,3 +221,47 @@ async def test_n13_raising_the_claim_window_keeps_earlier_answers_until_their_cl
         claim = await ledger.claim(claim_id)
         assert claim is not None and claim.state is ClaimState.DELIVERED
         assert (claim.refund, claim.clawed) == (0, 0)
+
+
+# ---------------------------------------------------------------------------
+# the claim answer margin covers the ledger's block time
+
+
+class SlowBlocks(MemoryLedger):
+    block_time_ms = 2_000  # a ledger that states its block interval
+
+
+async def test_the_claim_answer_margin_is_at_least_three_block_intervals() -> None:
+    ledger = SlowBlocks(make_ledger().params)
+    deadlines: list[int] = []
+
+    async def record(call: Call) -> bytes:
+        deadlines.append(call.deadline)
+        return b"served"
+
+    async with pair(ledger) as (alice, bob):  # bob's margin: 300 ms
+        bob.serve("record", record, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=60_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        now = await ledger.now()
+        request = Request.create(  # reaches bob only through the claim
+            ALICE,
+            ledger=LEDGER_ID,
+            channel=ch.channel,
+            n=1,
+            paid=PRICE,
+            price=PRICE,
+            service="record",
+            body=b"c",
+            deadline=now - 1,
+        )
+        claim_id = await ledger.file_claim(ALICE, request)
+
+        async def decided() -> bool:
+            claim = await ledger.claim(claim_id)
+            return claim is not None and claim.state is not ClaimState.OPEN
+
+        await wait_until(decided)
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.state is ClaimState.DELIVERED
+        assert deadlines == [claim.window_ends - 3 * SlowBlocks.block_time_ms]
