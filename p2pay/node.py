@@ -231,8 +231,9 @@ class NodeConfig:
     # this long (s) for the stored answer; answer claims against us with at most
     # `max_claim_answers` handlers/ledger submissions at once, a handler serving a request
     # through a claim having until the claim's window end minus `claim_answer_margin_ms`
-    # (at least 3 blocks if the ledger has `block_time_ms`; at most a third of the window); refuse channels whose challenge period is shorter
-    # than `min_challenge_ms` (the payee's time to redeem when the payer closes, C-8).
+    # (at least 3 blocks if the ledger has `block_time_ms`; at most a third of the
+    # window); refuse channels whose challenge period is shorter than `min_challenge_ms`
+    # (the payee's time to redeem when the payer closes, C-8).
     redeliver_timeout: float = 5.0
     max_claim_answers: int = 16
     claim_answer_margin_ms: int = 10_000
