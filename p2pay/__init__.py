@@ -43,6 +43,8 @@ _EXPORTS = {
     "Node": "p2pay.node",
     "NodeConfig": "p2pay.node",
     "PeerUnreachable": "p2pay.node",
+    "ProviderUnbonding": "p2pay.node",
+    "Unclaimable": "p2pay.node",
     "RequestInDoubt": "p2pay.node",
     "open_node": "p2pay.node",
 }
@@ -73,7 +75,9 @@ if TYPE_CHECKING:
         Node,
         NodeConfig,
         PeerUnreachable,
+        ProviderUnbonding,
         RequestInDoubt,
+        Unclaimable,
         open_node,
     )
 
@@ -106,9 +110,11 @@ __all__ = [
     "P2payError",
     "PaymentRequired",
     "PeerUnreachable",
+    "ProviderUnbonding",
     "RemoteProtocolError",
     "RequestInDoubt",
     "SettlementError",
+    "Unclaimable",
     "UnknownService",
     "format_tokens",
     "open_node",

@@ -71,6 +71,7 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
+    MAX_SERVICE_NAME,
     STATUS_OK,
     Hello,
     Refusal,
@@ -82,7 +83,7 @@ from p2pay.core.messages import (
     decode_frame,
     refusal_body,
 )
-from p2pay.core.settlement import ChannelState
+from p2pay.core.settlement import ChannelState, Stake, StakeStatus, stake_status
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
 from p2pay.net.base import NetError, StreamClosed, send_frames
@@ -125,6 +126,50 @@ class RequestInDoubt(CallTimeout):
     stays silent)."""
 
     code = ErrorCode.REPLAY
+
+
+_RETENTION_KEY = "response_retention"
+
+
+@dataclass
+class _Retention:
+    """How long stored answers are kept (`Node._follow_window`), persisted as meta."""
+
+    window: int = 0  # the largest claim window our stake ever had (ms)
+    shift: int = 0  # prune this far behind the clock (ms) ...
+    until: int = 0  # ... until then (Unix ms; 0 = no shift)
+
+    def encode(self) -> bytes:
+        return json.dumps([self.window, self.shift, self.until]).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> _Retention:
+        try:
+            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
+            if all(type(v) is int and v >= 0 for v in (window, shift, until)):
+                return cls(window, shift, until)
+        except (ValueError, TypeError):
+            pass
+        log.error("unreadable %s meta %r: starting over", _RETENTION_KEY, raw)
+        return cls()
+
+
+class Unclaimable(LocalProtocolError):
+    """A paid request the ledger would refuse to hear as a claim (its body is over the
+    ledger's ``max_claim_body``, or its service name outside the protocol's limits): a
+    provider could charge it, withhold the answer and keep the price (attack N12). Refused
+    locally, before anything is signed; nothing is charged."""
+
+    code = ErrorCode.BODY_TOO_LARGE
+
+
+class ProviderUnbonding(LocalProtocolError):
+    """The provider asked to unstake: the ledger refuses claims on requests whose deadline
+    is after ``unstake_requested_at + max_deadline_horizon_ms`` (claims.md C-9), so such a
+    paid request could be withheld without recourse (attack N11). Refused locally, before
+    anything is signed; nothing is charged."""
+
+    code = ErrorCode.UNBONDING
 
 
 class ConnectionLost(P2payError, ConnectionError):
@@ -186,8 +231,9 @@ class NodeConfig:
     # this long (s) for the stored answer; answer claims against us with at most
     # `max_claim_answers` handlers/ledger submissions at once, a handler serving a request
     # through a claim having until the claim's window end minus `claim_answer_margin_ms`
-    # (at most a third of the window); refuse channels whose challenge period is shorter
-    # than `min_challenge_ms` (the payee's time to redeem when the payer closes, C-8).
+    # (at least 3 blocks if the ledger has `block_time_ms`; at most a third of the
+    # window); refuse channels whose challenge period is shorter than `min_challenge_ms`
+    # (the payee's time to redeem when the payer closes, C-8).
     redeliver_timeout: float = 5.0
     max_claim_answers: int = 16
     claim_answer_margin_ms: int = 10_000
@@ -461,6 +507,14 @@ class Node:
         # Admitted requests not answered yet, by request hash: the outboxes of the
         # sessions where the payer re-sent one (each gets the answer too, C-4).
         self._unanswered: dict[bytes, list[_Outbox]] = {}
+        # Requests still being served whose deadline passed and whose claim the watcher
+        # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
+        # frame: the handler's late completion sends it, charges nothing, stores no other.
+        self._late_refused: dict[bytes, bytes] = {}
+        # The stakes of the providers we pay: account -> (when read, Stake or None), read
+        # from the ledger before a paid call whose deadline the last read does not cover.
+        self._peer_stakes: dict[bytes, tuple[int, Stake | None]] = {}
+        self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
         self._transport: Any = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -532,6 +586,8 @@ class Node:
         So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
         horizon = self._ledger_param("max_deadline_horizon_ms") or 0
         window = self._stake.claim_window_ms if self._stake is not None else 0
+        if self._retention is not None:  # the largest window we ever had (N13)
+            window = max(window, self._retention.window)
         return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
 
     # -- startup
@@ -623,7 +679,95 @@ class Node:
             self._stake = StakeTerms(
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
+        await self._follow_window(stake)
         return self._stake
+
+    async def _follow_window(self, stake: Stake | None) -> None:
+        """Keep stored answers as long as the claim window now in force needs (N13).
+
+        A claim uses the stake's *current* window, so a response whose expiry was
+        computed with a smaller one would be pruned before a claim on it could end. The
+        node retains with the largest window it ever had (`response_expiry`); when it grows
+        by d, every stored expiry is 2d short: pruning then runs 2d behind the clock
+        (`prune_before`) until every response stored under the old window has expired."""
+        if self._retention is None:
+            raw = await self.store.get_meta(_RETENTION_KEY)
+            self._retention = _Retention.decode(raw)
+        r = self._retention
+        window = stake.claim_window_ms if stake is not None and stake.amount > 0 else 0
+        now = self.now()
+        if r.until and now > r.until:
+            r.shift = r.until = 0
+        if window <= r.window:
+            return
+        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        # every answer stored so far has deadline <= now + horizon (or a claim's window end,
+        # <= now + old window) and expires within max(retention, horizon + 2 * old window)
+        old_left = (
+            horizon + r.window + max(self.config.response_retention_ms, horizon + 2 * r.window)
+        )
+        r.shift += 2 * (window - r.window)
+        r.until = max(r.until, now + old_left + r.shift)
+        r.window = window
+        self.persister.stage(meta={_RETENTION_KEY: r.encode()})
+
+    def prune_before(self) -> int:
+        """The time before which stored responses may be pruned (`_follow_window`)."""
+        shift = self._retention.shift if self._retention is not None else 0
+        return max(0, self.now() - shift)
+
+    async def refresh_peer_stake(self, account: bytes) -> Stake | None:
+        """Read a provider's stake from the ledger (claims.md C-9: its status decides which
+        paid requests are still claimable) and cache it."""
+        read_at = self.now()  # before the read: the stake was at least this fresh
+        stake = await self.ledger.stake_of(account)
+        self._peer_stakes[account] = (read_at, stake)
+        return stake
+
+    async def _check_claimable(
+        self, payee: bytes, service: str, body: bytes, price: int, timeout: float
+    ) -> None:
+        """Refuse, before signing, a paid request the ledger would not hear as a claim
+        (protocol.md 14.4): a body over ``max_claim_body``, a service name outside the
+        protocol's limits (N12), or a deadline after the unbonding provider's last claimable
+        one, ``unstake_requested_at + max_deadline_horizon_ms`` (C-9, N11)."""
+        if price <= 0:
+            return  # nothing paid, nothing to claim
+        limit = self._ledger_param("max_claim_body")
+        if limit is not None and len(body) > limit:
+            raise Unclaimable(
+                f"a paid body of {len(body)} bytes is over the ledger's max_claim_body of "
+                f"{limit} bytes: it could not be claimed if the provider withheld the answer",
+                details={"max_claim_body": limit},
+            )
+        if not 1 <= len(service.encode()) <= MAX_SERVICE_NAME:
+            raise Unclaimable(
+                f"service name must be 1..{MAX_SERVICE_NAME} bytes to be claimable",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        horizon = self._ledger_param("max_deadline_horizon_ms")
+        if horizon is None:
+            return
+        now = self.now()
+        deadline = min(now + max(1, int(timeout * 1000)), now + horizon)  # as send_request
+        read_at, stake = self._peer_stakes.get(payee, (None, None))
+        # A stake read bonded at `read_at` cannot have started unbonding before it, so a
+        # deadline up to read_at + horizon is claimable whatever happened since; past
+        # that, read it again (once per horizon minus the timeout: rare on real ledgers).
+        if read_at is None or (
+            stake_status(stake) is not StakeStatus.UNBONDING and deadline > read_at + horizon
+        ):
+            stake = await self.refresh_peer_stake(payee)
+        if stake is None or stake_status(stake) is not StakeStatus.UNBONDING:
+            return
+        last = stake.unstake_requested_at + horizon
+        if deadline > last:
+            raise ProviderUnbonding(
+                f"the provider is unstaking (requested at {stake.unstake_requested_at}): "
+                f"a paid request with deadline {deadline} after {last} could not be claimed "
+                "(claims.md C-9); use a shorter timeout or another provider",
+                details={"unstake_requested_at": stake.unstake_requested_at, "last": last},
+            )
 
     def hello(self) -> Hello:
         return Hello.create(
@@ -1067,6 +1211,7 @@ class Node:
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
             async with conn.slots:
+                await self._check_claimable(payee, service, body, price, timeout)
                 slot = conn.send_request(ch, service, body, price, timeout)
                 if not await self._wait(slot, timeout + 0.05):
                     conn.abandon(ch, slot)
@@ -1598,6 +1743,14 @@ class _ServerSession:
         for outbox in node._unanswered.pop(request.hash, ()):
             outbox.put(generation, frame)  # once more for each re-send, where it came
 
+    def _answer_stored(self, ch: PayeeChannel, request: Request, frame: bytes) -> None:
+        """Queue an answer already signed and staged (the watcher's), stage the channel."""
+        node = self.node
+        generation = node.persister.stage(payee=_payee_record(ch))
+        self.outbox.put(generation, frame)
+        for outbox in node._unanswered.pop(request.hash, ()):
+            outbox.put(generation, frame)
+
     async def _run_handler(
         self, ch: PayeeChannel, request: Request, service: _Service, call: Call
     ) -> None:
@@ -1615,34 +1768,55 @@ class _ServerSession:
             self.in_flight -= 1
             self.last_useful = trio.current_time()
             node._in_flight_total -= 1
-            done = ch.complete(request.n, ok=ok, now=node.now())
-            if done.refusal is not None:
-                # C-4: finished after the deadline: not charged, a signed refusal instead
+            late_frame = node._late_refused.pop(request.hash, None)
+            if late_frame is not None:
+                # Its claim was answered with a signed DEADLINE_EXCEEDED (claims.md C-1):
+                # release the reservation uncharged and send that very answer (stored).
+                ch.complete(request.n, ok=False)
                 node.counters.late_answers += 1
-                node.counters.refused[done.refusal.value] += 1
-                late = "the answer was ready after the request's deadline; nothing charged"
-                self._answer(
-                    ch,
-                    request,
-                    done.refusal.value,
-                    0,
-                    done.spent,
-                    refusal_body(late, {"deadline": request.deadline}),
-                )
-            elif ok:
-                node.counters.calls_served += 1
-                node.counters.charged += done.charged
-                self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
+                self._answer_stored(ch, request, late_frame)
             else:
-                node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
-                self._answer(
-                    ch,
-                    request,
-                    ErrorCode.HANDLER_ERROR.value,
-                    0,
-                    done.spent,
-                    refusal_body(error, details),
-                )
+                self._complete(ch, request, ok, body, error, details)
+
+    def _complete(
+        self,
+        ch: PayeeChannel,
+        request: Request,
+        ok: bool,
+        body: bytes,
+        error: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Charge (or not) a finished request and answer it (C-4: late is not charged)."""
+        node = self.node
+        done = ch.complete(request.n, ok=ok, now=node.now())
+        if done.refusal is not None:
+            # C-4: finished after the deadline: not charged, a signed refusal instead
+            node.counters.late_answers += 1
+            node.counters.refused[done.refusal.value] += 1
+            late = "the answer was ready after the request's deadline; nothing charged"
+            self._answer(
+                ch,
+                request,
+                done.refusal.value,
+                0,
+                done.spent,
+                refusal_body(late, {"deadline": request.deadline}),
+            )
+        elif ok:
+            node.counters.calls_served += 1
+            node.counters.charged += done.charged
+            self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
+        else:
+            node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
+            self._answer(
+                ch,
+                request,
+                ErrorCode.HANDLER_ERROR.value,
+                0,
+                done.spent,
+                refusal_body(error, details),
+            )
 
 
 async def run_service(

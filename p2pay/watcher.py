@@ -245,7 +245,7 @@ class Watcher:
         await self._resolve_claims()
         self.steps += 1
         if self.steps % 100 == 1:
-            await node.store.prune_responses(node.now())
+            await node.store.prune_responses(node.prune_before())  # N13
 
     # -- events
 
@@ -408,6 +408,9 @@ class Watcher:
             log.error("claim %s is on a channel we are not paid on", claim.id.hex())
             return None
         if request.n in ch.pending:
+            late = await self._refuse_late(ch, request, claim)
+            if late is not None:
+                return _Answer(response=late)
             return None  # being served on a stream: its stored answer comes when it ends
         seen: list[Request] = []
         for other in await self._known_requests(ch, request):
@@ -424,6 +427,38 @@ class Watcher:
         same_n = any(other.n == request.n for other in seen)
         response = await self._serve_claimed(ch, request, claim, same_n)
         return None if response is None else _Answer(response=response)
+
+    async def _refuse_late(
+        self, ch: PayeeChannel, request: Request, claim: Claim
+    ) -> Response | None:
+        """The claimed request itself is still being served on a stream and its own
+        deadline has passed: it can no longer be charged (C-4), so its answer is a signed
+        DEADLINE_EXCEEDED, stored now; the handler's late completion releases the
+        reservation uncharged and sends this very answer (N9: a hung handler must not get
+        an honest provider slashed, C-1). None otherwise (in time, or another request,
+        e.g. one admitted through another claim, holds the number)."""
+        node = self.node
+        deadline = ch.deadlines.get(request.n)
+        if (
+            request.hash not in node._unanswered
+            or deadline != request.deadline
+            or node.now() <= deadline
+        ):
+            return None
+        late = "not answered before the request's deadline; nothing charged"
+        response = Response.create(
+            node.signer,
+            request=request,
+            status=ErrorCode.DEADLINE_EXCEEDED.value,
+            price=0,
+            spent=ch.spent,
+            body=refusal_body(late, {"deadline": request.deadline}),
+        )
+        # Registered before anything awaits: the completion can no longer answer otherwise.
+        node._late_refused[request.hash] = response.to_frame()
+        node.counters.refused[ErrorCode.DEADLINE_EXCEEDED.value] += 1
+        await self._stage_answer(ch, request, claim, response)
+        return response
 
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
         """The requests of the other claims against us on `claimed`'s channel."""
@@ -482,7 +517,13 @@ class Watcher:
 
         node = self.node
         service = node.services.get(request.service)
-        margin = min(node.config.claim_answer_margin_ms, (claim.window_ends - claim.filed_at) // 3)
+        # An answer must be mined before the window ends: at least 3 block intervals when
+        # the ledger states its block time (`block_time_ms`; EvmLedger does not yet).
+        block_ms = getattr(node.ledger, "block_time_ms", None)
+        wanted = node.config.claim_answer_margin_ms
+        if type(block_ms) is int and block_ms > 0:
+            wanted = max(wanted, 3 * block_ms)
+        margin = min(wanted, (claim.window_ends - claim.filed_at) // 3)
         deadline = claim.window_ends - margin
         decision = ch.admit_claimed(
             request,
@@ -548,8 +589,6 @@ class Watcher:
         spent: int | None = None,
     ) -> Response:
         """Sign an answer and make it (and the charge) durable before it is posted."""
-        from p2pay.node import _payee_record
-
         node = self.node
         response = Response.create(
             node.signer,
@@ -559,6 +598,16 @@ class Watcher:
             spent=ch.spent if spent is None else spent,
             body=body,
         )
+        await self._stage_answer(ch, request, claim, response)
+        return response
+
+    async def _stage_answer(
+        self, ch: PayeeChannel, request: Request, claim: Claim, response: Response
+    ) -> None:
+        """Make a signed answer (and the channel's state) durable before it is posted."""
+        from p2pay.node import _payee_record
+
+        node = self.node
         generation = node.persister.stage(
             payee=_payee_record(ch),
             response=StoredResponse(
@@ -574,7 +623,6 @@ class Watcher:
             ),
         )
         await node.persister.durable(generation)
-        return response
 
     # -- periodic duties
 

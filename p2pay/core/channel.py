@@ -130,6 +130,8 @@ class Completion:
 #: that is one signature check per 100 requests; it is also the most a payer sending bad
 #: signatures can take from a payee per channel (INV-21).
 DEFAULT_UNVERIFIED_CREDIT_LIMIT = 10**20
+#: most requests a channel admits unchecked before it checks them all (13.4 rule d)
+MAX_UNCHECKED = 256
 
 
 @dataclass(slots=True, kw_only=True)
@@ -157,6 +159,10 @@ class PayeeChannel:
     unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
     #: a voucher of this channel failed its check: no more credit on unchecked vouchers
     deferral_revoked: bool = False
+    #: n -> requests admitted without their signature checked, since the last check; each
+    #: is checked when a voucher covering it is (13.4 rule d: a bad one covered by a good
+    #: voucher is a violation too, N8), at most MAX_UNCHECKED at a time
+    unchecked: dict[int, Request] = field(default_factory=dict)
 
     @property
     def credit(self) -> int:
@@ -192,16 +198,30 @@ class PayeeChannel:
         return self.verified
 
     def _check_best(self) -> bool:
-        """Check ``best`` if it is unchecked; False if it failed (and fall back)."""
+        """Check ``best`` if it is unchecked, and every request admitted unchecked before
+        it; False if one failed (the channel then extends no more unchecked credit; a bad
+        ``best`` falls back to ``verified``)."""
         best = self.best
         if best is None or best is self.verified:
-            return True
+            return self._check_unchecked()
         if best.verify(self.payer):
             self.verified = best
-            return True
+            return self._check_unchecked()
         self.deferral_revoked = True
         self.best = self.verified
+        self._check_unchecked()
         return False
+
+    def _check_unchecked(self) -> bool:
+        """Check the signature of every request admitted unchecked (13.4 rule d). A bad
+        one was served and charged; a later good voucher covering its slice does not make
+        it evidence (claims.md 2), so the payer cheated: no more unchecked credit, and the
+        loss stays within the limit (INV-21, attack N8)."""
+        pending, self.unchecked = self.unchecked, {}
+        ok = all(r is self.verified or r.verify(self.payer) for r in pending.values())
+        if not ok:
+            self.deferral_revoked = True
+        return ok
 
     def _deferrable(
         self,
@@ -217,6 +237,8 @@ class PayeeChannel:
         allowance = self._allowance()
         if not allowance or price is None or self.verified is None or request.n <= self.last_n:
             return False  # limit 0: every voucher is checked (13.2 check 4)
+        if len(self.unchecked) >= MAX_UNCHECKED:
+            return False  # checked now, with the ones waiting (memory stays bounded)
         if request.paid > self.deposit:
             return False
         if self.spent + self.reserved + price > self.verified_paid + allowance:
@@ -349,6 +371,7 @@ class PayeeChannel:
                 self.paid_max = request.paid
                 self.best = request
             self._reserve(request, price)
+            self.unchecked[request.n] = request
             return Admit(request.n, price, improved)
         if signature_ok is None:
             signature_ok = request.verify(self.payer)
@@ -377,7 +400,8 @@ class PayeeChannel:
             self.paid_max = request.paid
             self.best = request
             improved = True
-        if request.paid > self.verified_paid:  # checked: it covers every earlier credit
+        covers = request.paid > self.verified_paid
+        if covers:  # checked: it covers every earlier credit
             self.verified = request
             improved = True
             if self.best is None or request.paid >= self.best.paid:
@@ -387,6 +411,11 @@ class PayeeChannel:
             return Refuse(
                 code, message, details or {}, authenticated=True, voucher_improved=improved
             )
+
+        if covers and self.unchecked:
+            # 13.4 rule d (N8): the requests it covers are checked too; a bad one revokes
+            # deferral (this request itself verified and is answered as usual)
+            self._check_unchecked()
 
         refusal = self._service_refusal(
             request, price, max_body, now, overloaded, max_deadline, self.paid_max, floor
