@@ -89,6 +89,7 @@ from p2pay.ledger.base import Ledger
 from p2pay.net.base import NetError, StreamClosed, send_frames
 from p2pay.persist import Persister
 from p2pay.store.base import (
+    MAX_TIME,
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
@@ -2054,6 +2055,17 @@ class _Connection:
                 slot.error = exc
                 slot.done.set()
             return False
+        kept: StoredResponse | None = None
+        if not response.ok and response.price == 0:
+            # The payee's signed refusal: kept (never pruned) to be posted on the ledger if
+            # the payee ever takes the refused slice (claims.md 3 and 6, attack N1).
+            kept = StoredResponse(
+                request_hash=response.request_hash,
+                channel=response.channel,
+                n=response.n,
+                frame=response.to_frame(),
+                expires_at=MAX_TIME,
+            )
         generation = node.persister.stage(
             payer=_payer_record(ch),
             # the request row (frame included) was written when it was sent: mark it only
@@ -2062,6 +2074,7 @@ class _Connection:
                 state="answered" if response.ok else "refused",
                 updated_at=node.now(),
             ),
+            response=kept,
         )
         if slot is not None:
             slot.receipt = receipt
@@ -2079,10 +2092,17 @@ class _Connection:
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
             slot.done.set()
             return
-        if refusal.code is ErrorCode.REPLAY:
+        if refusal.code is ErrorCode.REPLAY or (
+            refusal.code is ErrorCode.PAYMENT_REQUIRED and "last_n" in refusal.details
+        ):
+            # An unsigned slice-rule refusal (protocol.md 13.2 check 5') carries the resync
+            # details like a REPLAY: adopt them; our own voucher proves we lost state.
             self._on_replay(ch, slot, refusal)
-        elif slot.resent:
-            # An unsigned word about a request in doubt proves nothing either: keep it.
+        elif slot.resent or (
+            refusal.code is ErrorCode.INSUFFICIENT_DEPOSIT and slot.request.paid <= ch.deposit
+        ):
+            # An unsigned word about a request in doubt proves nothing either, nor an
+            # INSUFFICIENT_DEPOSIT for a slice within the deposit as we know it: keep it.
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
         else:
             # Refused before authentication: nothing charged, the voucher not kept.
