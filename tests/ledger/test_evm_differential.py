@@ -11,6 +11,7 @@ error code, every channel, stake and claim, every balance, and finally the event
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -20,7 +21,7 @@ pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[de
 pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
 
 from p2pay import testing
-from p2pay.core.errors import SettlementError
+from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.evmsig import EvmKey
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import AnswerClaim, Params
@@ -289,3 +290,82 @@ async def test_random_operations_match_the_pure_rules() -> None:
     assert {"delivered", "refused", "frivolous", "upheld"} <= states, states
     clawed = [c.clawed for c in [await p.mem.claim(i) for i in claims] if c]
     assert any(clawed), "no clawback happened"
+
+
+async def test_refund_with_refusal_matches_the_pure_rules() -> None:
+    """FileClaim with the payee's signed refusal (file_claim_refused on chain): every check
+    in order gives the same code on both ledgers, and a valid one refunds at once (REFUSED,
+    no bond), clawing back from the stake a slice the payee had already redeemed."""
+    p = await make_pair()
+    lid, clock = p.evm.ledger_id, p.clock
+    for key in (A, B, C):
+        await p.both("mint", key, key.account, 10 * TOKEN)
+    await p.both("stake", B, 5 * TOKEN, TOKEN, 1_000)
+    _, cid = await p.both("open_channel", A, B.account, 1_000, 50)
+    _, other = await p.both("open_channel", A, C.account, 1_000, 50)  # C has no stake
+    price = 100
+
+    def refuse(key: EvmKey, r: Request, status: str = "OVERLOADED") -> Response:
+        return Response.create(key, request=r, status=status, price=0, spent=0, body=b"busy")
+
+    r1 = request(A, lid, cid, 1, 100, price, clock.ms + 100)
+    r2 = request(A, lid, cid, 2, 200, price, clock.ms + 100)
+    r3 = request(A, lid, cid, 3, 300, price, clock.ms + 100)
+    await p.both("redeem", B, r2, 200)  # B took slices 1 and 2
+    # each refusal case, in the order of the checks (no deadline needs to have passed)
+    bad_args = request(A, lid, cid, 1, 50, price, clock.ms)  # paid below the price
+    await p.both("file_claim", A, bad_args, refuse(B, bad_args))
+    await p.both("file_claim", A, r1, r1)  # a refusal is a Response
+    stray = request(A, lid, bytes(32), 1, 100, price, clock.ms)
+    await p.both("file_claim", A, stray, refuse(B, stray))  # no such channel
+    await p.both("file_claim", C, r1, refuse(B, r1))  # only the payer
+    forged = request(C, lid, cid, 1, 100, price, clock.ms)
+    await p.both("file_claim", A, forged, refuse(B, forged))  # not signed by the payer
+    await p.both("file_claim", A, r1, refuse(A, r1))  # signed by the payer, not the payee
+    await p.both("file_claim", A, r1, refuse(C, r1))  # by a stranger
+    await p.both("file_claim", A, r1, refuse(B, r2))  # the refusal of another request
+    ok = Response.create(B, request=r1, status="OK", price=price, spent=price, body=b"pong")
+    await p.both("file_claim", A, r1, ok)  # not a refusal
+    free_ok = Response.create(B, request=r1, status="OK", price=0, spent=0, body=b"pong")
+    await p.both("file_claim", A, r1, free_ok)  # OK, even for free, is not a refusal
+    big = request(A, lid, cid, 9, 2_000, price, clock.ms)
+    await p.both("file_claim", A, big, refuse(B, big))  # above the deposit
+    # valid: slice 3 never redeemed (it stays in escrow); slice 2 redeemed (clawed back).
+    # Neither body is checked: nothing is served, the two signatures are the proof
+    no3 = refuse(B, r3, "UNKNOWN_SERVICE")
+    no2 = dataclasses.replace(refuse(B, r2, "UNKNOWN_SERVICE"), body=b"not the hashed body")
+    ids = []
+    for r, no in ((dataclasses.replace(r3, body=b"not the hashed body"), no3), (r2, no2)):
+        outcome = await p.both("file_claim", A, r, no)
+        assert outcome[0] == "ok"
+        ids.append(outcome[1])
+    await p.same_state([cid, other], ids)
+    # a second refund, a regular claim, on the same request: CLAIM_EXISTS
+    await p.both("file_claim", A, r2, refuse(B, r2, "HANDLER_ERROR"))
+    clock.advance(101)
+    assert (await p.both("file_claim", A, r2))[1] == ErrorCode.CLAIM_EXISTS
+    # a regular claim first, then the refund: CLAIM_EXISTS
+    ids.append((await p.both("file_claim", A, r1))[1])
+    assert (await p.both("file_claim", A, r1, refuse(B, r1)))[1] == ErrorCode.CLAIM_EXISTS
+    # a payee without stake, a closed channel: still refunded (nothing to claw)
+    r4 = request(A, lid, other, 1, 100, price, clock.ms + 5_000)
+    await p.both("redeem", C, r4, None)
+    await p.both("payee_close", C, other, None, None)
+    no4 = refuse(C, r4, "DEADLINE_EXCEEDED")
+    ids.append((await p.both("file_claim", A, r4, no4))[1])
+    await p.same_state([cid, other], ids)
+    claims = [await p.evm.claim(i) for i in ids]
+    assert [c.state.value if c else None for c in claims] == [
+        "refused",
+        "refused",
+        "open",
+        "refused",
+    ]
+    c3, c2, _, c4 = claims
+    assert c3 is not None and (c3.bond, c3.refund, c3.clawed) == (0, price, 0)
+    assert c2 is not None and (c2.bond, c2.refund, c2.clawed) == (0, price, price)
+    assert c4 is not None and (c4.bond, c4.refund, c4.clawed) == (0, price, 0)
+    # the refusal is the claim's response evidence (C-5), rebuilt from the log
+    assert c3.response_frame == no3.to_frame()
+    assert c2.response_frame == no2.to_frame()
+    assert await p.evm.events() == await p.mem.events()
