@@ -401,8 +401,12 @@ class WithdrawStake:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileClaim:
+    """File a claim on `request`; with `refusal` (the payee's own signed refusal of it), a
+    refund settled at once as REFUSED (specs/settlement.md 5, FileClaim; attack N1)."""
+
     sender: bytes
     request: Request  # with signature and body
+    refusal: Response | None = None  # signed by the payee: status != OK, price 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1181,6 +1185,8 @@ def _check_claimed_request(state: State, request: object) -> Request:
 def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     params = state.params
     request = _check_claimed_request(state, op.request)
+    if op.refusal is not None:
+        return _file_refusal(state, op, request, now)
     _need(
         request.ledger == params.ledger_id, ErrorCode.WRONG_LEDGER, "request is for another ledger"
     )
@@ -1257,6 +1263,110 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     return claim_id, [event]
 
 
+def _file_refusal(state: State, op: FileClaim, request: Request, now: int) -> _Result:
+    """FileClaim with the payee's signed refusal: refund the refused slice at once."""
+    params = state.params
+    refusal = op.refusal
+    if not isinstance(refusal, Response):
+        raise _fail(ErrorCode.INVALID_ARGUMENT, "a refusal is a signed Response")
+    _need(
+        request.ledger == params.ledger_id, ErrorCode.WRONG_LEDGER, "request is for another ledger"
+    )
+    channel = _channel(state, request.channel)
+    _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the channel's payer claims")
+    channel_transition(channel.state, ChannelOpKind.FILE_CLAIM)
+    _need(
+        request.verify(channel.payer),
+        ErrorCode.INVALID_SIGNATURE,
+        "request is not signed by the channel's payer",
+    )
+    _need(
+        refusal.verify(channel.payee),
+        ErrorCode.INVALID_SIGNATURE,
+        "refusal is not signed by the channel's payee",
+    )
+    claim_id = request.hash
+    _need(
+        refusal.request_hash == claim_id
+        and refusal.channel == request.channel
+        and refusal.n == request.n
+        and refusal.ledger == params.ledger_id,
+        ErrorCode.RESPONSE_MISMATCH,
+        "the refusal is not for this request",
+    )
+    _need(
+        refusal.status != STATUS_OK and refusal.price == 0,
+        ErrorCode.RESPONSE_MISMATCH,
+        "not a refusal: an OK response, or one that charges",
+    )
+    _need(
+        request.paid <= channel.deposit,
+        ErrorCode.VOUCHER_EXCEEDS_DEPOSIT,
+        "the request's paid exceeds the channel's deposit",
+    )
+    _need(claim_id not in state.claims, ErrorCode.CLAIM_EXISTS, "request already claimed")
+    stake = state.stakes.get(channel.payee)
+    claim = Claim(
+        id=claim_id,
+        claimant=op.sender,
+        respondent=channel.payee,
+        channel=channel.id,
+        n=request.n,
+        price=request.price,
+        paid=request.paid,
+        deadline=request.deadline,
+        bond=0,
+        filed_at=now,
+        window_ends=now,
+        request_frame=request.to_frame(),
+    )
+    paid_seen = max(channel.paid_seen, request.paid)
+    refund = _plan_refund(
+        channel, claim, stake.amount if stake is not None else 0, paid_seen=paid_seen
+    )
+    balances = _Balances(state)
+    balances.credit(op.sender, refund.claw)
+    balances.commit()
+    channel.paid_seen = paid_seen
+    channel.refunded = refund.refunded
+    channel.clawed += refund.claw
+    if stake is not None:
+        stake.amount -= refund.claw
+    claim.refund = claim.price
+    claim.clawed = refund.claw
+    claim.response_frame = refusal.to_frame()
+    claim.state = ClaimState.REFUSED
+    state.claims[claim_id] = claim
+    filed = _event(
+        EventKind.CLAIM_FILED,
+        now,
+        claim=claim_id,
+        claimant=claim.claimant,
+        respondent=claim.respondent,
+        channel=claim.channel,
+        n=claim.n,
+        price=claim.price,
+        paid=claim.paid,
+        deadline=request.deadline,
+        bond=0,
+        window_ends=claim.window_ends,
+    )
+    answered = _event(
+        EventKind.CLAIM_ANSWERED,
+        now,
+        claim=claim_id,
+        claimant=claim.claimant,
+        respondent=claim.respondent,
+        outcome=ClaimState.REFUSED.value,
+        status=refusal.status,
+        bond=0,
+        bond_to=claim.claimant,
+        refund=claim.refund,
+        clawed=claim.clawed,
+    )
+    return claim_id, [filed, answered]
+
+
 def _respondent_stake(state: State, claim: Claim) -> Stake:
     stake = state.stakes.get(claim.respondent)
     _need(stake is not None, ErrorCode.INTERNAL, "respondent stake not loaded")
@@ -1285,11 +1395,14 @@ class _Refund:
     claw: int  # taken from the respondent's stake, paid to the claimant
 
 
-def _plan_refund(channel: Channel, claim: Claim, stake_left: int) -> _Refund:
+def _plan_refund(
+    channel: Channel, claim: Claim, stake_left: int, *, paid_seen: int | None = None
+) -> _Refund:
     # `refunded` saturates at MAX: the entitlement is already 0 beyond paid_seen <= MAX, so a
     # saturated sum changes nothing and a refund can never fail (and lock the claim) on it.
     refunded = min(MAX_AMOUNT, channel.refunded + claim.price)
-    entitled = max(0, channel.paid_seen - refunded)
+    seen = channel.paid_seen if paid_seen is None else paid_seen
+    entitled = max(0, seen - refunded)
     excess = max(0, channel.redeemed - channel.clawed - entitled)
     return _Refund(refunded=refunded, claw=min(excess, claim.price, stake_left))
 

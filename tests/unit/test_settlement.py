@@ -1160,6 +1160,100 @@ def test_redeem_is_capped_at_paid_seen_minus_refunded() -> None:
     assert state.balances[B] == 9_000 + 40 and state.balances[A] == 10_000 - 40
 
 
+def n1_world() -> tuple[State, bytes, Request, Request, Response]:
+    """Attack N1: Alice signs r1 (1, paid 10) and r2 (2, paid 20); Bob refuses r1 with a
+    signed OVERLOADED (not charged) and serves r2. Bob earned 10, the best voucher says 20."""
+    state, cid, _ = claim_world()
+    r1 = request_with(cid, n=1, paid=10, price=10)
+    r2 = request_with(cid, n=2, paid=20, price=10)
+    return state, cid, r1, r2, answer(r1, status=ErrorCode.OVERLOADED.value)
+
+
+def test_refund_with_the_payees_refusal_caps_its_redeem() -> None:
+    """N1: the refused slice posted with Bob's refusal is settled at once as REFUSED (no bond,
+    no deadline, no window); Bob's redeem of the best voucher then pays only what he earned."""
+    state, cid, r1, r2, refusal = n1_world()
+    balance_a = state.balances[A]
+    claim_id, events = ok(state, FileClaim(sender=A, request=r1, refusal=refusal), now=T0)
+    assert claim_id == r1.hash and kinds(events) == ["ClaimFiled", "ClaimAnswered"]
+    assert events[0].fields["bond"] == 0 and events[0].fields["window_ends"] == T0
+    assert events[1].fields == answered_fields(
+        claim_id, outcome="refused", status="OVERLOADED", bond=0, bond_to=A, refund=10
+    )
+    claim = state.claims[claim_id]
+    assert claim.state is ClaimState.REFUSED and claim.response_frame == refusal.to_frame()
+    assert (claim.bond, claim.refund, claim.clawed, claim.price, claim.paid) == (0, 10, 0, 10, 10)
+    assert state.stakes[B].open_claims == 0 and state.balances[A] == balance_a
+    channel = state.channels[cid]
+    assert (channel.paid_seen, channel.refunded, channel.clawed) == (10, 10, 0)
+    paid, _ = ok(state, Redeem(sender=B, voucher=r2), now=T0)
+    assert paid == 10  # not 20: the refused slice is not Bob's
+    ok(state, PayeeClose(sender=B, channel=cid), now=T0)
+    assert state.balances[A] == balance_a + 1_000 - 10
+
+
+def test_refund_with_the_payees_refusal_claws_back_a_redeemed_slice() -> None:
+    state, cid, r1, r2, refusal = n1_world()
+    assert ok(state, Redeem(sender=B, voucher=r2), now=T0)[0] == 20  # the theft
+    balance_a = state.balances[A]
+    _, events = ok(state, FileClaim(sender=A, request=r1, refusal=refusal), now=T0 + 1)
+    assert events[1].fields["clawed"] == 10 and events[1].fields["refund"] == 10
+    assert state.balances[A] == balance_a + 10 and state.stakes[B].amount == 990
+    channel = state.channels[cid]
+    assert (channel.redeemed, channel.refunded, channel.clawed) == (20, 10, 10)
+    assert apply(state, Redeem(sender=B, voucher=r2), T0 + 1) == (0, [])
+
+
+def test_refund_with_a_refusal_needs_no_stake() -> None:
+    """Without a stake nothing can be clawed, but the refund still caps later redeems."""
+    state = fresh()
+    cid = open_channel(state)
+    r1 = request_with(cid, n=1, paid=10, price=10)
+    r2 = request_with(cid, n=2, paid=20, price=10)
+    refusal = answer(r1, status=ErrorCode.PAYMENT_REQUIRED.value)
+    _, events = ok(state, FileClaim(sender=A, request=r1, refusal=refusal), now=T0)
+    assert events[1].fields["clawed"] == 0 and B not in state.stakes
+    assert ok(state, Redeem(sender=B, voucher=r2), now=T0)[0] == 10
+
+
+def test_refund_with_a_refusal_refusals() -> None:
+    state, cid, r1, r2, refusal = n1_world()
+
+    def file(request: Request, response: Any, code: ErrorCode, sender: bytes = A) -> None:
+        op = FileClaim(sender=sender, request=request, refusal=response)
+        refused(state, op, code, now=T0)
+
+    file(r1, "junk", ErrorCode.INVALID_ARGUMENT)
+    file(request_with(cid, n=0), refusal, ErrorCode.INVALID_ARGUMENT)  # argument checks first
+    file(request_with(cid, n=1, ledger=OTHER_LEDGER), refusal, ErrorCode.WRONG_LEDGER)
+    file(request_with(NOWHERE, n=1), refusal, ErrorCode.UNKNOWN_CHANNEL)
+    file(r1, refusal, ErrorCode.NOT_PARTY, sender=B)
+    file(r1, refusal, ErrorCode.NOT_PARTY, sender=M)
+    file(request_with(cid, n=1, key=MALLORY), refusal, ErrorCode.INVALID_SIGNATURE)
+    by_mallory = answer(r1, key=MALLORY, status="OVERLOADED")
+    file(r1, by_mallory, ErrorCode.INVALID_SIGNATURE)  # signed by someone else
+    file(r1, answer(r2, status="OVERLOADED"), ErrorCode.RESPONSE_MISMATCH)  # another request
+    file(r1, answer(r1), ErrorCode.RESPONSE_MISMATCH)  # an OK answer is no refusal
+    charging = unchecked_response(BOB, request=r1, status="OVERLOADED", price=1, spent=10, body=b"")
+    file(r1, charging, ErrorCode.RESPONSE_MISMATCH)  # a refusal charges nothing
+    above = request_with(cid, n=3, paid=1_001, price=10)
+    file(above, answer(above, status="OVERLOADED"), ErrorCode.VOUCHER_EXCEEDS_DEPOSIT)
+    ok(state, FileClaim(sender=A, request=r1, refusal=refusal), now=T0)
+    file(r1, refusal, ErrorCode.CLAIM_EXISTS)  # twice
+    refused(state, FileClaim(sender=A, request=r1), ErrorCode.CLAIM_EXISTS, now=T0 + 5_001)
+    # and a refusal for a request already claimed the regular way
+    claim_id, _ = ok(state, FileClaim(sender=A, request=r2), now=T0 + 5_001)
+    file(r2, answer(r2, status="OVERLOADED"), ErrorCode.CLAIM_EXISTS)
+    assert state.claims[claim_id].state is ClaimState.OPEN
+
+
+def test_refund_with_a_refusal_touches_the_payees_stake() -> None:
+    state, cid, r1, _, refusal = n1_world()
+    op = FileClaim(sender=A, request=r1, refusal=refusal)
+    loaded = touches_loaded(op, state)
+    assert B in loaded.stakes and cid in loaded.channels and r1.hash in loaded.claims
+
+
 def test_an_honest_payee_is_never_clawed() -> None:
     """C-2: the payee charged n=1 and n=3, refused n=2 (not charged) and redeemed `spent`.
     Claims on every request: n=2 is REFUSED without a clawback, the others DELIVERED."""
