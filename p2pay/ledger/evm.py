@@ -1037,7 +1037,7 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
     if isinstance(op, FileClaim):
         voucher = _voucher(op.request)
         assert isinstance(op.request, Request)
-        refusal = getattr(op, "refusal", None)
+        refusal = op.refusal
         if refusal is not None:
             # refund with the payee's refusal: settled at once as REFUSED (section 5)
             return "file_claim_refused", [
@@ -1425,7 +1425,11 @@ class EvmLedger(OpLedger):
     ) -> bytes:
         """File a claim; with `refusal` (the payee's signed refusal of `request`) it is
         settled at once as REFUSED and the price refunded (`file_claim_refused`)."""
-        return await super().file_claim(self._k(key), request, refusal)
+        if refusal is None:
+            return await super().file_claim(self._k(key), request)
+        op = FileClaim(sender=self._k(key).account, request=request, refusal=refusal)
+        result: bytes = await self._do(op)
+        return result
 
     async def answer_claim(
         self,

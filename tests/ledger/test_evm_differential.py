@@ -24,7 +24,7 @@ from p2pay import testing
 from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.evmsig import EvmKey
 from p2pay.core.messages import Request, Response
-from p2pay.core.settlement import AnswerClaim, Params
+from p2pay.core.settlement import AnswerClaim, FileClaim, Params
 from p2pay.ledger import MemoryLedger
 from p2pay.ledger.evm import MAX_BODY, BoaChain, EvmLedger
 from p2pay.testing import ManualClock
@@ -55,7 +55,7 @@ class Pair:
         outcomes = []
         for ledger in (self.evm, self.mem):
             try:
-                if name == "_answer_op":
+                if name == "_op":
                     outcomes.append(("ok", (await ledger.submit(*args)).result))
                     continue
                 outcomes.append(("ok", await getattr(ledger, name)(*args, **kwargs)))
@@ -77,7 +77,19 @@ class Pair:
         """AnswerClaim with a response or with evidence, as a pre-built op on both."""
         self.evm.register_key(key)
         op = AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence)
-        return await self.both("_answer_op", op)
+        return await self.both("_op", op)
+
+    async def refund(
+        self, key: EvmKey, r: Request, refusal: Any, expect: ErrorCode | None = None
+    ) -> Any:
+        """FileClaim with the payee's refusal (a refund settled at once), on both; `expect`:
+        the refusal code both must give."""
+        self.evm.register_key(key)
+        op = FileClaim(sender=key.account, request=r, refusal=refusal)
+        outcome = await self.both("_op", op)
+        if expect is not None:
+            assert outcome == ("refused", expect)
+        return outcome
 
     async def same_state(self, channels: list[bytes], claims: list[bytes]) -> None:
         for account in (A.account, B.account, C.account):
@@ -193,8 +205,10 @@ async def test_random_operations_match_the_pure_rules() -> None:
     """Seeded random rounds over every claim and channel op, compared op by op: each round
     signs a request (mostly a fresh slice, sometimes a conflicting or bad one), may redeem
     it, files a claim when its deadline has passed, and answers it (OK, refusal, evidence,
-    a wrong answer) or lets it be resolved; closes, top ups, unbonding are mixed in."""
+    a wrong answer) or lets it be resolved; refunds with a refusal (valid or not), closes,
+    top ups, unbonding are mixed in."""
     rng = random.Random(13)
+    side = random.Random(29)
     p = await make_pair()
     lid, clock = p.evm.ledger_id, p.clock
     for key in (A, B, C):
@@ -264,6 +278,20 @@ async def test_random_operations_match_the_pure_rules() -> None:
                 )
                 await p.answer(B, claim_id, response)
             # else: left open, resolved later
+        if side.random() < 0.15:  # refund with a refusal (own RNG: the walk is unchanged)
+            refused = side.choice(signed[cid])
+            status = side.choice(["OK", *REFUSALS, *REFUSALS])
+            refusal = Response.create(
+                side.choice([B, B, B, A]),
+                request=side.choice([refused, refused, refused, r]),
+                status=status,
+                price=refused.price if status == "OK" else 0,
+                spent=refused.price,
+                body=b"no",
+            )
+            outcome = await p.refund(side.choice([A, A, A, C]), refused, refusal)
+            if outcome[0] == "ok":
+                claims.append(outcome[1])
         extra = rng.random()
         if extra < 0.08:
             await p.both("start_close", A, cid)
@@ -290,6 +318,8 @@ async def test_random_operations_match_the_pure_rules() -> None:
     assert {"delivered", "refused", "frivolous", "upheld"} <= states, states
     clawed = [c.clawed for c in [await p.mem.claim(i) for i in claims] if c]
     assert any(clawed), "no clawback happened"
+    refunds = [c for c in [await p.mem.claim(i) for i in claims] if c and c.bond == 0]
+    assert refunds and any(c.clawed for c in refunds), "no refund with a refusal clawed back"
 
 
 async def test_refund_with_refusal_matches_the_pure_rules() -> None:
@@ -314,45 +344,50 @@ async def test_refund_with_refusal_matches_the_pure_rules() -> None:
     await p.both("redeem", B, r2, 200)  # B took slices 1 and 2
     # each refusal case, in the order of the checks (no deadline needs to have passed)
     bad_args = request(A, lid, cid, 1, 50, price, clock.ms)  # paid below the price
-    await p.both("file_claim", A, bad_args, refuse(B, bad_args))
-    await p.both("file_claim", A, r1, r1)  # a refusal is a Response
-    stray = request(A, lid, bytes(32), 1, 100, price, clock.ms)
-    await p.both("file_claim", A, stray, refuse(B, stray))  # no such channel
-    await p.both("file_claim", C, r1, refuse(B, r1))  # only the payer
-    forged = request(C, lid, cid, 1, 100, price, clock.ms)
-    await p.both("file_claim", A, forged, refuse(B, forged))  # not signed by the payer
-    await p.both("file_claim", A, r1, refuse(A, r1))  # signed by the payer, not the payee
-    await p.both("file_claim", A, r1, refuse(C, r1))  # by a stranger
-    await p.both("file_claim", A, r1, refuse(B, r2))  # the refusal of another request
+    await p.refund(A, bad_args, refuse(B, bad_args), expect=ErrorCode.INVALID_ARGUMENT)
+    # a refusal is a Response
+    await p.refund(A, r1, r1, expect=ErrorCode.INVALID_ARGUMENT)
+    stray = request(A, lid, bytes(32), 1, 100, price, clock.ms)  # no such channel
+    await p.refund(A, stray, refuse(B, stray), expect=ErrorCode.UNKNOWN_CHANNEL)
+    # only the payer
+    await p.refund(C, r1, refuse(B, r1), expect=ErrorCode.NOT_PARTY)
+    forged = request(C, lid, cid, 1, 100, price, clock.ms)  # not signed by the payer
+    await p.refund(A, forged, refuse(B, forged), expect=ErrorCode.INVALID_SIGNATURE)
+    # a refusal signed by the payer, or by a stranger, not by the payee
+    await p.refund(A, r1, refuse(A, r1), expect=ErrorCode.INVALID_SIGNATURE)
+    await p.refund(A, r1, refuse(C, r1), expect=ErrorCode.INVALID_SIGNATURE)
+    # the refusal of another request
+    await p.refund(A, r1, refuse(B, r2), expect=ErrorCode.RESPONSE_MISMATCH)
+    # not a refusal: OK, even for free
     ok = Response.create(B, request=r1, status="OK", price=price, spent=price, body=b"pong")
-    await p.both("file_claim", A, r1, ok)  # not a refusal
+    await p.refund(A, r1, ok, expect=ErrorCode.RESPONSE_MISMATCH)
     free_ok = Response.create(B, request=r1, status="OK", price=0, spent=0, body=b"pong")
-    await p.both("file_claim", A, r1, free_ok)  # OK, even for free, is not a refusal
-    big = request(A, lid, cid, 9, 2_000, price, clock.ms)
-    await p.both("file_claim", A, big, refuse(B, big))  # above the deposit
+    await p.refund(A, r1, free_ok, expect=ErrorCode.RESPONSE_MISMATCH)
+    big = request(A, lid, cid, 9, 2_000, price, clock.ms)  # above the deposit
+    await p.refund(A, big, refuse(B, big), expect=ErrorCode.VOUCHER_EXCEEDS_DEPOSIT)
     # valid: slice 3 never redeemed (it stays in escrow); slice 2 redeemed (clawed back).
     # Neither body is checked: nothing is served, the two signatures are the proof
     no3 = refuse(B, r3, "UNKNOWN_SERVICE")
     no2 = dataclasses.replace(refuse(B, r2, "UNKNOWN_SERVICE"), body=b"not the hashed body")
     ids = []
     for r, no in ((dataclasses.replace(r3, body=b"not the hashed body"), no3), (r2, no2)):
-        outcome = await p.both("file_claim", A, r, no)
+        outcome = await p.refund(A, r, no)
         assert outcome[0] == "ok"
         ids.append(outcome[1])
     await p.same_state([cid, other], ids)
     # a second refund, a regular claim, on the same request: CLAIM_EXISTS
-    await p.both("file_claim", A, r2, refuse(B, r2, "HANDLER_ERROR"))
+    await p.refund(A, r2, refuse(B, r2, "HANDLER_ERROR"), expect=ErrorCode.CLAIM_EXISTS)
     clock.advance(101)
     assert (await p.both("file_claim", A, r2))[1] == ErrorCode.CLAIM_EXISTS
     # a regular claim first, then the refund: CLAIM_EXISTS
     ids.append((await p.both("file_claim", A, r1))[1])
-    assert (await p.both("file_claim", A, r1, refuse(B, r1)))[1] == ErrorCode.CLAIM_EXISTS
+    await p.refund(A, r1, refuse(B, r1), expect=ErrorCode.CLAIM_EXISTS)
     # a payee without stake, a closed channel: still refunded (nothing to claw)
     r4 = request(A, lid, other, 1, 100, price, clock.ms + 5_000)
     await p.both("redeem", C, r4, None)
     await p.both("payee_close", C, other, None, None)
     no4 = refuse(C, r4, "DEADLINE_EXCEEDED")
-    ids.append((await p.both("file_claim", A, r4, no4))[1])
+    ids.append((await p.refund(A, r4, no4))[1])
     await p.same_state([cid, other], ids)
     claims = [await p.evm.claim(i) for i in ids]
     assert [c.state.value if c else None for c in claims] == [
