@@ -403,4 +403,10 @@ async def test_refund_with_refusal_matches_the_pure_rules() -> None:
     # the refusal is the claim's response evidence (C-5), rebuilt from the log
     assert c3.response_frame == no3.to_frame()
     assert c2.response_frame == no2.to_frame()
+    # EvmLedger.file_claim(key, request, refusal) is the same op
+    r5 = request(A, lid, cid, 5, 500, price, clock.ms + 100)
+    no5 = refuse(B, r5)
+    assert await p.evm.file_claim(A, r5, no5) == r5.hash
+    await p.mem.submit(FileClaim(sender=A.account, request=r5, refusal=no5))
+    await p.same_state([cid, other], [*ids, r5.hash])
     assert await p.evm.events() == await p.mem.events()
