@@ -1905,7 +1905,11 @@ class _Connection:
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
             slot.done.set()
             return
-        if refusal.code is ErrorCode.REPLAY:
+        if refusal.code is ErrorCode.REPLAY or (
+            refusal.code is ErrorCode.PAYMENT_REQUIRED and "last_n" in refusal.details
+        ):
+            # An unsigned slice-rule refusal (protocol.md 13.2 check 5') carries the resync
+            # details like a REPLAY: adopt them; our own voucher proves we lost state.
             self._on_replay(ch, slot, refusal)
         elif slot.resent:
             # An unsigned word about a request in doubt proves nothing either: keep it.

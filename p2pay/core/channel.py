@@ -26,8 +26,11 @@ Payee (`PayeeChannel`), per channel:
 `Admit` or `Refuse` (values, never exceptions, for anything a peer caused). From protocol
 version 2 the credit rule is the **slice rule** (specs/claims.md section 2): every fresh
 request takes a fresh slice ``(paid - price, paid]`` of the paid line, so it is admitted
-only if ``request.paid - request.price >= paid_max`` (``paid_max`` before this request);
-the service's price is then reserved inside that slice. When the handler finishes,
+only if ``request.paid - request.price >= paid_max`` (``paid_max`` before this request),
+else it is refused **unsigned** (``n`` not consumed): a signed refusal lets the payer have
+the refused slice refunded on the ledger (claims.md 3), so the payee signs refusals only of
+slices above every voucher seen (and then raises ``paid_max`` past them). The service's
+price is then reserved inside that slice. When the handler finishes,
 `PayeeChannel.complete` turns the reservation into a charge (success, in time) or releases
 it (failure, or the request's deadline passed meanwhile: a late answer is never charged,
 C-4), and returns the ``spent`` the receipt must carry. The node makes that state durable
@@ -217,13 +220,13 @@ class PayeeChannel:
         allowance = self._allowance()
         if not allowance or price is None or self.verified is None or request.n <= self.last_n:
             return False  # limit 0: every voucher is checked (13.2 check 4)
-        if request.paid > self.deposit:
-            return False
+        if request.paid > self.deposit or request.paid - request.price < self.paid_max:
+            return False  # the slice rule is checked (unsigned refusal) on the checked path
         if self.spent + self.reserved + price > self.verified_paid + allowance:
             return False
         paid_max = max(self.paid_max, request.paid)
         refusal = self._service_refusal(
-            request, price, max_body, now, overloaded, max_deadline, paid_max, self.paid_max
+            request, price, max_body, now, overloaded, max_deadline, paid_max
         )
         return refusal is None
 
@@ -236,12 +239,11 @@ class PayeeChannel:
         overloaded: bool,
         max_deadline: int | None,
         paid_max: int,
-        floor: int,
     ) -> tuple[ErrorCode, str, dict[str, Any]] | None:
-        """Checks 7-13 of protocol.md 13.2 (pure): the refusal, or None to admit.
+        """Checks 7-12 of protocol.md 13.2 (pure): the refusal, or None to admit.
 
-        `paid_max` is the payee's after this request (raised to its ``paid``), `floor`
-        the one before it: the request's slice must start at or above `floor`.
+        `paid_max` is the payee's after this request (raised to its ``paid``); the slice
+        rule (check 5') was checked before: it is refused unsigned.
         """
         if self.status is not ChannelStatus.OPEN:
             return (ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}", {})
@@ -266,15 +268,6 @@ class PayeeChannel:
                 ErrorCode.PAYMENT_REQUIRED,
                 f"service costs {price}, request allows {request.price}",
                 {"price": price},
-            )
-        if request.paid - request.price < floor:
-            # The slice rule (protocol.md 14.1, claims.md 2): a fresh request never reuses
-            # credit, its slice (paid - price, paid] lies above every voucher seen.
-            return (
-                ErrorCode.PAYMENT_REQUIRED,
-                f"request's slice starts at {request.paid - request.price}, below the "
-                f"paid_max {floor} already authorised: sign paid >= {floor + request.price}",
-                {"price": price, "paid_max": floor, "spent": self.spent},
             )
         credit = paid_max - self.spent - self.reserved
         if credit < price:  # implied by the slice rule while INV-1 holds; kept as a guard
@@ -362,9 +355,23 @@ class PayeeChannel:
                 f"request number {request.n} is not above {self.last_n}",
                 self.resync_details(),
             )
+        if request.paid - request.price < self.paid_max:
+            # The slice rule (protocol.md 13.2 check 5', claims.md 2-3): the slice overlaps
+            # vouchers already seen. Refused unsigned, `n` not consumed: a signed refusal is
+            # money (the payer may post it for a refund of the slice), and this slice may
+            # cover yocto already charged. The checked voucher lets a payer that lost state
+            # re-sign above it (protocol.md 15).
+            details = self.resync_details()
+            details["price"] = price if price is not None else request.price
+            return Refuse(
+                ErrorCode.PAYMENT_REQUIRED,
+                f"request's slice starts at {request.paid - request.price}, below the "
+                f"paid_max {self.paid_max} already authorised: sign paid >= "
+                f"{self.paid_max + request.price}",
+                details,
+            )
         # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
         self.last_n = request.n
-        floor = self.paid_max  # the slice rule compares with paid_max before this request
         improved = False
         if request.paid > self.deposit:
             return Refuse(
@@ -389,7 +396,7 @@ class PayeeChannel:
             )
 
         refusal = self._service_refusal(
-            request, price, max_body, now, overloaded, max_deadline, self.paid_max, floor
+            request, price, max_body, now, overloaded, max_deadline, self.paid_max
         )
         if refusal is not None:
             return refuse(*refusal)

@@ -156,7 +156,9 @@ def test_complete_failure_refunds_the_reservation() -> None:
     # v2: the refunded slice is never reused (it goes back to the payer at close) ...
     reused = admit(ch, request(2, PRICE))
     assert isinstance(reused, Refuse) and reused.code is ErrorCode.PAYMENT_REQUIRED
-    assert reused.authenticated and reused.details["paid_max"] == PRICE
+    # unsigned (N1: a signed refusal of a slice is refundable on the ledger), n not consumed
+    assert not reused.authenticated and reused.details["paid_max"] == PRICE
+    assert ch.last_n == 1
     # ... the next request takes the next slice
     decision = admit(ch, request(3, 2 * PRICE))
     assert decision == Admit(n=3, price=PRICE, voucher_improved=True)
@@ -202,8 +204,14 @@ def test_reservations_count_against_credit() -> None:
     # a slice overlapping the reserved ones: refused, nothing reserved
     third = admit(ch, request(3, 20))
     assert isinstance(third, Refuse) and third.code is ErrorCode.PAYMENT_REQUIRED
-    assert third.details == {"price": PRICE, "paid_max": 20, "spent": 0}
-    assert ch.reserved == 20
+    assert not third.authenticated and third.details == {
+        "price": PRICE,
+        "paid_max": 20,
+        "spent": 0,
+        "last_n": 2,
+        "voucher": request(2, 20).to_frame(),
+    }
+    assert (ch.reserved, ch.last_n) == (20, 2)
     # out-of-order completion: 2 succeeds, 1 fails
     assert tuple(ch.complete(2, ok=True)) == (PRICE, PRICE)
     assert tuple(ch.complete(1, ok=False)) == (0, PRICE)
@@ -245,7 +253,10 @@ def test_older_voucher_never_lowers_paid_max() -> None:
 )
 def test_payee_refuses_overlapping_slices(paid: int, price: int, admitted: bool) -> None:
     """Protocol v2, claims.md 2: a fresh request is admitted only if its slice
-    (paid - price, paid] starts at or above paid_max; else PAYMENT_REQUIRED, signed."""
+    (paid - price, paid] starts at or above paid_max; else PAYMENT_REQUIRED, unsigned (attack
+    N1: a signed refusal lets the payer have the slice refunded on the ledger, and this slice
+    overlaps one the payee charged), n not consumed, with the resync details (a payer that
+    lost state re-signs above paid_max)."""
     ch = payee()
     admit(ch, request(1, 40, price=40), price=40)
     ch.complete(1, ok=True)
@@ -253,10 +264,16 @@ def test_payee_refuses_overlapping_slices(paid: int, price: int, admitted: bool)
     assert isinstance(decision, Admit) is admitted, decision
     if not admitted:
         assert isinstance(decision, Refuse)
-        assert decision.code is ErrorCode.PAYMENT_REQUIRED and decision.authenticated
-        assert decision.details == {"price": PRICE, "paid_max": 40, "spent": 40}
-        assert (ch.last_n, ch.reserved) == (2, 0)  # n consumed, nothing reserved
-        assert ch.paid_max == max(40, paid)  # a valid voucher within the deposit is kept
+        assert decision.code is ErrorCode.PAYMENT_REQUIRED and not decision.authenticated
+        assert decision.details == {
+            "price": min(price, PRICE),
+            "paid_max": 40,
+            "spent": 40,
+            "last_n": 1,
+            "voucher": request(1, 40, price=40).to_frame(),
+        }
+        assert (ch.last_n, ch.reserved) == (1, 0)  # n not consumed, nothing reserved
+        assert ch.paid_max == 40  # the voucher is not kept: the refusal changes nothing
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -326,21 +343,21 @@ def test_replay_is_refused_with_resync_details() -> None:
     first = request(1, 30)
     admit(ch, first)
     ch.complete(1, ok=True)
-    admit(ch, request(2, 30))  # reserved, not complete
+    assert isinstance(admit(ch, request(2, 40)), Admit)  # reserved, not complete
     before = snapshot(ch)
     for stale in (first, request(1, 30), request(2, 90), request(1, 99)):
         refused = assert_refused(admit(ch, stale), ErrorCode.REPLAY, authenticated=False)
         assert refused.details["last_n"] == 2
         assert refused.details["spent"] == PRICE
-        assert refused.details["paid_max"] == 30
+        assert refused.details["paid_max"] == 40
         voucher = decode_frame(refused.details["voucher"])
-        assert voucher == first and voucher.verify(ALICE.public)
+        assert voucher == request(2, 40) and voucher.verify(ALICE.public)
         assert snapshot(ch) == before  # a replayed higher voucher is not taken either
 
 
 def test_replay_before_any_voucher_has_no_voucher_detail() -> None:
     ch = payee()
-    admit(ch, request(1, 0), price=0)
+    assert isinstance(admit(ch, request(1, 0, price=0), price=0), Admit)
     refused = assert_refused(admit(ch, request(1, 0)), ErrorCode.REPLAY, authenticated=False)
     assert refused.details == {"last_n": 1, "spent": 0, "paid_max": 0}
 
@@ -431,12 +448,12 @@ def test_price_above_the_requests_price() -> None:
 def test_credit_too_low() -> None:
     ch = payee()
     refused = assert_refused(
-        admit(ch, request(1, PRICE - 1)), ErrorCode.PAYMENT_REQUIRED, authenticated=True
+        admit(ch, request(1, PRICE - 1)), ErrorCode.PAYMENT_REQUIRED, authenticated=False
     )
-    # paid - price < 0 = paid_max: the slice rule refuses it first
-    assert refused.details == {"price": PRICE, "paid_max": 0, "spent": 0}
-    assert refused.voucher_improved is True
-    assert (ch.last_n, ch.paid_max, ch.reserved, ch.spent) == (1, PRICE - 1, 0, 0)
+    # paid - price < 0 = paid_max: the slice rule refuses it first, unsigned, n not consumed
+    assert refused.details == {"price": PRICE, "paid_max": 0, "spent": 0, "last_n": 0}
+    assert refused.voucher_improved is False
+    assert (ch.last_n, ch.paid_max, ch.reserved, ch.spent) == (0, 0, 0, 0)
 
 
 def test_authenticated_refusal_consumes_n() -> None:
@@ -574,15 +591,15 @@ def test_deferred_requests_that_would_be_refused_are_checked_first() -> None:
 
 def test_an_earlier_bad_voucher_is_caught_by_a_later_check() -> None:
     """A bad voucher admitted unchecked, then an honest one below it: v2 refuses the lower
-    slice before any credit is extended (PAYMENT_REQUIRED, signed); the bad voucher is
+    slice before any credit is extended (PAYMENT_REQUIRED, unsigned); the bad voucher is
     caught when checked before any use: `best` falls back to the checked voucher. An
     honest voucher above it covers everything."""
     ch = payee(DEPOSIT, limit=PRICE)
     assert isinstance(admit(ch, request(1, PRICE)), Admit)
     assert isinstance(admit(ch, request(2, 5 * PRICE, key=MALLORY)), Admit)  # unchecked
     decision = admit(ch, request(3, PRICE))  # below paid_max: no credit on it
-    assert_refused(decision, ErrorCode.PAYMENT_REQUIRED, authenticated=True)
-    assert ch.last_n == 3 and ch.reserved == 2 * PRICE and ch.paid_max == 5 * PRICE
+    assert_refused(decision, ErrorCode.PAYMENT_REQUIRED, authenticated=False)
+    assert ch.last_n == 2 and ch.reserved == 2 * PRICE and ch.paid_max == 5 * PRICE
     checked = dataclasses.replace(ch)
     assert checked.verified_voucher() == request(1, PRICE) == checked.best
     assert checked.deferral_revoked
@@ -675,6 +692,7 @@ ORDER = [
     ErrorCode.UNAUTHORIZED,
     ErrorCode.INVALID_SIGNATURE,
     ErrorCode.REPLAY,
+    ErrorCode.PAYMENT_REQUIRED,  # the slice rule (unsigned, N1)
     ErrorCode.INSUFFICIENT_DEPOSIT,
     ErrorCode.CHANNEL_CLOSED,
     ErrorCode.DEADLINE_EXCEEDED,
@@ -682,39 +700,38 @@ ORDER = [
     ErrorCode.BODY_TOO_LARGE,
     ErrorCode.MALFORMED,
     ErrorCode.PAYMENT_REQUIRED,  # price above the request's price
-    ErrorCode.PAYMENT_REQUIRED,  # credit too low
 ]
 
 
 def _failing_from(index: int) -> tuple[PayeeChannel, Request, dict[str, Any]]:
     """A channel and request that fail check `index` and every check after it."""
     ch = payee()
-    admit(ch, request(5, 0, price=0), price=0)  # last_n = 5
-    ch.complete(5, ok=True)
     fails = set(range(index, len(ORDER)))
-    # checks 6..12 run on a fresh, authenticated request: n above last_n
+    # last_n = 5; paid_max = the deposit when the slice rule must fail (every slice overlaps)
+    assert isinstance(admit(ch, request(5, DEPOSIT if 5 in fails else 0, price=0), price=0), Admit)
+    ch.complete(5, ok=True)
+    # checks 5..12 run on an authenticated request: n above last_n
     n = 3 if 4 in fails else 6
-    # INSUFFICIENT_DEPOSIT wins over the rest only if paid > deposit; credit too low
-    # needs a paid that leaves less credit than the price.
-    paid = DEPOSIT + 1 if 5 in fails else (PRICE - 1 if 12 in fails else 50)
+    # INSUFFICIENT_DEPOSIT wins over the rest only if paid > deposit
+    paid = DEPOSIT + 1 if 6 in fails else 50
     req = request(
         n,
         paid,
         ledger=b"other" if 0 in fails else LEDGER,
         channel=OTHER_CHANNEL if 1 in fails else CHANNEL,
         key=MALLORY if 3 in fails else ALICE,
-        deadline=NOW - 1 if 7 in fails else LATER,
+        deadline=NOW - 1 if 8 in fails else LATER,
         body=b"x" * 20,
-        price=PRICE - 1 if 11 in fails else PRICE,
+        price=PRICE - 1 if 12 in fails else PRICE,
     )
-    if 10 in fails:
+    if 11 in fails:
         req = Request.from_signed(req.signing_bytes, req.signature, b"y" * 20)
-    if 6 in fails:
+    if 7 in fails:
         ch.status = ChannelStatus.CLOSING
     kwargs: dict[str, Any] = {
         "peer": MALLORY.public if 2 in fails else ALICE.public,
-        "price": None if 8 in fails else PRICE,
-        "max_body": 10 if 9 in fails else MAX_BODY,
+        "price": None if 9 in fails else PRICE,
+        "max_body": 10 if 10 in fails else MAX_BODY,
     }
     return ch, req, kwargs
 
@@ -725,11 +742,14 @@ def test_refusal_order(index: int) -> None:
     decision = admit(ch, req, **kwargs)
     assert isinstance(decision, Refuse)
     assert decision.code is ORDER[index]
-    assert decision.authenticated is (index >= 5)
-    if index == 11:
-        assert "request allows" in decision.message
+    assert decision.authenticated is (index >= 6)
     if index == 12:
+        assert "request allows" in decision.message
+    if index == 5:
         assert "slice" in decision.message
+        assert decision.details["paid_max"] == DEPOSIT  # resync details: re-sign above
+        assert decision.details["voucher"] == request(5, DEPOSIT, price=0).to_frame()
+        assert ch.last_n == 5  # not consumed
 
 
 def test_failing_from_the_end_passes_everything() -> None:
@@ -1244,3 +1264,32 @@ def test_on_replay_never_lowers_anything() -> None:
     assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)
     ch.on_replay(2, last_n=0, voucher=None)
     assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)
+
+
+def test_a_signed_refusal_is_only_of_a_fresh_slice_and_consumes_it() -> None:
+    """Attack N1: a signed refusal lets the payer have its slice refunded on the ledger, so
+    the payee signs refusals only of slices above paid_max, and the refused slice is then
+    consumed (paid_max raised): no later slice the payee charges can overlap it."""
+    ch = payee()
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    ch.complete(1, ok=True)
+    busy = ch.admit(
+        request(2, 2 * PRICE),
+        peer=ALICE.public,
+        price=PRICE,
+        max_body=MAX_BODY,
+        now=NOW,
+        overloaded=True,
+    )
+    assert_refused(busy, ErrorCode.OVERLOADED, authenticated=True)
+    assert (ch.last_n, ch.paid_max, ch.spent) == (2, 2 * PRICE, PRICE)
+    # the payer re-signs the refused slice (PRICE, 2 * PRICE]: it overlaps, refused unsigned
+    again = admit(ch, request(3, 2 * PRICE))
+    assert_refused(again, ErrorCode.PAYMENT_REQUIRED, authenticated=False)
+    # a low price then a price flip: each signed refusal consumed its own slice
+    cheap = admit(ch, request(3, 3 * PRICE, price=PRICE), price=PRICE + 1)
+    assert_refused(cheap, ErrorCode.PAYMENT_REQUIRED, authenticated=True)
+    assert ch.paid_max == 3 * PRICE
+    assert isinstance(
+        admit(ch, request(4, 3 * PRICE + PRICE + 1, price=PRICE + 1), price=PRICE + 1), Admit
+    )
