@@ -1593,6 +1593,100 @@ async def _case_redeem_capped_at_paid_seen_minus_refunded(h: LedgerHarness) -> N
     expect_eq(await L.payee_close(BOB, s.cid, closing), 200, "payee_close has the same cap")
 
 
+async def _n1_setup(h: LedgerHarness) -> tuple[_ClaimSetup, Request, Request, Response]:
+    """Attack N1: ALICE signs r1 (n=1, paid 100) and r2 (n=2, paid 200), price 100 each; BOB
+    refuses r1 with a signed OVERLOADED (not charged) and serves r2: he earned 100."""
+    s = await _ClaimSetup(h).setup()
+    r1 = s.request
+    r2 = h.voucher(ALICE, s.cid, n=2, paid=200, price=100, body=b"ping")
+    return s, r1, r2, s.response(request=r1, status=ErrorCode.OVERLOADED.value)
+
+
+@_case
+async def _case_refund_with_refusal_caps_the_redeem(h: LedgerHarness) -> None:
+    """N1: the refused slice posted with BOB's own refusal is settled at once as REFUSED
+    (no bond, no deadline); BOB's redeem of the best voucher then pays only what he earned."""
+    L = h.ledger
+    s, r1, r2, refusal = await _n1_setup(h)
+    alice0 = await L.balance(ALICE.account)
+    claim_id = await L.file_claim(ALICE, r1, refusal=refusal)  # before r1's deadline
+    expect_eq(claim_id, r1.hash, "the claim id is the request's hash")
+    expect_eq([e.kind for e in h.ledger.last_events], ["ClaimFiled", "ClaimAnswered"], "events")
+    h.event_is("ClaimFiled", 0, claim=claim_id, bond=0, price=100, paid=100)
+    h.event_is(
+        "ClaimAnswered",
+        claim=claim_id,
+        claimant=ALICE.account,
+        respondent=BOB.account,
+        outcome="refused",
+        status=ErrorCode.OVERLOADED.value,
+        bond=0,
+        bond_to=ALICE.account,
+        refund=100,
+        clawed=0,
+    )
+    expect_eq(await L.balance(ALICE.account), alice0, "no bond taken")
+    c = await L.claim(claim_id)
+    assert c is not None
+    expect_eq((c.state, c.bond, c.refund, c.clawed), (ClaimState.REFUSED, 0, 100, 0), "claim")
+    expect(decode_frame(c.response_frame) == refusal, "the refusal is the claim's response")
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq((st.amount, st.open_claims), (s.stake, 0), "stake untouched, no open claim")
+    expect_eq(await L.redeem(BOB, r2), 100, "BOB's redeem is capped at what he earned")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.paid_seen, ch.refunded, ch.redeemed), (200, 100, 100), "channel")
+
+
+@_case
+async def _case_refund_with_refusal_claws_back(h: LedgerHarness) -> None:
+    """N1: BOB redeemed the full best voucher first; the refusal posted after it claws the
+    refused slice back from his stake, to ALICE, at once."""
+    L = h.ledger
+    s, r1, r2, refusal = await _n1_setup(h)
+    expect_eq(await L.redeem(BOB, r2), 200, "the theft: BOB redeems the refused slice too")
+    alice0 = await L.balance(ALICE.account)
+    await L.file_claim(ALICE, r1, refusal=refusal)
+    h.event_is("ClaimAnswered", outcome="refused", bond=0, refund=100, clawed=100)
+    expect_eq(await L.balance(ALICE.account), alice0 + 100, "clawed back to ALICE")
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq(st.amount, s.stake - 100, "taken from BOB's stake")
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq((ch.redeemed, ch.refunded, ch.clawed), (200, 100, 100), "channel")
+    expect_eq(await L.redeem(BOB, r2), 0, "the slice cannot be redeemed again")
+
+
+@_case
+async def _case_refund_with_refusal_refusals(h: LedgerHarness) -> None:
+    L = h.ledger
+    s, r1, r2, refusal = await _n1_setup(h)
+    by_carol = s.response(key=CAROL, request=r1, status=ErrorCode.OVERLOADED.value)
+    await h.refused(ErrorCode.INVALID_SIGNATURE, L.file_claim, ALICE, r1, refusal=by_carol)
+    for_r2 = s.response(request=r2, status=ErrorCode.OVERLOADED.value)
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.file_claim, ALICE, r1, refusal=for_r2)
+    ok = s.response(request=r1)
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.file_claim, ALICE, r1, refusal=ok)
+    priced = unchecked_response(
+        BOB, request=r1, status=ErrorCode.OVERLOADED.value, price=1, spent=1, body=b""
+    )
+    await h.refused(ErrorCode.RESPONSE_MISMATCH, L.file_claim, ALICE, r1, refusal=priced)
+    await h.refused(ErrorCode.NOT_PARTY, L.file_claim, BOB, r1, refusal=refusal)
+    above = h.voucher(ALICE, s.cid, n=3, paid=TOKEN + 1, price=100, body=b"ping")
+    refused_above = s.response(request=above, status=ErrorCode.OVERLOADED.value)
+    await h.refused(
+        ErrorCode.VOUCHER_EXCEEDS_DEPOSIT, L.file_claim, ALICE, above, refusal=refused_above
+    )
+    await L.file_claim(ALICE, r1, refusal=refusal)
+    await h.refused(ErrorCode.CLAIM_EXISTS, L.file_claim, ALICE, r1, refusal=refusal)
+    await h.refused(ErrorCode.CLAIM_EXISTS, s.file, r1)  # a regular claim after it
+    ch = await L.channel(s.cid)
+    assert ch is not None
+    expect_eq(ch.refunded, 100, "refunded once")
+
+
 @_case
 async def _case_clawback_capped_by_stake(h: LedgerHarness) -> None:
     """A clawback takes at most what is left of the stake after the slash."""

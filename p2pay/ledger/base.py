@@ -208,7 +208,9 @@ class Ledger(Protocol):
     ) -> None: ...
     async def request_unstake(self, key: Keypair) -> None: ...
     async def withdraw_stake(self, key: Keypair) -> None: ...
-    async def file_claim(self, key: Keypair, request: Request) -> bytes: ...
+    async def file_claim(
+        self, key: Keypair, request: Request, refusal: Response | None = None
+    ) -> bytes: ...
     async def answer_claim(
         self,
         key: Keypair,
@@ -387,9 +389,16 @@ class OpLedger(abc.ABC):
     async def withdraw_stake(self, key: Keypair) -> None:
         await self._do(WithdrawStake(sender=key.account))
 
-    async def file_claim(self, key: Keypair, request: Request) -> bytes:
-        """File a claim with a signed request (and its body); returns the claim id."""
-        result: bytes = await self._do(FileClaim(sender=key.account, request=request))
+    async def file_claim(
+        self, key: Keypair, request: Request, refusal: Response | None = None
+    ) -> bytes:
+        """File a claim with a signed request (and its body); returns the claim id.
+
+        With `refusal` (the payee's signed refusal of `request`), a refund settled at once
+        as REFUSED (specs/settlement.md 5, refund with the payee's refusal).
+        """
+        op = FileClaim(sender=key.account, request=request, refusal=refusal)
+        result: bytes = await self._do(op)
         return result
 
     async def answer_claim(
