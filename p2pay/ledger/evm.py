@@ -1425,11 +1425,7 @@ class EvmLedger(OpLedger):
     ) -> bytes:
         """File a claim; with `refusal` (the payee's signed refusal of `request`) it is
         settled at once as REFUSED and the price refunded (`file_claim_refused`)."""
-        if refusal is None:
-            return await super().file_claim(self._k(key), request)
-        op = FileClaim(sender=self._k(key).account, request=request, refusal=refusal)
-        result: bytes = await self._do(op)
-        return result
+        return await super().file_claim(self._k(key), request, refusal)
 
     async def answer_claim(
         self,
