@@ -88,6 +88,7 @@ from p2pay.ledger.base import Ledger
 from p2pay.net.base import NetError, StreamClosed, send_frames
 from p2pay.persist import Persister
 from p2pay.store.base import (
+    MAX_TIME,
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
@@ -1880,6 +1881,17 @@ class _Connection:
                 slot.error = exc
                 slot.done.set()
             return False
+        kept: StoredResponse | None = None
+        if not response.ok and response.price == 0:
+            # The payee's signed refusal: kept (never pruned) to be posted on the ledger if
+            # the payee ever takes the refused slice (claims.md 3 and 6, attack N1).
+            kept = StoredResponse(
+                request_hash=response.request_hash,
+                channel=response.channel,
+                n=response.n,
+                frame=response.to_frame(),
+                expires_at=MAX_TIME,
+            )
         generation = node.persister.stage(
             payer=_payer_record(ch),
             # the request row (frame included) was written when it was sent: mark it only
@@ -1888,6 +1900,7 @@ class _Connection:
                 state="answered" if response.ok else "refused",
                 updated_at=node.now(),
             ),
+            response=kept,
         )
         if slot is not None:
             slot.receipt = receipt

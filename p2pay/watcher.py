@@ -260,6 +260,9 @@ class Watcher:
                 channel in node.payee_channels or channel in node.payer_channels
             ):
                 await node.refresh_channel(channel)
+            if kind in ("Redeemed", "ChannelClosed") and channel in node.payer_channels:
+                assert isinstance(channel, bytes)
+                await self._check_payee_take(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
             self._defend_soon(f["claim"])
         elif kind == "ClaimFiled" and f.get("claimant") == me:
@@ -713,6 +716,81 @@ class Watcher:
                 updated_at=node.now(),
             ),
         )
+
+    # -- refunds with the payee's refusal (payer; claims.md 3 and 6, attack N1)
+
+    async def _check_payee_take(self, channel: bytes) -> None:
+        """If the payee of `channel` holds more than our receipts justify, post its own
+        signed refusals (refund with refusal) until the excess is covered.
+
+        What the payee holds is ``redeemed - clawed`` on the ledger; what it may hold is our
+        ``spent`` (from receipts) plus the prices of requests in flight or abandoned (they
+        may have been charged). An honest payee redeems its ``spent`` and never triggers it.
+        """
+        node = self.node
+        ch = node.payer_channels.get(channel)
+        info = await node.ledger.channel(channel)
+        if ch is None or info is None or info.payer != node.account:
+            return
+        excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
+        if excess <= 0:
+            return
+        await node.persister.flush()
+        refused = [r for r in await node.store.requests(state="refused") if r.channel == channel]
+        log.warning(
+            "payee %s took %d yocto more than our receipts justify on channel %s: "
+            "posting its signed refusals",
+            info.payee.hex(),
+            excess,
+            channel.hex(),
+        )
+        covered = 0
+        for record in refused:
+            if covered >= excess:
+                break
+            stored = await node.store.response(record.request_hash)
+            if stored is None:
+                continue
+            try:
+                request = decode_frame(record.frame)
+                refusal = decode_frame(stored.frame)
+            except P2payError:
+                continue
+            if not isinstance(request, Request) or not isinstance(refusal, Response):
+                continue
+            try:
+                claim_id = await node.ledger.file_claim(node.key, request, refusal=refusal)
+            except SettlementError as exc:
+                if exc.code is ErrorCode.CLAIM_EXISTS:
+                    node.persister.stage(request=_with_state(record, "claimed", node.now()))
+                else:
+                    log.warning("refund with refusal n=%d refused: %s", record.n, exc)
+                continue
+            covered += record.price
+            node.counters.claims_filed += 1
+            log.warning(
+                "refund claim %s for n=%d refused by %s",
+                claim_id.hex(),
+                record.n,
+                info.payee.hex(),
+            )
+            node.persister.stage(
+                request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
+                claim=ClaimRecord(
+                    claim_id=claim_id,
+                    role="claimant",
+                    state="open",
+                    request_hash=record.request_hash,
+                    updated_at=node.now(),
+                ),
+            )
+            await self._record_outcome(claim_id)
+        if covered < excess:
+            log.warning(
+                "payee %s: %d yocto taken beyond our receipts are not covered by its refusals",
+                info.payee.hex(),
+                excess - covered,
+            )
 
     async def _record_outcome(self, claim_id: bytes) -> None:
         """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it."""
