@@ -247,7 +247,8 @@ async def test_a_resent_request_gets_the_stored_answer_not_a_second_charge(
 async def test_resent_requests_on_a_raw_stream() -> None:
     """Server side of C-4 on the wire: a duplicate while the handler runs gets the answer
     too, a later duplicate the stored answer (byte for byte), a different request under a
-    used number REPLAY, an overlapping slice a signed PAYMENT_REQUIRED; one charge."""
+    used number REPLAY, an overlapping slice an unsigned PAYMENT_REQUIRED (attack N1: a
+    signed refusal is refundable on the ledger) with the resync details; one charge."""
     ledger = make_ledger()
     gate = trio.Event()
     started = trio.Event()
@@ -305,9 +306,10 @@ async def test_resent_requests_on_a_raw_stream() -> None:
                 overlap = req(2, PRICE + PRICE // 2, b"overlap")  # slice (500, 1500]
                 await stream.send(overlap.to_frame())
                 refused = decode_frame(await stream.receive())
-                assert isinstance(refused, Response) and refused.verify(BOB.account)
-                assert (refused.status, refused.price) == (ErrorCode.PAYMENT_REQUIRED.value, 0)
-                assert refused.refusal_info()[1]["paid_max"] == PRICE
+                assert isinstance(refused, Refusal) and refused.n == 2
+                assert refused.code is ErrorCode.PAYMENT_REQUIRED
+                assert refused.details["paid_max"] == PRICE
+                assert refused.details["voucher"] == r1.to_frame()
             await stream.reset()
         payee = bob.payee_channels[channel]
         assert (payee.spent, bob.counters.calls_served, bob.counters.answers_resent) == (
@@ -315,11 +317,11 @@ async def test_resent_requests_on_a_raw_stream() -> None:
             1,
             2,
         )
-        # the refusal is stored with its request, like every signed answer
+        # nothing signed, nothing stored, n=2 not consumed
         await bob.persister.flush()
-        stored = await bob.store.response(overlap.hash)
-        assert stored is not None and stored.request_frame == overlap.to_frame()
-        assert [v.n for v in await bob.store.vouchers(channel)] == [1, 2]
+        assert await bob.store.response(overlap.hash) is None
+        assert [v.n for v in await bob.store.vouchers(channel)] == [1]
+        assert payee.last_n == 1
 
 
 # ---------------------------------------------------------------------------- item 7
