@@ -18,6 +18,14 @@ The watcher runs inside the node's nursery. Each step it
    window has passed; re-read the open claims against us now and then; prune old
    stored responses.
 
+As payer, on every `Redeemed` or `ChannelClosed` of a channel we pay on, it compares what
+the payee holds from the channel (``redeemed - clawed``) with what our receipts justify
+(``spent`` plus the prices of requests in flight or abandoned). If the payee took more, it
+posts the payee's own signed refusals we kept (`Ledger.file_claim` with ``refusal``: the
+refund with the payee's refusal, specs/claims.md 3 and 6, attack N1) until the excess is
+covered, and logs a warning naming the payee. An honest payee redeems its ``spent`` and
+never triggers it. Once the channel is closed and settled the refusals are let go.
+
 Claim work never runs in the loop itself (C-7): each claim against us gets one task in
 the watcher's nursery. It answers with the signed response we stored (OK or refusal), or
 with a payer-signed request in tiling conflict with the claimed one (evidence), or else
@@ -734,6 +742,8 @@ class Watcher:
             return
         excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
         if excess <= 0:
+            if info.state is ChannelState.CLOSED:
+                await self._forget_refusals(channel)  # closed and settled: no more redeems
             return
         await node.persister.flush()
         refused = [r for r in await node.store.requests(state="refused") if r.channel == channel]
@@ -791,6 +801,19 @@ class Watcher:
                 info.payee.hex(),
                 excess - covered,
             )
+
+    async def _forget_refusals(self, channel: bytes) -> None:
+        """The payee's refusals on a closed, settled channel are no longer needed: let the
+        next `prune_responses` drop them (they were kept with no expiry)."""
+        node = self.node
+        await node.persister.flush()
+        now = node.now()
+        for record in await node.store.requests():  # refused, or claimed with its refusal
+            if record.channel != channel or record.state not in ("refused", "claimed"):
+                continue
+            stored = await node.store.response(record.request_hash)
+            if stored is not None and stored.expires_at > now:
+                node.persister.stage(response=dataclasses.replace(stored, expires_at=now))
 
     async def _record_outcome(self, claim_id: bytes) -> None:
         """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it."""

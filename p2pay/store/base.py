@@ -329,6 +329,10 @@ class RequestUpdate:
 class StoredResponse:
     """A signed response (`Response.to_frame()`), kept to defend claims until `expires_at`.
 
+    A payer keeps here too the signed refusals it received for its own requests (no
+    request frame; the request is its `OutgoingRequest`, state ``refused``): it may post them
+    for a refund if the payee redeems their slices (specs/claims.md 6).
+
     `request_frame` is the frame (`Request.to_frame()`) of the payer-signed request the
     response answers, or ``b""`` if it was not kept; with it the node serves a re-sent
     request its stored answer again (C-4) and answers claims in conflict with it (the

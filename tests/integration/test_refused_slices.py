@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from p2pay.core.settlement import ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node
+from p2pay.store.base import MAX_TIME, Store
+from p2pay.store.sqlite import SqliteStore
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
 BOB = Keypair.from_seed(bytes([2]) * 32)  # provider
@@ -78,13 +81,15 @@ NODE = NodeConfig(
 
 
 @asynccontextmanager
-async def nodes(ledger: MemoryLedger) -> AsyncIterator[tuple[Node, Node, Node]]:
+async def nodes(
+    ledger: MemoryLedger, alice_store: Store | None = None
+) -> AsyncIterator[tuple[Node, Node, Node]]:
     for key in (ALICE, BOB, CAROL):
         await ledger.mint(key, key.account, 10 * TOKEN)
     net = MemoryNetwork()
     async with (
         open_node(key=BOB, ledger=ledger, network=net, config=NODE) as bob,
-        open_node(key=ALICE, ledger=ledger, network=net, config=NODE) as alice,
+        open_node(key=ALICE, ledger=ledger, network=net, config=NODE, store=alice_store) as alice,
         open_node(key=CAROL, ledger=ledger, network=net, config=NODE) as carol,
     ):
         bob.serve("echo", echo, price=PRICE)
@@ -192,3 +197,42 @@ async def test_an_honest_payee_never_sees_a_refund_claim() -> None:
         assert stake is not None and stake.amount == STAKE
         info = await ledger.channel(ch.channel)
         assert info is not None and (info.clawed, info.refunded) == (0, 0)
+
+
+async def test_n1_refused_slice_taken_at_a_payee_close_is_clawed_back(tmp_path: Path) -> None:
+    """The payee closes with the full best voucher (Redeemed, ChannelClosed); ALICE (SQLite
+    store) kept the signed refusal with its request, posts it, then lets it go."""
+    ledger = make_ledger()
+    store = await SqliteStore.open(tmp_path / "alice.sqlite")
+    try:
+        async with nodes(ledger, store) as (alice, bob, carol):
+            ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+            await refused_with_overloaded(alice, bob, carol)
+            await alice.call(bob.addrs[0], "echo", b"a2", max_price=PRICE)
+            await alice.persister.flush()
+            (record,) = await store.requests(state="refused")
+            kept = await store.response(record.request_hash)
+            assert kept is not None and kept.expires_at == MAX_TIME  # the signed refusal
+            payee = bob.payee_channels[ch.channel]
+            voucher = payee.verified_voucher()
+            assert voucher is not None and voucher.paid == 2 * PRICE
+            assert await ledger.payee_close(BOB, ch.channel, voucher) == 2 * PRICE
+
+            async def refunded() -> bool:
+                info = await ledger.channel(ch.channel)
+                return info is not None and info.clawed == PRICE
+
+            await wait_until(refunded)
+            claim = await ledger.claim(record.request_hash)
+            assert claim is not None and claim.state is ClaimState.REFUSED
+            # the channel is closed and settled: the refusal is let go (pruned later)
+
+            async def let_go() -> bool:
+                await alice.persister.flush()
+                stored = await store.response(record.request_hash)
+                return stored is not None and stored.expires_at < MAX_TIME
+
+            await wait_until(let_go)
+            assert await ledger.claims_of(ALICE.account) == [claim]  # posted once
+    finally:
+        await store.aclose()
