@@ -1924,8 +1924,11 @@ class _Connection:
             # An unsigned slice-rule refusal (protocol.md 13.2 check 5') carries the resync
             # details like a REPLAY: adopt them; our own voucher proves we lost state.
             self._on_replay(ch, slot, refusal)
-        elif slot.resent:
-            # An unsigned word about a request in doubt proves nothing either: keep it.
+        elif slot.resent or (
+            refusal.code is ErrorCode.INSUFFICIENT_DEPOSIT and slot.request.paid <= ch.deposit
+        ):
+            # An unsigned word about a request in doubt proves nothing either, nor an
+            # INSUFFICIENT_DEPOSIT for a slice within the deposit as we know it: keep it.
             slot.error = remote_error(refusal.code, refusal.message, refusal.details)
         else:
             # Refused before authentication: nothing charged, the voucher not kept.

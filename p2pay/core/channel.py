@@ -370,16 +370,18 @@ class PayeeChannel:
                 f"{self.paid_max + request.price}",
                 details,
             )
-        # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
-        self.last_n = request.n
-        improved = False
         if request.paid > self.deposit:
+            # Unsigned too (check 5''): paid_max cannot rise above the deposit to consume
+            # this slice, so after a top-up a later request could take the same slice and a
+            # signed refusal of this one would refund it (N1).
             return Refuse(
                 ErrorCode.INSUFFICIENT_DEPOSIT,
                 f"voucher pays {request.paid} but the deposit is {self.deposit}",
                 {"deposit": self.deposit, "paid_max": self.paid_max, "spent": self.spent},
-                authenticated=True,
             )
+        # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
+        self.last_n = request.n
+        improved = False
         if request.paid > self.paid_max:
             self.paid_max = request.paid
             self.best = request

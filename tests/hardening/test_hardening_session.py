@@ -309,14 +309,15 @@ async def test_replayed_and_reordered_requests_are_replay_with_resync() -> None:
 
 
 async def test_voucher_beyond_the_deposit_is_refused_and_never_kept() -> None:
-    """paid above the deposit: signed INSUFFICIENT_DEPOSIT, the voucher is not kept, so the
-    payee never holds a claim on more than the escrow (INV-1, INV-2)."""
+    """paid above the deposit: an unsigned INSUFFICIENT_DEPOSIT (N1: a signed refusal would
+    be refundable after a top-up), the voucher is not kept, so the payee never holds a claim
+    on more than the escrow (INV-1, INV-2)."""
     async with provider_world(deposit=5 * PRICE) as world, raw_peer(world) as mallory:
         assert isinstance(await mallory.exchange(world.mallory_request(1).to_frame()), Response)
         greedy = world.mallory_request(2, paid=5 * PRICE + 1)
         answer = await mallory.exchange(greedy.to_frame())
-        assert isinstance(answer, Response)
-        assert answer.status == ErrorCode.INSUFFICIENT_DEPOSIT.value and answer.price == 0
+        assert isinstance(answer, Refusal)
+        assert answer.code is ErrorCode.INSUFFICIENT_DEPOSIT
         ch = world.bob.payee_channels[world.channels["mallory"]]
         assert ch.paid_max == PRICE and ch.best is not None and ch.best.paid == PRICE
         assert ch.spent == PRICE

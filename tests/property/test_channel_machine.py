@@ -231,10 +231,19 @@ class ChannelMachine(RuleBasedStateMachine):
         message = decode_frame(wire.data)
         if self.cheated:
             return  # ALICE's own accounting after she cheated is not modelled
+        if isinstance(message, Refusal) and message.code is ErrorCode.INSUFFICIENT_DEPOSIT:
+            # Refused before `n` is consumed (protocol.md 13.2 check 5''): the slice is above
+            # the deposit, so nothing of it could be charged; the payer lets it go.
+            assert message.channel == CHANNEL
+            event("payer: INSUFFICIENT_DEPOSIT refusal")
+            before = snapshot(self.payer)
+            self.payer.on_refusal(message.n)
+            assert self.payer.spent == before["spent"]
+            return
         if isinstance(message, Refusal):
-            # ALICE's requests are authentic: the only unsigned refusal she gets is REPLAY
-            # (a duplicate or a reordered older frame). The request may have been served
-            # (the duplicate's original), so it is abandoned, not dropped.
+            # ALICE's requests are authentic: the only other unsigned refusal she gets is
+            # REPLAY (a duplicate or a reordered older frame). The request may have been
+            # served (the duplicate's original), so it is abandoned, not dropped.
             assert message.code is ErrorCode.REPLAY
             assert message.channel == CHANNEL
             event("payer: REPLAY refusal")
@@ -464,7 +473,7 @@ class ChannelMachine(RuleBasedStateMachine):
         assert decision.code is expected, (decision, expected)
         event(f"payee: refused {decision.code.value}")
         if not decision.authenticated:
-            assert decision.code is ErrorCode.REPLAY
+            assert decision.code in (ErrorCode.REPLAY, ErrorCode.INSUFFICIENT_DEPOSIT)
             assert snapshot(self.payee) == before, "INV-7"
             data = Refusal(
                 channel=request.channel,

@@ -363,13 +363,16 @@ def test_replay_before_any_voucher_has_no_voucher_detail() -> None:
 
 
 def test_paid_beyond_deposit_is_refused_and_not_kept() -> None:
+    """Unsigned, n not consumed (N1): paid_max cannot consume a slice above the deposit, so
+    a signed refusal of it would be refundable after a top-up while a later request takes
+    the same slice."""
     ch = payee()
     refused = assert_refused(
-        admit(ch, request(1, DEPOSIT + 1)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=True
+        admit(ch, request(1, DEPOSIT + 1)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=False
     )
     assert refused.details == {"deposit": DEPOSIT, "paid_max": 0, "spent": 0}
     assert refused.voucher_improved is False
-    assert (ch.last_n, ch.paid_max, ch.best, ch.reserved) == (1, 0, None, 0)
+    assert (ch.last_n, ch.paid_max, ch.best, ch.reserved) == (0, 0, None, 0)
     # exactly the deposit is fine
     assert isinstance(admit(ch, request(2, DEPOSIT)), Admit)
     assert ch.paid_max == DEPOSIT
@@ -377,7 +380,7 @@ def test_paid_beyond_deposit_is_refused_and_not_kept() -> None:
 
 def test_top_up_raises_the_ceiling() -> None:
     ch = payee()
-    assert_refused(admit(ch, request(1, 150)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=True)
+    assert_refused(admit(ch, request(1, 150)), ErrorCode.INSUFFICIENT_DEPOSIT, authenticated=False)
     ch.deposit = 200
     assert isinstance(admit(ch, request(2, 150)), Admit)
     assert ch.paid_max == 150
@@ -710,7 +713,7 @@ def _failing_from(index: int) -> tuple[PayeeChannel, Request, dict[str, Any]]:
     # last_n = 5; paid_max = the deposit when the slice rule must fail (every slice overlaps)
     assert isinstance(admit(ch, request(5, DEPOSIT if 5 in fails else 0, price=0), price=0), Admit)
     ch.complete(5, ok=True)
-    # checks 5..12 run on an authenticated request: n above last_n
+    # checks 5..12 run on an authenticated request: n above last_n (5, 5'' unsigned)
     n = 3 if 4 in fails else 6
     # INSUFFICIENT_DEPOSIT wins over the rest only if paid > deposit
     paid = DEPOSIT + 1 if 6 in fails else 50
@@ -742,7 +745,7 @@ def test_refusal_order(index: int) -> None:
     decision = admit(ch, req, **kwargs)
     assert isinstance(decision, Refuse)
     assert decision.code is ORDER[index]
-    assert decision.authenticated is (index >= 6)
+    assert decision.authenticated is (index >= 7)
     if index == 12:
         assert "request allows" in decision.message
     if index == 5:
