@@ -965,8 +965,10 @@ def withdraw_stake():
 
 
 
-@external
-def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
+@internal
+def _claimed_channel(v: Voucher) -> Channel:
+    """FileClaim steps 1-6 (specs/settlement.md 5): the claimed request's arguments, ledger,
+    channel, sender and signature."""
     # arguments: a claimable request takes a fresh paid slice (specs/claims.md 2); the body
     # is at most MAX_BODY bytes (the ABI type: a longer one does not decode)
     self._need(v.n >= 1 and v.price >= 1 and v.paid >= v.price, E_INVALID_ARGUMENT)
@@ -975,6 +977,50 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
     ch: Channel = self._channel(v.channel)
     self._need(msg.sender == ch.payer, E_NOT_PARTY)
     self._need(self._voucher_signer(v) == ch.payer, E_INVALID_SIGNATURE)
+    return ch
+
+
+@internal
+def _new_claim(
+    cid: bytes32, v: Voucher, body: Bytes[MAX_BODY], ch: Channel, bond: uint256,
+    now: uint256, window_ends: uint256
+) -> Claim:
+    """Store an OPEN claim on `v` (FileClaim's effects but the bond and the stake)."""
+    self._need(self.claims[cid].state == S_NONE, E_CLAIM_EXISTS)
+    self._debit(msg.sender, bond)
+    c: Claim = Claim(
+        claimant=msg.sender,
+        respondent=ch.payee,
+        channel=v.channel,
+        n=v.n,
+        price=v.price,
+        paid=v.paid,
+        deadline=v.deadline,
+        bond=bond,
+        filed_at=now,
+        window_ends=window_ends,
+        state=S_OPEN,
+        slashed=0,
+        refund=0,
+        clawed=0,
+    )
+    self.claims[cid] = c
+    if v.paid > ch.paid_seen:
+        self.channels[v.channel].paid_seen = v.paid
+    self.totals.balances -= bond
+    self.totals.bonds += bond
+    log ClaimFiled(
+        claim=cid, claimant=msg.sender, respondent=ch.payee, channel=v.channel, n=v.n,
+        deadline=v.deadline, bond=bond, window_ends=window_ends, price=v.price,
+        paid=v.paid, at=now
+    )
+    log RequestEvidence(claim=cid, voucher=v, body=body)
+    return c
+
+
+@external
+def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
+    ch: Channel = self._claimed_channel(v)
     self._need(self._blake2b256(body) == v.body_hash, E_MALFORMED)
     self._need(v.paid <= ch.deposit, E_VOUCHER_EXCEEDS_DEPOSIT)
     st: Stake = self.stakes[ch.payee]
@@ -987,36 +1033,36 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
     self._need(now > deadline, E_DEADLINE_NOT_PASSED)
     self._need(now <= deadline + st.claim_window_ms, E_WINDOW_CLOSED)
     cid: bytes32 = self._request_hash(v)
-    self._need(self.claims[cid].state == S_NONE, E_CLAIM_EXISTS)
-    self._debit(msg.sender, claim_bond)
-    window_ends: uint256 = now + st.claim_window_ms
-    self.claims[cid] = Claim(
-        claimant=msg.sender,
-        respondent=ch.payee,
-        channel=v.channel,
-        n=v.n,
-        price=v.price,
-        paid=v.paid,
-        deadline=v.deadline,
-        bond=claim_bond,
-        filed_at=now,
-        window_ends=window_ends,
-        state=S_OPEN,
-        slashed=0,
-        refund=0,
-        clawed=0,
-    )
-    if v.paid > ch.paid_seen:
-        self.channels[v.channel].paid_seen = v.paid
+    self._new_claim(cid, v, body, ch, claim_bond, now, now + st.claim_window_ms)
     self.stakes[ch.payee].open_claims = st.open_claims + 1
-    self.totals.balances -= claim_bond
-    self.totals.bonds += claim_bond
-    log ClaimFiled(
-        claim=cid, claimant=msg.sender, respondent=ch.payee, channel=v.channel, n=v.n,
-        deadline=v.deadline, bond=claim_bond, window_ends=window_ends, price=v.price,
-        paid=v.paid, at=now
+    return cid
+
+
+@external
+def file_claim_refused(
+    v: Voucher, body: Bytes[MAX_BODY], a: Answer, answer_body: Bytes[MAX_BODY]
+) -> bytes32:
+    """FileClaim with the payee's signed refusal of the request (status not OK, price 0):
+    a refund settled at once as REFUSED, without bond, stake, deadline or window; neither
+    body is checked (nothing is served: the signatures are the proof). The price is refunded
+    as for a REFUSED answer (specs/settlement.md 5.3)."""
+    self._check_text(a.status, False)
+    ch: Channel = self._claimed_channel(v)
+    cid: bytes32 = self._request_hash(v)
+    self._check_response(cid, a, v.channel, v.n, ch.payee)
+    self._need(a.status != STATUS_OK and a.price == 0, E_RESPONSE_MISMATCH)
+    self._need(v.paid <= ch.deposit, E_VOUCHER_EXCEEDS_DEPOSIT)
+    now: uint256 = self._now()
+    c: Claim = self._new_claim(cid, v, body, ch, 0, now, now)
+    st: Stake = self.stakes[ch.payee]
+    claw: uint256 = self._refund(cid, c, st.amount)
+    self.claims[cid].state = S_REFUSED
+    self.stakes[ch.payee].amount = st.amount - claw
+    log ClaimAnswered(
+        claim=cid, claimant=msg.sender, respondent=ch.payee, outcome="refused",
+        status=a.status, bond=0, bond_to=msg.sender, refund=v.price, clawed=claw, at=now
     )
-    log RequestEvidence(claim=cid, voucher=v, body=body)
+    log ResponseEvidence(claim=cid, answer=a, body=answer_body)
     return cid
 
 
@@ -1056,22 +1102,28 @@ def _refund(claim: bytes32, c: Claim, stake_left: uint256) -> uint256:
     return claw
 
 
+@internal
+def _check_response(claim: bytes32, a: Answer, channel: bytes32, n: uint64, respondent: address):
+    """The response is signed by the respondent, for the claimed request."""
+    self._need(self._answer_signer(a) == respondent, E_INVALID_SIGNATURE)
+    self._need(
+        (
+        a.request_hash == claim
+        and a.channel == channel
+        and a.n == n
+        and keccak256(a.ledger) == LEDGER_HASH
+    ),
+        E_RESPONSE_MISMATCH,
+    )
+
+
 @external
 def answer_claim(claim: bytes32, a: Answer, body: Bytes[MAX_BODY]):
     """Answer with the signed response: OK -> DELIVERED, any other status -> REFUSED
     (the price is refunded); the bond goes back to the claimant either way."""
     self._check_text(a.status, False)
     c: Claim = self._open_claim(claim)
-    self._need(self._answer_signer(a) == c.respondent, E_INVALID_SIGNATURE)
-    self._need(
-        (
-        a.request_hash == claim
-        and a.channel == c.channel
-        and a.n == c.n
-        and keccak256(a.ledger) == LEDGER_HASH
-    ),
-        E_RESPONSE_MISMATCH,
-    )
+    self._check_response(claim, a, c.channel, c.n, c.respondent)
     self._need(self._blake2b256(body) == a.body_hash, E_MALFORMED)
     if a.status == STATUS_OK:
         self._need(a.price <= c.price, E_RESPONSE_MISMATCH)  # charges at most the request's price

@@ -972,6 +972,23 @@ def _voucher(value: object) -> tuple[Any, ...]:
 _EMPTY_VOUCHER = (b"", bytes(32), 0, 0, 0, "", bytes(32), 0, b"")
 
 
+def _answer(r: object) -> tuple[Any, ...]:
+    """A signed Response as the contract's Answer struct (raises _Unencodable)."""
+    if not isinstance(r, Response):
+        raise _Unencodable
+    return (
+        r.ledger,
+        r.channel,
+        r.n,
+        r.request_hash,
+        r.status,
+        r.price,
+        r.spent,
+        r.body_hash,
+        _sig(r.signature),
+    )
+
+
 def _body(body: bytes) -> bytes:
     if len(body) > MAX_BODY:
         raise SettlementError(
@@ -1020,24 +1037,24 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
     if isinstance(op, FileClaim):
         voucher = _voucher(op.request)
         assert isinstance(op.request, Request)
+        refusal = op.refusal
+        if refusal is not None:
+            # refund with the payee's refusal: settled at once as REFUSED (section 5)
+            return "file_claim_refused", [
+                voucher,
+                _body(op.request.body),
+                _answer(refusal),
+                _body(refusal.body),
+            ]
         return "file_claim", [voucher, _body(op.request.body)]
     if isinstance(op, AnswerClaim):
         r = op.response
         if r is None and op.evidence is not None:
             return "answer_claim_evidence", [_b32(op.claim), _voucher(op.evidence)]
-        if not isinstance(r, Response) or op.evidence is not None:
+        if op.evidence is not None:
             raise _Unencodable
-        answer = (
-            r.ledger,
-            r.channel,
-            r.n,
-            r.request_hash,
-            r.status,
-            r.price,
-            r.spent,
-            r.body_hash,
-            _sig(r.signature),
-        )
+        answer = _answer(r)
+        assert isinstance(r, Response)
         return "answer_claim", [_b32(op.claim), answer, _body(r.body)]
     if isinstance(op, ResolveClaim):
         return "resolve_claim", [_b32(op.claim)]
@@ -1352,7 +1369,7 @@ class EvmLedger(OpLedger):
         found = [f for f in own if f is not None]
         if name == "open_channel":
             return next(bytes(f["channel"]) for n, f in found if n == "ChannelOpened")
-        if name == "file_claim":
+        if name in ("file_claim", "file_claim_refused"):
             return next(bytes(f["claim"]) for n, f in found if n == "ClaimFiled")
         if name in ("redeem", "payee_close"):
             return next((int(f["amount"]) for n, f in found if n == "Redeemed"), 0)
@@ -1404,8 +1421,12 @@ class EvmLedger(OpLedger):
     async def withdraw_stake(self, key: Any) -> None:
         await super().withdraw_stake(self._k(key))
 
-    async def file_claim(self, key: Any, request: Request) -> bytes:
-        return await super().file_claim(self._k(key), request)
+    async def file_claim(
+        self, key: Any, request: Request, refusal: Response | None = None
+    ) -> bytes:
+        """File a claim; with `refusal` (the payee's signed refusal of `request`) it is
+        settled at once as REFUSED and the price refunded (`file_claim_refused`)."""
+        return await super().file_claim(self._k(key), request, refusal)
 
     async def answer_claim(
         self,

@@ -11,6 +11,7 @@ error code, every channel, stake and claim, every balance, and finally the event
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -20,7 +21,7 @@ pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[de
 pytest.importorskip("eth_abi", reason="web3/eth-abi not installed: pip install -e '.[dev]'")
 
 from p2pay import testing
-from p2pay.core.errors import SettlementError
+from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.evmsig import EvmKey
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import Params
@@ -72,6 +73,17 @@ class Pair:
     ) -> Any:
         """AnswerClaim with a response or with evidence, on both."""
         return await self.both("answer_claim", key, claim_id, response, evidence=evidence)
+
+    async def refund(
+        self, key: EvmKey, r: Request, refusal: Any, expect: ErrorCode | None = None
+    ) -> Any:
+        """FileClaim with the payee's refusal (a refund settled at once), on both; `expect`:
+        the refusal code both must give."""
+        self.evm.register_key(key)
+        outcome = await self.both("file_claim", key, r, refusal)
+        if expect is not None:
+            assert outcome == ("refused", expect)
+        return outcome
 
     async def same_state(self, channels: list[bytes], claims: list[bytes]) -> None:
         for account in (A.account, B.account, C.account):
@@ -187,8 +199,10 @@ async def test_random_operations_match_the_pure_rules() -> None:
     """Seeded random rounds over every claim and channel op, compared op by op: each round
     signs a request (mostly a fresh slice, sometimes a conflicting or bad one), may redeem
     it, files a claim when its deadline has passed, and answers it (OK, refusal, evidence,
-    a wrong answer) or lets it be resolved; closes, top ups, unbonding are mixed in."""
+    a wrong answer) or lets it be resolved; refunds with a refusal (valid or not), closes,
+    top ups, unbonding are mixed in."""
     rng = random.Random(13)
+    side = random.Random(29)
     p = await make_pair()
     lid, clock = p.evm.ledger_id, p.clock
     for key in (A, B, C):
@@ -258,6 +272,20 @@ async def test_random_operations_match_the_pure_rules() -> None:
                 )
                 await p.answer(B, claim_id, response)
             # else: left open, resolved later
+        if side.random() < 0.15:  # refund with a refusal (own RNG: the walk is unchanged)
+            refused = side.choice(signed[cid])
+            status = side.choice(["OK", *REFUSALS, *REFUSALS])
+            refusal = Response.create(
+                side.choice([B, B, B, A]),
+                request=side.choice([refused, refused, refused, r]),
+                status=status,
+                price=refused.price if status == "OK" else 0,
+                spent=refused.price,
+                body=b"no",
+            )
+            outcome = await p.refund(side.choice([A, A, A, C]), refused, refusal)
+            if outcome[0] == "ok":
+                claims.append(outcome[1])
         extra = rng.random()
         if extra < 0.08:
             await p.both("start_close", A, cid)
@@ -284,3 +312,95 @@ async def test_random_operations_match_the_pure_rules() -> None:
     assert {"delivered", "refused", "frivolous", "upheld"} <= states, states
     clawed = [c.clawed for c in [await p.mem.claim(i) for i in claims] if c]
     assert any(clawed), "no clawback happened"
+    refunds = [c for c in [await p.mem.claim(i) for i in claims] if c and c.bond == 0]
+    assert refunds and any(c.clawed for c in refunds), "no refund with a refusal clawed back"
+
+
+async def test_refund_with_refusal_matches_the_pure_rules() -> None:
+    """FileClaim with the payee's signed refusal (file_claim_refused on chain): every check
+    in order gives the same code on both ledgers, and a valid one refunds at once (REFUSED,
+    no bond), clawing back from the stake a slice the payee had already redeemed."""
+    p = await make_pair()
+    lid, clock = p.evm.ledger_id, p.clock
+    for key in (A, B, C):
+        await p.both("mint", key, key.account, 10 * TOKEN)
+    await p.both("stake", B, 5 * TOKEN, TOKEN, 1_000)
+    _, cid = await p.both("open_channel", A, B.account, 1_000, 50)
+    _, other = await p.both("open_channel", A, C.account, 1_000, 50)  # C has no stake
+    price = 100
+
+    def refuse(key: EvmKey, r: Request, status: str = "OVERLOADED") -> Response:
+        return Response.create(key, request=r, status=status, price=0, spent=0, body=b"busy")
+
+    r1 = request(A, lid, cid, 1, 100, price, clock.ms + 100)
+    r2 = request(A, lid, cid, 2, 200, price, clock.ms + 100)
+    r3 = request(A, lid, cid, 3, 300, price, clock.ms + 100)
+    await p.both("redeem", B, r2, 200)  # B took slices 1 and 2
+    # each refusal case, in the order of the checks (no deadline needs to have passed)
+    bad_args = request(A, lid, cid, 1, 50, price, clock.ms)  # paid below the price
+    await p.refund(A, bad_args, refuse(B, bad_args), expect=ErrorCode.INVALID_ARGUMENT)
+    # a refusal is a Response
+    await p.refund(A, r1, r1, expect=ErrorCode.INVALID_ARGUMENT)
+    stray = request(A, lid, bytes(32), 1, 100, price, clock.ms)  # no such channel
+    await p.refund(A, stray, refuse(B, stray), expect=ErrorCode.UNKNOWN_CHANNEL)
+    # only the payer
+    await p.refund(C, r1, refuse(B, r1), expect=ErrorCode.NOT_PARTY)
+    forged = request(C, lid, cid, 1, 100, price, clock.ms)  # not signed by the payer
+    await p.refund(A, forged, refuse(B, forged), expect=ErrorCode.INVALID_SIGNATURE)
+    # a refusal signed by the payer, or by a stranger, not by the payee
+    await p.refund(A, r1, refuse(A, r1), expect=ErrorCode.INVALID_SIGNATURE)
+    await p.refund(A, r1, refuse(C, r1), expect=ErrorCode.INVALID_SIGNATURE)
+    # the refusal of another request
+    await p.refund(A, r1, refuse(B, r2), expect=ErrorCode.RESPONSE_MISMATCH)
+    # not a refusal: OK, even for free
+    ok = Response.create(B, request=r1, status="OK", price=price, spent=price, body=b"pong")
+    await p.refund(A, r1, ok, expect=ErrorCode.RESPONSE_MISMATCH)
+    free_ok = Response.create(B, request=r1, status="OK", price=0, spent=0, body=b"pong")
+    await p.refund(A, r1, free_ok, expect=ErrorCode.RESPONSE_MISMATCH)
+    big = request(A, lid, cid, 9, 2_000, price, clock.ms)  # above the deposit
+    await p.refund(A, big, refuse(B, big), expect=ErrorCode.VOUCHER_EXCEEDS_DEPOSIT)
+    # valid: slice 3 never redeemed (it stays in escrow); slice 2 redeemed (clawed back).
+    # Neither body is checked: nothing is served, the two signatures are the proof
+    no3 = refuse(B, r3, "UNKNOWN_SERVICE")
+    no2 = dataclasses.replace(refuse(B, r2, "UNKNOWN_SERVICE"), body=b"not the hashed body")
+    ids = []
+    for r, no in ((dataclasses.replace(r3, body=b"not the hashed body"), no3), (r2, no2)):
+        outcome = await p.refund(A, r, no)
+        assert outcome[0] == "ok"
+        ids.append(outcome[1])
+    await p.same_state([cid, other], ids)
+    # a second refund, a regular claim, on the same request: CLAIM_EXISTS
+    await p.refund(A, r2, refuse(B, r2, "HANDLER_ERROR"), expect=ErrorCode.CLAIM_EXISTS)
+    clock.advance(101)
+    assert (await p.both("file_claim", A, r2))[1] == ErrorCode.CLAIM_EXISTS
+    # a regular claim first, then the refund: CLAIM_EXISTS
+    ids.append((await p.both("file_claim", A, r1))[1])
+    await p.refund(A, r1, refuse(B, r1), expect=ErrorCode.CLAIM_EXISTS)
+    # a payee without stake, a closed channel: still refunded (nothing to claw)
+    r4 = request(A, lid, other, 1, 100, price, clock.ms + 5_000)
+    await p.both("redeem", C, r4, None)
+    await p.both("payee_close", C, other, None, None)
+    no4 = refuse(C, r4, "DEADLINE_EXCEEDED")
+    ids.append((await p.refund(A, r4, no4))[1])
+    await p.same_state([cid, other], ids)
+    claims = [await p.evm.claim(i) for i in ids]
+    assert [c.state.value if c else None for c in claims] == [
+        "refused",
+        "refused",
+        "open",
+        "refused",
+    ]
+    c3, c2, _, c4 = claims
+    assert c3 is not None and (c3.bond, c3.refund, c3.clawed) == (0, price, 0)
+    assert c2 is not None and (c2.bond, c2.refund, c2.clawed) == (0, price, price)
+    assert c4 is not None and (c4.bond, c4.refund, c4.clawed) == (0, price, 0)
+    # the refusal is the claim's response evidence (C-5), rebuilt from the log
+    assert c3.response_frame == no3.to_frame()
+    assert c2.response_frame == no2.to_frame()
+    # EvmLedger.file_claim(key, request, refusal) is the same op
+    r5 = request(A, lid, cid, 5, 500, price, clock.ms + 100)
+    no5 = refuse(B, r5)
+    assert await p.evm.file_claim(A, r5, no5) == r5.hash
+    assert await p.mem.file_claim(A, r5, no5) == r5.hash
+    await p.same_state([cid, other], [*ids, r5.hash])
+    assert await p.evm.events() == await p.mem.events()

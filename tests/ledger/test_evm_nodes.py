@@ -21,7 +21,7 @@ pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[de
 
 from p2pay import testing
 from p2pay.core.errors import ErrorCode
-from p2pay.core.messages import Hello, Refusal, decode_frame
+from p2pay.core.messages import Hello, Refusal, Response, decode_frame
 from p2pay.core.settlement import ChannelState, ClaimState
 from p2pay.ledger.evm import BoaChain, EvmLedger
 from p2pay.ledger.memory import wall_clock_ms
@@ -187,3 +187,39 @@ async def test_a_hello_naming_another_peers_account_is_refused(ledger: EvmLedger
             await stream.reset()
         assert isinstance(answer, Refusal) and answer.code is ErrorCode.UNAUTHORIZED
         assert bob.counters.refused[ErrorCode.UNAUTHORIZED.value] == 1
+
+
+async def test_a_redeemed_refused_slice_is_clawed_back_on_the_contract(ledger: EvmLedger) -> None:
+    """Attack N1 on chain: BOB raises his price, so ALICE's next request is refused with a
+    signed PAYMENT_REQUIRED and its slice is never reused; BOB then redeems the full best
+    voucher, refused slice included. ALICE's watcher posts the refusal (file_claim_refused):
+    REFUSED at once, no bond, the slice clawed back from BOB's stake."""
+    alice_acct, bob_acct = EVM_KEYS["ALICE"].account, EVM_KEYS["BOB"].account
+    stake = TOKEN
+    async with pair(ledger) as (alice, bob):
+        await bob.stake(stake, penalty=TOKEN // 10, claim_window_ms=30_000)
+        info = await alice.open_channel(bob.addrs[0], deposit=TOKEN)
+        await alice.call(bob.peer_id, "echo", b"first", max_price=PRICE)
+        bob.serve("echo", echo, price=2 * PRICE)  # ALICE's next request is refused once
+        result = await alice.call(bob.peer_id, "echo", b"second", max_price=10 * PRICE)
+        assert result.price == 2 * PRICE
+        payee = bob.payee_channels[info.channel]
+        voucher = payee.verified_voucher()
+        assert voucher is not None and voucher.paid == payee.spent + PRICE  # refused slice
+        assert await ledger.redeem(EVM_KEYS["BOB"], voucher) == voucher.paid  # the theft
+
+        async def refunded() -> bool:
+            ch = await ledger.channel(info.channel)
+            return ch is not None and ch.redeemed - ch.clawed == payee.spent
+
+        await wait_until(refunded, timeout=30)
+    ch = await ledger.channel(info.channel)
+    assert ch is not None and (ch.clawed, ch.refunded) == (PRICE, PRICE)
+    claims = await ledger.claims_of(alice_acct)
+    assert [(c.state, c.bond, c.clawed) for c in claims] == [(ClaimState.REFUSED, 0, PRICE)]
+    refusal = decode_frame(claims[0].response_frame)  # the refusal, rebuilt from the log
+    assert isinstance(refusal, Response) and refusal.verify(bob_acct)
+    assert (refusal.status, refusal.price) == (ErrorCode.PAYMENT_REQUIRED.value, 0)
+    stake_now = await ledger.stake_of(bob_acct)
+    assert stake_now is not None and stake_now.amount == stake - PRICE
+    assert (await ledger.totals()).conserved
