@@ -343,8 +343,10 @@ class Watcher:
                         log.error("claim %s: its window ended unanswered", claim_id.hex())
                         return
                     if answer is None:
-                        async with self._limiter:  # at most max_claim_answers at once
-                            answer = await self._prepare_answer(claim, use_evidence)
+                        # handlers through claims run at most max_claim_answers at once
+                        # (`_serve_claimed`); looking up stored answers and evidence does
+                        # not wait for them, so a flood never keeps a cheap answer back
+                        answer = await self._prepare_answer(claim, use_evidence)
                     if answer is not None:
                         if answer.evidence is not None:
                             await node.ledger.answer_claim(
@@ -569,7 +571,11 @@ class Watcher:
         try:
             now = await node.ledger.now()
             with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
-                ok, body, error, details = await run_service(node, service, call)
+                # waiting for a handler slot counts against the claim's deadline: a claim
+                # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
+                # charged, its slice never earned) instead of left unanswered (C-1)
+                async with self._limiter:  # at most max_claim_answers handlers at once
+                    ok, body, error, details = await run_service(node, service, call)
             done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
         except BaseException:
             if request.n in ch.pending:

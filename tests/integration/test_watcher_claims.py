@@ -504,3 +504,43 @@ async def test_claims_sharing_one_slice_refute_each_other_never_refunding_twice(
         assert channel.clawed == 0
         stake = await ledger.stake_of(BOB.account)
         assert stake is not None and stake.amount == STAKE
+
+
+async def test_an_answer_needing_no_handler_is_never_held_back_by_busy_handlers() -> None:
+    """Attack item 5 again (100 claims on 1 s handlers, SQLite, 3 s window: 10-12 upheld):
+    the watcher looked up stored answers and evidence inside the handler limiter, so cheap
+    answers queued behind slow handlers and missed their windows. Here the only handler
+    slot is taken by a handler that overruns (shielded from cancellation), and a claim that
+    needs no handler (evidence) must still be answered."""
+    ledger = make_ledger()
+    release = trio.Event()
+    hanging = trio.Event()
+
+    async def hang(call: Call) -> bytes:
+        hanging.set()
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            await release.wait()
+        return call.body
+
+    one_slot = NodeConfig(
+        watch_interval=0.05, claim_grace_ms=50, min_challenge_ms=50, max_claim_answers=1
+    )
+    async with pair(ledger, bob_config=one_slot) as (alice, bob):
+        bob.serve("hang", hang, price=PRICE)
+        try:
+            await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+            ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+            served = await alice.call(bob.peer_id, "echo", b"real", max_price=PRICE)
+            assert served.n == 1
+            now = await ledger.now()
+            slow = claimed_request(ch.channel, 2, deadline=now - 1, service="hang")
+            await ledger.file_claim(ALICE, slow)
+            with trio.fail_after(20):
+                await hanging.wait()  # the only handler slot is taken
+            conflicting = claimed_request(ch.channel, 1, deadline=now - 1, body=b"other")
+            claim_id = await ledger.file_claim(ALICE, conflicting)
+            await wait_until(lambda: decided(ledger, [claim_id]), timeout=10)
+            claim = await ledger.claim(claim_id)
+            assert claim is not None and claim.state is ClaimState.FRIVOLOUS
+        finally:
+            release.set()
