@@ -1182,6 +1182,24 @@ def _check_claimed_request(state: State, request: object) -> Request:
     return request
 
 
+def _claim_filed_event(claim: Claim, now: int) -> Event:
+    """The ClaimFiled event of a claim just filed (section 7)."""
+    return _event(
+        EventKind.CLAIM_FILED,
+        now,
+        claim=claim.id,
+        claimant=claim.claimant,
+        respondent=claim.respondent,
+        channel=claim.channel,
+        n=claim.n,
+        price=claim.price,
+        paid=claim.paid,
+        deadline=claim.deadline,
+        bond=claim.bond,
+        window_ends=claim.window_ends,
+    )
+
+
 def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     params = state.params
     request = _check_claimed_request(state, op.request)
@@ -1246,20 +1264,7 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     state.claims[claim_id] = claim
     stake.open_claims += 1
     channel.paid_seen = max(channel.paid_seen, request.paid)
-    event = _event(
-        EventKind.CLAIM_FILED,
-        now,
-        claim=claim_id,
-        claimant=claim.claimant,
-        respondent=claim.respondent,
-        channel=claim.channel,
-        n=claim.n,
-        price=claim.price,
-        paid=claim.paid,
-        deadline=request.deadline,
-        bond=bond,
-        window_ends=claim.window_ends,
-    )
+    event = _claim_filed_event(claim, now)
     return claim_id, [event]
 
 
@@ -1337,20 +1342,7 @@ def _file_refusal(state: State, op: FileClaim, request: Request, now: int) -> _R
     claim.response_frame = refusal.to_frame()
     claim.state = ClaimState.REFUSED
     state.claims[claim_id] = claim
-    filed = _event(
-        EventKind.CLAIM_FILED,
-        now,
-        claim=claim_id,
-        claimant=claim.claimant,
-        respondent=claim.respondent,
-        channel=claim.channel,
-        n=claim.n,
-        price=claim.price,
-        paid=claim.paid,
-        deadline=request.deadline,
-        bond=0,
-        window_ends=claim.window_ends,
-    )
+    filed = _claim_filed_event(claim, now)
     answered = _event(
         EventKind.CLAIM_ANSWERED,
         now,
