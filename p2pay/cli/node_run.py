@@ -169,6 +169,18 @@ class _Metrics:
             "sessions_refused": c.sessions_refused,
             "rate_limited": c.rate_limited,
             "idle_resets": c.idle_resets,
+            "sessions_evicted": c.sessions_evicted,
+            "answers_resent": c.answers_resent,
+            "late_answers": c.late_answers,
+            "in_doubt": c.in_doubt,
+        }
+        # an EVM ledger's health (issue 14): logs it could not index, RPC retries,
+        # re-priced transactions, low-gas warnings, nonce races
+        ledger = node.ledger
+        chain_stats = getattr(getattr(ledger, "chain", None), "stats", None)
+        self.snapshot["ledger"] = {
+            "skipped_logs": getattr(ledger, "skipped_logs", 0),
+            **(chain_stats if isinstance(chain_stats, dict) else {}),
         }
 
     def collect(self) -> Any:
@@ -193,9 +205,23 @@ class _Metrics:
             ("sessions_refused", "Inbound sessions refused (max_sessions limits)."),
             ("rate_limited", "Streams reset for too many refused requests."),
             ("idle_resets", "Streams reset as idle or slow-loris."),
+            ("sessions_evicted", "Inbound sessions reset to make room for a new peer."),
+            ("answers_resent", "Re-sent requests answered with their stored answer."),
+            ("late_answers", "Handlers that finished after the deadline (not charged)."),
+            ("in_doubt", "Calls that ended in doubt (the request stays claimable)."),
         )
         for name, doc in simple:
             yield CounterMetricFamily(f"p2pay_{name}", doc, value=float(snap[name]))
+        ledger = CounterMetricFamily(
+            "p2pay_ledger_events",
+            "Ledger adapter events: skipped_logs, rpc_retries, repriced, low_gas_warnings, "
+            "nonce_races (EVM ledgers; 0 elsewhere).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(snap["ledger"].items()):
+            if isinstance(count, int):
+                ledger.add_metric([kind], float(count))
+        yield ledger
         refusals = CounterMetricFamily(
             "p2pay_refusals", "Requests refused, by error code.", labels=["code"]
         )
