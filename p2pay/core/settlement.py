@@ -1200,13 +1200,13 @@ def _claim_filed_event(claim: Claim, now: int) -> Event:
     )
 
 
-def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
-    params = state.params
-    request = _check_claimed_request(state, op.request)
-    if op.refusal is not None:
-        return _file_refusal(state, op, request, now)
+def _claimed_channel(state: State, op: FileClaim, request: Request) -> Channel:
+    """FileClaim's checks of the request against its channel (section 5, in order):
+    ledger, channel, party, channel table, the payer's signature."""
     _need(
-        request.ledger == params.ledger_id, ErrorCode.WRONG_LEDGER, "request is for another ledger"
+        request.ledger == state.params.ledger_id,
+        ErrorCode.WRONG_LEDGER,
+        "request is for another ledger",
     )
     channel = _channel(state, request.channel)
     _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the channel's payer claims")
@@ -1216,6 +1216,15 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         ErrorCode.INVALID_SIGNATURE,
         "request is not signed by the channel's payer",
     )
+    return channel
+
+
+def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
+    params = state.params
+    request = _check_claimed_request(state, op.request)
+    if op.refusal is not None:
+        return _file_refusal(state, op, request, now)
+    channel = _claimed_channel(state, op, request)
     _need(request.body_matches(), ErrorCode.MALFORMED, "body does not match body_hash")
     _need(
         request.paid <= channel.deposit,
@@ -1274,17 +1283,7 @@ def _file_refusal(state: State, op: FileClaim, request: Request, now: int) -> _R
     refusal = op.refusal
     if not isinstance(refusal, Response):
         raise _fail(ErrorCode.INVALID_ARGUMENT, "a refusal is a signed Response")
-    _need(
-        request.ledger == params.ledger_id, ErrorCode.WRONG_LEDGER, "request is for another ledger"
-    )
-    channel = _channel(state, request.channel)
-    _need(op.sender == channel.payer, ErrorCode.NOT_PARTY, "only the channel's payer claims")
-    channel_transition(channel.state, ChannelOpKind.FILE_CLAIM)
-    _need(
-        request.verify(channel.payer),
-        ErrorCode.INVALID_SIGNATURE,
-        "request is not signed by the channel's payer",
-    )
+    channel = _claimed_channel(state, op, request)
     _need(
         refusal.verify(channel.payee),
         ErrorCode.INVALID_SIGNATURE,
