@@ -2033,14 +2033,14 @@ async def _case_tx_replay_refused(h: LedgerHarness) -> None:
 
 @_tx_case
 async def _case_tx_reordered_refused_then_valid_sequence(h: LedgerHarness) -> None:
-    from p2pay.core.settlement import Transfer, Withdraw
+    from p2pay.core.settlement import Op, Transfer, Withdraw
     from p2pay.core.tx import sign_transaction
 
     L = h.ledger
     inner = _tx_ledger(h)
     await h.funded((ALICE, 10 * TOKEN))
     n = await inner.next_nonce(ALICE.account)
-    ops = [
+    ops: list[Op] = [
         Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN),
         Withdraw(sender=ALICE.account, amount=2 * TOKEN),
         Transfer(sender=ALICE.account, to=CAROL.account, amount=3 * TOKEN),

@@ -46,6 +46,12 @@ if TYPE_CHECKING:  # keeps `p2pay --help` from importing the node and the store
     from p2pay.node import Node
     from p2pay.store.sqlite import SqliteStore
 
+    # click >= 8.4 types ParamType by the value it converts to; older clicks (which the
+    # package still runs with) cannot subscript it at run time.
+    _IntParamType = click.ParamType[int]
+else:
+    _IntParamType = click.ParamType
+
 log = logging.getLogger("p2pay.cli")
 T = TypeVar("T")
 
@@ -57,7 +63,7 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 # parameter types
 
 
-class AmountType(click.ParamType):
+class AmountType(_IntParamType):
     """An amount: an integer of yocto, or a number and a unit ("1.5 token", "3 milli")."""
 
     name = "AMOUNT"
@@ -71,7 +77,7 @@ class AmountType(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
-class DurationType(click.ParamType):
+class DurationType(_IntParamType):
     """A duration in ms: "1500", "250ms", "2s", "5m", "1h"."""
 
     name = "DURATION"

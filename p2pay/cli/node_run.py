@@ -30,9 +30,9 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -51,6 +51,9 @@ from p2pay.cli.common import (
 )
 from p2pay.cli.home import CliError, Home, listen_addrs, open_ledger
 from p2pay.cli.services import Handler, ServiceSpec, load_handler, parse_service
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("p2pay.cli.node")
 METRICS_INTERVAL = 0.5
@@ -183,7 +186,7 @@ class _Metrics:
             **(chain_stats if isinstance(chain_stats, dict) else {}),
         }
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.snapshot
@@ -380,7 +383,7 @@ def _start_metrics(collector: _Metrics, where: tuple[str, int]) -> Any:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     try:
         server, _thread = start_http_server(where[1], addr=where[0], registry=registry)
     except OSError as exc:

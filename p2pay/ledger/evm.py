@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -128,6 +128,9 @@ _EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
 
 log = logging.getLogger("p2pay.ledger.evm")
 
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
+
 
 def _contracts_dir() -> Path:
     env = os.environ.get("P2PAY_CONTRACTS_DIR")
@@ -176,19 +179,19 @@ class _Abi:
                 self.events[keccak256(sig.encode())] = (item["name"], fields)
 
     def calldata(self, name: str, args: Sequence[Any]) -> bytes:
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         selector, types, _ = self.functions[name]
         return selector + encode(types, list(args))
 
     def decode_output(self, name: str, data: bytes) -> tuple[Any, ...]:
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         _, _, outs = self.functions[name]
         return tuple(decode(outs, data))
 
     def decode_log(self, topics: Sequence[bytes], data: bytes) -> tuple[str, dict[str, Any]] | None:
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         if not topics or topics[0] not in self.events:
             return None
@@ -587,7 +590,7 @@ class Web3Chain(Chain):
             "value": 0,
         }
         if to is not None:
-            from eth_utils import to_checksum_address
+            from eth_utils.address import to_checksum_address
 
             unsigned["to"] = to_checksum_address("0x" + to.hex())
         sent: list[str] = []
@@ -716,7 +719,7 @@ class RpcErrorReply(ChainError):
 def revert_code(output: bytes) -> tuple[ErrorCode, str]:
     """The `ErrorCode` in revert data ``Error(string)``; INTERNAL if there is none."""
     if output.startswith(_ERROR_SELECTOR):
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         try:
             (reason,) = decode(["string"], output[4:])
@@ -1157,7 +1160,7 @@ class EvmLedger(OpLedger):
             if not res.ok:
                 raise LocalProtocolError(f"token deployment failed: {revert_code(res.output)[1]}")
             token = res.output
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         ctor = encode(
             ["address", "bool"] + ["uint256"] * 8,
@@ -1272,7 +1275,7 @@ class EvmLedger(OpLedger):
         return self._last_at * 1000 // self._time_unit_us
 
     # --- plumbing
-    async def _call_chain(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call_chain(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await _run(self.chain, fn, *args)
 
     async def _view(self, name: str, *args: Any) -> tuple[Any, ...]:
@@ -1451,7 +1454,7 @@ class EvmLedger(OpLedger):
         """
         evm_key = self.register_key(key)
         token = bytes.fromhex((await self._view("token"))[0][2:])
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         approve = keccak256(b"approve(address,uint256)")[:4] + encode(
             ["address", "uint256"], ["0x" + self.address.hex(), _u256(amount)]
@@ -1632,7 +1635,7 @@ def _as_evm_key(key: KeyLike) -> EvmKey:
     raise LocalProtocolError("a key is an EvmKey or an Ed25519 Keypair")
 
 
-async def _run(chain: Chain, fn: Callable[..., Any], *args: Any) -> Any:
+async def _run(chain: Chain, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
     if chain.blocking_io:
         return await trio.to_thread.run_sync(lambda: fn(*args))
     await trio.lowlevel.checkpoint()

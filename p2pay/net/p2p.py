@@ -759,8 +759,10 @@ class _GuardedYamux(Yamux):
 def _install_yamux_guard() -> None:
     # py-libp2p's muxer negotiation builds yamux connections from its module's `Yamux`
     # whatever class the host was given (muxer_multistream.MuxerMultistream.new_conn).
-    if getattr(_muxer_multistream_module, "Yamux", None) is Yamux:
-        _muxer_multistream_module.Yamux = _GuardedYamux  # type: ignore[misc]
+    # (through the module's namespace: the module imports `Yamux` without re-exporting it)
+    namespace = vars(_muxer_multistream_module)
+    if namespace.get("Yamux") is Yamux:
+        namespace["Yamux"] = _GuardedYamux
 
 
 _install_yamux_guard()

@@ -448,10 +448,10 @@ class ClaimFlooder(_Attacker):
             and r.deadline < now <= r.deadline + stake.claim_window_ms // 2
         ]
         for record in records[: self.answered]:
-            request = decode_frame(record.frame)
-            assert isinstance(request, Request)
+            answered = decode_frame(record.frame)
+            assert isinstance(answered, Request)
             self.claimed.add(record.request_hash)
-            await _file(self, request, "answered")
+            await _file(self, answered, "answered")
         # 2. made-up requests: fresh numbers and slices, deadline just passed
         if self.side is None:
             self.side = _SideChannel(self, target, self.deposit)
