@@ -33,6 +33,7 @@ from p2pay.store.base import (
     RequestUpdate,
     Store,
     StoredResponse,
+    StoreError,
 )
 
 log = logging.getLogger("p2pay.persist")
@@ -77,8 +78,14 @@ class _Staged:
         )
 
 
-class StoreFailed(Exception):
-    """The store could not commit: the node stops acknowledging anything."""
+class StoreFailed(StoreError):
+    """The store could not commit: the node stops acknowledging anything.
+
+    ``str()`` is the message alone: the failure's own text.
+    """
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Persister:

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from p2pay.core.errors import ErrorCode, SettlementError
+from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
     Request,
@@ -207,8 +207,12 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
-class LedgerConformanceError(AssertionError):
-    """A ledger backend does not behave as specs/settlement.md says."""
+class LedgerConformanceError(P2payError, AssertionError):
+    """A ledger backend does not behave as specs/settlement.md says (an AssertionError, so
+    test runners report it as a failure). ``str()`` is the message alone."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LedgerFactory(Protocol):

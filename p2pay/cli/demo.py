@@ -632,6 +632,7 @@ async def _client_body(
 ) -> None:
     """Open channels, call, close, and wait until claims and closes are settled."""
     from p2pay.node import CallTimeout
+    from p2pay.persist import StoreFailed
 
     led = node.ledger
     me = node.account
@@ -653,6 +654,8 @@ async def _client_body(
                 tally["timeouts"] += 1
                 _emit(event="call", provider=name, outcome="timeout")
                 continue
+            except StoreFailed:
+                raise  # our store failed: the demo stops, it is not a call's outcome
             except P2payError as exc:
                 tally["errors"] += 1
                 _emit(event="call", provider=name, outcome="error", code=exc.code.value)

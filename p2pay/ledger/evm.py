@@ -929,8 +929,9 @@ def _plain(fields: dict[str, Any]) -> dict[str, Any]:
 # argument encoding
 
 
-class _Unencodable(Exception):
-    pass
+class _Unencodable(P2payError):
+    """An op argument the contract's ABI cannot carry (caught in `_submit`, which answers
+    with the rules' own refusal)."""
 
 
 def _u256(value: object) -> int:

@@ -64,7 +64,7 @@ import os
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p import new_host
@@ -96,6 +96,8 @@ from p2pay.net.base import (
     AddressInUse,
     ConnectError,
     ListenError,
+    NetError,
+    Stream,
     StreamClosed,
     StreamHandler,
     Transport,
@@ -508,8 +510,8 @@ class Libp2pTransport:
             await stream.reset()
 
 
-class _Refused(Exception):
-    pass
+class _Refused(NetError):
+    """An inbound stream this transport will not serve (closing, or at its limit)."""
 
 
 # --- yamux window updates ---------------------------------------------------------
@@ -668,7 +670,7 @@ def _listen_error(
 # send ahead, never what an honest peer can send.
 
 
-class _WindowExceeded(trio.TooSlowError):
+class _WindowExceeded(NetError, trio.TooSlowError):
     """A peer sent more than the yamux receive window it was given."""
 
 
@@ -913,3 +915,8 @@ async def open_libp2p_transport(
         raise listen_error
     if body_error is not None:
         raise body_error
+
+
+if TYPE_CHECKING:  # `mypy --strict p2pay` checks both classes against the interface
+    _STREAM: type[Stream] = Libp2pStream
+    _TRANSPORT: type[Transport] = Libp2pTransport

@@ -49,8 +49,8 @@ from p2pay.core.channel import ChannelStatus, PayerChannel
 from p2pay.core.errors import P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
-from p2pay.net.base import NetError
 from p2pay.node import Behaviour, Call
+from p2pay.persist import StoreFailed
 
 if TYPE_CHECKING:
     from p2pay.sim.engine import SimPeer, Simulation
@@ -173,7 +173,9 @@ class PeerBehaviour(Behaviour):
                 continue
             try:
                 await node.close_channel(channel)
-            except (P2payError, SettlementError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a refused close
+            except P2payError as exc:  # a SettlementError, a ChainError...
                 self.stats["settle_errors"] += 1
                 log.warning("%s: close %s failed: %s", self.peer.name, channel.hex()[:8], exc)
 
@@ -379,7 +381,9 @@ class _Attacker(PeerBehaviour):
                 return
             try:
                 await self.attack()
-            except (P2payError, NetError, trio.TooSlowError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a failed attack
+            except (P2payError, trio.TooSlowError) as exc:  # a NetError too
                 self.stats[f"attack_failed:{type(exc).__name__}"] += 1
 
     async def attack(self) -> None:

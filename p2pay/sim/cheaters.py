@@ -42,6 +42,7 @@ from p2pay.core.channel import ChannelStatus
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.messages import Refusal, Request, Response, decode_frame, refusal_body
 from p2pay.node import Call
+from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import (
     DownPeriod,
     PeerBehaviour,
@@ -588,7 +589,9 @@ class FastCloser(_Attacker):
                 continue
             try:
                 await node.close_channel(channel)
-            except (P2payError, SettlementError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a refused close
+            except P2payError as exc:  # a SettlementError, a ChainError...
                 self.stats[f"close_refused:{exc.code.value}"] += 1
                 continue
             self.stats["closes_started"] += 1

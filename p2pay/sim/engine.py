@@ -66,6 +66,7 @@ from p2pay.node import (
     PeerUnreachable,
     open_node,
 )
+from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ScenarioError, ServiceSpec
 from p2pay.store.memory import MemoryStore
@@ -519,18 +520,11 @@ class Simulation:
 
     def _filter_answers(self, peer: SimPeer, node: Node) -> None:
         """Pass every frame the node sends on its inbound streams through the behaviour's
-        `answer_filter` (memory transport: the transport's stream handler is wrapped)."""
-        transport = node._transport
-        handler = getattr(transport, "_handler", None)
-        if handler is None:  # libp2p: not supported, the behaviour stays honest
+        `answer_filter` (memory transport only: the network's send filter)."""
+        if self.network is None:  # libp2p: not supported, the behaviour stays honest
             peer.behaviour.stats["answer_filter_unsupported"] += 1
             return
-        behaviour = peer.behaviour
-
-        async def filtered(stream: Any) -> None:
-            await handler(_FilteredStream(stream, behaviour.answer_filter))
-
-        transport._handler = filtered
+        self.network.set_send_filter(str(peer.key.peer_id), peer.behaviour.answer_filter)
 
     def _accumulate(self, peer: SimPeer, node: Node) -> None:
         c = node.counters
@@ -655,10 +649,12 @@ class Simulation:
                 return "UNREACHABLE"
             except ConnectionLost:
                 return "CONNECTION_LOST"
-            except P2payError as exc:
-                return exc.code.value
             except (NetError, trio.TooSlowError, trio.BrokenResourceError):
                 return "UNREACHABLE"
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a call's outcome
+            except P2payError as exc:
+                return exc.code.value
             peer.paid_ok += result.price
             peer.delivered[result.receipt.request_hash] = (target.account, result.price)
             self.paid_ok += result.price
@@ -709,32 +705,6 @@ class Simulation:
                 return
             await self.sleep_until(t)
             await self.invariants.check_periodic(t)
-
-
-class _FilteredStream:
-    """A node's inbound stream whose outgoing frames pass through `keep` first (a frame
-    replaced, or dropped when `keep` returns None). Everything else is the stream's."""
-
-    def __init__(self, stream: Any, keep: Callable[[bytes], bytes | None]) -> None:
-        self._stream = stream
-        self._keep = keep
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def send(self, payload: bytes) -> None:
-        frame = self._keep(bytes(payload))
-        if frame is not None:
-            await self._stream.send(frame)
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def send_many(self, payloads: Any) -> None:
-        frames = [f for f in (self._keep(bytes(p)) for p in payloads) if f is not None]
-        if frames:
-            await self._stream.send_many(frames)
-        else:
-            await trio.lowlevel.checkpoint()
 
 
 def _open(node: Node, channel: bytes) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pay.core.amounts import parse_amount
-from p2pay.core.errors import AmountError
+from p2pay.core.errors import AmountError, ErrorCode, P2payError
 
 __all__ = [
     "ClientSpec",
@@ -43,8 +43,14 @@ __all__ = [
 ]
 
 
-class ScenarioError(ValueError):
-    """A scenario file is malformed; the message names the key."""
+class ScenarioError(P2payError, ValueError):
+    """A scenario file is malformed; the message names the key. ``str()`` is the message
+    alone (it is the one line `p2pay sim` prints)."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __str__(self) -> str:
+        return self.message
 
 
 _DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
