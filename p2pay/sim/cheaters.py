@@ -43,19 +43,13 @@ from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.messages import Refusal, Request, Response, decode_frame, refusal_body
 from p2pay.node import Call
 from p2pay.persist import StoreFailed
-from p2pay.sim.behaviours import (
-    DownPeriod,
-    PeerBehaviour,
-    _Attacker,
-    _fraction,
-    _param_duration,
-    _param_rate,
-    register,
-)
+from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, _Attacker, _fraction
+from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
 
 log = logging.getLogger("p2pay.sim")
 
 __all__ = [
+    "CHEATERS",
     "BondHarvester",
     "ClaimFlooder",
     "FakeReplay",
@@ -78,7 +72,6 @@ def _count_refusal(stats: collections.Counter[str], what: str, exc: SettlementEr
 # providers
 
 
-@register
 class BondHarvester(PeerBehaviour):
     """Charges a fraction ``rate`` of paid requests, withholds their answers and answers
     the resulting claims with a signed refusal (``status``: HANDLER_ERROR or OVERLOADED).
@@ -96,11 +89,11 @@ class BondHarvester(PeerBehaviour):
 
     def __init__(self, *, rate: float = 0.3, status: str = "HANDLER_ERROR", every: Any = "2s"):
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
+        self.rate = parse_rate(rate, "rate")
         if status not in (ErrorCode.HANDLER_ERROR.value, ErrorCode.OVERLOADED.value):
             raise ValueError("status must be HANDLER_ERROR or OVERLOADED")
         self.status = status
-        self.every = _param_duration(every, "every")
+        self.every = parse_duration(every, "every")
         if self.every <= 0:
             raise ValueError("every must be > 0")
         self.withheld: collections.Counter[bytes] = collections.Counter()  # channel -> yocto
@@ -200,7 +193,6 @@ class BondHarvester(PeerBehaviour):
             ch.status = ChannelStatus.CLOSED
 
 
-@register
 class FakeReplay(PeerBehaviour):
     """Serves and charges a fraction ``rate`` of requests like an honest provider, then
     sends an unsigned REPLAY refusal carrying its genuine resync data (``last_n``,
@@ -217,7 +209,7 @@ class FakeReplay(PeerBehaviour):
 
     def __init__(self, *, rate: float = 0.3, answers_claims: bool = True) -> None:
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
+        self.rate = parse_rate(rate, "rate")
         self.answers_claims = bool(answers_claims)
 
     def answer_filter(self, frame: bytes) -> bytes | None:
@@ -245,7 +237,6 @@ class FakeReplay(PeerBehaviour):
         ).to_frame()
 
 
-@register
 class LateAnswer(PeerBehaviour):
     """Lets a fraction ``rate`` of handlers finish ``after`` past the request's deadline
     (the caller has given up), hoping to charge the late answer."""
@@ -257,8 +248,8 @@ class LateAnswer(PeerBehaviour):
 
     def __init__(self, *, rate: float = 0.3, after: Any = "1s") -> None:
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
-        self.after = _param_duration(after, "after")
+        self.rate = parse_rate(rate, "rate")
+        self.after = parse_duration(after, "after")
 
     async def before_handler(self, call: Call) -> None:
         if _fraction(self.sim.scenario.seed, self.peer.index, call.channel, call.n) >= self.rate:
@@ -269,7 +260,6 @@ class LateAnswer(PeerBehaviour):
         await self.sim.sleep(max(0.0, wait_ms / 1000) + self.after)
 
 
-@register
 class Unbonding(PeerBehaviour):
     """Honest provider that requests unstake at ``unstake_at``, keeps serving and
     answering until its unbonding ends (``unbonding_at``: every legitimate claim is
@@ -281,8 +271,8 @@ class Unbonding(PeerBehaviour):
 
     def __init__(self, *, unstake_at: Any = "30s", margin: Any = "2s") -> None:
         super().__init__()
-        self.unstake_at = _param_duration(unstake_at, "unstake_at")
-        self.margin = _param_duration(margin, "margin")
+        self.unstake_at = parse_duration(unstake_at, "unstake_at")
+        self.margin = parse_duration(margin, "margin")
         if self.margin <= 0:
             raise ValueError("margin must be > 0")
 
@@ -386,7 +376,6 @@ async def _file(behaviour: PeerBehaviour, request: Request, what: str) -> bool:
     return True
 
 
-@register
 class ClaimFlooder(_Attacker):
     """Every ``every`` (mean), files a burst of claims against a staked provider it has a
     channel to: ``answered`` claims on requests it was answered, ``made_up`` claims on
@@ -407,8 +396,6 @@ class ClaimFlooder(_Attacker):
         max_bursts: int = 3,
     ) -> None:
         super().__init__(every=every)
-        from p2pay.sim.scenario import _amount
-
         for name, value in (
             ("answered", answered),
             ("made_up", made_up),
@@ -419,7 +406,7 @@ class ClaimFlooder(_Attacker):
                 raise ValueError(f"{name} must be an int >= 0")
         self.answered, self.made_up, self.conflicting = answered, made_up, conflicting
         self.max_bursts = max_bursts
-        self.deposit = _amount(deposit, "deposit")
+        self.deposit = parse_amount_param(deposit, "deposit")
         self.side: _SideChannel | None = None
         self.claimed: set[bytes] = set()
 
@@ -474,7 +461,6 @@ class ClaimFlooder(_Attacker):
                 await _file(self, request, "conflicting")
 
 
-@register
 class UnbondingClaimer(_Attacker):
     """Waits for a provider it has a channel to to request unstake, then files claims on
     made-up requests (a side channel of ``deposit``) dated just before ``unbonding_at``:
@@ -495,11 +481,9 @@ class UnbondingClaimer(_Attacker):
         control: bool = True,
     ) -> None:
         super().__init__(every=every)
-        from p2pay.sim.scenario import _amount
-
-        self.before = _param_duration(before, "before")
-        self.after = _param_duration(after, "after")
-        self.deposit = _amount(deposit, "deposit")
+        self.before = parse_duration(before, "before")
+        self.after = parse_duration(after, "after")
+        self.deposit = parse_amount_param(deposit, "deposit")
         self.control = bool(control)
         self.done = False
 
@@ -555,7 +539,6 @@ class UnbondingClaimer(_Attacker):
             await self.sim.sleep(wait)
 
 
-@register
 class FastCloser(_Attacker):
     """Opens its channels with a ``challenge`` period far below the usual (the ledger
     allows it), spends on them, starts closing them all at ``at`` and finalizes each
@@ -565,10 +548,10 @@ class FastCloser(_Attacker):
 
     def __init__(self, *, challenge: Any = "1s", at: Any = "60s") -> None:
         super().__init__(every="1s")
-        self.challenge = _param_duration(challenge, "challenge")
+        self.challenge = parse_duration(challenge, "challenge")
         if self.challenge <= 0:
             raise ValueError("challenge must be > 0")
-        self.at = _param_duration(at, "at")
+        self.at = parse_duration(at, "at")
         self.closed = False
 
     def channel_challenge_ms(self, default_ms: int) -> int:
@@ -613,3 +596,15 @@ class FastCloser(_Attacker):
             if info is not None and info.redeemed == 0:
                 self.stats["finalized_unredeemed"] += 1
             await node.refresh_channel(channel)
+
+
+# the cheaters, registered under their ``kind`` by `p2pay.sim.registry`
+CHEATERS: tuple[type[PeerBehaviour], ...] = (
+    BondHarvester,
+    FakeReplay,
+    LateAnswer,
+    Unbonding,
+    ClaimFlooder,
+    UnbondingClaimer,
+    FastCloser,
+)

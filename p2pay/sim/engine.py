@@ -67,8 +67,10 @@ from p2pay.node import (
     open_node,
 )
 from p2pay.persist import StoreFailed
-from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, make_behaviour
-from p2pay.sim.scenario import PeerGroup, Scenario, ScenarioError, ServiceSpec
+from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
+from p2pay.sim.params import ScenarioError, parse_duration
+from p2pay.sim.registry import make_behaviour
+from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
 from p2pay.store.memory import MemoryStore
 
 log = logging.getLogger("p2pay.sim")
@@ -713,8 +715,6 @@ def _open(node: Node, channel: bytes) -> bool:
 
 
 def _param_seconds(value: object) -> float:
-    from p2pay.sim.scenario import parse_duration
-
     try:
         return parse_duration(value)
     except ScenarioError:

@@ -58,7 +58,7 @@ def test_every_exception_defined_in_p2pay_is_a_p2pay_error() -> None:
         "p2pay.core.errors.DecodeError",
         "p2pay.net.base.StreamClosed",
         "p2pay.persist.StoreFailed",
-        "p2pay.sim.scenario.ScenarioError",
+        "p2pay.sim.params.ScenarioError",
         "p2pay.store.base.StoreClosed",
         "p2pay.ledger.evm.ChainUnavailable",
         "p2pay.cli.home.CliError",
