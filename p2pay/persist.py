@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +35,11 @@ from p2pay.store.base import (
     StoredResponse,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    # (not `trio.TaskStatus`: py-libp2p installs trio-typing, whose stubs shadow trio's own
+    # types for mypy and do not re-export it)
+    from trio_typing import TaskStatus
 
 log = logging.getLogger("p2pay.persist")
 
@@ -175,7 +180,7 @@ class Persister:
 
     # -- the one writer
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             while True:

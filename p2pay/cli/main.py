@@ -70,7 +70,10 @@ from p2pay.core.settlement import ChannelState
 from p2pay.sim.cli import simulate
 
 if TYPE_CHECKING:
-    from p2pay.node import Node
+    from p2pay.core.settlement import Event, Params
+    from p2pay.ledger.base import Totals
+    from p2pay.node import CallResult, ChannelInfo, Node
+    from p2pay.store.base import PayeeRecord, PayerRecord
 
 log = logging.getLogger("p2pay.cli")
 
@@ -245,7 +248,7 @@ def ledger_create(
     if use:
         home.require()
 
-    async def create() -> Any:
+    async def create() -> Params:
         from p2pay.ledger.sqlite import SqliteLedger
 
         try:
@@ -273,7 +276,7 @@ def ledger_create(
 def _adopt_and_report(
     home: Home,
     spec: LedgerSpec,
-    params: Any,
+    params: Params,
     verb: str,
     *,
     use: bool,
@@ -355,7 +358,7 @@ def ledger_deploy(
         except ValueError:
             raise CliError(f"--token {token!r}: expected 0x and 40 hex digits") from None
 
-    async def deploy() -> Any:
+    async def deploy() -> tuple[bytes, Params]:
         try:
             from p2pay.core.evmsig import EvmKey
             from p2pay.ledger.evm import EvmLedger, Web3Chain
@@ -448,7 +451,7 @@ def ledger_events(after: int, limit: int, ledger: str | None, as_json: bool) -> 
     """List the ledger's events (every operation emits at least one)."""
     spec = settings().home.ledger_spec(ledger)
 
-    async def read() -> list[Any]:
+    async def read() -> list[Event]:
         async with open_ledger(spec) as led:
             return await led.events(after=after, limit=limit)
 
@@ -479,7 +482,7 @@ def ledger_totals(ledger: str | None, as_json: bool) -> None:
     """Where every yocto is: supply = balances + escrow + stakes + bonds + burnt."""
     spec = settings().home.ledger_spec(ledger)
 
-    async def read() -> Any:
+    async def read() -> Totals:
         async with open_ledger(spec) as led:
             return await led.totals()
 
@@ -662,7 +665,7 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     me = account_of_key(key, spec)
 
     async def read() -> dict[str, Any]:
-        local: dict[bytes, Any] = {}
+        local: dict[bytes, PayerRecord | PayeeRecord] = {}
         store_note = None
         if home.store_path.exists():
             try:
@@ -733,7 +736,7 @@ def channel_open(
         # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
         target, offline = peer_id_from_public(parse_account(peer, spec)), True
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> ChannelInfo:
         return await node.open_channel(target, deposit=deposit, challenge_ms=challenge)
 
     info = run_with_node(home, ledger, do, offline=offline)
@@ -762,7 +765,7 @@ def channel_top_up(channel_id: str, amount: int, ledger: str | None, as_json: bo
     home = settings().home
     cid = parse_channel_id(channel_id)
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> ChannelInfo:
         return await node.top_up(cid, amount)
 
     info = run_with_node(home, ledger, do, offline=True)
@@ -941,7 +944,7 @@ def call(
     else:
         body = (data or "").encode("utf-8", "surrogateescape")
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> CallResult:
         from p2pay.node import CallTimeout
 
         try:

@@ -55,6 +55,7 @@ from p2pay.persist import StoreFailed
 from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
 
 if TYPE_CHECKING:
+    from p2pay.net.base import Stream
     from p2pay.sim.engine import SimPeer, Simulation
 
 log = logging.getLogger("p2pay.sim")
@@ -187,7 +188,7 @@ class Offline(PeerBehaviour):
         *,
         mode: str | None = None,
         periods: list[list[Any]] | None = None,
-        every: Any = None,
+        every: object = None,
         **rest: Any,
     ) -> None:
         length = rest.pop("for", None)
@@ -296,7 +297,7 @@ class Slow(PeerBehaviour):
     kind = "slow"
     roles = ("provider",)
 
-    def __init__(self, *, rate: float = 0.2, delay: Any = "10s") -> None:
+    def __init__(self, *, rate: float = 0.2, delay: object = "10s") -> None:
         super().__init__()
         self.rate = parse_rate(rate, "rate")
         self.delay = parse_duration(delay, "delay")
@@ -315,7 +316,7 @@ class RawSession:
     """A hand-driven protocol stream to a provider: hello both ways, then one frame out,
     one frame back. What an attacker with its own key (and nothing else) can do."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Stream) -> None:
         self.stream = stream
 
     @classmethod
@@ -354,7 +355,7 @@ class _Attacker(PeerBehaviour):
     honest = False
     adversary = True
 
-    def __init__(self, *, every: Any = "30s", **rest: Any) -> None:
+    def __init__(self, *, every: object = "30s", **rest: Any) -> None:
         super().__init__(**rest)
         self.every = parse_duration(every, "every")
         if self.every <= 0:
@@ -494,7 +495,7 @@ class Overspender(_Attacker):
 
     kind = "overspender"
 
-    def __init__(self, *, deposit: Any = "1 milli", factor: int = 10, every: Any = "5s"):
+    def __init__(self, *, deposit: object = "1 milli", factor: int = 10, every: object = "5s"):
         super().__init__(every=every)
         self.deposit = parse_amount_param(deposit, "deposit")
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
@@ -570,7 +571,7 @@ class StaleCloser(_Attacker):
 
     kind = "stale_closer"
 
-    def __init__(self, *, at: Any = None, every: Any = "1s") -> None:
+    def __init__(self, *, at: object = None, every: object = "1s") -> None:
         super().__init__(every=every)
         self.at = None if at is None else parse_duration(at, "at")
 
@@ -595,7 +596,7 @@ class FalseClaimer(_Attacker):
 
     kind = "false_claimer"
 
-    def __init__(self, *, every: Any = "60s", max_claims: int = 1000) -> None:
+    def __init__(self, *, every: object = "60s", max_claims: int = 1000) -> None:
         super().__init__(every=every)
         if isinstance(max_claims, bool) or not isinstance(max_claims, int) or max_claims < 0:
             raise ValueError("max_claims must be an int >= 0")

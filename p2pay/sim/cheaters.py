@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from p2pay.core.channel import ChannelStatus
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
@@ -45,6 +45,10 @@ from p2pay.node import Call
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, _Attacker, _fraction
 from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
+
+if TYPE_CHECKING:
+    from p2pay.core.settlement import Channel, Claim, Stake
+    from p2pay.sim.engine import SimPeer
 
 log = logging.getLogger("p2pay.sim")
 
@@ -60,8 +64,8 @@ __all__ = [
 ]
 
 
-def _state(claim: Any) -> str:
-    return str(getattr(claim.state, "value", claim.state))
+def _state(entity: Claim | Channel) -> str:
+    return str(getattr(entity.state, "value", entity.state))
 
 
 def _count_refusal(stats: collections.Counter[str], what: str, exc: SettlementError) -> None:
@@ -87,7 +91,7 @@ class BondHarvester(PeerBehaviour):
     adversary = True
     answers_claims = False
 
-    def __init__(self, *, rate: float = 0.3, status: str = "HANDLER_ERROR", every: Any = "2s"):
+    def __init__(self, *, rate: float = 0.3, status: str = "HANDLER_ERROR", every: object = "2s"):
         super().__init__()
         self.rate = parse_rate(rate, "rate")
         if status not in (ErrorCode.HANDLER_ERROR.value, ErrorCode.OVERLOADED.value):
@@ -150,7 +154,7 @@ class BondHarvester(PeerBehaviour):
                 continue
             self.stats["claims_answered_ok" if response.ok else "claims_answered_refusal"] += 1
 
-    async def _answer_for(self, claim: Any) -> Response | None:
+    async def _answer_for(self, claim: Claim) -> Response | None:
         node = self.peer.node
         assert node is not None
         stored = await node.store.response(claim.id)
@@ -246,7 +250,7 @@ class LateAnswer(PeerBehaviour):
     honest = False
     adversary = True
 
-    def __init__(self, *, rate: float = 0.3, after: Any = "1s") -> None:
+    def __init__(self, *, rate: float = 0.3, after: object = "1s") -> None:
         super().__init__()
         self.rate = parse_rate(rate, "rate")
         self.after = parse_duration(after, "after")
@@ -269,7 +273,7 @@ class Unbonding(PeerBehaviour):
     kind = "unbonding"
     roles = ("provider",)
 
-    def __init__(self, *, unstake_at: Any = "30s", margin: Any = "2s") -> None:
+    def __init__(self, *, unstake_at: object = "30s", margin: object = "2s") -> None:
         super().__init__()
         self.unstake_at = parse_duration(unstake_at, "unstake_at")
         self.margin = parse_duration(margin, "margin")
@@ -317,7 +321,7 @@ class _SideChannel:
     """A channel a cheating client opens straight on the ledger (its node does not use
     it) and signs made-up requests on: fresh numbers and fresh slices of the paid line."""
 
-    def __init__(self, behaviour: PeerBehaviour, target: Any, deposit: int) -> None:
+    def __init__(self, behaviour: PeerBehaviour, target: SimPeer, deposit: int) -> None:
         self.behaviour = behaviour
         self.target = target
         self.deposit = deposit
@@ -388,11 +392,11 @@ class ClaimFlooder(_Attacker):
     def __init__(
         self,
         *,
-        every: Any = "60s",
+        every: object = "60s",
         answered: int = 5,
         made_up: int = 20,
         conflicting: int = 2,
-        deposit: Any = "10 milli",
+        deposit: object = "10 milli",
         max_bursts: int = 3,
     ) -> None:
         super().__init__(every=every)
@@ -474,10 +478,10 @@ class UnbondingClaimer(_Attacker):
     def __init__(
         self,
         *,
-        every: Any = "1s",
-        before: Any = "10s",
-        after: Any = "10s",
-        deposit: Any = "10 milli",
+        every: object = "1s",
+        before: object = "10s",
+        after: object = "10s",
+        deposit: object = "10 milli",
         control: bool = True,
     ) -> None:
         super().__init__(every=every)
@@ -505,7 +509,7 @@ class UnbondingClaimer(_Attacker):
                 return
             await sim.sleep(self.every)
 
-    async def _attack(self, target: Any, stake: Any, horizon: int) -> None:
+    async def _attack(self, target: SimPeer, stake: Stake, horizon: int) -> None:
         self.done = True
         sim = self.sim
         node = self.peer.node
@@ -546,7 +550,7 @@ class FastCloser(_Attacker):
 
     kind = "fast_closer"
 
-    def __init__(self, *, challenge: Any = "1s", at: Any = "60s") -> None:
+    def __init__(self, *, challenge: object = "1s", at: object = "60s") -> None:
         super().__init__(every="1s")
         self.challenge = parse_duration(challenge, "challenge")
         if self.challenge <= 0:

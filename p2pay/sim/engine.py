@@ -47,7 +47,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -72,6 +72,9 @@ from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
 from p2pay.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # (see p2pay.persist)
 
 log = logging.getLogger("p2pay.sim")
 
@@ -471,7 +474,7 @@ class Simulation:
                 peer.channels.append((target, info.channel))
 
     async def _lifecycle(
-        self, peer: SimPeer, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, peer: SimPeer, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         periods = list(peer.periods)
         started = False
