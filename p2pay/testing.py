@@ -410,10 +410,17 @@ class LedgerHarness:
         self.clock = ManualClock()
         self.accounts = [ALICE.account, BOB.account, CAROL.account, MALLORY.account]
         self._opened: list[Ledger] = []
-        self.ledger: CheckedLedger = None  # type: ignore[assignment]
+        self._ledger: CheckedLedger | None = None
+
+    @property
+    def ledger(self) -> CheckedLedger:
+        """The case's ledger (made by `start`)."""
+        if self._ledger is None:
+            raise RuntimeError("LedgerHarness.start() was not called")
+        return self._ledger
 
     async def start(self) -> None:
-        self.ledger = await self.new_ledger()
+        self._ledger = await self.new_ledger()
 
     async def new_ledger(self, *, dev: bool = True, clock: ManualClock | None = None) -> Any:
         """Another fresh ledger (checked), on this harness's clock unless one is given."""
@@ -1055,14 +1062,21 @@ class _ClaimSetup:
     def __init__(self, h: LedgerHarness) -> None:
         self.h = h
         self.cid = b""
-        self.request: Request = None  # type: ignore[assignment]
+        self._request: Request | None = None
+
+    @property
+    def request(self) -> Request:
+        """The paid request to BOB (made by `setup`)."""
+        if self._request is None:
+            raise RuntimeError("_ClaimSetup.setup() was not called")
+        return self._request
 
     async def setup(self) -> _ClaimSetup:
         h = self.h
         await h.funded((ALICE, 10 * TOKEN), (BOB, 20 * TOKEN))
         await h.ledger.stake(BOB, self.stake, self.penalty, self.window)
         self.cid = await h.ledger.open_channel(ALICE, BOB.account, TOKEN, 5_000)
-        self.request = h.voucher(ALICE, self.cid, n=1, paid=100, price=100, body=b"ping")
+        self._request = h.voucher(ALICE, self.cid, n=1, paid=100, price=100, body=b"ping")
         return self
 
     def response(

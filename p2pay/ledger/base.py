@@ -38,7 +38,7 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
@@ -70,6 +70,7 @@ from p2pay.core.settlement import (
     Withdraw,
     WithdrawStake,
 )
+from p2pay.core.signing import Signer
 from p2pay.core.tx import FIRST_NONCE, Transaction, check_transaction, sign_transaction
 
 __all__ = [
@@ -264,7 +265,7 @@ class OpLedger(abc.ABC):
     async def now(self) -> int: ...
 
     @abc.abstractmethod
-    async def _submit(self, op: Op, key: Any) -> Receipt:
+    async def _submit(self, op: Op, key: Signer) -> Receipt:
         """Apply `op`, authorised by `key` (the sender's key, ``key.account == op.sender``),
         atomically; raise `SettlementError` unchanged when refused."""
 
@@ -317,7 +318,7 @@ class OpLedger(abc.ABC):
         await self.aclose()
 
     # --- operations
-    async def _do(self, key: Any, op: Op) -> Any:
+    async def _do(self, key: Signer, op: Op) -> Any:
         receipt = await self._submit(op, key)
         self._tx_count += 1
         return receipt.result
@@ -420,7 +421,10 @@ class OpLedger(abc.ABC):
         await self._do(key, ResolveClaim(sender=key.account, claim=claim_id))
 
 
-def copy_entity(entity: Any) -> Any:
+_Entity = TypeVar("_Entity", Channel, Stake, Claim)
+
+
+def copy_entity(entity: _Entity) -> _Entity:
     """A shallow copy of a Channel/Stake/Claim (all their fields are immutable values)."""
     return dataclasses.replace(entity)
 
@@ -482,7 +486,7 @@ class LocalLedger(OpLedger):
         self._tx_count += 1
         return receipt
 
-    async def _submit(self, op: Op, key: Any) -> Receipt:
+    async def _submit(self, op: Op, key: Signer) -> Receipt:
         """A named operation: the backend signs `op` with `key` at the sender's next nonce
         inside its atomic section, then checks it like any transaction."""
         if not _is_account(op.sender):

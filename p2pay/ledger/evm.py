@@ -89,6 +89,7 @@ from p2pay.core.settlement import (
     WithdrawStake,
     apply,
 )
+from p2pay.core.signing import Signer
 from p2pay.ledger.base import OpLedger, Receipt, Totals
 
 __all__ = [
@@ -457,10 +458,12 @@ class Web3Chain(Chain):
         self.stats = {"rpc_retries": 0, "repriced": 0, "low_gas_warnings": 0, "nonce_races": 0}
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
+        from web3.types import RPCEndpoint
+
         delay = 0.05
         for attempt in range(self.rpc_retries + 1):  # bounded
             try:
-                reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+                reply = self.w3.provider.make_request(RPCEndpoint(method), params)
             except Exception as exc:  # connection refused / reset, timeout, bad JSON
                 if attempt == self.rpc_retries:
                     raise ChainUnavailable(
@@ -1327,7 +1330,7 @@ class EvmLedger(OpLedger):
         self.skipped.append(f"{where}: {reason}"[:300])
         log.warning("EVM ledger 0x%s: skipped %s: %s", self.address.hex(), where, reason[:300])
 
-    async def _submit(self, op: Op, key: Any = None) -> Receipt:
+    async def _submit(self, op: Op, key: Signer | None = None) -> Receipt:
         # the chain transaction is signed with the registered key of op.sender (`_k`)
         if self._closed:
             raise LocalProtocolError("ledger is closed")

