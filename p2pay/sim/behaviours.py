@@ -106,7 +106,7 @@ class PeerBehaviour(Behaviour):
     #: the engine passes the node's outgoing answers through `answer_filter`
     filters_answers: ClassVar[bool] = False
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, **params: object) -> None:
         if params:
             raise TypeError(f"{self.kind} takes no parameter {', '.join(sorted(params))}")
         self.stats: collections.Counter[str] = collections.Counter()
@@ -187,7 +187,7 @@ class Offline(PeerBehaviour):
         self,
         *,
         mode: str | None = None,
-        periods: list[list[Any]] | None = None,
+        periods: list[list[object]] | None = None,
         every: object = None,
         **rest: Any,
     ) -> None:
