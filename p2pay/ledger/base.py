@@ -43,6 +43,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.evmsig import EvmKey
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import (
@@ -76,12 +77,18 @@ from p2pay.core.tx import FIRST_NONCE, Transaction, check_transaction, sign_tran
 __all__ = [
     "Ledger",
     "LedgerFileError",
+    "LedgerKey",
     "LocalLedger",
     "OpLedger",
     "Receipt",
     "Totals",
     "totals_of",
 ]
+
+
+LedgerKey = Keypair | EvmKey
+"""The key an operation of an `OpLedger` is authorised by: a `Keypair` (Ed25519), or an
+`EvmKey` (an EVM ledger also takes the `Keypair` its EVM key derives from)."""
 
 
 class LedgerFileError(LocalProtocolError):
@@ -323,19 +330,19 @@ class OpLedger(abc.ABC):
         self._tx_count += 1
         return receipt.result
 
-    async def mint(self, key: Keypair, account: bytes, amount: int) -> None:
+    async def mint(self, key: LedgerKey, account: bytes, amount: int) -> None:
         """Create `amount` yocto on `account` (dev ledgers only)."""
         await self._do(key, Mint(sender=key.account, account=account, amount=amount))
 
-    async def transfer(self, key: Keypair, to: bytes, amount: int) -> None:
+    async def transfer(self, key: LedgerKey, to: bytes, amount: int) -> None:
         await self._do(key, Transfer(sender=key.account, to=to, amount=amount))
 
-    async def withdraw(self, key: Keypair, amount: int) -> None:
+    async def withdraw(self, key: LedgerKey, amount: int) -> None:
         """Take `amount` out of the ledger (supply decreases)."""
         await self._do(key, Withdraw(sender=key.account, amount=amount))
 
     async def open_channel(
-        self, key: Keypair, payee: bytes, deposit: int, challenge_ms: int
+        self, key: LedgerKey, payee: bytes, deposit: int, challenge_ms: int
     ) -> bytes:
         """Open a channel from ``key.account`` to `payee`; returns the channel id."""
         result: bytes = await self._do(
@@ -346,10 +353,10 @@ class OpLedger(abc.ABC):
         )
         return result
 
-    async def top_up(self, key: Keypair, channel_id: bytes, amount: int) -> None:
+    async def top_up(self, key: LedgerKey, channel_id: bytes, amount: int) -> None:
         await self._do(key, TopUp(sender=key.account, channel=channel_id, amount=amount))
 
-    async def redeem(self, key: Keypair, voucher: Request, amount: int | None = None) -> int:
+    async def redeem(self, key: LedgerKey, voucher: Request, amount: int | None = None) -> int:
         """Payee collects up to ``voucher.paid`` (or `amount`); returns what was paid now."""
         result: int = await self._do(
             key, Redeem(sender=key.account, voucher=voucher, amount=amount)
@@ -358,7 +365,7 @@ class OpLedger(abc.ABC):
 
     async def payee_close(
         self,
-        key: Keypair,
+        key: LedgerKey,
         channel_id: bytes,
         voucher: Request | None = None,
         amount: int | None = None,
@@ -369,13 +376,13 @@ class OpLedger(abc.ABC):
         )
         return result
 
-    async def start_close(self, key: Keypair, channel_id: bytes) -> None:
+    async def start_close(self, key: LedgerKey, channel_id: bytes) -> None:
         await self._do(key, StartClose(sender=key.account, channel=channel_id))
 
-    async def finalize_close(self, key: Keypair, channel_id: bytes) -> None:
+    async def finalize_close(self, key: LedgerKey, channel_id: bytes) -> None:
         await self._do(key, FinalizeClose(sender=key.account, channel=channel_id))
 
-    async def stake(self, key: Keypair, amount: int, penalty: int, claim_window_ms: int) -> None:
+    async def stake(self, key: LedgerKey, amount: int, penalty: int, claim_window_ms: int) -> None:
         await self._do(
             key,
             StakeOp(
@@ -386,14 +393,14 @@ class OpLedger(abc.ABC):
             ),
         )
 
-    async def request_unstake(self, key: Keypair) -> None:
+    async def request_unstake(self, key: LedgerKey) -> None:
         await self._do(key, RequestUnstake(sender=key.account))
 
-    async def withdraw_stake(self, key: Keypair) -> None:
+    async def withdraw_stake(self, key: LedgerKey) -> None:
         await self._do(key, WithdrawStake(sender=key.account))
 
     async def file_claim(
-        self, key: Keypair, request: Request, refusal: Response | None = None
+        self, key: LedgerKey, request: Request, refusal: Response | None = None
     ) -> bytes:
         """File a claim with a signed request (and its body); returns the claim id.
 
@@ -406,7 +413,7 @@ class OpLedger(abc.ABC):
 
     async def answer_claim(
         self,
-        key: Keypair,
+        key: LedgerKey,
         claim_id: bytes,
         response: Response | None = None,
         *,
@@ -417,7 +424,7 @@ class OpLedger(abc.ABC):
             AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence),
         )
 
-    async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
+    async def resolve_claim(self, key: LedgerKey, claim_id: bytes) -> None:
         await self._do(key, ResolveClaim(sender=key.account, claim=claim_id))
 
 

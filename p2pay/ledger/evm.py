@@ -90,7 +90,7 @@ from p2pay.core.settlement import (
     apply,
 )
 from p2pay.core.signing import Signer
-from p2pay.ledger.base import OpLedger, Receipt, Totals
+from p2pay.ledger.base import LedgerKey, OpLedger, Receipt, Totals
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -703,7 +703,7 @@ class RpcErrorReply(ChainError):
     """The endpoint answered an RPC with an error (a revert is read from it where a
     revert is expected; anywhere else it reaches the caller as this typed error)."""
 
-    def __init__(self, error: Any) -> None:
+    def __init__(self, error: object) -> None:
         super().__init__(str(error)[:500], details={"error": error})
         self.error = error
 
@@ -773,14 +773,16 @@ class _Index:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def add(self, decoded: Sequence[tuple[Any, str, dict[str, Any]]], cursor: int) -> list[Any]:
+    def add(
+        self, decoded: Sequence[tuple[Log, str, dict[str, Any]]], cursor: int
+    ) -> list[tuple[Log, str]]:
         """Index decoded logs ``(log, name, fields)`` and move the cursor to `cursor`.
 
         Each entry is checked completely before anything of it is written; an entry that
         does not make a valid event or frame (a request with ``n = 0``, a field of the
         wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
         advances: one bad log never stops the index (issue 14)."""
-        skipped: list[Any] = []
+        skipped: list[tuple[Log, str]] = []
         seq = self.last_seq()
         with self.db:
             for lg, name, fields in decoded:
@@ -1071,7 +1073,7 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
 # ---------------------------------------------------------------------------
 # the ledger
 
-KeyLike = EvmKey | Keypair
+KeyLike = LedgerKey
 
 
 class EvmLedger(OpLedger):
@@ -1383,53 +1385,55 @@ class EvmLedger(OpLedger):
         return None
 
     # --- operations: accept EvmKey or Keypair; remember the key for signing
-    def _k(self, key: KeyLike) -> Any:
+    def _k(self, key: KeyLike) -> EvmKey:
         return self.register_key(key)
 
-    async def mint(self, key: Any, account: bytes, amount: int) -> None:
+    async def mint(self, key: KeyLike, account: bytes, amount: int) -> None:
         await super().mint(self._k(key), account, amount)
 
-    async def transfer(self, key: Any, to: bytes, amount: int) -> None:
+    async def transfer(self, key: KeyLike, to: bytes, amount: int) -> None:
         await super().transfer(self._k(key), to, amount)
 
-    async def withdraw(self, key: Any, amount: int) -> None:
+    async def withdraw(self, key: KeyLike, amount: int) -> None:
         await super().withdraw(self._k(key), amount)
 
-    async def open_channel(self, key: Any, payee: bytes, deposit: int, challenge_ms: int) -> bytes:
+    async def open_channel(
+        self, key: KeyLike, payee: bytes, deposit: int, challenge_ms: int
+    ) -> bytes:
         return await super().open_channel(self._k(key), payee, deposit, challenge_ms)
 
-    async def top_up(self, key: Any, channel_id: bytes, amount: int) -> None:
+    async def top_up(self, key: KeyLike, channel_id: bytes, amount: int) -> None:
         await super().top_up(self._k(key), channel_id, amount)
 
-    async def redeem(self, key: Any, voucher: Request, amount: int | None = None) -> int:
+    async def redeem(self, key: KeyLike, voucher: Request, amount: int | None = None) -> int:
         return await super().redeem(self._k(key), voucher, amount)
 
     async def payee_close(
         self,
-        key: Any,
+        key: KeyLike,
         channel_id: bytes,
         voucher: Request | None = None,
         amount: int | None = None,
     ) -> int:
         return await super().payee_close(self._k(key), channel_id, voucher, amount)
 
-    async def start_close(self, key: Any, channel_id: bytes) -> None:
+    async def start_close(self, key: KeyLike, channel_id: bytes) -> None:
         await super().start_close(self._k(key), channel_id)
 
-    async def finalize_close(self, key: Any, channel_id: bytes) -> None:
+    async def finalize_close(self, key: KeyLike, channel_id: bytes) -> None:
         await super().finalize_close(self._k(key), channel_id)
 
-    async def stake(self, key: Any, amount: int, penalty: int, claim_window_ms: int) -> None:
+    async def stake(self, key: KeyLike, amount: int, penalty: int, claim_window_ms: int) -> None:
         await super().stake(self._k(key), amount, penalty, claim_window_ms)
 
-    async def request_unstake(self, key: Any) -> None:
+    async def request_unstake(self, key: KeyLike) -> None:
         await super().request_unstake(self._k(key))
 
-    async def withdraw_stake(self, key: Any) -> None:
+    async def withdraw_stake(self, key: KeyLike) -> None:
         await super().withdraw_stake(self._k(key))
 
     async def file_claim(
-        self, key: Any, request: Request, refusal: Response | None = None
+        self, key: KeyLike, request: Request, refusal: Response | None = None
     ) -> bytes:
         """File a claim; with `refusal` (the payee's signed refusal of `request`) it is
         settled at once as REFUSED and the price refunded (`file_claim_refused`)."""
@@ -1437,7 +1441,7 @@ class EvmLedger(OpLedger):
 
     async def answer_claim(
         self,
-        key: Any,
+        key: KeyLike,
         claim_id: bytes,
         response: Response | None = None,
         *,
@@ -1447,7 +1451,7 @@ class EvmLedger(OpLedger):
         tiling conflict with the claimed one)."""
         await super().answer_claim(self._k(key), claim_id, response, evidence=evidence)
 
-    async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
+    async def resolve_claim(self, key: KeyLike, claim_id: bytes) -> None:
         await super().resolve_claim(self._k(key), claim_id)
 
     async def deposit(self, key: KeyLike, amount: int) -> None:
