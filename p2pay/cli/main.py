@@ -415,7 +415,11 @@ def ledger_mint(
     async def mint() -> int:
         async with open_ledger(spec) as led:
             if fund_dev_gas:
-                chain: Any = getattr(led, "chain", None)
+                from p2pay.ledger.evm import EvmLedger, Web3Chain
+
+                chain = led.chain if isinstance(led, EvmLedger) else None
+                if not isinstance(chain, Web3Chain):
+                    raise CliError("cannot fund gas on this chain (dev chains only): no JSON-RPC")
                 sender_account = account_of_key(sender, spec)
                 try:
                     for who in (sender_account, target):

@@ -324,6 +324,7 @@ class RawSession:
         node = peer.node
         assert node is not None
         transport = node._transport  # the node's own transport (no public accessor yet)
+        assert transport is not None  # (the node is open)
         with trio.fail_after(timeout):
             stream = await transport.connect(target.addr)
             try:
