@@ -91,6 +91,7 @@ MAX_MESSAGE_TEXT = 512
 MAX_REFUSAL_TEXT = 4 * MAX_MESSAGE_TEXT  # bytes of UTF-8: 512 characters at most 4 bytes each
 MAX_SERVICES = 256
 MIN_FRAME_LIMIT = 4096  # the smallest `max_frame` a hello may advertise
+DEFAULT_DEADLINE_HORIZON_MS = 3_600_000  # a hello's default `deadline_horizon`: one hour
 FRAME_MAX_DEPTH = 8  # nesting accepted in a frame (the array is level 1)
 SIGNED_MAX_DEPTH = 4  # nesting accepted in a signed map (the map is level 1)
 MAX_U64 = (1 << 64) - 1
@@ -768,6 +769,7 @@ def hello_signing_bytes(
     max_frame: int,
     account: bytes,
     account_proof: bytes,
+    deadline_horizon: int,
 ) -> bytes:
     """The bytes a peer signs for its hello (specs/protocol.md "Hello").
 
@@ -785,6 +787,7 @@ def hello_signing_bytes(
             "max_frame": max_frame,
             "account": account,
             "account_proof": account_proof,
+            "deadline_horizon": deadline_horizon,
         }
     )
 
@@ -800,6 +803,7 @@ _HELLO_KEYS = frozenset(
         "max_frame",
         "account",
         "account_proof",
+        "deadline_horizon",
     )
 )
 _SERVICE_KEYS = frozenset(("name", "price", "max_body"))
@@ -817,6 +821,8 @@ class Hello:
     `account_proof` empty), its EVM account on an EVM ledger (and `account_proof` that
     account key's `evmsig.binding_proof` for the sender's PeerID key). Signed with the PeerID
     key, the hello binds the PeerID and the account both ways (specs/protocol.md §9).
+    `deadline_horizon` (ms, at least 1) is how far ahead of its clock the sender accepts a
+    request's deadline: it refuses a later one, and a payer caps its deadlines to it.
 
     Raises:
         LocalProtocolError: on construction, if a field is out of its range.
@@ -830,6 +836,7 @@ class Hello:
     max_frame: int
     account: bytes
     account_proof: bytes
+    deadline_horizon: int
     signature: bytes = field(default=b"", repr=False)
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
 
@@ -869,6 +876,8 @@ class Hello:
         _check(self.max_in_flight >= 1, "max_in_flight is at least 1", False)
         _check_uint(self.max_frame, "max_frame", MAX_U64, False)
         _check(self.max_frame >= MIN_FRAME_LIMIT, f"max_frame is at least {MIN_FRAME_LIMIT}", False)
+        _check_uint(self.deadline_horizon, "deadline_horizon", MAX_U64, False)
+        _check(self.deadline_horizon >= 1, "deadline_horizon is at least 1 ms", False)
         _check(isinstance(self.signature, bytes), "signature must be bytes", False)
         object.__setattr__(
             self,
@@ -882,6 +891,7 @@ class Hello:
                 max_frame=self.max_frame,
                 account=self.account,
                 account_proof=self.account_proof,
+                deadline_horizon=self.deadline_horizon,
             ),
         )
 
@@ -903,12 +913,14 @@ class Hello:
         max_in_flight: int = 64,
         max_frame: int = codec.MAX_FRAME_SIZE,
         settlement_key: Signer | None = None,
+        deadline_horizon: int = DEFAULT_DEADLINE_HORIZON_MS,
     ) -> Hello:
         """Build and sign a hello for `PROTOCOL_VERSION`.
 
         `settlement_key` is the key that signs vouchers and receipts on `ledger` (default
         `signing.signer_for(key, ledger)`); the hello names its account and, on an EVM
-        ledger, carries its binding proof for `key`.
+        ledger, carries its binding proof for `key`. `deadline_horizon` is the sender's
+        (a node sends its ``max_deadline_horizon_ms``).
 
         Raises:
             LocalProtocolError: a field is out of its range, or the settlement key cannot
@@ -927,6 +939,7 @@ class Hello:
             max_frame=max_frame,
             account=settler.account,
             account_proof=proof,
+            deadline_horizon=deadline_horizon,
         )
         return unsigned.with_signature(key.sign(unsigned.signing_bytes))
 
@@ -989,6 +1002,7 @@ class Hello:
                 max_frame=fields["max_frame"],
                 account=fields["account"],
                 account_proof=fields["account_proof"],
+                deadline_horizon=fields["deadline_horizon"],
                 signature=signature,
             )
         except LocalProtocolError as exc:

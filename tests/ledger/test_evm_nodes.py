@@ -177,6 +177,7 @@ async def test_a_hello_naming_another_peers_account_is_refused(ledger: EvmLedger
             max_frame=genuine.max_frame,
             account=genuine.account,
             account_proof=genuine.account_proof,
+            deadline_horizon=genuine.deadline_horizon,
         )
         forged = unsigned.with_signature(MALLORY.sign(unsigned.signing_bytes))
         async with open_libp2p_transport(MALLORY, ignore) as mallory:
