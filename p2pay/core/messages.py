@@ -54,6 +54,7 @@ from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.errors import (
     DecodeError,
     ErrorCode,
+    FrameTooLarge,
     InvalidSignature,
     LocalProtocolError,
     RemoteProtocolError,
@@ -1063,11 +1064,35 @@ class Refusal:
         # `decode_frame` accepts 8 (`FRAME_MAX_DEPTH`), so the details may nest 7 deep.
         codec.encode(dict(self.details), max_depth=FRAME_MAX_DEPTH - 1)
 
+    @classmethod
+    def of_error(cls, error: RemoteProtocolError, *, channel: bytes = b"", n: int = 0) -> Refusal:
+        """The unsigned refusal answering `error`: its code, message and details.
+
+        The details are the ones the spec gives the code (protocol.md 18), e.g.
+        ``{"version": 2}`` for VERSION_MISMATCH (`check_signed_by`) and
+        ``{"max_frame": limit}`` for FRAME_TOO_LARGE (`decode_frame`, the frame reader).
+
+        Raises:
+            LocalProtocolError: `channel`/`n` out of range, or details that cannot be sent.
+        """
+        return cls(
+            channel=channel,
+            n=n,
+            code=error.code,
+            message=_cut_utf8(error.message, MAX_REFUSAL_TEXT),
+            details=dict(error.details),
+        )
+
     def to_frame(self) -> bytes:
         """The refusal frame ``[3, channel, n, code, message, details]``."""
         return codec.encode(
             [KIND_REFUSAL, self.channel, self.n, self.code.value, self.message, dict(self.details)]
         )
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, on a character boundary."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
 Frame = Hello | Request | Response | Refusal
@@ -1086,11 +1111,14 @@ def decode_frame(
         A `Hello`, `Request`, `Response` or `Refusal`.
 
     Raises:
-        FrameTooLarge: over `max_size`.
+        FrameTooLarge: over `max_size`; its details are ``{"max_frame": max_size}``.
         DecodeError: anything malformed, non-canonical or of an unknown kind.
         WrongDomain: signed bytes of another kind (e.g. a response inside a request frame).
     """
-    value = codec.decode(data, max_size=max_size, max_depth=FRAME_MAX_DEPTH)
+    try:
+        value = codec.decode(data, max_size=max_size, max_depth=FRAME_MAX_DEPTH)
+    except FrameTooLarge as exc:  # details as the refusal carries them (protocol.md 5.2)
+        raise FrameTooLarge(exc.message, details={"max_frame": max_size}) from None
     if not isinstance(value, list) or not value or type(value[0]) is not int:
         raise DecodeError("a frame is an array starting with its kind")
     kind = value[0]

@@ -345,6 +345,28 @@ def test_refusal_details_nesting_limit_matches_the_decoder() -> None:
     assert FRAME_MAX_DEPTH == 8
 
 
+def test_refusal_of_error_carries_the_codes_details() -> None:
+    """protocol.md 18: VERSION_MISMATCH details {"version": 2}, FRAME_TOO_LARGE details
+    {"max_frame": limit}: the refusal answering the error carries them."""
+    unsigned = Hello(**hello_kwargs(version=PROTOCOL_VERSION + 1))
+    hello = unsigned.with_signature(ALICE.sign(unsigned.signing_bytes))
+    with pytest.raises(RemoteProtocolError) as version:
+        check_signed_by(hello, ALICE.public, LEDGER)
+    refusal = Refusal.of_error(version.value)
+    assert (refusal.channel, refusal.n, refusal.code) == (b"", 0, ErrorCode.VERSION_MISMATCH)
+    assert decode_frame(refusal.to_frame()) == refusal
+    assert refusal.details == {"version": 2}
+    frame = make_request(body=bytes(5000)).to_frame()
+    with pytest.raises(FrameTooLarge) as big:
+        decode_frame(frame, max_size=4096)
+    too_large = Refusal.of_error(big.value)
+    assert too_large.code is ErrorCode.FRAME_TOO_LARGE
+    assert too_large.details == {"max_frame": 4096}
+    # a long or odd message is cut to what a refusal frame carries
+    odd = Refusal.of_error(RemoteProtocolError("\ud800" + "\u00e9" * 3000), channel=CHANNEL, n=7)
+    assert len(odd.message.encode()) <= 2048 and (odd.channel, odd.n) == (CHANNEL, 7)
+
+
 def test_unsigned_messages_cannot_become_frames() -> None:
     with pytest.raises(LocalProtocolError):
         Request(**request_kwargs()).to_frame()
@@ -627,6 +649,7 @@ def test_decode_frame_error_classes() -> None:
     with pytest.raises(FrameTooLarge) as info:
         decode_frame(frame, max_size=len(frame) - 1)
     assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert info.value.details == {"max_frame": len(frame) - 1}  # the refusal's details (5.2)
     assert decode_frame(frame, max_size=len(frame)) == make_request(body=bytes(5000))
 
 
