@@ -665,6 +665,17 @@ class PayerChannel:
     #: yocto of a checked resync voucher's ``paid`` this payer could not account for
     #: after losing its state: the payee may have charged it on requests we forgot.
     forgotten: int = 0
+    #: yocto of the slices of requests answered by a signed response (receipts and signed
+    #: refusals) that were not charged: each such request's price minus the response's.
+    #: Such a slice passed the payee's slice rule, so no forgotten request was charged in
+    #: it (protocol.md 15 step 4).
+    released: int = 0
+
+    def expects(self, n: int) -> bool:
+        """Whether `n` is outstanding (in flight or abandoned): only then is a response or
+        a refusal naming it read at all; one naming anything else is ignored (protocol.md
+        5.4, 14.3)."""
+        return n in self.in_flight or n in self.abandoned
 
     def _pool(self) -> int:
         """What lost receipts may still have charged: abandoned prices and forgotten."""
@@ -816,6 +827,7 @@ class PayerChannel:
             self.in_flight.pop(response.n, None)
             self.abandoned.pop(response.n, None)
             self.absorbed -= response.price
+            self.released += pending.price - response.price
             self._settle_abandoned()
             return Receipt(response.n, response.price, response.spent, response)
         # A jump above `expected` can only be charges of *other* abandoned requests whose
@@ -833,6 +845,7 @@ class PayerChannel:
         self.in_flight.pop(response.n, None)
         self.abandoned.pop(response.n, None)
         self.absorbed += jump
+        self.released += pending.price - response.price
         self._settle_abandoned()
         self.spent = response.spent
         return Receipt(response.n, response.price, response.spent, response)
@@ -876,8 +889,14 @@ class PayerChannel:
         the payee's ``paid_max``). The voucher also tells whether we lost state: if we
         signed it with a number above our ``last_n``, with `n` and another hash, or with a
         ``paid`` above the start of `n`'s slice, then `n` was signed in ignorance of it:
-        it is dropped (`Replay.SUPERSEDED`) and the part of the voucher's ``paid`` we
-        cannot account for becomes ``forgotten`` (the payee may have charged it).
+        it is dropped (`Replay.SUPERSEDED`). In those cases, and when the voucher's
+        ``paid`` is above ours, ``forgotten`` is raised to the part of the voucher's
+        ``paid`` we cannot account for (the payee may have charged it on requests we
+        forgot): all of it but what our receipts charged (``spent``), the uncharged rest
+        of slices answered by a signed response (``released``: they passed the payee's
+        slice rule, so no other charge lies in them) and the abandoned prices a jump may
+        still take. A refusal naming a request that is not outstanding is not read
+        (protocol.md 5.4): nothing is adopted from it.
 
         Args:
             n: the number of the refused request.
@@ -893,12 +912,15 @@ class PayerChannel:
 
         Returns:
             `Replay.IN_DOUBT`, `Replay.SUPERSEDED` or `Replay.UNKNOWN` (`n` is neither in
-            flight nor abandoned: the details are still adopted).
+            flight nor abandoned: nothing is checked or adopted).
 
         Raises:
             RemoteProtocolError: the voucher is not ours or the numbers are inconsistent;
                 nothing was adopted and the request stays as it was.
         """
+        pending = self.in_flight.get(n) or self.abandoned.get(n)
+        if pending is None:
+            return Replay.UNKNOWN  # not outstanding: the refusal is not read (5.4)
         if not _is_uint(last_n, MAX_U64):
             raise RemoteProtocolError(
                 "resync last_n must be a request number", code=ErrorCode.MALFORMED
@@ -925,26 +947,28 @@ class PayerChannel:
             raise RemoteProtocolError(
                 "resync paid_max is not the voucher's paid", code=ErrorCode.MALFORMED
             )
-        pending = self.in_flight.get(n) or self.abandoned.get(n)
-        outcome = Replay.UNKNOWN if pending is None else Replay.IN_DOUBT
+        outcome = Replay.IN_DOUBT
         if voucher is not None:
-            lost = voucher.n > self.last_n
-            if pending is not None:
-                mine = pending.request
-                lost = (
-                    lost
-                    or (voucher.n == mine.n and voucher.hash != mine.hash)
-                    or (voucher.n < mine.n and voucher.paid > mine.paid - mine.price)
-                )
-                if lost:
-                    outcome = Replay.SUPERSEDED
-                    self.in_flight.pop(n, None)
-                    self.abandoned.pop(n, None)
-                    self._settle_abandoned()
-            if lost:
-                # slices we signed and forgot: the payee may have charged them
-                known = self.spent + self.outstanding
-                self.forgotten += max(0, voucher.paid - known)
+            mine = pending.request
+            superseded = (
+                voucher.n > self.last_n
+                or (voucher.n == mine.n and voucher.hash != mine.hash)
+                or (voucher.n < mine.n and voucher.paid > mine.paid - mine.price)
+            )
+            if superseded:
+                outcome = Replay.SUPERSEDED
+                self.in_flight.pop(n, None)
+                self.abandoned.pop(n, None)
+                self._settle_abandoned()
+            if superseded or voucher.paid > self.paid:
+                # Slices we signed and forgot: the payee may have charged them. We account
+                # for our receipts' charges, the uncharged rest of slices with a signed
+                # answer, and the abandoned prices a jump may still take (protocol.md 15
+                # step 4); never for in-flight or superseded slices, nor unsigned refusals.
+                abandoned = sum(p.price for p in self.abandoned.values())
+                accounted = self.spent - self.absorbed + self.released + abandoned
+                self.forgotten = max(self.forgotten, voucher.paid - accounted)
+                self._settle_abandoned()
             self.paid = max(self.paid, voucher.paid)
         self.last_n = max(self.last_n, last_n)
         return outcome

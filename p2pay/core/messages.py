@@ -1030,9 +1030,10 @@ class Hello:
 class Refusal:
     """An unsigned refusal of a frame that could not be authenticated (or was a REPLAY).
 
-    `channel` is empty and `n` is 0 when the frame could not be parsed that far.
-    `details` is a map with text keys (for REPLAY: ``last_n``, ``spent``, ``paid_max``
-    and ``voucher``, see specs/protocol.md "Resync").
+    `channel` is empty and `n` is 0 when the frame could not be parsed that far (or the
+    refusal is about the stream); otherwise `channel` is 32 bytes and `n` at least 1
+    (protocol.md 7, wire.cddl). `details` is a map with text keys (for REPLAY: ``last_n``,
+    ``spent``, ``paid_max`` and ``voucher``, see specs/protocol.md "Resync").
 
     Raises:
         LocalProtocolError: on construction, if a field is out of its range or `details`
@@ -1054,6 +1055,7 @@ class Refusal:
         )
         _check_uint(self.n, "n", MAX_U64, False)
         _check(len(self.channel) > 0 or self.n == 0, "n is 0 when channel is empty", False)
+        _check(len(self.channel) == 0 or self.n >= 1, "n is at least 1 with a channel", False)
         _check_text(self.message, "message", MAX_REFUSAL_TEXT, False, empty_ok=True)
         _check(
             isinstance(self.details, Mapping) and all(isinstance(k, str) for k in self.details),

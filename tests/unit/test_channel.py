@@ -1141,6 +1141,90 @@ def test_lost_state_resync_from_a_replay_refusal() -> None:
     _receipt_refused(fresh, receipt(r5, price=10, spent=50 + 1), ErrorCode.MALFORMED)
 
 
+def _serve(bob: PayeeChannel, payer_ch: PayerChannel, price: int, *, served: bool = True) -> None:
+    """The payer signs a request of `price`; the payee admits it at that price and answers
+    (served and charged, or refused with a signed UNKNOWN_SERVICE, nothing charged)."""
+    req = payer_ch.next_request(ALICE, service="echo", body=b"", price=price, deadline=LATER)
+    if served:
+        assert isinstance(admit(bob, req, price=price), Admit)
+        charged, spent = bob.complete(req.n, ok=True)
+        payer_ch.on_response(receipt(req, price=charged, spent=spent))
+    else:
+        refused = admit(bob, req, price=None)
+        assert isinstance(refused, Refuse) and refused.code is ErrorCode.UNKNOWN_SERVICE
+        payer_ch.on_response(refusal_receipt(req, ErrorCode.UNKNOWN_SERVICE, spent=bob.spent))
+
+
+def test_forgotten_never_includes_a_slice_the_payee_refused_with_its_signature() -> None:
+    """protocol.md 15 step 4: a signed refusal proves its slice was never charged, by that
+    request or any other (it passed the slice rule), so after a lost-state REPLAY that
+    slice is not counted as forgotten. (The old rule, voucher.paid - spent - outstanding,
+    counted it: 999 yocto a payee could then take with one spent jump.)"""
+    bob = payee(10_000)
+    ch = payer(10_000)
+    _serve(bob, ch, 999, served=False)  # n=1, slice (0, 999]: refused, signed, uncharged
+    _serve(bob, ch, 10)  # n=2, slice (999, 1009]: charged 10
+    assert (ch.paid, ch.spent) == (1009, 10)
+    backup = dataclasses.replace(ch, in_flight={}, abandoned={})  # the state saved here
+    for _ in range(3):  # n=3..5, slices up to 1039, served and charged: then forgotten
+        _serve(bob, ch, 10)
+    again = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert (again.n, again.paid) == (3, 1019)  # signed in ignorance of n=3..5
+    details = _replay_details(bob, again)
+    assert backup.on_replay(again.n, **_replay_args(details)) is Replay.SUPERSEDED
+    # unaccounted: (1009, 1039], the forgotten slices (the superseded one lies inside)
+    assert (backup.forgotten, backup.paid, backup.last_n) == (30, 1039, 5)
+    assert backup.released == 999  # the refused slice, accounted for
+    # the honest payee's next receipt jumps by the forgotten charges: accepted
+    nxt = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert isinstance(admit(bob, nxt, price=10), Admit)
+    charged, spent = bob.complete(nxt.n, ok=True)
+    assert backup.on_response(receipt(nxt, price=charged, spent=spent)).spent == 50
+    # a payee that also took the refused slice would show 999 more: refused
+    r7 = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    _receipt_refused(backup, receipt(r7, price=10, spent=60 + 999), ErrorCode.MALFORMED)
+
+
+def test_forgotten_counts_the_superseded_slice_and_unsigned_refusals() -> None:
+    """protocol.md 15 step 4: not voucher.paid - paid. The payer's own paid covers slices
+    it signed in ignorance (the superseded request, one refused unsigned before
+    authentication): forgotten requests may overlap them, so they count as forgotten."""
+    bob = payee()
+    ch = payer()
+    _serve(bob, ch, 10)  # n=1, charged
+    backup = dataclasses.replace(ch, in_flight={}, abandoned={})
+    for _ in range(3):  # n=2..4 up to paid 40, charged, then forgotten
+        _serve(bob, ch, 10)
+    # restored: n=2 is refused OVERLOADED before admission (unsigned), n=3 gets a REPLAY
+    lost = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    backup.on_refusal(lost.n)
+    again = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert again.paid == 30
+    details = _replay_details(bob, again)
+    assert backup.on_replay(again.n, **_replay_args(details)) is Replay.SUPERSEDED
+    assert backup.forgotten == 30  # (10, 40]: n=2..4 may all have been charged
+    nxt = backup.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert isinstance(admit(bob, nxt, price=10), Admit)
+    charged, spent = bob.complete(nxt.n, ok=True)
+    assert backup.on_response(receipt(nxt, price=charged, spent=spent)).spent == 50
+
+
+def test_a_voucher_above_our_paid_proves_lost_state() -> None:
+    """protocol.md 15 step 4 case (d): our own voucher with a paid above ours, numbered
+    above the request but within our last_n (which an earlier resync raised): the part of
+    the paid line we cannot account for is forgotten (the request in flight included: it
+    may be uncharged), though that request is not superseded."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    assert ch.on_replay(r1.n, last_n=9, voucher=None, paid_max=0) is Replay.IN_DOUBT
+    mine = request(5, 50, price=10)  # signed by us in a life we forgot
+    assert ch.on_replay(r1.n, last_n=9, voucher=mine, paid_max=50) is Replay.IN_DOUBT
+    assert (ch.forgotten, ch.paid, ch.last_n, set(ch.in_flight)) == (50, 50, 9, {1})
+    # the same details again: the bound does not grow
+    assert ch.on_replay(r1.n, last_n=9, voucher=mine, paid_max=50) is Replay.IN_DOUBT
+    assert ch.forgotten == 50
+
+
 def test_restored_backup_same_n_is_superseded() -> None:
     ch = payer()
     old = ch.next_request(ALICE, service="echo", body=b"old", price=10, deadline=LATER)
@@ -1199,10 +1283,16 @@ def test_replay_with_a_later_voucher_adopts_its_paid() -> None:
     assert (nxt.n, nxt.paid - nxt.price) == (4, 30)
 
 
-def test_replay_of_an_unknown_request_adopts_numbers_only() -> None:
+def test_replay_of_a_request_not_outstanding_is_not_read() -> None:
+    """protocol.md 5.4 / 15: a refusal naming no outstanding request adopts nothing, even
+    numbers, and is not checked (garbage details raise nothing)."""
     ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     assert ch.on_replay(7, last_n=9, voucher=None, paid_max=0) is Replay.UNKNOWN
-    assert (ch.last_n, ch.paid, ch.spent) == (9, 0, 0)
+    assert ch.on_replay(7, last_n=-1, voucher=None, paid_max=5) is Replay.UNKNOWN
+    assert (ch.last_n, ch.paid, ch.spent, ch.forgotten) == (1, 10, 0, 0)
+    assert set(ch.in_flight) == {r1.n}
+    assert ch.expects(r1.n) and not ch.expects(7)
 
 
 def test_on_replay_refuses_a_voucher_signed_by_someone_else() -> None:
@@ -1244,16 +1334,18 @@ def test_on_replay_refuses_inconsistent_details(last_n: Any, voucher: Any) -> No
 @pytest.mark.parametrize("paid_max", [89, 91, 0, -1, True, "90"])
 def test_on_replay_checks_paid_max_against_the_voucher(paid_max: Any) -> None:
     ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     with pytest.raises(RemoteProtocolError) as info:
         ch.on_replay(1, last_n=3, voucher=request(3, 90), paid_max=paid_max)
     assert info.value.code is ErrorCode.MALFORMED
-    assert (ch.last_n, ch.paid, ch.spent) == (0, 0, 0)
+    assert (ch.last_n, ch.paid, ch.spent) == (1, 10, 0)
     ch.on_replay(1, last_n=3, voucher=request(3, 90), paid_max=90)
     assert (ch.last_n, ch.paid, ch.spent) == (3, 90, 0)  # spent is never adopted
 
 
 def test_on_replay_without_voucher_means_paid_max_zero() -> None:
     ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     ch.on_replay(1, last_n=4, voucher=None, paid_max=0)
     assert ch.last_n == 4
     with pytest.raises(RemoteProtocolError):
@@ -1296,7 +1388,8 @@ def test_resync_after_a_failed_deferred_check_has_spent_above_paid_max() -> None
     assert (fresh.last_n, fresh.paid, fresh.spent) == (details["last_n"], PRICE, 0)
     # the same through on_replay's keyword: spent above paid_max is accepted, not adopted
     other = payer()
-    other.on_replay(5, last_n=9, voucher=request(1, PRICE), paid_max=PRICE, spent=10**6)
+    r = other.next_request(ALICE, service="echo", body=b"y", price=PRICE, deadline=LATER)
+    other.on_replay(r.n, last_n=9, voucher=request(1, PRICE), paid_max=PRICE, spent=10**6)
     assert (other.last_n, other.paid, other.spent) == (9, PRICE, 0)
 
 

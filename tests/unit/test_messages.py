@@ -311,6 +311,7 @@ BAD_REFUSALS = [
     {"n": -1},
     {"n": 2**64},
     {"channel": b"", "n": 3},  # an empty channel goes with n = 0
+    {"n": 0},  # a channel goes with a request number, >= 1 (protocol.md 7, wire.cddl)
     {"message": "x" * 2049},
     {"message": 5},
     {"details": {1: "int key"}},
@@ -624,6 +625,7 @@ BAD_FRAMES = [
     ("refusal details array", enc([3, CHANNEL, 1, "REPLAY", "", []]), ErrorCode.MALFORMED),
     ("refusal details int key", enc([3, CHANNEL, 1, "REPLAY", "", {1: 2}]), ErrorCode.MALFORMED),
     ("refusal channel 5 bytes", enc([3, bytes(5), 1, "REPLAY", "", {}]), ErrorCode.MALFORMED),
+    ("refusal channel with n 0", enc([3, CHANNEL, 0, "REPLAY", "", {}]), ErrorCode.MALFORMED),
     ("refusal channel text", enc([3, "c", 1, "REPLAY", "", {}]), ErrorCode.MALFORMED),
     ("refusal n negative", enc([3, CHANNEL, -1, "REPLAY", "", {}]), ErrorCode.MALFORMED),
     ("refusal n bool", enc([3, CHANNEL, False, "REPLAY", "", {}]), ErrorCode.MALFORMED),
