@@ -1710,13 +1710,25 @@ def resync_entry(
     }
 
 
-def state(last_n: int, paid: int, spent: int = 0, forgotten: int = 0) -> dict[str, Any]:
+def state(
+    last_n: int,
+    paid: int,
+    spent: int = 0,
+    forgotten: int = 0,
+    released: int = 0,
+    absorbed: int = 0,
+) -> dict[str, Any]:
+    """A payer's numbers (protocol.md 14.2): `released` is the uncharged part of the slices
+    answered by a signed response, `absorbed` the spent jumps abandoned requests (or
+    forgotten credit) already explained."""
     return {
         "deposit": 10**6,
         "last_n": last_n,
         "paid": paid,
         "spent": spent,
         "forgotten": forgotten,
+        "released": released,
+        "absorbed": absorbed,
     }
 
 
@@ -1729,6 +1741,8 @@ def after(
     in_flight: Sequence[int] = (),
     abandoned: Sequence[int] = (),
     error: str | None = None,
+    released: int = 0,
+    absorbed: int = 0,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"outcome": outcome}
     if error is not None:
@@ -1738,6 +1752,8 @@ def after(
         paid=paid,
         spent=spent,
         forgotten=forgotten,
+        released=released,
+        absorbed=absorbed,
         in_flight=list(in_flight),
         abandoned=list(abandoned),
     )
@@ -1831,11 +1847,59 @@ def build_resync() -> list[dict[str, Any]]:
         section="protocol.md §13.2 check 5', §15",
     )
     add(
-        "a refusal naming a request the payer has no record of: numbers adopted, nothing else",
+        "a refusal naming a request that is not outstanding is not read (5.4): nothing "
+        "adopted, not even last_n",
         payer=state(1, 1000),
         n=7,
         details=details_of(9, 0, None),
-        expected=after("unknown", 9, 1000),
+        expected=after("unknown", 1, 1000),
+        section="protocol.md §5.4, §15",
+    )
+    # forgotten (step 4): what the payer cannot account for below voucher.paid
+    add(
+        "lost state after a signed refusal: the refused slice (released) is not forgotten; "
+        "the superseded request's slice is",
+        payer=state(3, 3000, spent=1000, released=1000),
+        in_flight=[v(3, 3000, body=b"other")],
+        n=3,
+        details=details_of(4, 2000, v(4, 4000)),
+        expected=after("superseded", 4, 4000, spent=1000, forgotten=2000, released=1000),
+    )
+    add(
+        "lost state: requests in flight are not accounted for (forgotten requests may "
+        "overlap them), abandoned ones are (a jump may take them already)",
+        payer=state(5, 5000, spent=1500, absorbed=500),
+        in_flight=[v(4, 4000, body=b"other"), v(5, 5000, body=b"other")],
+        abandoned=[v(2, 2000)],
+        n=4,
+        details=details_of(6, 0, v(6, 6000)),
+        expected=after(
+            "superseded",
+            6,
+            6000,
+            spent=1500,
+            forgotten=4000,
+            absorbed=500,
+            in_flight=[5],
+            abandoned=[2],
+        ),
+    )
+    add(
+        "a voucher of ours with paid above our paid proves lost state, though it does not "
+        "supersede the request (numbered above it, within last_n): in doubt, forgotten raised",
+        payer=state(9, 1000),
+        in_flight=[r1],
+        n=1,
+        details=details_of(9, 0, r5),
+        expected=after("in_doubt", 9, 5000, forgotten=5000, in_flight=[1]),
+    )
+    add(
+        "forgotten never shrinks: a lost-state voucher that leaves less unaccounted for keeps it",
+        payer=state(6, 6000, spent=2000, forgotten=4000),
+        in_flight=[v(6, 6000, body=b"other")],
+        n=6,
+        details=details_of(5, 0, v(5, 5500)),
+        expected=after("superseded", 6, 6000, spent=2000, forgotten=4000),
     )
     add(
         "never lowers anything: last_n and paid below the payer's",
@@ -1911,6 +1975,256 @@ def build_resync() -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- receipts
+
+
+REQUEST_SIGNED: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+
+
+def sent(n: int, paid: int, price: int = 1000, body: bytes = b"hello") -> bytes:
+    """A request frame the payer (ALICE) sent: numbered `n`, slice (paid - price, paid]."""
+    fields = request_fields(n=n, paid=paid, price=price, body=body)
+    signed = enc(fields)
+    frame = enc([1, signed, sign(ALICE, signed), body])
+    REQUEST_SIGNED[frame] = (signed, fields)
+    return frame
+
+
+def answer(
+    request: bytes,
+    *,
+    price: int,
+    spent: int,
+    status: str = "OK",
+    signer: bytes = BOB,
+    body: bytes | None = None,
+    carried: bytes | None = None,
+    answers: bytes | None = None,
+    channel: bytes | None = None,
+) -> bytes:
+    """The payee's response frame to `request` (`answers`: name another request's hash;
+    `carried`: put other bytes than `body` in the frame, so the body hash fails)."""
+    signed_req, fields = REQUEST_SIGNED[request]
+    if answers is not None:
+        signed_req = REQUEST_SIGNED[answers][0]
+    if body is None:
+        body = b"answer" if status == "OK" else refusal_body("no", {})
+    resp = response_fields(signed_req, fields, status=status, price=price, spent=spent, body=body)
+    if channel is not None:
+        resp["channel"] = channel
+    signed = enc(resp)
+    return enc([2, signed, sign(signer, signed), body if carried is None else carried])
+
+
+def receipt_case(
+    description: str, requests: Sequence[bytes], steps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A payer that sent `requests` (in order, nothing else on the channel: `last_n` and
+    `paid` are those of the last one, `spent` 0) and what it makes of each step."""
+    last = REQUEST_SIGNED[requests[-1]][1]
+    return {
+        "description": description,
+        "section": "protocol.md §14.3",
+        "payer": as_json(
+            {
+                "deposit": 10**6,
+                "last_n": last["n"],
+                "paid": last["paid"],
+                "spent": 0,
+                "in_flight_hex": [r.hex() for r in requests],
+            }
+        ),
+        "steps": steps,
+    }
+
+
+def abandon(n: int) -> dict[str, Any]:
+    return {"action": "abandon", "n": str(n)}
+
+
+def respond(
+    frame: bytes,
+    verdict: str,
+    *,
+    spent: int,
+    in_flight: Sequence[int],
+    abandoned: Sequence[int] = (),
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A response arrives; `verdict` is accept / reject (with `error`) / ignore, and the
+    payer's `spent`, in-flight and abandoned requests after it."""
+    out: dict[str, Any] = {"action": "response", "response_hex": frame.hex(), "verdict": verdict}
+    if error is not None:
+        out["error"] = error
+    out.update(
+        spent=str(spent),
+        in_flight=[str(n) for n in in_flight],
+        abandoned=[str(n) for n in abandoned],
+    )
+    return out
+
+
+def build_receipts() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    r1, r2, r3 = sent(1, 1000), sent(2, 2000), sent(3, 3000)
+    out.append(
+        receipt_case(
+            "a normal chain: each receipt's spent is the previous one plus its price (a "
+            "charge below the request's price, a signed refusal charging 0)",
+            [r1, r2, r3],
+            [
+                respond(answer(r1, price=1000, spent=1000), "accept", spent=1000, in_flight=[2, 3]),
+                respond(answer(r2, price=600, spent=1600), "accept", spent=1600, in_flight=[3]),
+                respond(
+                    answer(r3, price=0, spent=1600, status="HANDLER_ERROR"),
+                    "accept",
+                    spent=1600,
+                    in_flight=[],
+                ),
+            ],
+        )
+    )
+    out.append(
+        receipt_case(
+            "rule 7: a jump explained by an abandoned request, once; then rule 8: the "
+            "abandoned request's stored receipt, with the spent of its time, moves nothing",
+            [r1, r2, r3],
+            [
+                abandon(1),
+                respond(
+                    answer(r2, price=1000, spent=2000),
+                    "accept",
+                    spent=2000,
+                    in_flight=[3],
+                    abandoned=[1],
+                ),
+                respond(
+                    answer(r3, price=1000, spent=4000),
+                    "reject",
+                    error="MALFORMED",
+                    spent=2000,
+                    in_flight=[3],
+                    abandoned=[1],
+                ),
+                respond(
+                    answer(r3, price=1000, spent=3000),
+                    "accept",
+                    spent=3000,
+                    in_flight=[],
+                    abandoned=[1],
+                ),
+                respond(answer(r1, price=1000, spent=1000), "accept", spent=3000, in_flight=[]),
+            ],
+        )
+    )
+    out.append(
+        receipt_case(
+            "rule 8 needs a jump that absorbed the charge: without one the stored receipt is "
+            "rejected; a stored signed refusal (price 0) is accepted",
+            [r1, r2],
+            [
+                abandon(1),
+                respond(
+                    answer(r2, price=1000, spent=1000),
+                    "accept",
+                    spent=1000,
+                    in_flight=[],
+                    abandoned=[1],
+                ),
+                respond(
+                    answer(r1, price=1000, spent=1000),
+                    "reject",
+                    error="MALFORMED",
+                    spent=1000,
+                    in_flight=[],
+                    abandoned=[1],
+                ),
+                respond(
+                    answer(r1, price=0, spent=0, status="OVERLOADED"),
+                    "accept",
+                    spent=1000,
+                    in_flight=[],
+                ),
+            ],
+        )
+    )
+    bad = [
+        (
+            "signed by MALLORY, not the payee",
+            answer(r1, price=1000, spent=1000, signer=MALLORY),
+            "INVALID_SIGNATURE",
+        ),
+        (
+            "names another request's hash",
+            answer(r1, price=1000, spent=1000, answers=r2),
+            "MALFORMED",
+        ),
+        (
+            "body does not match body_hash",
+            answer(r1, price=1000, spent=1000, carried=b"tampered"),
+            "MALFORMED",
+        ),
+        ("charges more than the request's price", answer(r1, price=1001, spent=1001), "MALFORMED"),
+        ("spent above the payer's paid", answer(r1, price=1000, spent=2001), "MALFORMED"),
+        ("a spent jump with nothing abandoned", answer(r1, price=1000, spent=1500), "MALFORMED"),
+        (
+            "on another channel (the payee is faulty, 5.4)",
+            answer(r1, price=1000, spent=1000, channel=CHANNEL_2),
+            "MALFORMED",
+        ),
+    ]
+    for what, frame, code in bad:
+        out.append(
+            receipt_case(
+                f"rejected: {what}; the state is unchanged and the right receipt still counts",
+                [r1, r2],
+                [
+                    respond(frame, "reject", error=code, spent=0, in_flight=[1, 2]),
+                    respond(
+                        answer(r1, price=1000, spent=1000), "accept", spent=1000, in_flight=[2]
+                    ),
+                ],
+            )
+        )
+    out.append(
+        receipt_case(
+            "rejected: spent short of the previous spent plus the price (and above the "
+            "previous spent, so not a stored receipt either)",
+            [r1, r2],
+            [
+                respond(answer(r1, price=1000, spent=1000), "accept", spent=1000, in_flight=[2]),
+                respond(
+                    answer(r2, price=1000, spent=1500),
+                    "reject",
+                    error="MALFORMED",
+                    spent=1000,
+                    in_flight=[2],
+                ),
+                respond(answer(r2, price=1000, spent=2000), "accept", spent=2000, in_flight=[]),
+            ],
+        )
+    )
+    out.append(
+        receipt_case(
+            "ignored (5.4, 14.3): a response naming no outstanding request (never sent, or "
+            "answered already), whatever it says",
+            [r1, r2],
+            [
+                respond(answer(r1, price=1000, spent=1000), "accept", spent=1000, in_flight=[2]),
+                respond(answer(r1, price=1000, spent=9999), "ignore", spent=1000, in_flight=[2]),
+                respond(
+                    answer(sent(9, 9000), price=1000, spent=9000),
+                    "ignore",
+                    spent=1000,
+                    in_flight=[2],
+                ),
+                respond(answer(r2, price=1000, spent=2000), "accept", spent=2000, in_flight=[]),
+            ],
+        )
+    )
+    return out
+
+
 FILES = {
     "requests.json": "requests",
     "responses.json": "responses",
@@ -1918,6 +2232,7 @@ FILES = {
     "refusals.json": "refusals",
     "framing.json": "framing",
     "resync.json": "resync",
+    "receipts.json": "receipts",
 }
 
 
@@ -1931,6 +2246,7 @@ def build() -> dict[str, list[dict[str, Any]]]:
         "refusals.json": build_refusals(),
         "framing.json": build_framing(),
         "resync.json": build_resync(),
+        "receipts.json": build_receipts(),
     }
 
 

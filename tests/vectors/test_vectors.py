@@ -13,6 +13,8 @@ The checks (specs/vectors/README.md):
   receiver's max_frame, whatever the chunking, and gets its verdict;
 * every resync case is applied to a payer channel in the state it gives and ends in the
   outcome and numbers it gives;
+* every receipt sequence is played on a payer channel, each response accepted, rejected
+  (state unchanged) or ignored as it says;
 * every vector is checked again with plain pynacl, cbor2 and hashlib (no p2pay) where that
   is possible;
 * regenerating the vectors in memory gives the committed files exactly.
@@ -67,6 +69,7 @@ HELLOS = load("hellos.json")
 REFUSALS = load("refusals.json")
 FRAMING = load("framing.json")
 RESYNC = load("resync.json")
+RECEIPTS = load("receipts.json")
 FILES = {
     "requests.json": REQUESTS,
     "responses.json": RESPONSES,
@@ -74,6 +77,7 @@ FILES = {
     "refusals.json": REFUSALS,
     "framing.json": FRAMING,
     "resync.json": RESYNC,
+    "receipts.json": RECEIPTS,
 }
 ALL = [("requests.json", KIND_REQUEST, v) for v in REQUESTS] + [
     ("responses.json", KIND_RESPONSE, v) for v in RESPONSES
@@ -607,10 +611,12 @@ def _payer(state: dict[str, Any]) -> PayerChannel:
         last_n=int(state["last_n"]),
         paid=int(state["paid"]),
         spent=int(state["spent"]),
-        forgotten=int(state["forgotten"]),
+        forgotten=int(state.get("forgotten", "0")),
+        released=int(state.get("released", "0")),
+        absorbed=int(state.get("absorbed", "0")),
     )
     for key, book in (("in_flight_hex", channel.in_flight), ("abandoned_hex", channel.abandoned)):
-        for frame in state[key]:
+        for frame in state.get(key, []):
             request = decode_frame(x(frame))
             assert isinstance(request, Request)
             book[request.n] = Pending(request, request.price)
@@ -623,6 +629,8 @@ def _numbers(ch: PayerChannel) -> dict[str, Any]:
         "paid": str(ch.paid),
         "spent": str(ch.spent),
         "forgotten": str(ch.forgotten),
+        "released": str(ch.released),
+        "absorbed": str(ch.absorbed),
         "in_flight": [str(n) for n in sorted(ch.in_flight)],
         "abandoned": [str(n) for n in sorted(ch.abandoned)],
     }
@@ -660,3 +668,72 @@ def test_resync_vectors_cover_every_outcome() -> None:
         and "paid_max" in v["details"]
         and v["details"]["spent"].lstrip("-").isdigit()
     )
+
+
+def test_resync_vectors_name_outstanding_requests() -> None:
+    """protocol.md 15 applies to a refusal of an outstanding request; the one `unknown`
+    case shows that anything else is not read (5.4)."""
+    for v in RESYNC:
+        refusal = decode_frame(x(v["refusal_hex"]))
+        assert isinstance(refusal, Refusal)
+        ch = _payer(v["payer"])
+        assert ch.expects(refusal.n) is (v["expected"]["outcome"] != "unknown")
+
+
+# ----------------------------------------------------------------------------- receipts
+
+
+@pytest.mark.parametrize("v", RECEIPTS, ids=describe(RECEIPTS))
+def test_receipt_sequence_gives_each_verdict(v: dict[str, Any]) -> None:
+    ch = _payer(v["payer"])
+    for step in v["steps"]:
+        if step["action"] == "abandon":
+            assert ch.abandon(int(step["n"])) is not None
+            continue
+        assert step["action"] == "response"
+        response = decode_frame(x(step["response_hex"]))
+        assert isinstance(response, Response)
+        before = _numbers(ch)
+        if response.channel == ch.channel and not ch.expects(response.n):
+            verdict = "ignore"  # 5.4 / 14.3: not read at all
+        else:
+            try:
+                receipt = ch.on_response(response)
+            except RemoteProtocolError as exc:
+                verdict = "reject"
+                assert exc.code is ErrorCode(step["error"])
+                assert _numbers(ch) == before  # a rejected receipt changes nothing
+            else:
+                verdict = "accept"
+                assert receipt.charged == response.price
+        assert verdict == step["verdict"], step
+        after = _numbers(ch)
+        assert after["spent"] == step["spent"]
+        assert after["in_flight"] == step["in_flight"]
+        assert after["abandoned"] == step["abandoned"]
+
+
+def test_receipt_vectors_cover_every_verdict_and_rule() -> None:
+    steps = [s for v in RECEIPTS for s in v["steps"] if s["action"] == "response"]
+    assert {s["verdict"] for s in steps} == {"accept", "reject", "ignore"}
+    assert {s.get("error") for s in steps} >= {None, "MALFORMED", "INVALID_SIGNATURE"}
+    assert any(s["action"] == "abandon" for v in RECEIPTS for s in v["steps"])
+
+
+def test_receipt_vectors_verify_without_p2pay() -> None:
+    """Each response frame is a CBOR array [2, signed, signature, body] whose signature by
+    BOB (or MALLORY, for the one rejected for it) verifies with plain pynacl."""
+    bob = nacl.signing.SigningKey(SEEDS[1]).verify_key
+    forged = 0
+    for v in RECEIPTS:
+        for step in v["steps"]:
+            if step["action"] != "response":
+                continue
+            kind, signed, signature, _body = cbor2.loads(x(step["response_hex"]))
+            assert kind == 2
+            try:
+                bob.verify(signed, signature)
+            except nacl.exceptions.BadSignatureError:
+                forged += 1
+                assert step["error"] == "INVALID_SIGNATURE"
+    assert forged == 1
