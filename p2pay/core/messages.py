@@ -96,6 +96,10 @@ DEFAULT_DEADLINE_HORIZON_MS = 3_600_000  # a hello's default `deadline_horizon`:
 FRAME_MAX_DEPTH = 8  # nesting accepted in a frame (the array is level 1)
 SIGNED_MAX_DEPTH = 4  # nesting accepted in a signed map (the map is level 1)
 MAX_U64 = (1 << 64) - 1
+#: What an OK response frame may take besides its body, at most (protocol.md 13.3): the
+#: frame's array, kind and byte-string headers, the signed map (under 300 bytes), the
+#: signature. The largest answer a payee sends is the payer's ``max_frame`` minus this.
+RESPONSE_OVERHEAD = 1024
 
 ChannelId = NewType("ChannelId", bytes)
 LedgerId = NewType("LedgerId", bytes)
@@ -705,6 +709,26 @@ class Response:
         """
         _check_message_signature(self.ledger, self.signature, False)
         return codec.encode([KIND_RESPONSE, self.signing_bytes, self.signature, self.body])
+
+
+def answer_limit(max_frame: int, *, max_claim_body: int | None, paid: bool) -> int:
+    """``L``, the largest answer body a payee may charge (protocol.md 13.3): the payer's
+    `max_frame` (from its hello) minus `RESPONSE_OVERHEAD`, and for a paid request
+    (``request.price > 0``) at most the ledger's `max_claim_body` (None: no such limit).
+    A longer answer is a signed HANDLER_ERROR, nothing charged, details ``{"max_body": L}``.
+
+    Raises:
+        LocalProtocolError: `max_frame` below the protocol's minimum (4096), or
+            `max_claim_body` not a positive integer.
+    """
+    _check_uint(max_frame, "max_frame", MAX_U64, False)
+    _check(max_frame >= MIN_FRAME_LIMIT, f"max_frame is at least {MIN_FRAME_LIMIT}", False)
+    limit = max_frame - RESPONSE_OVERHEAD
+    if paid and max_claim_body is not None:
+        _check_uint(max_claim_body, "max_claim_body", MAX_U64, False)
+        _check(max_claim_body >= 1, "max_claim_body is at least 1", False)
+        limit = min(limit, max_claim_body)
+    return limit
 
 
 def refusal_body(message: str, details: Mapping[str, Any] | None = None) -> bytes:

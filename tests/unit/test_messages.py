@@ -33,6 +33,7 @@ from p2pay.core.messages import (
     Response,
     ServiceTerms,
     StakeTerms,
+    answer_limit,
     blake2b256,
     check_signed_by,
     decode_frame,
@@ -866,3 +867,44 @@ def test_signatures_do_not_cross_kinds() -> None:
         Response.from_signed(request.signing_bytes, request.signature, request.body)
     with pytest.raises(WrongDomain):
         Hello.from_signed(request.signing_bytes, request.signature)
+
+
+def test_answer_limit_is_the_smaller_of_the_frame_and_the_claim_limits() -> None:
+    """protocol.md 13.3: L = payer's max_frame - 1024, and for a paid request at most the
+    ledger's max_claim_body."""
+    assert answer_limit(1 << 20, max_claim_body=32768, paid=True) == 32768
+    assert answer_limit(1 << 20, max_claim_body=32768, paid=False) == (1 << 20) - 1024
+    assert answer_limit(8192, max_claim_body=32768, paid=True) == 8192 - 1024
+    assert answer_limit(8192, max_claim_body=None, paid=True) == 8192 - 1024
+    for bad in ({"max_frame": 4095}, {"max_frame": True}, {"max_claim_body": 0}):
+        kwargs: dict[str, Any] = {"max_frame": 8192, "max_claim_body": 100, "paid": True}
+        kwargs.update(bad)
+        with pytest.raises(LocalProtocolError):
+            answer_limit(**kwargs)
+
+
+@pytest.mark.parametrize("ledger", [b"x" * 64, evm_ledger_id(31337, bytes(range(20)))])
+def test_an_answer_of_the_limit_always_fits_the_payers_max_frame(ledger: bytes) -> None:
+    """The 1024 bytes of 13.3 cover the largest OK response frame around its body: the
+    longest ledger id, the largest numbers, an EVM signature."""
+    key = EvmKey.derive(ALICE) if len(ledger) == 38 else ALICE
+    payee = EvmKey.derive(BOB) if len(ledger) == 38 else BOB
+    biggest = Request.create(
+        key,
+        ledger=ledger,
+        channel=CHANNEL,
+        n=MAX_U64,
+        paid=MAX_YOCTO,
+        price=MAX_YOCTO,
+        service="s" * 64,
+        body=b"",
+        deadline=MAX_U64,
+    )
+    for max_frame in (MIN_FRAME_LIMIT, 65536):
+        body = b"a" * answer_limit(max_frame, max_claim_body=None, paid=True)
+        response = Response.create(
+            payee, request=biggest, status="OK", price=MAX_YOCTO, spent=MAX_YOCTO, body=body
+        )
+        frame = response.to_frame()
+        assert len(frame) <= max_frame
+        assert len(frame) - len(body) <= 512  # well within the margin
