@@ -139,7 +139,7 @@ def refusals(draw: st.DrawFn) -> Refusal:
     details = draw(st.dictionaries(st.text(max_size=10), values, max_size=4).filter(shallow))
     return Refusal(
         channel=b"" if anonymous else draw(channels),
-        n=0 if anonymous else draw(u64),
+        n=0 if anonymous else draw(numbers),  # a channel goes with n >= 1 (protocol.md 7)
         code=draw(st.sampled_from(list(ErrorCode))),
         message=draw(st.text(max_size=100)),
         details=details,
