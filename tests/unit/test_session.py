@@ -167,6 +167,11 @@ def only(events: list[Any], kind: type) -> Any:
     return events[0]
 
 
+def refused(event: RequestAdmitted | RequestRefused) -> RequestRefused:
+    assert isinstance(event, RequestRefused), event
+    return event
+
+
 def refusal_bytes(event: ProtocolViolation, channel: bytes = b"", n: int = 0) -> bytes:
     return Refusal(
         channel=channel, n=n, code=event.code, message=event.message, details=event.details
@@ -441,7 +446,7 @@ def test_13_2_check_0_prime_node_wide_overload_costs_no_token() -> None:
 def test_13_2_check_2_unknown_channel_is_unsigned() -> None:
     s = open_server()
     r = request()
-    event = s.admit(r, None, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(r, None, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed, event.end) == (ErrorCode.UNKNOWN_CHANNEL, False, End.KEEP)
     assert event.send == refusal_frame(
         CHANNEL, 1, ErrorCode.UNKNOWN_CHANNEL, "no such channel to this payee"
@@ -453,7 +458,7 @@ def test_13_2_a_channel_that_could_not_be_adopted_is_refused_with_its_error() ->
     error = RemoteProtocolError(
         "challenge too short", code=ErrorCode.CHALLENGE_TOO_SHORT, details={"min_challenge_ms": 9}
     )
-    event = s.admit(request(), error, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(request(), error, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert isinstance(event, RequestRefused) and not event.signed
     assert event.send == refusal_frame(
         CHANNEL, 1, ErrorCode.CHALLENGE_TOO_SHORT, "challenge too short", {"min_challenge_ms": 9}
@@ -474,7 +479,7 @@ def test_13_2_check_3_a_third_party_is_unauthorized_unsigned() -> None:
     only(s.receive(hello(MALLORY).to_frame(), NOW), HelloReceived)
     s.hello_frame(BOB_HELLO)
     ch = payee()
-    event = s.admit(request(), ch, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(request(), ch, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed) == (ErrorCode.UNAUTHORIZED, False)
     assert event.send == refusal_frame(
         CHANNEL, 1, ErrorCode.UNAUTHORIZED, "only the channel's payer may use it"
@@ -486,7 +491,7 @@ def test_13_2_check_4_a_bad_signature_on_the_payers_stream_is_a_violation() -> N
     s = open_server()
     r = request()
     bad = r.with_signature(bytes([r.signature[0] ^ 1]) + r.signature[1:])
-    event = s.admit(bad, payee(), price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(bad, payee(), price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed, event.violation) == (
         ErrorCode.INVALID_SIGNATURE,
         False,
@@ -497,7 +502,7 @@ def test_13_2_check_4_a_bad_signature_on_the_payers_stream_is_a_violation() -> N
 def test_13_2_checks_7_to_12_are_signed_refusals_that_consume_n() -> None:
     s = open_server()
     ch = payee()
-    event = s.admit(request(), ch, price=None, max_body=0, now=NOW)
+    event = refused(s.admit(request(), ch, price=None, max_body=0, now=NOW))
     assert isinstance(event, RequestRefused)
     assert (event.code, event.signed, event.send) == (ErrorCode.UNKNOWN_SERVICE, True, None)
     assert event.voucher_improved and ch.last_n == 1 and ch.paid_max == PRICE
@@ -508,7 +513,7 @@ def test_13_2_checks_7_to_12_are_signed_refusals_that_consume_n() -> None:
 def test_13_2_check_8_deadline_beyond_the_announced_horizon_is_refused_signed() -> None:
     s = open_server()
     late = request(deadline=NOW + HORIZON + 1)
-    event = s.admit(late, payee(), price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(late, payee(), price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed) == (ErrorCode.DEADLINE_EXCEEDED, True)
     assert dict(event.details) == {"max_deadline": NOW + HORIZON}
     edge = request(2, deadline=NOW + HORIZON)
@@ -524,7 +529,7 @@ def test_13_2_check_5_prime_the_slice_rule_is_unsigned_with_resync_details() -> 
         s.admit(request(1), ch, price=PRICE, max_body=MAX_BODY, now=NOW), RequestAdmitted
     )
     overlapping = request(2, paid=PRICE + PRICE // 2)
-    event = s.admit(overlapping, ch, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(overlapping, ch, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed) == (ErrorCode.PAYMENT_REQUIRED, False)
     details = {**ch.resync_details(), "price": PRICE}
     assert dict(event.details) == details
@@ -539,7 +544,7 @@ def test_15_replay_is_unsigned_with_the_resync_details() -> None:
     ch = payee()
     r1 = request(1)
     assert isinstance(s.admit(r1, ch, price=PRICE, max_body=MAX_BODY, now=NOW), RequestAdmitted)
-    event = s.admit(r1, ch, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(r1, ch, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert (event.code, event.signed) == (ErrorCode.REPLAY, False)
     details = ch.resync_details()
     assert set(details) == {"last_n", "spent", "paid_max", "voucher"}
@@ -553,9 +558,9 @@ def test_15_replay_is_unsigned_with_the_resync_details() -> None:
 def test_19_the_refusal_budget_resets_the_stream_when_spent() -> None:
     s = open_server(burst=3)
     for n in (1, 2, 3):
-        event = s.admit(request(n), None, price=PRICE, max_body=MAX_BODY, now=NOW)
+        event = refused(s.admit(request(n), None, price=PRICE, max_body=MAX_BODY, now=NOW))
         assert event.end is End.KEEP
-    event = s.admit(request(4), None, price=PRICE, max_body=MAX_BODY, now=NOW)
+    event = refused(s.admit(request(4), None, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert event.end is End.RESET and s.ended
     assert event.send is not None  # the refusal is still produced; the reset may drop it
 
@@ -805,7 +810,7 @@ def test_15_the_server_and_client_sessions_agree_on_a_replay() -> None:
     r = send(c, ch)
     assert isinstance(s.admit(r, pch, price=PRICE, max_body=MAX_BODY, now=NOW), RequestAdmitted)
     pch.complete(r.n, ok=True, now=NOW)
-    replay = s.admit(r, pch, price=PRICE, max_body=MAX_BODY, now=NOW)
+    replay = refused(s.admit(r, pch, price=PRICE, max_body=MAX_BODY, now=NOW))
     assert replay.send is not None and isinstance(decode_frame(replay.send), Refusal)
     event = only(c.receive(replay.send, NOW), ResyncNeeded)
     assert (event.outcome, event.violation) == (Replay.IN_DOUBT, None)
