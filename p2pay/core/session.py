@@ -98,9 +98,6 @@ from p2pay.core.messages import (
 #: within the 2048 bytes of protocol.md §12).
 MAX_MESSAGE_CHARS = 500
 
-#: The deadline horizon a hello that does not carry one is taken to announce (ms).
-DEFAULT_DEADLINE_HORIZON = 3_600_000
-
 
 class End(enum.StrEnum):
     """What happens to the stream after an event's frame (if any) was sent."""
@@ -337,12 +334,12 @@ def _error_details(error: RemoteProtocolError, max_frame: int) -> dict[str, Any]
     return {}
 
 
-def _horizon(hello: Hello) -> int:
-    """The deadline horizon `hello` announces (ms)."""
+def _horizon(hello: Hello) -> int | None:
+    """The deadline horizon `hello` announces (ms), None for a hello without one."""
     value = getattr(hello, "deadline_horizon", None)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    return DEFAULT_DEADLINE_HORIZON
+    return None
 
 
 class _Session:
@@ -527,7 +524,7 @@ class ServerSession(_Session):
             self.ledger,
             self.max_frame,
             self.max_in_flight,
-        ) or _horizon(hello) != self.deadline_horizon:
+        ) or _horizon(hello) not in (None, self.deadline_horizon):
             raise LocalProtocolError("our hello must announce this session's ledger and limits")
         self._state = _State.OPEN
         return hello.to_frame()
@@ -773,7 +770,9 @@ class ClientSession(_Session):
         ledger's ``max_deadline_horizon_ms`` (a later one could be post-dated, claims.md 2).
         """
         deadline = now + max(1, timeout_ms)
-        deadline = min(deadline, now + _horizon(self._peer()))
+        horizon = _horizon(self._peer())
+        if horizon is not None:
+            deadline = min(deadline, now + horizon)
         if ledger_horizon is not None:
             deadline = min(deadline, now + ledger_horizon)
         return deadline
