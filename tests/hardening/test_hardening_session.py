@@ -20,6 +20,7 @@ from hardening_support import (
     ALICE,
     BOB,
     CAROL,
+    IGNORED,
     MALLORY,
     OTHER_LEDGER_ID,
     PRICE,
@@ -106,6 +107,9 @@ class SessionFuzzer:
     def check_answer(self, sent: bytes, answer: object | None) -> None:
         if answer is None:
             self.count("stream-ended")
+            return
+        if answer == IGNORED:  # a response or refusal frame: never answered (D3)
+            self.count("ignored")
             return
         if isinstance(answer, Refusal):
             assert answer.code in ErrorCode
