@@ -84,7 +84,6 @@ from p2pay.core.errors import (
     remote_error,
 )
 from p2pay.core.messages import (
-    MAX_U64,
     Frame,
     Hello,
     Refusal,
@@ -334,14 +333,6 @@ def _error_details(error: RemoteProtocolError, max_frame: int) -> dict[str, Any]
     return {}
 
 
-def _horizon(hello: Hello) -> int | None:
-    """The deadline horizon `hello` announces (ms), None for a hello without one."""
-    value = getattr(hello, "deadline_horizon", None)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    return None
-
-
 class _Session:
     """What both roles share: the state, the hello check, invalid frames."""
 
@@ -520,11 +511,12 @@ class ServerSession(_Session):
         """
         if self._state is not _State.HELLO_CHECKED:
             raise LocalProtocolError("the acceptor sends its hello once, after the peer's")
-        if (hello.ledger, hello.max_frame, hello.max_in_flight) != (
+        if (hello.ledger, hello.max_frame, hello.max_in_flight, hello.deadline_horizon) != (
             self.ledger,
             self.max_frame,
             self.max_in_flight,
-        ) or _horizon(hello) not in (None, self.deadline_horizon):
+            self.deadline_horizon,
+        ):
             raise LocalProtocolError("our hello must announce this session's ledger and limits")
         self._state = _State.OPEN
         return hello.to_frame()
@@ -770,9 +762,7 @@ class ClientSession(_Session):
         ledger's ``max_deadline_horizon_ms`` (a later one could be post-dated, claims.md 2).
         """
         deadline = now + max(1, timeout_ms)
-        horizon = _horizon(self._peer())
-        if horizon is not None:
-            deadline = min(deadline, now + horizon)
+        deadline = min(deadline, now + self._peer().deadline_horizon)
         if ledger_horizon is not None:
             deadline = min(deadline, now + ledger_horizon)
         return deadline
@@ -926,48 +916,9 @@ class ClientSession(_Session):
         outcome = Replay.IN_DOUBT if refusal.n in ch.in_flight else Replay.UNKNOWN
         violation: RemoteProtocolError | None = None
         try:
-            last_n, voucher, paid_max = resync_details(refusal.details)
-            outcome = ch.on_replay(refusal.n, last_n=last_n, voucher=voucher, paid_max=paid_max)
+            outcome = ch.on_resync(refusal.n, refusal.details)
         except RemoteProtocolError as exc:  # unusable, not our voucher, inconsistent numbers
             violation = exc
         return ResyncNeeded(
             refusal=refusal, request=request, purpose=purpose, outcome=outcome, violation=violation
         )
-
-
-def resync_details(details: Mapping[str, Any]) -> tuple[int, Request | None, int | None]:
-    """The resync details of a REPLAY or slice-rule PAYMENT_REQUIRED (§15): ``last_n``, the
-    voucher decoded as a request frame (None when absent), and ``paid_max`` (None when
-    absent). ``spent`` is informative only and never returned.
-
-    Raises:
-        RemoteProtocolError: (MALFORMED) ``last_n`` is not a request number, or the voucher
-            is not a request frame; nothing is to be adopted.
-    """
-    last_n = details.get("last_n")
-    if not isinstance(last_n, int) or isinstance(last_n, bool) or not 0 <= last_n <= MAX_U64:
-        raise RemoteProtocolError("resync last_n is not a request number", code=ErrorCode.MALFORMED)
-    raw = details.get("voucher")
-    voucher: Request | None = None
-    if raw is not None:
-        if not isinstance(raw, bytes):
-            raise RemoteProtocolError("resync voucher is not a frame", code=ErrorCode.MALFORMED)
-        try:
-            frame = decode_frame(raw)
-        except RemoteProtocolError:
-            raise RemoteProtocolError(
-                "resync voucher does not decode", code=ErrorCode.MALFORMED
-            ) from None
-        if not isinstance(frame, Request):
-            raise RemoteProtocolError(
-                "resync voucher is not a request frame", code=ErrorCode.MALFORMED
-            )
-        voucher = frame
-    paid_max = details.get("paid_max")
-    if paid_max is not None and (
-        not isinstance(paid_max, int)
-        or isinstance(paid_max, bool)
-        or not 0 <= paid_max <= MAX_YOCTO
-    ):
-        raise RemoteProtocolError("resync paid_max is not an amount", code=ErrorCode.MALFORMED)
-    return last_n, voucher, paid_max

@@ -46,7 +46,6 @@ from p2pay.core.session import (
     ServerSession,
     StreamRefused,
     refusal_frame,
-    resync_details,
 )
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # payer, opens the stream
@@ -62,16 +61,17 @@ PRICE = 10
 DEPOSIT = 1_000
 MAX_BODY = 1024
 MAX_FRAME = 4096
-HORIZON = 3_600_000  # the node's default max_deadline_horizon_ms
-# TODO(merge w15-spec): Hello gains deadline_horizon (D1); drop the conditionals then
-HAS_HORIZON = "deadline_horizon" in Hello.__dataclass_fields__
+HORIZON = 600_000  # the payee's announced deadline_horizon (D1)
 SERVICES = (ServiceTerms(name="echo", price=PRICE, max_body=MAX_BODY),)
 
 
 def hello(key: Keypair = ALICE, **overrides: Any) -> Hello:
-    fields: dict[str, Any] = {"ledger": LEDGER, "max_frame": MAX_FRAME, "max_in_flight": 2}
-    if HAS_HORIZON:
-        fields["deadline_horizon"] = HORIZON
+    fields: dict[str, Any] = {
+        "ledger": LEDGER,
+        "max_frame": MAX_FRAME,
+        "max_in_flight": 2,
+        "deadline_horizon": HORIZON,
+    }
     fields.update(overrides)
     return Hello.create(key, **fields)
 
@@ -88,6 +88,7 @@ def forged_hello(signer: Keypair, **fields: Any) -> Hello:
         "max_frame": base.max_frame,
         "account": base.account,
         "account_proof": base.account_proof,
+        "deadline_horizon": base.deadline_horizon,
     }
     values.update(fields)
     unsigned = Hello(**values)
@@ -203,8 +204,9 @@ def test_9_rule_1_the_acceptor_checks_the_hello_then_answers_with_its_own() -> N
     assert event.account == ALICE.public and s.account == ALICE.public
     with pytest.raises(LocalProtocolError):
         s.receive(request().to_frame(), NOW)  # our hello is owed first
-    with pytest.raises(LocalProtocolError):
-        s.hello_frame(hello(BOB, max_frame=MAX_FRAME * 2))  # not this session's limits
+    for other in ({"max_frame": MAX_FRAME * 2}, {"deadline_horizon": HORIZON + 1}):
+        with pytest.raises(LocalProtocolError):
+            s.hello_frame(hello(BOB, **other))  # not this session's limits
     assert s.hello_frame(BOB_HELLO) == BOB_HELLO.to_frame()
     assert s.open
     with pytest.raises(LocalProtocolError):
@@ -588,7 +590,6 @@ def test_19_the_refusal_budget_refills_at_its_rate_and_never_backwards() -> None
 # §13.1 Payer; §14.3 receipts; §9 rule 4 prices
 
 
-@pytest.mark.skipif(not HAS_HORIZON, reason="needs the hello's deadline_horizon (w15-spec)")
 def test_13_1_deadlines_are_capped_at_the_payees_horizon_and_the_ledgers() -> None:
     c, _ = client()
     assert c.deadline(NOW, 5_000) == NOW + 5_000
@@ -787,15 +788,23 @@ def test_15_step_1_a_voucher_not_signed_by_us_adopts_nothing() -> None:
     assert (ch.last_n, ch.paid) == (1, PRICE)
 
 
-def test_15_unusable_details_are_a_violation() -> None:
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"last_n": "x", "spent": 0, "paid_max": 0},
+        {"last_n": 1, "paid_max": 0},  # spent missing
+        {"last_n": 1, "spent": 0},  # paid_max missing
+        {"last_n": 1, "spent": 0, "paid_max": 0, "voucher": b"\x00"},
+        {"last_n": 1, "spent": -1, "paid_max": 0},
+    ],
+)
+def test_15_step_1_details_of_the_wrong_shape_are_malformed(details: dict[str, Any]) -> None:
     c, ch = client()
     r = send(c, ch)
-    event = only(c.receive(_replay(r.n, {"last_n": "x"}), NOW), ResyncNeeded)
-    assert event.outcome is Replay.IN_DOUBT and event.violation is not None
-    for details in ({"last_n": 1, "voucher": b"\x00"}, {"last_n": 1, "paid_max": -1}):
-        with pytest.raises(RemoteProtocolError):
-            resync_details(details)
-    assert resync_details({"last_n": 3, "spent": 10**40}) == (3, None, None)
+    event = only(c.receive(_replay(r.n, details), NOW), ResyncNeeded)
+    assert event.outcome is Replay.IN_DOUBT and r.n in ch.in_flight
+    assert event.violation is not None and event.violation.code is ErrorCode.MALFORMED
+    assert (ch.last_n, ch.paid) == (1, PRICE)
 
 
 def test_13_2_check_5_prime_an_unsigned_payment_required_with_details_is_a_resync() -> None:
