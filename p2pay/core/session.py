@@ -530,7 +530,7 @@ class ServerSession(_Session):
         """
         if self._state is not _State.AWAIT_HELLO:
             raise LocalProtocolError("the hello timeout applies only before the peer's hello")
-        return self._violation(ErrorCode.DEADLINE_EXCEEDED, "no hello within the hello timeout")
+        return self._violation(ErrorCode.DEADLINE_EXCEEDED, "no hello in time")
 
     # -- frames
 
@@ -567,7 +567,7 @@ class ServerSession(_Session):
             self._state = _State.HELLO_CHECKED
             return HelloReceived(hello=hello, account=hello.account)
         if isinstance(frame, Hello):
-            return self._violation(ErrorCode.MALFORMED, "a second hello on the stream")
+            return self._violation(ErrorCode.MALFORMED, "a second hello")
         if isinstance(frame, Response | Refusal):
             # D3: the acceptor answers; it never answers a response or a refusal. Ignored,
             # but it costs a token: a flood of them ends in a reset.
@@ -817,7 +817,7 @@ class ClientSession(_Session):
             self._state = _State.OPEN
             return [HelloReceived(hello=hello, account=hello.account)]
         if isinstance(frame, Hello):
-            return [self._violation(ErrorCode.MALFORMED, "a second hello on the stream")]
+            return [self._violation(ErrorCode.MALFORMED, "a second hello")]
         if isinstance(frame, Request):
             # D3: requests go on a stream their payer opens; answered, the stream is kept.
             return [

@@ -4,6 +4,8 @@ and exact bytes out."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,14 +219,14 @@ def test_9_rule_1_a_second_hello_is_malformed_and_ends_the_stream() -> None:
     s = open_server()
     event = only(s.receive(hello(ALICE).to_frame(), NOW), ProtocolViolation)
     assert (event.code, event.end) == (ErrorCode.MALFORMED, End.CLOSE)
-    assert event.send == refusal_frame(b"", 0, ErrorCode.MALFORMED, "a second hello on the stream")
+    assert event.send == refusal_frame(b"", 0, ErrorCode.MALFORMED, "a second hello")
     assert s.ended
     with pytest.raises(LocalProtocolError):
         s.receive(request().to_frame(), NOW)
     c, _ = client()
     event = only(c.receive(BOB_HELLO.to_frame(), NOW), ProtocolViolation)
     assert (event.code, event.end, event.before_hello) == (ErrorCode.MALFORMED, End.CLOSE, False)
-    assert event.send == refusal_frame(b"", 0, ErrorCode.MALFORMED, "a second hello on the stream")
+    assert event.send == refusal_frame(b"", 0, ErrorCode.MALFORMED, "a second hello")
     assert c.ended
 
 
@@ -309,9 +311,7 @@ def test_9_the_hello_timeout_is_an_unsigned_deadline_exceeded() -> None:
     s = server()
     event = s.timed_out()
     assert (event.code, event.end) == (ErrorCode.DEADLINE_EXCEEDED, End.CLOSE)
-    assert event.send == refusal_frame(
-        b"", 0, ErrorCode.DEADLINE_EXCEEDED, "no hello within the hello timeout"
-    )
+    assert event.send == refusal_frame(b"", 0, ErrorCode.DEADLINE_EXCEEDED, "no hello in time")
     with pytest.raises(LocalProtocolError):
         open_server().timed_out()
 
@@ -827,3 +827,80 @@ def test_15_the_server_and_client_sessions_agree_on_a_replay() -> None:
     assert replay.send is not None and isinstance(decode_frame(replay.send), Refusal)
     event = only(c.receive(replay.send, NOW), ResyncNeeded)
     assert (event.outcome, event.violation) == (Replay.IN_DOUBT, None)
+
+
+# ---------------------------------------------------------------------------
+# the refusals the sessions produce are byte for byte those of specs/vectors/refusals.json
+
+REFUSAL_VECTORS = {
+    v["description"]: v
+    for v in json.loads(
+        (Path(__file__).resolve().parents[2] / "specs" / "vectors" / "refusals.json").read_text(
+            "utf-8"
+        )
+    )
+}
+
+
+def _vector(description: str) -> tuple[bytes, int, bytes]:
+    v = REFUSAL_VECTORS[description]
+    return bytes.fromhex(v["channel_hex"]), int(v["n"]), bytes.fromhex(v["frame_hex"])
+
+
+def _request_on(channel: bytes, n: int) -> Request:
+    return request(n, channel=channel)
+
+
+def _sent_by_session(description: str) -> bytes | None:
+    channel, n, _ = _vector(description)
+    if description == "a second hello":
+        (event,) = open_server().receive(hello(ALICE).to_frame(), NOW)
+    elif description == "a first frame that is not a hello":
+        (event,) = server().receive(request().to_frame(), NOW)
+    elif description == "no hello within the answerer's hello timeout":
+        event = server().timed_out()
+    elif description == "a request sent to the stream's caller: it names the request":
+        (event,) = client()[0].receive(_request_on(channel, n).to_frame(), NOW)
+    elif description == "a request over the stream's max_in_flight, before admission":
+        s = open_server(max_in_flight=1)
+        assert isinstance(
+            s.admit(request(1), payee(), price=PRICE, max_body=MAX_BODY, now=NOW), RequestAdmitted
+        )
+        (event,) = s.receive(_request_on(channel, n).to_frame(), NOW)
+    elif description == "a request on a channel the payee is not payee of":
+        event = open_server().admit(
+            _request_on(channel, n), None, price=PRICE, max_body=MAX_BODY, now=NOW
+        )
+    elif description == "a frame announced above the receiver's max_frame, with its limit":
+        s = ServerSession(
+            ledger=LEDGER,
+            remote=ALICE.public,
+            max_frame=1 << 20,
+            max_in_flight=2,
+            deadline_horizon=HORIZON,
+            max_refusals_per_s=1,
+            refusal_burst=3,
+            now=NOW,
+        )
+        only(s.receive(hello(ALICE, max_frame=1 << 20).to_frame(), NOW), HelloReceived)
+        message = REFUSAL_VECTORS[description]["message"]  # the transport's text
+        event = s.frame_error(FrameTooLarge(message, details={"size": (1 << 20) + 1}))
+    else:
+        raise AssertionError(description)
+    return event.send
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "a second hello",
+        "a first frame that is not a hello",
+        "no hello within the answerer's hello timeout",
+        "a request sent to the stream's caller: it names the request",
+        "a request over the stream's max_in_flight, before admission",
+        "a request on a channel the payee is not payee of",
+        "a frame announced above the receiver's max_frame, with its limit",
+    ],
+)
+def test_5_4_the_sessions_refusals_are_the_vectors_bytes(description: str) -> None:
+    assert _sent_by_session(description) == _vector(description)[2]
