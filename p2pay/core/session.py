@@ -22,7 +22,7 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
   A failed check, or any other frame first, is an unsigned refusal (channel empty, n 0)
   and the stream ends. Each side sends one hello; a second one is MALFORMED and ends the
   stream.
-* **Frames allowed per role** (§5.1, §12): only the opener sends requests; only the
+* **Frames allowed per role** (§5.1, §5.4, §12): only the opener sends requests; only the
   acceptor sends responses and refusals of requests. The acceptor ignores a response or
   a refusal frame (a protocol violation that costs a token of the refusal budget, below);
   the opener answers a request frame with an unsigned MALFORMED and keeps the stream; a
@@ -37,15 +37,15 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
   ``max_in_flight`` admitted requests unanswered, or while the node as a whole is full
   (``node_busy``), is refused with an unsigned OVERLOADED before any other check: a
   signed refusal would be refundable money (claims.md §3), and `n` is not consumed.
-* **Refusal budget** (§19, threat model row 25): the acceptor keeps a token bucket per
+* **Refusal budget** (§19.1, threat model row 25): the acceptor keeps a token bucket per
   stream, ``refusal_burst`` tokens refilled at ``max_refusals_per_s`` per second
   (integral thousandths of a token per millisecond; a clock that steps back refills
   nothing). Every refused request (unsigned refusal or signed refusal), and every ignored
   response or refusal frame, takes a token, except an OVERLOADED due only to the node-wide
   limit. The event that finds the bucket empty carries ``End.RESET``.
 * **Admission** (§13.2 checks 1-12) is `PayeeChannel.admit`'s: `ServerSession.admit` asks
-  it (with ``max_deadline = now + deadline_horizon``, the horizon the payee announces,
-  D1) and turns its decision into `RequestAdmitted` or `RequestRefused` (unsigned bytes,
+  it (with ``max_deadline = now + deadline_horizon``, the horizon the payee announces in
+  its hello, §9) and turns its decision into `RequestAdmitted` or `RequestRefused` (unsigned bytes,
   or ``signed=True`` for a refusal the payee signs, §11).
 * **Client side** (§13.1, §14.3, §15): `ClientSession.deadline` caps a request's deadline
   at the payee hello's ``deadline_horizon`` and the ledger's horizon;
@@ -324,7 +324,7 @@ def refusal_frame(
 
 
 def _error_details(error: RemoteProtocolError, max_frame: int) -> dict[str, Any]:
-    """The details of the refusal answering `error` (D2: FRAME_TOO_LARGE names our
+    """The details of the refusal answering `error` (§5.2: FRAME_TOO_LARGE names our
     limit; VERSION_MISMATCH our version, as `check_signed_by` gives it)."""
     if error.code is ErrorCode.FRAME_TOO_LARGE:
         return {"max_frame": max_frame}
@@ -410,8 +410,6 @@ class _Session:
     def _check_hello(self, frame: Frame) -> Hello | ProtocolViolation:
         """§9 rule 3, in order: a hello (decoded already), version, ledger, signature by
         the stream's remote key, account (`check_signed_by`)."""
-        if isinstance(frame, Refusal):
-            return self._violation(ErrorCode.MALFORMED, "expected a hello first")
         if not isinstance(frame, Hello):
             return self._violation(ErrorCode.MALFORMED, "expected a hello first")
         try:
@@ -447,8 +445,8 @@ class RefusalBudget:
         return self._tokens / 1000
 
     def take(self, now: int) -> bool:
-        """Take one token at time `now` (Unix ms); False once the bucket is empty (and for
-        ever after: the stream is reset)."""
+        """Take one token at time `now` (Unix ms); False if less than one token is left
+        (then the session resets the stream)."""
         elapsed = max(0, now - self._at)  # a clock that steps back refills nothing
         self._at = max(self._at, now)
         self._tokens = min(self.burst * 1000, self._tokens + elapsed * self.per_s)
@@ -460,7 +458,7 @@ class RefusalBudget:
 
 
 class ServerSession(_Session):
-    """The accepting side of a stream: the payee (§5.1, D3).
+    """The accepting side of a stream: the payee (§5.1, §5.4).
 
     Args:
         ledger: our ledger id.
@@ -468,7 +466,7 @@ class ServerSession(_Session):
         max_frame: the largest frame we accept (announced in our hello).
         max_in_flight: admitted requests of this stream we hold unanswered (announced).
         deadline_horizon: ms: we refuse a request whose deadline is later than
-            ``now + deadline_horizon`` (announced, D1).
+            ``now + deadline_horizon`` (announced in our hello, §9).
         max_refusals_per_s, refusal_burst: the refusal budget (module docstring).
         now: Unix ms when the stream was accepted.
     """
@@ -569,8 +567,8 @@ class ServerSession(_Session):
         if isinstance(frame, Hello):
             return self._violation(ErrorCode.MALFORMED, "a second hello")
         if isinstance(frame, Response | Refusal):
-            # D3: the acceptor answers; it never answers a response or a refusal. Ignored,
-            # but it costs a token: a flood of them ends in a reset.
+            # §5.4: the answerer never answers a response or a refusal. Ignored, but it
+            # costs a token (§19.1): a flood of them ends in a reset.
             kind = "response" if isinstance(frame, Response) else "refusal"
             flooded = not self.budget.take(now)
             return self._violation(
@@ -708,7 +706,7 @@ class _Outstanding:
 
 
 class ClientSession(_Session):
-    """The opening side of a stream: the payer (§5.1, D3).
+    """The opening side of a stream: the payer (§5.1, §5.4).
 
     Args:
         hello: our signed hello (sent first, `start`).
@@ -819,7 +817,7 @@ class ClientSession(_Session):
         if isinstance(frame, Hello):
             return [self._violation(ErrorCode.MALFORMED, "a second hello")]
         if isinstance(frame, Request):
-            # D3: requests go on a stream their payer opens; answered, the stream is kept.
+            # §5.4: requests go on a stream their payer opens; answered, the stream kept.
             return [
                 self._violation(
                     ErrorCode.MALFORMED,
