@@ -95,7 +95,7 @@ def conformance(
     (which must be the target's) for the paid cases, and starts its close at the end;
     without it those cases are skipped. Exit status 0 only if no case failed.
     """
-    from p2pay.conformance import run_conformance
+    from p2pay.conformance import run_conformance, select
     from p2pay.conformance.cases import CaseResult
     from p2pay.core.errors import LocalProtocolError
     from p2pay.net.base import split_p2p
@@ -104,6 +104,8 @@ def conformance(
         split_p2p(multiaddr)
     except LocalProtocolError as exc:
         raise CliError(exc.message) from None
+    if not select(patterns):
+        raise CliError(f"no case matches {' '.join(patterns)!r}")
     ledger_id = _parse_ledger_id(ledger_id_text) if ledger_id_text else None
     home = _explicit_home(ctx, home_dir)
     key = home.key() if home is not None else None

@@ -247,6 +247,7 @@ class Tester:
             yield probe
 
     def our_hello(self, key: Keypair, **kw: Any) -> bytes:
+        self.need_hello_run()
         assert self.ledger_id is not None
         legacy = self.discovery is not None and self.discovery.legacy
         return build_hello(key, self.ledger_id, legacy=legacy, **kw)
@@ -545,6 +546,7 @@ async def stream_kept(t: Tester, probe: Probe, sent: str) -> None:
 
 
 def unknown_channel_request(t: Tester, *, ledger: bytes | None = None) -> Request:
+    t.need_hello_run()
     assert t.ledger_id is not None
     return Request.create(
         t.transport_key,
@@ -648,7 +650,7 @@ async def hello_deadline_horizon(t: Tester) -> str:
 async def _bad_hello(
     t: Tester, sent: str, frame: bytes, code: ErrorCode, details: dict[str, Any] | None = None
 ) -> str:
-    t.need_hello()
+    t.need_hello_run()
     async with t.stream() as probe:
         await probe.send(frame)
         return await expect_refusal_then_end(probe, sent, code, details=details)
@@ -666,7 +668,7 @@ async def hello_version_mismatch(t: Tester) -> str:
 
 
 async def hello_wrong_ledger(t: Tester) -> str:
-    t.need_hello()
+    t.need_hello_run()
     frame = build_hello(
         t.transport_key, OTHER_LEDGER, legacy=t.discovery is not None and t.discovery.legacy
     )
@@ -681,7 +683,7 @@ async def hello_bad_signature(t: Tester) -> str:
 
 
 async def hello_wrong_account(t: Tester) -> str:
-    t.need_hello()
+    t.need_hello_run()
     assert t.ledger_id is not None
     if scheme_for(t.ledger_id) is not Scheme.ED25519:
         raise Skip("an EVM ledger: the account is bound by account_proof, not by the PeerID")
@@ -693,7 +695,7 @@ async def hello_wrong_account(t: Tester) -> str:
 
 
 async def hello_check_order(t: Tester) -> str:
-    t.need_hello()
+    t.need_hello_run()
     frame = build_hello(
         t.transport_key,
         OTHER_LEDGER,
@@ -710,7 +712,7 @@ async def hello_check_order(t: Tester) -> str:
 
 
 async def hello_request_first(t: Tester) -> str:
-    t.need_hello()
+    t.need_hello_run()
     request = unknown_channel_request(t)
     async with t.stream() as probe:
         await probe.send(request.to_frame())
@@ -839,8 +841,8 @@ async def frame_nesting_limit(t: Tester) -> str:
 
 
 async def frame_signed_nesting(t: Tester) -> str:
-    assert t.ledger_id is not None
     t.need_hello()
+    assert t.ledger_id is not None
     signed = codec.encode(
         {
             "domain": DOMAIN_REQUEST,
@@ -861,8 +863,8 @@ async def frame_signed_nesting(t: Tester) -> str:
 
 
 async def request_wrong_domain(t: Tester) -> str:
-    assert t.ledger_id is not None
     t.need_hello()
+    assert t.ledger_id is not None
     request = unknown_channel_request(t)
     response = Response.create(
         t.transport_key, request=request, status="OK", price=0, spent=0, body=b""
@@ -879,8 +881,8 @@ async def request_wrong_domain(t: Tester) -> str:
 
 
 async def request_missing_key(t: Tester) -> str:
-    assert t.ledger_id is not None
     t.need_hello()
+    assert t.ledger_id is not None
     fields: Any = codec.decode(unknown_channel_request(t).signing_bytes)
     assert isinstance(fields, dict)
     del fields["deadline"]
@@ -1253,12 +1255,16 @@ async def paid_overloaded(t: Tester) -> str:
         await probe.send_many([r.to_frame() for r in requests])
         answers = await _collect(probe, count, sent)
         unsigned = [g for g in answers if isinstance(g.frame, Refusal)]
+        numbers = {r.n for r in requests}
         for got in unsigned:
-            assert isinstance(got.frame, Refusal)
-            if got.frame.code is not ErrorCode.OVERLOADED:
-                raise Fail(
-                    sent, "signed responses, or unsigned OVERLOADED refusals", got.describe()
-                )
+            frame = got.frame
+            assert isinstance(frame, Refusal)
+            if frame.code is not ErrorCode.OVERLOADED or frame.channel != ch.id:
+                expected = "signed responses, or unsigned OVERLOADED refusals naming (channel, n)"
+                raise Fail(sent, expected, got.describe())
+            if frame.n not in numbers:
+                raise Fail(sent, "one answer per request, matched by (channel, n)", got.describe())
+            numbers.discard(frame.n)
         signed_overloaded = [
             g
             for g in answers
