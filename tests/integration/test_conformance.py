@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +179,21 @@ async def test_a_server_that_answers_everything_with_a_refusal_fails() -> None:
     reason = results["d3.refusal-ignored"].reason
     assert "sent a refusal frame" in reason and "got an unsigned refusal MALFORMED" in reason
     assert results["paid.call"].status == "SKIP"
+
+
+async def test_an_unreachable_target_fails_at_once() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{PROVIDER.peer_id}"
+    with trio.fail_after(RUN_BOUND):
+        report = await run_conformance(addr, ledger_id=LEDGER_ID, timeout=0.5)
+    results = by_id(report)
+    assert results["hello.exchange"].status == "FAIL"
+    assert not report.ok
+    others = [r for r in report.results if r.id != "hello.exchange"]
+    assert {r.status for r in others} == {"SKIP"}
+    assert "could not be reached" in others[0].reason
 
 
 # ---------------------------------------------------------------------------
