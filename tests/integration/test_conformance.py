@@ -52,7 +52,7 @@ def make_ledger() -> MemoryLedger:
 async def slow_echo(call: Call) -> bytes:
     # Slow enough that a burst of requests beyond max_in_flight finds them all in flight
     # (the case paid.overloaded), quick enough for the other cases.
-    await trio.sleep(0.2)
+    await trio.sleep(0.5)
     return call.body
 
 
@@ -275,7 +275,7 @@ def test_cli_against_node_run(tmp_path: Path) -> None:
     ok("--home", "p", "init", "--ledger", "sqlite:ledger.sqlite")
     ok("--home", "c", "ledger", "mint", client["peer_id"], "1 token")
     (tmp_path / "slow.py").write_text(
-        "import trio\n\nasync def echo(call):\n    await trio.sleep(0.2)\n    return call.body\n",
+        "import trio\n\nasync def echo(call):\n    await trio.sleep(0.5)\n    return call.body\n",
         encoding="utf-8",
     )
     log = open(tmp_path / "node.log", "wb")  # closed in the finally
