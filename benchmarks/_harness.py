@@ -15,7 +15,7 @@ so ``C`` requests are in flight on one long-lived stream):
   `raw_libp2p_echo`.
 
 The node writes every answer (and every request) that is ready in ONE stream write
-(`p2pay.node._Outbox.pump` via `p2pay.net.base.send_frames`); the two echoes above write
+(`p2pay.node.outbox._Outbox.pump` via `p2pay.net.base.send_frames`); the two echoes above write
 one frame per answer. So each echo also has a batching twin that writes the same way on
 both ends: every frame already read is answered in one write, and the client's queued
 requests go out in one write (`batching_unpaid_echo`, `batching_raw_libp2p_echo`).

@@ -70,12 +70,23 @@ def _peer_id_cache() -> list[tuple[Any, str, Any]]:
     import p2pay.core.identity as identity
     import p2pay.net.memory as net_memory
     import p2pay.net.p2p as net_p2p
-    import p2pay.node as node
+    import p2pay.node.client as node_client
+    import p2pay.node.facade as node_facade
+    import p2pay.node.server as node_server
+    import p2pay.node.types as node_types
 
     to_id = functools.lru_cache(maxsize=65536)(identity.peer_id_from_public)
     to_public = functools.lru_cache(maxsize=65536)(identity.public_from_peer_id)
     out: list[tuple[Any, str, Any]] = []
-    for module in (identity, node, net_p2p, net_memory):
+    for module in (
+        identity,
+        node_facade,
+        node_server,
+        node_client,
+        node_types,
+        net_p2p,
+        net_memory,
+    ):
         if hasattr(module, "peer_id_from_public"):
             out.append((module, "peer_id_from_public", to_id))
         if hasattr(module, "public_from_peer_id"):

@@ -1,0 +1,251 @@
+"""The channel book: the channels a node pays and is paid on, loaded, adopted, locked."""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import trio
+
+from p2pay.core.channel import (
+    ChannelStatus,
+    PayeeChannel,
+    PayerChannel,
+    Pending,
+)
+from p2pay.core.errors import (
+    ErrorCode,
+    RemoteProtocolError,
+)
+from p2pay.core.messages import (
+    Request,
+    decode_frame,
+)
+from p2pay.core.settlement import ChannelState
+from p2pay.ledger.base import Ledger
+from p2pay.node.types import NodeConfig
+from p2pay.persist import Persister
+from p2pay.store.base import (
+    PayeeRecord,
+    PayerRecord,
+    Store,
+)
+
+log = logging.getLogger("p2pay.node")
+
+
+def _payee_record(ch: PayeeChannel) -> PayeeRecord:
+    return PayeeRecord(
+        channel=ch.channel,
+        ledger=ch.ledger,
+        payer=ch.payer,
+        payee=ch.payee,
+        deposit=ch.deposit,
+        status=ch.status.value,
+        last_n=ch.last_n,
+        paid_max=ch.paid_max,
+        best_voucher=ch.best.to_frame() if ch.best is not None else b"",
+        spent=ch.spent,
+        redeemed=ch.redeemed,
+        # the last checked voucher, when best is not checked yet (protocol.md 13.4)
+        verified_voucher=(
+            ch.verified.to_frame()
+            if ch.verified is not None and ch.verified is not ch.best
+            else b""
+        ),
+    )
+
+
+def _payer_record(ch: PayerChannel) -> PayerRecord:
+    return PayerRecord(
+        channel=ch.channel,
+        ledger=ch.ledger,
+        payer=ch.payer,
+        payee=ch.payee,
+        deposit=ch.deposit,
+        status=ch.status.value,
+        last_n=ch.last_n,
+        paid=ch.paid,
+        spent=ch.spent,
+    )
+
+
+def _status_of(state: ChannelState | str) -> ChannelStatus:
+    return ChannelStatus(str(state))
+
+
+class ChannelBook:
+    """The channels a node pays (`payer_channels`) and is paid on (`payee_channels`): loaded
+    from the store, adopted from the ledger, and one lock per channel id while a payee
+    channel is looked up on the ledger. It takes what it uses, not the node."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        store: Store,
+        persister: Persister,
+        account: bytes,
+        config: NodeConfig,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.persister = persister
+        self.account = account
+        self.config = config
+        self.payee_channels: dict[bytes, PayeeChannel] = {}
+        self.payer_channels: dict[bytes, PayerChannel] = {}
+        self._channel_locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
+
+    async def load(self) -> None:
+        """Load the stored channels, count requests left without a receipt as abandoned,
+        and adopt the ledger's channels we pay on that the store does not know."""
+        for rec in await self.store.payee_channels():
+            ch = PayeeChannel(
+                ledger=rec.ledger,
+                channel=rec.channel,
+                payer=rec.payer,
+                payee=rec.payee,
+                deposit=rec.deposit,
+                status=ChannelStatus(rec.status),
+                last_n=rec.last_n,
+                paid_max=rec.paid_max,
+                spent=rec.spent,
+                redeemed=rec.redeemed,
+                unverified_credit_limit=self.config.unverified_credit_limit,
+            )
+            if rec.verified_voucher:  # the last checked voucher, best being unchecked
+                verified = decode_frame(rec.verified_voucher)
+                if isinstance(verified, Request) and verified.verify(ch.payer):
+                    ch.verified = ch.best = verified
+            if rec.best_voucher:
+                best = decode_frame(rec.best_voucher)
+                if isinstance(best, Request):
+                    ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
+                    if ch.verified_voucher() is not best:
+                        log.error(
+                            "stored voucher of channel %s does not verify: %d yocto charged "
+                            "on unchecked vouchers are lost (at most the unverified credit "
+                            "limit)",
+                            ch.channel.hex(),
+                            ch.spent - ch.verified_paid,
+                        )
+            self.payee_channels[rec.channel] = ch
+        for prec in await self.store.payer_channels():
+            self.payer_channels[prec.channel] = PayerChannel(
+                ledger=prec.ledger,
+                channel=prec.channel,
+                payer=prec.payer,
+                payee=prec.payee,
+                deposit=prec.deposit,
+                status=ChannelStatus(prec.status),
+                last_n=prec.last_n,
+                paid=prec.paid,
+                spent=prec.spent,
+            )
+        # Requests that never got a receipt (in flight when we stopped, or since marked
+        # unclaimable, expired or claimed by the watcher): the payee may have charged
+        # them, so count them as abandoned (a later receipt may then show spent above
+        # ours by at most their prices).
+        for record in await self.store.requests():
+            if record.state in ("answered", "refused"):
+                continue  # a receipt came back: accounted for
+            payer_ch = self.payer_channels.get(record.channel)
+            if payer_ch is None or not record.frame:
+                continue
+            sent = decode_frame(record.frame)
+            if isinstance(sent, Request) and sent.n <= payer_ch.last_n:
+                payer_ch.abandoned[sent.n] = Pending(sent, record.price)
+        await self.adopt_ledger_channels()
+
+    async def adopt_ledger_channels(self) -> None:
+        """Channels we pay on that the ledger knows and our store does not (a lost or new
+        store): adopt them with empty state; the first call resyncs from the payee."""
+        for info in await self.ledger.channels_of(self.account):
+            if info.payer != self.account or info.id in self.payer_channels:
+                continue
+            if info.state is ChannelState.CLOSED:
+                continue
+            ch = PayerChannel(
+                ledger=self.ledger.ledger_id,
+                channel=info.id,
+                payer=self.account,
+                payee=info.payee,
+                deposit=info.deposit,
+                status=_status_of(info.state),
+            )
+            self.payer_channels[info.id] = ch
+            self.persister.stage(payer=_payer_record(ch))
+
+    async def payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
+        ch = self.payee_channels.get(request.channel)
+        if ch is not None:
+            return ch
+        if peer == self.account:
+            return None
+        lock = self._channel_locks[request.channel]
+        try:
+            async with lock:
+                ch = self.payee_channels.get(request.channel)
+                if ch is not None:
+                    return ch
+                info = await self.ledger.channel(request.channel)
+                if info is None or info.payee != self.account:
+                    return None
+                if info.challenge_ms < self.config.min_challenge_ms:
+                    # C-8: a payer could close it faster than we can redeem
+                    raise RemoteProtocolError(
+                        f"challenge period {info.challenge_ms} ms is below this payee's "
+                        f"minimum {self.config.min_challenge_ms} ms",
+                        code=ErrorCode.CHALLENGE_TOO_SHORT,
+                        details={"min_challenge_ms": self.config.min_challenge_ms},
+                    )
+                ch = PayeeChannel(
+                    ledger=self.ledger.ledger_id,
+                    channel=info.id,
+                    payer=info.payer,
+                    payee=self.account,
+                    deposit=info.deposit,
+                    status=_status_of(info.state),
+                    redeemed=info.redeemed,
+                    unverified_credit_limit=self.config.unverified_credit_limit,
+                )
+                self.payee_channels[ch.channel] = ch
+                self.persister.stage(payee=_payee_record(ch))
+                return ch
+        finally:
+            # One lock per channel id a peer names would grow without bound under a flood
+            # of made-up ids: drop it once nobody holds or waits for it (a task waiting on
+            # it keeps using this object, so two lookups of one id never run at once).
+            if (
+                not lock.locked()
+                and lock.statistics().tasks_waiting == 0
+                and self._channel_locks.get(request.channel) is lock
+            ):
+                del self._channel_locks[request.channel]
+
+    async def refresh_channel(self, channel: bytes) -> None:
+        """Re-read a channel's deposit, state and redeemed total from the ledger."""
+        info = await self.ledger.channel(channel)
+        if info is None:
+            return
+        for ch in (self.payee_channels.get(channel), self.payer_channels.get(channel)):
+            if ch is None:
+                continue
+            ch.deposit = max(ch.deposit, info.deposit)
+            status = _status_of(info.state)
+            if status is not ChannelStatus.OPEN or ch.status is ChannelStatus.OPEN:
+                ch.status = status
+            if isinstance(ch, PayeeChannel):
+                ch.redeemed = max(ch.redeemed, info.redeemed)
+                self.persister.stage(payee=_payee_record(ch))
+            else:
+                self.persister.stage(payer=_payer_record(ch))
+
+    def payer_channel_to(self, payee: bytes) -> PayerChannel | None:
+        best: PayerChannel | None = None
+        for ch in self.payer_channels.values():
+            if ch.payee == payee and ch.status is ChannelStatus.OPEN:
+                if best is None or ch.available > best.available:
+                    best = ch
+        return best

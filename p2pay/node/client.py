@@ -1,0 +1,674 @@
+"""The client side: one connection per peer, and the call policy."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.channel import (
+    PayerChannel,
+    Receipt,
+    Replay,
+)
+from p2pay.core.errors import (
+    DecodeError,
+    ErrorCode,
+    LocalProtocolError,
+    P2payError,
+    PaymentRequired,
+    RemoteProtocolError,
+    UnknownService,
+    remote_error,
+)
+from p2pay.core.messages import (
+    MAX_SERVICE_NAME,
+    STATUS_OK,
+    Hello,
+    Refusal,
+    Request,
+    Response,
+    decode_frame,
+)
+from p2pay.core.settlement import Stake, StakeStatus, stake_status
+from p2pay.net.base import NetError, StreamClosed
+from p2pay.node.book import _payer_record
+from p2pay.node.handshake import _check_hello
+from p2pay.node.outbox import _Outbox
+from p2pay.node.types import (
+    CallResult,
+    CallTimeout,
+    ConnectionLost,
+    PeerUnreachable,
+    ProviderUnbonding,
+    RequestInDoubt,
+    Unclaimable,
+    split_peer,
+)
+from p2pay.store.base import (
+    MAX_TIME,
+    OutgoingRequest,
+    RequestUpdate,
+    StoredResponse,
+)
+
+if TYPE_CHECKING:
+    from p2pay.node.facade import Node
+
+log = logging.getLogger("p2pay.node")
+
+
+@dataclass
+class _Slot:
+    channel: bytes
+    n: int
+    request: Request
+    done: trio.Event = field(default_factory=trio.Event)
+    receipt: Receipt | None = None
+    error: P2payError | None = None
+    replay: Replay | None = None  # what an unsigned REPLAY of it meant (on_replay)
+    resent: bool = False  # the same request sent again after a REPLAY
+    generation: int = 0
+    redelivery: bool = False  # a re-delivery by the watcher (`Node.redeliver`)
+
+
+class _Connection:
+    def __init__(self, node: Node, stream: Any, hello: Hello, peer_id: str) -> None:
+        self.node = node
+        self.stream = stream
+        self.hello = hello
+        self.peer_id = peer_id
+        self.account = node._bound(hello, peer_id)  # the payee's account on our ledger
+        self.closed = False
+        self.slots = trio.Semaphore(max(1, min(hello.max_in_flight, 1024)))
+        self.pending: dict[tuple[bytes, int], _Slot] = {}
+        self.outbox = _Outbox()
+        self.prices: dict[str, int] = {}  # prices learnt since the hello
+
+    def send_request(
+        self, ch: PayerChannel, service: str, body: bytes, price: int, timeout: float
+    ) -> _Slot:
+        """Sign the next request, stage it, queue it (synchronous: keeps n order on the wire)."""
+        node = self.node
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.peer_id} is closed")
+        now = node.now()
+        deadline = now + max(1, int(timeout * 1000))
+        horizon = node._ledger_param("max_deadline_horizon_ms")
+        if horizon is not None:  # never post-dated beyond the horizon (claims.md 2)
+            deadline = min(deadline, now + horizon)
+        request = ch.next_request(
+            node.signer, service=service, body=body, price=price, deadline=deadline
+        )
+        frame = request.to_frame()
+        generation = node.persister.stage(
+            payer=_payer_record(ch),
+            request=OutgoingRequest(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                payee=ch.payee,
+                price=price,
+                deadline=deadline,
+                frame=frame,
+                state="awaiting",
+                updated_at=node.now(),
+            ),
+        )
+        slot = _Slot(channel=ch.channel, n=request.n, request=request)
+        self.pending[(ch.channel, request.n)] = slot
+        self.outbox.put(generation, frame)
+        return slot
+
+    def resend(self, ch: PayerChannel, request: Request) -> _Slot:
+        """Send `request` (still in flight on `ch`) once more, unchanged (C-4)."""
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.peer_id} is closed")
+        slot = _Slot(channel=ch.channel, n=request.n, request=request, resent=True)
+        self.pending[(ch.channel, request.n)] = slot
+        self.outbox.put(0, request.to_frame())  # durable since it was first sent
+        return slot
+
+    async def redeliver(self, request: Request) -> Response | None:
+        """Send `request` (already signed and on record) again and wait for its answer.
+
+        Returns:
+            The checked signed response, or None if the payee refused it unsigned.
+        """
+        key = (request.channel, request.n)
+        if key in self.pending or self.closed:
+            return None  # in flight already, or no stream
+        slot = _Slot(channel=request.channel, n=request.n, request=request, redelivery=True)
+        self.pending[key] = slot
+        try:
+            self.outbox.put(0, request.to_frame())
+            await slot.done.wait()
+        finally:
+            if self.pending.get(key) is slot:
+                del self.pending[key]
+        if slot.generation:
+            await self.node.persister.durable(slot.generation)
+        return slot.receipt.response if slot.receipt is not None else None
+
+    def abandon(self, ch: PayerChannel, slot: _Slot) -> None:
+        self.pending.pop((slot.channel, slot.n), None)
+        ch.abandon(slot.n)
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, nursery.cancel_scope)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # never let one peer's failure take the node down
+            log.warning("connection to %s failed: %r", self.peer_id, exc)
+        finally:
+            self.closed = True
+            self.outbox.closed = True
+            if self.node._connections.get(self.peer_id) is self:
+                del self.node._connections[self.peer_id]
+            for key, slot in list(self.pending.items()):
+                ch = self.node.payer_channels.get(slot.channel)
+                if ch is not None:
+                    ch.abandon(slot.n)
+                slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
+                slot.done.set()
+                del self.pending[key]
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.reset()
+
+    async def _pump(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.outbox.pump(self.node.persister, self.stream)
+        except (StreamClosed, P2payError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.stream.reset()
+
+    async def _read_loop(self) -> None:
+        node = self.node
+        while True:
+            try:
+                payload = await self.stream.receive()
+            except (StreamClosed, DecodeError):  # FrameTooLarge, or a bad length prefix
+                return
+            try:
+                message = decode_frame(payload, max_size=node.config.max_frame)
+            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
+                log.warning("bad frame from %s: %s", self.peer_id, exc)
+                node.counters.protocol_violations += 1
+                return
+            if isinstance(message, Response):
+                if not self._on_response(message):
+                    return
+            elif isinstance(message, Refusal):
+                self._on_refusal(message)
+            else:
+                node.counters.protocol_violations += 1
+                return
+
+    def _on_response(self, response: Response) -> bool:
+        node = self.node
+        ch = node.payer_channels.get(response.channel)
+        slot = self.pending.pop((response.channel, response.n), None)
+        if ch is None or ch.payee != self.account:
+            node.counters.protocol_violations += 1
+            return False
+        if slot is None and response.n not in ch.in_flight and response.n not in ch.abandoned:
+            # A second answer to a request re-sent while its handler ran (C-4), or to one
+            # already settled: it changes nothing.
+            log.info("ignored an answer to a settled request from %s", self.peer_id)
+            return True
+        try:
+            receipt = ch.on_response(response)
+        except RemoteProtocolError as exc:
+            log.warning("bad receipt from %s: %s", self.peer_id, exc)
+            node.counters.protocol_violations += 1
+            if slot is not None:
+                slot.error = exc
+                slot.done.set()
+            return False
+        kept: StoredResponse | None = None
+        if not response.ok and response.price == 0:
+            # The payee's signed refusal: kept (never pruned) to be posted on the ledger if
+            # the payee ever takes the refused slice (claims.md 3 and 6, attack N1).
+            kept = StoredResponse(
+                request_hash=response.request_hash,
+                channel=response.channel,
+                n=response.n,
+                frame=response.to_frame(),
+                expires_at=MAX_TIME,
+            )
+        generation = node.persister.stage(
+            payer=_payer_record(ch),
+            # the request row (frame included) was written when it was sent: mark it only
+            request_update=RequestUpdate(
+                request_hash=response.request_hash,
+                state="answered" if response.ok else "refused",
+                updated_at=node.now(),
+            ),
+            response=kept,
+        )
+        if slot is not None:
+            slot.receipt = receipt
+            slot.generation = generation
+            slot.done.set()
+        return True
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        node = self.node
+        slot = self.pending.pop((refusal.channel, refusal.n), None)
+        ch = node.payer_channels.get(refusal.channel)
+        if slot is None or ch is None:
+            return  # a refusal of something we did not send: nothing to account
+        if slot.redelivery:  # the payee refused our re-delivery: it stays on record, claimable
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+            slot.done.set()
+            return
+        if refusal.code is ErrorCode.REPLAY or (
+            refusal.code is ErrorCode.PAYMENT_REQUIRED and "last_n" in refusal.details
+        ):
+            # An unsigned slice-rule refusal (protocol.md 13.2 check 5') carries the resync
+            # details like a REPLAY: adopt them; our own voucher proves we lost state.
+            self._on_replay(ch, slot, refusal)
+        elif slot.resent or (
+            refusal.code is ErrorCode.INSUFFICIENT_DEPOSIT and slot.request.paid <= ch.deposit
+        ):
+            # An unsigned word about a request in doubt proves nothing either, nor an
+            # INSUFFICIENT_DEPOSIT for a slice within the deposit as we know it: keep it.
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        else:
+            # Refused before authentication: nothing charged, the voucher not kept.
+            ch.on_refusal(refusal.n)
+            slot.generation = node.persister.stage(
+                delete_request=slot.request.hash, payer=_payer_record(ch)
+            )
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        slot.done.set()
+
+    def _on_replay(self, ch: PayerChannel, slot: _Slot, refusal: Refusal) -> None:
+        """An unsigned REPLAY: never forget the request on its word (claims.md 6)."""
+        node = self.node
+        args = _resync_args(refusal.details)
+        outcome = Replay.IN_DOUBT if slot.n in ch.in_flight else Replay.UNKNOWN
+        if args is not None:
+            try:
+                outcome = ch.on_replay(refusal.n, **args)
+            except RemoteProtocolError as exc:  # not our voucher, or inconsistent numbers
+                log.warning("bad resync details from %s: %s", self.peer_id, exc)
+                node.counters.protocol_violations += 1
+        if outcome is Replay.SUPERSEDED:
+            # our own signature proves it was never chargeable: a claim would be frivolous
+            slot.generation = node.persister.stage(
+                delete_request=slot.request.hash, payer=_payer_record(ch)
+            )
+        else:
+            slot.generation = node.persister.stage(payer=_payer_record(ch))
+        if outcome is Replay.UNKNOWN:
+            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        slot.replay = outcome
+
+
+def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """on_replay's arguments from a REPLAY's details (the unsigned ``spent`` is never
+    taken, claims.md 6), or None if they are unusable."""
+    last_n, voucher = details.get("last_n"), details.get("voucher")
+    if type(last_n) is not int:
+        return None
+    parsed: Request | None = None
+    if isinstance(voucher, bytes):
+        try:
+            frame = decode_frame(voucher)
+        except DecodeError:
+            return None
+        if not isinstance(frame, Request):
+            return None
+        parsed = frame
+    args: dict[str, Any] = {"last_n": last_n, "voucher": parsed}
+    paid_max = details.get("paid_max")
+    if type(paid_max) is int:
+        args["paid_max"] = paid_max  # checked against the voucher (protocol.md 15)
+    return args
+
+
+class Client:
+    """The calls a node makes: one `_Connection` per peer (opened on first use, hello
+    both ways), and the call policy (price and body checks, claimability, one re-send
+    after an unsigned REPLAY, a price change retried once, a resync once)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._connections: dict[str, _Connection] = {}
+        self._connect_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+        # The stakes of the providers we pay: account -> (when read, Stake or None), read
+        # from the ledger before a paid call whose deadline the last read does not cover.
+        self._peer_stakes: dict[bytes, tuple[int, Stake | None]] = {}
+
+    async def refresh_peer_stake(self, account: bytes) -> Stake | None:
+        """Read a provider's stake from the ledger (claims.md C-9: its status decides which
+        paid requests are still claimable) and cache it."""
+        read_at = self.node.now()  # before the read: the stake was at least this fresh
+        stake = await self.node.ledger.stake_of(account)
+        self._peer_stakes[account] = (read_at, stake)
+        return stake
+
+    async def check_claimable(
+        self, payee: bytes, service: str, body: bytes, price: int, timeout: float
+    ) -> None:
+        """Refuse, before signing, a paid request the ledger would not hear as a claim
+        (protocol.md 14.4): a body over ``max_claim_body``, a service name outside the
+        protocol's limits (N12), or a deadline after the unbonding provider's last claimable
+        one, ``unstake_requested_at + max_deadline_horizon_ms`` (C-9, N11)."""
+        if price <= 0:
+            return  # nothing paid, nothing to claim
+        limit = self.node._ledger_param("max_claim_body")
+        if limit is not None and len(body) > limit:
+            raise Unclaimable(
+                f"a paid body of {len(body)} bytes is over the ledger's max_claim_body of "
+                f"{limit} bytes: it could not be claimed if the provider withheld the answer",
+                details={"max_claim_body": limit},
+            )
+        if not 1 <= len(service.encode()) <= MAX_SERVICE_NAME:
+            raise Unclaimable(
+                f"service name must be 1..{MAX_SERVICE_NAME} bytes to be claimable",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        horizon = self.node._ledger_param("max_deadline_horizon_ms")
+        if horizon is None:
+            return
+        now = self.node.now()
+        deadline = min(now + max(1, int(timeout * 1000)), now + horizon)  # as send_request
+        read_at, stake = self._peer_stakes.get(payee, (None, None))
+        # A stake read bonded at `read_at` cannot have started unbonding before it, so a
+        # deadline up to read_at + horizon is claimable whatever happened since; past
+        # that, read it again (once per horizon minus the timeout: rare on real ledgers).
+        if read_at is None or (
+            stake_status(stake) is not StakeStatus.UNBONDING and deadline > read_at + horizon
+        ):
+            stake = await self.refresh_peer_stake(payee)
+        if stake is None or stake_status(stake) is not StakeStatus.UNBONDING:
+            return
+        last = stake.unstake_requested_at + horizon
+        if deadline > last:
+            raise ProviderUnbonding(
+                f"the provider is unstaking (requested at {stake.unstake_requested_at}): "
+                f"a paid request with deadline {deadline} after {last} could not be claimed "
+                "(claims.md C-9); use a shorter timeout or another provider",
+                details={"unstake_requested_at": stake.unstake_requested_at, "last": last},
+            )
+
+    async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None:
+        """Re-send a paid request left unanswered, the same signed frame, and wait at most
+        `timeout` s for the payee's stored answer (specs/claims.md section 6).
+
+        Returns:
+            The checked signed response (its record is then marked answered or refused),
+            or None if the payee could not be reached, refused it unsigned, or did not
+            answer in time: the request stays on record (claimable).
+        """
+        try:
+            request = decode_frame(record.frame)
+        except DecodeError:
+            return None
+        if not isinstance(request, Request) or request.channel not in self.node.payer_channels:
+            return None
+        with trio.move_on_after(timeout):
+            try:
+                conn = await self.connection(self.node.peer_of(record.payee))
+            except (P2payError, NetError, ValueError):
+                return None
+            if conn.account != record.payee:
+                return None
+            return await conn.redeliver(request)
+        return None
+
+    async def connection(self, peer_id: str) -> _Connection:
+        conn = self._connections.get(peer_id)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._connect_locks[peer_id]:
+            conn = self._connections.get(peer_id)
+            if conn is not None and not conn.closed:
+                return conn
+            try:
+                stream = await self.node._transport.connect(peer_id)
+            except NetError as exc:
+                raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
+            try:
+                with trio.fail_after(self.node.config.hello_timeout):
+                    await stream.send(self.node.hello().to_frame())
+                    first = decode_frame(
+                        await stream.receive(), max_size=self.node.config.max_frame
+                    )
+                    if isinstance(first, Refusal):  # e.g. OVERLOADED: too many sessions
+                        raise remote_error(first.code, first.message, first.details)
+                    hello = _check_hello(first, stream.remote_public, self.node.ledger.ledger_id)
+            except NetError as exc:
+                await stream.reset()
+                raise PeerUnreachable(f"{peer_id} closed the stream during the hello") from exc
+            except trio.TooSlowError as exc:
+                await stream.reset()
+                raise PeerUnreachable(f"no hello from {peer_id} in time") from exc
+            except BaseException:
+                await stream.reset()
+                raise
+            conn = _Connection(self.node, stream, hello, peer_id)
+            assert self.node._nursery is not None
+            self.node._nursery.start_soon(conn.run)
+            self._connections[peer_id] = conn
+            self.node.counters.connections += 1
+            return conn
+
+    async def call(
+        self,
+        peer: str,
+        service: str,
+        body: bytes,
+        *,
+        max_price: int,
+        timeout: float | None = None,
+    ) -> CallResult:
+        """Call `service` on `peer`, paying its price from our channel to it.
+
+        Args:
+            peer: a multiaddr ending in /p2p/<id>, or a PeerID already known.
+            service: the service name.
+            body: request bytes.
+            max_price: the most this call may cost (yocto); a higher price is refused
+                locally with PaymentRequired before anything is signed.
+            timeout: seconds to wait for the answer; it is also the request's deadline.
+
+        Returns:
+            CallResult with the body, the price charged and the signed receipt.
+
+        Raises:
+            PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
+            ConnectionLost, or the RemoteProtocolError for the code the provider answered.
+        """
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise LocalProtocolError("body must be bytes")
+        body = bytes(body)
+        peer_id, addr = split_peer(peer)
+        if addr is not None:
+            self.node._transport.add_address(peer_id, addr)
+        timeout = self.node.config.default_timeout if timeout is None else timeout
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise LocalProtocolError("timeout must be a positive number of seconds")
+        self.node.counters.calls_made += 1
+        try:
+            result = await self._call(peer_id, service, body, max_price, timeout)
+        except P2payError as exc:
+            self.node.counters.call_errors[exc.code.value] += 1
+            raise
+        self.node.counters.calls_ok += 1
+        self.node.counters.paid += result.price
+        return result
+
+    async def _call(
+        self, peer_id: str, service: str, body: bytes, max_price: int, timeout: float
+    ) -> CallResult:
+        conn = await self.connection(peer_id)
+        payee = conn.account
+        terms = conn.hello.service(service)
+        if terms is None:
+            raise UnknownService(f"{peer_id} offers no service {service!r}")
+        price = conn.prices.get(service, terms.price)  # the hello's, or the latest we saw
+        if price > max_price:
+            raise PaymentRequired(
+                f"{service!r} costs {price}, above max_price {max_price}",
+                details={"price": price},
+            )
+        if len(body) > terms.max_body:
+            raise LocalProtocolError(
+                f"body of {len(body)} bytes is over the service's {terms.max_body}",
+                code=ErrorCode.BODY_TOO_LARGE,
+            )
+        give_up_at = trio.current_time() + timeout
+        price_retried = resynced = False
+        while True:
+            ch = self.node.book.payer_channel_to(payee)
+            if ch is None:
+                raise LocalProtocolError(
+                    f"no open channel to {peer_id}: open_channel first",
+                    code=ErrorCode.UNKNOWN_CHANNEL,
+                )
+            async with conn.slots:
+                await self.check_claimable(payee, service, body, price, timeout)
+                slot = conn.send_request(ch, service, body, price, timeout)
+                if not await self._wait(slot, timeout + 0.05):
+                    conn.abandon(ch, slot)
+                    self.node.counters.timeouts += 1
+                    raise CallTimeout(f"no answer from {peer_id} within {timeout} s")
+                if slot.replay is Replay.IN_DOUBT:
+                    # Unsigned: it may have been served. Ask once more with the same signed
+                    # request; an honest payee answers with what it stored (C-4).
+                    slot = await self._resend_once(conn, ch, slot, give_up_at, timeout)
+            if slot.replay is Replay.SUPERSEDED:
+                # Our own signature shows we lost state: numbers and slices are adopted
+                # (on_replay); a fresh request follows, once.
+                if resynced:
+                    raise RemoteProtocolError("resync did not converge", code=ErrorCode.REPLAY)
+                resynced = True
+                continue
+            if slot.error is not None:
+                raise slot.error
+            receipt = slot.receipt
+            if receipt is None:  # every path sets one of the three; never assert on a peer
+                raise RemoteProtocolError(
+                    f"no receipt for request {slot.n}", code=ErrorCode.INTERNAL
+                )
+            response = receipt.response
+            if response.status != STATUS_OK:
+                message, details = response.refusal_info()
+                asked = details.get("price")
+                if response.status == ErrorCode.PAYMENT_REQUIRED and type(asked) is int:
+                    if asked != price and 0 <= asked <= MAX_YOCTO:
+                        conn.prices[service] = asked  # the provider changed its price
+                        if asked <= max_price and not price_retried:
+                            price_retried = True
+                            price = asked
+                            continue
+                raise remote_error(response.status, message, details)
+            conn.prices[service] = receipt.charged
+            return CallResult(
+                body=response.body,
+                price=receipt.charged,
+                n=receipt.n,
+                channel=response.channel,
+                spent=receipt.spent,
+                receipt=response,
+            )
+
+    async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
+        """Deliver a request this node sent once more, unchanged (claims.md 6: a payer
+        retries delivery before it claims; the payee answers a re-sent request with what it
+        stored, never a second charge, protocol.md 13.5).
+
+        Args:
+            request: the signed request as sent (e.g. decoded from its stored frame). It
+                must still be in flight or abandoned on its channel.
+            timeout: seconds to wait for the answer.
+
+        Returns:
+            The accepted receipt (the request is then settled and its record marked
+            answered or refused), or None: not ours or already settled, the payee is
+            unreachable, it answered REPLAY or nothing. The request then stays as it was
+            (claimable).
+        """
+        ch = self.node.payer_channels.get(request.channel)
+        if ch is None:
+            return None
+        pending = ch.in_flight.get(request.n) or ch.abandoned.get(request.n)
+        if pending is None or pending.request.hash != request.hash:
+            return None
+        try:
+            conn = await self.connection(self.node.peer_of(ch.payee))
+        except P2payError as exc:
+            log.info("cannot re-send request %d: %s", request.n, exc)
+            return None
+        key = (ch.channel, request.n)
+        if key in conn.pending or conn.account != ch.payee:
+            return None  # a call is waiting for it already, or not the channel's payee
+        slot = conn.resend(ch, pending.request)
+        try:
+            if not await self._wait(slot, timeout):
+                return None
+        finally:
+            if conn.pending.get(key) is slot:
+                del conn.pending[key]
+        return slot.receipt
+
+    async def _wait(self, slot: _Slot, seconds: float) -> bool:
+        """Wait for `slot`'s answer (and its state to be durable); False on timeout."""
+        with trio.move_on_after(seconds):
+            await slot.done.wait()
+        if not slot.done.is_set():
+            return False
+        if slot.generation:
+            await self.node.persister.durable(slot.generation)
+        return True
+
+    async def _resend_once(
+        self, conn: _Connection, ch: PayerChannel, slot: _Slot, give_up_at: float, timeout: float
+    ) -> _Slot:
+        """Re-send the very request `slot` carried, after an unsigned REPLAY of it.
+
+        Returns:
+            The new slot, answered by a receipt, or SUPERSEDED (lost state proven).
+
+        Raises:
+            RequestInDoubt: REPLAY again, no answer, or any unsigned refusal: the request
+                is abandoned (it stays on record, claimable).
+        """
+        try:
+            again = conn.resend(ch, slot.request)
+        except ConnectionLost:
+            again = _Slot(channel=ch.channel, n=slot.n, request=slot.request, resent=True)
+            again.error = ConnectionLost(f"connection to {conn.peer_id} lost")
+            again.done.set()
+        wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
+        answered = await self._wait(again, wait)
+        if answered and (again.receipt is not None or again.replay is Replay.SUPERSEDED):
+            return again
+        conn.abandon(ch, again)
+        self.node.counters.in_doubt += 1
+        why = "no answer"
+        if answered:
+            why = again.error.code.value if again.error is not None else "REPLAY"
+        raise RequestInDoubt(
+            f"{conn.peer_id} answered request {slot.n} only with an unsigned REPLAY, then "
+            f"{why} to the same request re-sent: it may have served and charged it. The "
+            "request stays on record and is claimable: if the provider has a stake, the "
+            "watcher claims it after its deadline (the claim bond is locked until the "
+            "claim ends, and returned unless the provider proves the claim frivolous; the "
+            "provider must then deliver the answer through the ledger or refund the price)"
+        )

@@ -1,0 +1,593 @@
+"""The `Node` facade and `open_node`."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from p2pay.core.channel import (
+    ChannelStatus,
+    PayeeChannel,
+    PayerChannel,
+    Receipt,
+)
+from p2pay.core.errors import (
+    ErrorCode,
+    LocalProtocolError,
+)
+from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
+from p2pay.core.messages import (
+    Hello,
+    Request,
+    Response,
+    ServiceTerms,
+    StakeTerms,
+    decode_frame,
+)
+from p2pay.core.settlement import Stake
+from p2pay.core.signing import Scheme, scheme_for, signer_for
+from p2pay.ledger.base import Ledger
+from p2pay.node.book import ChannelBook, _payee_record, _payer_record
+from p2pay.node.client import Client, _Connection
+from p2pay.node.invoke import _Service
+from p2pay.node.outbox import _Outbox
+from p2pay.node.server import Server, _ServerSession
+from p2pay.node.types import (
+    Behaviour,
+    CallResult,
+    ChannelInfo,
+    ClaimInfo,
+    Counters,
+    Handler,
+    NodeConfig,
+    split_peer,
+)
+from p2pay.node.watcher import Watcher, outcome_key
+from p2pay.persist import Persister
+from p2pay.store.base import (
+    OutgoingRequest,
+    Store,
+)
+from p2pay.store.memory import MemoryStore
+
+log = logging.getLogger("p2pay.node")
+
+_RETENTION_KEY = "response_retention"
+
+
+@dataclass
+class _Retention:
+    """How long stored answers are kept (`Node._follow_window`), persisted as meta."""
+
+    window: int = 0  # the largest claim window our stake ever had (ms)
+    shift: int = 0  # prune this far behind the clock (ms) ...
+    until: int = 0  # ... until then (Unix ms; 0 = no shift)
+
+    def encode(self) -> bytes:
+        return json.dumps([self.window, self.shift, self.until]).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> _Retention:
+        try:
+            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
+            if all(type(v) is int and v >= 0 for v in (window, shift, until)):
+                return cls(window, shift, until)
+        except (ValueError, TypeError):
+            pass
+        log.error("unreadable %s meta %r: starting over", _RETENTION_KEY, raw)
+        return cls()
+
+
+#: how many account -> PeerID bindings (EVM ledgers) a node remembers, newest kept
+_MAX_BOUND_PEERS = 4096
+
+
+class Node:
+    """A running p2pay node. Make one with `open_node`."""
+
+    def __init__(
+        self,
+        *,
+        key: Keypair,
+        ledger: Ledger,
+        store: Store,
+        config: NodeConfig,
+        clock: Callable[[], int] | None,
+    ) -> None:
+        self.key = key
+        self.ledger = ledger
+        # What signs vouchers and receipts, and the account channels name: the key itself
+        # on an Ed25519 ledger, its derived EVM key on an EVM ledger (signing.signer_for).
+        self.signer = signer_for(key, ledger.ledger_id)
+        self._account = self.signer.account
+        # PeerIDs of the accounts peers bound in their hellos (an EVM account is not a key)
+        self._peer_of_account: dict[bytes, PeerId] = {}
+        self.store = store
+        self.config = config
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self.persister = Persister(store)
+        self.counters = Counters()
+        self.services: dict[str, _Service] = {}
+        # The parts, each with what it uses: the channel book, the server (inbound
+        # streams), the client (connections and calls). The watcher starts in open_node.
+        self.book = ChannelBook(
+            ledger=ledger,
+            store=store,
+            persister=self.persister,
+            account=self._account,
+            config=config,
+        )
+        self.payee_channels = self.book.payee_channels
+        self.payer_channels = self.book.payer_channels
+        self._channel_locks = self.book._channel_locks
+        self.server = Server(self)
+        self.client = Client(self)
+        self._connections = self.client._connections
+        self._in_flight_total = 0  # admitted, unfinished requests over all sessions
+        # Admitted requests not answered yet, by request hash: the outboxes of the
+        # sessions where the payer re-sent one (each gets the answer too, C-4).
+        self._unanswered: dict[bytes, list[_Outbox]] = {}
+        # Requests still being served whose deadline passed and whose claim the watcher
+        # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
+        # frame: the handler's late completion sends it, charges nothing, stores no other.
+        self._late_refused: dict[bytes, bytes] = {}
+        self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
+        self._transport: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._stake: StakeTerms | None = None
+        self.watcher: Watcher | None = None
+        self.behaviour: Behaviour = Behaviour()
+
+    # -- the parts (thin delegates: these names are the node's API and what its tests use)
+
+    @property
+    def _sessions(self) -> int:
+        return self.server._sessions
+
+    @property
+    def _sessions_of(self) -> collections.Counter[bytes]:
+        return self.server._sessions_of
+
+    @property
+    def _live(self) -> dict[_ServerSession, None]:
+        return self.server._live
+
+    async def _load(self) -> None:
+        await self.book.load()
+        await self.refresh_stake()
+
+    async def _handle_stream(self, stream: Any) -> None:
+        await self.server.handle_stream(stream)
+
+    async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
+        return await self.book.payee_channel_for(request, peer)
+
+    async def refresh_channel(self, channel: bytes) -> None:
+        """Re-read a channel's deposit, state and redeemed total from the ledger."""
+        await self.book.refresh_channel(channel)
+
+    def _payer_channel_to(self, payee: bytes) -> PayerChannel | None:
+        return self.book.payer_channel_to(payee)
+
+    async def _connection(self, peer_id: str) -> _Connection:
+        return await self.client.connection(peer_id)
+
+    async def refresh_peer_stake(self, account: bytes) -> Stake | None:
+        """Read a provider's stake from the ledger (claims.md C-9) and cache it."""
+        return await self.client.refresh_peer_stake(account)
+
+    async def call(
+        self,
+        peer: str,
+        service: str,
+        body: bytes,
+        *,
+        max_price: int,
+        timeout: float | None = None,
+    ) -> CallResult:
+        """Call `service` on `peer`, paying its price from our channel to it.
+
+        Args:
+            peer: a multiaddr ending in /p2p/<id>, or a PeerID already known.
+            service: the service name.
+            body: request bytes.
+            max_price: the most this call may cost (yocto); a higher price is refused
+                locally with PaymentRequired before anything is signed.
+            timeout: seconds to wait for the answer; it is also the request's deadline.
+
+        Returns:
+            CallResult with the body, the price charged and the signed receipt.
+
+        Raises:
+            PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
+            ConnectionLost, or the RemoteProtocolError for the code the provider answered.
+        """
+        return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
+
+    async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
+        """Deliver a request this node sent once more, unchanged (see `Client.resend_request`)."""
+        return await self.client.resend_request(request, timeout=timeout)
+
+    async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None:
+        """Re-send a paid request left unanswered and wait for the stored answer (see
+        `Client.redeliver`)."""
+        return await self.client.redeliver(record, timeout=timeout)
+
+    # -- identity
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.key.peer_id
+
+    @property
+    def account(self) -> bytes:
+        """This node's account on its ledger (what channels name as payer or payee)."""
+        return self._account
+
+    def peer_of(self, account: bytes) -> str:
+        """The PeerID of a ledger account: its key's on an Ed25519 ledger; on an EVM ledger
+        the PeerID whose hello bound it (``0x`` and the address while none has)."""
+        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            return peer_id_from_public(account)
+        known = self._peer_of_account.get(account)
+        return known if known is not None else "0x" + account[12:].hex()
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes:
+        """Remember the account a checked hello binds to `peer_id`, and return it."""
+        if scheme_for(self.ledger.ledger_id) is Scheme.EIP712:
+            known = self._peer_of_account
+            known.pop(hello.account, None)
+            known[hello.account] = PeerId(peer_id)
+            if len(known) > _MAX_BOUND_PEERS:  # made-up identities cannot grow it forever
+                del known[next(iter(known))]
+        return hello.account
+
+    async def account_of(self, peer: str) -> bytes:
+        """The ledger account of `peer` (a multiaddr or PeerID): the key of its PeerID on an
+        Ed25519 ledger; on an EVM ledger the account its hello binds (this connects).
+
+        Raises:
+            PeerUnreachable: an EVM ledger and the peer cannot be reached.
+        """
+        peer_id, addr = split_peer(peer)
+        if addr is not None and self._transport is not None:
+            self._transport.add_address(peer_id, addr)
+        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            return public_from_peer_id(peer_id)
+        conn = await self._connection(peer_id)
+        return conn.account
+
+    @property
+    def addrs(self) -> list[str]:
+        return list(self._transport.addrs) if self._transport is not None else []
+
+    def now(self) -> int:
+        """The node's clock, Unix ms (injected in simulations)."""
+        return self._clock()
+
+    def _ledger_param(self, name: str) -> int | None:
+        """A ledger parameter if this ledger has it (e.g. ``max_claim_body``), else None."""
+        value = getattr(self.ledger.params, name, None)
+        return value if type(value) is int and value >= 0 else None
+
+    def response_expiry(self, deadline: int) -> int:
+        """When a signed response (and the request beside it) to a request with this
+        `deadline` may be pruned: a claim can be filed on it until its deadline plus the
+        claim window, and it serves as evidence against claimed requests dated up to
+        ``max_deadline_horizon_ms`` later (claims.md 2), whose claims run a window more.
+        So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
+        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        window = self._stake.claim_window_ms if self._stake is not None else 0
+        if self._retention is not None:  # the largest window we ever had (N13)
+            window = max(window, self._retention.window)
+        return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
+
+    # -- startup
+
+    async def refresh_stake(self) -> StakeTerms | None:
+        stake = await self.ledger.stake_of(self.account)
+        if stake is None or stake.amount == 0 or stake.unbonding_at:
+            self._stake = None
+        else:
+            self._stake = StakeTerms(
+                amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
+            )
+        await self._follow_window(stake)
+        return self._stake
+
+    async def _follow_window(self, stake: Stake | None) -> None:
+        """Keep stored answers as long as the claim window now in force needs (N13).
+
+        A claim uses the stake's *current* window, so a response whose expiry was
+        computed with a smaller one would be pruned before a claim on it could end. The
+        node retains with the largest window it ever had (`response_expiry`); when it grows
+        by d, every stored expiry is 2d short: pruning then runs 2d behind the clock
+        (`prune_before`) until every response stored under the old window has expired."""
+        if self._retention is None:
+            raw = await self.store.get_meta(_RETENTION_KEY)
+            self._retention = _Retention.decode(raw)
+        r = self._retention
+        window = stake.claim_window_ms if stake is not None and stake.amount > 0 else 0
+        now = self.now()
+        if r.until and now > r.until:
+            r.shift = r.until = 0
+        if window <= r.window:
+            return
+        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        # every answer stored so far has deadline <= now + horizon (or a claim's window end,
+        # <= now + old window) and expires within max(retention, horizon + 2 * old window)
+        old_left = (
+            horizon + r.window + max(self.config.response_retention_ms, horizon + 2 * r.window)
+        )
+        r.shift += 2 * (window - r.window)
+        r.until = max(r.until, now + old_left + r.shift)
+        r.window = window
+        self.persister.stage(meta={_RETENTION_KEY: r.encode()})
+
+    def prune_before(self) -> int:
+        """The time before which stored responses may be pruned (`_follow_window`)."""
+        shift = self._retention.shift if self._retention is not None else 0
+        return max(0, self.now() - shift)
+
+    def hello(self) -> Hello:
+        return Hello.create(
+            self.key,
+            ledger=self.ledger.ledger_id,
+            services=tuple(
+                ServiceTerms(name=s.name, price=s.price, max_body=s.max_body)
+                for s in sorted(self.services.values(), key=lambda s: s.name)
+            ),
+            stake=self._stake,
+            max_in_flight=self.config.max_in_flight,
+            max_frame=self.config.max_frame,
+            settlement_key=self.signer,
+        )
+
+    # -- serving
+
+    def serve(self, name: str, handler: Handler, *, price: int, max_body: int = 1 << 16) -> None:
+        """Offer a paid service. `handler(call)` returns the response body (bytes).
+
+        A handler that raises is not charged: the caller gets HANDLER_ERROR.
+        """
+        ServiceTerms(name=name, price=price, max_body=max_body)  # validates
+        if max_body > self.config.max_frame:
+            raise LocalProtocolError("max_body cannot exceed the node's max_frame")
+        self.services[name] = _Service(name, handler, price, max_body)
+
+    async def open_channel(
+        self, peer: str, *, deposit: int, challenge_ms: int | None = None
+    ) -> ChannelInfo:
+        """Escrow `deposit` yocto on the ledger for calls to `peer` (a multiaddr or PeerID)."""
+        payee = await self.account_of(peer)
+        channel = await self.ledger.open_channel(
+            self.key, payee, deposit, challenge_ms or self.config.challenge_ms
+        )
+        ch = PayerChannel(
+            ledger=self.ledger.ledger_id,
+            channel=channel,
+            payer=self.account,
+            payee=payee,
+            deposit=deposit,
+        )
+        self.payer_channels[channel] = ch
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def top_up(self, channel: bytes, amount: int) -> ChannelInfo:
+        ch = self.payer_channels.get(channel)
+        if ch is None:
+            raise LocalProtocolError("not a channel we pay on", code=ErrorCode.UNKNOWN_CHANNEL)
+        await self.ledger.top_up(self.key, channel, amount)
+        ch.deposit += amount
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def close_channel(self, channel: bytes) -> ChannelInfo:
+        """Close a channel: as payee at once (redeeming what was charged); as payer, start
+        the challenge period (the watcher finalizes it when it ends)."""
+        pch = self.payee_channels.get(channel)
+        if pch is not None:
+            # only a checked voucher goes to the ledger (protocol.md 13.4 rule b)
+            voucher = pch.verified_voucher() if pch.spent > pch.redeemed else None
+            await self.ledger.payee_close(
+                self.key, channel, voucher, pch.spent if voucher else None
+            )
+            if voucher is not None:
+                redeemed = max(pch.redeemed, min(pch.spent, voucher.paid))
+                self.counters.redeemed += redeemed - pch.redeemed
+                pch.redeemed = redeemed
+            pch.status = ChannelStatus.CLOSED
+            await self.persister.durable(self.persister.stage(payee=_payee_record(pch)))
+            return self._info_payee(pch)
+        ch = self.payer_channels.get(channel)
+        if ch is None:
+            raise LocalProtocolError("unknown channel", code=ErrorCode.UNKNOWN_CHANNEL)
+        await self.ledger.start_close(self.key, channel)
+        ch.status = ChannelStatus.CLOSING
+        await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        return self._info_payer(ch)
+
+    async def stake(self, amount: int, *, penalty: int, claim_window_ms: int) -> StakeTerms | None:
+        """Stake collateral that answers for this node's paid requests."""
+        await self.ledger.stake(self.key, amount, penalty, claim_window_ms)
+        return await self.refresh_stake()
+
+    async def claims(self) -> list[ClaimInfo]:
+        """Claims this node filed or answered, with their outcomes (specs/claims.md 6)."""
+        await self.persister.flush()
+        out = []
+        for record in await self.store.claims():
+            raw = await self.store.get_meta(outcome_key(record.claim_id))
+            if record.role != "claimant" or raw is None:
+                out.append(
+                    ClaimInfo(
+                        claim_id=record.claim_id,
+                        role=record.role,
+                        outcome=record.state,
+                        request_hash=record.request_hash,
+                    )
+                )
+                continue
+            doc = json.loads(raw)
+            response: Response | None = None
+            if doc.get("response"):
+                frame = decode_frame(bytes.fromhex(doc["response"]))
+                response = frame if isinstance(frame, Response) else None
+            out.append(
+                ClaimInfo(
+                    claim_id=record.claim_id,
+                    role=record.role,
+                    outcome=doc["outcome"],
+                    request_hash=record.request_hash,
+                    status=doc["status"],
+                    bond=int(doc["bond"]),
+                    bond_returned=bool(doc["bond_returned"]),
+                    refund=int(doc["refund"]),
+                    clawed=int(doc["clawed"]),
+                    slashed=int(doc["slashed"]),
+                    response=response,
+                )
+            )
+        return out
+
+    def channels(self) -> list[ChannelInfo]:
+        return [self._info_payer(c) for c in self.payer_channels.values()] + [
+            self._info_payee(c) for c in self.payee_channels.values()
+        ]
+
+    def _info_payer(self, ch: PayerChannel) -> ChannelInfo:
+        return ChannelInfo(
+            channel=ch.channel,
+            role="payer",
+            peer=self.peer_of(ch.payee),
+            deposit=ch.deposit,
+            status=ch.status.value,
+            paid=ch.paid,
+            spent=ch.spent,
+            redeemed=0,
+            last_n=ch.last_n,
+        )
+
+    def _info_payee(self, ch: PayeeChannel) -> ChannelInfo:
+        return ChannelInfo(
+            channel=ch.channel,
+            role="payee",
+            peer=self.peer_of(ch.payer),
+            deposit=ch.deposit,
+            status=ch.status.value,
+            paid=ch.paid_max,
+            spent=ch.spent,
+            redeemed=ch.redeemed,
+            last_n=ch.last_n,
+        )
+
+    async def connect(self, peer: str) -> Hello:
+        """Connect (if not yet) and return the peer's hello: its services, prices, stake."""
+        peer_id, addr = split_peer(peer)
+        if addr is not None:
+            self._transport.add_address(peer_id, addr)
+        conn = await self._connection(peer_id)
+        return conn.hello
+
+
+@asynccontextmanager
+async def open_node(
+    *,
+    key: Keypair,
+    ledger: Ledger,
+    store: Store | None = None,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    network: Any = None,
+    config: NodeConfig | None = None,
+    clock: Callable[[], int] | None = None,
+    behaviour: Behaviour | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the ``async with`` block.
+
+    Args:
+        key: the node's identity (libp2p host key, voucher key, ledger account).
+        ledger: the settlement ledger (`MemoryLedger`, `SqliteLedger`, ...).
+        store: where the node keeps what it must not forget (default: in memory).
+        listen: libp2p multiaddrs to listen on.
+        network: a `p2pay.net.memory.MemoryNetwork` to use the in-memory transport instead
+            of libp2p (simulations, fast tests).
+        config: limits and policies.
+        clock: Unix-ms clock (simulations inject trio's).
+        behaviour: misbehaviour hooks (simulations, demo); honest by default.
+    """
+    node = Node(
+        key=key,
+        ledger=ledger,
+        store=store or MemoryStore(),
+        config=config or NodeConfig(),
+        clock=clock,
+    )
+    if behaviour is not None:
+        node.behaviour = behaviour
+    await node._load()
+    if network is not None:
+        from p2pay.net.memory import open_memory_transport
+
+        transport_cm: Any = open_memory_transport(
+            network, key, node._handle_stream, max_frame=node.config.max_frame
+        )
+    else:
+        from p2pay.net.p2p import open_libp2p_transport
+
+        transport_cm = open_libp2p_transport(
+            key, node._handle_stream, listen=listen, max_frame=node.config.max_frame
+        )
+    body_error: BaseException | None = None
+    try:
+        # Order matters: no scope that encloses the transport is cancelled while an
+        # exception from the body is on its way out (a Cancelled raised during the
+        # transport's cleanup would replace it and be swallowed by that scope).
+        async with trio.open_nursery() as outer:
+            await outer.start(node.persister.run)
+            try:
+                async with transport_cm as transport:
+                    node._transport = transport
+                    async with trio.open_nursery() as nursery:
+                        node._nursery = nursery
+                        if node.config.watcher:
+                            node.watcher = Watcher(node)
+                            await nursery.start(node.watcher.run)
+                        try:
+                            yield node
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            for conn in list(node._connections.values()):
+                                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                                    await conn.close()
+                            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await node.persister.flush()
+                outer.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Give the caller back the exception its own code raised, not a group of it.
+        if body_error is not None and _only(group, body_error):
+            raise body_error from None
+        raise
+
+
+def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """True if every leaf of `group` is `error` or a trio.Cancelled."""
+    for leaf in group.exceptions:
+        if isinstance(leaf, BaseExceptionGroup):
+            if not _only(leaf, error):
+                return False
+        elif leaf is not error and not isinstance(leaf, trio.Cancelled):
+            return False
+    return True

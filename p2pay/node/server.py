@@ -1,0 +1,545 @@
+"""The server side: one session per inbound stream, session limits and eviction."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pay.core.channel import (
+    Admit,
+    PayeeChannel,
+    Refuse,
+)
+from p2pay.core.errors import (
+    DecodeError,
+    ErrorCode,
+    P2payError,
+    RemoteProtocolError,
+)
+from p2pay.core.identity import peer_id_from_public
+from p2pay.core.messages import (
+    STATUS_OK,
+    Refusal,
+    Request,
+    Response,
+    decode_frame,
+    refusal_body,
+)
+from p2pay.net.base import StreamClosed
+from p2pay.node.book import _payee_record
+from p2pay.node.handshake import _check_hello
+from p2pay.node.invoke import _Service, run_service
+from p2pay.node.outbox import _Outbox
+from p2pay.node.runner import _resume
+from p2pay.node.types import Call
+from p2pay.store.base import (
+    StoredResponse,
+)
+
+if TYPE_CHECKING:
+    from p2pay.node.facade import Node
+
+log = logging.getLogger("p2pay.node")
+
+
+class Server:
+    """The inbound streams a node serves: one `_ServerSession` each, within the session
+    limits (`max_sessions`, `max_sessions_per_peer`), evicting idle ones to make room."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._sessions = 0  # inbound streams being served
+        self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
+        self._live: dict[_ServerSession, None] = {}  # sessions counted above, oldest first
+
+    async def handle_stream(self, stream: Any) -> None:
+        """Serve one inbound stream (the transport's stream handler)."""
+        peer: bytes = stream.remote_public
+        cfg = self.node.config
+        session = _ServerSession(self.node, stream)
+        victim: _ServerSession | None = None
+        if self._sessions_of[peer] >= cfg.max_sessions_per_peer:
+            # A peer holds at most max_sessions_per_peer: a new stream replaces its own
+            # longest idle session (a reconnect after a silent network failure), unless
+            # every one of them has work in flight or queued.
+            victim = self._idle_session(lambda s: s.peer == peer and s.quiet)
+            admitted = victim is not None
+        elif self._sessions >= cfg.max_sessions:
+            # Full (session hoarding, specs/threat-model.md): the session without a
+            # channel idle longest makes room; paying sessions are never evicted for this.
+            victim = self._idle_session(lambda s: not s.has_channel and s.quiet)
+            admitted = victim is not None
+        else:
+            admitted = True
+        if not admitted:
+            # Connection flood (specs/threat-model.md): refuse before reading anything.
+            self.node.counters.sessions_refused += 1
+            log.info("refused a session peer=%s sessions=%d", stream.remote_peer_id, self._sessions)
+            with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                await stream.send(
+                    Refusal(
+                        channel=b"",
+                        n=0,
+                        code=ErrorCode.OVERLOADED,
+                        message="too many sessions; retry later",
+                    ).to_frame()
+                )
+            return  # the transport closes the stream gracefully: the refusal is delivered
+        if victim is not None:
+            self._release(victim)  # counted out now: the newcomer takes its place
+            self.node.counters.sessions_evicted += 1
+            log.info("evicted an idle session peer=%s for peer=%s", victim.peer_id, session.peer_id)
+            await victim.stream.reset()  # its run() ends on StreamClosed
+        self._sessions += 1
+        self._sessions_of[peer] += 1
+        self._live[session] = None
+        try:
+            await session.run()
+        finally:
+            self._release(session)
+
+    def _idle_session(self, eligible: Callable[[_ServerSession], bool]) -> _ServerSession | None:
+        """The eligible session to evict, or None: the one whose last useful activity
+        (hello, admitted or completed request) is oldest, taking first those idle for at
+        least `hello_timeout` (a newcomer gets that long, after its hello, to send its
+        first request before older idle sessions stop going first)."""
+        fresh_after = trio.current_time() - self.node.config.hello_timeout
+        best: tuple[bool, float] | None = None
+        victim: _ServerSession | None = None
+        for session in self._live:
+            if eligible(session):
+                key = (session.last_useful > fresh_after, session.last_useful)
+                if best is None or key < best:
+                    best, victim = key, session
+        return victim
+
+    def _release(self, session: _ServerSession) -> None:
+        """Count a session out (once: at its eviction or at its end)."""
+        if session not in self._live:
+            return
+        del self._live[session]
+        self._sessions -= 1
+        self._sessions_of[session.peer] -= 1
+        if self._sessions_of[session.peer] <= 0:
+            del self._sessions_of[session.peer]
+
+
+class _ServerSession:
+    def __init__(self, node: Node, stream: Any) -> None:
+        self.node = node
+        self.stream = stream
+        self.peer: bytes = stream.remote_public
+        self.peer_id = peer_id_from_public(self.peer)
+        # the peer's account on our ledger, bound by its hello (set once the hello checks)
+        self.account = b""
+        self.outbox = _Outbox()
+        self.in_flight = 0
+        # When this session last did something useful: its hello, an admitted request,
+        # a completed one. Only that keeps it from idle_timeout, and eviction takes the
+        # oldest first; refused or malformed frames and answers leaving do not count.
+        self.last_useful = trio.current_time()
+        self.has_channel = False  # it sent a request on a channel its peer pays
+        # Token bucket of refused requests (specs/threat-model.md "Limits"), in thousandths
+        # of a token so that refilling at `max_refusals_per_s` per 1000 ms stays integral.
+        self._tokens = node.config.refusal_burst * 1000
+        self._tokens_at = node.now()
+        self.flooded = False
+        # Admitted requests whose handler has not started yet, and whether a task runs them.
+        self._ready: collections.deque[tuple[PayeeChannel, Request, _Service, Call]] = (
+            collections.deque()
+        )
+        self._runner = False
+
+    async def run(self) -> None:
+        node = self.node
+        try:
+            with trio.fail_after(node.config.hello_timeout):
+                first = await self.stream.receive()
+            hello = _check_hello(
+                decode_frame(first, max_size=node.config.max_frame),
+                self.peer,
+                node.ledger.ledger_id,
+            )
+        except StreamClosed:
+            return  # the peer left (or reset) before its hello: nothing to answer
+        except (RemoteProtocolError, trio.TooSlowError) as exc:
+            code = exc.code if isinstance(exc, RemoteProtocolError) else ErrorCode.DEADLINE_EXCEEDED
+            node.counters.refused[code.value] += 1
+            with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                await self.stream.send(
+                    Refusal(channel=b"", n=0, code=code, message=str(exc)[:200]).to_frame()
+                )
+            return
+        self.account = node._bound(hello, self.peer_id)
+        try:
+            await self.stream.send(node.hello().to_frame())
+        except StreamClosed:
+            return
+        log.info("peer connected peer=%s", self.peer_id)
+        self.last_useful = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_then_cancel, nursery.cancel_scope)
+            nursery.start_soon(self._watch_idle, nursery.cancel_scope)
+            async with trio.open_nursery() as handlers:
+                await self._read_loop(handlers)
+                handlers.cancel_scope.cancel()
+            # let queued answers go out (bounded), then stop the pump
+            with trio.move_on_after(2):
+                await self.outbox.wait_below(1)
+            nursery.cancel_scope.cancel()
+
+    async def _pump_then_cancel(self, scope: trio.CancelScope) -> None:
+        try:
+            await self.outbox.pump(self.node.persister, self.stream)
+        except (StreamClosed, P2payError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight and no answer waiting to leave: resetting loses nothing."""
+        return self.in_flight == 0 and not self.outbox.items
+
+    async def _watch_idle(self, scope: trio.CancelScope) -> None:
+        """Reset the stream once nothing useful happened for `idle_timeout` while nothing
+        was in flight.
+
+        Useful is the hello, an admitted request or a completed one (`last_useful`);
+        refused or malformed frames, and answers leaving, are not: one refused frame
+        now and then does not keep a session. An idle peer, a slow-loris (bytes of a
+        frame that never completes), a peer sending only refused requests and a peer
+        that stops reading its answers all end here, so no stream holds a session, its
+        read buffer or its queued answers for longer than `idle_timeout` after its last
+        request was answered.
+        """
+        timeout = self.node.config.idle_timeout
+        while True:
+            now = trio.current_time()
+            if self.in_flight > 0:  # busy: its answers will count as activity when sent
+                await trio.sleep_until(now + timeout)
+                continue
+            deadline = self.last_useful + timeout
+            if now < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            self.node.counters.idle_resets += 1
+            log.info("idle stream reset peer=%s", self.peer_id)
+            await self.stream.reset()
+            scope.cancel()
+            return
+
+    def _take_refusal_token(self) -> bool:
+        """Count one refused request against the peer's budget; False once it is spent."""
+        cfg = self.node.config
+        now = self.node.now()
+        elapsed = max(0, now - self._tokens_at)  # a clock that steps back refills nothing
+        self._tokens_at = max(self._tokens_at, now)
+        refill = elapsed * cfg.max_refusals_per_s  # thousandths: rate per s = per 1000 ms
+        self._tokens = min(cfg.refusal_burst * 1000, self._tokens + refill)
+        if self._tokens < 1000:
+            self.flooded = True
+            return False
+        self._tokens -= 1000
+        return True
+
+    def _refuse_unauthenticated(
+        self,
+        channel: bytes,
+        n: int,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.node.counters.refused[code.value] += 1
+        log.info("refused peer=%s code=%s n=%d", self.peer_id, code.value, n)
+        self.outbox.put(
+            0,
+            Refusal(
+                channel=channel, n=n, code=code, message=message[:500], details=details or {}
+            ).to_frame(),
+        )
+
+    async def _read_loop(self, handlers: trio.Nursery) -> None:
+        node = self.node
+        while True:
+            await self.outbox.wait_below(node.config.max_outbox)
+            if self.outbox.closed:
+                return
+            try:
+                payload = await self.stream.receive()
+            except StreamClosed:
+                return
+            except DecodeError as exc:  # FrameTooLarge, or a bad length prefix (5.2)
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
+                return
+            try:
+                message = decode_frame(payload, max_size=node.config.max_frame)
+            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
+                return
+            if not isinstance(message, Request):
+                node.counters.protocol_violations += 1
+                self._refuse_unauthenticated(b"", 0, ErrorCode.MALFORMED, "expected a request")
+                return
+            await self._on_request(message, handlers)
+            if self.flooded:
+                # Unpaid request flood (specs/threat-model.md): the peer's refused requests
+                # outran `max_refusals_per_s` / `refusal_burst`. Reset: nothing it sent
+                # after this is read, and its admitted requests are cancelled unpaid.
+                node.counters.rate_limited += 1
+                log.warning("stream reset: too many refused requests peer=%s", self.peer_id)
+                await self.stream.reset()
+                return
+
+    async def _on_request(self, request: Request, handlers: trio.Nursery) -> None:
+        node = self.node
+        try:
+            ch = await node._payee_channel_for(request, self.account)
+        except RemoteProtocolError as exc:  # CHALLENGE_TOO_SHORT: not adopted, nothing kept
+            self._take_refusal_token()
+            self._refuse_unauthenticated(
+                request.channel, request.n, exc.code, exc.message, exc.details
+            )
+            return
+        if ch is not None and ch.payer == self.account:
+            self.has_channel = True  # eviction spares it (Node._handle_stream)
+        if ch is None:
+            self._take_refusal_token()
+            self._refuse_unauthenticated(
+                request.channel,
+                request.n,
+                ErrorCode.UNKNOWN_CHANNEL,
+                "no such channel to this payee",
+            )
+            return
+        if request.paid > ch.deposit and self.account == ch.payer:
+            await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen yet
+        service = node.services.get(request.service)
+        now = node.now()
+        node_busy = node._in_flight_total >= node.config.max_in_flight_total
+        decision = ch.admit(
+            request,
+            peer=self.account,
+            price=service.price if service is not None else None,
+            max_body=service.max_body if service is not None else 0,
+            now=now,
+            overloaded=self.in_flight >= node.config.max_in_flight or node_busy,
+            max_deadline=now + node.config.max_deadline_horizon_ms,
+        )
+        if isinstance(decision, Refuse):
+            # Every refusal costs the peer a token, except OVERLOADED when the whole node
+            # (not this peer) is at its limit: an honest client is not cut off for that.
+            if not (
+                decision.code is ErrorCode.OVERLOADED
+                and node_busy
+                and self.in_flight < node.config.max_in_flight
+            ):
+                self._take_refusal_token()
+            if decision.code is ErrorCode.INVALID_SIGNATURE:
+                node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
+            if decision.code is ErrorCode.REPLAY and await self._answer_again(request):
+                return
+            if not decision.authenticated:
+                self._refuse_unauthenticated(
+                    request.channel, request.n, decision.code, decision.message, decision.details
+                )
+                return
+            node.counters.refused[decision.code.value] += 1
+            self._answer(
+                ch,
+                request,
+                decision.code.value,
+                0,
+                ch.spent,
+                refusal_body(decision.message, decision.details),
+            )
+            return
+        assert isinstance(decision, Admit) and service is not None
+        if decision.voucher_improved:
+            node.persister.stage(payee=_payee_record(ch))
+        call = Call(
+            service=request.service,
+            body=request.body,
+            peer_id=self.peer_id,
+            channel=request.channel,
+            n=request.n,
+            price=decision.price,
+            deadline=request.deadline,
+        )
+        if node.behaviour.drop(call):
+            ch.complete(request.n, ok=False)  # keeps the voucher, charges nothing, never answers
+            node.counters.refused["DROPPED"] += 1
+            return
+        self.in_flight += 1
+        self.last_useful = trio.current_time()
+        node._in_flight_total += 1
+        node._unanswered[request.hash] = []
+        self._ready.append((ch, request, service, call))
+        if not self._runner:
+            self._runner = True
+            handlers.start_soon(self._run_ready, handlers)
+
+    async def _answer_again(self, request: Request) -> bool:
+        """A request re-sent by its payer (authenticated, ``n`` not fresh): if we admitted
+        it, it gets what we answered, or will answer, not REPLAY and never a second
+        charge (C-4, protocol.md 13.5). False if we never answered this very request.
+        """
+        node = self.node
+        for _ in range(2):
+            waiters = node._unanswered.get(request.hash)
+            if waiters is not None:  # its handler is still running
+                waiters.append(self.outbox)
+                node.counters.answers_resent += 1
+                return True
+            await node.persister.flush()  # the answer may be staged, not stored yet
+            stored = await node.store.response(request.hash)
+            if stored is not None and (stored.channel, stored.n) == (request.channel, request.n):
+                self.outbox.put(0, stored.frame)  # durable: it was stored
+                node.counters.answers_resent += 1
+                log.info("answered a re-sent request again peer=%s n=%d", self.peer_id, request.n)
+                return True
+        return False
+
+    async def _run_ready(self, handlers: trio.Nursery) -> None:
+        """Start the admitted requests' handlers, in admission order, in this one task.
+
+        A handler that finishes without suspending (echo-like: no await that blocks)
+        runs to its end right here, so a burst of requests costs one task, not one
+        each, and such handlers are charged in the order they were admitted. The first
+        handler that does suspend keeps this task (it is resumed here, as an ``await``
+        would), and a new runner takes over the requests still waiting.
+        """
+        ready = self._ready
+        runner = True  # this task runs the queue (until a handler suspends in it)
+        try:
+            while ready:
+                coro = self._run_handler(*ready.popleft())
+                context = contextvars.copy_context()  # as a task of its own would have
+                try:
+                    trap = context.run(coro.send, None)
+                except StopIteration:
+                    continue
+                runner = False
+                if ready:
+                    handlers.start_soon(self._run_ready, handlers)  # the next runner
+                else:
+                    self._runner = False
+                await _resume(coro, context, trap)
+                return
+        finally:
+            if runner:
+                self._runner = False
+
+    def _answer(
+        self, ch: PayeeChannel, request: Request, status: str, price: int, spent: int, body: bytes
+    ) -> None:
+        """Sign, stage and queue the answer to an authenticated request (synchronous)."""
+        node = self.node
+        response = Response.create(
+            node.signer, request=request, status=status, price=price, spent=spent, body=body
+        )
+        frame = response.to_frame()
+        generation = node.persister.stage(
+            payee=_payee_record(ch),
+            response=StoredResponse(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                frame=frame,
+                expires_at=node.response_expiry(request.deadline),
+                # the payer-signed request beside its answer: re-sends and claim evidence
+                request_frame=request.to_frame(),
+            ),
+        )
+        self.outbox.put(generation, frame)
+        for outbox in node._unanswered.pop(request.hash, ()):
+            outbox.put(generation, frame)  # once more for each re-send, where it came
+
+    def _answer_stored(self, ch: PayeeChannel, request: Request, frame: bytes) -> None:
+        """Queue an answer already signed and staged (the watcher's), stage the channel."""
+        node = self.node
+        generation = node.persister.stage(payee=_payee_record(ch))
+        self.outbox.put(generation, frame)
+        for outbox in node._unanswered.pop(request.hash, ()):
+            outbox.put(generation, frame)
+
+    async def _run_handler(
+        self, ch: PayeeChannel, request: Request, service: _Service, call: Call
+    ) -> None:
+        node = self.node
+        ok = False
+        body = b""
+        error = "handler failed"
+        details: dict[str, Any] = {}
+        try:
+            ok, body, error, details = await run_service(
+                service,
+                call,
+                behaviour=node.behaviour,
+                max_frame=node.config.max_frame,
+                claim_limit=node._ledger_param("max_claim_body"),
+            )
+        except trio.Cancelled:
+            error = "stream closed before the handler finished"
+            raise
+        finally:
+            self.in_flight -= 1
+            self.last_useful = trio.current_time()
+            node._in_flight_total -= 1
+            late_frame = node._late_refused.pop(request.hash, None)
+            if late_frame is not None:
+                # Its claim was answered with a signed DEADLINE_EXCEEDED (claims.md C-1):
+                # release the reservation uncharged and send that very answer (stored).
+                ch.complete(request.n, ok=False)
+                node.counters.late_answers += 1
+                self._answer_stored(ch, request, late_frame)
+            else:
+                self._complete(ch, request, ok, body, error, details)
+
+    def _complete(
+        self,
+        ch: PayeeChannel,
+        request: Request,
+        ok: bool,
+        body: bytes,
+        error: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Charge (or not) a finished request and answer it (C-4: late is not charged)."""
+        node = self.node
+        done = ch.complete(request.n, ok=ok, now=node.now())
+        if done.refusal is not None:
+            # C-4: finished after the deadline: not charged, a signed refusal instead
+            node.counters.late_answers += 1
+            node.counters.refused[done.refusal.value] += 1
+            late = "the answer was ready after the request's deadline; nothing charged"
+            self._answer(
+                ch,
+                request,
+                done.refusal.value,
+                0,
+                done.spent,
+                refusal_body(late, {"deadline": request.deadline}),
+            )
+        elif ok:
+            node.counters.calls_served += 1
+            node.counters.charged += done.charged
+            self._answer(ch, request, STATUS_OK, done.charged, done.spent, body)
+        else:
+            node.counters.refused[ErrorCode.HANDLER_ERROR.value] += 1
+            self._answer(
+                ch,
+                request,
+                ErrorCode.HANDLER_ERROR.value,
+                0,
+                done.spent,
+                refusal_body(error, details),
+            )

@@ -1,0 +1,307 @@
+"""Public types of the node: errors, configuration, what handlers get and calls return."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from p2pay.core.amounts import MAX_YOCTO
+from p2pay.core.channel import (
+    DEFAULT_UNVERIFIED_CREDIT_LIMIT,
+)
+from p2pay.core.errors import (
+    DecodeError,
+    ErrorCode,
+    LocalProtocolError,
+    P2payError,
+)
+from p2pay.core.identity import public_from_peer_id
+from p2pay.core.messages import (
+    Response,
+)
+
+Handler = Callable[["Call"], Awaitable[bytes]]
+
+
+class CallTimeout(P2payError, TimeoutError):
+    """No answer within the call's timeout. The request stays on record: after its deadline
+    the watcher re-sends it (the provider answers again from its store) and, only if that
+    brings no answer and the provider has a stake, claims it, locking the ledger's claim
+    bond until the provider answers or the window ends (specs/claims.md 6)."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class RequestInDoubt(CallTimeout):
+    """The provider answered the request only with an unsigned REPLAY (twice: it was
+    re-sent once), or not at all after a REPLAY: it may have served and charged it.
+
+    A REPLAY is unsigned, so it proves nothing (issue 13 item 2): the request is not
+    forgotten. It stays on record as unanswered, hence claimable: if the provider has a
+    stake, the watcher files a claim after the request's deadline. That claim locks the
+    ledger's claim bond until it is answered or resolved, and costs a ledger transaction;
+    the bond comes back unless the provider proves the claim frivolous (which it cannot for
+    a request this node signed in order). Its price may have been charged: the provider
+    must then deliver the answer through the claim, or refund it (and be slashed if it
+    stays silent)."""
+
+    code = ErrorCode.REPLAY
+
+
+class Unclaimable(LocalProtocolError):
+    """A paid request the ledger would refuse to hear as a claim (its body is over the
+    ledger's ``max_claim_body``, or its service name outside the protocol's limits): a
+    provider could charge it, withhold the answer and keep the price (attack N12). Refused
+    locally, before anything is signed; nothing is charged."""
+
+    code = ErrorCode.BODY_TOO_LARGE
+
+
+class ProviderUnbonding(LocalProtocolError):
+    """The provider asked to unstake: the ledger refuses claims on requests whose deadline
+    is after ``unstake_requested_at + max_deadline_horizon_ms`` (claims.md C-9), so such a
+    paid request could be withheld without recourse (attack N11). Refused locally, before
+    anything is signed; nothing is charged."""
+
+    code = ErrorCode.UNBONDING
+
+
+class ConnectionLost(P2payError, ConnectionError):
+    """The peer could not be reached, or its stream closed while the call was waiting.
+
+    Nothing was charged for a call that never left; for one in flight, see `CallTimeout`.
+    """
+
+    code = ErrorCode.OVERLOADED
+
+
+class PeerUnreachable(ConnectionLost):
+    """No stream to the peer could be opened, or it did not complete the hello.
+
+    Nothing was signed or sent for the call."""
+
+
+# public value types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Limits and policies of a node. Every limit is explicit (specs/protocol.md "Limits")."""
+
+    max_in_flight: int = 64  # admitted, unfinished requests per inbound stream
+    max_outbox: int = 256  # answers queued for sending per stream before reading pauses
+    max_frame: int = 1 << 20
+    hello_timeout: float = 10.0
+    # Hardening limits (specs/threat-model.md "Limits"):
+    max_in_flight_total: int = 1024  # admitted, unfinished requests over all inbound streams
+    # Inbound streams served at once; when full, a new one evicts the session without a
+    # channel that has been idle longest, else it is refused (OVERLOADED, then close).
+    max_sessions: int = 512
+    # Inbound streams of one remote peer at once; a new one evicts that peer's longest
+    # idle session with nothing in flight or queued, else it is refused.
+    max_sessions_per_peer: int = 2
+    max_refusals_per_s: int = 50  # refused requests per stream per second (token bucket)...
+    refusal_burst: int = 200  # ...with this burst; beyond, the stream is reset
+    idle_timeout: float = 120.0  # reset a stream with no frame in or out and none in flight
+    default_timeout: float = 30.0
+    max_deadline_horizon_ms: int = 3_600_000  # refuse requests whose deadline is further out
+    response_retention_ms: int = 3 * 24 * 3_600_000  # keep signed responses (claims)
+    challenge_ms: int = 60_000  # default challenge period for channels we open
+    watcher: bool = True
+    watch_interval: float = 1.0
+    # Redeem policy (specs/protocol.md 17.1): redeem a payee channel when what it charged
+    # and has not redeemed reaches this share of its escrow (basis points; 0: off), or
+    # `redeem_threshold` yocto (default 2**128 - 1: off), or has waited
+    # `redeem_max_age_ms`; but not again within `min_redeem_interval_ms` of the
+    # channel's last redeem, unless it is closing.
+    redeem_fraction_bps: int = 5_000
+    redeem_threshold: int = MAX_YOCTO
+    redeem_max_age_ms: int = 24 * 3_600_000
+    min_redeem_interval_ms: int = 300_000
+    auto_claim: bool = True  # file claims for paid requests left unanswered
+    claim_grace_ms: int = 5_000  # wait this long after a deadline before claiming
+    # Claims (specs/claims.md): before claiming, re-send the same signed request and wait
+    # this long (s) for the stored answer; answer claims against us with at most
+    # `max_claim_answers` handlers/ledger submissions at once, a handler serving a request
+    # through a claim having until the claim's window end minus `claim_answer_margin_ms`
+    # (at least 3 blocks if the ledger has `block_time_ms`; at most a third of the
+    # window); refuse channels whose challenge period is shorter than `min_challenge_ms`
+    # (the payee's time to redeem when the payer closes, C-8).
+    redeliver_timeout: float = 5.0
+    max_claim_answers: int = 16
+    claim_answer_margin_ms: int = 10_000
+    min_challenge_ms: int = 60_000
+    # Deferred voucher checks (specs/protocol.md 13.4): yocto of service per channel on
+    # vouchers whose signature is not yet checked; the most a cheating payer can take from
+    # this payee per channel (INV-21). 0: check every voucher's signature on arrival.
+    unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_in_flight",
+            "max_outbox",
+            "max_in_flight_total",
+            "max_sessions",
+            "max_sessions_per_peer",
+            "max_refusals_per_s",
+            "refusal_burst",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocalProtocolError(f"NodeConfig.{name} must be an int >= 1, not {value!r}")
+        for name in ("hello_timeout", "idle_timeout", "redeliver_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
+        limit = self.unverified_credit_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_YOCTO:
+            raise LocalProtocolError(
+                f"NodeConfig.unverified_credit_limit must be an amount, not {limit!r}"
+            )
+        for name, low, high in (
+            ("redeem_fraction_bps", 0, 10_000),
+            ("redeem_threshold", 0, MAX_YOCTO),
+            ("redeem_max_age_ms", 1, MAX_YOCTO),
+            ("min_redeem_interval_ms", 0, MAX_YOCTO),
+            ("max_claim_answers", 1, 1 << 16),
+            ("claim_answer_margin_ms", 0, MAX_YOCTO),
+            ("min_challenge_ms", 0, MAX_YOCTO),
+            ("claim_grace_ms", 0, MAX_YOCTO),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LocalProtocolError(
+                    f"NodeConfig.{name} must be an int in [{low}, {high}], not {value!r}"
+                )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """What a service handler receives."""
+
+    service: str
+    body: bytes
+    peer_id: str
+    channel: bytes
+    n: int
+    price: int
+    deadline: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallResult:
+    """A successful paid call: the response body, what it cost, and the signed receipt."""
+
+    body: bytes
+    price: int
+    n: int
+    channel: bytes
+    spent: int
+    receipt: Response
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelInfo:
+    channel: bytes
+    role: str  # "payer" | "payee"
+    peer: str  # the counterparty's PeerID
+    deposit: int
+    status: str
+    paid: int  # payer: highest signed; payee: highest voucher held
+    spent: int
+    redeemed: int
+    last_n: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimInfo:
+    """A claim this node filed or answered, and its outcome (`Node.claims`).
+
+    ``outcome`` is open, delivered, refused, frivolous or upheld (specs/claims.md 3).
+    For our own claims (role claimant) once decided: the answer's ``status`` ("" if
+    none), whether our ``bond`` came back, the ``refund`` of the request's price, the part
+    of it ``clawed`` from the provider's stake, the provider's ``slashed`` amount, and the
+    signed ``response`` it answered with, checked like a receipt (its ``body`` is the
+    answer), None if there is none or it failed the check.
+    """
+
+    claim_id: bytes
+    role: str
+    outcome: str
+    request_hash: bytes
+    status: str = ""
+    bond: int = 0
+    bond_returned: bool | None = None
+    refund: int = 0
+    clawed: int = 0
+    slashed: int = 0
+    response: Response | None = None
+
+    @property
+    def body(self) -> bytes | None:
+        return self.response.body if self.response is not None else None
+
+
+@dataclass
+class Counters:
+    """Numbers a user can read (`node.counters`)."""
+
+    calls_served: int = 0
+    charged: int = 0  # yocto charged for served calls
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    calls_made: int = 0
+    calls_ok: int = 0
+    paid: int = 0  # yocto paid for calls made
+    call_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    timeouts: int = 0
+    claims_filed: int = 0
+    claims_answered: int = 0
+    claims_won: int = 0
+    redeemed: int = 0
+    connections: int = 0
+    protocol_violations: int = 0
+    sessions_refused: int = 0  # inbound streams refused (max_sessions, max_sessions_per_peer)
+    rate_limited: int = 0  # inbound streams reset: refused requests above the allowed rate
+    idle_resets: int = 0  # inbound streams reset by idle_timeout (idle or slow-loris peers)
+    answers_resent: int = 0  # re-sent requests answered with the stored answer (C-4)
+    late_answers: int = 0  # handlers that finished after the deadline: not charged (C-4)
+    in_doubt: int = 0  # calls ended with RequestInDoubt (the request stays claimable)
+    sessions_evicted: int = 0  # inbound sessions reset to make room for a new one
+
+
+class Behaviour:
+    """Hooks that make a node misbehave, for simulations and the demo. Honest by default.
+
+    Subclass and pass ``behaviour=`` to `open_node`.
+    """
+
+    #: whether the watcher defends claims filed against this node
+    answers_claims: bool = True
+
+    def drop(self, call: Call) -> bool:
+        """True: take this paid request (its voucher is kept) and never answer it."""
+        return False
+
+    async def before_handler(self, call: Call) -> None:
+        """Runs before the handler of an admitted request (e.g. sleep: a slow provider)."""
+
+
+def split_peer(peer: str) -> tuple[str, str | None]:
+    """``"/ip4/.../p2p/<id>"`` -> (id, addr); a bare PeerID -> (id, None).
+
+    Raises:
+        LocalProtocolError: if no Ed25519 PeerID can be found.
+    """
+    if "/p2p/" in peer:
+        peer_id = peer.rsplit("/p2p/", 1)[1].strip("/")
+        addr: str | None = peer
+    else:
+        peer_id, addr = peer, None
+    try:
+        public_from_peer_id(peer_id)
+    except DecodeError as exc:
+        raise LocalProtocolError(
+            f"not a peer address or PeerID: {peer!r} ({exc.message})"
+        ) from None
+    return peer_id, addr

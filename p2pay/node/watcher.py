@@ -1,0 +1,966 @@
+"""The node's duties towards the ledger (specs/protocol.md 16-17, specs/claims.md).
+
+Theory of operation
+-------------------
+The watcher runs inside the node's nursery. Each step it
+
+1. reads ledger events after its persisted cursor. A payer's `ChannelClosing` on a
+   channel we are paid on comes first: we redeem at once, before any other event or duty
+   of the step (C-8). Then the others, in order: top-ups, redeems and closes update the
+   node's view; a `ClaimFiled` against us starts an answer task; `ClaimAnswered` and
+   `ClaimUpheld` of our own claims record their outcome and the checked answer;
+2. does its periodic duties: redeem what we charged when the policy says so
+   (`redeem_reason`, specs/protocol.md 17.1: closing, a share of the escrow, an
+   optional absolute threshold, or age; at most once per channel per
+   `min_redeem_interval_ms` unless closing); finalize our payer closes whose challenge
+   period ended; for every paid request we sent that is still unanswered past its
+   deadline plus a grace period, start a claimant task; resolve our claims whose answer
+   window has passed; re-read the open claims against us now and then; prune old
+   stored responses.
+
+As payer, on every `Redeemed` or `ChannelClosed` of a channel we pay on, it compares what
+the payee holds from the channel (``redeemed - clawed``) with what our receipts justify
+(``spent`` plus the prices of requests in flight or abandoned). If the payee took more, it
+posts the payee's own signed refusals we kept (`Ledger.file_claim` with ``refusal``: the
+refund with the payee's refusal, specs/claims.md 3 and 6, attack N1) until the excess is
+covered, and logs a warning naming the payee. An honest payee redeems its ``spent`` and
+never triggers it. Once the channel is closed and settled the refusals are let go.
+
+Claim work never runs in the loop itself (C-7): each claim against us gets one task in
+the watcher's nursery. It answers with the signed response we stored (OK or refusal), or
+with a payer-signed request in tiling conflict with the claimed one (evidence), or else
+admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed`),
+serves it with the handler until the claim's window end minus a margin, charges durably
+and answers with the signed result (or a signed refusal). At most `max_claim_answers`
+tasks prepare answers at once; a submission that fails for a transient reason is
+retried with backoff until the window ends. Each claimant task first re-sends the same
+signed request to the provider (`Node.redeliver`) and files the claim only if that
+brings no answer, the provider has a stake and the window is open.
+
+Every handler is idempotent, because after a crash events after the last persisted
+cursor are seen again. Failures of one duty are logged and retried next step; they never
+stop the node.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pay.core.channel import ChannelStatus, PayeeChannel, Refuse
+from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
+from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
+from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
+from p2pay.node.book import _payee_record
+from p2pay.node.invoke import run_service
+from p2pay.node.types import Call, NodeConfig
+from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
+
+if TYPE_CHECKING:
+    from p2pay.node.facade import Node
+
+log = logging.getLogger("p2pay.watcher")
+
+CURSOR_KEY = "ledger_cursor"
+
+
+def redeem_reason(
+    *,
+    unredeemed: int,
+    escrow: int,
+    closing: bool,
+    now: int,
+    unredeemed_since: int,
+    last_redeem: int | None,
+    config: NodeConfig,
+) -> str | None:
+    """Why a payee channel must be redeemed now, or None (specs/protocol.md 17.1).
+
+    Args:
+        unredeemed: what the payee charged and has not redeemed (yocto).
+        escrow: the channel's ``deposit - redeemed`` (yocto).
+        closing: the ledger shows the channel CLOSING (the payer started a close).
+        now: the node's clock (ms).
+        unredeemed_since: when the oldest unredeemed charge was first seen (ms).
+        last_redeem: when this node last redeemed the channel (ms), None if never.
+        config: the node's redeem settings.
+
+    Returns:
+        ``"closing"``, ``"fraction"``, ``"threshold"``, ``"age"``, or None.
+    """
+    if unredeemed <= 0:
+        return None
+    if closing:
+        return "closing"  # the challenge-period defence: never rate limited
+    if last_redeem is not None and not now - last_redeem >= config.min_redeem_interval_ms:
+        return None
+    bps = config.redeem_fraction_bps
+    if bps and unredeemed * 10_000 >= bps * escrow:
+        return "fraction"
+    if unredeemed >= config.redeem_threshold:
+        return "threshold"
+    if now - unredeemed_since >= config.redeem_max_age_ms:
+        return "age"
+    return None
+
+
+#: Ledger refusals after which answering a claim again cannot succeed.
+_FINAL = frozenset(
+    {ErrorCode.CLAIM_CLOSED, ErrorCode.UNKNOWN_CLAIM, ErrorCode.WINDOW_CLOSED, ErrorCode.NOT_PARTY}
+)
+#: Ledger refusals of the answer itself: sending the same answer again is pointless.
+_BAD_ANSWER = frozenset(
+    {
+        ErrorCode.RESPONSE_MISMATCH,
+        ErrorCode.INVALID_SIGNATURE,
+        ErrorCode.MALFORMED,
+        ErrorCode.INVALID_ARGUMENT,
+    }
+)
+#: FileClaim refusals that will not change by trying again (the request is unclaimable).
+_UNCLAIMABLE = frozenset(
+    {
+        ErrorCode.NOT_STAKED,
+        ErrorCode.UNBONDING,
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.VOUCHER_EXCEEDS_DEPOSIT,
+        ErrorCode.INVALID_SIGNATURE,
+        ErrorCode.MALFORMED,
+        ErrorCode.NOT_PARTY,
+        ErrorCode.CHANNEL_CLOSED,
+        ErrorCode.UNKNOWN_CHANNEL,
+        ErrorCode.WRONG_LEDGER,
+    }
+)
+#: Retry delays of a failed ledger submission (seconds; doubled up to the maximum).
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+#: Every this many steps the watcher re-reads the open claims against it from the ledger
+#: (after a restart, or an event whose answer task ended early).
+RESCAN_STEPS = 20
+
+#: Request state after a claim's outcome (store.base.REQUEST_STATES).
+_REQUEST_STATE = {
+    "delivered": "answered",
+    "refused": "refused",
+    "frivolous": "rejected",
+    "upheld": "compensated",
+}
+
+
+def outcome_key(claim_id: bytes) -> str:
+    """The meta key under which a claimant node keeps a claim's outcome (`Node.claims`)."""
+    return "claim/" + claim_id.hex()
+
+
+def claim_outcome(claim: Claim) -> str:
+    """A claim's outcome: its state (open, delivered, refused, frivolous, upheld)."""
+    state = str(claim.state)
+    if state == "answered":  # a ledger of the first claim game: tell by the answer
+        try:
+            response = decode_frame(claim.response_frame)
+        except P2payError:
+            return "refused"
+        ok = isinstance(response, Response) and response.status == STATUS_OK
+        return "delivered" if ok else "refused"
+    return state
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    """What we post for a claim against us: a signed response, or conflicting evidence."""
+
+    response: Response | None = None
+    evidence: Request | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.evidence is not None:
+            return "frivolous"
+        assert self.response is not None
+        return "delivered" if self.response.status == STATUS_OK else "refused"
+
+
+class Watcher:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cursor = 0
+        self.steps = 0
+        self._wake = trio.Event()
+        self.redeems: collections.Counter[str] = collections.Counter()  # by reason
+        self.answers: collections.Counter[str] = collections.Counter()  # claims, by outcome
+        self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
+        self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
+        self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
+        self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        self._defending: set[bytes] = set()  # claims against us with an answer task
+        self._claiming: set[bytes] = set()  # our requests with a claimant task
+
+    def poke(self) -> None:
+        """Run the next step now instead of after the interval."""
+        self._wake.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        raw = await self.node.store.get_meta(CURSOR_KEY)
+        self.cursor = int.from_bytes(raw, "big") if raw else 0
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            task_status.started()
+            while True:
+                try:
+                    await self.step()
+                except (P2payError, OSError) as exc:
+                    log.warning("watcher step failed: %s", exc)
+                with trio.move_on_after(self.node.config.watch_interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def step(self) -> None:
+        """One pass: follow events (closes first), then do the periodic duties."""
+        node = self.node
+        while True:
+            events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
+            # C-8: a payer closing a channel we are paid on is answered before anything else
+            closing = [e for e in events if e.kind == "ChannelClosing"]
+            for event in closing:
+                channel = event.fields.get("channel")
+                if isinstance(channel, bytes) and channel in node.payee_channels:
+                    try:
+                        await node.refresh_channel(channel)
+                        await self._redeem(node.payee_channels[channel], force=True)
+                    except (P2payError, OSError) as exc:
+                        log.warning("redeem on close of %s: %s", channel.hex(), exc)
+            for event in events:
+                try:
+                    await self._on_event(event)
+                except (P2payError, OSError) as exc:
+                    log.warning("event %s #%d: %s", event.kind, event.seq, exc)
+                self.cursor = event.seq
+            if cursor > self.cursor:
+                self.cursor = cursor
+                node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
+            elif events:
+                node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
+            if len(events) < 500:
+                break
+        if self.steps % RESCAN_STEPS == 0:
+            await self._defend_open_claims()
+        await self._redeem_due()
+        await self._finalize_closes()
+        await self._file_claims()
+        await self._resolve_claims()
+        self.steps += 1
+        if self.steps % 100 == 1:
+            await node.store.prune_responses(node.prune_before())  # N13
+
+    # -- events
+
+    async def _on_event(self, event: Event) -> None:
+        node = self.node
+        f = event.fields
+        me = node.account
+        kind = event.kind
+        if kind in ("ToppedUp", "Redeemed", "ChannelClosing", "ChannelClosed"):
+            channel = f.get("channel")
+            if isinstance(channel, bytes) and (
+                channel in node.payee_channels or channel in node.payer_channels
+            ):
+                await node.refresh_channel(channel)
+            if kind in ("Redeemed", "ChannelClosed") and channel in node.payer_channels:
+                assert isinstance(channel, bytes)
+                await self._check_payee_take(channel)
+        elif kind == "ClaimFiled" and f.get("respondent") == me:
+            self._defend_soon(f["claim"])
+        elif kind == "ClaimFiled" and f.get("claimant") == me:
+            self._claim_state(f["claim"], "claimant", "open")
+        elif kind == "ClaimAnswered" and f.get("claimant") == me:
+            await self._record_outcome(f["claim"])
+        elif kind == "ClaimAnswered" and f.get("respondent") == me:
+            outcome = f.get("outcome")
+            self._claim_state(f["claim"], "respondent", str(outcome or "answered"))
+        elif kind == "ClaimUpheld" and f.get("claimant") == me:
+            node.counters.claims_won += 1
+            await self._record_outcome(f["claim"])
+        elif kind == "ClaimUpheld" and f.get("respondent") == me:
+            self._claim_state(f["claim"], "respondent", "upheld")
+            log.warning("slashed for claim %s", f["claim"].hex())
+            await node.refresh_stake()
+        elif kind in ("Staked", "UnstakeRequested", "StakeWithdrawn") and f.get("account") == me:
+            await node.refresh_stake()
+
+    def _claim_state(
+        self, claim_id: bytes, role: str, state: str, request_hash: bytes | None = None
+    ) -> None:
+        self.node.persister.stage(
+            claim=ClaimRecord(
+                claim_id=claim_id,
+                role=role,
+                state=state,
+                request_hash=claim_id if request_hash is None else request_hash,
+                updated_at=self.node.now(),
+            )
+        )
+
+    async def _request_state(self, request_hash: bytes, state: str) -> None:
+        record = await self.node.store.request(request_hash)
+        if record is not None and record.state != state:
+            self.node.persister.stage(request=_with_state(record, state, self.node.now()))
+
+    # -- claims against us (respondent): answered concurrently, retried (C-6, C-7)
+
+    def _defend_soon(self, claim_id: bytes) -> None:
+        """Start the answer task of a claim against us, unless one runs already."""
+        if not self.node.behaviour.answers_claims or self._tasks is None:
+            return
+        if claim_id in self._defending:
+            return
+        self._defending.add(claim_id)
+        self._tasks.start_soon(self._defend, claim_id)
+
+    async def _defend_open_claims(self) -> None:
+        node = self.node
+        if not node.behaviour.answers_claims:
+            return
+        for claim in await node.ledger.claims_of(node.account):
+            if claim.respondent == node.account and claim.state is ClaimState.OPEN:
+                self._defend_soon(claim.id)
+
+    async def _defend(self, claim_id: bytes) -> None:
+        """Answer one claim against us, retrying with backoff until its window ends."""
+        node = self.node
+        answer: _Answer | None = None
+        use_evidence = True
+        delay = BACKOFF_MIN
+        try:
+            while True:
+                try:
+                    claim = await node.ledger.claim(claim_id)
+                    if claim is None or claim.state is not ClaimState.OPEN:
+                        return
+                    if await node.ledger.now() > claim.window_ends:
+                        log.error("claim %s: its window ended unanswered", claim_id.hex())
+                        return
+                    if answer is None:
+                        # handlers through claims run at most max_claim_answers at once
+                        # (`_serve_claimed`); looking up stored answers and evidence does
+                        # not wait for them, so a flood never keeps a cheap answer back
+                        answer = await self._prepare_answer(claim, use_evidence)
+                    if answer is not None:
+                        if answer.evidence is not None:
+                            await node.ledger.answer_claim(
+                                node.key, claim_id, evidence=answer.evidence
+                            )
+                        else:
+                            assert answer.response is not None
+                            await node.ledger.answer_claim(node.key, claim_id, answer.response)
+                        node.counters.claims_answered += 1
+                        self.answers[answer.outcome] += 1
+                        self._claim_state(claim_id, "respondent", answer.outcome)
+                        log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
+                        return
+                except SettlementError as exc:
+                    if exc.code in _FINAL:
+                        log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
+                        return
+                    if exc.code in _BAD_ANSWER:
+                        if answer is not None and answer.evidence is not None:
+                            answer, use_evidence = None, False  # answer with a response
+                            continue
+                        log.error("answer to claim %s refused: %s", claim_id.hex(), exc)
+                        return
+                    log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
+                except (P2payError, OSError) as exc:
+                    log.warning("answer to claim %s failed, retrying: %s", claim_id.hex(), exc)
+                except Exception as exc:  # a bug or a backend's surprise: never the node's end
+                    log.error("answer to claim %s failed: %r", claim_id.hex(), exc)
+                    if answer is not None and answer.evidence is not None:
+                        answer, use_evidence = None, False  # answer with a response instead
+                await trio.sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX)
+        finally:
+            self._defending.discard(claim_id)
+
+    async def _prepare_answer(self, claim: Claim, use_evidence: bool) -> _Answer | None:
+        """The answer to a claim against us, or None to try again later.
+
+        In order: the signed answer we stored for the request (OK or refusal); a request
+        the payer signed that conflicts with the claimed one (evidence); else the request
+        never reached us: admit it by the rules of a stream (`PayeeChannel.admit_claimed`)
+        and serve it, or refuse it, with a signed response.
+        """
+        node = self.node
+        try:
+            request = decode_frame(claim.request_frame)
+        except P2payError as exc:
+            log.error("claim %s carries no usable request: %s", claim.id.hex(), exc)
+            return None
+        if not isinstance(request, Request):
+            log.error("claim %s carries no request", claim.id.hex())
+            return None
+        await node.persister.flush()
+        stored = await node.store.response(request.hash)
+        if stored is not None:
+            frame = decode_frame(stored.frame)
+            if isinstance(frame, Response):
+                return _Answer(response=frame)
+        try:
+            ch = await node._payee_channel_for(request, claim.claimant)
+        except RemoteProtocolError as exc:  # e.g. CHALLENGE_TOO_SHORT: never adopted
+            response = Response.create(
+                node.signer,
+                request=request,
+                status=exc.code.value,
+                price=0,
+                spent=0,
+                body=refusal_body(exc.message, exc.details),
+            )
+            return _Answer(response=response)
+        if ch is None:
+            log.error("claim %s is on a channel we are not paid on", claim.id.hex())
+            return None
+        if request.n in ch.pending:
+            late = await self._refuse_late(ch, request, claim)
+            if late is not None:
+                return _Answer(response=late)
+            return None  # being served on a stream: its stored answer comes when it ends
+        seen: list[Request] = []
+        for other in await self._known_requests(ch, request):
+            if other.hash != request.hash and other.channel == request.channel:
+                seen.append(other)
+        # Requests of the other claims on this channel are payer-signed too: two claims
+        # whose slices overlap, or that share a number, refute each other (claims.md 2),
+        # even when neither reached us on a stream.
+        seen.extend(await self._claimed_requests(claim, request))
+        if use_evidence:
+            evidence = self._evidence(ch, request, seen)
+            if evidence is not None:
+                return _Answer(evidence=evidence)
+        same_n = any(other.n == request.n for other in seen)
+        response = await self._serve_claimed(ch, request, claim, same_n)
+        return None if response is None else _Answer(response=response)
+
+    async def _refuse_late(
+        self, ch: PayeeChannel, request: Request, claim: Claim
+    ) -> Response | None:
+        """The claimed request itself is still being served on a stream and its own
+        deadline has passed: it can no longer be charged (C-4), so its answer is a signed
+        DEADLINE_EXCEEDED, stored now; the handler's late completion releases the
+        reservation uncharged and sends this very answer (N9: a hung handler must not get
+        an honest provider slashed, C-1). None otherwise (in time, or another request,
+        e.g. one admitted through another claim, holds the number)."""
+        node = self.node
+        deadline = ch.deadlines.get(request.n)
+        if (
+            request.hash not in node._unanswered
+            or deadline != request.deadline
+            or node.now() <= deadline
+        ):
+            return None
+        late = "not answered before the request's deadline; nothing charged"
+        response = Response.create(
+            node.signer,
+            request=request,
+            status=ErrorCode.DEADLINE_EXCEEDED.value,
+            price=0,
+            spent=ch.spent,
+            body=refusal_body(late, {"deadline": request.deadline}),
+        )
+        # Registered before anything awaits: the completion can no longer answer otherwise.
+        node._late_refused[request.hash] = response.to_frame()
+        node.counters.refused[ErrorCode.DEADLINE_EXCEEDED.value] += 1
+        await self._stage_answer(ch, request, claim, response)
+        return response
+
+    async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
+        """The requests of the other claims against us on `claimed`'s channel."""
+        found: list[Request] = []
+        for other in await self.node.ledger.claims_of(self.node.account):
+            if other.id == claim.id or other.channel != claimed.channel:
+                continue
+            try:
+                request = decode_frame(other.request_frame)
+            except P2payError:
+                continue
+            if isinstance(request, Request) and request.hash != claimed.hash:
+                found.append(request)
+        return found
+
+    async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
+        """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
+        the stored ones numbered near it, the channel's floor voucher (the highest pruned),
+        and its best vouchers (candidates for evidence, claims.md 2)."""
+        node = self.node
+        frames = [s.request_frame for s in await node.store.vouchers_near(ch.channel, claimed.n)]
+        floor = await node.store.floor_voucher(ch.channel)
+        if floor is not None:
+            frames.append(floor.request_frame)
+        found = [r for r in (ch.verified, ch.best) if r is not None]
+        for frame in frames:
+            try:
+                request = decode_frame(frame)
+            except P2payError:
+                continue
+            if isinstance(request, Request):
+                found.append(request)
+        return found
+
+    def _evidence(self, ch: PayeeChannel, request: Request, seen: list[Request]) -> Request | None:
+        """A request the payer signed in tiling conflict with `request` (claims.md 2)."""
+        horizon = self.node.ledger.params.max_deadline_horizon_ms
+        for other in seen:
+            if tiling_conflict(request, other, horizon) and other.verify(ch.payer):
+                return other
+        return None
+
+    async def _serve_claimed(
+        self, ch: PayeeChannel, request: Request, claim: Claim, seen: bool
+    ) -> Response | None:
+        """Serve (or refuse) a request that reached us only through a claim (C-6).
+
+        None when its number is taken by a request still in flight (or one whose answer is
+        being stored): a refusal would refund a slice we may have earned (C-2), so the
+        caller tries again, and then finds that request as evidence.
+
+        The same admission as on a stream; the handler's deadline is the claim's window
+        end minus the answer margin; the charge is durable before the answer is signed.
+        """
+        node = self.node
+        service = node.services.get(request.service)
+        # An answer must be mined before the window ends: at least 3 block intervals when
+        # the ledger states its block time (`block_time_ms`; EvmLedger does not yet).
+        block_ms = getattr(node.ledger, "block_time_ms", None)
+        wanted = node.config.claim_answer_margin_ms
+        if type(block_ms) is int and block_ms > 0:
+            wanted = max(wanted, 3 * block_ms)
+        margin = min(wanted, (claim.window_ends - claim.filed_at) // 3)
+        deadline = claim.window_ends - margin
+        decision = ch.admit_claimed(
+            request,
+            price=service.price if service is not None else None,
+            max_body=service.max_body if service is not None else 0,
+            seen=seen,
+            deadline=deadline,
+        )
+        if (
+            isinstance(decision, Refuse)
+            and decision.code is ErrorCode.REPLAY
+            and request.n in ch.pending
+        ):
+            return None  # the number is being served: wait for its voucher (evidence)
+        if isinstance(decision, Refuse):
+            node.counters.refused[decision.code.value] += 1
+            log.info("claim %s refused: %s", claim.id.hex(), decision.code.value)
+            body = refusal_body(decision.message, decision.details)
+            return await self._store_answer(ch, request, claim, decision.code.value, 0, body)
+        assert service is not None
+        call = Call(
+            service=request.service,
+            body=request.body,
+            peer_id=node.peer_of(ch.payer),
+            channel=request.channel,
+            n=request.n,
+            price=decision.price,
+            deadline=deadline,
+        )
+        ok, body, error = False, b"", ""
+        details: dict[str, Any] = {}
+        try:
+            now = await node.ledger.now()
+            with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
+                # waiting for a handler slot counts against the claim's deadline: a claim
+                # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
+                # charged, its slice never earned) instead of left unanswered (C-1)
+                async with self._limiter:  # at most max_claim_answers handlers at once
+                    ok, body, error, details = await run_service(
+                        service,
+                        call,
+                        behaviour=node.behaviour,
+                        max_frame=node.config.max_frame,
+                        claim_limit=node._ledger_param("max_claim_body"),
+                    )
+            done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
+        except BaseException:
+            if request.n in ch.pending:
+                ch.complete(request.n, ok=False)  # release the reservation: nothing charged
+            raise
+        if ok and done.refusal is None:
+            node.counters.calls_served += 1
+            node.counters.charged += done.charged
+            return await self._store_answer(
+                ch, request, claim, STATUS_OK, done.charged, body, done.spent
+            )
+        if done.refusal is not None or scope.cancelled_caught:
+            code, error = ErrorCode.DEADLINE_EXCEEDED, "not answered before the claim's deadline"
+        else:
+            code = ErrorCode.HANDLER_ERROR
+        node.counters.refused[code.value] += 1
+        body = refusal_body(error, details)
+        return await self._store_answer(ch, request, claim, code.value, 0, body, done.spent)
+
+    async def _store_answer(
+        self,
+        ch: PayeeChannel,
+        request: Request,
+        claim: Claim,
+        status: str,
+        price: int,
+        body: bytes,
+        spent: int | None = None,
+    ) -> Response:
+        """Sign an answer and make it (and the charge) durable before it is posted."""
+        node = self.node
+        response = Response.create(
+            node.signer,
+            request=request,
+            status=status,
+            price=price,
+            spent=ch.spent if spent is None else spent,
+            body=body,
+        )
+        await self._stage_answer(ch, request, claim, response)
+        return response
+
+    async def _stage_answer(
+        self, ch: PayeeChannel, request: Request, claim: Claim, response: Response
+    ) -> None:
+        """Make a signed answer (and the channel's state) durable before it is posted."""
+        node = self.node
+        generation = node.persister.stage(
+            payee=_payee_record(ch),
+            response=StoredResponse(
+                request_hash=request.hash,
+                channel=request.channel,
+                n=request.n,
+                frame=response.to_frame(),
+                expires_at=max(
+                    node.response_expiry(request.deadline),
+                    claim.window_ends + node.config.response_retention_ms,
+                ),
+                request_frame=request.to_frame(),  # re-sends and evidence (claims.md 2)
+            ),
+        )
+        await node.persister.durable(generation)
+
+    # -- periodic duties
+
+    async def _redeem(self, ch: PayeeChannel, *, force: bool = False) -> None:
+        node = self.node
+        due = ch.spent - ch.redeemed
+        if ch.best is None or due <= 0 or ch.status is ChannelStatus.CLOSED:
+            self._unredeemed_since.pop(ch.channel, None)
+            return
+        now = node.now()
+        since = self._unredeemed_since.setdefault(ch.channel, now)
+        reason = "closing" if force else None
+        reason = reason or redeem_reason(
+            unredeemed=due,
+            escrow=ch.deposit - ch.redeemed,
+            closing=ch.status is ChannelStatus.CLOSING,
+            now=now,
+            unredeemed_since=since,
+            last_redeem=self._last_redeem.get(ch.channel),
+            config=node.config,
+        )
+        if reason is None:
+            return
+        # Charges made while we wait below are not durable yet: redeem what was charged now.
+        amount = ch.spent
+        await node.persister.flush()  # never redeem a charge that is not durable
+        voucher = ch.verified_voucher()  # checked first (protocol.md 13.4 rule b)
+        if voucher is None:
+            return
+        amount = min(amount, voucher.paid)  # never more than a checked voucher covers
+        if amount <= ch.redeemed:
+            return
+        try:
+            paid = await node.ledger.redeem(node.key, voucher, amount)
+        except SettlementError as exc:
+            log.warning("redeem on %s refused: %s", ch.channel.hex(), exc)
+            if exc.code is ErrorCode.CHANNEL_CLOSED:
+                await node.refresh_channel(ch.channel)
+            return
+        node.counters.redeemed += paid
+        self.redeems[reason] += 1
+        self._last_redeem[ch.channel] = now
+        self._unredeemed_since.pop(ch.channel, None)
+        ch.redeemed = max(ch.redeemed, amount)
+        await node.refresh_channel(ch.channel)
+        log.info("redeemed channel=%s amount=%d", ch.channel.hex(), paid)
+
+    async def _redeem_due(self) -> None:
+        for ch in list(self.node.payee_channels.values()):
+            await self._redeem(ch, force=ch.status is ChannelStatus.CLOSING)
+
+    async def _finalize_closes(self) -> None:
+        node = self.node
+        closing = [c for c in node.payer_channels.values() if c.status is ChannelStatus.CLOSING]
+        if not closing:
+            return
+        now = await node.ledger.now()
+        for ch in closing:
+            info = await node.ledger.channel(ch.channel)
+            if info is None:
+                continue
+            if info.state is ChannelState.CLOSING and now >= info.closes_at:
+                try:
+                    await node.ledger.finalize_close(node.key, ch.channel)
+                except SettlementError as exc:
+                    log.warning("finalize %s refused: %s", ch.channel.hex(), exc)
+                    continue
+            await node.refresh_channel(ch.channel)
+
+    # -- our claims (claimant): re-deliver first, then claim; read outcomes (claims.md 6)
+
+    async def _file_claims(self) -> None:
+        node = self.node
+        if not node.config.auto_claim or self._tasks is None:
+            return
+        await node.persister.flush()
+        awaiting = await node.store.requests(state="awaiting")
+        if not awaiting:
+            return
+        now = await node.ledger.now()
+        for record in awaiting:
+            if now <= record.deadline + node.config.claim_grace_ms:
+                continue
+            if record.request_hash in self._claiming:
+                continue
+            self._claiming.add(record.request_hash)
+            self._tasks.start_soon(self._claim, record)
+
+    async def _claim(self, record: OutgoingRequest) -> None:
+        """Re-send an unanswered paid request; claim it if that fails (one task each)."""
+        node = self.node
+        try:
+            answer = await node.redeliver(record, timeout=node.config.redeliver_timeout)
+            if answer is not None:  # its record is now answered or refused: no claim
+                log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
+                return
+            stake = await node.ledger.stake_of(record.payee)
+            if stake is None or stake.amount == 0:
+                node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
+                return
+            if await node.ledger.now() > record.deadline + stake.claim_window_ms:
+                node.persister.stage(request=_with_state(record, "expired", node.now()))
+                return
+            request = decode_frame(record.frame)
+            if not isinstance(request, Request):
+                return
+            claim_id = await node.ledger.file_claim(node.key, request)
+        except SettlementError as exc:
+            if exc.code is ErrorCode.CLAIM_EXISTS:
+                node.persister.stage(request=_with_state(record, "claimed", node.now()))
+            elif exc.code is ErrorCode.WINDOW_CLOSED:
+                node.persister.stage(request=_with_state(record, "expired", node.now()))
+            elif exc.code in _UNCLAIMABLE:
+                log.warning("claim for n=%d refused: %s", record.n, exc)
+                node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
+            else:
+                log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
+            return
+        except (P2payError, OSError) as exc:
+            log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
+            return
+        except Exception as exc:  # a bug or a backend's surprise: never the node's end
+            log.error("claim for n=%d failed: %r", record.n, exc)
+            return
+        finally:
+            self._claiming.discard(record.request_hash)
+        node.counters.claims_filed += 1
+        log.info("filed claim %s for n=%d", claim_id.hex(), record.n)
+        node.persister.stage(
+            request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
+            claim=ClaimRecord(
+                claim_id=claim_id,
+                role="claimant",
+                state="open",
+                request_hash=record.request_hash,
+                updated_at=node.now(),
+            ),
+        )
+
+    # -- refunds with the payee's refusal (payer; claims.md 3 and 6, attack N1)
+
+    async def _check_payee_take(self, channel: bytes) -> None:
+        """If the payee of `channel` holds more than our receipts justify, post its own
+        signed refusals (refund with refusal) until the excess is covered.
+
+        What the payee holds is ``redeemed - clawed`` on the ledger; what it may hold is our
+        ``spent`` (from receipts) plus the prices of requests in flight or abandoned (they
+        may have been charged). An honest payee redeems its ``spent`` and never triggers it.
+        """
+        node = self.node
+        ch = node.payer_channels.get(channel)
+        info = await node.ledger.channel(channel)
+        if ch is None or info is None or info.payer != node.account:
+            return
+        excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
+        if excess <= 0:
+            if info.state is ChannelState.CLOSED:
+                await self._forget_refusals(channel)  # closed and settled: no more redeems
+            return
+        await node.persister.flush()
+        refused = [r for r in await node.store.requests(state="refused") if r.channel == channel]
+        log.warning(
+            "payee %s took %d yocto more than our receipts justify on channel %s: "
+            "posting its signed refusals",
+            info.payee.hex(),
+            excess,
+            channel.hex(),
+        )
+        covered = 0
+        for record in refused:
+            if covered >= excess:
+                break
+            stored = await node.store.response(record.request_hash)
+            if stored is None:
+                continue
+            try:
+                request = decode_frame(record.frame)
+                refusal = decode_frame(stored.frame)
+            except P2payError:
+                continue
+            if not isinstance(request, Request) or not isinstance(refusal, Response):
+                continue
+            try:
+                claim_id = await node.ledger.file_claim(node.key, request, refusal=refusal)
+            except SettlementError as exc:
+                if exc.code is ErrorCode.CLAIM_EXISTS:
+                    node.persister.stage(request=_with_state(record, "claimed", node.now()))
+                else:
+                    log.warning("refund with refusal n=%d refused: %s", record.n, exc)
+                continue
+            covered += record.price
+            node.counters.claims_filed += 1
+            log.warning(
+                "refund claim %s for n=%d refused by %s",
+                claim_id.hex(),
+                record.n,
+                info.payee.hex(),
+            )
+            node.persister.stage(
+                request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
+                claim=ClaimRecord(
+                    claim_id=claim_id,
+                    role="claimant",
+                    state="open",
+                    request_hash=record.request_hash,
+                    updated_at=node.now(),
+                ),
+            )
+            await self._record_outcome(claim_id)
+        if covered < excess:
+            log.warning(
+                "payee %s: %d yocto taken beyond our receipts are not covered by its refusals",
+                info.payee.hex(),
+                excess - covered,
+            )
+
+    async def _forget_refusals(self, channel: bytes) -> None:
+        """The payee's refusals on a closed, settled channel are no longer needed: let the
+        next `prune_responses` drop them (they were kept with no expiry)."""
+        node = self.node
+        await node.persister.flush()
+        now = node.now()
+        for record in await node.store.requests():  # refused, or claimed with its refusal
+            if record.channel != channel or record.state not in ("refused", "claimed"):
+                continue
+            stored = await node.store.response(record.request_hash)
+            if stored is not None and stored.expires_at > now:
+                node.persister.stage(response=dataclasses.replace(stored, expires_at=now))
+
+    async def _record_outcome(self, claim_id: bytes) -> None:
+        """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it."""
+        node = self.node
+        claim = await node.ledger.claim(claim_id)
+        if claim is None or claim.state is ClaimState.OPEN:
+            return
+        outcome = claim_outcome(claim)
+        request = decode_frame(claim.request_frame)
+        if not isinstance(request, Request):
+            return
+        status, response = "", b""
+        if claim.response_frame:
+            checked = check_claim_answer(claim, request)
+            status = checked.status if checked is not None else "INVALID"
+            response = claim.response_frame if checked is not None else b""
+        doc = {
+            "outcome": outcome,
+            "status": status,
+            "bond": str(claim.bond),
+            "bond_returned": outcome != "frivolous",
+            "refund": str(claim.refund),
+            "clawed": str(claim.clawed),
+            "slashed": str(claim.slashed),
+            "response": response.hex(),
+        }
+        node.persister.stage(
+            claim=ClaimRecord(
+                claim_id=claim_id,
+                role="claimant",
+                state=outcome,
+                request_hash=request.hash,
+                updated_at=node.now(),
+            ),
+            meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
+        )
+        await self._request_state(request.hash, _REQUEST_STATE.get(outcome, "claimed"))
+
+    async def _resolve_claims(self) -> None:
+        node = self.node
+        mine = [c for c in await node.store.claims() if c.role == "claimant" and c.state == "open"]
+        if not mine:
+            return
+        now = await node.ledger.now()
+        for record in mine:
+            claim = await node.ledger.claim(record.claim_id)
+            if claim is None:
+                continue
+            if claim.state is not ClaimState.OPEN:  # an outcome event we missed
+                await self._record_outcome(record.claim_id)
+            elif now > claim.window_ends:
+                try:
+                    await node.ledger.resolve_claim(node.key, record.claim_id)
+                except SettlementError as exc:
+                    log.warning("resolve %s refused: %s", record.claim_id.hex(), exc)
+
+
+def check_claim_answer(claim: Claim, request: Request) -> Response | None:
+    """The response a claim was answered with, checked like a receipt (C-5), or None.
+
+    Signed by the respondent, for the claimed request, body matching its hash, charging
+    at most the request's price (and nothing unless OK).
+    """
+    try:
+        response = decode_frame(claim.response_frame)
+    except P2payError:
+        return None
+    if not isinstance(response, Response):
+        return None
+    if (
+        response.request_hash != request.hash
+        or response.channel != request.channel
+        or response.n != request.n
+        or response.ledger != request.ledger
+        or not response.body_matches()
+        or response.price > request.price
+        or (response.status != STATUS_OK and response.price != 0)
+        or not response.verify(claim.respondent)
+    ):
+        return None
+    return response
+
+
+def _with_state(
+    record: OutgoingRequest, state: str, now: int, *, claim_id: bytes | None = None
+) -> OutgoingRequest:
+    claim = record.claim_id if claim_id is None else claim_id
+    return dataclasses.replace(record, state=state, updated_at=now, claim_id=claim)
+
+
+__all__ = ["Watcher"]
