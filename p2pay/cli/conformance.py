@@ -111,7 +111,10 @@ def conformance(
     key = home.key() if home is not None else None
     spec = home.ledger_spec(ledger) if home is not None else None
     if spec is None and ledger_id is None:
-        echo("note: no --home or --ledger-id: only the cases that need no hello can run")
+        raise CliError(
+            "the target's ledger id is needed for any hello: pass --home DIR (a home on its "
+            "ledger) or --ledger-id HEX"
+        )
 
     def show(result: CaseResult) -> None:
         if not as_json:

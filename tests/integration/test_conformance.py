@@ -33,6 +33,7 @@ from p2pay.core.identity import Keypair
 from p2pay.core.messages import Refusal
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
+from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.base import Stream, StreamClosed
 from p2pay.net.p2p import open_libp2p_transport
 from p2pay.node import Call, NodeConfig, open_node
@@ -263,6 +264,14 @@ def first_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return data.decode("utf-8", "replace").split("\n")[0]
 
 
+async def sqlite_ledger_id(path: Path) -> bytes:
+    ledger = await SqliteLedger.open(path)
+    try:
+        return ledger.ledger_id
+    finally:
+        await ledger.aclose()
+
+
 @pytest.mark.slow
 def test_cli_against_node_run(tmp_path: Path) -> None:
     def ok(*args: str) -> str:
@@ -305,6 +314,14 @@ def test_cli_against_node_run(tmp_path: Path) -> None:
         assert wrong.returncode == 1 and wrong.stderr.startswith("p2pay: error: ")
         none = p2pay("--home", "c", "conformance", addr, "--case", "nope", cwd=tmp_path)
         assert none.returncode == 1 and "no case matches" in none.stderr
+        blind = p2pay("conformance", addr, cwd=tmp_path)
+        assert blind.returncode == 1 and "--ledger-id" in blind.stderr
+        # --ledger-id without a home: the paid cases skip, saying why
+        hexid = trio.run(sqlite_ledger_id, tmp_path / "ledger.sqlite").hex()
+        args = ("conformance", addr, "--ledger-id", hexid, "--case", "paid.call", "--case", "hello")
+        unpaid = p2pay(*args, "--json", cwd=tmp_path)
+        statuses = {c["id"]: c["status"] for c in json.loads(unpaid.stdout)["cases"]}
+        assert statuses["hello.exchange"] == "PASS" and statuses["paid.call"] == "SKIP"
     finally:
         node.send_signal(signal.SIGINT)
         try:
