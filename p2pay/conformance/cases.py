@@ -29,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -843,6 +844,135 @@ async def frame_nesting_limit(t: Tester) -> str:
     return "accepted as a frame (ignored as a refusal; the stream kept)"
 
 
+async def _sized_frame(t: Tester, size: int, what: str) -> str:
+    """A request on an unknown channel padded to exactly `size` bytes must be read and
+    answered as a frame (UNKNOWN_CHANNEL), not refused for its size."""
+    t.need_hello()
+    assert t.ledger_id is not None
+    channel = os.urandom(32)
+    body_len = max(0, size - 400)
+    for _ in range(8):  # the body's length header grows with it: settle in a few steps
+        frame = Request.create(
+            t.transport_key,
+            ledger=t.ledger_id,
+            channel=channel,
+            n=1,
+            paid=1,
+            price=1,
+            service="p2pay-conformance",
+            body=bytes(body_len),
+            deadline=now_ms() + 30_000,
+        ).to_frame()
+        if len(frame) == size:
+            break
+        body_len += size - len(frame)
+    if len(frame) != size:  # pragma: no cover - the loop settles in two steps
+        raise Skip(f"could not build a frame of exactly {size} bytes")
+    sent = f"a request frame of exactly {size} bytes ({what}) on an unknown channel"
+    async with t.session() as probe:
+        await probe.send(frame)
+        got = await probe.next(t.timeout * 2)
+        expect_refusal(got, sent, ErrorCode.UNKNOWN_CHANNEL, channel=channel, n=1)
+    return f"read and answered (UNKNOWN_CHANNEL): {size} bytes"
+
+
+async def frame_at_limit(t: Tester) -> str:
+    hello = t.need_hello()
+    if hello.max_frame > 8 << 20:
+        raise Skip(f"its max_frame {hello.max_frame} is more than this tester sends (8 MiB)")
+    return await _sized_frame(t, hello.max_frame, "its max_frame")
+
+
+async def frame_4096(t: Tester) -> str:
+    return await _sized_frame(t, 4096, "every peer accepts 4096")
+
+
+def _raw_request(
+    t: Tester, raw: dict[str, bytes], *, reverse: bool = False, duplicate: str = ""
+) -> bytes:
+    """A request frame whose signed map is written pair by pair: `raw` replaces the
+    encoding of some values; `reverse` puts the keys out of order; `duplicate` repeats a
+    key. Signed by the tester over the bytes as written (§8)."""
+    assert t.ledger_id is not None
+    values: dict[str, Any] = {
+        "domain": DOMAIN_REQUEST,
+        "ledger": t.ledger_id,
+        "channel": os.urandom(32),
+        "n": 1,
+        "paid": 1,
+        "price": 1,
+        "service": "p2pay-conformance",
+        "body_hash": blake2b256(b""),
+        "deadline": now_ms() + 30_000,
+    }
+    pairs = sorted((codec.encode(k), raw.get(k, codec.encode(v))) for k, v in values.items())
+    if reverse:
+        pairs.reverse()
+    if duplicate:
+        pairs.append((codec.encode(duplicate), codec.encode(values[duplicate])))
+    signed = bytes([0xA0 + len(pairs)]) + b"".join(k + v for k, v in pairs)
+    return codec.encode([1, signed, t.transport_key.sign(signed), b""])
+
+
+async def _cbor_case(t: Tester, sent: str, frame: bytes) -> str:
+    return await _bad_frame(t, sent, frame, ErrorCode.MALFORMED)
+
+
+async def cbor_non_shortest(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose n is 1 written in two bytes (0x18 0x01)",
+        _raw_request(t, {"n": b"\x18\x01"}),
+    )  # fmt: skip
+
+
+async def cbor_small_bignum(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose paid is 1 written as a bignum (tag 2)",
+        _raw_request(t, {"paid": b"\xc2\x41\x01"}),
+    )  # fmt: skip
+
+
+async def cbor_unsorted(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose signed map has its keys out of order", _raw_request(t, {}, reverse=True)
+    )
+
+
+async def cbor_duplicate(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose signed map has the key n twice", _raw_request(t, {}, duplicate="n")
+    )
+
+
+async def cbor_indefinite(t: Tester) -> str:
+    t.need_hello()
+    digest = blake2b256(b"")
+    return await _cbor_case(
+        t, "a request whose body_hash is an indefinite-length byte string",
+        _raw_request(t, {"body_hash": b"\x5f\x58\x20" + digest + b"\xff"}),
+    )  # fmt: skip
+
+
+async def cbor_float(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose deadline is a float",
+        _raw_request(t, {"deadline": b"\xfb" + struct.pack(">d", float(now_ms() + 30_000))}),
+    )  # fmt: skip
+
+
+async def cbor_bad_utf8(t: Tester) -> str:
+    t.need_hello()
+    return await _cbor_case(
+        t, "a request whose service name is not UTF-8",
+        _raw_request(t, {"service": b"\x62\xc3\x28"}),
+    )  # fmt: skip
+
+
 async def frame_signed_nesting(t: Tester) -> str:
     t.need_hello()
     assert t.ledger_id is not None
@@ -1322,6 +1452,15 @@ CASES: tuple[Case, ...] = (
          frame_nesting_limit),
     Case("frame.signed-nesting", "§6, D8", "a signed map nested 5 levels: MALFORMED",
          frame_signed_nesting),
+    Case("frame.at-limit", "§5.3", "a frame of its max_frame is read", frame_at_limit),
+    Case("frame.4096", "§5.3", "a frame of 4096 bytes is read", frame_4096),
+    Case("cbor.non-shortest", "§6", "a non-shortest integer: MALFORMED", cbor_non_shortest),
+    Case("cbor.small-bignum", "§6", "a bignum that fits 64 bits: MALFORMED", cbor_small_bignum),
+    Case("cbor.unsorted-keys", "§6", "map keys out of order: MALFORMED", cbor_unsorted),
+    Case("cbor.duplicate-key", "§6", "a duplicate map key: MALFORMED", cbor_duplicate),
+    Case("cbor.indefinite", "§6", "an indefinite length: MALFORMED", cbor_indefinite),
+    Case("cbor.float", "§6", "a float: MALFORMED", cbor_float),
+    Case("cbor.bad-utf8", "§6", "invalid UTF-8: MALFORMED", cbor_bad_utf8),
     Case("request.wrong-domain", "§8", "response bytes in a request: WRONG_DOMAIN",
          request_wrong_domain),
     Case("request.missing-key", "§8", "a signed map without a key: MALFORMED",

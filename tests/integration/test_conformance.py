@@ -20,17 +20,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
 
 from p2pay.conformance import CASES, Report, run_conformance
+from p2pay.conformance import cases as cases_module
 from p2pay.conformance import select as select_cases
 from p2pay.conformance.probe import build_hello, decode_any, parse_hello
 from p2pay.core.errors import DecodeError, ErrorCode
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Refusal
+from p2pay.core.messages import Refusal, Request, decode_frame
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.ledger.sqlite import SqliteLedger
@@ -224,6 +226,29 @@ def test_hello_builder_and_parser_agree_and_refuse_bad_hellos() -> None:
     assert got.kind == "undecodable" and "max_frame" in got.error
     got = decode_any(build_hello(PAYER, LEDGER_ID, extra={"surprise": 1}))
     assert got.kind == "undecodable" and "keys" in got.error
+
+
+def test_the_malformed_frames_differ_from_a_valid_one_only_where_meant() -> None:
+    """Control for the cbor.* cases: the same builder without a fault makes a frame the
+    core decodes; each fault makes one it refuses for that fault."""
+    tester = SimpleNamespace(ledger_id=LEDGER_ID, transport_key=PAYER)
+    build = cases_module._raw_request
+    valid = decode_frame(build(tester, {}))  # type: ignore[arg-type]
+    assert isinstance(valid, Request) and valid.verify(PAYER.public)
+    hash_bytes = b"\x5f\x58\x20" + bytes(32) + b"\xff"
+    faults = {  # why the decoder must refuse it: a word of its message
+        "non-shortest": build(tester, {"n": b"\x18\x01"}),  # type: ignore[arg-type]
+        "bignum": build(tester, {"paid": b"\xc2\x41\x01"}),  # type: ignore[arg-type]
+        "order": build(tester, {}, reverse=True),  # type: ignore[arg-type]
+        "canonical order": build(tester, {}, duplicate="n"),  # type: ignore[arg-type]
+        "indefinite": build(tester, {"body_hash": hash_bytes}),  # type: ignore[arg-type]
+        "floating": build(tester, {"deadline": b"\xfb" + bytes(8)}),  # type: ignore[arg-type]
+        "UTF-8": build(tester, {"service": b"\x62\xc3\x28"}),  # type: ignore[arg-type]
+    }
+    for why, frame in faults.items():
+        with pytest.raises(DecodeError) as info:
+            decode_frame(frame)
+        assert info.value.code is ErrorCode.MALFORMED and why in info.value.message, why
 
 
 # ---------------------------------------------------------------------------
