@@ -50,7 +50,7 @@ from p2pay.core.messages import (
     decode_frame,
 )
 from p2pay.core.signing import Scheme, account_for, scheme_for, sign_message
-from p2pay.net.base import ConnectError, Stream, split_p2p
+from p2pay.net.base import PROTOCOL_ID, ConnectError, Stream, split_p2p
 from p2pay.net.framing import encode_uvarint
 from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 
@@ -158,6 +158,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "protocol": PROTOCOL_ID,
             "ok": self.ok,
             "passed": self.count(PASS),
             "failed": self.count(FAIL),
