@@ -543,7 +543,8 @@ class ServerSession(_Session):
 
         Returns:
             One event: `HelloReceived` (then send `hello_frame`), `RequestReceived`,
-            `RequestRefused` (OVERLOADED before admission), or `ProtocolViolation`.
+            `RequestRefused` (OVERLOADED before admission, check 0', or WRONG_LEDGER,
+            check 1, decided before the channel is looked up), or `ProtocolViolation`.
 
         Raises:
             LocalProtocolError: the session ended, or our hello is still owed.
@@ -596,6 +597,12 @@ class ServerSession(_Session):
                     ),
                     end=End.RESET if flooded else End.KEEP,
                 )
+            )
+        if frame.ledger != self.ledger:
+            # Check 1 before the channel is looked up (check 2): a request for another
+            # ledger costs the payee no ledger read (§13.2).
+            return self._refuse(
+                frame, ErrorCode.WRONG_LEDGER, "the request names another ledger", {}, now
             )
         return RequestReceived(request=frame)
 

@@ -448,6 +448,19 @@ def test_13_2_check_0_prime_node_wide_overload_costs_no_token() -> None:
     assert s.budget.tokens == 3
 
 
+def test_13_2_check_1_wrong_ledger_is_decided_before_the_channel_is_looked_up() -> None:
+    # Found by `p2pay conformance` (request.wrong-ledger): the node looked the channel up
+    # first and answered UNKNOWN_CHANNEL, at the cost of a ledger read per foreign request.
+    s = open_server()
+    r = request(ledger=OTHER_LEDGER)
+    event = only(s.receive(r.to_frame(), NOW), RequestRefused)
+    assert (event.code, event.signed, event.end) == (ErrorCode.WRONG_LEDGER, False, End.KEEP)
+    assert event.send == refusal_frame(
+        CHANNEL, 1, ErrorCode.WRONG_LEDGER, "the request names another ledger"
+    )
+    assert s.budget.tokens == 2 and s.in_flight == 0  # a refused request costs a token
+
+
 def test_13_2_check_2_unknown_channel_is_unsigned() -> None:
     s = open_server()
     r = request()
