@@ -1089,10 +1089,12 @@ def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # node run
 
-from p2pay.cli.demo import demo, demo_client  # noqa: E402 - after `cli` exists
+from p2pay.cli.conformance import conformance  # noqa: E402 - after `cli` exists
+from p2pay.cli.demo import demo, demo_client  # noqa: E402
 from p2pay.cli.node_run import node_group  # noqa: E402
 
 cli.add_command(node_group)
+cli.add_command(conformance)
 cli.add_command(demo)
 cli.add_command(demo_client)
 cli.add_command(simulate)

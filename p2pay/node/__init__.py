@@ -8,8 +8,14 @@ for simulations and fast tests). The money decisions are all taken by the pure c
 (`p2pay.core.channel`); the node moves frames, runs handlers, and makes state durable
 through a `Persister` (ordered group commit) before anything that depends on it leaves.
 
-Server side, per inbound stream (`server._ServerSession`): hello both ways, then a loop
-that reads one frame at a time and asks `PayeeChannel.admit`; admitted requests start their
+The per-stream protocol (the hello exchange, which frames are allowed when, unsigned
+refusals, the refusal budget, check 0', receipts, refusals and resync on the payer's side)
+is decided by the sans-IO sessions of `p2pay.core.session`; the server and the client
+here are pumps that move frames between a stream and a session and apply its events.
+
+Server side, per inbound stream (`server._ServerSession`, a `ServerSession` pump): hello
+both ways, then a loop that reads one frame at a time, hands it to the session, looks the
+request's channel up and asks `ServerSession.admit`; admitted requests start their
 handler in admission order, in one runner task (a handler that does not suspend runs to
 its end there; one that suspends keeps that task, and a new runner takes the rest);
 every answer (signed receipt, signed refusal, unsigned refusal) is
@@ -18,12 +24,12 @@ it, and one sender task sends the outbox in order, each item only once its state
 durable, every durable item queued at that moment in one write. So receipts leave in
 charge order and never before the charge is on disk.
 
-Client side, per peer (`client._Connection`): one long-lived stream, hello both ways,
-requests pipelined on it. `call` signs the next voucher (`PayerChannel.next_request`),
-stages the outgoing request (kept for claims), and appends it to the connection's outbox,
-which sends in request-number order once durable (several per write). One reader task
-checks every receipt in arrival order (`PayerChannel.on_response`) and wakes the waiting
-call.
+Client side, per peer (`client._Connection`, a `ClientSession` pump): one long-lived
+stream, hello both ways, requests pipelined on it. `call` signs the next voucher
+(`PayerChannel.next_request`), stages the outgoing request (kept for claims), and appends
+it to the connection's outbox, which sends in request-number order once durable (several
+per write). One reader task hands every frame to the session, which checks receipts in
+arrival order (`PayerChannel.on_response`); the pump persists and wakes the waiting call.
 
 The watcher (`p2pay.node.watcher`) runs in the node's nursery and does the node's duties
 towards the ledger.
@@ -35,7 +41,6 @@ The parts, each taking what it uses rather than the whole node where it can:
 - `outbox`: frames in order, each sent once durable;
 - `invoke`: the one service invoker, used by the server and the watcher;
 - `runner`: the coroutine runner that starts handlers in the session's task;
-- `handshake`: the check of a peer's hello;
 - `server`: inbound streams, session limits and eviction;
 - `client`: connections to peers and the call policy;
 - `watcher`: the duties towards the ledger;
@@ -46,9 +51,8 @@ from __future__ import annotations
 
 from p2pay.core import codec
 from p2pay.node.book import _payee_record, _payer_record
-from p2pay.node.client import _Connection, _resync_args, _Slot
+from p2pay.node.client import _Connection, _Slot
 from p2pay.node.facade import Node, open_node
-from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
 from p2pay.node.runner import _resume
@@ -92,11 +96,9 @@ __all__ = [
     "_ServerSession",
     "_Service",
     "_Slot",
-    "_check_hello",
     "_payee_record",
     "_payer_record",
     "_resume",
-    "_resync_args",
     "codec",
     "open_node",
     "run_service",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +30,28 @@ from p2pay.core.errors import (
 from p2pay.core.messages import (
     MAX_SERVICE_NAME,
     STATUS_OK,
-    Hello,
-    Refusal,
     Request,
     Response,
     decode_frame,
 )
+from p2pay.core.session import (
+    ClientSession,
+    End,
+    Event,
+    FrameIgnored,
+    HelloReceived,
+    PriceChanged,
+    ProtocolViolation,
+    Purpose,
+    ReceiptAccepted,
+    ReceiptRejected,
+    RefusalReceived,
+    ResyncNeeded,
+    StreamRefused,
+)
 from p2pay.core.settlement import Stake, StakeStatus, stake_status
 from p2pay.net.base import NetError, StreamClosed
 from p2pay.node.book import _payer_record
-from p2pay.node.handshake import _check_hello
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import (
     CallResult,
@@ -79,17 +91,22 @@ class _Slot:
 
 
 class _Connection:
-    def __init__(self, node: Node, stream: Any, hello: Hello, peer_id: str) -> None:
+    """The pump of one outbound stream: moves frames between the stream and its
+    `ClientSession` (the protocol) and applies the session's events (persists what the
+    channels decided, wakes the calls waiting in slots)."""
+
+    def __init__(self, node: Node, stream: Any, protocol: ClientSession, peer_id: str) -> None:
+        assert protocol.peer_hello is not None
         self.node = node
         self.stream = stream
-        self.hello = hello
+        self.protocol = protocol
+        self.hello = protocol.peer_hello
         self.peer_id = peer_id
-        self.account = node._bound(hello, peer_id)  # the payee's account on our ledger
+        self.account = node._bound(self.hello, peer_id)  # the payee's account on our ledger
         self.closed = False
-        self.slots = trio.Semaphore(max(1, min(hello.max_in_flight, 1024)))
+        self.slots = trio.Semaphore(max(1, min(self.hello.max_in_flight, 1024)))
         self.pending: dict[tuple[bytes, int], _Slot] = {}
         self.outbox = _Outbox()
-        self.prices: dict[str, int] = {}  # prices learnt since the hello
 
     def send_request(
         self, ch: PayerChannel, service: str, body: bytes, price: int, timeout: float
@@ -99,14 +116,15 @@ class _Connection:
         if self.closed:
             raise ConnectionLost(f"connection to {self.peer_id} is closed")
         now = node.now()
-        deadline = now + max(1, int(timeout * 1000))
-        horizon = node._ledger_param("max_deadline_horizon_ms")
-        if horizon is not None:  # never post-dated beyond the horizon (claims.md 2)
-            deadline = min(deadline, now + horizon)
+        deadline = self.protocol.deadline(
+            now,
+            int(timeout * 1000),
+            ledger_horizon=node._ledger_param("max_deadline_horizon_ms"),
+        )
         request = ch.next_request(
             node.signer, service=service, body=body, price=price, deadline=deadline
         )
-        frame = request.to_frame()
+        frame = self.protocol.send_request(request)
         generation = node.persister.stage(
             payer=_payer_record(ch),
             request=OutgoingRequest(
@@ -130,9 +148,10 @@ class _Connection:
         """Send `request` (still in flight on `ch`) once more, unchanged (C-4)."""
         if self.closed:
             raise ConnectionLost(f"connection to {self.peer_id} is closed")
+        frame = self.protocol.send_request(request, purpose=Purpose.RESEND)
         slot = _Slot(channel=ch.channel, n=request.n, request=request, resent=True)
         self.pending[(ch.channel, request.n)] = slot
-        self.outbox.put(0, request.to_frame())  # durable since it was first sent
+        self.outbox.put(0, frame)  # durable since it was first sent
         return slot
 
     async def redeliver(self, request: Request) -> Response | None:
@@ -144,20 +163,30 @@ class _Connection:
         key = (request.channel, request.n)
         if key in self.pending or self.closed:
             return None  # in flight already, or no stream
+        try:
+            frame = self.protocol.send_request(request, purpose=Purpose.REDELIVERY)
+        except LocalProtocolError:
+            return None  # not a channel we pay this peer on
         slot = _Slot(channel=request.channel, n=request.n, request=request, redelivery=True)
         self.pending[key] = slot
         try:
-            self.outbox.put(0, request.to_frame())
+            self.outbox.put(0, frame)
             await slot.done.wait()
         finally:
-            if self.pending.get(key) is slot:
-                del self.pending[key]
+            self.forget(slot)
         if slot.generation:
             await self.node.persister.durable(slot.generation)
         return slot.receipt.response if slot.receipt is not None else None
 
+    def forget(self, slot: _Slot) -> None:
+        """Stop waiting for `slot`'s answer on this stream."""
+        key = (slot.channel, slot.n)
+        if self.pending.get(key) is slot:
+            del self.pending[key]
+            self.protocol.forget(slot.channel, slot.n)
+
     def abandon(self, ch: PayerChannel, slot: _Slot) -> None:
-        self.pending.pop((slot.channel, slot.n), None)
+        self.forget(slot)
         ch.abandon(slot.n)
 
     async def run(self) -> None:
@@ -180,6 +209,7 @@ class _Connection:
                 slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
                 slot.done.set()
                 del self.pending[key]
+            self.protocol.outstanding.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.reset()
 
@@ -197,48 +227,55 @@ class _Connection:
     async def _read_loop(self) -> None:
         node = self.node
         while True:
+            events: list[Event]
             try:
                 payload = await self.stream.receive()
-            except (StreamClosed, DecodeError):  # FrameTooLarge, or a bad length prefix
+            except StreamClosed:
                 return
-            try:
-                message = decode_frame(payload, max_size=node.config.max_frame)
-            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
-                log.warning("bad frame from %s: %s", self.peer_id, exc)
-                node.counters.protocol_violations += 1
-                return
-            if isinstance(message, Response):
-                if not self._on_response(message):
-                    return
-            elif isinstance(message, Refusal):
-                self._on_refusal(message)
+            except DecodeError as exc:  # FrameTooLarge, or a bad length prefix
+                events = [self.protocol.frame_error(exc)]
             else:
-                node.counters.protocol_violations += 1
-                return
+                events = self.protocol.receive(payload, node.now())
+            for event in events:
+                self._apply(event)
+                if event.end is not End.KEEP:
+                    if event.send is not None:  # the refusal first, bounded (then reset)
+                        with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                            await self.stream.send(event.send)
+                    return
+                if event.send is not None:
+                    self.outbox.put(0, event.send)
 
-    def _on_response(self, response: Response) -> bool:
+    def _apply(self, event: Event) -> None:
+        """Apply one event of the session: persist, wake the waiting call."""
         node = self.node
-        ch = node.payer_channels.get(response.channel)
-        slot = self.pending.pop((response.channel, response.n), None)
-        if ch is None or ch.payee != self.account:
+        if isinstance(event, ReceiptAccepted):
+            self._on_receipt(event)
+        elif isinstance(event, RefusalReceived):
+            self._on_refusal(event)
+        elif isinstance(event, ResyncNeeded):
+            self._on_replay(event)
+        elif isinstance(event, ReceiptRejected):
+            log.warning("bad receipt from %s: %s", self.peer_id, event.error())
             node.counters.protocol_violations += 1
-            return False
-        if slot is None and response.n not in ch.in_flight and response.n not in ch.abandoned:
-            # A second answer to a request re-sent while its handler ran (C-4), or to one
-            # already settled: it changes nothing.
-            log.info("ignored an answer to a settled request from %s", self.peer_id)
-            return True
-        try:
-            receipt = ch.on_response(response)
-        except RemoteProtocolError as exc:
-            log.warning("bad receipt from %s: %s", self.peer_id, exc)
-            node.counters.protocol_violations += 1
+            slot = self.pending.pop((event.response.channel, event.response.n), None)
             if slot is not None:
-                slot.error = exc
+                slot.error = event.error()
                 slot.done.set()
-            return False
+        elif isinstance(event, ProtocolViolation):
+            log.warning("protocol violation by %s: %s", self.peer_id, event.message)
+            node.counters.protocol_violations += 1
+        elif isinstance(event, PriceChanged):
+            log.info("%s changed the price of %r to %d", self.peer_id, event.service, event.price)
+        elif isinstance(event, StreamRefused | FrameIgnored):
+            log.info("ignored a frame from %s: %r", self.peer_id, event)
+
+    def _on_receipt(self, event: ReceiptAccepted) -> None:
+        node = self.node
+        response = event.receipt.response
+        ch = node.payer_channels[response.channel]
         kept: StoredResponse | None = None
-        if not response.ok and response.price == 0:
+        if event.signed_refusal:
             # The payee's signed refusal: kept (never pruned) to be posted on the ledger if
             # the payee ever takes the refused slice (claims.md 3 and 6, attack N1).
             kept = StoredResponse(
@@ -258,86 +295,51 @@ class _Connection:
             ),
             response=kept,
         )
+        slot = self.pending.pop((response.channel, response.n), None)
         if slot is not None:
-            slot.receipt = receipt
+            slot.receipt = event.receipt
             slot.generation = generation
             slot.done.set()
-        return True
 
-    def _on_refusal(self, refusal: Refusal) -> None:
+    def _on_refusal(self, event: RefusalReceived) -> None:
         node = self.node
+        refusal = event.refusal
         slot = self.pending.pop((refusal.channel, refusal.n), None)
-        ch = node.payer_channels.get(refusal.channel)
-        if slot is None or ch is None:
-            return  # a refusal of something we did not send: nothing to account
-        if slot.redelivery:  # the payee refused our re-delivery: it stays on record, claimable
-            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
-            slot.done.set()
+        if slot is None:
             return
-        if refusal.code is ErrorCode.REPLAY or (
-            refusal.code is ErrorCode.PAYMENT_REQUIRED and "last_n" in refusal.details
-        ):
-            # An unsigned slice-rule refusal (protocol.md 13.2 check 5') carries the resync
-            # details like a REPLAY: adopt them; our own voucher proves we lost state.
-            self._on_replay(ch, slot, refusal)
-        elif slot.resent or (
-            refusal.code is ErrorCode.INSUFFICIENT_DEPOSIT and slot.request.paid <= ch.deposit
-        ):
-            # An unsigned word about a request in doubt proves nothing either, nor an
-            # INSUFFICIENT_DEPOSIT for a slice within the deposit as we know it: keep it.
-            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
-        else:
+        if event.dropped:
             # Refused before authentication: nothing charged, the voucher not kept.
-            ch.on_refusal(refusal.n)
+            ch = node.payer_channels[refusal.channel]
             slot.generation = node.persister.stage(
-                delete_request=slot.request.hash, payer=_payer_record(ch)
+                delete_request=event.request.hash, payer=_payer_record(ch)
             )
-            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
+        slot.error = event.error()
         slot.done.set()
 
-    def _on_replay(self, ch: PayerChannel, slot: _Slot, refusal: Refusal) -> None:
+    def _on_replay(self, event: ResyncNeeded) -> None:
         """An unsigned REPLAY: never forget the request on its word (claims.md 6)."""
         node = self.node
-        args = _resync_args(refusal.details)
-        outcome = Replay.IN_DOUBT if slot.n in ch.in_flight else Replay.UNKNOWN
-        if args is not None:
-            try:
-                outcome = ch.on_replay(refusal.n, **args)
-            except RemoteProtocolError as exc:  # not our voucher, or inconsistent numbers
-                log.warning("bad resync details from %s: %s", self.peer_id, exc)
-                node.counters.protocol_violations += 1
-        if outcome is Replay.SUPERSEDED:
+        refusal = event.refusal
+        ch = node.payer_channels[refusal.channel]
+        if event.violation is not None:  # not our voucher, or inconsistent numbers
+            log.warning("bad resync details from %s: %s", self.peer_id, event.violation)
+            node.counters.protocol_violations += 1
+        generation: int
+        if event.outcome is Replay.SUPERSEDED:
             # our own signature proves it was never chargeable: a claim would be frivolous
-            slot.generation = node.persister.stage(
-                delete_request=slot.request.hash, payer=_payer_record(ch)
+            generation = node.persister.stage(
+                delete_request=event.request.hash, payer=_payer_record(ch)
             )
         else:
-            slot.generation = node.persister.stage(payer=_payer_record(ch))
-        if outcome is Replay.UNKNOWN:
-            slot.error = remote_error(refusal.code, refusal.message, refusal.details)
-        slot.replay = outcome
-
-
-def _resync_args(details: Mapping[str, Any]) -> dict[str, Any] | None:
-    """on_replay's arguments from a REPLAY's details (the unsigned ``spent`` is never
-    taken, claims.md 6), or None if they are unusable."""
-    last_n, voucher = details.get("last_n"), details.get("voucher")
-    if type(last_n) is not int:
-        return None
-    parsed: Request | None = None
-    if isinstance(voucher, bytes):
-        try:
-            frame = decode_frame(voucher)
-        except DecodeError:
-            return None
-        if not isinstance(frame, Request):
-            return None
-        parsed = frame
-    args: dict[str, Any] = {"last_n": last_n, "voucher": parsed}
-    paid_max = details.get("paid_max")
-    if type(paid_max) is int:
-        args["paid_max"] = paid_max  # checked against the voucher (protocol.md 15)
-    return args
+            generation = node.persister.stage(payer=_payer_record(ch))
+        slot = self.pending.pop((refusal.channel, refusal.n), None)
+        if slot is None:
+            return
+        slot.generation = generation
+        if event.outcome is Replay.UNKNOWN:
+            slot.error = event.error()
+        slot.replay = event.outcome
+        slot.done.set()
 
 
 class Client:
@@ -443,15 +445,28 @@ class Client:
                 stream = await self.node._transport.connect(peer_id)
             except NetError as exc:
                 raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
+            node = self.node
+            protocol = ClientSession(
+                hello=node.hello(), remote=stream.remote_public, channels=node.payer_channels
+            )
             try:
-                with trio.fail_after(self.node.config.hello_timeout):
-                    await stream.send(self.node.hello().to_frame())
-                    first = decode_frame(
-                        await stream.receive(), max_size=self.node.config.max_frame
-                    )
-                    if isinstance(first, Refusal):  # e.g. OVERLOADED: too many sessions
-                        raise remote_error(first.code, first.message, first.details)
-                    hello = _check_hello(first, stream.remote_public, self.node.ledger.ledger_id)
+                with trio.fail_after(node.config.hello_timeout):
+                    await stream.send(protocol.start())
+                    events: list[Event]
+                    try:
+                        first = await stream.receive()
+                    except DecodeError as exc:  # FrameTooLarge, or a bad length prefix
+                        events = [protocol.frame_error(exc)]
+                    else:
+                        events = protocol.receive(first, node.now())
+                    (event,) = events
+                    if not isinstance(event, HelloReceived):
+                        # a refusal (e.g. OVERLOADED: too many sessions), or a bad hello
+                        assert isinstance(event, ProtocolViolation | StreamRefused)
+                        if event.send is not None:
+                            with trio.move_on_after(1):
+                                await stream.send(event.send)
+                        raise event.error()
             except NetError as exc:
                 await stream.reset()
                 raise PeerUnreachable(f"{peer_id} closed the stream during the hello") from exc
@@ -461,7 +476,7 @@ class Client:
             except BaseException:
                 await stream.reset()
                 raise
-            conn = _Connection(self.node, stream, hello, peer_id)
+            conn = _Connection(self.node, stream, protocol, peer_id)
             assert self.node._nursery is not None
             self.node._nursery.start_soon(conn.run)
             self._connections[peer_id] = conn
@@ -519,9 +534,9 @@ class Client:
         conn = await self.connection(peer_id)
         payee = conn.account
         terms = conn.hello.service(service)
-        if terms is None:
+        price = conn.protocol.price(service)  # the hello's, or the latest we saw
+        if terms is None or price is None:
             raise UnknownService(f"{peer_id} offers no service {service!r}")
-        price = conn.prices.get(service, terms.price)  # the hello's, or the latest we saw
         if price > max_price:
             raise PaymentRequired(
                 f"{service!r} costs {price}, above max_price {max_price}",
@@ -571,14 +586,13 @@ class Client:
                 message, details = response.refusal_info()
                 asked = details.get("price")
                 if response.status == ErrorCode.PAYMENT_REQUIRED and type(asked) is int:
+                    # the provider changed its price (the session learnt it: PriceChanged)
                     if asked != price and 0 <= asked <= MAX_YOCTO:
-                        conn.prices[service] = asked  # the provider changed its price
                         if asked <= max_price and not price_retried:
                             price_retried = True
                             price = asked
                             continue
                 raise remote_error(response.status, message, details)
-            conn.prices[service] = receipt.charged
             return CallResult(
                 body=response.body,
                 price=receipt.charged,
@@ -623,8 +637,7 @@ class Client:
             if not await self._wait(slot, timeout):
                 return None
         finally:
-            if conn.pending.get(key) is slot:
-                del conn.pending[key]
+            conn.forget(slot)
         return slot.receipt
 
     async def _wait(self, slot: _Slot, seconds: float) -> bool:

@@ -348,6 +348,7 @@ class Node:
             stake=self._stake,
             max_in_flight=self.config.max_in_flight,
             max_frame=self.config.max_frame,
+            deadline_horizon=self.config.max_deadline_horizon_ms,
             settlement_key=self.signer,
         )
 

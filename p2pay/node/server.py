@@ -11,11 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pay.core.channel import (
-    Admit,
-    PayeeChannel,
-    Refuse,
-)
+from p2pay.core.channel import PayeeChannel
 from p2pay.core.errors import (
     DecodeError,
     ErrorCode,
@@ -28,12 +24,20 @@ from p2pay.core.messages import (
     Refusal,
     Request,
     Response,
-    decode_frame,
     refusal_body,
+)
+from p2pay.core.session import (
+    End,
+    Event,
+    HelloReceived,
+    ProtocolViolation,
+    RequestAdmitted,
+    RequestReceived,
+    RequestRefused,
+    ServerSession,
 )
 from p2pay.net.base import StreamClosed
 from p2pay.node.book import _payee_record
-from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
 from p2pay.node.runner import _resume
@@ -139,46 +143,61 @@ class _ServerSession:
         # the peer's account on our ledger, bound by its hello (set once the hello checks)
         self.account = b""
         self.outbox = _Outbox()
-        self.in_flight = 0
+        cfg = node.config
+        # The stream's protocol (hello, frames allowed, check 0', refusal budget, the
+        # mapping of admission decisions to answers): p2pay.core.session.
+        self.protocol = ServerSession(
+            ledger=node.ledger.ledger_id,
+            remote=self.peer,
+            max_frame=cfg.max_frame,
+            max_in_flight=cfg.max_in_flight,
+            deadline_horizon=cfg.max_deadline_horizon_ms,
+            max_refusals_per_s=cfg.max_refusals_per_s,
+            refusal_burst=cfg.refusal_burst,
+            now=node.now(),
+        )
         # When this session last did something useful: its hello, an admitted request,
         # a completed one. Only that keeps it from idle_timeout, and eviction takes the
         # oldest first; refused or malformed frames and answers leaving do not count.
         self.last_useful = trio.current_time()
         self.has_channel = False  # it sent a request on a channel its peer pays
-        # Token bucket of refused requests (specs/threat-model.md "Limits"), in thousandths
-        # of a token so that refilling at `max_refusals_per_s` per 1000 ms stays integral.
-        self._tokens = node.config.refusal_burst * 1000
-        self._tokens_at = node.now()
-        self.flooded = False
         # Admitted requests whose handler has not started yet, and whether a task runs them.
         self._ready: collections.deque[tuple[PayeeChannel, Request, _Service, Call]] = (
             collections.deque()
         )
         self._runner = False
 
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests of this stream not answered yet."""
+        return self.protocol.in_flight
+
     async def run(self) -> None:
         node = self.node
+        protocol = self.protocol
+        events: list[Event]
         try:
             with trio.fail_after(node.config.hello_timeout):
                 first = await self.stream.receive()
-            hello = _check_hello(
-                decode_frame(first, max_size=node.config.max_frame),
-                self.peer,
-                node.ledger.ledger_id,
-            )
         except StreamClosed:
             return  # the peer left (or reset) before its hello: nothing to answer
-        except (RemoteProtocolError, trio.TooSlowError) as exc:
-            code = exc.code if isinstance(exc, RemoteProtocolError) else ErrorCode.DEADLINE_EXCEEDED
-            node.counters.refused[code.value] += 1
-            with trio.move_on_after(1), contextlib.suppress(StreamClosed):
-                await self.stream.send(
-                    Refusal(channel=b"", n=0, code=code, message=str(exc)[:200]).to_frame()
-                )
+        except DecodeError as exc:  # FrameTooLarge, or a bad length prefix (5.2)
+            events = [protocol.frame_error(exc)]
+        except trio.TooSlowError:
+            events = [protocol.timed_out()]
+        else:
+            events = protocol.receive(first, node.now())
+        (event,) = events
+        if not isinstance(event, HelloReceived):
+            assert isinstance(event, ProtocolViolation)
+            node.counters.refused[event.code.value] += 1
+            if event.send is not None:
+                with trio.move_on_after(1), contextlib.suppress(StreamClosed):
+                    await self.stream.send(event.send)
             return
-        self.account = node._bound(hello, self.peer_id)
+        self.account = node._bound(event.hello, self.peer_id)
         try:
-            await self.stream.send(node.hello().to_frame())
+            await self.stream.send(protocol.hello_frame(node.hello()))
         except StreamClosed:
             return
         log.info("peer connected peer=%s", self.peer_id)
@@ -234,136 +253,97 @@ class _ServerSession:
             scope.cancel()
             return
 
-    def _take_refusal_token(self) -> bool:
-        """Count one refused request against the peer's budget; False once it is spent."""
-        cfg = self.node.config
-        now = self.node.now()
-        elapsed = max(0, now - self._tokens_at)  # a clock that steps back refills nothing
-        self._tokens_at = max(self._tokens_at, now)
-        refill = elapsed * cfg.max_refusals_per_s  # thousandths: rate per s = per 1000 ms
-        self._tokens = min(cfg.refusal_burst * 1000, self._tokens + refill)
-        if self._tokens < 1000:
-            self.flooded = True
-            return False
-        self._tokens -= 1000
-        return True
-
-    def _refuse_unauthenticated(
-        self,
-        channel: bytes,
-        n: int,
-        code: ErrorCode,
-        message: str,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self.node.counters.refused[code.value] += 1
-        log.info("refused peer=%s code=%s n=%d", self.peer_id, code.value, n)
-        self.outbox.put(
-            0,
-            Refusal(
-                channel=channel, n=n, code=code, message=message[:500], details=details or {}
-            ).to_frame(),
-        )
+    def _send_refusal(self, event: ProtocolViolation | RequestRefused) -> None:
+        """Queue an unsigned refusal the session produced (durable: it changes nothing)."""
+        if event.send is not None:
+            self.node.counters.refused[event.code.value] += 1
+            channel_n = (
+                (event.request.channel, event.request.n)
+                if isinstance(event, RequestRefused)
+                else (b"", 0)
+            )
+            log.info("refused peer=%s code=%s n=%d", self.peer_id, event.code.value, channel_n[1])
+            self.outbox.put(0, event.send)
 
     async def _read_loop(self, handlers: trio.Nursery) -> None:
         node = self.node
+        cfg = node.config
         while True:
-            await self.outbox.wait_below(node.config.max_outbox)
+            await self.outbox.wait_below(cfg.max_outbox)
             if self.outbox.closed:
                 return
+            events: list[Event]
             try:
                 payload = await self.stream.receive()
             except StreamClosed:
                 return
             except DecodeError as exc:  # FrameTooLarge, or a bad length prefix (5.2)
-                node.counters.protocol_violations += 1
-                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
-                return
-            try:
-                message = decode_frame(payload, max_size=node.config.max_frame)
-            except RemoteProtocolError as exc:  # DecodeError, FrameTooLarge, WrongDomain
-                node.counters.protocol_violations += 1
-                self._refuse_unauthenticated(b"", 0, exc.code, exc.message)
-                return
-            if not isinstance(message, Request):
-                node.counters.protocol_violations += 1
-                self._refuse_unauthenticated(b"", 0, ErrorCode.MALFORMED, "expected a request")
-                return
-            await self._on_request(message, handlers)
-            if self.flooded:
-                # Unpaid request flood (specs/threat-model.md): the peer's refused requests
-                # outran `max_refusals_per_s` / `refusal_burst`. Reset: nothing it sent
-                # after this is read, and its admitted requests are cancelled unpaid.
-                node.counters.rate_limited += 1
-                log.warning("stream reset: too many refused requests peer=%s", self.peer_id)
-                await self.stream.reset()
-                return
+                events = [self.protocol.frame_error(exc)]
+            else:
+                busy = node._in_flight_total >= cfg.max_in_flight_total
+                events = self.protocol.receive(payload, node.now(), node_busy=busy)
+            for event in events:
+                end = event.end
+                if isinstance(event, RequestReceived):
+                    end = await self._on_request(event.request, handlers)
+                elif isinstance(event, ProtocolViolation):
+                    node.counters.protocol_violations += 1
+                    log.info("protocol violation peer=%s: %s", self.peer_id, event.message)
+                    self._send_refusal(event)
+                elif isinstance(event, RequestRefused):  # OVERLOADED, check 0'
+                    self._send_refusal(event)
+                if end is End.RESET:
+                    # Unpaid request flood (specs/threat-model.md): the peer's refused
+                    # requests outran `max_refusals_per_s` / `refusal_burst`. Reset: nothing
+                    # it sent after this is read, its admitted requests are cancelled unpaid.
+                    node.counters.rate_limited += 1
+                    log.warning("stream reset: too many refused requests peer=%s", self.peer_id)
+                    await self.stream.reset()
+                    return
+                if end is End.CLOSE:
+                    return  # the refusal leaves, then the stream is closed
 
-    async def _on_request(self, request: Request, handlers: trio.Nursery) -> None:
+    async def _on_request(self, request: Request, handlers: trio.Nursery) -> End:
         node = self.node
+        found: PayeeChannel | RemoteProtocolError | None
         try:
-            ch = await node._payee_channel_for(request, self.account)
+            found = await node._payee_channel_for(request, self.account)
         except RemoteProtocolError as exc:  # CHALLENGE_TOO_SHORT: not adopted, nothing kept
-            self._take_refusal_token()
-            self._refuse_unauthenticated(
-                request.channel, request.n, exc.code, exc.message, exc.details
-            )
-            return
+            found = exc
+        ch = found if isinstance(found, PayeeChannel) else None
         if ch is not None and ch.payer == self.account:
             self.has_channel = True  # eviction spares it (Node._handle_stream)
-        if ch is None:
-            self._take_refusal_token()
-            self._refuse_unauthenticated(
-                request.channel,
-                request.n,
-                ErrorCode.UNKNOWN_CHANNEL,
-                "no such channel to this payee",
-            )
-            return
-        if request.paid > ch.deposit and self.account == ch.payer:
-            await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen yet
+            if request.paid > ch.deposit:
+                await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen
         service = node.services.get(request.service)
-        now = node.now()
-        node_busy = node._in_flight_total >= node.config.max_in_flight_total
-        decision = ch.admit(
+        event = self.protocol.admit(
             request,
-            peer=self.account,
+            found,
             price=service.price if service is not None else None,
             max_body=service.max_body if service is not None else 0,
-            now=now,
-            overloaded=self.in_flight >= node.config.max_in_flight or node_busy,
-            max_deadline=now + node.config.max_deadline_horizon_ms,
+            now=node.now(),
         )
-        if isinstance(decision, Refuse):
-            # Every refusal costs the peer a token, except OVERLOADED when the whole node
-            # (not this peer) is at its limit: an honest client is not cut off for that.
-            if not (
-                decision.code is ErrorCode.OVERLOADED
-                and node_busy
-                and self.in_flight < node.config.max_in_flight
-            ):
-                self._take_refusal_token()
-            if decision.code is ErrorCode.INVALID_SIGNATURE:
+        if isinstance(event, RequestRefused):
+            if event.violation:
                 node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
-            if decision.code is ErrorCode.REPLAY and await self._answer_again(request):
-                return
-            if not decision.authenticated:
-                self._refuse_unauthenticated(
-                    request.channel, request.n, decision.code, decision.message, decision.details
-                )
-                return
-            node.counters.refused[decision.code.value] += 1
+            if event.code is ErrorCode.REPLAY and await self._answer_again(request):
+                return event.end
+            if not event.signed:
+                self._send_refusal(event)
+                return event.end
+            assert ch is not None
+            node.counters.refused[event.code.value] += 1
             self._answer(
                 ch,
                 request,
-                decision.code.value,
+                event.code.value,
                 0,
                 ch.spent,
-                refusal_body(decision.message, decision.details),
+                refusal_body(event.message, event.details),
             )
-            return
-        assert isinstance(decision, Admit) and service is not None
-        if decision.voucher_improved:
+            return event.end
+        assert isinstance(event, RequestAdmitted) and service is not None and ch is not None
+        if event.voucher_improved:
             node.persister.stage(payee=_payee_record(ch))
         call = Call(
             service=request.service,
@@ -371,14 +351,14 @@ class _ServerSession:
             peer_id=self.peer_id,
             channel=request.channel,
             n=request.n,
-            price=decision.price,
+            price=event.price,
             deadline=request.deadline,
         )
         if node.behaviour.drop(call):
             ch.complete(request.n, ok=False)  # keeps the voucher, charges nothing, never answers
+            self.protocol.finished()
             node.counters.refused["DROPPED"] += 1
-            return
-        self.in_flight += 1
+            return End.KEEP
         self.last_useful = trio.current_time()
         node._in_flight_total += 1
         node._unanswered[request.hash] = []
@@ -386,6 +366,7 @@ class _ServerSession:
         if not self._runner:
             self._runner = True
             handlers.start_soon(self._run_ready, handlers)
+        return End.KEEP
 
     async def _answer_again(self, request: Request) -> bool:
         """A request re-sent by its payer (authenticated, ``n`` not fresh): if we admitted
@@ -491,7 +472,7 @@ class _ServerSession:
             error = "stream closed before the handler finished"
             raise
         finally:
-            self.in_flight -= 1
+            self.protocol.finished()
             self.last_useful = trio.current_time()
             node._in_flight_total -= 1
             late_frame = node._late_refused.pop(request.hash, None)

@@ -50,6 +50,7 @@ from p2pay.core.channel import ChannelStatus, PayerChannel
 from p2pay.core.errors import P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
+from p2pay.core.session import ClientSession, HelloReceived, ProtocolViolation, StreamRefused
 from p2pay.node import Behaviour, Call
 from p2pay.persist import StoreFailed
 from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
@@ -328,8 +329,18 @@ class RawSession:
         with trio.fail_after(timeout):
             stream = await transport.connect(target.addr)
             try:
-                await stream.send(Hello.create(node.key, ledger=node.ledger.ledger_id).to_frame())
-                decode_frame(await stream.receive())
+                # the hello exchange of the protocol (p2pay.core.session): ours first, then
+                # the provider's, checked; the attacks then bypass the session
+                session = ClientSession(
+                    hello=Hello.create(node.key, ledger=node.ledger.ledger_id),
+                    remote=stream.remote_public,
+                    channels={},
+                )
+                await stream.send(session.start())
+                (event,) = session.receive(await stream.receive(), node.now())
+                if not isinstance(event, HelloReceived):  # refused, or a bad hello
+                    assert isinstance(event, ProtocolViolation | StreamRefused)
+                    raise event.error()
             except BaseException:
                 await stream.reset()
                 raise

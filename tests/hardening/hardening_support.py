@@ -515,6 +515,10 @@ async def provider_world(
         yield world
 
 
+#: What `RawPeer.exchange` returns for a frame the payee ignores (no answer is due).
+IGNORED = "ignored"
+
+
 class RawPeer:
     """A hostile peer with its own key: raw frames on memory-transport streams to BOB."""
 
@@ -538,12 +542,21 @@ class RawPeer:
         return self.stream
 
     async def exchange(self, frame: bytes, timeout: float = 5.0) -> object | None:
-        """Send one frame and return the answer frame, or None if the stream ended."""
+        """Send one frame and return the answer frame, or None if the stream ended.
+
+        A response or a refusal frame gets no answer on a stream the payee accepted
+        (protocol.md §12, D3): it is only sent, and `IGNORED` returned."""
         if self.stream is None:
             await self.connect()
+        try:
+            sent: object = decode_frame(frame)
+        except RemoteProtocolError:
+            sent = None
         with trio.fail_after(timeout):
             try:
                 await self.stream.send(frame)
+                if isinstance(sent, Response | Refusal):
+                    return IGNORED
                 payload = await self.stream.receive()
             except StreamClosed:
                 self.stream = None

@@ -197,15 +197,25 @@ def foreign_voucher(request: Request) -> bytes:
     ("details", "last_n"),
     [
         # spent above the voucher the payer signed: spent is never adopted anyway
-        ({"last_n": 1, "spent": 10 * PRICE, "voucher": lambda r: r.to_frame()}, 1),
+        (
+            {
+                "last_n": 1,
+                "spent": 10 * PRICE,
+                "paid_max": PRICE,
+                "voucher": lambda r: r.to_frame(),
+            },
+            1,
+        ),
         # a voucher the payer never signed: nothing adopted
-        ({"last_n": 7, "spent": 10**6, "voucher": foreign_voucher}, 1),
+        ({"last_n": 7, "spent": 10**6, "paid_max": 10**6, "voucher": foreign_voucher}, 1),
         # spent without any voucher: the number (only) is adopted
-        ({"last_n": 5, "spent": PRICE}, 5),
+        ({"last_n": 5, "spent": PRICE, "paid_max": 0}, 5),
+        # paid_max missing: the details are MALFORMED (protocol.md 15 step 1), nothing adopted
+        ({"last_n": 5, "spent": PRICE}, 1),
         # voucher n above the claimed last_n: nothing adopted
-        ({"last_n": 0, "spent": 0, "voucher": lambda r: r.to_frame()}, 1),
+        ({"last_n": 0, "spent": 0, "paid_max": PRICE, "voucher": lambda r: r.to_frame()}, 1),
         # not numbers at all
-        ({"last_n": "many", "spent": -1}, 1),
+        ({"last_n": "many", "spent": -1, "paid_max": 0}, 1),
     ],
 )
 async def test_lying_resync_details_move_nothing(details: dict[str, Any], last_n: int) -> None:
@@ -235,7 +245,12 @@ async def test_resync_adopts_only_what_the_payer_signed() -> None:
                 channel=request.channel,
                 n=request.n,
                 code=ErrorCode.REPLAY,
-                details={"last_n": 40, "spent": 7 * PRICE, "voucher": request.to_frame()},
+                details={
+                    "last_n": 40,
+                    "spent": 7 * PRICE,
+                    "paid_max": request.paid,  # required (protocol.md 15 step 1)
+                    "voucher": request.to_frame(),
+                },
             ).to_frame()
         return receipt(request, price=PRICE, spent=PRICE if request.n == 1 else 2 * PRICE)
 

@@ -10,6 +10,7 @@ the OK receipts it got (INV-1, INV-4).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from hardening_support import (
     ALICE,
     BOB,
     CAROL,
+    IGNORED,
     MALLORY,
     OTHER_LEDGER_ID,
     PRICE,
@@ -35,8 +37,10 @@ from hardening_support import (
 
 from p2pay.core import codec
 from p2pay.core.errors import ErrorCode
+from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
 from p2pay.ledger.memory import wall_clock_ms
+from p2pay.net.memory import MemoryNetwork, open_memory_transport
 from p2pay.net.p2p import open_libp2p_transport
 from p2pay.node import NodeConfig, open_node
 
@@ -106,6 +110,9 @@ class SessionFuzzer:
     def check_answer(self, sent: bytes, answer: object | None) -> None:
         if answer is None:
             self.count("stream-ended")
+            return
+        if answer == IGNORED:  # a response or refusal frame: never answered (D3)
+            self.count("ignored")
             return
         if isinstance(answer, Refusal):
             assert answer.code in ErrorCode
@@ -355,6 +362,8 @@ async def test_wrong_domain_non_canonical_nested_oversized_frames() -> None:
             answer = await mallory.exchange(data)
             assert isinstance(answer, Refusal), (code, answer)
             assert answer.code is code and answer.channel == b"" and answer.n == 0
+            if code is ErrorCode.FRAME_TOO_LARGE:  # D2: the receiver's limit
+                assert answer.details == {"max_frame": 8192}
             with trio.fail_after(5):
                 assert await mallory.exchange(request.to_frame()) is None  # stream ended
         assert world.bob.counters.protocol_violations == len(cases)
@@ -390,6 +399,8 @@ async def test_libp2p_bad_length_prefixes_get_a_refusal_not_a_crash() -> None:
                 await stream._net.write(raw)  # bytes that are not a frame
                 answer = decode_frame(await stream.receive())
                 assert isinstance(answer, Refusal) and answer.code is code
+                if code is ErrorCode.FRAME_TOO_LARGE:  # D2: the receiver's limit
+                    assert answer.details == {"max_frame": bob.config.max_frame}
                 with pytest.raises(Exception, match=r"(?i)closed|reset|end of stream"):
                     await stream.receive()
             await stream.reset()
@@ -409,6 +420,7 @@ async def test_garbage_hello_is_refused_and_the_node_keeps_serving() -> None:
             ),
             (Hello.create(MALLORY, ledger=OTHER_LEDGER_ID).to_frame(), ErrorCode.WRONG_LEDGER),
             (world.mallory_request(1).to_frame(), ErrorCode.MALFORMED),
+            (other_version(MALLORY, world.ledger.ledger_id).to_frame(), ErrorCode.VERSION_MISMATCH),
         ]
         for data, code in cases:
             stream = await mallory.transport.connect(world.bob_addr)
@@ -416,6 +428,9 @@ async def test_garbage_hello_is_refused_and_the_node_keeps_serving() -> None:
                 await stream.send(data)
                 answer = decode_frame(await stream.receive())
             assert isinstance(answer, Refusal) and answer.code is code
+            assert (answer.channel, answer.n) == (b"", 0)
+            if code is ErrorCode.VERSION_MISMATCH:  # D2: the receiver's version
+                assert answer.details == {"version": 2}
             await stream.reset()
         for _ in range(20):  # connect and leave without a word
             stream = await mallory.transport.connect(world.bob_addr)
@@ -423,4 +438,80 @@ async def test_garbage_hello_is_refused_and_the_node_keeps_serving() -> None:
         await trio.sleep(0.05)
         await world.alice.call(world.bob_addr, "echo", b"ok", max_price=PRICE)
         assert world.bob._sessions == 2  # ALICE's and CAROL's
+        assert not errors.records, errors.text()
+
+
+def other_version(key: Keypair, ledger_id: bytes) -> Hello:
+    """A hello of protocol version 3, otherwise valid, signed by `key`."""
+    good = Hello.create(key, ledger=ledger_id)
+    unsigned = dataclasses.replace(good, version=3, signature=b"")
+    return unsigned.with_signature(key.sign(unsigned.signing_bytes))
+
+
+async def test_response_and_refusal_frames_to_a_payee_are_ignored_and_the_stream_kept() -> None:
+    """D3 (protocol.md 5.4): the answerer never answers a response or a refusal; it ignores
+    them (a violation, counted) and keeps the stream, which goes on serving requests."""
+    async with provider_world() as world, capture_errors() as errors, raw_peer(world) as mallory:
+        r1 = world.mallory_request(1)
+        a1 = await mallory.exchange(r1.to_frame())
+        assert isinstance(a1, Response) and a1.ok
+        stream = mallory.stream
+        violations = world.bob.counters.protocol_violations
+        for frame in (
+            a1.to_frame(),
+            Refusal(channel=b"", n=0, code=ErrorCode.MALFORMED).to_frame(),
+        ):
+            assert await mallory.exchange(frame) == IGNORED
+        a2 = await mallory.exchange(world.mallory_request(2).to_frame())
+        assert isinstance(a2, Response) and a2.ok and mallory.stream is stream  # kept
+        assert world.bob.counters.protocol_violations == violations + 2
+        assert not errors.records, errors.text()
+
+
+async def test_a_payee_sending_a_request_gets_malformed_and_the_stream_stays() -> None:
+    """D3 (protocol.md 5.4): requests go on a stream their payer opens; a caller receiving
+    one answers an unsigned MALFORMED naming it and keeps the stream."""
+    ledger = make_ledger()
+    network = MemoryNetwork()
+    got: list[object] = []
+    done = trio.Event()
+
+    async def fake_payee(stream: Any) -> None:
+        with trio.fail_after(5):
+            decode_frame(await stream.receive())  # the caller's hello
+            await stream.send(Hello.create(CAROL, ledger=ledger.ledger_id).to_frame())
+            request = Request.create(
+                CAROL,
+                ledger=ledger.ledger_id,
+                channel=bytes(32),
+                n=7,
+                paid=1,
+                price=1,
+                service="echo",
+                body=b"",
+                deadline=wall_clock_ms() + 10_000,
+            )
+            await stream.send(request.to_frame())
+            got.append(decode_frame(await stream.receive()))
+            await stream.send(Refusal(channel=bytes(32), n=9, code=ErrorCode.REPLAY).to_frame())
+        done.set()
+        with trio.fail_after(5):
+            await stream.receive()  # the caller keeps the stream until it closes
+
+    config = NodeConfig(watcher=False)
+    async with (
+        capture_errors() as errors,
+        open_memory_transport(network, CAROL, fake_payee) as transport,
+        open_node(key=ALICE, ledger=ledger, network=network, config=config) as alice,
+    ):
+        hello = await alice.connect(transport.addrs[0])
+        assert hello.account == CAROL.public
+        with trio.fail_after(5):
+            await done.wait()
+        (answer,) = got
+        assert isinstance(answer, Refusal) and answer.code is ErrorCode.MALFORMED
+        assert (answer.channel, answer.n) == (bytes(32), 7)
+        assert answer.message == "requests go on a stream their payer opens"
+        assert not alice._connections[CAROL.peer_id].closed  # kept
+        assert alice.counters.protocol_violations == 1
         assert not errors.records, errors.text()

@@ -547,7 +547,10 @@ async def test_an_error_in_the_node_block_reaches_the_caller() -> None:
             raise KeyError("mine")
 
 
-async def test_overload_is_refused_with_a_signed_answer_and_not_charged() -> None:
+async def test_overload_before_admission_is_an_unsigned_refusal_and_not_charged() -> None:
+    """D6 (protocol.md 13.2 check 0'): a request beyond the stream's max_in_flight is
+    refused unsigned before any other check: `n` not consumed, no voucher kept (a signed
+    refusal would be refundable money)."""
     ledger = make_ledger()
     await fund(ledger, ALICE, BOB)
     gate = trio.Event()
@@ -586,12 +589,14 @@ async def test_overload_is_refused_with_a_signed_answer_and_not_charged() -> Non
         assert sum(1 for o in outcomes if not isinstance(o, Exception)) == 2
         assert bob.payee_channels[ch.channel].spent == 2 * PRICE
         assert alice.payer_channels[ch.channel].spent == 2 * PRICE
+        payee = bob.payee_channels[ch.channel]
+        assert (payee.last_n, payee.paid_max) == (2, 2 * PRICE)  # refused: nothing kept
 
 
 async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from p2pay import node as node_module
+    from p2pay.core.session import ClientSession
 
     ledger = make_ledger()
     await fund(ledger, ALICE, BOB)
@@ -601,7 +606,7 @@ async def test_client_restarted_with_a_request_in_flight_keeps_using_its_channel
         async with client(ledger, store=store) as alice:
             ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
             # the client "crashes" between the provider's charge and reading the receipt
-            monkeypatch.setattr(node_module._Connection, "_on_response", lambda self, r: True)
+            monkeypatch.setattr(ClientSession, "_on_response", lambda self, r: [])
             with pytest.raises(CallTimeout):
                 await alice.call(bob.peer_id, "echo", b"lost", max_price=PRICE, timeout=0.5)
             monkeypatch.undo()

@@ -216,16 +216,16 @@ async def test_a_late_answer_is_not_charged() -> None:
 async def test_a_resent_request_gets_the_stored_answer_not_a_second_charge(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from p2pay import node as node_module
+    from p2pay.core.session import ClientSession
 
     ledger = make_ledger()
     async with pair(ledger) as (bob, alice):
         ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
-        real = node_module._Connection._on_response
-        monkeypatch.setattr(node_module._Connection, "_on_response", lambda self, r: True)
+        real = ClientSession._on_response
+        monkeypatch.setattr(ClientSession, "_on_response", lambda self, r: [])
         with pytest.raises(CallTimeout):  # the receipt is lost on the way
             await alice.call(bob.peer_id, "echo", b"once", max_price=PRICE, timeout=0.3)
-        monkeypatch.setattr(node_module._Connection, "_on_response", real)
+        monkeypatch.setattr(ClientSession, "_on_response", real)
         payer = alice.payer_channels[ch.channel]
         assert set(payer.abandoned) == {1} and bob.payee_channels[ch.channel].spent == PRICE
         # retry delivery of the very same signed request (what a payer does before claiming)

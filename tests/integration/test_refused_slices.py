@@ -2,13 +2,13 @@
 4.1 and 6; settlement.md 5, refund with the payee's refusal).
 
 Under protocol v2 a refused request's slice is never reused, so the best voucher's `paid`
-covers refused slices too. A payee that refuses (a signed OVERLOADED, or PAYMENT_REQUIRED
+covers refused slices too. A payee that refuses (a signed HANDLER_ERROR, or PAYMENT_REQUIRED
 after raising its price) and then redeems the full best voucher takes money it never earned.
 The payer keeps every signed refusal; its watcher sees the Redeemed event, finds the payee
 holding more than the receipts justify and posts the refusals: the refused slices are clawed
 back from the payee's stake. An honest payee (redeems `spent`) never sees such a claim.
 
-Two nodes (three for OVERLOADED) on the in-memory transport and a dev MemoryLedger. Every
+Two nodes (and a third client) on the in-memory transport and a dev MemoryLedger. Every
 wait is bounded (`wait_until`, `trio.fail_after`); nothing asserts on timing.
 """
 
@@ -97,26 +97,19 @@ async def nodes(
         yield alice, bob, carol
 
 
-async def refused_with_overloaded(alice: Node, bob: Node, carol: Node) -> None:
-    """ALICE's call reaches BOB while CAROL's holds his only slot: a signed OVERLOADED."""
-    release = trio.Event()
+async def refused_with_handler_error(alice: Node, bob: Node) -> None:
+    """ALICE's call reaches BOB's failing handler: a signed HANDLER_ERROR, nothing charged.
 
-    async def hold(call: Call) -> bytes:
-        with trio.fail_after(20):
-            await release.wait()
-        return call.body
+    (Before issue 15 this was a signed OVERLOADED; OVERLOADED before admission is now an
+    unsigned refusal, D6, so it leaves no signed refusal to post.)"""
 
-    bob.serve("hold", hold, price=PRICE)
-    await carol.open_channel(bob.addrs[0], deposit=DEPOSIT)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: carol.call(bob.addrs[0], "hold", b"c", max_price=PRICE, timeout=20)
-        )
-        await wait_until(lambda: bob._in_flight_total == 1)
-        with pytest.raises(P2payError) as info:
-            await alice.call(bob.addrs[0], "echo", b"a1", max_price=PRICE, timeout=20)
-        assert info.value.code is ErrorCode.OVERLOADED
-        release.set()
+    async def fail(call: Call) -> bytes:
+        raise RuntimeError("no")
+
+    bob.serve("fail", fail, price=PRICE)
+    with pytest.raises(P2payError) as info:
+        await alice.call(bob.addrs[0], "fail", b"a1", max_price=PRICE, timeout=20)
+    assert info.value.code is ErrorCode.HANDLER_ERROR
 
 
 async def refused_with_price_flips(alice: Node, bob: Node, flips: int) -> None:
@@ -153,11 +146,11 @@ async def steal_and_wait_for_the_refund(
     assert (await ledger.totals()).conserved
 
 
-async def test_n1_overloaded_refused_slice_redeemed_is_clawed_back() -> None:
+async def test_n1_failed_handler_refused_slice_redeemed_is_clawed_back() -> None:
     ledger = make_ledger()
-    async with nodes(ledger) as (alice, bob, carol):
+    async with nodes(ledger) as (alice, bob, _):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
-        await refused_with_overloaded(alice, bob, carol)
+        await refused_with_handler_error(alice, bob)
         result = await alice.call(bob.addrs[0], "echo", b"a2", max_price=PRICE)
         assert (result.n, result.price) == (2, PRICE)
         balance = await ledger.balance(ALICE.account)
@@ -181,9 +174,9 @@ async def test_an_honest_payee_never_sees_a_refund_claim() -> None:
     """Same refusals; BOB redeems what he charged (`spent`), as his watcher does: ALICE's
     watcher checks the Redeemed event and posts nothing."""
     ledger = make_ledger()
-    async with nodes(ledger) as (alice, bob, carol):
+    async with nodes(ledger) as (alice, bob, _):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
-        await refused_with_overloaded(alice, bob, carol)
+        await refused_with_handler_error(alice, bob)
         await refused_with_price_flips(alice, bob, flips=1)
         payee = bob.payee_channels[ch.channel]
         voucher = payee.verified_voucher()
@@ -205,9 +198,9 @@ async def test_n1_refused_slice_taken_at_a_payee_close_is_clawed_back(tmp_path: 
     ledger = make_ledger()
     store = await SqliteStore.open(tmp_path / "alice.sqlite")
     try:
-        async with nodes(ledger, store) as (alice, bob, carol):
+        async with nodes(ledger, store) as (alice, bob, _):
             ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
-            await refused_with_overloaded(alice, bob, carol)
+            await refused_with_handler_error(alice, bob)
             await alice.call(bob.addrs[0], "echo", b"a2", max_price=PRICE)
             await alice.persister.flush()
             (record,) = await store.requests(state="refused")
