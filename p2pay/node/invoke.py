@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from p2pay.core.messages import RESPONSE_OVERHEAD
 from p2pay.node.types import Behaviour, Call, Handler
 
 log = logging.getLogger("p2pay.node")
@@ -26,8 +27,7 @@ async def run_service(
     call: Call,
     *,
     behaviour: Behaviour,
-    max_frame: int,
-    claim_limit: int | None,
+    limit: int,
 ) -> tuple[bool, bytes, str, dict[str, Any]]:
     """Run `service`'s handler for an admitted `call`: a request on a stream, or one served
     through a claim by the watcher (specs/claims.md C-6). One function, so both check the
@@ -41,8 +41,10 @@ async def run_service(
 
     Args:
         behaviour: the node's misbehaviour hooks (`Behaviour.before_handler` runs first).
-        max_frame: the node's frame limit (an answer must fit in a frame).
-        claim_limit: the ledger's ``max_claim_body``, None if it has none.
+        limit: ``L`` of protocol.md 13.3, the longest body the answer may have (the
+            payer's ``max_frame`` less the response's overhead, and for a paid request the
+            ledger's ``max_claim_body``: `p2pay.core.messages.answer_limit`; for an answer
+            to a claim, ``max_claim_body``).
     """
     try:
         await behaviour.before_handler(call)
@@ -54,14 +56,18 @@ async def run_service(
         return False, b"", f"handler failed: {type(exc).__name__}", {}
     if not isinstance(result, bytes | bytearray | memoryview):
         return False, b"", f"handler returned {type(result).__name__}, not bytes", {}
-    if len(result) > max_frame - 4096:
-        return False, b"", "handler response too large", {}
-    if claim_limit is not None and len(result) > claim_limit:
-        # Never charge an answer we could not post to the ledger if it is claimed
-        # (issue 13 item 7): refuse it, signed and uncharged.
-        error = (
-            f"answer of {len(result)} bytes is over the ledger's claim body limit "
-            f"of {claim_limit} bytes"
-        )
-        return False, b"", error, {"max_body": claim_limit}
+    if len(result) > limit:
+        # Never charge an answer the payer cannot receive in one frame (5.3) or that we
+        # could not post to the ledger if it is claimed (issue 13 item 7): refuse it,
+        # signed and uncharged, saying the limit (13.3).
+        error = f"answer of {len(result)} bytes is over the limit of {limit} bytes"
+        return False, b"", error, {"max_body": limit}
     return True, bytes(result), "", {}
+
+
+def claim_answer_limit(max_claim_body: int | None, max_frame: int) -> int:
+    """``L`` for an answer to a claim: it goes to the ledger, so the ledger's
+    ``max_claim_body``; without one, what fits in one of our own frames."""
+    if max_claim_body is not None:
+        return max_claim_body
+    return max_frame - RESPONSE_OVERHEAD

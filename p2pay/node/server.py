@@ -15,6 +15,7 @@ from p2pay.core.channel import PayeeChannel
 from p2pay.core.errors import (
     DecodeError,
     ErrorCode,
+    LocalProtocolError,
     P2payError,
     RemoteProtocolError,
 )
@@ -24,6 +25,7 @@ from p2pay.core.messages import (
     Refusal,
     Request,
     Response,
+    answer_limit,
     refusal_body,
 )
 from p2pay.core.session import (
@@ -452,6 +454,18 @@ class _ServerSession:
         for outbox in node._unanswered.pop(request.hash, ()):
             outbox.put(generation, frame)
 
+    def _answer_limit(self, request: Request) -> int:
+        """``L`` (protocol.md 13.3): what the payer's announced ``max_frame`` and, for a
+        paid request, the ledger's ``max_claim_body`` let us charge for."""
+        hello = self.protocol.peer_hello
+        if hello is None:  # requests are admitted only after the payer's hello
+            raise LocalProtocolError("no answer limit before the payer's hello")
+        return answer_limit(
+            hello.max_frame,
+            max_claim_body=self.node._ledger_param("max_claim_body"),
+            paid=request.price > 0,
+        )
+
     async def _run_handler(
         self, ch: PayeeChannel, request: Request, service: _Service, call: Call
     ) -> None:
@@ -465,8 +479,7 @@ class _ServerSession:
                 service,
                 call,
                 behaviour=node.behaviour,
-                max_frame=node.config.max_frame,
-                claim_limit=node._ledger_param("max_claim_body"),
+                limit=self._answer_limit(request),
             )
         except trio.Cancelled:
             error = "stream closed before the handler finished"

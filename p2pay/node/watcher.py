@@ -57,7 +57,7 @@ from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, Settle
 from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
 from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
 from p2pay.node.book import _payee_record
-from p2pay.node.invoke import run_service
+from p2pay.node.invoke import claim_answer_limit, run_service
 from p2pay.node.types import Call, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
 
@@ -580,8 +580,9 @@ class Watcher:
                         service,
                         call,
                         behaviour=node.behaviour,
-                        max_frame=node.config.max_frame,
-                        claim_limit=node._ledger_param("max_claim_body"),
+                        limit=claim_answer_limit(
+                            node._ledger_param("max_claim_body"), node.config.max_frame
+                        ),
                     )
             done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
         except BaseException:

@@ -13,6 +13,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ import trio
 from p2pay.core.errors import ErrorCode, HandlerError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
+    RESPONSE_OVERHEAD,
     STATUS_OK,
     Hello,
     Refusal,
@@ -344,6 +346,34 @@ async def test_an_answer_over_the_claim_body_limit_is_refused_not_charged() -> N
         assert bob.payee_channels[ch.channel].spent == 0
         ok = await alice.call(bob.peer_id, "echo", b"64", max_price=PRICE)
         assert len(ok.body) == 64 and ok.spent == PRICE
+
+
+async def test_an_answer_over_the_payers_max_frame_is_refused_not_charged() -> None:
+    """5.3, 13.3: a payee never sends a frame above the payer's announced max_frame; an
+    answer longer than L = max_frame - RESPONSE_OVERHEAD is a signed HANDLER_ERROR with
+    details {max_body: L}, nothing charged. (Found by an implementation written from the
+    spec: the node checked its own limit and sent a 4.3 kB frame to a 4096-byte payer.)"""
+    ledger = make_ledger()
+
+    async def sized(call: Call) -> bytes:
+        return b"x" * int(call.body)
+
+    small = dataclasses.replace(FAST, max_frame=8192)
+    limit = 8192 - RESPONSE_OVERHEAD
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    async with (
+        open_node(key=BOB, ledger=ledger, config=FAST) as bob,
+        open_node(key=ALICE, ledger=ledger, config=small) as alice,
+    ):
+        bob.serve("echo", sized, price=PRICE)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        with pytest.raises(HandlerError) as info:
+            await alice.call(bob.peer_id, "echo", str(limit + 1).encode(), max_price=PRICE)
+        assert info.value.details == {"max_body": limit}
+        assert bob.payee_channels[ch.channel].spent == 0
+        ok = await alice.call(bob.peer_id, "echo", str(limit).encode(), max_price=PRICE)
+        assert len(ok.body) == limit and ok.spent == PRICE
 
 
 # ---------------------------------------------------------------------------- horizon
