@@ -232,7 +232,6 @@ class PayeeChannel:
         price: int | None,
         max_body: int,
         now: int,
-        overloaded: bool,
         max_deadline: int | None,
     ) -> bool:
         """True if `request` would be admitted and its price fits within the credit this
@@ -247,9 +246,7 @@ class PayeeChannel:
         if self.spent + self.reserved + price > self.verified_paid + allowance:
             return False
         paid_max = max(self.paid_max, request.paid)
-        refusal = self._service_refusal(
-            request, price, max_body, now, overloaded, max_deadline, paid_max
-        )
+        refusal = self._service_refusal(request, price, max_body, now, max_deadline, paid_max)
         return refusal is None
 
     def _service_refusal(
@@ -258,7 +255,6 @@ class PayeeChannel:
         price: int | None,
         max_body: int,
         now: int,
-        overloaded: bool,
         max_deadline: int | None,
         paid_max: int,
     ) -> tuple[ErrorCode, str, dict[str, Any]] | None:
@@ -277,8 +273,6 @@ class PayeeChannel:
                 "request deadline is too far ahead",
                 {"max_deadline": max_deadline},
             )
-        if overloaded:
-            return (ErrorCode.OVERLOADED, "too many requests in flight; retry later", {})
         if price is None:
             return (ErrorCode.UNKNOWN_SERVICE, f"no service {request.service!r}", {})
         if len(request.body) > max_body:
@@ -314,7 +308,6 @@ class PayeeChannel:
         max_body: int,
         now: int,
         signature_ok: bool | None = None,
-        overloaded: bool = False,
         max_deadline: int | None = None,
     ) -> Decision:
         """Decide whether to serve `request` (checks in the order of specs/protocol.md).
@@ -329,8 +322,6 @@ class PayeeChannel:
                 (e.g. in a batch); None makes `admit` check it, or defer the check while
                 the request would be admitted within ``unverified_credit_limit``
                 (specs/protocol.md 13.4: the stream is the payer's, check 3).
-            overloaded: the node has too many requests in flight from this peer: refuse
-                with OVERLOADED (signed, so the refusal answers any claim).
             max_deadline: the latest deadline the node accepts (now + its horizon); a
                 request whose deadline is later is refused (DEADLINE_EXCEEDED), since
                 claims for it could outlive the provider's unbonding period.
@@ -352,9 +343,7 @@ class PayeeChannel:
             return Refuse(ErrorCode.UNKNOWN_CHANNEL, "request is for another channel")
         if peer != self.payer:
             return Refuse(ErrorCode.UNAUTHORIZED, "only the channel's payer may use it")
-        if signature_ok is None and self._deferrable(
-            request, price, max_body, now, overloaded, max_deadline
-        ):
+        if signature_ok is None and self._deferrable(request, price, max_body, now, max_deadline):
             # protocol.md 13.4: the stream is the payer's (check 3); the signature is checked
             # when the unchecked credit would pass the limit, or before any ledger use.
             assert price is not None
@@ -426,9 +415,7 @@ class PayeeChannel:
             # deferral (this request itself verified and is answered as usual)
             self._check_unchecked()
 
-        refusal = self._service_refusal(
-            request, price, max_body, now, overloaded, max_deadline, self.paid_max
-        )
+        refusal = self._service_refusal(request, price, max_body, now, max_deadline, self.paid_max)
         if refusal is not None:
             return refuse(*refusal)
         assert price is not None
