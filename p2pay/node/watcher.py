@@ -441,8 +441,8 @@ class Watcher:
             if evidence is not None:
                 return _Answer(evidence=evidence)
         same_n = any(other.n == request.n for other in seen)
-        response = await self._serve_claimed(ch, request, claim, same_n)
-        return None if response is None else _Answer(response=response)
+        served = await self._serve_claimed(ch, request, claim, same_n)
+        return None if served is None else _Answer(response=served)
 
     async def _refuse_late(
         self, ch: PayeeChannel, request: Request, claim: Claim
