@@ -382,6 +382,17 @@ class _ServerSession:
         self.last_useful = trio.current_time()
         node._in_flight_total += 1
         node._unanswered[request.hash] = []
+        self._start_handler(handlers, ch, request, service, call)
+
+    def _start_handler(
+        self,
+        handlers: trio.Nursery,
+        ch: PayeeChannel,
+        request: Request,
+        service: _Service,
+        call: Call,
+    ) -> None:
+        """Start an admitted request's handler (in admission order)."""
         self._ready.append((ch, request, service, call))
         if not self._runner:
             self._runner = True
