@@ -1,4 +1,4 @@
-"""8. The server's handler runner: CPU per paid call with it / with a task per handler.
+"""9. The server's handler runner: CPU per paid call with it / with a task per handler.
 
 Until issue 15 the node started the handlers of admitted requests with a hand-written
 coroutine runner: one task per burst took the requests in admission order and drove each

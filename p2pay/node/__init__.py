@@ -9,12 +9,10 @@ for simulations and fast tests). The money decisions are all taken by the pure c
 through a `Persister` (ordered group commit) before anything that depends on it leaves.
 
 Server side, per inbound stream (`server._ServerSession`): hello both ways, then a loop
-that reads one frame at a time and asks `PayeeChannel.admit`; admitted requests start their
-handler in admission order, in one runner task (a handler that does not suspend runs to
-its end there; one that suspends keeps that task, and a new runner takes the rest);
-every answer (signed receipt, signed refusal, unsigned refusal) is
-appended *synchronously* to the session's outbox right after the decision that produced
-it, and one sender task sends the outbox in order, each item only once its state is
+that reads one frame at a time and asks `PayeeChannel.admit`; each admitted request's
+handler runs in a task of its own; every answer (signed receipt, signed refusal, unsigned
+refusal) is appended *synchronously* to the session's outbox right after the decision that
+produced it, and one sender task sends the outbox in order, each item only once its state is
 durable, every durable item queued at that moment in one write. So receipts leave in
 charge order and never before the charge is on disk.
 
@@ -34,7 +32,6 @@ The parts, each taking what it uses rather than the whole node where it can:
 - `book`: the channel book (loading, ledger adoption, per-channel locks, store records);
 - `outbox`: frames in order, each sent once durable;
 - `invoke`: the one service invoker, used by the server and the watcher;
-- `runner`: the coroutine runner that starts handlers in the session's task;
 - `handshake`: the check of a peer's hello;
 - `server`: inbound streams, session limits and eviction;
 - `client`: connections to peers and the call policy;
@@ -51,7 +48,6 @@ from p2pay.node.facade import Node, open_node
 from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
-from p2pay.node.runner import _resume
 from p2pay.node.server import _ServerSession
 from p2pay.node.types import (
     Behaviour,
@@ -95,7 +91,6 @@ __all__ = [
     "_check_hello",
     "_payee_record",
     "_payer_record",
-    "_resume",
     "_resync_args",
     "codec",
     "open_node",

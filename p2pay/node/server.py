@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,6 @@ from p2pay.node.book import _payee_record
 from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
-from p2pay.node.runner import _resume
 from p2pay.node.types import Call
 from p2pay.store.base import (
     StoredResponse,
@@ -150,11 +148,6 @@ class _ServerSession:
         self._tokens = node.config.refusal_burst * 1000
         self._tokens_at = node.now()
         self.flooded = False
-        # Admitted requests whose handler has not started yet, and whether a task runs them.
-        self._ready: collections.deque[tuple[PayeeChannel, Request, _Service, Call]] = (
-            collections.deque()
-        )
-        self._runner = False
 
     async def run(self) -> None:
         node = self.node
@@ -392,11 +385,16 @@ class _ServerSession:
         service: _Service,
         call: Call,
     ) -> None:
-        """Start an admitted request's handler (in admission order)."""
-        self._ready.append((ch, request, service, call))
-        if not self._runner:
-            self._runner = True
-            handlers.start_soon(self._run_ready, handlers)
+        """Start an admitted request's handler in a task of its own (its own context, too).
+
+        A plain ``await`` of the handler there: the hand-written runner that ran handlers
+        which never suspend inside one task per burst, in admission order, saved 4-9 % of
+        the CPU of an echo call but cost 5-15 % for handlers that suspend, so it went
+        (issue 15; benchmarks/handler_runner.py, RESULTS.md). Handlers start in the
+        order trio schedules their tasks, not necessarily admission order; answers still
+        leave in the order their charge was fixed (protocol.md 13.3).
+        """
+        handlers.start_soon(self._run_handler, ch, request, service, call)
 
     async def _answer_again(self, request: Request) -> bool:
         """A request re-sent by its payer (authenticated, ``n`` not fresh): if we admitted
@@ -418,36 +416,6 @@ class _ServerSession:
                 log.info("answered a re-sent request again peer=%s n=%d", self.peer_id, request.n)
                 return True
         return False
-
-    async def _run_ready(self, handlers: trio.Nursery) -> None:
-        """Start the admitted requests' handlers, in admission order, in this one task.
-
-        A handler that finishes without suspending (echo-like: no await that blocks)
-        runs to its end right here, so a burst of requests costs one task, not one
-        each, and such handlers are charged in the order they were admitted. The first
-        handler that does suspend keeps this task (it is resumed here, as an ``await``
-        would), and a new runner takes over the requests still waiting.
-        """
-        ready = self._ready
-        runner = True  # this task runs the queue (until a handler suspends in it)
-        try:
-            while ready:
-                coro = self._run_handler(*ready.popleft())
-                context = contextvars.copy_context()  # as a task of its own would have
-                try:
-                    trap = context.run(coro.send, None)
-                except StopIteration:
-                    continue
-                runner = False
-                if ready:
-                    handlers.start_soon(self._run_ready, handlers)  # the next runner
-                else:
-                    self._runner = False
-                await _resume(coro, context, trap)
-                return
-        finally:
-            if runner:
-                self._runner = False
 
     def _answer(
         self, ch: PayeeChannel, request: Request, status: str, price: int, spent: int, body: bytes
