@@ -1,4 +1,4 @@
-"""Key files: where a peer's Ed25519 seed lives on disk (design.md, "Identity").
+"""Key files: where a peer's Ed25519 seed lives on disk (specs/keys.md, the normative format).
 
 Format
 ------

@@ -158,27 +158,58 @@ def init(
 @home_option
 @json_option
 def id_(as_json: bool) -> None:
-    """Show this home's peer id, ledger account and listen addresses."""
+    """Show this home's peer id, ledger account, ledger id and listen addresses.
+
+    The ledger id (specs/settlement.md "Ledger ids") is read from the home's ledger: the
+    SQLite file, or the chain for an EVM ledger. A peer needs it to talk to this one (it is
+    in every hello and signed message); ``ledger_id`` is null, with ``ledger_error``
+    saying why, when the ledger cannot be read.
+    """
     home = settings().home
     key = home.key()
     config = home.config()
     spec = parse_ledger_spec(config.ledger) if config.ledger else None
     account = account_of_key(key, spec)
-    doc = {
+    ledger_id: bytes | None = None
+    ledger_error: str | None = None
+    if spec is not None:
+        ledger_id, ledger_error = run(_read_ledger_id, spec)
+    doc: dict[str, Any] = {
         "home": str(home.path),
         "peer_id": key.peer_id,
         "account": account,
         "listen": config.listen,
         "ledger": config.ledger,
+        "ledger_id": ledger_id,
     }
+    if ledger_error is not None:
+        doc["ledger_error"] = ledger_error
     if as_json:
         render.print_json(doc)
         return
-    echo(f"peer id  {key.peer_id}")
-    echo(f"account  {account.hex()}")
-    echo(f"listen   {' '.join(config.listen)}")
-    echo(f"ledger   {config.ledger or '(none)'}")
-    echo(f"home     {home.path}")
+    echo(f"peer id    {key.peer_id}")
+    echo(f"account    {account.hex()}")
+    echo(f"listen     {' '.join(config.listen)}")
+    echo(f"ledger     {config.ledger or '(none)'}")
+    if spec is not None:
+        echo(f"ledger id  {ledger_id.hex() if ledger_id is not None else f'({ledger_error})'}")
+    echo(f"home       {home.path}")
+
+
+#: How long `p2pay id` waits for a ledger (an EVM node) before it shows no ledger id.
+LEDGER_ID_TIMEOUT_S = 15
+
+
+async def _read_ledger_id(spec: LedgerSpec) -> tuple[bytes | None, str | None]:
+    """The ledger id of the ledger `spec` names, or None and why it cannot be read."""
+    try:
+        with trio.fail_after(LEDGER_ID_TIMEOUT_S):
+            async with open_ledger(spec) as led:
+                return led.ledger_id, None
+    except trio.TooSlowError:
+        return None, f"unavailable: no answer from the ledger in {LEDGER_ID_TIMEOUT_S} s"
+    except (P2payError, OSError) as exc:
+        return None, f"unavailable: {getattr(exc, 'message', None) or exc}"
 
 
 # ---------------------------------------------------------------------------

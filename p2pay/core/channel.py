@@ -64,7 +64,7 @@ resync voucher proves the request was superseded by one it signed and forgot.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +75,7 @@ from p2pay.core.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from p2pay.core.messages import MAX_U64, Request, Response
+from p2pay.core.messages import MAX_U64, Request, Response, decode_frame
 from p2pay.core.signing import Signer, account_for
 
 
@@ -863,6 +863,7 @@ class PayerChannel:
         last_n: int,
         voucher: Request | None,
         paid_max: int | None = None,
+        spent: int | None = None,
     ) -> Replay:
         """An unsigned REPLAY refusal of our request `n`, with the payee's resync details
         (specs/protocol.md 15).
@@ -885,6 +886,10 @@ class PayerChannel:
                 or None.
             paid_max: the payee's ``paid_max`` if the details carry it; it must then equal
                 the voucher's ``paid`` (0 without a voucher).
+            spent: the payee's ``spent`` if the details carry it: informative only. It
+                must be an amount, and is neither adopted nor compared with anything: it
+                may exceed ``paid_max`` (after a failed deferred check, protocol.md 13.4 c,
+                the payee charged more than its checked voucher pays).
 
         Returns:
             `Replay.IN_DOUBT`, `Replay.SUPERSEDED` or `Replay.UNKNOWN` (`n` is neither in
@@ -898,6 +903,8 @@ class PayerChannel:
             raise RemoteProtocolError(
                 "resync last_n must be a request number", code=ErrorCode.MALFORMED
             )
+        if spent is not None and not _is_uint(spent, MAX_YOCTO):
+            raise RemoteProtocolError("resync spent must be an amount", code=ErrorCode.MALFORMED)
         if voucher is not None:
             if (
                 not isinstance(voucher, Request)
@@ -941,6 +948,87 @@ class PayerChannel:
             self.paid = max(self.paid, voucher.paid)
         self.last_n = max(self.last_n, last_n)
         return outcome
+
+    def on_resync(self, n: int, details: Mapping[str, Any]) -> Replay:
+        """An unsigned refusal of our request `n` carrying resync details: a REPLAY, or a
+        PAYMENT_REQUIRED of the slice rule (protocol.md 13.2 check 5'), read as §15 says.
+
+        `details` is the refusal's details map as received. `parse_resync` checks its
+        shape; `on_replay` then checks the voucher against our own key and adopts what it
+        may (``spent`` never).
+
+        Returns:
+            As `on_replay`.
+
+        Raises:
+            RemoteProtocolError: the details are unusable (MALFORMED) or the voucher is not
+                ours (INVALID_SIGNATURE); nothing was adopted and the request stays as it
+                was (the caller treats the refusal as a REPLAY without details: in doubt).
+        """
+        resync = parse_resync(details)
+        return self.on_replay(
+            n,
+            last_n=resync.last_n,
+            voucher=resync.voucher,
+            paid_max=resync.paid_max,
+            spent=resync.spent,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Resync details (protocol.md 15) as a payer reads them, checked in shape only.
+
+    ``spent`` is informative: no rule adopts it or compares it with ``paid_max``.
+    """
+
+    last_n: int
+    spent: int
+    paid_max: int
+    voucher: Request | None
+
+
+def parse_resync(details: Mapping[str, Any]) -> Resync:
+    """Read the resync details of a REPLAY or slice-rule PAYMENT_REQUIRED (protocol.md 15).
+
+    ``last_n`` (a request number or 0), ``spent`` and ``paid_max`` (amounts) must be
+    present; ``voucher``, when present, must be the bytes of a request frame. Other keys
+    (e.g. PAYMENT_REQUIRED's ``price``) are ignored here. Whether the voucher is ours and
+    agrees with ``paid_max`` is `PayerChannel.on_replay`'s check.
+
+    Raises:
+        RemoteProtocolError: code MALFORMED, a key missing or of the wrong type, or a
+            voucher that is not a valid request frame.
+    """
+    last_n, spent, paid_max = details.get("last_n"), details.get("spent"), details.get("paid_max")
+    if not _is_uint(last_n, MAX_U64):
+        raise RemoteProtocolError(
+            "resync last_n must be a request number", code=ErrorCode.MALFORMED
+        )
+    if not _is_uint(spent, MAX_YOCTO):
+        raise RemoteProtocolError("resync spent must be an amount", code=ErrorCode.MALFORMED)
+    if not _is_uint(paid_max, MAX_YOCTO):
+        raise RemoteProtocolError("resync paid_max must be an amount", code=ErrorCode.MALFORMED)
+    raw = details.get("voucher")
+    voucher: Request | None = None
+    if raw is not None or "voucher" in details:
+        if not isinstance(raw, bytes):
+            raise RemoteProtocolError(
+                "resync voucher must be a request frame", code=ErrorCode.MALFORMED
+            )
+        try:
+            decoded = decode_frame(raw)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(
+                f"resync voucher is not a valid frame: {exc.message}", code=ErrorCode.MALFORMED
+            ) from None
+        if not isinstance(decoded, Request):
+            raise RemoteProtocolError(
+                "resync voucher must be a request frame", code=ErrorCode.MALFORMED
+            )
+        voucher = decoded
+    assert isinstance(last_n, int) and isinstance(spent, int) and isinstance(paid_max, int)
+    return Resync(last_n=last_n, spent=spent, paid_max=paid_max, voucher=voucher)
 
 
 def _is_uint(value: object, maximum: int) -> bool:

@@ -54,6 +54,7 @@ from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.errors import (
     DecodeError,
     ErrorCode,
+    FrameTooLarge,
     InvalidSignature,
     LocalProtocolError,
     RemoteProtocolError,
@@ -91,6 +92,7 @@ MAX_MESSAGE_TEXT = 512
 MAX_REFUSAL_TEXT = 4 * MAX_MESSAGE_TEXT  # bytes of UTF-8: 512 characters at most 4 bytes each
 MAX_SERVICES = 256
 MIN_FRAME_LIMIT = 4096  # the smallest `max_frame` a hello may advertise
+DEFAULT_DEADLINE_HORIZON_MS = 3_600_000  # a hello's default `deadline_horizon`: one hour
 FRAME_MAX_DEPTH = 8  # nesting accepted in a frame (the array is level 1)
 SIGNED_MAX_DEPTH = 4  # nesting accepted in a signed map (the map is level 1)
 MAX_U64 = (1 << 64) - 1
@@ -768,6 +770,7 @@ def hello_signing_bytes(
     max_frame: int,
     account: bytes,
     account_proof: bytes,
+    deadline_horizon: int,
 ) -> bytes:
     """The bytes a peer signs for its hello (specs/protocol.md "Hello").
 
@@ -785,6 +788,7 @@ def hello_signing_bytes(
             "max_frame": max_frame,
             "account": account,
             "account_proof": account_proof,
+            "deadline_horizon": deadline_horizon,
         }
     )
 
@@ -800,6 +804,7 @@ _HELLO_KEYS = frozenset(
         "max_frame",
         "account",
         "account_proof",
+        "deadline_horizon",
     )
 )
 _SERVICE_KEYS = frozenset(("name", "price", "max_body"))
@@ -817,6 +822,8 @@ class Hello:
     `account_proof` empty), its EVM account on an EVM ledger (and `account_proof` that
     account key's `evmsig.binding_proof` for the sender's PeerID key). Signed with the PeerID
     key, the hello binds the PeerID and the account both ways (specs/protocol.md §9).
+    `deadline_horizon` (ms, at least 1) is how far ahead of its clock the sender accepts a
+    request's deadline: it refuses a later one, and a payer caps its deadlines to it.
 
     Raises:
         LocalProtocolError: on construction, if a field is out of its range.
@@ -830,6 +837,7 @@ class Hello:
     max_frame: int
     account: bytes
     account_proof: bytes
+    deadline_horizon: int
     signature: bytes = field(default=b"", repr=False)
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
 
@@ -869,6 +877,8 @@ class Hello:
         _check(self.max_in_flight >= 1, "max_in_flight is at least 1", False)
         _check_uint(self.max_frame, "max_frame", MAX_U64, False)
         _check(self.max_frame >= MIN_FRAME_LIMIT, f"max_frame is at least {MIN_FRAME_LIMIT}", False)
+        _check_uint(self.deadline_horizon, "deadline_horizon", MAX_U64, False)
+        _check(self.deadline_horizon >= 1, "deadline_horizon is at least 1 ms", False)
         _check(isinstance(self.signature, bytes), "signature must be bytes", False)
         object.__setattr__(
             self,
@@ -882,6 +892,7 @@ class Hello:
                 max_frame=self.max_frame,
                 account=self.account,
                 account_proof=self.account_proof,
+                deadline_horizon=self.deadline_horizon,
             ),
         )
 
@@ -903,12 +914,14 @@ class Hello:
         max_in_flight: int = 64,
         max_frame: int = codec.MAX_FRAME_SIZE,
         settlement_key: Signer | None = None,
+        deadline_horizon: int = DEFAULT_DEADLINE_HORIZON_MS,
     ) -> Hello:
         """Build and sign a hello for `PROTOCOL_VERSION`.
 
         `settlement_key` is the key that signs vouchers and receipts on `ledger` (default
         `signing.signer_for(key, ledger)`); the hello names its account and, on an EVM
-        ledger, carries its binding proof for `key`.
+        ledger, carries its binding proof for `key`. `deadline_horizon` is the sender's
+        (a node sends its ``max_deadline_horizon_ms``).
 
         Raises:
             LocalProtocolError: a field is out of its range, or the settlement key cannot
@@ -927,6 +940,7 @@ class Hello:
             max_frame=max_frame,
             account=settler.account,
             account_proof=proof,
+            deadline_horizon=deadline_horizon,
         )
         return unsigned.with_signature(key.sign(unsigned.signing_bytes))
 
@@ -989,6 +1003,7 @@ class Hello:
                 max_frame=fields["max_frame"],
                 account=fields["account"],
                 account_proof=fields["account_proof"],
+                deadline_horizon=fields["deadline_horizon"],
                 signature=signature,
             )
         except LocalProtocolError as exc:
@@ -1049,11 +1064,35 @@ class Refusal:
         # `decode_frame` accepts 8 (`FRAME_MAX_DEPTH`), so the details may nest 7 deep.
         codec.encode(dict(self.details), max_depth=FRAME_MAX_DEPTH - 1)
 
+    @classmethod
+    def of_error(cls, error: RemoteProtocolError, *, channel: bytes = b"", n: int = 0) -> Refusal:
+        """The unsigned refusal answering `error`: its code, message and details.
+
+        The details are the ones the spec gives the code (protocol.md 18), e.g.
+        ``{"version": 2}`` for VERSION_MISMATCH (`check_signed_by`) and
+        ``{"max_frame": limit}`` for FRAME_TOO_LARGE (`decode_frame`, the frame reader).
+
+        Raises:
+            LocalProtocolError: `channel`/`n` out of range, or details that cannot be sent.
+        """
+        return cls(
+            channel=channel,
+            n=n,
+            code=error.code,
+            message=_cut_utf8(error.message, MAX_REFUSAL_TEXT),
+            details=dict(error.details),
+        )
+
     def to_frame(self) -> bytes:
         """The refusal frame ``[3, channel, n, code, message, details]``."""
         return codec.encode(
             [KIND_REFUSAL, self.channel, self.n, self.code.value, self.message, dict(self.details)]
         )
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, on a character boundary."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
 Frame = Hello | Request | Response | Refusal
@@ -1072,11 +1111,14 @@ def decode_frame(
         A `Hello`, `Request`, `Response` or `Refusal`.
 
     Raises:
-        FrameTooLarge: over `max_size`.
+        FrameTooLarge: over `max_size`; its details are ``{"max_frame": max_size}``.
         DecodeError: anything malformed, non-canonical or of an unknown kind.
         WrongDomain: signed bytes of another kind (e.g. a response inside a request frame).
     """
-    value = codec.decode(data, max_size=max_size, max_depth=FRAME_MAX_DEPTH)
+    try:
+        value = codec.decode(data, max_size=max_size, max_depth=FRAME_MAX_DEPTH)
+    except FrameTooLarge as exc:  # details as the refusal carries them (protocol.md 5.2)
+        raise FrameTooLarge(exc.message, details={"max_frame": max_size}) from None
     if not isinstance(value, list) or not value or type(value[0]) is not int:
         raise DecodeError("a frame is an array starting with its kind")
     kind = value[0]

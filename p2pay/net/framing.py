@@ -173,7 +173,7 @@ class FrameReader:
         if length > self._max_frame:
             raise FrameTooLarge(
                 f"peer announced a {length}-byte frame, the limit is {self._max_frame}",
-                details={"size": length, "max": self._max_frame},
+                details={"max_frame": self._max_frame},  # the refusal's details (5.2)
             )
         end = body + length
         if len(buf) < end:

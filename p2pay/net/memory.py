@@ -366,7 +366,7 @@ class MemoryStream:
         if len(payload) > max_frame:
             raise FrameTooLarge(
                 f"peer sent a {len(payload)}-byte frame, the limit is {max_frame}",
-                details={"size": len(payload), "max": max_frame},
+                details={"max_frame": max_frame},  # the refusal's details (protocol.md 5.2)
             )
         return payload
 

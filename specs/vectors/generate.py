@@ -1,18 +1,25 @@
-"""Build specs/vectors/requests.json and responses.json from fixed keys.
+"""Build the test vectors of specs/vectors/ from fixed keys.
 
 Run from the repository root::
 
-    python specs/vectors/generate.py          # rewrite both files
-    python specs/vectors/generate.py --check  # exit 1 if the files differ from a rebuild
+    python specs/vectors/generate.py          # rewrite every file
+    python specs/vectors/generate.py --check  # exit 1 if a file differs from a rebuild
+
+Files: requests.json, responses.json (signed messages), hellos.json, refusals.json
+(unsigned refusal frames), framing.json (length prefixes, sizes, nesting) and resync.json
+(resync details and what the payer makes of them).
 
 The output is deterministic: the keys come from fixed seeds, Ed25519 signatures are
-deterministic (RFC 8032), and every value below is a constant.
+deterministic (RFC 8032), secp256k1 signatures too (RFC 6979), and every value below is a
+constant.
 
 This script is a second, independent implementation of the wire format: it uses its own
-small canonical CBOR encoder (RFC 8949 4.2.1), pynacl for Ed25519 and hashlib for
-BLAKE2b-256, and imports nothing from p2pay. tests/vectors/test_vectors.py then checks that
-p2pay builds the very same bytes, and refuses the invalid vectors with the listed codes.
-See specs/vectors/README.md for the format of an entry.
+small canonical CBOR encoder (RFC 8949 4.2.1), pynacl for Ed25519, hashlib for BLAKE2b-256,
+and for the EVM hello coincurve (secp256k1) and pycryptodome (Keccak-256); it imports
+nothing from p2pay. The expected outcomes are written here from the spec's rules (each
+entry names its section); tests/vectors/test_vectors.py then checks that p2pay builds the
+very same bytes and reaches the very same outcomes. See specs/vectors/README.md for the
+format of the entries.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,12 +215,14 @@ def entry(
     error: str | None = None,
     expected_ledger: bytes = LEDGER,
     extra: dict[str, Any] | None = None,
+    section: str | None = None,
 ) -> dict[str, Any]:
     """One vector. `key` is whose signature the receiver expects (default: the signer)."""
     sig = sign(signer, signed) if signature is None else signature
     out: dict[str, Any] = {"description": description, "valid": error is None}
     if error is not None:
         out["error"] = error
+    out["section"] = section or section_of(kind, error, description)
     out["public_key_hex"] = public(key if key is not None else signer).hex()
     out["expected_ledger_hex"] = expected_ledger.hex()
     out["signing_bytes_hex"] = signed.hex()
@@ -223,6 +233,20 @@ def entry(
     out["frame_hex"] = (enc([kind, signed, sig, body]) if frame is None else frame).hex()
     out.update(extra or {})
     return out
+
+
+def section_of(kind: int, error: str | None, description: str) -> str:
+    """The protocol.md sections a request or response vector comes from."""
+    message = "§10" if kind == 1 else "§11"
+    if error is None:
+        return f"protocol.md {message}"
+    if error == "INVALID_SIGNATURE":
+        return "protocol.md §2, §8"
+    if error in ("WRONG_LEDGER", "WRONG_DOMAIN"):
+        return "protocol.md §8"
+    if any(w in description for w in ("non-canonical", "trailing", "duplicate")):
+        return "protocol.md §6"
+    return f"protocol.md §7, §8, {message}"
 
 
 # --------------------------------------------------------------------------- requests
@@ -468,16 +492,128 @@ def build_requests() -> tuple[list[dict[str, Any]], list[tuple[bytes, dict[str, 
 # --------------------------------------------------------------------------- responses
 
 
+SIGNED_REFUSALS: list[tuple[str, str, str, str, dict[str, Any]]] = [
+    (
+        "signed refusal CHANNEL_CLOSED (check 7)",
+        "CHANNEL_CLOSED",
+        "protocol.md §13.2 check 7, §18",
+        "channel is closing",
+        {},
+    ),
+    (
+        "signed refusal DEADLINE_EXCEEDED (check 8): the deadline has passed",
+        "DEADLINE_EXCEEDED",
+        "protocol.md §13.2 check 8, §18",
+        "request deadline has passed",
+        {},
+    ),
+    (
+        "signed refusal DEADLINE_EXCEEDED (check 8): deadline beyond now + deadline_horizon",
+        "DEADLINE_EXCEEDED",
+        "protocol.md §13.2 check 8, §18",
+        "request deadline is too far ahead",
+        {"max_deadline": DEADLINE - 1},
+    ),
+    (
+        "signed refusal DEADLINE_EXCEEDED (completion): the answer was late, nothing charged",
+        "DEADLINE_EXCEEDED",
+        "protocol.md §13.3, §18",
+        "the answer was ready after the request's deadline; nothing charged",
+        {"deadline": DEADLINE},
+    ),
+    (
+        "signed refusal UNKNOWN_SERVICE (check 9)",
+        "UNKNOWN_SERVICE",
+        "protocol.md §13.2 check 9, §18",
+        "no service 'echo'",
+        {},
+    ),
+    (
+        "signed refusal BODY_TOO_LARGE (check 10), details.max_body",
+        "BODY_TOO_LARGE",
+        "protocol.md §13.2 check 10, §18",
+        "body over 4 bytes",
+        {"max_body": 4},
+    ),
+    (
+        "signed refusal MALFORMED (check 11): the body does not match body_hash",
+        "MALFORMED",
+        "protocol.md §13.2 check 11, §18",
+        "body does not match its hash",
+        {},
+    ),
+    (
+        "signed refusal HANDLER_ERROR: the answer is too large to claim, details.max_body",
+        "HANDLER_ERROR",
+        "protocol.md §13.3, §18",
+        "answer of 40000 bytes is over the ledger's claim body limit of 32768 bytes",
+        {"max_body": 32768},
+    ),
+    (
+        "signed refusal OVERLOADED after admission (reservation released)",
+        "OVERLOADED",
+        "protocol.md §13.2, §13.3, §18",
+        "gave up: no capacity",
+        {},
+    ),
+    (
+        "signed refusal INTERNAL (the payee's own failure after admission)",
+        "INTERNAL",
+        "protocol.md §13.3, §18",
+        "store unavailable",
+        {},
+    ),
+    (
+        "signed refusal INVALID_SIGNATURE (13.4 c: an earlier unchecked voucher failed)",
+        "INVALID_SIGNATURE",
+        "protocol.md §13.4, §18",
+        "a voucher admitted earlier on this channel does not verify",
+        {},
+    ),
+]
+
+
+def _refusal_bodies() -> dict[bytes, tuple[str, dict[str, Any]]]:
+    out = {}
+    for _, _, _, message, details in SIGNED_REFUSALS:
+        out[refusal_body(message, details)] = (message, details)
+    for message, details in (
+        ("service costs 2000, request allows 7", {"price": 2000}),
+        ("handler failed", {}),
+        (
+            "credit 0 is below the price 1000000000000000000000",
+            {"price": 10**21, "credit": 0, "spent": 2**64},
+        ),
+    ):
+        out[refusal_body(message, details)] = (message, details)
+    return out
+
+
+REFUSAL_BODIES = _refusal_bodies()
+
+
 def build_responses(made: list[tuple[bytes, dict[str, Any], bytes]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def good(
-        description: str, index: int, *, status: str, price: int, spent: int, body: bytes
+        description: str,
+        index: int,
+        *,
+        status: str,
+        price: int,
+        spent: int,
+        body: bytes,
+        section: str | None = None,
     ) -> None:
         req_signed, req, _ = made[index]
         fields = response_fields(
             req_signed, req, status=status, price=price, spent=spent, body=body
         )
+        extra: dict[str, Any] = {"request_index": index}
+        if status != "OK":  # a signed refusal: its body is the refusal body
+            refusal = REFUSAL_BODIES[body]
+            extra["message"] = refusal[0]
+            extra["details"] = as_json(refusal[1])
         out.append(
             entry(
                 description,
@@ -487,8 +623,28 @@ def build_responses(made: list[tuple[bytes, dict[str, Any], bytes]]) -> list[dic
                 body=body,
                 fields=fields,
                 expected_ledger=req["ledger"],
-                extra={"request_index": index},
+                extra=extra,
+                section=section,
             )
+        )
+
+    def refused(
+        description: str,
+        index: int,
+        status: str,
+        spent: int,
+        section: str,
+        message: str,
+        details: dict[str, Any],
+    ) -> None:
+        good(
+            description,
+            index,
+            status=status,
+            price=0,
+            spent=spent,
+            body=refusal_body(message, details),
+            section=section,
         )
 
     good(
@@ -531,34 +687,38 @@ def build_responses(made: list[tuple[bytes, dict[str, Any], bytes]]) -> list[dic
         spent=MAX_YOCTO,
         body=b"done",
     )
-    good(
-        "PAYMENT_REQUIRED refusal: price 0, details.price = 2000",
+    refused(
+        "signed refusal PAYMENT_REQUIRED (check 12): price 0, details.price = 2000",
         5,
-        status="PAYMENT_REQUIRED",
-        price=0,
-        spent=1000,
-        body=refusal_body("service costs 2000, request allows 7", {"price": 2000}),
+        "PAYMENT_REQUIRED",
+        1000,
+        "protocol.md §13.2 check 12, §18",
+        "service costs 2000, request allows 7",
+        {"price": 2000},
     )
-    good(
-        "HANDLER_ERROR: the reservation was released, price 0",
+    refused(
+        "signed refusal HANDLER_ERROR: the reservation was released, price 0",
         6,
-        status="HANDLER_ERROR",
-        price=0,
-        spent=1000,
-        body=refusal_body("handler failed", {}),
+        "HANDLER_ERROR",
+        1000,
+        "protocol.md §13.3, §18",
+        "handler failed",
+        {},
     )
-    good(
-        "INSUFFICIENT_DEPOSIT with amounts above 2**64 in the details",
+    refused(
+        "signed refusal PAYMENT_REQUIRED, credit short (check 12'): amounts above 2**64",
         8,
-        status="INSUFFICIENT_DEPOSIT",
-        price=0,
-        spent=2**64,
-        body=refusal_body(
-            "voucher pays more than the deposit",
-            {"deposit": 2**65, "paid_max": 2**64 + 1, "spent": 2**64},
-        ),
+        "PAYMENT_REQUIRED",
+        2**64,
+        "protocol.md §13.2 check 12', §18",
+        "credit 0 is below the price 1000000000000000000000",
+        {"price": 10**21, "credit": 0, "spent": 2**64},
     )
     good("1-byte ledger id, second channel", 7, status="OK", price=1, spent=1, body=bytes(100))
+    # one signed refusal per code a payee signs (protocol.md §13.2 checks 7-12', §13.3,
+    # §13.4 c), each answering requests[0]
+    for description, status, section, message, details in SIGNED_REFUSALS:
+        refused(description, 0, status, 0, section, message, details)
 
     req_signed, req, _ = made[0]
     base = response_fields(req_signed, req, status="OK", price=1000, spent=3000, body=b"ok")
@@ -656,9 +816,1122 @@ def build_responses(made: list[tuple[bytes, dict[str, Any], bytes]]) -> list[dic
     return out
 
 
-def build() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+# --------------------------------------------------------------------------- hellos
+
+EVM_CHAIN = 31337  # anvil's chain id
+EVM_CONTRACT = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
+EVM_LEDGER = b"p2pay:evm:" + EVM_CHAIN.to_bytes(8, "big") + EVM_CONTRACT  # settlement.md §12
+EVM_LEDGER_2 = b"p2pay:evm:" + EVM_CHAIN.to_bytes(8, "big") + bytes(19) + b"\x01"
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+HELLO_HORIZON = 3_600_000
+B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def keccak256(data: bytes) -> bytes:
+    from Crypto.Hash import keccak
+
+    return keccak.new(digest_bits=256, data=data).digest()
+
+
+def peer_id(seed: bytes) -> str:
+    """protocol.md §2: base58btc of the identity multihash of the protobuf public key."""
+    raw = b"\x00\x24\x08\x01\x12\x20" + public(seed)
+    number = int.from_bytes(raw, "big")
+    text = ""
+    while number:
+        number, digit = divmod(number, 58)
+        text = B58[digit] + text
+    return "1" * (len(raw) - len(raw.lstrip(b"\x00"))) + text
+
+
+def evm_secret(seed: bytes) -> bytes:
+    """settlement.md §10 "Identity": the settlement key derived from an Ed25519 seed."""
+    for counter in range(256):
+        secret = blake2b256(b"p2pay/v1/evm-key" + seed + bytes([counter]))
+        if 0 < int.from_bytes(secret, "big") < SECP256K1_N:
+            return secret
+    raise AssertionError("no key")  # pragma: no cover
+
+
+def evm_account(seed: bytes) -> bytes:
+    import coincurve
+
+    point = coincurve.PrivateKey(evm_secret(seed)).public_key.format(compressed=False)
+    return bytes(12) + keccak256(point[1:])[12:]
+
+
+def binding_digest(ledger: bytes, peer: bytes) -> bytes:
+    return keccak256(enc({"domain": "p2pay/v1/bind", "ledger": ledger, "peer": peer}))
+
+
+def binding_proof(seed: bytes, ledger: bytes, peer: bytes) -> bytes:
+    """The account key's 65-byte r || s || v signature binding it to `peer` (§9 rule 4)."""
+    import coincurve
+
+    raw = coincurve.PrivateKey(evm_secret(seed)).sign_recoverable(
+        binding_digest(ledger, peer), hasher=None
+    )
+    return raw[:64] + bytes([27 + raw[64]])
+
+
+ECHO_TERMS = {"name": "echo", "price": 1000, "max_body": 65536}
+
+
+def hello_fields(
+    seed: bytes,
+    *,
+    ledger: bytes = LEDGER,
+    services: list[dict[str, Any]] | None = None,
+    stake: dict[str, Any] | None = None,
+    max_in_flight: int = 64,
+    max_frame: int = 1 << 20,
+    deadline_horizon: int = HELLO_HORIZON,
+    version: int = 2,
+) -> dict[str, Any]:
+    evm = ledger.startswith(b"p2pay:evm:") and len(ledger) == 38
+    return {
+        "domain": "p2pay/v1/hello",
+        "version": version,
+        "ledger": ledger,
+        "services": [ECHO_TERMS] if services is None else services,
+        "stake": stake,
+        "max_in_flight": max_in_flight,
+        "max_frame": max_frame,
+        "account": evm_account(seed) if evm else public(seed),
+        "account_proof": binding_proof(seed, ledger, public(seed)) if evm else b"",
+        "deadline_horizon": deadline_horizon,
+    }
+
+
+def hello_entry(
+    description: str,
+    fields: dict[str, Any],
+    *,
+    signer: bytes,
+    section: str,
+    peer: bytes | None = None,
+    expected_ledger: bytes = LEDGER,
+    signed: bytes | None = None,
+    frame: bytes | None = None,
+    error: str | None = None,
+    refusal_details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One hello vector; `peer` is the stream's remote key (default: the signer)."""
+    peer = signer if peer is None else peer
+    signed = enc(fields) if signed is None else signed
+    sig = sign(signer, signed)
+    out: dict[str, Any] = {"description": description, "valid": error is None}
+    if error is not None:
+        out["error"] = error
+        out["refusal_details"] = as_json(refusal_details or {})
+    out["section"] = section
+    out["public_key_hex"] = public(peer).hex()
+    out["peer_id"] = peer_id(peer)
+    out["expected_ledger_hex"] = expected_ledger.hex()
+    out["signing_bytes_hex"] = signed.hex()
+    out["signature_hex"] = sig.hex()
+    out["fields"] = as_json(fields)
+    out["frame_hex"] = (enc([0, signed, sig]) if frame is None else frame).hex()
+    ledger = fields.get("ledger") if isinstance(fields, dict) else None
+    if error is None and isinstance(ledger, bytes) and ledger.startswith(b"p2pay:evm:"):
+        out["evm_address_hex"] = evm_account(signer)[12:].hex()
+        out["binding_digest_hex"] = binding_digest(ledger, public(signer)).hex()
+    return out
+
+
+def build_hellos() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    rule3 = "protocol.md §9 rule 3"
+    out.append(
+        hello_entry(
+            "Ed25519 ledger: one service, no stake, account_proof empty (h''), "
+            "deadline_horizon 3600000",
+            hello_fields(ALICE),
+            signer=ALICE,
+            section="protocol.md §9",
+        )
+    )
+    out.append(
+        hello_entry(
+            "Ed25519 ledger, a staked payee: two services (one UTF-8 name, one bignum price at "
+            "nesting level 4, the signed-map limit), max_in_flight 1, max_frame 4096, "
+            "deadline_horizon 1",
+            hello_fields(
+                BOB,
+                services=[
+                    {"name": "echo", "price": 0, "max_body": 0},
+                    {"name": "r\u00e9sum\u00e9", "price": MAX_YOCTO, "max_body": MAX_U64},
+                ],
+                stake={"amount": 2**100, "penalty": TOKEN, "window": 60_000},
+                max_in_flight=1,
+                max_frame=4096,
+                deadline_horizon=1,
+            ),
+            signer=BOB,
+            section="protocol.md §6, §9",
+        )
+    )
+    out.append(
+        hello_entry(
+            "Ed25519 ledger, no services, every limit at 2**64 - 1, 1-byte ledger id",
+            hello_fields(
+                ALICE,
+                ledger=b"L",
+                services=[],
+                max_in_flight=MAX_U64,
+                max_frame=MAX_U64,
+                deadline_horizon=MAX_U64,
+            ),
+            signer=ALICE,
+            section="protocol.md §9",
+            expected_ledger=b"L",
+        )
+    )
+    evm_alice = hello_fields(ALICE, ledger=EVM_LEDGER)
+    out.append(
+        hello_entry(
+            "EVM ledger (chain 31337): account = ALICE's derived EVM account, account_proof = "
+            "its 65-byte binding signature",
+            evm_alice,
+            signer=ALICE,
+            section="protocol.md §9 rule 4; settlement.md §10, §12",
+            expected_ledger=EVM_LEDGER,
+        )
+    )
+    out.append(
+        hello_entry(
+            "EVM ledger: BOB, staked, no services",
+            hello_fields(
+                BOB,
+                ledger=EVM_LEDGER,
+                services=[],
+                stake={"amount": TOKEN, "penalty": 10**22, "window": 360_000},
+            ),
+            signer=BOB,
+            section="protocol.md §9 rule 4; settlement.md §10, §12",
+            expected_ledger=EVM_LEDGER,
+        )
+    )
+
+    base = hello_fields(ALICE)
+
+    def bad(description: str, error: str, fields: Any, section: str = rule3, **kw: Any) -> None:
+        out.append(
+            hello_entry(
+                description, fields, error=error, section=section, **{"signer": ALICE, **kw}
+            )
+        )
+
+    def without(key: str) -> dict[str, Any]:
+        return {k: v for k, v in base.items() if k != key}
+
+    # --- decoding (MALFORMED), the first check
+    bad(
+        "missing account_proof (the 9-key hello of the old spec)",
+        "MALFORMED",
+        without("account_proof"),
+    )
+    bad("missing deadline_horizon", "MALFORMED", without("deadline_horizon"))
+    bad("extra key: memo", "MALFORMED", dict(base, memo="hi"))
+    bad("deadline_horizon 0", "MALFORMED", dict(base, deadline_horizon=0))
+    bad("deadline_horizon 2**64", "MALFORMED", dict(base, deadline_horizon=2**64))
+    bad("max_frame 4095", "MALFORMED", dict(base, max_frame=4095))
+    bad("max_in_flight 0", "MALFORMED", dict(base, max_in_flight=0))
+    bad(
+        "account_proof of 65 bytes on an Ed25519 ledger",
+        "MALFORMED",
+        dict(base, account_proof=bytes(64) + b"\x1b"),
+    )
+    bad("account_proof null", "MALFORMED", dict(base, account_proof=None))
+    bad(
+        "EVM ledger, account_proof empty",
+        "MALFORMED",
+        dict(evm_alice, account_proof=b""),
+        expected_ledger=EVM_LEDGER,
+    )
+    bad(
+        "EVM ledger, account is an Ed25519 key (not 12 zero bytes + address)",
+        "MALFORMED",
+        dict(evm_alice, account=public(ALICE)),
+        expected_ledger=EVM_LEDGER,
+    )
+    bad(
+        "EVM ledger, account is the zero address",
+        "MALFORMED",
+        dict(evm_alice, account=bytes(32)),
+        expected_ledger=EVM_LEDGER,
+    )
+    bad("two services named echo", "MALFORMED", dict(base, services=[ECHO_TERMS, ECHO_TERMS]))
+    bad(
+        "257 services",
+        "MALFORMED",
+        dict(base, services=[{"name": f"s{i}", "price": 1, "max_body": 1} for i in range(257)]),
+    )
+    bad("a service with an extra key", "MALFORMED", dict(base, services=[dict(ECHO_TERMS, x=1)]))
+    bad(
+        "stake with key claim_window_ms instead of window",
+        "MALFORMED",
+        dict(base, stake={"amount": 1, "penalty": 1, "claim_window_ms": 1}),
+    )
+    bad(
+        "service price nested one level beyond the signed-map limit: [bignum] at level 5",
+        "MALFORMED",
+        dict(base, services=[dict(ECHO_TERMS, price=[2**64])]),
+        section="protocol.md §6, §9",
+    )
+    items = sorted((enc(k), enc(v)) for k, v in base.items())
+    bad(
+        "non-canonical: keys in reverse order",
+        "MALFORMED",
+        base,
+        signed=enc_map(list(reversed(items))),
+        section="protocol.md §6",
+    )
+    signed = enc(base)
+    bad(
+        "hello frame of 4 items",
+        "MALFORMED",
+        base,
+        frame=enc([0, signed, sign(ALICE, signed), b""]),
+        section="protocol.md §7",
+    )
+    req = request_fields(n=1, paid=1000, price=1000)
+    bad(
+        "a request's signed bytes (signed by ALICE) in a hello frame",
+        "WRONG_DOMAIN",
+        req,
+        section="protocol.md §8",
+    )
+    # --- version, ledger, signature, account, in this order
+    bad("version 1", "VERSION_MISMATCH", dict(base, version=1), refusal_details={"version": 2})
+    bad(
+        "version 3 and another ledger: the version is checked first",
+        "VERSION_MISMATCH",
+        dict(base, version=3, ledger=OTHER_LEDGER),
+        refusal_details={"version": 2},
+    )
+    bad(
+        f"ledger {OTHER_LEDGER.decode()!r}; the receiver's is {LEDGER.decode()!r}",
+        "WRONG_LEDGER",
+        dict(base, ledger=OTHER_LEDGER),
+    )
+    bad(
+        "another ledger and signed by MALLORY: the ledger is checked first",
+        "WRONG_LEDGER",
+        dict(base, ledger=OTHER_LEDGER),
+        signer=MALLORY,
+        peer=ALICE,
+    )
+    bad(
+        "signed by MALLORY on ALICE's stream", "INVALID_SIGNATURE", base, signer=MALLORY, peer=ALICE
+    )
+    bad(
+        "Ed25519 ledger: account is BOB's key, signed by ALICE on ALICE's stream",
+        "UNAUTHORIZED",
+        dict(base, account=public(BOB)),
+    )
+    bad(
+        "EVM ledger: MALLORY's hello naming ALICE's account with ALICE's proof",
+        "UNAUTHORIZED",
+        dict(evm_alice),
+        signer=MALLORY,
+        expected_ledger=EVM_LEDGER,
+        section="protocol.md §9 rules 3-4",
+    )
+    bad(
+        "EVM ledger: ALICE's proof made for another EVM ledger",
+        "UNAUTHORIZED",
+        dict(evm_alice, account_proof=binding_proof(ALICE, EVM_LEDGER_2, public(ALICE))),
+        expected_ledger=EVM_LEDGER,
+        section="protocol.md §9 rules 3-4",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- refusals (unsigned)
+
+
+def refusal_frame(
+    channel: bytes, n: int, code: str, message: str, details: dict[str, Any]
+) -> bytes:
+    return enc([3, channel, n, code, message, details])
+
+
+def voucher_frame(n: int, paid: int, price: int = 1000, body: bytes = b"hello", **kw: Any) -> bytes:
+    """A request frame signed by ALICE (the payer), as resync details carry it."""
+    signer = kw.pop("signer", ALICE)
+    fields = request_fields(n=n, paid=paid, price=price, body=body, **kw)
+    signed = enc(fields)
+    return enc([1, signed, sign(signer, signed), body])
+
+
+UNSIGNED_REFUSALS: list[tuple[str, str, bytes, int, str, str, dict[str, Any]]] = [
+    (
+        "a bad length prefix (non-minimal, or over 9 bytes)",
+        "protocol.md §5.2 rule 1",
+        b"",
+        0,
+        "MALFORMED",
+        "non-minimal uvarint length prefix",
+        {},
+    ),
+    (
+        "a frame announced above the receiver's max_frame, with its limit",
+        "protocol.md §5.2 rule 2",
+        b"",
+        0,
+        "FRAME_TOO_LARGE",
+        "peer announced a 1048577-byte frame, the limit is 1048576",
+        {"max_frame": 1 << 20},
+    ),
+    (
+        "a frame whose signed bytes are of another kind",
+        "protocol.md §5.2 rule 4, §8",
+        b"",
+        0,
+        "WRONG_DOMAIN",
+        "domain tag is p2pay/v1/response, expected p2pay/v1/request",
+        {},
+    ),
+    (
+        "a frame that does not decode",
+        "protocol.md §5.2 rule 4",
+        b"",
+        0,
+        "MALFORMED",
+        "trailing bytes after the top-level item",
+        {},
+    ),
+    ("a second hello", "protocol.md §5.4, §9 rule 1", b"", 0, "MALFORMED", "a second hello", {}),
+    (
+        "a first frame that is not a hello",
+        "protocol.md §5.4, §9 rule 2",
+        b"",
+        0,
+        "MALFORMED",
+        "expected a hello first",
+        {},
+    ),
+    (
+        "a request sent to the stream's caller: it names the request",
+        "protocol.md §5.4",
+        CHANNEL,
+        7,
+        "MALFORMED",
+        "requests go on a stream their payer opens",
+        {},
+    ),
+    (
+        "no hello within the answerer's hello timeout",
+        "protocol.md §5.4",
+        b"",
+        0,
+        "DEADLINE_EXCEEDED",
+        "no hello in time",
+        {},
+    ),
+    (
+        "a hello of another version, with the receiver's version",
+        "protocol.md §9 rule 3, §18",
+        b"",
+        0,
+        "VERSION_MISMATCH",
+        "peer speaks version 1, we speak 2",
+        {"version": 2},
+    ),
+    (
+        "a hello for another ledger",
+        "protocol.md §9 rule 3",
+        b"",
+        0,
+        "WRONG_LEDGER",
+        "message is for another ledger",
+        {},
+    ),
+    (
+        "a hello not signed by the stream's peer",
+        "protocol.md §9 rule 3",
+        b"",
+        0,
+        "INVALID_SIGNATURE",
+        "signature does not verify",
+        {},
+    ),
+    (
+        "a hello whose account is not bound to the sender",
+        "protocol.md §9 rules 3-4",
+        b"",
+        0,
+        "UNAUTHORIZED",
+        "the hello's account is not the sender's",
+        {},
+    ),
+    (
+        "a stream the answerer has no room for, in place of its hello",
+        "protocol.md §19.1",
+        b"",
+        0,
+        "OVERLOADED",
+        "too many sessions; retry later",
+        {},
+    ),
+    (
+        "a request over the stream's max_in_flight, before admission",
+        "protocol.md §13.2 check 0'",
+        CHANNEL,
+        9,
+        "OVERLOADED",
+        "too many requests in flight; retry later",
+        {},
+    ),
+    (
+        "a request for another ledger",
+        "protocol.md §13.2 check 1",
+        CHANNEL,
+        9,
+        "WRONG_LEDGER",
+        "request is for another ledger",
+        {},
+    ),
+    (
+        "a request on a channel the payee is not payee of",
+        "protocol.md §13.2 check 2",
+        CHANNEL_2,
+        1,
+        "UNKNOWN_CHANNEL",
+        "no such channel to this payee",
+        {},
+    ),
+    (
+        "a channel whose challenge period is below the payee's minimum",
+        "protocol.md §13.2 check 2', §17",
+        CHANNEL,
+        1,
+        "CHALLENGE_TOO_SHORT",
+        "challenge period 1000 ms is below this payee's minimum 60000 ms",
+        {"min_challenge_ms": 60_000},
+    ),
+    (
+        "a request on a stream whose peer is not the channel's payer",
+        "protocol.md §13.2 check 3",
+        CHANNEL,
+        9,
+        "UNAUTHORIZED",
+        "only the channel's payer may use it",
+        {},
+    ),
+    (
+        "a request whose signature is not the payer's",
+        "protocol.md §13.2 check 4",
+        CHANNEL,
+        9,
+        "INVALID_SIGNATURE",
+        "voucher signature does not verify",
+        {},
+    ),
+    (
+        "REPLAY with the resync details: last_n, spent, paid_max and the checked voucher",
+        "protocol.md §13.2 check 5, §15",
+        CHANNEL,
+        2,
+        "REPLAY",
+        "request number 2 is not above 3",
+        {"last_n": 3, "spent": 2000, "paid_max": 3000, "voucher": voucher_frame(3, 3000)},
+    ),
+    (
+        "REPLAY when the payee holds no voucher: paid_max 0, no voucher key",
+        "protocol.md §13.2 check 5, §15",
+        CHANNEL,
+        1,
+        "REPLAY",
+        "request number 1 is not above 2",
+        {"last_n": 2, "spent": 0, "paid_max": 0},
+    ),
+    (
+        "PAYMENT_REQUIRED of the slice rule, unsigned, with price and the resync details",
+        "protocol.md §13.2 check 5', §15",
+        CHANNEL,
+        4,
+        "PAYMENT_REQUIRED",
+        "request's slice starts at 1000, below the paid_max 3000 already authorised",
+        {
+            "price": 1000,
+            "last_n": 3,
+            "spent": 2000,
+            "paid_max": 3000,
+            "voucher": voucher_frame(3, 3000),
+        },
+    ),
+    (
+        "INSUFFICIENT_DEPOSIT, unsigned, with amounts above 2**64",
+        "protocol.md §13.2 check 5''",
+        CHANNEL,
+        4,
+        "INSUFFICIENT_DEPOSIT",
+        "voucher pays more than the deposit",
+        {"deposit": 2**65, "paid_max": 2**64 + 1, "spent": 2**64},
+    ),
+    (
+        "message of exactly 2048 bytes (512 four-byte characters)",
+        "protocol.md §7, §12",
+        CHANNEL,
+        1,
+        "UNKNOWN_CHANNEL",
+        "\U0001f600" * 512,
+        {},
+    ),
+    (
+        "a settlement code decodes (forward compatibility) though a sender never uses it",
+        "protocol.md §18",
+        b"",
+        0,
+        "INSUFFICIENT_FUNDS",
+        "",
+        {},
+    ),
+]
+
+
+def refusal_entry(
+    description: str,
+    section: str,
+    frame: bytes,
+    *,
+    error: str | None = None,
+    value: tuple[bytes, int, str, str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "valid": error is None}
+    if error is not None:
+        out["error"] = error
+    out["section"] = section
+    if value is not None:
+        channel, n, code, message, details = value
+        out["channel_hex"] = channel.hex()
+        out["n"] = str(n)
+        out["code"] = code
+        out["message"] = message
+        out["details"] = as_json(details)
+    out["frame_hex"] = frame.hex()
+    return out
+
+
+def build_refusals() -> list[dict[str, Any]]:
+    out = []
+    for description, section, channel, n, code, message, details in UNSIGNED_REFUSALS:
+        value = (channel, n, code, message, details)
+        out.append(refusal_entry(description, section, refusal_frame(*value), value=value))
+    frame_rules = "protocol.md §7, §12"
+
+    def bad(description: str, frame: bytes, section: str = frame_rules) -> None:
+        out.append(refusal_entry(description, section, frame, error="MALFORMED"))
+
+    bad("unknown code NOPE", enc([3, CHANNEL, 1, "NOPE", "", {}]))
+    bad("code in lower case", enc([3, CHANNEL, 1, "replay", "", {}]))
+    bad("code as an integer", enc([3, CHANNEL, 1, 5, "", {}]))
+    bad("empty channel with n = 1", enc([3, b"", 1, "MALFORMED", "", {}]))
+    bad("channel of 31 bytes", enc([3, CHANNEL[:31], 1, "MALFORMED", "", {}]))
+    bad("n = -1", enc([3, CHANNEL, -1, "MALFORMED", "", {}]))
+    bad("n = 2**64 (a bignum)", enc([3, CHANNEL, 2**64, "MALFORMED", "", {}]))
+    bad("message of 2049 bytes", enc([3, CHANNEL, 1, "MALFORMED", "x" * 2049, {}]))
+    bad("message as bytes", enc([3, CHANNEL, 1, "MALFORMED", b"oops", {}]))
+    bad("details as an array", enc([3, CHANNEL, 1, "MALFORMED", "", []]))
+    bad("details with an integer key", enc([3, CHANNEL, 1, "MALFORMED", "", {1: 2}]))
+    bad("5 items", enc([3, CHANNEL, 1, "MALFORMED", ""]))
+    bad("7 items", enc([3, CHANNEL, 1, "MALFORMED", "", {}, 0]))
+    bad(
+        "non-canonical: details keys out of order",
+        head(4, 6)
+        + enc(3)
+        + enc(CHANNEL)
+        + enc(1)
+        + enc("REPLAY")
+        + enc("")
+        + enc_map([(enc("paid_max"), enc(0)), (enc("spent"), enc(0)), (enc("last_n"), enc(1))]),
+        section="protocol.md §6",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def nested(levels: int, inner: Any) -> Any:
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def request_frame_of_size(size: int) -> bytes:
+    """A valid request frame (ALICE's) of exactly `size` bytes, by choosing its body."""
+    for body_len in range(size, -1, -1):
+        frame = voucher_frame(1, 1000, body=bytes(body_len))
+        if len(frame) == size:
+            return frame
+        if len(frame) < size:
+            break
+    raise AssertionError(f"no request frame of {size} bytes")  # pragma: no cover
+
+
+def framing_entry(
+    description: str,
+    section: str,
+    wire: bytes,
+    result: str,
+    *,
+    max_frame: int = 4096,
+    frames: Sequence[bytes] = (),
+    stage: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "section": section}
+    out["max_frame"] = str(max_frame)
+    out["input_hex"] = wire.hex()
+    out["result"] = result
+    out["frames_hex"] = [f.hex() for f in frames]
+    if stage is not None:
+        out["refused_at"] = stage
+    if result != "accept":
+        out["details"] = as_json(details or {})
+    return out
+
+
+def build_framing() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    small = refusal_frame(b"", 0, "MALFORMED", "", {})
+    two_byte = refusal_frame(b"", 0, "MALFORMED", "x" * 183, {})  # 200 bytes: a 2-byte prefix
+    assert len(two_byte) == 200
+
+    def add(*args: Any, **kw: Any) -> None:
+        out.append(framing_entry(*args, **kw))
+
+    prefix = "protocol.md §5.2"
+    add(
+        f"1-byte prefix {len(small):02x} and a {len(small)}-byte refusal frame",
+        prefix,
+        uvarint(len(small)) + small,
+        "accept",
+        frames=[small],
+    )
+    add(
+        "2-byte prefix c8 01 (200) and a 200-byte frame",
+        prefix,
+        uvarint(200) + two_byte,
+        "accept",
+        frames=[two_byte],
+    )
+    add(
+        "two frames in one read",
+        prefix,
+        uvarint(len(small)) + small + uvarint(200) + two_byte,
+        "accept",
+        frames=[small, two_byte],
+    )
+    add(
+        "non-minimal prefix 89 00 (9 written in 2 bytes)",
+        prefix + " rule 1",
+        b"\x89\x00" + small,
+        "MALFORMED",
+        stage="prefix",
+    )
+    add(
+        "non-minimal prefix 80 00 (0 written in 2 bytes)",
+        prefix + " rule 1",
+        b"\x80\x00",
+        "MALFORMED",
+        stage="prefix",
+    )
+    add(
+        "prefix of 10 bytes (the 9th still has its high bit set)",
+        prefix + " rule 1",
+        b"\xff" * 9 + b"\x01",
+        "MALFORMED",
+        stage="prefix",
+    )
+    add(
+        "longest valid prefix (9 bytes, 2**63 - 1): far above max_frame",
+        prefix + " rule 2",
+        b"\xff" * 8 + b"\x7f",
+        "FRAME_TOO_LARGE",
+        stage="prefix",
+        details={"max_frame": 4096},
+    )
+    add("zero length 00: an empty frame", prefix + " rule 3-4", b"\x00", "MALFORMED", stage="frame")
+    add(
+        "a good frame, then a non-minimal prefix: the first frame is taken",
+        prefix,
+        uvarint(len(small)) + small + b"\x85\x00",
+        "MALFORMED",
+        frames=[small],
+        stage="prefix",
+    )
+    exact = request_frame_of_size(4096)
+    add(
+        "a frame of exactly max_frame (4096) bytes, prefix 80 20",
+        prefix + " rule 2, §5.3",
+        uvarint(4096) + exact,
+        "accept",
+        frames=[exact],
+    )
+    add(
+        "prefix 81 20 announcing max_frame + 1 (4097): refused before any of the body",
+        prefix + " rule 2",
+        uvarint(4097) + exact[:16],
+        "FRAME_TOO_LARGE",
+        stage="prefix",
+        details={"max_frame": 4096},
+    )
+    add(
+        "prefix 81 80 40 announcing 1 MiB + 1 to a receiver whose max_frame is 1 MiB",
+        prefix + " rule 2, §5.3",
+        uvarint((1 << 20) + 1),
+        "FRAME_TOO_LARGE",
+        max_frame=1 << 20,
+        stage="prefix",
+        details={"max_frame": 1 << 20},
+    )
+    trailing = small + b"\x00"
+    add(
+        "a frame with a trailing byte inside its declared length",
+        prefix + " rule 4, §6",
+        uvarint(len(trailing)) + trailing,
+        "MALFORMED",
+        stage="frame",
+    )
+
+    # nesting (protocol.md §6): arrays, maps and tags are levels; limit 8 in a frame
+    depth = "protocol.md §6"
+
+    def refusal_nesting(inner: Any) -> bytes:  # array (1) > details map (2) > inner (3..)
+        return refusal_frame(b"", 0, "MALFORMED", "", {"x": inner})
+
+    for description, frame, result in (
+        (
+            "frame nesting 8: refusal array, details map, 6 arrays around 0",
+            refusal_nesting(nested(6, 0)),
+            "accept",
+        ),
+        ("frame nesting 9: one array more", refusal_nesting(nested(7, 0)), "MALFORMED"),
+        (
+            "frame nesting 8 with a bignum (tag 2) as the 8th level",
+            refusal_nesting(nested(5, 2**64)),
+            "accept",
+        ),
+        (
+            "frame nesting 9 with a bignum as the 9th level",
+            refusal_nesting(nested(6, 2**64)),
+            "MALFORMED",
+        ),
+        (
+            "frame nesting 9 with an empty array as the 9th level (empty containers count)",
+            refusal_nesting(nested(6, [])),
+            "MALFORMED",
+        ),
+        (
+            "frame nesting 8 with maps: details map, then maps and arrays",
+            refusal_nesting({"a": [{"b": [{"c": [0]}]}]}),
+            "accept",
+        ),
+    ):
+        add(
+            description,
+            depth,
+            uvarint(len(frame)) + frame,
+            result,
+            frames=[frame] if result == "accept" else [],
+            stage=None if result == "accept" else "frame",
+        )
+
+    # a signed map is decoded from its own bytes: its levels count from 1, limit 4
+    hello4 = hello_fields(BOB, services=[{"name": "big", "price": MAX_YOCTO, "max_body": 1}])
+    signed4 = enc(hello4)
+    frame4 = enc([0, signed4, sign(BOB, signed4)])
+    add(
+        "signed-map nesting 4: a hello whose service price is a bignum (map, services, "
+        "service, tag)",
+        depth + ", §9",
+        uvarint(len(frame4)) + frame4,
+        "accept",
+        frames=[frame4],
+    )
+    hello5 = hello_fields(BOB, services=[{"name": "big", "price": [MAX_YOCTO], "max_body": 1}])
+    signed5 = enc(hello5)
+    frame5 = enc([0, signed5, sign(BOB, signed5)])
+    add(
+        "signed-map nesting 5: the price wrapped in one more array (no valid signed map "
+        "nests deeper than 4)",
+        depth + ", §9",
+        uvarint(len(frame5)) + frame5,
+        "MALFORMED",
+        stage="frame",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- resync
+
+
+def resync_entry(
+    description: str,
+    *,
+    payer: dict[str, Any],
+    in_flight: Sequence[bytes] = (),
+    abandoned: Sequence[bytes] = (),
+    n: int,
+    details: dict[str, Any],
+    expected: dict[str, Any],
+    code: str = "REPLAY",
+    section: str = "protocol.md §15",
+) -> dict[str, Any]:
+    """`payer`: deposit, last_n, paid, spent, forgotten before; `expected`: the outcome and
+    the payer's numbers after (in_flight / abandoned: the request numbers left)."""
+    frame = refusal_frame(CHANNEL, n, code, "resync", details)
+    return {
+        "description": description,
+        "section": section,
+        "payer": as_json(
+            {
+                **payer,
+                "in_flight_hex": [f.hex() for f in in_flight],
+                "abandoned_hex": [f.hex() for f in abandoned],
+            }
+        ),
+        "refusal_hex": frame.hex(),
+        "details": as_json(details),
+        "expected": as_json(expected),
+    }
+
+
+def state(last_n: int, paid: int, spent: int = 0, forgotten: int = 0) -> dict[str, Any]:
+    return {
+        "deposit": 10**6,
+        "last_n": last_n,
+        "paid": paid,
+        "spent": spent,
+        "forgotten": forgotten,
+    }
+
+
+def after(
+    outcome: str,
+    last_n: int,
+    paid: int,
+    spent: int = 0,
+    forgotten: int = 0,
+    in_flight: Sequence[int] = (),
+    abandoned: Sequence[int] = (),
+    error: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"outcome": outcome}
+    if error is not None:
+        out["error"] = error
+    out.update(
+        last_n=last_n,
+        paid=paid,
+        spent=spent,
+        forgotten=forgotten,
+        in_flight=list(in_flight),
+        abandoned=list(abandoned),
+    )
+    return out
+
+
+def details_of(
+    last_n: int, spent: int, voucher: bytes | None, paid_max: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Resync details; paid_max defaults to the voucher's paid (0 without one)."""
+    out: dict[str, Any] = {"last_n": last_n, "spent": spent}
+    if paid_max is None:
+        paid_max = 0 if voucher is None else VOUCHER_PAID[voucher]
+    out["paid_max"] = paid_max
+    if voucher is not None:
+        out["voucher"] = voucher
+    out.update(extra)
+    return out
+
+
+VOUCHER_PAID: dict[bytes, int] = {}
+
+
+def v(n: int, paid: int, price: int = 1000, body: bytes = b"hello", **kw: Any) -> bytes:
+    frame = voucher_frame(n, paid, price, body, **kw)
+    VOUCHER_PAID[frame] = paid
+    return frame
+
+
+def build_resync() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    r1 = v(1, 1000)
+    r1b = v(1, 1000, body=b"other")
+    r2 = v(2, 2000)
+    r5 = v(5, 5000)
+
+    def add(description: str, **kw: Any) -> None:
+        out.append(resync_entry(description, **kw))
+
+    add(
+        "the payee served r1, then sent REPLAY with genuine details (a cheat): in doubt, "
+        "spent not adopted",
+        payer=state(1, 1000),
+        in_flight=[r1],
+        n=1,
+        details=details_of(1, 1000, r1),
+        expected=after("in_doubt", 1, 1000, in_flight=[1]),
+    )
+    add(
+        "the payer lost its state: the voucher is numbered above its last_n: superseded, "
+        "its paid forgotten",
+        payer=state(1, 1000),
+        in_flight=[r1b],
+        n=1,
+        details=details_of(3, 3000, v(3, 3000)),
+        expected=after("superseded", 3, 3000, forgotten=3000),
+    )
+    add(
+        "a restored backup: the voucher has the request's n and another hash: superseded",
+        payer=state(1, 1000),
+        in_flight=[r1b],
+        n=1,
+        details=details_of(1, 1000, r1),
+        expected=after("superseded", 1, 1000, forgotten=1000),
+    )
+    add(
+        "the voucher is numbered below the request with paid above its slice start: superseded",
+        payer=state(2, 2000),
+        in_flight=[r2],
+        n=2,
+        details=details_of(1, 0, v(1, 1500, price=1500)),
+        expected=after("superseded", 2, 2000, forgotten=1500),
+    )
+    add(
+        "spent above paid_max (after a failed deferred check, 13.4 c): valid, spent not adopted",
+        payer=state(5, 5000, spent=1000),
+        in_flight=[r5],
+        n=5,
+        details=details_of(9, 6000, r1),
+        expected=after("in_doubt", 9, 5000, spent=1000, in_flight=[5]),
+    )
+    add(
+        "an unsigned PAYMENT_REQUIRED of the slice rule carries the same details: its "
+        "voucher proves lost state",
+        payer=state(5, 2000),
+        in_flight=[v(5, 2000)],
+        n=5,
+        details=details_of(4, 0, v(4, 4000), price=1000),
+        expected=after("superseded", 5, 4000, forgotten=4000),
+        code="PAYMENT_REQUIRED",
+        section="protocol.md §13.2 check 5', §15",
+    )
+    add(
+        "a refusal naming a request the payer has no record of: numbers adopted, nothing else",
+        payer=state(1, 1000),
+        n=7,
+        details=details_of(9, 0, None),
+        expected=after("unknown", 9, 1000),
+    )
+    add(
+        "never lowers anything: last_n and paid below the payer's",
+        payer=state(2, 2000),
+        in_flight=[r2],
+        n=2,
+        details=details_of(1, 1000, r1),
+        expected=after("in_doubt", 2, 2000, in_flight=[2]),
+    )
+    add(
+        "an abandoned request in doubt stays abandoned (claimable)",
+        payer=state(1, 1000),
+        abandoned=[r1],
+        n=1,
+        details=details_of(1, 1000, r1),
+        expected=after("in_doubt", 1, 1000, abandoned=[1]),
+    )
+
+    # ignored details: nothing adopted, the request stays as it was (in doubt)
+    def ignored(description: str, error: str, details: dict[str, Any]) -> None:
+        add(
+            description,
+            payer=state(1, 1000),
+            in_flight=[r1],
+            n=1,
+            details=details,
+            expected=after("ignored", 1, 1000, in_flight=[1], error=error),
+        )
+
+    ignored(
+        "voucher signed by MALLORY",
+        "INVALID_SIGNATURE",
+        details_of(3, 0, v(3, 3000, signer=MALLORY)),
+    )
+    ignored(
+        "voucher of another channel",
+        "INVALID_SIGNATURE",
+        details_of(3, 0, v(3, 3000, channel=CHANNEL_2)),
+    )
+    ignored(
+        "voucher of another ledger",
+        "INVALID_SIGNATURE",
+        details_of(3, 0, v(3, 3000, ledger=OTHER_LEDGER)),
+    )
+    ignored(
+        "paid_max is not the voucher's paid",
+        "MALFORMED",
+        details_of(3, 0, v(3, 3000), paid_max=2999),
+    )
+    ignored("paid_max above 0 without a voucher", "MALFORMED", details_of(3, 0, None, 5))
+    ignored("voucher numbered above last_n", "MALFORMED", details_of(2, 0, v(3, 3000)))
+    ignored("last_n missing", "MALFORMED", {"spent": 0, "paid_max": 0})
+    ignored("last_n as text", "MALFORMED", {"last_n": "3", "spent": 0, "paid_max": 0})
+    ignored("spent missing", "MALFORMED", {"last_n": 3, "paid_max": 0})
+    ignored("spent negative", "MALFORMED", {"last_n": 3, "spent": -1, "paid_max": 0})
+    ignored("paid_max missing", "MALFORMED", {"last_n": 3, "spent": 0})
+    ignored(
+        "voucher is a refusal frame, not a request frame",
+        "MALFORMED",
+        {
+            "last_n": 3,
+            "spent": 0,
+            "paid_max": 0,
+            "voucher": refusal_frame(b"", 0, "MALFORMED", "", {}),
+        },
+    )
+    ignored(
+        "voucher bytes that are not a frame",
+        "MALFORMED",
+        {"last_n": 3, "spent": 0, "paid_max": 0, "voucher": b"\x00"},
+    )
+    ignored("voucher null", "MALFORMED", {"last_n": 3, "spent": 0, "paid_max": 0, "voucher": None})
+    return out
+
+
+FILES = {
+    "requests.json": "requests",
+    "responses.json": "responses",
+    "hellos.json": "hellos",
+    "refusals.json": "refusals",
+    "framing.json": "framing",
+    "resync.json": "resync",
+}
+
+
+def build() -> dict[str, list[dict[str, Any]]]:
+    """Every vector file's entries, by file name."""
     requests, made = build_requests()
-    return requests, build_responses(made)
+    return {
+        "requests.json": requests,
+        "responses.json": build_responses(made),
+        "hellos.json": build_hellos(),
+        "refusals.json": build_refusals(),
+        "framing.json": build_framing(),
+        "resync.json": build_resync(),
+    }
 
 
 def render(entries: list[dict[str, Any]]) -> str:
@@ -666,8 +1939,7 @@ def render(entries: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    requests, responses = build()
-    outputs = {HERE / "requests.json": render(requests), HERE / "responses.json": render(responses)}
+    outputs = {HERE / name: render(entries) for name, entries in build().items()}
     if "--check" in argv:
         stale = [
             p.name for p, text in outputs.items() if not p.exists() or p.read_text("utf-8") != text

@@ -412,6 +412,31 @@ def test_mint_balance_stake_unstake_events(world: dict[str, Any]) -> None:
     assert c.js("--home", "p", "id")["ledger"] == f"sqlite:{world['dir'] / 'prod.sqlite'}"
 
 
+def test_id_shows_the_ledger_id_of_the_homes_ledger(cli: InProcess, tmp_path: Path) -> None:
+    """specs/settlement.md "Ledger ids": a SQLite ledger's id is b"p2pay:sqlite:" and 16
+    random bytes, chosen at creation and kept in the file; `p2pay id` shows it (hex) beside
+    the peer id and account, since a peer needs it for its hello."""
+    created = cli.js("ledger", "create", "l.sqlite", "--dev")
+    ledger_id = bytes.fromhex(created["ledger_id"])
+    assert ledger_id.startswith(b"p2pay:sqlite:") and len(ledger_id) == 13 + 16
+    cli.js("--home", "h", "init", "--ledger", "sqlite:l.sqlite")
+    doc = cli.js("--home", "h", "id")
+    assert doc["ledger_id"] == created["ledger_id"] and "ledger_error" not in doc
+    text = cli.ok("--home", "h", "id")
+    assert f"ledger id  {created['ledger_id']}" in text
+    assert doc["peer_id"] in text and doc["account"] in text
+    # another ledger file has another id
+    other = cli.js("ledger", "create", "m.sqlite", "--dev")
+    assert other["ledger_id"] != created["ledger_id"]
+    # a home without a ledger has no ledger id; one whose ledger is gone says why
+    cli.js("--home", "bare", "init")
+    assert cli.js("--home", "bare", "id")["ledger_id"] is None
+    (tmp_path / "l.sqlite").unlink()
+    gone = cli.js("--home", "h", "id")
+    assert gone["ledger_id"] is None and "no ledger at" in gone["ledger_error"]
+    assert "(unavailable: no ledger at" in cli.ok("--home", "h", "id")
+
+
 def test_payer_close_waits_for_the_challenge_period(world: dict[str, Any]) -> None:
     c: InProcess = world["cli"]
     opened = c.js(

@@ -238,7 +238,7 @@ async def test_max_frame_exact_ok_and_one_more_refused_by_receiver(net: Net) -> 
                 nursery.start_soon(send_too_big)
                 with pytest.raises(FrameTooLarge) as info:
                     await server.receive()
-                assert info.value.details["max"] == DEFAULT_MAX_FRAME
+                assert info.value.details["max_frame"] == DEFAULT_MAX_FRAME
                 with pytest.raises(FrameTooLarge):  # sticky
                     await server.receive()
                 # The receiver may still answer (an error frame), then resets.

@@ -1,7 +1,7 @@
 """Two real nodes (libp2p on 127.0.0.1) settling through the Settlement contract.
 
 On an EVM ledger a node's account is its derived secp256k1 address, not its Ed25519 key:
-the hello binds the two both ways (specs/protocol.md §9 rule 7, INV-22). These tests run the
+the hello binds the two both ways (specs/protocol.md §9 rule 4, INV-22). These tests run the
 same flows on the in-process EVM (titanoboa) and on anvil (skipped without it): open a
 channel to a PeerID, pay per call with EIP-712 vouchers, claim against a provider that drops
 a paid request and see it slashed, close and redeem, and check conservation on chain. A peer
@@ -177,6 +177,7 @@ async def test_a_hello_naming_another_peers_account_is_refused(ledger: EvmLedger
             max_frame=genuine.max_frame,
             account=genuine.account,
             account_proof=genuine.account_proof,
+            deadline_horizon=genuine.deadline_horizon,
         )
         forged = unsigned.with_signature(MALLORY.sign(unsigned.signing_bytes))
         async with open_libp2p_transport(MALLORY, ignore) as mallory:

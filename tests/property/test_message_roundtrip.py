@@ -97,6 +97,7 @@ def hellos(draw: st.DrawFn) -> tuple[Hello, Keypair]:
         max_frame=draw(st.integers(MIN_FRAME_LIMIT, MAX_U64)),
         account=key.public,
         account_proof=b"",
+        deadline_horizon=draw(st.integers(1, MAX_U64)),
     )
     return unsigned.with_signature(key.sign(unsigned.signing_bytes)), key
 

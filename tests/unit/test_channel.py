@@ -15,6 +15,7 @@ from p2pay.core.channel import (
     PayerChannel,
     Refuse,
     Replay,
+    parse_resync,
 )
 from p2pay.core.errors import (
     ErrorCode,
@@ -1267,6 +1268,77 @@ def test_on_replay_never_lowers_anything() -> None:
     assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)
     ch.on_replay(2, last_n=0, voucher=None)
     assert (ch.last_n, ch.paid, ch.spent) == (2, 20, 0)
+
+
+def test_resync_after_a_failed_deferred_check_has_spent_above_paid_max() -> None:
+    """Protocol.md 15 (D5 of issue 15): after a failed deferred check (13.4 c) the payee's
+    ``spent`` exceeds the paid of the checked voucher its resync details show. Such details
+    are genuine: the payer accepts them, adopts last_n and the voucher's paid, and never
+    takes ``spent`` (which is informative only, not MALFORMED)."""
+    limit = 3 * PRICE
+    bob = payee(DEPOSIT, limit=limit)
+    assert isinstance(admit(bob, request(1, PRICE)), Admit)
+    bob.complete(1, ok=True)
+    for n in range(2, 10):  # bad signatures admitted unchecked, until the check fails
+        decision = admit(bob, request(n, n * PRICE, key=MALLORY))
+        if isinstance(decision, Admit):
+            bob.complete(n, ok=True)
+    assert bob.deferral_revoked
+    refused = admit(bob, request(1, PRICE))
+    assert isinstance(refused, Refuse) and refused.code is ErrorCode.REPLAY
+    details = refused.details
+    assert details["spent"] > details["paid_max"] == PRICE  # what the spec now allows
+
+    fresh = payer()  # lost its state
+    r1 = fresh.next_request(ALICE, service="echo", body=b"x", price=PRICE, deadline=LATER)
+    outcome = fresh.on_resync(r1.n, details)
+    assert outcome is Replay.SUPERSEDED  # voucher n=1 with another hash: our own signature
+    assert (fresh.last_n, fresh.paid, fresh.spent) == (details["last_n"], PRICE, 0)
+    # the same through on_replay's keyword: spent above paid_max is accepted, not adopted
+    other = payer()
+    other.on_replay(5, last_n=9, voucher=request(1, PRICE), paid_max=PRICE, spent=10**6)
+    assert (other.last_n, other.paid, other.spent) == (9, PRICE, 0)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"last_n": 3, "paid_max": 0},  # spent missing
+        {"last_n": 3, "spent": 0},  # paid_max missing
+        {"spent": 0, "paid_max": 0},  # last_n missing
+        {"last_n": -1, "spent": 0, "paid_max": 0},
+        {"last_n": 2**64, "spent": 0, "paid_max": 0},
+        {"last_n": 3, "spent": -1, "paid_max": 0},
+        {"last_n": 3, "spent": 2**128, "paid_max": 0},
+        {"last_n": 3, "spent": "0", "paid_max": 0},
+        {"last_n": 3, "spent": 0, "paid_max": True},
+        {"last_n": 3, "spent": 0, "paid_max": 0, "voucher": None},
+        {"last_n": 3, "spent": 0, "paid_max": 90, "voucher": b"\x00"},
+        {"last_n": 3, "spent": 0, "paid_max": 90, "voucher": request(3, 90).signing_bytes},
+    ],
+)
+def test_parse_resync_refuses_unusable_details(details: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_resync(details)
+    assert info.value.code is ErrorCode.MALFORMED
+    ch = payer()
+    ch.next_request(ALICE, service="echo", body=b"", price=PRICE, deadline=LATER)
+    before = snapshot(ch)
+    with pytest.raises(RemoteProtocolError):
+        ch.on_resync(1, details)
+    assert snapshot(ch) == before
+
+
+def test_parse_resync_reads_a_payees_details() -> None:
+    bob = payee()
+    assert isinstance(admit(bob, request(1, PRICE)), Admit)
+    refused = admit(bob, request(1, PRICE))
+    assert isinstance(refused, Refuse)
+    resync = parse_resync({**refused.details, "price": PRICE})  # extra keys are ignored
+    assert (resync.last_n, resync.spent, resync.paid_max) == (1, 0, PRICE)
+    assert resync.voucher == request(1, PRICE)
+    assert parse_resync({"last_n": 0, "spent": 0, "paid_max": 0}).voucher is None
 
 
 def test_a_signed_refusal_is_only_of_a_fresh_slice_and_consumes_it() -> None:

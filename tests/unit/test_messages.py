@@ -20,6 +20,7 @@ from p2pay.core.errors import (
 from p2pay.core.evmsig import EvmKey, binding_proof, evm_ledger_id
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
+    DEFAULT_DEADLINE_HORIZON_MS,
     DOMAIN_HELLO,
     DOMAIN_REQUEST,
     DOMAIN_RESPONSE,
@@ -245,6 +246,7 @@ def hello_kwargs(**overrides: Any) -> dict[str, Any]:
         "max_frame": MIN_FRAME_LIMIT,
         "account": ALICE.public,
         "account_proof": b"",
+        "deadline_horizon": 1,
     }
     kwargs.update(overrides)
     return kwargs
@@ -270,6 +272,10 @@ BAD_HELLO_FIELDS = [
     ("account", None),
     ("account_proof", bytes(65)),  # a proof only on an EVM ledger
     ("account_proof", None),
+    ("deadline_horizon", 0),
+    ("deadline_horizon", -1),
+    ("deadline_horizon", 2**64),
+    ("deadline_horizon", None),
     ("signature", None),
 ]
 
@@ -282,8 +288,20 @@ def test_hello_bad_field_is_local_error(name: str, value: Any) -> None:
 
 def test_hello_limits_are_inclusive() -> None:
     services = tuple(ServiceTerms(name=f"s{i}", price=i, max_body=i) for i in range(256))
-    hello = Hello(**hello_kwargs(services=services, max_in_flight=MAX_U64, max_frame=MAX_U64))
+    hello = Hello(
+        **hello_kwargs(
+            services=services, max_in_flight=MAX_U64, max_frame=MAX_U64, deadline_horizon=MAX_U64
+        )
+    )
     assert len(hello.services) == 256
+
+
+def test_hello_create_announces_the_deadline_horizon() -> None:
+    assert make_hello().deadline_horizon == DEFAULT_DEADLINE_HORIZON_MS
+    hello = make_hello(deadline_horizon=60_000)
+    decoded = decode_frame(hello.to_frame())
+    assert isinstance(decoded, Hello) and decoded.deadline_horizon == 60_000
+    assert decoded == hello
 
 
 BAD_REFUSALS = [
@@ -325,6 +343,28 @@ def test_refusal_details_nesting_limit_matches_the_decoder() -> None:
     frame = enc([3, b"", 0, "MALFORMED", "", {"x": nested(7)}])
     refused(frame, ErrorCode.MALFORMED)
     assert FRAME_MAX_DEPTH == 8
+
+
+def test_refusal_of_error_carries_the_codes_details() -> None:
+    """protocol.md 18: VERSION_MISMATCH details {"version": 2}, FRAME_TOO_LARGE details
+    {"max_frame": limit}: the refusal answering the error carries them."""
+    unsigned = Hello(**hello_kwargs(version=PROTOCOL_VERSION + 1))
+    hello = unsigned.with_signature(ALICE.sign(unsigned.signing_bytes))
+    with pytest.raises(RemoteProtocolError) as version:
+        check_signed_by(hello, ALICE.public, LEDGER)
+    refusal = Refusal.of_error(version.value)
+    assert (refusal.channel, refusal.n, refusal.code) == (b"", 0, ErrorCode.VERSION_MISMATCH)
+    assert decode_frame(refusal.to_frame()) == refusal
+    assert refusal.details == {"version": 2}
+    frame = make_request(body=bytes(5000)).to_frame()
+    with pytest.raises(FrameTooLarge) as big:
+        decode_frame(frame, max_size=4096)
+    too_large = Refusal.of_error(big.value)
+    assert too_large.code is ErrorCode.FRAME_TOO_LARGE
+    assert too_large.details == {"max_frame": 4096}
+    # a long or odd message is cut to what a refusal frame carries
+    odd = Refusal.of_error(RemoteProtocolError("\ud800" + "\u00e9" * 3000), channel=CHANNEL, n=7)
+    assert len(odd.message.encode()) <= 2048 and (odd.channel, odd.n) == (CHANNEL, 7)
 
 
 def test_unsigned_messages_cannot_become_frames() -> None:
@@ -407,10 +447,26 @@ def test_hello_signing_bytes() -> None:
         max_frame=codec.MAX_FRAME_SIZE,
         account=ALICE.public,
         account_proof=b"",
+        deadline_horizon=3_600_000,
     )
     decoded = codec.decode(hello.signing_bytes)
     assert isinstance(decoded, dict)
     assert decoded["domain"] == DOMAIN_HELLO
+    # protocol.md 9: every key always present; account_proof empty on an Ed25519 ledger
+    assert set(decoded) == {
+        "domain",
+        "version",
+        "ledger",
+        "services",
+        "stake",
+        "max_in_flight",
+        "max_frame",
+        "account",
+        "account_proof",
+        "deadline_horizon",
+    }
+    assert decoded["account_proof"] == b""
+    assert decoded["deadline_horizon"] == DEFAULT_DEADLINE_HORIZON_MS == 3_600_000
     assert decoded["stake"] == {"amount": 2**100, "penalty": 10**24, "window": 60_000}
 
 
@@ -593,6 +649,7 @@ def test_decode_frame_error_classes() -> None:
     with pytest.raises(FrameTooLarge) as info:
         decode_frame(frame, max_size=len(frame) - 1)
     assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert info.value.details == {"max_frame": len(frame) - 1}  # the refusal's details (5.2)
     assert decode_frame(frame, max_size=len(frame)) == make_request(body=bytes(5000))
 
 
@@ -646,10 +703,24 @@ def hello_frame(**overrides: Any) -> bytes:
         {"max_in_flight": 0},
         {"version": -1},
         {"ledger": b""},
+        {"deadline_horizon": 0},
+        {"deadline_horizon": 2**64},
+        {"deadline_horizon": "3600000"},
+        {"account_proof": None},
+        {"account_proof": bytes(65)},  # a proof only on an EVM ledger
     ],
 )
 def test_decode_hello_refusals(overrides: dict[str, Any]) -> None:
     refused(hello_frame(**overrides), ErrorCode.MALFORMED)
+
+
+@pytest.mark.parametrize("missing", ["account_proof", "deadline_horizon"])
+def test_decode_hello_without_a_key_is_malformed(missing: str) -> None:
+    fields = codec.decode(make_hello().signing_bytes)
+    assert isinstance(fields, dict)
+    del fields[missing]
+    signed = enc(fields)
+    refused(enc([0, signed, ALICE.sign(signed)]), ErrorCode.MALFORMED)
 
 
 def test_decode_hello_with_bignum_price_at_the_depth_limit() -> None:

@@ -1,0 +1,95 @@
+"""specs/ says what the code does, and says it without naming the code as the authority.
+
+These checks read the spec files as text: the hello's keys in protocol.md §9, wire.cddl and
+the decoder agree; the wire codes of protocol.md §18, wire.cddl and the code's registry
+agree; §9's rules are numbered 1..7 in order; the ledger id prefixes of settlement.md §12
+are the backends'; no spec file cites a Python module, class or function of this repository
+as where a rule is decided.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from p2pay.core import codec, evmsig
+from p2pay.core.errors import ErrorCode
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import DEFAULT_DEADLINE_HORIZON_MS, Hello, ServiceTerms
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+PROTOCOL = (SPECS / "protocol.md").read_text("utf-8")
+CDDL = (SPECS / "wire.cddl").read_text("utf-8")
+SETTLEMENT = (SPECS / "settlement.md").read_text("utf-8")
+
+
+def section(text: str, start: str, end: str) -> str:
+    return text[text.index(start) : text.index(end)]
+
+
+def cddl_rule(name: str) -> str:
+    match = re.search(rf"^{re.escape(name)} = (.*?)(?=\n\n|\n;)", CDDL, re.S | re.M)
+    assert match, name
+    return match.group(1)
+
+
+def test_hello_keys_agree_in_the_spec_the_cddl_and_the_code() -> None:
+    hello_section = section(PROTOCOL, "## 9. Hello", "## 10. Request")
+    table = set(re.findall(r"^\| `([a-z_]+)` \|", hello_section, re.M))
+    cddl = set(re.findall(r'^\s+"([a-z_]+)":', cddl_rule("hello-signed"), re.M)) - {"domain"}
+    hello = Hello.create(Keypair.from_seed(bytes(32)), ledger=b"L", services=(
+        ServiceTerms(name="a", price=1, max_body=1),))  # fmt: skip
+    signed = codec.decode(hello.signing_bytes)
+    assert isinstance(signed, dict)
+    code = set(signed) - {"domain"}
+    assert table == cddl == code
+    assert {"account_proof", "deadline_horizon"} <= code
+    assert signed["account_proof"] == b"" and signed["deadline_horizon"] == 3_600_000
+    assert DEFAULT_DEADLINE_HORIZON_MS == 3_600_000
+    assert "exactly 10 keys" in hello_section and len(signed) == 10
+
+
+def test_wire_codes_agree_in_the_spec_the_cddl_and_the_code() -> None:
+    protocol = set(re.findall(r'"([A-Z_]+)"', cddl_rule("protocol-code")))
+    settlement = set(re.findall(r'"([A-Z_]+)"', cddl_rule("settlement-code")))
+    assert not protocol & settlement
+    assert protocol | settlement == {code.value for code in ErrorCode}
+    table = section(PROTOCOL, "## 18. Error codes", "## 19. Limits")
+    assert set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M)) == protocol
+
+
+def test_hello_rules_are_numbered_in_order() -> None:
+    rules = section(PROTOCOL, "\nRules:\n", "## 10. Request")
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", rules, re.M)]
+    assert numbers == list(range(1, 8))
+
+
+def test_ledger_id_prefixes_are_the_backends() -> None:
+    ids = section(SETTLEMENT, "## 12. Ledger ids", "For example")
+    for prefix in (b"p2pay:memory:", b"p2pay:sqlite:", b"p2pay:evm:"):
+        assert f"`{prefix.decode()}`" in ids
+        assert prefix.hex(" ") in ids  # the exact bytes
+    assert evmsig.EVM_LEDGER_PREFIX == b"p2pay:evm:" and evmsig.EVM_LEDGER_ID_SIZE == 38
+    example = evmsig.evm_ledger_id(31337, bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3"))
+    assert example.hex() in SETTLEMENT.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "name", ["protocol.md", "wire.cddl", "settlement.md", "claims.md", "keys.md", "invariants.md"]
+)
+def test_no_code_is_cited_as_the_authority(name: str) -> None:
+    """Rules are stated; the reference implementation may be named as an example (and
+    invariants.md lists the tests that check each invariant), never as where a rule is."""
+    text = (SPECS / name).read_text("utf-8")
+    cited = re.findall(r"`?p2pay\.[a-z_.]+`?|\bnode\.py\b|p2pay/(?:core|node)[\w/]*\.py", text)
+    assert not cited, cited
+    for phrase in (
+        "the reference is `",
+        "see `Payee",
+        "see `Payer",
+        "(`PayeeChannel",
+        "(`PayerChannel",
+    ):
+        assert phrase not in text, phrase
