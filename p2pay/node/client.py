@@ -37,7 +37,7 @@ from p2pay.core.messages import (
     decode_frame,
 )
 from p2pay.core.settlement import Stake, StakeStatus, stake_status
-from p2pay.net.base import NetError, StreamClosed
+from p2pay.net.base import NetError, Stream, StreamClosed
 from p2pay.node.book import _payer_record
 from p2pay.node.handshake import _check_hello
 from p2pay.node.outbox import _Outbox
@@ -79,7 +79,7 @@ class _Slot:
 
 
 class _Connection:
-    def __init__(self, node: Node, stream: Any, hello: Hello, peer_id: str) -> None:
+    def __init__(self, node: Node, stream: Stream, hello: Hello, peer_id: str) -> None:
         self.node = node
         self.stream = stream
         self.hello = hello
@@ -440,7 +440,7 @@ class Client:
             if conn is not None and not conn.closed:
                 return conn
             try:
-                stream = await self.node._transport.connect(peer_id)
+                stream = await self.node.transport.connect(peer_id)
             except NetError as exc:
                 raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
             try:
@@ -499,7 +499,7 @@ class Client:
         body = bytes(body)
         peer_id, addr = split_peer(peer)
         if addr is not None:
-            self.node._transport.add_address(peer_id, addr)
+            self.node.transport.add_address(peer_id, addr)
         timeout = self.node.config.default_timeout if timeout is None else timeout
         if not (timeout > 0 and math.isfinite(timeout)):
             raise LocalProtocolError("timeout must be a positive number of seconds")

@@ -7,9 +7,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +35,7 @@ from p2pay.core.messages import (
 from p2pay.core.settlement import Stake
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
+from p2pay.net.base import Stream, Transport
 from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.invoke import _Service
@@ -57,6 +58,9 @@ from p2pay.store.base import (
     Store,
 )
 from p2pay.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from p2pay.net.memory import MemoryNetwork
 
 log = logging.getLogger("p2pay.node")
 
@@ -140,7 +144,7 @@ class Node:
         # frame: the handler's late completion sends it, charges nothing, stores no other.
         self._late_refused: dict[bytes, bytes] = {}
         self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
-        self._transport: Any = None
+        self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
         self.watcher: Watcher | None = None
@@ -164,7 +168,7 @@ class Node:
         await self.book.load()
         await self.refresh_stake()
 
-    async def _handle_stream(self, stream: Any) -> None:
+    async def _handle_stream(self, stream: Stream) -> None:
         await self.server.handle_stream(stream)
 
     async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
@@ -264,6 +268,17 @@ class Node:
             return public_from_peer_id(peer_id)
         conn = await self._connection(peer_id)
         return conn.account
+
+    @property
+    def transport(self) -> Transport:
+        """The node's transport.
+
+        Raises:
+            LocalProtocolError: the node is not running (it runs inside `open_node`).
+        """
+        if self._transport is None:
+            raise LocalProtocolError("the node is not running: use it inside open_node")
+        return self._transport
 
     @property
     def addrs(self) -> list[str]:
@@ -494,7 +509,7 @@ class Node:
         """Connect (if not yet) and return the peer's hello: its services, prices, stake."""
         peer_id, addr = split_peer(peer)
         if addr is not None:
-            self._transport.add_address(peer_id, addr)
+            self.transport.add_address(peer_id, addr)
         conn = await self._connection(peer_id)
         return conn.hello
 
@@ -506,7 +521,7 @@ async def open_node(
     ledger: Ledger,
     store: Store | None = None,
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
-    network: Any = None,
+    network: MemoryNetwork | None = None,
     config: NodeConfig | None = None,
     clock: Callable[[], int] | None = None,
     behaviour: Behaviour | None = None,
@@ -537,7 +552,7 @@ async def open_node(
     if network is not None:
         from p2pay.net.memory import open_memory_transport
 
-        transport_cm: Any = open_memory_transport(
+        transport_cm: AbstractAsyncContextManager[Transport] = open_memory_transport(
             network, key, node._handle_stream, max_frame=node.config.max_frame
         )
     else:

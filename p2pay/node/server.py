@@ -30,7 +30,7 @@ from p2pay.core.messages import (
     decode_frame,
     refusal_body,
 )
-from p2pay.net.base import StreamClosed
+from p2pay.net.base import Stream, StreamClosed
 from p2pay.node.book import _payee_record
 from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
@@ -56,7 +56,7 @@ class Server:
         self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
         self._live: dict[_ServerSession, None] = {}  # sessions counted above, oldest first
 
-    async def handle_stream(self, stream: Any) -> None:
+    async def handle_stream(self, stream: Stream) -> None:
         """Serve one inbound stream (the transport's stream handler)."""
         peer: bytes = stream.remote_public
         cfg = self.node.config
@@ -129,7 +129,7 @@ class Server:
 
 
 class _ServerSession:
-    def __init__(self, node: Node, stream: Any) -> None:
+    def __init__(self, node: Node, stream: Stream) -> None:
         self.node = node
         self.stream = stream
         self.peer: bytes = stream.remote_public
