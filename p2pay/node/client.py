@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -45,6 +45,8 @@ from p2pay.node.types import (
     CallResult,
     CallTimeout,
     ConnectionLost,
+    Counters,
+    NodeConfig,
     PeerUnreachable,
     ProviderUnbonding,
     RequestInDoubt,
@@ -59,9 +61,42 @@ from p2pay.store.base import (
 )
 
 if TYPE_CHECKING:
-    from p2pay.node.facade import Node
+    from p2pay.core.signing import Signer
+    from p2pay.ledger.base import Ledger
+    from p2pay.net.base import Transport
+    from p2pay.node.book import ChannelBook
+    from p2pay.persist import Persister
 
 log = logging.getLogger("p2pay.node")
+
+
+class ClientHost(Protocol):
+    """What the client side uses of its node (the `Node` is one)."""
+
+    config: NodeConfig
+    counters: Counters
+    ledger: Ledger
+    persister: Persister
+    signer: Signer
+    book: ChannelBook
+    payer_channels: dict[bytes, PayerChannel]
+    #: the node's connections by PeerID (the `Client`'s own dict)
+    _connections: dict[str, _Connection]
+    #: where connections run (the node's nursery, set by open_node)
+    _nursery: trio.Nursery | None
+
+    @property
+    def transport(self) -> Transport: ...
+
+    def now(self) -> int: ...
+
+    def hello(self) -> Hello: ...
+
+    def peer_of(self, account: bytes) -> str: ...
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes: ...
+
+    def _ledger_param(self, name: str) -> int | None: ...
 
 
 @dataclass
@@ -79,7 +114,7 @@ class _Slot:
 
 
 class _Connection:
-    def __init__(self, node: Node, stream: Stream, hello: Hello, peer_id: str) -> None:
+    def __init__(self, node: ClientHost, stream: Stream, hello: Hello, peer_id: str) -> None:
         self.node = node
         self.stream = stream
         self.hello = hello
@@ -345,7 +380,7 @@ class Client:
     both ways), and the call policy (price and body checks, claimability, one re-send
     after an unsigned REPLAY, a price change retried once, a resync once)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ClientHost) -> None:
         self.node = node
         self._connections: dict[str, _Connection] = {}
         self._connect_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)

@@ -6,7 +6,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -35,22 +35,59 @@ from p2pay.node.book import _payee_record
 from p2pay.node.handshake import _check_hello
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
-from p2pay.node.types import Call
+from p2pay.node.types import Behaviour, Call, Counters, NodeConfig
 from p2pay.store.base import (
     StoredResponse,
 )
 
 if TYPE_CHECKING:
-    from p2pay.node.facade import Node
+    from p2pay.core.messages import Hello
+    from p2pay.core.signing import Signer
+    from p2pay.ledger.base import Ledger
+    from p2pay.persist import Persister
+    from p2pay.store.base import Store
 
 log = logging.getLogger("p2pay.node")
+
+
+class ServerHost(Protocol):
+    """What the server side uses of its node (the `Node` is one)."""
+
+    config: NodeConfig
+    counters: Counters
+    behaviour: Behaviour
+    services: dict[str, _Service]
+    ledger: Ledger
+    store: Store
+    persister: Persister
+    signer: Signer
+    #: admitted, unfinished requests over all sessions (``max_in_flight_total``)
+    _in_flight_total: int
+    #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
+    _unanswered: dict[bytes, list[_Outbox]]
+    #: requests whose claim the watcher refused late -> that signed answer's frame
+    _late_refused: dict[bytes, bytes]
+
+    def now(self) -> int: ...
+
+    def hello(self) -> Hello: ...
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes: ...
+
+    def _ledger_param(self, name: str) -> int | None: ...
+
+    def response_expiry(self, deadline: int) -> int: ...
+
+    async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None: ...
+
+    async def refresh_channel(self, channel: bytes) -> None: ...
 
 
 class Server:
     """The inbound streams a node serves: one `_ServerSession` each, within the session
     limits (`max_sessions`, `max_sessions_per_peer`), evicting idle ones to make room."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ServerHost) -> None:
         self.node = node
         self._sessions = 0  # inbound streams being served
         self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
@@ -129,7 +166,7 @@ class Server:
 
 
 class _ServerSession:
-    def __init__(self, node: Node, stream: Stream) -> None:
+    def __init__(self, node: ServerHost, stream: Stream) -> None:
         self.node = node
         self.stream = stream
         self.peer: bytes = stream.remote_public
