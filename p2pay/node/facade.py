@@ -20,6 +20,7 @@ from p2pay.core.channel import (
     Receipt,
 )
 from p2pay.core.errors import (
+    AmountError,
     ErrorCode,
     LocalProtocolError,
 )
@@ -211,9 +212,21 @@ class Node:
             CallResult with the body, the price charged and the signed receipt.
 
         Raises:
+            LocalProtocolError: a bad argument (AmountError for `max_price`), before
+                anything is signed.
             PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
             ConnectionLost, or the RemoteProtocolError for the code the provider answered.
         """
+        if not isinstance(service, str):
+            raise LocalProtocolError(f"service must be a name (text), not {service!r}")
+        if isinstance(max_price, bool) or not isinstance(max_price, int) or max_price < 0:
+            raise AmountError(
+                f"max_price must be an amount in yocto (an int >= 0), not {max_price!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise LocalProtocolError(f"timeout must be a number of seconds, not {timeout!r}")
         return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
