@@ -31,6 +31,7 @@ The parts, each taking what it uses rather than the whole node where it can:
 - `types`: public types, errors and `NodeConfig`;
 - `book`: the channel book (loading, ledger adoption, per-channel locks, store records);
 - `outbox`: frames in order, each sent once durable;
+- `retention`: how long stored answers are kept (claims, N13);
 - `invoke`: the one service invoker, used by the server and the watcher;
 - `handshake`: the check of a peer's hello;
 - `server`: inbound streams, session limits and eviction;

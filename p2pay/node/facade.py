@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -41,6 +40,7 @@ from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.invoke import _Service
 from p2pay.node.outbox import _Outbox
+from p2pay.node.retention import AnswerRetention
 from p2pay.node.server import Server, _ServerSession
 from p2pay.node.types import (
     Behaviour,
@@ -64,32 +64,6 @@ if TYPE_CHECKING:
     from p2pay.net.memory import MemoryNetwork
 
 log = logging.getLogger("p2pay.node")
-
-_RETENTION_KEY = "response_retention"
-
-
-@dataclass
-class _Retention:
-    """How long stored answers are kept (`Node._follow_window`), persisted as meta."""
-
-    window: int = 0  # the largest claim window our stake ever had (ms)
-    shift: int = 0  # prune this far behind the clock (ms) ...
-    until: int = 0  # ... until then (Unix ms; 0 = no shift)
-
-    def encode(self) -> bytes:
-        return json.dumps([self.window, self.shift, self.until]).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes | None) -> _Retention:
-        try:
-            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
-            if all(type(v) is int and v >= 0 for v in (window, shift, until)):
-                return cls(window, shift, until)
-        except (ValueError, TypeError):
-            pass
-        log.error("unreadable %s meta %r: starting over", _RETENTION_KEY, raw)
-        return cls()
-
 
 #: how many account -> PeerID bindings (EVM ledgers) a node remembers, newest kept
 _MAX_BOUND_PEERS = 4096
@@ -144,7 +118,14 @@ class Node:
         # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
         # frame: the handler's late completion sends it, charges nothing, stores no other.
         self._late_refused: dict[bytes, bytes] = {}
-        self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
+        # how long stored answers are kept (N13); its state is loaded by refresh_stake
+        self.retention = AnswerRetention(
+            store=store,
+            persister=self.persister,
+            retention_ms=config.response_retention_ms,
+            now=self.now,
+            horizon=lambda: self._ledger_param("max_deadline_horizon_ms"),
+        )
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
@@ -307,16 +288,10 @@ class Node:
         return value if type(value) is int and value >= 0 else None
 
     def response_expiry(self, deadline: int) -> int:
-        """When a signed response (and the request beside it) to a request with this
-        `deadline` may be pruned: a claim can be filed on it until its deadline plus the
-        claim window, and it serves as evidence against claimed requests dated up to
-        ``max_deadline_horizon_ms`` later (claims.md 2), whose claims run a window more.
-        So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
-        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        """When a signed response to a request with this `deadline` may be pruned
+        (`AnswerRetention.expiry`, with our stake's claim window)."""
         window = self._stake.claim_window_ms if self._stake is not None else 0
-        if self._retention is not None:  # the largest window we ever had (N13)
-            window = max(window, self._retention.window)
-        return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
+        return self.retention.expiry(deadline, window)
 
     # -- startup
 
@@ -328,42 +303,12 @@ class Node:
             self._stake = StakeTerms(
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
-        await self._follow_window(stake)
+        await self.retention.follow(stake)
         return self._stake
 
-    async def _follow_window(self, stake: Stake | None) -> None:
-        """Keep stored answers as long as the claim window now in force needs (N13).
-
-        A claim uses the stake's *current* window, so a response whose expiry was
-        computed with a smaller one would be pruned before a claim on it could end. The
-        node retains with the largest window it ever had (`response_expiry`); when it grows
-        by d, every stored expiry is 2d short: pruning then runs 2d behind the clock
-        (`prune_before`) until every response stored under the old window has expired."""
-        if self._retention is None:
-            raw = await self.store.get_meta(_RETENTION_KEY)
-            self._retention = _Retention.decode(raw)
-        r = self._retention
-        window = stake.claim_window_ms if stake is not None and stake.amount > 0 else 0
-        now = self.now()
-        if r.until and now > r.until:
-            r.shift = r.until = 0
-        if window <= r.window:
-            return
-        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
-        # every answer stored so far has deadline <= now + horizon (or a claim's window end,
-        # <= now + old window) and expires within max(retention, horizon + 2 * old window)
-        old_left = (
-            horizon + r.window + max(self.config.response_retention_ms, horizon + 2 * r.window)
-        )
-        r.shift += 2 * (window - r.window)
-        r.until = max(r.until, now + old_left + r.shift)
-        r.window = window
-        self.persister.stage(meta={_RETENTION_KEY: r.encode()})
-
     def prune_before(self) -> int:
-        """The time before which stored responses may be pruned (`_follow_window`)."""
-        shift = self._retention.shift if self._retention is not None else 0
-        return max(0, self.now() - shift)
+        """The time before which stored responses may be pruned (`AnswerRetention`)."""
+        return self.retention.prune_before()
 
     def hello(self) -> Hello:
         return Hello.create(
