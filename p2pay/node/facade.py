@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -30,7 +29,6 @@ from p2pay.core.messages import (
     Response,
     ServiceTerms,
     StakeTerms,
-    decode_frame,
 )
 from p2pay.core.settlement import Stake
 from p2pay.core.signing import Scheme, scheme_for, signer_for
@@ -52,7 +50,7 @@ from p2pay.node.types import (
     NodeConfig,
     split_peer,
 )
-from p2pay.node.watcher import Watcher, outcome_key
+from p2pay.node.watcher import Watcher, claim_infos
 from p2pay.persist import Persister
 from p2pay.store.base import (
     OutgoingRequest,
@@ -397,40 +395,7 @@ class Node:
     async def claims(self) -> list[ClaimInfo]:
         """Claims this node filed or answered, with their outcomes (specs/claims.md 6)."""
         await self.persister.flush()
-        out = []
-        for record in await self.store.claims():
-            raw = await self.store.get_meta(outcome_key(record.claim_id))
-            if record.role != "claimant" or raw is None:
-                out.append(
-                    ClaimInfo(
-                        claim_id=record.claim_id,
-                        role=record.role,
-                        outcome=record.state,
-                        request_hash=record.request_hash,
-                    )
-                )
-                continue
-            doc = json.loads(raw)
-            response: Response | None = None
-            if doc.get("response"):
-                frame = decode_frame(bytes.fromhex(doc["response"]))
-                response = frame if isinstance(frame, Response) else None
-            out.append(
-                ClaimInfo(
-                    claim_id=record.claim_id,
-                    role=record.role,
-                    outcome=doc["outcome"],
-                    request_hash=record.request_hash,
-                    status=doc["status"],
-                    bond=int(doc["bond"]),
-                    bond_returned=bool(doc["bond_returned"]),
-                    refund=int(doc["refund"]),
-                    clawed=int(doc["clawed"]),
-                    slashed=int(doc["slashed"]),
-                    response=response,
-                )
-            )
-        return out
+        return await claim_infos(self.store)
 
     def channels(self) -> list[ChannelInfo]:
         return [self._info_payer(c) for c in self.payer_channels.values()] + [

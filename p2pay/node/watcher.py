@@ -58,7 +58,7 @@ from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refu
 from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
 from p2pay.node.book import _payee_record
 from p2pay.node.invoke import _Service, run_service
-from p2pay.node.types import Behaviour, Call, Counters, NodeConfig
+from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
 
 if TYPE_CHECKING:
@@ -206,6 +206,45 @@ _REQUEST_STATE = {
 def outcome_key(claim_id: bytes) -> str:
     """The meta key under which a claimant node keeps a claim's outcome (`Node.claims`)."""
     return "claim/" + claim_id.hex()
+
+
+async def claim_infos(store: Store) -> list[ClaimInfo]:
+    """The claims a node filed or answered, with their outcomes (`Node.claims`): for its
+    own claims, what the watcher recorded under `outcome_key` once they were decided."""
+    out = []
+    for record in await store.claims():
+        raw = await store.get_meta(outcome_key(record.claim_id))
+        if record.role != "claimant" or raw is None:
+            out.append(
+                ClaimInfo(
+                    claim_id=record.claim_id,
+                    role=record.role,
+                    outcome=record.state,
+                    request_hash=record.request_hash,
+                )
+            )
+            continue
+        doc = json.loads(raw)
+        response: Response | None = None
+        if doc.get("response"):
+            frame = decode_frame(bytes.fromhex(doc["response"]))
+            response = frame if isinstance(frame, Response) else None
+        out.append(
+            ClaimInfo(
+                claim_id=record.claim_id,
+                role=record.role,
+                outcome=doc["outcome"],
+                request_hash=record.request_hash,
+                status=doc["status"],
+                bond=int(doc["bond"]),
+                bond_returned=bool(doc["bond_returned"]),
+                refund=int(doc["refund"]),
+                clawed=int(doc["clawed"]),
+                slashed=int(doc["slashed"]),
+                response=response,
+            )
+        )
+    return out
 
 
 def claim_outcome(claim: Claim) -> str:
