@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -33,7 +33,13 @@ from p2pay.store.base import (
     RequestUpdate,
     Store,
     StoredResponse,
+    StoreError,
 )
+
+if TYPE_CHECKING:
+    # (not `trio.TaskStatus`: py-libp2p installs trio-typing, whose stubs shadow trio's own
+    # types for mypy and do not re-export it)
+    from trio_typing import TaskStatus
 
 log = logging.getLogger("p2pay.persist")
 
@@ -77,8 +83,14 @@ class _Staged:
         )
 
 
-class StoreFailed(Exception):
-    """The store could not commit: the node stops acknowledging anything."""
+class StoreFailed(StoreError):
+    """The store could not commit: the node stops acknowledging anything.
+
+    ``str()`` is the message alone: the failure's own text.
+    """
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Persister:
@@ -168,7 +180,7 @@ class Persister:
 
     # -- the one writer
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             while True:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from p2pay.core.errors import ErrorCode, SettlementError
+from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
     Request,
@@ -37,8 +37,12 @@ from p2pay.core.settlement import (
     channel_id,
     unbonding_period,
 )
-from p2pay.core.signing import sign_message
-from p2pay.ledger.base import Ledger, Totals
+from p2pay.core.signing import Signer, sign_message
+from p2pay.core.tx import Transaction
+from p2pay.ledger.base import Ledger, Receipt, Totals
+
+if TYPE_CHECKING:
+    from p2pay.core.evmsig import EvmKey
 
 # ---------------------------------------------------------------------------
 # fixed test keys
@@ -50,7 +54,7 @@ MALLORY = Keypair.from_seed(bytes([4]) * 32)
 
 
 def unchecked_request(
-    key: Any,
+    key: Signer,
     *,
     ledger: bytes,
     channel: bytes,
@@ -87,7 +91,7 @@ def unchecked_request(
 
 
 def unchecked_response(
-    key: Any, *, request: Request, status: str, price: int, spent: int, body: bytes
+    key: Signer, *, request: Request, status: str, price: int, spent: int, body: bytes
 ) -> Response:
     """A signed `Response` to `request` built without its own checks (a refusal that charges
     a price): for checking that a ledger refuses it itself."""
@@ -111,7 +115,7 @@ def unchecked_response(
     return response
 
 
-def evm_test_keys() -> tuple[Any, dict[str, Any]]:
+def evm_test_keys() -> tuple[EvmKey, dict[str, EvmKey]]:
     """The EVM ledger tests' keys: a deployer (secret ``09 * 32``) and the settlement keys
     derived from ALICE, BOB, CAROL and MALLORY (`EvmKey.derive`). Needs the evm extra."""
     from p2pay.core.evmsig import EvmKey
@@ -207,8 +211,12 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
-class LedgerConformanceError(AssertionError):
-    """A ledger backend does not behave as specs/settlement.md says."""
+class LedgerConformanceError(P2payError, AssertionError):
+    """A ledger backend does not behave as specs/settlement.md says (an AssertionError, so
+    test runners report it as a failure). ``str()`` is the message alone."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LedgerFactory(Protocol):
@@ -406,12 +414,21 @@ class LedgerHarness:
         self.clock = ManualClock()
         self.accounts = [ALICE.account, BOB.account, CAROL.account, MALLORY.account]
         self._opened: list[Ledger] = []
-        self.ledger: CheckedLedger = None  # type: ignore[assignment]
+        self._ledger: CheckedLedger | None = None
+
+    @property
+    def ledger(self) -> CheckedLedger:
+        """The case's ledger (made by `start`)."""
+        if self._ledger is None:
+            raise RuntimeError("LedgerHarness.start() was not called")
+        return self._ledger
 
     async def start(self) -> None:
-        self.ledger = await self.new_ledger()
+        self._ledger = await self.new_ledger()
 
-    async def new_ledger(self, *, dev: bool = True, clock: ManualClock | None = None) -> Any:
+    async def new_ledger(
+        self, *, dev: bool = True, clock: ManualClock | None = None
+    ) -> CheckedLedger:
         """Another fresh ledger (checked), on this harness's clock unless one is given."""
         clock = clock or self.clock
         raw = await self.factory(clock, dev=dev)
@@ -1051,14 +1068,21 @@ class _ClaimSetup:
     def __init__(self, h: LedgerHarness) -> None:
         self.h = h
         self.cid = b""
-        self.request: Request = None  # type: ignore[assignment]
+        self._request: Request | None = None
+
+    @property
+    def request(self) -> Request:
+        """The paid request to BOB (made by `setup`)."""
+        if self._request is None:
+            raise RuntimeError("_ClaimSetup.setup() was not called")
+        return self._request
 
     async def setup(self) -> _ClaimSetup:
         h = self.h
         await h.funded((ALICE, 10 * TOKEN), (BOB, 20 * TOKEN))
         await h.ledger.stake(BOB, self.stake, self.penalty, self.window)
         self.cid = await h.ledger.open_channel(ALICE, BOB.account, TOKEN, 5_000)
-        self.request = h.voucher(ALICE, self.cid, n=1, paid=100, price=100, body=b"ping")
+        self._request = h.voucher(ALICE, self.cid, n=1, paid=100, price=100, body=b"ping")
         return self
 
     def response(
@@ -1956,16 +1980,35 @@ class _Impostor:
         self.sign = signer.sign
 
 
-def _tx_ledger(h: LedgerHarness) -> Any:
-    inner = h.ledger.inner
-    expect(
-        callable(getattr(inner, "submit", None)) and callable(getattr(inner, "next_nonce", None)),
-        "this backend takes no signed transactions (submit/next_nonce): skip SIGNED_TX_CASES",
-    )
+@runtime_checkable
+class _SignedTxLedger(Protocol):
+    """A backend that takes signed transactions (specs/settlement.md section 11)."""
+
+    @property
+    def tx_count(self) -> int: ...
+
+    async def next_nonce(self, account: bytes) -> int: ...
+
+    async def submit(self, tx: Transaction) -> Receipt: ...
+
+
+def _tx_ledger(h: LedgerHarness) -> _SignedTxLedger:
+    return _signed_tx(h.ledger.inner)
+
+
+def _signed_tx(inner: Ledger) -> _SignedTxLedger:
+    if not (
+        isinstance(inner, _SignedTxLedger)
+        and callable(getattr(inner, "submit", None))
+        and callable(getattr(inner, "next_nonce", None))
+    ):
+        raise _fail(
+            "this backend takes no signed transactions (submit/next_nonce): skip SIGNED_TX_CASES"
+        )
     return inner
 
 
-async def _refused_tx(h: LedgerHarness, code: ErrorCode, tx: Any, what: str) -> None:
+async def _refused_tx(h: LedgerHarness, code: ErrorCode, tx: Transaction, what: str) -> None:
     """`submit(tx)` is refused with `code` and nothing readable changed (S-4)."""
     inner = _tx_ledger(h)
     before = await h.ledger.snapshot()
@@ -2033,14 +2076,14 @@ async def _case_tx_replay_refused(h: LedgerHarness) -> None:
 
 @_tx_case
 async def _case_tx_reordered_refused_then_valid_sequence(h: LedgerHarness) -> None:
-    from p2pay.core.settlement import Transfer, Withdraw
+    from p2pay.core.settlement import Op, Transfer, Withdraw
     from p2pay.core.tx import sign_transaction
 
     L = h.ledger
     inner = _tx_ledger(h)
     await h.funded((ALICE, 10 * TOKEN))
     n = await inner.next_nonce(ALICE.account)
-    ops = [
+    ops: list[Op] = [
         Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN),
         Withdraw(sender=ALICE.account, amount=2 * TOKEN),
         Transfer(sender=ALICE.account, to=CAROL.account, amount=3 * TOKEN),
@@ -2084,18 +2127,19 @@ async def _case_tx_for_another_ledger_refused(h: LedgerHarness) -> None:
     await h.funded((ALICE, 10 * TOKEN))
     other = await h.new_ledger()  # another ledger where ALICE has the same nonce
     n = await inner.next_nonce(ALICE.account)
-    expect_eq(await other.inner.next_nonce(ALICE.account), 1, "nonce on a fresh ledger")
+    expect_eq(await _signed_tx(other.inner).next_nonce(ALICE.account), 1, "nonce on a fresh ledger")
     op = Transfer(sender=ALICE.account, to=BOB.account, amount=TOKEN)
     elsewhere = sign_transaction(ALICE, other.ledger_id, n, op)
     await _refused_tx(h, ErrorCode.WRONG_LEDGER, elsewhere, "transaction for another ledger")
     # relabelled for this ledger, its signature no longer holds
     relabelled = dataclasses.replace(elsewhere, ledger=L.ledger_id)
     await _refused_tx(h, ErrorCode.INVALID_SIGNATURE, relabelled, "relabelled transaction")
-    for bad in (
+    malformed: tuple[Any, ...] = (  # (not transactions, on purpose)
         op,
         b"not a transaction",
         Transaction(ledger=L.ledger_id, nonce=0, op=op, signature=b""),
-    ):
+    )
+    for bad in malformed:
         await _refused_tx(h, ErrorCode.INVALID_ARGUMENT, bad, "malformed transaction")
     await inner.submit(sign_transaction(ALICE, L.ledger_id, n, op))
     expect_eq(await h.balances(ALICE, BOB), [9 * TOKEN, TOKEN], "the right transaction applies")

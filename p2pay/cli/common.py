@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import click
 import trio
@@ -43,11 +43,18 @@ from p2pay.core.signing import Scheme, scheme_for
 
 if TYPE_CHECKING:  # keeps `p2pay --help` from importing the node and the store
     from p2pay.ledger.base import Ledger
-    from p2pay.node import Node
+    from p2pay.node import Node, NodeConfig
     from p2pay.store.sqlite import SqliteStore
+
+    # click >= 8.4 types ParamType by the value it converts to; older clicks (which the
+    # package still runs with) cannot subscript it at run time.
+    _IntParamType = click.ParamType[int]
+else:
+    _IntParamType = click.ParamType
 
 log = logging.getLogger("p2pay.cli")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
@@ -57,7 +64,7 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 # parameter types
 
 
-class AmountType(click.ParamType):
+class AmountType(_IntParamType):
     """An amount: an integer of yocto, or a number and a unit ("1.5 token", "3 milli")."""
 
     name = "AMOUNT"
@@ -71,7 +78,7 @@ class AmountType(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
-class DurationType(click.ParamType):
+class DurationType(_IntParamType):
     """A duration in ms: "1500", "250ms", "2s", "5m", "1h"."""
 
     name = "DURATION"
@@ -133,7 +140,7 @@ def ledger_option(f: Callable[..., T]) -> Callable[..., T]:
     )(f)
 
 
-def run(fn: Callable[..., Any], *args: Any) -> Any:
+def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
     """Run an async function under trio."""
     return trio.run(fn, *args)
 
@@ -142,7 +149,7 @@ def echo(text: str = "") -> None:
     render.stdout.print(text, markup=False)
 
 
-def node_config(config: Config, **fixed: Any) -> Any:
+def node_config(config: Config, **fixed: Any) -> NodeConfig:
     """The home's `NodeConfig` (config.toml's ``[node]``), with `fixed` on top."""
     from p2pay.node import NodeConfig
 
@@ -216,7 +223,7 @@ class Guard:
         self.error: Exception | None = None
         self.done = False
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         try:
             value = await fn(*args)
         except Exception as exc:
@@ -234,15 +241,19 @@ class Guard:
 
 
 def run_with_node(
-    home: Home, ledger_text: str | None, fn: Callable[[Node], Any], *, offline: bool = False
-) -> Any:
+    home: Home,
+    ledger_text: str | None,
+    fn: Callable[[Node], Awaitable[T]],
+    *,
+    offline: bool = False,
+) -> T:
     """Run ``await fn(node)`` in a `short_node` (see `Guard`) and return its value.
 
     Raises:
         whatever `fn` raised; CliError if the node stopped before `fn` finished.
     """
     guard = Guard()
-    box: list[Any] = []
+    box: list[T] = []
 
     async def body() -> None:
         async with short_node(home, ledger_text, offline=offline) as node:

@@ -34,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -63,6 +63,10 @@ from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
 from p2pay.core.settlement import ChannelState, ClaimState
+
+if TYPE_CHECKING:
+    from p2pay.node import Node
+    from p2pay.store.sqlite import SqliteStore
 
 CLAIM_WINDOW_MS = 2_000
 CHALLENGE_MS = 1_000
@@ -94,7 +98,7 @@ STOP_TIMEOUT = 10.0  # a provider stops after SIGINT within this
 class LineReader:
     """Lines from a trio receive stream (a child's stdout)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self.stream = stream
         self.buffer = bytearray()
 
@@ -121,7 +125,7 @@ class LineReader:
 @dataclass
 class Child:
     name: str
-    process: Any  # trio.Process
+    process: trio.Process
     log_path: Path
     reader: LineReader
 
@@ -157,7 +161,7 @@ class Children:
         return child
 
     async def stop(
-        self, child: Child, sig: int = signal.SIGINT, timeout: float = STOP_TIMEOUT
+        self, child: Child, sig: signal.Signals = signal.SIGINT, timeout: float = STOP_TIMEOUT
     ) -> None:
         process = child.process
         if process.returncode is None:
@@ -310,7 +314,12 @@ async def run_demo(*, calls: int, drop_rate: float, keep: bool, as_json: bool) -
 
 
 async def _demo_body(
-    folder: Path, children: Children, calls: int, drop_rate: float, say: Any, as_json: bool
+    folder: Path,
+    children: Children,
+    calls: int,
+    drop_rate: float,
+    say: Callable[[str], None],
+    as_json: bool,
 ) -> dict[str, Any]:
     from p2pay.ledger.sqlite import SqliteLedger
 
@@ -622,8 +631,8 @@ async def run_client(
 
 
 async def _client_body(
-    node: Any,
-    store: Any,
+    node: Node,
+    store: SqliteStore,
     providers: Sequence[tuple[str, str]],
     calls: int,
     deposit: int,
@@ -632,6 +641,7 @@ async def _client_body(
 ) -> None:
     """Open channels, call, close, and wait until claims and closes are settled."""
     from p2pay.node import CallTimeout
+    from p2pay.persist import StoreFailed
 
     led = node.ledger
     me = node.account
@@ -653,6 +663,8 @@ async def _client_body(
                 tally["timeouts"] += 1
                 _emit(event="call", provider=name, outcome="timeout")
                 continue
+            except StoreFailed:
+                raise  # our store failed: the demo stops, it is not a call's outcome
             except P2payError as exc:
                 tally["errors"] += 1
                 _emit(event="call", provider=name, outcome="error", code=exc.code.value)

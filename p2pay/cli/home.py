@@ -234,7 +234,7 @@ def parse_duration_ms(text: str) -> int:
     if len(whole) > 18:
         raise CliError(f"duration {text[:64]!r} is too long")
     numerator = int(whole + frac) * scale
-    denominator = 10 ** len(frac)
+    denominator: int = 10 ** len(frac)  # int ** int is typed Any (a negative power is a float)
     if numerator % denominator:
         raise CliError(f"duration {text[:64]!r} is not a whole number of milliseconds")
     return numerator // denominator

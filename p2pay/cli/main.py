@@ -70,7 +70,10 @@ from p2pay.core.settlement import ChannelState
 from p2pay.sim.cli import simulate
 
 if TYPE_CHECKING:
-    from p2pay.node import Node
+    from p2pay.core.settlement import Event, Params
+    from p2pay.ledger.base import Totals
+    from p2pay.node import CallResult, ChannelInfo, Node
+    from p2pay.store.base import PayeeRecord, PayerRecord
 
 log = logging.getLogger("p2pay.cli")
 
@@ -276,7 +279,7 @@ def ledger_create(
     if use:
         home.require()
 
-    async def create() -> Any:
+    async def create() -> Params:
         from p2pay.ledger.sqlite import SqliteLedger
 
         try:
@@ -304,7 +307,7 @@ def ledger_create(
 def _adopt_and_report(
     home: Home,
     spec: LedgerSpec,
-    params: Any,
+    params: Params,
     verb: str,
     *,
     use: bool,
@@ -386,7 +389,7 @@ def ledger_deploy(
         except ValueError:
             raise CliError(f"--token {token!r}: expected 0x and 40 hex digits") from None
 
-    async def deploy() -> Any:
+    async def deploy() -> tuple[bytes, Params]:
         try:
             from p2pay.core.evmsig import EvmKey
             from p2pay.ledger.evm import EvmLedger, Web3Chain
@@ -443,7 +446,11 @@ def ledger_mint(
     async def mint() -> int:
         async with open_ledger(spec) as led:
             if fund_dev_gas:
-                chain: Any = getattr(led, "chain", None)
+                from p2pay.ledger.evm import EvmLedger, Web3Chain
+
+                chain = led.chain if isinstance(led, EvmLedger) else None
+                if not isinstance(chain, Web3Chain):
+                    raise CliError("cannot fund gas on this chain (dev chains only): no JSON-RPC")
                 sender_account = account_of_key(sender, spec)
                 try:
                     for who in (sender_account, target):
@@ -479,7 +486,7 @@ def ledger_events(after: int, limit: int, ledger: str | None, as_json: bool) -> 
     """List the ledger's events (every operation emits at least one)."""
     spec = settings().home.ledger_spec(ledger)
 
-    async def read() -> list[Any]:
+    async def read() -> list[Event]:
         async with open_ledger(spec) as led:
             return await led.events(after=after, limit=limit)
 
@@ -510,7 +517,7 @@ def ledger_totals(ledger: str | None, as_json: bool) -> None:
     """Where every yocto is: supply = balances + escrow + stakes + bonds + burnt."""
     spec = settings().home.ledger_spec(ledger)
 
-    async def read() -> Any:
+    async def read() -> Totals:
         async with open_ledger(spec) as led:
             return await led.totals()
 
@@ -693,7 +700,7 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     me = account_of_key(key, spec)
 
     async def read() -> dict[str, Any]:
-        local: dict[bytes, Any] = {}
+        local: dict[bytes, PayerRecord | PayeeRecord] = {}
         store_note = None
         if home.store_path.exists():
             try:
@@ -764,7 +771,7 @@ def channel_open(
         # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
         target, offline = peer_id_from_public(parse_account(peer, spec)), True
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> ChannelInfo:
         return await node.open_channel(target, deposit=deposit, challenge_ms=challenge)
 
     info = run_with_node(home, ledger, do, offline=offline)
@@ -793,7 +800,7 @@ def channel_top_up(channel_id: str, amount: int, ledger: str | None, as_json: bo
     home = settings().home
     cid = parse_channel_id(channel_id)
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> ChannelInfo:
         return await node.top_up(cid, amount)
 
     info = run_with_node(home, ledger, do, offline=True)
@@ -972,7 +979,7 @@ def call(
     else:
         body = (data or "").encode("utf-8", "surrogateescape")
 
-    async def do(node: Node) -> Any:
+    async def do(node: Node) -> CallResult:
         from p2pay.node import CallTimeout
 
         try:

@@ -30,9 +30,9 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -52,11 +52,19 @@ from p2pay.cli.common import (
 from p2pay.cli.home import CliError, Home, listen_addrs, open_ledger
 from p2pay.cli.services import Handler, ServiceSpec, load_handler, parse_service
 
+if TYPE_CHECKING:  # (at run time the node is imported only when a node runs)
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
+    from p2pay.net.base import ListenError
+    from p2pay.node import Behaviour, Call, Counters, Node
+
 log = logging.getLogger("p2pay.cli.node")
 METRICS_INTERVAL = 0.5
 
 
-def _behaviour_class() -> Any:
+def _behaviour_class() -> Callable[[float], Behaviour]:
     from p2pay.node import Behaviour
 
     class DropBehaviour(Behaviour):
@@ -69,7 +77,7 @@ def _behaviour_class() -> Any:
             self.rate = rate
             self._random = random.Random()
 
-        def drop(self, call: Any) -> bool:
+        def drop(self, call: Call) -> bool:
             dropped = self._random.random() < self.rate
             if dropped:
                 render.event(log, "dropped", service=call.service, n=call.n, peer=call.peer_id)
@@ -106,7 +114,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def full_addrs(node: Any) -> list[str]:
+def full_addrs(node: Node) -> list[str]:
     """The node's listen addresses, each ending in /p2p/<PeerID>."""
     out = []
     for addr in node.addrs:
@@ -124,7 +132,7 @@ class _InFlight:
         self.value = 0
 
     def wrap(self, name: str, handler: Handler) -> Handler:
-        async def counted(call: Any) -> bytes:
+        async def counted(call: Call) -> bytes:
             self.value += 1
             try:
                 return await handler(call)
@@ -149,7 +157,7 @@ class _Metrics:
     def __init__(self) -> None:
         self.snapshot: dict[str, Any] = {}
 
-    def refresh(self, node: Any, in_flight: _InFlight) -> None:
+    def refresh(self, node: Node, in_flight: _InFlight) -> None:
         c = node.counters
         self.snapshot = {
             "calls_served": c.calls_served,
@@ -183,7 +191,7 @@ class _Metrics:
             **(chain_stats if isinstance(chain_stats, dict) else {}),
         }
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.snapshot
@@ -243,10 +251,10 @@ class _Serving:
     metrics: tuple[str, int] | None
     drop_rate: float
     as_json: bool
-    signals: Any
+    signals: AsyncIterator[int]
     in_flight: _InFlight = field(default_factory=_InFlight)
     collector: _Metrics = field(default_factory=_Metrics)
-    server: Any = None
+    server: WSGIServer | None = None
 
 
 async def run_node(
@@ -312,7 +320,7 @@ async def run_node(
     return summary
 
 
-def _listen_error(exc: BaseException) -> Any:
+def _listen_error(exc: BaseException) -> ListenError | None:
     """The transport's `ListenError` in `exc` (maybe inside exception groups), or None."""
     from p2pay.net.base import ListenError
 
@@ -326,7 +334,7 @@ def _listen_error(exc: BaseException) -> Any:
     return None
 
 
-async def _serve(node: Any, s: _Serving) -> Any:
+async def _serve(node: Node, s: _Serving) -> Counters:
     """Register the services, announce the address, wait for a signal."""
     for svc, handler in zip(s.services, s.handlers, strict=True):
         node.serve(svc.name, s.in_flight.wrap(svc.name, handler), price=svc.price)
@@ -376,11 +384,11 @@ async def _serve(node: Any, s: _Serving) -> Any:
     return node.counters
 
 
-def _start_metrics(collector: _Metrics, where: tuple[str, int]) -> Any:
+def _start_metrics(collector: _Metrics, where: tuple[str, int]) -> WSGIServer:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     try:
         server, _thread = start_http_server(where[1], addr=where[0], registry=registry)
     except OSError as exc:
@@ -390,7 +398,7 @@ def _start_metrics(collector: _Metrics, where: tuple[str, int]) -> Any:
     return server
 
 
-async def _refresh_metrics(collector: _Metrics, node: Any, in_flight: _InFlight) -> None:
+async def _refresh_metrics(collector: _Metrics, node: Node, in_flight: _InFlight) -> None:
     while True:
         collector.refresh(node, in_flight)
         await trio.sleep(METRICS_INTERVAL)

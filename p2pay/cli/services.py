@@ -18,21 +18,24 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from p2pay.cli.home import CliError
 from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import AmountError
 
-Handler = Callable[[Any], Awaitable[bytes]]
+if TYPE_CHECKING:  # (`p2pay --help` does not import the node)
+    from p2pay.node import Call
+
+Handler = Callable[["Call"], Awaitable[bytes]]
 
 
-async def echo(call: Any) -> bytes:
+async def echo(call: Call) -> bytes:
     """Built-in ``echo``: the response body is the request body."""
     return bytes(call.body)
 
 
-async def upper(call: Any) -> bytes:
+async def upper(call: Call) -> bytes:
     """Built-in ``upper``: the request body with ASCII letters in upper case."""
     return bytes(call.body).upper()
 

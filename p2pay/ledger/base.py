@@ -38,11 +38,12 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, SettlementError
+from p2pay.core.evmsig import EvmKey
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import (
@@ -70,17 +71,24 @@ from p2pay.core.settlement import (
     Withdraw,
     WithdrawStake,
 )
+from p2pay.core.signing import Signer
 from p2pay.core.tx import FIRST_NONCE, Transaction, check_transaction, sign_transaction
 
 __all__ = [
     "Ledger",
     "LedgerFileError",
+    "LedgerKey",
     "LocalLedger",
     "OpLedger",
     "Receipt",
     "Totals",
     "totals_of",
 ]
+
+
+LedgerKey = Keypair | EvmKey
+"""The key an operation of an `OpLedger` is authorised by: a `Keypair` (Ed25519), or an
+`EvmKey` (an EVM ledger also takes the `Keypair` its EVM key derives from)."""
 
 
 class LedgerFileError(LocalProtocolError):
@@ -264,7 +272,7 @@ class OpLedger(abc.ABC):
     async def now(self) -> int: ...
 
     @abc.abstractmethod
-    async def _submit(self, op: Op, key: Any) -> Receipt:
+    async def _submit(self, op: Op, key: Signer) -> Receipt:
         """Apply `op`, authorised by `key` (the sender's key, ``key.account == op.sender``),
         atomically; raise `SettlementError` unchanged when refused."""
 
@@ -317,24 +325,24 @@ class OpLedger(abc.ABC):
         await self.aclose()
 
     # --- operations
-    async def _do(self, key: Any, op: Op) -> Any:
+    async def _do(self, key: Signer, op: Op) -> Any:
         receipt = await self._submit(op, key)
         self._tx_count += 1
         return receipt.result
 
-    async def mint(self, key: Keypair, account: bytes, amount: int) -> None:
+    async def mint(self, key: LedgerKey, account: bytes, amount: int) -> None:
         """Create `amount` yocto on `account` (dev ledgers only)."""
         await self._do(key, Mint(sender=key.account, account=account, amount=amount))
 
-    async def transfer(self, key: Keypair, to: bytes, amount: int) -> None:
+    async def transfer(self, key: LedgerKey, to: bytes, amount: int) -> None:
         await self._do(key, Transfer(sender=key.account, to=to, amount=amount))
 
-    async def withdraw(self, key: Keypair, amount: int) -> None:
+    async def withdraw(self, key: LedgerKey, amount: int) -> None:
         """Take `amount` out of the ledger (supply decreases)."""
         await self._do(key, Withdraw(sender=key.account, amount=amount))
 
     async def open_channel(
-        self, key: Keypair, payee: bytes, deposit: int, challenge_ms: int
+        self, key: LedgerKey, payee: bytes, deposit: int, challenge_ms: int
     ) -> bytes:
         """Open a channel from ``key.account`` to `payee`; returns the channel id."""
         result: bytes = await self._do(
@@ -345,10 +353,10 @@ class OpLedger(abc.ABC):
         )
         return result
 
-    async def top_up(self, key: Keypair, channel_id: bytes, amount: int) -> None:
+    async def top_up(self, key: LedgerKey, channel_id: bytes, amount: int) -> None:
         await self._do(key, TopUp(sender=key.account, channel=channel_id, amount=amount))
 
-    async def redeem(self, key: Keypair, voucher: Request, amount: int | None = None) -> int:
+    async def redeem(self, key: LedgerKey, voucher: Request, amount: int | None = None) -> int:
         """Payee collects up to ``voucher.paid`` (or `amount`); returns what was paid now."""
         result: int = await self._do(
             key, Redeem(sender=key.account, voucher=voucher, amount=amount)
@@ -357,7 +365,7 @@ class OpLedger(abc.ABC):
 
     async def payee_close(
         self,
-        key: Keypair,
+        key: LedgerKey,
         channel_id: bytes,
         voucher: Request | None = None,
         amount: int | None = None,
@@ -368,13 +376,13 @@ class OpLedger(abc.ABC):
         )
         return result
 
-    async def start_close(self, key: Keypair, channel_id: bytes) -> None:
+    async def start_close(self, key: LedgerKey, channel_id: bytes) -> None:
         await self._do(key, StartClose(sender=key.account, channel=channel_id))
 
-    async def finalize_close(self, key: Keypair, channel_id: bytes) -> None:
+    async def finalize_close(self, key: LedgerKey, channel_id: bytes) -> None:
         await self._do(key, FinalizeClose(sender=key.account, channel=channel_id))
 
-    async def stake(self, key: Keypair, amount: int, penalty: int, claim_window_ms: int) -> None:
+    async def stake(self, key: LedgerKey, amount: int, penalty: int, claim_window_ms: int) -> None:
         await self._do(
             key,
             StakeOp(
@@ -385,14 +393,14 @@ class OpLedger(abc.ABC):
             ),
         )
 
-    async def request_unstake(self, key: Keypair) -> None:
+    async def request_unstake(self, key: LedgerKey) -> None:
         await self._do(key, RequestUnstake(sender=key.account))
 
-    async def withdraw_stake(self, key: Keypair) -> None:
+    async def withdraw_stake(self, key: LedgerKey) -> None:
         await self._do(key, WithdrawStake(sender=key.account))
 
     async def file_claim(
-        self, key: Keypair, request: Request, refusal: Response | None = None
+        self, key: LedgerKey, request: Request, refusal: Response | None = None
     ) -> bytes:
         """File a claim with a signed request (and its body); returns the claim id.
 
@@ -405,7 +413,7 @@ class OpLedger(abc.ABC):
 
     async def answer_claim(
         self,
-        key: Keypair,
+        key: LedgerKey,
         claim_id: bytes,
         response: Response | None = None,
         *,
@@ -416,11 +424,14 @@ class OpLedger(abc.ABC):
             AnswerClaim(sender=key.account, claim=claim_id, response=response, evidence=evidence),
         )
 
-    async def resolve_claim(self, key: Keypair, claim_id: bytes) -> None:
+    async def resolve_claim(self, key: LedgerKey, claim_id: bytes) -> None:
         await self._do(key, ResolveClaim(sender=key.account, claim=claim_id))
 
 
-def copy_entity(entity: Any) -> Any:
+_Entity = TypeVar("_Entity", Channel, Stake, Claim)
+
+
+def copy_entity(entity: _Entity) -> _Entity:
     """A shallow copy of a Channel/Stake/Claim (all their fields are immutable values)."""
     return dataclasses.replace(entity)
 
@@ -482,7 +493,7 @@ class LocalLedger(OpLedger):
         self._tx_count += 1
         return receipt
 
-    async def _submit(self, op: Op, key: Any) -> Receipt:
+    async def _submit(self, op: Op, key: Signer) -> Receipt:
         """A named operation: the backend signs `op` with `key` at the sender's next nonce
         inside its atomic section, then checks it like any transaction."""
         if not _is_account(op.sender):

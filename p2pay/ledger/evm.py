@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -89,7 +89,8 @@ from p2pay.core.settlement import (
     WithdrawStake,
     apply,
 )
-from p2pay.ledger.base import OpLedger, Receipt, Totals
+from p2pay.core.signing import Signer
+from p2pay.ledger.base import LedgerKey, OpLedger, Receipt, Totals
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -127,6 +128,9 @@ _FIELD_NAMES = {"src": "from", "dst": "to"}
 _EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
 
 log = logging.getLogger("p2pay.ledger.evm")
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 
 def _contracts_dir() -> Path:
@@ -176,19 +180,19 @@ class _Abi:
                 self.events[keccak256(sig.encode())] = (item["name"], fields)
 
     def calldata(self, name: str, args: Sequence[Any]) -> bytes:
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         selector, types, _ = self.functions[name]
         return selector + encode(types, list(args))
 
     def decode_output(self, name: str, data: bytes) -> tuple[Any, ...]:
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         _, _, outs = self.functions[name]
         return tuple(decode(outs, data))
 
     def decode_log(self, topics: Sequence[bytes], data: bytes) -> tuple[str, dict[str, Any]] | None:
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         if not topics or topics[0] not in self.events:
             return None
@@ -454,10 +458,12 @@ class Web3Chain(Chain):
         self.stats = {"rpc_retries": 0, "repriced": 0, "low_gas_warnings": 0, "nonce_races": 0}
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
+        from web3.types import RPCEndpoint
+
         delay = 0.05
         for attempt in range(self.rpc_retries + 1):  # bounded
             try:
-                reply = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+                reply = self.w3.provider.make_request(RPCEndpoint(method), params)
             except Exception as exc:  # connection refused / reset, timeout, bad JSON
                 if attempt == self.rpc_retries:
                     raise ChainUnavailable(
@@ -587,7 +593,7 @@ class Web3Chain(Chain):
             "value": 0,
         }
         if to is not None:
-            from eth_utils import to_checksum_address
+            from eth_utils.address import to_checksum_address
 
             unsigned["to"] = to_checksum_address("0x" + to.hex())
         sent: list[str] = []
@@ -697,7 +703,7 @@ class RpcErrorReply(ChainError):
     """The endpoint answered an RPC with an error (a revert is read from it where a
     revert is expected; anywhere else it reaches the caller as this typed error)."""
 
-    def __init__(self, error: Any) -> None:
+    def __init__(self, error: object) -> None:
         super().__init__(str(error)[:500], details={"error": error})
         self.error = error
 
@@ -716,7 +722,7 @@ class RpcErrorReply(ChainError):
 def revert_code(output: bytes) -> tuple[ErrorCode, str]:
     """The `ErrorCode` in revert data ``Error(string)``; INTERNAL if there is none."""
     if output.startswith(_ERROR_SELECTOR):
-        from eth_abi import decode
+        from eth_abi.abi import decode
 
         try:
             (reason,) = decode(["string"], output[4:])
@@ -767,14 +773,16 @@ class _Index:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def add(self, decoded: Sequence[tuple[Any, str, dict[str, Any]]], cursor: int) -> list[Any]:
+    def add(
+        self, decoded: Sequence[tuple[Log, str, dict[str, Any]]], cursor: int
+    ) -> list[tuple[Log, str]]:
         """Index decoded logs ``(log, name, fields)`` and move the cursor to `cursor`.
 
         Each entry is checked completely before anything of it is written; an entry that
         does not make a valid event or frame (a request with ``n = 0``, a field of the
         wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
         advances: one bad log never stops the index (issue 14)."""
-        skipped: list[Any] = []
+        skipped: list[tuple[Log, str]] = []
         seq = self.last_seq()
         with self.db:
             for lg, name, fields in decoded:
@@ -926,8 +934,9 @@ def _plain(fields: dict[str, Any]) -> dict[str, Any]:
 # argument encoding
 
 
-class _Unencodable(Exception):
-    pass
+class _Unencodable(P2payError):
+    """An op argument the contract's ABI cannot carry (caught in `_submit`, which answers
+    with the rules' own refusal)."""
 
 
 def _u256(value: object) -> int:
@@ -1064,7 +1073,7 @@ def _encode_op(op: Op) -> tuple[str, list[Any]]:
 # ---------------------------------------------------------------------------
 # the ledger
 
-KeyLike = EvmKey | Keypair
+KeyLike = LedgerKey
 
 
 class EvmLedger(OpLedger):
@@ -1157,7 +1166,7 @@ class EvmLedger(OpLedger):
             if not res.ok:
                 raise LocalProtocolError(f"token deployment failed: {revert_code(res.output)[1]}")
             token = res.output
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         ctor = encode(
             ["address", "bool"] + ["uint256"] * 8,
@@ -1272,7 +1281,7 @@ class EvmLedger(OpLedger):
         return self._last_at * 1000 // self._time_unit_us
 
     # --- plumbing
-    async def _call_chain(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call_chain(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await _run(self.chain, fn, *args)
 
     async def _view(self, name: str, *args: Any) -> tuple[Any, ...]:
@@ -1323,7 +1332,7 @@ class EvmLedger(OpLedger):
         self.skipped.append(f"{where}: {reason}"[:300])
         log.warning("EVM ledger 0x%s: skipped %s: %s", self.address.hex(), where, reason[:300])
 
-    async def _submit(self, op: Op, key: Any = None) -> Receipt:
+    async def _submit(self, op: Op, key: Signer | None = None) -> Receipt:
         # the chain transaction is signed with the registered key of op.sender (`_k`)
         if self._closed:
             raise LocalProtocolError("ledger is closed")
@@ -1376,53 +1385,55 @@ class EvmLedger(OpLedger):
         return None
 
     # --- operations: accept EvmKey or Keypair; remember the key for signing
-    def _k(self, key: KeyLike) -> Any:
+    def _k(self, key: KeyLike) -> EvmKey:
         return self.register_key(key)
 
-    async def mint(self, key: Any, account: bytes, amount: int) -> None:
+    async def mint(self, key: KeyLike, account: bytes, amount: int) -> None:
         await super().mint(self._k(key), account, amount)
 
-    async def transfer(self, key: Any, to: bytes, amount: int) -> None:
+    async def transfer(self, key: KeyLike, to: bytes, amount: int) -> None:
         await super().transfer(self._k(key), to, amount)
 
-    async def withdraw(self, key: Any, amount: int) -> None:
+    async def withdraw(self, key: KeyLike, amount: int) -> None:
         await super().withdraw(self._k(key), amount)
 
-    async def open_channel(self, key: Any, payee: bytes, deposit: int, challenge_ms: int) -> bytes:
+    async def open_channel(
+        self, key: KeyLike, payee: bytes, deposit: int, challenge_ms: int
+    ) -> bytes:
         return await super().open_channel(self._k(key), payee, deposit, challenge_ms)
 
-    async def top_up(self, key: Any, channel_id: bytes, amount: int) -> None:
+    async def top_up(self, key: KeyLike, channel_id: bytes, amount: int) -> None:
         await super().top_up(self._k(key), channel_id, amount)
 
-    async def redeem(self, key: Any, voucher: Request, amount: int | None = None) -> int:
+    async def redeem(self, key: KeyLike, voucher: Request, amount: int | None = None) -> int:
         return await super().redeem(self._k(key), voucher, amount)
 
     async def payee_close(
         self,
-        key: Any,
+        key: KeyLike,
         channel_id: bytes,
         voucher: Request | None = None,
         amount: int | None = None,
     ) -> int:
         return await super().payee_close(self._k(key), channel_id, voucher, amount)
 
-    async def start_close(self, key: Any, channel_id: bytes) -> None:
+    async def start_close(self, key: KeyLike, channel_id: bytes) -> None:
         await super().start_close(self._k(key), channel_id)
 
-    async def finalize_close(self, key: Any, channel_id: bytes) -> None:
+    async def finalize_close(self, key: KeyLike, channel_id: bytes) -> None:
         await super().finalize_close(self._k(key), channel_id)
 
-    async def stake(self, key: Any, amount: int, penalty: int, claim_window_ms: int) -> None:
+    async def stake(self, key: KeyLike, amount: int, penalty: int, claim_window_ms: int) -> None:
         await super().stake(self._k(key), amount, penalty, claim_window_ms)
 
-    async def request_unstake(self, key: Any) -> None:
+    async def request_unstake(self, key: KeyLike) -> None:
         await super().request_unstake(self._k(key))
 
-    async def withdraw_stake(self, key: Any) -> None:
+    async def withdraw_stake(self, key: KeyLike) -> None:
         await super().withdraw_stake(self._k(key))
 
     async def file_claim(
-        self, key: Any, request: Request, refusal: Response | None = None
+        self, key: KeyLike, request: Request, refusal: Response | None = None
     ) -> bytes:
         """File a claim; with `refusal` (the payee's signed refusal of `request`) it is
         settled at once as REFUSED and the price refunded (`file_claim_refused`)."""
@@ -1430,7 +1441,7 @@ class EvmLedger(OpLedger):
 
     async def answer_claim(
         self,
-        key: Any,
+        key: KeyLike,
         claim_id: bytes,
         response: Response | None = None,
         *,
@@ -1440,7 +1451,7 @@ class EvmLedger(OpLedger):
         tiling conflict with the claimed one)."""
         await super().answer_claim(self._k(key), claim_id, response, evidence=evidence)
 
-    async def resolve_claim(self, key: Any, claim_id: bytes) -> None:
+    async def resolve_claim(self, key: KeyLike, claim_id: bytes) -> None:
         await super().resolve_claim(self._k(key), claim_id)
 
     async def deposit(self, key: KeyLike, amount: int) -> None:
@@ -1451,7 +1462,7 @@ class EvmLedger(OpLedger):
         """
         evm_key = self.register_key(key)
         token = bytes.fromhex((await self._view("token"))[0][2:])
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         approve = keccak256(b"approve(address,uint256)")[:4] + encode(
             ["address", "uint256"], ["0x" + self.address.hex(), _u256(amount)]
@@ -1632,7 +1643,7 @@ def _as_evm_key(key: KeyLike) -> EvmKey:
     raise LocalProtocolError("a key is an EvmKey or an Ed25519 Keypair")
 
 
-async def _run(chain: Chain, fn: Callable[..., Any], *args: Any) -> Any:
+async def _run(chain: Chain, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
     if chain.blocking_io:
         return await trio.to_thread.run_sync(lambda: fn(*args))
     await trio.lowlevel.checkpoint()

@@ -68,7 +68,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -138,6 +138,8 @@ CREATE TABLE nonces (account BLOB PRIMARY KEY, last INTEGER NOT NULL) WITHOUT RO
 _GLOBALS = ("supply", "burnt", "nonce", "seq", "last_at")
 
 E = TypeVar("E", Channel, Stake, Claim)
+_R = TypeVar("_R")
+_Args = TypeVarTuple("_Args")
 
 
 # ---------------------------------------------------------------------------
@@ -449,10 +451,10 @@ class SqliteLedger(LocalLedger):
 
     # --- plumbing
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, fn: Callable[[sqlite3.Connection, *_Args], _R], *args: *_Args) -> _R:
         return await trio.to_thread.run_sync(self._locked, fn, *args)
 
-    def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _locked(self, fn: Callable[[sqlite3.Connection, *_Args], _R], *args: *_Args) -> _R:
         with self._lock:
             if self._conn is None:
                 raise LocalProtocolError("ledger is closed")

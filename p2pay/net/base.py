@@ -14,8 +14,8 @@ runs against both): `p2pay.net.p2p` (libp2p: TCP, Noise, yamux) and `p2pay.net.m
 Semantics common to both:
 
 * `send()` writes one frame; concurrent callers are serialized, frames never interleave.
-* A stream may also offer ``send_many(payloads)``: the same frames as one `send()` each,
-  written at once (libp2p: one yamux write); `send_frames` uses it when there is one.
+* ``send_many(payloads)`` writes the same frames as one `send()` each would, in order, but
+  at once (libp2p: one yamux write; in memory: one arrival time for the burst).
 * `receive()` returns the next frame; `StreamClosed` at end of stream, on reset or when the
   connection is lost; `FrameTooLarge` (a `DecodeError`) when the peer announces a frame
   larger than this side's ``max_frame``: the caller may still send (an error frame) and
@@ -46,7 +46,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from p2pay.core.errors import LocalProtocolError
+from p2pay.core.errors import LocalProtocolError, P2payError
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -58,8 +58,15 @@ RESET_TIMEOUT = 1.0
 CLOSE_TIMEOUT = 2.0
 
 
-class NetError(Exception):
-    """Base of the transport's exceptions."""
+class NetError(P2payError):
+    """Base of the transport's exceptions, a `P2payError` like every error p2pay raises.
+
+    A local condition (a stream ended, a peer could not be reached), not a refusal a peer
+    put on the wire: `code` is `ErrorCode.INTERNAL`, and ``str()`` is the message alone.
+    """
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StreamClosed(NetError):
@@ -107,6 +114,16 @@ class Stream(Protocol):
 
         Raises:
             StreamClosed: the stream is closed, reset or its connection is lost.
+            LocalProtocolError: `payload` is not bytes.
+        """
+        ...
+
+    async def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Write several frames, in order, as one `send()` each would, but at once.
+
+        Raises:
+            StreamClosed: as `send`; frames before the failure may have been delivered.
+            LocalProtocolError: a payload is not bytes (checked before anything is sent).
         """
         ...
 
@@ -194,18 +211,16 @@ def check_max_frame(max_frame: int) -> int:
 
 
 async def send_frames(stream: Stream, payloads: Sequence[bytes]) -> None:
-    """Send `payloads` in order: in one write if the stream has ``send_many``, else one
-    `send()` each.
+    """Send `payloads` in order: one `send()` for a single frame, one ``send_many`` for
+    several (nothing for none).
 
     Raises:
         StreamClosed: as `Stream.send`.
     """
-    send_many = getattr(stream, "send_many", None)
-    if send_many is not None and len(payloads) > 1:
-        await send_many(payloads)
-        return
-    for payload in payloads:
-        await stream.send(payload)
+    if len(payloads) == 1:
+        await stream.send(payloads[0])
+    elif payloads:
+        await stream.send_many(payloads)
 
 
 async def run_handler(handler: StreamHandler, stream: Stream) -> None:

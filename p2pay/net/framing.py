@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-from p2pay.core.errors import DecodeError, FrameTooLarge, LocalProtocolError
+from p2pay.core.errors import DecodeError, FrameTooLarge, LocalProtocolError, P2payError
 from p2pay.net.base import StreamClosed, check_max_frame
 
 MAX_UVARINT_BYTES = 9
@@ -216,4 +216,4 @@ def renew_error(error: BaseException) -> Exception:
         return FrameTooLarge(error.message, details=error.details)
     if isinstance(error, DecodeError):
         return DecodeError(error.message)
-    return StreamClosed(*error.args)
+    return StreamClosed(error.message if isinstance(error, P2payError) else str(error))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -61,6 +61,9 @@ PIPE_CAPACITY = 256
 """Frames in flight per direction before `send()` blocks (backpressure)."""
 
 LatencyFn = Callable[[str, str], float]
+SendFilter = Callable[[bytes], bytes | None]
+"""``keep(frame)``: the frame to send instead (None: nothing is sent). See
+`MemoryNetwork.set_send_filter`."""
 
 
 class MemoryNetwork:
@@ -70,6 +73,7 @@ class MemoryNetwork:
         self._transports: dict[str, _MemoryTransport] = {}
         self._offline: set[str] = set()
         self._latency: LatencyFn | None = None
+        self._send_filters: dict[str, SendFilter] = {}
 
     def set_latency(self, fn: LatencyFn | None) -> None:
         """Set the one-way delay ``fn(src_peer_id, dst_peer_id)`` in seconds (None: none).
@@ -87,6 +91,18 @@ class MemoryNetwork:
             self._offline.discard(peer_id)
         else:
             self._offline.add(peer_id)
+
+    def set_send_filter(self, peer_id: str, keep: SendFilter | None) -> None:
+        """Pass every frame `peer_id` sends on the streams it accepts from now on through
+        ``keep(frame)``: the frame it returns is sent instead, nothing when it returns None
+        (None: no filter). Simulations use it to make a node misbehave on the wire.
+
+        Streams already open keep the filter they had.
+        """
+        if keep is None:
+            self._send_filters.pop(peer_id, None)
+        else:
+            self._send_filters[peer_id] = keep
 
     def is_online(self, peer_id: str) -> bool:
         return peer_id in self._transports and peer_id not in self._offline
@@ -177,8 +193,10 @@ class MemoryStream:
         incoming: _Pipe,
         remote_public: bytes,
         remote_peer_id: str,
+        keep: SendFilter | None = None,
     ) -> None:
         self._transport = transport
+        self._keep = keep
         self._network = transport._network
         self._out = outgoing
         self._in = incoming
@@ -213,6 +231,12 @@ class MemoryStream:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise LocalProtocolError("a frame payload is bytes")
         data = bytes(payload)
+        if self._keep is not None:
+            kept = self._keep(data)
+            if kept is None:
+                await trio.lowlevel.checkpoint()
+                return
+            data = bytes(kept)
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._send_lock
         if lock.locked():
@@ -254,6 +278,11 @@ class MemoryStream:
             if not isinstance(payload, bytes | bytearray | memoryview):
                 raise LocalProtocolError("a frame payload is bytes")
             data.append(bytes(payload))
+        if self._keep is not None:
+            data = [bytes(f) for f in map(self._keep, data) if f is not None]
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._send_lock
         if lock.locked():
@@ -530,6 +559,7 @@ class _MemoryTransport:
             incoming=forward,
             remote_public=self.public,
             remote_peer_id=self._peer_id,
+            keep=self._network._send_filters.get(peer_id),
         )
         self._streams.add(local_end)
         remote._streams.add(remote_end)
@@ -592,3 +622,8 @@ async def open_memory_transport(
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+if TYPE_CHECKING:  # `mypy --strict p2pay` checks both classes against the interface
+    _STREAM: type[Stream] = MemoryStream
+    _TRANSPORT: type[Transport] = _MemoryTransport

@@ -64,16 +64,18 @@ import os
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p import new_host
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
 from libp2p.crypto.keys import KeyType
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -96,6 +98,8 @@ from p2pay.net.base import (
     AddressInUse,
     ConnectError,
     ListenError,
+    NetError,
+    Stream,
     StreamClosed,
     StreamHandler,
     Transport,
@@ -143,7 +147,7 @@ def _describe(exc: BaseException) -> str:
     return text[:500]
 
 
-def _ed25519_public(peer_id: Any) -> bytes:
+def _ed25519_public(peer_id: ID) -> bytes:
     """The 32-byte Ed25519 key embedded in a py-libp2p PeerID.
 
     Raises:
@@ -163,7 +167,7 @@ class Libp2pStream:
 
     def __init__(
         self,
-        net_stream: Any,
+        net_stream: INetStream,
         *,
         remote_public: bytes,
         max_frame: int,
@@ -324,7 +328,7 @@ class Libp2pTransport:
 
     def __init__(
         self,
-        host: Any,
+        host: IHost,
         key: Keypair,
         handler: StreamHandler,
         *,
@@ -355,7 +359,7 @@ class Libp2pTransport:
         return [str(addr) for addr in self._host.get_addrs()]
 
     @property
-    def host(self) -> Any:
+    def host(self) -> IHost:
         """The underlying py-libp2p host (for diagnostics; do not register handlers)."""
         return self._host
 
@@ -380,7 +384,7 @@ class Libp2pTransport:
         peerstore = self._host.get_peerstore()
         peerstore.clear_addrs(pid)
         peerstore.add_addrs(pid, [maddr], PERMANENT_ADDR_TTL)
-        self._host.get_network().unblock_peer(pid)
+        _swarm(self._host).unblock_peer(pid)
 
     def _parse(self, addr: str, *, expect: str | None) -> tuple[ID, Multiaddr]:
         """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad."""
@@ -424,8 +428,7 @@ class Libp2pTransport:
             raise ConnectError(f"cannot dial {peer[:200]!r}: {exc}") from None
         if str(pid) == self._peer_id:
             raise ConnectError("cannot connect to ourselves")
-        network = self._host.get_network()
-        network.unblock_peer(pid)  # lift the 60 s negative cache of an earlier failure
+        _swarm(self._host).unblock_peer(pid)  # lift the 60 s negative cache of a failure
         net_stream = None
         with trio.move_on_after(CONNECT_TIMEOUT):
             try:
@@ -458,7 +461,7 @@ class Libp2pTransport:
 
     # --- inbound -----------------------------------------------------------------
 
-    async def _on_stream(self, net_stream: Any) -> None:
+    async def _on_stream(self, net_stream: INetStream) -> None:
         """py-libp2p's handler for `PROTOCOL_ID`; runs in py-libp2p's task, never raises."""
         try:
             if not self._running or self._nursery is None:
@@ -508,8 +511,8 @@ class Libp2pTransport:
             await stream.reset()
 
 
-class _Refused(Exception):
-    pass
+class _Refused(NetError):
+    """An inbound stream this transport will not serve (closing, or at its limit)."""
 
 
 # --- yamux window updates ---------------------------------------------------------
@@ -542,7 +545,7 @@ def _install_window_update_policy() -> None:
             return False
         return bool(original())
 
-    release_on_read.p2pay_policy = True  # type: ignore[attr-defined]
+    release_on_read.__dict__["p2pay_policy"] = True  # (the marker checked above)
     _yamux_module._yamux_release_on_read = release_on_read
 
 
@@ -591,7 +594,7 @@ def _install_exclusive_listeners() -> None:
             failures.append((port, exc))
             raise OpenConnectionError(f"Failed to listen on {host}:{port}: {exc}") from exc
 
-    open_listeners.p2pay_policy = True  # type: ignore[attr-defined]
+    open_listeners.__dict__["p2pay_policy"] = True  # (the marker checked above)
     _tcp_module._open_reuseport_listeners = open_listeners
     # py-libp2p also logs the failure at ERROR; ours is reported once, as the exception.
     logging.getLogger(_tcp_module.__name__).addFilter(_drop_our_listen_failures)
@@ -608,7 +611,7 @@ _install_exclusive_listeners()
 
 
 def _listen_error(
-    host: Any, requested: Sequence[Multiaddr], failures: list[tuple[int, OSError]]
+    host: IHost, requested: Sequence[Multiaddr], failures: list[tuple[int, OSError]]
 ) -> ListenError | None:
     """The error for the first requested address py-libp2p is not listening on, if any."""
     listening = host.get_network().listeners
@@ -668,7 +671,7 @@ def _listen_error(
 # send ahead, never what an honest peer can send.
 
 
-class _WindowExceeded(trio.TooSlowError):
+class _WindowExceeded(NetError, trio.TooSlowError):
     """A peer sent more than the yamux receive window it was given."""
 
 
@@ -759,20 +762,24 @@ class _GuardedYamux(Yamux):
 def _install_yamux_guard() -> None:
     # py-libp2p's muxer negotiation builds yamux connections from its module's `Yamux`
     # whatever class the host was given (muxer_multistream.MuxerMultistream.new_conn).
-    if getattr(_muxer_multistream_module, "Yamux", None) is Yamux:
-        _muxer_multistream_module.Yamux = _GuardedYamux  # type: ignore[misc]
+    # (through the module's namespace: the module imports `Yamux` without re-exporting it)
+    namespace = vars(_muxer_multistream_module)
+    if namespace.get("Yamux") is Yamux:
+        namespace["Yamux"] = _GuardedYamux
 
 
 _install_yamux_guard()
 
 
-def _limit_receive_window(muxed: Any) -> None:
+def _limit_receive_window(muxed: object) -> None:
     """Cap a new yamux stream's receive window at `RECEIVE_WINDOW` and bound what the
     muxer may buffer for it at `MAX_STREAM_BUFFER`. Done when the stream is made: its
     first reads (protocol negotiation) already let py-libp2p grow the window to MiBs."""
     if not isinstance(muxed, YamuxStream) or getattr(muxed, "p2pay_buffer_bound", None):
         return
-    muxed.p2pay_buffer_bound = MAX_STREAM_BUFFER  # type: ignore[attr-defined]
+    # (new instance attributes of py-libp2p's stream: set through its namespace)
+    attrs = vars(muxed)
+    attrs["p2pay_buffer_bound"] = MAX_STREAM_BUFFER
     muxed.target_recv_window = min(muxed.target_recv_window, RECEIVE_WINDOW)
     grow = muxed._apply_autotune_epoch
 
@@ -788,10 +795,10 @@ def _limit_receive_window(muxed: Any) -> None:
             extra -= take
         return extra
 
-    muxed._apply_autotune_epoch = capped_autotune  # type: ignore[method-assign]
+    attrs["_apply_autotune_epoch"] = capped_autotune  # shadows the method, this stream only
 
 
-def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
+def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> IHost:
     """A py-libp2p host with the p2pay key, Noise only, yamux only, one connection per peer."""
     key_pair = ed25519_key_pair(key.seed)
     if key_pair.public_key.to_bytes() != key.public:  # pragma: no cover - library drift
@@ -805,7 +812,7 @@ def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
         low_watermark=0,
         min_connections=0,
     )
-    host: Any = new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): _GuardedYamux},
@@ -814,12 +821,22 @@ def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> Any:
     )
     # py-libp2p's AutoConnector keeps dialling every peer in the peerstore to reach a
     # connection target; the node decides whom it talks to. It only runs once started.
-    network = host.get_network()
-    network.auto_connector.start = _do_nothing
+    # (Its `start` is replaced on this instance, through the instance's namespace.)
+    network = _swarm(host)
+    vars(network.auto_connector)["start"] = _do_nothing
     # One retry instead of three (with backoff, 0.7 s to give up on a closed port):
     # the node has its own retry policy and wants a prompt ConnectError.
     network.retry_config = RetryConfig(max_retries=DIAL_RETRIES)
     return host
+
+
+def _swarm(host: IHost) -> Swarm:
+    """The host's network, py-libp2p's `Swarm` (whose retry policy, auto-connector and
+    negative dial cache p2pay configures)."""
+    network = host.get_network()
+    if not isinstance(network, Swarm):  # pragma: no cover - library drift
+        raise RuntimeError(f"py-libp2p's host network is a {type(network).__name__}, not a Swarm")
+    return network
 
 
 async def _do_nothing() -> None:
@@ -911,3 +928,8 @@ async def open_libp2p_transport(
         raise listen_error
     if body_error is not None:
         raise body_error
+
+
+if TYPE_CHECKING:  # `mypy --strict p2pay` checks both classes against the interface
+    _STREAM: type[Stream] = Libp2pStream
+    _TRANSPORT: type[Transport] = Libp2pTransport

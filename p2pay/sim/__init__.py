@@ -10,18 +10,18 @@ simulated. Use it from the command line (``p2pay simulate SCENARIO``) or as a li
 
 To add a behaviour, subclass `PeerBehaviour` (hooks documented in
 `p2pay.sim.behaviours`) and `register` it; scenario files then name it by ``kind``.
+
+Imports go one way (no module of the package imports one that imports it back): `params`
+(values and `ScenarioError`) <- `scenario` and `behaviours` <- `cheaters` <- `registry`
+(every behaviour, registered by name) <- `engine` <- `run`; `invariants` <- `report`.
 """
 
-from p2pay.sim.behaviours import (
-    BEHAVIOURS,
-    DownPeriod,
-    PeerBehaviour,
-    RawSession,
-    register,
-)
+from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, RawSession
 from p2pay.sim.engine import SimPeer, Simulation
+from p2pay.sim.params import ScenarioError
+from p2pay.sim.registry import BEHAVIOURS, register
 from p2pay.sim.run import run_scenario, run_simulation
-from p2pay.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from p2pay.sim.scenario import Scenario, load_scenario, parse_scenario
 
 __all__ = [
     "BEHAVIOURS",

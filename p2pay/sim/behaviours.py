@@ -31,7 +31,8 @@ request a dropper drops) are a hash of the seed and the request, not a draw from
 RNG, so a run is reproducible from its seed.
 
 To write your own, subclass `PeerBehaviour` (or one below), set ``kind`` and ``roles``,
-take parameters as keyword arguments in ``__init__`` and register it with `register`.
+take parameters as keyword arguments in ``__init__`` and register it with
+`p2pay.sim.registry.register`.
 """
 
 from __future__ import annotations
@@ -49,16 +50,18 @@ from p2pay.core.channel import ChannelStatus, PayerChannel
 from p2pay.core.errors import P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
-from p2pay.net.base import NetError
 from p2pay.node import Behaviour, Call
+from p2pay.persist import StoreFailed
+from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
 
 if TYPE_CHECKING:
+    from p2pay.net.base import Stream
     from p2pay.sim.engine import SimPeer, Simulation
 
 log = logging.getLogger("p2pay.sim")
 
 __all__ = [
-    "BEHAVIOURS",
+    "BUILTIN",
     "Crasher",
     "DownPeriod",
     "Dropper",
@@ -72,9 +75,6 @@ __all__ = [
     "Replayer",
     "Slow",
     "StaleCloser",
-    "check_behaviour",
-    "make_behaviour",
-    "register",
 ]
 
 
@@ -93,18 +93,6 @@ def _fraction(*parts: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _param_duration(value: object, name: str) -> float:
-    from p2pay.sim.scenario import parse_duration
-
-    return parse_duration(value, name)
-
-
-def _param_rate(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1]")
-    return float(value)
-
-
 class PeerBehaviour(Behaviour):
     """Base class: an honest peer. Subclass and override the hooks you need."""
 
@@ -118,7 +106,7 @@ class PeerBehaviour(Behaviour):
     #: the engine passes the node's outgoing answers through `answer_filter`
     filters_answers: ClassVar[bool] = False
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, **params: object) -> None:
         if params:
             raise TypeError(f"{self.kind} takes no parameter {', '.join(sorted(params))}")
         self.stats: collections.Counter[str] = collections.Counter()
@@ -173,7 +161,9 @@ class PeerBehaviour(Behaviour):
                 continue
             try:
                 await node.close_channel(channel)
-            except (P2payError, SettlementError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a refused close
+            except P2payError as exc:  # a SettlementError, a ChainError...
                 self.stats["settle_errors"] += 1
                 log.warning("%s: close %s failed: %s", self.peer.name, channel.hex()[:8], exc)
 
@@ -197,8 +187,8 @@ class Offline(PeerBehaviour):
         self,
         *,
         mode: str | None = None,
-        periods: list[list[Any]] | None = None,
-        every: Any = None,
+        periods: list[list[object]] | None = None,
+        every: object = None,
         **rest: Any,
     ) -> None:
         length = rest.pop("for", None)
@@ -210,13 +200,13 @@ class Offline(PeerBehaviour):
         for item in periods or []:
             if not (isinstance(item, list) and len(item) == 2):
                 raise ValueError("periods is a list of [start, end]")
-            start = _param_duration(item[0], "periods start")
-            end = _param_duration(item[1], "periods end")
+            start = parse_duration(item[0], "periods start")
+            end = parse_duration(item[1], "periods end")
             if end <= start:
                 raise ValueError("a period ends after it starts")
             self.periods.append((start, end))
-        self.every = None if every is None else _param_duration(every, "every")
-        self.length = None if length is None else _param_duration(length, "for")
+        self.every = None if every is None else parse_duration(every, "every")
+        self.length = None if length is None else parse_duration(length, "for")
         if (self.every is None) != (self.length is None):
             raise ValueError("every and for go together")
         if self.every is not None and self.every <= 0:
@@ -267,7 +257,7 @@ class Dropper(PeerBehaviour):
 
     def __init__(self, *, rate: float = 0.1, answers_claims: bool = False, greedy: bool = False):
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
+        self.rate = parse_rate(rate, "rate")
         self.answers_claims = bool(answers_claims)
         self.greedy = bool(greedy)
 
@@ -307,10 +297,10 @@ class Slow(PeerBehaviour):
     kind = "slow"
     roles = ("provider",)
 
-    def __init__(self, *, rate: float = 0.2, delay: Any = "10s") -> None:
+    def __init__(self, *, rate: float = 0.2, delay: object = "10s") -> None:
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
-        self.delay = _param_duration(delay, "delay")
+        self.rate = parse_rate(rate, "rate")
+        self.delay = parse_duration(delay, "delay")
 
     async def before_handler(self, call: Call) -> None:
         if _fraction(self.sim.scenario.seed, self.peer.index, call.channel, call.n) < self.rate:
@@ -326,7 +316,7 @@ class RawSession:
     """A hand-driven protocol stream to a provider: hello both ways, then one frame out,
     one frame back. What an attacker with its own key (and nothing else) can do."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Stream) -> None:
         self.stream = stream
 
     @classmethod
@@ -334,6 +324,7 @@ class RawSession:
         node = peer.node
         assert node is not None
         transport = node._transport  # the node's own transport (no public accessor yet)
+        assert transport is not None  # (the node is open)
         with trio.fail_after(timeout):
             stream = await transport.connect(target.addr)
             try:
@@ -365,9 +356,9 @@ class _Attacker(PeerBehaviour):
     honest = False
     adversary = True
 
-    def __init__(self, *, every: Any = "30s", **rest: Any) -> None:
+    def __init__(self, *, every: object = "30s", **rest: Any) -> None:
         super().__init__(**rest)
-        self.every = _param_duration(every, "every")
+        self.every = parse_duration(every, "every")
         if self.every <= 0:
             raise ValueError("every must be > 0")
 
@@ -379,7 +370,9 @@ class _Attacker(PeerBehaviour):
                 return
             try:
                 await self.attack()
-            except (P2payError, NetError, trio.TooSlowError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a failed attack
+            except (P2payError, trio.TooSlowError) as exc:  # a NetError too
                 self.stats[f"attack_failed:{type(exc).__name__}"] += 1
 
     async def attack(self) -> None:
@@ -503,11 +496,9 @@ class Overspender(_Attacker):
 
     kind = "overspender"
 
-    def __init__(self, *, deposit: Any = "1 milli", factor: int = 10, every: Any = "5s"):
+    def __init__(self, *, deposit: object = "1 milli", factor: int = 10, every: object = "5s"):
         super().__init__(every=every)
-        from p2pay.sim.scenario import _amount
-
-        self.deposit = _amount(deposit, "deposit")
+        self.deposit = parse_amount_param(deposit, "deposit")
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError("factor must be an int >= 2")
         self.factor = factor
@@ -581,9 +572,9 @@ class StaleCloser(_Attacker):
 
     kind = "stale_closer"
 
-    def __init__(self, *, at: Any = None, every: Any = "1s") -> None:
+    def __init__(self, *, at: object = None, every: object = "1s") -> None:
         super().__init__(every=every)
-        self.at = None if at is None else _param_duration(at, "at")
+        self.at = None if at is None else parse_duration(at, "at")
 
     async def attack(self) -> None:
         node = self.peer.node
@@ -606,7 +597,7 @@ class FalseClaimer(_Attacker):
 
     kind = "false_claimer"
 
-    def __init__(self, *, every: Any = "60s", max_claims: int = 1000) -> None:
+    def __init__(self, *, every: object = "60s", max_claims: int = 1000) -> None:
         super().__init__(every=every)
         if isinstance(max_claims, bool) or not isinstance(max_claims, int) or max_claims < 0:
             raise ValueError("max_claims must be an int >= 0")
@@ -643,18 +634,9 @@ class FalseClaimer(_Attacker):
 
 
 # ---------------------------------------------------------------------------
-# registry
+# the behaviours of this module, registered under their ``kind`` by `p2pay.sim.registry`
 
-BEHAVIOURS: dict[str, type[PeerBehaviour]] = {}
-
-
-def register(cls: type[PeerBehaviour]) -> type[PeerBehaviour]:
-    """Make a behaviour class usable in scenario files under its ``kind``."""
-    BEHAVIOURS[cls.kind] = cls
-    return cls
-
-
-for _cls in (
+BUILTIN: tuple[type[PeerBehaviour], ...] = (
     Honest,
     Offline,
     Crasher,
@@ -665,28 +647,4 @@ for _cls in (
     Overspender,
     StaleCloser,
     FalseClaimer,
-):
-    register(_cls)
-
-
-def make_behaviour(kind: str, params: dict[str, Any]) -> PeerBehaviour:
-    """A new behaviour object of `kind` with `params` (one per peer).
-
-    Raises:
-        ValueError: unknown kind; TypeError / ValueError: bad parameters.
-    """
-    cls = BEHAVIOURS.get(kind)
-    if cls is None:
-        raise ValueError(f"unknown behaviour {kind!r} (known: {', '.join(sorted(BEHAVIOURS))})")
-    return cls(**params)
-
-
-def check_behaviour(kind: str, role: str, params: dict[str, Any]) -> None:
-    """Validate a scenario's behaviour for a role (builds one and drops it)."""
-    behaviour = make_behaviour(kind, params)
-    if role not in behaviour.roles:
-        raise ValueError(f"{kind} applies to {' or '.join(behaviour.roles)}, not {role}")
-
-
-# The cheaters of specs/claims.md register themselves (they subclass the classes above).
-import p2pay.sim.cheaters  # noqa: E402, F401
+)

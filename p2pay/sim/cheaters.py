@@ -36,25 +36,24 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from p2pay.core.channel import ChannelStatus
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.messages import Refusal, Request, Response, decode_frame, refusal_body
 from p2pay.node import Call
-from p2pay.sim.behaviours import (
-    DownPeriod,
-    PeerBehaviour,
-    _Attacker,
-    _fraction,
-    _param_duration,
-    _param_rate,
-    register,
-)
+from p2pay.persist import StoreFailed
+from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, _Attacker, _fraction
+from p2pay.sim.params import parse_amount_param, parse_duration, parse_rate
+
+if TYPE_CHECKING:
+    from p2pay.core.settlement import Channel, Claim, Stake
+    from p2pay.sim.engine import SimPeer
 
 log = logging.getLogger("p2pay.sim")
 
 __all__ = [
+    "CHEATERS",
     "BondHarvester",
     "ClaimFlooder",
     "FakeReplay",
@@ -65,8 +64,8 @@ __all__ = [
 ]
 
 
-def _state(claim: Any) -> str:
-    return str(getattr(claim.state, "value", claim.state))
+def _state(entity: Claim | Channel) -> str:
+    return str(getattr(entity.state, "value", entity.state))
 
 
 def _count_refusal(stats: collections.Counter[str], what: str, exc: SettlementError) -> None:
@@ -77,7 +76,6 @@ def _count_refusal(stats: collections.Counter[str], what: str, exc: SettlementEr
 # providers
 
 
-@register
 class BondHarvester(PeerBehaviour):
     """Charges a fraction ``rate`` of paid requests, withholds their answers and answers
     the resulting claims with a signed refusal (``status``: HANDLER_ERROR or OVERLOADED).
@@ -93,13 +91,13 @@ class BondHarvester(PeerBehaviour):
     adversary = True
     answers_claims = False
 
-    def __init__(self, *, rate: float = 0.3, status: str = "HANDLER_ERROR", every: Any = "2s"):
+    def __init__(self, *, rate: float = 0.3, status: str = "HANDLER_ERROR", every: object = "2s"):
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
+        self.rate = parse_rate(rate, "rate")
         if status not in (ErrorCode.HANDLER_ERROR.value, ErrorCode.OVERLOADED.value):
             raise ValueError("status must be HANDLER_ERROR or OVERLOADED")
         self.status = status
-        self.every = _param_duration(every, "every")
+        self.every = parse_duration(every, "every")
         if self.every <= 0:
             raise ValueError("every must be > 0")
         self.withheld: collections.Counter[bytes] = collections.Counter()  # channel -> yocto
@@ -156,7 +154,7 @@ class BondHarvester(PeerBehaviour):
                 continue
             self.stats["claims_answered_ok" if response.ok else "claims_answered_refusal"] += 1
 
-    async def _answer_for(self, claim: Any) -> Response | None:
+    async def _answer_for(self, claim: Claim) -> Response | None:
         node = self.peer.node
         assert node is not None
         stored = await node.store.response(claim.id)
@@ -199,7 +197,6 @@ class BondHarvester(PeerBehaviour):
             ch.status = ChannelStatus.CLOSED
 
 
-@register
 class FakeReplay(PeerBehaviour):
     """Serves and charges a fraction ``rate`` of requests like an honest provider, then
     sends an unsigned REPLAY refusal carrying its genuine resync data (``last_n``,
@@ -216,7 +213,7 @@ class FakeReplay(PeerBehaviour):
 
     def __init__(self, *, rate: float = 0.3, answers_claims: bool = True) -> None:
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
+        self.rate = parse_rate(rate, "rate")
         self.answers_claims = bool(answers_claims)
 
     def answer_filter(self, frame: bytes) -> bytes | None:
@@ -244,7 +241,6 @@ class FakeReplay(PeerBehaviour):
         ).to_frame()
 
 
-@register
 class LateAnswer(PeerBehaviour):
     """Lets a fraction ``rate`` of handlers finish ``after`` past the request's deadline
     (the caller has given up), hoping to charge the late answer."""
@@ -254,10 +250,10 @@ class LateAnswer(PeerBehaviour):
     honest = False
     adversary = True
 
-    def __init__(self, *, rate: float = 0.3, after: Any = "1s") -> None:
+    def __init__(self, *, rate: float = 0.3, after: object = "1s") -> None:
         super().__init__()
-        self.rate = _param_rate(rate, "rate")
-        self.after = _param_duration(after, "after")
+        self.rate = parse_rate(rate, "rate")
+        self.after = parse_duration(after, "after")
 
     async def before_handler(self, call: Call) -> None:
         if _fraction(self.sim.scenario.seed, self.peer.index, call.channel, call.n) >= self.rate:
@@ -268,7 +264,6 @@ class LateAnswer(PeerBehaviour):
         await self.sim.sleep(max(0.0, wait_ms / 1000) + self.after)
 
 
-@register
 class Unbonding(PeerBehaviour):
     """Honest provider that requests unstake at ``unstake_at``, keeps serving and
     answering until its unbonding ends (``unbonding_at``: every legitimate claim is
@@ -278,10 +273,10 @@ class Unbonding(PeerBehaviour):
     kind = "unbonding"
     roles = ("provider",)
 
-    def __init__(self, *, unstake_at: Any = "30s", margin: Any = "2s") -> None:
+    def __init__(self, *, unstake_at: object = "30s", margin: object = "2s") -> None:
         super().__init__()
-        self.unstake_at = _param_duration(unstake_at, "unstake_at")
-        self.margin = _param_duration(margin, "margin")
+        self.unstake_at = parse_duration(unstake_at, "unstake_at")
+        self.margin = parse_duration(margin, "margin")
         if self.margin <= 0:
             raise ValueError("margin must be > 0")
 
@@ -326,7 +321,7 @@ class _SideChannel:
     """A channel a cheating client opens straight on the ledger (its node does not use
     it) and signs made-up requests on: fresh numbers and fresh slices of the paid line."""
 
-    def __init__(self, behaviour: PeerBehaviour, target: Any, deposit: int) -> None:
+    def __init__(self, behaviour: PeerBehaviour, target: SimPeer, deposit: int) -> None:
         self.behaviour = behaviour
         self.target = target
         self.deposit = deposit
@@ -385,7 +380,6 @@ async def _file(behaviour: PeerBehaviour, request: Request, what: str) -> bool:
     return True
 
 
-@register
 class ClaimFlooder(_Attacker):
     """Every ``every`` (mean), files a burst of claims against a staked provider it has a
     channel to: ``answered`` claims on requests it was answered, ``made_up`` claims on
@@ -398,16 +392,14 @@ class ClaimFlooder(_Attacker):
     def __init__(
         self,
         *,
-        every: Any = "60s",
+        every: object = "60s",
         answered: int = 5,
         made_up: int = 20,
         conflicting: int = 2,
-        deposit: Any = "10 milli",
+        deposit: object = "10 milli",
         max_bursts: int = 3,
     ) -> None:
         super().__init__(every=every)
-        from p2pay.sim.scenario import _amount
-
         for name, value in (
             ("answered", answered),
             ("made_up", made_up),
@@ -418,7 +410,7 @@ class ClaimFlooder(_Attacker):
                 raise ValueError(f"{name} must be an int >= 0")
         self.answered, self.made_up, self.conflicting = answered, made_up, conflicting
         self.max_bursts = max_bursts
-        self.deposit = _amount(deposit, "deposit")
+        self.deposit = parse_amount_param(deposit, "deposit")
         self.side: _SideChannel | None = None
         self.claimed: set[bytes] = set()
 
@@ -448,10 +440,10 @@ class ClaimFlooder(_Attacker):
             and r.deadline < now <= r.deadline + stake.claim_window_ms // 2
         ]
         for record in records[: self.answered]:
-            request = decode_frame(record.frame)
-            assert isinstance(request, Request)
+            answered = decode_frame(record.frame)
+            assert isinstance(answered, Request)
             self.claimed.add(record.request_hash)
-            await _file(self, request, "answered")
+            await _file(self, answered, "answered")
         # 2. made-up requests: fresh numbers and slices, deadline just passed
         if self.side is None:
             self.side = _SideChannel(self, target, self.deposit)
@@ -473,7 +465,6 @@ class ClaimFlooder(_Attacker):
                 await _file(self, request, "conflicting")
 
 
-@register
 class UnbondingClaimer(_Attacker):
     """Waits for a provider it has a channel to to request unstake, then files claims on
     made-up requests (a side channel of ``deposit``) dated just before ``unbonding_at``:
@@ -487,18 +478,16 @@ class UnbondingClaimer(_Attacker):
     def __init__(
         self,
         *,
-        every: Any = "1s",
-        before: Any = "10s",
-        after: Any = "10s",
-        deposit: Any = "10 milli",
+        every: object = "1s",
+        before: object = "10s",
+        after: object = "10s",
+        deposit: object = "10 milli",
         control: bool = True,
     ) -> None:
         super().__init__(every=every)
-        from p2pay.sim.scenario import _amount
-
-        self.before = _param_duration(before, "before")
-        self.after = _param_duration(after, "after")
-        self.deposit = _amount(deposit, "deposit")
+        self.before = parse_duration(before, "before")
+        self.after = parse_duration(after, "after")
+        self.deposit = parse_amount_param(deposit, "deposit")
         self.control = bool(control)
         self.done = False
 
@@ -520,7 +509,7 @@ class UnbondingClaimer(_Attacker):
                 return
             await sim.sleep(self.every)
 
-    async def _attack(self, target: Any, stake: Any, horizon: int) -> None:
+    async def _attack(self, target: SimPeer, stake: Stake, horizon: int) -> None:
         self.done = True
         sim = self.sim
         node = self.peer.node
@@ -554,7 +543,6 @@ class UnbondingClaimer(_Attacker):
             await self.sim.sleep(wait)
 
 
-@register
 class FastCloser(_Attacker):
     """Opens its channels with a ``challenge`` period far below the usual (the ledger
     allows it), spends on them, starts closing them all at ``at`` and finalizes each
@@ -562,12 +550,12 @@ class FastCloser(_Attacker):
 
     kind = "fast_closer"
 
-    def __init__(self, *, challenge: Any = "1s", at: Any = "60s") -> None:
+    def __init__(self, *, challenge: object = "1s", at: object = "60s") -> None:
         super().__init__(every="1s")
-        self.challenge = _param_duration(challenge, "challenge")
+        self.challenge = parse_duration(challenge, "challenge")
         if self.challenge <= 0:
             raise ValueError("challenge must be > 0")
-        self.at = _param_duration(at, "at")
+        self.at = parse_duration(at, "at")
         self.closed = False
 
     def channel_challenge_ms(self, default_ms: int) -> int:
@@ -588,7 +576,9 @@ class FastCloser(_Attacker):
                 continue
             try:
                 await node.close_channel(channel)
-            except (P2payError, SettlementError) as exc:
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a refused close
+            except P2payError as exc:  # a SettlementError, a ChainError...
                 self.stats[f"close_refused:{exc.code.value}"] += 1
                 continue
             self.stats["closes_started"] += 1
@@ -610,3 +600,15 @@ class FastCloser(_Attacker):
             if info is not None and info.redeemed == 0:
                 self.stats["finalized_unredeemed"] += 1
             await node.refresh_channel(channel)
+
+
+# the cheaters, registered under their ``kind`` by `p2pay.sim.registry`
+CHEATERS: tuple[type[PeerBehaviour], ...] = (
+    BondHarvester,
+    FakeReplay,
+    LateAnswer,
+    Unbonding,
+    ClaimFlooder,
+    UnbondingClaimer,
+    FastCloser,
+)

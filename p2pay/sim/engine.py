@@ -47,7 +47,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -66,9 +66,15 @@ from p2pay.node import (
     PeerUnreachable,
     open_node,
 )
-from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, make_behaviour
-from p2pay.sim.scenario import PeerGroup, Scenario, ScenarioError, ServiceSpec
+from p2pay.persist import StoreFailed
+from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
+from p2pay.sim.params import ScenarioError, parse_duration
+from p2pay.sim.registry import make_behaviour
+from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
 from p2pay.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # (see p2pay.persist)
 
 log = logging.getLogger("p2pay.sim")
 
@@ -468,7 +474,7 @@ class Simulation:
                 peer.channels.append((target, info.channel))
 
     async def _lifecycle(
-        self, peer: SimPeer, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, peer: SimPeer, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         periods = list(peer.periods)
         started = False
@@ -519,18 +525,11 @@ class Simulation:
 
     def _filter_answers(self, peer: SimPeer, node: Node) -> None:
         """Pass every frame the node sends on its inbound streams through the behaviour's
-        `answer_filter` (memory transport: the transport's stream handler is wrapped)."""
-        transport = node._transport
-        handler = getattr(transport, "_handler", None)
-        if handler is None:  # libp2p: not supported, the behaviour stays honest
+        `answer_filter` (memory transport only: the network's send filter)."""
+        if self.network is None:  # libp2p: not supported, the behaviour stays honest
             peer.behaviour.stats["answer_filter_unsupported"] += 1
             return
-        behaviour = peer.behaviour
-
-        async def filtered(stream: Any) -> None:
-            await handler(_FilteredStream(stream, behaviour.answer_filter))
-
-        transport._handler = filtered
+        self.network.set_send_filter(str(peer.key.peer_id), peer.behaviour.answer_filter)
 
     def _accumulate(self, peer: SimPeer, node: Node) -> None:
         c = node.counters
@@ -655,10 +654,12 @@ class Simulation:
                 return "UNREACHABLE"
             except ConnectionLost:
                 return "CONNECTION_LOST"
-            except P2payError as exc:
-                return exc.code.value
             except (NetError, trio.TooSlowError, trio.BrokenResourceError):
                 return "UNREACHABLE"
+            except StoreFailed:
+                raise  # the node's store failed: a crash of the run, not a call's outcome
+            except P2payError as exc:
+                return exc.code.value
             peer.paid_ok += result.price
             peer.delivered[result.receipt.request_hash] = (target.account, result.price)
             self.paid_ok += result.price
@@ -711,40 +712,12 @@ class Simulation:
             await self.invariants.check_periodic(t)
 
 
-class _FilteredStream:
-    """A node's inbound stream whose outgoing frames pass through `keep` first (a frame
-    replaced, or dropped when `keep` returns None). Everything else is the stream's."""
-
-    def __init__(self, stream: Any, keep: Callable[[bytes], bytes | None]) -> None:
-        self._stream = stream
-        self._keep = keep
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def send(self, payload: bytes) -> None:
-        frame = self._keep(bytes(payload))
-        if frame is not None:
-            await self._stream.send(frame)
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def send_many(self, payloads: Any) -> None:
-        frames = [f for f in (self._keep(bytes(p)) for p in payloads) if f is not None]
-        if frames:
-            await self._stream.send_many(frames)
-        else:
-            await trio.lowlevel.checkpoint()
-
-
 def _open(node: Node, channel: bytes) -> bool:
     ch = node.payer_channels.get(channel)
     return ch is not None and ch.status.value == "open"
 
 
 def _param_seconds(value: object) -> float:
-    from p2pay.sim.scenario import parse_duration
-
     try:
         return parse_duration(value)
     except ScenarioError:

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["write_plots"]
 
@@ -50,7 +54,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     paths: list[Path] = []
     meta = {"Software": "p2pay.sim"}
 
-    def finish(fig: Any, axes: list[Any], name: str) -> None:
+    def finish(fig: Figure, axes: list[Axes], name: str) -> None:
         for ax in axes:
             ax.axvline(workload_end, color="grey", linestyle="--", linewidth=0.8)
             ax.set_xlabel(xlabel)

@@ -16,15 +16,14 @@ Nothing here runs anything: the engine (`p2pay.sim.engine`) reads a `Scenario`.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from p2pay.core.amounts import parse_amount
-from p2pay.core.errors import AmountError
+from p2pay.sim.params import ScenarioError, parse_duration
+from p2pay.sim.params import parse_amount_param as _amount
 
 __all__ = [
     "ClientSpec",
@@ -43,49 +42,8 @@ __all__ = [
 ]
 
 
-class ScenarioError(ValueError):
-    """A scenario file is malformed; the message names the key."""
-
-
-_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: object, where: str = "duration") -> float:
-    """Seconds from a number of seconds or a text such as ``"1.5s"``, ``"10m"``, ``"2h"``.
-
-    Raises:
-        ScenarioError: not a finite duration >= 0.
-    """
-    if isinstance(value, bool):
-        raise ScenarioError(f"{where}: a duration is a number of seconds or a text like '10m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value)
-        if match is None:
-            raise ScenarioError(
-                f"{where}: cannot read duration {value!r} (use e.g. 250ms, 30s, 10m)"
-            )
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ScenarioError(f"{where}: a duration is a number of seconds or a text like '10m'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ScenarioError(f"{where}: a duration must be finite and >= 0")
-    return seconds
-
-
 def _ms(value: object, where: str) -> int:
     return round(parse_duration(value, where) * 1000)
-
-
-def _amount(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ScenarioError(f"{where}: an amount is an int of yocto or a text like '1 micro'")
-    try:
-        return int(parse_amount(value))
-    except AmountError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
 
 
 def _number(value: object, where: str, *, low: float = 0.0, high: float = math.inf) -> float:
@@ -508,7 +466,7 @@ def _parse_group(
     count = _int(t.get("count", 1), f"{where}.count", low=1, high=100_000)
     balance = _amount(t.get("balance", "10 token"), f"{where}.balance")
     kind, params = _parse_behaviour(t.get("behaviour", "honest"), f"{where}.behaviour")
-    from p2pay.sim.behaviours import check_behaviour
+    from p2pay.sim.registry import check_behaviour  # (the behaviours import the node)
 
     try:
         check_behaviour(kind, role, params)

@@ -492,13 +492,19 @@ class Batch:
         )
 
 
-def _records(name: str, items: object, cls: type) -> Iterable[object]:
+class _Record(Protocol):
+    def validate(self) -> None: ...
+
+
+def _records(name: str, items: object, cls: type[_Record]) -> list[_Record]:
     if not isinstance(items, list):
         raise _fail("Batch", f"{name} must be a list, not {type(items).__name__}")
+    checked: list[_Record] = []
     for item in items:
-        if type(item) is not cls:
+        if type(item) is not cls or not isinstance(item, cls):  # exactly `cls`
             raise _fail("Batch", f"{name} holds a {type(item).__name__}, not a {cls.__name__}")
-    return items
+        checked.append(item)
+    return checked
 
 
 def check_meta_key(key: object) -> str:
@@ -534,7 +540,7 @@ def check_batch(batch: Batch) -> None:
         ("request_updates", RequestUpdate),
     ):
         for record in _records(name, getattr(batch, name), cls):
-            record.validate()  # type: ignore[attr-defined]
+            record.validate()
     if not isinstance(batch.meta, dict):
         raise _fail("Batch", "meta must be a dict")
     for key, value in batch.meta.items():

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 import trio.testing
@@ -107,9 +108,9 @@ def voucher(n: int = 1, paid: int = 1_000, *, body: bytes = b"hello") -> Request
     )
 
 
-def payee_record(i: int, **changes: object) -> PayeeRecord:
+def payee_record(i: int, **changes: Any) -> PayeeRecord:
     """A payee record for channel `i` (fields overridable)."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {  # (changes may be deliberately invalid)
         "channel": channel_id(i),
         "ledger": LEDGER,
         "payer": ALICE.public,
@@ -123,12 +124,12 @@ def payee_record(i: int, **changes: object) -> PayeeRecord:
         "redeemed": 0,
     }
     fields.update(changes)
-    return PayeeRecord(**fields)  # type: ignore[arg-type]
+    return PayeeRecord(**fields)
 
 
-def payer_record(i: int, **changes: object) -> PayerRecord:
+def payer_record(i: int, **changes: Any) -> PayerRecord:
     """A payer record for channel `i` (fields overridable)."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {  # (changes may be deliberately invalid)
         "channel": channel_id(i),
         "ledger": LEDGER,
         "payer": ALICE.public,
@@ -140,12 +141,12 @@ def payer_record(i: int, **changes: object) -> PayerRecord:
         "spent": 0,
     }
     fields.update(changes)
-    return PayerRecord(**fields)  # type: ignore[arg-type]
+    return PayerRecord(**fields)
 
 
-def outgoing(i: int, **changes: object) -> OutgoingRequest:
+def outgoing(i: int, **changes: Any) -> OutgoingRequest:
     """An outgoing request with hash `_id("request", i)` (fields overridable)."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {  # (changes may be deliberately invalid)
         "request_hash": _id("request", i),
         "channel": channel_id(i % 3),
         "n": i + 1,
@@ -156,12 +157,12 @@ def outgoing(i: int, **changes: object) -> OutgoingRequest:
         "state": "awaiting",
     }
     fields.update(changes)
-    return OutgoingRequest(**fields)  # type: ignore[arg-type]
+    return OutgoingRequest(**fields)
 
 
-def stored_response(i: int, **changes: object) -> StoredResponse:
+def stored_response(i: int, **changes: Any) -> StoredResponse:
     """A stored response with hash `_id("request", i)` (fields overridable)."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {  # (changes may be deliberately invalid)
         "request_hash": _id("request", i),
         "channel": channel_id(i % 3),
         "n": i + 1,
@@ -169,12 +170,12 @@ def stored_response(i: int, **changes: object) -> StoredResponse:
         "expires_at": 1_700_000_000_000 + i,
     }
     fields.update(changes)
-    return StoredResponse(**fields)  # type: ignore[arg-type]
+    return StoredResponse(**fields)
 
 
-def claim_record(i: int, **changes: object) -> ClaimRecord:
+def claim_record(i: int, **changes: Any) -> ClaimRecord:
     """A claim record with id `_id("claim", i)` (fields overridable)."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {  # (changes may be deliberately invalid)
         "claim_id": _id("claim", i),
         "role": "claimant" if i % 2 == 0 else "respondent",
         "state": "open",
@@ -182,7 +183,7 @@ def claim_record(i: int, **changes: object) -> ClaimRecord:
         "updated_at": 1_700_000_000_000 + i,
     }
     fields.update(changes)
-    return ClaimRecord(**fields)  # type: ignore[arg-type]
+    return ClaimRecord(**fields)
 
 
 def _corrupt(record: object, name: str, value: object) -> object:
@@ -340,9 +341,10 @@ async def case_responses_and_prune(backend: StoreBackend) -> None:
         assert await store.prune_responses(MAX_TIME) == 3
         assert await store.response(records[5].request_hash) == records[5]
         assert await store.prune_responses(0) == 0
-        for bad in (-1, MAX_TIME + 1, 1.5, "10"):
+        bad_times: tuple[Any, ...] = (-1, MAX_TIME + 1, 1.5, "10")  # (ill-typed on purpose)
+        for bad in bad_times:
             try:
-                await store.prune_responses(bad)  # type: ignore[arg-type]
+                await store.prune_responses(bad)
             except LocalProtocolError:
                 pass
             else:
@@ -439,9 +441,10 @@ async def case_meta(backend: StoreBackend) -> None:
         await store.write(Batch(meta={"cursor": b"\x01"}))
         assert await store.get_meta("cursor") == b"\x01"
         assert await store.get_meta("empty") == b"", "other keys untouched"
-        for bad in ("", 7, b"cursor", "k" * 256):
+        bad_keys: tuple[Any, ...] = ("", 7, b"cursor", "k" * 256)  # (ill-typed on purpose)
+        for bad in bad_keys:
             try:
-                await store.get_meta(bad)  # type: ignore[arg-type]
+                await store.get_meta(bad)
             except LocalProtocolError:
                 pass
             else:
@@ -575,10 +578,10 @@ async def case_request_updates(backend: StoreBackend) -> None:
 def _invalid_batches() -> list[tuple[str, Callable[[], Batch]]]:
     good = payee_record(1)
 
-    def ok() -> dict[str, object]:
+    def ok() -> dict[str, Any]:
         return {"payee": [good], "meta": {"ok": b"1"}, "requests": [outgoing(1)]}
 
-    def with_(**extra: object) -> Callable[[], Batch]:
+    def with_(**extra: Any) -> Callable[[], Batch]:
         def build() -> Batch:
             fields = ok()
             for key, value in extra.items():
@@ -589,7 +592,7 @@ def _invalid_batches() -> list[tuple[str, Callable[[], Batch]]]:
                     fields[key] = {**current, **value}
                 else:
                     fields[key] = value
-            return Batch(**fields)  # type: ignore[arg-type]
+            return Batch(**fields)
 
         return build
 
@@ -649,8 +652,9 @@ async def case_atomic_invalid_batch(backend: StoreBackend) -> None:
                 raise _fail(backend, f"a batch with {label} was accepted")
             assert await _snapshot(store) == before, f"part of a batch with {label} was applied"
             assert await store.get_meta("ok") is None, f"meta of a batch with {label} applied"
+        not_a_batch: Any = "not a batch"
         try:
-            await store.write("not a batch")  # type: ignore[arg-type]
+            await store.write(not_a_batch)
         except LocalProtocolError:
             pass
         else:

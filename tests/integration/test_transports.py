@@ -113,6 +113,24 @@ async def pair(
 # --- both transports ------------------------------------------------------------
 
 
+async def test_both_transports_and_their_streams_implement_the_interface(net: Net) -> None:
+    """`Transport` and `Stream` are runtime-checkable Protocols: every member is there (the
+    signatures are checked statically: `mypy --strict p2pay`, see the end of memory.py and
+    p2p.py). Both ends of a stream, dialed and accepted, are `Stream`s."""
+    async with pair(net) as (alice, bob, acceptor):
+        assert isinstance(alice, Transport) and isinstance(bob, Transport)
+        assert not isinstance(object(), Transport) and not isinstance(object(), Stream)
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            await client.send(b"x")
+            server = await acceptor.accept()
+        assert isinstance(client, Stream) and isinstance(server, Stream)
+        expected = MemoryStream if net.kind == "memory" else Libp2pStream
+        assert type(client) is expected and type(server) is expected
+        if net.kind == "libp2p":
+            assert type(alice) is Libp2pTransport
+
+
 async def test_connect_identity_and_echo_both_ways(net: Net) -> None:
     async with pair(net) as (alice, bob, acceptor):
         assert alice.public == ALICE.public and alice.peer_id == ALICE.peer_id
@@ -1034,6 +1052,53 @@ async def test_memory_disconnect_resets_every_stream_of_the_peer() -> None:
             again = await alice.connect(bob.addrs[0])
             await again.send(b"back")
             assert await (await acceptor.accept()).receive() == b"back"
+
+
+async def test_memory_send_filter_rewrites_or_drops_what_a_peer_sends_on_accepted_streams() -> None:
+    """`MemoryNetwork.set_send_filter`: frames Bob sends on streams he accepts after it is
+    set pass through the filter (replaced, or dropped on None), `send` and `send_many`
+    alike; what he sends on streams he dials, and what others send, is untouched."""
+    network = MemoryNetwork()
+    acceptor = Acceptor()
+    carol_acceptor = Acceptor()
+
+    def keep(frame: bytes) -> bytes | None:
+        return None if frame.startswith(b"drop") else frame.upper()
+
+    async with (
+        open_memory_transport(network, BOB, acceptor.handler) as bob,
+        open_memory_transport(network, ALICE, echo) as alice,
+        open_memory_transport(network, CAROL, carol_acceptor.handler) as carol,
+    ):
+        with trio.fail_after(T):
+            before = await alice.connect(bob.addrs[0])  # accepted before the filter is set
+            await before.send(b"0")
+            unfiltered = await acceptor.accept()
+            network.set_send_filter(BOB.peer_id, keep)
+            client = await alice.connect(bob.addrs[0])
+            await client.send(b"1")
+            server = await acceptor.accept()
+            assert await server.receive() == b"1"  # what Alice sends is hers
+            await server.send(b"abc")
+            await server.send(b"drop me")
+            await server.send_many([b"drop this", b"def", b"drop that", b"ghi"])
+            await server.send_many([b"drop all"])  # nothing left to send: nothing sent
+            await server.send(b"end")
+            assert [await client.receive() for _ in range(4)] == [b"ABC", b"DEF", b"GHI", b"END"]
+            with pytest.raises(LocalProtocolError):  # still checked before the filter
+                await server.send("text")  # type: ignore[arg-type]
+            await unfiltered.send(b"as is")
+            assert await before.receive() == b"as is"
+            # Bob's own dialed streams are not filtered.
+            dialed = await bob.connect(carol.addrs[0])
+            await dialed.send(b"drop nothing")
+            assert await (await carol_acceptor.accept()).receive() == b"drop nothing"
+            network.set_send_filter(BOB.peer_id, None)
+            again = await alice.connect(bob.addrs[0])
+            await again.send(b"2")
+            plain = await acceptor.accept()
+            await plain.send(b"drop no more")
+            assert await again.receive() == b"drop no more"
 
 
 async def test_memory_offline_peers_refuse_connects() -> None:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from p2pay.sim import parse_scenario, run_scenario
-from p2pay.sim.behaviours import BEHAVIOURS, PeerBehaviour, register
+from p2pay.sim.behaviours import PeerBehaviour
 from p2pay.sim.engine import Simulation
 from p2pay.sim.invariants import Invariants
+from p2pay.sim.registry import BEHAVIOURS, register
 from p2pay.sim.report import build_report
 from p2pay.sim.run import run_simulation
 

@@ -15,8 +15,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import p2pay
 
 ROOT = Path(p2pay.__file__).resolve().parent
@@ -203,11 +201,6 @@ def test_p2pay_has_no_import_cycles() -> None:
     assert not cycles, "import cycles in p2pay/:\n" + _render(cycles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p2pay.sim: behaviours <-> cheaters still import each other; the cycle is being "
-    "broken in its own branch (issue 15). Remove this mark when that lands",
-)
 def test_p2pay_sim_has_no_import_cycles() -> None:
     cycles = [c for c in find_cycles(import_graph()) if _in_sim(c)]
     assert not cycles, "import cycles in p2pay/sim/:\n" + _render(cycles)
