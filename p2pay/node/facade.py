@@ -291,9 +291,11 @@ class Node:
         window = self._stake.claim_window_ms if self._stake is not None else 0
         return self.retention.expiry(deadline, window)
 
-    # -- startup
+    # -- our stake (read at start-up and by the watcher) and what it needs kept
 
     async def refresh_stake(self) -> StakeTerms | None:
+        """Read our stake from the ledger (what our hello announces) and keep stored answers
+        for the claim window now in force (`AnswerRetention.follow`)."""
         stake = await self.ledger.stake_of(self.account)
         if stake is None or stake.amount == 0 or stake.unbonding_at:
             self._stake = None
