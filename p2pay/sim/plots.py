@@ -61,6 +61,21 @@ def _pyplot() -> Any:
     return plt
 
 
+def _counts_axis(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _tokens_axis(ax: Axes) -> None:
+    """Amounts as plain decimals (0.00005, not 5 with an offset of 1e-5 above the axis)."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
 def _tokens(values: list[int]) -> list[float]:
     return [v / TOKEN for v in values]
 
@@ -139,17 +154,24 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
         if values is not None:
             p.line(_per_interval(values), label)
     ax1.set_ylabel("requests per sample interval")
+    _counts_axis(ax1)
     ax1.set_title("requests", fontsize="medium")
     p = _Panel(ax2, t)
     p.line(_tokens(money["paid"]), "paid (OK receipts)")
     p.line(_tokens(money["redeemed"]), "redeemed")
     ax2.set_ylabel("cumulative (tokens)")
+    _tokens_axis(ax2)
     ax2.set_title("payments", fontsize="medium")
     p = _Panel(ax3, t)
     p.line(_tokens(money["slashed"]), "slashed")
     p.line(_tokens(money["burnt"]), "burnt (part of slashed)")
     ax3.set_ylabel("cumulative (tokens)")
+    _tokens_axis(ax3)
     ax3.set_title("slashing", fontsize="medium")
+    for ax in (ax2, ax3):
+        ax.set_ylim(bottom=0)  # cumulative amounts
+    if not any(money["slashed"]):
+        _note(ax3, "no slashes in this run")
     finish(fig, [ax1, ax2, ax3], "activity.png", [ax3])
 
     # holdings: one panel per group, each on its own scale
@@ -179,6 +201,7 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
         role, behaviour = roles.get(group, ("", ""))
         ax.set_title(f"{group} ({role}, {behaviour})" if role else group, fontsize="medium")
         ax.set_ylabel("tokens")
+        _tokens_axis(ax)
     # the lowest panel of each column carries the time axis
     bottom = [axes[max(range(c, len(axes), cols))] for c in range(min(cols, len(axes)))]
     finish(fig, axes, "holdings.png", bottom)
@@ -196,17 +219,24 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
         if values is not None and (key in ("filed", "answered", "upheld") or any(values)):
             p.line(values, f"claims {key}")
     ax1.set_ylabel("claims (cumulative)")
+    _counts_axis(ax1)
     ax1.set_title("claims", fontsize="medium")
     p = _Panel(ax2, t)
     p.line(_tokens(money["slashed"]), "slashed")
     ax2.set_ylabel("cumulative (tokens)")
+    _tokens_axis(ax2)
     ax2.set_title("slashed (penalties)", fontsize="medium")
+    ax2.set_ylim(bottom=0)
+    if not any(money["slashed"]):
+        _note(ax2, "no slashes in this run")
     if refunds:  # prices of requests: far smaller than penalties, on their own axis
         p = _Panel(panels[2], t)
         for key, values in refunds:
             p.line(_tokens(values), "clawed from stakes" if key == "clawed" else key)
         panels[2].set_ylabel("cumulative (tokens)")
+        _tokens_axis(panels[2])
         panels[2].set_title("refunds to claimants", fontsize="medium")
+        panels[2].set_ylim(bottom=0)
     for ax in panels[:-1]:
         ax.xaxis.set_tick_params(labelbottom=False)
     finish(fig, list(panels), "claims.png", [panels[-1]])
