@@ -290,3 +290,35 @@ def close(figs: dict[str, Figure]) -> None:
 
     for fig in figs.values():
         plt.close(fig)
+
+
+def test_quiet_still_reports_logged_errors_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-q: the report's path on stdout; errors logged during the run (a behaviour hook
+    that raised, say), one line per kind with its count, on stderr."""
+    from click.testing import CliRunner
+
+    from p2pay.sim import run as sim_run
+    from p2pay.sim.cli import simulate
+
+    original = sim_run.run_simulation
+
+    def run_simulation(*args: Any, **kwargs: Any) -> Any:
+        for name in ("dropper-0", "dropper-1"):
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                logging.getLogger("p2pay.sim").exception("%s: behaviour %s failed", name, "dropper")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sim_run, "run_simulation", run_simulation)
+    path = tmp_path / "output.toml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(simulate, [str(path), "--out", str(out), "-q", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out / 'report.json'}\n"
+    assert result.stderr == (
+        "2 errors from p2pay.sim: \u2026: behaviour \u2026 failed  (-v prints each)\n"
+    )
