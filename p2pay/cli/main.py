@@ -1052,7 +1052,7 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
 def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
     """One claim for `claims list` (amounts as ints: --json prints them as strings)."""
     from p2pay.core.messages import Response, decode_frame
-    from p2pay.watcher import claim_outcome
+    from p2pay.node.watcher import claim_outcome
 
     outcome = claim_outcome(claim)
     status = ""
