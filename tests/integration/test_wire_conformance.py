@@ -76,14 +76,22 @@ async def test_every_case_passes_against_the_reference_node() -> None:
         with trio.fail_after(RUN_BOUND):
             report = await run_conformance(node.addrs[0], payer=PAYER, ledger=ledger, timeout=5.0)
         served = node.counters.calls_served
+        node_hello = parse_hello(node.hello().to_frame())
     # (asserted outside the node's nursery, so that a failure reads as itself)
     assert len(report.results) == len(CASES)
     assert [r.status for r in report.results] == ["PASS"] * len(CASES), failures(report)
     assert report.ok
-    # the paid cases ran on a channel of their own, whose close the tester started
+    # the paid cases ran on a channel of their own, paid.over-deposit (last) on a 1-yocto
+    # one; the tester started the close of both
     channels = await ledger.channels_of(PAYER.account)
-    assert len(channels) == 1 and channels[0].payee == PROVIDER.account
-    assert str(channels[0].state) == "closing"
+    assert sorted(c.deposit for c in channels) == [
+        1,
+        PRICE * cases_module.requests_needed(node_hello),
+    ]
+    assert all(c.payee == PROVIDER.account for c in channels)
+    assert {str(c.state) for c in channels} == {"closing"}
+    assert report.results[-1].id == "paid.over-deposit"
+    assert any("can cost up to" in note for note in report.notes)
     assert served > 0
 
 
