@@ -410,10 +410,9 @@ class Tester:
         if committed + deposit > self.max_deposit:
             held = f" (the channels opened already hold {_tokens(committed)})" if committed else ""
             raise Skip(
-                f"{why} need a deposit of {_tokens(deposit)}, and the paid cases may cost at "
-                f"most --max-deposit {_tokens(self.max_deposit)}{held}: raise --max-deposit "
-                "to run them (a target may redeem every voucher it gets, so they can cost up "
-                "to the deposit)"
+                f"{why} need a deposit of {_tokens(deposit)}, more than --max-deposit "
+                f"{_tokens(self.max_deposit)} allows{held}: raise it to run them (a target may "
+                "redeem every voucher it gets, so they can cost up to the deposit)"
             )
         led = self.ledger
         payer_account = account_for(self.payer, led.ledger_id)
