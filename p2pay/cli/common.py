@@ -17,6 +17,7 @@ command changed is durable.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import click
 import trio
 
 from p2pay.cli import render
+from p2pay.cli.errors import LARGEST_AMOUNT
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -35,7 +37,7 @@ from p2pay.cli.home import (
     open_ledger,
     parse_duration_ms,
 )
-from p2pay.core.amounts import parse_amount
+from p2pay.core.amounts import MAX_YOCTO, parse_amount
 from p2pay.core.errors import AmountError
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status
@@ -64,6 +66,38 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 # parameter types
 
 
+#: What a user typed that click took for an option but is a negative number.
+_NEGATIVE = re.compile(r"-[0-9.]")
+#: Longest text quoted back in a message (longer text is described, never cut short: a
+#: long number cut short would be quoted as another number).
+QUOTE_MAX = 48
+
+
+def quoted(text: str) -> str:
+    """`text` quoted for a message, or described when it is too long to quote whole."""
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    if text.isdigit():
+        return f"the {len(text)}-digit number"
+    return f"the {len(text)}-character value"
+
+
+AMOUNT_HELP = "use an integer number of yocto, or a number and a unit (1.5 token, 3 milli)"
+
+
+def amount_problem(text: str) -> str | None:
+    """Why `text` is plainly not an amount (negative, too many digits), in the user's terms;
+    None if it may be one (`parse_amount` decides)."""
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        return f"{quoted(stripped)} is negative: an amount is 0 or more"
+    number = re.match(r"[0-9]*", stripped)
+    whole = number.group(0).lstrip("0") if number is not None else ""
+    if len(whole) > len(str(MAX_YOCTO)):
+        return f"{quoted(stripped)} is above the largest amount, {LARGEST_AMOUNT}"
+    return None
+
+
 class AmountType(_IntParamType):
     """An amount: an integer of yocto, or a number and a unit ("1.5 token", "3 milli")."""
 
@@ -72,9 +106,18 @@ class AmountType(_IntParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        text = str(value)
+        problem = amount_problem(text)
+        if problem is not None:
+            self.fail(problem, param, ctx)
         try:
-            return parse_amount(str(value))
+            return parse_amount(text)
         except AmountError as exc:
+            shown = quoted(text.strip())
+            if "2**128 - 1" in exc.message:  # "exceeds" / "cannot exceed"
+                self.fail(f"{shown} is above the largest amount, {LARGEST_AMOUNT}", param, ctx)
+            if len(text.strip()) > QUOTE_MAX:  # parse_amount quotes a cut: never show that
+                self.fail(f"{shown} is not an amount: {AMOUNT_HELP}", param, ctx)
             self.fail(exc.message, param, ctx)
 
 
@@ -86,14 +129,65 @@ class DurationType(_IntParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        text = str(value)
+        if text.strip().startswith("-"):
+            self.fail(f"{quoted(text.strip())} is negative: a duration is 0 or more", param, ctx)
         try:
-            return parse_duration_ms(str(value))
+            return parse_duration_ms(text)
         except CliError as exc:
             self.fail(exc.message, param, ctx)
 
 
 AMOUNT = AmountType()
 DURATION = DurationType()
+
+
+# ---------------------------------------------------------------------------
+# command classes
+
+
+class NoCommand(click.UsageError):
+    """A group was run without a command: its help is shown (on stderr, exit 2)."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        super().__init__(ctx.get_help(), ctx=ctx)
+
+
+class Command(click.Command):
+    """A command whose AMOUNT arguments may be typed negative: it says so (click alone
+    takes ``-5`` for an unknown option)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        typed = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            amounts = [
+                p
+                for p in self.params
+                if isinstance(p, click.Argument) and isinstance(p.type, AmountType)
+            ]
+            negative = [a for a in typed if _NEGATIVE.match(a)]
+            if not amounts or not negative or not negative[0].startswith(exc.option_name):
+                raise
+            raise click.BadParameter(
+                f"{quoted(negative[0])} is negative: an amount is 0 or more",
+                ctx=ctx,
+                param=amounts[0],
+            ) from None
+
+
+class Group(click.Group):
+    """A group whose commands are `Command`s and subgroups `Group`s; run bare, it shows
+    its help as `NoCommand` (the same on every click version)."""
+
+    command_class = Command
+    group_class = type
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            raise NoCommand(ctx)
+        return super().parse_args(ctx, args)
 
 
 # ---------------------------------------------------------------------------
