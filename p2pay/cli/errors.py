@@ -196,6 +196,14 @@ def _unstaking(match: re.Match[str], details: dict[str, Any]) -> str:
 
 _Rewrite = Callable[[re.Match[str], dict[str, Any]], "str | None"]
 
+
+def _fixed(text: str) -> _Rewrite:
+    def rewrite(_match: re.Match[str], _details: dict[str, Any]) -> str:
+        return text
+
+    return rewrite
+
+
 #: Known library messages (matched whole) and their rewrites.
 REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     (
@@ -227,6 +235,23 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
             re.DOTALL,
         ),
         _unstaking,
+    ),
+    (
+        re.compile(r"a bonded stake's penalty and window can only grow \(unstake to lower them\)"),
+        _fixed(
+            "a bonded stake's --penalty and --claim-window can only grow "
+            "(p2pay unstake, then stake again, to lower them)"
+        ),
+    ),
+    (
+        re.compile(r"penalty and window cannot change while claims are open"),
+        _fixed(
+            "--penalty and --claim-window cannot change while claims against the stake are open"
+        ),
+    ),
+    (
+        re.compile(r"payee must differ from payer"),
+        _fixed("PEER is this home's own identity: a channel needs another peer"),
     ),
 )
 

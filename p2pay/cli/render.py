@@ -224,8 +224,25 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
+class _LibraryLogs(_StderrHandler):
+    """`logging.lastResort`: the records of loggers with no handler of their own (py-libp2p
+    configures its loggers so): key=value lines with -v, else dropped (the command's own
+    error line says what went wrong; a library's lines beside it are noise)."""
+
+    def __init__(self, shown: bool) -> None:
+        super().__init__()
+        self.shown = shown
+        self.setFormatter(KeyValueFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.shown:
+            super().emit(record)
+
+
 def setup_logging(level: int) -> None:
-    """Send every log record to stderr, one key=value line each."""
+    """Send every log record to stderr, one key=value line each (other libraries' records
+    that no handler takes: only with -v, see `_LibraryLogs`)."""
+    logging.lastResort = _LibraryLogs(shown=level <= logging.INFO)
     handler = _StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from test_cli import InProcess, cli, fails, p2pay, world  # noqa: F401 - fixtures
+from test_cli import InProcess, cli, fails, free_port, p2pay, world  # noqa: F401 - fixtures
 
 from p2pay.cli import render
 from p2pay.cli.errors import LARGEST_AMOUNT, explain, wants_json
@@ -213,7 +213,16 @@ async def test_ledger_messages_in_the_users_terms() -> None:
         "it, or use --wait",
         {"closes_at": closes_at},
     )
-    await ledger.stake(alice, 100, 1, 1000)
+    exc = await _settlement_message(ledger.open_channel(alice, alice.account, 10, 60_000))
+    assert explain(exc.message)[0] == (
+        "PEER is this home's own identity: a channel needs another peer"
+    )
+    await ledger.stake(alice, 100, 2, 2000)
+    exc = await _settlement_message(ledger.stake(alice, 1, 1, 2000))
+    assert explain(exc.message)[0] == (
+        "a bonded stake's --penalty and --claim-window can only grow (p2pay unstake, then "
+        "stake again, to lower them)"
+    )
     await ledger.request_unstake(alice)
     exc = await _settlement_message(ledger.withdraw_stake(alice))
     message, details = explain(exc.message, exc.details)
@@ -255,6 +264,13 @@ async def test_node_messages_in_the_users_terms() -> None:
         assert details == {"price": 1000, "max_price": 999}
 
 
+def test_a_locked_stake_names_the_options() -> None:
+    message = explain("penalty and window cannot change while claims are open")[0]
+    assert message == (
+        "--penalty and --claim-window cannot change while claims against the stake are open"
+    )
+
+
 def test_unknown_messages_stay_as_they_are() -> None:
     assert explain("something else", {"x": 1}) == ("something else", {"x": 1})
     # a field no option names is left alone
@@ -267,3 +283,26 @@ def test_real_process_json_error(tmp_path: Any) -> None:
     doc = json.loads(proc.stderr)
     assert set(doc["error"]) == {"code", "message", "details"}
     assert "no p2pay home" in fails("--home", "missing", "balance", cwd=tmp_path)
+
+
+def test_an_unreachable_peer_is_one_line_without_library_noise(
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    """py-libp2p logs connection failures on loggers with no handler (Python's last resort
+    printed them, unformatted); the command's own line is all a user sees (-v shows them
+    as key=value lines)."""
+    d = world["dir"]
+    port = free_port()  # nothing listens there
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{world['p']['peer_id']}"
+    call = ("--home", "c", "call", addr, "echo", "hi", "--max-price", "1000", "--timeout", "5")
+    line = fails(*call, cwd=d)  # exactly one line on stderr
+    assert world["p"]["peer_id"] in line
+    proc = p2pay(*call, "--json", cwd=d)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
+    assert set(json.loads(proc.stderr)["error"]) == {"code", "message", "details"}
+    loud = p2pay("-v", *call, cwd=d)
+    assert loud.returncode == 1
+    *logs, last = loud.stderr.splitlines()
+    assert last.startswith("p2pay: error: ")
+    assert all(x.startswith("t=") and " logger=" in x for x in logs), logs  # key=value lines
