@@ -20,7 +20,7 @@ summary as text.
 
 from __future__ import annotations
 
-#: benchmark names = module names (benchmarks.<name>), in issue 9's order.
+#: benchmark names = module names (benchmarks.<name>), in issue 9's order, then issue 15's.
 BENCHMARKS: tuple[str, ...] = (
     "paid_vs_unpaid",
     "paid_vs_libp2p",
@@ -29,6 +29,7 @@ BENCHMARKS: tuple[str, ...] = (
     "ledger_tx",
     "simulator",
     "memory_footprint",
+    "handler_runner",
 )
 
 SIZES = ("smoke", "quick", "full")

@@ -22,7 +22,8 @@ ROW = re.compile(
 
 #: the results each benchmark module returns: benchmarks 1 and 2 one per baseline (one
 #: write per frame, batching), 3 one per unverified_credit_limit (default, 0), 6 one per
-#: way of running scale-1000 (one market, 2 shards); memory_footprint three
+#: way of running scale-1000 (one market, 2 shards); memory_footprint three; 8 (issue 15)
+#: one per handler (echo, suspending)
 EXPECTED = {
     "paid_vs_unpaid": ["paid_vs_unpaid", "paid_vs_unpaid_batched"],
     "paid_vs_libp2p": ["paid_vs_libp2p", "paid_vs_libp2p_batched"],
@@ -31,6 +32,7 @@ EXPECTED = {
     "ledger_tx": ["ledger_tx"],
     "simulator": ["simulator", "simulator_shards2"],
     "memory_footprint": ["memory_channel", "memory_sim_peer", "memory_libp2p_peer"],
+    "handler_runner": ["handler_runner", "handler_runner_suspending"],
 }
 
 

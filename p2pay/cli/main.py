@@ -1071,7 +1071,7 @@ BOND_OUTCOME = {
 def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
     """One claim for `claims list` (amounts as ints: --json prints them as strings)."""
     from p2pay.core.messages import Response, decode_frame
-    from p2pay.watcher import claim_outcome
+    from p2pay.node.watcher import claim_outcome
 
     outcome = claim_outcome(claim)
     status = ""

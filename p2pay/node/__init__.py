@@ -15,10 +15,8 @@ here are pumps that move frames between a stream and a session and apply its eve
 
 Server side, per inbound stream (`server._ServerSession`, a `ServerSession` pump): hello
 both ways, then a loop that reads one frame at a time, hands it to the session, looks the
-request's channel up and asks `ServerSession.admit`; admitted requests start their
-handler in admission order, in one runner task (a handler that does not suspend runs to
-its end there; one that suspends keeps that task, and a new runner takes the rest);
-every answer (signed receipt, signed refusal, unsigned refusal) is
+request's channel up and asks `ServerSession.admit`; each admitted request's handler
+runs in a task of its own; every answer (signed receipt, signed refusal, unsigned refusal) is
 appended *synchronously* to the session's outbox right after the decision that produced
 it, and one sender task sends the outbox in order, each item only once its state is
 durable, every durable item queued at that moment in one write. So receipts leave in
@@ -39,8 +37,8 @@ The parts, each taking what it uses rather than the whole node where it can:
 - `types`: public types, errors and `NodeConfig`;
 - `book`: the channel book (loading, ledger adoption, per-channel locks, store records);
 - `outbox`: frames in order, each sent once durable;
+- `retention`: how long stored answers are kept (claims, N13);
 - `invoke`: the one service invoker, used by the server and the watcher;
-- `runner`: the coroutine runner that starts handlers in the session's task;
 - `server`: inbound streams, session limits and eviction;
 - `client`: connections to peers and the call policy;
 - `watcher`: the duties towards the ledger;
@@ -55,7 +53,6 @@ from p2pay.node.client import _Connection, _Slot
 from p2pay.node.facade import Node, open_node
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
-from p2pay.node.runner import _resume
 from p2pay.node.server import _ServerSession
 from p2pay.node.types import (
     Behaviour,
@@ -98,7 +95,6 @@ __all__ = [
     "_Slot",
     "_payee_record",
     "_payer_record",
-    "_resume",
     "codec",
     "open_node",
     "run_service",

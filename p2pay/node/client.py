@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -30,6 +30,7 @@ from p2pay.core.errors import (
 from p2pay.core.messages import (
     MAX_SERVICE_NAME,
     STATUS_OK,
+    Hello,
     Request,
     Response,
     decode_frame,
@@ -50,13 +51,15 @@ from p2pay.core.session import (
     StreamRefused,
 )
 from p2pay.core.settlement import Stake, StakeStatus, stake_status
-from p2pay.net.base import NetError, StreamClosed
+from p2pay.net.base import NetError, Stream, StreamClosed
 from p2pay.node.book import _payer_record
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import (
     CallResult,
     CallTimeout,
     ConnectionLost,
+    Counters,
+    NodeConfig,
     PeerUnreachable,
     ProviderUnbonding,
     RequestInDoubt,
@@ -71,9 +74,42 @@ from p2pay.store.base import (
 )
 
 if TYPE_CHECKING:
-    from p2pay.node.facade import Node
+    from p2pay.core.signing import Signer
+    from p2pay.ledger.base import Ledger
+    from p2pay.net.base import Transport
+    from p2pay.node.book import ChannelBook
+    from p2pay.persist import Persister
 
 log = logging.getLogger("p2pay.node")
+
+
+class ClientHost(Protocol):
+    """What the client side uses of its node (the `Node` is one)."""
+
+    config: NodeConfig
+    counters: Counters
+    ledger: Ledger
+    persister: Persister
+    signer: Signer
+    book: ChannelBook
+    payer_channels: dict[bytes, PayerChannel]
+    #: the node's connections by PeerID (the `Client`'s own dict)
+    _connections: dict[str, _Connection]
+    #: where connections run (the node's nursery, set by open_node)
+    _nursery: trio.Nursery | None
+
+    @property
+    def transport(self) -> Transport: ...
+
+    def now(self) -> int: ...
+
+    def hello(self) -> Hello: ...
+
+    def peer_of(self, account: bytes) -> str: ...
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes: ...
+
+    def _ledger_param(self, name: str) -> int | None: ...
 
 
 @dataclass
@@ -95,7 +131,9 @@ class _Connection:
     `ClientSession` (the protocol) and applies the session's events (persists what the
     channels decided, wakes the calls waiting in slots)."""
 
-    def __init__(self, node: Node, stream: Any, protocol: ClientSession, peer_id: str) -> None:
+    def __init__(
+        self, node: ClientHost, stream: Stream, protocol: ClientSession, peer_id: str
+    ) -> None:
         assert protocol.peer_hello is not None
         self.node = node
         self.stream = stream
@@ -347,7 +385,7 @@ class Client:
     both ways), and the call policy (price and body checks, claimability, one re-send
     after an unsigned REPLAY, a price change retried once, a resync once)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ClientHost) -> None:
         self.node = node
         self._connections: dict[str, _Connection] = {}
         self._connect_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
@@ -442,7 +480,7 @@ class Client:
             if conn is not None and not conn.closed:
                 return conn
             try:
-                stream = await self.node._transport.connect(peer_id)
+                stream = await self.node.transport.connect(peer_id)
             except NetError as exc:
                 raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
             node = self.node
@@ -514,7 +552,7 @@ class Client:
         body = bytes(body)
         peer_id, addr = split_peer(peer)
         if addr is not None:
-            self.node._transport.add_address(peer_id, addr)
+            self.node.transport.add_address(peer_id, addr)
         timeout = self.node.config.default_timeout if timeout is None else timeout
         if not (timeout > 0 and math.isfinite(timeout)):
             raise LocalProtocolError("timeout must be a positive number of seconds")

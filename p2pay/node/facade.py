@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,6 +18,7 @@ from p2pay.core.channel import (
     Receipt,
 )
 from p2pay.core.errors import (
+    AmountError,
     ErrorCode,
     LocalProtocolError,
 )
@@ -30,15 +29,16 @@ from p2pay.core.messages import (
     Response,
     ServiceTerms,
     StakeTerms,
-    decode_frame,
 )
 from p2pay.core.settlement import Stake
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
+from p2pay.net.base import Stream, Transport
 from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.invoke import _Service
 from p2pay.node.outbox import _Outbox
+from p2pay.node.retention import AnswerRetention
 from p2pay.node.server import Server, _ServerSession
 from p2pay.node.types import (
     Behaviour,
@@ -50,7 +50,7 @@ from p2pay.node.types import (
     NodeConfig,
     split_peer,
 )
-from p2pay.node.watcher import Watcher, outcome_key
+from p2pay.node.watcher import Watcher, claim_infos
 from p2pay.persist import Persister
 from p2pay.store.base import (
     OutgoingRequest,
@@ -58,33 +58,10 @@ from p2pay.store.base import (
 )
 from p2pay.store.memory import MemoryStore
 
+if TYPE_CHECKING:
+    from p2pay.net.memory import MemoryNetwork
+
 log = logging.getLogger("p2pay.node")
-
-_RETENTION_KEY = "response_retention"
-
-
-@dataclass
-class _Retention:
-    """How long stored answers are kept (`Node._follow_window`), persisted as meta."""
-
-    window: int = 0  # the largest claim window our stake ever had (ms)
-    shift: int = 0  # prune this far behind the clock (ms) ...
-    until: int = 0  # ... until then (Unix ms; 0 = no shift)
-
-    def encode(self) -> bytes:
-        return json.dumps([self.window, self.shift, self.until]).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes | None) -> _Retention:
-        try:
-            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
-            if all(type(v) is int and v >= 0 for v in (window, shift, until)):
-                return cls(window, shift, until)
-        except (ValueError, TypeError):
-            pass
-        log.error("unreadable %s meta %r: starting over", _RETENTION_KEY, raw)
-        return cls()
-
 
 #: how many account -> PeerID bindings (EVM ledgers) a node remembers, newest kept
 _MAX_BOUND_PEERS = 4096
@@ -139,8 +116,15 @@ class Node:
         # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
         # frame: the handler's late completion sends it, charges nothing, stores no other.
         self._late_refused: dict[bytes, bytes] = {}
-        self._retention: _Retention | None = None  # loaded by refresh_stake (N13)
-        self._transport: Any = None
+        # how long stored answers are kept (N13); its state is loaded by refresh_stake
+        self.retention = AnswerRetention(
+            store=store,
+            persister=self.persister,
+            retention_ms=config.response_retention_ms,
+            now=self.now,
+            horizon=lambda: self._ledger_param("max_deadline_horizon_ms"),
+        )
+        self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._stake: StakeTerms | None = None
         self.watcher: Watcher | None = None
@@ -164,7 +148,7 @@ class Node:
         await self.book.load()
         await self.refresh_stake()
 
-    async def _handle_stream(self, stream: Any) -> None:
+    async def _handle_stream(self, stream: Stream) -> None:
         await self.server.handle_stream(stream)
 
     async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
@@ -207,9 +191,21 @@ class Node:
             CallResult with the body, the price charged and the signed receipt.
 
         Raises:
+            LocalProtocolError: a bad argument (AmountError for `max_price`), before
+                anything is signed.
             PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
             ConnectionLost, or the RemoteProtocolError for the code the provider answered.
         """
+        if not isinstance(service, str):
+            raise LocalProtocolError(f"service must be a name (text), not {service!r}")
+        if isinstance(max_price, bool) or not isinstance(max_price, int) or max_price < 0:
+            raise AmountError(
+                f"max_price must be an amount in yocto (an int >= 0), not {max_price!r}"
+            )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise LocalProtocolError(f"timeout must be a number of seconds, not {timeout!r}")
         return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
@@ -266,6 +262,17 @@ class Node:
         return conn.account
 
     @property
+    def transport(self) -> Transport:
+        """The node's transport.
+
+        Raises:
+            LocalProtocolError: the node is not running (it runs inside `open_node`).
+        """
+        if self._transport is None:
+            raise LocalProtocolError("the node is not running: use it inside open_node")
+        return self._transport
+
+    @property
     def addrs(self) -> list[str]:
         return list(self._transport.addrs) if self._transport is not None else []
 
@@ -279,20 +286,16 @@ class Node:
         return value if type(value) is int and value >= 0 else None
 
     def response_expiry(self, deadline: int) -> int:
-        """When a signed response (and the request beside it) to a request with this
-        `deadline` may be pruned: a claim can be filed on it until its deadline plus the
-        claim window, and it serves as evidence against claimed requests dated up to
-        ``max_deadline_horizon_ms`` later (claims.md 2), whose claims run a window more.
-        So ``deadline + max(response_retention_ms, horizon + 2 * claim_window)``."""
-        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
+        """When a signed response to a request with this `deadline` may be pruned
+        (`AnswerRetention.expiry`, with our stake's claim window)."""
         window = self._stake.claim_window_ms if self._stake is not None else 0
-        if self._retention is not None:  # the largest window we ever had (N13)
-            window = max(window, self._retention.window)
-        return deadline + max(self.config.response_retention_ms, horizon + 2 * window)
+        return self.retention.expiry(deadline, window)
 
-    # -- startup
+    # -- our stake (read at start-up and by the watcher) and what it needs kept
 
     async def refresh_stake(self) -> StakeTerms | None:
+        """Read our stake from the ledger (what our hello announces) and keep stored answers
+        for the claim window now in force (`AnswerRetention.follow`)."""
         stake = await self.ledger.stake_of(self.account)
         if stake is None or stake.amount == 0 or stake.unbonding_at:
             self._stake = None
@@ -300,42 +303,12 @@ class Node:
             self._stake = StakeTerms(
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
-        await self._follow_window(stake)
+        await self.retention.follow(stake)
         return self._stake
 
-    async def _follow_window(self, stake: Stake | None) -> None:
-        """Keep stored answers as long as the claim window now in force needs (N13).
-
-        A claim uses the stake's *current* window, so a response whose expiry was
-        computed with a smaller one would be pruned before a claim on it could end. The
-        node retains with the largest window it ever had (`response_expiry`); when it grows
-        by d, every stored expiry is 2d short: pruning then runs 2d behind the clock
-        (`prune_before`) until every response stored under the old window has expired."""
-        if self._retention is None:
-            raw = await self.store.get_meta(_RETENTION_KEY)
-            self._retention = _Retention.decode(raw)
-        r = self._retention
-        window = stake.claim_window_ms if stake is not None and stake.amount > 0 else 0
-        now = self.now()
-        if r.until and now > r.until:
-            r.shift = r.until = 0
-        if window <= r.window:
-            return
-        horizon = self._ledger_param("max_deadline_horizon_ms") or 0
-        # every answer stored so far has deadline <= now + horizon (or a claim's window end,
-        # <= now + old window) and expires within max(retention, horizon + 2 * old window)
-        old_left = (
-            horizon + r.window + max(self.config.response_retention_ms, horizon + 2 * r.window)
-        )
-        r.shift += 2 * (window - r.window)
-        r.until = max(r.until, now + old_left + r.shift)
-        r.window = window
-        self.persister.stage(meta={_RETENTION_KEY: r.encode()})
-
     def prune_before(self) -> int:
-        """The time before which stored responses may be pruned (`_follow_window`)."""
-        shift = self._retention.shift if self._retention is not None else 0
-        return max(0, self.now() - shift)
+        """The time before which stored responses may be pruned (`AnswerRetention`)."""
+        return self.retention.prune_before()
 
     def hello(self) -> Hello:
         return Hello.create(
@@ -425,40 +398,7 @@ class Node:
     async def claims(self) -> list[ClaimInfo]:
         """Claims this node filed or answered, with their outcomes (specs/claims.md 6)."""
         await self.persister.flush()
-        out = []
-        for record in await self.store.claims():
-            raw = await self.store.get_meta(outcome_key(record.claim_id))
-            if record.role != "claimant" or raw is None:
-                out.append(
-                    ClaimInfo(
-                        claim_id=record.claim_id,
-                        role=record.role,
-                        outcome=record.state,
-                        request_hash=record.request_hash,
-                    )
-                )
-                continue
-            doc = json.loads(raw)
-            response: Response | None = None
-            if doc.get("response"):
-                frame = decode_frame(bytes.fromhex(doc["response"]))
-                response = frame if isinstance(frame, Response) else None
-            out.append(
-                ClaimInfo(
-                    claim_id=record.claim_id,
-                    role=record.role,
-                    outcome=doc["outcome"],
-                    request_hash=record.request_hash,
-                    status=doc["status"],
-                    bond=int(doc["bond"]),
-                    bond_returned=bool(doc["bond_returned"]),
-                    refund=int(doc["refund"]),
-                    clawed=int(doc["clawed"]),
-                    slashed=int(doc["slashed"]),
-                    response=response,
-                )
-            )
-        return out
+        return await claim_infos(self.store)
 
     def channels(self) -> list[ChannelInfo]:
         return [self._info_payer(c) for c in self.payer_channels.values()] + [
@@ -495,7 +435,7 @@ class Node:
         """Connect (if not yet) and return the peer's hello: its services, prices, stake."""
         peer_id, addr = split_peer(peer)
         if addr is not None:
-            self._transport.add_address(peer_id, addr)
+            self.transport.add_address(peer_id, addr)
         conn = await self._connection(peer_id)
         return conn.hello
 
@@ -507,7 +447,7 @@ async def open_node(
     ledger: Ledger,
     store: Store | None = None,
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
-    network: Any = None,
+    network: MemoryNetwork | None = None,
     config: NodeConfig | None = None,
     clock: Callable[[], int] | None = None,
     behaviour: Behaviour | None = None,
@@ -538,7 +478,7 @@ async def open_node(
     if network is not None:
         from p2pay.net.memory import open_memory_transport
 
-        transport_cm: Any = open_memory_transport(
+        transport_cm: AbstractAsyncContextManager[Transport] = open_memory_transport(
             network, key, node._handle_stream, max_frame=node.config.max_frame
         )
     else:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import collections
-from typing import Any
 
 import trio
 
-from p2pay.net.base import send_frames
+from p2pay.net.base import Stream, send_frames
 from p2pay.persist import Persister
 
 _OUTBOX_WRITE_BYTES = 48 * 1024
@@ -34,7 +33,7 @@ class _Outbox:
             self.changed = trio.Event()
             await self.changed.wait()
 
-    async def pump(self, persister: Persister, stream: Any) -> None:
+    async def pump(self, persister: Persister, stream: Stream) -> None:
         durable = 0  # every generation up to this one is known durable
         try:
             while True:

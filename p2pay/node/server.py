@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -38,33 +37,69 @@ from p2pay.core.session import (
     RequestRefused,
     ServerSession,
 )
-from p2pay.net.base import StreamClosed
+from p2pay.net.base import Stream, StreamClosed
 from p2pay.node.book import _payee_record
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
-from p2pay.node.runner import _resume
-from p2pay.node.types import Call
+from p2pay.node.types import Behaviour, Call, Counters, NodeConfig
 from p2pay.store.base import (
     StoredResponse,
 )
 
 if TYPE_CHECKING:
-    from p2pay.node.facade import Node
+    from p2pay.core.messages import Hello
+    from p2pay.core.signing import Signer
+    from p2pay.ledger.base import Ledger
+    from p2pay.persist import Persister
+    from p2pay.store.base import Store
 
 log = logging.getLogger("p2pay.node")
+
+
+class ServerHost(Protocol):
+    """What the server side uses of its node (the `Node` is one)."""
+
+    config: NodeConfig
+    counters: Counters
+    behaviour: Behaviour
+    services: dict[str, _Service]
+    ledger: Ledger
+    store: Store
+    persister: Persister
+    signer: Signer
+    #: admitted, unfinished requests over all sessions (``max_in_flight_total``)
+    _in_flight_total: int
+    #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
+    _unanswered: dict[bytes, list[_Outbox]]
+    #: requests whose claim the watcher refused late -> that signed answer's frame
+    _late_refused: dict[bytes, bytes]
+
+    def now(self) -> int: ...
+
+    def hello(self) -> Hello: ...
+
+    def _bound(self, hello: Hello, peer_id: str) -> bytes: ...
+
+    def _ledger_param(self, name: str) -> int | None: ...
+
+    def response_expiry(self, deadline: int) -> int: ...
+
+    async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None: ...
+
+    async def refresh_channel(self, channel: bytes) -> None: ...
 
 
 class Server:
     """The inbound streams a node serves: one `_ServerSession` each, within the session
     limits (`max_sessions`, `max_sessions_per_peer`), evicting idle ones to make room."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ServerHost) -> None:
         self.node = node
         self._sessions = 0  # inbound streams being served
         self._sessions_of: collections.Counter[bytes] = collections.Counter()  # per peer
         self._live: dict[_ServerSession, None] = {}  # sessions counted above, oldest first
 
-    async def handle_stream(self, stream: Any) -> None:
+    async def handle_stream(self, stream: Stream) -> None:
         """Serve one inbound stream (the transport's stream handler)."""
         peer: bytes = stream.remote_public
         cfg = self.node.config
@@ -137,7 +172,7 @@ class Server:
 
 
 class _ServerSession:
-    def __init__(self, node: Node, stream: Any) -> None:
+    def __init__(self, node: ServerHost, stream: Stream) -> None:
         self.node = node
         self.stream = stream
         self.peer: bytes = stream.remote_public
@@ -163,11 +198,6 @@ class _ServerSession:
         # oldest first; refused or malformed frames and answers leaving do not count.
         self.last_useful = trio.current_time()
         self.has_channel = False  # it sent a request on a channel its peer pays
-        # Admitted requests whose handler has not started yet, and whether a task runs them.
-        self._ready: collections.deque[tuple[PayeeChannel, Request, _Service, Call]] = (
-            collections.deque()
-        )
-        self._runner = False
 
     @property
     def in_flight(self) -> int:
@@ -364,11 +394,27 @@ class _ServerSession:
         self.last_useful = trio.current_time()
         node._in_flight_total += 1
         node._unanswered[request.hash] = []
-        self._ready.append((ch, request, service, call))
-        if not self._runner:
-            self._runner = True
-            handlers.start_soon(self._run_ready, handlers)
+        self._start_handler(handlers, ch, request, service, call)
         return End.KEEP
+
+    def _start_handler(
+        self,
+        handlers: trio.Nursery,
+        ch: PayeeChannel,
+        request: Request,
+        service: _Service,
+        call: Call,
+    ) -> None:
+        """Start an admitted request's handler in a task of its own (its own context, too).
+
+        A plain ``await`` of the handler there: the hand-written runner that ran handlers
+        which never suspend inside one task per burst, in admission order, saved 4-9 % of
+        the CPU of an echo call but cost 5-15 % for handlers that suspend, so it went
+        (issue 15; benchmarks/handler_runner.py, RESULTS.md). Handlers start in the
+        order trio schedules their tasks, not necessarily admission order; answers still
+        leave in the order their charge was fixed (protocol.md 13.3).
+        """
+        handlers.start_soon(self._run_handler, ch, request, service, call)
 
     async def _answer_again(self, request: Request) -> bool:
         """A request re-sent by its payer (authenticated, ``n`` not fresh): if we admitted
@@ -390,36 +436,6 @@ class _ServerSession:
                 log.info("answered a re-sent request again peer=%s n=%d", self.peer_id, request.n)
                 return True
         return False
-
-    async def _run_ready(self, handlers: trio.Nursery) -> None:
-        """Start the admitted requests' handlers, in admission order, in this one task.
-
-        A handler that finishes without suspending (echo-like: no await that blocks)
-        runs to its end right here, so a burst of requests costs one task, not one
-        each, and such handlers are charged in the order they were admitted. The first
-        handler that does suspend keeps this task (it is resumed here, as an ``await``
-        would), and a new runner takes over the requests still waiting.
-        """
-        ready = self._ready
-        runner = True  # this task runs the queue (until a handler suspends in it)
-        try:
-            while ready:
-                coro = self._run_handler(*ready.popleft())
-                context = contextvars.copy_context()  # as a task of its own would have
-                try:
-                    trap = context.run(coro.send, None)
-                except StopIteration:
-                    continue
-                runner = False
-                if ready:
-                    handlers.start_soon(self._run_ready, handlers)  # the next runner
-                else:
-                    self._runner = False
-                await _resume(coro, context, trap)
-                return
-        finally:
-            if runner:
-                self._runner = False
 
     def _answer(
         self, ch: PayeeChannel, request: Request, status: str, price: int, spent: int, body: bytes

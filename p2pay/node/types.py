@@ -293,6 +293,8 @@ def split_peer(peer: str) -> tuple[str, str | None]:
     Raises:
         LocalProtocolError: if no Ed25519 PeerID can be found.
     """
+    if not isinstance(peer, str):
+        raise LocalProtocolError(f"not a peer address or PeerID: {peer!r} (not text)")
     if "/p2p/" in peer:
         peer_id = peer.rsplit("/p2p/", 1)[1].strip("/")
         addr: str | None = peer

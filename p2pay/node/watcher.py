@@ -48,23 +48,73 @@ import collections
 import dataclasses
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from p2pay.core.channel import ChannelStatus, PayeeChannel, Refuse
+from p2pay.core.channel import ChannelStatus, PayeeChannel, PayerChannel, Refuse
 from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
 from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
 from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
 from p2pay.node.book import _payee_record
-from p2pay.node.invoke import claim_answer_limit, run_service
-from p2pay.node.types import Call, NodeConfig
+from p2pay.node.invoke import _Service, claim_answer_limit, run_service
+from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
 
 if TYPE_CHECKING:
-    from p2pay.node.facade import Node
+    from p2pay.core.identity import Keypair
+    from p2pay.core.messages import StakeTerms
+    from p2pay.core.signing import Signer
+    from p2pay.ledger.base import Ledger
+    from p2pay.node.outbox import _Outbox
+    from p2pay.persist import Persister
+    from p2pay.store.base import Store
 
 log = logging.getLogger("p2pay.watcher")
+
+
+class WatcherHost(Protocol):
+    """What the watcher uses of its node (the `Node` is one): its keys and ledger, its
+    store, its channels, its services (to serve a request that reaches it only through a
+    claim) and the server's record of requests being served."""
+
+    key: Keypair
+    signer: Signer
+    ledger: Ledger
+    store: Store
+    persister: Persister
+    config: NodeConfig
+    counters: Counters
+    behaviour: Behaviour
+    services: dict[str, _Service]
+    payee_channels: dict[bytes, PayeeChannel]
+    payer_channels: dict[bytes, PayerChannel]
+    #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
+    _unanswered: dict[bytes, list[_Outbox]]
+    #: requests whose claim the watcher refused late -> that signed answer's frame
+    _late_refused: dict[bytes, bytes]
+
+    @property
+    def account(self) -> bytes: ...
+
+    def now(self) -> int: ...
+
+    def peer_of(self, account: bytes) -> str: ...
+
+    def prune_before(self) -> int: ...
+
+    def response_expiry(self, deadline: int) -> int: ...
+
+    def _ledger_param(self, name: str) -> int | None: ...
+
+    async def _payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None: ...
+
+    async def refresh_channel(self, channel: bytes) -> None: ...
+
+    async def refresh_stake(self) -> StakeTerms | None: ...
+
+    async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None: ...
+
 
 CURSOR_KEY = "ledger_cursor"
 
@@ -158,6 +208,45 @@ def outcome_key(claim_id: bytes) -> str:
     return "claim/" + claim_id.hex()
 
 
+async def claim_infos(store: Store) -> list[ClaimInfo]:
+    """The claims a node filed or answered, with their outcomes (`Node.claims`): for its
+    own claims, what the watcher recorded under `outcome_key` once they were decided."""
+    out = []
+    for record in await store.claims():
+        raw = await store.get_meta(outcome_key(record.claim_id))
+        if record.role != "claimant" or raw is None:
+            out.append(
+                ClaimInfo(
+                    claim_id=record.claim_id,
+                    role=record.role,
+                    outcome=record.state,
+                    request_hash=record.request_hash,
+                )
+            )
+            continue
+        doc = json.loads(raw)
+        response: Response | None = None
+        if doc.get("response"):
+            frame = decode_frame(bytes.fromhex(doc["response"]))
+            response = frame if isinstance(frame, Response) else None
+        out.append(
+            ClaimInfo(
+                claim_id=record.claim_id,
+                role=record.role,
+                outcome=doc["outcome"],
+                request_hash=record.request_hash,
+                status=doc["status"],
+                bond=int(doc["bond"]),
+                bond_returned=bool(doc["bond_returned"]),
+                refund=int(doc["refund"]),
+                clawed=int(doc["clawed"]),
+                slashed=int(doc["slashed"]),
+                response=response,
+            )
+        )
+    return out
+
+
 def claim_outcome(claim: Claim) -> str:
     """A claim's outcome: its state (open, delivered, refused, frivolous, upheld)."""
     state = str(claim.state)
@@ -187,7 +276,7 @@ class _Answer:
 
 
 class Watcher:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: WatcherHost) -> None:
         self.node = node
         self.cursor = 0
         self.steps = 0
@@ -441,8 +530,8 @@ class Watcher:
             if evidence is not None:
                 return _Answer(evidence=evidence)
         same_n = any(other.n == request.n for other in seen)
-        response = await self._serve_claimed(ch, request, claim, same_n)
-        return None if response is None else _Answer(response=response)
+        served = await self._serve_claimed(ch, request, claim, same_n)
+        return None if served is None else _Answer(response=served)
 
     async def _refuse_late(
         self, ch: PayeeChannel, request: Request, claim: Claim

@@ -1,5 +1,6 @@
-"""Pipelined calls on one stream: coalesced writes, handlers started in admission order,
-durability before every receipt (p2pay.node `_Outbox.pump`, `_ServerSession._run_ready`).
+"""Pipelined calls on one stream: coalesced writes, each charge fixed once and the receipts'
+``spent`` chained, handlers run concurrently, durability before every receipt
+(p2pay.node `_Outbox.pump`, `_ServerSession._start_handler`).
 
 Both transports; every wait bounded.
 """
@@ -75,16 +76,20 @@ async def calls(alice: Node, bob: Node, bodies: list[bytes]) -> list[CallResult]
     return [r for r in results if r is not None]
 
 
-def charged_in_n_order(results: list[CallResult]) -> bool:
-    by_n = sorted((r.n, r.spent) for r in results)
-    return all(a[1] < b[1] for a, b in itertools.pairwise(by_n))
+def charged_once_each(results: list[CallResult]) -> bool:
+    """Every call charged once: the receipts' ``spent`` are distinct and each is the one
+    before it (in the order the charges were fixed) plus the price (protocol.md 13.3)."""
+    spent = sorted(r.spent for r in results)
+    return all(r.price == PRICE for r in results) and all(
+        b - a == PRICE for a, b in itertools.pairwise(spent)
+    )
 
 
 async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def test_pipelined_calls_are_coalesced_and_charged_in_admission_order(
+async def test_pipelined_calls_are_coalesced_and_each_charged_once(
     network: MemoryNetwork | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []  # frames per write, both directions (libp2p)
@@ -101,9 +106,7 @@ async def test_pipelined_calls_are_coalesced_and_charged_in_admission_order(
             bodies = [b"%d" % i for i in range(48)]
             results = await calls(alice, bob, bodies)
             assert [r.body for r in results] == bodies
-            # An echo-like handler (nothing it awaits suspends) runs as soon as its request
-            # is admitted: charges follow n, the order the client signed them in.
-            assert charged_in_n_order(results)
+            assert charged_once_each(results)
         assert bob.counters.calls_served == 1 + 3 * 48
         assert bob._in_flight_total == 0
     if network is None:
@@ -151,13 +154,13 @@ async def test_no_receipt_leaves_before_its_charge_is_durable(
         finally:
             store.gate.set()  # else closing the node waits for its last commit
         assert len(done) == 20
-        assert charged_in_n_order(done)
+        assert charged_once_each(done)
         record = await store.payee_channel(next(iter(bob.payee_channels)))
         assert record is not None and record.spent == 21 * PRICE
         assert max(r.spent for r in done) == record.spent
 
 
-async def test_suspending_handlers_run_concurrently_and_start_in_order(
+async def test_suspending_handlers_run_concurrently(
     network: MemoryNetwork | None,
 ) -> None:
     started: list[int] = []
@@ -185,9 +188,8 @@ async def test_suspending_handlers_run_concurrently_and_start_in_order(
         assert [r.body for r in results] == bodies
         assert bob.counters.calls_served == 1 + 4 * SLOW
         assert bob._in_flight_total == 0
-    # Handlers start in admission order (= n order), whether or not they suspend.
-    n_of = {r.body: r.n for r in results}
-    assert [n_of[bodies[i]] for i in started] == sorted(n_of.values())
+        assert charged_once_each(results)
+    assert sorted(started) == list(range(4 * SLOW))  # every handler ran once
 
 
 class SlowStart(Behaviour):

@@ -21,7 +21,7 @@ from p2pay.core.settlement import Claim, ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, ConnectionLost, Node, NodeConfig, open_node
-from p2pay.watcher import claim_outcome
+from p2pay.node.watcher import claim_outcome
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
 BOB = Keypair.from_seed(bytes([2]) * 32)  # provider

@@ -16,8 +16,8 @@ from p2pay.core.channel import ChannelStatus, PayeeChannel
 from p2pay.core.errors import LocalProtocolError
 from p2pay.core.messages import Request
 from p2pay.node import NodeConfig
+from p2pay.node.watcher import Watcher, redeem_reason
 from p2pay.store.conformance import ALICE, BOB, LEDGER, channel_id
-from p2pay.watcher import Watcher, redeem_reason
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
