@@ -5,7 +5,7 @@ Theory of operation
 `Settings` (the click context object) carries the resolved home. Every command that
 needs it accepts ``--home`` too (`home_option`), so ``p2pay --home A cmd`` and
 ``p2pay cmd --home A`` mean the same. Amounts are read by `AMOUNT`
-(`p2pay.core.amounts.parse_amount`: an integer of yocto, or a number and a unit), durations
+(`p2pay.cli.errors.read_amount`: an integer of yocto, or a number and a unit), durations
 by `DURATION` (`p2pay.cli.home.parse_duration_ms`); a bad value is a click usage error.
 
 `short_node` runs a node for one command (``channel open``/``close``, ``call``): the
@@ -28,7 +28,7 @@ import click
 import trio
 
 from p2pay.cli import render
-from p2pay.cli.errors import LARGEST_AMOUNT
+from p2pay.cli.errors import quoted, read_amount
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -37,7 +37,6 @@ from p2pay.cli.home import (
     open_ledger,
     parse_duration_ms,
 )
-from p2pay.core.amounts import MAX_YOCTO, parse_amount
 from p2pay.core.errors import AmountError
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status
@@ -68,34 +67,6 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
 #: What a user typed that click took for an option but is a negative number.
 _NEGATIVE = re.compile(r"-[0-9.]")
-#: Longest text quoted back in a message (longer text is described, never cut short: a
-#: long number cut short would be quoted as another number).
-QUOTE_MAX = 48
-
-
-def quoted(text: str) -> str:
-    """`text` quoted for a message, or described when it is too long to quote whole."""
-    if len(text) <= QUOTE_MAX:
-        return repr(text)
-    if text.isdigit():
-        return f"the {len(text)}-digit number"
-    return f"the {len(text)}-character value"
-
-
-AMOUNT_HELP = "use an integer number of yocto, or a number and a unit (1.5 token, 3 milli)"
-
-
-def amount_problem(text: str) -> str | None:
-    """Why `text` is plainly not an amount (negative, too many digits), in the user's terms;
-    None if it may be one (`parse_amount` decides)."""
-    stripped = text.strip()
-    if stripped.startswith("-"):
-        return f"{quoted(stripped)} is negative: an amount is 0 or more"
-    number = re.match(r"[0-9]*", stripped)
-    whole = number.group(0).lstrip("0") if number is not None else ""
-    if len(whole) > len(str(MAX_YOCTO)):
-        return f"{quoted(stripped)} is above the largest amount, {LARGEST_AMOUNT}"
-    return None
 
 
 class AmountType(_IntParamType):
@@ -106,18 +77,9 @@ class AmountType(_IntParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        text = str(value)
-        problem = amount_problem(text)
-        if problem is not None:
-            self.fail(problem, param, ctx)
         try:
-            return parse_amount(text)
+            return read_amount(str(value))
         except AmountError as exc:
-            shown = quoted(text.strip())
-            if "2**128 - 1" in exc.message:  # "exceeds" / "cannot exceed"
-                self.fail(f"{shown} is above the largest amount, {LARGEST_AMOUNT}", param, ctx)
-            if len(text.strip()) > QUOTE_MAX:  # parse_amount quotes a cut: never show that
-                self.fail(f"{shown} is not an amount: {AMOUNT_HELP}", param, ctx)
             self.fail(exc.message, param, ctx)
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
-from p2pay.core.amounts import MAX_YOCTO, format_tokens
+from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
+from p2pay.core.errors import AmountError
 
 #: Library names of values (fields, parameters) -> the option or argument a user types.
 OPTION_OF: dict[str, str] = {
@@ -60,6 +61,66 @@ DURATIONS = frozenset(
 
 #: Largest amount, for messages.
 LARGEST_AMOUNT = f"2**128 - 1 yocto ({format_tokens(MAX_YOCTO)} token)"
+
+
+# ---------------------------------------------------------------------------
+# what the user typed, quoted back
+
+
+#: Longest text quoted back in a message (longer text is described, never cut short: a
+#: long number cut short would be quoted as another number).
+QUOTE_MAX = 48
+
+
+def quoted(text: str) -> str:
+    """`text` quoted for a message, or described when it is too long to quote whole."""
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    if text.isdigit():
+        return f"the {len(text)}-digit number"
+    return f"the {len(text)}-character value"
+
+
+AMOUNT_HELP = "use an integer number of yocto, or a number and a unit (1.5 token, 3 milli)"
+
+
+def amount_problem(text: str) -> str | None:
+    """Why `text` is plainly not an amount (negative, too many digits), in the user's terms;
+    None if it may be one (`parse_amount` decides)."""
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        return f"{quoted(stripped)} is negative: an amount is 0 or more"
+    number = re.match(r"[0-9]*", stripped)
+    whole = number.group(0).lstrip("0") if number is not None else ""
+    if len(whole) > len(str(MAX_YOCTO)):
+        return f"{quoted(stripped)} is above the largest amount, {LARGEST_AMOUNT}"
+    return None
+
+
+def read_amount(text: str) -> int:
+    """An amount as a user types it (`parse_amount`), with a message in the user's terms.
+
+    Raises:
+        AmountError: why `text` is not an amount; the text is quoted whole or described
+            (`quoted`), never cut short (`parse_amount` quotes its first 64 characters,
+            which for a long number is another number).
+    """
+    problem = amount_problem(text)
+    if problem is not None:
+        raise AmountError(problem)
+    try:
+        return parse_amount(text)
+    except AmountError as exc:
+        shown = quoted(text.strip())
+        if "2**128 - 1" in exc.message:  # "exceeds" / "cannot exceed"
+            raise AmountError(f"{shown} is above the largest amount, {LARGEST_AMOUNT}") from None
+        if len(text.strip()) > QUOTE_MAX:
+            raise AmountError(f"{shown} is not an amount: {AMOUNT_HELP}") from None
+        raise
+
+
+# ---------------------------------------------------------------------------
+# failures
 
 
 @dataclass

@@ -131,6 +131,14 @@ def test_long_and_negative_amounts(cli: InProcess) -> None:  # noqa: F811
     assert "'-1s' is negative" in cli.fails(
         "--home", "h", "stake", "1", "--penalty", "1", "--claim-window", "-1s"
     )
+    # a service's price and a duration: the same, never quoted cut short
+    line = cli.fails("--home", "h", "node", "run", "--service", f"echo={eighty}")
+    assert line == (
+        "p2pay: error: service 'echo': price: the 80-digit number is above the largest "
+        f"amount, {LARGEST_AMOUNT}"
+    )
+    line = cli.fails("--home", "h", "stake", "1", "--penalty", "1", "--claim-window", eighty)
+    assert "duration the 80-digit number: use ms" in line and "1" * 41 not in line
     # an unknown option is still one, also where an amount may be typed
     assert "No such option '--frobnicate'" in cli.fails(*mint, "--frobnicate", "1")
     assert "No such option" in cli.fails("--home", "h", "call", "peer", "echo", "-5")
