@@ -6,8 +6,11 @@ Each command resolves the home (`p2pay.cli.home`), opens what it needs (the ledg
 store, a node) inside one ``trio.run``, and hands a plain dict to `p2pay.cli.render`
 (``--json``: one JSON document on stdout; otherwise tables for a person). `main` is the
 console script: it turns every expected failure (a `P2payError`, a bad file, a click
-usage error) into ONE line on stderr and a non-zero exit code, never a traceback
-(``P2PAY_DEBUG=1`` shows it).
+usage error) into ONE line on stderr (with ``--json``, one JSON object
+``{"error": {"code", "message", "details"}}``) and a non-zero exit code, never a
+traceback (``P2PAY_DEBUG=1`` shows it); `p2pay.cli.errors` words it in the user's terms.
+A group run without a command (``p2pay``, ``p2pay channel``) prints its help on stderr
+and exits 2, as click does.
 
 Commands that need a running node for a moment (``channel open``/``close``, ``call``)
 start a short-lived node in this process on 127.0.0.1 with the home's key, ledger and
