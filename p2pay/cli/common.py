@@ -108,11 +108,10 @@ DURATION = DurationType()
 # command classes
 
 
-class NoCommand(click.UsageError):
-    """A group was run without a command: its help is shown (on stderr, exit 2)."""
-
-    def __init__(self, ctx: click.Context) -> None:
-        super().__init__(ctx.get_help(), ctx=ctx)
+def is_help_request(exc: click.UsageError) -> bool:
+    """True for the usage error of a group run without a command: its message is the
+    group's help (click >= 8.2 raises it so; `Group` does on older clicks too)."""
+    return exc.ctx is not None and exc.message == exc.ctx.get_help()
 
 
 class Command(click.Command):
@@ -140,15 +139,15 @@ class Command(click.Command):
 
 
 class Group(click.Group):
-    """A group whose commands are `Command`s and subgroups `Group`s; run bare, it shows
-    its help as `NoCommand` (the same on every click version)."""
+    """A group whose commands are `Command`s and subgroups `Group`s; run bare, it raises a
+    usage error whose message is its help (`is_help_request`), on every click version."""
 
     command_class = Command
     group_class = type
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args and self.no_args_is_help and not ctx.resilient_parsing:
-            raise NoCommand(ctx)
+            raise click.UsageError(ctx.get_help(), ctx=ctx)
         return super().parse_args(ctx, args)
 
 

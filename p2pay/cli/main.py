@@ -40,11 +40,11 @@ from p2pay.cli.common import (
     CONTEXT,
     DURATION,
     Group,
-    NoCommand,
     Settings,
     account_summary,
     echo,
     home_option,
+    is_help_request,
     json_option,
     ledger_option,
     open_store,
@@ -1138,8 +1138,8 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def failure_of(exc: BaseException) -> Failure:
     """What the user is told about `exc` (see `p2pay.cli.errors`)."""
-    if isinstance(exc, NoCommand) and exc.ctx is not None:
-        return Failure("USAGE", exc.ctx.get_help(), exit_code=exc.exit_code, verbatim=True)
+    if isinstance(exc, click.UsageError) and is_help_request(exc):
+        return Failure("USAGE", exc.message, exit_code=exc.exit_code, verbatim=True)
     if isinstance(exc, click.UsageError):
         details: dict[str, Any] = {}
         hint = ""
