@@ -116,7 +116,8 @@ def is_help_request(exc: click.UsageError) -> bool:
 
 class Command(click.Command):
     """A command whose AMOUNT arguments may be typed negative: it says so (click alone
-    takes ``-5`` for an unknown option)."""
+    takes ``-5`` for an unknown option). An argument typed with a leading ``-`` that is
+    no option gets a hint: put it after ``--``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         typed = list(args)
@@ -130,6 +131,14 @@ class Command(click.Command):
             ]
             negative = [a for a in typed if _NEGATIVE.match(a)]
             if not amounts or not negative or not negative[0].startswith(exc.option_name):
+                takes_text = any(isinstance(p, click.Argument) for p in self.params)
+                dash = not exc.option_name.startswith("--")
+                if takes_text and dash and exc.option_name in typed and not exc.possibilities:
+                    raise click.UsageError(
+                        f"No such option {exc.option_name!r}: an argument that starts with '-' "
+                        f"goes after '--' ({ctx.command_path} ... -- {exc.option_name})",
+                        ctx=ctx,
+                    ) from None
                 raise
             raise click.BadParameter(
                 f"{quoted(negative[0])} is negative: an amount is 0 or more",

@@ -140,8 +140,13 @@ def test_long_and_negative_amounts(cli: InProcess) -> None:  # noqa: F811
     line = cli.fails("--home", "h", "stake", "1", "--penalty", "1", "--claim-window", eighty)
     assert "duration the 80-digit number: use ms" in line and "1" * 41 not in line
     # an unknown option is still one, also where an amount may be typed
-    assert "No such option '--frobnicate'" in cli.fails(*mint, "--frobnicate", "1")
-    assert "No such option" in cli.fails("--home", "h", "call", "peer", "echo", "-5")
+    line = cli.fails(*mint, "--frobnicate", "1")
+    assert line == "p2pay: error: No such option '--frobnicate'. (see: p2pay ledger mint --help)"
+    line = cli.fails("--home", "h", "call", "peer", "echo", "-5")
+    assert line == (
+        "p2pay: error: No such option '-5': an argument that starts with '-' goes after '--' "
+        "(p2pay call ... -- -5) (see: p2pay call --help)"
+    )
 
 
 @pytest.mark.parametrize("group", [(), ("channel",), ("ledger",), ("claims",), ("node",)])
