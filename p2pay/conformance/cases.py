@@ -104,7 +104,7 @@ BODY = b"p2pay conformance"
 OTHER_LEDGER = b"p2pay:conformance:not-your-ledger"
 
 
-class Fail(Exception):
+class Fail(P2payError):
     """The target broke the rule: what was sent, what the rule expects, what came."""
 
     def __init__(self, sent: str, expected: str, got: str) -> None:
@@ -113,9 +113,15 @@ class Fail(Exception):
         self.expected = expected
         self.got = got
 
+    def __str__(self) -> str:
+        return self.got
 
-class Skip(Exception):
+
+class Skip(P2payError):
     """The case cannot run here (the reason says what it needs)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, slots=True)

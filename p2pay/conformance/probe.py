@@ -43,7 +43,7 @@ import trio
 
 from p2pay.core import codec, evmsig
 from p2pay.core.amounts import MAX_YOCTO
-from p2pay.core.errors import DecodeError, RemoteProtocolError
+from p2pay.core.errors import DecodeError, P2payError, RemoteProtocolError
 from p2pay.core.identity import Keypair, verify
 from p2pay.core.messages import (
     DOMAIN_HELLO,
@@ -176,8 +176,11 @@ class TargetHello:
         return min(self.services, key=lambda s: s.price)
 
 
-class HelloError(Exception):
+class HelloError(P2payError):
     """A target's hello breaks a rule of §9 (the message says which)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _need(cond: bool, message: str) -> None:
