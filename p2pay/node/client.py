@@ -51,7 +51,14 @@ from p2pay.core.session import (
     StreamRefused,
 )
 from p2pay.core.settlement import Stake, StakeStatus, stake_status
-from p2pay.net.base import NetError, Stream, StreamClosed
+from p2pay.net.base import (
+    NetError,
+    NoAddress,
+    PeerNotReached,
+    Stream,
+    StreamClosed,
+    WrongIdentity,
+)
 from p2pay.node.book import _payer_record
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import (
@@ -60,10 +67,12 @@ from p2pay.node.types import (
     ConnectionLost,
     Counters,
     NodeConfig,
+    NoKnownAddress,
     PeerUnreachable,
     ProviderUnbonding,
     RequestInDoubt,
     Unclaimable,
+    WrongPeer,
     split_peer,
 )
 from p2pay.store.base import (
@@ -481,8 +490,20 @@ class Client:
                 return conn
             try:
                 stream = await self.node.transport.connect(peer_id)
+            except NoAddress:
+                raise NoKnownAddress(
+                    f"no known address for {peer_id}: give its full multiaddr once "
+                    f"(/ip4/HOST/tcp/PORT/p2p/{peer_id})",
+                    details={"peer": peer_id},
+                ) from None
+            except WrongIdentity as exc:
+                raise WrongPeer(exc.message, details=exc.details) from None
             except NetError as exc:
-                raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
+                raise PeerUnreachable(
+                    exc.message
+                    if isinstance(exc, PeerNotReached)
+                    else f"cannot reach {peer_id}: {exc}"
+                ) from exc
             node = self.node
             protocol = ClientSession(
                 hello=node.hello(), remote=stream.remote_public, channels=node.payer_channels
