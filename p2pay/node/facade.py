@@ -445,9 +445,16 @@ class Node:
                 )
             payee = await self.account_of(peer)
         else:
+            fresh = not self._connected(split_peer(peer)[0])
             conn = await self._reach(peer)
-            self._check_terms(conn.peer_id, conn.hello, require_stake, max_price)
-            payee = conn.account
+            try:
+                self._check_terms(conn.peer_id, conn.hello, require_stake, max_price)
+                payee = conn.account
+            finally:
+                if fresh:
+                    # made for this check only: the first call connects anew and reads a
+                    # current hello (services the peer adds meanwhile included)
+                    await conn.close()
         channel = await self.ledger.open_channel(
             self.key, payee, deposit, challenge_ms or self.config.challenge_ms
         )
