@@ -805,9 +805,9 @@ def channel_open(
                 "what its hello binds, so `channel open` must contact it"
             )
         # a ledger operation only: the peer's PeerID is all it needs (no connection)
-        target = peer_id_from_public(parse_account(peer, spec))
+        target: str = peer_id_from_public(parse_account(peer, spec))
     else:
-        target = str(peer)
+        target = peer
 
     async def do(node: Node) -> tuple[ChannelInfo, Any]:
         hello = None if offline else await node.connect(target)
@@ -824,11 +824,13 @@ def channel_open(
     info, hello = run_with_node(home, ledger, do, offline=offline)
     terms: dict[str, Any] | None = None
     if hello is not None:
+        stake = hello.stake
+        # amounts as strings of yocto, as in every JSON document
         terms = {
-            "stake": hello.stake.amount if hello.stake is not None else 0,
-            "penalty": hello.stake.penalty if hello.stake is not None else 0,
-            "claim_window_ms": hello.stake.claim_window_ms if hello.stake is not None else 0,
-            "prices": {s.name: s.price for s in hello.services},
+            "stake": str(stake.amount if stake is not None else 0),
+            "penalty": str(stake.penalty if stake is not None else 0),
+            "claim_window_ms": stake.claim_window_ms if stake is not None else 0,
+            "prices": {s.name: str(s.price) for s in hello.services},
         }
     doc = {
         "channel": info.channel,
@@ -844,15 +846,15 @@ def channel_open(
     echo(f"opened channel {info.channel.hex()}")
     echo(f"to {info.peer}, deposit {render.amount_text(info.deposit)}")
     if terms is not None:
-        prices = ", ".join(f"{k} {render.amount_text(v)}" for k, v in terms["prices"].items())
-        stake = (
-            f"stake {render.amount_text(terms['stake'])}, penalty "
-            f"{render.amount_text(terms['penalty'])}, claim window "
+        prices = ", ".join(f"{k} {render.amount_text(int(v))}" for k, v in terms["prices"].items())
+        staked = (
+            f"stake {render.amount_text(int(terms['stake']))}, penalty "
+            f"{render.amount_text(int(terms['penalty']))}, claim window "
             f"{format_ms(terms['claim_window_ms'])}"
-            if terms["stake"]
+            if terms["stake"] != "0"
             else "no stake"
         )
-        echo(f"terms {stake}; prices {prices or '(no services)'}")
+        echo(f"terms {staked}; prices {prices or '(no services)'}")
 
 
 @channel.command("top-up")

@@ -461,7 +461,7 @@ def test_payer_close_waits_for_the_challenge_period(
     c: InProcess = world["cli"]
     opened = c.js(
         "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "10 milli",
-        "--challenge", "1s",
+        "--challenge", "1s", "--offline",
     )  # fmt: skip
     cid = opened["channel"]
     assert opened["deposit"] == str(10**22) and opened["state"] == "open"
@@ -512,7 +512,7 @@ def test_every_json_output_parses(world: dict[str, Any]) -> None:
         ("--home", "p", "stake", "1 milli", "--penalty", "1", "--claim-window", "1s"),
         ("--home", "p", "unstake"),
         ("--home", "p", "ledger", "mint", world["c"]["account"], "1"),
-        ("--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1"),
+        ("--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1", "--offline"),
         ("ledger", "create", "other.sqlite"),
         ("--home", "x", "init"),
     ]

@@ -51,7 +51,7 @@ def test_money_errors_say_amounts_with_units(world: dict[str, Any]) -> None:  # 
         f"the {amount(100 * TOKEN)} this needs (p2pay balance shows it)"
     )
     line = c.fails(
-        "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "3 token"
+        "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "3 token", "--offline"
     )  # fmt: skip
     assert f"the {amount(3 * TOKEN)} this needs" in line
 
@@ -173,7 +173,7 @@ def test_times_are_iso_dates(world: dict[str, Any]) -> None:  # noqa: F811
     c: InProcess = world["cli"]
     cid = c.js(
         "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1 milli",
-        "--challenge", "1h",
+        "--challenge", "1h", "--offline",
     )["channel"]  # fmt: skip
     closes_at = c.js("--home", "c", "channel", "close", cid)["closes_at"]
     out = c.ok("--home", "c", "channel", "close", cid)  # still in its challenge period
