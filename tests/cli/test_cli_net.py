@@ -30,8 +30,8 @@ from test_cli import (  # noqa: F401 - fixtures
 from p2pay.cli.home import read_config
 
 
-def money(world: dict[str, Any], home: str) -> tuple[str, str]:
-    doc = world["cli"].js("--home", home, "balance")
+def money(w: dict[str, Any], home: str) -> tuple[str, str]:
+    doc = w["cli"].js("--home", home, "balance")
     return doc["balance"], doc["escrow_out"]
 
 
@@ -87,7 +87,7 @@ def test_bare_peer_id_without_an_address_says_what_to_do(world: dict[str, Any]) 
 
 @pytest.mark.slow
 def test_a_running_peer_the_address_book_and_wrong_peer(
-    world: dict[str, Any],
+    world: dict[str, Any],  # noqa: F811
     nodes: list[Node],  # noqa: F811
 ) -> None:
     d: Path = world["dir"]
