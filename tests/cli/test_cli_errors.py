@@ -59,11 +59,12 @@ def test_money_errors_say_amounts_with_units(world: dict[str, Any]) -> None:  # 
 def test_errors_name_the_options_typed(world: dict[str, Any]) -> None:  # noqa: F811
     c: InProcess = world["cli"]
     peer = world["p"]["peer_id"]
-    line = c.fails("--home", "c", "channel", "open", peer, "--deposit", "1", "--challenge", "31d")
+    open_ = ("--home", "c", "channel", "open", peer, "--offline")
+    line = c.fails(*open_, "--deposit", "1", "--challenge", "31d")
     assert line == "p2pay: error: INVALID_ARGUMENT: --challenge must be between 1s and 30d"
     line = c.fails("--home", "p", "stake", "1", "--penalty", "1", "--claim-window", "500ms")
     assert line == "p2pay: error: INVALID_ARGUMENT: --claim-window must be between 1s and 30d"
-    line = c.fails("--home", "c", "channel", "open", peer, "--deposit", "0")
+    line = c.fails(*open_, "--deposit", "0")
     assert line == (
         f"p2pay: error: INVALID_AMOUNT: --deposit must be more than 0 (and at most "
         f"{LARGEST_AMOUNT})"
