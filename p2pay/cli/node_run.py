@@ -300,7 +300,10 @@ async def run_node(
                     raise guard.error from None
                 busy = _listen_error(exc)
                 if busy is not None:  # e.g. the port is another node's: one line, exit 1
-                    raise CliError(busy.message) from None
+                    raise CliError(
+                        f"{busy.message}: pass --listen (e.g. /ip4/127.0.0.1/tcp/0), or edit "
+                        "listen in the home's config.toml"
+                    ) from None
                 raise
             finally:
                 if serving.server is not None:

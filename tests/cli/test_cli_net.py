@@ -9,6 +9,7 @@ Real processes on 127.0.0.1, each bounded by a timeout; nodes stopped in a ``fin
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,18 @@ def test_a_running_peer_the_address_book_and_wrong_peer(
     assert node.stop() == 0
     line = fails("--home", "c", "call", peer, "echo", "x", "--max-price", "1000", cwd=d)
     assert line.startswith(f"p2pay: error: UNREACHABLE: cannot reach {peer} at ")
+
+
+def test_node_run_on_a_taken_config_port_says_what_to_do(world: dict[str, Any]) -> None:  # noqa: F811
+    d: Path = world["dir"]
+    listen = read_config(d / "p" / "config.toml").listen[0]
+    port = int(listen.rsplit("/", 1)[1])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen(1)
+        line = fails("--home", "p", "node", "run", "--service", f"echo={PRICE}", cwd=d)
+    assert line == (
+        f"p2pay: error: cannot listen on {listen}: address already in use (another process or "
+        "node holds this port): pass --listen (e.g. /ip4/127.0.0.1/tcp/0), or edit listen in "
+        "the home's config.toml"
+    )
