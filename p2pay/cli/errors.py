@@ -255,6 +255,18 @@ def _unstaking(match: re.Match[str], details: dict[str, Any]) -> str:
     )
 
 
+def _no_stake(match: re.Match[str], details: dict[str, Any]) -> str:
+    return f"{match.group(0)} (--no-stake-ok accepts it, knowing that)"
+
+
+def _above_max(match: re.Match[str], details: dict[str, Any]) -> str:
+    least, most = int(match.group("least")), int(match.group("max"))
+    return (
+        f"{match.group('peer')} charges at least {render.amount_text(least)} a call, above "
+        f"--max-price {render.amount_text(most)}"
+    )
+
+
 _Rewrite = Callable[[re.Match[str], dict[str, Any]], "str | None"]
 
 
@@ -279,6 +291,19 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     (re.compile(r"challenge period runs until (?P<at>\d+)"), _closing),
     (re.compile(r"stake unbonds at (?P<at>\d+)"), _unbonds),
     (re.compile(r"no open channel to (?P<peer>\S+): open_channel first"), _no_channel),
+    (
+        re.compile(
+            r"\S+ has no stake: nothing would answer for a paid request it leaves unanswered"
+        ),
+        _no_stake,
+    ),
+    (
+        re.compile(
+            r"(?P<peer>\S+) charges at least (?P<least>\d+) yocto a call, above max_price "
+            r"(?P<max>\d+)"
+        ),
+        _above_max,
+    ),
     (
         re.compile(r"(?P<service>'.*') costs (?P<price>\d+), above max_price (?P<max>\d+)"),
         _costs,

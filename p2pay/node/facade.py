@@ -487,11 +487,12 @@ class Node:
             )
         if max_price is not None and not any(s.price <= max_price for s in hello.services):
             cheapest = min((s.price for s in hello.services), default=None)
-            what = "offers no service" if cheapest is None else f"charges at least {cheapest}"
-            raise TermsRefused(
-                f"{peer_id} {what} (yocto a call), above the maximum {max_price}",
-                details=terms,
+            what = (
+                "offers no service"
+                if cheapest is None
+                else f"charges at least {cheapest} yocto a call, above max_price {max_price}"
             )
+            raise TermsRefused(f"{peer_id} {what}", details=terms)
 
     async def top_up(self, channel: bytes, amount: int) -> ChannelInfo:
         ch = self.payer_channels.get(channel)

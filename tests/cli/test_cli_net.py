@@ -101,7 +101,10 @@ def test_a_running_peer_the_address_book_and_wrong_peer(
     assert node.addr == f"{port}/p2p/{peer}"  # the port init chose, no --listen needed
     before = money(world, "c")
     line = fails("--home", "c", "channel", "open", node.addr, "--deposit", "10 milli", cwd=d)
-    assert line.startswith(f"p2pay: error: TERMS_REFUSED: {peer} has no stake")
+    assert line == (
+        f"p2pay: error: TERMS_REFUSED: {peer} has no stake: nothing would answer for a paid "
+        "request it leaves unanswered (--no-stake-ok accepts it, knowing that)"
+    )
     assert money(world, "c") == before
     assert node.stop() == 0
     c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "2s")
@@ -113,8 +116,8 @@ def test_a_running_peer_the_address_book_and_wrong_peer(
         "--max-price", "999", cwd=d,
     )  # fmt: skip
     assert line == (
-        f"p2pay: error: TERMS_REFUSED: {peer} charges at least 1000 (yocto a call), above the "
-        "maximum 999"
+        f"p2pay: error: TERMS_REFUSED: {peer} charges at least 0.000000000000000000001 token "
+        "(1000 yocto) a call, above --max-price 0.000000000000000000000999 token (999 yocto)"
     )
     assert money(world, "c") == before
     # a different identity at the address: WRONG_PEER, before any escrow

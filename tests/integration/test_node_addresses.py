@@ -147,7 +147,12 @@ async def test_open_channel_contacts_the_peer_before_escrow_moves() -> None:
                 "stake": 0,
                 "prices": {"echo": PRICE},
             }
-            with trio.fail_after(10), pytest.raises(TermsRefused, match="above the maximum"):
+            with (
+                trio.fail_after(10),
+                pytest.raises(
+                    TermsRefused, match="at least 1000 yocto a call, above max_price 999"
+                ),
+            ):
                 await alice.open_channel(bob_addr, deposit=10**6, max_price=PRICE - 1)
             assert await ledger.balance(ALICE.account) == before
             await bob.stake(TOKEN, penalty=TOKEN // 10, claim_window_ms=1000)
