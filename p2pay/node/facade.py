@@ -313,14 +313,15 @@ class Node:
         Ed25519 ledger; on an EVM ledger the account its hello binds (this connects).
 
         Raises:
-            PeerUnreachable: an EVM ledger and the peer cannot be reached.
+            PeerUnreachable: an EVM ledger and the peer cannot be reached (NoKnownAddress,
+                WrongPeer: see `connect`).
         """
         peer_id, addr = split_peer(peer)
-        if addr is not None and self._transport is not None:
-            self._transport.add_address(peer_id, addr)
         if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            if addr is not None and self._transport is not None:
+                self._transport.add_address(peer_id, addr)
             return public_from_peer_id(peer_id)
-        conn = await self._connection(peer_id)
+        conn = await self._reach(peer)  # a bare PeerID: at its address-book addresses
         return conn.account
 
     @property
