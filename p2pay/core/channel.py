@@ -490,7 +490,7 @@ class PayeeChannel:
             "paid_max": voucher.paid if voucher is not None else 0,
         }
         if voucher is not None:
-            details["voucher"] = voucher.to_frame()
+            details["voucher"] = voucher.voucher_frame()  # without its body (protocol.md 15)
         return details
 
     def admit_claimed(
@@ -1003,8 +1003,10 @@ def parse_resync(details: Mapping[str, Any]) -> Resync:
     """Read the resync details of a REPLAY or slice-rule PAYMENT_REQUIRED (protocol.md 15).
 
     ``last_n`` (a request number or 0), ``spent`` and ``paid_max`` (amounts) must be
-    present; ``voucher``, when present, must be the bytes of a request frame. Other keys
-    (e.g. PAYMENT_REQUIRED's ``price``) are ignored here. Whether the voucher is ours and
+    present; ``voucher``, when present, must be the bytes of a request frame: sent with an
+    empty body, but one with a body is read the same (only its signed fields and signature
+    count; the body is ignored). Other keys (e.g. PAYMENT_REQUIRED's ``price``) are ignored
+    here. Whether the voucher is ours and
     agrees with ``paid_max`` is `PayerChannel.on_replay`'s check.
 
     Raises:

@@ -84,6 +84,7 @@ from p2pay.core.errors import (
     remote_error,
 )
 from p2pay.core.messages import (
+    REQUEST_OVERHEAD,
     Frame,
     Hello,
     Refusal,
@@ -761,6 +762,20 @@ class ClientSession(_Session):
             return None
         return self.prices.get(service, terms.price)
 
+    def max_body(self, service: str) -> int | None:
+        """The longest body a request for `service` may carry: the service's ``max_body``
+        and the payee hello's ``max_frame`` minus `REQUEST_OVERHEAD` (§5.3, §13.1 step 1''),
+        whichever is smaller; None if the payee offers no such service."""
+        terms = self._peer().service(service)
+        if terms is None:
+            return None
+        return min(terms.max_body, self.frame_body_limit())
+
+    def frame_body_limit(self) -> int:
+        """The longest body whose request frame fits the payee hello's ``max_frame``
+        (§5.3): ``max_frame - REQUEST_OVERHEAD``."""
+        return self._peer().max_frame - REQUEST_OVERHEAD
+
     def deadline(self, now: int, timeout_ms: int, *, ledger_horizon: int | None = None) -> int:
         """The deadline of a request sent at `now` that waits `timeout_ms`: at most the
         payee's announced ``deadline_horizon`` ahead (it refuses later ones), and the
@@ -777,12 +792,23 @@ class ClientSession(_Session):
 
         Raises:
             LocalProtocolError: the payee's hello was not checked yet (§9 rule 2), the
-                session ended, or `request` is not on one of our channels to this payee.
+                session ended, `request` is not on one of our channels to this payee, or
+                its body is longer than the payee's ``max_frame`` minus `REQUEST_OVERHEAD`
+                (§5.3: its frame might not fit; code BODY_TOO_LARGE, details
+                ``{"max_body": limit}``; nothing is recorded).
         """
         self._peer()
         ch = self.channels.get(request.channel)
         if ch is None or ch.payee != self.account or request.ledger != self.ledger:
             raise LocalProtocolError("a request goes only to its channel's payee")
+        limit = self.frame_body_limit()
+        if len(request.body) > limit:
+            raise LocalProtocolError(
+                f"a body of {len(request.body)} bytes does not fit the payee's max_frame of "
+                f"{self._peer().max_frame} bytes (at most {limit})",
+                code=ErrorCode.BODY_TOO_LARGE,
+                details={"max_body": limit},
+            )
         self.outstanding[(request.channel, request.n)] = _Outstanding(request, purpose)
         return request.to_frame()
 

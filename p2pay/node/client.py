@@ -580,10 +580,16 @@ class Client:
                 f"{service!r} costs {price}, above max_price {max_price}",
                 details={"price": price},
             )
-        if len(body) > terms.max_body:
+        # the service's max_body, and a frame that fits the payee's max_frame (13.1 step 1'')
+        max_body = conn.protocol.max_body(service)
+        assert max_body is not None  # the service exists (terms)
+        if len(body) > max_body:
             raise LocalProtocolError(
-                f"body of {len(body)} bytes is over the service's {terms.max_body}",
+                f"body of {len(body)} bytes is over {max_body}, the most {service!r} takes "
+                f"(max_body {terms.max_body}) in a request frame the payee accepts "
+                f"(max_frame {conn.hello.max_frame})",
                 code=ErrorCode.BODY_TOO_LARGE,
+                details={"max_body": max_body},
             )
         give_up_at = trio.current_time() + timeout
         price_retried = resynced = False
@@ -670,7 +676,11 @@ class Client:
         key = (ch.channel, request.n)
         if key in conn.pending or conn.account != ch.payee:
             return None  # a call is waiting for it already, or not the channel's payee
-        slot = conn.resend(ch, pending.request)
+        try:
+            slot = conn.resend(ch, pending.request)
+        except LocalProtocolError as exc:  # its frame does not fit this payee's max_frame
+            log.info("cannot re-send request %d: %s", request.n, exc)
+            return None
         try:
             if not await self._wait(slot, timeout):
                 return None
