@@ -25,8 +25,10 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
 * **Frames allowed per role** (§5.1, §5.4, §12): only the opener sends requests; only the
   acceptor sends responses and refusals of requests. The acceptor ignores a response or
   a refusal frame (a protocol violation that costs a token of the refusal budget, below);
-  the opener answers a request frame with an unsigned MALFORMED and keeps the stream; a
-  refusal naming a (channel, n) the opener has no request outstanding for is ignored.
+  the opener answers a request frame with an unsigned MALFORMED and keeps the stream, as
+  long as its own refusal budget has a token (below; without one the frame is ignored,
+  unanswered); a refusal naming a (channel, n) the opener has no request outstanding for
+  is ignored.
   Nobody answers a response or a refusal with a refusal.
 * **Invalid frames** (§5.2): a length prefix that is not minimal or too long is MALFORMED,
   an announced frame above the receiver's ``max_frame`` FRAME_TOO_LARGE with details
@@ -42,7 +44,9 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
   (integral thousandths of a token per millisecond; a clock that steps back refills
   nothing). Every refused request (unsigned refusal or signed refusal), and every ignored
   response or refusal frame, takes a token, except an OVERLOADED due only to the node-wide
-  limit. The event that finds the bucket empty carries ``End.RESET``.
+  limit. The event that finds the bucket empty carries ``End.RESET``. The opener keeps
+  the same bucket for its answers to request frames (§19.1): one without a token is not
+  answered (``send`` None), and the stream is kept.
 * **Admission** (§13.2 checks 1-12) is `PayeeChannel.admit`'s: `ServerSession.admit` asks
   it (with ``max_deadline = now + deadline_horizon``, the horizon the payee announces in
   its hello, §9) and turns its decision into `RequestAdmitted` or `RequestRefused` (unsigned bytes,
@@ -93,6 +97,9 @@ from p2pay.core.messages import (
     check_signed_by,
     decode_frame,
 )
+
+#: The message of the refusal a caller answers a request frame with (§5.4).
+REQUEST_TO_CALLER = "requests go on a stream their payer opens"
 
 #: Longest refusal message a session writes, in characters (at most 2000 bytes of UTF-8,
 #: within the 2048 bytes of protocol.md §12).
@@ -721,12 +728,22 @@ class ClientSession(_Session):
         remote: the stream's authenticated remote public key.
         channels: our payer channels by id (read to check receipts and refusals; the
             session calls their methods, the caller persists what changed).
+        max_refusals_per_s, refusal_burst: the budget of refusals answering request
+            frames the payee sends (§5.4, §19.1); beyond it they are ignored, unanswered.
     """
 
     def __init__(
-        self, *, hello: Hello, remote: bytes, channels: Mapping[bytes, PayerChannel]
+        self,
+        *,
+        hello: Hello,
+        remote: bytes,
+        channels: Mapping[bytes, PayerChannel],
+        max_refusals_per_s: int = 50,
+        refusal_burst: int = 200,
     ) -> None:
         super().__init__(ledger=hello.ledger, remote=remote, max_frame=hello.max_frame)
+        # full at the first take, whatever its clock (a bucket refills up to its burst)
+        self.budget = RefusalBudget(per_s=max_refusals_per_s, burst=refusal_burst, now=0)
         self._hello = hello
         self._state = _State.IDLE
         self.channels = channels
@@ -850,11 +867,14 @@ class ClientSession(_Session):
         if isinstance(frame, Hello):
             return [self._violation(ErrorCode.MALFORMED, "a second hello")]
         if isinstance(frame, Request):
-            # §5.4: requests go on a stream their payer opens; answered, the stream kept.
+            # §5.4: requests go on a stream their payer opens; answered while the refusal
+            # budget lasts (§19.1: then ignored, so a flood of them costs us no memory),
+            # the stream kept.
             return [
                 self._violation(
                     ErrorCode.MALFORMED,
-                    "requests go on a stream their payer opens",
+                    REQUEST_TO_CALLER,
+                    refuse=self.budget.take(now),
                     end=End.KEEP,
                     channel=frame.channel,
                     n=frame.n,

@@ -356,6 +356,30 @@ def test_5_1_the_opener_refuses_a_request_and_keeps_the_stream() -> None:
     )
 
 
+def test_19_1_the_opener_answers_requests_within_its_refusal_budget() -> None:
+    """§19.1: the opener answers request frames while its refusal budget has a token; the
+    others are violations it does not answer (nothing to queue), and the stream is kept;
+    the budget refills at its rate."""
+    c = ClientSession(
+        hello=hello(ALICE),
+        remote=BOB.public,
+        channels={},
+        max_refusals_per_s=1,
+        refusal_burst=2,
+    )
+    c.start()
+    only(c.receive(BOB_HELLO.to_frame(), NOW), HelloReceived)
+    frame = request(key=BOB).to_frame()
+    answered = [only(c.receive(frame, NOW), ProtocolViolation) for _ in range(2)]
+    assert all(e.send is not None and e.end is End.KEEP for e in answered)
+    ignored = only(c.receive(frame, NOW), ProtocolViolation)
+    assert (ignored.send, ignored.end, ignored.code) == (None, End.KEEP, ErrorCode.MALFORMED)
+    assert not c.ended
+    assert only(c.receive(frame, NOW + 1000), ProtocolViolation).send is not None  # refilled
+    with pytest.raises(LocalProtocolError):
+        ClientSession(hello=hello(ALICE), remote=BOB.public, channels={}, refusal_burst=0)
+
+
 def test_5_2_frame_too_large_names_the_receivers_limit_and_ends_the_stream() -> None:
     for session in (open_server(), client()[0]):
         error = FrameTooLarge("peer announced a 5000-byte frame", details={"size": 5000})
