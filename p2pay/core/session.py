@@ -52,8 +52,11 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
   its hello, §9) and turns its decision into `RequestAdmitted` or `RequestRefused` (unsigned bytes,
   or ``signed=True`` for a refusal the payee signs, §11).
 * **Client side** (§13.1, §14.3, §15): `ClientSession.deadline` caps a request's deadline
-  at the payee hello's ``deadline_horizon`` and the ledger's horizon;
-  `ClientSession.send_request` records what is outstanding on the stream; responses go to
+  at the payee hello's ``deadline_horizon`` and the ledger's horizon; `ClientSession.max_body`
+  is the longest body a request may carry (the service's ``max_body`` and the payee's
+  ``max_frame`` minus ``REQUEST_OVERHEAD``, §5.3); `ClientSession.send_request` refuses a
+  body whose frame might not fit the payee's ``max_frame`` and records what is
+  outstanding on the stream; responses go to
   `PayerChannel.on_response` (`ReceiptAccepted` / `ReceiptRejected`), a signed
   PAYMENT_REQUIRED with another price is `PriceChanged`; unsigned refusals are sorted
   into those that prove nothing was charged (`RefusalReceived` with ``dropped``: the
