@@ -5,7 +5,7 @@ Theory of operation
 `Settings` (the click context object) carries the resolved home. Every command that
 needs it accepts ``--home`` too (`home_option`), so ``p2pay --home A cmd`` and
 ``p2pay cmd --home A`` mean the same. Amounts are read by `AMOUNT`
-(`p2pay.core.amounts.parse_amount`: an integer of yocto, or a number and a unit), durations
+(`p2pay.cli.errors.read_amount`: an integer of yocto, or a number and a unit), durations
 by `DURATION` (`p2pay.cli.home.parse_duration_ms`); a bad value is a click usage error.
 
 `short_node` runs a node for one command (``channel open``/``close``, ``call``): the
@@ -17,6 +17,7 @@ command changed is durable.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import click
 import trio
 
 from p2pay.cli import render
+from p2pay.cli.errors import quoted, read_amount
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -35,7 +37,6 @@ from p2pay.cli.home import (
     open_ledger,
     parse_duration_ms,
 )
-from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import AmountError
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status
@@ -64,6 +65,10 @@ EPHEMERAL_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 # parameter types
 
 
+#: What a user typed that click took for an option but is a negative number.
+_NEGATIVE = re.compile(r"-[0-9.]")
+
+
 class AmountType(_IntParamType):
     """An amount: an integer of yocto, or a number and a unit ("1.5 token", "3 milli")."""
 
@@ -73,7 +78,7 @@ class AmountType(_IntParamType):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         try:
-            return parse_amount(str(value))
+            return read_amount(str(value))
         except AmountError as exc:
             self.fail(exc.message, param, ctx)
 
@@ -86,14 +91,73 @@ class DurationType(_IntParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        text = str(value)
+        if text.strip().startswith("-"):
+            self.fail(f"{quoted(text.strip())} is negative: a duration is 0 or more", param, ctx)
         try:
-            return parse_duration_ms(str(value))
+            return parse_duration_ms(text)
         except CliError as exc:
             self.fail(exc.message, param, ctx)
 
 
 AMOUNT = AmountType()
 DURATION = DurationType()
+
+
+# ---------------------------------------------------------------------------
+# command classes
+
+
+def is_help_request(exc: click.UsageError) -> bool:
+    """True for the usage error of a group run without a command: its message is the
+    group's help (click >= 8.2 raises it so; `Group` does on older clicks too)."""
+    return exc.ctx is not None and exc.message == exc.ctx.get_help()
+
+
+class Command(click.Command):
+    """A command whose AMOUNT arguments may be typed negative: it says so (click alone
+    takes ``-5`` for an unknown option). An argument typed with a leading ``-`` that is
+    no option gets a hint: put it after ``--``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        typed = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            amounts = [
+                p
+                for p in self.params
+                if isinstance(p, click.Argument) and isinstance(p.type, AmountType)
+            ]
+            negative = [a for a in typed if _NEGATIVE.match(a)]
+            if not amounts or not negative or not negative[0].startswith(exc.option_name):
+                takes_text = any(isinstance(p, click.Argument) for p in self.params)
+                dash = not exc.option_name.startswith("--")
+                if takes_text and dash and exc.option_name in typed and not exc.possibilities:
+                    raise click.UsageError(
+                        f"No such option {exc.option_name!r}: an argument that starts with '-' "
+                        f"goes after '--' ({ctx.command_path} ... -- {exc.option_name})",
+                        ctx=ctx,
+                    ) from None
+                raise
+            raise click.BadParameter(
+                f"{quoted(negative[0])} is negative: an amount is 0 or more",
+                ctx=ctx,
+                param=amounts[0],
+            ) from None
+
+
+class Group(click.Group):
+    """A group whose commands are `Command`s and subgroups `Group`s; run bare, it raises a
+    usage error whose message is its help (`is_help_request`), on every click version."""
+
+    command_class = Command
+    group_class = type
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            raise click.UsageError(ctx.get_help(), ctx=ctx)
+        return super().parse_args(ctx, args)
 
 
 # ---------------------------------------------------------------------------

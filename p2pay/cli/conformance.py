@@ -9,9 +9,10 @@ one line per case as each ends (``--json``: one document at the end) and exits 0
 no case failed, 1 if one did.
 
 The home is used only when given explicitly (``--home`` on the command or on ``p2pay``):
-the tester opens a channel from that identity, which costs a deposit until the channel
-closes. The home's store is not touched, so a ``p2pay node run`` may use the home at the
-same time.
+the tester opens channels from that identity. The paid cases can cost up to those
+channels' deposits (a target may redeem every voucher it gets), which ``--max-deposit``
+caps; the paid cases SKIP when the target's prices need more. The home's store is not
+touched, so a ``p2pay node run`` may use the home at the same time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import click
 
 from p2pay.cli import render
-from p2pay.cli.common import echo, json_option, ledger_option, run
+from p2pay.cli.common import AMOUNT, echo, json_option, ledger_option, run
 from p2pay.cli.home import CliError, Home, open_ledger
 
 
@@ -71,10 +72,19 @@ def _explicit_home(ctx: click.Context, home: Path | None) -> Home | None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1, max=120),
+    type=click.FloatRange(min=0.1, max=30),
     default=5.0,
     show_default=True,
-    help="Seconds to wait for each answer of the target.",
+    help="Seconds to wait for each answer of the target (at most 30; a case: 120 s at most).",
+)
+@click.option(
+    "--max-deposit",
+    type=AMOUNT,
+    default="0.001 token",
+    show_default=True,
+    help="The most the paid cases may cost: the deposits of the channels they open, in all. "
+    "A target may redeem every voucher it gets, so they can cost up to that; they SKIP when "
+    "the target's prices need more.",
 )
 @json_option
 @click.pass_context
@@ -86,17 +96,20 @@ def conformance(
     ledger_id_text: str | None,
     patterns: tuple[str, ...],
     timeout: float,
+    max_deposit: int,
     as_json: bool,
 ) -> None:
     """Drive the implementation at MULTIADDR (ending in /p2p/<PeerID>) through the
     protocol's conformance cases (specs/protocol.md), one line per case.
 
-    With --home, the home's key opens a small channel to the target on the home's ledger
-    (which must be the target's) for the paid cases, and starts its close at the end;
-    without it those cases are skipped. Exit status 0 only if no case failed.
+    With --home, the home's key opens small channels to the target on the home's ledger
+    (which must be the target's) for the paid cases, and starts their close at the end;
+    without it those cases are skipped. The paid cases can cost up to those channels'
+    deposits, at most --max-deposit: a target may redeem every voucher it gets. Exit
+    status 0 only if no case failed.
     """
     from p2pay.conformance import run_conformance, select
-    from p2pay.conformance.cases import CaseResult
+    from p2pay.conformance.cases import CaseResult, cost_note
     from p2pay.core.errors import LocalProtocolError
     from p2pay.net.base import split_p2p
 
@@ -116,6 +129,9 @@ def conformance(
             "ledger) or --ledger-id HEX"
         )
 
+    if spec is not None and not as_json and any(c.paid for c in select(patterns)):
+        echo(f"note: {cost_note(max_deposit)}")
+
     def show(result: CaseResult) -> None:
         if not as_json:
             echo(f"{result.status}  {result.id:<24}  {result.section:<16}  {result.reason}")
@@ -133,6 +149,7 @@ def conformance(
                 ledger=led,
                 patterns=patterns,
                 timeout=timeout,
+                max_deposit=max_deposit,
                 on_result=show,
             )
 

@@ -58,7 +58,7 @@ from p2pay.cli.common import (
     run,
     settings,
 )
-from p2pay.cli.home import CliError, Config, Home, LedgerSpec, open_ledger
+from p2pay.cli.home import CliError, Config, Home, LedgerSpec, format_ms, open_ledger
 from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
@@ -337,7 +337,7 @@ async def _demo_body(
     await made.aclose()
     spec = LedgerSpec("sqlite", str(ledger_path))
     say(f"demo folder {folder}")
-    say(f"created dev ledger {spec} (claim bond {params.claim_bond} yocto)")
+    say(f"created dev ledger {spec} (claim bond {render.amount_text(params.claim_bond)})")
     services = [f"echo={PRICE}", f"upper={PRICE}"]
     actors = []
     for name, offered in (("honest", services), ("dropper", services), ("client", [])):
@@ -351,13 +351,14 @@ async def _demo_body(
         for actor in actors:
             amount = MINT_CLIENT if actor is client else MINT_PROVIDER
             await led.mint(minter, actor.key.account, amount)
-    before = await snapshot(spec, actors)
     async with open_ledger(spec) as led:
         for actor in (honest, dropper):
             await led.stake(actor.key, STAKE, PENALTY, CLAIM_WINDOW_MS)
+    # "before" is the set-up the calls start from: minted, and the providers staked
+    before = await snapshot(spec, actors)
     say(
         f"minted; providers staked {render.amount_text(STAKE)} each, penalty "
-        f"{render.amount_text(PENALTY)}, claim window {CLAIM_WINDOW_MS} ms"
+        f"{render.amount_text(PENALTY)}, claim window {format_ms(CLAIM_WINDOW_MS)}"
     )
 
     provider_args = ["node", "run", "--listen", EPHEMERAL_LISTEN[0]]
@@ -541,14 +542,15 @@ def print_report(result: dict[str, Any]) -> None:
             [a["name"], a["balance"], a["staked"], a["escrow"], a["bonds"]]
             for a in snap["accounts"]
         ]
-        render.stdout.print(render.table(when, cols, rows, amounts=cols[1:]))
+        title = "before (minted, providers staked)" if when == "before" else when
+        render.stdout.print(render.table(title, cols, rows, amounts=cols[1:]))
     names = ("supply", "balances", "escrow", "stakes", "bonds", "burnt")
     rows = [[when, *(result[when]["totals"][n] for n in names)] for when in ("before", "after")]
     render.stdout.print(render.table("ledger totals", ("", *names), rows, amounts=names))
     for claim in result["claims"]:
         render.stdout.print(
             f"claim {claim['claim'].hex()[:16]} against {claim['respondent']} n={claim['n']}: "
-            f"{claim['state']}, slashed {claim['slashed']} yocto",
+            f"{claim['state']}, slashed {render.amount_text(claim['slashed'])}",
             markup=False,
         )
     for name, ok in result["checks"].items():

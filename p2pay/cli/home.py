@@ -226,17 +226,19 @@ def parse_duration_ms(text: str) -> int:
     Raises:
         CliError: anything else.
     """
+    from p2pay.cli.errors import quoted  # (never cut short: see `quoted`)
+
     match = _DURATION_RE.fullmatch(text) if len(text) <= 64 else None
     if match is None:
-        raise CliError(f"duration {text[:64]!r}: use ms (1500) or a unit: 250ms, 10s, 5m, 1h, 1d")
+        raise CliError(f"duration {quoted(text)}: use ms (1500) or a unit: 250ms, 10s, 5m, 1h, 1d")
     whole, frac, unit = match.group(1), match.group(2) or "", match.group(3) or "ms"
     scale = _DURATION_MS[unit]
     if len(whole) > 18:
-        raise CliError(f"duration {text[:64]!r} is too long")
+        raise CliError(f"duration {quoted(text)} is too long")
     numerator = int(whole + frac) * scale
     denominator: int = 10 ** len(frac)  # int ** int is typed Any (a negative power is a float)
     if numerator % denominator:
-        raise CliError(f"duration {text[:64]!r} is not a whole number of milliseconds")
+        raise CliError(f"duration {quoted(text)} is not a whole number of milliseconds")
     return numerator // denominator
 
 

@@ -6,8 +6,11 @@ Each command resolves the home (`p2pay.cli.home`), opens what it needs (the ledg
 store, a node) inside one ``trio.run``, and hands a plain dict to `p2pay.cli.render`
 (``--json``: one JSON document on stdout; otherwise tables for a person). `main` is the
 console script: it turns every expected failure (a `P2payError`, a bad file, a click
-usage error) into ONE line on stderr and a non-zero exit code, never a traceback
-(``P2PAY_DEBUG=1`` shows it).
+usage error) into ONE line on stderr (with ``--json``, one JSON object
+``{"error": {"code", "message", "details"}}``) and a non-zero exit code, never a
+traceback (``P2PAY_DEBUG=1`` shows it); `p2pay.cli.errors` words it in the user's terms.
+A group run without a command (``p2pay``, ``p2pay channel``) prints its help on stderr
+and exits 2, as click does.
 
 Commands that need a running node for a moment (``channel open``/``close``, ``call``)
 start a short-lived node in this process on 127.0.0.1 with the home's key, ledger and
@@ -36,10 +39,12 @@ from p2pay.cli.common import (
     AMOUNT,
     CONTEXT,
     DURATION,
+    Group,
     Settings,
     account_summary,
     echo,
     home_option,
+    is_help_request,
     json_option,
     ledger_option,
     open_store,
@@ -48,6 +53,7 @@ from p2pay.cli.common import (
     run_with_node,
     settings,
 )
+from p2pay.cli.errors import Failure, explain, report, wants_json
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -82,7 +88,7 @@ log = logging.getLogger("p2pay.cli")
 # the group
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -502,10 +508,8 @@ def ledger_events(after: int, limit: int, ledger: str | None, as_json: bool) -> 
         return
     rows = []
     for e in events:
-        fields = " ".join(
-            f"{k}={render.short(v) if isinstance(v, bytes) else v}" for k, v in e.fields.items()
-        )
-        rows.append((e.seq, e.at, e.kind, fields))
+        fields = " ".join(f"{k}={render.field_text(k, v)}" for k, v in e.fields.items())
+        rows.append((e.seq, render.iso_time(e.at), e.kind, fields))
     render.stdout.print(render.table(f"events of {spec}", ("seq", "at", "kind", "fields"), rows))
 
 
@@ -652,7 +656,9 @@ def unstake(withdraw: bool, ledger: str | None, as_json: bool) -> None:
         echo(f"balance {render.amount_text(doc['balance'])}")
     else:
         echo(f"unbonding {render.amount_text(doc['staked'])}")
-        echo(f"withdraw with `p2pay unstake --withdraw` after {doc['unbonding_at']} (Unix ms)")
+        echo(
+            f"withdraw with `p2pay unstake --withdraw` after {render.iso_time(doc['unbonding_at'])}"
+        )
         echo(
             "keep `p2pay node run` going until then: its watcher answers claims that may "
             "still be filed against the stake"
@@ -728,24 +734,26 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     if as_json:
         render.print_json(doc)
         return
-    cols = ("channel", "role", "peer", "state", "deposit", "spent", "redeemed", "escrow")
+    # the full channel id (what `channel close` takes); paid: what the payer's vouchers
+    # promise (for a payee, the most it has seen), spent: what the payee charged (13.1);
+    # empty when this home's store has no record of the channel
+    cols = ("channel", "role", "peer", "state", "deposit", "paid", "spent", "redeemed", "escrow")
     rows = [
         [
-            bytes(c["channel"]),
+            c["channel"].hex(),
             c["role"],
             render.short(c["peer"]),
             c["state"],
             c["deposit"],
+            c["paid"],
             c["spent"],
             c["redeemed"],
             c["escrow"],
         ]
         for c in doc["channels"]
     ]
-    money = ("deposit", "spent", "redeemed", "escrow")
-    render.stdout.print(render.table("channels", cols, rows, amounts=money))
-    for c in doc["channels"]:
-        echo(f"{c['channel'].hex()}  {c['role']}  {c['state']}")
+    money = ("deposit", "paid", "spent", "redeemed", "escrow")
+    render.stdout.print(render.table("channels", cols, rows, amounts=money, whole=("channel",)))
 
 
 @channel.command("open")
@@ -832,7 +840,7 @@ def channel_close(channel_id: str, wait: bool, ledger: str | None, as_json: bool
         return
     echo(f"channel {cid.hex()} {doc['state']}")
     if doc["state"] == "closing":
-        echo(f"finalize after {doc['closes_at']} (Unix ms): run this again, or use --wait")
+        echo(f"finalize after {render.iso_time(doc['closes_at'])}: run this again, or use --wait")
     else:
         echo(f"redeemed {render.amount_text(doc['redeemed'])} to the payee in total")
 
@@ -952,6 +960,9 @@ async def timeout_advice(node: Node, peer: str, message: str) -> str:
     show_default=True,
     help="Seconds to wait; also the request's deadline.",
 )
+@click.option(
+    "--raw", is_flag=True, help="Print the body's bytes exactly (no newline added at the end)."
+)
 @ledger_option
 @home_option
 @json_option
@@ -961,6 +972,7 @@ def call(
     data: str | None,
     max_price: int,
     timeout: float,
+    raw: bool,
     ledger: str | None,
     as_json: bool,
 ) -> None:
@@ -972,6 +984,9 @@ def call(
     claim locks the ledger's claim bond until the provider answers or the window ends; the
     bond comes back unless the claim is frivolous. Not while `node run` runs on this same
     home: a home is used by one process at a time.
+
+    The body is printed followed by a newline (unless it ends with one already); --raw
+    prints its bytes exactly, --json a document with the body and the signed receipt.
     """
     home = settings().home
     if data == "-":
@@ -993,7 +1008,7 @@ def call(
         return
     out = sys.stdout.buffer
     out.write(result.body)
-    if sys.stdout.isatty() and not result.body.endswith(b"\n"):
+    if not raw and not result.body.endswith(b"\n"):
         out.write(b"\n")
     out.flush()
 
@@ -1017,9 +1032,11 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     outcome: open, delivered (answered with the answer), refused (answered with a signed
     refusal: the request's price refunded), frivolous (answered with a conflicting request
     the claimant signed: its bond lost), upheld (not answered in time: the provider slashed,
-    the price refunded). bond_to: who got the bond (empty while open); status: the
-    answer's status; refund, clawed (the part of the refund taken from the provider's
-    stake) and slashed are amounts.
+    the price refunded). status: the answer's status. bond_outcome: locked (while open),
+    returned, or lost to the respondent (frivolous); bond_to: who got it (empty while
+    open). refund, clawed (the part of the refund taken from the provider's stake) and
+    slashed are amounts (strings of yocto in --json); window_ends: when the provider's
+    time to answer ends (ISO 8601 UTC in the table, Unix ms in --json).
     """
     home = settings().home
     key = home.key()
@@ -1036,17 +1053,22 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
         render.print_json({"account": me, "claims": rows})
         return
     cols = (
-        "claim", "role", "outcome", "status", "n", "bond", "bond_to", "refund", "slashed",
+        "claim", "role", "outcome", "status", "n", "bond", "bond_outcome", "refund", "slashed",
         "window_ends",
     )  # fmt: skip
-    render.stdout.print(
-        render.table(
-            "claims",
-            cols,
-            [[r[c] for c in cols] for r in rows],
-            amounts=("bond", "refund", "slashed"),
-        )
-    )
+    table = [[render.iso_time(r[c]) if c == "window_ends" else r[c] for c in cols] for r in rows]
+    render.stdout.print(render.table("claims", cols, table, amounts=("bond", "refund", "slashed")))
+
+
+#: What became of a claim's bond, by outcome (specs/claims.md 3): only a frivolous claim
+#: loses it (to the respondent); an open claim holds it.
+BOND_OUTCOME = {
+    "open": "locked",
+    "delivered": "returned",
+    "refused": "returned",
+    "upheld": "returned",
+    "frivolous": "lost to the respondent",
+}
 
 
 def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
@@ -1077,6 +1099,7 @@ def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
         "price": claim.price,
         "bond": claim.bond,
         "bond_to": bond_to,
+        "bond_outcome": BOND_OUTCOME.get(outcome, ""),
         "bond_returned": None if outcome == "open" else bond_to == "claimant",
         "refund": claim.refund,
         "clawed": claim.clawed,
@@ -1113,48 +1136,57 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.write(f"p2pay: error: {_one_line(message)}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
+def failure_of(exc: BaseException) -> Failure:
+    """What the user is told about `exc` (see `p2pay.cli.errors`)."""
+    if isinstance(exc, click.UsageError) and is_help_request(exc):
+        return Failure("USAGE", exc.message, exit_code=exc.exit_code, verbatim=True)
+    if isinstance(exc, click.UsageError):
+        details: dict[str, Any] = {}
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see: {exc.ctx.command_path} --help)"
+            details["command"] = exc.ctx.command_path
+        param = getattr(exc, "param", None)
+        if isinstance(param, click.Parameter):
+            details["parameter"] = param.human_readable_name
+        return Failure(
+            "USAGE", exc.format_message() + hint, exit_code=exc.exit_code, details=details
+        )
+    if isinstance(exc, click.ClickException):
+        return Failure("INVALID_ARGUMENT", exc.format_message(), exit_code=exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt | click.Abort):
+        return Failure("INTERRUPTED", "interrupted", exit_code=130)
+    if isinstance(exc, P2payError):
+        message, details = explain(exc.message, exc.details)
+        # a CliError's message is already the user's; a library error leads with its code
+        return Failure(
+            exc.code.value, message, details=details, show_code=not isinstance(exc, CliError)
+        )
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return Failure("OS_ERROR", f"{exc.strerror or exc}{where}")
+    return Failure(
+        "INTERNAL", f"unexpected {type(exc).__name__}: {exc} (P2PAY_DEBUG=1 shows the traceback)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console script entry point: run the CLI, one line on stderr for any failure."""
+    """Console script entry point: run the CLI; any failure is one line on stderr (one
+    JSON object with ``--json``) and a non-zero exit code."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        rv = cli.main(
-            args=list(argv) if argv is not None else None, prog_name="p2pay", standalone_mode=False
-        )
+        rv = cli.main(args=args, prog_name="p2pay", standalone_mode=False)
     except BaseException as raised:  # every failure becomes one line
         exc = _leaf(raised)
         if os.environ.get("P2PAY_DEBUG") and not isinstance(exc, SystemExit):
             raise
         if isinstance(exc, SystemExit):
             raise exc from None
-        if isinstance(exc, click.UsageError):
-            hint = ""
-            if exc.ctx is not None:
-                hint = f" (see: {exc.ctx.command_path} --help)"
-            _fail(exc.format_message() + hint, exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            _fail(exc.format_message(), exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, KeyboardInterrupt | click.Abort):
-            _fail("interrupted", 130)
-        if isinstance(exc, CliError):
-            _fail(exc.message, 1)
-        if isinstance(exc, P2payError):
-            _fail(f"{exc.code.value}: {exc.message}", 1)
-        if isinstance(exc, OSError):
-            where = f": {exc.filename}" if exc.filename else ""
-            _fail(f"{exc.strerror or exc}{where}", 1)
-        _fail(f"unexpected {type(exc).__name__}: {exc} (P2PAY_DEBUG=1 shows the traceback)", 1)
+        failure = failure_of(exc)
+        report(failure, as_json=wants_json(args))
+        raise SystemExit(failure.exit_code) from None
     raise SystemExit(rv if isinstance(rv, int) else 0)
 
 

@@ -40,6 +40,7 @@ import trio
 from p2pay.cli import render
 from p2pay.cli.common import (
     DURATION,
+    Group,
     Guard,
     home_option,
     json_option,
@@ -349,7 +350,7 @@ async def _serve(node: Node, s: _Serving) -> Counters:
                 "peer_id": node.peer_id,
                 "account": node.account,
                 "listening": addrs,
-                "services": {svc.name: svc.price for svc in s.services},
+                "services": {svc.name: str(svc.price) for svc in s.services},
             },
             compact=True,  # one line: a script reads it as it reads `listening ...`
         )
@@ -404,7 +405,7 @@ async def _refresh_metrics(collector: _Metrics, node: Node, in_flight: _InFlight
         await trio.sleep(METRICS_INTERVAL)
 
 
-@click.group("node")
+@click.group("node", cls=Group)
 def node_group() -> None:
     """Run a node."""
 

@@ -18,12 +18,14 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 from p2pay.core.amounts import format_tokens
+from p2pay.core.errors import AmountError
 
 #: Keys whose int values are amounts of yocto: JSON gives them as decimal strings.
 AMOUNT_KEYS = frozenset(
@@ -45,6 +47,7 @@ AMOUNT_KEYS = frozenset(
         "penalty",
         "price",
         "max_price",
+        "needed",
         "redeemed",
         "refund",
         "refunded",
@@ -63,6 +66,8 @@ AMOUNT_KEYS = frozenset(
 #: Tables hold 40-digit yocto amounts: when the output is not a terminal (a pipe, a file,
 #: a test), draw them 160 columns wide instead of rich's default 80.
 WIDE = 160
+#: Narrower than this, a table folds every column (ids included) to fit.
+WIDE_ENOUGH = 140
 stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else WIDE)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -98,8 +103,42 @@ def print_json(document: Mapping[str, Any], *, compact: bool = False) -> None:
 
 
 def amount_text(amount: int) -> str:
-    """``"1500000000000000000000 (0.0015 token)"``: exact yocto, and tokens for a person."""
-    return f"{amount} ({format_tokens(amount)} token)"
+    """``"0.0015 token (1500000000000000000000 yocto)"``: tokens for a person, exact yocto.
+
+    Every amount the command line writes for a person (results and errors) has this form;
+    a value that is not an amount (negative, above 2**128 - 1) is written as yocto only.
+    """
+    try:
+        return f"{format_tokens(amount)} token ({amount} yocto)"
+    except AmountError:
+        return f"{amount} yocto"
+
+
+def iso_time(ms: int) -> str:
+    """A ledger time (Unix ms) as ISO 8601 UTC: ``"2026-12-05T08:12:56.123Z"``.
+
+    Milliseconds are shown only when not zero. A time outside what a calendar date can
+    show (year 1 to 9999) stays ``"<ms> ms after 1970-01-01T00:00:00Z"``.
+    """
+    seconds, millis = divmod(int(ms), 1000)
+    try:
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms after 1970-01-01T00:00:00Z"
+    return f"{stamp}.{millis:03d}Z" if millis else f"{stamp}Z"
+
+
+def field_text(key: str, value: Any) -> str:
+    """A named value for a person: amounts with units, ``*_at`` times as ISO 8601 UTC,
+    bytes shortened (`short`); anything else as ``str``."""
+    if isinstance(value, bytes):
+        return short(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if key in AMOUNT_KEYS:
+            return amount_text(value)
+        if (key.endswith(("_at", "_ends")) or key == "deadline") and value > 0:
+            return iso_time(value)
+    return str(value)
 
 
 def short(data: bytes | str, keep: int = 8) -> str:
@@ -114,15 +153,26 @@ def table(
     rows: Iterable[Sequence[Any]],
     *,
     amounts: Iterable[str] = (),
+    whole: Iterable[str] = (),
 ) -> Table:
-    """A rich table; columns named in `amounts` show yocto and tokens, right-aligned."""
+    """A rich table; columns named in `amounts` show yocto and tokens, right-aligned; those
+    named in `whole` are kept on one line (ids a user copies) when the output is wide
+    enough (a pipe, a file, a wide terminal), the others fold to fit."""
     money = set(amounts)
+    keep = set(whole) if stdout.width >= WIDE_ENOUGH else set()
     t = Table(title=title, title_justify="left")
     for name in columns:
-        t.add_column(name, justify="right" if name in money else "left", overflow="fold")
+        t.add_column(
+            name,
+            justify="right" if name in money else "left",
+            overflow="fold",
+            no_wrap=name in keep,
+        )
     for row in rows:
         cells = []
         for name, cell in zip(columns, row, strict=True):
+            if name in keep:
+                t.columns[columns.index(name)].min_width = len(str(cell))
             if name in money and isinstance(cell, int) and not isinstance(cell, bool):
                 cells.append(f"{cell}\n[dim]{format_tokens(cell)} token[/dim]")
             elif isinstance(cell, bytes):
@@ -174,8 +224,25 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
+class _LibraryLogs(_StderrHandler):
+    """`logging.lastResort`: the records of loggers with no handler of their own (py-libp2p
+    configures its loggers so): key=value lines with -v, else dropped (the command's own
+    error line says what went wrong; a library's lines beside it are noise)."""
+
+    def __init__(self, shown: bool) -> None:
+        super().__init__()
+        self.shown = shown
+        self.setFormatter(KeyValueFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.shown:
+            super().emit(record)
+
+
 def setup_logging(level: int) -> None:
-    """Send every log record to stderr, one key=value line each."""
+    """Send every log record to stderr, one key=value line each (other libraries' records
+    that no handler takes: only with -v, see `_LibraryLogs`)."""
+    logging.lastResort = _LibraryLogs(shown=level <= logging.INFO)
     handler = _StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from p2pay.cli.errors import read_amount
 from p2pay.cli.home import CliError
-from p2pay.core.amounts import parse_amount
 from p2pay.core.errors import AmountError
 
 if TYPE_CHECKING:  # (`p2pay --help` does not import the node)
@@ -68,7 +68,7 @@ def parse_service(text: str) -> ServiceSpec:
         raise CliError(f"service {text[:80]!r}: expected NAME=PRICE[:module:function]")
     price_text, _, ref = rest.partition(":")
     try:
-        price = parse_amount(price_text.strip())
+        price = read_amount(price_text.strip())
     except AmountError as exc:
         raise CliError(f"service {name!r}: price: {exc.message}") from None
     ref = ref.strip()

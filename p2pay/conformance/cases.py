@@ -19,9 +19,20 @@ with a payer key and that ledger (`p2pay conformance --home DIR`), the runner op
 small channel with the ledger API, uses it with raw frames, and starts its close at the
 end. Without them those cases SKIP.
 
+The paid cases cost money: a target may redeem every voucher it receives (that is how
+payments work), so they can cost up to the deposits of the channels they open. Those are
+capped by `max_deposit` (``--max-deposit``, default `DEFAULT_MAX_DEPOSIT`): the main
+channel holds the target's price times the number of requests the cases may sign
+(`requests_needed`), and the paid cases SKIP, saying so, when that exceeds the cap. No
+request on it signs a ``paid`` above its deposit. The one exception is check 5''
+(``paid.over-deposit``), which can only be tested with a valid voucher above a deposit,
+i.e. one the target can redeem for the whole deposit: that case runs last, on a channel
+of its own holding `OVER_DEPOSIT_CHANNEL` (1 yocto), so that it costs at most that.
+
 The tester dials under an ephemeral key of its own; paid cases use the payer's key (the
 stream's remote peer is the channel's payer, §13.2 check 3). Every read has a timeout and
-every case a bound: a silent target FAILs, never hangs.
+every case a bound (`MAX_CASE_SECONDS` whatever the timeout, at most `MAX_TIMEOUT`): a
+silent target FAILs, never hangs; a flooding one FAILs too (`Probe`).
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pay.core import codec
-from p2pay.core.errors import ErrorCode, P2payError
+from p2pay.core.amounts import format_tokens
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, public_from_peer_id
 from p2pay.core.messages import (
     DOMAIN_REQUEST,
@@ -57,6 +69,7 @@ from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 from .probe import (
     HELLO_KEYS,
     LEGACY_HELLO_KEYS,
+    MAX_U64,
     PROTOCOL_VERSION,
     Got,
     Probe,
@@ -77,11 +90,21 @@ log = logging.getLogger("p2pay.conformance")
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 30.0
+"""The largest per-answer timeout (seconds)."""
+MAX_CASE_SECONDS = 120.0
+"""A case's bound, whatever the timeout (a case waits for a few answers)."""
+DEFAULT_MAX_DEPOSIT = 10**21
+"""The default cap on what the paid cases may cost (0.001 token)."""
+OVER_DEPOSIT_CHANNEL = 1
+"""The deposit (yocto) of the channel on which ``paid.over-deposit`` signs ``paid`` 2."""
+MAX_SENT_BODY = 8 << 20
+"""The largest body or frame the tester builds (bytes)."""
 BODY = b"p2pay conformance"
 OTHER_LEDGER = b"p2pay:conformance:not-your-ledger"
 
 
-class Fail(Exception):
+class Fail(P2payError):
     """The target broke the rule: what was sent, what the rule expects, what came."""
 
     def __init__(self, sent: str, expected: str, got: str) -> None:
@@ -90,9 +113,15 @@ class Fail(Exception):
         self.expected = expected
         self.got = got
 
+    def __str__(self) -> str:
+        return self.got
 
-class Skip(Exception):
+
+class Skip(P2payError):
     """The case cannot run here (the reason says what it needs)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +246,7 @@ class Tester:
         payer: Keypair | None,
         payer_transport: Libp2pTransport | None,
         ledger: Ledger | None,
+        max_deposit: int = DEFAULT_MAX_DEPOSIT,
     ) -> None:
         self.addr = addr
         self.transport = transport
@@ -231,6 +261,8 @@ class Tester:
         self.discovery: Discovery | None = None
         self.channel: Channel | None = None
         self.channel_problem = ""
+        self.max_deposit = max_deposit
+        self.opened: list[Channel] = []  # every channel opened, closed at the end
         self.notes: list[str] = []
 
     # -- streams
@@ -357,7 +389,8 @@ class Tester:
             raise
         return self.channel
 
-    async def _open_channel(self) -> Channel:
+    def _payer_service(self) -> tuple[TargetHello, Service]:
+        """What a channel needs: the target's hello, a payer on its ledger, a service."""
         hello = self.need_hello()
         if self.payer is None or self.ledger is None or self.payer_transport is None:
             raise Skip(
@@ -374,43 +407,73 @@ class Tester:
         service = hello.cheapest()
         if service is None:
             raise Skip("the target's hello offers no service")
-        price = max(service.price, 1)
-        window = min(hello.max_in_flight, 256)
-        deposit = price * (2 * window + 64)
+        return hello, service
+
+    async def _open(self, service: Service, deposit: int, why: str) -> Channel:
+        """Open a channel with `deposit` to the target, within `max_deposit` (else Skip)."""
+        assert self.payer is not None and self.ledger is not None
+        committed = sum(c.deposit for c in self.opened)
+        if committed + deposit > self.max_deposit:
+            held = f" (the channels opened already hold {_tokens(committed)})" if committed else ""
+            raise Skip(
+                f"{why} need a deposit of {_tokens(deposit)}, more than --max-deposit "
+                f"{_tokens(self.max_deposit)} allows{held}: raise it to run them (a target may "
+                "redeem every voucher it gets, so they can cost up to the deposit)"
+            )
         led = self.ledger
         payer_account = account_for(self.payer, led.ledger_id)
         balance = await led.balance(payer_account)
         if balance < deposit:
             raise Skip(
-                f"the payer's balance {balance} is below the deposit these cases need "
-                f"({deposit} yocto)"
+                f"the payer's balance {balance} is below the deposit {why} need ({deposit} yocto)"
             )
         params = led.params
         challenge = min(max(params.min_challenge_ms, 60_000), params.max_challenge_ms)
         try:
-            cid = await led.open_channel(self.payer, hello.account, deposit, challenge)
+            cid = await led.open_channel(self.payer, self.target_account(), deposit, challenge)
         except P2payError as exc:
             raise Skip(f"opening a channel on the ledger failed: {exc}") from None
-        self.notes.append(
-            f"opened channel {cid.hex()} (deposit {deposit} yocto) to the target for the "
-            f"paid cases, service {service.name!r} at {service.price} yocto"
-        )
-        return Channel(
+        price = max(service.price, 1)
+        ch = Channel(
             id=cid, deposit=deposit, service=service, price=price, body=BODY[: service.max_body]
+        )
+        self.opened.append(ch)
+        self.notes.append(
+            f"opened channel {cid.hex()} to the target with a deposit of {_tokens(deposit)} "
+            f"for {why}, service {service.name!r} at {service.price} yocto: the target may "
+            "redeem every voucher it gets, so this can cost up to the deposit"
+        )
+        return ch
+
+    def target_account(self) -> bytes:
+        return self.need_hello().account
+
+    async def _open_channel(self) -> Channel:
+        hello, service = self._payer_service()
+        price = max(service.price, 1)
+        deposit = price * requests_needed(hello)
+        return await self._open(service, deposit, "the paid cases")
+
+    async def over_deposit_channel(self) -> Channel:
+        """A channel of its own for ``paid.over-deposit`` (module docstring)."""
+        _, service = self._payer_service()
+        return await self._open(
+            service, OVER_DEPOSIT_CHANNEL, "the case paid.over-deposit (a channel of its own)"
         )
 
     async def close_channel(self) -> None:
-        ch = self.channel
-        if ch is None or self.ledger is None or self.payer is None:
+        """Start the close of every channel the run opened."""
+        if self.ledger is None or self.payer is None:
             return
-        try:
-            await self.ledger.start_close(self.payer, ch.id)
-            self.notes.append(
-                f"started the close of channel {ch.id.hex()}: its unspent deposit returns to "
-                "the payer after the challenge period (p2pay channel close ID --wait)"
-            )
-        except P2payError as exc:
-            self.notes.append(f"could not start the close of channel {ch.id.hex()}: {exc}")
+        for ch in self.opened:
+            try:
+                await self.ledger.start_close(self.payer, ch.id)
+                self.notes.append(
+                    f"started the close of channel {ch.id.hex()}: its unspent deposit returns "
+                    "to the payer after the challenge period (p2pay channel close ID --wait)"
+                )
+            except P2payError as exc:
+                self.notes.append(f"could not start the close of channel {ch.id.hex()}: {exc}")
 
     def request(
         self,
@@ -426,8 +489,14 @@ class Tester:
         ledger: bytes | None = None,
         channel: bytes | None = None,
         body_hash: bytes | None = None,
+        over_deposit: bool = False,
     ) -> Request:
-        """A request on `ch`, by default the next one a payer would send (§13.1)."""
+        """A request on `ch`, by default the next one a payer would send (§13.1).
+
+        Raises:
+            Skip: its ``paid`` would exceed the deposit (only ``paid.over-deposit`` signs
+                that, with `over_deposit`): the target could redeem the whole deposit.
+        """
         assert self.ledger_id is not None and self.payer is not None
         price = ch.price if price is None else price
         body = ch.body if body is None else body
@@ -448,6 +517,11 @@ class Tester:
             deadline=deadline,
             body=body,
         )
+        if unsigned.paid > ch.deposit and not over_deposit:
+            raise Skip(
+                f"the channel's deposit {ch.deposit} is used up: the next request would sign "
+                f"paid {unsigned.paid} (the target answered more requests than planned)"
+            )
         signer = self.payer if key is None else key
         return unsigned.with_signature(sign_message(signer, unsigned))
 
@@ -456,6 +530,27 @@ class Tester:
         ch.n = max(ch.n, request.n)
         ch.paid = max(ch.paid, request.paid)
         ch.spent = response.spent
+
+
+def requests_needed(hello: TargetHello) -> int:
+    """How many requests at the service's price the paid cases on the main channel may
+    sign: twice the window they fill (``paid.pipelining``, ``paid.overloaded``), plus the
+    single requests of the other cases, with room to spare."""
+    window = min(hello.max_in_flight, 256)
+    return 2 * window + 64
+
+
+def cost_note(max_deposit: int) -> str:
+    """What the paid cases may cost (said before they run, and in the report)."""
+    return (
+        f"the paid cases open channels to the target holding at most {_tokens(max_deposit)} "
+        "in all (--max-deposit): a target may redeem every voucher it gets, so they can cost "
+        "up to that"
+    )
+
+
+def _tokens(amount: int) -> str:
+    return f"{amount} yocto ({format_tokens(amount)} token)"
 
 
 # ---------------------------------------------------------------------------
@@ -771,6 +866,11 @@ async def frame_zero_length(t: Tester) -> str:
 async def frame_too_large(t: Tester) -> str:
     hello = t.need_hello()
     size = hello.max_frame + 1
+    if size >= 1 << 63:
+        raise Skip(
+            f"its max_frame {hello.max_frame} is at least 2**63 - 1: a length prefix carries "
+            "at most 2**63 - 1 (§5.2), so no frame is too large for it"
+        )
     sent = f"a length prefix announcing {size} bytes (its max_frame + 1), and no body"
     async with t.session() as probe:
         await probe.send_raw(encode_uvarint(size))
@@ -879,7 +979,7 @@ async def _sized_frame(t: Tester, size: int, what: str) -> str:
 
 async def frame_at_limit(t: Tester) -> str:
     hello = t.need_hello()
-    if hello.max_frame > 8 << 20:
+    if hello.max_frame > MAX_SENT_BODY:
         raise Skip(f"its max_frame {hello.max_frame} is more than this tester sends (8 MiB)")
     return await _sized_frame(t, hello.max_frame, "its max_frame")
 
@@ -1215,9 +1315,18 @@ async def paid_slice_below(t: Tester) -> str:
 
 
 async def paid_over_deposit(t: Tester) -> str:
-    async with paid(t) as (ch, probe):
-        request = t.request(ch, paid=ch.deposit + 1, price=ch.price)
-        sent = f"request n {request.n} with paid {request.paid} > the deposit {ch.deposit}"
+    """Check 5'' needs a valid voucher above a deposit, which the target may redeem for
+    that whole deposit: it is signed on a channel of its own holding 1 yocto (module
+    docstring). Its slice is 1 yocto (``paid`` 2, ``price`` 1): check 5' passes, and
+    check 5'' comes before the price check (12)."""
+    t.need_hello()
+    ch = await t.over_deposit_channel()
+    async with t.session(payer=True) as probe:
+        request = t.request(ch, paid=ch.deposit + 1, price=1, over_deposit=True)
+        sent = (
+            f"request n {request.n} with paid {request.paid} > the deposit {ch.deposit} (a "
+            "channel of its own)"
+        )
         await probe.send(request.to_frame())
         got = await probe.next()
         refusal = expect_refusal(
@@ -1286,6 +1395,8 @@ async def paid_body_too_large(t: Tester) -> str:
     size = ch.service.max_body + 1
     if size + 512 > hello.max_frame:
         raise Skip(f"a body of max_body + 1 ({size} bytes) would not fit its max_frame")
+    if size > MAX_SENT_BODY:
+        raise Skip(f"a body of max_body + 1 ({size} bytes) is more than this tester sends")
     async with paid(t) as (ch, probe):
         request = t.request(ch, body=b"x" * size)
         await _signed_refusal(
@@ -1323,8 +1434,13 @@ async def paid_deadline_horizon(t: Tester) -> str:
     hello = t.need_hello()
     if hello.deadline_horizon is None:
         raise Skip("the target's hello has no deadline_horizon (D1)")
+    ahead = hello.deadline_horizon + 120_000
+    if now_ms() + ahead > MAX_U64:
+        raise Skip(
+            f"its deadline_horizon {hello.deadline_horizon} ms leaves no deadline beyond it "
+            "(+ 2 min) below 2**64 ms"
+        )
     async with paid(t) as (ch, probe):
-        ahead = hello.deadline_horizon + 120_000
         request = t.request(ch, deadline=now_ms() + ahead)
         await _signed_refusal(
             t, ch, probe, request,
@@ -1484,8 +1600,6 @@ CASES: tuple[Case, ...] = (
     Case("paid.replay", "§13.2 c5, §15", "REPLAY with resync details", paid_replay, paid=True),
     Case("paid.slice-below", "§13.2 c5', §15", "PAYMENT_REQUIRED, unsigned, resync details",
          paid_slice_below, paid=True),
-    Case("paid.over-deposit", "§13.2 c5''", "INSUFFICIENT_DEPOSIT, unsigned", paid_over_deposit,
-         paid=True),
     Case("paid.deadline-passed", "§13.2 c8", "DEADLINE_EXCEEDED, signed, price 0",
          paid_deadline_passed, paid=True),
     Case("paid.unknown-service", "§13.2 c9", "UNKNOWN_SERVICE, signed", paid_unknown_service,
@@ -1502,6 +1616,10 @@ CASES: tuple[Case, ...] = (
          paid_pipelining, paid=True),
     Case("paid.overloaded", "§13.2 c0', D6", "beyond max_in_flight: OVERLOADED, unsigned",
          paid_overloaded, paid=True),
+    # last: the target keeps a voucher for the whole deposit of the case's own channel
+    Case("paid.over-deposit", "§13.2 c5''",
+         "INSUFFICIENT_DEPOSIT, unsigned (run last: on a 1-yocto channel of its own, whose "
+         "whole deposit the target can then redeem)", paid_over_deposit, paid=True),
 )  # fmt: skip
 
 
@@ -1523,7 +1641,7 @@ async def run_case(t: Tester, case: Case) -> CaseResult:
     started = time.monotonic()
     result = CaseResult(case.id, case.section, case.title, PASS, "")
     try:
-        with trio.fail_after(t.timeout * 8 + 10):
+        with trio.fail_after(min(t.timeout * 8 + 10, MAX_CASE_SECONDS)):
             result.reason = await case.run(t)
     except Fail as exc:
         result.status = FAIL
@@ -1555,6 +1673,7 @@ async def run_conformance(
     ledger: Ledger | None = None,
     patterns: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    max_deposit: int = DEFAULT_MAX_DEPOSIT,
     close_channel: bool = True,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> Report:
@@ -1567,17 +1686,25 @@ async def run_conformance(
         payer: a key with funds on `ledger` for the paid cases (else they SKIP).
         ledger: the target's ledger, where the paid cases' channel is opened.
         patterns: which cases (see `select`); all by default.
-        timeout: seconds to wait for each answer.
-        close_channel: start the close of the paid cases' channel at the end.
+        timeout: seconds to wait for each answer, in (0, `MAX_TIMEOUT`].
+        max_deposit: the most the paid cases may cost, in yocto: the sum of the deposits
+            of the channels they open (a target may redeem every voucher it gets). The
+            paid cases SKIP when the target's prices need more.
+        close_channel: start the close of the paid cases' channels at the end.
         on_result: called with each result as soon as it is known.
 
     Returns:
         The `Report`.
 
     Raises:
-        LocalProtocolError: `target` is not a multiaddr ending in /p2p/<PeerID>.
+        LocalProtocolError: `target` is not a multiaddr ending in /p2p/<PeerID>, or
+            `timeout` or `max_deposit` is out of range.
     """
     split_p2p(target)
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise LocalProtocolError(f"timeout {timeout!r}: in (0, {MAX_TIMEOUT:g}] seconds")
+    if type(max_deposit) is not int or max_deposit < 0:
+        raise LocalProtocolError(f"max_deposit {max_deposit!r}: a whole number of yocto >= 0")
     if ledger_id is None and ledger is not None:
         ledger_id = ledger.ledger_id
     cases = select(patterns)
@@ -1594,13 +1721,16 @@ async def run_conformance(
                 payer=payer if payer_transport is not None else None,
                 payer_transport=payer_transport,
                 ledger=ledger,
+                max_deposit=max_deposit,
             )
             try:
-                with trio.fail_after(timeout * 6 + 20):
+                with trio.fail_after(min(timeout * 6 + 20, MAX_CASE_SECONDS)):
                     await t.discover()
             except trio.TooSlowError:
                 assert t.discovery is not None
                 t.discovery.problem = t.discovery.unreachable = "the first stream stalled"
+            if payer_transport is not None and any(c.paid for c in cases):
+                t.notes.append(cost_note(max_deposit))
             try:
                 for case in cases:
                     result = await run_case(t, case)

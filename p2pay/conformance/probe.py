@@ -18,10 +18,16 @@ strict codec of `p2pay.core.codec`, and what comes back is checked here too:
 * `Probe` wraps one libp2p stream: `Probe.send` writes one frame (the transport adds the
   length prefix), `Probe.send_raw` writes bytes below the framing layer (bad prefixes),
   `Probe.next` waits a bounded time for the next frame and says what happened: a frame
-  (decoded), the end of the stream, silence, or bytes that are not a frame.
+  (decoded), the end of the stream, silence, bytes that are not a frame, or a flood.
 
 Every wait is bounded by the caller's timeout: a silent target makes a case FAIL, never
-hang.
+hang. Every buffer the target can fill is bounded too (threat-model.md, Limits): the
+probe's reader holds at most `MAX_QUEUED_FRAMES` frames and `MAX_QUEUED_BYTES` bytes
+that the case has not read yet (one frame of any size is always taken), then stops
+reading, so that the target's further frames wait in the muxer's bounded window
+(backpressure). A conforming target only answers what the case sent, and the case reads
+its answers; a target whose frames fill the buffer and stay unread for a whole timeout is
+flooding: the reader resets the stream and the case's next read reports it (a FAIL).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import trio
 
 from p2pay.core import codec, evmsig
 from p2pay.core.amounts import MAX_YOCTO
-from p2pay.core.errors import DecodeError, RemoteProtocolError
+from p2pay.core.errors import DecodeError, P2payError, RemoteProtocolError
 from p2pay.core.identity import Keypair, verify
 from p2pay.core.messages import (
     DOMAIN_HELLO,
@@ -78,6 +84,10 @@ LEGACY_HELLO_KEYS = HELLO_KEYS - {"deadline_horizon"}
 TESTER_MAX_FRAME = 1 << 20
 TESTER_MAX_IN_FLIGHT = 64
 TESTER_DEADLINE_HORIZON = 3_600_000
+MAX_QUEUED_FRAMES = 64
+"""Frames a probe holds that the case has not read yet (see the module docstring)."""
+MAX_QUEUED_BYTES = 1 << 20
+"""Bytes of such frames (a single frame of any size up to the transport's limit is taken)."""
 
 
 def now_ms() -> int:
@@ -166,8 +176,11 @@ class TargetHello:
         return min(self.services, key=lambda s: s.price)
 
 
-class HelloError(Exception):
+class HelloError(P2payError):
     """A target's hello breaks a rule of §9 (the message says which)."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _need(cond: bool, message: str) -> None:
@@ -321,7 +334,7 @@ Frame = TargetHello | Request | Response | Refusal
 class Got:
     """What a bounded read brought: a frame, the stream's end, silence or garbage."""
 
-    kind: str  # "frame" | "closed" | "silent" | "undecodable"
+    kind: str  # "frame" | "closed" | "silent" | "undecodable" | "flooded"
     raw: bytes = b""
     frame: Frame | None = None
     error: str = ""
@@ -332,6 +345,8 @@ class Got:
             return "the stream ended" + (f" ({self.error})" if self.error else "")
         if self.kind == "silent":
             return f"nothing ({self.error})"
+        if self.kind == "flooded":
+            return self.error
         if self.kind == "undecodable":
             return f"a frame that does not decode ({self.error}; {len(self.raw)} bytes)"
         return describe_frame(self.frame)
@@ -386,31 +401,60 @@ def decode_any(raw: bytes) -> Got:
 
 
 class Probe:
-    """One stream to the target, read by a task of its own into a queue.
+    """One stream to the target, read by a task of its own into a bounded queue.
 
     A read that times out must not cancel the stream's own `receive` (a cancelled
     receive resets a libp2p stream), so a reader task owns the stream's receive side and
-    `next` waits on its queue: waiting for silence leaves the stream intact.
-    Use through `open_probe`.
+    `next` waits on its queue: waiting for silence leaves the stream intact. The queue is
+    bounded (module docstring): a full one stops the reader; one that stays full for the
+    probe's timeout ends the stream as a flood. Use through `open_probe`.
     """
 
     def __init__(self, stream: Libp2pStream, timeout: float) -> None:
         self.stream = stream
         self.timeout = timeout
         self.ended = False
-        self._send, self._queue = trio.open_memory_channel[Got](math.inf)
+        self.flooded = ""  # why the reader gave up on a flooding target
+        self._send, self._queue = trio.open_memory_channel[Got](MAX_QUEUED_FRAMES)
+        self._queued_bytes = 0
+        self._drained = trio.Event()
 
     async def _read(self) -> None:
         while True:
             try:
                 raw = await self.stream.receive()
             except StreamClosed as exc:
-                self._send.send_nowait(Got("closed", error=str(exc)[:120]))
+                await self._put(Got("closed", error=str(exc)[:120]))
                 return
             except DecodeError as exc:  # the target's framing is broken
-                self._send.send_nowait(Got("undecodable", error=f"length prefix: {exc.message}"))
+                await self._put(Got("undecodable", error=f"length prefix: {exc.message}"))
                 return
-            self._send.send_nowait(decode_any(raw))
+            if not await self._put(decode_any(raw)):
+                return
+
+    async def _put(self, got: Got) -> bool:
+        """Queue `got`, waiting (not reading) while the queue is full; False if it stayed
+        full for the probe's timeout: the stream is then reset as flooded."""
+        size = len(got.raw)
+        with trio.move_on_after(self.timeout):
+            while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
+                await self._drained.wait()
+            self._queued_bytes += size  # before the send: `next` may take it at once
+            try:
+                await self._send.send(got)
+            except trio.Cancelled:
+                self._queued_bytes -= size
+                raise
+            return True
+        waiting = self._queue.statistics().current_buffer_used
+        self.flooded = (
+            f"the target flooded the stream: {waiting} frames ({self._queued_bytes} bytes) "
+            f"it sent were still unread after {_seconds(self.timeout)} and it sent more (the "
+            f"tester holds at most {MAX_QUEUED_FRAMES} frames or {MAX_QUEUED_BYTES} bytes); "
+            "the stream was reset"
+        )
+        await self.stream.reset()
+        return False
 
     async def send(self, payload: bytes) -> bool:
         """Write one frame (the transport adds its length prefix). False if the stream
@@ -439,11 +483,17 @@ class Probe:
 
     async def next(self, timeout: float | None = None) -> Got:
         """The next thing the target does within `timeout` (default: the probe's)."""
+        if self.flooded:
+            self.ended = True
+            return Got("flooded", error=self.flooded)
         if self.ended:
             return Got("closed", error="already ended")
         wait = self.timeout if timeout is None else timeout
         with trio.move_on_after(wait):
             got = await self._queue.receive()
+            self._queued_bytes -= len(got.raw)
+            self._drained.set()
+            self._drained = trio.Event()
             if got.kind != "frame":
                 self.ended = True
             return got
@@ -502,6 +552,8 @@ def nested(depth: int) -> list[Any]:
 __all__ = [
     "HELLO_KEYS",
     "LEGACY_HELLO_KEYS",
+    "MAX_QUEUED_BYTES",
+    "MAX_QUEUED_FRAMES",
     "Got",
     "HelloError",
     "Probe",

@@ -3,6 +3,12 @@
 The lead wires `simulate` into the ``p2pay`` command group; ``python -m p2pay.sim`` runs
 the same command on its own. Exit status: 0 when every invariant holds, 1 when one is
 violated (the report is written either way), 2 for a bad scenario or usage.
+
+Output: a progress bar and the summary tables, then the paths of the report and the
+plots. The nodes' warnings (a provider is slashed, ...) are counted and shown as one line
+per kind with its count, in the summary and in the report; ``-v`` also prints each one on
+stderr as it happens. With ``-q`` the only output is the report's path on stdout, and on
+stderr what went wrong: violated invariants, errors logged during the run.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from p2pay.sim.report import print_summary
+from p2pay.sim.report import log_lines, print_summary
 from p2pay.sim.run import run_scenario
 from p2pay.sim.scenario import ScenarioError, load_scenario
 
@@ -48,8 +54,19 @@ __all__ = ["main", "simulate"]
     help="Override the scenario's shards: independent sub-markets run in parallel processes.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
-@click.option("--verbose", "-v", is_flag=True, help="Show the nodes' warnings (logged to stderr).")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print only the report's path (and, on stderr, violated invariants and errors).",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also print each of the nodes' warnings on stderr as it happens (they are counted "
+    "in the summary either way).",
+)
 def simulate(
     scenario: Path,
     out_dir: Path | None,
@@ -61,7 +78,10 @@ def simulate(
     verbose: bool,
 ) -> None:
     """Run the simulation SCENARIO (a TOML file, see simulations/README.md)."""
-    logging.basicConfig(level=logging.WARNING if verbose else logging.CRITICAL, stream=sys.stderr)
+    root = click.get_current_context().find_root().obj
+    show_log = verbose or getattr(root, "verbose", 0) > 0  # `p2pay -v simulate` too
+    if show_log:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # no-op under `p2pay`
     try:
         spec = load_scenario(scenario).with_overrides(seed=seed, transport=transport, shards=shards)
     except ScenarioError as exc:
@@ -92,15 +112,27 @@ def simulate(
                 transport=transport,
                 plots=not no_plots,
                 on_progress=on_progress,
+                show_log=show_log,
             )
-            progress.update(task, completed=1.0)
+            end = report["time"]["simulated_s"]
+            progress.update(task, completed=1.0, sim=f"sim {end:,.0f}/{end:,.0f} s")
     except ScenarioError as exc:
         raise click.UsageError(str(exc)) from None
-    if not quiet:
+    report_path = out_dir / "report.json"
+    if quiet:
+        click.echo(str(report_path))
+        violated = [r["name"] for r in report["invariants"] if not r["ok"]]
+        if violated:
+            click.echo(f"invariants violated: {', '.join(violated)}", err=True)
+        for line in log_lines(report, errors_only=True):
+            click.echo(line, err=True)
+    else:
         print_summary(report, console)
-        console.print(f"report: {out_dir / 'report.json'}")
+        console.print(f"report: {report_path}", markup=False, highlight=False, soft_wrap=True)
         for name in report.get("plots", []):
-            console.print(f"plot:   {out_dir / name}")
+            console.print(
+                f"plot:   {out_dir / name}", markup=False, highlight=False, soft_wrap=True
+            )
     if not report["invariants_ok"]:
         raise SystemExit(1)
 

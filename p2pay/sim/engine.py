@@ -612,6 +612,7 @@ class Simulation:
 
     async def _one_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> None:
         self.counts["sent"] += 1
+        start = self.now()
         try:
             outcome = await peer.behaviour.call(target, service, body)
         except Exception as exc:
@@ -622,6 +623,9 @@ class Simulation:
             peer.pending -= 1
         peer.outcomes[outcome] += 1
         self.counts["ok" if outcome == "OK" else "failed"] += 1
+        if outcome != "OK" and _down_during(target, start, self.now()):
+            # the client saw UNREACHABLE, TIMEOUT, ...: the cause is the scenario's outage
+            self.counts["failed_provider_offline"] += 1
 
     async def honest_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> str:
         """An honest paid call (tops up the channel once when the deposit runs out).
@@ -710,6 +714,13 @@ class Simulation:
                 return
             await self.sleep_until(t)
             await self.invariants.check_periodic(t)
+
+
+def _down_during(target: SimPeer, start: float, end: float) -> bool:
+    """Whether `target` was down (by the scenario) at some instant of [start, end]."""
+    if not target.is_up:
+        return True
+    return any(p.start_s <= end and start < p.end_s for p in target.periods)
 
 
 def _open(node: Node, channel: bytes) -> bool:

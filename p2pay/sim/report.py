@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,15 @@ from p2pay.sim.invariants import (
 if TYPE_CHECKING:
     from p2pay.sim.engine import Simulation
 
-__all__ = ["SCHEMA", "Series", "build_report", "merge_reports", "print_summary", "write_report"]
+__all__ = [
+    "SCHEMA",
+    "LogCounts",
+    "Series",
+    "build_report",
+    "merge_reports",
+    "print_summary",
+    "write_report",
+]
 
 SCHEMA = "p2pay.sim.report/1"
 
@@ -42,10 +52,41 @@ SCHEMA = "p2pay.sim.report/1"
 CLAIM_SERIES = ("filed", "answered", "upheld", "delivered", "refused", "frivolous")
 
 
+_FORMAT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[a-zA-Z%]")
+
+
+def log_kind(record: logging.LogRecord) -> str:
+    """What a log record says without its arguments: ``<logger>: <message>`` with every
+    ``%s``-style field of the message replaced by an ellipsis (``slashed for claim …``)."""
+    msg = record.msg if isinstance(record.msg, str) else str(record.msg)
+    text = _FORMAT_SPEC.sub(lambda m: "%" if m.group() == "%%" else "\u2026", msg)
+    return f"{record.name}: {text}"
+
+
+class LogCounts(logging.Handler):
+    """A logging handler that counts the records of warning level and above by kind
+    (`log_kind`): a run's warnings are summarised, not printed one per event."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        counter = self.errors if record.levelno >= logging.ERROR else self.warnings
+        counter[log_kind(record)] += 1
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            "warnings": dict(sorted(self.warnings.items())),
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
 class Series:
     """Time series sampled during a run (lists of equal length, one entry per sample)."""
 
-    COUNTERS = ("arrivals", "sent", "ok", "failed", "missed_offline")
+    COUNTERS = ("arrivals", "sent", "ok", "failed", "failed_provider_offline", "missed_offline")
 
     def __init__(self) -> None:
         self.t: list[float] = []
@@ -100,8 +141,11 @@ class Series:
         }
 
 
-def build_report(sim: Simulation) -> dict[str, Any]:
-    """Everything a finished run measured, as a JSON-ready dict (see the README schema)."""
+def build_report(sim: Simulation, log: LogCounts | None = None) -> dict[str, Any]:
+    """Everything a finished run measured, as a JSON-ready dict (see the README schema).
+
+    `log` holds the log records of warning level and above emitted during the run,
+    counted by kind (`LogCounts`); without it the report's ``log`` counts are empty."""
     s = sim.scenario
     state = sim.ledger.state
     bps = state.params.slash_to_claimant_bps
@@ -197,6 +241,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
             "sent": sim.counts["sent"],
             "ok": sim.counts["ok"],
             "failed": sim.counts["failed"],
+            "failed_provider_offline": sim.counts["failed_provider_offline"],
             "missed_offline": sim.counts["missed_offline"],
             "missed_backlog": sim.counts["missed_backlog"],
             "missed_no_channel": sim.counts["missed_no_channel"],
@@ -242,6 +287,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         "invariants": sim.invariants.as_list(),
         "invariants_ok": sim.invariants.all_ok,
         "errors": dict(sorted(sim.errors.items())),
+        "log": (log or LogCounts()).as_dict(),
         "groups": groups,
         "peers": peers,
         "series": sim.series.as_dict(),
@@ -322,6 +368,7 @@ def merge_reports(reports: list[dict[str, Any]], *, wall_s: float) -> dict[str, 
         "invariants": invariants,
         "invariants_ok": all(x["ok"] for x in invariants),
         "errors": _sum_tree([r["errors"] for r in reports]),
+        "log": _sum_tree([r["log"] for r in reports]),
         "groups": [_sum_tree(list(gs)) for gs in zip(*(r["groups"] for r in reports), strict=True)],
         "peers": peers,
         "series": {
@@ -414,8 +461,9 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         ("simulated time", f"{tm['simulated_s']:,.1f} s (workload {tm['workload_s']:,.0f} s)"),
         ("wall time (CPU time)", f"{wall['seconds']:,.2f} s ({wall['cpu_seconds']:,.2f} s)"),
         ("requests sent / OK / failed", f"{rq['sent']:,} / {rq['ok']:,} / {rq['failed']:,}"),
+        ("failed: provider offline (scenario)", f"{rq.get('failed_provider_offline', 0):,}"),
         (
-            "missed (offline / backlog / no channel)",
+            "not sent: client offline / backlog / no channel",
             f"{rq['missed_offline']:,} / {rq['missed_backlog']:,} / {rq['missed_no_channel']:,}",
         ),
         ("paid (OK receipts)", _tok(mo["paid"])),
@@ -506,3 +554,19 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     for r in report["invariants"]:
         for d in r["details"][:3]:
             console.print(f"  [red]{r['name']}[/red]: {d}")
+    for line in log_lines(report):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def log_lines(report: dict[str, Any], *, errors_only: bool = False) -> list[str]:
+    """One line per kind of log record the run emitted (warnings, then errors), with its
+    count: ``297 warnings from p2pay.watcher: slashed for claim …  (-v prints each)``."""
+    log = report.get("log", {})
+    lines = []
+    for level, key in (("warning", "warnings"), ("error", "errors")):
+        if errors_only and level != "error":
+            continue
+        for kind, n in log.get(key, {}).items():
+            plural = "" if n == 1 else "s"
+            lines.append(f"{n:,} {level}{plural} from {kind}  (-v prints each)")
+    return lines

@@ -15,15 +15,22 @@ run, and its own ledger; clients open channels to providers of their own shard. 
 runs in this process (it drives the progress bar), the others in spawned processes. Each
 shard is a deterministic run, and `merge_reports` combines their reports in shard order,
 so the report is still a function of the scenario and its seed (and N).
+
+Log records of warning level and above emitted during a run (a node's "slashed for
+claim ..." each time a claim against it is upheld, say) are counted by kind into the
+report's ``log`` section (`capture_log`); with ``show_log=False`` they are only counted,
+not passed on to the process's log handlers (what ``p2pay simulate`` does without
+``-v``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,10 +39,51 @@ import trio
 import trio.testing
 
 from p2pay.sim.engine import Simulation
-from p2pay.sim.report import build_report, merge_reports, write_report
+from p2pay.sim.report import LogCounts, build_report, merge_reports, write_report
 from p2pay.sim.scenario import Scenario
 
-__all__ = ["run_scenario", "run_simulation"]
+__all__ = ["capture_log", "run_scenario", "run_simulation"]
+
+
+@contextlib.contextmanager
+def capture_log(show: bool) -> Iterator[LogCounts]:
+    """Count the log records of warning level and above emitted inside the block.
+
+    The root logger and the ``p2pay`` logger are let through at warning level for the
+    block (the counts do not depend on how logging was configured). With `show` false
+    the root logger's handlers are set aside for the block, so the records are counted
+    and printed nowhere; with `show` true they also go where they went before (stderr
+    when nothing was configured). Levels and handlers are restored afterwards.
+    """
+    counts = LogCounts()
+    root = logging.getLogger()
+    ours = logging.getLogger("p2pay")
+    saved_levels = (root.level, ours.level)
+    saved_handlers = list(root.handlers)
+    if root.getEffectiveLevel() > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    if ours.getEffectiveLevel() > logging.WARNING:
+        ours.setLevel(logging.WARNING)
+    extra: logging.Handler | None = None
+    if not show:
+        for handler in saved_handlers:
+            root.removeHandler(handler)
+    elif not saved_handlers:  # what logging would do without our handler: stderr
+        extra = logging.StreamHandler(sys.stderr)
+        extra.setLevel(logging.WARNING)
+        root.addHandler(extra)
+    root.addHandler(counts)
+    try:
+        yield counts
+    finally:
+        root.removeHandler(counts)
+        if extra is not None:
+            root.removeHandler(extra)
+        for handler in saved_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved_levels[0])
+        ours.setLevel(saved_levels[1])
 
 
 def _seed_trio(seed: int) -> None:
@@ -76,19 +124,23 @@ def run_scenario(
     transport: str | None = None,
     plots: bool = True,
     on_progress: Callable[[float, float], None] | None = None,
+    show_log: bool = True,
 ) -> dict[str, Any]:
     """Run `scenario` and return its report; with `out_dir`, write report.json and PNGs.
+
+    Warnings and errors logged during the run are counted in the report's ``log``
+    section; with `show_log` false they are not printed (see `capture_log`).
 
     Raises:
         ScenarioError: the scenario cannot run (e.g. too many peers for libp2p).
     """
     shards = scenario.shards if (transport or scenario.transport) == "memory" else 1
     if shards > 1:
-        report = _run_sharded(scenario, shards, on_progress)
+        report = _run_sharded(scenario, shards, on_progress, show_log)
     else:
-        report = build_report(
-            run_simulation(scenario, transport=transport, on_progress=on_progress)
-        )
+        with capture_log(show_log) as log:
+            sim = run_simulation(scenario, transport=transport, on_progress=on_progress)
+        report = build_report(sim, log)
     if out_dir is not None:
         report["plots"] = []
         if plots:
@@ -99,28 +151,31 @@ def run_scenario(
     return report
 
 
-def _shard_report(scenario: Scenario, shard: int, shards: int, log_level: int) -> dict[str, Any]:
+def _shard_report(scenario: Scenario, shard: int, shards: int, show_log: bool) -> dict[str, Any]:
     """Run one shard in a worker process; returns its report."""
-    logging.basicConfig(level=log_level, stream=sys.stderr)
-    return build_report(run_simulation(scenario, transport="memory", shard=shard, shards=shards))
+    with capture_log(show_log) as log:
+        sim = run_simulation(scenario, transport="memory", shard=shard, shards=shards)
+    return build_report(sim, log)
 
 
 def _run_sharded(
     scenario: Scenario,
     shards: int,
     on_progress: Callable[[float, float], None] | None,
+    show_log: bool,
 ) -> dict[str, Any]:
     wall_start = time.perf_counter()
-    level = logging.getLogger().getEffectiveLevel()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
-        futures = [pool.submit(_shard_report, scenario, k, shards, level) for k in range(1, shards)]
+        futures = [
+            pool.submit(_shard_report, scenario, k, shards, show_log) for k in range(1, shards)
+        ]
         try:
-            first = build_report(
-                run_simulation(
+            with capture_log(show_log) as log:
+                sim = run_simulation(
                     scenario, transport="memory", on_progress=on_progress, shard=0, shards=shards
                 )
-            )
+            first = build_report(sim, log)
         except BaseException:
             for future in futures:
                 future.cancel()

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from p2pay.cli import render
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -125,6 +126,21 @@ class InProcess:
         return lines[0]
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of a rich table printed by the CLI: a row's continuation lines (an
+    amount's token line) are joined to its cells with a space."""
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells[0] or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+    return rows
+
+
 @pytest.fixture
 def cli(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -163,8 +179,10 @@ class Node:
                 stderr=log,
             )
         line = self._first_line(timeout=30)
+        self.doc: dict[str, Any] = {}
         if line.startswith("{"):  # --json: one JSON document on one line
-            self.addr = json.loads(line)["listening"][0]
+            self.doc = json.loads(line)
+            self.addr = self.doc["listening"][0]
         elif line.startswith("listening "):
             self.addr = line.split()[1]
         else:
@@ -437,7 +455,9 @@ def test_id_shows_the_ledger_id_of_the_homes_ledger(cli: InProcess, tmp_path: Pa
     assert "(unavailable: no ledger at" in cli.ok("--home", "h", "id")
 
 
-def test_payer_close_waits_for_the_challenge_period(world: dict[str, Any]) -> None:
+def test_payer_close_waits_for_the_challenge_period(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     c: InProcess = world["cli"]
     opened = c.js(
         "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "10 milli",
@@ -449,6 +469,23 @@ def test_payer_close_waits_for_the_challenge_period(world: dict[str, Any]) -> No
     assert c.js("--home", "p", "balance")["escrow_in"] == str(10**22)
     listed = c.js("--home", "c", "channel", "list")["channels"]
     assert [(x["channel"], x["role"], x["state"]) for x in listed] == [(cid, "payer", "open")]
+    assert (listed[0]["paid"], listed[0]["spent"]) == ("0", "0")
+    # the table: the full channel id, paid beside spent, and nothing after the table
+    monkeypatch.setattr(render.stdout, "width", 400)  # one line per cell, to read it back
+    text = c.ok("--home", "c", "channel", "list")
+    lines = text.splitlines()
+    assert lines[0] == "channels" and lines[-1].startswith("└") and cid not in lines[-1]
+    assert [h.strip() for h in lines[2].strip("┃").split("┃")] == [
+        "channel", "role", "peer", "state", "deposit", "paid", "spent", "redeemed", "escrow"
+    ]  # fmt: skip
+    deposit = f"{10**22} 0.01 token"
+    zero = "0 0 token"
+    peer = render.short(world["p"]["peer_id"])
+    assert table_rows(text) == [[cid, "payer", peer, "open", deposit, zero, zero, zero, deposit]]
+    # the payee's home has no record of the channel (it never served on it): blank cells
+    theirs = table_rows(c.ok("--home", "p", "channel", "list"))
+    assert theirs == [[cid, "payee", render.short(world["c"]["peer_id"]), "open", deposit, "",
+                       "", zero, deposit]]  # fmt: skip
     assert c.js("--home", "p", "channel", "list")["channels"][0]["role"] == "payee"
     topped = c.js("--home", "c", "channel", "top-up", cid, "5 milli")
     assert topped["deposit"] == str(15 * 10**21)
@@ -522,8 +559,9 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     assert res["receipt"]["status"] == "OK" and res["receipt"]["spent"] == "1000"
     assert len(bytes.fromhex(res["receipt"]["signature"])) == 64
     assert bytes.fromhex(res["receipt"]["frame"])
-    assert (
-        ok("--home", "c", "call", node.addr, "upper", "abc", "--max-price", "1000", cwd=d) == "ABC"
+    # the body and a newline
+    assert ok("--home", "c", "call", node.addr, "upper", "abc", "--max-price", "1000", cwd=d) == (
+        "ABC\n"
     )
     piped = p2pay(
         "--home", "c", "call", node.addr, "rev", "-", "--max-price", "1 zepto", "--json",
@@ -563,21 +601,27 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     assert "Traceback" not in node.stderr
     node = Node(d, "p", *provider, "--json")
     nodes.append(node)
+    # prices are strings of yocto, as every amount in JSON
+    assert node.doc["services"] == {"echo": str(PRICE), "upper": str(PRICE), "rev": "1"}
     res = js("--home", "c", "call", node.addr, "echo", "again", "--max-price", "1000", cwd=d)
     assert res["n"] == 4  # the client's counter survived its processes
     assert res["receipt"]["spent"] == "3001"  # and the provider's charges survived its restart
+    # --raw: the body's bytes exactly; a body that ends with a newline gets no second one
+    upper = ("--home", "c", "call", node.addr, "upper", "--max-price", "1000")
+    assert ok(*upper, "abc", "--raw", cwd=d) == "ABC"
+    assert ok(*upper, "abc\n", cwd=d) == "ABC\n"
     assert node.stop(signal.SIGTERM) == 0
 
     channels = c.js("--home", "c", "channel", "list")["channels"]
-    assert channels[0]["spent"] == "3001" and channels[0]["last_n"] == 4
+    assert channels[0]["spent"] == "5001" and channels[0]["last_n"] == 6
     claims = c.js("--home", "c", "claims", "list")
     assert claims["claims"] == []
 
     closed = js("--home", "p", "channel", "close", cid, cwd=d)  # payee: at once, redeeming
-    assert closed["state"] == "closed" and closed["redeemed"] == "3001"
+    assert closed["state"] == "closed" and closed["redeemed"] == "5001"
     after_c = js("--home", "c", "balance", cwd=d)
     after_p = c.js("--home", "p", "balance")
-    assert int(after_c["balance"]) == int(before_c["balance"]) + 10**22 - 3001
-    assert int(after_p["balance"]) == int(before_p["balance"]) + 3001
+    assert int(after_c["balance"]) == int(before_c["balance"]) + 10**22 - 5001
+    assert int(after_p["balance"]) == int(before_p["balance"]) + 5001
     assert after_c["escrow_out"] == "0" and after_c["channels_open"] == 0
     assert c.js("--home", "p", "ledger", "totals")["conserved"] is True

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from test_cli import InProcess, cli, world  # noqa: F401 - fixtures
+from test_cli import InProcess, cli, table_rows, world  # noqa: F401 - fixtures
 
+from p2pay.cli import render
 from p2pay.cli.home import Home
 from p2pay.cli.main import timeout_advice
+from p2pay.core.amounts import format_tokens
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response, refusal_body
 from p2pay.core.settlement import Params
@@ -32,7 +35,11 @@ def test_ledger_create_defaults_give_payees_time_to_react(cli: InProcess) -> Non
 
 def test_claims_list_shows_outcome_status_bond_refund_and_slash(
     world: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Every outcome (specs/claims.md 3), in --json and in the table, with the same values:
+    delivered / refused / upheld give the bond back, frivolous loses it to the provider,
+    an open claim holds it; upheld slashes the penalty and refunds the price."""
     c: InProcess = world["cli"]
     d: Path = world["dir"]
     c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "60s")
@@ -43,17 +50,18 @@ def test_claims_list_shows_outcome_status_bond_refund_and_slash(
     )
     client, provider = Home(d / "c").key(), Home(d / "p").key()
 
-    async def play() -> tuple[list[bytes], int]:
+    async def play() -> tuple[list[bytes], int, list[int]]:
         led = await SqliteLedger.open(d / "ledger.sqlite")
         try:
             now = await led.now()
-            requests = [
-                Request.create(
+
+            def request(n: int, body: bytes) -> Request:
+                return Request.create(
                     client, ledger=led.ledger_id, channel=cid, n=n, paid=n * PRICE, price=PRICE,
-                    service="echo", body=b"%d" % n, deadline=now - 1,
-                )
-                for n in (1, 2, 3)
-            ]  # fmt: skip
+                    service="echo", body=body, deadline=now - 1,
+                )  # fmt: skip
+
+            requests = [request(n, b"%d" % n) for n in (1, 2, 3, 4, 5)]
             ids = [await led.file_claim(client, r) for r in requests]
             answer = Response.create(
                 provider, request=requests[0], status="OK", price=PRICE, spent=PRICE, body=b"1"
@@ -68,33 +76,72 @@ def test_claims_list_shows_outcome_status_bond_refund_and_slash(
                 body=refusal_body("handler failed"),
             )
             await led.answer_claim(provider, ids[1], refusal)
-            return ids, led.params.claim_bond
+            # the same n signed twice by the client: a conflict, the claim is frivolous
+            await led.answer_claim(provider, ids[2], evidence=request(3, b"other"))
+            ends = [(await led.claim(i)).window_ends for i in ids]  # type: ignore[union-attr]
         finally:
             await led.aclose()
+        # no answer to n=4 in its window: upheld (ledger time moved past the window)
+        later = await SqliteLedger.open(d / "ledger.sqlite", clock=lambda: ends[3] + 1)
+        try:
+            await later.resolve_claim(client, ids[3])
+            return ids, later.params.claim_bond, ends
+        finally:
+            await later.aclose()
 
-    ids, bond = trio.run(play)
-    rows = {r["claim"]: r for r in c.js("--home", "c", "claims", "list")["claims"]}
-    delivered, refused, pending = (rows[i.hex()] for i in ids)
-    assert delivered["role"] == "claimant"
-    assert (delivered["outcome"], delivered["status"], delivered["bond_to"]) == (
-        "delivered",
-        "OK",
-        "claimant",
-    )
-    assert delivered["bond_returned"] is True
-    # amounts are strings in JSON, as everywhere
-    assert (delivered["bond"], delivered["refund"], delivered["slashed"]) == (str(bond), "0", "0")
-    assert (refused["outcome"], refused["status"], refused["bond_returned"]) == (
-        "refused",
-        "HANDLER_ERROR",
-        True,
-    )
-    # a refusal refunds the request's price (from escrow: nothing was redeemed, none clawed)
-    assert (refused["refund"], refused["clawed"]) == (str(PRICE), "0")
-    assert (pending["outcome"], pending["status"], pending["bond_to"]) == ("open", "", "")
-    assert pending["bond_returned"] is None
+    ids, bond, ends = trio.run(play)
+    doc = c.js("--home", "c", "claims", "list")
+    rows = {r["claim"]: r for r in doc["claims"]}
+    delivered, refused, frivolous, upheld, pending = (rows[i.hex()] for i in ids)
+    keys = ("role", "outcome", "status", "bond_outcome", "bond_to", "bond_returned")
+    assert [
+        tuple(r[k] for k in keys) for r in (delivered, refused, frivolous, upheld, pending)
+    ] == [
+        ("claimant", "delivered", "OK", "returned", "claimant", True),
+        ("claimant", "refused", "HANDLER_ERROR", "returned", "claimant", True),
+        ("claimant", "frivolous", "", "lost to the respondent", "respondent", False),
+        ("claimant", "upheld", "", "returned", "claimant", True),
+        ("claimant", "open", "", "locked", "", None),
+    ]
+    # amounts are strings of yocto in JSON, as everywhere; times are Unix ms
+    money = ("bond", "refund", "clawed", "slashed", "price")
+    penalty = str(10**23)
+    assert [
+        tuple(r[k] for k in money) for r in (delivered, refused, frivolous, upheld, pending)
+    ] == [
+        (str(bond), "0", "0", "0", str(PRICE)),
+        (str(bond), str(PRICE), "0", "0", str(PRICE)),
+        (str(bond), "0", "0", "0", str(PRICE)),
+        (str(bond), str(PRICE), "0", penalty, str(PRICE)),
+        (str(bond), "0", "0", "0", str(PRICE)),
+    ]
+    assert [r["window_ends"] for r in (delivered, refused, frivolous, upheld, pending)] == ends
+    # the table says the same, amounts as yocto and tokens, times as ISO 8601 UTC
+    monkeypatch.setattr(render.stdout, "width", 400)  # one line per cell, to read it back
     text = c.ok("--home", "c", "claims", "list")
-    assert "delivered" in text and "HANDLER_ERROR" in text and "bond_to" in text
+    header = next(line for line in text.splitlines() if line.startswith("┃"))
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "claim", "role", "outcome", "status", "n", "bond", "bond_outcome", "refund", "slashed",
+        "window_ends",
+    ]  # fmt: skip
+    table = {r[0]: r for r in table_rows(text)}
+    bond_cell = f"{bond} {format_tokens(bond)} token"
+    price_cell = f"{PRICE} {format_tokens(PRICE)} token"
+    expect = [
+        ("delivered", "OK", "1", "returned", "0 0 token", "0 0 token"),
+        ("refused", "HANDLER_ERROR", "2", "returned", price_cell, "0 0 token"),
+        ("frivolous", "", "3", "lost to the respondent", "0 0 token", "0 0 token"),
+        ("upheld", "", "4", "returned", price_cell, f"{penalty} 0.1 token"),
+        ("open", "", "5", "locked", "0 0 token", "0 0 token"),
+    ]
+    for claim_id, (outcome, status, n, bond_outcome, refund, slashed), end in zip(
+        ids, expect, ends, strict=True
+    ):
+        assert table[render.short(claim_id)] == [
+            render.short(claim_id), "claimant", outcome, status, n, bond_cell, bond_outcome,
+            refund, slashed, render.iso_time(end),
+        ]  # fmt: skip
+    assert render.iso_time(ends[0]).endswith("Z") and "T" in render.iso_time(ends[0])
     theirs = c.js("--home", "p", "claims", "list")["claims"]
     assert {r["role"] for r in theirs} == {"respondent"}
 
@@ -124,5 +171,6 @@ async def test_a_call_timeout_says_what_a_claim_risks() -> None:
         await provider.stake(10**20, penalty=10**19, claim_window_ms=120_000)
         advice = await timeout_advice(client, provider.addrs[0], "no answer within 1 s")
         assert "re-sends it" in advice and "only if that brings no answer" in advice
-        assert f"bond of {bond}" in advice and "until the provider answers" in advice
+        assert f"bond of 0.000007 token ({bond} yocto)" in advice
+        assert "until the provider answers" in advice
         assert "comes back unless the claim is frivolous" in advice

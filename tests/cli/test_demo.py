@@ -78,6 +78,11 @@ def test_demo_runs_checks_and_cleans_up(tmp_path: Path) -> None:
             for a in accounts
         ) + int(totals["burnt"]) == int(totals["supply"])
     assert doc["before"]["totals"]["supply"] == doc["after"]["totals"]["supply"]
+    # "before" is taken once the providers have staked (the set-up the calls start from)
+    staked_before = {a["name"]: int(a["staked"]) for a in doc["before"]["accounts"]}
+    assert staked_before["honest"] > 0 and staked_before["dropper"] > 0
+    assert staked_before["client"] == 0
+    assert int(doc["before"]["totals"]["stakes"]) == staked_before["honest"] * 2
     # the dropping provider was slashed, the honest one was not
     upheld = [c for c in doc["claims"] if c["state"] == "upheld"]
     assert upheld and all(c["respondent"] == "dropper" for c in upheld)

@@ -65,7 +65,8 @@ def test_two_node_walkthrough_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "hello, p2pay" in out.stdout
     assert '"price": "1000"' in out.stdout
-    assert "redeemed 2000" in out.stdout  # the provider's watcher redeemed both calls
+    # the provider's watcher redeemed both calls
+    assert "redeemed 0.000000000000000000002 token (2000 yocto)" in out.stdout
 
 
 def _free_port() -> int:
@@ -99,7 +100,8 @@ def test_evm_walkthrough_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "deployed dev ledger evm:http://127.0.0.1:" in out.stdout
     assert "hello, p2pay" in out.stdout and '"price": "1000"' in out.stdout
-    assert "redeemed 2000" in out.stdout  # the provider's watcher redeemed both calls on chain
+    # the provider's watcher redeemed both calls on chain
+    assert "redeemed 0.000000000000000000002 token (2000 yocto)" in out.stdout
     # the provider ends with its 1 token, minus its 0.5 token stake, plus the 2000 yocto
     assert "500000000000000000002000" in out.stdout.rsplit("account ", 1)[-1]
 

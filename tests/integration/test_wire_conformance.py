@@ -29,8 +29,8 @@ import trio
 from p2pay.conformance import CASES, Report, run_conformance
 from p2pay.conformance import cases as cases_module
 from p2pay.conformance import select as select_cases
-from p2pay.conformance.probe import build_hello, decode_any, parse_hello
-from p2pay.core.errors import DecodeError, ErrorCode
+from p2pay.conformance.probe import MAX_QUEUED_FRAMES, build_hello, decode_any, parse_hello
+from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Refusal, Request, decode_frame
 from p2pay.core.settlement import Params
@@ -76,14 +76,22 @@ async def test_every_case_passes_against_the_reference_node() -> None:
         with trio.fail_after(RUN_BOUND):
             report = await run_conformance(node.addrs[0], payer=PAYER, ledger=ledger, timeout=5.0)
         served = node.counters.calls_served
+        node_hello = parse_hello(node.hello().to_frame())
     # (asserted outside the node's nursery, so that a failure reads as itself)
     assert len(report.results) == len(CASES)
     assert [r.status for r in report.results] == ["PASS"] * len(CASES), failures(report)
     assert report.ok
-    # the paid cases ran on a channel of their own, whose close the tester started
+    # the paid cases ran on a channel of their own, paid.over-deposit (last) on a 1-yocto
+    # one; the tester started the close of both
     channels = await ledger.channels_of(PAYER.account)
-    assert len(channels) == 1 and channels[0].payee == PROVIDER.account
-    assert str(channels[0].state) == "closing"
+    assert sorted(c.deposit for c in channels) == [
+        1,
+        PRICE * cases_module.requests_needed(node_hello),
+    ]
+    assert all(c.payee == PROVIDER.account for c in channels)
+    assert {str(c.state) for c in channels} == {"closing"}
+    assert report.results[-1].id == "paid.over-deposit"
+    assert any("can cost up to" in note for note in report.notes)
     assert served > 0
 
 
@@ -334,6 +342,17 @@ def test_cli_against_node_run(tmp_path: Path) -> None:
         bad = [c for c in doc["cases"] if c["status"] != "PASS"]
         assert not bad, json.dumps(bad, indent=1)
         assert full.returncode == 0 and doc["ok"] is True
+        assert any("can cost up to" in note for note in doc["notes"])
+        # the paid cases cost at most --max-deposit: below what they need, they skip
+        capped = p2pay("--home", "c", "conformance", addr, "--case", "paid.call",
+                       "--max-deposit", "1000 yocto", cwd=tmp_path)  # fmt: skip
+        lines = capped.stdout.splitlines()
+        assert capped.returncode == 0, capped.stdout + capped.stderr
+        assert lines[0].startswith("note: the paid cases") and "can cost up to" in lines[0]
+        assert lines[1].startswith("SKIP  paid.call") and "--max-deposit" in lines[1]
+        usage = p2pay("conformance", "--help", cwd=tmp_path)
+        assert "--max-deposit" in usage.stdout
+        assert "redeem every voucher" in " ".join(usage.stdout.split())
         # usage errors: one line, non-zero
         wrong = p2pay("conformance", "/ip4/127.0.0.1/tcp/1", cwd=tmp_path)
         assert wrong.returncode == 1 and wrong.stderr.startswith("p2pay: error: ")
@@ -357,3 +376,121 @@ def test_cli_against_node_run(tmp_path: Path) -> None:
         if node.stdout is not None:
             node.stdout.close()
         log.close()
+
+
+# ---------------------------------------------------------------------------
+# what a hostile or extreme target can make the tester do (see also
+# test_attack15_conformance.py)
+
+
+async def test_paid_cases_skip_when_the_targets_prices_need_more_than_max_deposit() -> None:
+    """The paid cases never open channels holding more than max_deposit in all: a price
+    that needs more makes them SKIP, saying so, with no channel opened."""
+    ledger = make_ledger()
+    await ledger.mint(PAYER, PAYER.account, 10**24)
+    async with open_node(key=PROVIDER, ledger=ledger, config=NodeConfig(watcher=False)) as node:
+        node.serve("echo", slow_echo, price=PRICE)
+        needed = PRICE * cases_module.requests_needed(parse_hello(node.hello().to_frame()))
+        with trio.fail_after(RUN_BOUND):
+            report = await run_conformance(
+                node.addrs[0],
+                payer=PAYER,
+                ledger=ledger,
+                patterns=["paid.call", "paid.over-deposit"],
+                max_deposit=needed - 1,
+            )
+            exact = await run_conformance(
+                node.addrs[0],
+                payer=PAYER,
+                ledger=ledger,
+                patterns=["paid.call", "paid.over-deposit"],
+                max_deposit=needed + 1,
+            )
+    results = by_id(report)
+    assert results["paid.call"].status == "SKIP"
+    assert "--max-deposit" in results["paid.call"].reason
+    assert f"{needed} yocto" in results["paid.call"].reason
+    # the over-deposit case needs only its 1-yocto channel
+    assert results["paid.over-deposit"].status == "PASS", results["paid.over-deposit"].reason
+    # the cap is the sum: the main channel (needed) then 1 yocto, within needed + 1
+    assert [r.status for r in exact.results] == ["PASS", "PASS"], failures(exact)
+    deposits = sorted(c.deposit for c in await ledger.channels_of(PAYER.account))
+    assert deposits == [1, 1, needed]
+    assert any("can cost up to" in n for n in report.notes)
+
+
+async def test_run_conformance_refuses_a_timeout_beyond_its_bound() -> None:
+    addr = f"/ip4/127.0.0.1/tcp/1/p2p/{PROVIDER.peer_id}"
+    for timeout in (0.0, -1.0, cases_module.MAX_TIMEOUT + 1, float("nan")):
+        with pytest.raises(LocalProtocolError, match="timeout"):
+            await run_conformance(addr, ledger_id=LEDGER_ID, timeout=timeout)
+    with pytest.raises(LocalProtocolError, match="max_deposit"):
+        await run_conformance(addr, ledger_id=LEDGER_ID, max_deposit=-1)
+
+
+async def test_a_target_that_floods_the_stream_fails_the_case_and_is_reset() -> None:
+    """After its hello the target streams frames and reads nothing: the case (sending a
+    frame of its max_frame, which the target never reads) cannot drain them, the probe's
+    bounded buffer fills, and after a timeout the probe resets the stream; the case FAILs
+    saying so, well before its own bound."""
+    junk = Refusal(channel=os.urandom(32), n=1, code=ErrorCode.MALFORMED, message="x" * 2000)
+    frames = [junk.to_frame()] * 50
+    pushed = 0
+    reset_seen = trio.Event()
+
+    async def flood(stream: Stream) -> None:
+        nonlocal pushed
+        try:
+            await stream.receive()
+            await stream.send(build_hello(PROVIDER, LEDGER_ID))
+            with trio.move_on_after(30):
+                while True:
+                    await stream.send_many(frames)
+                    pushed += len(frames)
+        except StreamClosed:
+            reset_seen.set()
+
+    async with server(flood) as addr:
+        with trio.fail_after(RUN_BOUND):
+            report = await run_conformance(
+                addr, ledger_id=LEDGER_ID, patterns=["frame.at-limit"], timeout=1.0
+            )
+            with trio.move_on_after(10):
+                await reset_seen.wait()
+    (result,) = report.results
+    assert result.status == "FAIL"
+    assert "flooded" in result.reason and "reset" in result.reason, result.reason
+    assert reset_seen.is_set(), "the target's sends did not end"
+    assert pushed >= MAX_QUEUED_FRAMES
+
+
+async def test_extreme_limits_skip_rather_than_fail() -> None:
+    """A hello announcing the largest limits §19 allows (max_frame, deadline_horizon,
+    max_body at 2**64 - 1): the cases the tester cannot build SKIP with the reason."""
+
+    async def huge(stream: Stream) -> None:
+        try:
+            await stream.receive()
+            extra = {
+                "max_frame": 2**64 - 1,
+                "deadline_horizon": 2**64 - 1,
+                "services": [{"name": "svc", "price": 1, "max_body": 2**64 - 1}],
+            }
+            await stream.send(build_hello(PROVIDER, LEDGER_ID, extra=extra))
+            await stream.receive()
+        except (StreamClosed, DecodeError):
+            return
+
+    async with server(huge) as addr:
+        with trio.fail_after(RUN_BOUND):
+            report = await run_conformance(
+                addr,
+                ledger_id=LEDGER_ID,
+                patterns=["frame.too-large", "frame.at-limit", "paid.deadline-horizon"],
+                timeout=1.0,
+            )
+    results = by_id(report)
+    assert {r.status for r in report.results} == {"SKIP"}, failures(report)
+    assert "2**63" in results["frame.too-large"].reason
+    assert "8 MiB" in results["frame.at-limit"].reason
+    assert "2**64" in results["paid.deadline-horizon"].reason

@@ -217,6 +217,11 @@ def test_cli_exit_status_is_1_when_an_invariant_breaks(mixed: Path, tmp_path: Pa
     report = json.loads((out / "report.json").read_text())
     broken = {r["name"] for r in report["invariants"] if not r["ok"]}
     assert broken == {"honest_providers_paid_in_full", "adversaries_gain_nothing"}
+    # -q: the report's path on stdout, what broke on stderr
+    assert result.stdout == f"{out / 'report.json'}\n"
+    assert result.stderr == (
+        "invariants violated: honest_providers_paid_in_full, adversaries_gain_nothing\n"
+    )
 
 
 LIBP2P = """
