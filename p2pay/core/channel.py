@@ -64,7 +64,7 @@ resync voucher proves the request was superseded by one it signed and forgot.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -678,6 +678,29 @@ class PayerChannel:
     def _settle_abandoned(self) -> None:
         """Keep ``absorbed`` within what lost receipts may still have charged."""
         self.absorbed = min(self.absorbed, self._pool())
+
+    def restore_abandoned(self, requests: Iterable[Pending]) -> None:
+        """After a restart: the requests on record without an answer (in flight when the
+        node stopped, or abandoned before) are abandoned (protocol.md 14.2).
+
+        Call it once, on a channel built from its stored numbers (``last_n``, ``paid``,
+        ``spent``, ``absorbed``, ``forgotten``, ``released``), with every request of the
+        channel the store holds unanswered. ``absorbed`` is then kept within what they
+        and ``forgotten`` may explain, as it is at run time.
+
+        Raises:
+            LocalProtocolError: a request is not on this channel or is numbered above
+                ``last_n`` (nothing is changed then).
+        """
+        pending = list(requests)
+        for p in pending:
+            if p.request.channel != self.channel or not 0 < p.request.n <= self.last_n:
+                raise LocalProtocolError(
+                    f"request n={p.request.n} is not one this channel sent (last_n {self.last_n})"
+                )
+        for p in pending:
+            self.abandoned[p.request.n] = p
+        self._settle_abandoned()
 
     @property
     def available(self) -> int:
