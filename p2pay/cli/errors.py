@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
+from p2pay.cli.render import QUOTE_MAX, quoted
 from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
 from p2pay.core.errors import AmountError
 
@@ -69,18 +70,6 @@ LARGEST_AMOUNT = f"2**128 - 1 yocto ({format_tokens(MAX_YOCTO)} token)"
 
 #: Longest text quoted back in a message (longer text is described, never cut short: a
 #: long number cut short would be quoted as another number).
-QUOTE_MAX = 48
-
-
-def quoted(text: str) -> str:
-    """`text` quoted for a message, or described when it is too long to quote whole."""
-    if len(text) <= QUOTE_MAX:
-        return repr(text)
-    if text.isdigit():
-        return f"the {len(text)}-digit number"
-    return f"the {len(text)}-character value"
-
-
 AMOUNT_HELP = "use an integer number of yocto, or a number and a unit (1.5 token, 3 milli)"
 
 

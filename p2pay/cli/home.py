@@ -32,6 +32,7 @@ from typing import Any
 
 import platformdirs
 
+from p2pay.cli.render import quoted
 from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
@@ -226,8 +227,6 @@ def parse_duration_ms(text: str) -> int:
     Raises:
         CliError: anything else.
     """
-    from p2pay.cli.errors import quoted  # (never cut short: see `quoted`)
-
     match = _DURATION_RE.fullmatch(text) if len(text) <= 64 else None
     if match is None:
         raise CliError(f"duration {quoted(text)}: use ms (1500) or a unit: 250ms, 10s, 5m, 1h, 1d")

@@ -24,6 +24,7 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
+    REQUEST_OVERHEAD,
     Hello,
     Request,
     Response,
@@ -393,11 +394,19 @@ class Node:
     def serve(self, name: str, handler: Handler, *, price: int, max_body: int = 1 << 16) -> None:
         """Offer a paid service. `handler(call)` returns the response body (bytes).
 
-        A handler that raises is not charged: the caller gets HANDLER_ERROR.
+        A handler that raises is not charged: the caller gets HANDLER_ERROR. `max_body` is
+        at most the node's ``max_frame`` minus `REQUEST_OVERHEAD`: a longer body's request
+        frame could exceed ``max_frame`` (protocol.md 5.3).
         """
         ServiceTerms(name=name, price=price, max_body=max_body)  # validates
-        if max_body > self.config.max_frame:
-            raise LocalProtocolError("max_body cannot exceed the node's max_frame")
+        limit = self.config.max_frame - REQUEST_OVERHEAD
+        if max_body > limit:
+            raise LocalProtocolError(
+                f"max_body {max_body} is above {limit}, the node's max_frame "
+                f"({self.config.max_frame}) minus the {REQUEST_OVERHEAD} bytes a request "
+                "frame takes besides its body",
+                details={"max_body": limit},
+            )
         self.services[name] = _Service(name, handler, price, max_body)
 
     async def open_channel(

@@ -291,6 +291,8 @@ class Counters:
     late_answers: int = 0  # handlers that finished after the deadline: not charged (C-4)
     in_doubt: int = 0  # calls ended with RequestInDoubt (the request stays claimable)
     sessions_evicted: int = 0  # inbound sessions reset to make room for a new one
+    #: request frames a payee sent on a stream we opened: refused MALFORMED (protocol.md 5.4)
+    requests_from_payees: int = 0
 
 
 class Behaviour:

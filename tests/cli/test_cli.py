@@ -592,6 +592,7 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     assert "p2pay_in_flight 0.0" in text
     assert 'p2pay_ledger_events_total{kind="skipped_logs"} 0.0' in text
     assert "p2pay_sessions_evicted_total 0.0" in text
+    assert "p2pay_requests_from_payees_total 0.0" in text
     assert "p2pay_charged_total 2001.0" in text
     assert "p2pay_rate_limited_total 0.0" in text and "p2pay_idle_resets_total" in text
 
