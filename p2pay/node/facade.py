@@ -455,16 +455,22 @@ class Node:
                 )
             payee = await self.account_of(peer)
         else:
-            fresh = not self._connected(split_peer(peer)[0])
-            conn = await self._reach(peer)
-            try:
-                self._check_terms(conn.peer_id, conn.hello, require_stake, max_price)
-                payee = conn.account
-            finally:
-                if fresh:
-                    # made for this check only: the first call connects anew and reads a
-                    # current hello (services the peer adds meanwhile included)
+            # On success the connection stays: the first call uses it (its hello is the
+            # one checked). Terms are checked on a current hello: a connection that was
+            # open already is replaced once if its hello fails them (the peer may have
+            # staked or changed prices since), and one that fails them is not kept.
+            for attempt in (1, 2):
+                fresh = not self._connected(split_peer(peer)[0])
+                conn = await self._reach(peer)
+                try:
+                    self._check_terms(conn.peer_id, conn.hello, require_stake, max_price)
+                except TermsRefused:
                     await conn.close()
+                    if fresh or attempt == 2:
+                        raise
+                    continue
+                break
+            payee = conn.account
         channel = await self.ledger.open_channel(
             self.key, payee, deposit, challenge_ms or self.config.challenge_ms
         )

@@ -155,6 +155,8 @@ async def test_open_channel_contacts_the_peer_before_escrow_moves() -> None:
             ):
                 await alice.open_channel(bob_addr, deposit=10**6, max_price=PRICE - 1)
             assert await ledger.balance(ALICE.account) == before
+            # a connection open from before (its hello: no stake) is replaced after BOB stakes
+            assert (await alice.connect(bob_addr)).stake is None
             await bob.stake(TOKEN, penalty=TOKEN // 10, claim_window_ms=1000)
             with trio.fail_after(10):
                 info = await alice.open_channel(
