@@ -49,9 +49,12 @@ requests, which the payee may have charged before their receipts were lost; a re
 the payee serves again from its store, with the ``spent`` of its time, moves nothing).
 
 Each abandoned price can explain such a jump once: the payer counts the yocto of jumps
-it accepted in ``absorbed`` (kept at most the sum of abandoned prices and ``forgotten``),
-subtracts them from what abandoned requests still hold back, and refuses a jump beyond the
-abandoned prices not yet absorbed. Without that, one abandoned request would let a payee
+it accepted in ``absorbed``, subtracts them from what abandoned requests still hold back,
+and refuses a jump beyond the abandoned prices not yet absorbed. ``absorbed`` is kept at
+most the prices of all requests without an answer (in flight too) and ``forgotten``: a
+jump taken for an abandoned request's charge may have been one of a request still in
+flight (whose receipt was lost), and stays inside ``spent`` when the abandoned request's
+own receipt comes after all. Without that, one abandoned request would let a payee
 raise ``spent`` by its price on every later receipt, up to the deposit. ``forgotten`` is
 the part of a checked resync voucher's ``paid`` this payer cannot account for after it
 lost its state (slices it signed in a life it forgot): the payee may have charged them.
@@ -647,7 +650,8 @@ class PayerChannel:
     in_flight: dict[int, Pending] = field(default_factory=dict)
     abandoned: dict[int, Pending] = field(default_factory=dict)
     #: yocto of ``spent`` jumps accepted as charges of abandoned (or forgotten) requests
-    #: whose receipts were lost; never above the abandoned prices plus ``forgotten``.
+    #: whose receipts were lost; never above the prices of the requests in flight and
+    #: abandoned plus ``forgotten`` (`outstanding` is that sum less ``absorbed``).
     absorbed: int = 0
     #: yocto of a checked resync voucher's ``paid`` this payer could not account for
     #: after losing its state: the payee may have charged it on requests we forgot.
@@ -665,19 +669,34 @@ class PayerChannel:
         return n in self.in_flight or n in self.abandoned
 
     def _pool(self) -> int:
-        """What lost receipts may still have charged: abandoned prices and forgotten."""
+        """What a jump may take (protocol.md 14.3 rule 7): abandoned prices and forgotten."""
         return sum(p.price for p in self.abandoned.values()) + self.forgotten
+
+    def _unanswered(self) -> int:
+        """What the payee may have charged without our having its receipt: the prices of
+        the requests in flight and abandoned, and forgotten."""
+        return sum(p.price for p in self.in_flight.values()) + self._pool()
 
     @property
     def outstanding(self) -> int:
-        """Prices of requests sent and not yet answered (in flight, or abandoned and not
-        already accounted for by a ``spent`` jump), plus forgotten credit not absorbed."""
-        in_flight = sum(p.price for p in self.in_flight.values())
-        return in_flight + max(0, self._pool() - self.absorbed)
+        """Prices of requests sent and not yet answered (in flight or abandoned), plus
+        forgotten, less the jumps already absorbed (protocol.md 14.2): what the payee may
+        still charge beyond ``spent``."""
+        return max(0, self._unanswered() - self.absorbed)
 
     def _settle_abandoned(self) -> None:
-        """Keep ``absorbed`` within what lost receipts may still have charged."""
-        self.absorbed = min(self.absorbed, self._pool())
+        """Keep ``absorbed`` within what lost receipts may have charged, once a request
+        has left: the prices of those still without an answer, in flight ones included.
+
+        Not within abandoned prices and forgotten alone: a jump accepted as an abandoned
+        request's charge may have been the charge of a request in flight whose receipt was
+        lost (the payer cannot tell which). When the abandoned request's own receipt then
+        comes, that charge is still inside ``spent``: dropping it from ``absorbed`` would
+        count its request's price again in `outstanding` (so ``spent + outstanding`` would
+        exceed ``paid``), refuse that request's stored receipt (rule 8) and let a later jump
+        take the same yocto again.
+        """
+        self.absorbed = min(self.absorbed, self._unanswered())
 
     def restore_abandoned(self, requests: Iterable[Pending]) -> None:
         """After a restart: the requests on record without an answer (in flight when the

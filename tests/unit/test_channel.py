@@ -979,12 +979,45 @@ def test_late_receipt_of_an_absorbed_request_is_accepted_once() -> None:
     r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     assert r3.paid == 30
     ch.on_response(receipt(r1, price=10, spent=30))
-    assert (ch.abandoned, ch.absorbed, ch.outstanding, ch.spent) == ({}, 0, 10, 30)
+    # The jump's 10 stays inside spent (30 = paid): it is counted against r3, the one
+    # request without an answer, so spent + outstanding never exceeds what we signed.
+    assert (ch.abandoned, ch.absorbed, ch.outstanding, ch.spent) == ({}, 10, 0, 30)
     _receipt_refused(ch, receipt(r3, price=10, spent=40), ErrorCode.MALFORMED)  # > paid
     r4 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     assert r4.paid == 40
     _receipt_refused(ch, receipt(r3, price=10, spent=50), ErrorCode.MALFORMED)  # > paid
     ch.on_response(receipt(r3, price=10, spent=40))
+
+
+def test_a_jump_that_was_an_in_flight_charge_stays_absorbed() -> None:
+    """A jump taken for an abandoned request's charge may have been the charge of a request
+    still in flight: when the abandoned one's own receipt comes, that charge is still
+    inside spent (protocol.md 14.2 outstanding, 14.3 rules 7 and 8).
+
+    Requests 1..5; the payee charges r2 (receipt lost), r4 and r5; the payer abandoned r5
+    (REPLAY of a duplicate). r4's receipt jumps by 10, taken for r5's charge; r5's own
+    receipt then shows the 10 was r2's, which is in flight."""
+    ch = payer()
+    reqs = [
+        ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER) for _ in range(5)
+    ]
+    ch.abandon(5)
+    ch.on_response(receipt(reqs[3], price=10, spent=20))  # jump 10: r2's charge
+    ch.on_response(receipt(reqs[4], price=10, spent=30))  # r5 charged after all
+    assert (sorted(ch.in_flight), ch.abandoned, ch.spent) == ([1, 2, 3], {}, 30)
+    # r2's charge is counted once: in spent, not again in outstanding (1, 3: 20 left)
+    assert (ch.absorbed, ch.outstanding) == (10, 20)
+    assert ch.spent + ch.outstanding == ch.paid == 50
+    # nor can it explain a second jump once r2 is abandoned too
+    ch.abandon(2)
+    r6 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    _receipt_refused(ch, receipt(r6, price=10, spent=50), ErrorCode.MALFORMED)
+    # r2 re-sent: the payee's stored receipt, with the spent of its time, moves nothing
+    again = ch.on_response(receipt(reqs[1], price=10, spent=10))
+    assert again.charged == 10
+    assert (ch.spent, ch.absorbed, ch.outstanding, sorted(ch.in_flight)) == (30, 0, 30, [1, 3, 6])
+    ch.on_response(receipt(r6, price=10, spent=40))
+    assert ch.spent + ch.outstanding == ch.paid == 60
 
 
 def test_a_late_abandoned_receipt_is_accepted_when_another_explains_the_jump() -> None:
