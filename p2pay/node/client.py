@@ -596,23 +596,7 @@ class Client:
         max_price: int,
         timeout: float | None = None,
     ) -> CallResult:
-        """Call `service` on `peer`, paying its price from our channel to it.
-
-        Args:
-            peer: a multiaddr ending in /p2p/<id>, or a PeerID already known.
-            service: the service name.
-            body: request bytes.
-            max_price: the most this call may cost (yocto); a higher price is refused
-                locally with PaymentRequired before anything is signed.
-            timeout: seconds to wait for the answer; it is also the request's deadline.
-
-        Returns:
-            CallResult with the body, the price charged and the signed receipt.
-
-        Raises:
-            PaymentRequired, UnknownService, InsufficientDeposit, CallTimeout,
-            ConnectionLost, or the RemoteProtocolError for the code the provider answered.
-        """
+        """`Node.call` (its docstring has the arguments, result and errors)."""
         if not isinstance(body, bytes | bytearray | memoryview):
             raise LocalProtocolError("body must be bytes")
         body = bytes(body)
