@@ -683,7 +683,7 @@ class ProviderProcess:
         """SIGINT (a clean stop, everything flushed), then SIGKILL if it hangs."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
-        with trio.move_on_after(20):
+        with trio.move_on_after(60):  # a bound on a hang, generous for a loaded machine
             while self.proc.poll() is None:
                 await trio.sleep(0.05)
         self.kill()
