@@ -535,7 +535,7 @@ class RawPeer:
             await self.stream.reset()
         self.stream = await self.transport.connect(self.world.bob_addr)
         self.connects += 1
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             await self.stream.send(self.hello)
             answer = decode_frame(await self.stream.receive())
         assert isinstance(answer, Hello), answer

@@ -366,7 +366,9 @@ async def test_refused_frames_do_not_keep_an_idle_session(
                     break
                 assert isinstance(answer, Refusal) and answer.code is ErrorCode.UNKNOWN_CHANNEL
                 refused += 1
-        assert refused == 2  # at 4 s and 8 s; at 12 s the session was gone (reset at 10 s)
+        # refused at 4 s and 8 s (at 4 s at least, on a loaded machine); at 12 s the session
+        # was gone (reset at 10 s): refusals never kept it, or the loop would go on to 60 s
+        assert refused in (1, 2)
         assert world.bob.counters.idle_resets == resets + 3  # MALLORY's, ALICE's, CAROL's
         # paid calls every 4 s for 60 s keep the session
         await mallory.connect()

@@ -435,8 +435,10 @@ async def test_garbage_hello_is_refused_and_the_node_keeps_serving() -> None:
         for _ in range(20):  # connect and leave without a word
             stream = await mallory.transport.connect(world.bob_addr)
             await stream.reset()
-        await trio.sleep(0.05)
         await world.alice.call(world.bob_addr, "echo", b"ok", max_price=PRICE)
+        with trio.fail_after(30):  # the 20 silent sessions end (a condition, not a nap)
+            while world.bob._sessions > 2:
+                await trio.sleep(0.01)
         assert world.bob._sessions == 2  # ALICE's and CAROL's
         assert not errors.records, errors.text()
 

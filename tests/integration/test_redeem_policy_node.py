@@ -62,7 +62,7 @@ async def lifetime(config: NodeConfig, *, payer_closes: bool) -> dict[str, Any]:
         charged = bob.counters.charged
         if payer_closes:
             await alice.close_channel(info.channel)
-            with trio.fail_after(10):
+            with trio.fail_after(60):
                 while (c := await led.channel(info.channel)) is None or c.state.value != "closed":
                     await trio.sleep(0.02)
         else:
