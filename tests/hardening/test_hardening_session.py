@@ -193,7 +193,6 @@ async def fuzz_session(world: World, seed: int, inputs: int) -> SessionFuzzer:
 
 
 async def test_quick_session_fuzz() -> None:
-    started = time.perf_counter()
     async with provider_world() as world:
         fuzzer = await fuzz_session(world, seed=11, inputs=1_500)
     counts = fuzzer.counts
@@ -201,7 +200,6 @@ async def test_quick_session_fuzz() -> None:
     for outcome in ("MALFORMED", "UNAUTHORIZED", "OK", "UNKNOWN_CHANNEL", "REPLAY"):
         assert counts.get(outcome, 0) > 0, counts
     assert any(key.startswith("signed-") for key in counts), counts
-    assert time.perf_counter() - started < 60
 
 
 @pytest.mark.slow
