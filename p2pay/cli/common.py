@@ -28,7 +28,7 @@ import click
 import trio
 
 from p2pay.cli import render
-from p2pay.cli.errors import quoted, read_amount
+from p2pay.cli.errors import read_amount
 from p2pay.cli.home import (
     CliError,
     Config,
@@ -37,6 +37,7 @@ from p2pay.cli.home import (
     open_ledger,
     parse_duration_ms,
 )
+from p2pay.cli.render import quoted
 from p2pay.core.errors import AmountError
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status

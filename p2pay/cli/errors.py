@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
+from p2pay.cli.render import QUOTE_MAX, quoted
 from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
 from p2pay.core.errors import AmountError
 
@@ -69,18 +70,6 @@ LARGEST_AMOUNT = f"2**128 - 1 yocto ({format_tokens(MAX_YOCTO)} token)"
 
 #: Longest text quoted back in a message (longer text is described, never cut short: a
 #: long number cut short would be quoted as another number).
-QUOTE_MAX = 48
-
-
-def quoted(text: str) -> str:
-    """`text` quoted for a message, or described when it is too long to quote whole."""
-    if len(text) <= QUOTE_MAX:
-        return repr(text)
-    if text.isdigit():
-        return f"the {len(text)}-digit number"
-    return f"the {len(text)}-character value"
-
-
 AMOUNT_HELP = "use an integer number of yocto, or a number and a unit (1.5 token, 3 milli)"
 
 
@@ -255,6 +244,18 @@ def _unstaking(match: re.Match[str], details: dict[str, Any]) -> str:
     )
 
 
+def _no_stake(match: re.Match[str], details: dict[str, Any]) -> str:
+    return f"{match.group(0)} (--no-stake-ok accepts it, knowing that)"
+
+
+def _above_max(match: re.Match[str], details: dict[str, Any]) -> str:
+    least, most = int(match.group("least")), int(match.group("max"))
+    return (
+        f"{match.group('peer')} charges at least {render.amount_text(least)} a call, above "
+        f"--max-price {render.amount_text(most)}"
+    )
+
+
 _Rewrite = Callable[[re.Match[str], dict[str, Any]], "str | None"]
 
 
@@ -279,6 +280,19 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     (re.compile(r"challenge period runs until (?P<at>\d+)"), _closing),
     (re.compile(r"stake unbonds at (?P<at>\d+)"), _unbonds),
     (re.compile(r"no open channel to (?P<peer>\S+): open_channel first"), _no_channel),
+    (
+        re.compile(
+            r"\S+ has no stake: nothing would answer for a paid request it leaves unanswered"
+        ),
+        _no_stake,
+    ),
+    (
+        re.compile(
+            r"(?P<peer>\S+) charges at least (?P<least>\d+) yocto a call, above max_price "
+            r"(?P<max>\d+)"
+        ),
+        _above_max,
+    ),
     (
         re.compile(r"(?P<service>'.*') costs (?P<price>\d+), above max_price (?P<max>\d+)"),
         _costs,

@@ -32,6 +32,7 @@ from typing import Any
 
 import platformdirs
 
+from p2pay.cli.render import quoted
 from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
@@ -226,8 +227,6 @@ def parse_duration_ms(text: str) -> int:
     Raises:
         CliError: anything else.
     """
-    from p2pay.cli.errors import quoted  # (never cut short: see `quoted`)
-
     match = _DURATION_RE.fullmatch(text) if len(text) <= 64 else None
     if match is None:
         raise CliError(f"duration {quoted(text)}: use ms (1500) or a unit: 250ms, 10s, 5m, 1h, 1d")
@@ -367,7 +366,8 @@ def render_config(config: Config) -> str:
     else:
         lines.append('# ledger = "sqlite:/path/to/ledger.sqlite"')
     lines += [
-        "# listen: libp2p multiaddrs `p2pay node run` listens on (port 0 = any free port).",
+        "# listen: libp2p multiaddrs `p2pay node run` listens on unless --listen is given (init",
+        "# picks a port free at the time, so the address stays the same; port 0 = any free port).",
         f"listen = {_toml_value(config.listen)}",
         "# services: what `p2pay node run` offers: NAME=PRICE[:module:function].",
         f"services = {_toml_value(config.services)}",
@@ -484,6 +484,20 @@ class Home:
                 "or run p2pay init --ledger sqlite:PATH"
             )
         return parse_ledger_spec(config.ledger, base=self.path)
+
+
+def stable_listen() -> list[str]:
+    """The listen address `init` writes to config.toml: 127.0.0.1 and a port that is free
+    now (the system picks it), so that `node run` comes back at the same address after a
+    restart (peers keep it in their address books). Taken later by another program:
+    `node run` says so (ADDRESS_IN_USE); edit ``listen`` in config.toml or pass --listen.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [f"/ip4/127.0.0.1/tcp/{port}"]
 
 
 def listen_addrs(values: Sequence[str]) -> list[str]:

@@ -67,6 +67,7 @@ from p2pay.cli.home import (
     open_ledger,
     parse_account,
     parse_ledger_spec,
+    stable_listen,
     write_config,
 )
 from p2pay.cli.services import parse_service
@@ -142,8 +143,7 @@ def init(
     for text in services:
         parse_service(text)
     config = Config(ledger=str(spec) if spec else None, services=list(services))
-    if listen:
-        config.listen = listen_addrs(listen)
+    config.listen = listen_addrs(listen) if listen else stable_listen()
     key = home.init(config)
     account = account_of_key(key, spec)
     doc = {
@@ -762,39 +762,99 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
 @click.option(
     "--challenge", type=DURATION, help="Challenge period of a payer close (default: config)."
 )
+@click.option(
+    "--max-price",
+    type=AMOUNT,
+    help="Refuse PEER if it offers no service at or below this price a call.",
+)
+@click.option(
+    "--no-stake-ok", is_flag=True, help="Accept a PEER with no stake (refused by default)."
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not contact PEER first (ledger only): if PEER never answers, the deposit stays "
+    "locked until a close's challenge period ends.",
+)
 @ledger_option
 @home_option
 @json_option
 def channel_open(
-    peer: str, deposit: int, challenge: int | None, ledger: str | None, as_json: bool
+    peer: str,
+    deposit: int,
+    challenge: int | None,
+    max_price: int | None,
+    no_stake_ok: bool,
+    offline: bool,
+    ledger: str | None,
+    as_json: bool,
 ) -> None:
-    """Open a channel to PEER (a multiaddr ending in /p2p/<PeerID>, or a PeerID)."""
+    """Open a channel to PEER (a multiaddr ending in /p2p/<PeerID>, or a PeerID whose
+    address this home knows from an earlier call or open).
+
+    PEER is contacted first: its hello must name this ledger and its terms must be
+    acceptable (a stake, unless --no-stake-ok; a price within --max-price, when given),
+    else nothing moves on the ledger. The terms are printed. --offline skips this.
+    """
     home = settings().home
     spec = home.ledger_spec(ledger)
-    if spec.kind == "evm":
-        # The payee's account is an address its PeerID does not determine: connect and
-        # take the account its hello binds (PEER must then be a /p2p/ multiaddr).
-        target, offline = peer, False
+    if offline:
+        if spec.kind == "evm":
+            raise CliError(
+                "--offline needs an ed25519 ledger: on an EVM ledger the payee's account is "
+                "what its hello binds, so `channel open` must contact it"
+            )
+        # a ledger operation only: the peer's PeerID is all it needs (no connection)
+        target: str = peer_id_from_public(parse_account(peer, spec))
     else:
-        # Opening is a ledger operation: the peer's PeerID is all it needs (no connection).
-        target, offline = peer_id_from_public(parse_account(peer, spec)), True
+        target = peer
 
-    async def do(node: Node) -> ChannelInfo:
-        return await node.open_channel(target, deposit=deposit, challenge_ms=challenge)
+    async def do(node: Node) -> tuple[ChannelInfo, Any]:
+        hello = None if offline else await node.connect(target)
+        info = await node.open_channel(
+            target,
+            deposit=deposit,
+            challenge_ms=challenge,
+            offline=offline,
+            require_stake=not no_stake_ok,
+            max_price=max_price,
+        )
+        return info, hello
 
-    info = run_with_node(home, ledger, do, offline=offline)
+    info, hello = run_with_node(home, ledger, do, offline=offline)
+    terms: dict[str, Any] | None = None
+    if hello is not None:
+        stake = hello.stake
+        # amounts as strings of yocto, as in every JSON document
+        terms = {
+            "stake": str(stake.amount if stake is not None else 0),
+            "penalty": str(stake.penalty if stake is not None else 0),
+            "claim_window_ms": stake.claim_window_ms if stake is not None else 0,
+            "prices": {s.name: str(s.price) for s in hello.services},
+        }
     doc = {
         "channel": info.channel,
         "role": info.role,
         "peer": info.peer,
         "deposit": info.deposit,
         "state": info.status,
+        "terms": terms,
     }
     if as_json:
         render.print_json(doc)
         return
     echo(f"opened channel {info.channel.hex()}")
     echo(f"to {info.peer}, deposit {render.amount_text(info.deposit)}")
+    if terms is not None:
+        prices = ", ".join(f"{k} {render.amount_text(int(v))}" for k, v in terms["prices"].items())
+        staked = (
+            f"stake {render.amount_text(int(terms['stake']))}, penalty "
+            f"{render.amount_text(int(terms['penalty']))}, claim window "
+            f"{format_ms(terms['claim_window_ms'])}"
+            if terms["stake"] != "0"
+            else "no stake"
+        )
+        echo(f"terms {staked}; prices {prices or '(no services)'}")
 
 
 @channel.command("top-up")

@@ -179,6 +179,7 @@ class _Metrics:
             "rate_limited": c.rate_limited,
             "idle_resets": c.idle_resets,
             "sessions_evicted": c.sessions_evicted,
+            "requests_from_payees": c.requests_from_payees,
             "answers_resent": c.answers_resent,
             "late_answers": c.late_answers,
             "in_doubt": c.in_doubt,
@@ -215,6 +216,7 @@ class _Metrics:
             ("rate_limited", "Streams reset for too many refused requests."),
             ("idle_resets", "Streams reset as idle or slow-loris."),
             ("sessions_evicted", "Inbound sessions reset to make room for a new peer."),
+            ("requests_from_payees", "Request frames a payee sent on a stream we opened."),
             ("answers_resent", "Re-sent requests answered with their stored answer."),
             ("late_answers", "Handlers that finished after the deadline (not charged)."),
             ("in_doubt", "Calls that ended in doubt (the request stays claimable)."),
@@ -300,7 +302,10 @@ async def run_node(
                     raise guard.error from None
                 busy = _listen_error(exc)
                 if busy is not None:  # e.g. the port is another node's: one line, exit 1
-                    raise CliError(busy.message) from None
+                    raise CliError(
+                        f"{busy.message}: pass --listen (e.g. /ip4/127.0.0.1/tcp/0), or edit "
+                        "listen in the home's config.toml"
+                    ) from None
                 raise
             finally:
                 if serving.server is not None:

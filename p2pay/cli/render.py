@@ -263,3 +263,15 @@ def _field(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+QUOTE_MAX = 48
+
+
+def quoted(text: str) -> str:
+    """`text` quoted for a message, or described when it is too long to quote whole."""
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    if text.isdigit():
+        return f"the {len(text)}-digit number"
+    return f"the {len(text)}-character value"

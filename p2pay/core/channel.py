@@ -64,7 +64,7 @@ resync voucher proves the request was superseded by one it signed and forgot.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -490,7 +490,7 @@ class PayeeChannel:
             "paid_max": voucher.paid if voucher is not None else 0,
         }
         if voucher is not None:
-            details["voucher"] = voucher.to_frame()
+            details["voucher"] = voucher.voucher_frame()  # without its body (protocol.md 15)
         return details
 
     def admit_claimed(
@@ -678,6 +678,29 @@ class PayerChannel:
     def _settle_abandoned(self) -> None:
         """Keep ``absorbed`` within what lost receipts may still have charged."""
         self.absorbed = min(self.absorbed, self._pool())
+
+    def restore_abandoned(self, requests: Iterable[Pending]) -> None:
+        """After a restart: the requests on record without an answer (in flight when the
+        node stopped, or abandoned before) are abandoned (protocol.md 14.2).
+
+        Call it once, on a channel built from its stored numbers (``last_n``, ``paid``,
+        ``spent``, ``absorbed``, ``forgotten``, ``released``), with every request of the
+        channel the store holds unanswered. ``absorbed`` is then kept within what they
+        and ``forgotten`` may explain, as it is at run time.
+
+        Raises:
+            LocalProtocolError: a request is not on this channel or is numbered above
+                ``last_n`` (nothing is changed then).
+        """
+        pending = list(requests)
+        for p in pending:
+            if p.request.channel != self.channel or not 0 < p.request.n <= self.last_n:
+                raise LocalProtocolError(
+                    f"request n={p.request.n} is not one this channel sent (last_n {self.last_n})"
+                )
+        for p in pending:
+            self.abandoned[p.request.n] = p
+        self._settle_abandoned()
 
     @property
     def available(self) -> int:
@@ -1003,8 +1026,10 @@ def parse_resync(details: Mapping[str, Any]) -> Resync:
     """Read the resync details of a REPLAY or slice-rule PAYMENT_REQUIRED (protocol.md 15).
 
     ``last_n`` (a request number or 0), ``spent`` and ``paid_max`` (amounts) must be
-    present; ``voucher``, when present, must be the bytes of a request frame. Other keys
-    (e.g. PAYMENT_REQUIRED's ``price``) are ignored here. Whether the voucher is ours and
+    present; ``voucher``, when present, must be the bytes of a request frame: sent with an
+    empty body, but one with a body is read the same (only its signed fields and signature
+    count; the body is ignored). Other keys (e.g. PAYMENT_REQUIRED's ``price``) are ignored
+    here. Whether the voucher is ours and
     agrees with ``paid_max`` is `PayerChannel.on_replay`'s check.
 
     Raises:

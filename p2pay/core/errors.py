@@ -49,6 +49,11 @@ class ErrorCode(enum.StrEnum):
     PRICE_CHANGED = "PRICE_CHANGED"
     VERSION_MISMATCH = "VERSION_MISMATCH"
     CHALLENGE_TOO_SHORT = "CHALLENGE_TOO_SHORT"  # channel challenge_ms below the payee's minimum
+    # --- local outcomes of reaching a peer (never sent by a peer; specs/protocol.md 18) ---
+    UNREACHABLE = "UNREACHABLE"  # nothing answered at the address (refused, timeout, no hello)
+    WRONG_PEER = "WRONG_PEER"  # another identity answered at the address (Noise authenticated it)
+    NO_ADDRESS = "NO_ADDRESS"  # a bare PeerID whose address this node does not know
+    TERMS_REFUSED = "TERMS_REFUSED"  # the peer's hello terms are not what the caller accepts
     # --- settlement refusals (specs/settlement.md) ---
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INVALID_AMOUNT = "INVALID_AMOUNT"

@@ -100,6 +100,11 @@ MAX_U64 = (1 << 64) - 1
 #: frame's array, kind and byte-string headers, the signed map (under 300 bytes), the
 #: signature. The largest answer a payee sends is the payer's ``max_frame`` minus this.
 RESPONSE_OVERHEAD = 1024
+#: What a request frame may take besides its body, at most (protocol.md 5.3): the frame's
+#: array and kind, the signed map (at most 334 bytes) with its header, the signature with
+#: its header, the body's header: at most 415 bytes. A payer sends a body of at most the
+#: payee's ``max_frame`` minus this (and the service's ``max_body``, 13.1 step 1'').
+REQUEST_OVERHEAD = 512
 
 ChannelId = NewType("ChannelId", bytes)
 LedgerId = NewType("LedgerId", bytes)
@@ -468,6 +473,17 @@ class Request:
         """
         _check_message_signature(self.ledger, self.signature, False)
         return codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, self.body])
+
+    def voucher_frame(self) -> bytes:
+        """The request frame with an empty body, ``[1, signing_bytes, signature, h'']``: the
+        voucher as resync details carry it (protocol.md 15; ``body_hash`` is signed, so the
+        body adds nothing a payer checks, and the refusal stays within 4096 bytes, 5.3).
+
+        Raises:
+            LocalProtocolError: the request is not signed.
+        """
+        _check_message_signature(self.ledger, self.signature, False)
+        return codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, b""])
 
 
 # ---------------------------------------------------------------------------

@@ -25,8 +25,10 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
 * **Frames allowed per role** (§5.1, §5.4, §12): only the opener sends requests; only the
   acceptor sends responses and refusals of requests. The acceptor ignores a response or
   a refusal frame (a protocol violation that costs a token of the refusal budget, below);
-  the opener answers a request frame with an unsigned MALFORMED and keeps the stream; a
-  refusal naming a (channel, n) the opener has no request outstanding for is ignored.
+  the opener answers a request frame with an unsigned MALFORMED and keeps the stream, as
+  long as its own refusal budget has a token (below; without one the frame is ignored,
+  unanswered); a refusal naming a (channel, n) the opener has no request outstanding for
+  is ignored.
   Nobody answers a response or a refusal with a refusal.
 * **Invalid frames** (§5.2): a length prefix that is not minimal or too long is MALFORMED,
   an announced frame above the receiver's ``max_frame`` FRAME_TOO_LARGE with details
@@ -42,14 +44,19 @@ The rules the sessions decide (each tested in tests/unit/test_session.py):
   (integral thousandths of a token per millisecond; a clock that steps back refills
   nothing). Every refused request (unsigned refusal or signed refusal), and every ignored
   response or refusal frame, takes a token, except an OVERLOADED due only to the node-wide
-  limit. The event that finds the bucket empty carries ``End.RESET``.
+  limit. The event that finds the bucket empty carries ``End.RESET``. The opener keeps
+  the same bucket for its answers to request frames (§19.1): one without a token is not
+  answered (``send`` None), and the stream is kept.
 * **Admission** (§13.2 checks 1-12) is `PayeeChannel.admit`'s: `ServerSession.admit` asks
   it (with ``max_deadline = now + deadline_horizon``, the horizon the payee announces in
   its hello, §9) and turns its decision into `RequestAdmitted` or `RequestRefused` (unsigned bytes,
   or ``signed=True`` for a refusal the payee signs, §11).
 * **Client side** (§13.1, §14.3, §15): `ClientSession.deadline` caps a request's deadline
-  at the payee hello's ``deadline_horizon`` and the ledger's horizon;
-  `ClientSession.send_request` records what is outstanding on the stream; responses go to
+  at the payee hello's ``deadline_horizon`` and the ledger's horizon; `ClientSession.max_body`
+  is the longest body a request may carry (the service's ``max_body`` and the payee's
+  ``max_frame`` minus ``REQUEST_OVERHEAD``, §5.3); `ClientSession.send_request` refuses a
+  body whose frame might not fit the payee's ``max_frame`` and records what is
+  outstanding on the stream; responses go to
   `PayerChannel.on_response` (`ReceiptAccepted` / `ReceiptRejected`), a signed
   PAYMENT_REQUIRED with another price is `PriceChanged`; unsigned refusals are sorted
   into those that prove nothing was charged (`RefusalReceived` with ``dropped``: the
@@ -84,6 +91,7 @@ from p2pay.core.errors import (
     remote_error,
 )
 from p2pay.core.messages import (
+    REQUEST_OVERHEAD,
     Frame,
     Hello,
     Refusal,
@@ -92,6 +100,9 @@ from p2pay.core.messages import (
     check_signed_by,
     decode_frame,
 )
+
+#: The message of the refusal a caller answers a request frame with (§5.4).
+REQUEST_TO_CALLER = "requests go on a stream their payer opens"
 
 #: Longest refusal message a session writes, in characters (at most 2000 bytes of UTF-8,
 #: within the 2048 bytes of protocol.md §12).
@@ -720,12 +731,22 @@ class ClientSession(_Session):
         remote: the stream's authenticated remote public key.
         channels: our payer channels by id (read to check receipts and refusals; the
             session calls their methods, the caller persists what changed).
+        max_refusals_per_s, refusal_burst: the budget of refusals answering request
+            frames the payee sends (§5.4, §19.1); beyond it they are ignored, unanswered.
     """
 
     def __init__(
-        self, *, hello: Hello, remote: bytes, channels: Mapping[bytes, PayerChannel]
+        self,
+        *,
+        hello: Hello,
+        remote: bytes,
+        channels: Mapping[bytes, PayerChannel],
+        max_refusals_per_s: int = 50,
+        refusal_burst: int = 200,
     ) -> None:
         super().__init__(ledger=hello.ledger, remote=remote, max_frame=hello.max_frame)
+        # full at the first take, whatever its clock (a bucket refills up to its burst)
+        self.budget = RefusalBudget(per_s=max_refusals_per_s, burst=refusal_burst, now=0)
         self._hello = hello
         self._state = _State.IDLE
         self.channels = channels
@@ -761,6 +782,20 @@ class ClientSession(_Session):
             return None
         return self.prices.get(service, terms.price)
 
+    def max_body(self, service: str) -> int | None:
+        """The longest body a request for `service` may carry: the service's ``max_body``
+        and the payee hello's ``max_frame`` minus `REQUEST_OVERHEAD` (§5.3, §13.1 step 1''),
+        whichever is smaller; None if the payee offers no such service."""
+        terms = self._peer().service(service)
+        if terms is None:
+            return None
+        return min(terms.max_body, self.frame_body_limit())
+
+    def frame_body_limit(self) -> int:
+        """The longest body whose request frame fits the payee hello's ``max_frame``
+        (§5.3): ``max_frame - REQUEST_OVERHEAD``."""
+        return self._peer().max_frame - REQUEST_OVERHEAD
+
     def deadline(self, now: int, timeout_ms: int, *, ledger_horizon: int | None = None) -> int:
         """The deadline of a request sent at `now` that waits `timeout_ms`: at most the
         payee's announced ``deadline_horizon`` ahead (it refuses later ones), and the
@@ -777,12 +812,23 @@ class ClientSession(_Session):
 
         Raises:
             LocalProtocolError: the payee's hello was not checked yet (§9 rule 2), the
-                session ended, or `request` is not on one of our channels to this payee.
+                session ended, `request` is not on one of our channels to this payee, or
+                its body is longer than the payee's ``max_frame`` minus `REQUEST_OVERHEAD`
+                (§5.3: its frame might not fit; code BODY_TOO_LARGE, details
+                ``{"max_body": limit}``; nothing is recorded).
         """
         self._peer()
         ch = self.channels.get(request.channel)
         if ch is None or ch.payee != self.account or request.ledger != self.ledger:
             raise LocalProtocolError("a request goes only to its channel's payee")
+        limit = self.frame_body_limit()
+        if len(request.body) > limit:
+            raise LocalProtocolError(
+                f"a body of {len(request.body)} bytes does not fit the payee's max_frame of "
+                f"{self._peer().max_frame} bytes (at most {limit})",
+                code=ErrorCode.BODY_TOO_LARGE,
+                details={"max_body": limit},
+            )
         self.outstanding[(request.channel, request.n)] = _Outstanding(request, purpose)
         return request.to_frame()
 
@@ -824,11 +870,14 @@ class ClientSession(_Session):
         if isinstance(frame, Hello):
             return [self._violation(ErrorCode.MALFORMED, "a second hello")]
         if isinstance(frame, Request):
-            # §5.4: requests go on a stream their payer opens; answered, the stream kept.
+            # §5.4: requests go on a stream their payer opens; answered while the refusal
+            # budget lasts (§19.1: then ignored, so a flood of them costs us no memory),
+            # the stream kept.
             return [
                 self._violation(
                     ErrorCode.MALFORMED,
-                    "requests go on a stream their payer opens",
+                    REQUEST_TO_CALLER,
+                    refuse=self.budget.take(now),
                     end=End.KEEP,
                     channel=frame.channel,
                     n=frame.n,

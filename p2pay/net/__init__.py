@@ -19,10 +19,13 @@ from p2pay.net.base import (
     ConnectError,
     ListenError,
     NetError,
+    NoAddress,
+    PeerNotReached,
     Stream,
     StreamClosed,
     StreamHandler,
     Transport,
+    WrongIdentity,
 )
 from p2pay.net.framing import FrameReader, decode_uvarint, encode_uvarint, frame
 from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
@@ -40,10 +43,13 @@ __all__ = [
     "ListenError",
     "MemoryNetwork",
     "NetError",
+    "NoAddress",
+    "PeerNotReached",
     "Stream",
     "StreamClosed",
     "StreamHandler",
     "Transport",
+    "WrongIdentity",
     "decode_uvarint",
     "encode_uvarint",
     "frame",

@@ -46,7 +46,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from p2pay.core.errors import LocalProtocolError, P2payError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -62,7 +62,8 @@ class NetError(P2payError):
     """Base of the transport's exceptions, a `P2payError` like every error p2pay raises.
 
     A local condition (a stream ended, a peer could not be reached), not a refusal a peer
-    put on the wire: `code` is `ErrorCode.INTERNAL`, and ``str()`` is the message alone.
+    put on the wire: `code` is `ErrorCode.INTERNAL` or, for the connect errors that say what
+    happened, a local code (UNREACHABLE, WRONG_PEER, NO_ADDRESS); ``str()`` is the message.
     """
 
     def __str__(self) -> str:
@@ -74,7 +75,40 @@ class StreamClosed(NetError):
 
 
 class ConnectError(NetError):
-    """A stream to the peer could not be opened (unreachable, refused, wrong identity...)."""
+    """A stream to the peer could not be opened (unreachable, refused, wrong identity...).
+
+    Its subclasses say which: `PeerNotReached` (UNREACHABLE), `WrongIdentity`
+    (WRONG_PEER), `NoAddress` (NO_ADDRESS); a bare `ConnectError` is a local condition (the
+    transport is closed, a malformed address, dialling ourselves).
+    """
+
+
+class PeerNotReached(ConnectError):
+    """Nothing answered at the address: connection refused, no route, or a timeout."""
+
+    code = ErrorCode.UNREACHABLE
+
+
+class WrongIdentity(ConnectError):
+    """A connection was made, but the handshake authenticated another PeerID.
+
+    Attributes:
+        expected: the PeerID dialled.
+        actual: the PeerID that answered, when the transport could tell ("" otherwise).
+    """
+
+    code = ErrorCode.WRONG_PEER
+
+    def __init__(self, message: str, *, expected: str, actual: str = "") -> None:
+        super().__init__(message, details={"expected": expected, "actual": actual})
+        self.expected = expected
+        self.actual = actual
+
+
+class NoAddress(ConnectError):
+    """A bare PeerID whose address the transport does not know."""
+
+    code = ErrorCode.NO_ADDRESS
 
 
 class ListenError(NetError):

@@ -44,6 +44,8 @@ from p2pay.core.identity import Keypair, public_from_peer_id
 from p2pay.net.base import (
     DEFAULT_MAX_FRAME,
     ConnectError,
+    NoAddress,
+    PeerNotReached,
     Stream,
     StreamClosed,
     StreamHandler,
@@ -526,13 +528,13 @@ class _MemoryTransport:
         else:
             peer_id = peer
             if peer_id not in self._known:
-                raise ConnectError(f"no known address for peer {peer_id}")
+                raise NoAddress(f"no known address for peer {peer_id}")
         if not self._running:
             raise ConnectError("transport is closed")
         if peer_id == self._peer_id:
             raise ConnectError("cannot connect to ourselves")
         if not self._network.is_online(self._peer_id):
-            raise ConnectError(f"cannot dial {peer_id}: we are offline")
+            raise PeerNotReached(f"cannot dial {peer_id}: we are offline")
         rtt = self._network.delay(self._peer_id, peer_id) + self._network.delay(
             peer_id, self._peer_id
         )
@@ -542,7 +544,7 @@ class _MemoryTransport:
             await trio.lowlevel.checkpoint()
         remote = self._network._transports.get(peer_id)
         if remote is None or not remote._running or not self._network.is_online(peer_id):
-            raise ConnectError(f"peer {peer_id} is unreachable")
+            raise PeerNotReached(f"peer {peer_id} is unreachable")
         if not self._running:
             raise ConnectError("transport is closed")
         forward, backward = _Pipe(), _Pipe()
@@ -568,7 +570,7 @@ class _MemoryTransport:
         except RuntimeError:  # the remote's nursery is closing
             remote_end._kill()
             local_end._kill()
-            raise ConnectError(f"peer {peer_id} is shutting down") from None
+            raise PeerNotReached(f"peer {peer_id} is shutting down") from None
         return local_end
 
     def _forget(self, stream: MemoryStream) -> None:

@@ -62,7 +62,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -99,10 +99,13 @@ from p2pay.net.base import (
     ConnectError,
     ListenError,
     NetError,
+    NoAddress,
+    PeerNotReached,
     Stream,
     StreamClosed,
     StreamHandler,
     Transport,
+    WrongIdentity,
     check_max_frame,
     run_handler,
 )
@@ -145,6 +148,49 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause):
         text = f"{text} ({type(cause).__name__}: {cause})"
     return text[:500]
+
+
+def _dial_error(exc: BaseException, peer_id: str, where: str) -> ConnectError:
+    """What a failed py-libp2p dial means: `WrongIdentity` if a handshake authenticated
+    another PeerID (py-libp2p's Noise raises ``PeerIDMismatchesPubkey``), else
+    `PeerNotReached` with the deepest cause's text (e.g. "Connection refused")."""
+    causes = list(_causes(exc))
+    for cause in causes:
+        if type(cause).__name__ == "PeerIDMismatchesPubkey":
+            actual = str(cause).rpartition("remote_peer_id_from_pubkey=")[2].strip()
+            return WrongIdentity(
+                f"another peer answered at {where}: dialled {peer_id}, the handshake "
+                f"authenticated {actual or 'another identity'}",
+                expected=peer_id,
+                actual=actual if actual.isalnum() else "",
+            )
+    reason = ""
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+            break
+    if not reason:
+        reason = _describe(causes[-1]) if causes else "connection failed"
+    return PeerNotReached(f"cannot reach {peer_id} at {where}: {reason[:200]}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything below it: causes, contexts, and members of exception groups
+    and of py-libp2p's MultiError (bounded: a cycle or a huge tree stops the walk)."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo and len(seen) < 64:
+        item = todo.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        members = getattr(item, "exceptions", None) or getattr(item, "errors", None) or ()
+        if isinstance(members, list | tuple):
+            todo.extend(m for m in members if isinstance(m, BaseException))
+        for link in (item.__cause__, item.__context__):
+            if link is not None:
+                todo.append(link)
 
 
 def _ed25519_public(peer_id: ID) -> bytes:
@@ -386,6 +432,14 @@ class Libp2pTransport:
         peerstore.add_addrs(pid, [maddr], PERMANENT_ADDR_TTL)
         _swarm(self._host).unblock_peer(pid)
 
+    def _address_of(self, pid: ID) -> str | None:
+        """The address we would dial `pid` at (multiaddr text), None if we know none."""
+        try:
+            addrs = self._host.get_peerstore().addrs(pid)
+        except Exception:  # py-libp2p's PeerStoreError: a peer it never heard of
+            return None
+        return str(addrs[0]) if addrs else None
+
     def _parse(self, addr: str, *, expect: str | None) -> tuple[ID, Multiaddr]:
         """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad."""
         if not isinstance(addr, str):
@@ -428,15 +482,20 @@ class Libp2pTransport:
             raise ConnectError(f"cannot dial {peer[:200]!r}: {exc}") from None
         if str(pid) == self._peer_id:
             raise ConnectError("cannot connect to ourselves")
+        where = self._address_of(pid)
+        if where is None:
+            raise NoAddress(f"no known address for peer {pid}")
         _swarm(self._host).unblock_peer(pid)  # lift the 60 s negative cache of a failure
         net_stream = None
         with trio.move_on_after(CONNECT_TIMEOUT):
             try:
                 net_stream = await self._host.new_stream(pid, [_PROTOCOL])
             except Exception as exc:
-                raise ConnectError(f"cannot open a stream to {pid}: {_describe(exc)}") from None
+                raise _dial_error(exc, str(pid), where) from None
         if net_stream is None:
-            raise ConnectError(f"connecting to {pid} timed out after {CONNECT_TIMEOUT} s")
+            raise PeerNotReached(
+                f"cannot reach {pid} at {where}: no connection within {CONNECT_TIMEOUT} s"
+            )
         try:
             remote_public = _ed25519_public(net_stream.muxed_conn.peer_id)
             if peer_id_from_public(remote_public) != str(pid):
@@ -448,7 +507,11 @@ class Libp2pTransport:
                 except Exception:
                     pass
             if isinstance(exc, DecodeError):
-                raise ConnectError(str(exc)) from None
+                raise WrongIdentity(
+                    f"another peer answered at {where}: {exc}",
+                    expected=str(pid),
+                    actual=str(net_stream.muxed_conn.peer_id),
+                ) from None
             raise
         stream = Libp2pStream(
             net_stream, remote_public=remote_public, max_frame=self._max_frame, transport=self

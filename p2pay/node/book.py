@@ -67,6 +67,11 @@ def _payer_record(ch: PayerChannel) -> PayerRecord:
         last_n=ch.last_n,
         paid=ch.paid,
         spent=ch.spent,
+        # what the receipt check and resync need that the requests cannot rebuild
+        # (protocol.md 14.2): staged with every change that moves them
+        absorbed=ch.absorbed,
+        forgotten=ch.forgotten,
+        released=ch.released,
     )
 
 
@@ -142,11 +147,15 @@ class ChannelBook:
                 last_n=prec.last_n,
                 paid=prec.paid,
                 spent=prec.spent,
+                absorbed=prec.absorbed,
+                forgotten=prec.forgotten,
+                released=prec.released,
             )
         # Requests that never got a receipt (in flight when we stopped, or since marked
         # unclaimable, expired or claimed by the watcher): the payee may have charged
         # them, so count them as abandoned (a later receipt may then show spent above
-        # ours by at most their prices).
+        # ours by at most their prices, less the jumps already absorbed).
+        unanswered: dict[bytes, list[Pending]] = collections.defaultdict(list)
         for record in await self.store.requests():
             if record.state in ("answered", "refused"):
                 continue  # a receipt came back: accounted for
@@ -154,8 +163,14 @@ class ChannelBook:
             if payer_ch is None or not record.frame:
                 continue
             sent = decode_frame(record.frame)
-            if isinstance(sent, Request) and sent.n <= payer_ch.last_n:
-                payer_ch.abandoned[sent.n] = Pending(sent, record.price)
+            if (
+                isinstance(sent, Request)
+                and sent.channel == payer_ch.channel
+                and 0 < sent.n <= payer_ch.last_n
+            ):
+                unanswered[payer_ch.channel].append(Pending(sent, record.price))
+        for channel, payer_ch in self.payer_channels.items():
+            payer_ch.restore_abandoned(unanswered.get(channel, ()))
         await self.adopt_ledger_channels()
 
     async def adopt_ledger_channels(self) -> None:

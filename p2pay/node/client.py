@@ -36,6 +36,7 @@ from p2pay.core.messages import (
     decode_frame,
 )
 from p2pay.core.session import (
+    REQUEST_TO_CALLER,
     ClientSession,
     End,
     Event,
@@ -51,7 +52,14 @@ from p2pay.core.session import (
     StreamRefused,
 )
 from p2pay.core.settlement import Stake, StakeStatus, stake_status
-from p2pay.net.base import NetError, Stream, StreamClosed
+from p2pay.net.base import (
+    NetError,
+    NoAddress,
+    PeerNotReached,
+    Stream,
+    StreamClosed,
+    WrongIdentity,
+)
 from p2pay.node.book import _payer_record
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import (
@@ -60,10 +68,12 @@ from p2pay.node.types import (
     ConnectionLost,
     Counters,
     NodeConfig,
+    NoKnownAddress,
     PeerUnreachable,
     ProviderUnbonding,
     RequestInDoubt,
     Unclaimable,
+    WrongPeer,
     split_peer,
 )
 from p2pay.store.base import (
@@ -145,6 +155,11 @@ class _Connection:
         self.slots = trio.Semaphore(max(1, min(self.hello.max_in_flight, 1024)))
         self.pending: dict[tuple[bytes, int], _Slot] = {}
         self.outbox = _Outbox()
+        #: where each answer the read loop queued stands in the outbox (its frame has left
+        #: once ``outbox.sent`` reaches it): at most ``max_outbox`` are unsent (§19.1)
+        self._answers: collections.deque[int] = collections.deque()
+        #: the kinds of events logged on this stream already (later ones log at DEBUG)
+        self._logged: set[str] = set()
 
     def send_request(
         self, ch: PayerChannel, service: str, body: bytes, price: int, timeout: float
@@ -283,6 +298,33 @@ class _Connection:
                     return
                 if event.send is not None:
                     self.outbox.put(0, event.send)
+                    self._answers.append(self.outbox.sent + len(self.outbox.items))
+            # Backpressure (protocol.md 19.1): the refusals this loop queued (answers to
+            # request frames, 5.4) leave before it reads on past `max_outbox` of them, so a
+            # payee that sends requests and never reads cannot grow our memory.
+            await self._answers_below(node.config.max_outbox)
+            if self.outbox.closed:
+                return
+
+    async def _answers_below(self, limit: int) -> None:
+        """Wait until fewer than `limit` of the read loop's answers are unsent."""
+        answers, outbox = self._answers, self.outbox
+        while answers and answers[0] <= outbox.sent:
+            answers.popleft()
+        if len(answers) >= limit:
+            await outbox.wait_sent(answers[-limit])
+            while answers and answers[0] <= outbox.sent:
+                answers.popleft()
+
+    def _log(self, kind: str, level: int, message: str, *args: object) -> None:
+        """Log the first event of `kind` on this stream at `level`, later ones at DEBUG: a
+        peer repeating a frame gets no log line per frame (the counters count them)."""
+        if kind in self._logged:
+            level = logging.DEBUG
+        else:
+            self._logged.add(kind)
+            message += " (the next ones on this stream are counted, logged at DEBUG)"
+        log.log(level, message, *args)
 
     def _apply(self, event: Event) -> None:
         """Apply one event of the session: persist, wake the waiting call."""
@@ -301,12 +343,20 @@ class _Connection:
                 slot.error = event.error()
                 slot.done.set()
         elif isinstance(event, ProtocolViolation):
-            log.warning("protocol violation by %s: %s", self.peer_id, event.message)
             node.counters.protocol_violations += 1
+            if event.message == REQUEST_TO_CALLER:
+                node.counters.requests_from_payees += 1
+            self._log(
+                f"violation {event.message}",
+                logging.WARNING,
+                "protocol violation by %s: %s",
+                self.peer_id,
+                event.message,
+            )
         elif isinstance(event, PriceChanged):
             log.info("%s changed the price of %r to %d", self.peer_id, event.service, event.price)
         elif isinstance(event, StreamRefused | FrameIgnored):
-            log.info("ignored a frame from %s: %r", self.peer_id, event)
+            self._log("ignored", logging.INFO, "ignored a frame from %s: %r", self.peer_id, event)
 
     def _on_receipt(self, event: ReceiptAccepted) -> None:
         node = self.node
@@ -481,11 +531,27 @@ class Client:
                 return conn
             try:
                 stream = await self.node.transport.connect(peer_id)
+            except NoAddress:
+                raise NoKnownAddress(
+                    f"no known address for {peer_id}: give its full multiaddr once "
+                    f"(/ip4/HOST/tcp/PORT/p2p/{peer_id})",
+                    details={"peer": peer_id},
+                ) from None
+            except WrongIdentity as exc:
+                raise WrongPeer(exc.message, details=exc.details) from None
             except NetError as exc:
-                raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from exc
+                raise PeerUnreachable(
+                    exc.message
+                    if isinstance(exc, PeerNotReached)
+                    else f"cannot reach {peer_id}: {exc}"
+                ) from exc
             node = self.node
             protocol = ClientSession(
-                hello=node.hello(), remote=stream.remote_public, channels=node.payer_channels
+                hello=node.hello(),
+                remote=stream.remote_public,
+                channels=node.payer_channels,
+                max_refusals_per_s=node.config.max_refusals_per_s,
+                refusal_burst=node.config.refusal_burst,
             )
             try:
                 with trio.fail_after(node.config.hello_timeout):
@@ -580,10 +646,16 @@ class Client:
                 f"{service!r} costs {price}, above max_price {max_price}",
                 details={"price": price},
             )
-        if len(body) > terms.max_body:
+        # the service's max_body, and a frame that fits the payee's max_frame (13.1 step 1'')
+        max_body = conn.protocol.max_body(service)
+        assert max_body is not None  # the service exists (terms)
+        if len(body) > max_body:
             raise LocalProtocolError(
-                f"body of {len(body)} bytes is over the service's {terms.max_body}",
+                f"body of {len(body)} bytes is over {max_body}, the most {service!r} takes "
+                f"(max_body {terms.max_body}) in a request frame the payee accepts "
+                f"(max_frame {conn.hello.max_frame})",
                 code=ErrorCode.BODY_TOO_LARGE,
+                details={"max_body": max_body},
             )
         give_up_at = trio.current_time() + timeout
         price_retried = resynced = False
@@ -670,7 +742,11 @@ class Client:
         key = (ch.channel, request.n)
         if key in conn.pending or conn.account != ch.payee:
             return None  # a call is waiting for it already, or not the channel's payee
-        slot = conn.resend(ch, pending.request)
+        try:
+            slot = conn.resend(ch, pending.request)
+        except LocalProtocolError as exc:  # its frame does not fit this payee's max_frame
+            log.info("cannot re-send request %d: %s", request.n, exc)
+            return None
         try:
             if not await self._wait(slot, timeout):
                 return None

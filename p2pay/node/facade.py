@@ -24,6 +24,7 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
+    REQUEST_OVERHEAD,
     Hello,
     Request,
     Response,
@@ -34,6 +35,8 @@ from p2pay.core.settlement import Stake
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
 from p2pay.net.base import Stream, Transport
+from p2pay.node.addrbook import META_KEY as ADDRBOOK_KEY
+from p2pay.node.addrbook import AddressBook
 from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.invoke import _Service
@@ -48,6 +51,8 @@ from p2pay.node.types import (
     Counters,
     Handler,
     NodeConfig,
+    PeerUnreachable,
+    TermsRefused,
     split_peer,
 )
 from p2pay.node.watcher import Watcher, claim_infos
@@ -103,6 +108,8 @@ class Node:
             config=config,
         )
         self.payee_channels = self.book.payee_channels
+        # where peers were reached (durable, store meta; specs/protocol.md 19.2)
+        self.addresses = AddressBook()
         self.payer_channels = self.book.payer_channels
         self._channel_locks = self.book._channel_locks
         self.server = Server(self)
@@ -146,6 +153,7 @@ class Node:
 
     async def _load(self) -> None:
         await self.book.load()
+        self.addresses = AddressBook.from_bytes(await self.store.get_meta(ADDRBOOK_KEY))
         await self.refresh_stake()
 
     async def _handle_stream(self, stream: Stream) -> None:
@@ -163,6 +171,52 @@ class Node:
 
     async def _connection(self, peer_id: str) -> _Connection:
         return await self.client.connection(peer_id)
+
+    def _connected(self, peer_id: str) -> bool:
+        conn = self._connections.get(peer_id)
+        return conn is not None and not conn.closed
+
+    def _learn(self, peer_id: str, addr: str) -> None:
+        """Record that `peer_id` was reached, authenticated, at `addr` (19.2 rule 1: call
+        only once a connection to `addr` completed its hello)."""
+        try:
+            changed = self.addresses.learn(peer_id, addr)
+        except LocalProtocolError:  # e.g. longer than the book keeps: not recorded
+            return
+        if changed:
+            self.persister.stage(meta={ADDRBOOK_KEY: self.addresses.to_bytes()})
+
+    async def _reach(self, peer: str) -> _Connection:
+        """The connection to `peer` (a multiaddr or a bare PeerID), made if there is none.
+
+        A bare PeerID is dialled at its addresses in the address book, most recent first;
+        an address that led to a checked hello is recorded in the book.
+
+        Raises:
+            NoKnownAddress: a bare PeerID with no known address.
+            WrongPeer, PeerUnreachable: from the last address tried.
+            RemoteProtocolError: the peer refused the hello (e.g. WrongLedger, Overloaded).
+        """
+        peer_id, addr = split_peer(peer)
+        if addr is None and self._connected(peer_id):
+            return await self._connection(peer_id)
+        candidates = [addr] if addr is not None else self.addresses.addrs(peer_id)
+        if not candidates:
+            return await self._connection(peer_id)  # NoKnownAddress unless the transport knows
+        error: PeerUnreachable | None = None
+        for candidate in candidates:
+            fresh = not self._connected(peer_id)
+            self.transport.add_address(peer_id, candidate)
+            try:
+                conn = await self._connection(peer_id)
+            except PeerUnreachable as exc:  # WrongPeer too: try the next address
+                error = exc
+                continue
+            if fresh:
+                self._learn(peer_id, candidate)
+            return conn
+        assert error is not None
+        raise error
 
     async def refresh_peer_stake(self, account: bytes) -> Stake | None:
         """Read a provider's stake from the ledger (claims.md C-9) and cache it."""
@@ -206,7 +260,16 @@ class Node:
             isinstance(timeout, bool) or not isinstance(timeout, int | float)
         ):
             raise LocalProtocolError(f"timeout must be a number of seconds, not {timeout!r}")
-        return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
+        peer_id, addr = split_peer(peer)
+        fresh = not self._connected(peer_id)
+        if addr is None and fresh and self.addresses.addrs(peer_id):
+            await self._reach(peer_id)  # a bare PeerID: dial the address book's addresses
+            fresh = False
+        try:
+            return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
+        finally:
+            if fresh and addr is not None and self._connected(peer_id):
+                self._learn(peer_id, addr)
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
         """Deliver a request this node sent once more, unchanged (see `Client.resend_request`)."""
@@ -251,14 +314,15 @@ class Node:
         Ed25519 ledger; on an EVM ledger the account its hello binds (this connects).
 
         Raises:
-            PeerUnreachable: an EVM ledger and the peer cannot be reached.
+            PeerUnreachable: an EVM ledger and the peer cannot be reached (NoKnownAddress,
+                WrongPeer: see `connect`).
         """
         peer_id, addr = split_peer(peer)
-        if addr is not None and self._transport is not None:
-            self._transport.add_address(peer_id, addr)
         if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            if addr is not None and self._transport is not None:
+                self._transport.add_address(peer_id, addr)
             return public_from_peer_id(peer_id)
-        conn = await self._connection(peer_id)
+        conn = await self._reach(peer)  # a bare PeerID: at its address-book addresses
         return conn.account
 
     @property
@@ -330,18 +394,83 @@ class Node:
     def serve(self, name: str, handler: Handler, *, price: int, max_body: int = 1 << 16) -> None:
         """Offer a paid service. `handler(call)` returns the response body (bytes).
 
-        A handler that raises is not charged: the caller gets HANDLER_ERROR.
+        A handler that raises is not charged: the caller gets HANDLER_ERROR. `max_body` is
+        at most the node's ``max_frame`` minus `REQUEST_OVERHEAD`: a longer body's request
+        frame could exceed ``max_frame`` (protocol.md 5.3).
         """
         ServiceTerms(name=name, price=price, max_body=max_body)  # validates
-        if max_body > self.config.max_frame:
-            raise LocalProtocolError("max_body cannot exceed the node's max_frame")
+        limit = self.config.max_frame - REQUEST_OVERHEAD
+        if max_body > limit:
+            raise LocalProtocolError(
+                f"max_body {max_body} is above {limit}, the node's max_frame "
+                f"({self.config.max_frame}) minus the {REQUEST_OVERHEAD} bytes a request "
+                "frame takes besides its body",
+                details={"max_body": limit},
+            )
         self.services[name] = _Service(name, handler, price, max_body)
 
     async def open_channel(
-        self, peer: str, *, deposit: int, challenge_ms: int | None = None
+        self,
+        peer: str,
+        *,
+        deposit: int,
+        challenge_ms: int | None = None,
+        offline: bool = False,
+        require_stake: bool = False,
+        max_price: int | None = None,
     ) -> ChannelInfo:
-        """Escrow `deposit` yocto on the ledger for calls to `peer` (a multiaddr or PeerID)."""
-        payee = await self.account_of(peer)
+        """Escrow `deposit` yocto on the ledger for calls to `peer` (a multiaddr or PeerID).
+
+        Contacts the peer first (specs/protocol.md 17, "Opening contacts the payee
+        first"): connects, checks its hello (same ledger) and its terms, and only then
+        locks the deposit. Nothing moves on the ledger if any of that fails.
+
+        Args:
+            peer: a multiaddr ending in /p2p/<id>, or a PeerID in the address book.
+            deposit: yocto to escrow.
+            challenge_ms: the channel's challenge period (default: the node's config).
+            offline: open without contacting the peer (on an Ed25519 ledger only: on an
+                EVM ledger the payee's account is what its hello binds). The deposit stays
+                locked until a close's challenge period ends if the peer never shows up.
+            require_stake: refuse a peer whose hello announces no stake.
+            max_price: refuse a peer that offers no service at or below this price (yocto).
+
+        Raises:
+            NoKnownAddress, WrongPeer, PeerUnreachable: the peer could not be contacted.
+            WrongLedger: the peer settles on another ledger.
+            TermsRefused: its terms are not the ones accepted (`require_stake`,
+                `max_price`); ``details`` has what it announced.
+        """
+        if max_price is not None and (
+            isinstance(max_price, bool) or not isinstance(max_price, int) or max_price < 0
+        ):
+            raise AmountError(
+                f"max_price must be an amount in yocto (an int >= 0), not {max_price!r}"
+            )
+        if offline:
+            if scheme_for(self.ledger.ledger_id) is not Scheme.ED25519:
+                raise LocalProtocolError(
+                    "on an EVM ledger a channel open must contact the payee (its hello binds "
+                    "its account): open without offline"
+                )
+            payee = await self.account_of(peer)
+        else:
+            # On success the connection stays: the first call uses it (its hello is the
+            # one checked). Terms are checked on a current hello: a connection that was
+            # open already is replaced once if its hello fails them (the peer may have
+            # staked or changed prices since), and one that fails them is not kept.
+            for attempt in (1, 2):
+                fresh = not self._connected(split_peer(peer)[0])
+                conn = await self._reach(peer)
+                try:
+                    self._check_terms(conn.peer_id, conn.hello, require_stake, max_price)
+                except TermsRefused:
+                    await conn.close()
+                    if fresh or attempt == 2:
+                        raise
+                    continue
+                break
+            payee = conn.account
         channel = await self.ledger.open_channel(
             self.key, payee, deposit, challenge_ms or self.config.challenge_ms
         )
@@ -355,6 +484,31 @@ class Node:
         self.payer_channels[channel] = ch
         await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
         return self._info_payer(ch)
+
+    @staticmethod
+    def _check_terms(
+        peer_id: str, hello: Hello, require_stake: bool, max_price: int | None
+    ) -> None:
+        """Raise TermsRefused if `hello`'s terms are not the ones the caller accepts."""
+        terms = {
+            "peer": peer_id,
+            "stake": hello.stake.amount if hello.stake is not None else 0,
+            "prices": {s.name: s.price for s in hello.services},
+        }
+        if require_stake and hello.stake is None:
+            raise TermsRefused(
+                f"{peer_id} has no stake: nothing would answer for a paid request it leaves "
+                "unanswered",
+                details=terms,
+            )
+        if max_price is not None and not any(s.price <= max_price for s in hello.services):
+            cheapest = min((s.price for s in hello.services), default=None)
+            what = (
+                "offers no service"
+                if cheapest is None
+                else f"charges at least {cheapest} yocto a call, above max_price {max_price}"
+            )
+            raise TermsRefused(f"{peer_id} {what}", details=terms)
 
     async def top_up(self, channel: bytes, amount: int) -> ChannelInfo:
         ch = self.payer_channels.get(channel)
@@ -432,11 +586,16 @@ class Node:
         )
 
     async def connect(self, peer: str) -> Hello:
-        """Connect (if not yet) and return the peer's hello: its services, prices, stake."""
-        peer_id, addr = split_peer(peer)
-        if addr is not None:
-            self.transport.add_address(peer_id, addr)
-        conn = await self._connection(peer_id)
+        """Connect (if not yet) and return the peer's hello: its services, prices, stake.
+
+        Args:
+            peer: a multiaddr ending in /p2p/<id>, or a PeerID in the address book (an
+                address that led to a checked hello is recorded there).
+
+        Raises:
+            NoKnownAddress, WrongPeer, PeerUnreachable, or the peer's refusal of the hello.
+        """
+        conn = await self._reach(peer)
         return conn.hello
 
 

@@ -22,6 +22,9 @@ class _Outbox:
         self.changed = trio.Event()
         self.closed = False
         self.last_sent = trio.current_time()  # when a frame last left (idle_timeout)
+        #: frames sent so far: the frame put when ``sent + len(items)`` was N leaves when
+        #: ``sent`` reaches N (frames leave in order)
+        self.sent = 0
 
     def put(self, generation: int, frame: bytes) -> None:
         if not self.closed:
@@ -30,6 +33,12 @@ class _Outbox:
 
     async def wait_below(self, limit: int) -> None:
         while len(self.items) >= limit and not self.closed:
+            self.changed = trio.Event()
+            await self.changed.wait()
+
+    async def wait_sent(self, count: int) -> None:
+        """Wait until `count` frames have been sent in all, or the outbox closed."""
+        while self.sent < count and not self.closed:
             self.changed = trio.Event()
             await self.changed.wait()
 
@@ -58,6 +67,7 @@ class _Outbox:
                 self.last_sent = trio.current_time()
                 for _ in batch:
                     self.items.popleft()
+                self.sent += len(batch)
                 self.changed.set()
         finally:
             self.closed = True

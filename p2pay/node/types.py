@@ -68,18 +68,41 @@ class ProviderUnbonding(LocalProtocolError):
 
 
 class ConnectionLost(P2payError, ConnectionError):
-    """The peer could not be reached, or its stream closed while the call was waiting.
+    """The peer could not be reached, or its stream closed while the call was waiting
+    (UNREACHABLE: OVERLOADED is only what a peer says).
 
     Nothing was charged for a call that never left; for one in flight, see `CallTimeout`.
     """
 
-    code = ErrorCode.OVERLOADED
+    code = ErrorCode.UNREACHABLE
 
 
 class PeerUnreachable(ConnectionLost):
     """No stream to the peer could be opened, or it did not complete the hello.
 
     Nothing was signed or sent for the call."""
+
+
+class WrongPeer(PeerUnreachable):
+    """Another identity answered at the peer's address: the Noise handshake authenticated
+    a PeerID other than the one the address names (a stale or wrong address)."""
+
+    code = ErrorCode.WRONG_PEER
+
+
+class NoKnownAddress(PeerUnreachable):
+    """A bare PeerID whose address this node does not know (not in its address book):
+    give its full multiaddr once."""
+
+    code = ErrorCode.NO_ADDRESS
+
+
+class TermsRefused(LocalProtocolError):
+    """`Node.open_channel` contacted the payee and its hello's terms are not what the
+    caller accepts (no stake when one is required, a price above ``max_price``). Nothing
+    moved on the ledger. ``details`` holds the terms seen."""
+
+    code = ErrorCode.TERMS_REFUSED
 
 
 # public value types
@@ -268,6 +291,8 @@ class Counters:
     late_answers: int = 0  # handlers that finished after the deadline: not charged (C-4)
     in_doubt: int = 0  # calls ended with RequestInDoubt (the request stays claimable)
     sessions_evicted: int = 0  # inbound sessions reset to make room for a new one
+    #: request frames a payee sent on a stream we opened: refused MALFORMED (protocol.md 5.4)
+    requests_from_payees: int = 0
 
 
 class Behaviour:

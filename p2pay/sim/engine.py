@@ -468,8 +468,10 @@ class Simulation:
             for target in sorted(
                 rng.sample(eligible, min(cspec.channels, len(eligible))), key=lambda p: p.index
             ):
+                # offline: a ledger operation only (the provider may be down at the start;
+                # connecting here would also move the simulated clock)
                 info = await peer.node.open_channel(
-                    target.addr, deposit=cspec.deposit, challenge_ms=challenge_ms
+                    target.addr, deposit=cspec.deposit, challenge_ms=challenge_ms, offline=True
                 )
                 peer.channels.append((target, info.channel))
 

@@ -11,7 +11,8 @@ record            key              what the node must not forget
 ================  ===============  =====================================================
 `PayeeRecord`     ``channel``      highest voucher (``paid_max`` + the signed frame),
                                    ``spent`` (what it charged), ``last_n``, ``redeemed``
-`PayerRecord`     ``channel``      ``last_n``, ``paid`` (highest it signed), ``spent``
+`PayerRecord`     ``channel``      ``last_n``, ``paid`` (highest it signed), ``spent``,
+                                   ``absorbed``, ``forgotten``, ``released``
 `OutgoingRequest` ``request_hash`` a request it sent and its fate (for claims)
 `StoredResponse`  ``request_hash`` a signed response (OK or refusal) and the payer-signed
                                    request it answers, kept until ``expires_at`` (ms)
@@ -48,7 +49,8 @@ disk either. Checks are the cheap ones: types, sizes, ranges (amounts in
 [0, 2**128 - 1], request numbers in [0, 2**64 - 1]), known states, and two invariants
 whose breach would lose money (a payee never records ``spent`` above the ``paid_max``
 it holds a voucher for, nor a ``paid_max`` without that voucher; a payer never records
-``spent`` above what it signed).
+``spent`` above what it signed, ``absorbed`` above ``spent``, nor ``forgotten`` or
+``released`` above ``paid``).
 
 Times (``deadline``, ``expires_at``, ``updated_at``) are Unix milliseconds; they accept
 any integer in [0, 2**128 - 1] so that ``deadline + retention`` computed from a peer's
@@ -218,8 +220,26 @@ class PayeeRecord:
 class PayerRecord:
     """What a payer keeps per channel (see `p2pay.core.channel.PayerChannel`).
 
+    Besides ``last_n``, ``paid`` and ``spent``, the three numbers the payer's receipt check
+    and resync use that its requests cannot rebuild (specs/protocol.md 14.2, 14.3, 15):
+    `absorbed` (the ``spent`` jumps accepted as charges of abandoned or forgotten requests
+    and not yet taken back by a stored receipt), `forgotten` (the part of a checked resync
+    voucher's ``paid`` the payer cannot account for) and `released` (the uncharged rest of
+    the slices answered by a signed response). The requests in flight and abandoned are
+    not here: they are the stored `OutgoingRequest` rows without an answer.
+
+    Consistency (each holds for every `PayerChannel` at all times, so a record that breaks
+    one is corrupt): ``spent <= paid`` (a receipt's ``spent`` is at most the payer's
+    ``paid``); ``absorbed <= spent`` (a jump is added to both, and ``spent`` never
+    decreases while ``absorbed`` may); ``forgotten <= paid`` (it is at most a resync
+    voucher's ``paid``, which the payer adopts); ``released <= paid`` (it is a part of
+    the disjoint slices of distinct requests, all below ``paid``). ``spent + released``
+    may exceed ``paid`` when a dishonest payee charged an abandoned request twice (a jump,
+    then its own receipt), so that is not checked.
+
     Raises:
-        LocalProtocolError: on construction, if a field is out of range or ``spent > paid``.
+        LocalProtocolError: on construction, if a field is out of range or a consistency
+            rule above is broken (amounts out of range raise `AmountError`, a subclass).
     """
 
     channel: bytes
@@ -231,6 +251,9 @@ class PayerRecord:
     last_n: int
     paid: int
     spent: int
+    absorbed: int = 0
+    forgotten: int = 0
+    released: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -247,8 +270,17 @@ class PayerRecord:
         _uint(k, "last_n", self.last_n, MAX_N)
         _amount(k, "paid", self.paid)
         _amount(k, "spent", self.spent)
+        _amount(k, "absorbed", self.absorbed)
+        _amount(k, "forgotten", self.forgotten)
+        _amount(k, "released", self.released)
         if self.spent > self.paid:
             raise _fail(k, f"spent {self.spent} is above paid {self.paid}")
+        if self.absorbed > self.spent:
+            raise _fail(k, f"absorbed {self.absorbed} is above spent {self.spent}")
+        if self.forgotten > self.paid:
+            raise _fail(k, f"forgotten {self.forgotten} is above paid {self.paid}")
+        if self.released > self.paid:
+            raise _fail(k, f"released {self.released} is above paid {self.paid}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -281,17 +281,35 @@ async def case_payee_round_trip(backend: StoreBackend) -> None:
 
 
 async def case_payer_round_trip(backend: StoreBackend) -> None:
-    """Payer records come back field for field, amounts at 2**128 - 1 included."""
+    """Payer records come back field for field, amounts at 2**128 - 1 included: the
+    receipt check's ``absorbed``, ``forgotten`` and ``released`` too (protocol.md 14.2),
+    each distinct from the others so that a swapped column shows."""
     top = payer_record(
-        1, deposit=MAX_YOCTO, last_n=MAX_N, paid=MAX_YOCTO, spent=MAX_YOCTO, status="closing"
+        1,
+        deposit=MAX_YOCTO,
+        last_n=MAX_N,
+        paid=MAX_YOCTO,
+        spent=MAX_YOCTO,
+        status="closing",
+        absorbed=MAX_YOCTO,
+        forgotten=MAX_YOCTO,
+        released=MAX_YOCTO,
     )
     low = payer_record(2, deposit=0, last_n=0, paid=0, spent=0)
+    mid = payer_record(3, paid=2**72, spent=2**64 + 5, absorbed=3, forgotten=2**70, released=7)
     async with _Open(backend) as store:
-        await store.write(Batch(payer=[low, top]))
+        await store.write(Batch(payer=[low, top, mid]))
         assert await store.payer_channel(top.channel) == top
         assert await store.payer_channel(low.channel) == low
-        assert await store.payer_channels() == sorted([top, low], key=lambda r: r.channel)
+        got = await store.payer_channel(mid.channel)
+        assert got == mid, f"{got} != {mid}"
+        assert (got.absorbed, got.forgotten, got.released) == (3, 2**70, 7)
+        listed = await store.payer_channels()
+        assert listed == sorted([top, low, mid], key=lambda r: r.channel)
         assert await store.payee_channel(top.channel) is None
+        moved = dataclasses.replace(mid, spent=2**64 + 6, absorbed=0, released=8)
+        await store.write(Batch(payer=[moved]))  # a receipt: the whole record again
+        assert await store.payer_channel(mid.channel) == moved
 
 
 async def case_requests_round_trip(backend: StoreBackend) -> None:
@@ -615,6 +633,24 @@ def _invalid_batches() -> list[tuple[str, Callable[[], Batch]]]:
         ),
         ("paid_max without voucher", with_(payee=[_corrupt(payee_record(2), "paid_max", 1)])),
         ("spent above paid", with_(payer=[_corrupt(payer_record(2), "spent", 1)])),
+        (
+            "absorbed above 2**128-1",
+            with_(payer=[_corrupt(payer_record(2), "absorbed", MAX_YOCTO + 1)]),
+        ),
+        ("negative forgotten", with_(payer=[_corrupt(payer_record(2), "forgotten", -1)])),
+        ("float released", with_(payer=[_corrupt(payer_record(2), "released", 1.0)])),
+        (
+            "absorbed above spent",
+            with_(payer=[_corrupt(payer_record(2, paid=5, spent=3), "absorbed", 4)]),
+        ),
+        (
+            "forgotten above paid",
+            with_(payer=[_corrupt(payer_record(2, paid=5), "forgotten", 6)]),
+        ),
+        (
+            "released above paid",
+            with_(payer=[_corrupt(payer_record(2, paid=5), "released", 6)]),
+        ),
         ("n above 2**64-1", with_(responses=[_corrupt(stored_response(2), "n", MAX_N + 1)])),
         ("record of the wrong kind", with_(payer=[payee_record(2)])),
         ("meta value not bytes", with_(meta={"bad": "text"})),
@@ -783,7 +819,9 @@ async def case_reopen(backend: StoreBackend) -> None:
         payee_record(0, paid_max=MAX_YOCTO, best_voucher=best.to_frame(), spent=MAX_YOCTO - 1),
         payee_record(1, status="closed"),
     ]
-    payers = [payer_record(0, paid=MAX_YOCTO, spent=7, last_n=MAX_N)]
+    payers = [
+        payer_record(0, paid=MAX_YOCTO, spent=7, last_n=MAX_N, absorbed=6, forgotten=5, released=4)
+    ]
     requests = [outgoing(i, state=s) for i, s in enumerate(sorted(REQUEST_STATES))]
     responses = [stored_response(i, expires_at=MAX_TIME - i) for i in range(3)]
     responses.append(
@@ -811,6 +849,7 @@ async def case_reopen(backend: StoreBackend) -> None:
     try:
         assert await _snapshot(again) == expected, "state differs after reopening"
         assert expected["payee"] == sorted(payees, key=lambda r: r.channel)
+        assert expected["payer"] == payers, "absorbed, forgotten, released survive"
         assert await again.request(requests[0].request_hash) is None
         for response in responses:
             assert await again.response(response.request_hash) == response

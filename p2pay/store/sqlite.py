@@ -77,7 +77,7 @@ from p2pay.store.base import (
 #: ``PRAGMA application_id`` of a p2pay store: the ASCII bytes "p2ps".
 APPLICATION_ID = int.from_bytes(b"p2ps", "big")
 STORE_FORMAT = "p2pay-store"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _TO_V2 = ["ALTER TABLE payee_channels ADD COLUMN verified_voucher BLOB NOT NULL DEFAULT x''"]
 _TO_V3 = [
     "ALTER TABLE responses ADD COLUMN request_frame BLOB NOT NULL DEFAULT x''",
@@ -89,12 +89,29 @@ _TO_V3 = [
     request_frame BLOB NOT NULL
 )""",
 ]
-#: schema versions `open` upgrades in place, each in one transaction (1 -> 2 adds
-#: payee_channels.verified_voucher; 2 -> 3 adds responses.request_frame, the index of
-#: responses by (channel, n) and the floor_vouchers table)
-_UPGRADES = {"1": _TO_V2 + _TO_V3, "2": _TO_V3}
 #: Width of every integer column (bytes, big-endian, unsigned).
 INT_SIZE = 16
+_ZERO = "x'" + "00" * INT_SIZE + "'"
+# The payer's absorbed, forgotten and released (protocol.md 14.2). A store of version 3 or
+# older never kept them: its node restarted with all three at 0, so opening it with 0
+# behaves exactly as that node did after every restart (no worse), and not better: the
+# true values are lost. Which way each 0 errs: `absorbed` 0 refuses the stored receipts
+# of requests whose charge a jump already explained (the payee is judged faulty, the
+# request stays claimable), allows jumps that double count them, and counts them in
+# `outstanding` again; `forgotten` 0 refuses jumps on forgotten requests and counts less
+# outstanding; `released` 0 makes a later resync count more as forgotten. Nothing in the
+# file can rebuild them (protocol.md 14.2), and 0 keeps every record consistent
+# (absorbed <= spent, forgotten <= paid, released <= paid).
+_TO_V4 = [
+    f"ALTER TABLE payer_channels ADD COLUMN {name} BLOB NOT NULL DEFAULT {_ZERO} "
+    f"CHECK (length({name}) = {INT_SIZE} AND {name} <= {bound})"
+    for name, bound in (("absorbed", "spent"), ("forgotten", "paid"), ("released", "paid"))
+]
+#: schema versions `open` upgrades in place, each in one transaction (1 -> 2 adds
+#: payee_channels.verified_voucher; 2 -> 3 adds responses.request_frame, the index of
+#: responses by (channel, n) and the floor_vouchers table; 3 -> 4 adds the payer's
+#: absorbed, forgotten and released, 0 in every existing row)
+_UPGRADES = {"1": _TO_V2 + _TO_V3 + _TO_V4, "2": _TO_V3 + _TO_V4, "3": _TO_V4}
 
 _T = TypeVar("_T")
 
@@ -126,7 +143,13 @@ CREATE TABLE payer_channels (
     status TEXT NOT NULL CHECK (status IN ('open', 'closing', 'closed')),
     last_n BLOB NOT NULL CHECK (length(last_n) = {INT_SIZE}),
     paid BLOB NOT NULL CHECK (length(paid) = {INT_SIZE}),
-    spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid)
+    spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid),
+    absorbed BLOB NOT NULL DEFAULT {_ZERO}
+        CHECK (length(absorbed) = {INT_SIZE} AND absorbed <= spent),
+    forgotten BLOB NOT NULL DEFAULT {_ZERO}
+        CHECK (length(forgotten) = {INT_SIZE} AND forgotten <= paid),
+    released BLOB NOT NULL DEFAULT {_ZERO}
+        CHECK (length(released) = {INT_SIZE} AND released <= paid)
 );
 CREATE TABLE requests (
     request_hash BLOB PRIMARY KEY NOT NULL CHECK (length(request_hash) = 32),
@@ -179,7 +202,10 @@ _PAYEE_COLS = (
     "channel, ledger, payer, payee, deposit, status, last_n, paid_max, best_voucher, spent, "
     "redeemed, verified_voucher"
 )
-_PAYER_COLS = "channel, ledger, payer, payee, deposit, status, last_n, paid, spent"
+_PAYER_COLS = (
+    "channel, ledger, payer, payee, deposit, status, last_n, paid, spent, absorbed, "
+    "forgotten, released"
+)
 _REQUEST_COLS = (
     "request_hash, channel, n, payee, price, deadline, frame, state, claim_id, updated_at"
 )
@@ -260,6 +286,9 @@ def _encode(batch: Batch) -> _Rows:
                 _u(r.last_n),
                 _u(r.paid),
                 _u(r.spent),
+                _u(r.absorbed),
+                _u(r.forgotten),
+                _u(r.released),
             )
             for r in batch.payer
         ],
@@ -315,7 +344,7 @@ _RESPONSE_NAMES = _names(_RESPONSE_COLS)
 _CLAIM_NAMES = _names(_CLAIM_COLS)
 _FLOOR_NAMES = _names(_FLOOR_COLS)
 _PAYEE_INTS = frozenset({"deposit", "last_n", "paid_max", "spent", "redeemed"})
-_PAYER_INTS = frozenset({"deposit", "last_n", "paid", "spent"})
+_PAYER_INTS = frozenset({"deposit", "last_n", "paid", "spent", "absorbed", "forgotten", "released"})
 _REQUEST_INTS = frozenset({"n", "price", "deadline", "updated_at"})
 _RESPONSE_INTS = frozenset({"n", "expires_at"})
 _CLAIM_INTS = frozenset({"updated_at"})
@@ -409,7 +438,7 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
                 f"store {path} has schema version {version}; this p2pay reads version "
                 f"{SCHEMA_VERSION} (and upgrades {', '.join(sorted(_UPGRADES))})"
             )
-        required = _TABLES_NOW if version == str(SCHEMA_VERSION) else _TABLES
+        required = _TABLES if version in ("1", "2") else _TABLES_NOW
         if not required <= tables:
             raise StoreError(f"store {path} is damaged: tables {sorted(required - tables)} missing")
     try:

@@ -1158,11 +1158,26 @@ def refusal_frame(
 
 
 def voucher_frame(n: int, paid: int, price: int = 1000, body: bytes = b"hello", **kw: Any) -> bytes:
-    """A request frame signed by ALICE (the payer), as resync details carry it."""
+    """A request frame signed by ALICE (the payer), with its body (as the payer sent it);
+    `bodiless` gives it as resync details carry it."""
     signer = kw.pop("signer", ALICE)
     fields = request_fields(n=n, paid=paid, price=price, body=body, **kw)
     signed = enc(fields)
-    return enc([1, signed, sign(signer, signed), body])
+    signature = sign(signer, signed)
+    frame = enc([1, signed, signature, body])
+    _VOUCHER_PARTS[frame] = (signed, signature)
+    return frame
+
+
+_VOUCHER_PARTS: dict[bytes, tuple[bytes, bytes]] = {}
+
+
+def bodiless(frame: bytes) -> bytes:
+    """The request `frame` (made by `voucher_frame`) with an empty body: the resync
+    details' `voucher` (protocol.md 15: `[1, signed, signature, h'']`; the body is bound by
+    `body_hash` in the signed bytes, and without it a refusal always fits 4096 bytes)."""
+    signed, signature = _VOUCHER_PARTS[frame]
+    return enc([1, signed, signature, b""])
 
 
 UNSIGNED_REFUSALS: list[tuple[str, str, bytes, int, str, str, dict[str, Any]]] = [
@@ -1336,7 +1351,7 @@ UNSIGNED_REFUSALS: list[tuple[str, str, bytes, int, str, str, dict[str, Any]]] =
         2,
         "REPLAY",
         "request number 2 is not above 3",
-        {"last_n": 3, "spent": 2000, "paid_max": 3000, "voucher": voucher_frame(3, 3000)},
+        {"last_n": 3, "spent": 2000, "paid_max": 3000, "voucher": bodiless(voucher_frame(3, 3000))},
     ),
     (
         "REPLAY when the payee holds no voucher: paid_max 0, no voucher key",
@@ -1359,7 +1374,7 @@ UNSIGNED_REFUSALS: list[tuple[str, str, bytes, int, str, str, dict[str, Any]]] =
             "last_n": 3,
             "spent": 2000,
             "paid_max": 3000,
-            "voucher": voucher_frame(3, 3000),
+            "voucher": bodiless(voucher_frame(3, 3000)),
         },
     ),
     (
@@ -1761,15 +1776,22 @@ def after(
 
 
 def details_of(
-    last_n: int, spent: int, voucher: bytes | None, paid_max: int | None = None, **extra: Any
+    last_n: int,
+    spent: int,
+    voucher: bytes | None,
+    paid_max: int | None = None,
+    *,
+    with_body: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Resync details; paid_max defaults to the voucher's paid (0 without one)."""
+    """Resync details; paid_max defaults to the voucher's paid (0 without one). The voucher
+    goes without its body (protocol.md 15), unless `with_body` (a payer reads it the same)."""
     out: dict[str, Any] = {"last_n": last_n, "spent": spent}
     if paid_max is None:
         paid_max = 0 if voucher is None else VOUCHER_PAID[voucher]
     out["paid_max"] = paid_max
     if voucher is not None:
-        out["voucher"] = voucher
+        out["voucher"] = voucher if with_body else bodiless(voucher)
     out.update(extra)
     return out
 
@@ -1809,6 +1831,15 @@ def build_resync() -> list[dict[str, Any]]:
         in_flight=[r1b],
         n=1,
         details=details_of(3, 3000, v(3, 3000)),
+        expected=after("superseded", 3, 3000, forgotten=3000),
+    )
+    add(
+        "the same, the voucher sent with its body (a payee sends it empty; the payer reads "
+        "only its signed fields and signature, so it is read the same)",
+        payer=state(1, 1000),
+        in_flight=[r1b],
+        n=1,
+        details=details_of(3, 3000, v(3, 3000), with_body=True),
         expected=after("superseded", 3, 3000, forgotten=3000),
     )
     add(

@@ -461,7 +461,7 @@ def test_payer_close_waits_for_the_challenge_period(
     c: InProcess = world["cli"]
     opened = c.js(
         "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "10 milli",
-        "--challenge", "1s",
+        "--challenge", "1s", "--offline",
     )  # fmt: skip
     cid = opened["channel"]
     assert opened["deposit"] == str(10**22) and opened["state"] == "open"
@@ -512,7 +512,7 @@ def test_every_json_output_parses(world: dict[str, Any]) -> None:
         ("--home", "p", "stake", "1 milli", "--penalty", "1", "--claim-window", "1s"),
         ("--home", "p", "unstake"),
         ("--home", "p", "ledger", "mint", world["c"]["account"], "1"),
-        ("--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1"),
+        ("--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1", "--offline"),
         ("ledger", "create", "other.sqlite"),
         ("--home", "x", "init"),
     ]
@@ -592,6 +592,7 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     assert "p2pay_in_flight 0.0" in text
     assert 'p2pay_ledger_events_total{kind="skipped_logs"} 0.0' in text
     assert "p2pay_sessions_evicted_total 0.0" in text
+    assert "p2pay_requests_from_payees_total 0.0" in text
     assert "p2pay_charged_total 2001.0" in text
     assert "p2pay_rate_limited_total 0.0" in text and "p2pay_idle_resets_total" in text
 

@@ -44,9 +44,16 @@ def test_claims_list_shows_outcome_status_bond_refund_and_slash(
     d: Path = world["dir"]
     c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "60s")
     cid = bytes.fromhex(
-        c.js("--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "10 milli")[
-            "channel"
-        ]
+        c.js(
+            "--home",
+            "c",
+            "channel",
+            "open",
+            world["p"]["peer_id"],
+            "--deposit",
+            "10 milli",
+            "--offline",
+        )["channel"]
     )
     client, provider = Home(d / "c").key(), Home(d / "p").key()
 

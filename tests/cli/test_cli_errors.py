@@ -51,7 +51,7 @@ def test_money_errors_say_amounts_with_units(world: dict[str, Any]) -> None:  # 
         f"the {amount(100 * TOKEN)} this needs (p2pay balance shows it)"
     )
     line = c.fails(
-        "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "3 token"
+        "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "3 token", "--offline"
     )  # fmt: skip
     assert f"the {amount(3 * TOKEN)} this needs" in line
 
@@ -59,11 +59,12 @@ def test_money_errors_say_amounts_with_units(world: dict[str, Any]) -> None:  # 
 def test_errors_name_the_options_typed(world: dict[str, Any]) -> None:  # noqa: F811
     c: InProcess = world["cli"]
     peer = world["p"]["peer_id"]
-    line = c.fails("--home", "c", "channel", "open", peer, "--deposit", "1", "--challenge", "31d")
+    open_ = ("--home", "c", "channel", "open", peer, "--offline")
+    line = c.fails(*open_, "--deposit", "1", "--challenge", "31d")
     assert line == "p2pay: error: INVALID_ARGUMENT: --challenge must be between 1s and 30d"
     line = c.fails("--home", "p", "stake", "1", "--penalty", "1", "--claim-window", "500ms")
     assert line == "p2pay: error: INVALID_ARGUMENT: --claim-window must be between 1s and 30d"
-    line = c.fails("--home", "c", "channel", "open", peer, "--deposit", "0")
+    line = c.fails(*open_, "--deposit", "0")
     assert line == (
         f"p2pay: error: INVALID_AMOUNT: --deposit must be more than 0 (and at most "
         f"{LARGEST_AMOUNT})"
@@ -173,7 +174,7 @@ def test_times_are_iso_dates(world: dict[str, Any]) -> None:  # noqa: F811
     c: InProcess = world["cli"]
     cid = c.js(
         "--home", "c", "channel", "open", world["p"]["peer_id"], "--deposit", "1 milli",
-        "--challenge", "1h",
+        "--challenge", "1h", "--offline",
     )["channel"]  # fmt: skip
     closes_at = c.js("--home", "c", "channel", "close", cid)["closes_at"]
     out = c.ok("--home", "c", "channel", "close", cid)  # still in its challenge period

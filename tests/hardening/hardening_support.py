@@ -28,6 +28,7 @@ from p2pay.core import codec
 from p2pay.core.errors import DecodeError, ErrorCode, FrameTooLarge, RemoteProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
+    REQUEST_OVERHEAD,
     Hello,
     Refusal,
     Request,
@@ -502,9 +503,19 @@ async def provider_world(
         open_node(key=ALICE, ledger=ledger, network=network, config=quiet) as alice,
         open_node(key=CAROL, ledger=ledger, network=network, config=quiet) as carol,
     ):
-        bob.serve("echo", echo, price=PRICE, max_body=min(1 << 16, bob.config.max_frame))
+        bob.serve(
+            "echo",
+            echo,
+            price=PRICE,
+            max_body=min(1 << 16, bob.config.max_frame - REQUEST_OVERHEAD),
+        )
         for name, handler in (services or {}).items():
-            bob.serve(name, handler, price=PRICE, max_body=min(1 << 16, bob.config.max_frame))
+            bob.serve(
+                name,
+                handler,
+                price=PRICE,
+                max_body=min(1 << 16, bob.config.max_frame - REQUEST_OVERHEAD),
+            )
         world = World(network, ledger, bob, alice, carol)
         for name, node in (("alice", alice), ("carol", carol)):
             info = await node.open_channel(bob.addrs[0], deposit=deposit)

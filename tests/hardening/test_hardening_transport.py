@@ -69,7 +69,8 @@ async def test_node_run_on_a_port_another_node_holds_exits_with_one_line(tmp_pat
         errors = [line for line in lines if line.startswith("p2pay: error:")]
         assert errors == [
             f"p2pay: error: cannot listen on /ip4/127.0.0.1/tcp/{port}: address already in "
-            "use (another process or node holds this port)"
+            "use (another process or node holds this port): pass --listen (e.g. "
+            "/ip4/127.0.0.1/tcp/0), or edit listen in the home's config.toml"
         ], second.stderr
         assert not any("Traceback" in line for line in lines)
         assert first.proc is not None and first.proc.poll() is None  # still serving

@@ -636,7 +636,9 @@ async def test_an_unreachable_peer_is_a_typed_error() -> None:
     async with provider(ledger) as bob:
         addr = bob.addrs[0]
     async with client(ledger) as alice:
-        await alice.open_channel(addr, deposit=10**6)
-        with trio.fail_after(10), pytest.raises(PeerUnreachable):
+        await alice.open_channel(addr, deposit=10**6, offline=True)
+        with trio.fail_after(10), pytest.raises(PeerUnreachable) as info:
             await alice.call(addr, "echo", b"x", max_price=PRICE)
-        assert alice.counters.call_errors[ErrorCode.OVERLOADED.value] == 1
+        assert info.value.code is ErrorCode.UNREACHABLE
+        assert "Connection refused" in info.value.message
+        assert alice.counters.call_errors[ErrorCode.UNREACHABLE.value] == 1

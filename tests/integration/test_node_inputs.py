@@ -12,6 +12,7 @@ import trio
 
 from p2pay.core.errors import AmountError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair
+from p2pay.core.messages import REQUEST_OVERHEAD
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node, split_peer
@@ -99,3 +100,41 @@ async def test_bad_arguments_are_typed_errors_and_sign_nothing(case: str) -> Non
         # the node is fine: the same call with good arguments goes through
         result = await alice.call(bob.peer_id, "echo", b"ok", max_price=PRICE)
         assert result.body == b"ok" and result.price == PRICE
+
+
+async def test_a_body_is_at_most_what_fits_the_payees_max_frame() -> None:
+    """protocol.md §5.3, §13.1 step 1'': a request frame is its body plus at most
+    REQUEST_OVERHEAD bytes. A node offers no service whose max_body exceeds its max_frame
+    minus that; a payer sends a body of exactly the limit (its frame fits) and refuses one
+    byte more before signing anything (BODY_TOO_LARGE, details max_body)."""
+    max_frame = 8192
+    limit = max_frame - REQUEST_OVERHEAD
+    ledger = MemoryLedger()
+    await ledger.mint(ALICE, ALICE.account, 10**24)
+    network = MemoryNetwork()
+    async with (
+        open_node(
+            key=BOB,
+            ledger=ledger,
+            network=network,
+            config=NodeConfig(watcher=False, max_frame=max_frame),
+        ) as bob,
+        open_node(
+            key=ALICE, ledger=ledger, network=network, config=NodeConfig(watcher=False)
+        ) as alice,
+    ):
+        with pytest.raises(LocalProtocolError) as refused:
+            bob.serve("echo", echo, price=PRICE, max_body=limit + 1)
+        assert refused.value.details == {"max_body": limit}
+        assert "echo" not in bob.services
+        bob.serve("echo", echo, price=PRICE, max_body=limit)
+        await alice.open_channel(bob.addrs[0], deposit=10**6)
+        [ch] = alice.payer_channels.values()
+        with trio.fail_after(10):
+            result = await alice.call(bob.peer_id, "echo", bytes(limit), max_price=PRICE)
+            assert result.body == bytes(limit)
+            with pytest.raises(LocalProtocolError) as too_long:
+                await alice.call(bob.peer_id, "echo", bytes(limit + 1), max_price=PRICE)
+        assert too_long.value.code is ErrorCode.BODY_TOO_LARGE
+        assert too_long.value.details == {"max_body": limit}
+        assert (ch.last_n, ch.spent) == (1, PRICE)  # nothing signed for the second

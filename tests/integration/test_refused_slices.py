@@ -80,6 +80,10 @@ NODE = NodeConfig(
 )
 
 
+async def fail(call: Call) -> bytes:
+    raise RuntimeError("no")
+
+
 @asynccontextmanager
 async def nodes(
     ledger: MemoryLedger, alice_store: Store | None = None
@@ -93,6 +97,9 @@ async def nodes(
         open_node(key=CAROL, ledger=ledger, network=net, config=NODE) as carol,
     ):
         bob.serve("echo", echo, price=PRICE)
+        # served from the start: opening a channel connects, and the hello read then is
+        # what the payer's calls are checked against
+        bob.serve("fail", fail, price=PRICE)
         await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=WINDOW)
         yield alice, bob, carol
 
@@ -103,10 +110,6 @@ async def refused_with_handler_error(alice: Node, bob: Node) -> None:
     (Before issue 15 this was a signed OVERLOADED; OVERLOADED before admission is now an
     unsigned refusal, D6, so it leaves no signed refusal to post.)"""
 
-    async def fail(call: Call) -> bytes:
-        raise RuntimeError("no")
-
-    bob.serve("fail", fail, price=PRICE)
     with pytest.raises(P2payError) as info:
         await alice.call(bob.addrs[0], "fail", b"a1", max_price=PRICE, timeout=20)
     assert info.value.code is ErrorCode.HANDLER_ERROR

@@ -52,6 +52,11 @@ And properties specs/invariants.md does not number (yet):
 * HONEST-CREDIT  ALICE's requests are never refused for lack of credit.
 * ABSORBED-BOUNDED  ``payer.absorbed`` never exceeds the abandoned prices plus
           ``forgotten``.
+* PAYER-RESTART  the payer's stored record (``_payer_record``) is valid at every step (its
+          consistency checks hold), and a channel rebuilt from it and the requests without
+          an answer (as a node loads it after a restart, protocol.md 14.2) is the live
+          channel with every request in flight abandoned: same numbers, same
+          ``outstanding``, hence the same verdict on every later answer.
 
 `ChannelMachine` checks every voucher (``unverified_credit_limit = 0``: the check order of
 protocol.md 13.2). `DeferredChannelMachine` runs the same model under deferred verification
@@ -78,7 +83,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from p2pay.core.channel import Admit, PayeeChannel, PayerChannel, Refuse, Replay
+from p2pay.core.channel import Admit, ChannelStatus, PayeeChannel, PayerChannel, Refuse, Replay
 from p2pay.core.errors import ErrorCode, InsufficientDeposit, RemoteProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
@@ -90,6 +95,7 @@ from p2pay.core.messages import (
     decode_frame,
     refusal_body,
 )
+from p2pay.node.book import _payer_record
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # payer
 BOB = Keypair.from_seed(bytes([2]) * 32)  # payee
@@ -754,6 +760,33 @@ class ChannelMachine(RuleBasedStateMachine):
         pool = sum(p.price for p in self.payer.abandoned.values()) + self.payer.forgotten
         assert 0 <= self.payer.absorbed <= pool
         assert not set(self.payer.in_flight) & set(self.payer.abandoned)
+
+    @invariant()
+    def payer_restart_changes_nothing(self) -> None:
+        live = self.payer
+        record = _payer_record(live)  # raises if a consistency check of the record fails
+        restored = PayerChannel(
+            ledger=record.ledger,
+            channel=record.channel,
+            payer=record.payer,
+            payee=record.payee,
+            deposit=record.deposit,
+            status=ChannelStatus(record.status),
+            last_n=record.last_n,
+            paid=record.paid,
+            spent=record.spent,
+            absorbed=record.absorbed,
+            forgotten=record.forgotten,
+            released=record.released,
+        )
+        restored.restore_abandoned([*live.in_flight.values(), *live.abandoned.values()])
+        stopped = dataclasses.replace(
+            live, in_flight=dict(live.in_flight), abandoned=dict(live.abandoned)
+        )
+        for n in list(stopped.in_flight):
+            stopped.abandon(n)
+        assert snapshot(restored) == snapshot(stopped), "PAYER-RESTART"
+        assert restored.outstanding == stopped.outstanding, "PAYER-RESTART"
 
 
 class DeferredChannelMachine(ChannelMachine):

@@ -210,7 +210,7 @@ def test_reservations_count_against_credit() -> None:
         "paid_max": 20,
         "spent": 0,
         "last_n": 2,
-        "voucher": request(2, 20).to_frame(),
+        "voucher": request(2, 20).voucher_frame(),  # without its body (protocol.md 15)
     }
     assert (ch.reserved, ch.last_n) == (20, 2)
     # out-of-order completion: 2 succeeds, 1 fails
@@ -271,7 +271,7 @@ def test_payee_refuses_overlapping_slices(paid: int, price: int, admitted: bool)
             "paid_max": 40,
             "spent": 40,
             "last_n": 1,
-            "voucher": request(1, 40, price=40).to_frame(),
+            "voucher": request(1, 40, price=40).voucher_frame(),
         }
         assert (ch.last_n, ch.reserved) == (1, 0)  # n not consumed, nothing reserved
         assert ch.paid_max == 40  # the voucher is not kept: the refusal changes nothing
@@ -734,7 +734,7 @@ def test_refusal_order(index: int) -> None:
     if index == 5:
         assert "slice" in decision.message
         assert decision.details["paid_max"] == DEPOSIT  # resync details: re-sign above
-        assert decision.details["voucher"] == request(5, DEPOSIT, price=0).to_frame()
+        assert decision.details["voucher"] == request(5, DEPOSIT, price=0).voucher_frame()
         assert ch.last_n == 5  # not consumed
 
 

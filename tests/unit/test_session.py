@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from p2pay.core import codec
+from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import PayeeChannel, PayerChannel, Replay
 from p2pay.core.errors import (
     DecodeError,
@@ -20,6 +22,12 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
+    MAX_LEDGER_ID_SIZE,
+    MAX_REFUSAL_TEXT,
+    MAX_SERVICE_NAME,
+    MAX_U64,
+    MIN_FRAME_LIMIT,
+    REQUEST_OVERHEAD,
     Hello,
     Refusal,
     Request,
@@ -348,6 +356,30 @@ def test_5_1_the_opener_refuses_a_request_and_keeps_the_stream() -> None:
     )
 
 
+def test_19_1_the_opener_answers_requests_within_its_refusal_budget() -> None:
+    """§19.1: the opener answers request frames while its refusal budget has a token; the
+    others are violations it does not answer (nothing to queue), and the stream is kept;
+    the budget refills at its rate."""
+    c = ClientSession(
+        hello=hello(ALICE),
+        remote=BOB.public,
+        channels={},
+        max_refusals_per_s=1,
+        refusal_burst=2,
+    )
+    c.start()
+    only(c.receive(BOB_HELLO.to_frame(), NOW), HelloReceived)
+    frame = request(key=BOB).to_frame()
+    answered = [only(c.receive(frame, NOW), ProtocolViolation) for _ in range(2)]
+    assert all(e.send is not None and e.end is End.KEEP for e in answered)
+    ignored = only(c.receive(frame, NOW), ProtocolViolation)
+    assert (ignored.send, ignored.end, ignored.code) == (None, End.KEEP, ErrorCode.MALFORMED)
+    assert not c.ended
+    assert only(c.receive(frame, NOW + 1000), ProtocolViolation).send is not None  # refilled
+    with pytest.raises(LocalProtocolError):
+        ClientSession(hello=hello(ALICE), remote=BOB.public, channels={}, refusal_burst=0)
+
+
 def test_5_2_frame_too_large_names_the_receivers_limit_and_ends_the_stream() -> None:
     for session in (open_server(), client()[0]):
         error = FrameTooLarge("peer announced a 5000-byte frame", details={"size": 5000})
@@ -567,6 +599,23 @@ def test_15_replay_is_unsigned_with_the_resync_details() -> None:
     details = ch.resync_details()
     assert set(details) == {"last_n", "spent", "paid_max", "voucher"}
     assert event.send == refusal_frame(CHANNEL, 1, ErrorCode.REPLAY, event.message, details)
+    # §15: the voucher goes without its body; body_hash is in the signed bytes
+    assert details["voucher"] == r1.voucher_frame() != r1.to_frame()
+    assert decode_frame(details["voucher"]).body == b"" and r1.body
+
+
+@pytest.mark.parametrize("with_body", [False, True])
+def test_15_step_1_the_voucher_is_read_without_or_with_its_body(with_body: bool) -> None:
+    """§15 step 1: the payer reads only the voucher's signed fields and signature: sent
+    without its body, or (an older payee) with it, it is read the same."""
+    c, ch = client()
+    r = send(c, ch)
+    newer = request(5, paid=7 * PRICE)  # signed by us in a life we forgot
+    voucher = newer.to_frame() if with_body else newer.voucher_frame()
+    details = {"last_n": 5, "spent": 0, "paid_max": 7 * PRICE, "voucher": voucher}
+    event = only(c.receive(_replay(r.n, details), NOW), ResyncNeeded)
+    assert (event.outcome, event.violation) == (Replay.SUPERSEDED, None)
+    assert ch.last_n == 5 and ch.paid == 7 * PRICE
 
 
 # ---------------------------------------------------------------------------
@@ -609,6 +658,91 @@ def test_13_1_deadlines_are_capped_at_the_payees_horizon_and_the_ledgers() -> No
     assert c.deadline(NOW, 0) == NOW + 1
     assert c.deadline(NOW, 10**12) == NOW + HORIZON  # the payee hello's deadline_horizon
     assert c.deadline(NOW, 10**12, ledger_horizon=60_000) == NOW + 60_000
+
+
+def _largest_request(body: bytes) -> Request:
+    """The request with the largest envelope: the longest ledger id and service name, every
+    number at its maximum."""
+    return Request.create(
+        ALICE,
+        ledger=b"L" * MAX_LEDGER_ID_SIZE,
+        channel=CHANNEL,
+        n=MAX_U64,
+        paid=MAX_YOCTO,
+        price=MAX_YOCTO,
+        service="s" * MAX_SERVICE_NAME,
+        body=body,
+        deadline=MAX_U64,
+    )
+
+
+def test_5_3_a_request_frame_is_its_body_plus_at_most_request_overhead() -> None:
+    """§5.3: the largest envelope (415 bytes with a 9-byte body header) is within
+    REQUEST_OVERHEAD, so a body of exactly max_frame - REQUEST_OVERHEAD always fits."""
+    empty = _largest_request(b"")
+    assert len(empty.signing_bytes) == 334
+    # the empty body's header is 1 byte, the longest (2**32 bytes or more) 9; an EVM
+    # signature takes one byte more (65), with a shorter ledger id (38 bytes)
+    assert len(empty.to_frame()) - 1 + 9 + 1 == 415 <= REQUEST_OVERHEAD
+    for max_frame in (MIN_FRAME_LIMIT, 65_536, 1 << 20):
+        frame = _largest_request(bytes(max_frame - REQUEST_OVERHEAD)).to_frame()
+        assert len(frame) <= max_frame
+
+
+def test_5_3_a_refusal_always_fits_4096_bytes() -> None:
+    """§5.3, §12: the largest refusal (the longest code, a message of 2048 bytes, the
+    resync details of check 5' with a voucher without its body, numbers at their maximum)
+    is at most 2,629 bytes, whatever the body of the voucher's request was."""
+    voucher = _largest_request(bytes(1 << 20)).voucher_frame()
+    assert len(voucher) == 406 and decode_frame(voucher).body == b""
+    details = {
+        "price": MAX_YOCTO,
+        "last_n": MAX_U64,
+        "spent": MAX_YOCTO,
+        "paid_max": MAX_YOCTO,
+        "voucher": voucher,
+    }
+    assert len(codec.encode(details)) == 509
+    longest_code = max((code for code in ErrorCode), key=lambda code: len(code.value))
+    frame = Refusal(
+        channel=CHANNEL,
+        n=MAX_U64,
+        code=longest_code,
+        message="\u00e9" * (MAX_REFUSAL_TEXT // 2),  # 2048 bytes of UTF-8
+        details=details,
+    ).to_frame()
+    assert len(frame) == 2629 <= MIN_FRAME_LIMIT
+
+
+def test_5_3_the_payer_refuses_a_body_whose_frame_would_not_fit_the_payees_max_frame() -> None:
+    """§5.3, §13.1 step 1'': the longest body is min(max_body, the payee's max_frame -
+    REQUEST_OVERHEAD); `send_request` refuses a longer one (BODY_TOO_LARGE, details
+    max_body), records nothing, and takes a body of exactly the limit."""
+    ch = payer(deposit=10**6)
+    services = (ServiceTerms(name="echo", price=PRICE, max_body=MAX_FRAME),)
+    c = ClientSession(hello=hello(ALICE), remote=BOB.public, channels={CHANNEL: ch})
+    c.start()
+    only(c.receive(hello(BOB, services=services).to_frame(), NOW), HelloReceived)
+    limit = MAX_FRAME - REQUEST_OVERHEAD
+    assert c.frame_body_limit() == limit
+    assert c.max_body("echo") == limit  # below the service's max_body (4096)
+    assert c.max_body("nope") is None
+    too_long = ch.next_request(
+        ALICE, service="echo", body=bytes(limit + 1), price=PRICE, deadline=NOW + 60_000
+    )
+    with pytest.raises(LocalProtocolError) as info:
+        c.send_request(too_long)
+    assert info.value.code is ErrorCode.BODY_TOO_LARGE
+    assert info.value.details == {"max_body": limit}
+    assert not c.outstanding
+    fits = ch.next_request(
+        ALICE, service="echo", body=bytes(limit), price=PRICE, deadline=NOW + 60_000
+    )
+    frame = c.send_request(fits)
+    assert len(frame) <= MAX_FRAME and (CHANNEL, fits.n) in c.outstanding
+    # a service whose max_body is the smaller bound keeps it
+    c2, _ = client()
+    assert c2.max_body("echo") == MAX_BODY
 
 
 def test_13_1_requests_go_only_to_their_channels_payee() -> None:

@@ -105,6 +105,12 @@ def test_suite_has_the_cases_the_brief_asks_for() -> None:
         (lambda: payee_record(1, paid_max=5), LocalProtocolError),  # no voucher for it
         (lambda: payer_record(1, paid=5, spent=6), LocalProtocolError),
         (lambda: payer_record(1, payee=b"\x00" * 33), LocalProtocolError),
+        (lambda: payer_record(1, paid=5, spent=5, absorbed=MAX_YOCTO + 1), AmountError),
+        (lambda: payer_record(1, paid=5, forgotten=-1), AmountError),
+        (lambda: payer_record(1, paid=5, released=True), AmountError),
+        (lambda: payer_record(1, paid=5, spent=3, absorbed=4), LocalProtocolError),
+        (lambda: payer_record(1, paid=5, forgotten=6), LocalProtocolError),
+        (lambda: payer_record(1, paid=5, released=6), LocalProtocolError),
         (lambda: outgoing(1, state="lost"), LocalProtocolError),
         (lambda: outgoing(1, request_hash=b"\x00"), LocalProtocolError),
         (lambda: outgoing(1, price=-5), AmountError),
@@ -160,9 +166,9 @@ async def test_sqlite_pragmas_and_encoding(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
         info = dict(raw.execute("SELECT key, value FROM store_info"))
-        assert info == {"format": "p2pay-store", "schema_version": "3"}
+        assert info == {"format": "p2pay-store", "schema_version": "4"}
         spent, paid_max = raw.execute("SELECT spent, paid_max FROM payee_channels").fetchone()
         # Amounts are 16-byte big-endian unsigned BLOBs (SQLite INTEGER is only 64-bit).
         assert spent == (2**64 + 1).to_bytes(INT_SIZE, "big")
@@ -209,9 +215,12 @@ async def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
 def _downgrade(path: Path, version: int) -> None:
     """Make a fresh store file what `version` wrote (its rows kept)."""
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE floor_vouchers")  # 2 -> 3
-    conn.execute("DROP INDEX responses_by_channel")
-    conn.execute("ALTER TABLE responses DROP COLUMN request_frame")
+    for name in ("absorbed", "forgotten", "released"):  # 3 -> 4
+        conn.execute(f"ALTER TABLE payer_channels DROP COLUMN {name}")
+    if version < 3:
+        conn.execute("DROP TABLE floor_vouchers")  # 2 -> 3
+        conn.execute("DROP INDEX responses_by_channel")
+        conn.execute("ALTER TABLE responses DROP COLUMN request_frame")
     if version < 2:
         conn.execute("ALTER TABLE payee_channels DROP COLUMN verified_voucher")
     conn.execute(f"UPDATE store_info SET value = '{version}' WHERE key = 'schema_version'")
@@ -230,20 +239,38 @@ def _assert_version(path: Path, version: int) -> None:
         raw.close()
 
 
-@pytest.mark.parametrize("old", [1, 2])
+def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
+    raw = sqlite3.connect(path)
+    try:
+        return list(raw.execute(f"PRAGMA table_info({table})"))
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("old", [1, 2, 3])
 async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -> None:
     """Version 1 had no payee_channels.verified_voucher, version 2 no request frames beside
-    stored responses nor floor vouchers: open adds them, keeping every row."""
+    stored responses nor floor vouchers, version 3 no payer absorbed, forgotten and
+    released: open adds them, keeping every row (the payer's three numbers are 0 in an
+    old row: what the old node restarted with)."""
     path = tmp_path / "s.sqlite"
     record = payee_record(1, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3)
+    payer = payer_record(2, paid=2**64 + 9, spent=2**64 + 5, absorbed=3, forgotten=4, released=5)
     response = stored_response(3, expires_at=10)
     store = await SqliteStore.open(path)
-    await store.write(Batch(payee=[record], responses=[response], meta={"k": b"1"}))
+    await store.write(Batch(payee=[record], payer=[payer], responses=[response], meta={"k": b"1"}))
     await store.aclose()
+    fresh = _columns(path, "payer_channels")
     _downgrade(path, old)
+    assert [c[1] for c in _columns(path, "payer_channels")][-1] == "spent"
     store = await SqliteStore.open(path)
     try:
         assert await store.payee_channel(record.channel) == record
+        old_payer = dataclasses.replace(payer, absorbed=0, forgotten=0, released=0)
+        assert await store.payer_channel(payer.channel) == old_payer
+        assert await store.payer_channels() == [old_payer]
+        await store.write(Batch(payer=[payer]))
+        assert await store.payer_channel(payer.channel) == payer
         assert await store.response(response.request_hash) == response
         assert await store.get_meta("k") == b"1"
         checked = voucher(paid=4).to_frame()
@@ -257,7 +284,19 @@ async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -
         assert floor is not None and floor.request_frame == framed.request_frame
     finally:
         await store.aclose()
-    _assert_version(path, 3)
+    _assert_version(path, 4)
+    assert _columns(path, "payer_channels") == fresh, "upgraded as a new store is made"
+    raw = sqlite3.connect(path)
+    try:  # the upgrade added the columns' checks too
+        for column, value in (("absorbed", 2**64 + 6), ("forgotten", 2**64 + 10)):
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute(
+                    f"UPDATE payer_channels SET {column} = ?", (value.to_bytes(INT_SIZE, "big"),)
+                )
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute("UPDATE payer_channels SET released = x'01'")
+    finally:
+        raw.close()
 
 
 async def test_sqlite_one_opener_at_a_time(tmp_path: Path) -> None:

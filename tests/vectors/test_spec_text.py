@@ -54,10 +54,13 @@ def test_hello_keys_agree_in_the_spec_the_cddl_and_the_code() -> None:
 def test_wire_codes_agree_in_the_spec_the_cddl_and_the_code() -> None:
     protocol = set(re.findall(r'"([A-Z_]+)"', cddl_rule("protocol-code")))
     settlement = set(re.findall(r'"([A-Z_]+)"', cddl_rule("settlement-code")))
-    assert not protocol & settlement
-    assert protocol | settlement == {code.value for code in ErrorCode}
-    table = section(PROTOCOL, "## 18. Error codes", "## 19. Limits")
+    local = set(re.findall(r'"([A-Z_]+)"', cddl_rule("local-code")))
+    assert not protocol & settlement and not local & (protocol | settlement)
+    assert protocol | settlement | local == {code.value for code in ErrorCode}
+    table = section(PROTOCOL, "## 18. Error codes", "**Local codes.**")
     assert set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M)) == protocol
+    local_table = section(PROTOCOL, "**Local codes.**", "## 19. Limits")
+    assert set(re.findall(r"^\| ([A-Z_]+) \|", local_table, re.M)) == local
 
 
 def test_hello_rules_are_numbered_in_order() -> None:
