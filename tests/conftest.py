@@ -1,9 +1,9 @@
-"""Shared fixtures. (Markers such as `slow` are registered in pyproject.toml.)"""
+"""Shared fixtures and hooks. (Markers such as `slow` are registered in pyproject.toml.)"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +39,43 @@ class LedgerFactory:
 def ledger_factory(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerFactory:
     """A `LedgerFactory` for each backend in turn (the test runs once per backend)."""
     return LedgerFactory(request.param, tmp_path)
+
+
+def _skip_reason(exc: BaseException | None) -> str | None:
+    """The message of the first `pytest.skip` with one, searched through exception groups
+    and the exceptions an exception was raised while handling."""
+    seen: set[int] = set()
+    queue = [exc]
+    while queue:
+        e = queue.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, pytest.skip.Exception) and e.msg:
+            return e.msg
+        if isinstance(e, BaseExceptionGroup):
+            queue.extend(e.exceptions)
+        queue.extend((e.__cause__, e.__context__))
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Every skip states its reason (issue 16). pytest-trio runs an async test and its
+    async fixtures in one `trio.run`; a `pytest.skip(reason)` raised there (a fixture
+    finding anvil missing, say) reaches it inside an exception group, and it re-raises a
+    bare `pytest.skip()`, so `pytest -rs` printed "Skipped" and no reason. Put the reason
+    back from the original exception."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or call.excinfo is None or not isinstance(report.longrepr, tuple):
+        return
+    message = report.longrepr[2]
+    if message.strip() not in ("Skipped", "Skipped:"):
+        return
+    reason = _skip_reason(call.excinfo.value)
+    if reason:  # shown at the test, not at pytest-trio's wrapper
+        path, lineno, _name = item.location
+        report.longrepr = (path, (lineno or 0) + 1, f"Skipped: {reason}")

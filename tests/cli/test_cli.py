@@ -583,7 +583,7 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     # metrics
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a bound on the wait, generous for a loaded machine
     while "p2pay_calls_served_total 3.0" not in text and time.monotonic() < deadline:
         time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:

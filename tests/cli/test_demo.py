@@ -50,7 +50,6 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.slow
 def test_demo_runs_checks_and_cleans_up(tmp_path: Path) -> None:
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "p2pay", "demo", "--json"],
         cwd=tmp_path,
@@ -59,13 +58,11 @@ def test_demo_runs_checks_and_cleans_up(tmp_path: Path) -> None:
         text=True,
         timeout=DEMO_TIMEOUT,
     )
-    wall = time.monotonic() - started
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # stdout holds exactly one JSON document
     assert doc["ok"] is True
     assert all(doc["checks"].values()), doc["checks"]
-    assert wall < 60, f"demo took {wall:.1f} s"
     # conservation, read from the numbers themselves (decimal strings of yocto)
     for when in ("before", "after"):
         totals = doc[when]["totals"]

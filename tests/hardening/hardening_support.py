@@ -546,7 +546,7 @@ class RawPeer:
             await self.stream.reset()
         self.stream = await self.transport.connect(self.world.bob_addr)
         self.connects += 1
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             await self.stream.send(self.hello)
             answer = decode_frame(await self.stream.receive())
         assert isinstance(answer, Hello), answer
@@ -694,7 +694,7 @@ class ProviderProcess:
         """SIGINT (a clean stop, everything flushed), then SIGKILL if it hangs."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
-        with trio.move_on_after(20):
+        with trio.move_on_after(60):  # a bound on a hang, generous for a loaded machine
             while self.proc.poll() is None:
                 await trio.sleep(0.05)
         self.kill()

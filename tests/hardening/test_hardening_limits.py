@@ -366,7 +366,9 @@ async def test_refused_frames_do_not_keep_an_idle_session(
                     break
                 assert isinstance(answer, Refusal) and answer.code is ErrorCode.UNKNOWN_CHANNEL
                 refused += 1
-        assert refused == 2  # at 4 s and 8 s; at 12 s the session was gone (reset at 10 s)
+        # refused at 4 s and 8 s (at 4 s at least, on a loaded machine); at 12 s the session
+        # was gone (reset at 10 s): refusals never kept it, or the loop would go on to 60 s
+        assert refused in (1, 2)
         assert world.bob.counters.idle_resets == resets + 3  # MALLORY's, ALICE's, CAROL's
         # paid calls every 4 s for 60 s keep the session
         await mallory.connect()
@@ -385,12 +387,14 @@ async def test_refused_frames_do_not_keep_an_idle_session(
 async def test_hello_timeout() -> None:
     config = NodeConfig(watcher=False, hello_timeout=0.2)
     async with provider_world(config) as world, raw_peer(world) as mallory:
+        started = trio.current_time()  # before the stream exists: before BOB's timer starts
         stream = await mallory.transport.connect(world.bob_addr)
-        started = trio.current_time()
-        with trio.fail_after(5), pytest.raises(StreamClosed):
+        with trio.fail_after(30), pytest.raises(StreamClosed):
             await stream.receive()  # we never said hello: reset after hello_timeout
-        assert 0.15 < trio.current_time() - started < 2.0
-        with trio.fail_after(5):
+        # not before hello_timeout: a lower bound holds however loaded the machine is (no
+        # upper bound on the time, issue 16); the reason is counted below
+        assert trio.current_time() - started >= config.hello_timeout
+        with trio.fail_after(30):
             while world.bob._sessions > 2:
                 await trio.sleep(0.01)
         assert world.bob.counters.refused[ErrorCode.DEADLINE_EXCEEDED.value] == 1
@@ -474,18 +478,23 @@ async def test_slow_loris_over_libp2p_is_reset() -> None:
         stream = await transport.connect(bob.addrs[0])
         await stream.send(Hello.create(MALLORY, ledger=ledger.ledger_id).to_frame())
         assert isinstance(decode_frame(await stream.receive()), Hello)
-        started = trio.current_time()
-        with trio.fail_after(5):
+        trickled = 0
+        with trio.fail_after(30):
             try:
                 await stream._net.write(b"\x7f")  # announces 127 bytes
                 for _ in range(40):
+                    if bob.counters.idle_resets:
+                        break
                     await stream._net.write(b"x")
+                    trickled += 1
                     await trio.sleep(0.1)
             except Exception:
                 pass  # the reset reached our writes
             with pytest.raises(StreamClosed):
                 await stream.receive()
-        assert trio.current_time() - started < 2.0
+        # reset while a byte still came every 0.1 s: a frame gets idle_timeout to complete,
+        # however slowly it trickles (counted in bytes sent, not seconds: issue 16)
+        assert trickled < 40
         assert bob.counters.idle_resets == 1
         await stream.reset()
     assert not errors.records, errors.text()

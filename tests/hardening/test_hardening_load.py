@@ -4,12 +4,14 @@ The provider is a ``p2pay node run`` process (home and ledger made with the CLI)
 a service that takes 20 ms, with a small node-wide in-flight limit
 (``max_in_flight_total``) and a per-stream limit of 2 (``max_in_flight``). N clients, each
 its own key and channel, run in this process and each makes a fixed number of paid calls
-(two at a time, as its hello permits), retrying a call refused OVERLOADED (after a short
-back-off) or lost to a transient network error, within a generous bound. Checked, and
-only what must hold however loaded the machine is (issue 16: no throughput or timing
-assertion):
+(two at a time, as its hello permits), retrying a call refused OVERLOADED (after a growing,
+jittered back-off) or lost to a transient network error. Retries are bounded in time, not in
+count: a loaded machine (other processes on 2 cores) makes every step slower, and a count
+of attempts ran out there (issue 16: "only 173 clients were ever served"). Checked, and
+only what must hold however loaded the machine is (no throughput or timing assertion):
 
-* every client is eventually served all its calls;
+* every client is eventually served all its calls (each within CALL_BOUND_S, a hang guard
+  far above what a loaded machine needs, not a target);
 * the provider's resident memory stays under an explicit bound while it serves them;
 * nothing is lost or created: per channel, the provider's stored `spent` is the sum of
   the prices on the receipts that client holds, plus at most the prices of calls that
@@ -22,6 +24,7 @@ The quick test runs 30 clients; the slow one 200.
 from __future__ import annotations
 
 import hashlib
+import random
 import resource
 import time
 from pathlib import Path
@@ -64,20 +67,28 @@ def raise_fd_limit(needed: int) -> None:
 
 #: paid calls each of a client's two workers must get served
 CALLS = 3
-#: attempts per call before the test gives up on it (OVERLOADED, transient errors)
-MAX_ATTEMPTS = 200
+#: how long one call may take to be served, retries included, and one connect to succeed:
+#: a bound on a hang, generous for a loaded 2-core machine (not a target)
+CALL_BOUND_S = 300.0
+#: the longest back-off between two attempts
+MAX_BACKOFF_S = 1.0
+
+
+def backoff(rng: random.Random, attempt: int) -> float:
+    """Exponential back-off with jitter, as a client should back off from OVERLOADED."""
+    return rng.uniform(0.5, 1.0) * min(MAX_BACKOFF_S, 0.05 * 2 ** min(attempt, 10))
 
 
 async def _connect(node: Any, addr: str) -> None:
     """Connect, retrying transient failures (a loaded machine times handshakes out)."""
-    for attempt in range(20):
-        try:
-            await node.connect(addr)
-            return
-        except (P2payError, NetError):
-            if attempt == 19:
-                raise
-            await trio.sleep(0.5)
+    rng = random.Random(node.account)
+    with trio.fail_after(CALL_BOUND_S):
+        for attempt in range(1 << 30):  # bounded by the deadline
+            try:
+                await node.connect(addr)
+                return
+            except (P2payError, NetError):
+                await trio.sleep(backoff(rng, attempt))
 
 
 async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
@@ -97,7 +108,7 @@ async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
     )
     public = public_from_peer_id(setup["peer_id"])
     receipts: dict[bytes, int] = {}
-    outcomes = {"ok": 0, "overloaded": 0, "timeouts": 0, "other": 0}
+    outcomes = {"ok": 0, "overloaded": 0, "timeouts": 0, "other": 0, "abandoned": 0}
     served: dict[bytes, int] = {}
     other: dict[str, int] = {}
     rss: list[int] = []
@@ -123,7 +134,7 @@ async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
                 opened_at = time.monotonic()
                 for i in range(clients):
                     clients_nursery.start_soon(client, i)
-                with trio.fail_after(120):
+                with trio.fail_after(600):  # a bound on a hang, not a target
                     while len(nodes) < clients:
                         await trio.sleep(0.05)
                 open_seconds = time.monotonic() - opened_at
@@ -133,29 +144,40 @@ async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
                     receipts[channels[node.account]] = 0
                     served[channels[node.account]] = 0
 
-                async def worker(node: Any) -> None:
-                    for _call in range(CALLS):
-                        for _attempt in range(MAX_ATTEMPTS):
+                async def paid_call(node: Any, body: bytes, rng: random.Random) -> None:
+                    """One call served, retried until then within CALL_BOUND_S."""
+                    calling = False
+                    with trio.move_on_after(CALL_BOUND_S) as bound:
+                        for attempt in range(1 << 30):  # bounded by the deadline
                             began = trio.current_time()
+                            calling = True
                             try:
-                                result = await node.call(addr, "slow", b"load", max_price=PRICE)
+                                result = await node.call(addr, "slow", body, max_price=PRICE)
                             except Overloaded:
                                 outcomes["overloaded"] += 1
                                 latency["overloaded"].append(trio.current_time() - began)
-                                await trio.sleep(0.05)  # back off, as a client should
                             except CallTimeout:
                                 outcomes["timeouts"] += 1
                             except (P2payError, NetError) as exc:
                                 outcomes["other"] += 1
                                 other[type(exc).__name__] = other.get(type(exc).__name__, 0) + 1
-                                await trio.sleep(0.1)
                             else:
+                                calling = False
                                 assert result.receipt.verify(public) and result.price == PRICE
                                 receipts[result.channel] += result.price
                                 served[result.channel] += 1
                                 outcomes["ok"] += 1
                                 latency["ok"].append(trio.current_time() - began)
-                                break
+                                return
+                            calling = False
+                            await trio.sleep(backoff(rng, attempt))
+                    if bound.cancelled_caught and calling:
+                        outcomes["abandoned"] += 1  # given up mid-call: maybe charged
+
+                async def worker(node: Any, index: int) -> None:
+                    rng = random.Random(node.account + bytes([index]))
+                    for _call in range(CALLS):
+                        await paid_call(node, b"load", rng)
 
                 async def sample() -> None:
                     while True:
@@ -173,18 +195,19 @@ async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
                     load_started = trio.current_time()
                     cpu_before = provider.cpu_seconds()
                     own_cpu_before = time.process_time()
-                    with trio.fail_after(900):  # a bound, not a target
-                        async with trio.open_nursery() as load:
-                            for node in nodes:
-                                for _ in range(2):
-                                    load.start_soon(worker, node)
+                    async with trio.open_nursery() as load:  # each call bounded in time
+                        for node in nodes:
+                            for index in range(2):
+                                load.start_soon(worker, node, index)
                     load_seconds = trio.current_time() - load_started
                     cpu = (provider.cpu_seconds() - cpu_before) / load_seconds
                     own_cpu = (time.process_time() - own_cpu_before) / load_seconds
                     # after the load: still serving
-                    await trio.sleep(0.5)
-                    after = await nodes[0].call(addr, "slow", b"after", max_price=PRICE)
-                    receipts[after.channel] += after.price
+                    ok = outcomes["ok"]
+                    await paid_call(nodes[0], b"after", random.Random(0))
+                    assert outcomes["ok"] == ok + 1, "not served after the load"
+                    outcomes["ok"] -= 1  # counted apart: `served` counts the load's calls
+                    served[channels[nodes[0].account]] -= 1
                     nursery.cancel_scope.cancel()
                 done.set()  # the clients close concurrently
                 closed_at = time.monotonic()
@@ -241,7 +264,8 @@ def check(result: dict[str, Any], rss_bound: int) -> None:
     for channel, paid in result["receipts"].items():
         record = result["stored"][channel]
         assert record is not None, channel.hex()
-        assert paid <= record.spent <= paid + outcomes["timeouts"] * PRICE, channel.hex()
+        given_up = outcomes["timeouts"] + outcomes["abandoned"]
+        assert paid <= record.spent <= paid + given_up * PRICE, channel.hex()
     assert sum(result["receipts"].values()) == (outcomes["ok"] + 1) * PRICE
     # memory stays bounded
     assert result["peak_rss"] - result["baseline_rss"] < rss_bound, result["peak_rss"]

@@ -286,11 +286,11 @@ async def test_claim_spam_costs_the_claimant_its_bonds() -> None:
         open_node(key=ALICE, ledger=ledger, network=network, config=fast) as alice,
     ):
         bob.serve("echo", echo, price=PRICE)
-        await bob.stake(stake, penalty=penalty, claim_window_ms=5_000)
+        await bob.stake(stake, penalty=penalty, claim_window_ms=30_000)
         info = await alice.open_channel(bob.addrs[0], deposit=10**6)
         answered = []
         for _ in range(3):
-            result = await alice.call(bob.addrs[0], "echo", b"x", max_price=PRICE, timeout=0.2)
+            result = await alice.call(bob.addrs[0], "echo", b"x", max_price=PRICE, timeout=1.0)
             answered.append(
                 decode_frame((await alice.store.request(result.receipt.request_hash)).frame)
             )
@@ -304,21 +304,24 @@ async def test_claim_spam_costs_the_claimant_its_bonds() -> None:
                 price=PRICE,
                 service=service,
                 body=b"never sent",
-                deadline=wall_clock_ms() + 100,
+                deadline=wall_clock_ms() + 2_000,  # not passed at the early claim below
             )
             for i, service in enumerate(("echo", "nope"))
         ]
         with pytest.raises(SettlementError) as early:
             await ledger.file_claim(ALICE, never_sent[0])
         assert early.value.code is ErrorCode.DEADLINE_NOT_PASSED
-        await trio.sleep(0.3)
+        last = max(request.deadline for request in [*answered, *never_sent])
+        with trio.fail_after(30):  # until every deadline has passed (a condition, not a nap)
+            while wall_clock_ms() <= last:
+                await trio.sleep(0.05)
         alice_before = await ledger.balance(ALICE.account)
         bob_before = await ledger.balance(BOB.account)
         claims = [await ledger.file_claim(ALICE, r) for r in [*answered, *never_sent]]
         with pytest.raises(SettlementError) as again:
             await ledger.file_claim(ALICE, answered[0])
         assert again.value.code is ErrorCode.CLAIM_EXISTS
-        with trio.fail_after(10):
+        with trio.fail_after(60):
             while True:
                 states = [(await ledger.claim(c)).state for c in claims]
                 if all(s is not ClaimState.OPEN for s in states):

@@ -193,7 +193,6 @@ async def fuzz_session(world: World, seed: int, inputs: int) -> SessionFuzzer:
 
 
 async def test_quick_session_fuzz() -> None:
-    started = time.perf_counter()
     async with provider_world() as world:
         fuzzer = await fuzz_session(world, seed=11, inputs=1_500)
     counts = fuzzer.counts
@@ -201,7 +200,6 @@ async def test_quick_session_fuzz() -> None:
     for outcome in ("MALFORMED", "UNAUTHORIZED", "OK", "UNKNOWN_CHANNEL", "REPLAY"):
         assert counts.get(outcome, 0) > 0, counts
     assert any(key.startswith("signed-") for key in counts), counts
-    assert time.perf_counter() - started < 60
 
 
 @pytest.mark.slow
@@ -435,8 +433,10 @@ async def test_garbage_hello_is_refused_and_the_node_keeps_serving() -> None:
         for _ in range(20):  # connect and leave without a word
             stream = await mallory.transport.connect(world.bob_addr)
             await stream.reset()
-        await trio.sleep(0.05)
         await world.alice.call(world.bob_addr, "echo", b"ok", max_price=PRICE)
+        with trio.fail_after(30):  # the 20 silent sessions end (a condition, not a nap)
+            while world.bob._sessions > 2:
+                await trio.sleep(0.01)
         assert world.bob._sessions == 2  # ALICE's and CAROL's
         assert not errors.records, errors.text()
 

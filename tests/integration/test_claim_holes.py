@@ -56,7 +56,7 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
     with trio.fail_after(timeout):
         while True:
             value = predicate()
@@ -109,7 +109,7 @@ async def test_n9_a_hung_handler_past_its_deadline_is_refused_not_slashed() -> N
                 claims = await ledger.claims_of(BOB.account)
                 return bool(claims) and all(c.state is not ClaimState.OPEN for c in claims)
 
-            await wait_until(decided, timeout=30)
+            await wait_until(decided, timeout=60)
             [claim] = await ledger.claims_of(BOB.account)
             assert claim.state is ClaimState.REFUSED
             response = decode_frame(claim.response_frame)

@@ -67,7 +67,8 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
+    """Wait for a condition, within a bound generous for a loaded machine."""
     with trio.fail_after(timeout):
         while True:
             value = predicate()
@@ -372,7 +373,7 @@ async def test_third_party_cannot_forge_or_replay() -> None:
         # a replay with a fresh-looking n would need Alice's signature: re-signing fails
         async with open_libp2p_transport(CAROL, ignore) as carol:
             stream = await carol.connect(bob.addrs[0])
-            with trio.fail_after(5):
+            with trio.fail_after(30):
                 await stream.send(Hello.create(CAROL, ledger=ledger.ledger_id).to_frame())
                 assert isinstance(decode_frame(await stream.receive()), Hello)
                 for frame in (forged.to_frame(), captured):
@@ -399,7 +400,7 @@ async def test_twenty_calls_pipelined_on_one_stream() -> None:
         entered += 1
         if entered == 20:
             gate.set()
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             await gate.wait()  # all 20 are in flight at once before any answers
         return call.body
 
@@ -443,7 +444,7 @@ async def test_dropping_provider_is_slashed_end_to_end() -> None:
             claims = await ledger.claims_of(ALICE.account)
             return bool(claims) and claims[0].state is ClaimState.UPHELD
 
-        await wait_until(upheld, timeout=10)
+        await wait_until(upheld, timeout=60)
         assert alice.counters.claims_filed == 1
         assert (await ledger.stake_of(BOB.account)).amount == stake - penalty
         # the claimant gets her bond back and half the penalty (default split)
@@ -456,13 +457,13 @@ async def test_answered_provider_defends_a_false_claim() -> None:
     ledger = make_ledger()
     await fund(ledger, ALICE, BOB)
     async with provider(ledger) as bob, client(ledger) as alice:
-        await bob.stake(10**20, penalty=10**19, claim_window_ms=2_000)
+        await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
         await alice.open_channel(bob.addrs[0], deposit=10**6)
-        result = await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE, timeout=0.2)
+        result = await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE, timeout=1.0)
         record = await alice.store.request(result.receipt.request_hash)
         request = decode_frame(record.frame)
         assert isinstance(request, Request)
-        await trio.sleep(0.25)  # past the deadline
+        await wait_until(lambda: wall_clock_ms() > request.deadline)  # past the deadline
         bob_before = await ledger.balance(BOB.account)
         alice_before = await ledger.balance(ALICE.account)
         claim_id = await ledger.file_claim(ALICE, request)  # a false claim: it was answered
@@ -556,7 +557,7 @@ async def test_overload_before_admission_is_an_unsigned_refusal_and_not_charged(
     gate = trio.Event()
 
     async def hold(call: Call) -> bytes:
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             await gate.wait()
         return b"done"
 

@@ -74,7 +74,7 @@ def make_ledger() -> MemoryLedger:
     )
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
     with trio.fail_after(timeout):
         while True:
             value = predicate()

@@ -55,7 +55,7 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
     with trio.fail_after(timeout):
         while True:
             value = predicate()

@@ -57,7 +57,7 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
     with trio.fail_after(timeout):
         while True:
             value = predicate()
@@ -148,7 +148,7 @@ async def test_a_claim_flood_against_a_slow_service_is_all_delivered_none_upheld
         for n in range(1, FLOOD + 1):
             request = claimed_request(ch.channel, n, deadline=now - 1, service="slow")
             ids.append(await ledger.file_claim(ALICE, request))
-        await wait_until(lambda: decided(ledger, ids), timeout=25)
+        await wait_until(lambda: decided(ledger, ids), timeout=60)
         for n, claim_id in enumerate(ids, 1):
             claim = await ledger.claim(claim_id)
             assert claim is not None and claim_outcome(claim) == "delivered"
@@ -539,7 +539,7 @@ async def test_an_answer_needing_no_handler_is_never_held_back_by_busy_handlers(
                 await hanging.wait()  # the only handler slot is taken
             conflicting = claimed_request(ch.channel, 1, deadline=now - 1, body=b"other")
             claim_id = await ledger.file_claim(ALICE, conflicting)
-            await wait_until(lambda: decided(ledger, [claim_id]), timeout=10)
+            await wait_until(lambda: decided(ledger, [claim_id]), timeout=60)
             claim = await ledger.claim(claim_id)
             assert claim is not None and claim.state is ClaimState.FRIVOLOUS
         finally:

@@ -182,7 +182,7 @@ async def test_a_hello_naming_another_peers_account_is_refused(ledger: EvmLedger
         forged = unsigned.with_signature(MALLORY.sign(unsigned.signing_bytes))
         async with open_libp2p_transport(MALLORY, ignore) as mallory:
             stream = await mallory.connect(bob.addrs[0])
-            with trio.fail_after(5):
+            with trio.fail_after(30):
                 await stream.send(forged.to_frame())
                 answer = decode_frame(await stream.receive())
             await stream.reset()

@@ -38,7 +38,7 @@ WORKERS = 4
 OPS_PER_WORKER = 200
 SETUP_FUNDS = 1_000_000
 EXPECTED_REFUSALS = {ErrorCode.INSUFFICIENT_FUNDS.value, ErrorCode.INVALID_SIGNATURE.value}
-TIMEOUT_S = 60.0
+TIMEOUT_S = 300.0  # a bound on a hang, generous for a loaded machine
 
 
 def worker_key(i: int) -> Keypair:
@@ -244,7 +244,7 @@ def test_processes_share_one_ledger(tmp_path: Path) -> None:
     try:
         while not all((tmp_path / f"ready{i}").exists() for i in range(WORKERS)):
             assert all(p.poll() is None for p in procs), "a worker died before starting"
-            assert time.monotonic() - started < 30, "workers did not start"
+            assert time.monotonic() - started < 120, "workers did not start"
             time.sleep(0.01)
         t0 = time.monotonic()
         go.touch()

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +283,7 @@ def test_twenty_peers_on_libp2p(tmp_path: Path) -> None:
     path.write_text(LIBP2P, encoding="utf-8")
     scenario = load_scenario(path).with_overrides(transport="libp2p")
     assert scenario.peer_count == 20
-    started = time.monotonic()
     report = run_scenario(scenario)
-    assert time.monotonic() - started < 120
     assert report["scenario"]["transport"] == "libp2p"
     assert report["invariants_ok"], [r for r in report["invariants"] if not r["ok"]]
     assert report["requests"]["ok"] > 100

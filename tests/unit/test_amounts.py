@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import decimal
 import fractions
-import time
 
 import pytest
 
@@ -201,10 +200,9 @@ def test_parse_tokens_bounds_its_input() -> None:
     assert parse_tokens("0" * (MAX_AMOUNT_TEXT - 1) + "1") == 10**24
     with pytest.raises(AmountError, match="at most"):
         parse_tokens("0" * MAX_AMOUNT_TEXT + "1")
-    start = time.perf_counter()
-    with pytest.raises(AmountError):
+    # a huge input is refused on its length, before any parsing (no stopwatch: issue 16)
+    with pytest.raises(AmountError, match="at most"):
         parse_tokens("1" * 1_000_000)
-    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize("value", [1, 1.0, None, b"1", bytearray(b"1")])
@@ -307,8 +305,10 @@ def test_parse_amount_refuses(value: object) -> None:
 
 
 def test_parse_amount_is_not_quadratic_on_spaces() -> None:
-    start = time.perf_counter()
-    for _ in range(10):
-        with pytest.raises(AmountError):
-            parse_amount("1" + " " * 100_000 + "1")
-    assert time.perf_counter() - start < 1.0
+    # the pattern backtracks quadratically on runs of spaces: a long input is refused on
+    # its length before the pattern sees it (checked by the reason, not a stopwatch)
+    with pytest.raises(AmountError, match="at most"):
+        parse_amount("1" + " " * 100_000 + "1")
+    # the longest input the pattern may see is refused for its content
+    with pytest.raises(AmountError, match="cannot read amount"):
+        parse_amount("1" + " " * (MAX_AMOUNT_TEXT - 2) + "1")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import enum
-import time
 
 import cbor2
 import pytest
@@ -464,10 +463,12 @@ def test_refuses_trailing_bytes(hex_: str) -> None:
     ],
 )
 def test_huge_declared_lengths_fail_fast(hex_: str) -> None:
-    began = time.perf_counter()
+    # fast by construction, not by a stopwatch (issue 16): the declared length is weighed
+    # against the input left at the header, before any item is read or space is reserved
     error = refused(h(hex_), "truncated|exceeds 128 bits")
-    assert time.perf_counter() - began < 0.1
-    assert "declares" in str(error) or "128" in str(error)
+    assert ("declares" in str(error) and "the input ends first" in str(error)) or (
+        "exceeds 128 bits" in str(error)
+    )
 
 
 def test_map_length_counts_two_items_per_entry() -> None:
