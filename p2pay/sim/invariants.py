@@ -24,9 +24,12 @@ money formula):
 * ``honest_clients_pay_only_for_answers``: for every honest client,
   ``sum over its channels of (redeemed - clawed) <= value of the answers it got``: every
   paid request is answered or refunded. The value of the answers is the sum, over the
-  distinct requests it signed, of the price charged for an OK answer it got, either on
-  time (the call returned OK) or through a claim (an OK response on the ledger). A late
-  receipt (after the call gave up) is not an answer. At the end.
+  distinct requests it signed, of the price charged for an OK answer it got: on time (the
+  call returned OK), after the call gave up (its node accepted the signed OK receipt
+  later, on the stream or by the watcher's re-delivery before claiming, claims.md 6: the
+  payee served it before the deadline, C-4, and the node holds the answer a claim would
+  give) or through a claim (an OK response on the ledger). An answer finished after the
+  deadline is a signed DEADLINE_EXCEEDED, charged nothing (C-4): not an answer. At the end.
 * ``honest_providers_paid_in_full`` (when the scenario settles): every honest provider
   redeemed at least what it charged.
 * ``adversaries_gain_nothing``: for every adversary, ``gain = change of holdings +
@@ -90,7 +93,7 @@ DEFINITIONS = {
     ),
     "honest_clients_pay_only_for_answers": (
         "per honest client: sum over its channels of (redeemed - clawed) <= value of the "
-        "answers it got (OK on time, or OK through a claim)"
+        "answers it got (OK on time, OK receipt after the call gave up, or OK through a claim)"
     ),
     "honest_providers_paid_in_full": "per honest provider: redeemed >= charged (after settling)",
     "adversaries_gain_nothing": (
@@ -126,15 +129,32 @@ def ok_response(claim: Claim) -> Response | None:
     return None
 
 
-def delivered_answers(sim: Simulation) -> dict[bytes, tuple[bytes, bytes, int]]:
+async def delivered_answers(sim: Simulation) -> dict[bytes, tuple[bytes, bytes, int]]:
     """Every request that got an OK answer to its payer: request hash -> (payer, payee,
-    price charged). On time: the call returned OK (recorded by the engine); through a
-    claim: an OK response on the ledger (the claimant is the channel's payer). A request
-    answered both ways counts once."""
+    price charged). A request answered more than one way counts once. The ways:
+
+    * on time: the call returned OK (recorded by the engine in ``peer.delivered``);
+    * after the call gave up: the payer's node accepted the payee's signed OK receipt
+      later, the receipt arriving after the wait, or the watcher re-delivering the request
+      before claiming it (specs/claims.md 6: it claims only if re-delivery fails). Its
+      stored request is then ``answered``; the payee served it before the deadline (C-4:
+      a late answer is a signed DEADLINE_EXCEEDED, nothing charged) and the payer's node
+      holds the answer, exactly what a claim on it would give (DELIVERED, claims.md 4.2).
+      Its price is the one in the payee's signed OK response, as the payee stored it
+      (none stored: counted 0, never more than the receipt said);
+    * through a claim: an OK response on the ledger (the claimant is the channel's payer).
+    """
     out: dict[bytes, tuple[bytes, bytes, int]] = {}
     for peer in sim.peers:
         for request_hash, (payee, price) in peer.delivered.items():
             out[request_hash] = (peer.account, payee, price)
+    for peer in sim.peers:
+        for record in await peer.store.requests(state="answered"):
+            if record.request_hash in out:
+                continue
+            charged = await _charged(sim, record.payee, record.request_hash)
+            if charged is not None:
+                out[record.request_hash] = (peer.account, record.payee, charged)
     for claim in sim.ledger.state.claims.values():
         if claim.id in out:
             continue
@@ -142,6 +162,29 @@ def delivered_answers(sim: Simulation) -> dict[bytes, tuple[bytes, bytes, int]]:
         if response is not None:
             out[claim.id] = (claim.claimant, claim.respondent, response.price)
     return out
+
+
+async def _charged(sim: Simulation, payee: bytes, request_hash: bytes) -> int | None:
+    """The price `payee` charged for `request_hash` in the signed OK response it stored,
+    or None (not stored, not OK, or not that request's)."""
+    peer = sim.peer_by_account(payee)
+    if peer is None:
+        return None
+    stored = await peer.store.response(request_hash)
+    if stored is None:
+        return None
+    try:
+        response = decode_frame(stored.frame)
+    except P2payError:
+        return None
+    if (
+        isinstance(response, Response)
+        and response.ok
+        and response.request_hash == request_hash
+        and response.body_matches()
+    ):
+        return response.price
+    return None
 
 
 def holdings_parts(state: State) -> dict[bytes, list[int]]:
@@ -256,7 +299,7 @@ class Invariants:
         # value of the answers each peer got (as payer) and gave (as payee)
         received: collections.Counter[bytes] = collections.Counter()
         provided: collections.Counter[bytes] = collections.Counter()
-        for payer, payee, price in delivered_answers(sim).values():
+        for payer, payee, price in (await delivered_answers(sim)).values():
             received[payer] += price
             provided[payee] += price
 

@@ -276,3 +276,62 @@ def test_price_change() -> None:
     assert 0 < before < report["requests"]["ok"]
     # requests signed at the old price are refused with a signed PAYMENT_REQUIRED
     assert report["requests"]["refused_by_providers"]["PAYMENT_REQUIRED"] > 0
+
+
+LATE_RECEIPTS = """
+name = "late-receipts"
+seed = 1
+duration = "1m"
+drain = "40s"
+check_every = "10s"
+[network]
+latency = "200ms"            # one way: answers finished 3.9 s after sending land at 4.1 s
+[node]
+watch_interval = "2s"
+challenge = "10s"
+[[services]]
+name = "echo"
+price = "1 micro"
+[[peers]]
+group = "slow"
+role = "provider"
+stake = "1 token"
+claim_window = "8s"
+behaviour = { kind = "slow", rate = 0.5, delay = "3.7s" }
+[[peers]]
+group = "clients"
+role = "client"
+count = 2
+deposit = "5 milli"
+rate = 0.3
+timeout = "4s"
+"""
+
+
+def test_receipts_after_the_call_gave_up_are_answers() -> None:
+    # The provider finishes before the deadline (charged, C-4); its answer reaches the
+    # payer after the call gave up (TIMEOUT). The payer's node accepts the late receipt
+    # (or re-delivery gets it before any claim, claims.md 6): the client paid for an
+    # answer it holds, so honest_clients_pay_only_for_answers holds. Before the fix the
+    # invariant counted only on-time answers and failed here (as on a loaded machine).
+    data = tomllib.loads(LATE_RECEIPTS)
+    sim = run_simulation(parse_scenario(data, source="late-receipts"))
+    report = build_report(sim)
+    assert_all_hold(report)
+    assert report["requests"]["by_outcome"]["TIMEOUT"] > 0
+    assert report["claims"]["filed"] == 0
+    money = report["money"]
+    assert money["redeemed"] == money["charged"] > money["paid"]  # paid: on-time answers
+    assert sum(p["received"] for p in report["peers"]) == money["charged"]
+
+    # without the payee's signed OK response, a late receipt proves no charge: the
+    # invariant fails (it never counts more than the payee signed)
+    import trio
+
+    provider = sim.providers[0]
+    on_time = {h for p in sim.clients for h in p.delivered}
+    late = next(h for h in provider.store._responses if h not in on_time)
+    del provider.store._responses[late]
+    checker = Invariants(sim)
+    trio.run(checker.check_final)
+    assert not checker.results["honest_clients_pay_only_for_answers"].ok
