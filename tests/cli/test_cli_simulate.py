@@ -16,72 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds for one run (about 2 s of CPU)
 
-#: A dropper (its dropped paid requests are claimed and upheld: one node warning
-#: "slashed for claim ..." each), a forger, and a provider off the network for 30 s.
-SCENARIO = """
-name = "small-cheaters"
-seed = 4
-duration = "2m"
-sample_every = "10s"
-check_every = "30s"
-
-[ledger]
-claim_bond = "1 milli"
-
-[node]
-watch_interval = "2s"
-claim_grace = "1s"
-challenge = "1m"
-redeem_threshold = "10 micro"
-
-[network]
-latency = "10ms"
-jitter = "10ms"
-
-[[services]]
-name = "echo"
-price = "1 micro"
-work = "5ms"
-
-[[peers]]
-group = "honest"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-
-[[peers]]
-group = "dropper"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-behaviour = { kind = "dropper", rate = 0.3 }
-
-[[peers]]
-group = "flaky"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-behaviour = { kind = "offline", mode = "network", periods = [["20s", "50s"]] }
-
-[[peers]]
-group = "clients"
-role = "client"
-count = 4
-deposit = "1 milli"
-channels = 3
-rate = 0.5
-timeout = "2s"
-
-[[peers]]
-group = "forger"
-role = "client"
-channels = 2
-rate = 0.2
-behaviour = { kind = "forger", every = "5s" }
-"""
+#: tests/sim/small-cheaters.toml (shared with tests/sim/test_output.py).
+SCENARIO = (REPO / "tests" / "sim" / "small-cheaters.toml").read_text(encoding="utf-8")
 
 SLASHED = "p2pay.watcher: slashed for claim \u2026"
 

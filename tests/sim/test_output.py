@@ -18,71 +18,9 @@ from p2pay.sim.report import LogCounts, log_kind, merge_reports
 from p2pay.sim.run import capture_log
 
 #: A dropper (claims against it are upheld: a node warning each), a forger, and a
-#: provider off the network from 20 s to 50 s of a 2-minute workload.
-SCENARIO = """
-name = "output"
-seed = 4
-duration = "2m"
-sample_every = "10s"
-check_every = "30s"
-
-[ledger]
-claim_bond = "1 milli"
-
-[node]
-watch_interval = "2s"
-claim_grace = "1s"
-challenge = "1m"
-redeem_threshold = "10 micro"
-
-[network]
-latency = "10ms"
-jitter = "10ms"
-
-[[services]]
-name = "echo"
-price = "1 micro"
-work = "5ms"
-
-[[peers]]
-group = "honest"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-
-[[peers]]
-group = "dropper"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-behaviour = { kind = "dropper", rate = 0.3 }
-
-[[peers]]
-group = "flaky"
-role = "provider"
-stake = "1 token"
-penalty = "10 milli"
-claim_window = "1m"
-behaviour = { kind = "offline", mode = "network", periods = [["20s", "50s"]] }
-
-[[peers]]
-group = "clients"
-role = "client"
-count = 4
-deposit = "1 milli"
-channels = 3
-rate = 0.5
-timeout = "2s"
-
-[[peers]]
-group = "forger"
-role = "client"
-channels = 2
-rate = 0.2
-behaviour = { kind = "forger", every = "5s" }
-"""
+#: provider off the network from 20 s to 50 s of a 2-minute workload (shared with
+#: tests/cli/test_cli_simulate.py).
+SCENARIO = (Path(__file__).parent / "small-cheaters.toml").read_text(encoding="utf-8")
 
 
 def run(tmp_path: Path, text: str = SCENARIO) -> dict[str, Any]:
