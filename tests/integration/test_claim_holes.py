@@ -6,12 +6,13 @@ asserts on timing, every wait is bounded (`wait_until`, `trio.fail_after`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from node_support import wait_until
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
@@ -54,17 +55,6 @@ def make_ledger(**params: Any) -> MemoryLedger:
 
 async def echo(call: Call) -> bytes:
     return call.body
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager

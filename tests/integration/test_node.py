@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from node_support import wait_until
 
 from p2pay.core.errors import (
     DeadlineExceeded,
@@ -65,18 +66,6 @@ async def fund(ledger: MemoryLedger, *keys: Keypair) -> None:
 
 async def echo(call: Call) -> bytes:
     return call.body
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
-    """Wait for a condition, within a bound generous for a loaded machine."""
-    with trio.fail_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager

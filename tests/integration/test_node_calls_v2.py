@@ -14,12 +14,13 @@ Every wait is bounded.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from node_support import wait_until
 
 from p2pay.core.errors import ErrorCode, HandlerError
 from p2pay.core.identity import Keypair
@@ -72,17 +73,6 @@ def make_ledger() -> MemoryLedger:
             max_deadline_horizon_ms=HORIZON,
         )
     )
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
-            await trio.sleep(0.02)
 
 
 async def echo(call: Call) -> bytes:

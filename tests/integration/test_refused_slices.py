@@ -14,13 +14,12 @@ wait is bounded (`wait_until`, `trio.fail_after`); nothing asserts on timing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
+from node_support import wait_until
 
 from p2pay.core.errors import ErrorCode, P2payError
 from p2pay.core.identity import Keypair
@@ -53,17 +52,6 @@ def make_ledger() -> MemoryLedger:
 
 async def echo(call: Call) -> bytes:
     return call.body
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
-            await trio.sleep(0.02)
 
 
 CAROL = Keypair.from_seed(bytes([3]) * 32)  # another client, keeps BOB busy

@@ -7,12 +7,13 @@ windows are generous, and every wait is bounded (`wait_until`, `trio.fail_after`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from node_support import wait_until
 
 from p2pay.core.errors import ErrorCode, RemoteProtocolError, SettlementError
 from p2pay.core.identity import Keypair
@@ -55,17 +56,6 @@ def make_ledger(cls: type[MemoryLedger] = MemoryLedger) -> MemoryLedger:
 
 async def echo(call: Call) -> bytes:
     return call.body
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            value = predicate()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager
