@@ -863,6 +863,11 @@ class Watcher:
             self._claiming.discard(record.request_hash)
         node.counters.claims_filed += 1
         log.info("filed claim %s for n=%d", claim_id.hex(), record.n)
+        self._stage_filed(record, claim_id)
+
+    def _stage_filed(self, record: OutgoingRequest, claim_id: bytes) -> None:
+        """Stage a claim we filed on `record`: the request marked claimed, the claim open."""
+        node = self.node
         node.persister.stage(
             request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
             claim=ClaimRecord(
@@ -933,16 +938,7 @@ class Watcher:
                 record.n,
                 info.payee.hex(),
             )
-            node.persister.stage(
-                request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
-                claim=ClaimRecord(
-                    claim_id=claim_id,
-                    role="claimant",
-                    state="open",
-                    request_hash=record.request_hash,
-                    updated_at=node.now(),
-                ),
-            )
+            self._stage_filed(record, claim_id)
             await self._record_outcome(claim_id)
         if covered < excess:
             log.warning(
