@@ -73,7 +73,7 @@ from p2pay.cli.home import (
 from p2pay.cli.services import parse_service
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public
-from p2pay.core.settlement import ChannelState
+from p2pay.core.settlement import ChannelState, StakeStatus, stake_status
 from p2pay.sim.cli import simulate
 
 if TYPE_CHECKING:
@@ -809,7 +809,7 @@ def channel_open(
     else:
         target = peer
 
-    async def do(node: Node) -> tuple[ChannelInfo, Any]:
+    async def do(node: Node) -> tuple[ChannelInfo, Any, Any]:
         hello = None if offline else await node.connect(target)
         info = await node.open_channel(
             target,
@@ -819,12 +819,15 @@ def channel_open(
             require_stake=not no_stake_ok,
             max_price=max_price,
         )
-        return info, hello
+        # the stake shown is the ledger's, not the hello's word (protocol.md 9 rule 5)
+        stake = None if hello is None else await node.ledger.stake_of(hello.account)
+        return info, hello, stake
 
-    info, hello = run_with_node(home, ledger, do, offline=offline)
+    info, hello, stake = run_with_node(home, ledger, do, offline=offline)
     terms: dict[str, Any] | None = None
     if hello is not None:
-        stake = hello.stake
+        if stake is not None and stake_status(stake) is not StakeStatus.BONDED:
+            stake = None
         # amounts as strings of yocto, as in every JSON document
         terms = {
             "stake": str(stake.amount if stake is not None else 0),

@@ -31,7 +31,7 @@ from p2pay.core.messages import (
     ServiceTerms,
     StakeTerms,
 )
-from p2pay.core.settlement import Stake
+from p2pay.core.settlement import Stake, StakeStatus, stake_status
 from p2pay.core.signing import Scheme, scheme_for, signer_for
 from p2pay.ledger.base import Ledger
 from p2pay.net.base import Stream, Transport
@@ -432,7 +432,8 @@ class Node:
             offline: open without contacting the peer (on an Ed25519 ledger only: on an
                 EVM ledger the payee's account is what its hello binds). The deposit stays
                 locked until a close's challenge period ends if the peer never shows up.
-            require_stake: refuse a peer whose hello announces no stake.
+            require_stake: refuse a peer whose stake is not BONDED on the ledger (the
+                hello's announced stake is only checked first).
             max_price: refuse a peer that offers no service at or below this price (yocto).
 
         Raises:
@@ -471,6 +472,8 @@ class Node:
                     continue
                 break
             payee = conn.account
+            if require_stake:
+                await self._check_ledger_stake(conn.peer_id, conn.hello, payee)
         channel = await self.ledger.open_channel(
             self.key, payee, deposit, challenge_ms or self.config.challenge_ms
         )
@@ -509,6 +512,27 @@ class Node:
                 else f"charges at least {cheapest} yocto a call, above max_price {max_price}"
             )
             raise TermsRefused(f"{peer_id} {what}", details=terms)
+
+    async def _check_ledger_stake(self, peer_id: str, hello: Hello, payee: bytes) -> None:
+        """Raise TermsRefused unless the ledger shows `payee`'s stake BONDED: a hello's
+        stake is the peer's word (protocol.md 9 rule 5), and a hello read earlier on a kept
+        connection may predate an unstake."""
+        stake = await self.refresh_peer_stake(payee)
+        if stake_status(stake) is StakeStatus.BONDED:
+            return
+        announced = hello.stake.amount if hello.stake is not None else 0
+        raise TermsRefused(
+            f"{peer_id} has no bonded stake on the ledger "
+            f"({'unbonding' if stake is not None and stake.amount else 'none'}; its hello "
+            f"announced {announced} yocto): nothing would answer for a paid request it "
+            "leaves unanswered",
+            details={
+                "peer": peer_id,
+                "stake": stake.amount if stake is not None else 0,
+                "announced_stake": announced,
+                "prices": {s.name: s.price for s in hello.services},
+            },
+        )
 
     async def top_up(self, channel: bytes, amount: int) -> ChannelInfo:
         ch = self.payer_channels.get(channel)

@@ -16,6 +16,7 @@ import trio
 
 from p2pay.core.errors import ErrorCode, WrongLedger
 from p2pay.core.identity import Keypair
+from p2pay.core.messages import StakeTerms
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork, memory_addr
@@ -187,3 +188,43 @@ async def test_open_channel_offline_is_a_ledger_operation_only() -> None:
         info = await a.open_channel(str(BOB.peer_id), deposit=10**6, offline=True)
         assert info.deposit == 10**6 and info.peer == str(BOB.peer_id)
         assert a.addresses.addrs(str(BOB.peer_id)) == []  # no contact, nothing learned
+
+
+async def test_require_stake_refuses_a_stake_the_ledger_does_not_have() -> None:
+    """A hello's stake is the peer's word (protocol.md 9 rule 5): a provider announcing a
+    stake it does not have on the ledger gets no escrow. (Found by an attacker: the check
+    read only the hello.)"""
+    ledger = await funded(b"fake-stake")
+    net = MemoryNetwork()
+    before = await ledger.balance(ALICE.account)
+    bob_addr = memory_addr(str(BOB.peer_id))
+    async with open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob:
+        bob.serve("echo", echo, price=PRICE)
+        assert await ledger.stake_of(BOB.account) is None
+        bob._stake = StakeTerms(amount=TOKEN, penalty=TOKEN // 10, claim_window_ms=1000)
+        async with open_node(key=ALICE, ledger=ledger, network=net, config=CONFIG) as alice:
+            assert (await alice.connect(bob_addr)).stake is not None  # the lie is in the hello
+            with trio.fail_after(10), pytest.raises(TermsRefused) as info:
+                await alice.open_channel(bob_addr, deposit=10**6, require_stake=True)
+            assert info.value.details["stake"] == 0
+            assert info.value.details["announced_stake"] == TOKEN
+            assert await ledger.balance(ALICE.account) == before
+            assert await ledger.channels_of(ALICE.account) == []
+
+
+async def test_require_stake_refuses_a_provider_that_unstaked_since_the_last_hello() -> None:
+    """A kept connection's hello may predate an unstake: the ledger decides."""
+    ledger = await funded(b"stale-hello")
+    net = MemoryNetwork()
+    bob_addr = memory_addr(str(BOB.peer_id))
+    async with open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob:
+        bob.serve("echo", echo, price=PRICE)
+        await bob.stake(TOKEN, penalty=TOKEN // 10, claim_window_ms=1000)
+        async with open_node(key=ALICE, ledger=ledger, network=net, config=CONFIG) as alice:
+            assert (await alice.connect(bob_addr)).stake is not None  # staked when it said hello
+            await ledger.request_unstake(BOB)
+            before = await ledger.balance(ALICE.account)
+            with trio.fail_after(10), pytest.raises(TermsRefused):
+                await alice.open_channel(bob_addr, deposit=10**6, require_stake=True)
+            assert await ledger.balance(ALICE.account) == before
+            assert await ledger.channels_of(ALICE.account) == []
