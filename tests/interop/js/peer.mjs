@@ -4,9 +4,10 @@
 //
 // Usage:
 //   node peer.mjs --connect MULTIADDR --topic TOPIC --key HEX34
-//                 [--provide] [--publish HEX] [--from PEERID] [--provider PEERID]
-//                 [--timeout-ms N] [--linger-ms N]
+//                 [--seed HEX32] [--provide] [--publish HEX] [--from PEERID]
+//                 [--provider PEERID] [--timeout-ms N] [--linger-ms N]
 //
+// Its identity is a fresh Ed25519 key, or the one derived from the 32-byte seed HEX32.
 // It listens on 127.0.0.1 only, dials MULTIADDR (which must end in /p2p/<PeerID>),
 // subscribes to TOPIC and looks up the providers of CIDv1(raw, multihash HEX34) until it
 // has seen a message on TOPIC (from PEERID with --from) and a provider (PEERID with
@@ -40,6 +41,7 @@ const { createLibp2p } = await import('libp2p')
 const { tcp } = await import('@libp2p/tcp')
 const { noise } = await import('@chainsafe/libp2p-noise')
 const { yamux } = await import('@libp2p/yamux')
+const { generateKeyPair, generateKeyPairFromSeed } = await import('@libp2p/crypto/keys')
 const { identify } = await import('@libp2p/identify')
 const { ping } = await import('@libp2p/ping')
 const { gossipsub } = await import('@libp2p/gossipsub')
@@ -50,6 +52,9 @@ const Digest = await import('multiformats/hashes/digest')
 
 const RAW_CODEC = 0x55
 const PUBLISH_MAX = 5
+
+// the reader went away (the test ended): nothing left to report to
+process.stdout.on('error', () => process.exit(1))
 
 function emit (event, fields = {}) {
   process.stdout.write(JSON.stringify({ event, ...fields }) + '\n')
@@ -78,6 +83,7 @@ try {
       connect: { type: 'string' },
       topic: { type: 'string' },
       key: { type: 'string' },
+      seed: { type: 'string' },
       provide: { type: 'boolean', default: false },
       publish: { type: 'string' },
       from: { type: 'string' },
@@ -101,8 +107,10 @@ if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > 600000) {
 if (!Number.isInteger(lingerMs) || lingerMs < 0 || lingerMs > 60000) {
   usage('--linger-ms is an integer in 0..60000')
 }
-let target, key, cid, payload
+let target, key, cid, payload, seed
 try {
+  seed = args.seed == null ? null : fromHex(args.seed, '--seed')
+  if (seed != null && seed.length !== 32) throw new Error('--seed is 32 bytes')
   target = multiaddr(args.connect)
   const last = target.getComponents().at(-1)
   if (last?.name !== 'p2p') throw new Error('the multiaddr does not end in /p2p/<PeerID>')
@@ -117,6 +125,7 @@ const expectFrom = args.from ?? null
 const expectProvider = args.provider ?? null
 
 const node = await createLibp2p({
+  privateKey: seed == null ? await generateKeyPair('Ed25519') : await generateKeyPairFromSeed('Ed25519', seed),
   addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
   transports: [tcp()],
   connectionEncrypters: [noise()],
