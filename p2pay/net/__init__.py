@@ -4,8 +4,9 @@
 `p2pay.net.memory` implements it in-process (simulations, fast tests) and
 `p2pay.net.p2p` over libp2p (TCP, Noise, yamux). Discovery (`DiscoveryNet`) has the
 same two: `p2pay.net.discovery` (gossipsub, Kademlia DHT) and
-`p2pay.net.memory_discovery`. py-libp2p is imported only by `p2pay.net.p2p`, so
-importing this package stays cheap; `open_libp2p_transport` is loaded on first use.
+`p2pay.net.memory_discovery`. py-libp2p is imported only by `p2pay.net.p2p` and
+`p2pay.net.discovery`, so importing this package stays cheap; `open_libp2p_transport`
+and `open_libp2p_discovery` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
 from p2pay.net.memory_discovery import open_memory_discovery
 
 if TYPE_CHECKING:
+    from p2pay.net.discovery import open_libp2p_discovery
     from p2pay.net.p2p import open_libp2p_transport
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "encode_uvarint",
     "frame",
     "memory_addr",
+    "open_libp2p_discovery",
     "open_libp2p_transport",
     "open_memory_discovery",
     "open_memory_transport",
@@ -71,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from p2pay.net.p2p import open_libp2p_transport
 
         return open_libp2p_transport
+    if name == "open_libp2p_discovery":
+        from p2pay.net.discovery import open_libp2p_discovery
+
+        return open_libp2p_discovery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
