@@ -29,9 +29,12 @@ claim to provide anything) and a fetched offer are verified by the core before u
 Guards (py-libp2p 0.8.1 as measured; why each exists)
 -----------------------------------------------------
 * **Handler exceptions.** An exception escaping a py-libp2p stream handler takes the
-  whole host down. The handlers py-libp2p registers for gossipsub and Kademlia are
-  re-registered behind `_guarded`, which logs, resets the stream and returns; ours
-  (offers) catches everything itself.
+  whole host down, and py-libp2p's own handlers let some out: five bytes of garbage
+  sent as a gossipsub RPC raise protobuf's ``DecodeError`` out of
+  ``Pubsub.stream_handler`` (it catches only stream and varint errors), which killed
+  the host (measured). The handlers py-libp2p registers for gossipsub and Kademlia
+  are re-registered behind `_guarded`, which logs, resets the stream and returns;
+  ours (offers) catches everything itself.
 * **Gossip size and shape.** py-libp2p accepts any message up to its 1 MiB RPC limit and
   any number of topics per message. Before a message from another peer is looked at
   (`_GuardedPubsub.push_msg`, ahead of py-libp2p's seen-cache, signature check,
