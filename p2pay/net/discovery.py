@@ -219,7 +219,7 @@ def decode_fetch_request(payload: bytes) -> tuple[bytes, str]:
 
 def encode_fetch_reply(offers: Sequence[bytes]) -> bytes:
     """The answer payload: a CBOR array of the offers (bytes), at most
-    `MAX_OFFERS_PER_REPLY`, each at most `MAX_OFFER_BYTES`.
+    `MAX_OFFERS_PER_REPLY`, each of 1 to `MAX_OFFER_BYTES` bytes.
 
     Raises:
         LocalProtocolError: too many offers, or one too large or not bytes.
@@ -227,8 +227,8 @@ def encode_fetch_reply(offers: Sequence[bytes]) -> bytes:
     if len(offers) > MAX_OFFERS_PER_REPLY:
         raise LocalProtocolError(f"at most {MAX_OFFERS_PER_REPLY} offers per answer")
     for offer in offers:
-        if not isinstance(offer, bytes) or len(offer) > MAX_OFFER_BYTES:
-            raise LocalProtocolError(f"an offer is bytes, at most {MAX_OFFER_BYTES}")
+        if not isinstance(offer, bytes) or not 1 <= len(offer) <= MAX_OFFER_BYTES:
+            raise LocalProtocolError(f"an offer is 1 to {MAX_OFFER_BYTES} bytes")
     return codec.encode(list(offers))
 
 
@@ -237,25 +237,25 @@ def decode_fetch_reply(payload: bytes) -> list[bytes]:
 
     Raises:
         DecodeError: not a canonical CBOR array of at most `MAX_OFFERS_PER_REPLY`
-            byte strings of at most `MAX_OFFER_BYTES` each.
+            byte strings of 1 to `MAX_OFFER_BYTES` bytes each.
     """
     value = codec.decode(payload, max_size=MAX_FETCH_FRAME)
     if not isinstance(value, list) or len(value) > MAX_OFFERS_PER_REPLY:
         raise DecodeError(f"a fetch answer is an array of at most {MAX_OFFERS_PER_REPLY} offers")
     for item in value:
-        if not isinstance(item, bytes) or len(item) > MAX_OFFER_BYTES:
-            raise DecodeError(f"an offer in a fetch answer is bytes, at most {MAX_OFFER_BYTES}")
+        if not isinstance(item, bytes) or not 1 <= len(item) <= MAX_OFFER_BYTES:
+            raise DecodeError(f"an offer in a fetch answer is 1 to {MAX_OFFER_BYTES} bytes")
     return [item for item in value if isinstance(item, bytes)]
 
 
 def _trim(offers: object) -> list[bytes]:
-    """What a server sends of its source's answer: bytes offers within the size limit,
-    at most `MAX_OFFERS_PER_REPLY` of them."""
+    """What a server sends of its source's answer: bytes offers of 1 to
+    `MAX_OFFER_BYTES` bytes, at most `MAX_OFFERS_PER_REPLY` of them."""
     if not isinstance(offers, Sequence) or isinstance(offers, bytes | str):
         raise TypeError("an offer source returns a sequence of bytes")
     out: list[bytes] = []
     for offer in offers:
-        if isinstance(offer, bytes) and len(offer) <= MAX_OFFER_BYTES:
+        if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
             out.append(offer)
             if len(out) == MAX_OFFERS_PER_REPLY:
                 break

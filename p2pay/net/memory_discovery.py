@@ -20,8 +20,8 @@ protocol) over a `MemoryNetwork`. All the discovery nodes of one network share a
 * **Fetch**: `fetch_offers` costs one round trip, then calls the provider's offer
   source (`serve_offers`), with the libp2p side's rules: an unreachable provider
   raises `FetchFailed` ("unreachable"), a source that raises gives "refused", the
-  answer is cut to `MAX_OFFERS_PER_REPLY` offers and offers over `MAX_OFFER_BYTES`
-  are left out by the server.
+  answer is cut to `MAX_OFFERS_PER_REPLY` offers and offers that are empty or over
+  `MAX_OFFER_BYTES` are left out by the server.
 
 Bounds, as on libp2p (a flooding peer cannot make a node hold more): each node holds
 at most `MAX_PENDING` messages in flight to it, and each subscription channel
@@ -301,7 +301,7 @@ class MemoryDiscovery:
             raise FetchFailed(f"{self._peer_id} refused the fetch", kind="refused") from None
         out: list[bytes] = []
         for offer in offers:
-            if isinstance(offer, bytes) and len(offer) <= MAX_OFFER_BYTES:
+            if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
                 out.append(offer)
             if len(out) == MAX_OFFERS_PER_REPLY:
                 break

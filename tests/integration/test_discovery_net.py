@@ -243,6 +243,7 @@ def test_fetch_messages_round_trip_and_refuse_what_breaks_the_rules() -> None:
     for bad in (
         codec.encode([b"x"] * (MAX_OFFERS_PER_REPLY + 1)),
         codec.encode([b"x" * (MAX_OFFER_BYTES + 1)]),
+        codec.encode([b""]),
         codec.encode(["text"]),
         codec.encode({"offers": []}),
     ):
@@ -261,7 +262,9 @@ async def test_fetch_answers_are_cut_to_the_limits_and_failures_are_typed(
         provider = await _peer(stack, nursery, subscribe=False)
         client = await _peer(stack, nursery, subscribe=False)
         many = [bytes([i]) for i in range(MAX_OFFERS_PER_REPLY + 4)]
-        provider.net.serve_offers(lambda ledger, service: [b"x" * (MAX_OFFER_BYTES + 1), *many])
+        provider.net.serve_offers(
+            lambda ledger, service: [b"x" * (MAX_OFFER_BYTES + 1), b"", *many]
+        )
         got = await client.net.fetch_offers(provider.peer_id, [provider.addr], LEDGER, "echo")
         assert got == many[:MAX_OFFERS_PER_REPLY]
         provider.net.serve_offers(None)

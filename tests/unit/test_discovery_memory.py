@@ -214,7 +214,7 @@ async def test_the_served_answer_is_cut_to_the_protocol_limits(autojump_clock: o
     network = MemoryNetwork()
     async with _nodes(network, 2) as (provider, client):
         many = [bytes([i]) for i in range(MAX_OFFERS_PER_REPLY + 5)]
-        provider.serve_offers(lambda ledger, service: [b"x" * (MAX_OFFER_BYTES + 1), *many])
+        provider.serve_offers(lambda ledger, service: [b"x" * (MAX_OFFER_BYTES + 1), b"", *many])
         got = await client.fetch_offers(provider.peer_id, [], LEDGER, "echo")
         assert got == many[:MAX_OFFERS_PER_REPLY]
         provider.serve_offers(None)
