@@ -526,3 +526,25 @@ async def test_gossip_streams_reset_under_load_do_not_crash_the_publisher() -> N
                     await trio.sleep(0.01)
         await _publish_until(publisher, [keeper], b"still")
         await _alive(publisher, keeper)
+
+
+async def test_peers_connected_before_discovery_opened_still_gossip() -> None:
+    async with _cluster() as (stack, nursery):
+        first = await stack.enter_async_context(open_libp2p_transport(_key(), _refuse))
+        second = await stack.enter_async_context(open_libp2p_transport(_key(), _refuse))
+        assert isinstance(first, Libp2pTransport) and isinstance(second, Libp2pTransport)
+        await second.dial(first.peer_id, [first.addrs[0]], timeout=15)
+        assert second.is_connected(first.peer_id) and first.is_connected(second.peer_id)
+        peers = []
+        for transport in (first, second):
+            net = await stack.enter_async_context(open_libp2p_discovery(transport))
+            peer = Peer(transport, net)
+            channel = net.subscribe(LEDGER)
+
+            async def read(peer: Peer = peer, channel: object = channel) -> None:
+                async for item in channel:  # type: ignore[attr-defined]
+                    peer.received.append(item)
+
+            nursery.start_soon(read)
+            peers.append(peer)
+        await _publish_until(peers[0], [peers[1]], b"no-bootstrap")
