@@ -80,6 +80,9 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
   close of a stream is logged at debug level instead.)
 * **Fetch server.** At most `MAX_INBOUND_FETCHES` answered at once (further streams are
   reset); a request must arrive whole within `FETCH_TIMEOUT`.
+* **Connections made before discovery.** py-libp2p's pubsub learns of peers from
+  connection events only: a peer connected before `open_libp2p_discovery` would never
+  be gossiped with. Each connected peer is handed to pubsub when discovery opens.
 * **Seen-cache thread.** py-libp2p starts a sweeping thread per ``Pubsub`` and never
   stops it; it is stopped when discovery closes.
 """
