@@ -17,16 +17,29 @@ every implementation derive the same bytes.
 
 Checking is in two steps, as for frames: `decode_offer` checks structure only (MALFORMED,
 WRONG_DOMAIN, FRAME_TOO_LARGE); `check_offer` checks it against the receiver's ledger and
-clock (version, ledger, signature, account binding, expiry, addresses). Everything here is
-sans-IO: the receiver's clock is an argument.
+clock (version, ledger, signature, account binding, expiry, addresses).
+
+An `OfferBook` is what a receiver keeps (specs/discovery.md 7): per sender a token bucket
+checked before decoding, the highest `seq` per (peer, service), expiry, caps per peer and
+in all, a minimum stake, and the truth: an offer is *verified* only once the caller has
+read the provider's stake from the ledger and it covers the offer; a ledger read, a hello
+or a PAYMENT_REQUIRED contradicting an offer is a lie, which drops the peer's offers and
+bans it for an hour. Every message dropped is counted by reason (`Drop`). A `Chooser`
+ranks live offers from what the client saw of each provider (specs/discovery.md 8).
+
+Everything here is sans-IO: the receiver's clock is an argument, and the ledger read is
+the caller's (a verdict says when one is needed).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from collections.abc import Sequence
+import heapq
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from p2pay.core import codec
 from p2pay.core.errors import (
@@ -45,6 +58,7 @@ from p2pay.core.messages import (
     MAX_SERVICE_NAME,
     MAX_U64,
     PROTOCOL_VERSION,
+    Hello,
     ServiceTerms,
     StakeTerms,
     _check,
@@ -55,22 +69,39 @@ from p2pay.core.messages import (
     check_account_binding,
     check_account_form,
 )
+from p2pay.core.settlement import Stake, StakeStatus, stake_status
 from p2pay.core.signing import Signer
 
 __all__ = [
     "DOMAIN_OFFER",
+    "FAILURE_SKIP_MS",
     "FETCH_PROTOCOL_ID",
     "FETCH_TIMEOUT_MS",
     "KIND_OFFER",
+    "LIE_BAN_MS",
     "MAX_ADDR_SIZE",
+    "MAX_CONSECUTIVE_FAILURES",
     "MAX_FETCH_FRAME",
     "MAX_FETCH_OFFERS",
+    "MAX_OFFERS",
     "MAX_OFFER_ADDRS",
     "MAX_OFFER_LIFETIME_MS",
     "MAX_OFFER_SIZE",
+    "MAX_SERVICES_PER_PEER",
+    "OFFERS_PER_MINUTE",
+    "OFFER_BURST",
     "OFFER_KEY_DOMAIN",
+    "STAKE_READ_RETRY_MS",
+    "STAKE_RECHECK_MS",
+    "Chooser",
+    "Drop",
+    "FailureKind",
     "FetchRequest",
+    "KeptOffer",
     "Offer",
+    "OfferBook",
+    "PeerStats",
+    "Verdict",
     "check_offer",
     "decode_fetch_reply",
     "decode_fetch_request",
@@ -79,6 +110,7 @@ __all__ = [
     "encode_fetch_request",
     "offer_key",
     "offer_topic",
+    "stake_covers",
 ]
 
 DOMAIN_OFFER = "p2pay/v1/offer"
@@ -560,3 +592,582 @@ def decode_fetch_reply(data: bytes | bytearray | memoryview) -> list[bytes]:
             f"1..{MAX_OFFER_SIZE} bytes"
         )
     return [item for item in value if isinstance(item, bytes)]
+
+
+# ---------------------------------------------------------------------------
+# The offer book (specs/discovery.md 7)
+
+OFFERS_PER_MINUTE = 30
+OFFER_BURST = 60
+MAX_SERVICES_PER_PEER = 64
+MAX_OFFERS = 10_000
+LIE_BAN_MS = 3_600_000
+STAKE_RECHECK_MS = 600_000
+STAKE_READ_RETRY_MS = 30_000
+_MINUTE_MS = 60_000
+#: a token is counted in 1/60000ths, so that refilling 30 a minute is exact integer arithmetic
+_TOKEN = _MINUTE_MS
+#: senders whose bucket the book remembers at once (the least recently seen are forgotten)
+_MAX_BUCKETS = 4096
+
+
+class Drop(enum.StrEnum):
+    """Why the book did not keep an offer (or let one go): the counters' names
+    (specs/discovery.md 7)."""
+
+    RATE_LIMITED = "rate_limited"
+    MALFORMED = "malformed"
+    VERSION_MISMATCH = "version_mismatch"
+    WRONG_LEDGER = "wrong_ledger"
+    INVALID_SIGNATURE = "invalid_signature"
+    UNAUTHORIZED = "unauthorized"
+    EXPIRED = "expired"
+    WRONG_SERVICE = "wrong_service"
+    BANNED = "banned"
+    NO_STAKE = "no_stake"
+    BELOW_MIN_STAKE = "below_min_stake"
+    STALE = "stale"
+    PEER_FULL = "peer_full"
+    BOOK_FULL = "book_full"
+    # offers the book kept and let go (not a verdict on a received message)
+    EVICTED = "evicted"
+    DROPPED_BY_LIE = "dropped_by_lie"
+    LIES = "lies"
+
+
+_CHECK_DROPS = {
+    ErrorCode.FRAME_TOO_LARGE: Drop.MALFORMED,
+    ErrorCode.MALFORMED: Drop.MALFORMED,
+    ErrorCode.WRONG_DOMAIN: Drop.MALFORMED,
+    ErrorCode.VERSION_MISMATCH: Drop.VERSION_MISMATCH,
+    ErrorCode.WRONG_LEDGER: Drop.WRONG_LEDGER,
+    ErrorCode.INVALID_SIGNATURE: Drop.INVALID_SIGNATURE,
+    ErrorCode.UNAUTHORIZED: Drop.UNAUTHORIZED,
+    ErrorCode.DEADLINE_EXCEEDED: Drop.EXPIRED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptOffer:
+    """An offer in the book: the offer, its bytes as received (to relay or serve them
+    unchanged), when it was received (Unix ms) and whether a ledger read covers it."""
+
+    offer: Offer
+    data: bytes
+    received_ms: int
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the book made of one received message.
+
+    `kept` is the offer if the book kept it (new, or newer than the one it had), else None
+    and `dropped` says why. `needs_stake_check`: the caller should read the stake of
+    ``kept.offer.account`` from the ledger and report it with `OfferBook.stake_checked`
+    (the offer stays unverified, never listed, until then).
+    """
+
+    kept: KeptOffer | None
+    dropped: Drop | None = None
+    needs_stake_check: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """True if the book kept the offer."""
+        return self.kept is not None
+
+
+def stake_covers(stake: Stake | None, offer: Offer) -> bool:
+    """True if the ledger's stake record `stake` covers what `offer` states
+    (specs/discovery.md 7.5): bonded, the offer's account, at least its amount and penalty,
+    the same claim window."""
+    return (
+        stake is not None
+        and stake_status(stake) is StakeStatus.BONDED
+        and stake.account == offer.account
+        and stake.amount >= offer.stake.amount
+        and stake.penalty >= offer.stake.penalty
+        and stake.claim_window_ms == offer.stake.claim_window_ms
+    )
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: int  # in 1/60000ths of a token
+    at_ms: int
+
+
+@dataclass(slots=True)
+class _StakeRead:
+    stake: Stake | None = None
+    read_ms: int | None = None  # when the last answer came (None: never)
+    asked_ms: int | None = None  # when a read was last asked for and not yet answered
+
+
+class OfferBook:
+    """The offers a receiver keeps (specs/discovery.md 7), sans-IO: every call takes the
+    receiver's clock.
+
+    Feed it every message with `receive`; when a verdict says `needs_stake_check`, read
+    the provider's stake from the ledger and report it with `stake_checked`; report a
+    provider's hello with `hello_seen` and a PAYMENT_REQUIRED with `price_seen`, or any
+    other contradiction with `lie`. `live` lists the offers a client may rely on.
+    `counts` says how many messages were dropped and why (and how many kept offers were
+    evicted or dropped for a lie).
+
+    Args:
+        ledger: the receiver's ledger id.
+        min_stake: the least stake amount an offer must state to be kept (0: any stake).
+        max_offers, max_services_per_peer, per_minute, burst, lie_ban_ms: the limits of
+            specs/discovery.md 7 (defaults: the spec's).
+
+    Raises:
+        LocalProtocolError: a limit out of range.
+    """
+
+    def __init__(
+        self,
+        ledger: bytes,
+        *,
+        min_stake: int = 0,
+        max_offers: int = MAX_OFFERS,
+        max_services_per_peer: int = MAX_SERVICES_PER_PEER,
+        per_minute: int = OFFERS_PER_MINUTE,
+        burst: int = OFFER_BURST,
+        lie_ban_ms: int = LIE_BAN_MS,
+    ) -> None:
+        _check_bytes(ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
+        _check_uint(min_stake, "min_stake", (1 << 128) - 1, False)
+        for name, value in (
+            ("max_offers", max_offers),
+            ("max_services_per_peer", max_services_per_peer),
+            ("per_minute", per_minute),
+            ("burst", burst),
+            ("lie_ban_ms", lie_ban_ms),
+        ):
+            _check_uint(value, name, MAX_U64, False)
+            _check(value >= 1, f"{name} is at least 1", False)
+        self.ledger = ledger
+        self.min_stake = min_stake
+        self.max_offers = max_offers
+        self.max_services_per_peer = max_services_per_peer
+        self.per_minute = per_minute
+        self.burst = burst
+        self.lie_ban_ms = lie_ban_ms
+        self.counts: Counter[Drop] = Counter()
+        self._offers: dict[str, dict[str, KeptOffer]] = {}  # peer id -> service -> kept
+        self._size = 0
+        # (expires, peer, service, seq): the kept offers by expiry; entries of offers since
+        # replaced or dropped stay until popped (checked against `_offers`) or compacted
+        self._by_expiry: list[tuple[int, str, str, int]] = []
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._bans: dict[str, int] = {}  # peer id -> banned until (Unix ms)
+        self._reads: dict[str, _StakeRead] = {}
+
+    # -- queries
+
+    def __len__(self) -> int:
+        return self._size
+
+    def banned(self, peer: str, now_ms: int) -> bool:
+        """True if `peer` (a PeerID) is banned for a lie at `now_ms`."""
+        until = self._bans.get(peer)
+        return until is not None and now_ms < until
+
+    def get(self, peer: str, service: str) -> KeptOffer | None:
+        """The kept offer of `peer` for `service` (expired or not), or None."""
+        return self._offers.get(peer, {}).get(service)
+
+    def live(
+        self, service: str, *, now_ms: int, max_price: int | None = None, min_stake: int = 0
+    ) -> list[KeptOffer]:
+        """The verified offers of `service` live at `now_ms` from peers not banned, priced
+        at most `max_price` (None: any price), staking at least `min_stake` (and the book's
+        own minimum). Sorted by price, stake (higher first), then PeerID.
+        """
+        floor = max(min_stake, self.min_stake)
+        out = [
+            kept
+            for peer, services in self._offers.items()
+            if (kept := services.get(service)) is not None
+            and kept.verified
+            and kept.offer.expires > now_ms
+            and not self.banned(peer, now_ms)
+            and (max_price is None or kept.offer.price <= max_price)
+            and kept.offer.stake.amount >= floor
+        ]
+        out.sort(key=lambda k: (k.offer.price, -k.offer.stake.amount, k.offer.peer_id))
+        return out
+
+    def encoded(self, service: str, *, now_ms: int, limit: int = MAX_FETCH_OFFERS) -> list[bytes]:
+        """The bytes of up to `limit` live verified offers of `service`, as received: what
+        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6)."""
+        return [kept.data for kept in self.live(service, now_ms=now_ms)[:limit]]
+
+    # -- receiving
+
+    def _take_token(self, sender: str, now_ms: int) -> bool:
+        full = self.burst * _TOKEN
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._buckets.popitem(last=False)  # the least recently seen sender
+            bucket = self._buckets[sender] = _Bucket(level=full, at_ms=now_ms)
+        else:
+            self._buckets.move_to_end(sender)
+            if now_ms > bucket.at_ms:  # a clock going back refills nothing
+                bucket.level = min(full, bucket.level + (now_ms - bucket.at_ms) * self.per_minute)
+                bucket.at_ms = now_ms
+        if bucket.level < _TOKEN:
+            return False
+        bucket.level -= _TOKEN
+        return True
+
+    def _drop(self, reason: Drop) -> Verdict:
+        self.counts[reason] += 1
+        return Verdict(kept=None, dropped=reason)
+
+    def receive(
+        self,
+        data: bytes,
+        *,
+        sender: str,
+        now_ms: int,
+        service: str | None = None,
+    ) -> Verdict:
+        """Handle one message from `sender` (the gossip propagation source, or the remote
+        peer of a fetch stream), in the order of specs/discovery.md 7.
+
+        Args:
+            data: the message: one encoded offer.
+            sender: the PeerID the message came from (rate-limited per sender).
+            now_ms: the receiver's clock.
+            service: for an item of a fetch reply, the service asked (another is dropped).
+
+        Returns:
+            The verdict: the offer kept (and whether to read its stake), or why not.
+
+        Raises:
+            LocalProtocolError: `sender` not text or `now_ms` not a time.
+        """
+        _check(isinstance(sender, str), "sender is a PeerID text", False)
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        if not self._take_token(sender, now_ms):
+            return self._drop(Drop.RATE_LIMITED)
+        try:
+            offer = decode_offer(data)
+            check_offer(offer, ledger=self.ledger, now_ms=now_ms)
+        except RemoteProtocolError as exc:
+            return self._drop(_CHECK_DROPS.get(exc.code, Drop.MALFORMED))
+        if service is not None and offer.name != service:
+            return self._drop(Drop.WRONG_SERVICE)
+        peer = offer.peer_id
+        if self.banned(peer, now_ms):
+            return self._drop(Drop.BANNED)
+        if offer.stake.amount == 0:
+            return self._drop(Drop.NO_STAKE)
+        if offer.stake.amount < self.min_stake:
+            return self._drop(Drop.BELOW_MIN_STAKE)
+        services = self._offers.get(peer)
+        old = services.get(offer.name) if services is not None else None
+        if old is not None and offer.seq <= old.offer.seq:
+            return self._drop(Drop.STALE)
+        if old is None:
+            if services is not None and len(services) >= self.max_services_per_peer:
+                return self._drop(Drop.PEER_FULL)
+            if self._size >= self.max_offers and not self._make_room(offer, now_ms):
+                return self._drop(Drop.BOOK_FULL)
+        read = self._reads.get(peer)
+        verified = (
+            read is not None
+            and read.read_ms is not None
+            and now_ms - read.read_ms < STAKE_RECHECK_MS
+            and stake_covers(read.stake, offer)
+        )
+        kept = KeptOffer(offer=offer, data=bytes(data), received_ms=now_ms, verified=verified)
+        self._put(peer, kept)
+        needs = False
+        if not verified:
+            if read is None:
+                read = self._reads[peer] = _StakeRead()
+            if read.asked_ms is None or now_ms - read.asked_ms >= STAKE_READ_RETRY_MS:
+                read.asked_ms = now_ms
+                needs = True
+        return Verdict(kept=kept, needs_stake_check=needs)
+
+    def _put(self, peer: str, kept: KeptOffer) -> None:
+        services = self._offers.setdefault(peer, {})
+        if kept.offer.name not in services:
+            self._size += 1
+        services[kept.offer.name] = kept
+        heapq.heappush(self._by_expiry, (kept.offer.expires, peer, kept.offer.name, kept.offer.seq))
+        if len(self._by_expiry) > 2 * self._size + 64:
+            self._by_expiry = [
+                e for e in self._by_expiry if self._current(e[1], e[2], e[3]) is not None
+            ]
+            heapq.heapify(self._by_expiry)
+
+    def _current(self, peer: str, service: str, seq: int) -> KeptOffer | None:
+        kept = self._offers.get(peer, {}).get(service)
+        return kept if kept is not None and kept.offer.seq == seq else None
+
+    def _remove(self, peer: str, service: str) -> None:
+        services = self._offers.get(peer)
+        if services is not None and services.pop(service, None) is not None:
+            self._size -= 1
+            if not services:  # nothing of it kept: forget its stake read too
+                del self._offers[peer]
+                self._reads.pop(peer, None)
+
+    def _make_room(self, offer: Offer, now_ms: int) -> bool:
+        """Forget expired offers; if the book is still full, evict the offer that expires
+        first unless `offer` expires no later (then False)."""
+        self.expire(now_ms)
+        while self._size >= self.max_offers:
+            expires, peer, service, seq = self._by_expiry[0]
+            if self._current(peer, service, seq) is None:
+                heapq.heappop(self._by_expiry)
+                continue
+            if offer.expires <= expires:
+                return False
+            heapq.heappop(self._by_expiry)
+            self._remove(peer, service)
+            self.counts[Drop.EVICTED] += 1
+        return True
+
+    def expire(self, now_ms: int) -> int:
+        """Forget the offers expired at `now_ms` and the bans that have ended.
+
+        Returns:
+            How many offers were forgotten.
+        """
+        forgotten = 0
+        while self._by_expiry and self._by_expiry[0][0] <= now_ms:
+            _, peer, service, seq = heapq.heappop(self._by_expiry)
+            if self._current(peer, service, seq) is not None:
+                self._remove(peer, service)
+                forgotten += 1
+        for peer in [p for p, until in self._bans.items() if until <= now_ms]:
+            del self._bans[peer]
+        return forgotten
+
+    # -- the truth: the ledger, the hello, the price charged
+
+    def stake_checked(self, peer: str, ledger_stake: Stake | None, now_ms: int) -> bool:
+        """Report the ledger's stake record of `peer`'s account (None: no record), read
+        because a verdict asked for it. Every kept offer of `peer` it covers becomes
+        verified; if it does not cover one, that is a lie (`lie`).
+
+        Returns:
+            True if it covers every kept offer of `peer` (False: `peer` is now banned).
+        """
+        read = self._reads.get(peer)
+        services = self._offers.get(peer)
+        if services is None:  # nothing kept any more (expired, evicted): nothing to judge
+            if read is not None:
+                del self._reads[peer]
+            return True
+        if read is None:
+            read = self._reads[peer] = _StakeRead()
+        read.stake, read.read_ms, read.asked_ms = ledger_stake, now_ms, None
+        if not all(stake_covers(ledger_stake, k.offer) for k in services.values()):
+            self.lie(peer, "the ledger's stake does not cover the offer", now_ms)
+            return False
+        for name, kept in list(services.items()):
+            if not kept.verified:
+                services[name] = KeptOffer(kept.offer, kept.data, kept.received_ms, True)
+        return True
+
+    def hello_seen(self, peer: str, hello: Hello, now_ms: int) -> bool:
+        """Compare `peer`'s hello (checked: its stream's remote is `peer`) with its kept offers: a
+        service whose price differs, or a stake that differs, is a lie.
+
+        Returns:
+            True if the hello agrees with every kept offer of `peer`.
+        """
+        services = self._offers.get(peer, {})
+        for name, kept in services.items():
+            terms = hello.service(name)
+            if terms is not None and terms.price != kept.offer.price:
+                self.lie(peer, f"hello price of {name} differs from the offer", now_ms)
+                return False
+            if hello.stake != kept.offer.stake:
+                self.lie(peer, "hello stake differs from the offer", now_ms)
+                return False
+        return True
+
+    def price_seen(self, peer: str, service: str, price: int, now_ms: int) -> bool:
+        """Report that `peer` asked `price` for `service` (a PAYMENT_REQUIRED's price): above
+        its kept offer's price it is a lie.
+
+        Returns:
+            True unless it was a lie.
+        """
+        kept = self.get(peer, service)
+        if kept is not None and price > kept.offer.price:
+            self.lie(peer, f"asked {price} for {service}, offered {kept.offer.price}", now_ms)
+            return False
+        return True
+
+    def lie(self, peer: str, reason: str, now_ms: int) -> int:
+        """`peer` lied (`reason`, for the caller's log): drop its offers and ignore it for
+        `lie_ban_ms`.
+
+        Returns:
+            How many of its offers were dropped.
+        """
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        del reason  # the caller logs it; the book keeps no text from peers
+        dropped = 0
+        for service in list(self._offers.get(peer, {})):
+            self._remove(peer, service)
+            dropped += 1
+        self._reads.pop(peer, None)
+        if peer not in self._bans and len(self._bans) >= self.max_offers:
+            self.expire(now_ms)
+            if len(self._bans) >= self.max_offers:
+                del self._bans[min(self._bans, key=lambda p: (self._bans[p], p))]
+        self._bans[peer] = now_ms + self.lie_ban_ms
+        self.counts[Drop.LIES] += 1
+        self.counts[Drop.DROPPED_BY_LIE] += dropped
+        return dropped
+
+
+# ---------------------------------------------------------------------------
+# Choosing a provider (specs/discovery.md 8)
+
+FAILURE_SKIP_MS = 300_000
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class FailureKind(enum.StrEnum):
+    """How a call to a provider failed."""
+
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """What a client saw of one provider: calls that succeeded and failed, the failures
+    since the last success, the latency average (ms, None before a success) and until when
+    the peer is skipped."""
+
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    latency_ms: int | None = None
+    skip_until_ms: int = 0
+    last_failure: FailureKind | None = None
+
+
+_Ranked = TypeVar("_Ranked", Offer, KeptOffer)
+
+
+class Chooser:
+    """Ranks offers by failures, price, stake, latency and PeerID (specs/discovery.md 8),
+    deterministically, from what the client saw of each provider.
+
+    Args:
+        max_failures: consecutive failures after which a peer is skipped.
+        skip_ms: how long it is skipped after each failure from then on.
+        max_peers: peers whose stats are kept (the least recently updated are forgotten).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_CONSECUTIVE_FAILURES,
+        skip_ms: int = FAILURE_SKIP_MS,
+        max_peers: int = MAX_OFFERS,
+    ) -> None:
+        for name, value in (("max_failures", max_failures), ("max_peers", max_peers)):
+            _check_uint(value, name, MAX_U64, False)
+            _check(value >= 1, f"{name} is at least 1", False)
+        _check_uint(skip_ms, "skip_ms", MAX_U64, False)
+        self.max_failures = max_failures
+        self.skip_ms = skip_ms
+        self.max_peers = max_peers
+        self._stats: OrderedDict[str, PeerStats] = OrderedDict()
+
+    def stats(self, peer: str) -> PeerStats:
+        """A copy of what was seen of `peer` (all zero if nothing)."""
+        seen = self._stats.get(peer)
+        if seen is None:
+            return PeerStats()
+        return PeerStats(
+            seen.successes,
+            seen.failures,
+            seen.consecutive_failures,
+            seen.latency_ms,
+            seen.skip_until_ms,
+            seen.last_failure,
+        )
+
+    def _entry(self, peer: str) -> PeerStats:
+        _check(isinstance(peer, str), "peer is a PeerID text", False)
+        seen = self._stats.get(peer)
+        if seen is None:
+            if len(self._stats) >= self.max_peers:
+                self._stats.popitem(last=False)
+            seen = self._stats[peer] = PeerStats()
+        else:
+            self._stats.move_to_end(peer)
+        return seen
+
+    def record_success(self, peer: str, latency_ms: int, now: int) -> None:
+        """A call to `peer` succeeded after `latency_ms`."""
+        _check_uint(latency_ms, "latency_ms", MAX_U64, False)
+        _check_uint(now, "now", MAX_U64, False)
+        seen = self._entry(peer)
+        seen.successes += 1
+        seen.consecutive_failures = 0
+        seen.skip_until_ms = 0
+        seen.latency_ms = (
+            latency_ms if seen.latency_ms is None else (3 * seen.latency_ms + latency_ms) // 4
+        )
+
+    def record_failure(self, peer: str, kind: FailureKind, now: int) -> None:
+        """A call to `peer` failed (`kind`) at `now`."""
+        try:
+            kind = FailureKind(kind)
+        except ValueError:
+            raise LocalProtocolError(f"kind is one of {[k.value for k in FailureKind]}") from None
+        _check_uint(now, "now", MAX_U64, False)
+        seen = self._entry(peer)
+        seen.failures += 1
+        seen.consecutive_failures += 1
+        seen.last_failure = kind
+        if seen.consecutive_failures >= self.max_failures:
+            seen.skip_until_ms = now + self.skip_ms
+
+    def skipped(self, peer: str, now: int) -> bool:
+        """True if `peer` is skipped at `now` (too many consecutive failures)."""
+        seen = self._stats.get(peer)
+        return seen is not None and now < seen.skip_until_ms
+
+    def rank(self, offers: Iterable[_Ranked], now: int) -> list[_Ranked]:
+        """`offers` best first, without those of skipped peers. Deterministic: the same
+        offers and stats give the same order whatever the input order."""
+
+        def key(item: _Ranked) -> tuple[int, int, int, int, str]:
+            offer = item.offer if isinstance(item, KeptOffer) else item
+            peer = offer.peer_id
+            seen = self._stats.get(peer)
+            return (
+                0 if seen is None else seen.consecutive_failures,
+                offer.price,
+                -offer.stake.amount,
+                0 if seen is None or seen.latency_ms is None else seen.latency_ms,
+                peer,
+            )
+
+        kept = [
+            item
+            for item in offers
+            if not self.skipped((item.offer if isinstance(item, KeptOffer) else item).peer_id, now)
+        ]
+        kept.sort(key=key)
+        return kept

@@ -87,10 +87,24 @@ def test_discovery_constants_are_the_codes() -> None:
         ("MAX_FETCH_OFFERS", offers.MAX_FETCH_OFFERS),
         ("MAX_FETCH_FRAME", offers.MAX_FETCH_FRAME),
         ("FETCH_TIMEOUT_MS", offers.FETCH_TIMEOUT_MS),
+        ("MAX_SERVICES_PER_PEER", offers.MAX_SERVICES_PER_PEER),
+        ("MAX_OFFERS", offers.MAX_OFFERS),
+        ("LIE_BAN_MS", offers.LIE_BAN_MS),
+        ("STAKE_RECHECK_MS", offers.STAKE_RECHECK_MS),
+        ("STAKE_READ_RETRY_MS", offers.STAKE_READ_RETRY_MS),
+        ("FAILURE_SKIP_MS", offers.FAILURE_SKIP_MS),
     ):
         row = re.search(rf"^\| `{name}` \| ([0-9,]+) \|", constants, re.M)
         assert row, name
         assert int(row.group(1).replace(",", "")) == value, name
+    rate = (
+        f"| `OFFERS_PER_MINUTE`, `OFFER_BURST` | {offers.OFFERS_PER_MINUTE}, {offers.OFFER_BURST} |"
+    )
+    assert rate in constants
+    assert f"{offers.MAX_CONSECUTIVE_FAILURES} or more consecutive failures" in DISCOVERY
+    # the book's drop reasons are the ones the spec names (7, 7.4, 7.5)
+    for reason in offers.Drop:
+        assert f"`{reason.value}`" in DISCOVERY, reason
     assert f"`{offers.FETCH_PROTOCOL_ID}`" in DISCOVERY
     assert '"/p2pay/offers/2/"' in DISCOVERY and offers.offer_topic(b"\x01").startswith(
         "/p2pay/offers/2/"
