@@ -33,8 +33,8 @@ from typing import Any
 import platformdirs
 
 from p2pay.cli.render import quoted
-from p2pay.core.amounts import format_tokens
-from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
+from p2pay.core.amounts import format_tokens, parse_amount
+from p2pay.core.errors import AmountError, DecodeError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
 
@@ -346,11 +346,9 @@ def _read_discovery(table: Any, where: str) -> Discovery:
         value = table["max_deposit"]
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise CliError(f'{where}: [discovery] max_deposit must be an amount ("0.01 token")')
-        from p2pay.cli.errors import read_amount
-
         try:
-            amount = read_amount(str(value))
-        except P2payError as exc:
+            amount = parse_amount(value)
+        except AmountError as exc:
             raise CliError(f"{where}: [discovery] max_deposit: {exc.message}") from None
         if amount < 1:
             raise CliError(f"{where}: [discovery] max_deposit must be more than 0")
