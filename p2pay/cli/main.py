@@ -1143,11 +1143,11 @@ def call(
     PEER "any" calls the best provider of SERVICE found on the network (`p2pay find`
     lists them): the cheapest, best staked, most reliable offer at or below --max-price.
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
-    deposit_calls x the price (at most max_deposit); an unreachable or refusing provider
-    is skipped for the next one (at most max_attempts). Needs a bootstrap peer
+    deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
+    provider is skipped for the next one (at most max_attempts). Needs a bootstrap peer
     (--bootstrap or config.toml).
 
-    Needs an open channel to PEER (p2pay channel open). A paid request left unanswered
+    Any other PEER needs an open channel to it (p2pay channel open). A paid request left unanswered
     stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
     answer and the provider has a stake, claims it within the provider's claim window. A
     claim locks the ledger's claim bond until the provider answers or the window ends; the
