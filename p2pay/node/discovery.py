@@ -243,6 +243,7 @@ class Discovery:
         due = -math.inf
         while True:
             self._changed = trio.Event()
+            self.book.expire(self.host.now())  # forget expired offers and ended bans
             terms = self._terms()
             if terms != last or trio.current_time() >= due:
                 with trio.move_on_after(ANNOUNCE_TIMEOUT):
@@ -372,8 +373,15 @@ class Discovery:
         """The live verified offers of `service` seen so far, within the terms, cheapest
         first (then the best staked)."""
         now = self.host.now()
+        return [_info(k, now) for k in self._live(service, now, max_price, min_stake)]
+
+    def _live(
+        self, service: str, now: int, max_price: int | None, min_stake: int
+    ) -> list[KeptOffer]:
+        """The book's live offers of `service` but ours (a peer's cache may relay them)."""
+        me = str(self.host.peer_id)
         kept = self.book.live(service, now_ms=now, max_price=max_price, min_stake=min_stake)
-        return [_info(k, now) for k in kept]
+        return [k for k in kept if k.offer.peer_id != me]
 
     async def find(
         self,
@@ -451,7 +459,7 @@ class Discovery:
         if not self.live(service, max_price=max_price, min_stake=min_stake):
             await self.find(service, max_price=max_price, min_stake=min_stake)
         now = self.host.now()
-        kept = self.book.live(service, now_ms=now, max_price=max_price, min_stake=min_stake)
+        kept = self._live(service, now, max_price, min_stake)
         if not kept:
             raise NoProvider(
                 f"no live offer of {service!r} at or below {max_price} yocto a call"

@@ -232,6 +232,37 @@ async def test_call_any_fails_over_to_the_next_provider() -> None:
         assert all(a.outcome == "unreachable" for a in info.value.attempts)
 
 
+async def test_a_bootstrap_peer_answers_from_its_book_and_a_node_never_lists_itself() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    bootstrap = Keypair.from_seed(bytes([9]) * 32)
+    joined = DiscoveryConfig(find_wait=2.0, bootstrap=(memory_addr(str(bootstrap.peer_id)),))
+    async with node(bootstrap, ledger, network) as b:
+        async with (
+            node(P1, ledger, network, serve=PRICE, config=joined) as p1,
+            node(P2, ledger, network, serve=2 * PRICE, config=joined),
+        ):
+            await settle()
+            assert b.discovery is not None
+            assert {o.peer for o in b.discovery.live("echo")} == {str(P1.peer_id), str(P2.peer_id)}
+            # P1 looks for echo: the bootstrap relays P1's own offer too, never listed
+            with trio.fail_after(10):
+                found = await p1.find("echo")
+            assert [o.peer for o in found] == [str(P2.peer_id)]
+        # both providers gone (their DHT records stay): a newcomer still learns their
+        # offers from the bootstrap's book, and call any names each failed attempt
+        async with node(CLIENT, ledger, network, config=joined) as client:
+            with trio.fail_after(10):
+                found = await client.find("echo")
+            assert {o.peer for o in found} == {str(P1.peer_id), str(P2.peer_id)}
+            with trio.fail_after(30), pytest.raises(NoProvider) as info:
+                await client.call_any("echo", b"x", max_price=2 * PRICE)
+            assert [(a.peer, a.outcome) for a in info.value.attempts] == [
+                (str(P1.peer_id), "unreachable"),
+                (str(P2.peer_id), "unreachable"),
+            ]
+
+
 def fake_offer(key: Keypair, ledger: bytes, *, price: int, stake: int, seq: int, now: int) -> bytes:
     return Offer.create(
         key,
