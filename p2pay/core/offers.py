@@ -980,8 +980,9 @@ class OfferBook:
         return True
 
     def hello_seen(self, peer: str, hello: Hello, now_ms: int) -> bool:
-        """Compare `peer`'s hello (checked: its stream's remote is `peer`) with its kept offers: a
-        service whose price differs, or a stake that differs, is a lie.
+        """Compare `peer`'s hello (checked: its stream's remote is `peer`) with its kept offers:
+        worse terms than an offer (a higher price; no stake, a smaller amount or penalty,
+        another window) are a lie. Better terms are not: the offer is older than the hello.
 
         Returns:
             True if the hello agrees with every kept offer of `peer`.
@@ -989,11 +990,17 @@ class OfferBook:
         services = self._offers.get(peer, {})
         for name, kept in services.items():
             terms = hello.service(name)
-            if terms is not None and terms.price != kept.offer.price:
-                self.lie(peer, f"hello price of {name} differs from the offer", now_ms)
+            if terms is not None and terms.price > kept.offer.price:
+                self.lie(peer, f"hello price of {name} is above the offer's", now_ms)
                 return False
-            if hello.stake != kept.offer.stake:
-                self.lie(peer, "hello stake differs from the offer", now_ms)
+            offered, stake = kept.offer.stake, hello.stake
+            if (
+                stake is None
+                or stake.amount < offered.amount
+                or stake.penalty < offered.penalty
+                or stake.claim_window_ms != offered.claim_window_ms
+            ):
+                self.lie(peer, "hello stake is below the offer's", now_ms)
                 return False
         return True
 

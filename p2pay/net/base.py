@@ -47,6 +47,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
+from p2pay.core.offers import MAX_FETCH_OFFERS, MAX_OFFER_SIZE
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -227,13 +228,11 @@ class Transport(Protocol):
 
 OFFERS_PROTOCOL_ID = "/p2pay/offers/2.0.0"
 """The libp2p protocol a client uses to fetch a provider's offers directly."""
-MAX_OFFER_BYTES = 4096
+MAX_OFFER_BYTES = MAX_OFFER_SIZE
 """Largest encoded offer. Larger gossip messages are dropped before they reach the
 application; a provider never publishes or serves one."""
-MAX_OFFERS_PER_REPLY = 16
+MAX_OFFERS_PER_REPLY = MAX_FETCH_OFFERS
 """Most offers in one answer of the fetch protocol."""
-MAX_FETCH_FRAME = 70_000
-"""Largest frame of the fetch protocol, each way."""
 FETCH_TIMEOUT = 5.0
 """Deadline, in seconds, of one fetch, on both sides (the whole exchange)."""
 

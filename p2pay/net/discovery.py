@@ -115,12 +115,18 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.tools.timed_cache.last_seen_cache import LastSeenCache
 from multiaddr import Multiaddr
 
-from p2pay.core import codec
 from p2pay.core.errors import DecodeError, LocalProtocolError, P2payError
-from p2pay.core.offers import offer_key, offer_topic
+from p2pay.core.offers import (
+    MAX_FETCH_FRAME,
+    decode_fetch_reply,
+    decode_fetch_request,
+    encode_fetch_reply,
+    encode_fetch_request,
+    offer_key,
+    offer_topic,
+)
 from p2pay.net.base import (
     FETCH_TIMEOUT,
-    MAX_FETCH_FRAME,
     MAX_OFFER_BYTES,
     MAX_OFFERS_PER_REPLY,
     OFFERS_PROTOCOL_ID,
@@ -139,10 +145,6 @@ __all__ = [
     "MAX_PROVIDER_RECORDS",
     "SUBSCRIPTION_QUEUE",
     "Libp2pDiscovery",
-    "decode_fetch_reply",
-    "decode_fetch_request",
-    "encode_fetch_reply",
-    "encode_fetch_request",
     "open_libp2p_discovery",
 ]
 
@@ -186,69 +188,6 @@ _CLOSE_TIMEOUT = 3.0
 
 _OFFERS = TProtocol(OFFERS_PROTOCOL_ID)
 _GOSSIP_PROTOCOLS = [MESHSUB_12, MESHSUB_11, MESHSUB_10]
-
-
-# --- the fetch protocol's messages --------------------------------------------------
-
-
-def encode_fetch_request(ledger: bytes, service: str) -> bytes:
-    """The request payload: canonical CBOR ``{"ledger": ledger, "service": service}``.
-
-    Raises:
-        LocalProtocolError: a bad ledger id or service name.
-    """
-    offer_key(ledger, service)  # checks both
-    return codec.encode({"ledger": ledger, "service": service})
-
-
-def decode_fetch_request(payload: bytes) -> tuple[bytes, str]:
-    """``(ledger, service)`` of a request payload.
-
-    Raises:
-        DecodeError: not canonical CBOR of exactly that map, or a bad ledger / name.
-    """
-    value = codec.decode(payload, max_size=MAX_FETCH_FRAME)
-    if not isinstance(value, dict) or set(value) != {"ledger", "service"}:
-        raise DecodeError('a fetch request is the map {"ledger", "service"}')
-    ledger, service = value["ledger"], value["service"]
-    if not isinstance(ledger, bytes) or not isinstance(service, str):
-        raise DecodeError("a fetch request's ledger is bytes and its service text")
-    try:
-        offer_key(ledger, service)
-    except LocalProtocolError as exc:
-        raise DecodeError(f"bad fetch request: {exc.message}") from None
-    return ledger, service
-
-
-def encode_fetch_reply(offers: Sequence[bytes]) -> bytes:
-    """The answer payload: a CBOR array of the offers (bytes), at most
-    `MAX_OFFERS_PER_REPLY`, each of 1 to `MAX_OFFER_BYTES` bytes.
-
-    Raises:
-        LocalProtocolError: too many offers, or one too large or not bytes.
-    """
-    if len(offers) > MAX_OFFERS_PER_REPLY:
-        raise LocalProtocolError(f"at most {MAX_OFFERS_PER_REPLY} offers per answer")
-    for offer in offers:
-        if not isinstance(offer, bytes) or not 1 <= len(offer) <= MAX_OFFER_BYTES:
-            raise LocalProtocolError(f"an offer is 1 to {MAX_OFFER_BYTES} bytes")
-    return codec.encode(list(offers))
-
-
-def decode_fetch_reply(payload: bytes) -> list[bytes]:
-    """The offers of an answer payload.
-
-    Raises:
-        DecodeError: not a canonical CBOR array of at most `MAX_OFFERS_PER_REPLY`
-            byte strings of 1 to `MAX_OFFER_BYTES` bytes each.
-    """
-    value = codec.decode(payload, max_size=MAX_FETCH_FRAME)
-    if not isinstance(value, list) or len(value) > MAX_OFFERS_PER_REPLY:
-        raise DecodeError(f"a fetch answer is an array of at most {MAX_OFFERS_PER_REPLY} offers")
-    for item in value:
-        if not isinstance(item, bytes) or not 1 <= len(item) <= MAX_OFFER_BYTES:
-            raise DecodeError(f"an offer in a fetch answer is 1 to {MAX_OFFER_BYTES} bytes")
-    return [item for item in value if isinstance(item, bytes)]
 
 
 def _trim(offers: object) -> list[bytes]:
@@ -712,7 +651,8 @@ class Libp2pDiscovery:
             answered = False
             with trio.move_on_after(FETCH_TIMEOUT):
                 reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
-                ledger, service = decode_fetch_request(await reader.next())
+                asked = decode_fetch_request(await reader.next())
+                ledger, service = asked.ledger, asked.service
                 source = self._source
                 offers = _trim(source(ledger, service)) if source is not None else []
                 await stream.write(frame(encode_fetch_reply(offers)))

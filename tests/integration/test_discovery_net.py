@@ -8,7 +8,6 @@ are checked as counts of what py-libp2p's structures hold.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,8 +15,6 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 from libp2p.custom_types import TProtocol
-from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
-from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_11
@@ -25,28 +22,20 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from multiaddr import Multiaddr
 
-from p2pay.core import codec
-from p2pay.core.errors import DecodeError, LocalProtocolError
+from p2pay.core.errors import LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.offers import offer_key, offer_topic
 from p2pay.net import discovery as disc
 from p2pay.net.base import (
     MAX_OFFER_BYTES,
-    MAX_OFFERS_PER_REPLY,
-    OFFERS_PROTOCOL_ID,
     DiscoveryNet,
-    FetchFailed,
     Stream,
 )
 from p2pay.net.discovery import (
     Libp2pDiscovery,
-    decode_fetch_reply,
-    decode_fetch_request,
-    encode_fetch_reply,
-    encode_fetch_request,
     open_libp2p_discovery,
 )
-from p2pay.net.framing import encode_uvarint, frame
+from p2pay.net.framing import encode_uvarint
 from p2pay.net.p2p import Libp2pTransport, open_libp2p_transport
 from tests.integration.node_support import wait_until
 
@@ -222,178 +211,6 @@ async def test_bootstrap_skips_unreachable_peers_and_refuses_malformed_addresses
 
 
 # --- fetch ----------------------------------------------------------------------------
-
-
-def test_fetch_messages_round_trip_and_refuse_what_breaks_the_rules() -> None:
-    request = encode_fetch_request(LEDGER, "echo")
-    assert codec.decode(request) == {"ledger": LEDGER, "service": "echo"}
-    assert decode_fetch_request(request) == (LEDGER, "echo")
-    offers = [b"a", b"b" * MAX_OFFER_BYTES]
-    assert decode_fetch_reply(encode_fetch_reply(offers)) == offers
-    for bad in (
-        codec.encode({"ledger": LEDGER}),
-        codec.encode({"ledger": LEDGER, "service": "echo", "x": 1}),
-        codec.encode({"ledger": "text", "service": "echo"}),
-        codec.encode({"ledger": LEDGER, "service": ""}),
-        codec.encode([LEDGER, "echo"]),
-        b"\xff",
-    ):
-        with pytest.raises(DecodeError):
-            decode_fetch_request(bad)
-    for bad in (
-        codec.encode([b"x"] * (MAX_OFFERS_PER_REPLY + 1)),
-        codec.encode([b"x" * (MAX_OFFER_BYTES + 1)]),
-        codec.encode([b""]),
-        codec.encode(["text"]),
-        codec.encode({"offers": []}),
-    ):
-        with pytest.raises(DecodeError):
-            decode_fetch_reply(bad)
-    with pytest.raises(LocalProtocolError):
-        encode_fetch_reply([b"x"] * (MAX_OFFERS_PER_REPLY + 1))
-    with pytest.raises(LocalProtocolError):
-        encode_fetch_request(LEDGER, "")
-
-
-async def test_fetch_answers_are_cut_to_the_limits_and_failures_are_typed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with _cluster() as (stack, nursery):
-        provider = await _peer(stack, nursery, subscribe=False)
-        client = await _peer(stack, nursery, subscribe=False)
-        many = [bytes([i]) for i in range(MAX_OFFERS_PER_REPLY + 4)]
-        provider.net.serve_offers(
-            lambda ledger, service: [b"x" * (MAX_OFFER_BYTES + 1), b"", *many]
-        )
-        got = await client.net.fetch_offers(provider.peer_id, [provider.addr], LEDGER, "echo")
-        assert got == many[:MAX_OFFERS_PER_REPLY]
-        provider.net.serve_offers(None)
-        assert await client.net.fetch_offers(provider.peer_id, [], LEDGER, "echo") == []
-
-        dead = _key()
-        with pytest.raises(FetchFailed) as unreachable:
-            await client.net.fetch_offers(
-                str(dead.peer_id), [f"/ip4/127.0.0.1/tcp/1/p2p/{dead.peer_id}"], LEDGER, "echo"
-            )
-        assert unreachable.value.kind == "unreachable"
-
-        # a peer that does not speak the protocol, one that answers garbage, one silent
-        bare = await _bare(stack)
-        with pytest.raises(FetchFailed) as refused:
-            await client.net.fetch_offers(bare.peer_id, [bare.addrs[0]], LEDGER, "echo")
-        assert refused.value.kind == "refused"
-
-        async def garbage(stream: object) -> None:
-            await stream.read(100)  # type: ignore[attr-defined]
-            await stream.write(frame(codec.encode({"not": "a list"})))  # type: ignore[attr-defined]
-            await stream.close()  # type: ignore[attr-defined]
-
-        bare.host.set_stream_handler(TProtocol(OFFERS_PROTOCOL_ID), garbage)
-        with pytest.raises(FetchFailed) as malformed:
-            await client.net.fetch_offers(bare.peer_id, [], LEDGER, "echo")
-        assert malformed.value.kind == "malformed"
-
-        async def silent(stream: object) -> None:
-            await trio.sleep_forever()
-
-        bare.host.set_stream_handler(TProtocol(OFFERS_PROTOCOL_ID), silent)
-        monkeypatch.setattr(disc, "FETCH_TIMEOUT", 0.5)
-        with pytest.raises(FetchFailed) as silence:
-            await client.net.fetch_offers(bare.peer_id, [], LEDGER, "echo")
-        assert silence.value.kind == "timeout"
-        bare.host.remove_stream_handler(TProtocol(OFFERS_PROTOCOL_ID))
-        with pytest.raises(LocalProtocolError):
-            await client.net.fetch_offers(provider.peer_id, [bare.addrs[0]], LEDGER, "echo")
-
-
-# --- nothing kills the host -----------------------------------------------------------
-
-
-async def test_handler_exceptions_and_bad_frames_do_not_kill_the_host(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="p2pay.net")
-    async with _cluster() as (stack, nursery):
-        victim = await _peer(stack, nursery)
-        client = await _peer(stack, nursery)
-
-        def broken(ledger: bytes, service: str) -> Sequence[bytes]:
-            raise RuntimeError("offer source exploded")
-
-        victim.net.serve_offers(broken)
-        with pytest.raises(FetchFailed) as refused:
-            await client.net.fetch_offers(victim.peer_id, [victim.addr], LEDGER, "echo")
-        assert refused.value.kind == "refused"
-        assert "offer source exploded" in caplog.text
-        await _alive(victim, client)
-
-        attacker = await _bare(stack)
-        bad_frames = [
-            encode_uvarint(10**9),  # a frame far above the limit
-            frame(b"\xff\xfe"),  # not CBOR
-            frame(codec.encode({"ledger": LEDGER})),  # not the request map
-            frame(codec.encode({"ledger": b"", "service": "echo"})),  # a bad ledger id
-        ]
-        for data in bad_frames:
-            stream = await _raw_stream(attacker, victim, OFFERS_PROTOCOL_ID)
-            await stream.write(data)  # type: ignore[attr-defined]
-            with trio.fail_after(15):
-                with pytest.raises((StreamError, EOFError)):  # the victim resets: EOF or reset
-                    reply = await stream.read(100)  # type: ignore[attr-defined]
-                    if not reply:
-                        raise EOFError
-            await _alive(victim, client)
-
-        # garbage on the gossipsub and Kademlia streams
-        for protocol in (MESHSUB_11, KAD_PROTOCOL_ID):
-            stream = await _raw_stream(attacker, victim, protocol)
-            await stream.write(encode_uvarint(5) + b"\xff" * 5)  # type: ignore[attr-defined]
-            await stream.write(encode_uvarint(10**8))  # type: ignore[attr-defined]
-            with trio.move_on_after(2):
-                try:
-                    while await stream.read(100):  # type: ignore[attr-defined]
-                        pass
-                except Exception:  # reset or EOF: the victim dropped the stream
-                    pass
-            await _alive(victim, client)
-
-        # py-libp2p's own handlers raising: caught by the guard, the host lives on
-        async def explode(stream: object) -> None:
-            raise RuntimeError("gossipsub handler exploded")
-
-        vars(victim.net.pubsub)["continuously_read_stream"] = explode
-        vars(victim.net.dht)["_do_handle_stream"] = explode
-        late = await _peer(stack, nursery)
-        await late.net.bootstrap([victim.addr])
-        assert await late.net.find_providers(LEDGER, "echo") == []
-        with trio.fail_after(30):
-            while "gossipsub handler exploded" not in caplog.text:
-                await trio.sleep(0.05)
-        await _alive(victim, late)
-
-
-async def test_idle_kademlia_streams_do_not_shut_the_dht_server() -> None:
-    async with _cluster() as (stack, nursery):
-        boot = await _peer(stack, nursery, subscribe=False)
-        provider = await _peer(stack, nursery, subscribe=False)
-        await provider.net.bootstrap([boot.addr])
-        await provider.net.provide(LEDGER, "echo")
-        attacker = await _bare(stack)
-        streams = []
-        for _ in range(20):
-            try:  # the server may reset a stream before the negotiation is over
-                streams.append(await _raw_stream(attacker, boot, KAD_PROTOCOL_ID))
-            except Exception:
-                pass
-        # py-libp2p alone would now hold 12 idle streams and reset every other peer's
-        await wait_until(lambda: boot.net.dropped >= 20 - disc.KAD_STREAMS_PER_PEER)
-        client = await _peer(stack, nursery, subscribe=False)
-        await client.net.bootstrap([boot.addr])
-        assert [p for p, _ in await client.net.find_providers(LEDGER, "echo")] == [provider.peer_id]
-        assert streams  # (kept open until the end)
-
-
-# --- floods ---------------------------------------------------------------------------
 
 
 def _signed(

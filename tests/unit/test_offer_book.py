@@ -358,17 +358,31 @@ def test_7_5_a_hello_that_agrees_with_the_offer_is_no_lie() -> None:
     "hello",
     [
         _hello(price=101),
-        _hello(price=99),
         _hello(stake=None),
         _hello(stake=StakeTerms(amount=1000, penalty=10, claim_window_ms=1)),
         _hello(stake=StakeTerms(amount=999, penalty=10, claim_window_ms=60_000)),
+        _hello(stake=StakeTerms(amount=1000, penalty=9, claim_window_ms=60_000)),
     ],
-    ids=["price-up", "price-down", "no-stake", "window", "amount"],
+    ids=["price-up", "no-stake", "window", "amount", "penalty"],
 )
-def test_7_5_a_hello_announcing_another_price_or_stake_is_a_lie(hello: Hello) -> None:
+def test_7_5_a_hello_announcing_worse_terms_is_a_lie(hello: Hello) -> None:
     book = verified_book()
     assert not book.hello_seen(BOB.peer_id, hello, NOW)
     assert book.banned(BOB.peer_id, NOW) and len(book) == 0
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        _hello(price=99),
+        _hello(stake=StakeTerms(amount=1001, penalty=11, claim_window_ms=60_000)),
+    ],
+    ids=["price-down", "more-stake"],
+)
+def test_7_5_a_hello_announcing_better_terms_is_no_lie(hello: Hello) -> None:
+    book = verified_book()
+    assert book.hello_seen(BOB.peer_id, hello, NOW)
+    assert not book.banned(BOB.peer_id, NOW) and len(book) == 1
 
 
 def test_7_5_payment_required_above_the_offer_price_is_a_lie() -> None:
