@@ -32,14 +32,14 @@ Calling (`call_any`): the live offers within the caller's price and stake, ranke
 `Chooser` (failures, price, stake, latency); each is tried in turn, at most
 ``max_attempts``: reach the provider at the offer's addresses (an address that led to an
 authenticated hello goes to the address book, protocol.md 19.2 rule 1: never on the
-offer's word), compare its hello with the offer (price, stake, account: a difference is a
-lie, `OfferBook.lie`), reuse a channel to it that has room for the price or open one
-under the deposit policy (``deposit_calls`` x price, at most ``max_deposit``; the open
-contacts the peer and checks its stake on the ledger first), then call with the offer's
-price as the most to pay: a PAYMENT_REQUIRED above the offer's price is a lie too. An
-unreachable provider, a refusal or a timeout is recorded (`Chooser.record_failure`) and
-the next offer is tried; when none is left the call fails with `NoProvider`, naming
-every attempt.
+offer's word), compare its hello with the offer (another account, or worse terms: a
+higher price, a smaller stake, is a lie, `OfferBook.lie`), reuse a channel to it that
+has room for the price or open one under the deposit policy (``deposit_calls`` x price,
+at most ``max_deposit``; the open contacts the peer and checks its stake on the ledger
+first), then call with the offer's price as the most to pay: a PAYMENT_REQUIRED above
+the offer's price is a lie too. An unreachable provider, a refusal or a timeout is
+recorded (`Chooser.record_failure`) and the next offer is tried; when none is left the
+call fails with `NoProvider`, naming every attempt.
 """
 
 from __future__ import annotations
@@ -510,7 +510,7 @@ class Discovery:
         conn = await self._reach(offer)
         lie = _hello_lie(offer, conn.hello)
         if lie is None and not self.book.hello_seen(offer.peer, conn.hello, self.host.now()):
-            lie = "its hello contradicts its offer (price or stake)"
+            lie = "its hello announces worse terms than one of its offers (price or stake)"
         if lie is not None:
             self._lie(offer.peer, lie)
             await conn.close()
@@ -621,21 +621,27 @@ def _info(kept: KeptOffer, now: int) -> OfferInfo:
 
 
 def _hello_lie(offer: OfferInfo, hello: Hello) -> str | None:
-    """How the peer's hello contradicts its offer (specs/discovery.md), or None."""
+    """How the peer's hello contradicts its offer (specs/discovery.md 7.5), or None: another
+    account, or worse terms (a higher price; no stake, a smaller amount or penalty, another
+    window). Better terms are no lie: the offer is older than the hello."""
     if hello.account != offer.account:
         return "its hello names another account than its offer"
     terms = hello.service(offer.service)
-    if terms is not None and terms.price != offer.price:
+    if terms is not None and terms.price > offer.price:
         return (
             f"its hello prices {offer.service!r} at {terms.price} yocto, its offer at "
             f"{offer.price} yocto"
         )
     stake = hello.stake
-    announced = (offer.stake, offer.penalty, offer.claim_window_ms)
-    if stake is None or (stake.amount, stake.penalty, stake.claim_window_ms) != announced:
+    if (
+        stake is None
+        or stake.amount < offer.stake
+        or stake.penalty < offer.penalty
+        or stake.claim_window_ms != offer.claim_window_ms
+    ):
         shown = "no stake" if stake is None else f"a stake of {stake.amount} yocto"
         return (
-            f"its hello announces {shown} (penalty and window included), its offer a stake "
-            f"of {offer.stake} yocto"
+            f"its hello announces {shown}, below its offer's {offer.stake} yocto (or a "
+            "smaller penalty, or another claim window)"
         )
     return None

@@ -703,11 +703,12 @@ class Node:
 
         Offers are ranked by failures seen, price, stake and latency; each is tried in
         turn (at most ``max_attempts`` of the discovery config): the provider is reached
-        at the offer's addresses, its hello must match its offer (else it is a lie: its
-        offers are dropped), a channel to it with room is reused or one is opened (the
-        deposit: `deposit`, else ``deposit_calls`` x the price, at most ``max_deposit``;
-        the provider's stake must be bonded on the ledger), then the call is made. An
-        unreachable provider, a refusal or a timeout moves on to the next offer.
+        at the offer's addresses, its hello must not announce worse terms than its offer
+        (a higher price, less stake: a lie, its offers are dropped), a channel to it
+        with room is reused or one is opened (the deposit: `deposit`, else
+        ``deposit_calls`` x the price, at most ``max_deposit``; the provider's stake
+        must be bonded on the ledger), then the call is made. An unreachable provider, a
+        refusal or a timeout moves on to the next offer.
 
         Returns:
             The `CallResult`, with ``peer`` (the provider that answered) and

@@ -322,6 +322,27 @@ async def test_a_hello_that_contradicts_the_offer_is_a_lie() -> None:
         assert client.channels() == []  # nothing escrowed for a liar
 
 
+async def test_better_terms_in_the_hello_are_no_lie() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
+    async with (
+        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as cheaper,
+        node(CLIENT, ledger, network) as client,
+    ):
+        cheaper.serve("echo", echo, price=PRICE // 2)  # lowered since its offer was made
+        d = client.discovery
+        assert d is not None
+        lid = ledger.params.ledger_id
+        offer = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+        assert await d.take(offer, sender=str(LIAR.peer_id))
+        with trio.fail_after(10):
+            result = await client.call_any("echo", b"x", max_price=PRICE)
+        assert result.price == PRICE // 2  # the hello's price
+        assert [a.outcome for a in result.attempts] == ["ok"]
+        assert len(d.live("echo")) == 1  # still trusted
+
+
 async def test_a_payment_required_above_the_offer_is_a_lie() -> None:
     ledger = await funded()
     network = MemoryNetwork()
