@@ -32,6 +32,7 @@ BENCHMARKS: tuple[str, ...] = (
     "memory_footprint",
     "handler_runner",
     "two_process",
+    "codec_cbor2",
 )
 
 SIZES = ("smoke", "quick", "full")

@@ -24,7 +24,7 @@ ROW = re.compile(
 #: write per frame, batching), 3 one per unverified_credit_limit (default, 0), 6 one per
 #: way of running scale-1000 (one market, 2 shards); memory_footprint three; 8 (issue 15)
 #: one per handler (echo, suspending); issue 18's two_process one per ratio (calls/s against
-#: the echo, payer CPU against payee CPU)
+#: the echo, payer CPU against payee CPU), codec_cbor2 one
 EXPECTED = {
     "paid_vs_unpaid": ["paid_vs_unpaid", "paid_vs_unpaid_batched"],
     "paid_vs_libp2p": ["paid_vs_libp2p", "paid_vs_libp2p_batched"],
@@ -35,6 +35,7 @@ EXPECTED = {
     "memory_footprint": ["memory_channel", "memory_sim_peer", "memory_libp2p_peer"],
     "handler_runner": ["handler_runner", "handler_runner_suspending"],
     "two_process": ["two_process", "two_process_cpu"],
+    "codec_cbor2": ["codec_cbor2"],
 }
 
 
@@ -208,3 +209,17 @@ def test_two_process_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     pids = figures["child_pids"]
     assert len(pids) == 4 and all(_no_such_process(pid) for pid in pids), pids
+
+
+def test_codec_cbor2_smoke() -> None:
+    """Issue 18's codec comparison at the smoke size: both codecs agree on every input they
+    were given (the timing means something only then), and the figures are well-formed."""
+    from benchmarks import codec_cbor2
+
+    [result] = codec_cbor2.run("smoke", None)
+    figures = result.figures
+    assert figures["agreement_disagreements"] == 0, result.notes
+    assert figures["agreement_inputs"] > 1000 and figures["agreement_accepted_by_both"] > 0
+    assert result.ratio is not None and math.isfinite(result.ratio) and result.ratio > 0
+    assert result.status in (PASS, FAIL)
+    assert figures["cbor2"].startswith("cbor2 ")
