@@ -15,6 +15,9 @@ command per line on stdin:
   user and system split), so the orchestrator takes the CPU a server spent between two marks;
 * ``run N C`` (clients): makes N calls with C closed-loop callers on one stream, then prints
   ``{"event": "done", ...}`` with the calls, the wall seconds and the CPU it spent on them;
+* ``profile`` (servers): starts cProfile (this process's trio thread, on its CPU clock);
+  ``profile-save PATH CALLS TITLE...`` stops it and writes the text profile to PATH, per call;
+  ``run N C PATH`` (clients) profiles those N calls the same way;
 * ``quit``, or stdin closing: the process ends.
 
 Every wait is bounded: the whole process by ``--max-seconds``, each run by the orchestrator's
@@ -58,14 +61,33 @@ async def next_command() -> list[str]:
     return words or (["quit"] if not line else [""])
 
 
+def save_profile(prof: Any, path: str, calls: int, title: str) -> None:
+    from benchmarks._common import profile_text, write_profile
+
+    text, _rows = profile_text(prof, title, per=max(calls, 1))
+    write_profile(Path(path).parent, Path(path).name, text)
+
+
 async def serve_marks() -> None:
-    """A server's command loop: answer ``mark`` until ``quit``."""
+    """A server's command loop: answer ``mark`` (and the profile commands) until ``quit``."""
+    from benchmarks._common import new_profiler
+
+    prof: Any = None
     while True:
         words = await next_command()
         if words[0] == "quit":
             return
         if words[0] == "mark":
             say(event="mark", **cpu_now())
+        elif words[0] == "profile":
+            prof = new_profiler()
+            prof.enable()
+            say(event="profiling")
+        elif words[0] == "profile-save" and prof is not None and len(words) >= 4:
+            prof.disable()
+            save_profile(prof, words[1], int(words[2]), " ".join(words[3:]))
+            prof = None
+            say(event="saved", path=words[1])
         else:
             say(event="error", error=f"unknown command {words!r}")
 
@@ -87,20 +109,29 @@ async def closed_loop(fn: Callable[[], Awaitable[Any]], calls: int, concurrency:
 
 
 async def serve_runs(fn: Callable[[], Awaitable[Any]]) -> None:
-    """A client's command loop: ``run N C`` until ``quit``."""
+    """A client's command loop: ``run N C [PROFILE_PATH TITLE...]`` until ``quit``."""
+    from benchmarks._common import new_profiler
+
     while True:
         words = await next_command()
         if words[0] == "quit":
             return
-        if words[0] != "run" or len(words) != 3:
+        if words[0] != "run" or len(words) == 4 or len(words) < 3:
             say(event="error", error=f"unknown command {words!r}")
             continue
         calls, concurrency = int(words[1]), int(words[2])
+        prof = new_profiler() if len(words) > 3 else None
         before = cpu_now()
         t0 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
         await closed_loop(fn, calls, concurrency)
+        if prof is not None:
+            prof.disable()
         wall = time.perf_counter() - t0
         after = cpu_now()
+        if prof is not None:
+            save_profile(prof, words[3], calls, " ".join(words[4:]))
         say(
             event="done",
             calls=calls,
@@ -134,9 +165,12 @@ async def paid_node(args: argparse.Namespace) -> None:
                 await serve_marks()
                 return
             await node.open_channel(args.peer, deposit=args.deposit)
+            # calls name the provider by its PeerID, as an application holding a known peer
+            # does (a multiaddr would be parsed again on every call)
+            peer_id = args.peer.rsplit("/p2p/", 1)[1]
 
             async def call() -> None:
-                await node.call(args.peer, SERVICE, BODY, max_price=MICRO, timeout=60)
+                await node.call(peer_id, SERVICE, BODY, max_price=MICRO, timeout=60)
 
             await closed_loop(call, args.warmup, args.concurrency)
             say(event="ready", warmup=args.warmup)

@@ -16,6 +16,10 @@ the whole run, so only one pair works at a time. Two results:
 * ``two_process_cpu``: median over paid rounds of (payer CPU per call) / (payee CPU per
   call), target <= 1.25.
 
+With a profile folder, one more round of each pair runs under cProfile in both of its
+processes (each process's trio thread, on its CPU clock: where, not how much), written as
+``two_process.{paid,echo}.{client,server}.txt``.
+
 Every child process is killed (and reaped) on the way out, whatever happened; every wait on
 a child is bounded.
 """
@@ -186,7 +190,25 @@ def _round(server: Child, client: Child, calls: int, concurrency: int) -> dict[s
     }
 
 
-def measure(size: str) -> dict[str, Any]:
+def _profile(
+    server: Child, client: Child, label: str, calls: int, concurrency: int, folder: Path
+) -> dict[str, str]:
+    """One more round with cProfile on in both processes; returns the written files."""
+    paths = {
+        "client": str(folder / f"{NAME}.{label}.client.txt"),
+        "server": str(folder / f"{NAME}.{label}.server.txt"),
+    }
+    what = f"{NAME}: {label}, {calls:,} calls, {concurrency} callers, two processes"
+    server.send("profile")
+    server.expect("profiling", MARK_TIMEOUT)
+    client.send(f"run {calls} {concurrency} {paths['client']} {what}: the client (payer)")
+    client.expect("done", 60.0 + calls / 5.0)
+    server.send(f"profile-save {paths['server']} {calls} {what}: the server (payee)")
+    server.expect("saved", MARK_TIMEOUT)
+    return paths
+
+
+def measure(size: str, profile_dir: Path | None = None) -> dict[str, Any]:
     """Start the four processes, run the alternating rounds, and return the raw rounds."""
     p = SIZE[size]
     env = dict(os.environ)
@@ -245,7 +267,18 @@ def measure(size: str) -> dict[str, Any]:
                     paid.append(_round(provider, client, p["calls"], p["concurrency"]))
                 else:
                     echo.append(_round(echo_server, echo_client, p["calls"], p["concurrency"]))
-    return {"paid": paid, "echo": echo, "pids": pids, "params": p}
+        profiles: dict[str, str] = {}
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            for label, server, client_ in (
+                ("paid", provider, client),
+                ("echo", echo_server, echo_client),
+            ):
+                for end, path in _profile(
+                    server, client_, label, p["calls"], p["concurrency"], profile_dir
+                ).items():
+                    profiles[f"profile_{label}_{end}"] = path
+    return {"paid": paid, "echo": echo, "pids": pids, "params": p, "profiles": profiles}
 
 
 def _r(x: float) -> float:
@@ -279,6 +312,7 @@ def results(raw: dict[str, Any]) -> list[Result]:
         "paid_rounds": [{k: _rounded(v) for k, v in r.items()} for r in paid],
         "echo_rounds": [{k: _rounded(v) for k, v in r.items()} for r in echo],
         "child_pids": raw["pids"],
+        **raw.get("profiles", {}),
     }
     notes = [
         "four OS processes (provider, client, echo server, echo client); each reports its own "
@@ -334,5 +368,4 @@ def _rounded(value: Any) -> Any:
 
 
 def run(size: str, profile_dir: Path | None) -> list[Result]:
-    del profile_dir  # no profile pass: the two ends run in other processes
-    return results(measure(size))
+    return results(measure(size, profile_dir))
