@@ -15,6 +15,8 @@ command per line on stdin:
   user and system split), so the orchestrator takes the CPU a server spent between two marks;
 * ``run N C`` (clients): makes N calls with C closed-loop callers on one stream, then prints
   ``{"event": "done", ...}`` with the calls, the wall seconds and the CPU it spent on them;
+  ``run-by-addr N C`` (the p2pay client): the same, naming the provider by its multiaddr in
+  every `Node.call` instead of its PeerID;
 * ``profile`` (servers): starts cProfile (this process's trio thread, on its CPU clock);
   ``profile-save PATH CALLS TITLE...`` stops it and writes the text profile to PATH, per call;
   ``run N C PATH`` (clients) profiles those N calls the same way;
@@ -108,15 +110,19 @@ async def closed_loop(fn: Callable[[], Awaitable[Any]], calls: int, concurrency:
             nursery.start_soon(caller)
 
 
-async def serve_runs(fn: Callable[[], Awaitable[Any]]) -> None:
-    """A client's command loop: ``run N C [PROFILE_PATH TITLE...]`` until ``quit``."""
+async def serve_runs(
+    fn: Callable[[], Awaitable[Any]], by_addr: Callable[[], Awaitable[Any]] | None = None
+) -> None:
+    """A client's command loop: ``run[-by-addr] N C [PROFILE_PATH TITLE...]`` until
+    ``quit``."""
     from benchmarks._common import new_profiler
 
     while True:
         words = await next_command()
         if words[0] == "quit":
             return
-        if words[0] != "run" or len(words) == 4 or len(words) < 3:
+        run = {"run": fn, "run-by-addr": by_addr}.get(words[0])
+        if run is None or len(words) == 4 or len(words) < 3:
             say(event="error", error=f"unknown command {words!r}")
             continue
         calls, concurrency = int(words[1]), int(words[2])
@@ -125,7 +131,7 @@ async def serve_runs(fn: Callable[[], Awaitable[Any]]) -> None:
         t0 = time.perf_counter()
         if prof is not None:
             prof.enable()
-        await closed_loop(fn, calls, concurrency)
+        await closed_loop(run, calls, concurrency)
         if prof is not None:
             prof.disable()
         wall = time.perf_counter() - t0
@@ -172,9 +178,12 @@ async def paid_node(args: argparse.Namespace) -> None:
             async def call() -> None:
                 await node.call(peer_id, SERVICE, BODY, max_price=MICRO, timeout=60)
 
+            async def call_by_addr() -> None:
+                await node.call(args.peer, SERVICE, BODY, max_price=MICRO, timeout=60)
+
             await closed_loop(call, args.warmup, args.concurrency)
             say(event="ready", warmup=args.warmup)
-            await serve_runs(call)
+            await serve_runs(call, call_by_addr)
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()

@@ -9,8 +9,10 @@ yamux stream, each answered by one write, 64 in flight. Each process measures it
 (`time.process_time`, every thread, plus `resource.getrusage`'s user/system split) and
 reports it on stdout (`benchmarks._two_process_peer`); the client times its N calls.
 
-Rounds alternate the two pairs (paid, echo, echo, paid, ...); all four processes live for
-the whole run, so only one pair works at a time. Two results:
+Each paid round is measured twice, the client naming the provider in every `Node.call` by
+its PeerID (the result) and by its multiaddr (``by_addr_*`` figures: the multiaddr is parsed
+again on every call). Rounds alternate (paid, by_addr, echo, echo, by_addr, paid, ...); all
+four processes live for the whole run, so only one pair works at a time. Two results:
 
 * ``two_process``: median over rounds of (paid calls/s) / (echo calls/s), target >= 2.0;
 * ``two_process_cpu``: median over paid rounds of (payer CPU per call) / (payee CPU per
@@ -18,7 +20,7 @@ the whole run, so only one pair works at a time. Two results:
 
 With a profile folder, one more round of each pair runs under cProfile in both of its
 processes (each process's trio thread, on its CPU clock: where, not how much), written as
-``two_process.{paid,echo}.{client,server}.txt``.
+``two_process.{paid,paid_by_addr,echo}.{client,server}.txt``.
 
 Every child process is killed (and reaped) on the way out, whatever happened; every wait on
 a child is bounded.
@@ -163,12 +165,14 @@ async def _make_ledger(path: Path, payer_funds: int) -> None:
         await ledger.aclose()
 
 
-def _round(server: Child, client: Child, calls: int, concurrency: int) -> dict[str, Any]:
+def _round(
+    server: Child, client: Child, calls: int, concurrency: int, command: str = "run"
+) -> dict[str, Any]:
     """One measured phase: mark the server, N calls by the client, mark the server."""
     load0 = load_average()[0]
     server.send("mark")
     first = server.expect("mark", MARK_TIMEOUT)
-    client.send(f"run {calls} {concurrency}")
+    client.send(f"{command} {calls} {concurrency}")
     done = client.expect("done", 60.0 + calls / 20.0)  # 20 calls/s would be a broken run
     server.send("mark")
     last = server.expect("mark", MARK_TIMEOUT)
@@ -191,7 +195,13 @@ def _round(server: Child, client: Child, calls: int, concurrency: int) -> dict[s
 
 
 def _profile(
-    server: Child, client: Child, label: str, calls: int, concurrency: int, folder: Path
+    server: Child,
+    client: Child,
+    label: str,
+    calls: int,
+    concurrency: int,
+    folder: Path,
+    command: str = "run",
 ) -> dict[str, str]:
     """One more round with cProfile on in both processes; returns the written files."""
     paths = {
@@ -201,9 +211,9 @@ def _profile(
     what = f"{NAME}: {label}, {calls:,} calls, {concurrency} callers, two processes"
     server.send("profile")
     server.expect("profiling", MARK_TIMEOUT)
-    client.send(f"run {calls} {concurrency} {paths['client']} {what}: the client (payer)")
+    client.send(f"{command} {calls} {concurrency} {paths['client']} {what}: the client")
     client.expect("done", 60.0 + calls / 5.0)
-    server.send(f"profile-save {paths['server']} {calls} {what}: the server (payee)")
+    server.send(f"profile-save {paths['server']} {calls} {what}: the server")
     server.expect("saved", MARK_TIMEOUT)
     return paths
 
@@ -213,11 +223,12 @@ def measure(size: str, profile_dir: Path | None = None) -> dict[str, Any]:
     p = SIZE[size]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH", "")) if x)
-    calls_needed = p["warmup"] + p["calls"] * p["rounds"]
+    calls_needed = p["warmup"] + p["calls"] * (2 * p["rounds"] + 2)
     from benchmarks._common import MICRO
 
     deposit = max(TOKEN, 2 * calls_needed * MICRO)
     paid: list[dict[str, Any]] = []
+    by_addr: list[dict[str, Any]] = []
     echo: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="p2pay-two-process-") as tmp, children() as kids:
         folder = Path(tmp)
@@ -261,24 +272,36 @@ def measure(size: str, profile_dir: Path | None = None) -> dict[str, Any]:
         echo_client.expect("ready", START_TIMEOUT + p["warmup"] / 20)
         pids = [k.proc.pid for k in kids]
         for i in range(p["rounds"]):
-            order = ("paid", "echo") if i % 2 == 0 else ("echo", "paid")
-            for which in order:
+            order = ("paid", "by_addr", "echo")
+            for which in order if i % 2 == 0 else reversed(order):
                 if which == "paid":
                     paid.append(_round(provider, client, p["calls"], p["concurrency"]))
+                elif which == "by_addr":
+                    by_addr.append(
+                        _round(provider, client, p["calls"], p["concurrency"], "run-by-addr")
+                    )
                 else:
                     echo.append(_round(echo_server, echo_client, p["calls"], p["concurrency"]))
         profiles: dict[str, str] = {}
         if profile_dir is not None:
             profile_dir.mkdir(parents=True, exist_ok=True)
-            for label, server, client_ in (
-                ("paid", provider, client),
-                ("echo", echo_server, echo_client),
+            for label, server, client_, command in (
+                ("paid", provider, client, "run"),
+                ("paid_by_addr", provider, client, "run-by-addr"),
+                ("echo", echo_server, echo_client, "run"),
             ):
                 for end, path in _profile(
-                    server, client_, label, p["calls"], p["concurrency"], profile_dir
+                    server, client_, label, p["calls"], p["concurrency"], profile_dir, command
                 ).items():
                     profiles[f"profile_{label}_{end}"] = path
-    return {"paid": paid, "echo": echo, "pids": pids, "params": p, "profiles": profiles}
+    return {
+        "paid": paid,
+        "by_addr": by_addr,
+        "echo": echo,
+        "pids": pids,
+        "params": p,
+        "profiles": profiles,
+    }
 
 
 def _r(x: float) -> float:
@@ -286,7 +309,7 @@ def _r(x: float) -> float:
 
 
 def results(raw: dict[str, Any]) -> list[Result]:
-    paid, echo, p = raw["paid"], raw["echo"], raw["params"]
+    paid, by_addr, echo, p = raw["paid"], raw["by_addr"], raw["echo"], raw["params"]
     rate_ratios = [a["calls_per_s"] / b["calls_per_s"] for a, b in zip(paid, echo, strict=True)]
     cpu_ratios = [r["client_cpu_us"] / r["server_cpu_us"] for r in paid]
     echo_cpu_ratios = [r["client_cpu_us"] / r["server_cpu_us"] for r in echo]
@@ -301,7 +324,17 @@ def results(raw: dict[str, Any]) -> list[Result]:
         "payee_cpu_us_per_call": spread(col(paid, "server_cpu_us")),
         "echo_client_cpu_us_per_call": spread(col(echo, "client_cpu_us")),
         "echo_server_cpu_us_per_call": spread(col(echo, "server_cpu_us")),
+        "by_addr_calls_per_s": spread(col(by_addr, "calls_per_s")),
+        "by_addr_payer_cpu_us_per_call": spread(col(by_addr, "client_cpu_us")),
+        "by_addr_payee_cpu_us_per_call": spread(col(by_addr, "server_cpu_us")),
         "rate_ratio_per_round": [round(x, 3) for x in rate_ratios],
+        "by_addr_rate_ratio_per_round": [
+            round(a["calls_per_s"] / b["calls_per_s"], 3)
+            for a, b in zip(by_addr, echo, strict=True)
+        ],
+        "by_addr_payer_payee_cpu_ratio_per_round": [
+            round(r["client_cpu_us"] / r["server_cpu_us"], 3) for r in by_addr
+        ],
         "payer_payee_cpu_ratio_per_round": [round(x, 3) for x in cpu_ratios],
         "echo_client_server_cpu_ratio_per_round": [round(x, 3) for x in echo_cpu_ratios],
         "calls_per_round": p["calls"],
@@ -311,6 +344,7 @@ def results(raw: dict[str, Any]) -> list[Result]:
         "echo_record_bytes": RECORD,
         "paid_rounds": [{k: _rounded(v) for k, v in r.items()} for r in paid],
         "echo_rounds": [{k: _rounded(v) for k, v in r.items()} for r in echo],
+        "by_addr_rounds": [{k: _rounded(v) for k, v in r.items()} for r in by_addr],
         "child_pids": raw["pids"],
         **raw.get("profiles", {}),
     }
@@ -324,6 +358,11 @@ def results(raw: dict[str, Any]) -> list[Result]:
         f"{median([r['calls_per_s'] for r in echo]):,.0f} calls/s, client "
         f"{median([r['client_cpu_us'] for r in echo]):,.0f} us and server "
         f"{median([r['server_cpu_us'] for r in echo]):,.0f} us (medians over rounds)",
+        f"calls naming the provider by multiaddr: {median(x['calls_per_s'] for x in by_addr):,.0f}"
+        f" calls/s, payer {median(x['client_cpu_us'] for x in by_addr):,.0f} us and payee "
+        f"{median(x['server_cpu_us'] for x in by_addr):,.0f} us CPU per call (ratios "
+        f"{median(figures['by_addr_rate_ratio_per_round']):.3f}"
+        f" and {median(x['client_cpu_us'] / x['server_cpu_us'] for x in by_addr):.3f})",
     ]
     return [
         Result(

@@ -193,8 +193,8 @@ def test_two_process_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert r["status"] in (PASS, FAIL), r
         assert isinstance(r["ratio"], float) and math.isfinite(r["ratio"]) and r["ratio"] > 0
     figures = by_name["two_process"]["figures"]
-    rounds = figures["paid_rounds"] + figures["echo_rounds"]
-    assert len(figures["paid_rounds"]) == len(figures["echo_rounds"]) == figures["rounds"]
+    rounds = figures["paid_rounds"] + figures["by_addr_rounds"] + figures["echo_rounds"]
+    assert len(rounds) == 3 * figures["rounds"]
     for row in rounds:
         assert row["calls"] == figures["calls_per_round"]
         for key in ("wall_s", "calls_per_s", "client_cpu_us", "server_cpu_us"):
