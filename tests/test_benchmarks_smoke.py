@@ -223,3 +223,28 @@ def test_codec_cbor2_smoke() -> None:
     assert result.ratio is not None and math.isfinite(result.ratio) and result.ratio > 0
     assert result.status in (PASS, FAIL)
     assert figures["cbor2"].startswith("cbor2 ")
+
+
+def test_two_process_kills_its_children_when_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that cannot start (here: no ledger file) stops the benchmark with its error,
+    and every child started so far is killed and reaped."""
+    from benchmarks import two_process
+
+    started: list[two_process.Child] = []
+
+    class Recorded(two_process.Child):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    async def no_ledger(path: Path, payer_funds: int) -> None:
+        del path, payer_funds
+
+    monkeypatch.setattr(two_process, "Child", Recorded)
+    monkeypatch.setattr(two_process, "_make_ledger", no_ledger)
+    with pytest.raises(two_process.ChildFailed, match="provider"):
+        two_process.measure("smoke")
+    assert [c.role for c in started] == ["provider", "echo-server"]
+    for child in started:
+        assert child.proc.returncode is not None
+        assert _no_such_process(child.proc.pid)
