@@ -5,7 +5,7 @@ Usage: ``python contracts/build.py`` (rewrite the artifacts) or ``python contrac
 runs). Needs the ``vyper`` package at the exact version pinned below (``pip install
 -e '.[dev]'`` brings it): the bytecode depends on the compiler version.
 
-Each artifact ``contracts/build/<Name>.json`` holds ``abi``, ``bytecode`` (deploy code, hex
+Each artifact ``p2pay/ledger/contracts/<Name>.json`` holds ``abi``, ``bytecode`` (deploy code, hex
 with 0x), ``vyper`` (compiler version), ``evm_version`` and ``source_sha256`` (of the .vy
 file), so a reader can tell which source an artifact came from.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
+BUILD = HERE.parent / "p2pay" / "ledger" / "contracts"  # package data: shipped by pip install
 CONTRACTS = ("Settlement", "TestToken")
 VYPER_VERSION = "0.4.3"
 EVM_VERSION = "cancun"

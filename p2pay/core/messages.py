@@ -761,6 +761,83 @@ def refusal_body(message: str, details: Mapping[str, Any] | None = None) -> byte
 
 
 # ---------------------------------------------------------------------------
+# Binding a PeerID to its settlement account (protocol.md 9 rule 4): the hello and the
+# offer (specs/discovery.md) carry the same two fields and follow the same rules.
+
+
+def check_account_form(
+    ledger: bytes, account: object, account_proof: object, *, remote: bool
+) -> None:
+    """`account` and `account_proof` have the form `ledger` requires: on an EVM ledger 12
+    zero bytes then a non-zero address, and a 65-byte proof; on any other ledger a 32-byte
+    account and an empty proof.
+
+    Raises:
+        DecodeError (`remote`) or LocalProtocolError: the form is wrong.
+    """
+    _check_bytes(account, "account", 32, remote)
+    assert isinstance(account, bytes)
+    _check(isinstance(account_proof, bytes), "account_proof must be bytes", remote)
+    assert isinstance(account_proof, bytes)
+    if evmsig.is_evm_ledger(ledger):
+        _check(
+            evmsig.address_of_account(account) is not None,
+            "account on an EVM ledger is 12 zero bytes then a non-zero address",
+            remote,
+        )
+        _check(
+            len(account_proof) == evmsig.EVM_SIGNATURE_SIZE,
+            "account_proof on an EVM ledger is a 65-byte signature",
+            remote,
+        )
+    else:
+        _check(account_proof == b"", "account_proof is empty on this ledger", remote)
+
+
+def account_binding(
+    key: Keypair, ledger: bytes, settlement_key: Signer | None = None
+) -> tuple[bytes, bytes]:
+    """The (account, account_proof) a peer with PeerID key `key` announces on `ledger`.
+
+    `settlement_key` signs vouchers and receipts (default `signing.signer_for(key, ledger)`);
+    on an EVM ledger the proof is its `evmsig.binding_proof` for `key`, else empty.
+
+    Raises:
+        LocalProtocolError: the settlement key cannot act on `ledger`.
+    """
+    settler = signer_for(key if settlement_key is None else settlement_key, ledger)
+    proof = b""
+    if isinstance(settler, evmsig.EvmKey):
+        proof = evmsig.binding_proof(settler, ledger, key.public)
+    return settler.account, proof
+
+
+def check_account_binding(
+    account: bytes, account_proof: bytes, ledger: bytes, public: bytes, what: str
+) -> None:
+    """Raise unless `account` is bound to the PeerID key `public` on `ledger`: equal to it on
+    an Ed25519 ledger, bound by `account_proof` on an EVM ledger (`evmsig.check_binding`).
+
+    Args:
+        what: the message's name, for the error text ("hello", "offer").
+
+    Raises:
+        RemoteProtocolError: code UNAUTHORIZED.
+    """
+    if scheme_for(ledger) is Scheme.ED25519:
+        if account != public:
+            raise RemoteProtocolError(
+                f"on an Ed25519 ledger the {what}'s account is its signer's public key",
+                code=ErrorCode.UNAUTHORIZED,
+            )
+    elif not evmsig.check_binding(account, ledger, public, account_proof):
+        raise RemoteProtocolError(
+            f"the {what}'s account_proof does not bind its account to the signer",
+            code=ErrorCode.UNAUTHORIZED,
+        )
+
+
+# ---------------------------------------------------------------------------
 # Hello
 
 
@@ -884,21 +961,7 @@ class Hello:
     def __post_init__(self) -> None:
         _check_uint(self.version, "version", MAX_U64, False)
         _check_bytes(self.ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
-        _check_bytes(self.account, "account", 32, False)
-        _check(isinstance(self.account_proof, bytes), "account_proof must be bytes", False)
-        if evmsig.is_evm_ledger(self.ledger):
-            _check(
-                evmsig.address_of_account(self.account) is not None,
-                "account on an EVM ledger is 12 zero bytes then a non-zero address",
-                False,
-            )
-            _check(
-                len(self.account_proof) == evmsig.EVM_SIGNATURE_SIZE,
-                "account_proof on an EVM ledger is a 65-byte signature",
-                False,
-            )
-        else:
-            _check(self.account_proof == b"", "account_proof is empty on this ledger", False)
+        check_account_form(self.ledger, self.account, self.account_proof, remote=False)
         _check(isinstance(self.services, tuple), "services must be a tuple", False)
         _check(
             all(isinstance(s, ServiceTerms) for s in self.services),
@@ -967,10 +1030,7 @@ class Hello:
             LocalProtocolError: a field is out of its range, or the settlement key cannot
                 act on `ledger`.
         """
-        settler = signer_for(key if settlement_key is None else settlement_key, ledger)
-        proof = b""
-        if isinstance(settler, evmsig.EvmKey):
-            proof = evmsig.binding_proof(settler, ledger, key.public)
+        account, proof = account_binding(key, ledger, settlement_key)
         unsigned = cls(
             version=PROTOCOL_VERSION,
             ledger=ledger,
@@ -978,7 +1038,7 @@ class Hello:
             stake=stake,
             max_in_flight=max_in_flight,
             max_frame=max_frame,
-            account=settler.account,
+            account=account,
             account_proof=proof,
             deadline_horizon=deadline_horizon,
         )
@@ -1235,14 +1295,4 @@ def check_signed_by(message: Request | Response | Hello, public: bytes, ledger: 
     if not message.verify(public):
         raise InvalidSignature("signature does not verify")
     if isinstance(message, Hello):
-        if scheme_for(ledger) is Scheme.ED25519:
-            if message.account != public:
-                raise RemoteProtocolError(
-                    "on an Ed25519 ledger a hello's account is its sender's public key",
-                    code=ErrorCode.UNAUTHORIZED,
-                )
-        elif not evmsig.check_binding(message.account, ledger, public, message.account_proof):
-            raise RemoteProtocolError(
-                "the hello's account_proof does not bind its account to the sender",
-                code=ErrorCode.UNAUTHORIZED,
-            )
+        check_account_binding(message.account, message.account_proof, ledger, public, "hello")

@@ -137,11 +137,14 @@ def _contracts_dir() -> Path:
     env = os.environ.get("P2PAY_CONTRACTS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "contracts" / "build"
+    return Path(__file__).resolve().parent / "contracts"
 
 
 def load_artifact(name: str) -> dict[str, Any]:
-    """The compiled artifact ``contracts/build/<name>.json`` (abi, bytecode, versions).
+    """The compiled artifact ``p2pay/ledger/contracts/<name>.json`` (abi, bytecode, versions).
+
+    The artifacts are package data, so a plain ``pip install '.[evm]'`` has them;
+    ``P2PAY_CONTRACTS_DIR`` points elsewhere (e.g. at artifacts being rebuilt).
 
     Raises:
         LocalProtocolError: the artifact is missing (set P2PAY_CONTRACTS_DIR).

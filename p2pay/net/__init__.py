@@ -2,9 +2,11 @@
 
 `p2pay.net.base` defines the interface (`Transport`, `Stream`) and its semantics;
 `p2pay.net.memory` implements it in-process (simulations, fast tests) and
-`p2pay.net.p2p` over libp2p (TCP, Noise, yamux). py-libp2p is imported only by
-`p2pay.net.p2p`, so importing this package stays cheap; `open_libp2p_transport` is
-loaded on first use.
+`p2pay.net.p2p` over libp2p (TCP, Noise, yamux). Discovery (`DiscoveryNet`) has the
+same two: `p2pay.net.discovery` (gossipsub, Kademlia DHT) and
+`p2pay.net.memory_discovery`. py-libp2p is imported only by `p2pay.net.p2p` and
+`p2pay.net.discovery`, so importing this package stays cheap; `open_libp2p_transport`
+and `open_libp2p_discovery` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from p2pay.net.base import (
     PROTOCOL_ID,
     AddressInUse,
     ConnectError,
+    DiscoveryNet,
+    FetchFailed,
     ListenError,
     NetError,
     NoAddress,
@@ -29,8 +33,10 @@ from p2pay.net.base import (
 )
 from p2pay.net.framing import FrameReader, decode_uvarint, encode_uvarint, frame
 from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
+from p2pay.net.memory_discovery import open_memory_discovery
 
 if TYPE_CHECKING:
+    from p2pay.net.discovery import open_libp2p_discovery
     from p2pay.net.p2p import open_libp2p_transport
 
 __all__ = [
@@ -38,6 +44,8 @@ __all__ = [
     "PROTOCOL_ID",
     "AddressInUse",
     "ConnectError",
+    "DiscoveryNet",
+    "FetchFailed",
     "FrameReader",
     "FrameTooLarge",
     "ListenError",
@@ -54,7 +62,9 @@ __all__ = [
     "encode_uvarint",
     "frame",
     "memory_addr",
+    "open_libp2p_discovery",
     "open_libp2p_transport",
+    "open_memory_discovery",
     "open_memory_transport",
 ]
 
@@ -64,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from p2pay.net.p2p import open_libp2p_transport
 
         return open_libp2p_transport
+    if name == "open_libp2p_discovery":
+        from p2pay.net.discovery import open_libp2p_discovery
+
+        return open_libp2p_discovery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

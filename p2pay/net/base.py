@@ -47,6 +47,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
+from p2pay.core.offers import MAX_FETCH_OFFERS, MAX_OFFER_SIZE
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -220,6 +221,125 @@ class Transport(Protocol):
             ConnectError: the peer cannot be reached, refused the stream, or the address
                 is invalid.
         """
+        ...
+
+
+# --- discovery (specs/discovery.md) ----------------------------------------------------
+
+OFFERS_PROTOCOL_ID = "/p2pay/offers/2.0.0"
+"""The libp2p protocol a client uses to fetch a provider's offers directly."""
+MAX_OFFER_BYTES = MAX_OFFER_SIZE
+"""Largest encoded offer. Larger gossip messages are dropped before they reach the
+application; a provider never publishes or serves one."""
+MAX_OFFERS_PER_REPLY = MAX_FETCH_OFFERS
+"""Most offers in one answer of the fetch protocol."""
+FETCH_TIMEOUT = 5.0
+"""Deadline, in seconds, of one fetch, on both sides (the whole exchange)."""
+
+OfferSource = Callable[[bytes, str], Sequence[bytes]]
+"""``offers(ledger, service)``: the encoded offers this node serves for `service` on
+`ledger` (possibly none). Called for every fetch request; must not block."""
+
+
+class FetchFailed(NetError):
+    """Fetching a provider's offers failed.
+
+    Attributes:
+        kind: ``"unreachable"`` (no connection), ``"timeout"`` (no whole answer within
+            `FETCH_TIMEOUT`), ``"refused"`` (the peer reset the stream or does not speak
+            the protocol) or ``"malformed"`` (the answer breaks the protocol's rules).
+    """
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        if kind in ("unreachable", "timeout"):
+            self.code = ErrorCode.UNREACHABLE
+        elif kind == "malformed":
+            self.code = ErrorCode.MALFORMED
+
+
+@runtime_checkable
+class DiscoveryNet(Protocol):
+    """Where offers travel (specs/discovery.md): a gossip topic per ledger, provider
+    records per (ledger, service), and a direct fetch of a provider's offers.
+
+    Offers are opaque bytes here; verifying them is the core's job. Everything a peer
+    says through this interface (a gossip message, a provider record, a fetched offer)
+    is a hint until the core has verified it. Implementations: `p2pay.net.discovery`
+    (libp2p: gossipsub, Kademlia DHT, ``/p2pay/offers/2.0.0``) and
+    `p2pay.net.memory_discovery` (in-process twin over a `MemoryNetwork`).
+    """
+
+    @property
+    def peer_id(self) -> str:
+        """Our PeerID text."""
+        ...
+
+    async def publish(self, ledger: bytes, data: bytes) -> None:
+        """Publish one encoded offer on `ledger`'s topic (at most `MAX_OFFER_BYTES`).
+
+        Subscribers on other peers receive it; we do not receive our own messages.
+
+        Raises:
+            LocalProtocolError: `data` is not bytes or is larger than `MAX_OFFER_BYTES`,
+                or `ledger` is not a valid ledger id.
+        """
+        ...
+
+    def subscribe(self, ledger: bytes) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
+        """Receive `ledger`'s topic: ``(sender PeerID, data)`` for each message from
+        another peer. The channel is bounded: when the reader falls behind, messages are
+        dropped (counted in `dropped`), never queued without limit. Close the channel to
+        stop receiving. Messages larger than `MAX_OFFER_BYTES` never come out.
+        """
+        ...
+
+    async def provide(self, ledger: bytes, service: str) -> None:
+        """Announce that we provide `service` on `ledger` (a provider record under
+        ``offer_key(ledger, service)``). Repeat it to keep the record alive."""
+        ...
+
+    async def find_providers(
+        self, ledger: bytes, service: str, *, limit: int = 20
+    ) -> list[tuple[str, list[str]]]:
+        """At most `limit` providers of `service` on `ledger` other than us, as
+        ``(PeerID, [multiaddr, ...])``. Hints only: fetch and verify their offers.
+        Never raises for network trouble: what could not be reached is left out."""
+        ...
+
+    async def fetch_offers(
+        self, peer_id: str, addrs: Sequence[str], ledger: bytes, service: str
+    ) -> list[bytes]:
+        """Ask `peer_id` (reachable at `addrs`, may be empty if already known) for its
+        offers of `service` on `ledger`; at most `MAX_OFFERS_PER_REPLY`, each at most
+        `MAX_OFFER_BYTES` (not verified).
+
+        Raises:
+            FetchFailed: as its `kind` says.
+            LocalProtocolError: a bad argument.
+        """
+        ...
+
+    def serve_offers(self, source: OfferSource | None) -> None:
+        """Answer fetch requests with ``source(ledger, service)`` (None: answer none).
+        An exception from `source` is logged and the request is answered by a reset."""
+        ...
+
+    async def bootstrap(self, addrs: Sequence[str]) -> None:
+        """Join the network through these peers (multiaddrs ending in ``/p2p/<id>``):
+        connect, add them to the routing table, and refresh it. Peers that cannot be
+        reached are logged and skipped.
+
+        Raises:
+            LocalProtocolError: an address is malformed.
+        """
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped below the application (too large, queue full, rate)."""
         ...
 
 

@@ -77,6 +77,7 @@ from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PERMANENT_ADDR_TTL
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -406,8 +407,67 @@ class Libp2pTransport:
 
     @property
     def host(self) -> IHost:
-        """The underlying py-libp2p host (for diagnostics; do not register handlers)."""
+        """The underlying py-libp2p host. Only `p2pay.net.discovery` registers protocols
+        on it (gossipsub, Kademlia, ``/p2pay/offers/2.0.0``), each behind a handler that
+        never raises; everything else uses it for diagnostics."""
         return self._host
+
+    def is_connected(self, peer_id: str) -> bool:
+        """Whether a connection to `peer_id` is open."""
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            return False
+        return bool(self._host.get_network().get_connections(pid))
+
+    async def dial(self, peer_id: str, addrs: Sequence[str], *, timeout: float) -> None:
+        """Make sure a connection to `peer_id` is open, without opening a stream.
+
+        With a connection already open, nothing is dialled. Otherwise each of `addrs`
+        (multiaddrs naming `peer_id`, or bare transport addresses) is tried in turn,
+        each replacing the addresses known before (see `add_address`), until one
+        connects; with no `addrs`, the address already known is dialled.
+
+        Raises:
+            LocalProtocolError: a malformed address, or one naming another peer.
+            PeerNotReached: no address connected within `timeout` seconds.
+            WrongIdentity: a handshake authenticated another PeerID.
+            NoAddress: no `addrs` and no known address.
+            ConnectError: the transport is closed, or `peer_id` is ours.
+        """
+        if not self._running:
+            raise ConnectError("transport is closed")
+        parsed: list[tuple[ID, Multiaddr]] = []
+        for addr in addrs:
+            if isinstance(addr, str) and "/p2p/" not in addr:
+                addr = f"{addr}/p2p/{peer_id}"
+            parsed.append(self._parse(addr, expect=peer_id))
+        if peer_id == self._peer_id:
+            raise ConnectError("cannot connect to ourselves")
+        if self.is_connected(peer_id):
+            return
+        if not parsed:
+            try:
+                pid = ID.from_base58(peer_id)
+            except Exception:
+                raise LocalProtocolError(f"not a PeerID: {peer_id[:80]!r}") from None
+            where = self._address_of(pid)
+            if where is None:
+                raise NoAddress(f"no known address for peer {peer_id}")
+            parsed.append((pid, Multiaddr(where)))
+        last: ConnectError | None = None
+        with trio.move_on_after(timeout):
+            for pid, maddr in parsed:
+                self._set_address(pid, maddr)  # also lifts the negative dial cache
+                try:
+                    await self._host.connect(PeerInfo(pid, [maddr]))
+                    return
+                except Exception as exc:
+                    last = _dial_error(exc, peer_id, str(maddr))
+        if isinstance(last, WrongIdentity):
+            raise last
+        reason = f": {last.message}" if last is not None else f" within {timeout} s"
+        raise PeerNotReached(f"cannot reach {peer_id}{reason}")
 
     @property
     def open_streams(self) -> int:

@@ -7,7 +7,8 @@ Run from the repository root::
 
 Files: requests.json, responses.json (signed messages), hellos.json, refusals.json
 (unsigned refusal frames), framing.json (length prefixes, sizes, nesting) and resync.json
-(resync details and what the payer makes of them).
+(resync details and what the payer makes of them) and offers.json (signed service
+offers, specs/discovery.md).
 
 The output is deterministic: the keys come from fixed seeds, Ed25519 signatures are
 deterministic (RFC 8032), secp256k1 signatures too (RFC 6979), and every value below is a
@@ -1148,6 +1149,387 @@ def build_hellos() -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- offers
+
+OFFER_NOW = DEADLINE  # the receiver's clock in every offer vector
+OFFER_LIFETIME = 86_400_000  # discovery.md §3 check 7
+STAKE_TERMS = {"amount": TOKEN, "penalty": 10**22, "window": 60_000}
+
+
+def offer_addrs(seed: bytes, *hosts: str) -> list[str]:
+    return [f"{host}/p2p/{peer_id(seed)}" for host in hosts or ("/ip4/127.0.0.1/tcp/4001",)]
+
+
+def offer_fields(
+    seed: bytes,
+    *,
+    ledger: bytes = LEDGER,
+    service: dict[str, Any] | None = None,
+    stake: dict[str, Any] | None = None,
+    addrs: list[str] | None = None,
+    seq: int = 1,
+    expires: int = OFFER_NOW + 180_000,
+    version: int = 2,
+) -> dict[str, Any]:
+    """discovery.md §2: the 11 keys of an offer's signed map, made by the seed's peer."""
+    evm = ledger.startswith(b"p2pay:evm:") and len(ledger) == 38
+    return {
+        "domain": "p2pay/v1/offer",
+        "version": version,
+        "ledger": ledger,
+        "peer": public(seed),
+        "account": evm_account(seed) if evm else public(seed),
+        "account_proof": binding_proof(seed, ledger, public(seed)) if evm else b"",
+        "service": ECHO_TERMS if service is None else service,
+        "stake": STAKE_TERMS if stake is None else stake,
+        "addrs": offer_addrs(seed) if addrs is None else addrs,
+        "seq": seq,
+        "expires": expires,
+    }
+
+
+def offer_entry(
+    description: str,
+    fields: Any,
+    *,
+    signer: bytes,
+    section: str,
+    peer: bytes | None = None,
+    expected_ledger: bytes = LEDGER,
+    now: int = OFFER_NOW,
+    signed: bytes | None = None,
+    offer: bytes | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One offer vector; `peer` is the seed whose key is the offer's `peer` (default: the
+    signer's); `offer` replaces the encoded offer `[4, signed, signature]`."""
+    peer = signer if peer is None else peer
+    signed = enc(fields) if signed is None else signed
+    sig = sign(signer, signed)
+    out: dict[str, Any] = {"description": description, "valid": error is None}
+    if error is not None:
+        out["error"] = error
+    out["section"] = section
+    out["public_key_hex"] = public(peer).hex()
+    out["peer_id"] = peer_id(peer)
+    out["expected_ledger_hex"] = expected_ledger.hex()
+    out["now_ms"] = str(now)
+    out["signing_bytes_hex"] = signed.hex()
+    out["signature_hex"] = sig.hex()
+    out["fields"] = as_json(fields)
+    out["offer_hex"] = (enc([4, signed, sig]) if offer is None else offer).hex()
+    ledger = fields.get("ledger") if isinstance(fields, dict) else None
+    if error is None and isinstance(ledger, bytes) and ledger.startswith(b"p2pay:evm:"):
+        out["evm_address_hex"] = evm_account(signer)[12:].hex()
+        out["binding_digest_hex"] = binding_digest(ledger, public(signer)).hex()
+    return out
+
+
+def build_offers() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    checks = "discovery.md §3"
+    out.append(
+        offer_entry(
+            "Ed25519 ledger: BOB offers echo at 1000 yocto, 1 token staked, one address, seq 1, "
+            "expires in 3 minutes",
+            offer_fields(BOB),
+            signer=BOB,
+            section="discovery.md §2",
+        )
+    )
+    # an address of exactly 256 bytes, BOB's /p2p/ suffix included
+    suffix = len(".example/tcp/1") + len("/p2p/" + peer_id(BOB))
+    long_host = "/dns4/" + "a" * (256 - len("/dns4/") - suffix) + ".example/tcp/1"
+    addrs = offer_addrs(
+        BOB,
+        long_host,
+        *(f"/ip4/10.0.0.{i}/tcp/4001" for i in range(1, 7)),
+        "/ip6/::1/udp/4001/quic-v1",
+    )
+    assert len(addrs[0]) == 256 and len(addrs) == 8
+    big = offer_fields(
+        BOB,
+        service={"name": "\u00e9" * 32, "price": MAX_YOCTO, "max_body": MAX_U64},
+        stake={"amount": 2**100, "penalty": MAX_YOCTO, "window": MAX_U64},
+        addrs=addrs,
+        seq=MAX_U64,
+        expires=OFFER_NOW + OFFER_LIFETIME,
+    )
+    out.append(
+        offer_entry(
+            "Ed25519 ledger: a UTF-8 service name of 64 bytes, price 2**128 - 1 and stake 2**100 "
+            "(bignums), max_body 2**64 - 1, 8 addresses (the first of 256 bytes), seq "
+            "2**64 - 1, expires exactly 24 h ahead",
+            big,
+            signer=BOB,
+            section="discovery.md §2, §3 check 7",
+        )
+    )
+    out.append(
+        offer_entry(
+            "Ed25519 ledger: expires 1 ms after now (still live), 1-byte ledger id",
+            offer_fields(ALICE, ledger=b"L", expires=OFFER_NOW + 1),
+            signer=ALICE,
+            section="discovery.md §3 check 7",
+            expected_ledger=b"L",
+        )
+    )
+    evm_bob = offer_fields(BOB, ledger=EVM_LEDGER)
+    out.append(
+        offer_entry(
+            "EVM ledger (chain 31337): account = BOB's derived EVM account, account_proof = its "
+            "65-byte binding signature, as in BOB's hello",
+            evm_bob,
+            signer=BOB,
+            section="discovery.md §2; protocol.md §9 rule 4",
+            expected_ledger=EVM_LEDGER,
+        )
+    )
+
+    base = offer_fields(BOB)
+
+    def bad(description: str, error: str, fields: Any, section: str = checks, **kw: Any) -> None:
+        out.append(
+            offer_entry(
+                description,
+                fields,
+                error=error,
+                section=section,
+                **{"signer": BOB, "peer": BOB, **kw},
+            )
+        )
+
+    def without(key: str) -> dict[str, Any]:
+        return {k: v for k, v in base.items() if k != key}
+
+    signed = enc(base)
+    good_sig = sign(BOB, signed)
+    # --- size (FRAME_TOO_LARGE), before anything is parsed
+    padded = dict(
+        base,
+        addrs=[f"/ip4/10.0.0.{i}/tcp/4001/p2p/{peer_id(BOB)}" for i in range(44)] + ["/x"],
+    )
+    while len(enc([4, enc(padded), good_sig])) < 4097:
+        padded["addrs"][-1] += "x"
+    assert len(enc([4, enc(padded), good_sig])) == 4097
+    bad("4097 bytes (45 addresses): too large, not parsed", "FRAME_TOO_LARGE", padded)
+    # --- decoding (MALFORMED / WRONG_DOMAIN)
+    bad("missing seq", "MALFORMED", without("seq"))
+    bad("missing account_proof", "MALFORMED", without("account_proof"))
+    bad("extra key: memo", "MALFORMED", dict(base, memo="hi"))
+    bad("stake null (an offer without stake is not an offer)", "MALFORMED", dict(base, stake=None))
+    bad(
+        "stake with key claim_window_ms instead of window",
+        "MALFORMED",
+        dict(base, stake={"amount": 1, "penalty": 1, "claim_window_ms": 1}),
+    )
+    bad("service with an extra key", "MALFORMED", dict(base, service=dict(ECHO_TERMS, x=1)))
+    bad(
+        "service as an array of services (the hello's form)",
+        "MALFORMED",
+        dict(base, service=[ECHO_TERMS]),
+    )
+    bad(
+        "service name of 65 bytes", "MALFORMED", dict(base, service=dict(ECHO_TERMS, name="x" * 65))
+    )
+    bad("service price 2**128", "MALFORMED", dict(base, service=dict(ECHO_TERMS, price=2**128)))
+    bad("stake amount -1", "MALFORMED", dict(base, stake=dict(STAKE_TERMS, amount=-1)))
+    bad("addrs empty", "MALFORMED", dict(base, addrs=[]))
+    bad(
+        "9 addresses",
+        "MALFORMED",
+        dict(base, addrs=offer_addrs(BOB, *(f"/ip4/10.0.0.{i}/tcp/1" for i in range(9)))),
+    )
+    bad(
+        "an address of 257 bytes",
+        "MALFORMED",
+        dict(
+            base, addrs=["/" + "a" * (256 - len("/p2p/" + peer_id(BOB))) + "/p2p/" + peer_id(BOB)]
+        ),
+    )
+    bad(
+        "an address with a space",
+        "MALFORMED",
+        dict(base, addrs=offer_addrs(BOB, "/ip4/1.2.3.4 /tcp/1")),
+    )
+    bad(
+        "an address with a non-ASCII character",
+        "MALFORMED",
+        dict(base, addrs=offer_addrs(BOB, "/dns4/\u00e9.example/tcp/1")),
+    )
+    bad(
+        "an address not starting with /",
+        "MALFORMED",
+        dict(base, addrs=offer_addrs(BOB, "ip4/1.2.3.4/tcp/1")),
+    )
+    bad("an address as bytes", "MALFORMED", dict(base, addrs=[base["addrs"][0].encode()]))
+    bad("the same address twice", "MALFORMED", dict(base, addrs=base["addrs"] * 2))
+    bad("seq 0", "MALFORMED", dict(base, seq=0))
+    bad("seq 2**64", "MALFORMED", dict(base, seq=2**64))
+    bad("expires 2**64", "MALFORMED", dict(base, expires=2**64))
+    bad("version 2**64", "MALFORMED", dict(base, version=2**64))
+    bad("peer of 31 bytes", "MALFORMED", dict(base, peer=public(BOB)[:31]))
+    bad(
+        "account_proof of 65 bytes on an Ed25519 ledger",
+        "MALFORMED",
+        dict(base, account_proof=bytes(64) + b"\x1b"),
+    )
+    bad(
+        "EVM ledger, account_proof empty",
+        "MALFORMED",
+        dict(evm_bob, account_proof=b""),
+        expected_ledger=EVM_LEDGER,
+    )
+    bad(
+        "EVM ledger, account is an Ed25519 key (not 12 zero bytes + address)",
+        "MALFORMED",
+        dict(evm_bob, account=public(BOB)),
+        expected_ledger=EVM_LEDGER,
+    )
+    bad(
+        "service price nested one level beyond the signed-map limit: [[bignum]] at level 5",
+        "MALFORMED",
+        dict(base, service=dict(ECHO_TERMS, price=[[2**64]])),
+        section="discovery.md §2.1; protocol.md §6",
+    )
+    items = sorted((enc(k), enc(v)) for k, v in base.items())
+    bad(
+        "non-canonical: keys in reverse order (validly signed)",
+        "MALFORMED",
+        base,
+        signed=enc_map(list(reversed(items))),
+        section="protocol.md §6",
+    )
+    bad(
+        "non-canonical: seq 1 written on two bytes (validly signed)",
+        "MALFORMED",
+        base,
+        signed=with_value(base, "seq", head(0, 1, 1)),
+        section="protocol.md §6",
+    )
+    bad(
+        "offer array of 4 items",
+        "MALFORMED",
+        base,
+        offer=enc([4, signed, good_sig, b""]),
+        section="discovery.md §2.1",
+    )
+    bad(
+        "kind 0 (a hello's kind) around an offer's signed bytes",
+        "MALFORMED",
+        base,
+        offer=enc([0, signed, good_sig]),
+        section="discovery.md §2.1",
+    )
+    bad(
+        "signature of 63 bytes",
+        "MALFORMED",
+        base,
+        offer=enc([4, signed, good_sig[:63]]),
+        section="discovery.md §2.1",
+    )
+    bad(
+        "trailing byte after the array",
+        "MALFORMED",
+        base,
+        offer=enc([4, signed, good_sig]) + b"\x00",
+        section="discovery.md §2.1",
+    )
+    bad(
+        "a map instead of the array",
+        "MALFORMED",
+        base,
+        offer=enc({"kind": 4}),
+        section="discovery.md §2.1",
+    )
+    hello = hello_fields(BOB, stake=STAKE_TERMS)
+    bad(
+        "BOB's hello signed bytes (signed by BOB) in an offer array",
+        "WRONG_DOMAIN",
+        hello,
+        section="discovery.md §2.1; protocol.md §8",
+    )
+    # --- version, ledger, signature, binding, expiry, addresses: in this order
+    bad("version 1", "VERSION_MISMATCH", dict(base, version=1))
+    bad(
+        "version 3 and another ledger: the version is checked first",
+        "VERSION_MISMATCH",
+        dict(base, version=3, ledger=OTHER_LEDGER),
+    )
+    bad(
+        f"ledger {OTHER_LEDGER.decode()!r}; the receiver's is {LEDGER.decode()!r}",
+        "WRONG_LEDGER",
+        dict(base, ledger=OTHER_LEDGER),
+    )
+    bad(
+        "another ledger and signed by MALLORY: the ledger is checked first",
+        "WRONG_LEDGER",
+        dict(base, ledger=OTHER_LEDGER),
+        signer=MALLORY,
+    )
+    bad("BOB's offer signed by MALLORY", "INVALID_SIGNATURE", base, signer=MALLORY)
+    flipped = bytearray(good_sig)
+    flipped[0] ^= 1
+    bad(
+        "BOB's offer, its signature with one bit flipped",
+        "INVALID_SIGNATURE",
+        base,
+        offer=enc([4, signed, bytes(flipped)]),
+    )
+    bad(
+        "signed by MALLORY and expired: the signature is checked first",
+        "INVALID_SIGNATURE",
+        dict(base, expires=OFFER_NOW),
+        signer=MALLORY,
+    )
+    bad(
+        "Ed25519 ledger: account is ALICE's key in BOB's offer",
+        "UNAUTHORIZED",
+        dict(base, account=public(ALICE)),
+    )
+    evm_alice = offer_fields(ALICE, ledger=EVM_LEDGER)
+    bad(
+        "EVM ledger: MALLORY's offer naming ALICE's account with ALICE's proof",
+        "UNAUTHORIZED",
+        dict(evm_alice, peer=public(MALLORY), addrs=offer_addrs(MALLORY)),
+        signer=MALLORY,
+        peer=MALLORY,
+        expected_ledger=EVM_LEDGER,
+        section="discovery.md §3 check 6; protocol.md §9 rule 4",
+    )
+    bad(
+        "EVM ledger: BOB's proof made for another EVM ledger",
+        "UNAUTHORIZED",
+        dict(evm_bob, account_proof=binding_proof(BOB, EVM_LEDGER_2, public(BOB))),
+        expected_ledger=EVM_LEDGER,
+        section="discovery.md §3 check 6; protocol.md §9 rule 4",
+    )
+    bad("expires at now exactly (expired)", "DEADLINE_EXCEEDED", dict(base, expires=OFFER_NOW))
+    bad("expired a day ago", "DEADLINE_EXCEEDED", dict(base, expires=OFFER_NOW - OFFER_LIFETIME))
+    bad(
+        "expires 24 h + 1 ms ahead",
+        "DEADLINE_EXCEEDED",
+        dict(base, expires=OFFER_NOW + OFFER_LIFETIME + 1),
+    )
+    bad(
+        "expired and an address naming ALICE: the expiry is checked first",
+        "DEADLINE_EXCEEDED",
+        dict(base, expires=OFFER_NOW, addrs=offer_addrs(ALICE)),
+    )
+    bad(
+        "BOB's offer with an address ending in ALICE's PeerID",
+        "UNAUTHORIZED",
+        dict(base, addrs=[base["addrs"][0], offer_addrs(ALICE, "/ip4/10.0.0.1/tcp/1")[0]]),
+    )
+    bad("an address without /p2p/", "UNAUTHORIZED", dict(base, addrs=["/ip4/127.0.0.1/tcp/4001"]))
+    bad(
+        "an address with a / after its /p2p/ PeerID",
+        "UNAUTHORIZED",
+        dict(base, addrs=[base["addrs"][0] + "/"]),
+    )
+    return out
+
+
 # --------------------------------------------------------------------------- refusals (unsigned)
 
 
@@ -2264,6 +2646,7 @@ FILES = {
     "framing.json": "framing",
     "resync.json": "resync",
     "receipts.json": "receipts",
+    "offers.json": "offers",
 }
 
 
@@ -2278,6 +2661,7 @@ def build() -> dict[str, list[dict[str, Any]]]:
         "framing.json": build_framing(),
         "resync.json": build_resync(),
         "receipts.json": build_receipts(),
+        "offers.json": build_offers(),
     }
 
 

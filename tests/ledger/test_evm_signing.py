@@ -65,9 +65,9 @@ def test_committed_artifacts_match_the_source() -> None:
             f"vyper {build.VYPER_VERSION} needed for the drift check, {vyper.__version__} installed"
         )
     for name in build.CONTRACTS:
-        committed = (ROOT / "contracts/build" / f"{name}.json").read_text(encoding="utf-8")
+        committed = (ROOT / "p2pay/ledger/contracts" / f"{name}.json").read_text(encoding="utf-8")
         assert committed == build.render(build.compile_contract(name)), (
-            f"contracts/build/{name}.json is stale: run python contracts/build.py"
+            f"p2pay/ledger/contracts/{name}.json is stale: run python contracts/build.py"
         )
 
 

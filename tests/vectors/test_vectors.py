@@ -13,6 +13,8 @@ The checks (specs/vectors/README.md):
   receiver's max_frame, whatever the chunking, and gets its verdict;
 * every resync case is applied to a payer channel in the state it gives and ends in the
   outcome and numbers it gives;
+* every offer is rebuilt through `Offer.create` byte for byte, or refused by `decode_offer`
+  and `check_offer` with its code;
 * every receipt sequence is played on a payer channel, each response accepted, rejected
   (state unchanged) or ignored as it says;
 * every vector is checked again with plain pynacl, cbor2 and hashlib (no p2pay) where that
@@ -50,6 +52,7 @@ from p2pay.core.messages import (
     check_signed_by,
     decode_frame,
 )
+from p2pay.core.offers import MAX_OFFER_SIZE, Offer, check_offer, decode_offer
 from p2pay.net.framing import FrameReader
 
 VECTORS = Path(__file__).resolve().parents[2] / "specs" / "vectors"
@@ -70,6 +73,7 @@ REFUSALS = load("refusals.json")
 FRAMING = load("framing.json")
 RESYNC = load("resync.json")
 RECEIPTS = load("receipts.json")
+OFFERS = load("offers.json")
 FILES = {
     "requests.json": REQUESTS,
     "responses.json": RESPONSES,
@@ -78,6 +82,7 @@ FILES = {
     "framing.json": FRAMING,
     "resync.json": RESYNC,
     "receipts.json": RECEIPTS,
+    "offers.json": OFFERS,
 }
 ALL = [("requests.json", KIND_REQUEST, v) for v in REQUESTS] + [
     ("responses.json", KIND_RESPONSE, v) for v in RESPONSES
@@ -311,7 +316,9 @@ def test_committed_vectors_equal_a_fresh_rebuild() -> None:
 def test_every_vector_names_its_section() -> None:
     for name, entries in FILES.items():
         for v in entries:
-            assert v["section"].startswith(("protocol.md §", "settlement.md §")), (name, v)
+            assert v["section"].startswith(
+                ("protocol.md §", "settlement.md §", "discovery.md §")
+            ), (name, v)
 
 
 def test_vectors_cover_what_the_spec_promises() -> None:
@@ -737,3 +744,93 @@ def test_receipt_vectors_verify_without_p2pay() -> None:
                 forged += 1
                 assert step["error"] == "INVALID_SIGNATURE"
     assert forged == 1
+
+
+# ----------------------------------------------------------------------------- offers
+
+
+def _stake(fields: dict[str, Any]) -> StakeTerms:
+    s = fields["stake"]
+    return StakeTerms(
+        amount=int(s["amount"]), penalty=int(s["penalty"]), claim_window_ms=int(s["window"])
+    )
+
+
+@pytest.mark.parametrize("v", valid(OFFERS), ids=describe(valid(OFFERS)))
+def test_valid_offer_rebuilt_byte_for_byte(v: dict[str, Any]) -> None:
+    f = v["fields"]
+    key = KEYS[x(v["public_key_hex"])]
+    assert key.peer_id == v["peer_id"]
+    offer = Offer.create(
+        key,
+        ledger=x(f["ledger"]),
+        service=f["service"]["name"],
+        price=int(f["service"]["price"]),
+        max_body=int(f["service"]["max_body"]),
+        stake=_stake(f),
+        addrs=f["addrs"],
+        seq=int(f["seq"]),
+        expires=int(f["expires"]),
+    )
+    assert offer.signing_bytes.hex() == v["signing_bytes_hex"]
+    assert offer.signature.hex() == v["signature_hex"]
+    assert offer.encode().hex() == v["offer_hex"]
+    assert offer.account.hex() == f["account"] and offer.account_proof.hex() == f["account_proof"]
+    decoded = decode_offer(x(v["offer_hex"]))
+    assert decoded == offer and decoded.peer_id == v["peer_id"]
+    check_offer(decoded, ledger=x(v["expected_ledger_hex"]), now_ms=int(v["now_ms"]))
+    if evmsig.is_evm_ledger(decoded.ledger):
+        digest = evmsig.binding_digest(decoded.ledger, key.public)
+        assert digest.hex() == v["binding_digest_hex"]
+        assert evmsig.recover(digest, decoded.account_proof) == x(v["evm_address_hex"])
+    else:
+        assert decoded.account == key.public and decoded.account_proof == b""
+
+
+@pytest.mark.parametrize("v", invalid(OFFERS), ids=describe(invalid(OFFERS)))
+def test_invalid_offer_refused_with_its_code(v: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        offer = decode_offer(x(v["offer_hex"]))
+        assert offer.peer.hex() == v["public_key_hex"]  # the key the receiver reads
+        check_offer(offer, ledger=x(v["expected_ledger_hex"]), now_ms=int(v["now_ms"]))
+    assert info.value.code is ErrorCode(v["error"]), info.value.message
+
+
+@pytest.mark.parametrize("v", OFFERS, ids=describe(OFFERS))
+def test_offer_checks_out_with_plain_pynacl_and_cbor2(v: dict[str, Any]) -> None:
+    signed, signature = x(v["signing_bytes_hex"]), x(v["signature_hex"])
+    assert as_json(cbor2.loads(signed)) == v["fields"]
+    if v["valid"]:
+        assert cbor2.loads(x(v["offer_hex"])) == [4, signed, signature]
+        assert len(x(v["offer_hex"])) <= MAX_OFFER_SIZE
+        assert ed25519_ok(x(v["public_key_hex"]), signed, signature)
+        fields = cbor2.loads(signed)
+        assert len(fields) == 11 and fields["domain"] == "p2pay/v1/offer"
+        assert fields["peer"].hex() == v["public_key_hex"]
+        assert fields["ledger"].hex() == v["expected_ledger_hex"]
+        assert all(a.endswith("/p2p/" + v["peer_id"]) for a in fields["addrs"])
+        assert int(v["now_ms"]) < fields["expires"] <= int(v["now_ms"]) + 86_400_000
+        assert cbor2.dumps(fields, canonical=True) == signed
+    elif v["error"] == "INVALID_SIGNATURE":
+        assert not ed25519_ok(x(v["public_key_hex"]), signed, x(v["offer_hex"])[-64:])
+    elif v["error"] == "FRAME_TOO_LARGE":
+        assert len(x(v["offer_hex"])) == MAX_OFFER_SIZE + 1
+
+
+def test_offer_vectors_cover_every_check() -> None:
+    errors = {v["error"] for v in invalid(OFFERS)}
+    assert errors == {
+        "FRAME_TOO_LARGE",
+        "MALFORMED",
+        "WRONG_DOMAIN",
+        "VERSION_MISMATCH",
+        "WRONG_LEDGER",
+        "INVALID_SIGNATURE",
+        "UNAUTHORIZED",
+        "DEADLINE_EXCEEDED",
+    }
+    ledgers = {evmsig.is_evm_ledger(x(v["expected_ledger_hex"])) for v in valid(OFFERS)}
+    assert ledgers == {True, False}
+    descriptions = " ".join(v["description"] for v in invalid(OFFERS))
+    for topic in ("non-canonical", "missing", "extra key", "is checked first", "stake null"):
+        assert topic in descriptions
