@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -33,6 +33,7 @@ from p2pay.cli.home import (
     CliError,
     Config,
     Home,
+    bootstrap_addrs,
     check_node_overrides,
     open_ledger,
     parse_duration_ms,
@@ -45,7 +46,8 @@ from p2pay.core.signing import Scheme, scheme_for
 
 if TYPE_CHECKING:  # keeps `p2pay --help` from importing the node and the store
     from p2pay.ledger.base import Ledger
-    from p2pay.node import Node, NodeConfig
+    from p2pay.net.base import DiscoveryNet, Transport
+    from p2pay.node import DiscoveryConfig, DiscoveryFactory, Node, NodeConfig
     from p2pay.store.sqlite import SqliteStore
 
     # click >= 8.4 types ParamType by the value it converts to; older clicks (which the
@@ -226,6 +228,52 @@ def node_config(config: Config, **fixed: Any) -> NodeConfig:
         raise CliError(f"config.toml [node]: {exc}") from None
 
 
+def bootstrap_option(f: Callable[..., T]) -> Callable[..., T]:
+    return click.option(
+        "--bootstrap",
+        "bootstrap",
+        multiple=True,
+        metavar="MULTIADDR",
+        help="A peer to join the network through, /ip4/.../p2p/<PeerID> (repeatable; "
+        "added to config.toml's [discovery] bootstrap).",
+    )(f)
+
+
+def discovery_config(
+    config: Config, bootstrap: Sequence[str] = (), **fixed: Any
+) -> DiscoveryConfig:
+    """The home's `DiscoveryConfig` (config.toml's ``[discovery]``), with the
+    ``--bootstrap`` peers added to the configured ones and `fixed` on top."""
+    from p2pay.node import DiscoveryConfig
+
+    d = config.discovery
+    peers = list(dict.fromkeys([*d.bootstrap, *bootstrap_addrs(bootstrap)]))
+    return DiscoveryConfig(
+        bootstrap=tuple(peers),
+        announce_interval_ms=d.announce_interval_ms,
+        deposit_calls=d.deposit_calls,
+        max_deposit=d.max_deposit,
+        max_attempts=d.max_attempts,
+        **fixed,
+    )
+
+
+def libp2p_discovery(*, server: bool) -> DiscoveryFactory:
+    """Discovery on the node's libp2p host: gossipsub, the Kademlia DHT, the offers
+    fetch protocol (`p2pay.net.discovery`). `server`: a DHT server (`node run`: it keeps
+    provider records for others), else a DHT client (a command that only looks up)."""
+
+    def factory(transport: Transport) -> AbstractAsyncContextManager[DiscoveryNet]:
+        from p2pay.net.discovery import open_libp2p_discovery
+        from p2pay.net.p2p import Libp2pTransport
+
+        if not isinstance(transport, Libp2pTransport):  # pragma: no cover - node's choice
+            raise CliError("libp2p discovery needs the libp2p transport")
+        return open_libp2p_discovery(transport, server=server)
+
+    return factory
+
+
 async def open_store(home: Home) -> SqliteStore:
     """Open the home's store, explaining the usual reason it is busy."""
     from p2pay.store.base import StoreError
@@ -242,7 +290,12 @@ async def open_store(home: Home) -> SqliteStore:
 
 @asynccontextmanager
 async def short_node(
-    home: Home, ledger_text: str | None, *, offline: bool = False
+    home: Home,
+    ledger_text: str | None,
+    *,
+    offline: bool = False,
+    discovery: bool = False,
+    bootstrap: Sequence[str] = (),
 ) -> AsyncIterator[Node]:
     """A node in this process for one command: no watcher, state durable after.
 
@@ -252,6 +305,8 @@ async def short_node(
         offline: the command only needs the ledger and the store (``channel open`` /
             ``close`` / ``top-up``): the node gets a private in-memory transport instead
             of a libp2p host, which saves importing and starting libp2p (seconds).
+        discovery: the command finds providers (``find``, ``call any``): the node joins
+            the network through the bootstrap peers (config.toml's and `bootstrap`).
     """
     from p2pay.node import open_node
 
@@ -260,6 +315,9 @@ async def short_node(
     spec = home.ledger_spec(ledger_text)
     cfg = node_config(config, watcher=False)
     transport: dict[str, Any] = {"listen": EPHEMERAL_LISTEN}
+    if discovery:
+        transport["discovery"] = libp2p_discovery(server=False)
+        transport["discovery_config"] = discovery_config(config, bootstrap)
     if offline:
         from p2pay.net.memory import MemoryNetwork
 
@@ -311,6 +369,8 @@ def run_with_node(
     fn: Callable[[Node], Awaitable[T]],
     *,
     offline: bool = False,
+    discovery: bool = False,
+    bootstrap: Sequence[str] = (),
 ) -> T:
     """Run ``await fn(node)`` in a `short_node` (see `Guard`) and return its value.
 
@@ -321,7 +381,9 @@ def run_with_node(
     box: list[T] = []
 
     async def body() -> None:
-        async with short_node(home, ledger_text, offline=offline) as node:
+        async with short_node(
+            home, ledger_text, offline=offline, discovery=discovery, bootstrap=bootstrap
+        ) as node:
             box.append(await guard.run(fn, node))
 
     try:

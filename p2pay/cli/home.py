@@ -33,7 +33,8 @@ from typing import Any
 import platformdirs
 
 from p2pay.cli.render import quoted
-from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError, P2payError
+from p2pay.core.amounts import format_tokens, parse_amount
+from p2pay.core.errors import AmountError, DecodeError, ErrorCode, LocalProtocolError, P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public, public_from_peer_id
 from p2pay.ledger.base import Ledger, LedgerFileError
 
@@ -254,6 +255,27 @@ def format_ms(ms: int) -> str:
 # config.toml
 
 
+#: ``[discovery]`` defaults (specs/discovery.md; `p2pay.node.DiscoveryConfig`)
+DEFAULT_ANNOUNCE_INTERVAL_MS = 60_000
+DEFAULT_DEPOSIT_CALLS = 1000
+DEFAULT_MAX_DEPOSIT = 10**22  # 0.01 token
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(slots=True)
+class Discovery:
+    """``[discovery]`` of config.toml: where to join the network, how often to announce
+    our offers, and the policy of ``call any`` (the deposit of a channel it opens is
+    ``deposit_calls`` x the price, at most ``max_deposit``; it tries at most
+    ``max_attempts`` offers)."""
+
+    bootstrap: list[str] = field(default_factory=list)
+    announce_interval_ms: int = DEFAULT_ANNOUNCE_INTERVAL_MS
+    deposit_calls: int = DEFAULT_DEPOSIT_CALLS
+    max_deposit: int = DEFAULT_MAX_DEPOSIT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
 @dataclass(slots=True)
 class Config:
     """What ``config.toml`` holds (all optional)."""
@@ -262,9 +284,76 @@ class Config:
     listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
     services: list[str] = field(default_factory=list)
     node: dict[str, Any] = field(default_factory=dict)
+    discovery: Discovery = field(default_factory=Discovery)
 
 
-_TOP_KEYS = {"ledger", "listen", "services", "node"}
+_TOP_KEYS = {"ledger", "listen", "services", "node", "discovery"}
+_DISCOVERY_KEYS = {"bootstrap", "announce_interval", "deposit_calls", "max_deposit", "max_attempts"}
+
+
+def bootstrap_addrs(values: Sequence[str], where: str = "--bootstrap") -> list[str]:
+    """Check bootstrap multiaddrs: each names its peer (ends in ``/p2p/<PeerID>``).
+
+    Raises:
+        CliError: one that is not a multiaddr of a peer.
+    """
+    out: list[str] = []
+    for value in values:
+        head, sep, peer = value.rpartition("/p2p/")
+        ok = value.startswith("/") and sep and head and peer and "/" not in peer
+        if ok:
+            try:
+                public_from_peer_id(peer)
+            except DecodeError:
+                ok = False
+        if not ok:
+            raise CliError(
+                f"{where} {quoted(value)} is not a peer's multiaddr: expected "
+                "/ip4/HOST/tcp/PORT/p2p/<PeerID> (what `node run` prints after `listening`)"
+            )
+        out.append(value)
+    return out
+
+
+def _read_discovery(table: Any, where: str) -> Discovery:
+    """Check ``[discovery]`` and read it (amounts and durations as a user types them)."""
+    if not isinstance(table, dict):
+        raise CliError(f"{where}: [discovery] must be a table")
+    unknown = set(table) - _DISCOVERY_KEYS
+    if unknown:
+        raise CliError(f"{where}: [discovery] has no setting {sorted(unknown)[0]!r}")
+    out = Discovery()
+    if "bootstrap" in table:
+        value = table["bootstrap"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CliError(f"{where}: [discovery] bootstrap must be a list of multiaddrs")
+        out.bootstrap = bootstrap_addrs(value, f"{where}: [discovery] bootstrap")
+    if "announce_interval" in table:
+        value = table["announce_interval"]
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise CliError(f'{where}: [discovery] announce_interval must be a duration ("60s")')
+        ms = value * 1000 if isinstance(value, int) else parse_duration_ms(value)
+        if not 1_000 <= ms <= 8 * 3_600_000:
+            raise CliError(f"{where}: [discovery] announce_interval must be between 1s and 8h")
+        out.announce_interval_ms = ms
+    for name, high in (("deposit_calls", 1 << 32), ("max_attempts", 64)):
+        if name in table:
+            value = table[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise CliError(f"{where}: [discovery] {name} must be an integer in [1, {high}]")
+            setattr(out, name, value)
+    if "max_deposit" in table:
+        value = table["max_deposit"]
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise CliError(f'{where}: [discovery] max_deposit must be an amount ("0.01 token")')
+        try:
+            amount = parse_amount(value)
+        except AmountError as exc:
+            raise CliError(f"{where}: [discovery] max_deposit: {exc.message}") from None
+        if amount < 1:
+            raise CliError(f"{where}: [discovery] max_deposit must be more than 0")
+        out.max_deposit = amount
+    return out
 
 
 def node_config_fields() -> dict[str, type]:
@@ -336,6 +425,7 @@ def read_config(path: Path) -> Config:
     if not isinstance(node, dict):
         raise CliError(f"{path}: [node] must be a table")
     config.node = check_node_overrides(node, str(path))
+    config.discovery = _read_discovery(data.get("discovery", {}), str(path))
     return config
 
 
@@ -375,6 +465,23 @@ def render_config(config: Config) -> str:
     if config.node:
         lines += ["", "# Overrides of p2pay.node.NodeConfig.", "[node]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in config.node.items()]
+    d = config.discovery
+    lines += [
+        "",
+        "# Finding providers and being found (`node run`, `find`, `call any`).",
+        "[discovery]",
+        "# bootstrap: multiaddrs (ending in /p2p/<PeerID>) of peers to join the network through",
+        "# (a plain `p2pay node run` with no services is one); --bootstrap adds to them.",
+        f"bootstrap = {_toml_value(d.bootstrap)}",
+        "# announce_interval: how often `node run` publishes its offers again (they expire",
+        "# after three intervals).",
+        f"announce_interval = {_toml_value(format_ms(d.announce_interval_ms))}",
+        "# `call any` opens a channel with a deposit of deposit_calls x the price, at most",
+        "# max_deposit, and tries at most max_attempts providers.",
+        f"deposit_calls = {d.deposit_calls}",
+        f"max_deposit = {_toml_value(format_tokens(d.max_deposit) + ' token')}",
+        f"max_attempts = {d.max_attempts}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,8 @@ from p2pay.cli.common import (
     Group,
     Settings,
     account_summary,
+    bootstrap_option,
+    discovery_config,
     echo,
     home_option,
     is_help_request,
@@ -79,7 +81,7 @@ from p2pay.sim.cli import simulate
 if TYPE_CHECKING:
     from p2pay.core.settlement import Event, Params
     from p2pay.ledger.base import Totals
-    from p2pay.node import CallResult, ChannelInfo, Node
+    from p2pay.node import CallResult, ChannelInfo, Node, OfferInfo
     from p2pay.store.base import PayeeRecord, PayerRecord
 
 log = logging.getLogger("p2pay.cli")
@@ -961,13 +963,24 @@ async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]
 
 
 def call_document(result: Any) -> dict[str, Any]:
-    """The JSON of a paid call: body, price, n, channel and the signed receipt."""
+    """The JSON of a paid call: body, price, n, channel and the signed receipt (and, for
+    ``call any``, the provider that answered and every provider tried)."""
     receipt = result.receipt
     try:
         text: str | None = result.body.decode("utf-8")
     except UnicodeDecodeError:
         text = None
+    found: dict[str, Any] = {}
+    if result.peer:
+        found = {
+            "peer": result.peer,
+            "attempts": [
+                {"peer": a.peer, "outcome": a.outcome, "code": a.code, "message": a.message}
+                for a in result.attempts
+            ],
+        }
     return {
+        **found,
         "body": text,
         "body_hex": result.body,
         "price": result.price,
@@ -1011,6 +1024,90 @@ async def timeout_advice(node: Node, peer: str, message: str) -> str:
     )
 
 
+def need_bootstrap(home: Home, bootstrap: Sequence[str]) -> None:
+    """Raises CliError unless there is a peer to join the network through."""
+    if not discovery_config(home.config(), bootstrap).bootstrap:
+        raise CliError(
+            "no bootstrap peer to find providers through: pass --bootstrap MULTIADDR (a "
+            "running node's address, /ip4/HOST/tcp/PORT/p2p/<PeerID>), or set bootstrap in "
+            "[discovery] of this home's config.toml"
+        )
+
+
+def offer_row(offer: OfferInfo) -> dict[str, Any]:
+    """One offer as `find --json` prints it."""
+    return {
+        "peer": offer.peer,
+        "addrs": list(offer.addrs),
+        "service": offer.service,
+        "price": offer.price,
+        "max_body": offer.max_body,
+        "stake": offer.stake,
+        "penalty": offer.penalty,
+        "claim_window_ms": offer.claim_window_ms,
+        "age_ms": offer.age_ms,
+        "expires": offer.expires,
+        "seq": offer.seq,
+    }
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--max-price", type=AMOUNT, help="Only offers at or below this price a call.")
+@click.option("--min-stake", type=AMOUNT, default=0, help="Only offers with at least this stake.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, max=600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to look for offers at most.",
+)
+@bootstrap_option
+@ledger_option
+@home_option
+@json_option
+def find(
+    service: str,
+    max_price: int | None,
+    min_stake: int,
+    wait: float,
+    bootstrap: tuple[str, ...],
+    ledger: str | None,
+    as_json: bool,
+) -> None:
+    """List the live offers of SERVICE: who sells it, where, at what price, with which
+    stake (read on the ledger), and how old each offer is.
+
+    The node joins the network through the bootstrap peers (--bootstrap, and config.toml's
+    [discovery] bootstrap), asks the DHT for the service's providers, fetches and checks
+    their signed offers, and listens to the offers gossiped meanwhile. Not while `node run`
+    runs on this same home.
+    """
+    home = settings().home
+    need_bootstrap(home, bootstrap)
+
+    async def do(node: Node) -> list[OfferInfo]:
+        return await node.find(service, max_price=max_price, min_stake=min_stake, wait=wait)
+
+    offers = run_with_node(home, ledger, do, discovery=True, bootstrap=bootstrap)
+    doc = {"service": service, "offers": [offer_row(o) for o in offers]}
+    if as_json:
+        render.print_json(doc)
+        return
+    if not offers:
+        echo(f"no live offer of {service!r} found")
+        return
+    cols = ("peer", "price", "stake", "age", "addresses")
+    rows = [
+        [o.peer, o.price, o.stake, format_ms(max(o.age_ms, 1)), " ".join(o.addrs)] for o in offers
+    ]
+    render.stdout.print(
+        render.table(
+            f"offers of {service}", cols, rows, amounts=("price", "stake"), whole=("peer",)
+        )
+    )
+
+
 @cli.command()
 @click.argument("peer")
 @click.argument("service")
@@ -1026,6 +1123,7 @@ async def timeout_advice(node: Node, peer: str, message: str) -> str:
 @click.option(
     "--raw", is_flag=True, help="Print the body's bytes exactly (no newline added at the end)."
 )
+@bootstrap_option
 @ledger_option
 @home_option
 @json_option
@@ -1036,12 +1134,20 @@ def call(
     max_price: int,
     timeout: float,
     raw: bool,
+    bootstrap: tuple[str, ...],
     ledger: str | None,
     as_json: bool,
 ) -> None:
     """Call SERVICE on PEER with DATA (text; "-" reads stdin) and print the response body.
 
-    Needs an open channel to PEER (p2pay channel open). A paid request left unanswered
+    PEER "any" calls the best provider of SERVICE found on the network (`p2pay find`
+    lists them): the cheapest, best staked, most reliable offer at or below --max-price.
+    A channel to it is reused, or opened with a deposit of config.toml's [discovery]
+    deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
+    provider is skipped for the next one (at most max_attempts). Needs a bootstrap peer
+    (--bootstrap or config.toml).
+
+    Any other PEER needs an open channel to it (p2pay channel open). A paid request left unanswered
     stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
     answer and the provider has a stake, claims it within the provider's claim window. A
     claim locks the ledger's claim bond until the provider answers or the window ends; the
@@ -1057,15 +1163,23 @@ def call(
     else:
         body = (data or "").encode("utf-8", "surrogateescape")
 
+    anyone = peer == "any"
+    if anyone:
+        need_bootstrap(home, bootstrap)
+    elif bootstrap:
+        raise CliError("--bootstrap is for `call any`: a call to PEER needs no network")
+
     async def do(node: Node) -> CallResult:
         from p2pay.node import CallTimeout
 
+        if anyone:
+            return await node.call_any(service, body, max_price=max_price, timeout=timeout)
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
         except CallTimeout as exc:
             raise CliError(await timeout_advice(node, peer, exc.message)) from None
 
-    result = run_with_node(home, ledger, do)
+    result = run_with_node(home, ledger, do, discovery=anyone, bootstrap=bootstrap)
     if as_json:
         render.print_json(call_document(result))
         return

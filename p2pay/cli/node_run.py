@@ -42,9 +42,12 @@ from p2pay.cli.common import (
     DURATION,
     Group,
     Guard,
+    bootstrap_option,
+    discovery_config,
     home_option,
     json_option,
     ledger_option,
+    libp2p_discovery,
     node_config,
     open_store,
     run,
@@ -271,6 +274,7 @@ async def run_node(
     drop_rate: float,
     as_json: bool,
     min_challenge_ms: int | None = None,
+    bootstrap: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run until SIGINT/SIGTERM; return the final counters."""
     from p2pay.node import open_node
@@ -282,6 +286,7 @@ async def run_node(
         spec = home.ledger_spec(ledger_text)
         fixed = {} if min_challenge_ms is None else {"min_challenge_ms": min_challenge_ms}
         cfg = node_config(config, **fixed)
+        found = discovery_config(config, bootstrap)
         behaviour = _behaviour_class()(drop_rate) if drop_rate > 0 else None
         serving = _Serving(str(spec), services, handlers, metrics, drop_rate, as_json, signals)
         guard = Guard()
@@ -295,6 +300,8 @@ async def run_node(
                     listen=list(listen),
                     config=cfg,
                     behaviour=behaviour,
+                    discovery=libp2p_discovery(server=True),
+                    discovery_config=found,
                 ) as node:
                     counters = await guard.run(_serve, node, serving)
             except BaseException as exc:
@@ -372,13 +379,15 @@ async def _serve(node: Node, s: _Serving) -> Counters:
         staked=stake.amount if stake is not None else 0,
         drop_rate=s.drop_rate,
         addr=addrs[0] if addrs else "-",
+        bootstrap=len(node.discovery.config.bootstrap) if node.discovery is not None else 0,
     )
     if s.services and stake is None:
         render.event(
             log,
             "not staked",
             logging.WARNING,
-            hint="clients cannot claim against an unstaked provider",
+            hint="clients cannot claim against an unstaked provider, and no offer is "
+            "announced without a stake",
         )
     async with trio.open_nursery() as nursery:
         if s.metrics is not None:
@@ -430,6 +439,7 @@ def node_group() -> None:
     help="Offer a service (repeatable; default: config). Built-ins: echo, upper.",
 )
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics there.")
+@bootstrap_option
 @click.option(
     "--min-challenge",
     type=DURATION,
@@ -445,12 +455,18 @@ def node_run(
     service_texts: tuple[str, ...],
     metrics: str | None,
     min_challenge: int | None,
+    bootstrap: tuple[str, ...],
     drop_rate: float | None,
     behaviour: str | None,
     ledger: str | None,
     as_json: bool,
 ) -> None:
     """Serve paid services until SIGINT/SIGTERM; print `listening <multiaddr>` on start.
+
+    The node takes part in discovery: it joins the network through the bootstrap peers
+    (--bootstrap, and config.toml's [discovery] bootstrap), announces a signed offer for
+    each service while it has a stake, and relays others' offers. With no services it is
+    a bootstrap node for others (give them its address).
 
     The node's watcher redeems what it earned, defends claims against it, and files claims
     for paid requests this home sent that were never answered. A home is used by one
@@ -467,6 +483,7 @@ def node_run(
         raise CliError("a service name is given twice")
     handlers = [load_handler(s) for s in specs]
     metrics_at = parse_hostport(metrics) if metrics else None
+    discovery_config(config, bootstrap)  # a bad --bootstrap fails before anything starts
     if logging.getLogger("p2pay").getEffectiveLevel() > logging.INFO:
         logging.getLogger("p2pay").setLevel(logging.INFO)
     run(
@@ -480,6 +497,7 @@ def node_run(
             drop_rate=rate,
             as_json=as_json,
             min_challenge_ms=min_challenge,
+            bootstrap=bootstrap,
         )
     )
     log.debug("ran for %.1f s", time.monotonic() - started)

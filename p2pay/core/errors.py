@@ -54,6 +54,7 @@ class ErrorCode(enum.StrEnum):
     WRONG_PEER = "WRONG_PEER"  # another identity answered at the address (Noise authenticated it)
     NO_ADDRESS = "NO_ADDRESS"  # a bare PeerID whose address this node does not know
     TERMS_REFUSED = "TERMS_REFUSED"  # the peer's hello terms are not what the caller accepts
+    NO_PROVIDER = "NO_PROVIDER"  # call any: no offer within the terms, or every one tried failed
     # --- settlement refusals (specs/settlement.md) ---
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INVALID_AMOUNT = "INVALID_AMOUNT"

@@ -42,6 +42,7 @@ The parts, each taking what it uses rather than the whole node where it can:
 - `server`: inbound streams, session limits and eviction;
 - `client`: connections to peers and the call policy;
 - `watcher`: the duties towards the ledger;
+- `discovery`: announcing our offers, finding others', calling any provider;
 - `facade`: the `Node` and `open_node`.
 """
 
@@ -50,11 +51,12 @@ from __future__ import annotations
 from p2pay.core import codec
 from p2pay.node.book import _payee_record, _payer_record
 from p2pay.node.client import _Connection, _Slot
-from p2pay.node.facade import Node, open_node
+from p2pay.node.facade import DiscoveryFactory, Node, open_node
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
 from p2pay.node.server import _ServerSession
 from p2pay.node.types import (
+    Attempt,
     Behaviour,
     Call,
     CallResult,
@@ -63,9 +65,12 @@ from p2pay.node.types import (
     ClaimInfo,
     ConnectionLost,
     Counters,
+    DiscoveryConfig,
     Handler,
     NodeConfig,
     NoKnownAddress,
+    NoProvider,
+    OfferInfo,
     PeerUnreachable,
     ProviderUnbonding,
     RequestInDoubt,
@@ -76,6 +81,7 @@ from p2pay.node.types import (
 )
 
 __all__ = [
+    "Attempt",
     "Behaviour",
     "Call",
     "CallResult",
@@ -84,10 +90,14 @@ __all__ = [
     "ClaimInfo",
     "ConnectionLost",
     "Counters",
+    "DiscoveryConfig",
+    "DiscoveryFactory",
     "Handler",
     "NoKnownAddress",
+    "NoProvider",
     "Node",
     "NodeConfig",
+    "OfferInfo",
     "PeerUnreachable",
     "ProviderUnbonding",
     "RequestInDoubt",

@@ -6,7 +6,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,6 +39,7 @@ from p2pay.node.addrbook import META_KEY as ADDRBOOK_KEY
 from p2pay.node.addrbook import AddressBook
 from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
+from p2pay.node.discovery import Discovery
 from p2pay.node.invoke import _Service
 from p2pay.node.outbox import _Outbox
 from p2pay.node.retention import AnswerRetention
@@ -49,8 +50,10 @@ from p2pay.node.types import (
     ChannelInfo,
     ClaimInfo,
     Counters,
+    DiscoveryConfig,
     Handler,
     NodeConfig,
+    OfferInfo,
     PeerUnreachable,
     TermsRefused,
     split_peer,
@@ -64,7 +67,12 @@ from p2pay.store.base import (
 from p2pay.store.memory import MemoryStore
 
 if TYPE_CHECKING:
+    from p2pay.net.base import DiscoveryNet
     from p2pay.net.memory import MemoryNetwork
+
+#: makes the discovery network of a node from its transport, e.g.
+#: ``lambda t: open_memory_discovery(network, t)`` (`open_node`'s ``discovery``)
+DiscoveryFactory = Callable[[Transport], AbstractAsyncContextManager["DiscoveryNet"]]
 
 log = logging.getLogger("p2pay.node")
 
@@ -136,6 +144,8 @@ class Node:
         self._stake: StakeTerms | None = None
         self.watcher: Watcher | None = None
         self.behaviour: Behaviour = Behaviour()
+        #: the node's part in discovery, when open_node was given a discovery network
+        self.discovery: Discovery | None = None
 
     # -- the parts (thin delegates: these names are the node's API and what its tests use)
 
@@ -368,6 +378,8 @@ class Node:
                 amount=stake.amount, penalty=stake.penalty, claim_window_ms=stake.claim_window_ms
             )
         await self.retention.follow(stake)
+        if self.discovery is not None:
+            self.discovery.changed()  # re-announced if the stake changed
         return self._stake
 
     def prune_before(self) -> int:
@@ -408,6 +420,8 @@ class Node:
                 details={"max_body": limit},
             )
         self.services[name] = _Service(name, handler, price, max_body)
+        if self.discovery is not None:
+            self.discovery.changed()  # announced (again, if the price changed)
 
     async def open_channel(
         self,
@@ -622,6 +636,99 @@ class Node:
         conn = await self._reach(peer)
         return conn.hello
 
+    # -- discovery (specs/discovery.md)
+
+    def _discovery(self) -> Discovery:
+        if self.discovery is None:
+            raise LocalProtocolError(
+                "this node has no discovery network: open it with discovery=... "
+                "(open_node), e.g. the libp2p one or the in-memory twin"
+            )
+        return self.discovery
+
+    async def announce_offers(self) -> int:
+        """Publish our offers now (one per service, with a new seq) and renew their DHT
+        records; the node also does it every announce interval and when its terms change.
+
+        Returns:
+            The number of offers published (0 without services or a bonded stake).
+
+        Raises:
+            LocalProtocolError: the node has no discovery network.
+        """
+        return await self._discovery().announce()
+
+    async def find(
+        self,
+        service: str,
+        *,
+        max_price: int | None = None,
+        min_stake: int = 0,
+        wait: float | None = None,
+    ) -> list[OfferInfo]:
+        """The live offers of `service`: the verified offers seen on the gossip topic so
+        far, plus those of the providers a DHT lookup names (fetched from each).
+
+        Every offer returned was checked (signature, ledger, expiry, addresses) and its
+        stake read on the ledger when it arrived.
+
+        Args:
+            service: the service name.
+            max_price: leave out offers priced above it (yocto a call).
+            min_stake: leave out offers whose stake is below it (yocto).
+            wait: seconds to wait at most (default: the discovery config's
+                ``find_wait``): for the lookup, then, while nothing was found, for gossip.
+
+        Returns:
+            The offers, best first (price, then stake).
+
+        Raises:
+            LocalProtocolError: a bad argument, or the node has no discovery network.
+        """
+        return await self._discovery().find(
+            service, max_price=max_price, min_stake=min_stake, wait=wait
+        )
+
+    async def call_any(
+        self,
+        service: str,
+        body: bytes,
+        *,
+        max_price: int,
+        timeout: float | None = None,
+        deposit: int | None = None,
+        min_stake: int = 0,
+    ) -> CallResult:
+        """Call `service` on the best provider that offers it, paying at most `max_price`.
+
+        Offers are ranked by failures seen, price, stake and latency; each is tried in
+        turn (at most ``max_attempts`` of the discovery config): the provider is reached
+        at the offer's addresses, its hello must not announce worse terms than its offer
+        (a higher price, less stake: a lie, its offers are dropped), a channel to it
+        with room is reused or one is opened (the deposit: `deposit`, else
+        ``deposit_calls`` x the price, at most ``max_deposit``; the provider's stake
+        must be bonded on the ledger), then the call is made. An unreachable provider, a
+        refusal or a timeout moves on to the next offer.
+
+        Returns:
+            The `CallResult`, with ``peer`` (the provider that answered) and
+            ``attempts`` (every provider tried, in order).
+
+        Raises:
+            NoProvider: no live offer within the terms, or every attempt failed (its
+                ``attempts`` and ``details["attempts"]`` name each one).
+            LocalProtocolError: a bad argument, or the node has no discovery network.
+            Errors of the ledger when a channel is opened (e.g. InsufficientFunds).
+        """
+        return await self._discovery().call_any(
+            service,
+            body,
+            max_price=max_price,
+            timeout=timeout,
+            deposit=deposit,
+            min_stake=min_stake,
+        )
+
 
 @asynccontextmanager
 async def open_node(
@@ -634,6 +741,8 @@ async def open_node(
     config: NodeConfig | None = None,
     clock: Callable[[], int] | None = None,
     behaviour: Behaviour | None = None,
+    discovery: DiscoveryFactory | None = None,
+    discovery_config: DiscoveryConfig | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the ``async with`` block.
 
@@ -647,6 +756,11 @@ async def open_node(
         config: limits and policies.
         clock: Unix-ms clock (simulations inject trio's).
         behaviour: misbehaviour hooks (simulations, demo); honest by default.
+        discovery: makes the node's discovery network from its transport (e.g.
+            ``lambda t: open_memory_discovery(network, t)``); with one the node announces
+            its offers, keeps the offers it receives, and `Node.find` and
+            `Node.call_any` work.
+        discovery_config: bootstrap peers, announce interval, `call_any`'s policy.
     """
     node = Node(
         key=key,
@@ -680,11 +794,19 @@ async def open_node(
             try:
                 async with transport_cm as transport:
                     node._transport = transport
-                    async with trio.open_nursery() as nursery:
+                    net_cm: AbstractAsyncContextManager[DiscoveryNet | None] = (
+                        nullcontext(None) if discovery is None else discovery(transport)
+                    )
+                    async with net_cm as net, trio.open_nursery() as nursery:
                         node._nursery = nursery
                         if node.config.watcher:
                             node.watcher = Watcher(node)
                             await nursery.start(node.watcher.run)
+                        if net is not None:
+                            node.discovery = Discovery(
+                                node, net, discovery_config or DiscoveryConfig()
+                            )
+                            await nursery.start(node.discovery.run)
                         try:
                             yield node
                         except BaseException as exc:

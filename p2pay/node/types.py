@@ -97,6 +97,32 @@ class NoKnownAddress(PeerUnreachable):
     code = ErrorCode.NO_ADDRESS
 
 
+class NoProvider(P2payError):
+    """`Node.call_any` found no provider that served the call: no live offer for the
+    service within the caller's terms, or every offer tried failed (unreachable, refused,
+    timed out, or caught lying). ``details["attempts"]`` names each attempt: its peer, what
+    happened and the error code; ``attempts`` holds them as `Attempt` values."""
+
+    code = ErrorCode.NO_PROVIDER
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: tuple[Attempt, ...] = (),
+        details: dict[str, object] | None = None,
+    ) -> None:
+        merged: dict[str, object] = {
+            "attempts": [
+                {"peer": a.peer, "outcome": a.outcome, "code": a.code, "message": a.message}
+                for a in attempts
+            ]
+        }
+        merged.update(details or {})
+        super().__init__(message, details=merged)
+        self.attempts = attempts
+
+
 class TermsRefused(LocalProtocolError):
     """`Node.open_channel` contacted the payee and its hello's terms are not what the
     caller accepts (no stake when one is required, a price above ``max_price``). Nothing
@@ -213,8 +239,25 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One provider `Node.call_any` tried: its PeerID, the ``outcome`` ("ok";
+    "unreachable", "refused" or "timed_out": the provider's failures, counted against it;
+    "lied": its hello or a PAYMENT_REQUIRED contradicted its offer; "skipped": its price
+    is above what the deposit policy escrows), the error ``code`` ("" when ok) and the
+    error's message."""
+
+    peer: str
+    outcome: str
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallResult:
-    """A successful paid call: the response body, what it cost, and the signed receipt."""
+    """A successful paid call: the response body, what it cost, and the signed receipt.
+
+    From `Node.call_any` also the provider that answered (``peer``) and every provider
+    tried, in order, the last one being the one that answered (``attempts``)."""
 
     body: bytes
     price: int
@@ -222,6 +265,72 @@ class CallResult:
     channel: bytes
     spent: int
     receipt: Response
+    peer: str = ""
+    attempts: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OfferInfo:
+    """A live, verified offer as `Node.find` returns it: who sells ``service``, where
+    (``addrs``), at what ``price`` (yocto a call, bodies up to ``max_body`` bytes), with
+    which stake behind it (checked on the ledger when the offer arrived), and how old the
+    offer is (``age_ms`` since it was received; ``expires`` in Unix ms)."""
+
+    peer: str
+    account: bytes
+    service: str
+    price: int
+    max_body: int
+    stake: int
+    penalty: int
+    claim_window_ms: int
+    addrs: tuple[str, ...]
+    seq: int
+    expires: int
+    age_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    """How a node takes part in discovery (config.toml ``[discovery]``, specs/discovery.md).
+
+    ``bootstrap``: multiaddrs of peers to join the gossip topic and the DHT through.
+    ``announce_interval_ms``: how often our offers are published again (each with a new
+    seq; an offer expires three intervals after it is made). ``deposit_calls`` and
+    ``max_deposit``: the deposit `Node.call_any` escrows when it opens a channel,
+    ``deposit_calls`` x the price, at most ``max_deposit`` yocto. ``max_attempts``: how
+    many offers `Node.call_any` tries before it fails. ``find_wait``: seconds `Node.find`
+    waits for offers at most (a DHT lookup, then gossip).
+    """
+
+    bootstrap: tuple[str, ...] = ()
+    announce_interval_ms: int = 60_000
+    deposit_calls: int = 1000
+    max_deposit: int = 10**22  # 0.01 token
+    max_attempts: int = 3
+    find_wait: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bootstrap, tuple) or not all(
+            isinstance(a, str) for a in self.bootstrap
+        ):
+            raise LocalProtocolError("DiscoveryConfig.bootstrap must be a tuple of multiaddrs")
+        for name, low, high in (
+            ("announce_interval_ms", 1_000, 8 * 3_600_000),  # 3 x interval <= 24 h
+            ("deposit_calls", 1, 1 << 32),
+            ("max_deposit", 1, MAX_YOCTO),
+            ("max_attempts", 1, 64),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LocalProtocolError(
+                    f"DiscoveryConfig.{name} must be an int in [{low}, {high}], not {value!r}"
+                )
+        wait = self.find_wait
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= 3600:
+            raise LocalProtocolError(
+                f"DiscoveryConfig.find_wait must be in (0, 3600] s, not {wait!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -25,6 +26,7 @@ from p2pay.cli import render
 from p2pay.cli.home import (
     CliError,
     Config,
+    Discovery,
     parse_account,
     parse_duration_ms,
     parse_ledger_spec,
@@ -299,6 +301,32 @@ def test_config_round_trips(tmp_path: Path) -> None:
     write_config(path, config)
     assert read_config(path) == config
     assert "[node]" in render_config(config)
+    peer = Keypair.from_seed(bytes(32)).peer_id
+    config.discovery = Discovery(
+        bootstrap=[f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}"],
+        announce_interval_ms=90_000,
+        deposit_calls=7,
+        max_deposit=1234,
+        max_attempts=5,
+    )
+    write_config(path, config)
+    assert read_config(path) == config
+    assert 'announce_interval = "90s"' in path.read_text()
+    for bad, what in (
+        ("bootstrap = ['/ip4/1.2.3.4/tcp/1']", "not a peer's multiaddr"),
+        ("announce_interval = '1ms'", "between 1s and 8h"),
+        ("deposit_calls = 0", "deposit_calls must be an integer"),
+        ("max_deposit = '-1'", "max_deposit"),
+        ("max_deposit = 0", "more than 0"),
+        ("max_attempts = true", "max_attempts must be an integer"),
+        ("bogus = 1", "no setting 'bogus'"),
+    ):
+        path.write_text(f"[discovery]\n{bad}\n")
+        with pytest.raises(CliError, match=re.escape(what)):
+            read_config(path)
+    path.write_text("discovery = 1\n")
+    with pytest.raises(CliError, match="must be a table"):
+        read_config(path)
     path.write_text('ledger = "sqlite:x"\nbogus = 1\n')
     with pytest.raises(CliError, match="bogus"):
         read_config(path)

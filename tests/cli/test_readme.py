@@ -22,7 +22,9 @@ def test_readme_quotes_the_tested_files_verbatim() -> None:
     walkthrough = (ROOT / "examples" / "walkthrough.sh").read_text()
     evm_walkthrough = (ROOT / "examples" / "walkthrough-evm.sh").read_text()
     library = (ROOT / "examples" / "library.py").read_text()
+    find_and_pay = (ROOT / "examples" / "find-and-pay.sh").read_text()
     assert walkthrough in _blocks("bash"), "README must quote examples/walkthrough.sh exactly"
+    assert find_and_pay in _blocks("bash"), "README must quote examples/find-and-pay.sh exactly"
     assert evm_walkthrough in _blocks("bash"), "README must quote walkthrough-evm.sh exactly"
     assert library in _blocks("python"), "README must quote examples/library.py exactly"
 
@@ -67,6 +69,31 @@ def test_two_node_walkthrough_runs(tmp_path: Path) -> None:
     assert '"price": "1000"' in out.stdout
     # the provider's watcher redeemed both calls
     assert "redeemed 0.000000000000000000002 token (2000 yocto)" in out.stdout
+
+
+@pytest.mark.slow
+def test_find_and_pay_runs(tmp_path: Path) -> None:
+    """Three homes: a bootstrap node, a provider, a client that knows only the first."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "find-and-pay.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    provider = re.search(r'"peer": "(12D3KooW\w+)"', out.stdout)
+    assert provider is not None, out.stdout  # find --json listed the provider's offer
+    assert '"price": "1000"' in out.stdout
+    assert "\nhello\n" in out.stdout  # the answer of call any
+    # the channel list shows the call paid: 1000 yocto spent
+    listing = out.stdout.rsplit("\nhello\n", 1)[1].splitlines()
+    header = next(line for line in listing if line.startswith("┃"))
+    row = next(line for line in listing if "payer" in line)
+    columns = [cell.strip() for cell in header.strip("┃").split("┃")]
+    cells = [cell.strip() for cell in row.strip("│").split("│")]
+    assert cells[columns.index("spent")] == "1000"
 
 
 def _free_port() -> int:

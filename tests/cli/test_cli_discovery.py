@@ -1,0 +1,189 @@
+"""Find and pay on the command line (issue 17, "Done when"): three homes on one machine
+sharing one SQLite ledger, a bootstrap `node run` with no services, a provider
+`node run --service echo=...` with a stake and `--bootstrap`, and a client that knows only
+the bootstrap address. `p2pay find echo --json` lists the provider's offer and
+`p2pay call any echo hello --max-price 1000` returns the answer, paid. With two providers
+and one stopped, `call any` still succeeds through the other.
+
+Real processes on 127.0.0.1 (libp2p: gossipsub, the Kademlia DHT, the offers fetch
+protocol), each bounded by a timeout; nodes stopped in a ``finally`` (the `nodes` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import (  # noqa: F401 - fixtures
+    PRICE,
+    InProcess,
+    Node,
+    cli,
+    fails,
+    js,
+    nodes,
+    ok,
+    p2pay,
+    world,
+)
+
+from p2pay.cli.home import read_config
+
+TIMEOUT = 90  # seconds for one discovery command (libp2p start, DHT lookup, fetch)
+
+
+def find_both(d: Path, bootstrap: str, peers: set[str]) -> list[dict[str, Any]]:
+    """`find echo` until it lists the offers of `peers` (their DHT records are put once
+    each provider has joined: a moment after it prints its address), at most 5 times."""
+    for _ in range(5):
+        doc = js("--home", "c", "find", "echo", "--bootstrap", bootstrap, cwd=d, timeout=TIMEOUT)
+        if {o["peer"] for o in doc["offers"]} == peers:
+            break
+    assert {o["peer"] for o in doc["offers"]} == peers, doc
+    offers: list[dict[str, Any]] = doc["offers"]
+    return offers
+
+
+def stake(c: InProcess, home: str) -> None:
+    c.ok("--home", home, "stake", "1 token", "--penalty", "100 milli", "--claim-window", "2s")
+
+
+def test_init_writes_the_discovery_defaults(world: dict[str, Any]) -> None:  # noqa: F811
+    d: Path = world["dir"]
+    found = read_config(d / "c" / "config.toml").discovery
+    assert found.bootstrap == [] and found.announce_interval_ms == 60_000
+    assert (found.deposit_calls, found.max_deposit, found.max_attempts) == (1000, 10**22, 3)
+    text = (d / "c" / "config.toml").read_text()
+    assert "[discovery]" in text and 'max_deposit = "0.01 token"' in text
+
+
+def test_find_and_call_any_need_a_bootstrap_peer(world: dict[str, Any]) -> None:  # noqa: F811
+    c: InProcess = world["cli"]
+    line = c.fails("--home", "c", "find", "echo")
+    assert line.startswith("p2pay: error: no bootstrap peer to find providers through")
+    line = c.fails("--home", "c", "call", "any", "echo", "x", "--max-price", "1000")
+    assert line.startswith("p2pay: error: no bootstrap peer")
+    line = c.fails("--home", "c", "find", "echo", "--bootstrap", "/ip4/127.0.0.1/tcp/1")
+    assert "--bootstrap '/ip4/127.0.0.1/tcp/1' is not a peer's multiaddr" in line
+    peer = world["p"]["peer_id"]
+    line = c.fails("--home", "c", "call", peer, "echo", "x", "--max-price", "1",
+                   "--bootstrap", f"/ip4/127.0.0.1/tcp/1/p2p/{peer}")  # fmt: skip
+    assert "--bootstrap is for `call any`" in line
+    # a bad [discovery] in config.toml: one line naming the setting
+    path = world["dir"] / "c" / "config.toml"
+    path.write_text(path.read_text().replace("max_attempts = 3", "max_attempts = 0"))
+    line = c.fails("--home", "c", "find", "echo")
+    assert "[discovery] max_attempts must be an integer in [1, 64]" in line
+
+
+@pytest.mark.slow
+def test_find_and_pay_from_three_homes(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    provider = world["p"]["peer_id"]
+    c.js("--home", "b", "init", "--ledger", "sqlite:ledger.sqlite")
+    stake(c, "p")
+    bootstrap = Node(d, "b")  # no services: a bootstrap node
+    nodes.append(bootstrap)
+    nodes.append(Node(d, "p", "--service", f"echo={PRICE}", "--bootstrap", bootstrap.addr))
+    # the client knows only the bootstrap address
+    doc = js("--home", "c", "find", "echo", "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)
+    assert doc["service"] == "echo"
+    (offer,) = doc["offers"]
+    assert offer["peer"] == provider and offer["price"] == str(PRICE)
+    assert offer["stake"] == str(10**24) and offer["penalty"] == str(10**23)
+    assert offer["claim_window_ms"] == 2000 and offer["age_ms"] >= 0
+    assert offer["addrs"] and all(a.endswith(f"/p2p/{provider}") for a in offer["addrs"])
+    out = ok("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
+             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert out == "hello\n"
+    # paid: one channel to the provider, 1000 yocto spent, under the deposit policy
+    (ch,) = c.js("--home", "c", "channel", "list")["channels"]
+    assert ch["peer"] == provider and ch["spent"] == str(PRICE)
+    assert ch["deposit"] == str(1000 * PRICE)  # deposit_calls x price, below max_deposit
+    # the human listing
+    text = ok("--home", "c", "find", "echo", "--bootstrap", bootstrap.addr, cwd=d,
+              timeout=TIMEOUT)  # fmt: skip
+    assert provider in text and "offers of echo" in text
+    # the same call with --json: which provider answered, every attempt
+    doc = js("--home", "c", "call", "any", "echo", "again", "--max-price", "1000",
+             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert doc["body"] == "again" and doc["peer"] == provider
+    assert [(a["peer"], a["outcome"]) for a in doc["attempts"]] == [(provider, "ok")]
+    (ch,) = c.js("--home", "c", "channel", "list")["channels"]  # the channel was reused
+    assert ch["spent"] == str(2 * PRICE)
+    # nothing within --max-price: NO_PROVIDER, one line, JSON with --json
+    proc = p2pay("--home", "c", "call", "any", "echo", "x", "--max-price", "999",
+                 "--bootstrap", bootstrap.addr, "--json", cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert json.loads(proc.stderr)["error"]["code"] == "NO_PROVIDER"
+
+
+@pytest.mark.slow
+def test_call_any_succeeds_with_one_of_two_providers_stopped(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    provider = world["p"]["peer_id"]
+    other = c.js("--home", "q", "init", "--ledger", "sqlite:ledger.sqlite")["peer_id"]
+    c.ok("--home", "q", "ledger", "mint", other, "2 token")
+    c.js("--home", "b", "init", "--ledger", "sqlite:ledger.sqlite")
+    stake(c, "p")
+    stake(c, "q")
+    bootstrap = Node(d, "b")
+    nodes.append(bootstrap)
+    nodes.append(Node(d, "p", "--service", f"echo={PRICE}", "--bootstrap", bootstrap.addr))
+    cheaper = Node(d, "q", "--service", f"echo={PRICE // 2}", "--bootstrap", bootstrap.addr)
+    nodes.append(cheaper)
+    offers = find_both(d, bootstrap.addr, {provider, other})
+    assert offers[0]["peer"] == other  # the cheaper first
+    assert cheaper.stop() == 0
+    doc = js("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
+             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert doc["body"] == "hello" and doc["peer"] == provider
+    assert doc["attempts"][-1] == {"peer": provider, "outcome": "ok", "code": "", "message": ""}
+    # the stopped provider's offer may still be known (a bootstrap node answers from the
+    # offers it holds): then it was tried first, and found unreachable
+    for attempt in doc["attempts"][:-1]:
+        assert attempt["peer"] == other and attempt["outcome"] == "unreachable"
+    (ch,) = c.js("--home", "c", "channel", "list")["channels"]
+    assert ch["peer"] == provider and ch["spent"] == str(PRICE)
+
+
+@pytest.mark.slow
+def test_call_any_fails_over_when_the_best_provider_refuses(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    provider = world["p"]["peer_id"]
+    other = c.js("--home", "q", "init", "--ledger", "sqlite:ledger.sqlite")["peer_id"]
+    c.ok("--home", "q", "ledger", "mint", other, "2 token")
+    c.js("--home", "b", "init", "--ledger", "sqlite:ledger.sqlite")
+    stake(c, "p")
+    stake(c, "q")
+    bootstrap = Node(d, "b")
+    nodes.append(bootstrap)
+    nodes.append(Node(d, "p", "--service", f"echo={PRICE}", "--bootstrap", bootstrap.addr))
+    # the cheaper provider refuses every channel with a challenge period under an hour:
+    # `call any` opens one with the default (60 s), its first request is refused
+    nodes.append(Node(d, "q", "--service", f"echo={PRICE // 2}", "--min-challenge", "1h",
+                      "--bootstrap", bootstrap.addr))  # fmt: skip
+    find_both(d, bootstrap.addr, {provider, other})
+    doc = js("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
+             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert doc["body"] == "hello" and doc["peer"] == provider
+    assert [(a["peer"], a["outcome"], a["code"]) for a in doc["attempts"]] == [
+        (other, "refused", "CHALLENGE_TOO_SHORT"),
+        (provider, "ok", ""),
+    ]
+    spent = {ch["peer"]: ch["spent"] for ch in c.js("--home", "c", "channel", "list")["channels"]}
+    assert spent == {other: "0", provider: str(PRICE)}  # the refusal charged nothing

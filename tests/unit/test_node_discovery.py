@@ -1,0 +1,393 @@
+"""The node's part in discovery (p2pay/node/discovery.py, specs/discovery.md) over the
+in-memory twin of the discovery network: announcing (a seq that survives restarts, no offer
+without a stake, re-announcing on a price change), finding (DHT lookup and fetch, gossip),
+calling any provider (deposit policy, channel reuse, failover, lies caught from the hello
+and from a PAYMENT_REQUIRED), and addresses learnt only from authenticated connections.
+
+Every wait is bounded (`trio.fail_after`); the memory network has no latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from p2pay.core.errors import ErrorCode, LocalProtocolError
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import StakeTerms
+from p2pay.core.offers import Offer
+from p2pay.core.settlement import Params
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.base import DiscoveryNet, Transport
+from p2pay.net.memory import MemoryNetwork, memory_addr
+from p2pay.net.memory_discovery import open_memory_discovery
+from p2pay.node import (
+    Call,
+    DiscoveryConfig,
+    Node,
+    NodeConfig,
+    NoProvider,
+    open_node,
+)
+from p2pay.node.discovery import SEQ_KEY
+from p2pay.store.memory import MemoryStore
+
+CLIENT = Keypair.from_seed(bytes([1]) * 32)
+P1 = Keypair.from_seed(bytes([2]) * 32)
+P2 = Keypair.from_seed(bytes([3]) * 32)
+LIAR = Keypair.from_seed(bytes([4]) * 32)
+PRICE = 1_000
+TOKEN = 10**24
+STAKE = TOKEN // 2
+PENALTY = TOKEN // 10
+WINDOW = 60_000
+CONFIG = NodeConfig(min_challenge_ms=50, challenge_ms=50, default_timeout=5.0, watcher=False)
+FIND = DiscoveryConfig(find_wait=2.0, max_deposit=10**7)
+
+
+def make_ledger() -> MemoryLedger:
+    return MemoryLedger(
+        Params(
+            ledger_id=b"p2pay:test:discovery",
+            dev=True,
+            min_claim_window_ms=50,
+            min_challenge_ms=50,
+        )
+    )
+
+
+async def funded() -> MemoryLedger:
+    ledger = make_ledger()
+    for key in (CLIENT, P1, P2, LIAR):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    return ledger
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+def twin(
+    network: MemoryNetwork,
+) -> Callable[[Transport], AbstractAsyncContextManager[DiscoveryNet]]:
+    return lambda transport: open_memory_discovery(network, transport)
+
+
+@asynccontextmanager
+async def node(
+    key: Keypair,
+    ledger: MemoryLedger,
+    network: MemoryNetwork,
+    *,
+    store: MemoryStore | None = None,
+    serve: int | None = None,
+    stake: bool = True,
+    config: DiscoveryConfig = FIND,
+) -> AsyncIterator[Node]:
+    if stake and serve is not None and await ledger.stake_of(key.account) is None:
+        await ledger.stake(key, STAKE, PENALTY, WINDOW)
+    async with open_node(
+        key=key,
+        ledger=ledger,
+        store=store,
+        network=network,
+        config=CONFIG,
+        discovery=twin(network),
+        discovery_config=config,
+    ) as n:
+        if serve is not None:
+            n.serve("echo", echo, price=serve)
+        yield n
+
+
+async def settle() -> None:
+    """Let the background tasks (announcing, gossip) run: the network has no latency."""
+    for _ in range(50):
+        await trio.sleep(0.01)
+
+
+async def test_a_provider_is_found_through_the_dht_and_called_paid() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with node(P1, ledger, network, serve=PRICE) as p1:
+        await settle()
+        assert p1.discovery is not None and p1.discovery.announced == 1
+        async with node(CLIENT, ledger, network) as client:
+            with trio.fail_after(10):
+                offers = await client.find("echo")
+            (offer,) = offers
+            assert offer.peer == str(P1.peer_id)
+            assert offer.addrs == (memory_addr(str(P1.peer_id)),)
+            assert (offer.price, offer.stake, offer.penalty) == (PRICE, STAKE, PENALTY)
+            assert offer.claim_window_ms == WINDOW and offer.service == "echo"
+            assert offer.age_ms >= 0 and offer.expires > client.now()
+            # learnt from an offer: not in the address book before a connection (19.2)
+            assert client.addresses.addrs(offer.peer) == []
+            with trio.fail_after(10):
+                result = await client.call_any("echo", b"hello", max_price=PRICE)
+            assert result.body == b"hello" and result.price == PRICE
+            assert result.peer == offer.peer
+            assert [(a.peer, a.outcome) for a in result.attempts] == [(offer.peer, "ok")]
+            # the deposit policy: deposit_calls x price, at most max_deposit
+            (ch,) = client.channels()
+            assert ch.deposit == min(FIND.deposit_calls * PRICE, FIND.max_deposit)
+            assert ch.spent == PRICE
+            # the authenticated connection put the address in the book
+            assert client.addresses.addrs(offer.peer) == list(offer.addrs)
+            # a second call reuses the channel
+            with trio.fail_after(10):
+                await client.call_any("echo", b"again", max_price=PRICE)
+            (ch,) = client.channels()
+            assert ch.spent == 2 * PRICE
+
+
+async def test_offers_filtered_by_price_and_stake_and_none_found_is_typed() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with node(P1, ledger, network, serve=PRICE), node(CLIENT, ledger, network) as client:
+        await settle()
+        with trio.fail_after(10):
+            assert await client.find("echo", max_price=PRICE - 1, wait=0.2) == []
+            assert await client.find("echo", min_stake=STAKE + 1, wait=0.2) == []
+            assert len(await client.find("echo", max_price=PRICE, min_stake=STAKE)) == 1
+            assert await client.find("upper", wait=0.2) == []
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"x", max_price=PRICE - 1)
+        assert info.value.code is ErrorCode.NO_PROVIDER
+        assert client.channels() == []  # nothing escrowed
+        with pytest.raises(LocalProtocolError):
+            await client.find("")
+        with pytest.raises(LocalProtocolError):
+            await client.call_any("echo", b"x", max_price=-1)
+
+
+async def test_no_offer_without_a_stake() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with node(P1, ledger, network, serve=PRICE, stake=False) as p1:
+        await settle()
+        assert await p1.announce_offers() == 0
+        async with node(CLIENT, ledger, network) as client:
+            with trio.fail_after(10):
+                assert await client.find("echo", wait=0.2) == []
+
+
+async def test_a_restart_never_reuses_a_seq_and_a_price_change_is_announced() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    store = MemoryStore()
+    async with node(CLIENT, ledger, network) as client:
+        async with node(P1, ledger, network, store=store, serve=PRICE) as p1:
+            await settle()
+            with trio.fail_after(10):
+                (first,) = await client.find("echo")
+            # a new price: re-announced at once, received through gossip
+            p1.serve("echo", echo, price=2 * PRICE)
+            await settle()
+            (second,) = client.discovery.live("echo") if client.discovery else []
+            assert second.price == 2 * PRICE and second.seq > first.seq
+        stored = await store.get_meta(SEQ_KEY)
+        assert stored is not None and int(stored) >= second.seq
+        # the provider restarts with its store: its next offer is newer than any it made
+        async with node(P1, ledger, network, store=store, serve=3 * PRICE):
+            await settle()
+            assert client.discovery is not None
+            (third,) = client.discovery.live("echo")
+            assert third.price == 3 * PRICE and third.seq > second.seq
+
+
+async def test_call_any_fails_over_to_the_next_provider() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with (
+        node(P1, ledger, network, serve=PRICE // 2) as p1,
+        node(P2, ledger, network, serve=PRICE),
+        node(CLIENT, ledger, network) as client,
+    ):
+        await settle()
+        with trio.fail_after(10):
+            offers = await client.find("echo")
+        assert [o.peer for o in offers][:1] == [str(p1.peer_id)]  # the cheaper first
+        assert len(offers) == 2
+        network.set_online(str(P1.peer_id), False)
+        with trio.fail_after(30):
+            result = await client.call_any("echo", b"hi", max_price=PRICE)
+        assert result.body == b"hi" and result.peer == str(P2.peer_id)
+        assert [(a.peer, a.outcome) for a in result.attempts] == [
+            (str(P1.peer_id), "unreachable"),
+            (str(P2.peer_id), "ok"),
+        ]
+        assert result.attempts[0].code == ErrorCode.UNREACHABLE.value
+        # every provider down: one typed error naming each attempt
+        network.set_online(str(P2.peer_id), False)
+        network.disconnect(str(P2.peer_id))
+        with trio.fail_after(30), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"hi", max_price=PRICE)
+        names = [a["peer"] for a in info.value.details["attempts"]]
+        assert set(names) <= {str(P1.peer_id), str(P2.peer_id)} and names
+        assert all(a.outcome == "unreachable" for a in info.value.attempts)
+
+
+async def test_a_bootstrap_peer_answers_from_its_book_and_a_node_never_lists_itself() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    bootstrap = Keypair.from_seed(bytes([9]) * 32)
+    joined = DiscoveryConfig(find_wait=2.0, bootstrap=(memory_addr(str(bootstrap.peer_id)),))
+    async with node(bootstrap, ledger, network) as b:
+        async with (
+            node(P1, ledger, network, serve=PRICE, config=joined) as p1,
+            node(P2, ledger, network, serve=2 * PRICE, config=joined),
+        ):
+            await settle()
+            assert b.discovery is not None
+            assert {o.peer for o in b.discovery.live("echo")} == {str(P1.peer_id), str(P2.peer_id)}
+            # P1 looks for echo: the bootstrap relays P1's own offer too, never listed
+            with trio.fail_after(10):
+                found = await p1.find("echo")
+            assert [o.peer for o in found] == [str(P2.peer_id)]
+        # both providers gone (their DHT records stay): a newcomer still learns their
+        # offers from the bootstrap's book, and call any names each failed attempt
+        async with node(CLIENT, ledger, network, config=joined) as client:
+            with trio.fail_after(10):
+                found = await client.find("echo")
+            assert {o.peer for o in found} == {str(P1.peer_id), str(P2.peer_id)}
+            with trio.fail_after(30), pytest.raises(NoProvider) as info:
+                await client.call_any("echo", b"x", max_price=2 * PRICE)
+            assert [(a.peer, a.outcome) for a in info.value.attempts] == [
+                (str(P1.peer_id), "unreachable"),
+                (str(P2.peer_id), "unreachable"),
+            ]
+
+
+def fake_offer(key: Keypair, ledger: bytes, *, price: int, stake: int, seq: int, now: int) -> bytes:
+    return Offer.create(
+        key,
+        ledger=ledger,
+        service="echo",
+        price=price,
+        max_body=1 << 16,
+        stake=StakeTerms(amount=stake, penalty=PENALTY, claim_window_ms=WINDOW),
+        addrs=(memory_addr(str(key.peer_id)),),
+        seq=seq,
+        expires=now + 60_000,
+    ).encode()
+
+
+async def test_lies_are_caught_from_the_ledger_the_hello_and_a_payment_required() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
+    # the liar runs a plain node (no discovery): its offers are the ones this test makes
+    async with (
+        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
+        node(CLIENT, ledger, network) as client,
+    ):
+        liar.serve("echo", echo, price=PRICE)
+        d = client.discovery
+        assert d is not None
+        lid = ledger.params.ledger_id
+        # a stake the ledger does not show: not live
+        big = fake_offer(LIAR, lid, price=PRICE, stake=2 * STAKE, seq=1, now=client.now())
+        assert not await d.take(big, sender=str(LIAR.peer_id))
+        assert d.live("echo") == []
+        # the ban lasts: an honest-looking offer of the same peer is ignored meanwhile
+        fair = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=2, now=client.now())
+        assert not await d.take(fair, sender=str(LIAR.peer_id))
+
+
+async def test_a_hello_that_contradicts_the_offer_is_a_lie() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
+    async with (
+        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
+        node(CLIENT, ledger, network) as client,
+    ):
+        liar.serve("echo", echo, price=2 * PRICE)  # the hello's price
+        d = client.discovery
+        assert d is not None
+        lid = ledger.params.ledger_id
+        cheap = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+        assert await d.take(cheap, sender=str(LIAR.peer_id))
+        assert len(d.live("echo")) == 1
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"x", max_price=2 * PRICE)
+        (attempt,) = info.value.attempts
+        assert attempt.outcome == "lied" and "hello" in attempt.message
+        assert d.live("echo") == []  # dropped with every offer of that peer
+        assert client.channels() == []  # nothing escrowed for a liar
+
+
+async def test_better_terms_in_the_hello_are_no_lie() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
+    async with (
+        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as cheaper,
+        node(CLIENT, ledger, network) as client,
+    ):
+        cheaper.serve("echo", echo, price=PRICE // 2)  # lowered since its offer was made
+        d = client.discovery
+        assert d is not None
+        lid = ledger.params.ledger_id
+        offer = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+        assert await d.take(offer, sender=str(LIAR.peer_id))
+        with trio.fail_after(10):
+            result = await client.call_any("echo", b"x", max_price=PRICE)
+        assert result.price == PRICE // 2  # the hello's price
+        assert [a.outcome for a in result.attempts] == ["ok"]
+        assert len(d.live("echo")) == 1  # still trusted
+
+
+async def test_a_payment_required_above_the_offer_is_a_lie() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
+    async with (
+        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
+        node(CLIENT, ledger, network) as client,
+    ):
+        liar.serve("echo", echo, price=PRICE)
+        d = client.discovery
+        assert d is not None
+        lid = ledger.params.ledger_id
+        offer = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+        assert await d.take(offer, sender=str(LIAR.peer_id))
+        with trio.fail_after(10):
+            first = await client.call_any("echo", b"x", max_price=5 * PRICE)
+        assert first.price == PRICE
+        # the connection stays (its hello said PRICE); the provider now asks more
+        liar.serve("echo", echo, price=3 * PRICE)
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"y", max_price=5 * PRICE)
+        (attempt,) = info.value.attempts
+        assert attempt.outcome == "lied" and attempt.code == ErrorCode.PAYMENT_REQUIRED.value
+        assert d.live("echo") == []
+
+
+async def test_a_node_without_discovery_says_so() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with open_node(key=CLIENT, ledger=ledger, network=network, config=CONFIG) as n:
+        with pytest.raises(LocalProtocolError, match="no discovery"):
+            await n.find("echo")
+        with pytest.raises(LocalProtocolError, match="no discovery"):
+            await n.call_any("echo", b"", max_price=1)
+
+
+def test_discovery_config_is_checked() -> None:
+    bad: list[dict[str, Any]] = [
+        {"announce_interval_ms": 999},
+        {"deposit_calls": 0},
+        {"max_deposit": 0},
+        {"max_attempts": 0},
+        {"find_wait": 0},
+        {"bootstrap": ["/ip4/1.2.3.4/tcp/1"]},
+    ]
+    for fields in bad:
+        with pytest.raises(LocalProtocolError):
+            DiscoveryConfig(**fields)
