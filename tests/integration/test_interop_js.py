@@ -14,6 +14,11 @@ event. Both directions are checked:
   PeerID: the JS peer is a provider like any other) from the JS peer's PeerID, and its
   `find_providers` finds the JS peer's provider record.
 
+The same between a JS peer and a whole p2pay node (`open_node` with libp2p discovery): the
+JS peer receives the offer the node announces for the service it serves, and finds the
+node in the DHT; a p2pay node's `find` lists the offer of a JS peer whose stake is on the
+ledger.
+
 Needs Node.js and the npm modules (``npm ci --prefix tests/interop/js``; .ci/run does
 it). Without them these tests skip and say why, except under CI (``CI=true``), where
 they fail: a broken install must not pass as a skip.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -37,10 +43,12 @@ import trio
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import StakeTerms
 from p2pay.core.offers import Offer, check_offer, decode_offer, offer_key, offer_topic
-from p2pay.ledger.memory import wall_clock_ms
-from p2pay.net.base import Stream
+from p2pay.core.settlement import Params
+from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.net.base import DiscoveryNet, Stream, Transport
 from p2pay.net.discovery import Libp2pDiscovery, open_libp2p_discovery
 from p2pay.net.p2p import open_libp2p_transport
+from p2pay.node import Call, DiscoveryConfig, NodeConfig, open_node
 
 JS_DIR = Path(__file__).resolve().parents[1] / "interop" / "js"
 PEER_SCRIPT = JS_DIR / "peer.mjs"
@@ -318,3 +326,129 @@ async def test_p2pay_node_receives_the_js_offer_and_finds_the_js_provider(
     check_offer(received, ledger=LEDGER, now_ms=wall_clock_ms())
     assert received.peer_id == sender == JS_KEY.peer_id
     assert set(dict(found)[JS_KEY.peer_id]) & set(listening["addrs"]), (found, js.transcript())
+
+
+# --- a whole p2pay node ---------------------------------------------------------------
+
+TOKEN = 10**24
+PRICE = 1_000
+NODE_CONFIG = NodeConfig(default_timeout=5.0, watcher=False)
+#: announce every second (the least allowed), so that the JS peer need not wait long
+DISCOVERY = DiscoveryConfig(announce_interval_ms=1_000, find_wait=2.0)
+
+
+async def staked_ledger(*keys: Keypair) -> MemoryLedger:
+    """A ledger on which each of `keys` has a stake (STAKE's terms)."""
+    ledger = MemoryLedger(Params(ledger_id=LEDGER, dev=True))
+    for key in keys:
+        await ledger.mint(key, key.account, 10 * TOKEN)
+        await ledger.stake(key, STAKE.amount, STAKE.penalty, STAKE.claim_window_ms)
+    return ledger
+
+
+def recording(published: list[bytes]) -> Any:
+    """A discovery factory for `open_node`: libp2p discovery that also keeps what the node
+    publishes in `published`."""
+
+    @asynccontextmanager
+    async def factory(transport: Transport) -> AsyncIterator[DiscoveryNet]:
+        async with open_libp2p_discovery(transport) as net:  # type: ignore[arg-type]
+            publish = net.publish
+
+            async def record(ledger: bytes, data: bytes) -> None:
+                published.append(bytes(data))
+                await publish(ledger, data)
+
+            net.publish = record  # type: ignore[method-assign]
+            yield net
+
+    return factory
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_js_peer_sees_the_offer_a_p2pay_node_announces(node_binary: str) -> None:
+    ledger = await staked_ledger(PROVIDER)
+    published: list[bytes] = []
+    async with open_node(
+        key=PROVIDER,
+        ledger=ledger,
+        config=NODE_CONFIG,
+        discovery=recording(published),
+        discovery_config=DISCOVERY,
+    ) as node:
+        node.serve(SERVICE, echo, price=PRICE)
+        async with js_peer(
+            node_binary,
+            node.addrs[0],
+            *("--from", str(node.peer_id), "--provider", str(node.peer_id)),
+            *("--linger-ms", "0"),
+        ) as js:
+            done = await js.wait_for("done")
+        addrs = node.addrs
+
+    assert done["ok"] is True, js.transcript()
+    messages = js.find("message", **{"from": str(PROVIDER.peer_id)})
+    assert messages, js.transcript()
+    for message in messages:  # only what the node published, byte for byte
+        assert bytes.fromhex(message["data"]) in published
+    offer = decode_offer(bytes.fromhex(messages[-1]["data"]))
+    check_offer(offer, ledger=LEDGER, now_ms=wall_clock_ms())
+    assert offer.peer_id == str(PROVIDER.peer_id)
+    assert (offer.name, offer.price) == (SERVICE, PRICE)
+    stake = await ledger.stake_of(PROVIDER.account)
+    assert stake is not None
+    assert (offer.stake.amount, offer.stake.penalty) == (stake.amount, stake.penalty)
+    assert set(offer.addrs) <= {*addrs}, (offer.addrs, addrs)
+    (provider,) = js.find("provider", peer=str(PROVIDER.peer_id))
+    assert set(provider["addrs"]) & set(addrs), js.transcript()
+
+
+async def test_a_p2pay_node_finds_the_offer_of_a_js_provider(node_binary: str) -> None:
+    ledger = await staked_ledger(JS_KEY)  # the JS peer's stake is on the ledger
+    port = free_port()
+    js_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{JS_KEY.peer_id}"
+    js_offer = Offer.create(
+        JS_KEY,
+        ledger=LEDGER,
+        service=SERVICE,
+        price=900,
+        max_body=4_096,
+        stake=STAKE,
+        addrs=[js_addr],
+        seq=1,
+        expires=wall_clock_ms() + 180_000,
+    )
+    client = Keypair.from_seed(bytes([5]) * 32)
+    async with open_node(
+        key=client,
+        ledger=ledger,
+        config=NODE_CONFIG,
+        discovery=lambda t: open_libp2p_discovery(t),  # type: ignore[arg-type]
+        discovery_config=DISCOVERY,
+    ) as node:
+        async with js_peer(
+            node_binary,
+            node.addrs[0],
+            *("--listen", f"/ip4/127.0.0.1/tcp/{port}", "--seed", JS_SEED.hex()),
+            *("--provide", "--publish", js_offer.encode().hex()),
+            *("--linger-ms", str(JS_TIMEOUT_MS)),  # kept alive until we are done
+        ) as js:
+            await js.wait_for("published")
+            found = []
+            while not found:  # bounded by js_peer's JS_RUN_S
+                found = await node.find(SERVICE)
+
+    (offer,) = found
+    assert offer.peer == str(JS_KEY.peer_id), js.transcript()
+    assert (offer.service, offer.price, offer.seq) == (SERVICE, 900, 1)
+    assert (offer.stake, offer.penalty) == (STAKE.amount, STAKE.penalty)
+    assert offer.addrs == (js_addr,)

@@ -4,11 +4,11 @@
 //
 // Usage:
 //   node peer.mjs --connect MULTIADDR --topic TOPIC --key HEX34
-//                 [--seed HEX32] [--provide] [--publish HEX] [--from PEERID]
+//                 [--listen /ip4/127.0.0.1/tcp/PORT] [--seed HEX32] [--provide] [--publish HEX] [--from PEERID]
 //                 [--provider PEERID] [--timeout-ms N] [--linger-ms N]
 //
 // Its identity is a fresh Ed25519 key, or the one derived from the 32-byte seed HEX32.
-// It listens on 127.0.0.1 only, dials MULTIADDR (which must end in /p2p/<PeerID>),
+// It listens on 127.0.0.1 only (on PORT with --listen, else a free port), dials MULTIADDR (which must end in /p2p/<PeerID>),
 // subscribes to TOPIC and looks up the providers of CIDv1(raw, multihash HEX34) until it
 // has seen a message on TOPIC (from PEERID with --from) and a provider (PEERID with
 // --provider), and done what --provide / --publish asked, or until TIMEOUT elapses.
@@ -83,6 +83,7 @@ try {
       connect: { type: 'string' },
       topic: { type: 'string' },
       key: { type: 'string' },
+      listen: { type: 'string', default: '/ip4/127.0.0.1/tcp/0' },
       seed: { type: 'string' },
       provide: { type: 'boolean', default: false },
       publish: { type: 'string' },
@@ -109,6 +110,9 @@ if (!Number.isInteger(lingerMs) || lingerMs < 0 || lingerMs > 60000) {
 }
 let target, key, cid, payload, seed
 try {
+  if (!/^\/ip4\/127\.0\.0\.1\/tcp\/[0-9]{1,5}$/.test(args.listen)) {
+    throw new Error('--listen is /ip4/127.0.0.1/tcp/PORT (this peer talks to 127.0.0.1 only)')
+  }
   seed = args.seed == null ? null : fromHex(args.seed, '--seed')
   if (seed != null && seed.length !== 32) throw new Error('--seed is 32 bytes')
   target = multiaddr(args.connect)
@@ -126,7 +130,7 @@ const expectProvider = args.provider ?? null
 
 const node = await createLibp2p({
   privateKey: seed == null ? await generateKeyPair('Ed25519') : await generateKeyPairFromSeed('Ed25519', seed),
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+  addresses: { listen: [args.listen] },
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
