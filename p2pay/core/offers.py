@@ -106,8 +106,10 @@ __all__ = [
     "decode_fetch_reply",
     "decode_fetch_request",
     "decode_offer",
+    "decode_peer_stats",
     "encode_fetch_reply",
     "encode_fetch_request",
+    "encode_peer_stats",
     "offer_key",
     "offer_topic",
     "stake_covers",
@@ -1155,6 +1157,32 @@ class Chooser:
         seen = self._stats.get(peer)
         return seen is not None and now < seen.skip_until_ms
 
+    def entries(self) -> list[tuple[str, PeerStats]]:
+        """Copies of the stats kept, least recently updated first: what `encode_peer_stats`
+        saves and `load` takes back (a client remembers its providers across runs)."""
+        return [(peer, self.stats(peer)) for peer in self._stats]
+
+    def load(self, entries: Iterable[tuple[str, PeerStats]]) -> None:
+        """Take back saved stats (`entries`, least recently updated first), as older than
+        what was recorded since: a peer already known keeps its current stats, and when
+        ``max_peers`` are kept the older saved ones are left out."""
+        for peer, seen in reversed(list(entries)):  # the most recently updated first
+            _check(isinstance(peer, str), "peer is a PeerID text", False)
+            _check(isinstance(seen, PeerStats), "stats are PeerStats", False)
+            if peer in self._stats:
+                continue
+            if len(self._stats) >= self.max_peers:
+                break
+            self._stats[peer] = PeerStats(
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                seen.last_failure,
+            )
+            self._stats.move_to_end(peer, last=False)  # older than everything kept
+
     def rank(self, offers: Iterable[_Ranked], now: int) -> list[_Ranked]:
         """`offers` best first, without those of skipped peers. Deterministic: the same
         offers and stats give the same order whatever the input order."""
@@ -1178,3 +1206,79 @@ class Chooser:
         ]
         kept.sort(key=key)
         return kept
+
+
+#: version of the saved form of a Chooser's stats (`encode_peer_stats`)
+_STATS_VERSION = 1
+#: bytes of one saved peer at most: a PeerID (at most 128 bytes of text here), five
+#: integers of at most 9 bytes, a failure kind, and CBOR heads
+_STATS_ENTRY_MAX = 200
+
+
+def encode_peer_stats(entries: Sequence[tuple[str, PeerStats]]) -> bytes:
+    """The saved form of a Chooser's stats (`Chooser.entries`), in order: the canonical
+    CBOR ``[1, [[peer, successes, failures, consecutive_failures, latency_ms or null,
+    skip_until_ms, last_failure or null], ...]]``. A local record (a client's store), not
+    a message: no peer ever sees it."""
+    rows: list[codec.CborValue] = []
+    for peer, seen in entries:
+        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "peer is a PeerID text", False)
+        for name in ("successes", "failures", "consecutive_failures", "skip_until_ms"):
+            _check_uint(getattr(seen, name), name, MAX_U64, False)
+        if seen.latency_ms is not None:
+            _check_uint(seen.latency_ms, "latency_ms", MAX_U64, False)
+        rows.append(
+            [
+                peer,
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                None if seen.last_failure is None else str(seen.last_failure),
+            ]
+        )
+    return codec.encode([_STATS_VERSION, rows])
+
+
+def decode_peer_stats(data: bytes, *, max_peers: int = MAX_OFFERS) -> list[tuple[str, PeerStats]]:
+    """Read `encode_peer_stats`' form back, strictly (at most `max_peers` entries).
+
+    Raises:
+        DecodeError: `data` is not that form (another version, a bad field).
+    """
+    value = codec.decode(data, max_size=64 + max_peers * _STATS_ENTRY_MAX, max_depth=3)
+    _check(
+        isinstance(value, list) and len(value) == 2 and value[0] == _STATS_VERSION,
+        f"saved peer stats: not version {_STATS_VERSION}",
+        True,
+    )
+    assert isinstance(value, list)
+    rows = value[1]
+    _check(isinstance(rows, list) and len(rows) <= max_peers, "saved peer stats: rows", True)
+    assert isinstance(rows, list)
+    kinds = {k.value: k for k in FailureKind}
+    out: list[tuple[str, PeerStats]] = []
+    for row in rows:
+        _check(isinstance(row, list) and len(row) == 7, "saved peer stats: a row", True)
+        assert isinstance(row, list)
+        peer, successes, failures, consecutive, latency, skip_until, last = row
+        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "saved peer stats: peer", True)
+        _check(last is None or last in kinds, "saved peer stats: last_failure", True)
+        assert isinstance(peer, str) and (last is None or isinstance(last, str))
+        stats = PeerStats(
+            _saved_uint(successes, "successes"),
+            _saved_uint(failures, "failures"),
+            _saved_uint(consecutive, "consecutive_failures"),
+            None if latency is None else _saved_uint(latency, "latency_ms"),
+            _saved_uint(skip_until, "skip_until_ms"),
+            None if last is None else kinds[last],
+        )
+        out.append((peer, stats))
+    return out
+
+
+def _saved_uint(value: codec.CborValue, name: str) -> int:
+    _check_uint(value, f"saved peer stats: {name}", MAX_U64, True)
+    assert isinstance(value, int)
+    return value
