@@ -330,7 +330,7 @@ class DiscoveryNet(Protocol):
     async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
         """Join the network through these peers (multiaddrs ending in ``/p2p/<id>``):
         connect, add them to the routing table, and refresh it. Peers that cannot be
-        reached are skipped (and logged at info); an address of our own is ignored.
+        reached are skipped (the caller reports them); an address of our own is ignored.
 
         Returns:
             The peers not reached: each address and why, in a few words (empty when

@@ -690,7 +690,7 @@ class Libp2pDiscovery:
                 await self._transport.dial(peer_id, [addr], timeout=BOOTSTRAP_TIMEOUT)
             except (ConnectError, LocalProtocolError) as exc:
                 failed[addr] = dial_reason(exc.message or str(exc), peer_id)
-                logger.info("bootstrap peer %s not reached: %s", addr, failed[addr])
+                logger.debug("bootstrap peer %s not reached: %s", addr, failed[addr])
                 continue
             pid = ID.from_base58(peer_id)
             try:

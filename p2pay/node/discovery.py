@@ -256,9 +256,12 @@ class Discovery:
             self.not_reached = {a: exc.message or str(exc) for a in tried}
         finally:
             self.unjoined = bool(tried) and all(a in self.not_reached for a in tried)
+            # info: `find` and `call any` fail with it (one line); `node run` shows it
             if self.unjoined:
-                # info: `find` and `call any` fail with it (one line); `node run` shows it
                 log.info("discovery: %s", self._not_joined().message)
+            else:
+                for addr, why in self.not_reached.items():
+                    log.info("discovery: bootstrap peer %s not reached: %s", addr, why)
             self._joined.set()
 
     def _not_joined(self) -> NotJoined:
