@@ -221,6 +221,8 @@ class DiscoveryRecord:
     answers: collections.Counter[str] = field(default_factory=collections.Counter)  # per peer
     # (peer, how the try ended) for every try that did not answer
     failed_tries: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # "<how>:<error code>" for every try that did not answer (why it failed)
+    codes: collections.Counter[str] = field(default_factory=collections.Counter)
     group_answers: collections.Counter[str] = field(default_factory=collections.Counter)
     # (simulated time its call started, client, provider) of every try that failed (FAILED)
     failures: list[tuple[float, str, str]] = field(default_factory=list)
@@ -231,21 +233,21 @@ class DiscoveryRecord:
     def record(
         self,
         client: SimPeer,
-        tries: list[tuple[SimPeer | None, str]],
+        tries: list[tuple[SimPeer | None, str, str]],
         *,
         outcome: str,
         start: float,
     ) -> None:
         """One `call_any` that started at simulated time `start`: the offers it tried in
         order, each with how the try ended ("OK" or the node's attempt outcome in upper
-        case: UNREACHABLE, REFUSED, TIMED_OUT, LIED, SKIPPED), and the call's outcome
-        ("OK" or an error code)."""
+        case: UNREACHABLE, REFUSED, TIMED_OUT, LIED, SKIPPED) and its error code, and the
+        call's outcome ("OK" or an error code)."""
         self.calls += 1
         self.outcomes[outcome] += 1
         if outcome == "OK":
             self.ok += 1
         failed_before = False
-        for provider, how in tries:
+        for provider, how, code in tries:
             name = provider.name if provider is not None else "<not a simulated peer>"
             self.tries[name] += 1
             if provider is not None and getattr(provider.behaviour, "lie", None) in NEVER_TRIED:
@@ -262,12 +264,13 @@ class DiscoveryRecord:
                     self.answered_after_failover += 1
                 continue
             self.failed_tries[(name, how)] += 1
+            self.codes[f"{how}:{code}"] += 1
             if how == "LIED":
                 self.lies += 1
             if how in FAILED:
                 self.failures.append((start, client.name, name))
             failed_before = True
-        if any(how != "OK" for _, how in tries[:-1]):
+        if any(how != "OK" for _, how, _ in tries[:-1]):
             self.failovers += 1
 
 

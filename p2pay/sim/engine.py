@@ -17,6 +17,11 @@ Theory of operation
 * a sampler (time series for the report and plots, the progress bar) and a checker
   (periodic invariants, `p2pay.sim.invariants`).
 
+With discovery clients (``discovery = true``, `p2pay.sim.discovery`), every node opens
+with the in-memory discovery net of the `MemoryNetwork` (a fake-offer provider's net is
+its behaviour's, not its node's); discovery clients open no channel at setup and each of
+their arrivals is a `Node.call_any` by service name, whose attempts are recorded.
+
 Phases: mint (sequential), start every node (sequential), setup (stakes, then channels,
 sequential and in peer order, so channel ids are the same in every run), workload
 ``[0, duration)``, drain (no new requests; claims are filed, answered and resolved,
@@ -829,12 +834,17 @@ class Simulation:
             peer.delivered[result.receipt.request_hash] = (payee.account, result.price)
             self.paid_ok += result.price
         tries = [
-            (self._by_peer_id.get(a.peer), "OK" if a.outcome == "ok" else a.outcome.upper())
+            (
+                self._by_peer_id.get(a.peer),
+                "OK" if a.outcome == "ok" else a.outcome.upper(),
+                a.code,
+            )
             for a in attempts
         ]
         self.disc.record(peer, tries, outcome=outcome, start=start)
         if outcome != "OK" and any(
-            p is not None and how != "OK" and _down_during(p, start, self.now()) for p, how in tries
+            p is not None and how != "OK" and _down_during(p, start, self.now())
+            for p, how, _ in tries
         ):
             self.counts["failed_provider_offline"] += 1
         return outcome

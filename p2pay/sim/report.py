@@ -374,6 +374,7 @@ def discovery_section(sim: Simulation) -> dict[str, Any]:
         "failovers": rec.failovers,
         "answered_after_failover": rec.answered_after_failover,
         "failed_tries": sum(rec.failed_tries.values()),
+        "failed_tries_by_code": dict(sorted(rec.codes.items())),
         "outcomes": dict(sorted(rec.outcomes.items())),
         "offers": {
             "seen": offers["seen"],

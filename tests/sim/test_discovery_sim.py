@@ -315,6 +315,8 @@ def test_failing_providers_lose_their_clients(report: dict[str, Any]) -> None:
     # same call, which answered
     assert disc["failovers"] == disc["answered_after_failover"] > 0
     assert disc["failed_tries"] == sum(sum(p["failed"].values()) for p in disc["providers"])
+    assert disc["failed_tries"] == sum(disc["failed_tries_by_code"].values())
+    assert disc["failed_tries_by_code"]["LIED:TERMS_REFUSED"] == 21
     # while a group is down it answers nothing; the others take its clients
     series = report["series"]
     t = series["t"]
