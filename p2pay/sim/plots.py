@@ -18,11 +18,12 @@ them):
 
 With discovery clients (``discovery = true``), two more:
 
-* ``discovery.png``, three panels over time: the offers the clients' nodes received per
+* ``discovery.png``, four panels over time: the offers the clients' nodes received per
   sample interval (seen, accepted, ignored); the OK answers per provider group per
   interval (a failing group's line drops while it is down: its clients went elsewhere);
-  and, on their own axis since they are far fewer, the failovers (calls that tried
-  another offer after a failed try), the failed tries and the lies seen;
+  on their own axis since they are far fewer, the failovers (calls that tried another
+  offer after a failed try) and the failed tries; and the lies seen (a burst when the
+  clients first meet the liars);
 * ``choices.png``, two bar charts over the whole run: per provider (grouped and coloured
   by group), the offers tried and the answers got from it; and the offers ignored and
   the lies seen, by reason (each bar carries its count).
@@ -254,7 +255,7 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
 
     disc = series.get("discovery")
     if disc:
-        fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
+        fig, (ax1, ax2, ax3, ax4) = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
         p = _Panel(ax1, t)
         for key, label in (
             ("offers_seen", "offers seen"),
@@ -275,13 +276,19 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
         p = _Panel(ax3, t)
         p.line(_per_interval(disc["failovers"]), "failovers (calls)")
         p.line(_per_interval(disc["failed_tries"]), "failed tries")
-        p.line(_per_interval(disc["lies_seen"]), "lies seen")
         ax3.set_ylabel("per sample interval")
         _counts_axis(ax3)
-        ax3.set_title("failovers, failed tries and lies", fontsize="medium")
-        if not any(disc["failed_tries"]) and not any(disc["lies_seen"]):
-            _note(ax3, "no failed try and no lie in this run")
-        finish(fig, [ax1, ax2, ax3], "discovery.png", [ax3])
+        ax3.set_title("failovers and failed tries (call any)", fontsize="medium")
+        if not any(disc["failed_tries"]):
+            _note(ax3, "no failed try in this run")
+        p = _Panel(ax4, t)
+        p.line(_per_interval(disc["lies_seen"]), "lies seen")
+        ax4.set_ylabel("per sample interval")
+        _counts_axis(ax4)
+        ax4.set_title("lies seen: offers or hellos contradicted (peer dropped)", fontsize="medium")
+        if not any(disc["lies_seen"]):
+            _note(ax4, "no lie seen in this run")
+        finish(fig, [ax1, ax2, ax3, ax4], "discovery.png", [ax4])
         choices = _choices_figure(plt, report, title)
         if choices is not None:
             out["choices.png"] = choices

@@ -143,6 +143,17 @@ def test_a_scenario_without_discovery_is_unchanged() -> None:
     scenario = load_scenario(SCENARIOS / "honest.toml")
     assert not scenario.uses_discovery
     assert all(not g.client.discovery for g in scenario.groups if g.client is not None)
+    with open(SCENARIOS / "honest.toml", "rb") as f:
+        data = tomllib.load(f)
+    data["duration"] = "30s"
+    for g in data["peers"]:
+        g["count"] = 2
+    report = run_scenario(parse_scenario(data), show_log=False)
+    assert report["invariants_ok"] and "discovery" not in report
+    assert "discovery" not in report["series"]
+    checked = {r["name"]: r for r in report["invariants"]}
+    for name in ("fake_offers_never_chosen", "failing_providers_lose_their_clients"):
+        assert checked[name]["skipped"] == "no discovery client" and checked[name]["checks"] == 0
 
 
 @pytest.mark.parametrize(
@@ -361,8 +372,8 @@ def test_the_discovery_figures(report: dict[str, Any]) -> None:
     figs = figures(report)
     try:
         assert list(figs)[-2:] == ["discovery.png", "choices.png"]
-        offers, answers, failovers = figs["discovery.png"].axes
-        for ax in (offers, answers, failovers):
+        offers, answers, failovers, lies = figs["discovery.png"].axes
+        for ax in (offers, answers, failovers, lies):
             labels = [str(x.get_label()) for x in ax.get_lines()]
             legend = ax.get_legend()
             assert legend is not None
@@ -376,11 +387,13 @@ def test_the_discovery_figures(report: dict[str, Any]) -> None:
             "offers ignored",
         ]
         # failovers are on their own axis: far fewer than the offers
-        assert [str(x.get_label()) for x in failovers.get_lines()][:3] == [
+        assert [str(x.get_label()) for x in failovers.get_lines()] == [
             "failovers (calls)",
             "failed tries",
-            "lies seen",
+            END_OF_WORKLOAD,
         ]
+        assert [str(x.get_label()) for x in lies.get_lines()] == ["lies seen", END_OF_WORKLOAD]
+        assert sum(lies.get_lines()[0].get_ydata()) == report["discovery"]["offers"]["lies_seen"]  # type: ignore[arg-type]
         groups = [g for g in report["series"]["discovery"]["answers_by_group"]]
         assert len(answers.get_lines()) == len(groups) + 1
         tried, reasons = figs["choices.png"].axes
@@ -398,3 +411,66 @@ def test_the_discovery_figures(report: dict[str, Any]) -> None:
 
         for fig in figs.values():
             plt.close(fig)
+
+
+def test_the_discovery_invariants_catch_what_they_check() -> None:
+    from p2pay.sim.engine import Simulation
+
+    sim = Simulation(parse_scenario(small(), source="discovery-small"))
+    peers = {p.name: p for p in sim.peers}
+    client, fake, flaky = peers["clients-0"], peers["fake-unbacked-0"], peers["flaky-0"]
+    checks = sim.invariants.results
+    # a call that tried an offer whose stake is not on the ledger
+    sim.disc.record(client, [(fake, "REFUSED", "OVERLOADED")], outcome="NO_PROVIDER", start=1.0)
+    sim.invariants._check_fake_offers(1.0)
+    assert not checks["fake_offers_never_chosen"].ok
+    assert checks["fake_offers_never_chosen"].details[0]["first_tries"] == [
+        {"t": 1.0, "client": "clients-0", "provider": "fake-unbacked-0"}
+    ]
+    # a client that keeps trying a provider that is down (60 s to 120 s): 3 failures in
+    # a row are allowed per 5 minutes, a fourth is not
+    for i in range(3):
+        sim.disc.record(
+            client, [(flaky, "UNREACHABLE", "UNREACHABLE")], outcome="NO_PROVIDER", start=61.0 + i
+        )
+    sim.invariants._check_failovers()
+    assert checks["failing_providers_lose_their_clients"].ok
+    sim.disc.record(
+        client, [(flaky, "UNREACHABLE", "UNREACHABLE")], outcome="NO_PROVIDER", start=70.0
+    )
+    sim.invariants._check_failovers()
+    result = checks["failing_providers_lose_their_clients"]
+    assert not result.ok
+    assert result.details[-1] == {
+        "client": "clients-0",
+        "provider": "flaky-0",
+        "down": [60.0, 120.0],
+        "failed_tries": 4,
+        "bound": 3,
+    }
+
+
+@pytest.mark.slow
+def test_the_1000_peer_scenario() -> None:
+    """The file as shipped: 950 clients finding 50 providers by name (about two minutes
+    of CPU)."""
+    report = run_scenario(load_scenario(SCENARIOS / "discovery-1000.toml"), show_log=False)
+    broken = [r for r in report["invariants"] if not r["ok"]]
+    assert not broken, broken
+    assert report["errors"] == {} and report["log"]["errors"] == {}
+    assert report["scenario"]["peers"] == 1000
+    disc = report["discovery"]
+    assert disc["clients"] == 950 and disc["fake_offers_tried"] == 0
+    assert disc["ok"] >= 0.9 * disc["calls"] > 5000
+    groups = disc["by_group"]
+    for fake in ("fake-no-stake", "fake-unbacked"):
+        assert groups[fake]["tried"] == 0
+    # every client meets each under-priced liar at most once: its hello gives it away
+    liars = groups["fake-underpriced"]
+    assert 0 < liars["tried"] == liars["failed"] <= 2 * 950 and liars["answered"] == 0
+    assert disc["offers"]["ignored"]["no_stake"] > 0
+    assert disc["offers"]["lies"]["stake_not_on_ledger"] > 0
+    for failing in ("flaky", "crashing"):
+        assert groups[failing]["failed"] > 0 and groups[failing]["answered"] > 0
+    assert disc["failovers"] > 0 and disc["answered_after_failover"] > 0
+    assert report["ledger"]["totals"]["conserved"]
