@@ -474,3 +474,19 @@ def test_the_1000_peer_scenario() -> None:
         assert groups[failing]["failed"] > 0 and groups[failing]["answered"] > 0
     assert disc["failovers"] > 0 and disc["answered_after_failover"] > 0
     assert report["ledger"]["totals"]["conserved"]
+
+
+def test_the_summary_shows_discovery(report: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from p2pay.sim.report import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary(report, console)
+    text = console.export_text()
+    offers = report["discovery"]["offers"]
+    (line,) = [x for x in text.splitlines() if "offers seen / accepted" in x]
+    assert line.split("│")[2].strip() == f"{offers['seen']:,} / {offers['accepted']:,}"
+    assert "offers ignored: no_stake" in text and "lies seen: stake_not_on_ledger" in text
+    assert "choices per provider group (call any)" in text
+    assert "fake-underpriced" in text
