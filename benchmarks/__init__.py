@@ -20,7 +20,8 @@ summary as text.
 
 from __future__ import annotations
 
-#: benchmark names = module names (benchmarks.<name>), in issue 9's order, then issue 15's.
+#: benchmark names = module names (benchmarks.<name>), in issue 9's order, then issue 15's,
+#: then issue 18's.
 BENCHMARKS: tuple[str, ...] = (
     "paid_vs_unpaid",
     "paid_vs_libp2p",
@@ -30,6 +31,8 @@ BENCHMARKS: tuple[str, ...] = (
     "simulator",
     "memory_footprint",
     "handler_runner",
+    "two_process",
+    "codec_cbor2",
 )
 
 SIZES = ("smoke", "quick", "full")

@@ -23,7 +23,8 @@ ROW = re.compile(
 #: the results each benchmark module returns: benchmarks 1 and 2 one per baseline (one
 #: write per frame, batching), 3 one per unverified_credit_limit (default, 0), 6 one per
 #: way of running scale-1000 (one market, 2 shards); memory_footprint three; 8 (issue 15)
-#: one per handler (echo, suspending)
+#: one per handler (echo, suspending); issue 18's two_process one per ratio (calls/s against
+#: the echo, payer CPU against payee CPU), codec_cbor2 one
 EXPECTED = {
     "paid_vs_unpaid": ["paid_vs_unpaid", "paid_vs_unpaid_batched"],
     "paid_vs_libp2p": ["paid_vs_libp2p", "paid_vs_libp2p_batched"],
@@ -33,6 +34,8 @@ EXPECTED = {
     "simulator": ["simulator", "simulator_shards2"],
     "memory_footprint": ["memory_channel", "memory_sim_peer", "memory_libp2p_peer"],
     "handler_runner": ["handler_runner", "handler_runner_suspending"],
+    "two_process": ["two_process", "two_process_cpu"],
+    "codec_cbor2": ["codec_cbor2"],
 }
 
 
@@ -164,3 +167,84 @@ def test_ablations_smoke() -> None:
     assert Response.to_frame.__module__ == "p2pay.core.messages"
     assert memory.check_batch.__module__ == "p2pay.store.base"
     assert not hasattr(identity.public_from_peer_id, "cache_info")
+
+
+def _no_such_process(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_two_process_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18's two-process benchmark alone, at the smoke size: four child processes ran,
+    every figure is a finite positive number, and no child outlived the benchmark."""
+    out = tmp_path / "results.json"
+    code = main(["--smoke", "--inline", "--only", "two_process", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    by_name = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert sorted(by_name) == ["two_process", "two_process_cpu"], text
+    for r in by_name.values():
+        assert r["status"] in (PASS, FAIL), r
+        assert isinstance(r["ratio"], float) and math.isfinite(r["ratio"]) and r["ratio"] > 0
+    figures = by_name["two_process"]["figures"]
+    rounds = figures["paid_rounds"] + figures["by_addr_rounds"] + figures["echo_rounds"]
+    assert len(rounds) == 3 * figures["rounds"]
+    for row in rounds:
+        assert row["calls"] == figures["calls_per_round"]
+        for key in ("wall_s", "calls_per_s", "client_cpu_us", "server_cpu_us"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+    # the ratios are the ones of the rounds' own figures
+    paid, echo = figures["paid_rounds"][0], figures["echo_rounds"][0]
+    assert figures["rate_ratio_per_round"][0] == pytest.approx(
+        paid["calls_per_s"] / echo["calls_per_s"], rel=0.01
+    )
+    assert figures["payer_payee_cpu_ratio_per_round"][0] == pytest.approx(
+        paid["client_cpu_us"] / paid["server_cpu_us"], rel=0.01
+    )
+    pids = figures["child_pids"]
+    assert len(pids) == 4 and all(_no_such_process(pid) for pid in pids), pids
+
+
+def test_codec_cbor2_smoke() -> None:
+    """Issue 18's codec comparison at the smoke size: both codecs agree on every input they
+    were given (the timing means something only then), and the figures are well-formed."""
+    from benchmarks import codec_cbor2
+
+    [result] = codec_cbor2.run("smoke", None)
+    figures = result.figures
+    assert figures["agreement_disagreements"] == 0, result.notes
+    assert figures["agreement_inputs"] > 1000 and figures["agreement_accepted_by_both"] > 0
+    assert result.ratio is not None and math.isfinite(result.ratio) and result.ratio > 0
+    assert result.status in (PASS, FAIL)
+    assert figures["cbor2"].startswith("cbor2 ")
+
+
+def test_two_process_kills_its_children_when_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that cannot start (here: no ledger file) stops the benchmark with its error,
+    and every child started so far is killed and reaped."""
+    from benchmarks import two_process
+
+    started: list[two_process.Child] = []
+
+    class Recorded(two_process.Child):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    async def no_ledger(path: Path, payer_funds: int) -> None:
+        del path, payer_funds
+
+    monkeypatch.setattr(two_process, "Child", Recorded)
+    monkeypatch.setattr(two_process, "_make_ledger", no_ledger)
+    with pytest.raises(two_process.ChildFailed, match="provider"):
+        two_process.measure("smoke")
+    assert [c.role for c in started] == ["provider", "echo-server"]
+    for child in started:
+        assert child.proc.returncode is not None
+        assert _no_such_process(child.proc.pid)
