@@ -30,7 +30,9 @@ behind each choice:
 * After a failed dial py-libp2p refuses the peer for 60 s (negative cache); `connect`
   lifts that block first, so the node's own retry policy decides. `add_address` and
   `connect(multiaddr)` *replace* the peer's known addresses: py-libp2p dials only one
-  TCP address per peer, so a stale first address would hide a new one. The
+  TCP address per peer, so a stale first address would hide a new one (an address
+  that is already the one known is left as it is, and a good address is decoded once
+  and remembered, bounded: `Node.call` by multiaddr gives it on every call). The
   AutoConnector (which dials every peer in the peerstore to keep 50-100 connections)
   is switched off, connection pruning starts only at `MAX_CONNECTIONS`, and a dial
   is retried once, not three times.
