@@ -38,7 +38,7 @@ import hashlib
 import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from p2pay.core import codec
@@ -1183,14 +1183,7 @@ class Chooser:
                 continue
             if len(self._stats) >= self.max_peers:
                 break
-            self._stats[peer] = PeerStats(
-                seen.successes,
-                seen.failures,
-                seen.consecutive_failures,
-                seen.latency_ms,
-                seen.skip_until_ms,
-                seen.last_failure,
-            )
+            self._stats[peer] = replace(seen)  # a copy
             self._stats.move_to_end(peer, last=False)  # older than everything kept
 
     def rank(self, offers: Iterable[_Ranked], now: int) -> list[_Ranked]:
@@ -1229,12 +1222,13 @@ _STATS_ENTRY_MAX = 200
 def encode_peer_stats(entries: Sequence[tuple[str, PeerStats]]) -> bytes:
     """The saved form of a Chooser's stats (`Chooser.entries`), in order: the canonical
     CBOR ``[1, [[peer, successes, failures, consecutive_failures, latency_ms or null,
-    skip_until_ms, last_failure or null], ...]]``. A local record (a client's store), not
-    a message: no peer ever sees it."""
+    skip_until_ms, last_failure or null, last_failure_ms], ...]]``. A local record (a
+    client's store), not a message: no peer ever sees it."""
     rows: list[codec.CborValue] = []
     for peer, seen in entries:
         _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "peer is a PeerID text", False)
-        for name in ("successes", "failures", "consecutive_failures", "skip_until_ms"):
+        numbers = ("successes", "failures", "consecutive_failures", "skip_until_ms")
+        for name in (*numbers, "last_failure_ms"):
             _check_uint(getattr(seen, name), name, MAX_U64, False)
         if seen.latency_ms is not None:
             _check_uint(seen.latency_ms, "latency_ms", MAX_U64, False)
@@ -1247,6 +1241,7 @@ def encode_peer_stats(entries: Sequence[tuple[str, PeerStats]]) -> bytes:
                 seen.latency_ms,
                 seen.skip_until_ms,
                 None if seen.last_failure is None else str(seen.last_failure),
+                seen.last_failure_ms,
             ]
         )
     return codec.encode([_STATS_VERSION, rows])
@@ -1271,9 +1266,9 @@ def decode_peer_stats(data: bytes, *, max_peers: int = MAX_OFFERS) -> list[tuple
     kinds = {k.value: k for k in FailureKind}
     out: list[tuple[str, PeerStats]] = []
     for row in rows:
-        _check(isinstance(row, list) and len(row) == 7, "saved peer stats: a row", True)
+        _check(isinstance(row, list) and len(row) == 8, "saved peer stats: a row", True)
         assert isinstance(row, list)
-        peer, successes, failures, consecutive, latency, skip_until, last = row
+        peer, successes, failures, consecutive, latency, skip_until, last, last_ms = row
         _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "saved peer stats: peer", True)
         _check(last is None or last in kinds, "saved peer stats: last_failure", True)
         assert isinstance(peer, str) and (last is None or isinstance(last, str))
@@ -1284,6 +1279,7 @@ def decode_peer_stats(data: bytes, *, max_peers: int = MAX_OFFERS) -> list[tuple
             None if latency is None else _saved_uint(latency, "latency_ms"),
             _saved_uint(skip_until, "skip_until_ms"),
             None if last is None else kinds[last],
+            _saved_uint(last_ms, "last_failure_ms"),
         )
         out.append((peer, stats))
     return out

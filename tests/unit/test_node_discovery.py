@@ -24,6 +24,7 @@ from p2pay.core.offers import (
     Chooser,
     FailureKind,
     Offer,
+    PeerStats,
     decode_peer_stats,
     encode_peer_stats,
 )
@@ -549,17 +550,21 @@ def test_peer_stats_round_trip_and_strict_decoding() -> None:
     other.load(back)
     assert [p for p, _ in other.entries()] == ["b", "c", "d"]
     assert other.stats("c").last_failure is FailureKind.TIMED_OUT
+    assert other.stats("c").last_failure_ms == 12
+    good = ["a", 1, 0, 0, None, 0, None, 0]
+    assert decode_peer_stats(codec.encode([1, [good]])) == [("a", PeerStats(1))]
     for bad in (
-        codec.encode([2, []]),
-        codec.encode([1, [["a", 1, 0, 0, None, 0]]]),
-        codec.encode([1, [["a", -1, 0, 0, None, 0, None]]]),
-        codec.encode([1, [["a", 1, 0, 0, None, 0, "lost"]]]),
-        codec.encode([1, [["", 1, 0, 0, None, 0, None]]]),
+        codec.encode([2, [good]]),
+        codec.encode([1, [good[:7]]]),
+        codec.encode([1, [["a", -1, *good[2:]]]]),
+        codec.encode([1, [[*good[:6], "lost", 0]]]),
+        codec.encode([1, [["", *good[1:]]]]),
+        codec.encode([1, [[*good[:7], None]]]),
     ):
         with pytest.raises(DecodeError):
             decode_peer_stats(bad)
     with pytest.raises(DecodeError):
-        decode_peer_stats(codec.encode([1, [["a", 1, 0, 0, None, 0, None]] * 3]), max_peers=2)
+        decode_peer_stats(codec.encode([1, [good] * 3]), max_peers=2)
 
 
 class Silent(Behaviour):
