@@ -27,7 +27,9 @@ below the offer's is a lie, and the book drops the peer.
 
 Joining: the node connects to its bootstrap peers; when it reached none (and was given
 some), `find` and `call_any` raise `NotJoined` (UNREACHABLE): an empty answer would say
-"nobody offers it" when nobody was asked.
+"nobody offers it" when nobody was asked. Bootstrap peers not reached are tried again
+at each announce round, and by `find`/`call_any` before they give up, so a node started
+before its bootstrap peer joins once that peer is up.
 
 Finding (`find`): the live offers seen so far, plus a DHT lookup of the service's
 providers and a fetch of each one's offers, all within a bounded wait (over as soon as
@@ -264,6 +266,22 @@ class Discovery:
                     log.info("discovery: bootstrap peer %s not reached: %s", addr, why)
             self._joined.set()
 
+    async def _rejoin(self) -> None:
+        """Try again the bootstrap peers not reached so far."""
+        if not self.not_reached:
+            return
+        again = list(self.not_reached)
+        try:
+            still = dict(await self.net.bootstrap(again))
+        except P2payError as exc:
+            still = {a: exc.message or str(exc) for a in again}
+        for addr in again:
+            if addr not in still:
+                log.info("discovery: bootstrap peer %s reached", addr)
+        self.not_reached = still
+        if self.unjoined and len(still) < len(again):
+            self.unjoined = False
+
     def _not_joined(self) -> NotJoined:
         tried = "; ".join(f"{addr} ({why})" for addr, why in self.not_reached.items())
         return NotJoined(
@@ -289,6 +307,9 @@ class Discovery:
             self.book.expire(self.host.now())  # forget expired offers and ended bans
             terms = self._terms()
             if terms != last or trio.current_time() >= due:
+                if trio.current_time() >= due:
+                    with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                        await self._rejoin()
                 with trio.move_on_after(ANNOUNCE_TIMEOUT):
                     await self.announce()
                 last, due = terms, trio.current_time() + interval
@@ -460,6 +481,8 @@ class Discovery:
         deadline = trio.current_time() + wait
         with trio.move_on_at(deadline):
             await self._joined.wait()
+            if self.unjoined:
+                await self._rejoin()
         if self.unjoined:
             raise self._not_joined()
         while True:

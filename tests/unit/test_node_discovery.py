@@ -439,6 +439,41 @@ async def test_no_bootstrap_peer_reached_is_unreachable_not_an_empty_list() -> N
         assert client.discovery is not None and list(client.discovery.not_reached) == [ghost]
 
 
+async def test_a_bootstrap_peer_that_comes_up_later_is_joined() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    boot_key = Keypair.from_seed(bytes([9]) * 32)
+    boot = memory_addr(str(boot_key.peer_id))
+    config = DiscoveryConfig(find_wait=2.0, bootstrap=(boot,), announce_interval_ms=1_000)
+    async with node(CLIENT, ledger, network, config=config) as client:
+        await settle()
+        with trio.fail_after(10), pytest.raises(NotJoined):
+            await client.find("echo")
+        async with node(boot_key, ledger, network), node(P1, ledger, network, serve=PRICE):
+            await settle()
+            # find tries the bootstrap peer again before it gives up: joined now
+            with trio.fail_after(10):
+                offers = await client.find("echo")
+            assert [o.peer for o in offers] == [str(P1.peer_id)]
+            assert client.discovery is not None and not client.discovery.not_reached
+
+
+async def test_the_announce_round_tries_unreached_bootstrap_peers_again() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    boot_key = Keypair.from_seed(bytes([9]) * 32)
+    boot = memory_addr(str(boot_key.peer_id))
+    config = DiscoveryConfig(find_wait=2.0, bootstrap=(boot,), announce_interval_ms=1_000)
+    async with node(P1, ledger, network, serve=PRICE, config=config) as p1:
+        await settle()
+        assert p1.discovery is not None and p1.discovery.unjoined
+        async with node(boot_key, ledger, network):
+            with trio.fail_after(30):
+                while p1.discovery.not_reached:
+                    await trio.sleep(0.1)
+            assert not p1.discovery.unjoined
+
+
 async def test_offers_outside_the_terms_are_counted_and_nobody_is_said() -> None:
     ledger = await funded()
     network = MemoryNetwork()
