@@ -112,6 +112,15 @@ def read_amount(text: str) -> int:
 # failures
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character (ESC and the other C0 and C1 controls,
+    DEL, format characters) written as a Python-style escape (``\\x1b``, ``\\u200e``), so
+    that text from a peer cannot drive the terminal it is shown on (protocol.md 11)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass
 class Failure:
     """A failed command as its user sees it."""
@@ -126,8 +135,10 @@ class Failure:
     verbatim: bool = False
 
     def line(self) -> str:
-        """The one line for a person: ``CODE: message``, or the message alone."""
-        text = " ".join(self.message.split())
+        """The one line for a person: ``CODE: message``, or the message alone. A peer's
+        text may be in the message (a refusal's, protocol.md 11-12): every non-printable
+        character is written as an escape (`printable`), never raw to the terminal."""
+        text = printable(" ".join(self.message.split()))
         return f"{self.code}: {text}" if self.show_code else text
 
     def document(self) -> dict[str, Any]:
