@@ -87,6 +87,7 @@ __all__ = [
     "MAX_OFFER_ADDRS",
     "MAX_OFFER_LIFETIME_MS",
     "MAX_OFFER_SIZE",
+    "MAX_REMEMBERED_PEERS",
     "MAX_SERVICES_PER_PEER",
     "OFFERS_PER_MINUTE",
     "OFFER_BURST",
@@ -1046,6 +1047,8 @@ class OfferBook:
 
 FAILURE_SKIP_MS = 300_000
 MAX_CONSECUTIVE_FAILURES = 3
+#: peers whose stats a client keeps across its runs (`Chooser.snapshot`)
+MAX_REMEMBERED_PEERS = 1_000
 
 
 class FailureKind(enum.StrEnum):
@@ -1149,6 +1152,56 @@ class Chooser:
         seen.last_failure = kind
         if seen.consecutive_failures >= self.max_failures:
             seen.skip_until_ms = now + self.skip_ms
+
+    def snapshot(self, limit: int = MAX_REMEMBERED_PEERS) -> list[list[Any]]:
+        """What was seen of the `limit` most recently updated peers, as plain values (a
+        JSON array of arrays) that `restore` takes back: a client that runs as short
+        processes (a command line) keeps it in its store, so that the providers that
+        failed it are not tried first again at its next run (specs/discovery.md 8)."""
+        _check_uint(limit, "limit", MAX_U64, False)
+        entries = list(self._stats.items())[-limit:] if limit else []
+        return [
+            [
+                peer,
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                None if seen.last_failure is None else seen.last_failure.value,
+            ]
+            for peer, seen in entries
+        ]
+
+    def restore(self, entries: object) -> int:
+        """Take back what `snapshot` gave (entries not of its form are ignored: the store
+        is ours, but an old or damaged value must not stop a call).
+
+        Returns:
+            How many peers were restored.
+        """
+        restored = 0
+        if not isinstance(entries, list):
+            return 0
+        for entry in entries[-self.max_peers :]:
+            if not isinstance(entry, list) or len(entry) != 7:
+                continue
+            peer, successes, failures, consecutive, latency, skip_until, last = entry
+            counts = (successes, failures, consecutive, skip_until)
+            if (
+                not isinstance(peer, str)
+                or not all(type(c) is int and 0 <= c <= MAX_U64 for c in counts)
+                or not (latency is None or (type(latency) is int and 0 <= latency <= MAX_U64))
+                or last not in (None, *(k.value for k in FailureKind))
+            ):
+                continue
+            seen = self._entry(peer)
+            seen.successes, seen.failures = successes, failures
+            seen.consecutive_failures, seen.latency_ms = consecutive, latency
+            seen.skip_until_ms = skip_until
+            seen.last_failure = None if last is None else FailureKind(last)
+            restored += 1
+        return restored
 
     def skipped(self, peer: str, now: int) -> bool:
         """True if `peer` is skipped at `now` (too many consecutive failures)."""

@@ -44,6 +44,7 @@ call fails with `NoProvider`, naming every attempt.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import replace
@@ -99,6 +100,10 @@ log = logging.getLogger("p2pay.node")
 
 #: the store meta key of the last offer sequence number used (decimal text)
 SEQ_KEY = "p2pay.discovery.seq"
+#: the store meta key of what `call_any` saw of each provider (JSON, `Chooser.snapshot`):
+#: a command line client is a new process for every call, and must not try the providers
+#: that just failed it first again (specs/discovery.md 8)
+STATS_KEY = "p2pay.discovery.stats"
 #: providers a DHT lookup asks for at most
 LOOKUP_LIMIT = 20
 #: seconds between DHT lookups while `find` has found nothing
@@ -208,6 +213,12 @@ class Discovery:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the seq counter, serve fetches, receive gossip, join, announce."""
         self._seq = _parse_seq(await self.host.store.get_meta(SEQ_KEY))
+        stats = await self.host.store.get_meta(STATS_KEY)
+        if stats:
+            try:
+                self.chooser.restore(json.loads(stats))
+            except ValueError:  # damaged: forgotten (it only orders the next attempts)
+                log.warning("discovery: the stored provider stats are damaged: forgotten")
         receive = self.net.subscribe(self.ledger_id)
         self.net.serve_offers(self._serve)
         try:
@@ -495,13 +506,24 @@ class Discovery:
             latency_ms = max(0, int((trio.current_time() - started) * 1000))
             self.chooser.record_success(offer.peer, latency_ms, self.host.now())
             attempts.append(Attempt(peer=offer.peer, outcome="ok"))
+            await self._remember()
             return replace(result, peer=offer.peer, attempts=tuple(attempts))
+        await self._remember()
         tried = "; ".join(f"{a.peer} {a.outcome} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
             f"no provider of {service!r} served the call: {tried}",
             attempts=tuple(attempts),
             details={"service": service, "max_price": max_price},
         )
+
+    async def _remember(self) -> None:
+        """Keep what was seen of the providers in the store (`STATS_KEY`), durably: the
+        next run (the next `p2pay call any`) ranks them as this one would have."""
+        data = json.dumps(self.chooser.snapshot(), separators=(",", ":")).encode()
+        try:
+            await self.host.persister.durable(self.host.persister.stage(meta={STATS_KEY: data}))
+        except P2payError as exc:  # the call's outcome stands; only the ranking is lost
+            log.warning("discovery: cannot keep the provider stats: %s", exc)
 
     async def _attempt(
         self, offer: OfferInfo, body: bytes, timeout: float | None, deposit: int | None
