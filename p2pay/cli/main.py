@@ -1123,6 +1123,12 @@ def find(
 @click.option(
     "--raw", is_flag=True, help="Print the body's bytes exactly (no newline added at the end)."
 )
+@click.option(
+    "--min-stake",
+    type=AMOUNT,
+    default=None,
+    help="With PEER any: only providers staking at least this (default: any stake).",
+)
 @bootstrap_option
 @ledger_option
 @home_option
@@ -1134,6 +1140,7 @@ def call(
     max_price: int,
     timeout: float,
     raw: bool,
+    min_stake: int | None,
     bootstrap: tuple[str, ...],
     ledger: str | None,
     as_json: bool,
@@ -1144,8 +1151,9 @@ def call(
     lists them): the cheapest, best staked, most reliable offer at or below --max-price.
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
     deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
-    provider is skipped for the next one (at most max_attempts). Needs a bootstrap peer
-    (--bootstrap or config.toml).
+    provider is skipped for the next one (at most max_attempts); one that failed is tried
+    after the others at the next call. --min-stake skips providers staking less (a stake
+    is what a stranger puts at risk). Needs a bootstrap peer (--bootstrap or config.toml).
 
     Any other PEER needs an open channel to it (p2pay channel open). A paid request left unanswered
     stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
@@ -1168,12 +1176,16 @@ def call(
         need_bootstrap(home, bootstrap)
     elif bootstrap:
         raise CliError("--bootstrap is for `call any`: a call to PEER needs no network")
+    elif min_stake is not None:
+        raise CliError("--min-stake is for `call any`: a call to PEER needs an open channel")
 
     async def do(node: Node) -> CallResult:
         from p2pay.node import CallTimeout
 
         if anyone:
-            return await node.call_any(service, body, max_price=max_price, timeout=timeout)
+            return await node.call_any(
+                service, body, max_price=max_price, timeout=timeout, min_stake=min_stake or 0
+            )
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
         except CallTimeout as exc:
