@@ -55,6 +55,13 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
   (10 messages per second per forwarding peer and topic, applied to our *own*
   publications too, which would stop a provider announcing more than 10 services at
   once) is switched off in favour of these.
+* **Control messages.** py-libp2p's router keeps state per topic a control entry names
+  (a back-off per (topic, peer) for a PRUNE, which nothing sweeps; an IHAVE rate list per
+  (peer, topic)) and answers a GRAFT for an unknown topic with a PRUNE, and nothing limits
+  control entries: 12 RPCs of 1 MiB, each ~20,000 PRUNEs for junk topics, grew a
+  bootstrap node by ~270 MB for good (measured, issue 17 attack). `_GuardedGossipSub`
+  keeps only the entries naming a topic we are in, at most `MAX_CONTROL_ENTRIES` of
+  each kind per RPC, and caps a PRUNE's back-off at `MAX_PRUNE_BACKOFF`.
 * **Subscriptions.** py-libp2p's subscription queue holds 32 messages and drops the
   rest; a task moves them at once into our channels (`SUBSCRIPTION_QUEUE` each), which
   drop (and count) when the reader falls behind.
@@ -166,6 +173,10 @@ the core's per-peer limit (30 per minute)."""
 ORIGIN_BURST = 120.0
 MAX_BUCKETS = 10_000
 """Peers whose token buckets are remembered (per kind); the least recently used go."""
+MAX_CONTROL_ENTRIES = 64
+"""Gossipsub control entries of one kind (IHAVE, GRAFT, PRUNE, ...) taken from one RPC."""
+MAX_PRUNE_BACKOFF = 3600
+"""Longest back-off, in seconds, a peer's PRUNE may ask for."""
 MAX_SEEN = 50_000
 """Gossip message ids remembered to drop duplicates (py-libp2p keeps them 2 minutes)."""
 MAX_PROVIDER_RECORDS = 20_000
@@ -289,6 +300,36 @@ class _GuardedPubsub(Pubsub):
         except Exception:
             return False
         return self.origins.take(bytes(msg.from_id), now)
+
+
+class _GuardedGossipSub(GossipSub):
+    """py-libp2p's GossipSub that takes from a peer's RPC only the control entries naming
+    a topic we are in, at most `MAX_CONTROL_ENTRIES` of each kind, with a PRUNE's back-off
+    at most `MAX_PRUNE_BACKOFF` (see the module docstring)."""
+
+    dropped_control = 0
+
+    async def handle_rpc(self, rpc: rpc_pb2.RPC, sender_peer_id: ID) -> None:
+        if rpc.HasField("control"):
+            ours = set(self.pubsub.topic_ids) if self.pubsub is not None else set()
+            control = rpc.control
+            for kind in ("ihave", "graft", "prune", "observe", "unobserve"):
+                entries = getattr(control, kind, None)
+                if entries is None or not len(entries):
+                    continue
+                keep: list[Any] = []
+                for entry in entries:
+                    if entry.topicID in ours and len(keep) < MAX_CONTROL_ENTRIES:
+                        copy = type(entry)()
+                        copy.CopyFrom(entry)
+                        keep.append(copy)
+                if len(keep) != len(entries):
+                    self.dropped_control += len(entries) - len(keep)
+                    del entries[:]
+                    entries.extend(keep)
+            for prune in control.prune:
+                prune.backoff = min(prune.backoff, MAX_PRUNE_BACKOFF)
+        await super().handle_rpc(rpc, sender_peer_id)
 
 
 def _guarded(
@@ -463,7 +504,8 @@ class Libp2pDiscovery:
     @property
     def dropped(self) -> int:
         refused = self._kad_guard.refused if self._kad_guard is not None else 0
-        return self._dropped + self._pubsub.dropped + refused
+        control = getattr(self._gossipsub, "dropped_control", 0)
+        return self._dropped + self._pubsub.dropped + refused + control
 
     @property
     def pubsub(self) -> Pubsub:
@@ -798,7 +840,7 @@ async def open_libp2p_discovery(
     if not isinstance(transport, Libp2pTransport):
         raise LocalProtocolError("libp2p discovery needs a Libp2pTransport")
     host = transport.host
-    gossipsub = GossipSub(
+    gossipsub = _GuardedGossipSub(
         protocols=_GOSSIP_PROTOCOLS,
         degree=6,
         degree_low=4,
