@@ -412,21 +412,24 @@ class Discovery:
         deadline = trio.current_time() + wait
         with trio.move_on_at(deadline):
             await self._joined.wait()
+        fetched: set[str] = set()  # the DHT's providers fetched in this find (once each)
         while True:
             # a lookup, then (while nothing was found) gossip for a while, then again: a
             # provider that joined a moment ago may not have put its record yet
             self._arrived = trio.Event()
             with trio.move_on_at(deadline):
-                await self._lookup(service)
+                await self._lookup(service, fetched)
             found = self.live(service, max_price=max_price, min_stake=min_stake)
             if found or trio.current_time() >= deadline:
                 return found
             with trio.move_on_at(min(deadline, trio.current_time() + LOOKUP_RETRY)):
                 await self._arrived.wait()
 
-    async def _lookup(self, service: str) -> None:
-        """Ask the DHT for providers of `service` and fetch each one's offers; ask the
-        bootstrap peers too (they answer with the offers they hold)."""
+    async def _lookup(self, service: str, fetched: set[str]) -> None:
+        """Ask the DHT for providers of `service` and fetch the offers of each one not in
+        `fetched` (then added: a provider record's addresses are its maker's word, so one
+        find dials them once, not at every round); ask the bootstrap peers too (they
+        answer with the offers they hold)."""
         me = str(self.host.peer_id)
         async with trio.open_nursery() as nursery:
             for addr in self.config.bootstrap:
@@ -435,7 +438,8 @@ class Discovery:
                     nursery.start_soon(self._fetch, peer_id, [addr], service)
             providers = await self.net.find_providers(self.ledger_id, service, limit=LOOKUP_LIMIT)
             for peer_id, addrs in providers:
-                if peer_id != me:
+                if peer_id != me and peer_id not in fetched:
+                    fetched.add(peer_id)
                     nursery.start_soon(self._fetch, peer_id, list(addrs), service)
 
     async def _fetch(self, peer_id: str, addrs: list[str], service: str) -> None:
