@@ -803,8 +803,12 @@ class OfferBook:
 
     def encoded(self, service: str, *, now_ms: int, limit: int = MAX_FETCH_OFFERS) -> list[bytes]:
         """The bytes of up to `limit` live verified offers of `service`, as received: what
-        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6)."""
-        return [kept.data for kept in self.live(service, now_ms=now_ms)[:limit]]
+        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6),
+        the largest stake first (then price, PeerID): offers with a token stake cannot
+        crowd the others out of an answer."""
+        kept = self.live(service, now_ms=now_ms)
+        kept.sort(key=lambda k: (-k.offer.stake.amount, k.offer.price, k.offer.peer_id))
+        return [k.data for k in kept[:limit]]
 
     # -- receiving
 
