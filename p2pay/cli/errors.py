@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
-from p2pay.cli.render import QUOTE_MAX, quoted
+from p2pay.cli.render import QUOTE_MAX, printable, quoted
 from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
 from p2pay.core.errors import AmountError
 
@@ -110,15 +110,6 @@ def read_amount(text: str) -> int:
 
 # ---------------------------------------------------------------------------
 # failures
-
-
-def printable(text: str) -> str:
-    """`text` with every non-printable character (ESC and the other C0 and C1 controls,
-    DEL, format characters) written as a Python-style escape (``\\x1b``, ``\\u200e``), so
-    that text from a peer cannot drive the terminal it is shown on (protocol.md 11)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass
