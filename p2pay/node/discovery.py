@@ -14,9 +14,12 @@ announce intervals. A ``seq`` is above the last one used, kept in the store
 (`SEQ_KEY`), and at least the current Unix time in ms: the new value is durable before
 any offer carrying it leaves, so a restart never reuses one, even with a clock that went
 back (receivers drop an offer whose seq is not above the last they kept).
-Offers are published on the ledger's topic and a provider record is put in the DHT for
-each service, every interval, and at once when the terms change (a price, the stake, the
-services, the addresses: `changed` wakes the loop, which compares). The latest offers
+Offers are published on the ledger's topic every interval, and at once when the terms
+change (a price, the stake, the services, the addresses: `changed` wakes the loop, which
+compares). A provider record is put in the DHT for each service by a task of its own, for
+a new service at once and then every `PROVIDE_INTERVAL` (10 minutes, specs/discovery.md
+5.2): a DHT walk can take its whole 30 s bound (peers in our routing table that never
+answer), and publishing never waits for one. The latest offers
 answer the fetch protocol (`serve_offers`).
 
 Receiving. Every gossip message and every fetched offer goes to the `OfferBook` (the
@@ -108,8 +111,10 @@ STATS_KEY = "p2pay.discovery.stats"
 LOOKUP_LIMIT = 20
 #: seconds between DHT lookups while `find` has found nothing
 LOOKUP_RETRY = 1.0
-#: seconds one round of publishing and DHT records may take before it is given up
+#: seconds one round of publishing, or one DHT record, may take before it is given up
 ANNOUNCE_TIMEOUT = 30.0
+#: seconds between two DHT records of one service (specs/discovery.md 5.2: 10 minutes)
+PROVIDE_INTERVAL = 600.0
 _MAX_SEQ = (1 << 64) - 1
 #: the outcomes of an attempt that count as the provider's failure (`Chooser`)
 _FAILURES = frozenset(k.value for k in FailureKind)
@@ -203,6 +208,8 @@ class Discovery:
         self._mine: dict[str, bytes] = {}
         self._seq = 0
         self._changed = trio.Event()
+        self._provide_due = trio.Event()  # set when a service may need its DHT record
+        self._provided: dict[str, float] = {}  # service -> when its record was last put
         self._arrived = trio.Event()
         self._joined = trio.Event()
         self.announced = 0  # offers published (counted)
@@ -227,6 +234,7 @@ class Discovery:
                 nursery.start_soon(self._join)
                 task_status.started()
                 await self._joined.wait()
+                nursery.start_soon(self._provide_loop)
                 await self._announce_loop()
         finally:
             self.net.serve_offers(None)
@@ -263,6 +271,28 @@ class Discovery:
             with trio.move_on_at(due):
                 await self._changed.wait()
 
+    async def _provide_loop(self) -> None:
+        """Put the DHT record of each service we announce: a new one at once, then every
+        `PROVIDE_INTERVAL`; each bounded by `ANNOUNCE_TIMEOUT`, never holding back the
+        offers' publication (`announce`)."""
+        while True:
+            self._provide_due = trio.Event()
+            for name in list(self._mine):
+                last = self._provided.get(name)
+                if last is not None and trio.current_time() - last < PROVIDE_INTERVAL:
+                    continue
+                with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                    try:
+                        await self.net.provide(self.ledger_id, name)
+                    except P2payError as exc:
+                        log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+                self._provided[name] = trio.current_time()
+            for name in [n for n in self._provided if n not in self._mine]:
+                del self._provided[name]  # no longer served: a new record if it comes back
+            due = min(self._provided.values(), default=trio.current_time()) + PROVIDE_INTERVAL
+            with trio.move_on_at(due):
+                await self._provide_due.wait()
+
     def _addrs(self) -> list[str]:
         peer_id = str(self.host.peer_id)
         out: list[str] = []
@@ -273,9 +303,9 @@ class Discovery:
         return out[:MAX_OFFER_ADDRS]
 
     async def announce(self) -> int:
-        """Make, publish and serve a new offer for each service we serve, and renew their
-        DHT records. Nothing is announced without services, a bonded stake or an address
-        (an offer without a stake is not an offer).
+        """Make, publish and serve a new offer for each service we serve (their DHT records
+        are `_provide_loop`'s, which this wakes). Nothing is announced without services, a
+        bonded stake or an address (an offer without a stake is not an offer).
 
         Returns:
             The number of offers published.
@@ -323,10 +353,7 @@ class Discovery:
                 published += 1
             except P2payError as exc:
                 log.warning("discovery: cannot publish the offer of %r: %s", name, exc)
-            try:
-                await self.net.provide(self.ledger_id, name)
-            except P2payError as exc:
-                log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+        self._provide_due.set()  # a new service gets its DHT record at once
         self.announced += published
         return published
 
