@@ -959,6 +959,43 @@ class OfferBook:
 
     # -- the truth: the ledger, the hello, the price charged
 
+    def bans(self, now_ms: int, limit: int = 1_000) -> list[list[Any]]:
+        """The bans in force at `now_ms`, at most `limit` (those ending last), as
+        ``[peer, until]`` pairs (Unix ms) that `restore_bans` takes back: a client that runs
+        as short processes keeps them in its store (specs/discovery.md 7.5)."""
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        _check_uint(limit, "limit", MAX_U64, False)
+        live = sorted(
+            ((until, peer) for peer, until in self._bans.items() if until > now_ms), reverse=True
+        )
+        return [[peer, until] for until, peer in live[:limit]]
+
+    def restore_bans(self, entries: object, now_ms: int) -> int:
+        """Take back what `bans` gave. An entry not of its form, ended, or ending more than
+        `lie_ban_ms` after `now_ms` is ignored (a damaged value bans nobody for longer).
+
+        Returns:
+            How many bans were restored.
+        """
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        if not isinstance(entries, list):
+            return 0
+        restored = 0
+        for entry in entries:
+            if len(self._bans) >= self.max_offers:
+                break
+            if not isinstance(entry, list) or len(entry) != 2:
+                continue
+            peer, until = entry
+            if (
+                isinstance(peer, str)
+                and type(until) is int
+                and now_ms < until <= now_ms + self.lie_ban_ms
+            ):
+                self._bans[peer] = max(self._bans.get(peer, 0), until)
+                restored += 1
+        return restored
+
     def stake_checked(self, peer: str, ledger_stake: Stake | None, now_ms: int) -> bool:
         """Report the ledger's stake record of `peer`'s account (None: no record), read
         because a verdict asked for it. Every kept offer of `peer` it covers becomes

@@ -103,9 +103,10 @@ log = logging.getLogger("p2pay.node")
 
 #: the store meta key of the last offer sequence number used (decimal text)
 SEQ_KEY = "p2pay.discovery.seq"
-#: the store meta key of what `call_any` saw of each provider (JSON, `Chooser.snapshot`):
-#: a command line client is a new process for every call, and must not try the providers
-#: that just failed it first again (specs/discovery.md 8)
+#: the store meta key of what `call_any` saw of each provider and the bans for lies (JSON
+#: ``{"stats": Chooser.snapshot(), "bans": OfferBook.bans()}``): a command line client is a
+#: new process for every call, and must not try first again the providers that just failed
+#: it or lied to it (specs/discovery.md 7.5, 8)
 STATS_KEY = "p2pay.discovery.stats"
 #: providers a DHT lookup asks for at most
 LOOKUP_LIMIT = 20
@@ -220,11 +221,16 @@ class Discovery:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the seq counter, serve fetches, receive gossip, join, announce."""
         self._seq = _parse_seq(await self.host.store.get_meta(SEQ_KEY))
-        stats = await self.host.store.get_meta(STATS_KEY)
-        if stats:
+        stored = await self.host.store.get_meta(STATS_KEY)
+        if stored:
             try:
-                self.chooser.restore(json.loads(stats))
+                seen = json.loads(stored)
             except ValueError:  # damaged: forgotten (it only orders the next attempts)
+                seen = None
+            if isinstance(seen, dict):
+                self.chooser.restore(seen.get("stats"))
+                self.book.restore_bans(seen.get("bans"), self.host.now())
+            else:
                 log.warning("discovery: the stored provider stats are damaged: forgotten")
         receive = self.net.subscribe(self.ledger_id)
         self.net.serve_offers(self._serve)
@@ -516,6 +522,7 @@ class Discovery:
                 details={"service": service, "max_price": max_price},
             )
         attempts: list[Attempt] = []
+        seen = False  # something the next run should know (a failure, a lie, a new peer)
         for offer in ranked[: self.config.max_attempts]:
             started = trio.current_time()
             try:
@@ -532,14 +539,19 @@ class Discovery:
                 if failure.outcome in _FAILURES:  # not a lie (banned) nor our own policy
                     kind = FailureKind(failure.outcome)
                     self.chooser.record_failure(offer.peer, kind, self.host.now())
+                seen = seen or failure.outcome != "skipped"
                 log.info("call any %r: %s %s: %s", service, offer.peer, failure.outcome, failure)
                 continue
             latency_ms = max(0, int((trio.current_time() - started) * 1000))
+            before = self.chooser.stats(offer.peer)
+            seen = seen or before.consecutive_failures > 0 or before.successes == 0
             self.chooser.record_success(offer.peer, latency_ms, self.host.now())
             attempts.append(Attempt(peer=offer.peer, outcome="ok"))
-            await self._remember()
+            if seen:  # (a latency change alone is not worth a durable write per call)
+                await self._remember()
             return replace(result, peer=offer.peer, attempts=tuple(attempts))
-        await self._remember()
+        if seen:
+            await self._remember()
         tried = "; ".join(f"{a.peer} {a.outcome} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
             f"no provider of {service!r} served the call: {tried}",
@@ -548,9 +560,10 @@ class Discovery:
         )
 
     async def _remember(self) -> None:
-        """Keep what was seen of the providers in the store (`STATS_KEY`), durably: the
-        next run (the next `p2pay call any`) ranks them as this one would have."""
-        data = json.dumps(self.chooser.snapshot(), separators=(",", ":")).encode()
+        """Keep what was seen of the providers, and the bans, in the store (`STATS_KEY`),
+        durably: the next run (the next `p2pay call any`) ranks them as this one would."""
+        seen = {"stats": self.chooser.snapshot(), "bans": self.book.bans(self.host.now())}
+        data = json.dumps(seen, separators=(",", ":")).encode()
         try:
             await self.host.persister.durable(self.host.persister.stage(meta={STATS_KEY: data}))
         except P2payError as exc:  # the call's outcome stands; only the ranking is lost

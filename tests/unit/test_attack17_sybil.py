@@ -19,11 +19,23 @@ import pytest
 import trio
 
 from p2pay.core.identity import Keypair
-from p2pay.core.offers import Chooser, FailureKind
+from p2pay.core.messages import StakeTerms
+from p2pay.core.offers import LIE_BAN_MS, Chooser, FailureKind, Offer, OfferBook
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NoProvider
 from p2pay.store.memory import MemoryStore
-from tests.unit.test_node_discovery import CLIENT, P1, PRICE, TOKEN, funded, node, settle
+from tests.unit.test_node_discovery import (
+    CLIENT,
+    P1,
+    PENALTY,
+    PRICE,
+    STAKE,
+    TOKEN,
+    WINDOW,
+    funded,
+    node,
+    settle,
+)
 
 SYBILS = [Keypair.from_seed(bytes([40 + i]) * 32) for i in range(3)]
 
@@ -71,3 +83,51 @@ def test_a_choosers_memory_survives_a_snapshot_and_ignores_junk() -> None:
     for i in range(20):
         many.record_failure(str(i), FailureKind.TIMED_OUT, i)
     assert [e[0] for e in many.snapshot(limit=3)] == ["17", "18", "19"]
+
+
+async def test_providers_caught_lying_stay_banned_at_the_next_run() -> None:
+    # The same with liars: offers 1 yocto under the honest price, a hello that asks double.
+    # A lie bans for an hour (discovery.md 7.5), but the ban lived in the process: every
+    # `p2pay call any` met the three liars first again and ran out of attempts.
+    ledger = await funded()
+    for key in SYBILS:
+        await ledger.mint(key, key.account, TOKEN)
+    network = MemoryNetwork()
+    store = MemoryStore()
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(node(P1, ledger, network, serve=PRICE))
+        for key in SYBILS:
+            liar = await stack.enter_async_context(node(key, ledger, network, serve=2 * PRICE))
+            assert liar.discovery is not None
+            lie = Offer.create(
+                key, ledger=ledger.ledger_id, service="echo", price=PRICE - 1, max_body=1 << 20,
+                stake=StakeTerms(amount=STAKE, penalty=PENALTY, claim_window_ms=WINDOW),
+                addrs=tuple(liar.discovery._addrs()), seq=1 << 62, expires=liar.now() + 60_000,
+            )  # fmt: skip
+            await liar.discovery.net.publish(ledger.ledger_id, lie.encode())
+        await settle()
+        liars = {str(k.peer_id) for k in SYBILS}
+        async with node(CLIENT, ledger, network, store=store) as client:  # run 1
+            with trio.fail_after(30), pytest.raises(NoProvider) as caught:
+                await client.call_any("echo", b"hi", max_price=PRICE)
+            assert {(a.peer, a.outcome) for a in caught.value.attempts} == {
+                (p, "lied") for p in liars
+            }
+        async with node(CLIENT, ledger, network, store=store) as client:  # run 2
+            with trio.fail_after(30):
+                result = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert result.peer == str(P1.peer_id)
+
+
+def test_bans_survive_a_snapshot_and_a_damaged_one_bans_nobody_longer() -> None:
+    book = OfferBook(b"p2pay:test:discovery")
+    book.lie("a", "test", 1_000)
+    book.lie("b", "test", 2_000)
+    again = OfferBook(b"p2pay:test:discovery")
+    assert again.restore_bans(book.bans(3_000), 3_000) == 2
+    assert again.banned("a", 3_000) and again.banned("b", 1_000 + LIE_BAN_MS)
+    assert not again.banned("a", 1_000 + LIE_BAN_MS)  # ends when it would have
+    assert book.bans(2_000 + LIE_BAN_MS) == []  # ended: not kept
+    junk = [["c", 10**18], ["d", 1], ["e"], [5, 4_000], "f"]  # too long, ended, malformed
+    fresh = OfferBook(b"p2pay:test:discovery")
+    assert fresh.restore_bans(junk, 3_000) == 0 and fresh.restore_bans({"a": 1}, 3_000) == 0
