@@ -1220,6 +1220,7 @@ class Chooser:
                 seen.latency_ms,
                 seen.skip_until_ms,
                 None if seen.last_failure is None else seen.last_failure.value,
+                seen.last_failure_ms,
             ]
             for peer, seen in entries
         ]
@@ -1235,10 +1236,10 @@ class Chooser:
         if not isinstance(entries, list):
             return 0
         for entry in entries[-self.max_peers :]:
-            if not isinstance(entry, list) or len(entry) != 7:
+            if not isinstance(entry, list) or len(entry) != 8:
                 continue
-            peer, successes, failures, consecutive, latency, skip_until, last = entry
-            counts = (successes, failures, consecutive, skip_until)
+            peer, successes, failures, consecutive, latency, skip_until, last, last_ms = entry
+            counts = (successes, failures, consecutive, skip_until, last_ms)
             if (
                 not isinstance(peer, str)
                 or not all(type(c) is int and 0 <= c <= MAX_U64 for c in counts)
@@ -1251,6 +1252,7 @@ class Chooser:
             seen.consecutive_failures, seen.latency_ms = consecutive, latency
             seen.skip_until_ms = skip_until
             seen.last_failure = None if last is None else FailureKind(last)
+            seen.last_failure_ms = last_ms
             restored += 1
         return restored
 

@@ -76,7 +76,8 @@ def test_a_choosers_memory_survives_a_snapshot_and_ignores_junk() -> None:
     again = Chooser()
     assert again.restore(chooser.snapshot()) == 2
     assert again.stats("a") == chooser.stats("a") and again.stats("b") == chooser.stats("b")
-    junk = [["c", -1, 0, 0, None, 0, None], ["d", 1, 1, 1, None, 0, "lied"], "e", 3]
+    junk = [["c", -1, 0, 0, None, 0, None, 0], ["d", 1, 1, 1, None, 0, "lied", 5], "e", 3]
+    junk += [["f", 1, 1, 1, None, 0, None]]  # an entry of another form
     assert Chooser().restore(junk) == 0 and Chooser().restore({"a": 1}) == 0
     assert len(Chooser().snapshot()) == 0
     many = Chooser()
