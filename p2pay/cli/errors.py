@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
-from p2pay.cli.render import QUOTE_MAX, quoted
+from p2pay.cli.render import QUOTE_MAX, printable, quoted
 from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
 from p2pay.core.errors import AmountError
 
@@ -126,8 +126,10 @@ class Failure:
     verbatim: bool = False
 
     def line(self) -> str:
-        """The one line for a person: ``CODE: message``, or the message alone."""
-        text = " ".join(self.message.split())
+        """The one line for a person: ``CODE: message``, or the message alone. A peer's
+        text may be in the message (a refusal's, protocol.md 11-12): every non-printable
+        character is written as an escape (`printable`), never raw to the terminal."""
+        text = printable(" ".join(self.message.split()))
         return f"{self.code}: {text}" if self.show_code else text
 
     def document(self) -> dict[str, Any]:

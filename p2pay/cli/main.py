@@ -1027,7 +1027,7 @@ async def timeout_advice(node: Node, peer: str, message: str) -> str:
 
 
 async def call_any(
-    node: Node, service: str, body: bytes, *, max_price: int, timeout: float
+    node: Node, service: str, body: bytes, *, max_price: int, timeout: float, min_stake: int = 0
 ) -> CallResult:
     """`Node.call_any`; a NO_PROVIDER whose attempts include a timed-out paid request
     says, for it, what `call PEER` says of one (`timeout_advice`)."""
@@ -1035,7 +1035,9 @@ async def call_any(
     from p2pay.node.discovery import prose
 
     try:
-        return await node.call_any(service, body, max_price=max_price, timeout=timeout)
+        return await node.call_any(
+            service, body, max_price=max_price, timeout=timeout, min_stake=min_stake
+        )
     except NoProvider as exc:
         if not any(a.outcome == "timed_out" for a in exc.attempts):
             raise
@@ -1195,6 +1197,12 @@ def find(
 @click.option(
     "--raw", is_flag=True, help="Print the body's bytes exactly (no newline added at the end)."
 )
+@click.option(
+    "--min-stake",
+    type=AMOUNT,
+    default=None,
+    help="With PEER any: only providers staking at least this (default: any stake).",
+)
 @bootstrap_option
 @ledger_option
 @home_option
@@ -1206,6 +1214,7 @@ def call(
     max_price: int,
     timeout: float,
     raw: bool,
+    min_stake: int | None,
     bootstrap: tuple[str, ...],
     ledger: str | None,
     as_json: bool,
@@ -1217,9 +1226,10 @@ def call(
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
     deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
     provider is skipped for the next one (at most max_attempts), and ranked after the
-    others by the next runs (the failures seen are kept in this home). It says on stderr
-    which provider answered, through which channel, and whom it skipped (--json: in the
-    document). Needs a bootstrap peer (--bootstrap or config.toml).
+    others by the next runs (the failures seen and liars caught are kept in this home).
+    --min-stake skips providers staking less (a stake is what a stranger puts at risk). It
+    says on stderr which provider answered, through which channel, and whom it skipped
+    (--json: in the document). Needs a bootstrap peer (--bootstrap or config.toml).
 
     Any other PEER needs an open channel to it (p2pay channel open). A paid request left unanswered
     stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
@@ -1242,12 +1252,16 @@ def call(
         need_bootstrap(home, bootstrap)
     elif bootstrap:
         raise CliError("--bootstrap is for `call any`: a call to PEER needs no network")
+    elif min_stake is not None:
+        raise CliError("--min-stake is for `call any`: a call to PEER needs an open channel")
 
     async def do(node: Node) -> CallResult:
         from p2pay.node import CallTimeout
 
         if anyone:
-            return await call_any(node, service, body, max_price=max_price, timeout=timeout)
+            return await call_any(
+                node, service, body, max_price=max_price, timeout=timeout, min_stake=min_stake or 0
+            )
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
         except CallTimeout as exc:

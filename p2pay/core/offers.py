@@ -38,7 +38,7 @@ import hashlib
 import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from p2pay.core import codec
@@ -88,6 +88,7 @@ __all__ = [
     "MAX_OFFER_ADDRS",
     "MAX_OFFER_LIFETIME_MS",
     "MAX_OFFER_SIZE",
+    "MAX_REMEMBERED_PEERS",
     "MAX_SERVICES_PER_PEER",
     "OFFERS_PER_MINUTE",
     "OFFER_BURST",
@@ -107,10 +108,8 @@ __all__ = [
     "decode_fetch_reply",
     "decode_fetch_request",
     "decode_offer",
-    "decode_peer_stats",
     "encode_fetch_reply",
     "encode_fetch_request",
-    "encode_peer_stats",
     "offer_key",
     "offer_topic",
     "stake_covers",
@@ -805,8 +804,12 @@ class OfferBook:
 
     def encoded(self, service: str, *, now_ms: int, limit: int = MAX_FETCH_OFFERS) -> list[bytes]:
         """The bytes of up to `limit` live verified offers of `service`, as received: what
-        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6)."""
-        return [kept.data for kept in self.live(service, now_ms=now_ms)[:limit]]
+        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6),
+        the largest stake first (then price, PeerID): offers with a token stake cannot
+        crowd the others out of an answer."""
+        kept = self.live(service, now_ms=now_ms)
+        kept.sort(key=lambda k: (-k.offer.stake.amount, k.offer.price, k.offer.peer_id))
+        return [k.data for k in kept[:limit]]
 
     # -- receiving
 
@@ -957,6 +960,43 @@ class OfferBook:
 
     # -- the truth: the ledger, the hello, the price charged
 
+    def bans(self, now_ms: int, limit: int = 1_000) -> list[list[Any]]:
+        """The bans in force at `now_ms`, at most `limit` (those ending last), as
+        ``[peer, until]`` pairs (Unix ms) that `restore_bans` takes back: a client that runs
+        as short processes keeps them in its store (specs/discovery.md 7.5)."""
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        _check_uint(limit, "limit", MAX_U64, False)
+        live = sorted(
+            ((until, peer) for peer, until in self._bans.items() if until > now_ms), reverse=True
+        )
+        return [[peer, until] for until, peer in live[:limit]]
+
+    def restore_bans(self, entries: object, now_ms: int) -> int:
+        """Take back what `bans` gave. An entry not of its form, ended, or ending more than
+        `lie_ban_ms` after `now_ms` is ignored (a damaged value bans nobody for longer).
+
+        Returns:
+            How many bans were restored.
+        """
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        if not isinstance(entries, list):
+            return 0
+        restored = 0
+        for entry in entries:
+            if len(self._bans) >= self.max_offers:
+                break
+            if not isinstance(entry, list) or len(entry) != 2:
+                continue
+            peer, until = entry
+            if (
+                isinstance(peer, str)
+                and type(until) is int
+                and now_ms < until <= now_ms + self.lie_ban_ms
+            ):
+                self._bans[peer] = max(self._bans.get(peer, 0), until)
+                restored += 1
+        return restored
+
     def stake_checked(self, peer: str, ledger_stake: Stake | None, now_ms: int) -> bool:
         """Report the ledger's stake record of `peer`'s account (None: no record), read
         because a verdict asked for it. Every kept offer of `peer` it covers becomes
@@ -1050,6 +1090,8 @@ class OfferBook:
 FAILURE_SKIP_MS = 300_000
 FAILURE_FORGET_MS = 600_000
 MAX_CONSECUTIVE_FAILURES = 3
+#: peers whose stats a client keeps across its runs (`Chooser.snapshot`)
+MAX_REMEMBERED_PEERS = 1_000
 
 
 class FailureKind(enum.StrEnum):
@@ -1162,29 +1204,62 @@ class Chooser:
         if seen.consecutive_failures >= self.max_failures:
             seen.skip_until_ms = now + self.skip_ms
 
+    def snapshot(self, limit: int = MAX_REMEMBERED_PEERS) -> list[list[Any]]:
+        """What was seen of the `limit` most recently updated peers, as plain values (a
+        JSON array of arrays) that `restore` takes back: a client that runs as short
+        processes (a command line) keeps it in its store, so that the providers that
+        failed it are not tried first again at its next run (specs/discovery.md 8)."""
+        _check_uint(limit, "limit", MAX_U64, False)
+        entries = list(self._stats.items())[-limit:] if limit else []
+        return [
+            [
+                peer,
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                None if seen.last_failure is None else seen.last_failure.value,
+                seen.last_failure_ms,
+            ]
+            for peer, seen in entries
+        ]
+
+    def restore(self, entries: object) -> int:
+        """Take back what `snapshot` gave (entries not of its form are ignored: the store
+        is ours, but an old or damaged value must not stop a call).
+
+        Returns:
+            How many peers were restored.
+        """
+        restored = 0
+        if not isinstance(entries, list):
+            return 0
+        for entry in entries[-self.max_peers :]:
+            if not isinstance(entry, list) or len(entry) != 8:
+                continue
+            peer, successes, failures, consecutive, latency, skip_until, last, last_ms = entry
+            counts = (successes, failures, consecutive, skip_until, last_ms)
+            if (
+                not isinstance(peer, str)
+                or not all(type(c) is int and 0 <= c <= MAX_U64 for c in counts)
+                or not (latency is None or (type(latency) is int and 0 <= latency <= MAX_U64))
+                or last not in (None, *(k.value for k in FailureKind))
+            ):
+                continue
+            seen = self._entry(peer)
+            seen.successes, seen.failures = successes, failures
+            seen.consecutive_failures, seen.latency_ms = consecutive, latency
+            seen.skip_until_ms = skip_until
+            seen.last_failure = None if last is None else FailureKind(last)
+            seen.last_failure_ms = last_ms
+            restored += 1
+        return restored
+
     def skipped(self, peer: str, now: int) -> bool:
         """True if `peer` is skipped at `now` (too many consecutive failures)."""
         seen = self._stats.get(peer)
         return seen is not None and now < seen.skip_until_ms
-
-    def entries(self) -> list[tuple[str, PeerStats]]:
-        """Copies of the stats kept, least recently updated first: what `encode_peer_stats`
-        saves and `load` takes back (a client remembers its providers across runs)."""
-        return [(peer, self.stats(peer)) for peer in self._stats]
-
-    def load(self, entries: Iterable[tuple[str, PeerStats]]) -> None:
-        """Take back saved stats (`entries`, least recently updated first), as older than
-        what was recorded since: a peer already known keeps its current stats, and when
-        ``max_peers`` are kept the older saved ones are left out."""
-        for peer, seen in reversed(list(entries)):  # the most recently updated first
-            _check(isinstance(peer, str), "peer is a PeerID text", False)
-            _check(isinstance(seen, PeerStats), "stats are PeerStats", False)
-            if peer in self._stats:
-                continue
-            if len(self._stats) >= self.max_peers:
-                break
-            self._stats[peer] = replace(seen)  # a copy
-            self._stats.move_to_end(peer, last=False)  # older than everything kept
 
     def rank(self, offers: Iterable[_Ranked], now: int) -> list[_Ranked]:
         """`offers` best first, without those of skipped peers. Deterministic: the same
@@ -1210,82 +1285,3 @@ class Chooser:
         ]
         kept.sort(key=key)
         return kept
-
-
-#: version of the saved form of a Chooser's stats (`encode_peer_stats`)
-_STATS_VERSION = 1
-#: bytes of one saved peer at most: a PeerID (at most 128 bytes of text here), five
-#: integers of at most 9 bytes, a failure kind, and CBOR heads
-_STATS_ENTRY_MAX = 200
-
-
-def encode_peer_stats(entries: Sequence[tuple[str, PeerStats]]) -> bytes:
-    """The saved form of a Chooser's stats (`Chooser.entries`), in order: the canonical
-    CBOR ``[1, [[peer, successes, failures, consecutive_failures, latency_ms or null,
-    skip_until_ms, last_failure or null, last_failure_ms], ...]]``. A local record (a
-    client's store), not a message: no peer ever sees it."""
-    rows: list[codec.CborValue] = []
-    for peer, seen in entries:
-        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "peer is a PeerID text", False)
-        numbers = ("successes", "failures", "consecutive_failures", "skip_until_ms")
-        for name in (*numbers, "last_failure_ms"):
-            _check_uint(getattr(seen, name), name, MAX_U64, False)
-        if seen.latency_ms is not None:
-            _check_uint(seen.latency_ms, "latency_ms", MAX_U64, False)
-        rows.append(
-            [
-                peer,
-                seen.successes,
-                seen.failures,
-                seen.consecutive_failures,
-                seen.latency_ms,
-                seen.skip_until_ms,
-                None if seen.last_failure is None else str(seen.last_failure),
-                seen.last_failure_ms,
-            ]
-        )
-    return codec.encode([_STATS_VERSION, rows])
-
-
-def decode_peer_stats(data: bytes, *, max_peers: int = MAX_OFFERS) -> list[tuple[str, PeerStats]]:
-    """Read `encode_peer_stats`' form back, strictly (at most `max_peers` entries).
-
-    Raises:
-        DecodeError: `data` is not that form (another version, a bad field).
-    """
-    value = codec.decode(data, max_size=64 + max_peers * _STATS_ENTRY_MAX, max_depth=3)
-    _check(
-        isinstance(value, list) and len(value) == 2 and value[0] == _STATS_VERSION,
-        f"saved peer stats: not version {_STATS_VERSION}",
-        True,
-    )
-    assert isinstance(value, list)
-    rows = value[1]
-    _check(isinstance(rows, list) and len(rows) <= max_peers, "saved peer stats: rows", True)
-    assert isinstance(rows, list)
-    kinds = {k.value: k for k in FailureKind}
-    out: list[tuple[str, PeerStats]] = []
-    for row in rows:
-        _check(isinstance(row, list) and len(row) == 8, "saved peer stats: a row", True)
-        assert isinstance(row, list)
-        peer, successes, failures, consecutive, latency, skip_until, last, last_ms = row
-        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "saved peer stats: peer", True)
-        _check(last is None or last in kinds, "saved peer stats: last_failure", True)
-        assert isinstance(peer, str) and (last is None or isinstance(last, str))
-        stats = PeerStats(
-            _saved_uint(successes, "successes"),
-            _saved_uint(failures, "failures"),
-            _saved_uint(consecutive, "consecutive_failures"),
-            None if latency is None else _saved_uint(latency, "latency_ms"),
-            _saved_uint(skip_until, "skip_until_ms"),
-            None if last is None else kinds[last],
-            _saved_uint(last_ms, "last_failure_ms"),
-        )
-        out.append((peer, stats))
-    return out
-
-
-def _saved_uint(value: codec.CborValue, name: str) -> int:
-    _check_uint(value, f"saved peer stats: {name}", MAX_U64, True)
-    assert isinstance(value, int)
-    return value

@@ -14,9 +14,12 @@ announce intervals. A ``seq`` is above the last one used, kept in the store
 (`SEQ_KEY`), and at least the current Unix time in ms: the new value is durable before
 any offer carrying it leaves, so a restart never reuses one, even with a clock that went
 back (receivers drop an offer whose seq is not above the last they kept).
-Offers are published on the ledger's topic and a provider record is put in the DHT for
-each service, every interval, and at once when the terms change (a price, the stake, the
-services, the addresses: `changed` wakes the loop, which compares). The latest offers
+Offers are published on the ledger's topic every interval, and at once when the terms
+change (a price, the stake, the services, the addresses: `changed` wakes the loop, which
+compares). A provider record is put in the DHT for each service by a task of its own, for
+a new service at once and then every `PROVIDE_INTERVAL` (10 minutes, specs/discovery.md
+5.2): a DHT walk can take its whole 30 s bound (peers in our routing table that never
+answer), and publishing never waits for one. The latest offers
 answer the fetch protocol (`serve_offers`).
 
 Receiving. Every gossip message and every fetched offer goes to the `OfferBook` (the
@@ -47,13 +50,15 @@ at most ``max_deposit``; the open contacts the peer and checks its stake on the 
 first), then call with the offer's price as the most to pay: a PAYMENT_REQUIRED above
 the offer's price is a lie too. An unreachable provider, a refusal or a timeout is
 recorded (`Chooser.record_failure`) and the next offer is tried; when none is left the
-call fails with `NoProvider`, naming every attempt. The Chooser's stats are saved in the
-store after each call (`STATS_KEY`, at most the book's cap of peers) and loaded when the
-node starts, so a short-lived client (one `call any` per process) remembers failures.
+call fails with `NoProvider`, naming every attempt. The Chooser's stats and the book's bans
+are saved in the store after a call that learnt something (a failure, a lie, a new peer;
+`STATS_KEY`) and loaded when the node starts, so a short-lived client (one `call any` per
+process) remembers the providers that failed it or lied to it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import replace
@@ -79,8 +84,6 @@ from p2pay.core.offers import (
     KeptOffer,
     Offer,
     OfferBook,
-    decode_peer_stats,
-    encode_peer_stats,
 )
 from p2pay.node.types import (
     Attempt,
@@ -113,15 +116,19 @@ log = logging.getLogger("p2pay.node")
 
 #: the store meta key of the last offer sequence number used (decimal text)
 SEQ_KEY = "p2pay.discovery.seq"
-#: the store meta key of what `call_any` saw of each provider (the `Chooser`'s stats, so
-#: that a provider that failed is not tried first again by the next run)
-STATS_KEY = "p2pay.discovery.peers"
+#: the store meta key of what `call_any` saw of each provider and the bans for lies (JSON
+#: ``{"stats": Chooser.snapshot(), "bans": OfferBook.bans()}``): a command line client is a
+#: new process for every call, and must not try first again the providers that just failed
+#: it or lied to it (specs/discovery.md 7.5, 8)
+STATS_KEY = "p2pay.discovery.stats"
 #: providers a DHT lookup asks for at most
 LOOKUP_LIMIT = 20
 #: seconds between DHT lookups while `find` has found nothing
 LOOKUP_RETRY = 1.0
-#: seconds one round of publishing and DHT records may take before it is given up
+#: seconds one round of publishing, or one DHT record, may take before it is given up
 ANNOUNCE_TIMEOUT = 30.0
+#: seconds between two DHT records of one service (specs/discovery.md 5.2: 10 minutes)
+PROVIDE_INTERVAL = 600.0
 _MAX_SEQ = (1 << 64) - 1
 #: the outcomes of an attempt that count as the provider's failure (`Chooser`)
 _FAILURES = frozenset(k.value for k in FailureKind)
@@ -215,6 +222,8 @@ class Discovery:
         self._mine: dict[str, bytes] = {}
         self._seq = 0
         self._changed = trio.Event()
+        self._provide_due = trio.Event()  # set when a service may need its DHT record
+        self._provided: dict[str, float] = {}  # service -> when its record was last put
         self._arrived = trio.Event()
         self._joined = trio.Event()
         self.announced = 0  # offers published (counted)
@@ -229,14 +238,17 @@ class Discovery:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the seq counter, serve fetches, receive gossip, join, announce."""
         self._seq = _parse_seq(await self.host.store.get_meta(SEQ_KEY))
-        saved = await self.host.store.get_meta(STATS_KEY)
-        if saved:
+        stored = await self.host.store.get_meta(STATS_KEY)
+        if stored:
             try:
-                self.chooser.load(decode_peer_stats(saved, max_peers=self.chooser.max_peers))
-            except P2payError as exc:  # advisory only: start afresh, loudly
-                log.warning(
-                    "discovery: the store's %s is unreadable (%s): forgotten", STATS_KEY, exc
-                )
+                seen = json.loads(stored)
+            except ValueError:  # damaged: forgotten (it only orders the next attempts)
+                seen = None
+            if isinstance(seen, dict):
+                self.chooser.restore(seen.get("stats"))
+                self.book.restore_bans(seen.get("bans"), self.host.now())
+            else:
+                log.warning("discovery: the stored provider stats are damaged: forgotten")
         receive = self.net.subscribe(self.ledger_id)
         self.net.serve_offers(self._serve)
         try:
@@ -245,6 +257,7 @@ class Discovery:
                 nursery.start_soon(self._join)
                 task_status.started()
                 await self._joined.wait()
+                nursery.start_soon(self._provide_loop)
                 await self._announce_loop()
         finally:
             self.net.serve_offers(None)
@@ -316,6 +329,28 @@ class Discovery:
             with trio.move_on_at(due):
                 await self._changed.wait()
 
+    async def _provide_loop(self) -> None:
+        """Put the DHT record of each service we announce: a new one at once, then every
+        `PROVIDE_INTERVAL`; each bounded by `ANNOUNCE_TIMEOUT`, never holding back the
+        offers' publication (`announce`)."""
+        while True:
+            self._provide_due = trio.Event()
+            for name in list(self._mine):
+                last = self._provided.get(name)
+                if last is not None and trio.current_time() - last < PROVIDE_INTERVAL:
+                    continue
+                with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                    try:
+                        await self.net.provide(self.ledger_id, name)
+                    except P2payError as exc:
+                        log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+                self._provided[name] = trio.current_time()
+            for name in [n for n in self._provided if n not in self._mine]:
+                del self._provided[name]  # no longer served: a new record if it comes back
+            due = min(self._provided.values(), default=trio.current_time()) + PROVIDE_INTERVAL
+            with trio.move_on_at(due):
+                await self._provide_due.wait()
+
     def _addrs(self) -> list[str]:
         peer_id = str(self.host.peer_id)
         out: list[str] = []
@@ -326,9 +361,9 @@ class Discovery:
         return out[:MAX_OFFER_ADDRS]
 
     async def announce(self) -> int:
-        """Make, publish and serve a new offer for each service we serve, and renew their
-        DHT records. Nothing is announced without services, a bonded stake or an address
-        (an offer without a stake is not an offer).
+        """Make, publish and serve a new offer for each service we serve (their DHT records
+        are `_provide_loop`'s, which this wakes). Nothing is announced without services, a
+        bonded stake or an address (an offer without a stake is not an offer).
 
         Returns:
             The number of offers published.
@@ -376,10 +411,7 @@ class Discovery:
                 published += 1
             except P2payError as exc:
                 log.warning("discovery: cannot publish the offer of %r: %s", name, exc)
-            try:
-                await self.net.provide(self.ledger_id, name)
-            except P2payError as exc:
-                log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+        self._provide_due.set()  # a new service gets its DHT record at once
         self.announced += published
         return published
 
@@ -485,13 +517,14 @@ class Discovery:
                 await self._rejoin()
         if self.unjoined:
             raise self._not_joined()
+        fetched: set[str] = set()  # the DHT's providers fetched in this find (once each)
         while True:
             # a lookup, then (while nothing was found) gossip for a while, then again: a
             # provider that joined a moment ago may not have put its record yet. Offers
             # found outside the terms end the wait too: the lookup asked everyone it could
             self._arrived = trio.Event()
             with trio.move_on_at(deadline):
-                await self._lookup(service)
+                await self._lookup(service, fetched)
             found = self.live(service, max_price=max_price, min_stake=min_stake)
             if found or self._live(service, self.host.now(), None, 0):
                 return found
@@ -500,9 +533,11 @@ class Discovery:
             with trio.move_on_at(min(deadline, trio.current_time() + LOOKUP_RETRY)):
                 await self._arrived.wait()
 
-    async def _lookup(self, service: str) -> None:
-        """Ask the DHT for providers of `service` and fetch each one's offers; ask the
-        bootstrap peers too (they answer with the offers they hold)."""
+    async def _lookup(self, service: str, fetched: set[str]) -> None:
+        """Ask the DHT for providers of `service` and fetch the offers of each one not in
+        `fetched` (then added: a provider record's addresses are its maker's word, so one
+        find dials them once, not at every round); ask the bootstrap peers too (they
+        answer with the offers they hold)."""
         me = str(self.host.peer_id)
         async with trio.open_nursery() as nursery:
             for addr in self.config.bootstrap:
@@ -511,7 +546,8 @@ class Discovery:
                     nursery.start_soon(self._fetch, peer_id, [addr], service)
             providers = await self.net.find_providers(self.ledger_id, service, limit=LOOKUP_LIMIT)
             for peer_id, addrs in providers:
-                if peer_id != me:
+                if peer_id != me and peer_id not in fetched:
+                    fetched.add(peer_id)
                     nursery.start_soon(self._fetch, peer_id, list(addrs), service)
 
     async def _fetch(self, peer_id: str, addrs: list[str], service: str) -> None:
@@ -568,15 +604,14 @@ class Discovery:
                 details={"service": service, "max_price": max_price},
             )
         attempts: list[Attempt] = []
+        seen = [False]  # something the next run should know (a failure, a lie, a new peer)
         try:
-            return await self._try(service, ranked, body, max_price, timeout, deposit, attempts)
+            return await self._try(
+                service, ranked, body, max_price, timeout, deposit, attempts, seen
+            )
         finally:
-            if attempts:  # what was seen of the providers outlives this process
-                self._save_stats()
-
-    def _save_stats(self) -> None:
-        data = encode_peer_stats(self.chooser.entries())
-        self.host.persister.stage(meta={STATS_KEY: data})
+            if seen[0]:  # (a latency change alone is not worth a durable write per call)
+                await self._remember()
 
     async def _try(
         self,
@@ -587,8 +622,10 @@ class Discovery:
         timeout: float | None,
         deposit: int | None,
         attempts: list[Attempt],
+        seen: list[bool],
     ) -> CallResult:
-        """Try the offers in turn (`call_any`), recording each attempt in `attempts`."""
+        """Try the offers in turn (`call_any`), recording each attempt in `attempts` and
+        in `seen[0]` whether it learnt something the next run should know."""
         for offer in ranked[: self.config.max_attempts]:
             started = trio.current_time()
             try:
@@ -605,11 +642,14 @@ class Discovery:
                 if failure.outcome in _FAILURES:  # not a lie (banned) nor our own policy
                     kind = FailureKind(failure.outcome)
                     self.chooser.record_failure(offer.peer, kind, self.host.now())
+                seen[0] = seen[0] or failure.outcome != "skipped"
                 log.info(
                     "call any %r: %s %s: %s", service, offer.peer, prose(failure.outcome), failure
                 )
                 continue
             latency_ms = max(0, int((trio.current_time() - started) * 1000))
+            before = self.chooser.stats(offer.peer)
+            seen[0] = seen[0] or before.consecutive_failures > 0 or before.successes == 0
             self.chooser.record_success(offer.peer, latency_ms, self.host.now())
             attempts.append(Attempt(peer=offer.peer, outcome="ok"))
             ch = self.host.book.payer_channels.get(result.channel)
@@ -626,6 +666,16 @@ class Discovery:
             attempts=tuple(attempts),
             details={"service": service, "max_price": max_price},
         )
+
+    async def _remember(self) -> None:
+        """Keep what was seen of the providers, and the bans, in the store (`STATS_KEY`),
+        durably: the next run (the next `p2pay call any`) ranks them as this one would."""
+        seen = {"stats": self.chooser.snapshot(), "bans": self.book.bans(self.host.now())}
+        data = json.dumps(seen, separators=(",", ":")).encode()
+        try:
+            await self.host.persister.durable(self.host.persister.stage(meta={STATS_KEY: data}))
+        except P2payError as exc:  # the call's outcome stands; only the ranking is lost
+            log.warning("discovery: cannot keep the provider stats: %s", exc)
 
     async def _attempt(
         self, offer: OfferInfo, body: bytes, timeout: float | None, deposit: int | None

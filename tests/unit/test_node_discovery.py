@@ -9,6 +9,7 @@ Every wait is bounded (`trio.fail_after`); the memory network has no latency.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -16,17 +17,13 @@ from typing import Any
 import pytest
 import trio
 
-from p2pay.core import codec
-from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError
+from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import StakeTerms
 from p2pay.core.offers import (
     Chooser,
     FailureKind,
     Offer,
-    PeerStats,
-    decode_peer_stats,
-    encode_peer_stats,
 )
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
@@ -559,7 +556,9 @@ async def test_failures_seen_outlive_the_node_and_the_result_says_what_was_opene
             with trio.fail_after(30):
                 third = await client.call_any("echo", b"hi", max_price=PRICE)
             assert [(a.peer, a.outcome) for a in third.attempts] == [(str(P2.peer_id), "ok")]
-            assert client.discovery.chooser.stats(str(P2.peer_id)).successes == 3
+            # the second call taught nothing new (a success of a known good provider): it
+            # was not written, so the stats read back count the first success only
+            assert client.discovery.chooser.stats(str(P2.peer_id)).successes == 2
 
 
 async def test_unreadable_saved_stats_are_forgotten_not_fatal() -> None:
@@ -568,38 +567,29 @@ async def test_unreadable_saved_stats_are_forgotten_not_fatal() -> None:
     store = MemoryStore()
     await store.write(Batch(meta={STATS_KEY: b"\x01\x02"}))
     async with node(CLIENT, ledger, network, store=store) as client:
-        assert client.discovery is not None and client.discovery.chooser.entries() == []
+        assert client.discovery is not None and client.discovery.chooser.snapshot() == []
 
 
-def test_peer_stats_round_trip_and_strict_decoding() -> None:
+def test_peer_stats_and_bans_round_trip_and_damage_is_ignored() -> None:
     chooser = Chooser(max_peers=3)
     chooser.record_failure("a", FailureKind.UNREACHABLE, 10)
     chooser.record_success("b", 40, 11)
     chooser.record_failure("c", FailureKind.TIMED_OUT, 12)
-    data = encode_peer_stats(chooser.entries())
-    back = decode_peer_stats(data)
-    assert back == chooser.entries() and [p for p, _ in back] == ["a", "b", "c"]
-    # loaded stats are older than what was recorded since; the cap keeps the newest
     other = Chooser(max_peers=3)
-    other.record_success("d", 5, 20)
-    other.load(back)
-    assert [p for p, _ in other.entries()] == ["b", "c", "d"]
+    assert other.restore(json.loads(json.dumps(chooser.snapshot()))) == 3
+    assert other.snapshot() == chooser.snapshot()
     assert other.stats("c").last_failure is FailureKind.TIMED_OUT
     assert other.stats("c").last_failure_ms == 12
     good = ["a", 1, 0, 0, None, 0, None, 0]
-    assert decode_peer_stats(codec.encode([1, [good]])) == [("a", PeerStats(1))]
     for bad in (
-        codec.encode([2, [good]]),
-        codec.encode([1, [good[:7]]]),
-        codec.encode([1, [["a", -1, *good[2:]]]]),
-        codec.encode([1, [[*good[:6], "lost", 0]]]),
-        codec.encode([1, [["", *good[1:]]]]),
-        codec.encode([1, [[*good[:7], None]]]),
+        [good[:7]],
+        [["a", -1, *good[2:]]],
+        [[*good[:6], "lost", 0]],
+        [[*good[:7], None]],
+        "not a list",
     ):
-        with pytest.raises(DecodeError):
-            decode_peer_stats(bad)
-    with pytest.raises(DecodeError):
-        decode_peer_stats(codec.encode([1, [good] * 3]), max_peers=2)
+        assert Chooser().restore(bad) == 0
+    assert Chooser().restore([good]) == 1
 
 
 class Silent(Behaviour):
