@@ -41,7 +41,7 @@ def test_find_shows_the_offers_address_as_it_is(
 ) -> None:
     offer = OfferInfo(peer=PEER, account=b"\x01" * 32, service="echo", price=1, max_body=1024,
                       stake=1, penalty=1, claim_window_ms=1000, addrs=(ADDR,), seq=1,
-                      expires=2**40, age_ms=5)  # fmt: skip
+                      expires=2**40, expires_in_ms=60_000, seen_ms_ago=5)  # fmt: skip
 
     async def find(self: Node, service: str, **kw: Any) -> list[OfferInfo]:
         return [offer]
