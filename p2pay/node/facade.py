@@ -21,6 +21,7 @@ from p2pay.core.errors import (
     AmountError,
     ErrorCode,
     LocalProtocolError,
+    P2payError,
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
@@ -56,6 +57,7 @@ from p2pay.node.types import (
     OfferInfo,
     PeerUnreachable,
     TermsRefused,
+    WrongPeer,
     split_peer,
 )
 from p2pay.node.watcher import Watcher, claim_infos
@@ -204,7 +206,8 @@ class Node:
 
         Raises:
             NoKnownAddress: a bare PeerID with no known address.
-            WrongPeer, PeerUnreachable: from the last address tried.
+            WrongPeer, PeerUnreachable: for a multiaddr, why it failed; for a bare PeerID,
+                every known address tried and why, and to give the full multiaddr once.
             RemoteProtocolError: the peer refused the hello (e.g. WrongLedger, Overloaded).
         """
         peer_id, addr = split_peer(peer)
@@ -213,20 +216,21 @@ class Node:
         candidates = [addr] if addr is not None else self.addresses.addrs(peer_id)
         if not candidates:
             return await self._connection(peer_id)  # NoKnownAddress unless the transport knows
-        error: PeerUnreachable | None = None
+        errors: list[PeerUnreachable] = []
         for candidate in candidates:
             fresh = not self._connected(peer_id)
             self.transport.add_address(peer_id, candidate)
             try:
                 conn = await self._connection(peer_id)
             except PeerUnreachable as exc:  # WrongPeer too: try the next address
-                error = exc
+                errors.append(exc)
                 continue
             if fresh:
                 self._learn(peer_id, candidate)
             return conn
-        assert error is not None
-        raise error
+        if addr is not None:
+            raise errors[-1]
+        raise _unreachable_bare(peer_id, errors)
 
     async def refresh_peer_stake(self, account: bytes) -> Stake | None:
         """Read a provider's stake from the ledger (claims.md C-9) and cache it."""
@@ -287,7 +291,19 @@ class Node:
 
     async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None:
         """Re-send a paid request left unanswered and wait for the stored answer (see
-        `Client.redeliver`)."""
+        `Client.redeliver`).
+
+        With no connection to the payee, it is dialled first at its addresses in the
+        address book (19.2 rule 4), so that a watcher started on a home after the call
+        (a new process: the transport knows no address yet) re-sends before it claims.
+        """
+        peer_id = self.peer_of(record.payee)
+        if not self._connected(peer_id) and self.addresses.addrs(peer_id):
+            with trio.move_on_after(timeout):
+                try:
+                    await self._reach(peer_id)
+                except (P2payError, OSError) as exc:  # claimable: the watcher decides
+                    log.info("cannot re-send n=%d to %s: %s", record.n, peer_id, exc)
         return await self.client.redeliver(record, timeout=timeout)
 
     # -- identity
@@ -826,6 +842,21 @@ async def open_node(
         if body_error is not None and _only(group, body_error):
             raise body_error from None
         raise
+
+
+def _unreachable_bare(peer_id: str, errors: list[PeerUnreachable]) -> PeerUnreachable:
+    """The error for a bare PeerID none of whose known addresses answered: every address
+    tried and why (most recent first), and what to do (19.2 rule 4: give its full multiaddr
+    once, e.g. after it moved). WrongPeer if another identity answered at each of them."""
+    prefix = f"cannot reach {peer_id} "
+    tried = "; ".join(e.message.removeprefix(prefix) for e in errors)
+    cls = WrongPeer if all(isinstance(e, WrongPeer) for e in errors) else PeerUnreachable
+    lead = "" if cls is WrongPeer else prefix
+    return cls(
+        f"{lead}{tried}: if it moved, give its full multiaddr once "
+        f"(/ip4/HOST/tcp/PORT/p2p/{peer_id})",
+        details={**errors[-1].details, "peer": peer_id},
+    )
 
 
 def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:

@@ -827,10 +827,12 @@ class Watcher:
         """Re-send an unanswered paid request; claim it if that fails (one task each)."""
         node = self.node
         try:
+            log.info("re-sending n=%d (deadline passed, unanswered) before a claim", record.n)
             answer = await node.redeliver(record, timeout=node.config.redeliver_timeout)
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
                 return
+            log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
             if stake is None or stake.amount == 0:
                 node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
