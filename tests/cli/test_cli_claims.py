@@ -235,3 +235,44 @@ def test_the_client_watcher_re_sends_before_it_claims(
     (ch,) = c.js("--home", "c", "channel", "list")["channels"]
     assert ch["spent"] == "0"  # nothing charged for the late answer
     assert p2pay("--home", "c", "claims", "list", cwd=d).stdout == "no claims\n"
+
+
+@pytest.mark.slow
+def test_conformance_from_a_client_home_raises_no_alarm_in_its_watcher(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """claims.md 6: `p2pay conformance` pays with the home's key on a channel of its own,
+    outside the home's store; the honest provider redeems those vouchers. The home's
+    watcher then adopts the channel from the ledger and must not take that redeem for a
+    payee taking more than its receipts justify (no warning, no refund claim)."""
+    import time
+
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "30s")
+    provider = Node(d, "p", "--listen", "/ip4/127.0.0.1/tcp/0", "--service", f"echo={PRICE}",
+                    "--min-challenge", "1s")  # fmt: skip
+    nodes.append(provider)
+    proc = p2pay("--home", "c", "conformance", provider.addr, "--case", "paid.", "--timeout",
+                 "10", cwd=d)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS  paid." in proc.stdout and " 0 failed" in proc.stdout
+    # the run started its channels' close: the provider's watcher redeems what it charged
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chans = c.js("--home", "c", "channel", "list")["channels"]
+        if any(int(ch["redeemed"]) > 0 for ch in chans):
+            break
+        time.sleep(0.5)
+    assert any(int(ch["redeemed"]) > 0 for ch in chans), chans
+    watcher = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")
+    nodes.append(watcher)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "not checked" not in watcher.log.read_text():
+        time.sleep(0.5)
+    assert watcher.stop() == 0
+    assert "more than our receipts justify" not in watcher.stderr, watcher.stderr
+    assert "level=warning" not in watcher.stderr, watcher.stderr
+    assert "not checked" in watcher.stderr  # said once, as information
+    assert c.js("--home", "c", "claims", "list")["claims"] == []
