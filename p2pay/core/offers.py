@@ -74,6 +74,7 @@ from p2pay.core.signing import Signer
 
 __all__ = [
     "DOMAIN_OFFER",
+    "FAILURE_FORGET_MS",
     "FAILURE_SKIP_MS",
     "FETCH_PROTOCOL_ID",
     "FETCH_TIMEOUT_MS",
@@ -1045,6 +1046,7 @@ class OfferBook:
 # Choosing a provider (specs/discovery.md 8)
 
 FAILURE_SKIP_MS = 300_000
+FAILURE_FORGET_MS = 600_000
 MAX_CONSECUTIVE_FAILURES = 3
 
 
@@ -1068,16 +1070,19 @@ class PeerStats:
     latency_ms: int | None = None
     skip_until_ms: int = 0
     last_failure: FailureKind | None = None
+    last_failure_ms: int = 0
 
 
 _Ranked = TypeVar("_Ranked", Offer, KeptOffer)
 
 
 class Chooser:
-    """Ranks offers by failures, price, stake, latency and PeerID (specs/discovery.md 8),
-    deterministically, from what the client saw of each provider.
+    """Ranks offers by recent failures, price, stake, latency and a tie-break salted with
+    the client's own PeerID (specs/discovery.md 8), deterministically, from what the
+    client saw of each provider.
 
     Args:
+        client: the choosing client's PeerID text (the tie-break's salt).
         max_failures: consecutive failures after which a peer is skipped.
         skip_ms: how long it is skipped after each failure from then on.
         max_peers: peers whose stats are kept (the least recently updated are forgotten).
@@ -1086,6 +1091,7 @@ class Chooser:
     def __init__(
         self,
         *,
+        client: str = "",
         max_failures: int = MAX_CONSECUTIVE_FAILURES,
         skip_ms: int = FAILURE_SKIP_MS,
         max_peers: int = MAX_OFFERS,
@@ -1094,6 +1100,8 @@ class Chooser:
             _check_uint(value, name, MAX_U64, False)
             _check(value >= 1, f"{name} is at least 1", False)
         _check_uint(skip_ms, "skip_ms", MAX_U64, False)
+        _check(isinstance(client, str), "client is a PeerID text", False)
+        self.client = client.encode()
         self.max_failures = max_failures
         self.skip_ms = skip_ms
         self.max_peers = max_peers
@@ -1111,6 +1119,7 @@ class Chooser:
             seen.latency_ms,
             seen.skip_until_ms,
             seen.last_failure,
+            seen.last_failure_ms,
         )
 
     def _entry(self, peer: str) -> PeerStats:
@@ -1147,6 +1156,7 @@ class Chooser:
         seen.failures += 1
         seen.consecutive_failures += 1
         seen.last_failure = kind
+        seen.last_failure_ms = now
         if seen.consecutive_failures >= self.max_failures:
             seen.skip_until_ms = now + self.skip_ms
 
@@ -1159,16 +1169,17 @@ class Chooser:
         """`offers` best first, without those of skipped peers. Deterministic: the same
         offers and stats give the same order whatever the input order."""
 
-        def key(item: _Ranked) -> tuple[int, int, int, int, str]:
+        def key(item: _Ranked) -> tuple[int, int, int, int, bytes]:
             offer = item.offer if isinstance(item, KeptOffer) else item
             peer = offer.peer_id
             seen = self._stats.get(peer)
+            recent = seen is not None and now - seen.last_failure_ms < FAILURE_FORGET_MS
             return (
-                0 if seen is None else seen.consecutive_failures,
+                seen.consecutive_failures if seen is not None and recent else 0,
                 offer.price,
                 -offer.stake.amount,
                 0 if seen is None or seen.latency_ms is None else seen.latency_ms,
-                peer,
+                hashlib.sha256(self.client + peer.encode()).digest(),
             )
 
         kept = [

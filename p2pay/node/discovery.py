@@ -193,7 +193,7 @@ class Discovery:
         self.config = config
         self.ledger_id = host.ledger.ledger_id
         self.book = OfferBook(self.ledger_id)
-        self.chooser = Chooser()
+        self.chooser = Chooser(client=str(host.peer_id))
         #: our latest encoded offers, by service name (what the fetch protocol answers)
         self._mine: dict[str, bytes] = {}
         self._seq = 0

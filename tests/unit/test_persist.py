@@ -214,3 +214,39 @@ async def test_the_flusher_does_not_wait_for_runnable_tasks_that_stage_nothing()
     # The flusher's wake-up, two gathering passes, the store's write: 4 to 6 spins
     # measured; waiting all GATHER_TICKS = 8 passes (the rule before) measured 9.
     assert passes < GATHER_TICKS, passes
+
+
+async def test_a_snapshot_is_built_when_its_generation_is_committed() -> None:
+    """A staged snapshot writes the channel's state at the end of its generation (what the
+    last change would have staged), once per commit however many changes staged it; for
+    one channel the later of a record and a snapshot wins."""
+    from p2pay.store.conformance import payer_record
+
+    store = RecordingStore()
+    persister = Persister(store)
+    state = {"spent": 1}
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(state["spent"])
+        return payer_record(1, paid=10, spent=state["spent"])
+
+    key = payer_record(1).channel
+    for spent in (2, 3, 4):
+        state["spent"] = spent
+        generation = persister.stage(payer_snapshot=(key, build))
+    assert built == []  # nothing built while staging
+    await commit(persister, generation)
+    assert built == [4] and store.batches[-1].payer == [payer_record(1, paid=10, spent=4)]
+    # a record staged after a snapshot wins, and a snapshot after a record
+    persister.stage(payer_snapshot=(key, build))
+    generation = persister.stage(payer=payer_record(1, paid=10, spent=9))
+    await commit(persister, generation)
+    assert built == [4] and store.batches[-1].payer == [payer_record(1, paid=10, spent=9)]
+    persister.stage(payer=payer_record(1, paid=10, spent=9))
+    state["spent"] = 5
+    generation = persister.stage(payer_snapshot=(key, build))
+    state["spent"] = 6  # changed after staging, before the commit: the commit writes it
+    await commit(persister, generation)
+    assert built == [4, 6] and store.batches[-1].payer == [payer_record(1, paid=10, spent=6)]
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=6)
