@@ -89,11 +89,13 @@ def test_find_and_pay_runs(tmp_path: Path) -> None:
     assert "\nhello\n" in out.stdout  # the answer of call any
     # the channel list shows the call paid: 1000 yocto spent
     listing = out.stdout.rsplit("\nhello\n", 1)[1].splitlines()
-    header = next(line for line in listing if line.startswith("┃"))
+    # (amount columns in one unit each, named under the column's name: spent in zepto)
+    top, under = [line for line in listing if line.startswith("┃")][:2]
+    heads = zip(top.strip("┃").split("┃"), under.strip("┃").split("┃"), strict=True)
+    columns = [" ".join(f"{a} {b}".split()) for a, b in heads]
     row = next(line for line in listing if "payer" in line)
-    columns = [cell.strip() for cell in header.strip("┃").split("┃")]
     cells = [cell.strip() for cell in row.strip("│").split("│")]
-    assert cells[columns.index("spent")] == "1000"
+    assert cells[columns.index("spent (zepto)")] == "1"  # 1000 yocto
 
 
 def _free_port() -> int:
