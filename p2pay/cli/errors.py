@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pay.cli import render
-from p2pay.cli.render import QUOTE_MAX, quoted
+from p2pay.cli.render import QUOTE_MAX, printable, quoted
 from p2pay.core.amounts import MAX_YOCTO, format_tokens, parse_amount
 from p2pay.core.errors import AmountError
 
@@ -126,8 +126,10 @@ class Failure:
     verbatim: bool = False
 
     def line(self) -> str:
-        """The one line for a person: ``CODE: message``, or the message alone."""
-        text = " ".join(self.message.split())
+        """The one line for a person: ``CODE: message``, or the message alone. A peer's
+        text may be in the message (a refusal's, protocol.md 11-12): every non-printable
+        character is written as an escape (`printable`), never raw to the terminal."""
+        text = printable(" ".join(self.message.split()))
         return f"{self.code}: {text}" if self.show_code else text
 
     def document(self) -> dict[str, Any]:
@@ -283,13 +285,12 @@ def _no_offer(match: re.Match[str], details: dict[str, Any]) -> str:
     most = int(match.group("max"))
     details["max_price"] = most
     text = (
-        f"no live offer of {match.group('service')} at or below --max-price "
-        f"{render.amount_text(most)}"
+        f"no offer of {match.group('service')} at or below --max-price {render.amount_text(most)}"
     )
     if match.group("stake") is not None:
         details["min_stake"] = int(match.group("stake"))
         text += f" with a stake of at least {render.amount_text(details['min_stake'])}"
-    return text + " (p2pay find lists the offers seen)"
+    return f"{text}; {match.group('left')} (p2pay find lists the offers)"
 
 
 _Rewrite = Callable[[re.Match[str], dict[str, Any]], "str | None"]
@@ -335,8 +336,8 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     ),
     (
         re.compile(
-            r"no live offer of (?P<service>'.*') at or below (?P<max>\d+) yocto a call"
-            r"(?: with a stake of at least (?P<stake>\d+) yocto)?"
+            r"no offer of (?P<service>'.*') at or below (?P<max>\d+) yocto"
+            r"(?: with a stake of at least (?P<stake>\d+) yocto)?; (?P<left>.*)"
         ),
         _no_offer,
     ),

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2pay.core.amounts import UNITS, format_tokens
@@ -149,6 +150,15 @@ def short(data: bytes | str, keep: int = 8) -> str:
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character (ESC and the other C0 and C1 controls,
+    DEL, format characters) written as a Python-style escape (``\\x1b``, ``\\u200e``), so
+    that text from a peer cannot drive the terminal it is shown on (protocol.md 11)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def table(
     title: str | None,
     columns: Sequence[str],
@@ -180,7 +190,9 @@ def table(
             elif isinstance(cell, bytes):
                 cells.append(short(cell))
             else:
-                cells.append("" if cell is None else str(cell))
+                # a cell may be a peer's text (an offer's address): text, never markup
+                # (specs/discovery.md 4; a `[link=...]` became a terminal hyperlink)
+                cells.append("" if cell is None else escape(printable(str(cell))))
         t.add_row(*cells)
     return t
 

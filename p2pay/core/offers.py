@@ -88,6 +88,7 @@ __all__ = [
     "MAX_OFFER_ADDRS",
     "MAX_OFFER_LIFETIME_MS",
     "MAX_OFFER_SIZE",
+    "MAX_REMEMBERED_PEERS",
     "MAX_SERVICES_PER_PEER",
     "OFFERS_PER_MINUTE",
     "OFFER_BURST",
@@ -803,8 +804,12 @@ class OfferBook:
 
     def encoded(self, service: str, *, now_ms: int, limit: int = MAX_FETCH_OFFERS) -> list[bytes]:
         """The bytes of up to `limit` live verified offers of `service`, as received: what
-        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6)."""
-        return [kept.data for kept in self.live(service, now_ms=now_ms)[:limit]]
+        a peer answers on ``/p2pay/offers/2.0.0`` from its book (specs/discovery.md 6),
+        the largest stake first (then price, PeerID): offers with a token stake cannot
+        crowd the others out of an answer."""
+        kept = self.live(service, now_ms=now_ms)
+        kept.sort(key=lambda k: (-k.offer.stake.amount, k.offer.price, k.offer.peer_id))
+        return [k.data for k in kept[:limit]]
 
     # -- receiving
 
@@ -955,6 +960,43 @@ class OfferBook:
 
     # -- the truth: the ledger, the hello, the price charged
 
+    def bans(self, now_ms: int, limit: int = 1_000) -> list[list[Any]]:
+        """The bans in force at `now_ms`, at most `limit` (those ending last), as
+        ``[peer, until]`` pairs (Unix ms) that `restore_bans` takes back: a client that runs
+        as short processes keeps them in its store (specs/discovery.md 7.5)."""
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        _check_uint(limit, "limit", MAX_U64, False)
+        live = sorted(
+            ((until, peer) for peer, until in self._bans.items() if until > now_ms), reverse=True
+        )
+        return [[peer, until] for until, peer in live[:limit]]
+
+    def restore_bans(self, entries: object, now_ms: int) -> int:
+        """Take back what `bans` gave. An entry not of its form, ended, or ending more than
+        `lie_ban_ms` after `now_ms` is ignored (a damaged value bans nobody for longer).
+
+        Returns:
+            How many bans were restored.
+        """
+        _check_uint(now_ms, "now_ms", MAX_U64, False)
+        if not isinstance(entries, list):
+            return 0
+        restored = 0
+        for entry in entries:
+            if len(self._bans) >= self.max_offers:
+                break
+            if not isinstance(entry, list) or len(entry) != 2:
+                continue
+            peer, until = entry
+            if (
+                isinstance(peer, str)
+                and type(until) is int
+                and now_ms < until <= now_ms + self.lie_ban_ms
+            ):
+                self._bans[peer] = max(self._bans.get(peer, 0), until)
+                restored += 1
+        return restored
+
     def stake_checked(self, peer: str, ledger_stake: Stake | None, now_ms: int) -> bool:
         """Report the ledger's stake record of `peer`'s account (None: no record), read
         because a verdict asked for it. Every kept offer of `peer` it covers becomes
@@ -1048,6 +1090,8 @@ class OfferBook:
 FAILURE_SKIP_MS = 300_000
 FAILURE_FORGET_MS = 600_000
 MAX_CONSECUTIVE_FAILURES = 3
+#: peers whose stats a client keeps across its runs (`Chooser.snapshot`)
+MAX_REMEMBERED_PEERS = 1_000
 
 
 class FailureKind(enum.StrEnum):
@@ -1159,6 +1203,58 @@ class Chooser:
         seen.last_failure_ms = now
         if seen.consecutive_failures >= self.max_failures:
             seen.skip_until_ms = now + self.skip_ms
+
+    def snapshot(self, limit: int = MAX_REMEMBERED_PEERS) -> list[list[Any]]:
+        """What was seen of the `limit` most recently updated peers, as plain values (a
+        JSON array of arrays) that `restore` takes back: a client that runs as short
+        processes (a command line) keeps it in its store, so that the providers that
+        failed it are not tried first again at its next run (specs/discovery.md 8)."""
+        _check_uint(limit, "limit", MAX_U64, False)
+        entries = list(self._stats.items())[-limit:] if limit else []
+        return [
+            [
+                peer,
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                None if seen.last_failure is None else seen.last_failure.value,
+                seen.last_failure_ms,
+            ]
+            for peer, seen in entries
+        ]
+
+    def restore(self, entries: object) -> int:
+        """Take back what `snapshot` gave (entries not of its form are ignored: the store
+        is ours, but an old or damaged value must not stop a call).
+
+        Returns:
+            How many peers were restored.
+        """
+        restored = 0
+        if not isinstance(entries, list):
+            return 0
+        for entry in entries[-self.max_peers :]:
+            if not isinstance(entry, list) or len(entry) != 8:
+                continue
+            peer, successes, failures, consecutive, latency, skip_until, last, last_ms = entry
+            counts = (successes, failures, consecutive, skip_until, last_ms)
+            if (
+                not isinstance(peer, str)
+                or not all(type(c) is int and 0 <= c <= MAX_U64 for c in counts)
+                or not (latency is None or (type(latency) is int and 0 <= latency <= MAX_U64))
+                or last not in (None, *(k.value for k in FailureKind))
+            ):
+                continue
+            seen = self._entry(peer)
+            seen.successes, seen.failures = successes, failures
+            seen.consecutive_failures, seen.latency_ms = consecutive, latency
+            seen.skip_until_ms = skip_until
+            seen.last_failure = None if last is None else FailureKind(last)
+            seen.last_failure_ms = last_ms
+            restored += 1
+        return restored
 
     def skipped(self, peer: str, now: int) -> bool:
         """True if `peer` is skipped at `now` (too many consecutive failures)."""

@@ -55,6 +55,13 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
   (10 messages per second per forwarding peer and topic, applied to our *own*
   publications too, which would stop a provider announcing more than 10 services at
   once) is switched off in favour of these.
+* **Control messages.** py-libp2p's router keeps state per topic a control entry names
+  (a back-off per (topic, peer) for a PRUNE, which nothing sweeps; an IHAVE rate list per
+  (peer, topic)) and answers a GRAFT for an unknown topic with a PRUNE, and nothing limits
+  control entries: 12 RPCs of 1 MiB, each ~20,000 PRUNEs for junk topics, grew a
+  bootstrap node by ~270 MB for good (measured, issue 17 attack). `_GuardedGossipSub`
+  keeps only the entries naming a topic we are in, at most `MAX_CONTROL_ENTRIES` of
+  each kind per RPC, and caps a PRUNE's back-off at `MAX_PRUNE_BACKOFF`.
 * **Subscriptions.** py-libp2p's subscription queue holds 32 messages and drops the
   rest; a task moves them at once into our channels (`SUBSCRIPTION_QUEUE` each), which
   drop (and count) when the reader falls behind.
@@ -74,12 +81,17 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
 * **Kademlia server.** py-libp2p serves at most 12 inbound Kademlia streams at once
   (resetting the rest) and waits on each without a deadline: 12 idle streams from one
   peer shut the DHT server for everyone. Each inbound stream gets `KAD_STREAM_TIMEOUT`
-  and a peer at most `KAD_STREAMS_PER_PEER` at once. py-libp2p also accepts only 10
+  and a peer at most `KAD_STREAMS_PER_PEER` at once; when the 12 are taken, a new
+  stream displaces the one held longest (6 free identities holding 2 idle streams each
+  shut the server for everyone: measured, issue 17 attack). py-libp2p also accepts only 10
   ADD_PROVIDER per peer per 10 s, fewer than one provider's services; raised to
   `PROVIDER_RATE_MAX`. (Its "Failed to read DHT message" warning on a peer's clean
   close of a stream is logged at debug level instead.)
-* **Fetch server.** At most `MAX_INBOUND_FETCHES` answered at once (further streams are
-  reset); a request must arrive whole within `FETCH_TIMEOUT`.
+* **Fetch server.** At most `MAX_FETCHES_PER_PEER` streams of one peer at once (further
+  ones are reset) and `MAX_INBOUND_FETCHES` waiting for their request in all: a new stream
+  displaces the one that waited longest (one peer holding 64 idle streams locked
+  everyone out: measured, issue 17 attack); a request must arrive whole within
+  `FETCH_TIMEOUT`.
 * **Connections made before discovery.** py-libp2p's pubsub learns of peers from
   connection events only: a peer connected before `open_libp2p_discovery` would never
   be gossiped with. Each connected peer is handed to pubsub when discovery opens.
@@ -90,6 +102,7 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -161,6 +174,10 @@ the core's per-peer limit (30 per minute)."""
 ORIGIN_BURST = 120.0
 MAX_BUCKETS = 10_000
 """Peers whose token buckets are remembered (per kind); the least recently used go."""
+MAX_CONTROL_ENTRIES = 64
+"""Gossipsub control entries of one kind (IHAVE, GRAFT, PRUNE, ...) taken from one RPC."""
+MAX_PRUNE_BACKOFF = 3600
+"""Longest back-off, in seconds, a peer's PRUNE may ask for."""
 MAX_SEEN = 50_000
 """Gossip message ids remembered to drop duplicates (py-libp2p keeps them 2 minutes)."""
 MAX_PROVIDER_RECORDS = 20_000
@@ -168,7 +185,9 @@ MAX_PROVIDER_RECORDS = 20_000
 MAX_PROVIDER_ADDRS = 8
 MAX_ADDR_BYTES = 256
 MAX_INBOUND_FETCHES = 64
-"""Fetch requests answered at once; further streams are reset."""
+"""Fetch streams waiting for their request at once; a new one displaces the oldest."""
+MAX_FETCHES_PER_PEER = 4
+"""Fetch streams of one peer served at once; further ones are reset (specs/discovery.md 6)."""
 FIND_TIMEOUT = 20.0
 """Upper bound on one `find_providers` (DHT lookup)."""
 PROVIDE_TIMEOUT = 30.0
@@ -284,6 +303,36 @@ class _GuardedPubsub(Pubsub):
         return self.origins.take(bytes(msg.from_id), now)
 
 
+class _GuardedGossipSub(GossipSub):
+    """py-libp2p's GossipSub that takes from a peer's RPC only the control entries naming
+    a topic we are in, at most `MAX_CONTROL_ENTRIES` of each kind, with a PRUNE's back-off
+    at most `MAX_PRUNE_BACKOFF` (see the module docstring)."""
+
+    dropped_control = 0
+
+    async def handle_rpc(self, rpc: rpc_pb2.RPC, sender_peer_id: ID) -> None:
+        if rpc.HasField("control"):
+            ours = set(self.pubsub.topic_ids) if self.pubsub is not None else set()
+            control = rpc.control
+            for kind in ("ihave", "graft", "prune", "observe", "unobserve"):
+                entries = getattr(control, kind, None)
+                if entries is None or not len(entries):
+                    continue
+                keep: list[Any] = []
+                for entry in entries:
+                    if entry.topicID in ours and len(keep) < MAX_CONTROL_ENTRIES:
+                        copy = type(entry)()
+                        copy.CopyFrom(entry)
+                        keep.append(copy)
+                if len(keep) != len(entries):
+                    self.dropped_control += len(entries) - len(keep)
+                    del entries[:]
+                    entries.extend(keep)
+            for prune in control.prune:
+                prune.backoff = min(prune.backoff, MAX_PRUNE_BACKOFF)
+        await super().handle_rpc(rpc, sender_peer_id)
+
+
 def _guarded(
     handler: Callable[[INetStream], Awaitable[None]], name: str
 ) -> Callable[[INetStream], Awaitable[None]]:
@@ -307,12 +356,26 @@ def _guarded(
 
 
 class _KadGuard:
-    """Bounds on inbound Kademlia streams (see the module docstring)."""
+    """Bounds on inbound Kademlia streams (see the module docstring): `KAD_STREAM_TIMEOUT`
+    each, `KAD_STREAMS_PER_PEER` per peer, and when py-libp2p's inbound slots (`limiter`)
+    are all taken, a new stream displaces the one held longest."""
 
-    def __init__(self, handler: Callable[[INetStream], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        handler: Callable[[INetStream], Awaitable[None]],
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
         self.handler = handler
+        self.limiter = limiter
         self.per_peer: dict[ID, int] = {}
+        #: the streams being served, oldest first (each one's cancel scope)
+        self.active: OrderedDict[object, trio.CancelScope] = OrderedDict()
         self.refused = 0
+        self.displaced = 0
+
+    def _full(self) -> bool:
+        limiter = self.limiter
+        return limiter is not None and limiter.borrowed_tokens >= limiter.total_tokens
 
     async def __call__(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
@@ -320,13 +383,27 @@ class _KadGuard:
             self.refused += 1
             await _reset(stream)
             return
+        if self._full() and self.active:
+            # Idle streams must not shut the server: the one held longest gives way (an
+            # honest request takes milliseconds). Its handler leaves py-libp2p's limiter
+            # at its next checkpoint.
+            _, oldest = self.active.popitem(last=False)
+            oldest.cancel()
+            self.displaced += 1
+            with trio.move_on_after(1.0):
+                while self._full():
+                    await trio.sleep(0.005)
         self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
+        token = object()
+        scope = trio.CancelScope(deadline=trio.current_time() + KAD_STREAM_TIMEOUT)
+        self.active[token] = scope
         try:
-            with trio.move_on_after(KAD_STREAM_TIMEOUT) as scope:
+            with scope:
                 await self.handler(stream)
             if scope.cancelled_caught:
                 await _reset(stream)
         finally:
+            self.active.pop(token, None)
             left = self.per_peer.pop(peer, 1) - 1
             if left > 0:
                 self.per_peer[peer] = left
@@ -414,6 +491,9 @@ class Libp2pDiscovery:
         self._source: OfferSource | None = None
         self._subs: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = {}
         self._inbound_fetches = 0
+        self._fetches_of: dict[str, int] = {}  # fetch streams being served, per peer
+        #: fetch streams still waiting for their request, oldest first
+        self._fetch_waiting: OrderedDict[object, trio.CancelScope] = OrderedDict()
         self._kad_guard: _KadGuard | None = None
         self._dropped = 0
         self._running = True
@@ -425,7 +505,8 @@ class Libp2pDiscovery:
     @property
     def dropped(self) -> int:
         refused = self._kad_guard.refused if self._kad_guard is not None else 0
-        return self._dropped + self._pubsub.dropped + refused
+        control = getattr(self._gossipsub, "dropped_control", 0)
+        return self._dropped + self._pubsub.dropped + refused + control
 
     @property
     def pubsub(self) -> Pubsub:
@@ -515,8 +596,15 @@ class Libp2pDiscovery:
                 logger.info("providing %s failed: %s", service, exc)
         if not ok:
             # Recorded locally at least (we answer lookups that reach us); the DHT
-            # republishes it, and the node provides again at its next announcement.
-            logger.info("no DHT peer took our provider record for %r yet", service)
+            # republishes it, and the node provides again at its next announcement. A
+            # node that knows no DHT peer (no bootstrap peer, nobody joined through it)
+            # has nobody to give it to: nothing to report then.
+            alone = self._dht.get_routing_table_size() == 0
+            logger.log(
+                logging.DEBUG if alone else logging.INFO,
+                "no DHT peer took our provider record for %r yet",
+                service,
+            )
 
     async def find_providers(
         self, ledger: bytes, service: str, *, limit: int = 20
@@ -642,16 +730,30 @@ class Libp2pDiscovery:
         self._source = source
 
     async def _on_fetch(self, stream: INetStream) -> None:
-        """py-libp2p's handler for ``/p2pay/offers/2.0.0``; never raises."""
-        if self._inbound_fetches >= MAX_INBOUND_FETCHES or not self._running:
+        """py-libp2p's handler for ``/p2pay/offers/2.0.0``; never raises. At most
+        `MAX_FETCHES_PER_PEER` streams of one peer at once; when `MAX_INBOUND_FETCHES`
+        wait for their request, a new stream displaces the one that waited longest
+        (specs/discovery.md 6: idle streams cannot lock the offers away)."""
+        peer = _remote(stream)
+        if not self._running or self._fetches_of.get(peer, 0) >= MAX_FETCHES_PER_PEER:
+            self._dropped += 1
             await _reset(stream)
             return
+        if len(self._fetch_waiting) >= MAX_INBOUND_FETCHES:
+            _, oldest = self._fetch_waiting.popitem(last=False)
+            oldest.cancel()  # its task resets its stream
+            self._dropped += 1
+        token = object()
+        scope = trio.CancelScope(deadline=trio.current_time() + FETCH_TIMEOUT)
+        self._fetch_waiting[token] = scope
+        self._fetches_of[peer] = self._fetches_of.get(peer, 0) + 1
         self._inbound_fetches += 1
         try:
             answered = False
-            with trio.move_on_after(FETCH_TIMEOUT):
+            with scope:
                 reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
                 asked = decode_fetch_request(await reader.next())
+                self._fetch_waiting.pop(token, None)  # its request came: not displaced
                 ledger, service = asked.ledger, asked.service
                 source = self._source
                 offers = _trim(source(ledger, service)) if source is not None else []
@@ -661,26 +763,32 @@ class Libp2pDiscovery:
                 with trio.move_on_after(1.0):
                     await stream.close()
         except Exception as exc:  # nothing may escape to py-libp2p
-            logger.info("offer fetch from %s failed: %s", _remote(stream), exc)
+            logger.info("offer fetch from %s failed: %s", peer, exc)
         finally:
+            self._fetch_waiting.pop(token, None)
             self._inbound_fetches -= 1
+            left = self._fetches_of.pop(peer, 1) - 1
+            if left > 0:
+                self._fetches_of[peer] = left
             await _reset(stream)
 
     # --- bootstrap ----------------------------------------------------------------
 
-    async def bootstrap(self, addrs: Sequence[str]) -> None:
+    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
         peers: list[tuple[str, str]] = []
         for addr in addrs:
             _, peer_id = split_p2p(addr)
             peers.append((peer_id, addr))
         joined = 0
+        failed: dict[str, str] = {}
         for peer_id, addr in peers:
             if peer_id == self.peer_id:
                 continue
             try:
                 await self._transport.dial(peer_id, [addr], timeout=BOOTSTRAP_TIMEOUT)
             except (ConnectError, LocalProtocolError) as exc:
-                logger.warning("bootstrap peer %s not reached: %s", addr, exc)
+                failed[addr] = dial_reason(exc.message or str(exc), peer_id)
+                logger.debug("bootstrap peer %s not reached: %s", addr, failed[addr])
                 continue
             pid = ID.from_base58(peer_id)
             try:
@@ -688,7 +796,7 @@ class Libp2pDiscovery:
                     PeerInfo(pid, [Multiaddr(split_p2p(addr)[0])]),
                     skip_server_mode_check=True,
                 )
-            except Exception as exc:
+            except Exception as exc:  # reached (gossip and fetch work), not in the DHT
                 logger.warning("bootstrap peer %s not added to the DHT: %s", addr, exc)
                 continue
             joined += bool(added)
@@ -698,6 +806,25 @@ class Libp2pDiscovery:
                     await self._dht.refresh_routing_table()
                 except Exception as exc:
                     logger.info("DHT refresh failed: %s", exc)
+        return failed
+
+
+#: what a dial error repeats that its reader already knows: "cannot reach <PeerID>" and
+#: its address (given once by whoever reports it), and py-libp2p's "Error connecting to
+#: ('127.0.0.1', 1): " (the address again, as a Python tuple)
+_DIAL_NOISE = re.compile(
+    r"cannot reach \S+(?: at \S+)?(?:: |(?= within ))|Error connecting to \([^)]*\): "
+)
+
+
+def dial_reason(message: str, peer_id: str) -> str:
+    """Why a dial failed, in a few words: `message` (the transport's error) without the
+    PeerID and address it repeats (``"Connection refused"``, ``"no connection within 10.0
+    s"``)."""
+    text = _DIAL_NOISE.sub("", message).strip()
+    if text.startswith("within "):
+        text = "no connection " + text
+    return text or message
 
 
 def _reader_of(stream: INetStream) -> Callable[[int], Awaitable[bytes]]:
@@ -742,7 +869,7 @@ async def open_libp2p_discovery(
     if not isinstance(transport, Libp2pTransport):
         raise LocalProtocolError("libp2p discovery needs a Libp2pTransport")
     host = transport.host
-    gossipsub = GossipSub(
+    gossipsub = _GuardedGossipSub(
         protocols=_GOSSIP_PROTOCOLS,
         degree=6,
         degree_low=4,
@@ -756,7 +883,7 @@ async def open_libp2p_discovery(
     for protocol in gossipsub.get_protocols():
         host.set_stream_handler(protocol, _guarded(pubsub.stream_handler, "gossipsub"))
     dht._provider_rate_max = PROVIDER_RATE_MAX
-    kad_guard = _KadGuard(dht.handle_stream)
+    kad_guard = _KadGuard(dht.handle_stream, getattr(dht, "_inbound_limiter", None))
     if server:
         host.set_stream_handler(KAD_PROTOCOL_ID, _guarded(kad_guard, "kademlia"))
     body_error: Exception | None = None

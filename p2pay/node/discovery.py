@@ -14,9 +14,12 @@ announce intervals. A ``seq`` is above the last one used, kept in the store
 (`SEQ_KEY`), and at least the current Unix time in ms: the new value is durable before
 any offer carrying it leaves, so a restart never reuses one, even with a clock that went
 back (receivers drop an offer whose seq is not above the last they kept).
-Offers are published on the ledger's topic and a provider record is put in the DHT for
-each service, every interval, and at once when the terms change (a price, the stake, the
-services, the addresses: `changed` wakes the loop, which compares). The latest offers
+Offers are published on the ledger's topic every interval, and at once when the terms
+change (a price, the stake, the services, the addresses: `changed` wakes the loop, which
+compares). A provider record is put in the DHT for each service by a task of its own, for
+a new service at once and then every `PROVIDE_INTERVAL` (10 minutes, specs/discovery.md
+5.2): a DHT walk can take its whole 30 s bound (peers in our routing table that never
+answer), and publishing never waits for one. The latest offers
 answer the fetch protocol (`serve_offers`).
 
 Receiving. Every gossip message and every fetched offer goes to the `OfferBook` (the
@@ -25,8 +28,16 @@ book takes is not relied on before its stake is read from the ledger
 (``ledger.stake_of(account)``) and given to the book (`OfferBook.stake_checked`): a stake
 below the offer's is a lie, and the book drops the peer.
 
+Joining: the node connects to its bootstrap peers; when it reached none (and was given
+some), `find` and `call_any` raise `NotJoined` (UNREACHABLE): an empty answer would say
+"nobody offers it" when nobody was asked. Bootstrap peers not reached are tried again
+at each announce round, and by `find`/`call_any` before they give up, so a node started
+before its bootstrap peer joins once that peer is up.
+
 Finding (`find`): the live offers seen so far, plus a DHT lookup of the service's
-providers and a fetch of each one's offers, all within a bounded wait.
+providers and a fetch of each one's offers, all within a bounded wait (over as soon as
+offers of the service are known, within the terms or not: `unmatched` counts those the
+terms leave out, for the message that says so).
 
 Calling (`call_any`): the live offers within the caller's price and stake, ranked by the
 `Chooser` (failures, price, stake, latency); each is tried in turn, at most
@@ -39,11 +50,15 @@ at most ``max_deposit``; the open contacts the peer and checks its stake on the 
 first), then call with the offer's price as the most to pay: a PAYMENT_REQUIRED above
 the offer's price is a lie too. An unreachable provider, a refusal or a timeout is
 recorded (`Chooser.record_failure`) and the next offer is tried; when none is left the
-call fails with `NoProvider`, naming every attempt.
+call fails with `NoProvider`, naming every attempt. The Chooser's stats and the book's bans
+are saved in the store after a call that learnt something (a failure, a lie, a new peer;
+`STATS_KEY`) and loaded when the node starts, so a short-lived client (one `call any` per
+process) remembers the providers that failed it or lied to it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import replace
@@ -77,8 +92,10 @@ from p2pay.node.types import (
     ConnectionLost,
     DiscoveryConfig,
     NoProvider,
+    NotJoined,
     OfferInfo,
     TermsRefused,
+    Unmatched,
 )
 
 if TYPE_CHECKING:
@@ -99,12 +116,19 @@ log = logging.getLogger("p2pay.node")
 
 #: the store meta key of the last offer sequence number used (decimal text)
 SEQ_KEY = "p2pay.discovery.seq"
+#: the store meta key of what `call_any` saw of each provider and the bans for lies (JSON
+#: ``{"stats": Chooser.snapshot(), "bans": OfferBook.bans()}``): a command line client is a
+#: new process for every call, and must not try first again the providers that just failed
+#: it or lied to it (specs/discovery.md 7.5, 8)
+STATS_KEY = "p2pay.discovery.stats"
 #: providers a DHT lookup asks for at most
 LOOKUP_LIMIT = 20
 #: seconds between DHT lookups while `find` has found nothing
 LOOKUP_RETRY = 1.0
-#: seconds one round of publishing and DHT records may take before it is given up
+#: seconds one round of publishing, or one DHT record, may take before it is given up
 ANNOUNCE_TIMEOUT = 30.0
+#: seconds between two DHT records of one service (specs/discovery.md 5.2: 10 minutes)
+PROVIDE_INTERVAL = 600.0
 _MAX_SEQ = (1 << 64) - 1
 #: the outcomes of an attempt that count as the provider's failure (`Chooser`)
 _FAILURES = frozenset(k.value for k in FailureKind)
@@ -198,16 +222,33 @@ class Discovery:
         self._mine: dict[str, bytes] = {}
         self._seq = 0
         self._changed = trio.Event()
+        self._provide_due = trio.Event()  # set when a service may need its DHT record
+        self._provided: dict[str, float] = {}  # service -> when its record was last put
         self._arrived = trio.Event()
         self._joined = trio.Event()
         self.announced = 0  # offers published (counted)
         self.lies = 0  # lies seen (counted)
+        #: the bootstrap peers not reached when joining: address -> why
+        self.not_reached: dict[str, str] = {}
+        #: whether every bootstrap peer tried (ours but us) failed: not joined
+        self.unjoined = False
 
     # -- running
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the seq counter, serve fetches, receive gossip, join, announce."""
         self._seq = _parse_seq(await self.host.store.get_meta(SEQ_KEY))
+        stored = await self.host.store.get_meta(STATS_KEY)
+        if stored:
+            try:
+                seen = json.loads(stored)
+            except ValueError:  # damaged: forgotten (it only orders the next attempts)
+                seen = None
+            if isinstance(seen, dict):
+                self.chooser.restore(seen.get("stats"))
+                self.book.restore_bans(seen.get("bans"), self.host.now())
+            else:
+                log.warning("discovery: the stored provider stats are damaged: forgotten")
         receive = self.net.subscribe(self.ledger_id)
         self.net.serve_offers(self._serve)
         try:
@@ -216,17 +257,50 @@ class Discovery:
                 nursery.start_soon(self._join)
                 task_status.started()
                 await self._joined.wait()
+                nursery.start_soon(self._provide_loop)
                 await self._announce_loop()
         finally:
             self.net.serve_offers(None)
 
     async def _join(self) -> None:
+        me = str(self.host.peer_id)
+        tried = [a for a in self.config.bootstrap if a.rpartition("/p2p/")[2] != me]
         try:
-            await self.net.bootstrap(list(self.config.bootstrap))
+            self.not_reached = dict(await self.net.bootstrap(list(self.config.bootstrap)))
         except P2payError as exc:
-            log.warning("discovery: cannot join through the bootstrap peers: %s", exc)
+            self.not_reached = {a: exc.message or str(exc) for a in tried}
         finally:
+            self.unjoined = bool(tried) and all(a in self.not_reached for a in tried)
+            # info: `find` and `call any` fail with it (one line); `node run` shows it
+            if self.unjoined:
+                log.info("discovery: %s", self._not_joined().message)
+            else:
+                for addr, why in self.not_reached.items():
+                    log.info("discovery: bootstrap peer %s not reached: %s", addr, why)
             self._joined.set()
+
+    async def _rejoin(self) -> None:
+        """Try again the bootstrap peers not reached so far."""
+        if not self.not_reached:
+            return
+        again = list(self.not_reached)
+        try:
+            still = dict(await self.net.bootstrap(again))
+        except P2payError as exc:
+            still = {a: exc.message or str(exc) for a in again}
+        for addr in again:
+            if addr not in still:
+                log.info("discovery: bootstrap peer %s reached", addr)
+        self.not_reached = still
+        if self.unjoined and len(still) < len(again):
+            self.unjoined = False
+
+    def _not_joined(self) -> NotJoined:
+        tried = "; ".join(f"{addr} ({why})" for addr, why in self.not_reached.items())
+        return NotJoined(
+            f"cannot join the network: no bootstrap peer reached: {tried}",
+            details={"bootstrap": dict(self.not_reached)},
+        )
 
     def changed(self) -> None:
         """Our terms may have changed (a service, a price, the stake): re-announce now if
@@ -246,11 +320,36 @@ class Discovery:
             self.book.expire(self.host.now())  # forget expired offers and ended bans
             terms = self._terms()
             if terms != last or trio.current_time() >= due:
+                if trio.current_time() >= due:
+                    with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                        await self._rejoin()
                 with trio.move_on_after(ANNOUNCE_TIMEOUT):
                     await self.announce()
                 last, due = terms, trio.current_time() + interval
             with trio.move_on_at(due):
                 await self._changed.wait()
+
+    async def _provide_loop(self) -> None:
+        """Put the DHT record of each service we announce: a new one at once, then every
+        `PROVIDE_INTERVAL`; each bounded by `ANNOUNCE_TIMEOUT`, never holding back the
+        offers' publication (`announce`)."""
+        while True:
+            self._provide_due = trio.Event()
+            for name in list(self._mine):
+                last = self._provided.get(name)
+                if last is not None and trio.current_time() - last < PROVIDE_INTERVAL:
+                    continue
+                with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                    try:
+                        await self.net.provide(self.ledger_id, name)
+                    except P2payError as exc:
+                        log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+                self._provided[name] = trio.current_time()
+            for name in [n for n in self._provided if n not in self._mine]:
+                del self._provided[name]  # no longer served: a new record if it comes back
+            due = min(self._provided.values(), default=trio.current_time()) + PROVIDE_INTERVAL
+            with trio.move_on_at(due):
+                await self._provide_due.wait()
 
     def _addrs(self) -> list[str]:
         peer_id = str(self.host.peer_id)
@@ -262,9 +361,9 @@ class Discovery:
         return out[:MAX_OFFER_ADDRS]
 
     async def announce(self) -> int:
-        """Make, publish and serve a new offer for each service we serve, and renew their
-        DHT records. Nothing is announced without services, a bonded stake or an address
-        (an offer without a stake is not an offer).
+        """Make, publish and serve a new offer for each service we serve (their DHT records
+        are `_provide_loop`'s, which this wakes). Nothing is announced without services, a
+        bonded stake or an address (an offer without a stake is not an offer).
 
         Returns:
             The number of offers published.
@@ -312,10 +411,7 @@ class Discovery:
                 published += 1
             except P2payError as exc:
                 log.warning("discovery: cannot publish the offer of %r: %s", name, exc)
-            try:
-                await self.net.provide(self.ledger_id, name)
-            except P2payError as exc:
-                log.warning("discovery: cannot put the DHT record of %r: %s", name, exc)
+        self._provide_due.set()  # a new service gets its DHT record at once
         self.announced += published
         return published
 
@@ -367,6 +463,22 @@ class Discovery:
 
     # -- finding
 
+    def unmatched(
+        self, service: str, *, max_price: int | None = None, min_stake: int = 0
+    ) -> Unmatched:
+        """What the caller's terms leave out of the live verified offers of `service`
+        seen so far (`Unmatched`)."""
+        offers = [k.offer for k in self._live(service, self.host.now(), None, 0)]
+        above = [o.price for o in offers if max_price is not None and o.price > max_price]
+        below = [o.stake.amount for o in offers if o.stake.amount < min_stake]
+        return Unmatched(
+            total=len(offers),
+            above_price=len(above),
+            lowest_price=min(above, default=None),
+            below_stake=len(below),
+            highest_stake=max(below, default=None),
+        )
+
     def live(
         self, service: str, *, max_price: int | None = None, min_stake: int = 0
     ) -> list[OfferInfo]:
@@ -401,21 +513,31 @@ class Discovery:
         deadline = trio.current_time() + wait
         with trio.move_on_at(deadline):
             await self._joined.wait()
+            if self.unjoined:
+                await self._rejoin()
+        if self.unjoined:
+            raise self._not_joined()
+        fetched: set[str] = set()  # the DHT's providers fetched in this find (once each)
         while True:
             # a lookup, then (while nothing was found) gossip for a while, then again: a
-            # provider that joined a moment ago may not have put its record yet
+            # provider that joined a moment ago may not have put its record yet. Offers
+            # found outside the terms end the wait too: the lookup asked everyone it could
             self._arrived = trio.Event()
             with trio.move_on_at(deadline):
-                await self._lookup(service)
+                await self._lookup(service, fetched)
             found = self.live(service, max_price=max_price, min_stake=min_stake)
-            if found or trio.current_time() >= deadline:
+            if found or self._live(service, self.host.now(), None, 0):
+                return found
+            if trio.current_time() >= deadline:
                 return found
             with trio.move_on_at(min(deadline, trio.current_time() + LOOKUP_RETRY)):
                 await self._arrived.wait()
 
-    async def _lookup(self, service: str) -> None:
-        """Ask the DHT for providers of `service` and fetch each one's offers; ask the
-        bootstrap peers too (they answer with the offers they hold)."""
+    async def _lookup(self, service: str, fetched: set[str]) -> None:
+        """Ask the DHT for providers of `service` and fetch the offers of each one not in
+        `fetched` (then added: a provider record's addresses are its maker's word, so one
+        find dials them once, not at every round); ask the bootstrap peers too (they
+        answer with the offers they hold)."""
         me = str(self.host.peer_id)
         async with trio.open_nursery() as nursery:
             for addr in self.config.bootstrap:
@@ -424,7 +546,8 @@ class Discovery:
                     nursery.start_soon(self._fetch, peer_id, [addr], service)
             providers = await self.net.find_providers(self.ledger_id, service, limit=LOOKUP_LIMIT)
             for peer_id, addrs in providers:
-                if peer_id != me:
+                if peer_id != me and peer_id not in fetched:
+                    fetched.add(peer_id)
                     nursery.start_soon(self._fetch, peer_id, list(addrs), service)
 
     async def _fetch(self, peer_id: str, addrs: list[str], service: str) -> None:
@@ -461,10 +584,17 @@ class Discovery:
         now = self.host.now()
         kept = self._live(service, now, max_price, min_stake)
         if not kept:
+            left = self.unmatched(service, max_price=max_price, min_stake=min_stake)
             raise NoProvider(
-                f"no live offer of {service!r} at or below {max_price} yocto a call"
-                + (f" with a stake of at least {min_stake} yocto" if min_stake else ""),
-                details={"service": service, "max_price": max_price, "min_stake": min_stake},
+                none_within(service, left, max_price=max_price, min_stake=min_stake),
+                details={
+                    "service": service,
+                    "max_price": max_price,
+                    "min_stake": min_stake,
+                    "offers": left.total,
+                    "above_price": left.above_price,
+                    "below_stake": left.below_stake,
+                },
             )
         ranked = [_info(k, now) for k in self.chooser.rank(kept, now)]
         if not ranked:
@@ -474,10 +604,32 @@ class Discovery:
                 details={"service": service, "max_price": max_price},
             )
         attempts: list[Attempt] = []
+        seen = [False]  # something the next run should know (a failure, a lie, a new peer)
+        try:
+            return await self._try(
+                service, ranked, body, max_price, timeout, deposit, attempts, seen
+            )
+        finally:
+            if seen[0]:  # (a latency change alone is not worth a durable write per call)
+                await self._remember()
+
+    async def _try(
+        self,
+        service: str,
+        ranked: list[OfferInfo],
+        body: bytes,
+        max_price: int,
+        timeout: float | None,
+        deposit: int | None,
+        attempts: list[Attempt],
+        seen: list[bool],
+    ) -> CallResult:
+        """Try the offers in turn (`call_any`), recording each attempt in `attempts` and
+        in `seen[0]` whether it learnt something the next run should know."""
         for offer in ranked[: self.config.max_attempts]:
             started = trio.current_time()
             try:
-                result = await self._attempt(offer, body, timeout, deposit)
+                result, opened = await self._attempt(offer, body, timeout, deposit)
             except _Failed as failure:
                 attempts.append(
                     Attempt(
@@ -490,23 +642,46 @@ class Discovery:
                 if failure.outcome in _FAILURES:  # not a lie (banned) nor our own policy
                     kind = FailureKind(failure.outcome)
                     self.chooser.record_failure(offer.peer, kind, self.host.now())
-                log.info("call any %r: %s %s: %s", service, offer.peer, failure.outcome, failure)
+                seen[0] = seen[0] or failure.outcome != "skipped"
+                log.info(
+                    "call any %r: %s %s: %s", service, offer.peer, prose(failure.outcome), failure
+                )
                 continue
             latency_ms = max(0, int((trio.current_time() - started) * 1000))
+            before = self.chooser.stats(offer.peer)
+            seen[0] = seen[0] or before.consecutive_failures > 0 or before.successes == 0
             self.chooser.record_success(offer.peer, latency_ms, self.host.now())
             attempts.append(Attempt(peer=offer.peer, outcome="ok"))
-            return replace(result, peer=offer.peer, attempts=tuple(attempts))
-        tried = "; ".join(f"{a.peer} {a.outcome} ({a.code}: {a.message})" for a in attempts)
+            ch = self.host.book.payer_channels.get(result.channel)
+            return replace(
+                result,
+                peer=offer.peer,
+                attempts=tuple(attempts),
+                opened=opened,
+                deposit=ch.deposit if ch is not None else 0,
+            )
+        tried = "; ".join(f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
             f"no provider of {service!r} served the call: {tried}",
             attempts=tuple(attempts),
             details={"service": service, "max_price": max_price},
         )
 
+    async def _remember(self) -> None:
+        """Keep what was seen of the providers, and the bans, in the store (`STATS_KEY`),
+        durably: the next run (the next `p2pay call any`) ranks them as this one would."""
+        seen = {"stats": self.chooser.snapshot(), "bans": self.book.bans(self.host.now())}
+        data = json.dumps(seen, separators=(",", ":")).encode()
+        try:
+            await self.host.persister.durable(self.host.persister.stage(meta={STATS_KEY: data}))
+        except P2payError as exc:  # the call's outcome stands; only the ranking is lost
+            log.warning("discovery: cannot keep the provider stats: %s", exc)
+
     async def _attempt(
         self, offer: OfferInfo, body: bytes, timeout: float | None, deposit: int | None
-    ) -> CallResult:
-        """Try one offer; raises `_Failed` when it should be recorded and skipped."""
+    ) -> tuple[CallResult, bool]:
+        """Try one offer: its result, and whether a channel was opened for it. Raises
+        `_Failed` when it should be recorded and skipped."""
         conn = await self._reach(offer)
         lie = _hello_lie(offer, conn.hello)
         if lie is None and not self.book.hello_seen(offer.peer, conn.hello, self.host.now()):
@@ -516,7 +691,8 @@ class Discovery:
             await conn.close()
             raise _Failed("lied", ErrorCode.TERMS_REFUSED, lie)
         ch = self.host.book.payer_channel_to(conn.account)
-        if ch is None or ch.available < offer.price:
+        opened = ch is None or ch.available < offer.price
+        if opened:
             amount = deposit
             if amount is None:
                 amount = min(self.config.deposit_calls * offer.price, self.config.max_deposit)
@@ -539,9 +715,10 @@ class Discovery:
             except ConnectionLost as exc:
                 raise _failed("unreachable", exc) from None
         try:
-            return await self.host.call(
+            result = await self.host.call(
                 conn.peer_id, offer.service, body, max_price=offer.price, timeout=timeout
             )
+            return result, opened
         except PaymentRequired as exc:
             asked = exc.details.get("price")
             if type(asked) is int and asked > offer.price:
@@ -601,6 +778,41 @@ def _parse_seq(raw: bytes | None) -> int:
     return value
 
 
+def prose(outcome: str) -> str:
+    """An attempt's outcome in a sentence: ``timed out`` for ``timed_out``."""
+    return outcome.replace("_", " ")
+
+
+def none_within(
+    service: str, left: Unmatched, *, max_price: int | None = None, min_stake: int = 0
+) -> str:
+    """Why no offer of `service` is within the terms: nobody offers it, or how many offers
+    the terms leave out (`Unmatched`), e.g. ``no offer of 'echo' at or below 999 yocto; 1
+    offer above (lowest 1000 yocto)``."""
+    if not left.total:
+        return f"nobody offers {service!r}: no live offer of it was found"
+    terms = []
+    if max_price is not None:
+        terms.append(f"at or below {max_price} yocto")
+    if min_stake:
+        terms.append(f"with a stake of at least {min_stake} yocto")
+    both = len(terms) == 2
+    out = []
+    if left.above_price:
+        n = left.above_price
+        out.append(
+            f"{n} offer{'s' * (n > 1)} above{' the price' * both} "
+            f"(lowest {left.lowest_price} yocto)"
+        )
+    if left.below_stake:
+        n = left.below_stake
+        out.append(
+            f"{n} offer{'s' * (n > 1)} below{' the stake' * both} "
+            f"(highest {left.highest_stake} yocto)"
+        )
+    return f"no offer of {service!r} {' '.join(terms)}; {', '.join(out)}"
+
+
 def _info(kept: KeptOffer, now: int) -> OfferInfo:
     """The `OfferInfo` of an offer the book keeps."""
     offer = kept.offer
@@ -616,7 +828,8 @@ def _info(kept: KeptOffer, now: int) -> OfferInfo:
         addrs=tuple(offer.addrs),
         seq=offer.seq,
         expires=offer.expires,
-        age_ms=max(0, now - kept.received_ms),
+        expires_in_ms=max(0, offer.expires - now),
+        seen_ms_ago=max(0, now - kept.received_ms),
     )
 
 

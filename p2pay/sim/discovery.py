@@ -198,8 +198,8 @@ class ObservedDiscovery:
     def serve_offers(self, source: OfferSource | None) -> None:
         self.inner.serve_offers(source)
 
-    async def bootstrap(self, addrs: Sequence[str]) -> None:
-        await self.inner.bootstrap(addrs)
+    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
+        return await self.inner.bootstrap(addrs)
 
 
 #: how a try at a provider ended, when it is the provider's failure (specs/discovery.md 8:
