@@ -11,9 +11,13 @@ for k in sys.argv[1:]:
     d = d[int(k) if k.isdigit() else k]
 print(d)' "$@"
 }
-started() {  # wait for a node's `listening` line, print its address
-  for _ in $(seq 150); do grep -q '^listening' "$1" && break; sleep 0.2; done
-  sed -n 's/^listening //p' "$1" | head -n 1
+started() {  # wait (up to 120 s) for a node's `listening` line, print its address
+  for _ in $(seq 600); do
+    if grep -q '^listening' "$1"; then sed -n 's/^listening //p' "$1" | head -n 1; return; fi
+    sleep 0.2
+  done
+  echo "error: the node never printed 'listening' in 120 s (its output: $PWD/$1)" >&2
+  return 1
 }
 
 p2pay ledger create ledger.sqlite --dev --min-challenge 1s --min-claim-window 1s

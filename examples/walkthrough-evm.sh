@@ -11,6 +11,14 @@ for k in sys.argv[1:]:
     d = d[int(k) if k.isdigit() else k]
 print(d)' "$@"
 }
+started() {  # wait (up to 120 s) for a node's `listening` line, print its address
+  for _ in $(seq 600); do
+    if grep -q '^listening' "$1"; then sed -n 's/^listening //p' "$1" | head -n 1; return; fi
+    sleep 0.2
+  done
+  echo "error: the node never printed 'listening' in 120 s (its output: $PWD/$1)" >&2
+  return 1
+}
 
 # a local chain that mines a block every second, as a real chain does
 PORT=${ANVIL_PORT:-8545}
@@ -36,8 +44,7 @@ p2pay --home provider ledger mint "$(p2pay --home provider id --json | field acc
 # the provider stakes collateral and serves "echo" at 1000 yocto a call
 p2pay --home provider stake "0.5 token" --penalty "0.1 token" --claim-window 30s
 p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 --min-challenge 2s >provider.out &
-for _ in $(seq 150); do grep -q '^listening' provider.out && break; sleep 0.2; done
-PEER=$(sed -n 's/^listening //p' provider.out)
+PEER=$(started provider.out)
 
 # opening connects: the provider's hello binds its PeerID to its address
 p2pay --home client channel open "$PEER" --deposit "0.001 token" --challenge 2s

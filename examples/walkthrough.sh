@@ -10,6 +10,14 @@ for k in sys.argv[1:]:
     d = d[int(k) if k.isdigit() else k]
 print(d)' "$@"
 }
+started() {  # wait (up to 120 s) for a node's `listening` line, print its address
+  for _ in $(seq 600); do
+    if grep -q '^listening' "$1"; then sed -n 's/^listening //p' "$1" | head -n 1; return; fi
+    sleep 0.2
+  done
+  echo "error: the node never printed 'listening' in 120 s (its output: $PWD/$1)" >&2
+  return 1
+}
 
 # a development ledger (it can mint; walkthrough-sized periods) and two homes
 p2pay ledger create ledger.sqlite --dev --min-challenge 1s --min-claim-window 1s
@@ -22,8 +30,7 @@ p2pay --home provider ledger mint "$(p2pay --home provider id --json | field pee
 p2pay --home provider stake "0.5 token" --penalty "0.1 token" --claim-window 30s
 # (it accepts channels with a challenge period of 2 s or more: 60 s unless told)
 p2pay --home provider node run --listen /ip4/127.0.0.1/tcp/0 --service echo=1000 --min-challenge 2s >provider.out &
-for _ in $(seq 150); do grep -q '^listening' provider.out && break; sleep 0.2; done
-PEER=$(sed -n 's/^listening //p' provider.out)
+PEER=$(started provider.out)
 
 # the client opens a channel, makes a paid call, and looks at its money
 p2pay --home client channel open "$PEER" --deposit "0.001 token" --challenge 2s

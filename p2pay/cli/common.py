@@ -39,7 +39,7 @@ from p2pay.cli.home import (
     parse_duration_ms,
 )
 from p2pay.cli.render import quoted
-from p2pay.core.errors import AmountError
+from p2pay.core.errors import AmountError, ErrorCode
 from p2pay.core.identity import peer_id_from_public
 from p2pay.core.settlement import ChannelState, ClaimState, stake_status
 from p2pay.core.signing import Scheme, scheme_for
@@ -194,7 +194,14 @@ def home_option(f: Callable[..., T]) -> Callable[..., T]:
 
 def json_option(f: Callable[..., T]) -> Callable[..., T]:
     return click.option(
-        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+        "--json",
+        "as_json",
+        is_flag=True,
+        help=(
+            "Print one JSON document on stdout. A failure prints nothing on stdout: its "
+            'error goes to stderr as one JSON line {"error": {"code", "message", "details"}}, '
+            "with a non-zero exit status."
+        ),
     )(f)
 
 
@@ -396,14 +403,54 @@ def run_with_node(
     return box[0]
 
 
-def parse_channel_id(text: str) -> bytes:
-    text = text.strip().removeprefix("0x")
-    if len(text) != 64:
-        raise CliError(f"channel id {text[:80]!r}: expected 64 hex digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise CliError(f"channel id {text[:80]!r}: expected 64 hex digits") from None
+#: The fewest hex digits a channel id prefix may have (`channel close 9ccaaf66`).
+MIN_CHANNEL_PREFIX = 8
+
+
+def channel_prefix(text: str) -> str:
+    """`text` as a channel id or id prefix: 8 to 64 hex digits (lower case, no ``0x``).
+
+    Raises:
+        CliError: not hex, or fewer than 8 or more than 64 digits.
+    """
+    digits = text.strip().removeprefix("0x").lower()
+    if not MIN_CHANNEL_PREFIX <= len(digits) <= 64 or any(
+        c not in "0123456789abcdef" for c in digits
+    ):
+        raise CliError(
+            f"channel id {quoted(text)}: expected the id (64 hex digits) or its first "
+            f"{MIN_CHANNEL_PREFIX} or more, as `channel list` shows it",
+            details={"channel": text[:80]},
+        )
+    return digits
+
+
+async def resolve_channel(led: Ledger, account: bytes, text: str) -> bytes:
+    """The channel of `account` (as payer or payee) whose id is `text` or starts with it.
+
+    Raises:
+        CliError: `text` is not an id or prefix (`channel_prefix`); code UNKNOWN_CHANNEL if
+            no channel of `account` matches a prefix; INVALID_ARGUMENT (the matches in
+            its details) if several do. A full id is returned as is (the command says if it
+            is unknown).
+    """
+    digits = channel_prefix(text)
+    if len(digits) == 64:
+        return bytes.fromhex(digits)
+    found = sorted(c.id for c in await led.channels_of(account) if c.id.hex().startswith(digits))
+    if not found:
+        raise CliError(
+            f"no channel of this identity starts with {digits}: see `channel list`",
+            code=ErrorCode.UNKNOWN_CHANNEL,
+            details={"channel": digits},
+        )
+    if len(found) > 1:
+        raise CliError(
+            f"{len(found)} channels of this identity start with {digits} "
+            f"({', '.join(c.hex()[:16] + '…' for c in found[:4])}): give more digits",
+            details={"channel": digits, "matches": [c.hex() for c in found]},
+        )
+    return found[0]
 
 
 async def account_summary(led: Ledger, account: bytes) -> dict[str, Any]:

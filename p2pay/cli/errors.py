@@ -233,7 +233,30 @@ def _costs(match: re.Match[str], details: dict[str, Any]) -> str:
 def _short_challenge(match: re.Match[str], details: dict[str, Any]) -> str:
     asked, least = int(match.group("asked")), int(match.group("min"))
     details["challenge_ms"], details["min_challenge_ms"] = asked, least
-    return f"--challenge {_duration(asked)} is below this payee's minimum of {_duration(least)}"
+    if match.groupdict().get("before"):  # channel open, refused before any escrow moved
+        return (
+            f"--challenge {_duration(asked)} is below this payee's minimum of "
+            f"{_duration(least)} (it refused a shorter channel before); nothing was locked: "
+            f"run `channel open` again with --challenge {_duration(least)} or more"
+        )
+    return (
+        f"the channel's challenge period, {_duration(asked)}, is below this payee's minimum "
+        f"of {_duration(least)}: open one with `channel open PEER --challenge "
+        f"{_duration(least)}` (or more)"
+    )
+
+
+def _refused_channel(match: re.Match[str], details: dict[str, Any]) -> str:
+    cid = match.group("cid")
+    asked, least = int(match.group("asked")), int(match.group("min"))
+    details.update(channel=cid, challenge_ms=asked, min_challenge_ms=least)
+    return (
+        f"this payee refuses channel {render.short(cid)}: its challenge period, "
+        f"{_duration(asked)}, is below the payee's minimum of {_duration(least)}, and no "
+        f"other open channel to it is accepted. `channel close {cid[:16]}` returns its "
+        f"deposit after its challenge period; `channel open PEER --challenge "
+        f"{_duration(least)}` (or more) opens one it accepts"
+    )
 
 
 def _unstaking(match: re.Match[str], details: dict[str, Any]) -> str:
@@ -321,8 +344,17 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     (
         re.compile(
             r"challenge period (?P<asked>\d+) ms is below this payee's minimum (?P<min>\d+) ms"
+            r"(?P<before> \(it refused a shorter channel before\): open with a longer "
+            r"challenge period)?"
         ),
         _short_challenge,
+    ),
+    (
+        re.compile(
+            r"channel (?P<cid>[0-9a-f]{64}) has a challenge period of (?P<asked>\d+) ms, below "
+            r"this payee's minimum (?P<min>\d+) ms: close it and open one of \d+ ms or more"
+        ),
+        _refused_channel,
     ),
     (
         re.compile(

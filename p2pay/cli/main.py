@@ -43,6 +43,7 @@ from p2pay.cli.common import (
     Settings,
     account_summary,
     bootstrap_option,
+    channel_prefix,
     discovery_config,
     echo,
     home_option,
@@ -50,7 +51,7 @@ from p2pay.cli.common import (
     json_option,
     ledger_option,
     open_store,
-    parse_channel_id,
+    resolve_channel,
     run,
     run_with_node,
     settings,
@@ -97,7 +98,16 @@ log = logging.getLogger("p2pay.cli")
     type=click.Path(file_okay=False, path_type=Path),
     help="Home folder (default: $P2PAY_HOME, else the user data folder).",
 )
-@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-v info, -vv debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help=(
+        "More log lines on stderr: -v info, -vv debug and the network library's own lines. "
+        "Without it only warnings and errors, but `node run` also logs what it does (info: "
+        "started, refusals, redeems, claims, stopped; not each connection)."
+    ),
+)
 @click.version_option(__version__, prog_name="p2pay")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, verbose: int) -> None:
@@ -736,13 +746,15 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     if as_json:
         render.print_json(doc)
         return
-    # the full channel id (what `channel close` takes); paid: what the payer's vouchers
-    # promise (for a payee, the most it has seen), spent: what the payee charged (13.1);
-    # empty when this home's store has no record of the channel
+    # ids shortened like `claims list` (`channel close` takes a unique prefix of 8 or more
+    # hex digits; --json has the full ids); paid: what the payer's vouchers promise (for a
+    # payee, the most it has seen), spent: what the payee charged (13.1); empty when this
+    # home's store has no record of the channel. Each amount column in one unit, named in
+    # its header.
     cols = ("channel", "role", "peer", "state", "deposit", "paid", "spent", "redeemed", "escrow")
     rows = [
         [
-            c["channel"].hex(),
+            render.short(c["channel"]),
             c["role"],
             render.short(c["peer"]),
             c["state"],
@@ -755,7 +767,9 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
         for c in doc["channels"]
     ]
     money = ("deposit", "paid", "spent", "redeemed", "escrow")
-    render.stdout.print(render.table("channels", cols, rows, amounts=money, whole=("channel",)))
+    render.stdout.print(
+        render.unit_table("channels", cols, rows, amounts=money, whole=("channel", "peer"))
+    )
 
 
 @channel.command("open")
@@ -863,17 +877,20 @@ def channel_open(
 
 
 @channel.command("top-up")
-@click.argument("channel_id")
+@click.argument("channel_id", metavar="CHANNEL")
 @click.argument("amount", type=AMOUNT)
 @ledger_option
 @home_option
 @json_option
 def channel_top_up(channel_id: str, amount: int, ledger: str | None, as_json: bool) -> None:
-    """Add AMOUNT to the escrow of a channel this identity pays on."""
+    """Add AMOUNT to the escrow of a channel this identity pays on.
+
+    CHANNEL: its id, or the first 8 or more hex digits of it (as `channel list` shows)."""
     home = settings().home
-    cid = parse_channel_id(channel_id)
+    channel_prefix(channel_id)  # a malformed id fails before anything starts
 
     async def do(node: Node) -> ChannelInfo:
+        cid = await resolve_channel(node.ledger, node.account, channel_id)
         return await node.top_up(cid, amount)
 
     info = run_with_node(home, ledger, do, offline=True)
@@ -885,25 +902,28 @@ def channel_top_up(channel_id: str, amount: int, ledger: str | None, as_json: bo
 
 
 @channel.command("close")
-@click.argument("channel_id")
+@click.argument("channel_id", metavar="CHANNEL")
 @click.option("--wait", is_flag=True, help="As payer, wait for the challenge period and finalize.")
 @ledger_option
 @home_option
 @json_option
 def channel_close(channel_id: str, wait: bool, ledger: str | None, as_json: bool) -> None:
     """Close a channel: as payee at once (redeeming what was charged); as payer start the
-    challenge period, and finalize once it has passed (run again, or use --wait)."""
+    challenge period, and finalize once it has passed (run again, or use --wait).
+
+    CHANNEL: its id, or the first 8 or more hex digits of it (as `channel list` shows)."""
     home = settings().home
-    cid = parse_channel_id(channel_id)
+    channel_prefix(channel_id)  # a malformed id fails before anything starts
 
     async def do(node: Node) -> dict[str, Any]:
+        cid = await resolve_channel(node.ledger, node.account, channel_id)
         return await close_channel(node, cid, wait=wait)
 
     doc = run_with_node(home, ledger, do, offline=True)
     if as_json:
         render.print_json(doc)
         return
-    echo(f"channel {cid.hex()} {doc['state']}")
+    echo(f"channel {doc['channel'].hex()} {doc['state']}")
     if doc["state"] == "closing":
         echo(f"finalize after {render.iso_time(doc['closes_at'])}: run this again, or use --wait")
     else:
@@ -1319,6 +1339,9 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     rows = run(read)
     if as_json:
         render.print_json({"account": me, "claims": rows})
+        return
+    if not rows:
+        echo("no claims")
         return
     cols = (
         "claim", "role", "outcome", "status", "n", "bond", "bond_outcome", "refund", "slashed",

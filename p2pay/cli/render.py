@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from p2pay.core.amounts import format_tokens
+from p2pay.core.amounts import UNITS, format_tokens
 from p2pay.core.errors import AmountError
 
 #: Keys whose int values are amounts of yocto: JSON gives them as decimal strings.
@@ -197,6 +197,62 @@ def table(
     return t
 
 
+#: The units an amount column may be shown in, largest first (exponents of 10 in yocto).
+COLUMN_UNITS = ("token", "milli", "micro", "nano", "pico", "femto", "atto", "zepto", "yocto")
+
+
+def in_unit(amount: int, unit: str) -> str:
+    """`amount` (yocto) written exactly in `unit`: ``in_unit(1500, "zepto") == "1.5"``."""
+    exponent = UNITS[unit]
+    whole, frac = divmod(amount, 10**exponent)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{str(frac).rjust(exponent, '0').rstrip('0')}"
+
+
+def column_unit(amounts: Iterable[int]) -> str:
+    """The unit that writes every amount of a column shortest (exactly, no rounding); of
+    units as short, the largest. ``"token"`` for a column with no amounts."""
+    values = list(amounts)
+    best, width = "token", None
+    for unit in COLUMN_UNITS:
+        longest = max((len(in_unit(v, unit)) for v in values), default=0)
+        if width is None or longest < width:
+            best, width = unit, longest
+    return best
+
+
+def unit_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    amounts: Iterable[str] = (),
+    whole: Iterable[str] = (),
+) -> Table:
+    """A rich table whose `amounts` columns each show one unit, named under the column's
+    name in the header (``deposit`` over ``(milli)``), right-aligned on one line; the
+    columns in `whole` (short ids) are not folded either; None cells are empty."""
+    cells = [list(r) for r in rows]
+    headers = list(columns)
+    money = {columns.index(name) for name in amounts}
+    for i in money:
+        unit = column_unit(r[i] for r in cells if isinstance(r[i], int))
+        headers[i] = f"{columns[i]}\n({unit})"
+        for r in cells:
+            if isinstance(r[i], int) and not isinstance(r[i], bool):
+                r[i] = in_unit(r[i], unit)
+    t = Table(title=title, title_justify="left")
+    keep = money | {columns.index(name) for name in whole}
+    for i, name in enumerate(headers):
+        t.add_column(
+            name, justify="right" if i in money else "left", overflow="fold", no_wrap=i in keep
+        )
+    for r in cells:
+        t.add_row(*("" if cell is None else str(cell) for cell in r))
+    return t
+
+
 class KeyValueFormatter(logging.Formatter):
     """One line per record: ``t=... level=info logger=p2pay.node msg="..." key=value``."""
 
@@ -240,7 +296,7 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
 
 class _LibraryLogs(_StderrHandler):
     """`logging.lastResort`: the records of loggers with no handler of their own (py-libp2p
-    configures its loggers so): key=value lines with -v, else dropped (the command's own
+    configures its loggers so): key=value lines with -vv, else dropped (the command's own
     error line says what went wrong; a library's lines beside it are noise)."""
 
     def __init__(self, shown: bool) -> None:
@@ -255,8 +311,8 @@ class _LibraryLogs(_StderrHandler):
 
 def setup_logging(level: int) -> None:
     """Send every log record to stderr, one key=value line each (other libraries' records
-    that no handler takes: only with -v, see `_LibraryLogs`)."""
-    logging.lastResort = _LibraryLogs(shown=level <= logging.INFO)
+    that no handler takes: only with -vv, see `_LibraryLogs`)."""
+    logging.lastResort = _LibraryLogs(shown=level <= logging.DEBUG)
     handler = _StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 from collections.abc import Callable
 
@@ -116,6 +117,11 @@ class ChannelBook:
         self.payee_channels: dict[bytes, PayeeChannel] = {}
         self.payer_channels: dict[bytes, PayerChannel] = {}
         self._channel_locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
+        #: what payees said of their shortest challenge period (protocol.md 17): the
+        #: minimum each payee account stated in a CHALLENGE_TOO_SHORT refusal, and the
+        #: channels (ours, as payer) it refused so. Durable under `MINIMUMS_KEY`.
+        self.payee_minimums: dict[bytes, int] = {}
+        self.refused_channels: set[bytes] = set()
 
     async def load(self) -> None:
         """Load the stored channels, count requests left without a receipt as abandoned,
@@ -273,9 +279,56 @@ class ChannelBook:
                 self.persister.stage(payer=_payer_record(ch))
 
     def payer_channel_to(self, payee: bytes) -> PayerChannel | None:
+        """Our open channel to `payee` with the most credit left, among those it did not
+        refuse as CHALLENGE_TOO_SHORT (protocol.md 17)."""
         best: PayerChannel | None = None
         for ch in self.payer_channels.values():
+            if ch.channel in self.refused_channels:
+                continue
             if ch.payee == payee and ch.status is ChannelStatus.OPEN:
                 if best is None or ch.available > best.available:
                     best = ch
         return best
+
+
+#: The store meta key of `ChannelBook.payee_minimums` and `refused_channels`.
+MINIMUMS_KEY = "p2pay.payee_minimums"
+#: At most this many payees' minimums and refused channels are kept (oldest dropped).
+MAX_MINIMUMS = 1024
+
+
+def minimums_to_bytes(minimums: dict[bytes, int], refused: set[bytes]) -> bytes:
+    """JSON ``{"minimums": [[payee_hex, ms], ...], "refused": [channel_hex, ...]}``."""
+    doc = {
+        "minimums": [[k.hex(), v] for k, v in list(minimums.items())[-MAX_MINIMUMS:]],
+        "refused": sorted(c.hex() for c in refused)[:MAX_MINIMUMS],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def minimums_from_bytes(raw: bytes | None) -> tuple[dict[bytes, int], set[bytes]]:
+    """What `minimums_to_bytes` wrote; entries that do not parse are dropped (never raises)."""
+    minimums: dict[bytes, int] = {}
+    refused: set[bytes] = set()
+    try:
+        doc = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return minimums, refused
+    if not isinstance(doc, dict):
+        return minimums, refused
+    mins, refs = doc.get("minimums"), doc.get("refused")
+    for entry in mins[-MAX_MINIMUMS:] if isinstance(mins, list) else []:
+        try:
+            key, ms = entry
+            if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 2**64 - 1:
+                minimums[bytes.fromhex(key)] = ms
+        except (TypeError, ValueError):
+            continue
+    for text in refs[:MAX_MINIMUMS] if isinstance(refs, list) else []:
+        try:
+            cid = bytes.fromhex(text)
+        except (TypeError, ValueError):
+            continue
+        if len(cid) == 32:
+            refused.add(cid)
+    return minimums, refused

@@ -21,6 +21,8 @@ from p2pay.core.errors import (
     AmountError,
     ErrorCode,
     LocalProtocolError,
+    P2payError,
+    RemoteProtocolError,
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
@@ -37,7 +39,14 @@ from p2pay.ledger.base import Ledger
 from p2pay.net.base import Stream, Transport
 from p2pay.node.addrbook import META_KEY as ADDRBOOK_KEY
 from p2pay.node.addrbook import AddressBook
-from p2pay.node.book import ChannelBook, _payee_record, _payer_record
+from p2pay.node.book import (
+    MINIMUMS_KEY,
+    ChannelBook,
+    _payee_record,
+    _payer_record,
+    minimums_from_bytes,
+    minimums_to_bytes,
+)
 from p2pay.node.client import Client, _Connection
 from p2pay.node.discovery import Discovery
 from p2pay.node.invoke import _Service
@@ -56,6 +65,7 @@ from p2pay.node.types import (
     OfferInfo,
     PeerUnreachable,
     TermsRefused,
+    WrongPeer,
     split_peer,
 )
 from p2pay.node.watcher import Watcher, claim_infos
@@ -164,6 +174,9 @@ class Node:
     async def _load(self) -> None:
         await self.book.load()
         self.addresses = AddressBook.from_bytes(await self.store.get_meta(ADDRBOOK_KEY))
+        minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
+        self.book.payee_minimums.update(minimums)
+        self.book.refused_channels.update(refused)
         await self.refresh_stake()
 
     async def _handle_stream(self, stream: Stream) -> None:
@@ -204,7 +217,8 @@ class Node:
 
         Raises:
             NoKnownAddress: a bare PeerID with no known address.
-            WrongPeer, PeerUnreachable: from the last address tried.
+            WrongPeer, PeerUnreachable: for a multiaddr, why it failed; for a bare PeerID,
+                every known address tried and why, and to give the full multiaddr once.
             RemoteProtocolError: the peer refused the hello (e.g. WrongLedger, Overloaded).
         """
         peer_id, addr = split_peer(peer)
@@ -213,20 +227,21 @@ class Node:
         candidates = [addr] if addr is not None else self.addresses.addrs(peer_id)
         if not candidates:
             return await self._connection(peer_id)  # NoKnownAddress unless the transport knows
-        error: PeerUnreachable | None = None
+        errors: list[PeerUnreachable] = []
         for candidate in candidates:
             fresh = not self._connected(peer_id)
             self.transport.add_address(peer_id, candidate)
             try:
                 conn = await self._connection(peer_id)
             except PeerUnreachable as exc:  # WrongPeer too: try the next address
-                error = exc
+                errors.append(exc)
                 continue
             if fresh:
                 self._learn(peer_id, candidate)
             return conn
-        assert error is not None
-        raise error
+        if addr is not None:
+            raise errors[-1]
+        raise _unreachable_bare(peer_id, errors)
 
     async def refresh_peer_stake(self, account: bytes) -> Stake | None:
         """Read a provider's stake from the ledger (claims.md C-9) and cache it."""
@@ -276,10 +291,100 @@ class Node:
             await self._reach(peer_id)  # a bare PeerID: dial the address book's addresses
             fresh = False
         try:
-            return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
+            # A channel the payee refuses as CHALLENGE_TOO_SHORT (protocol.md 17) is not
+            # used again: the call goes on another open channel to it, if there is one.
+            for _ in range(len(self.payer_channels) + 1):
+                try:
+                    return await self.client.call(
+                        peer, service, body, max_price=max_price, timeout=timeout
+                    )
+                except RemoteProtocolError as exc:
+                    if exc.code is not ErrorCode.CHALLENGE_TOO_SHORT:
+                        raise
+                    await self._challenge_refused(peer_id, exc)
+                except LocalProtocolError as exc:
+                    if exc.code is ErrorCode.UNKNOWN_CHANNEL:
+                        await self._only_refused_left(peer_id)
+                    raise
+            raise RemoteProtocolError(  # unreachable: each pass drops one channel
+                f"every channel to {peer_id} was refused", code=ErrorCode.CHALLENGE_TOO_SHORT
+            )
         finally:
             if fresh and addr is not None and self._connected(peer_id):
                 self._learn(peer_id, addr)
+
+    def _payee_of(self, peer_id: str) -> bytes | None:
+        """The account of `peer_id` if known without a connection (Ed25519: its key)."""
+        conn = self._connections.get(peer_id)
+        if conn is not None:
+            return conn.account
+        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
+            return public_from_peer_id(peer_id)
+        return None
+
+    async def _only_refused_left(self, peer_id: str) -> None:
+        """No channel to `peer_id` to call on: if we hold open ones it refused as
+        CHALLENGE_TOO_SHORT, raise that, naming one and what to do."""
+        payee = self._payee_of(peer_id)
+        for cid in sorted(self.book.refused_channels):
+            ch = self.payer_channels.get(cid)
+            if ch is None or ch.payee != payee or ch.status is not ChannelStatus.OPEN:
+                continue
+            info = await self.ledger.channel(cid)
+            least = self.book.payee_minimums.get(ch.payee, 0)
+            asked = info.challenge_ms if info is not None else 0
+            raise RemoteProtocolError(
+                f"channel {cid.hex()} has a challenge period of {asked} ms, below this "
+                f"payee's minimum {least} ms: close it and open one of {least} ms or more",
+                code=ErrorCode.CHALLENGE_TOO_SHORT,
+                details={"channel": cid.hex(), "challenge_ms": asked, "min_challenge_ms": least},
+            )
+
+    async def _challenge_refused(self, peer_id: str, exc: RemoteProtocolError) -> None:
+        """`peer_id` refused the channel we picked as CHALLENGE_TOO_SHORT: remember its
+        minimum and that channel (durably), and return if another open channel to it is
+        left; else raise CHALLENGE_TOO_SHORT naming the channel and what to do."""
+        payee = self._payee_of(peer_id)
+        least = exc.details.get("min_challenge_ms")
+        picked = self.book.payer_channel_to(payee) if payee is not None else None
+        if picked is None or type(least) is not int or least < 0:
+            raise exc
+        info = await self.ledger.channel(picked.channel)
+        asked = info.challenge_ms if info is not None else 0
+        self.book.payee_minimums.pop(picked.payee, None)
+        self.book.payee_minimums[picked.payee] = least
+        self.book.refused_channels.add(picked.channel)
+        await self.persister.durable(
+            self.persister.stage(
+                meta={
+                    MINIMUMS_KEY: minimums_to_bytes(
+                        self.book.payee_minimums, self.book.refused_channels
+                    )
+                }
+            )
+        )
+        details = {
+            "channel": picked.channel.hex(),
+            "challenge_ms": asked,
+            "min_challenge_ms": least,
+        }
+        if self.book.payer_channel_to(picked.payee) is not None:
+            log.warning(
+                "%s refused channel %s: its challenge period, %d ms, is below its minimum "
+                "%d ms; calling on another channel to it (close this one to get its deposit "
+                "back)",
+                peer_id,
+                picked.channel.hex(),
+                asked,
+                least,
+            )
+            return
+        raise RemoteProtocolError(
+            f"channel {picked.channel.hex()} has a challenge period of {asked} ms, below "
+            f"this payee's minimum {least} ms: close it and open one of {least} ms or more",
+            code=ErrorCode.CHALLENGE_TOO_SHORT,
+            details=details,
+        ) from None
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
         """Deliver a request this node sent once more, unchanged (see `Client.resend_request`)."""
@@ -287,7 +392,19 @@ class Node:
 
     async def redeliver(self, record: OutgoingRequest, *, timeout: float) -> Response | None:
         """Re-send a paid request left unanswered and wait for the stored answer (see
-        `Client.redeliver`)."""
+        `Client.redeliver`).
+
+        With no connection to the payee, it is dialled first at its addresses in the
+        address book (19.2 rule 4), so that a watcher started on a home after the call
+        (a new process: the transport knows no address yet) re-sends before it claims.
+        """
+        peer_id = self.peer_of(record.payee)
+        if not self._connected(peer_id) and self.addresses.addrs(peer_id):
+            with trio.move_on_after(timeout):
+                try:
+                    await self._reach(peer_id)
+                except (P2payError, OSError) as exc:  # claimable: the watcher decides
+                    log.info("cannot re-send n=%d to %s: %s", record.n, peer_id, exc)
         return await self.client.redeliver(record, timeout=timeout)
 
     # -- identity
@@ -488,9 +605,18 @@ class Node:
             payee = conn.account
             if require_stake:
                 await self._check_ledger_stake(conn.peer_id, conn.hello, payee)
-        channel = await self.ledger.open_channel(
-            self.key, payee, deposit, challenge_ms or self.config.challenge_ms
-        )
+        asked = challenge_ms or self.config.challenge_ms
+        least = self.book.payee_minimums.get(payee)
+        if least is not None and asked < least:
+            # protocol.md 17: the hello does not state the minimum; the payee stated it in
+            # an earlier refusal, and would refuse this channel at its first request
+            raise TermsRefused(
+                f"challenge period {asked} ms is below this payee's minimum {least} ms "
+                "(it refused a shorter channel before): open with a longer challenge period",
+                code=ErrorCode.CHALLENGE_TOO_SHORT,
+                details={"challenge_ms": asked, "min_challenge_ms": least},
+            )
+        channel = await self.ledger.open_channel(self.key, payee, deposit, asked)
         ch = PayerChannel(
             ledger=self.ledger.ledger_id,
             channel=channel,
@@ -835,6 +961,21 @@ async def open_node(
         if body_error is not None and _only(group, body_error):
             raise body_error from None
         raise
+
+
+def _unreachable_bare(peer_id: str, errors: list[PeerUnreachable]) -> PeerUnreachable:
+    """The error for a bare PeerID none of whose known addresses answered: every address
+    tried and why (most recent first), and what to do (19.2 rule 4: give its full multiaddr
+    once, e.g. after it moved). WrongPeer if another identity answered at each of them."""
+    prefix = f"cannot reach {peer_id} "
+    tried = "; ".join(e.message.removeprefix(prefix) for e in errors)
+    cls = WrongPeer if all(isinstance(e, WrongPeer) for e in errors) else PeerUnreachable
+    lead = "" if cls is WrongPeer else prefix
+    return cls(
+        f"{lead}{tried}: if it moved, give its full multiaddr once "
+        f"(/ip4/HOST/tcp/PORT/p2p/{peer_id})",
+        details={**errors[-1].details, "peer": peer_id},
+    )
 
 
 def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:

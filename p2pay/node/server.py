@@ -232,7 +232,7 @@ class _ServerSession:
             await self.stream.send(protocol.hello_frame(node.hello()))
         except StreamClosed:
             return
-        log.info("peer connected peer=%s", self.peer_id)
+        log.debug("peer connected peer=%s", self.peer_id)
         self.last_useful = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_then_cancel, nursery.cancel_scope)
@@ -280,7 +280,7 @@ class _ServerSession:
                 await trio.sleep_until(deadline)
                 continue
             self.node.counters.idle_resets += 1
-            log.info("idle stream reset peer=%s", self.peer_id)
+            log.debug("idle stream reset peer=%s", self.peer_id)
             await self.stream.reset()
             scope.cancel()
             return

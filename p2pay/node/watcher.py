@@ -289,6 +289,7 @@ class Watcher:
         self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
+        self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
 
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
@@ -827,10 +828,12 @@ class Watcher:
         """Re-send an unanswered paid request; claim it if that fails (one task each)."""
         node = self.node
         try:
+            log.info("re-sending n=%d (deadline passed, unanswered) before a claim", record.n)
             answer = await node.redeliver(record, timeout=node.config.redeliver_timeout)
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
                 return
+            log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
             if stake is None or stake.amount == 0:
                 node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
@@ -898,6 +901,21 @@ class Watcher:
         if excess <= 0:
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
+            return
+        if ch.last_n == 0 and ch.paid == 0:
+            # This store never signed a voucher on the channel (adopted from the ledger):
+            # what the payee redeemed was signed elsewhere with our key (`p2pay
+            # conformance`, or a store since lost). No receipts to compare, no refusals to
+            # post: not an alarm against the payee (claims.md 6).
+            if channel not in self._foreign_noted:
+                self._foreign_noted.add(channel)
+                log.info(
+                    "payee %s redeemed %d yocto on channel %s with vouchers this home has no "
+                    "record of (signed elsewhere, e.g. by `p2pay conformance`): not checked",
+                    info.payee.hex(),
+                    info.redeemed - info.clawed,
+                    channel.hex(),
+                )
             return
         await node.persister.flush()
         refused = [r for r in await node.store.requests(state="refused") if r.channel == channel]

@@ -413,7 +413,9 @@ def test_bad_arguments_give_one_line(cli: InProcess) -> None:
     assert "not a p2pay ledger" in cli.fails(
         "--home", "h", "balance", "--ledger", "sqlite:h/config.toml"
     )
-    assert "expected 64 hex" in cli.fails("--home", "h", "channel", "close", "abc", *led)
+    assert "expected the id (64 hex digits) or its first 8 or more" in cli.fails(
+        "--home", "h", "channel", "close", "abc", *led
+    )
     assert "Missing option '--max-price'" in cli.fails("--home", "h", "call", "x", "echo")
 
 
@@ -498,33 +500,51 @@ def test_payer_close_waits_for_the_challenge_period(
     listed = c.js("--home", "c", "channel", "list")["channels"]
     assert [(x["channel"], x["role"], x["state"]) for x in listed] == [(cid, "payer", "open")]
     assert (listed[0]["paid"], listed[0]["spent"]) == ("0", "0")
-    # the table: the full channel id, paid beside spent, and nothing after the table
-    monkeypatch.setattr(render.stdout, "width", 400)  # one line per cell, to read it back
+    # the table in 120 columns: one line per channel (ids shortened as in `claims list`,
+    # each amount column in one unit named in its header), paid beside spent, nothing after
+    monkeypatch.setattr(render.stdout, "width", 120)
     text = c.ok("--home", "c", "channel", "list")
     lines = text.splitlines()
-    assert lines[0] == "channels" and lines[-1].startswith("└") and cid not in lines[-1]
-    assert [h.strip() for h in lines[2].strip("┃").split("┃")] == [
-        "channel", "role", "peer", "state", "deposit", "paid", "spent", "redeemed", "escrow"
+    assert lines[0] == "channels" and lines[-1].startswith("└") and cid not in text
+    assert max(len(x) for x in lines) <= 120
+    head = zip(lines[2].strip("┃").split("┃"), lines[3].strip("┃").split("┃"), strict=True)
+    assert [" ".join(f"{a} {b}".split()) for a, b in head] == [
+        "channel", "role", "peer", "state", "deposit (milli)", "paid (token)", "spent (token)",
+        "redeemed (token)", "escrow (milli)",
     ]  # fmt: skip
-    deposit = f"{10**22} 0.01 token"
-    zero = "0 0 token"
+    body = [x for x in lines if x.startswith("│")]
+    assert len(body) == 1  # one line for the one channel
+    short = f"{cid[:8]}…{cid[-8:]}"
     peer = render.short(world["p"]["peer_id"])
-    assert table_rows(text) == [[cid, "payer", peer, "open", deposit, zero, zero, zero, deposit]]
+    assert table_rows(text) == [[short, "payer", peer, "open", "10", "0", "0", "0", "10"]]
     # the payee's home has no record of the channel (it never served on it): blank cells
     theirs = table_rows(c.ok("--home", "p", "channel", "list"))
-    assert theirs == [[cid, "payee", render.short(world["c"]["peer_id"]), "open", deposit, "",
-                       "", zero, deposit]]  # fmt: skip
+    assert theirs == [[short, "payee", render.short(world["c"]["peer_id"]), "open", "10", "",
+                       "", "0", "10"]]  # fmt: skip
     assert c.js("--home", "p", "channel", "list")["channels"][0]["role"] == "payee"
-    topped = c.js("--home", "c", "channel", "top-up", cid, "5 milli")
-    assert topped["deposit"] == str(15 * 10**21)
-    first = c.js("--home", "c", "channel", "close", cid)
-    assert first["state"] == "closing"
+    # top-up and close take a unique prefix of 8 hex digits or more
+    topped = c.js("--home", "c", "channel", "top-up", cid[:8], "5 milli")
+    assert topped["deposit"] == str(15 * 10**21) and topped["channel"] == cid
+    first = c.js("--home", "c", "channel", "close", cid[:12].upper())
+    assert first["state"] == "closing" and first["channel"] == cid
     assert "closing" in c.ok("--home", "c", "channel", "list")
-    done = c.js("--home", "c", "channel", "close", cid, "--wait")
+    done = c.js("--home", "c", "channel", "close", cid[:8], "--wait")
     assert done["state"] == "closed" and done["refunded"] == str(15 * 10**21)
     # every yocto of the deposit came back to the payer, none went to the payee
     assert c.js("--home", "c", "balance")["balance"] == str(2 * 10**24)
     assert c.js("--home", "p", "balance")["balance"] == str(2 * 10**24)
+    # a prefix that is too short or not hex, or matches no channel: typed, one line
+    code, _, err = c.run("--home", "c", "channel", "close", cid[:7], "--json")
+    assert code == 1 and json.loads(err)["error"]["code"] == "INVALID_ARGUMENT"
+    assert "first 8 or more" in json.loads(err)["error"]["message"]
+    assert "first 8 or more" in c.fails("--home", "c", "channel", "top-up", "xyz12345", "1")
+    other = "0" * 8 if not cid.startswith("0" * 8) else "f" * 8
+    code, _, err = c.run("--home", "c", "channel", "close", other, "--json")
+    assert code == 1 and json.loads(err)["error"]["code"] == "UNKNOWN_CHANNEL"
+    assert "`channel list`" in json.loads(err)["error"]["message"]
+    # no claims: said in words, not an empty table
+    assert c.ok("--home", "c", "claims", "list") == "no claims\n"
+    assert c.js("--home", "c", "claims", "list")["claims"] == []
     assert "no channel" in c.fails("--home", "c", "channel", "close", "00" * 32)
 
 
@@ -628,6 +648,9 @@ def test_node_channel_call_restart_close(world: dict[str, Any], nodes: list[Node
     assert node.stop() == 0
     assert "msg=stopped" in node.stderr and "calls_served=3" in node.stderr
     assert "Traceback" not in node.stderr
+    # without -v: what the node does, not a line per connection nor the library's own lines
+    assert "msg=started" in node.stderr and "peer connected" not in node.stderr
+    assert "logger=libp2p" not in node.stderr
     node = Node(d, "p", *provider, "--json")
     nodes.append(node)
     # prices are strings of yocto, as every amount in JSON

@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 import trio
-from test_cli import InProcess, cli, table_rows, world  # noqa: F401 - fixtures
+from test_cli import (  # noqa: F401 - fixtures
+    InProcess,
+    Node,
+    cli,
+    fails,
+    js,
+    nodes,
+    p2pay,
+    table_rows,
+    world,
+)
 
 from p2pay.cli import render
 from p2pay.cli.home import Home
@@ -181,3 +191,88 @@ async def test_a_call_timeout_says_what_a_claim_risks() -> None:
         assert f"bond of 0.000007 token ({bond} yocto)" in advice
         assert "until the provider answers" in advice
         assert "comes back unless the claim is frivolous" in advice
+
+
+@pytest.mark.slow
+def test_the_client_watcher_re_sends_before_it_claims(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """README and claims.md 6: after the deadline the client's watcher re-sends the same
+    signed request; the provider answers it from its store (here its signed refusal
+    DEADLINE_EXCEEDED: the handler finished late, nothing charged), so no claim is filed
+    and no bond is locked. The watcher runs in a new process: it dials the provider at the
+    address the home's address book holds."""
+    import time
+
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    (d / "slowmod.py").write_text(
+        "import trio\n\nasync def slow(call):\n    await trio.sleep(4)\n    return b'late'\n",
+        encoding="utf-8",
+    )
+    c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "30s")
+    provider = Node(d, "p", "--listen", "/ip4/127.0.0.1/tcp/0",
+                    "--service", f"slow={PRICE}:slowmod:slow")  # fmt: skip
+    nodes.append(provider)
+    js("--home", "c", "channel", "open", provider.addr, "--deposit", "1 milli", cwd=d)
+    line = fails("--home", "c", "call", provider.addr, "slow", "again", "--max-price",
+                 str(PRICE), "--timeout", "2", cwd=d)  # fmt: skip
+    assert "no answer from" in line and "re-sends it" in line, line
+    time.sleep(3)  # the handler has finished (late): the provider stored its refusal
+    watcher = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")
+    nodes.append(watcher)
+    # the watcher waits claim_grace (5 s) after the deadline, then re-sends
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if "re-delivered" in watcher.log.read_text(errors="replace"):
+            break
+    assert watcher.stop() == 0
+    assert "re-delivered n=1: DEADLINE_EXCEEDED, no claim" in watcher.stderr, watcher.stderr
+    assert "filed claim" not in watcher.stderr
+    assert c.js("--home", "c", "claims", "list")["claims"] == []
+    (ch,) = c.js("--home", "c", "channel", "list")["channels"]
+    assert ch["spent"] == "0"  # nothing charged for the late answer
+    assert p2pay("--home", "c", "claims", "list", cwd=d).stdout == "no claims\n"
+
+
+@pytest.mark.slow
+def test_conformance_from_a_client_home_raises_no_alarm_in_its_watcher(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """claims.md 6: `p2pay conformance` pays with the home's key on a channel of its own,
+    outside the home's store; the honest provider redeems those vouchers. The home's
+    watcher then adopts the channel from the ledger and must not take that redeem for a
+    payee taking more than its receipts justify (no warning, no refund claim)."""
+    import time
+
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "30s")
+    provider = Node(d, "p", "--listen", "/ip4/127.0.0.1/tcp/0", "--service", f"echo={PRICE}",
+                    "--min-challenge", "1s")  # fmt: skip
+    nodes.append(provider)
+    proc = p2pay("--home", "c", "conformance", provider.addr, "--case", "paid.", "--timeout",
+                 "10", cwd=d)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS  paid." in proc.stdout and " 0 failed" in proc.stdout
+    # the run started its channels' close: the provider's watcher redeems what it charged
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chans = c.js("--home", "c", "channel", "list")["channels"]
+        if any(int(ch["redeemed"]) > 0 for ch in chans):
+            break
+        time.sleep(0.5)
+    assert any(int(ch["redeemed"]) > 0 for ch in chans), chans
+    watcher = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")
+    nodes.append(watcher)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "not checked" not in watcher.log.read_text():
+        time.sleep(0.5)
+    assert watcher.stop() == 0
+    assert "more than our receipts justify" not in watcher.stderr, watcher.stderr
+    assert "level=warning" not in watcher.stderr, watcher.stderr
+    assert "not checked" in watcher.stderr  # said once, as information
+    assert c.js("--home", "c", "claims", "list")["claims"] == []

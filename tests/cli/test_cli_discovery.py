@@ -279,3 +279,41 @@ def test_call_any_explains_a_timed_out_paid_request(
     ), line
     assert "the paid request is on record: `p2pay node run` on this home re-sends it" in line
     assert "A claim locks a bond of" in line and "timed_out" not in line
+
+
+@pytest.mark.slow
+def test_an_address_learned_by_call_any_serves_a_bare_peer_id(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """protocol.md 19.2: a bare PeerID is dialled at the address it was reached at most
+    recently. The provider restarts on a new port; `call any` reaches it there; a bare
+    PeerID then uses that address, not the first one ever given."""
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    provider = world["p"]["peer_id"]
+    c.js("--home", "b", "init", "--ledger", "sqlite:ledger.sqlite")
+    stake(c, "p")
+    bootstrap = Node(d, "b")
+    nodes.append(bootstrap)
+    first = Node(d, "p", "--service", f"echo={PRICE}", "--listen", "/ip4/127.0.0.1/tcp/0")
+    nodes.append(first)
+    js("--home", "c", "channel", "open", first.addr, "--deposit", "1 milli", cwd=d)
+    assert ok("--home", "c", "call", first.addr, "echo", "one", "--max-price", "1000",
+              cwd=d) == "one\n"  # fmt: skip
+    assert first.stop() == 0
+    again = Node(d, "p", "--service", f"echo={PRICE}", "--listen", "/ip4/127.0.0.1/tcp/0",
+                 "--bootstrap", bootstrap.addr)  # fmt: skip
+    nodes.append(again)
+    assert again.addr != first.addr
+    find_both(d, bootstrap.addr, {provider})
+    out = ok("--home", "c", "call", "any", "echo", "two", "--max-price", "1000",
+             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert out == "two\n"
+    assert ok("--home", "c", "call", provider, "echo", "three", "--max-price", "1000",
+              cwd=d) == "three\n"  # fmt: skip
+    # the peer is down: UNREACHABLE names the address tried and says to give the full one
+    assert again.stop() == 0
+    line = fails("--home", "c", "call", provider, "echo", "x", "--max-price", "1000", cwd=d)
+    assert line.startswith(f"p2pay: error: UNREACHABLE: cannot reach {provider} at ")
+    assert "give its full multiaddr once" in line and again.addr.split("/p2p/")[0] in line

@@ -320,3 +320,50 @@ def test_an_unreachable_peer_is_one_line_without_library_noise(
     *logs, last = loud.stderr.splitlines()
     assert last.startswith("p2pay: error: ")
     assert all(x.startswith("t=") and " logger=" in x for x in logs), logs  # key=value lines
+    # -v is p2pay's info lines: the network library's own lines only with -vv
+    assert not [x for x in logs if " logger=libp2p" in x], logs
+    louder = p2pay("-vv", *call, cwd=d)
+    assert louder.returncode == 1
+    *logs, last = louder.stderr.splitlines()
+    assert last.startswith("p2pay: error: ")
+    assert all(x.startswith("t=") and " logger=" in x for x in logs), logs
+
+
+def test_help_says_where_json_errors_and_library_lines_go(tmp_path: Any) -> None:
+    """--json's help names stderr for errors; -v's help says what the default shows."""
+    text = " ".join(p2pay("channel", "list", "--help", cwd=tmp_path).stdout.split())
+    assert "Print one JSON document on stdout." in text
+    assert 'error goes to stderr as one JSON line {"error": {"code", "message", "details"}}' in text
+    top = " ".join(p2pay("--help", cwd=tmp_path).stdout.split())
+    assert "-v info, -vv debug and the network library's own lines" in top
+    assert "Without it only warnings and errors" in top
+
+
+def test_a_channel_prefix_that_matches_several_channels_is_refused() -> None:
+    """`channel close`/`top-up` take a unique prefix: two matches name both, none is
+    UNKNOWN_CHANNEL; a full id is taken as is."""
+    import trio
+
+    from p2pay.cli.common import resolve_channel
+    from p2pay.cli.home import CliError
+
+    class Channels:
+        def __init__(self, ids: list[bytes]) -> None:
+            self.ids = ids
+
+        async def channels_of(self, account: bytes) -> list[Any]:
+            return [type("C", (), {"id": i})() for i in self.ids]
+
+    a = bytes.fromhex("9ccaaf66" + "11" * 28)
+    b = bytes.fromhex("9ccaaf66" + "22" * 28)
+    led: Any = Channels([a, b])
+    with pytest.raises(CliError) as exc:
+        trio.run(resolve_channel, led, b"me", "9ccaaf66")
+    assert exc.value.code.value == "INVALID_ARGUMENT"
+    assert "2 channels of this identity start with 9ccaaf66" in exc.value.message
+    assert exc.value.details["matches"] == [a.hex(), b.hex()]
+    assert trio.run(resolve_channel, led, b"me", "0x9CCAAF6611") == a
+    with pytest.raises(CliError) as exc:
+        trio.run(resolve_channel, led, b"me", "deadbeef")
+    assert exc.value.code.value == "UNKNOWN_CHANNEL"
+    assert trio.run(resolve_channel, led, b"me", "ab" * 32) == bytes.fromhex("ab" * 32)

@@ -180,3 +180,49 @@ def test_node_run_on_a_taken_config_port_says_what_to_do(world: dict[str, Any]) 
         "node holds this port): pass --listen (e.g. /ip4/127.0.0.1/tcp/0), or edit listen in "
         "the home's config.toml"
     )
+
+
+@pytest.mark.slow
+def test_a_channel_with_too_short_a_challenge_does_not_break_calls(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """protocol.md 17: the payee's minimum challenge period is not in its hello; it states
+    it when it refuses a channel (CHALLENGE_TOO_SHORT). The payer then calls on another
+    open channel to it, remembers the minimum (a shorter `channel open` is refused before
+    any escrow moves) and, with no accepted channel left, names the refused one and what
+    to do. No message names an option `call` does not have."""
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    peer = world["p"]["peer_id"]
+    c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "2s")
+    node = Node(d, "p", "--service", f"echo={PRICE}", "--min-challenge", "1m")
+    nodes.append(node)
+    good = js("--home", "c", "channel", "open", node.addr, "--deposit", "1 milli",
+              "--challenge", "2m", cwd=d)["channel"]  # fmt: skip
+    short = js("--home", "c", "channel", "open", peer, "--deposit", "2 milli",
+               "--challenge", "1s", cwd=d)["channel"]  # fmt: skip
+    # the new channel has more credit: it is tried first, refused, and the call goes on
+    proc = p2pay("--home", "c", "call", peer, "echo", "hi", "--max-price", "1000", cwd=d)
+    assert proc.returncode == 0 and proc.stdout == "hi\n", proc.stderr
+    assert f"refused channel {short}" in proc.stderr and "--challenge" not in proc.stderr
+    doc = js("--home", "c", "call", peer, "echo", "again", "--max-price", "1000", cwd=d)
+    assert doc["channel"] == good
+    # the minimum is known now: a shorter channel is refused before any escrow moves
+    before = money(world, "c")
+    line = fails("--home", "c", "channel", "open", peer, "--deposit", "1 milli",
+                 "--challenge", "30s", cwd=d)  # fmt: skip
+    assert line == (
+        "p2pay: error: CHALLENGE_TOO_SHORT: --challenge 30s is below this payee's minimum of "
+        "1m (it refused a shorter channel before); nothing was locked: run `channel open` "
+        "again with --challenge 1m or more"
+    )
+    assert money(world, "c") == before
+    # no accepted channel left: the error names the refused one and `channel close`
+    c.ok("--home", "c", "channel", "close", good[:8])
+    line = fails("--home", "c", "call", peer, "echo", "x", "--max-price", "1000", cwd=d)
+    assert line.startswith(
+        f"p2pay: error: CHALLENGE_TOO_SHORT: this payee refuses channel {short[:8]}…"
+    ), line
+    assert f"`channel close {short[:16]}`" in line and "--challenge 1m" in line
+    assert "`channel open PEER --challenge 1m`" in line

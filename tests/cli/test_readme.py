@@ -107,11 +107,13 @@ def test_find_and_pay_runs(tmp_path: Path) -> None:
     assert "\nhello\n" in out.stdout  # the answer of call any
     # the channel list shows the call paid: 1000 yocto spent
     listing = out.stdout.rsplit("\nhello\n", 1)[1].splitlines()
-    header = next(line for line in listing if line.startswith("┃"))
+    # (amount columns in one unit each, named under the column's name: spent in zepto)
+    top, under = [line for line in listing if line.startswith("┃")][:2]
+    heads = zip(top.strip("┃").split("┃"), under.strip("┃").split("┃"), strict=True)
+    columns = [" ".join(f"{a} {b}".split()) for a, b in heads]
     row = next(line for line in listing if "payer" in line)
-    columns = [cell.strip() for cell in header.strip("┃").split("┃")]
     cells = [cell.strip() for cell in row.strip("│").split("│")]
-    assert cells[columns.index("spent")] == "1000"
+    assert cells[columns.index("spent (zepto)")] == "1"  # 1000 yocto
 
 
 def _free_port() -> int:
@@ -170,3 +172,32 @@ def test_readme_simulation_command_runs(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "sim" / "report.json").read_text())
     assert report["invariants"] and all(inv["ok"] for inv in report["invariants"])
     assert report["requests"]["ok"] > 1000
+
+
+@pytest.mark.parametrize("script", ["walkthrough.sh", "walkthrough-evm.sh", "find-and-pay.sh"])
+def test_scripts_wait_long_for_a_node_and_fail_clearly(tmp_path: Path, script: str) -> None:
+    """Each script waits (up to 120 s: 600 x 0.2 s) for a node's `listening` line with its
+    `started` function and stops with a clear message if it never comes, rather than
+    running the next command with an empty address. `sleep` is faked to return at once."""
+    text = (ROOT / "examples" / script).read_text()
+    found = re.search(r"^started\(\) \{.*?^\}\n", text, flags=re.S | re.M)
+    assert found, f"{script} has no started() function"
+    assert "$(seq 600)" in found.group(0) and "sleep 0.2" in found.group(0)
+    assert "started provider.out" in text and "seq 150" not in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sleep").chmod(0o755)
+    env = {**_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    (tmp_path / "node.out").write_text("")
+    body = found.group(0) + 'set -euo pipefail\nPEER=$(started node.out)\necho "next: $PEER"\n'
+    out = subprocess.run(
+        ["bash", "-c", body], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert out.returncode != 0 and "next:" not in out.stdout
+    assert "never printed 'listening' in 120 s" in out.stderr and "node.out" in out.stderr
+    (tmp_path / "node.out").write_text("noise\nlistening /ip4/127.0.0.1/tcp/1/p2p/X\n")
+    out = subprocess.run(
+        ["bash", "-c", body], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0 and out.stdout == "next: /ip4/127.0.0.1/tcp/1/p2p/X\n"
