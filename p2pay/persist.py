@@ -11,7 +11,14 @@ receipt must not leave before its charge is on disk) waits with `await durable(g
 Because a single task writes, generations commit in order, and within a generation the
 latest snapshot of a record wins: a later state can never be overwritten by an older
 one. Concurrent requests share commits, so durability costs one fsync per batch, not
-per request. Before it takes a batch the flusher lets the tasks that are ready to run
+per request. A channel whose record changes with nearly every request (the payer's, on
+every request sent and every receipt) may be staged as a *snapshot*: a function that
+builds its record, called when the generation is committed (in the same synchronous step
+that closes the generation, so the record is the channel's state at the end of that
+generation, exactly what staging a record at its last change would have written), so a
+channel is turned into a record once per commit rather than once per change.
+
+Before it takes a batch the flusher lets the tasks that are ready to run
 stage what they will (a few scheduler passes, ending as soon as none is runnable), so
 that a busy node makes fewer, larger commits; an idle one waits one pass.
 
@@ -26,6 +33,7 @@ A write-through failure is recorded like a flusher's: `durable` raises `StoreFai
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,7 +65,11 @@ GATHER_TICKS = 8
 @dataclass
 class _Staged:
     payee: dict[bytes, PayeeRecord] = field(default_factory=dict)
+    #: channel id -> builds its record at commit (`Persister.stage` ``payee_snapshot``)
+    payee_snapshots: dict[bytes, Callable[[], PayeeRecord]] = field(default_factory=dict)
     payer: dict[bytes, PayerRecord] = field(default_factory=dict)
+    #: channel id -> builds its record at commit (`Persister.stage` ``payer_snapshot``)
+    payer_snapshots: dict[bytes, Callable[[], PayerRecord]] = field(default_factory=dict)
     requests: dict[bytes, OutgoingRequest] = field(default_factory=dict)
     responses: dict[bytes, StoredResponse] = field(default_factory=dict)
     claims: dict[bytes, ClaimRecord] = field(default_factory=dict)
@@ -68,7 +80,9 @@ class _Staged:
     def empty(self) -> bool:
         return not (
             self.payee
+            or self.payee_snapshots
             or self.payer
+            or self.payer_snapshots
             or self.requests
             or self.responses
             or self.claims
@@ -79,8 +93,8 @@ class _Staged:
 
     def batch(self) -> Batch:
         return Batch(
-            payee=list(self.payee.values()),
-            payer=list(self.payer.values()),
+            payee=[*self.payee.values(), *(build() for build in self.payee_snapshots.values())],
+            payer=[*self.payer.values(), *(build() for build in self.payer_snapshots.values())],
             requests=list(self.requests.values()),
             responses=list(self.responses.values()),
             claims=list(self.claims.values()),
@@ -124,7 +138,9 @@ class Persister:
         self,
         *,
         payee: PayeeRecord | None = None,
+        payee_snapshot: tuple[bytes, Callable[[], PayeeRecord]] | None = None,
         payer: PayerRecord | None = None,
+        payer_snapshot: tuple[bytes, Callable[[], PayerRecord]] | None = None,
         request: OutgoingRequest | None = None,
         response: StoredResponse | None = None,
         claim: ClaimRecord | None = None,
@@ -134,15 +150,29 @@ class Persister:
     ) -> int:
         """Record changes; returns the generation to wait for with `durable`.
 
+        ``payer_snapshot`` (``payee_snapshot``) is (channel id, a function building that
+        channel's record): the function is called when this generation is committed, so
+        it must build the channel's state as it is then (e.g. read a live channel object
+        whose every change is staged). For one channel the later of a record and a
+        snapshot staged wins.
+
         A `request_update` changes the request as staged or stored when it is applied:
         it folds into a request staged in this generation, is dropped if the request is
         to be deleted, and otherwise goes to the store as a narrow update.
         """
         if self._write_now is not None:
+            # a generation ends here: snapshots are built now (after a record staged with
+            # them for the same channel: the later in the batch wins)
             return self._write_through(
                 Batch(
-                    payee=[payee] if payee is not None else [],
-                    payer=[payer] if payer is not None else [],
+                    payee=[
+                        *((payee,) if payee is not None else ()),
+                        *((payee_snapshot[1](),) if payee_snapshot is not None else ()),
+                    ],
+                    payer=[
+                        *((payer,) if payer is not None else ()),
+                        *((payer_snapshot[1](),) if payer_snapshot is not None else ()),
+                    ],
                     requests=[request] if request is not None else [],
                     responses=[response] if response is not None else [],
                     claims=[claim] if claim is not None else [],
@@ -155,8 +185,18 @@ class Persister:
         self._stages += 1
         if payee is not None:
             s.payee[payee.channel] = payee
+            s.payee_snapshots.pop(payee.channel, None)
+        if payee_snapshot is not None:
+            channel, build_payee = payee_snapshot
+            s.payee_snapshots[channel] = build_payee
+            s.payee.pop(channel, None)
         if payer is not None:
             s.payer[payer.channel] = payer
+            s.payer_snapshots.pop(payer.channel, None)
+        if payer_snapshot is not None:
+            channel, build = payer_snapshot
+            s.payer_snapshots[channel] = build
+            s.payer.pop(channel, None)
         if request is not None:
             s.requests[request.request_hash] = request
             s.delete_requests.discard(request.request_hash)
@@ -276,7 +316,9 @@ class Persister:
         generation = self._generation
         self._generation += 1
         try:
-            await self.store.write(staged.batch())
+            # snapshots are built here, with no await since the generation closed above
+            batch = staged.batch()
+            await self.store.write(batch)
         except BaseException as exc:
             self._failed = exc
             log.error("store write failed: %s", exc)

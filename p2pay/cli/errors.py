@@ -260,13 +260,12 @@ def _no_offer(match: re.Match[str], details: dict[str, Any]) -> str:
     most = int(match.group("max"))
     details["max_price"] = most
     text = (
-        f"no live offer of {match.group('service')} at or below --max-price "
-        f"{render.amount_text(most)}"
+        f"no offer of {match.group('service')} at or below --max-price {render.amount_text(most)}"
     )
     if match.group("stake") is not None:
         details["min_stake"] = int(match.group("stake"))
         text += f" with a stake of at least {render.amount_text(details['min_stake'])}"
-    return text + " (p2pay find lists the offers seen)"
+    return f"{text}; {match.group('left')} (p2pay find lists the offers)"
 
 
 _Rewrite = Callable[[re.Match[str], dict[str, Any]], "str | None"]
@@ -312,8 +311,8 @@ REWRITES: tuple[tuple[re.Pattern[str], _Rewrite], ...] = (
     ),
     (
         re.compile(
-            r"no live offer of (?P<service>'.*') at or below (?P<max>\d+) yocto a call"
-            r"(?: with a stake of at least (?P<stake>\d+) yocto)?"
+            r"no offer of (?P<service>'.*') at or below (?P<max>\d+) yocto"
+            r"(?: with a stake of at least (?P<stake>\d+) yocto)?; (?P<left>.*)"
         ),
         _no_offer,
     ),

@@ -81,7 +81,7 @@ from p2pay.sim.cli import simulate
 if TYPE_CHECKING:
     from p2pay.core.settlement import Event, Params
     from p2pay.ledger.base import Totals
-    from p2pay.node import CallResult, ChannelInfo, Node, OfferInfo
+    from p2pay.node import CallResult, ChannelInfo, Node, OfferInfo, Unmatched
     from p2pay.store.base import PayeeRecord, PayerRecord
 
 log = logging.getLogger("p2pay.cli")
@@ -978,6 +978,8 @@ def call_document(result: Any) -> dict[str, Any]:
                 {"peer": a.peer, "outcome": a.outcome, "code": a.code, "message": a.message}
                 for a in result.attempts
             ],
+            "opened": result.opened,
+            "deposit": result.deposit,
         }
     return {
         **found,
@@ -1024,6 +1026,52 @@ async def timeout_advice(node: Node, peer: str, message: str) -> str:
     )
 
 
+async def call_any(
+    node: Node, service: str, body: bytes, *, max_price: int, timeout: float
+) -> CallResult:
+    """`Node.call_any`; a NO_PROVIDER whose attempts include a timed-out paid request
+    says, for it, what `call PEER` says of one (`timeout_advice`)."""
+    from p2pay.node import NoProvider
+    from p2pay.node.discovery import prose
+
+    try:
+        return await node.call_any(service, body, max_price=max_price, timeout=timeout)
+    except NoProvider as exc:
+        if not any(a.outcome == "timed_out" for a in exc.attempts):
+            raise
+        parts = []
+        for a in exc.attempts:
+            said = f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})"
+            if a.outcome == "timed_out":
+                said = await timeout_advice(node, a.peer, said)
+            parts.append(said)
+        raise NoProvider(
+            f"no provider of {service!r} served the call: " + "; ".join(parts),
+            attempts=exc.attempts,
+            details={k: v for k, v in exc.details.items() if k != "attempts"},
+        ) from None
+
+
+def via_line(result: CallResult) -> str:
+    """What `call any` did, for a person (stderr): the provider that answered, the price,
+    the channel (opened, with its deposit, or reused), and the providers skipped."""
+    from p2pay.core.amounts import format_tokens
+    from p2pay.node.discovery import prose
+
+    channel = render.short(result.channel, 4)
+    if result.opened:
+        how = f"opened channel {channel}, deposit {format_tokens(result.deposit)} token"
+    else:
+        how = f"channel {channel}"
+    line = f"via {render.short(result.peer, 4)} (price {result.price} yocto; {how})"
+    skipped = [
+        f"{render.short(a.peer, 4)} {prose(a.outcome)}" + (f" ({a.code})" if a.code else "")
+        for a in result.attempts
+        if a.outcome != "ok"
+    ]
+    return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
+
+
 def need_bootstrap(home: Home, bootstrap: Sequence[str]) -> None:
     """Raises CliError unless there is a peer to join the network through."""
     if not discovery_config(home.config(), bootstrap).bootstrap:
@@ -1035,7 +1083,9 @@ def need_bootstrap(home: Home, bootstrap: Sequence[str]) -> None:
 
 
 def offer_row(offer: OfferInfo) -> dict[str, Any]:
-    """One offer as `find --json` prints it."""
+    """One offer as `find --json` prints it (an offer carries no time it was made:
+    ``seen_ms_ago`` is since this command received it, ``expires_in_ms`` until it is
+    void)."""
     return {
         "peer": offer.peer,
         "addrs": list(offer.addrs),
@@ -1045,8 +1095,9 @@ def offer_row(offer: OfferInfo) -> dict[str, Any]:
         "stake": offer.stake,
         "penalty": offer.penalty,
         "claim_window_ms": offer.claim_window_ms,
-        "age_ms": offer.age_ms,
         "expires": offer.expires,
+        "expires_in_ms": offer.expires_in_ms,
+        "seen_ms_ago": offer.seen_ms_ago,
         "seq": offer.seq,
     }
 
@@ -1076,30 +1127,51 @@ def find(
     as_json: bool,
 ) -> None:
     """List the live offers of SERVICE: who sells it, where, at what price, with which
-    stake (read on the ledger), and how old each offer is.
+    stake (read on the ledger), and how long each offer holds (expires in).
 
     The node joins the network through the bootstrap peers (--bootstrap, and config.toml's
     [discovery] bootstrap), asks the DHT for the service's providers, fetches and checks
     their signed offers, and listens to the offers gossiped meanwhile. Not while `node run`
     runs on this same home.
+
+    An offer lives until it expires (three announce intervals after its provider made it;
+    a running provider renews it every interval): a provider that stopped stays listed
+    until then. When no bootstrap peer can be reached, find fails (UNREACHABLE) rather
+    than list nothing; when offers exist outside --max-price / --min-stake, it says how
+    many and the nearest terms. --json: seen_ms_ago is the time since this command
+    received an offer, expires_in_ms the time left before it is void.
     """
+    from p2pay.node.discovery import none_within
+
     home = settings().home
     need_bootstrap(home, bootstrap)
 
-    async def do(node: Node) -> list[OfferInfo]:
-        return await node.find(service, max_price=max_price, min_stake=min_stake, wait=wait)
+    async def do(node: Node) -> tuple[list[OfferInfo], Unmatched]:
+        found = await node.find(service, max_price=max_price, min_stake=min_stake, wait=wait)
+        assert node.discovery is not None
+        return found, node.discovery.unmatched(service, max_price=max_price, min_stake=min_stake)
 
-    offers = run_with_node(home, ledger, do, discovery=True, bootstrap=bootstrap)
-    doc = {"service": service, "offers": [offer_row(o) for o in offers]}
+    offers, left = run_with_node(home, ledger, do, discovery=True, bootstrap=bootstrap)
+    doc = {
+        "service": service,
+        "offers": [offer_row(o) for o in offers],
+        "left_out": {  # amounts as decimal strings of yocto, as everywhere
+            "above_max_price": left.above_price,
+            "lowest_price": None if left.lowest_price is None else str(left.lowest_price),
+            "below_min_stake": left.below_stake,
+            "highest_stake": None if left.highest_stake is None else str(left.highest_stake),
+        },
+    }
     if as_json:
         render.print_json(doc)
         return
     if not offers:
-        echo(f"no live offer of {service!r} found")
+        echo(none_within(service, left, max_price=max_price, min_stake=min_stake))
         return
-    cols = ("peer", "price", "stake", "age", "addresses")
+    cols = ("peer", "price", "stake", "expires in", "addresses")
     rows = [
-        [o.peer, o.price, o.stake, format_ms(max(o.age_ms, 1)), " ".join(o.addrs)] for o in offers
+        [o.peer, o.price, o.stake, format_ms(max(o.expires_in_ms, 1)), " ".join(o.addrs)]
+        for o in offers
     ]
     render.stdout.print(
         render.table(
@@ -1144,8 +1216,10 @@ def call(
     lists them): the cheapest, best staked, most reliable offer at or below --max-price.
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
     deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
-    provider is skipped for the next one (at most max_attempts). Needs a bootstrap peer
-    (--bootstrap or config.toml).
+    provider is skipped for the next one (at most max_attempts), and ranked after the
+    others by the next runs (the failures seen are kept in this home). It says on stderr
+    which provider answered, through which channel, and whom it skipped (--json: in the
+    document). Needs a bootstrap peer (--bootstrap or config.toml).
 
     Any other PEER needs an open channel to it (p2pay channel open). A paid request left unanswered
     stays on record: `p2pay node run` on this home re-sends it and, only if that brings no
@@ -1173,7 +1247,7 @@ def call(
         from p2pay.node import CallTimeout
 
         if anyone:
-            return await node.call_any(service, body, max_price=max_price, timeout=timeout)
+            return await call_any(node, service, body, max_price=max_price, timeout=timeout)
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
         except CallTimeout as exc:
@@ -1183,6 +1257,9 @@ def call(
     if as_json:
         render.print_json(call_document(result))
         return
+    if anyone:
+        sys.stderr.write(via_line(result) + "\n")
+        sys.stderr.flush()
     out = sys.stdout.buffer
     out.write(result.body)
     if not raw and not result.body.endswith(b"\n"):

@@ -672,6 +672,13 @@ class PayerChannel:
         """What a jump may take (protocol.md 14.3 rule 7): abandoned prices and forgotten."""
         return sum(p.price for p in self.abandoned.values()) + self.forgotten
 
+    def _headroom(self, n: int, price: int) -> int:
+        """How far a receipt for request `n` (of `price`) may move ``spent`` beyond its own
+        charge (protocol.md 14.3 rule 7): the abandoned prices of *other* requests and
+        forgotten, less what earlier jumps took."""
+        others = self._pool() - (price if n in self.abandoned else 0)
+        return max(0, others - self.absorbed)
+
     def _unanswered(self) -> int:
         """What the payee may have charged without our having its receipt: the prices of
         the requests in flight and abandoned, and forgotten."""
@@ -696,7 +703,8 @@ class PayerChannel:
         exceed ``paid``), refuse that request's stored receipt (rule 8) and let a later jump
         take the same yocto again.
         """
-        self.absorbed = min(self.absorbed, self._unanswered())
+        if self.absorbed:  # (0 is within any sum of prices: no need to add them up)
+            self.absorbed = min(self.absorbed, self._unanswered())
 
     def restore_abandoned(self, requests: Iterable[Pending]) -> None:
         """After a restart: the requests on record without an answer (in flight when the
@@ -862,10 +870,9 @@ class PayerChannel:
         # A jump above `expected` can only be charges of *other* abandoned requests whose
         # receipts were lost (specs/protocol.md 14.3 rule 7), and each abandoned price
         # explains at most one jump: `absorbed` counts the yocto already explained.
-        others = self._pool() - (pending.price if response.n in self.abandoned else 0)
-        headroom = max(0, others - self.absorbed)
         jump = response.spent - expected
-        if jump > headroom:
+        if jump and jump > self._headroom(response.n, pending.price):
+            headroom = self._headroom(response.n, pending.price)
             raise RemoteProtocolError(
                 f"receipt spent {response.spent}, expected {expected}"
                 + (f" (+ at most {headroom} for abandoned requests)" if headroom else ""),

@@ -38,7 +38,7 @@ import hashlib
 import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from p2pay.core import codec
@@ -74,6 +74,7 @@ from p2pay.core.signing import Signer
 
 __all__ = [
     "DOMAIN_OFFER",
+    "FAILURE_FORGET_MS",
     "FAILURE_SKIP_MS",
     "FETCH_PROTOCOL_ID",
     "FETCH_TIMEOUT_MS",
@@ -106,8 +107,10 @@ __all__ = [
     "decode_fetch_reply",
     "decode_fetch_request",
     "decode_offer",
+    "decode_peer_stats",
     "encode_fetch_reply",
     "encode_fetch_request",
+    "encode_peer_stats",
     "offer_key",
     "offer_topic",
     "stake_covers",
@@ -1045,6 +1048,7 @@ class OfferBook:
 # Choosing a provider (specs/discovery.md 8)
 
 FAILURE_SKIP_MS = 300_000
+FAILURE_FORGET_MS = 600_000
 MAX_CONSECUTIVE_FAILURES = 3
 
 
@@ -1068,16 +1072,19 @@ class PeerStats:
     latency_ms: int | None = None
     skip_until_ms: int = 0
     last_failure: FailureKind | None = None
+    last_failure_ms: int = 0
 
 
 _Ranked = TypeVar("_Ranked", Offer, KeptOffer)
 
 
 class Chooser:
-    """Ranks offers by failures, price, stake, latency and PeerID (specs/discovery.md 8),
-    deterministically, from what the client saw of each provider.
+    """Ranks offers by recent failures, price, stake, latency and a tie-break salted with
+    the client's own PeerID (specs/discovery.md 8), deterministically, from what the
+    client saw of each provider.
 
     Args:
+        client: the choosing client's PeerID text (the tie-break's salt).
         max_failures: consecutive failures after which a peer is skipped.
         skip_ms: how long it is skipped after each failure from then on.
         max_peers: peers whose stats are kept (the least recently updated are forgotten).
@@ -1086,6 +1093,7 @@ class Chooser:
     def __init__(
         self,
         *,
+        client: str = "",
         max_failures: int = MAX_CONSECUTIVE_FAILURES,
         skip_ms: int = FAILURE_SKIP_MS,
         max_peers: int = MAX_OFFERS,
@@ -1094,6 +1102,8 @@ class Chooser:
             _check_uint(value, name, MAX_U64, False)
             _check(value >= 1, f"{name} is at least 1", False)
         _check_uint(skip_ms, "skip_ms", MAX_U64, False)
+        _check(isinstance(client, str), "client is a PeerID text", False)
+        self.client = client.encode()
         self.max_failures = max_failures
         self.skip_ms = skip_ms
         self.max_peers = max_peers
@@ -1111,6 +1121,7 @@ class Chooser:
             seen.latency_ms,
             seen.skip_until_ms,
             seen.last_failure,
+            seen.last_failure_ms,
         )
 
     def _entry(self, peer: str) -> PeerStats:
@@ -1147,6 +1158,7 @@ class Chooser:
         seen.failures += 1
         seen.consecutive_failures += 1
         seen.last_failure = kind
+        seen.last_failure_ms = now
         if seen.consecutive_failures >= self.max_failures:
             seen.skip_until_ms = now + self.skip_ms
 
@@ -1155,20 +1167,40 @@ class Chooser:
         seen = self._stats.get(peer)
         return seen is not None and now < seen.skip_until_ms
 
+    def entries(self) -> list[tuple[str, PeerStats]]:
+        """Copies of the stats kept, least recently updated first: what `encode_peer_stats`
+        saves and `load` takes back (a client remembers its providers across runs)."""
+        return [(peer, self.stats(peer)) for peer in self._stats]
+
+    def load(self, entries: Iterable[tuple[str, PeerStats]]) -> None:
+        """Take back saved stats (`entries`, least recently updated first), as older than
+        what was recorded since: a peer already known keeps its current stats, and when
+        ``max_peers`` are kept the older saved ones are left out."""
+        for peer, seen in reversed(list(entries)):  # the most recently updated first
+            _check(isinstance(peer, str), "peer is a PeerID text", False)
+            _check(isinstance(seen, PeerStats), "stats are PeerStats", False)
+            if peer in self._stats:
+                continue
+            if len(self._stats) >= self.max_peers:
+                break
+            self._stats[peer] = replace(seen)  # a copy
+            self._stats.move_to_end(peer, last=False)  # older than everything kept
+
     def rank(self, offers: Iterable[_Ranked], now: int) -> list[_Ranked]:
         """`offers` best first, without those of skipped peers. Deterministic: the same
         offers and stats give the same order whatever the input order."""
 
-        def key(item: _Ranked) -> tuple[int, int, int, int, str]:
+        def key(item: _Ranked) -> tuple[int, int, int, int, bytes]:
             offer = item.offer if isinstance(item, KeptOffer) else item
             peer = offer.peer_id
             seen = self._stats.get(peer)
+            recent = seen is not None and now - seen.last_failure_ms < FAILURE_FORGET_MS
             return (
-                0 if seen is None else seen.consecutive_failures,
+                seen.consecutive_failures if seen is not None and recent else 0,
                 offer.price,
                 -offer.stake.amount,
                 0 if seen is None or seen.latency_ms is None else seen.latency_ms,
-                peer,
+                hashlib.sha256(self.client + peer.encode()).digest(),
             )
 
         kept = [
@@ -1178,3 +1210,82 @@ class Chooser:
         ]
         kept.sort(key=key)
         return kept
+
+
+#: version of the saved form of a Chooser's stats (`encode_peer_stats`)
+_STATS_VERSION = 1
+#: bytes of one saved peer at most: a PeerID (at most 128 bytes of text here), five
+#: integers of at most 9 bytes, a failure kind, and CBOR heads
+_STATS_ENTRY_MAX = 200
+
+
+def encode_peer_stats(entries: Sequence[tuple[str, PeerStats]]) -> bytes:
+    """The saved form of a Chooser's stats (`Chooser.entries`), in order: the canonical
+    CBOR ``[1, [[peer, successes, failures, consecutive_failures, latency_ms or null,
+    skip_until_ms, last_failure or null, last_failure_ms], ...]]``. A local record (a
+    client's store), not a message: no peer ever sees it."""
+    rows: list[codec.CborValue] = []
+    for peer, seen in entries:
+        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "peer is a PeerID text", False)
+        numbers = ("successes", "failures", "consecutive_failures", "skip_until_ms")
+        for name in (*numbers, "last_failure_ms"):
+            _check_uint(getattr(seen, name), name, MAX_U64, False)
+        if seen.latency_ms is not None:
+            _check_uint(seen.latency_ms, "latency_ms", MAX_U64, False)
+        rows.append(
+            [
+                peer,
+                seen.successes,
+                seen.failures,
+                seen.consecutive_failures,
+                seen.latency_ms,
+                seen.skip_until_ms,
+                None if seen.last_failure is None else str(seen.last_failure),
+                seen.last_failure_ms,
+            ]
+        )
+    return codec.encode([_STATS_VERSION, rows])
+
+
+def decode_peer_stats(data: bytes, *, max_peers: int = MAX_OFFERS) -> list[tuple[str, PeerStats]]:
+    """Read `encode_peer_stats`' form back, strictly (at most `max_peers` entries).
+
+    Raises:
+        DecodeError: `data` is not that form (another version, a bad field).
+    """
+    value = codec.decode(data, max_size=64 + max_peers * _STATS_ENTRY_MAX, max_depth=3)
+    _check(
+        isinstance(value, list) and len(value) == 2 and value[0] == _STATS_VERSION,
+        f"saved peer stats: not version {_STATS_VERSION}",
+        True,
+    )
+    assert isinstance(value, list)
+    rows = value[1]
+    _check(isinstance(rows, list) and len(rows) <= max_peers, "saved peer stats: rows", True)
+    assert isinstance(rows, list)
+    kinds = {k.value: k for k in FailureKind}
+    out: list[tuple[str, PeerStats]] = []
+    for row in rows:
+        _check(isinstance(row, list) and len(row) == 8, "saved peer stats: a row", True)
+        assert isinstance(row, list)
+        peer, successes, failures, consecutive, latency, skip_until, last, last_ms = row
+        _check(isinstance(peer, str) and 1 <= len(peer) <= 128, "saved peer stats: peer", True)
+        _check(last is None or last in kinds, "saved peer stats: last_failure", True)
+        assert isinstance(peer, str) and (last is None or isinstance(last, str))
+        stats = PeerStats(
+            _saved_uint(successes, "successes"),
+            _saved_uint(failures, "failures"),
+            _saved_uint(consecutive, "consecutive_failures"),
+            None if latency is None else _saved_uint(latency, "latency_ms"),
+            _saved_uint(skip_until, "skip_until_ms"),
+            None if last is None else kinds[last],
+            _saved_uint(last_ms, "last_failure_ms"),
+        )
+        out.append((peer, stats))
+    return out
+
+
+def _saved_uint(value: codec.CborValue, name: str) -> int:
+    _check_uint(value, f"saved peer stats: {name}", MAX_U64, True)
+    assert isinstance(value, int)
+    return value

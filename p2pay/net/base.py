@@ -327,10 +327,14 @@ class DiscoveryNet(Protocol):
         An exception from `source` is logged and the request is answered by a reset."""
         ...
 
-    async def bootstrap(self, addrs: Sequence[str]) -> None:
+    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
         """Join the network through these peers (multiaddrs ending in ``/p2p/<id>``):
         connect, add them to the routing table, and refresh it. Peers that cannot be
-        reached are logged and skipped.
+        reached are skipped (the caller reports them); an address of our own is ignored.
+
+        Returns:
+            The peers not reached: each address and why, in a few words (empty when
+            every peer was reached). A caller that reached none has not joined.
 
         Raises:
             LocalProtocolError: an address is malformed.

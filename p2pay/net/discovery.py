@@ -90,6 +90,7 @@ Guards (py-libp2p 0.8.1 as measured; why each exists)
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -515,8 +516,15 @@ class Libp2pDiscovery:
                 logger.info("providing %s failed: %s", service, exc)
         if not ok:
             # Recorded locally at least (we answer lookups that reach us); the DHT
-            # republishes it, and the node provides again at its next announcement.
-            logger.info("no DHT peer took our provider record for %r yet", service)
+            # republishes it, and the node provides again at its next announcement. A
+            # node that knows no DHT peer (no bootstrap peer, nobody joined through it)
+            # has nobody to give it to: nothing to report then.
+            alone = self._dht.get_routing_table_size() == 0
+            logger.log(
+                logging.DEBUG if alone else logging.INFO,
+                "no DHT peer took our provider record for %r yet",
+                service,
+            )
 
     async def find_providers(
         self, ledger: bytes, service: str, *, limit: int = 20
@@ -668,19 +676,21 @@ class Libp2pDiscovery:
 
     # --- bootstrap ----------------------------------------------------------------
 
-    async def bootstrap(self, addrs: Sequence[str]) -> None:
+    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
         peers: list[tuple[str, str]] = []
         for addr in addrs:
             _, peer_id = split_p2p(addr)
             peers.append((peer_id, addr))
         joined = 0
+        failed: dict[str, str] = {}
         for peer_id, addr in peers:
             if peer_id == self.peer_id:
                 continue
             try:
                 await self._transport.dial(peer_id, [addr], timeout=BOOTSTRAP_TIMEOUT)
             except (ConnectError, LocalProtocolError) as exc:
-                logger.warning("bootstrap peer %s not reached: %s", addr, exc)
+                failed[addr] = dial_reason(exc.message or str(exc), peer_id)
+                logger.debug("bootstrap peer %s not reached: %s", addr, failed[addr])
                 continue
             pid = ID.from_base58(peer_id)
             try:
@@ -688,7 +698,7 @@ class Libp2pDiscovery:
                     PeerInfo(pid, [Multiaddr(split_p2p(addr)[0])]),
                     skip_server_mode_check=True,
                 )
-            except Exception as exc:
+            except Exception as exc:  # reached (gossip and fetch work), not in the DHT
                 logger.warning("bootstrap peer %s not added to the DHT: %s", addr, exc)
                 continue
             joined += bool(added)
@@ -698,6 +708,25 @@ class Libp2pDiscovery:
                     await self._dht.refresh_routing_table()
                 except Exception as exc:
                     logger.info("DHT refresh failed: %s", exc)
+        return failed
+
+
+#: what a dial error repeats that its reader already knows: "cannot reach <PeerID>" and
+#: its address (given once by whoever reports it), and py-libp2p's "Error connecting to
+#: ('127.0.0.1', 1): " (the address again, as a Python tuple)
+_DIAL_NOISE = re.compile(
+    r"cannot reach \S+(?: at \S+)?(?:: |(?= within ))|Error connecting to \([^)]*\): "
+)
+
+
+def dial_reason(message: str, peer_id: str) -> str:
+    """Why a dial failed, in a few words: `message` (the transport's error) without the
+    PeerID and address it repeats (``"Connection refused"``, ``"no connection within 10.0
+    s"``)."""
+    text = _DIAL_NOISE.sub("", message).strip()
+    if text.startswith("within "):
+        text = "no connection " + text
+    return text or message
 
 
 def _reader_of(stream: INetStream) -> Callable[[int], Awaitable[bytes]]:

@@ -310,12 +310,22 @@ class MemoryDiscovery:
     def serve_offers(self, source: OfferSource | None) -> None:
         self._source = source
 
-    async def bootstrap(self, addrs: Sequence[str]) -> None:
+    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
         """Nothing to join in memory (every node of the network is reachable); the
-        addresses are checked as on libp2p."""
-        for addr in addrs:
-            split_p2p(addr)
+        addresses are checked as on libp2p, and a peer that has no discovery open on the
+        network, or is offline, or while we are, is not reached."""
+        named = [(addr, split_p2p(addr)[1]) for addr in addrs]
         await trio.lowlevel.checkpoint()
+        failed: dict[str, str] = {}
+        for addr, peer_id in named:
+            if peer_id == self._peer_id:
+                continue
+            remote = self._hub.nodes.get(peer_id)
+            if remote is None or not remote._running:
+                failed[addr] = "no such peer on the memory network"
+            elif not (self._network.is_online(self._peer_id) and self._network.is_online(peer_id)):
+                failed[addr] = "offline"
+        return failed
 
     # --- lifecycle ----------------------------------------------------------------
 

@@ -30,7 +30,9 @@ behind each choice:
 * After a failed dial py-libp2p refuses the peer for 60 s (negative cache); `connect`
   lifts that block first, so the node's own retry policy decides. `add_address` and
   `connect(multiaddr)` *replace* the peer's known addresses: py-libp2p dials only one
-  TCP address per peer, so a stale first address would hide a new one. The
+  TCP address per peer, so a stale first address would hide a new one (an address
+  that is already the one known is left as it is, and a good address is decoded once
+  and remembered, bounded: `Node.call` by multiaddr gives it on every call). The
   AutoConnector (which dials every peer in the peerstore to keep 50-100 connections)
   is switched off, connection pruning starts only at `MAX_CONNECTIONS`, and a dial
   is retried once, not three times.
@@ -141,6 +143,15 @@ rules keep granted + buffered under 1.5 x the window plus one 64 KiB read); one 
 does not loses its connection (see ``_GuardedYamux``)."""
 
 _PROTOCOL = TProtocol(PROTOCOL_ID)
+#: addresses (and PeerIDs) whose decoding a transport remembers (``Libp2pTransport._parse``)
+_PARSED_MAX = 1024
+
+
+def _remember(memory: dict[str, Any], key: str, value: Any) -> None:
+    """Add to a bounded memory, dropping its oldest entry when full."""
+    if len(memory) >= _PARSED_MAX:
+        del memory[next(iter(memory))]
+    memory[key] = value
 
 
 def _describe(exc: BaseException) -> str:
@@ -392,6 +403,13 @@ class Libp2pTransport:
         self._streams: set[Libp2pStream] = set()
         self._nursery: trio.Nursery | None = None
         self._running = False
+        #: address text -> (the PeerID it names or None, its transport part), and PeerID
+        #: text -> py-libp2p ID: what `_parse` decoded once, for the addresses given again
+        #: and again (`Node.call` by multiaddr gives one on every call). Each at most
+        #: `_PARSED_MAX` entries, oldest dropped first; only what decoded enters (a bad
+        #: address is refused every time it is given).
+        self._split: dict[str, tuple[str | None, Multiaddr, bool]] = {}
+        self._peer_ids: dict[str, ID] = {}
 
     @property
     def public(self) -> bytes:
@@ -484,7 +502,23 @@ class Libp2pTransport:
         that moved would stay unreachable behind its stale address if we appended.
         """
         pid, maddr = self._parse(addr, expect=peer_id)
-        self._set_address(pid, maddr)
+        self._use_address(pid, maddr)
+
+    def _use_address(self, pid: ID, maddr: Multiaddr) -> None:
+        """`_set_address`, skipping the peerstore's work when `maddr` is already the one
+        address it knows for `pid` (a caller naming a peer by multiaddr on every call)."""
+        if self._holds_only(pid, maddr):
+            _swarm(self._host).unblock_peer(pid)  # as `_set_address` does
+        else:
+            self._set_address(pid, maddr)
+
+    def _holds_only(self, pid: ID, maddr: Multiaddr) -> bool:
+        """Whether the peerstore knows exactly `maddr` for `pid` (and nothing else)."""
+        try:
+            known = self._host.get_peerstore().addrs(pid)
+        except Exception:  # py-libp2p's PeerStoreError: a peer it never heard of
+            return False
+        return len(known) == 1 and known[0] == maddr
 
     def _set_address(self, pid: ID, maddr: Multiaddr) -> None:
         peerstore = self._host.get_peerstore()
@@ -501,30 +535,52 @@ class Libp2pTransport:
         return str(addrs[0]) if addrs else None
 
     def _parse(self, addr: str, *, expect: str | None) -> tuple[ID, Multiaddr]:
-        """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad."""
-        if not isinstance(addr, str):
+        """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad.
+
+        The multiaddr decoding of a good address is done once and remembered (bounded, see
+        ``_split``): it costs hundreds of microseconds in py-libp2p, and a caller naming a
+        peer by multiaddr gives the address on every call. The checks against `expect`
+        run every time.
+        """
+        if not isinstance(addr, str) or not (expect is None or isinstance(expect, str)):
             raise LocalProtocolError("an address is a string")
-        try:
-            maddr = Multiaddr(addr)
-            named = maddr.get_peer_id()
-        except Exception as exc:
-            raise LocalProtocolError(f"invalid multiaddr {addr[:200]!r}: {exc}") from None
+        addr = str(addr)
+        split = self._split.get(addr)
+        if split is None:
+            split = self._split_new(addr)
+            _remember(self._split, addr, split)
+        named, maddr, has_transport = split
         if expect is None:
             if named is None:
                 raise LocalProtocolError(f"address {addr[:200]!r} has no /p2p/<peer id>")
             expect = named
         elif named is not None and named != expect:
             raise LocalProtocolError(f"address {addr[:200]!r} names another peer than {expect}")
-        try:
-            public_from_peer_id(expect)
-            pid = ID.from_base58(expect)
-        except (DecodeError, ValueError) as exc:
-            raise LocalProtocolError(f"not an Ed25519 PeerID: {expect[:80]!r}") from exc
-        if named is not None:
-            maddr = maddr.decapsulate(Multiaddr(f"/p2p/{named}"))
-        if not str(maddr):
+        pid = self._peer_ids.get(expect)
+        if pid is None:
+            try:
+                public_from_peer_id(expect)
+                pid = ID.from_base58(expect)
+            except (DecodeError, ValueError) as exc:
+                raise LocalProtocolError(f"not an Ed25519 PeerID: {expect[:80]!r}") from exc
+            _remember(self._peer_ids, str(expect), pid)
+        if not has_transport:
             raise LocalProtocolError(f"address {addr[:200]!r} has no transport part")
         return pid, maddr
+
+    @staticmethod
+    def _split_new(addr: str) -> tuple[str | None, Multiaddr, bool]:
+        """(the PeerID `addr` names or None, its transport part, whether that part is not
+        empty); LocalProtocolError if it is not a multiaddr."""
+        try:
+            maddr = Multiaddr(addr)
+            named = maddr.get_peer_id()
+            if named is not None:
+                maddr = maddr.decapsulate(Multiaddr(f"/p2p/{named}"))
+            has_transport = bool(str(maddr))
+        except Exception as exc:
+            raise LocalProtocolError(f"invalid multiaddr {addr[:200]!r}: {exc}") from None
+        return named, maddr, has_transport
 
     async def connect(self, peer: str) -> Libp2pStream:
         if not self._running:
@@ -534,7 +590,7 @@ class Libp2pTransport:
         try:
             if peer.startswith("/"):
                 pid, maddr = self._parse(peer, expect=None)
-                self._set_address(pid, maddr)
+                self._use_address(pid, maddr)
             else:
                 public_from_peer_id(peer)
                 pid = ID.from_base58(peer)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -73,6 +75,19 @@ def _payer_record(ch: PayerChannel) -> PayerRecord:
         forgotten=ch.forgotten,
         released=ch.released,
     )
+
+
+def _payee_snapshot(ch: PayeeChannel) -> tuple[bytes, Callable[[], PayeeRecord]]:
+    """`ch`'s record built when the change is committed (`Persister.stage`): a payee
+    channel changes with every answer, and is turned into a record once per commit."""
+    return ch.channel, functools.partial(_payee_record, ch)
+
+
+def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]:
+    """`ch`'s record built when the change is committed (`Persister.stage`): a payer
+    channel changes with every request sent and every receipt, and is turned into a
+    record once per commit."""
+    return ch.channel, functools.partial(_payer_record, ch)
 
 
 def _status_of(state: ChannelState | str) -> ChannelStatus:

@@ -60,7 +60,7 @@ from p2pay.net.base import (
     StreamClosed,
     WrongIdentity,
 )
-from p2pay.node.book import _payer_record
+from p2pay.node.book import _payer_snapshot
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import (
     CallResult,
@@ -179,7 +179,7 @@ class _Connection:
         )
         frame = self.protocol.send_request(request)
         generation = node.persister.stage(
-            payer=_payer_record(ch),
+            payer_snapshot=_payer_snapshot(ch),
             request=OutgoingRequest(
                 request_hash=request.hash,
                 channel=request.channel,
@@ -374,7 +374,7 @@ class _Connection:
                 expires_at=MAX_TIME,
             )
         generation = node.persister.stage(
-            payer=_payer_record(ch),
+            payer_snapshot=_payer_snapshot(ch),
             # the request row (frame included) was written when it was sent: mark it only
             request_update=RequestUpdate(
                 request_hash=response.request_hash,
@@ -399,7 +399,7 @@ class _Connection:
             # Refused before authentication: nothing charged, the voucher not kept.
             ch = node.payer_channels[refusal.channel]
             slot.generation = node.persister.stage(
-                delete_request=event.request.hash, payer=_payer_record(ch)
+                delete_request=event.request.hash, payer_snapshot=_payer_snapshot(ch)
             )
         slot.error = event.error()
         slot.done.set()
@@ -416,10 +416,10 @@ class _Connection:
         if event.outcome is Replay.SUPERSEDED:
             # our own signature proves it was never chargeable: a claim would be frivolous
             generation = node.persister.stage(
-                delete_request=event.request.hash, payer=_payer_record(ch)
+                delete_request=event.request.hash, payer_snapshot=_payer_snapshot(ch)
             )
         else:
-            generation = node.persister.stage(payer=_payer_record(ch))
+            generation = node.persister.stage(payer_snapshot=_payer_snapshot(ch))
         slot = self.pending.pop((refusal.channel, refusal.n), None)
         if slot is None:
             return

@@ -25,8 +25,16 @@ book takes is not relied on before its stake is read from the ledger
 (``ledger.stake_of(account)``) and given to the book (`OfferBook.stake_checked`): a stake
 below the offer's is a lie, and the book drops the peer.
 
+Joining: the node connects to its bootstrap peers; when it reached none (and was given
+some), `find` and `call_any` raise `NotJoined` (UNREACHABLE): an empty answer would say
+"nobody offers it" when nobody was asked. Bootstrap peers not reached are tried again
+at each announce round, and by `find`/`call_any` before they give up, so a node started
+before its bootstrap peer joins once that peer is up.
+
 Finding (`find`): the live offers seen so far, plus a DHT lookup of the service's
-providers and a fetch of each one's offers, all within a bounded wait.
+providers and a fetch of each one's offers, all within a bounded wait (over as soon as
+offers of the service are known, within the terms or not: `unmatched` counts those the
+terms leave out, for the message that says so).
 
 Calling (`call_any`): the live offers within the caller's price and stake, ranked by the
 `Chooser` (failures, price, stake, latency); each is tried in turn, at most
@@ -39,7 +47,9 @@ at most ``max_deposit``; the open contacts the peer and checks its stake on the 
 first), then call with the offer's price as the most to pay: a PAYMENT_REQUIRED above
 the offer's price is a lie too. An unreachable provider, a refusal or a timeout is
 recorded (`Chooser.record_failure`) and the next offer is tried; when none is left the
-call fails with `NoProvider`, naming every attempt.
+call fails with `NoProvider`, naming every attempt. The Chooser's stats are saved in the
+store after each call (`STATS_KEY`, at most the book's cap of peers) and loaded when the
+node starts, so a short-lived client (one `call any` per process) remembers failures.
 """
 
 from __future__ import annotations
@@ -69,6 +79,8 @@ from p2pay.core.offers import (
     KeptOffer,
     Offer,
     OfferBook,
+    decode_peer_stats,
+    encode_peer_stats,
 )
 from p2pay.node.types import (
     Attempt,
@@ -77,8 +89,10 @@ from p2pay.node.types import (
     ConnectionLost,
     DiscoveryConfig,
     NoProvider,
+    NotJoined,
     OfferInfo,
     TermsRefused,
+    Unmatched,
 )
 
 if TYPE_CHECKING:
@@ -99,6 +113,9 @@ log = logging.getLogger("p2pay.node")
 
 #: the store meta key of the last offer sequence number used (decimal text)
 SEQ_KEY = "p2pay.discovery.seq"
+#: the store meta key of what `call_any` saw of each provider (the `Chooser`'s stats, so
+#: that a provider that failed is not tried first again by the next run)
+STATS_KEY = "p2pay.discovery.peers"
 #: providers a DHT lookup asks for at most
 LOOKUP_LIMIT = 20
 #: seconds between DHT lookups while `find` has found nothing
@@ -193,7 +210,7 @@ class Discovery:
         self.config = config
         self.ledger_id = host.ledger.ledger_id
         self.book = OfferBook(self.ledger_id)
-        self.chooser = Chooser()
+        self.chooser = Chooser(client=str(host.peer_id))
         #: our latest encoded offers, by service name (what the fetch protocol answers)
         self._mine: dict[str, bytes] = {}
         self._seq = 0
@@ -202,12 +219,24 @@ class Discovery:
         self._joined = trio.Event()
         self.announced = 0  # offers published (counted)
         self.lies = 0  # lies seen (counted)
+        #: the bootstrap peers not reached when joining: address -> why
+        self.not_reached: dict[str, str] = {}
+        #: whether every bootstrap peer tried (ours but us) failed: not joined
+        self.unjoined = False
 
     # -- running
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the seq counter, serve fetches, receive gossip, join, announce."""
         self._seq = _parse_seq(await self.host.store.get_meta(SEQ_KEY))
+        saved = await self.host.store.get_meta(STATS_KEY)
+        if saved:
+            try:
+                self.chooser.load(decode_peer_stats(saved, max_peers=self.chooser.max_peers))
+            except P2payError as exc:  # advisory only: start afresh, loudly
+                log.warning(
+                    "discovery: the store's %s is unreadable (%s): forgotten", STATS_KEY, exc
+                )
         receive = self.net.subscribe(self.ledger_id)
         self.net.serve_offers(self._serve)
         try:
@@ -221,12 +250,44 @@ class Discovery:
             self.net.serve_offers(None)
 
     async def _join(self) -> None:
+        me = str(self.host.peer_id)
+        tried = [a for a in self.config.bootstrap if a.rpartition("/p2p/")[2] != me]
         try:
-            await self.net.bootstrap(list(self.config.bootstrap))
+            self.not_reached = dict(await self.net.bootstrap(list(self.config.bootstrap)))
         except P2payError as exc:
-            log.warning("discovery: cannot join through the bootstrap peers: %s", exc)
+            self.not_reached = {a: exc.message or str(exc) for a in tried}
         finally:
+            self.unjoined = bool(tried) and all(a in self.not_reached for a in tried)
+            # info: `find` and `call any` fail with it (one line); `node run` shows it
+            if self.unjoined:
+                log.info("discovery: %s", self._not_joined().message)
+            else:
+                for addr, why in self.not_reached.items():
+                    log.info("discovery: bootstrap peer %s not reached: %s", addr, why)
             self._joined.set()
+
+    async def _rejoin(self) -> None:
+        """Try again the bootstrap peers not reached so far."""
+        if not self.not_reached:
+            return
+        again = list(self.not_reached)
+        try:
+            still = dict(await self.net.bootstrap(again))
+        except P2payError as exc:
+            still = {a: exc.message or str(exc) for a in again}
+        for addr in again:
+            if addr not in still:
+                log.info("discovery: bootstrap peer %s reached", addr)
+        self.not_reached = still
+        if self.unjoined and len(still) < len(again):
+            self.unjoined = False
+
+    def _not_joined(self) -> NotJoined:
+        tried = "; ".join(f"{addr} ({why})" for addr, why in self.not_reached.items())
+        return NotJoined(
+            f"cannot join the network: no bootstrap peer reached: {tried}",
+            details={"bootstrap": dict(self.not_reached)},
+        )
 
     def changed(self) -> None:
         """Our terms may have changed (a service, a price, the stake): re-announce now if
@@ -246,6 +307,9 @@ class Discovery:
             self.book.expire(self.host.now())  # forget expired offers and ended bans
             terms = self._terms()
             if terms != last or trio.current_time() >= due:
+                if trio.current_time() >= due:
+                    with trio.move_on_after(ANNOUNCE_TIMEOUT):
+                        await self._rejoin()
                 with trio.move_on_after(ANNOUNCE_TIMEOUT):
                     await self.announce()
                 last, due = terms, trio.current_time() + interval
@@ -367,6 +431,22 @@ class Discovery:
 
     # -- finding
 
+    def unmatched(
+        self, service: str, *, max_price: int | None = None, min_stake: int = 0
+    ) -> Unmatched:
+        """What the caller's terms leave out of the live verified offers of `service`
+        seen so far (`Unmatched`)."""
+        offers = [k.offer for k in self._live(service, self.host.now(), None, 0)]
+        above = [o.price for o in offers if max_price is not None and o.price > max_price]
+        below = [o.stake.amount for o in offers if o.stake.amount < min_stake]
+        return Unmatched(
+            total=len(offers),
+            above_price=len(above),
+            lowest_price=min(above, default=None),
+            below_stake=len(below),
+            highest_stake=max(below, default=None),
+        )
+
     def live(
         self, service: str, *, max_price: int | None = None, min_stake: int = 0
     ) -> list[OfferInfo]:
@@ -401,14 +481,21 @@ class Discovery:
         deadline = trio.current_time() + wait
         with trio.move_on_at(deadline):
             await self._joined.wait()
+            if self.unjoined:
+                await self._rejoin()
+        if self.unjoined:
+            raise self._not_joined()
         while True:
             # a lookup, then (while nothing was found) gossip for a while, then again: a
-            # provider that joined a moment ago may not have put its record yet
+            # provider that joined a moment ago may not have put its record yet. Offers
+            # found outside the terms end the wait too: the lookup asked everyone it could
             self._arrived = trio.Event()
             with trio.move_on_at(deadline):
                 await self._lookup(service)
             found = self.live(service, max_price=max_price, min_stake=min_stake)
-            if found or trio.current_time() >= deadline:
+            if found or self._live(service, self.host.now(), None, 0):
+                return found
+            if trio.current_time() >= deadline:
                 return found
             with trio.move_on_at(min(deadline, trio.current_time() + LOOKUP_RETRY)):
                 await self._arrived.wait()
@@ -461,10 +548,17 @@ class Discovery:
         now = self.host.now()
         kept = self._live(service, now, max_price, min_stake)
         if not kept:
+            left = self.unmatched(service, max_price=max_price, min_stake=min_stake)
             raise NoProvider(
-                f"no live offer of {service!r} at or below {max_price} yocto a call"
-                + (f" with a stake of at least {min_stake} yocto" if min_stake else ""),
-                details={"service": service, "max_price": max_price, "min_stake": min_stake},
+                none_within(service, left, max_price=max_price, min_stake=min_stake),
+                details={
+                    "service": service,
+                    "max_price": max_price,
+                    "min_stake": min_stake,
+                    "offers": left.total,
+                    "above_price": left.above_price,
+                    "below_stake": left.below_stake,
+                },
             )
         ranked = [_info(k, now) for k in self.chooser.rank(kept, now)]
         if not ranked:
@@ -474,10 +568,31 @@ class Discovery:
                 details={"service": service, "max_price": max_price},
             )
         attempts: list[Attempt] = []
+        try:
+            return await self._try(service, ranked, body, max_price, timeout, deposit, attempts)
+        finally:
+            if attempts:  # what was seen of the providers outlives this process
+                self._save_stats()
+
+    def _save_stats(self) -> None:
+        data = encode_peer_stats(self.chooser.entries())
+        self.host.persister.stage(meta={STATS_KEY: data})
+
+    async def _try(
+        self,
+        service: str,
+        ranked: list[OfferInfo],
+        body: bytes,
+        max_price: int,
+        timeout: float | None,
+        deposit: int | None,
+        attempts: list[Attempt],
+    ) -> CallResult:
+        """Try the offers in turn (`call_any`), recording each attempt in `attempts`."""
         for offer in ranked[: self.config.max_attempts]:
             started = trio.current_time()
             try:
-                result = await self._attempt(offer, body, timeout, deposit)
+                result, opened = await self._attempt(offer, body, timeout, deposit)
             except _Failed as failure:
                 attempts.append(
                     Attempt(
@@ -490,13 +605,22 @@ class Discovery:
                 if failure.outcome in _FAILURES:  # not a lie (banned) nor our own policy
                     kind = FailureKind(failure.outcome)
                     self.chooser.record_failure(offer.peer, kind, self.host.now())
-                log.info("call any %r: %s %s: %s", service, offer.peer, failure.outcome, failure)
+                log.info(
+                    "call any %r: %s %s: %s", service, offer.peer, prose(failure.outcome), failure
+                )
                 continue
             latency_ms = max(0, int((trio.current_time() - started) * 1000))
             self.chooser.record_success(offer.peer, latency_ms, self.host.now())
             attempts.append(Attempt(peer=offer.peer, outcome="ok"))
-            return replace(result, peer=offer.peer, attempts=tuple(attempts))
-        tried = "; ".join(f"{a.peer} {a.outcome} ({a.code}: {a.message})" for a in attempts)
+            ch = self.host.book.payer_channels.get(result.channel)
+            return replace(
+                result,
+                peer=offer.peer,
+                attempts=tuple(attempts),
+                opened=opened,
+                deposit=ch.deposit if ch is not None else 0,
+            )
+        tried = "; ".join(f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
             f"no provider of {service!r} served the call: {tried}",
             attempts=tuple(attempts),
@@ -505,8 +629,9 @@ class Discovery:
 
     async def _attempt(
         self, offer: OfferInfo, body: bytes, timeout: float | None, deposit: int | None
-    ) -> CallResult:
-        """Try one offer; raises `_Failed` when it should be recorded and skipped."""
+    ) -> tuple[CallResult, bool]:
+        """Try one offer: its result, and whether a channel was opened for it. Raises
+        `_Failed` when it should be recorded and skipped."""
         conn = await self._reach(offer)
         lie = _hello_lie(offer, conn.hello)
         if lie is None and not self.book.hello_seen(offer.peer, conn.hello, self.host.now()):
@@ -516,7 +641,8 @@ class Discovery:
             await conn.close()
             raise _Failed("lied", ErrorCode.TERMS_REFUSED, lie)
         ch = self.host.book.payer_channel_to(conn.account)
-        if ch is None or ch.available < offer.price:
+        opened = ch is None or ch.available < offer.price
+        if opened:
             amount = deposit
             if amount is None:
                 amount = min(self.config.deposit_calls * offer.price, self.config.max_deposit)
@@ -539,9 +665,10 @@ class Discovery:
             except ConnectionLost as exc:
                 raise _failed("unreachable", exc) from None
         try:
-            return await self.host.call(
+            result = await self.host.call(
                 conn.peer_id, offer.service, body, max_price=offer.price, timeout=timeout
             )
+            return result, opened
         except PaymentRequired as exc:
             asked = exc.details.get("price")
             if type(asked) is int and asked > offer.price:
@@ -601,6 +728,41 @@ def _parse_seq(raw: bytes | None) -> int:
     return value
 
 
+def prose(outcome: str) -> str:
+    """An attempt's outcome in a sentence: ``timed out`` for ``timed_out``."""
+    return outcome.replace("_", " ")
+
+
+def none_within(
+    service: str, left: Unmatched, *, max_price: int | None = None, min_stake: int = 0
+) -> str:
+    """Why no offer of `service` is within the terms: nobody offers it, or how many offers
+    the terms leave out (`Unmatched`), e.g. ``no offer of 'echo' at or below 999 yocto; 1
+    offer above (lowest 1000 yocto)``."""
+    if not left.total:
+        return f"nobody offers {service!r}: no live offer of it was found"
+    terms = []
+    if max_price is not None:
+        terms.append(f"at or below {max_price} yocto")
+    if min_stake:
+        terms.append(f"with a stake of at least {min_stake} yocto")
+    both = len(terms) == 2
+    out = []
+    if left.above_price:
+        n = left.above_price
+        out.append(
+            f"{n} offer{'s' * (n > 1)} above{' the price' * both} "
+            f"(lowest {left.lowest_price} yocto)"
+        )
+    if left.below_stake:
+        n = left.below_stake
+        out.append(
+            f"{n} offer{'s' * (n > 1)} below{' the stake' * both} "
+            f"(highest {left.highest_stake} yocto)"
+        )
+    return f"no offer of {service!r} {' '.join(terms)}; {', '.join(out)}"
+
+
 def _info(kept: KeptOffer, now: int) -> OfferInfo:
     """The `OfferInfo` of an offer the book keeps."""
     offer = kept.offer
@@ -616,7 +778,8 @@ def _info(kept: KeptOffer, now: int) -> OfferInfo:
         addrs=tuple(offer.addrs),
         seq=offer.seq,
         expires=offer.expires,
-        age_ms=max(0, now - kept.received_ms),
+        expires_in_ms=max(0, offer.expires - now),
+        seen_ms_ago=max(0, now - kept.received_ms),
     )
 
 

@@ -680,9 +680,12 @@ class Node:
                 ``find_wait``): for the lookup, then, while nothing was found, for gossip.
 
         Returns:
-            The offers, best first (price, then stake).
+            The offers, best first (price, then stake). When none is within the terms,
+            ``node.discovery.unmatched(service, ...)`` says how many they left out.
 
         Raises:
+            NotJoined: no bootstrap peer could be reached (UNREACHABLE): nobody was
+                asked, so an empty list would mean nothing.
             LocalProtocolError: a bad argument, or the node has no discovery network.
         """
         return await self._discovery().find(
@@ -710,13 +713,19 @@ class Node:
         must be bonded on the ledger), then the call is made. An unreachable provider, a
         refusal or a timeout moves on to the next offer.
 
+        What was seen of each provider (failures, latency) is kept in the node's store,
+        so that the next run ranks a provider that just failed after the others.
+
         Returns:
-            The `CallResult`, with ``peer`` (the provider that answered) and
-            ``attempts`` (every provider tried, in order).
+            The `CallResult`, with ``peer`` (the provider that answered), ``attempts``
+            (every provider tried, in order), ``opened`` (whether its ``channel`` was
+            opened for this call) and ``deposit`` (that channel's deposit).
 
         Raises:
-            NoProvider: no live offer within the terms, or every attempt failed (its
+            NoProvider: nobody offers the service, no live offer within the terms (the
+                message says how many the terms left out), or every attempt failed (its
                 ``attempts`` and ``details["attempts"]`` name each one).
+            NotJoined: no bootstrap peer could be reached (UNREACHABLE).
             LocalProtocolError: a bad argument, or the node has no discovery network.
             Errors of the ledger when a channel is opened (e.g. InsufficientFunds).
         """

@@ -38,7 +38,7 @@ from p2pay.core.session import (
     ServerSession,
 )
 from p2pay.net.base import Stream, StreamClosed
-from p2pay.node.book import _payee_record
+from p2pay.node.book import _payee_snapshot
 from p2pay.node.invoke import _Service, run_service
 from p2pay.node.outbox import _Outbox
 from p2pay.node.types import Behaviour, Call, Counters, NodeConfig
@@ -376,7 +376,7 @@ class _ServerSession:
             return event.end
         assert isinstance(event, RequestAdmitted) and service is not None and ch is not None
         if event.voucher_improved:
-            node.persister.stage(payee=_payee_record(ch))
+            node.persister.stage(payee_snapshot=_payee_snapshot(ch))
         call = Call(
             service=request.service,
             body=request.body,
@@ -447,7 +447,7 @@ class _ServerSession:
         )
         frame = response.to_frame()
         generation = node.persister.stage(
-            payee=_payee_record(ch),
+            payee_snapshot=_payee_snapshot(ch),
             response=StoredResponse(
                 request_hash=request.hash,
                 channel=request.channel,
@@ -465,7 +465,7 @@ class _ServerSession:
     def _answer_stored(self, ch: PayeeChannel, request: Request, frame: bytes) -> None:
         """Queue an answer already signed and staged (the watcher's), stage the channel."""
         node = self.node
-        generation = node.persister.stage(payee=_payee_record(ch))
+        generation = node.persister.stage(payee_snapshot=_payee_snapshot(ch))
         self.outbox.put(generation, frame)
         for outbox in node._unanswered.pop(request.hash, ()):
             outbox.put(generation, frame)

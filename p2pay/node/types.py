@@ -97,6 +97,12 @@ class NoKnownAddress(PeerUnreachable):
     code = ErrorCode.NO_ADDRESS
 
 
+class NotJoined(ConnectionLost):
+    """No bootstrap peer could be reached: the node has not joined the discovery network,
+    so `Node.find` and `Node.call_any` cannot tell "nobody offers the service" from "we
+    asked nobody". ``details["bootstrap"]`` maps each address tried to why it failed."""
+
+
 class NoProvider(P2payError):
     """`Node.call_any` found no provider that served the call: no live offer for the
     service within the caller's terms, or every offer tried failed (unreachable, refused,
@@ -267,14 +273,21 @@ class CallResult:
     receipt: Response
     peer: str = ""
     attempts: tuple[Attempt, ...] = ()
+    #: (`Node.call_any`) whether it opened ``channel`` for this call (else it reused it)
+    opened: bool = False
+    #: (`Node.call_any`) the deposit of ``channel`` (yocto): what it escrowed if it opened it
+    deposit: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OfferInfo:
     """A live, verified offer as `Node.find` returns it: who sells ``service``, where
     (``addrs``), at what ``price`` (yocto a call, bodies up to ``max_body`` bytes), with
-    which stake behind it (checked on the ledger when the offer arrived), and how old the
-    offer is (``age_ms`` since it was received; ``expires`` in Unix ms)."""
+    which stake behind it (checked on the ledger when the offer arrived), and for how long
+    the offer holds (``expires`` in Unix ms; ``expires_in_ms`` from now). An offer carries
+    no time it was made: ``seen_ms_ago`` is the time since this node received it (the
+    provider re-publishes it every announce interval, and a stopped provider's offer
+    stays listed until it expires, at most three intervals after it was made)."""
 
     peer: str
     account: bytes
@@ -287,7 +300,23 @@ class OfferInfo:
     addrs: tuple[str, ...]
     seq: int
     expires: int
-    age_ms: int
+    expires_in_ms: int
+    seen_ms_ago: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unmatched:
+    """The live verified offers of a service left out by a caller's terms: how many ask
+    more than its ``max_price`` (and the lowest price among them), how many have less
+    stake than its ``min_stake`` (and the highest stake among them). An offer may be
+    both. ``total`` is every live verified offer of the service, within the terms or not.
+    """
+
+    total: int = 0
+    above_price: int = 0
+    lowest_price: int | None = None
+    below_stake: int = 0
+    highest_stake: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,8 +12,9 @@ To add a behaviour, subclass `PeerBehaviour` (hooks documented in
 `p2pay.sim.behaviours`) and `register` it; scenario files then name it by ``kind``.
 
 Imports go one way (no module of the package imports one that imports it back): `params`
-(values and `ScenarioError`) <- `scenario` and `behaviours` <- `cheaters` <- `registry`
-(every behaviour, registered by name) <- `engine` <- `run`; `invariants` <- `report`.
+(values and `ScenarioError`) <- `scenario` and `behaviours` <- `cheaters` and `discovery`
+<- `registry` (every behaviour, registered by name) <- `engine` <- `run`; `invariants` <-
+`discovery` and `report`.
 """
 
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, RawSession

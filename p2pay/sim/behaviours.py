@@ -15,6 +15,9 @@ other hooks:
   ``"crash"``: the same, its streams reset first).
 * `call(target, service, body)`: the client's paid request (default: an honest
   `Node.call` through `Simulation.honest_call`); returns an outcome code.
+* `call_any(service, body)`: the same for a client with ``discovery = true``, which
+  names a service, not a provider (default: an honest `Node.call_any` through
+  `Simulation.honest_call_any`).
 * `run()`: a task that runs while the peer's node is up (cancelled when it goes down);
   adversaries attack from here.
 * `settle()`: at the end of the run, how a provider closes its channels (default: a
@@ -106,6 +109,8 @@ class PeerBehaviour(Behaviour):
     adversary: ClassVar[bool] = False
     #: the engine passes the node's outgoing answers through `answer_filter`
     filters_answers: ClassVar[bool] = False
+    #: with discovery, the node announces its offers (false: the behaviour does it)
+    announces_offers: ClassVar[bool] = True
 
     def __init__(self, **params: object) -> None:
         if params:
@@ -138,6 +143,10 @@ class PeerBehaviour(Behaviour):
     async def call(self, target: SimPeer, service: str, body: bytes) -> str:
         """One paid request of the client's workload; returns the outcome code."""
         return await self.sim.honest_call(self.peer, target, service, body)
+
+    async def call_any(self, service: str, body: bytes) -> str:
+        """One paid request of a discovery client's workload; returns the outcome code."""
+        return await self.sim.honest_call_any(self.peer, service, body)
 
     async def run(self) -> None:
         """Runs while the node is up; cancelled when it goes down or the run ends."""

@@ -17,6 +17,11 @@ Theory of operation
 * a sampler (time series for the report and plots, the progress bar) and a checker
   (periodic invariants, `p2pay.sim.invariants`).
 
+With discovery clients (``discovery = true``, `p2pay.sim.discovery`), every node opens
+with the in-memory discovery net of the `MemoryNetwork` (a fake-offer provider's net is
+its behaviour's, not its node's); discovery clients open no channel at setup and each of
+their arrivals is a `Node.call_any` by service name, whose attempts are recorded.
+
 Phases: mint (sequential), start every node (sequential), setup (stakes, then channels,
 sequential and in peer order, so channel ids are the same in every run), workload
 ``[0, duration)``, drain (no new requests; claims are filed, answered and resolved,
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 import random
@@ -53,21 +59,27 @@ import trio
 
 from p2pay.core.errors import InsufficientDeposit, P2payError
 from p2pay.core.identity import Keypair
+from p2pay.core.offers import Drop
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
-from p2pay.net.base import NetError
+from p2pay.net.base import NetError, Transport
 from p2pay.net.memory import MemoryNetwork, memory_addr
+from p2pay.net.memory_discovery import open_memory_discovery
 from p2pay.node import (
+    Attempt,
     Call,
     CallTimeout,
     ConnectionLost,
+    DiscoveryConfig,
     Node,
     NodeConfig,
+    NoProvider,
     PeerUnreachable,
     open_node,
 )
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
+from p2pay.sim.discovery import DiscoveryRecord, ObservedDiscovery
 from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
@@ -141,6 +153,9 @@ class SimPeer:
     # requests whose call returned OK (on time): request hash -> (payee account, price)
     delivered: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
     top_up_lock: trio.Lock = field(default_factory=trio.Lock)
+    discovery: Any = None  # its discovery net (scenarios with discovery clients)
+    # discovery clients: offers seen and the offer book's counts, of past incarnations
+    offer_totals: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def role(self) -> str:
@@ -239,6 +254,7 @@ class Simulation:
         self.providers = [p for p in self.peers if p.role == "provider"]
         self.clients = [p for p in self.peers if p.role == "client"]
         self._by_account = {p.account: p for p in self.peers}
+        self._by_peer_id = {str(p.key.peer_id): p for p in self.peers}
         for peer in self.peers:
             peer.behaviour.bind(peer, self)
             if self.network is not None:
@@ -261,6 +277,7 @@ class Simulation:
 
         self.series = Series()
         self.invariants = Invariants(self)
+        self.disc = DiscoveryRecord()
         self._latency: dict[tuple[str, str], float] = {}
 
     # -- time
@@ -344,6 +361,13 @@ class Simulation:
         config = self.node_config(peer)
         if self.network is not None:
             clock = self.ledger_now_ms
+            extra: dict[str, Any] = {}
+            # with discovery, every node announces and finds through the in-memory net,
+            # except a peer whose behaviour publishes its own offers (fake offers)
+            own_net = self.scenario.uses_discovery and peer.behaviour.announces_offers
+            if own_net:
+                extra["discovery"] = functools.partial(self._discovery_net, peer)
+                extra["discovery_config"] = self.discovery_config(peer)
             async with open_node(
                 key=peer.key,
                 ledger=self.ledger,
@@ -352,8 +376,15 @@ class Simulation:
                 config=config,
                 clock=clock,
                 behaviour=peer.behaviour,
+                **extra,
             ) as node:
-                yield node
+                if self.scenario.uses_discovery and not own_net:
+                    transport = node._transport  # (no public accessor, as in RawSession)
+                    assert transport is not None
+                    async with self._discovery_net(peer, transport):
+                        yield node
+                else:
+                    yield node
         else:
             async with open_node(
                 key=peer.key,
@@ -364,6 +395,79 @@ class Simulation:
                 behaviour=peer.behaviour,
             ) as node:
                 yield node
+
+    def discovery_config(self, peer: SimPeer) -> DiscoveryConfig:
+        """The node's discovery settings: the scenario's ``[discovery]`` and, for a
+        discovery client, its group's ``max_attempts``."""
+        d = self.scenario.discovery
+        client = peer.group.client
+        return DiscoveryConfig(
+            announce_interval_ms=round(d.announce_interval_s * 1000),
+            deposit_calls=d.deposit_calls,
+            max_deposit=d.max_deposit,
+            max_attempts=client.max_attempts if client is not None else 3,
+        )
+
+    @asynccontextmanager
+    async def _discovery_net(self, peer: SimPeer, transport: Transport) -> AsyncIterator[Any]:
+        """The peer's in-memory discovery net (observed for discovery clients, see
+        `ObservedDiscovery`), kept in ``peer.discovery`` while it is open."""
+        assert self.network is not None
+        async with open_memory_discovery(self.network, transport) as net:
+            if peer.group.client is not None and peer.group.client.discovery:
+                async with trio.open_nursery() as nursery:
+                    observed = ObservedDiscovery(net, nursery)
+                    peer.discovery = observed
+                    try:
+                        yield observed
+                    finally:
+                        self._count_offers(peer, observed)
+                        peer.discovery = None
+                        nursery.cancel_scope.cancel()
+            else:
+                peer.discovery = net
+                try:
+                    yield net
+                finally:
+                    peer.discovery = None
+
+    def _count_offers(self, peer: SimPeer, net: ObservedDiscovery) -> None:
+        """Keep what the net of an incarnation of a discovery client that ends counted
+        (its node's offer book is counted by `_accumulate`)."""
+        peer.offer_totals["seen"] += net.seen
+        peer.offer_totals["ignored:queue_full"] += net.dropped
+
+    def offer_counts(self) -> collections.Counter[str]:
+        """What the discovery clients' nodes did with the offers they received, so far:
+        ``seen`` (handed to the node), ``accepted`` (kept by its offer book),
+        ``ignored:<reason>`` (dropped by the book, or by the net when the node's queue was
+        full), ``lies`` (offers or hellos caught lying; the peer dropped), ``evicted``."""
+        raw: collections.Counter[str] = collections.Counter()
+        for peer in self.clients:
+            if peer.group.client is None or not peer.group.client.discovery:
+                continue
+            raw.update(peer.offer_totals)
+            net, node = peer.discovery, peer.node
+            if isinstance(net, ObservedDiscovery):
+                raw["seen"] += net.seen
+                raw["ignored:queue_full"] += net.dropped
+            if node is not None and node.discovery is not None:
+                for reason, n in node.discovery.book.counts.items():
+                    raw[f"book:{reason.value}"] += n
+        out: collections.Counter[str] = collections.Counter()
+        out["seen"] = raw["seen"]
+        if raw["ignored:queue_full"]:
+            out["ignored:queue_full"] = raw["ignored:queue_full"]
+        not_verdicts = {d.value for d in (Drop.EVICTED, Drop.DROPPED_BY_LIE, Drop.LIES)}
+        for key, n in raw.items():
+            if key.startswith("book:") and n:
+                why = key[len("book:") :]
+                out[why if why in not_verdicts else f"ignored:{why}"] += n
+        ignored_by_book = sum(
+            n for k, n in out.items() if k.startswith("ignored:") and k != "ignored:queue_full"
+        )
+        out["accepted"] = out["seen"] - ignored_by_book
+        return out
 
     def _handler(self, spec: ServiceSpec) -> Callable[[Call], Awaitable[bytes]]:
         body = bytes(spec.response_bytes)
@@ -453,6 +557,8 @@ class Simulation:
         for peer in self.clients:
             cspec = peer.group.client
             assert cspec is not None and peer.node is not None
+            if cspec.discovery:
+                continue  # it finds its providers by name during the workload
             allowed = set(cspec.targets) or groups
             eligible = [
                 p
@@ -552,6 +658,9 @@ class Simulation:
         ):
             t[name] += int(getattr(c, name, 0))
         peer.refused.update(c.refused)
+        if node.discovery is not None and peer.group.client and peer.group.client.discovery:
+            for reason, n in node.discovery.book.counts.items():
+                peer.offer_totals[f"book:{reason.value}"] += n
 
     async def _guarded(self, peer: SimPeer, fn: Callable[[], Awaitable[None]]) -> None:
         """Run a behaviour hook; a bug in it is counted and reported, not fatal."""
@@ -599,6 +708,10 @@ class Simulation:
                 continue
             node = peer.node
             assert node is not None
+            if spec.discovery:
+                peer.pending += 1
+                peer.nursery.start_soon(self._one_discovery_call, peer, service, body)
+                continue
             targets = [
                 target
                 for target, channel in peer.channels
@@ -628,6 +741,19 @@ class Simulation:
         if outcome != "OK" and _down_during(target, start, self.now()):
             # the client saw UNREACHABLE, TIMEOUT, ...: the cause is the scenario's outage
             self.counts["failed_provider_offline"] += 1
+
+    async def _one_discovery_call(self, peer: SimPeer, service: str, body: bytes) -> None:
+        self.counts["sent"] += 1
+        try:
+            outcome = await peer.behaviour.call_any(service, body)
+        except Exception as exc:
+            outcome = f"EXCEPTION:{type(exc).__name__}"
+            self.errors[f"call_any:{type(exc).__name__}"] += 1
+            log.exception("%s: call_any failed", peer.name)
+        finally:
+            peer.pending -= 1
+        peer.outcomes[outcome] += 1
+        self.counts["ok" if outcome == "OK" else "failed"] += 1
 
     async def honest_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> str:
         """An honest paid call (tops up the channel once when the deposit runs out).
@@ -671,6 +797,57 @@ class Simulation:
             self.paid_ok += result.price
             return "OK"
         return "INSUFFICIENT_DEPOSIT"
+
+    async def honest_call_any(self, peer: SimPeer, service: str, body: bytes) -> str:
+        """An honest paid call by service name (`Node.call_any`: the node finds, chooses,
+        fails over and opens channels); recorded in `disc`.
+
+        Returns:
+            "OK", or an error code (NO_PROVIDER when no offer answered).
+        """
+        node = peer.node
+        spec = peer.group.client
+        assert spec is not None
+        if node is None:
+            return "OFFLINE"
+        max_price = spec.max_price or 2 * self.scenario.services[service].price
+        start = self.now()
+        attempts: tuple[Attempt, ...] = ()
+        try:
+            result = await node.call_any(
+                service,
+                body,
+                max_price=max_price,
+                timeout=self.wall(spec.timeout_s),
+                min_stake=spec.min_stake,
+            )
+        except NoProvider as exc:
+            outcome, attempts = exc.code.value, exc.attempts
+        except StoreFailed:
+            raise  # the node's store failed: a crash of the run, not a call's outcome
+        except P2payError as exc:  # e.g. the ledger refused to open a channel
+            outcome = exc.code.value
+        else:
+            outcome, attempts = "OK", result.attempts
+            payee = self._by_peer_id[result.peer]
+            peer.paid_ok += result.price
+            peer.delivered[result.receipt.request_hash] = (payee.account, result.price)
+            self.paid_ok += result.price
+        tries = [
+            (
+                self._by_peer_id.get(a.peer),
+                "OK" if a.outcome == "ok" else a.outcome.upper(),
+                a.code,
+            )
+            for a in attempts
+        ]
+        self.disc.record(peer, tries, outcome=outcome, start=start)
+        if outcome != "OK" and any(
+            p is not None and how != "OK" and _down_during(p, start, self.now())
+            for p, how, _ in tries
+        ):
+            self.counts["failed_provider_offline"] += 1
+        return outcome
 
     async def _top_up(self, peer: SimPeer, target: SimPeer) -> bool:
         spec = peer.group.client

@@ -45,6 +45,18 @@ money formula):
 * ``adversarial_requests_never_served``: no forged, replayed or over-deposit request
   got an OK answer (behaviours count ``served_illegitimately``).
 * ``no_crashes``: no exception escaped a node call or a behaviour hook.
+* ``fake_offers_never_chosen`` (scenarios with discovery clients): no ``call_any`` tries
+  a provider whose offers have no stake or a stake the ledger does not back (such an
+  offer is ignored, or is a lie seen before the offer is trusted), and no channel is
+  ever opened to a provider whose offers lie, an under-priced one included (its lie is
+  seen in its hello, before any channel or payment). Periodically and at the end.
+* ``failing_providers_lose_their_clients`` (scenarios with discovery clients and
+  providers with down periods): per discovery client and failing provider, the tries at
+  it that started in one of its down periods and failed are at most
+  ``MAX_CONSECUTIVE_FAILURES`` (3) per started ``FAILURE_SKIP_MS`` (5 min) of the period:
+  after 3 consecutive failures a client skips the provider for 5 minutes (specs/discovery.md 8),
+  so a provider that stays down keeps only a few tries per client, and the calls go to
+  the other offers (failovers). At the end.
 
 Claim states are read by value (``"open"``, ``"answered"`` of the first claim rules;
 ``"delivered"``, ``"refused"``, ``"frivolous"``, ``"upheld"`` of specs/claims.md), and the
@@ -55,11 +67,13 @@ claim and channel fields of specs/claims.md (``refund``, ``clawed``, ``paid_seen
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from p2pay.core.errors import P2payError
 from p2pay.core.messages import Response, decode_frame
+from p2pay.core.offers import FAILURE_SKIP_MS, MAX_CONSECUTIVE_FAILURES
 from p2pay.core.settlement import ChannelState, Claim, State
 
 if TYPE_CHECKING:
@@ -102,6 +116,15 @@ DEFINITIONS = {
     ),
     "adversarial_requests_never_served": "no forged, replayed or over-deposit request answered OK",
     "no_crashes": "no exception escaped a node call or a behaviour hook",
+    "fake_offers_never_chosen": (
+        "no call any tries an offer without stake or with a stake the ledger does not back, "
+        "and no channel is opened to a provider whose offers lie"
+    ),
+    "failing_providers_lose_their_clients": (
+        "per discovery client and failing provider: failed tries started while it is down "
+        "<= 3 per started 5 minutes of the outage (a client skips a peer after 3 "
+        "consecutive failures)"
+    ),
 }
 
 
@@ -262,6 +285,69 @@ class Invariants:
         self.results["adversarial_requests_never_served"].record(
             served == 0, {"t": round(t, 3), "served": served}
         )
+        self._check_fake_offers(t)
+
+    def _check_fake_offers(self, t: float) -> None:
+        sim = self.sim
+        result = self.results["fake_offers_never_chosen"]
+        liars = {p.account: p for p in sim.providers if getattr(p.behaviour, "lie", None)}
+        if not sim.scenario.uses_discovery or not liars:
+            result.skipped = (
+                "no discovery client"
+                if not sim.scenario.uses_discovery
+                else ("no provider publishes fake offers")
+            )
+            return
+        paid = sorted(
+            {liars[ch.payee].name for ch in sim.ledger.state.channels.values() if ch.payee in liars}
+        )
+        result.record(
+            sim.disc.fake_tried == 0 and not paid,
+            {
+                "t": round(t, 3),
+                "tried": sim.disc.fake_tried,
+                "first_tries": sim.disc.fake_tried_details[:5],
+                "channels_to": paid[:10],
+            },
+        )
+
+    def _check_failovers(self) -> None:
+        sim = self.sim
+        result = self.results["failing_providers_lose_their_clients"]
+        failing = {
+            p.name: p for p in sim.providers if p.periods and not getattr(p.behaviour, "lie", None)
+        }
+        if not sim.scenario.uses_discovery or not failing:
+            result.skipped = (
+                "no discovery client"
+                if not sim.scenario.uses_discovery
+                else ("no provider with down periods")
+            )
+            return
+        tries: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        for start, client, provider in sim.disc.failures:
+            peer = failing.get(provider)
+            if peer is None:
+                continue
+            for i, period in enumerate(peer.periods):
+                if period.start_s <= start < period.end_s:
+                    tries[(client, provider, i)] += 1
+        for (client, provider, i), n in sorted(tries.items()):
+            period = failing[provider].periods[i]
+            skip_s = FAILURE_SKIP_MS / 1000  # (discovery runs on the memory transport)
+            bound = MAX_CONSECUTIVE_FAILURES * math.ceil((period.end_s - period.start_s) / skip_s)
+            result.record(
+                n <= bound,
+                {
+                    "client": client,
+                    "provider": provider,
+                    "down": [round(period.start_s, 3), round(period.end_s, 3)],
+                    "failed_tries": n,
+                    "bound": bound,
+                },
+            )
+        if not result.checks:  # nobody tried a provider while it was down: nothing lost
+            result.record(True)
 
     def _check_slashes(self, t: float) -> None:
         honest = self._honest_providers()
@@ -385,6 +471,8 @@ class Invariants:
                 gains.record(gain <= 0, detail)
         if not adversaries:
             gains.skipped = "no adversary in this scenario"
+
+        self._check_failovers()
 
         crashes = self.results["no_crashes"]
         crashes.record(not sim.errors, {"errors": dict(sorted(sim.errors.items()))})

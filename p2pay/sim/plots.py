@@ -16,6 +16,18 @@ them):
   specs/claims.md, answered delivered / refused / frivolous (cumulative counts); the
   amounts slashed, refunded and clawed back from stakes (tokens).
 
+With discovery clients (``discovery = true``), two more:
+
+* ``discovery.png``, four panels over time: the offers the clients' nodes received per
+  sample interval (seen, accepted, ignored); the OK answers per provider group per
+  interval (a failing group's line drops while it is down: its clients went elsewhere);
+  on their own axis since they are far fewer, the failovers (calls that tried another
+  offer after a failed try) and the failed tries; and the lies seen (a burst when the
+  clients first meet the liars);
+* ``choices.png``, two bar charts over the whole run: per provider (grouped and coloured
+  by group), the offers tried and the answers got from it; and the offers ignored and
+  the lies seen, by reason (each bar carries its count).
+
 Every line has its own colour, line style and markers (lines that coincide stay
 visible), and every line is in its panel's legend, the dashed vertical line that marks
 the end of the workload (after it: the drain, then the settlement) included. Amounts are
@@ -240,7 +252,123 @@ def figures(report: dict[str, Any]) -> dict[str, Figure]:
     for ax in panels[:-1]:
         ax.xaxis.set_tick_params(labelbottom=False)
     finish(fig, list(panels), "claims.png", [panels[-1]])
+
+    disc = series.get("discovery")
+    if disc:
+        fig, (ax1, ax2, ax3, ax4) = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
+        p = _Panel(ax1, t)
+        for key, label in (
+            ("offers_seen", "offers seen"),
+            ("offers_accepted", "offers accepted"),
+            ("offers_ignored", "offers ignored"),
+        ):
+            p.line(_per_interval(disc[key]), label)
+        ax1.set_ylabel("offers per sample interval")
+        _counts_axis(ax1)
+        ax1.set_title("offers received by the clients' nodes", fontsize="medium")
+        p = _Panel(ax2, t)
+        behaviours = {g["group"]: g["behaviour"] for g in report.get("groups", [])}
+        for group, values in disc["answers_by_group"].items():
+            p.line(_per_interval(values), f"{group} ({behaviours.get(group, '?')})")
+        ax2.set_ylabel("answers per sample interval")
+        _counts_axis(ax2)
+        ax2.set_title("calls answered, by provider group (call any)", fontsize="medium")
+        p = _Panel(ax3, t)
+        p.line(_per_interval(disc["failovers"]), "failovers (calls)")
+        p.line(_per_interval(disc["failed_tries"]), "failed tries")
+        ax3.set_ylabel("per sample interval")
+        _counts_axis(ax3)
+        ax3.set_title("failovers and failed tries (call any)", fontsize="medium")
+        if not any(disc["failed_tries"]):
+            _note(ax3, "no failed try in this run")
+        p = _Panel(ax4, t)
+        p.line(_per_interval(disc["lies_seen"]), "lies seen")
+        ax4.set_ylabel("per sample interval")
+        _counts_axis(ax4)
+        ax4.set_title("lies seen: offers or hellos contradicted (peer dropped)", fontsize="medium")
+        if not any(disc["lies_seen"]):
+            _note(ax4, "no lie seen in this run")
+        finish(fig, [ax1, ax2, ax3, ax4], "discovery.png", [ax4])
+        choices = _choices_figure(plt, report, title)
+        if choices is not None:
+            out["choices.png"] = choices
     return out
+
+
+def _choices_figure(plt: Any, report: dict[str, Any], title: str) -> Figure | None:
+    """Bar charts of the report's ``discovery`` section (see the module docstring)."""
+    disc = report.get("discovery")
+    if disc is None or not disc["providers"]:
+        return None
+    providers = disc["providers"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(10, 0.22 * len(providers) + 4), 9))
+    colours: dict[str, str] = {}
+    for g in providers:
+        colours.setdefault(g["group"], _STYLES[len(colours) % len(_STYLES)][0])
+    x = list(range(len(providers)))
+    labelled: set[str] = set()
+    for i, entry in enumerate(providers):
+        group, colour = entry["group"], colours[entry["group"]]
+        lie = f", lie: {entry['lie']}" if entry.get("lie") else ""
+        first = group not in labelled
+        labelled.add(group)
+        ax1.bar(
+            i - 0.2,
+            entry["tried"],
+            width=0.4,
+            color=colour,
+            alpha=0.45,
+            hatch="//",
+            edgecolor=colour,
+            label=f"{group} ({entry['behaviour']}{lie}): offers tried" if first else None,
+        )
+        ax1.bar(
+            i + 0.2,
+            entry["answered"],
+            width=0.4,
+            color=colour,
+            label=f"{group}: answers" if first else None,
+        )
+    ax1.set_xticks(x, [e["name"] for e in providers], rotation=90, fontsize="x-small")
+    ax1.set_ylabel("calls (whole run)")
+    _counts_axis(ax1)
+    ax1.set_title("choices per provider: offers tried and answers (call any)", fontsize="medium")
+    ax1.grid(True, axis="y", alpha=0.3)
+    ax1.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1.0))
+
+    offers = disc["offers"]
+    reasons = [(f"ignored: {k}", v) for k, v in offers["ignored"].items()]
+    reasons += [(f"lie seen: {k}", v) for k, v in offers["lies"].items()]
+    if reasons:
+        names = [name for name, _ in reasons]
+        values = [v for _, v in reasons]
+        bars = ax2.barh(
+            names,
+            values,
+            color=["tab:grey" if n.startswith("ignored") else "tab:red" for n in names],
+        )
+        ax2.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3, fontsize="small")
+        ax2.invert_yaxis()
+        from matplotlib.patches import Patch
+
+        ax2.legend(
+            handles=[
+                Patch(color="tab:grey", label="offers ignored (not trusted)"),
+                Patch(color="tab:red", label="lies seen (provider dropped)"),
+            ],
+            loc="upper left",
+            fontsize="small",
+            bbox_to_anchor=(1.01, 1.0),
+        )
+    else:
+        _note(ax2, "no offer ignored and no lie seen in this run")
+    ax2.set_xlabel("offers (whole run, summed over the clients' nodes)")
+    ax2.set_title("offers ignored and lies seen, by reason", fontsize="medium")
+    ax2.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    figure: Figure = fig
+    return figure
 
 
 def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -1,9 +1,10 @@
 """The behaviours scenario files can name, by ``kind``.
 
-The built-in behaviours (`p2pay.sim.behaviours`) and the cheaters (`p2pay.sim.cheaters`)
-are registered here, by name; a behaviour of your own is added with `register`. The
-engine builds each peer's behaviour with `make_behaviour`; the scenario reader checks a
-scenario's behaviours with `check_behaviour` before anything runs.
+The built-in behaviours (`p2pay.sim.behaviours`), the cheaters (`p2pay.sim.cheaters`) and
+the fake offers of discovery (`p2pay.sim.discovery`) are registered here, by name; a
+behaviour of your own is added with `register`. The engine builds each peer's behaviour
+with `make_behaviour`; the scenario reader checks a scenario's behaviours with
+`check_behaviour` before anything runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from p2pay.sim.behaviours import BUILTIN, PeerBehaviour
 from p2pay.sim.cheaters import CHEATERS
+from p2pay.sim.discovery import FakeOffers
 
 __all__ = ["BEHAVIOURS", "check_behaviour", "make_behaviour", "register"]
 
@@ -25,7 +27,7 @@ def register(cls: type[PeerBehaviour]) -> type[PeerBehaviour]:
     return cls
 
 
-for _cls in (*BUILTIN, *CHEATERS):
+for _cls in (*BUILTIN, *CHEATERS, FakeOffers):
     register(_cls)
 
 

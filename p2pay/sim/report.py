@@ -96,6 +96,9 @@ class Series:
         }
         self.claims: dict[str, list[int]] = {k: [] for k in CLAIM_SERIES}
         self.groups: dict[str, dict[str, list[int]]] = {}
+        # scenarios with discovery clients only (cumulative; see `discovery_section`)
+        self.discovery: dict[str, list[int]] = {}
+        self.answers_by_group: dict[str, list[int]] = {}
 
     def sample(self, sim: Simulation, t: float) -> None:
         state = sim.ledger.state
@@ -130,15 +133,38 @@ class Series:
             )
             for i, key in enumerate(("balance", "escrow", "stake", "bonds")):
                 series[key].append(g[i])
+        if sim.scenario.uses_discovery:
+            rec = sim.disc
+            offers = sim.offer_counts()
+            ignored = sum(v for k, v in offers.items() if k.startswith("ignored:"))
+            for key, value in (
+                ("calls", rec.calls),
+                ("ok", rec.ok),
+                ("failovers", rec.failovers),
+                ("failed_tries", sum(rec.failed_tries.values())),
+                ("offers_seen", offers["seen"]),
+                ("offers_accepted", offers["accepted"]),
+                ("offers_ignored", ignored),
+                ("lies_seen", offers["lies"]),
+            ):
+                self.discovery.setdefault(key, []).append(value)
+            for group in sim.scenario.groups:
+                if group.role == "provider":
+                    self.answers_by_group.setdefault(group.group, []).append(
+                        rec.group_answers[group.group]
+                    )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "t": self.t,
             "requests": self.counts,
             "money": self.money,
             "claims": self.claims,
             "groups": self.groups,
         }
+        if self.discovery:
+            out["discovery"] = {**self.discovery, "answers_by_group": self.answers_by_group}
+        return out
 
 
 def build_report(sim: Simulation, log: LogCounts | None = None) -> dict[str, Any]:
@@ -290,6 +316,7 @@ def build_report(sim: Simulation, log: LogCounts | None = None) -> dict[str, Any
         "log": (log or LogCounts()).as_dict(),
         "groups": groups,
         "peers": peers,
+        **({"discovery": discovery_section(sim)} if s.uses_discovery else {}),
         "series": sim.series.as_dict(),
         "wall": {
             "seconds": round(sim.wall_s, 3),
@@ -298,6 +325,73 @@ def build_report(sim: Simulation, log: LogCounts | None = None) -> dict[str, Any
         },
     }
     return report
+
+
+def discovery_section(sim: Simulation) -> dict[str, Any]:
+    """The report's ``discovery`` section: what the discovery clients' nodes did with the
+    offers they received (summed over the clients), and how their `call_any` calls went:
+    per provider, the offers tried, the answers and how failed tries ended."""
+    rec = sim.disc
+    offers = sim.offer_counts()
+    ignored = {k.split(":", 1)[1]: v for k, v in sorted(offers.items()) if k.startswith("ignored:")}
+    # a lie is seen when an offer arrives (its stake is not on the ledger) or on a try
+    # (the hello or a PAYMENT_REQUIRED contradicts the offer): the book counts both, the
+    # engine the second
+    lies = {
+        "stake_not_on_ledger": offers["lies"] - rec.lies,
+        "hello_or_price_contradicts_offer": rec.lies,
+    }
+    providers = []
+    for p in sim.providers:
+        failed = {how: n for (name, how), n in sorted(rec.failed_tries.items()) if name == p.name}
+        providers.append(
+            {
+                "name": p.name,
+                "group": p.group.group,
+                "behaviour": p.behaviour.kind,
+                "lie": getattr(p.behaviour, "lie", None),
+                "tried": rec.tries[p.name],
+                "answered": rec.answers[p.name],
+                "failed": failed,
+                "fake_offers_published": p.behaviour.stats["fake_offers_published"],
+            }
+        )
+    by_group: dict[str, dict[str, int]] = {}
+    for p in sim.providers:
+        g = by_group.setdefault(
+            p.group.group, {"providers": 0, "tried": 0, "answered": 0, "failed": 0}
+        )
+        g["providers"] += 1
+        g["tried"] += rec.tries[p.name]
+        g["answered"] += rec.answers[p.name]
+        g["failed"] += sum(n for (name, _), n in rec.failed_tries.items() if name == p.name)
+    clients = [p for p in sim.clients if p.group.client and p.group.client.discovery]
+    accounts = {p.account for p in clients}
+    return {
+        "clients": len(clients),
+        "calls": rec.calls,
+        "ok": rec.ok,
+        "failovers": rec.failovers,
+        "answered_after_failover": rec.answered_after_failover,
+        "failed_tries": sum(rec.failed_tries.values()),
+        "failed_tries_by_code": dict(sorted(rec.codes.items())),
+        "outcomes": dict(sorted(rec.outcomes.items())),
+        "offers": {
+            "seen": offers["seen"],
+            "accepted": offers["accepted"],
+            "ignored": ignored,
+            "lies_seen": offers["lies"],
+            "lies": {k: v for k, v in lies.items() if v},
+            "dropped_by_lie": offers["dropped_by_lie"],
+            "evicted": offers["evicted"],
+        },
+        "fake_offers_tried": rec.fake_tried,
+        "channels_opened": sum(
+            1 for ch in sim.ledger.state.channels.values() if ch.payer in accounts
+        ),
+        "by_group": by_group,
+        "providers": providers,
+    }
 
 
 def merge_reports(reports: list[dict[str, Any]], *, wall_s: float) -> dict[str, Any]:
@@ -509,6 +603,44 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
                 f"{rq['refused_by_providers'].get(code, 0):,}",
             )
         console.print(out)
+
+    disc = report.get("discovery")
+    if disc is not None:
+        offers = disc["offers"]
+        table = Table(title="discovery (call any: offers found by service name)")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row(
+            "offers seen / accepted (clients' nodes)",
+            f"{offers['seen']:,} / {offers['accepted']:,}",
+        )
+        for reason, n in offers["ignored"].items():
+            table.add_row(f"offers ignored: {reason}", f"{n:,}")
+        for reason, n in offers["lies"].items():
+            table.add_row(f"lies seen: {reason}", f"{n:,}")
+        table.add_row("calls / answered", f"{disc['calls']:,} / {disc['ok']:,}")
+        table.add_row(
+            "failovers (answered after a failed try)",
+            f"{disc['failovers']:,} ({disc['answered_after_failover']:,})",
+        )
+        table.add_row("offers tried from fake providers", f"{disc['fake_offers_tried']:,}")
+        table.add_row("channels opened by call any", f"{disc['channels_opened']:,}")
+        console.print(table)
+        chosen = Table(title="choices per provider group (call any)")
+        chosen.add_column("group")
+        chosen.add_column("providers", justify="right")
+        chosen.add_column("tried", justify="right")
+        chosen.add_column("answered", justify="right")
+        chosen.add_column("failed tries", justify="right")
+        for name, g in disc["by_group"].items():
+            chosen.add_row(
+                name,
+                str(g["providers"]),
+                f"{g['tried']:,}",
+                f"{g['answered']:,}",
+                f"{g['failed']:,}",
+            )
+        console.print(chosen)
 
     groups = Table(title="peer groups (amounts in tokens)")
     groups.add_column("group")

@@ -27,6 +27,7 @@ from p2pay.sim.params import parse_amount_param as _amount
 
 __all__ = [
     "ClientSpec",
+    "DiscoverySpec",
     "LedgerSpec",
     "NetworkSpec",
     "NodeSpec",
@@ -124,6 +125,11 @@ class ClientSpec:
     max_price: int | None  # None: twice the service's base price
     top_up: bool
     max_pending: int
+    # discovery = true: no channels at setup; the client finds providers by service name
+    # and pays through the node's `call_any` (which opens channels under its deposit policy)
+    discovery: bool = False
+    min_stake: int = 0  # offers backed by less are ignored (discovery)
+    max_attempts: int = 3  # offers tried per call before giving up (discovery)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +173,16 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoverySpec:
+    """How providers announce their offers and clients pay for new channels, when a client
+    group has ``discovery = true`` (specs/discovery.md)."""
+
+    announce_interval_s: float = 60.0  # providers re-publish their offers this often
+    deposit_calls: int = 1000  # a channel opened by `call_any` holds this many calls...
+    max_deposit: int = 10**22  # ...at most this much (yocto; default 0.01 token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Libp2pSpec:
     time_scale: float | None = None  # wall seconds per simulated second; None: computed
     max_wall_s: float = 60.0  # target wall time when time_scale is computed
@@ -192,10 +208,16 @@ class Scenario:
     services: dict[str, ServiceSpec]
     groups: tuple[PeerGroup, ...] = field(default=())
     shards: int = 1  # independent sub-markets run in parallel processes (memory transport)
+    discovery: DiscoverySpec = field(default_factory=DiscoverySpec)
 
     @property
     def peer_count(self) -> int:
         return sum(g.count for g in self.groups)
+
+    @property
+    def uses_discovery(self) -> bool:
+        """Some client group finds its providers by service name (``discovery = true``)."""
+        return any(g.client is not None and g.client.discovery for g in self.groups)
 
     def with_overrides(
         self, *, seed: int | None = None, transport: str | None = None, shards: int | None = None
@@ -205,10 +227,16 @@ class Scenario:
         if seed is not None:
             changes["seed"] = _int(seed, "seed", high=2**63 - 1)
         if shards is not None:
+            if self.uses_discovery and shards != 1:
+                raise ScenarioError("shards: a scenario with discovery runs as one market")
             changes["shards"] = _check_shards(shards, self.groups)
         if transport is not None:
             if transport not in ("memory", "libp2p"):
                 raise ScenarioError("transport: memory or libp2p")
+            if self.uses_discovery and transport != "memory":
+                raise ScenarioError(
+                    "transport: discovery is simulated on the memory transport only"
+                )
             changes["transport"] = transport
         return replace(self, **changes)
 
@@ -231,6 +259,7 @@ _TOP = {
     "node",
     "network",
     "libp2p",
+    "discovery",
     "services",
     "peers",
 }
@@ -247,7 +276,14 @@ _CLIENT_KEYS = {
     "max_price",
     "top_up",
     "max_pending",
+    "discovery",
+    "min_stake",
+    "max_attempts",
 }
+#: client keys that describe channels opened at setup: errors with ``discovery = true``
+_SETUP_CHANNEL_KEYS = ("deposit", "channels", "targets", "top_up")
+#: client keys that only mean something with ``discovery = true``
+_DISCOVERY_ONLY_KEYS = ("min_stake", "max_attempts")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -300,6 +336,7 @@ def parse_scenario(data: dict[str, Any], *, source: str = "<scenario>") -> Scena
     node = _parse_node(_table(data.get("node", {}), "node"), ledger)
     network = _parse_network(_table(data.get("network", {}), "network"))
     libp2p = _parse_libp2p(_table(data.get("libp2p", {}), "libp2p"))
+    discovery = _parse_discovery(_table(data.get("discovery", {}), "discovery"))
 
     raw_services = data.get("services", [])
     if not isinstance(raw_services, list) or not raw_services:
@@ -330,6 +367,16 @@ def parse_scenario(data: dict[str, Any], *, source: str = "<scenario>") -> Scena
                     raise ScenarioError(f"peers ({g.group}): targets: no provider group {target!r}")
     if sum(g.count for g in groups) > 100_000:
         raise ScenarioError("peers: at most 100000 peers")
+    for g in groups:
+        _check_fake_offers(g)
+    uses_discovery = any(g.client is not None and g.client.discovery for g in groups)
+    if "discovery" in data and not uses_discovery:
+        raise ScenarioError("discovery: no client group has discovery = true")
+    if uses_discovery and data.get("shards", 1) != 1:
+        raise ScenarioError("shards: a scenario with discovery runs as one market (shards = 1)")
+    shards = _check_shards(data.get("shards", 1), groups)
+    if uses_discovery and transport != "memory":
+        raise ScenarioError("transport: discovery is simulated on the memory transport only")
     return Scenario(
         name=name,
         description=description,
@@ -347,8 +394,29 @@ def parse_scenario(data: dict[str, Any], *, source: str = "<scenario>") -> Scena
         libp2p=libp2p,
         services=services,
         groups=tuple(groups),
-        shards=_check_shards(data.get("shards", 1), groups),
+        shards=shards,
+        discovery=discovery,
     )
+
+
+def _check_fake_offers(g: PeerGroup) -> None:
+    """A ``fake_offers`` group's lie must be one: an under-priced liar needs the genuine
+    stake it announces, an unbacked one must not hold the stake it claims."""
+    if g.behaviour != "fake_offers" or g.provider is None:
+        return
+    lie = g.behaviour_params.get("lie", "no_stake")
+    if lie == "underpriced" and not g.provider.stake:
+        raise ScenarioError(
+            f"peers ({g.group}): an under-priced fake provider announces its genuine stake: "
+            "give it a stake"
+        )
+    if lie == "unbacked_stake":
+        claimed = _amount(g.behaviour_params.get("stake", "5 token"), f"peers ({g.group}).stake")
+        if g.provider.stake >= claimed:
+            raise ScenarioError(
+                f"peers ({g.group}): its offers claim a stake it holds (stake >= the "
+                "behaviour's stake): not a lie"
+            )
 
 
 MAX_SHARDS = 64
@@ -429,6 +497,23 @@ def _parse_libp2p(t: dict[str, Any]) -> Libp2pSpec:
         else _number(scale, "libp2p.time_scale", low=1e-6, high=1000.0),
         max_wall_s=parse_duration(t.get("max_wall", 60), "libp2p.max_wall"),
         max_peers=_int(t.get("max_peers", 200), "libp2p.max_peers", low=1, high=10_000),
+    )
+
+
+def _parse_discovery(t: dict[str, Any]) -> DiscoverySpec:
+    _check_keys(t, {"announce_interval", "deposit_calls", "max_deposit"}, "discovery")
+    interval = parse_duration(t.get("announce_interval", "60s"), "discovery.announce_interval")
+    if interval <= 0:
+        raise ScenarioError("discovery.announce_interval: must be > 0")
+    max_deposit = _amount(t.get("max_deposit", "0.01 token"), "discovery.max_deposit")
+    if max_deposit <= 0:
+        raise ScenarioError("discovery.max_deposit: must be > 0")
+    return DiscoverySpec(
+        announce_interval_s=interval,
+        deposit_calls=_int(
+            t.get("deposit_calls", 1000), "discovery.deposit_calls", low=1, high=10**9
+        ),
+        max_deposit=max_deposit,
     )
 
 
@@ -548,6 +633,20 @@ def _parse_group(
         if timeout * 1000 > node.max_deadline_horizon_ms:
             raise ScenarioError(f"{where}.timeout: beyond ledger.max_deadline_horizon")
         max_price = t.get("max_price")
+        discovery = t.get("discovery", False)
+        if not isinstance(discovery, bool):
+            raise ScenarioError(f"{where}.discovery: expected true or false")
+        if discovery:
+            setup = [k for k in _SETUP_CHANNEL_KEYS if k in t]
+            if setup:
+                raise ScenarioError(
+                    f"{where}: {', '.join(setup)}: no channels are opened at setup with "
+                    "discovery = true (call_any opens them: see [discovery])"
+                )
+        else:
+            only = [k for k in _DISCOVERY_ONLY_KEYS if k in t]
+            if only:
+                raise ScenarioError(f"{where}: {', '.join(only)}: only with discovery = true")
         client = ClientSpec(
             deposit=_amount(t.get("deposit", "100 milli"), f"{where}.deposit"),
             channels=_int(t.get("channels", 1), f"{where}.channels", low=1, high=10_000),
@@ -559,6 +658,9 @@ def _parse_group(
             max_price=None if max_price is None else _amount(max_price, f"{where}.max_price"),
             top_up=bool(t.get("top_up", True)),
             max_pending=_int(t.get("max_pending", 256), f"{where}.max_pending", low=1),
+            discovery=discovery,
+            min_stake=_amount(t.get("min_stake", 0), f"{where}.min_stake"),
+            max_attempts=_int(t.get("max_attempts", 3), f"{where}.max_attempts", low=1, high=16),
         )
     return PeerGroup(
         group=group,

@@ -22,6 +22,7 @@ from test_cli import (  # noqa: F401 - fixtures
     Node,
     cli,
     fails,
+    free_port,
     js,
     nodes,
     ok,
@@ -30,6 +31,7 @@ from test_cli import (  # noqa: F401 - fixtures
 )
 
 from p2pay.cli.home import read_config
+from p2pay.cli.render import short
 
 TIMEOUT = 90  # seconds for one discovery command (libp2p start, DHT lookup, fetch)
 
@@ -78,6 +80,25 @@ def test_find_and_call_any_need_a_bootstrap_peer(world: dict[str, Any]) -> None:
     assert "[discovery] max_attempts must be an integer in [1, 64]" in line
 
 
+def test_find_and_call_any_fail_when_no_bootstrap_peer_is_reached(
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    """Nobody listens at the bootstrap address: not "no live offer" and exit 0, but
+    UNREACHABLE naming the address tried, in one line (one JSON object with --json)."""
+    d: Path = world["dir"]
+    dead = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{world['p']['peer_id']}"
+    line = fails("--home", "c", "find", "echo", "--bootstrap", dead, "--wait", "5", cwd=d)
+    assert line.startswith(
+        f"p2pay: error: UNREACHABLE: cannot join the network: no bootstrap peer reached: {dead} ("
+    ), line
+    assert "cannot reach" not in line and "('127.0.0.1'" not in line
+    proc = p2pay("--home", "c", "call", "any", "echo", "x", "--max-price", "1000",
+                 "--bootstrap", dead, "--json", cwd=d)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    error = json.loads(proc.stderr)["error"]
+    assert error["code"] == "UNREACHABLE" and list(error["details"]["bootstrap"]) == [dead]
+
+
 @pytest.mark.slow
 def test_find_and_pay_from_three_homes(
     world: dict[str, Any],  # noqa: F811
@@ -97,11 +118,19 @@ def test_find_and_pay_from_three_homes(
     (offer,) = doc["offers"]
     assert offer["peer"] == provider and offer["price"] == str(PRICE)
     assert offer["stake"] == str(10**24) and offer["penalty"] == str(10**23)
-    assert offer["claim_window_ms"] == 2000 and offer["age_ms"] >= 0
+    assert offer["claim_window_ms"] == 2000 and offer["seen_ms_ago"] >= 0
+    # an offer carries no time it was made: when it expires, not an "age"
+    assert 0 < offer["expires_in_ms"] <= 3 * 60_000 and "age_ms" not in offer
     assert offer["addrs"] and all(a.endswith(f"/p2p/{provider}") for a in offer["addrs"])
-    out = ok("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
-             "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
-    assert out == "hello\n"
+    proc = p2pay("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
+                 "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "hello\n", proc.stderr
+    # what it did, on stderr: which provider, the price, the channel it opened
+    (ch,) = c.js("--home", "c", "channel", "list")["channels"]
+    assert proc.stderr == (
+        f"via {short(provider, 4)} (price 1000 yocto; opened channel {short(ch['channel'], 4)}, "
+        "deposit 0.000000000000000001 token)\n"
+    )
     # paid: one channel to the provider, 1000 yocto spent, under the deposit policy
     (ch,) = c.js("--home", "c", "channel", "list")["channels"]
     assert ch["peer"] == provider and ch["spent"] == str(PRICE)
@@ -109,12 +138,25 @@ def test_find_and_pay_from_three_homes(
     # the human listing
     text = ok("--home", "c", "find", "echo", "--bootstrap", bootstrap.addr, cwd=d,
               timeout=TIMEOUT)  # fmt: skip
-    assert provider in text and "offers of echo" in text
+    assert provider in text and "offers of echo" in text and "expires in" in text
+    # offers outside the terms: said, with the nearest terms (not "no live offer")
+    text = ok("--home", "c", "find", "echo", "--max-price", "999", "--bootstrap",
+              bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert text == "no offer of 'echo' at or below 999 yocto; 1 offer above (lowest 1000 yocto)\n"
+    doc = js("--home", "c", "find", "echo", "--min-stake", "2 token", "--bootstrap",
+             bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert doc["offers"] == [] and doc["left_out"] == {
+        "above_max_price": 0,
+        "lowest_price": None,
+        "below_min_stake": 1,
+        "highest_stake": str(10**24),
+    }
     # the same call with --json: which provider answered, every attempt
     doc = js("--home", "c", "call", "any", "echo", "again", "--max-price", "1000",
              "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
     assert doc["body"] == "again" and doc["peer"] == provider
     assert [(a["peer"], a["outcome"]) for a in doc["attempts"]] == [(provider, "ok")]
+    assert doc["opened"] is False and doc["deposit"] == str(1000 * PRICE)
     (ch,) = c.js("--home", "c", "channel", "list")["channels"]  # the channel was reused
     assert ch["spent"] == str(2 * PRICE)
     # nothing within --max-price: NO_PROVIDER, one line, JSON with --json
@@ -122,6 +164,16 @@ def test_find_and_pay_from_three_homes(
                  "--bootstrap", bootstrap.addr, "--json", cwd=d, timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
     assert json.loads(proc.stderr)["error"]["code"] == "NO_PROVIDER"
+    line = fails("--home", "c", "call", "any", "echo", "x", "--max-price", "999",
+                 "--bootstrap", bootstrap.addr, cwd=d)  # fmt: skip
+    assert line.startswith("p2pay: error: NO_PROVIDER: no offer of 'echo' at or below --max-price")
+    assert line.endswith("; 1 offer above (lowest 1000 yocto) (p2pay find lists the offers)")
+    # nobody offers it at all: said so, not a price problem
+    line = fails("--home", "c", "call", "any", "nosuch", "x", "--max-price", "999",
+                 "--bootstrap", bootstrap.addr, cwd=d)  # fmt: skip
+    assert (
+        line == "p2pay: error: NO_PROVIDER: nobody offers 'nosuch': no live offer of it was found"
+    )
 
 
 @pytest.mark.slow
@@ -145,16 +197,29 @@ def test_call_any_succeeds_with_one_of_two_providers_stopped(
     offers = find_both(d, bootstrap.addr, {provider, other})
     assert offers[0]["peer"] == other  # the cheaper first
     assert cheaper.stop() == 0
+    # its offer lives on (the bootstrap node holds what it received on the topic) until it
+    # expires: a stopped provider stays listed until then
+    find_both(d, bootstrap.addr, {provider, other})
     doc = js("--home", "c", "call", "any", "echo", "hello", "--max-price", "1000",
              "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
     assert doc["body"] == "hello" and doc["peer"] == provider
     assert doc["attempts"][-1] == {"peer": provider, "outcome": "ok", "code": "", "message": ""}
-    # the stopped provider's offer may still be known (a bootstrap node answers from the
-    # offers it holds): then it was tried first, and found unreachable
-    for attempt in doc["attempts"][:-1]:
-        assert attempt["peer"] == other and attempt["outcome"] == "unreachable"
+    # the stopped provider's offer is still known: it was tried first, found unreachable
+    assert [(a["peer"], a["outcome"]) for a in doc["attempts"]] == [
+        (other, "unreachable"),
+        (provider, "ok"),
+    ]
     (ch,) = c.js("--home", "c", "channel", "list")["channels"]
     assert ch["peer"] == provider and ch["spent"] == str(PRICE)
+    # the next process remembers the failure (this home's store): the stopped provider,
+    # still the cheapest offer, is no longer tried first
+    proc = p2pay("--home", "c", "call", "any", "echo", "again", "--max-price", "1000",
+                 "--bootstrap", bootstrap.addr, cwd=d, timeout=TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "again\n", proc.stderr
+    assert (
+        proc.stderr
+        == f"via {short(provider, 4)} (price 1000 yocto; channel {short(ch['channel'], 4)})\n"
+    )
 
 
 @pytest.mark.slow
@@ -187,3 +252,30 @@ def test_call_any_fails_over_when_the_best_provider_refuses(
     ]
     spent = {ch["peer"]: ch["spent"] for ch in c.js("--home", "c", "channel", "list")["channels"]}
     assert spent == {other: "0", provider: str(PRICE)}  # the refusal charged nothing
+
+
+@pytest.mark.slow
+def test_call_any_explains_a_timed_out_paid_request(
+    world: dict[str, Any],  # noqa: F811
+    nodes: list[Node],  # noqa: F811
+) -> None:
+    """The only provider takes the paid request and never answers: `call any` says what
+    `call PEER` says of it (on record, re-sent then claimed by `node run`, the bond)."""
+    d: Path = world["dir"]
+    c: InProcess = world["cli"]
+    provider = world["p"]["peer_id"]
+    c.js("--home", "b", "init", "--ledger", "sqlite:ledger.sqlite")
+    stake(c, "p")
+    bootstrap = Node(d, "b")
+    nodes.append(bootstrap)
+    nodes.append(Node(d, "p", "--service", f"echo={PRICE}", "--drop-rate", "1",
+                      "--bootstrap", bootstrap.addr))  # fmt: skip
+    find_both(d, bootstrap.addr, {provider})
+    line = fails("--home", "c", "call", "any", "echo", "x", "--max-price", "1000",
+                 "--timeout", "2", "--bootstrap", bootstrap.addr, cwd=d)  # fmt: skip
+    assert line.startswith(
+        f"p2pay: error: NO_PROVIDER: no provider of 'echo' served the call: {provider} timed "
+        "out (DEADLINE_EXCEEDED: "
+    ), line
+    assert "the paid request is on record: `p2pay node run` on this home re-sends it" in line
+    assert "A claim locks a bond of" in line and "timed_out" not in line

@@ -23,10 +23,12 @@ def test_readme_quotes_the_tested_files_verbatim() -> None:
     evm_walkthrough = (ROOT / "examples" / "walkthrough-evm.sh").read_text()
     library = (ROOT / "examples" / "library.py").read_text()
     find_and_pay = (ROOT / "examples" / "find-and-pay.sh").read_text()
+    find_and_pay_py = (ROOT / "examples" / "find-and-pay.py").read_text()
     assert walkthrough in _blocks("bash"), "README must quote examples/walkthrough.sh exactly"
     assert find_and_pay in _blocks("bash"), "README must quote examples/find-and-pay.sh exactly"
     assert evm_walkthrough in _blocks("bash"), "README must quote walkthrough-evm.sh exactly"
     assert library in _blocks("python"), "README must quote examples/library.py exactly"
+    assert find_and_pay_py in _blocks("python"), "README must quote find-and-pay.py exactly"
 
 
 def test_readme_shows_install_demo_and_test_commands() -> None:
@@ -52,6 +54,22 @@ def test_library_example_runs() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "b'hi' cost 1000 yocto; spent so far 1000" in out.stdout
+
+
+def test_find_and_pay_library_example_runs() -> None:
+    """Three nodes on libp2p in one process: the client finds the staked provider's offer
+    through the bootstrap node and pays a call."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "find-and-pay.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    provider = re.search(r"^offer of (12D3KooW\w+) 1000 yocto, stake 5\d{23}$", out.stdout, re.M)
+    assert provider is not None, out.stdout
+    assert f"b'hi' from {provider.group(1)} cost 1000 yocto" in out.stdout
 
 
 @pytest.mark.slow

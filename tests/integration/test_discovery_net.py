@@ -204,10 +204,27 @@ async def test_bootstrap_skips_unreachable_peers_and_refuses_malformed_addresses
         boot = await _peer(stack, nursery, subscribe=False)
         client = await _peer(stack, nursery, subscribe=False)
         dead = f"/ip4/127.0.0.1/tcp/1/p2p/{_key().peer_id}"
-        await client.net.bootstrap([dead, boot.addr])
+        failed = await client.net.bootstrap([dead, boot.addr, client.addr])  # ours: ignored
         assert client.net.dht.get_routing_table_size() >= 1
+        # the one peer not reached, and why in a few words (not the PeerID, the address
+        # or a Python tuple again)
+        assert list(failed) == [dead]
+        assert "cannot reach" not in failed[dead] and "(" not in failed[dead], failed
         with pytest.raises(LocalProtocolError):
             await client.net.bootstrap(["/ip4/127.0.0.1/tcp/1"])
+
+
+async def test_a_node_alone_does_not_report_that_no_dht_peer_took_its_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A provider with no bootstrap peer and no DHT peer (the two-node walkthrough) has
+    nobody to give its provider record to: said at debug, not info."""
+    async with _cluster() as (stack, nursery):
+        alone = await _peer(stack, nursery, subscribe=False)
+        with caplog.at_level("DEBUG", logger="p2pay.net"):
+            await alone.net.provide(LEDGER, "echo")
+        said = [r for r in caplog.records if "took our provider record" in r.getMessage()]
+        assert said and all(r.levelname == "DEBUG" for r in said)
 
 
 # --- fetch ----------------------------------------------------------------------------

@@ -715,6 +715,61 @@ async def test_libp2p_dialling_an_address_with_the_wrong_peer_id_fails() -> None
             assert stream.remote_public == BOB.public
 
 
+async def test_libp2p_an_address_given_again_is_parsed_once_and_still_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A multiaddr given on every call (`Node.call` by multiaddr) is parsed once; the rules
+    still hold every time: an address naming another peer, or a malformed one, is refused
+    again, and a known address replaces a different one the peer was last given."""
+    import p2pay.net.p2p as p2p_module
+
+    parses: list[str] = []
+    real = p2p_module.Multiaddr
+
+    def counting(addr: Any) -> Any:
+        parses.append(str(addr))
+        return real(addr)
+
+    async with (
+        open_libp2p_transport(BOB, echo) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        assert isinstance(alice, Libp2pTransport)
+        monkeypatch.setattr(p2p_module, "Multiaddr", counting)
+        addr = bob.addrs[0]
+        for _ in range(5):
+            alice.add_address(BOB.peer_id, addr)
+        with trio.fail_after(T):
+            for _ in range(3):
+                stream = await alice.connect(addr)
+                await stream.send(b"ping")
+                assert await stream.receive() == b"ping"
+        assert parses.count(addr) == 1
+        # the same text for another peer: refused, every time
+        for _ in range(2):
+            with pytest.raises(LocalProtocolError):
+                alice.add_address(CAROL.peer_id, addr)
+        # a malformed address: refused every time (never remembered)
+        for _ in range(2):
+            with pytest.raises(LocalProtocolError):
+                alice.add_address(BOB.peer_id, "/ip4/127.0.0.1/tcp/notaport")
+        assert parses.count("/ip4/127.0.0.1/tcp/notaport") == 2
+        # another address replaces the known one; the known one given again replaces it back
+        other = f"/ip4/127.0.0.1/tcp/1/p2p/{BOB.peer_id}"
+        pid, transport_part = alice._parse(addr, expect=None)
+        alice.add_address(BOB.peer_id, other)
+        assert alice._address_of(pid) == "/ip4/127.0.0.1/tcp/1"
+        alice.add_address(BOB.peer_id, addr)
+        assert alice._address_of(pid) == str(transport_part)
+        # an address added behind the transport's back (py-libp2p's own peerstore users)
+        # does not make the known one look current: it is replaced again
+        peerstore = alice.host.get_peerstore()
+        peerstore.add_addrs(pid, [real("/ip4/127.0.0.1/tcp/2")], 3600)
+        alice.add_address(BOB.peer_id, addr)
+        assert [str(a) for a in peerstore.addrs(pid)] == [str(transport_part)]
+        assert parses.count(addr) == 1
+
+
 async def test_libp2p_max_inbound_streams() -> None:
     async with (
         open_libp2p_transport(BOB, echo, max_inbound_streams=2) as bob,

@@ -75,6 +75,7 @@ def test_every_scenario_file_loads() -> None:
         "bond-harvester",
         "churn",
         "claim-flood",
+        "discovery-1000",
         "fake-replay",
         "fast-close",
         "honest",

@@ -16,24 +16,36 @@ from typing import Any
 import pytest
 import trio
 
-from p2pay.core.errors import ErrorCode, LocalProtocolError
+from p2pay.core import codec
+from p2pay.core.errors import DecodeError, ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import StakeTerms
-from p2pay.core.offers import Offer
+from p2pay.core.offers import (
+    Chooser,
+    FailureKind,
+    Offer,
+    PeerStats,
+    decode_peer_stats,
+    encode_peer_stats,
+)
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.base import DiscoveryNet, Transport
+from p2pay.net.discovery import dial_reason
 from p2pay.net.memory import MemoryNetwork, memory_addr
 from p2pay.net.memory_discovery import open_memory_discovery
 from p2pay.node import (
+    Behaviour,
     Call,
     DiscoveryConfig,
     Node,
     NodeConfig,
     NoProvider,
+    NotJoined,
     open_node,
 )
-from p2pay.node.discovery import SEQ_KEY
+from p2pay.node.discovery import SEQ_KEY, STATS_KEY
+from p2pay.store.base import Batch
 from p2pay.store.memory import MemoryStore
 
 CLIENT = Keypair.from_seed(bytes([1]) * 32)
@@ -124,7 +136,7 @@ async def test_a_provider_is_found_through_the_dht_and_called_paid() -> None:
             assert offer.addrs == (memory_addr(str(P1.peer_id)),)
             assert (offer.price, offer.stake, offer.penalty) == (PRICE, STAKE, PENALTY)
             assert offer.claim_window_ms == WINDOW and offer.service == "echo"
-            assert offer.age_ms >= 0 and offer.expires > client.now()
+            assert offer.seen_ms_ago >= 0 and offer.expires > client.now()
             # learnt from an offer: not in the address book before a connection (19.2)
             assert client.addresses.addrs(offer.peer) == []
             with trio.fail_after(10):
@@ -391,3 +403,244 @@ def test_discovery_config_is_checked() -> None:
     for fields in bad:
         with pytest.raises(LocalProtocolError):
             DiscoveryConfig(**fields)
+
+
+# -- what a newcomer met (issue 17 follow-up): joining, messages, ages, memory, timeouts
+
+
+async def test_no_bootstrap_peer_reached_is_unreachable_not_an_empty_list() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    ghost = memory_addr(str(Keypair.from_seed(bytes([8]) * 32).peer_id))
+    config = DiscoveryConfig(find_wait=2.0, bootstrap=(ghost,))
+    async with (
+        node(P1, ledger, network, serve=PRICE),
+        node(CLIENT, ledger, network, config=config) as client,
+    ):
+        await settle()
+        with trio.fail_after(10), pytest.raises(NotJoined) as info:
+            await client.find("echo")
+        assert info.value.code is ErrorCode.UNREACHABLE
+        assert ghost in info.value.message and "no bootstrap peer reached" in info.value.message
+        assert info.value.details["bootstrap"] == {ghost: "no such peer on the memory network"}
+        with trio.fail_after(10), pytest.raises(NotJoined):
+            await client.call_any("echo", b"x", max_price=PRICE)
+        assert client.channels() == []
+    # one bootstrap peer reached out of two: joined
+    reachable = memory_addr(str(P1.peer_id))
+    both = DiscoveryConfig(find_wait=2.0, bootstrap=(ghost, reachable))
+    async with (
+        node(P1, ledger, network, serve=PRICE),
+        node(CLIENT, ledger, network, config=both) as client,
+    ):
+        await settle()
+        with trio.fail_after(10):
+            assert len(await client.find("echo")) == 1
+        assert client.discovery is not None and list(client.discovery.not_reached) == [ghost]
+
+
+async def test_a_bootstrap_peer_that_comes_up_later_is_joined() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    boot_key = Keypair.from_seed(bytes([9]) * 32)
+    boot = memory_addr(str(boot_key.peer_id))
+    config = DiscoveryConfig(find_wait=2.0, bootstrap=(boot,), announce_interval_ms=1_000)
+    async with node(CLIENT, ledger, network, config=config) as client:
+        await settle()
+        with trio.fail_after(10), pytest.raises(NotJoined):
+            await client.find("echo")
+        async with node(boot_key, ledger, network), node(P1, ledger, network, serve=PRICE):
+            await settle()
+            # find tries the bootstrap peer again before it gives up: joined now
+            with trio.fail_after(10):
+                offers = await client.find("echo")
+            assert [o.peer for o in offers] == [str(P1.peer_id)]
+            assert client.discovery is not None and not client.discovery.not_reached
+
+
+async def test_the_announce_round_tries_unreached_bootstrap_peers_again() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    boot_key = Keypair.from_seed(bytes([9]) * 32)
+    boot = memory_addr(str(boot_key.peer_id))
+    config = DiscoveryConfig(find_wait=2.0, bootstrap=(boot,), announce_interval_ms=1_000)
+    async with node(P1, ledger, network, serve=PRICE, config=config) as p1:
+        await settle()
+        assert p1.discovery is not None and p1.discovery.unjoined
+        async with node(boot_key, ledger, network):
+            with trio.fail_after(30):
+                while p1.discovery.not_reached:
+                    await trio.sleep(0.1)
+            assert not p1.discovery.unjoined
+
+
+async def test_offers_outside_the_terms_are_counted_and_nobody_is_said() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with node(P1, ledger, network, serve=PRICE), node(CLIENT, ledger, network) as client:
+        await settle()
+        d = client.discovery
+        assert d is not None
+        with trio.fail_after(10):
+            assert await client.find("echo", max_price=PRICE - 1) == []
+        left = d.unmatched("echo", max_price=PRICE - 1)
+        assert (left.total, left.above_price, left.lowest_price) == (1, 1, PRICE)
+        assert (left.below_stake, left.highest_stake) == (0, None)
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"x", max_price=PRICE - 1)
+        assert info.value.message == (
+            f"no offer of 'echo' at or below {PRICE - 1} yocto; "
+            f"1 offer above (lowest {PRICE} yocto)"
+        )
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"x", max_price=PRICE, min_stake=STAKE + 1)
+        assert info.value.message == (
+            f"no offer of 'echo' at or below {PRICE} yocto with a stake of at least {STAKE + 1} "
+            f"yocto; 1 offer below the stake (highest {STAKE} yocto)"
+        )
+        with trio.fail_after(10), pytest.raises(NoProvider) as info:
+            await client.call_any("nosuch", b"x", max_price=PRICE)
+        assert info.value.message == "nobody offers 'nosuch': no live offer of it was found"
+        assert info.value.code is ErrorCode.NO_PROVIDER
+
+
+async def test_an_offer_says_when_it_expires_and_when_it_was_seen() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    async with node(P1, ledger, network, serve=PRICE), node(CLIENT, ledger, network) as client:
+        await settle()
+        with trio.fail_after(10):
+            (offer,) = await client.find("echo")
+        now = client.now()
+        assert 0 < offer.expires_in_ms <= 3 * FIND.announce_interval_ms
+        assert offer.expires_in_ms <= offer.expires - now + 1_000
+        assert 0 <= offer.seen_ms_ago <= now - (offer.expires - 3 * FIND.announce_interval_ms)
+        assert not hasattr(offer, "age_ms")
+
+
+async def test_failures_seen_outlive_the_node_and_the_result_says_what_was_opened() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    store = MemoryStore()
+    bootstrap = Keypair.from_seed(bytes([9]) * 32)
+    joined = DiscoveryConfig(
+        find_wait=2.0, max_deposit=10**7, bootstrap=(memory_addr(str(bootstrap.peer_id)),)
+    )
+    async with (
+        node(bootstrap, ledger, network),
+        node(P1, ledger, network, serve=PRICE // 2, config=joined),
+        node(P2, ledger, network, serve=PRICE, config=joined),
+    ):
+        await settle()
+        # the cheaper provider stops; the bootstrap node still holds its offer
+        network.set_online(str(P1.peer_id), False)
+        async with node(CLIENT, ledger, network, store=store, config=joined) as client:
+            with trio.fail_after(30):
+                first = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert [(a.peer, a.outcome) for a in first.attempts] == [
+                (str(P1.peer_id), "unreachable"),
+                (str(P2.peer_id), "ok"),
+            ]
+            assert first.opened and first.deposit == joined.deposit_calls * PRICE
+            with trio.fail_after(30):
+                again = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert [a.peer for a in again.attempts] == [str(P2.peer_id)]  # P1 ranked after
+            assert not again.opened and again.channel == first.channel
+            assert again.deposit == first.deposit
+        assert await store.get_meta(STATS_KEY) is not None
+        # a new node on the same store (the next `call any` process) remembers P1 failed:
+        # it tries P2 first, though P1 is cheaper and its offer is still live
+        async with node(CLIENT, ledger, network, store=store, config=joined) as client:
+            assert client.discovery is not None
+            assert client.discovery.chooser.stats(str(P1.peer_id)).failures == 1
+            with trio.fail_after(10):
+                found = await client.find("echo")
+            assert found[0].peer == str(P1.peer_id)
+            with trio.fail_after(30):
+                third = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert [(a.peer, a.outcome) for a in third.attempts] == [(str(P2.peer_id), "ok")]
+            assert client.discovery.chooser.stats(str(P2.peer_id)).successes == 3
+
+
+async def test_unreadable_saved_stats_are_forgotten_not_fatal() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    store = MemoryStore()
+    await store.write(Batch(meta={STATS_KEY: b"\x01\x02"}))
+    async with node(CLIENT, ledger, network, store=store) as client:
+        assert client.discovery is not None and client.discovery.chooser.entries() == []
+
+
+def test_peer_stats_round_trip_and_strict_decoding() -> None:
+    chooser = Chooser(max_peers=3)
+    chooser.record_failure("a", FailureKind.UNREACHABLE, 10)
+    chooser.record_success("b", 40, 11)
+    chooser.record_failure("c", FailureKind.TIMED_OUT, 12)
+    data = encode_peer_stats(chooser.entries())
+    back = decode_peer_stats(data)
+    assert back == chooser.entries() and [p for p, _ in back] == ["a", "b", "c"]
+    # loaded stats are older than what was recorded since; the cap keeps the newest
+    other = Chooser(max_peers=3)
+    other.record_success("d", 5, 20)
+    other.load(back)
+    assert [p for p, _ in other.entries()] == ["b", "c", "d"]
+    assert other.stats("c").last_failure is FailureKind.TIMED_OUT
+    assert other.stats("c").last_failure_ms == 12
+    good = ["a", 1, 0, 0, None, 0, None, 0]
+    assert decode_peer_stats(codec.encode([1, [good]])) == [("a", PeerStats(1))]
+    for bad in (
+        codec.encode([2, [good]]),
+        codec.encode([1, [good[:7]]]),
+        codec.encode([1, [["a", -1, *good[2:]]]]),
+        codec.encode([1, [[*good[:6], "lost", 0]]]),
+        codec.encode([1, [["", *good[1:]]]]),
+        codec.encode([1, [[*good[:7], None]]]),
+    ):
+        with pytest.raises(DecodeError):
+            decode_peer_stats(bad)
+    with pytest.raises(DecodeError):
+        decode_peer_stats(codec.encode([1, [good] * 3]), max_peers=2)
+
+
+class Silent(Behaviour):
+    """Takes every paid request and never answers it."""
+
+    def drop(self, call: Call) -> bool:
+        return True
+
+
+async def test_a_timed_out_attempt_is_said_in_prose() -> None:
+    ledger = await funded()
+    network = MemoryNetwork()
+    await ledger.stake(P1, STAKE, PENALTY, WINDOW)
+    async with (
+        open_node(
+            key=P1,
+            ledger=ledger,
+            network=network,
+            config=CONFIG,
+            behaviour=Silent(),
+            discovery=twin(network),
+            discovery_config=FIND,
+        ) as silent,  # fmt: skip
+        node(CLIENT, ledger, network) as client,
+    ):
+        silent.serve("echo", echo, price=PRICE)
+        await settle()
+        with trio.fail_after(30), pytest.raises(NoProvider) as info:
+            await client.call_any("echo", b"x", max_price=PRICE, timeout=0.3)
+        (attempt,) = info.value.attempts
+        assert attempt.outcome == "timed_out"  # the machine's word
+        assert f"{silent.peer_id} timed out (DEADLINE_EXCEEDED" in info.value.message
+        assert "timed_out" not in info.value.message
+
+
+def test_dial_reason_says_why_once() -> None:
+    peer = str(P1.peer_id)
+    message = (
+        f"cannot reach {peer}: cannot reach {peer} at /ip4/127.0.0.1/tcp/1: Error connecting "
+        "to ('127.0.0.1', 1): Connection refused"
+    )
+    assert dial_reason(message, peer) == "Connection refused"
+    assert dial_reason(f"cannot reach {peer} within 10.0 s", peer) == "no connection within 10.0 s"
+    assert dial_reason("cannot connect to ourselves", peer) == "cannot connect to ourselves"

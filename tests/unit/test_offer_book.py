@@ -5,6 +5,7 @@ or makes it return an offer that is expired, banned or unverified."""
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import pytest
 from hypothesis import example, given, settings
@@ -14,6 +15,7 @@ from p2pay.core.errors import LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, ServiceTerms, StakeTerms
 from p2pay.core.offers import (
+    FAILURE_FORGET_MS,
     FAILURE_SKIP_MS,
     LIE_BAN_MS,
     STAKE_READ_RETRY_MS,
@@ -428,8 +430,8 @@ def kept(key: Keypair, price: int = 100, amount: int = 1000) -> KeptOffer:
     return KeptOffer(offer=decode_offer(data), data=data, received_ms=NOW, verified=True)
 
 
-def test_8_rank_by_failures_then_price_then_stake_then_latency_then_peer_id() -> None:
-    chooser = Chooser()
+def test_8_rank_by_failures_then_price_then_stake_then_latency_then_tie_break() -> None:
+    chooser = Chooser(client="me")
     a, b, c, d, e = (kept(k) for k in KEYS[:5])
     cheap = kept(KEYS[5], price=50)
     staked = kept(KEYS[6], amount=5000)
@@ -437,8 +439,24 @@ def test_8_rank_by_failures_then_price_then_stake_then_latency_then_peer_id() ->
     chooser.record_success(b.offer.peer_id, 30, NOW)
     chooser.record_success(c.offer.peer_id, 10, NOW)
     ranked = chooser.rank([a, b, c, d, e, cheap, staked], NOW)
-    by_id = sorted((d, e), key=lambda k: k.offer.peer_id)
-    assert ranked == [cheap, staked, *by_id, c, b, a]  # unmeasured count as 0 ms
+    by_tie = sorted((d, e), key=lambda k: hashlib.sha256(b"me" + k.offer.peer_id.encode()).digest())
+    assert ranked == [cheap, staked, *by_tie, c, b, a]  # unmeasured count as 0 ms
+
+
+def test_8_the_tie_break_is_salted_by_the_client_so_clients_spread() -> None:
+    equals = [kept(k) for k in KEYS]
+    firsts = {Chooser(client=f"client-{i}").rank(equals, NOW)[0].offer.peer_id for i in range(40)}
+    assert len(firsts) > 1  # with PeerID order every client picked the same provider
+    one = Chooser(client="client-1")
+    assert one.rank(equals, NOW) == one.rank(list(reversed(equals)), NOW)
+
+
+def test_8_a_failure_older_than_the_forget_time_no_longer_ranks_a_peer_behind() -> None:
+    chooser = Chooser(client="me")
+    a, b = kept(KEYS[0]), kept(KEYS[1], price=101)
+    chooser.record_failure(a.offer.peer_id, FailureKind.UNREACHABLE, NOW)
+    assert chooser.rank([a, b], NOW + FAILURE_FORGET_MS - 1) == [b, a]
+    assert chooser.rank([a, b], NOW + FAILURE_FORGET_MS) == [a, b]  # cheaper again
 
 
 def test_8_rank_is_deterministic_whatever_the_input_order() -> None:

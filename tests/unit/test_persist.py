@@ -217,6 +217,42 @@ async def test_the_flusher_does_not_wait_for_runnable_tasks_that_stage_nothing()
     assert passes < GATHER_TICKS, passes
 
 
+async def test_a_snapshot_is_built_when_its_generation_is_committed() -> None:
+    """A staged snapshot writes the channel's state at the end of its generation (what the
+    last change would have staged), once per commit however many changes staged it; for
+    one channel the later of a record and a snapshot wins."""
+    from p2pay.store.conformance import payer_record
+
+    store = RecordingStore()
+    persister = Persister(store)
+    state = {"spent": 1}
+    built: list[int] = []
+
+    def build() -> Any:
+        built.append(state["spent"])
+        return payer_record(1, paid=10, spent=state["spent"])
+
+    key = payer_record(1).channel
+    for spent in (2, 3, 4):
+        state["spent"] = spent
+        generation = persister.stage(payer_snapshot=(key, build))
+    assert built == []  # nothing built while staging
+    await commit(persister, generation)
+    assert built == [4] and store.batches[-1].payer == [payer_record(1, paid=10, spent=4)]
+    # a record staged after a snapshot wins, and a snapshot after a record
+    persister.stage(payer_snapshot=(key, build))
+    generation = persister.stage(payer=payer_record(1, paid=10, spent=9))
+    await commit(persister, generation)
+    assert built == [4] and store.batches[-1].payer == [payer_record(1, paid=10, spent=9)]
+    persister.stage(payer=payer_record(1, paid=10, spent=9))
+    state["spent"] = 5
+    generation = persister.stage(payer_snapshot=(key, build))
+    state["spent"] = 6  # changed after staging, before the commit: the commit writes it
+    await commit(persister, generation)
+    assert built == [4, 6] and store.batches[-1].payer == [payer_record(1, paid=10, spent=6)]
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=6)
+
+
 # -- write-through (a store with nothing to share: the simulator's MemoryStore)
 
 
@@ -307,3 +343,26 @@ async def test_a_node_on_a_write_through_store_writes_its_requests_and_answers()
     assert len(stored) == 10 and {r.state for r in stored} == {"answered"}
     payer = await store.payer_channel(info.channel)
     assert payer is not None and payer.spent == 10 * 1_000
+
+
+async def test_write_through_builds_a_snapshot_when_it_is_staged() -> None:
+    """Written through, a generation ends when it is staged: a snapshot is built then (the
+    channel's state at the end of its generation), and a snapshot staged with a record
+    of the same channel in one call wins, as it would in a commit."""
+    from p2pay.store.conformance import payer_record
+
+    store = RecordingWriteThrough()
+    persister = Persister(store)
+    key = payer_record(1).channel
+    state = {"spent": 2}
+
+    def build() -> Any:
+        return payer_record(1, paid=10, spent=state["spent"])
+
+    await persister.durable(persister.stage(payer_snapshot=(key, build)))
+    state["spent"] = 3  # changed after the stage: not written until staged again
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=2)
+    persister.stage(payer=payer_record(1, paid=10, spent=9), payer_snapshot=(key, build))
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=3)
+    persister.stage(payee_snapshot=(payee_record(1).channel, lambda: payee_record(1)))
+    assert await store.payee_channel(payee_record(1).channel) == payee_record(1)
