@@ -21,6 +21,13 @@ channel is turned into a record once per commit rather than once per change.
 Before it takes a batch the flusher lets the tasks that are ready to run
 stage what they will (a few scheduler passes, ending as soon as none is runnable), so
 that a busy node makes fewer, larger commits; an idle one waits one pass.
+
+A store that writes synchronously with nothing to share (an in-memory store made with
+``write_through=True``, as the simulator's are) is written *through*: `stage` applies
+its records at once as one batch, so the generation it returns is already durable and
+`durable` returns without waiting. The rule is the same (nothing acts before its change
+is stored), the group commit's batching and the flusher's scheduler passes are skipped.
+A write-through failure is recorded like a flusher's: `durable` raises `StoreFailed`.
 """
 
 from __future__ import annotations
@@ -120,6 +127,10 @@ class Persister:
         self._waiters: dict[int, trio.Event] = {}
         self._stages = 0  # stage() calls so far (`_gather` watches it)
         self.commits = 0
+        # A store offering a synchronous `write_now` is written through (module docstring).
+        self._write_now = (
+            getattr(store, "write_now", None) if getattr(store, "write_through", False) else None
+        )
 
     # -- staging (synchronous: call right after the decision, with no await between)
 
@@ -149,6 +160,27 @@ class Persister:
         it folds into a request staged in this generation, is dropped if the request is
         to be deleted, and otherwise goes to the store as a narrow update.
         """
+        if self._write_now is not None:
+            # a generation ends here: snapshots are built now (after a record staged with
+            # them for the same channel: the later in the batch wins)
+            return self._write_through(
+                Batch(
+                    payee=[
+                        *((payee,) if payee is not None else ()),
+                        *((payee_snapshot[1](),) if payee_snapshot is not None else ()),
+                    ],
+                    payer=[
+                        *((payer,) if payer is not None else ()),
+                        *((payer_snapshot[1](),) if payer_snapshot is not None else ()),
+                    ],
+                    requests=[request] if request is not None else [],
+                    responses=[response] if response is not None else [],
+                    claims=[claim] if claim is not None else [],
+                    meta=dict(meta) if meta else {},
+                    request_updates=[request_update] if request_update is not None else [],
+                    delete_requests=[delete_request] if delete_request is not None else [],
+                )
+            )
         s = self._staged
         self._stages += 1
         if payee is not None:
@@ -187,6 +219,35 @@ class Persister:
             s.delete_requests.add(delete_request)
         self._changed.set()
         return self._generation
+
+    def _write_through(self, batch: Batch) -> int:
+        """Write one `stage` call's changes now (a write-through store): the generation
+        returned is durable. They apply in the order `stage` documents: upserts, then the
+        update (folded into a request staged with it), then the delete."""
+        generation = self._generation
+        self._generation += 1
+        if self._failed is not None:
+            return generation  # never durable: `durable` raises StoreFailed
+        if batch.request_updates and batch.requests:
+            (update,), (request,) = batch.request_updates, batch.requests
+            if update.request_hash == request.request_hash:
+                batch.requests, batch.request_updates = [update.apply(request)], []
+        if batch.delete_requests:
+            gone = batch.delete_requests[0]
+            batch.requests = [r for r in batch.requests if r.request_hash != gone]
+            batch.request_updates = [u for u in batch.request_updates if u.request_hash != gone]
+        assert self._write_now is not None
+        try:
+            self._write_now(batch)
+        except Exception as exc:
+            self._failed = exc
+            log.error("store write failed: %s", exc)
+            for event in self._waiters.values():
+                event.set()
+            return generation
+        self.commits += 1
+        self._durable = generation
+        return generation
 
     async def durable(self, generation: int) -> None:
         """Wait until everything staged up to `generation` is committed.

@@ -85,6 +85,7 @@ def unchecked_request(
     object.__setattr__(request, "signing_bytes", signed)
     object.__setattr__(request, "hash", blake2b256(signed))
     object.__setattr__(request, "body", body)
+    object.__setattr__(request, "_frame", b"")
     object.__setattr__(request, "signature", b"")
     object.__setattr__(request, "signature", sign_message(key, request))
     return request

@@ -307,6 +307,8 @@ def _with_signature(message: _Signed, signature: bytes) -> _Signed:
     for name in cls.__slots__:
         object.__setattr__(out, name, getattr(message, name))
     object.__setattr__(out, "signature", signature)
+    if "_frame" in cls.__slots__:
+        object.__setattr__(out, "_frame", b"")  # the frame carries the signature
     return out
 
 
@@ -334,6 +336,10 @@ class Request:
     body: bytes = field(default=b"", repr=False, compare=False)
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
     hash: bytes = field(init=False, repr=False, compare=False)
+    #: `to_frame`'s result once computed (``b""`` before): a payee stores the same
+    #: request's frame several times (its channel record's best voucher, its answer's
+    #: evidence). Reset by every copy with another signature (`_with_signature`).
+    _frame: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _fields_ok(self):
@@ -461,6 +467,7 @@ class Request:
         setattr_(request, "body", body)
         setattr_(request, "signing_bytes", signed)
         setattr_(request, "hash", blake2b256(signed))
+        setattr_(request, "_frame", b"")
         if not _fields_ok(request):
             request._validate(remote=True)
         return request
@@ -471,8 +478,12 @@ class Request:
         Raises:
             LocalProtocolError: the request is not signed.
         """
-        _check_message_signature(self.ledger, self.signature, False)
-        return codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, self.body])
+        frame = self._frame
+        if not frame:
+            _check_message_signature(self.ledger, self.signature, False)
+            frame = codec.encode([KIND_REQUEST, self.signing_bytes, self.signature, self.body])
+            object.__setattr__(self, "_frame", frame)
+        return frame
 
     def voucher_frame(self) -> bytes:
         """The request frame with an empty body, ``[1, signing_bytes, signature, h'']``: the

@@ -242,7 +242,7 @@ class Simulation:
                     name=f"{group.group}-{i}",
                     group=group,
                     key=Keypair.from_seed(seeded(scenario.seed, "key", index)),
-                    store=MemoryStore(),
+                    store=MemoryStore(write_through=True),
                     behaviour=behaviour,
                 )
                 if group.provider is not None:

@@ -7,6 +7,11 @@ nothing), passes one trio checkpoint (a cancellation there withdraws the batch),
 applies it synchronously: no other task can observe half a batch, and nothing can fail
 half-way. Every non-empty write counts as one commit; there is no group commit because
 there is no fsync to share. Records are frozen, so the store keeps them as given.
+
+A store made with ``write_through=True`` also offers `write_now`, the same write without
+the checkpoint (it cannot be cancelled half-way either: it does not wait at all); the
+node's persister then writes each staged change through at once instead of grouping
+changes in a flusher task (p2pay/persist.py). The simulator's nodes use it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from p2pay.store.base import (
 class MemoryStore:
     """A `Store` held in dictionaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, write_through: bool = False) -> None:
+        #: The persister writes through this store with `write_now` (module docstring).
+        self.write_through = write_through
         self._payee: dict[bytes, PayeeRecord] = {}
         self._payer: dict[bytes, PayerRecord] = {}
         self._requests: dict[bytes, OutgoingRequest] = {}
@@ -57,6 +64,19 @@ class MemoryStore:
         check_batch(batch)
         self._check_open()
         await trio.lowlevel.checkpoint()
+        self._apply(batch)
+
+    def write_now(self, batch: Batch) -> None:
+        """`write` without waiting: validate the batch, then apply it, synchronously.
+
+        Raises:
+            LocalProtocolError: the batch is invalid; nothing of it was applied.
+            StoreClosed: the store is closed.
+        """
+        check_batch(batch)
+        self._apply(batch)
+
+    def _apply(self, batch: Batch) -> None:
         self._check_open()
         if batch.is_empty():
             return

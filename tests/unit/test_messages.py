@@ -378,6 +378,21 @@ def test_unsigned_messages_cannot_become_frames() -> None:
         Hello(**hello_kwargs()).to_frame()
 
 
+def test_a_request_frame_is_computed_once_and_follows_its_signature() -> None:
+    """`to_frame` keeps its result (a payee stores a request's frame several times); a
+    copy with another signature, or a request decoded from a frame, has its own."""
+    request = make_request()
+    fresh = codec.encode([1, request.signing_bytes, request.signature, request.body])
+    assert request.to_frame() == fresh
+    assert request.to_frame() is request.to_frame()
+    other = request.with_signature(MALLORY.sign(request.signing_bytes))
+    assert other.to_frame() == codec.encode([1, other.signing_bytes, other.signature, other.body])
+    assert other.to_frame() != fresh and request.to_frame() == fresh
+    decoded = decode_frame(fresh)
+    assert isinstance(decoded, Request) and decoded.to_frame() == fresh
+    assert decoded == request
+
+
 @pytest.mark.parametrize("signature", [b"", bytes(63), bytes(65), "x" * 64])
 def test_with_signature_needs_64_bytes(signature: Any) -> None:
     with pytest.raises(LocalProtocolError):

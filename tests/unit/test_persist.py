@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
-from p2pay.persist import Persister
+from p2pay.persist import Persister, StoreFailed
 from p2pay.store.base import Batch, RequestUpdate
-from p2pay.store.conformance import ALICE, BOB, outgoing
+from p2pay.store.conformance import ALICE, BOB, outgoing, payee_record
 from p2pay.store.memory import MemoryStore
 
 
@@ -250,3 +251,118 @@ async def test_a_snapshot_is_built_when_its_generation_is_committed() -> None:
     await commit(persister, generation)
     assert built == [4, 6] and store.batches[-1].payer == [payer_record(1, paid=10, spent=6)]
     assert await store.payer_channel(key) == payer_record(1, paid=10, spent=6)
+
+
+# -- write-through (a store with nothing to share: the simulator's MemoryStore)
+
+
+class RecordingWriteThrough(MemoryStore):
+    """A write-through MemoryStore that keeps every batch written through it."""
+
+    def __init__(self) -> None:
+        super().__init__(write_through=True)
+        self.batches: list[Batch] = []
+
+    def write_now(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        super().write_now(batch)
+
+
+async def test_write_through_stores_each_stage_before_it_returns() -> None:
+    """No flusher runs here: what `stage` returns is already durable, so `durable`
+    returns at once, and the store holds the record."""
+    store = RecordingWriteThrough()
+    persister = Persister(store)
+    generation = persister.stage(payee=payee_record(1))
+    assert await store.payee_channel(payee_record(1).channel) == payee_record(1)
+    with trio.move_on_after(1) as scope:  # (bounded; it must not wait at all)
+        await persister.durable(generation)
+        await persister.flush()
+    assert not scope.cancelled_caught
+    assert len(store.batches) == 1 and persister.commits == 1
+
+
+async def test_write_through_keeps_the_order_of_one_stage_call() -> None:
+    """Within one call: the upsert, then the update (folded into it), then the delete."""
+    store = RecordingWriteThrough()
+    persister = Persister(store)
+    persister.stage(request=outgoing(1), request_update=update(1))
+    assert store.batches[-1].requests == [outgoing(1, state="answered", updated_at=3)]
+    assert store.batches[-1].request_updates == []
+    persister.stage(request=outgoing(2), delete_request=outgoing(2).request_hash)
+    persister.stage(request_update=update(1, state="expired", at=4))
+    assert store.batches[-1].request_updates == [update(1, state="expired", at=4)]
+    persister.stage(request_update=update(3), delete_request=outgoing(3).request_hash)
+    assert store.batches[-1].request_updates == []
+    assert await store.requests() == [outgoing(1, state="expired", updated_at=4)]
+
+
+async def test_a_write_through_failure_makes_nothing_later_durable() -> None:
+    store = MemoryStore(write_through=True)
+    persister = Persister(store)
+    await persister.durable(persister.stage(payee=payee_record(1)))
+    await store.aclose()
+    generation = persister.stage(payee=payee_record(2))  # the store refuses: recorded
+    with pytest.raises(StoreFailed, match="closed"):
+        await persister.durable(generation)
+    with pytest.raises(StoreFailed):
+        await persister.durable(persister.stage(payee=payee_record(3)))
+
+
+async def test_an_invalid_batch_written_now_changes_nothing() -> None:
+    store = MemoryStore(write_through=True)
+    bad = Batch(payee=[payee_record(1)], delete_requests=[b"short"])
+    with pytest.raises(Exception, match="delete_requests"):
+        store.write_now(bad)
+    assert await store.payee_channels() == [] and store.commits == 0
+
+
+async def test_a_node_on_a_write_through_store_writes_its_requests_and_answers() -> None:
+    ledger = MemoryLedger()
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10**24)
+    net = MemoryNetwork()
+    store = RecordingWriteThrough()
+    config = NodeConfig(watch_interval=0.05)
+    results: list[Any] = []
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=config) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, store=store, config=config) as alice,
+    ):
+        bob.serve("echo", echo, price=1_000)
+        info = await alice.open_channel(bob.addrs[0], deposit=10**9)
+
+        async def one(i: int) -> None:
+            results.append(await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=1_000))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+    assert len(results) == 10
+    stored = await store.requests()
+    assert len(stored) == 10 and {r.state for r in stored} == {"answered"}
+    payer = await store.payer_channel(info.channel)
+    assert payer is not None and payer.spent == 10 * 1_000
+
+
+async def test_write_through_builds_a_snapshot_when_it_is_staged() -> None:
+    """Written through, a generation ends when it is staged: a snapshot is built then (the
+    channel's state at the end of its generation), and a snapshot staged with a record
+    of the same channel in one call wins, as it would in a commit."""
+    from p2pay.store.conformance import payer_record
+
+    store = RecordingWriteThrough()
+    persister = Persister(store)
+    key = payer_record(1).channel
+    state = {"spent": 2}
+
+    def build() -> Any:
+        return payer_record(1, paid=10, spent=state["spent"])
+
+    await persister.durable(persister.stage(payer_snapshot=(key, build)))
+    state["spent"] = 3  # changed after the stage: not written until staged again
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=2)
+    persister.stage(payer=payer_record(1, paid=10, spent=9), payer_snapshot=(key, build))
+    assert await store.payer_channel(key) == payer_record(1, paid=10, spent=3)
+    persister.stage(payee_snapshot=(payee_record(1).channel, lambda: payee_record(1)))
+    assert await store.payee_channel(payee_record(1).channel) == payee_record(1)
