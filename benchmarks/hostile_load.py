@@ -12,7 +12,11 @@ libp2p with a small ``max_sessions``. Beside the honest clients run:
 
 Each honest client (its own key, channel and node) makes `calls` paid calls; a call
 refused OVERLOADED, or lost with its connection before it was admitted, is retried after
-a back-off (at most `MAX_ATTEMPTS` attempts). Reported: the share of honest calls
+a back-off (at most `MAX_ATTEMPTS` attempts); a call waits `PATIENCE` for its answer, and
+one that times out counts as failed. The run is ordered by events, not clocks: the honest
+clients start once the hoarders fill the provider's sessions and the flooder floods, and
+the hostile peers go on after them until the flooder was cut off and a session evicted
+(every wait bounded), so a starved machine runs the same scenario, only slower. Reported: the share of honest calls
 answered within their deadline (`DEADLINE` seconds from the first attempt) and their
 latency, how often the provider evicted / refused / cut off, and the most bytes any one
 stream held in the provider's muxer and frame reader.
@@ -38,7 +42,7 @@ from typing import Any
 
 import trio
 
-from p2pay.core.errors import Overloaded
+from p2pay.core.errors import Overloaded, P2payError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Request, decode_frame
 from p2pay.core.settlement import Params
@@ -57,6 +61,11 @@ MAX_ATTEMPTS = 60
 DEADLINE = 120.0  # seconds from a call's first attempt to its answer
 BACKOFF = 0.25
 HOARDER_RETRY = 1.0  # a hoarder reopens a session this long after losing one
+# Waits that only order the scenario, never measure it: generous bounds, so that a starved
+# machine (the suite beside a CPU hog) runs the same scenario, only slower.
+PATIENCE = 300.0  # seconds: the most a peer waits for a hello, an honest client a call
+HOSTILE_READY = 300.0  # the most the honest clients wait for the hostile peers' attack
+HOSTILE_AFTER = 300.0  # the most the hostile peers go on once the honest clients are done
 
 
 def _key(label: bytes, i: int) -> Keypair:
@@ -80,9 +89,14 @@ class Run:
         self.failed: list[str] = []  # honest calls never served (with the last error)
         self.retry_causes: dict[str, int] = {}
         self.receipts: dict[bytes, int] = {}  # honest channel -> prices on its receipts
+        # honest channel -> (spent, outstanding) in that client's own channel accounting
+        # (late receipts included), read when the client is done
+        self.client_channels: dict[bytes, tuple[int, int]] = {}
         self.hoarder_sessions = 0  # sessions the hoarders got (hello answered)
         self.hoarder_refusals = 0
         self.floods = 0  # flooder connections cut off by the provider
+        self.flooding = trio.Event()  # the flooder's first flood began
+        self.hostile_ready = False  # the attack was on when the honest clients started
         self.flood_bytes = 0
         self.max_muxer_buffer = 0  # most bytes one stream held in the provider's muxer
         self.max_reader_buffer = 0  # most bytes one session's FrameReader held
@@ -116,7 +130,7 @@ async def _hoarder(key: Keypair, addr: str, per_peer: int, run: Run) -> None:
             while True:
                 try:
                     stream = await transport.connect(addr)
-                    with trio.fail_after(10):
+                    with trio.fail_after(PATIENCE):
                         await stream.send(hello)
                         first = decode_frame(await stream.receive())
                     if isinstance(first, Hello):
@@ -142,7 +156,7 @@ async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None
         while True:
             try:
                 stream: Any = await transport.connect(addr)
-                with trio.fail_after(10):
+                with trio.fail_after(PATIENCE):
                     await stream.send(Hello.create(MALLORY, ledger=LEDGER_ID).to_frame())
                     if not isinstance(decode_frame(await stream.receive()), Hello):
                         await stream.reset()
@@ -176,7 +190,8 @@ async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(requests, stream)
-                    with trio.move_on_after(30):  # the provider's outbox for us fills
+                    # the provider's outbox for us fills (its answers wait for our window)
+                    with trio.move_on_after(PATIENCE):
                         while len(session.outbox.items) < bob.config.max_outbox:
                             await trio.sleep(0.01)
                     raw = stream._net.muxed_conn
@@ -184,12 +199,20 @@ async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None
                         "!BBHII", 0, 0, 0, stream._net.muxed_stream.stream_id, 65000
                     )
                     chunk = header + b"\x00" * 65000
-                    with trio.move_on_after(30), contextlib.suppress(Exception):
+                    run.flooding.set()
+                    # until the provider cuts the connection off (bounded)
+                    with trio.move_on_after(PATIENCE), contextlib.suppress(Exception):
                         while not raw.event_shutting_down.is_set():
                             await raw._write_frame(chunk)
                             run.flood_bytes += 65000
                             await trio.sleep(0)
                     nursery.cancel_scope.cancel()
+                # the provider may still be reading what we sent: let it (bounded)
+                with trio.move_on_after(PATIENCE):
+                    while not getattr(conn, "window_violations", 0) and not (
+                        conn.event_shutting_down.is_set()
+                    ):
+                        await trio.sleep(0.05)
                 if getattr(conn, "window_violations", 0):
                     run.floods += 1
                 _watch_buffers(bob, run)
@@ -202,41 +225,54 @@ async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None
 async def _honest(i: int, ledger: MemoryLedger, addr: str, calls: int, run: Run) -> None:
     key = _key(b"honest", i)
     await ledger.mint(key, key.account, TOKEN)
-    config = NodeConfig(watcher=False, default_timeout=30.0)
+    # A call is never cut short by a clock: only OVERLOADED or a connection lost before
+    # the call was admitted is an answer that is retried; a timeout (which a starved
+    # machine must not cause: PATIENCE) is a failure, never retried.
+    config = NodeConfig(watcher=False, default_timeout=PATIENCE, hello_timeout=PATIENCE)
     async with open_node(key=key, ledger=ledger, config=config) as node:
         channel = b""
+        last = ""
         for attempt in range(MAX_ATTEMPTS):
             try:
                 channel = (await node.open_channel(addr, deposit=10**12)).channel
                 break
             except (Overloaded, ConnectionLost) as exc:
-                run.retry_causes[type(exc).__name__] = (
-                    run.retry_causes.get(type(exc).__name__, 0) + 1
-                )
+                last = type(exc).__name__
+                run.retry_causes[last] = run.retry_causes.get(last, 0) + 1
                 await trio.sleep(BACKOFF * min(8, attempt + 1))
+            except P2payError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                break
         if not channel:
-            run.failed.append(f"client {i}: no channel")
+            run.failed.append(f"client {i}: no channel ({last})")
             return
         run.receipts.setdefault(channel, 0)
-        for c in range(calls):
-            began = trio.current_time()
-            last = ""
-            for attempt in range(1, MAX_ATTEMPTS + 1):
-                try:
-                    result = await node.call(addr, "echo", b"%d:%d" % (i, c), max_price=PRICE)
-                except (Overloaded, ConnectionLost) as exc:
-                    last = type(exc).__name__
-                    run.retry_causes[last] = run.retry_causes.get(last, 0) + 1
-                    await trio.sleep(BACKOFF * min(8, attempt))
-                    continue
-                assert result.body == b"%d:%d" % (i, c) and result.price == PRICE
-                assert result.receipt.verify(BOB.public)
-                run.receipts[channel] += result.price
-                run.latencies.append(trio.current_time() - began)
-                run.attempts.append(attempt)
-                break
-            else:
-                run.failed.append(f"client {i} call {c}: {last}")
+        try:
+            for c in range(calls):
+                began = trio.current_time()
+                last = ""
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    try:
+                        result = await node.call(addr, "echo", b"%d:%d" % (i, c), max_price=PRICE)
+                    except (Overloaded, ConnectionLost) as exc:
+                        last = type(exc).__name__
+                        run.retry_causes[last] = run.retry_causes.get(last, 0) + 1
+                        await trio.sleep(BACKOFF * min(8, attempt))
+                        continue
+                    except P2payError as exc:  # a CallTimeout among them: not retried
+                        run.failed.append(f"client {i} call {c}: {type(exc).__name__}: {exc}")
+                        return
+                    assert result.body == b"%d:%d" % (i, c) and result.price == PRICE
+                    assert result.receipt.verify(BOB.public)
+                    run.receipts[channel] += result.price
+                    run.latencies.append(trio.current_time() - began)
+                    run.attempts.append(attempt)
+                    break
+                else:
+                    run.failed.append(f"client {i} call {c}: {last}")
+        finally:
+            ch = node.payer_channels[channel]
+            run.client_channels[channel] = (ch.spent, ch.outstanding)
 
 
 @contextlib.asynccontextmanager
@@ -282,8 +318,14 @@ async def run_hostile_load(
                 )
             if flooder:
                 hostile.start_soon(_flooder, ledger, bob, addr, run)
-            if hoarders or flooder:
-                await trio.sleep(2.0)  # the hostile peers take their sessions first
+            # The honest clients come once the attack is on: the hoarders fill the
+            # provider's sessions and the flooder has begun (bounded, never timed).
+            with trio.move_on_after(HOSTILE_READY):
+                while hoarders and len(bob._live) < max_sessions:
+                    await trio.sleep(0.05)
+                if flooder:
+                    await run.flooding.wait()
+                run.hostile_ready = True
             limiter = trio.CapacityLimiter(concurrency)
 
             async def one(i: int) -> None:
@@ -293,6 +335,13 @@ async def run_hostile_load(
             async with trio.open_nursery() as clients:
                 for i in range(honest):
                     clients.start_soon(one, i)
+            # The hostile peers go on until they were dealt with (bounded): the flooder cut
+            # off, hoarders evicted; a starved machine may not have got there yet.
+            with trio.move_on_after(HOSTILE_AFTER):
+                while (flooder and not run.floods) or (
+                    hoarders and not (run.hoarder_sessions and bob.counters.sessions_evicted)
+                ):
+                    await trio.sleep(0.05)
             _watch_buffers(bob, run)
             hostile.cancel_scope.cancel()
         stored = {
@@ -309,6 +358,7 @@ async def run_hostile_load(
             "latency_ms": _percentiles(run.latencies),
             "attempts_max": max(run.attempts, default=0),
             "retry_causes": run.retry_causes,
+            "hostile_ready": run.hostile_ready,
             "hoarder_sessions": run.hoarder_sessions,
             "hoarder_refusals": run.hoarder_refusals,
             "floods_cut_off": run.floods,
@@ -322,7 +372,12 @@ async def run_hostile_load(
         }
         within = sum(1 for t in run.latencies if t <= DEADLINE)
         summary["deadline_share"] = within / max(1, honest * calls)
-        return {"summary": summary, "receipts": dict(run.receipts), "stored": stored}
+        return {
+            "summary": summary,
+            "receipts": dict(run.receipts),
+            "clients": dict(run.client_channels),
+            "stored": stored,
+        }
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

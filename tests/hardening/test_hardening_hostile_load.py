@@ -2,17 +2,23 @@
 session-hoarding identities and one window-flooding payer, all on loopback libp2p
 against one provider in this process (`benchmarks.hostile_load`).
 
-Asserted only what must hold on any machine, whatever its load (no timing):
+Asserted only what must hold on any machine, whatever its load (no timing). The scenario
+is ordered by events, not by clocks: the honest clients start once the hoarders fill the
+provider's sessions and the flooder floods, and the hostile peers go on after them until
+the flooder was cut off and hoarders evicted (every wait bounded, by minutes); an honest
+call waits for its answer as long (`PATIENCE`), so a starved machine only runs slower.
 
 * every honest call is eventually served: OVERLOADED refusals and connections lost
-  before admission are retried (at most `MAX_ATTEMPTS` attempts each), then served;
+  before admission are retried (at most `MAX_ATTEMPTS` attempts each), then served; a
+  call that times out is a failure (never retried);
 * memory stays bounded: no stream ever held more than `MAX_STREAM_BUFFER` bytes in the
   provider's muxer, nor more than ``max_frame`` + 9 + 64 KiB in its frame reader (bytes
   buffered, measured in the objects, not RSS);
 * the flooder was cut off (its window violation detected) and the hoarders were evicted
   to make room, never a paying session in flight;
 * nothing lost or made up: per honest channel, what the provider charged equals the
-  prices on the receipts that client holds, and nothing stays reserved.
+  prices on the receipts `call` returned and the client's own channel accounting (late
+  receipts included), nothing stays reserved and nothing outstanding.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ async def test_two_hundred_honest_clients_beside_hoarders_and_a_flooder() -> Non
     result = await run_hostile_load(honest=200, calls=3)
     summary = result["summary"]
     print("\nhostile load:", summary)
+    assert summary["hostile_ready"], summary  # the honest clients came under attack
     assert summary["failed"] == [], summary
     assert summary["served"] == summary["honest_calls"] == 600
     assert summary["attempts_max"] <= MAX_ATTEMPTS
@@ -38,7 +45,9 @@ async def test_two_hundred_honest_clients_beside_hoarders_and_a_flooder() -> Non
     assert summary["max_reader_buffer"] <= NodeConfig().max_frame + 9 + READ_SIZE
     assert summary["floods_cut_off"] >= 1
     assert summary["hoarder_sessions"] > 0 and summary["sessions_evicted"] > 0
+    assert result["clients"].keys() == result["receipts"].keys()
     for channel, paid in result["receipts"].items():
         spent, reserved = result["stored"][channel]
         assert (spent, reserved) == (paid, 0), channel.hex()
+        assert result["clients"][channel] == (paid, 0), channel.hex()  # (spent, outstanding)
     assert sum(result["receipts"].values()) == 600 * 1_000

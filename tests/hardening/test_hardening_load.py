@@ -38,7 +38,7 @@ from p2pay.core.errors import Overloaded, P2payError
 from p2pay.core.identity import Keypair, public_from_peer_id
 from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.base import NetError
-from p2pay.node import CallTimeout, NodeConfig, open_node
+from p2pay.node import CallTimeout, ConnectionLost, NodeConfig, open_node
 from p2pay.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -91,6 +91,20 @@ async def _connect(node: Any, addr: str) -> None:
                 await trio.sleep(backoff(rng, attempt))
 
 
+async def _open_channel(node: Any, addr: str) -> bytes:
+    """Open a channel to the provider, retrying what a loaded machine may answer before
+    anything moved on the ledger (the provider's hello timed out, OVERLOADED)."""
+    rng = random.Random(node.account)
+    attempt = 0
+    with trio.fail_after(CALL_BOUND_S):  # a bound on a hang, not a target
+        while True:
+            try:
+                return (await node.open_channel(addr, deposit=10**12)).channel
+            except (Overloaded, ConnectionLost):
+                await trio.sleep(backoff(rng, attempt))
+                attempt += 1
+
+
 async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
     raise_fd_limit(20 * clients + 1024)
     (tmp_path / "hardening_services.py").write_text(SERVICE_MODULE, encoding="utf-8")
@@ -140,7 +154,7 @@ async def run_load(tmp_path: Path, clients: int) -> dict[str, Any]:
                 open_seconds = time.monotonic() - opened_at
                 channels = {}
                 for node in nodes:
-                    channels[node.account] = (await node.open_channel(addr, deposit=10**12)).channel
+                    channels[node.account] = await _open_channel(node, addr)
                     receipts[channels[node.account]] = 0
                     served[channels[node.account]] = 0
 
