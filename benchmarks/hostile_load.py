@@ -18,8 +18,8 @@ clients start once the hoarders fill the provider's sessions and the flooder flo
 the hostile peers go on after them until the flooder was cut off and a session evicted
 (every wait bounded), so a starved machine runs the same scenario, only slower.
 Reported: the share of honest calls answered within their deadline (`DEADLINE` seconds
-from the first attempt) and their latency, how often the provider evicted / refused /
-cut off, and the most bytes any one stream held in the provider's muxer and frame reader.
+from the first attempt) and their latency, how often the provider evicted / refused / cut
+off, and the most bytes any one stream held in the provider's muxer and frame reader.
 
 ``python -m benchmarks.hostile_load [--honest N] [--calls C] [--baseline]`` prints one
 JSON line per run (``--baseline`` adds a run without the hostile peers, to compare).
@@ -344,8 +344,9 @@ async def run_hostile_load(
                     await trio.sleep(0.05)
             _watch_buffers(bob, run)
             hostile.cancel_scope.cancel()
+        # a channel none of whose requests reached the provider is unknown to it: (0, 0)
         stored = {
-            ch: (bob.payee_channels[ch].spent, bob.payee_channels[ch].reserved)
+            ch: (payee.spent, payee.reserved) if (payee := bob.payee_channels.get(ch)) else (0, 0)
             for ch in run.receipts
         }
         counters = bob.counters
