@@ -214,6 +214,8 @@ _OFFER_KEYS = frozenset(
     )
 )
 _OFFER_LAYOUT = codec.MapLayout(tuple(sorted(_OFFER_KEYS)))
+#: the signed map's fields an `Offer` keeps as they are
+_OFFER_FIELDS = ("version", "ledger", "peer", "account", "account_proof", "seq", "expires")
 _SERVICE_KEYS = frozenset(("name", "price", "max_body"))
 _STAKE_KEYS = frozenset(("amount", "penalty", "window"))
 _P2P = "/p2p/"
@@ -256,28 +258,7 @@ class Offer:
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_uint(self.version, "version", MAX_U64, False)
-        _check_bytes(self.ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
-        _check_bytes(self.peer, "peer", 32, False)
-        check_account_form(self.ledger, self.account, self.account_proof, remote=False)
-        _check(isinstance(self.service, ServiceTerms), "service must be ServiceTerms", False)
-        _check(isinstance(self.stake, StakeTerms), "stake must be StakeTerms (never None)", False)
-        _check(isinstance(self.addrs, tuple), "addrs must be a tuple", False)
-        _check(
-            1 <= len(self.addrs) <= MAX_OFFER_ADDRS,
-            f"an offer has 1..{MAX_OFFER_ADDRS} addresses",
-            False,
-        )
-        _check(
-            all(_addr_ok(a) for a in self.addrs),
-            f"an address is 1..{MAX_ADDR_SIZE} bytes of visible ASCII starting with /",
-            False,
-        )
-        _check(len(set(self.addrs)) == len(self.addrs), "addresses must be unique", False)
-        _check_uint(self.seq, "seq", MAX_U64, False)
-        _check(self.seq >= 1, "seq starts at 1", False)
-        _check_uint(self.expires, "expires", MAX_U64, False)
-        _check(isinstance(self.signature, bytes), "signature must be bytes", False)
+        self._validate(remote=False)
         object.__setattr__(
             self,
             "signing_bytes",
@@ -294,6 +275,30 @@ class Offer:
                 expires=self.expires,
             ),
         )
+
+    def _validate(self, *, remote: bool) -> None:
+        _check_uint(self.version, "version", MAX_U64, remote)
+        _check_bytes(self.ledger, "ledger", None, remote, MAX_LEDGER_ID_SIZE)
+        _check_bytes(self.peer, "peer", 32, remote)
+        check_account_form(self.ledger, self.account, self.account_proof, remote=remote)
+        _check(isinstance(self.service, ServiceTerms), "service must be ServiceTerms", remote)
+        _check(isinstance(self.stake, StakeTerms), "stake must be StakeTerms (never None)", remote)
+        _check(isinstance(self.addrs, tuple), "addrs must be a tuple", remote)
+        _check(
+            1 <= len(self.addrs) <= MAX_OFFER_ADDRS,
+            f"an offer has 1..{MAX_OFFER_ADDRS} addresses",
+            remote,
+        )
+        _check(
+            all(_addr_ok(a) for a in self.addrs),
+            f"an address is 1..{MAX_ADDR_SIZE} bytes of visible ASCII starting with /",
+            remote,
+        )
+        _check(len(set(self.addrs)) == len(self.addrs), "addresses must be unique", remote)
+        _check_uint(self.seq, "seq", MAX_U64, remote)
+        _check(self.seq >= 1, "seq starts at 1", remote)
+        _check_uint(self.expires, "expires", MAX_U64, remote)
+        _check(isinstance(self.signature, bytes), "signature must be bytes", remote)
 
     @property
     def peer_id(self) -> PeerId:
@@ -418,31 +423,30 @@ class Offer:
         if not isinstance(addrs_raw, list):
             raise DecodeError("addrs must be an array")
         try:
-            offer = cls(
-                version=fields["version"],
-                ledger=fields["ledger"],
-                peer=fields["peer"],
-                account=fields["account"],
-                account_proof=fields["account_proof"],
-                service=ServiceTerms(
-                    name=service_raw["name"],
-                    price=service_raw["price"],
-                    max_body=service_raw["max_body"],
-                ),
-                stake=StakeTerms(
-                    amount=stake_raw["amount"],
-                    penalty=stake_raw["penalty"],
-                    claim_window_ms=stake_raw["window"],
-                ),
-                addrs=tuple(addrs_raw),
-                seq=fields["seq"],
-                expires=fields["expires"],
-                signature=signature,
+            service = ServiceTerms(
+                name=service_raw["name"],
+                price=service_raw["price"],
+                max_body=service_raw["max_body"],
+            )
+            stake = StakeTerms(
+                amount=stake_raw["amount"],
+                penalty=stake_raw["penalty"],
+                claim_window_ms=stake_raw["window"],
             )
         except LocalProtocolError as exc:
             raise DecodeError(exc.message) from None
-        if offer.signing_bytes != signed:  # pragma: no cover - strict decoder guarantees it
-            raise DecodeError("offer signing bytes are not canonical")
+        # The strict decoder accepted `signed`, so it is the only encoding of these fields
+        # (INV-17): keep the received bytes rather than encoding them again.
+        offer = cls.__new__(cls)
+        setattr_ = object.__setattr__
+        for name in _OFFER_FIELDS:
+            setattr_(offer, name, fields[name])
+        setattr_(offer, "service", service)
+        setattr_(offer, "stake", stake)
+        setattr_(offer, "addrs", tuple(addrs_raw))
+        setattr_(offer, "signature", signature)
+        setattr_(offer, "signing_bytes", bytes(signed))
+        offer._validate(remote=True)
         return offer
 
 
