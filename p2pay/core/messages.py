@@ -852,6 +852,10 @@ def check_account_binding(
 # Hello
 
 
+_SERVICE_KEYS = frozenset(("name", "price", "max_body"))
+_STAKE_KEYS = frozenset(("amount", "penalty", "window"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceTerms:
     """One service a peer offers: its name, price per request (yocto), largest body."""
@@ -866,8 +870,22 @@ class ServiceTerms:
         _check_uint(self.max_body, "max_body", MAX_U64, False)
 
     def to_cbor(self) -> dict[str, Any]:
-        """The map ``{name, price, max_body}`` carried in a hello."""
+        """The map ``{name, price, max_body}`` carried in a hello and an offer."""
         return {"name": self.name, "price": self.price, "max_body": self.max_body}
+
+    @classmethod
+    def from_cbor(cls, value: object) -> ServiceTerms:
+        """Parse a received ``{name, price, max_body}`` map (a hello's or an offer's).
+
+        Raises:
+            DecodeError: another shape, or a field out of its range.
+        """
+        if not isinstance(value, dict) or value.keys() != _SERVICE_KEYS:
+            raise DecodeError("a service is {name, price, max_body}")
+        try:
+            return cls(name=value["name"], price=value["price"], max_body=value["max_body"])
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -884,8 +902,24 @@ class StakeTerms:
         _check_uint(self.claim_window_ms, "claim_window_ms", MAX_U64, False)
 
     def to_cbor(self) -> dict[str, Any]:
-        """The map ``{amount, penalty, window}`` carried in a hello."""
+        """The map ``{amount, penalty, window}`` carried in a hello and an offer."""
         return {"amount": self.amount, "penalty": self.penalty, "window": self.claim_window_ms}
+
+    @classmethod
+    def from_cbor(cls, value: object) -> StakeTerms:
+        """Parse a received ``{amount, penalty, window}`` map (a hello's or an offer's).
+
+        Raises:
+            DecodeError: another shape, or a field out of its range.
+        """
+        if not isinstance(value, dict) or value.keys() != _STAKE_KEYS:
+            raise DecodeError("stake is {amount, penalty, window}")
+        try:
+            return cls(
+                amount=value["amount"], penalty=value["penalty"], claim_window_ms=value["window"]
+            )
+        except LocalProtocolError as exc:
+            raise DecodeError(exc.message) from None
 
 
 def hello_signing_bytes(
@@ -935,8 +969,6 @@ _HELLO_KEYS = frozenset(
         "deadline_horizon",
     )
 )
-_SERVICE_KEYS = frozenset(("name", "price", "max_body"))
-_STAKE_KEYS = frozenset(("amount", "penalty", "window"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1087,28 +1119,14 @@ class Hello:
             raise DecodeError("services must be an array")
         if len(services_raw) > MAX_SERVICES:
             raise DecodeError(f"more than {MAX_SERVICES} services")
+        services = tuple(ServiceTerms.from_cbor(item) for item in services_raw)
         stake_raw = fields["stake"]
+        stake = None if stake_raw is None else StakeTerms.from_cbor(stake_raw)
         try:
-            services = []
-            for item in services_raw:
-                if not isinstance(item, dict) or item.keys() != _SERVICE_KEYS:
-                    raise DecodeError("a service is {name, price, max_body}")
-                services.append(
-                    ServiceTerms(name=item["name"], price=item["price"], max_body=item["max_body"])
-                )
-            stake: StakeTerms | None = None
-            if stake_raw is not None:
-                if not isinstance(stake_raw, dict) or stake_raw.keys() != _STAKE_KEYS:
-                    raise DecodeError("stake is null or {amount, penalty, window}")
-                stake = StakeTerms(
-                    amount=stake_raw["amount"],
-                    penalty=stake_raw["penalty"],
-                    claim_window_ms=stake_raw["window"],
-                )
             hello = cls(
                 version=fields["version"],
                 ledger=fields["ledger"],
-                services=tuple(services),
+                services=services,
                 stake=stake,
                 max_in_flight=fields["max_in_flight"],
                 max_frame=fields["max_frame"],

@@ -216,8 +216,6 @@ _OFFER_KEYS = frozenset(
 _OFFER_LAYOUT = codec.MapLayout(tuple(sorted(_OFFER_KEYS)))
 #: the signed map's fields an `Offer` keeps as they are
 _OFFER_FIELDS = ("version", "ledger", "peer", "account", "account_proof", "seq", "expires")
-_SERVICE_KEYS = frozenset(("name", "price", "max_body"))
-_STAKE_KEYS = frozenset(("amount", "penalty", "window"))
 _P2P = "/p2p/"
 
 
@@ -415,26 +413,11 @@ class Offer:
             f"signature must be {SIGNATURE_SIZE} bytes",
             True,
         )
-        service_raw, stake_raw, addrs_raw = fields["service"], fields["stake"], fields["addrs"]
-        if not isinstance(service_raw, dict) or service_raw.keys() != _SERVICE_KEYS:
-            raise DecodeError("service is {name, price, max_body}")
-        if not isinstance(stake_raw, dict) or stake_raw.keys() != _STAKE_KEYS:
-            raise DecodeError("stake is {amount, penalty, window} (never null in an offer)")
+        service = ServiceTerms.from_cbor(fields["service"])
+        stake = StakeTerms.from_cbor(fields["stake"])  # never null in an offer
+        addrs_raw = fields["addrs"]
         if not isinstance(addrs_raw, list):
             raise DecodeError("addrs must be an array")
-        try:
-            service = ServiceTerms(
-                name=service_raw["name"],
-                price=service_raw["price"],
-                max_body=service_raw["max_body"],
-            )
-            stake = StakeTerms(
-                amount=stake_raw["amount"],
-                penalty=stake_raw["penalty"],
-                claim_window_ms=stake_raw["window"],
-            )
-        except LocalProtocolError as exc:
-            raise DecodeError(exc.message) from None
         # The strict decoder accepted `signed`, so it is the only encoding of these fields
         # (INV-17): keep the received bytes rather than encoding them again.
         offer = cls.__new__(cls)
