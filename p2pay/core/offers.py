@@ -63,6 +63,7 @@ from p2pay.core.messages import (
     StakeTerms,
     _check,
     _check_bytes,
+    _check_text,
     _check_uint,
     _signed_map,
     account_binding,
@@ -130,22 +131,17 @@ FETCH_TIMEOUT_MS = 5_000
 OFFER_KEY_DOMAIN = b"p2pay/offer/2\x00"
 #: multihash header of a sha2-256 digest: code 0x12, length 32
 _SHA256_MULTIHASH = bytes([0x12, 0x20])
-_MAX_LEDGER_ID = MAX_LEDGER_ID_SIZE
-_MAX_SERVICE_NAME = MAX_SERVICE_NAME
 
 
-def _check_names(ledger: bytes, service: str | None = None) -> None:
-    if not isinstance(ledger, bytes) or not 1 <= len(ledger) <= _MAX_LEDGER_ID:
-        raise LocalProtocolError(f"a ledger id is 1 to {_MAX_LEDGER_ID} bytes")
-    if service is not None and (
-        not isinstance(service, str) or not 1 <= len(service.encode()) <= _MAX_SERVICE_NAME
-    ):
-        raise LocalProtocolError(f"a service name is 1 to {_MAX_SERVICE_NAME} bytes of UTF-8")
+def _check_names(ledger: object, service: object, remote: bool) -> None:
+    """A ledger id of 1..64 bytes and a service name of 1..64 bytes of UTF-8."""
+    _check_bytes(ledger, "ledger", None, remote, MAX_LEDGER_ID_SIZE)
+    _check_text(service, "service", MAX_SERVICE_NAME, remote)
 
 
 def offer_topic(ledger: bytes) -> str:
     """The gossipsub topic on which offers for `ledger` are published."""
-    _check_names(ledger)
+    _check_bytes(ledger, "ledger", None, False, MAX_LEDGER_ID_SIZE)
     return "/p2pay/offers/2/" + ledger.hex()
 
 
@@ -154,7 +150,7 @@ def offer_key(ledger: bytes, service: str) -> bytes:
 
     It is the multihash of ``CIDv1(raw, sha2-256)`` that js-libp2p's content routing uses.
     """
-    _check_names(ledger, service)
+    _check_names(ledger, service, False)
     digest = hashlib.sha256(OFFER_KEY_DOMAIN + ledger + b"\x00" + service.encode()).digest()
     return _SHA256_MULTIHASH + digest
 

@@ -52,7 +52,7 @@ def test_key_is_a_sha256_multihash_of_domain_ledger_and_service() -> None:
     assert offer_key(LEDGER, "echo") != offer_key(LEDGER + b"x", "echo")
 
 
-@pytest.mark.parametrize("service", ["", "x" * 65, "é" * 33])
+@pytest.mark.parametrize("service", ["", "x" * 65, "é" * 33, "\ud800"])
 def test_bad_service_names_are_refused(service: str) -> None:
     with pytest.raises(LocalProtocolError):
         offer_key(LEDGER, service)
