@@ -504,24 +504,13 @@ class FetchRequest:
 _FETCH_KEYS = frozenset(("ledger", "service"))
 
 
-def _fetch_request_fields(ledger: object, service: object, remote: bool) -> None:
-    _check_bytes(ledger, "ledger", None, remote, MAX_LEDGER_ID_SIZE)
-    _check(isinstance(service, str), "service must be text", remote)
-    assert isinstance(service, str)
-    try:
-        size = len(service.encode("utf-8"))
-    except UnicodeEncodeError:
-        size = 0
-    _check(1 <= size <= MAX_SERVICE_NAME, f"service is 1..{MAX_SERVICE_NAME} bytes", remote)
-
-
 def encode_fetch_request(ledger: bytes, service: str) -> bytes:
     """The request frame's bytes: canonical CBOR ``{"ledger", "service"}``.
 
     Raises:
         LocalProtocolError: a ledger id or service name out of range.
     """
-    _fetch_request_fields(ledger, service, False)
+    _check_names(ledger, service, False)
     return codec.encode({"ledger": ledger, "service": service})
 
 
@@ -536,7 +525,7 @@ def decode_fetch_request(data: bytes | bytearray | memoryview) -> FetchRequest:
     if not isinstance(value, dict) or value.keys() != _FETCH_KEYS:
         raise DecodeError('a fetch request is {"ledger", "service"}')
     ledger, service = value["ledger"], value["service"]
-    _fetch_request_fields(ledger, service, True)
+    _check_names(ledger, service, True)
     assert isinstance(ledger, bytes) and isinstance(service, str)
     return FetchRequest(ledger=ledger, service=service)
 
