@@ -63,6 +63,7 @@ from p2pay.core.messages import (
     StakeTerms,
     _check,
     _check_bytes,
+    _check_signature,
     _check_text,
     _check_uint,
     _signed_map,
@@ -371,11 +372,7 @@ class Offer:
         Raises:
             LocalProtocolError: `signature` is not 64 bytes.
         """
-        _check(
-            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
-            f"a signature is {SIGNATURE_SIZE} bytes",
-            False,
-        )
+        _check_signature(signature)
         out = Offer.__new__(Offer)
         for name in Offer.__slots__:
             object.__setattr__(out, name, getattr(self, name))
