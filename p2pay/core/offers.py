@@ -217,11 +217,15 @@ _P2P = "/p2p/"
 
 
 def _addr_ok(addr: object) -> bool:
+    # visible ASCII, 0x21..0x7e: the printable ASCII characters but the space (checked
+    # by str methods, not character by character: every received offer's addresses pass here)
     return (
         isinstance(addr, str)
         and 1 <= len(addr) <= MAX_ADDR_SIZE
         and addr.startswith("/")
-        and all("\x21" <= ch <= "\x7e" for ch in addr)
+        and addr.isascii()
+        and addr.isprintable()
+        and " " not in addr
     )
 
 

@@ -144,6 +144,19 @@ def test_create_refuses_fields_out_of_range(kw: dict[str, object]) -> None:
         make(**kw)
 
 
+def test_an_address_is_visible_ascii_only() -> None:
+    # discovery.md 2: 0x21..0x7e, every other code point refused (space, DEL, controls,
+    # Latin-1, a line separator, a lone surrogate, the last code point)
+    points = [*range(0x300), 0x2028, 0xD800, 0x10FFFF]
+    for point in points:
+        host = f"/dns4/a{chr(point)}b/tcp/1"
+        if 0x21 <= point <= 0x7E:
+            assert make(addrs=[addr(host=host)]).addrs == (addr(host=host),)
+        else:
+            with pytest.raises(LocalProtocolError, match="visible ASCII"):
+                make(addrs=[addr(host=host)])
+
+
 @pytest.mark.parametrize("ledger", [EVM, b"L" * 64])
 def test_the_largest_valid_offer_fits_in_4096_bytes(ledger: bytes) -> None:
     suffix = "/p2p/" + BOB.peer_id
