@@ -38,7 +38,7 @@ import hashlib
 import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from p2pay.core import codec
@@ -1127,17 +1127,7 @@ class Chooser:
     def stats(self, peer: str) -> PeerStats:
         """A copy of what was seen of `peer` (all zero if nothing)."""
         seen = self._stats.get(peer)
-        if seen is None:
-            return PeerStats()
-        return PeerStats(
-            seen.successes,
-            seen.failures,
-            seen.consecutive_failures,
-            seen.latency_ms,
-            seen.skip_until_ms,
-            seen.last_failure,
-            seen.last_failure_ms,
-        )
+        return PeerStats() if seen is None else replace(seen)
 
     def _entry(self, peer: str) -> PeerStats:
         _check(isinstance(peer, str), "peer is a PeerID text", False)

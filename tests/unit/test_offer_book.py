@@ -483,6 +483,8 @@ def test_8_three_consecutive_failures_skip_the_peer_for_5_minutes() -> None:
     chooser.record_success(peer, 5, NOW + 2 * FAILURE_SKIP_MS)
     stats = chooser.stats(peer)
     assert (stats.successes, stats.failures, stats.consecutive_failures) == (1, 4, 0)
+    stats.successes = 99  # a copy: the chooser's own record is not changed through it
+    assert chooser.stats(peer).successes == 1
     assert not chooser.skipped(peer, NOW + 2 * FAILURE_SKIP_MS)
 
 
