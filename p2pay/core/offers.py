@@ -661,9 +661,17 @@ def stake_covers(stake: Stake | None, offer: Offer) -> bool:
         stake is not None
         and stake_status(stake) is StakeStatus.BONDED
         and stake.account == offer.account
-        and stake.amount >= offer.stake.amount
-        and stake.penalty >= offer.stake.penalty
-        and stake.claim_window_ms == offer.stake.claim_window_ms
+        and _terms_cover(stake, offer.stake)
+    )
+
+
+def _terms_cover(stake: Stake | StakeTerms, offered: StakeTerms) -> bool:
+    """`stake` (a ledger record or a hello's terms) is no worse than the `offered` terms:
+    at least the amount and penalty, the same claim window (specs/discovery.md 7.5)."""
+    return (
+        stake.amount >= offered.amount
+        and stake.penalty >= offered.penalty
+        and stake.claim_window_ms == offered.claim_window_ms
     )
 
 
@@ -1009,13 +1017,7 @@ class OfferBook:
             if terms is not None and terms.price > kept.offer.price:
                 self.lie(peer, f"hello price of {name} is above the offer's", now_ms)
                 return False
-            offered, stake = kept.offer.stake, hello.stake
-            if (
-                stake is None
-                or stake.amount < offered.amount
-                or stake.penalty < offered.penalty
-                or stake.claim_window_ms != offered.claim_window_ms
-            ):
+            if hello.stake is None or not _terms_cover(hello.stake, kept.offer.stake):
                 self.lie(peer, "hello stake is below the offer's", now_ms)
                 return False
         return True
