@@ -167,11 +167,12 @@ def _check_text(
     )
 
 
-def _check_signature(signature: object) -> None:
+def _check_signature(signature: object, remote: bool = False) -> None:
+    """An Ed25519 signature's size (a hello's, an offer's)."""
     _check(
         isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
         f"a signature is {SIGNATURE_SIZE} bytes",
-        False,
+        remote,
     )
 
 
@@ -1109,11 +1110,7 @@ class Hello:
                 that is not 64 bytes; WrongDomain: another kind's signing bytes.
         """
         fields = _signed_map(signed, DOMAIN_HELLO, _HELLO_KEYS)
-        _check(
-            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
-            "signature must be 64 bytes",
-            True,
-        )
+        _check_signature(signature, remote=True)
         services_raw = fields["services"]
         if not isinstance(services_raw, list):
             raise DecodeError("services must be an array")

@@ -405,11 +405,7 @@ class Offer:
                 that is not 64 bytes; WrongDomain: another kind's signing bytes.
         """
         fields = _signed_map(signed, DOMAIN_OFFER, _OFFER_KEYS)
-        _check(
-            isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE,
-            f"signature must be {SIGNATURE_SIZE} bytes",
-            True,
-        )
+        _check_signature(signature, remote=True)
         service = ServiceTerms.from_cbor(fields["service"])
         stake = StakeTerms.from_cbor(fields["stake"])  # never null in an offer
         addrs_raw = fields["addrs"]
