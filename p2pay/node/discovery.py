@@ -660,9 +660,8 @@ class Discovery:
                 opened=opened,
                 deposit=ch.deposit if ch is not None else 0,
             )
-        tried = "; ".join(f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
-            f"no provider of {service!r} served the call: {tried}",
+            none_served(service, [failed_text(a) for a in attempts]),
             attempts=tuple(attempts),
             details={"service": service, "max_price": max_price},
         )
@@ -781,6 +780,17 @@ def _parse_seq(raw: bytes | None) -> int:
 def prose(outcome: str) -> str:
     """An attempt's outcome in a sentence: ``timed out`` for ``timed_out``."""
     return outcome.replace("_", " ")
+
+
+def failed_text(attempt: Attempt) -> str:
+    """A failed attempt of `call_any` in a sentence, e.g. ``PEER timed out (CODE: ...)``."""
+    return f"{attempt.peer} {prose(attempt.outcome)} ({attempt.code}: {attempt.message})"
+
+
+def none_served(service: str, said: list[str]) -> str:
+    """NO_PROVIDER's message when every attempt failed: what each one `said`
+    (`failed_text`, which a caller may complete)."""
+    return f"no provider of {service!r} served the call: " + "; ".join(said)
 
 
 def none_within(
