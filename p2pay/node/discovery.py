@@ -196,6 +196,18 @@ def _check_amount(name: str, value: object, *, optional: bool = False) -> None:
         raise AmountError(f"{name} must be an amount in yocto (an int >= 0), not {value!r}")
 
 
+def _check_timeout(timeout: object) -> None:
+    """`Node.call`'s rule for its timeout, checked before a channel is opened for it."""
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise LocalProtocolError(f"timeout must be a positive number of seconds, not {timeout!r}")
+
+
 def _check_service(service: object) -> str:
     if not isinstance(service, str) or not 1 <= len(service.encode()) <= MAX_SERVICE_NAME:
         raise LocalProtocolError(
@@ -576,6 +588,7 @@ class Discovery:
         _check_amount("max_price", max_price)
         _check_amount("deposit", deposit, optional=True)
         _check_amount("min_stake", min_stake)
+        _check_timeout(timeout)
         if not isinstance(body, bytes | bytearray | memoryview):
             raise LocalProtocolError("body must be bytes")
         body = bytes(body)

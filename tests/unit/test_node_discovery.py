@@ -172,6 +172,11 @@ async def test_offers_filtered_by_price_and_stake_and_none_found_is_typed() -> N
             await client.find("")
         with pytest.raises(LocalProtocolError):
             await client.call_any("echo", b"x", max_price=-1)
+        # a bad timeout is refused before a channel is opened (nothing escrowed)
+        for timeout in (-1.0, 0, float("nan"), "1"):
+            with trio.fail_after(10), pytest.raises(LocalProtocolError, match="timeout"):
+                await client.call_any("echo", b"x", max_price=PRICE, timeout=timeout)  # type: ignore[arg-type]
+        assert client.channels() == []
 
 
 async def test_no_offer_without_a_stake() -> None:
