@@ -125,7 +125,11 @@ class ChannelBook:
 
     async def load(self) -> None:
         """Load the stored channels, count requests left without a receipt as abandoned,
-        and adopt the ledger's channels we pay on that the store does not know."""
+        and adopt the ledger's channels we pay on that the store does not know; load what
+        payees said of their minimum challenge period (`MINIMUMS_KEY`)."""
+        minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
+        self.payee_minimums.update(minimums)
+        self.refused_channels.update(refused)
         for rec in await self.store.payee_channels():
             ch = PayeeChannel(
                 ledger=rec.ledger,

@@ -38,13 +38,7 @@ from p2pay.ledger.base import Ledger
 from p2pay.net.base import Stream, Transport
 from p2pay.node.addrbook import META_KEY as ADDRBOOK_KEY
 from p2pay.node.addrbook import AddressBook
-from p2pay.node.book import (
-    MINIMUMS_KEY,
-    ChannelBook,
-    _payee_record,
-    _payer_record,
-    minimums_from_bytes,
-)
+from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.discovery import Discovery
 from p2pay.node.invoke import _Service
@@ -172,9 +166,6 @@ class Node:
     async def _load(self) -> None:
         await self.book.load()
         self.addresses = AddressBook.from_bytes(await self.store.get_meta(ADDRBOOK_KEY))
-        minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
-        self.book.payee_minimums.update(minimums)
-        self.book.refused_channels.update(refused)
         await self.refresh_stake()
 
     async def _handle_stream(self, stream: Stream) -> None:
