@@ -592,10 +592,12 @@ class Discovery:
         if not isinstance(body, bytes | bytearray | memoryview):
             raise LocalProtocolError("body must be bytes")
         body = bytes(body)
-        if not self.live(service, max_price=max_price, min_stake=min_stake):
-            await self.find(service, max_price=max_price, min_stake=min_stake)
         now = self.host.now()
         kept = self._live(service, now, max_price, min_stake)
+        if not kept:
+            await self.find(service, max_price=max_price, min_stake=min_stake)
+            now = self.host.now()
+            kept = self._live(service, now, max_price, min_stake)
         if not kept:
             left = self.unmatched(service, max_price=max_price, min_stake=min_stake)
             raise NoProvider(
