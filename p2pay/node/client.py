@@ -434,7 +434,8 @@ class _Connection:
 class Client:
     """The calls a node makes: one `_Connection` per peer (opened on first use, hello
     both ways), and the call policy (price and body checks, claimability, one re-send
-    after an unsigned REPLAY, a price change retried once, a resync once)."""
+    after an unsigned REPLAY, a price change retried once, a resync once, a channel the
+    payee refused as CHALLENGE_TOO_SHORT not used again: the call goes on another)."""
 
     def __init__(self, node: ClientHost) -> None:
         self.node = node
