@@ -255,7 +255,9 @@ def format_ms(ms: int) -> str:
 # config.toml
 
 
-#: ``[discovery]`` defaults (specs/discovery.md; `p2pay.node.DiscoveryConfig`)
+#: ``[discovery]`` defaults (specs/discovery.md): `p2pay.node.DiscoveryConfig`'s, kept here
+#: so that reading a config does not import the node (tests/cli/test_cli_discovery.py
+#: checks that they agree)
 DEFAULT_ANNOUNCE_INTERVAL_MS = 60_000
 DEFAULT_DEPOSIT_CALLS = 1000
 DEFAULT_MAX_DEPOSIT = 10**22  # 0.01 token

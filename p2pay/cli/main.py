@@ -1052,7 +1052,7 @@ async def call_any(
     """`Node.call_any`; a NO_PROVIDER whose attempts include a timed-out paid request
     says, for it, what `call PEER` says of one (`timeout_advice`)."""
     from p2pay.node import NoProvider
-    from p2pay.node.discovery import prose
+    from p2pay.node.discovery import failed_text, none_served
 
     try:
         return await node.call_any(
@@ -1063,14 +1063,12 @@ async def call_any(
             raise
         parts = []
         for a in exc.attempts:
-            said = f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})"
+            said = failed_text(a)
             if a.outcome == "timed_out":
                 said = await timeout_advice(node, a.peer, said)
             parts.append(said)
         raise NoProvider(
-            f"no provider of {service!r} served the call: " + "; ".join(parts),
-            attempts=exc.attempts,
-            details={k: v for k, v in exc.details.items() if k != "attempts"},
+            none_served(service, parts), attempts=exc.attempts, details=dict(exc.details)
         ) from None
 
 

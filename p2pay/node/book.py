@@ -125,7 +125,11 @@ class ChannelBook:
 
     async def load(self) -> None:
         """Load the stored channels, count requests left without a receipt as abandoned,
-        and adopt the ledger's channels we pay on that the store does not know."""
+        and adopt the ledger's channels we pay on that the store does not know; load what
+        payees said of their minimum challenge period (`MINIMUMS_KEY`)."""
+        minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
+        self.payee_minimums.update(minimums)
+        self.refused_channels.update(refused)
         for rec in await self.store.payee_channels():
             ch = PayeeChannel(
                 ledger=rec.ledger,
@@ -277,6 +281,18 @@ class ChannelBook:
                 self.persister.stage(payee=_payee_record(ch))
             else:
                 self.persister.stage(payer=_payer_record(ch))
+
+    async def challenge_refused(self, ch: PayerChannel, least: int) -> int:
+        """`ch`'s payee refused it as CHALLENGE_TOO_SHORT, stating its minimum `least`
+        (protocol.md 17): remember both, durably (`payer_channel_to` skips `ch` from now
+        on). Returns `ch`'s challenge period in ms, as the ledger has it (0 if gone)."""
+        info = await self.ledger.channel(ch.channel)
+        self.payee_minimums.pop(ch.payee, None)  # the newest last (`MAX_MINIMUMS`)
+        self.payee_minimums[ch.payee] = least
+        self.refused_channels.add(ch.channel)
+        data = minimums_to_bytes(self.payee_minimums, self.refused_channels)
+        await self.persister.durable(self.persister.stage(meta={MINIMUMS_KEY: data}))
+        return info.challenge_ms if info is not None else 0
 
     def payer_channel_to(self, payee: bytes) -> PayerChannel | None:
         """Our open channel to `payee` with the most credit left, among those it did not

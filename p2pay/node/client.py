@@ -13,6 +13,7 @@ import trio
 
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import (
+    ChannelStatus,
     PayerChannel,
     Receipt,
     Replay,
@@ -433,7 +434,8 @@ class _Connection:
 class Client:
     """The calls a node makes: one `_Connection` per peer (opened on first use, hello
     both ways), and the call policy (price and body checks, claimability, one re-send
-    after an unsigned REPLAY, a price change retried once, a resync once)."""
+    after an unsigned REPLAY, a price change retried once, a resync once, a channel the
+    payee refused as CHALLENGE_TOO_SHORT not used again: the call goes on another)."""
 
     def __init__(self, node: ClientHost) -> None:
         self.node = node
@@ -646,6 +648,7 @@ class Client:
         while True:
             ch = self.node.book.payer_channel_to(payee)
             if ch is None:
+                await self._only_refused_left(payee)
                 raise LocalProtocolError(
                     f"no open channel to {peer_id}: open_channel first",
                     code=ErrorCode.UNKNOWN_CHANNEL,
@@ -668,8 +671,16 @@ class Client:
                     raise RemoteProtocolError("resync did not converge", code=ErrorCode.REPLAY)
                 resynced = True
                 continue
-            if slot.error is not None:
-                raise slot.error
+            error = slot.error
+            if error is not None:
+                if (
+                    isinstance(error, RemoteProtocolError)
+                    and error.code is ErrorCode.CHALLENGE_TOO_SHORT
+                ):
+                    # not used again: the call goes on another open channel to the payee
+                    await self._challenge_refused(peer_id, ch, error)
+                    continue
+                raise error
             receipt = slot.receipt
             if receipt is None:  # every path sets one of the three; never assert on a peer
                 raise RemoteProtocolError(
@@ -695,6 +706,41 @@ class Client:
                 spent=receipt.spent,
                 receipt=response,
             )
+
+    async def _challenge_refused(
+        self, peer_id: str, ch: PayerChannel, exc: RemoteProtocolError
+    ) -> None:
+        """The payee refused `ch` as CHALLENGE_TOO_SHORT (protocol.md 17): remember its
+        minimum and `ch` (durably, `ChannelBook.challenge_refused`), and return if another
+        open channel to it is left; else raise CHALLENGE_TOO_SHORT naming `ch` and what to
+        do."""
+        least = exc.details.get("min_challenge_ms")
+        if type(least) is not int or least < 0:
+            raise exc
+        asked = await self.node.book.challenge_refused(ch, least)
+        if self.node.book.payer_channel_to(ch.payee) is None:
+            raise _refused(ch.channel, asked, least) from None
+        log.warning(
+            "%s refused channel %s: its challenge period, %d ms, is below its minimum "
+            "%d ms; calling on another channel to it (close this one to get its deposit "
+            "back)",
+            peer_id,
+            ch.channel.hex(),
+            asked,
+            least,
+        )
+
+    async def _only_refused_left(self, payee: bytes) -> None:
+        """No channel to `payee` to call on: if we hold open ones it refused as
+        CHALLENGE_TOO_SHORT, raise that, naming one and what to do."""
+        book = self.node.book
+        for cid in sorted(book.refused_channels):
+            ch = self.node.payer_channels.get(cid)
+            if ch is None or ch.payee != payee or ch.status is not ChannelStatus.OPEN:
+                continue
+            info = await self.node.ledger.channel(cid)
+            asked = info.challenge_ms if info is not None else 0
+            raise _refused(cid, asked, book.payee_minimums.get(payee, 0))
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
         """Deliver a request this node sent once more, unchanged (claims.md 6: a payer
@@ -783,3 +829,13 @@ class Client:
             "claim ends, and returned unless the provider proves the claim frivolous; the "
             "provider must then deliver the answer through the ledger or refund the price)"
         )
+
+
+def _refused(channel: bytes, asked: int, least: int) -> RemoteProtocolError:
+    """CHALLENGE_TOO_SHORT for a channel of ours its payee refused, and what to do."""
+    return RemoteProtocolError(
+        f"channel {channel.hex()} has a challenge period of {asked} ms, below this "
+        f"payee's minimum {least} ms: close it and open one of {least} ms or more",
+        code=ErrorCode.CHALLENGE_TOO_SHORT,
+        details={"channel": channel.hex(), "challenge_ms": asked, "min_challenge_ms": least},
+    )

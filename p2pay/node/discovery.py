@@ -196,6 +196,18 @@ def _check_amount(name: str, value: object, *, optional: bool = False) -> None:
         raise AmountError(f"{name} must be an amount in yocto (an int >= 0), not {value!r}")
 
 
+def _check_timeout(timeout: object) -> None:
+    """`Node.call`'s rule for its timeout, checked before a channel is opened for it."""
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise LocalProtocolError(f"timeout must be a positive number of seconds, not {timeout!r}")
+
+
 def _check_service(service: object) -> str:
     if not isinstance(service, str) or not 1 <= len(service.encode()) <= MAX_SERVICE_NAME:
         raise LocalProtocolError(
@@ -576,13 +588,16 @@ class Discovery:
         _check_amount("max_price", max_price)
         _check_amount("deposit", deposit, optional=True)
         _check_amount("min_stake", min_stake)
+        _check_timeout(timeout)
         if not isinstance(body, bytes | bytearray | memoryview):
             raise LocalProtocolError("body must be bytes")
         body = bytes(body)
-        if not self.live(service, max_price=max_price, min_stake=min_stake):
-            await self.find(service, max_price=max_price, min_stake=min_stake)
         now = self.host.now()
         kept = self._live(service, now, max_price, min_stake)
+        if not kept:
+            await self.find(service, max_price=max_price, min_stake=min_stake)
+            now = self.host.now()
+            kept = self._live(service, now, max_price, min_stake)
         if not kept:
             left = self.unmatched(service, max_price=max_price, min_stake=min_stake)
             raise NoProvider(
@@ -660,9 +675,8 @@ class Discovery:
                 opened=opened,
                 deposit=ch.deposit if ch is not None else 0,
             )
-        tried = "; ".join(f"{a.peer} {prose(a.outcome)} ({a.code}: {a.message})" for a in attempts)
         raise NoProvider(
-            f"no provider of {service!r} served the call: {tried}",
+            none_served(service, [failed_text(a) for a in attempts]),
             attempts=tuple(attempts),
             details={"service": service, "max_price": max_price},
         )
@@ -781,6 +795,17 @@ def _parse_seq(raw: bytes | None) -> int:
 def prose(outcome: str) -> str:
     """An attempt's outcome in a sentence: ``timed out`` for ``timed_out``."""
     return outcome.replace("_", " ")
+
+
+def failed_text(attempt: Attempt) -> str:
+    """A failed attempt of `call_any` in a sentence, e.g. ``PEER timed out (CODE: ...)``."""
+    return f"{attempt.peer} {prose(attempt.outcome)} ({attempt.code}: {attempt.message})"
+
+
+def none_served(service: str, said: list[str]) -> str:
+    """NO_PROVIDER's message when every attempt failed: what each one `said`
+    (`failed_text`, which a caller may complete)."""
+    return f"no provider of {service!r} served the call: " + "; ".join(said)
 
 
 def none_within(

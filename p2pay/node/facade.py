@@ -22,7 +22,6 @@ from p2pay.core.errors import (
     ErrorCode,
     LocalProtocolError,
     P2payError,
-    RemoteProtocolError,
 )
 from p2pay.core.identity import Keypair, PeerId, peer_id_from_public, public_from_peer_id
 from p2pay.core.messages import (
@@ -39,14 +38,7 @@ from p2pay.ledger.base import Ledger
 from p2pay.net.base import Stream, Transport
 from p2pay.node.addrbook import META_KEY as ADDRBOOK_KEY
 from p2pay.node.addrbook import AddressBook
-from p2pay.node.book import (
-    MINIMUMS_KEY,
-    ChannelBook,
-    _payee_record,
-    _payer_record,
-    minimums_from_bytes,
-    minimums_to_bytes,
-)
+from p2pay.node.book import ChannelBook, _payee_record, _payer_record
 from p2pay.node.client import Client, _Connection
 from p2pay.node.discovery import Discovery
 from p2pay.node.invoke import _Service
@@ -174,9 +166,6 @@ class Node:
     async def _load(self) -> None:
         await self.book.load()
         self.addresses = AddressBook.from_bytes(await self.store.get_meta(ADDRBOOK_KEY))
-        minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
-        self.book.payee_minimums.update(minimums)
-        self.book.refused_channels.update(refused)
         await self.refresh_stake()
 
     async def _handle_stream(self, stream: Stream) -> None:
@@ -291,100 +280,10 @@ class Node:
             await self._reach(peer_id)  # a bare PeerID: dial the address book's addresses
             fresh = False
         try:
-            # A channel the payee refuses as CHALLENGE_TOO_SHORT (protocol.md 17) is not
-            # used again: the call goes on another open channel to it, if there is one.
-            for _ in range(len(self.payer_channels) + 1):
-                try:
-                    return await self.client.call(
-                        peer, service, body, max_price=max_price, timeout=timeout
-                    )
-                except RemoteProtocolError as exc:
-                    if exc.code is not ErrorCode.CHALLENGE_TOO_SHORT:
-                        raise
-                    await self._challenge_refused(peer_id, exc)
-                except LocalProtocolError as exc:
-                    if exc.code is ErrorCode.UNKNOWN_CHANNEL:
-                        await self._only_refused_left(peer_id)
-                    raise
-            raise RemoteProtocolError(  # unreachable: each pass drops one channel
-                f"every channel to {peer_id} was refused", code=ErrorCode.CHALLENGE_TOO_SHORT
-            )
+            return await self.client.call(peer, service, body, max_price=max_price, timeout=timeout)
         finally:
             if fresh and addr is not None and self._connected(peer_id):
                 self._learn(peer_id, addr)
-
-    def _payee_of(self, peer_id: str) -> bytes | None:
-        """The account of `peer_id` if known without a connection (Ed25519: its key)."""
-        conn = self._connections.get(peer_id)
-        if conn is not None:
-            return conn.account
-        if scheme_for(self.ledger.ledger_id) is Scheme.ED25519:
-            return public_from_peer_id(peer_id)
-        return None
-
-    async def _only_refused_left(self, peer_id: str) -> None:
-        """No channel to `peer_id` to call on: if we hold open ones it refused as
-        CHALLENGE_TOO_SHORT, raise that, naming one and what to do."""
-        payee = self._payee_of(peer_id)
-        for cid in sorted(self.book.refused_channels):
-            ch = self.payer_channels.get(cid)
-            if ch is None or ch.payee != payee or ch.status is not ChannelStatus.OPEN:
-                continue
-            info = await self.ledger.channel(cid)
-            least = self.book.payee_minimums.get(ch.payee, 0)
-            asked = info.challenge_ms if info is not None else 0
-            raise RemoteProtocolError(
-                f"channel {cid.hex()} has a challenge period of {asked} ms, below this "
-                f"payee's minimum {least} ms: close it and open one of {least} ms or more",
-                code=ErrorCode.CHALLENGE_TOO_SHORT,
-                details={"channel": cid.hex(), "challenge_ms": asked, "min_challenge_ms": least},
-            )
-
-    async def _challenge_refused(self, peer_id: str, exc: RemoteProtocolError) -> None:
-        """`peer_id` refused the channel we picked as CHALLENGE_TOO_SHORT: remember its
-        minimum and that channel (durably), and return if another open channel to it is
-        left; else raise CHALLENGE_TOO_SHORT naming the channel and what to do."""
-        payee = self._payee_of(peer_id)
-        least = exc.details.get("min_challenge_ms")
-        picked = self.book.payer_channel_to(payee) if payee is not None else None
-        if picked is None or type(least) is not int or least < 0:
-            raise exc
-        info = await self.ledger.channel(picked.channel)
-        asked = info.challenge_ms if info is not None else 0
-        self.book.payee_minimums.pop(picked.payee, None)
-        self.book.payee_minimums[picked.payee] = least
-        self.book.refused_channels.add(picked.channel)
-        await self.persister.durable(
-            self.persister.stage(
-                meta={
-                    MINIMUMS_KEY: minimums_to_bytes(
-                        self.book.payee_minimums, self.book.refused_channels
-                    )
-                }
-            )
-        )
-        details = {
-            "channel": picked.channel.hex(),
-            "challenge_ms": asked,
-            "min_challenge_ms": least,
-        }
-        if self.book.payer_channel_to(picked.payee) is not None:
-            log.warning(
-                "%s refused channel %s: its challenge period, %d ms, is below its minimum "
-                "%d ms; calling on another channel to it (close this one to get its deposit "
-                "back)",
-                peer_id,
-                picked.channel.hex(),
-                asked,
-                least,
-            )
-            return
-        raise RemoteProtocolError(
-            f"channel {picked.channel.hex()} has a challenge period of {asked} ms, below "
-            f"this payee's minimum {least} ms: close it and open one of {least} ms or more",
-            code=ErrorCode.CHALLENGE_TOO_SHORT,
-            details=details,
-        ) from None
 
     async def resend_request(self, request: Request, *, timeout: float = 5.0) -> Receipt | None:
         """Deliver a request this node sent once more, unchanged (see `Client.resend_request`)."""

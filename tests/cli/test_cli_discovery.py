@@ -32,6 +32,7 @@ from test_cli import (  # noqa: F401 - fixtures
 
 from p2pay.cli.home import read_config
 from p2pay.cli.render import short
+from p2pay.node import DiscoveryConfig
 
 TIMEOUT = 90  # seconds for one discovery command (libp2p start, DHT lookup, fetch)
 
@@ -57,6 +58,10 @@ def test_init_writes_the_discovery_defaults(world: dict[str, Any]) -> None:  # n
     found = read_config(d / "c" / "config.toml").discovery
     assert found.bootstrap == [] and found.announce_interval_ms == 60_000
     assert (found.deposit_calls, found.max_deposit, found.max_attempts) == (1000, 10**22, 3)
+    # the command line's defaults are the library's (p2pay.cli.home keeps its own copy)
+    lib = DiscoveryConfig()
+    for name in ("announce_interval_ms", "deposit_calls", "max_deposit", "max_attempts"):
+        assert getattr(found, name) == getattr(lib, name), name
     text = (d / "c" / "config.toml").read_text()
     assert "[discovery]" in text and 'max_deposit = "0.01 token"' in text
 

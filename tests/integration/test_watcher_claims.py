@@ -316,6 +316,24 @@ async def test_a_channel_with_a_too_short_challenge_period_is_refused_at_admissi
         assert result.body == b"y" and result.price == PRICE
 
 
+async def test_a_refused_channel_is_the_one_the_request_named() -> None:
+    """The payee refuses the channel with the most credit as CHALLENGE_TOO_SHORT; after
+    that request its credit is below another channel's, which the payee accepts. The
+    channel remembered as refused is the one the request named (not the one with the most
+    credit left after it), and the call goes on the accepted one."""
+    ledger = make_ledger()
+    strict = NodeConfig(watch_interval=0.05, default_timeout=5.0)  # min_challenge_ms: 60 s
+    async with pair(ledger, bob_config=strict) as (alice, bob):
+        good = await alice.open_channel(
+            bob.addrs[0], deposit=10**6 - PRICE // 2, challenge_ms=60_000
+        )
+        short = await alice.open_channel(bob.addrs[0], deposit=10**6, challenge_ms=1_000)
+        result = await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
+        assert result.body == b"x" and result.channel == good.channel
+        assert alice.book.refused_channels == {short.channel}
+        assert alice.book.payee_minimums == {bob.account: 60_000}
+
+
 # ---------------------------------------------------------------------------
 # item 1 / deliverable 3: the claimant re-delivers first and reads the outcome
 

@@ -41,7 +41,7 @@ from p2pay.node import (
     NotJoined,
     open_node,
 )
-from p2pay.node.discovery import SEQ_KEY, STATS_KEY
+from p2pay.node.discovery import SEQ_KEY, STATS_KEY, Discovery
 from p2pay.store.base import Batch
 from p2pay.store.memory import MemoryStore
 
@@ -172,6 +172,11 @@ async def test_offers_filtered_by_price_and_stake_and_none_found_is_typed() -> N
             await client.find("")
         with pytest.raises(LocalProtocolError):
             await client.call_any("echo", b"x", max_price=-1)
+        # a bad timeout is refused before a channel is opened (nothing escrowed)
+        for timeout in (-1.0, 0, float("nan"), "1"):
+            with trio.fail_after(10), pytest.raises(LocalProtocolError, match="timeout"):
+                await client.call_any("echo", b"x", max_price=PRICE, timeout=timeout)  # type: ignore[arg-type]
+        assert client.channels() == []
 
 
 async def test_no_offer_without_a_stake() -> None:
@@ -272,55 +277,51 @@ async def test_a_bootstrap_peer_answers_from_its_book_and_a_node_never_lists_its
             ]
 
 
-def fake_offer(key: Keypair, ledger: bytes, *, price: int, stake: int, seq: int, now: int) -> bytes:
+def fake_offer(client: Node, *, price: int, stake: int, seq: int) -> bytes:
+    """An offer of LIAR's for echo, made by the test (not by a discovery of LIAR's)."""
     return Offer.create(
-        key,
-        ledger=ledger,
+        LIAR,
+        ledger=client.ledger.ledger_id,
         service="echo",
         price=price,
         max_body=1 << 16,
         stake=StakeTerms(amount=stake, penalty=PENALTY, claim_window_ms=WINDOW),
-        addrs=(memory_addr(str(key.peer_id)),),
+        addrs=(memory_addr(str(LIAR.peer_id)),),
         seq=seq,
-        expires=now + 60_000,
+        expires=client.now() + 60_000,
     ).encode()
 
 
-async def test_lies_are_caught_from_the_ledger_the_hello_and_a_payment_required() -> None:
+@asynccontextmanager
+async def liar_and_client(price: int) -> AsyncIterator[tuple[Node, Node, Discovery]]:
+    """LIAR, staked, serving echo at `price` on a plain node (no discovery: its offers are
+    the ones the test makes, `fake_offer`), and a client with its discovery."""
     ledger = await funded()
     network = MemoryNetwork()
     await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
-    # the liar runs a plain node (no discovery): its offers are the ones this test makes
     async with (
         open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
         node(CLIENT, ledger, network) as client,
     ):
-        liar.serve("echo", echo, price=PRICE)
-        d = client.discovery
-        assert d is not None
-        lid = ledger.params.ledger_id
+        liar.serve("echo", echo, price=price)
+        assert client.discovery is not None
+        yield liar, client, client.discovery
+
+
+async def test_lies_are_caught_from_the_ledger_the_hello_and_a_payment_required() -> None:
+    async with liar_and_client(PRICE) as (_, client, d):
         # a stake the ledger does not show: not live
-        big = fake_offer(LIAR, lid, price=PRICE, stake=2 * STAKE, seq=1, now=client.now())
+        big = fake_offer(client, price=PRICE, stake=2 * STAKE, seq=1)
         assert not await d.take(big, sender=str(LIAR.peer_id))
         assert d.live("echo") == []
         # the ban lasts: an honest-looking offer of the same peer is ignored meanwhile
-        fair = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=2, now=client.now())
+        fair = fake_offer(client, price=PRICE, stake=STAKE, seq=2)
         assert not await d.take(fair, sender=str(LIAR.peer_id))
 
 
 async def test_a_hello_that_contradicts_the_offer_is_a_lie() -> None:
-    ledger = await funded()
-    network = MemoryNetwork()
-    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
-    async with (
-        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
-        node(CLIENT, ledger, network) as client,
-    ):
-        liar.serve("echo", echo, price=2 * PRICE)  # the hello's price
-        d = client.discovery
-        assert d is not None
-        lid = ledger.params.ledger_id
-        cheap = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+    async with liar_and_client(2 * PRICE) as (_, client, d):  # the hello's price
+        cheap = fake_offer(client, price=PRICE, stake=STAKE, seq=1)
         assert await d.take(cheap, sender=str(LIAR.peer_id))
         assert len(d.live("echo")) == 1
         with trio.fail_after(10), pytest.raises(NoProvider) as info:
@@ -332,18 +333,9 @@ async def test_a_hello_that_contradicts_the_offer_is_a_lie() -> None:
 
 
 async def test_better_terms_in_the_hello_are_no_lie() -> None:
-    ledger = await funded()
-    network = MemoryNetwork()
-    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
-    async with (
-        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as cheaper,
-        node(CLIENT, ledger, network) as client,
-    ):
-        cheaper.serve("echo", echo, price=PRICE // 2)  # lowered since its offer was made
-        d = client.discovery
-        assert d is not None
-        lid = ledger.params.ledger_id
-        offer = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+    # the provider lowered its price since its offer was made
+    async with liar_and_client(PRICE // 2) as (_, client, d):
+        offer = fake_offer(client, price=PRICE, stake=STAKE, seq=1)
         assert await d.take(offer, sender=str(LIAR.peer_id))
         with trio.fail_after(10):
             result = await client.call_any("echo", b"x", max_price=PRICE)
@@ -353,18 +345,8 @@ async def test_better_terms_in_the_hello_are_no_lie() -> None:
 
 
 async def test_a_payment_required_above_the_offer_is_a_lie() -> None:
-    ledger = await funded()
-    network = MemoryNetwork()
-    await ledger.stake(LIAR, STAKE, PENALTY, WINDOW)
-    async with (
-        open_node(key=LIAR, ledger=ledger, network=network, config=CONFIG) as liar,
-        node(CLIENT, ledger, network) as client,
-    ):
-        liar.serve("echo", echo, price=PRICE)
-        d = client.discovery
-        assert d is not None
-        lid = ledger.params.ledger_id
-        offer = fake_offer(LIAR, lid, price=PRICE, stake=STAKE, seq=1, now=client.now())
+    async with liar_and_client(PRICE) as (liar, client, d):
+        offer = fake_offer(client, price=PRICE, stake=STAKE, seq=1)
         assert await d.take(offer, sender=str(LIAR.peer_id))
         with trio.fail_after(10):
             first = await client.call_any("echo", b"x", max_price=5 * PRICE)
