@@ -47,7 +47,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
-from p2pay.core.offers import MAX_FETCH_OFFERS, MAX_OFFER_SIZE
+from p2pay.core.offers import FETCH_PROTOCOL_ID, FETCH_TIMEOUT_MS, MAX_FETCH_OFFERS, MAX_OFFER_SIZE
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -226,15 +226,17 @@ class Transport(Protocol):
 
 # --- discovery (specs/discovery.md) ----------------------------------------------------
 
-OFFERS_PROTOCOL_ID = "/p2pay/offers/2.0.0"
-"""The libp2p protocol a client uses to fetch a provider's offers directly."""
+OFFERS_PROTOCOL_ID = FETCH_PROTOCOL_ID
+"""The libp2p protocol a client uses to fetch a provider's offers directly (the core's
+`FETCH_PROTOCOL_ID`)."""
 MAX_OFFER_BYTES = MAX_OFFER_SIZE
 """Largest encoded offer. Larger gossip messages are dropped before they reach the
 application; a provider never publishes or serves one."""
 MAX_OFFERS_PER_REPLY = MAX_FETCH_OFFERS
 """Most offers in one answer of the fetch protocol."""
-FETCH_TIMEOUT = 5.0
-"""Deadline, in seconds, of one fetch, on both sides (the whole exchange)."""
+FETCH_TIMEOUT = FETCH_TIMEOUT_MS / 1000
+"""Deadline, in seconds, of one fetch, on both sides (the whole exchange): the core's
+`FETCH_TIMEOUT_MS`."""
 
 OfferSource = Callable[[bytes, str], Sequence[bytes]]
 """``offers(ledger, service)``: the encoded offers this node serves for `service` on
