@@ -363,6 +363,54 @@ def split_p2p(addr: str) -> tuple[str, str]:
     return head, peer_id
 
 
+def check_offer_data(data: bytes) -> bytes:
+    """Validate an offer to publish (`DiscoveryNet.publish`): bytes of at most
+    `MAX_OFFER_BYTES`; returned as `bytes`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise LocalProtocolError("an offer is bytes")
+    data = bytes(data)
+    if len(data) > MAX_OFFER_BYTES:
+        raise LocalProtocolError(f"an offer is at most {MAX_OFFER_BYTES} bytes, got {len(data)}")
+    return data
+
+
+def check_find_limit(limit: int) -> int:
+    """Validate `DiscoveryNet.find_providers`'s ``limit`` (an int >= 1)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise LocalProtocolError("limit must be a positive int")
+    return limit
+
+
+def check_fetch_target(peer_id: str, addrs: Sequence[str]) -> None:
+    """Validate `DiscoveryNet.fetch_offers`'s peer: a PeerID string, and each of `addrs`
+    a multiaddr naming it."""
+    if not isinstance(peer_id, str):
+        raise LocalProtocolError("a peer id is a string")
+    for addr in addrs:
+        _, named = split_p2p(addr)
+        if named != peer_id:
+            raise LocalProtocolError(f"address {addr[:200]!r} names another peer")
+
+
+def servable_offers(offers: Sequence[bytes]) -> list[bytes]:
+    """What a fetch server sends of its `OfferSource`'s answer: the offers of 1 to
+    `MAX_OFFER_BYTES` bytes, in order, at most `MAX_OFFERS_PER_REPLY` of them (others are
+    left out).
+
+    Raises:
+        TypeError: `offers` is not a sequence (or is bytes or text).
+    """
+    if not isinstance(offers, Sequence) or isinstance(offers, bytes | str):
+        raise TypeError("an offer source returns a sequence of bytes")
+    out: list[bytes] = []
+    for offer in offers:
+        if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
+            out.append(offer)
+            if len(out) == MAX_OFFERS_PER_REPLY:
+                break
+    return out
+
+
 def check_max_frame(max_frame: int) -> int:
     """Validate a ``max_frame`` argument (an int >= 1)."""
     if isinstance(max_frame, bool) or not isinstance(max_frame, int) or max_frame < 1:

@@ -141,13 +141,16 @@ from p2pay.core.offers import (
 from p2pay.net.base import (
     FETCH_TIMEOUT,
     MAX_OFFER_BYTES,
-    MAX_OFFERS_PER_REPLY,
     OFFERS_PROTOCOL_ID,
     ConnectError,
     DiscoveryNet,
     FetchFailed,
     OfferSource,
     StreamClosed,
+    check_fetch_target,
+    check_find_limit,
+    check_offer_data,
+    servable_offers,
     split_p2p,
 )
 from p2pay.net.framing import FrameReader, frame
@@ -207,20 +210,6 @@ _CLOSE_TIMEOUT = 3.0
 
 _OFFERS = TProtocol(OFFERS_PROTOCOL_ID)
 _GOSSIP_PROTOCOLS = [MESHSUB_12, MESHSUB_11, MESHSUB_10]
-
-
-def _trim(offers: object) -> list[bytes]:
-    """What a server sends of its source's answer: bytes offers of 1 to
-    `MAX_OFFER_BYTES` bytes, at most `MAX_OFFERS_PER_REPLY` of them."""
-    if not isinstance(offers, Sequence) or isinstance(offers, bytes | str):
-        raise TypeError("an offer source returns a sequence of bytes")
-    out: list[bytes] = []
-    for offer in offers:
-        if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
-            out.append(offer)
-            if len(out) == MAX_OFFERS_PER_REPLY:
-                break
-    return out
 
 
 # --- guards ---------------------------------------------------------------------------
@@ -525,13 +514,7 @@ class Libp2pDiscovery:
 
     async def publish(self, ledger: bytes, data: bytes) -> None:
         topic = offer_topic(ledger)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise LocalProtocolError("an offer is bytes")
-        data = bytes(data)
-        if len(data) > MAX_OFFER_BYTES:
-            raise LocalProtocolError(
-                f"an offer is at most {MAX_OFFER_BYTES} bytes, got {len(data)}"
-            )
+        data = check_offer_data(data)
         if not self._running:
             raise LocalProtocolError("discovery is closed")
         try:
@@ -610,8 +593,7 @@ class Libp2pDiscovery:
         self, ledger: bytes, service: str, *, limit: int = 20
     ) -> list[tuple[str, list[str]]]:
         key = offer_key(ledger, service)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise LocalProtocolError("limit must be a positive int")
+        check_find_limit(limit)
         me = self._host.get_id()
         found: dict[ID, list[Multiaddr]] = {}
 
@@ -670,12 +652,7 @@ class Libp2pDiscovery:
         self, peer_id: str, addrs: Sequence[str], ledger: bytes, service: str
     ) -> list[bytes]:
         request = encode_fetch_request(ledger, service)
-        if not isinstance(peer_id, str):
-            raise LocalProtocolError("a peer id is a string")
-        for addr in addrs:
-            _, named = split_p2p(addr)
-            if named != peer_id:
-                raise LocalProtocolError(f"address {addr[:200]!r} names another peer")
+        check_fetch_target(peer_id, addrs)
         if not self._running:
             raise LocalProtocolError("discovery is closed")
         try:
@@ -756,7 +733,7 @@ class Libp2pDiscovery:
                 self._fetch_waiting.pop(token, None)  # its request came: not displaced
                 ledger, service = asked.ledger, asked.service
                 source = self._source
-                offers = _trim(source(ledger, service)) if source is not None else []
+                offers = servable_offers(source(ledger, service)) if source is not None else []
                 await stream.write(frame(encode_fetch_reply(offers)))
                 answered = True
             if answered:
