@@ -228,11 +228,7 @@ class MemoryDiscovery:
             if peer != self._peer_id
         ][:limit]
         if found and self._network.is_online(self._peer_id):
-            first = found[0][0]
-            rtt = self._network.delay(self._peer_id, first) + self._network.delay(
-                first, self._peer_id
-            )
-            await trio.sleep(rtt)
+            await self._network.round_trip(self._peer_id, found[0][0])
         else:
             await trio.lowlevel.checkpoint()
         if not self._network.is_online(self._peer_id):
@@ -252,13 +248,7 @@ class MemoryDiscovery:
             raise FetchFailed(
                 f"cannot fetch offers from {peer_id}: we are offline", kind="unreachable"
             )
-        rtt = self._network.delay(self._peer_id, peer_id) + self._network.delay(
-            peer_id, self._peer_id
-        )
-        if rtt:
-            await trio.sleep(rtt)
-        else:
-            await trio.lowlevel.checkpoint()
+        await self._network.round_trip(self._peer_id, peer_id)
         remote = self._hub.nodes.get(peer_id)
         if (
             remote is None
