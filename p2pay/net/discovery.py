@@ -105,8 +105,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -344,6 +344,49 @@ def _guarded(
     return guarded
 
 
+class _Slots:
+    """Inbound streams being served, for the guards that bound them (Kademlia, offers):
+    how many of each peer's at once (at most `per_peer`), and the cancel scopes of those
+    that may still be displaced, oldest first."""
+
+    def __init__(self, per_peer: int) -> None:
+        self.per_peer = per_peer
+        self._of: dict[object, int] = {}
+        self._displaceable: OrderedDict[object, trio.CancelScope] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Streams that may still be displaced."""
+        return len(self._displaceable)
+
+    def full_for(self, peer: object) -> bool:
+        """Whether `peer` has `per_peer` streams served already."""
+        return self._of.get(peer, 0) >= self.per_peer
+
+    def displace_oldest(self) -> None:
+        """Cancel the displaceable stream held longest (its task resets its stream)."""
+        _, oldest = self._displaceable.popitem(last=False)
+        oldest.cancel()
+
+    @contextmanager
+    def hold(self, peer: object, scope: trio.CancelScope) -> Iterator[object]:
+        """Count a stream of `peer`, displaceable through `scope`, while in the block;
+        yields its token (for `settle`)."""
+        token = object()
+        self._of[peer] = self._of.get(peer, 0) + 1
+        self._displaceable[token] = scope
+        try:
+            yield token
+        finally:
+            self._displaceable.pop(token, None)
+            left = self._of.pop(peer, 1) - 1
+            if left > 0:
+                self._of[peer] = left
+
+    def settle(self, token: object) -> None:
+        """The stream of `token` may no longer be displaced (it is still counted)."""
+        self._displaceable.pop(token, None)
+
+
 class _KadGuard:
     """Bounds on inbound Kademlia streams (see the module docstring): `KAD_STREAM_TIMEOUT`
     each, `KAD_STREAMS_PER_PEER` per peer, and when py-libp2p's inbound slots (`limiter`)
@@ -356,9 +399,7 @@ class _KadGuard:
     ) -> None:
         self.handler = handler
         self.limiter = limiter
-        self.per_peer: dict[ID, int] = {}
-        #: the streams being served, oldest first (each one's cancel scope)
-        self.active: OrderedDict[object, trio.CancelScope] = OrderedDict()
+        self.slots = _Slots(KAD_STREAMS_PER_PEER)
         self.refused = 0
         self.displaced = 0
 
@@ -368,34 +409,25 @@ class _KadGuard:
 
     async def __call__(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        if self.per_peer.get(peer, 0) >= KAD_STREAMS_PER_PEER:
+        if self.slots.full_for(peer):
             self.refused += 1
             await _reset(stream)
             return
-        if self._full() and self.active:
+        if self._full() and self.slots:
             # Idle streams must not shut the server: the one held longest gives way (an
             # honest request takes milliseconds). Its handler leaves py-libp2p's limiter
             # at its next checkpoint.
-            _, oldest = self.active.popitem(last=False)
-            oldest.cancel()
+            self.slots.displace_oldest()
             self.displaced += 1
             with trio.move_on_after(1.0):
                 while self._full():
                     await trio.sleep(0.005)
-        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
-        token = object()
         scope = trio.CancelScope(deadline=trio.current_time() + KAD_STREAM_TIMEOUT)
-        self.active[token] = scope
-        try:
+        with self.slots.hold(peer, scope):
             with scope:
                 await self.handler(stream)
             if scope.cancelled_caught:
                 await _reset(stream)
-        finally:
-            self.active.pop(token, None)
-            left = self.per_peer.pop(peer, 1) - 1
-            if left > 0:
-                self.per_peer[peer] = left
 
 
 def _remote(stream: INetStream) -> str:
@@ -479,10 +511,8 @@ class Libp2pDiscovery:
         self._nursery = nursery
         self._source: OfferSource | None = None
         self._subs: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = {}
-        self._inbound_fetches = 0
-        self._fetches_of: dict[str, int] = {}  # fetch streams being served, per peer
-        #: fetch streams still waiting for their request, oldest first
-        self._fetch_waiting: OrderedDict[object, trio.CancelScope] = OrderedDict()
+        #: fetch streams being served (displaceable while waiting for their request)
+        self._fetches = _Slots(MAX_FETCHES_PER_PEER)
         self._kad_guard: _KadGuard | None = None
         self._dropped = 0
         self._running = True
@@ -712,41 +742,32 @@ class Libp2pDiscovery:
         wait for their request, a new stream displaces the one that waited longest
         (specs/discovery.md 6: idle streams cannot lock the offers away)."""
         peer = _remote(stream)
-        if not self._running or self._fetches_of.get(peer, 0) >= MAX_FETCHES_PER_PEER:
+        if not self._running or self._fetches.full_for(peer):
             self._dropped += 1
             await _reset(stream)
             return
-        if len(self._fetch_waiting) >= MAX_INBOUND_FETCHES:
-            _, oldest = self._fetch_waiting.popitem(last=False)
-            oldest.cancel()  # its task resets its stream
+        if len(self._fetches) >= MAX_INBOUND_FETCHES:
+            self._fetches.displace_oldest()
             self._dropped += 1
-        token = object()
         scope = trio.CancelScope(deadline=trio.current_time() + FETCH_TIMEOUT)
-        self._fetch_waiting[token] = scope
-        self._fetches_of[peer] = self._fetches_of.get(peer, 0) + 1
-        self._inbound_fetches += 1
         try:
-            answered = False
-            with scope:
-                reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
-                asked = decode_fetch_request(await reader.next())
-                self._fetch_waiting.pop(token, None)  # its request came: not displaced
-                ledger, service = asked.ledger, asked.service
-                source = self._source
-                offers = servable_offers(source(ledger, service)) if source is not None else []
-                await stream.write(frame(encode_fetch_reply(offers)))
-                answered = True
-            if answered:
-                with trio.move_on_after(1.0):
-                    await stream.close()
+            with self._fetches.hold(peer, scope) as token:
+                answered = False
+                with scope:
+                    reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
+                    asked = decode_fetch_request(await reader.next())
+                    self._fetches.settle(token)  # its request came: not displaced
+                    ledger, service = asked.ledger, asked.service
+                    source = self._source
+                    offers = servable_offers(source(ledger, service)) if source is not None else []
+                    await stream.write(frame(encode_fetch_reply(offers)))
+                    answered = True
+                if answered:
+                    with trio.move_on_after(1.0):
+                        await stream.close()
         except Exception as exc:  # nothing may escape to py-libp2p
             logger.info("offer fetch from %s failed: %s", peer, exc)
         finally:
-            self._fetch_waiting.pop(token, None)
-            self._inbound_fetches -= 1
-            left = self._fetches_of.pop(peer, 1) - 1
-            if left > 0:
-                self._fetches_of[peer] = left
             await _reset(stream)
 
     # --- bootstrap ----------------------------------------------------------------
