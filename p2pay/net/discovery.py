@@ -130,7 +130,12 @@ from multiaddr import Multiaddr
 
 from p2pay.core.errors import DecodeError, LocalProtocolError, P2payError
 from p2pay.core.offers import (
+    MAX_ADDR_SIZE,
     MAX_FETCH_FRAME,
+    MAX_OFFER_ADDRS,
+    MAX_SERVICES_PER_PEER,
+    OFFER_BURST,
+    OFFERS_PER_MINUTE,
     decode_fetch_reply,
     decode_fetch_request,
     encode_fetch_reply,
@@ -171,10 +176,11 @@ SUBSCRIPTION_QUEUE = 256
 FORWARDER_RATE = 100.0
 """Gossip messages per second accepted from one forwarding connection (sustained)."""
 FORWARDER_BURST = 400.0
-ORIGIN_RATE = 1.0
+ORIGIN_RATE = 2 * OFFERS_PER_MINUTE / 60
 """Gossip messages per second accepted from one originating PeerID (sustained): twice
-the core's per-peer limit (30 per minute)."""
-ORIGIN_BURST = 120.0
+the core's per-peer limit (`OFFERS_PER_MINUTE`), so that the core's is the one honest
+peers meet."""
+ORIGIN_BURST = 2.0 * OFFER_BURST
 MAX_BUCKETS = 10_000
 """Peers whose token buckets are remembered (per kind); the least recently used go."""
 MAX_CONTROL_ENTRIES = 64
@@ -185,8 +191,10 @@ MAX_SEEN = 50_000
 """Gossip message ids remembered to drop duplicates (py-libp2p keeps them 2 minutes)."""
 MAX_PROVIDER_RECORDS = 20_000
 """Provider records this node keeps in all (as a DHT server)."""
-MAX_PROVIDER_ADDRS = 8
-MAX_ADDR_BYTES = 256
+MAX_PROVIDER_ADDRS = MAX_OFFER_ADDRS
+"""Addresses kept of one provider record (as many as an offer carries)."""
+MAX_ADDR_BYTES = MAX_ADDR_SIZE
+"""Longest provider record address kept, in bytes (as an offer's)."""
 MAX_INBOUND_FETCHES = 64
 """Fetch streams waiting for their request at once; a new one displaces the oldest."""
 MAX_FETCHES_PER_PEER = 4
@@ -199,9 +207,9 @@ KAD_STREAM_TIMEOUT = 10.0
 """Upper bound on one inbound Kademlia stream (py-libp2p opens one per request)."""
 KAD_STREAMS_PER_PEER = 2
 """Inbound Kademlia streams served at once per peer; further ones are reset."""
-PROVIDER_RATE_MAX = 2 * 64
+PROVIDER_RATE_MAX = 2 * MAX_SERVICES_PER_PEER
 """ADD_PROVIDER messages accepted per peer per 10 s (py-libp2p: 10; a provider
-announces up to 64 services at once)."""
+announces up to `MAX_SERVICES_PER_PEER` services at once)."""
 BOOTSTRAP_TIMEOUT = 10.0
 """Upper bound on connecting to one bootstrap peer, and on the table refresh."""
 HEARTBEAT_INTERVAL = 1
