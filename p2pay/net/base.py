@@ -238,6 +238,9 @@ FETCH_TIMEOUT = FETCH_TIMEOUT_MS / 1000
 """Deadline, in seconds, of one fetch, on both sides (the whole exchange): the core's
 `FETCH_TIMEOUT_MS`."""
 
+SUBSCRIPTION_QUEUE = 256
+"""Messages a `DiscoveryNet.subscribe` channel holds before further ones are dropped."""
+
 OfferSource = Callable[[bytes, str], Sequence[bytes]]
 """``offers(ledger, service)``: the encoded offers this node serves for `service` on
 `ledger` (possibly none). Called for every fetch request; must not block."""
@@ -409,6 +412,26 @@ def servable_offers(offers: Sequence[bytes]) -> list[bytes]:
             if len(out) == MAX_OFFERS_PER_REPLY:
                 break
     return out
+
+
+def hand_out(
+    channels: list[trio.MemorySendChannel[tuple[str, bytes]]], message: tuple[str, bytes]
+) -> int:
+    """Give a topic's ``(sender, data)`` `message` to each of its subscription `channels`
+    without waiting; a channel whose reader closed it is removed from `channels`.
+
+    Returns:
+        How many channels were full (the message is dropped for them).
+    """
+    dropped = 0
+    for channel in list(channels):
+        try:
+            channel.send_nowait(message)
+        except trio.WouldBlock:
+            dropped += 1
+        except trio.BrokenResourceError:  # the reader closed it: unsubscribed
+            channels.remove(channel)
+    return dropped
 
 
 def check_max_frame(max_frame: int) -> int:

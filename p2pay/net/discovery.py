@@ -147,6 +147,7 @@ from p2pay.net.base import (
     FETCH_TIMEOUT,
     MAX_OFFER_BYTES,
     OFFERS_PROTOCOL_ID,
+    SUBSCRIPTION_QUEUE,
     ConnectError,
     DiscoveryNet,
     FetchFailed,
@@ -155,6 +156,7 @@ from p2pay.net.base import (
     check_fetch_target,
     check_find_limit,
     check_offer_data,
+    hand_out,
     servable_offers,
     split_p2p,
 )
@@ -171,8 +173,6 @@ __all__ = [
 
 logger = logging.getLogger("p2pay.net")
 
-SUBSCRIPTION_QUEUE = 256
-"""Messages a subscription channel holds before further ones are dropped."""
 FORWARDER_RATE = 100.0
 """Gossip messages per second accepted from one forwarding connection (sustained)."""
 FORWARDER_BURST = 400.0
@@ -590,18 +590,8 @@ class Libp2pDiscovery:
                 sender = str(ID(msg.from_id))
             except Exception:
                 continue
-            self._hand_out(topic, sender, bytes(msg.data))
-
-    def _hand_out(self, topic: str, sender: str, data: bytes) -> None:
-        channels = self._subs.get(topic, [])
-        for channel in list(channels):
-            try:
-                channel.send_nowait((sender, data))
-            except trio.WouldBlock:
-                self._dropped += 1
-            except trio.BrokenResourceError:  # the reader closed it
-                channels.remove(channel)
-        # (with every channel closed, we stay in the topic: we keep relaying it)
+            # (with every channel closed, we stay in the topic: we keep relaying it)
+            self._dropped += hand_out(self._subs.get(topic, []), (sender, bytes(msg.data)))
 
     # --- provider records ---------------------------------------------------------
 

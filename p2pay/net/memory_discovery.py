@@ -45,6 +45,7 @@ import trio
 from p2pay.core.errors import LocalProtocolError
 from p2pay.core.offers import offer_key, offer_topic
 from p2pay.net.base import (
+    SUBSCRIPTION_QUEUE,
     DiscoveryNet,
     FetchFailed,
     OfferSource,
@@ -52,6 +53,7 @@ from p2pay.net.base import (
     check_fetch_target,
     check_find_limit,
     check_offer_data,
+    hand_out,
     servable_offers,
     split_p2p,
 )
@@ -68,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger("p2pay.net")
 
-SUBSCRIPTION_QUEUE = 256
-"""Messages a subscription channel holds before further ones are dropped."""
 MAX_PENDING = 4096
 """Messages in flight to one node (sent, not yet arrived) before further ones are dropped."""
 PROVIDER_TTL = 24 * 3600.0
@@ -188,13 +188,7 @@ class MemoryDiscovery:
         channels = self._subs.get(topic)
         if not channels:
             return
-        for channel in list(channels):
-            try:
-                channel.send_nowait((sender, data))
-            except trio.WouldBlock:
-                self._dropped += 1
-            except trio.BrokenResourceError:  # the reader closed it: unsubscribed
-                channels.remove(channel)
+        self._dropped += hand_out(channels, (sender, data))
         if not channels:
             del self._subs[topic]
             self._hub.topics.get(topic, set()).discard(self)
