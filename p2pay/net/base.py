@@ -47,7 +47,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
-from p2pay.core.offers import MAX_FETCH_OFFERS, MAX_OFFER_SIZE
+from p2pay.core.offers import FETCH_PROTOCOL_ID, FETCH_TIMEOUT_MS, MAX_FETCH_OFFERS, MAX_OFFER_SIZE
 
 PROTOCOL_ID = "/p2pay/2.0.0"
 DEFAULT_MAX_FRAME = 1 << 20
@@ -226,15 +226,20 @@ class Transport(Protocol):
 
 # --- discovery (specs/discovery.md) ----------------------------------------------------
 
-OFFERS_PROTOCOL_ID = "/p2pay/offers/2.0.0"
-"""The libp2p protocol a client uses to fetch a provider's offers directly."""
+OFFERS_PROTOCOL_ID = FETCH_PROTOCOL_ID
+"""The libp2p protocol a client uses to fetch a provider's offers directly (the core's
+`FETCH_PROTOCOL_ID`)."""
 MAX_OFFER_BYTES = MAX_OFFER_SIZE
 """Largest encoded offer. Larger gossip messages are dropped before they reach the
 application; a provider never publishes or serves one."""
 MAX_OFFERS_PER_REPLY = MAX_FETCH_OFFERS
 """Most offers in one answer of the fetch protocol."""
-FETCH_TIMEOUT = 5.0
-"""Deadline, in seconds, of one fetch, on both sides (the whole exchange)."""
+FETCH_TIMEOUT = FETCH_TIMEOUT_MS / 1000
+"""Deadline, in seconds, of one fetch, on both sides (the whole exchange): the core's
+`FETCH_TIMEOUT_MS`."""
+
+SUBSCRIPTION_QUEUE = 256
+"""Messages a `DiscoveryNet.subscribe` channel holds before further ones are dropped."""
 
 OfferSource = Callable[[bytes, str], Sequence[bytes]]
 """``offers(ledger, service)``: the encoded offers this node serves for `service` on
@@ -359,6 +364,74 @@ def split_p2p(addr: str) -> tuple[str, str]:
     if not sep or not peer_id or "/" in peer_id:
         raise LocalProtocolError(f"address {addr[:200]!r} does not end in /p2p/<peer id>")
     return head, peer_id
+
+
+def check_offer_data(data: bytes) -> bytes:
+    """Validate an offer to publish (`DiscoveryNet.publish`): bytes of at most
+    `MAX_OFFER_BYTES`; returned as `bytes`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise LocalProtocolError("an offer is bytes")
+    data = bytes(data)
+    if len(data) > MAX_OFFER_BYTES:
+        raise LocalProtocolError(f"an offer is at most {MAX_OFFER_BYTES} bytes, got {len(data)}")
+    return data
+
+
+def check_find_limit(limit: int) -> int:
+    """Validate `DiscoveryNet.find_providers`'s ``limit`` (an int >= 1)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise LocalProtocolError("limit must be a positive int")
+    return limit
+
+
+def check_fetch_target(peer_id: str, addrs: Sequence[str]) -> None:
+    """Validate `DiscoveryNet.fetch_offers`'s peer: a PeerID string, and each of `addrs`
+    a multiaddr naming it."""
+    if not isinstance(peer_id, str):
+        raise LocalProtocolError("a peer id is a string")
+    for addr in addrs:
+        _, named = split_p2p(addr)
+        if named != peer_id:
+            raise LocalProtocolError(f"address {addr[:200]!r} names another peer")
+
+
+def servable_offers(offers: Sequence[bytes]) -> list[bytes]:
+    """What a fetch server sends of its `OfferSource`'s answer: the offers of 1 to
+    `MAX_OFFER_BYTES` bytes, in order, at most `MAX_OFFERS_PER_REPLY` of them (others are
+    left out).
+
+    Raises:
+        TypeError: `offers` is not a sequence (or is bytes or text).
+    """
+    if not isinstance(offers, Sequence) or isinstance(offers, bytes | str):
+        raise TypeError("an offer source returns a sequence of bytes")
+    out: list[bytes] = []
+    for offer in offers:
+        if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
+            out.append(offer)
+            if len(out) == MAX_OFFERS_PER_REPLY:
+                break
+    return out
+
+
+def hand_out(
+    channels: list[trio.MemorySendChannel[tuple[str, bytes]]], message: tuple[str, bytes]
+) -> int:
+    """Give a topic's ``(sender, data)`` `message` to each of its subscription `channels`
+    without waiting; a channel whose reader closed it is removed from `channels`.
+
+    Returns:
+        How many channels were full (the message is dropped for them).
+    """
+    dropped = 0
+    for channel in list(channels):
+        try:
+            channel.send_nowait(message)
+        except trio.WouldBlock:
+            dropped += 1
+        except trio.BrokenResourceError:  # the reader closed it: unsubscribed
+            channels.remove(channel)
+    return dropped
 
 
 def check_max_frame(max_frame: int) -> int:

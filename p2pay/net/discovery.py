@@ -105,8 +105,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -130,7 +130,12 @@ from multiaddr import Multiaddr
 
 from p2pay.core.errors import DecodeError, LocalProtocolError, P2payError
 from p2pay.core.offers import (
+    MAX_ADDR_SIZE,
     MAX_FETCH_FRAME,
+    MAX_OFFER_ADDRS,
+    MAX_SERVICES_PER_PEER,
+    OFFER_BURST,
+    OFFERS_PER_MINUTE,
     decode_fetch_reply,
     decode_fetch_request,
     encode_fetch_reply,
@@ -141,13 +146,18 @@ from p2pay.core.offers import (
 from p2pay.net.base import (
     FETCH_TIMEOUT,
     MAX_OFFER_BYTES,
-    MAX_OFFERS_PER_REPLY,
     OFFERS_PROTOCOL_ID,
+    SUBSCRIPTION_QUEUE,
     ConnectError,
     DiscoveryNet,
     FetchFailed,
     OfferSource,
     StreamClosed,
+    check_fetch_target,
+    check_find_limit,
+    check_offer_data,
+    hand_out,
+    servable_offers,
     split_p2p,
 )
 from p2pay.net.framing import FrameReader, frame
@@ -163,15 +173,14 @@ __all__ = [
 
 logger = logging.getLogger("p2pay.net")
 
-SUBSCRIPTION_QUEUE = 256
-"""Messages a subscription channel holds before further ones are dropped."""
 FORWARDER_RATE = 100.0
 """Gossip messages per second accepted from one forwarding connection (sustained)."""
 FORWARDER_BURST = 400.0
-ORIGIN_RATE = 1.0
+ORIGIN_RATE = 2 * OFFERS_PER_MINUTE / 60
 """Gossip messages per second accepted from one originating PeerID (sustained): twice
-the core's per-peer limit (30 per minute)."""
-ORIGIN_BURST = 120.0
+the core's per-peer limit (`OFFERS_PER_MINUTE`), so that the core's is the one honest
+peers meet."""
+ORIGIN_BURST = 2.0 * OFFER_BURST
 MAX_BUCKETS = 10_000
 """Peers whose token buckets are remembered (per kind); the least recently used go."""
 MAX_CONTROL_ENTRIES = 64
@@ -182,8 +191,10 @@ MAX_SEEN = 50_000
 """Gossip message ids remembered to drop duplicates (py-libp2p keeps them 2 minutes)."""
 MAX_PROVIDER_RECORDS = 20_000
 """Provider records this node keeps in all (as a DHT server)."""
-MAX_PROVIDER_ADDRS = 8
-MAX_ADDR_BYTES = 256
+MAX_PROVIDER_ADDRS = MAX_OFFER_ADDRS
+"""Addresses kept of one provider record (as many as an offer carries)."""
+MAX_ADDR_BYTES = MAX_ADDR_SIZE
+"""Longest provider record address kept, in bytes (as an offer's)."""
 MAX_INBOUND_FETCHES = 64
 """Fetch streams waiting for their request at once; a new one displaces the oldest."""
 MAX_FETCHES_PER_PEER = 4
@@ -196,9 +207,9 @@ KAD_STREAM_TIMEOUT = 10.0
 """Upper bound on one inbound Kademlia stream (py-libp2p opens one per request)."""
 KAD_STREAMS_PER_PEER = 2
 """Inbound Kademlia streams served at once per peer; further ones are reset."""
-PROVIDER_RATE_MAX = 2 * 64
+PROVIDER_RATE_MAX = 2 * MAX_SERVICES_PER_PEER
 """ADD_PROVIDER messages accepted per peer per 10 s (py-libp2p: 10; a provider
-announces up to 64 services at once)."""
+announces up to `MAX_SERVICES_PER_PEER` services at once)."""
 BOOTSTRAP_TIMEOUT = 10.0
 """Upper bound on connecting to one bootstrap peer, and on the table refresh."""
 HEARTBEAT_INTERVAL = 1
@@ -207,20 +218,6 @@ _CLOSE_TIMEOUT = 3.0
 
 _OFFERS = TProtocol(OFFERS_PROTOCOL_ID)
 _GOSSIP_PROTOCOLS = [MESHSUB_12, MESHSUB_11, MESHSUB_10]
-
-
-def _trim(offers: object) -> list[bytes]:
-    """What a server sends of its source's answer: bytes offers of 1 to
-    `MAX_OFFER_BYTES` bytes, at most `MAX_OFFERS_PER_REPLY` of them."""
-    if not isinstance(offers, Sequence) or isinstance(offers, bytes | str):
-        raise TypeError("an offer source returns a sequence of bytes")
-    out: list[bytes] = []
-    for offer in offers:
-        if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
-            out.append(offer)
-            if len(out) == MAX_OFFERS_PER_REPLY:
-                break
-    return out
 
 
 # --- guards ---------------------------------------------------------------------------
@@ -355,6 +352,49 @@ def _guarded(
     return guarded
 
 
+class _Slots:
+    """Inbound streams being served, for the guards that bound them (Kademlia, offers):
+    how many of each peer's at once (at most `per_peer`), and the cancel scopes of those
+    that may still be displaced, oldest first."""
+
+    def __init__(self, per_peer: int) -> None:
+        self.per_peer = per_peer
+        self._of: dict[object, int] = {}
+        self._displaceable: OrderedDict[object, trio.CancelScope] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Streams that may still be displaced."""
+        return len(self._displaceable)
+
+    def full_for(self, peer: object) -> bool:
+        """Whether `peer` has `per_peer` streams served already."""
+        return self._of.get(peer, 0) >= self.per_peer
+
+    def displace_oldest(self) -> None:
+        """Cancel the displaceable stream held longest (its task resets its stream)."""
+        _, oldest = self._displaceable.popitem(last=False)
+        oldest.cancel()
+
+    @contextmanager
+    def hold(self, peer: object, scope: trio.CancelScope) -> Iterator[object]:
+        """Count a stream of `peer`, displaceable through `scope`, while in the block;
+        yields its token (for `settle`)."""
+        token = object()
+        self._of[peer] = self._of.get(peer, 0) + 1
+        self._displaceable[token] = scope
+        try:
+            yield token
+        finally:
+            self._displaceable.pop(token, None)
+            left = self._of.pop(peer, 1) - 1
+            if left > 0:
+                self._of[peer] = left
+
+    def settle(self, token: object) -> None:
+        """The stream of `token` may no longer be displaced (it is still counted)."""
+        self._displaceable.pop(token, None)
+
+
 class _KadGuard:
     """Bounds on inbound Kademlia streams (see the module docstring): `KAD_STREAM_TIMEOUT`
     each, `KAD_STREAMS_PER_PEER` per peer, and when py-libp2p's inbound slots (`limiter`)
@@ -367,9 +407,7 @@ class _KadGuard:
     ) -> None:
         self.handler = handler
         self.limiter = limiter
-        self.per_peer: dict[ID, int] = {}
-        #: the streams being served, oldest first (each one's cancel scope)
-        self.active: OrderedDict[object, trio.CancelScope] = OrderedDict()
+        self.slots = _Slots(KAD_STREAMS_PER_PEER)
         self.refused = 0
         self.displaced = 0
 
@@ -379,34 +417,25 @@ class _KadGuard:
 
     async def __call__(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        if self.per_peer.get(peer, 0) >= KAD_STREAMS_PER_PEER:
+        if self.slots.full_for(peer):
             self.refused += 1
             await _reset(stream)
             return
-        if self._full() and self.active:
+        if self._full() and self.slots:
             # Idle streams must not shut the server: the one held longest gives way (an
             # honest request takes milliseconds). Its handler leaves py-libp2p's limiter
             # at its next checkpoint.
-            _, oldest = self.active.popitem(last=False)
-            oldest.cancel()
+            self.slots.displace_oldest()
             self.displaced += 1
             with trio.move_on_after(1.0):
                 while self._full():
                     await trio.sleep(0.005)
-        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
-        token = object()
         scope = trio.CancelScope(deadline=trio.current_time() + KAD_STREAM_TIMEOUT)
-        self.active[token] = scope
-        try:
+        with self.slots.hold(peer, scope):
             with scope:
                 await self.handler(stream)
             if scope.cancelled_caught:
                 await _reset(stream)
-        finally:
-            self.active.pop(token, None)
-            left = self.per_peer.pop(peer, 1) - 1
-            if left > 0:
-                self.per_peer[peer] = left
 
 
 def _remote(stream: INetStream) -> str:
@@ -490,10 +519,8 @@ class Libp2pDiscovery:
         self._nursery = nursery
         self._source: OfferSource | None = None
         self._subs: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = {}
-        self._inbound_fetches = 0
-        self._fetches_of: dict[str, int] = {}  # fetch streams being served, per peer
-        #: fetch streams still waiting for their request, oldest first
-        self._fetch_waiting: OrderedDict[object, trio.CancelScope] = OrderedDict()
+        #: fetch streams being served (displaceable while waiting for their request)
+        self._fetches = _Slots(MAX_FETCHES_PER_PEER)
         self._kad_guard: _KadGuard | None = None
         self._dropped = 0
         self._running = True
@@ -525,13 +552,7 @@ class Libp2pDiscovery:
 
     async def publish(self, ledger: bytes, data: bytes) -> None:
         topic = offer_topic(ledger)
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise LocalProtocolError("an offer is bytes")
-        data = bytes(data)
-        if len(data) > MAX_OFFER_BYTES:
-            raise LocalProtocolError(
-                f"an offer is at most {MAX_OFFER_BYTES} bytes, got {len(data)}"
-            )
+        data = check_offer_data(data)
         if not self._running:
             raise LocalProtocolError("discovery is closed")
         try:
@@ -569,18 +590,8 @@ class Libp2pDiscovery:
                 sender = str(ID(msg.from_id))
             except Exception:
                 continue
-            self._hand_out(topic, sender, bytes(msg.data))
-
-    def _hand_out(self, topic: str, sender: str, data: bytes) -> None:
-        channels = self._subs.get(topic, [])
-        for channel in list(channels):
-            try:
-                channel.send_nowait((sender, data))
-            except trio.WouldBlock:
-                self._dropped += 1
-            except trio.BrokenResourceError:  # the reader closed it
-                channels.remove(channel)
-        # (with every channel closed, we stay in the topic: we keep relaying it)
+            # (with every channel closed, we stay in the topic: we keep relaying it)
+            self._dropped += hand_out(self._subs.get(topic, []), (sender, bytes(msg.data)))
 
     # --- provider records ---------------------------------------------------------
 
@@ -610,8 +621,7 @@ class Libp2pDiscovery:
         self, ledger: bytes, service: str, *, limit: int = 20
     ) -> list[tuple[str, list[str]]]:
         key = offer_key(ledger, service)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise LocalProtocolError("limit must be a positive int")
+        check_find_limit(limit)
         me = self._host.get_id()
         found: dict[ID, list[Multiaddr]] = {}
 
@@ -670,12 +680,7 @@ class Libp2pDiscovery:
         self, peer_id: str, addrs: Sequence[str], ledger: bytes, service: str
     ) -> list[bytes]:
         request = encode_fetch_request(ledger, service)
-        if not isinstance(peer_id, str):
-            raise LocalProtocolError("a peer id is a string")
-        for addr in addrs:
-            _, named = split_p2p(addr)
-            if named != peer_id:
-                raise LocalProtocolError(f"address {addr[:200]!r} names another peer")
+        check_fetch_target(peer_id, addrs)
         if not self._running:
             raise LocalProtocolError("discovery is closed")
         try:
@@ -735,41 +740,32 @@ class Libp2pDiscovery:
         wait for their request, a new stream displaces the one that waited longest
         (specs/discovery.md 6: idle streams cannot lock the offers away)."""
         peer = _remote(stream)
-        if not self._running or self._fetches_of.get(peer, 0) >= MAX_FETCHES_PER_PEER:
+        if not self._running or self._fetches.full_for(peer):
             self._dropped += 1
             await _reset(stream)
             return
-        if len(self._fetch_waiting) >= MAX_INBOUND_FETCHES:
-            _, oldest = self._fetch_waiting.popitem(last=False)
-            oldest.cancel()  # its task resets its stream
+        if len(self._fetches) >= MAX_INBOUND_FETCHES:
+            self._fetches.displace_oldest()
             self._dropped += 1
-        token = object()
         scope = trio.CancelScope(deadline=trio.current_time() + FETCH_TIMEOUT)
-        self._fetch_waiting[token] = scope
-        self._fetches_of[peer] = self._fetches_of.get(peer, 0) + 1
-        self._inbound_fetches += 1
         try:
-            answered = False
-            with scope:
-                reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
-                asked = decode_fetch_request(await reader.next())
-                self._fetch_waiting.pop(token, None)  # its request came: not displaced
-                ledger, service = asked.ledger, asked.service
-                source = self._source
-                offers = _trim(source(ledger, service)) if source is not None else []
-                await stream.write(frame(encode_fetch_reply(offers)))
-                answered = True
-            if answered:
-                with trio.move_on_after(1.0):
-                    await stream.close()
+            with self._fetches.hold(peer, scope) as token:
+                answered = False
+                with scope:
+                    reader = FrameReader(_reader_of(stream), MAX_FETCH_FRAME)
+                    asked = decode_fetch_request(await reader.next())
+                    self._fetches.settle(token)  # its request came: not displaced
+                    ledger, service = asked.ledger, asked.service
+                    source = self._source
+                    offers = servable_offers(source(ledger, service)) if source is not None else []
+                    await stream.write(frame(encode_fetch_reply(offers)))
+                    answered = True
+                if answered:
+                    with trio.move_on_after(1.0):
+                        await stream.close()
         except Exception as exc:  # nothing may escape to py-libp2p
             logger.info("offer fetch from %s failed: %s", peer, exc)
         finally:
-            self._fetch_waiting.pop(token, None)
-            self._inbound_fetches -= 1
-            left = self._fetches_of.pop(peer, 1) - 1
-            if left > 0:
-                self._fetches_of[peer] = left
             await _reset(stream)
 
     # --- bootstrap ----------------------------------------------------------------

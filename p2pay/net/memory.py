@@ -124,6 +124,11 @@ class MemoryNetwork:
             raise LocalProtocolError(f"latency must be a finite number >= 0, got {value!r}")
         return value
 
+    async def round_trip(self, a: str, b: str) -> None:
+        """Wait one round trip between `a` and `b` (``delay(a, b) + delay(b, a)``; only a
+        checkpoint when that is 0)."""
+        await trio.sleep(self.delay(a, b) + self.delay(b, a))
+
     @property
     def peers(self) -> list[str]:
         """PeerIDs of the transports currently open on this network."""
@@ -535,13 +540,7 @@ class _MemoryTransport:
             raise ConnectError("cannot connect to ourselves")
         if not self._network.is_online(self._peer_id):
             raise PeerNotReached(f"cannot dial {peer_id}: we are offline")
-        rtt = self._network.delay(self._peer_id, peer_id) + self._network.delay(
-            peer_id, self._peer_id
-        )
-        if rtt:
-            await trio.sleep(rtt)
-        else:
-            await trio.lowlevel.checkpoint()
+        await self._network.round_trip(self._peer_id, peer_id)
         remote = self._network._transports.get(peer_id)
         if remote is None or not remote._running or not self._network.is_online(peer_id):
             raise PeerNotReached(f"peer {peer_id} is unreachable")

@@ -45,12 +45,16 @@ import trio
 from p2pay.core.errors import LocalProtocolError
 from p2pay.core.offers import offer_key, offer_topic
 from p2pay.net.base import (
-    MAX_OFFER_BYTES,
-    MAX_OFFERS_PER_REPLY,
+    SUBSCRIPTION_QUEUE,
     DiscoveryNet,
     FetchFailed,
     OfferSource,
     Transport,
+    check_fetch_target,
+    check_find_limit,
+    check_offer_data,
+    hand_out,
+    servable_offers,
     split_p2p,
 )
 from p2pay.net.memory import MemoryNetwork
@@ -66,8 +70,6 @@ __all__ = [
 
 logger = logging.getLogger("p2pay.net")
 
-SUBSCRIPTION_QUEUE = 256
-"""Messages a subscription channel holds before further ones are dropped."""
 MAX_PENDING = 4096
 """Messages in flight to one node (sent, not yet arrived) before further ones are dropped."""
 PROVIDER_TTL = 24 * 3600.0
@@ -95,21 +97,6 @@ def _hub(network: MemoryNetwork) -> _Hub:
     if hub is None:
         hub = _HUBS[network] = _Hub(network)
     return hub
-
-
-def _check_data(data: bytes) -> bytes:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise LocalProtocolError("an offer is bytes")
-    data = bytes(data)
-    if len(data) > MAX_OFFER_BYTES:
-        raise LocalProtocolError(f"an offer is at most {MAX_OFFER_BYTES} bytes, got {len(data)}")
-    return data
-
-
-def _check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise LocalProtocolError("limit must be a positive int")
-    return limit
 
 
 class MemoryDiscovery:
@@ -153,7 +140,7 @@ class MemoryDiscovery:
 
     async def publish(self, ledger: bytes, data: bytes) -> None:
         topic = offer_topic(ledger)
-        data = _check_data(data)
+        data = check_offer_data(data)
         await trio.lowlevel.checkpoint()
         if not self._running or not self._network.is_online(self._peer_id):
             return  # an offline node's gossip goes nowhere (as with a cut link)
@@ -201,13 +188,7 @@ class MemoryDiscovery:
         channels = self._subs.get(topic)
         if not channels:
             return
-        for channel in list(channels):
-            try:
-                channel.send_nowait((sender, data))
-            except trio.WouldBlock:
-                self._dropped += 1
-            except trio.BrokenResourceError:  # the reader closed it: unsubscribed
-                channels.remove(channel)
+        self._dropped += hand_out(channels, (sender, data))
         if not channels:
             del self._subs[topic]
             self._hub.topics.get(topic, set()).discard(self)
@@ -229,7 +210,7 @@ class MemoryDiscovery:
         self, ledger: bytes, service: str, *, limit: int = 20
     ) -> list[tuple[str, list[str]]]:
         key = offer_key(ledger, service)
-        _check_limit(limit)
+        check_find_limit(limit)
         records = self._hub.providers.get(key, {})
         now = trio.current_time()
         for peer, (_, when) in list(records.items()):
@@ -241,11 +222,7 @@ class MemoryDiscovery:
             if peer != self._peer_id
         ][:limit]
         if found and self._network.is_online(self._peer_id):
-            first = found[0][0]
-            rtt = self._network.delay(self._peer_id, first) + self._network.delay(
-                first, self._peer_id
-            )
-            await trio.sleep(rtt)
+            await self._network.round_trip(self._peer_id, found[0][0])
         else:
             await trio.lowlevel.checkpoint()
         if not self._network.is_online(self._peer_id):
@@ -258,25 +235,14 @@ class MemoryDiscovery:
         self, peer_id: str, addrs: Sequence[str], ledger: bytes, service: str
     ) -> list[bytes]:
         offer_key(ledger, service)  # checks both
-        if not isinstance(peer_id, str):
-            raise LocalProtocolError("a peer id is a string")
-        for addr in addrs:
-            _, named = split_p2p(addr)
-            if named != peer_id:
-                raise LocalProtocolError(f"address {addr[:200]!r} names another peer")
+        check_fetch_target(peer_id, addrs)
         if not self._running:
             raise LocalProtocolError("discovery is closed")
         if not self._network.is_online(self._peer_id):
             raise FetchFailed(
                 f"cannot fetch offers from {peer_id}: we are offline", kind="unreachable"
             )
-        rtt = self._network.delay(self._peer_id, peer_id) + self._network.delay(
-            peer_id, self._peer_id
-        )
-        if rtt:
-            await trio.sleep(rtt)
-        else:
-            await trio.lowlevel.checkpoint()
+        await self._network.round_trip(self._peer_id, peer_id)
         remote = self._hub.nodes.get(peer_id)
         if (
             remote is None
@@ -295,17 +261,10 @@ class MemoryDiscovery:
         if source is None:
             return []
         try:
-            offers = list(source(ledger, service))
+            return servable_offers(source(ledger, service))
         except Exception:
             logger.exception("offer source failed (memory discovery of %s)", self._peer_id)
             raise FetchFailed(f"{self._peer_id} refused the fetch", kind="refused") from None
-        out: list[bytes] = []
-        for offer in offers:
-            if isinstance(offer, bytes) and 1 <= len(offer) <= MAX_OFFER_BYTES:
-                out.append(offer)
-            if len(out) == MAX_OFFERS_PER_REPLY:
-                break
-        return out
 
     def serve_offers(self, source: OfferSource | None) -> None:
         self._source = source

@@ -469,10 +469,10 @@ class Libp2pTransport:
                 pid = ID.from_base58(peer_id)
             except Exception:
                 raise LocalProtocolError(f"not a PeerID: {peer_id[:80]!r}") from None
-            where = self._address_of(pid)
-            if where is None:
+            known = self._address_of(pid)
+            if known is None:
                 raise NoAddress(f"no known address for peer {peer_id}")
-            parsed.append((pid, Multiaddr(where)))
+            parsed.append((pid, known))
         last: ConnectError | None = None
         with trio.move_on_after(timeout):
             for pid, maddr in parsed:
@@ -526,13 +526,13 @@ class Libp2pTransport:
         peerstore.add_addrs(pid, [maddr], PERMANENT_ADDR_TTL)
         _swarm(self._host).unblock_peer(pid)
 
-    def _address_of(self, pid: ID) -> str | None:
-        """The address we would dial `pid` at (multiaddr text), None if we know none."""
+    def _address_of(self, pid: ID) -> Multiaddr | None:
+        """The address we would dial `pid` at, None if we know none."""
         try:
             addrs = self._host.get_peerstore().addrs(pid)
         except Exception:  # py-libp2p's PeerStoreError: a peer it never heard of
             return None
-        return str(addrs[0]) if addrs else None
+        return addrs[0] if addrs else None
 
     def _parse(self, addr: str, *, expect: str | None) -> tuple[ID, Multiaddr]:
         """Split a multiaddr into (PeerID, transport part); LocalProtocolError if bad.
@@ -598,8 +598,8 @@ class Libp2pTransport:
             raise ConnectError(f"cannot dial {peer[:200]!r}: {exc}") from None
         if str(pid) == self._peer_id:
             raise ConnectError("cannot connect to ourselves")
-        where = self._address_of(pid)
-        if where is None:
+        known = self._address_of(pid)
+        if known is None:
             raise NoAddress(f"no known address for peer {pid}")
         _swarm(self._host).unblock_peer(pid)  # lift the 60 s negative cache of a failure
         net_stream = None
@@ -607,10 +607,10 @@ class Libp2pTransport:
             try:
                 net_stream = await self._host.new_stream(pid, [_PROTOCOL])
             except Exception as exc:
-                raise _dial_error(exc, str(pid), where) from None
+                raise _dial_error(exc, str(pid), str(known)) from None
         if net_stream is None:
             raise PeerNotReached(
-                f"cannot reach {pid} at {where}: no connection within {CONNECT_TIMEOUT} s"
+                f"cannot reach {pid} at {known}: no connection within {CONNECT_TIMEOUT} s"
             )
         try:
             remote_public = _ed25519_public(net_stream.muxed_conn.peer_id)
@@ -624,7 +624,7 @@ class Libp2pTransport:
                     pass
             if isinstance(exc, DecodeError):
                 raise WrongIdentity(
-                    f"another peer answered at {where}: {exc}",
+                    f"another peer answered at {known}: {exc}",
                     expected=str(pid),
                     actual=str(net_stream.muxed_conn.peer_id),
                 ) from None

@@ -286,22 +286,28 @@ async def test_js_peer_receives_the_offer_and_finds_the_provider(node_binary: st
     assert addrs[0] in providers[0]["addrs"], js.transcript()
 
 
-async def test_p2pay_node_receives_the_js_offer_and_finds_the_js_provider(
-    node_binary: str,
-) -> None:
-    # The JS peer's offer names its PeerID; its port is not known in advance, and an
-    # offer's addresses are hints a receiver dials later: a fixed one is fine here.
-    js_offer = Offer.create(
+def signed_js_offer(addr: str, *, seq: int) -> bytes:
+    """The JS peer's offer of `SERVICE` (900 yocto, 4 KiB bodies, `STAKE`) at `addr`,
+    signed here with its key and live for 3 minutes, encoded (the JS peer publishes it)."""
+    return Offer.create(
         JS_KEY,
         ledger=LEDGER,
         service=SERVICE,
         price=900,
         max_body=4_096,
         stake=STAKE,
-        addrs=[f"/ip4/127.0.0.1/tcp/4001/p2p/{JS_KEY.peer_id}"],
-        seq=7,
+        addrs=[addr],
+        seq=seq,
         expires=wall_clock_ms() + 180_000,
     ).encode()
+
+
+async def test_p2pay_node_receives_the_js_offer_and_finds_the_js_provider(
+    node_binary: str,
+) -> None:
+    # The JS peer's offer names its PeerID; its port is not known in advance, and an
+    # offer's addresses are hints a receiver dials later: a fixed one is fine here.
+    js_offer = signed_js_offer(f"/ip4/127.0.0.1/tcp/4001/p2p/{JS_KEY.peer_id}", seq=7)
     async with discovery_node(PROVIDER) as (node, addrs):
         gossip = node.subscribe(LEDGER)
         async with js_peer(
@@ -416,17 +422,7 @@ async def test_a_p2pay_node_finds_the_offer_of_a_js_provider(node_binary: str) -
     ledger = await staked_ledger(JS_KEY)  # the JS peer's stake is on the ledger
     port = free_port()
     js_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{JS_KEY.peer_id}"
-    js_offer = Offer.create(
-        JS_KEY,
-        ledger=LEDGER,
-        service=SERVICE,
-        price=900,
-        max_body=4_096,
-        stake=STAKE,
-        addrs=[js_addr],
-        seq=1,
-        expires=wall_clock_ms() + 180_000,
-    )
+    js_offer = signed_js_offer(js_addr, seq=1)
     client = Keypair.from_seed(bytes([5]) * 32)
     async with open_node(
         key=client,
@@ -439,7 +435,7 @@ async def test_a_p2pay_node_finds_the_offer_of_a_js_provider(node_binary: str) -
             node_binary,
             node.addrs[0],
             *("--listen", f"/ip4/127.0.0.1/tcp/{port}", "--seed", JS_SEED.hex()),
-            *("--provide", "--publish", js_offer.encode().hex()),
+            *("--provide", "--publish", js_offer.hex()),
             *("--linger-ms", str(JS_TIMEOUT_MS)),  # kept alive until we are done
         ) as js:
             await js.wait_for("published")
