@@ -4,11 +4,12 @@ service name and pay through the node's `call_any` (specs/discovery.md, issue 17
 Theory of operation
 -------------------
 When a client group of a scenario has ``discovery = true``, the engine gives every peer's
-node the in-memory discovery net (`p2pay.net.discovery`): providers announce their offers
-on it as the node does on libp2p, and discovery clients open no channel at setup: each
-request of their workload is a ``node.call_any(service, ...)``, so the offers they trust,
-the provider they choose, the failover to the next offer and the channel opened under the
-deposit policy are the node's own code (`p2pay.core.offers`), not the simulator's.
+node the in-memory discovery net (`p2pay.net.memory_discovery`): providers announce their
+offers on it as the node does on libp2p, and discovery clients open no channel at setup:
+each request of their workload is a ``node.call_any(service, ...)``, so the offers they
+trust, the provider they choose, the failover to the next offer and the channel opened
+under the deposit policy are the node's own code (`p2pay.core.offers`), not the
+simulator's.
 
 This module holds what the simulator adds around that code:
 
