@@ -708,9 +708,9 @@ class Simulation:
                 continue
             node = peer.node
             assert node is not None
-            if spec.discovery:
+            if spec.discovery:  # by service name: no target
                 peer.pending += 1
-                peer.nursery.start_soon(self._one_discovery_call, peer, service, body)
+                peer.nursery.start_soon(self._one_call, peer, None, service, body)
                 continue
             targets = [
                 target
@@ -725,35 +725,31 @@ class Simulation:
             peer.pending += 1
             peer.nursery.start_soon(self._one_call, peer, target, service, body)
 
-    async def _one_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> None:
+    async def _one_call(
+        self, peer: SimPeer, target: SimPeer | None, service: str, body: bytes
+    ) -> None:
+        """One request of the client's workload: to `target`, or by service name (a
+        discovery client's, `target` None)."""
+        hook = "call" if target is not None else "call_any"
         self.counts["sent"] += 1
         start = self.now()
         try:
-            outcome = await peer.behaviour.call(target, service, body)
+            if target is None:
+                outcome = await peer.behaviour.call_any(service, body)
+            else:
+                outcome = await peer.behaviour.call(target, service, body)
         except Exception as exc:
             outcome = f"EXCEPTION:{type(exc).__name__}"
-            self.errors[f"call:{type(exc).__name__}"] += 1
-            log.exception("%s: call failed", peer.name)
+            self.errors[f"{hook}:{type(exc).__name__}"] += 1
+            log.exception("%s: %s failed", peer.name, hook)
         finally:
             peer.pending -= 1
         peer.outcomes[outcome] += 1
         self.counts["ok" if outcome == "OK" else "failed"] += 1
-        if outcome != "OK" and _down_during(target, start, self.now()):
+        # (a call by name counts its providers' outages itself: `honest_call_any`)
+        if outcome != "OK" and target is not None and _down_during(target, start, self.now()):
             # the client saw UNREACHABLE, TIMEOUT, ...: the cause is the scenario's outage
             self.counts["failed_provider_offline"] += 1
-
-    async def _one_discovery_call(self, peer: SimPeer, service: str, body: bytes) -> None:
-        self.counts["sent"] += 1
-        try:
-            outcome = await peer.behaviour.call_any(service, body)
-        except Exception as exc:
-            outcome = f"EXCEPTION:{type(exc).__name__}"
-            self.errors[f"call_any:{type(exc).__name__}"] += 1
-            log.exception("%s: call_any failed", peer.name)
-        finally:
-            peer.pending -= 1
-        peer.outcomes[outcome] += 1
-        self.counts["ok" if outcome == "OK" else "failed"] += 1
 
     async def honest_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> str:
         """An honest paid call (tops up the channel once when the deposit runs out).
