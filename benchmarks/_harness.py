@@ -57,9 +57,18 @@ async def echo(call: Call) -> bytes:
 def frame_sizes(price: int = MICRO, body: bytes = BODY) -> tuple[int, int]:
     """Sizes (bytes, without length prefix) of a paid request frame and its receipt frame,
     built with realistic field values; the unpaid and raw echoes carry exactly these."""
+    request, receipt = sample_frames(price, body)
+    return len(request), len(receipt)
+
+
+def sample_frames(
+    price: int = MICRO, body: bytes = BODY, *, ledger: bytes = b"p2pay:memory:" + bytes(16)
+) -> tuple[bytes, bytes]:
+    """A paid request frame (Alice's) and its receipt frame (Bob's), without length prefix,
+    built with realistic field values."""
     request = Request.create(
         ALICE,
-        ledger=b"p2pay:memory:" + bytes(16),
+        ledger=ledger,
         channel=bytes(32),
         n=123_456,
         paid=123_456 * price,
@@ -71,7 +80,7 @@ def frame_sizes(price: int = MICRO, body: bytes = BODY) -> tuple[int, int]:
     response = Response.create(
         BOB, request=request, status=STATUS_OK, price=price, spent=123_456 * price, body=body
     )
-    return len(request.to_frame()), len(response.to_frame())
+    return request.to_frame(), response.to_frame()
 
 
 # ---------------------------------------------------------------------------
