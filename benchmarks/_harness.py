@@ -438,6 +438,20 @@ async def _count_replies(net_stream: Any, reply_size: int, client: Any) -> None:
             client.answered()
 
 
+async def echo_records(net_stream: Any, request_size: int, reply: bytes) -> None:
+    """Answer every whole `request_size`-byte record read from a py-libp2p stream with one
+    write of `reply`, until the stream ends."""
+    pending = 0
+    while True:
+        data = await net_stream.read(65536)
+        if not data:
+            return
+        pending += len(data)
+        while pending >= request_size:
+            pending -= request_size
+            await net_stream.write(reply)
+
+
 @contextlib.asynccontextmanager
 async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[FifoClient]:
     """Two bare py-libp2p hosts: fixed-size `request_size`-byte records on one yamux
@@ -445,16 +459,8 @@ async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[F
     reply = b"r" * reply_size
 
     async def server(net_stream: Any) -> None:
-        pending = 0
         try:
-            while True:
-                data = await net_stream.read(65536)
-                if not data:
-                    return
-                pending += len(data)
-                while pending >= request_size:
-                    pending -= request_size
-                    await net_stream.write(reply)
+            await echo_records(net_stream, request_size, reply)
         except Exception:
             with contextlib.suppress(Exception):
                 await net_stream.reset()
