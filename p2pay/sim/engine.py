@@ -79,7 +79,7 @@ from p2pay.node import (
 )
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
-from p2pay.sim.discovery import DiscoveryRecord, ObservedDiscovery
+from p2pay.sim.discovery import DiscoveryRecord
 from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
@@ -410,36 +410,22 @@ class Simulation:
 
     @asynccontextmanager
     async def _discovery_net(self, peer: SimPeer, transport: Transport) -> AsyncIterator[Any]:
-        """The peer's in-memory discovery net (observed for discovery clients, see
-        `ObservedDiscovery`), kept in ``peer.discovery`` while it is open."""
+        """The peer's in-memory discovery net, kept in ``peer.discovery`` while it is open
+        (a discovery client's gossip the net dropped, its node's queue full, is counted
+        when it closes)."""
         assert self.network is not None
         async with open_memory_discovery(self.network, transport) as net:
-            if peer.group.client is not None and peer.group.client.discovery:
-                async with trio.open_nursery() as nursery:
-                    observed = ObservedDiscovery(net, nursery)
-                    peer.discovery = observed
-                    try:
-                        yield observed
-                    finally:
-                        self._count_offers(peer, observed)
-                        peer.discovery = None
-                        nursery.cancel_scope.cancel()
-            else:
-                peer.discovery = net
-                try:
-                    yield net
-                finally:
-                    peer.discovery = None
-
-    def _count_offers(self, peer: SimPeer, net: ObservedDiscovery) -> None:
-        """Keep what the net of an incarnation of a discovery client that ends counted
-        (its node's offer book is counted by `_accumulate`)."""
-        peer.offer_totals["seen"] += net.seen
-        peer.offer_totals["ignored:queue_full"] += net.dropped
+            peer.discovery = net
+            try:
+                yield net
+            finally:
+                if peer.group.client is not None and peer.group.client.discovery:
+                    peer.offer_totals["ignored:queue_full"] += net.dropped
+                peer.discovery = None
 
     def offer_counts(self) -> collections.Counter[str]:
         """What the discovery clients' nodes did with the offers they received, so far:
-        ``seen`` (handed to the node), ``accepted`` (kept by its offer book),
+        ``seen`` (given to its offer book), ``accepted`` (kept by its offer book),
         ``ignored:<reason>`` (dropped by the book, or by the net when the node's queue was
         full), ``lies`` (offers or hellos caught lying; the peer dropped), ``evicted``."""
         raw: collections.Counter[str] = collections.Counter()
@@ -448,10 +434,10 @@ class Simulation:
                 continue
             raw.update(peer.offer_totals)
             net, node = peer.discovery, peer.node
-            if isinstance(net, ObservedDiscovery):
-                raw["seen"] += net.seen
+            if net is not None:
                 raw["ignored:queue_full"] += net.dropped
             if node is not None and node.discovery is not None:
+                raw["seen"] += node.discovery.received
                 for reason, n in node.discovery.book.counts.items():
                     raw[f"book:{reason.value}"] += n
         out: collections.Counter[str] = collections.Counter()
@@ -659,6 +645,7 @@ class Simulation:
             t[name] += int(getattr(c, name, 0))
         peer.refused.update(c.refused)
         if node.discovery is not None and peer.group.client and peer.group.client.discovery:
+            peer.offer_totals["seen"] += node.discovery.received
             for reason, n in node.discovery.book.counts.items():
                 peer.offer_totals[f"book:{reason.value}"] += n
 
