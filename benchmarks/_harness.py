@@ -57,9 +57,18 @@ async def echo(call: Call) -> bytes:
 def frame_sizes(price: int = MICRO, body: bytes = BODY) -> tuple[int, int]:
     """Sizes (bytes, without length prefix) of a paid request frame and its receipt frame,
     built with realistic field values; the unpaid and raw echoes carry exactly these."""
+    request, receipt = sample_frames(price, body)
+    return len(request), len(receipt)
+
+
+def sample_frames(
+    price: int = MICRO, body: bytes = BODY, *, ledger: bytes = b"p2pay:memory:" + bytes(16)
+) -> tuple[bytes, bytes]:
+    """A paid request frame (Alice's) and its receipt frame (Bob's), without length prefix,
+    built with realistic field values."""
     request = Request.create(
         ALICE,
-        ledger=b"p2pay:memory:" + bytes(16),
+        ledger=ledger,
         channel=bytes(32),
         n=123_456,
         paid=123_456 * price,
@@ -71,7 +80,7 @@ def frame_sizes(price: int = MICRO, body: bytes = BODY) -> tuple[int, int]:
     response = Response.create(
         BOB, request=request, status=STATUS_OK, price=price, spent=123_456 * price, body=body
     )
-    return len(request.to_frame()), len(response.to_frame())
+    return request.to_frame(), response.to_frame()
 
 
 # ---------------------------------------------------------------------------
@@ -429,6 +438,20 @@ async def _count_replies(net_stream: Any, reply_size: int, client: Any) -> None:
             client.answered()
 
 
+async def echo_records(net_stream: Any, request_size: int, reply: bytes) -> None:
+    """Answer every whole `request_size`-byte record read from a py-libp2p stream with one
+    write of `reply`, until the stream ends."""
+    pending = 0
+    while True:
+        data = await net_stream.read(65536)
+        if not data:
+            return
+        pending += len(data)
+        while pending >= request_size:
+            pending -= request_size
+            await net_stream.write(reply)
+
+
 @contextlib.asynccontextmanager
 async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[FifoClient]:
     """Two bare py-libp2p hosts: fixed-size `request_size`-byte records on one yamux
@@ -436,16 +459,8 @@ async def raw_libp2p_echo(request_size: int, reply_size: int) -> AsyncIterator[F
     reply = b"r" * reply_size
 
     async def server(net_stream: Any) -> None:
-        pending = 0
         try:
-            while True:
-                data = await net_stream.read(65536)
-                if not data:
-                    return
-                pending += len(data)
-                while pending >= request_size:
-                    pending -= request_size
-                    await net_stream.write(reply)
+            await echo_records(net_stream, request_size, reply)
         except Exception:
             with contextlib.suppress(Exception):
                 await net_stream.reset()

@@ -29,6 +29,7 @@ own timeout (it kills the process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -198,24 +199,13 @@ async def echo_server(args: argparse.Namespace) -> None:
     from libp2p.custom_types import TProtocol
     from multiaddr import Multiaddr
 
-    from benchmarks._harness import CAROL, _raw_host
+    from benchmarks._harness import CAROL, _raw_host, echo_records
 
     size = args.record
 
     async def handler(net_stream: Any) -> None:
-        reply = b"r" * size
-        pending = 0
-        try:
-            while True:
-                data = await net_stream.read(65536)
-                if not data:
-                    return
-                pending += len(data)
-                while pending >= size:  # one write per record
-                    pending -= size
-                    await net_stream.write(reply)
-        except Exception:
-            return
+        with contextlib.suppress(Exception):
+            await echo_records(net_stream, size, b"r" * size)  # one write per record
 
     host = _raw_host(CAROL)
     async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):

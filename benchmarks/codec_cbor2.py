@@ -294,27 +294,10 @@ def agreement(mutations: int, seed: int = 18) -> dict[str, Any]:
 
 
 def _frames() -> dict[str, bytes]:
-    import time
+    from benchmarks._harness import sample_frames
 
-    from benchmarks._common import MICRO
-    from benchmarks._harness import ALICE, BOB, BODY, SERVICE
-    from p2pay.core.messages import STATUS_OK, Request, Response
-
-    request = Request.create(
-        ALICE,
-        ledger=b"p2pay:sqlite:" + bytes(16),
-        channel=bytes(32),
-        n=123_456,
-        paid=123_456 * MICRO,
-        price=MICRO,
-        service=SERVICE,
-        body=BODY,
-        deadline=int(time.time() * 1000) + 30_000,
-    )
-    response = Response.create(
-        BOB, request=request, status=STATUS_OK, price=MICRO, spent=123_456 * MICRO, body=BODY
-    )
-    return {"request": request.to_frame(), "receipt": response.to_frame()}
+    request, receipt = sample_frames(ledger=b"p2pay:sqlite:" + bytes(16))
+    return {"request": request, "receipt": receipt}
 
 
 def _workloads(frame: bytes) -> dict[str, dict[str, Callable[[], Any]]]:

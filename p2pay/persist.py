@@ -160,28 +160,8 @@ class Persister:
         it folds into a request staged in this generation, is dropped if the request is
         to be deleted, and otherwise goes to the store as a narrow update.
         """
-        if self._write_now is not None:
-            # a generation ends here: snapshots are built now (after a record staged with
-            # them for the same channel: the later in the batch wins)
-            return self._write_through(
-                Batch(
-                    payee=[
-                        *((payee,) if payee is not None else ()),
-                        *((payee_snapshot[1](),) if payee_snapshot is not None else ()),
-                    ],
-                    payer=[
-                        *((payer,) if payer is not None else ()),
-                        *((payer_snapshot[1](),) if payer_snapshot is not None else ()),
-                    ],
-                    requests=[request] if request is not None else [],
-                    responses=[response] if response is not None else [],
-                    claims=[claim] if claim is not None else [],
-                    meta=dict(meta) if meta else {},
-                    request_updates=[request_update] if request_update is not None else [],
-                    delete_requests=[delete_request] if delete_request is not None else [],
-                )
-            )
-        s = self._staged
+        # written through, each call is a generation of its own, committed here
+        s = self._staged if self._write_now is None else _Staged()
         self._stages += 1
         if payee is not None:
             s.payee[payee.channel] = payee
@@ -217,37 +197,35 @@ class Persister:
             s.requests.pop(delete_request, None)
             s.request_updates.pop(delete_request, None)
             s.delete_requests.add(delete_request)
+        if s is not self._staged:
+            return self._write_through(s)
         self._changed.set()
         return self._generation
 
-    def _write_through(self, batch: Batch) -> int:
-        """Write one `stage` call's changes now (a write-through store): the generation
-        returned is durable. They apply in the order `stage` documents: upserts, then the
-        update (folded into a request staged with it), then the delete."""
+    def _write_through(self, staged: _Staged) -> int:
+        """Write one `stage` call's changes now (a write-through store), its snapshots
+        built now: the generation returned is durable."""
         generation = self._generation
         self._generation += 1
         if self._failed is not None:
             return generation  # never durable: `durable` raises StoreFailed
-        if batch.request_updates and batch.requests:
-            (update,), (request,) = batch.request_updates, batch.requests
-            if update.request_hash == request.request_hash:
-                batch.requests, batch.request_updates = [update.apply(request)], []
-        if batch.delete_requests:
-            gone = batch.delete_requests[0]
-            batch.requests = [r for r in batch.requests if r.request_hash != gone]
-            batch.request_updates = [u for u in batch.request_updates if u.request_hash != gone]
         assert self._write_now is not None
         try:
-            self._write_now(batch)
+            self._write_now(staged.batch())
         except Exception as exc:
-            self._failed = exc
-            log.error("store write failed: %s", exc)
-            for event in self._waiters.values():
-                event.set()
+            self._fail(exc)
             return generation
         self.commits += 1
         self._durable = generation
         return generation
+
+    def _fail(self, exc: BaseException) -> None:
+        """The store failed: nothing staged after the last good commit is durable (`durable`
+        raises `StoreFailed`)."""
+        self._failed = exc
+        log.error("store write failed: %s", exc)
+        for event in self._waiters.values():
+            event.set()
 
     async def durable(self, generation: int) -> None:
         """Wait until everything staged up to `generation` is committed.
@@ -320,10 +298,7 @@ class Persister:
             batch = staged.batch()
             await self.store.write(batch)
         except BaseException as exc:
-            self._failed = exc
-            log.error("store write failed: %s", exc)
-            for event in self._waiters.values():
-                event.set()
+            self._fail(exc)
             raise
         self.commits += 1
         self._durable = generation

@@ -871,8 +871,8 @@ class PayerChannel:
         # receipts were lost (specs/protocol.md 14.3 rule 7), and each abandoned price
         # explains at most one jump: `absorbed` counts the yocto already explained.
         jump = response.spent - expected
-        if jump and jump > self._headroom(response.n, pending.price):
-            headroom = self._headroom(response.n, pending.price)
+        # (no jump, the usual case: no need to add up the abandoned prices)
+        if jump and jump > (headroom := self._headroom(response.n, pending.price)):
             raise RemoteProtocolError(
                 f"receipt spent {response.spent}, expected {expected}"
                 + (f" (+ at most {headroom} for abandoned requests)" if headroom else ""),

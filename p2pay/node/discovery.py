@@ -240,6 +240,7 @@ class Discovery:
         self._joined = trio.Event()
         self.announced = 0  # offers published (counted)
         self.lies = 0  # lies seen (counted)
+        self.received = 0  # offers given to the book (gossip and fetch replies; counted)
         #: the bootstrap peers not reached when joining: address -> why
         self.not_reached: dict[str, str] = {}
         #: whether every bootstrap peer tried (ours but us) failed: not joined
@@ -452,6 +453,7 @@ class Discovery:
         Returns:
             True if the offer is now kept and verified (its stake read and covering it).
         """
+        self.received += 1
         verdict = self.book.receive(data, sender=sender, now_ms=self.host.now(), service=service)
         kept = verdict.kept
         if kept is None:

@@ -4,11 +4,12 @@ service name and pay through the node's `call_any` (specs/discovery.md, issue 17
 Theory of operation
 -------------------
 When a client group of a scenario has ``discovery = true``, the engine gives every peer's
-node the in-memory discovery net (`p2pay.net.discovery`): providers announce their offers
-on it as the node does on libp2p, and discovery clients open no channel at setup: each
-request of their workload is a ``node.call_any(service, ...)``, so the offers they trust,
-the provider they choose, the failover to the next offer and the channel opened under the
-deposit policy are the node's own code (`p2pay.core.offers`), not the simulator's.
+node the in-memory discovery net (`p2pay.net.memory_discovery`): providers announce their
+offers on it as the node does on libp2p, and discovery clients open no channel at setup:
+each request of their workload is a ``node.call_any(service, ...)``, so the offers they
+trust, the provider they choose, the failover to the next offer and the channel opened
+under the deposit policy are the node's own code (`p2pay.core.offers`), not the
+simulator's.
 
 This module holds what the simulator adds around that code:
 
@@ -17,10 +18,6 @@ This module holds what the simulator adds around that code:
   price below the one it charges (``"underpriced"``). Its node serves honestly at its real
   price and does not announce anything itself: the behaviour publishes the lying offers
   in its place, on the same topic, and answers direct offer fetches with them.
-* `ObservedDiscovery`, the discovery net a discovery client's node gets: the in-memory
-  twin, unchanged, with a count of the offers it hands the node (gossip messages and
-  fetched offers), so that the report can say how many offers the clients saw; what
-  their nodes made of them (kept, or dropped and why) is the offer book's own count.
 * `DiscoveryRecord`, what the engine records of every `call_any`: the offers each one
   tried and how each try ended, per provider, the failovers, and the OK answers per
   provider group over time (the report's ``discovery`` section and ``discovery.png``).
@@ -29,25 +26,19 @@ This module holds what the simulator adds around that code:
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import trio
-
 from p2pay.core.messages import StakeTerms
 from p2pay.core.offers import Offer
-from p2pay.net.base import OfferSource
-from p2pay.net.memory_discovery import MemoryDiscovery
 from p2pay.sim.behaviours import PeerBehaviour
 from p2pay.sim.invariants import MAX_DETAILS
 from p2pay.sim.params import parse_amount_param
 
 if TYPE_CHECKING:
-    from p2pay.net.base import DiscoveryNet
     from p2pay.sim.engine import SimPeer
 
-__all__ = ["LIES", "DiscoveryRecord", "FakeOffers", "ObservedDiscovery"]
+__all__ = ["LIES", "DiscoveryRecord", "FakeOffers"]
 
 #: the lies a `FakeOffers` provider can tell in its offers
 LIES = ("no_stake", "unbacked_stake", "underpriced")
@@ -142,66 +133,6 @@ class FakeOffers(PeerBehaviour):
         )
 
 
-class ObservedDiscovery:
-    """A `DiscoveryNet` that passes everything to `inner` and counts, in `seen`, the
-    offers it hands its node: each gossip message (relayed one at a time through an
-    unbuffered channel, so a message is counted when the node takes it) and each offer a
-    fetch returns. Runs its relays in `nursery`."""
-
-    def __init__(self, inner: MemoryDiscovery, nursery: trio.Nursery) -> None:
-        self.inner = inner
-        self.nursery = nursery
-        self.seen = 0
-
-    @property
-    def peer_id(self) -> str:
-        return self.inner.peer_id
-
-    @property
-    def dropped(self) -> int:
-        return self.inner.dropped
-
-    async def publish(self, ledger: bytes, data: bytes) -> None:
-        await self.inner.publish(ledger, data)
-
-    def subscribe(self, ledger: bytes) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
-        inner = self.inner.subscribe(ledger)
-        send, receive = trio.open_memory_channel[tuple[str, bytes]](0)
-
-        async def relay() -> None:
-            async with inner, send:
-                async for item in inner:
-                    try:
-                        await send.send(item)
-                    except trio.BrokenResourceError:  # the node stopped reading
-                        return
-                    self.seen += 1
-
-        self.nursery.start_soon(relay)
-        return receive
-
-    async def provide(self, ledger: bytes, service: str) -> None:
-        await self.inner.provide(ledger, service)
-
-    async def find_providers(
-        self, ledger: bytes, service: str, *, limit: int = 20
-    ) -> list[tuple[str, list[str]]]:
-        return await self.inner.find_providers(ledger, service, limit=limit)
-
-    async def fetch_offers(
-        self, peer_id: str, addrs: Sequence[str], ledger: bytes, service: str
-    ) -> list[bytes]:
-        offers = await self.inner.fetch_offers(peer_id, addrs, ledger, service)
-        self.seen += len(offers)
-        return offers
-
-    def serve_offers(self, source: OfferSource | None) -> None:
-        self.inner.serve_offers(source)
-
-    async def bootstrap(self, addrs: Sequence[str]) -> dict[str, str]:
-        return await self.inner.bootstrap(addrs)
-
-
 #: how a try at a provider ended, when it is the provider's failure (specs/discovery.md 8:
 #: unreachable, refused, timed out; the node's `Attempt` outcomes, upper-cased)
 FAILED = frozenset({"UNREACHABLE", "REFUSED", "TIMED_OUT"})
@@ -272,7 +203,3 @@ class DiscoveryRecord:
             failed_before = True
         if any(how != "OK" for _, how, _ in tries[:-1]):
             self.failovers += 1
-
-
-if TYPE_CHECKING:
-    _OBSERVED: type[DiscoveryNet] = ObservedDiscovery  # checked against the interface

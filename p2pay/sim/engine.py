@@ -79,7 +79,7 @@ from p2pay.node import (
 )
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
-from p2pay.sim.discovery import DiscoveryRecord, ObservedDiscovery
+from p2pay.sim.discovery import DiscoveryRecord
 from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
 from p2pay.sim.scenario import PeerGroup, Scenario, ServiceSpec
@@ -410,36 +410,22 @@ class Simulation:
 
     @asynccontextmanager
     async def _discovery_net(self, peer: SimPeer, transport: Transport) -> AsyncIterator[Any]:
-        """The peer's in-memory discovery net (observed for discovery clients, see
-        `ObservedDiscovery`), kept in ``peer.discovery`` while it is open."""
+        """The peer's in-memory discovery net, kept in ``peer.discovery`` while it is open
+        (a discovery client's gossip the net dropped, its node's queue full, is counted
+        when it closes)."""
         assert self.network is not None
         async with open_memory_discovery(self.network, transport) as net:
-            if peer.group.client is not None and peer.group.client.discovery:
-                async with trio.open_nursery() as nursery:
-                    observed = ObservedDiscovery(net, nursery)
-                    peer.discovery = observed
-                    try:
-                        yield observed
-                    finally:
-                        self._count_offers(peer, observed)
-                        peer.discovery = None
-                        nursery.cancel_scope.cancel()
-            else:
-                peer.discovery = net
-                try:
-                    yield net
-                finally:
-                    peer.discovery = None
-
-    def _count_offers(self, peer: SimPeer, net: ObservedDiscovery) -> None:
-        """Keep what the net of an incarnation of a discovery client that ends counted
-        (its node's offer book is counted by `_accumulate`)."""
-        peer.offer_totals["seen"] += net.seen
-        peer.offer_totals["ignored:queue_full"] += net.dropped
+            peer.discovery = net
+            try:
+                yield net
+            finally:
+                if peer.group.client is not None and peer.group.client.discovery:
+                    peer.offer_totals["ignored:queue_full"] += net.dropped
+                peer.discovery = None
 
     def offer_counts(self) -> collections.Counter[str]:
         """What the discovery clients' nodes did with the offers they received, so far:
-        ``seen`` (handed to the node), ``accepted`` (kept by its offer book),
+        ``seen`` (given to its offer book), ``accepted`` (kept by its offer book),
         ``ignored:<reason>`` (dropped by the book, or by the net when the node's queue was
         full), ``lies`` (offers or hellos caught lying; the peer dropped), ``evicted``."""
         raw: collections.Counter[str] = collections.Counter()
@@ -448,10 +434,10 @@ class Simulation:
                 continue
             raw.update(peer.offer_totals)
             net, node = peer.discovery, peer.node
-            if isinstance(net, ObservedDiscovery):
-                raw["seen"] += net.seen
+            if net is not None:
                 raw["ignored:queue_full"] += net.dropped
             if node is not None and node.discovery is not None:
+                raw["seen"] += node.discovery.received
                 for reason, n in node.discovery.book.counts.items():
                     raw[f"book:{reason.value}"] += n
         out: collections.Counter[str] = collections.Counter()
@@ -659,6 +645,7 @@ class Simulation:
             t[name] += int(getattr(c, name, 0))
         peer.refused.update(c.refused)
         if node.discovery is not None and peer.group.client and peer.group.client.discovery:
+            peer.offer_totals["seen"] += node.discovery.received
             for reason, n in node.discovery.book.counts.items():
                 peer.offer_totals[f"book:{reason.value}"] += n
 
@@ -708,9 +695,9 @@ class Simulation:
                 continue
             node = peer.node
             assert node is not None
-            if spec.discovery:
+            if spec.discovery:  # by service name: no target
                 peer.pending += 1
-                peer.nursery.start_soon(self._one_discovery_call, peer, service, body)
+                peer.nursery.start_soon(self._one_call, peer, None, service, body)
                 continue
             targets = [
                 target
@@ -725,35 +712,31 @@ class Simulation:
             peer.pending += 1
             peer.nursery.start_soon(self._one_call, peer, target, service, body)
 
-    async def _one_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> None:
+    async def _one_call(
+        self, peer: SimPeer, target: SimPeer | None, service: str, body: bytes
+    ) -> None:
+        """One request of the client's workload: to `target`, or by service name (a
+        discovery client's, `target` None)."""
+        hook = "call" if target is not None else "call_any"
         self.counts["sent"] += 1
         start = self.now()
         try:
-            outcome = await peer.behaviour.call(target, service, body)
+            if target is None:
+                outcome = await peer.behaviour.call_any(service, body)
+            else:
+                outcome = await peer.behaviour.call(target, service, body)
         except Exception as exc:
             outcome = f"EXCEPTION:{type(exc).__name__}"
-            self.errors[f"call:{type(exc).__name__}"] += 1
-            log.exception("%s: call failed", peer.name)
+            self.errors[f"{hook}:{type(exc).__name__}"] += 1
+            log.exception("%s: %s failed", peer.name, hook)
         finally:
             peer.pending -= 1
         peer.outcomes[outcome] += 1
         self.counts["ok" if outcome == "OK" else "failed"] += 1
-        if outcome != "OK" and _down_during(target, start, self.now()):
+        # (a call by name counts its providers' outages itself: `honest_call_any`)
+        if outcome != "OK" and target is not None and _down_during(target, start, self.now()):
             # the client saw UNREACHABLE, TIMEOUT, ...: the cause is the scenario's outage
             self.counts["failed_provider_offline"] += 1
-
-    async def _one_discovery_call(self, peer: SimPeer, service: str, body: bytes) -> None:
-        self.counts["sent"] += 1
-        try:
-            outcome = await peer.behaviour.call_any(service, body)
-        except Exception as exc:
-            outcome = f"EXCEPTION:{type(exc).__name__}"
-            self.errors[f"call_any:{type(exc).__name__}"] += 1
-            log.exception("%s: call_any failed", peer.name)
-        finally:
-            peer.pending -= 1
-        peer.outcomes[outcome] += 1
-        self.counts["ok" if outcome == "OK" else "failed"] += 1
 
     async def honest_call(self, peer: SimPeer, target: SimPeer, service: str, body: bytes) -> str:
         """An honest paid call (tops up the channel once when the deposit runs out).

@@ -342,6 +342,7 @@ def discovery_section(sim: Simulation) -> dict[str, Any]:
         "hello_or_price_contradicts_offer": rec.lies,
     }
     providers = []
+    by_group: dict[str, dict[str, int]] = {}
     for p in sim.providers:
         failed = {how: n for (name, how), n in sorted(rec.failed_tries.items()) if name == p.name}
         providers.append(
@@ -356,15 +357,13 @@ def discovery_section(sim: Simulation) -> dict[str, Any]:
                 "fake_offers_published": p.behaviour.stats["fake_offers_published"],
             }
         )
-    by_group: dict[str, dict[str, int]] = {}
-    for p in sim.providers:
         g = by_group.setdefault(
             p.group.group, {"providers": 0, "tried": 0, "answered": 0, "failed": 0}
         )
         g["providers"] += 1
         g["tried"] += rec.tries[p.name]
         g["answered"] += rec.answers[p.name]
-        g["failed"] += sum(n for (name, _), n in rec.failed_tries.items() if name == p.name)
+        g["failed"] += sum(failed.values())
     clients = [p for p in sim.clients if p.group.client and p.group.client.discovery]
     accounts = {p.account for p in clients}
     return {

@@ -317,6 +317,7 @@ async def test_lies_are_caught_from_the_ledger_the_hello_and_a_payment_required(
         # the ban lasts: an honest-looking offer of the same peer is ignored meanwhile
         fair = fake_offer(client, price=PRICE, stake=STAKE, seq=2)
         assert not await d.take(fair, sender=str(LIAR.peer_id))
+        assert d.received == 2  # every offer given to the book is counted, kept or not
 
 
 async def test_a_hello_that_contradicts_the_offer_is_a_lie() -> None:

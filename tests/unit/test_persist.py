@@ -92,12 +92,13 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def test_the_payer_writes_each_request_once_and_marks_its_answer() -> None:
+async def concurrent_calls(store: MemoryStore, calls: int) -> tuple[list[Any], bytes]:
+    """Alice (on `store`) opens a channel to Bob and makes `calls` calls at once; returns
+    their results and the channel id."""
     ledger = MemoryLedger()
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10**24)
     net = MemoryNetwork()
-    store = RecordingStore()
     config = NodeConfig(watch_interval=0.05)
     results: list[Any] = []
     async with (
@@ -105,14 +106,20 @@ async def test_the_payer_writes_each_request_once_and_marks_its_answer() -> None
         open_node(key=ALICE, ledger=ledger, network=net, store=store, config=config) as alice,
     ):
         bob.serve("echo", echo, price=1_000)
-        await alice.open_channel(bob.addrs[0], deposit=10**9)
+        info = await alice.open_channel(bob.addrs[0], deposit=10**9)
 
         async def one(i: int) -> None:
             results.append(await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=1_000))
 
         async with trio.open_nursery() as nursery:
-            for i in range(20):
+            for i in range(calls):
                 nursery.start_soon(one, i)
+    return results, info.channel
+
+
+async def test_the_payer_writes_each_request_once_and_marks_its_answer() -> None:
+    store = RecordingStore()
+    results, _ = await concurrent_calls(store, 20)
     assert len(results) == 20
     upserts = [r for b in store.batches for r in b.requests]
     updates = [u for b in store.batches for u in b.request_updates]
@@ -318,30 +325,12 @@ async def test_an_invalid_batch_written_now_changes_nothing() -> None:
 
 
 async def test_a_node_on_a_write_through_store_writes_its_requests_and_answers() -> None:
-    ledger = MemoryLedger()
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**24)
-    net = MemoryNetwork()
     store = RecordingWriteThrough()
-    config = NodeConfig(watch_interval=0.05)
-    results: list[Any] = []
-    async with (
-        open_node(key=BOB, ledger=ledger, network=net, config=config) as bob,
-        open_node(key=ALICE, ledger=ledger, network=net, store=store, config=config) as alice,
-    ):
-        bob.serve("echo", echo, price=1_000)
-        info = await alice.open_channel(bob.addrs[0], deposit=10**9)
-
-        async def one(i: int) -> None:
-            results.append(await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=1_000))
-
-        async with trio.open_nursery() as nursery:
-            for i in range(10):
-                nursery.start_soon(one, i)
+    results, channel = await concurrent_calls(store, 10)
     assert len(results) == 10
     stored = await store.requests()
     assert len(stored) == 10 and {r.state for r in stored} == {"answered"}
-    payer = await store.payer_channel(info.channel)
+    payer = await store.payer_channel(channel)
     assert payer is not None and payer.spent == 10 * 1_000
 
 
