@@ -111,9 +111,11 @@ class AmountError(LocalProtocolError):
 
 
 class RemoteProtocolError(P2payError):
-    """The peer misbehaved or refused; `code` is the wire code."""
+    """The peer misbehaved or refused; `code` is the wire code. `channel`: when a call's
+    request was refused, the channel it was signed on (set by the node, not by the peer)."""
 
     code = ErrorCode.MALFORMED
+    channel: bytes | None = None
 
 
 class DecodeError(RemoteProtocolError):

@@ -669,6 +669,8 @@ class Client:
                 resynced = True
                 continue
             if slot.error is not None:
+                if isinstance(slot.error, RemoteProtocolError):
+                    slot.error.channel = ch.channel  # which channel was refused (17 rule 2)
                 raise slot.error
             receipt = slot.receipt
             if receipt is None:  # every path sets one of the three; never assert on a peer

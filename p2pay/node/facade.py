@@ -346,8 +346,10 @@ class Node:
         left; else raise CHALLENGE_TOO_SHORT naming the channel and what to do."""
         payee = self._payee_of(peer_id)
         least = exc.details.get("min_challenge_ms")
-        picked = self.book.payer_channel_to(payee) if payee is not None else None
-        if picked is None or type(least) is not int or least < 0:
+        # the channel the refused request was signed on: not `payer_channel_to` now, which
+        # may be another (good) channel once calls in flight on this one moved its credit
+        picked = self.payer_channels.get(exc.channel) if exc.channel is not None else None
+        if picked is None or picked.payee != payee or type(least) is not int or least < 0:
             raise exc
         info = await self.ledger.channel(picked.channel)
         asked = info.challenge_ms if info is not None else 0
