@@ -353,6 +353,18 @@ class Node:
             raise exc
         info = await self.ledger.channel(picked.channel)
         asked = info.challenge_ms if info is not None else 0
+        if info is not None and least <= asked:
+            # protocol.md 17 rule 2: a refusal that contradicts itself teaches nothing and
+            # marks nothing (else each `call any` would open a new channel to this payee)
+            log.warning(
+                "%s refused channel %s as CHALLENGE_TOO_SHORT, but its challenge period, "
+                "%d ms, is not below the minimum it states, %d ms: refusal ignored",
+                peer_id,
+                picked.channel.hex(),
+                asked,
+                least,
+            )
+            raise exc
         self.book.payee_minimums.pop(picked.payee, None)
         self.book.payee_minimums[picked.payee] = least
         self.book.refused_channels.add(picked.channel)
