@@ -282,11 +282,15 @@ class ChannelBook:
             else:
                 self.persister.stage(payer=_payer_record(ch))
 
-    async def challenge_refused(self, ch: PayerChannel, least: int) -> int:
+    async def challenge_refused(self, ch: PayerChannel, least: int) -> int | None:
         """`ch`'s payee refused it as CHALLENGE_TOO_SHORT, stating its minimum `least`
         (protocol.md 17): remember both, durably (`payer_channel_to` skips `ch` from now
-        on). Returns `ch`'s challenge period in ms, as the ledger has it (0 if gone)."""
+        on). Returns `ch`'s challenge period in ms, as the ledger has it (0 if gone), or
+        None, remembering nothing, when that period is not below `least`: the refusal
+        contradicts itself (17 rule 2)."""
         info = await self.ledger.channel(ch.channel)
+        if info is not None and least <= info.challenge_ms:
+            return None
         self.payee_minimums.pop(ch.payee, None)  # the newest last (`MAX_MINIMUMS`)
         self.payee_minimums[ch.payee] = least
         self.refused_channels.add(ch.channel)

@@ -718,6 +718,17 @@ class Client:
         if type(least) is not int or least < 0:
             raise exc
         asked = await self.node.book.challenge_refused(ch, least)
+        if asked is None:
+            # a refusal that contradicts itself teaches nothing and marks nothing (17 rule
+            # 2): else each `call any` would open a new channel to this payee
+            log.warning(
+                "%s refused channel %s as CHALLENGE_TOO_SHORT, but its challenge period is "
+                "not below the minimum it states, %d ms: refusal ignored",
+                peer_id,
+                ch.channel.hex(),
+                least,
+            )
+            raise exc
         if self.node.book.payer_channel_to(ch.payee) is None:
             raise _refused(ch.channel, asked, least) from None
         log.warning(

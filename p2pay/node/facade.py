@@ -296,15 +296,20 @@ class Node:
         With no connection to the payee, it is dialled first at its addresses in the
         address book (19.2 rule 4), so that a watcher started on a home after the call
         (a new process: the transport knows no address yet) re-sends before it claims.
+        `timeout` bounds the dial and the wait together (claims.md 6: the claim window).
         """
         peer_id = self.peer_of(record.payee)
+        give_up_at = trio.current_time() + timeout
         if not self._connected(peer_id) and self.addresses.addrs(peer_id):
-            with trio.move_on_after(timeout):
+            with trio.move_on_at(give_up_at):
                 try:
                     await self._reach(peer_id)
                 except (P2payError, OSError) as exc:  # claimable: the watcher decides
                     log.info("cannot re-send n=%d to %s: %s", record.n, peer_id, exc)
-        return await self.client.redeliver(record, timeout=timeout)
+        left = give_up_at - trio.current_time()
+        if left <= 0:
+            return None
+        return await self.client.redeliver(record, timeout=left)
 
     # -- identity
 

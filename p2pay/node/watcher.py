@@ -816,11 +816,18 @@ class Watcher:
         if not awaiting:
             return
         now = await node.ledger.now()
+        windows: dict[bytes, int | None] = {}  # payee -> its claim window (this step)
         for record in awaiting:
+            if now <= record.deadline or record.request_hash in self._claiming:
+                continue
             if now <= record.deadline + node.config.claim_grace_ms:
-                continue
-            if record.request_hash in self._claiming:
-                continue
+                # claims.md 6: within the grace, unless a quarter of a short window is over
+                if record.payee not in windows:
+                    stake = await node.ledger.stake_of(record.payee)
+                    windows[record.payee] = stake.claim_window_ms if stake is not None else None
+                window = windows[record.payee]
+                if window is None or now <= record.deadline + window // 4:
+                    continue
             self._claiming.add(record.request_hash)
             self._tasks.start_soon(self._claim, record)
 
@@ -829,7 +836,13 @@ class Watcher:
         node = self.node
         try:
             log.info("re-sending n=%d (deadline passed, unanswered) before a claim", record.n)
-            answer = await node.redeliver(record, timeout=node.config.redeliver_timeout)
+            budget = node.config.redeliver_timeout
+            stake = await node.ledger.stake_of(record.payee)
+            if stake is not None and stake.amount:
+                # claims.md 6: the re-send leaves two thirds of the window for the claim
+                left_ms = record.deadline + stake.claim_window_ms - await node.ledger.now()
+                budget = min(budget, max(left_ms / 3000, 0.01))
+            answer = await node.redeliver(record, timeout=budget)
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
                 return
@@ -839,6 +852,12 @@ class Watcher:
                 node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
                 return
             if await node.ledger.now() > record.deadline + stake.claim_window_ms:
+                log.warning(
+                    "n=%d to %s not claimed: its claim window ended %d ms after the deadline",
+                    record.n,
+                    record.payee.hex(),
+                    stake.claim_window_ms,
+                )
                 node.persister.stage(request=_with_state(record, "expired", node.now()))
                 return
             request = decode_frame(record.frame)
