@@ -179,6 +179,8 @@ def _check_signature(signature: object, remote: bool = False) -> None:
 def _check_message_signature(ledger: bytes, signature: object, remote: bool) -> None:
     """A request's or response's signature size: 64 bytes on an Ed25519 ledger; on an EVM
     ledger 65 (EIP-712), or 64 (accepted so that it can be refused as INVALID_SIGNATURE)."""
+    if type(signature) is bytes and len(signature) == SIGNATURE_SIZE:
+        return  # right on every ledger: the scheme is not looked up (several times a call)
     if scheme_for(ledger) is Scheme.ED25519:
         sizes = f"{SIGNATURE_SIZE} bytes"
         ok = isinstance(signature, bytes) and len(signature) == SIGNATURE_SIZE
