@@ -835,7 +835,7 @@ def channel_open(
             require_stake=not no_stake_ok,
             max_price=max_price,
         )
-        # the stake shown is the ledger's, not the hello's word (protocol.md 9 rule 5)
+        # the stake shown is the ledger's, not the hello's word (protocol.md 9 rule 6)
         stake = None if hello is None else await node.ledger.stake_of(hello.account)
         return info, hello, stake
 
