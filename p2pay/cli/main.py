@@ -1240,7 +1240,8 @@ def call(
     """Call SERVICE on PEER with DATA (text; "-" reads stdin) and print the response body.
 
     PEER "any" calls the best provider of SERVICE found on the network (`p2pay find`
-    lists them): the cheapest, best staked, most reliable offer at or below --max-price.
+    lists them): of the offers at or below --max-price, the one with the fewest recent
+    failures, then the cheapest, the best staked, the fastest.
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
     deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
     provider is skipped for the next one (at most max_attempts), and ranked after the
