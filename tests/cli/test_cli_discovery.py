@@ -137,7 +137,6 @@ def test_find_and_pay_from_three_homes(
         "deposit 0.000000000000000001 token)\n"
     )
     # paid: one channel to the provider, 1000 yocto spent, under the deposit policy
-    (ch,) = c.js("--home", "c", "channel", "list")["channels"]
     assert ch["peer"] == provider and ch["spent"] == str(PRICE)
     assert ch["deposit"] == str(1000 * PRICE)  # deposit_calls x price, below max_deposit
     # the human listing
