@@ -32,19 +32,21 @@ async def main() -> None:
         await ledger.mint(key, key.account, TOKEN)
 
     def node(
-        key: p2pay.Keypair, **config: DiscoveryConfig
+        key: p2pay.Keypair, config: DiscoveryConfig | None = None
     ) -> AbstractAsyncContextManager[p2pay.Node]:
         # discovery on the node's libp2p host: gossipsub, the Kademlia DHT, offer fetches
-        return p2pay.open_node(key=key, ledger=ledger, discovery=open_libp2p_discovery, **config)
+        return p2pay.open_node(
+            key=key, ledger=ledger, discovery=open_libp2p_discovery, discovery_config=config
+        )
 
     # a bootstrap node: no services (a DHT server and a gossip peer for the others)
     async with node(boot_key) as boot:
         joined = DiscoveryConfig(bootstrap=(boot.addrs[0],))  # ".../p2p/12D3KooW..."
-        async with node(provider_key, discovery_config=joined) as provider:
+        async with node(provider_key, joined) as provider:
             # no offer without a stake: stake first, then serve (announced at once)
             await provider.stake(TOKEN // 2, penalty=TOKEN // 10, claim_window_ms=60_000)
             provider.serve("echo", echo, price=1_000)  # 1,000 yocto per call
-            async with node(client_key, discovery_config=joined) as client:
+            async with node(client_key, joined) as client:
                 for offer in await client.find("echo", max_price=1_000):
                     print("offer of", offer.peer, offer.price, "yocto, stake", offer.stake)
                 result = await client.call_any("echo", b"hi", max_price=1_000)

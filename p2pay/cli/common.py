@@ -301,8 +301,7 @@ async def short_node(
     ledger_text: str | None,
     *,
     offline: bool = False,
-    discovery: bool = False,
-    bootstrap: Sequence[str] = (),
+    discovery: DiscoveryConfig | None = None,
 ) -> AsyncIterator[Node]:
     """A node in this process for one command: no watcher, state durable after.
 
@@ -313,7 +312,8 @@ async def short_node(
             ``close`` / ``top-up``): the node gets a private in-memory transport instead
             of a libp2p host, which saves importing and starting libp2p (seconds).
         discovery: the command finds providers (``find``, ``call any``): the node joins
-            the network through the bootstrap peers (config.toml's and `bootstrap`).
+            the network with this config (`discovery_config`: config.toml's bootstrap
+            peers and ``--bootstrap``).
     """
     from p2pay.node import open_node
 
@@ -322,9 +322,9 @@ async def short_node(
     spec = home.ledger_spec(ledger_text)
     cfg = node_config(config, watcher=False)
     transport: dict[str, Any] = {"listen": EPHEMERAL_LISTEN}
-    if discovery:
+    if discovery is not None:
         transport["discovery"] = libp2p_discovery(server=False)
-        transport["discovery_config"] = discovery_config(config, bootstrap)
+        transport["discovery_config"] = discovery
     if offline:
         from p2pay.net.memory import MemoryNetwork
 
@@ -376,8 +376,7 @@ def run_with_node(
     fn: Callable[[Node], Awaitable[T]],
     *,
     offline: bool = False,
-    discovery: bool = False,
-    bootstrap: Sequence[str] = (),
+    discovery: DiscoveryConfig | None = None,
 ) -> T:
     """Run ``await fn(node)`` in a `short_node` (see `Guard`) and return its value.
 
@@ -388,9 +387,7 @@ def run_with_node(
     box: list[T] = []
 
     async def body() -> None:
-        async with short_node(
-            home, ledger_text, offline=offline, discovery=discovery, bootstrap=bootstrap
-        ) as node:
+        async with short_node(home, ledger_text, offline=offline, discovery=discovery) as node:
             box.append(await guard.run(fn, node))
 
     try:

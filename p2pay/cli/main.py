@@ -82,7 +82,7 @@ from p2pay.sim.cli import simulate
 if TYPE_CHECKING:
     from p2pay.core.settlement import Event, Params
     from p2pay.ledger.base import Totals
-    from p2pay.node import CallResult, ChannelInfo, Node, OfferInfo, Unmatched
+    from p2pay.node import CallResult, ChannelInfo, DiscoveryConfig, Node, OfferInfo, Unmatched
     from p2pay.store.base import PayeeRecord, PayerRecord
 
 log = logging.getLogger("p2pay.cli")
@@ -835,7 +835,7 @@ def channel_open(
             require_stake=not no_stake_ok,
             max_price=max_price,
         )
-        # the stake shown is the ledger's, not the hello's word (protocol.md 9 rule 5)
+        # the stake shown is the ledger's, not the hello's word (protocol.md 9 rule 6)
         stake = None if hello is None else await node.ledger.stake_of(hello.account)
         return info, hello, stake
 
@@ -1092,14 +1092,20 @@ def via_line(result: CallResult) -> str:
     return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
 
-def need_bootstrap(home: Home, bootstrap: Sequence[str]) -> None:
-    """Raises CliError unless there is a peer to join the network through."""
-    if not discovery_config(home.config(), bootstrap).bootstrap:
+def need_bootstrap(home: Home, bootstrap: Sequence[str]) -> DiscoveryConfig:
+    """The home's discovery config with the `bootstrap` peers added (`discovery_config`).
+
+    Raises:
+        CliError: it has no peer to join the network through.
+    """
+    joining = discovery_config(home.config(), bootstrap)
+    if not joining.bootstrap:
         raise CliError(
             "no bootstrap peer to find providers through: pass --bootstrap MULTIADDR (a "
             "running node's address, /ip4/HOST/tcp/PORT/p2p/<PeerID>), or set bootstrap in "
             "[discovery] of this home's config.toml"
         )
+    return joining
 
 
 def offer_row(offer: OfferInfo) -> dict[str, Any]:
@@ -1164,14 +1170,14 @@ def find(
     from p2pay.node.discovery import none_within
 
     home = settings().home
-    need_bootstrap(home, bootstrap)
+    joining = need_bootstrap(home, bootstrap)
 
     async def do(node: Node) -> tuple[list[OfferInfo], Unmatched]:
         found = await node.find(service, max_price=max_price, min_stake=min_stake, wait=wait)
         assert node.discovery is not None
         return found, node.discovery.unmatched(service, max_price=max_price, min_stake=min_stake)
 
-    offers, left = run_with_node(home, ledger, do, discovery=True, bootstrap=bootstrap)
+    offers, left = run_with_node(home, ledger, do, discovery=joining)
     doc = {
         "service": service,
         "offers": [offer_row(o) for o in offers],
@@ -1240,7 +1246,8 @@ def call(
     """Call SERVICE on PEER with DATA (text; "-" reads stdin) and print the response body.
 
     PEER "any" calls the best provider of SERVICE found on the network (`p2pay find`
-    lists them): the cheapest, best staked, most reliable offer at or below --max-price.
+    lists them): of the offers at or below --max-price, the one with the fewest recent
+    failures, then the cheapest, the best staked, the fastest.
     A channel to it is reused, or opened with a deposit of config.toml's [discovery]
     deposit_calls x the price (at most max_deposit); an unreachable, refusing or silent
     provider is skipped for the next one (at most max_attempts), and ranked after the
@@ -1266,8 +1273,9 @@ def call(
         body = (data or "").encode("utf-8", "surrogateescape")
 
     anyone = peer == "any"
+    joining = None
     if anyone:
-        need_bootstrap(home, bootstrap)
+        joining = need_bootstrap(home, bootstrap)
     elif bootstrap:
         raise CliError("--bootstrap is for `call any`: a call to PEER needs no network")
     elif min_stake is not None:
@@ -1285,7 +1293,7 @@ def call(
         except CallTimeout as exc:
             raise CliError(await timeout_advice(node, peer, exc.message)) from None
 
-    result = run_with_node(home, ledger, do, discovery=anyone, bootstrap=bootstrap)
+    result = run_with_node(home, ledger, do, discovery=joining)
     if as_json:
         render.print_json(call_document(result))
         return

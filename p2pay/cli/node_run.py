@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # (at run time the node is imported only when a node runs)
     from prometheus_client.metrics_core import Metric
 
     from p2pay.net.base import ListenError
-    from p2pay.node import Behaviour, Call, Counters, Node
+    from p2pay.node import Behaviour, Call, Counters, DiscoveryConfig, Node
 
 log = logging.getLogger("p2pay.cli.node")
 METRICS_INTERVAL = 0.5
@@ -273,8 +273,8 @@ async def run_node(
     metrics: tuple[str, int] | None,
     drop_rate: float,
     as_json: bool,
+    discovery_cfg: DiscoveryConfig,
     min_challenge_ms: int | None = None,
-    bootstrap: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run until SIGINT/SIGTERM; return the final counters."""
     from p2pay.node import open_node
@@ -286,7 +286,6 @@ async def run_node(
         spec = home.ledger_spec(ledger_text)
         fixed = {} if min_challenge_ms is None else {"min_challenge_ms": min_challenge_ms}
         cfg = node_config(config, **fixed)
-        found = discovery_config(config, bootstrap)
         behaviour = _behaviour_class()(drop_rate) if drop_rate > 0 else None
         serving = _Serving(str(spec), services, handlers, metrics, drop_rate, as_json, signals)
         guard = Guard()
@@ -301,7 +300,7 @@ async def run_node(
                     config=cfg,
                     behaviour=behaviour,
                     discovery=libp2p_discovery(server=True),
-                    discovery_config=found,
+                    discovery_config=discovery_cfg,
                 ) as node:
                     counters = await guard.run(_serve, node, serving)
             except BaseException as exc:
@@ -483,7 +482,7 @@ def node_run(
         raise CliError("a service name is given twice")
     handlers = [load_handler(s) for s in specs]
     metrics_at = parse_hostport(metrics) if metrics else None
-    discovery_config(config, bootstrap)  # a bad --bootstrap fails before anything starts
+    found = discovery_config(config, bootstrap)  # a bad --bootstrap fails before anything starts
     if logging.getLogger("p2pay").getEffectiveLevel() > logging.INFO:
         logging.getLogger("p2pay").setLevel(logging.INFO)
     run(
@@ -496,8 +495,8 @@ def node_run(
             metrics=metrics_at,
             drop_rate=rate,
             as_json=as_json,
+            discovery_cfg=found,
             min_challenge_ms=min_challenge,
-            bootstrap=bootstrap,
         )
     )
     log.debug("ran for %.1f s", time.monotonic() - started)

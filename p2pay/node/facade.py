@@ -559,7 +559,7 @@ class Node:
 
     async def _check_ledger_stake(self, peer_id: str, hello: Hello, payee: bytes) -> None:
         """Raise TermsRefused unless the ledger shows `payee`'s stake BONDED: a hello's
-        stake is the peer's word (protocol.md 9 rule 5), and a hello read earlier on a kept
+        stake is the peer's word (protocol.md 9 rule 6), and a hello read earlier on a kept
         connection may predate an unstake."""
         stake = await self.refresh_peer_stake(payee)
         if stake_status(stake) is StakeStatus.BONDED:

@@ -191,7 +191,7 @@ async def test_open_channel_offline_is_a_ledger_operation_only() -> None:
 
 
 async def test_require_stake_refuses_a_stake_the_ledger_does_not_have() -> None:
-    """A hello's stake is the peer's word (protocol.md 9 rule 5): a provider announcing a
+    """A hello's stake is the peer's word (protocol.md 9 rule 6): a provider announcing a
     stake it does not have on the ledger gets no escrow. (Found by an attacker: the check
     read only the hello.)"""
     ledger = await funded(b"fake-stake")
