@@ -106,6 +106,7 @@ __all__ = [
     "OfferBook",
     "PeerStats",
     "Verdict",
+    "announce_spacing_ms",
     "check_offer",
     "decode_fetch_reply",
     "decode_fetch_request",
@@ -568,16 +569,33 @@ def decode_fetch_reply(data: bytes | bytearray | memoryview) -> list[bytes]:
 # ---------------------------------------------------------------------------
 # The offer book (specs/discovery.md 7)
 
-OFFERS_PER_MINUTE = 30
-OFFER_BURST = 60
 MAX_SERVICES_PER_PEER = 64
+#: discovery.md 7.3: twice a full publication (`MAX_SERVICES_PER_PEER` offers) a minute,
+#: and a burst that holds two
+OFFERS_PER_MINUTE = 2 * MAX_SERVICES_PER_PEER
+OFFER_BURST = 2 * MAX_SERVICES_PER_PEER
 MAX_OFFERS = 10_000
 LIE_BAN_MS = 3_600_000
 STAKE_RECHECK_MS = 600_000
 STAKE_READ_RETRY_MS = 30_000
 _MINUTE_MS = 60_000
-#: a token is counted in 1/60000ths, so that refilling 30 a minute is exact integer arithmetic
+#: a token is counted in 1/60000ths, so that refilling N a minute is exact integer arithmetic
 _TOKEN = _MINUTE_MS
+
+
+def announce_spacing_ms(count: int) -> int:
+    """The least time, in ms, between two publications of a provider's `count` offers
+    (specs/discovery.md 5.1): at that pace they use at most half of a receiver's rate per
+    sender (7.3), so that a provider that publishes no sooner is never rate-limited,
+    publications on a change of terms included.
+
+    Raises:
+        LocalProtocolError: `count` is not a non-negative integer.
+    """
+    _check_uint(count, "count", MAX_U64, False)
+    return -(-count * 2 * _MINUTE_MS // OFFERS_PER_MINUTE)
+
+
 #: senders whose bucket the book remembers at once (the least recently seen are forgotten)
 _MAX_BUCKETS = 4096
 

@@ -84,6 +84,7 @@ from p2pay.core.offers import (
     KeptOffer,
     Offer,
     OfferBook,
+    announce_spacing_ms,
 )
 from p2pay.node.types import (
     Attempt,
@@ -324,22 +325,33 @@ class Discovery:
         hello = self.host.hello()
         return (hello.services, hello.stake, tuple(self._addrs()))
 
+    def _interval_ms(self, count: int) -> int:
+        """How often `count` offers are published again: the announce interval, or the
+        least spacing that keeps them within receivers' rate limits if that is longer
+        (specs/discovery.md 5.1)."""
+        return max(self.config.announce_interval_ms, announce_spacing_ms(count))
+
     async def _announce_loop(self) -> None:
-        interval = self.config.announce_interval_ms / 1000
         last: tuple[object, ...] | None = None
-        due = -math.inf
+        due = -math.inf  # the next publication again
+        earliest = -math.inf  # the first one allowed on a change of terms (5.1 spacing)
         while True:
             self._changed = trio.Event()
             self.book.expire(self.host.now())  # forget expired offers and ended bans
             terms = self._terms()
-            if terms != last or trio.current_time() >= due:
-                if trio.current_time() >= due:
+            now = trio.current_time()
+            if now >= due or (terms != last and now >= earliest):
+                if now >= due:
                     with trio.move_on_after(ANNOUNCE_TIMEOUT):
                         await self._rejoin()
+                before = self.announced
                 with trio.move_on_after(ANNOUNCE_TIMEOUT):
                     await self.announce()
-                last, due = terms, trio.current_time() + interval
-            with trio.move_on_at(due):
+                published = self.announced - before  # (also if the timeout cut it short)
+                last = terms
+                due = now + self._interval_ms(len(self.host.hello().services)) / 1000
+                earliest = now + announce_spacing_ms(published) / 1000
+            with trio.move_on_at(due if terms == last else min(due, earliest)):
                 await self._changed.wait()
 
     async def _provide_loop(self) -> None:
@@ -376,7 +388,9 @@ class Discovery:
     async def announce(self) -> int:
         """Make, publish and serve a new offer for each service we serve (their DHT records
         are `_provide_loop`'s, which this wakes). Nothing is announced without services, a
-        bonded stake or an address (an offer without a stake is not an offer).
+        bonded stake or an address (an offer without a stake is not an offer). Called at
+        once, not paced: the announce loop keeps to the spacing of discovery.md 5.1 (a
+        caller publishing sooner may see receivers drop offers as rate-limited, 7.3).
 
         Returns:
             The number of offers published.
@@ -399,7 +413,7 @@ class Discovery:
         self._seq = first + count - 1
         # durable before any offer carrying these numbers leaves (never reused)
         await host.persister.durable(host.persister.stage(meta={SEQ_KEY: str(self._seq).encode()}))
-        expires = host.now() + 3 * self.config.announce_interval_ms
+        expires = host.now() + 3 * self._interval_ms(count)
         mine: dict[str, bytes] = {}
         for i, terms in enumerate(hello.services):
             offer = Offer.create(
@@ -422,10 +436,10 @@ class Discovery:
             try:
                 await self.net.publish(self.ledger_id, data)
                 published += 1
+                self.announced += 1
             except P2payError as exc:
                 log.warning("discovery: cannot publish the offer of %r: %s", name, exc)
         self._provide_due.set()  # a new service gets its DHT record at once
-        self.announced += published
         return published
 
     def _serve(self, ledger: bytes, service: str) -> list[bytes]:

@@ -678,7 +678,9 @@ class Node:
 
     async def announce_offers(self) -> int:
         """Publish our offers now (one per service, with a new seq) and renew their DHT
-        records; the node also does it every announce interval and when its terms change.
+        records; the node also does it every announce interval and when its terms change,
+        never sooner than receivers' rate limits allow (discovery.md 5.1). This call is not
+        paced: receivers drop what a provider publishes faster than that (7.3).
 
         Returns:
             The number of offers published (0 without services or a bonded stake).

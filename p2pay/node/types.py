@@ -325,7 +325,9 @@ class DiscoveryConfig:
 
     ``bootstrap``: multiaddrs of peers to join the gossip topic and the DHT through.
     ``announce_interval_ms``: how often our offers are published again (each with a new
-    seq; an offer expires three intervals after it is made). ``deposit_calls`` and
+    seq; an offer expires three intervals after it is made); with many services, no more
+    often than receivers' rate limits allow (specs/discovery.md 5.1: for 64 services,
+    every 60 s). ``deposit_calls`` and
     ``max_deposit``: the deposit `Node.call_any` escrows when it opens a channel,
     ``deposit_calls`` x the price, at most ``max_deposit`` yocto. ``max_attempts``: how
     many offers `Node.call_any` tries before it fails. ``find_wait``: seconds `Node.find`

@@ -21,9 +21,12 @@ from p2pay.core.errors import ErrorCode, LocalProtocolError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import StakeTerms
 from p2pay.core.offers import (
+    MAX_SERVICES_PER_PEER,
     Chooser,
+    Drop,
     FailureKind,
     Offer,
+    announce_spacing_ms,
 )
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
@@ -617,3 +620,33 @@ def test_dial_reason_says_why_once() -> None:
     assert dial_reason(message, peer) == "Connection refused"
     assert dial_reason(f"cannot reach {peer} within 10.0 s", peer) == "no connection within 10.0 s"
     assert dial_reason("cannot connect to ourselves", peer) == "cannot connect to ourselves"
+
+
+async def test_a_provider_with_64_services_is_spaced_and_never_rate_limited() -> None:
+    # discovery.md 5.1 and 7.3: 64 services announced every second (the shortest interval)
+    # would be 64 offers a second; the provider spaces them (every 60 s, each expiring three
+    # spacings later) and a receiver keeps every one (the old limits dropped 4 of the first
+    # publication and 34 of each later one)
+    ledger = await funded()
+    network = MemoryNetwork()
+    fast = DiscoveryConfig(find_wait=2.0, announce_interval_ms=1_000)
+    async with node(CLIENT, ledger, network) as client:
+        await ledger.stake(P1, STAKE, PENALTY, WINDOW)
+        async with node(P1, ledger, network, config=fast) as provider:
+            for i in range(MAX_SERVICES_PER_PEER):
+                provider.serve(f"s{i}", echo, price=PRICE)
+            await settle()
+            assert provider.discovery is not None and client.discovery is not None
+            with trio.fail_after(30):
+                while provider.discovery.announced < MAX_SERVICES_PER_PEER:
+                    await trio.sleep(0.01)
+                while len(client.discovery.book) < MAX_SERVICES_PER_PEER:
+                    await trio.sleep(0.01)
+            book = client.discovery.book
+            assert book.counts[Drop.RATE_LIMITED] == 0
+            spacing = announce_spacing_ms(MAX_SERVICES_PER_PEER)
+            for i in range(MAX_SERVICES_PER_PEER):
+                kept = book.get(str(P1.peer_id), f"s{i}")
+                assert kept is not None
+                # made at most a few seconds before it was received: it lives 3 spacings
+                assert kept.offer.expires - kept.received_ms > 3 * spacing - 10_000

@@ -18,6 +18,9 @@ from p2pay.core.offers import (
     FAILURE_FORGET_MS,
     FAILURE_SKIP_MS,
     LIE_BAN_MS,
+    MAX_SERVICES_PER_PEER,
+    OFFER_BURST,
+    OFFERS_PER_MINUTE,
     STAKE_READ_RETRY_MS,
     STAKE_RECHECK_MS,
     Chooser,
@@ -26,6 +29,7 @@ from p2pay.core.offers import (
     KeptOffer,
     Offer,
     OfferBook,
+    announce_spacing_ms,
     decode_offer,
     stake_covers,
 )
@@ -185,17 +189,21 @@ def test_7_2_an_expired_offer_is_never_returned_and_is_forgotten() -> None:
 # --------------------------------------------------------------------------- 7.3 rate
 
 
-def test_7_3_a_sender_has_a_burst_of_60_then_30_a_minute() -> None:
+def test_7_3_a_sender_has_a_burst_then_a_steady_rate() -> None:
     book = OfferBook(LEDGER)
-    for _ in range(60):
+    assert (OFFERS_PER_MINUTE, OFFER_BURST) == (128, 128)  # discovery.md 7.3
+    token_ms = -(-60_000 // OFFERS_PER_MINUTE)  # the first whole millisecond with a token
+    for _ in range(OFFER_BURST):
         assert book.receive(b"x", sender="s", now_ms=NOW).dropped is Drop.MALFORMED
     assert book.receive(b"x", sender="s", now_ms=NOW).dropped is Drop.RATE_LIMITED
-    assert book.receive(b"x", sender="s", now_ms=NOW + 1999).dropped is Drop.RATE_LIMITED
-    assert book.receive(b"x", sender="s", now_ms=NOW + 2000).dropped is Drop.MALFORMED
-    # after two minutes the bucket is full again, and no fuller
+    assert book.receive(b"x", sender="s", now_ms=NOW + token_ms - 1).dropped is Drop.RATE_LIMITED
+    assert book.receive(b"x", sender="s", now_ms=NOW + token_ms).dropped is Drop.MALFORMED
+    # after ten minutes the bucket is full again, and no fuller
     later = NOW + 10 * 60_000
-    outcomes = [book.receive(b"x", sender="s", now_ms=later).dropped for _ in range(61)]
-    assert outcomes.count(Drop.MALFORMED) == 60 and outcomes[-1] is Drop.RATE_LIMITED
+    outcomes = [
+        book.receive(b"x", sender="s", now_ms=later).dropped for _ in range(OFFER_BURST + 1)
+    ]
+    assert outcomes.count(Drop.MALFORMED) == OFFER_BURST and outcomes[-1] is Drop.RATE_LIMITED
 
 
 def test_7_3_the_rate_limit_is_per_sender() -> None:
@@ -207,11 +215,40 @@ def test_7_3_the_rate_limit_is_per_sender() -> None:
 
 
 def test_7_3_a_clock_going_back_refills_nothing() -> None:
-    book = OfferBook(LEDGER, burst=1)
+    book = OfferBook(LEDGER, per_minute=30, burst=1)  # a token every 2 s
     book.receive(b"x", sender="a", now_ms=NOW)
     assert book.receive(b"x", sender="a", now_ms=NOW - 60_000).dropped is Drop.RATE_LIMITED
     assert book.receive(b"x", sender="a", now_ms=NOW + 1999).dropped is Drop.RATE_LIMITED
     assert book.receive(b"x", sender="a", now_ms=NOW + 2000).dropped is Drop.MALFORMED
+
+
+def test_7_3_an_honest_provider_with_every_service_it_may_have_is_never_rate_limited() -> None:
+    # 64 services (the most a book keeps of one peer), published as 5.1 allows: every
+    # spacing at the earliest, each publication followed by one for a change of terms as
+    # soon as the spacing allows it. The old limits (30 a minute, burst 60) dropped 4 of
+    # the first publication's 64 and 34 of each later one.
+    book = OfferBook(LEDGER)
+    spacing = announce_spacing_ms(MAX_SERVICES_PER_PEER)
+    assert spacing >= 60_000 * MAX_SERVICES_PER_PEER // OFFERS_PER_MINUTE
+    for round_ in range(10):
+        now = NOW + round_ * spacing
+        for i in range(MAX_SERVICES_PER_PEER):
+            data = offer(service=f"s{i}", seq=1 + round_ * 64 + i, expires=now + 3 * spacing)
+            assert book.receive(data, sender=BOB.peer_id, now_ms=now).accepted
+    assert book.counts[Drop.RATE_LIMITED] == 0
+
+
+def test_5_1_announce_spacing_uses_at_most_half_the_rate() -> None:
+    assert announce_spacing_ms(0) == 0
+    assert announce_spacing_ms(1) == -(-2 * 60_000 // OFFERS_PER_MINUTE)
+    assert announce_spacing_ms(MAX_SERVICES_PER_PEER) == 60_000  # the default interval
+    for count in range(1, 200):
+        spacing = announce_spacing_ms(count)
+        assert count * 60_000 * 2 <= spacing * OFFERS_PER_MINUTE  # at most half the rate
+        assert (spacing - 1) * OFFERS_PER_MINUTE < count * 60_000 * 2  # the least such
+    assert OFFER_BURST >= MAX_SERVICES_PER_PEER  # a whole publication fits in the burst
+    with pytest.raises(LocalProtocolError):
+        announce_spacing_ms(-1)
 
 
 # --------------------------------------------------------------------------- 7.4 caps
