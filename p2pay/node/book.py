@@ -313,7 +313,8 @@ class ChannelBook:
 
 #: The store meta key of `ChannelBook.payee_minimums` and `refused_channels`.
 MINIMUMS_KEY = "p2pay.payee_minimums"
-#: At most this many payees' minimums and refused channels are kept (oldest dropped).
+#: At most this many payees' minimums (the oldest dropped) and refused channels (those with
+#: the lowest ids kept) are stored.
 MAX_MINIMUMS = 1024
 
 
