@@ -272,10 +272,7 @@ def libp2p_discovery(*, server: bool) -> DiscoveryFactory:
 
     def factory(transport: Transport) -> AbstractAsyncContextManager[DiscoveryNet]:
         from p2pay.net.discovery import open_libp2p_discovery
-        from p2pay.net.p2p import Libp2pTransport
 
-        if not isinstance(transport, Libp2pTransport):  # pragma: no cover - node's choice
-            raise CliError("libp2p discovery needs the libp2p transport")
         return open_libp2p_discovery(transport, server=server)
 
     return factory

@@ -153,6 +153,7 @@ from p2pay.net.base import (
     FetchFailed,
     OfferSource,
     StreamClosed,
+    Transport,
     check_fetch_target,
     check_find_limit,
     check_offer_data,
@@ -849,9 +850,12 @@ def _addr_texts(pid: ID, addrs: Sequence[Multiaddr]) -> list[str]:
 
 @asynccontextmanager
 async def open_libp2p_discovery(
-    transport: Libp2pTransport, *, server: bool = True
+    transport: Transport, *, server: bool = True
 ) -> AsyncIterator[Libp2pDiscovery]:
     """Run gossipsub, the Kademlia DHT and the offers protocol on `transport`'s host.
+
+    Typed as taking any `Transport`, so that it is itself a discovery factory for
+    `open_node(..., discovery=open_libp2p_discovery)`.
 
     Args:
         transport: an open `Libp2pTransport` (from `open_libp2p_transport`); the
@@ -861,6 +865,9 @@ async def open_libp2p_discovery(
     Yields:
         The `Libp2pDiscovery`. Leaving the context removes the protocols and stops the
         services.
+
+    Raises:
+        LocalProtocolError: `transport` is not a `Libp2pTransport`.
     """
     if not isinstance(transport, Libp2pTransport):
         raise LocalProtocolError("libp2p discovery needs a Libp2pTransport")

@@ -382,3 +382,18 @@ async def test_peers_connected_before_discovery_opened_still_gossip() -> None:
             nursery.start_soon(read)
             peers.append(peer)
         await _publish_until(peers[0], [peers[1]], b"no-bootstrap")
+
+
+async def test_libp2p_discovery_on_another_transport_is_a_typed_error() -> None:
+    # typed as a discovery factory for any transport (open_node(..., discovery=...)): one
+    # that is not libp2p is refused with a clear error, before anything starts
+    from p2pay.net.memory import MemoryNetwork, open_memory_transport
+
+    async def ignore(stream: object) -> None:  # pragma: no cover - no stream comes
+        return None
+
+    key = Keypair.from_seed(bytes([9]) * 32)
+    async with open_memory_transport(MemoryNetwork(), key, ignore) as transport:
+        with pytest.raises(LocalProtocolError, match="needs a Libp2pTransport"):
+            async with disc.open_libp2p_discovery(transport):
+                pass  # pragma: no cover - refused on entry
