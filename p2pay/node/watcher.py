@@ -55,7 +55,14 @@ import trio
 from p2pay.core.channel import ChannelStatus, PayeeChannel, PayerChannel, Refuse
 from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
 from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
-from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
+from p2pay.core.settlement import (
+    ChannelState,
+    Claim,
+    ClaimState,
+    ConflictIndex,
+    Event,
+    tiling_conflict,
+)
 from p2pay.node.book import _payee_record
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
@@ -290,10 +297,10 @@ class Watcher:
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
-        #: the claims against us, by channel: claim id -> its payer-signed request, decoded
-        #: once (a claim's request never changes); the ledger's list is read once, then each
-        #: claim filed after it once (`_claimed_requests`, C-7)
-        self._claimed: dict[bytes, dict[bytes, Request]] = {}
+        #: the requests of the claims against us, by channel, decoded once (a claim's
+        #: request never changes; its id is the request's hash); the ledger's list is read
+        #: once, then each claim filed after it once (`_claimed_requests`, C-7)
+        self._claimed: dict[bytes, ConflictIndex] = {}
         self._claims_listed = False  # the ledger's list of claims against us was read
         self._unlisted: set[bytes] = set()  # claims filed against us since, not yet read
         self._listing = trio.Lock()  # one task at a time reads them
@@ -580,18 +587,20 @@ class Watcher:
     def _list_claim(self, claim: Claim) -> None:
         """Keep a claim against us (its request decoded) for `_claimed_requests`."""
         self._unlisted.discard(claim.id)
-        on_channel = self._claimed.setdefault(claim.channel, {})
+        on_channel = self._claimed.setdefault(claim.channel, ConflictIndex())
         if claim.id in on_channel:
             return
         try:
             request = decode_frame(claim.request_frame)
         except P2payError:
             return
-        if isinstance(request, Request):
-            on_channel[claim.id] = request
+        if isinstance(request, Request) and request.channel == claim.channel:
+            on_channel.add(request)
 
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
-        """The requests of the other claims against us on `claimed`'s channel.
+        """The requests of the other claims against us on `claimed`'s channel that may be
+        in conflict with it: one with its number, if any, and those among which one is in
+        tiling conflict with it if any is (`ConflictIndex`).
 
         From the claims this watcher holds: the ledger's list is read once (or by the
         rescan), then each claim filed since once, from its ClaimFiled event. Reading
@@ -612,11 +621,10 @@ class Watcher:
                 if filed is not None and filed.respondent == me:
                     self._list_claim(filed)
         self._list_claim(claim)
-        return [
-            request
-            for claim_id, request in self._claimed.get(claimed.channel, {}).items()
-            if claim_id != claim.id and request.hash != claimed.hash
-        ]
+        index = self._claimed.get(claimed.channel)
+        # not each of them: those among which one conflicts with `claimed` if any does
+        # (every one carries the payer's signature: FileClaim checked it)
+        return [] if index is None else index.candidates(claimed)
 
     async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
         """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
