@@ -614,9 +614,12 @@ class Watcher:
                     if listed.respondent == me:
                         self._list_claim(listed)
                 self._claims_listed = True
-            while self._unlisted:
-                claim_id = next(iter(self._unlisted))
-                filed = await ledger.claim(claim_id)  # (a failure leaves it to read again)
+            for claim_id in list(self._unlisted):
+                try:
+                    filed = await ledger.claim(claim_id)
+                except (P2payError, OSError) as exc:  # read again next time; the others go on
+                    log.warning("cannot read claim %s: %s", claim_id.hex(), exc)
+                    continue
                 self._unlisted.discard(claim_id)
                 if filed is not None and filed.respondent == me:
                     self._list_claim(filed)

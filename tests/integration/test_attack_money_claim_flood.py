@@ -102,3 +102,35 @@ async def test_a_claim_flood_on_one_channel_is_not_compared_pairwise(
             assert claim is not None and claim.state is ClaimState.DELIVERED
         # a few stored requests (vouchers near n, the best) and five claims at most each
         assert compared <= 8 * FLOOD, compared
+
+
+class OneUnreadableClaim(MemoryLedger):
+    """Fails every read of one claim (a backend's trouble with it)."""
+
+    poisoned: bytes = b""
+
+    async def claim(self, claim_id: bytes) -> Claim | None:
+        if claim_id == OneUnreadableClaim.poisoned:
+            raise ConnectionError("cannot read this claim")
+        return await super().claim(claim_id)
+
+
+async def test_a_claim_the_ledger_cannot_read_keeps_no_other_claim_from_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claims filed since the list was read are read one by one: one whose read fails
+    is read again later, the others are held and answered (a failure of one must not fail
+    the evidence search of every other claim, C-1)."""
+    monkeypatch.setattr(watcher_module, "RESCAN_STEPS", 10**9)
+    ledger = make_ledger(OneUnreadableClaim)
+    async with pair(ledger) as (alice, bob):
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        now = await ledger.now()
+        requests = [claimed_request(ch.channel, n, deadline=now - 1) for n in range(1, 7)]
+        OneUnreadableClaim.poisoned = requests[0].hash  # a claim's id is its request's hash
+        ids = [await ledger.file_claim(ALICE, request) for request in requests]
+        await wait_until(lambda: decided(ledger, ids[1:]), timeout=60)
+        for claim_id in ids[1:]:
+            claim = await ledger.claim(claim_id)
+            assert claim is not None and claim.state is ClaimState.DELIVERED
