@@ -32,9 +32,10 @@ The section numbers in comments refer to specs/settlement.md.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -57,6 +58,7 @@ __all__ = [
     "Claim",
     "ClaimOpKind",
     "ClaimState",
+    "ConflictIndex",
     "Event",
     "EventKind",
     "FileClaim",
@@ -563,6 +565,107 @@ def tiling_conflict(claimed: Request, other: Request, horizon_ms: int) -> bool:
         Whether the two requests conflict.
     """
     return _slices_conflict(_Slice.of(claimed), _Slice.of(other), horizon_ms)
+
+
+class ConflictIndex:
+    """Payer-signed requests of one channel, searched for one in tiling conflict with a
+    given request without comparing it with each of them (claims.md 2).
+
+    With ``C`` the given request, a request conflicts with it if it has ``C.n`` and
+    another hash; or a lower ``n`` and a ``paid`` above ``C.paid - C.price`` or a
+    ``deadline`` above ``C.deadline + horizon``; or a higher ``n`` and a slice start
+    (``paid - price``) below ``C.paid`` or a ``deadline`` below ``C.deadline - horizon``.
+    So among the requests numbered below ``C`` only the one with the highest ``paid`` and
+    the one with the highest ``deadline`` need comparing, among those above it the lowest
+    slice start and the lowest ``deadline``, and one with ``C.n``: if none of these
+    conflicts with ``C``, none of the others does. A claim flood of ``k`` requests then
+    costs its answerer about ``k`` comparisons per index change, not ``k`` per claim.
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[bytes, Request] = {}  # hash -> request
+        self._built: _Extremes | None = None
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, request_hash: object) -> bool:
+        return request_hash in self._requests
+
+    def add(self, request: Request) -> None:
+        """Hold `request` (a second copy of one held changes nothing)."""
+        if request.hash not in self._requests:
+            self._requests[request.hash] = request
+            self._built = None
+
+    def candidates(self, request: Request) -> list[Request]:
+        """At most five requests held, other than `request`, among which one is in tiling
+        conflict with it if any request held is (`tiling_conflict` decides): one numbered
+        ``request.n`` with another hash (if any), and the extremes described above."""
+        built = self._built
+        if built is None:
+            built = self._built = _Extremes.of(self._requests.values())
+        return built.candidates(request)
+
+
+@dataclass(frozen=True, slots=True)
+class _Extremes:
+    """`ConflictIndex`'s requests sorted by ``n``, with the position of the extreme of each
+    compared value in every prefix (highest ``paid``, highest ``deadline``) and every
+    suffix (lowest slice start, lowest ``deadline``)."""
+
+    requests: list[Request]
+    ns: list[int]
+    top_paid: list[int]
+    top_deadline: list[int]
+    low_start: list[int]
+    low_deadline: list[int]
+
+    @classmethod
+    def of(cls, held: Iterable[Request]) -> _Extremes:
+        requests = sorted(held, key=lambda r: r.n)
+        count = len(requests)
+        top_paid: list[int] = []
+        top_deadline: list[int] = []
+        for i, r in enumerate(requests):
+            if not top_paid:
+                top_paid.append(i)
+                top_deadline.append(i)
+                continue
+            best_paid, best_deadline = top_paid[-1], top_deadline[-1]
+            top_paid.append(i if r.paid > requests[best_paid].paid else best_paid)
+            late = r.deadline > requests[best_deadline].deadline
+            top_deadline.append(i if late else best_deadline)
+        low_start = [0] * count
+        low_deadline = [0] * count
+        for i in range(count - 1, -1, -1):
+            r = requests[i]
+            if i == count - 1:
+                low_start[i] = low_deadline[i] = i
+                continue
+            best_start, best_deadline = low_start[i + 1], low_deadline[i + 1]
+            start = requests[best_start]
+            low_start[i] = i if r.paid - r.price < start.paid - start.price else best_start
+            early = r.deadline < requests[best_deadline].deadline
+            low_deadline[i] = i if early else best_deadline
+        return cls(
+            requests, [r.n for r in requests], top_paid, top_deadline, low_start, low_deadline
+        )
+
+    def candidates(self, request: Request) -> list[Request]:
+        requests = self.requests
+        lo = bisect.bisect_left(self.ns, request.n)
+        hi = bisect.bisect_right(self.ns, request.n)
+        picked: list[int] = []
+        for i in range(lo, hi):  # the same number: one with another hash is enough
+            if requests[i].hash != request.hash:
+                picked.append(i)
+                break
+        if lo > 0:
+            picked += [self.top_paid[lo - 1], self.top_deadline[lo - 1]]
+        if hi < len(requests):
+            picked += [self.low_start[hi], self.low_deadline[hi]]
+        return [requests[i] for i in dict.fromkeys(picked)]
 
 
 class _Slice(NamedTuple):

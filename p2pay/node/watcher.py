@@ -55,7 +55,14 @@ import trio
 from p2pay.core.channel import ChannelStatus, PayeeChannel, PayerChannel, Refuse
 from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
 from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
-from p2pay.core.settlement import ChannelState, Claim, ClaimState, Event, tiling_conflict
+from p2pay.core.settlement import (
+    ChannelState,
+    Claim,
+    ClaimState,
+    ConflictIndex,
+    Event,
+    tiling_conflict,
+)
 from p2pay.node.book import _payee_record
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
@@ -290,6 +297,13 @@ class Watcher:
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
+        #: the requests of the claims against us, by channel, decoded once (a claim's
+        #: request never changes; its id is the request's hash); the ledger's list is read
+        #: once, then each claim filed after it once (`_claimed_requests`, C-7)
+        self._claimed: dict[bytes, ConflictIndex] = {}
+        self._claims_listed = False  # the ledger's list of claims against us was read
+        self._unlisted: set[bytes] = set()  # claims filed against us since, not yet read
+        self._listing = trio.Lock()  # one task at a time reads them
 
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
@@ -365,6 +379,7 @@ class Watcher:
                 assert isinstance(channel, bytes)
                 await self._check_payee_take(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
+            self._unlisted.add(f["claim"])
             self._defend_soon(f["claim"])
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
@@ -417,8 +432,11 @@ class Watcher:
         if not node.behaviour.answers_claims:
             return
         for claim in await node.ledger.claims_of(node.account):
-            if claim.respondent == node.account and claim.state is ClaimState.OPEN:
-                self._defend_soon(claim.id)
+            if claim.respondent == node.account:
+                self._list_claim(claim)
+                if claim.state is ClaimState.OPEN:
+                    self._defend_soon(claim.id)
+        self._claims_listed = True
 
     async def _defend(self, claim_id: bytes) -> None:
         """Answer one claim against us, retrying with backoff until its window ends."""
@@ -566,19 +584,50 @@ class Watcher:
         await self._stage_answer(ch, request, claim, response)
         return response
 
+    def _list_claim(self, claim: Claim) -> None:
+        """Keep a claim against us (its request decoded) for `_claimed_requests`."""
+        self._unlisted.discard(claim.id)
+        on_channel = self._claimed.setdefault(claim.channel, ConflictIndex())
+        if claim.id in on_channel:
+            return
+        try:
+            request = decode_frame(claim.request_frame)
+        except P2payError:
+            return
+        if isinstance(request, Request) and request.channel == claim.channel:
+            on_channel.add(request)
+
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
-        """The requests of the other claims against us on `claimed`'s channel."""
-        found: list[Request] = []
-        for other in await self.node.ledger.claims_of(self.node.account):
-            if other.id == claim.id or other.channel != claimed.channel:
-                continue
-            try:
-                request = decode_frame(other.request_frame)
-            except P2payError:
-                continue
-            if isinstance(request, Request) and request.hash != claimed.hash:
-                found.append(request)
-        return found
+        """The requests of the other claims against us on `claimed`'s channel that may be
+        in conflict with it: one with its number, if any, and those among which one is in
+        tiling conflict with it if any is (`ConflictIndex`).
+
+        From the claims this watcher holds: the ledger's list is read once (or by the
+        rescan), then each claim filed since once, from its ClaimFiled event. Reading
+        and decoding the whole list for every claim answered made a flood of k claims
+        cost k list reads: the answers slowed as the flood grew until windows ran out and
+        an honest provider was slashed (C-1, C-7)."""
+        ledger, me = self.node.ledger, self.node.account
+        async with self._listing:  # one task reads; the others then find it all held
+            if not self._claims_listed:
+                for listed in await ledger.claims_of(me):
+                    if listed.respondent == me:
+                        self._list_claim(listed)
+                self._claims_listed = True
+            for claim_id in list(self._unlisted):
+                try:
+                    filed = await ledger.claim(claim_id)
+                except (P2payError, OSError) as exc:  # read again next time; the others go on
+                    log.warning("cannot read claim %s: %s", claim_id.hex(), exc)
+                    continue
+                self._unlisted.discard(claim_id)
+                if filed is not None and filed.respondent == me:
+                    self._list_claim(filed)
+        self._list_claim(claim)
+        index = self._claimed.get(claimed.channel)
+        # not each of them: those among which one conflicts with `claimed` if any does
+        # (every one carries the payer's signature: FileClaim checked it)
+        return [] if index is None else index.candidates(claimed)
 
     async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
         """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
