@@ -1290,8 +1290,9 @@ def call(
             )
         try:
             return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
-        except CallTimeout as exc:
-            raise CliError(await timeout_advice(node, peer, exc.message)) from None
+        except CallTimeout as exc:  # its code kept (DEADLINE_EXCEEDED), the advice added
+            advice = await timeout_advice(node, peer, exc.message)
+            raise CallTimeout(advice, details=dict(exc.details)) from None
 
     result = run_with_node(home, ledger, do, discovery=joining)
     if as_json:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -216,9 +217,13 @@ def test_the_client_watcher_re_sends_before_it_claims(
                     "--service", f"slow={PRICE}:slowmod:slow")  # fmt: skip
     nodes.append(provider)
     js("--home", "c", "channel", "open", provider.addr, "--deposit", "1 milli", cwd=d)
-    line = fails("--home", "c", "call", provider.addr, "slow", "again", "--max-price",
-                 str(PRICE), "--timeout", "2", cwd=d)  # fmt: skip
-    assert "no answer from" in line and "re-sends it" in line, line
+    proc = p2pay("--home", "c", "call", provider.addr, "slow", "again", "--max-price",
+                 str(PRICE), "--timeout", "2", "--json", cwd=d)  # fmt: skip
+    assert proc.returncode != 0 and proc.stdout == "", proc.stdout
+    error = json.loads(proc.stderr)["error"]
+    # the library's code, not the CLI's INVALID_ARGUMENT (as `call any` reports it)
+    assert error["code"] == "DEADLINE_EXCEEDED", error
+    assert "no answer from" in error["message"] and "re-sends it" in error["message"], error
     time.sleep(3)  # the handler has finished (late): the provider stored its refusal
     watcher = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")
     nodes.append(watcher)
