@@ -92,6 +92,10 @@ class Run:
         # honest channel -> (spent, outstanding) in that client's own channel accounting
         # (late receipts included), read when the client is done
         self.client_channels: dict[bytes, tuple[int, int]] = {}
+        # honest channel -> calls retried after their connection was lost: a request that
+        # had left then stays outstanding in the client's accounting (in doubt, protocol.md
+        # 14.2) until a re-send or the watcher settles it (the clients run no watcher)
+        self.lost_calls: dict[bytes, int] = {}
         self.hoarder_sessions = 0  # sessions the hoarders got (hello answered)
         self.hoarder_refusals = 0
         self.floods = 0  # flooder connections cut off by the provider
@@ -257,6 +261,8 @@ async def _honest(i: int, ledger: MemoryLedger, addr: str, calls: int, run: Run)
                     except (Overloaded, ConnectionLost) as exc:
                         last = type(exc).__name__
                         run.retry_causes[last] = run.retry_causes.get(last, 0) + 1
+                        if isinstance(exc, ConnectionLost):
+                            run.lost_calls[channel] = run.lost_calls.get(channel, 0) + 1
                         await trio.sleep(BACKOFF * min(8, attempt))
                         continue
                     except P2payError as exc:  # a CallTimeout among them: not retried
@@ -377,6 +383,7 @@ async def run_hostile_load(
             "summary": summary,
             "receipts": dict(run.receipts),
             "clients": dict(run.client_channels),
+            "lost_calls": dict(run.lost_calls),
             "stored": stored,
         }
 
