@@ -84,8 +84,10 @@ __all__ = [
     "apply",
     "channel_id",
     "channel_transition",
+    "claim_starts_ms",
     "claim_transition",
     "invariant_violations",
+    "resend_budget_s",
     "stake_status",
     "tiling_conflict",
     "touches",
@@ -545,6 +547,21 @@ def claim_transition(state: ClaimState, op: ClaimOpKind) -> frozenset[ClaimState
     if isinstance(outcome, ErrorCode):
         raise SettlementError(f"{op.value} not allowed on a {state.value} claim", code=outcome)
     return outcome
+
+
+def claim_starts_ms(deadline: int, grace_ms: int, window_ms: int | None) -> int:
+    """When a payer's watcher takes up an unanswered paid request (re-send, then claim):
+    `grace_ms` after its deadline, or a quarter of the provider's claim window after it if
+    that is sooner, so that a short window still leaves time to claim (claims.md 6).
+    `window_ms` None: the provider has no stake (nothing to claim), the grace applies."""
+    return deadline + (grace_ms if window_ms is None else min(grace_ms, window_ms // 4))
+
+
+def resend_budget_s(timeout_s: float, deadline: int, window_ms: int, now: int) -> float:
+    """How long the re-send before a claim (the dial included) may wait: at most
+    `timeout_s`, and at most a third of what is left of the claim window at `now`, so
+    that two thirds are left for the claim (claims.md 6); at least 10 ms."""
+    return min(timeout_s, max((deadline + window_ms - now) / 3000, 0.01))
 
 
 def tiling_conflict(claimed: Request, other: Request, horizon_ms: int) -> bool:

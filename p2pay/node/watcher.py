@@ -61,6 +61,8 @@ from p2pay.core.settlement import (
     ClaimState,
     ConflictIndex,
     Event,
+    claim_starts_ms,
+    resend_budget_s,
     tiling_conflict,
 )
 from p2pay.node.book import _payee_record
@@ -869,13 +871,12 @@ class Watcher:
         for record in awaiting:
             if now <= record.deadline or record.request_hash in self._claiming:
                 continue
-            if now <= record.deadline + node.config.claim_grace_ms:
-                # claims.md 6: within the grace, unless a quarter of a short window is over
+            grace = node.config.claim_grace_ms
+            if now <= record.deadline + grace:  # (past it, no window makes it later)
                 if record.payee not in windows:
                     stake = await node.ledger.stake_of(record.payee)
                     windows[record.payee] = stake.claim_window_ms if stake is not None else None
-                window = windows[record.payee]
-                if window is None or now <= record.deadline + window // 4:
+                if now <= claim_starts_ms(record.deadline, grace, windows[record.payee]):
                     continue
             self._claiming.add(record.request_hash)
             self._tasks.start_soon(self._claim, record)
@@ -888,9 +889,8 @@ class Watcher:
             budget = node.config.redeliver_timeout
             stake = await node.ledger.stake_of(record.payee)
             if stake is not None and stake.amount:
-                # claims.md 6: the re-send leaves two thirds of the window for the claim
-                left_ms = record.deadline + stake.claim_window_ms - await node.ledger.now()
-                budget = min(budget, max(left_ms / 3000, 0.01))
+                now = await node.ledger.now()
+                budget = resend_budget_s(budget, record.deadline, stake.claim_window_ms, now)
             answer = await node.redeliver(record, timeout=budget)
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)

@@ -1768,3 +1768,17 @@ def test_invariant_violations_reports_each_invariant() -> None:
     state.channels[request.channel].redeemed = state.channels[request.channel].deposit + 1
     found = {v.split()[0] for v in invariant_violations(state)}
     assert found == {"S-1", "S-2", "S-3"}
+
+
+def test_claim_schedule_fits_the_claim_window() -> None:
+    # claims.md 6: the claimant starts after the grace, or a quarter of a short window
+    from p2pay.core.settlement import claim_starts_ms, resend_budget_s
+
+    assert claim_starts_ms(1_000, 5_000, 60_000) == 6_000  # the grace is sooner
+    assert claim_starts_ms(1_000, 5_000, 2_000) == 1_500  # a quarter of a 2 s window
+    assert claim_starts_ms(1_000, 5_000, None) == 6_000  # no stake: the grace
+    assert claim_starts_ms(1_000, 0, 2_000) == 1_000
+    # the re-send waits at most its timeout and a third of what is left, at least 10 ms
+    assert resend_budget_s(5.0, 1_000, 60_000, 2_000) == 5.0
+    assert resend_budget_s(5.0, 1_000, 2_000, 1_500) == 0.5
+    assert resend_budget_s(5.0, 1_000, 2_000, 5_000) == 0.01
