@@ -8,6 +8,10 @@ from typing import Any
 
 import trio
 
+from p2pay.core.identity import Keypair
+from p2pay.core.settlement import Params
+from p2pay.ledger.memory import MemoryLedger
+
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
     """Wait for a condition (a value or an awaitable), within a bound generous for a
@@ -20,3 +24,21 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> Non
             if value:
                 return
             await trio.sleep(0.02)
+
+
+async def funded_ledger(name: bytes, *keys: Keypair, **params: Any) -> MemoryLedger:
+    """A dev `MemoryLedger` with short minimum periods (50 ms), a 60 s deadline horizon
+    and `params`, on which each of `keys` has 10 tokens."""
+    ledger = MemoryLedger(
+        Params(
+            ledger_id=b"p2pay:test:" + name,
+            dev=True,
+            min_claim_window_ms=50,
+            min_challenge_ms=50,
+            max_deadline_horizon_ms=60_000,
+            **params,
+        )
+    )
+    for key in keys:
+        await ledger.mint(key, key.account, 10**25)
+    return ledger

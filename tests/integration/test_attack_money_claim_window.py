@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import funded_ledger, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, NodeConfig, open_node
 
@@ -41,18 +39,7 @@ async def echo(call: Call) -> bytes:
 
 
 async def test_a_short_claim_window_does_not_let_a_withholder_escape_the_claim() -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:atk-money",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
+    ledger = await funded_ledger(b"atk-money", ALICE, BOB, claim_bond=10**18)
     net = MemoryNetwork()
     # the client keeps the defaults that matter here (claim_grace_ms 5 s, redeliver 5 s)
     client = NodeConfig(watch_interval=0.05, min_challenge_ms=50, challenge_ms=60_000)

@@ -10,10 +10,9 @@ with a CHALLENGE_TOO_SHORT naming a channel at the payee's minimum. Bounded wait
 from __future__ import annotations
 
 import trio
+from node_support import funded_ledger
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 from p2pay.node.book import MINIMUMS_KEY, minimums_from_bytes
@@ -28,17 +27,7 @@ async def echo(call: Call) -> bytes:
 
 
 async def test_concurrent_refusals_mark_the_refused_channel_not_the_good_one() -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:atk-money",
-            dev=True,
-            min_challenge_ms=50,
-            min_claim_window_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
+    ledger = await funded_ledger(b"atk-money", ALICE, BOB)
     net = MemoryNetwork()
     with trio.fail_after(60):
         async with (
