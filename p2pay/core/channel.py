@@ -617,6 +617,8 @@ class Receipt:
     charged: int
     spent: int
     response: Response
+    #: whether the response's signature was checked (False: skipped by sample, 14.4)
+    checked: bool = True
 
 
 class Replay(enum.StrEnum):
@@ -802,7 +804,13 @@ class PayerChannel:
             self.abandoned[n] = pending
         return pending
 
-    def on_response(self, response: Response, *, signature_ok: bool | None = None) -> Receipt:
+    def on_response(
+        self,
+        response: Response,
+        *,
+        signature_ok: bool | None = None,
+        check_signature: bool = True,
+    ) -> Receipt:
         """Check a receipt and account for it (specs/protocol.md 14.3).
 
         A receipt moves ``spent`` by the price it charges (plus a jump explained by lost
@@ -815,6 +823,10 @@ class PayerChannel:
             response: a decoded response frame.
             signature_ok: the result of checking its signature if the caller already did;
                 None makes `on_response` check it against the payee's key.
+            check_signature: False lets an OK receipt with no jump (``spent`` moved by
+                exactly its ``price``) be accepted without checking its signature
+                (specs/protocol.md 14.4: the caller drew it out of the sample); every
+                other response is checked anyway. The receipt's ``checked`` says which.
 
         Returns:
             The accepted `Receipt`; the request is no longer in flight or abandoned.
@@ -831,8 +843,12 @@ class PayerChannel:
             )
         if response.request_hash != pending.request.hash:
             raise RemoteProtocolError("receipt answers another request", code=ErrorCode.MALFORMED)
+        checked = True
         if signature_ok is None:
-            signature_ok = response.verify(self.payee)
+            if check_signature or not response.ok or response.spent != self.spent + response.price:
+                signature_ok = response.verify(self.payee)
+            else:  # 14.4: an OK receipt with no jump, not drawn for a check
+                signature_ok, checked = True, False
         if not signature_ok:
             raise RemoteProtocolError(
                 "receipt signature does not verify", code=ErrorCode.INVALID_SIGNATURE
@@ -884,7 +900,7 @@ class PayerChannel:
         self.released += pending.price - response.price
         self._settle_abandoned()
         self.spent = response.spent
-        return Receipt(response.n, response.price, response.spent, response)
+        return Receipt(response.n, response.price, response.spent, response, checked)
 
     def on_refusal(self, n: int) -> Pending | None:
         """An unsigned refusal for `n` other than REPLAY: nothing was charged and the

@@ -77,6 +77,8 @@ making state durable before the bytes leave, running handlers, and waking caller
 from __future__ import annotations
 
 import enum
+import random
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -733,6 +735,11 @@ class ClientSession(_Session):
             session calls their methods, the caller persists what changed).
         max_refusals_per_s, refusal_burst: the budget of refusals answering request
             frames the payee sends (§5.4, §19.1); beyond it they are ignored, unanswered.
+        receipt_check_every: ``K`` of §14.4: an OK receipt with no jump has its signature
+            checked with probability ``1/K`` (1, the default: every receipt is checked);
+            every other response is always checked.
+        rng: the draw of §14.4 (default: seeded from `secrets`, which the payee cannot
+            predict); tests pass a seeded `random.Random`.
     """
 
     def __init__(
@@ -743,7 +750,19 @@ class ClientSession(_Session):
         channels: Mapping[bytes, PayerChannel],
         max_refusals_per_s: int = 50,
         refusal_burst: int = 200,
+        receipt_check_every: int = 1,
+        rng: random.Random | None = None,
     ) -> None:
+        if (
+            isinstance(receipt_check_every, bool)
+            or not isinstance(receipt_check_every, int)
+            or receipt_check_every < 1
+        ):
+            raise LocalProtocolError(
+                f"receipt_check_every must be an int >= 1, not {receipt_check_every!r}"
+            )
+        self._check_every = receipt_check_every
+        self._rng = rng if rng is not None else random.Random(secrets.randbits(128))
         super().__init__(ledger=hello.ledger, remote=remote, max_frame=hello.max_frame)
         # full at the first take, whatever its clock (a bucket refills up to its burst)
         self.budget = RefusalBudget(per_s=max_refusals_per_s, burst=refusal_burst, now=0)
@@ -905,8 +924,11 @@ class ClientSession(_Session):
             # a second answer to a request re-sent while its handler ran (C-4), or to one
             # already settled: it changes nothing
             return [FrameIgnored(frame=response, reason="an answer to a settled request")]
+        # §14.4: draw whether this receipt's signature is checked (on_response checks
+        # every response that is not an OK receipt with no jump, drawn or not)
+        check = self._check_every == 1 or self._rng.randrange(self._check_every) == 0
         try:
-            receipt = ch.on_response(response)
+            receipt = ch.on_response(response, check_signature=check)
         except RemoteProtocolError as exc:
             event = ReceiptRejected(
                 response=response,

@@ -554,6 +554,7 @@ class Client:
                 channels=node.payer_channels,
                 max_refusals_per_s=node.config.max_refusals_per_s,
                 refusal_burst=node.config.refusal_burst,
+                receipt_check_every=node.config.receipt_check_every,
             )
             try:
                 with trio.fail_after(node.config.hello_timeout):
@@ -705,6 +706,7 @@ class Client:
                 channel=response.channel,
                 spent=receipt.spent,
                 receipt=response,
+                receipt_checked=receipt.checked,
             )
 
     async def _challenge_refused(

@@ -191,6 +191,10 @@ class NodeConfig:
     # vouchers whose signature is not yet checked; the most a cheating payer can take from
     # this payee per channel (INV-21). 0: check every voucher's signature on arrival.
     unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
+    # Receipt signatures checked by sample (specs/protocol.md 14.4): an OK receipt whose
+    # `spent` moved by exactly its price has its signature checked with probability
+    # 1/receipt_check_every (every other response always is); 1 checks every receipt.
+    receipt_check_every: int = 16
 
     def __post_init__(self) -> None:
         for name in (
@@ -201,6 +205,7 @@ class NodeConfig:
             "max_sessions_per_peer",
             "max_refusals_per_s",
             "refusal_burst",
+            "receipt_check_every",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -271,6 +276,10 @@ class CallResult:
     channel: bytes
     spent: int
     receipt: Response
+    #: whether ``receipt``'s signature was checked: False for an OK receipt left out of
+    #: the sample (protocol.md 14.4); check it (``receipt.verify(payee account)``) before
+    #: showing it to anyone as the payee's signature
+    receipt_checked: bool = True
     peer: str = ""
     attempts: tuple[Attempt, ...] = ()
     #: (`Node.call_any`) whether it opened ``channel`` for this call (else it reused it)

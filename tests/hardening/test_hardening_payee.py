@@ -41,8 +41,11 @@ Answer = Callable[[Request, int], Awaitable[bytes]]  # (request, honest spent) -
 
 
 @asynccontextmanager
-async def cheating_provider(answer: Answer) -> AsyncIterator[tuple[Node, MemoryLedger, bytes]]:
-    """A fake BOB that answers each request with `answer(request, spent_so_far)`."""
+async def cheating_provider(
+    answer: Answer, **config: Any
+) -> AsyncIterator[tuple[Node, MemoryLedger, bytes]]:
+    """A fake BOB that answers each request with `answer(request, spent_so_far)`; ALICE's
+    node has `NodeConfig(**config)` besides its defaults."""
     network = MemoryNetwork()
     ledger = make_ledger()
     for key in (ALICE, BOB):
@@ -64,7 +67,7 @@ async def cheating_provider(answer: Answer) -> AsyncIterator[tuple[Node, MemoryL
             await stream.send(await answer(request, spent))
             spent += PRICE
 
-    config = NodeConfig(watcher=False, default_timeout=2.0)
+    config = NodeConfig(**{"watcher": False, "default_timeout": 2.0, **config})
     async with (
         open_memory_transport(network, BOB, serve),
         open_node(key=ALICE, ledger=ledger, network=network, config=config) as alice,
@@ -140,8 +143,10 @@ async def refusal_that_charges(request: Request, spent: int) -> bytes:
 )
 async def test_cheating_receipts_are_refused_and_bounded(cheat: Answer, code: Any) -> None:
     """Every cheating receipt is refused (INV-12) and leaves the payer's `spent` alone; all
-    the payee can redeem is what ALICE signed: the prices of the requests she sent (INV-11)."""
-    async with cheating_provider(cheat) as (alice, ledger, channel):
+    the payee can redeem is what ALICE signed: the prices of the requests she sent (INV-11).
+    ALICE checks every receipt's signature here (receipt_check_every=1; the sampled check
+    of protocol.md 14.4 has its own test below)."""
+    async with cheating_provider(cheat, receipt_check_every=1) as (alice, ledger, channel):
         calls = 4
         for _ in range(calls):
             await trio.sleep(0.01)  # ALICE drops a connection that gave a bad receipt
@@ -167,6 +172,40 @@ async def test_cheating_receipts_are_refused_and_bounded(cheat: Answer, code: An
         before = await ledger.balance(BOB.account)
         await ledger.redeem(BOB, best)
         assert await ledger.balance(BOB.account) - before == best.paid <= calls * PRICE
+
+
+async def test_a_payee_forging_receipt_signatures_is_caught_by_the_sample() -> None:
+    """protocol.md 14.4 with the default sample (1 receipt in 16): a payee signing its OK
+    receipts with another key gets them accepted until one is drawn, then the call fails
+    INVALID_SIGNATURE. Each receipt accepted unchecked moved ALICE's `spent` by exactly its
+    price and answered her request (money rules are checked on every receipt), and all BOB
+    can redeem is what ALICE signed. Not caught within 400 receipts: (15/16)^400 ~ 6e-12."""
+    async with cheating_provider(wrong_signer) as (alice, ledger, channel):
+        assert alice.config.receipt_check_every == 16
+        accepted = 0
+        for _ in range(400):
+            try:
+                result = await alice.call(
+                    memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE
+                )
+            except RemoteProtocolError as exc:
+                assert exc.code is ErrorCode.INVALID_SIGNATURE
+                break
+            assert (result.body, result.price, result.receipt_checked) == (b"hi", PRICE, False)
+            accepted += 1
+        else:
+            pytest.fail("400 forged receipts and none drawn for a check")
+        ch = alice.payer_channels[channel]
+        assert ch.spent == accepted * PRICE
+        assert ch.paid == (accepted + 1) * PRICE  # the caught one's slice is outstanding
+        assert ch.spent + ch.outstanding == ch.paid
+        best = max(
+            (decode_frame(r.frame) for r in await alice.store.requests()),
+            key=lambda r: r.paid,
+        )
+        before = await ledger.balance(BOB.account)
+        await ledger.redeem(BOB, best)
+        assert await ledger.balance(BOB.account) - before == best.paid == ch.paid
 
 
 async def lying_replay(details: dict[str, Any]) -> Answer:

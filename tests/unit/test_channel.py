@@ -919,6 +919,72 @@ def test_signature_ok_false_refuses_a_receipt() -> None:
     assert snapshot(ch) == before
 
 
+def test_an_ok_receipt_with_no_jump_may_skip_its_signature_check() -> None:
+    """protocol.md 14.4: out of the sample, an OK receipt whose spent moved by exactly its
+    price is accepted without its signature checked (``checked`` False); every money rule
+    still holds, and with ``check_signature`` (the default) the same forgery is refused."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    forged = receipt(r1, price=7, spent=7, key=MALLORY)
+    _receipt_refused(ch, forged, ErrorCode.INVALID_SIGNATURE)
+    accepted = ch.on_response(forged, check_signature=False)
+    assert (accepted.charged, accepted.spent, accepted.checked) == (7, 7, False)
+    assert (ch.spent, ch.released, ch.in_flight) == (7, 3, {})
+    r2 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    assert ch.on_response(receipt(r2, price=10, spent=17), check_signature=False).checked is False
+    r3 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    assert ch.on_response(receipt(r3, price=10, spent=27)).checked is True
+
+
+def test_out_of_the_sample_every_money_rule_still_holds() -> None:
+    """Skipping the signature skips rule 3 only: a forged receipt that also breaks a money
+    rule (overcharge, spent above paid, a body that does not match, another request) is
+    refused as always, the state unchanged."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    ch.next_request(ALICE, service="echo", body=b"q", price=10, deadline=LATER)
+    for bad in (
+        receipt(r1, price=11, spent=11, key=MALLORY),  # over the request's price
+        receipt(request(1, 11), price=10, spent=10, key=MALLORY),  # another request's hash
+        Response.from_signed(
+            receipt(r1, price=10, spent=10, key=MALLORY).signing_bytes, bytes(64), b"swapped"
+        ),
+    ):
+        before = snapshot(ch)
+        with pytest.raises(RemoteProtocolError) as info:
+            ch.on_response(bad, check_signature=False)
+        assert info.value.code is ErrorCode.MALFORMED
+        assert snapshot(ch) == before
+
+
+def test_out_of_the_sample_refusals_and_jumps_are_still_checked() -> None:
+    """Every response but an OK receipt with no jump is checked, drawn or not: a signed
+    refusal is evidence (claims.md 3), a jump (rule 7) or a stored receipt served again
+    (rule 8) moves the accounting on the payee's word."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    forged_refusal = Response.create(
+        MALLORY, request=r2, status="HANDLER_ERROR", price=0, spent=0, body=refusal_body("no")
+    )
+    before = snapshot(ch)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.on_response(forged_refusal, check_signature=False)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE and snapshot(ch) == before
+    ch.abandon(r1.n)  # its charge may come as a jump in r2's receipt
+    before = snapshot(ch)
+    jump = receipt(r2, price=10, spent=20, key=MALLORY)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.on_response(jump, check_signature=False)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE and snapshot(ch) == before
+    assert ch.on_response(receipt(r2, price=10, spent=20), check_signature=False).checked
+    stored_again = receipt(r1, price=10, spent=10, key=MALLORY)  # rule 8, forged
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.on_response(stored_again, check_signature=False)
+    assert info.value.code is ErrorCode.INVALID_SIGNATURE
+    assert ch.on_response(receipt(r1, price=10, spent=10), check_signature=False).checked
+
+
 def test_abandon_then_a_late_receipt() -> None:
     ch = payer()
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)

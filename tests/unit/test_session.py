@@ -5,6 +5,7 @@ and exact bytes out."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -782,6 +783,106 @@ def test_14_3_a_bad_receipt_is_rejected_and_the_stream_ends() -> None:
     assert (event.request, event.end, event.send) == (r, End.CLOSE, None)
     assert event.error().code is ErrorCode.MALFORMED
     assert ch.spent == 0 and r.n in ch.in_flight and c.ended
+
+
+class _Draws(random.Random):
+    """A §14.4 draw that returns the values given, in order (then 1: not checked)."""
+
+    def __init__(self, draws: list[int]) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+        self.asked = 0
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:
+        assert args == (16,) and not kwargs  # randrange(K): 0 means "check it"
+        self.asked += 1
+        return self.draws.pop(0) if self.draws else 1
+
+
+def sampling_client(
+    rng: random.Random | None, every: int = 16
+) -> tuple[ClientSession, PayerChannel]:
+    ch = payer(deposit=10**6)
+    c = ClientSession(
+        hello=hello(ALICE),
+        remote=BOB.public,
+        channels={CHANNEL: ch},
+        receipt_check_every=every,
+        rng=rng,
+    )
+    c.start()
+    only(c.receive(BOB_HELLO.to_frame(), NOW), HelloReceived)
+    return c, ch
+
+
+def test_14_4_an_ok_receipt_is_checked_when_drawn_and_only_then() -> None:
+    """receipt_check_every K: one draw per response; an OK receipt with no jump is checked
+    when the draw is 0 (probability 1/K), accepted unchecked otherwise."""
+    draws = _Draws([1, 0, 5, 0])
+    c, ch = sampling_client(draws)
+    checked = []
+    for _ in range(5):
+        r = send(c, ch)
+        good = Response.create(
+            BOB, request=r, status="OK", price=PRICE, spent=ch.spent + PRICE, body=b"x"
+        )
+        event = only(c.receive(good.to_frame(), NOW), ReceiptAccepted)
+        checked.append(event.receipt.checked)
+    assert checked == [False, True, False, True, False]
+    assert draws.asked == 5 and ch.spent == 5 * PRICE
+
+
+def test_14_4_a_payee_forging_receipts_is_caught_at_the_first_one_drawn() -> None:
+    """A payee whose receipts carry another key's signature: the ones left out of the
+    sample are accepted (their money rules hold: spent moves by exactly the price), the
+    first one drawn is rejected INVALID_SIGNATURE and the stream ends (§14.3)."""
+    c, ch = sampling_client(_Draws([3, 9, 1, 0]))
+    for i in range(4):
+        r = send(c, ch)
+        forged = Response.create(
+            MALLORY, request=r, status="OK", price=PRICE, spent=ch.spent + PRICE, body=b"x"
+        )
+        events = c.receive(forged.to_frame(), NOW)
+        if i < 3:
+            assert not only(events, ReceiptAccepted).receipt.checked
+    event = only(events, ReceiptRejected)
+    assert event.error().code is ErrorCode.INVALID_SIGNATURE and event.end is End.CLOSE
+    assert ch.spent == 3 * PRICE and ch.paid == 4 * PRICE and list(ch.in_flight) == [4]
+    assert c.ended
+
+
+def test_14_4_with_a_real_draw_a_forging_payee_is_caught_within_a_bound() -> None:
+    """The default draw (seeded from `secrets`): a payee forging every receipt is caught;
+    the chance it is not within 600 receipts at K = 16 is (15/16)^600, about 1.6e-17."""
+    c, ch = sampling_client(None)
+    accepted = 0
+    for _ in range(600):
+        r = send(c, ch)
+        forged = Response.create(
+            MALLORY, request=r, status="OK", price=PRICE, spent=ch.spent + PRICE, body=b"x"
+        )
+        (event,) = c.receive(forged.to_frame(), NOW)
+        if isinstance(event, ReceiptRejected):
+            break
+        accepted += 1
+    assert isinstance(event, ReceiptRejected) and c.ended
+    assert ch.spent == accepted * PRICE  # every accepted one moved spent by its price
+
+
+def test_14_4_refusals_are_checked_whatever_the_draw() -> None:
+    c, ch = sampling_client(_Draws([]))  # never drawn
+    r = send(c, ch)
+    forged = Response.create(
+        MALLORY, request=r, status="HANDLER_ERROR", price=0, spent=0, body=refusal_body("x")
+    )
+    event = only(c.receive(forged.to_frame(), NOW), ReceiptRejected)
+    assert event.error().code is ErrorCode.INVALID_SIGNATURE and ch.spent == 0
+
+
+@pytest.mark.parametrize("every", [0, -1, True, 1.5, "16"])
+def test_14_4_receipt_check_every_must_be_an_int_of_at_least_1(every: Any) -> None:
+    with pytest.raises(LocalProtocolError, match="receipt_check_every"):
+        ClientSession(hello=hello(ALICE), remote=BOB.public, channels={}, receipt_check_every=every)
 
 
 def test_14_3_a_response_on_a_channel_this_peer_is_not_payee_of_is_not_answered() -> None:
