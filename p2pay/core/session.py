@@ -77,11 +77,9 @@ making state durable before the bytes leave, running handlers, and waking caller
 from __future__ import annotations
 
 import enum
-import random
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import Admit, PayeeChannel, PayerChannel, Receipt, Replay
@@ -725,6 +723,12 @@ class _Outstanding:
     purpose: Purpose
 
 
+class Draw(Protocol):
+    """A source of draws for §14.4 (`random.Random` is one)."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
 class ClientSession(_Session):
     """The opening side of a stream: the payer (§5.1, §5.4).
 
@@ -738,8 +742,13 @@ class ClientSession(_Session):
         receipt_check_every: ``K`` of §14.4: an OK receipt with no jump has its signature
             checked with probability ``1/K`` (1, the default: every receipt is checked);
             every other response is always checked.
-        rng: the draw of §14.4 (default: seeded from `secrets`, which the payee cannot
-            predict); tests pass a seeded `random.Random`.
+        rng: the draw of §14.4, needed when ``K > 1``: ``rng.randrange(K) == 0`` checks
+            the receipt. It must be a source the payee cannot predict (the node passes a
+            `random.Random` seeded from `secrets`); the core draws nothing of its own.
+
+    Raises:
+        LocalProtocolError: ``receipt_check_every`` is not an int >= 1, or is above 1
+            without an ``rng``.
     """
 
     def __init__(
@@ -751,7 +760,7 @@ class ClientSession(_Session):
         max_refusals_per_s: int = 50,
         refusal_burst: int = 200,
         receipt_check_every: int = 1,
-        rng: random.Random | None = None,
+        rng: Draw | None = None,
     ) -> None:
         if (
             isinstance(receipt_check_every, bool)
@@ -761,8 +770,10 @@ class ClientSession(_Session):
             raise LocalProtocolError(
                 f"receipt_check_every must be an int >= 1, not {receipt_check_every!r}"
             )
+        if receipt_check_every > 1 and rng is None:
+            raise LocalProtocolError("receipt_check_every above 1 needs an rng to draw from")
         self._check_every = receipt_check_every
-        self._rng = rng if rng is not None else random.Random(secrets.randbits(128))
+        self._rng = rng if receipt_check_every > 1 else None
         super().__init__(ledger=hello.ledger, remote=remote, max_frame=hello.max_frame)
         # full at the first take, whatever its clock (a bucket refills up to its burst)
         self.budget = RefusalBudget(per_s=max_refusals_per_s, burst=refusal_burst, now=0)
@@ -926,7 +937,7 @@ class ClientSession(_Session):
             return [FrameIgnored(frame=response, reason="an answer to a settled request")]
         # §14.4: draw whether this receipt's signature is checked (on_response checks
         # every response that is not an OK receipt with no jump, drawn or not)
-        check = self._check_every == 1 or self._rng.randrange(self._check_every) == 0
+        check = self._rng is None or self._rng.randrange(self._check_every) == 0
         try:
             receipt = ch.on_response(response, check_signature=check)
         except RemoteProtocolError as exc:

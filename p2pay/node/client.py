@@ -6,6 +6,8 @@ import collections
 import contextlib
 import logging
 import math
+import random
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -555,6 +557,8 @@ class Client:
                 max_refusals_per_s=node.config.max_refusals_per_s,
                 refusal_burst=node.config.refusal_burst,
                 receipt_check_every=node.config.receipt_check_every,
+                # §14.4's draw: unpredictable to the payee, one generator per stream
+                rng=random.Random(secrets.randbits(128)),
             )
             try:
                 with trio.fail_after(node.config.hello_timeout):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -852,9 +853,10 @@ def test_14_4_a_payee_forging_receipts_is_caught_at_the_first_one_drawn() -> Non
 
 
 def test_14_4_with_a_real_draw_a_forging_payee_is_caught_within_a_bound() -> None:
-    """The default draw (seeded from `secrets`): a payee forging every receipt is caught;
-    the chance it is not within 600 receipts at K = 16 is (15/16)^600, about 1.6e-17."""
-    c, ch = sampling_client(None)
+    """The node's draw (a `random.Random` seeded from `secrets`): a payee forging every
+    receipt is caught; the chance it is not within 600 receipts at K = 16 is (15/16)^600,
+    about 1.6e-17."""
+    c, ch = sampling_client(random.Random(secrets.randbits(128)))
     accepted = 0
     for _ in range(600):
         r = send(c, ch)
@@ -877,6 +879,17 @@ def test_14_4_refusals_are_checked_whatever_the_draw() -> None:
     )
     event = only(c.receive(forged.to_frame(), NOW), ReceiptRejected)
     assert event.error().code is ErrorCode.INVALID_SIGNATURE and ch.spent == 0
+
+
+def test_14_4_the_core_draws_nothing_of_its_own() -> None:
+    """A sample needs a draw from the caller (the core is deterministic, no randomness of
+    its own); K = 1 needs none and checks every receipt."""
+    with pytest.raises(LocalProtocolError, match="needs an rng"):
+        ClientSession(hello=hello(ALICE), remote=BOB.public, channels={}, receipt_check_every=16)
+    c, ch = sampling_client(_Draws([7] * 3), every=1)  # never asked
+    r = send(c, ch)
+    good = Response.create(BOB, request=r, status="OK", price=PRICE, spent=PRICE, body=b"x")
+    assert only(c.receive(good.to_frame(), NOW), ReceiptAccepted).receipt.checked
 
 
 @pytest.mark.parametrize("every", [0, -1, True, 1.5, "16"])
