@@ -31,14 +31,15 @@ NEVER_DRAWN = 10**9
 
 
 @asynccontextmanager
-async def forger(*, late: bool) -> AsyncIterator[tuple[Node, bytes]]:
+async def forger(*, late: bool) -> AsyncIterator[tuple[Node, bytes, trio.Event]]:
     """BOB: silent at a request's first delivery; then its forged receipt, on the same
-    stream after a while (`late`) or when the same request comes again."""
+    stream once the event yielded is set (`late`), or when the same request comes again."""
     network = MemoryNetwork()
     ledger = make_ledger()
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)
     seen: set[bytes] = set()
+    release = trio.Event()
 
     def forged(request: Request) -> bytes:
         good = Response.create(
@@ -61,7 +62,7 @@ async def forger(*, late: bool) -> AsyncIterator[tuple[Node, bytes]]:
                 await stream.send(forged(request))  # "stored", served again
             elif late:
                 seen.add(request.hash)
-                await trio.sleep(0.5)  # after ALICE's call gave up
+                await release.wait()  # after ALICE's call gave up
                 await stream.send(forged(request))
             else:
                 seen.add(request.hash)  # silent
@@ -72,11 +73,11 @@ async def forger(*, late: bool) -> AsyncIterator[tuple[Node, bytes]]:
         open_node(key=ALICE, ledger=ledger, network=network, config=config) as alice,
     ):
         info = await alice.open_channel(memory_addr(str(BOB.peer_id)), deposit=10**6)
-        yield alice, info.channel
+        yield alice, info.channel, release
 
 
 async def test_a_forged_receipt_served_at_re_delivery_is_refused_the_request_claimable() -> None:
-    async with forger(late=False) as (alice, channel):
+    async with forger(late=False) as (alice, channel, _):
         with trio.fail_after(10):
             with pytest.raises(CallTimeout):
                 await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
@@ -94,12 +95,13 @@ async def test_a_forged_receipt_served_at_re_delivery_is_refused_the_request_cla
 
 
 async def test_a_forged_receipt_answering_late_is_refused() -> None:
-    async with forger(late=True) as (alice, channel):
+    async with forger(late=True) as (alice, channel, release):
         ch = alice.payer_channels[channel]
         with trio.fail_after(10):
             with pytest.raises(CallTimeout):
                 await alice.call(memory_addr(str(BOB.peer_id)), "echo", b"hi", max_price=PRICE)
             assert list(ch.abandoned) == [1]
+            release.set()
             while ch.abandoned and not alice.counters.protocol_violations:  # the late answer
                 await trio.sleep(0.05)
         await alice.persister.flush()
