@@ -299,6 +299,7 @@ async def short_node(
     *,
     offline: bool = False,
     discovery: DiscoveryConfig | None = None,
+    receipt_check_every: int | None = None,
 ) -> AsyncIterator[Node]:
     """A node in this process for one command: no watcher, state durable after.
 
@@ -311,13 +312,18 @@ async def short_node(
         discovery: the command finds providers (``find``, ``call any``): the node joins
             the network with this config (`discovery_config`: config.toml's bootstrap
             peers and ``--bootstrap``).
+        receipt_check_every: config.toml's ``receipt_check_every`` replaced (``call``: 1,
+            every receipt checked before it is accepted, protocol.md 14.4).
     """
     from p2pay.node import open_node
 
     key = home.key()
     config = home.config()
     spec = home.ledger_spec(ledger_text)
-    cfg = node_config(config, watcher=False)
+    fixed: dict[str, Any] = {"watcher": False}
+    if receipt_check_every is not None:
+        fixed["receipt_check_every"] = receipt_check_every
+    cfg = node_config(config, **fixed)
     transport: dict[str, Any] = {"listen": EPHEMERAL_LISTEN}
     if discovery is not None:
         transport["discovery"] = libp2p_discovery(server=False)
@@ -374,6 +380,7 @@ def run_with_node(
     *,
     offline: bool = False,
     discovery: DiscoveryConfig | None = None,
+    receipt_check_every: int | None = None,
 ) -> T:
     """Run ``await fn(node)`` in a `short_node` (see `Guard`) and return its value.
 
@@ -384,7 +391,13 @@ def run_with_node(
     box: list[T] = []
 
     async def body() -> None:
-        async with short_node(home, ledger_text, offline=offline, discovery=discovery) as node:
+        async with short_node(
+            home,
+            ledger_text,
+            offline=offline,
+            discovery=discovery,
+            receipt_check_every=receipt_check_every,
+        ) as node:
             box.append(await guard.run(fn, node))
 
     try:

@@ -1318,7 +1318,12 @@ def call(
                 raise CallTimeout(advice, details=dict(exc.details)) from None
         return checked_receipt(node, result)
 
-    result = run_with_node(home, ledger, do, discovery=joining)
+    # Every receipt is checked before the node accepts it (protocol.md 14.4, K = 1): this
+    # command shows it as the payee's signature anyway, and a forged one accepted first
+    # would be paid for, end the call with an error instead of `call any`'s next provider,
+    # count as the provider's success in the ranking the next runs use, and leave nothing
+    # to re-send or claim (the request would be answered). One check per call costs nothing.
+    result = run_with_node(home, ledger, do, discovery=joining, receipt_check_every=1)
     if as_json:
         render.print_json(call_document(result))
         return

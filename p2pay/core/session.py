@@ -936,8 +936,14 @@ class ClientSession(_Session):
             # already settled: it changes nothing
             return [FrameIgnored(frame=response, reason="an answer to a settled request")]
         # §14.4: draw whether this receipt's signature is checked (on_response checks
-        # every response that is not an OK receipt with no jump, drawn or not)
+        # every response that is not an OK receipt with no jump, drawn or not). An answer
+        # to a request sent again (re-sent or re-delivered, §13.5: the payee's stored
+        # response served again) or not asked for on this stream (a late answer, one to a
+        # request abandoned on an earlier stream) is always checked: else a receipt
+        # refused for its signature when drawn would be accepted when served again, and
+        # the watcher would take it for the signed answer that makes a claim needless.
         check = self._rng is None or self._rng.randrange(self._check_every) == 0
+        check = check or purpose is not Purpose.CALL
         try:
             receipt = ch.on_response(response, check_signature=check)
         except RemoteProtocolError as exc:

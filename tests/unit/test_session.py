@@ -801,9 +801,9 @@ class _Draws(random.Random):
 
 
 def sampling_client(
-    rng: random.Random | None, every: int = 16
+    rng: random.Random | None, every: int = 16, ch: PayerChannel | None = None
 ) -> tuple[ClientSession, PayerChannel]:
-    ch = payer(deposit=10**6)
+    ch = payer(deposit=10**6) if ch is None else ch
     c = ClientSession(
         hello=hello(ALICE),
         remote=BOB.public,
@@ -869,6 +869,37 @@ def test_14_4_with_a_real_draw_a_forging_payee_is_caught_within_a_bound() -> Non
         accepted += 1
     assert isinstance(event, ReceiptRejected) and c.ended
     assert ch.spent == accepted * PRICE  # every accepted one moved spent by its price
+
+
+def test_14_4_an_answer_served_again_is_checked_whatever_the_draw() -> None:
+    """A forged receipt refused when drawn stays refused when the payee serves it again:
+    the answer to a request re-delivered (the watcher, before it claims) or re-sent, and an
+    answer not asked for on this stream (a late one, after the call gave up), are checked
+    whatever the draw. Else the watcher would take the same forged bytes, served again,
+    for the signed answer that makes a claim needless (15 times in 16)."""
+    c, ch = sampling_client(_Draws([0]))  # the first receipt drawn, then never again
+    r = send(c, ch)
+    forged = Response.create(
+        MALLORY, request=r, status="OK", price=PRICE, spent=PRICE, body=b"x"
+    ).to_frame()
+    only(c.receive(forged, NOW), ReceiptRejected)
+    assert ch.spent == 0 and list(ch.in_flight) == [1]
+    for purpose in (Purpose.REDELIVERY, Purpose.RESEND):
+        c, _ = sampling_client(_Draws([]), ch=ch)  # a new stream (the old one ended)
+        assert c.send_request(r, purpose=purpose) == r.to_frame()
+        event = only(c.receive(forged, NOW), ReceiptRejected)
+        assert event.error().code is ErrorCode.INVALID_SIGNATURE
+        assert ch.spent == 0 and list(ch.in_flight) == [1]
+    # given up on this stream (the call timed out), answered late: not asked for here
+    ch.abandon(1)
+    c, _ = sampling_client(_Draws([]), ch=ch)
+    only(c.receive(forged, NOW), ReceiptRejected)
+    assert ch.spent == 0 and list(ch.abandoned) == [1]
+    # the payee's good signature: accepted, checked
+    c, _ = sampling_client(_Draws([]), ch=ch)
+    good = Response.create(BOB, request=r, status="OK", price=PRICE, spent=PRICE, body=b"x")
+    assert only(c.receive(good.to_frame(), NOW), ReceiptAccepted).receipt.checked
+    assert ch.spent == PRICE and not ch.abandoned
 
 
 def test_14_4_refusals_are_checked_whatever_the_draw() -> None:
