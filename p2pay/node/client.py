@@ -295,6 +295,10 @@ class _Connection:
             for event in events:
                 self._apply(event)
                 if event.end is not End.KEEP:
+                    # The session has ended: no call may pick this connection from now on
+                    # (a call right after a refused receipt dials anew, it does not find a
+                    # session that takes no more frames).
+                    self.closed = True
                     if event.send is not None:  # the refusal first, bounded (then reset)
                         with trio.move_on_after(1), contextlib.suppress(StreamClosed):
                             await self.stream.send(event.send)
@@ -343,6 +347,12 @@ class _Connection:
             node.counters.protocol_violations += 1
             slot = self.pending.pop((event.response.channel, event.response.n), None)
             if slot is not None:
+                # The stream ends on a refused receipt (End.CLOSE) with this request
+                # unanswered: abandoned, as every request in flight on it (13.1 step 4).
+                # Its charge may come as a jump in a later receipt (14.3 rule 7).
+                ch = node.payer_channels.get(slot.channel)
+                if ch is not None:
+                    ch.abandon(slot.n)
                 slot.error = event.error()
                 slot.done.set()
         elif isinstance(event, ProtocolViolation):

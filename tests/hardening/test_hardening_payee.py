@@ -208,6 +208,34 @@ async def test_a_payee_forging_receipt_signatures_is_caught_by_the_sample() -> N
         assert await ledger.balance(BOB.account) - before == best.paid == ch.paid
 
 
+async def test_a_request_whose_receipt_was_refused_is_abandoned_with_its_stream() -> None:
+    """protocol.md 13.1 step 4: a request whose stream ends unanswered is abandoned (it may
+    have been charged). One whose receipt was refused ends its stream too: it was left in
+    flight for the node's lifetime, so the payee's next receipt, whose `spent` counts that
+    request's charge (a jump, rule 7), was refused as well, and so was every later one on
+    the channel. BOB here signs one receipt with the wrong key, then answers honestly."""
+    forged = 0
+
+    async def once_forged(request: Request, spent: int) -> bytes:
+        nonlocal forged
+        forged += 1
+        key = MALLORY if forged == 1 else BOB
+        return receipt(request, price=PRICE, spent=spent + PRICE, key=key)
+
+    async with cheating_provider(once_forged, receipt_check_every=1) as (alice, _, channel):
+        peer = memory_addr(str(BOB.peer_id))
+        with pytest.raises(RemoteProtocolError) as info:
+            await alice.call(peer, "echo", b"hi", max_price=PRICE)
+        assert info.value.code is ErrorCode.INVALID_SIGNATURE
+        ch = alice.payer_channels[channel]
+        assert list(ch.abandoned) == [1] and not ch.in_flight
+        # BOB charged request 1: its next receipt's spent jumps by that price (rule 7)
+        result = await alice.call(peer, "echo", b"again", max_price=PRICE)
+        assert (result.n, result.spent) == (2, 2 * PRICE)
+        assert (ch.spent, ch.absorbed, ch.outstanding) == (2 * PRICE, PRICE, 0)
+        assert ch.spent + ch.outstanding <= ch.paid == 2 * PRICE
+
+
 async def lying_replay(details: dict[str, Any]) -> Answer:
     async def answer(request: Request, spent: int) -> bytes:
         fields = {k: (v(request) if callable(v) else v) for k, v in details.items()}
