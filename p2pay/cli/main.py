@@ -23,7 +23,6 @@ Exit codes: 0 success, 1 error, 2 bad usage, 130 interrupted.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -75,7 +74,7 @@ from p2pay.cli.home import (
     write_config,
 )
 from p2pay.cli.services import parse_service
-from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError
+from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public
 from p2pay.core.settlement import ChannelState, StakeStatus, stake_status
 from p2pay.sim.cli import simulate
@@ -983,27 +982,6 @@ async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]
 # call
 
 
-def checked_receipt(node: Node, result: CallResult) -> CallResult:
-    """The result with its receipt's signature checked: the node may have left it out of
-    its sample (protocol.md 14.4), and what this command prints is shown as the payee's
-    signed receipt.
-
-    Raises:
-        RemoteProtocolError: (INVALID_SIGNATURE) the payee's signature does not verify.
-    """
-    if result.receipt_checked:
-        return result
-    ch = node.payer_channels.get(result.channel)
-    if ch is None or not result.receipt.verify(ch.payee):
-        raise RemoteProtocolError(
-            f"the provider answered call {result.n} on channel {result.channel.hex()} and "
-            f"charged {result.price} yocto, but its receipt's signature does not verify: "
-            "it is faulty, do not use it again",
-            code=ErrorCode.INVALID_SIGNATURE,
-        )
-    return dataclasses.replace(result, receipt_checked=True)
-
-
 def call_document(result: Any) -> dict[str, Any]:
     """The JSON of a paid call: body, price, n, channel and the signed receipt (and, for
     ``call any``, the provider that answered and every provider tried)."""
@@ -1307,16 +1285,14 @@ def call(
         from p2pay.node import CallTimeout
 
         if anyone:
-            result = await call_any(
+            return await call_any(
                 node, service, body, max_price=max_price, timeout=timeout, min_stake=min_stake or 0
             )
-        else:
-            try:
-                result = await node.call(peer, service, body, max_price=max_price, timeout=timeout)
-            except CallTimeout as exc:  # its code kept (DEADLINE_EXCEEDED), the advice added
-                advice = await timeout_advice(node, peer, exc.message)
-                raise CallTimeout(advice, details=dict(exc.details)) from None
-        return checked_receipt(node, result)
+        try:
+            return await node.call(peer, service, body, max_price=max_price, timeout=timeout)
+        except CallTimeout as exc:  # its code kept (DEADLINE_EXCEEDED), the advice added
+            advice = await timeout_advice(node, peer, exc.message)
+            raise CallTimeout(advice, details=dict(exc.details)) from None
 
     # Every receipt is checked before the node accepts it (protocol.md 14.4, K = 1): this
     # command shows it as the payee's signature anyway, and a forged one accepted first
