@@ -412,6 +412,15 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
+async def answer_hello_as_bob(stream: Any, ledger_id: bytes) -> None:
+    """A fake BOB's side of the hello (protocol.md 9): take the payer's, answer with BOB's
+    offering "echo" at `PRICE`, bodies up to 1,000 bytes."""
+    first = decode_frame(await stream.receive())
+    assert isinstance(first, Hello)
+    terms = (ServiceTerms(name="echo", price=PRICE, max_body=1000),)
+    await stream.send(Hello.create(BOB, ledger=ledger_id, services=terms).to_frame())
+
+
 def snapshot(node: Node, channel: bytes) -> tuple[Any, ...]:
     """Everything the payee keeps about a channel (INV-7: unchanged by refused frames)."""
     ch = node.payee_channels[channel]

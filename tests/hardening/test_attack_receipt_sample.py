@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import trio
-from hardening_support import ALICE, BOB, MALLORY, PRICE, TOKEN, make_ledger
+from hardening_support import ALICE, BOB, MALLORY, PRICE, TOKEN, answer_hello_as_bob, make_ledger
 
-from p2pay.core.messages import Hello, Request, Response, ServiceTerms, decode_frame
+from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.net.base import StreamClosed
 from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
 from p2pay.node import CallTimeout, Node, NodeConfig, open_node
@@ -48,10 +48,7 @@ async def forger(*, late: bool) -> AsyncIterator[tuple[Node, bytes, trio.Event]]
         return good.with_signature(MALLORY.sign(good.signing_bytes)).to_frame()
 
     async def serve(stream: Any) -> None:
-        first = decode_frame(await stream.receive())
-        assert isinstance(first, Hello)
-        terms = (ServiceTerms(name="echo", price=PRICE, max_body=1000),)
-        await stream.send(Hello.create(BOB, ledger=ledger.ledger_id, services=terms).to_frame())
+        await answer_hello_as_bob(stream, ledger.ledger_id)
         while True:
             try:
                 request = decode_frame(await stream.receive())

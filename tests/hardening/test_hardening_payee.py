@@ -16,16 +16,23 @@ from typing import Any
 
 import pytest
 import trio
-from hardening_support import ALICE, BOB, MALLORY, PRICE, TOKEN, echo, make_ledger
+from hardening_support import (
+    ALICE,
+    BOB,
+    MALLORY,
+    PRICE,
+    TOKEN,
+    answer_hello_as_bob,
+    echo,
+    make_ledger,
+)
 
 from p2pay.core import codec
 from p2pay.core.errors import ErrorCode, RemoteProtocolError, SettlementError
 from p2pay.core.messages import (
-    Hello,
     Refusal,
     Request,
     Response,
-    ServiceTerms,
     decode_frame,
     refusal_body,
 )
@@ -54,10 +61,7 @@ async def cheating_provider(
 
     async def serve(stream: Any) -> None:
         nonlocal spent
-        first = decode_frame(await stream.receive())
-        assert isinstance(first, Hello)
-        terms = (ServiceTerms(name="echo", price=PRICE, max_body=1000),)
-        await stream.send(Hello.create(BOB, ledger=ledger.ledger_id, services=terms).to_frame())
+        await answer_hello_as_bob(stream, ledger.ledger_id)
         while True:
             try:
                 request = decode_frame(await stream.receive())
