@@ -79,6 +79,7 @@ from p2pay.node import (
 )
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
+from p2pay.sim.clock import current_wakes
 from p2pay.sim.discovery import DiscoveryRecord
 from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
@@ -112,7 +113,12 @@ def seeded(seed: int, *parts: object) -> bytes:
 async def sleep_until(deadline: float) -> None:
     """`trio.sleep_until`, cheaper: when the deadline passes the task is rescheduled
     instead of a `Cancelled` being raised and caught (every arrival and every handler's
-    work is one such sleep). A cancellation from outside is raised as usual."""
+    work is one such sleep). A cancellation from outside is raised as usual. Under the
+    simulator's `SimClock` the clock wakes the task itself, without a cancel scope."""
+    wakes = current_wakes()
+    if wakes is not None:
+        await wakes.sleep_until(deadline)
+        return
     await trio.lowlevel.checkpoint_if_cancelled()
     task = trio.lowlevel.current_task()
 

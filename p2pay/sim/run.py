@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-On the memory transport the run is ``trio.run(sim.run, clock=MockClock(autojump_threshold=0))``
+On the memory transport the run is ``trio.run(sim.run, clock=SimClock().trio_clock)`` (trio's
+``MockClock(autojump_threshold=0)`` that also wakes the simulator's sleepers, `p2pay.sim.clock`)
 with trio's scheduling RNG seeded from the scenario seed (trio picks the order of tasks
 that are ready together with it); on libp2p it is a plain ``trio.run`` on the wall clock.
 Then the report is built, written with the plots if an output folder is given, and
@@ -36,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
+from p2pay.sim.clock import SimClock
 from p2pay.sim.engine import Simulation
 from p2pay.sim.report import LogCounts, build_report, merge_reports, write_report
 from p2pay.sim.scenario import Scenario
@@ -111,7 +112,7 @@ def run_simulation(
     )
     if sim.transport == "memory":
         _seed_trio(scenario.seed)
-        trio.run(sim.run, clock=trio.testing.MockClock(autojump_threshold=0))
+        trio.run(sim.run, clock=SimClock().trio_clock)
     else:
         trio.run(sim.run)
     return sim
