@@ -227,6 +227,11 @@ class Persister:
         for event in self._waiters.values():
             event.set()
 
+    def is_durable(self, generation: int) -> bool:
+        """Whether everything staged up to `generation` is committed (`durable` would
+        return at once)."""
+        return generation <= self._durable
+
     async def durable(self, generation: int) -> None:
         """Wait until everything staged up to `generation` is committed.
 

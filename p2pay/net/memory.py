@@ -298,6 +298,28 @@ class MemoryStream:
         if not blocked:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def send_nowait(self, payload: bytes) -> bool:
+        """Send one frame at once if that needs no waiting, as `send()` would send it (same
+        arrival time); False, with nothing sent, if it would have to wait (the send lock
+        is held, the pipe is full), if this end's frames pass a send filter, or if the
+        stream is closed (`send()` then says why). Not part of `Stream`: the node's
+        outbox uses it when a stream has it (p2pay/node/outbox.py), saving its pump
+        task a wake and a checkpoint per frame; it is not a checkpoint."""
+        if self._keep is not None or self._dead or self._send_lock.locked():
+            return False
+        if type(payload) is not bytes:
+            return False
+        out = self._out
+        delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
+        arrival = max(trio.current_time() + delay, out.last_arrival)
+        try:
+            out.send.send_nowait((arrival, payload))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        out.last_arrival = arrival
+        out.notify(arrival)
+        return True
+
     async def send_many(self, payloads: Sequence[bytes]) -> None:
         """Send several frames in order, as one `send()` each would, but in one go: one
         lock, one latency look-up and one arrival time for the burst (its frames leave
