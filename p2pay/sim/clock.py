@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 import trio
 import trio.testing
+from trio._core import _run
 
 __all__ = ["SimClock", "current_wakes"]
 
@@ -97,12 +98,23 @@ class SimClock:
             heapq.heappop(wakes)
         if self._fire(self.current_time()):
             return
-        jump = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        jump = self._trio_next_deadline() - self.current_time()
         if wakes:
             jump = min(jump, wakes[0][0] - self.current_time())
         if 0 < jump < math.inf:
             self.trio_clock.jump(jump)
             self._fire(self.current_time())
+
+    @staticmethod
+    def _trio_next_deadline() -> float:
+        """The run loop's next deadline (what `current_statistics` reports relative to now,
+        read without building the statistics: a trio internal, with that as fallback)."""
+        try:
+            deadline: float = _run.GLOBAL_RUN_CONTEXT.runner.deadlines.next_deadline()
+        except AttributeError:  # pragma: no cover - another trio version
+            stats = trio.lowlevel.current_statistics()
+            deadline = trio.current_time() + stats.seconds_to_next_deadline
+        return deadline
 
     async def sleep_until(self, deadline: float) -> None:
         """`trio.sleep_until(deadline)` on this clock's wakes (the run's clock must be

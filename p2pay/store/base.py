@@ -669,6 +669,16 @@ def check_meta_key(key: object) -> str:
     return _text("meta", "key", key)
 
 
+_BATCH_RECORDS: tuple[tuple[str, type[_Record]], ...] = (
+    ("payee", PayeeRecord),
+    ("payer", PayerRecord),
+    ("requests", OutgoingRequest),
+    ("responses", StoredResponse),
+    ("claims", ClaimRecord),
+    ("request_updates", RequestUpdate),
+)
+
+
 def check_batch(batch: Batch) -> None:
     """Validate a whole batch before anything of it is applied.
 
@@ -681,15 +691,11 @@ def check_batch(batch: Batch) -> None:
     """
     if not isinstance(batch, Batch):
         raise _fail("Batch", f"write takes a Batch, not {type(batch).__name__}")
-    for name, cls in (
-        ("payee", PayeeRecord),
-        ("payer", PayerRecord),
-        ("requests", OutgoingRequest),
-        ("responses", StoredResponse),
-        ("claims", ClaimRecord),
-        ("request_updates", RequestUpdate),
-    ):
-        for record in _records(name, getattr(batch, name), cls):
+    for name, cls in _BATCH_RECORDS:
+        items = getattr(batch, name)
+        if type(items) is list and not items:
+            continue  # (most lists of a batch are empty)
+        for record in _records(name, items, cls):
             record.validate()
     if not isinstance(batch.meta, dict):
         raise _fail("Batch", "meta must be a dict")
