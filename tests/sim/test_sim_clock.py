@@ -117,3 +117,15 @@ def test_memory_frames_arrive_after_their_latency_on_either_clock(sim_clock: boo
         run(main)
     else:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_runs_raise_the_gc_thresholds_and_restore_them() -> None:
+    import gc
+
+    from p2pay.sim.run import SIM_GC_THRESHOLDS, _gc_thresholds
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), _gc_thresholds(SIM_GC_THRESHOLDS):
+        assert gc.get_threshold() == SIM_GC_THRESHOLDS
+        raise RuntimeError("the run failed")
+    assert gc.get_threshold() == before
