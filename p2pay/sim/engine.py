@@ -28,13 +28,14 @@ sequential and in peer order, so channel ids are the same in every run), workloa
 closes finalized; every peer is back up), settle (each provider closes its channels
 through its behaviour's `settle`), stop; then the final invariants and the report.
 
-On the memory transport the run uses ``trio.testing.MockClock(autojump_threshold=0)``:
-whenever every task waits, the clock jumps to the next deadline, so simulated hours
-take seconds. A run is a function of its seed: keys, arrivals, choices and every coin
-come from seeded RNGs or hashes of the seed, and trio's own scheduling RNG is seeded
-too. Figures in the report are totals, which do not depend on the order in which tasks
-ready at the same instant run; samples are taken at instants offset from whole
-milliseconds so that they do not coincide with protocol events.
+On the memory transport the run uses ``trio.testing.MockClock(autojump_threshold=0)``,
+as wrapped by `p2pay.sim.clock.SimClock` (which also wakes the simulator's own sleepers
+without a cancel scope each): whenever every task waits, the clock jumps to the next
+deadline, so simulated hours take seconds. A run is a function of its seed: keys,
+arrivals, choices and every coin come from seeded RNGs or hashes of the seed, and trio's
+own scheduling RNG is seeded too. Figures in the report are totals, which do not depend
+on the order in which tasks ready at the same instant run; samples are taken at instants
+offset from whole milliseconds so that they do not coincide with protocol events.
 
 With libp2p the wall clock is used and every simulated duration (workload, periods,
 timeouts, windows, intervals) is multiplied by ``time_scale`` (wall seconds per
