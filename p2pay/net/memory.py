@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -64,6 +64,9 @@ PIPE_CAPACITY = 256
 
 LatencyFn = Callable[[str, str], float]
 SendFilter = Callable[[bytes], bytes | None]
+#: a parked reader (`_Pipe.waiter`): its task, then its cancel scope, or None and the
+#: clock's wakes with its pending wake (`p2pay.sim.clock.SimClock`)
+_Waiter = tuple[trio.lowlevel.Task, trio.CancelScope | None, Any, Any]
 """``keep(frame)``: the frame to send instead (None: nothing is sent). See
 `MemoryNetwork.set_send_filter`."""
 
@@ -155,6 +158,8 @@ class _Pipe:
     A reader finding it empty parks (`MemoryStream._park`) instead of blocking on the
     channel: the writer sets the parked reader's deadline to the frame's arrival time,
     so the reader wakes once per frame (not once on the send, then again at arrival).
+    The deadline is its cancel scope's, or, when the run's clock wakes sleepers itself
+    (the simulator's, `p2pay.sim.clock`: ``clock.sim_wakes``), a wake of that clock.
     """
 
     __slots__ = ("eof_at", "last_arrival", "recv", "send", "waiter")
@@ -163,22 +168,40 @@ class _Pipe:
         self.send, self.recv = trio.open_memory_channel[tuple[float, bytes]](PIPE_CAPACITY)
         self.last_arrival = -math.inf
         self.eof_at = -math.inf
-        self.waiter: tuple[trio.lowlevel.Task, trio.CancelScope] | None = None
+        #: the parked reader: (task, its cancel scope) or (task, None, wakes, wake or None)
+        self.waiter: _Waiter | None = None
 
     def notify(self, arrival: float) -> None:
         """A frame was put in: a parked reader wakes at its arrival time."""
         waiter = self.waiter
+        if waiter is None:
+            return
+        task, scope, wakes, wake = waiter
+        if arrival <= trio.current_time():
+            self.waiter = None
+            if wake is not None:
+                wakes.cancel(wake)
+            trio.lowlevel.reschedule(task)
+        elif scope is not None:
+            if arrival < scope.deadline:
+                scope.deadline = arrival
+        elif wake is None or arrival < wake[0]:
+            if wake is not None:
+                wakes.cancel(wake)
+            self.waiter = (task, None, wakes, wakes.wake_at(arrival, self._arrived))
+
+    def _arrived(self) -> None:
+        """The clock reached the arrival time of the parked reader's frame."""
+        waiter, self.waiter = self.waiter, None
         if waiter is not None:
-            if arrival <= trio.current_time():
-                self.waiter = None
-                trio.lowlevel.reschedule(waiter[0])
-            elif arrival < waiter[1].deadline:
-                waiter[1].deadline = arrival
+            trio.lowlevel.reschedule(waiter[0])
 
     def wake(self) -> None:
         """Wake a parked reader now (an end is closing)."""
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
+            if waiter[3] is not None:
+                waiter[2].cancel(waiter[3])
             trio.lowlevel.reschedule(waiter[0])
 
 
@@ -274,6 +297,28 @@ class MemoryStream:
             lock.release()
         if not blocked:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def send_nowait(self, payload: bytes) -> bool:
+        """Send one frame at once if that needs no waiting, as `send()` would send it (same
+        arrival time); False, with nothing sent, if it would have to wait (the send lock
+        is held, the pipe is full), if this end's frames pass a send filter, or if the
+        stream is closed (`send()` then says why). Not part of `Stream`: the node's
+        outbox uses it when a stream has it (p2pay/node/outbox.py), saving its pump
+        task a wake and a checkpoint per frame; it is not a checkpoint."""
+        if self._keep is not None or self._dead or self._send_lock.locked():
+            return False
+        if type(payload) is not bytes:
+            return False
+        out = self._out
+        delay = self._network.delay(self._transport.peer_id, self._remote_peer_id)
+        arrival = max(trio.current_time() + delay, out.last_arrival)
+        try:
+            out.send.send_nowait((arrival, payload))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        out.last_arrival = arrival
+        out.notify(arrival)
+        return True
 
     async def send_many(self, payloads: Sequence[bytes]) -> None:
         """Send several frames in order, as one `send()` each would, but in one go: one
@@ -413,6 +458,18 @@ class MemoryStream:
         cancellation from outside is raised as usual."""
         pipe = self._in
         task = trio.lowlevel.current_task()
+        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        if wakes is not None:  # the clock wakes us (`_Pipe.notify`): no cancel scope
+
+            def abort_wake(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+                waiter, pipe.waiter = pipe.waiter, None
+                if waiter is not None and waiter[3] is not None:
+                    wakes.cancel(waiter[3])
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            pipe.waiter = (task, None, wakes, None)
+            await trio.lowlevel.wait_task_rescheduled(abort_wake)
+            return
         with trio.CancelScope() as scope:
 
             def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
@@ -422,7 +479,7 @@ class MemoryStream:
                     return trio.lowlevel.Abort.FAILED
                 return trio.lowlevel.Abort.SUCCEEDED
 
-            pipe.waiter = (task, scope)
+            pipe.waiter = (task, scope, None, None)
             await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _sleep_until(self, deadline: float) -> None:

@@ -1,8 +1,16 @@
-"""The outbox: frames in decision order, each sent once its state is durable."""
+"""The outbox: frames in decision order, each sent once its state is durable.
+
+A pump task sends what is queued. A frame put while nothing is queued whose generation
+is durable already (always, on a write-through store) is sent at once by `put` itself
+when the stream can send without waiting (``stream.send_nowait``, the in-memory
+transport's), instead of waking the pump: the same frame, in the same order, at the same
+time. Other streams (libp2p) always go through the pump.
+"""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 import trio
 
@@ -19,17 +27,34 @@ class _Outbox:
 
     def __init__(self) -> None:
         self.items: collections.deque[tuple[int, bytes]] = collections.deque()
+        #: set when a frame leaves or the outbox closes (`wait_below`, `wait_sent`)
         self.changed = trio.Event()
+        #: set when a frame is queued or the outbox closes (the pump waits on it)
+        self._queued = trio.Event()
         self.closed = False
         self.last_sent = trio.current_time()  # when a frame last left (idle_timeout)
         #: frames sent so far: the frame put when ``sent + len(items)`` was N leaves when
         #: ``sent`` reaches N (frames leave in order)
         self.sent = 0
+        #: while the pump runs on a stream with ``send_nowait``: (its persister, that method)
+        self._direct: tuple[Persister, Callable[[bytes], bool]] | None = None
 
     def put(self, generation: int, frame: bytes) -> None:
-        if not self.closed:
-            self.items.append((generation, frame))
+        if self.closed:
+            return
+        direct = self._direct
+        if (
+            direct is not None
+            and not self.items
+            and direct[0].is_durable(generation)
+            and direct[1](frame)
+        ):
+            self.sent += 1
+            self.last_sent = trio.current_time()
             self.changed.set()
+            return
+        self.items.append((generation, frame))
+        self._queued.set()
 
     async def wait_below(self, limit: int) -> None:
         while len(self.items) >= limit and not self.closed:
@@ -44,11 +69,14 @@ class _Outbox:
 
     async def pump(self, persister: Persister, stream: Stream) -> None:
         durable = 0  # every generation up to this one is known durable
+        send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
+        if send_nowait is not None:
+            self._direct = (persister, send_nowait)
         try:
             while True:
                 while not self.items:
-                    self.changed = trio.Event()
-                    await self.changed.wait()
+                    self._queued = trio.Event()
+                    await self._queued.wait()
                 generation = self.items[0][0]
                 if generation > durable:
                     await persister.durable(generation)
@@ -70,5 +98,6 @@ class _Outbox:
                 self.sent += len(batch)
                 self.changed.set()
         finally:
+            self._direct = None
             self.closed = True
             self.changed.set()

@@ -28,13 +28,14 @@ sequential and in peer order, so channel ids are the same in every run), workloa
 closes finalized; every peer is back up), settle (each provider closes its channels
 through its behaviour's `settle`), stop; then the final invariants and the report.
 
-On the memory transport the run uses ``trio.testing.MockClock(autojump_threshold=0)``:
-whenever every task waits, the clock jumps to the next deadline, so simulated hours
-take seconds. A run is a function of its seed: keys, arrivals, choices and every coin
-come from seeded RNGs or hashes of the seed, and trio's own scheduling RNG is seeded
-too. Figures in the report are totals, which do not depend on the order in which tasks
-ready at the same instant run; samples are taken at instants offset from whole
-milliseconds so that they do not coincide with protocol events.
+On the memory transport the run uses ``trio.testing.MockClock(autojump_threshold=0)``,
+as wrapped by `p2pay.sim.clock.SimClock` (which also wakes the simulator's own sleepers
+without a cancel scope each): whenever every task waits, the clock jumps to the next
+deadline, so simulated hours take seconds. A run is a function of its seed: keys,
+arrivals, choices and every coin come from seeded RNGs or hashes of the seed, and trio's
+own scheduling RNG is seeded too. Figures in the report are totals, which do not depend
+on the order in which tasks ready at the same instant run; samples are taken at instants
+offset from whole milliseconds so that they do not coincide with protocol events.
 
 With libp2p the wall clock is used and every simulated duration (workload, periods,
 timeouts, windows, intervals) is multiplied by ``time_scale`` (wall seconds per
@@ -79,6 +80,7 @@ from p2pay.node import (
 )
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour
+from p2pay.sim.clock import current_wakes
 from p2pay.sim.discovery import DiscoveryRecord
 from p2pay.sim.params import ScenarioError, parse_duration
 from p2pay.sim.registry import make_behaviour
@@ -112,7 +114,12 @@ def seeded(seed: int, *parts: object) -> bytes:
 async def sleep_until(deadline: float) -> None:
     """`trio.sleep_until`, cheaper: when the deadline passes the task is rescheduled
     instead of a `Cancelled` being raised and caught (every arrival and every handler's
-    work is one such sleep). A cancellation from outside is raised as usual."""
+    work is one such sleep). A cancellation from outside is raised as usual. Under the
+    simulator's `SimClock` the clock wakes the task itself, without a cancel scope."""
+    wakes = current_wakes()
+    if wakes is not None:
+        await wakes.sleep_until(deadline)
+        return
     await trio.lowlevel.checkpoint_if_cancelled()
     task = trio.lowlevel.current_task()
 

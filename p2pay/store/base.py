@@ -197,6 +197,36 @@ class PayeeRecord:
 
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
+        if (  # fast path: every field plainly in range; else the checks below name what is not
+            type(self.channel) is bytes
+            and len(self.channel) == ID_SIZE
+            and type(self.ledger) is bytes
+            and 1 <= len(self.ledger) <= MAX_LEDGER_ID_SIZE
+            and type(self.payer) is bytes
+            and len(self.payer) == ID_SIZE
+            and type(self.payee) is bytes
+            and len(self.payee) == ID_SIZE
+            and type(self.deposit) is int
+            and 0 <= self.deposit <= MAX_YOCTO
+            and type(self.status) is str
+            and self.status in CHANNEL_STATUSES
+            and type(self.last_n) is int
+            and 0 <= self.last_n <= MAX_N
+            and type(self.paid_max) is int
+            and 0 <= self.paid_max <= MAX_YOCTO
+            and type(self.best_voucher) is bytes
+            and (self.best_voucher or self.paid_max == 0)
+            and type(self.spent) is int
+            and 0 <= self.spent <= self.paid_max
+            and type(self.redeemed) is int
+            and 0 <= self.redeemed <= MAX_YOCTO
+            and type(self.verified_voucher) is bytes
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """`validate`'s checks one at a time, raising on the first that fails."""
         k = "PayeeRecord"
         _bytes(k, "channel", self.channel, size=ID_SIZE)
         _bytes(k, "ledger", self.ledger, max_size=MAX_LEDGER_ID_SIZE)
@@ -260,6 +290,37 @@ class PayerRecord:
 
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
+        if (  # fast path: every field plainly in range; else the checks below name what is not
+            type(self.channel) is bytes
+            and len(self.channel) == ID_SIZE
+            and type(self.ledger) is bytes
+            and 1 <= len(self.ledger) <= MAX_LEDGER_ID_SIZE
+            and type(self.payer) is bytes
+            and len(self.payer) == ID_SIZE
+            and type(self.payee) is bytes
+            and len(self.payee) == ID_SIZE
+            and type(self.deposit) is int
+            and 0 <= self.deposit <= MAX_YOCTO
+            and type(self.status) is str
+            and self.status in CHANNEL_STATUSES
+            and type(self.last_n) is int
+            and 0 <= self.last_n <= MAX_N
+            and type(self.paid) is int
+            and 0 <= self.paid <= MAX_YOCTO
+            and type(self.spent) is int
+            and 0 <= self.spent <= self.paid
+            and type(self.absorbed) is int
+            and 0 <= self.absorbed <= self.spent
+            and type(self.forgotten) is int
+            and 0 <= self.forgotten <= self.paid
+            and type(self.released) is int
+            and 0 <= self.released <= self.paid
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """`validate`'s checks one at a time, raising on the first that fails."""
         k = "PayerRecord"
         _bytes(k, "channel", self.channel, size=ID_SIZE)
         _bytes(k, "ledger", self.ledger, max_size=MAX_LEDGER_ID_SIZE)
@@ -311,6 +372,32 @@ class OutgoingRequest:
 
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
+        if (  # fast path: every field plainly in range; else the checks below name what is not
+            type(self.request_hash) is bytes
+            and len(self.request_hash) == ID_SIZE
+            and type(self.channel) is bytes
+            and len(self.channel) == ID_SIZE
+            and type(self.n) is int
+            and 0 <= self.n <= MAX_N
+            and type(self.payee) is bytes
+            and len(self.payee) == ID_SIZE
+            and type(self.price) is int
+            and 0 <= self.price <= MAX_YOCTO
+            and type(self.deadline) is int
+            and 0 <= self.deadline <= MAX_TIME
+            and type(self.frame) is bytes
+            and type(self.state) is str
+            and self.state in REQUEST_STATES
+            and type(self.claim_id) is bytes
+            and len(self.claim_id) <= MAX_CLAIM_ID_SIZE
+            and type(self.updated_at) is int
+            and 0 <= self.updated_at <= MAX_TIME
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """`validate`'s checks one at a time, raising on the first that fails."""
         k = "OutgoingRequest"
         _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
         _bytes(k, "channel", self.channel, size=ID_SIZE)
@@ -347,6 +434,19 @@ class RequestUpdate:
 
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
+        if (  # fast path: every field plainly in range; else the checks below name what is not
+            type(self.request_hash) is bytes
+            and len(self.request_hash) == ID_SIZE
+            and type(self.state) is str
+            and self.state in REQUEST_STATES
+            and type(self.updated_at) is int
+            and 0 <= self.updated_at <= MAX_TIME
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """`validate`'s checks one at a time, raising on the first that fails."""
         k = "RequestUpdate"
         _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
         object.__setattr__(self, "state", _choice(k, "state", self.state, REQUEST_STATES))
@@ -386,6 +486,24 @@ class StoredResponse:
 
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
+        if (  # fast path: every field plainly in range; else the checks below name what is not
+            type(self.request_hash) is bytes
+            and len(self.request_hash) == ID_SIZE
+            and type(self.channel) is bytes
+            and len(self.channel) == ID_SIZE
+            and type(self.n) is int
+            and 0 <= self.n <= MAX_N
+            and type(self.frame) is bytes
+            and self.frame
+            and type(self.expires_at) is int
+            and 0 <= self.expires_at <= MAX_TIME
+            and type(self.request_frame) is bytes
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """`validate`'s checks one at a time, raising on the first that fails."""
         k = "StoredResponse"
         _bytes(k, "request_hash", self.request_hash, size=ID_SIZE)
         _bytes(k, "channel", self.channel, size=ID_SIZE)
@@ -551,6 +669,16 @@ def check_meta_key(key: object) -> str:
     return _text("meta", "key", key)
 
 
+_BATCH_RECORDS: tuple[tuple[str, type[_Record]], ...] = (
+    ("payee", PayeeRecord),
+    ("payer", PayerRecord),
+    ("requests", OutgoingRequest),
+    ("responses", StoredResponse),
+    ("claims", ClaimRecord),
+    ("request_updates", RequestUpdate),
+)
+
+
 def check_batch(batch: Batch) -> None:
     """Validate a whole batch before anything of it is applied.
 
@@ -563,15 +691,11 @@ def check_batch(batch: Batch) -> None:
     """
     if not isinstance(batch, Batch):
         raise _fail("Batch", f"write takes a Batch, not {type(batch).__name__}")
-    for name, cls in (
-        ("payee", PayeeRecord),
-        ("payer", PayerRecord),
-        ("requests", OutgoingRequest),
-        ("responses", StoredResponse),
-        ("claims", ClaimRecord),
-        ("request_updates", RequestUpdate),
-    ):
-        for record in _records(name, getattr(batch, name), cls):
+    for name, cls in _BATCH_RECORDS:
+        items = getattr(batch, name)
+        if type(items) is list and not items:
+            continue  # (most lists of a batch are empty)
+        for record in _records(name, items, cls):
             record.validate()
     if not isinstance(batch.meta, dict):
         raise _fail("Batch", "meta must be a dict")

@@ -355,3 +355,54 @@ async def test_write_through_builds_a_snapshot_when_it_is_staged() -> None:
     assert await store.payer_channel(key) == payer_record(1, paid=10, spent=3)
     persister.stage(payee_snapshot=(payee_record(1).channel, lambda: payee_record(1)))
     assert await store.payee_channel(payee_record(1).channel) == payee_record(1)
+
+
+def test_a_write_through_batch_is_what_one_staged_call_commits() -> None:
+    """Written through, `stage` builds its batch directly (`_through_batch`): for every mix
+    of records, snapshots, updates and deletes, it is the batch a group commit of that one
+    call would write."""
+    import itertools
+
+    from p2pay.store.conformance import payer_record, stored_response
+
+    payee_choices = [{}, {"payee": payee_record(1)}]
+    payee_snap_choices = [
+        {},
+        {"payee_snapshot": (payee_record(1).channel, lambda: payee_record(1, spent=0))},
+        {"payee_snapshot": (payee_record(2).channel, lambda: payee_record(2))},
+    ]
+    payer_choices = [{}, {"payer": payer_record(1)}]
+    payer_snap_choices = [
+        {},
+        {"payer_snapshot": (payer_record(1).channel, lambda: payer_record(1, paid=4))},
+        {"payer_snapshot": (payer_record(2).channel, lambda: payer_record(2))},
+    ]
+    request_choices = [{}, {"request": outgoing(1)}]
+    update_choices = [{}, {"request_update": update(1)}, {"request_update": update(2)}]
+    delete_choices = [
+        {},
+        {"delete_request": outgoing(1).request_hash},
+        {"delete_request": outgoing(2).request_hash},
+        {"delete_request": outgoing(3).request_hash},
+    ]
+    other_choices = [{}, {"response": stored_response(1), "meta": {"k": b"v"}}]
+    for parts in itertools.product(
+        payee_choices,
+        payee_snap_choices,
+        payer_choices,
+        payer_snap_choices,
+        request_choices,
+        update_choices,
+        delete_choices,
+        other_choices,
+    ):
+        kwargs: dict[str, Any] = {}
+        for part in parts:
+            kwargs.update(part)
+        grouped = Persister(MemoryStore())
+        grouped.stage(**kwargs)
+        through = RecordingWriteThrough()
+        Persister(through).stage(**kwargs)
+        assert through.batches == [grouped._staged.batch()] or (
+            grouped._staged.empty() and through.batches[0].is_empty()
+        ), kwargs

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -23,6 +25,7 @@ from p2pay.store import (
     OutgoingRequest,
     PayeeRecord,
     PayerRecord,
+    RequestUpdate,
     SqliteStore,
     Store,
     StoreClosed,
@@ -33,6 +36,7 @@ from p2pay.store.base import MAX_N, MAX_TIME
 from p2pay.store.conformance import (
     Case,
     StoreBackend,
+    _corrupt,
     channel_id,
     claim_record,
     outgoing,
@@ -593,3 +597,91 @@ async def test_sqlite_aclose_finishes_pending_writes(tmp_path: Path) -> None:
         assert await store.get_meta("late") is None
     finally:
         await store.aclose()
+
+
+# -- the records' fast validation path agrees with their field-by-field checks
+
+
+def _record_samples() -> list[Any]:
+    return [
+        payee_record(1, paid_max=5, spent=5, best_voucher=b"v"),
+        payer_record(1, paid=9, spent=7, absorbed=7, forgotten=9, released=9),
+        outgoing(1),
+        stored_response(1),
+        RequestUpdate(request_hash=b"\x07" * 32, state="answered", updated_at=3),
+    ]
+
+
+class _Int(int):
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+def _variants(value: object) -> list[object]:
+    """Values for one field: in range, out of range, or of a near-miss type."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [
+            0,
+            1,
+            value,
+            value + 1,
+            -1,
+            MAX_N,
+            MAX_N + 1,
+            MAX_YOCTO,
+            MAX_YOCTO + 1,
+            MAX_TIME,
+            MAX_TIME + 1,
+            True,
+            1.0,
+            _Int(value),
+            None,
+        ]
+    if isinstance(value, bytes):
+        return [
+            b"",
+            b"x",
+            value,
+            value + b"x",
+            value[:-1],
+            bytearray(value),
+            _Bytes(value),
+            b"x" * 64,
+            b"x" * 65,
+            None,
+        ]
+    if isinstance(value, str):
+        return [value, _Str(value), "open", "closing", "answered", "gone", "", None]
+    return []
+
+
+def _outcome(check: Callable[[], None]) -> tuple[str, str]:
+    try:
+        check()
+    except Exception as exc:  # the same error, type and message, either way
+        return type(exc).__name__, str(exc)
+    return "ok", ""
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_validate_fast_path_decides_as_the_field_checks(index: int) -> None:
+    """Every record's `validate` takes a fast path when each field is plainly in range:
+    with one field changed at a time to edge and near-miss values, it accepts exactly
+    what its field-by-field checks (`_check_fields`) accept, and raises their error
+    otherwise."""
+    base = _record_samples()[index]
+    for f in dataclasses.fields(base):
+        for value in _variants(getattr(base, f.name)):
+            fast, slow = copy.copy(base), copy.copy(base)
+            _corrupt(fast, f.name, value)
+            _corrupt(slow, f.name, value)
+            assert _outcome(fast.validate) == _outcome(slow._check_fields), (f.name, value)

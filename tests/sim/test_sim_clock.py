@@ -1,0 +1,131 @@
+"""The simulator's clock (`p2pay.sim.clock.SimClock`): trio's autojumping MockClock whose
+own wakes replace a cancel scope per timed wait; same behaviour as trio's sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from p2pay.core.identity import Keypair
+from p2pay.net.base import Stream, StreamClosed
+from p2pay.net.memory import MemoryNetwork, memory_addr, open_memory_transport
+from p2pay.sim.clock import SimClock, current_wakes
+from p2pay.sim.engine import sleep_until
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    trio.run(fn, clock=SimClock().trio_clock)
+
+
+def test_sleep_until_wakes_at_the_deadline() -> None:
+    async def main() -> None:
+        assert current_wakes() is not None
+        start = trio.current_time()
+        await sleep_until(start + 2.5)
+        assert trio.current_time() == start + 2.5
+        with trio.testing.assert_checkpoints():
+            await sleep_until(start)  # already past: a checkpoint, no wait
+        assert trio.current_time() == start + 2.5
+
+    run(main)
+
+
+def test_sleep_until_raises_an_outer_cancel_and_forgets_its_wake() -> None:
+    async def main() -> None:
+        start = trio.current_time()
+        with trio.move_on_after(1.0) as scope:  # a trio deadline, before the wake
+            await sleep_until(start + 5.0)
+        assert scope.cancelled_caught
+        assert trio.current_time() == start + 1.0
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sleep_until(start)  # cancelled before: raises even with a past deadline
+        assert scope.cancelled_caught
+        # the forgotten wake at start + 5 wakes nobody; the next sleep is not disturbed
+        await sleep_until(start + 7.0)
+        assert trio.current_time() == start + 7.0
+
+    run(main)
+
+
+def test_wakes_and_trio_deadlines_interleave_in_time_order() -> None:
+    async def main() -> None:
+        woke: list[tuple[str, float]] = []
+        start = trio.current_time()
+
+        async def ours(t: float) -> None:
+            await sleep_until(start + t)
+            woke.append(("wake", trio.current_time() - start))
+
+        async def trios(t: float) -> None:
+            await trio.sleep_until(start + t)
+            woke.append(("trio", trio.current_time() - start))
+
+        async with trio.open_nursery() as nursery:
+            for t in (3.0, 1.0, 2.0, 1.5):
+                nursery.start_soon(ours, t)
+            for t in (2.5, 0.5):
+                nursery.start_soon(trios, t)
+        assert [t for _, t in woke] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+        assert [k for k, _ in woke] == ["trio", "wake", "wake", "wake", "trio", "wake"]
+
+    run(main)
+
+
+@pytest.mark.parametrize("sim_clock", [True, False])
+def test_memory_frames_arrive_after_their_latency_on_either_clock(sim_clock: bool) -> None:
+    """A parked reader wakes at its frame's arrival (a wake of the clock, or its cancel
+    scope's deadline on a plain MockClock), and a closing end wakes it at once."""
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        net.set_latency(lambda src, dst: 0.25)
+        a, b = Keypair.from_seed(b"\x01" * 32), Keypair.from_seed(b"\x02" * 32)
+        got: list[tuple[bytes, float]] = []
+
+        async def echo(stream: Stream) -> None:
+            while True:
+                frame = await stream.receive()
+                got.append((frame, trio.current_time()))
+                await stream.send(frame)
+
+        async with (
+            open_memory_transport(net, b, echo),
+            open_memory_transport(net, a, echo) as ta,
+        ):
+            stream = await ta.connect(memory_addr(str(b.peer_id)))
+            t0 = trio.current_time()
+            await stream.send(b"x")
+            assert await stream.receive() == b"x"
+            assert trio.current_time() - t0 == pytest.approx(0.5)
+            assert got[0][1] - t0 == pytest.approx(0.25)
+            async with trio.open_nursery() as nursery:
+
+                async def close_later() -> None:
+                    await trio.sleep(1.0)
+                    await stream.aclose()
+
+                nursery.start_soon(close_later)
+                with pytest.raises(StreamClosed):
+                    await stream.receive()
+                assert trio.current_time() - t0 == pytest.approx(1.5)
+
+    if sim_clock:
+        run(main)
+    else:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_runs_raise_the_gc_thresholds_and_restore_them() -> None:
+    import gc
+
+    from p2pay.sim.run import SIM_GC_THRESHOLDS, _gc_thresholds
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), _gc_thresholds(SIM_GC_THRESHOLDS):
+        assert gc.get_threshold() == SIM_GC_THRESHOLDS
+        raise RuntimeError("the run failed")
+    assert gc.get_threshold() == before

@@ -1,0 +1,142 @@
+"""The outbox sends a durable frame at once on a stream that can send without waiting
+(`MemoryStream.send_nowait`), and queues it for its pump otherwise; frames keep their order."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from p2pay.core.identity import Keypair
+from p2pay.net.base import Stream, StreamClosed
+from p2pay.net.memory import (
+    PIPE_CAPACITY,
+    MemoryNetwork,
+    MemoryStream,
+    memory_addr,
+    open_memory_transport,
+)
+from p2pay.node.outbox import _Outbox
+from p2pay.persist import Persister
+from p2pay.store.conformance import payee_record
+from p2pay.store.memory import MemoryStore
+
+ALICE, BOB = Keypair.from_seed(b"\x01" * 32), Keypair.from_seed(b"\x02" * 32)
+
+
+async def _pair(
+    nursery: trio.Nursery, net: MemoryNetwork
+) -> tuple[MemoryStream, trio.MemoryReceiveChannel[tuple[bytes, float]]]:
+    """A stream from ALICE to BOB; what BOB reads comes out of the channel, timed."""
+    send, recv = trio.open_memory_channel[tuple[bytes, float]](1000)
+
+    async def reader(stream: Stream) -> None:
+        try:
+            while True:
+                frame = await stream.receive()
+                await send.send((frame, trio.current_time()))
+        except StreamClosed:
+            pass
+
+    bob = await nursery.start(_serve, net, BOB, reader)
+    alice = await nursery.start(_serve, net, ALICE, reader)
+    assert bob is not None
+    stream = await alice.connect(memory_addr(str(BOB.peer_id)))
+    assert isinstance(stream, MemoryStream)
+    return stream, recv
+
+
+async def _serve(net: MemoryNetwork, key: Keypair, handler: object, *, task_status: object) -> None:
+    async with open_memory_transport(net, key, handler) as transport:  # type: ignore[arg-type]
+        task_status.started(transport)  # type: ignore[attr-defined]
+        await trio.sleep_forever()
+
+
+async def test_send_nowait_sends_as_send_would(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    net.set_latency(lambda src, dst: 0.25)
+    async with trio.open_nursery() as nursery:
+        stream, got = await _pair(nursery, net)
+        t0 = trio.current_time()
+        assert stream.send_nowait(b"a")
+        await stream.send(b"b")
+        assert [await got.receive() for _ in range(2)] == [(b"a", t0 + 0.25), (b"b", t0 + 0.25)]
+        # a full pipe: nothing sent, send() would wait
+        for _ in range(PIPE_CAPACITY):
+            assert stream.send_nowait(b"x")
+        assert not stream.send_nowait(b"y")
+        nursery.cancel_scope.cancel()
+
+
+async def test_send_nowait_declines_when_it_cannot(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    net.set_send_filter(str(BOB.peer_id), lambda frame: frame)
+    accepted: list[Stream] = []
+
+    async def keep(stream: Stream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_serve, net, BOB, keep)
+        alice = await nursery.start(_serve, net, ALICE, keep)
+        stream = await alice.connect(memory_addr(str(BOB.peer_id)))
+        await trio.testing.wait_all_tasks_blocked()
+        (filtered,) = accepted
+        assert isinstance(filtered, MemoryStream) and isinstance(stream, MemoryStream)
+        assert not filtered.send_nowait(b"a")  # its frames pass a send filter: send()
+        await stream.aclose()
+        assert not stream.send_nowait(b"a")  # closed: send() says why
+        nursery.cancel_scope.cancel()
+
+
+async def test_outbox_sends_durable_frames_at_once_and_queues_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        stream, got = await _pair(nursery, net)
+        # group commit (not written through): a staged change is durable only once the
+        # flusher committed it
+        persister = Persister(MemoryStore())
+        nursery.start_soon(persister.run)
+        outbox = _Outbox()
+        nursery.start_soon(outbox.pump, persister, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.put(0, b"now")  # durable, nothing queued: sent by put itself
+        assert outbox.sent == 1 and not outbox.items
+        generation = persister.stage(payee=payee_record(1))
+        outbox.put(generation, b"after-commit")  # not durable yet: queued
+        outbox.put(0, b"behind-it")  # durable, but behind a queued frame: queued
+        assert outbox.sent == 1 and len(outbox.items) == 2
+        await outbox.wait_sent(3)
+        frames = [(await got.receive())[0] for _ in range(3)]
+        assert frames == [b"now", b"after-commit", b"behind-it"]
+        assert persister.is_durable(generation)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("write_through", [True, False])
+async def test_outbox_keeps_order_either_way(
+    autojump_clock: trio.testing.MockClock, write_through: bool
+) -> None:
+    net = MemoryNetwork()
+    net.set_latency(lambda src, dst: 0.01)
+    async with trio.open_nursery() as nursery:
+        stream, got = await _pair(nursery, net)
+        persister = Persister(MemoryStore(write_through=write_through))
+        nursery.start_soon(persister.run)
+        outbox = _Outbox()
+        nursery.start_soon(outbox.pump, persister, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        sent = []
+        for i in range(20):
+            generation = persister.stage(payee=payee_record(i % 3 + 1)) if i % 2 else 0
+            frame = b"%d" % i
+            outbox.put(generation, frame)
+            sent.append(frame)
+            if i % 5 == 0:
+                await trio.sleep(0.003)
+        await outbox.wait_sent(20)
+        assert [(await got.receive())[0] for _ in range(20)] == sent
+        nursery.cancel_scope.cancel()
