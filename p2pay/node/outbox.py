@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import NoReturn
 
 import trio
 
@@ -29,8 +30,8 @@ class _Outbox:
         self.items: collections.deque[tuple[int, bytes]] = collections.deque()
         #: set when a frame leaves or the outbox closes (`wait_below`, `wait_sent`)
         self.changed = trio.Event()
-        #: set when a frame is queued or the outbox closes (the pump waits on it)
-        self._queued = trio.Event()
+        #: the pump while it waits for a frame to be queued (`_park`; `put` wakes it)
+        self._parked: trio.lowlevel.Task | None = None
         self.closed = False
         self.last_sent = trio.current_time()  # when a frame last left (idle_timeout)
         #: frames sent so far: the frame put when ``sent + len(items)`` was N leaves when
@@ -54,7 +55,9 @@ class _Outbox:
             self.changed.set()
             return
         self.items.append((generation, frame))
-        self._queued.set()
+        task, self._parked = self._parked, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     async def wait_below(self, limit: int) -> None:
         while len(self.items) >= limit and not self.closed:
@@ -75,8 +78,7 @@ class _Outbox:
         try:
             while True:
                 while not self.items:
-                    self._queued = trio.Event()
-                    await self._queued.wait()
+                    await self._park()
                 generation = self.items[0][0]
                 if generation > durable:
                     await persister.durable(generation)
@@ -99,5 +101,20 @@ class _Outbox:
                 self.changed.set()
         finally:
             self._direct = None
+            self._parked = None
             self.closed = True
             self.changed.set()
+
+    async def _park(self) -> None:
+        """Wait until `put` queues a frame. A cancellation stops the direct path the
+        moment it reaches the pump (its abort), not when the pump next runs: a pump never
+        sends after its cancellation, and neither does `put` for it."""
+        task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+            self._parked = None
+            self._direct = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._parked = task
+        await trio.lowlevel.wait_task_rescheduled(abort)

@@ -140,3 +140,62 @@ async def test_outbox_keeps_order_either_way(
         await outbox.wait_sent(20)
         assert [(await got.receive())[0] for _ in range(20)] == sent
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_pump_lets_nothing_more_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once the pump's scope is cancelled (its connection closing, the node stopping), a
+    frame put before the pump task runs again is not sent by `put` either: a pump never
+    sends after its cancellation, so before the direct path (2d8f703) such a frame never
+    left; a payer's request would leave although its call then fails ConnectionLost."""
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        stream, got = await _pair(nursery, net)
+        persister = Persister(MemoryStore(write_through=True))
+        outbox = _Outbox()
+        async with trio.open_nursery() as pumps:
+            pumps.start_soon(outbox.pump, persister, stream)
+            await trio.testing.wait_all_tasks_blocked()
+            outbox.put(0, b"before")
+            await trio.testing.wait_all_tasks_blocked()  # sent; the pump parked again
+            pumps.cancel_scope.cancel()
+            # the pump has not run since: a durable frame, nothing queued
+            outbox.put(persister.stage(payee=payee_record(1)), b"late")
+            outbox.put(0, b"later")
+        assert outbox.closed and outbox.sent == 1
+        assert (await got.receive())[0] == b"before"
+        with trio.move_on_after(60):
+            frame = await got.receive()
+            raise AssertionError(f"{frame!r} left after the pump was cancelled")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pump_cancelled_while_it_sends_lets_nothing_more_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same when the cancellation reaches the pump mid-send (blocked on a full pipe):
+    its send is abandoned (the stream reset) and what is put then is not sent either."""
+    net = MemoryNetwork()
+    net.set_latency(lambda src, dst: 1000.0)
+    async with trio.open_nursery() as nursery:
+        stream, got = await _pair(nursery, net)
+        persister = Persister(MemoryStore(write_through=True))
+        outbox = _Outbox()
+        for _ in range(PIPE_CAPACITY):  # the reader reads them only at their arrival
+            assert stream.send_nowait(b"fill")
+        await trio.testing.wait_all_tasks_blocked()
+        while stream.send_nowait(b"fill"):  # (the reader holds one, waiting for it)
+            pass
+        async with trio.open_nursery() as pumps:
+            pumps.start_soon(outbox.pump, persister, stream)
+            await trio.testing.wait_all_tasks_blocked()
+            outbox.put(0, b"blocked")  # the pipe is full: the pump's send() waits
+            await trio.testing.wait_all_tasks_blocked()
+            assert outbox.sent == 0 and len(outbox.items) == 1
+            pumps.cancel_scope.cancel()
+            outbox.put(0, b"late")
+        assert outbox.closed and outbox.sent == 0
+        with pytest.raises(StreamClosed):
+            await stream.send(b"x")  # reset: a send cancelled while it waited
+        nursery.cancel_scope.cancel()
