@@ -120,7 +120,26 @@ def _through_batch(
     gives (`_Staged.batch`), built without one: a snapshot replaces a record of the same
     channel; an update folds into a request of the same hash; a delete drops the request
     and the update of its hash. Returns a function building it (snapshots are built when
-    it is called)."""
+    it is called).
+
+    Raises at once what staging into a `_Staged` raises before anything is written (a key
+    that is not hashable, an update that does not apply to a corrupted request), so that
+    a bad call fails alone as it does with a flusher, not as a failed store."""
+    for key in (
+        payee and payee.channel,
+        payee_snapshot and payee_snapshot[0],
+        payer and payer.channel,
+        payer_snapshot and payer_snapshot[0],
+        request and request.request_hash,
+        request_update and request_update.request_hash,
+    ):
+        hash(key)
+    applied = None
+    if request is not None and request_update is not None:
+        if request_update.request_hash == request.request_hash:
+            applied = request_update.apply(request)
+    for later in (response and response.request_hash, claim and claim.claim_id, delete_request):
+        hash(later)
 
     def build() -> Batch:
         batch = Batch()
@@ -136,8 +155,8 @@ def _through_batch(
         if request is not None:
             key = request.request_hash
             staged = request
-            if update is not None and update.request_hash == key:
-                staged, update = update.apply(request), None
+            if applied is not None:
+                staged, update = applied, None
             if key != delete_request:
                 batch.requests.append(staged)
         if update is not None and update.request_hash != delete_request:

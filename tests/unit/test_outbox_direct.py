@@ -179,7 +179,7 @@ async def test_a_pump_cancelled_while_it_sends_lets_nothing_more_leave(
     net = MemoryNetwork()
     net.set_latency(lambda src, dst: 1000.0)
     async with trio.open_nursery() as nursery:
-        stream, got = await _pair(nursery, net)
+        stream, _ = await _pair(nursery, net)
         persister = Persister(MemoryStore(write_through=True))
         outbox = _Outbox()
         for _ in range(PIPE_CAPACITY):  # the reader reads them only at their arrival

@@ -3,6 +3,7 @@ row once (specs/protocol.md "Durability"; p2pay/persist.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -406,3 +407,38 @@ def test_a_write_through_batch_is_what_one_staged_call_commits() -> None:
         assert through.batches == [grouped._staged.batch()] or (
             grouped._staged.empty() and through.batches[0].is_empty()
         ), kwargs
+
+
+def test_a_bad_stage_call_fails_alone_written_through_as_with_a_flusher() -> None:
+    """A call that staging refuses at once (an unhashable key, an update that does not
+    apply to a request corrupted after construction) raises from `stage` written through
+    too, as it does with a flusher: the store is not failed by it (after 2d8f703 it was,
+    the node then acknowledging nothing more) and the next call is written."""
+    from p2pay.store.conformance import _corrupt
+
+    def bad_price() -> dict[str, Any]:
+        request = _corrupt(outgoing(1), "price", -1)
+        return {"request": request, "request_update": update(1)}
+
+    def bytearray_key(name: str, field: str, record: Any) -> Callable[[], dict[str, Any]]:
+        return lambda: {name: _corrupt(record, field, bytearray(getattr(record, field)))}
+
+    cases: list[Callable[[], dict[str, Any]]] = [
+        bad_price,
+        bytearray_key("payee", "channel", payee_record(1)),
+        bytearray_key("request", "request_hash", outgoing(1)),
+        lambda: {"delete_request": bytearray(32)},
+        lambda: {"request": outgoing(1), "request_update": _corrupt(update(1), "state", [])},
+    ]
+    for case in cases:
+        raised = []
+        for persister in (Persister(MemoryStore()), Persister(RecordingWriteThrough())):
+            with pytest.raises(Exception) as info:
+                persister.stage(**case())
+            raised.append((type(info.value), str(info.value)))
+            assert persister._failed is None
+            generation = persister.stage(payee=payee_record(2))
+            assert (generation <= persister._durable) == (
+                isinstance(persister.store, RecordingWriteThrough)
+            )
+        assert raised[0] == raised[1], raised
