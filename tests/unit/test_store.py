@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
 
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.channel import ChannelStatus
@@ -685,3 +688,53 @@ def test_validate_fast_path_decides_as_the_field_checks(index: int) -> None:
             _corrupt(fast, f.name, value)
             _corrupt(slow, f.name, value)
             assert _outcome(fast.validate) == _outcome(slow._check_fields), (f.name, value)
+
+
+# Several fields at once (the fast path's cross-field rules: spent <= paid_max, a voucher
+# for paid_max > 0, absorbed <= spent <= paid, forgotten/released <= paid), each field
+# kept, moved near the invariants' edges, or replaced by an edge or near-miss value.
+
+_EDGE_INTS = [0, 1, 2, 5, 9, 10, -1, MAX_N, MAX_N + 1, MAX_YOCTO, MAX_YOCTO + 1, MAX_TIME + 1]
+
+
+def _near_miss(kind: type) -> SearchStrategy[object]:
+    if kind is int:
+        return st.sampled_from([*_EDGE_INTS, True, False, 1.0, _Int(1), None, "1"])
+    if kind is bytes:
+        return (
+            st.sampled_from(
+                [b"", b"v", b"x" * 31, b"x" * 32, b"x" * 33, b"x" * 64, b"x" * 65, None, "x" * 32]
+            )
+            | st.builds(bytearray, st.sampled_from([b"", b"x" * 32]))
+            | st.builds(_Bytes, st.sampled_from([b"", b"x" * 32]))
+        )
+    return st.sampled_from(
+        ["open", "closing", "closed", "answered", "expired", "gone", "", None, _Str("open")]
+    )
+
+
+@pytest.mark.parametrize("index", range(5))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_validate_fast_path_decides_as_the_field_checks_for_field_mixes(
+    index: int, data: st.DataObject
+) -> None:
+    base = _record_samples()[index]
+    fields = dataclasses.fields(base)
+    fast, slow = copy.copy(base), copy.copy(base)
+    for f in fields:
+        value = getattr(base, f.name)
+        kind = type(value)
+        if data.draw(st.integers(0, 2 * len(fields))) == 0:  # about one field in two draws
+            value = data.draw(_near_miss(kind))
+        elif kind is int:
+            value = data.draw(st.sampled_from([value, 0, 1, 5, 7, 9, 10]))
+        elif kind is bytes and f.name not in {"channel", "payer", "payee", "request_hash"}:
+            value = data.draw(st.sampled_from([value, b"", b"v"]))
+        _corrupt(fast, f.name, value)
+        _corrupt(slow, f.name, value)
+    assert _outcome(fast.validate) == _outcome(slow._check_fields)
+    assert [getattr(fast, f.name) for f in fields] == [getattr(slow, f.name) for f in fields]
+    assert [type(getattr(fast, f.name)) for f in fields] == [
+        type(getattr(slow, f.name)) for f in fields
+    ]
