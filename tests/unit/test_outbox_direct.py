@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
 
+from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request, Response, decode_frame
+from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.base import Stream, StreamClosed
 from p2pay.net.memory import (
     PIPE_CAPACITY,
@@ -16,8 +22,10 @@ from p2pay.net.memory import (
     memory_addr,
     open_memory_transport,
 )
+from p2pay.node import Call, NodeConfig, open_node
 from p2pay.node.outbox import _Outbox
 from p2pay.persist import Persister
+from p2pay.store.base import Batch
 from p2pay.store.conformance import payee_record
 from p2pay.store.memory import MemoryStore
 
@@ -199,3 +207,130 @@ async def test_a_pump_cancelled_while_it_sends_lets_nothing_more_leave(
         with pytest.raises(StreamClosed):
             await stream.send(b"x")  # reset: a send cancelled while it waited
         nursery.cancel_scope.cancel()
+
+
+class _LoggedStore(MemoryStore):
+    """Logs the request hashes of the responses and requests it commits (to `log`);
+    its writes may be slow, and fail from the `fail_after`-th on."""
+
+    def __init__(
+        self, log: list[tuple[str, bytes]], *, delay: float, fail_after: int, through: bool
+    ) -> None:
+        super().__init__(write_through=through)
+        self.log, self.delay, self.fail_after, self.writes = log, delay, fail_after, 0
+
+    def _written(self, batch: Batch) -> None:
+        for record in [*batch.responses, *batch.requests]:
+            self.log.append(("commit", record.request_hash))
+
+    async def write(self, batch: Batch) -> None:
+        self.writes += 1
+        await trio.sleep(self.delay * (self.writes % 3))
+        if self.writes >= self.fail_after:
+            raise OSError("disk gone")
+        await super().write(batch)
+        self._written(batch)
+
+    def write_now(self, batch: Batch) -> None:
+        self.writes += 1
+        if self.writes >= self.fail_after:
+            raise OSError("disk gone")
+        super().write_now(batch)
+        self._written(batch)
+
+
+@pytest.mark.parametrize(
+    ("bob_store", "alice_store"),
+    [
+        ({"delay": 0.01, "fail_after": 10**9, "through": False}, {"through": True}),
+        ({"delay": 0.01, "fail_after": 12, "through": False}, {"through": False}),
+        ({"delay": 0.0, "fail_after": 12, "through": True}, {"through": True}),
+        ({"delay": 0.0, "fail_after": 10**9, "through": True}, {"fail_after": 9}),
+    ],
+)
+async def test_no_request_or_answer_leaves_before_it_is_stored(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    bob_store: dict[str, Any],
+    alice_store: dict[str, Any],
+) -> None:
+    """Two nodes over the memory transport (direct sends and the pump), stores slow or
+    failing, group commit or written through: every signed answer BOB sends and every
+    request ALICE sends left after the record holding it was committed (13.3)."""
+    log: list[tuple[str, bytes]] = []
+    sent_by = {str(ALICE.peer_id): "alice", str(BOB.peer_id): "bob"}
+
+    def record(stream: MemoryStream, payload: bytes) -> None:
+        frame = decode_frame(payload)
+        if isinstance(frame, Response) and sent_by[stream._transport.peer_id] == "bob":
+            log.append(("answer", frame.request_hash))
+        elif isinstance(frame, Request) and sent_by[stream._transport.peer_id] == "alice":
+            log.append(("request", frame.hash))
+
+    send, send_many, send_nowait = (
+        MemoryStream.send,
+        MemoryStream.send_many,
+        MemoryStream.send_nowait,
+    )
+
+    async def logged_send(self: MemoryStream, payload: bytes) -> None:
+        record(self, payload)
+        await send(self, payload)
+
+    async def logged_send_many(self: MemoryStream, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            record(self, payload)
+        await send_many(self, payloads)
+
+    def logged_send_nowait(self: MemoryStream, payload: bytes) -> bool:
+        if send_nowait(self, payload):
+            record(self, payload)
+            return True
+        return False
+
+    monkeypatch.setattr(MemoryStream, "send", logged_send)
+    monkeypatch.setattr(MemoryStream, "send_many", logged_send_many)
+    monkeypatch.setattr(MemoryStream, "send_nowait", logged_send_nowait)
+    ledger = MemoryLedger()
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10**24)
+    net = MemoryNetwork()
+    net.set_latency(lambda src, dst: 0.001)
+    config = NodeConfig(watch_interval=0.05)
+    bobs = _LoggedStore(log, **bob_store)
+    alices = _LoggedStore(
+        log, **{"delay": 0.005, "fail_after": 10**9, "through": False, **alice_store}
+    )
+    answered = 0
+
+    async def echo(call: Call) -> bytes:
+        await trio.sleep(0.002 * (call.n % 3))
+        return call.body
+
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, store=bobs, config=config) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, store=alices, config=config) as alice,
+    ):
+        bob.serve("echo", echo, price=1_000)
+        await alice.open_channel(bob.addrs[0], deposit=10**9)
+
+        async def one(i: int) -> None:
+            nonlocal answered
+            await trio.sleep(0.001 * (i % 7))
+            with contextlib.suppress(P2payError):
+                await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=1_000)
+                answered += 1
+
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+    stored: set[bytes] = set()
+    left = 0
+    for kind, request_hash in log:
+        if kind == "commit":
+            stored.add(request_hash)
+        else:
+            left += 1
+            assert request_hash in stored, (kind, request_hash.hex())
+    assert left > 0
