@@ -16,13 +16,17 @@ call waits for its answer as long (`PATIENCE`), so a starved machine only runs s
   buffered, measured in the objects, not RSS);
 * the flooder was cut off (its window violation detected) and the hoarders were evicted
   to make room, never a paying session in flight;
-* nothing lost or made up: per honest channel, what the provider charged equals the
-  prices on the receipts `call` returned and the client's own channel accounting (late
-  receipts included), and nothing stays reserved. Nothing stays outstanding either,
-  except a request whose connection was lost after it left (a call retried after
-  ConnectionLost, seen on a starved machine): the client cannot know it was not admitted,
-  so it keeps its price outstanding until a re-send or its watcher settles it (protocol.md
-  14.2; these clients run no watcher), at most one price per such retry.
+* nothing lost or made up: per honest channel, the client's own accounting (late
+  receipts included) equals the prices on the receipts `call` returned, nothing stays
+  reserved at the provider, and what the provider charged is those prices plus at most
+  what stays outstanding at the client. Nothing stays outstanding except a request whose
+  connection was lost after it left (a call retried after ConnectionLost, seen on a
+  starved machine): the client cannot know whether it was admitted, so it keeps its price
+  outstanding until a re-send or its watcher settles it (protocol.md 14.2; these clients
+  run no watcher), at most one price per such retry. The provider may have served and
+  charged it, its answer lost with the connection (seen in a newcomer's run beside two
+  CPU hogs: charged 4,000 against 3,000 on the receipts, 1,000 outstanding): that charge
+  is the outstanding price, claimable, never more.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ async def test_two_hundred_honest_clients_beside_hoarders_and_a_flooder() -> Non
     assert result["clients"].keys() == result["receipts"].keys()
     for channel, paid in result["receipts"].items():
         spent, reserved = result["stored"][channel]
-        assert (spent, reserved) == (paid, 0), channel.hex()
         client_spent, outstanding = result["clients"][channel]
-        assert client_spent == paid, channel.hex()
+        assert reserved == 0 and client_spent == paid, channel.hex()
         lost = result["lost_calls"].get(channel, 0)
         assert outstanding % 1_000 == 0 and outstanding <= 1_000 * lost, (channel.hex(), lost)
+        assert paid <= spent <= paid + outstanding, (channel.hex(), spent, paid, outstanding)
     assert sum(result["receipts"].values()) == 600 * 1_000
