@@ -204,9 +204,13 @@ async def _flooder(ledger: MemoryLedger, bob: Node, addr: str, run: Run) -> None
                     )
                     chunk = header + b"\x00" * 65000
                     run.flooding.set()
-                    # until the provider cuts the connection off (bounded)
+                    # until the provider cuts the connection off (bounded), or ends our
+                    # session some other way (idle reset, eviction): a flood on a stream
+                    # the provider has closed is discarded by its muxer, never a window
+                    # violation, so it would only burn the bound (seen beside CPU hogs:
+                    # 71 GB in 611 s); the next connection floods again
                     with trio.move_on_after(PATIENCE), contextlib.suppress(Exception):
-                        while not raw.event_shutting_down.is_set():
+                        while not raw.event_shutting_down.is_set() and session in bob._live:
                             await raw._write_frame(chunk)
                             run.flood_bytes += 65000
                             await trio.sleep(0)
