@@ -198,20 +198,7 @@ class PayeeRecord:
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
         if (  # fast path: every field plainly in range; else the checks below name what is not
-            type(self.channel) is bytes
-            and len(self.channel) == ID_SIZE
-            and type(self.ledger) is bytes
-            and 1 <= len(self.ledger) <= MAX_LEDGER_ID_SIZE
-            and type(self.payer) is bytes
-            and len(self.payer) == ID_SIZE
-            and type(self.payee) is bytes
-            and len(self.payee) == ID_SIZE
-            and type(self.deposit) is int
-            and 0 <= self.deposit <= MAX_YOCTO
-            and type(self.status) is str
-            and self.status in CHANNEL_STATUSES
-            and type(self.last_n) is int
-            and 0 <= self.last_n <= MAX_N
+            _channel_fields_plain(self)
             and type(self.paid_max) is int
             and 0 <= self.paid_max <= MAX_YOCTO
             and type(self.best_voucher) is bytes
@@ -291,20 +278,7 @@ class PayerRecord:
     def validate(self) -> None:
         """Check every field again (a store calls it before accepting the record)."""
         if (  # fast path: every field plainly in range; else the checks below name what is not
-            type(self.channel) is bytes
-            and len(self.channel) == ID_SIZE
-            and type(self.ledger) is bytes
-            and 1 <= len(self.ledger) <= MAX_LEDGER_ID_SIZE
-            and type(self.payer) is bytes
-            and len(self.payer) == ID_SIZE
-            and type(self.payee) is bytes
-            and len(self.payee) == ID_SIZE
-            and type(self.deposit) is int
-            and 0 <= self.deposit <= MAX_YOCTO
-            and type(self.status) is str
-            and self.status in CHANNEL_STATUSES
-            and type(self.last_n) is int
-            and 0 <= self.last_n <= MAX_N
+            _channel_fields_plain(self)
             and type(self.paid) is int
             and 0 <= self.paid <= MAX_YOCTO
             and type(self.spent) is int
@@ -834,3 +808,24 @@ __all__ = [
     "check_vouchers_args",
     "floor_after_prune",
 ]
+
+
+def _channel_fields_plain(record: PayeeRecord | PayerRecord) -> bool:
+    """The fields a payee and a payer record share, each plainly of its type and in range
+    (the records' `validate` fast path; the field-by-field checks name what is not)."""
+    return (
+        type(record.channel) is bytes
+        and len(record.channel) == ID_SIZE
+        and type(record.ledger) is bytes
+        and 1 <= len(record.ledger) <= MAX_LEDGER_ID_SIZE
+        and type(record.payer) is bytes
+        and len(record.payer) == ID_SIZE
+        and type(record.payee) is bytes
+        and len(record.payee) == ID_SIZE
+        and type(record.deposit) is int
+        and 0 <= record.deposit <= MAX_YOCTO
+        and type(record.status) is str
+        and record.status in CHANNEL_STATUSES
+        and type(record.last_n) is int
+        and 0 <= record.last_n <= MAX_N
+    )
