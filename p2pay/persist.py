@@ -104,76 +104,6 @@ class _Staged:
         )
 
 
-def _through_batch(
-    payee: PayeeRecord | None,
-    payee_snapshot: tuple[bytes, Callable[[], PayeeRecord]] | None,
-    payer: PayerRecord | None,
-    payer_snapshot: tuple[bytes, Callable[[], PayerRecord]] | None,
-    request: OutgoingRequest | None,
-    response: StoredResponse | None,
-    claim: ClaimRecord | None,
-    meta: dict[str, bytes] | None,
-    delete_request: bytes | None,
-    request_update: RequestUpdate | None,
-) -> Callable[[], Batch]:
-    """What one `Persister.stage` call stages, as the batch a `_Staged` holding only it
-    gives (`_Staged.batch`), built without one: a snapshot replaces a record of the same
-    channel; an update folds into a request of the same hash; a delete drops the request
-    and the update of its hash. Returns a function building it (snapshots are built when
-    it is called).
-
-    Raises at once what staging into a `_Staged` raises before anything is written (a key
-    that is not hashable, an update that does not apply to a corrupted request), so that
-    a bad call fails alone as it does with a flusher, not as a failed store."""
-    for key in (
-        payee and payee.channel,
-        payee_snapshot and payee_snapshot[0],
-        payer and payer.channel,
-        payer_snapshot and payer_snapshot[0],
-        request and request.request_hash,
-        request_update and request_update.request_hash,
-    ):
-        hash(key)
-    applied = None
-    if request is not None and request_update is not None:
-        if request_update.request_hash == request.request_hash:
-            applied = request_update.apply(request)
-    for later in (response and response.request_hash, claim and claim.claim_id, delete_request):
-        hash(later)
-
-    def build() -> Batch:
-        batch = Batch()
-        if payee is not None and (payee_snapshot is None or payee_snapshot[0] != payee.channel):
-            batch.payee.append(payee)
-        if payee_snapshot is not None:
-            batch.payee.append(payee_snapshot[1]())
-        if payer is not None and (payer_snapshot is None or payer_snapshot[0] != payer.channel):
-            batch.payer.append(payer)
-        if payer_snapshot is not None:
-            batch.payer.append(payer_snapshot[1]())
-        update = request_update
-        if request is not None:
-            key = request.request_hash
-            staged = request
-            if applied is not None:
-                staged, update = applied, None
-            if key != delete_request:
-                batch.requests.append(staged)
-        if update is not None and update.request_hash != delete_request:
-            batch.request_updates.append(update)
-        if response is not None:
-            batch.responses.append(response)
-        if claim is not None:
-            batch.claims.append(claim)
-        if meta:
-            batch.meta.update(meta)
-        if delete_request is not None:
-            batch.delete_requests.append(delete_request)
-        return batch
-
-    return build
-
-
 class StoreFailed(StoreError):
     """The store could not commit: the node stops acknowledging anything.
 
@@ -230,24 +160,9 @@ class Persister:
         it folds into a request staged in this generation, is dropped if the request is
         to be deleted, and otherwise goes to the store as a narrow update.
         """
+        # written through, each call is a generation of its own, committed here
+        s = self._staged if self._write_now is None else _Staged()
         self._stages += 1
-        if self._write_now is not None:
-            # written through, each call is a generation of its own, committed here
-            return self._write_through(
-                _through_batch(
-                    payee,
-                    payee_snapshot,
-                    payer,
-                    payer_snapshot,
-                    request,
-                    response,
-                    claim,
-                    meta,
-                    delete_request,
-                    request_update,
-                )
-            )
-        s = self._staged
         if payee is not None:
             s.payee[payee.channel] = payee
             s.payee_snapshots.pop(payee.channel, None)
@@ -282,19 +197,21 @@ class Persister:
             s.requests.pop(delete_request, None)
             s.request_updates.pop(delete_request, None)
             s.delete_requests.add(delete_request)
+        if s is not self._staged:
+            return self._write_through(s)
         self._changed.set()
         return self._generation
 
-    def _write_through(self, batch: Callable[[], Batch]) -> int:
+    def _write_through(self, staged: _Staged) -> int:
         """Write one `stage` call's changes now (a write-through store), its snapshots
-        built now (`batch()`): the generation returned is durable."""
+        built now: the generation returned is durable."""
         generation = self._generation
         self._generation += 1
         if self._failed is not None:
             return generation  # never durable: `durable` raises StoreFailed
         assert self._write_now is not None
         try:
-            self._write_now(batch())
+            self._write_now(staged.batch())
         except Exception as exc:
             self._fail(exc)
             return generation

@@ -359,9 +359,8 @@ async def test_write_through_builds_a_snapshot_when_it_is_staged() -> None:
 
 
 def test_a_write_through_batch_is_what_one_staged_call_commits() -> None:
-    """Written through, `stage` builds its batch directly (`_through_batch`): for every mix
-    of records, snapshots, updates and deletes, it is the batch a group commit of that one
-    call would write."""
+    """Written through, `stage` writes, for every mix of records, snapshots, updates and
+    deletes, the batch a group commit of that one call would write."""
     import itertools
 
     from p2pay.store.conformance import payer_record, stored_response
