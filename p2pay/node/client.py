@@ -668,7 +668,9 @@ class Client:
                     f"no open channel to {peer_id}: open_channel first",
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
-            async with conn.slots:
+            slots = conn.slots
+            await _take(slots)
+            try:
                 await self.check_claimable(payee, service, body, price, timeout)
                 slot = conn.send_request(ch, service, body, price, timeout)
                 if not await self._wait(slot, timeout + 0.05):
@@ -679,6 +681,8 @@ class Client:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
                     slot = await self._resend_once(conn, ch, slot, give_up_at, timeout)
+            finally:
+                slots.release()
             if slot.replay is Replay.SUPERSEDED:
                 # Our own signature shows we lost state: numbers and slices are adopted
                 # (on_replay); a fresh request follows, once.
@@ -856,6 +860,24 @@ class Client:
             "claim ends, and returned unless the provider proves the claim frivolous; the "
             "provider must then deliver the answer through the ledger or refund the price)"
         )
+
+
+async def _take(slots: trio.Semaphore) -> None:
+    """``await slots.acquire()`` without its scheduling point when a slot is free.
+
+    `trio.Semaphore.acquire` yields to the scheduler even when it takes a free slot at
+    once. A call checkpoints anyway while it waits for its answer (`_wait`), so a free
+    slot is taken here after a cancellation check only (a pending cancellation is raised
+    as ``acquire`` raises it); only a full semaphore waits. Each call saves a task
+    reschedule and, in the simulator, a scheduler pass: 1,000 peers, 5 simulated
+    minutes, measured in the commit that made it. The request leaves at the same
+    instant, in the same order (n order: `send_request` is synchronous).
+    """
+    if slots.value:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slots.acquire_nowait()
+    else:
+        await slots.acquire()
 
 
 def _refused(channel: bytes, asked: int, least: int) -> RemoteProtocolError:
