@@ -8,8 +8,9 @@ import logging
 import math
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import trio
 
@@ -125,12 +126,81 @@ class ClientHost(Protocol):
     def _ledger_param(self, name: str) -> int | None: ...
 
 
+class _Done:
+    """Set once a slot's answer (or its loss) is known: a `trio.Event` for one waiter at a
+    time, whose wait has a deadline of its own (`wait_until`).
+
+    Under the simulator's clock (`p2pay.sim.clock.SimClock`) the deadline is a wake of
+    that clock instead of a `trio.move_on_at` cancel scope: every call waits this way,
+    and entering and leaving the scope was 3.2 % of the CPU of scale-1000 (cProfile at
+    4e2d09a). Same outcome at the same instant: an answer that arrives at the deadline
+    itself still counts, as it does under the cancel scope (see `wait_until`).
+    """
+
+    __slots__ = ("_flag", "_task")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._task: trio.lowlevel.Task | None = None  # the waiter, while it waits
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """`trio.Event.wait`: a checkpoint if set, else wait until set (cancellable)."""
+        if self._flag:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._task is not None:
+            raise RuntimeError("a slot has one waiter at a time")
+        self._task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def wait_until(self, deadline: float) -> None:
+        """``with trio.move_on_at(deadline): await self.wait()``: returns when set or at
+        `deadline`, whichever comes first (`is_set` tells which); an outer cancellation
+        is raised as usual."""
+        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        if wakes is None or self._flag:
+            with trio.move_on_at(deadline):
+                await self.wait()
+            return
+        task = trio.lowlevel.current_task()
+
+        def expire() -> None:  # called by the clock at `deadline`, between passes
+            if self._task is task:
+                self._task = None
+                trio.lowlevel.reschedule(task)
+
+        wake = wakes.wake_at(deadline, expire)
+        try:
+            await self.wait()
+        finally:
+            wakes.cancel(wake)
+        if not self._flag:
+            # At the deadline: one more pass before the caller looks, as a cancel scope's
+            # expiry takes (trio expires it in the pass after the clock's jump), so an
+            # answer whose arrival the clock wakes at this same instant still counts.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
 @dataclass
 class _Slot:
     channel: bytes
     n: int
     request: Request
-    done: trio.Event = field(default_factory=trio.Event)
+    done: _Done = field(default_factory=_Done)
     receipt: Receipt | None = None
     error: P2payError | None = None
     replay: Replay | None = None  # what an unsigned REPLAY of it meant (on_replay)
@@ -817,8 +887,7 @@ class Client:
 
     async def _wait(self, slot: _Slot, seconds: float) -> bool:
         """Wait for `slot`'s answer (and its state to be durable); False on timeout."""
-        with trio.move_on_after(seconds):
-            await slot.done.wait()
+        await slot.done.wait_until(trio.current_time() + seconds)
         if not slot.done.is_set():
             return False
         if slot.generation:
