@@ -3,6 +3,7 @@ own wakes replace a cancel scope per timed wait; same behaviour as trio's sleeps
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -207,3 +208,41 @@ def test_a_calls_wait_raises_an_outer_cancel_and_forgets_its_wake() -> None:
         assert trio.current_time() == start + 3.0
 
     run(main)
+
+
+def test_a_wake_due_at_once_fires_without_a_jump() -> None:
+    async def main() -> None:
+        wakes = current_wakes()
+        assert wakes is not None
+        start = trio.current_time()
+        task = trio.lowlevel.current_task()
+        wakes.wake_at(start, lambda: trio.lowlevel.reschedule(task))  # e.g. a 0 s latency
+        with trio.move_on_after(5.0):  # a later trio deadline: not jumped to
+            await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
+        assert trio.current_time() == start
+        await sleep_until(start + 1.0)  # later wakes still jump, to their instant
+        assert trio.current_time() == start + 1.0
+
+    run(main)
+
+
+def test_the_simulations_ledger_clock_reads_the_sim_clock_as_trio_does() -> None:
+    from pathlib import Path
+
+    from p2pay.sim import parse_scenario
+    from p2pay.sim.engine import EPOCH_MS, Simulation
+
+    path = Path(__file__).parent / "small-cheaters.toml"
+    sim = Simulation(parse_scenario(tomllib.loads(path.read_text()), source=str(path)))
+    seen: list[tuple[int, int]] = []
+
+    async def body(wall_start: float, cpu_start: float) -> None:
+        assert sim._sim_time is not None  # read from the SimClock directly
+        for t in (0.0, 0.0004, 1.2345, 77.7771):
+            await sleep_until(t)
+            seen.append((sim.ledger_now_ms(), EPOCH_MS + int(trio.current_time() * 1000)))
+
+    sim._run = body  # type: ignore[method-assign]
+    run(sim.run)
+    assert len(seen) == 4 and all(fast == slow for fast, slow in seen)
+    assert sim._sim_time is None  # outside its run it reads trio's clock again
