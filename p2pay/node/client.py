@@ -8,8 +8,9 @@ import logging
 import math
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import trio
 
@@ -125,12 +126,81 @@ class ClientHost(Protocol):
     def _ledger_param(self, name: str) -> int | None: ...
 
 
+class _Done:
+    """Set once a slot's answer (or its loss) is known: a `trio.Event` for one waiter at a
+    time, whose wait has a deadline of its own (`wait_until`).
+
+    Under the simulator's clock (`p2pay.sim.clock.SimClock`) the deadline is a wake of
+    that clock instead of a `trio.move_on_at` cancel scope: every call waits this way,
+    and entering and leaving the scope was 3.2 % of the CPU of scale-1000 (cProfile at
+    4e2d09a). Same outcome at the same instant: an answer that arrives at the deadline
+    itself still counts, as it does under the cancel scope (see `wait_until`).
+    """
+
+    __slots__ = ("_flag", "_task")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._task: trio.lowlevel.Task | None = None  # the waiter, while it waits
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """`trio.Event.wait`: a checkpoint if set, else wait until set (cancellable)."""
+        if self._flag:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._task is not None:
+            raise RuntimeError("a slot has one waiter at a time")
+        self._task = trio.lowlevel.current_task()
+
+        def abort(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def wait_until(self, deadline: float) -> None:
+        """``with trio.move_on_at(deadline): await self.wait()``: returns when set or at
+        `deadline`, whichever comes first (`is_set` tells which); an outer cancellation
+        is raised as usual."""
+        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        if wakes is None or self._flag:
+            with trio.move_on_at(deadline):
+                await self.wait()
+            return
+        task = trio.lowlevel.current_task()
+
+        def expire() -> None:  # called by the clock at `deadline`, between passes
+            if self._task is task:
+                self._task = None
+                trio.lowlevel.reschedule(task)
+
+        wake = wakes.wake_at(deadline, expire)
+        try:
+            await self.wait()
+        finally:
+            wakes.cancel(wake)
+        if not self._flag:
+            # At the deadline: one more pass before the caller looks, as a cancel scope's
+            # expiry takes (trio expires it in the pass after the clock's jump), so an
+            # answer whose arrival the clock wakes at this same instant still counts.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
 @dataclass
 class _Slot:
     channel: bytes
     n: int
     request: Request
-    done: trio.Event = field(default_factory=trio.Event)
+    done: _Done = field(default_factory=_Done)
     receipt: Receipt | None = None
     error: P2payError | None = None
     replay: Replay | None = None  # what an unsigned REPLAY of it meant (on_replay)
@@ -668,7 +738,9 @@ class Client:
                     f"no open channel to {peer_id}: open_channel first",
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
-            async with conn.slots:
+            slots = conn.slots
+            await _take(slots)
+            try:
                 await self.check_claimable(payee, service, body, price, timeout)
                 slot = conn.send_request(ch, service, body, price, timeout)
                 if not await self._wait(slot, timeout + 0.05):
@@ -679,6 +751,8 @@ class Client:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
                     slot = await self._resend_once(conn, ch, slot, give_up_at, timeout)
+            finally:
+                slots.release()
             if slot.replay is Replay.SUPERSEDED:
                 # Our own signature shows we lost state: numbers and slices are adopted
                 # (on_replay); a fresh request follows, once.
@@ -813,8 +887,7 @@ class Client:
 
     async def _wait(self, slot: _Slot, seconds: float) -> bool:
         """Wait for `slot`'s answer (and its state to be durable); False on timeout."""
-        with trio.move_on_after(seconds):
-            await slot.done.wait()
+        await slot.done.wait_until(trio.current_time() + seconds)
         if not slot.done.is_set():
             return False
         if slot.generation:
@@ -856,6 +929,24 @@ class Client:
             "claim ends, and returned unless the provider proves the claim frivolous; the "
             "provider must then deliver the answer through the ledger or refund the price)"
         )
+
+
+async def _take(slots: trio.Semaphore) -> None:
+    """``await slots.acquire()`` without its scheduling point when a slot is free.
+
+    `trio.Semaphore.acquire` yields to the scheduler even when it takes a free slot at
+    once. A call checkpoints anyway while it waits for its answer (`_wait`), so a free
+    slot is taken here after a cancellation check only (a pending cancellation is raised
+    as ``acquire`` raises it); only a full semaphore waits. Each call saves a task
+    reschedule and, in the simulator, a scheduler pass: 1,000 peers, 5 simulated
+    minutes, measured in the commit that made it. The request leaves at the same
+    instant, in the same order (n order: `send_request` is synchronous).
+    """
+    if slots.value:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slots.acquire_nowait()
+    else:
+        await slots.acquire()
 
 
 def _refused(channel: bytes, asked: int, least: int) -> RemoteProtocolError:

@@ -93,14 +93,19 @@ class SimClock:
 
     def _autojump(self) -> None:
         # Called by trio's run loop when no task is runnable (autojump_threshold=0).
+        # (Almost every call jumps: the wake due at once, a frame sent with no latency, is
+        # rare, so it is looked for without calling `_fire`; `now` is read once. Same
+        # jumps and wakes as before; 480 k calls in scale-1000, measured in the commit.)
         wakes = self._wakes
         while wakes and wakes[0][2] is None:
             heapq.heappop(wakes)
-        if self._fire(self.current_time()):
+        now = self.current_time()
+        if wakes and wakes[0][0] <= now:
+            self._fire(now)  # a live wake is due: its tasks run, no jump
             return
-        jump = self._trio_next_deadline() - self.current_time()
-        if wakes:
-            jump = min(jump, wakes[0][0] - self.current_time())
+        jump = self._trio_next_deadline() - now
+        if wakes and wakes[0][0] - now < jump:
+            jump = wakes[0][0] - now
         if 0 < jump < math.inf:
             self.trio_clock.jump(jump)
             self._fire(self.current_time())
