@@ -324,7 +324,8 @@ class Watcher:
                     log.warning("watcher step failed: %s", exc)
                 with trio.move_on_after(self.node.config.watch_interval):
                     await self._wake.wait()
-                self._wake = trio.Event()
+                if self._wake.is_set():  # poked: a new event for the next poke
+                    self._wake = trio.Event()
 
     async def step(self) -> None:
         """One pass: follow events (closes first), then do the periodic duties."""
@@ -791,25 +792,38 @@ class Watcher:
     # -- periodic duties
 
     async def _redeem(self, ch: PayeeChannel, *, force: bool = False) -> None:
-        node = self.node
-        due = ch.spent - ch.redeemed
-        if ch.best is None or due <= 0 or ch.status is ChannelStatus.CLOSED:
-            self._unredeemed_since.pop(ch.channel, None)
+        if not self._owed(ch):
             return
-        now = node.now()
+        now = self.node.now()
+        reason = self._redeem_reason(ch, now, force=force)
+        if reason is not None:
+            await self._redeem_now(ch, reason, now)
+
+    def _owed(self, ch: PayeeChannel) -> bool:
+        """Whether `ch` holds a charge to redeem (else its unredeemed age is forgotten)."""
+        if ch.best is None or ch.spent - ch.redeemed <= 0 or ch.status is ChannelStatus.CLOSED:
+            self._unredeemed_since.pop(ch.channel, None)
+            return False
+        return True
+
+    def _redeem_reason(self, ch: PayeeChannel, now: int, *, force: bool) -> str | None:
+        """Why `ch` (which holds a charge, `_owed`) must be redeemed at `now`, or None;
+        its charge's age starts at the first `now` that saw it."""
         since = self._unredeemed_since.setdefault(ch.channel, now)
-        reason = "closing" if force else None
-        reason = reason or redeem_reason(
-            unredeemed=due,
+        if force:
+            return "closing"
+        return redeem_reason(
+            unredeemed=ch.spent - ch.redeemed,
             escrow=ch.deposit - ch.redeemed,
             closing=ch.status is ChannelStatus.CLOSING,
             now=now,
             unredeemed_since=since,
             last_redeem=self._last_redeem.get(ch.channel),
-            config=node.config,
+            config=self.node.config,
         )
-        if reason is None:
-            return
+
+    async def _redeem_now(self, ch: PayeeChannel, reason: str, now: int) -> None:
+        node = self.node
         # Charges made while we wait below are not durable yet: redeem what was charged now.
         amount = ch.spent
         await node.persister.flush()  # never redeem a charge that is not durable
@@ -835,8 +849,20 @@ class Watcher:
         log.info("redeemed channel=%s amount=%d", ch.channel.hex(), paid)
 
     async def _redeem_due(self) -> None:
-        for ch in list(self.node.payee_channels.values()):
-            await self._redeem(ch, force=ch.status is ChannelStatus.CLOSING)
+        """`_redeem` each payee channel, the clock read once until a redeem awaits (the
+        time cannot have moved in between): a step is run by each of a simulation's
+        nodes every `watch_interval`, and most of their channels owe nothing."""
+        node = self.node
+        now: int | None = None
+        for ch in list(node.payee_channels.values()):
+            if not self._owed(ch):
+                continue
+            if now is None:
+                now = node.now()
+            reason = self._redeem_reason(ch, now, force=ch.status is ChannelStatus.CLOSING)
+            if reason is not None:
+                await self._redeem_now(ch, reason, now)
+                now = None  # it waited: read the clock again
 
     async def _finalize_closes(self) -> None:
         node = self.node
