@@ -290,6 +290,7 @@ class Watcher:
         self.cursor = 0
         self.steps = 0
         self._wake = trio.Event()
+        self._resting: trio.CancelScope | None = None  # the wait between steps (`_rest`)
         self.redeems: collections.Counter[str] = collections.Counter()  # by reason
         self.answers: collections.Counter[str] = collections.Counter()  # claims, by outcome
         self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
@@ -317,6 +318,8 @@ class Watcher:
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
         self._wake.set()
+        if self._resting is not None:
+            self._resting.cancel()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         raw = await self.node.store.get_meta(CURSOR_KEY)
@@ -329,10 +332,28 @@ class Watcher:
                     await self.step()
                 except (P2payError, OSError) as exc:
                     log.warning("watcher step failed: %s", exc)
-                with trio.move_on_after(self.node.config.watch_interval):
-                    await self._wake.wait()
+                await self._rest()
                 if self._wake.is_set():  # poked: a new event for the next poke
                     self._wake = trio.Event()
+
+    async def _rest(self) -> None:
+        """Wait `watch_interval`, or until `poke`.
+
+        Under the simulator's clock (`p2pay.sim.clock`, found as the clock's ``sim_wakes``)
+        the clock reschedules the task itself at the same instant, without a deadline that
+        expires by raising and catching `trio.Cancelled`: 1,000 watchers wait every 30
+        simulated seconds, and such a wait costs a third (7 against 20 us, measured). On
+        any other clock (every real node), trio's timeout.
+        """
+        interval = self.node.config.watch_interval
+        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        if wakes is None or self._wake.is_set():
+            with trio.move_on_after(interval):
+                await self._wake.wait()
+            return
+        with trio.CancelScope() as self._resting:  # `poke` cancels it
+            await wakes.sleep_until(trio.current_time() + interval)
+        self._resting = None
 
     async def step(self) -> None:
         """One pass: follow events (closes first), then do the periodic duties."""

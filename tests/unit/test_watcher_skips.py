@@ -13,9 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+import trio
+import trio.testing
+
 from p2pay.core.settlement import ClaimState
 from p2pay.node import NodeConfig
 from p2pay.node.watcher import Watcher
+from p2pay.sim.clock import SimClock
 from p2pay.store.base import ClaimRecord, OutgoingRequest
 
 NOW = 1_700_000_000_000
@@ -181,3 +186,56 @@ async def test_a_claim_record_staged_during_the_read_is_read_next_step() -> None
     await watcher._resolve_claims()
     assert node.store.reads == 2
     assert node.ledger.resolved == late
+
+
+# ---------------------------------------------------------------------------
+# the wait between steps: every `watch_interval`, or at once when poked, on either clock
+
+
+class StepTimes(Watcher):
+    """A watcher whose step only notes when it ran."""
+
+    times: list[float]
+
+    async def step(self) -> None:
+        self.times.append(trio.current_time())
+
+
+class MetaStore:
+    async def get_meta(self, key: str) -> bytes | None:
+        return None
+
+
+async def step_instants() -> list[float]:
+    node = FakeNode(config=NodeConfig(watch_interval=30.0))
+    node.store = MetaStore()  # type: ignore[assignment]
+    watcher = StepTimes(node)  # type: ignore[arg-type]
+    watcher.times = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        await trio.sleep(70)  # steps at 0, 30, 60
+        watcher.poke()  # at 70: a step now, the next 30 s later
+        await trio.sleep(5)
+        watcher.poke()
+        watcher.poke()  # two pokes before the step: one step
+        await trio.sleep(40)  # at 75, then 105
+        nursery.cancel_scope.cancel()
+    return [t - start for t in watcher.times]
+
+
+STEPS = [0.0, 30.0, 60.0, 70.0, 75.0, 105.0]
+
+
+async def test_steps_under_trios_clock(autojump_clock: trio.testing.MockClock) -> None:
+    assert await step_instants() == STEPS
+
+
+@pytest.fixture
+def sim_clock() -> trio.abc.Clock:
+    return SimClock().trio_clock
+
+
+async def test_steps_under_the_simulators_clock(sim_clock: trio.abc.Clock) -> None:
+    """The same instants when the simulator's clock wakes the watcher (`Watcher._rest`)."""
+    assert await step_instants() == STEPS
