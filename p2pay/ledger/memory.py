@@ -184,8 +184,13 @@ class MemoryLedger(LocalLedger):
         if after < 0 or limit < 0:
             raise LocalProtocolError("after and limit must be >= 0")
         mine = self._by_account.get(account, [])
+        if limit and (not mine or mine[-1].seq <= after):  # nothing new: most watcher steps
+            return [], max(after, len(self._events))
         start = bisect.bisect_right(mine, after, key=lambda e: e.seq)
-        page = [dataclasses.replace(e, fields=dict(e.fields)) for e in mine[start : start + limit]]
+        page = [
+            Event(kind=e.kind, fields=dict(e.fields), at=e.at, seq=e.seq)  # copies, as `events`
+            for e in mine[start : start + limit]
+        ]
         cursor = page[-1].seq if len(page) == limit else max(after, len(self._events))
         return page, cursor
 

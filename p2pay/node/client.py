@@ -262,7 +262,7 @@ class _Connection:
                 deadline=deadline,
                 frame=frame,
                 state="awaiting",
-                updated_at=node.now(),
+                updated_at=now,  # the same synchronous step: the same instant
             ),
         )
         slot = _Slot(channel=ch.channel, n=request.n, request=request)

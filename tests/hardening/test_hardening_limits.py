@@ -555,3 +555,63 @@ async def test_key_material_never_reaches_logs_or_reprs(caplog: pytest.LogCaptur
     for key in (ALICE, BOB, MALLORY):
         assert key.seed.hex() not in text and key.seed.hex().upper() not in text
         assert repr(key.seed) not in text
+
+
+# ---------------------------------------------------------------------------
+# the idle timer under the simulator's clock: the same instants as under trio's
+
+
+@pytest.fixture
+def sim_clock() -> trio.abc.Clock:
+    """The simulator's clock (autojumping `MockClock` that wakes sleepers itself): the
+    server's idle timer sleeps on its wakes instead of trio's deadlines."""
+    from p2pay.sim.clock import SimClock
+
+    return SimClock().trio_clock
+
+
+async def idle_reset_instants() -> list[float]:
+    """When BOB resets idle sessions, from the hello: one silent; one whose only call
+    (admitted at once, served for 15 s) is in flight when the timer first fires; one with
+    a call answered at 4 s."""
+
+    async def slow(call: Call) -> bytes:
+        await trio.sleep(15)
+        return call.body
+
+    config = NodeConfig(watcher=False, idle_timeout=10.0)
+    found: list[float] = []
+    async with provider_world(config, services={"slow": slow}) as world:
+        for case in ("silent", "busy", "answered"):
+            async with raw_peer(world) as mallory:
+                stream = await mallory.connect()
+                start = trio.current_time()
+                resets = world.bob.counters.idle_resets
+                n = 1 + len(found)
+                if case == "busy":
+                    request = world.mallory_request(n, service="slow")
+                    await stream.send(request.to_frame())
+                if case == "answered":
+                    await trio.sleep(4)
+                    answer = await mallory.exchange(world.mallory_request(n).to_frame())
+                    assert isinstance(answer, Response) and answer.ok
+                with trio.fail_after(100), pytest.raises(StreamClosed):
+                    while True:  # the slow call's answer, then the reset
+                        await stream.receive()
+                found.append(trio.current_time() - start)
+                assert world.bob.counters.idle_resets > resets  # (with others idle as long)
+    return found
+
+
+# a silent session at 10 s; a busy one at 10 s finds a call in flight and looks again 10 s
+# later (20 s), when its last useful moment was the answer at 15 s: reset at 25 s; the one
+# answered at 4 s at 14 s
+IDLE_RESETS = [10.0, 25.0, 14.0]
+
+
+async def test_idle_resets_under_trios_clock(autojump_clock: trio.testing.MockClock) -> None:
+    assert await idle_reset_instants() == IDLE_RESETS
+
+
+async def test_idle_resets_under_the_simulators_clock(sim_clock: trio.abc.Clock) -> None:
+    assert await idle_reset_instants() == IDLE_RESETS

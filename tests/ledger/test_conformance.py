@@ -463,3 +463,37 @@ async def test_sqlite_attacker_in_another_process_cannot_act_for_the_victim(
     assert stake is not None and (stake.amount, stake.unbonding_at) == (4, 0)
     assert len(await ledger.events()) == 2
     await ledger.aclose()
+
+
+async def test_memory_events_for_matches_the_paging_default_when_nothing_is_new() -> None:
+    """The memory ledger's index answers an account with nothing new (never named, or
+    named only at or before the cursor; most watcher steps) without a search: the same
+    page and cursor as the default that pages through every event (`OpLedger.events_for`),
+    also after other accounts' events and with a cursor past the end; and what is new
+    after that is read."""
+    from p2pay.ledger.base import OpLedger
+
+    clock = ManualClock()
+    ledger = MemoryLedger(clock=clock)
+
+    async def both(account: bytes, after: int, limit: int = 500) -> tuple[list[Any], int]:
+        got = await ledger.events_for(account, after, limit)
+        assert got == await OpLedger.events_for(ledger, account, after, limit)
+        return got
+
+    assert await both(ALICE.account, 0) == ([], 0)  # an empty log
+    await ledger.mint(ALICE, ALICE.account, 10 * TOKEN)
+    page, cursor = await both(ALICE.account, 0)
+    assert len(page) == 1 and cursor == page[0].seq
+    assert await both(ALICE.account, cursor) == ([], cursor)
+    assert await both(BOB.account, 0) == ([], cursor)  # never named
+    await ledger.mint(CAROL, CAROL.account, TOKEN)  # another's event moves the end
+    end = (await ledger.events(after=0, limit=100))[-1].seq
+    assert end > cursor
+    assert await both(ALICE.account, cursor) == ([], end)
+    assert await both(ALICE.account, end + 7) == ([], end + 7)  # past the end: kept
+    await ledger.transfer(CAROL, ALICE.account, 5)  # named again: read
+    page, cursor = await both(ALICE.account, end)
+    assert [e.kind for e in page] == ["Transferred"] and cursor == page[0].seq
+    page, _ = await both(ALICE.account, 0, 1)
+    assert len(page) == 1

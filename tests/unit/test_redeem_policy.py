@@ -334,3 +334,41 @@ async def test_charges_made_while_redeeming_are_not_taken_for_redeemed() -> None
     await watcher._redeem_due()
     assert node.ledger.calls[-1] == (ch.channel, 700)
     assert ch.redeemed == node.ledger.redeemed[ch.channel] == 700
+
+
+async def test_a_pass_reads_the_clock_once_until_a_redeem_waits() -> None:
+    """`_redeem_due` reads the clock once for the channels it only looks at (nothing can
+    move the time between them) and again after a redeem waited: the channel after it
+    sees the time the redeem ended at, as when each channel read the clock itself."""
+    node = FakeNode(config=NodeConfig(redeem_max_age_ms=MINUTE))
+    watcher = Watcher(node)  # type: ignore[arg-type]
+    reads = 0
+    real_now = node.now
+
+    def counting_now() -> int:
+        nonlocal reads
+        reads += 1
+        return real_now()
+
+    node.now = counting_now  # type: ignore[method-assign]
+    a, b, c, idle = node.open(1, 10**9), node.open(2, 10**9), node.open(3, 10**9), node.open(4, 1)
+    for ch in (a, b, c):
+        node.charge(ch, 1)
+    start = node.clock
+    await watcher._redeem_due()  # nothing due yet: one read for the three owing channels
+    assert reads == 1 and node.ledger.calls == []
+    assert watcher._unredeemed_since == {a.channel: start, b.channel: start, c.channel: start}
+    node.clock += MINUTE
+    b.status = ChannelStatus.CLOSING  # b is redeemed at once; the redeem takes a second
+    node.persister.during_flush = lambda: setattr(node, "clock", node.clock + 1_000)
+    reads = 0
+    await watcher._redeem_due()
+    # a is redeemed by age at start + MINUTE (one read), c after b's redeem moved the clock
+    assert [ch for ch, _ in node.ledger.calls] == [a.channel, b.channel, c.channel]
+    assert watcher._last_redeem == {
+        a.channel: start + MINUTE,
+        b.channel: start + MINUTE + 1_000,
+        c.channel: start + MINUTE + 2_000,
+    }
+    assert reads == 3
+    assert idle.channel not in watcher._unredeemed_since
