@@ -339,9 +339,10 @@ class Request:
     body: bytes = field(default=b"", repr=False, compare=False)
     signing_bytes: bytes = field(init=False, repr=False, compare=False)
     hash: bytes = field(init=False, repr=False, compare=False)
-    #: `to_frame`'s result once computed (``b""`` before): a payee stores the same
-    #: request's frame several times (its channel record's best voucher, its answer's
-    #: evidence). Reset by every copy with another signature (`_with_signature`).
+    #: `to_frame`'s result once computed (``b""`` before), or the frame the request was
+    #: decoded from (`decode_frame`): a payee stores the same request's frame several
+    #: times (its channel record's best voucher, its answer's evidence). Reset by every
+    #: copy with another signature (`_with_signature`).
     _frame: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -1261,7 +1262,14 @@ def decode_frame(
         ):
             raise DecodeError("request/response frame is [kind, signed, signature, body]")
         if kind == KIND_REQUEST:
-            return Request.from_signed(signed, signature, body)
+            request = Request.from_signed(signed, signature, body)
+            # The strict decoder accepted `data`, so it is the only encoding of this frame
+            # (INV-17): exactly what `to_frame` would encode again. The payee keeps every
+            # request's frame (its answer's evidence, its channel's best voucher); this
+            # saves encoding it back (108k of the 216k request-frame encodes at 1,000 peers,
+            # 1.4 s of 186 s profiled).
+            object.__setattr__(request, "_frame", bytes(data))
+            return request
         return Response.from_signed(signed, signature, body)
     if kind == KIND_HELLO:
         if len(value) != 3:

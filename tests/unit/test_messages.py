@@ -923,3 +923,19 @@ def test_an_answer_of_the_limit_always_fits_the_payers_max_frame(ledger: bytes) 
         frame = response.to_frame()
         assert len(frame) <= max_frame
         assert len(frame) - len(body) <= 512  # well within the margin
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_a_decoded_request_keeps_its_frame_as_to_frame_would_encode_it(wrap: Any) -> None:
+    """`decode_frame` keeps a request's received frame as its `to_frame` (perf19): the
+    strict decoder accepts only the one encoding, so it is what encoding gives again."""
+    for body in (b"", b"body", bytes(range(256)) * 40):
+        frame = make_request(body=body).to_frame()
+        decoded = decode_frame(wrap(frame))
+        assert isinstance(decoded, Request)
+        kept = decoded.to_frame()
+        assert type(kept) is bytes and kept == frame
+        assert kept == codec.encode([1, decoded.signing_bytes, decoded.signature, decoded.body])
+        # a copy with another signature encodes its own frame
+        other = decoded.with_signature(bytes(64))
+        assert other.to_frame() == codec.encode([1, decoded.signing_bytes, bytes(64), decoded.body])
