@@ -639,3 +639,47 @@ def test_encode_refuses_cycles() -> None:
 def test_every_decode_error_is_malformed_or_frame_too_large() -> None:
     assert issubclass(FrameTooLarge, DecodeError)
     assert DecodeError("x").code is ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("major", range(6))
+def test_every_one_byte_argument_is_read_as_before(major: int) -> None:
+    """The decoder reads a one-byte argument inline (perf19): for every major type and
+    every argument byte, the item decodes to what cbor2 reads, re-encodes to itself, and
+    an argument below 24 is refused as non-shortest, as `_long_argument` does; a missing
+    argument byte is truncated input."""
+    for arg in range(256):
+        head = bytes((major << 5 | 24, arg))
+        if major in (2, 3):
+            data = head + b"a" * arg
+        elif major == 4:
+            data = head + b"\x00" * arg
+        elif major == 5:
+            data = head + b"".join(encode(i) + b"\x00" for i in range(arg))
+        else:
+            data = head
+        if arg < 24:
+            refused(data, f"non-shortest encoding at offset 0: argument {arg} written in 2 bytes")
+            continue
+        value = decode(data)
+        assert value == cbor2.loads(data)
+        assert encode(value) == data
+        assert decode(b"\x81" + data) == [value]  # at another offset too
+    refused(bytes((major << 5 | 24,)), "truncated input: item at offset 0 needs a 1-byte")
+
+
+def test_exact_bytes_and_ints_encode_as_their_variants() -> None:
+    """The encoder's fast path for exact `bytes` and `int` (perf19) writes what the general
+    branches write for a bytearray, a memoryview and an int subclass."""
+
+    class Number(enum.IntEnum):
+        N = 0
+
+    for size in (0, 1, 23, 24, 255, 256, 65535, 65536):
+        raw = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        assert encode(raw) == encode(bytearray(raw)) == encode(memoryview(raw))
+        assert encode([raw]) == b"\x81" + encode(bytearray(raw))
+    for value in (0, 1, 23, 24, 255, 256, 2**32, 2**64 - 1, 2**64, 2**128 - 1, -1, -(2**128)):
+        assert encode(value) == cbor2.dumps(value)
+        assert encode(Number.N) == encode(0)
+    with pytest.raises(LocalProtocolError, match="outside"):
+        encode(2**128)

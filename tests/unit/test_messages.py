@@ -923,3 +923,105 @@ def test_an_answer_of_the_limit_always_fits_the_payers_max_frame(ledger: bytes) 
         frame = response.to_frame()
         assert len(frame) <= max_frame
         assert len(frame) - len(body) <= 512  # well within the margin
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_a_decoded_request_keeps_its_frame_as_to_frame_would_encode_it(wrap: Any) -> None:
+    """`decode_frame` keeps a request's received frame as its `to_frame` (perf19): the
+    strict decoder accepts only the one encoding, so it is what encoding gives again."""
+    for body in (b"", b"body", bytes(range(256)) * 40):
+        frame = make_request(body=body).to_frame()
+        decoded = decode_frame(wrap(frame))
+        assert isinstance(decoded, Request)
+        kept = decoded.to_frame()
+        assert type(kept) is bytes and kept == frame
+        assert kept == codec.encode([1, decoded.signing_bytes, decoded.signature, decoded.body])
+        # a copy with another signature encodes its own frame
+        other = decoded.with_signature(bytes(64))
+        assert other.to_frame() == codec.encode([1, decoded.signing_bytes, bytes(64), decoded.body])
+
+
+def _hello_from_signed_4e2d09a(signed: bytes, signature: bytes) -> Hello:
+    """`Hello.from_signed` as it was at 4e2d09a (construct, then encode again)."""
+    from p2pay.core.messages import _HELLO_KEYS, MAX_SERVICES, _check_signature, _signed_map
+
+    fields = _signed_map(signed, DOMAIN_HELLO, _HELLO_KEYS)
+    _check_signature(signature, remote=True)
+    services_raw = fields["services"]
+    if not isinstance(services_raw, list):
+        raise DecodeError("services must be an array")
+    if len(services_raw) > MAX_SERVICES:
+        raise DecodeError(f"more than {MAX_SERVICES} services")
+    services = tuple(ServiceTerms.from_cbor(item) for item in services_raw)
+    stake_raw = fields["stake"]
+    stake = None if stake_raw is None else StakeTerms.from_cbor(stake_raw)
+    try:
+        hello = Hello(
+            version=fields["version"],
+            ledger=fields["ledger"],
+            services=services,
+            stake=stake,
+            max_in_flight=fields["max_in_flight"],
+            max_frame=fields["max_frame"],
+            account=fields["account"],
+            account_proof=fields["account_proof"],
+            deadline_horizon=fields["deadline_horizon"],
+            signature=signature,
+        )
+    except LocalProtocolError as exc:
+        raise DecodeError(exc.message) from None
+    assert hello.signing_bytes == signed
+    return hello
+
+
+def test_hello_from_signed_decides_as_before() -> None:
+    """A received hello keeps its signing bytes instead of encoding them again (perf19):
+    every field is checked as before, with the same errors, and the hello is the same."""
+    evm_ledger = evm_ledger_id(31337, bytes(range(1, 21)))
+    bases = [make_hello(), make_hello(ledger=evm_ledger), make_hello(services=(), stake=None)]
+    service = {"name": "echo", "price": 10, "max_body": 1024}
+    changes: list[dict[str, Any]] = [
+        {},
+        {"version": 2},
+        {"version": -1},
+        {"version": "1"},
+        {"ledger": b""},
+        {"ledger": b"x" * 65},
+        {"ledger": "memory"},
+        {"ledger": evm_ledger},
+        {"account": bytes(31)},
+        {"account": "alice"},
+        {"account_proof": b"\x01" * 65},
+        {"account_proof": 5},
+        {"services": [service, service]},
+        {"services": [service] * 65},
+        {"services": [{"name": "", "price": 1, "max_body": 1}]},
+        {"services": [{"name": "x", "price": -1, "max_body": 1}]},
+        {"services": [{"name": "x", "price": 1}]},
+        {"services": {"name": "x"}},
+        {"stake": None},
+        {"stake": {"amount": -1, "penalty": 0, "window": 1}},
+        {"stake": [1, 2, 3]},
+        {"max_in_flight": 0},
+        {"max_in_flight": 2**64},
+        {"max_frame": 4095},
+        {"max_frame": b"big"},
+        {"deadline_horizon": 0},
+        {"deadline_horizon": True},
+    ]
+    for base in bases:
+        fields = codec.decode(base.signing_bytes)
+        assert isinstance(fields, dict)
+        for change in changes:
+            signed = codec.encode({**fields, **change})
+            for signature in (base.signature, bytes(64), bytes(63)):
+                outcomes: list[Any] = []
+                for parse in (Hello.from_signed, _hello_from_signed_4e2d09a):
+                    try:
+                        hello = parse(signed, signature)
+                        outcomes.append(
+                            (hello, hello.signing_bytes, hello.signature, type(hello.version))
+                        )
+                    except Exception as exc:
+                        outcomes.append((type(exc), str(exc)))
+                assert outcomes[0] == outcomes[1], change

@@ -35,7 +35,7 @@ from p2pay.store import (
     StoredResponse,
     StoreError,
 )
-from p2pay.store.base import MAX_N, MAX_TIME
+from p2pay.store.base import ID_SIZE, MAX_N, MAX_TIME
 from p2pay.store.conformance import (
     Case,
     StoreBackend,
@@ -738,3 +738,97 @@ def test_validate_fast_path_decides_as_the_field_checks_for_field_mixes(
     assert [type(getattr(fast, f.name)) for f in fields] == [
         type(getattr(slow, f.name)) for f in fields
     ]
+
+
+def _check_batch_4e2d09a(batch: object) -> None:
+    """`check_batch` as it was at 4e2d09a (the reference of the test below)."""
+    from p2pay.store import base
+
+    if not isinstance(batch, Batch):
+        raise base._fail("Batch", f"write takes a Batch, not {type(batch).__name__}")
+    for name, cls in base._BATCH_RECORDS:
+        items = getattr(batch, name)
+        if type(items) is list and not items:
+            continue
+        if not isinstance(items, list):
+            raise base._fail("Batch", f"{name} must be a list, not {type(items).__name__}")
+        checked = []
+        for item in items:
+            if type(item) is not cls or not isinstance(item, cls):
+                raise base._fail(
+                    "Batch", f"{name} holds a {type(item).__name__}, not a {cls.__name__}"
+                )
+            checked.append(item)
+        for record in checked:
+            record.validate()
+    if not isinstance(batch.meta, dict):
+        raise base._fail("Batch", "meta must be a dict")
+    for key, value in batch.meta.items():
+        base.check_meta_key(key)
+        base._bytes("meta", f"value of {key!r}", value)
+    if not isinstance(batch.delete_requests, list):
+        raise base._fail("Batch", "delete_requests must be a list")
+    for request_hash in batch.delete_requests:
+        base._bytes("Batch", "delete_requests item", request_hash, size=ID_SIZE)
+
+
+class _SubList(list):  # type: ignore[type-arg]
+    pass
+
+
+class _SubRecord(PayeeRecord):  # not exactly a PayeeRecord: refused
+    pass
+
+
+def test_check_batch_decides_as_before() -> None:
+    """`check_batch` (it skips the empty lists without a call since perf19) accepts and
+    refuses every batch below as the 4e2d09a one did, with the same error."""
+    from p2pay.store.base import check_batch
+
+    def corrupt(record: Any, name: str, value: object) -> Any:
+        return _corrupt(copy.copy(record), name, value)
+
+    update = RequestUpdate(request_hash=outgoing(1).request_hash, state="answered")
+    good: dict[str, list[Any]] = {
+        "payee": [payee_record(1), payee_record(2)],
+        "payer": [payer_record(1)],
+        "requests": [outgoing(1)],
+        "responses": [stored_response(1)],
+        "claims": [claim_record(1)],
+        "request_updates": [update],
+    }
+    bad: dict[str, list[Any]] = {
+        "payee": [corrupt(payee_record(1), "spent", -1), _SubRecord(**_fields(payee_record(1)))],
+        "payer": [corrupt(payer_record(1), "ledger", b""), payee_record(1)],
+        "requests": [corrupt(outgoing(1), "state", "lost"), update],
+        "responses": [corrupt(stored_response(1), "frame", b"")],
+        "claims": [corrupt(claim_record(1), "role", "judge")],
+        "request_updates": [corrupt(update, "updated_at", -1), outgoing(1)],
+    }
+    batches: list[object] = [None, "batch", Batch()]
+    for name in good:
+        batches.append(Batch(**{name: good[name]}))
+        batches.append(Batch(**{name: _SubList(good[name])}))
+        batches.append(Batch(**{name: tuple(good[name])}))
+        for item in bad[name]:
+            batches.append(Batch(**{name: [*good[name], item]}))
+            batches.append(Batch(**{name: [item, *good[name]]}))
+            batches.append(Batch(**{"payee": [bad["payee"][0]], name: [item]}))
+    batches.append(Batch(**good))
+    for meta in ({"k": b"v"}, {"": b"v"}, {"k": "v"}, {1: b"v"}, [("k", b"v")]):
+        batches.append(Batch(meta=meta))  # type: ignore[arg-type]
+    for deletes in ([b"\x01" * 32], [b"\x01"], [bytearray(32)], (b"\x01" * 32,), b"x" * 32):
+        batches.append(Batch(delete_requests=deletes))  # type: ignore[arg-type]
+    for batch in batches:
+        outcomes = []
+        for check in (check_batch, _check_batch_4e2d09a):
+            try:
+                check(batch)  # type: ignore[arg-type]
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append((type(exc), str(exc)))
+        assert outcomes[0] == outcomes[1], batch
+
+
+def _fields(record: Any) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
