@@ -741,8 +741,15 @@ class Client:
             slots = conn.slots
             await _take(slots)
             try:
-                await self.check_claimable(payee, service, body, price, timeout)
-                slot = conn.send_request(ch, service, body, price, timeout)
+                try:
+                    await self.check_claimable(payee, service, body, price, timeout)
+                    slot = conn.send_request(ch, service, body, price, timeout)
+                except Exception:
+                    # Refused before it waits (a spent deposit, a closed channel or stream,
+                    # an unclaimable request): the scheduling point `_take` left out, so a
+                    # caller that retries until another task tops up never holds the node.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    raise
                 if not await self._wait(slot, timeout + 0.05):
                     conn.abandon(ch, slot)
                     self.node.counters.timeouts += 1
@@ -935,8 +942,9 @@ async def _take(slots: trio.Semaphore) -> None:
     """``await slots.acquire()`` without its scheduling point when a slot is free.
 
     `trio.Semaphore.acquire` yields to the scheduler even when it takes a free slot at
-    once. A call checkpoints anyway while it waits for its answer (`_wait`), so a free
-    slot is taken here after a cancellation check only (a pending cancellation is raised
+    once. A call checkpoints anyway while it waits for its answer (`_wait`), and one
+    refused before it waits takes the scheduling point on its way out (`Client._call`),
+    so a free slot is taken here after a cancellation check only (a pending cancellation is raised
     as ``acquire`` raises it); only a full semaphore waits. Each call saves a task
     reschedule and, in the simulator, a scheduler pass: 1,000 peers, 5 simulated
     minutes, measured in the commit that made it. The request leaves at the same
