@@ -71,9 +71,7 @@ async def test_a_slashed_provider_announces_its_reduced_stake_and_the_claimant_i
         assert after.to_frame() == fresh_hello(bob)
 
         async def recorded() -> bool:
-            return [c.outcome for c in await alice.claims() if c.role == "claimant"] == [
-                "upheld"
-            ]
+            return [c.outcome for c in await alice.claims() if c.role == "claimant"] == ["upheld"]
 
         await wait_until(recorded, timeout=30)
         assert (await ledger.totals()).conserved
