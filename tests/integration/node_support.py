@@ -9,8 +9,10 @@ from typing import Any
 import trio
 
 from p2pay.core.identity import Keypair
+from p2pay.core.messages import Hello, ServiceTerms
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
+from p2pay.node import Node
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
@@ -42,3 +44,21 @@ async def funded_ledger(name: bytes, *keys: Keypair, **params: Any) -> MemoryLed
     for key in keys:
         await ledger.mint(key, key.account, 10**25)
     return ledger
+
+
+def fresh_hello(node: Node) -> bytes:
+    """The hello frame `Hello.create` builds and signs now from `node`'s current terms (what
+    `Node.hello`, which keeps its last one while they are the same, must return)."""
+    return Hello.create(
+        node.key,
+        ledger=node.ledger.ledger_id,
+        services=tuple(
+            ServiceTerms(name=s.name, price=s.price, max_body=s.max_body)
+            for s in sorted(node.services.values(), key=lambda s: s.name)
+        ),
+        stake=node._stake,
+        max_in_flight=node.config.max_in_flight,
+        max_frame=node.config.max_frame,
+        deadline_horizon=node.config.max_deadline_horizon_ms,
+        settlement_key=node.signer,
+    ).to_frame()

@@ -1,4 +1,4 @@
-"""Review of issue 19 (rv19), 82b91ef: a call takes a free ``max_in_flight`` slot without
+"""Review of issue 18 (rv19), 82b91ef: a call takes a free ``max_in_flight`` slot without
 `trio.Semaphore.acquire`'s scheduling point. A call that is answered still yields while it
 waits; a call that fails after taking its slot without waiting (its channel's deposit
 spent: `InsufficientDeposit` from signing, synchronously) must still let other tasks run,

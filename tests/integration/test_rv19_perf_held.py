@@ -1,4 +1,4 @@
-"""Review of issue 19's performance changes (rv19), end to end on real nodes (libp2p on
+"""Review of issue 18's simulator changes (rv19), end to end on real nodes (libp2p on
 loopback, a dev MemoryLedger): what they rely on still holds.
 
 - `Node.hello` keeps its signed hello while its terms are the same (6883195): after the
@@ -17,29 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from node_support import wait_until
+from node_support import fresh_hello, wait_until
 from test_node import ALICE, BOB, PRICE, Dropper, client, fund, make_ledger, provider
 
-from p2pay.core.messages import Hello, ServiceTerms
 from p2pay.core.settlement import ClaimState
-from p2pay.node import CallTimeout, Node
+from p2pay.node import CallTimeout
 from p2pay.store.sqlite import SqliteStore
-
-
-def fresh_hello(n: Node) -> bytes:
-    return Hello.create(
-        n.key,
-        ledger=n.ledger.ledger_id,
-        services=tuple(
-            ServiceTerms(name=s.name, price=s.price, max_body=s.max_body)
-            for s in sorted(n.services.values(), key=lambda s: s.name)
-        ),
-        stake=n._stake,
-        max_in_flight=n.config.max_in_flight,
-        max_frame=n.config.max_frame,
-        deadline_horizon=n.config.max_deadline_horizon_ms,
-        settlement_key=n.signer,
-    ).to_frame()
 
 
 async def test_a_slashed_provider_announces_its_reduced_stake_and_the_claimant_its_outcome() -> (

@@ -4,10 +4,11 @@ the hello it returns is always the one `Hello.create` would build now, byte for 
 from __future__ import annotations
 
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Hello, ServiceTerms, StakeTerms
+from p2pay.core.messages import StakeTerms
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, Node, NodeConfig, open_node
+from p2pay.node import Call, NodeConfig, open_node
+from tests.integration.node_support import fresh_hello
 
 KEY = Keypair.from_seed(bytes([7]) * 32)
 
@@ -16,39 +17,22 @@ async def echo(call: Call) -> bytes:
     return b""
 
 
-def fresh(n: Node) -> bytes:
-    """The hello built and signed now from the node's current terms."""
-    return Hello.create(
-        n.key,
-        ledger=n.ledger.ledger_id,
-        services=tuple(
-            ServiceTerms(name=s.name, price=s.price, max_body=s.max_body)
-            for s in sorted(n.services.values(), key=lambda s: s.name)
-        ),
-        stake=n._stake,
-        max_in_flight=n.config.max_in_flight,
-        max_frame=n.config.max_frame,
-        deadline_horizon=n.config.max_deadline_horizon_ms,
-        settlement_key=n.signer,
-    ).to_frame()
-
-
 async def test_the_hello_is_signed_again_only_when_what_it_says_changes() -> None:
     ledger = MemoryLedger()
     config = NodeConfig(watcher=False)
     async with open_node(key=KEY, ledger=ledger, network=MemoryNetwork(), config=config) as node:
         first = node.hello()
-        assert first.to_frame() == fresh(node)
+        assert first.to_frame() == fresh_hello(node)
         assert node.hello() is first  # nothing changed: the same signed hello
         node.serve("echo", echo, price=5)
         served = node.hello()
         assert served is not first and [t.name for t in served.services] == ["echo"]
-        assert served.to_frame() == fresh(node)
+        assert served.to_frame() == fresh_hello(node)
         node.services["echo"].price = 6  # a price change is announced
         priced = node.hello()
-        assert priced.services[0].price == 6 and priced.to_frame() == fresh(node)
+        assert priced.services[0].price == 6 and priced.to_frame() == fresh_hello(node)
         node._stake = StakeTerms(amount=10, penalty=5, claim_window_ms=60_000)
         staked = node.hello()
-        assert staked.stake == node._stake and staked.to_frame() == fresh(node)
+        assert staked.stake == node._stake and staked.to_frame() == fresh_hello(node)
         node._stake = None
-        assert node.hello().stake is None and node.hello().to_frame() == fresh(node)
+        assert node.hello().stake is None and node.hello().to_frame() == fresh_hello(node)

@@ -1,4 +1,4 @@
-"""Review of issue 19 (rv19): `decode_frame` keeps a request's received frame as its
+"""Review of issue 18 (rv19): `decode_frame` keeps a request's received frame as its
 `to_frame` (be54feb) and a hello's received signing bytes (a5e5a07), on the argument that
 the strict decoder accepts one encoding only (INV-17). Checked here on mutated frames, the
 outer frame and the signed map inside it: whatever `decode_frame` accepts, the bytes it
