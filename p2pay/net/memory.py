@@ -55,6 +55,7 @@ from p2pay.net.base import (
     split_p2p,
 )
 from p2pay.net.framing import renew_error
+from p2pay.wakes import current_wakes
 
 __all__ = ["PIPE_CAPACITY", "MemoryNetwork", "MemoryStream", "open_memory_transport"]
 
@@ -458,7 +459,7 @@ class MemoryStream:
         cancellation from outside is raised as usual."""
         pipe = self._in
         task = trio.lowlevel.current_task()
-        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        wakes = current_wakes()
         if wakes is not None:  # the clock wakes us (`_Pipe.notify`): no cancel scope
 
             def abort_wake(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:

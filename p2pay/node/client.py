@@ -86,6 +86,7 @@ from p2pay.store.base import (
     RequestUpdate,
     StoredResponse,
 )
+from p2pay.wakes import current_wakes
 
 if TYPE_CHECKING:
     from p2pay.core.signing import Signer
@@ -171,7 +172,7 @@ class _Done:
         """``with trio.move_on_at(deadline): await self.wait()``: returns when set or at
         `deadline`, whichever comes first (`is_set` tells which); an outer cancellation
         is raised as usual."""
-        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        wakes = current_wakes()
         if wakes is None or self._flag:
             with trio.move_on_at(deadline):
                 await self.wait()

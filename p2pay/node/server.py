@@ -45,6 +45,7 @@ from p2pay.node.types import Behaviour, Call, Counters, NodeConfig
 from p2pay.store.base import (
     StoredResponse,
 )
+from p2pay.wakes import sleep_until
 
 if TYPE_CHECKING:
     from p2pay.core.messages import Hello
@@ -54,18 +55,6 @@ if TYPE_CHECKING:
     from p2pay.store.base import Store
 
 log = logging.getLogger("p2pay.node")
-
-
-async def _sleep_until(deadline: float) -> None:
-    """`trio.sleep_until`; under the simulator's clock (`p2pay.sim.clock`, found as the
-    clock's ``sim_wakes``) the clock reschedules the task itself at the same instant,
-    without a deadline that expires by raising and catching `trio.Cancelled` (7 against
-    20 us a wait, measured: `_watch_idle` waits about ten times per session)."""
-    wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
-    if wakes is None:
-        await trio.sleep_until(deadline)
-    else:
-        await wakes.sleep_until(deadline)
 
 
 class ServerHost(Protocol):
@@ -285,11 +274,11 @@ class _ServerSession:
         while True:
             now = trio.current_time()
             if self.in_flight > 0:  # busy: its answers will count as activity when sent
-                await _sleep_until(now + timeout)
+                await sleep_until(now + timeout)
                 continue
             deadline = self.last_useful + timeout
             if now < deadline:
-                await _sleep_until(deadline)
+                await sleep_until(deadline)
                 continue
             self.node.counters.idle_resets += 1
             log.debug("idle stream reset peer=%s", self.peer_id)

@@ -69,6 +69,7 @@ from p2pay.node.book import _payee_record
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
+from p2pay.wakes import current_wakes
 
 if TYPE_CHECKING:
     from p2pay.core.identity import Keypair
@@ -346,7 +347,7 @@ class Watcher:
         any other clock (every real node), trio's timeout.
         """
         interval = self.node.config.watch_interval
-        wakes = getattr(trio.lowlevel.current_clock(), "sim_wakes", None)
+        wakes = current_wakes()
         if wakes is None or self._wake.is_set():
             with trio.move_on_after(interval):
                 await self._wake.wait()
