@@ -561,11 +561,14 @@ class RawPeer:
         assert isinstance(answer, Hello), answer
         return self.stream
 
-    async def exchange(self, frame: bytes, timeout: float = 5.0) -> object | None:
+    async def exchange(self, frame: bytes, timeout: float = 30.0) -> object | None:
         """Send one frame and return the answer frame, or None if the stream ended.
 
         A response or a refusal frame gets no answer on a stream the payee accepted
-        (protocol.md §12, D3): it is only sent, and `IGNORED` returned."""
+        (protocol.md §12, D3): it is only sent, and `IGNORED` returned. `timeout` bounds
+        the wait for a payee that never answers; it is wall time, so it is far above an
+        answer's (5 s was exceeded once by `test_slow_session_fuzz`, one exchange of
+        30,000, in a suite run beside another suite and two CPU hogs on 2 cores)."""
         if self.stream is None:
             await self.connect()
         try:
