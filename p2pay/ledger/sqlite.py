@@ -720,9 +720,7 @@ def _upgrade_from_3(conn: sqlite3.Connection) -> None:
             if not isinstance(stake, dict):
                 raise LedgerFileError("corrupt ledger: a stored Stake is not a map")
             stake.setdefault("last_window_ends", latest.get(account, 0))
-            conn.execute(
-                "UPDATE stakes SET data = ? WHERE account = ?", (_cbor(stake), account)
-            )
+            conn.execute("UPDATE stakes SET data = ? WHERE account = ?", (_cbor(stake), account))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (_cbor(4),))
         conn.execute("COMMIT")
     except BaseException:

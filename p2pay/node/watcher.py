@@ -567,9 +567,7 @@ class Watcher:
                                 )
                             else:
                                 assert answer.response is not None
-                                await node.ledger.answer_claim(
-                                    node.key, claim_id, answer.response
-                                )
+                                await node.ledger.answer_claim(node.key, claim_id, answer.response)
                         node.counters.claims_answered += 1
                         self.answers[answer.outcome] += 1
                         self._claim_state(claim_id, "respondent", answer.outcome)
@@ -619,6 +617,7 @@ class Watcher:
         if stored is not None:
             frame = decode_frame(stored.frame)
             if isinstance(frame, Response):
+                await self._keep_for(stored, claim)
                 return _Answer(response=frame)
         try:
             ch = await node._payee_channel_for(request, claim.claimant)
@@ -651,10 +650,27 @@ class Watcher:
         if use_evidence:
             evidence = self._evidence(ch, request, seen)
             if evidence is not None:
+                kept = await node.store.response(evidence.hash)
+                if kept is not None:
+                    await self._keep_for(kept, claim)
                 return _Answer(evidence=evidence)
         same_n = any(other.n == request.n for other in seen)
         served = await self._serve_claimed(ch, request, claim, same_n)
         return None if served is None else _Answer(response=served)
+
+    async def _keep_for(self, stored: StoredResponse, claim: Claim) -> None:
+        """Keep a stored answer (or evidence) at least until the claim's window has ended.
+
+        A stored response expires two claim windows after its request's deadline, but a
+        claim's window can end later (the ledger queues the windows of the claims against
+        one stake, settlement.md FileClaim): a restart during a long flood must still find
+        what answers it. Durable before the answer is submitted."""
+        node = self.node
+        until = claim.window_ends + node.config.response_retention_ms
+        if stored.expires_at >= until:
+            return
+        generation = node.persister.stage(response=dataclasses.replace(stored, expires_at=until))
+        await node.persister.durable(generation)
 
     async def _refuse_late(
         self, ch: PayeeChannel, request: Request, claim: Claim

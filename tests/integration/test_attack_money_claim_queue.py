@@ -11,12 +11,15 @@ earliest window first (`EarliestFirst`): a provider that answers one claim per s
 answers every one.
 
 Deterministic: the ledger's clock (shared by the provider's node) moves only when the
-provider answers: each answer costs it `ANSWER_MS` of ledger time, half a slot. Nothing
+provider answers: each answer costs it `ANSWER_MS` of ledger time, half a slot, and the
+answers start once the whole flood is filed (under the old rule: 200 of the 300 in the
+window, 100 UPHELD). Nothing
 here depends on the machine's speed; every wait is bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -54,6 +57,7 @@ class SlowAnswers(MemoryLedger):
     """Each answer from the respondent costs `ANSWER_MS` of ledger time."""
 
     time: Time
+    filed: trio.Event  # answers wait until the whole flood is filed (determinism)
 
     async def answer_claim(
         self,
@@ -63,6 +67,7 @@ class SlowAnswers(MemoryLedger):
         *,
         evidence: Request | None = None,
     ) -> None:
+        await self.filed.wait()
         self.time.ms += ANSWER_MS
         await trio.lowlevel.checkpoint()  # a submission takes a scheduler pass
         await super().answer_claim(key, claim_id, response, evidence=evidence)
@@ -75,11 +80,16 @@ async def echo(call: Call) -> bytes:
 async def test_a_claim_flood_longer_than_the_window_slashes_no_honest_provider() -> None:
     time = Time(1_700_000_000_000)
     params = Params(
-        ledger_id=LEDGER_ID, dev=True, claim_bond=10**18, min_claim_window_ms=50,
-        min_challenge_ms=50, max_deadline_horizon_ms=60_000,
+        ledger_id=LEDGER_ID,
+        dev=True,
+        claim_bond=10**18,
+        min_claim_window_ms=50,
+        min_challenge_ms=50,
+        max_deadline_horizon_ms=60_000,
     )
     ledger = SlowAnswers(params, clock=time)
     ledger.time = time
+    ledger.filed = trio.Event()
     slot = claim_slot_ms(params, WINDOW)
     assert slot == 2 * ANSWER_MS
     for key in (ALICE, BOB):
@@ -102,16 +112,14 @@ async def test_a_claim_flood_longer_than_the_window_slashes_no_honest_provider()
         assert len(requests) == FLOOD and all(isinstance(r, Request) for r in requests)
         time.ms = max(r.deadline for r in requests) + 1
         # the flood: a claim on every one of them, at one instant (the provider answers
-        # each with its stored receipt: DELIVERED, or the claim runs out of window)
+        # each with its stored receipt: DELIVERED, or the claim runs out of window; the
+        # ledger holds its answers back until all are filed)
+        filed_at = time.ms
         ids = [await ledger.file_claim(ALICE, request) for request in requests]
         claims = [await ledger.claim(i) for i in ids]
         ends = [c.window_ends for c in claims if c is not None]
-        # (the provider answers while the flood is filed: the clock moves meanwhile)
-        for k, claim in enumerate(claims):
-            assert claim is not None
-            previous = ends[k - 1] + slot if k else 0
-            assert claim.window_ends == max(claim.filed_at + WINDOW, previous)
-        assert ends[-1] >= ends[0] + (FLOOD - 1) * slot
+        assert ends == [filed_at + WINDOW + k * slot for k in range(FLOOD)]
+        ledger.filed.set()  # the provider's answers start now, 2 per slot
 
         async def settled() -> bool:
             for claim_id in ids:
@@ -136,6 +144,17 @@ async def test_a_claim_flood_longer_than_the_window_slashes_no_honest_provider()
         stake = await ledger.stake_of(BOB.account)
         assert stake is not None and stake.amount == STAKE  # C-1: never slashed
         assert (await ledger.totals()).conserved
+        # a queued window can end after a stored answer would expire: the watcher keeps the
+        # answer (durably) until the claim's window end plus the retention
+        first = requests[0]
+        kept = await bob.store.response(first.hash)
+        assert kept is not None
+        late = dataclasses.replace(claims[0], window_ends=kept.expires_at + 10**9)  # type: ignore[type-var]
+        assert bob.watcher is not None
+        await bob.watcher._keep_for(kept, late)
+        again = await bob.store.response(first.hash)
+        assert again is not None and again.frame == kept.frame
+        assert again.expires_at == late.window_ends + config.response_retention_ms
 
 
 async def test_earliest_first_lets_the_smallest_key_in_first() -> None:

@@ -195,8 +195,15 @@ async def test_sqlite_upgrades_a_version_3_ledger_to_queued_claim_windows(tmp_pa
 
     def request(n: int) -> Request:
         return Request.create(
-            ALICE, ledger=ledger.ledger_id, channel=cid, n=n, paid=100 * n, price=100,
-            service="echo", body=bytes([n]), deadline=clock[0] - 1,
+            ALICE,
+            ledger=ledger.ledger_id,
+            channel=cid,
+            n=n,
+            paid=100 * n,
+            price=100,
+            service="echo",
+            body=bytes([n]),
+            deadline=clock[0] - 1,
         )
 
     first = await ledger.file_claim(ALICE, request(1))
@@ -232,7 +239,9 @@ async def test_sqlite_upgrades_a_version_3_ledger_to_queued_claim_windows(tmp_pa
     finally:
         await upgraded.aclose()
     conn = sqlite3.connect(path)
-    assert codec.decode(conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) == 4
+    assert (
+        codec.decode(conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) == 4
+    )
     conn.close()
     again = await SqliteLedger.open(path)
     await again.aclose()

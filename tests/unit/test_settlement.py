@@ -1576,7 +1576,11 @@ def test_refunded_saturates_and_never_blocks_a_refund() -> None:
         request = request_with(cid, n=n, paid=top, price=top, deadline=T0, body=bytes([n]))
         ids.append(ok(state, FileClaim(sender=A, request=request), now=T0 + 1)[0])
     for claim_id in ids:
-        ok(state, ResolveClaim(sender=M, claim=claim_id), now=state.claims[claim_id].window_ends + 1)
+        ok(
+            state,
+            ResolveClaim(sender=M, claim=claim_id),
+            now=state.claims[claim_id].window_ends + 1,
+        )
     assert state.channels[cid].refunded == MAX_AMOUNT
     assert [state.claims[i].refund for i in ids] == [top, top]
 
