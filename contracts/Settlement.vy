@@ -109,7 +109,6 @@ struct Stake:
     unbonding_at: uint256
     open_claims: uint256
     unstake_requested_at: uint256
-    last_window_ends: uint256  # the latest window end of a claim filed against it (0 = none)
 
 struct Claim:
     claimant: address
@@ -1040,13 +1039,12 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
     self._need(now > deadline, E_DEADLINE_NOT_PASSED)
     self._need(now <= deadline + st.claim_window_ms, E_WINDOW_CLOSED)
     cid: bytes32 = self._request_hash(v)
-    # C-1: at least one slot, ceil(claim_window_ms / claims_per_window), after the window of
-    # the previous claim against this stake, and never sooner than one whole window
+    # C-1: a whole window plus one slot, ceil(claim_window_ms / claims_per_window), for each
+    # claim against this stake still open
     slot: uint256 = (st.claim_window_ms + claims_per_window - 1) // claims_per_window
-    window_ends: uint256 = max(now + st.claim_window_ms, st.last_window_ends + slot)
+    window_ends: uint256 = now + st.claim_window_ms + st.open_claims * slot
     self._new_claim(cid, v, body, ch, claim_bond, now, window_ends)
     self.stakes[ch.payee].open_claims = st.open_claims + 1
-    self.stakes[ch.payee].last_window_ends = window_ends
     return cid
 
 

@@ -1777,10 +1777,10 @@ async def _case_slash_is_capped_by_the_stake(h: LedgerHarness) -> None:
 
 @_case
 async def _case_claim_windows_queue_per_stake(h: LedgerHarness) -> None:
-    """FileClaim: the windows of claims against one stake end at least one slot apart
-    (``ceil(claim_window_ms / claims_per_window)``), never sooner than a whole window after
-    filing; a refund with the payee's refusal takes no slot (specs/settlement.md FileClaim,
-    claims.md C-1)."""
+    """FileClaim: a claim's window is a whole window plus one slot
+    (``ceil(claim_window_ms / claims_per_window)``) per claim still open against the stake;
+    answered and resolved claims, and a refund with the payee's refusal, take no slot
+    (specs/settlement.md FileClaim, claims.md C-1)."""
     L = h.ledger
     s = await _ClaimSetup(h).setup()
     slot = claim_slot_ms(L.params, s.window)
@@ -1798,15 +1798,12 @@ async def _case_claim_windows_queue_per_stake(h: LedgerHarness) -> None:
     claims = [await L.claim(c) for c in ids]
     ends = [c.window_ends for c in claims if c is not None]
     expect_eq(ends, [filed + s.window + i * slot for i in range(3)], "queued window ends")
-    st = await L.stake_of(BOB.account)
-    assert st is not None
-    expect_eq(st.last_window_ends, ends[-1], "stake.last_window_ends")
     # a refund with the payee's refusal is settled at once and takes no slot
     refusal = s.response(request=rs[3], status="OVERLOADED")
     await L.file_claim(ALICE, rs[3], refusal)
     st = await L.stake_of(BOB.account)
     assert st is not None
-    expect_eq(st.last_window_ends, ends[-1], "a refusal's claim takes no slot")
+    expect_eq(st.open_claims, 3, "a refusal's claim is not open")
     # the first window closes on time; the second is still open then
     h.clock.ms = ends[0] + 1
     await L.resolve_claim(ALICE, ids[0])
@@ -1815,13 +1812,21 @@ async def _case_claim_windows_queue_per_stake(h: LedgerHarness) -> None:
     # the respondent may still answer the third, after the first window
     await L.answer_claim(BOB, ids[2], s.response(request=rs[2]))
     h.event_is("ClaimAnswered", 0, outcome="delivered")
-    # once the queue has drained, a claim gets a whole window from its filing again
-    h.clock.ms = ends[-1] + s.window
-    later = h.voucher(ALICE, s.cid, n=5, paid=500, price=100, deadline=h.clock.ms - 1, body=b"5")
-    c5 = await L.file_claim(ALICE, later)
+    # one claim is open (the second): the next claim's window is a window and one slot
+    r5 = h.voucher(ALICE, s.cid, n=5, paid=500, price=100, deadline=h.clock.ms - 1, body=b"5")
+    c5 = await L.file_claim(ALICE, r5)
     claim5 = await L.claim(c5)
     assert claim5 is not None
-    expect_eq(claim5.window_ends, h.clock.ms + s.window, "a drained queue")
+    expect_eq(claim5.window_ends, h.clock.ms + s.window + slot, "answered claims take no slot")
+    # none open: a whole window from its filing, however many were filed before
+    await L.answer_claim(BOB, c5, s.response(request=r5))
+    h.clock.ms = ends[1] + 1
+    await L.resolve_claim(ALICE, ids[1])
+    r6 = h.voucher(ALICE, s.cid, n=6, paid=600, price=100, deadline=h.clock.ms - 1, body=b"6")
+    c6 = await L.file_claim(ALICE, r6)
+    claim6 = await L.claim(c6)
+    assert claim6 is not None
+    expect_eq(claim6.window_ends, h.clock.ms + s.window, "no claim open")
 
 
 @_case

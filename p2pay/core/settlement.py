@@ -215,7 +215,6 @@ class Stake:
     unbonding_at: int = 0  # 0 = bonded; else when withdraw_stake becomes possible
     open_claims: int = 0
     unstake_requested_at: int = 0  # when RequestUnstake ran (0 = not unbonding)
-    last_window_ends: int = 0  # the latest window end of a claim filed against it (0 = none)
 
 
 class StakeStatus(enum.StrEnum):
@@ -255,11 +254,14 @@ def claim_slot_ms(params: Params, claim_window_ms: int) -> int:
 def claim_window_end(params: Params, stake: Stake, now: int) -> int:
     """When the window of a claim filed now against `stake` ends (specs/settlement.md FileClaim).
 
-    ``max(now + claim_window_ms, stake.last_window_ends + slot)``: never sooner than one
-    whole window, and at least one slot after the previous claim's window.
+    ``now + claim_window_ms + stake.open_claims * slot``: a whole window, plus one slot for
+    each claim against the stake still open. A provider that answers the claims against it
+    at one per slot, earliest window end first, answers every one in its window (claims.md
+    C-1). Claims already answered take no slot (a queue that remembered them let a payer
+    push every later window for free with claims it got answered).
     """
     window = stake.claim_window_ms
-    return max(now + window, stake.last_window_ends + claim_slot_ms(params, window))
+    return now + window + stake.open_claims * claim_slot_ms(params, window)
 
 
 def unbonding_period(params: Params, claim_window_ms: int) -> int:
@@ -1424,7 +1426,6 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
     )
     state.claims[claim_id] = claim
     stake.open_claims += 1
-    stake.last_window_ends = claim.window_ends
     channel.paid_seen = max(channel.paid_seen, request.paid)
     event = _claim_filed_event(claim, now)
     return claim_id, [event]

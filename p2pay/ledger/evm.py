@@ -1540,7 +1540,7 @@ class EvmLedger(OpLedger):
         )
         if address is None:
             return None
-        amount, penalty, window, unbonding_at, open_claims, requested_at, last_window_ends = (
+        amount, penalty, window, unbonding_at, open_claims, requested_at = (
             await self._view("stakes", "0x" + address.hex())
         )[0]
         if penalty == 0:
@@ -1553,7 +1553,6 @@ class EvmLedger(OpLedger):
             unbonding_at=int(unbonding_at),
             open_claims=int(open_claims),
             unstake_requested_at=int(requested_at),
-            last_window_ends=int(last_window_ends),
         )
 
     async def claim(self, claim_id: bytes) -> Claim | None:

@@ -25,15 +25,14 @@ reached the disk before it is acknowledged. ``busy_timeout`` (10 s) lets concurr
 writers queue instead of failing. Readers never block writers (WAL snapshots); `totals`
 reads every table inside one read transaction, so it sees one consistent state.
 
-Storage (format ``p2pay-ledger``, version 4; version 2 added the claim game of issue 13:
+Storage (format ``p2pay-ledger``, version 3; version 2 added the claim game of issue 13:
 ``Channel.paid_seen/refunded/clawed``, ``Stake.unstake_requested_at``, the claim outcomes and
 ``Claim.price/paid/deadline/refund/clawed/evidence_frame``; version 3 the per-account
-transaction nonces of issue 14, table ``nonces``; version 4 the queued claim windows,
-``Params.claims_per_window`` and ``Stake.last_window_ends``). A version 3 file is upgraded
-in place when it is opened, in one write transaction: its params get the default
-``claims_per_window`` and each stake the latest window end of the claims against it, so a
-claim filed after the upgrade queues behind those filed before it; a process of the
-version before refuses the upgraded file (unknown version). A version 1 or 2 file is refused with
+transaction nonces of issue 14, table ``nonces``). The queued claim windows added one
+parameter and no stored field: a file whose params lack ``claims_per_window`` (made before
+it) is read with the default and is not rewritten, so a node of the release before can
+still use it (it files claims under the old windows, one whole window each). A version 1
+or 2 file is refused with
 `LedgerVersionError`: version 1 claims were settled under the old rules (any answer won the
 bond) and cannot be restated under the new ones, and a version 2 file has no nonces (its
 operations were not signed), so a development ledger is simply created again
@@ -106,7 +105,7 @@ from p2pay.ledger.memory import wall_clock_ms
 __all__ = ["LedgerVersionError", "SqliteLedger"]
 
 FORMAT = b"p2pay-ledger"
-VERSION = 4
+VERSION = 3
 
 
 class LedgerVersionError(LedgerFileError):
@@ -433,12 +432,6 @@ class SqliteLedger(LocalLedger):
                     "(p2pay ledger create) and fund it again",
                     version=version,
                 )
-            if version == 3:
-                _upgrade_from_3(conn)
-                version = _uncbor(
-                    conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
-                )
-                rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if version != VERSION:
                 raise LedgerVersionError(
                     f"{path} is a p2pay ledger of unknown version {version!r}", version=version
@@ -689,44 +682,6 @@ class SqliteLedger(LocalLedger):
 
 # ---------------------------------------------------------------------------
 # SQL helpers (all run in a worker thread holding the connection)
-
-
-def _upgrade_from_3(conn: sqlite3.Connection) -> None:
-    """Version 3 -> 4, in one write transaction (a no-op if another process did it first).
-
-    Params get the default ``claims_per_window``; each stake gets ``last_window_ends``, the
-    latest ``window_ends`` of the claims against it (0 if none).
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        if row is None or _uncbor(row[0]) != 3:
-            conn.execute("ROLLBACK")
-            return
-        params_row = conn.execute("SELECT value FROM meta WHERE key = 'params'").fetchone()
-        params = _uncbor(params_row[0]) if params_row is not None else None
-        if not isinstance(params, dict):
-            raise LedgerFileError("corrupt ledger: stored params are not a map")
-        params.setdefault("claims_per_window", Params(ledger_id=b"x").claims_per_window)
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'params'", (_cbor(params),))
-        latest: dict[bytes, int] = {}
-        for respondent, data in conn.execute("SELECT respondent, data FROM claims"):
-            claim = _uncbor(data)
-            if not isinstance(claim, dict) or type(claim.get("window_ends")) is not int:
-                raise LedgerFileError("corrupt ledger: a stored Claim has the wrong fields")
-            latest[respondent] = max(latest.get(respondent, 0), claim["window_ends"])
-        for account, data in conn.execute("SELECT account, data FROM stakes").fetchall():
-            stake = _uncbor(data)
-            if not isinstance(stake, dict):
-                raise LedgerFileError("corrupt ledger: a stored Stake is not a map")
-            stake.setdefault("last_window_ends", latest.get(account, 0))
-            conn.execute("UPDATE stakes SET data = ? WHERE account = ?", (_cbor(stake), account))
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (_cbor(4),))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _connect(path: Path, *, must_exist: bool = False) -> sqlite3.Connection:

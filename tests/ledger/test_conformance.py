@@ -137,12 +137,12 @@ async def test_sqlite_refuses_files_that_are_not_ledgers(tmp_path: Path) -> None
     future = tmp_path / "future.db"
     await (await SqliteLedger.create(future)).aclose()
     conn = sqlite3.connect(future)
-    conn.execute("UPDATE meta SET value = x'05' WHERE key = 'version'")
+    conn.execute("UPDATE meta SET value = x'04' WHERE key = 'version'")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerVersionError, match="unknown version") as info:
         await SqliteLedger.open(future)
-    assert info.value.version == 5
+    assert info.value.version == 4
     with pytest.raises(Exception, match="claim_bond"):
         await SqliteLedger.create(tmp_path / "bad.db", claim_bond=-1)
     with pytest.raises(Exception, match="bad ledger parameters"):
@@ -157,7 +157,7 @@ async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(
     """Version 1 files (claim rules before issue 13) and version 2 files (unsigned
     operations, no nonces, before issue 14) are refused with a typed error that tells the
     user to create a new dev ledger; the file is left exactly as it was."""
-    assert sqlite_backend.VERSION == 4
+    assert sqlite_backend.VERSION == 3
     old = tmp_path / f"v{version}.db"
     ledger = await SqliteLedger.create(old, dev=True)
     await ledger.mint(ALICE, ALICE.account, 5)
@@ -176,75 +176,31 @@ async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(
     assert old.read_bytes() == before
 
 
-async def test_sqlite_upgrades_a_version_3_ledger_to_queued_claim_windows(tmp_path: Path) -> None:
-    """A version 3 file (before the queued claim windows) is upgraded in place when opened:
-    its params get the default `claims_per_window`, each stake the latest window end of the
-    claims against it, so a claim filed after the upgrade queues behind the ones before it;
-    balances, claims and nonces are kept. A second open finds version 4 and changes nothing."""
+async def test_sqlite_reads_a_ledger_made_before_claims_per_window(tmp_path: Path) -> None:
+    """A ledger file made before the queued claim windows has no `claims_per_window` in its
+    params: it opens with the default and the file is not rewritten (a node of the release
+    before, which refuses params it does not know, can still open it)."""
     from p2pay.core import codec
-    from p2pay.core.messages import Request
-    from p2pay.core.settlement import claim_slot_ms
 
-    path = tmp_path / "v3.db"
-    clock = [1_000_000]
-    ledger = await SqliteLedger.create(path, dev=True, clock=lambda: clock[0])
-    await ledger.mint(ALICE, ALICE.account, 10**20)
-    await ledger.mint(BOB, BOB.account, 10**9)
-    await ledger.stake(BOB, 10**6, 10**5, 10_000)
-    cid = await ledger.open_channel(ALICE, BOB.account, 10**6, 5_000)
-
-    def request(n: int) -> Request:
-        return Request.create(
-            ALICE,
-            ledger=ledger.ledger_id,
-            channel=cid,
-            n=n,
-            paid=100 * n,
-            price=100,
-            service="echo",
-            body=bytes([n]),
-            deadline=clock[0] - 1,
-        )
-
-    first = await ledger.file_claim(ALICE, request(1))
-    claim = await ledger.claim(first)
-    assert claim is not None
-    ends = claim.window_ends
-    before = await ledger.balance(ALICE.account)
-    await ledger.aclose()
-    # make it a version 3 file: no claims_per_window, no last_window_ends
+    path = tmp_path / "old.db"
+    await (await SqliteLedger.create(path, dev=True)).aclose()
     conn = sqlite3.connect(path)
     params = codec.decode(conn.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
     del params["claims_per_window"]
     conn.execute("UPDATE meta SET value = ? WHERE key = 'params'", (codec.encode(params),))
-    for account, data in conn.execute("SELECT account, data FROM stakes").fetchall():
-        stake = codec.decode(data)
-        del stake["last_window_ends"]
-        conn.execute("UPDATE stakes SET data = ? WHERE account = ?", (codec.encode(stake), account))
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (codec.encode(3),))
     conn.commit()
     conn.close()
-
-    clock[0] += 1
-    upgraded = await SqliteLedger.open(path, clock=lambda: clock[0])
+    before = path.read_bytes()
+    ledger = await SqliteLedger.open(path)
     try:
-        assert upgraded.params.claims_per_window == 100
-        stake = await upgraded.stake_of(BOB.account)
-        assert stake is not None and stake.last_window_ends == ends
-        assert await upgraded.balance(ALICE.account) == before
-        second = await upgraded.file_claim(ALICE, request(2))
-        claim2 = await upgraded.claim(second)
-        assert claim2 is not None
-        assert claim2.window_ends == ends + claim_slot_ms(upgraded.params, 10_000)
+        assert ledger.params.claims_per_window == 100
     finally:
-        await upgraded.aclose()
+        await ledger.aclose()
     conn = sqlite3.connect(path)
-    assert (
-        codec.decode(conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()[0]) == 4
-    )
+    stored = codec.decode(conn.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
     conn.close()
-    again = await SqliteLedger.open(path)
-    await again.aclose()
+    assert "claims_per_window" not in stored
+    assert len(path.read_bytes()) == len(before)
 
 
 async def test_sqlite_failed_operation_rolls_back(tmp_path: Path, monkeypatch: Any) -> None:
