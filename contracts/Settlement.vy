@@ -24,6 +24,7 @@ BPS: constant(uint256) = 10000
 MAX_BODY: constant(uint256) = 32768  # largest request/response body a claim can carry
 MAX_BLOCKS: constant(uint256) = 257  # BLAKE2b blocks of MAX_BODY bytes (+1 for empty input)
 MAX_SERVICE: constant(uint256) = 64  # p2pay.core.messages.MAX_SERVICE_NAME (UTF-8 bytes)
+MAX_CLAIMS_PER_WINDOW: constant(uint256) = 1000000  # p2pay.core.settlement.MAX_CLAIMS_PER_WINDOW
 STATUS_OK: constant(String[2]) = "OK"
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
@@ -39,8 +40,9 @@ S_FRIVOLOUS: constant(uint8) = 4
 S_UPHELD: constant(uint8) = 5
 
 # the version of these rules (specs/settlement.md section 10): 2 = the claim game of
-# specs/claims.md (paid slices, four outcomes, refunds and clawbacks)
-VERSION: public(constant(uint256)) = 2
+# specs/claims.md (paid slices, four outcomes, refunds and clawbacks); 3 = the answer
+# windows of the claims against one stake are queued, one slot apart (claims.md C-1)
+VERSION: public(constant(uint256)) = 3
 # Params.max_claim_body on this binding
 max_claim_body: public(constant(uint256)) = MAX_BODY
 
@@ -141,6 +143,7 @@ max_challenge_ms: public(immutable(uint256))
 min_claim_window_ms: public(immutable(uint256))
 max_claim_window_ms: public(immutable(uint256))
 max_deadline_horizon_ms: public(immutable(uint256))
+claims_per_window: public(immutable(uint256))  # claim windows ending per window, per stake (C-1)
 time_unit_us: public(immutable(uint256))  # microseconds per block.timestamp unit
 LEDGER_HASH: immutable(bytes32)
 DOMAIN_SEPARATOR: public(immutable(bytes32))
@@ -334,6 +337,7 @@ def __init__(
     _min_claim_window_ms: uint256,
     _max_claim_window_ms: uint256,
     _max_deadline_horizon_ms: uint256,
+    _claims_per_window: uint256,
     _time_unit_us: uint256,
 ):
     # the same constraints as Params (specs/settlement.md 1.2)
@@ -345,6 +349,7 @@ def __init__(
     assert 1 <= _min_claim_window_ms and _min_claim_window_ms <= _max_claim_window_ms, "INVALID_ARGUMENT"
     assert _max_claim_window_ms <= MAX_U64, "INVALID_ARGUMENT"
     assert _max_deadline_horizon_ms <= MAX_U64, "INVALID_ARGUMENT"
+    assert 1 <= _claims_per_window and _claims_per_window <= MAX_CLAIMS_PER_WINDOW, "INVALID_ARGUMENT"
     assert _time_unit_us >= 1 and _time_unit_us <= 1000000, "INVALID_ARGUMENT"
     assert chain.id <= MAX_U64, "INVALID_ARGUMENT"
     token = _token
@@ -356,6 +361,7 @@ def __init__(
     min_claim_window_ms = _min_claim_window_ms
     max_claim_window_ms = _max_claim_window_ms
     max_deadline_horizon_ms = _max_deadline_horizon_ms
+    claims_per_window = _claims_per_window
     time_unit_us = _time_unit_us
     LEDGER_HASH = keccak256(self._ledger_id())
     DOMAIN_SEPARATOR = self._domain(chain.id, self)
@@ -1033,7 +1039,11 @@ def file_claim(v: Voucher, body: Bytes[MAX_BODY]) -> bytes32:
     self._need(now > deadline, E_DEADLINE_NOT_PASSED)
     self._need(now <= deadline + st.claim_window_ms, E_WINDOW_CLOSED)
     cid: bytes32 = self._request_hash(v)
-    self._new_claim(cid, v, body, ch, claim_bond, now, now + st.claim_window_ms)
+    # C-1: a whole window plus one slot, ceil(claim_window_ms / claims_per_window), for each
+    # claim against this stake still open
+    slot: uint256 = (st.claim_window_ms + claims_per_window - 1) // claims_per_window
+    window_ends: uint256 = now + st.claim_window_ms + st.open_claims * slot
+    self._new_claim(cid, v, body, ch, claim_bond, now, window_ends)
     self.stakes[ch.payee].open_claims = st.open_claims + 1
     return cid
 

@@ -35,6 +35,7 @@ from p2pay.core.settlement import (
     EventKind,
     Stake,
     channel_id,
+    claim_slot_ms,
     unbonding_period,
 )
 from p2pay.core.signing import Signer, sign_message
@@ -1761,7 +1762,8 @@ async def _case_slash_is_capped_by_the_stake(h: LedgerHarness) -> None:
     r3 = h.voucher(ALICE, s.cid, n=3, paid=300, deadline=r1.deadline)
     c1 = await s.file(r1)
     c2 = await s.file(r2)
-    h.clock.advance(s.window + 1)
+    # the second claim's window ends one slot after the first's (FileClaim)
+    h.clock.advance(s.window + claim_slot_ms(L.params, s.window) + 1)
     await L.resolve_claim(ALICE, c1)
     h.event_is("ClaimUpheld", 0, slashed=3 * TOKEN)
     await L.resolve_claim(ALICE, c2)
@@ -1774,6 +1776,60 @@ async def _case_slash_is_capped_by_the_stake(h: LedgerHarness) -> None:
 
 
 @_case
+async def _case_claim_windows_queue_per_stake(h: LedgerHarness) -> None:
+    """FileClaim: a claim's window is a whole window plus one slot
+    (``ceil(claim_window_ms / claims_per_window)``) per claim still open against the stake;
+    answered and resolved claims, and a refund with the payee's refusal, take no slot
+    (specs/settlement.md FileClaim, claims.md C-1)."""
+    L = h.ledger
+    s = await _ClaimSetup(h).setup()
+    slot = claim_slot_ms(L.params, s.window)
+    expect_eq(slot, -(-s.window // L.params.claims_per_window), "slot")
+    deadline = s.request.deadline
+    rs = [s.request] + [
+        h.voucher(ALICE, s.cid, n=n, paid=100 * n, price=100, deadline=deadline, body=bytes([n]))
+        for n in (2, 3, 4)
+    ]
+    ids = []
+    for i, r in enumerate(rs[:3]):
+        ids.append(await s.file(r))
+        filed = h.clock.ms
+        h.event_is("ClaimFiled", 0, window_ends=filed + s.window + i * slot)
+    claims = [await L.claim(c) for c in ids]
+    ends = [c.window_ends for c in claims if c is not None]
+    expect_eq(ends, [filed + s.window + i * slot for i in range(3)], "queued window ends")
+    # a refund with the payee's refusal is settled at once and takes no slot
+    refusal = s.response(request=rs[3], status="OVERLOADED")
+    await L.file_claim(ALICE, rs[3], refusal)
+    st = await L.stake_of(BOB.account)
+    assert st is not None
+    expect_eq(st.open_claims, 3, "a refusal's claim is not open")
+    # the first window closes on time; the second is still open then
+    h.clock.ms = ends[0] + 1
+    await L.resolve_claim(ALICE, ids[0])
+    h.event_is("ClaimUpheld", 0)
+    await h.refused(ErrorCode.WINDOW_OPEN, L.resolve_claim, ALICE, ids[1])
+    # the respondent may still answer the third, after the first window
+    await L.answer_claim(BOB, ids[2], s.response(request=rs[2]))
+    h.event_is("ClaimAnswered", 0, outcome="delivered")
+    # one claim is open (the second): the next claim's window is a window and one slot
+    r5 = h.voucher(ALICE, s.cid, n=5, paid=500, price=100, deadline=h.clock.ms - 1, body=b"5")
+    c5 = await L.file_claim(ALICE, r5)
+    claim5 = await L.claim(c5)
+    assert claim5 is not None
+    expect_eq(claim5.window_ends, h.clock.ms + s.window + slot, "answered claims take no slot")
+    # none open: a whole window from its filing, however many were filed before
+    await L.answer_claim(BOB, c5, s.response(request=r5))
+    h.clock.ms = ends[1] + 1
+    await L.resolve_claim(ALICE, ids[1])
+    r6 = h.voucher(ALICE, s.cid, n=6, paid=600, price=100, deadline=h.clock.ms - 1, body=b"6")
+    c6 = await L.file_claim(ALICE, r6)
+    claim6 = await L.claim(c6)
+    assert claim6 is not None
+    expect_eq(claim6.window_ends, h.clock.ms + s.window, "no claim open")
+
+
+@_case
 async def _case_zero_slash_emits_no_slashed_event(h: LedgerHarness) -> None:
     L = h.ledger
     s = _ClaimSetup(h)
@@ -1782,7 +1838,7 @@ async def _case_zero_slash_emits_no_slashed_event(h: LedgerHarness) -> None:
     r2 = h.voucher(ALICE, s.cid, n=2, paid=200, deadline=s.request.deadline)
     c1 = await s.file()
     c2 = await s.file(r2)
-    h.clock.advance(s.window + 1)
+    h.clock.advance(s.window + claim_slot_ms(L.params, s.window) + 1)
     await L.resolve_claim(ALICE, c1)
     await L.resolve_claim(ALICE, c2)
     expect_eq(len(h.ledger.last_events), 1, "only ClaimUpheld when nothing is slashed")
@@ -1866,7 +1922,7 @@ async def _case_every_event_kind(h: LedgerHarness) -> None:
     await L.answer_claim(BOB, c1, s.response())
     r2 = h.voucher(ALICE, s.cid, n=6, paid=10, deadline=h.clock.ms + 10)
     c2 = await s.file(r2)
-    h.clock.advance(s.window + 1)
+    h.clock.advance(s.window + claim_slot_ms(L.params, s.window) + 1)  # queued after c1's
     await L.resolve_claim(ALICE, c2)
     await L.start_close(ALICE, s.cid)
     h.clock.advance(5_000)

@@ -266,6 +266,12 @@ def ledger() -> None:
 @click.option(
     "--max-deadline-horizon", type=DURATION, help="Furthest request deadline; sets unbonding."
 )
+@click.option(
+    "--claims-per-window",
+    type=click.IntRange(1, 1_000_000),
+    help="Claim windows against one stake that may end within one claim window (default "
+    "100): a flood of claims is answered a slot of window/N apart.",
+)
 @click.option("--use", is_flag=True, help="Also make it this home's ledger (config.toml).")
 @home_option
 @json_option
@@ -276,6 +282,7 @@ def ledger_create(
     min_challenge: int | None,
     min_claim_window: int | None,
     max_deadline_horizon: int | None,
+    claims_per_window: int | None,
     use: bool,
     as_json: bool,
 ) -> None:
@@ -289,6 +296,7 @@ def ledger_create(
             SAFE_MIN_PERIOD_MS if min_claim_window is None else min_claim_window,
         ),
         ("max_deadline_horizon_ms", max_deadline_horizon),
+        ("claims_per_window", claims_per_window),
     ):
         if value is not None:
             overrides[name] = value
@@ -318,6 +326,7 @@ def ledger_create(
         "min_challenge_ms": params.min_challenge_ms,
         "min_claim_window_ms": params.min_claim_window_ms,
         "max_deadline_horizon_ms": params.max_deadline_horizon_ms,
+        "claims_per_window": params.claims_per_window,
     }
     _adopt_and_report(home, spec, params, "created", use=use, as_json=as_json, extra=extra)
 

@@ -50,6 +50,7 @@ __all__ = [
     "CHANNEL_TABLE",
     "CLAIM_TABLE",
     "MAX_AMOUNT",
+    "MAX_CLAIMS_PER_WINDOW",
     "MAX_CLAIM_BODY_LIMIT",
     "AnswerClaim",
     "Channel",
@@ -84,8 +85,10 @@ __all__ = [
     "apply",
     "channel_id",
     "channel_transition",
+    "claim_slot_ms",
     "claim_starts_ms",
     "claim_transition",
+    "claim_window_end",
     "invariant_violations",
     "resend_budget_s",
     "stake_status",
@@ -102,6 +105,7 @@ ACCOUNT_SIZE = 32
 ID_SIZE = 32
 _MAX_NONCE = (1 << 64) - 1
 MAX_CLAIM_BODY_LIMIT = 1 << 32  # upper bound of Params.max_claim_body
+MAX_CLAIMS_PER_WINDOW = 1_000_000  # upper bound of Params.claims_per_window
 
 # ---------------------------------------------------------------------------
 # parameters and state
@@ -129,6 +133,8 @@ class Params:
     max_claim_window_ms: int = 30 * 24 * 3_600_000
     max_deadline_horizon_ms: int = 3_600_000  # see specs/settlement.md "Unbonding"
     max_claim_body: int = 1 << 20  # largest body of a claimed request (bytes)
+    # at most this many claim windows against one stake end within one claim window (C-1)
+    claims_per_window: int = 100
 
     def __post_init__(self) -> None:
         def need(cond: bool, message: str) -> None:
@@ -162,6 +168,11 @@ class Params:
         need(
             _is_int(self.max_claim_body) and 1 <= self.max_claim_body <= MAX_CLAIM_BODY_LIMIT,
             "max_claim_body must be an int in [1, 2**32]",
+        )
+        need(
+            _is_int(self.claims_per_window)
+            and 1 <= self.claims_per_window <= MAX_CLAIMS_PER_WINDOW,
+            f"claims_per_window must be an int in [1, {MAX_CLAIMS_PER_WINDOW}]",
         )
 
 
@@ -228,6 +239,29 @@ def stake_status(stake: Stake | None) -> StakeStatus:
     if stake.unbonding_at > 0:
         return StakeStatus.UNBONDING
     return StakeStatus.BONDED if stake.amount > 0 else StakeStatus.NONE
+
+
+def claim_slot_ms(params: Params, claim_window_ms: int) -> int:
+    """The least time between the window ends of two claims against one stake.
+
+    ``ceil(claim_window_ms / params.claims_per_window)``: a provider that answers the
+    claims against it at one per slot answers every one in its window (specs/settlement.md
+    FileClaim, claims.md C-1).
+    """
+    return -(-claim_window_ms // params.claims_per_window)
+
+
+def claim_window_end(params: Params, stake: Stake, now: int) -> int:
+    """When the window of a claim filed now against `stake` ends (specs/settlement.md FileClaim).
+
+    ``now + claim_window_ms + stake.open_claims * slot``: a whole window, plus one slot for
+    each claim against the stake still open. A provider that answers the claims against it
+    at one per slot, earliest window end first, answers every one in its window (claims.md
+    C-1). Claims already answered take no slot (a queue that remembered them let a payer
+    push every later window for free with claims it got answered).
+    """
+    window = stake.claim_window_ms
+    return now + window + stake.open_claims * claim_slot_ms(params, window)
 
 
 def unbonding_period(params: Params, claim_window_ms: int) -> int:
@@ -1387,7 +1421,7 @@ def _file_claim(state: State, op: FileClaim, now: int) -> _Result:
         deadline=request.deadline,
         bond=bond,
         filed_at=now,
-        window_ends=now + stake.claim_window_ms,
+        window_ends=claim_window_end(params, stake, now),
         request_frame=request.to_frame(),
     )
     state.claims[claim_id] = claim

@@ -111,7 +111,7 @@ __all__ = [
 
 MAX_BODY = 32768  # contracts/Settlement.vy MAX_BODY: largest body a claim can carry
 MAX_SERVICE_BYTES = 64  # contracts/Settlement.vy MAX_SERVICE (= messages.MAX_SERVICE_NAME)
-CONTRACT_VERSION = 2  # contracts/Settlement.vy VERSION: the rules this adapter speaks
+CONTRACT_VERSION = 3  # contracts/Settlement.vy VERSION: the rules this adapter speaks
 _U256 = (1 << 256) - 1
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")
 _VOUCHER_T = "(bytes,bytes32,uint64,uint256,uint256,string,bytes32,uint64,bytes)"
@@ -1172,7 +1172,7 @@ class EvmLedger(OpLedger):
         from eth_abi.abi import encode
 
         ctor = encode(
-            ["address", "bool"] + ["uint256"] * 8,
+            ["address", "bool"] + ["uint256"] * 9,
             [
                 "0x" + token.hex(),
                 dev,
@@ -1183,6 +1183,7 @@ class EvmLedger(OpLedger):
                 defaults.min_claim_window_ms,
                 defaults.max_claim_window_ms,
                 defaults.max_deadline_horizon_ms,
+                defaults.claims_per_window,
                 time_unit_us,
             ],
         )
@@ -1240,6 +1241,7 @@ class EvmLedger(OpLedger):
             max_claim_window_ms=int(await get("max_claim_window_ms")),
             max_deadline_horizon_ms=int(await get("max_deadline_horizon_ms")),
             max_claim_body=int(await get("max_claim_body")),
+            claims_per_window=int(await get("claims_per_window")),
         )
         return cls(
             chain,

@@ -28,7 +28,11 @@ reads every table inside one read transaction, so it sees one consistent state.
 Storage (format ``p2pay-ledger``, version 3; version 2 added the claim game of issue 13:
 ``Channel.paid_seen/refunded/clawed``, ``Stake.unstake_requested_at``, the claim outcomes and
 ``Claim.price/paid/deadline/refund/clawed/evidence_frame``; version 3 the per-account
-transaction nonces of issue 14, table ``nonces``). A version 1 or 2 file is refused with
+transaction nonces of issue 14, table ``nonces``). The queued claim windows added one
+parameter and no stored field: a file whose params lack ``claims_per_window`` (made before
+it) is read with the default and is not rewritten, so a node of the release before can
+still use it (it files claims under the old windows, one whole window each). A version 1
+or 2 file is refused with
 `LedgerVersionError`: version 1 claims were settled under the old rules (any answer won the
 bond) and cannot be restated under the new ones, and a version 2 file has no nonces (its
 operations were not signed), so a development ledger is simply created again

@@ -32,7 +32,10 @@ with a payer-signed request in tiling conflict with the claimed one (evidence), 
 admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed`),
 serves it with the handler until the claim's window end minus a margin, charges durably
 and answers with the signed result (or a signed refusal). At most `max_claim_answers`
-tasks prepare answers at once; a submission that fails for a transient reason is
+tasks prepare answers at once; answers go to the ledger earliest window end first, at
+most `ANSWERS_AT_ONCE` at a time (`EarliestFirst`: the ledger queues the windows of the
+claims against one stake a slot apart, specs/claims.md C-1, and that bound holds for a
+provider that answers in window order); a submission that fails for a transient reason is
 retried with backoff until the window ends. Each claimant task first re-sends the same
 signed request to the provider (`Node.redeliver`) and files the claim only if that
 brings no answer, the provider has a stake and the window is open.
@@ -46,8 +49,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -200,6 +206,9 @@ _UNCLAIMABLE = frozenset(
 #: Retry delays of a failed ledger submission (seconds; doubled up to the maximum).
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
+#: Answers to claims against us in the ledger's hands at once; the others wait, earliest
+#: window end first (`EarliestFirst`, specs/claims.md C-1).
+ANSWERS_AT_ONCE = 4
 #: Every this many steps the watcher re-reads the open claims against it from the ledger
 #: (after a restart, or an event whose answer task ended early).
 RESCAN_STEPS = 20
@@ -285,6 +294,59 @@ class _Answer:
         return "delivered" if self.response.status == STATUS_OK else "refused"
 
 
+class EarliestFirst:
+    """At most `capacity` holders at once; a waiter with a smaller key enters first.
+
+    The claim answers' gate (specs/claims.md C-1): the ledger gives the claims against one
+    stake windows that end at least a slot apart, which is enough time for a provider
+    that answers them in the order of their window ends; a plain lock or the ledger's own
+    queue would let a flood's later claims go first and an early window run out.
+    Waiters with equal keys enter in arrival order. A waiter cancelled while it waits
+    leaves the queue (a place handed to it as it is cancelled passes on to the next).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._free = capacity
+        self._waiting: list[list[Any]] = []  # heap of [key, arrival, event or None]
+        self._arrivals = 0
+        self.waiting = 0  # waiters still in the queue
+
+    @asynccontextmanager
+    async def hold(self, key: int) -> AsyncIterator[None]:
+        if self._free > 0 and self.waiting == 0:
+            self._free -= 1
+        else:
+            event = trio.Event()
+            self._arrivals += 1
+            entry: list[Any] = [key, self._arrivals, event]
+            heapq.heappush(self._waiting, entry)
+            self.waiting += 1
+            try:
+                await event.wait()
+            except BaseException:
+                if event.is_set():
+                    self._release()  # handed over as we were cancelled: pass it on
+                else:
+                    entry[2] = None  # left the queue (dropped when it reaches the top)
+                    self.waiting -= 1
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _key, _arrival, event = heapq.heappop(self._waiting)
+            if event is not None:
+                self.waiting -= 1
+                event.set()  # the place goes straight to the earliest waiter
+                return
+        self._free += 1
+
+
 class Watcher:
     def __init__(self, node: WatcherHost) -> None:
         self.node = node
@@ -298,6 +360,7 @@ class Watcher:
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
         self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        self._answering = EarliestFirst(ANSWERS_AT_ONCE)  # claim answers to the ledger
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
@@ -497,13 +560,14 @@ class Watcher:
                         # not wait for them, so a flood never keeps a cheap answer back
                         answer = await self._prepare_answer(claim, use_evidence)
                     if answer is not None:
-                        if answer.evidence is not None:
-                            await node.ledger.answer_claim(
-                                node.key, claim_id, evidence=answer.evidence
-                            )
-                        else:
-                            assert answer.response is not None
-                            await node.ledger.answer_claim(node.key, claim_id, answer.response)
+                        async with self._answering.hold(claim.window_ends):
+                            if answer.evidence is not None:
+                                await node.ledger.answer_claim(
+                                    node.key, claim_id, evidence=answer.evidence
+                                )
+                            else:
+                                assert answer.response is not None
+                                await node.ledger.answer_claim(node.key, claim_id, answer.response)
                         node.counters.claims_answered += 1
                         self.answers[answer.outcome] += 1
                         self._claim_state(claim_id, "respondent", answer.outcome)
@@ -553,6 +617,7 @@ class Watcher:
         if stored is not None:
             frame = decode_frame(stored.frame)
             if isinstance(frame, Response):
+                await self._keep_for(stored, claim)
                 return _Answer(response=frame)
         try:
             ch = await node._payee_channel_for(request, claim.claimant)
@@ -585,10 +650,27 @@ class Watcher:
         if use_evidence:
             evidence = self._evidence(ch, request, seen)
             if evidence is not None:
+                kept = await node.store.response(evidence.hash)
+                if kept is not None:
+                    await self._keep_for(kept, claim)
                 return _Answer(evidence=evidence)
         same_n = any(other.n == request.n for other in seen)
         served = await self._serve_claimed(ch, request, claim, same_n)
         return None if served is None else _Answer(response=served)
+
+    async def _keep_for(self, stored: StoredResponse, claim: Claim) -> None:
+        """Keep a stored answer (or evidence) at least until the claim's window has ended.
+
+        A stored response expires two claim windows after its request's deadline, but a
+        claim's window can end later (the ledger queues the windows of the claims against
+        one stake, settlement.md FileClaim): a restart during a long flood must still find
+        what answers it. Durable before the answer is submitted."""
+        node = self.node
+        until = claim.window_ends + node.config.response_retention_ms
+        if stored.expires_at >= until:
+            return
+        generation = node.persister.stage(response=dataclasses.replace(stored, expires_at=until))
+        await node.persister.durable(generation)
 
     async def _refuse_late(
         self, ch: PayeeChannel, request: Request, claim: Claim

@@ -176,6 +176,33 @@ async def test_sqlite_refuses_a_version_1_ledger_and_says_what_to_do(
     assert old.read_bytes() == before
 
 
+async def test_sqlite_reads_a_ledger_made_before_claims_per_window(tmp_path: Path) -> None:
+    """A ledger file made before the queued claim windows has no `claims_per_window` in its
+    params: it opens with the default and the file is not rewritten (a node of the release
+    before, which refuses params it does not know, can still open it)."""
+    from p2pay.core import codec
+
+    path = tmp_path / "old.db"
+    await (await SqliteLedger.create(path, dev=True)).aclose()
+    conn = sqlite3.connect(path)
+    params = codec.decode(conn.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
+    del params["claims_per_window"]
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'params'", (codec.encode(params),))
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    ledger = await SqliteLedger.open(path)
+    try:
+        assert ledger.params.claims_per_window == 100
+    finally:
+        await ledger.aclose()
+    conn = sqlite3.connect(path)
+    stored = codec.decode(conn.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
+    conn.close()
+    assert "claims_per_window" not in stored
+    assert len(path.read_bytes()) == len(before)
+
+
 async def test_sqlite_failed_operation_rolls_back(tmp_path: Path, monkeypatch: Any) -> None:
     """An exception after apply (e.g. a crash mid-write) leaves no trace in the file."""
     ledger = await SqliteLedger.create(tmp_path / "l.db", dev=True)

@@ -100,3 +100,33 @@ async def test_concurrent_syncs_index_each_log_once() -> None:
     assert await fresh.events() == expected
     await fresh.aclose()
     await ledger.aclose()
+
+
+async def test_claims_per_window_is_a_constructor_argument() -> None:
+    """`claims_per_window` (claims.md C-1) is fixed at deployment, read back by `connect`,
+    and the contract itself refuses 0 and more than MAX_CLAIMS_PER_WINDOW."""
+    from eth_abi.abi import encode
+
+    from p2pay.core.settlement import MAX_CLAIMS_PER_WINDOW
+    from p2pay.ledger.evm import load_artifact
+
+    chain = BoaChain()
+    ledger = await EvmLedger.deploy(chain, DEPLOYER, dev=True, claims_per_window=7)
+    assert ledger.params.claims_per_window == 7
+    again = await EvmLedger.connect(chain, ledger.address)
+    assert again.params == ledger.params
+    token = b"\x11" * 20
+    code = bytes.fromhex(load_artifact("Settlement")["bytecode"][2:])
+
+    def constructor(claims_per_window: int) -> bytes:
+        return encode(
+            ["address", "bool"] + ["uint256"] * 9,
+            [token, True, 1, 1, 1, 2, 1, 2, 0, claims_per_window, 1],
+        )
+
+    for bad in (0, MAX_CLAIMS_PER_WINDOW + 1):  # what Params refuses, sent around it
+        assert not chain.transact(DEPLOYER, None, code + constructor(bad)).ok, bad
+    for good in (1, MAX_CLAIMS_PER_WINDOW):
+        assert chain.transact(DEPLOYER, None, code + constructor(good)).ok, good
+    await again.aclose()
+    await ledger.aclose()

@@ -97,12 +97,13 @@ class Pair:
         assert totals.conserved and totals == await self.mem.totals()
 
 
-async def make_pair() -> Pair:
+async def make_pair(**extra: int) -> Pair:
+    """`extra`: Params fields beyond PARAMS (e.g. ``claims_per_window``)."""
     clock = ManualClock()
     evm = await EvmLedger.deploy(
-        BoaChain(), DEPLOYER, dev=True, time_unit_us=1, clock=clock, **PARAMS
+        BoaChain(), DEPLOYER, dev=True, time_unit_us=1, clock=clock, **PARAMS, **extra
     )
-    params = Params(ledger_id=evm.ledger_id, dev=True, max_claim_body=MAX_BODY, **PARAMS)
+    params = Params(ledger_id=evm.ledger_id, dev=True, max_claim_body=MAX_BODY, **PARAMS, **extra)
     assert evm.params == params
     mem = MemoryLedger(params, clock=clock)
     return Pair(evm, mem, clock)
@@ -195,15 +196,17 @@ async def test_claim_outcomes_match_the_pure_rules() -> None:
     assert await p.evm.events() == await p.mem.events()
 
 
-async def test_random_operations_match_the_pure_rules() -> None:
+@pytest.mark.parametrize("claims_per_window", [100, 7])
+async def test_random_operations_match_the_pure_rules(claims_per_window: int) -> None:
     """Seeded random rounds over every claim and channel op, compared op by op: each round
     signs a request (mostly a fresh slice, sometimes a conflicting or bad one), may redeem
     it, files a claim when its deadline has passed, and answers it (OK, refusal, evidence,
     a wrong answer) or lets it be resolved; refunds with a refusal (valid or not), closes,
-    top ups, unbonding are mixed in."""
+    top ups, unbonding are mixed in. With 7 claims per window (a 143 ms slot on the 1,000 ms
+    window, rounded up) the queue of claim windows (claims.md C-1) sets most window ends."""
     rng = random.Random(13)
     side = random.Random(29)
-    p = await make_pair()
+    p = await make_pair(claims_per_window=claims_per_window)
     lid, clock = p.evm.ledger_id, p.clock
     for key in (A, B, C):
         await p.both("mint", key, key.account, 10 * TOKEN)
@@ -314,6 +317,10 @@ async def test_random_operations_match_the_pure_rules() -> None:
     assert any(clawed), "no clawback happened"
     refunds = [c for c in [await p.mem.claim(i) for i in claims] if c and c.bond == 0]
     assert refunds and any(c.clawed for c in refunds), "no refund with a refusal clawed back"
+    filed = [c for c in [await p.mem.claim(i) for i in claims] if c and c.bond > 0]
+    queued = [c for c in filed if c.window_ends > c.filed_at + 1_000]
+    if claims_per_window < 100:
+        assert queued, "no claim window was queued behind another (C-1)"
 
 
 async def test_refund_with_refusal_matches_the_pure_rules() -> None:

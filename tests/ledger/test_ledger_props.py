@@ -527,7 +527,8 @@ def test_lockstep_scripted() -> None:
         r3 = request(ALICE, cid, 3, 500, m.clock.ms)
         m.clock.advance(1)
         claim3 = step("file_claim", ALICE, r3)
-        m.clock.advance(4_001)
+        # claim3's window ends one slot after claim's (claim windows queue per stake)
+        m.clock.ms = m.mem.state.claims[claim3].window_ends + 1
         step("resolve_claim", MALLORY, claim3)
         assert m.mem.state.claims[claim3].refund == 10
         # a refusal after redeeming the slice: REFUSED, refund clawed back from the stake

@@ -9,7 +9,8 @@ After every step the named invariants are asserted:
 * S-1..S-3 via `invariant_violations` (conservation, bounds, open-claim counts);
 * S-4 a refused op left the state exactly as it was, a successful one emitted events;
 * S-5 monotonicity (deposit, redeemed, paid_seen, refunded, clawed, nonce, burnt; final
-  states; fixed parties and claimed terms);
+  states; fixed parties and claimed terms; a new claim's window: a whole window plus a
+  slot per claim open against the stake);
 * S-6 no third party moved another's money, except S-6a/b/c/d;
 * S-7 a payee never got more than the best voucher its payer signed, nor than the deposit;
 * C-2 (specs/claims.md) an honest payee on its own channel (HONEST, who serves or refuses
@@ -63,6 +64,7 @@ from p2pay.core.settlement import (
     Withdraw,
     WithdrawStake,
     apply,
+    claim_slot_ms,
     invariant_violations,
     tiling_conflict,
     touches,
@@ -240,6 +242,15 @@ class SettlementMachine(RuleBasedStateMachine):
                 assert getattr(new_claim, name) == getattr(old_claim, name), f"S-5 claim {name}"
             if old_claim.state is not ClaimState.OPEN:
                 assert new_claim == old_claim, "S-5: DELIVERED/REFUSED/FRIVOLOUS/UPHELD are final"
+        for claim_id, claim in after.claims.items():
+            if claim_id in before.claims or claim.window_ends == claim.filed_at:
+                continue  # not new, or a refund with the payee's refusal (settled at once)
+            # a new regular claim: a whole window, plus a slot per claim still open
+            stake = before.stakes[claim.respondent]
+            slot = claim_slot_ms(after.params, stake.claim_window_ms)
+            assert claim.window_ends == (
+                claim.filed_at + stake.claim_window_ms + stake.open_claims * slot
+            ), "S-5 queued window"
 
     def check_no_third_party(self, before: State, op: Op, events: list[Event]) -> None:
         after = self.state

@@ -1125,7 +1125,8 @@ def test_clawback_is_capped_by_the_stake() -> None:
     assert state.claims[c1].clawed == 400 and state.stakes[B].amount == 0
     assert state.channels[cid].clawed == 400
     # the second refund finds nothing left to claw (and the stake is empty)
-    _, events = ok(state, ResolveClaim(sender=M, claim=c2), now=T0 + 1 + WINDOW + 1)
+    # c2's window ends one slot after c1's (FileClaim: claim windows queue per stake)
+    _, events = ok(state, ResolveClaim(sender=M, claim=c2), now=state.claims[c2].window_ends + 1)
     assert events[0].fields["slashed"] == 0 and events[0].fields["clawed"] == 0
     assert events[0].fields["refund"] == 1_000
 
@@ -1548,7 +1549,8 @@ def test_slash_is_capped_by_what_is_left() -> None:
         ids.append(claim_id)
     slashes = []
     for claim_id in ids:
-        _, events = ok(state, ResolveClaim(sender=C, claim=claim_id), now=T0 + 1 + WINDOW + 1)
+        ends = state.claims[claim_id].window_ends  # queued one slot apart (FileClaim)
+        _, events = ok(state, ResolveClaim(sender=C, claim=claim_id), now=ends + 1)
         slashes.append(events[0].fields["slashed"])
         assert kinds(events) == (["ClaimUpheld", "Slashed"] if slashes[-1] else ["ClaimUpheld"])
     assert slashes == [300, 300, 300, 100, 0]
@@ -1574,7 +1576,11 @@ def test_refunded_saturates_and_never_blocks_a_refund() -> None:
         request = request_with(cid, n=n, paid=top, price=top, deadline=T0, body=bytes([n]))
         ids.append(ok(state, FileClaim(sender=A, request=request), now=T0 + 1)[0])
     for claim_id in ids:
-        ok(state, ResolveClaim(sender=M, claim=claim_id), now=T0 + 2 + WINDOW)
+        ok(
+            state,
+            ResolveClaim(sender=M, claim=claim_id),
+            now=state.claims[claim_id].window_ends + 1,
+        )
     assert state.channels[cid].refunded == MAX_AMOUNT
     assert [state.claims[i].refund for i in ids] == [top, top]
 
