@@ -12,12 +12,8 @@ unbonding. The figures are deterministic for one anvil version and one contract.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import trio
@@ -32,12 +28,6 @@ from p2pay.ledger.evm import MAX_BODY, EvmLedger, Web3Chain
 from p2pay.testing import TOKEN, ManualClock
 
 BODY = b"b" * 100
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def measure(chain: Web3Chain) -> list[tuple[str, list[int]]]:
@@ -157,7 +147,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description="Measure the gas table of specs/settlement.md section 10."
     )
-    parser.add_argument("--anvil", default=os.environ.get("P2PAY_ANVIL") or shutil.which("anvil"))
+    parser.add_argument("--anvil", default=testing.anvil_binary())
     args = parser.parse_args(argv)
     if not args.anvil:
         print("anvil not found: npm install @foundry-rs/anvil, or pass --anvil PATH")
@@ -165,32 +155,12 @@ def main(argv: list[str]) -> int:
     version = subprocess.run(
         [args.anvil, "--version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout.splitlines()[0]
-    port = _free_port()
-    proc = subprocess.Popen(
-        [args.anvil, "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        chain = Web3Chain(f"http://127.0.0.1:{port}", timed=True, timeout_s=30)
-        deadline = time.monotonic() + 30
-        while True:  # bounded by the deadline
-            try:
-                chain.chain_id()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    print("anvil did not start")
-                    return 1
-                time.sleep(0.1)
-        rows = trio.run(measure, chain)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        with testing.running_anvil(args.anvil, start_timeout_s=30) as url:
+            rows = trio.run(measure, Web3Chain(url, timed=True, timeout_s=30))
+    except RuntimeError as exc:
+        print(exc)
+        return 1
     print(f"{version}; gasUsed of each call, in order")
     for label, used in rows:
         print(f"{label}: {' / '.join(f'{u:,}'.replace(',', ' ') for u in used)}")

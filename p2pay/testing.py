@@ -12,7 +12,13 @@ Fixed test keys: `ALICE`, `BOB`, `CAROL`, `MALLORY` (seeds ``bytes([i]) * 32``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
@@ -2241,6 +2247,56 @@ async def run_ledger_conformance(factory: LedgerFactory) -> None:
             raise LedgerConformanceError(f"ledger conformance case {name!r} failed: {exc}") from exc
 
 
+# --- anvil (a real JSON-RPC node for the EVM ledger's tests and gas figures) ------------
+
+
+def anvil_binary() -> str | None:
+    """anvil's path: ``P2PAY_ANVIL``, else PATH (npm package ``@foundry-rs/anvil``)."""
+    return os.environ.get("P2PAY_ANVIL") or shutil.which("anvil")
+
+
+@contextmanager
+def running_anvil(
+    binary: str, *, start_timeout_s: float = 20.0, rpc_timeout_s: float = 5.0
+) -> Iterator[str]:
+    """Start anvil on a free 127.0.0.1 port (chain id 31337) and yield its URL once it
+    answers; stop it by its PID afterwards (terminate, then kill, each wait bounded).
+
+    Raises:
+        RuntimeError: anvil exited or did not answer within `start_timeout_s`.
+    """
+    from p2pay.ledger.evm import Web3Chain  # web3 is a dev extra
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        chain = Web3Chain(url, timed=True, timeout_s=rpc_timeout_s)
+        while True:  # bounded by the deadline
+            try:
+                chain.chain_id()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"anvil did not start on {url}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 __all__ = [
     "ALICE",
     "BOB",
@@ -2255,11 +2311,13 @@ __all__ = [
     "LedgerFactory",
     "LedgerHarness",
     "ManualClock",
+    "anvil_binary",
     "evm_test_keys",
     "expect",
     "expect_eq",
     "ledger_conformance_cases",
     "run_ledger_conformance",
+    "running_anvil",
     "unchecked_request",
     "unchecked_response",
 ]
