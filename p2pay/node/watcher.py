@@ -107,6 +107,7 @@ class WatcherHost(Protocol):
     payer_channels: dict[bytes, PayerChannel]
     #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
     _unanswered: dict[bytes, list[_Outbox]]
+    _serving: dict[tuple[bytes, int], Request]
     #: requests whose claim the watcher refused late -> that signed answer's frame
     _late_refused: dict[bytes, bytes]
 
@@ -634,11 +635,11 @@ class Watcher:
         if ch is None:
             log.error("claim %s is on a channel we are not paid on", claim.id.hex())
             return None
-        if request.n in ch.pending:
+        pending = request.n in ch.pending
+        if pending:
             late = await self._refuse_late(ch, request, claim)
             if late is not None:
                 return _Answer(response=late)
-            return None  # being served on a stream: its stored answer comes when it ends
         seen: list[Request] = []
         for other in await self._known_requests(ch, request):
             if other.hash != request.hash and other.channel == request.channel:
@@ -654,6 +655,13 @@ class Watcher:
                 if kept is not None:
                     await self._keep_for(kept, claim)
                 return _Answer(evidence=evidence)
+        if pending:
+            # Its number is being served (on a stream, or through another claim): its
+            # stored answer, or that request as evidence, comes when it ends. Evidence
+            # first: the queued windows let the claim being served have a later window
+            # (and handler deadline) than this one, so waiting for it could outlast this
+            # window while a payer-signed request numbered alike already refutes it (C-1).
+            return None
         same_n = any(other.n == request.n for other in seen)
         served = await self._serve_claimed(ch, request, claim, same_n)
         return None if served is None else _Answer(response=served)
@@ -758,7 +766,9 @@ class Watcher:
         floor = await node.store.floor_voucher(ch.channel)
         if floor is not None:
             frames.append(floor.request_frame)
-        found = [r for r in (ch.verified, ch.best) if r is not None]
+        # a request still being served on a stream is stored only when it is answered
+        serving = node._serving.get((ch.channel, claimed.n))
+        found = [r for r in (ch.verified, ch.best, serving) if r is not None]
         for frame in frames:
             try:
                 request = decode_frame(frame)
