@@ -931,9 +931,11 @@ class ClientSession(_Session):
         sent = self.outstanding.pop((response.channel, response.n), None)
         request = sent.request if sent is not None else None
         purpose = sent.purpose if sent is not None else None
-        if sent is None and response.n not in ch.in_flight and response.n not in ch.abandoned:
+        if not ch.expects(response.n):
             # a second answer to a request re-sent while its handler ran (C-4), or to one
-            # already settled: it changes nothing
+            # already settled: it changes nothing (§14.3), even when a copy of the request
+            # was sent on this stream after its answer came (a watcher's re-delivery racing
+            # the late answer): never a reason to end the stream and what is in flight on it
             return [FrameIgnored(frame=response, reason="an answer to a settled request")]
         # §14.4: draw whether this receipt's signature is checked (on_response checks
         # every response that is not an OK receipt with no jump, drawn or not). An answer

@@ -288,8 +288,11 @@ class _Connection:
             The checked signed response, or None if the payee refused it unsigned.
         """
         key = (request.channel, request.n)
-        if key in self.pending or self.closed:
-            return None  # in flight already, or no stream
+        ch = self.node.payer_channels.get(request.channel)
+        if key in self.pending or self.closed or ch is None or not ch.expects(request.n):
+            # in flight already, no stream, or answered since the watcher read its record
+            # (the late answer came on a stream: a copy sent now would only be answered again)
+            return None
         try:
             frame = self.protocol.send_request(request, purpose=Purpose.REDELIVERY)
         except LocalProtocolError:

@@ -1048,6 +1048,13 @@ class Watcher:
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
                 return
+            await node.persister.flush()
+            current = await node.store.request(record.request_hash)
+            if current is None or current.state != "awaiting":
+                # its answer came on a stream after `_file_claims` read the record (a late
+                # receipt): settled, nothing to claim (claims.md 6)
+                log.info("n=%d was answered meanwhile: no claim", record.n)
+                return
             log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
             if stake is None or stake.amount == 0:
