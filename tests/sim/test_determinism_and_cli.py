@@ -232,8 +232,8 @@ sample_every = "5s"
 check_every = "10s"
 
 [libp2p]
-time_scale = 0.5             # 80 simulated seconds in about 40 wall seconds (a 4 s timeout is 2 s of
-                              # wall time: 1 s failed beside CPU hogs in CI, the node's bug aside)
+time_scale = 0.5             # 80 simulated s in about 40 wall s: a 4 s timeout is 2 s of wall
+                             # time (1 s timed out by the hundred beside CPU hogs in CI)
 
 [node]
 watch_interval = "2s"
