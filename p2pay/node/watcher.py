@@ -1048,26 +1048,31 @@ class Watcher:
             if answer is not None:  # its record is now answered or refused: no claim
                 log.info("re-delivered n=%d: %s, no claim", record.n, answer.status)
                 return
-            await node.persister.flush()
-            current = await node.store.request(record.request_hash)
-            if current is None or current.state != "awaiting":
-                # its answer came on a stream after `_file_claims` read the record (a late
-                # receipt): settled, nothing to claim (claims.md 6)
-                log.info("n=%d was answered meanwhile: no claim", record.n)
-                return
             log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
-            if stake is None or stake.amount == 0:
-                node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
+            expired = bool(
+                stake is not None
+                and stake.amount
+                and await node.ledger.now() > record.deadline + stake.claim_window_ms
+            )
+            # The record read last, after every await but the claim itself: an answer that
+            # came on a stream while the ledger was read (a late receipt) settles it, and
+            # nothing is staged from a stale copy of it (claims.md 6).
+            current = await self._still_awaiting(record)
+            if current is None:
+                log.info("n=%d was answered meanwhile: no claim", record.n)
                 return
-            if await node.ledger.now() > record.deadline + stake.claim_window_ms:
+            if stake is None or stake.amount == 0:
+                node.persister.stage(request=_with_state(current, "unclaimable", node.now()))
+                return
+            if expired:
                 log.warning(
                     "n=%d to %s not claimed: its claim window ended %d ms after the deadline",
                     record.n,
                     record.payee.hex(),
                     stake.claim_window_ms,
                 )
-                node.persister.stage(request=_with_state(record, "expired", node.now()))
+                node.persister.stage(request=_with_state(current, "expired", node.now()))
                 return
             request = decode_frame(record.frame)
             if not isinstance(request, Request):
@@ -1095,6 +1100,24 @@ class Watcher:
         node.counters.claims_filed += 1
         log.info("filed claim %s for n=%d", claim_id.hex(), record.n)
         self._stage_filed(record, claim_id)
+
+    async def _still_awaiting(self, record: OutgoingRequest) -> OutgoingRequest | None:
+        """`record` as stored now if it still awaits an answer, else None.
+
+        The store is read after a flush; a receipt that comes during that read is staged
+        with its channel's change in one synchronous step, so the channel tells it: then
+        the record is read once more (no answer naming `n` is read from then on, 14.3).
+        From the return to the caller's next await, nothing can answer it."""
+        node = self.node
+        await node.persister.flush()
+        current = await node.store.request(record.request_hash)
+        ch = node.payer_channels.get(record.channel)
+        if current is not None and ch is not None and not ch.expects(record.n):
+            await node.persister.flush()
+            current = await node.store.request(record.request_hash)
+        if current is None or current.state != "awaiting":
+            return None
+        return current
 
     def _stage_filed(self, record: OutgoingRequest, claim_id: bytes) -> None:
         """Stage a claim we filed on `record`: the request marked claimed, the claim open."""

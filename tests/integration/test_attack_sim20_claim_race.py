@@ -1,0 +1,108 @@
+"""Attack on 3aad104 (sim20): the watcher re-reads a request's record before it claims,
+but then awaits the ledger twice (the provider's stake, the ledger's clock) before it files
+the claim, and files it, or marks the record expired or unclaimable from the stale copy it
+read first, without looking again. A late answer that comes in those awaits (an EVM ledger's
+two RPCs: tens of ms, more under load) is still claimed: the very race the commit closed,
+one await later. Against a provider that stays silent on claims (sim20's) the claim is
+UPHELD: the provider is slashed and refunded the price of a request it answered and charged.
+
+The ledger's `stake_of` is wrapped to let the late answer in at that moment: deterministic,
+every wait bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+from node_support import wait_until
+
+from p2pay.core.identity import Keypair
+from p2pay.core.settlement import Params
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, CallTimeout, NodeConfig, open_node
+
+ALICE = Keypair.from_seed(bytes([51]) * 32)  # client
+BOB = Keypair.from_seed(bytes([52]) * 32)  # provider
+PRICE = 1_000
+TOKEN = 10**24
+
+CONFIG = NodeConfig(
+    watch_interval=0.05,
+    claim_grace_ms=50,
+    redeem_threshold=10**30,
+    default_timeout=30.0,
+    min_challenge_ms=50,
+    redeliver_timeout=0.3,
+)
+
+
+async def test_an_answer_arriving_while_the_watcher_reads_the_stake_is_not_claimed() -> None:
+    ledger = MemoryLedger(
+        Params(
+            ledger_id=b"p2pay:test:sim20race",
+            dev=True,
+            claim_bond=10**18,
+            min_claim_window_ms=50,
+            min_challenge_ms=50,
+            max_deadline_horizon_ms=60_000,
+        )
+    )
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    started, release = trio.Event(), trio.Event()
+
+    async def held(call: Call) -> bytes:
+        started.set()
+        with trio.fail_after(30):
+            await release.wait()
+        return call.body
+
+    net = MemoryNetwork()
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob,
+        open_node(
+            key=ALICE,
+            ledger=ledger,
+            network=net,
+            config=dataclasses.replace(CONFIG, auto_claim=False),
+        ) as alice,
+    ):
+        bob.serve("held", held, price=PRICE)
+        await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
+        await alice.open_channel(bob.addrs[0], deposit=10**6)
+
+        with pytest.raises(CallTimeout):
+            await alice.call(bob.peer_id, "held", b"late", max_price=PRICE, timeout=0.2)
+        assert started.is_set()
+        (stale,) = await alice.store.requests(state="awaiting")
+
+        async def answered() -> bool:
+            record = await alice.store.request(stale.request_hash)
+            return record is not None and record.state in ("answered", "refused")
+
+        # the claim task's second stake read (after the re-send and the re-read): the late
+        # answer comes while it waits on the ledger
+        me = trio.lowlevel.current_task()
+        real = alice.ledger.stake_of
+        reads = 0
+
+        async def stake_of(account: bytes):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            if trio.lowlevel.current_task() is me and account == BOB.account:
+                reads += 1
+                if reads == 2:
+                    release.set()
+                    await wait_until(answered)
+            return await real(account)
+
+        alice.ledger.stake_of = stake_of  # type: ignore[method-assign]
+        with trio.fail_after(30):
+            await trio.sleep(0.25)  # past the deadline: a claim would be heard
+            await alice.watcher._claim(stale)  # type: ignore[union-attr]
+        assert reads >= 2, "the late answer was never let in"
+        assert await answered()
+        assert alice.counters.claims_filed == 0
+        assert await ledger.claims_of(ALICE.account) == []
