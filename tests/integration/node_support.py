@@ -28,19 +28,23 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> Non
             await trio.sleep(0.02)
 
 
+def claim_game_params(ledger_id: bytes, **params: Any) -> Params:
+    """Dev ledger parameters with short minimum periods (50 ms), a 60 s deadline horizon
+    and `params`."""
+    return Params(
+        ledger_id=ledger_id,
+        dev=True,
+        min_claim_window_ms=50,
+        min_challenge_ms=50,
+        max_deadline_horizon_ms=60_000,
+        **params,
+    )
+
+
 async def funded_ledger(name: bytes, *keys: Keypair, **params: Any) -> MemoryLedger:
     """A dev `MemoryLedger` with short minimum periods (50 ms), a 60 s deadline horizon
     and `params`, on which each of `keys` has 10 tokens."""
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:" + name,
-            dev=True,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-            **params,
-        )
-    )
+    ledger = MemoryLedger(claim_game_params(b"p2pay:test:" + name, **params))
     for key in keys:
         await ledger.mint(key, key.account, 10**25)
     return ledger

@@ -21,14 +21,14 @@ event the test sets only at the end; every wait is bounded.
 from __future__ import annotations
 
 import trio
-from node_support import wait_until
+from node_support import claim_game_params, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import ClaimState, Params, claim_slot_ms
+from p2pay.core.settlement import ClaimState, claim_slot_ms
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
-from p2pay.testing import unchecked_request
+from p2pay.testing import ManualClock, unchecked_request
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # the lying payer
 BOB = Keypair.from_seed(bytes([2]) * 32)  # the honest provider
@@ -40,24 +40,9 @@ WINDOW = 1_000_000  # ms (the real-time handler timeout derived from it never fi
 FILLERS = 10
 
 
-class Time:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 async def test_a_same_number_claim_is_refuted_while_the_other_is_served() -> None:
-    time = Time(1_700_000_000_000)
-    params = Params(
-        ledger_id=LEDGER_ID,
-        dev=True,
-        claim_bond=10**18,
-        min_claim_window_ms=50,
-        min_challenge_ms=50,
-        max_deadline_horizon_ms=60_000,
-    )
+    time = ManualClock(1_700_000_000_000)
+    params = claim_game_params(LEDGER_ID)
     ledger = MemoryLedger(params, clock=time)
     slot = claim_slot_ms(params, WINDOW)
     for key in (ALICE, BOB):

@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 
 import trio
-from node_support import wait_until
+from node_support import claim_game_params, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import ClaimState, Params
+from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
-from p2pay.testing import unchecked_request
+from p2pay.testing import ManualClock, unchecked_request
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # the lying payer
 BOB = Keypair.from_seed(bytes([2]) * 32)  # the honest provider
@@ -35,28 +35,13 @@ STAKE, PENALTY = 10**20, 10**17
 WINDOW = 1_000  # ms of the manual clock
 
 
-class Time:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 async def echo(call: Call) -> bytes:
     return call.body
 
 
 async def test_a_claim_numbered_like_a_slow_stream_request_is_refuted() -> None:
-    time = Time(1_700_000_000_000)
-    params = Params(
-        ledger_id=LEDGER_ID,
-        dev=True,
-        claim_bond=10**18,
-        min_claim_window_ms=50,
-        min_challenge_ms=50,
-        max_deadline_horizon_ms=60_000,
-    )
+    time = ManualClock(1_700_000_000_000)
+    params = claim_game_params(LEDGER_ID)
     ledger = MemoryLedger(params, clock=time)
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)

@@ -23,7 +23,7 @@ from p2pay.core.identity import Keypair
 from p2pay.core.messages import Response
 from p2pay.core.settlement import ClaimState, Params, claim_slot_ms
 from p2pay.ledger.memory import MemoryLedger
-from p2pay.testing import unchecked_request
+from p2pay.testing import ManualClock, unchecked_request
 
 SYBIL = Keypair.from_seed(bytes([11]) * 32)  # the provider's own payer (or any griefer)
 CAROL = Keypair.from_seed(bytes([12]) * 32)  # an honest client
@@ -33,16 +33,8 @@ DAY = 24 * 3_600_000
 PUSH = 200  # free claims, each answered before the next is filed
 
 
-class Time:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 async def test_answered_claims_do_not_push_a_later_claims_window() -> None:
-    time = Time(1_700_000_000_000)
+    time = ManualClock(1_700_000_000_000)
     params = Params(ledger_id=b"p2pay:test:claimq-push", dev=True, claim_bond=10**18)
     window = params.max_claim_window_ms  # 30 days: the longest a stake may announce
     slot = claim_slot_ms(params, window)

@@ -24,15 +24,16 @@ from typing import Any
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import claim_game_params, wait_until
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response, decode_frame
-from p2pay.core.settlement import ClaimState, Params, claim_slot_ms
+from p2pay.core.settlement import ClaimState, claim_slot_ms
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 from p2pay.node.watcher import EarliestFirst
+from p2pay.testing import ManualClock
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # the lying client
 BOB = Keypair.from_seed(bytes([2]) * 32)  # the honest provider
@@ -45,18 +46,10 @@ ANSWER_MS = 5  # ledger time one answer costs the provider: two answers per slot
 FLOOD = 300  # claims filed at one instant: 1,500 ms of answers against a 1,000 ms window
 
 
-class Time:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 class SlowAnswers(MemoryLedger):
     """Each answer from the respondent costs `ANSWER_MS` of ledger time."""
 
-    time: Time
+    time: ManualClock
     filed: trio.Event  # answers wait until the whole flood is filed (determinism)
 
     async def answer_claim(
@@ -78,15 +71,8 @@ async def echo(call: Call) -> bytes:
 
 
 async def test_a_claim_flood_longer_than_the_window_slashes_no_honest_provider() -> None:
-    time = Time(1_700_000_000_000)
-    params = Params(
-        ledger_id=LEDGER_ID,
-        dev=True,
-        claim_bond=10**18,
-        min_claim_window_ms=50,
-        min_challenge_ms=50,
-        max_deadline_horizon_ms=60_000,
-    )
+    time = ManualClock(1_700_000_000_000)
+    params = claim_game_params(LEDGER_ID)
     ledger = SlowAnswers(params, clock=time)
     ledger.time = time
     ledger.filed = trio.Event()
