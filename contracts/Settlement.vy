@@ -41,7 +41,7 @@ S_UPHELD: constant(uint8) = 5
 
 # the version of these rules (specs/settlement.md section 10): 2 = the claim game of
 # specs/claims.md (paid slices, four outcomes, refunds and clawbacks); 3 = the answer
-# windows of the claims against one stake are queued, one slot apart (claims.md C-1)
+# windows of the claims against one stake are queued, one slot per claim open (claims.md C-1)
 VERSION: public(constant(uint256)) = 3
 # Params.max_claim_body on this binding
 max_claim_body: public(constant(uint256)) = MAX_BODY

@@ -269,8 +269,8 @@ def ledger() -> None:
 @click.option(
     "--claims-per-window",
     type=click.IntRange(1, 1_000_000),
-    help="Claim windows against one stake that may end within one claim window (default "
-    "100): a flood of claims is answered a slot of window/N apart.",
+    help="Claims a provider must be able to answer per claim window (default 100): a "
+    "claim's window grows by window/N for each claim open against the stake.",
 )
 @click.option("--use", is_flag=True, help="Also make it this home's ledger (config.toml).")
 @home_option

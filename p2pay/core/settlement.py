@@ -242,7 +242,7 @@ def stake_status(stake: Stake | None) -> StakeStatus:
 
 
 def claim_slot_ms(params: Params, claim_window_ms: int) -> int:
-    """The least time between the window ends of two claims against one stake.
+    """What each claim open against a stake adds to the window of a claim filed against it.
 
     ``ceil(claim_window_ms / params.claims_per_window)``: a provider that answers the
     claims against it at one per slot answers every one in its window (specs/settlement.md

@@ -33,12 +33,12 @@ admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed
 serves it with the handler until the claim's window end minus a margin, charges durably
 and answers with the signed result (or a signed refusal). At most `max_claim_answers`
 tasks prepare answers at once; answers go to the ledger earliest window end first, at
-most `ANSWERS_AT_ONCE` at a time (`EarliestFirst`: the ledger queues the windows of the
-claims against one stake a slot apart, specs/claims.md C-1, and that bound holds for a
-provider that answers in window order); a submission that fails for a transient reason is
-retried with backoff until the window ends. Each claimant task first re-sends the same
-signed request to the provider (`Node.redeliver`) and files the claim only if that
-brings no answer, the provider has a stake and the window is open.
+most `ANSWERS_AT_ONCE` at a time (`EarliestFirst`: the ledger gives a claim one slot
+more than a whole window for each claim open against the stake, specs/claims.md C-1, and
+that bound holds for a provider that answers in window order); a submission that fails
+for a transient reason is retried with backoff until the window ends. Each claimant task
+first re-sends the same signed request to the provider (`Node.redeliver`) and files the
+claim only if that brings no answer, the provider has a stake and the window is open.
 
 Every handler is idempotent, because after a crash events after the last persisted
 cursor are seen again. Failures of one duty are logged and retried next step; they never
@@ -298,9 +298,9 @@ class _Answer:
 class EarliestFirst:
     """At most `capacity` holders at once; a waiter with a smaller key enters first.
 
-    The claim answers' gate (specs/claims.md C-1): the ledger gives the claims against one
-    stake windows that end at least a slot apart, which is enough time for a provider
-    that answers them in the order of their window ends; a plain lock or the ledger's own
+    The claim answers' gate (specs/claims.md C-1): the ledger gives a claim one slot more
+    than a whole window for each claim open against the stake, which is enough time for a
+    provider that answers them in the order of their window ends; a plain lock or the ledger's own
     queue would let a flood's later claims go first and an early window run out.
     Waiters with equal keys enter in arrival order. A waiter cancelled while it waits
     leaves the queue (a place handed to it as it is cancelled passes on to the next).
@@ -670,8 +670,8 @@ class Watcher:
         """Keep a stored answer (or evidence) at least until the claim's window has ended.
 
         A stored response expires two claim windows after its request's deadline, but a
-        claim's window can end later (the ledger queues the windows of the claims against
-        one stake, settlement.md FileClaim): a restart during a long flood must still find
+        claim's window can end later (a slot more for each claim open against the stake,
+        settlement.md FileClaim): a restart during a long flood must still find
         what answers it. Durable before the answer is submitted."""
         node = self.node
         until = claim.window_ends + node.config.response_retention_ms

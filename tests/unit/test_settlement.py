@@ -1549,7 +1549,7 @@ def test_slash_is_capped_by_what_is_left() -> None:
         ids.append(claim_id)
     slashes = []
     for claim_id in ids:
-        ends = state.claims[claim_id].window_ends  # queued one slot apart (FileClaim)
+        ends = state.claims[claim_id].window_ends  # a slot per claim open before it (FileClaim)
         _, events = ok(state, ResolveClaim(sender=C, claim=claim_id), now=ends + 1)
         slashes.append(events[0].fields["slashed"])
         assert kinds(events) == (["ClaimUpheld", "Slashed"] if slashes[-1] else ["ClaimUpheld"])
