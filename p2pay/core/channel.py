@@ -159,6 +159,9 @@ class PayeeChannel:
     pending: dict[int, int] = field(default_factory=dict)  # n -> reserved price
     #: n -> deadline of each pending request (checked again at completion, C-4)
     deadlines: dict[int, int] = field(default_factory=dict)
+    #: n -> each pending request itself: payer-signed, so evidence against a claim numbered
+    #: alike while it is served (it is stored only once answered; claims.md 2)
+    serving: dict[int, Request] = field(default_factory=dict)
     #: the newest voucher whose signature was checked (``best`` once it is checked)
     verified: Request | None = None
     #: most yocto charged or reserved beyond ``verified.paid`` (0: check every voucher)
@@ -446,6 +449,7 @@ class PayeeChannel:
         self.reserved += price
         self.pending[request.n] = price
         self.deadlines[request.n] = request.deadline
+        self.serving[request.n] = request
 
     def complete(self, n: int, *, ok: bool, now: int | None = None) -> Completion:
         """The handler for admitted request `n` finished.
@@ -472,6 +476,7 @@ class PayeeChannel:
         if price is None:
             raise LocalProtocolError(f"request {n} is not awaiting completion")
         deadline = self.deadlines.pop(n, None)
+        self.serving.pop(n, None)
         self.reserved -= price
         if now is not None and deadline is not None and now > deadline:
             return Completion(0, self.spent, ErrorCode.DEADLINE_EXCEEDED)
@@ -596,6 +601,7 @@ class PayeeChannel:
         self.reserved += price
         self.pending[request.n] = price
         self.deadlines[request.n] = deadline
+        self.serving[request.n] = request
         return Admit(request.n, price, improved)
 
 

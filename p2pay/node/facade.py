@@ -129,9 +129,6 @@ class Node:
         # Admitted requests not answered yet, by request hash: the outboxes of the
         # sessions where the payer re-sent one (each gets the answer too, C-4).
         self._unanswered: dict[bytes, list[_Outbox]] = {}
-        #: requests admitted on a stream whose handler still runs, by (channel, n): payer-
-        #: signed, hence evidence against a claim numbered alike (watcher `_known_requests`)
-        self._serving: dict[tuple[bytes, int], Request] = {}
         # Requests still being served whose deadline passed and whose claim the watcher
         # answered with a signed DEADLINE_EXCEEDED, by request hash -> that response's
         # frame: the handler's late completion sends it, charges nothing, stores no other.

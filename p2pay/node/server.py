@@ -72,7 +72,6 @@ class ServerHost(Protocol):
     _in_flight_total: int
     #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
     _unanswered: dict[bytes, list[_Outbox]]
-    _serving: dict[tuple[bytes, int], Request]
     #: requests whose claim the watcher refused late -> that signed answer's frame
     _late_refused: dict[bytes, bytes]
 
@@ -396,7 +395,6 @@ class _ServerSession:
         self.last_useful = trio.current_time()
         node._in_flight_total += 1
         node._unanswered[request.hash] = []
-        node._serving[(request.channel, request.n)] = request
         self._start_handler(handlers, ch, request, service, call)
         return End.KEEP
 
@@ -507,8 +505,6 @@ class _ServerSession:
             self.protocol.finished()
             self.last_useful = trio.current_time()
             node._in_flight_total -= 1
-            if node._serving.get((request.channel, request.n)) is request:
-                del node._serving[(request.channel, request.n)]
             late_frame = node._late_refused.pop(request.hash, None)
             if late_frame is not None:
                 # Its claim was answered with a signed DEADLINE_EXCEEDED (claims.md C-1):

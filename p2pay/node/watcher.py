@@ -107,7 +107,6 @@ class WatcherHost(Protocol):
     payer_channels: dict[bytes, PayerChannel]
     #: admitted requests not answered yet -> the outboxes of their re-sends (C-4)
     _unanswered: dict[bytes, list[_Outbox]]
-    _serving: dict[tuple[bytes, int], Request]
     #: requests whose claim the watcher refused late -> that signed answer's frame
     _late_refused: dict[bytes, bytes]
 
@@ -766,8 +765,8 @@ class Watcher:
         floor = await node.store.floor_voucher(ch.channel)
         if floor is not None:
             frames.append(floor.request_frame)
-        # a request still being served on a stream is stored only when it is answered
-        serving = node._serving.get((ch.channel, claimed.n))
+        # a request still being served (`PayeeChannel.serving`) is stored only once answered
+        serving = ch.serving.get(claimed.n)
         found = [r for r in (ch.verified, ch.best, serving) if r is not None]
         for frame in frames:
             try:
