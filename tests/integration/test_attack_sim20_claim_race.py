@@ -16,18 +16,15 @@ import dataclasses
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import funded_ledger, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, CallTimeout, NodeConfig, open_node
 
 ALICE = Keypair.from_seed(bytes([51]) * 32)  # client
 BOB = Keypair.from_seed(bytes([52]) * 32)  # provider
 PRICE = 1_000
-TOKEN = 10**24
 
 CONFIG = NodeConfig(
     watch_interval=0.05,
@@ -40,18 +37,7 @@ CONFIG = NodeConfig(
 
 
 async def test_an_answer_arriving_while_the_watcher_reads_the_stake_is_not_claimed() -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:sim20race",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10 * TOKEN)
+    ledger = await funded_ledger(b"sim20race", ALICE, BOB)  # 10 tokens each
     started, release = trio.Event(), trio.Event()
 
     async def held(call: Call) -> bytes:

@@ -22,18 +22,15 @@ from typing import Any
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import funded_ledger, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, CallTimeout, ConnectionLost, NodeConfig, open_node
 
 ALICE = Keypair.from_seed(bytes([41]) * 32)  # client
 BOB = Keypair.from_seed(bytes([42]) * 32)  # provider
 PRICE = 1_000
-TOKEN = 10**24
 
 CONFIG = NodeConfig(
     watch_interval=0.05,
@@ -47,18 +44,7 @@ CONFIG = NodeConfig(
 async def test_a_re_delivery_answered_after_the_late_answer_ends_nothing_and_claims_nothing() -> (
     None
 ):
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:sim20",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10 * TOKEN)
+    ledger = await funded_ledger(b"sim20", ALICE, BOB)  # 10 tokens each
     started = {b"first": trio.Event(), b"second": trio.Event()}
     release = {b"first": trio.Event(), b"second": trio.Event()}
 
