@@ -699,6 +699,26 @@ class PayerChannel:
         still charge beyond ``spent``."""
         return max(0, self._unanswered() - self.absorbed)
 
+    def may_hold(self, refunded: Iterable[int] = ()) -> int:
+        """What the payee may hold from the channel by our records (specs/claims.md 6):
+        ``spent`` plus what it may have charged without our having its receipt
+        (`outstanding`), less the prices of the requests still without a receipt whose
+        claims the ledger ended with a refund (UPHELD or REFUSED; `refunded` names them by
+        ``n``, other numbers are ignored).
+
+        A refund lowers the payee's entitlement by the request's price (claims.md 3), so a
+        payee holding it took it, even when the charge was first taken as a jump (it is then
+        inside ``spent`` and ``absorbed``: the result may be below ``spent``). An honest
+        payee never holds more: it never has a claim UPHELD (C-1), and a request it refused
+        was not charged, so no jump it made is that request's charge.
+        """
+        back = 0
+        for n in set(refunded):
+            pending = self.in_flight.get(n) or self.abandoned.get(n)
+            if pending is not None:
+                back += pending.price
+        return max(0, self.spent + self.outstanding - back)
+
     def _settle_abandoned(self) -> None:
         """Keep ``absorbed`` within what lost receipts may have charged, once a request
         has left: the prices of those still without an answer, in flight ones included.

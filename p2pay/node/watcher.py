@@ -71,7 +71,7 @@ from p2pay.core.settlement import (
     resend_budget_s,
     tiling_conflict,
 )
-from p2pay.node.book import _payee_record
+from p2pay.node.book import _payee_record, _payer_snapshot
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
@@ -220,6 +220,11 @@ _REQUEST_STATE = {
     "frivolous": "rejected",
     "upheld": "compensated",
 }
+
+#: States of our requests whose claims the ledger ended with a refund of their price
+#: (UPHELD, REFUSED; a refund with the payee's refusal too, but its request was answered,
+#: so `PayerChannel.may_hold` does not count it).
+_REFUNDED_STATES = ("compensated", "refused")
 
 
 def outcome_key(claim_id: bytes) -> str:
@@ -479,13 +484,13 @@ class Watcher:
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
         elif kind == "ClaimAnswered" and f.get("claimant") == me:
-            await self._record_outcome(f["claim"])
+            await self._settle_claim(f["claim"])
         elif kind == "ClaimAnswered" and f.get("respondent") == me:
             outcome = f.get("outcome")
             self._claim_state(f["claim"], "respondent", str(outcome or "answered"))
         elif kind == "ClaimUpheld" and f.get("claimant") == me:
             node.counters.claims_won += 1
-            await self._record_outcome(f["claim"])
+            await self._settle_claim(f["claim"])
         elif kind == "ClaimUpheld" and f.get("respondent") == me:
             self._claim_state(f["claim"], "respondent", "upheld")
             log.warning("slashed for claim %s", f["claim"].hex())
@@ -1140,14 +1145,25 @@ class Watcher:
 
         What the payee holds is ``redeemed - clawed`` on the ledger; what it may hold is our
         ``spent`` (from receipts) plus the prices of requests in flight or abandoned (they
-        may have been charged). An honest payee redeems its ``spent`` and never triggers it.
+        may have been charged), less those of such requests whose claims the ledger
+        refunded (`PayerChannel.may_hold`). An honest payee redeems its ``spent`` and never
+        triggers it.
         """
         node = self.node
         ch = node.payer_channels.get(channel)
         info = await node.ledger.channel(channel)
         if ch is None or info is None or info.payer != node.account:
             return
-        excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
+        refunded: list[int] = []
+        if ch.abandoned or ch.in_flight:
+            await node.persister.flush()  # the outcomes just recorded are read below
+            for state in _REFUNDED_STATES:
+                refunded += [
+                    r.n
+                    for r in await node.store.requests(state=state)
+                    if r.channel == channel and r.claim_id is not None
+                ]
+        excess = (info.redeemed - info.clawed) - ch.may_hold(refunded)
         if excess <= 0:
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
@@ -1228,21 +1244,34 @@ class Watcher:
             if stored is not None and stored.expires_at > now:
                 node.persister.stage(response=dataclasses.replace(stored, expires_at=now))
 
-    async def _record_outcome(self, claim_id: bytes) -> None:
-        """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it."""
+    async def _settle_claim(self, claim_id: bytes) -> None:
+        """Our claim ended: keep its outcome; if the ledger refunded the request's price,
+        check again what the payee of its channel holds (claims.md 6): the refund lowered
+        what it may hold, and only posting its refusals claws back a refund they absorb."""
+        claim = await self._record_outcome(claim_id)
+        if claim is not None and claim.refund and claim.channel in self.node.payer_channels:
+            await self._check_payee_take(claim.channel)
+
+    async def _record_outcome(self, claim_id: bytes) -> Claim | None:
+        """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it.
+        The answer is the payee's signed response to the request: the channel accounts for
+        it as for a receipt served again (`_take_answer`). Returns the ended claim, or None
+        if it is still open or unknown."""
         node = self.node
         claim = await node.ledger.claim(claim_id)
         if claim is None or claim.state is ClaimState.OPEN:
-            return
+            return None
         outcome = claim_outcome(claim)
         request = decode_frame(claim.request_frame)
         if not isinstance(request, Request):
-            return
+            return None
         status, response = "", b""
         if claim.response_frame:
             checked = check_claim_answer(claim, request)
             status = checked.status if checked is not None else "INVALID"
             response = claim.response_frame if checked is not None else b""
+            if checked is not None:
+                self._take_answer(request, checked)
         doc = {
             "outcome": outcome,
             "status": status,
@@ -1264,6 +1293,26 @@ class Watcher:
             meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
         )
         await self._request_state(request.hash, _REQUEST_STATE.get(outcome, "claimed"))
+        return claim
+
+    def _take_answer(self, request: Request, response: Response) -> None:
+        """The payee's checked answer to our claim (DELIVERED: its receipt; REFUSED: its
+        signed refusal) is accounted for like a receipt it serves again (protocol.md 14.3):
+        the request leaves the abandoned ones, and ``spent`` and the request's state say the
+        same after a restart as before it. An answer the channel's rules refuse (a jump it
+        cannot explain) leaves the request abandoned: what the payee may hold stays counted
+        as before."""
+        node = self.node
+        ch = node.payer_channels.get(request.channel)
+        pending = None if ch is None else ch.abandoned.get(request.n)
+        if ch is None or pending is None or pending.request.hash != request.hash:
+            return  # in flight (a call still waits for it), answered already, or not ours
+        try:
+            ch.on_response(response, signature_ok=True)  # check_claim_answer verified it
+        except RemoteProtocolError as exc:
+            log.warning("the answer to our claim on n=%d: %s", request.n, exc)
+            return
+        node.persister.stage(payer_snapshot=_payer_snapshot(ch))
 
     async def _resolve_claims(self) -> None:
         node = self.node
@@ -1282,7 +1331,7 @@ class Watcher:
             if claim is None:
                 continue
             if claim.state is not ClaimState.OPEN:  # an outcome event we missed
-                await self._record_outcome(record.claim_id)
+                await self._settle_claim(record.claim_id)
             elif now > claim.window_ends:
                 try:
                     await node.ledger.resolve_claim(node.key, record.claim_id)

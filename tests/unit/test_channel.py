@@ -1016,6 +1016,50 @@ def test_spent_jump_explained_by_an_abandoned_request_once() -> None:
     ch.on_response(receipt(r3, price=10, spent=30))
 
 
+def test_may_hold_is_spent_and_outstanding_less_refunded_requests() -> None:
+    """claims.md 6: what the payee may hold by our records. A refunded (UPHELD or REFUSED)
+    claim lowers it by the request's price while the request is still without a receipt;
+    numbers of answered or unknown requests change nothing."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.abandon(r2.n)
+    ch.on_response(receipt(r3, price=10, spent=10))
+    assert (ch.spent, ch.outstanding) == (10, 20)
+    assert ch.may_hold() == ch.may_hold([]) == 30  # the check before claims were refunded
+    assert ch.may_hold([r1.n]) == ch.may_hold([r1.n, r1.n]) == 20  # counted once
+    assert ch.may_hold([r1.n, r2.n]) == 10
+    assert ch.may_hold([r3.n, 99]) == 30  # answered (its receipt is in spent), unknown
+
+
+def test_may_hold_takes_back_a_refunded_request_whose_charge_was_a_jump() -> None:
+    """The payee jumped `spent` by r1's price (r1 abandoned, its receipt "lost"), then let
+    r1's claim be UPHELD: the jump is inside `spent`, and the payee may not hold it."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.on_response(receipt(r2, price=10, spent=20))
+    assert (ch.spent, ch.absorbed, ch.outstanding) == (20, 10, 0)
+    assert ch.may_hold() == 20
+    assert ch.may_hold([r1.n]) == 10  # below spent: r2's 10 only
+
+
+def test_may_hold_of_an_honest_payee_is_never_below_what_it_charged() -> None:
+    """r1's charge jumped `spent` (its receipt lost); r2 was refused by a signed refusal the
+    payer read only from its claim (REFUSED): r2's refund does not take r1's jump back."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.abandon(r2.n)
+    ch.on_response(receipt(r3, price=10, spent=20))  # charged: r1 (jump) and r3
+    assert ch.may_hold([r2.n]) == 20  # what the honest payee charged
+
+
 def test_an_absorbed_abandoned_price_cannot_be_charged_again_and_again() -> None:
     # The lead's version accepted a jump of the abandoned prices on *every* receipt.
     ch = payer()

@@ -1,0 +1,216 @@
+"""A refund the payee's own refusals would absorb, and a claim's answer as a receipt
+(specs/claims.md 3 and 6; the residual "An UPHELD refund absorbed by unposted refusals").
+
+A refund (UPHELD or REFUSED) lowers what the payee may hold from the channel by the
+request's price; the ledger claws money back only if the payee already holds more. While the
+payer keeps signed refusals it has not posted, their slices are still inside the ledger's
+entitlement: a payee that charged a request, redeemed it and let its claim be UPHELD stayed
+within its lowered entitlement and kept the price. The payer now counts a refunded request
+as not owed (`PayerChannel.may_hold`) and checks again when its claim ends, so it posts
+its refusals and the refund is clawed.
+
+And the payee's answer to a claim (DELIVERED, REFUSED) is its signed response: the payer's
+channel accounts for it as a receipt served again, so that what the payer counts as owed
+is the same after a restart as before it (an answered request is not restored as
+abandoned): without it a restarted payer saw an honest payee's redeem as a theft.
+
+Two nodes on the in-memory transport and a dev MemoryLedger. Every wait is bounded
+(`wait_until`, `trio.fail_after`); nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from node_support import wait_until
+
+from p2pay.core.errors import ErrorCode, P2payError
+from p2pay.core.identity import Keypair
+from p2pay.core.settlement import ClaimState, Params
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Behaviour, Call, CallTimeout, Node, NodeConfig, open_node
+from p2pay.store.base import Store
+from p2pay.store.sqlite import SqliteStore
+
+ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
+BOB = Keypair.from_seed(bytes([2]) * 32)  # provider
+PRICE = 1_000
+TOKEN = 10**24
+STAKE, PENALTY = 10**20, 10**19
+DEPOSIT = 10**6
+
+NODE = NodeConfig(
+    watch_interval=0.05,
+    claim_grace_ms=50,
+    redeem_threshold=10**30,  # BOB's watcher never redeems on its own: the test does
+    default_timeout=30.0,
+    min_challenge_ms=50,
+)
+
+
+def make_ledger() -> MemoryLedger:
+    return MemoryLedger(
+        Params(
+            ledger_id=b"p2pay:test:refund-absorbed",
+            dev=True,
+            claim_bond=10**18,
+            min_claim_window_ms=50,
+            min_challenge_ms=50,
+            max_deadline_horizon_ms=60_000,
+        )
+    )
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+async def fail(call: Call) -> bytes:
+    raise RuntimeError("no")
+
+
+class Withholds(Behaviour):
+    """Takes (keeps the voucher of) every request whose body is ``withhold`` and never
+    answers it, on the stream or to a claim; answers everything else honestly."""
+
+    answers_claims = False
+
+    def drop(self, call: Call) -> bool:
+        return call.body == b"withhold"
+
+
+class AnswersOnlyClaims(Behaviour):
+    """Honest, save that a request with body ``late`` is answered only to its claim."""
+
+    def drop(self, call: Call) -> bool:
+        return call.body == b"late"
+
+
+@asynccontextmanager
+async def nodes(
+    ledger: MemoryLedger,
+    behaviour: Behaviour,
+    alice_store: Store | None = None,
+    *,
+    window_ms: int,
+) -> AsyncIterator[tuple[Node, Node]]:
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    net = MemoryNetwork()
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=NODE, behaviour=behaviour) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, config=NODE, store=alice_store) as alice,
+    ):
+        bob.serve("echo", echo, price=PRICE)
+        bob.serve("fail", fail, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=window_ms)
+        yield alice, bob
+
+
+async def refused_signed(alice: Node, bob: Node) -> None:
+    """A signed HANDLER_ERROR: ALICE keeps it, unposted while BOB takes nothing extra."""
+    with pytest.raises(P2payError) as info:
+        await alice.call(bob.addrs[0], "fail", b"r", max_price=PRICE, timeout=20)
+    assert info.value.code is ErrorCode.HANDLER_ERROR
+
+
+@pytest.mark.parametrize("redeem", ["before the claim ends", "after the claim ends"])
+async def test_an_upheld_refund_is_clawed_back_though_refusals_could_absorb_it(
+    redeem: str,
+) -> None:
+    """n=1 refused (signed), n=2 withheld, n=3 served. BOB redeems 2 prices (n=3's and the
+    withheld n=2's, as if charged), within what ALICE's receipts and outstanding request
+    allow, so nothing is posted. n=2's claim is UPHELD: its refund lowers BOB's entitlement
+    (3 prices seen) to 2 prices, exactly what he holds, so the ledger claws nothing. ALICE
+    then counts n=2 as not owed, posts the refusal of n=1, and the ledger claws n=2's price
+    back from BOB's stake. The old payer stopped at clawed 0."""
+    ledger = make_ledger()
+    async with nodes(ledger, Withholds(), window_ms=300) as (alice, bob):
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        await refused_signed(alice, bob)
+        with pytest.raises(CallTimeout):
+            await alice.call(bob.addrs[0], "echo", b"withhold", max_price=PRICE, timeout=0.3)
+        result = await alice.call(bob.addrs[0], "echo", b"served", max_price=PRICE)
+        assert (result.n, result.price) == (3, PRICE)
+        voucher = bob.payee_channels[ch.channel].verified_voucher()
+        assert voucher is not None and voucher.paid == 3 * PRICE
+
+        async def upheld() -> bool:
+            return any(c.outcome == "upheld" for c in await alice.claims())
+
+        if redeem == "before the claim ends":
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+            await wait_until(upheld)
+        else:
+            await wait_until(upheld)
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+
+        async def clawed() -> bool:
+            info = await ledger.channel(ch.channel)
+            return info is not None and info.clawed == PRICE
+
+        await wait_until(clawed)
+        info = await ledger.channel(ch.channel)
+        assert info is not None and (info.redeemed, info.refunded) == (2 * PRICE, 2 * PRICE)
+        claims = {c.n: c for c in await ledger.claims_of(ALICE.account)}
+        assert sorted(claims) == [1, 2]
+        assert claims[2].state is ClaimState.UPHELD and claims[2].refund == PRICE
+        assert claims[1].state is ClaimState.REFUSED and claims[1].bond == 0  # the refusal
+        assert claims[1].clawed == PRICE  # n=2's price, taken back through n=1's refund
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None and stake.amount == STAKE - PENALTY - PRICE
+        assert (await ledger.totals()).conserved
+
+
+async def test_a_claims_answer_is_the_payers_receipt_after_a_restart_too(tmp_path: Path) -> None:
+    """BOB (honest but for a lost answer) answers n=2 only to its claim: DELIVERED, charged.
+    ALICE's channel takes the answer as a receipt (spent 2 prices, nothing abandoned), and
+    after a restart it still does, so BOB's redeem of what he charged is no alarm: nothing
+    is posted, nothing clawed. Before, the restarted payer restored n=2 as answered but had
+    not counted it in `spent`, saw 1 price too many redeemed and posted BOB's refusal."""
+    ledger = make_ledger()
+    path = tmp_path / "alice.sqlite"
+    store = await SqliteStore.open(path)
+    try:
+        async with nodes(ledger, AnswersOnlyClaims(), store, window_ms=30_000) as (alice, bob):
+            ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+            await alice.call(bob.addrs[0], "echo", b"first", max_price=PRICE)
+            with pytest.raises(CallTimeout):
+                await alice.call(bob.addrs[0], "echo", b"late", max_price=PRICE, timeout=0.3)
+            await refused_signed(alice, bob)  # n=3: a refusal ALICE could post
+
+            async def delivered() -> bool:
+                return any(c.outcome == "delivered" for c in await alice.claims())
+
+            await wait_until(delivered)
+            payer = alice.payer_channels[ch.channel]
+            assert (payer.spent, payer.abandoned, payer.outstanding) == (2 * PRICE, {}, 0)
+            payee = bob.payee_channels[ch.channel]
+            voucher = payee.verified_voucher()
+            assert payee.spent == 2 * PRICE
+            assert voucher is not None and voucher.paid == 3 * PRICE  # n=3's slice in it
+            await alice.persister.flush()
+    finally:
+        await store.aclose()
+
+    store = await SqliteStore.open(path)
+    try:
+        net = MemoryNetwork()
+        async with open_node(key=ALICE, ledger=ledger, network=net, config=NODE, store=store) as a2:
+            payer = a2.payer_channels[ch.channel]
+            assert (payer.spent, payer.abandoned, payer.outstanding) == (2 * PRICE, {}, 0)
+            # BOB redeems what he charged (what his watcher redeems): no alarm
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+            events, _ = await ledger.events_for(ALICE.account)
+            redeemed = max(e.seq for e in events if e.kind == "Redeemed")
+            await wait_until(lambda: a2.watcher.cursor >= redeemed)
+            claims = await ledger.claims_of(ALICE.account)
+            assert [(c.n, c.state) for c in claims] == [(2, ClaimState.DELIVERED)]
+            info = await ledger.channel(ch.channel)
+            assert info is not None and (info.clawed, info.refunded) == (0, 0)
+    finally:
+        await store.aclose()
