@@ -1006,7 +1006,24 @@ def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> IHost:
     # One retry instead of three (with backoff, 0.7 s to give up on a closed port):
     # the node has its own retry policy and wants a prompt ConnectError.
     network.retry_config = RetryConfig(max_retries=DIAL_RETRIES)
+    mux = host.get_mux()
+    mux.handlers = _Handlers(mux.handlers)
     return host
+
+
+class _Handlers(dict[TProtocol | None, Any]):
+    """py-libp2p's table of stream handlers by protocol, where a protocol removed while a
+    stream is being negotiated for it reads as having no handler.
+
+    py-libp2p's multiselect checks that the protocol a peer asks for has a handler, writes
+    its acceptance (a scheduling point), then indexes the table: a handler removed in
+    between (p2pay removes its discovery handlers when discovery closes while the host
+    runs on) raised KeyError there, which escaped the host's stream task and killed the
+    host. With no handler the host resets that one stream instead.
+    """
+
+    def __missing__(self, protocol: TProtocol | None) -> None:
+        return None
 
 
 def _swarm(host: IHost) -> Swarm:

@@ -397,3 +397,44 @@ async def test_libp2p_discovery_on_another_transport_is_a_typed_error() -> None:
         with pytest.raises(LocalProtocolError, match="needs a Libp2pTransport"):
             async with disc.open_libp2p_discovery(transport):
                 pass  # pragma: no cover - refused on entry
+
+
+async def test_a_handler_removed_during_negotiation_resets_the_stream_not_the_host() -> None:
+    """py-libp2p's multiselect checks that the asked-for protocol has a handler, writes its
+    acceptance (a scheduling point), then indexes its table. Closing discovery while the
+    host runs removes handlers: one removed in that gap raised KeyError, which escaped the
+    host's stream task and killed the host (seen once in
+    `test_peers_connected_before_discovery_opened_still_gossip` under load). The p2pay host's
+    table reads a removed protocol as no handler, and the host resets that one stream."""
+    from libp2p.protocol_muxer.multiselect import Multiselect
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    from p2pay.net.p2p import _new_host
+
+    proto = TProtocol("/p2pay-test/removed/1")
+    host = _new_host(_key(), [Multiaddr("/ip4/127.0.0.1/tcp/0")])
+    mux = host.get_mux()
+    assert isinstance(mux, Multiselect)
+
+    async def handler(stream: object) -> None:  # pragma: no cover - never chosen
+        return None
+
+    host.set_stream_handler(proto, handler)  # type: ignore[arg-type]
+
+    class Peer(MultiselectCommunicator):
+        """The dialling side: the multiselect handshake, then `proto`. The host's write of
+        its acceptance is where discovery's close removes the handler."""
+
+        def __init__(self) -> None:
+            self.reads = ["/multistream/1.0.0", str(proto)]
+
+        async def read(self) -> str:
+            return self.reads.pop(0)
+
+        async def write(self, msg_str: str) -> None:
+            if msg_str == proto:
+                host.remove_stream_handler(proto)
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(10):
+        assert await mux.negotiate(Peer()) == (proto, None)  # no handler: reset, no KeyError
