@@ -25,11 +25,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from node_support import wait_until
+from node_support import claim_game_params, wait_until
 
 from p2pay.core.errors import ErrorCode, P2payError
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import ClaimState, Params
+from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, Node, NodeConfig, open_node
@@ -53,16 +53,7 @@ NODE = NodeConfig(
 
 
 def make_ledger() -> MemoryLedger:
-    return MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:refund-absorbed",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
+    return MemoryLedger(claim_game_params(b"p2pay:test:refund-absorbed", claim_bond=10**18))
 
 
 async def echo(call: Call) -> bytes:
