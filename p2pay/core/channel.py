@@ -699,25 +699,21 @@ class PayerChannel:
         still charge beyond ``spent``."""
         return max(0, self._unanswered() - self.absorbed)
 
-    def may_hold(self, refunded: Iterable[int] = ()) -> int:
-        """What the payee may hold from the channel by our records (specs/claims.md 6):
-        ``spent`` plus what it may have charged without our having its receipt
-        (`outstanding`), less the prices of the requests still without a receipt whose
-        claims the ledger ended with a refund (UPHELD or REFUSED; `refunded` names them by
-        ``n``, other numbers are ignored).
+    def settle_refunded(self, n: int) -> Pending | None:
+        """The ledger refunded request `n`'s price (its claim ended REFUSED or UPHELD,
+        specs/claims.md 3): the payee is not entitled to it, whatever it answered or
+        charged. The request leaves the outstanding ones as not charged (its slice is
+        released), and a jump taken for its charge is no charge of any request: ``spent``
+        is lowered by it (`_settle_abandoned`).
 
-        A refund lowers the payee's entitlement by the request's price (claims.md 3), so a
-        payee holding it took it, even when the charge was first taken as a jump (it is then
-        inside ``spent`` and ``absorbed``: the result may be below ``spent``). An honest
-        payee never holds more: it never has a claim UPHELD (C-1), and a request it refused
-        was not charged, so no jump it made is that request's charge.
+        Returns:
+            The request, or None if `n` was neither in flight nor abandoned.
         """
-        back = 0
-        for n in set(refunded):
-            pending = self.in_flight.get(n) or self.abandoned.get(n)
-            if pending is not None:
-                back += pending.price
-        return max(0, self.spent + self.outstanding - back)
+        pending = self.in_flight.pop(n, None) or self.abandoned.pop(n, None)
+        if pending is not None:
+            self.released += pending.price
+            self._settle_abandoned()
+        return pending
 
     def _settle_abandoned(self) -> None:
         """Keep ``absorbed`` within what lost receipts may have charged, once a request
@@ -732,7 +728,16 @@ class PayerChannel:
         take the same yocto again.
         """
         if self.absorbed:  # (0 is within any sum of prices: no need to add them up)
-            self.absorbed = min(self.absorbed, self._unanswered())
+            cut = self.absorbed - self._unanswered()
+            if cut > 0:
+                # A jump no request without an answer can explain any more: the request
+                # it was taken for was refused (signed), refunded or superseded, so the
+                # payee did not charge it there. No charge of any request: out of
+                # ``spent`` too (protocol.md 14.3), so that what the payee may hold
+                # (``spent`` + `outstanding`) never grows by an answer. An honest payee
+                # never jumps by a charge it did not make: for it the cut is 0.
+                self.absorbed -= cut
+                self.spent -= cut
 
     def restore_abandoned(self, requests: Iterable[Pending]) -> None:
         """After a restart: the requests on record without an answer (in flight when the
@@ -924,8 +929,8 @@ class PayerChannel:
         self.abandoned.pop(response.n, None)
         self.absorbed += jump
         self.released += pending.price - response.price
-        self._settle_abandoned()
         self.spent = response.spent
+        self._settle_abandoned()  # (after `spent` moved: a cut comes out of the new one)
         return Receipt(response.n, response.price, response.spent, response, checked)
 
     def on_refusal(self, n: int) -> Pending | None:

@@ -84,6 +84,13 @@ def _payee_snapshot(ch: PayeeChannel) -> tuple[bytes, Callable[[], PayeeRecord]]
     return ch.channel, functools.partial(_payee_record, ch)
 
 
+#: States of our requests whose outcome the channel's numbers already hold: a receipt or a
+#: signed refusal accepted (on the stream, or as the answer to our claim), or a claim that
+#: ended with a refund without an answer taken (UPHELD: settled as not charged). A
+#: restart does not count them as abandoned again.
+_ACCOUNTED_FOR = frozenset({"answered", "refused", "compensated"})
+
+
 def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]:
     """`ch`'s record built when the change is committed (`Persister.stage`): a payer
     channel changes with every request sent and every receipt, and is turned into a
@@ -182,8 +189,8 @@ class ChannelBook:
         # ours by at most their prices, less the jumps already absorbed).
         unanswered: dict[bytes, list[Pending]] = collections.defaultdict(list)
         for record in await self.store.requests():
-            if record.state in ("answered", "refused"):
-                continue  # a receipt came back: accounted for
+            if record.state in _ACCOUNTED_FOR:
+                continue
             payer_ch = self.payer_channels.get(record.channel)
             if payer_ch is None or not record.frame:
                 continue

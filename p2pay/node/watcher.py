@@ -221,11 +221,6 @@ _REQUEST_STATE = {
     "upheld": "compensated",
 }
 
-#: States of our requests whose claims the ledger ended with a refund of their price
-#: (UPHELD, REFUSED; a refund with the payee's refusal too, but its request was answered,
-#: so `PayerChannel.may_hold` does not count it).
-_REFUNDED_STATES = ("compensated", "refused")
-
 
 def outcome_key(claim_id: bytes) -> str:
     """The meta key under which a claimant node keeps a claim's outcome (`Node.claims`)."""
@@ -1145,25 +1140,15 @@ class Watcher:
 
         What the payee holds is ``redeemed - clawed`` on the ledger; what it may hold is our
         ``spent`` (from receipts) plus the prices of requests in flight or abandoned (they
-        may have been charged), less those of such requests whose claims the ledger
-        refunded (`PayerChannel.may_hold`). An honest payee redeems its ``spent`` and never
-        triggers it.
+        may have been charged; a request whose claim the ledger refunded is neither,
+        `_take_answer`). An honest payee redeems its ``spent`` and never triggers it.
         """
         node = self.node
         ch = node.payer_channels.get(channel)
         info = await node.ledger.channel(channel)
         if ch is None or info is None or info.payer != node.account:
             return
-        refunded: list[int] = []
-        if ch.abandoned or ch.in_flight:
-            await node.persister.flush()  # the outcomes just recorded are read below
-            for state in _REFUNDED_STATES:
-                refunded += [
-                    r.n
-                    for r in await node.store.requests(state=state)
-                    if r.channel == channel and r.claim_id is not None
-                ]
-        excess = (info.redeemed - info.clawed) - ch.may_hold(refunded)
+        excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
         if excess <= 0:
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
@@ -1192,9 +1177,8 @@ class Watcher:
             excess,
             channel.hex(),
         )
-        covered = 0
         for record in refused:
-            if covered >= excess:
+            if excess <= 0:
                 break
             stored = await node.store.response(record.request_hash)
             if stored is None:
@@ -1214,7 +1198,6 @@ class Watcher:
                 else:
                     log.warning("refund with refusal n=%d refused: %s", record.n, exc)
                 continue
-            covered += record.price
             node.counters.claims_filed += 1
             log.warning(
                 "refund claim %s for n=%d refused by %s",
@@ -1224,11 +1207,18 @@ class Watcher:
             )
             self._stage_filed(record, claim_id)
             await self._record_outcome(claim_id)
-        if covered < excess:
+            # What the ledger clawed back, not the refusal's price: a refund claws only what
+            # the payee holds above its lowered entitlement, so the refusal of the very
+            # slice it took may be needed, whichever is posted first.
+            now_info = await node.ledger.channel(channel)
+            if now_info is not None:
+                info = now_info
+            excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
+        if excess > 0:
             log.warning(
                 "payee %s: %d yocto taken beyond our receipts are not covered by its refusals",
                 info.payee.hex(),
-                excess - covered,
+                excess,
             )
 
     async def _forget_refusals(self, channel: bytes) -> None:
@@ -1266,12 +1256,12 @@ class Watcher:
         if not isinstance(request, Request):
             return None
         status, response = "", b""
+        checked: Response | None = None
         if claim.response_frame:
             checked = check_claim_answer(claim, request)
             status = checked.status if checked is not None else "INVALID"
             response = claim.response_frame if checked is not None else b""
-            if checked is not None:
-                self._take_answer(request, checked)
+        taken = self._take_answer(request, checked, refunded=claim.refund > 0)
         doc = {
             "outcome": outcome,
             "status": status,
@@ -1292,27 +1282,42 @@ class Watcher:
             ),
             meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
         )
-        await self._request_state(request.hash, _REQUEST_STATE.get(outcome, "claimed"))
+        state = _REQUEST_STATE.get(outcome, "claimed") if taken else "claimed"
+        await self._request_state(request.hash, state)
         return claim
 
-    def _take_answer(self, request: Request, response: Response) -> None:
-        """The payee's checked answer to our claim (DELIVERED: its receipt; REFUSED: its
-        signed refusal) is accounted for like a receipt it serves again (protocol.md 14.3):
-        the request leaves the abandoned ones, and ``spent`` and the request's state say the
-        same after a restart as before it. An answer the channel's rules refuse (a jump it
-        cannot explain) leaves the request abandoned: what the payee may hold stays counted
-        as before."""
+    def _take_answer(self, request: Request, response: Response | None, *, refunded: bool) -> bool:
+        """Account in our channel for how our claim on an abandoned request ended
+        (protocol.md 16.2), so that ``spent``, what is outstanding and the request's state
+        say the same after a restart as before it:
+
+        * the payee's checked answer (DELIVERED: its receipt; REFUSED: its signed refusal)
+          is taken like a receipt it serves again (`PayerChannel.on_response`);
+        * a refund (REFUSED, UPHELD) settles the request as not charged, whatever an
+          answer's numbers say (`PayerChannel.settle_refunded`): a jump taken for its
+          charge leaves ``spent``, so the check that follows (`_check_payee_take`) counts
+          it as taken beyond our receipts.
+
+        Returns False only for a DELIVERED answer the receipt rules refuse (a jump they
+        cannot explain, logged): the request stays abandoned, its price outstanding.
+        """
         node = self.node
         ch = node.payer_channels.get(request.channel)
         pending = None if ch is None else ch.abandoned.get(request.n)
         if ch is None or pending is None or pending.request.hash != request.hash:
-            return  # in flight (a call still waits for it), answered already, or not ours
-        try:
-            ch.on_response(response, signature_ok=True)  # check_claim_answer verified it
-        except RemoteProtocolError as exc:
-            log.warning("the answer to our claim on n=%d: %s", request.n, exc)
-            return
+            return True  # in flight (a call still waits for it), answered already, not ours
+        taken = True
+        if response is not None:
+            try:
+                ch.on_response(response, signature_ok=True)  # check_claim_answer verified it
+            except RemoteProtocolError as exc:
+                log.warning("the answer to our claim on n=%d: %s", request.n, exc)
+                taken = False
+        if refunded and (response is None or not taken):
+            ch.settle_refunded(request.n)
+            taken = True
         node.persister.stage(payer_snapshot=_payer_snapshot(ch))
+        return taken
 
     async def _resolve_claims(self) -> None:
         node = self.node

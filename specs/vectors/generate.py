@@ -2532,6 +2532,30 @@ def build_receipts() -> list[dict[str, Any]]:
     )
     out.append(
         receipt_case(
+            "a jump taken for an abandoned request, then that request's signed refusal: the "
+            "refusal says it was not charged, so no request explains the jump any more and "
+            "it leaves spent (what the payee may hold never grows by an answer)",
+            [r1, r2],
+            [
+                abandon(1),
+                respond(
+                    answer(r2, price=1000, spent=2000),
+                    "accept",
+                    spent=2000,
+                    in_flight=[],
+                    abandoned=[1],
+                ),
+                respond(
+                    answer(r1, price=0, spent=2000, status="HANDLER_ERROR"),
+                    "accept",
+                    spent=1000,
+                    in_flight=[],
+                ),
+            ],
+        )
+    )
+    out.append(
+        receipt_case(
             "rule 8 needs a jump that absorbed the charge: without one the stored receipt is "
             "rejected; a stored signed refusal (price 0) is accepted",
             [r1, r2],

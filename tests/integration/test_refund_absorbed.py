@@ -5,9 +5,9 @@ A refund (UPHELD or REFUSED) lowers what the payee may hold from the channel by 
 request's price; the ledger claws money back only if the payee already holds more. While the
 payer keeps signed refusals it has not posted, their slices are still inside the ledger's
 entitlement: a payee that charged a request, redeemed it and let its claim be UPHELD stayed
-within its lowered entitlement and kept the price. The payer now counts a refunded request
-as not owed (`PayerChannel.may_hold`) and checks again when its claim ends, so it posts
-its refusals and the refund is clawed.
+within its lowered entitlement and kept the price. The payer now settles a refunded
+request in its channel as not charged (`PayerChannel.settle_refunded`) and checks again
+when its claim ends, so it posts its refusals and the refund is clawed.
 
 And the payee's answer to a claim (DELIVERED, REFUSED) is its signed response: the payer's
 channel accounts for it as a receipt served again, so that what the payer counts as owed
@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 from node_support import claim_game_params, wait_until
 
 from p2pay.core.errors import ErrorCode, P2payError
@@ -205,3 +206,58 @@ async def test_a_claims_answer_is_the_payers_receipt_after_a_restart_too(tmp_pat
             assert info is not None and (info.clawed, info.refunded) == (0, 0)
     finally:
         await store.aclose()
+
+
+async def test_a_jump_charge_refused_late_on_the_stream_is_clawed_back() -> None:
+    """The stream form of the jump attack (found by the attack round on the first fix):
+    n=1 refused (signed), n=2's handler still running when ALICE gives up on it, BOB
+    charges n=2 all the same (n=3's receipt jumps by its price, taken as n=2's lost
+    receipt), then n=2's handler fails and its signed refusal reaches ALICE late. The
+    refusal says n=2 was not charged, so the jump is no charge of any request: ALICE's
+    ``spent`` drops by it. BOB redeems the 2 prices he claims; ALICE posts both refusals
+    (n=1's alone would leave BOB within his entitlement) and the ledger claws 1 price
+    back. Before, the refusal left the jump inside ``spent``: nothing was posted."""
+    ledger = make_ledger()
+    release = trio.Event()
+
+    async def slow_fail(call: Call) -> bytes:
+        await release.wait()
+        raise RuntimeError("no")
+
+    async with nodes(ledger, Behaviour(), window_ms=30_000) as (alice, bob):
+        bob.serve("slow", slow_fail, price=PRICE)
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        await refused_signed(alice, bob)
+        with pytest.raises(CallTimeout):
+            await alice.call(bob.addrs[0], "slow", b"n2", max_price=PRICE, timeout=0.3)
+        bob.payee_channels[ch.channel].spent += PRICE  # the cheat: n=2 charged, unanswered
+        result = await alice.call(bob.addrs[0], "echo", b"served", max_price=PRICE)
+        assert (result.n, result.price) == (3, PRICE)
+        payer = alice.payer_channels[ch.channel]
+        assert (payer.spent, payer.absorbed, sorted(payer.abandoned)) == (2 * PRICE, PRICE, [2])
+        release.set()  # n=2's signed refusal now goes out on the stream
+
+        async def refusal_read() -> bool:
+            return 2 not in payer.abandoned
+
+        await wait_until(refusal_read)
+        assert (payer.spent, payer.absorbed, payer.outstanding) == (PRICE, 0, 0)
+        voucher = bob.payee_channels[ch.channel].verified_voucher()
+        assert voucher is not None and voucher.paid == 3 * PRICE
+        assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+
+        async def clawed() -> bool:
+            info = await ledger.channel(ch.channel)
+            return info is not None and info.clawed == PRICE
+
+        await wait_until(clawed)
+        info = await ledger.channel(ch.channel)
+        assert info is not None and info.redeemed - info.clawed == PRICE  # n=3's, served
+        claims = await ledger.claims_of(ALICE.account)
+        assert sorted((c.n, c.state) for c in claims) == [
+            (1, ClaimState.REFUSED),
+            (2, ClaimState.REFUSED),
+        ]
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None and stake.amount == STAKE - PRICE
+        assert (await ledger.totals()).conserved

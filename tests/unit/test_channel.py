@@ -1016,10 +1016,9 @@ def test_spent_jump_explained_by_an_abandoned_request_once() -> None:
     ch.on_response(receipt(r3, price=10, spent=30))
 
 
-def test_may_hold_is_spent_and_outstanding_less_refunded_requests() -> None:
-    """claims.md 6: what the payee may hold by our records. A refunded (UPHELD or REFUSED)
-    claim lowers it by the request's price while the request is still without a receipt;
-    numbers of answered or unknown requests change nothing."""
+def test_a_refunded_request_leaves_as_not_charged() -> None:
+    """claims.md 3 and 6: the ledger refunded the request's price (its claim ended REFUSED
+    or UPHELD), so the payee is not entitled to it: it is no longer outstanding."""
     ch = payer()
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
@@ -1027,37 +1026,63 @@ def test_may_hold_is_spent_and_outstanding_less_refunded_requests() -> None:
     ch.abandon(r1.n)
     ch.abandon(r2.n)
     ch.on_response(receipt(r3, price=10, spent=10))
-    assert (ch.spent, ch.outstanding) == (10, 20)
-    assert ch.may_hold() == ch.may_hold([]) == 30  # the check before claims were refunded
-    assert ch.may_hold([r1.n]) == ch.may_hold([r1.n, r1.n]) == 20  # counted once
-    assert ch.may_hold([r1.n, r2.n]) == 10
-    assert ch.may_hold([r3.n, 99]) == 30  # answered (its receipt is in spent), unknown
+    assert (ch.spent, ch.outstanding, ch.released) == (10, 20, 0)
+    assert ch.settle_refunded(r1.n) is not None
+    assert (ch.spent, ch.outstanding, ch.released, sorted(ch.abandoned)) == (10, 10, 10, [2])
+    assert ch.settle_refunded(r1.n) is None  # once
+    assert ch.settle_refunded(r3.n) is None  # answered: its receipt is in spent
+    assert ch.settle_refunded(99) is None
+    assert (ch.spent, ch.outstanding) == (10, 10)
 
 
-def test_may_hold_takes_back_a_refunded_request_whose_charge_was_a_jump() -> None:
-    """The payee jumped `spent` by r1's price (r1 abandoned, its receipt "lost"), then let
-    r1's claim be UPHELD: the jump is inside `spent`, and the payee may not hold it."""
+def test_a_jump_taken_for_a_refunded_request_leaves_spent() -> None:
+    """The payee jumped ``spent`` by r1's price (r1 abandoned, its receipt "lost"), then
+    let r1's claim end with a refund: the jump was no charge, and ``spent`` drops by it, so
+    what the payee may hold (``spent`` + outstanding) is what it served."""
     ch = payer()
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     ch.abandon(r1.n)
     ch.on_response(receipt(r2, price=10, spent=20))
     assert (ch.spent, ch.absorbed, ch.outstanding) == (20, 10, 0)
-    assert ch.may_hold() == 20
-    assert ch.may_hold([r1.n]) == 10  # below spent: r2's 10 only
+    ch.settle_refunded(r1.n)
+    assert (ch.spent, ch.absorbed, ch.outstanding) == (10, 0, 0)
 
 
-def test_may_hold_of_an_honest_payee_is_never_below_what_it_charged() -> None:
-    """r1's charge jumped `spent` (its receipt lost); r2 was refused by a signed refusal the
-    payer read only from its claim (REFUSED): r2's refund does not take r1's jump back."""
+def test_a_jump_taken_for_a_request_then_refused_signed_leaves_spent() -> None:
+    """The same jump, then the payee's signed refusal of r1 (late on the stream, or its
+    answer to r1's claim): r1 was not charged, so the jump is no charge of any request and
+    leaves ``spent`` (before, it stayed there: the payee kept r1's price with r1's refusal
+    in the payer's hands and nothing to post it for). The payee's own later receipts, which
+    still count it, are then refused as a jump no request explains."""
+    ch = payer()
+    r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    ch.abandon(r1.n)
+    ch.on_response(receipt(r2, price=10, spent=20))
+    late = ch.on_response(refusal_receipt(r1, ErrorCode.HANDLER_ERROR, spent=20))
+    assert late.charged == 0
+    assert (ch.spent, ch.absorbed, ch.outstanding, ch.released) == (10, 0, 0, 10)
+    r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
+    _receipt_refused(ch, receipt(r3, price=10, spent=30), ErrorCode.MALFORMED)
+    ch.on_response(receipt(r3, price=10, spent=20))
+
+
+def test_a_refusal_never_lowers_spent_below_what_an_honest_payee_charged() -> None:
+    """r1 charged (its receipt lost) and taken as a jump; r2 refused, its signed refusal
+    read late: r2's refusal takes nothing out of ``spent`` (the jump may be r1's, still
+    without an answer); r1's own receipt then comes, served again, and moves nothing."""
     ch = payer()
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     r3 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     ch.abandon(r1.n)
     ch.abandon(r2.n)
-    ch.on_response(receipt(r3, price=10, spent=20))  # charged: r1 (jump) and r3
-    assert ch.may_hold([r2.n]) == 20  # what the honest payee charged
+    ch.on_response(receipt(r3, price=10, spent=20))  # charged: r1 (the jump) and r3
+    ch.on_response(refusal_receipt(r2, ErrorCode.HANDLER_ERROR, spent=10))
+    assert (ch.spent, ch.absorbed, ch.outstanding) == (20, 10, 0)
+    ch.on_response(receipt(r1, price=10, spent=10))  # served again: inside spent
+    assert (ch.spent, ch.absorbed, ch.outstanding, ch.abandoned) == (20, 0, 0, {})
 
 
 def test_an_absorbed_abandoned_price_cannot_be_charged_again_and_again() -> None:
