@@ -1303,9 +1303,21 @@ class Watcher:
         """
         node = self.node
         ch = node.payer_channels.get(request.channel)
-        pending = None if ch is None else ch.abandoned.get(request.n)
-        if ch is None or pending is None or pending.request.hash != request.hash:
-            return True  # in flight (a call still waits for it), answered already, not ours
+        if ch is None:
+            return True  # not a channel we pay on
+        flying = ch.in_flight.get(request.n)
+        if flying is not None and flying.request.hash == request.hash:
+            # A call still waits for it (not seen in practice: claims are filed for
+            # abandoned requests): a refund settles it all the same, so that a restart
+            # (which does not restore a refunded request) agrees; an answer is left to the
+            # call, and the request stays claimed.
+            if refunded:
+                ch.settle_refunded(request.n)
+                node.persister.stage(payer_snapshot=_payer_snapshot(ch))
+            return refunded
+        pending = ch.abandoned.get(request.n)
+        if pending is None or pending.request.hash != request.hash:
+            return True  # answered already (its receipt is in spent), or not ours
         taken = True
         if response is not None:
             try:

@@ -31,7 +31,7 @@ from node_support import claim_game_params, wait_until
 from p2pay.core.errors import ErrorCode, P2payError
 from p2pay.core.identity import Keypair
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.memory import MemoryLedger
+from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, Node, NodeConfig, open_node
 from p2pay.store.base import Store
@@ -261,3 +261,45 @@ async def test_a_jump_charge_refused_late_on_the_stream_is_clawed_back() -> None
         stake = await ledger.stake_of(BOB.account)
         assert stake is not None and stake.amount == STAKE - PRICE
         assert (await ledger.totals()).conserved
+
+
+async def test_a_claim_refunded_while_its_call_still_waits_settles_the_request() -> None:
+    """A claim can be filed once the ledger's clock passes the request's deadline; a ledger
+    clock ahead of the payer's lets it end while the call still waits. The refund settles
+    the request all the same, so that a restart (which does not restore a refunded request)
+    agrees with the running node."""
+    ledger = MemoryLedger(
+        claim_game_params(b"p2pay:test:refund-absorbed", claim_bond=10**18),
+        clock=lambda: wall_clock_ms() + 21_000,  # 21 s ahead of the nodes
+    )
+    async with nodes(ledger, Withholds(), window_ms=10_000) as (alice, bob):
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        payer = alice.payer_channels[ch.channel]
+        outcome: list[str] = []
+
+        async def waiting_call() -> None:  # deadline 20 s ahead of ALICE's clock
+            try:
+                await alice.call(bob.addrs[0], "echo", b"withhold", max_price=PRICE, timeout=20)
+            except CallTimeout:  # pragma: no cover - cancelled before (unless very slow)
+                outcome.append("timeout")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_call)
+            await wait_until(lambda: bool(payer.in_flight))
+            (pending,) = payer.in_flight.values()
+            claim_id = await ledger.file_claim(ALICE, pending.request)
+
+            async def upheld() -> bool:
+                return any(c.outcome == "upheld" for c in await alice.claims())
+
+            await wait_until(upheld)  # about 9 s: the window, on the ledger's clock
+            if outcome:  # pragma: no cover - a machine too slow for this test's premise
+                pytest.skip("the call gave up before its claim ended")
+            assert (payer.in_flight, payer.abandoned, payer.outstanding) == ({}, {}, 0)
+            assert payer.released == PRICE
+            await alice.persister.flush()
+            record = await alice.store.request(pending.request.hash)
+            assert record is not None and record.state == "compensated"
+            nursery.cancel_scope.cancel()
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.refund == PRICE
