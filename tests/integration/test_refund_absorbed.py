@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,6 +31,7 @@ from node_support import claim_game_params, wait_until
 
 from p2pay.core.errors import ErrorCode, P2payError
 from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.memory import MemoryNetwork
@@ -82,6 +84,15 @@ class AnswersOnlyClaims(Behaviour):
         return call.body == b"late"
 
 
+class DropsOnStream(Behaviour):
+    """Takes (keeps the voucher of) the request with body ``charged`` and never answers it
+    on the stream; answers its claim as any claim (the service fails: a signed
+    HANDLER_ERROR, a refusal)."""
+
+    def drop(self, call: Call) -> bool:
+        return call.body == b"charged"
+
+
 @asynccontextmanager
 async def nodes(
     ledger: MemoryLedger,
@@ -108,6 +119,38 @@ async def refused_signed(alice: Node, bob: Node) -> None:
     with pytest.raises(P2payError) as info:
         await alice.call(bob.addrs[0], "fail", b"r", max_price=PRICE, timeout=20)
     assert info.value.code is ErrorCode.HANDLER_ERROR
+
+
+async def charged_in_a_jump(alice: Node, bob: Node, channel: bytes) -> Request:
+    """The jump cheat (the attack round on the first fix): n=1 refused (signed, kept by
+    ALICE, unposted); n=2 taken and not answered on the stream, but charged all the same:
+    n=3's receipt jumps by its price, which ALICE takes as n=2's lost receipt. Returns
+    BOB's best voucher (``paid`` 3 prices)."""
+    await refused_signed(alice, bob)
+    with pytest.raises(CallTimeout):
+        await alice.call(bob.addrs[0], "fail", b"charged", max_price=PRICE, timeout=0.3)
+    bob.payee_channels[channel].spent += PRICE  # the cheat: n=2's price, no receipt
+    result = await alice.call(bob.addrs[0], "echo", b"served", max_price=PRICE)
+    assert (result.n, result.price) == (3, PRICE)
+    payer = alice.payer_channels[channel]
+    assert (payer.spent, payer.absorbed, sorted(payer.abandoned)) == (2 * PRICE, PRICE, [2])
+    voucher = bob.payee_channels[channel].verified_voucher()
+    assert voucher is not None and voucher.paid == 3 * PRICE
+    return voucher
+
+
+async def bob_holds_one_price(ledger: MemoryLedger, channel: bytes) -> None:
+    """BOB served one request (n=3): once the ledger has clawed the rest, he holds its
+    price, the rest came out of his stake, and nothing was made or lost."""
+
+    async def clawed() -> bool:
+        info = await ledger.channel(channel)
+        return info is not None and info.redeemed - info.clawed == PRICE
+
+    await wait_until(clawed)
+    stake = await ledger.stake_of(BOB.account)
+    assert stake is not None and stake.amount == STAKE - PRICE
+    assert (await ledger.totals()).conserved
 
 
 @pytest.mark.parametrize("redeem", ["before the claim ends", "after the claim ends"])
@@ -303,3 +346,72 @@ async def test_a_claim_refunded_while_its_call_still_waits_settles_the_request()
             nursery.cancel_scope.cancel()
         claim = await ledger.claim(claim_id)
         assert claim is not None and claim.refund == PRICE
+
+
+@pytest.mark.parametrize("redeem", ["before the claim ends", "after the claim ends"])
+async def test_a_jump_charge_refused_to_its_claim_is_clawed_back(redeem: str) -> None:
+    """The jump cheat, then BOB answers n=2's claim with a signed refusal (REFUSED: no
+    slash, the bond back). On the first fix the refusal was taken as a receipt served
+    again and the jump stayed in ``spent``: BOB held 2 prices for 1 served, clawed 0. The
+    jump now leaves ``spent`` (protocol.md 14.3) and ALICE posts n=1's refusal."""
+    ledger = make_ledger()
+    async with nodes(ledger, DropsOnStream(), window_ms=300) as (alice, bob):
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        voucher = await charged_in_a_jump(alice, bob, ch.channel)
+
+        async def refused() -> bool:
+            return any(
+                c.n == 2 and c.state is ClaimState.REFUSED
+                for c in await ledger.claims_of(ALICE.account)
+            )
+
+        if redeem == "before the claim ends":
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+            await wait_until(refused)
+        else:
+            await wait_until(refused)
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+        await bob_holds_one_price(ledger, ch.channel)
+
+
+async def test_a_refusal_with_a_spent_the_receipt_rules_refuse_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The jump cheat, but BOB's signed refusal to n=2's claim carries a ``spent`` far above
+    anything ALICE signed (no rule of `check_claim_answer` reads it): the receipt rules
+    refuse it, yet a refund settles the request whatever its answer says. On the first fix
+    n=2 stayed abandoned with its state ``refused``, which a restart does not restore: the
+    jump was then taken as a charge, and BOB, redeeming after ALICE's restart, kept it."""
+    ledger = make_ledger()
+    path = tmp_path / "alice.sqlite"
+    store = await SqliteStore.open(path)
+    try:
+        async with nodes(ledger, DropsOnStream(), store, window_ms=300) as (alice, bob):
+            honest_store_answer = bob.watcher._store_answer
+
+            async def odd_spent(*args: Any) -> Any:
+                ch, request, claim, status, price, body = args[:6]
+                return await honest_store_answer(ch, request, claim, status, price, body, 10**12)
+
+            bob.watcher._store_answer = odd_spent  # type: ignore[method-assign]
+            ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+            voucher = await charged_in_a_jump(alice, bob, ch.channel)
+
+            async def refused() -> bool:
+                return any(c.outcome == "refused" for c in await alice.claims())
+
+            await wait_until(refused)
+            await alice.persister.flush()
+    finally:
+        await store.aclose()
+    claims = await ledger.claims_of(ALICE.account)
+    assert [(c.n, c.state) for c in claims] == [(2, ClaimState.REFUSED)]
+
+    store = await SqliteStore.open(path)
+    try:
+        net = MemoryNetwork()
+        async with open_node(key=ALICE, ledger=ledger, network=net, config=NODE, store=store):
+            assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
+            await bob_holds_one_price(ledger, ch.channel)
+    finally:
+        await store.aclose()
