@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two nodes settling through the Settlement contract on a local EVM chain (anvil).
 # Needs the evm extra (pip install -e '.[dev]' has it) and anvil on PATH
-# (npm install @foundry-rs/anvil). README.md shows this file; tests/cli/test_readme.py runs it.
+# (npm install --prefix .tools @foundry-rs/anvil@1, then .tools/node_modules/.bin on PATH).
+# README.md shows this file; tests/cli/test_readme.py runs it.
 set -euo pipefail
 cd "$(mktemp -d)"
 field() {  # read a field of the JSON document on stdin: field channels 0 channel
