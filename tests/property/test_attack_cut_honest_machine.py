@@ -287,18 +287,26 @@ class HonestCutMachine(RuleBasedStateMachine):
                 body=refusal_body(decision.message),
             )
         else:
-            done = self.payee.complete(n, ok=ok, now=self.now)
-            status = STATUS_OK if ok and done.refusal is None else ErrorCode.HANDLER_ERROR.value
-            response = Response.create(
-                BOB,
-                request=request,
-                status=status,
-                price=done.charged,
-                spent=done.spent,
-                body=b"ok" if status == STATUS_OK else refusal_body("no"),
-            )
+            response = self._complete(request, ok=ok)
         self.stored[n] = response
         return response
+
+    def _complete(self, request: Request, *, ok: bool) -> Response:
+        """The payee completes admitted `request` (the handler ok or failed) and signs its
+        answer: OK with the charge, or the refusal completion gives."""
+        done = self.payee.complete(request.n, ok=ok, now=self.now)
+        if done.refusal is not None:
+            status = done.refusal.value
+        else:
+            status = STATUS_OK if ok else ErrorCode.HANDLER_ERROR.value
+        return Response.create(
+            BOB,
+            request=request,
+            status=status,
+            price=done.charged,
+            spent=done.spent,
+            body=b"ok" if status == STATUS_OK else refusal_body("no"),
+        )
 
     @precondition(lambda self: bool(self.forward))
     @rule(count=st.integers(1, 4), lose=st.integers(0, 6), overload=st.integers(0, 6))
@@ -351,19 +359,7 @@ class HonestCutMachine(RuleBasedStateMachine):
             self.payee.complete(n, ok=False)
             response = late
         else:
-            done = self.payee.complete(n, ok=ok > 0, now=self.now)
-            if done.refusal is not None:
-                status = done.refusal.value
-            else:
-                status = STATUS_OK if ok > 0 else ErrorCode.HANDLER_ERROR.value
-            response = Response.create(
-                BOB,
-                request=request,
-                status=status,
-                price=done.charged,
-                spent=done.spent,
-                body=b"ok" if status == STATUS_OK else refusal_body("no"),
-            )
+            response = self._complete(request, ok=ok > 0)
             self.stored[n] = response
         for sid in sids:
             self.reverse.append(Frame(sid, "response", n, response))
