@@ -715,7 +715,7 @@ class PayerChannel:
             self._settle_abandoned()
         return pending
 
-    def _settle_abandoned(self) -> None:
+    def _settle_abandoned(self, *, cut_spent: bool = True) -> None:
         """Keep ``absorbed`` within what lost receipts may have charged, once a request
         has left: the prices of those still without an answer, in flight ones included.
 
@@ -730,14 +730,16 @@ class PayerChannel:
         if self.absorbed:  # (0 is within any sum of prices: no need to add them up)
             cut = self.absorbed - self._unanswered()
             if cut > 0:
-                # A jump no request without an answer can explain any more: the request
-                # it was taken for was refused (signed), refunded or superseded, so the
-                # payee did not charge it there. No charge of any request: out of
-                # ``spent`` too (protocol.md 14.3), so that what the payee may hold
-                # (``spent`` + `outstanding`) never grows by an answer. An honest payee
-                # never jumps by a charge it did not make: for it the cut is 0.
                 self.absorbed -= cut
-                self.spent -= cut
+                if cut_spent:
+                    # A jump no request without an answer can explain any more: the
+                    # request it was taken for was refused (signed), refunded or
+                    # superseded, so the payee did not charge it there. No charge of any
+                    # request: out of ``spent`` too (protocol.md 14.3), so that what the
+                    # payee may hold (``spent`` + `outstanding`) never grows by an answer.
+                    # An honest payee never jumps by a charge it did not make: for it the
+                    # cut is 0.
+                    self.spent -= cut
 
     def restore_abandoned(self, requests: Iterable[Pending]) -> None:
         """After a restart: the requests on record without an answer (in flight when the
@@ -760,7 +762,12 @@ class PayerChannel:
                 )
         for p in pending:
             self.abandoned[p.request.n] = p
-        self._settle_abandoned()
+        # A store written by this code holds `absorbed` within what these requests explain
+        # (each cut was taken at run time, out of the stored ``spent``); one written before
+        # the cut rule may not (a claim's DELIVERED answer left its request counted as
+        # answered while its charge stayed absorbed): keep ``spent`` as stored then, as
+        # that code did, rather than cut an honest payee's charge out of it.
+        self._settle_abandoned(cut_spent=False)
 
     @property
     def available(self) -> int:

@@ -51,15 +51,16 @@ T0 = 1_700_000_000_000
 
 
 class CutCounter(PayerChannel):
-    """A payer channel that counts the yocto `_settle_abandoned` takes off ``spent``."""
+    """A payer channel that counts the yocto `_settle_abandoned` finds no request left to
+    explain (a cut of ``spent`` at run time; at a restore, a clamp of ``absorbed``)."""
 
     cuts: int = 0
 
-    def _settle_abandoned(self) -> None:
-        before = self.spent
-        super()._settle_abandoned()
-        if self.spent < before:
-            CutCounter.cuts += before - self.spent
+    def _settle_abandoned(self, *, cut_spent: bool = True) -> None:
+        unexplained = self.absorbed - self._unanswered()
+        super()._settle_abandoned(cut_spent=cut_spent)
+        if unexplained > 0:
+            CutCounter.cuts += unexplained
 
 
 def new_payer(**numbers: int) -> CutCounter:

@@ -68,6 +68,11 @@ def test_restore_abandoned_adds_the_unanswered_and_bounds_absorbed() -> None:
     assert (set(restored.abandoned), restored.in_flight) == ({1}, {})
     assert (restored.absorbed, restored.outstanding) == (PRICE, 0)
     assert r2.n not in restored.abandoned and r3.n not in restored.abandoned
+    # ``spent`` stays as stored: a store this code wrote never holds more absorbed than
+    # its unanswered requests explain (cuts are taken at run time); one written before the
+    # cut rule may (a claim-DELIVERED request counted as answered, its charge absorbed),
+    # and cutting then would take an honest payee's charge out of spent (protocol.md 14.3)
+    assert restored.spent == 2 * PRICE
 
 
 @pytest.mark.parametrize(
