@@ -1017,8 +1017,8 @@ def test_spent_jump_explained_by_an_abandoned_request_once() -> None:
 
 
 def test_a_refunded_request_leaves_as_not_charged() -> None:
-    """claims.md 3 and 6: the ledger refunded the request's price (its claim ended REFUSED
-    or UPHELD), so the payee is not entitled to it: it is no longer outstanding."""
+    """claims.md 3 and 6, INV-24: the ledger refunded the request's price (its claim ended
+    REFUSED or UPHELD), so the payee is not entitled to it: it is no longer outstanding."""
     ch = payer()
     r1 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
     r2 = ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER)
@@ -1050,8 +1050,8 @@ def test_a_jump_taken_for_a_refunded_request_leaves_spent() -> None:
 
 
 def test_a_jump_taken_for_a_request_then_refused_signed_leaves_spent() -> None:
-    """The same jump, then the payee's signed refusal of r1 (late on the stream, or its
-    answer to r1's claim): r1 was not charged, so the jump is no charge of any request and
+    """INV-24. The same jump, then the payee's signed refusal of r1 (late on the stream, or
+    its answer to r1's claim): r1 was not charged, so the jump is no charge of any request and
     leaves ``spent`` (before, it stayed there: the payee kept r1's price with r1's refusal
     in the payer's hands and nothing to post it for). The payee's own later receipts, which
     still count it, are then refused as a jump no request explains."""
