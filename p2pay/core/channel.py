@@ -715,6 +715,48 @@ class PayerChannel:
             self._settle_abandoned()
         return pending
 
+    def on_claim_end(self, request: Request, answer: Response | None, *, refunded: bool) -> bool:
+        """Account for how our claim on `request` ended (protocol.md 16.2), so that
+        ``spent``, what is outstanding and the request's stored state agree, before a
+        restart and after it.
+
+        The payee's answer (`answer`, checked against the claim: DELIVERED, its receipt;
+        REFUSED, its signed refusal) is taken like a receipt it serves again
+        (`on_response`, its signature already checked). A refund (`refunded`: REFUSED or
+        UPHELD) settles the request as not charged whatever the answer's numbers say
+        (`settle_refunded`). A request still in flight (a ledger clock ahead of ours let
+        the claim end while a call waits) is settled by a refund; an answer to it is left
+        to the call.
+
+        Returns:
+            Whether the channel now holds the outcome: False for an unrefunded request
+            still in flight (it stays claimed); True otherwise, also when the request was
+            answered already or is not this channel's.
+
+        Raises:
+            RemoteProtocolError: (not `refunded`) the receipt rules refuse the answer (a
+                jump they cannot explain): nothing is changed, the request stays abandoned
+                and claimed, its price outstanding.
+        """
+        flying = self.in_flight.get(request.n)
+        if flying is not None and flying.request.hash == request.hash:
+            if refunded:
+                self.settle_refunded(request.n)
+            return refunded
+        pending = self.abandoned.get(request.n)
+        if pending is None or pending.request.hash != request.hash:
+            return True  # answered already (its receipt is in spent), or not ours
+        if answer is not None:
+            try:
+                self.on_response(answer, signature_ok=True)
+                return True
+            except RemoteProtocolError:
+                if not refunded:
+                    raise
+        if refunded:
+            self.settle_refunded(request.n)
+        return True
+
     def _settle_abandoned(self, *, cut_spent: bool = True) -> None:
         """Keep ``absorbed`` within what lost receipts may have charged, once a request
         has left: the prices of those still without an answer, in flight ones included.

@@ -1287,48 +1287,20 @@ class Watcher:
         return claim
 
     def _take_answer(self, request: Request, response: Response | None, *, refunded: bool) -> bool:
-        """Account in our channel for how our claim on an abandoned request ended
-        (protocol.md 16.2), so that ``spent``, what is outstanding and the request's state
-        say the same after a restart as before it:
-
-        * the payee's checked answer (DELIVERED: its receipt; REFUSED: its signed refusal)
-          is taken like a receipt it serves again (`PayerChannel.on_response`);
-        * a refund (REFUSED, UPHELD) settles the request as not charged, whatever an
-          answer's numbers say (`PayerChannel.settle_refunded`): a jump taken for its
-          charge leaves ``spent``, so the check that follows (`_check_payee_take`) counts
-          it as taken beyond our receipts.
-
-        Returns False only for a DELIVERED answer the receipt rules refuse (a jump they
-        cannot explain, logged): the request stays abandoned, its price outstanding.
-        """
-        node = self.node
-        ch = node.payer_channels.get(request.channel)
+        """Account in our channel for how our claim ended (`PayerChannel.on_claim_end`):
+        whether the channel now holds the outcome (False: the request stays claimed, so
+        that a restart counts it as abandoned too). A refund's settlement leaves a jump
+        taken for the request's charge out of ``spent``, so the check that follows
+        (`_check_payee_take`) counts it as taken beyond our receipts."""
+        ch = self.node.payer_channels.get(request.channel)
         if ch is None:
             return True  # not a channel we pay on
-        flying = ch.in_flight.get(request.n)
-        if flying is not None and flying.request.hash == request.hash:
-            # A call still waits for it (not seen in practice: claims are filed for
-            # abandoned requests): a refund settles it all the same, so that a restart
-            # (which does not restore a refunded request) agrees; an answer is left to the
-            # call, and the request stays claimed.
-            if refunded:
-                ch.settle_refunded(request.n)
-                node.persister.stage(payer_snapshot=_payer_snapshot(ch))
-            return refunded
-        pending = ch.abandoned.get(request.n)
-        if pending is None or pending.request.hash != request.hash:
-            return True  # answered already (its receipt is in spent), or not ours
-        taken = True
-        if response is not None:
-            try:
-                ch.on_response(response, signature_ok=True)  # check_claim_answer verified it
-            except RemoteProtocolError as exc:
-                log.warning("the answer to our claim on n=%d: %s", request.n, exc)
-                taken = False
-        if refunded and (response is None or not taken):
-            ch.settle_refunded(request.n)
-            taken = True
-        node.persister.stage(payer_snapshot=_payer_snapshot(ch))
+        try:
+            taken = ch.on_claim_end(request, response, refunded=refunded)
+        except RemoteProtocolError as exc:
+            log.warning("the answer to our claim on n=%d: %s", request.n, exc)
+            return False
+        self.node.persister.stage(payer_snapshot=_payer_snapshot(ch))
         return taken
 
     async def _resolve_claims(self) -> None:

@@ -1035,6 +1035,32 @@ def test_a_refunded_request_leaves_as_not_charged() -> None:
     assert (ch.spent, ch.outstanding) == (10, 10)
 
 
+def test_how_a_claim_ended_is_accounted_for_in_the_channel() -> None:
+    """protocol.md 16.2 (`on_claim_end`): DELIVERED, the answer taken as a receipt served
+    again; REFUSED/UPHELD, the request settled as not charged, even with an answer the
+    receipt rules refuse; a DELIVERED answer they refuse changes nothing; an in-flight
+    request is settled by a refund only; another request's claim changes nothing."""
+    ch = payer()
+    r1, r2, r3, r4, r5 = (
+        ch.next_request(ALICE, service="echo", body=b"", price=10, deadline=LATER) for _ in range(5)
+    )
+    for r in (r1, r2, r3, r4):
+        ch.abandon(r.n)
+    assert ch.on_claim_end(r1, receipt(r1, price=10, spent=10), refunded=False) is True
+    assert (ch.spent, sorted(ch.abandoned)) == (10, [2, 3, 4])  # DELIVERED: charged
+    with pytest.raises(RemoteProtocolError):  # spent far above anything signed
+        ch.on_claim_end(r2, receipt(r2, price=10, spent=999), refunded=False)
+    assert (ch.spent, sorted(ch.abandoned)) == (10, [2, 3, 4])
+    odd = refusal_receipt(r2, ErrorCode.HANDLER_ERROR, spent=999)
+    assert ch.on_claim_end(r2, odd, refunded=True) is True  # REFUSED: settled anyway
+    assert ch.on_claim_end(r3, None, refunded=True) is True  # UPHELD
+    assert (ch.spent, sorted(ch.abandoned), ch.released) == (10, [4], 20)
+    assert ch.on_claim_end(r3, None, refunded=True) is True  # once: nothing more
+    assert ch.on_claim_end(r5, None, refunded=False) is False  # in flight, no refund
+    assert ch.on_claim_end(r5, None, refunded=True) is True
+    assert (ch.in_flight, sorted(ch.abandoned), ch.outstanding) == ({}, [4], 10)
+
+
 def test_a_jump_taken_for_a_refunded_request_leaves_spent() -> None:
     """The payee jumped ``spent`` by r1's price (r1 abandoned, its receipt "lost"), then
     let r1's claim end with a refund: the jump was no charge, and ``spent`` drops by it, so
