@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -12,7 +14,8 @@ from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, ServiceTerms
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger
-from p2pay.node import Node
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, Node, NodeConfig, open_node
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
@@ -66,3 +69,33 @@ def fresh_hello(node: Node) -> bytes:
         deadline_horizon=node.config.max_deadline_horizon_ms,
         settlement_key=node.signer,
     ).to_frame()
+
+
+@asynccontextmanager
+async def held_service_pair(
+    ledger: MemoryLedger,
+    payer: Keypair,
+    payee: Keypair,
+    held: Callable[[Call], Awaitable[bytes]],
+    *,
+    price: int,
+    config: NodeConfig,
+) -> AsyncIterator[tuple[Node, Node]]:
+    """`payee` serving `held` as ``"held"`` at `price`, staked (10**20, penalty 10**19,
+    30 s claim window), and `payer` with a 10**6 yocto channel to it, on the in-memory
+    transport. `payer` files no claims of its own (``auto_claim`` off): the tests that use
+    it play the watcher's part at a racy moment. Yields ``(payer, payee)``."""
+    net = MemoryNetwork()
+    async with (
+        open_node(key=payee, ledger=ledger, network=net, config=config) as provider,
+        open_node(
+            key=payer,
+            ledger=ledger,
+            network=net,
+            config=dataclasses.replace(config, auto_claim=False),
+        ) as client,
+    ):
+        provider.serve("held", held, price=price)
+        await provider.stake(10**20, penalty=10**19, claim_window_ms=30_000)
+        await client.open_channel(provider.addrs[0], deposit=10**6)
+        yield client, provider

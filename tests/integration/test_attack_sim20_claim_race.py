@@ -12,15 +12,12 @@ every wait bounded.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import trio
-from node_support import funded_ledger, wait_until
+from node_support import funded_ledger, held_service_pair, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, CallTimeout, NodeConfig, open_node
+from p2pay.node import Call, CallTimeout, NodeConfig
 
 ALICE = Keypair.from_seed(bytes([51]) * 32)  # client
 BOB = Keypair.from_seed(bytes([52]) * 32)  # provider
@@ -46,20 +43,11 @@ async def test_an_answer_arriving_while_the_watcher_reads_the_stake_is_not_claim
             await release.wait()
         return call.body
 
-    net = MemoryNetwork()
-    async with (
-        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob,
-        open_node(
-            key=ALICE,
-            ledger=ledger,
-            network=net,
-            config=dataclasses.replace(CONFIG, auto_claim=False),
-        ) as alice,
+    # ALICE files no claims of its own: the test plays the watcher's part, at the racy moment
+    async with held_service_pair(ledger, ALICE, BOB, held, price=PRICE, config=CONFIG) as (
+        alice,
+        bob,
     ):
-        bob.serve("held", held, price=PRICE)
-        await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
-        await alice.open_channel(bob.addrs[0], deposit=10**6)
-
         with pytest.raises(CallTimeout):
             await alice.call(bob.peer_id, "held", b"late", max_price=PRICE, timeout=0.2)
         assert started.is_set()

@@ -17,16 +17,14 @@ wait is bounded: no assertion depends on timing.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 import trio
-from node_support import funded_ledger, wait_until
+from node_support import funded_ledger, held_service_pair, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, CallTimeout, ConnectionLost, NodeConfig, open_node
+from p2pay.node import Call, CallTimeout, ConnectionLost, NodeConfig
 
 ALICE = Keypair.from_seed(bytes([41]) * 32)  # client
 BOB = Keypair.from_seed(bytes([42]) * 32)  # provider
@@ -54,21 +52,11 @@ async def test_a_re_delivery_answered_after_the_late_answer_ends_nothing_and_cla
             await release[call.body].wait()
         return call.body
 
-    net = MemoryNetwork()
-    async with (
-        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob,
-        # no claims of its own: the test plays the watcher's part, at the racy moment
-        open_node(
-            key=ALICE,
-            ledger=ledger,
-            network=net,
-            config=dataclasses.replace(CONFIG, auto_claim=False),
-        ) as alice,
+    # ALICE files no claims of its own: the test plays the watcher's part, at the racy moment
+    async with held_service_pair(ledger, ALICE, BOB, held, price=PRICE, config=CONFIG) as (
+        alice,
+        bob,
     ):
-        bob.serve("held", held, price=PRICE)
-        await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
-        await alice.open_channel(bob.addrs[0], deposit=10**6)
-
         # 1. the call gives up; its request is abandoned while the handler still runs
         with pytest.raises(CallTimeout):
             await alice.call(bob.peer_id, "held", b"first", max_price=PRICE, timeout=0.2)
