@@ -1,0 +1,96 @@
+"""Attack round on 9e00f5b: a payee close settles the channel while a claim on it is
+still open, and the payer lets go of the payee's refusals it will need.
+
+BOB (withholds n=2, never answers its claim) closes the channel himself (`payee_close`)
+with ALICE's best voucher (3 prices paid), taking 2 prices: n=3's, and n=2's as if charged.
+The ChannelClosed event makes ALICE's watcher check what BOB holds: 2 prices, within her
+``spent`` (1) plus the outstanding n=2 (1), and the channel is CLOSED, so the watcher
+"forgets" BOB's refusals (`_forget_refusals`: they expire now and the next prune drops
+them). n=2's claim then ends UPHELD: the refund lowers BOB's entitlement to 2 prices,
+exactly what he holds, so the ledger claws nothing; ALICE's check now sees 1 price too
+many, but the refusal of n=1 it would post is gone. BOB keeps the price of a request he
+withheld (claims.md 6: the refund must be clawed back through the refusals).
+
+Two nodes on the in-memory transport and a dev MemoryLedger. Every wait is bounded; nothing
+asserts on timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from node_support import wait_until
+from test_refund_absorbed import (
+    ALICE,
+    BOB,
+    PENALTY,
+    PRICE,
+    STAKE,
+    DEPOSIT,
+    Withholds,
+    make_ledger,
+    nodes,
+    refused_signed,
+)
+
+from p2pay.core.settlement import ClaimState
+from p2pay.node import CallTimeout
+
+
+async def test_a_payee_close_during_an_open_claim_does_not_drop_the_refusals() -> None:
+    ledger = make_ledger()
+    async with nodes(ledger, Withholds(), window_ms=2_000) as (alice, bob):
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        await refused_signed(alice, bob)  # n=1: BOB's signed refusal, kept by ALICE
+        with pytest.raises(CallTimeout):
+            await alice.call(bob.addrs[0], "echo", b"withhold", max_price=PRICE, timeout=0.3)
+        result = await alice.call(bob.addrs[0], "echo", b"served", max_price=PRICE)
+        assert (result.n, result.price) == (3, PRICE)
+        voucher = bob.payee_channels[ch.channel].verified_voucher()
+        assert voucher is not None and voucher.paid == 3 * PRICE
+
+        async def claim_filed() -> bool:
+            return any(c.n == 2 for c in await ledger.claims_of(ALICE.account))
+
+        await wait_until(claim_filed)
+        await alice.persister.flush()
+        (refused,) = [r for r in await alice.store.requests(state="refused")]
+        assert refused.n == 1 and await alice.store.response(refused.request_hash) is not None
+        # BOB closes at once, taking 2 prices (n=3's and the withheld n=2's)
+        assert await ledger.payee_close(BOB, ch.channel, voucher, 2 * PRICE) == 2 * PRICE
+
+        async def forgotten() -> bool:
+            await alice.persister.flush()
+            stored = await alice.store.response(refused.request_hash)
+            return stored is None or stored.expires_at <= alice.now()
+
+        # ALICE's watcher reads ChannelClosed: BOB holds 2 prices, within spent (1) plus
+        # the outstanding n=2 (1); the channel is closed, so it lets BOB's refusals go
+        await wait_until(forgotten, timeout=20)
+        # the node prunes expired responses every 100 watcher steps; this is one of them
+        await alice.store.prune_responses(alice.prune_before())
+        print("refusal after prune:", await alice.store.response(refused.request_hash))
+        assert [c.outcome for c in await alice.claims()] == ["open"]  # n=2's claim
+
+        async def upheld() -> bool:
+            return any(c.outcome == "upheld" for c in await alice.claims())
+
+        await wait_until(upheld)
+
+        async def clawed() -> bool:
+            info = await ledger.channel(ch.channel)
+            return info is not None and info.clawed == PRICE
+
+        with trio.move_on_after(15):  # bounded: the bug is that it never comes
+            await wait_until(clawed, timeout=60)
+        info = await ledger.channel(ch.channel)
+        claims = {c.n: c for c in await ledger.claims_of(ALICE.account)}
+        stake = await ledger.stake_of(BOB.account)
+        assert stake is not None
+        print("redeemed", info.redeemed, "clawed", info.clawed, "refunded", info.refunded,
+              "stake", stake.amount, "claims", {n: (c.state, c.refund, c.clawed) for n, c in claims.items()})
+        assert claims[2].state is ClaimState.UPHELD and claims[2].refund == PRICE
+        # BOB served one request (n=3): he must hold its price and no more
+        assert info.redeemed - info.clawed == PRICE, (info.redeemed, info.clawed)
+        assert stake.amount == STAKE - PENALTY - PRICE
+        assert (await ledger.totals()).conserved
