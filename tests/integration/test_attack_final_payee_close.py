@@ -37,10 +37,14 @@ from p2pay.core.settlement import ClaimState
 from p2pay.node import CallTimeout
 
 
-async def test_a_payee_close_during_an_open_claim_does_not_drop_the_refusals() -> None:
+@pytest.mark.parametrize("close", ["payee", "payer"])
+async def test_a_close_during_an_open_claim_does_not_drop_the_refusals(close: str) -> None:
+    """``payee``: BOB closes at once with the voucher. ``payer``: ALICE closes (as the CLI's
+    ``channel close`` does) and BOB, having counted the withheld n=2 as charged, redeems 2
+    prices on ChannelClosing (C-8); ALICE's watcher finalizes the close: ChannelClosed."""
     ledger = make_ledger()
     async with nodes(ledger, Withholds(), window_ms=2_000) as (alice, bob):
-        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT, challenge_ms=100)
         await refused_signed(alice, bob)  # n=1: BOB's signed refusal, kept by ALICE
         with pytest.raises(CallTimeout):
             await alice.call(bob.addrs[0], "echo", b"withhold", max_price=PRICE, timeout=0.3)
@@ -56,8 +60,12 @@ async def test_a_payee_close_during_an_open_claim_does_not_drop_the_refusals() -
         await alice.persister.flush()
         (refused,) = [r for r in await alice.store.requests(state="refused")]
         assert refused.n == 1 and await alice.store.response(refused.request_hash) is not None
-        # BOB closes at once, taking 2 prices (n=3's and the withheld n=2's)
-        assert await ledger.payee_close(BOB, ch.channel, voucher, 2 * PRICE) == 2 * PRICE
+        if close == "payee":
+            # BOB closes at once, taking 2 prices (n=3's and the withheld n=2's)
+            assert await ledger.payee_close(BOB, ch.channel, voucher, 2 * PRICE) == 2 * PRICE
+        else:
+            bob.payee_channels[ch.channel].spent += PRICE  # the withheld n=2, as charged
+            await alice.close_channel(ch.channel)
 
         async def forgotten() -> bool:
             await alice.persister.flush()
