@@ -222,6 +222,11 @@ _REQUEST_STATE = {
 }
 
 
+#: States of our requests that may still end with a refund (REFUSED, UPHELD): no answer
+#: yet, or a claim open on it.
+_REFUNDABLE = ("awaiting", "claimed")
+
+
 def outcome_key(claim_id: bytes) -> str:
     """The meta key under which a claimant node keeps a claim's outcome (`Node.claims`)."""
     return "claim/" + claim_id.hex()
@@ -364,6 +369,10 @@ class Watcher:
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
+        #: payer channels whose payee's take is to be checked (`_check_takes`): after a
+        #: Redeemed / ChannelClosed event or a refund, and each one at start (a check a
+        #: crash cut short); one leaves the set only once its check ran to the end
+        self._takes_due: set[bytes] = set(node.payer_channels)
         #: the requests of the claims against us, by channel, decoded once (a claim's
         #: request never changes; its id is the request's hash); the ledger's list is read
         #: once, then each claim filed after it once (`_claimed_requests`, C-7)
@@ -453,6 +462,7 @@ class Watcher:
         await self._finalize_closes()
         await self._file_claims()
         await self._resolve_claims()
+        await self._check_takes()
         self.steps += 1
         if self.steps % 100 == 1:
             await node.store.prune_responses(node.prune_before())  # N13
@@ -472,7 +482,7 @@ class Watcher:
                 await node.refresh_channel(channel)
             if kind in ("Redeemed", "ChannelClosed") and channel in node.payer_channels:
                 assert isinstance(channel, bytes)
-                await self._check_payee_take(channel)
+                self._takes_due.add(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
             self._unlisted.add(f["claim"])
             self._defend_soon(f["claim"])
@@ -1134,6 +1144,19 @@ class Watcher:
 
     # -- refunds with the payee's refusal (payer; claims.md 3 and 6, attack N1)
 
+    async def _check_takes(self) -> None:
+        """Run the due checks of what payees took (`_check_payee_take`). A check that
+        fails (a ledger or store error: an EVM endpoint down for a moment) stays due and
+        runs again next step: a refund the payee's refusals would absorb is clawed back
+        once the ledger answers, not lost with the event that asked for it."""
+        for channel in list(self._takes_due):
+            try:
+                await self._check_payee_take(channel)
+            except (P2payError, OSError) as exc:
+                log.warning("checking what the payee took on %s: %s", channel.hex(), exc)
+                continue
+            self._takes_due.discard(channel)
+
     async def _check_payee_take(self, channel: bytes) -> None:
         """If the payee of `channel` holds more than our receipts justify, post its own
         signed refusals (refund with refusal) until the excess is covered.
@@ -1227,8 +1250,15 @@ class Watcher:
         node = self.node
         await node.persister.flush()
         now = node.now()
-        for record in await node.store.requests():  # refused, or claimed with its refusal
-            if record.channel != channel or record.state not in ("refused", "claimed"):
+        records = [r for r in await node.store.requests() if r.channel == channel]
+        if any(r.state in _REFUNDABLE for r in records):
+            # A request of the channel may still end with a refund (awaiting its answer or
+            # its claim's end; the ledger takes claims on a closed channel): its refund is
+            # clawed back only if these refusals can still be posted (claims.md 6). Let go
+            # once the last such claim has ended (`_settle_claim` checks again).
+            return
+        for record in records:  # refused, or claimed with its refusal
+            if record.state not in ("refused", "claimed"):
                 continue
             stored = await node.store.response(record.request_hash)
             if stored is not None and stored.expires_at > now:
@@ -1240,7 +1270,7 @@ class Watcher:
         what it may hold, and only posting its refusals claws back a refund they absorb."""
         claim = await self._record_outcome(claim_id)
         if claim is not None and claim.refund and claim.channel in self.node.payer_channels:
-            await self._check_payee_take(claim.channel)
+            self._takes_due.add(claim.channel)
 
     async def _record_outcome(self, claim_id: bytes) -> Claim | None:
         """Keep our claim's outcome and its checked answer (C-5): `Node.claims` reads it.

@@ -43,7 +43,11 @@ async def main(ledger_path: str, seed: str, listen: str, status: Path) -> None:
     config = NodeConfig(watch_interval=0.2, redeem_threshold=10**30, min_challenge_ms=1000)
     with trio.move_on_after(300):
         async with open_node(
-            key=key, ledger=ledger, store=MemoryStore(), listen=(listen,), config=config,
+            key=key,
+            ledger=ledger,
+            store=MemoryStore(),
+            listen=(listen,),
+            config=config,
             behaviour=Withholds(),
         ) as node:
             node.serve("echo", echo, price=PRICE)

@@ -114,9 +114,7 @@ def test_a_withholding_provider_keeps_nothing_against_a_cli_client(
         assert v is not None
         client = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")
         nodes.append(client)
-        assert wait_for(lambda: "filed claim" in client.log.read_text(), 60), (
-            client.log.read_text()
-        )
+        assert wait_for(lambda: "filed claim" in client.log.read_text(), 60), client.log.read_text()
         if take == "redeem":
             got = on_ledger(d, lambda lg: lg.redeem(BOB, v, 2 * PRICE))
         else:

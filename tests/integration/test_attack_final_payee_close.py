@@ -23,17 +23,17 @@ from node_support import wait_until
 from test_refund_absorbed import (
     ALICE,
     BOB,
+    DEPOSIT,
     PENALTY,
     PRICE,
     STAKE,
-    DEPOSIT,
     Withholds,
     make_ledger,
     nodes,
     refused_signed,
 )
 
-from p2pay.core.settlement import ClaimState
+from p2pay.core.settlement import ChannelState, ClaimState
 from p2pay.node import CallTimeout
 
 
@@ -67,18 +67,26 @@ async def test_a_close_during_an_open_claim_does_not_drop_the_refusals(close: st
             bob.payee_channels[ch.channel].spent += PRICE  # the withheld n=2, as charged
             await alice.close_channel(ch.channel)
 
-        async def forgotten() -> bool:
-            await alice.persister.flush()
-            stored = await alice.store.response(refused.request_hash)
-            return stored is None or stored.expires_at <= alice.now()
+        async def closed_and_read() -> bool:
+            info = await ledger.channel(ch.channel)
+            if info is None or info.state is not ChannelState.CLOSED:
+                return False
+            events, _ = await ledger.events_for(ALICE.account)
+            seen = max(e.seq for e in events if e.kind == "ChannelClosed")
+            return alice.watcher.cursor >= seen
 
         # ALICE's watcher reads ChannelClosed: BOB holds 2 prices, within spent (1) plus
-        # the outstanding n=2 (1); the channel is closed, so it lets BOB's refusals go
-        await wait_until(forgotten, timeout=20)
+        # the outstanding n=2 (1). On the old code it let BOB's refusals go then, as the
+        # channel was closed, though n=2's claim was still open
+        await wait_until(closed_and_read, timeout=20)
+        steps = alice.watcher.steps
+        await wait_until(lambda: alice.watcher.steps >= steps + 2)  # its check ran
+        if [c.outcome for c in await alice.claims()] == ["open"]:  # n=2's claim still open
+            await alice.persister.flush()
+            stored = await alice.store.response(refused.request_hash)
+            assert stored is not None and stored.expires_at > alice.now(), "refusal let go"
         # the node prunes expired responses every 100 watcher steps; this is one of them
         await alice.store.prune_responses(alice.prune_before())
-        print("refusal after prune:", await alice.store.response(refused.request_hash))
-        assert [c.outcome for c in await alice.claims()] == ["open"]  # n=2's claim
 
         async def upheld() -> bool:
             return any(c.outcome == "upheld" for c in await alice.claims())
@@ -95,8 +103,6 @@ async def test_a_close_during_an_open_claim_does_not_drop_the_refusals(close: st
         claims = {c.n: c for c in await ledger.claims_of(ALICE.account)}
         stake = await ledger.stake_of(BOB.account)
         assert stake is not None
-        print("redeemed", info.redeemed, "clawed", info.clawed, "refunded", info.refunded,
-              "stake", stake.amount, "claims", {n: (c.state, c.refund, c.clawed) for n, c in claims.items()})
         assert claims[2].state is ClaimState.UPHELD and claims[2].refund == PRICE
         # BOB served one request (n=3): he must hold its price and no more
         assert info.redeemed - info.clawed == PRICE, (info.redeemed, info.clawed)

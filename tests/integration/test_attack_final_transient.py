@@ -24,10 +24,10 @@ from node_support import claim_game_params, wait_until
 from test_refund_absorbed import (
     ALICE,
     BOB,
+    DEPOSIT,
     PENALTY,
     PRICE,
     STAKE,
-    DEPOSIT,
     Withholds,
     nodes,
     refused_signed,
