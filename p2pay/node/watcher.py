@@ -370,9 +370,9 @@ class Watcher:
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
         #: payer channels whose payee's take is to be checked (`_check_takes`): after a
-        #: Redeemed / ChannelClosed event or a refund, and each one at start (a check a
-        #: crash cut short); one leaves the set only once its check ran to the end
-        self._takes_due: set[bytes] = set(node.payer_channels)
+        #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
+        #: check a crash cut short); one leaves the set only once its check ran to the end
+        self._takes_due: set[bytes] = set()
         #: the requests of the claims against us, by channel, decoded once (a claim's
         #: request never changes; its id is the request's hash); the ledger's list is read
         #: once, then each claim filed after it once (`_claimed_requests`, C-7)
@@ -397,6 +397,7 @@ class Watcher:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         raw = await self.node.store.get_meta(CURSOR_KEY)
         self.cursor = int.from_bytes(raw, "big") if raw else 0
+        self._takes_due.update(self.node.payer_channels)
         async with trio.open_nursery() as tasks:
             self._tasks = tasks
             task_status.started()

@@ -97,6 +97,7 @@ class FakeNode:
     store: FakeStore = field(default_factory=FakeStore)
     ledger: FakeLedger = field(default_factory=FakeLedger)
     key: Any = None
+    payer_channels: dict[bytes, Any] = field(default_factory=dict)  # none: no takes to check
     persister: FakePersister = field(init=False)
 
     def __post_init__(self) -> None:
