@@ -24,6 +24,7 @@ After every step the named invariants are asserted:
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 from hypothesis import event, settings
@@ -664,18 +665,36 @@ class HonestMachine(SettlementMachine):
             self.do(Redeem(sender=HONEST.public, voucher=request, amount=spent))
             event(f"honest redeem, channel state {channel.state.value}")
 
+    def claim(self, sender: bytes, request: Request) -> bytes | None:
+        """Whichever rule files it, a claim on HONEST's channel is answered at once."""
+        claim_id = super().claim(sender, request)
+        if claim_id is not None and request.channel == self.honest_cid:
+            self.honest_defend(claim_id, request)
+        return claim_id
+
     def honest_defend(self, claim_id: bytes, claimed: Request) -> None:
-        """HONEST answers a claim at once: its stored answer, else conflicting evidence."""
+        """HONEST answers a claim at once: its stored answer, else conflicting evidence, else
+        (a request it never received, disjoint from every slice it charged) a refusal."""
         self.honest_claims.append(claim_id)
         answer = self.honest_answers.get(claimed.hash)
+        horizon = PARAMS.max_deadline_horizon_ms
+        evidence = next((r for r in self.honest_seen if tiling_conflict(claimed, r, horizon)), None)
         if answer is not None:
             self.do(AnswerClaim(sender=HONEST.public, claim=claim_id, response=answer))
-        else:
-            horizon = PARAMS.max_deadline_horizon_ms
-            evidence = next(
-                r for r in self.honest_seen if tiling_conflict(claimed, r, horizon)
-            )  # an honest payee only sees claims of requests it saw or conflicting ones
+        elif evidence is not None:
             self.do(AnswerClaim(sender=HONEST.public, claim=claim_id, evidence=evidence))
+        else:
+            refusal = Response.create(
+                HONEST,
+                request=claimed,
+                status="OVERLOADED",
+                price=0,
+                spent=self.honest_spent,
+                body=b"",
+            )
+            self.honest_seen.append(claimed)
+            self.honest_answers[claimed.hash] = refusal
+            self.do(AnswerClaim(sender=HONEST.public, claim=claim_id, response=refusal))
         outcome = self.state.claims[claim_id].state
         event(f"honest claim {outcome.value}")
         assert outcome is not ClaimState.OPEN, "HONEST failed to answer a claim"
@@ -688,9 +707,7 @@ class HonestMachine(SettlementMachine):
         request = self.honest_seen[pick % len(self.honest_seen)]
         if request.hash in self.state.claims:
             return
-        claim_id = self.claim(ALICE.public, request)
-        if claim_id is not None:
-            self.honest_defend(claim_id, request)
+        self.claim(ALICE.public, request)  # answered by HONEST at once (`claim`)
 
     @rule(
         pick=st.integers(0, 1_000),
@@ -721,7 +738,6 @@ class HonestMachine(SettlementMachine):
         self.now = max(self.now, fake.deadline + 1)
         claim_id = self.claim(ALICE.public, fake)
         if claim_id is not None:
-            self.honest_defend(claim_id, fake)
             assert self.state.claims[claim_id].state is ClaimState.FRIVOLOUS
 
     @rule(pick=st.integers(0, 1_000))
@@ -755,3 +771,52 @@ TestSettlementMachine = SettlementMachine.TestCase
 TestSettlementMachine.settings = settings(stateful_step_count=60, deadline=None)
 TestHonestMachine = HonestMachine.TestCase
 TestHonestMachine.settings = settings(stateful_step_count=60, deadline=None)
+
+
+# The examples below replay, step by step, runs hypothesis found; `event` records nothing
+# outside a hypothesis test, so it is silenced for them.
+
+
+def _replay(monkeypatch: Any) -> HonestMachine:
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda _text: None)
+    machine = HonestMachine()
+    machine.setup()
+    return machine
+
+
+def test_a_claim_any_rule_files_on_the_honest_channel_is_answered_at_once(
+    monkeypatch: Any,
+) -> None:
+    """The newcomer run of 8f7b389 beside a hog: `honest_claim` picked HONEST's channel and
+    filed a claim (a request in tiling conflict with the one HONEST charged) that HONEST never
+    answered, so `wait_and_resolve` UPHELD it and clawed HONEST back. An honest payee answers
+    every claim (C-2's premise): here with the conflicting request, FRIVOLOUS."""
+    machine = _replay(monkeypatch)
+    machine.honest_session(charge=True, gap=0, price=1)
+    fitting = sorted(
+        cid for cid, c in machine.state.channels.items() if machine.state.stakes.get(c.payee)
+    )
+    machine.honest_claim(late=1, pick=fitting.index(machine.honest_cid))
+    assert machine.honest_claims, "the claim on HONEST's channel was not answered"
+    assert machine.state.claims[machine.honest_claims[0]].state is ClaimState.FRIVOLOUS
+    machine.wait_and_resolve(key=ALICE, pick=0)
+    machine.honest_payee_never_clawed()
+    machine.state_invariants()
+
+
+def test_a_claim_of_a_request_honest_never_saw_is_refused_and_costs_it_nothing(
+    monkeypatch: Any,
+) -> None:
+    """A claimed request HONEST never received and that conflicts with none it saw: its slice
+    is disjoint from every slice HONEST charged, so HONEST refuses it (REFUSED) and the refund
+    comes out of the unearned slice, never out of what it redeemed (C-2)."""
+    machine = _replay(monkeypatch)
+    machine.honest_session(charge=True, gap=0, price=5)
+    machine.honest_session(charge=True, gap=0, price=5)
+    unseen = machine.honest_request(1_000, 10 + 7, 7, machine.now - 1)  # slice [10, 17)
+    claim_id = machine.claim(ALICE.public, unseen)
+    assert claim_id is not None
+    assert machine.state.claims[claim_id].state is ClaimState.REFUSED
+    machine.honest_payee_never_clawed()
+    machine.state_invariants()
+    assert machine.state.channels[machine.honest_cid].redeemed == 10
