@@ -374,6 +374,7 @@ async def _demo_body(
     for child in started:
         addrs[child.name] = await read_listening(child)
         say(f"{child.name:8s} listening {addrs[child.name]}")
+    say(f"services echo and upper at {render.amount_text(PRICE)} a call")
 
     client_args = [
         "--home",
@@ -525,11 +526,11 @@ async def _follow_client(child: Child, total: int, say: Any, as_json: bool) -> d
                     break
     if done is None:
         raise CliError(f"the demo client did not finish: {log_tail(child)}")
-    say(
-        f"client: {done['ok']} calls answered, {done['timeouts']} unanswered, "
-        f"{done['claims_filed']} claims filed"
-    )
     done["paid"] = int(done["paid"])
+    say(
+        f"client: {done['ok']} calls answered, paid {render.amount_text(done['paid'])}; "
+        f"{done['timeouts']} unanswered, {done['claims_filed']} claims filed"
+    )
     done["paid_to"] = {k: int(v) for k, v in done["paid_to"].items()}
     return done
 

@@ -99,6 +99,29 @@ def test_demo_runs_checks_and_cleans_up(tmp_path: Path) -> None:
     assert doc["kept"] is False and not Path(doc["folder"]).exists()
 
 
+@pytest.mark.slow
+def test_demo_tells_a_person_the_price_and_what_the_client_paid(tmp_path: Path) -> None:
+    """Without --json the demo says what a call costs and what the client paid in all, in
+    tokens and exact yocto, beside the tables and checks."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pay", "demo", "--calls", "2"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "services echo and upper at 0.001 token (1000000000000000000000 yocto) a call" in out
+    assert (
+        "client: 2 calls answered, paid 0.002 token (2000000000000000000000 yocto); "
+        "2 unanswered, 2 claims filed"
+    ) in out
+    assert "ok   honest provider paid for what it served" in out
+    assert out.rstrip().splitlines()[-1].startswith("demo passed in ")
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_demo_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
