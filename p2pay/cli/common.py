@@ -30,6 +30,7 @@ import trio
 from p2pay.cli import render
 from p2pay.cli.errors import read_amount
 from p2pay.cli.home import (
+    LEDGER_FORMS,
     CliError,
     Config,
     Home,
@@ -209,8 +210,8 @@ def ledger_option(f: Callable[..., T]) -> Callable[..., T]:
     return click.option(
         "--ledger",
         "ledger",
-        metavar="sqlite:PATH",
-        help="Act on this ledger instead of the home's configured one.",
+        metavar="SPEC",
+        help=f"Act on this ledger instead of the home's configured one: {LEDGER_FORMS}.",
     )(f)
 
 

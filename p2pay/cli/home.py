@@ -13,8 +13,9 @@ A home is one identity. It holds
   its store (``call``, ``channel open``/``close``) must use another home.
 
 Which home: ``--home DIR``, else ``$P2PAY_HOME``, else the platform's user data folder
-(platformdirs). A ledger is named by a spec, ``sqlite:PATH`` for the embedded SQLite
-ledger; `parse_ledger_spec` is the one place a new kind (``evm:...``) gets added.
+(platformdirs). A ledger is named by a spec (`LEDGER_FORMS`): ``sqlite:PATH`` for the
+embedded SQLite ledger, ``evm:RPC_URL:0xCONTRACT`` for a settlement contract on an EVM
+chain; `parse_ledger_spec` is the one place a new kind gets added.
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ class CliError(P2payError):
 # ledger specs
 
 
+#: The ledger specs a person may type, as error messages and help texts name them.
+LEDGER_FORMS = "sqlite:PATH or evm:RPC_URL:0xCONTRACT"
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerSpec:
-    """Which ledger: ``kind`` ("sqlite") and its target (an absolute path for sqlite)."""
+    """Which ledger: ``kind`` ("sqlite" or "evm") and its target (an absolute path for
+    sqlite, ``RPC_URL:0xcontract`` for evm)."""
 
     kind: str
     target: str
@@ -67,7 +73,8 @@ class LedgerSpec:
 
 
 def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
-    """Read ``sqlite:PATH`` (PATH relative to `base`, default the working directory).
+    """Read ``sqlite:PATH`` (PATH relative to `base`, default the working directory) or
+    ``evm:RPC_URL:0xCONTRACT``.
 
     Args:
         text: the spec as typed or as stored in config.toml.
@@ -81,7 +88,7 @@ def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
     """
     kind, sep, target = text.partition(":")
     if not sep or not target:
-        raise CliError(f"ledger {text!r}: expected sqlite:PATH")
+        raise CliError(f"ledger {text!r}: expected {LEDGER_FORMS}")
     kind = kind.lower()
     if kind == "sqlite":
         path = Path(target).expanduser()
@@ -93,11 +100,11 @@ def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
         url, sep, contract = target.rpartition(":")
         if not sep or not url or not re.fullmatch(r"0x[0-9a-fA-F]{40}", contract):
             raise CliError(
-                f"ledger {text!r}: this evm spec is not supported yet; "
-                "expected evm:RPC_URL:0xCONTRACT (40 hex digits)"
+                f"ledger {text!r}: expected evm:RPC_URL:0xCONTRACT "
+                "(the contract's address: 0x and 40 hex digits)"
             )
         return LedgerSpec("evm", f"{url}:{contract.lower()}")
-    raise CliError(f"ledger {text!r}: unknown kind {kind!r}; expected sqlite:PATH")
+    raise CliError(f"ledger {text!r}: unknown kind {kind!r}; expected {LEDGER_FORMS}")
 
 
 @asynccontextmanager
@@ -415,7 +422,7 @@ def read_config(path: Path) -> Config:
     config = Config()
     ledger = data.get("ledger")
     if ledger is not None and not isinstance(ledger, str):
-        raise CliError(f"{path}: ledger must be a string such as sqlite:PATH")
+        raise CliError(f"{path}: ledger must be a string such as {LEDGER_FORMS}")
     config.ledger = ledger
     for name in ("listen", "services"):
         if name in data:
@@ -451,7 +458,7 @@ def render_config(config: Config) -> str:
     """The TOML text of a config (comments say what each key is)."""
     lines = [
         "# p2pay home configuration (written by `p2pay init`; edit freely).",
-        "# ledger: which settlement ledger this home uses (sqlite:PATH).",
+        f"# ledger: which settlement ledger this home uses ({LEDGER_FORMS}).",
     ]
     if config.ledger is not None:
         lines.append(f"ledger = {_toml_value(config.ledger)}")
@@ -584,7 +591,7 @@ class Home:
             return parse_ledger_spec(override)
         if not self.path.is_dir():
             raise CliError(
-                f"no p2pay home at {self.path}: run p2pay init, or pass --ledger sqlite:PATH"
+                f"no p2pay home at {self.path}: run p2pay init, or pass --ledger {LEDGER_FORMS}"
             )
         config = self.config()
         if config.ledger is None:

@@ -58,6 +58,7 @@ from p2pay.cli.common import (
 )
 from p2pay.cli.errors import Failure, explain, report, wants_json
 from p2pay.cli.home import (
+    LEDGER_FORMS,
     CliError,
     Config,
     Home,
@@ -133,7 +134,9 @@ def cli(ctx: click.Context, home: Path | None, verbose: int) -> None:
 
 
 @cli.command()
-@click.option("--ledger", "ledger", metavar="sqlite:PATH", help="The ledger this home uses.")
+@click.option(
+    "--ledger", "ledger", metavar="SPEC", help=f"The ledger this home uses: {LEDGER_FORMS}."
+)
 @click.option(
     "--listen", multiple=True, metavar="MULTIADDR", help="Where `node run` listens (repeatable)."
 )
@@ -172,7 +175,11 @@ def init(
     echo(f"created home {home.path}")
     echo(f"peer id  {key.peer_id}")
     echo(f"account  {account.hex()}")
-    echo(f"ledger   {config.ledger or '(none: p2pay init --ledger sqlite:PATH, or --ledger)'}")
+    none = (
+        "(none yet: `p2pay ledger create PATH --use`, `p2pay ledger deploy RPC_URL --use`, "
+        f"or --ledger {LEDGER_FORMS} on each command)"
+    )
+    echo(f"ledger   {config.ledger or none}")
 
 
 @cli.command("id")

@@ -393,7 +393,12 @@ def test_bad_arguments_give_one_line(cli: InProcess) -> None:
     assert "no p2pay home" in cli.fails("--home", "missing", "balance")
     assert "expected 64 hex" in cli.fails("--home", "h", "ledger", "mint", *led, "zz", "1")
     assert "no ledger at" in cli.fails("--home", "h", "balance", "--ledger", "sqlite:nope")
-    assert "not supported yet" in cli.fails("--home", "h", "balance", "--ledger", "evm:x")
+    assert "expected evm:RPC_URL:0xCONTRACT" in cli.fails(
+        "--home", "h", "balance", "--ledger", "evm:x"
+    )
+    assert "expected sqlite:PATH or evm:RPC_URL:0xCONTRACT" in cli.fails(
+        "--home", "h", "balance", "--ledger", "ipfs:x"
+    )
     assert "already exists" in cli.fails("ledger", "create", "l.sqlite")
     assert "no such folder" in cli.fails("ledger", "create", "nope/l.sqlite")
     assert "duration" in cli.fails(
