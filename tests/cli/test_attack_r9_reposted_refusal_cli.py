@@ -83,7 +83,7 @@ def test_a_provider_redeeming_refused_slices_keeps_none_against_a_cli_client(
             client = Node(d, "c", "--listen", "/ip4/127.0.0.1/tcp/0")  # (re)started
             nodes.append(client)
 
-            def clawed(amount: int = round_ * PRICE) -> bool:
+            def clawed(amount: int = round_ * PRICE, channel: bytes = v.channel) -> bool:
                 info = on_ledger(d, lambda lg: lg.channel(channel))
                 return bool(info.clawed == amount)
 

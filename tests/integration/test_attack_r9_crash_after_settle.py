@@ -159,7 +159,17 @@ async def test_a_crash_while_recording_a_refund_does_not_restore_the_request(
                     await wait_until(clawed, timeout=60)
                 info = await ledger.channel(channel)
                 assert info is not None
-                print("redeemed", info.redeemed, "clawed", info.clawed, [(c.n, c.state, c.refund, c.clawed) for c in await ledger.claims_of(ALICE.account)], [(r.n, r.state) for r in await alice.store.requests()])
+                print(
+                    "redeemed",
+                    info.redeemed,
+                    "clawed",
+                    info.clawed,
+                    [
+                        (c.n, c.state, c.refund, c.clawed)
+                        for c in await ledger.claims_of(ALICE.account)
+                    ],
+                    [(r.n, r.state) for r in await alice.store.requests()],
+                )
                 # BOB served n=3 only: he must hold its price and no more
                 assert info.redeemed - info.clawed == PRICE, (info.redeemed, info.clawed)
                 assert (await ledger.totals()).conserved

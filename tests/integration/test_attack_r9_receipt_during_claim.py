@@ -94,7 +94,9 @@ async def test_a_receipt_during_the_claims_filing_leaves_no_phantom(tmp_path: Pa
     net = MemoryNetwork()
     path = tmp_path / "alice.sqlite"
     behaviour = LateDefender()
-    async with open_node(key=BOB, ledger=ledger, network=net, config=CONFIG, behaviour=behaviour) as bob:
+    async with open_node(
+        key=BOB, ledger=ledger, network=net, config=CONFIG, behaviour=behaviour
+    ) as bob:
         bob.serve("echo", echo, price=PRICE)
         bob.serve("fail", fail, price=PRICE)
         bob.serve("slow", slow, price=PRICE)
@@ -174,4 +176,3 @@ async def test_a_receipt_during_the_claims_filing_leaves_no_phantom(tmp_path: Pa
                 assert info.redeemed - info.clawed == 2 * PRICE, (info.redeemed, info.clawed)
         finally:
             await store.aclose()
-
