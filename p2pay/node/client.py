@@ -126,6 +126,8 @@ class ClientHost(Protocol):
 
     def _ledger_param(self, name: str) -> int | None: ...
 
+    def take_may_exceed(self, channel: bytes) -> None: ...
+
 
 class _Done:
     """Set once a slot's answer (or its loss) is known: a `trio.Event` for one waiter at a
@@ -470,6 +472,11 @@ class _Connection:
             ),
             response=kept,
         )
+        if event.request is None or response.price < event.request.price:
+            # a refusal, a charge below the price or an answer to an abandoned request:
+            # what the payee may hold went down; had it redeemed that slice already, it
+            # now holds more than our receipts justify (claims.md 6)
+            node.take_may_exceed(response.channel)
         slot = self.pending.pop((response.channel, response.n), None)
         if slot is not None:
             slot.receipt = event.receipt
@@ -488,6 +495,7 @@ class _Connection:
             slot.generation = node.persister.stage(
                 delete_request=event.request.hash, payer_snapshot=_payer_snapshot(ch)
             )
+            node.take_may_exceed(refusal.channel)  # its price is no longer outstanding
         slot.error = event.error()
         slot.done.set()
 
@@ -505,6 +513,7 @@ class _Connection:
             generation = node.persister.stage(
                 delete_request=event.request.hash, payer_snapshot=_payer_snapshot(ch)
             )
+            node.take_may_exceed(refusal.channel)  # its price is no longer outstanding
         else:
             generation = node.persister.stage(payer_snapshot=_payer_snapshot(ch))
         slot = self.pending.pop((refusal.channel, refusal.n), None)

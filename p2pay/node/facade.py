@@ -376,6 +376,12 @@ class Node:
         """The node's clock, Unix ms (injected in simulations)."""
         return self._clock()
 
+    def take_may_exceed(self, channel: bytes) -> None:
+        """An answer on our payer `channel` lowered what its payee may hold: the watcher
+        checks what it took (`Watcher.check_take`; without a watcher, nobody does)."""
+        if self.watcher is not None:
+            self.watcher.check_take(channel)
+
     def _ledger_param(self, name: str) -> int | None:
         """A ledger parameter if this ledger has it (e.g. ``max_claim_body``), else None."""
         value = getattr(self.ledger.params, name, None)

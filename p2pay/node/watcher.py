@@ -74,7 +74,7 @@ from p2pay.core.settlement import (
 from p2pay.node.book import _payee_record, _payer_snapshot
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
-from p2pay.store.base import ClaimRecord, OutgoingRequest, StoredResponse
+from p2pay.store.base import ClaimRecord, OutgoingRequest, RequestUpdate, StoredResponse
 from p2pay.wakes import current_wakes
 
 if TYPE_CHECKING:
@@ -388,6 +388,14 @@ class Watcher:
         self._claims_staged = 0  # the generation of the last claim record we staged
         self._none_open_read = False  # a read since found none of ours open
 
+    def check_take(self, channel: bytes) -> None:
+        """Check at the next step what the payee of our `channel` holds against our
+        receipts (`_check_payee_take`): an answer lowered what it may hold (a refusal,
+        signed or not, a charge below the request's price, an answer to an abandoned
+        request), and a payee that redeemed that slice before refusing it now holds more
+        than our receipts justify, with no ledger event to say so (claims.md 6)."""
+        self._takes_due.add(channel)
+
     def poke(self) -> None:
         """Run the next step now instead of after the interval."""
         self._wake.set()
@@ -523,10 +531,26 @@ class Watcher:
         self._claims_staged = self.node.persister.stage(claim=claim, **also)
         self._none_open_read = False
 
-    async def _request_state(self, request_hash: bytes, state: str) -> None:
-        record = await self.node.store.request(request_hash)
-        if record is not None and record.state != state:
-            self.node.persister.stage(request=_with_state(record, state, self.node.now()))
+    def _request_state(self, request_hash: bytes, state: str) -> None:
+        """Stage our request's new `state` as a narrow update (`RequestUpdate`), applied to
+        the record as it is when committed: never a copy read before an await, which a
+        change staged meanwhile (not yet durable when read) would be overwritten by, and
+        staged in the same synchronous step as the channel change it goes with, so one
+        commit holds both (claims.md 6: a restart counts as abandoned exactly what the
+        channel counted as outstanding)."""
+        self.node.persister.stage(
+            request_update=RequestUpdate(
+                request_hash=request_hash, state=state, updated_at=self.node.now()
+            )
+        )
+
+    def _still_outstanding(self, record: OutgoingRequest) -> bool:
+        """Whether our channel still counts `record`'s request as outstanding (in flight or
+        abandoned): no answer settled it since `record` was read. Synchronous: an answer is
+        taken, and its request's state staged, in one step (`_on_receipt`), so a state
+        staged from `record` right after this returns True overwrites nothing newer."""
+        ch = self.node.payer_channels.get(record.channel)
+        return ch is None or ch.expects(record.n)
 
     # -- claims against us (respondent): answered concurrently, retried (C-6, C-7)
 
@@ -1089,13 +1113,19 @@ class Watcher:
                 return
             claim_id = await node.ledger.file_claim(node.key, request)
         except SettlementError as exc:
+            # `record` was read before the ledger was: its state is staged only if no
+            # answer settled the request meanwhile (`_still_outstanding`)
             if exc.code is ErrorCode.CLAIM_EXISTS:
-                node.persister.stage(request=_with_state(record, "claimed", node.now()))
+                # ours (a claim's id is its request's hash), filed by an earlier attempt
+                # whose end we did not see (a crash, a transaction mined late): follow it
+                self._stage_filed(record, record.request_hash)
             elif exc.code is ErrorCode.WINDOW_CLOSED:
-                node.persister.stage(request=_with_state(record, "expired", node.now()))
+                if self._still_outstanding(record):
+                    node.persister.stage(request=_with_state(record, "expired", node.now()))
             elif exc.code in _UNCLAIMABLE:
                 log.warning("claim for n=%d refused: %s", record.n, exc)
-                node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
+                if self._still_outstanding(record):
+                    node.persister.stage(request=_with_state(record, "unclaimable", node.now()))
             else:
                 log.warning("claim for n=%d failed, retrying: %s", record.n, exc)
             return
@@ -1130,17 +1160,27 @@ class Watcher:
         return current
 
     def _stage_filed(self, record: OutgoingRequest, claim_id: bytes) -> None:
-        """Stage a claim we filed on `record`: the request marked claimed, the claim open."""
+        """Stage a claim we filed on `record`: the claim open, and the request marked
+        claimed unless an answer settled it while the claim was filed (its receipt or
+        refusal came on a stream during the ledger's await: its state stays as that answer
+        made it, and the claim's end is taken like a receipt served again). Staging the
+        copy read before the filing would have overwritten that answer with "claimed",
+        and a restart would have counted the request as abandoned again: a price the
+        payee may hold, without a claim left to settle it (attack round 9)."""
         node = self.node
+        claim = ClaimRecord(
+            claim_id=claim_id,
+            role="claimant",
+            state="open",
+            request_hash=record.request_hash,
+            updated_at=node.now(),
+        )
+        if record.state == "refused" or not self._still_outstanding(record):
+            # (a refusal posted for its refund: settled before the claim, stays refused)
+            self._stage_claim(claim)
+            return
         self._stage_claim(
-            ClaimRecord(
-                claim_id=claim_id,
-                role="claimant",
-                state="open",
-                request_hash=record.request_hash,
-                updated_at=node.now(),
-            ),
-            request=_with_state(record, "claimed", node.now(), claim_id=claim_id),
+            claim, request=_with_state(record, "claimed", node.now(), claim_id=claim_id)
         )
 
     # -- refunds with the payee's refusal (payer; claims.md 3 and 6, attack N1)
@@ -1193,7 +1233,14 @@ class Watcher:
                 )
             return
         await node.persister.flush()
-        refused = [r for r in await node.store.requests(state="refused") if r.channel == channel]
+        # A refusal whose request has a claim of ours was posted already, or answered our
+        # claim: its refund is on the ledger, and posting it again only fails (CLAIM_EXISTS)
+        claimed = {c.request_hash for c in await node.store.claims() if c.role == "claimant"}
+        refused = [
+            r
+            for r in await node.store.requests(state="refused")
+            if r.channel == channel and r.request_hash not in claimed
+        ]
         log.warning(
             "payee %s took %d yocto more than our receipts justify on channel %s: "
             "posting its signed refusals",
@@ -1217,18 +1264,20 @@ class Watcher:
             try:
                 claim_id = await node.ledger.file_claim(node.key, request, refusal=refusal)
             except SettlementError as exc:
-                if exc.code is ErrorCode.CLAIM_EXISTS:
-                    node.persister.stage(request=_with_state(record, "claimed", node.now()))
-                else:
+                if exc.code is not ErrorCode.CLAIM_EXISTS:
                     log.warning("refund with refusal n=%d refused: %s", record.n, exc)
-                continue
-            node.counters.claims_filed += 1
-            log.warning(
-                "refund claim %s for n=%d refused by %s",
-                claim_id.hex(),
-                record.n,
-                info.payee.hex(),
-            )
+                    continue
+                # posted by an earlier check whose end we did not record (a crash, a
+                # transaction mined late): record its claim and outcome now
+                claim_id = request.hash
+            else:
+                node.counters.claims_filed += 1
+                log.warning(
+                    "refund claim %s for n=%d refused by %s",
+                    claim_id.hex(),
+                    record.n,
+                    info.payee.hex(),
+                )
             self._stage_filed(record, claim_id)
             await self._record_outcome(claim_id)
             # What the ledger clawed back, not the refusal's price: a refund claws only what
@@ -1252,9 +1301,15 @@ class Watcher:
         await node.persister.flush()
         now = node.now()
         records = [r for r in await node.store.requests() if r.channel == channel]
-        if any(r.state in _REFUNDABLE for r in records):
+        open_claims = {
+            c.request_hash
+            for c in await node.store.claims()
+            if c.role == "claimant" and c.state == "open"
+        }
+        if any(r.state in _REFUNDABLE or r.request_hash in open_claims for r in records):
             # A request of the channel may still end with a refund (awaiting its answer or
-            # its claim's end; the ledger takes claims on a closed channel): its refund is
+            # its claim's end, also one answered on the stream while its claim was filed;
+            # the ledger takes claims on a closed channel): its refund is
             # clawed back only if these refusals can still be posted (claims.md 6). Let go
             # once the last such claim has ended (`_settle_claim` checks again).
             return
@@ -1314,7 +1369,7 @@ class Watcher:
             meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
         )
         state = _REQUEST_STATE.get(outcome, "claimed") if taken else "claimed"
-        await self._request_state(request.hash, state)
+        self._request_state(request.hash, state)  # with the channel's change: one commit
         return claim
 
     def _take_answer(self, request: Request, response: Response | None, *, refunded: bool) -> bool:

@@ -1,14 +1,16 @@
 """Attack round 9 on 4c9cfca: a payer crash between the claim's settlement in the channel
 and the request's new state leaves the refunded request abandoned for good.
 
-`Watcher._record_outcome` stages the settled channel first (`_take_answer`: the payer
-snapshot, the request out of ``abandoned``, its slice released), stages the claim's
-outcome, and only then *awaits* a store read (`_request_state`: ``store.request``) before
-it stages the request's new state (``refused``). The persister's flusher commits what is
-staged as soon as it runs, so a crash at that await (a kill, a power cut) leaves a store
-whose channel says "n=2 settled as not charged", whose claim record says REFUSED (so
+`Watcher._record_outcome` staged the settled channel first (`_take_answer`: the payer
+snapshot, the request out of ``abandoned``, its slice released), staged the claim's
+outcome, and only then *awaited* a store read (`_request_state`: ``store.request``) before
+it staged the request's new state (``refused``). The persister's flusher commits what is
+staged as soon as it runs, so a crash right after that commit (a kill, a power cut) left a
+store whose channel says "n=2 settled as not charged", whose claim record says REFUSED (so
 `_resolve_claims` never visits it again) and whose request record still says
-``claimed``. If the outcome came through `_resolve_claims` (the ClaimAnswered event's
+``claimed``. (Fixed: the request's state is staged as a narrow update in the same
+synchronous step, so the commit that holds the outcome holds it too.) If the outcome
+came through `_resolve_claims` (the ClaimAnswered event's
 handling failed on one transient ledger error, and the cursor moved past it: the
 watcher's documented behaviour), nothing replays it after the restart: n=2 is restored as
 **abandoned** for good, its price counts again as what the payee may hold, and the refund
@@ -27,9 +29,9 @@ price of a request he refused.
 
 The transient error is the ledger failing the first read of the ended claim by
 `_record_outcome` (an OSError, as an EVM endpoint down for a moment); the crash is
-modelled by a store whose read of the request's record from
-`_request_state` never returns once the claim ended; the node is then stopped (cancelled)
-and reopened on the same SQLite file. Every wait bounded; nothing asserts on timing.
+modelled by a store that commits the batch holding the claim's outcome and then never
+returns (nothing staged after it is written); the node is then stopped (cancelled) and
+reopened on the same SQLite file. Every wait bounded; nothing asserts on timing.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from p2pay.core.settlement import Claim, ClaimState
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import CallTimeout, open_node
-from p2pay.store.base import OutgoingRequest
+from p2pay.store.base import Batch
 from p2pay.store.sqlite import SqliteStore
 
 
@@ -83,18 +85,20 @@ class Flaky(MemoryLedger):
         return claim
 
 
-class CrashesInRequestState(SqliteStore):
-    """Hangs (the process's last moment) on the read `_request_state` makes of `target`."""
+class CrashesAfterTheOutcome(SqliteStore):
+    """Commits the batch that records the ended claim on `target`, then hangs (the
+    process's last moment): nothing staged after that commit reaches the file."""
 
     target: bytes | None = None
     reached: trio.Event
 
-    async def request(self, request_hash: bytes) -> OutgoingRequest | None:
-        caller = sys._getframe(1).f_code.co_name
-        if request_hash == self.target and caller == "_request_state":
+    async def write(self, batch: Batch) -> None:
+        if self.reached.is_set():
+            await trio.sleep_forever()
+        await super().write(batch)
+        if any(c.request_hash == self.target and c.state != "open" for c in batch.claims):
             self.reached.set()
             await trio.sleep_forever()
-        return await super().request(request_hash)
 
 
 async def test_a_crash_while_recording_a_refund_does_not_restore_the_request(
@@ -112,8 +116,8 @@ async def test_a_crash_while_recording_a_refund_does_not_restore_the_request(
         bob.serve("fail", fail, price=PRICE)
         await bob.stake(STAKE, penalty=10**19, claim_window_ms=30_000)
 
-        store = await CrashesInRequestState.open(path)
-        assert isinstance(store, CrashesInRequestState)
+        store = await CrashesAfterTheOutcome.open(path)
+        assert isinstance(store, CrashesAfterTheOutcome)
         store.reached = trio.Event()
         try:
             async with open_node(
@@ -135,9 +139,8 @@ async def test_a_crash_while_recording_a_refund_does_not_restore_the_request(
                 # plus the outstanding n=2 (1), so nothing is posted yet
                 assert await ledger.redeem(BOB, voucher, 2 * PRICE) == 2 * PRICE
                 with trio.fail_after(60):
-                    await store.reached.wait()  # the claim ended REFUSED; ALICE records it
+                    await store.reached.wait()  # the claim ended REFUSED; ALICE recorded it
                 assert ledger.failed == 1  # the event's handling failed, the step went on
-                await alice.persister.flush()  # the flusher ran: then the crash
         finally:
             await store.aclose()
         claims = {c.n: c.state for c in await ledger.claims_of(ALICE.account)}
