@@ -1189,14 +1189,19 @@ class Watcher:
         """Run the due checks of what payees took (`_check_payee_take`). A check that
         fails (a ledger or store error: an EVM endpoint down for a moment) stays due and
         runs again next step: a refund the payee's refusals would absorb is clawed back
-        once the ledger answers, not lost with the event that asked for it."""
+        once the ledger answers, not lost with the event that asked for it.
+
+        A channel leaves the due set *before* its check runs: an answer that comes while
+        the check awaits (the client runs beside the watcher) queues the channel again
+        (`check_take`), so the check it asks for runs next step; the running one may have
+        computed the excess, or read the refusals, before that answer (attack round 10)."""
         for channel in list(self._takes_due):
+            self._takes_due.discard(channel)
             try:
                 await self._check_payee_take(channel)
             except (P2payError, OSError) as exc:
                 log.warning("checking what the payee took on %s: %s", channel.hex(), exc)
-                continue
-            self._takes_due.discard(channel)
+                self._takes_due.add(channel)
 
     async def _check_payee_take(self, channel: bytes) -> None:
         """If the payee of `channel` holds more than our receipts justify, post its own
@@ -1313,12 +1318,19 @@ class Watcher:
             # clawed back only if these refusals can still be posted (claims.md 6). Let go
             # once the last such claim has ended (`_settle_claim` checks again).
             return
+        kept = []
         for record in records:  # refused, or claimed with its refusal
             if record.state not in ("refused", "claimed"):
                 continue
             stored = await node.store.response(record.request_hash)
             if stored is not None and stored.expires_at > now:
-                node.persister.stage(response=dataclasses.replace(stored, expires_at=now))
+                kept.append(stored)
+        if channel in self._takes_due:
+            # an answer came during these reads and asked for a check (`check_take`): the
+            # excess this one decided on is out of date; keep everything for that check
+            return
+        for stored in kept:  # (synchronous from the test above: nothing came between)
+            node.persister.stage(response=dataclasses.replace(stored, expires_at=now))
 
     async def _settle_claim(self, claim_id: bytes) -> None:
         """Our claim ended: keep its outcome; if the ledger refunded the request's price,
