@@ -12,8 +12,8 @@ import trio
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, ServiceTerms
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
+from p2pay.core.settlement import Channel, ChannelState, ClaimState, Params, unbonding_period
+from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node
 
@@ -42,6 +42,55 @@ def claim_game_params(ledger_id: bytes, **params: Any) -> Params:
         max_deadline_horizon_ms=60_000,
         **params,
     )
+
+
+class ShiftedClock:
+    """A ledger clock: the wall clock plus an offset a test moves forward (to jump past a
+    period the ledger counts, e.g. a stake's unbonding)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return wall_clock_ms() + self.offset
+
+
+async def withdraw_whole_stake(
+    ledger: MemoryLedger, key: Keypair, window_ms: int, clock: ShiftedClock
+) -> None:
+    """`key` leaves with its whole stake (no claim open against it): unstake, the ledger's
+    clock moved past the unbonding period, withdraw."""
+    await ledger.request_unstake(key)
+    clock.offset += unbonding_period(ledger.params, window_ms) + 1_000
+    await ledger.withdraw_stake(key)
+    stake = await ledger.stake_of(key.account)
+    assert stake is None or stake.amount == 0
+
+
+async def close_and_await_refund(
+    payer: Node, ledger: MemoryLedger, channel: bytes, n: int
+) -> tuple[Channel, list[tuple[int, ClaimState, int]]]:
+    """`payer` closes `channel`; wait until it is closed and (bounded, it may never come)
+    until `payer` has a claim on its request `n`. Returns the channel as the ledger has it
+    then, and the payer's claims as (n, state, clawed)."""
+    await payer.close_channel(channel)
+
+    async def closed() -> bool:
+        info = await ledger.channel(channel)
+        return info is not None and info.state is ChannelState.CLOSED
+
+    await wait_until(closed)
+
+    async def refunded() -> bool:
+        return any(c.n == n for c in await ledger.claims_of(payer.account))
+
+    with trio.move_on_after(10):
+        await wait_until(refunded, timeout=60)
+    info = await ledger.channel(channel)
+    assert info is not None
+    claims = [(c.n, c.state, c.clawed) for c in await ledger.claims_of(payer.account)]
+    print("redeemed", info.redeemed, "clawed", info.clawed, "claims", claims)
+    return info, claims
 
 
 async def funded_ledger(name: bytes, *keys: Keypair, **params: Any) -> MemoryLedger:

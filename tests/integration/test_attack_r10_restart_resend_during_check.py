@@ -40,12 +40,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from node_support import claim_game_params, wait_until
+from node_support import (
+    ShiftedClock,
+    claim_game_params,
+    wait_until,
+    withdraw_whole_stake,
+)
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN
 
 from p2pay.core.errors import P2payError
-from p2pay.core.settlement import ChannelState, unbonding_period
-from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.core.settlement import ChannelState
+from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, open_node
 from p2pay.store.base import OutgoingRequest
@@ -81,10 +86,10 @@ async def held(ledger: MemoryLedger, channel: bytes) -> int:
 async def test_a_resent_requests_refusal_during_the_startup_check_is_posted(
     tmp_path: Path,
 ) -> None:
-    offset = [0]
+    clock = ShiftedClock()
     ledger = MemoryLedger(
         claim_game_params(b"p2pay:test:r10-restart-resend", claim_bond=10**18),
-        clock=lambda: wall_clock_ms() + offset[0],
+        clock=clock,
     )
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)
@@ -150,9 +155,7 @@ async def test_a_resent_requests_refusal_during_the_startup_check_is_posted(
             await store2.aclose()
 
         # BOB leaves with his stake (no claim is open against it)
-        await ledger.request_unstake(BOB)
-        offset[0] += unbonding_period(ledger.params, WINDOW_MS) + 1_000
-        await ledger.withdraw_stake(BOB)
+        await withdraw_whole_stake(ledger, BOB, WINDOW_MS, clock)
 
         # ALICE's next start: her check finds the refusal (if it is still kept) and posts it
         store3 = await SqliteStore.open(path)

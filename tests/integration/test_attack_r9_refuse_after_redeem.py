@@ -29,12 +29,18 @@ from __future__ import annotations
 
 import pytest
 import trio
-from node_support import claim_game_params, wait_until
+from node_support import (
+    ShiftedClock,
+    claim_game_params,
+    close_and_await_refund,
+    wait_until,
+    withdraw_whole_stake,
+)
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN
 
 from p2pay.core.errors import ErrorCode, P2payError
-from p2pay.core.settlement import ChannelState, ClaimState, unbonding_period
-from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.core.settlement import ClaimState
+from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, open_node
 
@@ -42,10 +48,10 @@ WINDOW_MS = 2_000
 
 
 async def test_a_refusal_after_the_redeem_is_posted_while_the_stake_is_bonded() -> None:
-    offset = [0]
+    clock = ShiftedClock()
     ledger = MemoryLedger(
         claim_game_params(b"p2pay:test:refuse-after-redeem", claim_bond=10**18),
-        clock=lambda: wall_clock_ms() + offset[0],
+        clock=clock,
     )
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)
@@ -98,30 +104,10 @@ async def test_a_refusal_after_the_redeem_is_posted_while_the_stake_is_bonded() 
         print("after the refusal: redeemed", info.redeemed, "clawed", info.clawed)
 
         # BOB leaves with his stake (no claim is open against it)
-        await ledger.request_unstake(BOB)
-        offset[0] += unbonding_period(ledger.params, WINDOW_MS) + 1_000
-        await ledger.withdraw_stake(BOB)
-        stake = await ledger.stake_of(BOB.account)
-        assert stake is None or stake.amount == 0
+        await withdraw_whole_stake(ledger, BOB, WINDOW_MS, clock)
 
         # ALICE closes: her watcher checks BOB's take again and posts the refusal
-        await alice.close_channel(channel)
-
-        async def closed() -> bool:
-            info = await ledger.channel(channel)
-            return info is not None and info.state is ChannelState.CLOSED
-
-        await wait_until(closed)
-
-        async def refunded() -> bool:
-            return any(c.n == 1 for c in await ledger.claims_of(ALICE.account))
-
-        with trio.move_on_after(10):
-            await wait_until(refunded, timeout=60)
-        info = await ledger.channel(channel)
-        assert info is not None
-        claims = [(c.n, c.state, c.clawed) for c in await ledger.claims_of(ALICE.account)]
-        print("redeemed", info.redeemed, "clawed", info.clawed, "claims", claims)
+        info, claims = await close_and_await_refund(alice, ledger, channel, 1)
         assert (await ledger.totals()).conserved
         assert claims and claims[0][1] is ClaimState.REFUSED
         # BOB served nothing: he must hold nothing of ALICE's deposit
