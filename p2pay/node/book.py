@@ -24,7 +24,7 @@ from p2pay.core.messages import (
     Request,
     decode_frame,
 )
-from p2pay.core.settlement import ChannelState
+from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.base import Ledger
 from p2pay.node.types import NodeConfig
 from p2pay.persist import Persister
@@ -100,6 +100,28 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
 
 def _status_of(state: ChannelState | str) -> ChannelStatus:
     return ChannelStatus(str(state))
+
+
+def adopted_payer_channel(info: Channel, ledger_id: bytes) -> PayerChannel:
+    """Our payer channel as a store that does not know it adopts it from the ledger's
+    record `info` (a lost or new store): no requests, no receipts, and ``paid`` no lower
+    than the ledger's ``paid_seen``, the highest ``paid`` of a voucher of ours it has seen
+    (a redeem or a claim). All of that is ``forgotten``: signed, and maybe charged, on
+    requests this store does not know. Without the floor the payer would sign its next
+    slices inside ones it signed before on the word of the payee's resync voucher, which a
+    payee may pick old: the payee could then answer the payer's claim on such a request
+    with the older one as evidence (FRIVOLOUS: the bond lost; attack round 11, claims.md
+    7). The first call still resyncs numbers from the payee (protocol.md 15)."""
+    return PayerChannel(
+        ledger=ledger_id,
+        channel=info.id,
+        payer=info.payer,
+        payee=info.payee,
+        deposit=info.deposit,
+        status=_status_of(info.state),
+        paid=info.paid_seen,
+        forgotten=info.paid_seen,
+    )
 
 
 class ChannelBook:
@@ -213,14 +235,7 @@ class ChannelBook:
                 continue
             if info.state is ChannelState.CLOSED:
                 continue
-            ch = PayerChannel(
-                ledger=self.ledger.ledger_id,
-                channel=info.id,
-                payer=self.account,
-                payee=info.payee,
-                deposit=info.deposit,
-                status=_status_of(info.state),
-            )
+            ch = adopted_payer_channel(info, self.ledger.ledger_id)
             self.payer_channels[info.id] = ch
             self.persister.stage(payer=_payer_record(ch))
 

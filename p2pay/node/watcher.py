@@ -1222,7 +1222,7 @@ class Watcher:
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
             return
-        if ch.last_n == 0 and ch.paid == 0:
+        if ch.last_n == 0:
             # This store never signed a voucher on the channel (adopted from the ledger):
             # what the payee redeemed was signed elsewhere with our key (`p2pay
             # conformance`, or a store since lost). No receipts to compare, no refusals to
@@ -1265,6 +1265,14 @@ class Watcher:
             except P2payError:
                 continue
             if not isinstance(request, Request) or not isinstance(refusal, Response):
+                continue
+            if request.paid - request.price >= info.paid_seen:
+                # Its slice lies above every voucher the ledger has seen: the refund would
+                # raise paid_seen by at least the price it refunds, so the payee's
+                # entitlement would not go down and nothing would be clawed, now or after
+                # another post. Not posted (each post is a transaction the payer pays for;
+                # a payee refusing such slices while an excess stands made every refusal a
+                # post: attack round 11). It stays kept for a later check.
                 continue
             try:
                 claim_id = await node.ledger.file_claim(node.key, request, refusal=refusal)

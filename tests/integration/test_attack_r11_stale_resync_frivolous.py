@@ -3,8 +3,9 @@ ledger proves it signed, on the word of a payee that shows an old voucher of its
 the resync; the payee withholds the new request and answers the payer's claim FRIVOLOUS
 with the payer's own older request as evidence, taking the claim bond.
 
-A payer that lost its store adopts its channels from the ledger with ``paid = 0``
-(`Book.adopt_ledger_channels`) and learns the floor of its next slice only from the
+A payer that lost its store adopted its channels from the ledger with ``paid = 0``
+(`ChannelBook.adopt_ledger_channels`; now `adopted_payer_channel`, which this test uses)
+and learned the floor of its next slice only from the
 payee's resync voucher (`PayerChannel.on_replay`: "numbers only grow and never beyond what
 it signed"). Any voucher the payer really signed passes that check, the newest or not, and
 ``paid_max`` must only equal that voucher's ``paid``. The ledger, though, already holds
@@ -37,6 +38,7 @@ from test_refund_absorbed import ALICE, BOB, DEPOSIT, PRICE, STAKE, TOKEN
 from p2pay.core.channel import PayerChannel, Replay
 from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.node.book import adopted_payer_channel
 
 BOND = 10**18
 
@@ -52,7 +54,7 @@ async def test_a_stale_resync_voucher_does_not_make_the_payers_claim_frivolous()
     await ledger.stake(BOB, STAKE, 10**19, 30_000)
     channel = await ledger.open_channel(ALICE, BOB.account, DEPOSIT, 100)
 
-    def fresh() -> PayerChannel:  # as `Book.adopt_ledger_channels` builds it
+    def fresh() -> PayerChannel:  # ALICE's channel as she opened it
         return PayerChannel(
             ledger=ledger.ledger_id,
             channel=channel,
@@ -76,7 +78,7 @@ async def test_a_stale_resync_voucher_does_not_make_the_payers_claim_frivolous()
     assert info is not None and info.paid_seen == 3 * PRICE
 
     # ALICE's store is lost: the channel is adopted from the ledger
-    after = fresh()
+    after = adopted_payer_channel(info, ledger.ledger_id)
     first = after.next_request(ALICE, service="echo", body=b"a", price=PRICE, deadline=now + 20_000)
     assert first.n == 1
     # BOB's REPLAY shows his *old* voucher n=1 (hers: it verifies), last_n 3
