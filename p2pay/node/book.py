@@ -102,16 +102,19 @@ def _status_of(state: ChannelState | str) -> ChannelStatus:
     return ChannelStatus(str(state))
 
 
-def adopted_payer_channel(info: Channel, ledger_id: bytes) -> PayerChannel:
+def adopted_payer_channel(info: Channel, ledger_id: bytes, *, last_n: int = 0) -> PayerChannel:
     """Our payer channel as a store that does not know it adopts it from the ledger's
-    record `info` (a lost or new store): no requests, no receipts, and ``paid`` no lower
-    than the ledger's ``paid_seen``, the highest ``paid`` of a voucher of ours it has seen
-    (a redeem or a claim). All of that is ``forgotten``: signed, and maybe charged, on
-    requests this store does not know. Without the floor the payer would sign its next
-    slices inside ones it signed before on the word of the payee's resync voucher, which a
-    payee may pick old: the payee could then answer the payer's claim on such a request
-    with the older one as evidence (FRIVOLOUS: the bond lost; attack round 11, claims.md
-    7). The first call still resyncs numbers from the payee (protocol.md 15)."""
+    record `info` (a lost or new store): no requests, no receipts, ``paid`` no lower than
+    the ledger's ``paid_seen`` (the highest ``paid`` of a voucher of ours it has seen: a
+    redeem or a claim) and ``last_n`` no lower than `last_n` (the highest number of a
+    request of ours it has seen). What the payee may have charged of that is
+    ``forgotten``: ``paid_seen`` less what the ledger refunded (an honest payee's
+    ``spent`` is at most that, claims.md C-2). Without these floors the payer would sign
+    its next request inside ones it signed before, by slice or by number, on the word of
+    the payee's resync details (which a payee may pick old, or which may be lost): the
+    payee could then answer the payer's claim on it with the older one as evidence
+    (FRIVOLOUS: the bond lost; attack rounds 11 and 12, claims.md 7). The first call still
+    resyncs numbers from the payee (protocol.md 15)."""
     return PayerChannel(
         ledger=ledger_id,
         channel=info.id,
@@ -119,9 +122,31 @@ def adopted_payer_channel(info: Channel, ledger_id: bytes) -> PayerChannel:
         payee=info.payee,
         deposit=info.deposit,
         status=_status_of(info.state),
+        last_n=last_n,
         paid=info.paid_seen,
-        forgotten=info.paid_seen,
+        forgotten=max(0, info.paid_seen - info.refunded),
     )
+
+
+async def ledger_numbers(ledger: Ledger, account: bytes, channels: set[bytes]) -> dict[bytes, int]:
+    """The highest number of a request of `account`'s the ledger has seen on each of
+    `channels` (its Redeemed events and `account`'s claims), 0 if none: read when a store
+    adopts channels it does not know (a lost or new store), `adopted_payer_channel`."""
+    top = dict.fromkeys(channels, 0)
+    after = 0
+    while True:  # bounded: the cursor only moves forward, over the events there are
+        events, cursor = await ledger.events_for(account, after)
+        for event in events:
+            channel = event.fields.get("channel")
+            if event.kind == "Redeemed" and channel in top:
+                top[channel] = max(top[channel], int(event.fields.get("n", 0)))
+        if not events or cursor <= after:
+            break
+        after = cursor
+    for claim in await ledger.claims_of(account):
+        if claim.claimant == account and claim.channel in top:
+            top[claim.channel] = max(top[claim.channel], claim.n)
+    return top
 
 
 class ChannelBook:
@@ -230,13 +255,28 @@ class ChannelBook:
     async def adopt_ledger_channels(self) -> None:
         """Channels we pay on that the ledger knows and our store does not (a lost or new
         store): adopt them with empty state; the first call resyncs from the payee."""
-        for info in await self.ledger.channels_of(self.account):
-            if info.payer != self.account or info.id in self.payer_channels:
-                continue
-            if info.state is ChannelState.CLOSED:
-                continue
-            ch = adopted_payer_channel(info, self.ledger.ledger_id)
+        adopt = [
+            info
+            for info in await self.ledger.channels_of(self.account)
+            if info.payer == self.account
+            and info.id not in self.payer_channels
+            and info.state is not ChannelState.CLOSED
+        ]
+        if not adopt:
+            return
+        numbers = await ledger_numbers(self.ledger, self.account, {info.id for info in adopt})
+        for info in adopt:
+            ch = adopted_payer_channel(info, self.ledger.ledger_id, last_n=numbers[info.id])
             self.payer_channels[info.id] = ch
+            log.info(
+                "adopted channel %s from the ledger (this store had no record of it): "
+                "requests from n=%d, slices from %d yocto, %d yocto signed elsewhere "
+                "counted as forgotten",
+                info.id.hex(),
+                ch.last_n + 1,
+                ch.paid,
+                ch.forgotten,
+            )
             self.persister.stage(payer=_payer_record(ch))
 
     async def payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:

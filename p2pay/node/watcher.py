@@ -1266,13 +1266,17 @@ class Watcher:
                 continue
             if not isinstance(request, Request) or not isinstance(refusal, Response):
                 continue
-            if request.paid - request.price >= info.paid_seen:
-                # Its slice lies above every voucher the ledger has seen: the refund would
-                # raise paid_seen by at least the price it refunds, so the payee's
-                # entitlement would not go down and nothing would be clawed, now or after
-                # another post. Not posted (each post is a transaction the payer pays for;
-                # a payee refusing such slices while an excess stands made every refusal a
-                # post: attack round 11). It stays kept for a later check.
+            start = request.paid - request.price
+            if start >= info.paid_seen and info.redeemed - info.clawed <= start - info.refunded:
+                # Its slice lies above every voucher the ledger has seen, and the payee holds
+                # no more than its entitlement would be after the refund: the refund would
+                # raise paid_seen by at least the price it refunds, so the entitlement would
+                # not go down and nothing would be clawed, now or after another post. Not
+                # posted (each post is a transaction the payer pays for; a payee refusing such
+                # slices while an excess the payer cannot claw stands made every refusal a
+                # post: attack round 11). It stays kept for a later check. (With the payee
+                # holding more than that, e.g. after a slash took its stake before a claw,
+                # the post claws: attack round 12.)
                 continue
             try:
                 claim_id = await node.ledger.file_claim(node.key, request, refusal=refusal)

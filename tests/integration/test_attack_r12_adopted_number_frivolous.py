@@ -38,13 +38,13 @@ import pytest
 from node_support import claim_game_params, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN, echo
 
+from p2pay.core.channel import PayerChannel
 from p2pay.core.messages import Hello, decode_frame
 from p2pay.core.settlement import ClaimState, tiling_conflict
-from p2pay.core.channel import PayerChannel
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import CallTimeout, open_node
-from p2pay.node.book import adopted_payer_channel
+from p2pay.node.book import adopted_payer_channel, ledger_numbers
 from p2pay.store.memory import MemoryStore
 
 BOND = 10**18
@@ -69,7 +69,9 @@ async def test_an_adopted_channels_first_request_dishonest_payee_takes_the_bond(
     )
     now = await ledger.now()
     signed = [
-        before.next_request(ALICE, service="echo", body=b"%d" % i, price=PRICE, deadline=now + 20_000)
+        before.next_request(
+            ALICE, service="echo", body=b"%d" % i, price=PRICE, deadline=now + 20_000
+        )
         for i in (1, 2, 3)
     ]
     # BOB served all three and redeemed everything: paid_seen is his newest voucher
@@ -77,8 +79,12 @@ async def test_an_adopted_channels_first_request_dishonest_payee_takes_the_bond(
     info = await ledger.channel(channel)
     assert info is not None and info.paid_seen == 3 * PRICE
 
-    after = adopted_payer_channel(info, ledger.ledger_id)  # ALICE's store is lost
-    victim = after.next_request(ALICE, service="echo", body=b"new", price=PRICE, deadline=now + 5_000)
+    # ALICE's store is lost: the channel is adopted from the ledger as her node does
+    numbers = await ledger_numbers(ledger, ALICE.account, {channel})
+    after = adopted_payer_channel(info, ledger.ledger_id, last_n=numbers[channel])
+    victim = after.next_request(
+        ALICE, service="echo", body=b"new", price=PRICE, deadline=now + 5_000
+    )
     print("n", victim.n, "slice", (victim.paid - victim.price, victim.paid))
     assert victim.paid - victim.price >= info.paid_seen  # the 46e481e floor holds
     # BOB admits it (no REPLAY) and never answers; ALICE claims it after its deadline
@@ -93,7 +99,12 @@ async def test_an_adopted_channels_first_request_dishonest_payee_takes_the_bond(
         print("evidence refused:", exc)
     claim = await ledger.claim(claim_id)
     assert claim is not None
-    print("claim", claim.state, "ALICE's balance moved by", await ledger.balance(ALICE.account) - balance)
+    print(
+        "claim",
+        claim.state,
+        "ALICE's balance moved by",
+        await ledger.balance(ALICE.account) - balance,
+    )
     assert (await ledger.totals()).conserved
     assert claim.state is not ClaimState.FRIVOLOUS, "ALICE's 10**18 bond went to BOB"
 
@@ -120,7 +131,8 @@ async def test_an_adopted_channels_first_request_honest_payee_takes_the_bond() -
             key=ALICE, ledger=ledger, network=net, config=NODE, store=MemoryStore()
         ) as alice2:
             payer = alice2.payer_channels[channel]
-            assert (payer.last_n, payer.paid, payer.forgotten) == (0, 3 * PRICE, 3 * PRICE)
+            # (on 46e481e: last_n 0, so the next request was numbered 1 again)
+            assert (payer.last_n, payer.paid, payer.forgotten) == (3, 3 * PRICE, 3 * PRICE)
 
             def keep(frame: bytes) -> bytes | None:  # BOB's replies lost (hello gets through)
                 try:

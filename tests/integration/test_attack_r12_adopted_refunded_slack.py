@@ -54,11 +54,14 @@ async def test_an_adopted_channel_does_not_let_a_clawed_refund_be_taken_again() 
     await ledger.stake(BOB, STAKE, 10**19, WINDOW)
     channel = await ledger.open_channel(ALICE, BOB.account, DEPOSIT, 100)
     before = PayerChannel(
-        ledger=ledger.ledger_id, channel=channel, payer=ALICE.account, payee=BOB.account,
+        ledger=ledger.ledger_id,
+        channel=channel,
+        payer=ALICE.account,
+        payee=BOB.account,
         deposit=DEPOSIT,
     )
     now = await ledger.now()
-    r1 = before.next_request(ALICE, service="echo", body=b"1", price=PRICE, deadline=now + 1_000)
+    before.next_request(ALICE, service="echo", body=b"1", price=PRICE, deadline=now + 1_000)
     r2 = before.next_request(ALICE, service="echo", body=b"2", price=PRICE, deadline=now + 1_000)
     # n=1 served; n=2 taken and withheld; BOB redeems both
     assert await ledger.redeem(BOB, r2) == 2 * PRICE
@@ -93,8 +96,14 @@ async def test_an_adopted_channel_does_not_let_a_clawed_refund_be_taken_again() 
     # `Watcher._check_payee_take`: posts refusals only if this is positive
     excess = held - (payer.spent + payer.outstanding)
     print(
-        "spent", payer.spent, "outstanding", payer.outstanding,
-        "held", held, "excess", excess,
+        "spent",
+        payer.spent,
+        "outstanding",
+        payer.outstanding,
+        "held",
+        held,
+        "excess",
+        excess,
     )
     if excess > 0:
         await ledger.file_claim(ALICE, r4, refusal=refusal)

@@ -50,7 +50,9 @@ async def test_an_honest_payer_with_a_lost_store_keeps_using_its_channel(
             assert await ledger.redeem(BOB, payee.verified_voucher(), payee.spent) == 4 * PRICE
             events, _ = await ledger.events_for(ALICE.account)
             last = max(e.seq for e in events if e.kind == "Redeemed")
-            await wait_until(lambda: alice2.watcher.cursor >= last and not alice2.watcher._takes_due)
+            await wait_until(
+                lambda: alice2.watcher.cursor >= last and not alice2.watcher._takes_due
+            )
             steps = alice2.watcher.steps
             await wait_until(lambda: alice2.watcher.steps >= steps + 3)
             assert alice2.counters.claims_filed == 0

@@ -83,7 +83,9 @@ async def test_a_refusal_above_paid_seen_still_claws_a_standing_ledger_excess() 
         info = await ledger.channel(channel)
         assert info is not None
         claims = [(c.n, c.state, c.clawed) for c in await ledger.claims_of(ALICE.account)]
-        print("held", info.redeemed - info.clawed, "entitled", info.paid_seen - info.refunded, claims)
+        print(
+            "held", info.redeemed - info.clawed, "entitled", info.paid_seen - info.refunded, claims
+        )
         assert (await ledger.totals()).conserved
         assert info.redeemed - info.clawed == 0, (
             "BOB keeps n=1's price: ALICE's claim was UPHELD, and his refusal that would "
