@@ -10,9 +10,17 @@ from typing import Any
 
 import trio
 
+from p2pay.core.errors import SettlementError
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Hello, ServiceTerms
-from p2pay.core.settlement import Channel, ChannelState, ClaimState, Params, unbonding_period
+from p2pay.core.messages import Hello, Request, ServiceTerms
+from p2pay.core.settlement import (
+    Channel,
+    ChannelState,
+    Claim,
+    ClaimState,
+    Params,
+    unbonding_period,
+)
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node
@@ -91,6 +99,25 @@ async def close_and_await_refund(
     claims = [(c.n, c.state, c.clawed) for c in await ledger.claims_of(payer.account)]
     print("redeemed", info.redeemed, "clawed", info.clawed, "claims", claims)
     return info, claims
+
+
+async def claim_answered_with_evidence(
+    ledger: MemoryLedger, payer: Keypair, payee: Keypair, claimed: Request, evidence: Request
+) -> Claim:
+    """`payer` claims `claimed` (its deadline passed); `payee` answers with `evidence`, a
+    request of the payer's it says is in tiling conflict (the ledger refuses it if it is
+    not). Returns the claim as it is then; prints how the payer's balance moved."""
+    balance = await ledger.balance(payer.account)
+    claim_id = await ledger.file_claim(payer, claimed)
+    try:
+        await ledger.answer_claim(payee, claim_id, evidence=evidence)
+    except SettlementError as exc:  # no conflict: the claim stays open
+        print("evidence refused:", exc)
+    claim = await ledger.claim(claim_id)
+    assert claim is not None
+    moved = await ledger.balance(payer.account) - balance
+    print("claim", claim.state, "the payer's balance moved by", moved)
+    return claim
 
 
 async def funded_ledger(name: bytes, *keys: Keypair, **params: Any) -> MemoryLedger:

@@ -32,7 +32,7 @@ nodes use it); no timing.
 
 from __future__ import annotations
 
-from node_support import claim_game_params
+from node_support import claim_answered_with_evidence, claim_game_params
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, PRICE, STAKE, TOKEN
 
 from p2pay.core.channel import PayerChannel, Replay
@@ -89,21 +89,8 @@ async def test_a_stale_resync_voucher_does_not_make_the_payers_claim_frivolous()
 
     # BOB takes it and never answers; ALICE claims it after its deadline
     offset[0] += 6_000
-    balance = await ledger.balance(ALICE.account)
-    claim_id = await ledger.file_claim(ALICE, victim)
     # BOB answers with ALICE's own n=2 (slice (1000, 2000]) as evidence
-    try:
-        await ledger.answer_claim(BOB, claim_id, evidence=signed[1])
-    except Exception as exc:  # refused: no conflict (the fixed behaviour)
-        print("evidence refused:", exc)
-    claim = await ledger.claim(claim_id)
-    assert claim is not None
-    print(
-        "claim",
-        claim.state,
-        "ALICE's balance moved by",
-        await ledger.balance(ALICE.account) - balance,
-    )
+    claim = await claim_answered_with_evidence(ledger, ALICE, BOB, victim, signed[1])
     assert (await ledger.totals()).conserved
     assert claim.state is not ClaimState.FRIVOLOUS, "ALICE's bond went to BOB"
     # the slice she signs after the resync lies above what the ledger proves she signed

@@ -35,7 +35,7 @@ Both fail on 46e481e.
 from __future__ import annotations
 
 import pytest
-from node_support import claim_game_params, wait_until
+from node_support import claim_answered_with_evidence, claim_game_params, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN, echo
 
 from p2pay.core.channel import PayerChannel
@@ -89,22 +89,9 @@ async def test_an_adopted_channels_first_request_dishonest_payee_takes_the_bond(
     assert victim.paid - victim.price >= info.paid_seen  # the 46e481e floor holds
     # BOB admits it (no REPLAY) and never answers; ALICE claims it after its deadline
     offset[0] += 6_000
-    balance = await ledger.balance(ALICE.account)
-    claim_id = await ledger.file_claim(ALICE, victim)
     conflicting = [r.n for r in signed if tiling_conflict(victim, r, 60_000)]
-    print("old requests in conflict with the new n=1:", conflicting)
-    try:
-        await ledger.answer_claim(BOB, claim_id, evidence=signed[0])
-    except Exception as exc:  # refused: no conflict (a fixed payer)
-        print("evidence refused:", exc)
-    claim = await ledger.claim(claim_id)
-    assert claim is not None
-    print(
-        "claim",
-        claim.state,
-        "ALICE's balance moved by",
-        await ledger.balance(ALICE.account) - balance,
-    )
+    print("old requests in conflict with the new request:", conflicting)
+    claim = await claim_answered_with_evidence(ledger, ALICE, BOB, victim, signed[0])
     assert (await ledger.totals()).conserved
     assert claim.state is not ClaimState.FRIVOLOUS, "ALICE's 10**18 bond went to BOB"
 
