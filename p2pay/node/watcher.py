@@ -1222,11 +1222,15 @@ class Watcher:
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
             return
-        if ch.last_n == 0:
-            # This store never signed a voucher on the channel (adopted from the ledger):
-            # what the payee redeemed was signed elsewhere with our key (`p2pay
-            # conformance`, or a store since lost). No receipts to compare, no refusals to
-            # post: not an alarm against the payee (claims.md 6).
+        await node.persister.flush()
+        mine = [r for r in await node.store.requests() if r.channel == channel]
+        if not mine:
+            # This store holds no request of its own on the channel (adopted from the
+            # ledger, nothing signed since: its records are deleted only for requests
+            # never charged): what the payee redeemed was signed elsewhere with our key
+            # (`p2pay conformance`, or a store since lost), maybe beyond what the ledger
+            # had seen at the adoption (a payee redeeming in batches; attack round 13). No
+            # receipts to compare, no refusals to post: not an alarm (claims.md 6).
             if channel not in self._foreign_noted:
                 self._foreign_noted.add(channel)
                 log.info(
@@ -1237,15 +1241,10 @@ class Watcher:
                     channel.hex(),
                 )
             return
-        await node.persister.flush()
         # A refusal whose request has a claim of ours was posted already, or answered our
         # claim: its refund is on the ledger, and posting it again only fails (CLAIM_EXISTS)
         claimed = {c.request_hash for c in await node.store.claims() if c.role == "claimant"}
-        refused = [
-            r
-            for r in await node.store.requests(state="refused")
-            if r.channel == channel and r.request_hash not in claimed
-        ]
+        refused = [r for r in mine if r.state == "refused" and r.request_hash not in claimed]
         log.warning(
             "payee %s took %d yocto more than our receipts justify on channel %s: "
             "posting its signed refusals",
