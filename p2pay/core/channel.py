@@ -172,6 +172,35 @@ class PayeeChannel:
     #: is checked when a voucher covering it is (13.4 rule d: a bad one covered by a good
     #: voucher is a violation too, N8), at most MAX_UNCHECKED at a time
     unchecked: dict[int, Request] = field(default_factory=dict)
+    #: lookups of this channel's answers under way (`watch_completions`), how many
+    #: completions there have been, and the latest completion of each number finished
+    #: while a lookup was under way (claims.md C-6: a gap must still be one at admission)
+    watchers: int = field(default=0, compare=False)
+    completions: int = field(default=0, compare=False)
+    completed_watched: dict[int, int] = field(default_factory=dict, compare=False)
+
+    def watch_completions(self) -> int:
+        """Begin a lookup of this channel's answers (a claim's, claims.md C-6). Until the
+        matching `unwatch_completions`, each number `complete` finishes is remembered, so
+        that `completed_since` tells whether a request was answered while the lookup read
+        the store (its answer staged then, not yet readable). Nothing is remembered while
+        no lookup is under way.
+
+        Returns:
+            The lookup's start, for `completed_since`.
+        """
+        self.watchers += 1
+        return self.completions
+
+    def unwatch_completions(self) -> None:
+        """End a lookup begun by `watch_completions` (the last one forgets them all)."""
+        self.watchers = max(0, self.watchers - 1)
+        if not self.watchers:
+            self.completed_watched.clear()
+
+    def completed_since(self, n: int, start: int) -> bool:
+        """Whether request `n` was completed after the lookup that began at `start`."""
+        return self.completed_watched.get(n, -1) >= start
 
     @property
     def credit(self) -> int:
@@ -475,6 +504,9 @@ class PayeeChannel:
         price = self.pending.pop(n, None)
         if price is None:
             raise LocalProtocolError(f"request {n} is not awaiting completion")
+        if self.watchers:
+            self.completed_watched[n] = self.completions
+        self.completions += 1
         deadline = self.deadlines.pop(n, None)
         self.serving.pop(n, None)
         self.reserved -= price

@@ -637,6 +637,11 @@ class Watcher:
         the payer signed that conflicts with the claimed one (evidence); else the request
         never reached us: admit it by the rules of a stream (`PayeeChannel.admit_claimed`)
         and serve it, or refuse it, with a signed response.
+
+        The channel's completions are watched from before the store is read until the
+        admission (claims.md C-6): a request answered on a stream meanwhile (its answer
+        staged, not yet readable) is not taken for a gap and served a second time; the
+        next try finds its stored answer.
         """
         node = self.node
         try:
@@ -647,6 +652,26 @@ class Watcher:
         if not isinstance(request, Request):
             log.error("claim %s carries no request", claim.id.hex())
             return None
+        refused: RemoteProtocolError | None = None
+        ch: PayeeChannel | None = None
+        try:
+            ch = await node._payee_channel_for(request, claim.claimant)
+        except RemoteProtocolError as exc:  # e.g. CHALLENGE_TOO_SHORT: never adopted
+            refused = exc
+        if ch is None:
+            return await self._answer_unserved(claim, request, refused)
+        start = ch.watch_completions()
+        try:
+            return await self._answer_watched(ch, claim, request, use_evidence, start)
+        finally:
+            ch.unwatch_completions()
+
+    async def _answer_unserved(
+        self, claim: Claim, request: Request, refused: RemoteProtocolError | None
+    ) -> _Answer | None:
+        """`_prepare_answer` for a request on no channel we are paid on: its stored answer
+        if any, else our signed refusal if the channel was refused (`refused`)."""
+        node = self.node
         await node.persister.flush()
         stored = await node.store.response(request.hash)
         if stored is not None:
@@ -654,21 +679,31 @@ class Watcher:
             if isinstance(frame, Response):
                 await self._keep_for(stored, claim)
                 return _Answer(response=frame)
-        try:
-            ch = await node._payee_channel_for(request, claim.claimant)
-        except RemoteProtocolError as exc:  # e.g. CHALLENGE_TOO_SHORT: never adopted
+        if refused is not None:
             response = Response.create(
                 node.signer,
                 request=request,
-                status=exc.code.value,
+                status=refused.code.value,
                 price=0,
                 spent=0,
-                body=refusal_body(exc.message, exc.details),
+                body=refusal_body(refused.message, refused.details),
             )
             return _Answer(response=response)
-        if ch is None:
-            log.error("claim %s is on a channel we are not paid on", claim.id.hex())
-            return None
+        log.error("claim %s is on a channel we are not paid on", claim.id.hex())
+        return None
+
+    async def _answer_watched(
+        self, ch: PayeeChannel, claim: Claim, request: Request, use_evidence: bool, start: int
+    ) -> _Answer | None:
+        """`_prepare_answer` on our channel `ch`, its completions watched since `start`."""
+        node = self.node
+        await node.persister.flush()
+        stored = await node.store.response(request.hash)
+        if stored is not None:
+            frame = decode_frame(stored.frame)
+            if isinstance(frame, Response):
+                await self._keep_for(stored, claim)
+                return _Answer(response=frame)
         pending = request.n in ch.pending
         if pending:
             late = await self._refuse_late(ch, request, claim)
@@ -689,14 +724,16 @@ class Watcher:
                 if kept is not None:
                     await self._keep_for(kept, claim)
                 return _Answer(evidence=evidence)
-        if pending:
+        if pending or ch.completed_since(request.n, start):
             # Its number is being served (on a stream, or through another claim): its
             # stored answer, or that request as evidence, comes when it ends. Evidence
             # first: the queued windows let the claim being served have a later window
             # (and handler deadline) than this one, so waiting for it could outlast this
             # window while a payer-signed request numbered alike already refutes it (C-1).
+            # Or it was answered while we read: not a gap (C-6), its answer is stored next.
             return None
         same_n = any(other.n == request.n for other in seen)
+        # (synchronous from the check above to the admission in `_serve_claimed`)
         served = await self._serve_claimed(ch, request, claim, same_n)
         return None if served is None else _Answer(response=served)
 

@@ -197,6 +197,33 @@ def test_complete_refuses_unknown_or_repeated_n() -> None:
     assert (ch.spent, ch.reserved) == (PRICE, 0)
 
 
+def test_completions_are_remembered_only_while_a_lookup_watches() -> None:
+    """claims.md C-6: a claim's lookup watches the channel's completions, so a request
+    answered while it reads the store is not taken for a gap. Each lookup sees only the
+    completions after its own start; nothing is kept while none watches, and the record
+    empties when the last lookup ends."""
+    ch = payee()
+    for n in (1, 2, 3, 4):
+        assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
+    ch.complete(1, ok=True)
+    assert ch.completed_watched == {}
+    first = ch.watch_completions()
+    assert not ch.completed_since(1, first)  # before the lookup began
+    ch.complete(2, ok=False)  # refused or late: answered all the same
+    second = ch.watch_completions()  # a second lookup, begun after 2 completed
+    ch.complete(3, ok=True)
+    assert ch.completed_since(2, first) and ch.completed_since(3, first)
+    assert not ch.completed_since(2, second) and ch.completed_since(3, second)
+    assert not ch.completed_since(4, first)
+    ch.unwatch_completions()
+    assert ch.completed_since(3, first)  # the other lookup still watches
+    ch.unwatch_completions()
+    assert ch.watchers == 0 and ch.completed_watched == {}
+    ch.complete(4, ok=True)
+    assert ch.completed_watched == {}
+    assert (ch.spent, ch.reserved) == (PRICE * 3, 0)
+
+
 def test_reservations_count_against_credit() -> None:
     ch = payee()
     assert isinstance(admit(ch, request(1, 10)), Admit)
