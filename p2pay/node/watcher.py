@@ -1407,6 +1407,9 @@ class Watcher:
             checked = check_claim_answer(claim, request)
             status = checked.status if checked is not None else "INVALID"
             response = claim.response_frame if checked is not None else b""
+        ch = node.payer_channels.get(request.channel)
+        # answered already (its receipt inside ``spent``): its record says so, and keeps it
+        settled = ch is not None and not ch.expects(request.n)
         taken = self._take_answer(request, checked, refunded=claim.refund > 0)
         doc = {
             "outcome": outcome,
@@ -1428,8 +1431,11 @@ class Watcher:
             ),
             meta={outcome_key(claim_id): json.dumps(doc, sort_keys=True).encode()},
         )
-        state = _REQUEST_STATE.get(outcome, "claimed") if taken else "claimed"
-        self._request_state(request.hash, state)  # with the channel's change: one commit
+        if not (settled and outcome == "frivolous"):
+            # (FRIVOLOUS, "rejected", is the one outcome a restart counts as abandoned: not
+            # over a request the channel no longer counts as outstanding, claims.md 6)
+            state = _REQUEST_STATE.get(outcome, "claimed") if taken else "claimed"
+            self._request_state(request.hash, state)  # with the channel's change: one commit
         return claim
 
     def _take_answer(self, request: Request, response: Response | None, *, refunded: bool) -> bool:
