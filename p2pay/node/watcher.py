@@ -373,6 +373,9 @@ class Watcher:
         #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
         #: check a crash cut short); one leaves the set only once its check ran to the end
         self._takes_due: set[bytes] = set()
+        #: payer channels -> the excess beyond our receipts that the last check could not
+        #: cover (warned about once; the same excess found again is logged at INFO)
+        self._excess_warned: dict[bytes, int] = {}
         #: the requests of the claims against us, by channel, decoded once (a claim's
         #: request never changes; its id is the request's hash); the ledger's list is read
         #: once, then each claim filed after it once (`_claimed_requests`, C-7)
@@ -1256,6 +1259,7 @@ class Watcher:
             return
         excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
         if excess <= 0:
+            self._excess_warned.pop(channel, None)
             if info.state is ChannelState.CLOSED:
                 await self._forget_refusals(channel)  # closed and settled: no more redeems
             return
@@ -1282,7 +1286,11 @@ class Watcher:
         # claim: its refund is on the ledger, and posting it again only fails (CLAIM_EXISTS)
         claimed = {c.request_hash for c in await node.store.claims() if c.role == "claimant"}
         refused = [r for r in mine if r.state == "refused" and r.request_hash not in claimed]
-        log.warning(
+        # An excess no refusal covers stands: each later check finds it again (warned once,
+        # then at INFO until it changes)
+        level = logging.INFO if self._excess_warned.get(channel) == excess else logging.WARNING
+        log.log(
+            level,
             "payee %s took %d yocto more than our receipts justify on channel %s: "
             "posting its signed refusals",
             info.payee.hex(),
@@ -1341,11 +1349,15 @@ class Watcher:
                 info = now_info
             excess = (info.redeemed - info.clawed) - (ch.spent + ch.outstanding)
         if excess > 0:
-            log.warning(
+            log.log(
+                logging.INFO if self._excess_warned.get(channel) == excess else logging.WARNING,
                 "payee %s: %d yocto taken beyond our receipts are not covered by its refusals",
                 info.payee.hex(),
                 excess,
             )
+            self._excess_warned[channel] = excess
+        else:
+            self._excess_warned.pop(channel, None)
 
     async def _forget_refusals(self, channel: bytes) -> None:
         """The payee's refusals on a closed, settled channel are no longer needed: let the

@@ -25,6 +25,8 @@ BOB loses nothing. The test fails while ALICE files claims that claw nothing.
 
 from __future__ import annotations
 
+import logging
+
 from node_support import claim_game_params, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN, echo
 
@@ -37,7 +39,25 @@ WINDOW_MS = 2_000
 K = 5
 
 
+class Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 async def test_a_standing_residual_excess_does_not_make_every_refusal_a_futile_post() -> None:
+    warnings = Warnings()
+    logging.getLogger("p2pay.watcher").addHandler(warnings)
+    try:
+        await _standing_residual(warnings)
+    finally:
+        logging.getLogger("p2pay.watcher").removeHandler(warnings)
+
+
+async def _standing_residual(warnings: Warnings) -> None:
     ledger = MemoryLedger(claim_game_params(b"p2pay:test:r11-futile", claim_bond=10**18))
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)
@@ -87,3 +107,8 @@ async def test_a_standing_residual_excess_does_not_make_every_refusal_a_futile_p
         assert info.redeemed - info.clawed == 2 * PRICE
         futile = [c for c in claims if c[2] == 0]
         assert not futile, f"ALICE paid for {len(futile)} refund posts that clawed nothing"
+        # and the standing excess is warned about once, not again at each of the K checks
+        # that find it unchanged (they log it at INFO)
+        took = [line for line in warnings.lines if "more than our receipts justify" in line]
+        uncovered = [line for line in warnings.lines if "not covered by its refusals" in line]
+        assert len(took) == len(uncovered) == 1, warnings.lines
