@@ -148,6 +148,7 @@ class Persister:
         self._staged = _Staged()
         self._generation = 1  # the generation now being staged
         self._durable = 0  # highest generation known durable
+        self._writing = 0  # the generation the flusher is writing now (0: none)
         self._changed = trio.Event()
         self._failed: BaseException | None = None
         self._waiters: dict[int, trio.Event] = {}
@@ -276,9 +277,12 @@ class Persister:
             raise StoreFailed(str(self._failed))
 
     async def flush(self) -> None:
-        """Make everything staged so far durable."""
+        """Make everything staged so far durable: what is staged now, and a commit being
+        written (its generation closed; a read that did not wait for it could miss it)."""
         if not self._staged.empty():
             await self.durable(self._generation)
+        elif self._writing > self._durable:
+            await self.durable(self._writing)
 
     # -- the one writer
 
@@ -327,10 +331,13 @@ class Persister:
         try:
             # snapshots are built here, with no await since the generation closed above
             batch = staged.batch()
+            self._writing = generation
             await self.store.write(batch)
         except BaseException as exc:
             self._fail(exc)
             raise
+        finally:
+            self._writing = 0
         self.commits += 1
         self._durable = generation
         for gen in [g for g in self._waiters if g <= generation]:

@@ -172,35 +172,46 @@ class PayeeChannel:
     #: is checked when a voucher covering it is (13.4 rule d: a bad one covered by a good
     #: voucher is a violation too, N8), at most MAX_UNCHECKED at a time
     unchecked: dict[int, Request] = field(default_factory=dict)
-    #: lookups of this channel's answers under way (`watch_completions`), how many
-    #: completions there have been, and the latest completion of each number finished
-    #: while a lookup was under way (claims.md C-6: a gap must still be one at admission)
-    watchers: int = field(default=0, compare=False)
+    #: numbers a lookup of this channel's answers watches (`watch_completions`: how many
+    #: lookups each), how many answers there have been, and the latest answer of each
+    #: watched number given while it was watched (claims.md C-6: a gap must still be one
+    #: at admission). Only watched numbers are kept: as many as claims being looked up.
+    watched: dict[int, int] = field(default_factory=dict, compare=False)
     completions: int = field(default=0, compare=False)
     completed_watched: dict[int, int] = field(default_factory=dict, compare=False)
 
-    def watch_completions(self) -> int:
-        """Begin a lookup of this channel's answers (a claim's, claims.md C-6). Until the
-        matching `unwatch_completions`, each number `complete` finishes is remembered, so
-        that `completed_since` tells whether a request was answered while the lookup read
-        the store (its answer staged then, not yet readable). Nothing is remembered while
-        no lookup is under way.
+    def watch_completions(self, n: int) -> int:
+        """Begin a lookup of request number `n`'s answer (a claim's, claims.md C-6). Until
+        the matching `unwatch_completions`, an answer to a request numbered `n` (one
+        `complete` finishes, or a stream request of that number `admit` consumes, admitted
+        or refused) is remembered, so that `completed_since` tells whether one was given
+        while the lookup read the store (staged then, not yet readable).
 
         Returns:
             The lookup's start, for `completed_since`.
         """
-        self.watchers += 1
+        self.watched[n] = self.watched.get(n, 0) + 1
         return self.completions
 
-    def unwatch_completions(self) -> None:
-        """End a lookup begun by `watch_completions` (the last one forgets them all)."""
-        self.watchers = max(0, self.watchers - 1)
-        if not self.watchers:
-            self.completed_watched.clear()
+    def unwatch_completions(self, n: int) -> None:
+        """End a lookup of `n` begun by `watch_completions` (the last one forgets `n`)."""
+        left = self.watched.get(n, 0) - 1
+        if left > 0:
+            self.watched[n] = left
+        else:
+            self.watched.pop(n, None)
+            self.completed_watched.pop(n, None)
 
     def completed_since(self, n: int, start: int) -> bool:
-        """Whether request `n` was completed after the lookup that began at `start`."""
+        """Whether a request numbered `n` was answered after the lookup of `n` that began
+        at `start`."""
         return self.completed_watched.get(n, -1) >= start
+
+    def _answered(self, n: int) -> None:
+        """A request numbered `n` is answered or consumed now (watched lookups see it)."""
+        if n in self.watched:
+            self.completed_watched[n] = self.completions
+        self.completions += 1
 
     @property
     def credit(self) -> int:
@@ -383,6 +394,7 @@ class PayeeChannel:
             # when the unchecked credit would pass the limit, or before any ledger use.
             assert price is not None
             self.last_n = request.n
+            self._answered(request.n)
             improved = request.paid > self.paid_max
             if improved:
                 self.paid_max = request.paid
@@ -428,6 +440,7 @@ class PayeeChannel:
             )
         # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
         self.last_n = request.n
+        self._answered(request.n)
         improved = False
         if request.paid > self.paid_max:
             self.paid_max = request.paid
@@ -504,9 +517,7 @@ class PayeeChannel:
         price = self.pending.pop(n, None)
         if price is None:
             raise LocalProtocolError(f"request {n} is not awaiting completion")
-        if self.watchers:
-            self.completed_watched[n] = self.completions
-        self.completions += 1
+        self._answered(n)
         deadline = self.deadlines.pop(n, None)
         self.serving.pop(n, None)
         self.reserved -= price
@@ -548,7 +559,10 @@ class PayeeChannel:
         own deadline has passed (the claim's answer window bounds the handler instead),
         and the stream is the ledger's (the ledger checked the payer's signature; it is
         checked again here). A request numbered above ``last_n`` must take a fresh slice
-        (``paid - price >= paid_max``) and consumes ``n``; one numbered at or below
+        (``paid - price >= paid_max``) and consumes ``n`` and, if fresh, its slice
+        (``paid_max`` rises to its ``paid`` whether it is admitted or refused: a signed
+        refusal refunds the slice, which no later request may then be charged in); one
+        numbered at or below
         ``last_n`` is admitted only in a gap: the caller found neither an answer to it
         nor another request numbered ``n`` (``seen`` False) and no tiling conflict with a
         request it holds. Either way the charge stays within the credit the vouchers
@@ -585,8 +599,19 @@ class PayeeChannel:
         fresh = request.n > self.last_n
         if not fresh and (seen or request.n in self.pending):
             return refuse(ErrorCode.REPLAY, f"request number {request.n} was already used")
+        improved = False
+        above = request.paid - request.price >= self.paid_max
         if fresh:
             self.last_n = request.n  # consumed, as by any authenticated answer
+            self._answered(request.n)
+            if above:
+                # A fresh slice above every voucher seen is consumed too, whatever the
+                # answer, as on a stream (protocol.md 13.2): every answer to a claim is
+                # signed, and a refusal refunds the slice (claims.md 3), so no later
+                # request may be charged inside it.
+                self.paid_max = request.paid
+                self.best = request
+                improved = True
         if self.status is not ChannelStatus.OPEN:
             return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
         if request.paid > self.deposit:
@@ -609,7 +634,7 @@ class PayeeChannel:
                 f"service costs {price}, request allows {request.price}",
                 {"price": price},
             )
-        if fresh and request.paid - request.price < self.paid_max:
+        if fresh and not above:
             return refuse(
                 ErrorCode.PAYMENT_REQUIRED,
                 f"the request's slice starts below paid_max {self.paid_max}",
@@ -622,7 +647,6 @@ class PayeeChannel:
                 f"credit {credit} is below the price {price}",
                 {"price": price, "credit": credit, "spent": self.spent},
             )
-        improved = False
         if request.paid > self.paid_max:
             self.paid_max = request.paid
             self.best = request

@@ -299,6 +299,14 @@ class _Answer:
         return "delivered" if self.response.status == STATUS_OK else "refused"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Gap:
+    """A claimed request whose number we never answered: served through the claim (C-6).
+    `same_n`: we hold another request numbered alike (the admission refuses it then)."""
+
+    same_n: bool
+
+
 class EarliestFirst:
     """At most `capacity` holders at once; a waiter with a smaller key enters first.
 
@@ -663,11 +671,16 @@ class Watcher:
             refused = exc
         if ch is None:
             return await self._answer_unserved(claim, request, refused)
-        start = ch.watch_completions()
+        start = ch.watch_completions(request.n)
         try:
-            return await self._answer_watched(ch, claim, request, use_evidence, start)
+            found = await self._answer_watched(ch, claim, request, use_evidence, start)
         finally:
-            ch.unwatch_completions()
+            ch.unwatch_completions(request.n)  # (not while a handler serves it, below)
+        if not isinstance(found, _Gap):
+            return found
+        # synchronous from `_answer_watched`'s last check to the admission in `_serve_claimed`
+        served = await self._serve_claimed(ch, request, claim, found.same_n)
+        return None if served is None else _Answer(response=served)
 
     async def _answer_unserved(
         self, claim: Claim, request: Request, refused: RemoteProtocolError | None
@@ -697,8 +710,10 @@ class Watcher:
 
     async def _answer_watched(
         self, ch: PayeeChannel, claim: Claim, request: Request, use_evidence: bool, start: int
-    ) -> _Answer | None:
-        """`_prepare_answer` on our channel `ch`, its completions watched since `start`."""
+    ) -> _Answer | _Gap | None:
+        """`_prepare_answer` on our channel `ch`, answers to ``request.n`` watched since
+        `start`: the answer, None to try again, or `_Gap` (no answer to the number: serve
+        the request through the claim, with no await before its admission)."""
         node = self.node
         await node.persister.flush()
         stored = await node.store.response(request.hash)
@@ -707,6 +722,10 @@ class Watcher:
             if isinstance(frame, Response):
                 await self._keep_for(stored, claim)
                 return _Answer(response=frame)
+        if request.paid > ch.deposit:
+            # FileClaim checked the slice against the ledger's deposit: ours is stale (a
+            # top-up whose event we were not sent), not a reason to refuse it (C-6)
+            await node.refresh_channel(ch.channel)
         pending = request.n in ch.pending
         if pending:
             late = await self._refuse_late(ch, request, claim)
@@ -735,10 +754,7 @@ class Watcher:
             # window while a payer-signed request numbered alike already refutes it (C-1).
             # Or it was answered while we read: not a gap (C-6), its answer is stored next.
             return None
-        same_n = any(other.n == request.n for other in seen)
-        # (synchronous from the check above to the admission in `_serve_claimed`)
-        served = await self._serve_claimed(ch, request, claim, same_n)
-        return None if served is None else _Answer(response=served)
+        return _Gap(same_n=any(other.n == request.n for other in seen))
 
     async def _keep_for(self, stored: StoredResponse, claim: Claim) -> None:
         """Keep a stored answer (or evidence) at least until the claim's window has ended.

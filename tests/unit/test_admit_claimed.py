@@ -114,3 +114,39 @@ def test_a_closing_channel_or_a_slice_above_the_deposit_is_refused() -> None:
     small = channel(deposit=PRICE)
     decision = admit(small, request(1, 2 * PRICE))
     assert isinstance(decision, Refuse) and decision.code is ErrorCode.INSUFFICIENT_DEPOSIT
+
+
+@pytest.mark.parametrize(
+    ("fields", "kw", "code"),
+    [
+        ({"service": "nope"}, {"price": None}, ErrorCode.UNKNOWN_SERVICE),
+        ({}, {"price": 2 * PRICE}, ErrorCode.PAYMENT_REQUIRED),
+        ({"body": b"x" * 17}, {}, ErrorCode.BODY_TOO_LARGE),
+    ],
+    ids=["service", "price_low", "body"],
+)
+def test_a_refused_fresh_slice_is_consumed_like_an_admitted_one(
+    fields: dict[str, Any], kw: dict[str, Any], code: ErrorCode
+) -> None:
+    """Every answer to a claim is signed, and a refusal refunds the slice (claims.md 3): a
+    fresh slice refused through a claim raises paid_max as on a stream, so no later request
+    is charged inside it (attack round 14: a payer claimed a made-up request of 9 prices
+    for an unknown service, got them refunded, and was then served 8 more prices in that
+    very slice on its stream, which the payee could never redeem)."""
+    ch = channel(last_n=1, paid_max=PRICE, spent=PRICE)
+    claimed = request(11, 10 * PRICE, **fields)
+    decision = admit(ch, claimed, **kw)
+    assert isinstance(decision, Refuse) and decision.code is code and decision.authenticated
+    assert (ch.last_n, ch.paid_max, ch.best) == (11, 10 * PRICE, claimed)
+    later = ch.admit(
+        request(12, 2 * PRICE), peer=ALICE.account, price=PRICE, max_body=16, now=DEADLINE - 1
+    )
+    assert isinstance(later, Refuse) and later.code is ErrorCode.PAYMENT_REQUIRED
+    assert not later.authenticated and ch.spent == PRICE
+
+
+def test_a_fresh_claimed_number_is_an_answer_a_watching_lookup_sees() -> None:
+    ch = channel()
+    start = ch.watch_completions(1)
+    assert isinstance(admit(ch, request(1, PRICE), price=None), Refuse)
+    assert ch.completed_since(1, start)

@@ -197,31 +197,38 @@ def test_complete_refuses_unknown_or_repeated_n() -> None:
     assert (ch.spent, ch.reserved) == (PRICE, 0)
 
 
-def test_completions_are_remembered_only_while_a_lookup_watches() -> None:
-    """claims.md C-6: a claim's lookup watches the channel's completions, so a request
-    answered while it reads the store is not taken for a gap. Each lookup sees only the
-    completions after its own start; nothing is kept while none watches, and the record
-    empties when the last lookup ends."""
+def test_answers_to_a_watched_number_are_remembered_while_its_lookup_runs() -> None:
+    """claims.md C-6: a claim's lookup watches its request's number, so a request of that
+    number answered while it reads the store (completed, or consumed at admission,
+    admitted or refused) is not taken for a gap. Only watched numbers are kept, each until
+    its last lookup ends."""
     ch = payee()
-    for n in (1, 2, 3, 4):
+    for n in (1, 2, 3):
         assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
-    ch.complete(1, ok=True)
-    assert ch.completed_watched == {}
-    first = ch.watch_completions()
-    assert not ch.completed_since(1, first)  # before the lookup began
+    first = ch.watch_completions(2)
+    ch.complete(1, ok=True)  # not watched: not kept
+    assert not ch.completed_since(1, first) and ch.completed_watched == {}
     ch.complete(2, ok=False)  # refused or late: answered all the same
-    second = ch.watch_completions()  # a second lookup, begun after 2 completed
+    assert ch.completed_since(2, first)
+    second = ch.watch_completions(2)  # a second lookup of 2, begun after it was answered
+    assert not ch.completed_since(2, second)
+    ch.unwatch_completions(2)
+    assert ch.completed_since(2, first)  # the first lookup still runs
+    ch.unwatch_completions(2)
+    assert (ch.watched, ch.completed_watched) == ({}, {})
+    # a stream request consumed at admission while watched: admitted, or refused (signed)
+    start = ch.watch_completions(4)
+    late = admit(ch, request(4, 4 * PRICE, deadline=NOW - 1))
+    assert isinstance(late, Refuse) and late.authenticated and ch.last_n == 4
+    assert ch.completed_since(4, start)
+    ch.unwatch_completions(4)
+    start = ch.watch_completions(5)
+    assert isinstance(admit(ch, request(5, 5 * PRICE)), Admit)
+    assert ch.completed_since(5, start)
+    ch.unwatch_completions(5)
     ch.complete(3, ok=True)
-    assert ch.completed_since(2, first) and ch.completed_since(3, first)
-    assert not ch.completed_since(2, second) and ch.completed_since(3, second)
-    assert not ch.completed_since(4, first)
-    ch.unwatch_completions()
-    assert ch.completed_since(3, first)  # the other lookup still watches
-    ch.unwatch_completions()
-    assert ch.watchers == 0 and ch.completed_watched == {}
-    ch.complete(4, ok=True)
-    assert ch.completed_watched == {}
-    assert (ch.spent, ch.reserved) == (PRICE * 3, 0)
+    assert (ch.watched, ch.completed_watched) == ({}, {})
+    assert (ch.spent, ch.reserved) == (2 * PRICE, PRICE)
 
 
 def test_reservations_count_against_credit() -> None:

@@ -441,3 +441,51 @@ def test_a_bad_stage_call_fails_alone_written_through_as_with_a_flusher() -> Non
                 isinstance(persister.store, RecordingWriteThrough)
             )
         assert raised[0] == raised[1], raised
+
+
+class HeldStore(MemoryStore):
+    """A MemoryStore whose writes wait until `release` is set (a commit in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = trio.Event()
+        self.release = trio.Event()
+
+    async def write(self, batch: Batch) -> None:
+        self.writing.set()
+        with trio.fail_after(10):
+            await self.release.wait()
+        await super().write(batch)
+
+
+async def test_flush_waits_for_a_commit_being_written() -> None:
+    """`flush` makes durable everything staged before it, also a batch the flusher has
+    taken and is writing (nothing is staged then). It returned at once: a claim's lookup
+    that flushed, then read the store, missed an answer being written and served its
+    request again (attack round 14; claims.md C-6)."""
+    store = HeldStore()
+    persister = Persister(store)
+    generation = persister.stage(request=outgoing(1))
+    flushed: list[bool] = []
+
+    async def flush() -> None:
+        await persister.flush()
+        flushed.append(await store.request(outgoing(1).request_hash) is not None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(persister.run)
+        with trio.fail_after(10):
+            await store.writing.wait()  # the batch is taken: nothing is staged now
+        assert not persister.is_durable(generation)
+        nursery.start_soon(flush)
+        for _ in range(20):
+            await trio.sleep(0)
+        assert flushed == []  # still waiting for the write
+        store.release.set()
+        with trio.fail_after(10):
+            await persister.durable(generation)
+            while not flushed:
+                await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    assert flushed == [True]
+    await persister.flush()  # nothing staged, nothing in flight: returns at once
