@@ -44,6 +44,7 @@ only; whether a message is on our ledger and signed by the right key is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -1119,8 +1120,25 @@ class Hello:
         return _with_signature(self, signature)
 
     def verify(self, public: bytes) -> bool:
-        """True if `signature` is `public`'s signature of the signing bytes."""
-        return verify(public, self.signing_bytes, self.signature)
+        """True if `signature` is `public`'s signature of the signing bytes.
+
+        A peer's hello stays the same bytes while what it says does (no time or nonce in
+        it, deterministic signatures), and each new stream to it brings it again: a hello
+        that verified is kept (`_hello_verified`), so the same (key, signing bytes,
+        signature) again gets the answer Ed25519 gave them, without a second verification.
+        """
+        signed, signature = self.signing_bytes, self.signature
+        if (
+            type(public) is bytes
+            and type(signed) is bytes
+            and type(signature) is bytes
+            and len(signed) <= _KEPT_HELLO_SIZE
+        ):
+            try:
+                return _hello_verified(public, signed, signature)
+            except InvalidSignature:  # raised, so not kept
+                return False
+        return verify(public, signed, signature)
 
     @classmethod
     def from_signed(cls, signed: bytes, signature: bytes) -> Hello:
@@ -1243,6 +1261,27 @@ def _cut_utf8(text: str, limit: int) -> str:
 
 
 Frame = Hello | Request | Response | Refusal
+
+
+#: Hellos whose signing bytes are at most this long are kept once verified (`Hello.verify`).
+_KEPT_HELLO_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=2048)
+def _hello_verified(public: bytes, signed: bytes, signature: bytes) -> bool:
+    """True if the hello verifies (`identity.verify`), kept for its exact bytes: a pure
+    function of the three, so a kept answer is the one verifying again would give. Only
+    successes are kept (a failure raises): hellos that do not verify push out no others.
+    At most 2,048 of at most `_KEPT_HELLO_SIZE` bytes (about 3 MB at worst; a node's
+    peers' hellos are 200-300 bytes). A peer reconnecting with an unchanged hello then
+    costs no second Ed25519 verification (each end of a stream verifies the other's).
+
+    Raises:
+        InvalidSignature: the signature does not verify.
+    """
+    if not verify(public, signed, signature):
+        raise InvalidSignature("hello signature does not verify")
+    return True
 
 
 def decode_frame(

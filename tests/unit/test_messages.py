@@ -545,6 +545,33 @@ def test_refusal_info_never_raises(body: bytes) -> None:
     assert response.refusal_info() == ("", {})
 
 
+def test_a_kept_hello_verification_answers_as_ed25519_does() -> None:
+    """`Hello.verify` keeps hellos that verified (a peer reconnecting brings the same
+    bytes): the same hello verifies again, and one bit changed anywhere, another key, or
+    a hello that failed before, fails as Ed25519 says; a hello over the kept size is
+    verified every time."""
+    from p2pay.core import messages
+
+    hello = make_hello()
+    for _ in range(2):
+        assert hello.verify(ALICE.public)
+        assert decode_frame(hello.to_frame()).verify(ALICE.public)
+        assert not hello.verify(BOB.public)
+    bad = hello.with_signature(bytes([hello.signature[0] ^ 1]) + hello.signature[1:])
+    for _ in range(2):
+        assert not bad.verify(ALICE.public)
+    other = make_hello(max_frame=MIN_FRAME_LIMIT)
+    assert other.signing_bytes != hello.signing_bytes
+    forged = other.with_signature(hello.signature)  # a kept signature on other bytes
+    assert not forged.verify(ALICE.public)
+    many = tuple(ServiceTerms(name=f"s{i:03}", price=1, max_body=1) for i in range(60))
+    large = make_hello(services=many)
+    assert len(large.signing_bytes) > messages._KEPT_HELLO_SIZE
+    for _ in range(2):
+        assert large.verify(ALICE.public)
+        assert not large.with_signature(bad.signature).verify(ALICE.public)
+
+
 def test_hello_round_trip() -> None:
     for hello in (make_hello(), make_hello(services=(), stake=None, max_frame=MIN_FRAME_LIMIT)):
         decoded = decode_frame(hello.to_frame())
