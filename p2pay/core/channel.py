@@ -79,6 +79,7 @@ from p2pay.core.errors import (
     RemoteProtocolError,
 )
 from p2pay.core.messages import MAX_U64, Request, Response, decode_frame
+from p2pay.core.settlement import tiling_conflict
 from p2pay.core.signing import Signer, account_for
 
 
@@ -179,39 +180,72 @@ class PayeeChannel:
     watched: dict[int, int] = field(default_factory=dict, compare=False)
     completions: int = field(default=0, compare=False)
     completed_watched: dict[int, int] = field(default_factory=dict, compare=False)
+    #: the claimed requests being looked up (hash -> request, lookups), and for each the
+    #: first request consumed meanwhile in tiling conflict with it by number and slice
+    #: (claims.md 2): evidence against the claim
+    looked_up: dict[bytes, tuple[Request, int]] = field(default_factory=dict, compare=False)
+    overlaps: dict[bytes, Request] = field(default_factory=dict, compare=False)
 
-    def watch_completions(self, n: int) -> int:
-        """Begin a lookup of request number `n`'s answer (a claim's, claims.md C-6). Until
-        the matching `unwatch_completions`, an answer to a request numbered `n` (one
-        `complete` finishes, or a stream request of that number `admit` consumes, admitted
-        or refused) is remembered, so that `completed_since` tells whether one was given
-        while the lookup read the store (staged then, not yet readable).
+    def watch_completions(self, claimed: Request) -> int:
+        """Begin a lookup of the answer to `claimed` (a claim's, claims.md C-6). Until the
+        matching `unwatch_completions`, an answer to a request numbered alike (one
+        `complete` finishes, or one `admit` consumes, admitted or refused) is remembered,
+        so that `completed_since` tells whether one was given while the lookup read the
+        store (staged then, not yet readable); and the first request consumed meanwhile
+        in tiling conflict with `claimed` by number and slice is kept as evidence
+        (`overlap_seen`).
 
         Returns:
             The lookup's start, for `completed_since`.
         """
+        n = claimed.n
         self.watched[n] = self.watched.get(n, 0) + 1
+        _, count = self.looked_up.get(claimed.hash, (claimed, 0))
+        self.looked_up[claimed.hash] = (claimed, count + 1)
         return self.completions
 
-    def unwatch_completions(self, n: int) -> None:
-        """End a lookup of `n` begun by `watch_completions` (the last one forgets `n`)."""
+    def unwatch_completions(self, claimed: Request) -> None:
+        """End a lookup of `claimed` begun by `watch_completions` (the last one of a number,
+        or of a request, forgets what was kept for it)."""
+        n = claimed.n
         left = self.watched.get(n, 0) - 1
         if left > 0:
             self.watched[n] = left
         else:
             self.watched.pop(n, None)
             self.completed_watched.pop(n, None)
+        _, count = self.looked_up.get(claimed.hash, (claimed, 0))
+        if count > 1:
+            self.looked_up[claimed.hash] = (claimed, count - 1)
+        else:
+            self.looked_up.pop(claimed.hash, None)
+            self.overlaps.pop(claimed.hash, None)
 
     def completed_since(self, n: int, start: int) -> bool:
         """Whether a request numbered `n` was answered after the lookup of `n` that began
         at `start`."""
         return self.completed_watched.get(n, -1) >= start
 
+    def overlap_seen(self, claimed: Request) -> Request | None:
+        """A request consumed during the lookup of `claimed` in tiling conflict with it
+        by number and slice, or None."""
+        return self.overlaps.get(claimed.hash)
+
     def _answered(self, n: int) -> None:
         """A request numbered `n` is answered or consumed now (watched lookups see it)."""
         if n in self.watched:
             self.completed_watched[n] = self.completions
         self.completions += 1
+
+    def _consumed(self, request: Request) -> None:
+        """`request`'s number (and slice) is consumed now: the lookups under way see it."""
+        self._answered(request.n)
+        if self.looked_up:
+            for key, (claimed, _) in self.looked_up.items():
+                # numbers and slices only (no deadline is 2**64 - 1 ms after another): a
+                # refund takes a slice, and these are what make one overlap a charge
+                if key not in self.overlaps and tiling_conflict(claimed, request, MAX_U64):
+                    self.overlaps[key] = request
 
     @property
     def credit(self) -> int:
@@ -394,7 +428,7 @@ class PayeeChannel:
             # when the unchecked credit would pass the limit, or before any ledger use.
             assert price is not None
             self.last_n = request.n
-            self._answered(request.n)
+            self._consumed(request)
             improved = request.paid > self.paid_max
             if improved:
                 self.paid_max = request.paid
@@ -440,7 +474,7 @@ class PayeeChannel:
             )
         # Authenticated and fresh: from here on `n` is consumed and the refusal is signed.
         self.last_n = request.n
-        self._answered(request.n)
+        self._consumed(request)
         improved = False
         if request.paid > self.paid_max:
             self.paid_max = request.paid
@@ -603,7 +637,7 @@ class PayeeChannel:
         above = request.paid - request.price >= self.paid_max
         if fresh:
             self.last_n = request.n  # consumed, as by any authenticated answer
-            self._answered(request.n)
+            self._consumed(request)
             if above:
                 # A fresh slice above every voucher seen is consumed too, whatever the
                 # answer, as on a stream (protocol.md 13.2): every answer to a claim is

@@ -671,11 +671,11 @@ class Watcher:
             refused = exc
         if ch is None:
             return await self._answer_unserved(claim, request, refused)
-        start = ch.watch_completions(request.n)
+        start = ch.watch_completions(request)
         try:
             found = await self._answer_watched(ch, claim, request, use_evidence, start)
         finally:
-            ch.unwatch_completions(request.n)  # (not while a handler serves it, below)
+            ch.unwatch_completions(request)  # (not while a handler serves it, below)
         if not isinstance(found, _Gap):
             return found
         # synchronous from `_answer_watched`'s last check to the admission in `_serve_claimed`
@@ -746,7 +746,12 @@ class Watcher:
                 if kept is not None:
                     await self._keep_for(kept, claim)
                 return _Answer(evidence=evidence)
-        if pending or ch.completed_since(request.n, start):
+            # a request consumed on a stream while we read, in conflict with the claimed
+            # one (another number, overlapping slices; attack round 15), is evidence too
+            overlap = ch.overlap_seen(request)
+            if overlap is not None and self._evidence(ch, request, [overlap]) is not None:
+                return _Answer(evidence=overlap)
+        if pending or ch.completed_since(request.n, start) or ch.overlap_seen(request):
             # Its number is being served (on a stream, or through another claim): its
             # stored answer, or that request as evidence, comes when it ends. Evidence
             # first: the queued windows let the claim being served have a later window

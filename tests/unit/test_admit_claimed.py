@@ -147,6 +147,7 @@ def test_a_refused_fresh_slice_is_consumed_like_an_admitted_one(
 
 def test_a_fresh_claimed_number_is_an_answer_a_watching_lookup_sees() -> None:
     ch = channel()
-    start = ch.watch_completions(1)
-    assert isinstance(admit(ch, request(1, PRICE), price=None), Refuse)
+    claimed = request(1, PRICE)
+    start = ch.watch_completions(request(1, PRICE, body=b"twin"))
+    assert isinstance(admit(ch, claimed, price=None), Refuse)
     assert ch.completed_since(1, start)

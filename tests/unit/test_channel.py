@@ -205,30 +205,55 @@ def test_answers_to_a_watched_number_are_remembered_while_its_lookup_runs() -> N
     ch = payee()
     for n in (1, 2, 3):
         assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
-    first = ch.watch_completions(2)
+    two = request(2, 2 * PRICE, body=b"claimed")  # a claim on number 2
+    first = ch.watch_completions(two)
     ch.complete(1, ok=True)  # not watched: not kept
     assert not ch.completed_since(1, first) and ch.completed_watched == {}
     ch.complete(2, ok=False)  # refused or late: answered all the same
     assert ch.completed_since(2, first)
-    second = ch.watch_completions(2)  # a second lookup of 2, begun after it was answered
+    second = ch.watch_completions(two)  # a second lookup of 2, begun after it was answered
     assert not ch.completed_since(2, second)
-    ch.unwatch_completions(2)
+    ch.unwatch_completions(two)
     assert ch.completed_since(2, first)  # the first lookup still runs
-    ch.unwatch_completions(2)
-    assert (ch.watched, ch.completed_watched) == ({}, {})
+    ch.unwatch_completions(two)
+    assert (ch.watched, ch.completed_watched, ch.looked_up) == ({}, {}, {})
     # a stream request consumed at admission while watched: admitted, or refused (signed)
-    start = ch.watch_completions(4)
+    four = request(4, 4 * PRICE, body=b"claimed")
+    start = ch.watch_completions(four)
     late = admit(ch, request(4, 4 * PRICE, deadline=NOW - 1))
     assert isinstance(late, Refuse) and late.authenticated and ch.last_n == 4
     assert ch.completed_since(4, start)
-    ch.unwatch_completions(4)
-    start = ch.watch_completions(5)
+    ch.unwatch_completions(four)
+    five = request(5, 5 * PRICE, body=b"claimed")
+    start = ch.watch_completions(five)
     assert isinstance(admit(ch, request(5, 5 * PRICE)), Admit)
     assert ch.completed_since(5, start)
-    ch.unwatch_completions(5)
+    ch.unwatch_completions(five)
     ch.complete(3, ok=True)
-    assert (ch.watched, ch.completed_watched) == ({}, {})
+    assert (ch.watched, ch.completed_watched, ch.looked_up, ch.overlaps) == ({}, {}, {}, {})
     assert (ch.spent, ch.reserved) == (2 * PRICE, PRICE)
+
+
+def test_a_request_consumed_during_a_lookup_in_conflict_with_the_claim_is_kept() -> None:
+    """Attack round 15: while a claim on n=2 (slice (PRICE, 2 PRICE]) is looked up, the
+    payer sends n=3 with that same slice. It is another number, so no answer to 2; but it
+    is in tiling conflict with the claimed request (claims.md 2): kept as evidence. One
+    that is not in conflict is not kept."""
+    ch = payee()
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    claimed = request(2, 2 * PRICE)
+    ch.watch_completions(claimed)
+    clean = request(3, 3 * PRICE)  # slice (2 PRICE, 3 PRICE]: after the claimed one
+    assert isinstance(admit(ch, clean), Admit)
+    assert ch.overlap_seen(claimed) is None
+    ch.unwatch_completions(claimed)
+    claimed = request(4, 4 * PRICE)  # slice (3 PRICE, 4 PRICE]
+    ch.watch_completions(claimed)
+    twin = request(5, 4 * PRICE, price=PRICE)  # slice (3 PRICE, 4 PRICE] again, n=5
+    assert isinstance(admit(ch, twin), Admit)
+    assert ch.overlap_seen(claimed) == twin
+    ch.unwatch_completions(claimed)
+    assert ch.overlap_seen(claimed) is None and ch.looked_up == {}
 
 
 def test_reservations_count_against_credit() -> None:
