@@ -682,11 +682,9 @@ class Watcher:
         served = await self._serve_claimed(ch, request, claim, found.same_n)
         return None if served is None else _Answer(response=served)
 
-    async def _answer_unserved(
-        self, claim: Claim, request: Request, refused: RemoteProtocolError | None
-    ) -> _Answer | None:
-        """`_prepare_answer` for a request on no channel we are paid on: its stored answer
-        if any, else our signed refusal if the channel was refused (`refused`)."""
+    async def _stored_answer(self, claim: Claim, request: Request) -> _Answer | None:
+        """The signed answer we stored for the claimed request (everything staged before
+        this read, and a commit being written, included), kept until the claim ends."""
         node = self.node
         await node.persister.flush()
         stored = await node.store.response(request.hash)
@@ -695,6 +693,17 @@ class Watcher:
             if isinstance(frame, Response):
                 await self._keep_for(stored, claim)
                 return _Answer(response=frame)
+        return None
+
+    async def _answer_unserved(
+        self, claim: Claim, request: Request, refused: RemoteProtocolError | None
+    ) -> _Answer | None:
+        """`_prepare_answer` for a request on no channel we are paid on: its stored answer
+        if any, else our signed refusal if the channel was refused (`refused`)."""
+        node = self.node
+        stored = await self._stored_answer(claim, request)
+        if stored is not None:
+            return stored
         if refused is not None:
             response = Response.create(
                 node.signer,
@@ -715,13 +724,9 @@ class Watcher:
         `start`: the answer, None to try again, or `_Gap` (no answer to the number: serve
         the request through the claim, with no await before its admission)."""
         node = self.node
-        await node.persister.flush()
-        stored = await node.store.response(request.hash)
+        stored = await self._stored_answer(claim, request)
         if stored is not None:
-            frame = decode_frame(stored.frame)
-            if isinstance(frame, Response):
-                await self._keep_for(stored, claim)
-                return _Answer(response=frame)
+            return stored
         if request.paid > ch.deposit:
             # FileClaim checked the slice against the ledger's deposit: ours is stale (a
             # top-up whose event we were not sent), not a reason to refuse it (C-6)

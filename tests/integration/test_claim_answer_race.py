@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 from node_support import wait_until
+from raw_payer import BOB, CONFIG, PRICE, echo
 
 from p2pay.core.errors import ErrorCode
 from p2pay.core.identity import Keypair
@@ -27,23 +28,9 @@ from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.core.settlement import ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, CallTimeout, NodeConfig, open_node
+from p2pay.node import Call, CallTimeout, open_node
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
-BOB = Keypair.from_seed(bytes([2]) * 32)  # provider
-PRICE = 1_000
-CONFIG = NodeConfig(
-    watch_interval=0.05,
-    claim_grace_ms=50,
-    redeem_threshold=10**30,
-    default_timeout=30.0,
-    min_challenge_ms=50,
-    claim_answer_margin_ms=300,
-)
-
-
-async def echo(call: Call) -> bytes:
-    return call.body
 
 
 async def test_a_request_answered_while_its_claim_is_prepared_is_not_served_again() -> None:
