@@ -860,15 +860,19 @@ class Watcher:
     async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
         """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
         the stored ones numbered near it, the channel's floor voucher (the highest pruned),
-        and its best vouchers (candidates for evidence, claims.md 2)."""
+        its best vouchers and every request still being served (candidates for evidence,
+        claims.md 2)."""
         node = self.node
         frames = [s.request_frame for s in await node.store.vouchers_near(ch.channel, claimed.n)]
         floor = await node.store.floor_voucher(ch.channel)
         if floor is not None:
             frames.append(floor.request_frame)
-        # a request still being served (`PayeeChannel.serving`) is stored only once answered
-        serving = ch.serving.get(claimed.n)
-        found = [r for r in (ch.verified, ch.best, serving) if r is not None]
+        # A request still being served (`PayeeChannel.serving`, at most the channel's
+        # requests in flight) is stored only once answered, whatever its number: one
+        # numbered above the claimed one may already have a slice inside it (attack round
+        # 16: a slow request sent before the claim, then a later one that became best).
+        found = [r for r in (ch.verified, ch.best) if r is not None]
+        found.extend(ch.serving.values())
         for frame in frames:
             try:
                 request = decode_frame(frame)
