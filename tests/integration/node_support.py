@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from p2pay.core.channel import PayerChannel
 from p2pay.core.errors import SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Request, ServiceTerms
@@ -175,3 +176,28 @@ async def held_service_pair(
         await provider.stake(10**20, penalty=10**19, claim_window_ms=30_000)
         await client.open_channel(provider.addrs[0], deposit=10**6)
         yield client, provider
+
+
+async def first_life(
+    ledger: MemoryLedger,
+    payer: Keypair,
+    payee: bytes,
+    channel: bytes,
+    deposit: int,
+    *,
+    count: int,
+    price: int,
+    deadline_in_ms: int = 20_000,
+) -> list[Request]:
+    """The first `count` requests `payer` signs on `channel` (service ``echo``, bodies
+    ``b"1"``, ``b"2"``, ..., each of `price`, deadlines `deadline_in_ms` ahead of the
+    ledger's clock), as its node signed them before its store was lost: the tests of a
+    channel adopted from the ledger (`adopted_payer_channel`) start from them."""
+    before = PayerChannel(
+        ledger=ledger.ledger_id, channel=channel, payer=payer.account, payee=payee, deposit=deposit
+    )
+    deadline = await ledger.now() + deadline_in_ms
+    return [
+        before.next_request(payer, service="echo", body=b"%d" % i, price=price, deadline=deadline)
+        for i in range(1, count + 1)
+    ]

@@ -35,10 +35,9 @@ Both fail on 46e481e.
 from __future__ import annotations
 
 import pytest
-from node_support import claim_answered_with_evidence, claim_game_params, wait_until
+from node_support import claim_answered_with_evidence, claim_game_params, first_life, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN, echo
 
-from p2pay.core.channel import PayerChannel
 from p2pay.core.messages import Hello, decode_frame
 from p2pay.core.settlement import ClaimState, tiling_conflict
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
@@ -60,20 +59,8 @@ async def test_an_adopted_channels_first_request_dishonest_payee_takes_the_bond(
         await ledger.mint(key, key.account, 10 * TOKEN)
     await ledger.stake(BOB, STAKE, 10**19, 30_000)
     channel = await ledger.open_channel(ALICE, BOB.account, DEPOSIT, 100)
-    before = PayerChannel(
-        ledger=ledger.ledger_id,
-        channel=channel,
-        payer=ALICE.account,
-        payee=BOB.account,
-        deposit=DEPOSIT,
-    )
     now = await ledger.now()
-    signed = [
-        before.next_request(
-            ALICE, service="echo", body=b"%d" % i, price=PRICE, deadline=now + 20_000
-        )
-        for i in (1, 2, 3)
-    ]
+    signed = await first_life(ledger, ALICE, BOB.account, channel, DEPOSIT, count=3, price=PRICE)
     # BOB served all three and redeemed everything: paid_seen is his newest voucher
     assert await ledger.redeem(BOB, signed[2]) == 3 * PRICE
     info = await ledger.channel(channel)

@@ -31,10 +31,9 @@ formula as `Watcher._check_payee_take` computes it, the ledger the nodes use). F
 
 from __future__ import annotations
 
-from node_support import claim_game_params
+from node_support import claim_game_params, first_life
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, PRICE, STAKE, TOKEN
 
-from p2pay.core.channel import PayerChannel
 from p2pay.core.messages import Response
 from p2pay.core.settlement import ClaimState
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
@@ -53,16 +52,9 @@ async def test_an_adopted_channel_does_not_let_a_clawed_refund_be_taken_again() 
         await ledger.mint(key, key.account, 10 * TOKEN)
     await ledger.stake(BOB, STAKE, 10**19, WINDOW)
     channel = await ledger.open_channel(ALICE, BOB.account, DEPOSIT, 100)
-    before = PayerChannel(
-        ledger=ledger.ledger_id,
-        channel=channel,
-        payer=ALICE.account,
-        payee=BOB.account,
-        deposit=DEPOSIT,
+    _, r2 = await first_life(
+        ledger, ALICE, BOB.account, channel, DEPOSIT, count=2, price=PRICE, deadline_in_ms=1_000
     )
-    now = await ledger.now()
-    before.next_request(ALICE, service="echo", body=b"1", price=PRICE, deadline=now + 1_000)
-    r2 = before.next_request(ALICE, service="echo", body=b"2", price=PRICE, deadline=now + 1_000)
     # n=1 served; n=2 taken and withheld; BOB redeems both
     assert await ledger.redeem(BOB, r2) == 2 * PRICE
     offset[0] += 1_500

@@ -23,10 +23,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from node_support import claim_game_params, wait_until
+from node_support import claim_game_params, first_life, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN
 
-from p2pay.core.channel import PayerChannel
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import open_node
@@ -42,20 +41,7 @@ async def test_an_honest_payees_redeem_of_an_unredeemed_voucher_raises_the_alarm
     await ledger.stake(BOB, STAKE, 10**19, 30_000)
     channel = await ledger.open_channel(ALICE, BOB.account, DEPOSIT, 100)
     # ALICE's first life: three requests, BOB served and charged them all (his spent 3000)
-    before = PayerChannel(
-        ledger=ledger.ledger_id,
-        channel=channel,
-        payer=ALICE.account,
-        payee=BOB.account,
-        deposit=DEPOSIT,
-    )
-    now = await ledger.now()
-    signed = [
-        before.next_request(
-            ALICE, service="echo", body=b"%d" % i, price=PRICE, deadline=now + 20_000
-        )
-        for i in (1, 2, 3)
-    ]
+    signed = await first_life(ledger, ALICE, BOB.account, channel, DEPOSIT, count=3, price=PRICE)
     # BOB redeems n=2 now; n=3 he keeps for later (nothing obliges him to redeem at once)
     assert await ledger.redeem(BOB, signed[1]) == 2 * PRICE
     caplog.set_level(logging.INFO)
