@@ -120,8 +120,9 @@ Decision = Admit | Refuse
 class Completion:
     """What `PayeeChannel.complete` decided: ``charged`` (0 if nothing was), the ``spent``
     the answer carries, and ``refusal``: DEADLINE_EXCEEDED when the handler finished after
-    the request's deadline (the node then sends that signed refusal, not the answer), else
-    None. Unpacks as ``(charged, spent)``."""
+    the request's deadline, CHANNEL_CLOSED when it finished after the payer started a close
+    (the node then sends that signed refusal, not the answer), else None. Unpacks as
+    ``(charged, spent)``."""
 
     charged: int
     spent: int
@@ -540,6 +541,12 @@ class PayeeChannel:
                 refusal instead of the answer. None skips the check (callers that
                 release a reservation without answering).
 
+        A request that finishes once the channel is no longer OPEN (the payer started a
+        close, or it is closed) is not charged either: the result's ``refusal`` is
+        CHANNEL_CLOSED. Its charge could come after the payee's closing redeems, and the
+        close's end would return it to the payer with the answer given (protocol.md 17:
+        a slow request sent just before a close was served for nothing).
+
         Returns:
             A `Completion`: the price charged (0 unless served in time), the cumulative
             spent the receipt carries, and the refusal code when the answer was late.
@@ -559,6 +566,8 @@ class PayeeChannel:
             return Completion(0, self.spent, ErrorCode.DEADLINE_EXCEEDED)
         if not ok:
             return Completion(0, self.spent)
+        if self.status is not ChannelStatus.OPEN:
+            return Completion(0, self.spent, ErrorCode.CHANNEL_CLOSED)
         self.spent += price
         return Completion(price, self.spent)
 

@@ -527,7 +527,13 @@ class _ServerSession:
         """Charge (or not) a finished request and answer it (C-4: late is not charged)."""
         node = self.node
         done = ch.complete(request.n, ok=ok, now=node.now())
-        if done.refusal is not None:
+        if done.refusal is ErrorCode.CHANNEL_CLOSED:
+            # finished after the payer started a close: not charged (protocol.md 17), a
+            # signed refusal instead (a charge now could come after our closing redeems)
+            node.counters.refused[done.refusal.value] += 1
+            closed = f"channel is {ch.status.value}; nothing charged"
+            self._answer(ch, request, done.refusal.value, 0, done.spent, refusal_body(closed, {}))
+        elif done.refusal is not None:
             # C-4: finished after the deadline: not charged, a signed refusal instead
             node.counters.late_answers += 1
             node.counters.refused[done.refusal.value] += 1

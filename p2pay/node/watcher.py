@@ -968,7 +968,10 @@ class Watcher:
             return await self._store_answer(
                 ch, request, claim, STATUS_OK, done.charged, body, done.spent
             )
-        if done.refusal is not None or scope.cancelled_caught:
+        code: ErrorCode
+        if done.refusal is ErrorCode.CHANNEL_CLOSED:
+            code, error = done.refusal, f"channel is {ch.status.value}; nothing charged"
+        elif done.refusal is not None or scope.cancelled_caught:
             code, error = ErrorCode.DEADLINE_EXCEEDED, "not answered before the claim's deadline"
         else:
             code = ErrorCode.HANDLER_ERROR

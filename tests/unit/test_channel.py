@@ -186,6 +186,23 @@ def test_complete_after_the_deadline_charges_nothing() -> None:
     assert ch.spent == PRICE
 
 
+def test_complete_after_a_close_began_charges_nothing() -> None:
+    """Attack round 17 (protocol.md 13.3 "closing"): a request admitted while the channel
+    was open whose handler finishes once the payer started a close is not charged: its
+    charge could come after the payee's closing redeems, and the close's end would give
+    the price back to the payer with the answer. A failure is a failure as before."""
+    ch = payee()
+    for n in (1, 2, 3):
+        assert isinstance(admit(ch, request(n, n * PRICE)), Admit)
+    assert tuple(ch.complete(1, ok=True)) == (PRICE, PRICE)
+    ch.status = ChannelStatus.CLOSING
+    closed = ch.complete(2, ok=True, now=LATER)
+    assert (closed.charged, closed.spent, closed.refusal) == (0, PRICE, ErrorCode.CHANNEL_CLOSED)
+    failed = ch.complete(3, ok=False, now=LATER)
+    assert (failed.charged, failed.refusal) == (0, None)
+    assert (ch.spent, ch.reserved, ch.pending) == (PRICE, 0, {})
+
+
 def test_complete_refuses_unknown_or_repeated_n() -> None:
     ch = payee()
     with pytest.raises(LocalProtocolError):
