@@ -823,7 +823,10 @@ class Watcher:
         except P2payError:
             return
         if isinstance(request, Request) and request.channel == claim.channel:
-            on_channel.add(request)
+            # without its body: a conflict is in the signed fields, evidence is posted
+            # without it (settlement.md AnswerClaim), and every claim against us is held
+            # for as long as we run (a body is up to the ledger's max_claim_body)
+            on_channel.add(Request.from_signed(request.signing_bytes, request.signature, b""))
 
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
         """The requests of the other claims against us on `claimed`'s channel that may be
