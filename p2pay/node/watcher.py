@@ -377,6 +377,9 @@ class Watcher:
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
+        #: payee channels a ChannelClosing named whose state we have not read since
+        #: (`_defend_closes`, C-8)
+        self._closing: set[bytes] = set()
         #: payer channels whose payee's take is to be checked (`_check_takes`): after a
         #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
         #: check a crash cut short); one leaves the set only once its check ran to the end
@@ -454,15 +457,12 @@ class Watcher:
         while True:
             events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
             # C-8: a payer closing a channel we are paid on is answered before anything else
-            closing = [e for e in events if e.kind == "ChannelClosing"]
-            for event in closing:
+            for event in events:
                 channel = event.fields.get("channel")
-                if isinstance(channel, bytes) and channel in node.payee_channels:
-                    try:
-                        await node.refresh_channel(channel)
-                        await self._redeem(node.payee_channels[channel], force=True)
-                    except (P2payError, OSError) as exc:
-                        log.warning("redeem on close of %s: %s", channel.hex(), exc)
+                if event.kind == "ChannelClosing" and isinstance(channel, bytes):
+                    if channel in node.payee_channels:
+                        self._closing.add(channel)
+            await self._defend_closes()
             for event in events:
                 try:
                     await self._on_event(event)
@@ -486,6 +486,28 @@ class Watcher:
         self.steps += 1
         if self.steps % 100 == 1:
             await node.store.prune_responses(node.prune_before())  # N13
+
+    async def _defend_closes(self) -> None:
+        """Read each payee channel a ChannelClosing named from the ledger and redeem it at
+        once (C-8). One whose read failed stays due and is tried again at every step: its
+        event is not read again (the cursor moved on), and until the read succeeds the
+        channel is OPEN in our view, redeemed by the ordinary policy only (often not before
+        the close ends: a transient ledger error lost every unredeemed charge; attack
+        round 17), and its requests still being served would be charged (protocol.md
+        13.3). Once CLOSING, `_redeem_due` redeems it at every step while it owes."""
+        node = self.node
+        for channel in list(self._closing):
+            ch = node.payee_channels.get(channel)
+            if ch is None:
+                self._closing.discard(channel)
+                continue
+            try:
+                await node.refresh_channel(channel)
+                if ch.status is not ChannelStatus.OPEN:  # read from the ledger
+                    self._closing.discard(channel)
+                await self._redeem(ch, force=True)
+            except (P2payError, OSError) as exc:
+                log.warning("redeem on close of %s: %s", channel.hex(), exc)
 
     # -- events
 
