@@ -697,6 +697,14 @@ class PayeeChannel:
         if request.paid > self.verified_paid:  # checked above: it covers earlier credit
             self.verified = request
             improved = True
+            if self.unchecked:
+                # 13.4 rule d (N8), as at check 4 on a stream: the requests it covers are
+                # checked now, and a bad one revokes deferral. Raising `verified` unchecked
+                # reset the unverified credit: a payer alternating bad requests on its
+                # stream with claims on fresh numbers took the limit again and again (up to
+                # MAX_UNCHECKED bad requests), each refunded by a claim on a good twin
+                # (attack round 17)
+                self._check_unchecked()
         self.reserved += price
         self.pending[request.n] = price
         self.deadlines[request.n] = deadline

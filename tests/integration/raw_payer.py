@@ -110,10 +110,10 @@ class RawPayer:
 
 @asynccontextmanager
 async def raw_payer_and_provider(
-    name: bytes, *, deposit: int = 10**6, challenge_ms: int = 60_000
+    name: bytes, *, deposit: int = 10**6, challenge_ms: int = 60_000, config: NodeConfig = CONFIG
 ) -> AsyncIterator[tuple[RawPayer, Node]]:
-    """A dev ledger, BOB's node (staked, serving ``echo``) and MALLORY's channel to it
-    (`deposit`, `challenge_ms`) with a stream on which the hellos are exchanged."""
+    """A dev ledger, BOB's node (staked, serving ``echo``; `config`) and MALLORY's channel
+    to it (`deposit`, `challenge_ms`) with a stream on which the hellos are exchanged."""
     ledger = MemoryLedger(
         Params(
             ledger_id=b"p2pay:test:" + name,
@@ -132,7 +132,7 @@ async def raw_payer_and_provider(
         await stream.aclose()
 
     async with (
-        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG) as bob,
+        open_node(key=BOB, ledger=ledger, network=net, config=config) as bob,
         open_memory_transport(net, MALLORY, ignore) as transport,
     ):
         bob.serve("echo", echo, price=PRICE)
