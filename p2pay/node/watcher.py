@@ -1043,7 +1043,10 @@ class Watcher:
                     node.response_expiry(request.deadline),
                     claim.window_ends + node.config.response_retention_ms,
                 ),
-                request_frame=request.to_frame(),  # re-sends and evidence (claims.md 2)
+                # evidence (claims.md 2): the signed fields, not the body (up to the
+                # ledger's max_claim_body; a claim's request reached us through the
+                # ledger, where it stays): a claim flood would fill the store with bodies
+                request_frame=_without_body(request),
             ),
         )
         await node.persister.durable(generation)
@@ -1548,6 +1551,12 @@ class Watcher:
                     await node.ledger.resolve_claim(node.key, record.claim_id)
                 except SettlementError as exc:
                     log.warning("resolve %s refused: %s", record.claim_id.hex(), exc)
+
+
+def _without_body(request: Request) -> bytes:
+    """`request`'s frame without its body: what proves a conflict (claims.md 2; the
+    ledger keeps evidence so too, settlement.md AnswerClaim)."""
+    return Request.from_signed(request.signing_bytes, request.signature, b"").to_frame()
 
 
 def check_claim_answer(claim: Claim, request: Request) -> Response | None:

@@ -13,8 +13,10 @@ shrank (measured against the real `p2pay node run`: 250 claims of 1 MB, 100 MiB 
 MiB resident, glibc's arena effects aside; a few thousand such claims exhaust a
 provider, which then answers no claim at all and is slashed). Now: nothing per body.
 
-Measured with tracemalloc in this process (the SQLite ledger and store keep nothing in
-Python objects once a claim is answered). Every wait bounded; nothing asserts on timing.
+Nor are the bodies stored beside the claims' answers (they were, for the retention period:
+1 MiB of disk per free claim). Memory measured with tracemalloc in this process (the
+SQLite ledger and store keep nothing in Python objects once a claim is answered).
+Every wait bounded; nothing asserts on timing.
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ async def test_claim_bodies_are_not_held_by_the_provider(tmp_path: Path) -> None
             # before the fix about 2 * BODY per claim (32 MiB here); now a claim's own
             # record, a few hundred bytes, and the last few bodies read (not per claim)
             assert held < 8 * BODY, held
+            # nor kept in its store beside its answers (evidence needs the signed fields
+            # only): each claim's answer kept for the retention period (3 days by
+            # default) took its body on disk
+            stored = await store.vouchers_near(channel, K // 2, limit=K)
+            assert len(stored) == K
+            assert all(len(s.request_frame) < 1024 for s in stored), max(
+                len(s.request_frame) for s in stored
+            )
     finally:
         await store.aclose()
         await ledger.aclose()
