@@ -528,7 +528,7 @@ class _ServerSession:
         node = self.node
         done = ch.complete(request.n, ok=ok, now=node.now())
         if done.refusal is ErrorCode.CHANNEL_CLOSED:
-            # finished after the payer started a close: not charged (protocol.md 17), a
+            # finished after the payer started a close: not charged (protocol.md 13.3), a
             # signed refusal instead (a charge now could come after our closing redeems)
             node.counters.refused[done.refusal.value] += 1
             closed = f"channel is {ch.status.value}; nothing charged"
