@@ -133,6 +133,10 @@ class WatcherHost(Protocol):
 
 
 CURSOR_KEY = "ledger_cursor"
+#: store meta key of the payee channels a ChannelClosing named and whose state we have not
+#: read since (`Watcher._closing`): the ids, 32 bytes each, stored with the cursor that
+#: passed their event
+CLOSING_KEY = "p2pay.closing_due"
 
 
 def redeem_reason(
@@ -378,7 +382,7 @@ class Watcher:
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
         #: payee channels a ChannelClosing named whose state we have not read since
-        #: (`_defend_closes`, C-8)
+        #: (`_defend_closes`, C-8); stored (`CLOSING_KEY`), loaded by `run`
         self._closing: set[bytes] = set()
         #: payer channels whose payee's take is to be checked (`_check_takes`): after a
         #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
@@ -419,6 +423,8 @@ class Watcher:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         raw = await self.node.store.get_meta(CURSOR_KEY)
         self.cursor = int.from_bytes(raw, "big") if raw else 0
+        due = await self.node.store.get_meta(CLOSING_KEY) or b""
+        self._closing.update(due[i : i + 32] for i in range(0, len(due) - 31, 32))
         self._takes_due.update(self.node.payer_channels)
         async with trio.open_nursery() as tasks:
             self._tasks = tasks
@@ -457,11 +463,16 @@ class Watcher:
         while True:
             events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
             # C-8: a payer closing a channel we are paid on is answered before anything else
+            due = len(self._closing)
             for event in events:
                 channel = event.fields.get("channel")
                 if event.kind == "ChannelClosing" and isinstance(channel, bytes):
                     if channel in node.payee_channels:
                         self._closing.add(channel)
+            if len(self._closing) != due:
+                # staged before the cursor that passes their events: a restart before they
+                # are read finds them due (a crash lost them, and with them the close)
+                self._stage_closing()
             await self._defend_closes()
             for event in events:
                 try:
@@ -496,6 +507,7 @@ class Watcher:
         round 17), and its requests still being served would be charged (protocol.md
         13.3). Once CLOSING, `_redeem_due` redeems it at every step while it owes."""
         node = self.node
+        due = len(self._closing)
         for channel in list(self._closing):
             ch = node.payee_channels.get(channel)
             if ch is None:
@@ -508,6 +520,13 @@ class Watcher:
                 await self._redeem(ch, force=True)
             except (P2payError, OSError) as exc:
                 log.warning("redeem on close of %s: %s", channel.hex(), exc)
+        if len(self._closing) != due:
+            self._stage_closing()
+
+    def _stage_closing(self) -> None:
+        """Stage the payee channels still due (`_closing`, at most one per payee channel)."""
+        due = b"".join(sorted(self._closing))
+        self.node.persister.stage(meta={CLOSING_KEY: due})
 
     # -- events
 
