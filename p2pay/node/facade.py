@@ -625,11 +625,22 @@ class Node:
         the challenge period (the watcher finalizes it when it ends)."""
         pch = self.payee_channels.get(channel)
         if pch is not None:
-            # only a checked voucher goes to the ledger (protocol.md 13.4 rule b)
-            voucher = pch.verified_voucher() if pch.spent > pch.redeemed else None
-            await self.ledger.payee_close(
-                self.key, channel, voucher, pch.spent if voucher else None
-            )
+            # No longer open before `spent` is read: a request that finishes while the
+            # close is on its way is not charged (protocol.md 13.3 'closing'), since the
+            # close pays out only the `spent` read here (attack round 18: it was charged
+            # and answered OK, and its price went back to the payer with the escrow)
+            before = pch.status
+            pch.status = ChannelStatus.CLOSED
+            try:
+                await self.persister.flush()  # never redeem a charge that is not durable
+                # only a checked voucher goes to the ledger (protocol.md 13.4 rule b)
+                voucher = pch.verified_voucher() if pch.spent > pch.redeemed else None
+                await self.ledger.payee_close(
+                    self.key, channel, voucher, pch.spent if voucher else None
+                )
+            except BaseException:
+                pch.status = before  # not closed: the ledger refused, or we were cancelled
+                raise
             if voucher is not None:
                 redeemed = max(pch.redeemed, min(pch.spent, voucher.paid))
                 self.counters.redeemed += redeemed - pch.redeemed
