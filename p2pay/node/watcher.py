@@ -48,6 +48,7 @@ stop the node.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import heapq
 import json
@@ -309,6 +310,14 @@ class _Gap:
     `same_n`: we hold another request numbered alike (the admission refuses it then)."""
 
     same_n: bool
+
+
+class _Serve:
+    """`_prepare_answer` without a handler slot: the claimed request is to be served
+    through the claim; take a slot and read its body from the ledger (`_answer_claim`)."""
+
+
+_SERVE = _Serve()
 
 
 class EarliestFirst:
@@ -635,7 +644,7 @@ class Watcher:
         try:
             while True:
                 try:
-                    claim = await node.ledger.claim(claim_id)
+                    claim = _light(await node.ledger.claim(claim_id))
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if await node.ledger.now() > claim.window_ends:
@@ -643,9 +652,9 @@ class Watcher:
                         return
                     if answer is None:
                         # handlers through claims run at most max_claim_answers at once
-                        # (`_serve_claimed`); looking up stored answers and evidence does
+                        # (`_answer_claim`); looking up stored answers and evidence does
                         # not wait for them, so a flood never keeps a cheap answer back
-                        answer = await self._prepare_answer(claim, use_evidence)
+                        answer = await self._answer_claim(claim, use_evidence)
                     if answer is not None:
                         async with self._answering.hold(claim.window_ends):
                             if answer.evidence is not None:
@@ -682,7 +691,89 @@ class Watcher:
         finally:
             self._defending.discard(claim_id)
 
-    async def _prepare_answer(self, claim: Claim, use_evidence: bool) -> _Answer | None:
+    async def _answer_claim(self, claim: Claim, use_evidence: bool) -> _Answer | None:
+        """The answer to a claim against us (held without its request's body, `_light`),
+        or None to try again later.
+
+        With a handler slot free (at most max_claim_answers at once), the claim is read
+        whole and answered in one pass, served through the claim if need be. Without one,
+        the stored answers and evidence are looked up with the signed fields only; a
+        request to serve waits for a slot with nothing more, and its body is read from
+        the ledger once it has one (everything looked up again then): each claim waiting
+        held its body, twice (the frame and the decoded request), so a flood of claims on
+        a slow service held up to the ledger's max_claim_body each until served (attack
+        round 18: 48 claims of 512 KiB, 48 MiB). One whose admission refuses it at once
+        (an unknown service, a price below the service's, a body it does not take, a
+        channel not open) does not wait. Waiting counts against the handler's deadline
+        (`_serve_claimed`: past it, the request is refused DEADLINE_EXCEEDED, C-1)."""
+        node = self.node
+        slot = False
+        try:
+            try:
+                self._limiter.acquire_nowait()
+                slot = True
+            except trio.WouldBlock:
+                found = await self._prepare_answer(claim, use_evidence, slot=None)
+                if not isinstance(found, _Serve):
+                    return found
+                if not await self._refused_at_once(claim.id):
+                    wait = max(0, self._handler_deadline(claim) - await node.ledger.now())
+                    with trio.move_on_after(wait / 1000):
+                        await self._limiter.acquire()
+                        slot = True
+            # whole, everything looked up again: with a slot, or without one when the
+            # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED)
+            full = await node.ledger.claim(claim.id)
+            if full is None or full.state is not ClaimState.OPEN:
+                return None
+            answer = await self._prepare_answer(full, use_evidence, slot=slot)
+            assert not isinstance(answer, _Serve)
+            return answer
+        finally:
+            if slot:
+                self._limiter.release()
+
+    async def _refused_at_once(self, claim_id: bytes) -> bool:
+        """Whether the admission of the request of claim `claim_id` (`admit_claimed`)
+        would refuse it without a handler: checks that need no other state (the claim
+        read whole, and let go before the caller waits)."""
+        node = self.node
+        claim = await node.ledger.claim(claim_id)
+        if claim is None:
+            return True
+        try:
+            request = decode_frame(claim.request_frame)
+        except P2payError:
+            return True
+        if not isinstance(request, Request):
+            return True
+        ch = node.payee_channels.get(request.channel)
+        service = node.services.get(request.service)
+        return (
+            ch is None
+            or ch.status is not ChannelStatus.OPEN
+            or request.paid > ch.deposit
+            or service is None
+            or request.price < service.price
+            or len(request.body) > service.max_body
+            or not request.body_matches()
+        )
+
+    def _handler_deadline(self, claim: Claim) -> int:
+        """Ledger ms by which a handler serving `claim`'s request must finish: its window
+        end minus the answer margin (at least 3 block intervals when the ledger states its
+        block time, `block_time_ms`; EvmLedger does not yet), at most a third of the
+        window."""
+        block_ms = getattr(self.node.ledger, "block_time_ms", None)
+        wanted = self.node.config.claim_answer_margin_ms
+        if type(block_ms) is int and block_ms > 0:
+            wanted = max(wanted, 3 * block_ms)
+        margin = min(wanted, (claim.window_ends - claim.filed_at) // 3)
+        return claim.window_ends - margin
+
+    async def _prepare_answer(
+        self, claim: Claim, use_evidence: bool, *, slot: bool | None
+    ) -> _Answer | _Serve | None:
         """The answer to a claim against us, or None to try again later.
 
         In order: the signed answer we stored for the request (OK or refusal); a request
@@ -719,8 +810,10 @@ class Watcher:
             ch.unwatch_completions(request)  # (not while a handler serves it, below)
         if not isinstance(found, _Gap):
             return found
+        if slot is None:
+            return _SERVE  # `_answer_claim` takes a handler slot and reads the body
         # synchronous from `_answer_watched`'s last check to the admission in `_serve_claimed`
-        served = await self._serve_claimed(ch, request, claim, found.same_n)
+        served = await self._serve_claimed(ch, request, claim, found.same_n, slot=slot)
         return None if served is None else _Answer(response=served)
 
     async def _stored_answer(self, claim: Claim, request: Request) -> _Answer | None:
@@ -935,7 +1028,7 @@ class Watcher:
         return None
 
     async def _serve_claimed(
-        self, ch: PayeeChannel, request: Request, claim: Claim, seen: bool
+        self, ch: PayeeChannel, request: Request, claim: Claim, seen: bool, *, slot: bool
     ) -> Response | None:
         """Serve (or refuse) a request that reached us only through a claim (C-6).
 
@@ -948,14 +1041,8 @@ class Watcher:
         """
         node = self.node
         service = node.services.get(request.service)
-        # An answer must be mined before the window ends: at least 3 block intervals when
-        # the ledger states its block time (`block_time_ms`; EvmLedger does not yet).
-        block_ms = getattr(node.ledger, "block_time_ms", None)
-        wanted = node.config.claim_answer_margin_ms
-        if type(block_ms) is int and block_ms > 0:
-            wanted = max(wanted, 3 * block_ms)
-        margin = min(wanted, (claim.window_ends - claim.filed_at) // 3)
-        deadline = claim.window_ends - margin
+        # An answer must be mined before the window ends (`_handler_deadline`).
+        deadline = self._handler_deadline(claim)
         decision = ch.admit_claimed(
             request,
             price=service.price if service is not None else None,
@@ -992,7 +1079,10 @@ class Watcher:
                 # waiting for a handler slot counts against the claim's deadline: a claim
                 # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
                 # charged, its slice never earned) instead of left unanswered (C-1)
-                async with self._limiter:  # at most max_claim_answers handlers at once
+                # at most max_claim_answers handlers at once: `slot` is one the caller
+                # holds (`_answer_claim`); without one (it expected a refusal, or the
+                # deadline passed) one is taken here
+                async with contextlib.nullcontext() if slot else self._limiter:
                     ok, body, error, details = await run_service(
                         service,
                         call,
@@ -1570,6 +1660,20 @@ class Watcher:
                     await node.ledger.resolve_claim(node.key, record.claim_id)
                 except SettlementError as exc:
                     log.warning("resolve %s refused: %s", record.claim_id.hex(), exc)
+
+
+def _light(claim: Claim | None) -> Claim | None:
+    """`claim` with its request frame stripped of the body (`_without_body`): what a claim
+    against us is held by while its answer is looked up or waits (`_answer_claim`)."""
+    if claim is None or not claim.request_frame:
+        return claim
+    try:
+        request = decode_frame(claim.request_frame)
+    except P2payError:
+        return claim  # `_prepare_answer` logs it
+    if not isinstance(request, Request):
+        return claim
+    return dataclasses.replace(claim, request_frame=_without_body(request))
 
 
 def _without_body(request: Request) -> bytes:
