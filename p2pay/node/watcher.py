@@ -110,6 +110,8 @@ class WatcherHost(Protocol):
     _unanswered: dict[bytes, list[_Outbox]]
     #: requests whose claim the watcher refused late -> that signed answer's frame
     _late_refused: dict[bytes, bytes]
+    #: channel id -> the lock of its adoption while one is under way (`ChannelBook`)
+    _channel_locks: dict[bytes, trio.Lock]
 
     @property
     def account(self) -> bytes: ...
@@ -476,7 +478,8 @@ class Watcher:
             for event in events:
                 channel = event.fields.get("channel")
                 if event.kind == "ChannelClosing" and isinstance(channel, bytes):
-                    if channel in node.payee_channels:
+                    # or being adopted: its read may predate the close (`_defend_closes`)
+                    if channel in node.payee_channels or channel in node._channel_locks:
                         self._closing.add(channel)
             if len(self._closing) != due:
                 # staged before the cursor that passes their events: a restart before they
@@ -520,7 +523,13 @@ class Watcher:
         for channel in list(self._closing):
             ch = node.payee_channels.get(channel)
             if ch is None:
-                self._closing.discard(channel)
+                # A channel whose adoption (its first request, `ChannelBook.
+                # payee_channel_for`) is under way stays due: the adoption's read may have
+                # gone out before the StartClose and come back after this event (a slow or
+                # lagging endpoint), and the channel would be adopted OPEN and never read
+                # again (attack round 18). Else nothing was charged on it: not ours.
+                if channel not in node._channel_locks:
+                    self._closing.discard(channel)
                 continue
             try:
                 await node.refresh_channel(channel)
