@@ -170,6 +170,9 @@ class PayeeChannel:
     unverified_credit_limit: int = DEFAULT_UNVERIFIED_CREDIT_LIMIT
     #: a voucher of this channel failed its check: no more credit on unchecked vouchers
     deferral_revoked: bool = False
+    #: the payee is closing the channel itself (a PayeeClose on its way to the ledger,
+    #: `Node.close_channel`): nothing more is charged, as once it is closed (`is_open`)
+    stopping: bool = field(default=False, compare=False)
     #: n -> requests admitted without their signature checked, since the last check; each
     #: is checked when a voucher covering it is (13.4 rule d: a bad one covered by a good
     #: voucher is a violation too, N8), at most MAX_UNCHECKED at a time
@@ -344,8 +347,8 @@ class PayeeChannel:
         `paid_max` is the payee's after this request (raised to its ``paid``); the slice
         rule (check 5') was checked before: it is refused unsigned.
         """
-        if self.status is not ChannelStatus.OPEN:
-            return (ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}", {})
+        if not self.is_open:
+            return (ErrorCode.CHANNEL_CLOSED, f"channel is {self.state_name}", {})
         if now > request.deadline:
             return (ErrorCode.DEADLINE_EXCEEDED, "request deadline has passed", {})
         if max_deadline is not None and request.deadline > max_deadline:
@@ -374,6 +377,19 @@ class PayeeChannel:
                 {"price": price, "credit": credit, "spent": self.spent},
             )
         return None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether requests may still be admitted and charged: OPEN in our view of the
+        ledger, and not being closed by us (``stopping``)."""
+        return self.status is ChannelStatus.OPEN and not self.stopping
+
+    @property
+    def state_name(self) -> str:
+        """The channel's state as its CHANNEL_CLOSED refusals name it."""
+        return (
+            "closing" if self.stopping and self.status is ChannelStatus.OPEN else self.status.value
+        )
 
     @property
     def unredeemed(self) -> int:
@@ -566,7 +582,7 @@ class PayeeChannel:
             return Completion(0, self.spent, ErrorCode.DEADLINE_EXCEEDED)
         if not ok:
             return Completion(0, self.spent)
-        if self.status is not ChannelStatus.OPEN:
+        if not self.is_open:
             return Completion(0, self.spent, ErrorCode.CHANNEL_CLOSED)
         self.spent += price
         return Completion(price, self.spent)
@@ -655,8 +671,8 @@ class PayeeChannel:
                 self.paid_max = request.paid
                 self.best = request
                 improved = True
-        if self.status is not ChannelStatus.OPEN:
-            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.status.value}")
+        if not self.is_open:
+            return refuse(ErrorCode.CHANNEL_CLOSED, f"channel is {self.state_name}")
         if request.paid > self.deposit:
             return refuse(
                 ErrorCode.INSUFFICIENT_DEPOSIT,

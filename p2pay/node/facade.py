@@ -625,12 +625,12 @@ class Node:
         the challenge period (the watcher finalizes it when it ends)."""
         pch = self.payee_channels.get(channel)
         if pch is not None:
-            # No longer open before `spent` is read: a request that finishes while the
-            # close is on its way is not charged (protocol.md 13.3 'closing'), since the
-            # close pays out only the `spent` read here (attack round 18: it was charged
-            # and answered OK, and its price went back to the payer with the escrow)
-            before = pch.status
-            pch.status = ChannelStatus.CLOSED
+            # Nothing charged from before `spent` is read: a request that finishes while
+            # the close is on its way is answered CHANNEL_CLOSED (protocol.md 13.3
+            # 'closing'), since the close pays out only the `spent` read here (attack
+            # round 18: it was charged and answered OK, and its price went back to the
+            # payer with the escrow). In memory only: the ledger's state stays ours.
+            pch.stopping = True
             try:
                 await self.persister.flush()  # never redeem a charge that is not durable
                 # only a checked voucher goes to the ledger (protocol.md 13.4 rule b)
@@ -638,9 +638,8 @@ class Node:
                 await self.ledger.payee_close(
                     self.key, channel, voucher, pch.spent if voucher else None
                 )
-            except BaseException:
-                pch.status = before  # not closed: the ledger refused, or we were cancelled
-                raise
+            finally:
+                pch.stopping = False  # closed below; or not closed: open again
             if voucher is not None:
                 redeemed = max(pch.redeemed, min(pch.spent, voucher.paid))
                 self.counters.redeemed += redeemed - pch.redeemed

@@ -531,7 +531,7 @@ class _ServerSession:
             # finished after the payer started a close: not charged (protocol.md 13.3), a
             # signed refusal instead (a charge now could come after our closing redeems)
             node.counters.refused[done.refusal.value] += 1
-            closed = f"channel is {ch.status.value}; nothing charged"
+            closed = f"channel is {ch.state_name}; nothing charged"
             self._answer(ch, request, done.refusal.value, 0, done.spent, refusal_body(closed, {}))
         elif done.refusal is not None:
             # C-4: finished after the deadline: not charged, a signed refusal instead

@@ -1113,7 +1113,7 @@ class Watcher:
             )
         code: ErrorCode
         if done.refusal is ErrorCode.CHANNEL_CLOSED:
-            code, error = done.refusal, f"channel is {ch.status.value}; nothing charged"
+            code, error = done.refusal, f"channel is {ch.state_name}; nothing charged"
         elif done.refusal is not None or scope.cancelled_caught:
             code, error = ErrorCode.DEADLINE_EXCEEDED, "not answered before the claim's deadline"
         else:
