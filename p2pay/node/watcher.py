@@ -653,7 +653,7 @@ class Watcher:
         try:
             while True:
                 try:
-                    claim = _light(await node.ledger.claim(claim_id))
+                    claim, body = _light(await node.ledger.claim(claim_id))
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if await node.ledger.now() > claim.window_ends:
@@ -663,7 +663,7 @@ class Watcher:
                         # handlers through claims run at most max_claim_answers at once
                         # (`_answer_claim`); looking up stored answers and evidence does
                         # not wait for them, so a flood never keeps a cheap answer back
-                        answer = await self._answer_claim(claim, use_evidence)
+                        answer = await self._answer_claim(claim, body, use_evidence)
                     if answer is not None:
                         async with self._answering.hold(claim.window_ends):
                             if answer.evidence is not None:
@@ -700,7 +700,9 @@ class Watcher:
         finally:
             self._defending.discard(claim_id)
 
-    async def _answer_claim(self, claim: Claim, use_evidence: bool) -> _Answer | None:
+    async def _answer_claim(
+        self, claim: Claim, body: _Body | None, use_evidence: bool
+    ) -> _Answer | None:
         """The answer to a claim against us (held without its request's body, `_light`),
         or None to try again later.
 
@@ -725,7 +727,7 @@ class Watcher:
                 found = await self._prepare_answer(claim, use_evidence, slot=None)
                 if not isinstance(found, _Serve):
                     return found
-                if not await self._refused_at_once(claim.id):
+                if not self._refused_at_once(claim, body):
                     wait = max(0, self._handler_deadline(claim) - await node.ledger.now())
                     with trio.move_on_after(wait / 1000):
                         await self._limiter.acquire()
@@ -742,30 +744,27 @@ class Watcher:
             if slot:
                 self._limiter.release()
 
-    async def _refused_at_once(self, claim_id: bytes) -> bool:
-        """Whether the admission of the request of claim `claim_id` (`admit_claimed`)
-        would refuse it without a handler: checks that need no other state (the claim
-        read whole, and let go before the caller waits)."""
+    def _refused_at_once(self, claim: Claim, body: _Body | None) -> bool:
+        """Whether the admission of `claim`'s request (`admit_claimed`) would refuse it
+        without a handler: the checks that need no other state, its body's as it was
+        read (`body`; None: unreadable, `_prepare_answer` deals with it)."""
         node = self.node
-        claim = await node.ledger.claim(claim_id)
-        if claim is None:
-            return True
         try:
             request = decode_frame(claim.request_frame)
         except P2payError:
             return True
-        if not isinstance(request, Request):
+        if body is None or not isinstance(request, Request):
             return True
         ch = node.payee_channels.get(request.channel)
         service = node.services.get(request.service)
         return (
             ch is None
-            or ch.status is not ChannelStatus.OPEN
+            or not ch.is_open
             or request.paid > ch.deposit
             or service is None
             or request.price < service.price
-            or len(request.body) > service.max_body
-            or not request.body_matches()
+            or body.length > service.max_body
+            or not body.matches
         )
 
     def _handler_deadline(self, claim: Claim) -> int:
@@ -1671,18 +1670,28 @@ class Watcher:
                     log.warning("resolve %s refused: %s", record.claim_id.hex(), exc)
 
 
-def _light(claim: Claim | None) -> Claim | None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Body:
+    """What the admission of a claimed request checks of its body (`_refused_at_once`)."""
+
+    length: int
+    matches: bool
+
+
+def _light(claim: Claim | None) -> tuple[Claim | None, _Body | None]:
     """`claim` with its request frame stripped of the body (`_without_body`): what a claim
-    against us is held by while its answer is looked up or waits (`_answer_claim`)."""
+    against us is held by while its answer is looked up or waits (`_answer_claim`), and
+    what the admission checks of the body (None if the request does not decode)."""
     if claim is None or not claim.request_frame:
-        return claim
+        return claim, None
     try:
         request = decode_frame(claim.request_frame)
     except P2payError:
-        return claim  # `_prepare_answer` logs it
+        return claim, None  # `_prepare_answer` logs it
     if not isinstance(request, Request):
-        return claim
-    return dataclasses.replace(claim, request_frame=_without_body(request))
+        return claim, None
+    body = _Body(len(request.body), request.body_matches())
+    return dataclasses.replace(claim, request_frame=_without_body(request)), body
 
 
 def _without_body(request: Request) -> bytes:

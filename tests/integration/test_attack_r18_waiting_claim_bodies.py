@@ -15,7 +15,8 @@ the claims' transactions: 48 MiB of BOB's memory cost MALLORY 48,000 yocto, a fe
 such claims exhaust a provider, which then answers no claim and is slashed). On 03d21c7,
 with 2 handlers running and 46 claims waiting, BOB held 48 MiB (2 * 512 KiB per claim);
 now the waiting claims hold their signed fields only and a claim reads its body from the
-ledger once it has a slot: about 2 MiB (the two being served). Memory measured with
+ledger once it has a slot: about 2 MiB (the two being served). A claim its admission
+refuses at once (an unknown service) still waits for no slot. Memory measured with
 tracemalloc in this process.
 
 Every wait bounded; nothing asserts on timing.
@@ -102,6 +103,22 @@ async def test_claims_waiting_for_a_handler_hold_no_body(tmp_path: Path) -> None
                 held_bytes = tracemalloc.get_traced_memory()[0] - before
             finally:
                 tracemalloc.stop()
+            # a claim its admission refuses at once (a service BOB does not offer) waits
+            # for no handler slot: REFUSED while the others still wait
+            free = Request.create(
+                MALLORY, ledger=ledger.ledger_id, channel=channel, n=K + 1,
+                paid=PRICE * (K + 1), price=PRICE, service="nosuch", body=b"free",
+                deadline=deadline,
+            )  # fmt: skip
+            refused = await ledger.file_claim(MALLORY, free)
+
+            async def decided() -> bool:
+                claim = await ledger.claim(refused)
+                return claim is not None and claim.state is not ClaimState.OPEN
+
+            await wait_until(decided, timeout=20)
+            assert (await ledger.claim(refused)).state is ClaimState.REFUSED  # type: ignore[union-attr]
+            assert running == SLOTS and not release.is_set()
             release.set()
 
             async def answered() -> bool:
