@@ -456,7 +456,16 @@ class SqliteLedger(LocalLedger):
     # --- plumbing
 
     async def _run(self, fn: Callable[[sqlite3.Connection, *_Args], _R], *args: *_Args) -> _R:
-        return await trio.to_thread.run_sync(self._locked, fn, *args)
+        try:
+            return await trio.to_thread.run_sync(self._locked, fn, *args)
+        except sqlite3.OperationalError as exc:
+            # e.g. "database is locked" after busy_timeout (another process holds the
+            # file): a write's transaction was rolled back, nothing moved, and the same
+            # read or operation may simply be retried. Typed, for reads too: a node's
+            # loops go on after a P2payError, and a raw sqlite3 error ended the node.
+            raise SettlementError(
+                f"ledger file busy, nothing read or applied: {exc}", code=ErrorCode.OVERLOADED
+            ) from exc
 
     def _locked(self, fn: Callable[[sqlite3.Connection, *_Args], _R], *args: *_Args) -> _R:
         with self._lock:
@@ -480,14 +489,7 @@ class SqliteLedger(LocalLedger):
 
     async def _submit_signed(self, sender: bytes, make: Callable[[int], Transaction]) -> Receipt:
         clock_now = self._time()  # read the clock in the trio thread (it may be trio's)
-        try:
-            receipt: Receipt = await self._run(self._submit_sync, sender, make, clock_now)
-        except sqlite3.OperationalError as exc:
-            # e.g. "database is locked" after busy_timeout: the transaction was rolled
-            # back, nothing moved, and the same operation may simply be retried.
-            raise SettlementError(
-                f"ledger file busy, operation not applied: {exc}", code=ErrorCode.OVERLOADED
-            ) from exc
+        receipt: Receipt = await self._run(self._submit_sync, sender, make, clock_now)
         if receipt.events:
             self._last_at = max(self._last_at, receipt.events[-1].at)
         return receipt

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -300,3 +301,56 @@ def test_processes_share_one_ledger(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     worker_main(sys.argv[1:])
+
+
+class _LockedFile:
+    """A connection to a ledger file that another process holds locked: every statement
+    fails as SQLite's does once its busy timeout ran out."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, *args: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_busy_ledger_file_is_a_typed_error_for_reads_and_writes(tmp_path: Path) -> None:
+    """A read of a ledger file another process keeps locked raised sqlite3's own error:
+    not a P2payError, so it ended the loops of a node that go on after one (its watcher's
+    step, attack round 17). Reads and writes now raise SettlementError OVERLOADED, nothing
+    applied, and work again once the file is free."""
+
+    async def main() -> None:
+        ledger = await SqliteLedger.create(tmp_path / "busy.db", dev=True)
+        key = worker_key(0)
+        await ledger.mint(key, key.account, 10)
+        conn = ledger._conn
+        ledger._conn = _LockedFile(conn)  # type: ignore[assignment]
+        calls = [
+            lambda: ledger.balance(key.account),
+            lambda: ledger.channel(b"\x01" * 32),
+            lambda: ledger.claim(b"\x02" * 32),
+            lambda: ledger.channels_of(key.account),
+            lambda: ledger.claims_of(key.account),
+            lambda: ledger.events(),
+            lambda: ledger.totals(),
+            lambda: ledger.next_nonce(key.account),
+            lambda: ledger.mint(key, key.account, 5),
+        ]
+        for call in calls:
+            try:
+                await call()
+            except SettlementError as exc:
+                assert exc.code is ErrorCode.OVERLOADED and "locked" in str(exc), exc
+            else:
+                raise AssertionError("a locked file was read")
+        ledger._conn = conn
+        assert await ledger.balance(key.account) == 10  # nothing applied, readable again
+        await ledger.mint(key, key.account, 5)
+        assert await ledger.balance(key.account) == 15
+        await ledger.aclose()
+
+    trio.run(main)
