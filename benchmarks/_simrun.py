@@ -1,11 +1,14 @@
 """Run one simulator scenario, optionally rescaled, and print its summary as JSON.
 
-``python -m benchmarks._simrun SCENARIO [--peers N] [--duration SECONDS] [--shards K]``: the
+``python -m benchmarks._simrun SCENARIO [--peers N] [--duration SECONDS] [--shards K]
+[--report-out PATH]``: the
 peer groups are scaled in proportion to reach N peers (each group keeps at least one
 peer), the simulated duration is replaced if given, and ``--shards K`` runs it as K
 independent sub-markets in K processes (as the CLI's ``--shards``); the run uses the
 simulator's library interface (`p2pay.sim.parse_scenario` + `run_scenario`, no plots, no
-files). The benchmark runs this
+files; ``--report-out`` writes the report without its ``wall`` part, which is a function of
+the scenario and its seed, so two builds' files can be compared byte for byte). The
+benchmark runs this
 in a child process to read its wall time, CPU time and peak RSS.
 """
 
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--shards", type=int, default=None)
+    parser.add_argument(
+        "--report-out",
+        type=Path,
+        default=None,
+        help="also write the whole report but its `wall` part (sorted JSON), to diff runs",
+    )
     args = parser.parse_args(argv)
     import logging
 
@@ -55,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report = run_scenario(spec, plots=False)
     wall = time.perf_counter() - t0
+    if args.report_out is not None:
+        kept = {k: v for k, v in report.items() if k != "wall"}
+        args.report_out.write_text(json.dumps(kept, sort_keys=True, indent=1, default=str))
     out = {
         "peers": spec.peer_count,
         "duration_s": spec.duration_s,
