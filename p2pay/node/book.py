@@ -98,6 +98,11 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
     return ch.channel, functools.partial(_payer_record, ch)
 
 
+#: how many channels to us closing before they were ours `ChannelBook` remembers (32 bytes
+#: each): evicting one takes a StartClose on a channel opened to us
+CLOSING_SEEN_MAX = 4096
+
+
 def _status_of(state: ChannelState | str) -> ChannelStatus:
     return ChannelStatus(str(state))
 
@@ -171,6 +176,9 @@ class ChannelBook:
         self.payee_channels: dict[bytes, PayeeChannel] = {}
         self.payer_channels: dict[bytes, PayerChannel] = {}
         self._channel_locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
+        #: channels to us a ChannelClosing named before they were ours (`note_closing`),
+        #: the newest `CLOSING_SEEN_MAX`: adopted CLOSING whatever the read says
+        self.closing_seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         #: what payees said of their shortest challenge period (protocol.md 17): the
         #: minimum each payee account stated in a CHALLENGE_TOO_SHORT refusal, and the
         #: channels (ours, as payer) it refused so. Durable under `MINIMUMS_KEY`.
@@ -279,6 +287,18 @@ class ChannelBook:
             )
             self.persister.stage(payer=_payer_record(ch))
 
+    def note_closing(self, channel: bytes) -> None:
+        """A ChannelClosing named `channel`, a channel to us that is not ours yet (no
+        request on it so far): if it ever is, it is adopted CLOSING, whatever the ledger's
+        read then says. A read served from before the StartClose (a lagging endpoint)
+        adopted it OPEN long after the event went by, and nothing read it again: its
+        charges were never redeemed and the FinalizeClose gave them back to the payer
+        (attack round 18; claims.md C-8). The newest `CLOSING_SEEN_MAX` are kept."""
+        self.closing_seen[channel] = None
+        self.closing_seen.move_to_end(channel)
+        while len(self.closing_seen) > CLOSING_SEEN_MAX:
+            self.closing_seen.popitem(last=False)
+
     async def payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
         ch = self.payee_channels.get(request.channel)
         if ch is not None:
@@ -302,13 +322,16 @@ class ChannelBook:
                         code=ErrorCode.CHALLENGE_TOO_SHORT,
                         details={"min_challenge_ms": self.config.min_challenge_ms},
                     )
+                status = _status_of(info.state)
+                if status is ChannelStatus.OPEN and info.id in self.closing_seen:
+                    status = ChannelStatus.CLOSING  # the read predates the close we saw
                 ch = PayeeChannel(
                     ledger=self.ledger.ledger_id,
                     channel=info.id,
                     payer=info.payer,
                     payee=self.account,
                     deposit=info.deposit,
-                    status=_status_of(info.state),
+                    status=status,
                     redeemed=info.redeemed,
                     unverified_credit_limit=self.config.unverified_credit_limit,
                 )

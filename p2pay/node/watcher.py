@@ -72,7 +72,7 @@ from p2pay.core.settlement import (
     resend_budget_s,
     tiling_conflict,
 )
-from p2pay.node.book import _payee_record, _payer_snapshot
+from p2pay.node.book import ChannelBook, _payee_record, _payer_snapshot
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, RequestUpdate, StoredResponse
@@ -112,6 +112,8 @@ class WatcherHost(Protocol):
     _late_refused: dict[bytes, bytes]
     #: channel id -> the lock of its adoption while one is under way (`ChannelBook`)
     _channel_locks: dict[bytes, trio.Lock]
+    #: the node's channels (`ChannelBook.note_closing`: closes of channels not ours yet)
+    book: ChannelBook
 
     @property
     def account(self) -> bytes: ...
@@ -481,6 +483,8 @@ class Watcher:
                     # or being adopted: its read may predate the close (`_defend_closes`)
                     if channel in node.payee_channels or channel in node._channel_locks:
                         self._closing.add(channel)
+                    elif event.fields.get("payee") == node.account:
+                        node.book.note_closing(channel)  # adopted CLOSING if ever ours
             if len(self._closing) != due:
                 # staged before the cursor that passes their events: a restart before they
                 # are read finds them due (a crash lost them, and with them the close)
