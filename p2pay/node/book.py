@@ -101,6 +101,9 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
 #: how many channels to us closing before they were ours `ChannelBook` remembers (32 bytes
 #: each): evicting one takes a StartClose on a channel opened to us
 CLOSING_SEEN_MAX = 4096
+#: The store meta key of `ChannelBook.closing_seen` (their ids, oldest first, 32 bytes each),
+#: staged by the watcher before the cursor that passes their events (attack round 19).
+CLOSING_SEEN_KEY = "p2pay.closing_seen"
 
 
 def _status_of(state: ChannelState | str) -> ChannelStatus:
@@ -192,6 +195,13 @@ class ChannelBook:
         minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
         self.payee_minimums.update(minimums)
         self.refused_channels.update(refused)
+        # the closes noted before a restart (`note_closing`): their events are behind the
+        # stored cursor and are not read again (attack round 19)
+        seen = await self.store.get_meta(CLOSING_SEEN_KEY) or b""
+        for i in range(0, len(seen) - 31, 32):
+            self.closing_seen[seen[i : i + 32]] = None
+        while len(self.closing_seen) > CLOSING_SEEN_MAX:
+            self.closing_seen.popitem(last=False)
         for rec in await self.store.payee_channels():
             ch = PayeeChannel(
                 ledger=rec.ledger,
@@ -293,11 +303,17 @@ class ChannelBook:
         read then says. A read served from before the StartClose (a lagging endpoint)
         adopted it OPEN long after the event went by, and nothing read it again: its
         charges were never redeemed and the FinalizeClose gave them back to the payer
-        (attack round 18; claims.md C-8). The newest `CLOSING_SEEN_MAX` are kept."""
+        (attack round 18; claims.md C-8). The newest `CLOSING_SEEN_MAX` are kept, and
+        stored (`stage_closing_seen`, by the watcher before the cursor that passes the
+        event: in memory only, a restart forgot them; attack round 19)."""
         self.closing_seen[channel] = None
         self.closing_seen.move_to_end(channel)
         while len(self.closing_seen) > CLOSING_SEEN_MAX:
             self.closing_seen.popitem(last=False)
+
+    def stage_closing_seen(self) -> None:
+        """Stage `closing_seen` (`CLOSING_SEEN_KEY`, loaded by `load`)."""
+        self.persister.stage(meta={CLOSING_SEEN_KEY: b"".join(self.closing_seen)})
 
     async def payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
         ch = self.payee_channels.get(request.channel)

@@ -477,6 +477,7 @@ class Watcher:
             events, cursor = await node.ledger.events_for(node.account, self.cursor, 500)
             # C-8: a payer closing a channel we are paid on is answered before anything else
             due = len(self._closing)
+            noted = False
             for event in events:
                 channel = event.fields.get("channel")
                 if event.kind == "ChannelClosing" and isinstance(channel, bytes):
@@ -485,6 +486,11 @@ class Watcher:
                         self._closing.add(channel)
                     elif event.fields.get("payee") == node.account:
                         node.book.note_closing(channel)  # adopted CLOSING if ever ours
+                        noted = True
+            if noted:
+                # staged before the cursor that passes their events: a restart after it
+                # still adopts them CLOSING (attack round 19: they were in memory only)
+                node.book.stage_closing_seen()
             if len(self._closing) != due:
                 # staged before the cursor that passes their events: a restart before they
                 # are read finds them due (a crash lost them, and with them the close)
