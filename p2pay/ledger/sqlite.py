@@ -466,6 +466,15 @@ class SqliteLedger(LocalLedger):
             raise SettlementError(
                 f"ledger file busy, nothing read or applied: {exc}", code=ErrorCode.OVERLOADED
             ) from exc
+        except sqlite3.DatabaseError as exc:
+            # a damaged file ("database disk image is malformed": truncated, a disk error,
+            # another process writing over its pages): typed too, the node's loops go on
+            # and try again. Raw, it ended the node (attack round 19, on 662bb93 which
+            # typed OperationalError only).
+            raise SettlementError(
+                f"ledger file unreadable, nothing read or applied: {exc}",
+                code=ErrorCode.INTERNAL,
+            ) from exc
 
     def _locked(self, fn: Callable[[sqlite3.Connection, *_Args], _R], *args: *_Args) -> _R:
         with self._lock:
