@@ -9,6 +9,7 @@ it likes, and claims on the ledger what it never sent); BOB is a p2pay node serv
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,41 @@ CONFIG = NodeConfig(
 
 async def echo(call: Call) -> bytes:
     return call.body
+
+
+def ledger_params(name: bytes) -> Params:
+    """A dev ledger's parameters for these tests: short windows, a real claim bond."""
+    return Params(
+        ledger_id=b"p2pay:test:" + name,
+        dev=True,
+        claim_bond=10**18,
+        min_claim_window_ms=50,
+        min_challenge_ms=50,
+        max_deadline_horizon_ms=60_000,
+    )
+
+
+class OffsetClock:
+    """A ledger clock: real time plus what the test moved it by (``offset``, ms)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return int(time.time() * 1000) + self.offset
+
+
+async def watcher_steps(node: Node, count: int) -> None:
+    """Wait until `node`'s watcher has made `count` more steps."""
+    watcher = node.watcher
+    assert watcher is not None
+    start = watcher.steps
+    await wait_until(lambda: watcher.steps >= start + count, timeout=20)
+
+
+async def ignore_streams(stream: Any) -> None:
+    """MALLORY's stream handler: she takes no streams."""
+    await stream.aclose()
 
 
 @dataclass
@@ -114,39 +150,35 @@ async def raw_payer_and_provider(
 ) -> AsyncIterator[tuple[RawPayer, Node]]:
     """A dev ledger, BOB's node (staked, serving ``echo``; `config`) and MALLORY's channel
     to it (`deposit`, `challenge_ms`) with a stream on which the hellos are exchanged."""
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:" + name,
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
+    ledger = MemoryLedger(ledger_params(name))
     for key in (MALLORY, BOB):
         await ledger.mint(key, key.account, 10**25)
     net = MemoryNetwork()
-
-    async def ignore(stream: Any) -> None:
-        await stream.aclose()
-
     async with (
         open_node(key=BOB, ledger=ledger, network=net, config=config) as bob,
-        open_memory_transport(net, MALLORY, ignore) as transport,
+        open_memory_transport(net, MALLORY, ignore_streams) as transport,
     ):
         bob.serve("echo", echo, price=PRICE)
         await bob.stake(STAKE, penalty=10**19, claim_window_ms=8_000)
         channel = await ledger.open_channel(MALLORY, BOB.public, deposit, challenge_ms)
-        stream = await transport.connect(bob.addrs[0])
-        try:
-            with trio.fail_after(10):
-                await stream.send(Hello.create(MALLORY, ledger=ledger.ledger_id).to_frame())
-                assert isinstance(decode_frame(await stream.receive()), Hello)
-            yield RawPayer(ledger, channel, stream), bob
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.reset()
+        async with connected(transport, bob, ledger, channel) as payer:
+            yield payer, bob
+
+
+@asynccontextmanager
+async def connected(
+    transport: Any, bob: Node, ledger: MemoryLedger, channel: bytes
+) -> AsyncIterator[RawPayer]:
+    """MALLORY's stream to `bob` on `transport`, hellos exchanged, reset at the end."""
+    stream = await transport.connect(bob.addrs[0])
+    try:
+        with trio.fail_after(10):
+            await stream.send(Hello.create(MALLORY, ledger=ledger.ledger_id).to_frame())
+            assert isinstance(decode_frame(await stream.receive()), Hello)
+        yield RawPayer(ledger, channel, stream)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await stream.reset()
 
 
 def _frames() -> Iterator[FrameType]:

@@ -86,6 +86,14 @@ async def test_claim_bodies_are_not_held_by_the_provider(tmp_path: Path) -> None
 
                 await wait_until(answered, timeout=60)
                 states = {(await ledger.claim(claim_id)).state for claim_id in ids}  # type: ignore[union-attr]
+                # what BOB keeps, not what his tasks still hold: every answer task ended
+                # (measured as soon as the ledger had the answers, those still reading a
+                # claim counted too: 18 MB, seen under load), and the events they made read
+                watcher = bob.watcher
+                assert watcher is not None
+                await wait_until(lambda: not watcher._defending, timeout=20)
+                steps = watcher.steps
+                await wait_until(lambda: watcher.steps >= steps + 2, timeout=20)
                 await bob.persister.flush()
                 gc.collect()
                 held = tracemalloc.get_traced_memory()[0] - before

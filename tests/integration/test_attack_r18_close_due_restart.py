@@ -22,31 +22,30 @@ every wait bounded; nothing asserts on timing.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import trio
-from node_support import wait_until
-from raw_payer import BOB, CONFIG, MALLORY, PRICE, STAKE, echo
+from raw_payer import (
+    BOB,
+    CONFIG,
+    MALLORY,
+    PRICE,
+    STAKE,
+    OffsetClock,
+    connected,
+    echo,
+    ignore_streams,
+    ledger_params,
+    watcher_steps,
+)
 
-from p2pay.core.messages import Hello, Request, Response, decode_frame
-from p2pay.core.settlement import Channel, ChannelState, Params
+from p2pay.core.messages import Response
+from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork, open_memory_transport
-from p2pay.node import Node, open_node
+from p2pay.node import open_node
 from p2pay.store.sqlite import SqliteStore
 
 CHALLENGE_MS = 60_000
-
-
-class Clock:
-    """The ledger's clock: real time plus what the test moved it by."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self) -> int:
-        return int(time.time() * 1000) + self.offset
 
 
 class Endpoint(MemoryLedger):
@@ -62,72 +61,34 @@ class Endpoint(MemoryLedger):
         return await super().channel(channel_id)
 
 
-async def _steps(node: Node, count: int) -> None:
-    watcher = node.watcher
-    assert watcher is not None
-    start = watcher.steps
-    await wait_until(lambda: watcher.steps >= start + count, timeout=20)
-
-
 async def test_a_close_due_at_a_restart_is_still_defended(tmp_path: Path) -> None:
-    clock = Clock()
-    ledger = Endpoint(
-        Params(
-            ledger_id=b"p2pay:test:r18-close-due-restart",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        ),
-        clock=clock,
-    )
+    clock = OffsetClock()
+    ledger = Endpoint(ledger_params(b"r18-close-due-restart"), clock=clock)
     for key in (MALLORY, BOB):
         await ledger.mint(key, key.account, 10**25)
     net = MemoryNetwork()
     path = tmp_path / "bob.sqlite"
-
-    async def ignore(stream: object) -> None:
-        await stream.aclose()  # type: ignore[attr-defined]
-
     store = await SqliteStore.open(path)
     try:
         async with (
             open_node(key=BOB, ledger=ledger, store=store, network=net, config=CONFIG) as bob,
-            open_memory_transport(net, MALLORY, ignore) as transport,
+            open_memory_transport(net, MALLORY, ignore_streams) as transport,
         ):
             bob.serve("echo", echo, price=PRICE)
             await bob.stake(STAKE, penalty=10**19, claim_window_ms=8_000)
             channel = await ledger.open_channel(MALLORY, BOB.public, 10**6, CHALLENGE_MS)
-            stream = await transport.connect(bob.addrs[0])
-            with trio.fail_after(10):
-                await stream.send(Hello.create(MALLORY, ledger=ledger.ledger_id).to_frame())
-                assert isinstance(decode_frame(await stream.receive()), Hello)
+            async with connected(transport, bob, ledger, channel) as payer:
                 for n in (1, 2, 3):
-                    request = Request.create(
-                        MALLORY,
-                        ledger=ledger.ledger_id,
-                        channel=channel,
-                        n=n,
-                        paid=n * PRICE,
-                        price=PRICE,
-                        service="echo",
-                        body=b"req %d" % n,
-                        deadline=await ledger.now() + 30_000,
-                    )
-                    await stream.send(request.to_frame())
-                    answer = decode_frame(await stream.receive())
+                    answer = await payer.call(n, n * PRICE)
                     assert isinstance(answer, Response) and answer.status == "OK", answer
             payee = bob.payee_channels[channel]
             assert (payee.spent, payee.redeemed) == (3 * PRICE, 0)
-            await _steps(bob, 2)  # the events so far are behind the cursor
+            await watcher_steps(bob, 2)  # the events so far are behind the cursor
             ledger.down = True
             await ledger.start_close(MALLORY, channel)
-            await _steps(bob, 3)  # the ChannelClosing event handled, its reads failed
+            await watcher_steps(bob, 3)  # the ChannelClosing event handled, its reads failed
             assert ledger.failed >= 2
             await bob.persister.flush()  # the cursor past the event is stored
-            with trio.fail_after(10):
-                await stream.reset()
     finally:
         await store.aclose()
     # BOB restarts on the same store; the endpoint is back
@@ -138,7 +99,7 @@ async def test_a_close_due_at_a_restart_is_still_defended(tmp_path: Path) -> Non
             key=BOB, ledger=ledger, store=store, network=net, config=CONFIG
         ) as bob:
             bob.serve("echo", echo, price=PRICE)
-            await _steps(bob, 5)
+            await watcher_steps(bob, 5)
             info = await ledger.channel(channel)
             assert info is not None and info.state is ChannelState.CLOSING
             clock.offset += CHALLENGE_MS + 1_000  # the challenge period ends

@@ -93,12 +93,18 @@ async def test_claims_waiting_for_a_handler_hold_no_body(tmp_path: Path) -> None
                     )  # fmt: skip
                     ids.append(await ledger.file_claim(MALLORY, request))
                 del request
-                # every claim's answer task runs; SLOTS of them serve, the others wait
+                # every claim's answer task runs; SLOTS of them serve, and the others wait
+                # for a handler slot (measured before they all got there, the claims still
+                # being read counted too: up to 34 MB, seen under load)
+                limiter = watcher._limiter
                 await wait_until(
-                    lambda: len(watcher._defending) == K and running == SLOTS, timeout=60
+                    lambda: (
+                        len(watcher._defending) == K
+                        and running == SLOTS
+                        and limiter.statistics().tasks_waiting == K - SLOTS
+                    ),
+                    timeout=60,
                 )
-                for _ in range(10):  # the waiting ones settle on their wait
-                    await trio.sleep(0.05)
                 gc.collect()
                 held_bytes = tracemalloc.get_traced_memory()[0] - before
             finally:

@@ -24,32 +24,31 @@ every wait bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import trio
-from node_support import wait_until
-from raw_payer import BOB, CONFIG, MALLORY, PRICE, STAKE, echo
+from raw_payer import (
+    BOB,
+    CONFIG,
+    MALLORY,
+    PRICE,
+    STAKE,
+    OffsetClock,
+    connected,
+    echo,
+    ignore_streams,
+    ledger_params,
+    watcher_steps,
+)
 
 from p2pay.core.channel import ChannelStatus
-from p2pay.core.messages import Hello, Request, Response, decode_frame
-from p2pay.core.settlement import Channel, ChannelState, Params
+from p2pay.core.messages import Response
+from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork, open_memory_transport
-from p2pay.node import Node, open_node
+from p2pay.node import open_node
 from p2pay.store.sqlite import SqliteStore
 
 CHALLENGE_MS = 60_000
-
-
-class Clock:
-    """The ledger's clock: real time plus what the test moved it by."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self) -> int:
-        return int(time.time() * 1000) + self.offset
 
 
 class Lagging(MemoryLedger):
@@ -69,30 +68,9 @@ class Lagging(MemoryLedger):
         return await super().channel(channel_id)
 
 
-async def _steps(node: Node, count: int) -> None:
-    watcher = node.watcher
-    assert watcher is not None
-    start = watcher.steps
-    await wait_until(lambda: watcher.steps >= start + count, timeout=20)
-
-
-async def _ignore(stream: object) -> None:
-    await stream.aclose()  # type: ignore[attr-defined]
-
-
 async def test_a_close_noted_before_a_restart_still_adopts_closing(tmp_path: Path) -> None:
-    clock = Clock()
-    ledger = Lagging(
-        Params(
-            ledger_id=b"p2pay:test:r19-closing-seen-restart",
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        ),
-        clock=clock,
-    )
+    clock = OffsetClock()
+    ledger = Lagging(ledger_params(b"r19-closing-seen-restart"), clock=clock)
     for key in (MALLORY, BOB):
         await ledger.mint(key, key.account, 10**25)
     net = MemoryNetwork()
@@ -107,9 +85,9 @@ async def test_a_close_noted_before_a_restart_still_adopts_closing(tmp_path: Pat
             channel = await ledger.open_channel(MALLORY, BOB.public, 10**6, CHALLENGE_MS)
             ledger.stale, ledger.before = channel, await ledger.channel(channel)
             assert ledger.before is not None and ledger.before.state is ChannelState.OPEN
-            await _steps(bob, 2)
+            await watcher_steps(bob, 2)
             await ledger.start_close(MALLORY, channel)
-            await _steps(bob, 3)  # the ChannelClosing passed over, noted
+            await watcher_steps(bob, 3)  # the ChannelClosing passed over, noted
             assert channel not in bob.payee_channels
             assert channel in bob.book.closing_seen
             await bob.persister.flush()  # the cursor past the event is stored
@@ -119,28 +97,12 @@ async def test_a_close_noted_before_a_restart_still_adopts_closing(tmp_path: Pat
     try:
         async with (
             open_node(key=BOB, ledger=ledger, store=store, network=net, config=CONFIG) as bob,
-            open_memory_transport(net, MALLORY, _ignore) as transport,
+            open_memory_transport(net, MALLORY, ignore_streams) as transport,
         ):
             bob.serve("echo", echo, price=PRICE)
-            await _steps(bob, 2)  # the event is behind the stored cursor: not seen again
-            stream = await transport.connect(bob.addrs[0])
-            with trio.fail_after(10):
-                await stream.send(Hello.create(MALLORY, ledger=ledger.ledger_id).to_frame())
-                assert isinstance(decode_frame(await stream.receive()), Hello)
-                request = Request.create(
-                    MALLORY,
-                    ledger=ledger.ledger_id,
-                    channel=channel,
-                    n=1,
-                    paid=PRICE,
-                    price=PRICE,
-                    service="echo",
-                    body=b"req 1",
-                    deadline=await ledger.now() + 30_000,
-                )
-                await stream.send(request.to_frame())
-                answer = decode_frame(await stream.receive())
-                await stream.reset()
+            await watcher_steps(bob, 2)  # the event is behind the stored cursor: not seen again
+            async with connected(transport, bob, ledger, channel) as payer:
+                answer = await payer.call(1, PRICE)
             payee = bob.payee_channels.get(channel)
             assert payee is not None
             spent = payee.spent
