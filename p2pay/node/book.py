@@ -6,7 +6,7 @@ import collections
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -106,6 +106,18 @@ CLOSING_SEEN_MAX = 4096
 CLOSING_SEEN_KEY = "p2pay.closing_seen"
 
 
+def ids_from_bytes(raw: bytes | None) -> list[bytes]:
+    """The 32-byte ids a stored list holds (`ids_to_bytes`), in order; a short tail is
+    dropped."""
+    raw = raw or b""
+    return [raw[i : i + 32] for i in range(0, len(raw) - 31, 32)]
+
+
+def ids_to_bytes(ids: Iterable[bytes]) -> bytes:
+    """32-byte ids as one stored value (`ids_from_bytes`)."""
+    return b"".join(ids)
+
+
 def _status_of(state: ChannelState | str) -> ChannelStatus:
     return ChannelStatus(str(state))
 
@@ -197,11 +209,8 @@ class ChannelBook:
         self.refused_channels.update(refused)
         # the closes noted before a restart (`note_closing`): their events are behind the
         # stored cursor and are not read again (attack round 19)
-        seen = await self.store.get_meta(CLOSING_SEEN_KEY) or b""
-        for i in range(0, len(seen) - 31, 32):
-            self.closing_seen[seen[i : i + 32]] = None
-        while len(self.closing_seen) > CLOSING_SEEN_MAX:
-            self.closing_seen.popitem(last=False)
+        for channel in ids_from_bytes(await self.store.get_meta(CLOSING_SEEN_KEY)):
+            self.note_closing(channel)
         for rec in await self.store.payee_channels():
             ch = PayeeChannel(
                 ledger=rec.ledger,
@@ -313,7 +322,7 @@ class ChannelBook:
 
     def stage_closing_seen(self) -> None:
         """Stage `closing_seen` (`CLOSING_SEEN_KEY`, loaded by `load`)."""
-        self.persister.stage(meta={CLOSING_SEEN_KEY: b"".join(self.closing_seen)})
+        self.persister.stage(meta={CLOSING_SEEN_KEY: ids_to_bytes(self.closing_seen)})
 
     async def payee_channel_for(self, request: Request, peer: bytes) -> PayeeChannel | None:
         ch = self.payee_channels.get(request.channel)

@@ -72,7 +72,13 @@ from p2pay.core.settlement import (
     resend_budget_s,
     tiling_conflict,
 )
-from p2pay.node.book import ChannelBook, _payee_record, _payer_snapshot
+from p2pay.node.book import (
+    ChannelBook,
+    _payee_record,
+    _payer_snapshot,
+    ids_from_bytes,
+    ids_to_bytes,
+)
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import ClaimRecord, OutgoingRequest, RequestUpdate, StoredResponse
@@ -436,8 +442,7 @@ class Watcher:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         raw = await self.node.store.get_meta(CURSOR_KEY)
         self.cursor = int.from_bytes(raw, "big") if raw else 0
-        due = await self.node.store.get_meta(CLOSING_KEY) or b""
-        self._closing.update(due[i : i + 32] for i in range(0, len(due) - 31, 32))
+        self._closing.update(ids_from_bytes(await self.node.store.get_meta(CLOSING_KEY)))
         self._takes_due.update(self.node.payer_channels)
         async with trio.open_nursery() as tasks:
             self._tasks = tasks
@@ -553,8 +558,7 @@ class Watcher:
 
     def _stage_closing(self) -> None:
         """Stage the payee channels still due (`_closing`, at most one per payee channel)."""
-        due = b"".join(sorted(self._closing))
-        self.node.persister.stage(meta={CLOSING_KEY: due})
+        self.node.persister.stage(meta={CLOSING_KEY: ids_to_bytes(sorted(self._closing))})
 
     # -- events
 
@@ -978,7 +982,7 @@ class Watcher:
             # without its body: a conflict is in the signed fields, evidence is posted
             # without it (settlement.md AnswerClaim), and every claim against us is held
             # for as long as we run (a body is up to the ledger's max_claim_body)
-            on_channel.add(Request.from_signed(request.signing_bytes, request.signature, b""))
+            on_channel.add(_bodiless(request))
 
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
         """The requests of the other claims against us on `claimed`'s channel that may be
@@ -1704,10 +1708,16 @@ def _light(claim: Claim | None) -> tuple[Claim | None, _Body | None]:
     return dataclasses.replace(claim, request_frame=_without_body(request)), body
 
 
+def _bodiless(request: Request) -> Request:
+    """`request` without its body (same signed fields, same hash and signature): what
+    proves a conflict (claims.md 2; the ledger keeps evidence so too, settlement.md
+    AnswerClaim)."""
+    return Request.from_signed(request.signing_bytes, request.signature, b"")
+
+
 def _without_body(request: Request) -> bytes:
-    """`request`'s frame without its body: what proves a conflict (claims.md 2; the
-    ledger keeps evidence so too, settlement.md AnswerClaim)."""
-    return Request.from_signed(request.signing_bytes, request.signature, b"").to_frame()
+    """`request`'s frame without its body (`_bodiless`)."""
+    return _bodiless(request).to_frame()
 
 
 def check_claim_answer(claim: Claim, request: Request) -> Response | None:
