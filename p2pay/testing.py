@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from p2pay.core.errors import ErrorCode, P2payError, SettlementError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError, SettlementError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import (
     Request,
@@ -46,7 +46,7 @@ from p2pay.core.settlement import (
 )
 from p2pay.core.signing import Signer, sign_message
 from p2pay.core.tx import Transaction
-from p2pay.ledger.base import Ledger, Receipt, Totals
+from p2pay.ledger.base import CLAIM_ROLES, Ledger, Receipt, Totals, claims_one_by_one
 
 if TYPE_CHECKING:
     from p2pay.core.evmsig import EvmKey
@@ -2018,6 +2018,29 @@ async def _case_channels_and_claims_of(h: LedgerHarness) -> None:
     expect_eq([c.id for c in await L.claims_of(BOB.account)], [k1], "claims of BOB")
     expect_eq([c.id for c in await L.claims_of(CAROL.account)], [k2], "claims of CAROL")
     expect_eq(await L.claims_of(MALLORY.account), [], "claims of MALLORY")
+    # by role, ids only (what a node reads, then each claim alone: `claims_one_by_one`)
+    k3 = await L.file_claim(ALICE, h.voucher(ALICE, ab2, n=2, paid=2, deadline=deadline))
+    roles = {
+        (k.account, role): await L.claim_ids_of(k.account, role)
+        for k in (ALICE, BOB, CAROL, MALLORY)
+        for role in CLAIM_ROLES
+    }
+    expect_eq(roles[ALICE.account, "claimant"], [k1, k3], "ALICE's claims, in filing order")
+    expect_eq(roles[ALICE.account, "respondent"], [k2], "claims against ALICE")
+    expect_eq(roles[BOB.account, "claimant"], [], "BOB's claims")
+    expect_eq(roles[BOB.account, "respondent"], [k1, k3], "claims against BOB")
+    expect_eq(roles[CAROL.account, "claimant"], [k2], "CAROL's claims")
+    expect_eq(roles[CAROL.account, "respondent"], [], "claims against CAROL")
+    expect_eq(roles[MALLORY.account, "claimant"], [], "MALLORY's claims")
+    expect_eq(roles[MALLORY.account, "respondent"], [], "claims against MALLORY")
+    read = [c.id async for c in claims_one_by_one(L, BOB.account, "respondent")]
+    expect_eq(read, [k1, k3], "claims against BOB, read one at a time")
+    refused = False
+    try:
+        await L.claim_ids_of(BOB.account, "payee")
+    except LocalProtocolError:
+        refused = True
+    expect(refused, "claim_ids_of accepted the role 'payee'")
 
 
 # --- signed transactions (memory and SQLite; specs/settlement.md section 11) -------

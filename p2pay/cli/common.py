@@ -465,11 +465,15 @@ async def account_summary(led: Ledger, account: bytes) -> dict[str, Any]:
     """Balance, stake and channel totals of one account (what `balance --json` prints)."""
     balance = await led.balance(account)
     stake = await led.stake_of(account)
+    from p2pay.ledger.base import claims_one_by_one
+
     channels = await led.channels_of(account)
-    claims = await led.claims_of(account)
     escrow_out = sum(c.escrow for c in channels if c.payer == account)
     escrow_in = sum(c.escrow for c in channels if c.payee == account)
-    bonds = sum(c.bond for c in claims if c.claimant == account and c.state is ClaimState.OPEN)
+    bonds = 0  # one claim at a time: anyone can file claims of 1 MiB against a provider
+    async for claim in claims_one_by_one(led, account, "claimant"):
+        if claim.state is ClaimState.OPEN:
+            bonds += claim.bond
     return {
         "account": account,
         # an EVM account is an address that no PeerID names: shown as 0x + address

@@ -23,6 +23,7 @@ Exit codes: 0 success, 1 error, 2 bad usage, 130 interrupted.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import sys
@@ -1360,9 +1361,17 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     me = account_of_key(key, spec)
 
     async def read() -> list[dict[str, Any]]:
+        from p2pay.ledger.base import CLAIM_ROLES, claims_one_by_one
+
+        # one claim at a time (anyone can file claims of 1 MiB against a provider), each
+        # role in filing order, merged by the time filed (ledger time never runs back)
+        by_role: list[list[dict[str, Any]]] = []
         async with open_ledger(spec) as led:
-            found = await led.claims_of(me)
-        return [claim_row(c, me, spec) for c in found]
+            for role in CLAIM_ROLES:
+                by_role.append(
+                    [claim_row(c, me, spec) async for c in claims_one_by_one(led, me, role)]
+                )
+        return list(heapq.merge(*by_role, key=lambda row: int(row["filed_at"])))
 
     rows = run(read)
     if as_json:

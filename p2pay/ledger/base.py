@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 import trio
 
@@ -145,6 +145,29 @@ class Receipt:
     events: tuple[Event, ...]
 
 
+#: an account's part in a claim (`Ledger.claim_ids_of`)
+ClaimRole = Literal["claimant", "respondent"]
+CLAIM_ROLES: tuple[ClaimRole, ...] = ("claimant", "respondent")
+
+
+def check_claim_role(role: object) -> ClaimRole:
+    """`role` if it is one of `CLAIM_ROLES`; else LocalProtocolError."""
+    if role == "claimant" or role == "respondent":
+        return role
+    raise LocalProtocolError(f"a claim role is one of {CLAIM_ROLES}, not {role!r}")
+
+
+async def claims_one_by_one(
+    ledger: Ledger, account: bytes, role: ClaimRole
+) -> AsyncIterator[Claim]:
+    """The claims where `account` is the `role`, in filing order, read one at a time: at
+    most one claim's body is held here at once (`Ledger.claims_of` holds them all)."""
+    for claim_id in await ledger.claim_ids_of(account, role):
+        claim = await ledger.claim(claim_id)
+        if claim is not None:
+            yield claim
+
+
 @runtime_checkable
 class Ledger(Protocol):
     """A settlement instance, seen asynchronously. All amounts are yocto ints, times ms.
@@ -180,7 +203,20 @@ class Ledger(Protocol):
         ...
 
     async def claims_of(self, account: bytes) -> list[Claim]:
-        """Claims where `account` is claimant or respondent, in the order they were filed."""
+        """Claims where `account` is claimant or respondent, in the order they were filed.
+
+        Each with its request's body (up to the ledger's ``max_claim_body``, 1 MiB on the
+        SQLite dev ledger), all at once: anyone can file claims against a provider, so a
+        node goes through its claims by id instead (`claim_ids_of`, `claims_one_by_one`)."""
+        ...
+
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+        """Ids of the claims where `account` is the `role` ("claimant" or "respondent"), in
+        the order they were filed.
+
+        Raises:
+            LocalProtocolError: `role` is neither.
+        """
         ...
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
@@ -289,6 +325,8 @@ class OpLedger(abc.ABC):
     async def channels_of(self, account: bytes) -> list[Channel]: ...
     @abc.abstractmethod
     async def claims_of(self, account: bytes) -> list[Claim]: ...
+    @abc.abstractmethod
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]: ...
     @abc.abstractmethod
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]: ...
 

@@ -90,7 +90,14 @@ from p2pay.core.settlement import (
     apply,
 )
 from p2pay.core.signing import Signer
-from p2pay.ledger.base import LedgerKey, OpLedger, Receipt, Totals
+from p2pay.ledger.base import (
+    ClaimRole,
+    LedgerKey,
+    OpLedger,
+    Receipt,
+    Totals,
+    check_claim_role,
+)
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -831,6 +838,22 @@ class _Index:
             "SELECT id FROM parties WHERE kind = ? AND account = ? ORDER BY ord", (kind, account)
         ).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    def claim_ids_of(self, account: bytes, role: str) -> list[bytes]:
+        """The claims `account` is a party of whose ClaimFiled event names it as `role`
+        (the parties table does not say which; an index written by an earlier version
+        is read as it is)."""
+        rows = self.db.execute(
+            "SELECT p.id, e.fields FROM parties p JOIN events e ON e.seq = p.ord"
+            " WHERE p.kind = 'claim' AND p.account = ? ORDER BY p.ord",
+            (account,),
+        ).fetchall()
+        out = []
+        for id_, raw in rows:
+            fields = codec.decode(bytes(raw), max_size=max(len(raw), 1), max_depth=codec.MAX_DEPTH)
+            if isinstance(fields, dict) and fields.get(role) == account:
+                out.append(bytes(id_))
+        return out
 
     def frame(self, claim: bytes, kind: str) -> bytes:
         row = self.db.execute(
@@ -1615,6 +1638,11 @@ class EvmLedger(OpLedger):
             if found is not None:
                 out.append(found)
         return out
+
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+        check_claim_role(role)
+        await self.sync()
+        return self._index.claim_ids_of(account, role)
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         if after < 0 or limit < 0:

@@ -45,7 +45,15 @@ from p2pay.core.settlement import (
     apply,
 )
 from p2pay.core.tx import Transaction, check_transaction
-from p2pay.ledger.base import LocalLedger, Receipt, Totals, copy_entity, totals_of
+from p2pay.ledger.base import (
+    ClaimRole,
+    LocalLedger,
+    Receipt,
+    Totals,
+    check_claim_role,
+    copy_entity,
+    totals_of,
+)
 
 __all__ = ["MemoryLedger", "wall_clock_ms"]
 
@@ -165,6 +173,11 @@ class MemoryLedger(LocalLedger):
             for c in self._state.claims.values()
             if account in (c.claimant, c.respondent)
         ]
+
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+        check_claim_role(role)
+        await trio.lowlevel.checkpoint()
+        return [c.id for c in self._state.claims.values() if getattr(c, role) == account]
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         await trio.lowlevel.checkpoint()

@@ -93,10 +93,12 @@ from p2pay.core.settlement import (
 )
 from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import (
+    ClaimRole,
     LedgerFileError,
     LocalLedger,
     Receipt,
     Totals,
+    check_claim_role,
     copy_entity,
     totals_of,
 )
@@ -647,6 +649,18 @@ class SqliteLedger(LocalLedger):
             return [_blob_entity(Claim, r[0]) for r in rows]
 
         result: list[Claim] = await self._run(read)
+        return result
+
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+        column = check_claim_role(role)  # a column name of `claims`, indexed
+
+        def read(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                f"SELECT id FROM claims WHERE {column} = ? ORDER BY rowid", (account,)
+            ).fetchall()
+            return [bytes(r[0]) for r in rows]
+
+        result: list[bytes] = await self._run(read)
         return result
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:

@@ -25,7 +25,7 @@ from p2pay.core.messages import (
     decode_frame,
 )
 from p2pay.core.settlement import Channel, ChannelState
-from p2pay.ledger.base import Ledger
+from p2pay.ledger.base import Ledger, claims_one_by_one
 from p2pay.node.types import NodeConfig
 from p2pay.persist import Persister
 from p2pay.store.base import (
@@ -163,8 +163,8 @@ async def ledger_numbers(ledger: Ledger, account: bytes, channels: set[bytes]) -
         if not events or cursor <= after:
             break
         after = cursor
-    for claim in await ledger.claims_of(account):
-        if claim.claimant == account and claim.channel in top:
+    async for claim in claims_one_by_one(ledger, account, "claimant"):
+        if claim.channel in top:
             top[claim.channel] = max(top[claim.channel], claim.n)
     return top
 

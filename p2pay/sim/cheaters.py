@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from p2pay.core.channel import ChannelStatus
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
 from p2pay.core.messages import Refusal, Request, Response, decode_frame, refusal_body
+from p2pay.ledger.base import claims_one_by_one
 from p2pay.node import Call
 from p2pay.persist import StoreFailed
 from p2pay.sim.behaviours import DownPeriod, PeerBehaviour, _Attacker, _fraction
@@ -138,8 +139,8 @@ class BondHarvester(PeerBehaviour):
                 continue
             self.stats["redeemed_by_harvester"] += taken
             await node.refresh_channel(channel)
-        for claim in await node.ledger.claims_of(node.account):
-            if claim.respondent != node.account or _state(claim) != "open":
+        async for claim in claims_one_by_one(node.ledger, node.account, "respondent"):
+            if _state(claim) != "open":
                 continue
             if claim.id in self.answered:
                 continue

@@ -32,6 +32,7 @@ from test_watcher_claims import (
 
 from p2pay.core.messages import Request
 from p2pay.core.settlement import Claim, ClaimState
+from p2pay.ledger.base import ClaimRole
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.node import watcher as watcher_module
 
@@ -39,13 +40,18 @@ FLOOD = 30
 
 
 class CountingLedger(MemoryLedger):
-    """Counts reads of a whole claim list."""
+    """Counts reads of a whole claim list (the claims, or their ids: each id is then read
+    alone, and the list read per claim made k claims cost k^2 claim reads)."""
 
     list_reads = 0
 
     async def claims_of(self, account: bytes) -> list[Claim]:
         CountingLedger.list_reads += 1
         return await super().claims_of(account)
+
+    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+        CountingLedger.list_reads += 1
+        return await super().claim_ids_of(account, role)
 
 
 async def test_a_claim_flood_is_answered_without_reading_every_claim_per_claim(

@@ -1,0 +1,143 @@
+"""Found in the review of attack round 19 (97f59d1), fixed: the provider's watcher read every
+claim ever filed against it at once, each with its request's body, at its first step and
+again every `RESCAN_STEPS` steps (`Ledger.claims_of`: on the SQLite ledger every row
+fetched, then every claim decoded, before one was looked at), and the payer side did so too
+when it adopted channels. Anyone can file claims against a provider, and a claim for a
+service it does not offer is REFUSED: the claimant pays nothing, and its body can be the
+ledger's ``max_claim_body`` (1 MiB on the SQLite dev ledger). 48 such claims of 512 KiB took
+33 MB per rescan; a thousand of 1 MiB, a GB every 20 seconds, for as long as the node runs.
+
+Now the watcher reads the ids of the claims against it (`Ledger.claim_ids_of`), then each
+claim alone, strips its body at once, and never reads again a claim seen no longer OPEN
+(its state is final): a rescan holds one claim's body at a time, whatever the number filed
+(claims.md C-7, threat model "Memory bound").
+
+MALLORY files K claims of `BODY` bytes on a service BOB does not offer; BOB answers all of
+them REFUSED. Then the peak of traced memory (tracemalloc: every Python allocation, in the
+ledger's threads too) while BOB's watcher rescans, and while a restarted BOB lists them:
+on 97f59d1 each peak was above K * BODY (16 MiB here), now a few bodies. Every wait
+bounded; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from node_support import wait_until
+
+from p2pay.core.identity import Keypair
+from p2pay.core.messages import Request
+from p2pay.core.settlement import ClaimState
+from p2pay.ledger.sqlite import SqliteLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, NodeConfig, open_node
+from p2pay.node import watcher as watcher_module
+from p2pay.store.sqlite import SqliteStore
+
+MALLORY = Keypair.from_seed(bytes([7]) * 32)
+BOB = Keypair.from_seed(bytes([2]) * 32)
+K = 32
+BODY = 1 << 19
+# one claim read whole (the row, the decoded claim, its decoded request: 2.2 MB measured
+# at a restart), the node's own start; on 97f59d1 a rescan took 33.7 MB (K * BODY twice)
+BOUND = 8 * BODY
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+async def peak_during(action: Callable[[], Awaitable[None]]) -> int:
+    """The peak of traced memory above its level at the start, while `action` runs."""
+    tracemalloc.start()
+    try:
+        gc.collect()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        await action()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+async def test_a_rescan_of_claims_holds_one_body_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher_module, "RESCAN_STEPS", 3)
+    ledger = await SqliteLedger.create(
+        tmp_path / "ledger.sqlite", dev=True, min_claim_window_ms=50, min_challenge_ms=50
+    )
+    store = await SqliteStore.open(tmp_path / "bob.sqlite")
+    for key in (MALLORY, BOB):
+        await ledger.mint(key, key.account, 10**25)
+    config = NodeConfig(watch_interval=0.05, min_challenge_ms=50)
+    try:
+        async with open_node(
+            key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
+        ) as bob:
+            bob.serve("echo", echo, price=1000)
+            await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
+            channel = await ledger.open_channel(MALLORY, BOB.public, 10**6, 60_000)
+            deadline = await ledger.now() + 100
+
+            async def past() -> bool:
+                return await ledger.now() > deadline
+
+            await wait_until(past, timeout=10)
+            ids = []
+            for i in range(K):
+                request = Request.create(
+                    MALLORY, ledger=ledger.ledger_id, channel=channel, n=1 + i,
+                    paid=1 + i, price=1, service="nosuch", body=bytes([i]) * BODY,
+                    deadline=deadline,
+                )  # fmt: skip
+                ids.append(await ledger.file_claim(MALLORY, request))
+            del request
+
+            async def answered() -> bool:
+                claims = [await ledger.claim(claim_id) for claim_id in ids]
+                return all(c is not None and c.state is not ClaimState.OPEN for c in claims)
+
+            await wait_until(answered, timeout=60)
+            watcher = bob.watcher
+            assert watcher is not None
+            await wait_until(lambda: not watcher._defending, timeout=20)
+
+            async def two_rescans() -> None:
+                steps = watcher.steps
+                # steps + 7 passes at least two multiples of RESCAN_STEPS
+                await wait_until(lambda: watcher.steps >= steps + 7, timeout=20)
+
+            rescans = await peak_during(two_rescans)
+        states = {(await ledger.claim(claim_id)).state for claim_id in ids}  # type: ignore[union-attr]
+        assert states == {ClaimState.REFUSED}
+        print(f"{K} claims of {BODY} bytes: rescans peaked {rescans} bytes above the start")
+        assert rescans < BOUND, rescans
+
+        # A restarted BOB lists every claim against it (evidence for the next claims,
+        # claims.md 2) and answers those still open: one claim at a time too.
+        restarted = {}
+
+        async def restart() -> None:
+            async with open_node(
+                key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
+            ) as again:
+                again.serve("echo", echo, price=1000)
+                w = again.watcher
+                assert w is not None
+                await wait_until(lambda: w.steps >= 2, timeout=20)
+                restarted["listed"] = len(w._listed)
+                restarted["settled"] = len(w._settled)
+
+        start = await peak_during(restart)
+        print(f"a restart listing them peaked {start} bytes above the start")
+        # the listing read every claim (it is not vacuous): all listed, all seen final
+        assert restarted == {"listed": K, "settled": K}, restarted
+        assert start < BOUND, start
+    finally:
+        await store.aclose()
+        await ledger.aclose()
