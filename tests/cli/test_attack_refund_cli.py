@@ -23,10 +23,10 @@ from test_cli import (  # noqa: F401 - fixtures
     InProcess,
     Node,
     cli,
-    free_port,
     js,
     nodes,
     p2pay,
+    restart_port,
     world,
 )
 
@@ -56,7 +56,7 @@ def test_a_claim_refused_by_a_restarted_provider_raises_no_alarm_after_a_restart
         encoding="utf-8",
     )
     c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", "30s")
-    port = free_port()
+    port = restart_port()  # the provider comes back on it
     listen = f"/ip4/127.0.0.1/tcp/{port}"
     args = ("--listen", listen, "--service", f"echo={PRICE}", "--service",
             f"fail={PRICE}:mods:fail", "--service", f"hang={PRICE}:mods:hang",

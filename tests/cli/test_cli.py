@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -231,6 +232,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def restart_port() -> int:
+    """A free port below the kernel's ephemeral range, for a node restarted on the same
+    address: the kernel never hands such a port out by itself (a bind to port 0, an
+    outgoing connection), so no other process of a loaded machine takes it while the node
+    is down (a `free_port` did: "address already in use" at the restart, seen in CI)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):  # bounded: a free one is found at once on any usual machine
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
 
 
 # ---------------------------------------------------------------------------
