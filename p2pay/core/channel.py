@@ -299,6 +299,20 @@ class PayeeChannel:
         self._check_unchecked()
         return False
 
+    def check_stored(self, requests: Iterable[Request]) -> bool:
+        """After a restart, check the stored requests of this channel numbered above the
+        newest checked voucher: those admitted since the last check, maybe unchecked
+        (13.4 rule e: rule d's list rebuilt from the store). A bad one was served and
+        charged unchecked, so the payer cheated: no more unchecked credit (rule c). False
+        if one failed. Call it before the channel admits anything."""
+        floor = self.verified.n if self.verified is not None else 0
+        ok = all(
+            r.verify(self.payer) for r in requests if r.channel == self.channel and r.n > floor
+        )
+        if not ok:
+            self.deferral_revoked = True
+        return ok
+
     def _check_unchecked(self) -> bool:
         """Check the signature of every request admitted unchecked (13.4 rule d). A bad
         one was served and charged; a later good voucher covering its slice does not make

@@ -18,6 +18,7 @@ from p2pay.core.channel import (
 )
 from p2pay.core.errors import (
     ErrorCode,
+    P2payError,
     RemoteProtocolError,
 )
 from p2pay.core.messages import (
@@ -56,6 +57,7 @@ def _payee_record(ch: PayeeChannel) -> PayeeRecord:
             if ch.verified is not None and ch.verified is not ch.best
             else b""
         ),
+        deferral_revoked=ch.deferral_revoked,
     )
 
 
@@ -97,6 +99,10 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
     record once per commit."""
     return ch.channel, functools.partial(_payer_record, ch)
 
+
+#: stored requests read at a time when a restarted payee checks those above its newest
+#: checked voucher (`ChannelBook._check_stored`); each may keep a body of up to max_body
+_CHECK_PAGE = 16
 
 #: how many channels to us closing before they were ours `ChannelBook` remembers (32 bytes
 #: each): evicting one takes a StartClose on a channel opened to us
@@ -224,11 +230,15 @@ class ChannelBook:
                 spent=rec.spent,
                 redeemed=rec.redeemed,
                 unverified_credit_limit=self.config.unverified_credit_limit,
+                deferral_revoked=rec.deferral_revoked,
             )
             if rec.verified_voucher:  # the last checked voucher, best being unchecked
                 verified = decode_frame(rec.verified_voucher)
                 if isinstance(verified, Request) and verified.verify(ch.payer):
                     ch.verified = ch.best = verified
+                    # the requests admitted since, before a good best would hide them
+                    if not ch.deferral_revoked and ch.unverified_credit_limit:
+                        await self._check_stored(ch)
             if rec.best_voucher:
                 best = decode_frame(rec.best_voucher)
                 if isinstance(best, Request):
@@ -241,6 +251,8 @@ class ChannelBook:
                             ch.channel.hex(),
                             ch.spent - ch.verified_paid,
                         )
+            if ch.deferral_revoked != rec.deferral_revoked:
+                self.persister.stage(payee=_payee_record(ch))
             self.payee_channels[rec.channel] = ch
         for prec in await self.store.payer_channels():
             self.payer_channels[prec.channel] = PayerChannel(
@@ -278,6 +290,37 @@ class ChannelBook:
         for channel, payer_ch in self.payer_channels.items():
             payer_ch.restore_abandoned(unanswered.get(channel, ()))
         await self.adopt_ledger_channels()
+
+    async def _check_stored(self, ch: PayeeChannel) -> None:
+        """Check the requests stored on `ch` above its stored checked voucher (`verified`,
+        stored beside an unchecked best), a page at a time (protocol.md 13.4 e: those
+        admitted since the last check, maybe unchecked; a restart kept no list of them).
+        A bad one revokes the channel's deferral. When no checked voucher is stored beside
+        best, best itself was checked, and with it every request admitted before it."""
+        floor = ch.verified.n if ch.verified is not None else 0
+        key = floor
+        while True:  # bounded: `key` only grows, over the requests stored
+            page = await self.store.vouchers_near(ch.channel, key, limit=_CHECK_PAGE)
+            requests = []
+            for stored in page:
+                if stored.n > floor:
+                    try:
+                        request = decode_frame(stored.request_frame)
+                    except P2payError:
+                        continue  # the store checked it when written: not a frame of ours
+                    if isinstance(request, Request):
+                        requests.append(request)
+            if not ch.check_stored(requests):
+                log.error(
+                    "a request stored on channel %s does not carry its payer's signature: "
+                    "no more unchecked credit on it (protocol.md 13.4 e)",
+                    ch.channel.hex(),
+                )
+                return
+            top = max((stored.n for stored in page), default=key)
+            if top <= key:
+                return
+            key = top
 
     async def adopt_ledger_channels(self) -> None:
         """Channels we pay on that the ledger knows and our store does not (a lost or new

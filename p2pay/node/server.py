@@ -286,8 +286,9 @@ class _ServerSession:
             scope.cancel()
             return
 
-    def _send_refusal(self, event: ProtocolViolation | RequestRefused) -> None:
-        """Queue an unsigned refusal the session produced (durable: it changes nothing)."""
+    def _send_refusal(self, event: ProtocolViolation | RequestRefused, generation: int = 0) -> None:
+        """Queue an unsigned refusal the session produced: at once (it changes nothing), or
+        once commit `generation` is durable (one that revoked a channel's deferral)."""
         if event.send is not None:
             self.node.counters.refused[event.code.value] += 1
             channel_n = (
@@ -296,7 +297,7 @@ class _ServerSession:
                 else (b"", 0)
             )
             log.info("refused peer=%s code=%s n=%d", self.peer_id, event.code.value, channel_n[1])
-            self.outbox.put(0, event.send)
+            self.outbox.put(generation, event.send)
 
     async def _read_loop(self, handlers: trio.Nursery) -> None:
         node = self.node
@@ -357,12 +358,15 @@ class _ServerSession:
             now=node.now(),
         )
         if isinstance(event, RequestRefused):
+            generation = 0
             if event.violation:
                 node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
+                if ch is not None:  # deferral revoked: stored before the refusal goes (e)
+                    generation = node.persister.stage(payee_snapshot=_payee_snapshot(ch))
             if event.code is ErrorCode.REPLAY and await self._answer_again(request):
                 return event.end
             if not event.signed:
-                self._send_refusal(event)
+                self._send_refusal(event, generation)
                 return event.end
             assert ch is not None
             node.counters.refused[event.code.value] += 1

@@ -173,7 +173,8 @@ class PayeeRecord:
     `verified_voucher` is the frame of the newest voucher whose signature the payee
     checked (``b""`` when `best_voucher` is itself checked, or none is), so that a restart
     on a `best_voucher` that fails its check falls back to it and loses at most the
-    unchecked credit (INV-21).
+    unchecked credit (INV-21). `deferral_revoked`: a voucher of the channel failed its
+    check, so it extends no more unchecked credit, restarts included (13.4 rules c, e).
 
     Raises:
         LocalProtocolError: on construction, if a field is out of range or
@@ -192,6 +193,7 @@ class PayeeRecord:
     spent: int
     redeemed: int
     verified_voucher: bytes = b""
+    deferral_revoked: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -209,6 +211,7 @@ class PayeeRecord:
             and type(self.redeemed) is int
             and 0 <= self.redeemed <= MAX_YOCTO
             and type(self.verified_voucher) is bytes
+            and type(self.deferral_revoked) is bool
         ):
             return
         self._check_fields()
@@ -228,6 +231,8 @@ class PayeeRecord:
         _amount(k, "spent", self.spent)
         _amount(k, "redeemed", self.redeemed)
         _bytes(k, "verified_voucher", self.verified_voucher)
+        if type(self.deferral_revoked) is not bool:
+            raise _fail(k, f"deferral_revoked is not a bool: {self.deferral_revoked!r}")
         if self.spent > self.paid_max:
             raise _fail(k, f"spent {self.spent} is above paid_max {self.paid_max}")
         if self.paid_max > 0 and not self.best_voucher:

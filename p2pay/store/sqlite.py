@@ -77,7 +77,7 @@ from p2pay.store.base import (
 #: ``PRAGMA application_id`` of a p2pay store: the ASCII bytes "p2ps".
 APPLICATION_ID = int.from_bytes(b"p2ps", "big")
 STORE_FORMAT = "p2pay-store"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _TO_V2 = ["ALTER TABLE payee_channels ADD COLUMN verified_voucher BLOB NOT NULL DEFAULT x''"]
 _TO_V3 = [
     "ALTER TABLE responses ADD COLUMN request_frame BLOB NOT NULL DEFAULT x''",
@@ -107,11 +107,24 @@ _TO_V4 = [
     f"CHECK (length({name}) = {INT_SIZE} AND {name} <= {bound})"
     for name, bound in (("absorbed", "spent"), ("forgotten", "paid"), ("released", "paid"))
 ]
+# Whether a payee channel's deferral is revoked (protocol.md 13.4 e). A store of version 4
+# or older never kept it: 0, what its node restarted with; the node then checks the stored
+# requests above the last checked voucher, which finds again a bad one it had served.
+_TO_V5 = [
+    "ALTER TABLE payee_channels ADD COLUMN deferral_revoked INTEGER NOT NULL DEFAULT 0 "
+    "CHECK (deferral_revoked IN (0, 1))"
+]
 #: schema versions `open` upgrades in place, each in one transaction (1 -> 2 adds
 #: payee_channels.verified_voucher; 2 -> 3 adds responses.request_frame, the index of
 #: responses by (channel, n) and the floor_vouchers table; 3 -> 4 adds the payer's
-#: absorbed, forgotten and released, 0 in every existing row)
-_UPGRADES = {"1": _TO_V2 + _TO_V3 + _TO_V4, "2": _TO_V3 + _TO_V4, "3": _TO_V4}
+#: absorbed, forgotten and released, 0 in every existing row; 4 -> 5 adds
+#: payee_channels.deferral_revoked, 0 in every existing row)
+_UPGRADES = {
+    "1": _TO_V2 + _TO_V3 + _TO_V4 + _TO_V5,
+    "2": _TO_V3 + _TO_V4 + _TO_V5,
+    "3": _TO_V4 + _TO_V5,
+    "4": _TO_V5,
+}
 
 _T = TypeVar("_T")
 
@@ -132,7 +145,8 @@ CREATE TABLE payee_channels (
     best_voucher BLOB NOT NULL,
     spent BLOB NOT NULL CHECK (length(spent) = {INT_SIZE} AND spent <= paid_max),
     redeemed BLOB NOT NULL CHECK (length(redeemed) = {INT_SIZE}),
-    verified_voucher BLOB NOT NULL DEFAULT x''
+    verified_voucher BLOB NOT NULL DEFAULT x'',
+    deferral_revoked INTEGER NOT NULL DEFAULT 0 CHECK (deferral_revoked IN (0, 1))
 );
 CREATE TABLE payer_channels (
     channel BLOB PRIMARY KEY NOT NULL CHECK (length(channel) = 32),
@@ -200,7 +214,7 @@ _TABLES_NOW = _TABLES | {"floor_vouchers"}
 
 _PAYEE_COLS = (
     "channel, ledger, payer, payee, deposit, status, last_n, paid_max, best_voucher, spent, "
-    "redeemed, verified_voucher"
+    "redeemed, verified_voucher, deferral_revoked"
 )
 _PAYER_COLS = (
     "channel, ledger, payer, payee, deposit, status, last_n, paid, spent, absorbed, "
@@ -272,6 +286,7 @@ def _encode(batch: Batch) -> _Rows:
                 _u(r.spent),
                 _u(r.redeemed),
                 r.verified_voucher,
+                int(r.deferral_revoked),
             )
             for r in batch.payee
         ],
@@ -327,6 +342,8 @@ def _decode(build: Callable[..., _T], row: Row, names: Sequence[str], ints: froz
         name: _int(value, name) if name in ints else value
         for name, value in zip(names, row, strict=True)
     }
+    if "deferral_revoked" in values:  # SQLite has no bool: 0 or 1 (the column's CHECK)
+        values["deferral_revoked"] = values["deferral_revoked"] == 1
     try:
         return build(**values)
     except (ValueError, TypeError) as exc:  # LocalProtocolError is a ValueError

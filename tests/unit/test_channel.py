@@ -621,6 +621,23 @@ def test_deferred_bad_signatures_get_at_most_the_limit() -> None:
     assert ch.verified is good and ch.best is good
 
 
+def test_stored_requests_above_the_checked_voucher_are_checked_after_a_restart() -> None:
+    """13.4 rule e: a restarted payee checks the stored requests numbered above its
+    stored checked voucher (rule d's list, rebuilt); those at or below it, of another
+    channel, are not its business. A bad one revokes deferral."""
+    ch = payee(DEPOSIT, limit=DEPOSIT)
+    assert isinstance(admit(ch, request(1, PRICE)), Admit)
+    ch.complete(1, ok=True)
+    good = [request(n, n * PRICE) for n in (2, 3)]
+    assert ch.check_stored(good) and not ch.deferral_revoked
+    # a bad one at or below the checked voucher, or of another channel: not looked at
+    below = request(1, PRICE, key=MALLORY)
+    other = dataclasses.replace(request(4, 4 * PRICE, key=MALLORY), channel=b"\x09" * 32)
+    assert ch.check_stored([below, other]) and not ch.deferral_revoked
+    assert not ch.check_stored([*good, request(4, 4 * PRICE, key=MALLORY)])
+    assert ch.deferral_revoked and ch._allowance() == 0  # no more unchecked credit
+
+
 def test_deferred_honest_vouchers_are_checked_before_use() -> None:
     ch = payee(DEPOSIT, limit=DEPOSIT)
     for n in range(1, 5):

@@ -147,6 +147,14 @@ def test_records_are_frozen_and_normalise_enum_text() -> None:
     assert outgoing(1).claim_id == b"" and outgoing(1).updated_at == 0
 
 
+def test_deferral_revoked_is_a_bool() -> None:
+    assert payee_record(1).deferral_revoked is False
+    assert payee_record(1, deferral_revoked=True).deferral_revoked is True
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(LocalProtocolError, match="deferral_revoked"):
+            payee_record(1, deferral_revoked=bad)
+
+
 def test_record_types_are_exported() -> None:
     for cls in (PayeeRecord, PayerRecord, OutgoingRequest, StoredResponse, ClaimRecord):
         assert getattr(cls, "__dataclass_params__").frozen  # noqa: B009
@@ -173,9 +181,9 @@ async def test_sqlite_pragmas_and_encoding(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
         info = dict(raw.execute("SELECT key, value FROM store_info"))
-        assert info == {"format": "p2pay-store", "schema_version": "4"}
+        assert info == {"format": "p2pay-store", "schema_version": "5"}
         spent, paid_max = raw.execute("SELECT spent, paid_max FROM payee_channels").fetchone()
         # Amounts are 16-byte big-endian unsigned BLOBs (SQLite INTEGER is only 64-bit).
         assert spent == (2**64 + 1).to_bytes(INT_SIZE, "big")
@@ -222,8 +230,10 @@ async def test_sqlite_refuses_an_unknown_schema_version(tmp_path: Path) -> None:
 def _downgrade(path: Path, version: int) -> None:
     """Make a fresh store file what `version` wrote (its rows kept)."""
     conn = sqlite3.connect(path)
-    for name in ("absorbed", "forgotten", "released"):  # 3 -> 4
-        conn.execute(f"ALTER TABLE payer_channels DROP COLUMN {name}")
+    conn.execute("ALTER TABLE payee_channels DROP COLUMN deferral_revoked")  # 4 -> 5
+    if version < 4:
+        for name in ("absorbed", "forgotten", "released"):  # 3 -> 4
+            conn.execute(f"ALTER TABLE payer_channels DROP COLUMN {name}")
     if version < 3:
         conn.execute("DROP TABLE floor_vouchers")  # 2 -> 3
         conn.execute("DROP INDEX responses_by_channel")
@@ -254,12 +264,13 @@ def _columns(path: Path, table: str) -> list[tuple[object, ...]]:
         raw.close()
 
 
-@pytest.mark.parametrize("old", [1, 2, 3])
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -> None:
     """Version 1 had no payee_channels.verified_voucher, version 2 no request frames beside
     stored responses nor floor vouchers, version 3 no payer absorbed, forgotten and
-    released: open adds them, keeping every row (the payer's three numbers are 0 in an
-    old row: what the old node restarted with)."""
+    released, version 4 no payee deferral_revoked: open adds them, keeping every row (the
+    payer's three numbers are 0 in an old row, and deferral not revoked: what the old node
+    restarted with)."""
     path = tmp_path / "s.sqlite"
     record = payee_record(1, paid_max=5, best_voucher=voucher(paid=5).to_frame(), spent=3)
     payer = payer_record(2, paid=2**64 + 9, spent=2**64 + 5, absorbed=3, forgotten=4, released=5)
@@ -268,12 +279,17 @@ async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -
     await store.write(Batch(payee=[record], payer=[payer], responses=[response], meta={"k": b"1"}))
     await store.aclose()
     fresh = _columns(path, "payer_channels")
+    fresh_payee = _columns(path, "payee_channels")
     _downgrade(path, old)
-    assert [c[1] for c in _columns(path, "payer_channels")][-1] == "spent"
+    last = "spent" if old < 4 else "released"
+    assert [c[1] for c in _columns(path, "payer_channels")][-1] == last
+    assert "deferral_revoked" not in [c[1] for c in _columns(path, "payee_channels")]
     store = await SqliteStore.open(path)
     try:
         assert await store.payee_channel(record.channel) == record
-        old_payer = dataclasses.replace(payer, absorbed=0, forgotten=0, released=0)
+        old_payer = (
+            dataclasses.replace(payer, absorbed=0, forgotten=0, released=0) if old < 4 else payer
+        )
         assert await store.payer_channel(payer.channel) == old_payer
         assert await store.payer_channels() == [old_payer]
         await store.write(Batch(payer=[payer]))
@@ -281,7 +297,7 @@ async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -
         assert await store.response(response.request_hash) == response
         assert await store.get_meta("k") == b"1"
         checked = voucher(paid=4).to_frame()
-        upgraded = dataclasses.replace(record, verified_voucher=checked)
+        upgraded = dataclasses.replace(record, verified_voucher=checked, deferral_revoked=True)
         framed = stored_response(4, request_frame=voucher(n=2).to_frame(), expires_at=10)
         await store.write(Batch(payee=[upgraded], responses=[framed]))
         assert await store.payee_channel(record.channel) == upgraded
@@ -291,10 +307,13 @@ async def test_sqlite_upgrades_an_old_store_in_place(tmp_path: Path, old: int) -
         assert floor is not None and floor.request_frame == framed.request_frame
     finally:
         await store.aclose()
-    _assert_version(path, 4)
+    _assert_version(path, 5)
     assert _columns(path, "payer_channels") == fresh, "upgraded as a new store is made"
+    assert _columns(path, "payee_channels") == fresh_payee, "upgraded as a new store is made"
     raw = sqlite3.connect(path)
     try:  # the upgrade added the columns' checks too
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute("UPDATE payee_channels SET deferral_revoked = 2")
         for column, value in (("absorbed", 2**64 + 6), ("forgotten", 2**64 + 10)):
             with pytest.raises(sqlite3.IntegrityError):
                 raw.execute(
