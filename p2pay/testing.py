@@ -27,7 +27,7 @@ from p2pay.core.messages import (
     Request,
     Response,
     blake2b256,
-    decode_frame,
+    decode_held_frame,
     request_signing_bytes,
     response_signing_bytes,
 )
@@ -1215,7 +1215,7 @@ async def _case_file_claim(h: LedgerHarness) -> None:
     ch = await L.channel(s.cid)
     assert ch is not None
     expect_eq(ch.paid_seen, 100, "a claimed request counts as a voucher seen (paid_seen)")
-    frame = decode_frame(c.request_frame)
+    frame = decode_held_frame(c.request_frame)
     expect(isinstance(frame, Request) and frame == req and frame.body == b"ping", "request frame")
     expect_eq(c.response_frame, b"", "no response yet")
     expect_eq(await L.balance(ALICE.account), 0, "bond taken")
@@ -1263,7 +1263,7 @@ async def _case_delivering_answer_returns_the_bond(h: LedgerHarness) -> None:
     c = await L.claim(claim_id)
     assert c is not None
     expect_eq((c.state, c.slashed, c.refund), (ClaimState.DELIVERED, 0, 0), "delivered claim")
-    answer = decode_frame(c.response_frame)
+    answer = decode_held_frame(c.response_frame)
     expect(isinstance(answer, Response) and answer == response, "claimant reads the response")
     assert isinstance(answer, Response)
     expect(answer.verify(BOB.public) and answer.body == b"pong", "stored response verifies")
@@ -1397,7 +1397,7 @@ async def _case_bond_harvesting_refusal_refunds_the_price(h: LedgerHarness) -> N
     c = await L.claim(claim_id)
     assert c is not None
     expect_eq((c.state, c.refund, c.clawed), (ClaimState.REFUSED, 100, 0), "refused claim")
-    answer = decode_frame(c.response_frame)
+    answer = decode_held_frame(c.response_frame)
     expect(isinstance(answer, Response) and answer == refusal, "the refusal is stored")
     ch = await L.channel(s.cid)
     assert ch is not None
@@ -1468,7 +1468,7 @@ async def _frivolous(h: LedgerHarness, evidence_of: Callable[[_ClaimSetup], Requ
     c = await L.claim(claim_id)
     assert c is not None
     expect_eq((c.state, c.refund, c.response_frame), (ClaimState.FRIVOLOUS, 0, b""), "claim")
-    stored = decode_frame(c.evidence_frame)
+    stored = decode_held_frame(c.evidence_frame)
     expect(
         isinstance(stored, Request) and stored == evidence and stored.verify(ALICE.account),
         "the evidence (its signed fields) is stored",
@@ -1661,7 +1661,7 @@ async def _case_refund_with_refusal_caps_the_redeem(h: LedgerHarness) -> None:
     c = await L.claim(claim_id)
     assert c is not None
     expect_eq((c.state, c.bond, c.refund, c.clawed), (ClaimState.REFUSED, 0, 100, 0), "claim")
-    expect(decode_frame(c.response_frame) == refusal, "the refusal is the claim's response")
+    expect(decode_held_frame(c.response_frame) == refusal, "the refusal is the claim's response")
     st = await L.stake_of(BOB.account)
     assert st is not None
     expect_eq((st.amount, st.open_claims), (s.stake, 0), "stake untouched, no open claim")
@@ -2033,6 +2033,9 @@ async def _case_channels_and_claims_of(h: LedgerHarness) -> None:
     expect_eq(roles[CAROL.account, "respondent"], [], "claims against CAROL")
     expect_eq(roles[MALLORY.account, "claimant"], [], "MALLORY's claims")
     expect_eq(roles[MALLORY.account, "respondent"], [], "claims against MALLORY")
+    # either role, in filing order (one list: a merge by time cannot order ties)
+    expect_eq(await L.claim_ids_of(ALICE.account), [k1, k2, k3], "ALICE's claims, either role")
+    expect_eq(await L.claim_ids_of(MALLORY.account), [], "MALLORY's claims, either role")
     read = [c.id async for c in claims_one_by_one(L, BOB.account, "respondent")]
     expect_eq(read, [k1, k3], "claims against BOB, read one at a time")
     refused = False

@@ -456,8 +456,10 @@ def _delta(before: dict[str, Any], after: dict[str, Any], name: str, key: str) -
 async def _outcome(spec: LedgerSpec, actors: Sequence[Actor]) -> dict[str, Any]:
     names: dict[bytes, str] = {bytes(a.key.account): a.name for a in actors}
     client = next(a for a in actors if a.name == "client")
+    from p2pay.ledger.base import claims_one_by_one
+
     async with open_ledger(spec) as led:
-        claims = await led.claims_of(client.key.account)
+        claims = [c async for c in claims_one_by_one(led, client.key.account, "claimant")]
         channels = await led.channels_of(client.key.account)
     slashed: dict[str, int] = {}
     upheld_against = {a.name: 0 for a in actors}
@@ -643,6 +645,7 @@ async def _client_body(
     timeout: float,
 ) -> None:
     """Open channels, call, close, and wait until claims and closes are settled."""
+    from p2pay.ledger.base import claims_one_by_one
     from p2pay.node import CallTimeout
     from p2pay.persist import StoreFailed
 
@@ -688,7 +691,7 @@ async def _client_body(
     settled = False
     with trio.move_on_after(SETTLE_TIMEOUT):
         while not settled:
-            mine = [c for c in await led.claims_of(me) if c.claimant == me]
+            mine = [c async for c in claims_one_by_one(led, me, "claimant")]
             for c in mine:
                 if seen.get(c.id) != str(c.state):
                     seen[c.id] = str(c.state)

@@ -23,7 +23,6 @@ Exit codes: 0 success, 1 error, 2 bad usage, 130 interrupted.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import sys
@@ -1361,17 +1360,12 @@ def claims_list(ledger: str | None, as_json: bool) -> None:
     me = account_of_key(key, spec)
 
     async def read() -> list[dict[str, Any]]:
-        from p2pay.ledger.base import CLAIM_ROLES, claims_one_by_one
+        from p2pay.ledger.base import claims_one_by_one
 
-        # one claim at a time (anyone can file claims of 1 MiB against a provider), each
-        # role in filing order, merged by the time filed (ledger time never runs back)
-        by_role: list[list[dict[str, Any]]] = []
+        # in filing order, one claim at a time (anyone can file claims of 1 MiB against
+        # a provider): each row keeps no frame
         async with open_ledger(spec) as led:
-            for role in CLAIM_ROLES:
-                by_role.append(
-                    [claim_row(c, me, spec) async for c in claims_one_by_one(led, me, role)]
-                )
-        return list(heapq.merge(*by_role, key=lambda row: int(row["filed_at"])))
+            return [claim_row(c, me, spec) async for c in claims_one_by_one(led, me)]
 
     rows = run(read)
     if as_json:
@@ -1401,14 +1395,14 @@ BOND_OUTCOME = {
 
 def claim_row(claim: Any, me: bytes, spec: Any) -> dict[str, Any]:
     """One claim for `claims list` (amounts as ints: --json prints them as strings)."""
-    from p2pay.core.messages import Response, decode_frame
+    from p2pay.core.messages import Response, decode_held_frame
     from p2pay.node.watcher import claim_outcome
 
     outcome = claim_outcome(claim)
     status = ""
     if claim.response_frame:
         try:
-            response = decode_frame(claim.response_frame)
+            response = decode_held_frame(claim.response_frame)
         except P2payError:
             response = None
         status = response.status if isinstance(response, Response) else "INVALID"

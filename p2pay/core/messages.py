@@ -1362,6 +1362,20 @@ def decode_frame(
     raise DecodeError(f"unknown frame kind {kind}")
 
 
+def decode_held_frame(data: bytes) -> Frame:
+    """`decode_frame` of a frame held whole already, read from a ledger (a claim's request,
+    response or evidence): bounded by what wrote it, not by `codec.MAX_FRAME_SIZE`, the
+    limit on what a peer sends. A claim's request may carry a body of the ledger's
+    ``max_claim_body`` (1 MiB on the SQLite dev ledger), which takes its frame past 1 MiB:
+    decoded with the wire's limit it was unreadable, its claim never answered and the
+    provider slashed (attack round 20).
+
+    Raises:
+        DecodeError: as `decode_frame`.
+    """
+    return decode_frame(data, max_size=max(len(data), codec.MAX_FRAME_SIZE))
+
+
 def check_signed_by(message: Request | Response | Hello, public: bytes, ledger: bytes) -> None:
     """Raise unless `message` is on `ledger` and signed by `public`.
 

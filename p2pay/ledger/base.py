@@ -150,18 +150,19 @@ ClaimRole = Literal["claimant", "respondent"]
 CLAIM_ROLES: tuple[ClaimRole, ...] = ("claimant", "respondent")
 
 
-def check_claim_role(role: object) -> ClaimRole:
-    """`role` if it is one of `CLAIM_ROLES`; else LocalProtocolError."""
-    if role == "claimant" or role == "respondent":
+def check_claim_role(role: object) -> ClaimRole | None:
+    """`role` if it is one of `CLAIM_ROLES` or None (either); else LocalProtocolError."""
+    if role is None or role == "claimant" or role == "respondent":
         return role
-    raise LocalProtocolError(f"a claim role is one of {CLAIM_ROLES}, not {role!r}")
+    raise LocalProtocolError(f"a claim role is one of {CLAIM_ROLES} or None, not {role!r}")
 
 
 async def claims_one_by_one(
-    ledger: Ledger, account: bytes, role: ClaimRole
+    ledger: Ledger, account: bytes, role: ClaimRole | None = None
 ) -> AsyncIterator[Claim]:
-    """The claims where `account` is the `role`, in filing order, read one at a time: at
-    most one claim's body is held here at once (`Ledger.claims_of` holds them all)."""
+    """The claims where `account` is the `role` (either if None), in filing order, read one
+    at a time: at most one claim's body is held here at once (`Ledger.claims_of` holds
+    them all)."""
     for claim_id in await ledger.claim_ids_of(account, role):
         claim = await ledger.claim(claim_id)
         if claim is not None:
@@ -210,9 +211,9 @@ class Ledger(Protocol):
         node goes through its claims by id instead (`claim_ids_of`, `claims_one_by_one`)."""
         ...
 
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
-        """Ids of the claims where `account` is the `role` ("claimant" or "respondent"), in
-        the order they were filed.
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]:
+        """Ids of the claims where `account` is the `role` ("claimant" or "respondent"; None:
+        either), in the order they were filed.
 
         Raises:
             LocalProtocolError: `role` is neither.
@@ -326,7 +327,7 @@ class OpLedger(abc.ABC):
     @abc.abstractmethod
     async def claims_of(self, account: bytes) -> list[Claim]: ...
     @abc.abstractmethod
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]: ...
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]: ...
     @abc.abstractmethod
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]: ...
 

@@ -1639,9 +1639,11 @@ class EvmLedger(OpLedger):
                 out.append(found)
         return out
 
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]:
         check_claim_role(role)
         await self.sync()
+        if role is None:
+            return self._index.ids_of("claim", account)
         return self._index.claim_ids_of(account, role)
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:

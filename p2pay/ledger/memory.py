@@ -46,6 +46,7 @@ from p2pay.core.settlement import (
 )
 from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import (
+    CLAIM_ROLES,
     ClaimRole,
     LocalLedger,
     Receipt,
@@ -174,10 +175,15 @@ class MemoryLedger(LocalLedger):
             if account in (c.claimant, c.respondent)
         ]
 
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]:
         check_claim_role(role)
         await trio.lowlevel.checkpoint()
-        return [c.id for c in self._state.claims.values() if getattr(c, role) == account]
+        roles = CLAIM_ROLES if role is None else (role,)
+        return [
+            c.id
+            for c in self._state.claims.values()
+            if any(getattr(c, r) == account for r in roles)
+        ]
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         await trio.lowlevel.checkpoint()

@@ -651,12 +651,14 @@ class SqliteLedger(LocalLedger):
         result: list[Claim] = await self._run(read)
         return result
 
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
-        column = check_claim_role(role)  # a column name of `claims`, indexed
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]:
+        column = check_claim_role(role)  # a column name of `claims`, indexed (or None)
+        where = "claimant = ? OR respondent = ?" if column is None else f"{column} = ?"
+        args = (account, account) if column is None else (account,)
 
         def read(conn: sqlite3.Connection) -> list[bytes]:
             rows = conn.execute(
-                f"SELECT id FROM claims WHERE {column} = ? ORDER BY rowid", (account,)
+                f"SELECT id FROM claims WHERE {where} ORDER BY rowid", args
             ).fetchall()
             return [bytes(r[0]) for r in rows]
 

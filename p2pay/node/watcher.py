@@ -61,7 +61,14 @@ import trio
 
 from p2pay.core.channel import ChannelStatus, PayeeChannel, PayerChannel, Refuse
 from p2pay.core.errors import ErrorCode, P2payError, RemoteProtocolError, SettlementError
-from p2pay.core.messages import STATUS_OK, Request, Response, decode_frame, refusal_body
+from p2pay.core.messages import (
+    STATUS_OK,
+    Request,
+    Response,
+    decode_frame,
+    decode_held_frame,
+    refusal_body,
+)
 from p2pay.core.settlement import (
     ChannelState,
     Claim,
@@ -291,7 +298,7 @@ def claim_outcome(claim: Claim) -> str:
     state = str(claim.state)
     if state == "answered":  # a ledger of the first claim game: tell by the answer
         try:
-            response = decode_frame(claim.response_frame)
+            response = decode_held_frame(claim.response_frame)
         except P2payError:
             return "refused"
         ok = isinstance(response, Response) and response.status == STATUS_OK
@@ -396,6 +403,12 @@ class Watcher:
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
         self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        #: claims read whole outside a handler slot, at most as many as the slots each:
+        #: `_defend`'s reads, and the answers that need no handler (a burst of free
+        #: claims refused at once held every body at once: attack round 20, 48 claims of
+        #: 512 KiB, 52 MB). Two limiters: a read never waits for an answer being made
+        self._reads = trio.CapacityLimiter(node.config.max_claim_answers)
+        self._whole_reads = trio.CapacityLimiter(node.config.max_claim_answers)
         self._answering = EarliestFirst(ANSWERS_AT_ONCE)  # claim answers to the ledger
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
@@ -417,7 +430,10 @@ class Watcher:
         self._claims_listed = False  # the ledger's list of claims against us was read
         self._unlisted: set[bytes] = set()  # claims filed against us since, not yet read
         self._listed: set[bytes] = set()  # the claims against us in `_claimed` (or unusable)
-        self._past_window: set[bytes] = set()  # those of them seen past their windows
+        #: those of them no answer of ours can change any more: seen past their windows,
+        #: or answered by us (our own answer accepted by the ledger); never read again
+        self._final: set[bytes] = set()
+        self._rescanning = False  # a rescan task runs (`_rescan_soon`)
         self._listing = trio.Lock()  # one task at a time reads them
         #: `_resolve_claims` reads every claim record of the store at each step, for ours
         #: still open. This watcher is the only writer of claim records (`_stage_claim`):
@@ -517,7 +533,7 @@ class Watcher:
             if len(events) < 500:
                 break
         if self.steps % RESCAN_STEPS == 0:
-            await self._defend_open_claims()
+            await self._rescan_soon()
         await self._redeem_due()
         await self._finalize_closes()
         await self._file_claims()
@@ -649,31 +665,58 @@ class Watcher:
         self._defending.add(claim_id)
         self._tasks.start_soon(self._defend, claim_id)
 
+    async def _rescan_soon(self) -> None:
+        """Start `_defend_open_claims` as a task of its own, unless one runs: it reads the
+        ledger once per claim it looks at, and in the step it held up every other duty
+        (events, redeems on a close, C-8) for as many reads as a stranger had filed claims
+        (attack round 20). Inline when the watcher's tasks do not run (a bare `step`)."""
+        if self._rescanning or not self.node.behaviour.answers_claims:
+            return
+        if self._tasks is None:
+            await self._defend_open_claims()
+            return
+        self._rescanning = True
+        self._tasks.start_soon(self._rescan)
+
+    async def _rescan(self) -> None:
+        try:
+            await self._defend_open_claims()
+        except (P2payError, OSError) as exc:
+            log.warning("rescan of the claims against us failed: %s", exc)
+        finally:
+            self._rescanning = False
+
     async def _defend_open_claims(self) -> None:
         """Start the answer of every claim against us still OPEN that no task answers (at
         the first step: those a restart found; later: a safety net under the ClaimFiled
-        events, every `RESCAN_STEPS` steps)."""
+        events, every `RESCAN_STEPS` steps). The first reading lists them all under
+        `_listing` (the answer tasks then find them held, `_claimed_requests`); a later one
+        does not hold it: the answers that need the list do not wait for its reads."""
         if not self.node.behaviour.answers_claims:
             return
-        async with self._listing:
-            await self._read_claims_against(defend=True)
+        if not self._claims_listed:
+            async with self._listing:
+                if not self._claims_listed:
+                    await self._read_claims_against(defend=True)
+                    return
+        await self._read_claims_against(defend=True)
 
     async def _read_claims_against(self, *, defend: bool) -> None:
         """Read the claims against us from the ledger by id, one at a time, each stripped
         of its body as soon as it is read (`_light`): list those not yet listed, and start
         the answer (if `defend`) of those OPEN that no task answers. A claim whose window
-        has ended is never read again (nothing we do changes it any more), so a rescan reads
-        the ids and the claims still in their windows only; one seen answered within its
-        window is read again (a lying or lagging endpoint's word is not taken for good).
-        Reading every claim whole at once held every body at once (up to the ledger's
-        ``max_claim_body`` each, and free REFUSED claims cost a payer nothing): 32 claims
-        of 512 KiB took 33.7 MB per rescan (threat model, memory bound). The caller holds
-        `_listing`."""
+        has ended, or that we answered (the ledger accepted our answer), is never read
+        again (`_final`: nothing we do changes it any more), so a rescan reads the ids and
+        the other claims still in their windows only; one seen answered by someone's word
+        within its window is read again (a lying or lagging endpoint's word is not taken
+        for good). Reading every claim whole at once held every body at once (up to the
+        ledger's ``max_claim_body`` each, and free REFUSED claims cost a payer nothing):
+        32 claims of 512 KiB took 33.7 MB per rescan (threat model, memory bound)."""
         ledger, me = self.node.ledger, self.node.account
         ids = await ledger.claim_ids_of(me, "respondent")
         now = await ledger.now()
         for claim_id in ids:
-            if claim_id in self._past_window:
+            if claim_id in self._final:
                 continue
             if claim_id in self._listed and (not defend or claim_id in self._defending):
                 continue
@@ -687,7 +730,7 @@ class Watcher:
                 continue
             self._list_claim(claim)
             if now > claim.window_ends:
-                self._past_window.add(claim_id)
+                self._final.add(claim_id)
             if claim.state is ClaimState.OPEN and defend:
                 self._defend_soon(claim_id)  # past its window: `_defend` logs it, once
         self._claims_listed = True
@@ -701,7 +744,8 @@ class Watcher:
         try:
             while True:
                 try:
-                    claim, body = _light(await node.ledger.claim(claim_id))
+                    async with self._reads:
+                        claim, body = _light(await node.ledger.claim(claim_id))
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if await node.ledger.now() > claim.window_ends:
@@ -721,6 +765,7 @@ class Watcher:
                             else:
                                 assert answer.response is not None
                                 await node.ledger.answer_claim(node.key, claim_id, answer.response)
+                        self._final.add(claim_id)  # ours, accepted: not read again
                         node.counters.claims_answered += 1
                         self.answers[answer.outcome] += 1
                         self._claim_state(claim_id, "respondent", answer.outcome)
@@ -781,11 +826,13 @@ class Watcher:
                         await self._limiter.acquire()
                         slot = True
             # whole, everything looked up again: with a slot, or without one when the
-            # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED)
-            full = await node.ledger.claim(claim.id)
-            if full is None or full.state is not ClaimState.OPEN:
-                return None
-            answer = await self._prepare_answer(full, use_evidence, slot=slot)
+            # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED),
+            # then as many at once as there are slots (`_whole_reads`)
+            async with contextlib.nullcontext() if slot else self._whole_reads:
+                full = await node.ledger.claim(claim.id)
+                if full is None or full.state is not ClaimState.OPEN:
+                    return None
+                answer = await self._prepare_answer(full, use_evidence, slot=slot)
             assert not isinstance(answer, _Serve)
             return answer
         finally:
@@ -798,7 +845,7 @@ class Watcher:
         read (`body`; None: unreadable, `_prepare_answer` deals with it)."""
         node = self.node
         try:
-            request = decode_frame(claim.request_frame)
+            request = decode_held_frame(claim.request_frame)
         except P2payError:
             return True
         if body is None or not isinstance(request, Request):
@@ -844,7 +891,7 @@ class Watcher:
         """
         node = self.node
         try:
-            request = decode_frame(claim.request_frame)
+            request = decode_held_frame(claim.request_frame)
         except P2payError as exc:
             log.error("claim %s carries no usable request: %s", claim.id.hex(), exc)
             return None
@@ -1010,7 +1057,7 @@ class Watcher:
         if claim.id in on_channel:
             return
         try:
-            request = decode_frame(claim.request_frame)
+            request = decode_held_frame(claim.request_frame)
         except P2payError:
             return
         if isinstance(request, Request) and request.channel == claim.channel:
@@ -1635,7 +1682,7 @@ class Watcher:
         if claim is None or claim.state is ClaimState.OPEN:
             return None
         outcome = claim_outcome(claim)
-        request = decode_frame(claim.request_frame)
+        request = decode_held_frame(claim.request_frame)
         if not isinstance(request, Request):
             return None
         status, response = "", b""
@@ -1732,7 +1779,7 @@ def _light(claim: Claim | None) -> tuple[Claim | None, _Body | None]:
     if claim is None or not claim.request_frame:
         return claim, None
     try:
-        request = decode_frame(claim.request_frame)
+        request = decode_held_frame(claim.request_frame)
     except P2payError:
         return claim, None  # `_prepare_answer` logs it
     if not isinstance(request, Request):
@@ -1760,7 +1807,7 @@ def check_claim_answer(claim: Claim, request: Request) -> Response | None:
     at most the request's price (and nothing unless OK).
     """
     try:
-        response = decode_frame(claim.response_frame)
+        response = decode_held_frame(claim.response_frame)
     except P2payError:
         return None
     if not isinstance(response, Response):

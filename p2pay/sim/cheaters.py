@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING
 
 from p2pay.core.channel import ChannelStatus
 from p2pay.core.errors import ErrorCode, P2payError, SettlementError
-from p2pay.core.messages import Refusal, Request, Response, decode_frame, refusal_body
+from p2pay.core.messages import (
+    Refusal,
+    Request,
+    Response,
+    decode_frame,
+    decode_held_frame,
+    refusal_body,
+)
 from p2pay.ledger.base import claims_one_by_one
 from p2pay.node import Call
 from p2pay.persist import StoreFailed
@@ -164,7 +171,7 @@ class BondHarvester(PeerBehaviour):
             if isinstance(frame, Response):
                 return frame
         try:
-            request = decode_frame(claim.request_frame)
+            request = decode_held_frame(claim.request_frame)
         except P2payError:
             return None
         if not isinstance(request, Request):

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from p2pay.core.errors import P2payError
-from p2pay.core.messages import Response, decode_frame
+from p2pay.core.messages import Response, decode_frame, decode_held_frame
 from p2pay.core.offers import FAILURE_SKIP_MS, MAX_CONSECUTIVE_FAILURES
 from p2pay.core.settlement import ChannelState, Claim, State
 
@@ -144,7 +144,7 @@ def ok_response(claim: Claim) -> Response | None:
     if claim_state(claim) not in ANSWERED_STATES or not claim.response_frame:
         return None
     try:
-        response = decode_frame(claim.response_frame)
+        response = decode_held_frame(claim.response_frame)
     except P2payError:
         return None
     if isinstance(response, Response) and response.ok and response.body_matches():

@@ -49,7 +49,7 @@ class CountingLedger(MemoryLedger):
         CountingLedger.list_reads += 1
         return await super().claims_of(account)
 
-    async def claim_ids_of(self, account: bytes, role: ClaimRole) -> list[bytes]:
+    async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]:
         CountingLedger.list_reads += 1
         return await super().claim_ids_of(account, role)
 

@@ -144,7 +144,8 @@ async def test_a_rescan_of_claims_holds_one_body_at_a_time(
                 again.serve("echo", echo, price=1000)
                 w = again.watcher
                 assert w is not None
-                await wait_until(lambda: w.steps >= 2, timeout=20)
+                # its first rescan, a task of its own, listed them all
+                await wait_until(lambda: w._claims_listed and not w._rescanning, timeout=20)
                 restarted["listed"] = len(w._listed)
 
         start = await peak_during(restart)
