@@ -22,6 +22,7 @@ import pytest
 from test_deferred_restart import ALICE, BOB, CAROL, PRICE, echo, send_all, served
 
 from p2pay.core.errors import ErrorCode
+from p2pay.core.identity import Keypair
 from p2pay.core.messages import Refusal, Request
 from p2pay.core.settlement import Params
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
@@ -52,9 +53,9 @@ async def test_bad_signatures_after_the_revocation_write_nothing(
     channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
     deadline = wall_clock_ms() + 30_000
 
-    def request(n: int, key: object, body: bytes) -> bytes:
+    def request(n: int, key: Keypair, body: bytes) -> bytes:
         return Request.create(
-            key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE,  # type: ignore[arg-type]
+            key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE,
             price=PRICE, service="echo", body=body, deadline=deadline,
         ).to_frame()  # fmt: skip
 
