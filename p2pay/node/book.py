@@ -16,12 +16,14 @@ from p2pay.core.channel import (
     PayerChannel,
     Pending,
 )
+from p2pay.core.codec import MAX_FRAME_SIZE
 from p2pay.core.errors import (
     ErrorCode,
     P2payError,
     RemoteProtocolError,
 )
 from p2pay.core.messages import (
+    Frame,
     Request,
     decode_frame,
 )
@@ -98,6 +100,14 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
     channel changes with every request sent and every receipt, and is turned into a
     record once per commit."""
     return ch.channel, functools.partial(_payer_record, ch)
+
+
+def _decode_stored(data: bytes) -> Frame:
+    """A frame this node stored itself: decoded whatever its size. A node whose
+    ``max_frame`` is above `decode_frame`'s default (1 MiB) stores frames as large; the
+    default limit made `load` raise on such a best voucher, and made the restart check
+    (`ChannelBook._check_stored`) skip such a request (attack round 21)."""
+    return decode_frame(data, max_size=max(len(data), MAX_FRAME_SIZE))
 
 
 #: stored requests read at a time when a restarted payee checks those above its newest
@@ -233,14 +243,14 @@ class ChannelBook:
                 deferral_revoked=rec.deferral_revoked,
             )
             if rec.verified_voucher:  # the last checked voucher, best being unchecked
-                verified = decode_frame(rec.verified_voucher)
+                verified = _decode_stored(rec.verified_voucher)
                 if isinstance(verified, Request) and verified.verify(ch.payer):
                     ch.verified = ch.best = verified
                     # the requests admitted since, before a good best would hide them
                     if not ch.deferral_revoked and ch.unverified_credit_limit:
                         await self._check_stored(ch)
             if rec.best_voucher:
-                best = decode_frame(rec.best_voucher)
+                best = _decode_stored(rec.best_voucher)
                 if isinstance(best, Request):
                     ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
                     if ch.verified_voucher() is not best:
@@ -280,7 +290,7 @@ class ChannelBook:
             payer_ch = self.payer_channels.get(record.channel)
             if payer_ch is None or not record.frame:
                 continue
-            sent = decode_frame(record.frame)
+            sent = _decode_stored(record.frame)
             if (
                 isinstance(sent, Request)
                 and sent.channel == payer_ch.channel
@@ -305,7 +315,7 @@ class ChannelBook:
             for stored in page:
                 if stored.n > floor:
                     try:
-                        request = decode_frame(stored.request_frame)
+                        request = _decode_stored(stored.request_frame)
                     except P2payError:
                         continue  # the store checked it when written: not a frame of ours
                     if isinstance(request, Request):

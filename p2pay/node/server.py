@@ -350,6 +350,7 @@ class _ServerSession:
             if request.paid > ch.deposit:
                 await node.refresh_channel(ch.channel)  # a top-up the watcher has not seen
         service = node.services.get(request.service)
+        revoked = ch is None or ch.deferral_revoked  # before this request (13.4 e, below)
         event = self.protocol.admit(
             request,
             found,
@@ -361,7 +362,9 @@ class _ServerSession:
             generation = 0
             if event.violation:
                 node.counters.protocol_violations += 1  # the payer's own stream (13.4 c)
-                if ch is not None:  # deferral revoked: stored before the refusal goes (e)
+                if not revoked and ch is not None and ch.deferral_revoked:
+                    # this refusal revoked deferral: stored before it goes (13.4 e). Only
+                    # then: a payer's every bad signature made a commit (attack round 21)
                     generation = node.persister.stage(payee_snapshot=_payee_snapshot(ch))
             if event.code is ErrorCode.REPLAY and await self._answer_again(request):
                 return event.end
