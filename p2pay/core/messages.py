@@ -1364,11 +1364,13 @@ def decode_frame(
 
 def decode_held_frame(data: bytes) -> Frame:
     """`decode_frame` of a frame held whole already, read from a ledger (a claim's request,
-    response or evidence): bounded by what wrote it, not by `codec.MAX_FRAME_SIZE`, the
-    limit on what a peer sends. A claim's request may carry a body of the ledger's
-    ``max_claim_body`` (1 MiB on the SQLite dev ledger), which takes its frame past 1 MiB:
-    decoded with the wire's limit it was unreadable, its claim never answered and the
-    provider slashed (attack round 20).
+    response or evidence) or from the node's own store: bounded by what wrote it, not by
+    `codec.MAX_FRAME_SIZE`, the limit on what a peer sends. A claim's request may carry a
+    body of the ledger's ``max_claim_body`` (1 MiB on the SQLite dev ledger), which takes
+    its frame past 1 MiB: decoded with the wire's limit it was unreadable, its claim never
+    answered and the provider slashed (attack round 20); a node whose ``max_frame`` is
+    above 1 MiB stores frames as large, and could not start on such a best voucher, nor
+    check such a request after a restart (round 21).
 
     Raises:
         DecodeError: as `decode_frame`.

@@ -16,16 +16,14 @@ from p2pay.core.channel import (
     PayerChannel,
     Pending,
 )
-from p2pay.core.codec import MAX_FRAME_SIZE
 from p2pay.core.errors import (
     ErrorCode,
     P2payError,
     RemoteProtocolError,
 )
 from p2pay.core.messages import (
-    Frame,
     Request,
-    decode_frame,
+    decode_held_frame,
 )
 from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.base import Ledger, claims_one_by_one
@@ -100,14 +98,6 @@ def _payer_snapshot(ch: PayerChannel) -> tuple[bytes, Callable[[], PayerRecord]]
     channel changes with every request sent and every receipt, and is turned into a
     record once per commit."""
     return ch.channel, functools.partial(_payer_record, ch)
-
-
-def _decode_stored(data: bytes) -> Frame:
-    """A frame this node stored itself: decoded whatever its size. A node whose
-    ``max_frame`` is above `decode_frame`'s default (1 MiB) stores frames as large; the
-    default limit made `load` raise on such a best voucher, and made the restart check
-    (`ChannelBook._check_stored`) skip such a request (attack round 21)."""
-    return decode_frame(data, max_size=max(len(data), MAX_FRAME_SIZE))
 
 
 #: stored requests read at a time when a restarted payee checks those above its newest
@@ -243,14 +233,14 @@ class ChannelBook:
                 deferral_revoked=rec.deferral_revoked,
             )
             if rec.verified_voucher:  # the last checked voucher, best being unchecked
-                verified = _decode_stored(rec.verified_voucher)
+                verified = decode_held_frame(rec.verified_voucher)
                 if isinstance(verified, Request) and verified.verify(ch.payer):
                     ch.verified = ch.best = verified
                     # the requests admitted since, before a good best would hide them
                     if not ch.deferral_revoked and ch.unverified_credit_limit:
                         await self._check_stored(ch)
             if rec.best_voucher:
-                best = _decode_stored(rec.best_voucher)
+                best = decode_held_frame(rec.best_voucher)
                 if isinstance(best, Request):
                     ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
                     if ch.verified_voucher() is not best:
@@ -290,7 +280,7 @@ class ChannelBook:
             payer_ch = self.payer_channels.get(record.channel)
             if payer_ch is None or not record.frame:
                 continue
-            sent = _decode_stored(record.frame)
+            sent = decode_held_frame(record.frame)
             if (
                 isinstance(sent, Request)
                 and sent.channel == payer_ch.channel
@@ -309,13 +299,16 @@ class ChannelBook:
         best, best itself was checked, and with it every request admitted before it."""
         floor = ch.verified.n if ch.verified is not None else 0
         key = floor
-        while True:  # bounded: `key` only grows, over the requests stored
+        while key < ch.last_n:  # bounded: `key` only grows, up to the last number admitted
             page = await self.store.vouchers_near(ch.channel, key, limit=_CHECK_PAGE)
             requests = []
             for stored in page:
-                if stored.n > floor:
+                # above the check (a page after the first repeats the requests numbered
+                # `key`, twins cut by the last one's limit): at most MAX_UNCHECKED or so,
+                # any checked request raises `verified` (13.4 d)
+                if max(floor, key - 1) < stored.n <= ch.last_n:
                     try:
-                        request = _decode_stored(stored.request_frame)
+                        request = decode_held_frame(stored.request_frame)
                     except P2payError:
                         continue  # the store checked it when written: not a frame of ours
                     if isinstance(request, Request):
