@@ -201,3 +201,38 @@ async def first_life(
         before.next_request(payer, service="echo", body=b"%d" % i, price=price, deadline=deadline)
         for i in range(1, count + 1)
     ]
+
+
+async def file_free_claims(
+    ledger: Any, payer: Keypair, payee: bytes, count: int, body_size: int
+) -> tuple[bytes, list[bytes]]:
+    """Open `payer`'s channel to `payee`, wait until a deadline has passed on the ledger,
+    and file `count` claims on requests never sent, for a service the payee does not
+    offer ("nosuch"), each with a body of `body_size` bytes: claims that cost the payer
+    nothing (REFUSED, the bond back). Returns the channel and the claim ids; no body is
+    held once it returns."""
+    channel = await ledger.open_channel(payer, payee, 10**6, 60_000)
+    deadline = await ledger.now() + 100
+
+    async def past() -> bool:
+        return bool(await ledger.now() > deadline)
+
+    await wait_until(past, timeout=10)
+    ids = []
+    for i in range(count):
+        request = Request.create(
+            payer, ledger=ledger.ledger_id, channel=channel, n=1 + i, paid=1 + i, price=1,
+            service="nosuch", body=bytes([i % 256]) * body_size, deadline=deadline,
+        )  # fmt: skip
+        ids.append(await ledger.file_claim(payer, request))
+        del request
+    return channel, ids
+
+
+async def all_decided(ledger: Any, claim_ids: list[bytes]) -> bool:
+    """Every one of the claims is past OPEN (read one at a time: no bodies held)."""
+    for claim_id in claim_ids:
+        claim = await ledger.claim(claim_id)
+        if claim is None or claim.state is ClaimState.OPEN:
+            return False
+    return True

@@ -26,10 +26,9 @@ import gc
 import tracemalloc
 from pathlib import Path
 
-from node_support import wait_until
+from node_support import all_decided, file_free_claims, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
 from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.memory import MemoryNetwork
@@ -70,29 +69,10 @@ async def test_a_burst_of_claims_refused_at_once_holds_a_bounded_number_of_bodie
             assert watcher is not None
             await wait_until(lambda: watcher.steps >= 2, timeout=20)
         # BOB is down: MALLORY files her claims
-        channel = await ledger.open_channel(MALLORY, BOB.public, 10**6, 60_000)
-        deadline = await ledger.now() + 100
-
-        async def past() -> bool:
-            return await ledger.now() > deadline
-
-        await wait_until(past, timeout=10)
-        ids = []
-        for i in range(K):
-            request = Request.create(
-                MALLORY, ledger=ledger.ledger_id, channel=channel, n=1 + i,
-                paid=1 + i, price=1, service="nosuch", body=bytes([i]) * BODY,
-                deadline=deadline,
-            )  # fmt: skip
-            ids.append(await ledger.file_claim(MALLORY, request))
-        del request
+        _, ids = await file_free_claims(ledger, MALLORY, BOB.public, K, BODY)
 
         async def answered() -> bool:
-            for claim_id in ids:  # one at a time: the test holds no bodies
-                claim = await ledger.claim(claim_id)
-                if claim is None or claim.state is ClaimState.OPEN:
-                    return False
-            return True
+            return await all_decided(ledger, ids)  # one at a time: the test holds no bodies
 
         tracemalloc.start()
         try:

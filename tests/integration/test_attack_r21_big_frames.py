@@ -21,23 +21,17 @@ not ALICE's). Every wait bounded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import trio
+from test_deferred_restart import ALICE, BOB, CAROL, PRICE, deferred_channel, payer_request, served
+from test_deferred_restart import send_all as deferred_send_all
 
 from p2pay.core.errors import ErrorCode
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
-from p2pay.net.p2p import open_libp2p_transport
+from p2pay.core.messages import Refusal
+from p2pay.ledger.memory import MemoryLedger
 from p2pay.node import Call, NodeConfig, open_node
 from p2pay.store.sqlite import SqliteStore
 
-ALICE = Keypair.from_seed(bytes([1]) * 32)  # the payer
-BOB = Keypair.from_seed(bytes([2]) * 32)  # the payee
-CAROL = Keypair.from_seed(bytes([3]) * 32)  # signs "ALICE's" bad requests
-PRICE = 1_000
 MAX_FRAME = 2 << 20  # the payee's (and the payer's) max_frame: 2 MiB
 BIG = b"y" * ((1 << 20) + 1_000)  # a body whose request frame is above 1 MiB
 
@@ -46,60 +40,19 @@ async def small(call: Call) -> bytes:
     return b"ok"
 
 
-async def ignore(stream: Any) -> None:
-    await stream.aclose()
-
-
-async def send_all(bob_addr: str, ledger: MemoryLedger, frames: list[bytes]) -> list[object]:
-    """ALICE's raw session (max_frame 2 MiB): a hello, then each frame with its answer."""
-    answers: list[object] = []
-    async with open_libp2p_transport(ALICE, ignore, max_frame=MAX_FRAME) as alice:
-        stream = await alice.connect(bob_addr)
-        with trio.fail_after(30):
-            hello = Hello.create(ALICE, ledger=ledger.ledger_id, max_frame=MAX_FRAME)
-            await stream.send(hello.to_frame())
-            assert isinstance(decode_frame(await stream.receive(), max_size=MAX_FRAME), Hello)
-            for frame in frames:
-                await stream.send(frame)
-                answers.append(decode_frame(await stream.receive(), max_size=MAX_FRAME))
-        await stream.reset()
-    return answers
-
-
 async def setup() -> tuple[MemoryLedger, NodeConfig, bytes]:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:r21-big",
-            dev=True,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
-    config = NodeConfig(
-        watcher=False,
-        default_timeout=5.0,
-        redeem_threshold=10**30,
-        unverified_credit_limit=5 * PRICE,
-        max_frame=MAX_FRAME,
-    )
-    channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
-    return ledger, config, channel
+    return await deferred_channel(b"r21-big", 5 * PRICE, max_frame=MAX_FRAME)
 
 
 def make_request(
     ledger: MemoryLedger, channel: bytes, n: int, key: Keypair, body: bytes = b"x"
 ) -> bytes:
-    return Request.create(
-        key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE, price=PRICE,
-        service="echo", body=body, deadline=wall_clock_ms() + 30_000,
-    ).to_frame()  # fmt: skip
+    return payer_request(ledger, channel, n, key, body)
 
 
-def served(answer: object) -> bool:
-    return isinstance(answer, Response) and answer.ok
+async def send_all(bob_addr: str, ledger: MemoryLedger, frames: list[bytes]) -> list[object]:
+    """ALICE's raw session with a max_frame of 2 MiB (`test_deferred_restart.send_all`)."""
+    return await deferred_send_all(bob_addr, ledger, frames, max_frame=MAX_FRAME)
 
 
 async def test_a_big_bad_request_is_not_hidden_from_the_restart_check(tmp_path: Path) -> None:

@@ -19,14 +19,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_deferred_restart import ALICE, BOB, CAROL, PRICE, echo, send_all, served
+from test_deferred_restart import (
+    ALICE,
+    BOB,
+    CAROL,
+    PRICE,
+    deferred_channel,
+    echo,
+    payer_request,
+    send_all,
+    served,
+)
 
 from p2pay.core.errors import ErrorCode
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Refusal, Request
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
-from p2pay.node import NodeConfig, open_node
+from p2pay.core.messages import Refusal
+from p2pay.node import open_node
 from p2pay.store.sqlite import SqliteStore
 
 BAD = 20
@@ -36,28 +44,10 @@ BAD = 20
 async def test_bad_signatures_after_the_revocation_write_nothing(
     tmp_path: Path, limit: int
 ) -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:r21-refusal-commits",
-            dev=True,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
-    config = NodeConfig(
-        watcher=False, default_timeout=5.0, redeem_threshold=10**30, unverified_credit_limit=limit
-    )
-    channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
-    deadline = wall_clock_ms() + 30_000
+    ledger, config, channel = await deferred_channel(b"r21-refusal-commits", limit)
 
     def request(n: int, key: Keypair, body: bytes) -> bytes:
-        return Request.create(
-            key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE,
-            price=PRICE, service="echo", body=body, deadline=deadline,
-        ).to_frame()  # fmt: skip
+        return payer_request(ledger, channel, n, key, body)
 
     path = tmp_path / "bob.sqlite"
     store = await SqliteStore.open(path)

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from node_support import wait_until
+from node_support import all_decided, file_free_claims, wait_until
 from raw_payer import OffsetClock, watcher_steps
 from test_watcher_claims import (
     ALICE,
@@ -44,7 +44,6 @@ from test_watcher_claims import (
 )
 
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import Request
 from p2pay.core.settlement import Claim, ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.ledger.sqlite import SqliteLedger
@@ -96,28 +95,8 @@ async def test_a_rescan_of_claims_holds_one_body_at_a_time(
         ) as bob:
             bob.serve("echo", echo, price=1000)
             await bob.stake(10**20, penalty=10**19, claim_window_ms=30_000)
-            channel = await ledger.open_channel(MALLORY, BOB.public, 10**6, 60_000)
-            deadline = await ledger.now() + 100
-
-            async def past() -> bool:
-                return await ledger.now() > deadline
-
-            await wait_until(past, timeout=10)
-            ids = []
-            for i in range(K):
-                request = Request.create(
-                    MALLORY, ledger=ledger.ledger_id, channel=channel, n=1 + i,
-                    paid=1 + i, price=1, service="nosuch", body=bytes([i]) * BODY,
-                    deadline=deadline,
-                )  # fmt: skip
-                ids.append(await ledger.file_claim(MALLORY, request))
-            del request
-
-            async def answered() -> bool:
-                claims = [await ledger.claim(claim_id) for claim_id in ids]
-                return all(c is not None and c.state is not ClaimState.OPEN for c in claims)
-
-            await wait_until(answered, timeout=60)
+            _, ids = await file_free_claims(ledger, MALLORY, BOB.public, K, BODY)
+            await wait_until(lambda: all_decided(ledger, ids), timeout=60)
             watcher = bob.watcher
             assert watcher is not None
             await wait_until(lambda: not watcher._defending, timeout=20)

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import trio
 
+from p2pay.core.codec import MAX_FRAME_SIZE
 from p2pay.core.errors import ErrorCode
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Hello, Refusal, Request, Response, decode_frame
@@ -52,19 +53,58 @@ async def ignore(stream: Any) -> None:
     await stream.aclose()
 
 
-async def send_all(bob_addr: str, ledger: MemoryLedger, frames: list[bytes]) -> list[object]:
+async def send_all(
+    bob_addr: str, ledger: MemoryLedger, frames: list[bytes], *, max_frame: int = MAX_FRAME_SIZE
+) -> list[object]:
     """ALICE's raw session: a hello, then each frame in turn with its answer."""
     answers: list[object] = []
-    async with open_libp2p_transport(ALICE, ignore) as alice:
+    async with open_libp2p_transport(ALICE, ignore, max_frame=max_frame) as alice:
         stream = await alice.connect(bob_addr)
-        with trio.fail_after(20):
-            await stream.send(Hello.create(ALICE, ledger=ledger.ledger_id).to_frame())
-            assert isinstance(decode_frame(await stream.receive()), Hello)
+        with trio.fail_after(30):
+            hello = Hello.create(ALICE, ledger=ledger.ledger_id, max_frame=max_frame)
+            await stream.send(hello.to_frame())
+            assert isinstance(decode_frame(await stream.receive(), max_size=max_frame), Hello)
             for frame in frames:
                 await stream.send(frame)
-                answers.append(decode_frame(await stream.receive()))
+                answers.append(decode_frame(await stream.receive(), max_size=max_frame))
         await stream.reset()
     return answers
+
+
+async def deferred_channel(
+    name: bytes, limit: int, **config: Any
+) -> tuple[MemoryLedger, NodeConfig, bytes]:
+    """A dev ledger named `name` on which ALICE and BOB are funded, ALICE's channel to BOB,
+    and BOB's config: no watcher, no redeem, deferral up to `limit` (and `config`)."""
+    ledger = MemoryLedger(
+        Params(
+            ledger_id=b"p2pay:test:" + name,
+            dev=True,
+            min_claim_window_ms=50,
+            min_challenge_ms=50,
+            max_deadline_horizon_ms=60_000,
+        )
+    )
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10**25)
+    node_config = NodeConfig(
+        watcher=False,
+        default_timeout=5.0,
+        redeem_threshold=10**30,
+        unverified_credit_limit=limit,
+        **config,
+    )
+    return ledger, node_config, await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
+
+
+def payer_request(
+    ledger: MemoryLedger, channel: bytes, n: int, key: Keypair, body: bytes = b"x"
+) -> bytes:
+    """Request `n` of ALICE's channel at PRICE each, signed by `key` (CAROL: badly)."""
+    return Request.create(
+        key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE, price=PRICE,
+        service="echo", body=body, deadline=wall_clock_ms() + 30_000,
+    ).to_frame()  # fmt: skip
 
 
 def served(answer: object) -> bool:
@@ -86,28 +126,10 @@ async def test_a_restart_of_the_payee_gives_a_bad_signer_nothing_more(
     tmp_path: Path, case: str
 ) -> None:
     limit = 3 * PRICE if case == "revoked" else 5 * PRICE
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=b"p2pay:test:deferred-restart",
-            dev=True,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=60_000,
-        )
-    )
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
-    config = NodeConfig(
-        watcher=False, default_timeout=5.0, redeem_threshold=10**30, unverified_credit_limit=limit
-    )
-    channel = await ledger.open_channel(ALICE, BOB.public, 10**6, 60_000)
-    deadline = wall_clock_ms() + 30_000
+    ledger, config, channel = await deferred_channel(b"deferred-restart", limit)
 
     def request(n: int, key: Keypair) -> bytes:
-        return Request.create(
-            key, ledger=ledger.ledger_id, channel=channel, n=n, paid=n * PRICE, price=PRICE,
-            service="echo", body=b"x", deadline=deadline,
-        ).to_frame()  # fmt: skip
+        return payer_request(ledger, channel, n, key)
 
     path = tmp_path / "bob.sqlite"
     signers = {"unchecked_list": [ALICE, CAROL, ALICE], "revoked": [ALICE, CAROL, ALICE, ALICE]}
