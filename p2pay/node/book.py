@@ -24,6 +24,7 @@ from p2pay.core.errors import (
 from p2pay.core.messages import (
     Request,
     decode_frame,
+    decode_held_frame,
 )
 from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.base import Ledger, claims_one_by_one
@@ -232,15 +233,18 @@ class ChannelBook:
                 unverified_credit_limit=self.config.unverified_credit_limit,
                 deferral_revoked=rec.deferral_revoked,
             )
+            # held frames, not the wire's: a voucher taken through a claim (`admit_claimed`)
+            # carries its body, up to the ledger's max_claim_body (attack round 22: a free
+            # claim of 1 MiB made every later start fail, FRAME_TOO_LARGE)
             if rec.verified_voucher:  # the last checked voucher, best being unchecked
-                verified = decode_frame(rec.verified_voucher)
+                verified = decode_held_frame(rec.verified_voucher)
                 if isinstance(verified, Request) and verified.verify(ch.payer):
                     ch.verified = ch.best = verified
                     # the requests admitted since, before a good best would hide them
                     if not ch.deferral_revoked and ch.unverified_credit_limit:
                         await self._check_stored(ch)
             if rec.best_voucher:
-                best = decode_frame(rec.best_voucher)
+                best = decode_held_frame(rec.best_voucher)
                 if isinstance(best, Request):
                     ch.best = best  # maybe admitted unchecked (protocol.md 13.4): check it
                     if ch.verified_voucher() is not best:
