@@ -232,6 +232,9 @@ class ChannelBook:
                 unverified_credit_limit=self.config.unverified_credit_limit,
                 deferral_revoked=rec.deferral_revoked,
             )
+            # held frames, not the wire's: a voucher taken through a claim (`admit_claimed`)
+            # carries its body, up to the ledger's max_claim_body (attack round 22: a free
+            # claim of 1 MiB made every later start fail, FRAME_TOO_LARGE)
             if rec.verified_voucher:  # the last checked voucher, best being unchecked
                 verified = decode_held_frame(rec.verified_voucher)
                 if isinstance(verified, Request) and verified.verify(ch.payer):

@@ -273,7 +273,7 @@ async def claim_infos(store: Store) -> list[ClaimInfo]:
         doc = json.loads(raw)
         response: Response | None = None
         if doc.get("response"):
-            frame = decode_frame(bytes.fromhex(doc["response"]))
+            frame = decode_held_frame(bytes.fromhex(doc["response"]))  # a claim's answer
             response = frame if isinstance(frame, Response) else None
         out.append(
             ClaimInfo(
@@ -926,7 +926,9 @@ class Watcher:
         await node.persister.flush()
         stored = await node.store.response(request.hash)
         if stored is not None:
-            frame = decode_frame(stored.frame)
+            # our own answer, up to the ledger's max_claim_body when it answered a claim
+            # (`claim_answer_limit`): over the wire's limit (attack round 22)
+            frame = decode_held_frame(stored.frame)
             if isinstance(frame, Response):
                 await self._keep_for(stored, claim)
                 return _Answer(response=frame)
