@@ -429,10 +429,18 @@ class Watcher:
         self._claimed: dict[bytes, ConflictIndex] = {}
         self._claims_listed = False  # the ledger's list of claims against us was read
         self._unlisted: set[bytes] = set()  # claims filed against us since, not yet read
+        #: their channels, as their ClaimFiled events name them (none: any channel's)
+        self._unlisted_on: dict[bytes, bytes] = {}
+        #: one task per channel reads its unlisted claims (`_claimed_requests`)
+        self._listing_on: collections.defaultdict[bytes, trio.Lock] = collections.defaultdict(
+            trio.Lock
+        )
         self._listed: set[bytes] = set()  # the claims against us in `_claimed` (or unusable)
-        #: those of them no answer of ours can change any more: seen past their windows,
-        #: or answered by us (our own answer accepted by the ledger); never read again
+        #: those of them read past their windows and no longer OPEN: final, never read
+        #: again (not those we answered, on the ledger's acknowledgement alone: an answer
+        #: that never landed was never sent again, attack round 22)
         self._final: set[bytes] = set()
+        self._lapsed: set[bytes] = set()  # read OPEN past their windows: defended once
         self._rescanning = False  # a rescan task runs (`_rescan_soon`)
         self._listing = trio.Lock()  # one task at a time reads them
         #: `_resolve_claims` reads every claim record of the store at each step, for ours
@@ -596,6 +604,8 @@ class Watcher:
                 self._takes_due.add(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
             self._unlisted.add(f["claim"])
+            if isinstance(f.get("channel"), bytes):
+                self._unlisted_on[f["claim"]] = f["channel"]
             self._defend_soon(f["claim"])
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
@@ -704,14 +714,16 @@ class Watcher:
     async def _read_claims_against(self, *, defend: bool) -> None:
         """Read the claims against us from the ledger by id, one at a time, each stripped
         of its body as soon as it is read (`_light`): list those not yet listed, and start
-        the answer (if `defend`) of those OPEN that no task answers. A claim whose window
-        has ended, or that we answered (the ledger accepted our answer), is never read
-        again (`_final`: nothing we do changes it any more), so a rescan reads the ids and
-        the other claims still in their windows only; one seen answered by someone's word
-        within its window is read again (a lying or lagging endpoint's word is not taken
-        for good). Reading every claim whole at once held every body at once (up to the
-        ledger's ``max_claim_body`` each, and free REFUSED claims cost a payer nothing):
-        32 claims of 512 KiB took 33.7 MB per rescan (threat model, memory bound)."""
+        the answer (if `defend`) of those OPEN that no task answers. A claim read past its
+        window and no longer OPEN is never read again (`_final`: nothing changes it any
+        more), so a rescan reads the ids and the claims still in their windows only. Not
+        final on one reading alone: a claim read answered within its window (a lying or
+        lagging endpoint, an answer of ours acknowledged that never landed), or read OPEN
+        past its window (one reading of a clock ahead) is read again (attack round 22:
+        either dropped for good got an honest provider slashed). Reading every claim
+        whole at once held every body at once (up to the ledger's ``max_claim_body`` each,
+        and free REFUSED claims cost a payer nothing): 32 claims of 512 KiB took 33.7 MB
+        per rescan (threat model, memory bound)."""
         ledger, me = self.node.ledger, self.node.account
         ids = await ledger.claim_ids_of(me, "respondent")
         now = await ledger.now()
@@ -729,10 +741,18 @@ class Watcher:
             if claim is None or claim.respondent != me:
                 continue
             self._list_claim(claim)
+            if claim.state is not ClaimState.OPEN:
+                if now > claim.window_ends:
+                    self._final.add(claim_id)
+                continue
             if now > claim.window_ends:
-                self._final.add(claim_id)
-            if claim.state is ClaimState.OPEN and defend:
-                self._defend_soon(claim_id)  # past its window: `_defend` logs it, once
+                if claim_id in self._lapsed:
+                    continue  # `_defend` logged it; read again in case the clock was wrong
+                self._lapsed.add(claim_id)
+            else:
+                self._lapsed.discard(claim_id)
+            if defend:
+                self._defend_soon(claim_id)
         self._claims_listed = True
 
     async def _defend(self, claim_id: bytes) -> None:
@@ -765,7 +785,6 @@ class Watcher:
                             else:
                                 assert answer.response is not None
                                 await node.ledger.answer_claim(node.key, claim_id, answer.response)
-                        self._final.add(claim_id)  # ours, accepted: not read again
                         node.counters.claims_answered += 1
                         self.answers[answer.outcome] += 1
                         self._claim_state(claim_id, "respondent", answer.outcome)
@@ -1054,6 +1073,7 @@ class Watcher:
     def _list_claim(self, claim: Claim) -> None:
         """Keep a claim against us (its request decoded) for `_claimed_requests`."""
         self._unlisted.discard(claim.id)
+        self._unlisted_on.pop(claim.id, None)
         self._listed.add(claim.id)
         on_channel = self._claimed.setdefault(claim.channel, ConflictIndex())
         if claim.id in on_channel:
@@ -1083,13 +1103,25 @@ class Watcher:
         async with self._listing:  # one task reads; the others then find it all held
             if not self._claims_listed:
                 await self._read_claims_against(defend=False)
+        # the claims filed since on this channel only (and those of no known channel),
+        # one task per channel: the list's lock held across every stranger's claim read
+        # made an answer with little time left wait for them all (attack round 22: 80
+        # free claims at 50 ms a read, and a claim refused at its handler deadline was
+        # UPHELD)
+        async with self._listing_on[claimed.channel]:
             for claim_id in list(self._unlisted):
+                if self._unlisted_on.get(claim_id, claimed.channel) != claimed.channel:
+                    continue
+                if claim_id not in self._unlisted:
+                    continue  # listed meanwhile
                 try:
-                    filed, _ = _light(await ledger.claim(claim_id))
+                    async with self._reads:
+                        filed, _ = _light(await ledger.claim(claim_id))
                 except (P2payError, OSError) as exc:  # read again next time; the others go on
                     log.warning("cannot read claim %s: %s", claim_id.hex(), exc)
                     continue
                 self._unlisted.discard(claim_id)
+                self._unlisted_on.pop(claim_id, None)
                 if filed is not None and filed.respondent == me:
                     self._list_claim(filed)
         self._list_claim(claim)
@@ -1154,6 +1186,17 @@ class Watcher:
             seen=seen,
             deadline=deadline,
         )
+        if ch.best is request or ch.verified is request:
+            # the channel keeps the voucher's signed fields only (what a redeem checks and a
+            # resync shows, protocol.md 15): a claim's body, up to the ledger's
+            # max_claim_body, stayed in memory and in the store for as long as the channel
+            # was the payee's, even when refused (attack round 22: 17.4 MB for 16 channels
+            # of one free 512 KiB claim each; one of 1 MiB kept the node from starting)
+            bodiless = _bodiless(request)
+            if ch.best is request:
+                ch.best = bodiless
+            if ch.verified is request:
+                ch.verified = bodiless
         if (
             isinstance(decision, Refuse)
             and decision.code is ErrorCode.REPLAY
