@@ -190,7 +190,12 @@ def _frames() -> Iterator[FrameType]:
 
 def in_claim_answer(*, within: str | None = None) -> bool:
     """Whether the running code is BOB's watcher answering a claim (its ``_defend`` task),
-    and, with `within`, inside a call of that function name."""
-    if not trio.lowlevel.current_task().name.endswith("._defend"):
+    and, with `within`, inside a call of that function name, or in a task that function
+    started (`Watcher._claimed_requests` reads a channel's new claims in tasks of its
+    own, ``..._claimed_requests.<locals>.read``)."""
+    name = trio.lowlevel.current_task().name
+    if within is not None and f".{within}.<locals>." in name:
+        return True
+    if not name.endswith("._defend"):
         return False
     return within is None or any(f.f_code.co_name == within for f in _frames())
