@@ -1105,23 +1105,21 @@ class Watcher:
 
         From the claims this watcher holds: the ledger's claims against us are read once
         (or by the rescan), by id, one at a time and without their bodies, then each claim
-        filed since once, from its ClaimFiled event. Reading
-        and decoding the whole list for every claim answered made a flood of k claims
-        cost k list reads: the answers slowed as the flood grew until windows ran out and
-        an honest provider was slashed (C-1, C-7)."""
+        filed since once, from its ClaimFiled event. Reading and decoding the whole list
+        for every claim answered made a flood of k claims cost k list reads: the answers
+        slowed as the flood grew until windows ran out and an honest provider was
+        slashed (C-1, C-7)."""
         ledger, me = self.node.ledger, self.node.account
         async with self._listing:  # one task reads; the others then find it all held
             if not self._claims_listed:
                 await self._read_claims_against(defend=False)
 
-        # the claims filed since on this channel only (and those of no known channel),
-        # one task per channel: the list's lock held across every stranger's claim read
-        # made an answer with little time left wait for them all (attack round 22: 80
-        # free claims at 50 ms a read, and a claim refused at its handler deadline was
-        # UPHELD)
-        # Read side by side, `max_claim_answers` at a time (`_reads`): one after the other,
-        # a flood of free claims on one channel kept every answer on it waiting for all
-        # of them (attack round 23: 300 claims at 50 ms a read, 51 to 59 UPHELD).
+        # The claims filed since, on this channel only (and those of no known channel),
+        # under the channel's lock, read side by side `max_claim_answers` at a time
+        # (`_reads`). Read under the list's lock, every stranger's claim held up an answer
+        # with little time left (attack round 22: 80 free claims at 50 ms a read, UPHELD);
+        # read one after the other, a flood on one channel held up every answer on it
+        # (round 23: 300 claims at 50 ms a read, 51 to 59 UPHELD).
         async def read(claim_id: bytes) -> None:
             try:
                 async with self._reads:
