@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -199,3 +199,24 @@ def in_claim_answer(*, within: str | None = None) -> bool:
     if not name.endswith("._defend"):
         return False
     return within is None or any(f.f_code.co_name == within for f in _frames())
+
+
+def before_claim_lookup(node: Node, claimed: Request, act: Callable[[], Awaitable[None]]) -> None:
+    """Run `act` once, the first time `node`'s watcher looks for `claimed`'s evidence among
+    the other claims against it (`Watcher._claimed_requests`): after it read its store and
+    its known requests, before it decides. The moment a stranger gets by timing (the
+    lookup's store reads; on a chain, its RPCs); the earlier tests chose it by wrapping a
+    ledger read of the claim that the lookup no longer makes (a claim filed since is held
+    by its ClaimFiled event's slice)."""
+    watcher = node.watcher
+    assert watcher is not None
+    lookup = watcher._claimed_requests
+    done: list[bool] = []
+
+    async def hooked(claim: Claim, request: Request) -> list[Request]:
+        if request.hash == claimed.hash and not done:
+            done.append(True)
+            await act()
+        return await lookup(claim, request)
+
+    watcher._claimed_requests = hooked  # type: ignore[method-assign]

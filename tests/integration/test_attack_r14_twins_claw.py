@@ -12,8 +12,8 @@ claim, so the ledger refunds S's slice, the one C was charged in, and claws the 
 back from the payee's stake (the payee redeemed it). The payer got C served for nothing;
 the honest payee served it and lost its price from its stake.
 
-The moment is chosen by wrapping the ledger read the payee's watcher makes in
-`_claimed_requests` (it reads each claim filed since its last read, under one lock for
+The moment is chosen by wrapping the watcher's lookup of the other claims against it
+(`before_claim_lookup`; then a ledger read of each claim filed since, under one lock for
 all claims: on a chain an RPC each); the attacker's flood got there without any hook.
 Every wait bounded; nothing asserts on timing.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from node_support import wait_until
-from raw_payer import MALLORY, PRICE, STAKE, in_claim_answer, raw_payer_and_provider
+from raw_payer import MALLORY, PRICE, STAKE, before_claim_lookup, raw_payer_and_provider
 
 from p2pay.core.errors import ErrorCode
 from p2pay.core.messages import Response
@@ -41,18 +41,13 @@ async def test_twins_do_not_get_a_claimed_request_served_for_free() -> None:
         s2 = payer.signed(2, 2 * PRICE, deadline, body=b"sent twin")
         await payer.wait_past(deadline)
         stream_answers: list[Any] = []
-        read_claim = ledger.claim
 
-        async def claim_read(claim_id: bytes) -> Any:
-            found = await read_claim(claim_id)
-            if claim_id == c2.hash and not stream_answers:
-                if in_claim_answer(within="_claimed_requests"):
-                    # the watcher reads the claims against it (for evidence), after its
-                    # store and its known requests: now S arrives on the payer's stream
-                    stream_answers.append(await payer.exchange(s2))
-            return found
+        async def send_twin() -> None:
+            # the watcher looks for evidence among the claims against it, after its store
+            # and its known requests: now S arrives on the payer's stream
+            stream_answers.append(await payer.exchange(s2))
 
-        ledger.claim = claim_read  # type: ignore[method-assign]
+        before_claim_lookup(bob, c2, send_twin)
         claim = await payer.decided(await ledger.file_claim(MALLORY, c2))
         [refusal] = stream_answers
         assert isinstance(refusal, Response)

@@ -16,10 +16,10 @@ no stored answer, nothing pending or completed under that number, and took it fo
   S's slice, which is R's, refunded and R's price clawed from the stake.
 
 MALLORY pays call 1 (slice [0, 1000]); signs R (n=2, never sent), waits for its deadline and
-claims it; while BOB's watcher reads the claims against it (the moment chosen by wrapping
-the ledger's claim read; a stranger gets it by timing: the window spans the watcher's
-ledger reads, one RPC on a chain), it sends S. Every wait bounded; nothing asserts on
-timing.
+claims it; while BOB's watcher looks up the claim's evidence (the moment chosen by
+wrapping that lookup, `before_claim_lookup`; a stranger gets it by timing: the window
+spans the watcher's store and ledger reads, an RPC each on a chain), it sends S. Every
+wait bounded; nothing asserts on timing.
 """
 
 from __future__ import annotations
@@ -28,26 +28,33 @@ from typing import Any
 
 import pytest
 from node_support import wait_until
-from raw_payer import MALLORY, PRICE, STAKE, RawPayer, in_claim_answer, raw_payer_and_provider
+from raw_payer import (
+    MALLORY,
+    PRICE,
+    STAKE,
+    RawPayer,
+    before_claim_lookup,
+    raw_payer_and_provider,
+)
 
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import ClaimState
+from p2pay.node import Node
 
 
-async def claim_while_sending(payer: RawPayer, claimed: Request, sent: list[Request]) -> Any:
-    """Claim `claimed` and send `sent` on the stream while BOB's watcher reads that claim
-    (in `_claimed_requests`). Returns the ended claim and the stream's answers."""
-    ledger, answers = payer.ledger, []
-    read_claim = ledger.claim
+async def claim_while_sending(
+    payer: RawPayer, bob: Node, claimed: Request, sent: list[Request]
+) -> Any:
+    """Claim `claimed` and send `sent` on the stream while BOB's watcher looks that
+    claim's evidence up (`before_claim_lookup`). Returns the ended claim and the stream's
+    answers."""
+    answers: list[Any] = []
 
-    async def claim_read(claim_id: bytes) -> Any:
-        found = await read_claim(claim_id)
-        if claim_id == claimed.hash and not answers and in_claim_answer(within="_claimed_requests"):
-            answers.extend([await payer.exchange(s) for s in sent])
-        return found
+    async def send() -> None:
+        answers.extend([await payer.exchange(s) for s in sent])
 
-    ledger.claim = claim_read  # type: ignore[method-assign]
-    claim_id = await ledger.file_claim(MALLORY, claimed)
+    before_claim_lookup(bob, claimed, send)
+    claim_id = await payer.ledger.file_claim(MALLORY, claimed)
     return await payer.decided(claim_id), answers
 
 
@@ -65,7 +72,7 @@ async def test_a_later_numbered_overlap_admitted_during_the_lookup_refutes_the_c
         later = await ledger.now() + 30_000
         s_reqs = [payer.signed(2 + i, (i + 1) * PRICE, later) for i in range(1, k + 1)]
         await payer.wait_past(deadline)
-        claim, answers = await claim_while_sending(payer, r2, s_reqs)
+        claim, answers = await claim_while_sending(payer, bob, r2, s_reqs)
         payee = bob.payee_channels[channel]
         print("claim on R:", claim.state.value, "| S:", [a.status for a in answers])
         # the payee redeems what it charged (the payer starts a close, C-8)
@@ -96,7 +103,7 @@ async def test_a_later_numbered_overlap_refused_during_the_lookup_refutes_the_cl
         # S: n=3, R's slice, a service BOB does not offer (refused at admission, signed)
         s3 = payer.signed(3, 2 * PRICE, await ledger.now() + 30_000, service="nope")
         await payer.wait_past(deadline)
-        claim, answers = await claim_while_sending(payer, r2, [s3])
+        claim, answers = await claim_while_sending(payer, bob, r2, [s3])
         [refusal] = answers
         assert isinstance(refusal, Response)
         assert refusal.status == "UNKNOWN_SERVICE" and refusal.price == 0
