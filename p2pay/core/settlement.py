@@ -35,9 +35,9 @@ from __future__ import annotations
 import bisect
 import enum
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from p2pay.core import codec
 from p2pay.core.amounts import MAX_YOCTO
@@ -72,6 +72,7 @@ __all__ = [
     "Redeem",
     "RequestUnstake",
     "ResolveClaim",
+    "Slice",
     "Stake",
     "StakeOp",
     "StakeStatus",
@@ -598,7 +599,7 @@ def resend_budget_s(timeout_s: float, deadline: int, window_ms: int, now: int) -
     return min(timeout_s, max((deadline + window_ms - now) / 3000, 0.01))
 
 
-def tiling_conflict(claimed: Request, other: Request, horizon_ms: int) -> bool:
+def tiling_conflict(claimed: Request | Slice, other: Request | Slice, horizon_ms: int) -> bool:
     """True if two payer-signed requests of one channel are in tiling conflict.
 
     specs/claims.md section 2: with ``(a, b)`` the pair ordered by ``n``, a conflict is the
@@ -615,7 +616,7 @@ def tiling_conflict(claimed: Request, other: Request, horizon_ms: int) -> bool:
     Returns:
         Whether the two requests conflict.
     """
-    return _slices_conflict(_Slice.of(claimed), _Slice.of(other), horizon_ms)
+    return _slices_conflict(claimed, other, horizon_ms)
 
 
 class ConflictIndex:
@@ -631,10 +632,14 @@ class ConflictIndex:
     slice start and the lowest ``deadline``, and one with ``C.n``: if none of these
     conflicts with ``C``, none of the others does. A claim flood of ``k`` requests then
     costs its answerer about ``k`` comparisons per index change, not ``k`` per claim.
+
+    A request may be held by its `Slice` alone (a claim known from its ClaimFiled event
+    and not read yet): the candidates are found the same way, and a request of the same
+    hash, added later, takes the slice's place.
     """
 
     def __init__(self) -> None:
-        self._requests: dict[bytes, Request] = {}  # hash -> request
+        self._requests: dict[bytes, Request | Slice] = {}  # hash -> request (or its slice)
         self._built: _Extremes | None = None
 
     def __len__(self) -> int:
@@ -643,16 +648,33 @@ class ConflictIndex:
     def __contains__(self, request_hash: object) -> bool:
         return request_hash in self._requests
 
-    def add(self, request: Request) -> None:
-        """Hold `request` (a second copy of one held changes nothing)."""
-        if request.hash not in self._requests:
+    def get(self, request_hash: bytes) -> Request | Slice | None:
+        """The request held with `request_hash` (or its slice), if any."""
+        return self._requests.get(request_hash)
+
+    def requests(self) -> list[Request]:
+        """Every request held whole (not those held by their slice alone)."""
+        return [r for r in self._requests.values() if isinstance(r, Request)]
+
+    def add(self, request: Request | Slice) -> None:
+        """Hold `request`. A request replaces the slice held with its hash; nothing else
+        is replaced (a second copy, or a slice of a request held, changes nothing)."""
+        held = self._requests.get(request.hash)
+        if held is None or (isinstance(held, Slice) and isinstance(request, Request)):
             self._requests[request.hash] = request
             self._built = None
 
-    def candidates(self, request: Request) -> list[Request]:
-        """At most five requests held, other than `request`, among which one is in tiling
-        conflict with it if any request held is (`tiling_conflict` decides): one numbered
-        ``request.n`` with another hash (if any), and the extremes described above."""
+    def discard(self, request_hash: bytes) -> None:
+        """Hold nothing with `request_hash` any more (e.g. a slice whose claim turned out
+        to carry no usable request)."""
+        if self._requests.pop(request_hash, None) is not None:
+            self._built = None
+
+    def candidates(self, request: Request | Slice) -> list[Request | Slice]:
+        """At most five requests held (or slices), other than `request`, among which one
+        is in tiling conflict with it if any request held is (`tiling_conflict`
+        decides): one numbered ``request.n`` with another hash (if any), and the
+        extremes described above."""
         built = self._built
         if built is None:
             built = self._built = _Extremes.of(self._requests.values())
@@ -665,7 +687,7 @@ class _Extremes:
     compared value in every prefix (highest ``paid``, highest ``deadline``) and every
     suffix (lowest slice start, lowest ``deadline``)."""
 
-    requests: list[Request]
+    requests: list[Request | Slice]
     ns: list[int]
     top_paid: list[int]
     top_deadline: list[int]
@@ -673,7 +695,7 @@ class _Extremes:
     low_deadline: list[int]
 
     @classmethod
-    def of(cls, held: Iterable[Request]) -> _Extremes:
+    def of(cls, held: Iterable[Request | Slice]) -> _Extremes:
         requests = sorted(held, key=lambda r: r.n)
         count = len(requests)
         top_paid: list[int] = []
@@ -703,7 +725,7 @@ class _Extremes:
             requests, [r.n for r in requests], top_paid, top_deadline, low_start, low_deadline
         )
 
-    def candidates(self, request: Request) -> list[Request]:
+    def candidates(self, request: Request | Slice) -> list[Request | Slice]:
         requests = self.requests
         lo = bisect.bisect_left(self.ns, request.n)
         hi = bisect.bisect_right(self.ns, request.n)
@@ -719,8 +741,10 @@ class _Extremes:
         return [requests[i] for i in dict.fromkeys(picked)]
 
 
-class _Slice(NamedTuple):
-    """What a tiling conflict compares of a request (its stored copy in a `Claim` too)."""
+class Slice(NamedTuple):
+    """What a tiling conflict compares of a request (claims.md 2): its number, slice of
+    the paid line, deadline and hash. A claim's stored copy has them, and so does its
+    ClaimFiled event (`of_filed`), without the request's signed bytes."""
 
     n: int
     paid: int
@@ -729,11 +753,19 @@ class _Slice(NamedTuple):
     hash: bytes
 
     @classmethod
-    def of(cls, request: Request) -> _Slice:
-        return cls(request.n, request.paid, request.price, request.deadline, request.hash)
+    def of_filed(cls, fields: Mapping[str, object]) -> Slice | None:
+        """The slice of the request a ClaimFiled event's `fields` describe (the claim's
+        id is its request's hash), or None if one of them is missing or of the wrong
+        type."""
+        values = [fields.get(name) for name in ("n", "paid", "price", "deadline")]
+        claim = fields.get("claim")
+        if not (isinstance(claim, bytes) and all(type(v) is int and v >= 0 for v in values)):
+            return None
+        n, paid, price, deadline = cast("list[int]", values)
+        return cls(n, paid, price, deadline, claim)
 
 
-def _slices_conflict(x: _Slice, y: _Slice, horizon_ms: int) -> bool:
+def _slices_conflict(x: Request | Slice, y: Request | Slice, horizon_ms: int) -> bool:
     if x.n == y.n:
         return x.hash != y.hash
     a, b = (x, y) if x.n < y.n else (y, x)
@@ -1528,8 +1560,8 @@ def _claim_channel(state: State, claim: Claim) -> Channel:
 
 def _conflicts(claim: Claim, evidence: Request, horizon_ms: int) -> bool:
     """`tiling_conflict` between the claimed request (its stored fields) and `evidence`."""
-    claimed = _Slice(claim.n, claim.paid, claim.price, claim.deadline, claim.id)
-    return _slices_conflict(claimed, _Slice.of(evidence), horizon_ms)
+    claimed = Slice(claim.n, claim.paid, claim.price, claim.deadline, claim.id)
+    return _slices_conflict(claimed, evidence, horizon_ms)
 
 
 @dataclass(slots=True)

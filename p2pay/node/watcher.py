@@ -75,6 +75,7 @@ from p2pay.core.settlement import (
     ClaimState,
     ConflictIndex,
     Event,
+    Slice,
     claim_starts_ms,
     resend_budget_s,
     tiling_conflict,
@@ -407,8 +408,11 @@ class Watcher:
         #: `_defend`'s reads, and the answers that need no handler (a burst of free
         #: claims refused at once held every body at once: attack round 20, 48 claims of
         #: 512 KiB, 52 MB). Two limiters: a read never waits for an answer being made
-        self._reads = trio.CapacityLimiter(node.config.max_claim_answers)
-        self._whole_reads = trio.CapacityLimiter(node.config.max_claim_answers)
+        #: Both earliest window end first, as the answers are: in arrival order, a flood's
+        #: later claims were read first and an early window ran out (200 free claims, 0.3 s
+        #: a read, 16 at once, a 2 s window: 20 UPHELD)
+        self._reads = EarliestFirst(node.config.max_claim_answers)
+        self._whole_reads = EarliestFirst(node.config.max_claim_answers)
         self._answering = EarliestFirst(ANSWERS_AT_ONCE)  # claim answers to the ledger
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
@@ -603,10 +607,9 @@ class Watcher:
                 assert isinstance(channel, bytes)
                 self._takes_due.add(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
-            self._unlisted.add(f["claim"])
-            if isinstance(f.get("channel"), bytes):
-                self._unlisted_on[f["claim"]] = f["channel"]
-            self._defend_soon(f["claim"])
+            self._note_filed(f)
+            window_ends = f.get("window_ends")
+            self._defend_soon(f["claim"], window_ends if type(window_ends) is int else 0)
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
         elif kind == "ClaimAnswered" and f.get("claimant") == me:
@@ -666,14 +669,15 @@ class Watcher:
 
     # -- claims against us (respondent): answered concurrently, retried (C-6, C-7)
 
-    def _defend_soon(self, claim_id: bytes) -> None:
-        """Start the answer task of a claim against us, unless one runs already."""
+    def _defend_soon(self, claim_id: bytes, window_ends: int) -> None:
+        """Start the answer task of a claim against us, unless one runs already; its
+        reads wait for the ledger earliest `window_ends` first (0: unknown, first)."""
         if not self.node.behaviour.answers_claims or self._tasks is None:
             return
         if claim_id in self._defending:
             return
         self._defending.add(claim_id)
-        self._tasks.start_soon(self._defend, claim_id)
+        self._tasks.start_soon(self._defend, claim_id, window_ends)
 
     async def _rescan_soon(self) -> None:
         """Start `_defend_open_claims` as a task of its own, unless one runs: it reads the
@@ -754,10 +758,10 @@ class Watcher:
             else:
                 self._lapsed.discard(claim_id)
             if defend:
-                self._defend_soon(claim_id)
+                self._defend_soon(claim_id, claim.window_ends)
         self._claims_listed = True
 
-    async def _defend(self, claim_id: bytes) -> None:
+    async def _defend(self, claim_id: bytes, window_ends: int) -> None:
         """Answer one claim against us, retrying with backoff until its window ends, and
         until the ledger reads it no longer OPEN: an answer acknowledged that never landed
         is sent again (attack round 23: only the rescan sent it again, and a flood of free
@@ -770,10 +774,11 @@ class Watcher:
         try:
             while True:
                 try:
-                    async with self._reads:
+                    async with self._reads.hold(window_ends):
                         claim, body = _light(await node.ledger.claim(claim_id))
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
+                    window_ends = claim.window_ends
                     if await node.ledger.now() > claim.window_ends:
                         log.error("claim %s: its window ended unanswered", claim_id.hex())
                         return
@@ -857,7 +862,9 @@ class Watcher:
             # whole, everything looked up again: with a slot, or without one when the
             # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED),
             # then as many at once as there are slots (`_whole_reads`)
-            async with contextlib.nullcontext() if slot else self._whole_reads:
+            async with (
+                contextlib.nullcontext() if slot else self._whole_reads.hold(claim.window_ends)
+            ):
                 full = await node.ledger.claim(claim.id)
                 if full is None or full.state is not ClaimState.OPEN:
                     return None
@@ -1080,23 +1087,47 @@ class Watcher:
         await self._stage_answer(ch, request, claim, response)
         return response
 
+    def _note_filed(self, fields: dict[str, Any]) -> None:
+        """Hold a claim filed against us by what its ClaimFiled event says of its request
+        (`Slice.of_filed`: number, slice, deadline, hash), read from the ledger only if
+        an answer finds it in conflict (`_claimed_requests`); one whose event names no
+        channel or slice is read by the next answer on its channel (`_unlisted`)."""
+        claim_id, channel = fields["claim"], fields.get("channel")
+        if claim_id in self._listed:
+            return
+        piece = Slice.of_filed(fields)
+        if isinstance(channel, bytes) and piece is not None:
+            self._claimed.setdefault(channel, ConflictIndex()).add(piece)
+            self._listed.add(claim_id)
+            return
+        self._unlisted.add(claim_id)
+        if isinstance(channel, bytes):
+            self._unlisted_on[claim_id] = channel
+
     def _list_claim(self, claim: Claim) -> None:
-        """Keep a claim against us (its request decoded) for `_claimed_requests`."""
+        """Keep a claim against us (its request decoded) for `_claimed_requests`, in the
+        place of its event's slice if it was held by that."""
         self._unlisted.discard(claim.id)
         self._unlisted_on.pop(claim.id, None)
         self._listed.add(claim.id)
         on_channel = self._claimed.setdefault(claim.channel, ConflictIndex())
-        if claim.id in on_channel:
+        if isinstance(on_channel.get(claim.id), Request):
             return
         try:
             request = decode_held_frame(claim.request_frame)
         except P2payError:
-            return
-        if isinstance(request, Request) and request.channel == claim.channel:
+            request = None
+        if (
+            isinstance(request, Request)
+            and request.channel == claim.channel
+            and request.hash == claim.id
+        ):
             # without its body: a conflict is in the signed fields, evidence is posted
             # without it (settlement.md AnswerClaim), and every claim against us is held
             # for as long as we run (a body is up to the ledger's max_claim_body)
             on_channel.add(_bodiless(request))
+        else:
+            on_channel.discard(claim.id)  # its event's slice: nothing the payer signed
 
     async def _claimed_requests(self, claim: Claim, claimed: Request) -> list[Request]:
         """The requests of the other claims against us on `claimed`'s channel that may be
@@ -1104,25 +1135,26 @@ class Watcher:
         tiling conflict with it if any is (`ConflictIndex`).
 
         From the claims this watcher holds: the ledger's claims against us are read once
-        (or by the rescan), by id, one at a time and without their bodies, then each claim
-        filed since once, from its ClaimFiled event. Reading and decoding the whole list
-        for every claim answered made a flood of k claims cost k list reads: the answers
-        slowed as the flood grew until windows ran out and an honest provider was
-        slashed (C-1, C-7)."""
+        (or by the rescan), by id, one at a time and without their bodies; a claim filed
+        since is held by its ClaimFiled event's slice and read only when it conflicts
+        with a claimed request (its signed bytes are the evidence). Reading and decoding
+        the whole list for every claim answered made a flood of k claims cost k list
+        reads: the answers slowed as the flood grew until windows ran out and an honest
+        provider was slashed (C-1, C-7); reading every claim filed since on the channel
+        before an answer, `max_claim_answers` at a time, still held each answer on a
+        flooded channel for k / `max_claim_answers` reads."""
         ledger, me = self.node.ledger, self.node.account
+        channel = claimed.channel
         async with self._listing:  # one task reads; the others then find it all held
             if not self._claims_listed:
                 await self._read_claims_against(defend=False)
 
-        # The claims filed since, on this channel only (and those of no known channel),
-        # under the channel's lock, read side by side `max_claim_answers` at a time
-        # (`_reads`). Read under the list's lock, every stranger's claim held up an answer
-        # with little time left (attack round 22: 80 free claims at 50 ms a read, UPHELD);
-        # read one after the other, a flood on one channel held up every answer on it
-        # (round 23: 300 claims at 50 ms a read, 51 to 59 UPHELD).
+        # Under the channel's lock, side by side `max_claim_answers` at a time (`_reads`):
+        # under the list's lock, every stranger's claim held up an answer with little
+        # time left (attack round 22: 80 free claims at 50 ms a read, UPHELD).
         async def read(claim_id: bytes) -> None:
             try:
-                async with self._reads:
+                async with self._reads.hold(claim.window_ends):  # for `claim`'s answer
                     filed, _ = _light(await ledger.claim(claim_id))
             except Exception as exc:  # read again next time; the others go on (round 24)
                 log.warning("cannot read claim %s: %r", claim_id.hex(), exc)
@@ -1131,16 +1163,39 @@ class Watcher:
             self._unlisted_on.pop(claim_id, None)
             if filed is not None and filed.respondent == me:
                 self._list_claim(filed)
+            index = self._claimed.get(channel)
+            if index is not None and isinstance(index.get(claim_id), Slice):
+                index.discard(claim_id)  # not a claim against us on this channel
 
-        async with self._listing_on[claimed.channel], trio.open_nursery() as reads:
-            for claim_id in list(self._unlisted):
-                if self._unlisted_on.get(claim_id, claimed.channel) == claimed.channel:
+        async def read_all(claim_ids: list[bytes]) -> None:
+            async with self._listing_on[channel], trio.open_nursery() as reads:
+                for claim_id in claim_ids:
                     reads.start_soon(read, claim_id)
+
+        # the claims filed since whose events said no slice: on this channel, or on none
+        await read_all([c for c in self._unlisted if self._unlisted_on.get(c, channel) == channel])
         self._list_claim(claim)
-        index = self._claimed.get(claimed.channel)
-        # not each of them: those among which one conflicts with `claimed` if any does
-        # (every one carries the payer's signature: FileClaim checked it)
-        return [] if index is None else index.candidates(claimed)
+        index = self._claimed.get(channel)
+        if index is None:
+            return []
+        # Not each of them: those among which one conflicts with `claimed` if any does
+        # (every one carries the payer's signature: FileClaim checked it); a slice among
+        # them is read only if it conflicts with `claimed` (its signed bytes are the
+        # evidence), and each read puts a request in a slice's place: bounded rounds.
+        horizon = ledger.params.max_deadline_horizon_ms
+        for _ in range(len(index) + 1):
+            found = index.candidates(claimed)
+            unread = [
+                c.hash
+                for c in found
+                if isinstance(c, Slice) and tiling_conflict(claimed, c, horizon)
+            ]
+            if not unread:
+                return [c for c in found if isinstance(c, Request)]
+            await read_all(unread)
+            if any(isinstance(index.get(c), Slice) for c in unread):
+                break  # unreadable for now: compare with every request held instead
+        return index.requests()
 
     async def _known_requests(self, ch: PayeeChannel, claimed: Request) -> list[Request]:
         """Payer-signed requests of `ch` this node holds that may conflict with `claimed`:
