@@ -609,7 +609,15 @@ class Watcher:
         elif kind == "ClaimFiled" and f.get("respondent") == me:
             self._note_filed(f)
             window_ends = f.get("window_ends")
-            self._defend_soon(f["claim"], window_ends if type(window_ends) is int else 0)
+            if type(window_ends) is not int:
+                window_ends = 0  # unknown: read first
+            elif window_ends <= event.at:
+                # Settled as it was filed (FileClaim with our own signed refusal, claims.md
+                # 3): nothing to answer. Its answer task's read came before every claim
+                # still open (its key is its filing time), and a stranger filing such
+                # claims without pause starved an open claim's read (attack round 25)
+                return
+            self._defend_soon(f["claim"], window_ends)
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
         elif kind == "ClaimAnswered" and f.get("claimant") == me:
