@@ -1176,12 +1176,16 @@ class Watcher:
                 index.discard(claim_id)  # not a claim against us on this channel
 
         async def read_all(claim_ids: list[bytes]) -> None:
-            async with self._listing_on[channel], trio.open_nursery() as reads:
+            async with trio.open_nursery() as reads:
                 for claim_id in claim_ids:
                     reads.start_soon(read, claim_id)
 
-        # the claims filed since whose events said no slice: on this channel, or on none
-        await read_all([c for c in self._unlisted if self._unlisted_on.get(c, channel) == channel])
+        # the claims filed since whose events said no slice (on this channel, or on none),
+        # one task per channel at a time: the others then find them held
+        unlisted = [c for c in self._unlisted if self._unlisted_on.get(c, channel) == channel]
+        if unlisted:
+            async with self._listing_on[channel]:
+                await read_all([c for c in unlisted if c in self._unlisted])
         self._list_claim(claim)
         index = self._claimed.get(channel)
         if index is None:
@@ -1200,6 +1204,9 @@ class Watcher:
             ]
             if not unread:
                 return [c for c in found if isinstance(c, Request)]
+            # side by side, under no lock: under the channel's, every answer that had to
+            # read a conflicting claim waited for the others' reads (attack round 26:
+            # refusal claims as twins of bonded claims, 25 to 29 of 40 UPHELD)
             await read_all(unread)
             if any(isinstance(index.get(c), Slice) for c in unread):
                 break  # unreadable for now: compare with every request held instead
