@@ -2038,6 +2038,23 @@ async def _case_channels_and_claims_of(h: LedgerHarness) -> None:
     expect_eq(await L.claim_ids_of(MALLORY.account), [], "MALLORY's claims, either role")
     read = [c.id async for c in claims_one_by_one(L, BOB.account, "respondent")]
     expect_eq(read, [k1, k3], "claims against BOB, read one at a time")
+    # their ClaimFiled events, in one read (what a watcher lists at a start)
+    filed = {e.fields["claim"]: e for e in await L.events() if e.kind == "ClaimFiled"}
+    for k in (ALICE, BOB, CAROL, MALLORY):
+        for role in (*CLAIM_ROLES, None):
+            got = await L.claim_filings_of(k.account, role)
+            want = roles[k.account, role] if role else await L.claim_ids_of(k.account)
+            expect_eq([e.fields["claim"] for e in got], want, f"filings, {role} of {k}")
+            for e in got:
+                expect_eq(e.kind, "ClaimFiled", "a filing's kind")
+                expect_eq(e.fields, filed[e.fields["claim"]].fields, "a filing's fields")
+                expect_eq(e.at, filed[e.fields["claim"]].at, "a filing's time")
+    refused = False
+    try:
+        await L.claim_filings_of(BOB.account, "payee")
+    except LocalProtocolError:
+        refused = True
+    expect(refused, "claim_filings_of accepted the role 'payee'")
     refused = False
     try:
         await L.claim_ids_of(BOB.account, "payee")

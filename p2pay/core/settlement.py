@@ -86,6 +86,7 @@ __all__ = [
     "apply",
     "channel_id",
     "channel_transition",
+    "claim_filed_event",
     "claim_slot_ms",
     "claim_starts_ms",
     "claim_transition",
@@ -1366,6 +1367,12 @@ def _check_claimed_request(state: State, request: object) -> Request:
         f"a claimed request's body is at most {state.params.max_claim_body} bytes",
     )
     return request
+
+
+def claim_filed_event(claim: Claim) -> Event:
+    """`claim`'s ClaimFiled event as FileClaim made it (section 7; no `seq`): what a
+    backend that keeps claims, not their events, answers `claim_filings_of` with."""
+    return _claim_filed_event(claim, claim.filed_at)
 
 
 def _claim_filed_event(claim: Claim, now: int) -> Event:

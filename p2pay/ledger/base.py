@@ -220,6 +220,18 @@ class Ledger(Protocol):
         """
         ...
 
+    async def claim_filings_of(self, account: bytes, role: ClaimRole | None = None) -> list[Event]:
+        """The ClaimFiled events of the claims where `account` is the `role` (None:
+        either), in filing order: each claim's request fields (``n``, ``paid``,
+        ``price``, ``deadline``; its id is the request's hash), channel, parties, bond and
+        ``window_ends`` as filed, without its request's body, in one read. ``seq`` may be
+        0 (a backend that keeps claims, not their events).
+
+        Raises:
+            LocalProtocolError: `role` is neither.
+        """
+        ...
+
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         """Events with ``seq > after``, ascending, at most `limit`; seq starts at 1, no gaps."""
         ...
@@ -328,6 +340,10 @@ class OpLedger(abc.ABC):
     async def claims_of(self, account: bytes) -> list[Claim]: ...
     @abc.abstractmethod
     async def claim_ids_of(self, account: bytes, role: ClaimRole | None = None) -> list[bytes]: ...
+    @abc.abstractmethod
+    async def claim_filings_of(
+        self, account: bytes, role: ClaimRole | None = None
+    ) -> list[Event]: ...
     @abc.abstractmethod
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]: ...
 

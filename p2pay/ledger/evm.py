@@ -91,6 +91,7 @@ from p2pay.core.settlement import (
 )
 from p2pay.core.signing import Signer
 from p2pay.ledger.base import (
+    CLAIM_ROLES,
     ClaimRole,
     LedgerKey,
     OpLedger,
@@ -853,6 +854,22 @@ class _Index:
             fields = codec.decode(bytes(raw), max_size=max(len(raw), 1), max_depth=codec.MAX_DEPTH)
             if isinstance(fields, dict) and fields.get(role) == account:
                 out.append(bytes(id_))
+        return out
+
+    def claim_filings_of(self, account: bytes, roles: Sequence[str]) -> list[Event]:
+        """The ClaimFiled events that name `account` as one of `roles`, in index order."""
+        rows = self.db.execute(
+            "SELECT e.seq, e.fields, e.at FROM parties p JOIN events e ON e.seq = p.ord"
+            " WHERE p.kind = 'claim' AND p.account = ? AND e.kind = 'ClaimFiled'"
+            " ORDER BY p.ord",
+            (account,),
+        ).fetchall()
+        out = []
+        for seq, raw, at in rows:
+            fields = codec.decode(bytes(raw), max_size=max(len(raw), 1), max_depth=codec.MAX_DEPTH)
+            if isinstance(fields, dict) and any(fields.get(r) == account for r in roles):
+                named = {str(k): v for k, v in fields.items()}
+                out.append(Event(kind="ClaimFiled", fields=named, at=at, seq=seq))
         return out
 
     def frame(self, claim: bytes, kind: str) -> bytes:
@@ -1645,6 +1662,12 @@ class EvmLedger(OpLedger):
         if role is None:
             return self._index.ids_of("claim", account)
         return self._index.claim_ids_of(account, role)
+
+    async def claim_filings_of(self, account: bytes, role: ClaimRole | None = None) -> list[Event]:
+        checked = check_claim_role(role)
+        roles: tuple[str, ...] = CLAIM_ROLES if checked is None else (checked,)
+        await self.sync()
+        return self._index.claim_filings_of(account, roles)
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
         if after < 0 or limit < 0:

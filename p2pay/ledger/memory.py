@@ -43,6 +43,7 @@ from p2pay.core.settlement import (
     Stake,
     State,
     apply,
+    claim_filed_event,
 )
 from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import (
@@ -181,6 +182,16 @@ class MemoryLedger(LocalLedger):
         roles = CLAIM_ROLES if role is None else (role,)
         return [
             c.id
+            for c in self._state.claims.values()
+            if any(getattr(c, r) == account for r in roles)
+        ]
+
+    async def claim_filings_of(self, account: bytes, role: ClaimRole | None = None) -> list[Event]:
+        check_claim_role(role)
+        await trio.lowlevel.checkpoint()
+        roles = CLAIM_ROLES if role is None else (role,)
+        return [
+            claim_filed_event(c)
             for c in self._state.claims.values()
             if any(getattr(c, r) == account for r in roles)
         ]

@@ -93,6 +93,7 @@ from p2pay.core.settlement import (
 )
 from p2pay.core.tx import Transaction, check_transaction
 from p2pay.ledger.base import (
+    CLAIM_ROLES,
     ClaimRole,
     LedgerFileError,
     LocalLedger,
@@ -663,6 +664,26 @@ class SqliteLedger(LocalLedger):
             return [bytes(r[0]) for r in rows]
 
         result: list[bytes] = await self._run(read)
+        return result
+
+    async def claim_filings_of(self, account: bytes, role: ClaimRole | None = None) -> list[Event]:
+        # the stored ClaimFiled events, not the claims: a claim's row holds its request's
+        # body (up to max_claim_body), an event a few hundred bytes. The events have no
+        # account column: every ClaimFiled event of this (dev) ledger is looked at
+        checked = check_claim_role(role)
+        roles: tuple[str, ...] = CLAIM_ROLES if checked is None else (checked,)
+
+        def read(conn: sqlite3.Connection) -> list[Event]:
+            out = []
+            for row in conn.execute(
+                "SELECT seq, kind, at, fields FROM events WHERE kind = 'ClaimFiled' ORDER BY seq"
+            ):
+                event = _stored_event(row)
+                if any(event.fields.get(r) == account for r in roles):
+                    out.append(event)
+            return out
+
+        result: list[Event] = await self._run(read)
         return result
 
     async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:

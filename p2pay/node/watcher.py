@@ -444,7 +444,8 @@ class Watcher:
         #: again (not those we answered, on the ledger's acknowledgement alone: an answer
         #: that never landed was never sent again, attack round 22)
         self._final: set[bytes] = set()
-        self._lapsed: set[bytes] = set()  # read OPEN past their windows: defended once
+        #: their window ends, as filed: a rescan does not read a claim past its window
+        self._window_of: dict[bytes, int] = {}
         self._rescanning = False  # a rescan task runs (`_rescan_soon`)
         self._listing = trio.Lock()  # one task at a time reads them
         #: `_resolve_claims` reads every claim record of the store at each step, for ours
@@ -607,17 +608,13 @@ class Watcher:
                 assert isinstance(channel, bytes)
                 self._takes_due.add(channel)
         elif kind == "ClaimFiled" and f.get("respondent") == me:
-            self._note_filed(f)
-            window_ends = f.get("window_ends")
-            if type(window_ends) is not int:
-                window_ends = 0  # unknown: read first
-            elif window_ends <= event.at:
-                # Settled as it was filed (FileClaim with our own signed refusal, claims.md
-                # 3): nothing to answer. Its answer task's read came before every claim
-                # still open (its key is its filing time), and a stranger filing such
-                # claims without pause starved an open claim's read (attack round 25)
-                return
-            self._defend_soon(f["claim"], window_ends)
+            window_ends = self._note_filed(f, event.at)
+            if window_ends is not None:
+                # (None: settled as it was filed, nothing to answer; its answer task's read
+                # came before every claim still open, its key being its filing time, and a
+                # stranger filing such claims without pause starved an open claim's read,
+                # attack round 25)
+                self._defend_soon(f["claim"], window_ends)
         elif kind == "ClaimFiled" and f.get("claimant") == me:
             self._claim_state(f["claim"], "claimant", "open")
         elif kind == "ClaimAnswered" and f.get("claimant") == me:
@@ -711,46 +708,69 @@ class Watcher:
     async def _defend_open_claims(self) -> None:
         """Start the answer of every claim against us still OPEN that no task answers (at
         the first step: those a restart found; later: a safety net under the ClaimFiled
-        events, every `RESCAN_STEPS` steps). The first reading lists them all under
-        `_listing` (the answer tasks then find them held, `_claimed_requests`); a later one
-        does not hold it: the answers that need the list do not wait for its reads."""
+        events, every `RESCAN_STEPS` steps). The claims are first listed from their filings
+        (`_list_filings`, under `_listing`); the reads that look for open ones do not hold
+        it: the answers that need the list wait for one ledger read, not for theirs."""
         if not self.node.behaviour.answers_claims:
             return
+        await self._listed_once()
+        await self._read_claims_against()
+
+    async def _listed_once(self) -> None:
+        """List the claims against us once (`_list_filings`); the other callers wait."""
         if not self._claims_listed:
             async with self._listing:
                 if not self._claims_listed:
-                    await self._read_claims_against(defend=True)
-                    return
-        await self._read_claims_against(defend=True)
+                    await self._list_filings()
 
-    async def _read_claims_against(self, *, defend: bool) -> None:
-        """Read the claims against us from the ledger by id, one at a time, each stripped
-        of its body as soon as it is read (`_light`): list those not yet listed, and start
-        the answer (if `defend`) of those OPEN that no task answers. A claim read past its
-        window and no longer OPEN is never read again (`_final`: nothing changes it any
-        more), so a rescan reads the ids and the claims still in their windows only. Not
-        final on one reading alone: a claim read answered within its window (a lying or
-        lagging endpoint, an answer of ours acknowledged that never landed), or read OPEN
-        past its window (one reading of a clock ahead) is read again (attack round 22:
-        either dropped for good got an honest provider slashed). Reading every claim
-        whole at once held every body at once (up to the ledger's ``max_claim_body`` each,
-        and free REFUSED claims cost a payer nothing): 32 claims of 512 KiB took 33.7 MB
-        per rescan (threat model, memory bound)."""
+    async def _list_filings(self) -> None:
+        """Hold every claim against us by its ClaimFiled event's slice, with its window
+        end, from the ledger's filings (`Ledger.claim_filings_of`): one read, no claim's
+        body, whatever the number of claims (claims.md C-7). A restart used to read every
+        claim ever filed against us, one ledger read each, before answering any claim
+        that needed them as evidence (attack round 22: N old claims held the first
+        answers for N reads)."""
+        filings = await self.node.ledger.claim_filings_of(self.node.account, "respondent")
+        for event in filings:
+            if event.fields.get("respondent") == self.node.account:
+                self._note_filed(event.fields, event.at)
+        self._claims_listed = True
+
+    async def _read_claims_against(self) -> None:
+        """Read from the ledger the claims against us that may be OPEN in their windows and
+        that no task answers, and start their answers; list any claim not listed yet (its
+        event missed). By id, one at a time, each stripped of its body as soon as it is
+        read (`_light`): reading every claim whole at once held every body at once (up to
+        the ledger's ``max_claim_body`` each, and free REFUSED claims cost a payer nothing:
+        33.7 MB per rescan for 32 claims of 512 KiB, threat model, memory bound). Those
+        not listed first (their windows unknown), then earliest window end first. Not
+        read: a claim past its window as the ledger's clock reads now (its filing says
+        when it ends; not final: a clock ahead once is looked at again next time), one
+        settled as it was filed, and one read past its window and no longer OPEN
+        (`_final`: nothing changes it any more). Not final on one reading alone: a claim
+        read answered within its window (a lying or lagging endpoint, an answer of ours
+        acknowledged that never landed), or read OPEN past its window, is read again
+        (attack round 22: either dropped for good got an honest provider slashed)."""
         ledger, me = self.node.ledger, self.node.account
         ids = await ledger.claim_ids_of(me, "respondent")
         now = await ledger.now()
+        due: list[tuple[int, bytes]] = []
         for claim_id in ids:
-            if claim_id in self._final:
+            if claim_id in self._final or claim_id in self._defending:
                 continue
-            if claim_id in self._listed and (not defend or claim_id in self._defending):
-                continue
+            window_ends = self._window_of.get(claim_id)
+            if window_ends is None or now <= window_ends:
+                due.append((0 if window_ends is None else window_ends, claim_id))
+        due.sort()
+        for _, claim_id in due:
+            if claim_id in self._defending:
+                continue  # its ClaimFiled event came meanwhile
             try:
                 claim, _ = _light(await ledger.claim(claim_id))
             except Exception as exc:  # read again next time; the others go on (a reply an
                 # EVM endpoint garbles raises ValueError or a decoding error: one ended
                 # the node and got an honest provider slashed, attack round 24)
                 log.warning("cannot read claim %s: %r", claim_id.hex(), exc)
-                self._unlisted.add(claim_id)
                 continue
             if claim is None or claim.respondent != me:
                 continue
@@ -759,15 +779,8 @@ class Watcher:
                 if now > claim.window_ends:
                     self._final.add(claim_id)
                 continue
-            if now > claim.window_ends:
-                if claim_id in self._lapsed:
-                    continue  # `_defend` logged it; read again in case the clock was wrong
-                self._lapsed.add(claim_id)
-            else:
-                self._lapsed.discard(claim_id)
-            if defend:
+            if now <= claim.window_ends:
                 self._defend_soon(claim_id, claim.window_ends)
-        self._claims_listed = True
 
     async def _defend(self, claim_id: bytes, window_ends: int) -> None:
         """Answer one claim against us, retrying with backoff until its window ends, and
@@ -1095,22 +1108,34 @@ class Watcher:
         await self._stage_answer(ch, request, claim, response)
         return response
 
-    def _note_filed(self, fields: dict[str, Any]) -> None:
-        """Hold a claim filed against us by what its ClaimFiled event says of its request
-        (`Slice.of_filed`: number, slice, deadline, hash), read from the ledger only if
-        an answer finds it in conflict (`_claimed_requests`); one whose event names no
-        channel or slice is read by the next answer on its channel (`_unlisted`)."""
+    def _note_filed(self, fields: dict[str, Any], at: int) -> int | None:
+        """Hold a claim filed against us (its ClaimFiled event's `fields`, filed at `at`)
+        by what the event says of its request (`Slice.of_filed`: number, slice, deadline,
+        hash), read from the ledger only if an answer finds it in conflict
+        (`_claimed_requests`); one whose event names no channel or slice is read by the
+        next answer on its channel (`_unlisted`). Returns its window end, or None if it
+        was settled as it was filed (FileClaim with our own signed refusal, claims.md 3:
+        nothing to answer) or the event does not say (0 then, unknown)."""
         claim_id, channel = fields["claim"], fields.get("channel")
+        window_ends = fields.get("window_ends")
+        if type(window_ends) is not int:
+            window_ends = 0
+        elif window_ends <= at:
+            self._final.add(claim_id)
+            window_ends = None
+        else:
+            self._window_of[claim_id] = window_ends
         if claim_id in self._listed:
-            return
+            return window_ends
         piece = Slice.of_filed(fields)
         if isinstance(channel, bytes) and piece is not None:
             self._claimed.setdefault(channel, ConflictIndex()).add(piece)
             self._listed.add(claim_id)
-            return
+            return window_ends
         self._unlisted.add(claim_id)
         if isinstance(channel, bytes):
             self._unlisted_on[claim_id] = channel
+        return window_ends
 
     def _list_claim(self, claim: Claim) -> None:
         """Keep a claim against us (its request decoded) for `_claimed_requests`, in the
@@ -1118,6 +1143,7 @@ class Watcher:
         self._unlisted.discard(claim.id)
         self._unlisted_on.pop(claim.id, None)
         self._listed.add(claim.id)
+        self._window_of[claim.id] = claim.window_ends
         on_channel = self._claimed.setdefault(claim.channel, ConflictIndex())
         if isinstance(on_channel.get(claim.id), Request):
             return
@@ -1153,9 +1179,7 @@ class Watcher:
         flooded channel for k / `max_claim_answers` reads."""
         ledger, me = self.node.ledger, self.node.account
         channel = claimed.channel
-        async with self._listing:  # one task reads; the others then find it all held
-            if not self._claims_listed:
-                await self._read_claims_against(defend=False)
+        await self._listed_once()  # one task reads; the others then find it all held
 
         # Under the channel's lock, side by side `max_claim_answers` at a time (`_reads`):
         # under the list's lock, every stranger's claim held up an answer with little

@@ -113,7 +113,8 @@ async def test_a_rescan_of_claims_holds_one_body_at_a_time(
         assert rescans < BOUND, rescans
 
         # A restarted BOB lists every claim against it (evidence for the next claims,
-        # claims.md 2) and answers those still open: one claim at a time too.
+        # claims.md 2: from their filings, one ledger read without bodies) and reads those
+        # that may still be open, in their windows: one claim at a time too.
         restarted = {}
 
         async def restart() -> None:
