@@ -236,3 +236,16 @@ async def all_decided(ledger: Any, claim_ids: list[bytes]) -> bool:
         if claim is None or claim.state is ClaimState.OPEN:
             return False
     return True
+
+
+async def ended_claim(ledger: MemoryLedger, claimant: Keypair, claim_id: bytes) -> Claim:
+    """`claim_id` as it ended: resolved by `claimant` (UPHELD, the respondent slashed) if it
+    is still OPEN. Read through `MemoryLedger.claim` itself, past the latency or the faults
+    an attack test's ledger adds to the reads its nodes make."""
+    claim = await MemoryLedger.claim(ledger, claim_id)
+    assert claim is not None
+    if claim.state is ClaimState.OPEN:
+        await ledger.resolve_claim(claimant, claim_id)
+        claim = await MemoryLedger.claim(ledger, claim_id)
+        assert claim is not None
+    return claim

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -89,11 +89,6 @@ async def test_an_answer_acknowledged_and_lost_is_sent_again_within_the_window()
 
         await wait_until(decided_or_past, timeout=60)
         assert LosesOne.lost == [claim_id]  # BOB's first answer was lost
-    claim = await ledger.claim(claim_id)
-    assert claim is not None
-    if claim.state is ClaimState.OPEN:
-        await ledger.resolve_claim(ALICE, claim_id)
-        claim = await ledger.claim(claim_id)
-        assert claim is not None
+    claim = await ended_claim(ledger, ALICE, claim_id)
     assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
     assert claim.state is ClaimState.DELIVERED, claim.state

@@ -20,7 +20,7 @@ still answer it in its window: DELIVERED. Every wait bounded; nothing asserts on
 from __future__ import annotations
 
 import pytest
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from raw_payer import watcher_steps
 from test_watcher_claims import (
     ALICE,
@@ -91,11 +91,6 @@ async def test_a_claim_is_answered_after_the_endpoint_clock_read_ahead_once(
             return found.state is not ClaimState.OPEN or await ledger.now() > window_ends
 
         await wait_until(decided_or_past, timeout=60)
-    claim = await ledger.claim(claim_id)
-    assert claim is not None
-    if claim.state is ClaimState.OPEN:
-        await ledger.resolve_claim(ALICE, claim_id)
-        claim = await ledger.claim(claim_id)
-        assert claim is not None
+    claim = await ended_claim(ledger, ALICE, claim_id)
     assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
     assert claim.state is ClaimState.DELIVERED, claim.state

@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from raw_payer import watcher_steps
 from test_watcher_claims import (
     ALICE,
@@ -134,12 +134,7 @@ async def test_a_claim_filed_at_a_restart_is_answered_despite_old_claims(
 
             await wait_until(decided_or_past, timeout=60)
         Remote.delay = 0.0
-        claim = await ledger.claim(victim)
-        assert claim is not None
-        if claim.state is ClaimState.OPEN:
-            await ledger.resolve_claim(ALICE, victim)
-            claim = await ledger.claim(victim)
-            assert claim is not None
+        claim = await ended_claim(ledger, ALICE, victim)
         print(f"a claim at a restart after {N} old claims: {claim.state}, {Remote.reads} reads")
         assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
         assert claim.state is ClaimState.DELIVERED, claim.state

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -111,12 +111,7 @@ async def test_a_stored_claim_answer_of_max_claim_body_is_posted_after_a_restart
                 return found.state is not ClaimState.OPEN or await ledger.now() > window_ends
 
             await wait_until(decided_or_past, timeout=60)
-        claim = await ledger.claim(claim_id)
-        assert claim is not None
-        if claim.state is ClaimState.OPEN:
-            await ledger.resolve_claim(ALICE, claim_id)
-            claim = await ledger.claim(claim_id)
-            assert claim is not None
+        claim = await ended_claim(ledger, ALICE, claim_id)
         assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
         assert claim.state is ClaimState.DELIVERED, claim.state
     finally:

@@ -29,7 +29,7 @@ REFUSED in time. Every wait bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -119,12 +119,7 @@ async def test_a_claim_refused_at_its_handler_deadline_is_answered_despite_fresh
             return found.state is not ClaimState.OPEN or await ledger.now() > x.window_ends
 
         await wait_until(decided_or_past, timeout=60)
-    claim = await MemoryLedger.claim(ledger, victim)
-    assert claim is not None
-    if claim.state is ClaimState.OPEN:
-        await ledger.resolve_claim(ALICE, victim)
-        claim = await MemoryLedger.claim(ledger, victim)
-        assert claim is not None
+    claim = await ended_claim(ledger, ALICE, victim)
     print(f"X after {M} fresh claims read at {DELAY} s each: {claim.state}, {Remote.reads} reads")
     assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
     assert claim.state is ClaimState.REFUSED, claim.state

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -130,12 +130,7 @@ async def test_a_lost_answer_is_sent_again_in_its_window_despite_answered_free_c
         await wait_until(decided_or_past, timeout=60)
         assert Remote.lost == [victim]  # BOB's first answer was lost
         flood_reads = Remote.reads - reads_before
-    claim = await MemoryLedger.claim(ledger, victim)
-    assert claim is not None
-    if claim.state is ClaimState.OPEN:
-        await ledger.resolve_claim(ALICE, victim)
-        claim = await MemoryLedger.claim(ledger, victim)
-        assert claim is not None
+    claim = await ended_claim(ledger, ALICE, victim)
     print(f"lost answer after {M} answered free claims: {claim.state}, {flood_reads} reads")
     assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
     assert claim.state is ClaimState.DELIVERED, claim.state

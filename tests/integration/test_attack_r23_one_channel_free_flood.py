@@ -41,7 +41,7 @@ import collections
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -122,12 +122,7 @@ async def test_a_free_flood_on_one_channel_is_refused_in_time(
     states: collections.Counter[str] = collections.Counter()
     slashed = 0
     for claim_id in flood:
-        claim = await MemoryLedger.claim(ledger, claim_id)
-        assert claim is not None
-        if claim.state is ClaimState.OPEN:
-            await ledger.resolve_claim(ALICE, claim_id)
-            claim = await MemoryLedger.claim(ledger, claim_id)
-            assert claim is not None
+        claim = await ended_claim(ledger, ALICE, claim_id)
         states[claim.state.name] += 1
         slashed += claim.slashed
     print(f"{m} free claims on one channel: {dict(states)}, {slashed} slashed")

@@ -31,7 +31,7 @@ wait bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from raw_payer import MALLORY, connected, ignore_streams
 from test_watcher_claims import ALICE, BOB, BOND, LEDGER_ID, PENALTY, PRICE, STAKE
 
@@ -120,12 +120,7 @@ async def test_refusal_claims_starve_an_open_claim() -> None:
             return found.state is not ClaimState.OPEN or await ledger.now() > filed.window_ends
 
         await wait_until(decided_or_past, timeout=30)
-    claim = await MemoryLedger.claim(ledger, victim)
-    assert claim is not None
-    if claim.state is ClaimState.OPEN:
-        await ledger.resolve_claim(ALICE, victim)
-        claim = await MemoryLedger.claim(ledger, victim)
-        assert claim is not None
+    claim = await ended_claim(ledger, ALICE, victim)
     print(f"ALICE's claim: {claim.state.name}, {claim.slashed} slashed")
     # DELIVERED, or REFUSED DEADLINE_EXCEEDED if the handler's deadline passed while the
     # reads waited (ALICE's own slice back: C-1 and C-2 hold); never UPHELD

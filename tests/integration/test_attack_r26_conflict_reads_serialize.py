@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from raw_payer import MALLORY, connected, ignore_streams
 from test_watcher_claims import BOB, BOND, LEDGER_ID, PENALTY, PRICE, STAKE
 
@@ -145,12 +145,7 @@ async def test_conflicting_claims_serialize_on_the_channel_lock(conflicts: bool)
     outcomes: dict[str, int] = {}
     slashed = 0
     for claim_id in claims:
-        found = await MemoryLedger.claim(ledger, claim_id)
-        assert found is not None
-        if found.state is ClaimState.OPEN:
-            await ledger.resolve_claim(MALLORY, claim_id)
-            found = await MemoryLedger.claim(ledger, claim_id)
-            assert found is not None
+        found = await ended_claim(ledger, MALLORY, claim_id)
         outcomes[found.state.name] = outcomes.get(found.state.name, 0) + 1
         slashed += found.slashed
     print(f"MALLORY's {K} claims ({conflicts=}): {outcomes}, {slashed} slashed from BOB")
