@@ -744,22 +744,26 @@ class Watcher:
         the ledger's ``max_claim_body`` each, and free REFUSED claims cost a payer nothing:
         33.7 MB per rescan for 32 claims of 512 KiB, threat model, memory bound). Those
         not listed first (their windows unknown), then earliest window end first. Not
-        read: a claim past its window as the ledger's clock reads now (its filing says
-        when it ends; not final: a clock ahead once is looked at again next time), one
-        settled as it was filed, and one read past its window and no longer OPEN
-        (`_final`: nothing changes it any more). Not final on one reading alone: a claim
+        read: a claim past its window as both the ledger's clock and the node's read now
+        (its filing says when it ends; not final: looked at again next time), one settled
+        as it was filed, and one read past its window and no longer OPEN (`_final`:
+        nothing changes it any more). Both clocks: on the ledger's alone, one reading
+        ahead at a restart's first rescan skipped an open claim whose ClaimFiled event
+        the node had passed before it stopped, until the next rescan, past its window
+        (attack round 27: UPHELD). Not final on one reading alone: a claim
         read answered within its window (a lying or lagging endpoint, an answer of ours
         acknowledged that never landed), or read OPEN past its window, is read again
         (attack round 22: either dropped for good got an honest provider slashed)."""
         ledger, me = self.node.ledger, self.node.account
         ids = await ledger.claim_ids_of(me, "respondent")
         now = await ledger.now()
+        early = min(now, self.node.now())  # a window has ended only if both clocks say so
         due: list[tuple[int, bytes]] = []
         for claim_id in ids:
             if claim_id in self._final or claim_id in self._defending:
                 continue
             window_ends = self._window_of.get(claim_id)
-            if window_ends is None or now <= window_ends:
+            if window_ends is None or early <= window_ends:
                 due.append((0 if window_ends is None else window_ends, claim_id))
         due.sort()
         for _, claim_id in due:
@@ -779,7 +783,7 @@ class Watcher:
                 if now > claim.window_ends:
                     self._final.add(claim_id)
                 continue
-            if now <= claim.window_ends:
+            if early <= claim.window_ends:  # its task reads the ledger's clock again
                 self._defend_soon(claim_id, claim.window_ends)
 
     async def _defend(self, claim_id: bytes, window_ends: int) -> None:
