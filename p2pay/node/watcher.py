@@ -698,10 +698,19 @@ class Watcher:
         self._tasks.start_soon(self._rescan)
 
     async def _rescan(self) -> None:
+        delay = BACKOFF_MIN
         try:
-            await self._defend_open_claims()
-        except Exception as exc:  # a backend's surprise: never the node's end (round 24)
-            log.warning("rescan of the claims against us failed: %r", exc)
+            while True:
+                try:
+                    await self._defend_open_claims()
+                    return
+                except Exception as exc:  # a backend's surprise: never the node's end (r. 24)
+                    log.warning("rescan of the claims against us failed, retrying: %r", exc)
+                # again soon, not RESCAN_STEPS later: a claim whose event passed before a
+                # restart is found no other way, and one failed read of the first listing
+                # left it unanswered past its window (attack round 28: UPHELD)
+                await trio.sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX)
         finally:
             self._rescanning = False
 
@@ -804,32 +813,43 @@ class Watcher:
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     window_ends = claim.window_ends
-                    if await node.ledger.now() > claim.window_ends:
+                    ended = await node.ledger.now() > claim.window_ends
+                    if ended and node.now() > claim.window_ends:
                         log.error("claim %s: its window ended unanswered", claim_id.hex())
                         return
-                    if answer is None:
-                        # handlers through claims run at most max_claim_answers at once
-                        # (`_answer_claim`); looking up stored answers and evidence does
-                        # not wait for them, so a flood never keeps a cheap answer back
-                        answer = await self._answer_claim(claim, body, use_evidence)
-                    if answer is not None:
-                        async with self._answering.hold(claim.window_ends):
-                            if answer.evidence is not None:
-                                await node.ledger.answer_claim(
-                                    node.key, claim_id, evidence=answer.evidence
-                                )
+                    if ended:
+                        # by the ledger's clock alone: one reading ahead ended this task
+                        # while the claim could be answered, and nothing started another
+                        # before the next rescan (attack round 28: UPHELD); read again
+                        log.warning(
+                            "claim %s: past its window by the ledger's clock only", claim_id.hex()
+                        )
+                    else:
+                        if answer is None:
+                            # handlers through claims run at most max_claim_answers at once
+                            # (`_answer_claim`); looking up stored answers and evidence does
+                            # not wait for them, so a flood never keeps a cheap answer back
+                            answer = await self._answer_claim(claim, body, use_evidence)
+                        if answer is not None:
+                            async with self._answering.hold(claim.window_ends):
+                                if answer.evidence is not None:
+                                    await node.ledger.answer_claim(
+                                        node.key, claim_id, evidence=answer.evidence
+                                    )
+                                else:
+                                    assert answer.response is not None
+                                    await node.ledger.answer_claim(
+                                        node.key, claim_id, answer.response
+                                    )
+                            if not sent:
+                                sent = True
+                                node.counters.claims_answered += 1
+                                self.answers[answer.outcome] += 1
+                                self._claim_state(claim_id, "respondent", answer.outcome)
+                                log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
                             else:
-                                assert answer.response is not None
-                                await node.ledger.answer_claim(node.key, claim_id, answer.response)
-                        if not sent:
-                            sent = True
-                            node.counters.claims_answered += 1
-                            self.answers[answer.outcome] += 1
-                            self._claim_state(claim_id, "respondent", answer.outcome)
-                            log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
-                        else:
-                            log.warning("claim %s still open: answered again", claim_id.hex())
-                        # read again after the wait: done once it is no longer OPEN
+                                log.warning("claim %s still open: answered again", claim_id.hex())
+                            # read again after the wait: done once it is no longer OPEN
                 except SettlementError as exc:
                     if exc.code in _FINAL:
                         log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
