@@ -25,11 +25,12 @@ bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
-from node_support import wait_until
+from node_support import ended_claim, wait_until
 from raw_payer import watcher_steps
 from test_watcher_claims import (
     ALICE,
@@ -42,7 +43,7 @@ from test_watcher_claims import (
     claimed_request,
 )
 
-from p2pay.core.settlement import ClaimState, Params
+from p2pay.core.settlement import Claim, ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
@@ -82,15 +83,12 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def test_a_claim_open_at_a_restart_survives_one_clock_reading_ahead(
-    tmp_path: Path,
-) -> None:
-    params = Params(
-        ledger_id=LEDGER_ID, dev=True, claim_bond=BOND, min_claim_window_ms=50,
-        min_challenge_ms=50, max_deadline_horizon_ms=60_000,
-    )  # fmt: skip
-    ledger = Glitch(params)
-    Glitch.armed, Glitch.glitches = False, 0
+async def claim_open_at_a_restart(
+    tmp_path: Path, ledger: MemoryLedger, arm: Callable[[], None]
+) -> Claim:
+    """BOB takes ALICE's claim, stores his event cursor past its ClaimFiled event and stops
+    while making the answer; then `arm()` and BOB starts again, on the same store: only
+    the restart's rescan can find the claim. Returns the claim as it ended."""
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10**25)
     store = await SqliteStore.open(tmp_path / "bob.sqlite")
@@ -127,7 +125,7 @@ async def test_a_claim_open_at_a_restart_survives_one_clock_reading_ahead(
         raw = await store.get_meta(CURSOR_KEY)
         assert raw is not None and int.from_bytes(raw, "big") >= filed_seq  # not read again
         # the restart: the event is behind the stored cursor, only the rescan finds it
-        Glitch.armed = True
+        arm()
         async with open_node(
             key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=CONFIG
         ) as again:
@@ -144,15 +142,23 @@ async def test_a_claim_open_at_a_restart_survives_one_clock_reading_ahead(
                 return found.state is not ClaimState.OPEN or await ledger.now() > window_ends
 
             await wait_until(decided_or_past, timeout=60)
-        claim = await ledger.claim(claim_id)
-        assert claim is not None
-        if claim.state is ClaimState.OPEN:
-            await ledger.resolve_claim(ALICE, claim_id)
-            claim = await ledger.claim(claim_id)
-            assert claim is not None
-        print(f"after one clock reading ahead at the restart: {claim.state}, {Glitch.glitches}")
-        assert Glitch.glitches == 1  # the glitch hit the restart's first rescan
-        assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
-        assert claim.state is ClaimState.DELIVERED, claim.state
+        return await ended_claim(ledger, ALICE, claim_id)
     finally:
         await store.aclose()
+
+
+async def test_a_claim_open_at_a_restart_survives_one_clock_reading_ahead(
+    tmp_path: Path,
+) -> None:
+    params = Params(
+        ledger_id=LEDGER_ID, dev=True, claim_bond=BOND, min_claim_window_ms=50,
+        min_challenge_ms=50, max_deadline_horizon_ms=60_000,
+    )  # fmt: skip
+    Glitch.armed, Glitch.glitches = False, 0
+    claim = await claim_open_at_a_restart(
+        tmp_path, Glitch(params), lambda: setattr(Glitch, "armed", True)
+    )
+    print(f"after one clock reading ahead at the restart: {claim.state}, {Glitch.glitches}")
+    assert Glitch.glitches == 1  # the glitch hit the restart's first rescan
+    assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
+    assert claim.state is ClaimState.DELIVERED, claim.state

@@ -21,38 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import trio
-from node_support import wait_until
-from raw_payer import watcher_steps
-from test_watcher_claims import (
-    ALICE,
-    BOB,
-    BOND,
-    LEDGER_ID,
-    PENALTY,
-    PRICE,
-    STAKE,
-    claimed_request,
-)
+from test_attack_r27_restart_clock_glitch import claim_open_at_a_restart
+from test_watcher_claims import BOND, LEDGER_ID
 
 from p2pay.core.errors import ErrorCode, SettlementError
 from p2pay.core.settlement import ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
-from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, NodeConfig, open_node
-from p2pay.node.watcher import CURSOR_KEY
-from p2pay.store.sqlite import SqliteStore
-
-AHEAD_MS = 3_600_000
-WINDOW_MS = 6_000
-
-CONFIG = NodeConfig(
-    watch_interval=0.5,  # rescans every 10 s (RESCAN_STEPS = 20, the default)
-    claim_grace_ms=50,
-    redeem_threshold=10**30,
-    default_timeout=30.0,
-    min_challenge_ms=50,
-)
 
 
 class Glitch(MemoryLedger):
@@ -82,10 +56,6 @@ class Glitch(MemoryLedger):
         return await super().claim_ids_of(account, role)
 
 
-async def echo(call: Call) -> bytes:
-    return call.body
-
-
 async def test_a_claim_open_at_a_restart_survives_one_failed_listing_read(
     tmp_path: Path,
 ) -> None:
@@ -93,70 +63,11 @@ async def test_a_claim_open_at_a_restart_survives_one_failed_listing_read(
         ledger_id=LEDGER_ID, dev=True, claim_bond=BOND, min_claim_window_ms=50,
         min_challenge_ms=50, max_deadline_horizon_ms=60_000,
     )  # fmt: skip
-    ledger = Glitch(params)
     Glitch.armed, Glitch.glitches = False, 0
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10**25)
-    store = await SqliteStore.open(tmp_path / "bob.sqlite")
-    try:
-        taken = trio.Event()
-        async with open_node(
-            key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=CONFIG
-        ) as bob:
-            bob.serve("echo", echo, price=PRICE)
-            await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=WINDOW_MS)
-            channel = await ledger.open_channel(ALICE, BOB.public, 10**9, 60_000)
-            watcher = bob.watcher
-            assert watcher is not None
-
-            async def crash_point(*args: Any, **kwargs: Any) -> None:
-                taken.set()  # the node dies while making its answer
-                await trio.sleep_forever()
-
-            watcher._answer_claim = crash_point  # type: ignore[method-assign]
-            claim_id = await ledger.file_claim(
-                ALICE, claimed_request(channel, 1, deadline=await ledger.now() - 1)
-            )
-            with trio.fail_after(20):
-                await taken.wait()
-            filed_seq = max(
-                e.seq for e in await ledger.events() if e.fields.get("claim") == claim_id
-            )
-
-            async def cursor_past() -> bool:
-                return watcher.cursor >= filed_seq
-
-            await wait_until(cursor_past, timeout=20)
-            await watcher_steps(bob, 2)  # its cursor staged and stored
-        raw = await store.get_meta(CURSOR_KEY)
-        assert raw is not None and int.from_bytes(raw, "big") >= filed_seq  # not read again
-        # the restart: the event is behind the stored cursor, only the rescan finds it
-        Glitch.armed = True
-        async with open_node(
-            key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=CONFIG
-        ) as again:
-            again.serve("echo", echo, price=PRICE)
-            assert again.watcher is not None
-            claim = await ledger.claim(claim_id)
-            assert claim is not None and claim.state is ClaimState.OPEN
-            window_ends = claim.window_ends
-            print(f"restarted with {window_ends - await ledger.now()} ms of the window left")
-
-            async def decided_or_past() -> bool:
-                found = await ledger.claim(claim_id)
-                assert found is not None
-                return found.state is not ClaimState.OPEN or await ledger.now() > window_ends
-
-            await wait_until(decided_or_past, timeout=60)
-        claim = await ledger.claim(claim_id)
-        assert claim is not None
-        if claim.state is ClaimState.OPEN:
-            await ledger.resolve_claim(ALICE, claim_id)
-            claim = await ledger.claim(claim_id)
-            assert claim is not None
-        print(f"after one failed listing read at the restart: {claim.state}, {Glitch.glitches}")
-        assert Glitch.glitches == 1  # the failure hit the restart's first listing
-        assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
-        assert claim.state is ClaimState.DELIVERED, claim.state
-    finally:
-        await store.aclose()
+    claim = await claim_open_at_a_restart(
+        tmp_path, Glitch(params), lambda: setattr(Glitch, "armed", True)
+    )
+    print(f"after one failed listing read at the restart: {claim.state}, {Glitch.glitches}")
+    assert Glitch.glitches == 1  # the failure hit the restart's first listing
+    assert claim.slashed == 0, f"honest BOB slashed {claim.slashed}: {claim.state}"
+    assert claim.state is ClaimState.DELIVERED, claim.state
