@@ -702,7 +702,9 @@ def channel() -> None:
     """Open, list and close payment channels."""
 
 
-def _channel_row(ch: Any, me: bytes, local: dict[bytes, Any], spec: LedgerSpec) -> dict[str, Any]:
+def _channel_row(
+    ch: Any, me: bytes, local: dict[bytes, Any], faulty: dict[bytes, str], spec: LedgerSpec
+) -> dict[str, Any]:
     role = "payer" if ch.payer == me else "payee"
     other = ch.payee if role == "payer" else ch.payer
     rec = local.get(ch.id)
@@ -719,6 +721,8 @@ def _channel_row(ch: Any, me: bytes, local: dict[bytes, Any], spec: LedgerSpec) 
         "paid": (rec.paid if role == "payer" else rec.paid_max) if rec is not None else None,
         "spent": rec.spent if rec is not None else None,
         "last_n": rec.last_n if rec is not None else None,
+        # why its payee is faulty (protocol.md 14.3): nothing more is paid on it
+        "faulty": faulty.get(ch.id) if role == "payer" else None,
     }
 
 
@@ -733,8 +737,11 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
     spec = home.ledger_spec(ledger)
     me = account_of_key(key, spec)
 
+    from p2pay.node.book import FAULTY_KEY, faulty_from_bytes
+
     async def read() -> dict[str, Any]:
         local: dict[bytes, PayerRecord | PayeeRecord] = {}
+        faulty: dict[bytes, str] = {}
         store_note = None
         if home.store_path.exists():
             try:
@@ -748,13 +755,14 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
                         local[payer_rec.channel] = payer_rec
                     for payee_rec in await store.payee_channels():
                         local[payee_rec.channel] = payee_rec
+                    faulty = faulty_from_bytes(await store.get_meta(FAULTY_KEY))
                 finally:
                     await store.aclose()
         async with open_ledger(spec) as led:
             chans = await led.channels_of(me)
         return {
             "account": me,
-            "channels": [_channel_row(c, me, local, spec) for c in chans],
+            "channels": [_channel_row(c, me, local, faulty, spec) for c in chans],
             "store": "read" if store_note is None else "busy",
         }
 
@@ -773,7 +781,7 @@ def channel_list(ledger: str | None, as_json: bool) -> None:
             render.short(c["channel"]),
             c["role"],
             render.short(c["peer"]),
-            c["state"],
+            c["state"] + (" (payee faulty)" if c["faulty"] else ""),
             c["deposit"],
             c["paid"],
             c["spent"],

@@ -76,6 +76,7 @@ from p2pay.core.errors import (
     ErrorCode,
     InsufficientDeposit,
     LocalProtocolError,
+    PayeeFaulty,
     RemoteProtocolError,
 )
 from p2pay.core.messages import MAX_U64, Request, Response, decode_frame
@@ -806,6 +807,16 @@ class PayerChannel:
     #: Such a slice passed the payee's slice rule, so no forgotten request was charged in
     #: it (protocol.md 15 step 4).
     released: int = 0
+    #: why this channel's payee is faulty (a receipt it sent failed the check of
+    #: protocol.md 14.3), or None: once set, `next_request` signs nothing more here
+    faulty: str | None = None
+
+    def found_faulty(self, n: int, error: RemoteProtocolError) -> None:
+        """The receipt for request `n` failed the check (`on_response` raised `error`): the
+        payee is faulty on this channel and nothing more is signed on it (protocol.md 14.3,
+        "A faulty payee"). The first reason is kept."""
+        if self.faulty is None:
+            self.faulty = f"its receipt for request {n} failed the check: {error.message}"[:512]
 
     def expects(self, n: int) -> bool:
         """Whether `n` is outstanding (in flight or abandoned): only then is a response or
@@ -976,10 +987,17 @@ class PayerChannel:
             LocalProtocolError: the channel is not open, or `key` is not the payer, or
                 `price` is not an amount.
             InsufficientDeposit: the deposit cannot cover this request; top up first.
+            PayeeFaulty: the payee sent a receipt that failed the check on this channel.
         """
         if self.status is not ChannelStatus.OPEN:
             raise LocalProtocolError(
                 f"channel is {self.status.value}", code=ErrorCode.CHANNEL_CLOSED
+            )
+        if self.faulty is not None:
+            raise PayeeFaulty(
+                f"the payee of channel {self.channel.hex()} is faulty ({self.faulty}): "
+                "nothing more is paid on it; close it to get its deposit back",
+                details={"channel": self.channel.hex()},
             )
         if account_for(key, self.ledger) != self.payer:
             raise LocalProtocolError("only the payer signs requests on a channel")

@@ -55,6 +55,7 @@ class ErrorCode(enum.StrEnum):
     NO_ADDRESS = "NO_ADDRESS"  # a bare PeerID whose address this node does not know
     TERMS_REFUSED = "TERMS_REFUSED"  # the peer's hello terms are not what the caller accepts
     NO_PROVIDER = "NO_PROVIDER"  # call any: no offer within the terms, or every one tried failed
+    PAYEE_FAULTY = "PAYEE_FAULTY"  # the channel's payee sent a bad receipt: nothing more is signed
     # --- settlement refusals (specs/settlement.md) ---
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     INVALID_AMOUNT = "INVALID_AMOUNT"
@@ -108,6 +109,14 @@ class AmountError(LocalProtocolError):
     """An amount is not an integer in [0, 2**128) or a token string cannot be parsed."""
 
     code = ErrorCode.INVALID_AMOUNT
+
+
+class PayeeFaulty(LocalProtocolError):
+    """The channel's payee sent a receipt that failed the payer's check (specs/protocol.md
+    14.3, "A faulty payee"): no request is signed on that channel any more. Refused
+    locally, before anything is signed; close the channel to get its deposit back."""
+
+    code = ErrorCode.PAYEE_FAULTY
 
 
 class RemoteProtocolError(P2payError):

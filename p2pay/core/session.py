@@ -248,7 +248,8 @@ class ReceiptAccepted(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiptRejected(Event):
     """A response for one of our channels failed the receipt check (§14.3): the channel
-    state is unchanged, the payee is faulty, the stream ends."""
+    state is unchanged but for its `PayerChannel.faulty` mark (nothing more is signed on
+    it), the stream ends."""
 
     response: Response
     request: Request | None
@@ -949,6 +950,7 @@ class ClientSession(_Session):
         try:
             receipt = ch.on_response(response, check_signature=check)
         except RemoteProtocolError as exc:
+            ch.found_faulty(response.n, exc)  # nothing more is signed on it (14.3)
             event = ReceiptRejected(
                 response=response,
                 request=request,

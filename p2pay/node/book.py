@@ -205,6 +205,10 @@ class ChannelBook:
         #: channels (ours, as payer) it refused so. Durable under `MINIMUMS_KEY`.
         self.payee_minimums: dict[bytes, int] = {}
         self.refused_channels: set[bytes] = set()
+        #: why the payee of each of our channels listed is faulty (protocol.md 14.3, "A
+        #: faulty payee"): `PayerChannel.faulty`, durable under `FAULTY_KEY`
+        self.faulty_channels: dict[bytes, str] = {}
+        self._faulty_generation = 0  # the persister's generation holding the newest mark
 
     async def load(self) -> None:
         """Load the stored channels, count requests left without a receipt as abandoned,
@@ -213,6 +217,7 @@ class ChannelBook:
         minimums, refused = minimums_from_bytes(await self.store.get_meta(MINIMUMS_KEY))
         self.payee_minimums.update(minimums)
         self.refused_channels.update(refused)
+        self.faulty_channels.update(faulty_from_bytes(await self.store.get_meta(FAULTY_KEY)))
         # the closes noted before a restart (`note_closing`): their events are behind the
         # stored cursor and are not read again (attack round 19)
         for channel in ids_from_bytes(await self.store.get_meta(CLOSING_SEEN_KEY)):
@@ -271,6 +276,7 @@ class ChannelBook:
                 absorbed=prec.absorbed,
                 forgotten=prec.forgotten,
                 released=prec.released,
+                faulty=self.faulty_channels.get(prec.channel),
             )
         # Requests that never got a receipt (in flight when we stopped, or since marked
         # unclaimable, expired or claimed by the watcher): the payee may have charged
@@ -343,6 +349,7 @@ class ChannelBook:
         numbers = await ledger_numbers(self.ledger, self.account, {info.id for info in adopt})
         for info in adopt:
             ch = adopted_payer_channel(info, self.ledger.ledger_id, last_n=numbers[info.id])
+            ch.faulty = self.faulty_channels.get(info.id)
             self.payer_channels[info.id] = ch
             log.info(
                 "adopted channel %s from the ledger (this store had no record of it): "
@@ -457,17 +464,71 @@ class ChannelBook:
         await self.persister.durable(self.persister.stage(meta={MINIMUMS_KEY: data}))
         return info.challenge_ms if info is not None else 0
 
+    def note_faulty(self, ch: PayerChannel) -> None:
+        """`ch`'s payee sent a receipt that failed the check (`ch.faulty` says why): keep
+        the mark, staged for the store (`faulty_durable` waits for it)."""
+        if ch.faulty is None or self.faulty_channels.get(ch.channel) == ch.faulty:
+            return
+        self.faulty_channels[ch.channel] = ch.faulty
+        data = faulty_to_bytes(self.faulty_channels)
+        self._faulty_generation = self.persister.stage(meta={FAULTY_KEY: data})
+
+    async def faulty_durable(self) -> None:
+        """Wait until every mark `note_faulty` staged is in the store."""
+        await self.persister.durable(self._faulty_generation)
+
+    def faulty_payee(self, payee: bytes) -> str | None:
+        """Why `payee` is faulty on one of our channels (protocol.md 14.3), or None."""
+        for channel, reason in self.faulty_channels.items():
+            ch = self.payer_channels.get(channel)
+            if ch is not None and ch.payee == payee:
+                return reason
+        return None
+
     def payer_channel_to(self, payee: bytes) -> PayerChannel | None:
         """Our open channel to `payee` with the most credit left, among those it did not
-        refuse as CHALLENGE_TOO_SHORT (protocol.md 17)."""
+        refuse as CHALLENGE_TOO_SHORT (protocol.md 17) and on which it is not faulty
+        (protocol.md 14.3)."""
         best: PayerChannel | None = None
         for ch in self.payer_channels.values():
-            if ch.channel in self.refused_channels:
+            if ch.channel in self.refused_channels or ch.faulty is not None:
                 continue
             if ch.payee == payee and ch.status is ChannelStatus.OPEN:
                 if best is None or ch.available > best.available:
                     best = ch
         return best
+
+
+#: The store meta key of `ChannelBook.faulty_channels`.
+FAULTY_KEY = "p2pay.faulty_channels"
+
+
+def faulty_to_bytes(faulty: dict[bytes, str]) -> bytes:
+    """JSON ``{channel_hex: reason, ...}``."""
+    return json.dumps({k.hex(): v for k, v in faulty.items()}, separators=(",", ":")).encode()
+
+
+def faulty_from_bytes(raw: bytes | None) -> dict[bytes, str]:
+    """What `faulty_to_bytes` wrote. Never raises: a stored mark that does not parse is
+    kept with a reason saying so if its channel id does, else dropped (logged)."""
+    faulty: dict[bytes, str] = {}
+    try:
+        doc = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw)
+        return faulty
+    if not isinstance(doc, dict):
+        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw)
+        return faulty
+    for key, reason in doc.items():
+        try:
+            channel = bytes.fromhex(key)
+        except ValueError:
+            log.error("unreadable channel id %r in %s meta: dropped", key, FAULTY_KEY)
+            continue
+        if len(channel) == 32:
+            faulty[channel] = reason if isinstance(reason, str) else "faulty (reason unreadable)"
+    return faulty
 
 
 #: The store meta key of `ChannelBook.payee_minimums` and `refused_channels`.

@@ -26,6 +26,7 @@ from p2pay.core.errors import (
     ErrorCode,
     LocalProtocolError,
     P2payError,
+    PayeeFaulty,
     PaymentRequired,
     RemoteProtocolError,
     UnknownService,
@@ -431,6 +432,9 @@ class _Connection:
                     ch.abandon(slot.n)
                 slot.error = event.error()
                 slot.done.set()
+            ch = node.payer_channels.get(event.response.channel)
+            if ch is not None:  # the session marked it: nothing more is signed on it (14.3)
+                node.book.note_faulty(ch)
         elif isinstance(event, ProtocolViolation):
             node.counters.protocol_violations += 1
             if event.message == REQUEST_TO_CALLER:
@@ -789,6 +793,9 @@ class Client:
                     # not used again: the call goes on another open channel to the payee
                     await self._challenge_refused(peer_id, ch, error)
                     continue
+                if ch.faulty is not None:
+                    # the payee sent a bad receipt: its mark is kept before the call ends
+                    await self.node.book.faulty_durable()
                 raise error
             receipt = slot.receipt
             if receipt is None:  # every path sets one of the three; never assert on a peer
@@ -852,9 +859,19 @@ class Client:
         )
 
     async def _only_refused_left(self, payee: bytes) -> None:
-        """No channel to `payee` to call on: if we hold open ones it refused as
-        CHALLENGE_TOO_SHORT, raise that, naming one and what to do."""
+        """No channel to `payee` to call on: if we hold open ones on which it is faulty
+        (protocol.md 14.3) or that it refused as CHALLENGE_TOO_SHORT, raise that, naming
+        one and what to do."""
         book = self.node.book
+        for cid in sorted(book.faulty_channels):
+            ch = self.node.payer_channels.get(cid)
+            if ch is not None and ch.payee == payee and ch.status is ChannelStatus.OPEN:
+                raise PayeeFaulty(
+                    f"the payee of channel {cid.hex()} is faulty ({book.faulty_channels[cid]}):"
+                    " nothing more is paid on it; close it (p2pay close) to get its deposit "
+                    "back, and open a channel to another provider",
+                    details={"channel": cid.hex()},
+                )
         for cid in sorted(book.refused_channels):
             ch = self.node.payer_channels.get(cid)
             if ch is None or ch.payee != payee or ch.status is not ChannelStatus.OPEN:

@@ -71,6 +71,7 @@ from p2pay.core.errors import (
     ErrorCode,
     LocalProtocolError,
     P2payError,
+    PayeeFaulty,
     PaymentRequired,
     RemoteProtocolError,
 )
@@ -720,6 +721,7 @@ class Discovery:
             self._lie(offer.peer, lie)
             await conn.close()
             raise _Failed("lied", ErrorCode.TERMS_REFUSED, lie)
+        self._not_faulty(offer.peer, conn.account)
         ch = self.host.book.payer_channel_to(conn.account)
         opened = ch is None or ch.available < offer.price
         if opened:
@@ -761,8 +763,21 @@ class Discovery:
             raise _failed(FailureKind.TIMED_OUT, exc) from None
         except ConnectionLost as exc:
             raise _failed("unreachable", exc) from None
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, PayeeFaulty) as exc:
+            self._not_faulty(offer.peer, conn.account)  # a bad receipt made it faulty
+            if isinstance(exc, PayeeFaulty):  # (another call found it faulty meanwhile)
+                raise _failed("lied", exc) from None
             raise _failed("refused", exc) from None
+
+    def _not_faulty(self, peer: str, account: bytes) -> None:
+        """Raise `_Failed` ("lied") if `account` sent a bad receipt on one of our channels
+        (protocol.md 14.3, "A faulty payee"): it is banned as a liar, and no channel is
+        opened to it nor a request signed for it."""
+        faulty = self.host.book.faulty_payee(account)
+        if faulty is not None:
+            reason = f"it sent a receipt that failed the check ({faulty})"
+            self._lie(peer, reason)
+            raise _Failed("lied", ErrorCode.PAYEE_FAULTY, reason)
 
     async def _reach(self, offer: OfferInfo) -> _Connection:
         """A connection to the offer's peer, through its addresses in turn (an address

@@ -5,7 +5,9 @@ The provider is a real `p2pay node run` whose OK receipts carry another key's si
 receipt *before* it accepts it, whatever the home's ``receipt_check_every``: the command
 checks every receipt it shows anyway, and one accepted first is paid for (``spent`` moves),
 marks the request answered (nothing left to re-send or claim), and for ``call any`` counts
-as the provider's success with no failover to the next one. The home here sets a huge
+as the provider's success with no failover to the next one. A refused receipt makes the
+provider faulty on the channel: the next `p2pay call` (another process, the same store)
+signs nothing on it and fails PAYEE_FAULTY. The home here sets a huge
 ``receipt_check_every`` so that a node sampling receipts would (all but) never draw it.
 
 A real process on 127.0.0.1 (libp2p), bounded by timeouts; stopped in a ``finally``.
@@ -95,14 +97,18 @@ def test_call_refuses_a_forged_receipt_before_paying_for_it(
     nodes.append(node)
     cid = js("--home", "c", "channel", "open", node.addr, "--deposit", "10 milli", cwd=d)["channel"]
 
-    for n in (1, 2):
+    # the second run of `p2pay call` finds the provider faulty on the channel (the mark is
+    # in the client's store: protocol.md 14.3, "A faulty payee") and signs nothing
+    for code in ("INVALID_SIGNATURE", "PAYEE_FAULTY"):
         proc = p2pay("--home", "c", "call", node.addr, "echo", "hello", "--max-price", "1000",
                      "--json", cwd=d)  # fmt: skip
         assert proc.returncode != 0 and proc.stdout == "", proc.stdout
         error = json.loads(proc.stderr.strip().splitlines()[-1])["error"]
-        assert error["code"] == "INVALID_SIGNATURE", error
+        assert error["code"] == code, error
         (channel,) = c.js("--home", "c", "channel", "list")["channels"]
-        assert channel["channel"] == cid and channel["last_n"] == n
+        assert channel["channel"] == cid and channel["last_n"] == 1
         # refused, not accepted: nothing paid for it (the request stays on record,
         # in doubt: `node run` re-sends it and, failing that, claims it)
         assert channel["spent"] == "0", channel
+    assert error["details"] == {"channel": cid}, error
+    assert channel["faulty"].startswith("its receipt for request 1 failed the check"), channel

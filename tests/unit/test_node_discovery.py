@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from p2pay.core.errors import ErrorCode, LocalProtocolError
+from p2pay.core.errors import ErrorCode, LocalProtocolError, PayeeFaulty
 from p2pay.core.identity import Keypair
-from p2pay.core.messages import StakeTerms
+from p2pay.core.messages import Response, StakeTerms
 from p2pay.core.offers import (
     MAX_SERVICES_PER_PEER,
     Chooser,
@@ -650,3 +650,60 @@ async def test_a_provider_with_64_services_is_spaced_and_never_rate_limited() ->
                 assert kept is not None
                 # made at most a few seconds before it was received: it lives 3 spacings
                 assert kept.offer.expires - kept.received_ms > 3 * spacing - 10_000
+
+
+async def test_a_provider_faulty_on_a_channel_is_a_liar_and_gets_no_new_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """protocol.md 14.3 "A faulty payee", discovery.md 7.5: P1 (the cheaper) overcharges
+    in its receipts (each `spent` one yocto too high: refused whatever the sample). The
+    first `call_any` pays P1 one request, finds its receipt bad, counts P1 as lying and is
+    served by P2. Neither that run nor a later one (on the same store, with the ban
+    forgotten) opens another channel to P1 or signs another request for it: before, each
+    run opened or reused P1's channel and paid it again."""
+    forge = Response.create.__func__  # type: ignore[attr-defined]
+
+    def create(cls: type[Response], key: Any, **kw: Any) -> Response:
+        if kw.get("status") == "OK" and getattr(key, "public", None) == P1.public:
+            kw["spent"] += 1
+        return forge(cls, key, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Response, "create", classmethod(create))
+    ledger = await funded()
+    network = MemoryNetwork()
+    store = MemoryStore()
+    async with (
+        node(P1, ledger, network, serve=PRICE // 2),
+        node(P2, ledger, network, serve=PRICE),
+    ):
+        async with node(CLIENT, ledger, network, store=store) as client:
+            await settle()
+            with trio.fail_after(30):
+                first = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert first.peer == str(P2.peer_id) and first.body == b"hi"
+            (lied, ok) = first.attempts
+            assert (lied.peer, lied.outcome, lied.code) == (str(P1.peer_id), "lied", "PAYEE_FAULTY")
+            assert ok.outcome == "ok"
+            to_p1 = [ch for ch in client.payer_channels.values() if ch.payee == P1.account]
+            assert len(to_p1) == 1 and to_p1[0].faulty is not None
+            assert (to_p1[0].last_n, to_p1[0].paid) == (1, PRICE // 2)
+            with trio.fail_after(30):
+                again = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert [a.peer for a in again.attempts] == [str(P2.peer_id)]  # P1 is banned
+        # the next run on the same store, its bans lost: the mark alone keeps P1 out
+        await store.write(Batch(meta={STATS_KEY: b"\x01\x02"}))
+        async with node(CLIENT, ledger, network, store=store) as client:
+            await settle()
+            with trio.fail_after(30):
+                third = await client.call_any("echo", b"hi", max_price=PRICE)
+            assert [(a.peer, a.outcome) for a in third.attempts] == [
+                (str(P1.peer_id), "lied"),
+                (str(P2.peer_id), "ok"),
+            ]
+            to_p1 = [ch for ch in client.payer_channels.values() if ch.payee == P1.account]
+            assert len(to_p1) == 1 and (to_p1[0].last_n, to_p1[0].paid) == (1, PRICE // 2)
+            # a call naming P1 signs nothing either: PAYEE_FAULTY, the channel named
+            with trio.fail_after(10), pytest.raises(PayeeFaulty) as info:
+                await client.call(memory_addr(str(P1.peer_id)), "echo", b"x", max_price=PRICE)
+            assert info.value.details == {"channel": to_p1[0].channel.hex()}
+            assert to_p1[0].last_n == 1

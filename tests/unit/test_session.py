@@ -20,6 +20,7 @@ from p2pay.core.errors import (
     ErrorCode,
     FrameTooLarge,
     LocalProtocolError,
+    PayeeFaulty,
     RemoteProtocolError,
 )
 from p2pay.core.identity import Keypair
@@ -784,6 +785,23 @@ def test_14_3_a_bad_receipt_is_rejected_and_the_stream_ends() -> None:
     assert (event.request, event.end, event.send) == (r, End.CLOSE, None)
     assert event.error().code is ErrorCode.MALFORMED
     assert ch.spent == 0 and r.n in ch.in_flight and c.ended
+    # and the payee is faulty on the channel: nothing more is signed on it ("A faulty payee")
+    assert ch.faulty is not None and ch.faulty.startswith("its receipt for request 1 failed")
+    with pytest.raises(PayeeFaulty) as info:
+        send(client()[0], ch)
+    assert info.value.code is ErrorCode.PAYEE_FAULTY
+    assert (ch.last_n, ch.paid, ch.spent) == (1, PRICE, 0)
+
+
+def test_14_3_an_answer_to_a_settled_request_makes_no_payee_faulty() -> None:
+    """Whatever it says: ignored (§14.3), the channel stays usable."""
+    c, ch = client()
+    r = send(c, ch)
+    good = Response.create(BOB, request=r, status="OK", price=PRICE, spent=PRICE, body=b"")
+    only(c.receive(good.to_frame(), NOW), ReceiptAccepted)
+    wrong = Response.create(BOB, request=r, status="OK", price=PRICE, spent=9 * PRICE, body=b"")
+    only(c.receive(wrong.to_frame(), NOW), FrameIgnored)
+    assert ch.faulty is None and send(c, ch).n == 2
 
 
 class _Draws(random.Random):
