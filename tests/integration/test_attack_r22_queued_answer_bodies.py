@@ -22,7 +22,9 @@ answers held without their bodies and read back from the store at their turn (a 
 not committed) 8.6 MB for 192. Every wait bounded; nothing asserts on timing; the bound,
 64 bodies, is twice the sketch's peak and under half of be21dd5's.
 
-Back in the tree unchanged on 6208c0a, where it still fails: 45,919,111 bytes.
+Back in the tree unchanged after 6208c0a, where it still failed: 45,919,111 bytes. Now
+an answer waits for the ledger with its signed fields only (`watcher._Answer`) and reads
+its body back from the store at its turn: 8,917,146 bytes.
 """
 
 from __future__ import annotations
