@@ -309,10 +309,21 @@ def claim_outcome(claim: Claim) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Answer:
-    """What we post for a claim against us: a signed response, or conflicting evidence."""
+    """What we post for a claim against us: a signed response, or conflicting evidence.
+
+    Held without bodies while it waits for its turn at the ledger (`_defend`): a response
+    we stored by its signed fields (`stored`, `_stored`), its body read back from the
+    store at its turn (`Watcher._with_body`); evidence by its signed fields (`_bodiless`:
+    the ledger neither checks nor keeps its body). A burst of paid claims served while
+    the ledger was slower than the handlers held one body per claim, each up to the
+    ledger's max_claim_body (attack round 22: 45.9 MB for 192 claims of 256 KiB at
+    0.3 s an answer). The one answer held whole is our refusal of a channel we never
+    adopted (`_answer_unserved`): not stored, a refusal body of a few hundred bytes.
+    """
 
     response: Response | None = None
     evidence: Request | None = None
+    stored: bool = False  # `response` is ours as stored, held without its body
 
     @property
     def outcome(self) -> str:
@@ -832,16 +843,15 @@ class Watcher:
                             answer = await self._answer_claim(claim, body, use_evidence)
                         if answer is not None:
                             async with self._answering.hold(claim.window_ends):
-                                if answer.evidence is not None:
-                                    await node.ledger.answer_claim(
-                                        node.key, claim_id, evidence=answer.evidence
-                                    )
-                                else:
-                                    assert answer.response is not None
-                                    await node.ledger.answer_claim(
-                                        node.key, claim_id, answer.response
-                                    )
-                            if not sent:
+                                posted = await self._post(claim_id, answer)
+                            if not posted:
+                                # never a wrong or an empty body: made again next time
+                                log.warning(
+                                    "claim %s: our stored answer is gone or another: made again",
+                                    claim_id.hex(),
+                                )
+                                answer = None
+                            elif not sent:
                                 sent = True
                                 node.counters.claims_answered += 1
                                 self.answers[answer.outcome] += 1
@@ -871,6 +881,43 @@ class Watcher:
                 delay = min(2 * delay, BACKOFF_MAX)
         finally:
             self._defending.discard(claim_id)
+
+    async def _post(self, claim_id: bytes, answer: _Answer) -> bool:
+        """Submit `answer` at its turn at the ledger, a stored response with its body read
+        back from the store (`_with_body`); False if that is gone or another."""
+        node = self.node
+        if answer.evidence is not None:
+            await node.ledger.answer_claim(node.key, claim_id, evidence=answer.evidence)
+            return True
+        response = await self._with_body(answer)
+        if response is None:
+            return False
+        await node.ledger.answer_claim(node.key, claim_id, response)
+        return True
+
+    async def _with_body(self, answer: _Answer) -> Response | None:
+        """`answer`'s response with its body: as held if held whole, else read back from
+        the store, if the store holds that very response (same signed fields and
+        signature, body matching its hash); None if it is gone or another."""
+        held = answer.response
+        assert held is not None
+        if not answer.stored:
+            return held
+        stored = await self.node.store.response(held.request_hash)
+        if stored is None:
+            return None
+        try:
+            frame = decode_held_frame(stored.frame)
+        except P2payError:
+            return None
+        if (
+            not isinstance(frame, Response)
+            or frame.signing_bytes != held.signing_bytes
+            or frame.signature != held.signature
+            or not frame.body_matches()
+        ):
+            return None
+        return frame
 
     async def _answer_claim(
         self, claim: Claim, body: _Body | None, use_evidence: bool
@@ -998,7 +1045,7 @@ class Watcher:
             return _SERVE  # `_answer_claim` takes a handler slot and reads the body
         # synchronous from `_answer_watched`'s last check to the admission in `_serve_claimed`
         served = await self._serve_claimed(ch, request, claim, found.same_n, slot=slot)
-        return None if served is None else _Answer(response=served)
+        return None if served is None else _stored(served)
 
     async def _stored_answer(self, claim: Claim, request: Request) -> _Answer | None:
         """The signed answer we stored for the claimed request (everything staged before
@@ -1012,7 +1059,7 @@ class Watcher:
             frame = decode_held_frame(stored.frame)
             if isinstance(frame, Response):
                 await self._keep_for(stored, claim)
-                return _Answer(response=frame)
+                return _stored(frame)
         return None
 
     async def _answer_unserved(
@@ -1055,7 +1102,7 @@ class Watcher:
         if pending:
             late = await self._refuse_late(ch, request, claim)
             if late is not None:
-                return _Answer(response=late)
+                return _stored(late)
         seen: list[Request] = []
         for other in await self._known_requests(ch, request):
             if other.hash != request.hash and other.channel == request.channel:
@@ -1070,12 +1117,12 @@ class Watcher:
                 kept = await node.store.response(evidence.hash)
                 if kept is not None:
                     await self._keep_for(kept, claim)
-                return _Answer(evidence=evidence)
+                return _Answer(evidence=_bodiless(evidence))
             # a request consumed on a stream while we read, in conflict with the claimed
             # one (another number, overlapping slices; attack round 15), is evidence too
             overlap = ch.overlap_seen(request)
             if overlap is not None and self._evidence(ch, request, [overlap]) is not None:
-                return _Answer(evidence=overlap)
+                return _Answer(evidence=_bodiless(overlap))
         if pending or ch.completed_since(request.n, start) or ch.overlap_seen(request):
             # Its number is being served (on a stream, or through another claim): its
             # stored answer, or that request as evidence, comes when it ends. Evidence
@@ -1961,6 +2008,13 @@ def _light(claim: Claim | None) -> tuple[Claim | None, _Body | None]:
         return claim, None
     body = _Body(len(request.body), request.body_matches())
     return dataclasses.replace(claim, request_frame=_without_body(request)), body
+
+
+def _stored(response: Response) -> _Answer:
+    """The answer `response`, ours as stored (`StoredResponse`): held by its signed fields,
+    its body read back from the store at its turn at the ledger (`_Answer`)."""
+    bodiless = Response.from_signed(response.signing_bytes, response.signature, b"")
+    return _Answer(response=bodiless, stored=True)
 
 
 def _bodiless(request: Request) -> Request:
