@@ -514,8 +514,8 @@ def faulty_from_bytes(raw: bytes | None) -> dict[bytes, str]:
     faulty: dict[bytes, str] = {}
     try:
         doc = json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
-        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (nested too deep: corrupt)
+        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw[:64])
         return faulty
     if not isinstance(doc, dict):
         log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw)
