@@ -22,6 +22,7 @@ import json
 
 from p2pay.core.errors import DecodeError, LocalProtocolError
 from p2pay.core.identity import public_from_peer_id
+from p2pay.store.base import meta_json
 
 #: the store meta key that holds the book
 META_KEY = "p2pay.addrbook"
@@ -112,8 +113,8 @@ class AddressBook:
         if not raw:
             return book
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            doc = meta_json(raw)
+        except ValueError:
             return book
         peers = doc.get("peers") if isinstance(doc, dict) else None
         if not isinstance(peers, list):

@@ -33,6 +33,7 @@ from p2pay.store.base import (
     PayeeRecord,
     PayerRecord,
     Store,
+    meta_json,
 )
 
 log = logging.getLogger("p2pay.node")
@@ -512,13 +513,14 @@ def faulty_from_bytes(raw: bytes | None) -> dict[bytes, str]:
     """What `faulty_to_bytes` wrote. Never raises: a stored mark that does not parse is
     kept with a reason saying so if its channel id does, else dropped (logged)."""
     faulty: dict[bytes, str] = {}
-    try:
-        doc = json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError, RecursionError):  # (nested too deep: corrupt)
-        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw[:64])
+    if not raw:
         return faulty
+    try:
+        doc = meta_json(raw)
+    except ValueError:  # (also nested too deep: damaged)
+        doc = None
     if not isinstance(doc, dict):
-        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw)
+        log.error("unreadable %s meta %r: marks of faulty payees lost", FAULTY_KEY, raw[:64])
         return faulty
     for key, reason in doc.items():
         try:
@@ -552,8 +554,8 @@ def minimums_from_bytes(raw: bytes | None) -> tuple[dict[bytes, int], set[bytes]
     minimums: dict[bytes, int] = {}
     refused: set[bytes] = set()
     try:
-        doc = json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
+        doc = meta_json(raw) if raw else {}
+    except ValueError:
         return minimums, refused
     if not isinstance(doc, dict):
         return minimums, refused

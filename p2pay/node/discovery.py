@@ -99,6 +99,7 @@ from p2pay.node.types import (
     TermsRefused,
     Unmatched,
 )
+from p2pay.store.base import meta_json
 
 if TYPE_CHECKING:
     # (trio_typing's, as in p2pay.persist: py-libp2p's trio-typing stubs shadow trio's)
@@ -256,7 +257,7 @@ class Discovery:
         stored = await self.host.store.get_meta(STATS_KEY)
         if stored:
             try:
-                seen = json.loads(stored)
+                seen = meta_json(stored)
             except ValueError:  # damaged: forgotten (it only orders the next attempts)
                 seen = None
             if isinstance(seen, dict):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from p2pay.core.settlement import Stake
 from p2pay.persist import Persister
-from p2pay.store.base import Store
+from p2pay.store.base import Store, meta_json
 
 log = logging.getLogger("p2pay.node")
 
@@ -32,7 +32,7 @@ class _Retention:
     @classmethod
     def decode(cls, raw: bytes | None) -> _Retention:
         try:
-            window, shift, until = json.loads(raw) if raw else (0, 0, 0)
+            window, shift, until = meta_json(raw) if raw else (0, 0, 0)
             if all(type(v) is int and v >= 0 for v in (window, shift, until)):
                 return cls(window, shift, until)
         except (ValueError, TypeError):

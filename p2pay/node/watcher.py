@@ -89,7 +89,13 @@ from p2pay.node.book import (
 )
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
-from p2pay.store.base import ClaimRecord, OutgoingRequest, RequestUpdate, StoredResponse
+from p2pay.store.base import (
+    ClaimRecord,
+    OutgoingRequest,
+    RequestUpdate,
+    StoredResponse,
+    meta_json,
+)
 from p2pay.wakes import current_wakes
 
 if TYPE_CHECKING:
@@ -257,41 +263,48 @@ def outcome_key(claim_id: bytes) -> str:
 
 async def claim_infos(store: Store) -> list[ClaimInfo]:
     """The claims a node filed or answered, with their outcomes (`Node.claims`): for its
-    own claims, what the watcher recorded under `outcome_key` once they were decided."""
+    own claims, what the watcher recorded under `outcome_key` once they were decided (an
+    outcome that does not read, a damaged store, is logged and shown as the record's
+    state)."""
     out = []
     for record in await store.claims():
         raw = await store.get_meta(outcome_key(record.claim_id))
-        if record.role != "claimant" or raw is None:
-            out.append(
-                ClaimInfo(
-                    claim_id=record.claim_id,
-                    role=record.role,
-                    outcome=record.state,
-                    request_hash=record.request_hash,
-                )
+        info = _decided(record, raw) if record.role == "claimant" and raw is not None else None
+        if info is None:
+            info = ClaimInfo(
+                claim_id=record.claim_id,
+                role=record.role,
+                outcome=record.state,
+                request_hash=record.request_hash,
             )
-            continue
-        doc = json.loads(raw)
+        out.append(info)
+    return out
+
+
+def _decided(record: ClaimRecord, raw: bytes) -> ClaimInfo | None:
+    """Our claim's outcome as the watcher stored it (`claim_infos`), None if unreadable."""
+    try:
+        doc = meta_json(raw)
         response: Response | None = None
         if doc.get("response"):
             frame = decode_held_frame(bytes.fromhex(doc["response"]))  # a claim's answer
             response = frame if isinstance(frame, Response) else None
-        out.append(
-            ClaimInfo(
-                claim_id=record.claim_id,
-                role=record.role,
-                outcome=doc["outcome"],
-                request_hash=record.request_hash,
-                status=doc["status"],
-                bond=int(doc["bond"]),
-                bond_returned=bool(doc["bond_returned"]),
-                refund=int(doc["refund"]),
-                clawed=int(doc["clawed"]),
-                slashed=int(doc["slashed"]),
-                response=response,
-            )
+        return ClaimInfo(
+            claim_id=record.claim_id,
+            role=record.role,
+            outcome=str(doc["outcome"]),
+            request_hash=record.request_hash,
+            status=str(doc["status"]),
+            bond=int(doc["bond"]),
+            bond_returned=bool(doc["bond_returned"]),
+            refund=int(doc["refund"]),
+            clawed=int(doc["clawed"]),
+            slashed=int(doc["slashed"]),
+            response=response,
         )
-    return out
+    except (ValueError, TypeError, KeyError, AttributeError, P2payError) as exc:
+        log.error("unreadable outcome of claim %s: %r", record.claim_id.hex(), exc)
+        return None
 
 
 def claim_outcome(claim: Claim) -> str:

@@ -60,10 +60,12 @@ any integer in [0, 2**128 - 1] so that ``deadline + retention`` computed from a 
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from p2pay.core.amounts import MAX_YOCTO
 from p2pay.core.errors import AmountError, ErrorCode, LocalProtocolError, P2payError
@@ -648,6 +650,46 @@ def check_meta_key(key: object) -> str:
         LocalProtocolError: if it is not.
     """
     return _text("meta", "key", key)
+
+
+#: How deep the JSON of a meta value may nest (`meta_json`): what nodes write nests at most
+#: three levels.
+MAX_META_JSON_DEPTH = 16
+_JSON_TOKENS = re.compile(rb'[\[\]{}"\\]')
+
+
+def meta_json(raw: bytes) -> Any:
+    """The JSON document a node stored as a meta value (its own format: an address book,
+    provider stats, marks...).
+
+    Raises:
+        ValueError: it is not JSON (UnicodeDecodeError and JSONDecodeError are
+            ValueErrors), or it nests deeper than `MAX_META_JSON_DEPTH`: checked first, in
+            one pass, since ``json.loads`` recurses once per level and a value nested
+            100,000 deep (a damaged store) raised RecursionError out of a node's start,
+            or crashed the interpreter (attack round 31).
+    """
+    depth = 0
+    in_string = False
+    escaped_at = -1  # the position of the character a backslash escapes
+    for token in _JSON_TOKENS.finditer(raw):
+        at, char = token.start(), raw[token.start()]
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == 0x5C:  # backslash: the next character is escaped
+                escaped_at = at + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in b"[{":
+            depth += 1
+            if depth > MAX_META_JSON_DEPTH:
+                raise ValueError(f"a meta value nested deeper than {MAX_META_JSON_DEPTH}")
+        elif char in b"]}":
+            depth -= 1
+    return json.loads(raw)
 
 
 _BATCH_RECORDS: tuple[tuple[str, type[_Record]], ...] = (

@@ -547,11 +547,12 @@ async def test_failures_seen_outlive_the_node_and_the_result_says_what_was_opene
             assert client.discovery.chooser.stats(str(P2.peer_id)).successes == 2
 
 
-async def test_unreadable_saved_stats_are_forgotten_not_fatal() -> None:
+@pytest.mark.parametrize("damaged", [b"\x01\x02", b"[" * 100_000])  # (nested: round 31)
+async def test_unreadable_saved_stats_are_forgotten_not_fatal(damaged: bytes) -> None:
     ledger = await funded()
     network = MemoryNetwork()
     store = MemoryStore()
-    await store.write(Batch(meta={STATS_KEY: b"\x01\x02"}))
+    await store.write(Batch(meta={STATS_KEY: damaged}))
     async with node(CLIENT, ledger, network, store=store) as client:
         assert client.discovery is not None and client.discovery.chooser.snapshot() == []
 
