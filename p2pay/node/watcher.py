@@ -53,7 +53,7 @@ import dataclasses
 import heapq
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -1326,23 +1326,21 @@ class Watcher:
         its best vouchers and every request still being served (candidates for evidence,
         claims.md 2)."""
         node = self.node
-        frames = [s.request_frame for s in await node.store.vouchers_near(ch.channel, claimed.n)]
+        # Without their bodies, each read's as soon as it is read (`_held`): a request
+        # answered on a stream is stored with its whole frame, and every claim waiting
+        # for no handler slot looks here side by side (attack round 32: 128 claims near
+        # 8 stored requests of 256 KiB, 53.9 MB traced). The signature is the evidence.
+        held = _held(s.request_frame for s in await node.store.vouchers_near(ch.channel, claimed.n))
         floor = await node.store.floor_voucher(ch.channel)
         if floor is not None:
-            frames.append(floor.request_frame)
+            held.extend(_held([floor.request_frame]))
         # A request still being served (`PayeeChannel.serving`, at most the channel's
         # requests in flight) is stored only once answered, whatever its number: one
         # numbered above the claimed one may already have a slice inside it (attack round
         # 16: a slow request sent before the claim, then a later one that became best).
         found = [r for r in (ch.verified, ch.best) if r is not None]
         found.extend(ch.serving.values())
-        for frame in frames:
-            try:
-                request = decode_frame(frame)
-            except P2payError:
-                continue
-            if isinstance(request, Request):
-                found.append(request)
+        found.extend(held)
         return found
 
     def _evidence(self, ch: PayeeChannel, request: Request, seen: list[Request]) -> Request | None:
@@ -2028,6 +2026,19 @@ def _stored(response: Response) -> _Answer:
     its body read back from the store at its turn at the ledger (`_Answer`)."""
     bodiless = Response.from_signed(response.signing_bytes, response.signature, b"")
     return _Answer(response=bodiless, stored=True)
+
+
+def _held(frames: Iterable[bytes]) -> list[Request]:
+    """The requests among stored request `frames`, each without its body (`_bodiless`)."""
+    found: list[Request] = []
+    for frame in frames:
+        try:
+            request = decode_frame(frame)
+        except P2payError:
+            continue
+        if isinstance(request, Request):
+            found.append(_bodiless(request))
+    return found
 
 
 def _bodiless(request: Request) -> Request:
