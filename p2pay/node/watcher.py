@@ -1967,11 +1967,7 @@ class Watcher:
         try:
             taken = ch.on_claim_end(request, response, refunded=refunded)
         except RemoteProtocolError as exc:
-            # the payee's answer failed the receipt check: it is faulty on this channel,
-            # as for a bad receipt on a stream (protocol.md 14.3 "A faulty payee")
             log.warning("the answer to our claim on n=%d: %s", request.n, exc)
-            ch.found_faulty(request.n, exc)
-            self.node.book.note_faulty(ch)
             return False
         self.node.persister.stage(payer_snapshot=_payer_snapshot(ch))
         return taken

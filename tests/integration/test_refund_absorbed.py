@@ -29,7 +29,7 @@ import pytest
 import trio
 from node_support import claim_game_params, wait_until
 
-from p2pay.core.errors import ErrorCode, P2payError, PayeeFaulty
+from p2pay.core.errors import ErrorCode, P2payError
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
@@ -415,38 +415,3 @@ async def test_a_refusal_with_a_spent_the_receipt_rules_refuse_survives_a_restar
             await bob_holds_one_price(ledger, ch.channel)
     finally:
         await store.aclose()
-
-
-async def test_a_claim_answer_the_receipt_rules_refuse_makes_the_payee_faulty() -> None:
-    """protocol.md 14.3 "A faulty payee", for an answer read from the ledger: BOB takes
-    n=1 and never answers it on the stream, then answers its claim DELIVERED with a
-    ``spent`` far above anything ALICE signed (the ledger's checks of the answer do not
-    read it). ALICE's receipt rules refuse it: the request stays claimed and outstanding,
-    and BOB is faulty on the channel, as for a bad receipt on a stream: her next call
-    signs nothing (before, she went on paying BOB on that channel)."""
-    ledger = make_ledger()
-    async with nodes(ledger, DropsOnStream(), window_ms=300) as (alice, bob):
-        honest_store_answer = bob.watcher._store_answer
-
-        async def odd_spent(*args: Any) -> Any:
-            ch, request, claim, status, price, body = args[:6]
-            return await honest_store_answer(ch, request, claim, status, price, body, 10**12)
-
-        bob.watcher._store_answer = odd_spent  # type: ignore[method-assign]
-        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
-        with pytest.raises(CallTimeout):
-            await alice.call(bob.addrs[0], "echo", b"charged", max_price=PRICE, timeout=0.3)
-
-        async def delivered() -> bool:
-            return any(c.outcome == "delivered" for c in await alice.claims())
-
-        await wait_until(delivered)
-        payer = alice.payer_channels[ch.channel]
-        await wait_until(lambda: payer.faulty is not None)
-        assert payer.faulty is not None and "request 1" in payer.faulty
-        assert (payer.spent, sorted(payer.abandoned)) == (0, [1])  # outstanding, claimed
-        with pytest.raises(PayeeFaulty):
-            await alice.call(bob.addrs[0], "echo", b"next", max_price=PRICE)
-        assert payer.last_n == 1
-        await alice.persister.flush()
-        assert alice.book.faulty_channels == {ch.channel: payer.faulty}
