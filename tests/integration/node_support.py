@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +25,7 @@ from p2pay.core.settlement import (
     unbonding_period,
 )
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
+from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node
 
@@ -249,3 +252,27 @@ async def ended_claim(ledger: MemoryLedger, claimant: Keypair, claim_id: bytes) 
         claim = await MemoryLedger.claim(ledger, claim_id)
         assert claim is not None
     return claim
+
+
+async def peak_during(action: Callable[[], Awaitable[None]]) -> int:
+    """The peak of traced memory above its level at the start, while `action` runs."""
+    tracemalloc.start()
+    try:
+        gc.collect()
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        await action()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+class SlowAnswers(SqliteLedger):
+    """An endpoint that takes `latency` seconds to take each claim answer (the
+    transaction's time: an EVM one takes seconds)."""
+
+    latency = 0.3
+
+    async def answer_claim(self, *args: Any, **kwargs: Any) -> None:
+        await trio.sleep(self.latency)
+        await super().answer_claim(*args, **kwargs)

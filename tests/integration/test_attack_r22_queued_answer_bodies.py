@@ -29,18 +29,13 @@ its body back from the store at its turn: 8,917,146 bytes.
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from pathlib import Path
-from typing import Any
 
-import trio
-from node_support import wait_until
+from node_support import SlowAnswers, peak_during, wait_until
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 from p2pay.store.sqlite import SqliteStore
@@ -51,16 +46,7 @@ K = 192
 BODY = 1 << 18  # the echo service takes bodies of 256 KiB (its max_body)
 SLOTS = 2
 PRICE = 1000
-LATENCY = 0.3  # one answer's transaction (an EVM one takes seconds)
 BOUND = 64 * BODY  # the node's own: 4 answers at the ledger, 3 * SLOTS claims read whole
-
-
-class SlowAnswers(SqliteLedger):
-    """An endpoint that takes `LATENCY` to take each answer (the transaction's time)."""
-
-    async def answer_claim(self, *args: Any, **kwargs: Any) -> None:
-        await trio.sleep(LATENCY)
-        await super().answer_claim(*args, **kwargs)
 
 
 async def echo(call: Call) -> bytes:
@@ -111,19 +97,14 @@ async def test_answers_waiting_for_the_ledger_hold_a_bounded_number_of_bodies(
                     return False
             return True
 
-        tracemalloc.start()
-        try:
-            gc.collect()
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
+        async def serve_again() -> None:
             async with open_node(
                 key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
             ) as again:
                 again.serve("echo", echo, price=PRICE, max_body=BODY)
                 await wait_until(answered, timeout=120)
-            peak = tracemalloc.get_traced_memory()[1] - before
-        finally:
-            tracemalloc.stop()
+
+        peak = await peak_during(serve_again)
         states = {(await ledger.claim(claim_id)).state for claim_id in ids}  # type: ignore[union-attr]
         print(f"{K} claims of {BODY} bytes served, answers slow: peak {peak} bytes above start")
         assert states == {ClaimState.DELIVERED}

@@ -26,19 +26,14 @@ whole) stay under. Every wait bounded; nothing asserts on timing.
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from pathlib import Path
-from typing import Any
 
-import trio
-from node_support import wait_until
+from node_support import SlowAnswers, peak_during, wait_until
 from raw_payer import MALLORY, connected, ignore_streams
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.memory import MemoryNetwork, open_memory_transport
 from p2pay.node import Call, NodeConfig, open_node
 from p2pay.store.sqlite import SqliteStore
@@ -49,16 +44,7 @@ K = 128  # her claims
 BODY = 1 << 18  # the echo service's max_body
 SLOTS = 2
 PRICE = 1000
-LATENCY = 0.3
 BOUND = 64 * BODY  # as test_attack_r22_queued_answer_bodies
-
-
-class SlowAnswers(SqliteLedger):
-    """An endpoint that takes `LATENCY` to take each answer (the transaction's time)."""
-
-    async def answer_claim(self, *args: Any, **kwargs: Any) -> None:
-        await trio.sleep(LATENCY)
-        await super().answer_claim(*args, **kwargs)
 
 
 async def echo(call: Call) -> bytes:
@@ -116,19 +102,14 @@ async def test_claims_hold_a_bounded_number_of_stored_request_bodies(tmp_path: P
                     return False
             return True
 
-        tracemalloc.start()
-        try:
-            gc.collect()
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
+        async def serve_again() -> None:
             async with open_node(
                 key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
             ) as again:
                 again.serve("echo", echo, price=PRICE, max_body=BODY)
                 await wait_until(answered, timeout=180)
-            peak = tracemalloc.get_traced_memory()[1] - before
-        finally:
-            tracemalloc.stop()
+
+        peak = await peak_during(serve_again)
         states = [(await ledger.claim(c)).state for c in ids]  # type: ignore[union-attr]
         print(f"{K} claims near {S} stored requests of {BODY} bytes: peak {peak} bytes")
         assert set(states) == {ClaimState.DELIVERED}, states

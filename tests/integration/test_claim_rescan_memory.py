@@ -24,13 +24,10 @@ bounded; nothing asserts on timing.
 from __future__ import annotations
 
 import dataclasses
-import gc
-import tracemalloc
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from node_support import all_decided, file_free_claims, wait_until
+from node_support import all_decided, file_free_claims, peak_during, wait_until
 from raw_payer import OffsetClock, watcher_steps
 from test_watcher_claims import (
     ALICE,
@@ -63,19 +60,6 @@ BOUND = 8 * BODY
 
 async def echo(call: Call) -> bytes:
     return call.body
-
-
-async def peak_during(action: Callable[[], Awaitable[None]]) -> int:
-    """The peak of traced memory above its level at the start, while `action` runs."""
-    tracemalloc.start()
-    try:
-        gc.collect()
-        tracemalloc.reset_peak()
-        before = tracemalloc.get_traced_memory()[0]
-        await action()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
 
 
 async def test_a_rescan_of_claims_holds_one_body_at_a_time(
