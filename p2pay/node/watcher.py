@@ -438,6 +438,11 @@ class Watcher:
         self._reads = EarliestFirst(node.config.max_claim_answers)
         self._whole_reads = EarliestFirst(node.config.max_claim_answers)
         self._answering = EarliestFirst(ANSWERS_AT_ONCE)  # claim answers to the ledger
+        #: stored answers read and kept for a claim (`_read_kept`), as many at once as the
+        #: slots, earliest window end first: each holds our stored frame (an answer's body)
+        #: until the write that keeps it is durable (attack round 34: 64 claims on answered
+        #: requests of 256 KiB held every frame at once, 34.5 MB traced; 11.7 MB now)
+        self._kept_reads = EarliestFirst(node.config.max_claim_answers)
         self._defending: set[bytes] = set()  # claims against us with an answer task
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
@@ -1063,17 +1068,27 @@ class Watcher:
     async def _stored_answer(self, claim: Claim, request: Request) -> _Answer | None:
         """The signed answer we stored for the claimed request (everything staged before
         this read, and a commit being written, included), kept until the claim ends."""
-        node = self.node
-        await node.persister.flush()
-        stored = await node.store.response(request.hash)
-        if stored is not None:
-            # our own answer, up to the ledger's max_claim_body when it answered a claim
-            # (`claim_answer_limit`): over the wire's limit (attack round 22)
+        await self.node.persister.flush()
+        response = await self._read_kept(request.hash, claim)
+        return None if response is None else _stored(response)
+
+    async def _read_kept(self, request_hash: bytes, claim: Claim) -> Response | None:
+        """The response we stored for `request_hash`, kept until `claim`'s window has ended
+        (`_keep_for`; durable on return), or None if we stored none. Read at most
+        `max_claim_answers` at a time, earliest window end first (`_kept_reads`): a stored
+        frame holds our answer's body, up to the ledger's max_claim_body when it answered
+        a claim (`claim_answer_limit`: over the wire's limit, attack round 22), and the
+        keeping write stages it again; every claim of a burst held one at once (round 34).
+        """
+        async with self._kept_reads.hold(claim.window_ends):
+            stored = await self.node.store.response(request_hash)
+            if stored is None:
+                return None
             frame = decode_held_frame(stored.frame)
-            if isinstance(frame, Response):
-                await self._keep_for(stored, claim)
-                return _stored(frame)
-        return None
+            if not isinstance(frame, Response):
+                return None
+            await self._keep_for(stored, claim)
+            return frame
 
     async def _answer_unserved(
         self, claim: Claim, request: Request, refused: RemoteProtocolError | None
@@ -1127,9 +1142,7 @@ class Watcher:
         if use_evidence:
             evidence = self._evidence(ch, request, seen)
             if evidence is not None:
-                kept = await node.store.response(evidence.hash)
-                if kept is not None:
-                    await self._keep_for(kept, claim)
+                await self._read_kept(evidence.hash, claim)  # its answer kept too
                 return _Answer(evidence=_bodiless(evidence))
             # a request consumed on a stream while we read, in conflict with the claimed
             # one (another number, overlapping slices; attack round 15), is evidence too
