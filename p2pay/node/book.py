@@ -311,7 +311,9 @@ class ChannelBook:
         best, best itself was checked, and with it every request admitted before it."""
         floor = ch.verified.n if ch.verified is not None else 0
         key = floor
-        while key < ch.last_n:  # bounded: `key` only grows, up to the last number admitted
+        # bounded: `key` only grows; the page at `last_n` itself is read too (its twins
+        # past the previous page's limit: attack round 35, a bad one there went unchecked)
+        while key <= ch.last_n and (key < ch.last_n or key > floor):
             page = await self.store.vouchers_near(ch.channel, key, limit=_CHECK_PAGE)
             requests = []
             for stored in page:
@@ -333,7 +335,7 @@ class ChannelBook:
                 )
                 return
             top = max((stored.n for stored in page), default=key)
-            if top <= key:
+            if top <= key or key >= ch.last_n:
                 return
             key = top
 
