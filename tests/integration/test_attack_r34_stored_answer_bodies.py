@@ -74,20 +74,21 @@ async def test_claims_on_answered_requests_hold_a_bounded_number_of_answers(
             bob.serve("echo", echo, price=PRICE, max_body=BODY)
             await bob.stake(10**20, penalty=10**19, claim_window_ms=60_000)
             channel = await ledger.open_channel(MALLORY, BOB.public, 10**9, 60_000)
-            deadline = await ledger.now() + 1_500
             async with connected(transport, bob, ledger, channel) as payer:  # type: ignore[arg-type]
                 for n in range(1, K + 1):
+                    # each its own deadline, far enough for a loaded machine to serve it
+                    # (one for all, 1.5 s ahead, passed before the last calls under load)
+                    deadline = await ledger.now() + 10_000
                     request = payer.signed(n, n * PRICE, deadline, body=bytes([n]) * BODY)
                     answer = await payer.exchange(request)
                     assert isinstance(answer, Response) and answer.status == "OK", answer
-
-                    async def past() -> bool:
-                        return await ledger.now() > deadline
-
-                    if n == K:
-                        await wait_until(past, timeout=10)
                     ids.append((request, n))
             del answer
+
+        async def past() -> bool:  # claims are heard once the requests' deadlines passed
+            return await ledger.now() > deadline
+
+        await wait_until(past, timeout=60)
         # BOB is down: MALLORY claims every request he answered
         claims = []
         for request, _ in ids:
