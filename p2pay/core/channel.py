@@ -818,6 +818,15 @@ class PayerChannel:
         if self.faulty is None:
             self.faulty = f"its receipt for request {n} failed the check: {error.message}"[:512]
 
+    def faulty_error(self) -> PayeeFaulty:
+        """What a call on this channel gets once its payee is faulty (`faulty` is set)."""
+        return PayeeFaulty(
+            f"the payee of channel {self.channel.hex()} is faulty ({self.faulty}): nothing "
+            "more is paid on it; close it (p2pay close) to get its deposit back, and open a "
+            "channel to another provider",
+            details={"channel": self.channel.hex()},
+        )
+
     def expects(self, n: int) -> bool:
         """Whether `n` is outstanding (in flight or abandoned): only then is a response or
         a refusal naming it read at all; one naming anything else is ignored (protocol.md
@@ -994,11 +1003,7 @@ class PayerChannel:
                 f"channel is {self.status.value}", code=ErrorCode.CHANNEL_CLOSED
             )
         if self.faulty is not None:
-            raise PayeeFaulty(
-                f"the payee of channel {self.channel.hex()} is faulty ({self.faulty}): "
-                "nothing more is paid on it; close it to get its deposit back",
-                details={"channel": self.channel.hex()},
-            )
+            raise self.faulty_error()
         if account_for(key, self.ledger) != self.payer:
             raise LocalProtocolError("only the payer signs requests on a channel")
         if not _is_uint(price, MAX_YOCTO):

@@ -26,7 +26,6 @@ from p2pay.core.errors import (
     ErrorCode,
     LocalProtocolError,
     P2payError,
-    PayeeFaulty,
     PaymentRequired,
     RemoteProtocolError,
     UnknownService,
@@ -866,12 +865,7 @@ class Client:
         for cid in sorted(book.faulty_channels):
             ch = self.node.payer_channels.get(cid)
             if ch is not None and ch.payee == payee and ch.status is ChannelStatus.OPEN:
-                raise PayeeFaulty(
-                    f"the payee of channel {cid.hex()} is faulty ({book.faulty_channels[cid]}):"
-                    " nothing more is paid on it; close it (p2pay close) to get its deposit "
-                    "back, and open a channel to another provider",
-                    details={"channel": cid.hex()},
-                )
+                raise ch.faulty_error()
         for cid in sorted(book.refused_channels):
             ch = self.node.payer_channels.get(cid)
             if ch is None or ch.payee != payee or ch.status is not ChannelStatus.OPEN:
