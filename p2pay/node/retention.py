@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from p2pay.core.settlement import Stake
 from p2pay.persist import Persister
-from p2pay.store.base import Store, meta_json
+from p2pay.store.base import MAX_TIME, Store, meta_json
 
 log = logging.getLogger("p2pay.node")
 
@@ -75,11 +75,13 @@ class AnswerRetention:
         evidence against claimed requests dated up to ``max_deadline_horizon_ms`` later
         (claims.md 2), whose claims run a window more. So ``deadline +
         max(response_retention_ms, horizon + 2 * claim_window)``, with the largest window
-        the stake ever had (N13)."""
+        the stake ever had (N13). At most the store's `MAX_TIME` (kept for good): a setting
+        or a ledger's window that large must not make the answer unstorable (the charge's
+        commit would fail with it)."""
         horizon = self._horizon() or 0
         if self.state is not None:
             window = max(window, self.state.window)
-        return deadline + max(self._retention_ms, horizon + 2 * window)
+        return min(MAX_TIME, deadline + max(self._retention_ms, horizon + 2 * window))
 
     async def follow(self, stake: Stake | None) -> None:
         """Keep stored answers as long as the claim window now in force needs (N13).

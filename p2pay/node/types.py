@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from p2pay.core.errors import (
 )
 from p2pay.core.identity import public_from_peer_id
 from p2pay.core.messages import (
+    MAX_U64,
+    MIN_FRAME_LIMIT,
     Response,
 )
 
@@ -214,6 +217,21 @@ class NodeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise LocalProtocolError(f"NodeConfig.{name} must be a number > 0, not {value!r}")
+        # a call's timeout and the watcher's step become deadlines and clock wakes: finite
+        for name in ("default_timeout", "watch_interval"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (value > 0 and math.isfinite(value))
+            ):
+                raise LocalProtocolError(
+                    f"NodeConfig.{name} must be a finite number > 0, not {value!r}"
+                )
+        for name in ("watcher", "auto_claim"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise LocalProtocolError(f"NodeConfig.{name} must be true or false, not {value!r}")
         limit = self.unverified_credit_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_YOCTO:
             raise LocalProtocolError(
@@ -228,6 +246,13 @@ class NodeConfig:
             ("claim_answer_margin_ms", 0, MAX_YOCTO),
             ("min_challenge_ms", 0, MAX_YOCTO),
             ("claim_grace_ms", 0, MAX_YOCTO),
+            # announced in the hello (protocol.md 9: max_frame >= 4096, a frame's length
+            # prefix at most 2**63 - 1; deadline_horizon >= 1)
+            ("max_frame", MIN_FRAME_LIMIT, (1 << 63) - 1),
+            ("max_deadline_horizon_ms", 1, MAX_U64),
+            ("challenge_ms", 1, MAX_U64),  # the ledger has its own range (settlement.md)
+            # the least time a signed answer is kept (retention.py adds what claims need)
+            ("response_retention_ms", 0, MAX_YOCTO),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

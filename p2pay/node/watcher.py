@@ -90,6 +90,7 @@ from p2pay.node.book import (
 from p2pay.node.invoke import _Service, claim_answer_limit, run_service
 from p2pay.node.types import Behaviour, Call, ClaimInfo, Counters, NodeConfig
 from p2pay.store.base import (
+    MAX_TIME,
     ClaimRecord,
     OutgoingRequest,
     RequestUpdate,
@@ -1167,7 +1168,7 @@ class Watcher:
         settlement.md FileClaim): a restart during a long flood must still find
         what answers it. Durable before the answer is submitted."""
         node = self.node
-        until = claim.window_ends + node.config.response_retention_ms
+        until = min(MAX_TIME, claim.window_ends + node.config.response_retention_ms)
         if stored.expires_at >= until:
             return
         generation = node.persister.stage(response=dataclasses.replace(stored, expires_at=until))

@@ -537,6 +537,32 @@ def test_limits_are_validated() -> None:
             with pytest.raises(LocalProtocolError):
                 NodeConfig(**{name: bad})
     assert NodeConfig(idle_timeout=math.inf).idle_timeout == math.inf
+    # the rest of the fields: each a type and a range (a node accepted these and failed
+    # later, or never: max_frame 100 in its hello, an endless default timeout)
+    for name, bads in (
+        ("default_timeout", (0, -1.0, math.nan, math.inf, "1", True)),
+        ("watch_interval", (0, -0.5, math.nan, math.inf, None)),
+        ("max_frame", (4095, 0, 2**63, 4096.0, True)),
+        ("max_deadline_horizon_ms", (0, -1, 2**64, 1.0)),
+        ("challenge_ms", (0, -5, 2**64, "60000")),
+        ("response_retention_ms", (-1, 2**128, 1.5, None)),
+        ("watcher", (1, "no", None)),
+        ("auto_claim", (0, "yes")),
+    ):
+        for bad in bads:
+            with pytest.raises(LocalProtocolError, match=name):
+                NodeConfig(**{name: bad})
+    edges = NodeConfig(
+        max_frame=4096,
+        max_deadline_horizon_ms=1,
+        challenge_ms=1,
+        response_retention_ms=0,
+        default_timeout=0.001,
+        watch_interval=1e-3,
+        watcher=False,
+        auto_claim=False,
+    )
+    assert edges.max_frame == 4096 and edges.response_retention_ms == 0
 
 
 # ---------------------------------------------------------------------------
