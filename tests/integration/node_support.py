@@ -8,6 +8,7 @@ import gc
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -28,6 +29,7 @@ from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, Node, NodeConfig, open_node
+from p2pay.store.sqlite import SqliteStore
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> None:
@@ -276,3 +278,53 @@ class SlowAnswers(SqliteLedger):
     async def answer_claim(self, *args: Any, **kwargs: Any) -> None:
         await trio.sleep(self.latency)
         await super().answer_claim(*args, **kwargs)
+
+
+@asynccontextmanager
+async def slow_answers_world(
+    tmp_path: Path, *keys: Keypair
+) -> AsyncIterator[tuple[SqliteLedger, SqliteStore]]:
+    """A `SlowAnswers` SQLite ledger (dev, 50 ms minimum periods) on which each of `keys`
+    has 10 tokens, and a provider's `SqliteStore` that outlives its node (the memory
+    attack tests restart a provider on it); both closed at the end."""
+    ledger = await SlowAnswers.create(
+        tmp_path / "ledger.sqlite", dev=True, min_claim_window_ms=50, min_challenge_ms=50
+    )
+    store = await SqliteStore.open(tmp_path / "provider.sqlite")
+    try:
+        for key in keys:
+            await ledger.mint(key, key.account, 10**25)
+        yield ledger, store
+    finally:
+        await store.aclose()
+        await ledger.aclose()
+
+
+async def peak_answering_again(
+    ledger: Any,
+    store: SqliteStore,
+    key: Keypair,
+    config: NodeConfig,
+    serve: Callable[[Node], None],
+    claim_ids: list[bytes],
+    *,
+    timeout: float = 180.0,
+) -> tuple[int, set[ClaimState]]:
+    """Start `key`'s node again on `store` (on a network of its own: nobody calls it),
+    `serve` its services, and wait until every one of `claim_ids` is decided. Returns the
+    peak of traced memory meanwhile (`peak_during`) and the claims' states."""
+
+    async def serve_again() -> None:
+        async with open_node(
+            key=key, ledger=ledger, network=MemoryNetwork(), store=store, config=config
+        ) as again:
+            serve(again)
+            await wait_until(lambda: all_decided(ledger, claim_ids), timeout=timeout)
+
+    peak = await peak_during(serve_again)
+    states = set()
+    for claim_id in claim_ids:
+        claim = await ledger.claim(claim_id)
+        assert claim is not None
+        states.add(claim.state)
+    return peak, states

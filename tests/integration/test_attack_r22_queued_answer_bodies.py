@@ -31,14 +31,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_support import SlowAnswers, peak_during, wait_until
+from node_support import peak_answering_again, slow_answers_world, wait_until
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, NodeConfig, open_node
-from p2pay.store.sqlite import SqliteStore
+from p2pay.node import Call, Node, NodeConfig, open_node
 
 MALLORY = Keypair.from_seed(bytes([7]) * 32)
 BOB = Keypair.from_seed(bytes([2]) * 32)
@@ -53,21 +52,19 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
+def serve_echo(node: Node) -> None:
+    node.serve("echo", echo, price=PRICE, max_body=BODY)
+
+
 async def test_answers_waiting_for_the_ledger_hold_a_bounded_number_of_bodies(
     tmp_path: Path,
 ) -> None:
-    ledger = await SlowAnswers.create(
-        tmp_path / "ledger.sqlite", dev=True, min_claim_window_ms=50, min_challenge_ms=50
-    )
-    store = await SqliteStore.open(tmp_path / "bob.sqlite")
-    for key in (MALLORY, BOB):
-        await ledger.mint(key, key.account, 10**25)
     config = NodeConfig(watch_interval=0.05, min_challenge_ms=50, max_claim_answers=SLOTS)
-    try:
+    async with slow_answers_world(tmp_path, MALLORY, BOB) as (ledger, store):
         async with open_node(
             key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
         ) as bob:
-            bob.serve("echo", echo, price=PRICE, max_body=BODY)
+            serve_echo(bob)
             await bob.stake(10**20, penalty=10**19, claim_window_ms=60_000)
             watcher = bob.watcher
             assert watcher is not None
@@ -90,25 +87,9 @@ async def test_answers_waiting_for_the_ledger_hold_a_bounded_number_of_bodies(
             ids.append(await ledger.file_claim(MALLORY, request))
         del request
 
-        async def answered() -> bool:
-            for claim_id in ids:  # one at a time: the test holds no bodies
-                claim = await ledger.claim(claim_id)
-                if claim is None or claim.state is ClaimState.OPEN:
-                    return False
-            return True
-
-        async def serve_again() -> None:
-            async with open_node(
-                key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
-            ) as again:
-                again.serve("echo", echo, price=PRICE, max_body=BODY)
-                await wait_until(answered, timeout=120)
-
-        peak = await peak_during(serve_again)
-        states = {(await ledger.claim(claim_id)).state for claim_id in ids}  # type: ignore[union-attr]
+        peak, states = await peak_answering_again(
+            ledger, store, BOB, config, serve_echo, ids, timeout=120
+        )
         print(f"{K} claims of {BODY} bytes served, answers slow: peak {peak} bytes above start")
-        assert states == {ClaimState.DELIVERED}
+        assert states == {ClaimState.DELIVERED}, states
         assert peak < BOUND, peak
-    finally:
-        await store.aclose()
-        await ledger.aclose()

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_support import SlowAnswers, peak_during, wait_until
+from node_support import peak_answering_again, slow_answers_world, wait_until
 from raw_payer import MALLORY, connected, ignore_streams
 
 from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request, Response
 from p2pay.core.settlement import ClaimState
 from p2pay.net.memory import MemoryNetwork, open_memory_transport
-from p2pay.node import Call, NodeConfig, open_node
-from p2pay.store.sqlite import SqliteStore
+from p2pay.node import Call, Node, NodeConfig, open_node
 
 BOB = Keypair.from_seed(bytes([2]) * 32)
 S = 8  # MALLORY's paid stream calls, their request frames stored whole
@@ -51,24 +50,22 @@ async def echo(call: Call) -> bytes:
     return call.body
 
 
+def serve_echo(node: Node) -> None:
+    node.serve("echo", echo, price=PRICE, max_body=BODY)
+
+
 async def test_claims_hold_a_bounded_number_of_stored_request_bodies(tmp_path: Path) -> None:
-    ledger = await SlowAnswers.create(
-        tmp_path / "ledger.sqlite", dev=True, min_claim_window_ms=50, min_challenge_ms=50
-    )
-    store = await SqliteStore.open(tmp_path / "bob.sqlite")
-    for key in (MALLORY, BOB):
-        await ledger.mint(key, key.account, 10**25)
     config = NodeConfig(
         watch_interval=0.05, min_challenge_ms=50, max_claim_answers=SLOTS,
         redeem_threshold=10**30, default_timeout=30.0,
     )  # fmt: skip
     net = MemoryNetwork()
-    try:
+    async with slow_answers_world(tmp_path, MALLORY, BOB) as (ledger, store):
         async with (
             open_node(key=BOB, ledger=ledger, network=net, store=store, config=config) as bob,
             open_memory_transport(net, MALLORY, ignore_streams) as transport,
         ):
-            bob.serve("echo", echo, price=PRICE, max_body=BODY)
+            serve_echo(bob)
             await bob.stake(10**20, penalty=10**19, claim_window_ms=60_000)
             channel = await ledger.open_channel(MALLORY, BOB.public, 10**9, 60_000)
             # far enough for a loaded machine to serve the S calls before it passes
@@ -96,25 +93,7 @@ async def test_claims_hold_a_bounded_number_of_stored_request_bodies(tmp_path: P
             ids.append(await ledger.file_claim(MALLORY, request))
         del request
 
-        async def answered() -> bool:
-            for claim_id in ids:
-                claim = await ledger.claim(claim_id)
-                if claim is None or claim.state is ClaimState.OPEN:
-                    return False
-            return True
-
-        async def serve_again() -> None:
-            async with open_node(
-                key=BOB, ledger=ledger, network=MemoryNetwork(), store=store, config=config
-            ) as again:
-                again.serve("echo", echo, price=PRICE, max_body=BODY)
-                await wait_until(answered, timeout=180)
-
-        peak = await peak_during(serve_again)
-        states = [(await ledger.claim(c)).state for c in ids]  # type: ignore[union-attr]
+        peak, states = await peak_answering_again(ledger, store, BOB, config, serve_echo, ids)
         print(f"{K} claims near {S} stored requests of {BODY} bytes: peak {peak} bytes")
-        assert set(states) == {ClaimState.DELIVERED}, states
+        assert states == {ClaimState.DELIVERED}, states
         assert peak < BOUND, peak
-    finally:
-        await store.aclose()
-        await ledger.aclose()
