@@ -532,8 +532,9 @@ class _Connection:
 class Client:
     """The calls a node makes: one `_Connection` per peer (opened on first use, hello
     both ways), and the call policy (price and body checks, claimability, one re-send
-    after an unsigned REPLAY, a price change retried once, a resync once, a channel the
-    payee refused as CHALLENGE_TOO_SHORT not used again: the call goes on another)."""
+    after an unsigned REPLAY and one on a new stream after the stream ended, a price change
+    retried once, a resync once, a channel the payee refused as CHALLENGE_TOO_SHORT not
+    used again: the call goes on another)."""
 
     def __init__(self, node: ClientHost) -> None:
         self.node = node
@@ -745,7 +746,7 @@ class Client:
                 details={"max_body": max_body},
             )
         give_up_at = trio.current_time() + timeout
-        price_retried = resynced = False
+        price_retried = resynced = lost_resent = False
         while True:
             ch = self.node.book.payer_channel_to(payee)
             if ch is None:
@@ -770,6 +771,13 @@ class Client:
                     conn.abandon(ch, slot)
                     self.node.counters.timeouts += 1
                     raise CallTimeout(f"no answer from {peer_id} within {timeout} s")
+                if isinstance(slot.error, ConnectionLost) and not lost_resent:
+                    # the stream ended while we waited (an idle reset can race a request
+                    # that has just left): the same signed request, once, on a new one
+                    lost_resent = True
+                    again = await self._resend_lost(peer_id, ch, slot, give_up_at, timeout)
+                    if again is not None:
+                        conn, slot = again
                 if slot.replay is Replay.IN_DOUBT:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
@@ -924,6 +932,47 @@ class Client:
         if slot.generation:
             await self.node.persister.durable(slot.generation)
         return True
+
+    async def _resend_lost(
+        self, peer_id: str, ch: PayerChannel, slot: _Slot, give_up_at: float, timeout: float
+    ) -> tuple[_Connection, _Slot] | None:
+        """Re-send the very request `slot` carried, on a new stream to `peer_id`, after its
+        stream ended while the call waited (protocol.md 13.1 step 4: it is abandoned and may
+        have been charged; a payee answers the same request again with what it stored, or
+        serves it if it never read it, 13.5: never a second charge).
+
+        Returns:
+            The new connection and slot, answered; None when no new stream could be had,
+            the request is no longer outstanding, or it cannot go on the new stream (the
+            call then ends with the lost connection's error; the request stays abandoned
+            and claimable).
+
+        Raises:
+            CallTimeout: the re-sent request got no answer within the call's timeout (at
+                least a second, as for `_resend_once`).
+        """
+        try:
+            conn = await self.connection(peer_id)
+        except P2payError as exc:
+            log.info("cannot re-send request %d after a lost stream: %s", slot.n, exc)
+            return None
+        if conn.account != ch.payee or (ch.channel, slot.n) in conn.pending:
+            return None
+        if not ch.expects(slot.n):
+            return None  # answered or refused since (a resync, a claim's end)
+        try:
+            again = conn.resend(ch, slot.request)
+        except (ConnectionLost, LocalProtocolError):
+            return None
+        wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
+        if not await self._wait(again, wait):
+            conn.forget(again)  # abandoned since its stream ended: it stays so
+            self.node.counters.timeouts += 1
+            raise CallTimeout(
+                f"no answer from {peer_id} within {timeout} s (its stream ended while the "
+                "call waited, and the request re-sent on a new one got no answer)"
+            )
+        return conn, again
 
     async def _resend_once(
         self, conn: _Connection, ch: PayerChannel, slot: _Slot, give_up_at: float, timeout: float

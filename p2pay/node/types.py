@@ -71,8 +71,9 @@ class ProviderUnbonding(LocalProtocolError):
 
 
 class ConnectionLost(P2payError, ConnectionError):
-    """The peer could not be reached, or its stream closed while the call was waiting
-    (UNREACHABLE: OVERLOADED is only what a peer says).
+    """The peer could not be reached, or its stream closed while the call was waiting and
+    the same request, re-sent once on a new stream, could not be (UNREACHABLE: OVERLOADED
+    is only what a peer says).
 
     Nothing was charged for a call that never left; for one in flight, see `CallTimeout`.
     """

@@ -21,7 +21,7 @@ from p2pay.core.messages import Request, Response, decode_frame
 from p2pay.core.settlement import Claim, ClaimState, Params
 from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Behaviour, Call, CallTimeout, ConnectionLost, Node, NodeConfig, open_node
+from p2pay.node import Behaviour, Call, CallTimeout, Node, NodeConfig, open_node
 from p2pay.node.watcher import claim_outcome
 
 ALICE = Keypair.from_seed(bytes([1]) * 32)  # client
@@ -404,7 +404,8 @@ async def test_the_client_records_an_upheld_claim_with_its_slash_and_bond() -> N
 async def test_a_re_delivered_request_gets_the_stored_answer_and_no_claim() -> None:
     """The answer is lost with the connection; the client's watcher re-sends the request,
     the provider answers it again from its store, charging nothing more: no claim, no bond
-    locked (issue 13 item 1)."""
+    locked (issue 13 item 1). Its caller gave the call up first (a call whose stream ends
+    while it waits re-sends by itself: the next test)."""
     ledger = make_ledger()
     release = trio.Event()
     started = trio.Event()
@@ -421,15 +422,14 @@ async def test_a_re_delivered_request_gets_the_stored_answer_and_no_claim() -> N
         await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
         ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
 
-        async def call() -> None:
-            with pytest.raises(ConnectionLost):
-                await alice.call(bob.peer_id, "held", b"x", max_price=PRICE, timeout=3.0)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
+            nursery.start_soon(
+                lambda: alice.call(bob.peer_id, "held", b"x", max_price=PRICE, timeout=3.0)
+            )
             with trio.fail_after(10):
                 await started.wait()
-            await alice._connections[bob.peer_id].close()  # the answer has nowhere to go
+            nursery.cancel_scope.cancel()  # the caller gives up
+        await alice._connections[bob.peer_id].close()  # the answer has nowhere to go
         release.set()
 
         async def settled() -> bool:
@@ -439,6 +439,51 @@ async def test_a_re_delivered_request_gets_the_stored_answer_and_no_claim() -> N
         assert alice.counters.claims_filed == 0 and await ledger.claims_of(ALICE.account) == []
         assert bob.payee_channels[ch.channel].spent == PRICE  # charged once
         assert bob.counters.answers_resent == 1
+
+
+async def test_a_call_whose_stream_ends_re_sends_its_request_on_a_new_one() -> None:
+    """The call's stream ends while it waits (as when the provider's idle reset races a
+    request that has just left): the call re-sends the same signed request once on a new
+    stream (protocol.md 13.1 step 4) and gets its answer, charged once. Before, the call
+    failed ConnectionLost and its answer waited for the watcher's re-delivery after the
+    deadline (or for good, with the watcher off)."""
+    ledger = make_ledger()
+    release = trio.Event()
+    started = trio.Event()
+
+    async def held(call: Call) -> bytes:
+        started.set()
+        with trio.CancelScope(shield=True), trio.fail_after(20):
+            await release.wait()
+        return b"kept:" + call.body
+
+    async with pair(ledger) as (alice, bob):
+        bob.serve("held", held, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
+        ch = await alice.open_channel(bob.addrs[0], deposit=10**6)
+        results = []
+
+        async def call() -> None:
+            results.append(
+                await alice.call(bob.peer_id, "held", b"x", max_price=PRICE, timeout=20.0)
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            with trio.fail_after(10):
+                await started.wait()
+            first = alice._connections[bob.peer_id]
+            await first.close()  # the answer cannot come on this stream
+            # a new stream ...
+            await wait_until(lambda: alice._connections.get(bob.peer_id) not in (None, first))
+            release.set()  # ... and the answer comes on it
+        [result] = results
+        assert result.body == b"kept:x" and result.price == PRICE
+        assert bob.payee_channels[ch.channel].spent == PRICE  # charged once
+        assert alice.payer_channels[ch.channel].spent == PRICE
+        assert alice.counters.timeouts == 0 and alice.counters.claims_filed == 0
+        [record] = await alice.store.requests()
+        assert record.state == "answered"
 
 
 @pytest.mark.parametrize("conflict", ["same_n", "overlapping_slice"])
