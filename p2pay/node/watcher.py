@@ -965,7 +965,7 @@ class Watcher:
                 if not isinstance(found, _Serve):
                     return found
                 if not self._refused_at_once(claim, body):
-                    wait = max(0, self._handler_deadline(claim) - await node.ledger.now())
+                    wait = max(0, self._handler_deadline(claim) - await self._latest_now())
                     with trio.move_on_after(wait / 1000):
                         await self._limiter.acquire()
                         slot = True
@@ -1007,6 +1007,13 @@ class Watcher:
             or body.length > service.max_body
             or not body.matches
         )
+
+    async def _latest_now(self) -> int:
+        """The later of the ledger's clock and ours (ms): what a handler deadline through a
+        claim is measured against, so that neither clock reading behind (a lying or lagging
+        endpoint) lets a handler run past the claim's window (attack round 37); one reading
+        ahead only refuses the request sooner (DEADLINE_EXCEEDED, nothing charged)."""
+        return max(await self.node.ledger.now(), self.node.now())
 
     def _handler_deadline(self, claim: Claim) -> int:
         """Ledger ms by which a handler serving `claim`'s request must finish: its window
@@ -1422,7 +1429,9 @@ class Watcher:
         ok, body, error = False, b"", ""
         details: dict[str, Any] = {}
         try:
-            now = await node.ledger.now()
+            # the later of both clocks: one reading far behind from a lying endpoint let a
+            # slow handler run past the claim's window (attack round 37: UPHELD)
+            now = await self._latest_now()
             with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
                 # waiting for a handler slot counts against the claim's deadline: a claim
                 # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
@@ -1439,7 +1448,7 @@ class Watcher:
                             node._ledger_param("max_claim_body"), node.config.max_frame
                         ),
                     )
-            done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
+            done = ch.complete(request.n, ok=ok, now=await self._latest_now())  # C-4
         except BaseException:
             if request.n in ch.pending:
                 ch.complete(request.n, ok=False)  # release the reservation: nothing charged
