@@ -1651,10 +1651,15 @@ class Watcher:
                 return
             log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
+            # ended only if both clocks say so: one reading ahead from a lying endpoint
+            # stored the request expired for good while its window was open, and the
+            # withholder kept its price, never slashed (attack round 37); if only ours is
+            # wrong, the ledger refuses the claim WINDOW_CLOSED, which expires it too
             expired = bool(
                 stake is not None
                 and stake.amount
                 and await node.ledger.now() > record.deadline + stake.claim_window_ms
+                and node.now() > record.deadline + stake.claim_window_ms
             )
             # The record read last, after every await but the claim itself: an answer that
             # came on a stream while the ledger was read (a late receipt) settles it, and
