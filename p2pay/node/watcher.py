@@ -849,35 +849,38 @@ class Watcher:
                     if ended:
                         # by the ledger's clock alone: one reading ahead ended this task
                         # while the claim could be answered, and nothing started another
-                        # before the next rescan (attack round 28: UPHELD); read again
+                        # before the next rescan (attack round 28: UPHELD). Answered all
+                        # the same: a clock that reads ahead for the whole window (an EVM
+                        # endpoint's one reply ahead is kept, `EvmLedger.now`) kept every
+                        # answer back, and honest answers were UPHELD (attack round 37); the
+                        # ledger refuses one past the window (WINDOW_CLOSED, final)
                         log.warning(
                             "claim %s: past its window by the ledger's clock only", claim_id.hex()
                         )
-                    else:
-                        if answer is None:
-                            # handlers through claims run at most max_claim_answers at once
-                            # (`_answer_claim`); looking up stored answers and evidence does
-                            # not wait for them, so a flood never keeps a cheap answer back
-                            answer = await self._answer_claim(claim, body, use_evidence)
-                        if answer is not None:
-                            async with self._answering.hold(claim.window_ends):
-                                posted = await self._post(claim_id, answer)
-                            if not posted:
-                                # never a wrong or an empty body: made again next time
-                                log.warning(
-                                    "claim %s: our stored answer is gone or another: made again",
-                                    claim_id.hex(),
-                                )
-                                answer = None
-                            elif not sent:
-                                sent = True
-                                node.counters.claims_answered += 1
-                                self.answers[answer.outcome] += 1
-                                self._claim_state(claim_id, "respondent", answer.outcome)
-                                log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
-                            else:
-                                log.warning("claim %s still open: answered again", claim_id.hex())
-                            # read again after the wait: done once it is no longer OPEN
+                    if answer is None:
+                        # handlers through claims run at most max_claim_answers at once
+                        # (`_answer_claim`); looking up stored answers and evidence does
+                        # not wait for them, so a flood never keeps a cheap answer back
+                        answer = await self._answer_claim(claim, body, use_evidence)
+                    if answer is not None:
+                        async with self._answering.hold(claim.window_ends):
+                            posted = await self._post(claim_id, answer)
+                        if not posted:
+                            # never a wrong or an empty body: made again next time
+                            log.warning(
+                                "claim %s: our stored answer is gone or another: made again",
+                                claim_id.hex(),
+                            )
+                            answer = None
+                        elif not sent:
+                            sent = True
+                            node.counters.claims_answered += 1
+                            self.answers[answer.outcome] += 1
+                            self._claim_state(claim_id, "respondent", answer.outcome)
+                            log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
+                        else:
+                            log.warning("claim %s still open: answered again", claim_id.hex())
+                        # read again after the wait: done once it is no longer OPEN
                 except SettlementError as exc:
                     if exc.code in _FINAL:
                         log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
