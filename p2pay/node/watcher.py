@@ -1671,10 +1671,12 @@ class Watcher:
             if current is None:
                 log.info("n=%d was answered meanwhile: no claim", record.n)
                 return
-            if stake is None or stake.amount == 0:
-                node.persister.stage(request=_with_state(current, "unclaimable", node.now()))
-                return
+            # a stake read as none (or 0) is not taken at its word: the claim is filed and
+            # the ledger refuses it NOT_STAKED if so (unclaimable, below); one read that
+            # lied stored the request unclaimable for good, and the withholder kept its
+            # price, never slashed (attack round 37)
             if expired:
+                assert stake is not None
                 log.warning(
                     "n=%d to %s not claimed: its claim window ended %d ms after the deadline",
                     record.n,
