@@ -968,7 +968,7 @@ class Watcher:
                 if not isinstance(found, _Serve):
                     return found
                 if not self._refused_at_once(claim, body):
-                    wait = max(0, self._handler_deadline(claim) - await self._latest_now())
+                    wait = max(0, self._handler_deadline(claim) - await self._serving_now(claim))
                     with trio.move_on_after(wait / 1000):
                         await self._limiter.acquire()
                         slot = True
@@ -1011,12 +1011,17 @@ class Watcher:
             or not body.matches
         )
 
-    async def _latest_now(self) -> int:
-        """The later of the ledger's clock and ours (ms): what a handler deadline through a
-        claim is measured against, so that neither clock reading behind (a lying or lagging
-        endpoint) lets a handler run past the claim's window (attack round 37); one reading
-        ahead only refuses the request sooner (DEADLINE_EXCEEDED, nothing charged)."""
-        return max(await self.node.ledger.now(), self.node.now())
+    async def _serving_now(self, claim: Claim) -> int:
+        """The time (ms) a handler deadline through `claim` is measured against: the later
+        of the ledger's clock and ours, so that neither reading behind (a lying or lagging
+        endpoint) lets a handler run past the claim's window (attack round 37: UPHELD); one
+        ahead only refuses the request sooner (DEADLINE_EXCEEDED, nothing charged). But a
+        ledger clock past the window while ours is not is not taken (an answer could land
+        only if it lies, and then ours is right: round 22's glitch was served, DELIVERED)."""
+        ledger_now, mine = await self.node.ledger.now(), self.node.now()
+        if ledger_now > claim.window_ends:
+            return mine
+        return max(ledger_now, mine)
 
     def _handler_deadline(self, claim: Claim) -> int:
         """Ledger ms by which a handler serving `claim`'s request must finish: its window
@@ -1432,9 +1437,9 @@ class Watcher:
         ok, body, error = False, b"", ""
         details: dict[str, Any] = {}
         try:
-            # the later of both clocks: one reading far behind from a lying endpoint let a
-            # slow handler run past the claim's window (attack round 37: UPHELD)
-            now = await self._latest_now()
+            # the later of both clocks (`_serving_now`): one reading far behind from a lying
+            # endpoint let a slow handler run past the claim's window (attack round 37: UPHELD)
+            now = await self._serving_now(claim)
             with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
                 # waiting for a handler slot counts against the claim's deadline: a claim
                 # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
@@ -1451,7 +1456,7 @@ class Watcher:
                             node._ledger_param("max_claim_body"), node.config.max_frame
                         ),
                     )
-            done = ch.complete(request.n, ok=ok, now=await self._latest_now())  # C-4
+            done = ch.complete(request.n, ok=ok, now=await self._serving_now(claim))  # C-4
         except BaseException:
             if request.n in ch.pending:
                 ch.complete(request.n, ok=False)  # release the reservation: nothing charged
