@@ -449,6 +449,7 @@ class Watcher:
         #: payee channels a ChannelClosing named whose state we have not read since
         #: (`_defend_closes`, C-8); stored (`CLOSING_KEY`), loaded by `run`
         self._closing: set[bytes] = set()
+        self._owed_read_at: int | None = None  # `_read_owed_channels` (node clock, ms)
         #: payer channels whose payee's take is to be checked (`_check_takes`): after a
         #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
         #: check a crash cut short); one leaves the set only once its check ran to the end
@@ -574,6 +575,7 @@ class Watcher:
                 node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
             if len(events) < 500:
                 break
+        await self._read_owed_channels()
         if self.steps % RESCAN_STEPS == 0:
             await self._rescan_soon()
         await self._redeem_due()
@@ -615,6 +617,37 @@ class Watcher:
                 log.warning("redeem on close of %s: %s", channel.hex(), exc)
         if len(self._closing) != due:
             self._stage_closing()
+
+    async def _read_owed_channels(self) -> None:
+        """Read from the ledger, every quarter of our `min_challenge_ms` (the shortest
+        challenge period we accept), each payee channel that holds a charge to redeem and
+        is OPEN in our view; one the ledger shows closing is due as at its ChannelClosing
+        event (C-8). That event was the only thing that told us: an endpoint that left it
+        out of `events_for` kept the channel OPEN to us until the payer's close ended, and
+        every charge not yet redeemed was lost (attack round 37)."""
+        node = self.node
+        now = node.now()
+        every = max(1, node.config.min_challenge_ms // 4)
+        if self._owed_read_at is not None and 0 <= now - self._owed_read_at < every:
+            return
+        self._owed_read_at = now
+        due = len(self._closing)
+        for channel, ch in list(node.payee_channels.items()):
+            if channel in self._closing or ch.status is not ChannelStatus.OPEN:
+                continue
+            if not self._owed(ch):
+                continue
+            try:
+                info = await node.ledger.channel(channel)
+            except Exception as exc:  # read again next time (a backend's surprise included)
+                log.warning("cannot read payee channel %s: %r", channel.hex(), exc)
+                continue
+            if info is not None and info.state is not ChannelState.OPEN:
+                log.warning("payee channel %s is %s: no event said so", channel.hex(), info.state)
+                self._closing.add(channel)
+        if len(self._closing) != due:
+            self._stage_closing()
+            await self._defend_closes()
 
     def _stage_closing(self) -> None:
         """Stage the payee channels still due (`_closing`, at most one per payee channel)."""
