@@ -450,6 +450,7 @@ class Watcher:
         #: payee channels a ChannelClosing named whose state we have not read since
         #: (`_defend_closes`, C-8); stored (`CLOSING_KEY`), loaded by `run`
         self._closing: set[bytes] = set()
+        self._owed_read_at: int | None = None  # `_read_owed_channels` (node clock, ms)
         #: payer channels whose payee's take is to be checked (`_check_takes`): after a
         #: Redeemed / ChannelClosed event or a refund, and each one when `run` starts (a
         #: check a crash cut short); one leaves the set only once its check ran to the end
@@ -575,6 +576,7 @@ class Watcher:
                 node.persister.stage(meta={CURSOR_KEY: self.cursor.to_bytes(8, "big")})
             if len(events) < 500:
                 break
+        await self._read_owed_channels()
         if self.steps % RESCAN_STEPS == 0:
             await self._rescan_soon()
         await self._redeem_due()
@@ -616,6 +618,37 @@ class Watcher:
                 log.warning("redeem on close of %s: %s", channel.hex(), exc)
         if len(self._closing) != due:
             self._stage_closing()
+
+    async def _read_owed_channels(self) -> None:
+        """Read from the ledger, every quarter of our `min_challenge_ms` (the shortest
+        challenge period we accept), each payee channel that holds a charge to redeem and
+        is OPEN in our view; one the ledger shows closing is due as at its ChannelClosing
+        event (C-8). That event was the only thing that told us: an endpoint that left it
+        out of `events_for` kept the channel OPEN to us until the payer's close ended, and
+        every charge not yet redeemed was lost (attack round 37)."""
+        node = self.node
+        now = node.now()
+        every = max(1, node.config.min_challenge_ms // 4)
+        if self._owed_read_at is not None and 0 <= now - self._owed_read_at < every:
+            return
+        self._owed_read_at = now
+        due = len(self._closing)
+        for channel, ch in list(node.payee_channels.items()):
+            if channel in self._closing or ch.status is not ChannelStatus.OPEN:
+                continue
+            if not self._owed(ch):
+                continue
+            try:
+                info = await node.ledger.channel(channel)
+            except Exception as exc:  # read again next time (a backend's surprise included)
+                log.warning("cannot read payee channel %s: %r", channel.hex(), exc)
+                continue
+            if info is not None and info.state is not ChannelState.OPEN:
+                log.warning("payee channel %s is %s: no event said so", channel.hex(), info.state)
+                self._closing.add(channel)
+        if len(self._closing) != due:
+            self._stage_closing()
+            await self._defend_closes()
 
     def _stage_closing(self) -> None:
         """Stage the payee channels still due (`_closing`, at most one per payee channel)."""
@@ -850,35 +883,38 @@ class Watcher:
                     if ended:
                         # by the ledger's clock alone: one reading ahead ended this task
                         # while the claim could be answered, and nothing started another
-                        # before the next rescan (attack round 28: UPHELD); read again
+                        # before the next rescan (attack round 28: UPHELD). Answered all
+                        # the same: a clock that reads ahead for the whole window (an EVM
+                        # endpoint's one reply ahead is kept, `EvmLedger.now`) kept every
+                        # answer back, and honest answers were UPHELD (attack round 37); the
+                        # ledger refuses one past the window (WINDOW_CLOSED, final)
                         log.warning(
                             "claim %s: past its window by the ledger's clock only", claim_id.hex()
                         )
-                    else:
-                        if answer is None:
-                            # handlers through claims run at most max_claim_answers at once
-                            # (`_answer_claim`); looking up stored answers and evidence does
-                            # not wait for them, so a flood never keeps a cheap answer back
-                            answer = await self._answer_claim(claim, body, use_evidence)
-                        if answer is not None:
-                            async with self._answering.hold(claim.window_ends):
-                                posted = await self._post(claim_id, answer)
-                            if not posted:
-                                # never a wrong or an empty body: made again next time
-                                log.warning(
-                                    "claim %s: our stored answer is gone or another: made again",
-                                    claim_id.hex(),
-                                )
-                                answer = None
-                            elif not sent:
-                                sent = True
-                                node.counters.claims_answered += 1
-                                self.answers[answer.outcome] += 1
-                                self._claim_state(claim_id, "respondent", answer.outcome)
-                                log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
-                            else:
-                                log.warning("claim %s still open: answered again", claim_id.hex())
-                            # read again after the wait: done once it is no longer OPEN
+                    if answer is None:
+                        # handlers through claims run at most max_claim_answers at once
+                        # (`_answer_claim`); looking up stored answers and evidence does
+                        # not wait for them, so a flood never keeps a cheap answer back
+                        answer = await self._answer_claim(claim, body, use_evidence)
+                    if answer is not None:
+                        async with self._answering.hold(claim.window_ends):
+                            posted = await self._post(claim_id, answer)
+                        if not posted:
+                            # never a wrong or an empty body: made again next time
+                            log.warning(
+                                "claim %s: our stored answer is gone or another: made again",
+                                claim_id.hex(),
+                            )
+                            answer = None
+                        elif not sent:
+                            sent = True
+                            node.counters.claims_answered += 1
+                            self.answers[answer.outcome] += 1
+                            self._claim_state(claim_id, "respondent", answer.outcome)
+                            log.info("answered claim %s: %s", claim_id.hex(), answer.outcome)
+                        else:
+                            log.warning("claim %s still open: answered again", claim_id.hex())
+                        # read again after the wait: done once it is no longer OPEN
                 except SettlementError as exc:
                     if exc.code in _FINAL:
                         log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
@@ -966,7 +1002,7 @@ class Watcher:
                 if not isinstance(found, _Serve):
                     return found
                 if not self._refused_at_once(claim, body):
-                    wait = max(0, self._handler_deadline(claim) - await node.ledger.now())
+                    wait = max(0, self._handler_deadline(claim) - await self._serving_now(claim))
                     with trio.move_on_after(wait / 1000):
                         await self._limiter.acquire()
                         slot = True
@@ -1008,6 +1044,18 @@ class Watcher:
             or body.length > service.max_body
             or not body.matches
         )
+
+    async def _serving_now(self, claim: Claim) -> int:
+        """The time (ms) a handler deadline through `claim` is measured against: the later
+        of the ledger's clock and ours, so that neither reading behind (a lying or lagging
+        endpoint) lets a handler run past the claim's window (attack round 37: UPHELD); one
+        ahead only refuses the request sooner (DEADLINE_EXCEEDED, nothing charged). But a
+        ledger clock past the window while ours is not is not taken (an answer could land
+        only if it lies, and then ours is right: round 22's glitch was served, DELIVERED)."""
+        ledger_now, mine = await self.node.ledger.now(), self.node.now()
+        if ledger_now > claim.window_ends:
+            return mine
+        return max(ledger_now, mine)
 
     def _handler_deadline(self, claim: Claim) -> int:
         """Ledger ms by which a handler serving `claim`'s request must finish: its window
@@ -1423,7 +1471,9 @@ class Watcher:
         ok, body, error = False, b"", ""
         details: dict[str, Any] = {}
         try:
-            now = await node.ledger.now()
+            # the later of both clocks (`_serving_now`): one reading far behind from a lying
+            # endpoint let a slow handler run past the claim's window (attack round 37: UPHELD)
+            now = await self._serving_now(claim)
             with trio.move_on_after(max(0, deadline - now) / 1000) as scope:
                 # waiting for a handler slot counts against the claim's deadline: a claim
                 # that cannot be served in time is refused (DEADLINE_EXCEEDED, nothing
@@ -1440,7 +1490,7 @@ class Watcher:
                             node._ledger_param("max_claim_body"), node.config.max_frame
                         ),
                     )
-            done = ch.complete(request.n, ok=ok, now=await node.ledger.now())  # C-4
+            done = ch.complete(request.n, ok=ok, now=await self._serving_now(claim))  # C-4
         except BaseException:
             if request.n in ch.pending:
                 ch.complete(request.n, ok=False)  # release the reservation: nothing charged
@@ -1643,10 +1693,15 @@ class Watcher:
                 return
             log.info("re-sending n=%d brought no signed answer: claiming", record.n)
             stake = await node.ledger.stake_of(record.payee)
+            # ended only if both clocks say so: one reading ahead from a lying endpoint
+            # stored the request expired for good while its window was open, and the
+            # withholder kept its price, never slashed (attack round 37); if only ours is
+            # wrong, the ledger refuses the claim WINDOW_CLOSED, which expires it too
             expired = bool(
                 stake is not None
                 and stake.amount
                 and await node.ledger.now() > record.deadline + stake.claim_window_ms
+                and node.now() > record.deadline + stake.claim_window_ms
             )
             # The record read last, after every await but the claim itself: an answer that
             # came on a stream while the ledger was read (a late receipt) settles it, and
@@ -1655,10 +1710,12 @@ class Watcher:
             if current is None:
                 log.info("n=%d was answered meanwhile: no claim", record.n)
                 return
-            if stake is None or stake.amount == 0:
-                node.persister.stage(request=_with_state(current, "unclaimable", node.now()))
-                return
+            # a stake read as none (or 0) is not taken at its word: the claim is filed and
+            # the ledger refuses it NOT_STAKED if so (unclaimable, below); one read that
+            # lied stored the request unclaimable for good, and the withholder kept its
+            # price, never slashed (attack round 37)
             if expired:
+                assert stake is not None
                 log.warning(
                     "n=%d to %s not claimed: its claim window ended %d ms after the deadline",
                     record.n,

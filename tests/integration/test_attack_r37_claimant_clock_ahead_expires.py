@@ -1,0 +1,148 @@
+"""Attack round 37 (the chain's endpoint lies): one reading of a clock far ahead makes a
+payer give up the claim on a withheld paid request for good: the withholder keeps the
+price and is never slashed.
+
+A payer's watcher claims a paid request its payee never answered (claims.md 6,
+`Watcher._claim`): it re-sends it, then, if that brings no signed answer, files a claim,
+unless the provider's claim window has ended by then. That check reads the ledger's clock
+once: ``await ledger.now() > record.deadline + stake.claim_window_ms``; true, the request is
+stored "expired" and never looked at again (only "awaiting" requests are claimed). An
+endpoint whose clock reads an hour ahead for that one read (round 27 and 28 showed the same
+glitch on the provider's side, where a window now ends only if both clocks say so) ends
+the payer's claim while the window is wide open on the ledger.
+
+Setting: BOB takes ALICE's paid request and never answers it, nor its claim (a cheater).
+ALICE's watcher must claim it; the claim is UPHELD, BOB slashed, ALICE refunded. The
+ledger's own state and clock stay truthful; only one reply ALICE's node reads lies.
+Every wait bounded; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from node_support import ended_claim, wait_until
+from test_watcher_claims import ALICE, BOB, BOND, LEDGER_ID, PENALTY, PRICE, STAKE
+
+from p2pay.core.settlement import ClaimState, Params
+from p2pay.ledger.memory import MemoryLedger
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Behaviour, Call, CallTimeout, NodeConfig, open_node
+
+AHEAD_MS = 3_600_000
+WINDOW_MS = 8_000
+
+CONFIG = NodeConfig(
+    watch_interval=0.05,
+    claim_grace_ms=50,
+    redeem_threshold=10**30,
+    default_timeout=30.0,
+    min_challenge_ms=50,
+    redeliver_timeout=1.0,
+)
+
+
+class Withholder(Behaviour):
+    """Takes paid requests and never answers them, nor their claims."""
+
+    answers_claims = False
+
+    def drop(self, call: Call) -> bool:
+        return True
+
+
+def _called_from(name: str, depth: int = 4) -> bool:
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class Ahead(MemoryLedger):
+    """An endpoint whose clock reads `AHEAD_MS` ahead for one read: the first the payer's
+    claim task (`Watcher._claim`) makes after its re-send failed, once `armed`. The
+    ledger's own operations go by its real time."""
+
+    armed = False
+    lies = 0
+
+    async def now(self) -> int:
+        real = await super().now()
+        if Ahead.armed and _called_from("_claim"):
+            Ahead.armed = False
+            Ahead.lies += 1
+            return real + AHEAD_MS
+        return real
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+async def test_one_clock_reading_ahead_does_not_expire_the_claim_on_a_withheld_request() -> None:
+    params = Params(
+        ledger_id=LEDGER_ID, dev=True, claim_bond=BOND, min_claim_window_ms=50,
+        min_challenge_ms=50, max_deadline_horizon_ms=60_000,
+    )  # fmt: skip
+    ledger = Ahead(params)
+    Ahead.armed, Ahead.lies = False, 0
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10**25)
+    net = MemoryNetwork()
+    cheat = Withholder()
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG, behaviour=cheat) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, config=CONFIG) as alice,
+    ):
+        bob.serve("echo", echo, price=PRICE)
+        await bob.stake(STAKE, penalty=PENALTY, claim_window_ms=WINDOW_MS)
+        await alice.open_channel(bob.addrs[0], deposit=10**9)
+        resent = 0
+        redeliver = alice.redeliver
+
+        async def redeliver_then_arm(*args: Any, **kwargs: Any) -> Any:
+            nonlocal resent
+            answer = await redeliver(*args, **kwargs)
+            resent += 1
+            if resent == 1:
+                Ahead.armed = True  # the next reading of the clock in `_claim` lies
+            return answer
+
+        alice.redeliver = redeliver_then_arm  # type: ignore[method-assign]
+        with pytest.raises(CallTimeout):
+            await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE, timeout=1.0)
+        [record] = await alice.store.requests()
+        request_hash = record.request_hash
+
+        async def settled() -> bool:
+            await alice.persister.flush()
+            current = await alice.store.request(request_hash)
+            return current is not None and current.state != "awaiting"
+
+        await wait_until(settled, timeout=90)
+        current = await alice.store.request(request_hash)
+        assert current is not None
+        state, filed = current.state, alice.counters.claims_filed
+    claim = await MemoryLedger.claim(ledger, request_hash)  # a claim's id is its request's hash
+    print(
+        f"withheld request after one clock reading ahead in the claim task: {state}, "
+        f"claims filed {filed}, lies {Ahead.lies}, claim {claim and claim.state}"
+    )
+    assert Ahead.lies == 1  # the lie hit the claim task after its re-send
+    assert state == "claimed", f"ALICE gave up her claim: request {state}"
+    assert claim is not None
+
+    async def window_over() -> bool:
+        return await MemoryLedger.now(ledger) > claim.window_ends
+
+    await wait_until(window_over, timeout=90)
+    ended = await ended_claim(ledger, ALICE, request_hash)
+    assert ended.state is ClaimState.UPHELD, ended.state
+    assert ended.refund == PRICE and ended.slashed == PENALTY
+    assert (await ledger.totals()).conserved
