@@ -371,48 +371,87 @@ class EarliestFirst:
     queue would let a flood's later claims go first and an early window run out.
     Waiters with equal keys enter in arrival order. A waiter cancelled while it waits
     leaves the queue (a place handed to it as it is cancelled passes on to the next).
+
+    `hold` is the usual way in; `try_take`, `take` and `release` serve a holder whose place
+    outlives one block (the handler slots, `Watcher._answer_claim`): every `take` or
+    `try_take` that succeeded is given back by exactly one `release`.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
         self._free = capacity
         self._waiting: list[list[Any]] = []  # heap of [key, arrival, event or None]
         self._arrivals = 0
         self.waiting = 0  # waiters still in the queue
 
-    @asynccontextmanager
-    async def hold(self, key: int) -> AsyncIterator[None]:
+    @property
+    def held(self) -> int:
+        """Places taken (a place handed to a waiter that has not yet resumed included)."""
+        return self.capacity - self._free
+
+    def try_take(self) -> bool:
+        """Take a place if one is free and nobody waits, without a checkpoint; True if
+        taken. Never ahead of a waiter: a place is free only while nobody waits."""
         if self._free > 0 and self.waiting == 0:
             self._free -= 1
-        else:
-            event = trio.Event()
-            self._arrivals += 1
-            entry: list[Any] = [key, self._arrivals, event]
-            heapq.heappush(self._waiting, entry)
-            self.waiting += 1
-            try:
-                await event.wait()
-            except BaseException:
-                if event.is_set():
-                    self._release()  # handed over as we were cancelled: pass it on
-                else:
-                    entry[2] = None  # left the queue (dropped when it reaches the top)
-                    self.waiting -= 1
-                raise
-        try:
-            yield
-        finally:
-            self._release()
+            return True
+        return False
 
-    def _release(self) -> None:
+    async def take(self, key: int) -> None:
+        """Wait for a place, smallest `key` first (equal keys in arrival order).
+
+        A checkpoint like trio's `CapacityLimiter.acquire`: in a cancelled scope it raises
+        at once and takes nothing (a handler whose deadline has passed never starts), and
+        a free place is taken with a shielded checkpoint. On any exception the caller holds
+        no place: cancelled while it waits, it leaves the queue; cancelled as the place is
+        handed to it, the place passes on to the next waiter (or back to the free ones).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.try_take():
+            try:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            except BaseException:  # e.g. KeyboardInterrupt delivered here: give it back
+                self.release()
+                raise
+            return
+        event = trio.Event()
+        self._arrivals += 1
+        entry: list[Any] = [key, self._arrivals, event]
+        heapq.heappush(self._waiting, entry)
+        self.waiting += 1
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.release()  # handed over as we were cancelled: pass it on
+            else:
+                entry[2] = None  # left the queue (dropped when it reaches the top)
+                self.waiting -= 1
+            raise
+
+    def release(self) -> None:
+        """Give back a place taken by `take` or `try_take`: straight to the earliest
+        waiter, or free if nobody waits."""
         while self._waiting:
             _key, _arrival, event = heapq.heappop(self._waiting)
             if event is not None:
                 self.waiting -= 1
                 event.set()  # the place goes straight to the earliest waiter
                 return
+        if self._free >= self.capacity:
+            raise RuntimeError("EarliestFirst.release without a place taken")
         self._free += 1
+
+    @asynccontextmanager
+    async def hold(self, key: int) -> AsyncIterator[None]:
+        """A place for the block (`take`, then `release` however the block ends)."""
+        await self.take(key)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class Watcher:
