@@ -32,7 +32,8 @@ with a payer-signed request in tiling conflict with the claimed one (evidence), 
 admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed`),
 serves it with the handler until the claim's window end minus a margin, charges durably
 and answers with the signed result (or a signed refusal). At most `max_claim_answers`
-tasks prepare answers at once; answers go to the ledger earliest window end first, at
+handlers serve claims at once, the claims waiting for one let in earliest window end
+first; answers go to the ledger earliest window end first too, at
 most `ANSWERS_AT_ONCE` at a time (`EarliestFirst`: the ledger gives a claim one slot
 more than a whole window for each claim open against the stake, specs/claims.md C-1, and
 that bound holds for a provider that answers in window order); a submission that fails
@@ -466,7 +467,13 @@ class Watcher:
         self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
-        self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        #: handler slots (claims served through the claim, C-6), earliest window end first
+        #: like every other gate here: in arrival order (trio's CapacityLimiter), a claim
+        #: whose window ends first waited behind claims with later windows that came first,
+        #: and was refused DEADLINE_EXCEEDED at its handler deadline (attack round 36).
+        #: Order: a slot may be taken while `_whole_reads` is held (`_serve_claimed`
+        #: without one); a slot's holder never takes `_whole_reads`
+        self._limiter = EarliestFirst(node.config.max_claim_answers)
         #: claims read whole outside a handler slot, at most as many as the slots each:
         #: `_defend`'s reads, and the answers that need no handler (a burst of free
         #: claims refused at once held every body at once: attack round 20, 48 claims of
@@ -996,17 +1003,18 @@ class Watcher:
         node = self.node
         slot = False
         try:
-            try:
-                self._limiter.acquire_nowait()
-                slot = True
-            except trio.WouldBlock:
+            slot = self._limiter.try_take()
+            if not slot:
                 found = await self._prepare_answer(claim, use_evidence, slot=None)
                 if not isinstance(found, _Serve):
                     return found
                 if not self._refused_at_once(claim, body):
                     wait = max(0, self._handler_deadline(claim) - await node.ledger.now())
                     with trio.move_on_after(wait / 1000):
-                        await self._limiter.acquire()
+                        # earliest window end first (C-1): in arrival order a claim with
+                        # an early window waited behind later ones and was refused at its
+                        # handler deadline (attack round 36)
+                        await self._limiter.take(claim.window_ends)
                         slot = True
             # whole, everything looked up again: with a slot, or without one when the
             # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED),
@@ -1469,7 +1477,9 @@ class Watcher:
                 # at most max_claim_answers handlers at once: `slot` is one the caller
                 # holds (`_answer_claim`); without one (it expected a refusal, or the
                 # deadline passed) one is taken here
-                async with contextlib.nullcontext() if slot else self._limiter:
+                async with (
+                    contextlib.nullcontext() if slot else self._limiter.hold(claim.window_ends)
+                ):
                     ok, body, error, details = await run_service(
                         service,
                         call,
