@@ -32,7 +32,8 @@ with a payer-signed request in tiling conflict with the claimed one (evidence), 
 admits the claimed request by the rules of a stream (`PayeeChannel.admit_claimed`),
 serves it with the handler until the claim's window end minus a margin, charges durably
 and answers with the signed result (or a signed refusal). At most `max_claim_answers`
-tasks prepare answers at once; answers go to the ledger earliest window end first, at
+handlers serve claims at once, the claims waiting for one let in earliest window end
+first; answers go to the ledger earliest window end first too, at
 most `ANSWERS_AT_ONCE` at a time (`EarliestFirst`: the ledger gives a claim one slot
 more than a whole window for each claim open against the stake, specs/claims.md C-1, and
 that bound holds for a provider that answers in window order); a submission that fails
@@ -372,48 +373,87 @@ class EarliestFirst:
     queue would let a flood's later claims go first and an early window run out.
     Waiters with equal keys enter in arrival order. A waiter cancelled while it waits
     leaves the queue (a place handed to it as it is cancelled passes on to the next).
+
+    `hold` is the usual way in; `try_take`, `take` and `release` serve a holder whose place
+    outlives one block (the handler slots, `Watcher._answer_claim`): every `take` or
+    `try_take` that succeeded is given back by exactly one `release`.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
         self._free = capacity
         self._waiting: list[list[Any]] = []  # heap of [key, arrival, event or None]
         self._arrivals = 0
         self.waiting = 0  # waiters still in the queue
 
-    @asynccontextmanager
-    async def hold(self, key: int) -> AsyncIterator[None]:
+    @property
+    def held(self) -> int:
+        """Places taken (a place handed to a waiter that has not yet resumed included)."""
+        return self.capacity - self._free
+
+    def try_take(self) -> bool:
+        """Take a place if one is free and nobody waits, without a checkpoint; True if
+        taken. Never ahead of a waiter: a place is free only while nobody waits."""
         if self._free > 0 and self.waiting == 0:
             self._free -= 1
-        else:
-            event = trio.Event()
-            self._arrivals += 1
-            entry: list[Any] = [key, self._arrivals, event]
-            heapq.heappush(self._waiting, entry)
-            self.waiting += 1
-            try:
-                await event.wait()
-            except BaseException:
-                if event.is_set():
-                    self._release()  # handed over as we were cancelled: pass it on
-                else:
-                    entry[2] = None  # left the queue (dropped when it reaches the top)
-                    self.waiting -= 1
-                raise
-        try:
-            yield
-        finally:
-            self._release()
+            return True
+        return False
 
-    def _release(self) -> None:
+    async def take(self, key: int) -> None:
+        """Wait for a place, smallest `key` first (equal keys in arrival order).
+
+        A checkpoint like trio's `CapacityLimiter.acquire`: in a cancelled scope it raises
+        at once and takes nothing (a handler whose deadline has passed never starts), and
+        a free place is taken with a shielded checkpoint. On any exception the caller holds
+        no place: cancelled while it waits, it leaves the queue; cancelled as the place is
+        handed to it, the place passes on to the next waiter (or back to the free ones).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.try_take():
+            try:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            except BaseException:  # e.g. KeyboardInterrupt delivered here: give it back
+                self.release()
+                raise
+            return
+        event = trio.Event()
+        self._arrivals += 1
+        entry: list[Any] = [key, self._arrivals, event]
+        heapq.heappush(self._waiting, entry)
+        self.waiting += 1
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.release()  # handed over as we were cancelled: pass it on
+            else:
+                entry[2] = None  # left the queue (dropped when it reaches the top)
+                self.waiting -= 1
+            raise
+
+    def release(self) -> None:
+        """Give back a place taken by `take` or `try_take`: straight to the earliest
+        waiter, or free if nobody waits."""
         while self._waiting:
             _key, _arrival, event = heapq.heappop(self._waiting)
             if event is not None:
                 self.waiting -= 1
                 event.set()  # the place goes straight to the earliest waiter
                 return
+        if self._free >= self.capacity:
+            raise RuntimeError("EarliestFirst.release without a place taken")
         self._free += 1
+
+    @asynccontextmanager
+    async def hold(self, key: int) -> AsyncIterator[None]:
+        """A place for the block (`take`, then `release` however the block ends)."""
+        await self.take(key)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class Watcher:
@@ -428,7 +468,13 @@ class Watcher:
         self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
-        self._limiter = trio.CapacityLimiter(node.config.max_claim_answers)
+        #: handler slots (claims served through the claim, C-6), earliest window end first
+        #: like every other gate here: in arrival order (trio's CapacityLimiter), a claim
+        #: whose window ends first waited behind claims with later windows that came first,
+        #: and was refused DEADLINE_EXCEEDED at its handler deadline (attack round 36).
+        #: Order: a slot may be taken while `_whole_reads` is held (`_serve_claimed`
+        #: without one); a slot's holder never takes `_whole_reads`
+        self._limiter = EarliestFirst(node.config.max_claim_answers)
         #: claims read whole outside a handler slot, at most as many as the slots each:
         #: `_defend`'s reads, and the answers that need no handler (a burst of free
         #: claims refused at once held every body at once: attack round 20, 48 claims of
@@ -994,17 +1040,18 @@ class Watcher:
         node = self.node
         slot = False
         try:
-            try:
-                self._limiter.acquire_nowait()
-                slot = True
-            except trio.WouldBlock:
+            slot = self._limiter.try_take()
+            if not slot:
                 found = await self._prepare_answer(claim, use_evidence, slot=None)
                 if not isinstance(found, _Serve):
                     return found
                 if not self._refused_at_once(claim, body):
                     wait = max(0, self._handler_deadline(claim) - await self._serving_now(claim))
                     with trio.move_on_after(wait / 1000):
-                        await self._limiter.acquire()
+                        # earliest window end first (C-1): in arrival order a claim with
+                        # an early window waited behind later ones and was refused at its
+                        # handler deadline (attack round 36)
+                        await self._limiter.take(claim.window_ends)
                         slot = True
             # whole, everything looked up again: with a slot, or without one when the
             # admission refuses it or the deadline passed (refused DEADLINE_EXCEEDED),
@@ -1481,7 +1528,9 @@ class Watcher:
                 # at most max_claim_answers handlers at once: `slot` is one the caller
                 # holds (`_answer_claim`); without one (it expected a refusal, or the
                 # deadline passed) one is taken here
-                async with contextlib.nullcontext() if slot else self._limiter:
+                async with (
+                    contextlib.nullcontext() if slot else self._limiter.hold(claim.window_ends)
+                ):
                     ok, body, error, details = await run_service(
                         service,
                         call,

@@ -101,7 +101,7 @@ async def test_claims_waiting_for_a_handler_hold_no_body(tmp_path: Path) -> None
                     lambda: (
                         len(watcher._defending) == K
                         and running == SLOTS
-                        and limiter.statistics().tasks_waiting == K - SLOTS
+                        and limiter.waiting == K - SLOTS
                     ),
                     timeout=60,
                 )

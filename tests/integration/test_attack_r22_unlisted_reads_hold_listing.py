@@ -94,7 +94,7 @@ async def test_a_claim_refused_at_its_handler_deadline_is_answered_despite_fresh
         )
         watcher = bob.watcher
         assert watcher is not None
-        await wait_until(lambda: watcher._limiter.borrowed_tokens == 1, timeout=20)
+        await wait_until(lambda: watcher._limiter.held == 1, timeout=20)
         victim = await ledger.file_claim(
             ALICE, claimed_request(channel, 2, deadline=deadline, service="held")
         )
