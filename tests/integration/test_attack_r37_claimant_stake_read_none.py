@@ -28,7 +28,7 @@ from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, NodeConfig, open_node
 
-WINDOW_MS = 8_000
+WINDOW_MS = 15_000  # room for the claim to be filed on a loaded machine
 
 CONFIG = NodeConfig(
     watch_interval=0.05,

@@ -31,7 +31,7 @@ from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 
 CALLS = 3
-WINDOW_MS = 6_000
+WINDOW_MS = 30_000  # room for the answer on a loaded machine
 
 CONFIG = NodeConfig(
     watch_interval=0.05,
@@ -82,7 +82,7 @@ async def test_a_huge_horizon_read_from_the_endpoint_never_gets_a_provider_slash
         failures = []
         for _ in range(CALLS):
             try:
-                await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE, timeout=2.0)
+                await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE, timeout=10.0)
             except P2payError as exc:
                 failures.append(type(exc).__name__)
 

@@ -31,7 +31,7 @@ from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 
 CALLS = 3
-CHALLENGE_MS = 2_000
+CHALLENGE_MS = 8_000  # room for the redeem on a loaded machine
 
 CONFIG = NodeConfig(
     watch_interval=0.05,
