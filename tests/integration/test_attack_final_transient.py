@@ -28,6 +28,7 @@ from test_refund_absorbed import (
     PENALTY,
     PRICE,
     STAKE,
+    WINDOW_MS,
     Withholds,
     nodes,
     refused_signed,
@@ -52,7 +53,7 @@ class Flaky(MemoryLedger):
 
 async def test_a_transient_failure_posting_a_refusal_is_tried_again() -> None:
     ledger = Flaky(claim_game_params(b"p2pay:test:refund-absorbed", claim_bond=10**18))
-    async with nodes(ledger, Withholds(), window_ms=300) as (alice, bob):
+    async with nodes(ledger, Withholds(), window_ms=WINDOW_MS) as (alice, bob):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
         await refused_signed(alice, bob)
         with pytest.raises(CallTimeout):

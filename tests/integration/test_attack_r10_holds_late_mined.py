@@ -25,6 +25,7 @@ from test_refund_absorbed import (
     PENALTY,
     PRICE,
     STAKE,
+    WINDOW_MS,
     Withholds,
     nodes,
     refused_signed,
@@ -57,7 +58,7 @@ class MinedLate(MemoryLedger):
 @pytest.mark.parametrize("redeem", ["before the claim ends", "after the claim ends"])
 async def test_claims_mined_after_a_timeout_leave_the_payee_one_price(redeem: str) -> None:
     ledger = MinedLate()
-    async with nodes(ledger, Withholds(), window_ms=300) as (alice, bob):
+    async with nodes(ledger, Withholds(), window_ms=WINDOW_MS) as (alice, bob):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
         await refused_signed(alice, bob)
         with pytest.raises(CallTimeout):

@@ -45,6 +45,9 @@ PRICE = 1_000
 TOKEN = 10**24
 STAKE, PENALTY = 10**20, 10**19
 DEPOSIT = 10**6
+#: BOB's claim window: the payer re-sends, then claims, inside it (300 ms was too little
+#: on a loaded machine: "not claimed: its claim window ended 300 ms after the deadline")
+WINDOW_MS = 3_000
 
 NODE = NodeConfig(
     watch_interval=0.05,
@@ -164,7 +167,7 @@ async def test_an_upheld_refund_is_clawed_back_though_refusals_could_absorb_it(
     then counts n=2 as not owed, posts the refusal of n=1, and the ledger claws n=2's price
     back from BOB's stake. The old payer stopped at clawed 0."""
     ledger = make_ledger()
-    async with nodes(ledger, Withholds(), window_ms=300) as (alice, bob):
+    async with nodes(ledger, Withholds(), window_ms=WINDOW_MS) as (alice, bob):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
         await refused_signed(alice, bob)
         with pytest.raises(CallTimeout):
@@ -355,7 +358,7 @@ async def test_a_jump_charge_refused_to_its_claim_is_clawed_back(redeem: str) ->
     again and the jump stayed in ``spent``: BOB held 2 prices for 1 served, clawed 0. The
     jump now leaves ``spent`` (protocol.md 14.3) and ALICE posts n=1's refusal."""
     ledger = make_ledger()
-    async with nodes(ledger, DropsOnStream(), window_ms=300) as (alice, bob):
+    async with nodes(ledger, DropsOnStream(), window_ms=WINDOW_MS) as (alice, bob):
         ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT)
         voucher = await charged_in_a_jump(alice, bob, ch.channel)
 
@@ -386,7 +389,7 @@ async def test_a_refusal_with_a_spent_the_receipt_rules_refuse_survives_a_restar
     path = tmp_path / "alice.sqlite"
     store = await SqliteStore.open(path)
     try:
-        async with nodes(ledger, DropsOnStream(), store, window_ms=300) as (alice, bob):
+        async with nodes(ledger, DropsOnStream(), store, window_ms=WINDOW_MS) as (alice, bob):
             honest_store_answer = bob.watcher._store_answer
 
             async def odd_spent(*args: Any) -> Any:
