@@ -777,7 +777,11 @@ class Client:
                     lost_resent = True
                     again = await self._resend_lost(peer_id, ch, slot, give_up_at, timeout)
                     if again is not None:
+                        # it holds a place on the new stream (`_resend_lost`): ours on the
+                        # one that ended goes back, the new one is given back below
                         conn, slot = again
+                        slots.release()
+                        slots = conn.slots
                 if slot.replay is Replay.IN_DOUBT:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
@@ -941,11 +945,18 @@ class Client:
         have been charged; a payee answers the same request again with what it stored, or
         serves it if it never read it, 13.5: never a second charge).
 
+        The re-sent request takes a place among the new stream's ``max_in_flight``
+        (`_Connection.slots`) as a call does (protocol.md 9 rule 5): sent beside the calls
+        made meanwhile without one, it made a stream of an honest payee hold more than it
+        takes, and the payee refused one of them OVERLOADED (attack round 38,
+        test_attack_r38_resend_over_max_in_flight.py).
+
         Returns:
-            The new connection and slot, answered; None when no new stream could be had,
-            the request is no longer outstanding, or it cannot go on the new stream (the
-            call then ends with the lost connection's error; the request stays abandoned
-            and claimable).
+            The new connection and slot, answered, holding a place of the connection's
+            `slots` that the caller gives back; None when no new stream could be had, no
+            place on it came within the call's timeout, the request is no longer
+            outstanding, or it cannot go on the new stream (the call then ends with the
+            lost connection's error; the request stays abandoned and claimable).
 
         Raises:
             CallTimeout: the re-sent request got no answer within the call's timeout (at
@@ -956,22 +967,35 @@ class Client:
         except P2payError as exc:
             log.info("cannot re-send request %d after a lost stream: %s", slot.n, exc)
             return None
-        if conn.account != ch.payee or (ch.channel, slot.n) in conn.pending:
+        if conn.account != ch.payee:
             return None
-        if not ch.expects(slot.n):
-            return None  # answered or refused since (a resync, a claim's end)
+        placed = False
+        # within the call's timeout, at least a second (as the answer's wait below)
+        with trio.move_on_at(max(give_up_at, trio.current_time() + min(timeout, 1.0))):
+            await _take(conn.slots)
+            placed = True
+        if not placed:
+            return None
+        answered = False
         try:
-            again = conn.resend(ch, slot.request)
-        except (ConnectionLost, LocalProtocolError):
-            return None
-        wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
-        if not await self._wait(again, wait):
-            conn.forget(again)  # abandoned since its stream ended: it stays so
-            self.node.counters.timeouts += 1
-            raise CallTimeout(
-                f"no answer from {peer_id} within {timeout} s (its stream ended while the "
-                "call waited, and the request re-sent on a new one got no answer)"
-            )
+            if (ch.channel, slot.n) in conn.pending or not ch.expects(slot.n):
+                return None  # answered or refused since (a resync, a claim's end)
+            try:
+                again = conn.resend(ch, slot.request)
+            except (ConnectionLost, LocalProtocolError):
+                return None
+            wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
+            if not await self._wait(again, wait):
+                conn.forget(again)  # abandoned since its stream ended: it stays so
+                self.node.counters.timeouts += 1
+                raise CallTimeout(
+                    f"no answer from {peer_id} within {timeout} s (its stream ended while "
+                    "the call waited, and the request re-sent on a new one got no answer)"
+                )
+            answered = True
+        finally:
+            if not answered:
+                conn.slots.release()  # else the caller's, to give back
         return conn, again
 
     async def _resend_once(
