@@ -1,12 +1,20 @@
-"""Attack round 37 (the chain's endpoint lies): one read of the provider's stake that says
-"no stake" makes a payer give up the claim on a withheld paid request for good: the
-withholder keeps the price and is never slashed.
+"""Attack round 37 (the chain's endpoint lies): one reply to the payer's claim task that
+lies made the payer give up the claim on a withheld paid request for good: the withholder
+kept the price and was never slashed.
 
 A payer's watcher claims a paid request its payee never answered (claims.md 6,
 `Watcher._claim`): it re-sends it, then, if that brings no signed answer, reads the
-provider's stake again and, if it reads none (or 0), stores the request "unclaimable" and
-never looks at it again (only "awaiting" requests are claimed). The ledger itself would
-have taken the claim; only that one reply lied.
+provider's stake and the ledger's clock and files a claim, unless the claim window has
+ended by then. Each read was taken at its word, once:
+
+* ``clock ahead``: ``await ledger.now() > record.deadline + stake.claim_window_ms`` read an
+  hour ahead stored the request "expired" (rounds 27 and 28 showed the same glitch on the
+  provider's side, where a window ends only if both clocks say so; now on the payer's too);
+* ``stake read as none``: the request was stored "unclaimable" (now the claim is filed, and
+  the ledger refuses it NOT_STAKED if the provider really has no stake).
+
+Either way it was never looked at again (only "awaiting" requests are claimed), though the
+ledger itself would have taken the claim.
 
 Setting: BOB takes ALICE's paid request and never answers it, nor its claim (a cheater).
 ALICE's watcher must claim it; the claim is UPHELD, BOB slashed, ALICE refunded. The
@@ -28,6 +36,7 @@ from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Behaviour, Call, CallTimeout, NodeConfig, open_node
 
+AHEAD_MS = 3_600_000
 WINDOW_MS = 15_000  # room for the claim to be filed on a loaded machine
 
 CONFIG = NodeConfig(
@@ -49,41 +58,67 @@ class Withholder(Behaviour):
         return True
 
 
-class NoStake(MemoryLedger):
-    """An endpoint whose stake read says "no stake" once: the first the payer's claim task
-    (`Watcher._claim`) makes after its re-send failed, once `armed`. The ledger's own
-    state stays truthful."""
+def _called_from(name: str, depth: int = 5) -> bool:
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class OneLie(MemoryLedger):
+    """An endpoint that lies once, in the first read of its kind the payer's claim task
+    (`Watcher._claim`) makes after its re-send failed (once `armed`). The ledger's own
+    operations go by its real state and time."""
 
     armed = False
     lies = 0
 
+    def lie(self) -> bool:
+        if self.armed and _called_from("_claim"):
+            self.armed = False
+            self.lies += 1
+            return True
+        return False
+
+
+class ClockAhead(OneLie):
+    async def now(self) -> int:
+        real = await super().now()
+        return real + AHEAD_MS if self.lie() else real
+
+
+class StakeReadAsNone(OneLie):
     async def stake_of(self, account: bytes) -> Stake | None:
         real = await super().stake_of(account)
-        caller = sys._getframe(1).f_code.co_name
-        if NoStake.armed and account == BOB.account and caller == "_claim":
-            NoStake.armed = False
-            NoStake.lies += 1
-            return None
-        return real
+        return None if account == BOB.account and self.lie() else real
 
 
 async def echo(call: Call) -> bytes:
     return call.body
 
 
-async def test_one_stake_read_saying_none_does_not_drop_the_claim_on_a_withheld_request() -> None:
+@pytest.mark.parametrize(
+    "endpoint", [ClockAhead, StakeReadAsNone], ids=["clock ahead", "stake read as none"]
+)
+async def test_one_lying_read_does_not_drop_the_claim_on_a_withheld_request(
+    endpoint: type[OneLie],
+) -> None:
     params = Params(
         ledger_id=LEDGER_ID, dev=True, claim_bond=BOND, min_claim_window_ms=50,
         min_challenge_ms=50, max_deadline_horizon_ms=60_000,
     )  # fmt: skip
-    ledger = NoStake(params)
-    NoStake.armed, NoStake.lies = False, 0
+    ledger = endpoint(params)
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10**25)
     net = MemoryNetwork()
-    cheat = Withholder()
     async with (
-        open_node(key=BOB, ledger=ledger, network=net, config=CONFIG, behaviour=cheat) as bob,
+        open_node(
+            key=BOB, ledger=ledger, network=net, config=CONFIG, behaviour=Withholder()
+        ) as bob,
         open_node(key=ALICE, ledger=ledger, network=net, config=CONFIG) as alice,
     ):
         bob.serve("echo", echo, price=PRICE)
@@ -97,7 +132,7 @@ async def test_one_stake_read_saying_none_does_not_drop_the_claim_on_a_withheld_
             answer = await redeliver(*args, **kwargs)
             resent += 1
             if resent == 1:
-                NoStake.armed = True  # the next stake read (in `_claim`) lies
+                ledger.armed = True  # the next read of its kind in `_claim` lies
             return answer
 
         alice.redeliver = redeliver_then_arm  # type: ignore[method-assign]
@@ -117,10 +152,10 @@ async def test_one_stake_read_saying_none_does_not_drop_the_claim_on_a_withheld_
         state, filed = current.state, alice.counters.claims_filed
     claim = await MemoryLedger.claim(ledger, request_hash)  # a claim's id is its request's hash
     print(
-        f"withheld request after one stake read saying none: {state}, "
-        f"claims filed {filed}, lies {NoStake.lies}, claim {claim and claim.state}"
+        f"withheld request after one lying read ({endpoint.__name__}): {state}, "
+        f"claims filed {filed}, lies {ledger.lies}, claim {claim and claim.state}"
     )
-    assert NoStake.lies == 1  # the lie hit the claim task's stake read
+    assert ledger.lies == 1  # the lie hit the claim task after its re-send
     assert state == "claimed", f"ALICE gave up her claim: request {state}"
     assert claim is not None
 
