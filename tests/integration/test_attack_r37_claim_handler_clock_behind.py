@@ -21,10 +21,8 @@ timing.
 
 from __future__ import annotations
 
-import sys
-
 import trio
-from node_support import ended_claim, wait_until
+from node_support import called_from, ended_claim, wait_until
 from test_watcher_claims import (
     ALICE,
     BOB,
@@ -53,19 +51,6 @@ CONFIG = NodeConfig(
 )
 
 
-def _called_from(name: str, depth: int = 4) -> bool:
-    """Whether a function called `name` is among the callers of our caller (a few levels
-    up: the read may go through a helper of the watcher's)."""
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return False
-        if frame.f_code.co_name == name:
-            return True
-        frame = frame.f_back
-    return False
-
-
 class Behind(MemoryLedger):
     """An endpoint whose clock reads `BEHIND_MS` behind for one read, the one a claimed
     request's handler timeout is computed from (`Watcher._serve_claimed`), once `armed`.
@@ -76,7 +61,7 @@ class Behind(MemoryLedger):
 
     async def now(self) -> int:
         real = await super().now()
-        if Behind.armed and _called_from("_serve_claimed"):
+        if Behind.armed and called_from("_serve_claimed"):
             Behind.armed = False
             Behind.lies += 1
             return real - BEHIND_MS

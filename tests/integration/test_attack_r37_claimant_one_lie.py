@@ -24,11 +24,10 @@ Every wait bounded; nothing asserts on timing.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
-from node_support import ended_claim, wait_until
+from node_support import called_from, ended_claim, wait_until
 from test_watcher_claims import ALICE, BOB, BOND, LEDGER_ID, PENALTY, PRICE, STAKE
 
 from p2pay.core.settlement import ClaimState, Params, Stake
@@ -58,17 +57,6 @@ class Withholder(Behaviour):
         return True
 
 
-def _called_from(name: str, depth: int = 5) -> bool:
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return False
-        if frame.f_code.co_name == name:
-            return True
-        frame = frame.f_back
-    return False
-
-
 class OneLie(MemoryLedger):
     """An endpoint that lies once, in the first read of its kind the payer's claim task
     (`Watcher._claim`) makes after its re-send failed (once `armed`). The ledger's own
@@ -78,7 +66,7 @@ class OneLie(MemoryLedger):
     lies = 0
 
     def lie(self) -> bool:
-        if self.armed and _called_from("_claim"):
+        if self.armed and called_from("_claim", 5):
             self.armed = False
             self.lies += 1
             return True
