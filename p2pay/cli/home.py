@@ -602,16 +602,40 @@ class Home:
         return parse_ledger_spec(config.ledger, base=self.path)
 
 
+#: the start of the kernel's ephemeral port range where /proc does not say (Linux's default)
+_EPHEMERAL_LOW = 32768
+
+
 def stable_listen() -> list[str]:
     """The listen address `init` writes to config.toml: 127.0.0.1 and a port that is free
-    now (the system picks it), so that `node run` comes back at the same address after a
-    restart (peers keep it in their address books). Taken later by another program:
-    `node run` says so (ADDRESS_IN_USE); edit ``listen`` in config.toml or pass --listen.
+    now, so that `node run` comes back at the same address after a restart (peers keep it
+    in their address books). The port is drawn below the kernel's ephemeral range
+    (``ip_local_port_range``): the kernel never hands such a port out by itself (to a bind
+    to port 0 or an outgoing connection), so no program takes it by chance while the node
+    is down (one drawn by the system from that range was, on a busy machine: "address
+    already in use" at `node run`). Taken later all the same: `node run` says so
+    (ADDRESS_IN_USE); edit ``listen`` in config.toml or pass --listen.
     """
+    import random
     import socket
 
+    low = _EPHEMERAL_LOW
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            low = int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    draw = random.SystemRandom()
+    for _ in range(200):  # bounded: a free one comes at once on any usual machine
+        port = draw.randrange(max(1024, low - 12_000), max(1025, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return [f"/ip4/127.0.0.1/tcp/{port}"]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", 0))  # none free below the range: the system picks one
         port = sock.getsockname()[1]
     return [f"/ip4/127.0.0.1/tcp/{port}"]
 

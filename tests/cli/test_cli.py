@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import select
 import signal
@@ -33,6 +32,7 @@ from p2pay.cli.home import (
     parse_ledger_spec,
     read_config,
     render_config,
+    stable_listen,
     write_config,
 )
 from p2pay.cli.main import main
@@ -236,23 +236,10 @@ def free_port() -> int:
 
 def restart_port() -> int:
     """A free port below the kernel's ephemeral range, for a node restarted on the same
-    address: the kernel never hands such a port out by itself (a bind to port 0, an
-    outgoing connection), so no other process of a loaded machine takes it while the node
-    is down (a `free_port` did: "address already in use" at the restart, seen in CI)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):  # bounded: a free one is found at once on any usual machine
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    return free_port()
+    address: the one `init` writes (`stable_listen`; a `free_port` was taken by another
+    process of a loaded machine while the node was down: "address already in use" at the
+    restart, seen in CI)."""
+    return int(stable_listen()[0].rsplit("/", 1)[1])
 
 
 # ---------------------------------------------------------------------------
