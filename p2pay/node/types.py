@@ -23,6 +23,7 @@ from p2pay.core.messages import (
     MIN_FRAME_LIMIT,
     Response,
 )
+from p2pay.net.framing import MAX_UVARINT
 
 Handler = Callable[["Call"], Awaitable[bytes]]
 
@@ -247,9 +248,9 @@ class NodeConfig:
             ("claim_answer_margin_ms", 0, MAX_YOCTO),
             ("min_challenge_ms", 0, MAX_YOCTO),
             ("claim_grace_ms", 0, MAX_YOCTO),
-            # announced in the hello (protocol.md 9: max_frame >= 4096, a frame's length
-            # prefix at most 2**63 - 1; deadline_horizon >= 1)
-            ("max_frame", MIN_FRAME_LIMIT, (1 << 63) - 1),
+            # announced in the hello (protocol.md 9: max_frame >= 4096, at most what a
+            # frame's length prefix holds; deadline_horizon >= 1)
+            ("max_frame", MIN_FRAME_LIMIT, MAX_UVARINT),
             ("max_deadline_horizon_ms", 1, MAX_U64),
             ("challenge_ms", 1, MAX_U64),  # the ledger has its own range (settlement.md)
             # the least time a signed answer is kept (retention.py adds what claims need)

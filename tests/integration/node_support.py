@@ -49,15 +49,14 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0) -> Non
 
 def claim_game_params(ledger_id: bytes, **params: Any) -> Params:
     """Dev ledger parameters with short minimum periods (50 ms), a 60 s deadline horizon
-    and `params`."""
-    return Params(
-        ledger_id=ledger_id,
-        dev=True,
-        min_claim_window_ms=50,
-        min_challenge_ms=50,
-        max_deadline_horizon_ms=60_000,
+    and `params` (which may set those too)."""
+    fields: dict[str, Any] = {
+        "min_claim_window_ms": 50,
+        "min_challenge_ms": 50,
+        "max_deadline_horizon_ms": 60_000,
         **params,
-    )
+    }
+    return Params(ledger_id=ledger_id, dev=True, **fields)
 
 
 class ShiftedClock:
@@ -344,3 +343,38 @@ def called_from(name: str, depth: int = 4) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+async def call_outcome(
+    outcomes: dict[bytes, str],
+    payer: Node,
+    peer: str,
+    service: str,
+    body: bytes,
+    *,
+    price: int,
+    timeout: float,
+) -> None:
+    """Call `service` on `peer` with `body` and record how it ended in ``outcomes[body]``:
+    "ok" (its body echoed), "wrong body", or the error's type and message."""
+    try:
+        result = await payer.call(peer, service, body, max_price=price, timeout=timeout)
+    except Exception as exc:  # the outcome is what the test reads
+        outcomes[body] = f"{type(exc).__name__}: {exc}"
+    else:
+        outcomes[body] = "ok" if result.body == body else "wrong body"
+
+
+async def drop_under_a_call(
+    net: MemoryNetwork, payer: Node, peer: str, start: Callable[[], None]
+) -> None:
+    """Start a call (`start`) whose request stays on the wire (30 s of latency out of
+    `payer`), then drop `payer`'s connection to `peer` under it, both ends reset: the
+    payee never reads the request. Returns once the payer has seen the drop."""
+    net.set_latency(lambda src, dst: 30.0 if src == payer.peer_id else 0.0)
+    old = await payer._connection(peer)
+    start()
+    await wait_until(lambda: len(old.pending) == 1)
+    net.set_latency(None)
+    net.disconnect(payer.peer_id)
+    await wait_until(lambda: old.closed)

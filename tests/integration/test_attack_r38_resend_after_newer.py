@@ -21,21 +21,20 @@ and every wait is bounded.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from node_support import wait_until
+from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import ClaimState, Params
-from p2pay.ledger.memory import MemoryLedger
+from p2pay.core.settlement import ClaimState
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 
 PAYER = Keypair.from_seed(bytes([83]) * 32)
 PAYEE = Keypair.from_seed(bytes([84]) * 32)
-LEDGER_ID = b"p2pay:test:r38-resend-after-newer"
-TOKEN = 10**24
 PRICE = 1_000
 CONFIG = NodeConfig(
     watch_interval=0.05, min_challenge_ms=50, claim_grace_ms=50, redeem_threshold=10**30
@@ -45,18 +44,9 @@ TIMEOUT = 8.0  # the calls' timeout: the lost request's deadline, then its claim
 
 
 async def test_a_request_lost_behind_a_newer_one_ends_in_doubt_and_its_claim_delivers() -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=LEDGER_ID,
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=120_000,
-        )
+    ledger = await funded_ledger(
+        b"r38-resend-after-newer", PAYER, PAYEE, claim_bond=10**18, max_deadline_horizon_ms=120_000
     )
-    for key in (PAYER, PAYEE):
-        await ledger.mint(key, key.account, 10 * TOKEN)
     net = MemoryNetwork()
 
     async def echo(call: Call) -> bytes:
@@ -80,25 +70,15 @@ async def test_a_request_lost_behind_a_newer_one_ends_in_doubt_and_its_claim_del
 
         payer.client._resend_lost = late_resend  # type: ignore[method-assign]
 
-        async def call(body: bytes) -> None:
-            try:
-                result = await payer.call(peer, "echo", body, max_price=PRICE, timeout=TIMEOUT)
-            except Exception as exc:  # the outcome is what the test reads
-                outcomes[body] = f"{type(exc).__name__}: {exc}"
-            else:
-                outcomes[body] = "ok" if result.body == body else "wrong body"
+        def call(body: bytes) -> Callable[[], Awaitable[None]]:
+            return functools.partial(
+                call_outcome, outcomes, payer, peer, "echo", body, price=PRICE, timeout=TIMEOUT
+            )
 
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                # the first request stays on the wire long enough for the drop below
-                net.set_latency(lambda src, dst: 30.0 if src == payer.peer_id else 0.0)
-                old = await payer._connection(peer)
-                nursery.start_soon(call, b"lost")
-                await wait_until(lambda: len(old.pending) == 1)
-                net.set_latency(None)
-                net.disconnect(payer.peer_id)  # both ends reset: the payee never read it
-                await wait_until(lambda: old.closed)
-                nursery.start_soon(call, b"meanwhile")  # a call made meanwhile: new stream
+                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(call(b"lost")))
+                nursery.start_soon(call(b"meanwhile"))  # a call made meanwhile: new stream
                 await wait_until(lambda: b"meanwhile" in outcomes)
                 gate.set()
         assert outcomes[b"meanwhile"] == "ok", outcomes

@@ -19,19 +19,18 @@ connection drops, and every wait is bounded.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 import trio
-from node_support import wait_until
+from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
 
 from p2pay.core.identity import Keypair
-from p2pay.core.settlement import Params
-from p2pay.ledger.memory import MemoryLedger
 from p2pay.net.memory import MemoryNetwork
 from p2pay.node import Call, NodeConfig, open_node
 
 PAYER = Keypair.from_seed(bytes([81]) * 32)
 PAYEE = Keypair.from_seed(bytes([82]) * 32)
-LEDGER_ID = b"p2pay:test:r38-resend-in-flight"
-TOKEN = 10**24
 PRICE = 1_000
 CONFIG = NodeConfig(
     watch_interval=0.05, min_challenge_ms=50, auto_claim=False, redeem_threshold=10**30
@@ -39,18 +38,9 @@ CONFIG = NodeConfig(
 
 
 async def test_a_resend_after_a_lost_stream_keeps_within_max_in_flight() -> None:
-    ledger = MemoryLedger(
-        Params(
-            ledger_id=LEDGER_ID,
-            dev=True,
-            claim_bond=10**18,
-            min_claim_window_ms=50,
-            min_challenge_ms=50,
-            max_deadline_horizon_ms=120_000,
-        )
+    ledger = await funded_ledger(
+        b"r38-resend-in-flight", PAYER, PAYEE, claim_bond=10**18, max_deadline_horizon_ms=120_000
     )
-    for key in (PAYER, PAYEE):
-        await ledger.mint(key, key.account, 10 * TOKEN)
     net = MemoryNetwork()
     release = trio.Event()
     started: list[bytes] = []
@@ -72,25 +62,15 @@ async def test_a_resend_after_a_lost_stream_keeps_within_max_in_flight() -> None
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
 
-        async def call(body: bytes) -> None:
-            try:
-                result = await payer.call(peer, "held", body, max_price=PRICE, timeout=60)
-            except Exception as exc:  # the outcome is what the test reads
-                outcomes[body] = f"{type(exc).__name__}: {exc}"
-            else:
-                outcomes[body] = "ok" if result.body == body else "wrong body"
+        def call(body: bytes) -> Callable[[], Awaitable[None]]:
+            return functools.partial(
+                call_outcome, outcomes, payer, peer, "held", body, price=PRICE, timeout=60
+            )
 
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                # the first request stays on the wire long enough for the drop below
-                net.set_latency(lambda src, dst: 30.0 if src == payer.peer_id else 0.0)
-                old = await payer._connection(peer)
-                nursery.start_soon(call, b"lost")
-                await wait_until(lambda: len(old.pending) == 1)
-                net.set_latency(None)
-                net.disconnect(payer.peer_id)  # both ends reset: the payee never read it
-                await wait_until(lambda: old.closed)
-                nursery.start_soon(call, b"meanwhile")  # a call made meanwhile: new stream
+                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(call(b"lost")))
+                nursery.start_soon(call(b"meanwhile"))  # a call made meanwhile: new stream
                 await wait_until(lambda: peer in payer._connections)
                 new = payer._connections[peer]
 
