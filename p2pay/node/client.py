@@ -210,6 +210,14 @@ class _Slot:
     resent: bool = False  # the same request sent again after a REPLAY
     generation: int = 0
     redelivery: bool = False  # a re-delivery by the watcher (`Node.redeliver`)
+    #: a place among its stream's ``max_in_flight`` it holds while in ``pending`` (given
+    #: back as it leaves: answered, forgotten, or its stream ended); None: its call holds one
+    place: trio.Semaphore | None = None
+    #: a call waits for its answer: if its stream ends, the request is re-sent first on
+    #: the next one (`Client._resend_lost_first`)
+    waiting: bool = False
+    #: that copy, on the next stream, until its call takes it (`Client._resend_lost`)
+    successor: tuple[_Connection, _Slot] | None = None
 
 
 class _Connection:
@@ -218,10 +226,18 @@ class _Connection:
     channels decided, wakes the calls waiting in slots)."""
 
     def __init__(
-        self, node: ClientHost, stream: Stream, protocol: ClientSession, peer_id: str
+        self,
+        node: ClientHost,
+        stream: Stream,
+        protocol: ClientSession,
+        peer_id: str,
+        lost: dict[str, list[_Slot]] | None = None,
     ) -> None:
         assert protocol.peer_hello is not None
         self.node = node
+        #: where the requests a call still waits for go when this stream ends (by PeerID):
+        #: the next stream to the peer re-sends them before anything new (`Client`)
+        self._lost = lost
         self.stream = stream
         self.protocol = protocol
         self.hello = protocol.peer_hello
@@ -314,8 +330,38 @@ class _Connection:
         """Stop waiting for `slot`'s answer on this stream."""
         key = (slot.channel, slot.n)
         if self.pending.get(key) is slot:
-            del self.pending[key]
+            self._pop(key)
             self.protocol.forget(slot.channel, slot.n)
+
+    def _pop(self, key: tuple[bytes, int]) -> _Slot | None:
+        """Take a slot out of ``pending``, giving back the place it holds, if any."""
+        slot = self.pending.pop(key, None)
+        if slot is not None and slot.place is not None:
+            slot.place.release()
+            slot.place = None
+        return slot
+
+    def lose_pending(self) -> None:
+        """The stream has ended (or is ending): every request still in flight on it is
+        abandoned (protocol.md 13.1 step 4), its call woken with ConnectionLost; those a
+        call still waits for are handed on to be re-sent first on the next stream.
+        Idempotent."""
+        self.closed = True
+        self.outbox.closed = True
+        lost: list[_Slot] = []
+        for key in list(self.pending):
+            slot = self._pop(key)
+            assert slot is not None
+            ch = self.node.payer_channels.get(slot.channel)
+            if ch is not None:
+                ch.abandon(slot.n)
+            if slot.waiting:
+                lost.append(slot)
+            slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
+            slot.done.set()
+        self.protocol.outstanding.clear()
+        if lost and self._lost is not None:
+            self._lost.setdefault(self.peer_id, []).extend(lost)
 
     def abandon(self, ch: PayerChannel, slot: _Slot) -> None:
         self.forget(slot)
@@ -330,18 +376,9 @@ class _Connection:
         except Exception as exc:  # never let one peer's failure take the node down
             log.warning("connection to %s failed: %r", self.peer_id, exc)
         finally:
-            self.closed = True
-            self.outbox.closed = True
             if self.node._connections.get(self.peer_id) is self:
                 del self.node._connections[self.peer_id]
-            for key, slot in list(self.pending.items()):
-                ch = self.node.payer_channels.get(slot.channel)
-                if ch is not None:
-                    ch.abandon(slot.n)
-                slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
-                slot.done.set()
-                del self.pending[key]
-            self.protocol.outstanding.clear()
+            self.lose_pending()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.reset()
 
@@ -421,7 +458,7 @@ class _Connection:
         elif isinstance(event, ReceiptRejected):
             log.warning("bad receipt from %s: %s", self.peer_id, event.error())
             node.counters.protocol_violations += 1
-            slot = self.pending.pop((event.response.channel, event.response.n), None)
+            slot = self._pop((event.response.channel, event.response.n))
             if slot is not None:
                 # The stream ends on a refused receipt (End.CLOSE) with this request
                 # unanswered: abandoned, as every request in flight on it (13.1 step 4).
@@ -480,7 +517,7 @@ class _Connection:
             # what the payee may hold went down; had it redeemed that slice already, it
             # now holds more than our receipts justify (claims.md 6)
             node.take_may_exceed(response.channel)
-        slot = self.pending.pop((response.channel, response.n), None)
+        slot = self._pop((response.channel, response.n))
         if slot is not None:
             slot.receipt = event.receipt
             slot.generation = generation
@@ -489,7 +526,7 @@ class _Connection:
     def _on_refusal(self, event: RefusalReceived) -> None:
         node = self.node
         refusal = event.refusal
-        slot = self.pending.pop((refusal.channel, refusal.n), None)
+        slot = self._pop((refusal.channel, refusal.n))
         if slot is None:
             return
         if event.dropped:
@@ -519,7 +556,7 @@ class _Connection:
             node.take_may_exceed(refusal.channel)  # its price is no longer outstanding
         else:
             generation = node.persister.stage(payer_snapshot=_payer_snapshot(ch))
-        slot = self.pending.pop((refusal.channel, refusal.n), None)
+        slot = self._pop((refusal.channel, refusal.n))
         if slot is None:
             return
         slot.generation = generation
@@ -543,6 +580,9 @@ class Client:
         # The stakes of the providers we pay: account -> (when read, Stake or None), read
         # from the ledger before a paid call whose deadline the last read does not cover.
         self._peer_stakes: dict[bytes, tuple[int, Stake | None]] = {}
+        # Requests a call still waited for when their stream to a peer ended, by PeerID:
+        # re-sent first on the next stream to it (`_resend_lost_first`).
+        self._lost: dict[str, list[_Slot]] = {}
 
     async def refresh_peer_stake(self, account: bytes) -> Stake | None:
         """Read a provider's stake from the ledger (claims.md C-9: its status decides which
@@ -630,6 +670,10 @@ class Client:
             conn = self._connections.get(peer_id)
             if conn is not None and not conn.closed:
                 return conn
+            if conn is not None:
+                # ending, its pump not yet done: what it still had in flight is lost now,
+                # so that the new stream re-sends it before anything new
+                conn.lose_pending()
             try:
                 stream = await self.node.transport.connect(peer_id)
             except NoAddress:
@@ -684,12 +728,55 @@ class Client:
             except BaseException:
                 await stream.reset()
                 raise
-            conn = _Connection(self.node, stream, protocol, peer_id)
+            conn = _Connection(self.node, stream, protocol, peer_id, self._lost)
             assert self.node._nursery is not None
             self.node._nursery.start_soon(conn.run)
             self._connections[peer_id] = conn
             self.node.counters.connections += 1
+            self._resend_lost_first(conn)
             return conn
+
+    def _resend_lost_first(self, conn: _Connection) -> None:
+        """Queue on a new stream, before anything else can go on it, the requests its
+        peer's last stream left unanswered while their calls waited (protocol.md 13.1 step
+        4): in (channel, n) order, each taking a place among the stream's
+        ``max_in_flight``, until none is left. Sent after a newer request of its channel,
+        a request the payee never read would be answered REPLAY (13.2 check 5) and its
+        call end in doubt (attack round 38, test_attack_r38_resend_after_newer.py). Each
+        copy waits for its call to take it (`_resend_lost`); one whose call has gone is
+        forgotten by it (`_disown`). Synchronous: nothing is sent between."""
+        lost = self._lost.pop(conn.peer_id, None)
+        for old in sorted(lost or (), key=lambda slot: (slot.channel, slot.n)):
+            ch = self.node.payer_channels.get(old.channel)
+            if (
+                not old.waiting
+                or old.successor is not None
+                or ch is None
+                or ch.payee != conn.account
+                or not ch.expects(old.n)
+                or (old.channel, old.n) in conn.pending
+            ):
+                continue
+            if not conn.slots.value:
+                break  # their calls re-send them when a place comes (`_resend_lost`)
+            try:
+                again = conn.resend(ch, old.request)
+            except LocalProtocolError:  # its frame does not fit this payee's max_frame
+                continue
+            conn.slots.acquire_nowait()
+            again.place = conn.slots
+            old.successor = (conn, again)
+
+    @staticmethod
+    def _disown(slot: _Slot) -> None:
+        """The call that sent `slot` no longer waits for it: a copy re-sent for it on a
+        new stream and not taken is forgotten there (its place given back; the request
+        stays abandoned, claimable)."""
+        slot.waiting = False
+        if slot.successor is not None:
+            conn, again = slot.successor
+            slot.successor = None
+            conn.forget(again)
 
     async def call(
         self,
@@ -755,12 +842,15 @@ class Client:
                     f"no open channel to {peer_id}: open_channel first",
                     code=ErrorCode.UNKNOWN_CHANNEL,
                 )
-            slots = conn.slots
+            slots: trio.Semaphore | None = conn.slots
+            assert slots is not None
             await _take(slots)
+            sent: _Slot | None = None
             try:
                 try:
                     await self.check_claimable(payee, service, body, price, timeout)
-                    slot = conn.send_request(ch, service, body, price, timeout)
+                    slot = sent = conn.send_request(ch, service, body, price, timeout)
+                    slot.waiting = True
                 except Exception:
                     # Refused before it waits (a spent deposit, a closed channel or stream,
                     # an unclaimable request): the scheduling point `_take` left out, so a
@@ -777,17 +867,22 @@ class Client:
                     lost_resent = True
                     again = await self._resend_lost(peer_id, ch, slot, give_up_at, timeout)
                     if again is not None:
-                        # it holds a place on the new stream (`_resend_lost`): ours on the
-                        # one that ended goes back, the new one is given back below
+                        # answered on the new stream, where its copy held a place of its
+                        # own (`_resend_lost`): ours on the one that ended goes back
                         conn, slot = again
                         slots.release()
-                        slots = conn.slots
+                        slots = None
                 if slot.replay is Replay.IN_DOUBT:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
-                    slot = await self._resend_once(conn, ch, slot, give_up_at, timeout)
+                    slot = await self._resend_once(
+                        conn, ch, slot, give_up_at, timeout, placed=slots is not None
+                    )
             finally:
-                slots.release()
+                if slots is not None:
+                    slots.release()
+                if sent is not None:
+                    self._disown(sent)
             if slot.replay is Replay.SUPERSEDED:
                 # Our own signature shows we lost state: numbers and slices are adopted
                 # (on_replay); a fresh request follows, once.
@@ -945,15 +1040,17 @@ class Client:
         have been charged; a payee answers the same request again with what it stored, or
         serves it if it never read it, 13.5: never a second charge).
 
-        The re-sent request takes a place among the new stream's ``max_in_flight``
-        (`_Connection.slots`) as a call does (protocol.md 9 rule 5): sent beside the calls
-        made meanwhile without one, it made a stream of an honest payee hold more than it
-        takes, and the payee refused one of them OVERLOADED (attack round 38,
+        The new stream has usually re-sent it already, first, before any newer request
+        (`_resend_lost_first`): that copy is the one waited for. Otherwise (no place was
+        left on it then) it is sent now, once a place among the new stream's
+        ``max_in_flight`` comes, as a call takes one (protocol.md 9 rule 5): sent beside
+        the calls made meanwhile without one, it made a stream of an honest payee hold
+        more than it takes, and the payee refused one of them OVERLOADED (attack round 38,
         test_attack_r38_resend_over_max_in_flight.py).
 
         Returns:
-            The new connection and slot, answered, holding a place of the connection's
-            `slots` that the caller gives back; None when no new stream could be had, no
+            The new connection and slot, answered (the slot's place on the new stream,
+            its own, given back with its answer); None when no new stream could be had, no
             place on it came within the call's timeout, the request is no longer
             outstanding, or it cannot go on the new stream (the call then ends with the
             lost connection's error; the request stays abandoned and claimable).
@@ -969,39 +1066,69 @@ class Client:
             return None
         if conn.account != ch.payee:
             return None
-        placed = False
-        # within the call's timeout, at least a second (as the answer's wait below)
-        with trio.move_on_at(max(give_up_at, trio.current_time() + min(timeout, 1.0))):
-            await _take(conn.slots)
-            placed = True
-        if not placed:
-            return None
-        answered = False
-        try:
+        again: _Slot | None = None
+        if slot.successor is not None:
+            on, copy = slot.successor
+            slot.successor = None
+            if on is conn:
+                again = copy  # re-sent as the stream began
+            else:
+                on.forget(copy)  # lost with a stream that ended since: sent anew below
+        if again is None:
+            if not await self._place(conn, give_up_at, timeout):
+                return None
             if (ch.channel, slot.n) in conn.pending or not ch.expects(slot.n):
+                conn.slots.release()
                 return None  # answered or refused since (a resync, a claim's end)
             try:
                 again = conn.resend(ch, slot.request)
             except (ConnectionLost, LocalProtocolError):
+                conn.slots.release()
                 return None
-            wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
-            if not await self._wait(again, wait):
-                conn.forget(again)  # abandoned since its stream ended: it stays so
-                self.node.counters.timeouts += 1
-                raise CallTimeout(
-                    f"no answer from {peer_id} within {timeout} s (its stream ended while "
-                    "the call waited, and the request re-sent on a new one got no answer)"
-                )
-            answered = True
-        finally:
-            if not answered:
-                conn.slots.release()  # else the caller's, to give back
+            again.place = conn.slots
+        wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
+        if not await self._wait_own(conn, again, wait):
+            conn.forget(again)  # abandoned since its stream ended: it stays so
+            self.node.counters.timeouts += 1
+            raise CallTimeout(
+                f"no answer from {peer_id} within {timeout} s (its stream ended while "
+                "the call waited, and the request re-sent on a new one got no answer)"
+            )
         return conn, again
 
+    async def _wait_own(self, conn: _Connection, slot: _Slot, seconds: float) -> bool:
+        """`_wait` for a re-sent copy: if the call is cancelled meanwhile, the copy is
+        forgotten (its place, if its own, given back; the request stays abandoned)."""
+        try:
+            return await self._wait(slot, seconds)
+        except BaseException:
+            conn.forget(slot)
+            raise
+
+    @staticmethod
+    async def _place(conn: _Connection, give_up_at: float, timeout: float) -> bool:
+        """Take a place among `conn`'s ``max_in_flight`` within the call's timeout (at
+        least a second, as the answer's wait): whether one came."""
+        with trio.move_on_at(max(give_up_at, trio.current_time() + min(timeout, 1.0))):
+            await _take(conn.slots)
+            return True
+        return False
+
     async def _resend_once(
-        self, conn: _Connection, ch: PayerChannel, slot: _Slot, give_up_at: float, timeout: float
+        self,
+        conn: _Connection,
+        ch: PayerChannel,
+        slot: _Slot,
+        give_up_at: float,
+        timeout: float,
+        *,
+        placed: bool = True,
     ) -> _Slot:
         """Re-send the very request `slot` carried, after an unsigned REPLAY of it.
+
+        Args:
+            placed: whether the call holds a place among `conn`'s ``max_in_flight``; if
+                not, the re-sent request takes one of its own first.
 
         Returns:
             The new slot, answered by a receipt, or SUPERSEDED (lost state proven).
@@ -1010,14 +1137,22 @@ class Client:
             RequestInDoubt: REPLAY again, no answer, or any unsigned refusal: the request
                 is abandoned (it stays on record, claimable).
         """
-        try:
-            again = conn.resend(ch, slot.request)
-        except ConnectionLost:
+        again: _Slot | None = None
+        if placed or await self._place(conn, give_up_at, timeout):
+            try:
+                again = conn.resend(ch, slot.request)
+            except ConnectionLost:
+                if not placed:
+                    conn.slots.release()
+            else:
+                if not placed:
+                    again.place = conn.slots
+        if again is None:
             again = _Slot(channel=ch.channel, n=slot.n, request=slot.request, resent=True)
             again.error = ConnectionLost(f"connection to {conn.peer_id} lost")
             again.done.set()
         wait = max(give_up_at - trio.current_time(), min(timeout, 1.0))
-        answered = await self._wait(again, wait)
+        answered = await self._wait_own(conn, again, wait)
         if answered and (again.receipt is not None or again.replay is Replay.SUPERSEDED):
             return again
         conn.abandon(ch, again)
