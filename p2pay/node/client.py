@@ -198,7 +198,7 @@ class _Done:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (a call's own slot)
 class _Slot:
     channel: bytes
     n: int
@@ -767,12 +767,17 @@ class Client:
             again.place = conn.slots
             old.successor = (conn, again)
 
-    @staticmethod
-    def _disown(slot: _Slot) -> None:
-        """The call that sent `slot` no longer waits for it: a copy re-sent for it on a
-        new stream and not taken is forgotten there (its place given back; the request
-        stays abandoned, claimable)."""
+    def _disown(self, peer_id: str, slot: _Slot) -> None:
+        """The call that sent `slot` no longer waits for it: it is not re-sent on the
+        next stream to `peer_id` (nor kept for it), and a copy re-sent for it already and
+        not taken is forgotten there (its place given back; the request stays abandoned,
+        claimable)."""
         slot.waiting = False
+        lost = self._lost.get(peer_id)
+        if lost is not None and slot in lost:
+            lost.remove(slot)
+            if not lost:
+                del self._lost[peer_id]
         if slot.successor is not None:
             conn, again = slot.successor
             slot.successor = None
@@ -882,7 +887,7 @@ class Client:
                 if slots is not None:
                     slots.release()
                 if sent is not None:
-                    self._disown(sent)
+                    self._disown(peer_id, sent)
             if slot.replay is Replay.SUPERSEDED:
                 # Our own signature shows we lost state: numbers and slices are adopted
                 # (on_replay); a fresh request follows, once.

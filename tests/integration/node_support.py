@@ -366,15 +366,15 @@ async def call_outcome(
 
 
 async def drop_under_a_call(
-    net: MemoryNetwork, payer: Node, peer: str, start: Callable[[], None]
+    net: MemoryNetwork, payer: Node, peer: str, start: Callable[[], None], calls: int = 1
 ) -> None:
-    """Start a call (`start`) whose request stays on the wire (30 s of latency out of
-    `payer`), then drop `payer`'s connection to `peer` under it, both ends reset: the
-    payee never reads the request. Returns once the payer has seen the drop."""
+    """Start `calls` calls (`start`) whose requests stay on the wire (30 s of latency out
+    of `payer`), then drop `payer`'s connection to `peer` under them, both ends reset: the
+    payee never reads the requests. Returns once the payer has seen the drop."""
     net.set_latency(lambda src, dst: 30.0 if src == payer.peer_id else 0.0)
     old = await payer._connection(peer)
     start()
-    await wait_until(lambda: len(old.pending) == 1)
+    await wait_until(lambda: len(old.pending) == calls)
     net.set_latency(None)
     net.disconnect(payer.peer_id)
     await wait_until(lambda: old.closed)

@@ -1,0 +1,188 @@
+"""The requests a stream left unanswered while their calls waited are re-sent first on
+the next stream to the payee, before anything new (protocol.md 13.1 step 4,
+`Client._resend_lost_first`), each with a place of its own among the stream's
+``max_in_flight``; a call that stops waiting takes its request out of that (`_disown`).
+
+The drop and the meanwhile call as in test_attack_r38_resend_after_newer.py: the frames'
+latency keeps the requests on the wire while the connection drops (the payee never reads
+them), the lost calls' tasks are held on an event where a test needs an order, and every
+wait is bounded. No timing assertion.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
+
+from p2pay.core.identity import Keypair
+from p2pay.net.memory import MemoryNetwork
+from p2pay.node import Call, Node, NodeConfig, open_node
+
+PAYER = Keypair.from_seed(bytes([85]) * 32)
+PAYEE = Keypair.from_seed(bytes([86]) * 32)
+PRICE = 1_000
+CONFIG = NodeConfig(
+    watch_interval=0.05, min_challenge_ms=50, auto_claim=False, redeem_threshold=10**30
+)
+TIMEOUT = 30.0
+
+
+def held_resend(payer: Node, gate: trio.Event, held: list[int] | None = None) -> None:
+    """Hold each lost call's task before it re-sends (`_resend_lost`) until `gate` is set,
+    counting the tasks held in `held`."""
+    resend_lost = payer.client._resend_lost
+
+    async def late_resend(*args: Any) -> Any:
+        if held is not None:
+            held.append(1)
+        await gate.wait()
+        return await resend_lost(*args)
+
+    payer.client._resend_lost = late_resend  # type: ignore[method-assign]
+
+
+async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
+    ledger = await funded_ledger(b"lost-first-several", PAYER, PAYEE)
+    net = MemoryNetwork()
+    served: list[bytes] = []
+
+    async def echo(call: Call) -> bytes:
+        served.append(call.body)
+        return call.body
+
+    async with (
+        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
+        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
+    ):
+        payee.serve("echo", echo, price=PRICE)
+        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
+        peer = payee.peer_id
+        outcomes: dict[bytes, str] = {}
+        gate = trio.Event()
+        held_resend(payer, gate)
+        lost = [b"lost-1", b"lost-2", b"lost-3"]
+
+        def call(body: bytes) -> Callable[[], Awaitable[None]]:
+            return functools.partial(
+                call_outcome, outcomes, payer, peer, "echo", body, price=PRICE, timeout=TIMEOUT
+            )
+
+        def start_lost() -> None:
+            for body in lost:
+                nursery.start_soon(call(body))
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                await drop_under_a_call(net, payer, peer, start_lost, calls=len(lost))
+                nursery.start_soon(call(b"meanwhile"))
+                await wait_until(lambda: b"meanwhile" in outcomes)
+                gate.set()
+        assert outcomes == dict.fromkeys([*lost, b"meanwhile"], "ok"), outcomes
+        assert sorted(served[:3]) == lost and served[3] == b"meanwhile", served
+        mine = payer.payer_channels[ch.channel]
+        assert not mine.in_flight and not mine.abandoned
+        assert payee.payee_channels[ch.channel].spent == 4 * PRICE  # each charged once
+        assert payer.client._lost == {}
+        new = payer._connections[peer]
+        assert new.slots.value == CONFIG.max_in_flight and not new.pending
+    assert (await ledger.totals()).conserved
+
+
+async def test_a_call_that_stops_waiting_is_not_re_sent() -> None:
+    ledger = await funded_ledger(b"lost-first-gone", PAYER, PAYEE)
+    net = MemoryNetwork()
+    served: list[bytes] = []
+
+    async def echo(call: Call) -> bytes:
+        served.append(call.body)
+        return call.body
+
+    async with (
+        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
+        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
+    ):
+        payee.serve("echo", echo, price=PRICE)
+        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
+        peer = payee.peer_id
+        outcomes: dict[bytes, str] = {}
+        held: list[int] = []
+        held_resend(payer, trio.Event(), held)  # never set: the lost call is cancelled
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def lost_call() -> None:
+                    with scope:
+                        await call_outcome(
+                            outcomes, payer, peer, "echo", b"lost", price=PRICE, timeout=TIMEOUT
+                        )
+
+                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(lost_call))
+                await wait_until(lambda: held)  # its stream ended; it is about to re-send
+                assert peer in payer.client._lost
+                scope.cancel()
+            assert payer.client._lost == {}  # nothing kept for a call that has gone
+            await call_outcome(
+                outcomes, payer, peer, "echo", b"later", price=PRICE, timeout=TIMEOUT
+            )
+        assert outcomes == {b"later": "ok"}, outcomes
+        assert served == [b"later"]  # the lost request was not re-sent
+        mine = payer.payer_channels[ch.channel]
+        assert list(mine.abandoned) == [1]  # it stays on record, claimable
+        assert payer._connections[peer].slots.value == CONFIG.max_in_flight
+    assert (await ledger.totals()).conserved
+
+
+async def test_a_copy_whose_call_has_gone_is_forgotten_and_its_place_given_back() -> None:
+    ledger = await funded_ledger(b"lost-first-orphan", PAYER, PAYEE)
+    net = MemoryNetwork()
+    release = trio.Event()
+    served: list[bytes] = []
+
+    async def held(call: Call) -> bytes:
+        served.append(call.body)
+        if call.body == b"lost":
+            await release.wait()
+        return call.body
+
+    async with (
+        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
+        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
+    ):
+        payee.serve("held", held, price=PRICE)
+        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
+        peer = payee.peer_id
+        outcomes: dict[bytes, str] = {}
+        held_resend(payer, trio.Event())  # never set: the lost call is cancelled
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def lost_call() -> None:
+                    with scope:
+                        await call_outcome(
+                            outcomes, payer, peer, "held", b"lost", price=PRICE, timeout=TIMEOUT
+                        )
+
+                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(lost_call))
+                await call_outcome(
+                    outcomes, payer, peer, "held", b"meanwhile", price=PRICE, timeout=TIMEOUT
+                )
+                new = payer._connections[peer]
+                assert served == [b"lost", b"meanwhile"]  # its copy went first
+                assert (ch.channel, 1) in new.pending
+                assert new.slots.value == CONFIG.max_in_flight - 1  # the copy's own place
+                scope.cancel()
+            release.set()
+        assert outcomes == {b"meanwhile": "ok"}, outcomes
+        assert (ch.channel, 1) not in new.pending  # forgotten: nobody waits for it
+        assert new.slots.value == CONFIG.max_in_flight  # its place given back
+        mine = payer.payer_channels[ch.channel]
+        assert 1 in mine.abandoned  # it may have been charged: on record, claimable
+    assert (await ledger.totals()).conserved
