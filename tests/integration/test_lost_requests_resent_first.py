@@ -12,7 +12,8 @@ wait is bounded. No timing assertion.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -45,21 +46,41 @@ def held_resend(payer: Node, gate: trio.Event, held: list[int] | None = None) ->
     payer.client._resend_lost = late_resend  # type: ignore[method-assign]
 
 
-async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
-    ledger = await funded_ledger(b"lost-first-several", PAYER, PAYEE)
+@asynccontextmanager
+async def pair(
+    name: bytes, handler: Callable[[Call], Awaitable[bytes]]
+) -> AsyncIterator[tuple[Node, Node, bytes, MemoryNetwork]]:
+    """A payee serving `handler` as "svc" at PRICE, a payer with a channel to it: (payer,
+    payee, channel id, network); the ledger's totals conserved at the end."""
+    ledger = await funded_ledger(name, PAYER, PAYEE)
     net = MemoryNetwork()
-    served: list[bytes] = []
-
-    async def echo(call: Call) -> bytes:
-        served.append(call.body)
-        return call.body
-
     async with (
         open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
         open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
     ):
-        payee.serve("echo", echo, price=PRICE)
+        payee.serve("svc", handler, price=PRICE)
         ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
+        yield payer, payee, ch.channel, net
+    assert (await ledger.totals()).conserved
+
+
+def recorder(
+    served: list[bytes], hold: trio.Event | None = None
+) -> Callable[[Call], Awaitable[bytes]]:
+    """An echo that records each body it serves, holding b"lost" until `hold` is set."""
+
+    async def echo(call: Call) -> bytes:
+        served.append(call.body)
+        if hold is not None and call.body == b"lost":
+            await hold.wait()
+        return call.body
+
+    return echo
+
+
+async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
+    served: list[bytes] = []
+    async with pair(b"lost-first-several", recorder(served)) as (payer, payee, channel, net):
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
         gate = trio.Event()
@@ -68,7 +89,7 @@ async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
 
         def call(body: bytes) -> Callable[[], Awaitable[None]]:
             return functools.partial(
-                call_outcome, outcomes, payer, peer, "echo", body, price=PRICE, timeout=TIMEOUT
+                call_outcome, outcomes, payer, peer, "svc", body, price=PRICE, timeout=TIMEOUT
             )
 
         def start_lost() -> None:
@@ -83,106 +104,74 @@ async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
                 gate.set()
         assert outcomes == dict.fromkeys([*lost, b"meanwhile"], "ok"), outcomes
         assert sorted(served[:3]) == lost and served[3] == b"meanwhile", served
-        mine = payer.payer_channels[ch.channel]
+        mine = payer.payer_channels[channel]
         assert not mine.in_flight and not mine.abandoned
-        assert payee.payee_channels[ch.channel].spent == 4 * PRICE  # each charged once
+        assert payee.payee_channels[channel].spent == 4 * PRICE  # each charged once
         assert payer.client._lost == {}
         new = payer._connections[peer]
         assert new.slots.value == CONFIG.max_in_flight and not new.pending
-    assert (await ledger.totals()).conserved
+
+
+async def lost_and_cancelled(payer: Node, peer: str, scope: trio.CancelScope) -> None:
+    """A call of b"lost" that `scope` cancels (its outcome, Cancelled, is not recorded)."""
+    with scope:
+        await call_outcome({}, payer, peer, "svc", b"lost", price=PRICE, timeout=TIMEOUT)
 
 
 async def test_a_call_that_stops_waiting_is_not_re_sent() -> None:
-    ledger = await funded_ledger(b"lost-first-gone", PAYER, PAYEE)
-    net = MemoryNetwork()
     served: list[bytes] = []
-
-    async def echo(call: Call) -> bytes:
-        served.append(call.body)
-        return call.body
-
-    async with (
-        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
-        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
-    ):
-        payee.serve("echo", echo, price=PRICE)
-        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
+    async with pair(b"lost-first-gone", recorder(served)) as (payer, payee, channel, net):
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
         held: list[int] = []
         held_resend(payer, trio.Event(), held)  # never set: the lost call is cancelled
-
+        scope = trio.CancelScope()
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                scope = trio.CancelScope()
-
-                async def lost_call() -> None:
-                    with scope:
-                        await call_outcome(
-                            outcomes, payer, peer, "echo", b"lost", price=PRICE, timeout=TIMEOUT
-                        )
-
-                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(lost_call))
+                start = functools.partial(
+                    nursery.start_soon, lost_and_cancelled, payer, peer, scope
+                )
+                await drop_under_a_call(net, payer, peer, start)
                 await wait_until(lambda: held)  # its stream ended; it is about to re-send
                 assert peer in payer.client._lost
                 scope.cancel()
             assert payer.client._lost == {}  # nothing kept for a call that has gone
-            await call_outcome(
-                outcomes, payer, peer, "echo", b"later", price=PRICE, timeout=TIMEOUT
-            )
+            await call_outcome(outcomes, payer, peer, "svc", b"later", price=PRICE, timeout=TIMEOUT)
         assert outcomes == {b"later": "ok"}, outcomes
         assert served == [b"later"]  # the lost request was not re-sent
-        mine = payer.payer_channels[ch.channel]
-        assert list(mine.abandoned) == [1]  # it stays on record, claimable
+        assert list(payer.payer_channels[channel].abandoned) == [1]  # on record, claimable
         assert payer._connections[peer].slots.value == CONFIG.max_in_flight
-    assert (await ledger.totals()).conserved
 
 
 async def test_a_copy_whose_call_has_gone_is_forgotten_and_its_place_given_back() -> None:
-    ledger = await funded_ledger(b"lost-first-orphan", PAYER, PAYEE)
-    net = MemoryNetwork()
-    release = trio.Event()
     served: list[bytes] = []
-
-    async def held(call: Call) -> bytes:
-        served.append(call.body)
-        if call.body == b"lost":
-            await release.wait()
-        return call.body
-
-    async with (
-        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
-        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
+    release = trio.Event()
+    async with pair(b"lost-first-orphan", recorder(served, release)) as (
+        payer,
+        payee,
+        channel,
+        net,
     ):
-        payee.serve("held", held, price=PRICE)
-        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
         held_resend(payer, trio.Event())  # never set: the lost call is cancelled
-
+        scope = trio.CancelScope()
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                scope = trio.CancelScope()
-
-                async def lost_call() -> None:
-                    with scope:
-                        await call_outcome(
-                            outcomes, payer, peer, "held", b"lost", price=PRICE, timeout=TIMEOUT
-                        )
-
-                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(lost_call))
+                start = functools.partial(
+                    nursery.start_soon, lost_and_cancelled, payer, peer, scope
+                )
+                await drop_under_a_call(net, payer, peer, start)
                 await call_outcome(
-                    outcomes, payer, peer, "held", b"meanwhile", price=PRICE, timeout=TIMEOUT
+                    outcomes, payer, peer, "svc", b"meanwhile", price=PRICE, timeout=TIMEOUT
                 )
                 new = payer._connections[peer]
                 assert served == [b"lost", b"meanwhile"]  # its copy went first
-                assert (ch.channel, 1) in new.pending
+                assert (channel, 1) in new.pending
                 assert new.slots.value == CONFIG.max_in_flight - 1  # the copy's own place
                 scope.cancel()
             release.set()
         assert outcomes == {b"meanwhile": "ok"}, outcomes
-        assert (ch.channel, 1) not in new.pending  # forgotten: nobody waits for it
+        assert (channel, 1) not in new.pending  # forgotten: nobody waits for it
         assert new.slots.value == CONFIG.max_in_flight  # its place given back
-        mine = payer.payer_channels[ch.channel]
-        assert 1 in mine.abandoned  # it may have been charged: on record, claimable
-    assert (await ledger.totals()).conserved
+        assert 1 in payer.payer_channels[channel].abandoned  # may be charged: claimable
