@@ -218,6 +218,9 @@ class _Slot:
     waiting: bool = False
     #: that copy, on the next stream, until its call takes it (`Client._resend_lost`)
     successor: tuple[_Connection, _Slot] | None = None
+    #: of such a copy: the slot it was re-sent for (if the copy's stream ends too before
+    #: its call took it, that request is handed on again, to go first on the next one)
+    origin: _Slot | None = None
 
 
 class _Connection:
@@ -357,6 +360,12 @@ class _Connection:
                 ch.abandon(slot.n)
             if slot.waiting:
                 lost.append(slot)
+            elif (origin := slot.origin) is not None and origin.waiting:
+                if origin.successor is not None and origin.successor[1] is slot:
+                    # a copy re-sent first, lost before its call took it: its request
+                    # goes first on the next stream as well (attack round 39)
+                    origin.successor = None
+                    lost.append(origin)
             slot.error = ConnectionLost(f"connection to {self.peer_id} lost")
             slot.done.set()
         self.protocol.outstanding.clear()
@@ -765,6 +774,7 @@ class Client:
                 continue
             conn.slots.acquire_nowait()
             again.place = conn.slots
+            again.origin = old
             old.successor = (conn, again)
 
     def _disown(self, peer_id: str, slot: _Slot) -> None:
@@ -855,7 +865,7 @@ class Client:
                 try:
                     await self.check_claimable(payee, service, body, price, timeout)
                     slot = sent = conn.send_request(ch, service, body, price, timeout)
-                    slot.waiting = True
+                    slot.waiting = not lost_resent  # re-sent if its stream ends (once)
                 except Exception:
                     # Refused before it waits (a spent deposit, a closed channel or stream,
                     # an unclaimable request): the scheduling point `_take` left out, so a
