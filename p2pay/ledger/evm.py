@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any, Concatenate, ParamSpec, TypeVar, TypeVarTuple
 
 import trio
 
@@ -139,6 +140,7 @@ log = logging.getLogger("p2pay.ledger.evm")
 
 _T = TypeVar("_T")
 _Args = TypeVarTuple("_Args")
+_P = ParamSpec("_P")
 
 
 def _contracts_dir() -> Path:
@@ -402,6 +404,34 @@ class TransactionTimeout(ChainError):
     it is still pending (same nonce, higher fees)."""
 
 
+# what reading a reply of the wrong shape raises (``int(None, 16)``, ``None["timestamp"]``,
+# iterating ``None``, ``bytes.fromhex("zz")``, a log without "topics")
+_MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+
+
+def _reply_checked(
+    fn: Callable[Concatenate[Web3Chain, _P], _T],
+) -> Callable[Concatenate[Web3Chain, _P], _T]:
+    """A `Web3Chain` method whose reading of a malformed reply (a well-formed JSON-RPC
+    answer whose ``result`` is not what the method returns) fails with `ChainUnavailable`,
+    never with the Python error of the reading: one ``{"result": null}`` for
+    `eth_blockNumber` ended a node's watcher, and with it the node (attack round 40)."""
+
+    @functools.wraps(fn)
+    def checked(self: Web3Chain, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return fn(self, *args, **kwargs)
+        except P2payError:
+            raise
+        except _MALFORMED as exc:
+            raise ChainUnavailable(
+                f"{fn.__name__}: malformed reply from {self.url}: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+
+    return checked
+
+
 class Web3Chain(Chain):
     """A JSON-RPC chain through web3.py; transactions are signed locally.
 
@@ -497,14 +527,17 @@ class Web3Chain(Chain):
             return reply["result"]
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @_reply_checked
     def chain_id(self) -> int:
         if self._chain_id is None:
             self._chain_id = int(self._rpc("eth_chainId", []), 16)
         return self._chain_id
 
+    @_reply_checked
     def head(self) -> int:
         return int(self._rpc("eth_blockNumber", []), 16)
 
+    @_reply_checked
     def last_timestamp(self) -> int:
         block = self._rpc("eth_getBlockByNumber", ["latest", False])
         return int(block["timestamp"], 16)
@@ -518,12 +551,14 @@ class Web3Chain(Chain):
         except RpcErrorReply as exc:
             return TxResult(ok=False, output=exc.revert_data())
 
+    @_reply_checked
     def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
         tx: dict[str, Any] = {"to": "0x" + to.hex(), "data": "0x" + data.hex()}
         if sender is not None:
             tx["from"] = "0x" + sender.hex()
         return self._eth_call(tx, None)
 
+    @_reply_checked
     def fund(self, address: bytes, wei: int = 10**21) -> None:
         """Give `address` gas money (dev chains: ``anvil_setBalance``)."""
         self._rpc("anvil_setBalance", ["0x" + address.hex(), hex(wei)])
@@ -570,6 +605,7 @@ class Web3Chain(Chain):
                 return dict(receipt)
         return None
 
+    @_reply_checked
     def transact(
         self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
     ) -> TxResult:
@@ -687,6 +723,7 @@ class Web3Chain(Chain):
             ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
 
+    @_reply_checked
     def logs(self, address: bytes, first: int, last: int) -> list[Log]:
         out: list[Log] = []
         step = 5_000
@@ -1334,7 +1371,12 @@ class EvmLedger(OpLedger):
         if not res.ok:
             code, message = revert_code(res.output)
             raise SettlementError(message, code=code)
-        return self._abi.decode_output(name, res.output)
+        try:
+            return self._abi.decode_output(name, res.output)
+        except Exception as exc:  # an endpoint's garbled eth_call result (attack round 40)
+            raise ChainUnavailable(
+                f"{name}: unreadable eth_call result: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
 
     async def sync(self) -> int:
         """Index the contract's logs up to ``head - confirmations``; returns the cursor.
