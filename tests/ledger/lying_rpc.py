@@ -6,7 +6,8 @@ anvil and, by switch (`LyingRpc.lies`), lies to whoever uses it:
 * ``logs_lag``: `eth_getLogs` leaves out the logs of the newest block asked for (a log
   backend one block behind the head backend, as load-balanced endpoints are);
 * ``hide_topics``: `eth_getLogs` leaves out logs whose first topic is in this set;
-* ``drop_sends``: `eth_sendRawTransaction` answers the hash and never forwards;
+* ``drop_sends``: how many of the next `eth_sendRawTransaction` calls answer the hash and
+  are never forwarded (counted down);
 * ``fake_receipts``: `eth_getTransactionReceipt` of a dropped hash answers status 1;
 * ``garble``: method name -> the ``result`` answered instead of the true one (``None``: a
   null result; counted in `garbled`).
@@ -141,7 +142,8 @@ class LyingRpc:
         if method in garble:
             self.garbled[method] = self.garbled.get(method, 0) + 1
             return {**base, "result": garble[method]}
-        if method == "eth_sendRawTransaction" and lies.get("drop_sends"):
+        if method == "eth_sendRawTransaction" and lies.get("drop_sends", 0) > 0:
+            lies["drop_sends"] -= 1
             raw = bytes.fromhex(doc["params"][0][2:])
             from eth_utils.crypto import keccak
 
