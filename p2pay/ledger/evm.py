@@ -701,6 +701,18 @@ class Web3Chain(Chain):
                 f"transaction of {sender} (nonce {nonce}) not mined within {self.timeout_s} s",
                 details={"hashes": sent, "nonce": nonce},
             )
+        counted = int(self._rpc("eth_getTransactionCount", [sender, "latest"]), 16)
+        if counted <= nonce:
+            # a receipt the chain's own count of the sender's transactions does not back (an
+            # endpoint that acknowledged a transaction it dropped, a reorg): believed, the op
+            # counted as done and the next nonce skipped one, so every later transaction
+            # waited behind the gap, never mined (attack round 40)
+            self._nonces[key.address] = nonce
+            raise ChainUnavailable(
+                f"a receipt for transaction {receipt.get('transactionHash')} of {sender} "
+                f"(nonce {nonce}) that the chain does not count ({counted} transactions)",
+                details={"hashes": sent, "nonce": nonce},
+            )
         self._nonces[key.address] = nonce + 1
         block = int(receipt["blockNumber"], 16)
         if int(receipt["status"], 16) != 1:

@@ -1663,7 +1663,11 @@ class Watcher:
         self.redeems[reason] += 1
         self._last_redeem[ch.channel] = now
         self._unredeemed_since.pop(ch.channel, None)
-        ch.redeemed = max(ch.redeemed, amount)
+        # what is redeemed is the ledger's reading, never what we asked for: a redeem the
+        # endpoint acknowledged that never landed (dropped, a receipt it made up, a reorg)
+        # set it here, the channel owed nothing in our view and was never redeemed again;
+        # the close gave the charges back (attack round 40). A reading that lags redeems
+        # once more: the ledger pays nothing twice
         await node.refresh_channel(ch.channel)
         log.info("redeemed channel=%s amount=%d", ch.channel.hex(), paid)
 
