@@ -14,7 +14,7 @@ window ends and the claim is UPHELD: the honest provider loses its penalty.
 
 The ``truthful_control`` case (the proxy relays everything) holds: DELIVERED. On the
 current code the ``logs_lag`` case fails: the claim ends UPHELD (slashed 0.1 token), not
-DELIVERED. Skipped without anvil.
+DELIVERED; it is marked xfail (strict) until that is fixed. Skipped without anvil.
 """
 
 from __future__ import annotations
@@ -48,7 +48,18 @@ if testing.anvil_binary() is None:
     )
 
 
-@pytest.mark.parametrize("lag", [False, True], ids=["truthful_control", "logs_lag"])
+LAG_UNFIXED = pytest.mark.xfail(
+    strict=True,
+    reason="open (attack round 40): EvmLedger._sync moves its cursor past logs it was not "
+    "shown; no second way to learn of a claim against us",
+)
+
+
+@pytest.mark.parametrize(
+    "lag",
+    [False, pytest.param(True, marks=LAG_UNFIXED)],
+    ids=["truthful_control", "logs_lag"],
+)
 async def test_a_lagging_log_backend_gets_an_honest_provider_slashed(
     tmp_path: Path, lag: bool
 ) -> None:
