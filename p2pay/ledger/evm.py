@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -137,6 +136,10 @@ _FIELD_NAMES = {"src": "from", "dst": "to"}
 _EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
 
 log = logging.getLogger("p2pay.ledger.evm")
+
+#: blocks before its cursor whose logs a sync reads again (`EvmLedger._sync`): how far
+#: behind its head an endpoint's log backend may lag without hiding a log for good
+RESCAN_BLOCKS = 64
 
 _T = TypeVar("_T")
 _Args = TypeVarTuple("_Args")
@@ -417,8 +420,7 @@ def _reply_checked(
     never with the Python error of the reading: one ``{"result": null}`` for
     `eth_blockNumber` ended a node's watcher, and with it the node (attack round 40)."""
 
-    @functools.wraps(fn)
-    def checked(self: Web3Chain, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    def checked(self: Web3Chain, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return fn(self, *args, **kwargs)
         except P2payError:
@@ -429,6 +431,8 @@ def _reply_checked(
                 f"{type(exc).__name__}: {str(exc)[:200]}"
             ) from None
 
+    checked.__name__, checked.__qualname__ = fn.__name__, fn.__qualname__
+    checked.__doc__ = fn.__doc__
     return checked
 
 
@@ -816,6 +820,8 @@ class _Index:
             CREATE TABLE IF NOT EXISTS frames (
                 claim BLOB NOT NULL, kind TEXT NOT NULL, frame BLOB NOT NULL,
                 PRIMARY KEY (claim, kind));
+            CREATE TABLE IF NOT EXISTS seen (
+                block INTEGER NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (block, idx));
             """
         )
         row = self.db.execute("SELECT value FROM meta WHERE key = 'ledger'").fetchone()
@@ -824,6 +830,31 @@ class _Index:
             self.db.commit()
         elif bytes(row[0]) != ledger_id:
             raise LocalProtocolError("the index file belongs to another ledger")
+        if self._meta_int("seen_from") is None:
+            # an index written before `seen` was kept: its own logs are not read again
+            with self.db:
+                self.db.execute("INSERT INTO meta VALUES ('seen_from', ?)", (self.cursor + 1,))
+
+    def _meta_int(self, key: str) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def rescan_from(self, first: int) -> int:
+        """The first block a sync may read again from `first` on: not before the blocks
+        whose logs `seen` records (an index written before it was kept)."""
+        seen_from = self._meta_int("seen_from")
+        return max(first, seen_from if seen_from is not None else 0)
+
+    def unseen(self, logs: Sequence[Log]) -> list[Log]:
+        """The logs of `logs` not read before (by block and index in block)."""
+        out = []
+        for lg in logs:
+            row = self.db.execute(
+                "SELECT 1 FROM seen WHERE block = ? AND idx = ?", (lg.block, lg.index)
+            ).fetchone()
+            if row is None:
+                out.append(lg)
+        return out
 
     @property
     def cursor(self) -> int:
@@ -834,17 +865,28 @@ class _Index:
         return int(row[0] or 0)
 
     def add(
-        self, decoded: Sequence[tuple[Log, str, dict[str, Any]]], cursor: int
+        self,
+        decoded: Sequence[tuple[Log, str, dict[str, Any]]],
+        cursor: int,
+        *,
+        read: Sequence[Log] = (),
+        keep_from: int = 0,
     ) -> list[tuple[Log, str]]:
         """Index decoded logs ``(log, name, fields)`` and move the cursor to `cursor`.
 
         Each entry is checked completely before anything of it is written; an entry that
         does not make a valid event or frame (a request with ``n = 0``, a field of the
         wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
-        advances: one bad log never stops the index (issue 14)."""
+        advances: one bad log never stops the index (issue 14). The logs `read` (indexed,
+        skipped or not) are recorded as seen, in the same transaction; what is recorded of
+        blocks before `keep_from` is dropped."""
         skipped: list[tuple[Log, str]] = []
         seq = self.last_seq()
         with self.db:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)", [(lg.block, lg.index) for lg in read]
+            )
+            self.db.execute("DELETE FROM seen WHERE block < ?", (keep_from,))
             for lg, name, fields in decoded:
                 try:
                     row = _index_row(name, fields)
@@ -1399,12 +1441,21 @@ class EvmLedger(OpLedger):
             return await self._sync()
 
     async def _sync(self) -> int:
+        """Read the logs of the blocks up to ``head - confirmations``, the last
+        `RESCAN_BLOCKS` before the cursor again (their logs read already are known by
+        block and index, `_Index.unseen`): an endpoint whose log backend lags its head
+        backend leaves out the logs of its newest blocks, and a cursor moved past them
+        never asked for them again: a ClaimFiled hidden so was never answered, and an
+        honest provider was slashed (attack round 40)."""
         head = await self._call_chain(self.chain.head)
         target = head - self._confirmations
         cursor = self._index.cursor
         if target <= cursor:
             return cursor
-        logs = await self._call_chain(self.chain.logs, self.address, cursor + 1, target)
+        first = self._index.rescan_from(max(cursor + 1 - RESCAN_BLOCKS, 1))
+        first = min(first, cursor + 1)
+        read = await self._call_chain(self.chain.logs, self.address, first, target)
+        logs = self._index.unseen(read)
         decoded: list[tuple[Log, str, dict[str, Any]]] = []
         for lg in logs:
             try:
@@ -1419,7 +1470,8 @@ class EvmLedger(OpLedger):
             if name not in _EVIDENCE:
                 fields = _plain(fields)
             decoded.append((lg, name, fields))
-        for lg, reason in self._index.add(decoded, target):
+        keep_from = target + 1 - RESCAN_BLOCKS
+        for lg, reason in self._index.add(decoded, target, read=read, keep_from=keep_from):
             self._skip(lg, reason)
         return target
 

@@ -244,3 +244,44 @@ async def test_the_contract_refuses_a_service_that_is_not_utf8() -> None:
     assert await L.file_claim(A, req) == req.hash
     assert L.skipped_logs == 0
     await L.aclose()
+
+
+class LaggingChain(BoaChain):
+    """A BoaChain whose log reads leave out the logs of the newest block asked for while
+    `lag` is set: an endpoint whose log backend is a block behind its head backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lag = False
+
+    def logs(self, address: bytes, first: int, last: int) -> list[Log]:
+        out = super().logs(address, first, last)
+        return [lg for lg in out if lg.block < last] if self.lag else out
+
+
+async def test_logs_a_lagging_endpoint_left_out_are_read_at_the_next_sync() -> None:
+    """Attack round 40 (tests/ledger/test_attack_r40_claim_log_lag.py on anvil and real
+    nodes): a sync moved its cursor past logs the endpoint had not shown yet, and never
+    asked for them again; a ClaimFiled hidden so was never answered. A sync reads the last
+    `RESCAN_BLOCKS` blocks again, and what it read before is not indexed twice."""
+    chain = LaggingChain()
+    clock = ManualClock()
+    L = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=clock)
+    await L.mint(A, A.account, 10 * TOKEN)
+    reader = await EvmLedger.connect(chain, L.address)
+    await reader.sync()
+    assert await reader.events() == await L.events()
+    chain.lag = True
+    cid = await L.open_channel(A, B.account, TOKEN, 1_000)
+    assert await reader.sync() == chain.head()  # the cursor moves ...
+    assert cid not in [c.id for c in await reader.channels_of(A.account)]  # ... unshown
+    await L.mint(A, A.account, 1)  # the chain goes on: a block more
+    await reader.sync()
+    assert [c.id for c in await reader.channels_of(A.account)] == [cid]
+    chain.lag = False
+    for _ in range(3):  # read again, never indexed twice
+        await reader.sync()
+        assert await reader.events() == await L.events()
+    assert reader.skipped_logs == 0
+    await reader.aclose()
+    await L.aclose()
