@@ -2300,10 +2300,16 @@ def anvil_binary() -> str | None:
 
 @contextmanager
 def running_anvil(
-    binary: str, *, start_timeout_s: float = 20.0, rpc_timeout_s: float = 5.0
+    binary: str,
+    *,
+    start_timeout_s: float = 20.0,
+    rpc_timeout_s: float = 5.0,
+    block_time_s: int | None = None,
 ) -> Iterator[str]:
     """Start anvil on a free 127.0.0.1 port (chain id 31337) and yield its URL once it
     answers; stop it by its PID afterwards (terminate, then kill, each wait bounded).
+    `block_time_s`: mine a block every so many seconds, as a live chain does (None: a block
+    per transaction only).
 
     Raises:
         RuntimeError: anvil exited or did not answer within `start_timeout_s`.
@@ -2313,8 +2319,11 @@ def running_anvil(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    args = [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"]
+    if block_time_s is not None:
+        args += ["--block-time", str(block_time_s)]
     proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", "31337"],
+        args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

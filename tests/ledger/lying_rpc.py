@@ -56,31 +56,8 @@ def anvil() -> Iterator[str]:
     """anvil on a free 127.0.0.1 port, a block a second; its URL once it answers."""
     binary = testing.anvil_binary()
     assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", "--block-time", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # bounded by the deadline
-            try:
-                rpc(url, "eth_chainId", [])
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"anvil did not start on {url}") from None
-                time.sleep(0.1)
+    with testing.running_anvil(binary, block_time_s=1) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 class LyingRpc:
