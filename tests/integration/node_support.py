@@ -184,6 +184,50 @@ async def held_service_pair(
         yield client, provider
 
 
+@dataclasses.dataclass
+class PayingPair:
+    """What `paying_pair` yields."""
+
+    payer: Node
+    payee: Node
+    channel: bytes  # the payer's channel to the payee
+    net: MemoryNetwork
+
+
+async def echo(call: Call) -> bytes:
+    """A handler that answers each call with its body."""
+    return call.body
+
+
+@asynccontextmanager
+async def paying_pair(
+    ledger: MemoryLedger,
+    payer: Keypair,
+    payee: Keypair,
+    *,
+    config: NodeConfig,
+    price: int,
+    service: str = "echo",
+    handler: Callable[[Call], Awaitable[bytes]] = echo,
+    staked: bool = False,
+) -> AsyncIterator[PayingPair]:
+    """`payee` serving `handler` as `service` at `price` (staked 10**20, penalty 10**19,
+    30 s claim window, if `staked`), and `payer` with a 10**9 yocto channel to it, both
+    with `config`, on the in-memory transport; the ledger's totals are conserved at the
+    end."""
+    net = MemoryNetwork()
+    async with (
+        open_node(key=payee, ledger=ledger, network=net, config=config) as provider,
+        open_node(key=payer, ledger=ledger, network=net, config=config) as client,
+    ):
+        provider.serve(service, handler, price=price)
+        if staked:
+            await provider.stake(10**20, penalty=10**19, claim_window_ms=30_000)
+        ch = await client.open_channel(provider.addrs[0], deposit=10**9)
+        yield PayingPair(client, provider, ch.channel, net)
+    assert (await ledger.totals()).conserved
+
+
 async def first_life(
     ledger: MemoryLedger,
     payer: Keypair,
@@ -378,3 +422,22 @@ async def drop_under_a_call(
     net.set_latency(None)
     net.disconnect(payer.peer_id)
     await wait_until(lambda: old.closed)
+
+
+def hold_resends(
+    payer: Node, gate: trio.Event, *, body: bytes | None = None, held: list[int] | None = None
+) -> None:
+    """Hold each task of `payer` about to re-send a request its lost stream left
+    (`Client._resend_lost`: of the call of `body` only, if given) until `gate` is set,
+    counting the tasks held in `held`: the lost call's task is scheduled after what a test
+    does meanwhile (a scheduling race on any node)."""
+    resend_lost = payer.client._resend_lost
+
+    async def late_resend(*args: Any) -> Any:
+        if body is None or args[2].request.body == body:
+            if held is not None:
+                held.append(1)
+            await gate.wait()
+        return await resend_lost(*args)
+
+    payer.client._resend_lost = late_resend  # type: ignore[method-assign]

@@ -25,19 +25,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
+from node_support import (
+    call_outcome,
+    drop_under_a_call,
+    funded_ledger,
+    hold_resends,
+    paying_pair,
+    wait_until,
+)
 
 from p2pay.core.identity import Keypair
-from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, NodeConfig, open_node
+from p2pay.node import NodeConfig
 
 PAYER = Keypair.from_seed(bytes([91]) * 32)
 PAYEE = Keypair.from_seed(bytes([92]) * 32)
 PRICE = 1_000
+#: the watcher files claims (none is due here: every request is served)
 CONFIG = NodeConfig(
     watch_interval=0.05, min_challenge_ms=50, claim_grace_ms=50, redeem_threshold=10**30
 )
-STAKE, PENALTY = 10**20, 10**19
 TIMEOUT = 8.0  # the calls' timeout
 
 
@@ -45,30 +51,12 @@ async def test_a_copy_lost_with_its_stream_goes_first_again() -> None:
     ledger = await funded_ledger(
         b"r39-copy-lost-again", PAYER, PAYEE, claim_bond=10**18, max_deadline_horizon_ms=120_000
     )
-    net = MemoryNetwork()
-
-    async def echo(call: Call) -> bytes:
-        return call.body
-
-    async with (
-        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
-        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
-    ):
-        payee.serve("echo", echo, price=PRICE)
-        await payee.stake(STAKE, penalty=PENALTY, claim_window_ms=30_000)
-        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
-        peer = payee.peer_id
+    async with paying_pair(ledger, PAYER, PAYEE, config=CONFIG, price=PRICE, staked=True) as pair:
+        payer, payee, peer, net = pair.payer, pair.payee, pair.payee.peer_id, pair.net
         client = payer.client
         outcomes: dict[bytes, str] = {}
         gate = trio.Event()
-        resend_lost = client._resend_lost
-
-        async def late_resend(*args: Any) -> Any:
-            if args[2].request.body == b"lost":
-                await gate.wait()  # the lost call's task is scheduled after the other
-            return await resend_lost(*args)
-
-        client._resend_lost = late_resend  # type: ignore[method-assign]
+        hold_resends(payer, gate, body=b"lost")  # after the other call
         first = client._resend_lost_first
         streams: list[Any] = []
 
@@ -88,7 +76,8 @@ async def test_a_copy_lost_with_its_stream_goes_first_again() -> None:
 
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                await drop_under_a_call(net, payer, peer, lambda: nursery.start_soon(call(b"lost")))
+                start = functools.partial(nursery.start_soon, call(b"lost"))
+                await drop_under_a_call(net, payer, peer, start)
                 nursery.start_soon(call(b"meanwhile"))  # a call made meanwhile: new stream
                 await wait_until(lambda: len(streams) == 1 and len(streams[0].pending) == 2)
                 second = streams[0]
@@ -98,9 +87,8 @@ async def test_a_copy_lost_with_its_stream_goes_first_again() -> None:
                 await wait_until(lambda: b"meanwhile" in outcomes)
                 gate.set()
         assert outcomes == {b"lost": "ok", b"meanwhile": "ok"}, outcomes
-        mine = payer.payer_channels[ch.channel]
+        mine = payer.payer_channels[pair.channel]
         assert not mine.in_flight and not mine.abandoned  # nothing left to claim
-        assert payee.payee_channels[ch.channel].spent == 2 * PRICE  # each charged once
+        assert payee.payee_channels[pair.channel].spent == 2 * PRICE  # each charged once
         assert mine.paid == 2 * PRICE
         assert await ledger.claims_of(PAYER.account) == []
-    assert (await ledger.totals()).conserved

@@ -18,12 +18,11 @@ import functools
 from typing import Any
 
 import trio
-from node_support import call_outcome, funded_ledger, wait_until
+from node_support import call_outcome, funded_ledger, paying_pair, wait_until
 
 from p2pay.core.identity import Keypair
 from p2pay.net.base import PeerNotReached
-from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, NodeConfig, open_node
+from p2pay.node import NodeConfig
 
 PAYER = Keypair.from_seed(bytes([93]) * 32)
 PAYEE = Keypair.from_seed(bytes([94]) * 32)
@@ -35,18 +34,8 @@ CONFIG = NodeConfig(
 
 async def test_a_lost_request_is_not_kept_once_its_call_has_ended() -> None:
     ledger = await funded_ledger(b"r39-lost-kept", PAYER, PAYEE, max_deadline_horizon_ms=120_000)
-    net = MemoryNetwork()
-
-    async def echo(call: Call) -> bytes:
-        return call.body
-
-    async with (
-        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
-        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
-    ):
-        payee.serve("echo", echo, price=PRICE)
-        await payer.open_channel(payee.addrs[0], deposit=10**9)
-        peer = payee.peer_id
+    async with paying_pair(ledger, PAYER, PAYEE, config=CONFIG, price=PRICE) as pair:
+        payer, peer, net = pair.payer, pair.payee.peer_id, pair.net
         outcomes: dict[bytes, str] = {}
 
         async def gone(peer_id: str) -> Any:

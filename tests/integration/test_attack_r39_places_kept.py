@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 import trio
-from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
+from node_support import (
+    call_outcome,
+    drop_under_a_call,
+    funded_ledger,
+    hold_resends,
+    wait_until,
+)
 
 from p2pay.core.identity import Keypair
 from p2pay.net.memory import MemoryNetwork
@@ -61,14 +66,7 @@ async def test_the_places_of_re_sent_copies_come_back(how: str) -> None:
         client = payer.client
         outcomes: dict[bytes, str] = {}
         gate = trio.Event()
-        resend_lost = client._resend_lost
-
-        async def late_resend(*args: Any) -> Any:
-            if args[2].request.body == b"lost":
-                await gate.wait()
-            return await resend_lost(*args)
-
-        client._resend_lost = late_resend  # type: ignore[method-assign]
+        hold_resends(payer, gate, body=b"lost")
 
         def call(body: bytes, timeout: float) -> Callable[[], Awaitable[None]]:
             return functools.partial(

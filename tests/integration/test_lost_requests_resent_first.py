@@ -14,14 +14,20 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
-from node_support import call_outcome, drop_under_a_call, funded_ledger, wait_until
+from node_support import (
+    call_outcome,
+    drop_under_a_call,
+    funded_ledger,
+    hold_resends,
+    paying_pair,
+    wait_until,
+)
 
 from p2pay.core.identity import Keypair
 from p2pay.net.memory import MemoryNetwork
-from p2pay.node import Call, Node, NodeConfig, open_node
+from p2pay.node import Call, Node, NodeConfig
 
 PAYER = Keypair.from_seed(bytes([85]) * 32)
 PAYEE = Keypair.from_seed(bytes([86]) * 32)
@@ -32,20 +38,6 @@ CONFIG = NodeConfig(
 TIMEOUT = 30.0
 
 
-def held_resend(payer: Node, gate: trio.Event, held: list[int] | None = None) -> None:
-    """Hold each lost call's task before it re-sends (`_resend_lost`) until `gate` is set,
-    counting the tasks held in `held`."""
-    resend_lost = payer.client._resend_lost
-
-    async def late_resend(*args: Any) -> Any:
-        if held is not None:
-            held.append(1)
-        await gate.wait()
-        return await resend_lost(*args)
-
-    payer.client._resend_lost = late_resend  # type: ignore[method-assign]
-
-
 @asynccontextmanager
 async def pair(
     name: bytes, handler: Callable[[Call], Awaitable[bytes]]
@@ -53,15 +45,10 @@ async def pair(
     """A payee serving `handler` as "svc" at PRICE, a payer with a channel to it: (payer,
     payee, channel id, network); the ledger's totals conserved at the end."""
     ledger = await funded_ledger(name, PAYER, PAYEE)
-    net = MemoryNetwork()
-    async with (
-        open_node(key=PAYEE, ledger=ledger, network=net, config=CONFIG) as payee,
-        open_node(key=PAYER, ledger=ledger, network=net, config=CONFIG) as payer,
-    ):
-        payee.serve("svc", handler, price=PRICE)
-        ch = await payer.open_channel(payee.addrs[0], deposit=10**9)
-        yield payer, payee, ch.channel, net
-    assert (await ledger.totals()).conserved
+    async with paying_pair(
+        ledger, PAYER, PAYEE, config=CONFIG, price=PRICE, service="svc", handler=handler
+    ) as both:
+        yield both.payer, both.payee, both.channel, both.net
 
 
 def recorder(
@@ -84,7 +71,7 @@ async def test_several_lost_requests_go_before_a_newer_one_in_order() -> None:
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
         gate = trio.Event()
-        held_resend(payer, gate)
+        hold_resends(payer, gate)
         lost = [b"lost-1", b"lost-2", b"lost-3"]
 
         def call(body: bytes) -> Callable[[], Awaitable[None]]:
@@ -126,7 +113,7 @@ async def test_a_call_that_stops_waiting_is_not_re_sent() -> None:
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
         held: list[int] = []
-        held_resend(payer, trio.Event(), held)  # never set: the lost call is cancelled
+        hold_resends(payer, trio.Event(), held=held)  # never set: the lost call is cancelled
         scope = trio.CancelScope()
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
@@ -156,7 +143,7 @@ async def test_a_copy_whose_call_has_gone_is_forgotten_and_its_place_given_back(
     ):
         peer = payee.peer_id
         outcomes: dict[bytes, str] = {}
-        held_resend(payer, trio.Event())  # never set: the lost call is cancelled
+        hold_resends(payer, trio.Event())  # never set: the lost call is cancelled
         scope = trio.CancelScope()
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
