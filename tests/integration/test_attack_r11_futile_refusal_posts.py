@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+import trio
 from node_support import claim_game_params, wait_until
 from test_refund_absorbed import ALICE, BOB, DEPOSIT, NODE, PRICE, STAKE, TOKEN, echo
 
@@ -112,3 +113,62 @@ async def _standing_residual(warnings: Warnings) -> None:
         took = [line for line in warnings.lines if "more than our receipts justify" in line]
         uncovered = [line for line in warnings.lines if "not covered by its refusals" in line]
         assert len(took) == len(uncovered) == 1, warnings.lines
+
+
+async def test_a_check_while_a_call_waits_does_not_warn_of_the_standing_excess_again() -> None:
+    """The same standing excess (500 yocto), checked while a call waits (its price in
+    flight covers it for that check) and again after: warned once. Before, the check in
+    between dropped the mark and the next warned again (the test above failed so under
+    load, when a take check ran while one of its K calls waited)."""
+    warnings = Warnings()
+    logging.getLogger("p2pay.watcher").addHandler(warnings)
+    try:
+        await _checked_while_waiting(warnings)
+    finally:
+        logging.getLogger("p2pay.watcher").removeHandler(warnings)
+
+
+async def _checked_while_waiting(warnings: Warnings) -> None:
+    ledger = MemoryLedger(claim_game_params(b"p2pay:test:r11-in-flight", claim_bond=10**18))
+    for key in (ALICE, BOB):
+        await ledger.mint(key, key.account, 10 * TOKEN)
+    release = trio.Event()
+
+    async def held(call: Call) -> bytes:  # refused (signed, price 0) once released
+        await release.wait()
+        raise RuntimeError("no")
+
+    async def refused() -> None:
+        try:
+            await alice.call(bob.addrs[0], "held", b"n3", max_price=PRICE, timeout=30)
+        except P2payError as exc:
+            assert exc.code is ErrorCode.HANDLER_ERROR
+        else:
+            raise AssertionError("held served")
+
+    net = MemoryNetwork()
+    async with (
+        open_node(key=BOB, ledger=ledger, network=net, config=NODE) as bob,
+        open_node(key=ALICE, ledger=ledger, network=net, config=NODE) as alice,
+    ):
+        bob.serve("echo", echo, price=PRICE)
+        bob.serve("held", held, price=PRICE)
+        ch = await alice.open_channel(bob.addrs[0], deposit=DEPOSIT, challenge_ms=100)
+        await alice.call(bob.addrs[0], "echo", b"n1", max_price=PRICE)
+        bob.serve("echo", echo, price=PRICE // 2)
+        await alice.call(bob.addrs[0], "echo", b"n2", max_price=PRICE)
+        voucher = bob.payee_channels[ch.channel].verified_voucher()
+        assert voucher is not None
+        assert await ledger.redeem(BOB, voucher) == 2 * PRICE  # 500 over the receipts
+        check = alice.watcher._check_payee_take
+        await check(ch.channel)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(refused)
+                await wait_until(lambda: alice.payer_channels[ch.channel].outstanding > 0)
+                await check(ch.channel)  # while n3 waits: covered by its price
+                release.set()
+        await check(ch.channel)
+        took = [line for line in warnings.lines if "more than our receipts justify" in line]
+        assert len(took) == 1, warnings.lines
+        assert (await ledger.totals()).conserved
