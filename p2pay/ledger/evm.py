@@ -846,9 +846,14 @@ class _Index:
         return max(first, seen_from if seen_from is not None else 0)
 
     def unseen(self, logs: Sequence[Log]) -> list[Log]:
-        """The logs of `logs` not read before (by block and index in block)."""
+        """The logs of `logs` not read before (by block and index in block; only those at
+        or below the cursor can have been)."""
+        cursor = self.cursor
         out = []
         for lg in logs:
+            if lg.block > cursor:
+                out.append(lg)
+                continue
             row = self.db.execute(
                 "SELECT 1 FROM seen WHERE block = ? AND idx = ?", (lg.block, lg.index)
             ).fetchone()
@@ -858,7 +863,9 @@ class _Index:
 
     @property
     def cursor(self) -> int:
-        return int(self.db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()[0])
+        cursor = self._meta_int("cursor")
+        assert cursor is not None  # written when the index is made
+        return cursor
 
     def last_seq(self) -> int:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
@@ -878,13 +885,14 @@ class _Index:
         does not make a valid event or frame (a request with ``n = 0``, a field of the
         wrong type, ...) is left out and returned as ``(log, reason)``. The cursor always
         advances: one bad log never stops the index (issue 14). The logs `read` (indexed,
-        skipped or not) are recorded as seen, in the same transaction; what is recorded of
-        blocks before `keep_from` is dropped."""
+        skipped or not) of blocks from `keep_from` on are recorded as seen, in the same
+        transaction; what is recorded of blocks before it is dropped."""
         skipped: list[tuple[Log, str]] = []
         seq = self.last_seq()
         with self.db:
             self.db.executemany(
-                "INSERT OR IGNORE INTO seen VALUES (?, ?)", [(lg.block, lg.index) for lg in read]
+                "INSERT OR IGNORE INTO seen VALUES (?, ?)",
+                [(lg.block, lg.index) for lg in read if lg.block >= keep_from],
             )
             self.db.execute("DELETE FROM seen WHERE block < ?", (keep_from,))
             for lg, name, fields in decoded:
