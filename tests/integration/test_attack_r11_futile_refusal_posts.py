@@ -26,6 +26,8 @@ BOB loses nothing. The test fails while ALICE files claims that claw nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 from node_support import claim_game_params, wait_until
@@ -49,19 +51,32 @@ class Warnings(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def test_a_standing_residual_excess_does_not_make_every_refusal_a_futile_post() -> None:
+@contextmanager
+def watcher_warnings() -> Iterator[Warnings]:
+    """The warnings the watchers log meanwhile."""
     warnings = Warnings()
     logging.getLogger("p2pay.watcher").addHandler(warnings)
     try:
-        await _standing_residual(warnings)
+        yield warnings
     finally:
         logging.getLogger("p2pay.watcher").removeHandler(warnings)
 
 
-async def _standing_residual(warnings: Warnings) -> None:
-    ledger = MemoryLedger(claim_game_params(b"p2pay:test:r11-futile", claim_bond=10**18))
+async def funded_ledger(name: bytes) -> MemoryLedger:
+    """A claim-game ledger where ALICE and BOB hold 10 tokens each."""
+    ledger = MemoryLedger(claim_game_params(name, claim_bond=10**18))
     for key in (ALICE, BOB):
         await ledger.mint(key, key.account, 10 * TOKEN)
+    return ledger
+
+
+async def test_a_standing_residual_excess_does_not_make_every_refusal_a_futile_post() -> None:
+    with watcher_warnings() as warnings:
+        await _standing_residual(warnings)
+
+
+async def _standing_residual(warnings: Warnings) -> None:
+    ledger = await funded_ledger(b"p2pay:test:r11-futile")
 
     async def fail(call: Call) -> bytes:
         raise RuntimeError("no")
@@ -120,18 +135,12 @@ async def test_a_check_while_a_call_waits_does_not_warn_of_the_standing_excess_a
     flight covers it for that check) and again after: warned once. Before, the check in
     between dropped the mark and the next warned again (the test above failed so under
     load, when a take check ran while one of its K calls waited)."""
-    warnings = Warnings()
-    logging.getLogger("p2pay.watcher").addHandler(warnings)
-    try:
+    with watcher_warnings() as warnings:
         await _checked_while_waiting(warnings)
-    finally:
-        logging.getLogger("p2pay.watcher").removeHandler(warnings)
 
 
 async def _checked_while_waiting(warnings: Warnings) -> None:
-    ledger = MemoryLedger(claim_game_params(b"p2pay:test:r11-in-flight", claim_bond=10**18))
-    for key in (ALICE, BOB):
-        await ledger.mint(key, key.account, 10 * TOKEN)
+    ledger = await funded_ledger(b"p2pay:test:r11-in-flight")
     release = trio.Event()
 
     async def held(call: Call) -> bytes:  # refused (signed, price 0) once released
