@@ -860,6 +860,16 @@ class Client:
             slots: trio.Semaphore | None = conn.slots
             assert slots is not None
             await _take(slots)
+            if conn.closed and trio.current_time() < give_up_at:
+                # Its stream ended while the call waited for a place on it: nothing of the
+                # call was sent there, so it goes on a new stream (where the requests lost
+                # with the old one go first), not ConnectionLost for a peer it could reach
+                # (attack round 41, test_attack_r41_queued_call_on_reset_stream.py).
+                slots.release()
+                conn = await self.connection(peer_id)
+                if conn.account != payee:
+                    raise ConnectionLost(f"connection to {peer_id} lost")
+                continue
             sent: _Slot | None = None
             try:
                 try:
@@ -880,13 +890,14 @@ class Client:
                     # the stream ended while we waited (an idle reset can race a request
                     # that has just left): the same signed request, once, on a new one
                     lost_resent = True
+                    # our place on the stream that ended goes back now: a call waiting for
+                    # it goes on the new stream (above), not after this re-send's answer
+                    # (its copy holds a place of its own there, `_resend_lost`)
+                    slots.release()
+                    slots = None
                     again = await self._resend_lost(peer_id, ch, slot, give_up_at, timeout)
                     if again is not None:
-                        # answered on the new stream, where its copy held a place of its
-                        # own (`_resend_lost`): ours on the one that ended goes back
                         conn, slot = again
-                        slots.release()
-                        slots = None
                 if slot.replay is Replay.IN_DOUBT:
                     # Unsigned: it may have been served. Ask once more with the same signed
                     # request; an honest payee answers with what it stored (C-4).
