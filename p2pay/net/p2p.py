@@ -76,6 +76,7 @@ from libp2p.crypto.keys import KeyType
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -141,6 +142,11 @@ MAX_STREAM_BUFFER = 2 * RECEIVE_WINDOW
 `FrameReader`). A peer that respects the window stays below it (py-libp2p's credit
 rules keep granted + buffered under 1.5 x the window plus one 64 KiB read); one that
 does not loses its connection (see ``_GuardedYamux``)."""
+
+FRAME_WRITE_TIMEOUT = 5.0
+"""Longest a yamux frame's write to the secured connection may take once it has begun
+(see "whole frames" below): a cancelled writer may wait this long for its frame to be
+written whole; past it the connection is closed."""
 
 _PROTOCOL = TProtocol(PROTOCOL_ID)
 #: addresses (and PeerIDs) whose decoding a transport remembers (``Libp2pTransport._parse``)
@@ -845,6 +851,20 @@ def _listen_error(
 #   alone, up to 16 MiB), so a paused session holds at most `MAX_STREAM_BUFFER` in the
 #   muxer besides its `FrameReader` buffer.
 #
+# Whole frames (`_GuardedYamux._write_frame`, every frame the connection writes). py-libp2p
+# 0.8.1's Noise session encrypts a frame, using up the next nonce, and then awaits the raw
+# connection's write lock (libp2p/io/trio.py `TrioTCPStream.write`), a checkpoint. A writer
+# cancelled there (e.g. a stream reset the moment yamux handed it the connection's write
+# lock) sent nothing under a nonce the peer then waits for: every later frame fails
+# authentication there ("Failed authentication of message") and the peer drops the whole
+# connection, every stream and protocol on it; for a moment after, py-libp2p still holds
+# the dead connection and refuses dials to that peer ("No valid connections available").
+# Attack round 41's reset storms did this dozens of times a run. So once a frame has the
+# connection's write lock, its write is shielded from cancellation: it is written whole,
+# then a cancelled writer stops at the next checkpoint. A write stuck longer than
+# `FRAME_WRITE_TIMEOUT` (a peer that stopped reading TCP) may have left part of a frame
+# on the wire: the connection then writes nothing more and is closed.
+#
 # Like the two policies above, this applies to every yamux connection of the process
 # (py-libp2p builds them from a module global); it changes only how much a peer may
 # send ahead, never what an honest peer can send.
@@ -898,6 +918,7 @@ class _GuardedYamux(Yamux):
         self.stream_buffers = _StreamBuffers(self)
         self.window_violations = 0
         self.max_buffered = 0  # most bytes any one stream held at once
+        self.p2pay_write_broken = False  # a frame write timed out: nothing more is written
 
     def window_exceeded(self, stream_id: int, size: int, credit: int, buffered: int) -> None:
         self.window_violations += 1
@@ -936,6 +957,31 @@ class _GuardedYamux(Yamux):
                 except Exception as exc:
                     logger.debug("GO_AWAY to %s failed: %s", self.peer_id, _describe(exc))
         await super()._cleanup_on_error()
+
+    async def _write_frame(self, data: bytes) -> None:
+        # Every frame of the connection goes through here (see "whole frames" above).
+        async with self._write_lock:  # waiting for the connection: cancellable, nothing sent
+            if self.p2pay_write_broken:
+                raise RawConnError("a frame write to this connection was cut short: it is closed")
+            with trio.CancelScope(
+                shield=True, deadline=trio.current_time() + FRAME_WRITE_TIMEOUT
+            ) as scope:
+                await self.secured_conn.write(data)
+            if scope.cancelled_caught:
+                self.p2pay_write_broken = True
+        if self.p2pay_write_broken:
+            logger.warning(
+                "a frame to %s was not written within %s s: connection closed",
+                self.peer_id,
+                FRAME_WRITE_TIMEOUT,
+            )
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+                try:
+                    await self.secured_conn.close()
+                except Exception as exc:
+                    logger.debug("close of the connection to %s: %s", self.peer_id, exc)
+            raise RawConnError(f"frame write timed out after {FRAME_WRITE_TIMEOUT} s")
+        await trio.lowlevel.checkpoint()  # a cancelled writer stops here, its frame whole
 
 
 def _install_yamux_guard() -> None:

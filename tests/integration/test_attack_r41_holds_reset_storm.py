@@ -46,6 +46,7 @@ async def test_provider_resets_charge_nothing_twice(mode: str) -> None:
     ledger = await funded_ledger(b"r41-storm-" + mode.encode(), PAYER, PAYEE)
     served: collections.Counter[tuple[bytes, int]] = collections.Counter()
     kinds: collections.Counter[str] = collections.Counter()
+    errors: list[str] = []
     charged = 0
     async with (
         open_node(key=PAYEE, ledger=ledger, config=CONFIG) as payee,
@@ -77,6 +78,7 @@ async def test_provider_resets_charge_nothing_twice(mode: str) -> None:
                 result = await payer.call(peer, "svc", body, max_price=PRICE, timeout=10)
             except P2payError as exc:
                 kinds[type(exc).__name__] += 1
+                errors.append(str(exc))
             else:
                 kinds["ok" if result.body == body else "wrong body"] += 1
                 charged += result.price
@@ -99,14 +101,17 @@ async def test_provider_resets_charge_nothing_twice(mode: str) -> None:
                 done.set()
         print(mode, dict(kinds), "charged", charged)
         assert sum(kinds.values()) == CALLS and "wrong body" not in kinds
+        # a stream reset never takes the connection with it: before the whole-frame
+        # writes (net/p2p.py), a write cancelled by a reset left the Noise session out of
+        # step, the connection died and dials failed "No valid connections available"
+        assert not [e for e in errors if "No valid connections" in e], errors
         assert max(served.values()) == 1
         assert not payer.client._lost
         # a request charged whose answer was lost with its stream (and its re-send's) is
         # on the payer's record, awaiting: delivered again from the payee's store, as the
         # watcher does before it claims (claims.md 6), its charge is then known
         await payer.persister.flush()
-        # (again a moment later if py-libp2p still holds the TCP connection the resets
-        # ended: a dial then fails "No valid connections available" for ~0.2 s)
+        # (again a moment later if a dial fails: the payee may reset that stream too)
         for record in await payer.store.requests(state="awaiting"):
             with trio.move_on_after(30):
                 while await payer.redeliver(record, timeout=10) is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -879,6 +880,103 @@ async def test_libp2p_a_peer_ignoring_the_yamux_window_loses_its_connection() ->
                 await stream.send(b"honest")
                 again = await acceptor.accept()
                 assert await again.receive() == b"honest"
+
+
+async def test_libp2p_a_write_cancelled_as_it_gets_the_connection_keeps_the_connection() -> None:
+    """py-libp2p 0.8.1's Noise session encrypts a frame (using up its nonce) and only then
+    awaits the socket's write lock, a checkpoint: a writer cancelled between the two (here
+    the moment yamux's connection write lock is handed to it) sent nothing under a nonce
+    the peer then waits for, so every later frame failed authentication there and the
+    peer dropped the whole connection, every stream of it (found by attack round 41's
+    reset storms: dials then failed "No valid connections available"). A frame handed to
+    the secured connection is now written whole; the cancelled writer still stops."""
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            first = await alice.connect(bob.addrs[0])
+            await first.send(b"one")
+            server = await acceptor.accept()
+            assert await server.receive() == b"one"
+            assert isinstance(first, Libp2pStream)
+            conn = first._net.muxed_conn
+            await conn._write_lock.acquire()  # the next frame waits for the connection
+            scope = trio.CancelScope()
+            ended = trio.Event()
+
+            async def writer() -> None:
+                with scope:
+                    try:
+                        await first.send(b"two")
+                    except StreamClosed:
+                        pass
+                ended.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                conn._write_lock.release()  # handed to the writer...
+                scope.cancel()  # ...which is cancelled before it runs again
+                await ended.wait()
+            assert scope.cancelled_caught
+            # the connection still carries streams, both ways, authenticated
+            second = await alice.connect(bob.addrs[0])
+            assert isinstance(second, Libp2pStream) and second._net.muxed_conn is conn
+            await second.send(b"three")
+            again = await acceptor.accept()
+            assert await again.receive() == b"three"
+            await again.send(b"back")
+            assert await second.receive() == b"back"
+            assert not conn.event_closed.is_set()
+
+
+async def test_libp2p_a_frame_write_stuck_past_its_bound_closes_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other side of whole frames: a write shielded from cancellation is still bounded.
+    A peer that stops reading TCP fills the socket; the frame write then stuck past
+    FRAME_WRITE_TIMEOUT may have left part of a frame on the wire, so the connection
+    writes nothing more and is closed (its streams read a reset)."""
+    from libp2p.network.connection.exceptions import RawConnError
+    from libp2p.stream_muxer.yamux import yamux
+
+    import p2pay.net.p2p as p2p
+
+    monkeypatch.setattr(p2p, "FRAME_WRITE_TIMEOUT", 0.5)
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        with trio.fail_after(T):
+            client = await alice.connect(bob.addrs[0])
+            await client.send(b"hello")
+            server = await acceptor.accept()
+            assert await server.receive() == b"hello"
+        assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+        conn = client._net.muxed_conn
+        # BOB stops reading the connection: its yamux reader waits for the raw read lock
+        raw = server._net.muxed_conn.secured_conn.conn.conn.stream
+        await raw.read_lock.acquire()
+        ping = struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_PING, 0, 0, 0)
+        body = b"x" * 60_000
+        frame = (
+            struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_DATA, 0, 1 << 30, len(body)) + body
+        )
+        written = 0
+        with trio.fail_after(6 * T):
+            with pytest.raises(RawConnError):
+                while written < 1 << 30:  # until the socket is full and the bound passes
+                    await conn._write_frame(frame)
+                    written += len(frame)
+            assert conn.p2pay_write_broken and written > 0
+            with pytest.raises(RawConnError):  # nothing more is written
+                await conn._write_frame(ping)
+            with pytest.raises(StreamClosed):
+                await client.receive()
+        raw.read_lock.release()
 
 
 async def test_libp2p_a_port_in_use_is_an_error_not_a_shared_listener() -> None:
