@@ -78,7 +78,6 @@ from p2pay.cli.services import parse_service
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair, peer_id_from_public
 from p2pay.core.settlement import ChannelState, StakeStatus, stake_status
-from p2pay.sim.cli import simulate
 
 if TYPE_CHECKING:
     from p2pay.core.settlement import Event, Params
@@ -93,7 +92,23 @@ log = logging.getLogger("p2pay.cli")
 # the group
 
 
-@click.group(cls=Group, context_settings=CONTEXT)
+class _Main(Group):
+    """The top group. `simulate` is loaded when it is named (or help lists it): importing
+    the simulator is about half of the CLI's start-up time, which every other command
+    would otherwise pay."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "simulate"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "simulate" and cmd_name not in self.commands:
+            from p2pay.sim.cli import simulate
+
+            self.add_command(simulate)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Main, context_settings=CONTEXT)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -1450,7 +1465,6 @@ cli.add_command(node_group)
 cli.add_command(conformance)
 cli.add_command(demo)
 cli.add_command(demo_client)
-cli.add_command(simulate)
 
 
 # ---------------------------------------------------------------------------
