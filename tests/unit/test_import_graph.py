@@ -204,3 +204,25 @@ def test_p2pay_has_no_import_cycles() -> None:
 def test_p2pay_sim_has_no_import_cycles() -> None:
     cycles = [c for c in find_cycles(import_graph()) if _in_sim(c)]
     assert not cycles, "import cycles in p2pay/sim/:\n" + _render(cycles)
+
+
+def test_the_cli_imports_the_simulator_only_for_simulate() -> None:
+    """Importing the simulator is about half of the CLI's start-up (p2pay/cli/main.py
+    `_Main`): every command but `simulate` (and the help that lists it) starts without it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from p2pay.cli.main import cli\n"
+        "assert not [m for m in sys.modules if m.startswith('p2pay.sim')], 'loaded early'\n"
+        "import click\n"
+        "ctx = click.Context(cli)\n"
+        "assert 'simulate' in cli.list_commands(ctx)\n"
+        "assert cli.get_command(ctx, 'simulate').name == 'simulate'\n"
+        "assert 'p2pay.sim.cli' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
