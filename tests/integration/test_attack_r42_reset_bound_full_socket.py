@@ -1,0 +1,83 @@
+"""Attack round 42: a peer that stops reading TCP must not stretch a stream reset past
+RESET_TIMEOUT through the whole-frame guard (net/p2p.py `_GuardedYamux._write_frame`).
+
+The guard shields a frame's write for up to FRAME_WRITE_TIMEOUT (5 s) once it holds the
+connection. A reset's RST frame written to a socket the peer no longer drains then held
+`Libp2pStream.reset()` for 5 s instead of RESET_TIMEOUT (1 s), and every clean-up bounded
+by a deadline with it: `open_node`'s close of each outbound connection (one after the
+other), the transport's reset of every stream at exit, a server's eviction of an idle
+session (which the newcomer, another peer, waits for). Measured over real sockets: one
+reset 5.01 s (1.00 s before the guard); with three such peers the transport's exit after
+it 5.2 s more.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import trio
+
+from p2pay.core.identity import Keypair
+from p2pay.net import Stream
+from p2pay.net.base import RESET_TIMEOUT
+from p2pay.net.p2p import Libp2pStream, open_libp2p_transport
+
+HONEST = Keypair.from_seed(bytes([42]) * 32)
+STALLER = Keypair.from_seed(bytes([43]) * 32)
+
+
+def _raw(stream: Libp2pStream) -> object:
+    return stream._net.muxed_conn.secured_conn.conn.conn.stream  # py-libp2p TrioTCPStream
+
+
+def _fill(stream: Libp2pStream) -> int:
+    """Write garbage straight into the socket under `stream` until the kernel takes no
+    more (the peer reads nothing, so it corrupts nothing that is read)."""
+    sock = socket.socket(fileno=os.dup(_raw(stream).stream.socket.fileno()))  # type: ignore[attr-defined]
+    sock.setblocking(False)
+    sent = 0
+    try:
+        while True:
+            sent += sock.send(b"\0" * 1024)
+    except BlockingIOError:
+        pass
+    finally:
+        sock.close()  # the duplicate only
+    return sent
+
+
+async def test_attack_r42_a_reset_towards_a_peer_that_stopped_reading_is_bounded() -> None:
+    streams: trio.MemorySendChannel[Stream]
+    streams, accepted = trio.open_memory_channel[Stream](10)
+
+    async def handler(stream: Stream) -> None:
+        await streams.send(stream)
+        await trio.sleep_forever()
+
+    async with (
+        open_libp2p_transport(STALLER, handler) as staller,
+        open_libp2p_transport(HONEST, handler) as honest,
+    ):
+        with trio.fail_after(10):
+            client = await staller.connect(honest.addrs[0])
+            await client.send(b"hello")
+            server = await accepted.receive()
+            assert await server.receive() == b"hello"
+            assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+            # the staller reads no more (its reader is parked behind this lock)
+            await _raw(client).read_lock.acquire()  # type: ignore[attr-defined]
+            await trio.sleep(1)  # past yamux's first RTT ping (the next is 30 s later)
+            # fill the honest side's socket towards it (what a peer that stopped reading
+            # after being sent enough leaves)
+            filled = 0
+            while (sent := _fill(server)) > 0 or filled == 0:
+                filled += sent
+                await trio.sleep(0.05)
+            _fill(server)
+        # (reset() shields its own clean-up, so a deadline around it cannot cut it short:
+        # the time it took is what tells)
+        began = trio.current_time()
+        await server.reset()
+        took = trio.current_time() - began
+        assert took < RESET_TIMEOUT + 1.0, f"reset took {took:.2f} s"
