@@ -146,7 +146,12 @@ does not loses its connection (see ``_GuardedYamux``)."""
 FRAME_WRITE_TIMEOUT = 5.0
 """Longest a yamux frame's write to the secured connection may take once it has begun
 (see "whole frames" below): a cancelled writer may wait this long for its frame to be
-written whole; past it the connection is closed."""
+written whole; past it the connection is closed. A writer under a deadline (a reset, a
+close, shutdown) waits at most until that deadline or `FRAME_WRITE_GRACE` after it got
+the connection, whichever is later (and never past this bound)."""
+FRAME_WRITE_GRACE = 0.5
+"""Least time a frame write that got the connection has before its caller's deadline may
+cut it short (and close the connection): an honest frame is written in microseconds."""
 
 _PROTOCOL = TProtocol(PROTOCOL_ID)
 #: addresses (and PeerIDs) whose decoding a transport remembers (``Libp2pTransport._parse``)
@@ -863,7 +868,10 @@ def _listen_error(
 # connection's write lock, its write is shielded from cancellation: it is written whole,
 # then a cancelled writer stops at the next checkpoint. A write stuck longer than
 # `FRAME_WRITE_TIMEOUT` (a peer that stopped reading TCP) may have left part of a frame
-# on the wire: the connection then writes nothing more and is closed.
+# on the wire: the connection then writes nothing more and is closed. A writer with a
+# deadline of its own keeps it (give or take `FRAME_WRITE_GRACE`): otherwise a peer that
+# stopped reading TCP held every reset towards it for 5 s instead of RESET_TIMEOUT, and
+# shutdown for 5 s per such peer (attack round 42).
 #
 # Like the two policies above, this applies to every yamux connection of the process
 # (py-libp2p builds them from a module global); it changes only how much a peer may
@@ -963,9 +971,15 @@ class _GuardedYamux(Yamux):
         async with self._write_lock:  # waiting for the connection: cancellable, nothing sent
             if self.p2pay_write_broken:
                 raise RawConnError("a frame write to this connection was cut short: it is closed")
-            with trio.CancelScope(
-                shield=True, deadline=trio.current_time() + FRAME_WRITE_TIMEOUT
-            ) as scope:
+            # A writer under a deadline (a reset's RESET_TIMEOUT, a close's, the host's
+            # SHUTDOWN_TIMEOUT) keeps it, give or take FRAME_WRITE_GRACE: a frame still not
+            # written then is as stuck as one past FRAME_WRITE_TIMEOUT (attack round 42).
+            now = trio.current_time()
+            bound = min(
+                now + FRAME_WRITE_TIMEOUT,
+                max(trio.current_effective_deadline(), now + FRAME_WRITE_GRACE),
+            )
+            with trio.CancelScope(shield=True, deadline=bound) as scope:
                 await self.secured_conn.write(data)
             if scope.cancelled_caught:
                 self.p2pay_write_broken = True
