@@ -145,10 +145,10 @@ does not loses its connection (see ``_GuardedYamux``)."""
 
 FRAME_WRITE_TIMEOUT = 5.0
 """Longest a yamux frame's write to the secured connection may take once it has begun
-(see "whole frames" below): a cancelled writer may wait this long for its frame to be
-written whole; past it the connection is closed. A writer under a deadline (a reset, a
-close, shutdown) waits at most until that deadline or `FRAME_WRITE_GRACE` after it got
-the connection, whichever is later (and never past this bound)."""
+(see "whole frames" below); past it the connection is closed. A writer under a deadline
+(a reset, a close, shutdown), or already cancelled, waits at most until that deadline or
+`FRAME_WRITE_GRACE` after it got the connection, whichever is later (and never past this
+bound)."""
 FRAME_WRITE_GRACE = 0.5
 """Least time a frame write that got the connection has before its caller's deadline may
 cut it short (and close the connection): an honest frame is written in microseconds."""
