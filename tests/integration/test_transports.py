@@ -56,6 +56,20 @@ class Acceptor:
             return await self.streams.receive()
 
 
+async def stream_pair(
+    dialer: Libp2pTransport, listener: Libp2pTransport, acceptor: Acceptor, hello: bytes
+) -> tuple[Libp2pStream, Libp2pStream]:
+    """A libp2p stream from `dialer` to `listener` (accepted by `acceptor`) that has
+    carried `hello`: (the dialer's end, the listener's end)."""
+    with trio.fail_after(T):
+        client = await dialer.connect(listener.addrs[0])
+        await client.send(hello)
+        server = await acceptor.accept()
+        assert await server.receive() == hello
+    assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+    return client, server
+
+
 async def echo(stream: Stream) -> None:
     while True:
         try:
@@ -837,12 +851,8 @@ async def test_libp2p_a_peer_ignoring_the_yamux_window_loses_its_connection() ->
         open_libp2p_transport(BOB, acceptor.handler) as bob,
         open_libp2p_transport(MALLORY, echo) as mallory,
     ):
-        with trio.fail_after(T):
-            client = await mallory.connect(bob.addrs[0])
-            await client.send(b"hello")
-            server = await acceptor.accept()
-            assert await server.receive() == b"hello"  # then the server reads no more
-        assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+        client, server = await stream_pair(mallory, bob, acceptor, b"hello")
+        # (then the server reads no more)
         conn, stream_id = server._net.muxed_conn, server._net.muxed_stream.stream_id
         raw, raw_id = client._net.muxed_conn, client._net.muxed_stream.stream_id
         chunk = b"\x01x" * ((65536 - 12) // 2)  # one-byte frames, in 64 KiB yamux frames
@@ -895,13 +905,9 @@ async def test_libp2p_a_write_cancelled_as_it_gets_the_connection_keeps_the_conn
         open_libp2p_transport(BOB, acceptor.handler) as bob,
         open_libp2p_transport(ALICE, echo) as alice,
     ):
+        first, _ = await stream_pair(alice, bob, acceptor, b"one")
+        conn = first._net.muxed_conn
         with trio.fail_after(T):
-            first = await alice.connect(bob.addrs[0])
-            await first.send(b"one")
-            server = await acceptor.accept()
-            assert await server.receive() == b"one"
-            assert isinstance(first, Libp2pStream)
-            conn = first._net.muxed_conn
             await conn._write_lock.acquire()  # the next frame waits for the connection
             scope = trio.CancelScope()
             ended = trio.Event()
@@ -950,12 +956,7 @@ async def test_libp2p_a_frame_write_stuck_past_its_bound_closes_the_connection(
         open_libp2p_transport(BOB, acceptor.handler) as bob,
         open_libp2p_transport(ALICE, echo) as alice,
     ):
-        with trio.fail_after(T):
-            client = await alice.connect(bob.addrs[0])
-            await client.send(b"hello")
-            server = await acceptor.accept()
-            assert await server.receive() == b"hello"
-        assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
+        client, server = await stream_pair(alice, bob, acceptor, b"hello")
         conn = client._net.muxed_conn
         # BOB stops reading the connection: its yamux reader waits for the raw read lock
         raw = server._net.muxed_conn.secured_conn.conn.conn.stream
