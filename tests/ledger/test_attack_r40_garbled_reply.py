@@ -10,10 +10,10 @@ reaches the node"), and the watcher's loop, which goes on after `P2payError` and
 let it end the node: a staked provider that is down answers no claim (slashed by each).
 The one-shot commands said "unexpected TypeError" instead of a chain error.
 
-Each case garbles one method until the provider has read a few such replies, then checks
+Each case garbles one method until the provider has read three such replies, then checks
 the node still runs, and that ``p2pay balance`` fails with a typed error (exit 1, no
 "unexpected"). On the code before the fix the node exits for ``eth_blockNumber`` and
-``eth_getLogs``. Skipped without anvil.
+``eth_getLogs`` at the first such reply it reads. Skipped without anvil.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_garbled_replies_never_end_the_node(tmp_path: Path) -> None:
                 proxy.garbled.clear()
                 proxy.lies["garble"] = {method: result}
                 deadline = time.monotonic() + 60  # a bound, never a measure
-                while proxy.garbled.get(method, 0) < 10 and node.proc.poll() is None:
+                while proxy.garbled.get(method, 0) < 3 and node.proc.poll() is None:
                     assert time.monotonic() < deadline, f"the node never read {method}"
                     time.sleep(0.1)
                 proxy.lies["garble"] = {}
