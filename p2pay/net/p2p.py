@@ -28,7 +28,9 @@ behind each choice:
   handed to a task in this transport's own nursery that catches and logs everything
   (`p2pay.net.base.run_handler`); py-libp2p's own handler task just waits for it.
 * After a failed dial py-libp2p refuses the peer for 60 s (negative cache); `connect`
-  lifts that block first, so the node's own retry policy decides. `add_address` and
+  lifts that block first, so the node's own retry policy decides. It also refuses to dial
+  a peer while its only connection is closing (until the close is done): `connect` waits
+  for that, at most `CLOSING_WAIT`. `add_address` and
   `connect(multiaddr)` *replace* the peer's known addresses: py-libp2p dials only one
   TCP address per peer, so a stale first address would hide a new one (an address
   that is already the one known is left as it is, and a good address is decoded once
@@ -127,6 +129,9 @@ logger = logging.getLogger("p2pay.net")
 
 CONNECT_TIMEOUT = 15.0
 """Upper bound on `connect` (dial, Noise, yamux, protocol negotiation)."""
+CLOSING_WAIT = 2.0
+"""Longest `connect` waits for a closing connection to the peer to leave py-libp2p's
+swarm before it dials (within `CONNECT_TIMEOUT`)."""
 MAX_CONNECTIONS = 1000
 """Connections the host accepts (py-libp2p's resource manager allows 1000 by default)."""
 DIAL_RETRIES = 1
@@ -612,9 +617,11 @@ class Libp2pTransport:
         known = self._address_of(pid)
         if known is None:
             raise NoAddress(f"no known address for peer {pid}")
-        _swarm(self._host).unblock_peer(pid)  # lift the 60 s negative cache of a failure
+        swarm = _swarm(self._host)
+        swarm.unblock_peer(pid)  # lift the 60 s negative cache of a failure
         net_stream = None
         with trio.move_on_after(CONNECT_TIMEOUT):
+            await _closing_connections_gone(swarm, pid)
             try:
                 net_stream = await self._host.new_stream(pid, [_PROTOCOL])
             except Exception as exc:
@@ -1084,6 +1091,16 @@ class _Handlers(dict[TProtocol | None, Any]):
 
     def __missing__(self, protocol: TProtocol | None) -> None:
         return None
+
+
+async def _closing_connections_gone(swarm: Swarm, pid: ID) -> None:
+    """Wait (at most `CLOSING_WAIT`) while every connection the swarm holds to `pid` is
+    closing: py-libp2p keeps one until its close is done (the muxer's close, then its
+    removal) and meanwhile refuses to dial that peer ("No valid connections available"),
+    so a call made the moment the peer closed or restarted failed PeerUnreachable."""
+    with trio.move_on_after(CLOSING_WAIT):
+        while (held := swarm.get_connections(pid)) and all(c.is_closed for c in held):
+            await trio.sleep(0.01)
 
 
 def _swarm(host: IHost) -> Swarm:

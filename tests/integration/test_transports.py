@@ -980,6 +980,41 @@ async def test_libp2p_a_frame_write_stuck_past_its_bound_closes_the_connection(
         raw.read_lock.release()
 
 
+async def test_libp2p_a_dial_while_the_old_connection_closes_waits_for_it() -> None:
+    """py-libp2p keeps a closing connection in its swarm until its close is done (the
+    muxer's close, then its removal) and meanwhile refuses to dial that peer: "No valid
+    connections available". A call made the moment the peer closed or restarted failed
+    PeerUnreachable. `connect` now waits (bounded) for the closing connection to leave."""
+    from libp2p.peer.id import ID
+
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        await stream_pair(alice, bob, acceptor, b"one")
+        swarm = alice._host.get_network()
+        (conn,) = swarm.get_connections(ID.from_base58(bob.peer_id))
+        conn.event_closed.set()  # closing, as py-libp2p marks it first: still held
+        dialled: list[Stream] = []
+
+        async def dial() -> None:
+            dialled.append(await alice.connect(bob.addrs[0]))
+
+        with trio.fail_after(T):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not dialled
+                # the rest of py-libp2p's close: the muxer, then the swarm's record
+                await conn.muxed_conn.close()
+                swarm.remove_conn(conn)
+            (second,) = dialled
+            await second.send(b"two")
+            server = await acceptor.accept()
+            assert await server.receive() == b"two"
+
+
 async def test_libp2p_a_port_in_use_is_an_error_not_a_shared_listener() -> None:
     """py-libp2p 0.8.1 binds with SO_REUSEPORT, so a second transport on a port another
     one holds used to listen too (and took part of its connections). Now the bind is
