@@ -72,13 +72,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
 from libp2p.crypto.keys import KeyType
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
@@ -622,10 +623,23 @@ class Libp2pTransport:
         net_stream = None
         with trio.move_on_after(CONNECT_TIMEOUT):
             await _closing_connections_gone(swarm, pid)
+            held = swarm.get_connections(pid)
             try:
                 net_stream = await self._host.new_stream(pid, [_PROTOCOL])
             except Exception as exc:
-                raise _dial_error(exc, str(pid), str(known)) from None
+                dead = [c for c in held if c in swarm.get_connections(pid)]
+                if not dead or not (_connection_died(exc) or all(c.is_closed for c in dead)):
+                    raise _dial_error(exc, str(pid), str(known)) from None
+                # The connection py-libp2p still held is dead (its socket refused our write:
+                # the peer closed it, e.g. after its own frame write towards us was cut
+                # short while we read nothing, see "Whole frames"; our reader has not seen
+                # its end yet) or closing: close it, let it go, and dial afresh, once.
+                logger.info("stream to %s failed on a dead connection: %s", pid, _describe(exc))
+                await _drop_connections(swarm, pid, dead)
+                try:
+                    net_stream = await self._host.new_stream(pid, [_PROTOCOL])
+                except Exception as exc2:
+                    raise _dial_error(exc2, str(pid), str(known)) from None
         if net_stream is None:
             raise PeerNotReached(
                 f"cannot reach {pid} at {known}: no connection within {CONNECT_TIMEOUT} s"
@@ -885,6 +899,11 @@ def _listen_error(
 # send ahead, never what an honest peer can send.
 
 
+class _FrameCutShort(RawConnError):
+    """A frame write to the connection did not finish within its bound: part of it may be
+    on the wire, so the connection writes nothing more and is closed (see above)."""
+
+
 class _WindowExceeded(NetError, trio.TooSlowError):
     """A peer sent more than the yamux receive window it was given."""
 
@@ -977,7 +996,7 @@ class _GuardedYamux(Yamux):
         # Every frame of the connection goes through here (see "whole frames" above).
         async with self._write_lock:  # waiting for the connection: cancellable, nothing sent
             if self.p2pay_write_broken:
-                raise RawConnError("a frame write to this connection was cut short: it is closed")
+                raise _FrameCutShort("a frame write to this connection was cut short: it is closed")
             # A writer under a deadline (a reset's RESET_TIMEOUT, a close's, the host's
             # SHUTDOWN_TIMEOUT) keeps it, give or take FRAME_WRITE_GRACE: a frame still not
             # written then is as stuck as one past FRAME_WRITE_TIMEOUT (attack round 42).
@@ -992,16 +1011,16 @@ class _GuardedYamux(Yamux):
                 self.p2pay_write_broken = True
         if self.p2pay_write_broken:
             logger.warning(
-                "a frame to %s was not written within %s s: connection closed",
+                "a frame to %s was not written within %.1f s: connection closed",
                 self.peer_id,
-                FRAME_WRITE_TIMEOUT,
+                bound - now,
             )
             with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
                 try:
                     await self.secured_conn.close()
                 except Exception as exc:
                     logger.debug("close of the connection to %s: %s", self.peer_id, exc)
-            raise RawConnError(f"frame write timed out after {FRAME_WRITE_TIMEOUT} s")
+            raise _FrameCutShort(f"a frame write was cut short after {bound - now:.1f} s")
         await trio.lowlevel.checkpoint()  # a cancelled writer stops here, its frame whole
 
 
@@ -1101,6 +1120,34 @@ async def _closing_connections_gone(swarm: Swarm, pid: ID) -> None:
     with trio.move_on_after(CLOSING_WAIT):
         while (held := swarm.get_connections(pid)) and all(c.is_closed for c in held):
             await trio.sleep(0.01)
+
+
+async def _drop_connections(swarm: Swarm, pid: ID, dead: list[INetConn]) -> None:
+    """Close the dead connections `dead` to `pid` and wait (at most `CLOSING_WAIT`) for
+    them to leave the swarm; any still there then leaves its records (its close goes on)."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+        for conn in dead:
+            try:
+                await conn.close()  # (at once if it is closing already)
+            except Exception as exc:
+                logger.debug("close of a dead connection to %s: %s", pid, _describe(exc))
+    with trio.move_on_after(CLOSING_WAIT):
+        while any(c in swarm.get_connections(pid) for c in dead):
+            await trio.sleep(0.01)
+    for conn in dead:
+        if isinstance(conn, SwarmConn) and conn in swarm.get_connections(pid):
+            swarm.remove_conn(conn)
+
+
+def _connection_died(exc: BaseException) -> bool:
+    """Whether a failed stream open shows the connection under it dead: its socket
+    refused a write (the peer closed or reset it), or a frame write was cut short."""
+    for cause in _causes(exc):
+        if isinstance(cause, _FrameCutShort):
+            return True
+        if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNRESET):
+            return True
+    return False
 
 
 def _swarm(host: IHost) -> Swarm:
