@@ -441,3 +441,15 @@ def hold_resends(
         return await resend_lost(*args)
 
     payer.client._resend_lost = late_resend  # type: ignore[method-assign]
+
+
+async def redeliver_awaiting(payer: Node, *, each: float) -> None:
+    """Deliver again every request `payer` still awaits an answer for (as its watcher does
+    before it claims, claims.md 6), each tried for at most `each` seconds: a request the
+    payee never read, numbered below one it served since, is answered REPLAY and stays
+    awaiting, claimable, uncharged (protocol.md 13.5)."""
+    await payer.persister.flush()
+    for record in await payer.store.requests(state="awaiting"):
+        with trio.move_on_after(each):
+            while await payer.redeliver(record, timeout=10) is None:
+                await trio.sleep(0.2)

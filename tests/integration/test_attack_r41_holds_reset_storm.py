@@ -21,7 +21,7 @@ import random
 
 import pytest
 import trio
-from node_support import funded_ledger
+from node_support import funded_ledger, redeliver_awaiting
 
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
@@ -110,12 +110,8 @@ async def test_provider_resets_charge_nothing_twice(mode: str) -> None:
         # a request charged whose answer was lost with its stream (and its re-send's) is
         # on the payer's record, awaiting: delivered again from the payee's store, as the
         # watcher does before it claims (claims.md 6), its charge is then known
-        await payer.persister.flush()
         # (again a moment later if a dial fails: the payee may reset that stream too)
-        for record in await payer.store.requests(state="awaiting"):
-            with trio.move_on_after(30):
-                while await payer.redeliver(record, timeout=10) is None:
-                    await trio.sleep(0.2)
+        await redeliver_awaiting(payer, each=30)
         paid_for = payer.payer_channels[ch.channel].spent
         assert payee.payee_channels[ch.channel].spent == paid_for
         assert charged <= paid_for <= PRICE * len(served)

@@ -17,7 +17,7 @@ import collections
 import random
 
 import trio
-from node_support import funded_ledger
+from node_support import funded_ledger, redeliver_awaiting
 
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
@@ -87,14 +87,8 @@ async def test_cancelled_bursts_charge_nothing_twice() -> None:
         assert sum(kinds.values()) == started and "wrong body" not in kinds
         assert not [e for e in errors if e.startswith("PeerUnreachable")], errors
         assert max(served.values(), default=1) == 1
-        await payer.persister.flush()
-        # (a request that never reached the payee, numbered below one it served since, is
-        # answered REPLAY, protocol.md 13.5: it stays awaiting, claimable, uncharged)
         with trio.fail_after(60):
-            for record in await payer.store.requests(state="awaiting"):
-                with trio.move_on_after(5):
-                    while await payer.redeliver(record, timeout=10) is None:
-                        await trio.sleep(0.2)
+            await redeliver_awaiting(payer, each=5)
         paid_for = payer.payer_channels[ch.channel].spent
         assert payee.payee_channels[ch.channel].spent == paid_for
         assert charged <= paid_for <= PRICE * len(served)

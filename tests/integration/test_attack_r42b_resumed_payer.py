@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from node_support import funded_ledger
+from node_support import funded_ledger, redeliver_awaiting
 
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
@@ -103,12 +103,8 @@ async def test_a_resumed_payer_reaches_its_payee_again(
         print("stalled", before, "resumed", dict(kinds), errors)
         assert kinds["ok"] == 8, errors
         assert max(served.values()) == 1
-        await payer.persister.flush()
         with trio.fail_after(60):
-            for record in await payer.store.requests(state="awaiting"):
-                with trio.move_on_after(20):
-                    while await payer.redeliver(record, timeout=10) is None:
-                        await trio.sleep(0.2)
+            await redeliver_awaiting(payer, each=20)
         assert payee.payee_channels[ch.channel].spent == payer.payer_channels[ch.channel].spent
         with trio.fail_after(30):
             await payer.close_channel(ch.channel)
