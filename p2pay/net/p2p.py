@@ -899,9 +899,10 @@ def _listen_error(
 # send ahead, never what an honest peer can send.
 
 
-class _FrameCutShort(RawConnError):
+class _FrameCutShort(NetError, RawConnError):
     """A frame write to the connection did not finish within its bound: part of it may be
-    on the wire, so the connection writes nothing more and is closed (see above)."""
+    on the wire, so the connection writes nothing more and is closed (see above). A
+    `RawConnError` too: what py-libp2p's muxer expects from a failed write."""
 
 
 class _WindowExceeded(NetError, trio.TooSlowError):
