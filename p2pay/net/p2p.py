@@ -29,8 +29,9 @@ behind each choice:
   (`p2pay.net.base.run_handler`); py-libp2p's own handler task just waits for it.
 * After a failed dial py-libp2p refuses the peer for 60 s (negative cache); `connect`
   lifts that block first, so the node's own retry policy decides. It also refuses to dial
-  a peer while its only connection is closing (until the close is done): `connect` waits
-  for that, at most `CLOSING_WAIT`. `add_address` and
+  a peer while its only connection is closing (until the close is done), and a connection
+  the peer closed may still be held: a stream open that fails on such a connection lets
+  it go (waiting at most `CLOSING_WAIT`) and dials afresh, once. `add_address` and
   `connect(multiaddr)` *replace* the peer's known addresses: py-libp2p dials only one
   TCP address per peer, so a stale first address would hide a new one (an address
   that is already the one known is left as it is, and a good address is decoded once
@@ -131,8 +132,8 @@ logger = logging.getLogger("p2pay.net")
 CONNECT_TIMEOUT = 15.0
 """Upper bound on `connect` (dial, Noise, yamux, protocol negotiation)."""
 CLOSING_WAIT = 2.0
-"""Longest `connect` waits for a closing connection to the peer to leave py-libp2p's
-swarm before it dials (within `CONNECT_TIMEOUT`)."""
+"""Longest `connect` waits for a dead or closing connection to the peer to leave
+py-libp2p's swarm before it dials afresh (within `CONNECT_TIMEOUT`)."""
 MAX_CONNECTIONS = 1000
 """Connections the host accepts (py-libp2p's resource manager allows 1000 by default)."""
 DIAL_RETRIES = 1
@@ -622,7 +623,6 @@ class Libp2pTransport:
         swarm.unblock_peer(pid)  # lift the 60 s negative cache of a failure
         net_stream = None
         with trio.move_on_after(CONNECT_TIMEOUT):
-            await _closing_connections_gone(swarm, pid)
             held = swarm.get_connections(pid)
             try:
                 net_stream = await self._host.new_stream(pid, [_PROTOCOL])
@@ -633,7 +633,9 @@ class Libp2pTransport:
                 # The connection py-libp2p still held is dead (its socket refused our write:
                 # the peer closed it, e.g. after its own frame write towards us was cut
                 # short while we read nothing, see "Whole frames"; our reader has not seen
-                # its end yet) or closing: close it, let it go, and dial afresh, once.
+                # its end yet) or closing (the peer closed it or restarted: py-libp2p
+                # refuses to dial until its close is done, "No valid connections
+                # available"): close it, let it go, and dial afresh, once.
                 logger.info("stream to %s failed on a dead connection: %s", pid, _describe(exc))
                 await _drop_connections(swarm, pid, dead)
                 try:
@@ -1008,9 +1010,8 @@ class _GuardedYamux(Yamux):
             )
             with trio.CancelScope(shield=True, deadline=bound) as scope:
                 await self.secured_conn.write(data)
-            if scope.cancelled_caught:
-                self.p2pay_write_broken = True
-        if self.p2pay_write_broken:
+            self.p2pay_write_broken = scope.cancelled_caught
+        if scope.cancelled_caught:
             logger.warning(
                 "a frame to %s was not written within %.1f s: connection closed",
                 self.peer_id,
@@ -1111,16 +1112,6 @@ class _Handlers(dict[TProtocol | None, Any]):
 
     def __missing__(self, protocol: TProtocol | None) -> None:
         return None
-
-
-async def _closing_connections_gone(swarm: Swarm, pid: ID) -> None:
-    """Wait (at most `CLOSING_WAIT`) while every connection the swarm holds to `pid` is
-    closing: py-libp2p keeps one until its close is done (the muxer's close, then its
-    removal) and meanwhile refuses to dial that peer ("No valid connections available"),
-    so a call made the moment the peer closed or restarted failed PeerUnreachable."""
-    with trio.move_on_after(CLOSING_WAIT):
-        while (held := swarm.get_connections(pid)) and all(c.is_closed for c in held):
-            await trio.sleep(0.01)
 
 
 async def _drop_connections(swarm: Swarm, pid: ID, dead: list[INetConn]) -> None:
