@@ -14,7 +14,6 @@ Bounded waits; no timing assertion.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import socket
 import time
@@ -34,8 +33,8 @@ from test_cli import (  # noqa: F401 - fixtures
 
 from p2pay.core.errors import P2payError
 from p2pay.ledger.sqlite import SqliteLedger
-from p2pay.net.p2p import Libp2pStream
 from p2pay.node import NodeConfig, open_node
+from tests.integration.node_support import socket_of, tcp_of
 
 BIG = '''
 async def big(call):
@@ -45,10 +44,6 @@ async def big(call):
     return bytes(call.body) * (262144 // max(1, len(call.body)))
 '''
 CALLS = 24
-
-
-def _raw(stream: Libp2pStream) -> Any:
-    return stream._net.muxed_conn.secured_conn.conn.conn.stream  # py-libp2p TrioTCPStream
 
 
 def test_sigterm_beside_a_stalled_peer_exits_and_keeps_the_store(
@@ -83,17 +78,12 @@ def test_sigterm_beside_a_stalled_peer_exits_and_keeps_the_store(
                     ch = await payer.open_channel(addr, deposit=10**9, challenge_ms=1000)
                     await payer.call(addr, "big", b"warm", max_price=PRICE, timeout=10)
                 (conn,) = payer.client._connections.values()
-                stream = conn.stream
-                assert isinstance(stream, Libp2pStream)
-                raw = _raw(stream)
+                raw = tcp_of(conn.stream)
                 # the payer reads no more TCP, and its kernel takes little more: the
                 # provider's answers fill its socket towards the payer (not only the yamux
                 # window of the stream)
-                sock = socket.socket(fileno=os.dup(raw.stream.socket.fileno()))
-                try:
+                with socket_of(conn.stream) as sock:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                finally:
-                    sock.close()  # the duplicate only
                 lock = raw.read_lock
                 await lock.acquire()
 

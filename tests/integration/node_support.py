@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
+import socket
 import sys
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +31,9 @@ from p2pay.core.settlement import (
 )
 from p2pay.ledger.memory import MemoryLedger, wall_clock_ms
 from p2pay.ledger.sqlite import SqliteLedger
+from p2pay.net.base import Stream
 from p2pay.net.memory import MemoryNetwork
+from p2pay.net.p2p import Libp2pStream
 from p2pay.node import Call, Node, NodeConfig, open_node
 from p2pay.store.sqlite import SqliteStore
 
@@ -453,3 +457,21 @@ async def redeliver_awaiting(payer: Node, *, each: float) -> None:
         with trio.move_on_after(each):
             while await payer.redeliver(record, timeout=10) is None:
                 await trio.sleep(0.2)
+
+
+def tcp_of(stream: Stream) -> Any:
+    """py-libp2p's TCP stream (`TrioTCPStream`) under a p2pay libp2p stream. Holding its
+    ``read_lock`` stops the connection's reader: nothing more is read from the socket."""
+    assert isinstance(stream, Libp2pStream)
+    return stream._net.muxed_conn.secured_conn.conn.conn.stream
+
+
+@contextmanager
+def socket_of(stream: Stream) -> Iterator[socket.socket]:
+    """A duplicate of the socket under a p2pay libp2p stream (closing it leaves the
+    original open): to set its options, or to write past py-libp2p into it."""
+    sock = socket.socket(fileno=os.dup(tcp_of(stream).stream.socket.fileno()))
+    try:
+        yield sock
+    finally:
+        sock.close()

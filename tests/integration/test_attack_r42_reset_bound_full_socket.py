@@ -14,11 +14,11 @@ no timing is measured, only which bound ended it.
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 import trio
+from node_support import socket_of, tcp_of
 
 import p2pay.net.p2p as p2p
 from p2pay.core.identity import Keypair
@@ -30,23 +30,17 @@ HONEST = Keypair.from_seed(bytes([42]) * 32)
 STALLER = Keypair.from_seed(bytes([43]) * 32)
 
 
-def _raw(stream: Libp2pStream) -> object:
-    return stream._net.muxed_conn.secured_conn.conn.conn.stream  # py-libp2p TrioTCPStream
-
-
 def _fill(stream: Libp2pStream) -> int:
     """Write garbage straight into the socket under `stream` until the kernel takes no
     more (the peer reads nothing, so it corrupts nothing that is read)."""
-    sock = socket.socket(fileno=os.dup(_raw(stream).stream.socket.fileno()))  # type: ignore[attr-defined]
-    sock.setblocking(False)
     sent = 0
-    try:
-        while True:
-            sent += sock.send(b"\0" * 1024)
-    except BlockingIOError:
-        pass
-    finally:
-        sock.close()  # the duplicate only
+    with socket_of(stream) as sock:
+        sock.setblocking(False)
+        try:
+            while True:
+                sent += sock.send(b"\0" * 1024)
+        except BlockingIOError:
+            pass
     return sent
 
 
@@ -72,7 +66,7 @@ async def test_attack_r42_a_reset_towards_a_peer_that_stopped_reading_is_bounded
             assert await server.receive() == b"hello"
             assert isinstance(client, Libp2pStream) and isinstance(server, Libp2pStream)
             # the staller reads no more (its reader is parked behind this lock)
-            await _raw(client).read_lock.acquire()  # type: ignore[attr-defined]
+            await tcp_of(client).read_lock.acquire()
             await trio.sleep(1)  # past yamux's first RTT ping (the next is 30 s later)
             # fill the honest side's socket towards it (what a peer that stopped reading
             # after being sent enough leaves)
@@ -96,9 +90,6 @@ async def test_attack_r42_a_reset_towards_a_peer_that_stopped_reading_is_bounded
                 await ended.wait()
             kept_its_bound = ended.is_set()
             if not kept_its_bound:  # unblock the stuck write: shut the socket down
-                sock = socket.socket(fileno=os.dup(_raw(server).stream.socket.fileno()))  # type: ignore[attr-defined]
-                try:
+                with socket_of(server) as sock:
                     sock.shutdown(socket.SHUT_RDWR)
-                finally:
-                    sock.close()
         assert kept_its_bound, "a reset towards a peer that stopped reading outlived its bound"

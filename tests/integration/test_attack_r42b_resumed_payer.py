@@ -11,18 +11,15 @@ Bounded waits; no timing assertion.
 from __future__ import annotations
 
 import collections
-import os
 import socket
-from typing import Any
 
 import pytest
 import trio
-from node_support import funded_ledger, redeliver_awaiting
+from node_support import funded_ledger, redeliver_awaiting, socket_of, tcp_of
 
 from p2pay.core.errors import P2payError
 from p2pay.core.identity import Keypair
 from p2pay.net import p2p
-from p2pay.net.p2p import Libp2pStream
 from p2pay.node import Call, NodeConfig, open_node
 
 PAYER = Keypair.from_seed(bytes([149]) * 32)
@@ -34,10 +31,6 @@ CONFIG = NodeConfig(
     auto_claim=False,
     redeem_threshold=10**30,
 )
-
-
-def _raw(stream: Libp2pStream) -> Any:
-    return stream._net.muxed_conn.secured_conn.conn.conn.stream  # py-libp2p TrioTCPStream
 
 
 # gap: how long after it reads again the payer calls (0: its reader has not seen the
@@ -69,13 +62,9 @@ async def test_a_resumed_payer_reaches_its_payee_again(
             ch = await payer.open_channel(peer, deposit=10**9)
             await payer.call(peer, "svc", b"warm", max_price=PRICE, timeout=10)
         (conn,) = payer.client._connections.values()
-        assert isinstance(conn.stream, Libp2pStream)
-        raw = _raw(conn.stream)
-        sock = socket.socket(fileno=os.dup(raw.stream.socket.fileno()))
-        try:
+        raw = tcp_of(conn.stream)
+        with socket_of(conn.stream) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        finally:
-            sock.close()
 
         async def call(body: bytes, timeout: float) -> None:
             try:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from node_support import tcp_of
 
 from p2pay.core.errors import FrameTooLarge, LocalProtocolError
 from p2pay.core.identity import Keypair
@@ -959,7 +960,7 @@ async def test_libp2p_a_frame_write_stuck_past_its_bound_closes_the_connection(
         client, server = await stream_pair(alice, bob, acceptor, b"hello")
         conn = client._net.muxed_conn
         # BOB stops reading the connection: its yamux reader waits for the raw read lock
-        raw = server._net.muxed_conn.secured_conn.conn.conn.stream
+        raw = tcp_of(server)
         await raw.read_lock.acquire()
         ping = struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_PING, 0, 0, 0)
         body = b"x" * 60_000
