@@ -46,14 +46,19 @@ async def held(call):
 '''
 
 
+def fund_payer(d: Path, c: InProcess, *, node: str) -> None:
+    """MALLORY funded (1 token), and the provider home ``p`` given the ``[node]`` settings
+    `node` (TOML lines)."""
+    c.ok("--home", "p", "ledger", "mint", MALLORY.account.hex(), "1 token")
+    config = d / "p" / "config.toml"
+    config.write_text(config.read_text() + f"\n[node]\n{node}")
+
+
 def provider(d: Path, c: InProcess, *, window: str, node: str = "") -> None:
     """The provider home ``p`` staked with claim window `window`, ``[node]`` settings
     (`node` added to a 0.2 s watch interval and a 1 s minimum challenge period), the
     ``held`` module written, and MALLORY funded."""
-    c.ok("--home", "p", "ledger", "mint", MALLORY.account.hex(), "1 token")
-    config = d / "p" / "config.toml"
-    settings = f"\n[node]\nwatch_interval = 0.2\nmin_challenge_ms = 1000\n{node}"
-    config.write_text(config.read_text() + settings)
+    fund_payer(d, c, node=f"watch_interval = 0.2\nmin_challenge_ms = 1000\n{node}")
     c.ok("--home", "p", "stake", "1 token", "--penalty", "100 milli", "--claim-window", window)
     (d / "heldsvc.py").write_text(HELD)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cli_raw_payer import MALLORY, PRICE
+from cli_raw_payer import MALLORY, PRICE, fund_payer
 from test_cli import (  # noqa: F401 - fixtures
     InProcess,
     Node,
@@ -79,10 +79,7 @@ def test_idle_resets_racing_calls_charge_nothing_twice(
 ) -> None:
     d: Path = world["dir"]
     c: InProcess = world["cli"]
-    c.ok("--home", "p", "ledger", "mint", MALLORY.account.hex(), "1 token")
-    config = d / "p" / "config.toml"
-    settings = "\n[node]\nidle_timeout = 0.05\nmin_challenge_ms = 1000\n"
-    config.write_text(config.read_text() + settings)
+    fund_payer(d, c, node="idle_timeout = 0.05\nmin_challenge_ms = 1000\n")
     node = Node(d, "p", "--listen", "/ip4/127.0.0.1/tcp/0", "--service", f"echo={PRICE}")
     nodes.append(node)
     kinds, charged, spent, channel = trio.run(_calls, d, node.addr)

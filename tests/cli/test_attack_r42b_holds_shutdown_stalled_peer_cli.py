@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cli_raw_payer import MALLORY, PRICE
+from cli_raw_payer import MALLORY, PRICE, fund_payer
 from test_cli import (  # noqa: F401 - fixtures
     InProcess,
     Node,
@@ -52,9 +52,7 @@ def test_sigterm_beside_a_stalled_peer_exits_and_keeps_the_store(
 ) -> None:
     d: Path = world["dir"]
     c: InProcess = world["cli"]
-    c.ok("--home", "p", "ledger", "mint", MALLORY.account.hex(), "1 token")
-    config = d / "p" / "config.toml"
-    config.write_text(config.read_text() + "\n[node]\nmin_challenge_ms = 1000\n")
+    fund_payer(d, c, node="min_challenge_ms = 1000\n")
     (d / "bigsvc.py").write_text(BIG)
     listen = f"/ip4/127.0.0.1/tcp/{restart_port()}"
 
