@@ -11,6 +11,11 @@ anvil and, by switch (`LyingRpc.lies`), lies to whoever uses it:
 * ``fake_receipts``: `eth_getTransactionReceipt` of a dropped hash answers status 1;
 * ``garble``: method name -> the ``result`` answered instead of the true one (``None``: a
   null result; counted in `garbled`).
+* ``once`` (attack round 44): method name -> a list of lies answered in turn, one a call,
+  then the truth again; a lie is a ``result`` or a function of the true ``result`` (e.g.
+  ``lambda head: hex(int(head, 16) + 200)``); each one answered is counted in `garbled`.
+* ``rewrite`` (attack round 44): method name -> a function of the true ``result`` whose
+  value is answered instead, every call (counted in `garbled`).
 
 `anvil` starts anvil mining a block every second (block times follow the wall clock, as
 the CLI's untimed `Web3Chain` expects) and stops it by its PID. `cli` runs
@@ -144,6 +149,17 @@ class LyingRpc:
                     "contractAddress": None,
                 },
             }
+        once = lies.get("once", {})
+        if once.get(method):
+            lie = once[method].pop(0)
+            self.garbled[method] = self.garbled.get(method, 0) + 1
+            if callable(lie):
+                lie = lie(self._relay(doc).get("result"))
+            return {**base, "result": lie}
+        rewrite = lies.get("rewrite", {})
+        if method in rewrite:
+            self.garbled[method] = self.garbled.get(method, 0) + 1
+            return {**base, "result": rewrite[method](self._relay(doc).get("result"))}
         answer = self._relay(doc)
         if method == "eth_getLogs" and isinstance(answer.get("result"), list):
             found = answer["result"]

@@ -1,0 +1,100 @@
+"""Attack round 44: one `eth_blockNumber` reply far ahead of the chain hides every claim
+filed in the blocks after it from a running provider, which is then slashed.
+
+The provider (`p2pay node run`, its own process, staked, serving ``echo``) reads anvil
+through `LyingRpc`. Once, after it has synced, the endpoint answers `eth_blockNumber` with
+the true head + `AHEAD` blocks (a load-balanced endpoint one of whose backends is ahead,
+or wrong, once); everything else is true, and from then on the truth again. `EvmLedger._sync`
+reads the logs up to that head (none: those blocks do not exist yet; anvil, as geth, answers
+an empty list for blocks past its head) and moves its cursor there. Later syncs read again
+only the `RESCAN_BLOCKS` (64) blocks before the cursor, so the logs of the blocks between
+the true head and cursor - 64 are never read: a claim the client files there is never seen
+(the claim list and the request frame come from the logs), the window ends and the claim is
+UPHELD, an honest provider slashed. Skipped without anvil.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
+
+from lying_rpc import LyingRpc, anvil, staked_provider, start_provider
+
+from p2pay import testing
+from p2pay.core.evmsig import EvmKey
+from p2pay.core.messages import Request
+from p2pay.core.settlement import ClaimState
+from p2pay.ledger.evm import EvmLedger, Web3Chain
+
+pytestmark = pytest.mark.trio
+
+ALICE = testing.ALICE
+PRICE = 1000
+TOKEN = 10**24
+AHEAD = 200  # blocks: more than RESCAN_BLOCKS past the claim's block
+
+if testing.anvil_binary() is None:
+    pytest.skip(
+        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
+        allow_module_level=True,
+    )
+
+
+async def test_one_head_reply_far_ahead_does_not_get_an_honest_provider_slashed(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path
+    with anvil() as rpc_url, LyingRpc(rpc_url) as proxy:
+        contract, provider = staked_provider(d, rpc_url, proxy)
+        node = start_provider(d)
+        ledger: EvmLedger | None = None
+        try:
+            ledger = await EvmLedger.connect(Web3Chain(rpc_url), bytes.fromhex(contract[2:]))
+            alice = EvmKey.derive(ALICE)
+            ledger.chain.fund(alice.address)  # type: ignore[attr-defined]
+            await ledger.mint(ALICE, alice.account, TOKEN)
+            cid = await ledger.open_channel(ALICE, provider, 10**21, 60_000)
+            # one head reply AHEAD blocks past the truth, read by the provider's watcher
+            proxy.lies["once"] = {"eth_blockNumber": [lambda h: hex(int(h, 16) + AHEAD)]}
+            deadline = time.monotonic() + 60  # a bound, never a measure
+            while proxy.lies["once"]["eth_blockNumber"]:
+                assert time.monotonic() < deadline, "the provider never read the head"
+                await trio.sleep(0.1)
+            await trio.sleep(1)  # a few of the provider's syncs (every 0.2 s) after it
+            now = await ledger.now()
+            request = Request.create(
+                ALICE,
+                ledger=ledger.ledger_id,
+                channel=cid,
+                n=1,
+                paid=PRICE,
+                price=PRICE,
+                service="echo",
+                body=b"claimed",
+                deadline=now - 1,
+            )
+            claim_id = await ledger.file_claim(ALICE, request)
+            with trio.fail_after(90):  # the 20 s window and then some
+                while True:
+                    claim = await ledger.claim(claim_id)
+                    assert claim is not None
+                    if claim.state is not ClaimState.OPEN:
+                        break
+                    if await ledger.now() > claim.window_ends + 2000:
+                        await ledger.resolve_claim(ALICE, claim_id)
+                    else:
+                        await trio.sleep(0.5)
+            stake = await ledger.stake_of(provider)
+            totals = await ledger.totals()
+        finally:
+            log = node.stop()
+            if ledger is not None:
+                await ledger.aclose()
+        assert totals.conserved
+        assert claim.state is ClaimState.DELIVERED, (claim.state, claim.slashed, log[-3000:])
+        assert stake is not None and stake.amount == TOKEN // 2
