@@ -539,7 +539,18 @@ class Web3Chain(Chain):
 
     @_reply_checked
     def head(self) -> int:
-        return int(self._rpc("eth_blockNumber", []), 16)
+        """The lower of two readings of the head: `eth_blockNumber` and the number of the
+        block `eth_getBlockByNumber` calls latest. The ledger's log cursor moves to the
+        head (`EvmLedger._sync`) and reads again only `RESCAN_BLOCKS` before it: one
+        `eth_blockNumber` reply 200 blocks ahead of the chain (a load-balanced backend
+        ahead or wrong, once) moved it past blocks not mined yet, whose logs were then
+        never read: a claim filed there was never answered and an honest provider was
+        slashed (attack round 44). A head not mined yet has no block to show; an endpoint
+        that lies in both at once is still believed (settlement.md, "A chain that
+        misbehaves")."""
+        number = int(self._rpc("eth_blockNumber", []), 16)
+        latest = self._rpc("eth_getBlockByNumber", ["latest", False])
+        return min(number, int(latest["number"], 16))
 
     @_reply_checked
     def last_timestamp(self) -> int:
