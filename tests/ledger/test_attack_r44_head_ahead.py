@@ -45,8 +45,21 @@ if testing.anvil_binary() is None:
     )
 
 
+def _flipping() -> object:
+    """Every other reply 30 blocks behind: a load-balanced endpoint flipping between a
+    backend at the head and one far behind (the head goes backwards, then forwards)."""
+    flips = [0]
+
+    def head(h: str) -> str:
+        flips[0] += 1
+        return hex(max(int(h, 16) - 30 * (flips[0] % 2), 0))
+
+    return head
+
+
+@pytest.mark.parametrize("lie", ["ahead_once", "flipping_backwards"])
 async def test_one_head_reply_far_ahead_does_not_get_an_honest_provider_slashed(
-    tmp_path: Path,
+    tmp_path: Path, lie: str
 ) -> None:
     d = tmp_path
     with anvil() as rpc_url, LyingRpc(rpc_url) as proxy:
@@ -60,9 +73,12 @@ async def test_one_head_reply_far_ahead_does_not_get_an_honest_provider_slashed(
             await ledger.mint(ALICE, alice.account, TOKEN)
             cid = await ledger.open_channel(ALICE, provider, 10**21, 60_000)
             # one head reply AHEAD blocks past the truth, read by the provider's watcher
-            proxy.lies["once"] = {"eth_blockNumber": [lambda h: hex(int(h, 16) + AHEAD)]}
+            if lie == "flipping_backwards":
+                proxy.lies["rewrite"] = {"eth_blockNumber": _flipping()}
+            else:
+                proxy.lies["once"] = {"eth_blockNumber": [lambda h: hex(int(h, 16) + AHEAD)]}
             deadline = time.monotonic() + 60  # a bound, never a measure
-            while proxy.lies["once"]["eth_blockNumber"]:
+            while not proxy.garbled.get("eth_blockNumber"):
                 assert time.monotonic() < deadline, "the provider never read the head"
                 await trio.sleep(0.1)
             await trio.sleep(1)  # a few of the provider's syncs (every 0.2 s) after it
