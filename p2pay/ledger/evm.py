@@ -141,6 +141,11 @@ log = logging.getLogger("p2pay.ledger.evm")
 #: behind its head an endpoint's log backend may lag without hiding a log for good
 RESCAN_BLOCKS = 64
 
+#: the highest first tip (maxPriorityFeePerGas, wei a gas) `Web3Chain` pays, whatever the
+#: endpoint suggests: 50 gwei, above what Ethereum's blocks take outside a rush and
+#: Polygon's 25-30 gwei floor; a transaction it leaves unmined is re-priced (`fee_bump`)
+MAX_TIP_WEI = 50 * 10**9
+
 _T = TypeVar("_T")
 _Args = TypeVarTuple("_Args")
 _P = ParamSpec("_P")
@@ -451,7 +456,11 @@ class Web3Chain(Chain):
       `timeout_s`, then `TransactionTimeout`;
     * before sending, the sender's gas balance is checked: too little for this transaction
       is `InsufficientGasFunds` (nothing sent); less than `low_gas_txs` such transactions
-      logs a warning.
+      logs a warning;
+    * the tip the endpoint suggests (``eth_maxPriorityFeePerGas``) is taken up to
+      `max_tip_wei` a gas, never above: an endpoint that answered 100,000 gwei made one
+      ``p2pay stake`` pay 5.74 ETH in tips, against 0.00006 ETH told the truth (attack
+      round 44).
 
     Args:
         url: the RPC endpoint (``http://127.0.0.1:8545``).
@@ -463,6 +472,7 @@ class Web3Chain(Chain):
         fee_bump: factor applied to both fees at each re-pricing.
         poll_s: receipt polling interval.
         low_gas_txs: warn when the gas balance pays for fewer transactions than this.
+        max_tip_wei: the highest first tip a gas (re-pricing raises it by `fee_bump` a time).
     """
 
     blocking_io = True
@@ -479,11 +489,14 @@ class Web3Chain(Chain):
         fee_bump: float = 1.25,
         poll_s: float = 0.05,
         low_gas_txs: int = 20,
+        max_tip_wei: int = MAX_TIP_WEI,
     ) -> None:
         from web3 import HTTPProvider, Web3
 
-        if fee_bump < 1.1 or rpc_retries < 0 or poll_s <= 0:
-            raise LocalProtocolError("need fee_bump >= 1.1, rpc_retries >= 0, poll_s > 0")
+        if fee_bump < 1.1 or rpc_retries < 0 or poll_s <= 0 or max_tip_wei < 1:
+            raise LocalProtocolError(
+                "need fee_bump >= 1.1, rpc_retries >= 0, poll_s > 0, max_tip_wei >= 1"
+            )
         # web3's own retries off: `_rpc` is the one place that retries (and counts)
         provider = HTTPProvider(
             url, request_kwargs={"timeout": rpc_timeout_s}, exception_retry_configuration=None
@@ -497,6 +510,7 @@ class Web3Chain(Chain):
         self.fee_bump = fee_bump
         self.poll_s = poll_s
         self.low_gas_txs = low_gas_txs
+        self.max_tip_wei = max_tip_wei
         self._chain_id: int | None = None
         self._nonces: dict[bytes, int] = {}  # next nonce per sender address
         # what happened (tests, metrics): RPC retries, re-priced sends, low-gas warnings
@@ -586,7 +600,8 @@ class Web3Chain(Chain):
             tip = int(self._rpc("eth_maxPriorityFeePerGas", []), 16)
         except RpcErrorReply:
             tip = 10**9
-        tip = max(tip, 1)
+        # the endpoint's word, bounded: the tip goes to the block's producer, not back
+        tip = min(max(tip, 1), self.max_tip_wei)
         return 2 * base + tip, tip
 
     def _next_nonce(self, address: bytes, *, refresh: bool = False) -> int:

@@ -26,8 +26,9 @@ import trio
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
 from p2pay import testing
-from p2pay.core.errors import P2payError
+from p2pay.core.errors import LocalProtocolError, P2payError
 from p2pay.ledger.evm import (
+    MAX_TIP_WEI,
     ChainUnavailable,
     EvmLedger,
     InsufficientGasFunds,
@@ -263,3 +264,12 @@ async def test_nonce_races_and_dropped_transactions(fresh: Web3Chain, anvil_url:
         await L.transfer(A, B.account, 1)
     assert await L.balance(B.account) == 3  # the dropped one never happened
     await L.aclose()
+
+
+async def test_a_tip_bound_below_one_wei_is_refused() -> None:
+    """`max_tip_wei` bounds the tip an endpoint suggests (settlement.md, "A chain that
+    misbehaves"); a bound under 1 wei would leave no tip to pay."""
+    for bad in (0, -1):
+        with pytest.raises(LocalProtocolError, match="max_tip_wei"):
+            Web3Chain("http://127.0.0.1:9", max_tip_wei=bad)
+    assert Web3Chain("http://127.0.0.1:9").max_tip_wei == MAX_TIP_WEI
