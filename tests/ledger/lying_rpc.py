@@ -19,7 +19,9 @@ anvil and, by switch (`LyingRpc.lies`), lies to whoever uses it:
 
 `anvil` starts anvil mining a block every second (block times follow the wall clock, as
 the CLI's untimed `Web3Chain` expects) and stops it by its PID. `cli` runs
-``python -m p2pay`` in its own process. Every wait is bounded.
+``python -m p2pay`` in its own process. `client_ledger`, `file_withheld_claim` and
+`claim_outcome` play the client of a claim through anvil itself (never the proxy). Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from p2pay import testing
+from p2pay.core.evmsig import EvmKey
+from p2pay.core.messages import Request
+from p2pay.core.settlement import Claim, ClaimState
+from p2pay.ledger.evm import EvmLedger, Web3Chain
 
 TIMEOUT = 120.0
 
@@ -279,3 +287,58 @@ def run(cwd: Path, *args: str, timeout: float = TIMEOUT) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
+
+
+ALICE = testing.ALICE  # the client of `client_ledger` (its derived EVM key settles)
+PRICE = 1000  # what `start_provider` charges for echo
+TOKEN = 10**24
+
+
+@asynccontextmanager
+async def client_ledger(
+    rpc_url: str, contract: str, provider: bytes
+) -> AsyncIterator[tuple[EvmLedger, bytes]]:
+    """ALICE on `contract` through anvil at `rpc_url` (not the proxy): her EVM key funded
+    with gas, a token minted to her, a channel of 10**21 yocto (challenge 60 s) open to
+    `provider`. Yields the ledger and the channel id; closes the ledger after."""
+    ledger = await EvmLedger.connect(Web3Chain(rpc_url), bytes.fromhex(contract[2:]))
+    try:
+        alice = EvmKey.derive(ALICE)
+        ledger.chain.fund(alice.address)  # type: ignore[attr-defined]
+        await ledger.mint(ALICE, alice.account, TOKEN)
+        cid = await ledger.open_channel(ALICE, provider, 10**21, 60_000)
+        yield ledger, cid
+    finally:
+        await ledger.aclose()
+
+
+async def file_withheld_claim(ledger: EvmLedger, cid: bytes) -> bytes:
+    """ALICE claims request 1 of channel `cid` (echo ``claimed``, deadline just past), as
+    if the provider had taken it and never answered. Returns the claim's id."""
+    request = Request.create(
+        ALICE,
+        ledger=ledger.ledger_id,
+        channel=cid,
+        n=1,
+        paid=PRICE,
+        price=PRICE,
+        service="echo",
+        body=b"claimed",
+        deadline=await ledger.now() - 1,
+    )
+    return await ledger.file_claim(ALICE, request)
+
+
+async def claim_outcome(ledger: EvmLedger, claim_id: bytes) -> Claim:
+    """The claim once it left OPEN: answered by the provider, or resolved by ALICE two
+    seconds past its window (at most 90 s: the provider's 20 s window and then some)."""
+    with trio.fail_after(90):
+        while True:
+            claim = await ledger.claim(claim_id)
+            assert claim is not None
+            if claim.state is not ClaimState.OPEN:
+                return claim
+            if await ledger.now() > claim.window_ends + 2000:
+                await ledger.resolve_claim(ALICE, claim_id)
+            else:
+                await trio.sleep(0.5)

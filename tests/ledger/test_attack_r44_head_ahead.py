@@ -23,19 +23,22 @@ import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, staked_provider, start_provider
+from lying_rpc import (
+    TOKEN,
+    LyingRpc,
+    anvil,
+    claim_outcome,
+    client_ledger,
+    file_withheld_claim,
+    staked_provider,
+    start_provider,
+)
 
 from p2pay import testing
-from p2pay.core.evmsig import EvmKey
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
 
 pytestmark = pytest.mark.trio
 
-ALICE = testing.ALICE
-PRICE = 1000
-TOKEN = 10**24
 AHEAD = 200  # blocks: more than RESCAN_BLOCKS past the claim's block
 
 if testing.anvil_binary() is None:
@@ -65,52 +68,23 @@ async def test_one_head_reply_far_ahead_does_not_get_an_honest_provider_slashed(
     with anvil() as rpc_url, LyingRpc(rpc_url) as proxy:
         contract, provider = staked_provider(d, rpc_url, proxy)
         node = start_provider(d)
-        ledger: EvmLedger | None = None
         try:
-            ledger = await EvmLedger.connect(Web3Chain(rpc_url), bytes.fromhex(contract[2:]))
-            alice = EvmKey.derive(ALICE)
-            ledger.chain.fund(alice.address)  # type: ignore[attr-defined]
-            await ledger.mint(ALICE, alice.account, TOKEN)
-            cid = await ledger.open_channel(ALICE, provider, 10**21, 60_000)
-            # one head reply AHEAD blocks past the truth, read by the provider's watcher
-            if lie == "flipping_backwards":
-                proxy.lies["rewrite"] = {"eth_blockNumber": _flipping()}
-            else:
-                proxy.lies["once"] = {"eth_blockNumber": [lambda h: hex(int(h, 16) + AHEAD)]}
-            deadline = time.monotonic() + 60  # a bound, never a measure
-            while not proxy.garbled.get("eth_blockNumber"):
-                assert time.monotonic() < deadline, "the provider never read the head"
-                await trio.sleep(0.1)
-            await trio.sleep(1)  # a few of the provider's syncs (every 0.2 s) after it
-            now = await ledger.now()
-            request = Request.create(
-                ALICE,
-                ledger=ledger.ledger_id,
-                channel=cid,
-                n=1,
-                paid=PRICE,
-                price=PRICE,
-                service="echo",
-                body=b"claimed",
-                deadline=now - 1,
-            )
-            claim_id = await ledger.file_claim(ALICE, request)
-            with trio.fail_after(90):  # the 20 s window and then some
-                while True:
-                    claim = await ledger.claim(claim_id)
-                    assert claim is not None
-                    if claim.state is not ClaimState.OPEN:
-                        break
-                    if await ledger.now() > claim.window_ends + 2000:
-                        await ledger.resolve_claim(ALICE, claim_id)
-                    else:
-                        await trio.sleep(0.5)
-            stake = await ledger.stake_of(provider)
-            totals = await ledger.totals()
+            async with client_ledger(rpc_url, contract, provider) as (ledger, cid):
+                # one head reply AHEAD blocks past the truth, read by the provider's watcher
+                if lie == "flipping_backwards":
+                    proxy.lies["rewrite"] = {"eth_blockNumber": _flipping()}
+                else:
+                    proxy.lies["once"] = {"eth_blockNumber": [lambda h: hex(int(h, 16) + AHEAD)]}
+                deadline = time.monotonic() + 60  # a bound, never a measure
+                while not proxy.garbled.get("eth_blockNumber"):
+                    assert time.monotonic() < deadline, "the provider never read the head"
+                    await trio.sleep(0.1)
+                await trio.sleep(1)  # a few of the provider's syncs (every 0.2 s) after it
+                claim = await claim_outcome(ledger, await file_withheld_claim(ledger, cid))
+                stake = await ledger.stake_of(provider)
+                totals = await ledger.totals()
         finally:
             log = node.stop()
-            if ledger is not None:
-                await ledger.aclose()
         assert totals.conserved
         assert claim.state is ClaimState.DELIVERED, (claim.state, claim.slashed, log[-3000:])
         assert stake is not None and stake.amount == TOKEN // 2

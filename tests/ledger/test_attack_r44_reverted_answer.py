@@ -15,23 +15,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, staked_provider, start_provider
+from lying_rpc import (
+    TOKEN,
+    LyingRpc,
+    anvil,
+    claim_outcome,
+    client_ledger,
+    file_withheld_claim,
+    staked_provider,
+    start_provider,
+)
 
 from p2pay import testing
-from p2pay.core.evmsig import EvmKey
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
 
 pytestmark = pytest.mark.trio
 
-ALICE = testing.ALICE
-PRICE = 1000
-TOKEN = 10**24
 LIES = 3
 
 if testing.anvil_binary() is None:
@@ -48,52 +50,23 @@ async def test_a_reverted_answer_reported_as_success_is_answered_again(
     with anvil() as rpc_url, LyingRpc(rpc_url) as proxy:
         contract, provider = staked_provider(d, rpc_url, proxy)
         node = start_provider(d)
-        ledger: EvmLedger | None = None
         try:
-            ledger = await EvmLedger.connect(Web3Chain(rpc_url), bytes.fromhex(contract[2:]))
-            alice = EvmKey.derive(ALICE)
-            ledger.chain.fund(alice.address)  # type: ignore[attr-defined]
-            await ledger.mint(ALICE, alice.account, TOKEN)
-            cid = await ledger.open_channel(ALICE, provider, 10**21, 60_000)
-            now = await ledger.now()
-            request = Request.create(
-                ALICE,
-                ledger=ledger.ledger_id,
-                channel=cid,
-                n=1,
-                paid=PRICE,
-                price=PRICE,
-                service="echo",
-                body=b"claimed",
-                deadline=now - 1,
-            )
-            proxy.lies["once"] = {"eth_estimateGas": ["0x1"] * LIES}
-            reverted: list[str] = []  # receipts whose true status was 0, answered 1
+            async with client_ledger(rpc_url, contract, provider) as (ledger, cid):
+                proxy.lies["once"] = {"eth_estimateGas": ["0x1"] * LIES}
+                reverted: list[str] = []  # receipts whose true status was 0, answered 1
 
-            def succeeded(r: dict[str, str] | None) -> dict[str, str] | None:
-                if r and r["status"] != "0x1":
-                    reverted.append(r["transactionHash"])
-                return r and {**r, "status": "0x1"}
+                def succeeded(r: dict[str, str] | None) -> dict[str, str] | None:
+                    if r and r["status"] != "0x1":
+                        reverted.append(r["transactionHash"])
+                    return r and {**r, "status": "0x1"}
 
-            proxy.lies["rewrite"] = {"eth_getTransactionReceipt": succeeded}
-            claim_id = await ledger.file_claim(ALICE, request)
-            with trio.fail_after(90):  # the 20 s window and then some
-                while True:
-                    claim = await ledger.claim(claim_id)
-                    assert claim is not None
-                    if claim.state is not ClaimState.OPEN:
-                        break
-                    if await ledger.now() > claim.window_ends + 2000:
-                        await ledger.resolve_claim(ALICE, claim_id)
-                    else:
-                        await trio.sleep(0.5)
-            lied = proxy.garbled.get("eth_estimateGas", 0)
-            stake = await ledger.stake_of(provider)
-            totals = await ledger.totals()
+                proxy.lies["rewrite"] = {"eth_getTransactionReceipt": succeeded}
+                claim = await claim_outcome(ledger, await file_withheld_claim(ledger, cid))
+                lied = proxy.garbled.get("eth_estimateGas", 0)
+                stake = await ledger.stake_of(provider)
+                totals = await ledger.totals()
         finally:
             log = node.stop()
-            if ledger is not None:
-                await ledger.aclose()
         assert totals.conserved
         assert lied == LIES, lied  # the provider did try to answer under the lie
         assert reverted, "no answer reverted: the lie was never told"
