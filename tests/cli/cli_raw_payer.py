@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from test_cli import InProcess, Node
+from test_cli import InProcess, Node, restart_port
 
 from p2pay.core.identity import Keypair, public_from_peer_id
 from p2pay.core.messages import Frame, Hello, Request, decode_frame
@@ -25,9 +25,13 @@ from p2pay.core.settlement import Claim, ClaimState
 from p2pay.ledger.sqlite import SqliteLedger
 from p2pay.net.base import Stream
 from p2pay.net.p2p import open_libp2p_transport
+from p2pay.node import NodeConfig
 
 PRICE = 1000
 MALLORY = Keypair.from_seed(bytes([77]) * 32)
+#: MALLORY as an honest library payer (`open_node`): it claims nothing and redeems nothing
+#: by itself, its watcher reads the ledger every 0.2 s
+PAYER_CONFIG = NodeConfig(watch_interval=0.2, auto_claim=False, redeem_threshold=10**30)
 
 HELD = '''
 from pathlib import Path
@@ -67,6 +71,20 @@ def start(d: Path) -> Node:
     """`p2pay node run` for home ``p``, serving ``echo`` and ``held`` at `PRICE`."""
     return Node(d, "p", "--listen", "/ip4/127.0.0.1/tcp/0", "--service", f"echo={PRICE}",
                 "--service", f"held={PRICE}:heldsvc:held")  # fmt: skip
+
+
+def restartable(d: Path, nodes: list[Node], service: str) -> Callable[[], Node]:
+    """A function that starts `p2pay node run` for home ``p`` serving `service` (a
+    ``--service`` value), each time on the same address (`restart_port`), and adds it to
+    `nodes` (stopped at the test's end)."""
+    listen = f"/ip4/127.0.0.1/tcp/{restart_port()}"
+
+    def start() -> Node:
+        node = Node(d, "p", "--listen", listen, "--service", service)
+        nodes.append(node)
+        return node
+
+    return start
 
 
 async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:

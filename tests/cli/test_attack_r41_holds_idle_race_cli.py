@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cli_raw_payer import MALLORY, PRICE, fund_payer
+from cli_raw_payer import MALLORY, PAYER_CONFIG, PRICE, fund_payer
 from test_cli import (  # noqa: F401 - fixtures
     InProcess,
     Node,
@@ -30,7 +30,7 @@ from test_cli import (  # noqa: F401 - fixtures
 
 from p2pay.core.errors import P2payError
 from p2pay.ledger.sqlite import SqliteLedger
-from p2pay.node import NodeConfig, open_node
+from p2pay.node import open_node
 
 ROUNDS = 12
 
@@ -42,8 +42,7 @@ async def _calls(d: Path, addr: str) -> tuple[collections.Counter[str], int, int
     kinds: collections.Counter[str] = collections.Counter()
     charged = 0
     try:
-        config = NodeConfig(watch_interval=0.2, auto_claim=False, redeem_threshold=10**30)
-        async with open_node(key=MALLORY, ledger=ledger, config=config) as payer:
+        async with open_node(key=MALLORY, ledger=ledger, config=PAYER_CONFIG) as payer:
             ch = await payer.open_channel(addr, deposit=10**9, challenge_ms=1000)
 
             async def call(body: bytes) -> None:

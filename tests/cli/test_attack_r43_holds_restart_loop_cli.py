@@ -21,19 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cli_raw_payer import MALLORY, PRICE, fund_payer
+from cli_raw_payer import MALLORY, PAYER_CONFIG, PRICE, fund_payer, restartable
 from test_cli import (  # noqa: F401 - fixtures
     InProcess,
     Node,
     cli,
     nodes,
-    restart_port,
     world,
 )
 
 from p2pay.core.errors import P2payError
 from p2pay.ledger.sqlite import SqliteLedger
-from p2pay.node import NodeConfig, open_node
+from p2pay.node import open_node
 from tests.integration.node_support import redeliver_awaiting
 
 # the two restarts: a clean stop (SIGINT: GO_AWAY, then the socket closed), then a crash
@@ -48,12 +47,7 @@ def test_a_provider_restarted_under_a_calling_payer_charges_nothing_twice(
     d: Path = world["dir"]
     c: InProcess = world["cli"]
     fund_payer(d, c, node="min_challenge_ms = 1000\n")
-    listen = f"/ip4/127.0.0.1/tcp/{restart_port()}"
-
-    def start() -> Node:
-        node = Node(d, "p", "--listen", listen, "--service", f"echo={PRICE}")
-        nodes.append(node)
-        return node
+    start = restartable(d, nodes, f"echo={PRICE}")
 
     node = start()
     kinds: collections.Counter[str] = collections.Counter()
@@ -65,8 +59,7 @@ def test_a_provider_restarted_under_a_calling_payer_charges_nothing_twice(
         ledger = await SqliteLedger.open(str(d / "ledger.sqlite"))
         charged = 0
         try:
-            cfg = NodeConfig(watch_interval=0.2, auto_claim=False, redeem_threshold=10**30)
-            async with open_node(key=MALLORY, ledger=ledger, config=cfg) as payer:
+            async with open_node(key=MALLORY, ledger=ledger, config=PAYER_CONFIG) as payer:
                 addr = node.addr
                 with trio.fail_after(30):
                     ch = await payer.open_channel(addr, deposit=10**9, challenge_ms=1000)

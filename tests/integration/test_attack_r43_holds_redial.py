@@ -11,23 +11,15 @@ from __future__ import annotations
 import trio
 from libp2p.peer.id import ID
 from node_support import tcp_of
+from test_transports import echo
 
 from p2pay.core.identity import Keypair
-from p2pay.net import PeerNotReached, Stream, StreamClosed
+from p2pay.net import PeerNotReached, StreamClosed
 from p2pay.net.p2p import _PROTOCOL, Libp2pTransport, open_libp2p_transport
 
 ALICE = Keypair.from_seed(bytes([143]) * 32)
 BOB = Keypair.from_seed(bytes([144]) * 32)
 CALLS = 8
-
-
-async def echo(stream: Stream) -> None:
-    while True:
-        try:
-            payload = await stream.receive()
-        except StreamClosed:
-            return
-        await stream.send(payload)
 
 
 async def _round_trip(transport: Libp2pTransport, addr: str, body: bytes) -> None:
