@@ -41,6 +41,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -460,7 +461,10 @@ class Web3Chain(Chain):
     * the tip the endpoint suggests (``eth_maxPriorityFeePerGas``) is taken up to
       `max_tip_wei` a gas, never above: an endpoint that answered 100,000 gwei made one
       ``p2pay stake`` pay 5.74 ETH in tips, against 0.00006 ETH told the truth (attack
-      round 44).
+      round 44); re-pricing raises it to ``max_tip_wei x fee_bump^n`` at most, ``n`` =
+      ``ceil(timeout_s / reprice_after_s)``, and more than ``n`` "underpriced" replies to
+      one transaction fail it with `ChainUnavailable`: an endpoint answering that 50 times
+      made one stake pay 201 ETH (attack round 45).
 
     Args:
         url: the RPC endpoint (``http://127.0.0.1:8545``).
@@ -676,6 +680,13 @@ class Web3Chain(Chain):
         sent: list[str] = []
         deadline = time.monotonic() + self.timeout_s
         receipt: dict[str, Any] | None = None
+        # every raise of the fees, timed or on an "underpriced" reply, is bounded: the tip
+        # never above max_tip_wei x fee_bump^bumps, and at most `bumps` "underpriced"
+        # replies: one endpoint answering it 50 times in a row raised the tip 1.25^50-fold
+        # and one p2pay stake paid 201 ETH (attack round 45)
+        bumps = min(max(1, math.ceil(self.timeout_s / max(self.reprice_after_s, 1e-3))), 64)
+        ceiling = int(self.max_tip_wei * self.fee_bump**bumps)
+        underpriced = 0
         for _round in range(64):  # bounded: each round waits reprice_after_s or ends
             unsigned.update(nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
             signed = Account.sign_transaction(unsigned, key.secret)
@@ -704,8 +715,16 @@ class Web3Chain(Chain):
                     nonce = self._next_nonce(key.address, refresh=True)
                     continue
                 elif "underpriced" in text:
+                    underpriced += 1
+                    if underpriced > bumps or tip >= ceiling:
+                        self._nonces[key.address] = nonce
+                        raise ChainUnavailable(
+                            f"eth_sendRawTransaction refused as underpriced {underpriced} "
+                            f"times, the tip raised to {tip} wei a gas: {exc}",
+                            details={"hashes": sent, "nonce": nonce},
+                        ) from None
                     max_fee = int(max_fee * self.fee_bump) + 1
-                    tip = int(tip * self.fee_bump) + 1
+                    tip = min(int(tip * self.fee_bump) + 1, ceiling)
                     continue
                 else:
                     raise ChainUnavailable(f"eth_sendRawTransaction refused: {exc}") from None
@@ -719,7 +738,7 @@ class Web3Chain(Chain):
             # not mined in time: the same nonce again with higher fees replaces it
             self.stats["repriced"] += 1
             max_fee = int(max_fee * self.fee_bump) + 1
-            tip = int(tip * self.fee_bump) + 1
+            tip = min(int(tip * self.fee_bump) + 1, ceiling)
             log.warning(
                 "transaction %s not mined after %.1f s: re-priced", tx_hash, self.reprice_after_s
             )
