@@ -88,3 +88,7 @@ def test_underpriced_replies_do_not_raise_the_tip_past_its_bound(tmp_path: Path)
         bound = MAX_TIP_WEI * 1.25**5
         assert tip is None or tip <= bound, (tip, bound)
         assert paid <= 1000 * honest, (honest, paid)
+        # refused at last, typed: exit 1, no traceback
+        assert lied.returncode in (0, 1), lied.stderr[-500:]
+        assert "Traceback" not in lied.stderr and "unexpected" not in lied.stderr, lied.stderr
+        print(lied.stderr[-300:])
