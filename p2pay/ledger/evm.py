@@ -687,6 +687,9 @@ class Web3Chain(Chain):
         bumps = min(max(1, math.ceil(self.timeout_s / max(self.reprice_after_s, 1e-3))), 64)
         ceiling = int(self.max_tip_wei * self.fee_bump**bumps)
         underpriced = 0
+        # a send of this transaction the endpoint may have taken: answered without an error,
+        # "already known", or retried after a lost reply (`_rpc`'s retries)
+        maybe_taken = False
         for _round in range(64):  # bounded: each round waits reprice_after_s or ends
             unsigned.update(nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
             signed = Account.sign_transaction(unsigned, key.secret)
@@ -697,23 +700,31 @@ class Web3Chain(Chain):
             # low" or "already known", the receipt of this hash tells whether it went in
             if tx_hash not in sent:
                 sent.append(tx_hash)
+            retries = self.stats["rpc_retries"]
             try:
                 self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+                maybe_taken = True
             except RpcErrorReply as exc:
+                maybe_taken = maybe_taken or self.stats["rpc_retries"] != retries
                 text = str(exc).lower()
                 if "insufficient funds" in text:
                     if len(sent) == 1:  # else an earlier price of it is pending: wait for it
                         raise InsufficientGasFunds(f"{sender} cannot pay the gas: {exc}") from None
                 elif "already known" in text or "already imported" in text:
-                    pass  # an earlier try of this very send got through
+                    maybe_taken = True  # an earlier try of this very send got through
                 elif "nonce too low" in text or "nonce too high" in text:
                     receipt = self._receipt(sent)
                     if receipt is not None:
                         break
-                    # another transaction took the nonce (another process with this key)
-                    self.stats["nonce_races"] += 1
-                    nonce = self._next_nonce(key.address, refresh=True)
-                    continue
+                    if "nonce too high" in text or not maybe_taken:
+                        # another transaction took the nonce (another process with this key)
+                        self.stats["nonce_races"] += 1
+                        nonce = self._next_nonce(key.address, refresh=True)
+                        continue
+                    # an earlier send of this very transaction may be what took the nonce,
+                    # its receipt not served (yet): wait for it, never send it again under
+                    # another nonce: an endpoint hiding the receipt of a mined transaction
+                    # got one p2pay stake applied twice (attack round 45)
                 elif "underpriced" in text:
                     underpriced += 1
                     if underpriced > bumps or tip >= ceiling:
