@@ -159,6 +159,10 @@ bound)."""
 FRAME_WRITE_GRACE = 0.5
 """Least time a frame write that got the connection has before its caller's deadline may
 cut it short (and close the connection): an honest frame is written in microseconds."""
+RESET_LINGER = 60.0
+"""Longest a stream reset's RST may wait for its connection after `reset` returned (it
+returns within `RESET_TIMEOUT`): past it the connection is closed, which the peer reads
+as a reset of every stream on it. See `Libp2pTransport._reset_net`."""
 
 _PROTOCOL = TProtocol(PROTOCOL_ID)
 #: addresses (and PeerIDs) whose decoding a transport remembers (``Libp2pTransport._parse``)
@@ -373,11 +377,7 @@ class Libp2pStream:
         for scope in (self._read_scope, self._write_scope):
             if scope is not None:
                 scope.cancel()
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
-            try:
-                await self._net.reset()
-            except Exception as exc:
-                logger.debug("reset of %r failed: %s", self, _describe(exc))
+        await self._transport._reset_net(self._net)
 
     async def aclose(self) -> None:
         if self._dead:
@@ -651,11 +651,7 @@ class Libp2pTransport:
             if peer_id_from_public(remote_public) != str(pid):
                 raise DecodeError(f"dialled {pid}, reached {net_stream.muxed_conn.peer_id}")
         except BaseException as exc:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
-                try:
-                    await net_stream.reset()
-                except Exception:
-                    pass
+            await self._reset_net(net_stream)
             if isinstance(exc, DecodeError):
                 raise WrongIdentity(
                     f"another peer answered at {known}: {exc}",
@@ -684,11 +680,7 @@ class Libp2pTransport:
             remote_public = _ed25519_public(net_stream.muxed_conn.peer_id)
         except Exception as exc:
             logger.info("refused a stream: %s", _describe(exc))
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
-                try:
-                    await net_stream.reset()
-                except Exception:
-                    pass
+            await self._reset_net(net_stream)
             return
         stream = Libp2pStream(
             net_stream, remote_public=remote_public, max_frame=self._max_frame, transport=self
@@ -718,6 +710,67 @@ class Libp2pTransport:
 
     def _forget(self, stream: Libp2pStream) -> None:
         self._streams.discard(stream)
+
+    async def _reset_net(self, net_stream: INetStream) -> None:
+        """Reset a py-libp2p stream: return within `RESET_TIMEOUT`, but never give its RST
+        up for that.
+
+        The RST waits for the connection (another frame being written to it, or a task
+        scheduled seconds late on a loaded machine). Given up at the caller's bound, it
+        was never written and the peer never learnt: its stream stayed open, what it sent
+        next was dropped by our muxer (py-libp2p, like go-yamux, discards data for a
+        stream it no longer has) and its call waited for an answer until its own timeout
+        (the hostile-load test beside CPU hogs: 300 s). So the reset runs in the
+        transport's nursery: the caller waits for it at most `RESET_TIMEOUT`, and the RST
+        leaves when the connection takes it, written under the same bound as a caller's
+        (`_RESET_FRAME`), within `RESET_LINGER`; past that the connection is closed.
+        """
+        done = trio.Event()
+        started = False
+        if self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._reset_task, net_stream, done)
+                started = True
+            except RuntimeError:  # the transport has closed: no task outlives it
+                pass
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+            if started:
+                await done.wait()
+            else:
+                try:
+                    await net_stream.reset()
+                except Exception as exc:
+                    logger.debug("reset of a stream failed: %s", _describe(exc))
+
+    async def _reset_task(self, net_stream: INetStream, done: trio.Event) -> None:
+        token = _RESET_FRAME.set(True)
+        try:
+            with trio.move_on_after(RESET_LINGER) as waited:
+                try:
+                    await net_stream.reset()
+                except Exception as exc:
+                    logger.debug("reset of a stream failed: %s", _describe(exc))
+            if waited.cancelled_caught:
+                # The RST may never have left: what the peer reads instead is the end of
+                # the connection.
+                conn = net_stream.muxed_conn
+                logger.warning(
+                    "a stream reset to %s waited %.0f s for the connection: connection closed",
+                    conn.peer_id,
+                    RESET_LINGER,
+                )
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+                    try:
+                        if isinstance(conn, _GuardedYamux):  # (every connection of ours)
+                            conn.p2pay_write_broken = True  # nothing more is written to it
+                            await conn.secured_conn.close()
+                        else:
+                            await conn.close()
+                    except Exception as exc:
+                        logger.debug("close of the connection to %s: %s", conn.peer_id, exc)
+        finally:
+            _RESET_FRAME.reset(token)
+            done.set()
 
     async def _reset_all(self) -> None:
         for stream in list(self._streams):
@@ -901,6 +954,13 @@ def _listen_error(
 # send ahead, never what an honest peer can send.
 
 
+#: set in the task that writes a stream reset's RST after its caller went on
+#: (`Libp2pTransport._reset_net`): the frame's write is bounded as a caller's reset would be
+_RESET_FRAME: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "p2pay_reset_frame", default=False
+)
+
+
 class _FrameCutShort(NetError, RawConnError):
     """A frame write to the connection did not finish within its bound: part of it may be
     on the wire, so the connection writes nothing more and is closed (see above). A
@@ -1004,10 +1064,15 @@ class _GuardedYamux(Yamux):
             # SHUTDOWN_TIMEOUT) keeps it, give or take FRAME_WRITE_GRACE: a frame still not
             # written then is as stuck as one past FRAME_WRITE_TIMEOUT (attack round 42).
             now = trio.current_time()
-            bound = min(
-                now + FRAME_WRITE_TIMEOUT,
-                max(trio.current_effective_deadline(), now + FRAME_WRITE_GRACE),
-            )
+            if _RESET_FRAME.get():
+                # A reset's RST written after its caller went on (`_reset_net`): waiting
+                # for the connection was not bounded by RESET_TIMEOUT, the write still is.
+                bound = now + max(RESET_TIMEOUT, FRAME_WRITE_GRACE)
+            else:
+                bound = min(
+                    now + FRAME_WRITE_TIMEOUT,
+                    max(trio.current_effective_deadline(), now + FRAME_WRITE_GRACE),
+                )
             with trio.CancelScope(shield=True, deadline=bound) as scope:
                 await self.secured_conn.write(data)
             self.p2pay_write_broken = scope.cancelled_caught

@@ -939,6 +939,64 @@ async def test_libp2p_a_write_cancelled_as_it_gets_the_connection_keeps_the_conn
             assert not conn.event_closed.is_set()
 
 
+async def test_libp2p_a_reset_held_up_past_its_bound_still_reaches_the_peer() -> None:
+    """A reset returns within RESET_TIMEOUT, but its RST is not given up: on a loaded
+    machine (the hostile-load test beside CPU hogs, every task scheduled seconds late) or
+    behind another frame holding the connection, the RST waited longer than that, was
+    cancelled before it was written, and the peer never learnt: its stream stayed open,
+    the request it sent next was dropped by our muxer (py-libp2p, like go-yamux, discards
+    data for a stream it no longer has), and the honest call waited for an answer until
+    its own timeout (300 s in that test). The RST now leaves as soon as the connection
+    takes it, after `reset` has returned."""
+    import p2pay.net.p2p as p2p
+
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        client, server = await stream_pair(alice, bob, acceptor, b"one")
+        conn = server._net.muxed_conn
+        with trio.fail_after(T):
+            await conn._write_lock.acquire()  # the connection is busy (or we are starved)
+            began = trio.current_time()
+            await server.reset()
+            # bounded as before: the caller does not wait for the connection
+            assert trio.current_time() - began < p2p.RESET_TIMEOUT + 1.0
+            conn._write_lock.release()
+            with pytest.raises(StreamClosed):  # the RST arrives: no stream left open
+                await client.receive()
+            with pytest.raises(StreamClosed):
+                await client.send(b"two")
+            # the connection still carries new streams
+            again, _ = await stream_pair(alice, bob, acceptor, b"three")
+            assert again._net.muxed_conn is client._net.muxed_conn
+
+
+async def test_libp2p_a_reset_that_never_gets_the_connection_closes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound on the RST left behind by a reset (`RESET_LINGER`): a connection that
+    never takes it is closed, which the peer reads as the end of its stream too."""
+    import p2pay.net.p2p as p2p
+
+    monkeypatch.setattr(p2p, "RESET_LINGER", 1.0)
+    acceptor = Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler) as bob,
+        open_libp2p_transport(ALICE, echo) as alice,
+    ):
+        client, server = await stream_pair(alice, bob, acceptor, b"one")
+        conn = server._net.muxed_conn
+        with trio.fail_after(T):
+            await conn._write_lock.acquire()  # and never given up
+            await server.reset()
+            with pytest.raises(StreamClosed):
+                await client.receive()
+            assert conn.p2pay_write_broken
+        conn._write_lock.release()
+
+
 async def test_libp2p_a_frame_write_stuck_past_its_bound_closes_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
