@@ -26,7 +26,7 @@ from node_support import wait_until
 
 import p2pay.net.p2p as p2p
 from p2pay.core.identity import Keypair
-from p2pay.net import Stream, StreamClosed
+from p2pay.net import ConnectError, Stream, StreamClosed
 from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 
 ALICE = Keypair.from_seed(bytes([201]) * 32)
@@ -224,3 +224,38 @@ async def test_attack_r46_holds_a_failing_close_on_the_linger_path_stays_in_its_
         finally:
             holder.release()
             del vars(secured)["close"]
+
+
+async def test_attack_r46_holds_a_refusal_storm_leaves_no_reset_task_behind() -> None:
+    """A peer opening streams as fast as it can past the inbound limit: each refusal is a
+    reset (in the background); they all end, every refused stream reads its end, and the
+    connection stays up. (Measured by hand with 50 openers for 20 s, the connection also
+    slowed to 0-0.5 s per frame: at most 33 reset tasks at once, none left.)"""
+    acceptor = _Acceptor()
+    async with (
+        open_libp2p_transport(BOB, acceptor.handler, max_inbound_streams=1) as bob,
+        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
+    ):
+        assert isinstance(bob, Libp2pTransport) and isinstance(alice, Libp2pTransport)
+        ((first, _),) = await _pairs(alice, bob, acceptor, 1)  # the one place, taken
+        refused: list[Libp2pStream] = []
+
+        async def open_one() -> None:
+            try:
+                stream = await alice.connect(bob.addrs[0])
+            except ConnectError:  # the refusal read during the protocol's negotiation
+                return
+            assert isinstance(stream, Libp2pStream)
+            refused.append(stream)
+
+        with trio.fail_after(T):
+            async with trio.open_nursery() as nursery:
+                for _ in range(60):
+                    nursery.start_soon(open_one)
+            await wait_until(lambda: _reset_tasks(bob) == 0, timeout=T)
+        print(len(refused), "of 60 refused after they were opened")
+        for stream in refused:
+            await _ends(stream)
+        conn = first._net.muxed_conn
+        assert not conn.p2pay_write_broken and not conn.event_closed.is_set()
+        assert bob._inbound == 1
