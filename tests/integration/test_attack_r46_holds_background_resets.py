@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 import trio
 from node_support import wait_until
+from test_transports import Acceptor
 
 import p2pay.net.p2p as p2p
 from p2pay.core.identity import Keypair
-from p2pay.net import ConnectError, Stream, StreamClosed
+from p2pay.net import ConnectError, StreamClosed
 from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
 
 ALICE = Keypair.from_seed(bytes([201]) * 32)
@@ -35,17 +36,8 @@ CAROL = Keypair.from_seed(bytes([203]) * 32)
 T = 60.0  # generous bound on any single step
 
 
-class _Acceptor:
-    def __init__(self) -> None:
-        self.send_channel, self.streams = trio.open_memory_channel[Stream](1000)
-
-    async def handler(self, stream: Stream) -> None:
-        await self.send_channel.send(stream)
-        await trio.sleep_forever()
-
-
 async def _pairs(
-    dialer: Libp2pTransport, listener: Libp2pTransport, acceptor: _Acceptor, n: int
+    dialer: Libp2pTransport, listener: Libp2pTransport, acceptor: Acceptor, n: int
 ) -> list[tuple[Libp2pStream, Libp2pStream]]:
     out = []
     with trio.fail_after(T):
@@ -89,10 +81,10 @@ async def _ends(client: Libp2pStream) -> None:
 
 
 async def test_attack_r46_holds_background_resets_are_one_per_reset_and_drain() -> None:
-    acceptor = _Acceptor()
+    acceptor = Acceptor()
     async with (
         open_libp2p_transport(BOB, acceptor.handler) as bob,
-        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
+        open_libp2p_transport(ALICE, Acceptor().handler) as alice,
     ):
         assert isinstance(bob, Libp2pTransport) and isinstance(alice, Libp2pTransport)
         pairs = await _pairs(alice, bob, acceptor, 40)
@@ -123,8 +115,8 @@ async def test_attack_r46_holds_background_resets_are_one_per_reset_and_drain() 
 
 
 async def test_attack_r46_holds_exit_while_resets_wait_for_the_connection() -> None:
-    acceptor = _Acceptor()
-    async with open_libp2p_transport(ALICE, _Acceptor().handler) as alice:
+    acceptor = Acceptor()
+    async with open_libp2p_transport(ALICE, Acceptor().handler) as alice:
         assert isinstance(alice, Libp2pTransport)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(3 * T):
@@ -149,10 +141,10 @@ async def test_attack_r46_holds_exit_while_resets_wait_for_the_connection() -> N
 
 
 async def test_attack_r46_holds_aclose_held_past_its_bound_still_ends_the_peer_stream() -> None:
-    acceptor = _Acceptor()
+    acceptor = Acceptor()
     async with (
         open_libp2p_transport(BOB, acceptor.handler) as bob,
-        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
+        open_libp2p_transport(ALICE, Acceptor().handler) as alice,
     ):
         assert isinstance(bob, Libp2pTransport) and isinstance(alice, Libp2pTransport)
         ((client, server),) = await _pairs(alice, bob, acceptor, 1)
@@ -172,10 +164,10 @@ async def test_attack_r46_holds_aclose_held_past_its_bound_still_ends_the_peer_s
 
 
 async def test_attack_r46_holds_a_failing_muxer_reset_stays_in_its_task() -> None:
-    acceptor = _Acceptor()
+    acceptor = Acceptor()
     async with (
         open_libp2p_transport(BOB, acceptor.handler) as bob,
-        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
+        open_libp2p_transport(ALICE, Acceptor().handler) as alice,
     ):
         assert isinstance(bob, Libp2pTransport) and isinstance(alice, Libp2pTransport)
         ((_, server),) = await _pairs(alice, bob, acceptor, 1)
@@ -194,11 +186,11 @@ async def test_attack_r46_holds_a_failing_close_on_the_linger_path_stays_in_its_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(p2p, "RESET_LINGER", 1.0)
-    acceptor = _Acceptor()
+    acceptor = Acceptor()
     async with (
         open_libp2p_transport(BOB, acceptor.handler) as bob,
-        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
-        open_libp2p_transport(CAROL, _Acceptor().handler) as carol,
+        open_libp2p_transport(ALICE, Acceptor().handler) as alice,
+        open_libp2p_transport(CAROL, Acceptor().handler) as carol,
     ):
         assert isinstance(bob, Libp2pTransport)
         assert isinstance(alice, Libp2pTransport) and isinstance(carol, Libp2pTransport)
@@ -231,10 +223,10 @@ async def test_attack_r46_holds_a_refusal_storm_leaves_no_reset_task_behind() ->
     reset (in the background); they all end, every refused stream reads its end, and the
     connection stays up. (Measured by hand with 50 openers for 20 s, the connection also
     slowed to 0-0.5 s per frame: at most 33 reset tasks at once, none left.)"""
-    acceptor = _Acceptor()
+    acceptor = Acceptor()
     async with (
         open_libp2p_transport(BOB, acceptor.handler, max_inbound_streams=1) as bob,
-        open_libp2p_transport(ALICE, _Acceptor().handler) as alice,
+        open_libp2p_transport(ALICE, Acceptor().handler) as alice,
     ):
         assert isinstance(bob, Libp2pTransport) and isinstance(alice, Libp2pTransport)
         ((first, _),) = await _pairs(alice, bob, acceptor, 1)  # the one place, taken
