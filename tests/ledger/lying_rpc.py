@@ -40,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from p2pay import testing
@@ -62,6 +63,15 @@ def rpc(url: str, method: str, params: list[Any]) -> Any:
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as reply:
         return json.loads(reply.read())["result"]
+
+
+ANVIL_MISSING = "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL"
+
+
+def skip_without_anvil() -> None:
+    """Skip the calling test module (at import) when there is no anvil to run."""
+    if testing.anvil_binary() is None:
+        pytest.skip(ANVIL_MISSING, allow_module_level=True)
 
 
 @contextmanager

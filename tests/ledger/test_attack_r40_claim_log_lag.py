@@ -30,20 +30,16 @@ from lying_rpc import (
     claim_outcome,
     client_ledger,
     file_withheld_claim,
+    skip_without_anvil,
     staked_provider,
     start_provider,
 )
 
-from p2pay import testing
 from p2pay.core.settlement import ClaimState
 
 pytestmark = pytest.mark.trio
 
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 
 async def test_a_lagging_log_backend_does_not_get_an_honest_provider_slashed(

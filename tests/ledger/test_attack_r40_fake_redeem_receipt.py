@@ -29,18 +29,21 @@ import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, cli, cli_json, staked_provider, start_provider
+from lying_rpc import (
+    LyingRpc,
+    anvil,
+    cli,
+    cli_json,
+    skip_without_anvil,
+    staked_provider,
+    start_provider,
+)
 
-from p2pay import testing
 from p2pay.core.settlement import Channel, ChannelState
 from p2pay.ledger.base import Totals
 from p2pay.ledger.evm import EvmLedger, Web3Chain
 
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 PRICE = 1000
 

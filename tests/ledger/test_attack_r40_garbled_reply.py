@@ -25,15 +25,9 @@ import pytest
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, run, staked_provider, start_provider
+from lying_rpc import LyingRpc, anvil, run, skip_without_anvil, staked_provider, start_provider
 
-from p2pay import testing
-
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 # what a running provider reads by itself (its watcher), and what a one-shot command reads
 NODE_GARBLES = [("eth_blockNumber", None), ("eth_getLogs", None), ("eth_getBlockByNumber", None)]

@@ -23,16 +23,20 @@ import pytest
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, cli_json, rpc, run, staked_provider, start_provider
+from lying_rpc import (
+    LyingRpc,
+    anvil,
+    cli_json,
+    rpc,
+    run,
+    skip_without_anvil,
+    staked_provider,
+    start_provider,
+)
 
-from p2pay import testing
 from p2pay.ledger.evm import MAX_TIP_WEI
 
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 
 def test_a_wrong_chain_id_is_refused_typed_and_a_running_node_keeps_its_own(

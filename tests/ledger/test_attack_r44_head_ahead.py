@@ -30,22 +30,18 @@ from lying_rpc import (
     claim_outcome,
     client_ledger,
     file_withheld_claim,
+    skip_without_anvil,
     staked_provider,
     start_provider,
 )
 
-from p2pay import testing
 from p2pay.core.settlement import ClaimState
 
 pytestmark = pytest.mark.trio
 
 AHEAD = 200  # blocks: more than RESCAN_BLOCKS past the claim's block
 
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 
 def _flipping() -> object:

@@ -22,15 +22,9 @@ import pytest
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from lying_rpc import LyingRpc, anvil, cli_json, rpc, run, staked_provider
+from lying_rpc import LyingRpc, anvil, cli_json, rpc, run, skip_without_anvil, staked_provider
 
-from p2pay import testing
-
-if testing.anvil_binary() is None:
-    pytest.skip(
-        "anvil not found: npm install @foundry-rs/anvil (.ci/run does) or set P2PAY_ANVIL",
-        allow_module_level=True,
-    )
+skip_without_anvil()
 
 MILLI = 10**21
 
