@@ -3,7 +3,8 @@
 anvil comes from the npm package ``@foundry-rs/anvil`` (.ci/run installs it and puts it on
 PATH; set P2PAY_ANVIL to its path otherwise). `anvil_url` starts one anvil per module on a
 free port and stops it by its PID; `chain` snapshots the chain before a test and reverts to
-it afterwards. Without anvil the tests using them skip and say so.
+it afterwards; `fresh` also turns automine back on. Without anvil the tests using them
+skip and say so.
 """
 
 from __future__ import annotations
@@ -46,3 +47,12 @@ def chain(anvil_url: str) -> Iterator[Web3Chain]:
         yield chain
     finally:
         chain._rpc("evm_revert", [snapshot])
+
+
+@pytest.fixture
+def fresh(chain: Web3Chain) -> Iterator[Web3Chain]:
+    """`chain`, with mining restored after the test (tests that turn automine off)."""
+    try:
+        yield chain
+    finally:
+        chain._rpc("evm_setAutomine", [True])

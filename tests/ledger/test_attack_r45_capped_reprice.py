@@ -15,36 +15,21 @@ Skipped without anvil.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
+from test_evm_faults import deploy
+
 from p2pay import testing
-from p2pay.ledger.evm import ChainUnavailable, EvmLedger, Web3Chain
-from p2pay.testing import ManualClock
+from p2pay.ledger.evm import ChainUnavailable, Web3Chain
 
 pytestmark = pytest.mark.trio
 
-DEPLOYER, KEYS = testing.evm_test_keys()
+_, KEYS = testing.evm_test_keys()
 A, B = KEYS["ALICE"], KEYS["BOB"]
 GWEI = 10**9
-
-
-@pytest.fixture
-def fresh(chain: Web3Chain) -> Iterator[Web3Chain]:
-    try:
-        yield chain
-    finally:
-        chain._rpc("evm_setAutomine", [True])
-
-
-async def _deploy(chain: Web3Chain) -> EvmLedger:
-    ledger = await EvmLedger.deploy(chain, DEPLOYER, dev=True, time_unit_us=1, clock=ManualClock())
-    await ledger.mint(A, A.account, 10**24)
-    return ledger
 
 
 def _mined_of(chain: Web3Chain, sender: bytes) -> dict:
@@ -63,7 +48,7 @@ async def test_a_capped_tip_reprices_past_the_cap_and_is_mined(
     chain = Web3Chain(
         anvil_url, timed=True, timeout_s=20, reprice_after_s=0.3, poll_s=0.02, max_tip_wei=GWEI
     )
-    L = await _deploy(chain)
+    L = await deploy(chain)
     chain._rpc("evm_setAutomine", [False])
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -83,7 +68,7 @@ async def test_a_refused_replacement_raises_fees_a_few_times_then_fails_typed(
     fresh: Web3Chain, anvil_url: str
 ) -> None:
     chain = Web3Chain(anvil_url, timed=True, timeout_s=2, reprice_after_s=0.5, poll_s=0.02)
-    L = await _deploy(chain)
+    L = await deploy(chain)
     chain._rpc("evm_setAutomine", [False])
     from eth_account import Account
     from eth_account.typed_transactions import TypedTransaction

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,15 +42,6 @@ pytestmark = pytest.mark.trio
 DEPLOYER, KEYS = testing.evm_test_keys()
 A, B = KEYS["ALICE"], KEYS["BOB"]
 TOKEN = 10**24
-
-
-@pytest.fixture
-def fresh(chain: Web3Chain) -> Iterator[Web3Chain]:
-    """The snapshot/revert `chain` of conftest, with mining restored after the test."""
-    try:
-        yield chain
-    finally:
-        chain._rpc("evm_setAutomine", [True])
 
 
 async def deploy(chain: Web3Chain) -> EvmLedger:
