@@ -759,15 +759,15 @@ class Libp2pTransport:
                     conn.peer_id,
                     RESET_LINGER,
                 )
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
-                    try:
-                        if isinstance(conn, _GuardedYamux):  # (every connection of ours)
-                            conn.p2pay_write_broken = True  # nothing more is written to it
-                            await conn.secured_conn.close()
-                        else:
+                if isinstance(conn, _GuardedYamux):  # (every connection of ours)
+                    await conn.close_broken()
+                else:
+                    bound = trio.current_time() + RESET_TIMEOUT
+                    with trio.CancelScope(shield=True, deadline=bound):
+                        try:
                             await conn.close()
-                    except Exception as exc:
-                        logger.debug("close of the connection to %s: %s", conn.peer_id, exc)
+                        except Exception as exc:
+                            logger.debug("close of the connection to %s: %s", conn.peer_id, exc)
         finally:
             _RESET_FRAME.reset(token)
             done.set()
@@ -1055,6 +1055,16 @@ class _GuardedYamux(Yamux):
                     logger.debug("GO_AWAY to %s failed: %s", self.peer_id, _describe(exc))
         await super()._cleanup_on_error()
 
+    async def close_broken(self) -> None:
+        """Write nothing more to this connection and close it (bounded): what the peer
+        reads is the end of every stream on it."""
+        self.p2pay_write_broken = True
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
+            try:
+                await self.secured_conn.close()
+            except Exception as exc:
+                logger.debug("close of the connection to %s: %s", self.peer_id, exc)
+
     async def _write_frame(self, data: bytes) -> None:
         # Every frame of the connection goes through here (see "whole frames" above).
         async with self._write_lock:  # waiting for the connection: cancellable, nothing sent
@@ -1082,11 +1092,7 @@ class _GuardedYamux(Yamux):
                 self.peer_id,
                 bound - now,
             )
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + RESET_TIMEOUT):
-                try:
-                    await self.secured_conn.close()
-                except Exception as exc:
-                    logger.debug("close of the connection to %s: %s", self.peer_id, exc)
+            await self.close_broken()
             raise _FrameCutShort(f"a frame write was cut short after {bound - now:.1f} s")
         await trio.lowlevel.checkpoint()  # a cancelled writer stops here, its frame whole
 
