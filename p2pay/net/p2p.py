@@ -1149,6 +1149,14 @@ def _new_host(key: Keypair, listen: Sequence[Multiaddr]) -> IHost:
         high_watermark=MAX_CONNECTIONS,
         low_watermark=0,
         min_connections=0,
+        # py-libp2p bounds each step of a connect by 10 s of its own (the Noise and yamux
+        # upgrade, each stream's protocol negotiation), both ways; a peer stalled for
+        # 10 s (a loaded machine, a paused process) would fail a connect before
+        # `CONNECT_TIMEOUT`, which is the one bound the node is written against.
+        outbound_upgrade_timeout=CONNECT_TIMEOUT,
+        inbound_upgrade_timeout=CONNECT_TIMEOUT,
+        outbound_stream_protocol_negotiation_timeout=CONNECT_TIMEOUT,
+        inbound_stream_protocol_negotiation_timeout=CONNECT_TIMEOUT,
     )
     host = new_host(
         key_pair=key_pair,

@@ -7,8 +7,11 @@ through a channel by `Acceptor`, whose handler then parks until the transport cl
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import struct
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -30,6 +33,7 @@ from p2pay.net import (
     memory_addr,
     open_memory_transport,
 )
+from p2pay.net import p2p as p2p_module
 from p2pay.net.base import send_frames
 from p2pay.net.memory import PIPE_CAPACITY, MemoryStream
 from p2pay.net.p2p import Libp2pStream, Libp2pTransport, open_libp2p_transport
@@ -1072,6 +1076,92 @@ async def test_libp2p_a_dial_while_the_old_connection_closes_waits_for_it() -> N
             await second.send(b"two")
             server = await acceptor.accept()
             assert await server.receive() == b"two"
+
+
+class StalledPeer:
+    """Bob's transport (an echo) on a trio loop of its own thread, which the test can
+    stall: a task there blocks the whole loop (`time.sleep`), as a paused process or a
+    machine too loaded to schedule it would: it reads, writes and accepts nothing."""
+
+    def __init__(self) -> None:
+        self.addr: queue.Queue[str] = queue.Queue()
+        self.stall_for = 0.0
+        self.stall = threading.Event()
+        self.stalling = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self) -> None:
+        async with open_libp2p_transport(BOB, echo) as bob:
+            self.addr.put(bob.addrs[0])
+            while not self.stop.is_set():
+                if self.stall.is_set():
+                    self.stalling.set()
+                    time.sleep(self.stall_for)  # the whole loop stops here
+                    self.stall.clear()
+                await trio.sleep(0.01)
+
+    async def pause(self, seconds: float) -> None:
+        """Stall Bob's loop for `seconds`; return once it has begun."""
+        self.stall_for = seconds
+        self.stall.set()
+        assert await trio.to_thread.run_sync(self.stalling.wait, T)
+
+
+async def test_libp2p_a_peer_stalled_for_ten_seconds_is_still_reached_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """py-libp2p bounds each step of a connect by 10 s of its own (the Noise and yamux
+    upgrade, and each stream's protocol negotiation), shorter than `CONNECT_TIMEOUT`:
+    under load a peer whose process was not scheduled for 10 s made `connect` fail
+    (`test_libp2p_concurrent_clients[50]` failed so, at load 10). The host now gives
+    every step `CONNECT_TIMEOUT`. Bob stalls 11 s, while Alice opens a second stream on
+    her connection and Carol dials him afresh; both get through once he resumes.
+    (`CONNECT_TIMEOUT` is raised here, so that how slowly a loaded machine resumes Bob
+    cannot fail the test.)"""
+    monkeypatch.setattr(p2p_module, "CONNECT_TIMEOUT", 60.0)
+    peer = StalledPeer()
+    peer.thread.start()
+    try:
+        bob_addr = await trio.to_thread.run_sync(peer.addr.get, True, T)
+        async with (
+            open_libp2p_transport(ALICE, echo) as alice,
+            open_libp2p_transport(CAROL, echo) as carol,
+        ):
+            with trio.fail_after(T):
+                first = await alice.connect(bob_addr)
+                await first.send(b"one")
+                assert await first.receive() == b"one"
+            reached: dict[str, bytes] = {}
+
+            async def call(name: str, transport: Transport) -> None:
+                stream = await transport.connect(bob_addr)
+                await stream.send(name.encode())
+                reached[name] = await stream.receive()
+
+            await peer.pause(11.0)
+            with trio.fail_after(60.0 + T):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call, "alice", alice)
+                    nursery.start_soon(call, "carol", carol)
+            assert reached == {"alice": b"alice", "carol": b"carol"}
+            assert peer.stalling.is_set() and not peer.stall.is_set()  # it did stall, and ended
+    finally:
+        peer.stop.set()
+        await trio.to_thread.run_sync(peer.thread.join, T)
+    assert not peer.thread.is_alive()
+
+
+def test_libp2p_host_steps_are_bounded_by_connect_timeout() -> None:
+    """Every bound py-libp2p puts on a step of a connect, both ways, is ours."""
+    from p2pay.net.p2p import CONNECT_TIMEOUT, _new_host
+
+    host = _new_host(ALICE, [])
+    config = host.get_network().connection_config  # type: ignore[attr-defined]
+    assert config.outbound_upgrade_timeout == CONNECT_TIMEOUT
+    assert config.inbound_upgrade_timeout == CONNECT_TIMEOUT
+    assert config.outbound_stream_protocol_negotiation_timeout == CONNECT_TIMEOUT
+    assert config.inbound_stream_protocol_negotiation_timeout == CONNECT_TIMEOUT
 
 
 async def test_libp2p_a_port_in_use_is_an_error_not_a_shared_listener() -> None:
