@@ -57,24 +57,32 @@ class CliError(P2payError):
 
 
 #: The ledger specs a person may type, as error messages and help texts name them.
-LEDGER_FORMS = "sqlite:PATH or evm:RPC_URL:0xCONTRACT"
+LEDGER_FORMS = "sqlite:PATH or evm:RPC_URL:0xCONTRACT[:confirmations=N]"
+#: The most confirmations an EVM ledger spec may ask for: an endpoint that is not an archive
+#: node keeps the state of its latest 128 blocks only (settlement.md 10, "Confirmations").
+MAX_CONFIRMATIONS = 128
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerSpec:
     """Which ledger: ``kind`` ("sqlite" or "evm") and its target (an absolute path for
-    sqlite, ``RPC_URL:0xcontract`` for evm)."""
+    sqlite, ``RPC_URL:0xcontract`` for evm); for evm, the blocks a state must be buried
+    under before the node acts on it (`EvmLedger` ``confirmations``)."""
 
     kind: str
     target: str
+    confirmations: int = 0
 
     def __str__(self) -> str:
+        if self.confirmations:
+            return f"{self.kind}:{self.target}:confirmations={self.confirmations}"
         return f"{self.kind}:{self.target}"
 
 
 def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
     """Read ``sqlite:PATH`` (PATH relative to `base`, default the working directory) or
-    ``evm:RPC_URL:0xCONTRACT``.
+    ``evm:RPC_URL:0xCONTRACT``, optionally followed by ``:confirmations=N`` (0 to
+    `MAX_CONFIRMATIONS`; 0 by default, right for a local dev chain only).
 
     Args:
         text: the spec as typed or as stored in config.toml.
@@ -96,14 +104,25 @@ def parse_ledger_spec(text: str, *, base: Path | None = None) -> LedgerSpec:
             path = (base or Path.cwd()) / path
         return LedgerSpec("sqlite", str(path.resolve()))
     if kind == "evm":
-        # evm:RPC_URL:0xCONTRACT (the URL has colons of its own: the address is the last part)
+        # evm:RPC_URL:0xCONTRACT[:confirmations=N] (the URL has colons of its own: the
+        # address is the last part but the optional confirmations)
+        confirmations = 0
+        rest, sep, last = target.rpartition(":")
+        if sep and last.startswith("confirmations="):
+            number = last.removeprefix("confirmations=")
+            if not re.fullmatch(r"[0-9]{1,3}", number) or int(number) > MAX_CONFIRMATIONS:
+                raise CliError(
+                    f"ledger {text!r}: confirmations must be a whole number from 0 to "
+                    f"{MAX_CONFIRMATIONS}, not {number!r}"
+                )
+            confirmations, target = int(number), rest
         url, sep, contract = target.rpartition(":")
         if not sep or not url or not re.fullmatch(r"0x[0-9a-fA-F]{40}", contract):
             raise CliError(
-                f"ledger {text!r}: expected evm:RPC_URL:0xCONTRACT "
+                f"ledger {text!r}: expected evm:RPC_URL:0xCONTRACT[:confirmations=N] "
                 "(the contract's address: 0x and 40 hex digits)"
             )
-        return LedgerSpec("evm", f"{url}:{contract.lower()}")
+        return LedgerSpec("evm", f"{url}:{contract.lower()}", confirmations)
     raise CliError(f"ledger {text!r}: unknown kind {kind!r}; expected {LEDGER_FORMS}")
 
 
@@ -147,7 +166,9 @@ async def _open_evm_ledger(spec: LedgerSpec) -> AsyncIterator[Ledger]:
         ) from None
     url, _, contract = spec.target.rpartition(":")
     try:
-        ledger = await EvmLedger.connect(Web3Chain(url), bytes.fromhex(contract[2:]))
+        ledger = await EvmLedger.connect(
+            Web3Chain(url), bytes.fromhex(contract[2:]), confirmations=spec.confirmations
+        )
     except LocalProtocolError as exc:
         raise CliError(exc.message) from None
     except OSError as exc:

@@ -259,6 +259,7 @@ class Chain:
     """What `EvmLedger` needs of a chain. All methods block; addresses are 20 bytes."""
 
     blocking_io = False  # True: EvmLedger calls it from a worker thread
+    past_views = False  # True: `call` can read the state at an earlier block
 
     def chain_id(self) -> int:
         raise NotImplementedError
@@ -271,8 +272,11 @@ class Chain:
         """The timestamp of the latest block (chain units)."""
         raise NotImplementedError
 
-    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
-        """Execute without changing state (eth_call on the latest block)."""
+    def call(
+        self, to: bytes, data: bytes, sender: bytes | None = None, block: int | None = None
+    ) -> TxResult:
+        """Execute without changing state: eth_call on the latest block, or on block
+        number `block` (only where `past_views`)."""
         raise NotImplementedError
 
     def transact(
@@ -328,7 +332,11 @@ class BoaChain(Chain):
 
         return Address(raw)
 
-    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
+    def call(
+        self, to: bytes, data: bytes, sender: bytes | None = None, block: int | None = None
+    ) -> TxResult:
+        if block is not None and block != self._block:
+            raise LocalProtocolError("BoaChain reads the latest block only")
         self.env.evm.patch.timestamp = self._timestamp
         computation = self.env.execute_code(
             to_address=self._address(to),
@@ -480,6 +488,7 @@ class Web3Chain(Chain):
     """
 
     blocking_io = True
+    past_views = True
 
     def __init__(
         self,
@@ -575,8 +584,10 @@ class Web3Chain(Chain):
         block = self._rpc("eth_getBlockByNumber", ["latest", False])
         return int(block["timestamp"], 16)
 
-    def _eth_call(self, tx: dict[str, Any], timestamp: int | None) -> TxResult:
-        params: list[Any] = [tx, "latest"]
+    def _eth_call(
+        self, tx: dict[str, Any], timestamp: int | None, block: int | None = None
+    ) -> TxResult:
+        params: list[Any] = [tx, "latest" if block is None else hex(block)]
         if timestamp is not None:
             params += [{}, {"time": hex(timestamp)}]
         try:
@@ -585,11 +596,13 @@ class Web3Chain(Chain):
             return TxResult(ok=False, output=exc.revert_data())
 
     @_reply_checked
-    def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> TxResult:
+    def call(
+        self, to: bytes, data: bytes, sender: bytes | None = None, block: int | None = None
+    ) -> TxResult:
         tx: dict[str, Any] = {"to": "0x" + to.hex(), "data": "0x" + data.hex()}
         if sender is not None:
             tx["from"] = "0x" + sender.hex()
-        return self._eth_call(tx, None)
+        return self._eth_call(tx, None, block)
 
     @_reply_checked
     def fund(self, address: bytes, wei: int = 10**21) -> None:
@@ -1285,7 +1298,10 @@ class EvmLedger(OpLedger):
         params: the contract's parameters (read from the chain by `connect`).
         time_unit_us: microseconds per block timestamp unit (see module doc).
         clock: for test chains whose block times the ledger sets: ledger time in ms.
-        confirmations: blocks a log must be buried under before it is an event.
+        confirmations: blocks a log or a state must be buried under before the ledger
+            shows it: events, and every read (`channel`, `stake_of`, `claim`, `balance`,
+            `totals`), are of block ``head - confirmations``; transactions are simulated
+            and sent at the latest block. Above 0 it needs a chain with `past_views`.
         index_path: SQLite file of the event index and block cursor (None: in memory).
     """
 
@@ -1301,8 +1317,15 @@ class EvmLedger(OpLedger):
         index_path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(confirmations, bool) or not isinstance(confirmations, int):
+            raise LocalProtocolError(f"confirmations must be an int, not {confirmations!r}")
         if confirmations < 0:
             raise LocalProtocolError("confirmations must be >= 0")
+        if confirmations > 0 and not chain.past_views:
+            raise LocalProtocolError(
+                f"{type(chain).__name__} cannot read an earlier block's state: "
+                "confirmations must be 0 on it"
+            )
         self.chain = chain
         self.address = address
         self._params = params
@@ -1484,9 +1507,30 @@ class EvmLedger(OpLedger):
     async def _call_chain(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await _run(self.chain, fn, *args)
 
+    @property
+    def confirmations(self) -> int:
+        """Blocks a log or a state is buried under before this ledger shows it."""
+        return self._confirmations
+
     async def _view(self, name: str, *args: Any) -> tuple[Any, ...]:
-        res = await self._call_chain(self.chain.call, self.address, self._abi.calldata(name, args))
+        """A view of the contract at the latest block, or with `confirmations` at block
+        ``head - confirmations`` (the block events are read up to): a deposit, a stake,
+        a claim or a close that a reorganisation shallower than that drops is never
+        shown (settlement.md 10, "Confirmations")."""
+        block = None
+        if self._confirmations:
+            head = await self._call_chain(self.chain.head)
+            block = max(head - self._confirmations, 0)
+        data = self._abi.calldata(name, args)
+        res = await self._call_chain(self.chain.call, self.address, data, None, block)
         if not res.ok:
+            if not res.output.startswith(_ERROR_SELECTOR):
+                # not the contract's refusal: the endpoint's (e.g. a block it has not, or
+                # whose state it pruned): read again later, like an unreachable endpoint
+                where = "latest" if block is None else f"block {block}"
+                raise ChainUnavailable(
+                    f"{name} at {where}: the endpoint refused the read: {res.output[:200]!r}"
+                )
             code, message = revert_code(res.output)
             raise SettlementError(message, code=code)
         try:

@@ -80,6 +80,11 @@ log = logging.getLogger("p2pay.node")
 
 #: how many account -> PeerID bindings (EVM ledgers) a node remembers, newest kept
 _MAX_BOUND_PEERS = 4096
+#: Longest `open_channel` and `top_up` wait for a ledger that shows a state only once
+#: confirmations bury it (an EVM ledger's ``confirmations``) to show their deposit (s).
+CONFIRM_WAIT = 600.0
+#: How often they read the channel again meanwhile (s).
+CONFIRM_POLL = 1.0
 
 
 class Node:
@@ -563,7 +568,37 @@ class Node:
         )
         self.payer_channels[channel] = ch
         await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        await self._await_shown(channel, deposit)
         return self._info_payer(ch)
+
+    async def _await_shown(self, channel: bytes, deposit: int) -> None:
+        """On a ledger that shows a state only once confirmations bury it (an EVM ledger's
+        ``confirmations``, settlement.md 10 "Confirmations"), wait until it shows
+        `channel` with at least `deposit`: the payee reads the channel from such a ledger
+        before it gives credit on it, and until then refuses our requests on it
+        (UNKNOWN_CHANNEL, or INSUFFICIENT_DEPOSIT beyond the deposit it sees). Bounded by
+        `CONFIRM_WAIT`; past it the channel is ours all the same (recorded), and its calls
+        are refused until the payee's ledger shows it. A ledger that shows every state at
+        once (confirmations 0, SQLite, memory) is not read."""
+        if not getattr(self.ledger, "confirmations", 0):
+            return
+        with trio.move_on_after(CONFIRM_WAIT):
+            while True:
+                try:
+                    info = await self.ledger.channel(channel)
+                except (P2payError, OSError) as exc:  # the endpoint, for now: read again
+                    log.info("channel 0x%s not readable yet: %s", channel.hex(), exc)
+                    info = None
+                if info is not None and info.deposit >= deposit:
+                    return
+                await trio.sleep(CONFIRM_POLL)
+        log.warning(
+            "channel 0x%s: the ledger does not show a deposit of %d yocto after %.0f s; "
+            "its payee refuses calls beyond what the ledger shows it",
+            channel.hex(),
+            deposit,
+            CONFIRM_WAIT,
+        )
 
     @staticmethod
     def _check_terms(
@@ -618,6 +653,7 @@ class Node:
         await self.ledger.top_up(self.key, channel, amount)
         ch.deposit += amount
         await self.persister.durable(self.persister.stage(payer=_payer_record(ch)))
+        await self._await_shown(channel, ch.deposit)
         return self._info_payer(ch)
 
     async def close_channel(self, channel: bytes) -> ChannelInfo:

@@ -278,6 +278,18 @@ def test_accounts_ledger_specs_and_json(tmp_path: Path) -> None:
     for bad in ("x.db", "evm:0xabc", "sqlite:", "ftp:x"):
         with pytest.raises(CliError):
             parse_ledger_spec(bad)
+    # an EVM ledger's confirmations (settlement.md 10): kept, and written back the same way
+    contract = "0x" + "Ab" * 20
+    plain = parse_ledger_spec(f"evm:http://127.0.0.1:8545:{contract}")
+    assert (plain.target, plain.confirmations) == (f"http://127.0.0.1:8545:{contract.lower()}", 0)
+    deep = parse_ledger_spec(f"evm:http://127.0.0.1:8545:{contract}:confirmations=12")
+    assert (deep.target, deep.confirmations) == (plain.target, 12)
+    assert parse_ledger_spec(str(deep)) == deep and str(plain) == f"evm:{plain.target}"
+    for bad in ("-1", "x", "129", "1.5", "", "1000"):
+        with pytest.raises(CliError, match="confirmations"):
+            parse_ledger_spec(f"evm:http://h:1:{contract}:confirmations={bad}")
+    with pytest.raises(CliError):  # confirmations, but no contract before them
+        parse_ledger_spec("evm:http://h:1:confirmations=3")
     # JSON: amounts as decimal strings (exact above 2**53), bytes as hex, other ints as ints
     doc = jsonable({"balance": 2**128 - 1, "n": 3, "channel": b"\x01\xff", "x": [{"paid": 5}]})
     assert doc == {"balance": str(2**128 - 1), "n": 3, "channel": "01ff", "x": [{"paid": "5"}]}

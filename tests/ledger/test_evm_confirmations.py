@@ -1,0 +1,223 @@
+"""An EVM ledger's `confirmations` (settlement.md 10, "Confirmations"), on anvil.
+
+With ``confirmations = k`` the ledger shows the chain as of block ``head - k``: events, and
+every read (`channel`, `stake_of`, `claim`, `balance`, `totals`). Before, only the events
+waited for k blocks and every read was of the latest block: a payee gave credit on a
+deposit one block deep, and a reorganisation that dropped the deposit (here `evm_revert`)
+left it with the charges of calls it had served and nothing to redeem them from. The CLI
+could not set k at all. A payer's `open_channel` and `top_up` now wait (bounded) until the
+ledger shows their deposit, so its first call is not refused by a payee that cannot see it
+yet. Every wait is bounded; nothing asserts on timing. Without anvil these tests skip.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
+
+from p2pay import testing
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
+from p2pay.core.settlement import Params
+from p2pay.ledger.evm import BoaChain, ChainUnavailable, EvmLedger, RpcErrorReply, Web3Chain
+from p2pay.ledger.memory import wall_clock_ms
+from p2pay.node import Call, NodeConfig, open_node
+
+pytestmark = pytest.mark.trio
+
+DEPLOYER, EVM_KEYS = testing.evm_test_keys()
+A, B = EVM_KEYS["ALICE"], EVM_KEYS["BOB"]
+TOKEN = 10**24
+PRICE = 10**18
+K = 3
+FAST = NodeConfig(watch_interval=0.05, min_challenge_ms=50, default_timeout=5.0)
+PARAMS = {
+    "claim_bond": 10**18,
+    "min_claim_window_ms": 50,
+    "min_challenge_ms": 50,
+    "max_deadline_horizon_ms": 60_000,
+}
+
+
+def mine(chain: Web3Chain, blocks: int) -> None:
+    chain._rpc("anvil_mine", [hex(blocks)])
+
+
+async def deployed(chain: Web3Chain) -> EvmLedger:
+    """A fresh contract (k = 0), ALICE and BOB minted 10 tokens each."""
+    made = await EvmLedger.deploy(
+        chain, DEPLOYER, dev=True, time_unit_us=1, clock=wall_clock_ms, **PARAMS
+    )
+    for key in (A, B):
+        await made.mint(key, key.account, 10 * TOKEN)
+    return made
+
+
+async def attached(anvil_url: str, to: EvmLedger, confirmations: int) -> EvmLedger:
+    """Another reader of `to`'s contract, on a chain object of its own."""
+    chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
+    return await EvmLedger.connect(
+        chain, to.address, clock=wall_clock_ms, confirmations=confirmations
+    )
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+@asynccontextmanager
+async def miner(anvil_url: str, every: float = 0.1) -> AsyncIterator[None]:
+    """A block every `every` s while the block runs, as a live chain makes them."""
+    chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            mine(chain, 1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(thread.join, 10.0)
+        assert not thread.is_alive()
+
+
+async def test_reads_show_a_state_only_once_it_is_k_blocks_deep(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    now = await deployed(chain)
+    deep = await attached(anvil_url, now, K)
+    try:
+        assert deep.confirmations == K and now.confirmations == 0
+        mine(chain, K)  # the mints are K blocks deep
+        assert await deep.balance(A.account) == 10 * TOKEN
+        channel = await now.open_channel(A, B.account, TOKEN, 1_000)
+        assert (await now.channel(channel)) is not None  # k = 0: the latest block
+        assert await now.balance(A.account) == 9 * TOKEN
+        for _ in range(K - 1):
+            assert await deep.channel(channel) is None
+            assert await deep.balance(A.account) == 10 * TOKEN  # the deposit not taken yet
+            mine(chain, 1)
+        assert await deep.channel(channel) is None
+        mine(chain, 1)  # now K blocks deep
+        shown = await deep.channel(channel)
+        assert shown is not None and shown.deposit == TOKEN
+        assert await deep.balance(A.account) == 9 * TOKEN
+        assert (await deep.totals()) == (await now.totals())
+    finally:
+        await deep.aclose()
+        await now.aclose()
+
+
+async def test_a_payee_gives_no_credit_on_a_deposit_a_reorganisation_drops(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """ALICE (k = 0) opens a channel to BOB (k = 3) and calls at once; then the block
+    holding her deposit is dropped (`evm_revert`, as a reorganisation drops it). On the old
+    code BOB read the channel at the latest block, served the call and held a charge on a
+    channel that no longer exists; now he refuses it: he cannot see the deposit yet."""
+    ledger = await deployed(chain)
+    bob_ledger = await attached(anvil_url, ledger, K)
+    mine(chain, K)
+    try:
+        async with (
+            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
+            open_node(key=testing.ALICE, ledger=ledger, config=FAST) as alice,
+        ):
+            bob.serve("echo", echo, price=PRICE)
+            before = chain._rpc("evm_snapshot", [])
+            info = await alice.open_channel(bob.addrs[0], deposit=TOKEN, challenge_ms=300)
+            with pytest.raises(P2payError) as refused:
+                await alice.call(bob.peer_id, "echo", b"now", max_price=PRICE)
+            assert refused.value.code is ErrorCode.UNKNOWN_CHANNEL
+            assert info.channel not in bob.payee_channels
+            chain._rpc("evm_revert", [before])  # the reorganisation: the deposit is gone
+            mine(chain, K + 1)
+            assert await ledger.channel(info.channel) is None
+            with pytest.raises(P2payError) as again:
+                await alice.call(bob.peer_id, "echo", b"later", max_price=PRICE)
+            assert again.value.code is ErrorCode.UNKNOWN_CHANNEL
+            assert info.channel not in bob.payee_channels  # served nothing, owed nothing
+            assert bob.counters.redeemed == 0
+    finally:
+        await bob_ledger.aclose()
+        await ledger.aclose()
+
+
+async def test_open_channel_and_top_up_return_once_the_ledger_shows_the_deposit(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """Both nodes read with k = 3 on a chain that mines a block every 0.1 s: ALICE's first
+    call on the channel she opened, and a call beyond the deposit she topped up, are
+    served at once (without the wait BOB refused them: UNKNOWN_CHANNEL, then
+    INSUFFICIENT_DEPOSIT)."""
+    made = await deployed(chain)
+    ledger = await attached(anvil_url, made, K)
+    await made.aclose()
+    mine(chain, K)  # the contract and the mints are K blocks deep
+    try:
+        async with (
+            miner(anvil_url),
+            open_node(key=testing.BOB, ledger=ledger, config=FAST) as bob,
+            open_node(key=testing.ALICE, ledger=ledger, config=FAST) as alice,
+        ):
+            bob.serve("echo", echo, price=PRICE)
+            with trio.fail_after(60):
+                info = await alice.open_channel(bob.addrs[0], deposit=PRICE, challenge_ms=300)
+            shown = await ledger.channel(info.channel)
+            assert shown is not None and shown.deposit == PRICE
+            result = await alice.call(bob.peer_id, "echo", b"first", max_price=PRICE)
+            assert result.body == b"first"
+            with trio.fail_after(60):
+                await alice.top_up(info.channel, PRICE)
+            shown = await ledger.channel(info.channel)
+            assert shown is not None and shown.deposit == 2 * PRICE
+            result = await alice.call(bob.peer_id, "echo", b"second", max_price=PRICE)
+            assert result.body == b"second"
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_read_the_endpoint_cannot_answer_is_chain_unavailable(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """A block the endpoint does not have, or whose state it pruned (not an archive node),
+    is the endpoint's failure, to be read again: never a refusal of the contract."""
+
+    class Pruned(Web3Chain):
+        def _rpc(self, method: str, params: list[Any]) -> Any:
+            if method == "eth_call" and params[1] != "latest":
+                raise RpcErrorReply({"code": -32000, "message": "missing trie node"})
+            return super()._rpc(method, params)
+
+    made = await deployed(chain)
+    pruned = await EvmLedger.connect(
+        Pruned(anvil_url, timed=True, timeout_s=30), made.address, confirmations=K
+    )
+    try:
+        with pytest.raises(ChainUnavailable, match="missing trie node"):
+            await pruned.channel(bytes(32))
+        with pytest.raises(ChainUnavailable):
+            await pruned.balance(A.account)
+    finally:
+        await pruned.aclose()
+        await made.aclose()
+
+
+async def test_confirmations_need_a_chain_that_reads_past_blocks() -> None:
+    pytest.importorskip("boa", reason="titanoboa not installed: pip install -e '.[dev]'")
+    params = Params(ledger_id=b"x", dev=True)
+    with pytest.raises(LocalProtocolError, match="confirmations must be 0"):
+        EvmLedger(BoaChain(), bytes(20), params, time_unit_us=1, confirmations=1)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(LocalProtocolError, match="confirmations"):
+            EvmLedger(BoaChain(), bytes(20), params, time_unit_us=1, confirmations=bad)  # type: ignore[arg-type]
