@@ -1533,6 +1533,12 @@ class EvmLedger(OpLedger):
                 )
             code, message = revert_code(res.output)
             raise SettlementError(message, code=code)
+        if block is not None and not res.output:
+            # no code at that block: the contract is younger than `confirmations` blocks
+            raise ChainUnavailable(
+                f"{name} at block {block}: no contract at 0x{self.address.hex()} yet (it is "
+                f"less than {self._confirmations} blocks deep: read again later)"
+            )
         try:
             return self._abi.decode_output(name, res.output)
         except Exception as exc:  # an endpoint's garbled eth_call result (attack round 40)

@@ -98,6 +98,8 @@ async def test_reads_show_a_state_only_once_it_is_k_blocks_deep(
     deep = await attached(anvil_url, now, K)
     try:
         assert deep.confirmations == K and now.confirmations == 0
+        with pytest.raises(ChainUnavailable, match="less than 3 blocks deep"):
+            await deep.balance(A.account)  # the contract itself is not K blocks deep yet
         mine(chain, K)  # the mints are K blocks deep
         assert await deep.balance(A.account) == 10 * TOKEN
         channel = await now.open_channel(A, B.account, TOKEN, 1_000)
