@@ -1512,13 +1512,14 @@ class EvmLedger(OpLedger):
         """Blocks a log or a state is buried under before this ledger shows it."""
         return self._confirmations
 
-    async def _view(self, name: str, *args: Any) -> tuple[Any, ...]:
+    async def _view(self, name: str, *args: Any, latest: bool = False) -> tuple[Any, ...]:
         """A view of the contract at the latest block, or with `confirmations` at block
         ``head - confirmations`` (the block events are read up to): a deposit, a stake,
         a claim or a close that a reorganisation shallower than that drops is never
-        shown (settlement.md 10, "Confirmations")."""
+        shown (settlement.md 10, "Confirmations"). `latest`: the latest block all the
+        same (what a node must defend against, never what it gives credit on)."""
         block = None
-        if self._confirmations:
+        if self._confirmations and not latest:
             head = await self._call_chain(self.chain.head)
             block = max(head - self._confirmations, 0)
         data = self._abi.calldata(name, args)
@@ -1761,7 +1762,10 @@ class EvmLedger(OpLedger):
             return 0
         return int((await self._view("balances", "0x" + address.hex()))[0])
 
-    async def channel(self, channel_id: bytes) -> Channel | None:
+    async def channel(self, channel_id: bytes, *, latest: bool = False) -> Channel | None:
+        """The channel as of block ``head - confirmations``; with `latest`, as of the
+        latest block whatever `confirmations` says: a watcher's look for a close it must
+        answer at once (C-8), never a reading to give credit on."""
         if not isinstance(channel_id, bytes) or len(channel_id) != 32:
             return None
         (
@@ -1775,7 +1779,7 @@ class EvmLedger(OpLedger):
             paid_seen,
             refunded,
             clawed,
-        ) = (await self._view("channels", channel_id))[0]
+        ) = (await self._view("channels", channel_id, latest=latest))[0]
         if state not in _CHANNEL_STATES:
             return None
         return Channel(

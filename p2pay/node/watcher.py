@@ -71,6 +71,7 @@ from p2pay.core.messages import (
     refusal_body,
 )
 from p2pay.core.settlement import (
+    Channel,
     ChannelState,
     Claim,
     ClaimState,
@@ -685,7 +686,7 @@ class Watcher:
             if not self._owed(ch):
                 continue
             try:
-                info = await node.ledger.channel(channel)
+                info = await self._read_latest(channel)
             except Exception as exc:  # read again next time (a backend's surprise included)
                 log.warning("cannot read payee channel %s: %r", channel.hex(), exc)
                 continue
@@ -695,6 +696,18 @@ class Watcher:
         if len(self._closing) != due:
             self._stage_closing()
             await self._defend_closes()
+
+    async def _read_latest(self, channel: bytes) -> Channel | None:
+        """`channel` as of the latest block, on a ledger that shows states only once
+        confirmations bury them (an EVM ledger's ``confirmations``, settlement.md 10): a
+        payer's close is a threat to answer at once, not a state to trust, and read k
+        blocks late it ended before we redeemed when k block times exceeded its challenge
+        period (attack round 47). Any other ledger shows the latest state anyway."""
+        ledger = self.node.ledger
+        if getattr(ledger, "confirmations", 0):
+            info: Channel | None = await ledger.channel(channel, latest=True)  # type: ignore[call-arg]
+            return info
+        return await ledger.channel(channel)
 
     def _stage_closing(self) -> None:
         """Stage the payee channels still due (`_closing`, at most one per payee channel)."""

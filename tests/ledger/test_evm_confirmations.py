@@ -24,7 +24,7 @@ pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'"
 
 from p2pay import testing
 from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
-from p2pay.core.settlement import Params
+from p2pay.core.settlement import ChannelState, Params
 from p2pay.ledger.evm import BoaChain, ChainUnavailable, EvmLedger, RpcErrorReply, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
 from p2pay.node import Call, NodeConfig, open_node
@@ -186,6 +186,44 @@ async def test_open_channel_and_top_up_return_once_the_ledger_shows_the_deposit(
             result = await alice.call(bob.peer_id, "echo", b"second", max_price=PRICE)
             assert result.body == b"second"
     finally:
+        await ledger.aclose()
+
+
+async def test_a_payee_reading_k_blocks_late_still_redeems_before_a_close_ends(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """Attack round 47: BOB (k = 3) serves ALICE 3 calls; she closes with a 3 s challenge
+    period, and no block is mined but the two close transactions, so BOB's ledger, 3 blocks
+    behind, never shows the close before it ends. On 8b6ca87 his watcher's look for closes
+    (C-8, `_read_owed_channels`) read at ``head - 3`` too: the close ended and the 3
+    charges went back to ALICE. Now that look reads the latest block: he redeems in time."""
+    ledger = await deployed(chain)
+    bob_ledger = await attached(anvil_url, ledger, K)
+    mine(chain, K)
+    try:
+        async with (
+            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
+            open_node(key=testing.ALICE, ledger=ledger, config=FAST) as alice,
+        ):
+            bob.serve("echo", echo, price=PRICE)
+            info = await alice.open_channel(bob.addrs[0], deposit=TOKEN, challenge_ms=3_000)
+            mine(chain, K)  # BOB sees the channel
+            before = await ledger.balance(B.account)
+            for i in range(3):
+                result = await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=PRICE)
+                assert result.body == b"%d" % i
+            await alice.close_channel(info.channel)
+            with trio.fail_after(60):
+                while True:  # ALICE's watcher finalizes the close once its period ends
+                    shown = await ledger.channel(info.channel)
+                    assert shown is not None
+                    if shown.state is ChannelState.CLOSED:
+                        break
+                    await trio.sleep(0.1)
+            assert await ledger.balance(B.account) - before == 3 * PRICE
+            assert bob.counters.redeemed == 3 * PRICE
+    finally:
+        await bob_ledger.aclose()
         await ledger.aclose()
 
 
