@@ -135,6 +135,8 @@ _CLAIM_STATES = {
 }
 _FIELD_NAMES = {"src": "from", "dst": "to"}
 _EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
+#: Claims whose frames `EvmLedger.claims_filed_against` keeps from blocks not confirmed yet.
+_TAIL_CLAIMS = 1024
 
 log = logging.getLogger("p2pay.ledger.evm")
 
@@ -1341,6 +1343,9 @@ class EvmLedger(OpLedger):
         self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
         self.skipped_logs = 0  # logs of the contract that could not be indexed (issue 14)
         self.skipped: collections.deque[str] = collections.deque(maxlen=100)  # their reasons
+        # frames of claims filed in blocks not confirmed yet (`claims_filed_against`), by
+        # claim id and kind; at most `_TAIL_CLAIMS` claims, the oldest dropped
+        self._tail_frames: dict[bytes, dict[str, bytes]] = {}
 
     # --- construction
     @classmethod
@@ -1546,6 +1551,47 @@ class EvmLedger(OpLedger):
             raise ChainUnavailable(
                 f"{name}: unreadable eth_call result: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
+
+    async def claims_filed_against(self, account: bytes) -> list[Event]:
+        """The ClaimFiled events naming `account` as respondent in the blocks that are not
+        confirmed yet (``head - confirmations + 1 .. head``), read from the chain each time
+        and never indexed (``seq`` 0: a reorganisation may still drop them; the index gets
+        them, numbered, once they are `confirmations` deep). Their frames are kept for
+        `claim` (at most `_TAIL_CLAIMS` claims). A claim is a threat to answer within its
+        window, not a state to trust: read k blocks late, it ended unanswered when k block
+        times exceeded the window, and an honest provider was slashed (attack round 47).
+        Empty without `confirmations`. A log that does not make a valid event or frame is
+        left out, as a sync leaves it out."""
+        if not self._confirmations:
+            return []
+        head = await self._call_chain(self.chain.head)
+        first = max(self._index.cursor, head - self._confirmations) + 1
+        if first > head:
+            return []
+        read = await self._call_chain(self.chain.logs, self.address, first, head)
+        found: list[Event] = []
+        for lg in read:
+            try:
+                decoded = self._abi.decode_log(lg.topics, lg.data)
+                if decoded is None:
+                    continue
+                name, fields = decoded
+                if name not in _EVIDENCE:
+                    fields = _plain(fields)
+                row = _index_row(name, fields)
+            except Exception:  # left out here as a sync leaves it out (and counts it)
+                continue
+            if isinstance(row, _FrameRow):
+                self._tail_frames.setdefault(row.claim, {})[row.kind] = row.frame
+                while len(self._tail_frames) > _TAIL_CLAIMS:
+                    del self._tail_frames[next(iter(self._tail_frames))]
+                continue
+            if name != "ClaimFiled" or fields.get("respondent") != account:
+                continue
+            event_fields = dict(fields)
+            at = event_fields.pop("at")
+            found.append(Event(kind=name, fields=event_fields, at=at, seq=0))
+        return found
 
     async def sync(self) -> int:
         """Index the contract's logs up to ``head - confirmations``; returns the cursor.
@@ -1819,7 +1865,11 @@ class EvmLedger(OpLedger):
             unstake_requested_at=int(requested_at),
         )
 
-    async def claim(self, claim_id: bytes) -> Claim | None:
+    async def claim(self, claim_id: bytes, *, latest: bool = False) -> Claim | None:
+        """The claim as of block ``head - confirmations``; with `latest`, as of the latest
+        block (a claim against us is answered as soon as it is seen, never k blocks late:
+        `claims_filed_against`), its frames from the index or from that read of the
+        blocks not confirmed yet."""
         if not isinstance(claim_id, bytes) or len(claim_id) != 32:
             return None
         (
@@ -1837,10 +1887,11 @@ class EvmLedger(OpLedger):
             slashed,
             refund,
             clawed,
-        ) = (await self._view("claims", claim_id))[0]
+        ) = (await self._view("claims", claim_id, latest=latest))[0]
         if state not in _CLAIM_STATES:
             return None
         await self.sync()
+        tail = self._tail_frames.get(claim_id, {})
         return Claim(
             id=claim_id,
             claimant=account_of_address(bytes.fromhex(claimant[2:])),
@@ -1854,9 +1905,9 @@ class EvmLedger(OpLedger):
             filed_at=int(filed_at),
             window_ends=int(window_ends),
             state=_CLAIM_STATES[int(state)],
-            request_frame=self._index.frame(claim_id, "request"),
-            response_frame=self._index.frame(claim_id, "response"),
-            evidence_frame=self._index.frame(claim_id, "evidence"),
+            request_frame=self._index.frame(claim_id, "request") or tail.get("request", b""),
+            response_frame=self._index.frame(claim_id, "response") or tail.get("response", b""),
+            evidence_frame=self._index.frame(claim_id, "evidence") or tail.get("evidence", b""),
             slashed=int(slashed),
             refund=int(refund),
             clawed=int(clawed),

@@ -624,6 +624,7 @@ class Watcher:
             if len(events) < 500:
                 break
         await self._read_owed_channels()
+        await self._claims_seen_early()
         if self.steps % RESCAN_STEPS == 0:
             await self._rescan_soon()
         await self._redeem_due()
@@ -660,6 +661,13 @@ class Watcher:
                 await node.refresh_channel(channel)
                 if ch.status is not ChannelStatus.OPEN:  # read from the ledger
                     self._closing.discard(channel)
+            except (P2payError, OSError) as exc:
+                # redeemed all the same (the ledger refuses what is not owed): an endpoint
+                # that cannot read the channel at `head - confirmations` (a state it
+                # pruned) kept every forced redeem back, and the close gave the charges
+                # back (attack round 47)
+                log.warning("read of closing channel %s: %s", channel.hex(), exc)
+            try:
                 await self._redeem(ch, force=True)
             except (P2payError, OSError) as exc:
                 log.warning("redeem on close of %s: %s", channel.hex(), exc)
@@ -696,6 +704,55 @@ class Watcher:
         if len(self._closing) != due:
             self._stage_closing()
             await self._defend_closes()
+
+    async def _claims_seen_early(self) -> None:
+        """On a ledger that shows events only once confirmations bury them (an EVM
+        ledger's ``confirmations``, settlement.md 10), the claims filed against us in the
+        blocks not confirmed yet (`EvmLedger.claims_filed_against`): answered as soon as
+        they are seen, as their ClaimFiled event would have them answered. Read only from
+        the event k blocks later, a claim whose window was shorter than k block times
+        ended unanswered and an honest provider was slashed (attack round 47). Its event
+        comes later all the same, and finds it held and its answer under way or done."""
+        node = self.node
+        ledger = node.ledger
+        if not getattr(ledger, "confirmations", 0) or not node.behaviour.answers_claims:
+            return
+        try:
+            filed: list[Event] = await ledger.claims_filed_against(node.account)  # type: ignore[attr-defined]
+        except (P2payError, OSError) as exc:
+            log.warning("claims in blocks not confirmed yet: %s", exc)
+            return
+        for event in filed:
+            window_ends = self._note_filed(event.fields, event.at)
+            if window_ends is not None:
+                self._defend_soon(event.fields["claim"], window_ends)
+
+    async def _read_claim(self, claim_id: bytes) -> Claim | None:
+        """A claim against us as of the latest block, on a ledger with confirmations (see
+        `_claims_seen_early`: it may be too young to show k blocks back; and once answered
+        it would read OPEN k blocks more, answered again): a claim is a threat."""
+        ledger = self.node.ledger
+        if getattr(ledger, "confirmations", 0):
+            claim: Claim | None = await ledger.claim(claim_id, latest=True)  # type: ignore[call-arg]
+            return claim
+        return await ledger.claim(claim_id)
+
+    async def _redeemed_at_latest(self, channel: bytes) -> int:
+        """On a ledger with confirmations, what the latest block shows `channel` redeemed
+        (0 elsewhere, or if unreadable): a redeem that total covers is not sent again.
+        Our reading of it (`PayeeChannel.redeemed`) is k blocks old, so a payer's close
+        had us send a redeem at every watcher step, each after the first paying 0 and
+        costing gas, until our own redeem was k blocks deep (attack round 47: 8 for one
+        close). Only a send is saved: one a reorganisation drops shows at the latest block
+        no more, and is sent again."""
+        if not getattr(self.node.ledger, "confirmations", 0):
+            return 0
+        try:
+            info = await self._read_latest(channel)
+        except (P2payError, OSError) as exc:
+            log.info("latest reading of channel %s: %s", channel.hex(), exc)
+            return 0
+        return 0 if info is None else info.redeemed
 
     async def _read_latest(self, channel: bytes) -> Channel | None:
         """`channel` as of the latest block, on a ledger that shows states only once
@@ -901,7 +958,7 @@ class Watcher:
             if claim_id in self._defending:
                 continue  # its ClaimFiled event came meanwhile
             try:
-                claim, _ = _light(await ledger.claim(claim_id))
+                claim, _ = _light(await self._read_claim(claim_id))
             except Exception as exc:  # read again next time; the others go on (a reply an
                 # EVM endpoint garbles raises ValueError or a decoding error: one ended
                 # the node and got an honest provider slashed, attack round 24)
@@ -931,7 +988,7 @@ class Watcher:
             while True:
                 try:
                     async with self._reads.hold(window_ends):
-                        claim, body = _light(await node.ledger.claim(claim_id))
+                        claim, body = _light(await self._read_claim(claim_id))
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     window_ends = claim.window_ends
@@ -1050,7 +1107,6 @@ class Watcher:
         (an unknown service, a price below the service's, a body it does not take, a
         channel not open) does not wait. Waiting counts against the handler's deadline
         (`_serve_claimed`: past it, the request is refused DEADLINE_EXCEEDED, C-1)."""
-        node = self.node
         slot = False
         try:
             slot = self._limiter.try_take()
@@ -1072,7 +1128,7 @@ class Watcher:
             async with (
                 contextlib.nullcontext() if slot else self._whole_reads.hold(claim.window_ends)
             ):
-                full = await node.ledger.claim(claim.id)
+                full = await self._read_claim(claim.id)
                 if full is None or full.state is not ClaimState.OPEN:
                     return None
                 answer = await self._prepare_answer(full, use_evidence, slot=slot)
@@ -1393,7 +1449,7 @@ class Watcher:
         async def read(claim_id: bytes) -> None:
             try:
                 async with self._reads.hold(claim.window_ends):  # for `claim`'s answer
-                    filed, _ = _light(await ledger.claim(claim_id))
+                    filed, _ = _light(await self._read_claim(claim_id))
             except Exception as exc:  # read again next time; the others go on (round 24)
                 log.warning("cannot read claim %s: %r", claim_id.hex(), exc)
                 return
@@ -1663,7 +1719,7 @@ class Watcher:
         if voucher is None:
             return
         amount = min(amount, voucher.paid)  # never more than a checked voucher covers
-        if amount <= ch.redeemed:
+        if amount <= ch.redeemed or amount <= await self._redeemed_at_latest(ch.channel):
             return
         try:
             paid = await node.ledger.redeem(node.key, voucher, amount)

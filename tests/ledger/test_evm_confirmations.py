@@ -12,6 +12,7 @@ yet. Every wait is bounded; nothing asserts on timing. Without anvil these tests
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,8 +24,9 @@ import trio
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
 from p2pay import testing
-from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError
-from p2pay.core.settlement import ChannelState, Params
+from p2pay.core.errors import ErrorCode, LocalProtocolError, P2payError, SettlementError
+from p2pay.core.messages import Request
+from p2pay.core.settlement import ChannelState, ClaimState, Params
 from p2pay.ledger.evm import BoaChain, ChainUnavailable, EvmLedger, RpcErrorReply, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
 from p2pay.node import Call, NodeConfig, open_node
@@ -192,11 +194,12 @@ async def test_open_channel_and_top_up_return_once_the_ledger_shows_the_deposit(
 async def test_a_payee_reading_k_blocks_late_still_redeems_before_a_close_ends(
     chain: Web3Chain, anvil_url: str
 ) -> None:
-    """Attack round 47: BOB (k = 3) serves ALICE 3 calls; she closes with a 3 s challenge
-    period, and no block is mined but the two close transactions, so BOB's ledger, 3 blocks
-    behind, never shows the close before it ends. On 8b6ca87 his watcher's look for closes
-    (C-8, `_read_owed_channels`) read at ``head - 3`` too: the close ended and the 3
-    charges went back to ALICE. Now that look reads the latest block: he redeems in time."""
+    """Attack round 47: BOB (k = 3) serves ALICE 3 calls, and she closes (a 60 s challenge
+    period); no block is mined but the close's own and what the nodes send, so BOB's
+    ledger, 3 blocks behind, does not show the close before it ends. On 8b6ca87 his
+    watcher's look for closes (C-8, `_read_owed_channels`) read at ``head - 3`` too: the
+    close ended and the 3 charges went back to ALICE. Now that look reads the latest block:
+    he redeems while the close runs."""
     ledger = await deployed(chain)
     bob_ledger = await attached(anvil_url, ledger, K)
     mine(chain, K)
@@ -206,22 +209,72 @@ async def test_a_payee_reading_k_blocks_late_still_redeems_before_a_close_ends(
             open_node(key=testing.ALICE, ledger=ledger, config=FAST) as alice,
         ):
             bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=TOKEN, challenge_ms=3_000)
+            info = await alice.open_channel(bob.addrs[0], deposit=TOKEN, challenge_ms=60_000)
             mine(chain, K)  # BOB sees the channel
             before = await ledger.balance(B.account)
             for i in range(3):
                 result = await alice.call(bob.peer_id, "echo", b"%d" % i, max_price=PRICE)
                 assert result.body == b"%d" % i
             await alice.close_channel(info.channel)
-            with trio.fail_after(60):
-                while True:  # ALICE's watcher finalizes the close once its period ends
+            with trio.fail_after(90):
+                while True:  # redeemed during the close's period, or the close ended first
                     shown = await ledger.channel(info.channel)
                     assert shown is not None
-                    if shown.state is ChannelState.CLOSED:
+                    if shown.redeemed == 3 * PRICE or shown.state is ChannelState.CLOSED:
                         break
                     await trio.sleep(0.1)
+            assert shown.redeemed == 3 * PRICE and shown.state is ChannelState.CLOSING
             assert await ledger.balance(B.account) - before == 3 * PRICE
             assert bob.counters.redeemed == 3 * PRICE
+    finally:
+        await bob_ledger.aclose()
+        await ledger.aclose()
+
+
+async def test_a_provider_reading_k_blocks_late_answers_a_claim_within_its_window(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """Attack round 47: ALICE files a claim against BOB (k = 3, staked with a 20 s claim
+    window) for a request she never sent him; no block is mined but the claim's and its
+    answer's, so BOB's ledger, 3 blocks behind, shows neither the ClaimFiled event nor the
+    claim before the window ends. On 8b6ca87 he learnt of claims from that event only: the
+    claim ended unanswered, UPHELD, his stake slashed. Now he reads the claims filed against
+    him in the blocks not confirmed yet, and the claim itself at the latest block: he
+    serves the request through the claim and answers it, DELIVERED."""
+    ledger = await deployed(chain)
+    await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
+    channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
+    mine(chain, K + 1)
+    bob_ledger = await attached(anvil_url, ledger, K)
+    try:
+        async with open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob:
+            bob.serve("echo", echo, price=PRICE)
+            request = Request.create(
+                testing.ALICE,
+                ledger=ledger.ledger_id,
+                channel=channel,
+                n=1,
+                paid=PRICE,
+                price=PRICE,
+                service="echo",
+                body=b"claimed",
+                deadline=await ledger.now() - 1,
+            )
+            claim_id = await ledger.file_claim(A, request)
+            with trio.fail_after(60):
+                while True:
+                    claim = await ledger.claim(claim_id)
+                    assert claim is not None
+                    if claim.state is not ClaimState.OPEN:
+                        break
+                    if await ledger.now() > claim.window_ends:
+                        with contextlib.suppress(SettlementError):
+                            await ledger.resolve_claim(A, claim_id)
+                    await trio.sleep(0.1)
+            assert claim.state is ClaimState.DELIVERED and claim.slashed == 0
+            stake = await ledger.stake_of(B.account)
+            assert stake is not None and stake.amount == 5 * TOKEN
+            assert bob.counters.claims_answered == 1
     finally:
         await bob_ledger.aclose()
         await ledger.aclose()
