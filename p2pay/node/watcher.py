@@ -467,6 +467,8 @@ class Watcher:
         self.redeems: collections.Counter[str] = collections.Counter()  # by reason
         self.answers: collections.Counter[str] = collections.Counter()  # claims, by outcome
         self._unredeemed_since: dict[bytes, int] = {}  # channel -> ms (node clock)
+        # channel -> the most we asked a redeem for (`_redeemed_at_latest`)
+        self._redeem_sent: dict[bytes, int] = {}
         self._last_redeem: dict[bytes, int] = {}  # channel -> ms (node clock)
         self._tasks: trio.Nursery | None = None  # claim answers and filings (C-7)
         #: handler slots (claims served through the claim, C-6), earliest window end first
@@ -715,7 +717,7 @@ class Watcher:
         comes later all the same, and finds it held and its answer under way or done."""
         node = self.node
         ledger = node.ledger
-        if not getattr(ledger, "confirmations", 0) or not node.behaviour.answers_claims:
+        if not self._lagging() or not node.behaviour.answers_claims:
             return
         try:
             filed: list[Event] = await ledger.claims_filed_against(node.account)  # type: ignore[attr-defined]
@@ -728,14 +730,30 @@ class Watcher:
                 self._defend_soon(event.fields["claim"], window_ends)
 
     async def _read_claim(self, claim_id: bytes) -> Claim | None:
-        """A claim against us as of the latest block, on a ledger with confirmations (see
-        `_claims_seen_early`: it may be too young to show k blocks back; and once answered
-        it would read OPEN k blocks more, answered again): a claim is a threat."""
+        """A claim against us, on a ledger with confirmations (settlement.md 10): OPEN if
+        the latest block or the block ``head - confirmations`` shows it OPEN, else as the
+        latest block shows it. The latest block first: a claim younger than k blocks shows
+        only there (`_claims_seen_early`). The confirmed one too: an endpoint that shows a
+        claim gone or answered at the latest block only (a lie, or our answer in a block a
+        reorganisation then drops) ended the answer task, and an honest provider was
+        slashed (attack round 48). So a claim is let go only once its end is k blocks deep."""
+        if not self._lagging():
+            return await self.node.ledger.claim(claim_id)
+        return _open_first(*await self._read_claim_both(claim_id))
+
+    async def _read_claim_both(self, claim_id: bytes) -> tuple[Claim | None, Claim | None]:
+        """A claim as of the latest block, and (unless that shows it OPEN) as of block
+        ``head - confirmations`` (None then). A ledger with confirmations only."""
         ledger = self.node.ledger
-        if getattr(ledger, "confirmations", 0):
-            claim: Claim | None = await ledger.claim(claim_id, latest=True)  # type: ignore[call-arg]
-            return claim
-        return await ledger.claim(claim_id)
+        latest: Claim | None = await ledger.claim(claim_id, latest=True)  # type: ignore[call-arg]
+        if latest is not None and latest.state is ClaimState.OPEN:
+            return latest, None
+        return latest, await ledger.claim(claim_id)
+
+    def _lagging(self) -> bool:
+        """Whether the ledger shows states only once confirmations bury them (an EVM
+        ledger's ``confirmations``)."""
+        return bool(getattr(self.node.ledger, "confirmations", 0))
 
     async def _redeemed_at_latest(self, channel: bytes) -> int:
         """On a ledger with confirmations, what the latest block shows `channel` redeemed
@@ -745,14 +763,18 @@ class Watcher:
         costing gas, until our own redeem was k blocks deep (attack round 47: 8 for one
         close). Only a send is saved: one a reorganisation drops shows at the latest block
         no more, and is sent again."""
-        if not getattr(self.node.ledger, "confirmations", 0):
+        sent = self._redeem_sent.get(channel, 0)
+        if not sent or not self._lagging():
             return 0
         try:
             info = await self._read_latest(channel)
         except (P2payError, OSError) as exc:
             log.info("latest reading of channel %s: %s", channel.hex(), exc)
             return 0
-        return 0 if info is None else info.redeemed
+        # believed up to what we asked for ourselves: an endpoint that shows a redeemed
+        # total at the latest block only (a lie) stopped every redeem, and the close gave
+        # the charges back (attack round 48)
+        return 0 if info is None else min(info.redeemed, sent)
 
     async def _read_latest(self, channel: bytes) -> Channel | None:
         """`channel` as of the latest block, on a ledger that shows states only once
@@ -761,7 +783,7 @@ class Watcher:
         blocks late it ended before we redeemed when k block times exceeded its challenge
         period (attack round 47). Any other ledger shows the latest state anyway."""
         ledger = self.node.ledger
-        if getattr(ledger, "confirmations", 0):
+        if self._lagging():
             info: Channel | None = await ledger.channel(channel, latest=True)  # type: ignore[call-arg]
             return info
         return await ledger.channel(channel)
@@ -988,9 +1010,24 @@ class Watcher:
             while True:
                 try:
                     async with self._reads.hold(window_ends):
-                        claim, body = _light(await self._read_claim(claim_id))
+                        deep_only = False  # OPEN k blocks back only
+                        if self._lagging():
+                            latest, confirmed = await self._read_claim_both(claim_id)
+                            read = _open_first(latest, confirmed)
+                            deep_only = read is not None and read is confirmed
+                        else:
+                            read = await node.ledger.claim(claim_id)
+                        claim, body = _light(read)
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
+                    if sent and deep_only:
+                        # Ours is in at the latest block, not yet k blocks deep: wait,
+                        # reading, and answer again if a reorganisation drops it (attack
+                        # round 48: the task ended at the latest reading, and an answer a
+                        # 1-block reorganisation dropped was never sent again: UPHELD)
+                        delay = BACKOFF_MIN
+                        await trio.sleep(node.config.watch_interval)
+                        continue
                     window_ends = claim.window_ends
                     ended = await node.ledger.now() > claim.window_ends
                     if ended and node.now() > claim.window_ends:
@@ -1032,7 +1069,7 @@ class Watcher:
                             log.warning("claim %s still open: answered again", claim_id.hex())
                         # read again after the wait: done once it is no longer OPEN
                 except SettlementError as exc:
-                    if exc.code in _FINAL:
+                    if exc.code in _FINAL and not (self._lagging() and sent):
                         log.warning("answer to claim %s refused: %s", claim_id.hex(), exc)
                         return
                     if exc.code in _BAD_ANSWER:
@@ -1723,6 +1760,7 @@ class Watcher:
             return
         try:
             paid = await node.ledger.redeem(node.key, voucher, amount)
+            self._redeem_sent[ch.channel] = max(self._redeem_sent.get(ch.channel, 0), amount)
         except SettlementError as exc:
             log.warning("redeem on %s refused: %s", ch.channel.hex(), exc)
             if exc.code is ErrorCode.CHANNEL_CLOSED:
@@ -2200,6 +2238,17 @@ class _Body:
 
     length: int
     matches: bool
+
+
+def _open_first(latest: Claim | None, confirmed: Claim | None) -> Claim | None:
+    """Of two readings of a claim against us (`Watcher._read_claim_both`), one that shows
+    it OPEN, the latest first; else the latest one, or the confirmed one if the latest
+    block has none."""
+    if latest is not None and latest.state is ClaimState.OPEN:
+        return latest
+    if confirmed is not None and confirmed.state is ClaimState.OPEN:
+        return confirmed
+    return latest if latest is not None else confirmed
 
 
 def _light(claim: Claim | None) -> tuple[Claim | None, _Body | None]:
