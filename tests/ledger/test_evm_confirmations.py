@@ -280,6 +280,52 @@ async def test_a_provider_reading_k_blocks_late_answers_a_claim_within_its_windo
         await ledger.aclose()
 
 
+async def test_claims_in_unconfirmed_blocks_are_the_readers_own_and_keep_only_their_frames(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """`claims_filed_against` returns the ClaimFiled events naming the account in the
+    blocks not confirmed yet, and keeps the frames of those claims only: attack round 48
+    had another account's reader hold the frames of 40 claims against BOB (1.3 MB), and
+    keep them after the index had them."""
+    ledger = await deployed(chain)
+    await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
+    channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
+    mine(chain, K + 1)
+    bob_reader = await attached(anvil_url, ledger, K)
+    alice_reader = await attached(anvil_url, ledger, K)
+    try:
+        request = Request.create(
+            testing.ALICE,
+            ledger=ledger.ledger_id,
+            channel=channel,
+            n=1,
+            paid=PRICE,
+            price=PRICE,
+            service="echo",
+            body=b"claimed",
+            deadline=await ledger.now() - 1,
+        )
+        claim_id = await ledger.file_claim(A, request)
+        (filed,) = await bob_reader.claims_filed_against(B.account)
+        assert filed.kind == "ClaimFiled" and filed.seq == 0
+        assert filed.fields["claim"] == claim_id and filed.fields["respondent"] == B.account
+        assert set(bob_reader._tail_frames) == {claim_id}
+        shown = await bob_reader.claim(claim_id, latest=True)
+        assert shown is not None and shown.request_frame == request.to_frame()
+        assert await bob_reader.claim(claim_id) is None  # not K blocks deep yet
+        assert await alice_reader.claims_filed_against(A.account) == []
+        assert alice_reader._tail_frames == {}  # not hers: nothing kept
+        mine(chain, K)  # confirmed: in the index, out of the unconfirmed blocks
+        assert await bob_reader.claims_filed_against(B.account) == []
+        assert bob_reader._tail_frames == {}
+        indexed = await bob_reader.claim(claim_id)
+        assert indexed is not None and indexed.request_frame == request.to_frame()
+    finally:
+        await alice_reader.aclose()
+        await bob_reader.aclose()
+        await ledger.aclose()
+
+
 async def test_a_read_the_endpoint_cannot_answer_is_chain_unavailable(
     chain: Web3Chain, anvil_url: str
 ) -> None:
