@@ -18,100 +18,49 @@ for the close's end, so a loaded machine only makes them slower.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
+from confirmations_support import (
+    FAST,
+    PRICE,
+    attached,
+    deployed,
+    echo,
+    mine,
+    miner,
+    redeemed_or_closed,
+    served,
+)
+
 from p2pay import testing
-from p2pay.core.errors import P2payError
-from p2pay.core.evmsig import EvmKey
 from p2pay.core.settlement import ChannelState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
-from p2pay.ledger.memory import wall_clock_ms
-from p2pay.node import Call, NodeConfig, open_node
+from p2pay.ledger.evm import Web3Chain
+from p2pay.node import open_node
 
 pytestmark = pytest.mark.trio
 
-DEPLOYER, _ = testing.evm_test_keys()
-TOKEN = 10**24
-PRICE = 10**18
 K = 10
 BLOCK_S = 0.3
-FAST = NodeConfig(watch_interval=0.1, min_challenge_ms=50, default_timeout=5.0)
-PARAMS = {
-    "claim_bond": 10**18,
-    "min_claim_window_ms": 50,
-    "min_challenge_ms": 50,
-    "max_deadline_horizon_ms": 60_000,
-}
-A, B = EvmKey.derive(testing.ALICE), EvmKey.derive(testing.BOB)
-
-
-async def echo(call: Call) -> bytes:
-    return call.body
-
-
-@asynccontextmanager
-async def miner(url: str) -> AsyncIterator[None]:
-    chain = Web3Chain(url, timed=True, timeout_s=30)
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(BLOCK_S):
-            chain._rpc("anvil_mine", ["0x1"])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        await trio.to_thread.run_sync(thread.join, 10.0)
-
-
-async def deployed(chain: Web3Chain) -> EvmLedger:
-    chain.fund(DEPLOYER.address)
-    made = await EvmLedger.deploy(
-        chain, DEPLOYER, dev=True, time_unit_us=1, clock=wall_clock_ms, **PARAMS
-    )
-    for key in (A, B):
-        chain.fund(key.address)
-        await made.mint(key, key.account, 10 * TOKEN)
-    return made
 
 
 async def test_a_payers_close_costs_the_payee_one_redeem_not_one_a_step(
     chain: Web3Chain, anvil_url: str
 ) -> None:
     alice_ledger = await deployed(chain)
-    chain._rpc("anvil_mine", [hex(K + 1)])
-    bob_ledger = await EvmLedger.connect(
-        Web3Chain(anvil_url, timed=True, timeout_s=30),
-        alice_ledger.address,
-        clock=wall_clock_ms,
-        confirmations=K,
-    )
+    mine(chain, K + 1)
+    bob_ledger = await attached(anvil_url, alice_ledger, K)
     try:
         async with (
-            miner(anvil_url),
+            miner(anvil_url, BLOCK_S),
             open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
             open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
         ):
             bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=10 * PRICE, challenge_ms=20_000)
-            served = 0
-            with trio.fail_after(60):
-                while served < 3:
-                    try:
-                        await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
-                        served += 1
-                    except P2payError:
-                        await trio.sleep(0.5)  # UNKNOWN_CHANNEL until K blocks deep
+            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=20_000)
+            await served(alice, bob)
             await alice.close_channel(info.channel)
             with trio.fail_after(90):
                 while True:
@@ -150,37 +99,22 @@ async def test_a_lagging_latest_block_hides_a_close_from_the_owed_channel_read(
     With K = 3 that read was at the lagging head - 3 too: nothing redeemed, 3 calls lost."""
     k = 3
     alice_ledger = await deployed(chain)
-    chain._rpc("anvil_mine", [hex(k + 1)])
+    mine(chain, k + 1)
     lagging = _LaggingLatest(anvil_url, timed=True, timeout_s=30)
-    bob_ledger = await EvmLedger.connect(
-        lagging, alice_ledger.address, clock=wall_clock_ms, confirmations=k
-    )
+    bob_ledger = await attached(anvil_url, alice_ledger, k, lagging)
     try:
         async with (
-            miner(anvil_url),
+            miner(anvil_url, BLOCK_S),
             open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
             open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
         ):
             bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=10 * PRICE, challenge_ms=60_000)
-            served = 0
-            with trio.fail_after(60):
-                while served < 3:
-                    try:
-                        await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
-                        served += 1
-                    except P2payError:
-                        await trio.sleep(0.3)
-            chain._rpc("anvil_mine", [hex(k + 1)])
+            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
+            await served(alice, bob)
+            mine(chain, k + 1)
             lagging.frozen = int(chain._rpc("eth_blockNumber", []), 16)
             await alice.close_channel(info.channel)
-            with trio.fail_after(90):
-                while True:  # redeemed during the close's period, or the close ended first
-                    ch = await alice_ledger.channel(info.channel)
-                    assert ch is not None
-                    if ch.redeemed == 3 * PRICE or ch.state is ChannelState.CLOSED:
-                        break
-                    await trio.sleep(0.3)
+            ch = await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
             assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
     finally:
         await bob_ledger.aclose()
@@ -209,36 +143,21 @@ async def test_a_close_is_redeemed_even_when_the_channel_cannot_be_read_again(
     redeem (which, a transaction at the latest block, succeeds): nothing redeemed."""
     k = 3
     alice_ledger = await deployed(chain)
-    chain._rpc("anvil_mine", [hex(k + 1)])
+    mine(chain, k + 1)
     no_past = _NoPastState(anvil_url, timed=True, timeout_s=30)
-    bob_ledger = await EvmLedger.connect(
-        no_past, alice_ledger.address, clock=wall_clock_ms, confirmations=k
-    )
+    bob_ledger = await attached(anvil_url, alice_ledger, k, no_past)
     try:
         async with (
-            miner(anvil_url),
+            miner(anvil_url, BLOCK_S),
             open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
             open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
         ):
             bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=10 * PRICE, challenge_ms=60_000)
-            served = 0
-            with trio.fail_after(60):
-                while served < 3:
-                    try:
-                        await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
-                        served += 1
-                    except P2payError:
-                        await trio.sleep(0.3)
+            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
+            await served(alice, bob)
             no_past.refuse = True
             await alice.close_channel(info.channel)
-            with trio.fail_after(90):
-                while True:  # redeemed during the close's period, or the close ended first
-                    ch = await alice_ledger.channel(info.channel)
-                    assert ch is not None
-                    if ch.redeemed == 3 * PRICE or ch.state is ChannelState.CLOSED:
-                        break
-                    await trio.sleep(0.3)
+            ch = await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
             assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
     finally:
         await bob_ledger.aclose()

@@ -8,33 +8,29 @@ readings at head - k only; row 45's rule). With k = 0 every read is the liar's, 
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
+from confirmations_support import (
+    FAST,
+    PRICE,
+    attached,
+    deployed,
+    echo,
+    mine,
+    miner,
+    redeemed_or_closed,
+    served,
+)
+
 from p2pay import testing
-from p2pay.core.errors import P2payError
-from p2pay.core.evmsig import EvmKey
-from p2pay.core.settlement import ChannelState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
-from p2pay.ledger.memory import wall_clock_ms
-from p2pay.node import Call, NodeConfig, open_node
+from p2pay.ledger.evm import Web3Chain
+from p2pay.node import open_node
 
 pytestmark = pytest.mark.trio
 
-DEPLOYER, _ = testing.evm_test_keys()
-TOKEN, PRICE, K = 10**24, 10**18, 3
-FAST = NodeConfig(watch_interval=0.1, min_challenge_ms=50, default_timeout=5.0)
-PARAMS = {
-    "claim_bond": 10**18,
-    "min_claim_window_ms": 50,
-    "min_challenge_ms": 50,
-    "max_deadline_horizon_ms": 60_000,
-}
-A, B = EvmKey.derive(testing.ALICE), EvmKey.derive(testing.BOB)
+K = 3
 
 
 class _LyingLatest(Web3Chain):
@@ -58,60 +54,27 @@ class _LyingLatest(Web3Chain):
         return out
 
 
-async def echo(call: Call) -> bytes:
-    return call.body
-
-
 async def test_a_latest_reading_that_lies_does_not_keep_a_close_redeem_back(
     chain: Web3Chain, anvil_url: str
 ) -> None:
-    alice_ledger = await EvmLedger.deploy(
-        chain, DEPLOYER, dev=True, time_unit_us=1, clock=wall_clock_ms, **PARAMS
-    )
-    for key in (A, B):
-        chain.fund(key.address)
-        await alice_ledger.mint(key, key.account, 10 * TOKEN)
-    chain._rpc("anvil_mine", [hex(K + 1)])
+    alice_ledger = await deployed(chain)
+    mine(chain, K + 1)
     lying = _LyingLatest(anvil_url, timed=True, timeout_s=30)
     lying.selector = alice_ledger._abi.calldata("channels", [b"\0" * 32])[:4]
-    bob_ledger = await EvmLedger.connect(
-        lying, alice_ledger.address, clock=wall_clock_ms, confirmations=K
-    )
-    stop = threading.Event()
-
-    def mine() -> None:
-        while not stop.wait(0.3):
-            chain._rpc("anvil_mine", ["0x1"])
-
-    miner = threading.Thread(target=mine, daemon=True)
-    miner.start()
+    bob_ledger = await attached(anvil_url, alice_ledger, K, lying)
     try:
         async with (
+            miner(anvil_url, 0.3),
             open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
             open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
         ):
             bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=10 * PRICE, challenge_ms=60_000)
-            served = 0
-            with trio.fail_after(60):
-                while served < 3:
-                    try:
-                        await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
-                        served += 1
-                    except P2payError:
-                        await trio.sleep(0.3)
+            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
+            await served(alice, bob)
             lying.lie = True
             await alice.close_channel(info.channel)
-            with trio.fail_after(90):
-                while True:
-                    ch = await alice_ledger.channel(info.channel)
-                    assert ch is not None
-                    if ch.redeemed == 3 * PRICE or ch.state is ChannelState.CLOSED:
-                        break
-                    await trio.sleep(0.3)
+            ch = await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
             assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
     finally:
-        stop.set()
-        await trio.to_thread.run_sync(miner.join, 10.0)
         await bob_ledger.aclose()
         await alice_ledger.aclose()

@@ -17,99 +17,50 @@ after it (a restart); a handler through the claim slower than k block times does
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
+from confirmations_support import (
+    PRICE,
+    TOKEN,
+    A,
+    B,
+    attached,
+    deployed,
+    echo,
+    mine,
+    miner,
+    never_sent,
+    outcome,
+)
+
 from p2pay import testing
-from p2pay.core.errors import SettlementError
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
-from p2pay.ledger.memory import wall_clock_ms
-from p2pay.node import Call, NodeConfig, open_node
+from p2pay.ledger.evm import Web3Chain
+from p2pay.node import NodeConfig, open_node
 
 pytestmark = pytest.mark.trio
 
-DEPLOYER, EVM_KEYS = testing.evm_test_keys()
-A, B = EVM_KEYS["ALICE"], EVM_KEYS["BOB"]
-TOKEN = 10**24
-PRICE = 10**18
 K = 6
 WINDOW_MS = 12_000
 # the default watch_interval (1 s): the rescan comes every 20 s
 CONFIG = NodeConfig(watch_interval=1.0, min_challenge_ms=50, default_timeout=5.0)
-PARAMS = {
-    "claim_bond": 10**18,
-    "min_claim_window_ms": 50,
-    "min_challenge_ms": 50,
-    "max_deadline_horizon_ms": 60_000,
-}
-
-
-def mine(chain: Web3Chain, blocks: int) -> None:
-    chain._rpc("anvil_mine", [hex(blocks)])
-
-
-async def echo(call: Call) -> bytes:
-    return call.body
-
-
-@asynccontextmanager
-async def miner(anvil_url: str, every: float = 0.5) -> AsyncIterator[None]:
-    chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(every):
-            mine(chain, 1)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        await trio.to_thread.run_sync(thread.join, 10.0)
 
 
 async def test_a_reorganisation_that_drops_an_answer_is_answered_again(
     chain: Web3Chain, anvil_url: str
 ) -> None:
-    ledger = await EvmLedger.deploy(
-        chain, DEPLOYER, dev=True, time_unit_us=1, clock=wall_clock_ms, **PARAMS
-    )
-    for key in (A, B):
-        await ledger.mint(key, key.account, 10 * TOKEN)
+    ledger = await deployed(chain)
     await ledger.stake(B, 5 * TOKEN, TOKEN, WINDOW_MS)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
-    request = Request.create(
-        testing.ALICE,
-        ledger=ledger.ledger_id,
-        channel=channel,
-        n=1,
-        paid=PRICE,
-        price=PRICE,
-        service="echo",
-        body=b"claimed",
-        deadline=await ledger.now() - 1,
-    )
+    request = await never_sent(ledger, channel)
     claim_id = await ledger.file_claim(A, request)
     mine(chain, K + 1)  # the claim is confirmed before BOB's node starts
     before = chain._rpc("evm_snapshot", [])
     bob_chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
-    bob_ledger = await EvmLedger.connect(
-        bob_chain,
-        ledger.address,
-        clock=wall_clock_ms,
-        confirmations=K,
-    )
+    bob_ledger = await attached(anvil_url, ledger, K, bob_chain)
     reverted = False
     try:
         async with open_node(key=testing.BOB, ledger=bob_ledger, config=CONFIG) as bob:
@@ -138,17 +89,8 @@ async def test_a_reorganisation_that_drops_an_answer_is_answered_again(
             print(f"answer in block {answered_at}; reorg dropped {head - after} blocks")
             claim = await ledger.claim(claim_id)
             assert claim is not None and claim.state is ClaimState.OPEN
-            async with miner(anvil_url):
-                with trio.fail_after(60):
-                    while True:
-                        claim = await ledger.claim(claim_id)
-                        assert claim is not None
-                        if claim.state is not ClaimState.OPEN:
-                            break
-                        if await ledger.now() > claim.window_ends:
-                            with contextlib.suppress(SettlementError):
-                                await ledger.resolve_claim(A, claim_id)
-                        await trio.sleep(0.2)
+            async with miner(anvil_url, 0.5):
+                claim = await outcome(ledger, claim_id)
             print(
                 f"outcome {claim.state.name} slashed={claim.slashed} "
                 f"answers sent={bob.counters.claims_answered} steps={bob.watcher.steps}"

@@ -1,0 +1,141 @@
+"""What the tests of an EVM ledger's `confirmations` share (settlement.md 10,
+"Confirmations"; attack rounds 47 and 48), on anvil: a contract deployed with ALICE and BOB
+minted, readers attached with confirmations, blocks mined by hand or by a thread, a claim
+for a request ALICE never sent (a provider serves it through the claim, DELIVERED), and the
+bounded waits for a claim's outcome, for calls a payee serves once it sees the channel, and
+for a redeem during a close. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+import trio
+
+from p2pay import testing
+from p2pay.core.errors import P2payError, SettlementError
+from p2pay.core.messages import Request
+from p2pay.core.settlement import Channel, ChannelState, Claim, ClaimState
+from p2pay.ledger.evm import EvmLedger, Web3Chain
+from p2pay.ledger.memory import wall_clock_ms
+from p2pay.node import Call, Node, NodeConfig
+
+DEPLOYER, EVM_KEYS = testing.evm_test_keys()
+A, B = EVM_KEYS["ALICE"], EVM_KEYS["BOB"]
+TOKEN = 10**24
+PRICE = 10**18
+FAST = NodeConfig(watch_interval=0.1, min_challenge_ms=50, default_timeout=5.0)
+PARAMS = {
+    "claim_bond": 10**18,
+    "min_claim_window_ms": 50,
+    "min_challenge_ms": 50,
+    "max_deadline_horizon_ms": 60_000,
+}
+
+
+def mine(chain: Web3Chain, blocks: int) -> None:
+    chain._rpc("anvil_mine", [hex(blocks)])
+
+
+async def deployed(chain: Web3Chain) -> EvmLedger:
+    """A fresh contract (k = 0), ALICE and BOB minted 10 tokens each."""
+    for key in (DEPLOYER, A, B):
+        chain.fund(key.address)
+    made = await EvmLedger.deploy(
+        chain, DEPLOYER, dev=True, time_unit_us=1, clock=wall_clock_ms, **PARAMS
+    )
+    for key in (A, B):
+        await made.mint(key, key.account, 10 * TOKEN)
+    return made
+
+
+async def attached(
+    anvil_url: str, to: EvmLedger, confirmations: int, chain: Web3Chain | None = None
+) -> EvmLedger:
+    """Another reader of `to`'s contract, on a chain object of its own (or `chain`)."""
+    return await EvmLedger.connect(
+        chain or Web3Chain(anvil_url, timed=True, timeout_s=30),
+        to.address,
+        clock=wall_clock_ms,
+        confirmations=confirmations,
+    )
+
+
+async def echo(call: Call) -> bytes:
+    return call.body
+
+
+@contextlib.asynccontextmanager
+async def miner(anvil_url: str, every: float = 0.1) -> AsyncIterator[None]:
+    """A block every `every` s while the block runs, as a live chain makes them."""
+    chain = Web3Chain(anvil_url, timed=True, timeout_s=30)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            mine(chain, 1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(thread.join, 10.0)
+        assert not thread.is_alive()
+
+
+async def never_sent(ledger: EvmLedger, channel: bytes) -> Request:
+    """ALICE's request 1 on `channel` to BOB, its deadline passed: claimable at once."""
+    return Request.create(
+        testing.ALICE,
+        ledger=ledger.ledger_id,
+        channel=channel,
+        n=1,
+        paid=PRICE,
+        price=PRICE,
+        service="echo",
+        body=b"claimed",
+        deadline=await ledger.now() - 1,
+    )
+
+
+async def outcome(ledger: EvmLedger, claim_id: bytes, timeout: float = 60.0) -> Claim:
+    """The claim once it is no longer OPEN; ALICE resolves it once its window ends."""
+    with trio.fail_after(timeout):
+        while True:
+            claim = await ledger.claim(claim_id)
+            assert claim is not None
+            if claim.state is not ClaimState.OPEN:
+                return claim
+            if await ledger.now() > claim.window_ends:
+                with contextlib.suppress(SettlementError):
+                    await ledger.resolve_claim(A, claim_id)
+            await trio.sleep(0.1)
+
+
+async def served(alice: Node, bob: Node, calls: int = 3) -> None:
+    """ALICE's `calls` echo calls to BOB, each tried again until he serves it (he refuses
+    them, UNKNOWN_CHANNEL, until his ledger shows the channel; each refused call still
+    takes its price of ALICE's voucher range, so her deposit must cover them too)."""
+    with trio.fail_after(60):
+        done = 0
+        while done < calls:
+            try:
+                await alice.call(bob.peer_id, "echo", b"x", max_price=PRICE)
+                done += 1
+            except P2payError:
+                await trio.sleep(0.5)
+
+
+async def redeemed_or_closed(ledger: EvmLedger, channel: bytes, amount: int) -> Channel:
+    """The channel once `amount` is redeemed on it, or once its close ended first."""
+    with trio.fail_after(90):
+        while True:
+            shown = await ledger.channel(channel)
+            assert shown is not None
+            if shown.redeemed == amount or shown.state is ChannelState.CLOSED:
+                return shown
+            await trio.sleep(0.1)
