@@ -750,6 +750,18 @@ class Watcher:
             return latest, None
         return latest, await ledger.claim(claim_id)
 
+    async def _read_defended(self, claim_id: bytes) -> tuple[Claim | None, _Body | None, bool]:
+        """`_read_claim` for `_defend`, stripped of its body at once (`_light`: the task
+        holds no body while it waits, attack round 18), and whether it reads OPEN k blocks
+        back only (our answer in, not yet deep)."""
+        if not self._lagging():
+            return *_light(await self.node.ledger.claim(claim_id)), False
+        latest, confirmed = await self._read_claim_both(claim_id)
+        read = _open_first(latest, confirmed)
+        deep_only = read is not None and read is confirmed
+        del latest, confirmed
+        return *_light(read), deep_only
+
     def _lagging(self) -> bool:
         """Whether the ledger shows states only once confirmations bury them (an EVM
         ledger's ``confirmations``)."""
@@ -1010,14 +1022,7 @@ class Watcher:
             while True:
                 try:
                     async with self._reads.hold(window_ends):
-                        deep_only = False  # OPEN k blocks back only
-                        if self._lagging():
-                            latest, confirmed = await self._read_claim_both(claim_id)
-                            read = _open_first(latest, confirmed)
-                            deep_only = read is not None and read is confirmed
-                        else:
-                            read = await node.ledger.claim(claim_id)
-                        claim, body = _light(read)
+                        claim, body, deep_only = await self._read_defended(claim_id)
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if sent and deep_only:
