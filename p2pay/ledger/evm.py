@@ -1572,15 +1572,13 @@ class EvmLedger(OpLedger):
         found: list[Event] = []
         frames: dict[bytes, dict[str, bytes]] = {}
         for lg in read:
+            decoded = self._decode(lg)
+            if isinstance(decoded, str):
+                continue  # left out here as a sync leaves it out (and counts it)
+            name, fields = decoded
             try:
-                decoded = self._abi.decode_log(lg.topics, lg.data)
-                if decoded is None:
-                    continue
-                name, fields = decoded
-                if name not in _EVIDENCE:
-                    fields = _plain(fields)
                 row = _index_row(name, fields)
-            except Exception:  # left out here as a sync leaves it out (and counts it)
+            except Exception:  # not a valid event or frame: as a sync leaves it out
                 continue
             if isinstance(row, _FrameRow):
                 frames.setdefault(row.claim, {})[row.kind] = row.frame
@@ -1623,22 +1621,27 @@ class EvmLedger(OpLedger):
         logs = self._index.unseen(read)
         decoded: list[tuple[Log, str, dict[str, Any]]] = []
         for lg in logs:
-            try:
-                found = self._abi.decode_log(lg.topics, lg.data)
-            except Exception as exc:  # any malformed log: skipped, never fatal
-                self._skip(lg, f"undecodable log: {type(exc).__name__}: {exc}")
+            found = self._decode(lg)
+            if isinstance(found, str):
+                self._skip(lg, found)
                 continue
-            if found is None:
-                self._skip(lg, "unknown event")
-                continue
-            name, fields = found
-            if name not in _EVIDENCE:
-                fields = _plain(fields)
-            decoded.append((lg, name, fields))
+            decoded.append((lg, *found))
         keep_from = target + 1 - RESCAN_BLOCKS
         for lg, reason in self._index.add(decoded, target, read=read, keep_from=keep_from):
             self._skip(lg, reason)
         return target
+
+    def _decode(self, lg: Log) -> tuple[str, dict[str, Any]] | str:
+        """A contract log as (event name, fields as the settlement spec names them), or why
+        it is none: any malformed log is left out, never fatal."""
+        try:
+            found = self._abi.decode_log(lg.topics, lg.data)
+        except Exception as exc:
+            return f"undecodable log: {type(exc).__name__}: {exc}"
+        if found is None:
+            return "unknown event"
+        name, fields = found
+        return name, fields if name in _EVIDENCE else _plain(fields)
 
     def _skip(self, lg: Log, reason: str) -> None:
         """Record a log that cannot be indexed (issue 14): logged, counted, skipped; the
