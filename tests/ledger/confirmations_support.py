@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import trio
+from lying_rpc import withheld_request
 
 from p2pay import testing
 from p2pay.core.errors import P2payError, SettlementError
@@ -20,7 +22,7 @@ from p2pay.core.messages import Request
 from p2pay.core.settlement import Channel, ChannelState, Claim, ClaimState
 from p2pay.ledger.evm import EvmLedger, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
-from p2pay.node import Call, Node, NodeConfig
+from p2pay.node import Call, Node, NodeConfig, open_node
 
 DEPLOYER, EVM_KEYS = testing.evm_test_keys()
 A, B = EVM_KEYS["ALICE"], EVM_KEYS["BOB"]
@@ -89,17 +91,7 @@ async def miner(anvil_url: str, every: float = 0.1) -> AsyncIterator[None]:
 
 async def never_sent(ledger: EvmLedger, channel: bytes) -> Request:
     """ALICE's request 1 on `channel` to BOB, its deadline passed: claimable at once."""
-    return Request.create(
-        testing.ALICE,
-        ledger=ledger.ledger_id,
-        channel=channel,
-        n=1,
-        paid=PRICE,
-        price=PRICE,
-        service="echo",
-        body=b"claimed",
-        deadline=await ledger.now() - 1,
-    )
+    return await withheld_request(ledger, channel, PRICE)
 
 
 async def outcome(ledger: EvmLedger, claim_id: bytes, timeout: float = 60.0) -> Claim:
@@ -139,3 +131,61 @@ async def redeemed_or_closed(ledger: EvmLedger, channel: bytes, amount: int) -> 
             if shown.redeemed == amount or shown.state is ChannelState.CLOSED:
                 return shown
             await trio.sleep(0.1)
+
+
+class LatestViewLie(Web3Chain):
+    """An endpoint whose reply to the `eth_call` of one view at the latest block is
+    rewritten in place by `lie` (its bytes), once `lie` is set; every other reply is true.
+    `aim` names the view."""
+
+    selector = b""
+    lie: Callable[[bytearray], None] | None = None
+
+    def aim(self, ledger: EvmLedger, view: str) -> None:
+        self.selector = ledger._abi.calldata(view, [b"\0" * 32])[:4]
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        out = super()._rpc(method, params)
+        if (
+            self.lie is not None
+            and method == "eth_call"
+            and params[1] == "latest"
+            and params[0]["data"][2:10] == self.selector.hex()
+            and isinstance(out, str)
+        ):
+            raw = bytearray(bytes.fromhex(out[2:]))
+            self.lie(raw)
+            return "0x" + raw.hex()
+        return out
+
+
+async def closed_after_three_calls(
+    chain: Web3Chain,
+    anvil_url: str,
+    k: int,
+    bob_chain: Web3Chain,
+    fault: Callable[[EvmLedger], None],
+    every: float = 0.3,
+) -> Channel:
+    """ALICE (k = 0) opens a channel to BOB (k confirmations, reading through
+    `bob_chain`) on a chain making a block every `every` s, and is served 3 calls; then
+    `fault` (given ALICE's ledger) makes BOB's endpoint misbehave, and ALICE closes: the
+    channel once the 3 calls are redeemed, or once the close ended first."""
+    alice_ledger = await deployed(chain)
+    mine(chain, k + 1)
+    bob_ledger = await attached(anvil_url, alice_ledger, k, bob_chain)
+    try:
+        async with (
+            miner(anvil_url, every),
+            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
+            open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
+        ):
+            bob.serve("echo", echo, price=PRICE)
+            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
+            await served(alice, bob)
+            fault(alice_ledger)
+            await alice.close_channel(info.channel)
+            return await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
+    finally:
+        await bob_ledger.aclose()
+        await alice_ledger.aclose()

@@ -322,21 +322,25 @@ async def client_ledger(
         await ledger.aclose()
 
 
-async def file_withheld_claim(ledger: EvmLedger, cid: bytes) -> bytes:
-    """ALICE claims request 1 of channel `cid` (echo ``claimed``, deadline just past), as
-    if the provider had taken it and never answered. Returns the claim's id."""
-    request = Request.create(
+async def withheld_request(ledger: EvmLedger, cid: bytes, price: int = PRICE) -> Request:
+    """ALICE's request 1 of channel `cid` (echo ``claimed`` at `price`, its deadline just
+    past): claimable at once, as if the provider had taken it and never answered."""
+    return Request.create(
         ALICE,
         ledger=ledger.ledger_id,
         channel=cid,
         n=1,
-        paid=PRICE,
-        price=PRICE,
+        paid=price,
+        price=price,
         service="echo",
         body=b"claimed",
         deadline=await ledger.now() - 1,
     )
-    return await ledger.file_claim(ALICE, request)
+
+
+async def file_withheld_claim(ledger: EvmLedger, cid: bytes) -> bytes:
+    """ALICE claims `withheld_request`. Returns the claim's id."""
+    return await ledger.file_claim(ALICE, await withheld_request(ledger, cid))
 
 
 async def claim_outcome(ledger: EvmLedger, claim_id: bytes) -> Claim:

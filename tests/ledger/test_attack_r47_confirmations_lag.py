@@ -27,17 +27,17 @@ from confirmations_support import (
     FAST,
     PRICE,
     attached,
+    closed_after_three_calls,
     deployed,
     echo,
     mine,
     miner,
-    redeemed_or_closed,
     served,
 )
 
 from p2pay import testing
 from p2pay.core.settlement import ChannelState
-from p2pay.ledger.evm import Web3Chain
+from p2pay.ledger.evm import EvmLedger, RpcErrorReply, Web3Chain
 from p2pay.node import open_node
 
 pytestmark = pytest.mark.trio
@@ -98,27 +98,14 @@ async def test_a_lagging_latest_block_hides_a_close_from_the_owed_channel_read(
     (at the latest block) sees the close ("is closing: no event said so") and redeems.
     With K = 3 that read was at the lagging head - 3 too: nothing redeemed, 3 calls lost."""
     k = 3
-    alice_ledger = await deployed(chain)
-    mine(chain, k + 1)
     lagging = _LaggingLatest(anvil_url, timed=True, timeout_s=30)
-    bob_ledger = await attached(anvil_url, alice_ledger, k, lagging)
-    try:
-        async with (
-            miner(anvil_url, BLOCK_S),
-            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
-            open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
-        ):
-            bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
-            await served(alice, bob)
-            mine(chain, k + 1)
-            lagging.frozen = int(chain._rpc("eth_blockNumber", []), 16)
-            await alice.close_channel(info.channel)
-            ch = await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
-            assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
-    finally:
-        await bob_ledger.aclose()
-        await alice_ledger.aclose()
+
+    def freeze(_: EvmLedger) -> None:
+        mine(chain, k + 1)
+        lagging.frozen = int(chain._rpc("eth_blockNumber", []), 16)
+
+    ch = await closed_after_three_calls(chain, anvil_url, k, lagging, freeze, BLOCK_S)
+    assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
 
 
 class _NoPastState(Web3Chain):
@@ -129,8 +116,6 @@ class _NoPastState(Web3Chain):
 
     def _rpc(self, method: str, params: list[object]) -> object:  # type: ignore[override]
         if self.refuse and method == "eth_call" and params[1] != "latest":
-            from p2pay.ledger.evm import RpcErrorReply
-
             raise RpcErrorReply({"code": -32000, "message": "missing trie node"})
         return super()._rpc(method, params)  # type: ignore[arg-type]
 
@@ -141,24 +126,10 @@ async def test_a_close_is_redeemed_even_when_the_channel_cannot_be_read_again(
     """The payee sees the ChannelClosing (logs) but its re-read of the channel at head - K
     fails ChainUnavailable at every step; `Watcher._defend_closes` then skipped the forced
     redeem (which, a transaction at the latest block, succeeds): nothing redeemed."""
-    k = 3
-    alice_ledger = await deployed(chain)
-    mine(chain, k + 1)
     no_past = _NoPastState(anvil_url, timed=True, timeout_s=30)
-    bob_ledger = await attached(anvil_url, alice_ledger, k, no_past)
-    try:
-        async with (
-            miner(anvil_url, BLOCK_S),
-            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
-            open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice,
-        ):
-            bob.serve("echo", echo, price=PRICE)
-            info = await alice.open_channel(bob.addrs[0], deposit=100 * PRICE, challenge_ms=60_000)
-            await served(alice, bob)
-            no_past.refuse = True
-            await alice.close_channel(info.channel)
-            ch = await redeemed_or_closed(alice_ledger, info.channel, 3 * PRICE)
-            assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
-    finally:
-        await bob_ledger.aclose()
-        await alice_ledger.aclose()
+
+    def refuse(_: EvmLedger) -> None:
+        no_past.refuse = True
+
+    ch = await closed_after_three_calls(chain, anvil_url, 3, no_past, refuse, BLOCK_S)
+    assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"

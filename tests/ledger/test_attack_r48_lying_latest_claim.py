@@ -18,6 +18,7 @@ from confirmations_support import (
     TOKEN,
     A,
     B,
+    LatestViewLie,
     attached,
     deployed,
     echo,
@@ -37,21 +38,8 @@ pytestmark = pytest.mark.trio
 K = 3
 
 
-class _NoClaimAtLatest(Web3Chain):
-    selector = b""
-
-    def _rpc(self, method: str, params: list[object]) -> object:  # type: ignore[override]
-        out = super()._rpc(method, params)  # type: ignore[arg-type]
-        if (
-            method == "eth_call"
-            and params[1] == "latest"
-            and params[0]["data"][2:10] == self.selector.hex()  # type: ignore[index]
-            and isinstance(out, str)
-        ):
-            raw = bytearray(bytes.fromhex(out[2:]))
-            raw[320:352] = bytes(32)  # state 0: no such claim
-            return "0x" + raw.hex()
-        return out
+def _no_claim(raw: bytearray) -> None:
+    raw[320:352] = bytes(32)  # `claims(id)`: state 0, no such claim
 
 
 async def test_a_latest_reading_that_hides_a_claim_does_not_get_it_upheld(
@@ -61,8 +49,9 @@ async def test_a_latest_reading_that_hides_a_claim_does_not_get_it_upheld(
     await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    lying = _NoClaimAtLatest(anvil_url, timed=True, timeout_s=30)
-    lying.selector = ledger._abi.calldata("claims", [b"\0" * 32])[:4]
+    lying = LatestViewLie(anvil_url, timed=True, timeout_s=30)
+    lying.aim(ledger, "claims")
+    lying.lie = _no_claim
     bob_ledger = await attached(anvil_url, ledger, K, lying)
     try:
         async with (
