@@ -969,10 +969,20 @@ def channel_close(channel_id: str, wait: bool, ledger: str | None, as_json: bool
         echo(f"redeemed {render.amount_text(doc['redeemed'])} to the payee in total")
 
 
+async def _own_channel(led: Any, cid: bytes) -> Any:
+    """`cid` as of the latest block on a ledger with confirmations (settlement.md 10): a
+    party closing its own channel acts on its own transactions, which the contract checks
+    at the latest block anyway; read k blocks back, `close --wait` neither waited nor
+    finalized, and a second close failed CHALLENGE_PENDING (attack round 49)."""
+    if getattr(led, "confirmations", 0):
+        return await led.channel(cid, latest=True)
+    return await led.channel(cid)
+
+
 async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]:
     """Close `cid` as whichever party `node` is; finalize a payer close when due."""
     led = node.ledger
-    info = await led.channel(cid)
+    info = await _own_channel(led, cid)
     if info is None:
         raise CliError(f"no channel {cid.hex()} on this ledger")
     me = node.account
@@ -988,7 +998,7 @@ async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]
                 await node.close_channel(cid)
             else:
                 await led.start_close(node.key, cid)
-        info = await led.channel(cid)
+        info = await _own_channel(led, cid)
         assert info is not None
         if info.state is ChannelState.CLOSING:
             now = await led.now()
@@ -1004,7 +1014,7 @@ async def close_channel(node: Node, cid: bytes, *, wait: bool) -> dict[str, Any]
         raise CliError(f"channel {cid.hex()} is not this identity's (neither payer nor payee)")
     await node.refresh_channel(cid)
     await node.persister.flush()
-    final = await led.channel(cid)
+    final = await _own_channel(led, cid)
     assert final is not None
     return {
         "channel": cid,

@@ -280,3 +280,28 @@ async def test_confirmations_need_a_chain_that_reads_past_blocks() -> None:
     for bad in (-1, True, 1.5):
         with pytest.raises(LocalProtocolError, match="confirmations"):
             EvmLedger(BoaChain(), bytes(20), params, time_unit_us=1, confirmations=bad)  # type: ignore[arg-type]
+
+
+async def test_the_clis_close_with_wait_finalizes_on_a_ledger_with_confirmations(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """Attack round 49: `p2pay channel close --wait` (`p2pay.cli.main.close_channel`) read
+    the channel back at ``head - k`` after its own StartClose, saw it OPEN, and returned
+    without waiting or finalizing; a second close failed CHALLENGE_PENDING. It now reads
+    its own channel at the latest block: one close, waited and final. No block is mined
+    but the close's own transactions, so the old code never saw the close."""
+    from p2pay.cli.main import close_channel
+
+    ledger = await deployed(chain)
+    channel = await ledger.open_channel(A, B.account, TOKEN, 100)
+    mine(chain, K + 1)
+    alice_ledger = await attached(anvil_url, ledger, K)
+    try:
+        async with open_node(key=testing.ALICE, ledger=alice_ledger, config=FAST) as alice:
+            with trio.fail_after(60):
+                await close_channel(alice, channel, wait=True)
+            shown = await ledger.channel(channel)
+            assert shown is not None and shown.state is ChannelState.CLOSED
+    finally:
+        await alice_ledger.aclose()
+        await ledger.aclose()
