@@ -254,7 +254,7 @@ class TxResult:
     output: bytes
     logs: tuple[Log, ...] = ()
     gas_used: int = 0
-    block: int = 0
+    block: int = 0  # the block it was mined in; 0: not sent (a simulation's refusal)
 
 
 class Chain:
@@ -282,12 +282,20 @@ class Chain:
         raise NotImplementedError
 
     def transact(
-        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+        self,
+        key: EvmKey,
+        to: bytes | None,
+        data: bytes,
+        timestamp: int | None = None,
+        simulate: bool = True,
     ) -> TxResult:
         """Simulate, and if it succeeds, execute a transaction (``to=None`` deploys).
 
         `timestamp` (test chains) is the block timestamp to run at. A simulated revert
-        sends nothing and returns ``ok=False``. For a deployment ``output`` is the address.
+        sends nothing and returns ``ok=False`` (``block`` 0). For a deployment ``output``
+        is the address. `simulate` False sends it without the simulation, for the chain to
+        decide (a refusal the adapter does not believe: settlement.md 10, "Confirmations");
+        a revert then comes with the block it was mined in.
         """
         raise NotImplementedError
 
@@ -349,8 +357,14 @@ class BoaChain(Chain):
         return TxResult(ok=not computation.is_error, output=bytes(computation.output))
 
     def transact(
-        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+        self,
+        key: EvmKey,
+        to: bytes | None,
+        data: bytes,
+        timestamp: int | None = None,
+        simulate: bool = True,
     ) -> TxResult:
+        # one execution: a refused one is not kept (no block), whatever `simulate` says
         ts = self._timestamp + 1 if timestamp is None else max(timestamp, self._timestamp + 1)
         self.env.evm.patch.timestamp = ts
         self.env.evm.patch.block_number = self._block + 1
@@ -656,7 +670,12 @@ class Web3Chain(Chain):
 
     @_reply_checked
     def transact(
-        self, key: EvmKey, to: bytes | None, data: bytes, timestamp: int | None = None
+        self,
+        key: EvmKey,
+        to: bytes | None,
+        data: bytes,
+        timestamp: int | None = None,
+        simulate: bool = True,
     ) -> TxResult:
         from eth_account import Account
 
@@ -668,7 +687,7 @@ class Web3Chain(Chain):
             timestamp = max(timestamp, self.last_timestamp() + 1)
         else:
             timestamp = None
-        simulated = self._eth_call(tx, timestamp)
+        simulated = self._eth_call(tx, timestamp) if simulate else TxResult(ok=True, output=b"")
         if not simulated.ok:
             return simulated
         try:
@@ -676,8 +695,9 @@ class Web3Chain(Chain):
         except RpcErrorReply:
             # a timed test chain: the estimate runs at the latest block's time, where the
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
-            # next block's time succeeded, so give it a generous limit
-            gas = 4_000_000
+            # next block's time succeeded, so give it a generous limit. Sent without the
+            # simulation, the estimate may fail as it did: a limit its calldata fits in
+            gas = 4_000_000 + (0 if simulate else 16 * len(data))
         gas_limit = gas * 13 // 10 + 50_000
         max_fee, tip = self._fees()
         self._check_gas_funds(key.address, gas_limit * max_fee)
@@ -791,7 +811,9 @@ class Web3Chain(Chain):
         self._nonces[key.address] = nonce + 1
         block = int(receipt["blockNumber"], 16)
         if int(receipt["status"], 16) != 1:
-            again = self._eth_call(tx, None)
+            # the reason: a simulation at the latest block, or, for one sent without its
+            # simulation (a refusal there not believed), at the block that reverted it
+            again = self._eth_call(tx, None, None if simulate else block)
             return TxResult(ok=False, output=again.output, block=block)
         logs = tuple(
             Log(
@@ -1220,6 +1242,24 @@ def _body(body: bytes) -> bytes:
     return body
 
 
+def _channel_named(op: Op) -> bytes | None:
+    """The channel `op` acts on (None: it names none)."""
+    if isinstance(op, (TopUp, PayeeClose, StartClose, FinalizeClose)):
+        return op.channel
+    if isinstance(op, Redeem):
+        return op.voucher.channel
+    if isinstance(op, FileClaim):
+        return op.request.channel
+    return None
+
+
+def _claim_named(op: Op) -> bytes | None:
+    """The claim `op` acts on (None: it names none)."""
+    if isinstance(op, (AnswerClaim, ResolveClaim)):
+        return op.claim
+    return None
+
+
 def _encode_op(op: Op) -> tuple[str, list[Any]]:
     """The contract function and arguments of `op` (raises _Unencodable)."""
     if isinstance(op, Mint):
@@ -1343,6 +1383,8 @@ class EvmLedger(OpLedger):
         self.gas_used: dict[str, list[int]] = {}  # per contract function (for the gas table)
         self.skipped_logs = 0  # logs of the contract that could not be indexed (issue 14)
         self.skipped: collections.deque[str] = collections.deque(maxlen=100)  # their reasons
+        # simulations' refusals the confirmed reading contradicted, sent all the same
+        self.unbelieved_refusals = 0
         # frames of the claims against us filed in blocks not confirmed yet (the last
         # `claims_filed_against`), by claim id and kind; at most `_TAIL_CLAIMS` claims
         self._tail_frames: dict[bytes, dict[str, bytes]] = {}
@@ -1676,6 +1718,18 @@ class EvmLedger(OpLedger):
             raise LocalProtocolError("no key for this sender: pass the key (or register_key)")
         data = self._abi.calldata(name, args)
         res = await self._call_chain(self.chain.transact, key, self.address, data, timestamp)
+        if not res.ok and not res.block and await self._contradicted(op, res.output):
+            self.unbelieved_refusals += 1
+            log.warning(
+                "%s: the endpoint's simulation refused it (%s) on what block head - %d shows: "
+                "sent for the chain to decide",
+                name,
+                revert_code(res.output)[1],
+                self._confirmations,
+            )
+            res = await self._call_chain(
+                self.chain.transact, key, self.address, data, timestamp, False
+            )
         if not res.ok:
             code, message = revert_code(res.output)
             raise SettlementError(message, code=code)
@@ -1687,6 +1741,29 @@ class EvmLedger(OpLedger):
         else:
             stored = ()
         return Receipt(self._result(name, res, op), stored)
+
+    async def _contradicted(self, op: Op, refusal: bytes) -> bool:
+        """Whether a simulation's `refusal` of `op` is one the confirmed reading shows
+        untrue: UNKNOWN_CHANNEL or UNKNOWN_CLAIM for a channel or a claim that block
+        ``head - confirmations`` holds (the contract removes neither; settlement.md 10,
+        "Confirmations"). False without confirmations, or if that reading fails."""
+        if not self._confirmations:
+            return False
+        code, _ = revert_code(refusal)
+        if code is ErrorCode.UNKNOWN_CHANNEL:
+            view, named, field = "channels", _channel_named(op), 5
+        elif code is ErrorCode.UNKNOWN_CLAIM:
+            view, named, field = "claims", _claim_named(op), 10
+        else:
+            return False
+        if named is None:
+            return False
+        try:
+            row = (await self._view(view, named))[0]
+        except (P2payError, OSError) as exc:
+            log.info("confirmed reading of %s 0x%s: %s", view, named.hex(), exc)
+            return False
+        return int(row[field]) != 0
 
     def _result(self, name: str, res: TxResult, op: Op) -> Any:
         own = [
