@@ -135,6 +135,11 @@ _CLAIM_STATES = {
 }
 _FIELD_NAMES = {"src": "from", "dst": "to"}
 _EVIDENCE = ("RequestEvidence", "ResponseEvidence", "ConflictEvidence")
+#: Refusals of a channel's operations a reading at ``head - confirmations`` can rule out
+#: (`EvmLedger._contradicted`; UNKNOWN_CLAIM is checked against the claim).
+_CHECKABLE = frozenset(
+    {ErrorCode.UNKNOWN_CHANNEL, ErrorCode.VOUCHER_EXCEEDS_DEPOSIT, ErrorCode.NOT_STAKED}
+)
 #: Claims whose frames `EvmLedger.claims_filed_against` keeps from blocks not confirmed yet.
 _TAIL_CLAIMS = 1024
 
@@ -697,8 +702,13 @@ class Web3Chain(Chain):
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
             # next block's time succeeded, so give it a generous limit. Sent without the
             # simulation, the estimate may fail as it did: a limit its calldata fits in
-            gas = 4_000_000 + (0 if simulate else 16 * len(data))
+            gas = 4_000_000
         gas_limit = gas * 13 // 10 + 50_000
+        if not simulate:
+            # no simulation vouches for the estimate either: at least a bound its calldata
+            # fits in (an endpoint's estimate of 21,000 ran every such answer out of gas,
+            # attack round 50)
+            gas_limit = max(gas_limit, 4_000_000 + 16 * len(data))
         max_fee, tip = self._fees()
         self._check_gas_funds(key.address, gas_limit * max_fee)
         nonce = self._next_nonce(key.address)
@@ -811,6 +821,10 @@ class Web3Chain(Chain):
         self._nonces[key.address] = nonce + 1
         block = int(receipt["blockNumber"], 16)
         if int(receipt["status"], 16) != 1:
+            if int(receipt.get("gasUsed") or "0x0", 16) >= gas_limit:
+                # out of gas: not the contract's refusal, whatever a simulation now says (a
+                # lying one "explained" it as a final refusal, attack round 50)
+                return TxResult(ok=False, output=b"out of gas", block=block)
             # the reason: a simulation at the latest block, or, for one sent without its
             # simulation (a refusal there not believed), at the block that reverted it
             again = self._eth_call(tx, None, None if simulate else block)
@@ -1743,27 +1757,37 @@ class EvmLedger(OpLedger):
         return Receipt(self._result(name, res, op), stored)
 
     async def _contradicted(self, op: Op, refusal: bytes) -> bool:
-        """Whether a simulation's `refusal` of `op` is one the confirmed reading shows
-        untrue: UNKNOWN_CHANNEL or UNKNOWN_CLAIM for a channel or a claim that block
-        ``head - confirmations`` holds (the contract removes neither; settlement.md 10,
-        "Confirmations"). False without confirmations, or if that reading fails."""
+        """Whether a simulation's `refusal` of `op` is one the reading at block
+        ``head - confirmations`` rules out (settlement.md 10, "Confirmations"): UNKNOWN_CHANNEL
+        or UNKNOWN_CLAIM for a channel or a claim that block holds (the contract removes
+        neither); a claim's VOUCHER_EXCEEDS_DEPOSIT for a voucher within the deposit it
+        shows (a deposit never shrinks); a claim's NOT_STAKED against a stake it shows, not
+        unbonding (withdrawing one takes the unbonding period). False without
+        confirmations, or if that reading fails."""
         if not self._confirmations:
             return False
         code, _ = revert_code(refusal)
-        if code is ErrorCode.UNKNOWN_CHANNEL:
-            view, named, field = "channels", _channel_named(op), 5
-        elif code is ErrorCode.UNKNOWN_CLAIM:
-            view, named, field = "claims", _claim_named(op), 10
-        else:
-            return False
-        if named is None:
-            return False
         try:
-            row = (await self._view(view, named))[0]
+            if code is ErrorCode.UNKNOWN_CLAIM:
+                claim = _claim_named(op)
+                return claim is not None and int((await self._view("claims", claim))[0][10]) != 0
+            if code not in _CHECKABLE:
+                return False
+            named = _channel_named(op)
+            channel = None if named is None else await self.channel(named)
+            if channel is None:
+                return False
+            if code is ErrorCode.UNKNOWN_CHANNEL:
+                return True
+            if not isinstance(op, FileClaim):
+                return False
+            if code is ErrorCode.VOUCHER_EXCEEDS_DEPOSIT:
+                return op.request.paid <= channel.deposit
+            stake = await self.stake_of(channel.payee)
+            return stake is not None and stake.amount > 0 and stake.unbonding_at == 0
         except (P2payError, OSError) as exc:
-            log.info("confirmed reading of %s 0x%s: %s", view, named.hex(), exc)
+            log.info("confirmed reading against a refusal (%s): %s", code, exc)
             return False
-        return int(row[field]) != 0
 
     def _result(self, name: str, res: TxResult, op: Op) -> Any:
         own = [

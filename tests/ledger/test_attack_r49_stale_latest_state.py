@@ -185,3 +185,96 @@ async def test_a_stale_simulation_does_not_keep_a_clients_claim_back(
     finally:
         await alice_ledger.aclose()
         await ledger.aclose()
+
+
+@pytest.mark.parametrize("stale_before", ["stake", "top_up"])
+async def test_a_stale_simulation_of_a_stake_or_a_deposit_does_not_keep_a_claim_back(
+    chain: Web3Chain, anvil_url: str, stale_before: str
+) -> None:
+    """Attack round 50: the stale state predates the provider's stake (the claim refused
+    NOT_STAKED) or a top-up that covers the claimed request (VOUCHER_EXCEEDS_DEPOSIT); both
+    codes are unclaimable to the watcher, so a withholder kept the price. The reading at
+    head - k shows the stake, and the deposit: the claim is sent and filed."""
+    ledger = await deployed(chain)
+    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
+    if stale_before == "stake":
+        channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
+        stale.frozen = chain.head()
+        await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
+        paid = PRICE
+    else:
+        await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
+        channel = await ledger.open_channel(A, B.account, PRICE, 60_000)
+        stale.frozen = chain.head()
+        await ledger.top_up(A, channel, 9 * PRICE)
+        paid = 5 * PRICE
+    mine(chain, K + 1)
+    alice_ledger = await attached(anvil_url, ledger, K, stale)
+    try:
+        request = Request.create(
+            testing.ALICE,
+            ledger=ledger.ledger_id,
+            channel=channel,
+            n=1,
+            paid=paid,
+            price=PRICE,
+            service="echo",
+            body=b"x",
+            deadline=await ledger.now() - 1,
+        )
+        claim_id = await alice_ledger.file_claim(A, request)
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.state is ClaimState.OPEN, claim
+        assert alice_ledger.unbelieved_refusals == 1
+    finally:
+        await alice_ledger.aclose()
+        await ledger.aclose()
+
+
+class _LowEstimate(_StaleLatest):
+    """`_StaleLatest` at every block for the answer's `eth_call`s (the reason of a revert
+    too), and an `eth_estimateGas` of 21,000 for every transaction, once `frozen` is set."""
+
+    answers: frozenset[str] = frozenset()
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        if self.frozen is not None:
+            if method == "eth_estimateGas":
+                return hex(21_000)
+            if method == "eth_call" and params[0].get("data", "")[2:10] in self.answers:
+                params = [params[0], hex(self.frozen), *params[2:]]
+        return super()._rpc(method, params)
+
+
+async def test_a_forced_answer_is_not_run_out_of_gas_by_a_low_estimate(
+    chain: Web3Chain, anvil_url: str
+) -> None:
+    """Attack round 50: the forced answer took the endpoint's estimate (21,000) as its gas,
+    ran out of it on chain, and the endpoint's simulation "explained" the revert as
+    UNKNOWN_CLAIM, a final refusal: 9 reverted answers in the window, then UPHELD. Now a
+    send without its simulation has at least the bound its calldata fits in, and an
+    out-of-gas revert is never taken for the contract's refusal."""
+    ledger = await deployed(chain)
+    await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
+    channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
+    mine(chain, K + 1)
+    liar = _LowEstimate(anvil_url, timed=True, timeout_s=30)
+    bob_ledger = await attached(anvil_url, ledger, K, liar)
+    liar.answers = frozenset(
+        bob_ledger._abi.functions[name][0].hex()
+        for name in ("answer_claim", "answer_claim_evidence")
+    )
+    liar.frozen = chain.head()
+    try:
+        async with (
+            miner(anvil_url, 0.3),
+            open_node(key=testing.BOB, ledger=bob_ledger, config=FAST) as bob,
+        ):
+            bob.serve("echo", echo, price=PRICE)
+            claim_id = await ledger.file_claim(A, await never_sent(ledger, channel))
+            claim = await outcome(ledger, claim_id)
+            print(f"outcome {claim.state.name}; answer gas {bob_ledger.gas_used}")
+            assert claim.state is ClaimState.DELIVERED and claim.slashed == 0, claim.state
+    finally:
+        await bob_ledger.aclose()
+        await ledger.aclose()
