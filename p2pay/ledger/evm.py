@@ -471,6 +471,23 @@ def _reply_checked(
     return checked
 
 
+#: What `Web3Chain._send` returns as the output of a revert that used all its gas.
+_OUT_OF_GAS = b"out of gas"
+#: Times `Web3Chain.transact` sends a transaction again, at twice the gas limit, after an
+#: out-of-gas revert (an estimate too low: the endpoint's lie, or a state that changed).
+OUT_OF_GAS_RESENDS = 4
+
+
+def _gas_floor(data: bytes) -> int:
+    """The least gas limit of a transaction with calldata `data`, whatever the estimate:
+    100,000 plus 64 a byte covers a redeem, a close, a top-up and a claim's answer (one
+    with a 32 KiB body used 1.94 M: calldata at 16 a byte, and hashing the body); an
+    operation it does not cover (opening a channel, filing or resolving a claim, a stake:
+    settlement.md 10's gas table) runs out of gas at it only on an estimate made up too
+    low, and is then sent again at twice the limit (`OUT_OF_GAS_RESENDS`)."""
+    return 100_000 + 64 * len(data)
+
+
 class Web3Chain(Chain):
     """A JSON-RPC chain through web3.py; transactions are signed locally.
 
@@ -548,7 +565,13 @@ class Web3Chain(Chain):
         self._chain_id: int | None = None
         self._nonces: dict[bytes, int] = {}  # next nonce per sender address
         # what happened (tests, metrics): RPC retries, re-priced sends, low-gas warnings
-        self.stats = {"rpc_retries": 0, "repriced": 0, "low_gas_warnings": 0, "nonce_races": 0}
+        self.stats = {
+            "rpc_retries": 0,
+            "repriced": 0,
+            "low_gas_warnings": 0,
+            "nonce_races": 0,
+            "out_of_gas": 0,
+        }
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
         from web3.types import RPCEndpoint
@@ -682,8 +705,6 @@ class Web3Chain(Chain):
         timestamp: int | None = None,
         simulate: bool = True,
     ) -> TxResult:
-        from eth_account import Account
-
         sender = "0x" + key.address.hex()
         tx: dict[str, Any] = {"from": sender, "data": "0x" + data.hex()}
         if to is not None:
@@ -701,14 +722,38 @@ class Web3Chain(Chain):
             # a timed test chain: the estimate runs at the latest block's time, where the
             # op may still be refused (e.g. a deadline not passed yet); the simulation at the
             # next block's time succeeded, so give it a generous limit. Sent without the
-            # simulation, the estimate may fail as it did: a limit its calldata fits in
-            gas = 4_000_000
-        gas_limit = gas * 13 // 10 + 50_000
-        if not simulate:
-            # no simulation vouches for the estimate either: at least a bound its calldata
-            # fits in (an endpoint's estimate of 21,000 ran every such answer out of gas,
-            # attack round 50)
-            gas_limit = max(gas_limit, 4_000_000 + 16 * len(data))
+            # simulation, the estimate may fail as the simulation did: the floor then
+            gas = 4_000_000 if simulate else 0
+        # never below the floor (`_gas_floor`): an endpoint's estimate of 21,000 ran every
+        # forced answer out of gas (attack round 50); and doubled after an out-of-gas revert
+        gas_limit = max(gas * 13 // 10 + 50_000, _gas_floor(data))
+        for resend in range(OUT_OF_GAS_RESENDS + 1):  # bounded
+            res = self._send(key, to, data, tx, timestamp, simulate, simulated.output, gas_limit)
+            if res.ok or res.output != _OUT_OF_GAS or resend == OUT_OF_GAS_RESENDS:
+                break
+            self.stats["out_of_gas"] += 1
+            log.warning("transaction ran out of gas at a limit of %d: sent again", gas_limit)
+            gas_limit *= 2
+            if timestamp is not None:
+                timestamp = max(timestamp, self.last_timestamp() + 1)
+        return res
+
+    def _send(
+        self,
+        key: EvmKey,
+        to: bytes | None,
+        data: bytes,
+        tx: dict[str, Any],
+        timestamp: int | None,
+        simulate: bool,
+        output: bytes,
+        gas_limit: int,
+    ) -> TxResult:
+        """Sign, send and wait for one transaction of `transact` at `gas_limit` (re-priced
+        until `timeout_s`). `output` is its simulation's (returned with a success)."""
+        from eth_account import Account
+
+        sender = "0x" + key.address.hex()
         max_fee, tip = self._fees()
         self._check_gas_funds(key.address, gas_limit * max_fee)
         nonce = self._next_nonce(key.address)
@@ -824,7 +869,7 @@ class Web3Chain(Chain):
             if int(receipt.get("gasUsed") or "0x0", 16) >= gas_limit:
                 # out of gas: not the contract's refusal, whatever a simulation now says (a
                 # lying one "explained" it as a final refusal, attack round 50)
-                return TxResult(ok=False, output=b"out of gas", block=block)
+                return TxResult(ok=False, output=_OUT_OF_GAS, block=block)
             # the reason: a simulation at the latest block, or, for one sent without its
             # simulation (a refusal there not believed), at the block that reverted it
             again = self._eth_call(tx, None, None if simulate else block)
@@ -839,7 +884,6 @@ class Web3Chain(Chain):
             )
             for lg in receipt["logs"]
         )
-        output = simulated.output
         if to is None:
             output = bytes.fromhex(str(receipt["contractAddress"])[2:])
         return TxResult(
@@ -1763,7 +1807,7 @@ class EvmLedger(OpLedger):
         neither); a claim's VOUCHER_EXCEEDS_DEPOSIT for a voucher within the deposit it
         shows (a deposit never shrinks); a claim's NOT_STAKED against a stake it shows, not
         unbonding (withdrawing one takes the unbonding period). False without
-        confirmations, or if that reading fails."""
+        confirmations. Raises `ChainUnavailable` if that reading fails."""
         if not self._confirmations:
             return False
         code, _ = revert_code(refusal)
@@ -1786,8 +1830,13 @@ class EvmLedger(OpLedger):
             stake = await self.stake_of(channel.payee)
             return stake is not None and stake.amount > 0 and stake.unbonding_at == 0
         except (P2payError, OSError) as exc:
-            log.info("confirmed reading against a refusal (%s): %s", code, exc)
-            return False
+            # unchecked, the refusal is neither believed nor overruled: read again later
+            # (believed, one failed read ended an answer task on a final UNKNOWN_CLAIM and
+            # an honest provider was UPHELD before the next rescan: attack round 51)
+            raise ChainUnavailable(
+                f"the simulation refused it ({code}); the reading at head - "
+                f"{self._confirmations} to check that against failed: {exc}"
+            ) from None
 
     def _result(self, name: str, res: TxResult, op: Op) -> Any:
         own = [

@@ -736,18 +736,17 @@ class Watcher:
         only there (`_claims_seen_early`). The confirmed one too: an endpoint that shows a
         claim gone or answered at the latest block only (a lie, or our answer in a block a
         reorganisation then drops) ended the answer task, and an honest provider was
-        slashed (attack round 48). So a claim is let go only once its end is k blocks deep."""
+        slashed (attack round 48). So a claim is let go only once its end is k blocks deep,
+        and then whatever the latest block shows (`_open_first`)."""
         if not self._lagging():
             return await self.node.ledger.claim(claim_id)
         return _open_first(*await self._read_claim_both(claim_id))
 
     async def _read_claim_both(self, claim_id: bytes) -> tuple[Claim | None, Claim | None]:
-        """A claim as of the latest block, and (unless that shows it OPEN) as of block
-        ``head - confirmations`` (None then). A ledger with confirmations only."""
+        """A claim as of the latest block, and as of block ``head - confirmations``. A
+        ledger with confirmations only."""
         ledger = self.node.ledger
         latest: Claim | None = await ledger.claim(claim_id, latest=True)  # type: ignore[call-arg]
-        if latest is not None and latest.state is ClaimState.OPEN:
-            return latest, None
         return latest, await ledger.claim(claim_id)
 
     async def _read_defended(self, claim_id: bytes) -> tuple[Claim | None, _Body | None, bool]:
@@ -1796,7 +1795,14 @@ class Watcher:
                 now = node.now()
             reason = self._redeem_reason(ch, now, force=ch.status is ChannelStatus.CLOSING)
             if reason is not None:
-                await self._redeem_now(ch, reason, now)
+                try:
+                    await self._redeem_now(ch, reason, now)
+                except (P2payError, OSError) as exc:
+                    # one channel's failure (the endpoint, gas funds) is tried again at the
+                    # next step, and holds neither the other channels' redeems back nor the
+                    # step's later duties (closes to finalize, claims to file): it ended the
+                    # step at every step (attack round 51)
+                    log.warning("redeem on %s failed: %s", ch.channel.hex(), exc)
                 now = None  # it waited: read the clock again
 
     async def _finalize_closes(self) -> None:
@@ -2246,9 +2252,14 @@ class _Body:
 
 
 def _open_first(latest: Claim | None, confirmed: Claim | None) -> Claim | None:
-    """Of two readings of a claim against us (`Watcher._read_claim_both`), one that shows
-    it OPEN, the latest first; else the latest one, or the confirmed one if the latest
-    block has none."""
+    """Of two readings of a claim against us (`Watcher._read_claim_both`), the confirmed
+    one if it shows the claim ended (k blocks deep: final); else one that shows it OPEN,
+    the latest first; else the latest one, or the confirmed one if the latest block has
+    none. A latest block that stayed stale showed a claim OPEN after its answer was k
+    deep, and it was answered again every few seconds until its window ended, each answer
+    refused on chain (attack round 51: 13 in a 40 s window)."""
+    if confirmed is not None and confirmed.state is not ClaimState.OPEN:
+        return confirmed
     if latest is not None and latest.state is ClaimState.OPEN:
         return latest
     if confirmed is not None and confirmed.state is ClaimState.OPEN:

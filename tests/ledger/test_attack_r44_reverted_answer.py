@@ -1,13 +1,16 @@
-"""Attack round 44: a claim answer that reverted on chain, reported as a success, does not
+"""Attack round 44: a claim answer that reverted on chain, reported as a success, did not
 get an honest provider slashed.
 
 The provider (`p2pay node run`, staked, serving ``echo``) reads and writes anvil through
 `LyingRpc`. When a claim is filed against it, the endpoint answers its first `LIES`
-`eth_estimateGas` calls with 1 (the gas limit is then ``1 * 13 // 10 + 50_000``: the answer
-runs out of gas on chain and reverts, nonce used) and every receipt it is asked for with
-status 1 whatever the chain says (the reverted answer's logs are empty, as a revert's are).
-The node must not take the answer as made: the claim is still OPEN on chain. Skipped
-without anvil.
+`eth_estimateGas` calls with 1 and every receipt it is asked for with status 1 whatever the
+chain says (a reverted answer's logs are empty, as a revert's are). In round 44 the gas
+limit was then ``1 * 13 // 10 + 50_000``: the answer ran out of gas on chain, was reported
+made, and the node answered again once it read the claim still OPEN. Since attack round 51
+no gas limit is below `_gas_floor` (100,000 plus 64 a calldata byte, settlement.md 10):
+the same lies no longer run the answer out of gas at all, and it lands the first time.
+(That the answer task reads a claim again until it is no longer OPEN, whatever a receipt
+said, is `integration/test_attack_r23_*`'s.) Skipped without anvil.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ LIES = 3
 skip_without_anvil()
 
 
-async def test_a_reverted_answer_reported_as_success_is_answered_again(
+async def test_an_estimate_of_one_gas_and_receipts_lied_successful_slash_no_one(
     tmp_path: Path,
 ) -> None:
     d = tmp_path
@@ -64,8 +67,7 @@ async def test_a_reverted_answer_reported_as_success_is_answered_again(
         finally:
             log = node.stop()
         assert totals.conserved
-        assert lied == LIES, lied  # the provider did try to answer under the lie
-        assert reverted, "no answer reverted: the lie was never told"
-        assert "answered again" in log, log[-3000:]
+        assert lied >= 1, lied  # the provider did answer under the lie
+        assert not reverted, f"{len(reverted)} answers ran out of gas under the floor"
         assert claim.state is ClaimState.DELIVERED, (claim.state, claim.slashed, log[-3000:])
         assert stake is not None and stake.amount == TOKEN // 2
