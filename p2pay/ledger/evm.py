@@ -293,6 +293,7 @@ class Chain:
         data: bytes,
         timestamp: int | None = None,
         simulate: bool = True,
+        repeatable: bool = False,
     ) -> TxResult:
         """Simulate, and if it succeeds, execute a transaction (``to=None`` deploys).
 
@@ -300,7 +301,9 @@ class Chain:
         sends nothing and returns ``ok=False`` (``block`` 0). For a deployment ``output``
         is the address. `simulate` False sends it without the simulation, for the chain to
         decide (a refusal the adapter does not believe: settlement.md 10, "Confirmations");
-        a revert then comes with the block it was mined in.
+        a revert then comes with the block it was mined in. `repeatable`: a second landing
+        of it cannot apply it twice (the contract refuses it, or it pays nothing more), so
+        one that ran out of gas may be sent again (settlement.md 10, "Gas").
         """
         raise NotImplementedError
 
@@ -368,6 +371,7 @@ class BoaChain(Chain):
         data: bytes,
         timestamp: int | None = None,
         simulate: bool = True,
+        repeatable: bool = False,
     ) -> TxResult:
         # one execution: a refused one is not kept (no block), whatever `simulate` says
         ts = self._timestamp + 1 if timestamp is None else max(timestamp, self._timestamp + 1)
@@ -473,8 +477,9 @@ def _reply_checked(
 
 #: What `Web3Chain._send` returns as the output of a revert that used all its gas.
 _OUT_OF_GAS = b"out of gas"
-#: Times `Web3Chain.transact` sends a transaction again, at twice the gas limit, after an
-#: out-of-gas revert (an estimate too low: the endpoint's lie, or a state that changed).
+#: Times `Web3Chain.transact` sends a repeatable transaction again, at twice the gas limit,
+#: after an out-of-gas revert (an estimate too low: the endpoint's lie, or a state that
+#: changed).
 OUT_OF_GAS_RESENDS = 4
 
 
@@ -704,6 +709,7 @@ class Web3Chain(Chain):
         data: bytes,
         timestamp: int | None = None,
         simulate: bool = True,
+        repeatable: bool = False,
     ) -> TxResult:
         sender = "0x" + key.address.hex()
         tx: dict[str, Any] = {"from": sender, "data": "0x" + data.hex()}
@@ -726,10 +732,13 @@ class Web3Chain(Chain):
             gas = 4_000_000 if simulate else 0
         # never below the floor (`_gas_floor`): an endpoint's estimate of 21,000 ran every
         # forced answer out of gas (attack round 50); and doubled after an out-of-gas revert
+        # of an operation a second landing cannot apply twice: a receipt that lies "out of
+        # gas" about a transaction that went in had a stake or a top-up applied twice
         gas_limit = max(gas * 13 // 10 + 50_000, _gas_floor(data))
-        for resend in range(OUT_OF_GAS_RESENDS + 1):  # bounded
+        resends = OUT_OF_GAS_RESENDS if repeatable else 0
+        for resend in range(resends + 1):  # bounded
             res = self._send(key, to, data, tx, timestamp, simulate, simulated.output, gas_limit)
-            if res.ok or res.output != _OUT_OF_GAS or resend == OUT_OF_GAS_RESENDS:
+            if res.ok or res.output != _OUT_OF_GAS or resend == resends:
                 break
             self.stats["out_of_gas"] += 1
             log.warning("transaction ran out of gas at a limit of %d: sent again", gas_limit)
@@ -1300,6 +1309,14 @@ def _body(body: bytes) -> bytes:
     return body
 
 
+#: Operations a second landing cannot apply twice: a redeem is cumulative (it pays what
+#: the channel has not paid yet), and the contract refuses a claim, an answer, a resolve
+#: or a close's step made again (CLAIM_EXISTS, CLAIM_CLOSED, CHALLENGE_PENDING,
+#: CHANNEL_CLOSED). One of these that ran out of gas is sent again (`Chain.transact`'s
+#: `repeatable`); a stake, a top-up, an opening or a transfer is not.
+_REPEATABLE = (Redeem, PayeeClose, StartClose, FinalizeClose, FileClaim, AnswerClaim, ResolveClaim)
+
+
 def _channel_named(op: Op) -> bytes | None:
     """The channel `op` acts on (None: it names none)."""
     if isinstance(op, (TopUp, PayeeClose, StartClose, FinalizeClose)):
@@ -1775,7 +1792,10 @@ class EvmLedger(OpLedger):
         if key is None:
             raise LocalProtocolError("no key for this sender: pass the key (or register_key)")
         data = self._abi.calldata(name, args)
-        res = await self._call_chain(self.chain.transact, key, self.address, data, timestamp)
+        repeatable = isinstance(op, _REPEATABLE)
+        res = await self._call_chain(
+            self.chain.transact, key, self.address, data, timestamp, True, repeatable
+        )
         if not res.ok and not res.block and await self._contradicted(op, res.output):
             self.unbelieved_refusals += 1
             log.warning(
@@ -1786,7 +1806,7 @@ class EvmLedger(OpLedger):
                 self._confirmations,
             )
             res = await self._call_chain(
-                self.chain.transact, key, self.address, data, timestamp, False
+                self.chain.transact, key, self.address, data, timestamp, False, repeatable
             )
         if not res.ok:
             code, message = revert_code(res.output)

@@ -7,7 +7,9 @@ latest state is stale (settlement.md 10, "Confirmations"). Each test FAILED on 3
   UPHELD, a payee's 3 charges back to the payer); the floor is now 100,000 plus 64 a byte,
   for every send, and a send that runs out of gas is sent again at twice the limit;
 * an estimate the endpoint made up too low ran every ordinary (simulated) redeem out of gas
-  at the same limit until the close ended (63 reverted redeems, redeemed 0);
+  at the same limit until the close ended (63 reverted redeems, redeemed 0); now such a
+  send of an operation a second landing cannot apply twice (a redeem, a claim) is sent
+  again at twice the limit;
 * one failed reading at ``head - k`` made a forced send's refusal believed, a final one;
   now it is `ChainUnavailable`, tried again;
 * a stale latest block showed an answered claim OPEN, and it was answered again every few
@@ -126,17 +128,21 @@ async def test_an_estimate_made_up_too_low_does_not_run_sends_out_of_gas(
     chain: Web3Chain, anvil_url: str
 ) -> None:
     """An endpoint that estimates 1 gas for everything (no confirmations needed): a redeem
-    (under the floor) and a channel's opening (above it: out of gas, sent again at twice
-    the limit) both go through."""
+    (under the floor) and a claim's filing (above it: out of gas, sent again at twice the
+    limit; a second landing of a claim is refused CLAIM_EXISTS) both go through."""
     ledger = await deployed(chain)
+    await ledger.stake(B, 5 * TOKEN, TOKEN, 60_000)
+    channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     low = _Stale(anvil_url, timed=True, timeout_s=30)
     low.estimate = 1
     lying = await attached(anvil_url, ledger, 0, low)
     try:
-        channel = await lying.open_channel(A, B.account, 10 * PRICE, 60_000)
         paid = await lying.redeem(B, await _voucher(ledger, channel, 2 * PRICE))
         assert paid == 2 * PRICE
-        print(f"out-of-gas resends: {low.stats['out_of_gas']}")
+        claim_id = await lying.file_claim(A, await never_sent(ledger, channel))
+        claim = await ledger.claim(claim_id)
+        assert claim is not None and claim.state is ClaimState.OPEN
+        assert low.stats["out_of_gas"] >= 1, low.stats
     finally:
         await lying.aclose()
         await ledger.aclose()
