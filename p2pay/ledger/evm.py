@@ -481,6 +481,8 @@ _OUT_OF_GAS = b"out of gas"
 #: after an out-of-gas revert (an estimate too low: the endpoint's lie, or a state that
 #: changed).
 OUT_OF_GAS_RESENDS = 4
+#: The most nonces below a transaction's that `Web3Chain._fill_gap` fills.
+MAX_GAP_FILL = 16
 
 
 def _gas_floor(data: bytes) -> int:
@@ -576,6 +578,7 @@ class Web3Chain(Chain):
             "low_gas_warnings": 0,
             "nonce_races": 0,
             "out_of_gas": 0,
+            "gap_fillers": 0,
         }
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
@@ -789,6 +792,7 @@ class Web3Chain(Chain):
         # a send of this transaction the endpoint may have taken: answered without an error,
         # "already known", or retried after a lost reply (`_rpc`'s retries)
         maybe_taken = False
+        looked_for_gap = False
         for _round in range(64):  # bounded: each round waits reprice_after_s or ends
             unsigned.update(nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
             signed = Account.sign_transaction(unsigned, key.secret)
@@ -845,6 +849,12 @@ class Web3Chain(Chain):
                     time.sleep(self.poll_s)
             if receipt is not None or time.monotonic() >= deadline:
                 break
+            if not looked_for_gap:
+                # a nonce of ours below this one that the chain holds no transaction for (one
+                # a reorganisation or the endpoint dropped, its nonce cached as used) keeps
+                # this one from ever being mined: filled, once
+                looked_for_gap = True
+                self._fill_gap(key, nonce, max_fee, tip)
             # not mined in time: the same nonce again with higher fees replaces it
             self.stats["repriced"] += 1
             max_fee = int(max_fee * self.fee_bump) + 1
@@ -898,6 +908,47 @@ class Web3Chain(Chain):
         return TxResult(
             ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
+
+    def _fill_gap(self, key: EvmKey, nonce: int, max_fee: int, tip: int) -> None:
+        """Send an empty transfer to itself at each nonce of `key` below `nonce` that the
+        chain's pending count says holds no transaction (at most `MAX_GAP_FILL`; a larger
+        gap is left, logged). A nonce a transaction of ours does hold after all (a count
+        that lags) refuses the filler as known, too low or underpriced: nothing lost."""
+        from eth_account import Account
+        from eth_utils.address import to_checksum_address
+
+        address = "0x" + key.address.hex()
+        pending = int(self._rpc("eth_getTransactionCount", [address, "pending"]), 16)
+        if pending >= nonce:
+            return
+        if nonce - pending > MAX_GAP_FILL:
+            log.warning(
+                "nonces %d..%d of %s hold no transaction: not filled", pending, nonce - 1, address
+            )
+            return
+        log.warning(
+            "nonces %d..%d of %s hold no transaction (one dropped): filled with empty transfers",
+            pending,
+            nonce - 1,
+            address,
+        )
+        for free in range(pending, nonce):
+            filler = {
+                "chainId": self.chain_id(),
+                "nonce": free,
+                "to": to_checksum_address(address),
+                "value": 0,
+                "gas": 21_000,
+                "data": b"",
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": tip,
+            }
+            signed = Account.sign_transaction(filler, key.secret)
+            try:
+                self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+                self.stats["gap_fillers"] += 1
+            except RpcErrorReply as exc:
+                log.info("filler at nonce %d refused: %s", free, exc)
 
     @_reply_checked
     def logs(self, address: bytes, first: int, last: int) -> list[Log]:

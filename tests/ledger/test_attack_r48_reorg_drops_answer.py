@@ -81,8 +81,9 @@ async def test_a_reorganisation_that_drops_an_answer_is_answered_again(
             reverted = True
             # anvil's revert drops BOB's answer for good, where a chain puts a transaction
             # of a dropped block back in its mempool; his cached next nonce then points
-            # past a gap no transaction fills (a limit of the adapter, noted in the
-            # closing note of this round), which is not what this test is about
+            # past a gap, which his next transaction fills only after `reprice_after_s`
+            # (15 s, longer than this window: test_evm_nonce_gap.py), and that is not
+            # what this test is about
             bob_chain._nonces.clear()
             after = int(chain._rpc("eth_blockNumber", []), 16)
             assert head - after < K, (head, after)
