@@ -736,28 +736,46 @@ class Watcher:
         only there (`_claims_seen_early`). The confirmed one too: an endpoint that shows a
         claim gone or answered at the latest block only (a lie, or our answer in a block a
         reorganisation then drops) ended the answer task, and an honest provider was
-        slashed (attack round 48). So a claim is let go only once its end is k blocks deep,
-        and then whatever the latest block shows (`_open_first`)."""
+        slashed (attack round 48). So a claim is let go only once its end is k blocks deep
+        (once we answered it, whatever the latest block shows: `_read_defended`)."""
         if not self._lagging():
             return await self.node.ledger.claim(claim_id)
         return _open_first(*await self._read_claim_both(claim_id))
 
-    async def _read_claim_both(self, claim_id: bytes) -> tuple[Claim | None, Claim | None]:
-        """A claim as of the latest block, and as of block ``head - confirmations``. A
-        ledger with confirmations only."""
+    async def _read_claim_both(
+        self, claim_id: bytes, answered: bool = False
+    ) -> tuple[Claim | None, Claim | None]:
+        """A claim as of the latest block, and (unless that shows it OPEN and we have not
+        `answered` it) as of block ``head - confirmations`` (None then, or if that read
+        fails while the latest block shows it OPEN). A ledger with confirmations only."""
         ledger = self.node.ledger
         latest: Claim | None = await ledger.claim(claim_id, latest=True)  # type: ignore[call-arg]
-        return latest, await ledger.claim(claim_id)
+        is_open = latest is not None and latest.state is ClaimState.OPEN
+        if is_open and not answered:
+            return latest, None
+        try:
+            return latest, await ledger.claim(claim_id)
+        except (P2payError, OSError):
+            if is_open:
+                return latest, None  # answered again: it costs gas, never the stake
+            raise
 
-    async def _read_defended(self, claim_id: bytes) -> tuple[Claim | None, _Body | None, bool]:
+    async def _read_defended(
+        self, claim_id: bytes, answered: bool
+    ) -> tuple[Claim | None, _Body | None, bool]:
         """`_read_claim` for `_defend`, stripped of its body at once (`_light`: the task
         holds no body while it waits, attack round 18), and whether it reads OPEN k blocks
-        back only (our answer in, not yet deep)."""
+        back only (our answer in, not yet deep). Once we `answered` it, a reading at
+        ``head - confirmations`` that shows it ended lets it go (`_open_first`), and makes
+        it final: a rescan, reading a stale latest block, started its task again, answered
+        again until its window ended (`_final`)."""
         if not self._lagging():
             return *_light(await self.node.ledger.claim(claim_id)), False
-        latest, confirmed = await self._read_claim_both(claim_id)
-        read = _open_first(latest, confirmed)
+        latest, confirmed = await self._read_claim_both(claim_id, answered)
+        read = _open_first(latest, confirmed, answered)
         deep_only = read is not None and read is confirmed
+        if deep_only and read is not None and read.state is not ClaimState.OPEN:
+            self._final.add(claim_id)
         del latest, confirmed
         return *_light(read), deep_only
 
@@ -1021,7 +1039,7 @@ class Watcher:
             while True:
                 try:
                     async with self._reads.hold(window_ends):
-                        claim, body, deep_only = await self._read_defended(claim_id)
+                        claim, body, deep_only = await self._read_defended(claim_id, sent)
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if sent and deep_only:
@@ -2251,14 +2269,18 @@ class _Body:
     matches: bool
 
 
-def _open_first(latest: Claim | None, confirmed: Claim | None) -> Claim | None:
-    """Of two readings of a claim against us (`Watcher._read_claim_both`), the confirmed
-    one if it shows the claim ended (k blocks deep: final); else one that shows it OPEN,
-    the latest first; else the latest one, or the confirmed one if the latest block has
-    none. A latest block that stayed stale showed a claim OPEN after its answer was k
-    deep, and it was answered again every few seconds until its window ended, each answer
-    refused on chain (attack round 51: 13 in a 40 s window)."""
-    if confirmed is not None and confirmed.state is not ClaimState.OPEN:
+def _open_first(
+    latest: Claim | None, confirmed: Claim | None, answered: bool = False
+) -> Claim | None:
+    """Of two readings of a claim against us (`Watcher._read_claim_both`), once we
+    `answered` it, the confirmed one if it shows the claim ended (k blocks deep: final);
+    else one that shows it OPEN, the latest first; else the latest one, or the confirmed
+    one if the latest block has none. A latest block that stayed stale showed a claim OPEN
+    after its answer was k deep, and it was answered again every few seconds until its
+    window ended, each answer refused on chain (attack round 51: 13 in a 40 s window). Not
+    before we answered: one lying reading at ``head - k`` (the claim DELIVERED) then let an
+    unanswered claim go, UPHELD (attack round 52)."""
+    if answered and confirmed is not None and confirmed.state is not ClaimState.OPEN:
         return confirmed
     if latest is not None and latest.state is ClaimState.OPEN:
         return latest
