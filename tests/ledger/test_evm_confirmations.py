@@ -204,6 +204,11 @@ async def test_a_provider_reading_k_blocks_late_answers_a_claim_within_its_windo
             assert claim.state is ClaimState.DELIVERED and claim.slashed == 0
             stake = await ledger.stake_of(B.account)
             assert stake is not None and stake.amount == 5 * TOKEN
+            # his count moves once his answer's call returns (its receipt, then a sync),
+            # which can be after ALICE's ledger shows the claim DELIVERED
+            with trio.fail_after(30):
+                while bob.counters.claims_answered < 1:
+                    await trio.sleep(0.05)
             assert bob.counters.claims_answered == 1
     finally:
         await bob_ledger.aclose()
