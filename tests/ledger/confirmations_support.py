@@ -18,9 +18,10 @@ from lying_rpc import withheld_request
 
 from p2pay import testing
 from p2pay.core.errors import P2payError, SettlementError
+from p2pay.core.identity import Keypair
 from p2pay.core.messages import Request
 from p2pay.core.settlement import Channel, ChannelState, Claim, ClaimState
-from p2pay.ledger.evm import EvmLedger, Web3Chain
+from p2pay.ledger.evm import EvmLedger, RpcErrorReply, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
 from p2pay.node import Call, Node, NodeConfig, open_node
 
@@ -92,6 +93,63 @@ async def miner(anvil_url: str, every: float = 0.1) -> AsyncIterator[None]:
 async def never_sent(ledger: EvmLedger, channel: bytes) -> Request:
     """ALICE's request 1 on `channel` to BOB, its deadline passed: claimable at once."""
     return await withheld_request(ledger, channel, PRICE)
+
+
+async def voucher(
+    ledger: EvmLedger,
+    channel: bytes,
+    paid: int,
+    *,
+    signer: Keypair = testing.ALICE,
+    deadline_in_ms: int = 60_000,
+) -> Request:
+    """Request 1 on `channel` (echo ``x`` at `PRICE`, `paid` in all), signed by `signer`,
+    its deadline `deadline_in_ms` from the ledger's now (-1: just past, claimable)."""
+    return Request.create(
+        signer,
+        ledger=ledger.ledger_id,
+        channel=channel,
+        n=1,
+        paid=paid,
+        price=PRICE,
+        service="echo",
+        body=b"x",
+        deadline=await ledger.now() + deadline_in_ms,
+    )
+
+
+def first_block_of(chain: Web3Chain, ledger: EvmLedger) -> int:
+    """The block of `ledger`'s contract's first log (its deployment's): no channel yet."""
+    found = chain._rpc(
+        "eth_getLogs", [{"address": "0x" + ledger.address.hex(), "fromBlock": "0x0"}]
+    )
+    return int(found[0]["blockNumber"], 16)
+
+
+class StaleLatest(Web3Chain):
+    """Once `frozen` is set, every `eth_call` and `eth_estimateGas` at `latest` is answered
+    as of block `frozen` (a backend whose latest state is stale, or a lie; attack rounds 49
+    to 52); with `estimate` set, every estimate is that; with `fail_next_read` set, the
+    next `eth_call` at a block number fails (an error reply). Every other reply (the head,
+    reads at a block number, logs, sends, receipts) is true. Counts its sends."""
+
+    frozen: int | None = None
+    estimate: int | None = None
+    fail_next_read = False
+    sends = 0
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_sendRawTransaction":
+            self.sends += 1
+        if method == "eth_estimateGas" and self.estimate is not None:
+            return hex(self.estimate)
+        if method == "eth_call" and params[1] != "latest" and self.fail_next_read:
+            self.fail_next_read = False
+            raise RpcErrorReply({"code": -32000, "message": "header not found"})
+        if self.frozen is not None and method in ("eth_call", "eth_estimateGas"):
+            if params[1] == "latest":
+                params = [params[0], hex(self.frozen), *params[2:]]
+        return super()._rpc(method, params)
 
 
 async def outcome(ledger: EvmLedger, claim_id: bytes, timeout: float = 60.0) -> Claim:

@@ -30,19 +30,21 @@ from confirmations_support import (
     TOKEN,
     A,
     B,
+    StaleLatest,
     attached,
     closed_after_three_calls,
     deployed,
     echo,
+    first_block_of,
     mine,
     miner,
     never_sent,
     outcome,
+    voucher,
 )
 
 from p2pay import testing
 from p2pay.core.errors import ErrorCode, SettlementError
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
 from p2pay.ledger.evm import EvmLedger, Web3Chain
 from p2pay.node import open_node
@@ -52,26 +54,6 @@ pytestmark = pytest.mark.trio
 K = 3
 
 
-class _StaleLatest(Web3Chain):
-    """Once `frozen` is set, every `eth_call` at `latest` is answered as of block `frozen`;
-    every other reply (the head, reads at a block number, logs, sends, receipts) is true."""
-
-    frozen: int | None = None
-
-    def _rpc(self, method: str, params: list[Any]) -> Any:
-        if self.frozen is not None and method == "eth_call" and params[1] == "latest":
-            params = [params[0], hex(self.frozen), *params[2:]]
-        return super()._rpc(method, params)
-
-
-def _first_block_of(chain: Web3Chain, ledger: EvmLedger) -> int:
-    """The block of the contract's first log (its deployment's): it holds no channel."""
-    found = chain._rpc(
-        "eth_getLogs", [{"address": "0x" + ledger.address.hex(), "fromBlock": "0x0"}]
-    )
-    return int(found[0]["blockNumber"], 16)
-
-
 async def test_a_stale_simulation_does_not_get_an_honest_provider_slashed(
     chain: Web3Chain, anvil_url: str
 ) -> None:
@@ -79,7 +61,7 @@ async def test_a_stale_simulation_does_not_get_an_honest_provider_slashed(
     await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
     stale.frozen = chain.head()  # the channel and the stake, no claim yet
     bob_ledger = await attached(anvil_url, ledger, K, stale)
     try:
@@ -104,10 +86,10 @@ async def test_a_stale_simulation_does_not_get_an_honest_provider_slashed(
 async def test_a_stale_simulation_keeps_no_redeem_back_on_a_close(
     chain: Web3Chain, anvil_url: str
 ) -> None:
-    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
 
     def freeze(alice_ledger: EvmLedger) -> None:
-        stale.frozen = _first_block_of(chain, alice_ledger)
+        stale.frozen = first_block_of(chain, alice_ledger)
 
     ch = await closed_after_three_calls(chain, anvil_url, K, stale, freeze)
     assert ch.redeemed == 3 * PRICE, f"served 3 calls, redeemed {ch.redeemed}"
@@ -122,41 +104,18 @@ async def test_a_transaction_sent_without_its_simulation_reverts_with_the_chains
     ledger = await deployed(chain)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
-    stale.frozen = _first_block_of(chain, ledger)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale.frozen = first_block_of(chain, ledger)
     bob_ledger = await attached(anvil_url, ledger, K, stale)
     try:
-        forged = Request.create(
-            testing.CAROL,
-            ledger=ledger.ledger_id,
-            channel=channel,
-            n=1,
-            paid=PRICE,
-            price=PRICE,
-            service="echo",
-            body=b"x",
-            deadline=await ledger.now() + 60_000,
-        )
+        forged = await voucher(ledger, channel, PRICE, signer=testing.CAROL)
         with pytest.raises(SettlementError) as refused:
             await bob_ledger.redeem(B, forged)
         assert refused.value.code is ErrorCode.INVALID_SIGNATURE, refused.value
         assert bob_ledger.unbelieved_refusals == 1
         # a refusal the confirmed reading does not contradict is believed, nothing sent
         with pytest.raises(SettlementError) as unknown:
-            await bob_ledger.redeem(
-                B,
-                Request.create(
-                    testing.ALICE,
-                    ledger=ledger.ledger_id,
-                    channel=b"\x07" * 32,
-                    n=1,
-                    paid=PRICE,
-                    price=PRICE,
-                    service="echo",
-                    body=b"x",
-                    deadline=await ledger.now() + 60_000,
-                ),
-            )
+            await bob_ledger.redeem(B, await voucher(ledger, b"\x07" * 32, PRICE))
         assert unknown.value.code is ErrorCode.UNKNOWN_CHANNEL, unknown.value
         assert bob_ledger.unbelieved_refusals == 1
     finally:
@@ -174,8 +133,8 @@ async def test_a_stale_simulation_does_not_keep_a_clients_claim_back(
     await ledger.stake(B, 5 * TOKEN, TOKEN, 20_000)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
-    stale.frozen = _first_block_of(chain, ledger)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale.frozen = first_block_of(chain, ledger)
     alice_ledger = await attached(anvil_url, ledger, K, stale)
     try:
         claim_id = await alice_ledger.file_claim(A, await never_sent(ledger, channel))
@@ -196,7 +155,7 @@ async def test_a_stale_simulation_of_a_stake_or_a_deposit_does_not_keep_a_claim_
     codes are unclaimable to the watcher, so a withholder kept the price. The reading at
     head - k shows the stake, and the deposit: the claim is sent and filed."""
     ledger = await deployed(chain)
-    stale = _StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
     if stale_before == "stake":
         channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
         stale.frozen = chain.head()
@@ -211,17 +170,7 @@ async def test_a_stale_simulation_of_a_stake_or_a_deposit_does_not_keep_a_claim_
     mine(chain, K + 1)
     alice_ledger = await attached(anvil_url, ledger, K, stale)
     try:
-        request = Request.create(
-            testing.ALICE,
-            ledger=ledger.ledger_id,
-            channel=channel,
-            n=1,
-            paid=paid,
-            price=PRICE,
-            service="echo",
-            body=b"x",
-            deadline=await ledger.now() - 1,
-        )
+        request = await voucher(ledger, channel, paid, deadline_in_ms=-1)
         claim_id = await alice_ledger.file_claim(A, request)
         claim = await ledger.claim(claim_id)
         assert claim is not None and claim.state is ClaimState.OPEN, claim
@@ -231,8 +180,8 @@ async def test_a_stale_simulation_of_a_stake_or_a_deposit_does_not_keep_a_claim_
         await ledger.aclose()
 
 
-class _LowEstimate(_StaleLatest):
-    """`_StaleLatest` at every block for the answer's `eth_call`s (the reason of a revert
+class _LowEstimate(StaleLatest):
+    """`StaleLatest` at every block for the answer's `eth_call`s (the reason of a revert
     too), and an `eth_estimateGas` of 21,000 for every transaction, once `frozen` is set."""
 
     answers: frozenset[str] = frozenset()

@@ -21,8 +21,6 @@ Every wait bounded.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 
@@ -34,71 +32,26 @@ from confirmations_support import (
     TOKEN,
     A,
     B,
+    StaleLatest,
     attached,
     deployed,
     echo,
+    first_block_of,
     mine,
     miner,
     never_sent,
     outcome,
+    voucher,
 )
 
 from p2pay import testing
-from p2pay.core.messages import Request
 from p2pay.core.settlement import ClaimState
-from p2pay.ledger.evm import ChainUnavailable, EvmLedger, RpcErrorReply, Web3Chain
+from p2pay.ledger.evm import ChainUnavailable, Web3Chain
 from p2pay.node import open_node
 
 pytestmark = pytest.mark.trio
 
 K = 3
-
-
-class _Stale(Web3Chain):
-    """Once `frozen` is set, every `eth_call` and `eth_estimateGas` at `latest` is answered
-    as of block `frozen`; with `estimate` set, every estimate is that; with `fail_next_read`
-    set, the next `eth_call` at a block number fails (an endpoint's error reply). Counts
-    its sends."""
-
-    frozen: int | None = None
-    estimate: int | None = None
-    fail_next_read = False
-    sends = 0
-
-    def _rpc(self, method: str, params: list[Any]) -> Any:
-        if method == "eth_sendRawTransaction":
-            self.sends += 1
-        if method == "eth_estimateGas" and self.estimate is not None:
-            return hex(self.estimate)
-        if method == "eth_call" and params[1] != "latest" and self.fail_next_read:
-            self.fail_next_read = False
-            raise RpcErrorReply({"code": -32000, "message": "header not found"})
-        if self.frozen is not None and method in ("eth_call", "eth_estimateGas"):
-            if params[1] == "latest":
-                params = [params[0], hex(self.frozen), *params[2:]]
-        return super()._rpc(method, params)
-
-
-def _first_block_of(chain: Web3Chain, ledger: EvmLedger) -> int:
-    """The block of the contract's first log (its deployment's): it holds no channel."""
-    found = chain._rpc(
-        "eth_getLogs", [{"address": "0x" + ledger.address.hex(), "fromBlock": "0x0"}]
-    )
-    return int(found[0]["blockNumber"], 16)
-
-
-async def _voucher(ledger: EvmLedger, channel: bytes, paid: int) -> Request:
-    return Request.create(
-        testing.ALICE,
-        ledger=ledger.ledger_id,
-        channel=channel,
-        n=1,
-        paid=paid,
-        price=PRICE,
-        service="echo",
-        body=b"x",
-        deadline=await ledger.now() + 60_000,
-    )
 
 
 async def test_a_forced_redeem_needs_no_more_gas_money_than_an_ordinary_one(
@@ -109,13 +62,13 @@ async def test_a_forced_redeem_needs_no_more_gas_money_than_an_ordinary_one(
     ledger = await deployed(chain)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _Stale(anvil_url, timed=True, timeout_s=30)
-    stale.frozen = _first_block_of(chain, ledger)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale.frozen = first_block_of(chain, ledger)
     bob_ledger = await attached(anvil_url, ledger, K, stale)
     try:
         max_fee, _ = stale._fees()
         chain.fund(B.address, 1_000_000 * max_fee)
-        paid = await bob_ledger.redeem(B, await _voucher(ledger, channel, 3 * PRICE))
+        paid = await bob_ledger.redeem(B, await voucher(ledger, channel, 3 * PRICE))
         assert paid == 3 * PRICE
         assert bob_ledger.unbelieved_refusals == 1
     finally:
@@ -133,11 +86,11 @@ async def test_an_estimate_made_up_too_low_does_not_run_sends_out_of_gas(
     ledger = await deployed(chain)
     await ledger.stake(B, 5 * TOKEN, TOKEN, 60_000)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
-    low = _Stale(anvil_url, timed=True, timeout_s=30)
+    low = StaleLatest(anvil_url, timed=True, timeout_s=30)
     low.estimate = 1
     lying = await attached(anvil_url, ledger, 0, low)
     try:
-        paid = await lying.redeem(B, await _voucher(ledger, channel, 2 * PRICE))
+        paid = await lying.redeem(B, await voucher(ledger, channel, 2 * PRICE))
         assert paid == 2 * PRICE
         claim_id = await lying.file_claim(A, await never_sent(ledger, channel))
         claim = await ledger.claim(claim_id)
@@ -154,15 +107,15 @@ async def test_a_refusal_that_cannot_be_checked_is_tried_again_not_believed(
     ledger = await deployed(chain)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _Stale(anvil_url, timed=True, timeout_s=30)
-    stale.frozen = _first_block_of(chain, ledger)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
+    stale.frozen = first_block_of(chain, ledger)
     bob_ledger = await attached(anvil_url, ledger, K, stale)
     try:
-        voucher = await _voucher(ledger, channel, PRICE)
+        paid_one = await voucher(ledger, channel, PRICE)
         stale.fail_next_read = True  # the reading at head - k that would check UNKNOWN_CHANNEL
         with pytest.raises(ChainUnavailable):
-            await bob_ledger.redeem(B, voucher)
-        assert await bob_ledger.redeem(B, voucher) == PRICE  # the next try checks it
+            await bob_ledger.redeem(B, paid_one)
+        assert await bob_ledger.redeem(B, paid_one) == PRICE  # the next try checks it
     finally:
         await bob_ledger.aclose()
         await ledger.aclose()
@@ -176,7 +129,7 @@ async def test_a_claim_the_confirmed_reading_shows_answered_is_not_answered_agai
     await ledger.stake(B, 5 * TOKEN, TOKEN, 60_000)
     channel = await ledger.open_channel(A, B.account, 10 * PRICE, 60_000)
     mine(chain, K + 1)
-    stale = _Stale(anvil_url, timed=True, timeout_s=30)
+    stale = StaleLatest(anvil_url, timed=True, timeout_s=30)
     bob_ledger = await attached(anvil_url, ledger, K, stale)
     try:
         async with (
