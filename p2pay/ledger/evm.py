@@ -854,7 +854,7 @@ class Web3Chain(Chain):
                 # a reorganisation or the endpoint dropped, its nonce cached as used) keeps
                 # this one from ever being mined: filled, once
                 looked_for_gap = True
-                self._fill_gap(key, nonce, max_fee, tip)
+                self._fill_gap(key, nonce)
             # not mined in time: the same nonce again with higher fees replaces it
             self.stats["repriced"] += 1
             max_fee = int(max_fee * self.fee_bump) + 1
@@ -909,11 +909,16 @@ class Web3Chain(Chain):
             ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
 
-    def _fill_gap(self, key: EvmKey, nonce: int, max_fee: int, tip: int) -> None:
+    def _fill_gap(self, key: EvmKey, nonce: int) -> None:
         """Send an empty transfer to itself at each nonce of `key` below `nonce` that the
         chain's pending count says holds no transaction (at most `MAX_GAP_FILL`; a larger
-        gap is left, logged). A nonce a transaction of ours does hold after all (a count
-        that lags) refuses the filler as known, too low or underpriced: nothing lost."""
+        gap is left, logged). It is priced at the least that is mined: a tip of 1 wei, and
+        at most the base fee and a quarter. A transaction of ours that does hold the nonce
+        after all (a count that lags, or lies) refuses it as a replacement, underpriced:
+        ours offered twice the base fee and a tip of 1 wei or more, and a replacement must
+        raise the fees by 10 %, unless the base fee has since risen by more than half. At
+        the price of the transaction it waits for, a filler replaced our own pending
+        transfer, which never landed (attack round 53)."""
         from eth_account import Account
         from eth_utils.address import to_checksum_address
 
@@ -932,6 +937,8 @@ class Web3Chain(Chain):
             nonce - 1,
             address,
         )
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
         for free in range(pending, nonce):
             filler = {
                 "chainId": self.chain_id(),
@@ -940,8 +947,8 @@ class Web3Chain(Chain):
                 "value": 0,
                 "gas": 21_000,
                 "data": b"",
-                "maxFeePerGas": max_fee,
-                "maxPriorityFeePerGas": tip,
+                "maxFeePerGas": base + base // 4 + 1,
+                "maxPriorityFeePerGas": 1,
             }
             signed = Account.sign_transaction(filler, key.secret)
             try:

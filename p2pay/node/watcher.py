@@ -494,6 +494,9 @@ class Watcher:
         #: requests of 256 KiB held every frame at once, 34.5 MB traced; 11.7 MB now)
         self._kept_reads = EarliestFirst(node.config.max_claim_answers)
         self._defending: set[bytes] = set()  # claims against us with an answer task
+        #: claims against us whose answer the ledger acknowledged (this run): on a ledger
+        #: with confirmations, their reading at head - k may let them go (`_read_defended`)
+        self._answered: set[bytes] = set()
         self._claiming: set[bytes] = set()  # our requests with a claimant task
         self._foreign_noted: set[bytes] = set()  # adopted channels redeemed on, logged once
         #: payee channels a ChannelClosing named whose state we have not read since
@@ -765,17 +768,17 @@ class Watcher:
     ) -> tuple[Claim | None, _Body | None, bool]:
         """`_read_claim` for `_defend`, stripped of its body at once (`_light`: the task
         holds no body while it waits, attack round 18), and whether it reads OPEN k blocks
-        back only (our answer in, not yet deep). Once we `answered` it, a reading at
-        ``head - confirmations`` that shows it ended lets it go (`_open_first`), and makes
-        it final: a rescan, reading a stale latest block, started its task again, answered
-        again until its window ended (`_final`)."""
+        back only (our answer in, not yet deep). Once we `answered` it (in this task or an
+        earlier one: `_answered`), a reading at ``head - confirmations`` that shows it
+        ended lets it go (`_open_first`); a rescan that starts its task again (a stale
+        latest block shows it OPEN) reads it again and lets it go again, never answering.
+        It is not made final: one lying reading there, with a reorganisation that dropped
+        our answer, then kept it from ever being answered again (attack round 53)."""
         if not self._lagging():
             return *_light(await self.node.ledger.claim(claim_id)), False
         latest, confirmed = await self._read_claim_both(claim_id, answered)
         read = _open_first(latest, confirmed, answered)
         deep_only = read is not None and read is confirmed
-        if deep_only and read is not None and read.state is not ClaimState.OPEN:
-            self._final.add(claim_id)
         del latest, confirmed
         return *_light(read), deep_only
 
@@ -1039,7 +1042,9 @@ class Watcher:
             while True:
                 try:
                     async with self._reads.hold(window_ends):
-                        claim, body, deep_only = await self._read_defended(claim_id, sent)
+                        claim, body, deep_only = await self._read_defended(
+                            claim_id, claim_id in self._answered
+                        )
                     if claim is None or claim.state is not ClaimState.OPEN:
                         return
                     if sent and deep_only:
@@ -1083,6 +1088,7 @@ class Watcher:
                             answer = None
                         elif not sent:
                             sent = True
+                            self._answered.add(claim_id)
                             node.counters.claims_answered += 1
                             self.answers[answer.outcome] += 1
                             self._claim_state(claim_id, "respondent", answer.outcome)

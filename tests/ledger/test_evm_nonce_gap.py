@@ -9,13 +9,16 @@ misbehaves"). Every wait bounded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import trio
 
 pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'")
 
-from confirmations_support import TOKEN, B, deployed
+from confirmations_support import TOKEN, A, B, attached, deployed
 
-from p2pay.ledger.evm import EvmLedger, Web3Chain
+from p2pay.ledger.evm import EvmLedger, TransactionTimeout, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
 
 pytestmark = pytest.mark.trio
@@ -38,4 +41,65 @@ async def test_a_transaction_a_reorganisation_dropped_does_not_stall_the_next(
         assert bob_chain.stats["gap_fillers"] == 1, bob_chain.stats
     finally:
         await bob_ledger.aclose()
+        await ledger.aclose()
+
+
+class _PendingCountLags(Web3Chain):
+    """Once `lagging`, the pending transaction count is true `true_reads` more times, then
+    the latest block's: a backend that has not seen the sender's pending transaction (or
+    lies)."""
+
+    lagging = False
+    true_reads = 1
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        if self.lagging and method == "eth_getTransactionCount" and params[1] == "pending":
+            if self.true_reads > 0:
+                self.true_reads -= 1
+            else:
+                params = [params[0], "latest"]
+        return super()._rpc(method, params)
+
+
+async def test_a_filler_does_not_replace_our_own_pending_transaction(
+    fresh: Web3Chain, anvil_url: str
+) -> None:
+    """Attack round 53: T1 (1 token) waits in the pool, unmined; T2 (2 tokens) takes the
+    next nonce; the count T2 looks at for a gap lags, so T1's nonce looks free. Priced as
+    T2 (a tip risen to 5 gwei), the filler replaced T1, which never landed (A moved 2, not
+    3: FAILED on cfb04cb); priced at the least that is mined, it is refused, underpriced."""
+    ledger = await deployed(fresh)
+    lagging = _PendingCountLags(anvil_url, timed=False, timeout_s=3, reprice_after_s=100)
+    alice = await attached(anvil_url, ledger, 0, lagging)
+    try:
+        before = await ledger.balance(A.account)
+        fresh._rpc("evm_setAutomine", [False])
+        with pytest.raises(TransactionTimeout):
+            await alice.transfer(A, B.account, TOKEN)  # T1: in the pool, not mined
+        lagging.timeout_s, lagging.reprice_after_s = 30, 1.0
+        tip = lagging._rpc("eth_maxPriorityFeePerGas", [])
+        lagging.max_tip_wei = max(lagging.max_tip_wei, 5 * int(tip, 16))
+
+        async def mine_twice() -> None:
+            await trio.sleep(3)  # T2 looked for a gap after 1 s
+            fresh._rpc("anvil_mine", ["0x1"])
+            await trio.sleep(0.5)
+            fresh._rpc("anvil_mine", ["0x1"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mine_twice)
+            original = lagging._fees
+
+            def risen() -> tuple[int, int]:  # the tip rose fivefold since T1
+                max_fee, tip = original()
+                return max_fee + 4 * tip, 5 * tip
+
+            lagging._fees = risen  # type: ignore[method-assign]
+            lagging.lagging = True  # T2's nonce read is true, its look for a gap lags
+            await alice.transfer(A, B.account, 2 * TOKEN)  # T2
+        fresh._rpc("evm_setAutomine", [True])
+        moved = before - await ledger.balance(A.account)
+        assert moved == 3 * TOKEN, f"A moved {moved / TOKEN} tokens of 3"
+    finally:
+        await alice.aclose()
         await ledger.aclose()
