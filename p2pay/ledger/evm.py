@@ -483,6 +483,8 @@ _OUT_OF_GAS = b"out of gas"
 OUT_OF_GAS_RESENDS = 4
 #: The most nonces below a transaction's that `Web3Chain._fill_gap` fills.
 MAX_GAP_FILL = 16
+#: Nonces whose sends `Web3Chain` remembers (`_fill_gap` fills none the endpoint knows).
+_SENT_KEPT = 256
 
 
 def _gas_floor(data: bytes) -> int:
@@ -571,6 +573,8 @@ class Web3Chain(Chain):
         self.max_tip_wei = max_tip_wei
         self._chain_id: int | None = None
         self._nonces: dict[bytes, int] = {}  # next nonce per sender address
+        #: (sender, nonce) -> the hashes of our sends of it, the latest `_SENT_KEPT`
+        self._sent_at: dict[tuple[bytes, int], tuple[str, ...]] = {}
         # what happened (tests, metrics): RPC retries, re-priced sends, low-gas warnings
         self.stats = {
             "rpc_retries": 0,
@@ -803,6 +807,9 @@ class Web3Chain(Chain):
             # low" or "already known", the receipt of this hash tells whether it went in
             if tx_hash not in sent:
                 sent.append(tx_hash)
+                self._sent_at[(key.address, nonce)] = tuple(sent)
+                while len(self._sent_at) > _SENT_KEPT:  # the oldest first (dict order)
+                    del self._sent_at[next(iter(self._sent_at))]
             retries = self.stats["rpc_retries"]
             try:
                 self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
@@ -854,7 +861,7 @@ class Web3Chain(Chain):
                 # a reorganisation or the endpoint dropped, its nonce cached as used) keeps
                 # this one from ever being mined: filled, once
                 looked_for_gap = True
-                self._fill_gap(key, nonce)
+                self._fill_gap(key, nonce, max_fee, tip)
             # not mined in time: the same nonce again with higher fees replaces it
             self.stats["repriced"] += 1
             max_fee = int(max_fee * self.fee_bump) + 1
@@ -909,16 +916,16 @@ class Web3Chain(Chain):
             ok=True, output=output, logs=logs, gas_used=int(receipt["gasUsed"], 16), block=block
         )
 
-    def _fill_gap(self, key: EvmKey, nonce: int) -> None:
-        """Send an empty transfer to itself at each nonce of `key` below `nonce` that the
-        chain's pending count says holds no transaction (at most `MAX_GAP_FILL`; a larger
-        gap is left, logged). It is priced at the least that is mined: a tip of 1 wei, and
-        at most the base fee and a quarter. A transaction of ours that does hold the nonce
-        after all (a count that lags, or lies) refuses it as a replacement, underpriced:
-        ours offered twice the base fee and a tip of 1 wei or more, and a replacement must
-        raise the fees by 10 %, unless the base fee has since risen by more than half. At
-        the price of the transaction it waits for, a filler replaced our own pending
-        transfer, which never landed (attack round 53)."""
+    def _fill_gap(self, key: EvmKey, nonce: int, max_fee: int, tip: int) -> None:
+        """Send an empty transfer to itself, at the waiting transaction's price (`max_fee`,
+        `tip`: what the chain takes), at each nonce of `key` below `nonce` that the chain's
+        pending count says holds no transaction (at most `MAX_GAP_FILL`; a larger gap is
+        left, logged), but never at a nonce one of our own sends the endpoint still knows
+        (`_sent_at`, `eth_getTransactionByHash`): a count that lags, or lies, had a filler
+        replace our own pending transfer, which never landed (attack round 53). Priced at
+        the least that is mined instead (a tip of 1 wei), a filler was refused on a chain
+        with a minimum tip, and an answer waiting behind the gap got an honest provider
+        slashed (attack round 54)."""
         from eth_account import Account
         from eth_utils.address import to_checksum_address
 
@@ -931,15 +938,13 @@ class Web3Chain(Chain):
                 "nonces %d..%d of %s hold no transaction: not filled", pending, nonce - 1, address
             )
             return
-        log.warning(
-            "nonces %d..%d of %s hold no transaction (one dropped): filled with empty transfers",
-            pending,
-            nonce - 1,
-            address,
-        )
-        block = self._rpc("eth_getBlockByNumber", ["latest", False])
-        base = int(block.get("baseFeePerGas") or "0x0", 16)
         for free in range(pending, nonce):
+            ours = self._sent_at.get((key.address, free), ())
+            if any(self._rpc("eth_getTransactionByHash", [h]) for h in ours):
+                log.info(
+                    "nonce %d of %s: our transaction is still known, not filled", free, address
+                )
+                continue
             filler = {
                 "chainId": self.chain_id(),
                 "nonce": free,
@@ -947,13 +952,14 @@ class Web3Chain(Chain):
                 "value": 0,
                 "gas": 21_000,
                 "data": b"",
-                "maxFeePerGas": base + base // 4 + 1,
-                "maxPriorityFeePerGas": 1,
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": tip,
             }
             signed = Account.sign_transaction(filler, key.secret)
             try:
                 self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
                 self.stats["gap_fillers"] += 1
+                log.warning("nonce %d of %s held no transaction: filled", free, address)
             except RpcErrorReply as exc:
                 log.info("filler at nonce %d refused: %s", free, exc)
 

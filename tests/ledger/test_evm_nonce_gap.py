@@ -18,17 +18,35 @@ pytest.importorskip("web3", reason="web3 not installed: pip install -e '.[dev]'"
 
 from confirmations_support import TOKEN, A, B, attached, deployed
 
-from p2pay.ledger.evm import EvmLedger, TransactionTimeout, Web3Chain
+from p2pay.ledger.evm import EvmLedger, RpcErrorReply, TransactionTimeout, Web3Chain
 from p2pay.ledger.memory import wall_clock_ms
 
 pytestmark = pytest.mark.trio
 
 
+class _MinimumTip(Web3Chain):
+    """Refuses a transaction whose tip is under 0.1 gwei, "transaction underpriced" (a
+    chain with a price floor, as Polygon's 25 gwei)."""
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_sendRawTransaction":
+            import rlp  # web3's
+
+            raw = bytes.fromhex(params[0][2:])
+            if raw[0] == 2 and int.from_bytes(rlp.decode(raw[1:])[2], "big") < 10**8:
+                raise RpcErrorReply({"code": -32000, "message": "transaction underpriced"})
+        return super()._rpc(method, params)
+
+
+@pytest.mark.parametrize("kind", [Web3Chain, _MinimumTip], ids=["any_tip", "minimum_tip"])
 async def test_a_transaction_a_reorganisation_dropped_does_not_stall_the_next(
-    chain: Web3Chain, anvil_url: str
+    chain: Web3Chain, anvil_url: str, kind: type[Web3Chain]
 ) -> None:
+    """On a chain with a minimum tip too (attack round 54: a filler at a tip of 1 wei was
+    refused, and every later transaction waited behind the gap: an honest provider
+    slashed); a filler is priced as the transaction waiting behind it."""
     ledger = await deployed(chain)
-    bob_chain = Web3Chain(anvil_url, timed=True, timeout_s=20, reprice_after_s=1.0)
+    bob_chain = kind(anvil_url, timed=True, timeout_s=20, reprice_after_s=1.0)
     bob_ledger = await EvmLedger.connect(bob_chain, ledger.address, clock=wall_clock_ms)
     try:
         before = chain._rpc("evm_snapshot", [])
