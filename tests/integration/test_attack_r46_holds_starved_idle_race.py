@@ -4,9 +4,10 @@ since 22e026c writes their RSTs in the background), while the whole process is s
 now and then for up to 1.5 s (a blocking sleep in a task: every task scheduled late, the
 situation the background reset was made for). Whatever each call's outcome, the money
 agrees: what the payer paid equals what the payee counts spent and what the payer counts
-spent, one price per call answered. (Measured over 174 calls, three runs each, new and old
-code: every call answered bar one ConnectionLost in one run of the new code; spent agreed
-in every run.) Every wait bounded; no timing assertion.
+spent, one price per call answered, and at most one per call whose answer was lost.
+(Measured over 174 calls, three runs each, new and old code: every call answered bar one
+ConnectionLost in one run of the new code; spent agreed in every run.) Every wait bounded;
+no timing assertion.
 """
 
 from __future__ import annotations
@@ -80,4 +81,10 @@ async def test_attack_r46_holds_starved_idle_race_keeps_spent_agreed() -> None:
         assert answered > 0
         assert payer.counters.paid == answered * PRICE
         assert payee.payee_channels[ch.channel].spent == payer.payer_channels[ch.channel].spent
-        assert payer.payer_channels[ch.channel].spent == answered * PRICE
+        # a call whose answer was lost after the payee charged it (ConnectionLost) is in
+        # `spent` as a jump the payer absorbed (protocol.md 14.2), at most its price: it
+        # is claimable, and the payee did serve it (CI run 59: 96 answered, 1 lost after
+        # its charge, spent 97,000 on both sides)
+        channel = payer.payer_channels[ch.channel]
+        assert channel.spent == answered * PRICE + channel.absorbed
+        assert channel.absorbed <= (len(outcomes) - answered) * PRICE
